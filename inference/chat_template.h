@@ -1,0 +1,40 @@
+/* chat_template.h: turning a conversation into the prompt text a model was tuned on. Templates
+ * are implemented in C by name (chatml, llama3, plain); no Jinja. The name comes from config or
+ * is detected from the model's tokenizer_config.json. */
+#ifndef DUEL_CHAT_TEMPLATE_H
+#define DUEL_CHAT_TEMPLATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "error.h"
+
+typedef enum chat_template_kind {
+    CHAT_TEMPLATE_PLAIN,  /* "User: ...\nAssistant: ..." lines, for base models */
+    CHAT_TEMPLATE_CHATML, /* <|im_start|>role\n...<|im_end|>\n (Qwen2, SmolLM2) */
+    CHAT_TEMPLATE_LLAMA3, /* <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|> */
+} chat_template_kind;
+
+typedef struct chat_message {
+    const char *role; /* "system", "user" or "assistant" */
+    const char *content;
+} chat_message;
+
+/* "plain", "chatml", "llama3" -> kind; anything else is DUEL_EINVAL naming the choices. */
+int chat_template_from_name(const char *name, chat_template_kind *out, duel_error *err);
+const char *chat_template_name(chat_template_kind kind);
+
+/* Reads <model_dir>/tokenizer_config.json: a "duel_chat_template" key naming a template wins;
+ * otherwise the "chat_template" string is recognised by its markers (<|im_start|> -> chatml,
+ * <|start_header_id|> -> llama3); a missing file or template gives plain. */
+int chat_template_detect(const char *model_dir, chat_template_kind *out, duel_error *err);
+
+/* Renders messages; with add_generation_prompt the text ends where the assistant's answer
+ * begins. *out is heap-allocated; free() it. Unknown roles are DUEL_EINVAL. */
+int chat_template_render(chat_template_kind kind, const chat_message *messages, size_t count,
+                         bool add_generation_prompt, char **out, duel_error *err);
+
+/* The token string that ends an assistant turn ("<|im_end|>", "<|eot_id|>"; NULL for plain). */
+const char *chat_template_end_of_turn(chat_template_kind kind);
+
+#endif
