@@ -1,0 +1,337 @@
+/* train_layers.c: the forward/backward layer pairs of the trainer (see train_layers.h for the
+ * conventions: forward overwrites, backward accumulates). Plain loops in f32 with double where a
+ * long reduction would lose precision (norms, softmax sums); the GEMMs go to OpenBLAS. */
+#include "train_layers.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+void train_embedding_forward(float *out, const int32_t *tokens, const float *table, int n,
+                             int dim) {
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * dim, table + (size_t)tokens[i] * dim, (size_t)dim * sizeof *out);
+}
+
+void train_embedding_backward(float *dtable, const float *dout, const int32_t *tokens, int n,
+                              int dim) {
+    if (!dtable) return;
+    for (int i = 0; i < n; i++) {
+        float *row = dtable + (size_t)tokens[i] * dim;
+        const float *g = dout + (size_t)i * dim;
+        for (int j = 0; j < dim; j++) row[j] += g[j];
+    }
+}
+
+void train_rmsnorm_forward(float *out, float *rstd, const float *inp, const float *weight, int n,
+                           int dim, float eps) {
+    for (int i = 0; i < n; i++) {
+        const float *x = inp + (size_t)i * dim;
+        float *y = out + (size_t)i * dim;
+        double sumsq = 0;
+        for (int j = 0; j < dim; j++) sumsq += (double)x[j] * x[j];
+        float r = (float)(1.0 / sqrt(sumsq / dim + eps));
+        rstd[i] = r;
+        for (int j = 0; j < dim; j++) y[j] = weight[j] * (x[j] * r);
+    }
+}
+
+/* With xhat = x * r: dweight += dy * xhat, and since r depends on every x_j,
+ * dx_j = r * (w_j dy_j - xhat_j * mean_k(w_k dy_k xhat_k)). */
+void train_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
+                            const float *weight, const float *rstd, int n, int dim) {
+    for (int i = 0; i < n; i++) {
+        const float *x = inp + (size_t)i * dim;
+        const float *dy = dout + (size_t)i * dim;
+        float r = rstd[i];
+        double dot = 0;
+        for (int j = 0; j < dim; j++) dot += (double)weight[j] * dy[j] * (x[j] * r);
+        float mean = (float)(dot / dim);
+        if (dweight)
+            for (int j = 0; j < dim; j++) dweight[j] += dy[j] * (x[j] * r);
+        if (dinp) {
+            float *dx = dinp + (size_t)i * dim;
+            for (int j = 0; j < dim; j++) dx[j] += r * (weight[j] * dy[j] - x[j] * r * mean);
+        }
+    }
+}
+
+void train_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
+                          int n, int in_dim, int out_dim) {
+    if (n <= 0) return;
+    float beta = 0.0f;
+    if (bias) {
+        for (int i = 0; i < n; i++) memcpy(out + (size_t)i * out_dim, bias, (size_t)out_dim * sizeof *out);
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out_dim, in_dim, 1.0f, inp, in_dim,
+                weight, in_dim, beta, out, out_dim);
+}
+
+void train_linear_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                           const float *inp, const float *weight, int n, int in_dim, int out_dim) {
+    if (n <= 0) return;
+    if (dinp) /* dinp[n][in] += dout[n][out] * weight[out][in] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, in_dim, out_dim, 1.0f, dout,
+                    out_dim, weight, in_dim, 1.0f, dinp, in_dim);
+    if (dweight) /* dweight[out][in] += dout^T[out][n] * inp[n][in] */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out_dim, in_dim, n, 1.0f, dout,
+                    out_dim, inp, in_dim, 1.0f, dweight, in_dim);
+    if (dbias)
+        for (int i = 0; i < n; i++) {
+            const float *g = dout + (size_t)i * out_dim;
+            for (int j = 0; j < out_dim; j++) dbias[j] += g[j];
+        }
+}
+
+/* Inverse frequency of rotary pair i, as transformers' rope init functions compute it. */
+static double rope_inv_freq(int i, const model_config *config) {
+    const double pi = 3.14159265358979323846;
+    double inv_freq = pow(config->rope_theta, -2.0 * i / config->rotary_dim);
+    switch (config->rope_scaling) {
+    case MODEL_ROPE_NONE:
+        return inv_freq;
+    case MODEL_ROPE_LINEAR:
+        return inv_freq / config->rope_factor;
+    case MODEL_ROPE_LLAMA3: {
+        double factor = config->rope_factor;
+        double low = config->rope_low_freq_factor, high = config->rope_high_freq_factor;
+        double old_len = config->rope_original_max_positions;
+        double wavelen = 2 * pi / inv_freq;
+        double low_freq_wavelen = old_len / low, high_freq_wavelen = old_len / high;
+        if (wavelen > low_freq_wavelen) return inv_freq / factor;
+        if (wavelen < high_freq_wavelen) return inv_freq;
+        double smooth = (old_len / wavelen - low) / (high - low);
+        return (1 - smooth) * inv_freq / factor + smooth * inv_freq;
+    }
+    }
+    return inv_freq;
+}
+
+int train_rope_tables(float *cos_table, float *sin_table, int seq_len, const model_config *config,
+                      duel_error *err) {
+    if (config->rotary_dim <= 0 || config->rotary_dim % 2 != 0)
+        return duel_error_set(err, DUEL_EINVAL, "rope: rotary_dim %d must be positive and even",
+                              config->rotary_dim);
+    if (!(config->rope_theta > 0))
+        return duel_error_set(err, DUEL_EINVAL, "rope: rope_theta must be positive");
+    if (config->rope_scaling != MODEL_ROPE_NONE && !(config->rope_factor > 0))
+        return duel_error_set(err, DUEL_EINVAL, "rope: rope_scaling factor must be positive");
+    if (config->rope_scaling == MODEL_ROPE_LLAMA3 &&
+        !(config->rope_low_freq_factor > 0 &&
+          config->rope_high_freq_factor > config->rope_low_freq_factor &&
+          config->rope_original_max_positions > 0))
+        return duel_error_set(err, DUEL_EINVAL,
+                              "rope: llama3 scaling needs 0 < low_freq_factor < high_freq_factor "
+                              "and original_max_position_embeddings > 0");
+    int half = config->rotary_dim / 2;
+    for (int i = 0; i < half; i++) {
+        double inv_freq = rope_inv_freq(i, config);
+        for (int t = 0; t < seq_len; t++) {
+            double angle = t * inv_freq;
+            cos_table[(size_t)t * half + i] = (float)cos(angle);
+            sin_table[(size_t)t * half + i] = (float)sin(angle);
+        }
+    }
+    return 0;
+}
+
+/* Rotation of pair (x1, x2) = (x[i], x[i + half]) by angle theta_t,i:
+ * (x1 cos - x2 sin, x2 cos + x1 sin); its backward is the rotation by -theta. */
+void train_rope_forward(float *out, const float *inp, const float *cos_table,
+                        const float *sin_table, int batch, int seq_len, int heads, int head_dim,
+                        int rotary_dim) {
+    int half = rotary_dim / 2;
+    for (int b = 0; b < batch; b++)
+        for (int t = 0; t < seq_len; t++) {
+            const float *c = cos_table + (size_t)t * half, *s = sin_table + (size_t)t * half;
+            for (int h = 0; h < heads; h++) {
+                size_t off = (((size_t)b * seq_len + t) * heads + h) * head_dim;
+                const float *x = inp + off;
+                float *y = out + off;
+                for (int i = 0; i < half; i++) {
+                    float x1 = x[i], x2 = x[i + half];
+                    y[i] = x1 * c[i] - x2 * s[i];
+                    y[i + half] = x2 * c[i] + x1 * s[i];
+                }
+                if (y != x)
+                    for (int i = rotary_dim; i < head_dim; i++) y[i] = x[i];
+            }
+        }
+}
+
+void train_rope_backward(float *dinp, const float *dout, const float *cos_table,
+                         const float *sin_table, int batch, int seq_len, int heads, int head_dim,
+                         int rotary_dim) {
+    if (!dinp) return;
+    int half = rotary_dim / 2;
+    for (int b = 0; b < batch; b++)
+        for (int t = 0; t < seq_len; t++) {
+            const float *c = cos_table + (size_t)t * half, *s = sin_table + (size_t)t * half;
+            for (int h = 0; h < heads; h++) {
+                size_t off = (((size_t)b * seq_len + t) * heads + h) * head_dim;
+                const float *dy = dout + off;
+                float *dx = dinp + off;
+                for (int i = 0; i < half; i++) {
+                    float d1 = dy[i], d2 = dy[i + half];
+                    dx[i] += d1 * c[i] + d2 * s[i];
+                    dx[i + half] += d2 * c[i] - d1 * s[i];
+                }
+                for (int i = rotary_dim; i < head_dim; i++) dx[i] += dy[i];
+            }
+        }
+}
+
+static float dot_f32(const float *a, const float *b, int n) {
+    float acc = 0;
+    for (int i = 0; i < n; i++) acc += a[i] * b[i];
+    return acc;
+}
+
+static void axpy_f32(float *y, float alpha, const float *x, int n) {
+    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
+}
+
+void train_attention_forward(float *out, float *probs, const float *q, const float *k,
+                             const float *v, int batch, int seq_len, int q_heads, int kv_heads,
+                             int head_dim) {
+    int group = q_heads / kv_heads;
+    float scale = (float)(1.0 / sqrt((double)head_dim));
+    size_t q_stride = (size_t)q_heads * head_dim, kv_stride = (size_t)kv_heads * head_dim;
+    for (int b = 0; b < batch; b++)
+        for (int h = 0; h < q_heads; h++) {
+            int kvh = h / group;
+            const float *kb = k + (size_t)b * seq_len * kv_stride + (size_t)kvh * head_dim;
+            const float *vb = v + (size_t)b * seq_len * kv_stride + (size_t)kvh * head_dim;
+            for (int t = 0; t < seq_len; t++) {
+                const float *qt = q + ((size_t)b * seq_len + t) * q_stride + (size_t)h * head_dim;
+                float *p = probs + (((size_t)b * q_heads + h) * seq_len + t) * seq_len;
+                float max = -INFINITY;
+                for (int s = 0; s <= t; s++) {
+                    p[s] = scale * dot_f32(qt, kb + s * kv_stride, head_dim);
+                    if (p[s] > max) max = p[s];
+                }
+                double sum = 0;
+                for (int s = 0; s <= t; s++) {
+                    p[s] = expf(p[s] - max);
+                    sum += p[s];
+                }
+                float inv = (float)(1.0 / sum);
+                for (int s = 0; s <= t; s++) p[s] *= inv;
+                for (int s = t + 1; s < seq_len; s++) p[s] = 0;
+                float *ot = out + ((size_t)b * seq_len + t) * q_stride + (size_t)h * head_dim;
+                memset(ot, 0, (size_t)head_dim * sizeof *ot);
+                for (int s = 0; s <= t; s++) axpy_f32(ot, p[s], vb + s * kv_stride, head_dim);
+            }
+        }
+}
+
+/* Per query row: dp_s = dout . v_s, dv_s += p_s dout, and through the softmax
+ * dscore_s = p_s (dp_s - sum_r p_r dp_r); then dq += scale dscore_s k_s, dk_s += scale dscore_s q. */
+void train_attention_backward(float *dq, float *dk, float *dv, float *row_scratch,
+                              const float *dout, const float *probs, const float *q,
+                              const float *k, const float *v, int batch, int seq_len, int q_heads,
+                              int kv_heads, int head_dim) {
+    int group = q_heads / kv_heads;
+    float scale = (float)(1.0 / sqrt((double)head_dim));
+    size_t q_stride = (size_t)q_heads * head_dim, kv_stride = (size_t)kv_heads * head_dim;
+    float *dp = row_scratch;
+    for (int b = 0; b < batch; b++)
+        for (int h = 0; h < q_heads; h++) {
+            size_t kv_off = (size_t)b * seq_len * kv_stride + (size_t)(h / group) * head_dim;
+            const float *kb = k + kv_off, *vb = v + kv_off;
+            for (int t = 0; t < seq_len; t++) {
+                size_t q_off = ((size_t)b * seq_len + t) * q_stride + (size_t)h * head_dim;
+                const float *dot_t = dout + q_off;
+                const float *p = probs + (((size_t)b * q_heads + h) * seq_len + t) * seq_len;
+                double weighted = 0;
+                for (int s = 0; s <= t; s++) {
+                    dp[s] = dot_f32(dot_t, vb + s * kv_stride, head_dim);
+                    weighted += (double)p[s] * dp[s];
+                    if (dv) axpy_f32(dv + kv_off + s * kv_stride, p[s], dot_t, head_dim);
+                }
+                for (int s = 0; s <= t; s++) {
+                    float dscore = scale * p[s] * (dp[s] - (float)weighted);
+                    if (dq) axpy_f32(dq + q_off, dscore, kb + s * kv_stride, head_dim);
+                    if (dk) axpy_f32(dk + kv_off + s * kv_stride, dscore, q + q_off, head_dim);
+                }
+            }
+        }
+}
+
+static float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+void train_swiglu_forward(float *out, const float *gate, const float *up, int n) {
+    for (int i = 0; i < n; i++) out[i] = gate[i] * sigmoidf_(gate[i]) * up[i];
+}
+
+/* silu'(g) = sigma(g) (1 + g (1 - sigma(g))). */
+void train_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                           const float *up, int n) {
+    for (int i = 0; i < n; i++) {
+        float sg = sigmoidf_(gate[i]);
+        if (dgate) dgate[i] += dout[i] * up[i] * sg * (1.0f + gate[i] * (1.0f - sg));
+        if (dup) dup[i] += dout[i] * gate[i] * sg;
+    }
+}
+
+void train_residual_forward(float *out, const float *a, const float *b, int n) {
+    for (int i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void train_residual_backward(float *da, float *db, const float *dout, int n) {
+    for (int i = 0; i < n; i++) {
+        if (da) da[i] += dout[i];
+        if (db) db[i] += dout[i];
+    }
+}
+
+void train_logprob_forward(float *logprob, float *lse, const float *logits,
+                           const int32_t *targets, int n, int vocab) {
+    for (int i = 0; i < n; i++) {
+        const float *row = logits + (size_t)i * vocab;
+        float max = row[0];
+        for (int j = 1; j < vocab; j++)
+            if (row[j] > max) max = row[j];
+        double sum = 0;
+        for (int j = 0; j < vocab; j++) sum += exp((double)(row[j] - max));
+        double l = max + log(sum);
+        lse[i] = (float)l;
+        logprob[i] = (float)(row[targets[i]] - l);
+    }
+}
+
+void train_logprob_backward(float *dlogits, const float *logits, const float *lse,
+                            const int32_t *targets, const float *dlogprob, int n, int vocab) {
+    for (int i = 0; i < n; i++) {
+        const float *row = logits + (size_t)i * vocab;
+        float *drow = dlogits + (size_t)i * vocab;
+        float g = dlogprob[i];
+        for (int j = 0; j < vocab; j++) drow[j] = -g * expf(row[j] - lse[i]);
+        drow[targets[i]] += g;
+    }
+}
+
+void train_sequence_logprob_forward(double *seq_sum, double *seq_count, const float *token_logprob,
+                                    const float *mask, int batch, int seq_len) {
+    for (int b = 0; b < batch; b++) {
+        double sum = 0, count = 0;
+        for (int t = 0; t < seq_len; t++) {
+            size_t i = (size_t)b * seq_len + t;
+            if (mask[i] == 0) continue; /* padding may hold anything, even NaN */
+            sum += (double)mask[i] * token_logprob[i];
+            count += mask[i];
+        }
+        seq_sum[b] = sum;
+        seq_count[b] = count;
+    }
+}
+
+void train_sequence_logprob_backward(float *dtoken_logprob, const double *dseq_sum,
+                                     const float *mask, int batch, int seq_len) {
+    for (int b = 0; b < batch; b++)
+        for (int t = 0; t < seq_len; t++) {
+            size_t i = (size_t)b * seq_len + t;
+            dtoken_logprob[i] += (float)(dseq_sum[b] * mask[i]);
+        }
+}
