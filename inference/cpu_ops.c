@@ -1,0 +1,217 @@
+/* cpu_ops.c: the CPU backend's layer kernels (see cpu_ops.h). GEMMs go to OpenBLAS (sgemm for
+ * several rows, sgemv for one); the elementwise kernels are plain loops the compiler vectorises.
+ * Reductions (norm statistics) accumulate in double: they are O(n*dim), cheap next to the GEMMs,
+ * and keep the f32 forward pass within 1e-5 of a float64 reference. */
+#include "cpu_ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+#include "timer.h"
+
+void cpu_embedding_forward(float *out, const int32_t *tokens, int n, const float *table,
+                           int dim) {
+    for (int i = 0; i < n; i++)
+        memcpy(out + (size_t)i * dim, table + (size_t)tokens[i] * dim, (size_t)dim * sizeof *out);
+}
+
+void cpu_rmsnorm_forward(float *out, const float *in, const float *weight, int n, int dim,
+                         float eps) {
+    for (int t = 0; t < n; t++) {
+        const float *x = in + (size_t)t * dim;
+        float *y = out + (size_t)t * dim;
+        double ss = 0;
+        for (int i = 0; i < dim; i++) ss += (double)x[i] * x[i];
+        float r = (float)(1.0 / sqrt(ss / dim + eps));
+        for (int i = 0; i < dim; i++) y[i] = weight[i] * (x[i] * r);
+    }
+}
+
+void cpu_layernorm_forward(float *out, const float *in, const float *weight, const float *bias,
+                           int n, int dim, float eps) {
+    for (int t = 0; t < n; t++) {
+        const float *x = in + (size_t)t * dim;
+        float *y = out + (size_t)t * dim;
+        double sum = 0;
+        for (int i = 0; i < dim; i++) sum += x[i];
+        double mean = sum / dim;
+        double var = 0;
+        for (int i = 0; i < dim; i++) {
+            double d = x[i] - mean;
+            var += d * d;
+        }
+        var /= dim;
+        float m = (float)mean;
+        float r = (float)(1.0 / sqrt(var + eps));
+        for (int i = 0; i < dim; i++) y[i] = (x[i] - m) * r * weight[i] + bias[i];
+    }
+}
+
+void cpu_matmul_forward(float *out, const float *in, const float *weight, const float *bias, int n,
+                        int in_dim, int out_dim, bool accumulate, cpu_matmul_stats *stats) {
+    float beta = accumulate ? 1.0f : 0.0f;
+    if (bias) {
+        for (int t = 0; t < n; t++) {
+            float *y = out + (size_t)t * out_dim;
+            if (accumulate)
+                for (int i = 0; i < out_dim; i++) y[i] += bias[i];
+            else
+                memcpy(y, bias, (size_t)out_dim * sizeof *y);
+        }
+        beta = 1.0f;
+    }
+    double t0 = stats ? duel_time_seconds() : 0;
+    if (n == 1)
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, out_dim, in_dim, 1.0f, weight, in_dim, in, 1,
+                    beta, out, 1);
+    else
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, out_dim, in_dim, 1.0f, in, in_dim,
+                    weight, in_dim, beta, out, out_dim);
+    if (stats) {
+        stats->seconds += duel_time_seconds() - t0;
+        stats->flops += 2LL * n * in_dim * out_dim;
+    }
+}
+
+void cpu_rope_inv_freq(double *inv_freq, int rotary_dim, double theta, int scaling, double factor,
+                       double low_freq_factor, double high_freq_factor,
+                       int original_max_positions) {
+    const double two_pi = 6.283185307179586476925286766559;
+    for (int i = 0; i < rotary_dim / 2; i++) {
+        double f = pow(theta, -(2.0 * i) / rotary_dim);
+        if (scaling == CPU_ROPE_SCALING_LINEAR) {
+            f /= factor;
+        } else if (scaling == CPU_ROPE_SCALING_LLAMA3) {
+            double wavelen = two_pi / f;
+            double low_freq_wavelen = original_max_positions / low_freq_factor;
+            double high_freq_wavelen = original_max_positions / high_freq_factor;
+            if (wavelen > low_freq_wavelen) {
+                f /= factor;
+            } else if (wavelen >= high_freq_wavelen) {
+                double smooth = (original_max_positions / wavelen - low_freq_factor) /
+                                (high_freq_factor - low_freq_factor);
+                f = (1.0 - smooth) * f / factor + smooth * f;
+            }
+        }
+        inv_freq[i] = f;
+    }
+}
+
+void cpu_rope_tables(float *cos_out, float *sin_out, const double *inv_freq, int rotary_dim,
+                     int start_pos, int n) {
+    int half = rotary_dim / 2;
+    for (int t = 0; t < n; t++) {
+        double pos = (double)start_pos + t;
+        for (int i = 0; i < half; i++) {
+            double a = pos * inv_freq[i];
+            cos_out[(size_t)t * half + i] = (float)cos(a);
+            sin_out[(size_t)t * half + i] = (float)sin(a);
+        }
+    }
+}
+
+void cpu_rope_forward(float *x, int n, int stride, int num_heads, int head_dim, int rotary_dim,
+                      const float *cos_table, const float *sin_table) {
+    int half = rotary_dim / 2;
+    for (int t = 0; t < n; t++) {
+        const float *c = cos_table + (size_t)t * half;
+        const float *s = sin_table + (size_t)t * half;
+        for (int h = 0; h < num_heads; h++) {
+            float *v = x + (size_t)t * stride + (size_t)h * head_dim;
+            for (int i = 0; i < half; i++) {
+                float x1 = v[i], x2 = v[i + half];
+                v[i] = x1 * c[i] - x2 * s[i];
+                v[i + half] = x2 * c[i] + x1 * s[i];
+            }
+        }
+    }
+}
+
+size_t cpu_attention_scratch_floats(int n, int ctx) {
+    int rows = n < CPU_ATTENTION_BLOCK_ROWS ? n : CPU_ATTENTION_BLOCK_ROWS;
+    return (size_t)rows * (size_t)ctx;
+}
+
+/* Softmax of row[0..valid) in place; row[valid..len) set to 0 (the causal mask). */
+static void softmax_causal_row(float *row, int valid, int len) {
+    float max = row[0];
+    for (int j = 1; j < valid; j++) max = row[j] > max ? row[j] : max;
+    float sum = 0;
+    for (int j = 0; j < valid; j++) {
+        row[j] = expf(row[j] - max);
+        sum += row[j];
+    }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < valid; j++) row[j] *= inv;
+    for (int j = valid; j < len; j++) row[j] = 0;
+}
+
+void cpu_attention_forward(float *out, int out_stride, const float *q, int q_stride,
+                           const float *k, const float *v, int kv_stride, int n, int start_pos,
+                           int num_heads, int num_kv_heads, int head_dim, float *scratch,
+                           cpu_matmul_stats *stats) {
+    int group = num_heads / num_kv_heads;
+    float scale = 1.0f / sqrtf((float)head_dim);
+    double blas_seconds = 0;
+    long long flops = 0;
+    for (int h = 0; h < num_heads; h++) {
+        const float *kh = k + (size_t)(h / group) * head_dim;
+        const float *vh = v + (size_t)(h / group) * head_dim;
+        for (int r0 = 0; r0 < n; r0 += CPU_ATTENTION_BLOCK_ROWS) {
+            int rows = n - r0 < CPU_ATTENTION_BLOCK_ROWS ? n - r0 : CPU_ATTENTION_BLOCK_ROWS;
+            int ctx = start_pos + r0 + rows; /* keys the block's last row sees */
+            const float *qh = q + (size_t)r0 * q_stride + (size_t)h * head_dim;
+            float *oh = out + (size_t)r0 * out_stride + (size_t)h * head_dim;
+            double t0 = stats ? duel_time_seconds() : 0;
+            if (rows == 1)
+                cblas_sgemv(CblasRowMajor, CblasNoTrans, ctx, head_dim, scale, kh, kv_stride, qh,
+                            1, 0.0f, scratch, 1);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, ctx, head_dim, scale,
+                            qh, q_stride, kh, kv_stride, 0.0f, scratch, ctx);
+            double t1 = stats ? duel_time_seconds() : 0;
+            for (int i = 0; i < rows; i++)
+                softmax_causal_row(scratch + (size_t)i * ctx, start_pos + r0 + i + 1, ctx);
+            double t2 = stats ? duel_time_seconds() : 0;
+            if (rows == 1)
+                cblas_sgemv(CblasRowMajor, CblasTrans, ctx, head_dim, 1.0f, vh, kv_stride,
+                            scratch, 1, 0.0f, oh, 1);
+            else
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, head_dim, ctx, 1.0f,
+                            scratch, ctx, vh, kv_stride, 0.0f, oh, out_stride);
+            if (stats) blas_seconds += (t1 - t0) + (duel_time_seconds() - t2);
+            flops += 4LL * rows * ctx * head_dim;
+        }
+    }
+    if (stats) {
+        stats->seconds += blas_seconds;
+        stats->flops += flops;
+    }
+}
+
+void cpu_swiglu_forward(float *out, const float *gate_up, int n, int ffn) {
+    for (int t = 0; t < n; t++) {
+        const float *g = gate_up + (size_t)t * 2 * ffn;
+        const float *u = g + ffn;
+        float *y = out + (size_t)t * ffn;
+        for (int i = 0; i < ffn; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
+}
+
+void cpu_gelu_forward(float *x, size_t count, bool tanh_approx) {
+    if (tanh_approx) {
+        const float c = 0.7978845608028654f; /* sqrt(2/pi) */
+        for (size_t i = 0; i < count; i++) {
+            float v = x[i];
+            x[i] = 0.5f * v * (1.0f + tanhf(c * (v + 0.044715f * v * v * v)));
+        }
+    } else {
+        const float r = 0.7071067811865476f; /* 1/sqrt(2) */
+        for (size_t i = 0; i < count; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * r));
+    }
+}
+
+void cpu_add_forward(float *x, const float *y, size_t count) {
+    for (size_t i = 0; i < count; i++) x[i] += y[i];
+}

@@ -1,0 +1,530 @@
+/* model.c: loading a Llama- or GPT-NeoX-family checkpoint and its CPU forward pass (see model.h).
+ *
+ * Parameters live in one f32 allocation carved into per-layer pointers (llm.c style); bf16/f16
+ * weights are widened once at load. Linear weights stay [out][in] so that every projection of
+ * a chunk of tokens is one sgemm (one sgemv for a single token). Two fusions at load:
+ *   - q, k and v projections become one [q_dim + 2*kv_dim][hidden] matrix, rows in the order
+ *     all q heads, all k heads, all v heads. GPT-NeoX's query_key_value interleaves them per head
+ *     ([heads][3][head_dim], HF's view(heads, 3*head_dim) split) and is permuted into that order.
+ *   - Llama's gate_proj and up_proj become one [2*ffn][hidden] matrix (gate rows, then up).
+ * Residual adds are fused into the output GEMMs (beta = 1).
+ *
+ * The forward pass runs the tokens in chunks of at most MODEL_MAX_CHUNK_TOKENS so that scratch
+ * is bounded; scratch grows on demand (rarely: geometric), never per token. */
+#include "model.h"
+
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cpu_ops.h"
+#include "safetensors.h"
+#include "timer.h"
+
+#define MODEL_MAX_CHUNK_TOKENS 512     /* tokens per internal forward chunk (bounds scratch) */
+#define MODEL_KV_MAX_TOKENS (1 << 24)  /* tokens: the largest contiguous cache we create */
+#define MODEL_MAX_PARAMS (1LL << 36)   /* floats: 256 GiB of f32, far above anything served */
+#define MODEL_NAME_MAX 256             /* bytes of a tensor name we build */
+
+typedef struct model_layer {
+    float *attn_norm_w, *attn_norm_b; /* b: GPT-NeoX LayerNorm only */
+    float *qkv_w, *qkv_b;             /* [qkv_dim][hidden], [qkv_dim] or NULL */
+    float *o_w, *o_b;                 /* [hidden][q_dim], [hidden] or NULL */
+    float *mlp_norm_w, *mlp_norm_b;
+    float *up_w, *up_b;     /* Llama: [2*ffn][hidden] gate then up; NeoX: [ffn][hidden] */
+    float *down_w, *down_b; /* [hidden][ffn] */
+} model_layer;
+
+struct model {
+    model_config config;
+    int q_dim, kv_dim, qkv_dim, up_dim, output_size;
+    float *params;
+    size_t num_params;
+    float *embedding;                  /* [vocab][hidden] */
+    float *final_norm_w, *final_norm_b;
+    float *head_w;                     /* [output_size][hidden]; == embedding when tied */
+    model_layer *layers;
+    double *inv_freq;                  /* [rotary_dim / 2] */
+
+    /* Scratch for up to scratch_tokens rows of a chunk. */
+    int scratch_tokens;
+    float *scratch;
+    float *x, *xb, *xb2, *qkv, *att, *ffn, *ffn_act, *rope_cos, *rope_sin;
+    float *att_scratch;
+    size_t att_scratch_floats;
+
+    double forward_seconds;
+    cpu_matmul_stats gemm;
+};
+
+struct model_kv_cache {
+    int num_layers, kv_dim, max_tokens, length;
+    float *k, *v; /* [num_layers][max_tokens][kv_dim] each */
+};
+
+/* ---- parameters --------------------------------------------------------------------------- */
+
+/* Assigns every parameter pointer inside base (when non-NULL) and returns the float count. */
+static size_t layout_params(model *m, float *base) {
+    const model_config *c = &m->config;
+    size_t H = (size_t)c->hidden_size, off = 0;
+    bool neox = c->arch == MODEL_ARCH_GPT_NEOX;
+#define TAKE(ptr, count)                  \
+    do {                                  \
+        if (base) (ptr) = base + off;     \
+        off += (size_t)(count);           \
+    } while (0)
+    TAKE(m->embedding, (size_t)c->vocab_size * H);
+    for (int l = 0; l < c->num_layers; l++) {
+        model_layer *L = &m->layers[l];
+        TAKE(L->attn_norm_w, H);
+        if (neox) TAKE(L->attn_norm_b, H);
+        TAKE(L->qkv_w, (size_t)m->qkv_dim * H);
+        if (c->attention_bias) TAKE(L->qkv_b, m->qkv_dim);
+        TAKE(L->o_w, H * (size_t)m->q_dim);
+        if (c->attention_out_bias) TAKE(L->o_b, H);
+        TAKE(L->mlp_norm_w, H);
+        if (neox) TAKE(L->mlp_norm_b, H);
+        TAKE(L->up_w, (size_t)m->up_dim * H);
+        if (c->mlp_bias) TAKE(L->up_b, m->up_dim);
+        TAKE(L->down_w, H * (size_t)c->intermediate_size);
+        if (c->mlp_bias) TAKE(L->down_b, H);
+    }
+    TAKE(m->final_norm_w, H);
+    if (neox) TAKE(m->final_norm_b, H);
+    bool tied = c->head == MODEL_HEAD_CAUSAL_LM && c->tie_word_embeddings;
+    if (tied) {
+        if (base) m->head_w = m->embedding;
+    } else {
+        TAKE(m->head_w, (size_t)m->output_size * H);
+    }
+#undef TAKE
+    return off;
+}
+
+/* Loads tensor `name` of the given 1-d or 2-d shape, converted to f32, into dst. */
+static int load_tensor(const safetensors_archive *st, const char *name, int64_t rows,
+                       int64_t cols, float *dst, duel_error *err) {
+    int64_t shape[2] = {rows, cols};
+    const safetensors_tensor *t;
+    int rc = safetensors_expect(st, name, cols ? 2 : 1, shape, &t, err);
+    if (rc) return rc;
+    return safetensors_to_f32(t, dst, err);
+}
+
+static int load_named(const safetensors_archive *st, int64_t rows, int64_t cols, float *dst,
+                      duel_error *err, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static int load_named(const safetensors_archive *st, int64_t rows, int64_t cols, float *dst,
+                      duel_error *err, const char *fmt, ...) {
+    char name[MODEL_NAME_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, sizeof name, fmt, ap);
+    va_end(ap);
+    return load_tensor(st, name, rows, cols, dst, err);
+}
+
+static int load_llama(model *m, const safetensors_archive *st, duel_error *err) {
+    const model_config *c = &m->config;
+    int64_t H = c->hidden_size, F = c->intermediate_size;
+    int rc;
+    const char *p = "model.";
+    if ((rc = load_named(st, c->vocab_size, H, m->embedding, err, "%sembed_tokens.weight", p)))
+        return rc;
+    for (int l = 0; l < c->num_layers; l++) {
+        model_layer *L = &m->layers[l];
+        float *k_w = L->qkv_w + (size_t)m->q_dim * H, *v_w = k_w + (size_t)m->kv_dim * H;
+        if ((rc = load_named(st, H, 0, L->attn_norm_w, err, "%slayers.%d.input_layernorm.weight",
+                             p, l)) ||
+            (rc = load_named(st, m->q_dim, H, L->qkv_w, err, "%slayers.%d.self_attn.q_proj.weight",
+                             p, l)) ||
+            (rc = load_named(st, m->kv_dim, H, k_w, err, "%slayers.%d.self_attn.k_proj.weight", p,
+                             l)) ||
+            (rc = load_named(st, m->kv_dim, H, v_w, err, "%slayers.%d.self_attn.v_proj.weight", p,
+                             l)) ||
+            (rc = load_named(st, H, m->q_dim, L->o_w, err, "%slayers.%d.self_attn.o_proj.weight",
+                             p, l)) ||
+            (rc = load_named(st, H, 0, L->mlp_norm_w, err,
+                             "%slayers.%d.post_attention_layernorm.weight", p, l)) ||
+            (rc = load_named(st, F, H, L->up_w, err, "%slayers.%d.mlp.gate_proj.weight", p, l)) ||
+            (rc = load_named(st, F, H, L->up_w + (size_t)F * H, err,
+                             "%slayers.%d.mlp.up_proj.weight", p, l)) ||
+            (rc = load_named(st, H, F, L->down_w, err, "%slayers.%d.mlp.down_proj.weight", p, l)))
+            return rc;
+        if (c->attention_bias &&
+            ((rc = load_named(st, m->q_dim, 0, L->qkv_b, err, "%slayers.%d.self_attn.q_proj.bias",
+                              p, l)) ||
+             (rc = load_named(st, m->kv_dim, 0, L->qkv_b + m->q_dim, err,
+                              "%slayers.%d.self_attn.k_proj.bias", p, l)) ||
+             (rc = load_named(st, m->kv_dim, 0, L->qkv_b + m->q_dim + m->kv_dim, err,
+                              "%slayers.%d.self_attn.v_proj.bias", p, l))))
+            return rc;
+        if (c->attention_out_bias &&
+            (rc = load_named(st, H, 0, L->o_b, err, "%slayers.%d.self_attn.o_proj.bias", p, l)))
+            return rc;
+        if (c->mlp_bias &&
+            ((rc = load_named(st, F, 0, L->up_b, err, "%slayers.%d.mlp.gate_proj.bias", p, l)) ||
+             (rc = load_named(st, F, 0, L->up_b + F, err, "%slayers.%d.mlp.up_proj.bias", p, l)) ||
+             (rc = load_named(st, H, 0, L->down_b, err, "%slayers.%d.mlp.down_proj.bias", p, l))))
+            return rc;
+    }
+    return load_named(st, H, 0, m->final_norm_w, err, "%snorm.weight", p);
+}
+
+/* HF's query_key_value rows are [heads][3][head_dim]; ours are [3][heads][head_dim]. */
+static void permute_neox_qkv(float *dst, const float *src, int heads, int head_dim, size_t cols) {
+    for (int h = 0; h < heads; h++)
+        for (int j = 0; j < 3; j++)
+            for (int d = 0; d < head_dim; d++) {
+                size_t from = ((size_t)h * 3 + j) * head_dim + d;
+                size_t to = ((size_t)j * heads + h) * head_dim + d;
+                memcpy(dst + to * cols, src + from * cols, cols * sizeof *dst);
+            }
+}
+
+static int load_neox(model *m, const safetensors_archive *st, duel_error *err) {
+    const model_config *c = &m->config;
+    int64_t H = c->hidden_size, F = c->intermediate_size;
+    const char *p = "gpt_neox.";
+    int rc;
+    float *tmp = malloc((size_t)m->qkv_dim * (size_t)H * sizeof *tmp);
+    if (!tmp) return duel_error_set(err, DUEL_ENOMEM, "out of memory loading query_key_value");
+    if ((rc = load_named(st, c->vocab_size, H, m->embedding, err, "%sembed_in.weight", p)))
+        goto done;
+    for (int l = 0; l < c->num_layers; l++) {
+        model_layer *L = &m->layers[l];
+        if ((rc = load_named(st, H, 0, L->attn_norm_w, err, "%slayers.%d.input_layernorm.weight",
+                             p, l)) ||
+            (rc = load_named(st, H, 0, L->attn_norm_b, err, "%slayers.%d.input_layernorm.bias", p,
+                             l)) ||
+            (rc = load_named(st, H, 0, L->mlp_norm_w, err,
+                             "%slayers.%d.post_attention_layernorm.weight", p, l)) ||
+            (rc = load_named(st, H, 0, L->mlp_norm_b, err,
+                             "%slayers.%d.post_attention_layernorm.bias", p, l)) ||
+            (rc = load_named(st, m->qkv_dim, H, tmp, err,
+                             "%slayers.%d.attention.query_key_value.weight", p, l)))
+            goto done;
+        permute_neox_qkv(L->qkv_w, tmp, c->num_heads, c->head_dim, (size_t)H);
+        if (c->attention_bias) {
+            if ((rc = load_named(st, m->qkv_dim, 0, tmp, err,
+                                 "%slayers.%d.attention.query_key_value.bias", p, l)))
+                goto done;
+            permute_neox_qkv(L->qkv_b, tmp, c->num_heads, c->head_dim, 1);
+        }
+        if ((rc = load_named(st, H, m->q_dim, L->o_w, err, "%slayers.%d.attention.dense.weight", p,
+                             l)) ||
+            (c->attention_out_bias &&
+             (rc = load_named(st, H, 0, L->o_b, err, "%slayers.%d.attention.dense.bias", p, l))) ||
+            (rc = load_named(st, F, H, L->up_w, err, "%slayers.%d.mlp.dense_h_to_4h.weight", p,
+                             l)) ||
+            (rc = load_named(st, F, 0, L->up_b, err, "%slayers.%d.mlp.dense_h_to_4h.bias", p, l)) ||
+            (rc = load_named(st, H, F, L->down_w, err, "%slayers.%d.mlp.dense_4h_to_h.weight", p,
+                             l)) ||
+            (rc = load_named(st, H, 0, L->down_b, err, "%slayers.%d.mlp.dense_4h_to_h.bias", p,
+                             l)))
+            goto done;
+    }
+    if ((rc = load_named(st, H, 0, m->final_norm_w, err, "%sfinal_layer_norm.weight", p)) ||
+        (rc = load_named(st, H, 0, m->final_norm_b, err, "%sfinal_layer_norm.bias", p)))
+        goto done;
+done:
+    free(tmp);
+    return rc;
+}
+
+static int load_head(model *m, const safetensors_archive *st, duel_error *err) {
+    const model_config *c = &m->config;
+    int64_t H = c->hidden_size;
+    if (c->head == MODEL_HEAD_SEQUENCE_CLASSIFICATION)
+        return load_tensor(st, "score.weight", m->output_size, H, m->head_w, err);
+    if (c->tie_word_embeddings) return DUEL_OK; /* head_w aliases the embedding */
+    return load_tensor(st, c->arch == MODEL_ARCH_GPT_NEOX ? "embed_out.weight" : "lm_head.weight",
+                       m->output_size, H, m->head_w, err);
+}
+
+int model_load(const char *dir, model **out, duel_error *err) {
+    if (out) *out = NULL;
+    if (!dir || !out) return duel_error_set(err, DUEL_EINVAL, "model_load: NULL argument");
+    char path[4096];
+    if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
+        return duel_error_set(err, DUEL_ELIMIT, "model_load: directory path too long");
+    model *m = calloc(1, sizeof *m);
+    if (!m) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    safetensors_archive *st = NULL;
+    int rc = model_config_load(path, &m->config, err);
+    if (rc) goto fail;
+    const model_config *c = &m->config;
+    m->q_dim = c->num_heads * c->head_dim;
+    m->kv_dim = c->num_kv_heads * c->head_dim;
+    m->qkv_dim = m->q_dim + 2 * m->kv_dim;
+    m->up_dim = c->arch == MODEL_ARCH_LLAMA ? 2 * c->intermediate_size : c->intermediate_size;
+    m->output_size = c->head == MODEL_HEAD_SEQUENCE_CLASSIFICATION ? c->num_labels : c->vocab_size;
+    m->layers = calloc((size_t)c->num_layers, sizeof *m->layers);
+    m->inv_freq = calloc((size_t)(c->rotary_dim / 2 + 1), sizeof *m->inv_freq);
+    if (!m->layers || !m->inv_freq) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "out of memory");
+        goto fail;
+    }
+    m->num_params = layout_params(m, NULL);
+    if ((long long)m->num_params > MODEL_MAX_PARAMS) {
+        rc = duel_error_set(err, DUEL_ELIMIT, "%s: %zu parameters is above the limit of %lld",
+                            path, m->num_params, MODEL_MAX_PARAMS);
+        goto fail;
+    }
+    m->params = malloc(m->num_params * sizeof *m->params);
+    if (!m->params) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "%s: out of memory for %zu parameters", dir,
+                            m->num_params);
+        goto fail;
+    }
+    layout_params(m, m->params);
+    if ((rc = safetensors_open_dir(dir, &st, err))) goto fail;
+    rc = c->arch == MODEL_ARCH_LLAMA ? load_llama(m, st, err) : load_neox(m, st, err);
+    if (rc || (rc = load_head(m, st, err))) goto fail;
+    safetensors_close(st);
+    cpu_rope_inv_freq(m->inv_freq, c->rotary_dim, c->rope_theta,
+                      c->rope_scaling == MODEL_ROPE_LLAMA3   ? CPU_ROPE_SCALING_LLAMA3
+                      : c->rope_scaling == MODEL_ROPE_LINEAR ? CPU_ROPE_SCALING_LINEAR
+                                                             : CPU_ROPE_SCALING_NONE,
+                      c->rope_factor, c->rope_low_freq_factor, c->rope_high_freq_factor,
+                      c->rope_original_max_positions);
+    *out = m;
+    return DUEL_OK;
+fail:
+    safetensors_close(st);
+    model_free(m);
+    return rc;
+}
+
+void model_free(model *m) {
+    if (!m) return;
+    free(m->params);
+    free(m->layers);
+    free(m->inv_freq);
+    free(m->scratch);
+    free(m->att_scratch);
+    free(m);
+}
+
+const model_config *model_get_config(const model *m) { return &m->config; }
+
+int model_output_size(const model *m) { return m->output_size; }
+
+/* ---- KV cache ----------------------------------------------------------------------------- */
+
+int model_kv_cache_create(const model *m, int max_tokens, model_kv_cache **out, duel_error *err) {
+    if (out) *out = NULL;
+    if (!m || !out) return duel_error_set(err, DUEL_EINVAL, "model_kv_cache_create: NULL argument");
+    if (max_tokens < 1 || max_tokens > MODEL_KV_MAX_TOKENS)
+        return duel_error_set(err, DUEL_EINVAL, "KV cache size %d is outside [1, %d] tokens",
+                              max_tokens, MODEL_KV_MAX_TOKENS);
+    size_t per = (size_t)m->config.num_layers * (size_t)max_tokens * (size_t)m->kv_dim;
+    if (per > SIZE_MAX / 2 / sizeof(float))
+        return duel_error_set(err, DUEL_ELIMIT, "KV cache of %d tokens is too large", max_tokens);
+    model_kv_cache *kv = calloc(1, sizeof *kv);
+    float *mem = calloc(2 * per, sizeof *mem);
+    if (!kv || !mem) {
+        free(kv);
+        free(mem);
+        return duel_error_set(err, DUEL_ENOMEM, "out of memory for a KV cache of %d tokens (%zu MiB)",
+                              max_tokens, 2 * per * sizeof(float) >> 20);
+    }
+    kv->num_layers = m->config.num_layers;
+    kv->kv_dim = m->kv_dim;
+    kv->max_tokens = max_tokens;
+    kv->k = mem;
+    kv->v = mem + per;
+    *out = kv;
+    return DUEL_OK;
+}
+
+void model_kv_cache_free(model_kv_cache *kv) {
+    if (!kv) return;
+    free(kv->k); /* k and v share one allocation */
+    free(kv);
+}
+
+void model_kv_cache_reset(model_kv_cache *kv) {
+    if (kv) kv->length = 0;
+}
+
+int model_kv_cache_length(const model_kv_cache *kv) { return kv ? kv->length : 0; }
+
+void model_kv_cache_truncate(model_kv_cache *kv, int length) {
+    if (!kv) return;
+    if (length < 0) length = 0;
+    if (length < kv->length) kv->length = length;
+}
+
+/* ---- forward ------------------------------------------------------------------------------ */
+
+/* Makes room for chunks of `rows` tokens and attention over caches of max_ctx tokens. */
+static int ensure_scratch(model *m, int rows, int max_ctx, duel_error *err) {
+    const model_config *c = &m->config;
+    if (rows > m->scratch_tokens) {
+        int cap = m->scratch_tokens * 2 > rows ? m->scratch_tokens * 2 : rows;
+        if (cap > MODEL_MAX_CHUNK_TOKENS) cap = MODEL_MAX_CHUNK_TOKENS;
+        size_t H = (size_t)c->hidden_size, n = (size_t)cap, half = (size_t)c->rotary_dim / 2;
+        size_t sizes[9] = {n * H,         n * H,         n * H,
+                           n * m->qkv_dim, n * m->q_dim,  n * m->up_dim,
+                           n * (size_t)c->intermediate_size, n * half, n * half};
+        size_t total = 0;
+        for (int i = 0; i < 9; i++) total += sizes[i];
+        float *mem = malloc(total * sizeof *mem);
+        if (!mem) return duel_error_set(err, DUEL_ENOMEM, "out of memory for forward scratch");
+        free(m->scratch);
+        m->scratch = mem;
+        float **ptrs[9] = {&m->x,   &m->xb,      &m->xb2,      &m->qkv,     &m->att,
+                           &m->ffn, &m->ffn_act, &m->rope_cos, &m->rope_sin};
+        for (int i = 0; i < 9; i++) {
+            *ptrs[i] = mem;
+            mem += sizes[i];
+        }
+        m->scratch_tokens = cap;
+    }
+    size_t need = cpu_attention_scratch_floats(rows, max_ctx);
+    if (need > m->att_scratch_floats) {
+        float *mem = malloc(need * sizeof *mem);
+        if (!mem) return duel_error_set(err, DUEL_ENOMEM, "out of memory for attention scratch");
+        free(m->att_scratch);
+        m->att_scratch = mem;
+        m->att_scratch_floats = need;
+    }
+    return DUEL_OK;
+}
+
+static void apply_norm(const model *m, float *out, const float *in, const float *w,
+                       const float *b, int n) {
+    if (m->config.arch == MODEL_ARCH_GPT_NEOX)
+        cpu_layernorm_forward(out, in, w, b, n, m->config.hidden_size, (float)m->config.norm_eps);
+    else
+        cpu_rmsnorm_forward(out, in, w, n, m->config.hidden_size, (float)m->config.norm_eps);
+}
+
+/* x += mlp(in) for n rows. */
+static void mlp_forward(model *m, const model_layer *L, const float *in, int n) {
+    const model_config *c = &m->config;
+    int H = c->hidden_size, F = c->intermediate_size;
+    cpu_matmul_forward(m->ffn, in, L->up_w, L->up_b, n, H, m->up_dim, false, &m->gemm);
+    const float *act = m->ffn;
+    if (c->arch == MODEL_ARCH_LLAMA) {
+        cpu_swiglu_forward(m->ffn_act, m->ffn, n, F);
+        act = m->ffn_act;
+    } else {
+        cpu_gelu_forward(m->ffn, (size_t)n * F, c->activation == MODEL_ACT_GELU_TANH);
+    }
+    cpu_matmul_forward(m->x, act, L->down_w, L->down_b, n, F, H, true, &m->gemm);
+}
+
+/* One chunk of n <= scratch_tokens tokens at positions kv->length ... */
+static void forward_chunk(model *m, model_kv_cache *kv, const int32_t *tokens, int n,
+                          float *logits, bool all_logits, float *hidden_last) {
+    const model_config *c = &m->config;
+    int H = c->hidden_size, start = kv->length;
+    cpu_embedding_forward(m->x, tokens, n, m->embedding, H);
+    cpu_rope_tables(m->rope_cos, m->rope_sin, m->inv_freq, c->rotary_dim, start, n);
+    bool parallel = c->arch == MODEL_ARCH_GPT_NEOX && c->use_parallel_residual;
+    for (int l = 0; l < c->num_layers; l++) {
+        const model_layer *L = &m->layers[l];
+        size_t layer_off = (size_t)l * kv->max_tokens * kv->kv_dim;
+        float *kc = kv->k + layer_off, *vc = kv->v + layer_off;
+
+        apply_norm(m, m->xb, m->x, L->attn_norm_w, L->attn_norm_b, n);
+        cpu_matmul_forward(m->qkv, m->xb, L->qkv_w, L->qkv_b, n, H, m->qkv_dim, false, &m->gemm);
+        cpu_rope_forward(m->qkv, n, m->qkv_dim, c->num_heads, c->head_dim, c->rotary_dim,
+                         m->rope_cos, m->rope_sin);
+        cpu_rope_forward(m->qkv + m->q_dim, n, m->qkv_dim, c->num_kv_heads, c->head_dim,
+                         c->rotary_dim, m->rope_cos, m->rope_sin);
+        for (int t = 0; t < n; t++) {
+            const float *row = m->qkv + (size_t)t * m->qkv_dim;
+            size_t at = (size_t)(start + t) * kv->kv_dim;
+            memcpy(kc + at, row + m->q_dim, (size_t)m->kv_dim * sizeof *kc);
+            memcpy(vc + at, row + m->q_dim + m->kv_dim, (size_t)m->kv_dim * sizeof *vc);
+        }
+        cpu_attention_forward(m->att, m->q_dim, m->qkv, m->qkv_dim, kc, vc, kv->kv_dim, n, start,
+                              c->num_heads, c->num_kv_heads, c->head_dim, m->att_scratch,
+                              &m->gemm);
+        if (parallel) {
+            /* x + attn(ln1(x)) + mlp(ln2(x)): both norms read x before either add. */
+            apply_norm(m, m->xb2, m->x, L->mlp_norm_w, L->mlp_norm_b, n);
+            cpu_matmul_forward(m->x, m->att, L->o_w, L->o_b, n, m->q_dim, H, true, &m->gemm);
+            mlp_forward(m, L, m->xb2, n);
+        } else {
+            cpu_matmul_forward(m->x, m->att, L->o_w, L->o_b, n, m->q_dim, H, true, &m->gemm);
+            apply_norm(m, m->xb, m->x, L->mlp_norm_w, L->mlp_norm_b, n);
+            mlp_forward(m, L, m->xb, n);
+        }
+    }
+    kv->length = start + n;
+
+    const float *last;
+    if (logits && all_logits) {
+        apply_norm(m, m->xb, m->x, m->final_norm_w, m->final_norm_b, n);
+        cpu_matmul_forward(logits, m->xb, m->head_w, NULL, n, H, m->output_size, false, &m->gemm);
+        last = m->xb + (size_t)(n - 1) * H;
+    } else {
+        apply_norm(m, m->xb, m->x + (size_t)(n - 1) * H, m->final_norm_w, m->final_norm_b, 1);
+        if (logits)
+            cpu_matmul_forward(logits, m->xb, m->head_w, NULL, 1, H, m->output_size, false,
+                               &m->gemm);
+        last = m->xb;
+    }
+    if (hidden_last) memcpy(hidden_last, last, (size_t)H * sizeof *hidden_last);
+}
+
+int model_forward(model *m, model_kv_cache *kv, const int32_t *tokens, int n_tokens,
+                  float *logits, bool all_logits, float *hidden_last, duel_error *err) {
+    if (!m || !kv || !tokens)
+        return duel_error_set(err, DUEL_EINVAL, "model_forward: NULL argument");
+    const model_config *c = &m->config;
+    if (n_tokens < 1)
+        return duel_error_set(err, DUEL_EINVAL, "model_forward: %d tokens (need at least 1)",
+                              n_tokens);
+    if (kv->num_layers != c->num_layers || kv->kv_dim != m->kv_dim)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "model_forward: KV cache shape (%d layers x %d) does not match the "
+                              "model (%d layers x %d)",
+                              kv->num_layers, kv->kv_dim, c->num_layers, m->kv_dim);
+    if (n_tokens > kv->max_tokens - kv->length)
+        return duel_error_set(err, DUEL_ELIMIT,
+                              "model_forward: KV cache overflow: %d tokens stored, %d more exceed "
+                              "its capacity of %d",
+                              kv->length, n_tokens, kv->max_tokens);
+    for (int i = 0; i < n_tokens; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "model_forward: token id %d at index %d is outside the "
+                                  "vocabulary (vocab_size %d)",
+                                  (int)tokens[i], i, c->vocab_size);
+    int chunk = n_tokens < MODEL_MAX_CHUNK_TOKENS ? n_tokens : MODEL_MAX_CHUNK_TOKENS;
+    int rc = ensure_scratch(m, chunk, kv->max_tokens, err);
+    if (rc) return rc;
+    double t0 = duel_time_seconds();
+    for (int done = 0; done < n_tokens;) {
+        int rows = n_tokens - done < m->scratch_tokens ? n_tokens - done : m->scratch_tokens;
+        bool last = done + rows == n_tokens;
+        float *chunk_logits = NULL;
+        if (logits && all_logits)
+            chunk_logits = logits + (size_t)done * m->output_size;
+        else if (logits && last)
+            chunk_logits = logits;
+        forward_chunk(m, kv, tokens + done, rows, chunk_logits, all_logits,
+                      last ? hidden_last : NULL);
+        done += rows;
+    }
+    m->forward_seconds += duel_time_seconds() - t0;
+    return DUEL_OK;
+}
+
+model_timing model_get_timing(const model *m) {
+    model_timing t = {m->forward_seconds, m->gemm.seconds, m->gemm.flops};
+    return t;
+}
+
+void model_reset_timing(model *m) {
+    m->forward_seconds = 0;
+    m->gemm.seconds = 0;
+    m->gemm.flops = 0;
+}
