@@ -164,7 +164,18 @@ static int get_eos_ids(const json_t *obj, int vocab, model_config *c, const char
     return DUEL_OK;
 }
 
-/* rope_scaling: null, {"rope_type"|"type": "default"|"linear"|"llama3", ...}. */
+/* Newer transformers releases move rope settings (rope_theta, rope_type and its parameters,
+ * partial_rotary_factor) from the top level into a "rope_parameters" object. Returns the object
+ * to read key from: the top level when it has key, else rope_parameters when that has it. */
+static const json_t *rope_holder(const json_t *root, const char *key) {
+    const json_t *params = json_object_get(root, "rope_parameters");
+    if (!json_object_get(root, key) && json_is_object(params) && json_object_get(params, key))
+        return params;
+    return root;
+}
+
+/* rope_scaling (or rope_parameters): null, {"rope_type"|"type": "default"|"linear"|"llama3",
+ * ...}. */
 static int parse_rope_scaling(const json_t *root, model_config *c, const char *source,
                               duel_error *err) {
     c->rope_scaling = MODEL_ROPE_NONE;
@@ -172,21 +183,27 @@ static int parse_rope_scaling(const json_t *root, model_config *c, const char *s
     c->rope_low_freq_factor = 0.0;
     c->rope_high_freq_factor = 0.0;
     c->rope_original_max_positions = 0;
-    const json_t *rs = json_object_get(root, "rope_scaling");
+    const char *rs_key = "rope_scaling";
+    const json_t *rs = json_object_get(root, rs_key);
+    if (!rs || json_is_null(rs)) {
+        rs_key = "rope_parameters";
+        rs = json_object_get(root, rs_key);
+    }
     if (!rs || json_is_null(rs)) return DUEL_OK;
     if (!json_is_object(rs))
-        return duel_error_set(err, DUEL_EFORMAT, "%s: \"rope_scaling\" must be an object or null",
-                              source);
+        return duel_error_set(err, DUEL_EFORMAT, "%s: \"%s\" must be an object or null", source,
+                              rs_key);
     const json_t *type = json_object_get(rs, "rope_type");
     if (!type || json_is_null(type)) type = json_object_get(rs, "type");
+    if (!type && strcmp(rs_key, "rope_parameters") == 0) return DUEL_OK;
     if (!json_is_string(type))
         return duel_error_set(err, DUEL_EFORMAT,
-                              "%s: \"rope_scaling\" needs a string \"rope_type\" (or \"type\")",
-                              source);
+                              "%s: \"%s\" needs a string \"rope_type\" (or \"type\")", source,
+                              rs_key);
     const char *name = json_string_value(type);
     if (strcmp(name, "default") == 0) return DUEL_OK;
     char where[512];
-    snprintf(where, sizeof where, "%s: rope_scaling", source);
+    snprintf(where, sizeof where, "%s: %s", source, rs_key);
     int rc;
     if (strcmp(name, "linear") == 0) {
         c->rope_scaling = MODEL_ROPE_LINEAR;
@@ -266,8 +283,8 @@ static int parse_llama(const json_t *root, config_family family, model_config *c
                               source, c->num_kv_heads, c->num_heads);
     c->rotary_dim = c->head_dim;
     if ((rc = get_positive(root, "rms_norm_eps", false, 1e-6, 1.0, &c->norm_eps, source, err)) ||
-        (rc = get_positive(root, "rope_theta", false, 10000.0, 1e12, &c->rope_theta, source,
-                           err)) ||
+        (rc = get_positive(rope_holder(root, "rope_theta"), "rope_theta", false, 10000.0, 1e12,
+                           &c->rope_theta, source, err)) ||
         (rc = parse_rope_scaling(root, c, source, err)) ||
         (rc = get_bool(root, "tie_word_embeddings", false, &c->tie_word_embeddings, source, err)))
         return rc;
@@ -329,7 +346,9 @@ static int parse_gpt_neox(const json_t *root, model_config *c, const char *sourc
     double rotary_pct = 0.25;
     const char *pct_key =
         json_object_get(root, "rotary_pct") ? "rotary_pct" : "partial_rotary_factor";
-    if ((rc = get_positive(root, pct_key, false, 0.25, 1.0, &rotary_pct, source, err))) return rc;
+    if ((rc = get_positive(rope_holder(root, pct_key), pct_key, false, 0.25, 1.0, &rotary_pct,
+                           source, err)))
+        return rc;
     c->rotary_dim = (int)(c->head_dim * rotary_pct); /* truncation, as transformers does */
     if (c->rotary_dim < 2 || c->rotary_dim % 2 != 0)
         return duel_error_set(err, DUEL_EFORMAT,
@@ -338,7 +357,8 @@ static int parse_gpt_neox(const json_t *root, model_config *c, const char *sourc
                               source, pct_key, rotary_pct, c->rotary_dim, c->head_dim);
     const char *theta_key =
         json_object_get(root, "rotary_emb_base") ? "rotary_emb_base" : "rope_theta";
-    if ((rc = get_positive(root, theta_key, false, 10000.0, 1e12, &c->rope_theta, source, err)) ||
+    if ((rc = get_positive(rope_holder(root, theta_key), theta_key, false, 10000.0, 1e12,
+                           &c->rope_theta, source, err)) ||
         (rc = parse_rope_scaling(root, c, source, err)) ||
         (rc = get_positive(root, "layer_norm_eps", false, 1e-5, 1.0, &c->norm_eps, source,
                            err)) ||

@@ -523,6 +523,30 @@ int safetensors_open_file(const char *path, safetensors_archive **out, duel_erro
     return DUEL_OK;
 }
 
+int safetensors_open_memory(const unsigned char *data, size_t size, const char *source,
+                            safetensors_archive **out, duel_error *err) {
+    *out = NULL;
+    if (!source) source = "(memory)";
+    if (!data && size) return duel_error_set(err, DUEL_EINVAL, "%s: NULL buffer", source);
+    safetensors_archive *a = archive_new(source, 1, err);
+    if (!a) return DUEL_ENOMEM;
+    /* A file entry without a map: only its path (for messages) and metadata are owned. */
+    safetensors_file *f = &a->files[0];
+    f->path = strdup(source);
+    int rc = f->path ? DUEL_OK : duel_error_set(err, DUEL_ENOMEM, "%s: out of memory", source);
+    if (!rc) {
+        a->num_files = 1;
+        rc = parse_file_image(data, size, f->path, &a->tensors, &a->count, &f->metadata, err);
+    }
+    if (!rc) rc = archive_index(a, err);
+    if (rc) {
+        safetensors_close(a);
+        return rc;
+    }
+    *out = a;
+    return DUEL_OK;
+}
+
 /* A shard name from the index must be a plain file name inside the checkpoint directory. */
 static bool shard_name_ok(const char *name) {
     size_t n = strlen(name);

@@ -40,16 +40,23 @@ typedef struct safetensors_tensor {
 
 typedef struct safetensors_archive safetensors_archive;
 
-/* Opens <dir>/model.safetensors, or the shards listed by <dir>/model.safetensors.index.json when
- * that exists. */
+/* Opens <dir>/model.safetensors, or, when that does not exist, the shards listed by
+ * <dir>/model.safetensors.index.json (as transformers does). Each shard is opened once; every
+ * weight_map entry must be in the shard it names and every shard tensor in the weight_map. */
 int safetensors_open_dir(const char *dir, safetensors_archive **out, duel_error *err);
 /* Opens one .safetensors file. */
 int safetensors_open_file(const char *path, safetensors_archive **out, duel_error *err);
+/* Opens a file image held in memory (validated like a file; source names it in messages). The
+ * bytes are not copied: data must stay valid and unchanged until safetensors_close. */
+int safetensors_open_memory(const unsigned char *data, size_t size, const char *source,
+                            safetensors_archive **out, duel_error *err);
 void safetensors_close(safetensors_archive *archive);
 
-/* NULL when absent. */
+/* NULL when absent. Tensor data may be unaligned (files written by others need not pad their
+ * header): read it with memcpy or safetensors_to_f32, not through a cast pointer. */
 const safetensors_tensor *safetensors_find(const safetensors_archive *archive, const char *name);
 size_t safetensors_count(const safetensors_archive *archive);
+/* Tensors in name (strcmp) order, across all shards. */
 const safetensors_tensor *safetensors_at(const safetensors_archive *archive, size_t index);
 /* The "__metadata__" string map entry for key, or NULL. */
 const char *safetensors_metadata(const safetensors_archive *archive, const char *key);

@@ -259,6 +259,24 @@ static void test_defaults_and_variants(void **state) {
              &c);
     assert_int_equal(c.arch, MODEL_ARCH_LLAMA);
     assert_false(c.attention_bias);
+    /* Newer transformers releases: rope settings inside "rope_parameters". */
+    parse_ok("{\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":10,\"hidden_size\":8,"
+             "\"intermediate_size\":16,\"num_hidden_layers\":1,\"num_attention_heads\":2,"
+             "\"rope_parameters\":{\"rope_type\":\"llama3\",\"rope_theta\":500000.0,"
+             "\"factor\":8.0,\"low_freq_factor\":1.0,\"high_freq_factor\":4.0,"
+             "\"original_max_position_embeddings\":8192}}",
+             &c);
+    assert_true(c.rope_theta == 500000.0);
+    assert_int_equal(c.rope_scaling, MODEL_ROPE_LLAMA3);
+    assert_true(c.rope_factor == 8.0);
+    parse_ok("{\"architectures\":[\"GPTNeoXForCausalLM\"],\"vocab_size\":100,\"hidden_size\":64,"
+             "\"intermediate_size\":256,\"num_hidden_layers\":2,\"num_attention_heads\":4,"
+             "\"rope_parameters\":{\"rope_type\":\"default\",\"rope_theta\":20000,"
+             "\"partial_rotary_factor\":0.5}}",
+             &c);
+    assert_true(c.rope_theta == 20000.0);
+    assert_int_equal(c.rotary_dim, 8);
+    assert_int_equal(c.rope_scaling, MODEL_ROPE_NONE);
     /* Integral reals are accepted as integers. */
     parse_ok("{\"architectures\":[\"LlamaForCausalLM\"],\"vocab_size\":10.0,\"hidden_size\":8,"
              "\"intermediate_size\":16,\"num_hidden_layers\":1,\"num_attention_heads\":2}",
@@ -382,6 +400,11 @@ static const bad_config bad_configs[] = {
      LLAMA(",\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8,\"low_freq_factor\":4,"
            "\"high_freq_factor\":4,\"original_max_position_embeddings\":8192}"),
      DUEL_EFORMAT, "\"high_freq_factor\" (4) must exceed \"low_freq_factor\" (4)"},
+    {"rope_parameters unsupported",
+     LLAMA(",\"rope_parameters\":{\"rope_type\":\"longrope\",\"rope_theta\":10000}"),
+     DUEL_EUNSUPPORTED, "rope scaling type \"longrope\" is not supported"},
+    {"rope_parameters not object", LLAMA(",\"rope_parameters\":[]"), DUEL_EFORMAT,
+     "\"rope_parameters\" must be an object or null"},
     {"linear without factor", LLAMA(",\"rope_scaling\":{\"type\":\"linear\"}"), DUEL_EFORMAT,
      "\"factor\" is missing"},
     {"llama gelu", LLAMA(",\"hidden_act\":\"gelu\""), DUEL_EUNSUPPORTED,

@@ -41,6 +41,10 @@ static void remove_dir(const char *dir) {
     rmdir(dir);
 }
 
+/* One header entry: T("w", "F32", "[2,3]", 0, 24). */
+#define T(name, dtype, shape, b, e) \
+    "\"" name "\":{\"dtype\":\"" dtype "\",\"shape\":" shape ",\"data_offsets\":[" #b "," #e "]}"
+
 static void assert_contains(const char *haystack, const char *needle) {
     if (!strstr(haystack, needle)) fail_msg("message \"%s\" lacks \"%s\"", haystack, needle);
 }
@@ -114,6 +118,41 @@ static void test_valid_hand_built(void **state) {
     remove_dir(dir);
 }
 
+static void test_open_memory(void **state) {
+    (void)state;
+    const char *header = "{\"__metadata__\":{\"k\":\"v\"},"
+                         T("y", "F16", "[2]", 4, 8) "," T("x", "F32", "[1]", 0, 4) "}";
+    size_t size;
+    unsigned char *img = make_image(header, 8, 0, &size);
+    /* 1.0f at [0, 4), f16 {-2.5, 65504} at [4, 8). */
+    size_t data = 8 + strlen(header);
+    const unsigned char payload[8] = {0x00, 0x00, 0x80, 0x3f, 0x00, 0xc1, 0xff, 0x7b};
+    memcpy(img + data, payload, 8);
+    safetensors_archive *ar;
+    duel_error err = {0};
+    assert_int_equal(safetensors_open_memory(img, size, "mem.safetensors", &ar, &err), 0);
+    assert_int_equal(safetensors_count(ar), 2);
+    assert_string_equal(safetensors_at(ar, 0)->name, "x");
+    assert_string_equal(safetensors_metadata(ar, "k"), "v");
+    assert_string_equal(safetensors_find(ar, "y")->file, "mem.safetensors");
+    float out[2];
+    assert_int_equal(safetensors_to_f32(safetensors_find(ar, "x"), out, &err), 0);
+    assert_true(out[0] == 1.0f);
+    assert_int_equal(safetensors_to_f32(safetensors_find(ar, "y"), out, &err), 0);
+    assert_true(out[0] == -2.5f && out[1] == 65504.0f);
+    int64_t shape[1] = {3};
+    assert_int_equal(safetensors_expect(ar, "y", 1, shape, NULL, &err), DUEL_EFORMAT);
+    assert_contains(err.message, "mem.safetensors: tensor 'y' has shape [2], expected [3]");
+    safetensors_close(ar);
+    /* Rejections name the source and leave *out NULL. */
+    ar = (safetensors_archive *)1;
+    assert_int_equal(safetensors_open_memory(img, size - 1, "mem.safetensors", &ar, &err),
+                     DUEL_EFORMAT);
+    assert_null(ar);
+    assert_contains(err.message, "mem.safetensors: tensor 'y': data_offsets [4, 8] end beyond");
+    free(img);
+}
+
 static void test_empty_header_is_valid(void **state) {
     (void)state;
     size_t size, count = 5;
@@ -133,9 +172,6 @@ typedef struct bad_case {
     int code;
     const char *message;
 } bad_case;
-
-#define T(name, dtype, shape, b, e) \
-    "\"" name "\":{\"dtype\":\"" dtype "\",\"shape\":" shape ",\"data_offsets\":[" #b "," #e "]}"
 
 static const bad_case bad_cases[] = {
     {"length beyond file", "{}", 0, 100, DUEL_EFORMAT, "truncated: header length 100"},
@@ -706,6 +742,7 @@ static void test_rounding_against_reference(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_valid_hand_built),
+        cmocka_unit_test(test_open_memory),
         cmocka_unit_test(test_empty_header_is_valid),
         cmocka_unit_test(test_bad_headers),
         cmocka_unit_test(test_truncated_files),
