@@ -1,4 +1,6 @@
 # Tokenizer and chat template tests (owner: tok).
+duel_test(test_tokenizer ${CMAKE_CURRENT_LIST_DIR}/test_tokenizer.c)
+duel_test(test_chat_template ${CMAKE_CURRENT_LIST_DIR}/test_chat_template.c)
 
 # Parity with @huggingface/tokenizers (node) on GPT-2's real vocabulary; skipped (exit 77) when
 # node or the npm devDependencies are missing, so it never passes silently.
