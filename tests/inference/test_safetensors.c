@@ -414,6 +414,66 @@ static void test_write_rejects_bad_input(void **state) {
     remove_dir(dir);
 }
 
+/* Fault injection: the final rename fails (the target is a non-empty directory), so the call
+ * fails with DUEL_EIO, leaves the target alone and removes its temporary file. */
+static void test_write_rename_failure(void **state) {
+    (void)state;
+    float x[2] = {1, 2};
+    safetensors_write_tensor ok[] = {{"a", SAFETENSORS_F32, 1, {2}, x}};
+    char dir[512], target[600], inner[700], tmp[610];
+    test_make_temp_dir("st_wfail", dir, sizeof dir);
+    snprintf(target, sizeof target, "%s/model.safetensors", dir);
+    snprintf(inner, sizeof inner, "%s/keep", target);
+    snprintf(tmp, sizeof tmp, "%s.tmp", target);
+    assert_int_equal(mkdir(target, 0755), 0);
+    test_write_file(inner, "x", 1);
+    duel_error err = {0};
+    assert_int_equal(safetensors_write_file(target, ok, 1, NULL, &err), DUEL_EIO);
+    assert_contains(err.message, "cannot rename");
+    assert_int_not_equal(access(tmp, F_OK), 0);
+    assert_int_equal(access(inner, F_OK), 0);
+    unlink(inner);
+    rmdir(target);
+    remove_dir(dir);
+}
+
+/* Many tensors: the validator and the name lookup stay fast (sorting, not quadratic scans). */
+static void test_many_tensors(void **state) {
+    (void)state;
+    enum { N = 20000 };
+    safetensors_write_tensor *tensors = calloc(N, sizeof *tensors);
+    char (*names)[32] = calloc(N, sizeof *names);
+    uint16_t *values = calloc(N, sizeof *values);
+    assert_true(tensors && names && values);
+    for (int i = 0; i < N; i++) {
+        snprintf(names[i], sizeof names[i], "model.layers.%d.w", N - i);
+        values[i] = safetensors_f32_to_bf16((float)i);
+        tensors[i] = (safetensors_write_tensor){names[i], SAFETENSORS_BF16, 1, {1}, &values[i]};
+    }
+    char dir[512], path[600];
+    test_make_temp_dir("st_many", dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/many.safetensors", dir);
+    duel_error err = {0};
+    assert_int_equal(safetensors_write_file(path, tensors, N, NULL, &err), 0);
+    safetensors_archive *ar;
+    assert_int_equal(safetensors_open_file(path, &ar, &err), 0);
+    assert_int_equal(safetensors_count(ar), N);
+    for (int i = 0; i < N; i += 997) {
+        const safetensors_tensor *t = safetensors_find(ar, names[i]);
+        assert_non_null(t);
+        float v;
+        assert_int_equal(safetensors_to_f32(t, &v, &err), 0);
+        assert_true(v == safetensors_bf16_to_f32(values[i]));
+    }
+    for (size_t i = 1; i < safetensors_count(ar); i++)
+        assert_true(strcmp(safetensors_at(ar, i - 1)->name, safetensors_at(ar, i)->name) < 0);
+    safetensors_close(ar);
+    free(tensors);
+    free(names);
+    free(values);
+    remove_dir(dir);
+}
+
 /* ---- safetensors_expect ------------------------------------------------------------------ */
 
 static void test_expect(void **state) {
@@ -748,6 +808,8 @@ int main(void) {
         cmocka_unit_test(test_truncated_files),
         cmocka_unit_test(test_write_read_round_trip),
         cmocka_unit_test(test_write_rejects_bad_input),
+        cmocka_unit_test(test_write_rename_failure),
+        cmocka_unit_test(test_many_tensors),
         cmocka_unit_test(test_expect),
         cmocka_unit_test(test_sharded_ok),
         cmocka_unit_test(test_sharded_bad),
