@@ -268,6 +268,8 @@ const model_config *llama_train_config(const llama_train *m) { return &m->config
 size_t llama_train_num_parameters(const llama_train *m) { return m->num_parameters; }
 llama_train_params *llama_train_parameters(llama_train *m) { return &m->params; }
 llama_train_params *llama_train_gradients(llama_train *m) { return &m->grads; }
+float *llama_train_parameter_memory(llama_train *m) { return m->param_memory; }
+float *llama_train_gradient_memory(llama_train *m) { return m->grad_memory; }
 int llama_train_num_tensors(const llama_train *m) { return m->num_tensors; }
 
 int llama_train_tensor_at(llama_train *m, int index, llama_train_tensor *out) {

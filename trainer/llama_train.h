@@ -83,6 +83,10 @@ size_t llama_train_num_parameters(const llama_train *model);
 /* The parameter and gradient structs (pointers into the model; valid until llama_train_free). */
 llama_train_params *llama_train_parameters(llama_train *model);
 llama_train_params *llama_train_gradients(llama_train *model);
+/* All parameters, and their gradients, as one contiguous array of llama_train_num_parameters
+ * floats each, in the same order (the optimizer's view: AdamW, clipping, copies). */
+float *llama_train_parameter_memory(llama_train *model);
+float *llama_train_gradient_memory(llama_train *model);
 
 /* HF-named tensors in transformers' state_dict order: embed_tokens, then per layer
  * self_attn.{q,k,v,o}_proj (weight, then bias where the config has one), mlp.{gate,up,down}_proj,
