@@ -1,12 +1,67 @@
-/* main.c: the `duel` executable; dispatches to subcommands. */
+/* main.c: the `duel` executable. A table of subcommands, each with a one-line summary and its
+ * own parser and --help (cli.h); `duel --help` lists them. Exit codes: 0 ok, 1 the work failed,
+ * 2 the command line was wrong. */
 #include <stdio.h>
 #include <string.h>
 
+#include "cli.h"
+#include "version.h"
+
+typedef struct cli_subcommand {
+    const char *name;
+    const char *summary;
+    int (*run)(int argc, char **argv);
+} cli_subcommand;
+
+static const cli_subcommand SUBCOMMANDS[] = {
+    {"info", "version, backends built in (cpu, cuda) and whether a GPU answers", cmd_info},
+    {"generate", "generate text from a prompt, or chat, with a local model", cmd_generate},
+    {"bench", "benchmarks: forward pass speed, machine limits (sgemm, memory bandwidth)",
+     cmd_bench},
+};
+#define N_SUBCOMMANDS (sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0])
+
+static void print_help(FILE *out) {
+    fprintf(out,
+            "usage: duel <command> [options]\n\n"
+            "duel: a chat model server that learns from pairwise votes (see README.md).\n\n"
+            "commands:\n");
+    for (size_t i = 0; i < N_SUBCOMMANDS; i++)
+        fprintf(out, "  %-10s %s\n", SUBCOMMANDS[i].name, SUBCOMMANDS[i].summary);
+    fprintf(out,
+            "\noptions:\n"
+            "  --help, -h  print this help and exit\n"
+            "  --version   print the version and exit\n\n"
+            "'duel <command> --help' describes a command's options.\n");
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2 || strcmp(argv[1], "--help") == 0) {
-        printf("usage: duel <command> [options]\n");
-        return 0;
+    if (argc < 2) {
+        print_help(stderr);
+        return CLI_EXIT_USAGE;
     }
-    fprintf(stderr, "duel: unknown command '%s'\n", argv[1]);
-    return 2;
+    const char *name = argv[1];
+    if (strcmp(name, "--help") == 0 || strcmp(name, "-h") == 0 || strcmp(name, "help") == 0) {
+        if (strcmp(name, "help") == 0 && argc > 2) {
+            /* `duel help generate` is `duel generate --help`. */
+            for (size_t i = 0; i < N_SUBCOMMANDS; i++) {
+                if (strcmp(argv[2], SUBCOMMANDS[i].name) == 0) {
+                    char *help_argv[] = {"--help", NULL};
+                    return SUBCOMMANDS[i].run(1, help_argv);
+                }
+            }
+            fprintf(stderr, "duel: unknown command '%s' (see 'duel --help')\n", argv[2]);
+            return CLI_EXIT_USAGE;
+        }
+        print_help(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(name, "--version") == 0) {
+        printf("duel %s\n", duel_version());
+        return CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < N_SUBCOMMANDS; i++)
+        if (strcmp(name, SUBCOMMANDS[i].name) == 0) return SUBCOMMANDS[i].run(argc - 2, argv + 2);
+    fprintf(stderr, "duel: unknown command '%s' (see 'duel --help')\n", name);
+    return CLI_EXIT_USAGE;
 }

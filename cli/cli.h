@@ -1,0 +1,55 @@
+/* cli.h: what the `duel` executable's files share: the table-driven option parser (so that every
+ * flag is parsed, range-checked and documented in --help from one place) and the entry points of
+ * the subcommands. Exit codes: CLI_EXIT_OK, CLI_EXIT_FAILURE (the work failed: missing model,
+ * bad file), CLI_EXIT_USAGE (the command line was wrong). Only this folder prints. */
+#ifndef DUEL_CLI_H
+#define DUEL_CLI_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+enum { CLI_EXIT_OK = 0, CLI_EXIT_FAILURE = 1, CLI_EXIT_USAGE = 2 };
+
+typedef enum cli_option_kind {
+    CLI_OPT_FLAG,   /* bool, no value */
+    CLI_OPT_STRING, /* const char *, points into argv */
+    CLI_OPT_INT,    /* long long, checked against [min, max] */
+    CLI_OPT_DOUBLE, /* double, checked against min/max (see min_exclusive) */
+} cli_option_kind;
+
+typedef struct cli_option {
+    const char *name;    /* with dashes: "--top-p" */
+    cli_option_kind kind;
+    void *dest;          /* bool *, const char **, long long * or double *; holds the default */
+    const char *metavar; /* "F", "DIR", ...; NULL for flags */
+    const char *help;    /* one line; says the default */
+    double min, max;     /* numeric range, inclusive unless min_exclusive */
+    bool min_exclusive;
+    bool *given;         /* optional: set to true when the option appears */
+} cli_option;
+
+typedef struct cli_command {
+    const char *name;        /* "generate", "bench forward" */
+    const char *synopsis;    /* after "usage: duel <name> " */
+    const char *description; /* a paragraph, may contain newlines */
+    const cli_option *options;
+    size_t n_options;
+} cli_command;
+
+/* Parses argv[0..argc) (argv[0] is the first option, not the command name) against the table.
+ * Accepts "--name value" and "--name=value"; "--help"/"-h" prints the help to stdout.
+ * Returns CLI_EXIT_OK to go on, -1 when help was printed (exit 0), or CLI_EXIT_USAGE after
+ * printing a message naming the bad option to stderr. */
+int cli_parse(const cli_command *cmd, int argc, char **argv);
+void cli_print_help(const cli_command *cmd, FILE *out);
+/* Prints "duel <cmd>: <message>" and a hint to see --help to stderr; returns CLI_EXIT_USAGE. */
+int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Subcommands: argv[0] is the first argument after the command name. */
+int cmd_info(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_bench(int argc, char **argv);
+
+#endif

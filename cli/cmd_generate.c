@@ -1,0 +1,475 @@
+/* cmd_generate.c: `duel generate`: one prompt (raw text or as a chat turn) or an interactive
+ * chat, streamed token by token to stdout with prefill and decode speeds on stderr.
+ *
+ * A generator owns the model, the tokenizer and a contiguous KV cache, plus the list of tokens
+ * whose K/V the cache holds. Each request is the full token sequence (the whole conversation in
+ * chat mode); only the part after the longest common prefix with the cache is prefilled, so a
+ * chat's next turn costs its new tokens, not the whole history. Generation stops at an EOS id
+ * from config.json, the chat template's end-of-turn token, --max-new-tokens, or a full context.
+ * Same seed, same model, same backend: same text. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat_template.h"
+#include "cli.h"
+#include "model.h"
+#include "sampler.h"
+#include "timer.h"
+#include "tokenizer.h"
+#include "utf8.h"
+#include "utf8_stream.h"
+
+/* Context allocated when --context is not given: the model's max_position_embeddings, capped so
+ * that a model with a 128k window does not reserve gigabytes of KV cache for a CLI chat. */
+#define GENERATE_DEFAULT_CONTEXT_CAP 4096
+/* Longest interactive input line, bytes. */
+#define GENERATE_MAX_LINE_BYTES (1u << 20)
+
+typedef struct generator {
+    model *model;
+    tokenizer *tok;
+    const model_config *config;
+    model_kv_cache *kv;
+    int context;      /* tokens the KV cache holds at most */
+    int32_t *cached;  /* [context] the tokens whose K/V are in kv, in order */
+    int n_cached;
+    float *logits;    /* [n_logits] scores of the last position run */
+    int n_logits;
+    sampler_params sampling;
+    duel_rng rng;
+    int32_t stop_ids[MODEL_CONFIG_MAX_EOS + 1];
+    int n_stop_ids;
+} generator;
+
+typedef struct generation_stats {
+    int prompt_tokens;
+    int prefilled_tokens; /* prompt tokens actually run (the rest came from the cache) */
+    int new_tokens;
+    double prefill_seconds;
+    double decode_seconds;
+    const char *stop_reason;
+} generation_stats;
+
+static void generator_free(generator *g) {
+    model_kv_cache_free(g->kv);
+    model_free(g->model);
+    tokenizer_free(g->tok);
+    free(g->cached);
+    free(g->logits);
+    memset(g, 0, sizeof *g);
+}
+
+static int generator_open(generator *g, const char *dir, long long context, duel_error *err) {
+    memset(g, 0, sizeof *g);
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+        return duel_error_set(err, DUEL_ENOTFOUND, "model directory '%s' %s", dir,
+                              stat(dir, &st) != 0 ? "does not exist" : "is not a directory");
+    int rc = model_load(dir, &g->model, err);
+    if (rc) return rc;
+    g->config = model_get_config(g->model);
+    if (g->config->head != MODEL_HEAD_CAUSAL_LM) {
+        rc = duel_error_set(err, DUEL_EUNSUPPORTED,
+                            "%s: %s is a sequence classifier, not a text generator", dir,
+                            g->config->architecture);
+        goto fail;
+    }
+    char path[4096];
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    rc = tokenizer_load(path, &g->tok, err);
+    if (rc) goto fail;
+
+    int max_pos = g->config->max_position_embeddings;
+    if (context == 0) {
+        g->context = max_pos < GENERATE_DEFAULT_CONTEXT_CAP ? max_pos : GENERATE_DEFAULT_CONTEXT_CAP;
+    } else if (context > max_pos) {
+        rc = duel_error_set(err, DUEL_EINVAL,
+                            "--context %lld exceeds the model's max_position_embeddings (%d)",
+                            context, max_pos);
+        goto fail;
+    } else {
+        g->context = (int)context;
+    }
+    rc = model_kv_cache_create(g->model, g->context, &g->kv, err);
+    if (rc) goto fail;
+    g->n_logits = model_output_size(g->model);
+    g->logits = malloc((size_t)g->n_logits * sizeof *g->logits);
+    g->cached = malloc((size_t)g->context * sizeof *g->cached);
+    if (!g->logits || !g->cached) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "out of memory for logits and token list");
+        goto fail;
+    }
+    for (int i = 0; i < g->config->num_eos_token_ids; i++)
+        g->stop_ids[g->n_stop_ids++] = g->config->eos_token_ids[i];
+    return DUEL_OK;
+fail:
+    generator_free(g);
+    return rc;
+}
+
+/* Adds the chat template's end-of-turn token (when the tokenizer has it) to the stop ids. */
+static void generator_stop_at_end_of_turn(generator *g, chat_template_kind kind) {
+    const char *eot = chat_template_end_of_turn(kind);
+    if (!eot) return;
+    int32_t id = tokenizer_token_id(g->tok, eot);
+    if (id < 0) return;
+    for (int i = 0; i < g->n_stop_ids; i++)
+        if (g->stop_ids[i] == id) return;
+    g->stop_ids[g->n_stop_ids++] = id;
+}
+
+static int is_stop(const generator *g, int32_t id) {
+    for (int i = 0; i < g->n_stop_ids; i++)
+        if (g->stop_ids[i] == id) return 1;
+    return 0;
+}
+
+/* Runs prompt[0..n) (the whole sequence so far) and generates up to max_new tokens, streaming
+ * them to out. *answer (optional) receives the generated text (heap, special tokens dropped). */
+static int generator_run(generator *g, const int32_t *prompt, int n, int max_new, FILE *out,
+                         char **answer, generation_stats *stats, duel_error *err) {
+    memset(stats, 0, sizeof *stats);
+    stats->prompt_tokens = n;
+    if (answer) *answer = NULL;
+    if (n <= 0) return duel_error_set(err, DUEL_EINVAL, "the prompt encodes to no tokens");
+    if (n >= g->context)
+        return duel_error_set(err, DUEL_ELIMIT,
+                              "the prompt is %d tokens but the context holds %d (model "
+                              "max_position_embeddings %d; see --context)",
+                              n, g->context, g->config->max_position_embeddings);
+    int common = 0;
+    while (common < n && common < g->n_cached && g->cached[common] == prompt[common]) common++;
+    if (common == n) common = n - 1; /* rerun the last token to get its logits */
+    model_kv_cache_truncate(g->kv, common);
+    g->n_cached = common;
+
+    double t0 = duel_time_seconds();
+    int rc = model_forward(g->model, g->kv, prompt + common, n - common, g->logits, false, NULL,
+                           err);
+    if (rc) return rc;
+    memcpy(g->cached + common, prompt + common, (size_t)(n - common) * sizeof *prompt);
+    g->n_cached = n;
+    double t1 = duel_time_seconds();
+    stats->prefilled_tokens = n - common;
+    stats->prefill_seconds = t1 - t0;
+
+    int32_t *generated = malloc(((size_t)max_new + 1) * sizeof *generated);
+    if (!generated) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    utf8_stream stream;
+    utf8_stream_init(&stream);
+    stats->stop_reason = "max-new-tokens";
+    int count = 0;
+    while (count < max_new) {
+        int32_t id = sampler_sample(g->logits, g->n_logits, &g->sampling, &g->rng, NULL, err);
+        if (id < 0) {
+            rc = id;
+            break;
+        }
+        if (is_stop(g, id)) {
+            stats->stop_reason = "stop token";
+            break;
+        }
+        generated[count++] = id;
+        const char *bytes;
+        size_t len;
+        if (!tokenizer_is_special(g->tok, id) && tokenizer_token_bytes(g->tok, id, &bytes, &len) == 0) {
+            utf8_stream_write(&stream, bytes, len, out);
+            fflush(out);
+        }
+        if (count == max_new) break;
+        if (g->n_cached >= g->context) {
+            stats->stop_reason = "context full";
+            break;
+        }
+        rc = model_forward(g->model, g->kv, &id, 1, g->logits, false, NULL, err);
+        if (rc) break;
+        g->cached[g->n_cached++] = id;
+    }
+    utf8_stream_finish(&stream, out);
+    fflush(out);
+    stats->new_tokens = count;
+    stats->decode_seconds = duel_time_seconds() - t1;
+    if (rc == 0 && answer) {
+        size_t len;
+        rc = tokenizer_decode(g->tok, generated, (size_t)count, true, answer, &len, err);
+    }
+    free(generated);
+    return rc;
+}
+
+static void print_stats(const generation_stats *s, unsigned long long seed) {
+    fprintf(stderr,
+            "[prompt %d tokens, prefill %d in %.3f s = %.1f tokens/s | decode %d tokens in "
+            "%.3f s = %.1f tokens/s | stop: %s | seed %llu]\n",
+            s->prompt_tokens, s->prefilled_tokens, s->prefill_seconds,
+            s->prefill_seconds > 0 ? s->prefilled_tokens / s->prefill_seconds : 0.0,
+            s->new_tokens, s->decode_seconds,
+            s->decode_seconds > 0 ? s->new_tokens / s->decode_seconds : 0.0, s->stop_reason,
+            seed);
+}
+
+/* A chat conversation: messages own their strings. */
+typedef struct conversation {
+    chat_message *messages;
+    size_t count, cap;
+} conversation;
+
+static int conversation_add(conversation *c, const char *role, const char *content, size_t len) {
+    if (c->count == c->cap) {
+        size_t cap = c->cap ? 2 * c->cap : 8;
+        chat_message *m = realloc(c->messages, cap * sizeof *m);
+        if (!m) return DUEL_ENOMEM;
+        c->messages = m;
+        c->cap = cap;
+    }
+    char *copy = malloc(len + 1);
+    if (!copy) return DUEL_ENOMEM;
+    memcpy(copy, content, len);
+    copy[len] = '\0';
+    c->messages[c->count].role = role;
+    c->messages[c->count].content = copy;
+    c->count++;
+    return DUEL_OK;
+}
+
+static void conversation_truncate(conversation *c, size_t count) {
+    while (c->count > count) free((char *)c->messages[--c->count].content);
+}
+
+static void conversation_free(conversation *c) {
+    conversation_truncate(c, 0);
+    free(c->messages);
+    memset(c, 0, sizeof *c);
+}
+
+/* Renders the conversation with a generation prompt, encodes it, generates the answer and adds
+ * it to the conversation. */
+static int chat_turn(generator *g, chat_template_kind kind, conversation *c, int max_new,
+                     generation_stats *stats, duel_error *err) {
+    char *text = NULL, *answer = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int rc = chat_template_render(kind, c->messages, c->count, true, &text, err);
+    if (rc == 0) rc = tokenizer_encode(g->tok, text, strlen(text), true, &ids, &n_ids, err);
+    if (rc == 0 && n_ids > (size_t)g->context)
+        rc = duel_error_set(err, DUEL_ELIMIT,
+                            "the conversation is %zu tokens but the context holds %d", n_ids,
+                            g->context);
+    if (rc == 0) rc = generator_run(g, ids, (int)n_ids, max_new, stdout, &answer, stats, err);
+    if (rc == 0) rc = conversation_add(c, "assistant", answer, strlen(answer));
+    free(text);
+    free(ids);
+    free(answer);
+    return rc;
+}
+
+typedef struct generate_options {
+    const char *model_dir, *prompt, *system, *template_name;
+    bool chat, interactive;
+    double temperature, top_p;
+    long long top_k, seed, max_new_tokens, context;
+    bool seed_given;
+} generate_options;
+
+static int interactive_chat(generator *g, chat_template_kind kind, const generate_options *o,
+                            unsigned long long seed) {
+    conversation c = {0};
+    int status = CLI_EXIT_OK;
+    if (o->system && conversation_add(&c, "system", o->system, strlen(o->system))) {
+        fprintf(stderr, "duel generate: out of memory\n");
+        return CLI_EXIT_FAILURE;
+    }
+    size_t base = c.count;
+    bool tty = isatty(STDIN_FILENO);
+    fprintf(stderr,
+            "Chat with %s (template %s). Type a message and press Enter; /reset forgets the "
+            "conversation; Ctrl-D exits.\n",
+            o->model_dir, chat_template_name(kind));
+    const char *pending_prompt = o->prompt; /* --prompt given with --interactive: first turn */
+    char *line = NULL;
+    size_t line_cap = 0;
+    for (;;) {
+        const char *text;
+        size_t len;
+        if (pending_prompt) {
+            text = pending_prompt;
+            len = strlen(text);
+            pending_prompt = NULL;
+            if (tty) fprintf(stderr, "> %s\n", text);
+        } else {
+            if (tty) fputs("> ", stderr);
+            ssize_t got = getline(&line, &line_cap, stdin);
+            if (got < 0) {
+                if (tty) fputc('\n', stderr);
+                break;
+            }
+            while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
+            text = line;
+            len = (size_t)got;
+        }
+        if (len == 0) continue;
+        if (len > GENERATE_MAX_LINE_BYTES) {
+            fprintf(stderr, "duel generate: message too long (%zu bytes, at most %u)\n", len,
+                    GENERATE_MAX_LINE_BYTES);
+            continue;
+        }
+        size_t bad;
+        if (!duel_utf8_valid(text, len, &bad)) {
+            fprintf(stderr, "duel generate: message is not valid UTF-8 (byte %zu); ignored\n", bad);
+            continue;
+        }
+        if (strcmp(text, "/reset") == 0) {
+            conversation_truncate(&c, base);
+            fprintf(stderr, "(conversation forgotten)\n");
+            continue;
+        }
+        if (strcmp(text, "/exit") == 0 || strcmp(text, "/quit") == 0) break;
+        if (conversation_add(&c, "user", text, len)) {
+            fprintf(stderr, "duel generate: out of memory\n");
+            status = CLI_EXIT_FAILURE;
+            break;
+        }
+        generation_stats stats;
+        duel_error err = {0};
+        int rc = chat_turn(g, kind, &c, (int)o->max_new_tokens, &stats, &err);
+        fputc('\n', stdout);
+        fflush(stdout);
+        if (rc) {
+            fprintf(stderr, "duel generate: %s\n", err.message);
+            conversation_truncate(&c, c.count - 1); /* drop the unanswered message */
+            if (rc == DUEL_ELIMIT) {
+                fprintf(stderr, "(type /reset to start over)\n");
+                continue;
+            }
+            status = CLI_EXIT_FAILURE;
+            break;
+        }
+        print_stats(&stats, seed);
+    }
+    free(line);
+    conversation_free(&c);
+    return status;
+}
+
+int cmd_generate(int argc, char **argv) {
+    generate_options o = {.temperature = 0.7, .top_p = 0.9, .top_k = 0, .max_new_tokens = 256};
+    const cli_option options[] = {
+        {"--model", CLI_OPT_STRING, &o.model_dir, "DIR",
+         "model directory (config.json, model.safetensors, tokenizer.json); required", 0, 0,
+         false, NULL},
+        {"--prompt", CLI_OPT_STRING, &o.prompt, "TEXT",
+         "the prompt (UTF-8); required unless --interactive", 0, 0, false, NULL},
+        {"--chat", CLI_OPT_FLAG, &o.chat, NULL,
+         "wrap the prompt in the model's chat template as a user turn", 0, 0, false, NULL},
+        {"--interactive", CLI_OPT_FLAG, &o.interactive, NULL,
+         "chat: read messages from stdin line by line, keep the conversation (implies --chat)",
+         0, 0, false, NULL},
+        {"--system", CLI_OPT_STRING, &o.system, "TEXT", "system message for --chat", 0, 0, false,
+         NULL},
+        {"--template", CLI_OPT_STRING, &o.template_name, "NAME",
+         "chat template: plain, chatml or llama3 (default: from tokenizer_config.json)", 0, 0,
+         false, NULL},
+        {"--temperature", CLI_OPT_DOUBLE, &o.temperature, "F",
+         "sampling temperature, 0 = greedy (default 0.7)", 0, 100, false, NULL},
+        {"--top-p", CLI_OPT_DOUBLE, &o.top_p, "F", "nucleus sampling mass, 1 = off (default 0.9)",
+         0, 1, true, NULL},
+        {"--top-k", CLI_OPT_INT, &o.top_k, "N", "sample among the N likeliest, 0 = off (default 0)",
+         0, 1e9, false, NULL},
+        {"--seed", CLI_OPT_INT, &o.seed, "N",
+         "random seed; same seed, same text (default: from the clock, printed)", 0,
+         9.2e18, false, &o.seed_given},
+        {"--max-new-tokens", CLI_OPT_INT, &o.max_new_tokens, "N",
+         "stop after N generated tokens (default 256)", 1, 1e6, false, NULL},
+        {"--context", CLI_OPT_INT, &o.context, "N",
+         "tokens of KV cache to allocate (default: max_position_embeddings, at most 4096)", 1,
+         1e7, false, NULL},
+    };
+    const cli_command cmd = {
+        "generate",
+        "--model DIR (--prompt TEXT | --interactive) [--chat] [options]",
+        "Generates text with a local model and streams it to stdout; prefill and decode speeds\n"
+        "go to stderr. Generation stops at an end-of-sequence token, the chat template's\n"
+        "end-of-turn token (with --chat), --max-new-tokens, or a full context.\n"
+        "With --interactive, each line of stdin is a user message; /reset forgets the\n"
+        "conversation; Ctrl-D (end of input) exits.",
+        options, sizeof options / sizeof options[0]};
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
+    if (!o.model_dir) return cli_usage_error(&cmd, "--model DIR is required");
+    if (!o.prompt && !o.interactive)
+        return cli_usage_error(&cmd, "--prompt TEXT is required (or --interactive)");
+    size_t bad;
+    if (o.prompt && !duel_utf8_valid(o.prompt, strlen(o.prompt), &bad))
+        return cli_usage_error(&cmd, "--prompt is not valid UTF-8 (byte %zu)", bad);
+    if (o.system && !duel_utf8_valid(o.system, strlen(o.system), &bad))
+        return cli_usage_error(&cmd, "--system is not valid UTF-8 (byte %zu)", bad);
+    if (o.interactive) o.chat = true;
+    if ((o.system || o.template_name) && !o.chat)
+        return cli_usage_error(&cmd, "--system and --template need --chat or --interactive");
+    chat_template_kind kind = CHAT_TEMPLATE_PLAIN;
+    duel_error err = {0};
+    if (o.template_name && chat_template_from_name(o.template_name, &kind, &err))
+        return cli_usage_error(&cmd, "--template: %s", err.message);
+
+    unsigned long long seed = o.seed_given
+                                  ? (unsigned long long)o.seed
+                                  : (unsigned long long)time(NULL) ^ ((unsigned long long)getpid() << 32);
+    seed &= 0x7fffffffffffffffull; /* printable back as a valid --seed */
+
+    generator g;
+    rc = generator_open(&g, o.model_dir, o.context, &err);
+    if (rc) {
+        fprintf(stderr, "duel generate: %s\n", err.message);
+        return CLI_EXIT_FAILURE;
+    }
+    g.sampling = (sampler_params){(float)o.temperature, (float)o.top_p, (int)o.top_k};
+    duel_rng_seed(&g.rng, seed);
+    if (o.chat && !o.template_name && chat_template_detect(o.model_dir, &kind, &err)) {
+        fprintf(stderr, "duel generate: %s\n", err.message);
+        generator_free(&g);
+        return CLI_EXIT_FAILURE;
+    }
+    if (o.chat) generator_stop_at_end_of_turn(&g, kind);
+
+    int status = CLI_EXIT_OK;
+    if (o.interactive) {
+        status = interactive_chat(&g, kind, &o, seed);
+    } else {
+        generation_stats stats;
+        if (o.chat) {
+            conversation c = {0};
+            rc = o.system ? conversation_add(&c, "system", o.system, strlen(o.system)) : 0;
+            if (rc == 0) rc = conversation_add(&c, "user", o.prompt, strlen(o.prompt));
+            if (rc == 0) rc = chat_turn(&g, kind, &c, (int)o.max_new_tokens, &stats, &err);
+            else duel_error_set(&err, rc, "out of memory");
+            conversation_free(&c);
+        } else {
+            int32_t *ids = NULL;
+            size_t n_ids = 0;
+            rc = tokenizer_encode(g.tok, o.prompt, strlen(o.prompt), false, &ids, &n_ids, &err);
+            if (rc == 0 && n_ids > (size_t)g.context)
+                rc = duel_error_set(&err, DUEL_ELIMIT,
+                                    "the prompt is %zu tokens but the context holds %d", n_ids,
+                                    g.context);
+            if (rc == 0)
+                rc = generator_run(&g, ids, (int)n_ids, (int)o.max_new_tokens, stdout, NULL,
+                                   &stats, &err);
+            free(ids);
+        }
+        if (rc) {
+            fprintf(stderr, "duel generate: %s\n", err.message);
+            status = CLI_EXIT_FAILURE;
+        } else {
+            fputc('\n', stdout);
+            fflush(stdout);
+            print_stats(&stats, seed);
+        }
+    }
+    generator_free(&g);
+    return status;
+}

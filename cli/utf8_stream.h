@@ -1,0 +1,22 @@
+/* utf8_stream.h: printing streamed token bytes as text. Byte-level BPE tokens may end in the
+ * middle of a UTF-8 character; the stream holds such a tail back until the rest arrives and
+ * writes only complete characters. Bytes that can never form valid UTF-8 become U+FFFD, as
+ * Hugging Face's decoder does, so the output is always valid UTF-8. */
+#ifndef DUEL_CLI_UTF8_STREAM_H
+#define DUEL_CLI_UTF8_STREAM_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+typedef struct utf8_stream {
+    unsigned char pending[4]; /* an incomplete but so far valid character */
+    size_t n_pending;
+} utf8_stream;
+
+void utf8_stream_init(utf8_stream *s);
+/* Appends bytes and writes every complete character to out. Returns bytes written to out. */
+size_t utf8_stream_write(utf8_stream *s, const char *bytes, size_t len, FILE *out);
+/* Writes a held-back incomplete tail as U+FFFD (end of the text). Returns bytes written. */
+size_t utf8_stream_finish(utf8_stream *s, FILE *out);
+
+#endif

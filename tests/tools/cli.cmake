@@ -1,0 +1,11 @@
+# tests/tools/cli.cmake: tests of the `duel` executable (cli/): the UTF-8 stream printer in C, and
+# the command-line behaviour as a shell script run against the built binary (exit 77 = skipped,
+# when the random test model cannot be made).
+duel_test(test_utf8_stream ${CMAKE_CURRENT_LIST_DIR}/test_utf8_stream.c
+          ${PROJECT_SOURCE_DIR}/cli/utf8_stream.c)
+if(NOT DUEL_FUZZ)
+  target_include_directories(test_utf8_stream PRIVATE ${PROJECT_SOURCE_DIR}/cli)
+  add_test(NAME test_cli COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/test_cli.sh $<TARGET_FILE:duel>)
+  set_tests_properties(test_cli PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 ENVIRONMENT
+    "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BUILD_DIR=${PROJECT_BINARY_DIR};DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp;DUEL_PYTHON=${DUEL_PYTHON}")
+endif()

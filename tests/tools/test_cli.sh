@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# test_cli.sh: tests the `duel` executable's command-line behaviour (cli/): every command's --help
+# exits 0 and documents every flag; unknown commands and options, bad values and invalid UTF-8
+# exit 2 with a message naming the problem; a missing model directory is a clear error (exit 1);
+# --json puts one JSON object on the last stdout line; and, on a random test model made by
+# tests/tools/make_random_model.py, generation is deterministic per seed, chats, streams, and
+# refuses a prompt longer than the context.
+# Usage: test_cli.sh PATH/TO/duel. Exits 0 when all pass, 1 on a failure, 77 (ctest's skip) when
+# the model checks could not run (no torch), after printing a SKIP line.
+set -u
+DUEL=${1:?usage: test_cli.sh PATH/TO/duel}
+SRC=${DUEL_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
+PY=${DUEL_PYTHON:-/usr/bin/python3}
+mkdir -p "${DUEL_TEST_TMP:-/tmp}" 2>/dev/null
+TMP=$(mktemp -d "${DUEL_TEST_TMP:-/tmp}/cli-XXXXXX" 2>/dev/null || mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+failures=0
+checks=0
+
+fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
+pass() { checks=$((checks + 1)); }
+
+# expect CODE PATTERN -- ARGS...: runs duel ARGS, checks the exit code and that stdout+stderr
+# matches the extended regex PATTERN (empty: no check).
+expect() {
+    local code=$1 pattern=$2
+    shift 3
+    local out rc
+    out=$("$DUEL" "$@" 2>&1 </dev/null)
+    rc=$?
+    if [ "$rc" -ne "$code" ]; then
+        fail "duel $* exited $rc, expected $code; output: $(echo "$out" | head -5)"
+        return
+    fi
+    if [ -n "$pattern" ] && ! grep -Eq -- "$pattern" <<<"$out"; then
+        fail "duel $*: output does not match /$pattern/: $(echo "$out" | head -5)"
+        return
+    fi
+    pass
+}
+
+# json_last_line FILE EXPR: the last line of FILE is a JSON object d for which EXPR is true.
+json_last_line() {
+    "$PY" - "$1" "$2" <<'EOF'
+import json, sys
+lines = open(sys.argv[1], encoding="utf-8").read().splitlines()
+d = json.loads(lines[-1])
+assert isinstance(d, dict), "not an object"
+ok = eval(sys.argv[2], {"d": d})
+if not ok:
+    print("JSON check failed:", sys.argv[2], d)
+sys.exit(0 if ok else 1)
+EOF
+}
+
+echo "== top level"
+expect 0 'generate' -- --help
+expect 0 'info' -- --help
+expect 0 'bench' -- help
+expect 0 'duel [0-9]' -- --version
+expect 2 "unknown command 'frobnicate'" -- frobnicate
+expect 2 'usage' --
+expect 0 '--max-new-tokens' -- help generate
+
+echo "== --help of every command documents every flag"
+declare -A FLAGS=(
+    [info]="--json"
+    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context"
+    [bench forward]="--model --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
+    [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
+)
+for cmd in info generate "bench forward" "bench machine"; do
+    # shellcheck disable=SC2086
+    out=$("$DUEL" $cmd --help 2>&1)
+    rc=$?
+    [ $rc -eq 0 ] || fail "duel $cmd --help exited $rc"
+    grep -q "^usage: duel $cmd" <<<"$out" || fail "duel $cmd --help has no usage line"
+    for flag in ${FLAGS[$cmd]}; do
+        grep -Eq -- "^  $flag( |$)" <<<"$out" || fail "duel $cmd --help does not document $flag"
+    done
+    # ... and nothing undocumented: every option line's flag is in the list above.
+    for flag in $(grep -Eo -- '^  --[a-z-]+' <<<"$out"); do
+        [ "$flag" = "--help" ] && continue
+        grep -qw -- "$flag" <<<"${FLAGS[$cmd]}" || fail "duel $cmd documents $flag that this test does not know"
+    done
+    pass
+done
+expect 0 'forward' -- bench --help
+
+echo "== usage errors exit 2 with a message"
+expect 2 "unknown option '--frob'" -- info --frob
+expect 2 "unknown option '--frob'" -- generate --frob --model x --prompt y
+expect 2 "unknown option '--frob'" -- bench forward --frob
+expect 2 "unknown option '--frob'" -- bench machine --frob
+expect 2 "unknown benchmark 'nope'" -- bench nope
+expect 2 "unexpected argument 'extra'" -- info extra
+expect 2 -- '--model DIR is required' -- generate --prompt hi
+expect 2 -- '--prompt TEXT is required' -- generate --model /nonexistent
+expect 2 -- '--model DIR is required' -- bench forward
+expect 2 -- '--top-p must be a number in \(0, 1\]' -- generate --model x --prompt y --top-p 1.5
+expect 2 -- '--top-p' -- generate --model x --prompt y --top-p 0
+expect 2 -- '--temperature' -- generate --model x --prompt y --temperature -1
+expect 2 -- '--temperature' -- generate --model x --prompt y --temperature nan
+expect 2 -- '--top-k must be an integer' -- generate --model x --prompt y --top-k 2.5
+expect 2 -- '--max-new-tokens' -- generate --model x --prompt y --max-new-tokens 0
+expect 2 -- '--seed' -- generate --model x --prompt y --seed -3
+expect 2 -- '--seed needs a value' -- generate --model x --prompt y --seed
+expect 2 -- '--chat takes no value' -- generate --model x --prompt y --chat=1
+expect 2 -- '--template' -- generate --model x --prompt y --chat --template jinja
+expect 2 -- 'not valid UTF-8' -- generate --model x --prompt $'bad \xff byte'
+expect 2 -- 'not valid UTF-8' -- generate --model x --prompt $'\xc3' --chat
+expect 1 "model directory '$TMP/missing' does not exist" -- generate --model "$TMP/missing" --prompt hi
+expect 1 "does not exist" -- bench forward --model "$TMP/missing"
+
+echo "== --json: one JSON object on the last line"
+"$DUEL" info --json >"$TMP/info.out" 2>/dev/null || fail "duel info --json failed"
+json_last_line "$TMP/info.out" '"cpu" in d["backends"] and "version" in d and isinstance(d["gpu_answers"], bool)' \
+    || fail "duel info --json: bad last line"
+"$DUEL" bench machine --json --sgemm-size 256 --bandwidth-mib 64 --repeats 1 >"$TMP/machine.out" 2>/dev/null \
+    || fail "duel bench machine --json failed"
+json_last_line "$TMP/machine.out" 'd["sgemm_gflops"] > 0 and d["read_gb_per_s"] > 0' \
+    || fail "duel bench machine --json: bad last line"
+pass
+
+echo "== with a random test model"
+MODEL="$TMP/tiny-llama"
+if ! "$PY" -c 'import torch' 2>/dev/null || [ ! -f "$SRC/tests/tools/make_random_model.py" ]; then
+    echo "SKIP: model checks need $PY with torch and tests/tools/make_random_model.py"
+    echo "test_cli: $checks checks, $failures failures (model checks skipped)"
+    [ $failures -eq 0 ] && exit 77 || exit 1
+fi
+if ! "$PY" "$SRC/tests/tools/make_random_model.py" --preset tiny-llama --out "$MODEL" >"$TMP/make.log" 2>&1; then
+    cat "$TMP/make.log"
+    fail "make_random_model.py failed"
+    echo "test_cli: $checks checks, $failures failures"
+    exit 1
+fi
+
+gen() { "$DUEL" generate --model "$MODEL" "$@" </dev/null; }
+# A hot temperature: the random model's distribution is peaked, and seeds must matter.
+hot=(--temperature 1.5 --top-p 1 --max-new-tokens 24)
+gen --prompt "The cat sat on" --seed 7 "${hot[@]}" >"$TMP/a.out" 2>"$TMP/a.err" || fail "generate failed: $(cat "$TMP/a.err")"
+gen --prompt "The cat sat on" --seed 7 "${hot[@]}" >"$TMP/b.out" 2>/dev/null || fail "generate failed"
+gen --prompt "The cat sat on" --seed 8 "${hot[@]}" >"$TMP/c.out" 2>/dev/null || fail "generate failed"
+gen --prompt "The cat sat on" --seed 7 --top-k 40 --top-p 0.95 >"$TMP/d.out" 2>/dev/null || fail "generate failed"
+gen --prompt "The cat sat on" --seed 7 --top-k 40 --top-p 0.95 >"$TMP/e.out" 2>/dev/null || fail "generate failed"
+cmp -s "$TMP/d.out" "$TMP/e.out" || fail "same seed gave different text (top-k, top-p)"
+cmp -s "$TMP/a.out" "$TMP/b.out" || fail "same seed gave different text"
+[ -s "$TMP/a.out" ] && [ "$(wc -c <"$TMP/a.out")" -gt 1 ] || fail "generate printed nothing"
+cmp -s "$TMP/a.out" "$TMP/c.out" && fail "seeds 7 and 8 gave the same text (24 tokens of a random model)"
+grep -Eq 'prefill .* tokens/s .* decode .* tokens/s' "$TMP/a.err" || fail "no tokens/s on stderr: $(cat "$TMP/a.err")"
+grep -q 'tokens/s' "$TMP/a.out" && fail "tokens/s leaked into stdout"
+"$PY" -c 'import sys; open(sys.argv[1], encoding="utf-8", errors="strict").read()' "$TMP/a.out" \
+    || fail "generated text is not valid UTF-8"
+pass
+
+gen --prompt "x" --temperature 0 --max-new-tokens 16 --seed 1 >"$TMP/g1.out" 2>/dev/null || fail "greedy failed"
+gen --prompt "x" --temperature 0 --max-new-tokens 16 --seed 2 >"$TMP/g2.out" 2>/dev/null || fail "greedy failed"
+cmp -s "$TMP/g1.out" "$TMP/g2.out" || fail "greedy output depends on the seed"
+gen --prompt "hello" --chat --system "Be brief." --seed 3 --max-new-tokens 12 >/dev/null 2>"$TMP/chat.err" \
+    || fail "generate --chat failed: $(cat "$TMP/chat.err")"
+pass
+
+long=$(printf 'word %.0s' $(seq 1 50))
+expect 1 'context' -- generate --model "$MODEL" --prompt "$long" --context 16 --max-new-tokens 4
+expect 2 -- '--context must be an integer' -- generate --model "$MODEL" --prompt hi --context 100000000
+expect 1 'max_position_embeddings' -- generate --model "$MODEL" --prompt hi --context 9999
+
+# Interactive chat: two messages on stdin, then end of input.
+printf 'hello\n\n/reset\nhow are you?\n' | "$DUEL" generate --model "$MODEL" --interactive --seed 5 \
+    --max-new-tokens 8 >"$TMP/chat.out" 2>"$TMP/chat2.err"
+rc=$?
+[ $rc -eq 0 ] || fail "interactive chat exited $rc: $(cat "$TMP/chat2.err")"
+[ "$(grep -c 'tokens/s' "$TMP/chat2.err")" -eq 2 ] || fail "interactive chat did not answer twice: $(cat "$TMP/chat2.err")"
+grep -q 'conversation forgotten' "$TMP/chat2.err" || fail "/reset was not acknowledged"
+pass
+
+"$DUEL" bench forward --model "$MODEL" --prefill 16 --decode 4 --repeats 1 --no-limits --json \
+    >"$TMP/bench.out" 2>"$TMP/bench.err" || fail "bench forward failed: $(cat "$TMP/bench.err")"
+json_last_line "$TMP/bench.out" 'd["prefill_tokens_per_s"] > 0 and d["decode_tokens_per_s"] > 0 and 0 <= d["prefill_gemm_share"] <= 1' \
+    || fail "bench forward --json: bad last line"
+pass
+
+echo "test_cli: $checks checks, $failures failures"
+[ $failures -eq 0 ]
