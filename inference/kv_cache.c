@@ -13,7 +13,10 @@
  * matched chain holds exactly the KV of the requested tokens; the hash only speeds up the search.
  * The invariant that makes this work: in every sequence, the full committed block at table index
  * k > 0 is registered with parent = the block at index k-1 (kv_sequence_commit dedups a block
- * whose key is already cached instead of registering a second copy). */
+ * whose key is already cached instead of registering a second copy). It also means a parent is
+ * referenced whenever its child is and is released after it (kv_sequence_free releases from the
+ * end), so the LRU always evicts a chain from its end; the generation check is the safety net
+ * should eviction ever take a parent first. kv_pool_check verifies all of this. */
 #include "kv_cache.h"
 
 #include <stdlib.h>
@@ -484,6 +487,26 @@ int kv_prefix_lookup(kv_pool *pool, kv_sequence *seq, const int32_t *tokens, int
     return DUEL_OK;
 }
 
+/* What reserving n more tokens takes: blocks to append, the table index of the first position
+ * to write, whether that block needs copy-on-write; returns the number of blocks to take. */
+static int64_t kv_reserve_plan(const kv_pool *pool, const kv_sequence *seq, int64_t n,
+                               int64_t *append, int64_t *first, bool *cow) {
+    const int64_t bs = pool->block_size;
+    int64_t blocks_needed = (seq->num_tokens + n + bs - 1) / bs;
+    *append = blocks_needed > seq->num_blocks ? blocks_needed - seq->num_blocks : 0;
+    *first = seq->num_tokens / bs;
+    *cow = n > 0 && *first < seq->num_blocks && !kv_block_writable(pool, seq->blocks[*first]);
+    return *append + (*cow ? 1 : 0);
+}
+
+int64_t kv_sequence_blocks_needed(const kv_pool *pool, const kv_sequence *seq, int64_t n) {
+    if (!pool || !seq || n < 0) return -1;
+    if (n > (int64_t)pool->num_blocks * pool->block_size) return (int64_t)pool->num_blocks + 1;
+    int64_t append, first;
+    bool cow;
+    return kv_reserve_plan(pool, seq, n, &append, &first, &cow);
+}
+
 int kv_sequence_reserve(kv_pool *pool, kv_sequence *seq, int64_t n, kv_reserve_result *result,
                         duel_error *err) {
     if (result) *result = (kv_reserve_result){0, -1, -1};
@@ -497,12 +520,10 @@ int kv_sequence_reserve(kv_pool *pool, kv_sequence *seq, int64_t n, kv_reserve_r
                               "kv reserve: %lld tokens exceed the whole pool (%d blocks of %lld)",
                               (long long)n, pool->num_blocks, (long long)bs);
     }
-    int64_t total = seq->num_tokens + n;
-    int64_t blocks_needed = (total + bs - 1) / bs;
-    int64_t append = blocks_needed > seq->num_blocks ? blocks_needed - seq->num_blocks : 0;
-    int64_t first = seq->num_tokens / bs; /* block of the first position to write */
-    bool cow = first < seq->num_blocks && !kv_block_writable(pool, seq->blocks[first]);
-    int64_t need = append + (cow ? 1 : 0);
+    int64_t blocks_needed = (seq->num_tokens + n + bs - 1) / bs;
+    int64_t append, first;
+    bool cow;
+    int64_t need = kv_reserve_plan(pool, seq, n, &append, &first, &cow);
     if (need > kv_pool_available_blocks(pool)) {
         pool->stats.out_of_blocks++;
         return duel_error_set(err, DUEL_ELIMIT,
@@ -666,7 +687,8 @@ int kv_pool_check(const kv_pool *pool, const kv_sequence *const *seqs, int num_s
     uint8_t *in_hash = calloc((size_t)nb, 1);
     int32_t *refs = calloc((size_t)nb, sizeof(int32_t));
     int32_t *owner = malloc((size_t)nb * sizeof(int32_t)); /* last sequence that referenced it */
-    if (!seen || !in_hash || !refs || !owner) {
+    int32_t *lru_pos = calloc((size_t)nb, sizeof(int32_t));
+    if (!seen || !in_hash || !refs || !owner || !lru_pos) {
         rc = duel_error_set(err, DUEL_ENOMEM, "kv check: out of memory");
         goto done;
     }
@@ -677,6 +699,8 @@ int kv_pool_check(const kv_pool *pool, const kv_sequence *const *seqs, int num_s
     if (rc) goto done;
     rc = kv_check_list(pool, &pool->lru, KV_STATE_CACHED, "LRU", seen, err);
     if (rc) goto done;
+    int32_t pos = 0;
+    for (int32_t b = pool->lru.head; b >= 0; b = pool->meta[b].next) lru_pos[b] = pos++;
     int32_t registered = 0;
     for (int32_t b = 0; b < nb; b++) {
         const kv_block_meta *m = &pool->meta[b];
@@ -713,6 +737,15 @@ int kv_pool_check(const kv_pool *pool, const kv_sequence *const *seqs, int num_s
                 KV_CHECK(p->hash == m->parent_hash && p->model_id == m->model_id,
                          "block %d: parent hash or model differs from parent %d", b,
                          m->parent_block);
+                /* a parent is referenced whenever its child is, and released after it, so the
+                 * LRU evicts chains from their ends and no cached child outlives its parent */
+                if (m->state == KV_STATE_USED)
+                    KV_CHECK(p->state == KV_STATE_USED, "used block %d has unreferenced parent %d",
+                             b, m->parent_block);
+                else if (p->state == KV_STATE_CACHED)
+                    KV_CHECK(lru_pos[b] < lru_pos[m->parent_block],
+                             "cached block %d is after its parent %d in the LRU", b,
+                             m->parent_block);
             }
             int32_t steps = 0;
             for (int32_t o = m->hash_next; o >= 0; o = pool->meta[o].hash_next) {
@@ -785,5 +818,6 @@ done:
     free(in_hash);
     free(refs);
     free(owner);
+    free(lru_pos);
     return rc;
 }

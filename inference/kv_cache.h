@@ -123,7 +123,8 @@ void kv_pool_destroy(kv_pool *pool);
 
 int32_t kv_pool_num_blocks(const kv_pool *pool);
 int kv_pool_block_size(const kv_pool *pool);
-const kv_pool_params *kv_pool_get_params(const kv_pool *pool); /* block_size etc. filled in */
+/* The params as created, with block_size, bytes_per_element and num_blocks filled in. */
+const kv_pool_params *kv_pool_get_params(const kv_pool *pool);
 void kv_pool_stats_get(const kv_pool *pool, kv_pool_stats *out);
 /* Blocks a reserve could obtain right now (free + cached). */
 int32_t kv_pool_available_blocks(const kv_pool *pool);
@@ -170,6 +171,12 @@ int kv_prefix_lookup(kv_pool *pool, kv_sequence *seq, const int32_t *tokens, int
 int kv_sequence_reserve(kv_pool *pool, kv_sequence *seq, int64_t n, kv_reserve_result *result,
                         duel_error *err);
 
+/* How many blocks kv_sequence_reserve(pool, seq, n) would take from the pool right now (appended
+ * blocks plus a copy-on-write target), for a scheduler planning a step; compare with
+ * kv_pool_available_blocks. More than the pool holds when n exceeds the whole pool; -1 for bad
+ * arguments. */
+int64_t kv_sequence_blocks_needed(const kv_pool *pool, const kv_sequence *seq, int64_t n);
+
 /* Records tokens[0..n-1] as the ids at positions num_tokens.. (their K/V already written into
  * reserved space) and advances num_tokens. Each block that becomes full is registered in the
  * prefix cache; if an identical block (same model, parent and tokens) is already cached, the
@@ -205,7 +212,10 @@ bool kv_pool_block_is_cached(const kv_pool *pool, int32_t block);
  * equals the number of table entries referencing it; lists and hash chains are well formed and
  * without duplicates; every registered block's hash matches its parent hash, model and tokens;
  * every full committed block of a sequence is registered and chained to the previous table entry;
- * reserved and partly filled blocks are not registered, reserved ones not shared.
+ * reserved and partly filled blocks are not registered, reserved ones not shared; a block's
+ * parent is referenced whenever the block is, and an unreferenced cached block comes before its
+ * cached parent in the LRU (chains are evicted from their ends).
+ * Costs O(pool size + table entries): for tests and debug builds, not every engine step.
  * Returns 0, DUEL_EFORMAT with a message naming the first violation, or DUEL_ENOMEM. */
 int kv_pool_check(const kv_pool *pool, const kv_sequence *const *seqs, int num_seqs,
                   duel_error *err);

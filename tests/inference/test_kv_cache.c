@@ -95,7 +95,17 @@ static int64_t t_first_bad(kv_pool *pool, const kv_sequence *seq, const int32_t 
 /* reserve + write + commit of tokens[from..from+n) (tokens is the whole history). */
 static int t_append(kv_pool *pool, kv_sequence *seq, const int32_t *tokens, int64_t n) {
     int64_t from = seq->num_tokens;
-    int rc = kv_sequence_reserve(pool, seq, n, NULL, NULL);
+    /* the planning call predicts exactly what the reserve takes, or that it is refused */
+    int64_t need = kv_sequence_blocks_needed(pool, seq, n);
+    int32_t available = kv_pool_available_blocks(pool);
+    kv_pool_stats before, after;
+    kv_pool_stats_get(pool, &before);
+    kv_reserve_result r;
+    int rc = kv_sequence_reserve(pool, seq, n, &r, NULL);
+    kv_pool_stats_get(pool, &after);
+    assert_int_equal(rc, need > available ? DUEL_ELIMIT : 0);
+    assert_int_equal(after.allocations - before.allocations, rc ? 0 : need);
+    assert_int_equal(r.new_blocks + (r.cow_src >= 0), rc ? 0 : need);
     if (rc) return rc;
     if (kv_pool_get_params(pool)->allocate_storage) t_write(pool, seq, tokens, from, n);
     duel_error err = {0};
@@ -588,6 +598,14 @@ static void test_out_of_blocks_leaves_state_intact(void **state) {
     kv_pool_stats_get(pool, &before);
     duel_error err = {0};
     kv_reserve_result r;
+    assert_int_equal(kv_sequence_blocks_needed(pool, &b, 1), 1);  /* copy-on-write */
+    assert_int_equal(kv_sequence_blocks_needed(pool, &b, 8), 1);  /* still within block 2 */
+    assert_int_equal(kv_sequence_blocks_needed(pool, &b, 9), 2);  /* and one more */
+    assert_int_equal(kv_sequence_blocks_needed(pool, &c, 16), 0); /* reserved already */
+    assert_int_equal(kv_sequence_blocks_needed(pool, &c, 17), 1);
+    assert_int_equal(kv_sequence_blocks_needed(pool, &a, 0), 0);
+    assert_true(kv_sequence_blocks_needed(pool, &a, 1000000) > kv_pool_num_blocks(pool));
+    assert_int_equal(kv_sequence_blocks_needed(pool, &a, -1), -1);
     /* b's next token needs a copy of the shared partial block: none left */
     assert_int_equal(kv_sequence_reserve(pool, &b, 1, &r, &err), DUEL_ELIMIT);
     assert_non_null(strstr(err.message, "out of blocks"));
