@@ -38,7 +38,9 @@
  *     kv_sequence_commit(pool, seq, tokens, n, err) records the tokens; newly full blocks enter the
  *                                                  prefix cache
  * Do not fork the sequence between reserve and commit (commit then fails with DUEL_EINVAL, since
- * the blocks it wrote are shared).
+ * the blocks it wrote are shared). Commit may replace table entries of blocks that became full by
+ * an identical cached block (dedup), so a backend reads seq->blocks afresh every step (a CUDA
+ * backend re-uploads its block tables) and never keeps block ids of a sequence across steps.
  *
  * Not thread-safe: one thread (the engine's) owns the pool and all its sequences. */
 #ifndef DUEL_KV_CACHE_H
