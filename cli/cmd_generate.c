@@ -161,7 +161,8 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int max_new
     int32_t *generated = malloc(((size_t)max_new + 1) * sizeof *generated);
     if (!generated) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
     utf8_stream stream;
-    utf8_stream_init(&stream);
+    /* A random or badly trained model can emit escape sequences: keep them off terminals. */
+    utf8_stream_init(&stream, isatty(fileno(out)));
     stats->stop_reason = "max-new-tokens";
     int count = 0;
     while (count < max_new) {

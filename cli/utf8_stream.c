@@ -46,7 +46,15 @@ static void consume(utf8_stream *s, size_t *i, size_t n) {
     }
 }
 
-void utf8_stream_init(utf8_stream *s) { s->n_pending = 0; }
+void utf8_stream_init(utf8_stream *s, bool escape_controls) {
+    s->n_pending = 0;
+    s->escape_controls = escape_controls;
+}
+
+static bool is_control(const unsigned char *c, size_t len) {
+    if (len == 1) return (c[0] < 0x20 && c[0] != '\n' && c[0] != '\t') || c[0] == 0x7F;
+    return len == 2 && c[0] == 0xC2 && c[1] < 0xA0; /* U+0080..U+009F */
+}
 
 size_t utf8_stream_write(utf8_stream *s, const char *bytes, size_t len, FILE *out) {
     size_t written = 0, i = 0;
@@ -77,8 +85,13 @@ size_t utf8_stream_write(utf8_stream *s, const char *bytes, size_t len, FILE *ou
             i = len;
             break;
         }
-        fwrite(buf, 1, need, out);
-        written += need;
+        if (s->escape_controls && is_control(buf, need)) {
+            fwrite(REPLACEMENT, 1, 3, out);
+            written += 3;
+        } else {
+            fwrite(buf, 1, need, out);
+            written += need;
+        }
         consume(s, &i, need);
     }
     return written;

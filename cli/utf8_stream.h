@@ -5,15 +5,18 @@
 #ifndef DUEL_CLI_UTF8_STREAM_H
 #define DUEL_CLI_UTF8_STREAM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
 typedef struct utf8_stream {
     unsigned char pending[4]; /* an incomplete but so far valid character */
     size_t n_pending;
+    bool escape_controls;     /* write control characters (C0 but tab and newline, DEL, C1)
+                               * as U+FFFD: for terminals, where they could act as commands */
 } utf8_stream;
 
-void utf8_stream_init(utf8_stream *s);
+void utf8_stream_init(utf8_stream *s, bool escape_controls);
 /* Appends bytes and writes every complete character to out. Returns bytes written to out. */
 size_t utf8_stream_write(utf8_stream *s, const char *bytes, size_t len, FILE *out);
 /* Writes a held-back incomplete tail as U+FFFD (end of the text). Returns bytes written. */

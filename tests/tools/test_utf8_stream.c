@@ -9,14 +9,14 @@
 
 /* Feeds chunks (separated by lengths) and returns the output; *after_each gets the output length
  * after each chunk. */
-static char *stream_chunks(const char *bytes, const size_t *lens, size_t n_chunks,
-                           size_t *after_each, size_t *out_len) {
+static char *stream_chunks_mode(const char *bytes, const size_t *lens, size_t n_chunks,
+                                size_t *after_each, size_t *out_len, bool escape_controls) {
     char *buf = NULL;
     size_t size = 0;
     FILE *out = open_memstream(&buf, &size);
     assert_non_null(out);
     utf8_stream s;
-    utf8_stream_init(&s);
+    utf8_stream_init(&s, escape_controls);
     size_t off = 0, total = 0;
     for (size_t i = 0; i < n_chunks; i++) {
         total += utf8_stream_write(&s, bytes + off, lens[i], out);
@@ -30,6 +30,11 @@ static char *stream_chunks(const char *bytes, const size_t *lens, size_t n_chunk
     assert_int_equal(size, total);
     *out_len = size;
     return buf;
+}
+
+static char *stream_chunks(const char *bytes, const size_t *lens, size_t n_chunks,
+                           size_t *after_each, size_t *out_len) {
+    return stream_chunks_mode(bytes, lens, n_chunks, after_each, out_len, false);
 }
 
 static void test_split_characters(void **state) {
@@ -113,11 +118,28 @@ static void test_random_bytes_give_valid_text(void **state) {
     }
 }
 
+static void test_escape_controls(void **state) {
+    (void)state;
+    /* ESC [ 2 J (clear screen), BEL, DEL, C1 CSI (U+009B); tab, newline and U+00A0 stay. */
+    const char in[] = "a\x1b[2J\x07\x7f\xc2\x9b\tb\n\xc2\xa0";
+    size_t whole = sizeof in - 1, len;
+    char *out = stream_chunks_mode(in, &whole, 1, NULL, &len, true);
+    const char want[] = "a" FFFD "[2J" FFFD FFFD FFFD "\tb\n\xc2\xa0";
+    assert_int_equal(len, strlen(want));
+    assert_memory_equal(out, want, len);
+    free(out);
+    out = stream_chunks_mode(in, &whole, 1, NULL, &len, false); /* pipes get the bytes */
+    assert_int_equal(len, whole);
+    assert_memory_equal(out, in, len);
+    free(out);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_characters),
         cmocka_unit_test(test_invalid_bytes),
         cmocka_unit_test(test_random_bytes_give_valid_text),
+        cmocka_unit_test(test_escape_controls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
