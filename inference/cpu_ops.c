@@ -10,6 +10,40 @@
 
 #include "timer.h"
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define CPU_OPS_AVX2 1
+
+/* exp of 8 floats (Cephes expf: range reduction by ln 2, degree-6 polynomial; about 1 ulp).
+ * Inputs are clamped to [-87.33, 88]: below, the result is FLT_MIN instead of a denormal or 0,
+ * which is far below anything softmax or SiLU can see next to their other terms. */
+static inline __m256 exp_avx2(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.33654f)), _mm256_set1_ps(88.0f));
+    __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r);
+    y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+static inline float hsum_avx2(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#endif
+
 void cpu_embedding_forward(float *out, const int32_t *tokens, int n, const float *table,
                            int dim) {
     for (int i = 0; i < n; i++)
@@ -138,7 +172,17 @@ static void softmax_causal_row(float *row, int valid, int len) {
     float max = row[0];
     for (int j = 1; j < valid; j++) max = row[j] > max ? row[j] : max;
     float sum = 0;
-    for (int j = 0; j < valid; j++) {
+    int j = 0;
+#ifdef CPU_OPS_AVX2
+    __m256 vmax = _mm256_set1_ps(max), vsum = _mm256_setzero_ps();
+    for (; j + 8 <= valid; j += 8) {
+        __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(row + j), vmax));
+        _mm256_storeu_ps(row + j, e);
+        vsum = _mm256_add_ps(vsum, e);
+    }
+    sum = hsum_avx2(vsum);
+#endif
+    for (; j < valid; j++) {
         row[j] = expf(row[j] - max);
         sum += row[j];
     }
@@ -195,7 +239,16 @@ void cpu_swiglu_forward(float *out, const float *gate_up, int n, int ffn) {
         const float *g = gate_up + (size_t)t * 2 * ffn;
         const float *u = g + ffn;
         float *y = out + (size_t)t * ffn;
-        for (int i = 0; i < ffn; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        int i = 0;
+#ifdef CPU_OPS_AVX2
+        const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps();
+        for (; i + 8 <= ffn; i += 8) {
+            __m256 gv = _mm256_loadu_ps(g + i);
+            __m256 den = _mm256_add_ps(one, exp_avx2(_mm256_sub_ps(zero, gv)));
+            _mm256_storeu_ps(y + i, _mm256_div_ps(_mm256_mul_ps(gv, _mm256_loadu_ps(u + i)), den));
+        }
+#endif
+        for (; i < ffn; i++) y[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     }
 }
 
@@ -214,4 +267,19 @@ void cpu_gelu_forward(float *x, size_t count, bool tanh_approx) {
 
 void cpu_add_forward(float *x, const float *y, size_t count) {
     for (size_t i = 0; i < count; i++) x[i] += y[i];
+}
+
+void cpu_bf16_to_f32(float *out, const void *src, size_t n) {
+    const unsigned char *p = src;
+    size_t i = 0;
+#ifdef CPU_OPS_AVX2
+    for (; i + 8 <= n; i += 8) {
+        __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p + 2 * i)));
+        _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+    }
+#endif
+    for (; i < n; i++) {
+        uint32_t bits = ((uint32_t)p[2 * i] << 16) | ((uint32_t)p[2 * i + 1] << 24);
+        memcpy(out + i, &bits, sizeof bits);
+    }
 }

@@ -79,6 +79,10 @@ void cpu_swiglu_forward(float *out, const float *gate_up, int n, int ffn);
  * tanh form (gelu_new). */
 void cpu_gelu_forward(float *x, size_t count, bool tanh_approx);
 
+/* Widens n bf16 values (little-endian, any alignment) to f32: exact, a bf16 is an f32's upper
+ * half. */
+void cpu_bf16_to_f32(float *out, const void *src, size_t n);
+
 /* x[i] += y[i]. */
 void cpu_add_forward(float *x, const float *y, size_t count);
 

@@ -259,6 +259,8 @@ static void test_swiglu(void **state) {
     duel_rng_seed(&rng, 7);
     int n = 3, ffn = 77;
     float *gu = rand_floats(&rng, (size_t)n * 2 * ffn, 3, 0);
+    /* Saturating gates (exp overflow / underflow inside the vectorised exp). */
+    gu[0] = -100.0f, gu[1] = 100.0f, gu[2] = -30.0f, gu[3] = 95.0f, gu[2 * ffn + 9] = -89.0f;
     float *out = malloc((size_t)n * ffn * sizeof *out);
     double *ref = alloc_doubles((size_t)n * ffn);
     for (int t = 0; t < n; t++)
@@ -295,6 +297,27 @@ static void test_gelu(void **state) {
     assert_true(fabsf(a - b) > 1e-5f);
 }
 
+static void test_bf16_to_f32(void **state) {
+    (void)state;
+    /* 21 values from an odd byte offset (safetensors data need not be aligned). */
+    unsigned char buf[1 + 2 * 21];
+    float want[21];
+    duel_rng rng;
+    duel_rng_seed(&rng, 9);
+    for (int i = 0; i < 21; i++) {
+        uint16_t h = (uint16_t)duel_rng_below(&rng, 65536);
+        if (i == 3) h = 0x7f80; /* +inf */
+        if (i == 4) h = 0x8000; /* -0 */
+        buf[1 + 2 * i] = (unsigned char)(h & 0xff);
+        buf[2 + 2 * i] = (unsigned char)(h >> 8);
+        uint32_t bits = (uint32_t)h << 16;
+        memcpy(&want[i], &bits, sizeof bits);
+    }
+    float out[21];
+    cpu_bf16_to_f32(out, buf + 1, 21);
+    assert_memory_equal(out, want, sizeof out); /* bit-exact, NaNs included */
+}
+
 static void test_add(void **state) {
     (void)state;
     float x[5] = {1, 2, 3, 4, 5}, y[5] = {0.5f, -2, 1, 0, 10};
@@ -309,7 +332,8 @@ int main(void) {
         cmocka_unit_test(test_layernorm), cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_rope_inv_freq), cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention), cmocka_unit_test(test_swiglu),
-        cmocka_unit_test(test_gelu), cmocka_unit_test(test_add),
+        cmocka_unit_test(test_gelu), cmocka_unit_test(test_bf16_to_f32),
+        cmocka_unit_test(test_add),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
