@@ -25,7 +25,8 @@ void cpu_embedding_forward(float *out, const int32_t *tokens, int n, const float
 void cpu_rmsnorm_forward(float *out, const float *in, const float *weight, int n, int dim,
                          float eps);
 
-/* out = (x - mean) / sqrt(var + eps) * weight + bias (biased variance), per row. out may alias in. */
+/* out = (x - mean) / sqrt(var + eps) * weight + bias (biased variance), per row. out may alias
+ * in. */
 void cpu_layernorm_forward(float *out, const float *in, const float *weight, const float *bias,
                            int n, int dim, float eps);
 

@@ -334,8 +334,9 @@ int model_kv_cache_create(const model *m, int max_tokens, model_kv_cache **out, 
     if (!kv || !mem) {
         free(kv);
         free(mem);
-        return duel_error_set(err, DUEL_ENOMEM, "out of memory for a KV cache of %d tokens (%zu MiB)",
-                              max_tokens, 2 * per * sizeof(float) >> 20);
+        return duel_error_set(err, DUEL_ENOMEM,
+                              "out of memory for a KV cache of %d tokens (%zu MiB)", max_tokens,
+                              2 * per * sizeof(float) >> 20);
     }
     kv->num_layers = m->config.num_layers;
     kv->kv_dim = m->kv_dim;

@@ -176,7 +176,55 @@ static void run_model(const char *name) {
 
 static void test_forward_matches_reference(void **state) {
     (void)state;
-    for (size_t i = 0; i < sizeof good_models / sizeof good_models[0]; i++) run_model(good_models[i]);
+    for (size_t i = 0; i < sizeof good_models / sizeof good_models[0]; i++)
+        run_model(good_models[i]);
+}
+
+/* Beyond the reference's 37 tokens: a prompt longer than the internal chunk (512 tokens) in one
+ * call must equal the same tokens fed in pieces (several attention blocks, chunk boundaries,
+ * positions past the first chunk). */
+static void test_long_sequence_chunking(void **state) {
+    (void)state;
+    const char *names[] = {"tiny-llama-bf16", "tiny-neox-f32"};
+    for (size_t k = 0; k < 2; k++) {
+        char dir[1024];
+        model_path(names[k], dir, sizeof dir);
+        model *m = NULL;
+        duel_error err = {0};
+        if (model_load(dir, &m, &err)) fail_msg("%s", err.message);
+        int T = 700, V = model_output_size(m), H = model_get_config(m)->hidden_size;
+        int32_t *tokens = malloc((size_t)T * sizeof *tokens);
+        for (int i = 0; i < T; i++) tokens[i] = (int32_t)((i * 7919 + 13) % V);
+        float *one = malloc((size_t)T * V * sizeof *one);
+        float *pieces = malloc((size_t)T * V * sizeof *pieces);
+        float hidden_one[256], hidden_pieces[256];
+        assert_true(H <= 256);
+        model_kv_cache *kv = NULL;
+        assert_int_equal(model_kv_cache_create(m, T, &kv, &err), 0);
+        assert_int_equal(model_forward(m, kv, tokens, T, one, true, hidden_one, &err), 0);
+        model_kv_cache_reset(kv);
+        const int sizes[] = {1, 63, 65, 130, 3, 300};
+        int pos = 0;
+        for (size_t i = 0; pos < T; i++) {
+            int n = i < 6 ? sizes[i] : T - pos;
+            assert_int_equal(model_forward(m, kv, tokens + pos, n, pieces + (size_t)pos * V, true,
+                                           hidden_pieces, &err),
+                             0);
+            pos += n;
+        }
+        for (int t = 0; t < T; t++) {
+            double e = test_relative_error_f32(pieces + (size_t)t * V, one + (size_t)t * V,
+                                               (size_t)V);
+            if (!(e < 1e-5)) fail_msg("%s: position %d differs between one call and pieces: %g",
+                                      names[k], t, e);
+        }
+        assert_true(test_relative_error_f32(hidden_pieces, hidden_one, (size_t)H) < 1e-5);
+        /* A full cache refuses one more token. */
+        assert_int_equal(model_forward(m, kv, tokens, 1, NULL, false, NULL, &err), DUEL_ELIMIT);
+        free(tokens), free(one), free(pieces);
+        model_kv_cache_free(kv);
+        model_free(m);
+    }
 }
 
 /* The configuration each preset is meant to exercise really reached the model. */
@@ -300,6 +348,7 @@ static void test_bad_forward_inputs(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_matches_reference),
+        cmocka_unit_test(test_long_sequence_chunking),
         cmocka_unit_test(test_configs_cover_features),
         cmocka_unit_test(test_bad_models),
         cmocka_unit_test(test_bad_forward_inputs),
