@@ -82,6 +82,7 @@ struct tokenizer {
     added_token *added;
     size_t n_added;
     bool has_normalized_added, has_plain_added;
+    bool added_first_byte[256]; /* bytes an added token's match text starts with */
     int32_t byte_token[256]; /* id of the one-character token of each byte, or -1 */
     char byte_text[256][3];  /* UTF-8 of each byte's alphabet character */
     uint8_t byte_text_len[256];
@@ -180,14 +181,14 @@ static const merge_slot *merge_find(const tokenizer *tok, int32_t left, int32_t 
     }
 }
 
-/* Inserts unless present (the first, lowest-ranked occurrence of a merge wins, as in HF). */
+/* Inserts or overwrites: when a merge is listed twice its last rank counts, as in HF (which
+ * collects the list into a hash map). */
 static void merge_insert(tokenizer *tok, int32_t left, int32_t right, int32_t rank, int32_t merged) {
     uint64_t key = (uint64_t)(uint32_t)left << 32 | (uint32_t)right;
     size_t mask = tok->merges_cap - 1;
     for (size_t i = hash_u64(key) & mask;; i = (i + 1) & mask) {
         merge_slot *slot = &tok->merges[i];
-        if (slot->key == key) return;
-        if (slot->key == UINT64_MAX) {
+        if (slot->key == UINT64_MAX || slot->key == key) {
             slot->key = key;
             slot->rank = rank;
             slot->merged = merged;
@@ -466,6 +467,7 @@ static int parse_added_tokens(tokenizer *tok, const json_t *list, const char *so
                 if (!a->match) return duel_error_set(err, DUEL_ENOMEM, "%s: arena overflow", source);
             }
         }
+        tok->added_first_byte[(unsigned char)a->match[0]] = true;
         if (a->normalized) tok->has_normalized_added = true;
         else tok->has_plain_added = true;
         tok->n_added = i + 1;
@@ -924,6 +926,7 @@ static bool is_word_cp(uint32_t cp) {
 static int find_added(const tokenizer *tok, bool normalized, bool parse_special, const unsigned char *s,
                       size_t n, size_t from, size_t *start, size_t *end) {
     for (size_t i = from; i < n; i++) {
+        if (!tok->added_first_byte[s[i]]) continue;
         int best = -1;
         size_t best_len = 0;
         for (size_t k = 0; k < tok->n_added; k++) {

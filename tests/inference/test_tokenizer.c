@@ -102,6 +102,10 @@ static char *make_json(const test_options *o) {
     "{\"type\":\"Sequence\",\"pretokenizers\":[{\"type\":\"Digits\",\"individual_digits\":true},"  \
     "{\"type\":\"ByteLevel\",\"add_prefix_space\":false,\"trim_offsets\":true,\"use_regex\":true}]}"
 
+#define MINIMAL(vocab, merges)                                                                     \
+    "{\"model\":{\"type\":\"BPE\",\"vocab\":" vocab ",\"merges\":" merges "},"                    \
+    "\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"decoder\":{\"type\":\"ByteLevel\"}}"
+
 static tokenizer *load(const test_options *o) {
     char *json = make_json(o);
     tokenizer *tok = NULL;
@@ -239,6 +243,22 @@ static void test_merges_formats_agree(void **state) {
     free(ib);
     tokenizer_free(a);
     tokenizer_free(b);
+}
+
+/* A merge listed twice counts at its last rank (HF collects merges into a hash map). */
+static void test_duplicate_merge_last_wins(void **state) {
+    (void)state;
+    const char *json = MINIMAL("{\"a\":0,\"b\":1,\"ab\":2,\"bb\":3}", "[\"b b\",\"a b\",\"b b\"]");
+    tokenizer *tok;
+    assert_int_equal(tokenizer_load_buffer(json, strlen(json), "dup.json", &tok, NULL), 0);
+    int32_t *ids;
+    size_t n;
+    assert_int_equal(tokenizer_encode(tok, "abb", 3, true, &ids, &n, NULL), 0);
+    assert_int_equal(n, 2);
+    assert_int_equal(ids[0], 2);
+    assert_int_equal(ids[1], 1);
+    free(ids);
+    tokenizer_free(tok);
 }
 
 static void test_ignore_merges(void **state) {
@@ -426,10 +446,6 @@ static char *mutate(const char *from, const char *to) {
     return out;
 }
 
-#define MINIMAL(vocab, merges)                                                                     \
-    "{\"model\":{\"type\":\"BPE\",\"vocab\":" vocab ",\"merges\":" merges "},"                    \
-    "\"pre_tokenizer\":{\"type\":\"ByteLevel\"},\"decoder\":{\"type\":\"ByteLevel\"}}"
-
 static void test_broken_files(void **state) {
     (void)state;
     expect_load_error("not json", DUEL_EFORMAT, "invalid JSON", NULL);
@@ -516,6 +532,7 @@ int main(void) {
         cmocka_unit_test(test_qwen2_pattern_and_nfc),
         cmocka_unit_test(test_smollm2_digits),
         cmocka_unit_test(test_merges_formats_agree),
+        cmocka_unit_test(test_duplicate_merge_last_wins),
         cmocka_unit_test(test_ignore_merges),
         cmocka_unit_test(test_added_tokens),
         cmocka_unit_test(test_decode),
