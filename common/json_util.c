@@ -33,8 +33,14 @@ int duel_json_get_int(const json_t *obj, const char *key, long long lo, long lon
     long long x;
     if (json_is_integer(v)) {
         x = json_integer_value(v);
-    } else if (json_is_real(v) && json_real_value(v) == (double)(long long)json_real_value(v)) {
-        x = (long long)json_real_value(v);
+    } else if (json_is_real(v)) {
+        /* Only integral reals inside long long's range convert; the range check comes first
+         * because converting an out-of-range double is undefined behaviour. */
+        double d = json_real_value(v);
+        if (!(d >= -9.2e18 && d <= 9.2e18) || d != (double)(long long)d)
+            return duel_error_set(err, DUEL_EFORMAT, "%s: \"%s\" must be an integer", source,
+                                  key);
+        x = (long long)d;
     } else {
         return duel_error_set(err, DUEL_EFORMAT, "%s: \"%s\" must be an integer", source, key);
     }
