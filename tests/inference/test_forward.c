@@ -14,7 +14,8 @@
 
 static const char *const good_models[] = {
     "tiny-llama-f32",        "tiny-llama-bf16",       "tiny-llama-f16",
-    "tiny-llama-qwen2-f32",  "tiny-llama-qwen2-bf16", "tiny-llama3-rope-f32",
+    "tiny-llama-qwen2-f32",  "tiny-llama-qwen2-bf16", "tiny-llama-bias-f32",
+    "tiny-llama3-rope-f32",
     "tiny-llama3-rope-bf16", "tiny-neox-f32",         "tiny-neox-bf16",
     "tiny-neox-seq-f32",     "tiny-neox-seq-bf16",    "tiny-neox-reward-f32",
 };
@@ -242,6 +243,8 @@ static void test_configs_cover_features(void **state) {
          MODEL_ACT_SILU, MODEL_HEAD_CAUSAL_LM},
         {"tiny-llama-qwen2-f32", MODEL_ARCH_LLAMA, true, true, false, false, MODEL_ROPE_NONE,
          MODEL_ACT_SILU, MODEL_HEAD_CAUSAL_LM},
+        {"tiny-llama-bias-f32", MODEL_ARCH_LLAMA, true, true, false, false, MODEL_ROPE_LINEAR,
+         MODEL_ACT_SILU, MODEL_HEAD_CAUSAL_LM},
         {"tiny-llama3-rope-f32", MODEL_ARCH_LLAMA, true, false, false, false, MODEL_ROPE_LLAMA3,
          MODEL_ACT_SILU, MODEL_HEAD_CAUSAL_LM},
         {"tiny-neox-f32", MODEL_ARCH_GPT_NEOX, false, true, false, true, MODEL_ROPE_NONE,
@@ -269,6 +272,10 @@ static void test_configs_cover_features(void **state) {
         assert_int_equal(c->rope_scaling, want[i].rope);
         assert_int_equal(c->activation, want[i].act);
         assert_int_equal(c->head, want[i].head);
+        if (strcmp(want[i].name, "tiny-llama-bias-f32") == 0) {
+            assert_true(c->attention_out_bias && c->mlp_bias);
+            assert_true(c->head_dim * c->num_heads != c->hidden_size);
+        }
         model_free(m);
     }
 }

@@ -40,6 +40,13 @@ PRESETS = {
                              rope_scaling={"rope_type": "llama3", "factor": 8.0,
                                            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                            "original_max_position_embeddings": 64}),
+    # Llama with every optional bias (attention_bias: q/k/v/o, mlp_bias), an explicit head_dim
+    # that differs from hidden/heads, and linear rope scaling.
+    "tiny-llama-bias": dict(arch="llama", vocab_size=512, hidden_size=64, intermediate_size=96,
+                            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                            head_dim=24, rope_theta=10000.0, rms_norm_eps=1e-5,
+                            tie_word_embeddings=False, attention_bias=True, mlp_bias=True,
+                            rope_scaling={"rope_type": "linear", "factor": 2.0}),
     # GPT-NeoX (Pythia): partial rotary 0.25, parallel residual, exact GELU.
     "tiny-neox": dict(arch="neox", vocab_size=512, hidden_size=64, intermediate_size=256,
                       num_hidden_layers=2, num_attention_heads=4, rotary_pct=0.25,
@@ -188,7 +195,10 @@ def make_config(preset, p, dtype_name, architecture=None):
             cfg.update({"use_sliding_window": False, "sliding_window": 4096,
                         "max_window_layers": p["num_hidden_layers"]})
         else:
-            cfg.update({"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1})
+            cfg.update({"attention_bias": p.get("attention_bias", False),
+                        "mlp_bias": p.get("mlp_bias", False), "pretraining_tp": 1})
+        if "head_dim" in p:
+            cfg["head_dim"] = p["head_dim"]
     else:
         cfg = {
             "architectures": ["GPTNeoXForCausalLM"],
@@ -229,7 +239,7 @@ def make_weights(p, gen, dtype):
     f = p["intermediate_size"]
     v = p["vocab_size"]
     nh = p["num_attention_heads"]
-    hd = h // nh
+    hd = p.get("head_dim", h // nh)
     std = 0.08 if h <= 128 else 0.03
 
     def randn(*shape, s=std):
@@ -248,15 +258,21 @@ def make_weights(p, gen, dtype):
             out.append((pre + "self_attn.q_proj.weight", randn(nh * hd, h, s=std * 2)))
             out.append((pre + "self_attn.k_proj.weight", randn(kvh * hd, h, s=std * 2)))
             out.append((pre + "self_attn.v_proj.weight", randn(kvh * hd, h)))
-            if p["arch"] == "qwen2":
+            if p["arch"] == "qwen2" or p.get("attention_bias"):
                 out.append((pre + "self_attn.q_proj.bias", randn(nh * hd, s=0.1)))
                 out.append((pre + "self_attn.k_proj.bias", randn(kvh * hd, s=0.1)))
                 out.append((pre + "self_attn.v_proj.bias", randn(kvh * hd, s=0.1)))
             out.append((pre + "self_attn.o_proj.weight", randn(h, nh * hd)))
+            if p.get("attention_bias"):
+                out.append((pre + "self_attn.o_proj.bias", randn(h, s=0.05)))
             out.append((pre + "post_attention_layernorm.weight", norm_weight(h)))
             out.append((pre + "mlp.gate_proj.weight", randn(f, h)))
             out.append((pre + "mlp.up_proj.weight", randn(f, h)))
             out.append((pre + "mlp.down_proj.weight", randn(h, f)))
+            if p.get("mlp_bias"):
+                out.append((pre + "mlp.gate_proj.bias", randn(f, s=0.1)))
+                out.append((pre + "mlp.up_proj.bias", randn(f, s=0.1)))
+                out.append((pre + "mlp.down_proj.bias", randn(h, s=0.05)))
         out.append(("model.norm.weight", norm_weight(h)))
         if not p["tie_word_embeddings"]:
             out.append(("lm_head.weight", randn(v, h)))
@@ -415,6 +431,7 @@ FIXTURE = [
     ("tiny-llama-f16", "tiny-llama", "f16", []),
     ("tiny-llama-qwen2-f32", "tiny-llama-qwen2", "f32", []),
     ("tiny-llama-qwen2-bf16", "tiny-llama-qwen2", "bf16", []),
+    ("tiny-llama-bias-f32", "tiny-llama-bias", "f32", []),
     ("tiny-llama3-rope-f32", "tiny-llama3-rope", "f32", []),
     ("tiny-llama3-rope-bf16", "tiny-llama3-rope", "bf16", []),
     ("tiny-neox-f32", "tiny-neox", "f32", []),
