@@ -7,8 +7,10 @@
  * token ids out of range, KV cache overflow. */
 #include "test_helpers.h"
 
+#include "chat_template.h"
 #include "model.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 #define FORWARD_TOL 1e-4
 
@@ -228,6 +230,43 @@ static void test_long_sequence_chunking(void **state) {
     }
 }
 
+/* The generated directories are whole models: their tokenizer.json loads and round-trips, the
+ * special tokens sit at the top ids, and the chat template is detected as chatml. */
+static void test_generated_tokenizer_and_template(void **state) {
+    (void)state;
+    const char *names[] = {"tiny-llama-f32", "tiny-neox-bf16"};
+    for (size_t k = 0; k < 2; k++) {
+        char dir[1024], path[1200];
+        model_path(names[k], dir, sizeof dir);
+        snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+        tokenizer *tok = NULL;
+        duel_error err = {0};
+        if (tokenizer_load(path, &tok, &err)) fail_msg("%s", err.message);
+        assert_int_equal(tokenizer_vocab_size(tok), 512);
+        assert_int_equal(tokenizer_token_id(tok, "<|endoftext|>"), 509);
+        assert_int_equal(tokenizer_token_id(tok, "<|im_start|>"), 510);
+        assert_int_equal(tokenizer_token_id(tok, "<|im_end|>"), 511);
+        assert_true(tokenizer_is_special(tok, 511));
+        const char *text = "<|im_start|>user\nThe quick brown fox, 42 times!<|im_end|>";
+        int32_t *ids = NULL;
+        size_t n = 0;
+        assert_int_equal(tokenizer_encode(tok, text, strlen(text), true, &ids, &n, &err), 0);
+        assert_true(n > 3 && n < strlen(text)); /* the learned merges apply */
+        assert_int_equal(ids[0], 510);
+        assert_int_equal(ids[n - 1], 511);
+        char *back = NULL;
+        size_t len = 0;
+        assert_int_equal(tokenizer_decode(tok, ids, n, false, &back, &len, &err), 0);
+        assert_string_equal(back, text);
+        free(back);
+        free(ids);
+        tokenizer_free(tok);
+        chat_template_kind kind = CHAT_TEMPLATE_PLAIN;
+        assert_int_equal(chat_template_detect(dir, &kind, &err), 0);
+        assert_int_equal(kind, CHAT_TEMPLATE_CHATML);
+    }
+}
+
 /* The configuration each preset is meant to exercise really reached the model. */
 static void test_configs_cover_features(void **state) {
     (void)state;
@@ -357,6 +396,7 @@ int main(void) {
         cmocka_unit_test(test_forward_matches_reference),
         cmocka_unit_test(test_long_sequence_chunking),
         cmocka_unit_test(test_configs_cover_features),
+        cmocka_unit_test(test_generated_tokenizer_and_template),
         cmocka_unit_test(test_bad_models),
         cmocka_unit_test(test_bad_forward_inputs),
     };
