@@ -70,7 +70,7 @@ struct llama_train {
     llama_train_params params, grads;
     float *param_memory, *grad_memory;
     size_t num_parameters;
-    llama_train_tensor *tensors;
+    train_tensor *tensors;
     int num_tensors;
 
     llama_train_acts acts;
@@ -159,15 +159,15 @@ static int check_config(const model_config *c, duel_error *err) {
     double C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->num_layers;
     double QD = (double)c->num_heads * c->head_dim, KD = (double)c->num_kv_heads * c->head_dim;
     double total = 2 * V * C + L * (QD * C * 2 + KD * C * 2 + 3 * F * C + 3 * C + QD + 2 * KD + F);
-    if (total > (double)LLAMA_TRAIN_MAX_PARAMETERS)
+    if (total > (double)TRAIN_MAX_PARAMETERS)
         return duel_error_set(err, DUEL_ELIMIT,
                               "llama_train: %.0f parameters is over the limit of %lld", total,
-                              (long long)LLAMA_TRAIN_MAX_PARAMETERS);
+                              (long long)TRAIN_MAX_PARAMETERS);
     return 0;
 }
 
 static int add_tensor(llama_train *m, const char *name, int ndim, int d0, int d1, float *param) {
-    llama_train_tensor *t = &m->tensors[m->num_tensors++];
+    train_tensor *t = &m->tensors[m->num_tensors++];
     snprintf(t->name, sizeof t->name, "%s", name);
     t->ndim = ndim;
     t->shape[0] = d0;
@@ -272,13 +272,13 @@ float *llama_train_parameter_memory(llama_train *m) { return m->param_memory; }
 float *llama_train_gradient_memory(llama_train *m) { return m->grad_memory; }
 int llama_train_num_tensors(const llama_train *m) { return m->num_tensors; }
 
-int llama_train_tensor_at(llama_train *m, int index, llama_train_tensor *out) {
+int llama_train_tensor_at(llama_train *m, int index, train_tensor *out) {
     if (index < 0 || index >= m->num_tensors) return DUEL_EINVAL;
     *out = m->tensors[index];
     return 0;
 }
 
-int llama_train_find_tensor(llama_train *m, const char *name, llama_train_tensor *out,
+int llama_train_find_tensor(llama_train *m, const char *name, train_tensor *out,
                             duel_error *err) {
     for (int i = 0; i < m->num_tensors; i++)
         if (strcmp(m->tensors[i].name, name) == 0) {
@@ -317,12 +317,12 @@ static int ensure_activations(llama_train *m, int batch, int seq, duel_error *er
                                                         2.0 * m->KD + 2)) +
                       N * (8.0 * m->C + m->V + 3.0 * m->QD + 3.0 * m->KD + 3.0 * m->F + 8) +
                       T * (m->config.rotary_dim + 1.0);
-    if (estimate * sizeof(float) > (double)LLAMA_TRAIN_MAX_ACTIVATION_BYTES)
+    if (estimate * sizeof(float) > (double)TRAIN_MAX_ACTIVATION_BYTES)
         return duel_error_set(err, DUEL_ELIMIT,
                               "llama_train: a batch of %d x %d needs %.1f GiB of activations, over "
                               "the limit of %zu GiB",
                               cap_batch, cap_seq, estimate * sizeof(float) / (1 << 30),
-                              LLAMA_TRAIN_MAX_ACTIVATION_BYTES >> 30);
+                              TRAIN_MAX_ACTIVATION_BYTES >> 30);
     size_t sizes[NUM_ACT_SLOTS], total = 0;
     act_sizes(m, (size_t)cap_batch, (size_t)cap_seq, sizes);
     for (int i = 0; i < NUM_ACT_SLOTS; i++) total += sizes[i];
@@ -368,44 +368,13 @@ static int ensure_activations(llama_train *m, int batch, int seq, duel_error *er
     return train_rope_tables(m->acts.rope_cos, m->acts.rope_sin, cap_seq, &m->config, err);
 }
 
-static int check_batch(const llama_train *m, const llama_train_batch *b, duel_error *err) {
-    if (!b || !b->tokens || !b->targets || !b->mask)
-        return duel_error_set(err, DUEL_EINVAL, "llama_train: batch arrays must not be NULL");
-    if (b->batch_size <= 0 || b->seq_len <= 0)
-        return duel_error_set(err, DUEL_EINVAL, "llama_train: empty batch (%d x %d)", b->batch_size,
-                              b->seq_len);
-    if (m->config.max_position_embeddings > 0 && b->seq_len > m->config.max_position_embeddings)
-        return duel_error_set(err, DUEL_ELIMIT,
-                              "llama_train: seq_len %d is over max_position_embeddings %d",
-                              b->seq_len, m->config.max_position_embeddings);
-    size_t n = (size_t)b->batch_size * b->seq_len;
-    for (size_t i = 0; i < n; i++) {
-        int b_index = (int)(i / b->seq_len), t = (int)(i % b->seq_len);
-        if (b->tokens[i] < 0 || b->tokens[i] >= m->V)
-            return duel_error_set(err, DUEL_EINVAL,
-                                  "llama_train: token %d at [%d][%d] is outside the vocabulary "
-                                  "of %d",
-                                  (int)b->tokens[i], b_index, t, m->V);
-        if (!isfinite(b->mask[i]) || b->mask[i] < 0)
-            return duel_error_set(err, DUEL_EINVAL,
-                                  "llama_train: mask at [%d][%d] must be finite and >= 0",
-                                  b_index, t);
-        if (b->mask[i] != 0 && (b->targets[i] < 0 || b->targets[i] >= m->V))
-            return duel_error_set(err, DUEL_EINVAL,
-                                  "llama_train: target %d at [%d][%d] (mask %g) is outside the "
-                                  "vocabulary of %d",
-                                  (int)b->targets[i], b_index, t, (double)b->mask[i], m->V);
-    }
-    return 0;
-}
-
 static float *layer_ptr(float *base, int l, size_t stride) {
     return base ? base + (size_t)l * stride : NULL;
 }
 
-int llama_train_forward(llama_train *m, const llama_train_batch *batch, double *seq_logprob,
+int llama_train_forward(llama_train *m, const train_batch *batch, double *seq_logprob,
                         double *seq_count, float *token_logprob, duel_error *err) {
-    int rc = check_batch(m, batch, err);
+    int rc = train_batch_check(batch, m->V, m->config.max_position_embeddings, "llama_train", err);
     if (rc) return rc;
     if (!seq_logprob || !seq_count)
         return duel_error_set(err, DUEL_EINVAL, "llama_train: seq_logprob and seq_count are required");
@@ -464,20 +433,10 @@ int llama_train_forward(llama_train *m, const llama_train_batch *batch, double *
                           p->final_norm, N, C, eps);
 
     /* Only masked rows go through the vocab-sized head. */
-    int R = 0;
-    for (int i = 0; i < N; i++)
-        if (m->mask[i] != 0) {
-            m->rows[R] = i;
-            m->row_targets[R] = m->targets[i];
-            memcpy(a->head_in + (size_t)R * C, a->final_norm + (size_t)i * C, (size_t)C * sizeof(float));
-            R++;
-        }
-    m->num_rows = R;
-    train_linear_forward(a->logits, a->head_in, p->lm_head, NULL, R, C, V);
-    train_logprob_forward(a->row_logprob, a->lse, a->logits, m->row_targets, R, V);
-    memset(a->token_logprob, 0, (size_t)N * sizeof(float));
-    for (int r = 0; r < R; r++) a->token_logprob[m->rows[r]] = a->row_logprob[r];
-    train_sequence_logprob_forward(seq_logprob, seq_count, a->token_logprob, m->mask, B, T);
+    m->num_rows = train_head_forward(seq_logprob, seq_count, a->token_logprob, m->rows,
+                                     m->row_targets, a->head_in, a->logits, a->lse,
+                                     a->row_logprob, a->final_norm, p->lm_head, m->targets,
+                                     m->mask, B, T, C, V);
     if (token_logprob) memcpy(token_logprob, a->token_logprob, (size_t)N * sizeof(float));
     m->have_forward = true;
     return 0;
@@ -501,18 +460,12 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
     llama_train_params *p = &m->params, *g = &m->grads;
     llama_train_acts *a = &m->acts;
 
-    /* Head: sequence sums -> token log-probs -> compacted rows -> logits -> final norm. */
-    memset(a->d_token_logprob, 0, (size_t)N * sizeof(float));
-    train_sequence_logprob_backward(a->d_token_logprob, dseq_logprob, m->mask, B, T);
-    for (int r = 0; r < R; r++) a->d_row_logprob[r] = a->d_token_logprob[m->rows[r]];
-    train_logprob_backward(a->logits, a->logits, a->lse, m->row_targets, a->d_row_logprob, R, V);
-    memset(a->d_head_in, 0, (size_t)R * C * sizeof(float));
-    train_linear_backward(a->d_head_in, g->lm_head, NULL, a->logits, a->head_in, p->lm_head, R, C,
-                          V);
+    /* Head: sequence sums -> token log-probs -> masked rows -> logits -> final norm. */
     float *d_final = a->d_norm; /* gradient of final_norm's output, zero on unmasked rows */
     memset(d_final, 0, NC * sizeof(float));
-    for (int r = 0; r < R; r++)
-        memcpy(d_final + (size_t)m->rows[r] * C, a->d_head_in + (size_t)r * C, (size_t)C * sizeof(float));
+    train_head_backward(d_final, g->lm_head, a->logits, a->d_head_in, a->d_token_logprob,
+                        a->d_row_logprob, dseq_logprob, m->rows, m->row_targets, a->head_in,
+                        a->lse, p->lm_head, m->mask, R, B, T, C, V);
     memset(a->d_residual, 0, NC * sizeof(float));
     train_rmsnorm_backward(a->d_residual, g->final_norm, d_final, a->residual + (size_t)m->L * NC,
                            p->final_norm, a->final_rstd, N, C);

@@ -18,11 +18,7 @@
 
 #include "error.h"
 #include "model_config.h"
-
-/* Upper bound on the activation memory one forward may allocate (bytes). */
-#define LLAMA_TRAIN_MAX_ACTIVATION_BYTES ((size_t)64 << 30)
-/* Upper bound on the parameter count (f32 params + grads must fit in memory). */
-#define LLAMA_TRAIN_MAX_PARAMETERS (4LL << 30)
+#include "train_common.h"
 
 /* Every parameter tensor, each covering all layers ([L][...]) where it is per layer. Biases
  * are NULL when the config has none. lm_head == embed_tokens when embeddings are tied. */
@@ -50,29 +46,6 @@ typedef struct llama_train_params {
 
 typedef struct llama_train llama_train;
 
-/* One parameter tensor under its Hugging Face name, e.g. "model.layers.3.mlp.up_proj.weight":
- * param and grad point into the model's memory (numel floats each, row-major shape). */
-typedef struct llama_train_tensor {
-    char name[96];
-    int ndim;
-    int shape[2];
-    size_t numel;
-    float *param;
-    float *grad;
-} llama_train_tensor;
-
-/* A batch: B sequences right-padded to T positions. targets[b][t] is the token that follows
- * tokens[b][0..t]; mask[b][t] weighs it (1 on response tokens, 0 on prompt and padding).
- * tokens must all be in [0, vocab) (padding included); targets only where mask != 0 (ignored
- * targets such as -100 are fine). mask values must be finite and >= 0. */
-typedef struct llama_train_batch {
-    int batch_size;
-    int seq_len;
-    const int32_t *tokens;
-    const int32_t *targets;
-    const float *mask;
-} llama_train_batch;
-
 /* Creates a model with zeroed parameters and gradients for config (LlamaForCausalLM with SiLU;
  * other architectures give DUEL_EUNSUPPORTED, inconsistent sizes DUEL_EINVAL). */
 int llama_train_create(const model_config *config, llama_train **out, duel_error *err);
@@ -92,9 +65,9 @@ float *llama_train_gradient_memory(llama_train *model);
  * self_attn.{q,k,v,o}_proj (weight, then bias where the config has one), mlp.{gate,up,down}_proj,
  * input_layernorm, post_attention_layernorm; then model.norm and lm_head (absent when tied). */
 int llama_train_num_tensors(const llama_train *model);
-int llama_train_tensor_at(llama_train *model, int index, llama_train_tensor *out);
+int llama_train_tensor_at(llama_train *model, int index, train_tensor *out);
 /* DUEL_ENOTFOUND when the model has no tensor of that name. */
-int llama_train_find_tensor(llama_train *model, const char *name, llama_train_tensor *out,
+int llama_train_find_tensor(llama_train *model, const char *name, train_tensor *out,
                             duel_error *err);
 
 void llama_train_zero_grad(llama_train *model);
@@ -106,7 +79,7 @@ void llama_train_zero_grad(llama_train *model);
  * batch seen. Errors: DUEL_EINVAL (bad shapes, token or target out of range, bad mask),
  * DUEL_ELIMIT (seq_len over max_position_embeddings or activations over the memory bound),
  * DUEL_ENOMEM. */
-int llama_train_forward(llama_train *model, const llama_train_batch *batch, double *seq_logprob,
+int llama_train_forward(llama_train *model, const train_batch *batch, double *seq_logprob,
                         double *seq_count, float *token_logprob, duel_error *err);
 
 /* Backward pass of the last forward: dseq_logprob[b] = d(loss)/d(seq_logprob[b]) (for a per-token

@@ -56,6 +56,79 @@ void train_rmsnorm_backward(float *dinp, float *dweight, const float *dout, cons
     }
 }
 
+void train_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                             const float *weight, const float *bias, int n, int dim, float eps) {
+    for (int i = 0; i < n; i++) {
+        const float *x = inp + (size_t)i * dim;
+        float *y = out + (size_t)i * dim;
+        double sum = 0, sumsq = 0;
+        for (int j = 0; j < dim; j++) sum += x[j];
+        double mu = sum / dim;
+        for (int j = 0; j < dim; j++) sumsq += (x[j] - mu) * (x[j] - mu);
+        float m = (float)mu, r = (float)(1.0 / sqrt(sumsq / dim + eps));
+        mean[i] = m;
+        rstd[i] = r;
+        for (int j = 0; j < dim; j++) y[j] = weight[j] * ((x[j] - m) * r) + bias[j];
+    }
+}
+
+/* With xhat = (x - mean) r and dxhat = w dy:
+ * dx = r (dxhat - mean(dxhat) - xhat mean(dxhat xhat)). */
+void train_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                              const float *inp, const float *weight, const float *mean,
+                              const float *rstd, int n, int dim) {
+    for (int i = 0; i < n; i++) {
+        const float *x = inp + (size_t)i * dim;
+        const float *dy = dout + (size_t)i * dim;
+        float m = mean[i], r = rstd[i];
+        double sum_dxhat = 0, sum_dxhat_xhat = 0;
+        for (int j = 0; j < dim; j++) {
+            float xhat = (x[j] - m) * r, dxhat = weight[j] * dy[j];
+            sum_dxhat += dxhat;
+            sum_dxhat_xhat += (double)dxhat * xhat;
+            if (dweight) dweight[j] += dy[j] * xhat;
+            if (dbias) dbias[j] += dy[j];
+        }
+        float mean_dxhat = (float)(sum_dxhat / dim), mean_dxhat_xhat = (float)(sum_dxhat_xhat / dim);
+        if (dinp) {
+            float *dx = dinp + (size_t)i * dim;
+            for (int j = 0; j < dim; j++) {
+                float xhat = (x[j] - m) * r;
+                dx[j] += r * (weight[j] * dy[j] - mean_dxhat - xhat * mean_dxhat_xhat);
+            }
+        }
+    }
+}
+
+#define GELU_TANH_SCALE 0.7978845608028654f /* sqrt(2 / pi) */
+#define GELU_TANH_CUBIC 0.044715f
+
+void train_gelu_forward(float *out, const float *inp, int n, bool tanh_approx) {
+    for (int i = 0; i < n; i++) {
+        float x = inp[i];
+        if (tanh_approx)
+            out[i] = 0.5f * x * (1.0f + tanhf(GELU_TANH_SCALE * (x + GELU_TANH_CUBIC * x * x * x)));
+        else
+            out[i] = 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    }
+}
+
+void train_gelu_backward(float *dinp, const float *dout, const float *inp, int n, bool tanh_approx) {
+    for (int i = 0; i < n; i++) {
+        float x = inp[i], d;
+        if (tanh_approx) {
+            float th = tanhf(GELU_TANH_SCALE * (x + GELU_TANH_CUBIC * x * x * x));
+            d = 0.5f * (1.0f + th) + 0.5f * x * (1.0f - th * th) * GELU_TANH_SCALE *
+                                         (1.0f + 3.0f * GELU_TANH_CUBIC * x * x);
+        } else {
+            /* Phi(x) + x phi(x), phi the standard normal density */
+            d = 0.5f * (1.0f + erff(x * 0.70710678118654752f)) +
+                x * 0.3989422804014327f * expf(-0.5f * x * x);
+        }
+        dinp[i] += dout[i] * d;
+    }
+}
+
 void train_linear_forward(float *out, const float *inp, const float *weight, const float *bias,
                           int n, int in_dim, int out_dim) {
     if (n <= 0) return;

@@ -12,6 +12,7 @@
 #ifndef DUEL_TRAIN_LAYERS_H
 #define DUEL_TRAIN_LAYERS_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "error.h"
@@ -28,6 +29,19 @@ void train_rmsnorm_forward(float *out, float *rstd, const float *inp, const floa
                            int dim, float eps);
 void train_rmsnorm_backward(float *dinp, float *dweight, const float *dout, const float *inp,
                             const float *weight, const float *rstd, int n, int dim);
+
+/* LayerNorm (GPT-NeoX): out = weight * (x - mean) / sqrt(var + eps) + bias, biased variance;
+ * mean[i] and rstd[i] save row i's statistics. */
+void train_layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                             const float *weight, const float *bias, int n, int dim, float eps);
+void train_layernorm_backward(float *dinp, float *dweight, float *dbias, const float *dout,
+                              const float *inp, const float *weight, const float *mean,
+                              const float *rstd, int n, int dim);
+
+/* GELU over n values: exact 0.5 x (1 + erf(x / sqrt 2)) (HF "gelu"), or with tanh_approx the
+ * tanh form 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (HF "gelu_new"). */
+void train_gelu_forward(float *out, const float *inp, int n, bool tanh_approx);
+void train_gelu_backward(float *dinp, const float *dout, const float *inp, int n, bool tanh_approx);
 
 /* out[n][out_dim] = inp[n][in_dim] * weight^T + bias (bias may be NULL); cblas_sgemm. */
 void train_linear_forward(float *out, const float *inp, const float *weight, const float *bias,

@@ -1,16 +1,16 @@
 #!/usr/bin/python3
 """torch_grad_reference.py: the independent reference for the trainer's whole-model gradients.
 
-Builds tiny Llama-architecture models (variants below) in PyTorch float64, written here from the
-Hugging Face modeling code's definitions and not from the C code, with random weights rounded to
-float32; runs a DPO loss on a batch of 2 pairs (4 right-padded sequences of unequal lengths) and
+Builds tiny Llama- and GPT-NeoX-architecture models (variants below) in PyTorch float64, written
+here from the Hugging Face modeling code's definitions and not from the C code, with random
+weights rounded to float32; runs a DPO loss on a batch of 2 pairs (4 right-padded sequences of unequal lengths) and
 writes, per variant, into OUT/<variant>/:
   manifest.json  config, batch (tokens, targets, mask), reference log-probs, expected sequence
                  log-probs and loss, and the tensor table (HF names, shapes, element offsets)
   weights.f32    every parameter, little-endian float32, in table order
   grads.f64      d(loss)/d(parameter) from torch autograd, little-endian float64, same order
-tests/trainer/test_llama_train_torch.c loads the weights into trainer/llama_train.c, repeats the
-computation in f32 and compares. Run with Debian's /usr/bin/python3 (python3-torch, numpy).
+tests/trainer/test_train_model_torch.c loads the weights into trainer/train_model.c (llama_train.c
+or neox_train.c), repeats the computation in f32 and compares. Run with Debian's /usr/bin/python3 (python3-torch, numpy).
 """
 import argparse
 import json
@@ -31,24 +31,37 @@ torch.set_default_dtype(torch.float64)
 
 VARIANTS = {
     # Llama with grouped-query attention, head_dim * heads != hidden, untied head, plain rope.
-    "llama_gqa": dict(vocab_size=37, hidden_size=16, intermediate_size=40, num_layers=2,
+    "llama_gqa": dict(arch="llama", vocab_size=37, hidden_size=16, intermediate_size=40, num_layers=2,
                       num_heads=4, num_kv_heads=2, head_dim=8, norm_eps=1e-5, rope_theta=100.0,
                       rope_scaling="none", tie_word_embeddings=False, attention_bias=False,
                       attention_out_bias=False, mlp_bias=False),
     # Qwen2-like: q/k/v biases, tied embeddings, multi-query, llama3 rope scaling (both the
     # divided and the smoothed frequency band occur at these sizes).
-    "qwen2_tied_mqa": dict(vocab_size=29, hidden_size=16, intermediate_size=24, num_layers=2,
+    "qwen2_tied_mqa": dict(arch="llama", vocab_size=29, hidden_size=16, intermediate_size=24, num_layers=2,
                            num_heads=4, num_kv_heads=1, head_dim=4, norm_eps=1e-6,
                            rope_theta=10000.0, rope_scaling="llama3", rope_factor=8.0,
                            rope_low_freq_factor=1.0, rope_high_freq_factor=4.0,
                            rope_original_max_positions=8, tie_word_embeddings=True,
                            attention_bias=True, attention_out_bias=False, mlp_bias=False),
     # Every bias Llama allows, multi-head attention, linear rope scaling, one layer.
-    "llama_all_biases": dict(vocab_size=23, hidden_size=12, intermediate_size=20, num_layers=1,
+    "llama_all_biases": dict(arch="llama", vocab_size=23, hidden_size=12, intermediate_size=20, num_layers=1,
                              num_heads=2, num_kv_heads=2, head_dim=6, norm_eps=1e-5,
                              rope_theta=50.0, rope_scaling="linear", rope_factor=2.0,
                              tie_word_embeddings=False, attention_bias=True,
                              attention_out_bias=True, mlp_bias=True),
+    # Pythia-like GPT-NeoX: parallel residual, exact GELU, partial rotary (half of each head).
+    "neox_parallel": dict(arch="gpt_neox", vocab_size=31, hidden_size=16, intermediate_size=48,
+                          num_layers=2, num_heads=4, head_dim=4, rotary_dim=2, norm_eps=1e-5,
+                          rope_theta=100.0, rope_scaling="none", activation="gelu",
+                          use_parallel_residual=True, tie_word_embeddings=False,
+                          attention_bias=True),
+    # GPT-NeoX with the sequential residual, tanh GELU, full rotary, tied head, no attention bias.
+    "neox_sequential_tied": dict(arch="gpt_neox", vocab_size=23, hidden_size=12,
+                                 intermediate_size=20, num_layers=2, num_heads=2, head_dim=6,
+                                 rotary_dim=6, norm_eps=1e-5, rope_theta=50.0,
+                                 rope_scaling="none", activation="gelu_tanh",
+                                 use_parallel_residual=False, tie_word_embeddings=True,
+                                 attention_bias=False),
 }
 
 DPO_BETA = 0.1
@@ -57,6 +70,34 @@ IGNORE_TARGET = -100
 
 
 def tensor_table(cfg):
+    return neox_tensor_table(cfg) if cfg["arch"] == "gpt_neox" else llama_tensor_table(cfg)
+
+
+def neox_tensor_table(cfg):
+    """(name, shape) in transformers' state_dict order for GPTNeoXForCausalLM."""
+    C, F, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
+    table = [("gpt_neox.embed_in.weight", [V, C])]
+    for l in range(cfg["num_layers"]):
+        p = "gpt_neox.layers.%d." % l
+        rows = [("input_layernorm.weight", [C]), ("input_layernorm.bias", [C]),
+                ("post_attention_layernorm.weight", [C]), ("post_attention_layernorm.bias", [C]),
+                ("attention.query_key_value.weight", [3 * C, C]),
+                ("attention.query_key_value.bias", [3 * C]),
+                ("attention.dense.weight", [C, C]), ("attention.dense.bias", [C]),
+                ("mlp.dense_h_to_4h.weight", [F, C]), ("mlp.dense_h_to_4h.bias", [F]),
+                ("mlp.dense_4h_to_h.weight", [C, F]), ("mlp.dense_4h_to_h.bias", [C])]
+        for suffix, shape in rows:
+            if suffix.startswith("attention.") and suffix.endswith(".bias") \
+                    and not cfg["attention_bias"]:
+                continue
+            table.append((p + suffix, shape))
+    table += [("gpt_neox.final_layer_norm.weight", [C]), ("gpt_neox.final_layer_norm.bias", [C])]
+    if not cfg["tie_word_embeddings"]:
+        table.append(("embed_out.weight", [V, C]))
+    return table
+
+
+def llama_tensor_table(cfg):
     """(name, shape) in transformers' state_dict order for LlamaForCausalLM."""
     C, F, V = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"]
     QD = cfg["num_heads"] * cfg["head_dim"]
@@ -93,22 +134,24 @@ def init_weights(cfg, gen):
     """Random weights, rounded to float32 so that C sees exactly the same values."""
     weights = {}
     for name, shape in tensor_table(cfg):
-        if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
+        if name.endswith("norm.weight") or name.endswith("layernorm.weight") \
+                or name.endswith("layer_norm.weight"):
             w = 1.0 + 0.2 * torch.randn(shape, generator=gen)
         elif name.endswith(".bias"):
             w = 0.2 * torch.randn(shape, generator=gen)
-        elif name == "model.embed_tokens.weight":
+        elif name in ("model.embed_tokens.weight", "gpt_neox.embed_in.weight"):
             w = torch.randn(shape, generator=gen)
         else:  # projections: keep activations O(1); the head a little sharper
-            scale = 1.5 if name == "lm_head.weight" else 1.0
+            scale = 1.5 if name in ("lm_head.weight", "embed_out.weight") else 1.0
             w = scale * torch.randn(shape, generator=gen) / math.sqrt(shape[1])
         weights[name] = w.float().double().requires_grad_(True)
     return weights
 
 
 def inv_freq(cfg):
-    """transformers' rope init: default, linear and llama3 (in float64 here)."""
-    dim = cfg["head_dim"]
+    """transformers' rope init: default, linear and llama3 (in float64 here), over the rotated
+    dimensions (all of a head for Llama, rotary_pct of it for GPT-NeoX)."""
+    dim = cfg.get("rotary_dim", cfg["head_dim"])
     inv = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
     kind = cfg["rope_scaling"]
     if kind == "linear":
@@ -142,16 +185,79 @@ def linear(x, weights, prefix):
     return y + bias if bias is not None else y
 
 
-def sequence_logprobs(cfg, weights, tokens, targets, mask):
+def head_logprobs(x, head, targets, mask):
     """Sum over positions of mask * log p(target), and the mask sums, per sequence."""
+    logp = torch.log_softmax(x @ head.T, dim=-1)
+    safe_targets = torch.where(mask > 0, targets, torch.zeros_like(targets))
+    token_lp = logp.gather(-1, safe_targets[..., None])[..., 0]
+    return (token_lp * mask).sum(-1), mask.sum(-1)
+
+
+def causal_attention(q, k, v):
+    T, D = q.shape[-2], q.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    scores = (q @ k.transpose(-1, -2)) / math.sqrt(D)
+    return torch.softmax(scores.masked_fill(~causal, float("-inf")), dim=-1) @ v
+
+
+def rope_cos_sin(cfg, T):
+    angles = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq(cfg)[None, :]
+    emb = torch.cat((angles, angles), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def neox_sequence_logprobs(cfg, weights, tokens, targets, mask):
+    """GPTNeoXForCausalLM: fused per-head [q|k|v], partial rotary, (parallel) residual."""
+    B, T = tokens.shape
+    C, H, D, R = cfg["hidden_size"], cfg["num_heads"], cfg["head_dim"], cfg["rotary_dim"]
+    eps = cfg["norm_eps"]
+    gelu_approx = "tanh" if cfg["activation"] == "gelu_tanh" else "none"
+
+    def ln(x, prefix):
+        return torch.nn.functional.layer_norm(x, (C,), weights[prefix + ".weight"],
+                                              weights[prefix + ".bias"], eps)
+
+    def rotate(x, cos, sin):
+        rot, rest = x[..., :R], x[..., R:]
+        return torch.cat((rot * cos + rotate_half(rot) * sin, rest), dim=-1)
+
+    def mlp(x, p):
+        h = linear(x, weights, p + "mlp.dense_h_to_4h")
+        h = torch.nn.functional.gelu(h, approximate=gelu_approx)
+        return linear(h, weights, p + "mlp.dense_4h_to_h")
+
+    cos, sin = rope_cos_sin(cfg, T)
+    x = weights["gpt_neox.embed_in.weight"][tokens]
+    for l in range(cfg["num_layers"]):
+        p = "gpt_neox.layers.%d." % l
+        qkv = linear(ln(x, p + "input_layernorm"), weights, p + "attention.query_key_value")
+        qkv = qkv.view(B, T, H, 3 * D).transpose(1, 2)
+        q, k, v = qkv[..., :D], qkv[..., D:2 * D], qkv[..., 2 * D:]
+        att = causal_attention(rotate(q, cos, sin), rotate(k, cos, sin), v)
+        att = linear(att.transpose(1, 2).reshape(B, T, C), weights, p + "attention.dense")
+        if cfg["use_parallel_residual"]:
+            x = mlp(ln(x, p + "post_attention_layernorm"), p) + att + x
+        else:
+            x = x + att
+            x = mlp(ln(x, p + "post_attention_layernorm"), p) + x
+    x = ln(x, "gpt_neox.final_layer_norm")
+    head = weights["gpt_neox.embed_in.weight" if cfg["tie_word_embeddings"] else "embed_out.weight"]
+    return head_logprobs(x, head, targets, mask)
+
+
+def sequence_logprobs(cfg, weights, tokens, targets, mask):
+    if cfg["arch"] == "gpt_neox":
+        return neox_sequence_logprobs(cfg, weights, tokens, targets, mask)
+    return llama_sequence_logprobs(cfg, weights, tokens, targets, mask)
+
+
+def llama_sequence_logprobs(cfg, weights, tokens, targets, mask):
+    """LlamaForCausalLM: RMSNorm, GQA with repeat_kv, rotate_half rope, SwiGLU."""
     B, T = tokens.shape
     Hq, Hkv, D = cfg["num_heads"], cfg["num_kv_heads"], cfg["head_dim"]
     eps = cfg["norm_eps"]
     x = weights["model.embed_tokens.weight"][tokens]
-    angles = torch.arange(T, dtype=torch.float64)[:, None] * inv_freq(cfg)[None, :]
-    emb = torch.cat((angles, angles), dim=-1)
-    cos, sin = emb.cos(), emb.sin()
-    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    cos, sin = rope_cos_sin(cfg, T)
     for l in range(cfg["num_layers"]):
         p = "model.layers.%d." % l
         h = rms_norm(x, weights[p + "input_layernorm.weight"], eps)
@@ -162,10 +268,7 @@ def sequence_logprobs(cfg, weights, tokens, targets, mask):
         k = k * cos + rotate_half(k) * sin
         k = k.repeat_interleave(Hq // Hkv, dim=1)  # repeat_kv
         v = v.repeat_interleave(Hq // Hkv, dim=1)
-        scores = (q @ k.transpose(-1, -2)) / math.sqrt(D)
-        scores = scores.masked_fill(~causal, float("-inf"))
-        att = torch.softmax(scores, dim=-1) @ v
-        att = att.transpose(1, 2).reshape(B, T, Hq * D)
+        att = causal_attention(q, k, v).transpose(1, 2).reshape(B, T, Hq * D)
         x = x + linear(att, weights, p + "self_attn.o_proj")
         h = rms_norm(x, weights[p + "post_attention_layernorm.weight"], eps)
         gate = linear(h, weights, p + "mlp.gate_proj")
@@ -173,10 +276,7 @@ def sequence_logprobs(cfg, weights, tokens, targets, mask):
         x = x + linear(torch.nn.functional.silu(gate) * up, weights, p + "mlp.down_proj")
     x = rms_norm(x, weights["model.norm.weight"], eps)
     head = weights["model.embed_tokens.weight" if cfg["tie_word_embeddings"] else "lm_head.weight"]
-    logp = torch.log_softmax(x @ head.T, dim=-1)
-    safe_targets = torch.where(mask > 0, targets, torch.zeros_like(targets))
-    token_lp = logp.gather(-1, safe_targets[..., None])[..., 0]
-    return (token_lp * mask).sum(-1), mask.sum(-1)
+    return head_logprobs(x, head, targets, mask)
 
 
 def make_batch(cfg, gen):

@@ -1,7 +1,7 @@
 /* test_llama_train.c: the trainable Llama model (trainer/llama_train.c) without torch: config
  * checks, the HF tensor table, batch validation, right padding that changes nothing, gradient
  * accumulation, and a DPO step that raises log pi(y+) - log pi(y-) end to end. Exact gradient
- * values are checked against torch in test_llama_train_torch.c. */
+ * values are checked against torch in test_train_model_torch.c. */
 #include "dap_loss.h"
 #include "llama_train.h"
 #include "rng.h"
@@ -40,7 +40,7 @@ static llama_train *new_model(const model_config *config, uint64_t seed) {
     duel_rng rng;
     duel_rng_seed(&rng, seed);
     for (int i = 0; i < llama_train_num_tensors(m); i++) {
-        llama_train_tensor t;
+        train_tensor t;
         assert_int_equal(llama_train_tensor_at(m, i, &t), 0);
         bool norm = strstr(t.name, "norm") != NULL;
         double scale = t.ndim == 2 ? 1.0 / sqrt(t.shape[1]) : 0.2;
@@ -91,7 +91,7 @@ static void test_tensor_table(void **state) {
     llama_train *m = new_model(&c, 1);
     /* embed + 2 layers x 9 + norm + lm_head */
     assert_int_equal(llama_train_num_tensors(m), 1 + 2 * 9 + 2);
-    llama_train_tensor t;
+    train_tensor t;
     duel_error err = {0};
     expect_ok(llama_train_find_tensor(m, "model.layers.1.self_attn.k_proj.weight", &t, &err), &err);
     assert_int_equal(t.ndim, 2);
@@ -151,7 +151,7 @@ static void test_batch_validation(void **state) {
     int32_t tokens[B2 * T2], targets[B2 * T2];
     float mask[B2 * T2];
     fill_pair_batch(tokens, targets, mask, 0);
-    llama_train_batch batch = {B2, T2, tokens, targets, mask};
+    train_batch batch = {B2, T2, tokens, targets, mask};
     double lp[B2], count[B2], dseq[B2] = {1, 1};
     duel_error err = {0};
 
@@ -169,10 +169,10 @@ static void test_batch_validation(void **state) {
     mask[2] = NAN;
     assert_int_equal(llama_train_forward(m, &batch, lp, count, NULL, &err), DUEL_EINVAL);
     mask[2] = 1;
-    llama_train_batch long_batch = {1, 33, tokens, targets, mask};
+    train_batch long_batch = {1, 33, tokens, targets, mask};
     assert_int_equal(llama_train_forward(m, &long_batch, lp, count, NULL, &err), DUEL_ELIMIT);
     assert_non_null(strstr(err.message, "max_position_embeddings"));
-    llama_train_batch empty = {0, T2, tokens, targets, mask};
+    train_batch empty = {0, T2, tokens, targets, mask};
     assert_int_equal(llama_train_forward(m, &empty, lp, count, NULL, &err), DUEL_EINVAL);
 
     expect_ok(llama_train_forward(m, &batch, lp, count, NULL, &err), &err);
@@ -202,7 +202,7 @@ static void test_right_padding_changes_nothing(void **state) {
     /* sequence a alone, T = 4 (small first, so the padded batch grows the activations) */
     float mask1[4] = {0, 1, 1, 1};
     int32_t targets1[4] = {seq_a[1], seq_a[2], seq_a[3], seq_a[4]};
-    llama_train_batch one = {1, 4, seq_a, targets1, mask1};
+    train_batch one = {1, 4, seq_a, targets1, mask1};
     double lp1, count1, d1 = 1.0;
     float token_lp1[4];
     llama_train_zero_grad(m);
@@ -216,7 +216,7 @@ static void test_right_padding_changes_nothing(void **state) {
         int32_t tokens[B2 * T2], targets[B2 * T2];
         float mask[B2 * T2], token_lp[B2 * T2];
         fill_pair_batch(tokens, targets, mask, pad * 7);
-        llama_train_batch batch = {B2, T2, tokens, targets, mask};
+        train_batch batch = {B2, T2, tokens, targets, mask};
         double lp[B2], count[B2], dseq[B2] = {1.0, 0.0};
         llama_train_zero_grad(m);
         expect_ok(llama_train_forward(m, &batch, lp, count, token_lp, &err), &err);
@@ -257,7 +257,7 @@ static void test_gradient_accumulation(void **state) {
     int32_t tokens[B2 * T2], targets[B2 * T2];
     float mask[B2 * T2];
     fill_pair_batch(tokens, targets, mask, 0);
-    llama_train_batch batch = {B2, T2, tokens, targets, mask};
+    train_batch batch = {B2, T2, tokens, targets, mask};
     double lp[B2], count[B2], dseq[B2] = {0.5, -1.5};
     duel_error err = {0};
     llama_train_zero_grad(m);
@@ -296,7 +296,7 @@ static void test_dpo_step_raises_chosen_over_rejected(void **state) {
                               12, 13, 1, 2, 3, 4,    12, 13, 14, 15, -100, -100};
     float mask[B * T] = {0, 1, 1, 1, 1, 0,  0, 1, 1, 1, 0, 0,
                          0, 0, 1, 1, 1, 1,  0, 0, 1, 1, 0, 0};
-    llama_train_batch batch = {B, T, tokens, targets, mask};
+    train_batch batch = {B, T, tokens, targets, mask};
     double lp[B], count[B], ref[B];
     duel_error err = {0};
     expect_ok(llama_train_forward(m, &batch, ref, count, NULL, &err), &err);

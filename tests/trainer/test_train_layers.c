@@ -158,6 +158,85 @@ static void test_rmsnorm(void **state) {
     free(xd), free(wd), free(gd), free(ref);
 }
 
+/* ---------------------------------------------------------------- layernorm */
+
+typedef struct { double *x, *w, *b; int n, dim; double eps; } ln_ctx;
+
+static void ln_ref(void *vctx, double *out) {
+    ln_ctx *c = vctx;
+    for (int i = 0; i < c->n; i++) {
+        const double *x = c->x + (size_t)i * c->dim;
+        double mu = 0, var = 0;
+        for (int j = 0; j < c->dim; j++) mu += x[j] / c->dim;
+        for (int j = 0; j < c->dim; j++) var += (x[j] - mu) * (x[j] - mu) / c->dim;
+        for (int j = 0; j < c->dim; j++)
+            out[i * c->dim + j] = c->w[j] * (x[j] - mu) / sqrt(var + c->eps) + c->b[j];
+    }
+}
+
+static void test_layernorm(void **state) {
+    (void)state;
+    duel_rng rng;
+    duel_rng_seed(&rng, 40);
+    enum { N = 5, DIM = 8 };
+    const float eps = 1e-5f;
+    float *x = new_f32(N * DIM), *w = new_f32(DIM), *b = new_f32(DIM), *g = new_f32(N * DIM);
+    float *out = new_f32(N * DIM), *mean = new_f32(N), *rstd = new_f32(N);
+    float *dx = new_f32(N * DIM), *dw = new_f32(DIM), *db = new_f32(DIM);
+    double *xd = new_f64(N * DIM), *wd = new_f64(DIM), *bd = new_f64(DIM), *gd = new_f64(N * DIM);
+    double *ref = new_f64(N * DIM);
+    fill_random(&rng, x, xd, N * DIM, 0.5, 1); /* non-zero mean */
+    fill_random(&rng, w, wd, DIM, 1, 0.3);
+    fill_random(&rng, b, bd, DIM, 0, 0.3);
+    fill_random(&rng, g, gd, N * DIM, 0, 1);
+    ln_ctx ctx = {xd, wd, bd, N, DIM, eps};
+    fd_problem p = {ln_ref, &ctx, N * DIM, gd};
+
+    train_layernorm_forward(out, mean, rstd, x, w, b, N, DIM, eps);
+    ln_ref(&ctx, ref);
+    expect_close("layernorm forward", out, ref, N * DIM, FORWARD_TOL);
+    train_layernorm_backward(dx, dw, db, g, x, w, mean, rstd, N, DIM);
+    expect_grad("layernorm dx", &p, xd, N * DIM, dx);
+    expect_grad("layernorm dweight", &p, wd, DIM, dw);
+    expect_grad("layernorm dbias", &p, bd, DIM, db);
+    free(x), free(w), free(b), free(g), free(out), free(mean), free(rstd), free(dx), free(dw);
+    free(db), free(xd), free(wd), free(bd), free(gd), free(ref);
+}
+
+/* ---------------------------------------------------------------- gelu */
+
+typedef struct { double *x; int n; bool tanh_approx; } gelu_ctx;
+
+static void gelu_ref(void *vctx, double *out) {
+    gelu_ctx *c = vctx;
+    for (int i = 0; i < c->n; i++) {
+        double x = c->x[i];
+        out[i] = c->tanh_approx
+                     ? 0.5 * x * (1 + tanh(sqrt(2 / M_PI) * (x + 0.044715 * x * x * x)))
+                     : 0.5 * x * (1 + erf(x / sqrt(2.0)));
+    }
+}
+
+static void test_gelu(void **state) {
+    (void)state;
+    for (int approx = 0; approx < 2; approx++) {
+        duel_rng rng;
+        duel_rng_seed(&rng, 41 + approx);
+        enum { N = 50 };
+        float x[N], g[N], out[N], dx[N] = {0};
+        double xd[N], gd[N], ref[N];
+        fill_random(&rng, x, xd, N, 0, 2.5);
+        fill_random(&rng, g, gd, N, 0, 1);
+        gelu_ctx ctx = {xd, N, approx == 1};
+        fd_problem p = {gelu_ref, &ctx, N, gd};
+        train_gelu_forward(out, x, N, approx == 1);
+        gelu_ref(&ctx, ref);
+        expect_close(approx ? "gelu_tanh forward" : "gelu forward", out, ref, N, FORWARD_TOL);
+        train_gelu_backward(dx, g, x, N, approx == 1);
+        expect_grad(approx ? "gelu_tanh dx" : "gelu dx", &p, xd, N, dx);
+    }
+}
+
 /* ---------------------------------------------------------------- linear */
 
 typedef struct { double *x, *w, *b; int n, in, out; } lin_ctx;
@@ -513,6 +592,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embedding),
         cmocka_unit_test(test_rmsnorm),
+        cmocka_unit_test(test_layernorm),
+        cmocka_unit_test(test_gelu),
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_backward_accumulates),
         cmocka_unit_test(test_rope),

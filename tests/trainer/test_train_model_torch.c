@@ -1,5 +1,6 @@
-/* test_llama_train_torch.c: the whole model's DPO gradients (trainer/llama_train.c +
- * trainer/dap_loss.c) against PyTorch autograd in float64 on the same weights and batch.
+/* test_train_model_torch.c: the whole model's DPO gradients (trainer/train_model.c over
+ * llama_train.c and neox_train.c, + trainer/dap_loss.c) against PyTorch autograd in float64 on
+ * the same weights and batch.
  * The ctest fixture trainer_torch_reference runs tests/tools/torch_grad_reference.py into
  * $DUEL_BUILD_DIR/test-tmp/torch_grad_reference first; without its output this test fails. */
 #include <jansson.h>
@@ -7,7 +8,7 @@
 #include "dap_loss.h"
 #include "file_map.h"
 #include "json_util.h"
-#include "llama_train.h"
+#include "train_model.h"
 #include "test_helpers.h"
 
 #define GRAD_TOL 1e-4   /* per tensor, f32 against float64 autograd (the bound) */
@@ -24,22 +25,25 @@ static json_t *member(const json_t *obj, const char *key) {
 }
 
 static double num(const json_t *obj, const char *key) { return json_number_value(member(obj, key)); }
+static bool flag(const json_t *obj, const char *key) { return json_is_true(member(obj, key)); }
 static int integer(const json_t *obj, const char *key) { return (int)json_integer_value(member(obj, key)); }
 
 static void config_from_json(const json_t *c, model_config *config) {
     memset(config, 0, sizeof *config);
-    snprintf(config->architecture, sizeof config->architecture, "LlamaForCausalLM");
-    config->arch = MODEL_ARCH_LLAMA;
+    const char *arch = json_string_value(member(c, "arch"));
+    assert_non_null(arch);
+    bool neox = strcmp(arch, "gpt_neox") == 0;
+    if (!neox) assert_string_equal(arch, "llama");
+    snprintf(config->architecture, sizeof config->architecture, "%s",
+             neox ? "GPTNeoXForCausalLM" : "LlamaForCausalLM");
+    config->arch = neox ? MODEL_ARCH_GPT_NEOX : MODEL_ARCH_LLAMA;
     config->head = MODEL_HEAD_CAUSAL_LM;
-    config->activation = MODEL_ACT_SILU;
     config->vocab_size = integer(c, "vocab_size");
     config->hidden_size = integer(c, "hidden_size");
     config->intermediate_size = integer(c, "intermediate_size");
     config->num_layers = integer(c, "num_layers");
     config->num_heads = integer(c, "num_heads");
-    config->num_kv_heads = integer(c, "num_kv_heads");
     config->head_dim = integer(c, "head_dim");
-    config->rotary_dim = config->head_dim;
     config->max_position_embeddings = integer(c, "max_position_embeddings");
     config->norm_eps = num(c, "norm_eps");
     config->rope_theta = num(c, "rope_theta");
@@ -57,10 +61,24 @@ static void config_from_json(const json_t *c, model_config *config) {
     } else {
         assert_string_equal(scaling, "none");
     }
-    config->tie_word_embeddings = json_is_true(member(c, "tie_word_embeddings"));
-    config->attention_bias = json_is_true(member(c, "attention_bias"));
-    config->attention_out_bias = json_is_true(member(c, "attention_out_bias"));
-    config->mlp_bias = json_is_true(member(c, "mlp_bias"));
+    config->tie_word_embeddings = flag(c, "tie_word_embeddings");
+    config->attention_bias = flag(c, "attention_bias");
+    if (neox) { /* as model_config_parse fills a GPT-NeoX config */
+        config->num_kv_heads = config->num_heads;
+        config->rotary_dim = integer(c, "rotary_dim");
+        const char *act = json_string_value(member(c, "activation"));
+        assert_non_null(act);
+        config->activation = strcmp(act, "gelu_tanh") == 0 ? MODEL_ACT_GELU_TANH : MODEL_ACT_GELU;
+        config->use_parallel_residual = flag(c, "use_parallel_residual");
+        config->attention_out_bias = config->attention_bias;
+        config->mlp_bias = true;
+    } else {
+        config->num_kv_heads = integer(c, "num_kv_heads");
+        config->rotary_dim = config->head_dim;
+        config->activation = MODEL_ACT_SILU;
+        config->attention_out_bias = flag(c, "attention_out_bias");
+        config->mlp_bias = flag(c, "mlp_bias");
+    }
     config->bos_token_id = config->pad_token_id = -1;
 }
 
@@ -89,8 +107,8 @@ static void run_variant(const char *dir) {
     }
     model_config config;
     config_from_json(member(manifest, "config"), &config);
-    llama_train *model = NULL;
-    if (llama_train_create(&config, &model, &err) != 0) {
+    train_model *model = NULL;
+    if (train_model_create(&config, &model, &err) != 0) {
         fprintf(stderr, "%s\n", err.message);
         fail();
     }
@@ -98,16 +116,16 @@ static void run_variant(const char *dir) {
     /* Weights: every tensor of the model is in the manifest with the same shape, and back. */
     json_t *tensors = member(manifest, "tensors");
     size_t total = (size_t)json_integer_value(member(manifest, "num_elements"));
-    assert_int_equal(json_array_size(tensors), llama_train_num_tensors(model));
-    assert_int_equal(total, llama_train_num_parameters(model));
+    assert_int_equal(json_array_size(tensors), train_model_num_tensors(model));
+    assert_int_equal(total, train_model_num_parameters(model));
     float *weights = read_all(dir, "weights.f32", total * sizeof(float));
     double *grads = read_all(dir, "grads.f64", total * sizeof(double));
     size_t i;
     json_t *entry;
     json_array_foreach(tensors, i, entry) {
         const char *name = json_string_value(member(entry, "name"));
-        llama_train_tensor t;
-        if (llama_train_find_tensor(model, name, &t, &err) != 0) {
+        train_tensor t;
+        if (train_model_find_tensor(model, name, &t, &err) != 0) {
             fprintf(stderr, "%s\n", err.message);
             fail();
         }
@@ -134,9 +152,9 @@ static void run_variant(const char *dir) {
         targets[k] = (int32_t)json_integer_value(json_array_get(member(jb, "targets"), k));
         mask[k] = (float)json_number_value(json_array_get(member(jb, "mask"), k));
     }
-    llama_train_batch batch = {B, T, tokens, targets, mask};
+    train_batch batch = {B, T, tokens, targets, mask};
     double seq_lp[4], seq_count[4];
-    if (llama_train_forward(model, &batch, seq_lp, seq_count, NULL, &err) != 0) {
+    if (train_model_forward(model, &batch, seq_lp, seq_count, NULL, &err) != 0) {
         fprintf(stderr, "%s\n", err.message);
         fail();
     }
@@ -172,8 +190,8 @@ static void run_variant(const char *dir) {
     double loss_err = fabs(result.loss - expect_loss) / fabs(expect_loss);
 
     double dseq[4] = {gc[0], gr[0], gc[1], gr[1]};
-    llama_train_zero_grad(model);
-    if (llama_train_backward(model, dseq, &err) != 0) {
+    train_model_zero_grad(model);
+    if (train_model_backward(model, dseq, &err) != 0) {
         fprintf(stderr, "%s\n", err.message);
         fail();
     }
@@ -182,8 +200,8 @@ static void run_variant(const char *dir) {
     bool ok = lp_err < VALUE_TOL && loss_err < VALUE_TOL;
     json_array_foreach(tensors, i, entry) {
         const char *name = json_string_value(member(entry, "name"));
-        llama_train_tensor t;
-        assert_int_equal(llama_train_find_tensor(model, name, &t, NULL), 0);
+        train_tensor t;
+        assert_int_equal(train_model_find_tensor(model, name, &t, NULL), 0);
         const double *ref = grads + (size_t)json_integer_value(member(entry, "offset"));
         double ref_norm = 0;
         for (size_t k = 0; k < t.numel; k++) ref_norm += ref[k] * ref[k];
@@ -201,11 +219,11 @@ static void run_variant(const char *dir) {
     printf("[ variant  ] %s: seq log-prob rel err %.2g, loss %.6f rel err %.2g, worst gradient "
            "%s rel err %.2g over %d tensors\n",
            json_string_value(member(manifest, "variant")), lp_err, result.loss, loss_err,
-           worst_name, worst, llama_train_num_tensors(model));
+           worst_name, worst, train_model_num_tensors(model));
     assert_true(ok);
 
     free(tokens), free(targets), free(mask), free(weights), free(grads);
-    llama_train_free(model);
+    train_model_free(model);
     json_decref(manifest);
 }
 
@@ -233,7 +251,7 @@ static void test_gradients_match_torch(void **state) {
         variants++;
     }
     fclose(f);
-    assert_true(variants >= 3);
+    assert_true(variants >= 5);
 }
 
 int main(void) {
