@@ -8,6 +8,8 @@
  * (the response-token count, for per-token means). The backward pass takes d(loss)/d(sequence
  * log-probability) per sequence and accumulates d(loss)/d(parameter) into the gradients.
  * Only rows with a non-zero mask reach the output head, so prompt and padding cost no vocab GEMM.
+ * The batch layout and the head are shared with GPT-NeoX (train_common.h); code that should not
+ * care about the family uses train_model.h.
  *
  * Ownership: one thread at a time uses a llama_train; it owns its buffers. */
 #ifndef DUEL_LLAMA_TRAIN_H

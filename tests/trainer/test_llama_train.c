@@ -245,6 +245,28 @@ static void test_right_padding_changes_nothing(void **state) {
     llama_train_free(m);
 }
 
+/* A batch whose masks are all zero: no row reaches the head, log-probs and counts are 0 and
+ * the backward leaves every gradient at exactly zero. */
+static void test_all_zero_mask(void **state) {
+    (void)state;
+    model_config c = tiny_config();
+    llama_train *m = new_model(&c, 10);
+    int32_t tokens[B2 * T2], targets[B2 * T2];
+    float mask[B2 * T2];
+    fill_pair_batch(tokens, targets, mask, 0);
+    for (int i = 0; i < B2 * T2; i++) mask[i] = 0, targets[i] = -100;
+    train_batch batch = {B2, T2, tokens, targets, mask};
+    double lp[B2] = {7, 7}, count[B2] = {7, 7}, dseq[B2] = {1, -1};
+    duel_error err = {0};
+    llama_train_zero_grad(m);
+    expect_ok(llama_train_forward(m, &batch, lp, count, NULL, &err), &err);
+    assert_true(lp[0] == 0 && lp[1] == 0 && count[0] == 0 && count[1] == 0);
+    expect_ok(llama_train_backward(m, dseq, &err), &err);
+    const float *g = llama_train_gradient_memory(m);
+    for (size_t i = 0; i < llama_train_num_parameters(m); i++) assert_true(g[i] == 0);
+    llama_train_free(m);
+}
+
 /* Gradients accumulate over backward passes until zero_grad. */
 static void test_gradient_accumulation(void **state) {
     (void)state;
@@ -335,6 +357,7 @@ int main(void) {
         cmocka_unit_test(test_tensor_table),
         cmocka_unit_test(test_batch_validation),
         cmocka_unit_test(test_right_padding_changes_nothing),
+        cmocka_unit_test(test_all_zero_mask),
         cmocka_unit_test(test_gradient_accumulation),
         cmocka_unit_test(test_dpo_step_raises_chosen_over_rejected),
     };
