@@ -123,7 +123,7 @@ def llama_forward(cfg, W, ids):
     x = rmsnorm(x, W["model.norm.weight"])
     if "score.weight" in W and cfg["architectures"][0].endswith("ForSequenceClassification"):
         head = W["score.weight"]
-    elif cfg.get("tie_word_embeddings", True):
+    elif cfg.get("tie_word_embeddings", False):  # LlamaConfig default
         head = W["model.embed_tokens.weight"]
     else:
         head = W["lm_head.weight"]
