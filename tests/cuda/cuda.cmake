@@ -1,0 +1,11 @@
+# tests/cuda/cuda.cmake: the CUDA backend (cuda/). test_cuda_api needs no GPU and runs everywhere;
+# test_cuda_kernels compares every kernel with its CPU reference and, without a GPU, prints
+# "SKIP: no CUDA device (...)" and exits 77, which ctest reports as skipped. bench_cuda_kernels is a
+# tool, not a test: ops/bench_cuda.sh runs it on a GPU machine (docs/CUDA.md).
+duel_test(test_cuda_api ${CMAKE_CURRENT_LIST_DIR}/test_cuda_api.c)
+duel_test(test_cuda_kernels ${CMAKE_CURRENT_LIST_DIR}/test_cuda_kernels.c)
+if(TARGET test_cuda_kernels)
+  set_tests_properties(test_cuda_kernels PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
+  add_executable(bench_cuda_kernels ${CMAKE_CURRENT_LIST_DIR}/bench_cuda_kernels.c)
+  target_link_libraries(bench_cuda_kernels PRIVATE duel_cuda duel_common)
+endif()
