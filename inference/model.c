@@ -10,10 +10,18 @@
  * Residual adds are fused into the output GEMMs (beta = 1).
  *
  * The forward pass runs the tokens in chunks of at most MODEL_MAX_CHUNK_TOKENS so that scratch
- * is bounded; scratch grows on demand (rarely: geometric), never per token. */
+ * is bounded; scratch grows on demand (rarely: geometric), never per token.
+ *
+ * The batched paged forward (model_forward_batch) runs the same layers over the rows of several
+ * sequences at once. Only attention differs: each sequence's piece of the batch reads K/V through
+ * its block table. A piece of a few rows (decode) reads the pool's [block][kv_head][16][head_dim]
+ * tiles directly (paged_attention_rows); a longer piece (prefill) first gathers its history into
+ * contiguous [ctx][kv_dim] buffers and runs the sgemm-based cpu_attention_forward on them, where
+ * the gather's cost is small next to the O(rows * ctx) products. */
 #include "model.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,6 +35,13 @@
 #define MODEL_KV_MAX_TOKENS (1 << 24)  /* tokens: the largest contiguous cache we create */
 #define MODEL_MAX_PARAMS (1LL << 36)   /* floats: 256 GiB of f32, far above anything served */
 #define MODEL_NAME_MAX 256             /* bytes of a tensor name we build */
+#define MODEL_PAGED_DIRECT_ROWS 4      /* pieces of at most this many rows read the pool directly;
+                                          longer ones gather K/V for sgemm attention */
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define MODEL_AVX2 1
+#endif
 
 typedef struct model_layer {
     float *attn_norm_w, *attn_norm_b; /* b: GPT-NeoX LayerNorm only */
@@ -54,6 +69,13 @@ struct model {
     float *x, *xb, *xb2, *qkv, *att, *ffn, *ffn_act, *rope_cos, *rope_sin;
     float *att_scratch;
     size_t att_scratch_floats;
+
+    /* Scratch of model_forward_batch: gathered K/V of one piece ([ctx][kv_dim] each), the final
+     * hidden rows and logits of the sequences that want them. */
+    float *gather_k, *gather_v;
+    size_t gather_floats;
+    float *head_in, *head_out;
+    size_t head_rows;
 
     double forward_seconds;
     cpu_matmul_stats gemm;
@@ -311,6 +333,10 @@ void model_free(model *m) {
     free(m->inv_freq);
     free(m->scratch);
     free(m->att_scratch);
+    free(m->gather_k);
+    free(m->gather_v);
+    free(m->head_in);
+    free(m->head_out);
     free(m);
 }
 
@@ -521,6 +547,320 @@ int model_forward(model *m, model_kv_cache *kv, const int32_t *tokens, int n_tok
                       last ? hidden_last : NULL);
         done += rows;
     }
+    m->forward_seconds += duel_time_seconds() - t0;
+    return DUEL_OK;
+}
+
+/* ---- batched forward over the paged KV cache ---------------------------------------------- */
+
+/* A contiguous run of one entry's tokens inside one pass: rows row .. row+count-1 of the pass
+ * are the entry's tokens offset .. offset+count-1. */
+typedef struct batch_piece {
+    int entry;
+    int offset;
+    int count;
+    int row;
+} batch_piece;
+
+static inline float dot_f32(const float *a, const float *b, int n) {
+    int i = 0;
+    float sum = 0;
+#ifdef MODEL_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; i + 8 <= n; i += 8)
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
+    sum = _mm_cvtss_f32(s4);
+#endif
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+/* y += a * x over n floats. */
+static inline void axpy_f32(float *y, float a, const float *x, int n) {
+    int i = 0;
+#ifdef MODEL_AVX2
+    __m256 av = _mm256_set1_ps(a);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+#endif
+    for (; i < n; i++) y[i] += a * x[i];
+}
+
+/* Causal attention of `rows` query rows at positions start .. start+rows-1 of seq, reading each
+ * position's K/V in place from the pool's tiles of this layer. q rows are qkv_dim apart, out rows
+ * q_dim apart; scores: start+rows floats. */
+static void paged_attention_rows(const model *m, const kv_pool_params *pp, const float *keys,
+                                 const float *values, const kv_sequence *seq, int64_t start,
+                                 int rows, const float *q, float *out, float *scores) {
+    const model_config *c = &m->config;
+    int hd = c->head_dim, kvh = c->num_kv_heads, bs = pp->block_size;
+    int group = c->num_heads / kvh;
+    float scale = 1.0f / sqrtf((float)hd);
+    size_t tile = (size_t)bs * hd;
+    for (int r = 0; r < rows; r++) {
+        int64_t ctx = start + r + 1;
+        const float *qr = q + (size_t)r * m->qkv_dim;
+        float *orow = out + (size_t)r * m->q_dim;
+        for (int h = 0; h < c->num_heads; h++) {
+            int g = h / group;
+            const float *qh = qr + (size_t)h * hd;
+            float max = -INFINITY;
+            for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
+                const float *kt = keys + ((size_t)seq->blocks[p0 / bs] * kvh + g) * tile;
+                int n = ctx - p0 < bs ? (int)(ctx - p0) : bs;
+                for (int s = 0; s < n; s++) {
+                    float v = scale * dot_f32(qh, kt + (size_t)s * hd, hd);
+                    scores[p0 + s] = v;
+                    max = v > max ? v : max;
+                }
+            }
+            float sum = 0;
+            for (int64_t p = 0; p < ctx; p++) {
+                scores[p] = expf(scores[p] - max);
+                sum += scores[p];
+            }
+            float inv = 1.0f / sum;
+            float *oh = orow + (size_t)h * hd;
+            memset(oh, 0, (size_t)hd * sizeof *oh);
+            for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
+                const float *vt = values + ((size_t)seq->blocks[p0 / bs] * kvh + g) * tile;
+                int n = ctx - p0 < bs ? (int)(ctx - p0) : bs;
+                for (int s = 0; s < n; s++) axpy_f32(oh, scores[p0 + s] * inv, vt + (size_t)s * hd, hd);
+            }
+        }
+    }
+}
+
+/* Copies positions 0..ctx-1 of seq (this layer) into [ctx][kv_dim] rows. */
+static void gather_kv(const model *m, const kv_pool_params *pp, const float *src,
+                      const kv_sequence *seq, int64_t ctx, float *dst) {
+    int hd = m->config.head_dim, kvh = m->config.num_kv_heads, bs = pp->block_size;
+    size_t tile = (size_t)bs * hd;
+    for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
+        int n = ctx - p0 < bs ? (int)(ctx - p0) : bs;
+        for (int g = 0; g < kvh; g++) {
+            const float *t = src + ((size_t)seq->blocks[p0 / bs] * kvh + g) * tile;
+            for (int s = 0; s < n; s++)
+                memcpy(dst + (size_t)(p0 + s) * m->kv_dim + (size_t)g * hd, t + (size_t)s * hd,
+                       (size_t)hd * sizeof *dst);
+        }
+    }
+}
+
+/* Writes the K and V of pass rows (after rope) into their slots of the pool. */
+static void store_kv(const model *m, const kv_pool_params *pp, float *keys, float *values,
+                     const kv_sequence *seq, int64_t start, const float *qkv, int rows) {
+    int hd = m->config.head_dim, kvh = m->config.num_kv_heads, bs = pp->block_size;
+    for (int r = 0; r < rows; r++) {
+        int64_t p = start + r;
+        const float *row = qkv + (size_t)r * m->qkv_dim;
+        size_t base = (size_t)seq->blocks[p / bs] * kvh;
+        for (int g = 0; g < kvh; g++) {
+            size_t at = ((base + g) * bs + (size_t)(p % bs)) * hd;
+            memcpy(keys + at, row + m->q_dim + (size_t)g * hd, (size_t)hd * sizeof *keys);
+            memcpy(values + at, row + m->q_dim + m->kv_dim + (size_t)g * hd,
+                   (size_t)hd * sizeof *values);
+        }
+    }
+}
+
+static int ensure_batch_scratch(model *m, int64_t max_ctx, int head_rows, duel_error *err) {
+    size_t need = (size_t)max_ctx * (size_t)m->kv_dim;
+    if (need > m->gather_floats) {
+        float *k = malloc(need * sizeof *k), *v = malloc(need * sizeof *v);
+        if (!k || !v) {
+            free(k);
+            free(v);
+            return duel_error_set(err, DUEL_ENOMEM, "out of memory for attention gather buffers");
+        }
+        free(m->gather_k);
+        free(m->gather_v);
+        m->gather_k = k;
+        m->gather_v = v;
+        m->gather_floats = need;
+    }
+    if ((size_t)head_rows > m->head_rows) {
+        size_t rows = (size_t)head_rows;
+        float *in = malloc(rows * (size_t)m->config.hidden_size * sizeof *in);
+        float *out = malloc(rows * (size_t)m->output_size * sizeof *out);
+        if (!in || !out) {
+            free(in);
+            free(out);
+            return duel_error_set(err, DUEL_ENOMEM, "out of memory for %d output rows", head_rows);
+        }
+        free(m->head_in);
+        free(m->head_out);
+        m->head_in = in;
+        m->head_out = out;
+        m->head_rows = rows;
+    }
+    return DUEL_OK;
+}
+
+/* One pass over pieces whose rows fill m->x[0..rows): every layer, K/V written into the pool. */
+static void forward_pass_paged(model *m, kv_pool *pool, const model_batch_entry *entries,
+                               const batch_piece *pieces, int n_pieces, int rows) {
+    const model_config *c = &m->config;
+    const kv_pool_params *pp = kv_pool_get_params(pool);
+    int H = c->hidden_size, half = c->rotary_dim / 2;
+    for (int i = 0; i < n_pieces; i++) {
+        const batch_piece *pc = &pieces[i];
+        const model_batch_entry *e = &entries[pc->entry];
+        cpu_embedding_forward(m->x + (size_t)pc->row * H, e->tokens + pc->offset, pc->count,
+                              m->embedding, H);
+        cpu_rope_tables(m->rope_cos + (size_t)pc->row * half, m->rope_sin + (size_t)pc->row * half,
+                        m->inv_freq, c->rotary_dim, (int)(e->start + pc->offset), pc->count);
+    }
+    bool parallel = c->arch == MODEL_ARCH_GPT_NEOX && c->use_parallel_residual;
+    for (int l = 0; l < c->num_layers; l++) {
+        const model_layer *L = &m->layers[l];
+        float *keys = kv_pool_layer_keys(pool, l), *values = kv_pool_layer_values(pool, l);
+        apply_norm(m, m->xb, m->x, L->attn_norm_w, L->attn_norm_b, rows);
+        cpu_matmul_forward(m->qkv, m->xb, L->qkv_w, L->qkv_b, rows, H, m->qkv_dim, false,
+                           &m->gemm);
+        cpu_rope_forward(m->qkv, rows, m->qkv_dim, c->num_heads, c->head_dim, c->rotary_dim,
+                         m->rope_cos, m->rope_sin);
+        cpu_rope_forward(m->qkv + m->q_dim, rows, m->qkv_dim, c->num_kv_heads, c->head_dim,
+                         c->rotary_dim, m->rope_cos, m->rope_sin);
+        for (int i = 0; i < n_pieces; i++) {
+            const batch_piece *pc = &pieces[i];
+            const model_batch_entry *e = &entries[pc->entry];
+            int64_t start = e->start + pc->offset;
+            const float *q = m->qkv + (size_t)pc->row * m->qkv_dim;
+            float *out = m->att + (size_t)pc->row * m->q_dim;
+            store_kv(m, pp, keys, values, e->seq, start, q, pc->count);
+            if (pc->count <= MODEL_PAGED_DIRECT_ROWS) {
+                paged_attention_rows(m, pp, keys, values, e->seq, start, pc->count, q, out,
+                                     m->att_scratch);
+            } else {
+                int64_t ctx = start + pc->count;
+                gather_kv(m, pp, keys, e->seq, ctx, m->gather_k);
+                gather_kv(m, pp, values, e->seq, ctx, m->gather_v);
+                cpu_attention_forward(out, m->q_dim, q, m->qkv_dim, m->gather_k, m->gather_v,
+                                      m->kv_dim, pc->count, (int)start, c->num_heads,
+                                      c->num_kv_heads, c->head_dim, m->att_scratch, &m->gemm);
+            }
+        }
+        if (parallel) {
+            apply_norm(m, m->xb2, m->x, L->mlp_norm_w, L->mlp_norm_b, rows);
+            cpu_matmul_forward(m->x, m->att, L->o_w, L->o_b, rows, m->q_dim, H, true, &m->gemm);
+            mlp_forward(m, L, m->xb2, rows);
+        } else {
+            cpu_matmul_forward(m->x, m->att, L->o_w, L->o_b, rows, m->q_dim, H, true, &m->gemm);
+            apply_norm(m, m->xb, m->x, L->mlp_norm_w, L->mlp_norm_b, rows);
+            mlp_forward(m, L, m->xb, rows);
+        }
+    }
+}
+
+int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entries, int n_entries,
+                        duel_error *err) {
+    if (!m || !pool || (!entries && n_entries))
+        return duel_error_set(err, DUEL_EINVAL, "model_forward_batch: NULL argument");
+    if (n_entries < 0)
+        return duel_error_set(err, DUEL_EINVAL, "model_forward_batch: %d entries", n_entries);
+    const model_config *c = &m->config;
+    const kv_pool_params *pp = kv_pool_get_params(pool);
+    if (pp->num_layers != c->num_layers || pp->num_kv_heads != c->num_kv_heads ||
+        pp->head_dim != c->head_dim || !kv_pool_layer_keys(pool, 0))
+        return duel_error_set(err, DUEL_EINVAL,
+                              "model_forward_batch: the KV pool (%d layers x %d kv heads x %d, "
+                              "%s) does not fit the model (%d layers x %d kv heads x %d)",
+                              pp->num_layers, pp->num_kv_heads, pp->head_dim,
+                              kv_pool_layer_keys(pool, 0) ? "host storage" : "no host storage",
+                              c->num_layers, c->num_kv_heads, c->head_dim);
+    int64_t max_ctx = 1, total_rows = 0;
+    int head_rows = 0;
+    for (int i = 0; i < n_entries; i++) {
+        const model_batch_entry *e = &entries[i];
+        if (!e->seq || !e->tokens)
+            return duel_error_set(err, DUEL_EINVAL, "model_forward_batch: entry %d: NULL", i);
+        if (e->n_tokens < 1 || e->start < 0)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "model_forward_batch: entry %d: %d tokens at position %lld", i,
+                                  e->n_tokens, (long long)e->start);
+        int64_t end = e->start + e->n_tokens;
+        if (end > (int64_t)e->seq->num_blocks * pp->block_size || end > INT_MAX)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "model_forward_batch: entry %d: positions %lld..%lld are not "
+                                  "reserved (the table covers %lld)",
+                                  i, (long long)e->start, (long long)end - 1,
+                                  (long long)e->seq->num_blocks * pp->block_size);
+        for (int t = 0; t < e->n_tokens; t++)
+            if (e->tokens[t] < 0 || e->tokens[t] >= c->vocab_size)
+                return duel_error_set(err, DUEL_EINVAL,
+                                      "model_forward_batch: entry %d: token id %d at index %d is "
+                                      "outside the vocabulary (vocab_size %d)",
+                                      i, (int)e->tokens[t], t, c->vocab_size);
+        if (end > max_ctx) max_ctx = end;
+        total_rows += e->n_tokens;
+        if (e->logits || e->hidden_last) head_rows++;
+    }
+    if (n_entries == 0) return DUEL_OK;
+    int rc = ensure_scratch(m, total_rows < MODEL_BATCH_MAX_ROWS ? (int)total_rows
+                                                                 : MODEL_BATCH_MAX_ROWS,
+                            (int)max_ctx, err);
+    if (!rc) rc = ensure_batch_scratch(m, max_ctx, head_rows, err);
+    if (rc) return rc;
+    batch_piece *pieces = malloc((size_t)n_entries * sizeof *pieces);
+    int *head_entry = malloc(((size_t)head_rows + 1) * sizeof *head_entry);
+    if (!pieces || !head_entry) {
+        free(pieces);
+        free(head_entry);
+        return duel_error_set(err, DUEL_ENOMEM, "out of memory for a batch of %d", n_entries);
+    }
+    double t0 = duel_time_seconds();
+    int H = c->hidden_size, cap = m->scratch_tokens, n_head = 0;
+    int entry = 0, offset = 0;
+    while (entry < n_entries) {
+        /* Fill one pass with up to cap rows, splitting an entry across passes when needed. */
+        int rows = 0, n_pieces = 0;
+        while (entry < n_entries && rows < cap) {
+            const model_batch_entry *e = &entries[entry];
+            int take = e->n_tokens - offset;
+            if (take > cap - rows) take = cap - rows;
+            pieces[n_pieces++] = (batch_piece){entry, offset, take, rows};
+            rows += take;
+            offset += take;
+            if (offset == e->n_tokens) {
+                entry++;
+                offset = 0;
+            }
+        }
+        forward_pass_paged(m, pool, entries, pieces, n_pieces, rows);
+        /* Final-norm hidden rows of the entries that ended in this pass. */
+        for (int i = 0; i < n_pieces; i++) {
+            const batch_piece *pc = &pieces[i];
+            const model_batch_entry *e = &entries[pc->entry];
+            if (pc->offset + pc->count != e->n_tokens || !(e->logits || e->hidden_last)) continue;
+            float *dst = m->head_in + (size_t)n_head * H;
+            apply_norm(m, dst, m->x + (size_t)(pc->row + pc->count - 1) * H, m->final_norm_w,
+                       m->final_norm_b, 1);
+            if (e->hidden_last) memcpy(e->hidden_last, dst, (size_t)H * sizeof *dst);
+            head_entry[n_head++] = pc->entry;
+        }
+    }
+    /* One GEMM for every sequence's output scores. */
+    int n_logits = 0;
+    for (int i = 0; i < n_head; i++) {
+        if (!entries[head_entry[i]].logits) continue;
+        if (n_logits != i)
+            memcpy(m->head_in + (size_t)n_logits * H, m->head_in + (size_t)i * H,
+                   (size_t)H * sizeof *m->head_in);
+        head_entry[n_logits++] = head_entry[i];
+    }
+    if (n_logits) {
+        cpu_matmul_forward(m->head_out, m->head_in, m->head_w, NULL, n_logits, H, m->output_size,
+                           false, &m->gemm);
+        for (int i = 0; i < n_logits; i++)
+            memcpy(entries[head_entry[i]].logits, m->head_out + (size_t)i * m->output_size,
+                   (size_t)m->output_size * sizeof(float));
+    }
+    free(pieces);
+    free(head_entry);
     m->forward_seconds += duel_time_seconds() - t0;
     return DUEL_OK;
 }

@@ -1,7 +1,9 @@
 /* model.h: a loaded causal language model (Llama or GPT-NeoX family) and its CPU forward pass.
  * Weights are read from a Hugging Face directory (config.json + safetensors), validated, and held
  * as f32 (bf16/f16 widened at load). The forward pass runs f32 compute with OpenBLAS GEMMs.
- * A model is owned by one thread at a time: it keeps its scratch buffers inside. */
+ * Two entry points: model_forward over one sequence's contiguous KV cache (tests, benchmarks),
+ * and model_forward_batch over many sequences whose KV lives in the paged pool of kv_cache.h
+ * (the engine). A model is owned by one thread at a time: it keeps its scratch buffers inside. */
 #ifndef DUEL_MODEL_H
 #define DUEL_MODEL_H
 
@@ -10,6 +12,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "kv_cache.h"
 #include "model_config.h"
 
 typedef struct model model;
@@ -41,6 +44,33 @@ void model_kv_cache_truncate(model_kv_cache *kv, int length);
  * Fails with DUEL_ELIMIT when the cache would overflow, DUEL_EINVAL for token ids out of range. */
 int model_forward(model *m, model_kv_cache *kv, const int32_t *tokens, int n_tokens,
                   float *logits, bool all_logits, float *hidden_last, duel_error *err);
+
+/* One sequence's part of a batched forward step (model_forward_batch). */
+typedef struct model_batch_entry {
+    const kv_sequence *seq; /* its block table; positions start .. start+n_tokens-1 must be
+                               reserved (kv_sequence_reserve), positions before start hold valid
+                               K/V (committed or written by an earlier step) */
+    const int32_t *tokens;  /* n_tokens ids, for positions start .. start+n_tokens-1 */
+    int n_tokens;           /* >= 1 */
+    int64_t start;          /* position of tokens[0], normally seq->num_tokens */
+    float *logits;          /* optional: output_size scores of the last token */
+    float *hidden_last;     /* optional: hidden_size floats, the final-norm hidden state of the
+                               last token */
+} model_batch_entry;
+
+/* Runs one step for several sequences at once: all their tokens are flattened into one
+ * [n_total][hidden] activation so that every projection is one sgemm over all sequences (the
+ * weights are read once per step, not once per sequence); attention runs per sequence, reading
+ * K and V through its block table from the pool's host storage, where this call also writes the
+ * new tokens' K/V (the caller commits them afterwards with kv_sequence_commit). Steps of more
+ * than MODEL_BATCH_MAX_ROWS tokens run in several internal passes (a sequence's later tokens then
+ * attend to the K/V its earlier ones wrote). Each sequence may appear at most once.
+ * Per-row results equal a run of the sequence alone up to GEMM rounding (relative error ~1e-6).
+ * DUEL_EINVAL for a pool whose shape (layers, kv heads, head_dim) differs from the model's or
+ * without host storage, unreserved positions, token ids out of range; nothing is written then. */
+#define MODEL_BATCH_MAX_ROWS 512
+int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entries, int n_entries,
+                        duel_error *err);
 
 /* Time spent, for `duel bench forward`: total forward seconds, of which in GEMM/GEMV calls. */
 typedef struct model_timing {
