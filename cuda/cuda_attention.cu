@@ -4,7 +4,7 @@
  * reads kv head h / (num_heads / num_kv_heads), query at position p sees keys 0..p.
  *
  * Work split (kept simple; see docs/CUDA.md for what a faster version would change):
- *   - one thread block per (query row, kv head, chunk of up to ATTN_HEADS_PER_BLOCK query heads of
+ *   - one thread block per (query row, kv head, chunk of up to 8 query heads of
  *     that kv head's group): every K/V vector read from memory serves the whole group (GQA);
  *   - the block's ATTN_WARPS warps take the context's tokens round robin; for each token a warp
  *     reads the K row (lane l holds dims 2(l+32j), 2(l+32j)+1: coalesced bf16x2 loads), reduces
@@ -21,9 +21,10 @@
 
 #define ATTN_WARPS 4
 #define ATTN_THREADS (ATTN_WARPS * 32)
+/* Most query heads one block serves; the kernel is instantiated for 1, 2, 4 and 8 (the smallest
+ * that covers the group, so that MHA does not pay registers for GQA), and for head_dim up to 128
+ * or up to 256 (bf16 pairs per lane 2 or 4). */
 #define ATTN_HEADS_PER_BLOCK 8
-/* bf16 pairs per lane: head_dim <= 2 * 32 * ATTN_PAIRS_PER_LANE. */
-#define ATTN_PAIRS_PER_LANE (BACKEND_CUDA_MAX_HEAD_DIM / 64)
 
 typedef struct attention_args {
     uint16_t *out;
@@ -32,7 +33,7 @@ typedef struct attention_args {
     int q_stride;
     const uint16_t *keys, *values;
     int num_blocks, num_kv_heads, block_size, head_dim;
-    int num_heads, group, chunks_per_group;
+    int num_heads, group, chunks_per_group, heads_per_block;
     const int32_t *block_tables; /* decode: [rows][max_blocks]; prefill: one row */
     int max_blocks;
     const int32_t *context_lens; /* decode: position of row r is context_lens[r] - 1 */
@@ -40,18 +41,19 @@ typedef struct attention_args {
     float scale;
 } attention_args;
 
+template <int HEADS, int PAIRS>
 __global__ void __launch_bounds__(ATTN_THREADS)
     paged_attention_kernel(attention_args a) {
-    __shared__ float part_max[ATTN_WARPS][ATTN_HEADS_PER_BLOCK];
-    __shared__ float part_sum[ATTN_WARPS][ATTN_HEADS_PER_BLOCK];
-    __shared__ float part_acc[ATTN_WARPS][ATTN_HEADS_PER_BLOCK][BACKEND_CUDA_MAX_HEAD_DIM];
+    __shared__ float part_max[ATTN_WARPS][HEADS];
+    __shared__ float part_sum[ATTN_WARPS][HEADS];
+    __shared__ float part_acc[ATTN_WARPS][HEADS][PAIRS * 64];
 
     const int row = blockIdx.x;
     const int kv_head = blockIdx.y / a.chunks_per_group;
     const int chunk = blockIdx.y % a.chunks_per_group;
-    const int h0 = kv_head * a.group + chunk * ATTN_HEADS_PER_BLOCK;
-    int heads = a.group - chunk * ATTN_HEADS_PER_BLOCK;
-    if (heads > ATTN_HEADS_PER_BLOCK) heads = ATTN_HEADS_PER_BLOCK;
+    const int h0 = kv_head * a.group + chunk * HEADS;
+    int heads = a.group - chunk * HEADS;
+    if (heads > HEADS) heads = HEADS;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int D = a.head_dim, pairs = D / 2;
 
@@ -67,15 +69,15 @@ __global__ void __launch_bounds__(ATTN_THREADS)
     bool bad = ctx_len <= 0 || ctx_len > (long long)a.max_blocks * a.block_size;
 
     /* This lane's slice of each head's query, pre-scaled. */
-    float q[ATTN_HEADS_PER_BLOCK][ATTN_PAIRS_PER_LANE][2];
-    float acc[ATTN_HEADS_PER_BLOCK][ATTN_PAIRS_PER_LANE][2];
-    float run_max[ATTN_HEADS_PER_BLOCK], run_sum[ATTN_HEADS_PER_BLOCK];
+    float q[HEADS][PAIRS][2];
+    float acc[HEADS][PAIRS][2];
+    float run_max[HEADS], run_sum[HEADS];
 #pragma unroll
-    for (int hh = 0; hh < ATTN_HEADS_PER_BLOCK; hh++) {
+    for (int hh = 0; hh < HEADS; hh++) {
         run_max[hh] = -INFINITY;
         run_sum[hh] = 0.0f;
 #pragma unroll
-        for (int j = 0; j < ATTN_PAIRS_PER_LANE; j++) {
+        for (int j = 0; j < PAIRS; j++) {
             int p = lane + 32 * j;
             const float *qh = a.q + (size_t)row * a.q_stride + (size_t)(h0 + hh) * D;
             bool live = hh < heads && p < pairs;
@@ -97,20 +99,20 @@ __global__ void __launch_bounds__(ATTN_THREADS)
                           D;
             const __nv_bfloat162 *k2 = reinterpret_cast<const __nv_bfloat162 *>(a.keys + base);
             const __nv_bfloat162 *v2 = reinterpret_cast<const __nv_bfloat162 *>(a.values + base);
-            float kf[ATTN_PAIRS_PER_LANE][2], vf[ATTN_PAIRS_PER_LANE][2];
+            float kf[PAIRS][2], vf[PAIRS][2];
 #pragma unroll
-            for (int j = 0; j < ATTN_PAIRS_PER_LANE; j++) {
+            for (int j = 0; j < PAIRS; j++) {
                 int p = lane + 32 * j;
                 float2 kk = p < pairs ? __bfloat1622float2(k2[p]) : make_float2(0.0f, 0.0f);
                 float2 vv = p < pairs ? __bfloat1622float2(v2[p]) : make_float2(0.0f, 0.0f);
                 kf[j][0] = kk.x, kf[j][1] = kk.y, vf[j][0] = vv.x, vf[j][1] = vv.y;
             }
 #pragma unroll
-            for (int hh = 0; hh < ATTN_HEADS_PER_BLOCK; hh++) {
+            for (int hh = 0; hh < HEADS; hh++) {
                 if (hh >= heads) break;
                 float dot = 0.0f;
 #pragma unroll
-                for (int j = 0; j < ATTN_PAIRS_PER_LANE; j++)
+                for (int j = 0; j < PAIRS; j++)
                     dot += q[hh][j][0] * kf[j][0] + q[hh][j][1] * kf[j][1];
                 float score = warp_sum(dot);
                 float new_max = fmaxf(run_max[hh], score);
@@ -119,7 +121,7 @@ __global__ void __launch_bounds__(ATTN_THREADS)
                 run_sum[hh] = run_sum[hh] * correction + weight;
                 run_max[hh] = new_max;
 #pragma unroll
-                for (int j = 0; j < ATTN_PAIRS_PER_LANE; j++) {
+                for (int j = 0; j < PAIRS; j++) {
                     acc[hh][j][0] = acc[hh][j][0] * correction + weight * vf[j][0];
                     acc[hh][j][1] = acc[hh][j][1] * correction + weight * vf[j][1];
                 }
@@ -133,14 +135,14 @@ __global__ void __launch_bounds__(ATTN_THREADS)
     __syncthreads();
     if (bad && lane == 0) row_bad = 1;
 #pragma unroll
-    for (int hh = 0; hh < ATTN_HEADS_PER_BLOCK; hh++) {
+    for (int hh = 0; hh < HEADS; hh++) {
         if (hh >= heads) break;
         if (lane == 0) {
             part_max[warp][hh] = run_max[hh];
             part_sum[warp][hh] = run_sum[hh];
         }
 #pragma unroll
-        for (int j = 0; j < ATTN_PAIRS_PER_LANE; j++) {
+        for (int j = 0; j < PAIRS; j++) {
             int p = lane + 32 * j;
             if (p < pairs) {
                 part_acc[warp][hh][2 * p] = acc[hh][j][0];
@@ -202,7 +204,10 @@ static int attention_args_fill(backend_cuda_context *ctx, attention_args *a, uin
     a->head_dim = D;
     a->num_heads = num_heads;
     a->group = num_heads / kvh;
-    a->chunks_per_group = (a->group + ATTN_HEADS_PER_BLOCK - 1) / ATTN_HEADS_PER_BLOCK;
+    a->heads_per_block = a->group >= 8 ? 8 : a->group >= 4 ? 4 : a->group >= 2 ? 2 : 1;
+    if (a->heads_per_block < a->group && a->heads_per_block < ATTN_HEADS_PER_BLOCK)
+        a->heads_per_block *= 2; /* group 3, 5, 6, 7: one block rather than two */
+    a->chunks_per_group = (a->group + a->heads_per_block - 1) / a->heads_per_block;
     a->scale = 1.0f / sqrtf((float)D);
     return DUEL_OK;
 }
@@ -213,7 +218,17 @@ static int attention_launch(backend_cuda_context *ctx, const attention_args *a, 
     BACKEND_CUDA_REQUIRE(y <= 65535, err, "CUDA attention: %lld kv-head chunks exceed the grid",
                          y);
     dim3 grid((unsigned)rows, (unsigned)y);
-    paged_attention_kernel<<<grid, ATTN_THREADS, 0, ctx->stream>>>(*a);
+    bool wide = a->head_dim > 128;
+#define ATTN_LAUNCH(H)                                                                            \
+    (wide ? paged_attention_kernel<H, 4><<<grid, ATTN_THREADS, 0, ctx->stream>>>(*a)               \
+          : paged_attention_kernel<H, 2><<<grid, ATTN_THREADS, 0, ctx->stream>>>(*a))
+    switch (a->heads_per_block) {
+    case 1: ATTN_LAUNCH(1); break;
+    case 2: ATTN_LAUNCH(2); break;
+    case 4: ATTN_LAUNCH(4); break;
+    default: ATTN_LAUNCH(8); break;
+    }
+#undef ATTN_LAUNCH
     return backend_cuda_check_launch(err, "paged_attention");
 }
 

@@ -565,6 +565,8 @@ static void test_attention_decode(void **state) {
     run_decode(12, 1, 80, 703);  /* MQA, group 12 > 8 heads per block, head_dim 80 (Pythia-2.8B) */
     run_decode(14, 2, 64, 704);  /* group 7 (Qwen2-0.5B) */
     run_decode(2, 1, 256, 705);  /* largest head_dim */
+    run_decode(6, 2, 192, 706);  /* group 3 (4-head blocks, one idle), wide head_dim */
+    run_decode(16, 2, 256, 707); /* group 8, wide head_dim: the largest instantiation */
 }
 
 static void run_prefill(int num_heads, int kv_heads, int D, int start_pos, int n, uint64_t seed) {
