@@ -25,24 +25,36 @@
 #define BENCH_KV_BYTES 4
 
 typedef struct limits_options {
-    long long sgemm_size, bandwidth_mib, bandwidth_threads, repeats;
+    long long sgemm_size, bandwidth_mib, bandwidth_threads;
 } limits_options;
 
+/* The best of every sample so far. */
 typedef struct machine_figures {
     double sgemm_gflops;
     double read_gb_per_s;
+    int samples;
 } machine_figures;
 
-static int measure_limits(const limits_options *o, machine_figures *f, duel_error *err) {
-    fprintf(stderr, "measuring sgemm (%lld x %lld, best of %lld)...\n", o->sgemm_size,
-            o->sgemm_size, o->repeats);
-    int rc = machine_measure_sgemm((int)o->sgemm_size, (int)o->repeats, &f->sgemm_gflops, err);
+static int limits_open(const limits_options *o, machine_probe **probe, duel_error *err) {
+    fprintf(stderr, "preparing machine probes: sgemm %lld x %lld, read %lld MiB with %lld threads\n",
+            o->sgemm_size, o->sgemm_size, o->bandwidth_mib, o->bandwidth_threads);
+    return machine_probe_create((int)o->sgemm_size, (size_t)o->bandwidth_mib << 20,
+                                (int)o->bandwidth_threads, probe, err);
+}
+
+/* One sample of each limit (two reads of the buffer), folded into the running best. */
+static int limits_sample(machine_probe *probe, machine_figures *f, duel_error *err) {
+    double gflops, gbps;
+    int rc = machine_probe_sgemm(probe, &gflops, err);
     if (rc) return rc;
-    fprintf(stderr, "measuring memory read bandwidth (%lld MiB, %lld threads, best of %lld)...\n",
-            o->bandwidth_mib, o->bandwidth_threads, o->repeats);
-    return machine_measure_read_bandwidth((size_t)o->bandwidth_mib << 20,
-                                          (int)o->bandwidth_threads, (int)o->repeats,
-                                          &f->read_gb_per_s, err);
+    if (gflops > f->sgemm_gflops) f->sgemm_gflops = gflops;
+    for (int i = 0; i < 2; i++) {
+        rc = machine_probe_bandwidth(probe, &gbps, err);
+        if (rc) return rc;
+        if (gbps > f->read_gb_per_s) f->read_gb_per_s = gbps;
+    }
+    f->samples++;
+    return DUEL_OK;
 }
 
 static void print_json_last_line(json_t *o) {
@@ -61,12 +73,13 @@ static void print_json_last_line(json_t *o) {
      "threads of the bandwidth probe (default 2)", 1, 64, false, NULL}
 
 static int bench_machine(int argc, char **argv) {
-    limits_options lo = {2048, 1024, 2, 3};
+    limits_options lo = {2048, 1024, 2};
+    long long repeats = 5;
     bool json = false;
     const cli_option options[] = {
         LIMIT_OPTIONS(lo),
-        {"--repeats", CLI_OPT_INT, &lo.repeats, "N", "runs of each probe; the best is reported "
-                                                     "(default 3)", 1, 100, false, NULL},
+        {"--repeats", CLI_OPT_INT, &repeats, "N", "samples of each probe; the best is reported "
+                                                  "(default 5)", 1, 1000, false, NULL},
         {"--json", CLI_OPT_FLAG, &json, NULL,
          "print the figures as one JSON object on the last line of stdout", 0, 0, false, NULL},
     };
@@ -74,20 +87,24 @@ static int bench_machine(int argc, char **argv) {
         "bench machine", "[options]",
         "Measures this machine's limits: OpenBLAS sgemm GFLOP/s on large square matrices and\n"
         "memory read bandwidth (GB/s, 1e9 bytes/s) of a multi-threaded streaming read over a\n"
-        "buffer far larger than cache. Best of --repeats runs after one warm-up.",
+        "buffer far larger than cache. Best of --repeats samples after one warm-up.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
-    machine_figures f;
+    machine_figures f = {0, 0, 0};
+    machine_probe *probe = NULL;
     duel_error err = {0};
-    if (measure_limits(&lo, &f, &err)) {
+    rc = limits_open(&lo, &probe, &err);
+    for (long long r = 0; rc == 0 && r < repeats; r++) rc = limits_sample(probe, &f, &err);
+    machine_probe_free(probe);
+    if (rc) {
         fprintf(stderr, "duel bench machine: %s\n", err.message);
         return CLI_EXIT_FAILURE;
     }
     printf("sgemm: %.1f GFLOP/s (%lld x %lld, best of %lld)\n", f.sgemm_gflops, lo.sgemm_size,
-           lo.sgemm_size, lo.repeats);
+           lo.sgemm_size, repeats);
     printf("memory read bandwidth: %.2f GB/s (%lld MiB, %lld threads, best of %lld)\n",
-           f.read_gb_per_s, lo.bandwidth_mib, lo.bandwidth_threads, lo.repeats);
+           f.read_gb_per_s, lo.bandwidth_mib, lo.bandwidth_threads, 2 * repeats);
     if (json) {
         json_t *o = json_object();
         json_object_set_new(o, "bench", json_string("machine"));
@@ -96,7 +113,7 @@ static int bench_machine(int argc, char **argv) {
         json_object_set_new(o, "read_gb_per_s", json_real(f.read_gb_per_s));
         json_object_set_new(o, "bandwidth_mib", json_integer(lo.bandwidth_mib));
         json_object_set_new(o, "bandwidth_threads", json_integer(lo.bandwidth_threads));
-        json_object_set_new(o, "repeats", json_integer(lo.repeats));
+        json_object_set_new(o, "repeats", json_integer(repeats));
         print_json_last_line(o);
         json_decref(o);
     }
@@ -158,7 +175,7 @@ static double estimate_prefill_flops(const model_config *c, int n) {
 static int bench_forward(int argc, char **argv) {
     const char *dir = NULL;
     long long n_prefill = 128, n_decode = 64, repeats = 3;
-    limits_options lo = {2048, 1024, 2, 3};
+    limits_options lo = {2048, 1024, 2};
     bool json = false, no_limits = false;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &dir, "DIR", "model directory (config.json, safetensors); "
@@ -181,9 +198,10 @@ static int bench_forward(int argc, char **argv) {
         "Measures the CPU forward pass: a prefill of --prefill random tokens into an empty KV\n"
         "cache, then --decode greedy batch-1 decode steps, repeated --repeats times after a\n"
         "warm-up. Reports tokens/s of each phase (best run; median too), the share of the time\n"
-        "spent in GEMM/GEMV calls, and, measured in the same run, this machine's sgemm rate and\n"
-        "memory read bandwidth with the fractions of them reached: prefill GEMM FLOP/s over the\n"
-        "whole prefill vs sgemm, and decode weight bytes read per second vs bandwidth.",
+        "spent in GEMM/GEMV calls, and this machine's sgemm rate and memory read bandwidth,\n"
+        "sampled between the runs (best sample), with the fractions of them reached: prefill\n"
+        "GEMM FLOP/s over the whole prefill vs sgemm, and decode weight bytes read per second\n"
+        "vs bandwidth.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
@@ -214,6 +232,7 @@ static int bench_forward(int argc, char **argv) {
         return CLI_EXIT_USAGE;
     }
     model_kv_cache *kv = NULL;
+    machine_probe *probe = NULL;
     int32_t *prompt = malloc((size_t)n_prefill * sizeof *prompt);
     float *logits = malloc((size_t)model_output_size(m) * sizeof *logits);
     forward_run *runs = calloc((size_t)repeats, sizeof *runs);
@@ -231,10 +250,11 @@ static int bench_forward(int argc, char **argv) {
     for (long long i = 0; i < n_prefill; i++)
         prompt[i] = (int32_t)duel_rng_below(&rng, (uint64_t)c->vocab_size);
 
-    /* The limits are measured before and after the model runs and the higher value kept: the
-     * machine may be shared, and a limit is the best it can do. */
-    machine_figures f = {0, 0};
-    if (!no_limits && measure_limits(&lo, &f, &err)) {
+    /* The limits are sampled before every run and once after the last, and the best sample
+     * kept: on a shared machine the limits and the model then get the same chances at quiet
+     * moments, and a limit is the best the machine can do. */
+    machine_figures f = {0, 0, 0};
+    if (!no_limits && limits_open(&lo, &probe, &err)) {
         fprintf(stderr, "duel bench forward: %s\n", err.message);
         goto done;
     }
@@ -245,6 +265,10 @@ static int bench_forward(int argc, char **argv) {
             c->architecture, params / 1e6, load_seconds, n_prefill, n_decode, repeats);
     for (long long r = -1; r < repeats; r++) {
         forward_run run;
+        if (probe && limits_sample(probe, &f, &err)) {
+            fprintf(stderr, "duel bench forward: %s\n", err.message);
+            goto done;
+        }
         if (run_forward_once(m, kv, prompt, (int)n_prefill, (int)n_decode, logits, &run, &err)) {
             fprintf(stderr, "duel bench forward: %s\n", err.message);
             goto done;
@@ -299,13 +323,10 @@ static int bench_forward(int argc, char **argv) {
     double decode_gb_per_s = weight_bytes * decode_tps / 1e9;
     double decode_gb_per_s_with_kv = (weight_bytes + kv_bytes) * decode_tps / 1e9;
 
-    machine_figures f2 = {0, 0};
-    if (!no_limits && measure_limits(&lo, &f2, &err)) {
+    if (probe && limits_sample(probe, &f, &err)) {
         fprintf(stderr, "duel bench forward: %s\n", err.message);
         goto done;
     }
-    if (f2.sgemm_gflops > f.sgemm_gflops) f.sgemm_gflops = f2.sgemm_gflops;
-    if (f2.read_gb_per_s > f.read_gb_per_s) f.read_gb_per_s = f2.read_gb_per_s;
 
     printf("model: %s (%s, %.1fM parameters, weights held as f32)\n", dir, c->architecture,
            params / 1e6);
@@ -318,10 +339,9 @@ static int bench_forward(int argc, char **argv) {
            decode_tps, repeats, decode_median, n_decode, 100 * decode_gemm_share,
            decode_gb_per_s, weight_bytes / 1e6, decode_gb_per_s_with_kv);
     if (!no_limits) {
-        printf("machine: sgemm %.1f GFLOP/s (%lld^3), memory read %.2f GB/s (%lld threads; best "
-               "of %lld before and %lld after the model runs)\n",
-               f.sgemm_gflops, lo.sgemm_size, f.read_gb_per_s, lo.bandwidth_threads, lo.repeats,
-               lo.repeats);
+        printf("machine: sgemm %.1f GFLOP/s (%lld^3), memory read %.2f GB/s (%lld threads); best "
+               "of %d samples taken between the runs\n",
+               f.sgemm_gflops, lo.sgemm_size, f.read_gb_per_s, lo.bandwidth_threads, f.samples);
         printf("fractions: prefill %.0f%% of sgemm, decode %.0f%% of bandwidth\n",
                100 * prefill_gflops / f.sgemm_gflops, 100 * decode_gb_per_s / f.read_gb_per_s);
     }
@@ -350,6 +370,7 @@ static int bench_forward(int argc, char **argv) {
         if (!no_limits) {
             json_object_set_new(o, "sgemm_gflops", json_real(f.sgemm_gflops));
             json_object_set_new(o, "read_gb_per_s", json_real(f.read_gb_per_s));
+            json_object_set_new(o, "limit_samples", json_integer(f.samples));
             json_object_set_new(o, "prefill_fraction_of_sgemm",
                                 json_real(prefill_gflops / f.sgemm_gflops));
             json_object_set_new(o, "decode_fraction_of_bandwidth",
@@ -360,6 +381,7 @@ static int bench_forward(int argc, char **argv) {
     }
     status = CLI_EXIT_OK;
 done:
+    machine_probe_free(probe);
     model_kv_cache_free(kv);
     model_free(m);
     free(prompt);
