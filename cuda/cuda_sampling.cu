@@ -222,6 +222,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
 
 /* Sort key: descending scaled logit, then ascending id, as one ascending 64-bit key. */
 __device__ __forceinline__ unsigned long long rank_key(float s, int id) {
+    if (s == 0.0f) s = 0.0f; /* -0 ties with +0, as in the CPU's comparison */
     unsigned u = __float_as_uint(s);
     unsigned ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u); /* ascending as unsigned */
     return ((unsigned long long)(~ordered) << 32) | (unsigned)id;
