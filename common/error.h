@@ -6,6 +6,10 @@
 
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 enum {
     DUEL_OK = 0,
     DUEL_EIO = -1,          /* a file or socket could not be read or written */
@@ -36,5 +40,9 @@ int duel_error_prefix(duel_error *err, const char *fmt, ...) __attribute__((form
 
 /* Short stable name of a code, e.g. "format" for DUEL_EFORMAT. */
 const char *duel_error_name(int code);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -6,6 +6,10 @@
 
 #include <stdint.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 typedef struct duel_rng {
     uint64_t s[4];
 } duel_rng;
@@ -18,5 +22,9 @@ double duel_rng_uniform(duel_rng *rng);
 uint64_t duel_rng_below(duel_rng *rng, uint64_t n);
 /* Standard normal (Box-Muller). */
 double duel_rng_normal(duel_rng *rng);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

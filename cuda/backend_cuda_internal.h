@@ -8,12 +8,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
-/* common/'s headers are plain C without extern "C" guards: give them C linkage here, before
- * backend_cuda.h includes them (their include guards then skip the second inclusion). */
-extern "C" {
 #include "error.h"
 #include "rng.h"
-}
 
 #include "backend_cuda.h"
 
