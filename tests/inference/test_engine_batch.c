@@ -181,8 +181,12 @@ static void test_paged_matches_torch_reference(void **state) {
         assert_non_null(tok);
         assert_non_null(lg);
         int T = (int)lg->shape[0], V = (int)lg->shape[1];
-        const int32_t *tokens = tok->data;
-        const double *ref = lg->data;
+        /* The archive's data need not be aligned for int32/double: copy it out. */
+        int32_t *tokens = malloc((size_t)T * sizeof *tokens);
+        double *ref = malloc((size_t)lg->num_elements * sizeof *ref);
+        assert_int_equal(tok->num_elements, T);
+        memcpy(tokens, tok->data, (size_t)T * sizeof *tokens);
+        memcpy(ref, lg->data, (size_t)lg->num_elements * sizeof *ref);
         model *m = load_model(names[k]);
         kv_pool *pool = make_pool(m, 16, 16);
         kv_sequence seq;
@@ -206,6 +210,8 @@ static void test_paged_matches_torch_reference(void **state) {
         kv_pool_destroy(pool);
         model_free(m);
         free(logits);
+        free(tokens);
+        free(ref);
         safetensors_close(st);
     }
 }

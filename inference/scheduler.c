@@ -1,0 +1,789 @@
+/* scheduler.c: continuous batching over the paged KV pool (see scheduler.h for the policy).
+ *
+ * Ownership: the scheduler owns its requests and their sequences (sched_seq, each embedding a
+ * kv_sequence). A sequence is in exactly one place: the running list (holds blocks), the waiting
+ * list (holds none; to be admitted), or finished (holds none, in no list) until its request
+ * ends. Both lists are kept sorted by age, oldest first. All list capacities are grown at submit,
+ * so that moving a sequence between lists never allocates in the middle of a step.
+ *
+ * A step's plan lives in sched_seq.step_count (tokens in this step's batch); preempting a planned
+ * sequence zeroes it and gives its tokens back to the budget, and the batch is built from the
+ * running list only after planning, so a preempted sequence can never be run. */
+#include "scheduler.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "timer.h"
+
+#define SCHED_AGE_CANDIDATE_BITS 11 /* age = arrival << 11 | candidate (M <= 1024) */
+
+typedef struct sched_request sched_request;
+
+typedef struct sched_seq {
+    sched_request *req;
+    int candidate;
+    uint64_t age;
+    int32_t *tokens;    /* prompt then generated; capacity req->max_total */
+    int n_tokens;
+    kv_sequence kv;
+    duel_rng rng;
+    double logprob_sum;
+    bool running;       /* in s->running, holds blocks */
+    bool finished;
+    bool finishing;     /* last token sampled; runs it once more for the hidden state */
+    bool to_finish;     /* finish at the end of this step */
+    sched_finish_reason reason;
+    int step_count;     /* tokens of this step's batch (0: not in it) */
+    int batch_slot;     /* its row of the step's logits */
+    int max_computed;   /* positions below this were computed before (recomputes count so) */
+    float *hidden;      /* hidden_size floats (want_hidden) */
+    double finish_time;
+} sched_seq;
+
+struct sched_request {
+    uint64_t id;
+    sched_request_params p;  /* prompt and stop_tokens point at the copies below */
+    int32_t *prompt;
+    int32_t stop[SCHED_MAX_STOP_TOKENS];
+    int max_total;           /* tokens a candidate can reach: min(prompt + max_new, context) */
+    uint64_t arrival;
+    sched_seq **seqs;        /* [M]; 1..M-1 are NULL until the prompt is done */
+    int n_seqs, n_done;
+    bool prompt_done, first_admitted;
+    int fail_code;           /* nonzero: fail at the end of the step */
+    char fail_message[DUEL_ERROR_MESSAGE_MAX];
+    float *prompt_hidden;
+    sched_request_stats stats;
+    int progress_count;
+    int32_t *progress_candidates, *progress_tokens; /* [M] each */
+};
+
+struct scheduler {
+    sched_params params;
+    kv_pool *pool;
+    int block_size;
+    sched_model_info models[SCHED_MAX_MODELS];
+    int n_models;
+    sched_forward_fn forward;
+    void *forward_ctx;
+
+    sched_request **reqs; /* active, sorted by id */
+    int n_reqs, cap_reqs;
+    sched_seq **running, **waiting;
+    int n_running, n_waiting;
+    int cap_seqs;         /* capacity of running, waiting, batch and completed */
+    int total_seqs;       /* of active requests (created or to be) */
+    uint64_t next_id, next_arrival;
+    sched_stats stats;
+
+    /* Step scratch. */
+    sched_seq **batch, **completed;
+    model_batch_entry *entries;
+    float *logits;
+    size_t logits_floats;
+    int max_vocab;
+};
+
+/* ---- lists -------------------------------------------------------------------------------- */
+
+static void list_insert(sched_seq **list, int *n, sched_seq *q) {
+    int i = *n;
+    while (i > 0 && list[i - 1]->age > q->age) {
+        list[i] = list[i - 1];
+        i--;
+    }
+    list[i] = q;
+    (*n)++;
+}
+
+static void list_remove(sched_seq **list, int *n, const sched_seq *q) {
+    for (int i = *n - 1; i >= 0; i--)
+        if (list[i] == q) {
+            memmove(list + i, list + i + 1, (size_t)(*n - i - 1) * sizeof *list);
+            (*n)--;
+            return;
+        }
+}
+
+static int find_request(const scheduler *s, uint64_t id) {
+    int lo = 0, hi = s->n_reqs - 1;
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        if (s->reqs[mid]->id == id) return mid;
+        if (s->reqs[mid]->id < id)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return -1;
+}
+
+/* ---- create / destroy --------------------------------------------------------------------- */
+
+int sched_create(const sched_params *params, kv_pool *pool, const sched_model_info *models,
+                 int n_models, sched_forward_fn forward, void *forward_ctx, scheduler **out,
+                 duel_error *err) {
+    if (out) *out = NULL;
+    if (!pool || !models || !forward || !out)
+        return duel_error_set(err, DUEL_EINVAL, "sched_create: NULL argument");
+    if (n_models < 1 || n_models > SCHED_MAX_MODELS)
+        return duel_error_set(err, DUEL_EINVAL, "sched_create: %d models (1 to %d)", n_models,
+                              SCHED_MAX_MODELS);
+    sched_params p = params ? *params : (sched_params){0};
+    if (p.max_batch_tokens == 0) p.max_batch_tokens = SCHED_DEFAULT_BATCH_TOKENS;
+    if (p.max_running == 0) p.max_running = SCHED_DEFAULT_MAX_RUNNING;
+    if (p.max_candidates == 0) p.max_candidates = SCHED_MAX_CANDIDATES;
+    if (p.max_batch_tokens < 1 || p.max_running < 1 || p.max_candidates < 1 ||
+        p.max_candidates > SCHED_MAX_CANDIDATES)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "sched_create: max_batch_tokens %d, max_running %d and "
+                              "max_candidates %d must be positive (max_candidates <= %d)",
+                              p.max_batch_tokens, p.max_running, p.max_candidates,
+                              SCHED_MAX_CANDIDATES);
+    for (int i = 0; i < n_models; i++) {
+        const sched_model_info *m = &models[i];
+        if (m->vocab_size < 1 || m->hidden_size < 1 || m->max_context < 2)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "sched_create: model %d: vocab %d, hidden %d, context %d", i,
+                                  m->vocab_size, m->hidden_size, m->max_context);
+        for (int j = 0; j < i; j++)
+            if (models[j].model_id == m->model_id)
+                return duel_error_set(err, DUEL_EINVAL,
+                                      "sched_create: models %d and %d share model id %llu", j, i,
+                                      (unsigned long long)m->model_id);
+    }
+    scheduler *s = calloc(1, sizeof *s);
+    if (!s) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    s->params = p;
+    s->pool = pool;
+    s->block_size = kv_pool_block_size(pool);
+    memcpy(s->models, models, (size_t)n_models * sizeof *models);
+    s->n_models = n_models;
+    s->forward = forward;
+    s->forward_ctx = forward_ctx;
+    s->next_id = 1;
+    for (int i = 0; i < n_models; i++)
+        if (models[i].vocab_size > s->max_vocab) s->max_vocab = models[i].vocab_size;
+    *out = s;
+    return DUEL_OK;
+}
+
+static void seq_free(scheduler *s, sched_seq *q) {
+    if (!q) return;
+    kv_sequence_free(s->pool, &q->kv);
+    kv_sequence_destroy(&q->kv);
+    free(q->tokens);
+    free(q->hidden);
+    free(q);
+}
+
+static void request_free(scheduler *s, sched_request *r) {
+    for (int i = 0; i < r->n_seqs; i++) seq_free(s, r->seqs[i]);
+    free(r->seqs);
+    free(r->prompt);
+    free(r->prompt_hidden);
+    free(r->progress_candidates);
+    free(r->progress_tokens);
+    free(r);
+}
+
+void sched_destroy(scheduler *s) {
+    if (!s) return;
+    for (int i = 0; i < s->n_reqs; i++) request_free(s, s->reqs[i]);
+    free(s->reqs);
+    free(s->running);
+    free(s->waiting);
+    free(s->batch);
+    free(s->completed);
+    free(s->entries);
+    free(s->logits);
+    free(s);
+}
+
+/* ---- submit ------------------------------------------------------------------------------- */
+
+static int grow_ptrs(void **arr, int need, size_t elem, duel_error *err) {
+    void *p = realloc(*arr, (size_t)need * elem);
+    if (!p) return duel_error_set(err, DUEL_ENOMEM, "out of memory for scheduler lists");
+    *arr = p;
+    return DUEL_OK;
+}
+
+/* Makes room for `more` sequences in every per-sequence list and one more request. */
+static int reserve_capacity(scheduler *s, int more, duel_error *err) {
+    if (s->n_reqs + 1 > s->cap_reqs) {
+        int cap = s->cap_reqs ? s->cap_reqs * 2 : 16;
+        if (grow_ptrs((void **)&s->reqs, cap, sizeof *s->reqs, err)) return DUEL_ENOMEM;
+        s->cap_reqs = cap;
+    }
+    int need = s->total_seqs + more;
+    if (need > s->cap_seqs) {
+        int cap = s->cap_seqs * 2 > need ? s->cap_seqs * 2 : need;
+        if (grow_ptrs((void **)&s->running, cap, sizeof *s->running, err) ||
+            grow_ptrs((void **)&s->waiting, cap, sizeof *s->waiting, err) ||
+            grow_ptrs((void **)&s->batch, cap, sizeof *s->batch, err) ||
+            grow_ptrs((void **)&s->completed, cap, sizeof *s->completed, err) ||
+            grow_ptrs((void **)&s->entries, cap, sizeof *s->entries, err))
+            return DUEL_ENOMEM;
+        s->cap_seqs = cap;
+    }
+    return DUEL_OK;
+}
+
+static sched_seq *seq_new(sched_request *r, int candidate, int hidden_size) {
+    sched_seq *q = calloc(1, sizeof *q);
+    if (!q) return NULL;
+    q->tokens = malloc((size_t)r->max_total * sizeof *q->tokens);
+    q->hidden = r->p.want_hidden ? malloc((size_t)hidden_size * sizeof *q->hidden) : NULL;
+    if (!q->tokens || (r->p.want_hidden && !q->hidden)) {
+        free(q->tokens);
+        free(q->hidden);
+        free(q);
+        return NULL;
+    }
+    q->req = r;
+    q->candidate = candidate;
+    q->age = (r->arrival << SCHED_AGE_CANDIDATE_BITS) | (uint64_t)candidate;
+    duel_rng_seed(&q->rng, r->p.seed + (uint64_t)candidate);
+    kv_sequence_init(&q->kv, 0);
+    return q;
+}
+
+int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
+                 duel_error *err) {
+    if (id) *id = 0;
+    if (!s || !params || !id) return duel_error_set(err, DUEL_EINVAL, "sched_submit: NULL argument");
+    const sched_request_params *p = params;
+    if (p->model < 0 || p->model >= s->n_models)
+        return duel_error_set(err, DUEL_EINVAL, "unknown model index %d (%d models resident)",
+                              p->model, s->n_models);
+    const sched_model_info *mi = &s->models[p->model];
+    if (!p->prompt || p->prompt_len < 1)
+        return duel_error_set(err, DUEL_EINVAL, "empty prompt (at least one token is needed)");
+    if (p->prompt_len >= mi->max_context)
+        return duel_error_set(err, DUEL_ELIMIT,
+                              "prompt of %d tokens does not fit the model's context of %d "
+                              "tokens (at most %d, leaving room for one generated token)",
+                              p->prompt_len, mi->max_context, mi->max_context - 1);
+    for (int i = 0; i < p->prompt_len; i++)
+        if (p->prompt[i] < 0 || p->prompt[i] >= mi->vocab_size)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "prompt token %d (id %d) is outside the vocabulary of %d", i,
+                                  (int)p->prompt[i], mi->vocab_size);
+    if (p->num_candidates < 1 || p->num_candidates > s->params.max_candidates)
+        return duel_error_set(err, DUEL_EINVAL, "M = %d candidates is outside 1..%d",
+                              p->num_candidates, s->params.max_candidates);
+    if (p->max_new_tokens < 1)
+        return duel_error_set(err, DUEL_EINVAL, "max_new_tokens = %d (at least 1)",
+                              p->max_new_tokens);
+    int rc = sampler_params_validate(&p->sampling, err);
+    if (rc) return rc;
+    if (p->num_stop_tokens < 0 || p->num_stop_tokens > SCHED_MAX_STOP_TOKENS ||
+        (p->num_stop_tokens && !p->stop_tokens))
+        return duel_error_set(err, DUEL_EINVAL, "%d stop tokens (0 to %d)", p->num_stop_tokens,
+                              SCHED_MAX_STOP_TOKENS);
+    for (int i = 0; i < p->num_stop_tokens; i++)
+        if (p->stop_tokens[i] < 0 || p->stop_tokens[i] >= mi->vocab_size)
+            return duel_error_set(err, DUEL_EINVAL, "stop token id %d is outside the vocabulary",
+                                  (int)p->stop_tokens[i]);
+    int64_t total = (int64_t)p->prompt_len + p->max_new_tokens;
+    if (total > mi->max_context) total = mi->max_context;
+    int64_t blocks = (total + s->block_size - 1) / s->block_size;
+    if (blocks > kv_pool_num_blocks(s->pool))
+        return duel_error_set(err, DUEL_ELIMIT,
+                              "a candidate of up to %lld tokens needs %lld KV blocks, more than "
+                              "the pool's %d (raise the KV memory budget or lower "
+                              "max_new_tokens)",
+                              (long long)total, (long long)blocks, kv_pool_num_blocks(s->pool));
+    if ((rc = reserve_capacity(s, p->num_candidates, err))) return rc;
+
+    sched_request *r = calloc(1, sizeof *r);
+    if (!r) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    int M = p->num_candidates;
+    r->p = *p;
+    r->max_total = (int)total;
+    r->prompt = malloc((size_t)p->prompt_len * sizeof *r->prompt);
+    r->seqs = calloc((size_t)M, sizeof *r->seqs);
+    r->progress_candidates = malloc((size_t)M * sizeof *r->progress_candidates);
+    r->progress_tokens = malloc((size_t)M * sizeof *r->progress_tokens);
+    r->prompt_hidden = p->want_hidden ? malloc((size_t)mi->hidden_size * sizeof(float)) : NULL;
+    if (!r->prompt || !r->seqs || !r->progress_candidates || !r->progress_tokens ||
+        (p->want_hidden && !r->prompt_hidden)) {
+        request_free(s, r);
+        return duel_error_set(err, DUEL_ENOMEM, "out of memory for a request");
+    }
+    memcpy(r->prompt, p->prompt, (size_t)p->prompt_len * sizeof *r->prompt);
+    if (p->num_stop_tokens)
+        memcpy(r->stop, p->stop_tokens, (size_t)p->num_stop_tokens * sizeof *r->stop);
+    r->p.prompt = r->prompt;
+    r->p.stop_tokens = r->stop;
+    r->id = s->next_id;
+    r->arrival = s->next_arrival;
+    r->stats.prompt_tokens = p->prompt_len;
+    r->stats.submit_time = p->submit_time > 0 ? p->submit_time : duel_time_seconds();
+    sched_seq *q = seq_new(r, 0, mi->hidden_size);
+    if (!q) {
+        request_free(s, r);
+        return duel_error_set(err, DUEL_ENOMEM, "out of memory for a sequence");
+    }
+    q->kv.model_id = mi->model_id;
+    memcpy(q->tokens, r->prompt, (size_t)p->prompt_len * sizeof *q->tokens);
+    q->n_tokens = p->prompt_len;
+    r->seqs[0] = q;
+    r->n_seqs = 1;
+
+    s->next_id++;
+    s->next_arrival++;
+    s->reqs[s->n_reqs++] = r; /* ids increase: stays sorted */
+    s->total_seqs += M;
+    list_insert(s->waiting, &s->n_waiting, q);
+    s->stats.requests_submitted++;
+    *id = r->id;
+    return DUEL_OK;
+}
+
+/* ---- request end -------------------------------------------------------------------------- */
+
+static void emit(sched_event_fn on_event, void *ctx, const sched_event *ev) {
+    if (on_event) on_event(ctx, ev);
+}
+
+/* Takes every sequence of r out of the lists and frees r (after its DONE event). */
+static void request_remove(scheduler *s, sched_request *r) {
+    for (int i = 0; i < r->n_seqs; i++) {
+        sched_seq *q = r->seqs[i];
+        if (q->running) list_remove(s->running, &s->n_running, q);
+        else if (!q->finished) list_remove(s->waiting, &s->n_waiting, q);
+    }
+    int at = find_request(s, r->id);
+    if (at >= 0) {
+        memmove(s->reqs + at, s->reqs + at + 1, (size_t)(s->n_reqs - at - 1) * sizeof *s->reqs);
+        s->n_reqs--;
+    }
+    s->total_seqs -= r->p.num_candidates;
+    request_free(s, r);
+}
+
+static void request_done(scheduler *s, sched_request *r, bool cancelled, int status,
+                         const char *message, sched_event_fn on_event, void *ctx) {
+    r->stats.done_time = duel_time_seconds();
+    sched_event ev = {.kind = SCHED_EVENT_DONE,
+                      .request_id = r->id,
+                      .user = r->p.user,
+                      .cancelled = cancelled,
+                      .status = status,
+                      .message = message,
+                      .stats = &r->stats,
+                      .prompt_hidden = r->prompt_done ? r->prompt_hidden : NULL};
+    emit(on_event, ctx, &ev);
+    if (cancelled) s->stats.requests_cancelled++;
+    else if (status) s->stats.requests_failed++;
+    else s->stats.requests_finished++;
+    request_remove(s, r);
+}
+
+int sched_cancel(scheduler *s, uint64_t id, sched_event_fn on_event, void *ctx, duel_error *err) {
+    if (!s) return duel_error_set(err, DUEL_EINVAL, "sched_cancel: NULL scheduler");
+    int at = find_request(s, id);
+    if (at < 0)
+        return duel_error_set(err, DUEL_ENOTFOUND,
+                              "request %llu is not active (unknown, finished or cancelled)",
+                              (unsigned long long)id);
+    request_done(s, s->reqs[at], true, 0, "cancelled", on_event, ctx);
+    return DUEL_OK;
+}
+
+/* ---- step --------------------------------------------------------------------------------- */
+
+static void preempt(scheduler *s, sched_seq *q, int *budget) {
+    kv_sequence_free(s->pool, &q->kv);
+    list_remove(s->running, &s->n_running, q);
+    q->running = false;
+    *budget += q->step_count;
+    q->step_count = 0;
+    list_insert(s->waiting, &s->n_waiting, q);
+    q->req->stats.preemptions++;
+    s->stats.preemptions++;
+}
+
+static bool is_stop(const sched_request *r, int32_t tok) {
+    for (int i = 0; i < r->p.num_stop_tokens; i++)
+        if (r->stop[i] == tok) return true;
+    return false;
+}
+
+static void request_fail(sched_request *r, int code, const char *message) {
+    if (r->fail_code) return;
+    r->fail_code = code ? code : DUEL_EINVAL;
+    snprintf(r->fail_message, sizeof r->fail_message, "%s", message);
+}
+
+/* Samples q's next token from logits and appends it; decides whether q ends. */
+static void sample_next(scheduler *s, sched_seq *q, const float *logits) {
+    sched_request *r = q->req;
+    const sched_model_info *mi = &s->models[r->p.model];
+    if (q->n_tokens >= r->max_total) { /* cannot happen: the end checks below stop first */
+        request_fail(r, DUEL_EINVAL, "internal error: candidate past its token capacity");
+        return;
+    }
+    float lp = 0;
+    duel_error e = {0};
+    int32_t tok = sampler_sample(logits, mi->vocab_size, &r->p.sampling, &q->rng, &lp, &e);
+    if (tok < 0) {
+        request_fail(r, tok, e.message);
+        return;
+    }
+    q->tokens[q->n_tokens++] = tok;
+    q->logprob_sum += lp;
+    r->stats.generated_tokens++;
+    r->progress_candidates[r->progress_count] = q->candidate;
+    r->progress_tokens[r->progress_count++] = tok;
+    int generated = q->n_tokens - r->p.prompt_len;
+    bool end = true;
+    if (is_stop(r, tok)) q->reason = SCHED_FINISH_STOP;
+    else if (generated >= r->p.max_new_tokens) q->reason = SCHED_FINISH_LENGTH;
+    else if (q->n_tokens >= mi->max_context) q->reason = SCHED_FINISH_CONTEXT;
+    else end = false;
+    if (!end) return;
+    if (r->p.want_hidden) q->finishing = true; /* one more piece: the last token's hidden */
+    else q->to_finish = true;
+}
+
+/* Creates candidates 1..M-1 of r as forks of candidate 0 (whose prompt is committed). */
+static int fork_candidates(scheduler *s, sched_request *r, duel_error *err) {
+    sched_seq *parent = r->seqs[0];
+    const sched_model_info *mi = &s->models[r->p.model];
+    for (int i = 1; i < r->p.num_candidates; i++) {
+        sched_seq *q = seq_new(r, i, mi->hidden_size);
+        if (!q) return duel_error_set(err, DUEL_ENOMEM, "out of memory forking candidates");
+        int rc = kv_sequence_fork(s->pool, &parent->kv, &q->kv, err);
+        if (rc) {
+            seq_free(s, q);
+            return rc;
+        }
+        memcpy(q->tokens, parent->tokens, (size_t)parent->n_tokens * sizeof *q->tokens);
+        q->n_tokens = parent->n_tokens;
+        q->max_computed = parent->max_computed;
+        q->running = true;
+        r->seqs[r->n_seqs++] = q;
+        list_insert(s->running, &s->n_running, q);
+    }
+    return DUEL_OK;
+}
+
+static void finish_candidate(scheduler *s, sched_seq *q, sched_event_fn on_event, void *ctx) {
+    sched_request *r = q->req;
+    kv_sequence_free(s->pool, &q->kv);
+    if (q->running) list_remove(s->running, &s->n_running, q);
+    q->running = false;
+    q->finished = true;
+    q->finish_time = duel_time_seconds();
+    sched_event ev = {.kind = SCHED_EVENT_CANDIDATE,
+                      .request_id = r->id,
+                      .user = r->p.user,
+                      .candidate = q->candidate,
+                      .count = q->n_tokens - r->p.prompt_len,
+                      .tokens = q->tokens + r->p.prompt_len,
+                      .logprob_sum = q->logprob_sum,
+                      .hidden = r->p.want_hidden ? q->hidden : NULL,
+                      .finish_reason = q->reason,
+                      .finish_time = q->finish_time};
+    emit(on_event, ctx, &ev);
+    r->n_done++;
+}
+
+/* Plans the running sequences whose next piece is (decodes) or is not (chunks) one token. */
+static int plan_running(scheduler *s, bool decodes, int *budget, bool *preempted,
+                        duel_error *err) {
+    for (int i = 0; i < s->n_running && *budget > 0; i++) {
+        sched_seq *q = s->running[i];
+        if (q->step_count) continue;
+        int need = q->n_tokens - (int)q->kv.num_tokens;
+        if ((need == 1) != decodes) continue;
+        int take = need < *budget ? need : *budget;
+        for (;;) {
+            int rc = kv_sequence_reserve(s->pool, &q->kv, take, NULL, err);
+            if (rc == DUEL_OK) {
+                q->step_count = take;
+                *budget -= take;
+                break;
+            }
+            if (rc != DUEL_ELIMIT) return rc;
+            sched_seq *victim = s->running[s->n_running - 1];
+            preempt(s, victim, budget);
+            *preempted = true;
+            if (victim == q) break; /* q was the youngest; index i is now past the end */
+        }
+    }
+    return DUEL_OK;
+}
+
+/* Admits waiting sequences in age order while blocks, budget and max_running allow. */
+static int admit_waiting(scheduler *s, int *budget, duel_error *err) {
+    while (s->n_waiting > 0 && *budget > 0 && s->n_running < s->params.max_running) {
+        sched_seq *q = s->waiting[0];
+        sched_request *r = q->req;
+        int64_t reused = 0;
+        int rc = kv_prefix_lookup(s->pool, &q->kv, q->tokens, q->n_tokens - 1, &reused, err);
+        if (rc) return rc;
+        int need = q->n_tokens - (int)q->kv.num_tokens;
+        int take = need < *budget ? need : *budget;
+        int64_t blocks = kv_sequence_blocks_needed(s->pool, &q->kv, take);
+        if (blocks < 0 || blocks > kv_pool_available_blocks(s->pool) ||
+            kv_sequence_reserve(s->pool, &q->kv, take, NULL, NULL) != DUEL_OK) {
+            kv_sequence_free(s->pool, &q->kv); /* back to the cache; try next step */
+            return DUEL_OK;
+        }
+        memmove(s->waiting, s->waiting + 1, (size_t)(s->n_waiting - 1) * sizeof *s->waiting);
+        s->n_waiting--;
+        list_insert(s->running, &s->n_running, q);
+        q->running = true;
+        q->step_count = take;
+        *budget -= take;
+        s->stats.cached_tokens += (uint64_t)reused;
+        if (!r->first_admitted) {
+            r->first_admitted = true;
+            r->stats.cached_tokens = reused;
+            r->stats.first_scheduled_time = duel_time_seconds();
+        }
+    }
+    return DUEL_OK;
+}
+
+/* Fails every request with a sequence in this step's plan (after an error that left the step
+ * half done), and clears the plan. */
+static void fail_planned(scheduler *s, int code, const char *message) {
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->step_count) request_fail(s->running[i]->req, code, message);
+    for (int i = 0; i < s->n_running; i++) s->running[i]->step_count = 0;
+}
+
+/* Emits pending progress, finishes candidates and ends requests (all or failed). */
+static void end_of_step(scheduler *s, int n_completed, sched_event_fn on_event, void *ctx) {
+    for (int i = 0; i < s->n_reqs; i++) {
+        sched_request *r = s->reqs[i];
+        if (r->progress_count && r->p.want_progress && !r->fail_code) {
+            sched_event ev = {.kind = SCHED_EVENT_PROGRESS,
+                              .request_id = r->id,
+                              .user = r->p.user,
+                              .count = r->progress_count,
+                              .candidates = r->progress_candidates,
+                              .tokens = r->progress_tokens};
+            emit(on_event, ctx, &ev);
+        }
+        r->progress_count = 0;
+    }
+    for (int i = 0; i < n_completed; i++) {
+        sched_seq *q = s->completed[i];
+        if (q->to_finish && !q->req->fail_code) finish_candidate(s, q, on_event, ctx);
+    }
+    for (int i = 0; i < s->n_reqs;) {
+        sched_request *r = s->reqs[i];
+        if (r->fail_code) {
+            char message[DUEL_ERROR_MESSAGE_MAX];
+            snprintf(message, sizeof message, "%s", r->fail_message);
+            request_done(s, r, false, r->fail_code, message, on_event, ctx);
+        } else if (r->n_done == r->p.num_candidates) {
+            request_done(s, r, false, 0, NULL, on_event, ctx);
+        } else {
+            i++;
+        }
+    }
+}
+
+int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err) {
+    if (!s) return duel_error_set(err, DUEL_EINVAL, "sched_step: NULL scheduler");
+    if (s->n_reqs == 0) return 0;
+    int budget = s->params.max_batch_tokens;
+    bool preempted = false;
+    int rc = plan_running(s, true, &budget, &preempted, err);
+    if (!rc) rc = plan_running(s, false, &budget, &preempted, err);
+    if (!rc && !preempted) rc = admit_waiting(s, &budget, err);
+    if (rc) {
+        fail_planned(s, rc, err ? err->message : "scheduling failed");
+        end_of_step(s, 0, on_event, ctx);
+        return rc;
+    }
+
+    /* The batch: planned running sequences, oldest first. */
+    int n_batch = 0;
+    for (int i = 0; i < s->n_running; i++)
+        if (s->running[i]->step_count) {
+            s->running[i]->batch_slot = n_batch;
+            s->batch[n_batch++] = s->running[i];
+        }
+    if (n_batch == 0)
+        return duel_error_set(err, DUEL_ELIMIT,
+                              "scheduler made no progress: %d running, %d waiting, %d blocks "
+                              "available",
+                              s->n_running, s->n_waiting, kv_pool_available_blocks(s->pool));
+    size_t need_logits = (size_t)n_batch * (size_t)s->max_vocab;
+    if (need_logits > s->logits_floats) {
+        float *l = realloc(s->logits, need_logits * sizeof *l);
+        if (!l) {
+            fail_planned(s, DUEL_ENOMEM, "out of memory for logits");
+            end_of_step(s, 0, on_event, ctx);
+            return duel_error_set(err, DUEL_ENOMEM, "out of memory for logits");
+        }
+        s->logits = l;
+        s->logits_floats = need_logits;
+    }
+    /* One forward call per model over its sequences. */
+    for (int mdl = 0; mdl < s->n_models && !rc; mdl++) {
+        int n = 0;
+        for (int i = 0; i < n_batch; i++) {
+            sched_seq *q = s->batch[i];
+            sched_request *r = q->req;
+            if (r->p.model != mdl) continue;
+            int64_t start = q->kv.num_tokens;
+            bool reaches_end = start + q->step_count == q->n_tokens;
+            bool prompt_end = reaches_end && q->candidate == 0 && !r->prompt_done;
+            float *hidden = NULL;
+            if (reaches_end && q->finishing) hidden = q->hidden;
+            else if (prompt_end && r->p.want_hidden) hidden = r->prompt_hidden;
+            s->entries[n++] = (model_batch_entry){
+                .seq = &q->kv,
+                .tokens = q->tokens + start,
+                .n_tokens = q->step_count,
+                .start = start,
+                .logits = reaches_end && !q->finishing ? s->logits + (size_t)i * s->max_vocab
+                                                       : NULL,
+                .hidden_last = hidden};
+        }
+        if (n) rc = s->forward(s->forward_ctx, mdl, s->pool, s->entries, n, err);
+    }
+    if (rc) {
+        fail_planned(s, rc, err ? err->message : "forward failed");
+        end_of_step(s, 0, on_event, ctx);
+        return rc;
+    }
+
+    /* Commit, then sample where a piece reached the sequence's end. */
+    int tokens = 0, n_completed = 0;
+    for (int i = 0; i < n_batch; i++) {
+        sched_seq *q = s->batch[i];
+        sched_request *r = q->req;
+        int64_t start = q->kv.num_tokens;
+        int count = q->step_count;
+        q->step_count = 0;
+        rc = kv_sequence_commit(s->pool, &q->kv, q->tokens + start, count, err);
+        if (rc) {
+            request_fail(r, rc, err ? err->message : "commit failed");
+            continue;
+        }
+        tokens += count;
+        if (count == 1) s->stats.decode_tokens++;
+        int64_t end = start + count;
+        int64_t prompt_part = (end < r->p.prompt_len ? end : r->p.prompt_len) - start;
+        if (prompt_part > 0) r->stats.prompt_computed += prompt_part;
+        int64_t from = start > r->p.prompt_len ? start : r->p.prompt_len;
+        int64_t upto = end < q->max_computed ? end : q->max_computed;
+        if (upto > from) r->stats.recomputed_tokens += upto - from;
+        if (end > q->max_computed) q->max_computed = (int)end;
+        if (end == q->n_tokens) s->completed[n_completed++] = q;
+    }
+    s->stats.tokens += (uint64_t)tokens;
+    s->stats.steps++;
+    int n_pieces_done = n_completed; /* forks append their finished candidates after these */
+    for (int i = 0; i < n_pieces_done; i++) {
+        sched_seq *q = s->completed[i];
+        sched_request *r = q->req;
+        if (r->fail_code) continue;
+        if (q->finishing) {
+            q->to_finish = true;
+            continue;
+        }
+        const float *logits = s->logits + (size_t)q->batch_slot * s->max_vocab;
+        if (q->candidate == 0 && !r->prompt_done) {
+            r->prompt_done = true;
+            r->stats.prompt_done_time = duel_time_seconds();
+            duel_error ferr = {0};
+            int frc = fork_candidates(s, r, &ferr);
+            if (frc) {
+                request_fail(r, frc, ferr.message);
+                continue;
+            }
+            for (int c = 0; c < r->n_seqs && !r->fail_code; c++) {
+                sample_next(s, r->seqs[c], logits);
+                if (c > 0 && (r->seqs[c]->to_finish)) s->completed[n_completed++] = r->seqs[c];
+            }
+        } else {
+            sample_next(s, q, logits);
+        }
+    }
+    end_of_step(s, n_completed, on_event, ctx);
+    return tokens;
+}
+
+/* ---- queries ------------------------------------------------------------------------------ */
+
+bool sched_has_work(const scheduler *s) { return s && s->n_reqs > 0; }
+
+void sched_stats_get(const scheduler *s, sched_stats *out) {
+    *out = s->stats;
+    out->running = s->n_running;
+    out->waiting = s->n_waiting;
+    out->active_requests = s->n_reqs;
+}
+
+int sched_check(const scheduler *s, duel_error *err) {
+    for (int i = 0; i < s->n_running; i++) {
+        const sched_seq *q = s->running[i];
+        if (!q->running || q->finished || q->kv.num_blocks < 1)
+            return duel_error_set(err, DUEL_EFORMAT,
+                                  "running sequence %d (request %llu candidate %d) holds %d "
+                                  "blocks, flags running %d finished %d",
+                                  i, (unsigned long long)q->req->id, q->candidate,
+                                  q->kv.num_blocks, q->running, q->finished);
+        if (i && s->running[i - 1]->age >= q->age)
+            return duel_error_set(err, DUEL_EFORMAT, "running list not sorted by age at %d", i);
+        if (q->step_count)
+            return duel_error_set(err, DUEL_EFORMAT, "running sequence %d has a stale plan", i);
+        if (q->n_tokens <= q->kv.num_tokens && !q->finished)
+            return duel_error_set(err, DUEL_EFORMAT,
+                                  "running sequence %d has nothing to compute (%d tokens, %lld "
+                                  "committed)",
+                                  i, q->n_tokens, (long long)q->kv.num_tokens);
+        if (find_request(s, q->req->id) < 0)
+            return duel_error_set(err, DUEL_EFORMAT, "running sequence %d of an ended request", i);
+    }
+    for (int i = 0; i < s->n_waiting; i++) {
+        const sched_seq *q = s->waiting[i];
+        if (q->running || q->finished || q->kv.num_blocks != 0 || q->kv.num_tokens != 0)
+            return duel_error_set(err, DUEL_EFORMAT,
+                                  "waiting sequence %d (request %llu candidate %d) holds %d "
+                                  "blocks",
+                                  i, (unsigned long long)q->req->id, q->candidate,
+                                  q->kv.num_blocks);
+        if (i && s->waiting[i - 1]->age >= q->age)
+            return duel_error_set(err, DUEL_EFORMAT, "waiting list not sorted by age at %d", i);
+        if (find_request(s, q->req->id) < 0)
+            return duel_error_set(err, DUEL_EFORMAT, "waiting sequence %d of an ended request", i);
+    }
+    int counted = 0;
+    for (int i = 0; i < s->n_reqs; i++) {
+        const sched_request *r = s->reqs[i];
+        if (i && s->reqs[i - 1]->id >= r->id)
+            return duel_error_set(err, DUEL_EFORMAT, "requests not sorted by id at %d", i);
+        for (int j = 0; j < r->n_seqs; j++) {
+            const sched_seq *q = r->seqs[j];
+            if (!q->finished) counted++;
+            else if (q->kv.num_blocks)
+                return duel_error_set(err, DUEL_EFORMAT,
+                                      "finished candidate %d of request %llu holds blocks", j,
+                                      (unsigned long long)r->id);
+        }
+    }
+    if (counted != s->n_running + s->n_waiting)
+        return duel_error_set(err, DUEL_EFORMAT,
+                              "%d live sequences but %d running + %d waiting", counted,
+                              s->n_running, s->n_waiting);
+    const kv_sequence **live = malloc(((size_t)s->n_running + 1) * sizeof *live);
+    if (!live) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    for (int i = 0; i < s->n_running; i++) live[i] = &s->running[i]->kv;
+    int rc = kv_pool_check(s->pool, live, s->n_running, err);
+    free(live);
+    return rc;
+}
