@@ -51,5 +51,9 @@ int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
 int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+/* cmd_train.c and cmd_tokenizer.c (owned by the trainer) */
+int cmd_pretrain(int argc, char **argv);
+int cmd_sft(int argc, char **argv);
+int cmd_tokenizer(int argc, char **argv);
 
 #endif

@@ -18,6 +18,11 @@ static const cli_subcommand SUBCOMMANDS[] = {
     {"generate", "generate text from a prompt, or chat, with a local model", cmd_generate},
     {"bench", "benchmarks: forward pass speed, machine limits (sgemm, memory bandwidth)",
      cmd_bench},
+    {"pretrain", "train a language model on text (next-token loss), with checkpoints and resume",
+     cmd_pretrain},
+    {"sft", "fine-tune on prompt/response JSONL (loss on the response), with resume", cmd_sft},
+    {"tokenizer", "tokenizer tools: 'tokenizer train' learns a byte-level BPE tokenizer.json",
+     cmd_tokenizer},
 };
 #define N_SUBCOMMANDS (sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0])
 

@@ -1,0 +1,5 @@
+# tests/trainer/train2.cmake: the optimizer, checkpoints, the BPE trainer, the training data
+# readers and the pretrain/SFT/DPO loops.
+duel_test(test_bpe_train ${CMAKE_CURRENT_LIST_DIR}/test_bpe_train.c)
+duel_test(test_adamw ${CMAKE_CURRENT_LIST_DIR}/test_adamw.c)
+duel_test(test_lm_train ${CMAKE_CURRENT_LIST_DIR}/test_lm_train.c)
