@@ -16,6 +16,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <jansson.h>
+
 #include "error.h"
 #include "rng.h"
 
@@ -168,5 +170,24 @@ int oracle_judge_build_request(const oracle_judge_config *config, const char *pr
  * (either case). Anything else is DUEL_EFORMAT quoting (the start of) what the judge said. */
 int oracle_judge_parse_response(const char *body, size_t len, oracle_choice *out,
                                 duel_error *err);
+
+/* ---- configuration from JSON (oracle/config.c) ---------------------------------------------- */
+
+/* Each reads one JSON object (e.g. config/default.json's "oracle.lexical") on top of *config,
+ * which the caller has set to defaults: present keys override, absent keys keep their value,
+ * unknown keys and wrong types are DUEL_EFORMAT naming source and key, and the result is
+ * validated. Keys are the struct's field names:
+ *   lexical:    overlap_weight, length_weight, length_target_ratio, repetition_weight
+ *   preference: stochastic, temperature
+ *   judge:      url, model, connect_timeout_ms, read_timeout_ms, max_attempts, backoff_ms,
+ *               backoff_max_ms, max_tokens, temperature, both_orders
+ * The judge's api_key is a secret and is not read from JSON: set it from the environment
+ * (DUEL_JUDGE_API_KEY by convention). */
+int oracle_lexical_config_from_json(const json_t *obj, const char *source,
+                                    oracle_lexical_config *config, duel_error *err);
+int oracle_preference_config_from_json(const json_t *obj, const char *source,
+                                       oracle_preference_config *config, duel_error *err);
+int oracle_judge_config_from_json(const json_t *obj, const char *source,
+                                  oracle_judge_config *config, duel_error *err);
 
 #endif

@@ -3,6 +3,7 @@
 duel_test(test_lexical ${CMAKE_CURRENT_LIST_DIR}/test_lexical.c)
 duel_test(test_preference ${CMAKE_CURRENT_LIST_DIR}/test_preference.c)
 duel_test(test_judge ${CMAKE_CURRENT_LIST_DIR}/test_judge.c)
+duel_test(test_oracle_config ${CMAKE_CURRENT_LIST_DIR}/test_oracle_config.c)
 duel_test(test_rm ${CMAKE_CURRENT_LIST_DIR}/test_rm.c)
 
 # The rm oracle's models: two random two-label reward models with float64 torch references and a
