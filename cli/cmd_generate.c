@@ -17,6 +17,7 @@
 
 #include "chat_template.h"
 #include "cli.h"
+#include "json_util.h"
 #include "model.h"
 #include "sampler.h"
 #include "timer.h"
@@ -27,6 +28,8 @@
 /* Context allocated when --context is not given: the model's max_position_embeddings, capped so
  * that a model with a 128k window does not reserve gigabytes of KV cache for a CLI chat. */
 #define GENERATE_DEFAULT_CONTEXT_CAP 4096
+/* Largest tokenizer_config.json we read (they embed Jinja chat templates), bytes. */
+#define GENERATE_MAX_TOKENIZER_CONFIG_BYTES (8u << 20)
 /* Longest interactive input line, bytes. */
 #define GENERATE_MAX_LINE_BYTES (1u << 20)
 
@@ -44,6 +47,7 @@ typedef struct generator {
     duel_rng rng;
     int32_t stop_ids[MODEL_CONFIG_MAX_EOS + 1];
     int n_stop_ids;
+    int32_t bos_id; /* prepended to prompts that lack it (add_bos_token), or -1 */
 } generator;
 
 typedef struct generation_stats {
@@ -106,6 +110,22 @@ static int generator_open(generator *g, const char *dir, long long context, duel
     }
     for (int i = 0; i < g->config->num_eos_token_ids; i++)
         g->stop_ids[g->n_stop_ids++] = g->config->eos_token_ids[i];
+
+    /* Llama 2 / TinyLlama style models expect a BOS token first: Hugging Face adds it when
+     * tokenizer_config.json says "add_bos_token": true. A missing file means no. */
+    g->bos_id = -1;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    if (access(path, F_OK) == 0) {
+        json_t *tc = NULL;
+        bool add_bos = false;
+        rc = duel_json_load_file(path, GENERATE_MAX_TOKENIZER_CONFIG_BYTES, &tc, err);
+        if (rc == 0 && !json_is_object(tc))
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: not a JSON object", path);
+        if (rc == 0) rc = duel_json_get_bool(tc, "add_bos_token", &add_bos, path, err);
+        json_decref(tc);
+        if (rc) goto fail;
+        if (add_bos && g->config->bos_token_id >= 0) g->bos_id = g->config->bos_token_id;
+    }
     return DUEL_OK;
 fail:
     generator_free(g);
@@ -127,6 +147,26 @@ static int is_stop(const generator *g, int32_t id) {
     for (int i = 0; i < g->n_stop_ids; i++)
         if (g->stop_ids[i] == id) return 1;
     return 0;
+}
+
+/* Encodes text, with the BOS token first when add_bos, the model wants one and the text lacks
+ * it. *ids is heap-allocated. */
+static int generator_encode(const generator *g, const char *text, bool parse_special,
+                            bool add_bos, int32_t **ids, size_t *n_ids, duel_error *err) {
+    int rc = tokenizer_encode(g->tok, text, strlen(text), parse_special, ids, n_ids, err);
+    if (rc || !add_bos || g->bos_id < 0 || (*n_ids > 0 && (*ids)[0] == g->bos_id)) return rc;
+    int32_t *with_bos = malloc((*n_ids + 1) * sizeof *with_bos);
+    if (!with_bos) {
+        free(*ids);
+        *ids = NULL;
+        return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    }
+    with_bos[0] = g->bos_id;
+    if (*n_ids) memcpy(with_bos + 1, *ids, *n_ids * sizeof *with_bos);
+    free(*ids);
+    *ids = with_bos;
+    (*n_ids)++;
+    return DUEL_OK;
 }
 
 /* Runs prompt[0..n) (the whole sequence so far) and generates up to max_new tokens, streaming
@@ -256,7 +296,10 @@ static int chat_turn(generator *g, chat_template_kind kind, conversation *c, int
     int32_t *ids = NULL;
     size_t n_ids = 0;
     int rc = chat_template_render(kind, c->messages, c->count, true, &text, err);
-    if (rc == 0) rc = tokenizer_encode(g->tok, text, strlen(text), true, &ids, &n_ids, err);
+    /* As Hugging Face's apply_chat_template: the chatml and llama3 templates carry their own
+     * start tokens; the plain template is raw text for base models and gets BOS like a prompt. */
+    if (rc == 0)
+        rc = generator_encode(g, text, true, kind == CHAT_TEMPLATE_PLAIN, &ids, &n_ids, err);
     if (rc == 0 && n_ids > (size_t)g->context)
         rc = duel_error_set(err, DUEL_ELIMIT,
                             "the conversation is %zu tokens but the context holds %d", n_ids,
@@ -395,7 +438,8 @@ int cmd_generate(int argc, char **argv) {
         "--model DIR (--prompt TEXT | --interactive) [--chat] [options]",
         "Generates text with a local model and streams it to stdout; prefill and decode speeds\n"
         "go to stderr. Generation stops at an end-of-sequence token, the chat template's\n"
-        "end-of-turn token (with --chat), --max-new-tokens, or a full context.\n"
+        "end-of-turn token (with --chat), --max-new-tokens, or a full context. Raw prompts start\n"
+        "with the BOS token when tokenizer_config.json sets add_bos_token, as in Hugging Face.\n"
         "With --interactive, each line of stdin is a user message; /reset forgets the\n"
         "conversation; Ctrl-D (end of input) exits.",
         options, sizeof options / sizeof options[0]};
@@ -452,7 +496,7 @@ int cmd_generate(int argc, char **argv) {
         } else {
             int32_t *ids = NULL;
             size_t n_ids = 0;
-            rc = tokenizer_encode(g.tok, o.prompt, strlen(o.prompt), false, &ids, &n_ids, &err);
+            rc = generator_encode(&g, o.prompt, false, true, &ids, &n_ids, &err);
             if (rc == 0 && n_ids > (size_t)g.context)
                 rc = duel_error_set(&err, DUEL_ELIMIT,
                                     "the prompt is %zu tokens but the context holds %d", n_ids,

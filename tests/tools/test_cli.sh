@@ -166,6 +166,24 @@ expect 1 'context' -- generate --model "$MODEL" --prompt "$long" --context 16 --
 expect 2 -- '--context must be an integer' -- generate --model "$MODEL" --prompt hi --context 100000000
 expect 1 'max_position_embeddings' -- generate --model "$MODEL" --prompt hi --context 9999
 
+# BOS: a model whose tokenizer_config.json sets add_bos_token gets one more prompt token; a
+# broken tokenizer_config.json is an error naming the file.
+cp -r "$MODEL" "$TMP/bos-model"
+"$PY" - "$TMP/bos-model/tokenizer_config.json" <<'EOF'
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["add_bos_token"] = True
+json.dump(c, open(sys.argv[1], "w"))
+EOF
+"$DUEL" generate --model "$MODEL" --prompt hello --temperature 0 --max-new-tokens 2 2>"$TMP/nobos.err" >/dev/null
+"$DUEL" generate --model "$TMP/bos-model" --prompt hello --temperature 0 --max-new-tokens 2 2>"$TMP/bos.err" >/dev/null
+n0=$(grep -o 'prompt [0-9]* tokens' "$TMP/nobos.err" | grep -o '[0-9]*')
+n1=$(grep -o 'prompt [0-9]* tokens' "$TMP/bos.err" | grep -o '[0-9]*')
+if [ -z "$n0" ] || [ "$n1" != "$((n0 + 1))" ]; then fail "add_bos_token: prompt tokens $n0 -> $n1, expected one more"; fi
+echo '{"add_bos_token": "yes"' >"$TMP/bos-model/tokenizer_config.json"
+expect 1 'tokenizer_config.json' -- generate --model "$TMP/bos-model" --prompt hello
+pass
+
 # Interactive chat: two messages on stdin, then end of input.
 printf 'hello\n\n/reset\nhow are you?\n' | "$DUEL" generate --model "$MODEL" --interactive --seed 5 \
     --max-new-tokens 8 >"$TMP/chat.out" 2>"$TMP/chat2.err"
