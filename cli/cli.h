@@ -54,6 +54,7 @@ int cmd_bench(int argc, char **argv);
 /* cmd_train.c and cmd_tokenizer.c (owned by the trainer) */
 int cmd_pretrain(int argc, char **argv);
 int cmd_sft(int argc, char **argv);
+int cmd_dpo(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
 
 #endif

@@ -14,6 +14,7 @@
 
 #include "chat_template.h"
 #include "cli.h"
+#include "dpo_trainer.h"
 #include "file_map.h"
 #include "lm_trainer.h"
 #include "model_config.h"
@@ -332,3 +333,176 @@ done:
 
 int cmd_pretrain(int argc, char **argv) { return run_training(TRAIN_PRETRAIN, argc, argv); }
 int cmd_sft(int argc, char **argv) { return run_training(TRAIN_SFT, argc, argv); }
+
+typedef struct dpo_cli {
+    const char *out_dir;
+    long long log_every;
+    bool tty;
+} dpo_cli;
+
+static void on_dpo_progress(void *ctx, const dpo_progress *p) {
+    dpo_cli *c = ctx;
+    char eta[32], elapsed[32];
+    if (p->event == 0) {
+        fprintf(stderr, "resumed from %s/checkpoint at step %lld\n", c->out_dir, (long long)p->step);
+    } else if (p->event == 1 && (p->step % c->log_every == 0 || p->step == p->total_steps)) {
+        format_duration(p->eta_seconds, eta, sizeof eta);
+        format_duration(p->elapsed_seconds, elapsed, sizeof elapsed);
+        fprintf(stderr, "%sstep %lld/%lld  loss %.4f  margin %.3f  acc %.2f  lr %.2e  %.1f pairs/s  %s elapsed  ETA %s%s",
+                c->tty ? "\r" : "", (long long)p->step, (long long)p->total_steps, p->loss, p->margin,
+                p->accuracy, p->lr, p->pairs_per_second, elapsed, eta, c->tty ? "\033[K" : "\n");
+    } else if (p->event == 2) {
+        fprintf(stderr, "%sstep %lld: held-out loss %.4f, reward margin %.4f, accuracy %.3f, "
+                        "chosen log-prob %.3f, rejected %.3f\n",
+                c->tty ? "\n" : "", (long long)p->step, p->valid.loss, p->valid.reward_margin,
+                p->valid.accuracy, p->valid.chosen_logprob, p->valid.rejected_logprob);
+    }
+    fflush(stderr);
+}
+
+int cmd_dpo(int argc, char **argv) {
+    const char *model_dir = NULL, *pairs_path = NULL, *valid_path = NULL, *out_dir = NULL;
+    const char *loss_name = "dpo", *template_name = NULL, *dtype = "bf16";
+    long long steps = 100, batch_pairs = 8, warmup = 10, eval_every = 20, checkpoint_every = 50;
+    long long stop_at = 0, seed = 1234, seq_len = 0, log_every = 10;
+    double beta = 0, lr = 1e-4, min_lr = 1e-5, clip = 1.0;
+    bool skip_bad_lines = false;
+    const cli_option options[] = {
+        {"--model", CLI_OPT_STRING, &model_dir, "DIR", "HF model folder: the starting policy and the frozen reference (required)", 0, 0, false, NULL},
+        {"--pairs", CLI_OPT_STRING, &pairs_path, "FILE", "preference JSONL, one {\"prompt\", \"chosen\", \"rejected\"} per line (required)", 0, 0, false, NULL},
+        {"--valid", CLI_OPT_STRING, &valid_path, "FILE", "held-out pairs for the margin/accuracy report", 0, 0, false, NULL},
+        {"--out", CLI_OPT_STRING, &out_dir, "DIR", "output folder: checkpoint/ during training (resumed from), the HF model at the end (required)", 0, 0, false, NULL},
+        {"--loss", CLI_OPT_STRING, &loss_name, "NAME", "dpo, ipo or slic (default dpo)", 0, 0, false, NULL},
+        {"--beta", CLI_OPT_DOUBLE, &beta, "F", "loss beta (default: 0.1 for DPO and IPO, 0.2 for SLiC)", 0, 1e6, true, NULL},
+        {"--steps", CLI_OPT_INT, &steps, "N", "optimizer updates (default 100)", 1, 1e12, false, NULL},
+        {"--batch-pairs", CLI_OPT_INT, &batch_pairs, "N", "pairs per update (default 8)", 1, 32768, false, NULL},
+        {"--lr", CLI_OPT_DOUBLE, &lr, "F", "peak learning rate (default 1e-4)", 0, 10, true, NULL},
+        {"--min-lr", CLI_OPT_DOUBLE, &min_lr, "F", "final learning rate of the cosine (default 1e-5)", 0, 10, false, NULL},
+        {"--warmup", CLI_OPT_INT, &warmup, "N", "linear warmup updates (default 10)", 0, 1e12, false, NULL},
+        {"--clip", CLI_OPT_DOUBLE, &clip, "F", "gradient global-norm clip, 0 = off (default 1.0)", 0, 1e9, false, NULL},
+        {"--eval-every", CLI_OPT_INT, &eval_every, "N", "held-out report every N updates, 0 = at the end (default 20)", 0, 1e12, false, NULL},
+        {"--checkpoint-every", CLI_OPT_INT, &checkpoint_every, "N", "checkpoint every N updates, 0 = at the end (default 50)", 0, 1e12, false, NULL},
+        {"--stop-at", CLI_OPT_INT, &stop_at, "N", "stop after update N with a checkpoint, as if interrupted", 0, 1e12, false, NULL},
+        {"--seed", CLI_OPT_INT, &seed, "N", "pair order seed (default 1234)", 0, 9.2e18, false, NULL},
+        {"--seq-len", CLI_OPT_INT, &seq_len, "N", "tokens per sequence (default: the model's positions, at most 256)", 0, 1 << 20, false, NULL},
+        {"--template", CLI_OPT_STRING, &template_name, "NAME", "chat template (default: from the model's tokenizer_config.json)", 0, 0, false, NULL},
+        {"--dtype", CLI_OPT_STRING, &dtype, "TYPE", "dtype of the exported model.safetensors: bf16 or f32 (default bf16)", 0, 0, false, NULL},
+        {"--skip-bad-lines", CLI_OPT_FLAG, &skip_bad_lines, NULL, "skip malformed lines (counted and reported) instead of failing", 0, 0, false, NULL},
+        {"--log-every", CLI_OPT_INT, &log_every, "N", "progress line every N updates (default 10)", 1, 1e12, false, NULL},
+    };
+    const cli_command cmd = {
+        "dpo", "--model DIR --pairs FILE.jsonl --out DIR [options]",
+        "Offline preference optimisation (DPO, IPO or SLiC) on a preference file: the policy\n"
+        "starts from --model and the same weights, frozen, are the reference (its log-probabilities\n"
+        "are computed once). Prints loss, implicit reward margin and accuracy per update, and on\n"
+        "--valid pairs the held-out margin, accuracy and the chosen answers' log-probability.\n"
+        "Checkpoints go to <out>/checkpoint and are resumed from; the HF model is written to <out>.",
+        options, sizeof options / sizeof options[0]};
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
+    if (model_dir == NULL || pairs_path == NULL || out_dir == NULL)
+        return cli_usage_error(&cmd, "--model, --pairs and --out are required");
+    duel_error err = {0};
+    dap_loss_kind kind;
+    if (dap_loss_kind_parse(loss_name, &kind, &err) != 0 || kind == DAP_LOSS_SIMPO)
+        return cli_usage_error(&cmd, "--loss must be dpo, ipo or slic");
+    if (strcmp(dtype, "bf16") != 0 && strcmp(dtype, "f32") != 0)
+        return cli_usage_error(&cmd, "--dtype must be bf16 or f32");
+    if (warmup > steps || min_lr > lr) return cli_usage_error(&cmd, "--warmup exceeds --steps or --min-lr exceeds --lr");
+    chat_template_kind template_kind;
+    if (template_name != NULL ? chat_template_from_name(template_name, &template_kind, &err) != 0
+                              : chat_template_detect(model_dir, &template_kind, &err) != 0)
+        return cli_usage_error(&cmd, "%s", err.message);
+    char tokenizer_path[TRAIN_PATH_MAX], checkpoint_dir[TRAIN_PATH_MAX], path[TRAIN_PATH_MAX];
+    snprintf(tokenizer_path, sizeof tokenizer_path, "%s/tokenizer.json", model_dir);
+    dpo_cli c = {out_dir, log_every, isatty(STDERR_FILENO)};
+    tokenizer *tok = NULL;
+    train_model *model = NULL;
+    char *config_json = NULL;
+    lm_dataset pairs = {0}, valid = {0};
+    dpo_logprobs ref = {0}, valid_ref = {0};
+    bool have_valid = false;
+    double t0 = duel_time_seconds();
+    if ((rc = tokenizer_load(tokenizer_path, &tok, &err)) != 0 ||
+        (rc = lm_model_load_hf(model_dir, &model, &config_json, &err)) != 0)
+        goto done;
+    const model_config *config = train_model_config(model);
+    int T = (int)seq_len;
+    if (T == 0) T = config->max_position_embeddings < 256 ? config->max_position_embeddings : 256;
+    if (T > config->max_position_embeddings) {
+        rc = duel_error_set(&err, DUEL_EINVAL, "--seq-len %d exceeds the model's %d positions", T,
+                            config->max_position_embeddings);
+        goto done;
+    }
+    lm_data_options data_options = {tok, template_kind, T, skip_bad_lines, 0};
+    if ((rc = lm_data_load_pairs(pairs_path, &data_options, &pairs, &err)) != 0) goto done;
+    if (valid_path != NULL) {
+        if ((rc = lm_data_load_pairs(valid_path, &data_options, &valid, &err)) != 0) goto done;
+        have_valid = true;
+    }
+    for (int i = 0; i < 2; i++) {
+        const lm_dataset *d = i == 0 ? &pairs : &valid;
+        if (d->bad_lines > 0) {
+            fprintf(stderr, "warning: %s: skipped %lld malformed line(s), first at line(s)",
+                    i == 0 ? pairs_path : valid_path, d->bad_lines);
+            for (long long k = 0; k < d->bad_lines && k < LM_DATA_BAD_LINES_KEPT; k++)
+                fprintf(stderr, " %lld", d->first_bad_lines[k]);
+            fprintf(stderr, "\n");
+        }
+    }
+    /* The reference is the starting model: its log-probabilities, before any update. */
+    if ((rc = dpo_logprobs_compute(model, &pairs, (int)batch_pairs, &ref, &err)) != 0) goto done;
+    if (have_valid && (rc = dpo_logprobs_compute(model, &valid, (int)batch_pairs, &valid_ref, &err)) != 0)
+        goto done;
+    fprintf(stderr, "dpo (%s): %zu parameters, %zu pairs%s; reference ready in %.1f s\n", loss_name,
+            train_model_num_parameters(model), pairs.num_pairs, have_valid ? " (+ held-out)" : "",
+            duel_time_seconds() - t0);
+    if (mkdir(out_dir, 0755) != 0 && access(out_dir, W_OK) != 0) {
+        rc = duel_error_set(&err, DUEL_EIO, "%s: cannot create the output folder", out_dir);
+        goto done;
+    }
+    snprintf(checkpoint_dir, sizeof checkpoint_dir, "%s/checkpoint", out_dir);
+    dpo_train_options o;
+    dpo_train_default_options(kind, &o);
+    if (beta > 0) o.loss.beta = beta;
+    o.pairs_per_batch = (int)batch_pairs;
+    o.total_steps = steps;
+    o.lr = lr;
+    o.min_lr = min_lr;
+    o.warmup_steps = warmup;
+    o.clip_norm = clip;
+    o.eval_every = eval_every;
+    o.checkpoint_every = checkpoint_every;
+    o.checkpoint_dir = checkpoint_dir;
+    o.stop_at_step = stop_at;
+    o.seed = (uint64_t)seed;
+    o.config_json = config_json;
+    dpo_progress final;
+    rc = dpo_train_run(model, &pairs, &ref, have_valid ? &valid : NULL, have_valid ? &valid_ref : NULL,
+                       &o, on_dpo_progress, &c, &final, &err);
+    if (rc != 0) goto done;
+    if (c.tty) fprintf(stderr, "\n");
+    if (final.step < steps) {
+        fprintf(stderr, "stopped at step %lld (checkpoint in %s); run again to resume\n",
+                (long long)final.step, checkpoint_dir);
+        goto done;
+    }
+    if ((rc = lm_model_export_hf(model, config_json, out_dir, strcmp(dtype, "bf16") == 0, &err)) != 0) goto done;
+    snprintf(path, sizeof path, "%s/tokenizer.json", out_dir);
+    if ((rc = copy_file(tokenizer_path, path, &err)) != 0) goto done;
+    if ((rc = write_tokenizer_config(out_dir, template_kind, &err)) != 0) goto done;
+    printf("dpo: %lld steps, loss %.4f", (long long)final.step, final.loss);
+    if (have_valid)
+        printf(", held-out reward margin %.4f, accuracy %.3f", final.valid.reward_margin, final.valid.accuracy);
+    printf("; model written to %s (%.1f s)\n", out_dir, duel_time_seconds() - t0);
+done:
+    if (rc != 0) fprintf(stderr, "duel dpo: %s\n", err.message);
+    dpo_logprobs_free(&ref);
+    dpo_logprobs_free(&valid_ref);
+    lm_data_free(&pairs);
+    lm_data_free(&valid);
+    train_model_free(model);
+    tokenizer_free(tok);
+    free(config_json);
+    return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;
+}

@@ -21,6 +21,7 @@ static const cli_subcommand SUBCOMMANDS[] = {
     {"pretrain", "train a language model on text (next-token loss), with checkpoints and resume",
      cmd_pretrain},
     {"sft", "fine-tune on prompt/response JSONL (loss on the response), with resume", cmd_sft},
+    {"dpo", "offline DPO/IPO/SLiC on a preference JSONL file (prompt, chosen, rejected)", cmd_dpo},
     {"tokenizer", "tokenizer tools: 'tokenizer train' learns a byte-level BPE tokenizer.json",
      cmd_tokenizer},
 };

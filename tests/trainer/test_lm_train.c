@@ -2,13 +2,15 @@
  * (trainer/lm_data.c) and checkpoints (trainer/checkpoint.c) on a tiny Llama: an interrupted and
  * resumed run ends bit-identical to an uninterrupted one; the loss falls; corrupt checkpoints
  * are errors naming the file and leave the model untouched; the .old fallback; malformed JSONL
- * lines are errors with line numbers or skipped and reported; the SFT loss mask. */
+ * lines are errors with line numbers or skipped and reported; the SFT loss mask; offline DPO
+ * raises the implicit reward margin and the preferred answer's log-probability on held-out pairs. */
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "bpe_train.h"
 #include "checkpoint.h"
+#include "dpo_trainer.h"
 #include "lm_trainer.h"
 #include "model_config.h"
 #include "test_helpers.h"
@@ -326,12 +328,89 @@ static void test_bad_jsonl_lines(void **state) {
     assert_non_null(strstr(err.message, ":2: \"rejected\" is missing"));
 }
 
+static void write_pairs(const char *path, const char *const *subjects, int n) {
+    char text[8192] = "";
+    for (int i = 0; i < n; i++) {
+        char line[512];
+        snprintf(line, sizeof line,
+                 "{\"prompt\": \"Tell me about %s.\", \"chosen\": \"a good answer about %s\", "
+                 "\"rejected\": \"a bad answer about %s\"}\n",
+                 subjects[i], subjects[i], subjects[i]);
+        strcat(text, line);
+    }
+    test_write_file(path, text, strlen(text));
+}
+
+static void test_dpo_raises_margin(void **state) {
+    (void)state;
+    static const char *const train_subjects[] = {"cat", "dog", "run", "red", "tree", "fur",
+                                                 "blood", "plant", "feet", "genus", "trunk",
+                                                 "soft"};
+    static const char *const held_out[] = {"quickly", "mammal", "branches", "color"};
+    char train_path[700], valid_path[700];
+    snprintf(train_path, sizeof train_path, "%s/pairs.jsonl", fx.dir);
+    snprintf(valid_path, sizeof valid_path, "%s/pairs_valid.jsonl", fx.dir);
+    write_pairs(train_path, train_subjects, 12);
+    write_pairs(valid_path, held_out, 4);
+    lm_data_options d = {fx.tok, CHAT_TEMPLATE_CHATML, 64, false, 0};
+    lm_dataset train, valid;
+    assert_int_equal(lm_data_load_pairs(train_path, &d, &train, NULL), 0);
+    assert_int_equal(lm_data_load_pairs(valid_path, &d, &valid, NULL), 0);
+    assert_int_equal(train.num_pairs, 12);
+    train_model *policy = fresh_model();
+    dpo_logprobs ref, valid_ref;
+    assert_int_equal(dpo_logprobs_compute(policy, &train, 5, &ref, NULL), 0);
+    assert_int_equal(dpo_logprobs_compute(policy, &valid, 5, &valid_ref, NULL), 0);
+    dpo_train_options o;
+    dpo_train_default_options(DAP_LOSS_DPO, &o);
+    dap_loss_options loss = o.loss;
+    dpo_eval before, after;
+    assert_int_equal(dpo_evaluate(policy, &valid, &valid_ref, &loss, 5, &before, NULL), 0);
+    assert_true(fabs(before.reward_margin) < 1e-9); /* the policy is the reference */
+    o.pairs_per_batch = 4;
+    o.total_steps = 30;
+    o.warmup_steps = 3;
+    o.lr = 3e-3;
+    o.min_lr = 3e-4;
+    o.seed = 5;
+    dpo_progress p;
+    duel_error err = {0};
+    int rc = dpo_train_run(policy, &train, &ref, &valid, &valid_ref, &o, NULL, NULL, &p, &err);
+    if (rc) fprintf(stderr, "%s\n", err.message);
+    assert_int_equal(rc, 0);
+    assert_int_equal(dpo_evaluate(policy, &valid, &valid_ref, &loss, 5, &after, NULL), 0);
+    assert_true(after.reward_margin > 0.5);
+    assert_true(after.accuracy == 1.0);
+    assert_true(after.chosen_logprob > before.chosen_logprob);
+    assert_true(after.loss < before.loss);
+    /* IPO and SLiC train too */
+    dap_loss_kind kinds[2] = {DAP_LOSS_IPO, DAP_LOSS_SLIC};
+    for (int k = 0; k < 2; k++) {
+        train_model *m = fresh_model();
+        dpo_train_default_options(kinds[k], &o);
+        o.pairs_per_batch = 4;
+        o.total_steps = 20;
+        o.warmup_steps = 2;
+        o.lr = 3e-3;
+        assert_int_equal(dpo_train_run(m, &train, &ref, NULL, NULL, &o, NULL, NULL, &p, NULL), 0);
+        assert_int_equal(dpo_evaluate(m, &valid, &valid_ref, &o.loss, 5, &after, NULL), 0);
+        assert_true(after.reward_margin > 0);
+        train_model_free(m);
+    }
+    dpo_logprobs_free(&ref);
+    dpo_logprobs_free(&valid_ref);
+    train_model_free(policy);
+    lm_data_free(&train);
+    lm_data_free(&valid);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_is_bit_exact),
         cmocka_unit_test(test_sft_loss_falls),
         cmocka_unit_test(test_corrupt_checkpoints),
         cmocka_unit_test(test_bad_jsonl_lines),
+        cmocka_unit_test(test_dpo_raises_margin),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

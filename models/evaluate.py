@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""evaluate.py: scores a model's greedy answers to "What does X mean?" on held-out headwords
+(test.jsonl from wordnet_data.py) against the WordNet gloss: mean word-overlap F1 (bag of
+lower-case words, as in SQuAD) with the headword's primary gloss, and with its best-matching
+sense. Runs `duel generate --chat --temperature 0` once per question. Standard library only.
+
+Reports two sets: the common held-out words (SemCor tag count >= 5) and a seeded random sample
+of all held-out words; prints a sample of answers and writes everything to --out as JSON."""
+import argparse
+import collections
+import json
+import random
+import re
+import subprocess
+import time
+
+WORD = re.compile(r"[a-z0-9]+")
+
+
+def words(text):
+    return WORD.findall(text.lower())
+
+
+def f1(answer, reference):
+    a, r = collections.Counter(words(answer)), collections.Counter(words(reference))
+    common = sum((a & r).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / sum(a.values()), common / sum(r.values())
+    return 2 * precision * recall / (precision + recall)
+
+
+def answer(duel, model, prompt, max_new_tokens):
+    out = subprocess.run([duel, "generate", "--model", model, "--chat", "--temperature", "0",
+                          "--max-new-tokens", str(max_new_tokens), "--prompt", prompt],
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"duel generate failed: {out.stderr.strip()}")
+    return out.stdout.strip()
+
+
+def score(duel, model, items, max_new_tokens):
+    rows = []
+    for item in items:
+        text = answer(duel, model, item["prompt"], max_new_tokens)
+        rows.append({"headword": item["headword"], "answer": text, "gloss": item["gloss"],
+                     "f1_primary": f1(text, item["gloss"]),
+                     "f1_best_sense": max(f1(text, g) for g in item["glosses"])})
+    n = max(len(rows), 1)
+    return {"count": len(rows),
+            "mean_f1_primary": sum(r["f1_primary"] for r in rows) / n,
+            "mean_f1_best_sense": sum(r["f1_best_sense"] for r in rows) / n,
+            "rows": rows}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--duel", required=True)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--test", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--sample", type=int, default=200)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    args = ap.parse_args()
+    items = [json.loads(line) for line in open(args.test)]
+    common = [i for i in items if i["tag_count"] >= 5]
+    sample = random.Random(args.seed).sample(items, min(args.sample, len(items)))
+    t0 = time.time()
+    result = {"common": score(args.duel, args.model, common, args.max_new_tokens),
+              "random_sample": score(args.duel, args.model, sample, args.max_new_tokens)}
+    result["seconds"] = time.time() - t0
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    for name in ("common", "random_sample"):
+        r = result[name]
+        print(f"{name}: {r['count']} held-out headwords, mean F1 vs primary gloss "
+              f"{r['mean_f1_primary']:.3f}, vs best sense {r['mean_f1_best_sense']:.3f}")
+    for row in result["common"]["rows"][:15]:
+        print(f"  {row['headword']}: {row['answer']!r}  [gloss: {row['gloss']}]  "
+              f"F1 {row['f1_best_sense']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
