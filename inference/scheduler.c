@@ -251,10 +251,15 @@ static sched_seq *seq_new(sched_request *r, int candidate, int hidden_size) {
     return q;
 }
 
-int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
-                 duel_error *err) {
-    if (id) *id = 0;
-    if (!s || !params || !id) return duel_error_set(err, DUEL_EINVAL, "sched_submit: NULL argument");
+/* Tokens one candidate of p can reach: min(prompt + max_new, context). */
+static int64_t request_max_total(const scheduler *s, const sched_request_params *p) {
+    int64_t total = (int64_t)p->prompt_len + p->max_new_tokens;
+    int ctx = s->models[p->model].max_context;
+    return total > ctx ? ctx : total;
+}
+
+int sched_validate(const scheduler *s, const sched_request_params *params, duel_error *err) {
+    if (!s || !params) return duel_error_set(err, DUEL_EINVAL, "sched_validate: NULL argument");
     const sched_request_params *p = params;
     if (p->model < 0 || p->model >= s->n_models)
         return duel_error_set(err, DUEL_EINVAL, "unknown model index %d (%d models resident)",
@@ -288,8 +293,7 @@ int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
         if (p->stop_tokens[i] < 0 || p->stop_tokens[i] >= mi->vocab_size)
             return duel_error_set(err, DUEL_EINVAL, "stop token id %d is outside the vocabulary",
                                   (int)p->stop_tokens[i]);
-    int64_t total = (int64_t)p->prompt_len + p->max_new_tokens;
-    if (total > mi->max_context) total = mi->max_context;
+    int64_t total = request_max_total(s, p);
     int64_t blocks = (total + s->block_size - 1) / s->block_size;
     if (blocks > kv_pool_num_blocks(s->pool))
         return duel_error_set(err, DUEL_ELIMIT,
@@ -297,6 +301,18 @@ int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
                               "the pool's %d (raise the KV memory budget or lower "
                               "max_new_tokens)",
                               (long long)total, (long long)blocks, kv_pool_num_blocks(s->pool));
+    return DUEL_OK;
+}
+
+int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
+                 duel_error *err) {
+    if (id) *id = 0;
+    if (!s || !params || !id) return duel_error_set(err, DUEL_EINVAL, "sched_submit: NULL argument");
+    const sched_request_params *p = params;
+    int rc = sched_validate(s, p, err);
+    if (rc) return rc;
+    const sched_model_info *mi = &s->models[p->model];
+    int64_t total = request_max_total(s, p);
     if ((rc = reserve_capacity(s, p->num_candidates, err))) return rc;
 
     sched_request *r = calloc(1, sizeof *r);
@@ -614,11 +630,17 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
             s->running[i]->batch_slot = n_batch;
             s->batch[n_batch++] = s->running[i];
         }
-    if (n_batch == 0)
-        return duel_error_set(err, DUEL_ELIMIT,
-                              "scheduler made no progress: %d running, %d waiting, %d blocks "
-                              "available",
-                              s->n_running, s->n_waiting, kv_pool_available_blocks(s->pool));
+    if (n_batch == 0) {
+        /* Cannot happen with requests validated at submit; never spin on it: fail them all. */
+        rc = duel_error_set(err, DUEL_ELIMIT,
+                            "scheduler made no progress: %d running, %d waiting, %d blocks "
+                            "available",
+                            s->n_running, s->n_waiting, kv_pool_available_blocks(s->pool));
+        for (int i = 0; i < s->n_reqs; i++)
+            request_fail(s->reqs[i], rc, err ? err->message : "scheduler made no progress");
+        end_of_step(s, 0, on_event, ctx);
+        return rc;
+    }
     size_t need_logits = (size_t)n_batch * (size_t)s->max_vocab;
     if (need_logits > s->logits_floats) {
         float *l = realloc(s->logits, need_logits * sizeof *l);

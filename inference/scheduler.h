@@ -155,6 +155,10 @@ int sched_create(const sched_params *params, kv_pool *pool, const sched_model_in
 /* Frees every sequence (their blocks go back to the pool) without events. NULL is a no-op. */
 void sched_destroy(scheduler *s);
 
+/* The checks of sched_submit alone. Reads only what is fixed at create (models, limits, the
+ * pool's size), so another thread may call it while the owner steps. */
+int sched_validate(const scheduler *s, const sched_request_params *params, duel_error *err);
+
 /* Validates and queues a request; *id gets its id (ids start at 1 and increase). DUEL_EINVAL
  * for a bad model index, empty prompt, token ids outside the vocabulary, M or max_new_tokens out
  * of range, bad sampling parameters; DUEL_ELIMIT for a prompt that does not fit the context or

@@ -1,0 +1,550 @@
+/* engine.c: the engine thread around the scheduler (see engine.h).
+ *
+ * Threads and ownership:
+ *   - The engine thread owns the scheduler, the KV pool, the models (borrowed at create) and the
+ *     table of active requests (engine_active). It pops commands, runs scheduler steps while
+ *     there is work, and turns the scheduler's events into engine_events (deep copies, text
+ *     decoded) that it pushes to the event queue.
+ *   - Callers own what they pass in (copied at submit) and the events they pop.
+ *   - The mutex guards only the id counter, the per-id state table and the stats snapshot.
+ *     Arms, limits and the scheduler's validation data are fixed at create, so engine_submit
+ *     validates in the caller's thread and a refused request never reaches the queue.
+ * The state table keeps one byte per id ever issued (1 MiB per million requests) so that
+ * engine_cancel can tell "never issued" from "already finished" without the engine thread. */
+#include "engine.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine_queue.h"
+#include "kv_cache.h"
+#include "scheduler.h"
+#include "timer.h"
+
+#define ENGINE_DEFAULT_MAX_CANDIDATES 64
+
+enum { ENGINE_STATE_UNKNOWN = 0, ENGINE_STATE_ACTIVE = 1, ENGINE_STATE_ENDED = 2 };
+
+typedef struct engine_arm {
+    char name[ENGINE_MAX_ARM_NAME];
+    model *model;
+    const tokenizer *tokenizer;
+    int32_t eos[MODEL_CONFIG_MAX_EOS];
+    int num_eos;
+} engine_arm;
+
+typedef enum engine_command_kind { ENGINE_CMD_SUBMIT, ENGINE_CMD_CANCEL } engine_command_kind;
+
+typedef struct engine_command {
+    engine_command_kind kind;
+    uint64_t id;
+    sched_request_params params; /* SUBMIT: prompt and stop_tokens point at the copies */
+    int32_t *prompt;
+    int32_t stop[SCHED_MAX_STOP_TOKENS];
+} engine_command;
+
+/* A request the scheduler holds (engine thread only). */
+typedef struct engine_active {
+    uint64_t id, sched_id;
+    int arm;
+    void *user;
+    double submit_time;
+} engine_active;
+
+struct engine {
+    engine_arm arms[SCHED_MAX_MODELS];
+    int num_arms;
+    kv_pool *pool;
+    scheduler *sched;
+    engine_queue *commands, *events;
+    pthread_t thread;
+    bool thread_started;
+
+    pthread_mutex_t lock; /* guards next_id, states, stats */
+    uint64_t next_id;
+    uint8_t *states;      /* [states_cap], by id */
+    size_t states_cap;
+    engine_stats stats;
+
+    /* Engine thread only. */
+    engine_active **active;
+    int num_active, cap_active;
+};
+
+/* ---- events ------------------------------------------------------------------------------- */
+
+void engine_event_free(engine_event *ev) {
+    if (!ev) return;
+    free(ev->candidates);
+    free(ev->tokens);
+    free(ev->text);
+    free(ev->hidden);
+    free(ev->message);
+    free(ev);
+}
+
+static void set_state(engine *e, uint64_t id, uint8_t state) {
+    pthread_mutex_lock(&e->lock);
+    if (id < e->states_cap) e->states[id] = state;
+    pthread_mutex_unlock(&e->lock);
+}
+
+static void push_event(engine *e, engine_event *ev) {
+    if (engine_queue_push(e->events, ev, NULL)) engine_event_free(ev); /* only on ENOMEM */
+}
+
+static void push_error(engine *e, uint64_t id, void *user, int status, const char *message) {
+    engine_event *ev = calloc(1, sizeof *ev);
+    if (!ev) return;
+    ev->kind = ENGINE_EVENT_ERROR;
+    ev->request_id = id;
+    ev->user = user;
+    ev->status = status;
+    ev->message = strdup(message ? message : "error");
+    push_event(e, ev);
+}
+
+static int find_active(const engine *e, uint64_t id) {
+    for (int i = 0; i < e->num_active; i++)
+        if (e->active[i]->id == id) return i;
+    return -1;
+}
+
+static void remove_active(engine *e, engine_active *a) {
+    int at = find_active(e, a->id);
+    if (at >= 0) {
+        e->active[at] = e->active[--e->num_active];
+    }
+    free(a);
+}
+
+static void *copy_floats(const float *src, int n) {
+    if (!src) return NULL;
+    float *dst = malloc((size_t)n * sizeof *dst);
+    if (dst) memcpy(dst, src, (size_t)n * sizeof *dst);
+    return dst;
+}
+
+static int32_t *copy_ints(const int32_t *src, int n) {
+    int32_t *dst = malloc(((size_t)n + 1) * sizeof *dst);
+    if (dst && n) memcpy(dst, src, (size_t)n * sizeof *dst);
+    return dst;
+}
+
+/* The scheduler's callback (engine thread): deep-copies into an engine_event. */
+static void on_sched_event(void *ctx, const sched_event *se) {
+    engine *e = ctx;
+    engine_active *a = se->user;
+    const engine_arm *arm = &e->arms[a->arm];
+    int hidden_size = model_get_config(arm->model)->hidden_size;
+    engine_event *ev = calloc(1, sizeof *ev);
+    if (!ev) goto done;
+    ev->request_id = a->id;
+    ev->user = a->user;
+    switch (se->kind) {
+    case SCHED_EVENT_PROGRESS:
+        ev->kind = ENGINE_EVENT_PROGRESS;
+        ev->count = se->count;
+        ev->candidates = copy_ints(se->candidates, se->count);
+        ev->tokens = copy_ints(se->tokens, se->count);
+        break;
+    case SCHED_EVENT_CANDIDATE: {
+        ev->kind = ENGINE_EVENT_CANDIDATE;
+        ev->candidate = se->candidate;
+        ev->count = se->count;
+        ev->tokens = copy_ints(se->tokens, se->count);
+        ev->logprob_sum = se->logprob_sum;
+        ev->finish_reason = se->finish_reason == SCHED_FINISH_STOP     ? ENGINE_FINISH_STOP
+                            : se->finish_reason == SCHED_FINISH_LENGTH ? ENGINE_FINISH_LENGTH
+                                                                       : ENGINE_FINISH_CONTEXT;
+        ev->finish_ms = (se->finish_time - a->submit_time) * 1e3;
+        if (se->hidden) {
+            ev->hidden = copy_floats(se->hidden, hidden_size);
+            ev->hidden_size = hidden_size;
+        }
+        if (arm->tokenizer) {
+            int n = se->count - (se->finish_reason == SCHED_FINISH_STOP ? 1 : 0);
+            size_t len = 0;
+            if (tokenizer_decode(arm->tokenizer, se->tokens, (size_t)n, true, &ev->text, &len,
+                                 NULL))
+                ev->text = NULL;
+        }
+        break;
+    }
+    case SCHED_EVENT_DONE: {
+        const sched_request_stats *st = se->stats;
+        ev->kind = se->cancelled ? ENGINE_EVENT_CANCELLED
+                   : se->status  ? ENGINE_EVENT_ERROR
+                                 : ENGINE_EVENT_FINISHED;
+        ev->status = se->status;
+        if (se->status) ev->message = strdup(se->message ? se->message : "failed");
+        double t0 = st->submit_time;
+        ev->timings.queued_ms = st->first_scheduled_time > 0 ? (st->first_scheduled_time - t0) * 1e3 : -1;
+        ev->timings.first_token_ms = st->prompt_done_time > 0 ? (st->prompt_done_time - t0) * 1e3 : -1;
+        ev->timings.total_ms = (st->done_time - t0) * 1e3;
+        ev->counts = (engine_counts){st->prompt_tokens,     st->prompt_computed,
+                                     st->cached_tokens,     st->recomputed_tokens,
+                                     st->generated_tokens,  st->preemptions};
+        if (se->prompt_hidden) {
+            ev->hidden = copy_floats(se->prompt_hidden, hidden_size);
+            ev->hidden_size = hidden_size;
+        }
+        break;
+    }
+    }
+done:
+    if (se->kind == SCHED_EVENT_DONE) {
+        /* Ended before the event is visible, so that a cancel after it reports "finished". */
+        set_state(e, a->id, ENGINE_STATE_ENDED);
+        remove_active(e, a);
+    }
+    if (ev) push_event(e, ev);
+}
+
+/* ---- the engine thread --------------------------------------------------------------------- */
+
+static int forward_arm(void *ctx, int model_index, kv_pool *pool, const model_batch_entry *entries,
+                       int n, duel_error *err) {
+    engine *e = ctx;
+    return model_forward_batch(e->arms[model_index].model, pool, entries, n, err);
+}
+
+static void handle_command(engine *e, engine_command *cmd) {
+    duel_error err = {0};
+    if (cmd->kind == ENGINE_CMD_CANCEL) {
+        int at = find_active(e, cmd->id);
+        /* Not active: it ended after engine_cancel checked, and its event is already queued. */
+        if (at >= 0) sched_cancel(e->sched, e->active[at]->sched_id, on_sched_event, e, &err);
+        return;
+    }
+    engine_active *a = calloc(1, sizeof *a);
+    if (e->num_active == e->cap_active) {
+        int cap = e->cap_active ? e->cap_active * 2 : 16;
+        engine_active **grown = realloc(e->active, (size_t)cap * sizeof *grown);
+        if (grown) {
+            e->active = grown;
+            e->cap_active = cap;
+        }
+    }
+    if (!a || e->num_active == e->cap_active) {
+        free(a);
+        set_state(e, cmd->id, ENGINE_STATE_ENDED);
+        push_error(e, cmd->id, cmd->params.user, DUEL_ENOMEM, "out of memory for a request");
+        return;
+    }
+    a->id = cmd->id;
+    a->arm = cmd->params.model;
+    a->user = cmd->params.user;
+    a->submit_time = cmd->params.submit_time;
+    cmd->params.user = a;
+    int rc = sched_submit(e->sched, &cmd->params, &a->sched_id, &err);
+    if (rc) {
+        set_state(e, cmd->id, ENGINE_STATE_ENDED);
+        push_error(e, cmd->id, a->user, rc, err.message);
+        free(a);
+        return;
+    }
+    e->active[e->num_active++] = a;
+}
+
+static void command_free(engine_command *cmd) {
+    if (!cmd) return;
+    free(cmd->prompt);
+    free(cmd);
+}
+
+static void update_stats(engine *e) {
+    sched_stats ss;
+    kv_pool_stats ps;
+    sched_stats_get(e->sched, &ss);
+    kv_pool_stats_get(e->pool, &ps);
+    pthread_mutex_lock(&e->lock);
+    engine_stats *o = &e->stats;
+    o->steps = ss.steps;
+    o->tokens = ss.tokens;
+    o->decode_tokens = ss.decode_tokens;
+    o->preemptions = ss.preemptions;
+    o->cached_tokens = ss.cached_tokens;
+    o->requests_submitted = ss.requests_submitted;
+    o->requests_finished = ss.requests_finished;
+    o->requests_cancelled = ss.requests_cancelled;
+    o->requests_failed = ss.requests_failed;
+    o->running = ss.running;
+    o->waiting = ss.waiting;
+    o->active_requests = ss.active_requests;
+    o->kv_blocks = ps.num_blocks;
+    o->kv_free_blocks = ps.free_blocks;
+    o->kv_cached_blocks = ps.cached_blocks;
+    o->kv_used_blocks = ps.used_blocks;
+    o->prefix_hit_blocks = ps.hit_blocks;
+    o->prefix_miss_blocks = ps.miss_blocks;
+    pthread_mutex_unlock(&e->lock);
+}
+
+static void *engine_main(void *arg) {
+    engine *e = arg;
+    for (;;) {
+        void *item = NULL;
+        /* Idle: sleep until a command comes. Busy: take what is there and step. */
+        engine_queue_pop(e->commands, sched_has_work(e->sched) ? 0 : -1, &item);
+        while (item) {
+            handle_command(e, item);
+            command_free(item);
+            engine_queue_pop(e->commands, 0, &item);
+        }
+        if (engine_queue_is_closed(e->commands)) break;
+        if (sched_has_work(e->sched)) {
+            duel_error err = {0};
+            /* A failed step has already failed its requests with ERROR events. */
+            sched_step(e->sched, on_sched_event, e, &err);
+        }
+        update_stats(e);
+    }
+    return NULL;
+}
+
+/* ---- public API ---------------------------------------------------------------------------- */
+
+int engine_arm_index(const engine *e, const char *arm) {
+    if (!e) return -1;
+    if (!arm) return 0;
+    for (int i = 0; i < e->num_arms; i++)
+        if (strcmp(e->arms[i].name, arm) == 0) return i;
+    return -1;
+}
+
+int engine_create(const engine_params *params, engine **out, duel_error *err) {
+    if (out) *out = NULL;
+    if (!params || !out) return duel_error_set(err, DUEL_EINVAL, "engine_create: NULL argument");
+    if (params->num_models < 1 || params->num_models > SCHED_MAX_MODELS || !params->models)
+        return duel_error_set(err, DUEL_EINVAL, "engine: %d models (1 to %d)", params->num_models,
+                              SCHED_MAX_MODELS);
+    engine *e = calloc(1, sizeof *e);
+    if (!e) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    pthread_mutex_init(&e->lock, NULL);
+    e->next_id = 1;
+    int rc = DUEL_OK;
+    sched_model_info infos[SCHED_MAX_MODELS];
+    const model_config *c0 = NULL;
+    for (int i = 0; i < params->num_models; i++) {
+        const engine_model_params *mp = &params->models[i];
+        if (!mp->model || !mp->arm || !mp->arm[0] || strlen(mp->arm) >= ENGINE_MAX_ARM_NAME) {
+            rc = duel_error_set(err, DUEL_EINVAL,
+                                "engine: model %d needs a model and an arm name of 1 to %d bytes",
+                                i, ENGINE_MAX_ARM_NAME - 1);
+            goto fail;
+        }
+        for (int j = 0; j < i; j++)
+            if (strcmp(e->arms[j].name, mp->arm) == 0) {
+                rc = duel_error_set(err, DUEL_EINVAL, "engine: arm \"%s\" given twice", mp->arm);
+                goto fail;
+            }
+        const model_config *c = model_get_config(mp->model);
+        if (!c0) c0 = c;
+        if (c->num_layers != c0->num_layers || c->num_kv_heads != c0->num_kv_heads ||
+            c->head_dim != c0->head_dim) {
+            rc = duel_error_set(err, DUEL_EINVAL,
+                                "engine: arm \"%s\" has a KV shape (%d layers x %d kv heads x %d) "
+                                "other than arm \"%s\"'s (%d x %d x %d); they share one pool",
+                                mp->arm, c->num_layers, c->num_kv_heads, c->head_dim,
+                                params->models[0].arm, c0->num_layers, c0->num_kv_heads,
+                                c0->head_dim);
+            goto fail;
+        }
+        engine_arm *arm = &e->arms[i];
+        snprintf(arm->name, sizeof arm->name, "%s", mp->arm);
+        arm->model = mp->model;
+        arm->tokenizer = mp->tokenizer;
+        for (int k = 0; k < c->num_eos_token_ids && k < MODEL_CONFIG_MAX_EOS; k++)
+            if (c->eos_token_ids[k] >= 0 && c->eos_token_ids[k] < c->vocab_size)
+                arm->eos[arm->num_eos++] = c->eos_token_ids[k];
+        infos[i] = (sched_model_info){.model_id = (uint64_t)i + 1,
+                                      .vocab_size = model_output_size(mp->model),
+                                      .hidden_size = c->hidden_size,
+                                      .max_context = c->max_position_embeddings > 1
+                                                         ? c->max_position_embeddings
+                                                         : 2048};
+        e->num_arms++;
+    }
+    kv_pool_params pp = {.num_layers = c0->num_layers,
+                         .num_kv_heads = c0->num_kv_heads,
+                         .head_dim = c0->head_dim,
+                         .block_size = params->block_size,
+                         .memory_budget_bytes = params->kv_memory_bytes ? params->kv_memory_bytes
+                                                                        : ENGINE_DEFAULT_KV_BYTES,
+                         .allocate_storage = true};
+    if ((rc = kv_pool_create(&pp, &e->pool, err))) goto fail;
+    sched_params sp = {.max_batch_tokens = params->max_batch_tokens,
+                       .max_running = params->max_running,
+                       .max_candidates = params->max_candidates ? params->max_candidates
+                                                                : ENGINE_DEFAULT_MAX_CANDIDATES};
+    if ((rc = sched_create(&sp, e->pool, infos, e->num_arms, forward_arm, e, &e->sched, err)))
+        goto fail;
+    if ((rc = engine_queue_create(0, &e->commands, err)) ||
+        (rc = engine_queue_create(0, &e->events, err)))
+        goto fail;
+    {
+        const kv_pool_params *got = kv_pool_get_params(e->pool);
+        e->stats.kv_bytes_per_token = 2 * (size_t)got->num_layers * got->num_kv_heads *
+                                      got->head_dim * sizeof(float);
+        e->stats.block_size = got->block_size;
+        e->stats.kv_blocks = got->num_blocks;
+        e->stats.kv_free_blocks = got->num_blocks;
+    }
+    if (pthread_create(&e->thread, NULL, engine_main, e)) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "engine: cannot start its thread");
+        goto fail;
+    }
+    e->thread_started = true;
+    *out = e;
+    return DUEL_OK;
+fail:
+    engine_destroy(e);
+    return rc;
+}
+
+void engine_destroy(engine *e) {
+    if (!e) return;
+    if (e->thread_started) {
+        engine_queue_close(e->commands);
+        pthread_join(e->thread, NULL);
+    }
+    void *item;
+    if (e->commands)
+        for (engine_queue_pop(e->commands, 0, &item); item; engine_queue_pop(e->commands, 0, &item))
+            command_free(item);
+    if (e->events)
+        for (engine_queue_pop(e->events, 0, &item); item; engine_queue_pop(e->events, 0, &item))
+            engine_event_free(item);
+    sched_destroy(e->sched);
+    for (int i = 0; i < e->num_active; i++) free(e->active[i]);
+    free(e->active);
+    kv_pool_destroy(e->pool);
+    engine_queue_destroy(e->commands);
+    engine_queue_destroy(e->events);
+    pthread_mutex_destroy(&e->lock);
+    free(e->states);
+    free(e);
+}
+
+int engine_submit(engine *e, const engine_request *r, uint64_t *id, duel_error *err) {
+    if (id) *id = 0;
+    if (!e || !r || !id) return duel_error_set(err, DUEL_EINVAL, "engine_submit: NULL argument");
+    int arm = engine_arm_index(e, r->arm);
+    if (arm < 0) {
+        char names[SCHED_MAX_MODELS * (ENGINE_MAX_ARM_NAME + 2)] = "";
+        for (int i = 0; i < e->num_arms; i++) {
+            if (i) strcat(names, ", ");
+            strcat(names, e->arms[i].name);
+        }
+        return duel_error_set(err, DUEL_ENOTFOUND, "unknown arm \"%s\" (resident: %s)", r->arm,
+                              names);
+    }
+    const engine_arm *a = &e->arms[arm];
+    engine_command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    int n_stop = 0;
+    if (r->num_stop_tokens < 0 || r->num_stop_tokens > SCHED_MAX_STOP_TOKENS ||
+        (r->num_stop_tokens && !r->stop_tokens)) {
+        free(cmd);
+        return duel_error_set(err, DUEL_EINVAL, "%d stop tokens (0 to %d)", r->num_stop_tokens,
+                              SCHED_MAX_STOP_TOKENS);
+    }
+    for (int i = 0; i < r->num_stop_tokens; i++) cmd->stop[n_stop++] = r->stop_tokens[i];
+    if (r->use_eos)
+        for (int i = 0; i < a->num_eos; i++) {
+            bool dup = false;
+            for (int j = 0; j < n_stop; j++) dup |= cmd->stop[j] == a->eos[i];
+            if (!dup && n_stop < SCHED_MAX_STOP_TOKENS) cmd->stop[n_stop++] = a->eos[i];
+        }
+    cmd->kind = ENGINE_CMD_SUBMIT;
+    cmd->params = (sched_request_params){.model = arm,
+                                         .prompt = r->tokens,
+                                         .prompt_len = r->num_tokens,
+                                         .num_candidates = r->num_candidates,
+                                         .sampling = r->sampling,
+                                         .seed = r->seed,
+                                         .max_new_tokens = r->max_new_tokens,
+                                         .stop_tokens = cmd->stop,
+                                         .num_stop_tokens = n_stop,
+                                         .want_hidden = r->want_hidden,
+                                         .want_progress = r->want_progress,
+                                         .user = r->user,
+                                         .submit_time = duel_time_seconds()};
+    int rc = sched_validate(e->sched, &cmd->params, err);
+    if (rc) {
+        free(cmd);
+        return rc;
+    }
+    cmd->prompt = copy_ints(r->tokens, r->num_tokens);
+    if (!cmd->prompt) {
+        free(cmd);
+        return duel_error_set(err, DUEL_ENOMEM, "out of memory for a prompt");
+    }
+    cmd->params.prompt = cmd->prompt;
+
+    pthread_mutex_lock(&e->lock);
+    uint64_t new_id = e->next_id;
+    if (new_id >= e->states_cap) {
+        size_t cap = e->states_cap ? e->states_cap * 2 : 1024;
+        uint8_t *grown = realloc(e->states, cap);
+        if (!grown) {
+            pthread_mutex_unlock(&e->lock);
+            command_free(cmd);
+            return duel_error_set(err, DUEL_ENOMEM, "out of memory for the request table");
+        }
+        memset(grown + e->states_cap, 0, cap - e->states_cap);
+        e->states = grown;
+        e->states_cap = cap;
+    }
+    cmd->id = new_id;
+    rc = engine_queue_push(e->commands, cmd, err);
+    if (!rc) {
+        e->states[new_id] = ENGINE_STATE_ACTIVE;
+        e->next_id++;
+    }
+    pthread_mutex_unlock(&e->lock);
+    if (rc) {
+        command_free(cmd);
+        return rc;
+    }
+    *id = new_id;
+    return DUEL_OK;
+}
+
+int engine_cancel(engine *e, uint64_t id, duel_error *err) {
+    if (!e) return duel_error_set(err, DUEL_EINVAL, "engine_cancel: NULL engine");
+    pthread_mutex_lock(&e->lock);
+    uint8_t state = id < e->states_cap && id < e->next_id ? e->states[id] : ENGINE_STATE_UNKNOWN;
+    pthread_mutex_unlock(&e->lock);
+    if (state == ENGINE_STATE_UNKNOWN)
+        return duel_error_set(err, DUEL_ENOTFOUND, "cancel: no request %llu was submitted",
+                              (unsigned long long)id);
+    if (state == ENGINE_STATE_ENDED)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "cancel: request %llu has already finished (or was cancelled)",
+                              (unsigned long long)id);
+    engine_command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    cmd->kind = ENGINE_CMD_CANCEL;
+    cmd->id = id;
+    int rc = engine_queue_push(e->commands, cmd, err);
+    if (rc) free(cmd);
+    return rc;
+}
+
+void engine_poll(engine *e, double timeout_seconds, engine_event **event) {
+    *event = NULL;
+    if (!e) return;
+    void *item = NULL;
+    engine_queue_pop(e->events, timeout_seconds, &item);
+    *event = item;
+}
+
+void engine_stats_get(engine *e, engine_stats *out) {
+    pthread_mutex_lock(&e->lock);
+    *out = e->stats;
+    pthread_mutex_unlock(&e->lock);
+}

@@ -1,0 +1,160 @@
+/* engine.h: the inference engine (DESIGN.md section 4): resident models (snapshots, "arms"), one
+ * shared paged KV pool, the continuous-batching scheduler, all on one engine thread. Callers
+ * talk to it through two queues: engine_submit and engine_cancel push commands, engine_poll pops
+ * events. Every call here is thread-safe.
+ *
+ * A request is one duel turn: the conversation's tokens (chat template applied), an arm, M, the
+ * sampling parameters and a seed. The engine prefills the prompt once, forks M candidates that
+ * share its KV blocks, and decodes them in the batch with every other request; candidate i
+ * samples with duel_rng_seed(seed + i) (so a request with seed + i and M = 1 reproduces it).
+ * Events, in order for one request: PROGRESS (optional, new tokens per step), CANDIDATE (one per
+ * finished candidate: tokens, text, summed log-probability, last-token hidden state), then
+ * exactly one of FINISHED (with timings and counts), CANCELLED or ERROR.
+ *
+ * Ownership: the engine borrows the models and tokenizers given at create; from engine_create
+ * until engine_destroy only the engine thread may use the models (they hold scratch buffers).
+ * Tokenizers are immutable and may be shared. Events belong to the caller once popped. */
+#ifndef DUEL_ENGINE_H
+#define DUEL_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "model.h"
+#include "sampler.h"
+#include "tokenizer.h"
+
+#define ENGINE_MAX_ARM_NAME 64
+#define ENGINE_DEFAULT_KV_BYTES ((size_t)256 << 20) /* KV pool budget when none is given */
+
+typedef struct engine engine;
+
+typedef struct engine_model_params {
+    const char *arm;           /* unique name ("default", "v000012"); < ENGINE_MAX_ARM_NAME */
+    model *model;              /* borrowed; all models must share the KV shape (layers, kv heads,
+                                  head_dim): they share one pool */
+    const tokenizer *tokenizer;/* borrowed, for candidate text; NULL: no text */
+} engine_model_params;
+
+typedef struct engine_params {
+    const engine_model_params *models;
+    int num_models;
+    size_t kv_memory_bytes;    /* KV pool budget (config engine.kv_memory); 0: the default */
+    int block_size;            /* 0: KV_BLOCK_SIZE */
+    int max_batch_tokens;      /* per step; 0: SCHED_DEFAULT_BATCH_TOKENS */
+    int max_running;           /* 0: SCHED_DEFAULT_MAX_RUNNING */
+    int max_candidates;        /* M limit; 0: 64 */
+} engine_params;
+
+typedef struct engine_request {
+    const char *arm;           /* NULL: the first model */
+    const int32_t *tokens;     /* the prompt; copied */
+    int num_tokens;
+    int num_candidates;        /* M */
+    sampler_params sampling;
+    uint64_t seed;
+    int max_new_tokens;
+    const int32_t *stop_tokens;/* copied; NULL with use_eos: the model's eos ids */
+    int num_stop_tokens;
+    bool use_eos;              /* also stop at the model config's eos_token_id(s) */
+    bool want_hidden;          /* candidates' and prompt's final hidden states */
+    bool want_progress;        /* PROGRESS events */
+    void *user;                /* handed back in every event */
+} engine_request;
+
+typedef enum engine_event_kind {
+    ENGINE_EVENT_PROGRESS,
+    ENGINE_EVENT_CANDIDATE,
+    ENGINE_EVENT_FINISHED,
+    ENGINE_EVENT_CANCELLED,
+    ENGINE_EVENT_ERROR,
+} engine_event_kind;
+
+typedef enum engine_finish_reason {
+    ENGINE_FINISH_STOP,    /* a stop token (the last of its tokens; not in its text) */
+    ENGINE_FINISH_LENGTH,  /* max_new_tokens */
+    ENGINE_FINISH_CONTEXT, /* the model's context is full */
+} engine_finish_reason;
+
+typedef struct engine_timings {
+    double queued_ms;       /* submit -> first scheduled */
+    double first_token_ms;  /* submit -> prompt done (first token of every candidate sampled) */
+    double total_ms;        /* submit -> all candidates finished */
+} engine_timings;
+
+typedef struct engine_counts {
+    int prompt_tokens;
+    int64_t prompt_computed;   /* prompt positions run through the model (prompt_tokens -
+                                  cached_tokens when it was prefilled once) */
+    int64_t cached_tokens;     /* prompt positions reused from the prefix cache */
+    int64_t recomputed_tokens; /* generated positions recomputed after preemption */
+    int64_t generated_tokens;  /* over all candidates */
+    int preemptions;
+} engine_counts;
+
+typedef struct engine_event {
+    engine_event_kind kind;
+    uint64_t request_id;
+    void *user;
+    /* PROGRESS: count (candidate, token) pairs. CANDIDATE: candidate, its count tokens. */
+    int count;
+    int32_t *candidates;
+    int32_t *tokens;
+    int candidate;
+    char *text;                /* CANDIDATE: decoded (special tokens skipped, a final stop token
+                                  left out); NULL without a tokenizer */
+    double logprob_sum;        /* CANDIDATE: sum of log p(token) at temperature 1, unfiltered */
+    float *hidden;             /* CANDIDATE with want_hidden: hidden_size floats at its last
+                                  token; FINISHED with want_hidden: at the last prompt token */
+    int hidden_size;
+    engine_finish_reason finish_reason;
+    double finish_ms;          /* CANDIDATE: submit -> this candidate finished */
+    engine_timings timings;    /* FINISHED, CANCELLED, ERROR (what is known) */
+    engine_counts counts;
+    int status;                /* ERROR: the DUEL_E* code */
+    char *message;             /* ERROR: what went wrong */
+} engine_event;
+
+/* Creates the pool (capacity from kv_memory_bytes) and scheduler, starts the engine thread.
+ * DUEL_EINVAL for no models, duplicate or bad arm names, models of different KV shapes. */
+int engine_create(const engine_params *params, engine **out, duel_error *err);
+/* Stops the thread (requests in flight are dropped without events), frees everything but the
+ * borrowed models and tokenizers. NULL is a no-op. */
+void engine_destroy(engine *e);
+
+/* Validates and queues a request; *id gets its id (from 1, increasing). Errors, with nothing
+ * queued: DUEL_ENOTFOUND for an unknown arm; DUEL_EINVAL for M outside 1..max_candidates, an
+ * empty prompt, token ids outside the vocabulary, max_new_tokens < 1, bad sampling or stop
+ * tokens; DUEL_ELIMIT for a prompt that does not fit the arm's context or a candidate longer
+ * than the whole KV pool. */
+int engine_submit(engine *e, const engine_request *request, uint64_t *id, duel_error *err);
+
+/* Asks the engine to cancel a request; its CANCELLED event follows (or its FINISHED event, if it
+ * finished first). DUEL_ENOTFOUND for an id never issued, DUEL_EINVAL for a request that has
+ * already finished, was cancelled or failed. */
+int engine_cancel(engine *e, uint64_t id, duel_error *err);
+
+/* Pops the next event, waiting up to timeout_seconds (< 0: forever); *event is NULL when none
+ * came. Free it with engine_event_free. */
+void engine_poll(engine *e, double timeout_seconds, engine_event **event);
+void engine_event_free(engine_event *event);
+
+typedef struct engine_stats {
+    uint64_t steps, tokens, decode_tokens, preemptions, cached_tokens;
+    uint64_t requests_submitted, requests_finished, requests_cancelled, requests_failed;
+    int running, waiting, active_requests;
+    int32_t kv_blocks, kv_free_blocks, kv_cached_blocks, kv_used_blocks;
+    size_t kv_bytes_per_token; /* K and V of one token over all layers */
+    int block_size;
+    uint64_t prefix_hit_blocks, prefix_miss_blocks;
+} engine_stats;
+
+/* A snapshot taken after the engine thread's latest step. */
+void engine_stats_get(engine *e, engine_stats *out);
+
+/* Index of an arm by name, or -1. */
+int engine_arm_index(const engine *e, const char *arm);
+
+#endif
