@@ -87,6 +87,15 @@ for cmd in info generate "bench forward" "bench machine"; do
 done
 expect 0 'forward' -- bench --help
 
+# Every command listed by `duel --help` (including those other parts add): --help exits 0 with a
+# usage line; an unknown option exits 2 with a message.
+mapfile -t COMMANDS < <("$DUEL" --help | awk '/^commands:/ { f = 1; next } /^$/ { f = 0 } f { print $1 }')
+[ ${#COMMANDS[@]} -ge 3 ] || fail "duel --help lists ${#COMMANDS[@]} commands"
+for cmd in "${COMMANDS[@]}"; do
+    expect 0 "^usage: duel $cmd" -- "$cmd" --help
+    expect 2 "." -- "$cmd" --frob
+done
+
 echo "== usage errors exit 2 with a message"
 expect 2 "unknown option '--frob'" -- info --frob
 expect 2 "unknown option '--frob'" -- generate --frob --model x --prompt y
