@@ -390,6 +390,8 @@ done:
     return status;
 }
 
+int bench_engine(int argc, char **argv); /* cmd_bench_engine.c */
+
 static const struct {
     const char *name;
     const char *summary;
@@ -398,6 +400,8 @@ static const struct {
     {"forward", "prefill and decode tokens/s of a model, as fractions of the machine's limits",
      bench_forward},
     {"machine", "this machine's limits: sgemm GFLOP/s and memory read bandwidth", bench_machine},
+    {"engine", "serving engine: batched decode tokens/s, time to duel, prefix cache hit rate",
+     bench_engine},
 };
 
 static void print_bench_help(FILE *out) {

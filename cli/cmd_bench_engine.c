@@ -1,0 +1,396 @@
+/* cmd_bench_engine.c: `duel bench engine`: the serving engine (inference/engine.h) on one model,
+ * driven through its queues exactly as a server would. Measures
+ *   - aggregate decode tokens/s at several numbers of concurrent sequences (independent
+ *     requests, M = 1), and for one request of M = 8 forked candidates;
+ *   - time to duel: submit -> every candidate of an M-candidate request finished (p50, p95),
+ *     with the prompt positions computed (equal to the prompt length: prefilled once);
+ *   - KV bytes per token;
+ *   - the prefix cache's hit rate over a multi-turn conversation replay: each turn's prompt is
+ *     the previous prompt, the chosen answer and a new user message; hit rate = prompt positions
+ *     attached from the cache / history positions (previous prompt + answer), over turns 2..T.
+ * Progress goes to stderr, the figures to stdout; with --json the last stdout line is one JSON
+ * object holding them all. Prompts are random token ids (the model's weights decide nothing
+ * here but the stop time, and no stop token is used). */
+#include <jansson.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "cli.h"
+#include "engine.h"
+#include "model.h"
+#include "rng.h"
+#include "timer.h"
+
+int bench_engine(int argc, char **argv);
+
+#define BENCH_MAX_LEVELS 16
+
+typedef struct bench_engine_options {
+    long long prompt, decode, duel_m, duel_new, duels, turns, turn_user, turn_answer, kv_mb,
+        batch_tokens;
+    const char *levels;
+} bench_engine_options;
+
+static int32_t *random_tokens(duel_rng *rng, int n, int vocab) {
+    int32_t *t = malloc((size_t)n * sizeof *t);
+    if (t)
+        for (int i = 0; i < n; i++) t[i] = (int32_t)duel_rng_below(rng, (uint64_t)vocab);
+    return t;
+}
+
+/* Waits for the next event; NULL (with a message) after a minute of silence. */
+static engine_event *next_event(engine *e) {
+    engine_event *ev = NULL;
+    engine_poll(e, 60.0, &ev);
+    if (!ev) fprintf(stderr, "duel bench engine: no event from the engine in 60 s\n");
+    return ev;
+}
+
+/* Decode throughput with n concurrent sequences: n requests of M = 1 (or one request of M = n
+ * when forked), each decoding `decode` tokens. Tokens/s counts the tokens sampled after every
+ * sequence had its first token, over the time from then to the end. */
+static int measure_decode(engine *e, int vocab, int n, bool forked, const bench_engine_options *o,
+                          duel_rng *rng, double *tokens_per_s) {
+    int requests = forked ? 1 : n;
+    int32_t **prompts = calloc((size_t)requests, sizeof *prompts);
+    int *started = calloc((size_t)requests, sizeof *started);
+    int status = -1;
+    if (!prompts || !started) goto done;
+    duel_error err = {0};
+    for (int i = 0; i < requests; i++) {
+        if (!(prompts[i] = random_tokens(rng, (int)o->prompt, vocab))) goto done;
+        engine_request r = {.tokens = prompts[i], .num_tokens = (int)o->prompt,
+                            .num_candidates = forked ? n : 1, .sampling = {0, 1, 0},
+                            .seed = (uint64_t)i, .max_new_tokens = (int)o->decode,
+                            .want_progress = true, .user = (void *)(intptr_t)i};
+        uint64_t id;
+        if (engine_submit(e, &r, &id, &err)) {
+            fprintf(stderr, "duel bench engine: %s\n", err.message);
+            goto done;
+        }
+    }
+    int all_started = 0, finished = 0, need_started = n;
+    long long after = 0;
+    double t_start = 0, t_end = 0;
+    while (finished < requests) {
+        engine_event *ev = next_event(e);
+        if (!ev) goto done;
+        int i = (int)(intptr_t)ev->user;
+        if (ev->kind == ENGINE_EVENT_PROGRESS) {
+            if (all_started == need_started) after += ev->count;
+            for (int k = 0; k < ev->count && all_started < need_started; k++) {
+                /* forked: the fork step samples every candidate's first token at once */
+                started[i]++;
+                if (forked ? started[i] <= n : started[i] == 1) all_started++;
+                if (all_started == need_started) t_start = duel_time_seconds();
+            }
+        } else if (ev->kind == ENGINE_EVENT_FINISHED) {
+            finished++;
+            t_end = duel_time_seconds();
+        } else if (ev->kind != ENGINE_EVENT_CANDIDATE) {
+            fprintf(stderr, "duel bench engine: request failed: %s\n",
+                    ev->message ? ev->message : "?");
+            engine_event_free(ev);
+            goto done;
+        }
+        engine_event_free(ev);
+    }
+    *tokens_per_s = t_end > t_start ? (double)after / (t_end - t_start) : 0;
+    status = 0;
+done:
+    for (int i = 0; prompts && i < requests; i++) free(prompts[i]);
+    free(prompts);
+    free(started);
+    return status;
+}
+
+static int compare_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double percentile(double *v, int n, double q) {
+    qsort(v, (size_t)n, sizeof *v, compare_double);
+    double pos = q * (n - 1);
+    int lo = (int)pos;
+    return lo + 1 < n ? v[lo] + (pos - lo) * (v[lo + 1] - v[lo]) : v[lo];
+}
+
+/* Runs one request to its end; returns its FINISHED event (caller frees) and candidate 0's
+ * tokens in *answer (malloc'd). */
+static engine_event *run_one(engine *e, const engine_request *r, int32_t **answer, int *n_answer) {
+    duel_error err = {0};
+    uint64_t id;
+    if (engine_submit(e, r, &id, &err)) {
+        fprintf(stderr, "duel bench engine: %s\n", err.message);
+        return NULL;
+    }
+    for (;;) {
+        engine_event *ev = next_event(e);
+        if (!ev) return NULL;
+        if (ev->kind == ENGINE_EVENT_CANDIDATE && ev->candidate == 0 && answer) {
+            *answer = ev->tokens;
+            *n_answer = ev->count;
+            ev->tokens = NULL;
+        }
+        if (ev->kind == ENGINE_EVENT_FINISHED) return ev;
+        if (ev->kind == ENGINE_EVENT_ERROR || ev->kind == ENGINE_EVENT_CANCELLED) {
+            fprintf(stderr, "duel bench engine: request failed: %s\n",
+                    ev->message ? ev->message : "cancelled");
+            engine_event_free(ev);
+            return NULL;
+        }
+        engine_event_free(ev);
+    }
+}
+
+static int parse_levels(const char *s, int *levels, int *n) {
+    *n = 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1 || v > 4096 || *n == BENCH_MAX_LEVELS) return -1;
+        levels[(*n)++] = (int)v;
+        s = *end == ',' ? end + 1 : end;
+        if (*end && *end != ',') return -1;
+    }
+    return *n ? 0 : -1;
+}
+
+int bench_engine(int argc, char **argv) {
+    const char *dir = NULL;
+    bench_engine_options o = {.prompt = 32, .decode = 32, .duel_m = 8, .duel_new = 64,
+                              .duels = 8, .turns = 8, .turn_user = 24, .turn_answer = 48,
+                              .kv_mb = 512, .batch_tokens = 256, .levels = "1,8,32,128"};
+    bool json = false;
+    const cli_option options[] = {
+        {"--model", CLI_OPT_STRING, &dir, "DIR", "model directory; required", 0, 0, false, NULL},
+        {"--concurrency", CLI_OPT_STRING, &o.levels, "LIST",
+         "numbers of concurrent sequences for the decode rate (default 1,8,32,128)", 0, 0, false,
+         NULL},
+        {"--prompt", CLI_OPT_INT, &o.prompt, "N", "prompt tokens of the decode runs (default 32)",
+         1, 1e5, false, NULL},
+        {"--decode", CLI_OPT_INT, &o.decode, "N",
+         "tokens each sequence decodes in the decode runs (default 32)", 2, 1e5, false, NULL},
+        {"--duel-m", CLI_OPT_INT, &o.duel_m, "M", "candidates per duel (default 8)", 2, 1024,
+         false, NULL},
+        {"--duel-new", CLI_OPT_INT, &o.duel_new, "N", "new tokens per candidate (default 64)", 1,
+         1e5, false, NULL},
+        {"--duels", CLI_OPT_INT, &o.duels, "N", "duels timed, one at a time (default 8)", 1, 1e4,
+         false, NULL},
+        {"--turns", CLI_OPT_INT, &o.turns, "N", "turns of the conversation replay (default 8)",
+         2, 1000, false, NULL},
+        {"--turn-user", CLI_OPT_INT, &o.turn_user, "N",
+         "new user tokens per turn (default 24)", 1, 1e5, false, NULL},
+        {"--turn-answer", CLI_OPT_INT, &o.turn_answer, "N",
+         "answer tokens per turn (default 48)", 1, 1e5, false, NULL},
+        {"--kv-mb", CLI_OPT_INT, &o.kv_mb, "MIB", "KV pool memory budget (default 512)", 1,
+         1 << 20, false, NULL},
+        {"--batch-tokens", CLI_OPT_INT, &o.batch_tokens, "N",
+         "token budget of one engine step (default 256)", 1, 1e6, false, NULL},
+        {"--json", CLI_OPT_FLAG, &json, NULL,
+         "print the figures as one JSON object on the last line of stdout", 0, 0, false, NULL},
+    };
+    const cli_command cmd = {
+        "bench engine", "--model DIR [options]",
+        "Measures the serving engine (continuous batching over the paged KV cache) through its\n"
+        "queues: aggregate greedy decode tokens/s at each --concurrency level (independent\n"
+        "requests) and for one request of --duel-m forked candidates; time to duel (submit ->\n"
+        "all --duel-m candidates of --duel-new tokens finished; p50 and p95 of --duels runs)\n"
+        "with the prompt positions computed; KV bytes per token; and the prefix cache's hit\n"
+        "rate over a --turns conversation replay (cached prompt positions / history positions).",
+        options, sizeof options / sizeof options[0]};
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
+    if (!dir) return cli_usage_error(&cmd, "--model DIR is required");
+    int levels[BENCH_MAX_LEVELS], n_levels;
+    if (parse_levels(o.levels, levels, &n_levels))
+        return cli_usage_error(&cmd, "--concurrency wants a comma-separated list of 1..4096, "
+                                     "got '%s'", o.levels);
+    struct stat st;
+    if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
+        fprintf(stderr, "duel bench engine: model directory '%s' does not exist\n", dir);
+        return CLI_EXIT_FAILURE;
+    }
+    duel_error err = {0};
+    fprintf(stderr, "loading %s...\n", dir);
+    model *m = NULL;
+    if (model_load(dir, &m, &err)) {
+        fprintf(stderr, "duel bench engine: %s\n", err.message);
+        return CLI_EXIT_FAILURE;
+    }
+    const model_config *c = model_get_config(m);
+    int vocab = c->vocab_size;
+    engine_model_params mp = {"bench", m, NULL};
+    engine_params ep = {.models = &mp, .num_models = 1,
+                        .kv_memory_bytes = (size_t)o.kv_mb << 20,
+                        .max_batch_tokens = (int)o.batch_tokens,
+                        .max_candidates = (int)o.duel_m};
+    engine *e = NULL;
+    if (engine_create(&ep, &e, &err)) {
+        fprintf(stderr, "duel bench engine: %s\n", err.message);
+        model_free(m);
+        return CLI_EXIT_FAILURE;
+    }
+    int status = CLI_EXIT_FAILURE;
+    json_t *out = json_object();
+    duel_rng rng;
+    duel_rng_seed(&rng, 42);
+    engine_stats es;
+    engine_stats_get(e, &es);
+    printf("model: %s (%d layers, hidden %d, %d kv heads x %d)\n", dir, c->num_layers,
+           c->hidden_size, c->num_kv_heads, c->head_dim);
+    printf("KV: %zu bytes per token, %d blocks of %d tokens (%lld MiB budget)\n",
+           es.kv_bytes_per_token, es.kv_blocks, es.block_size, o.kv_mb);
+    json_object_set_new(out, "model", json_string(dir));
+    json_object_set_new(out, "kv_bytes_per_token", json_integer((json_int_t)es.kv_bytes_per_token));
+    json_object_set_new(out, "kv_blocks", json_integer(es.kv_blocks));
+
+    /* Decode rates. A warm-up first (page faults, BLAS threads). */
+    double rate;
+    if (measure_decode(e, vocab, 1, false, &o, &rng, &rate)) goto done;
+    double rate1 = 0;
+    json_t *rates = json_object();
+    json_object_set_new(out, "decode_tokens_per_s", rates);
+    for (int i = 0; i < n_levels; i++) {
+        fprintf(stderr, "decode: %d concurrent sequences...\n", levels[i]);
+        if (measure_decode(e, vocab, levels[i], false, &o, &rng, &rate)) goto done;
+        if (levels[i] == 1) rate1 = rate;
+        printf("decode, %4d concurrent sequences: %9.1f tokens/s", levels[i], rate);
+        if (rate1 > 0 && levels[i] > 1) printf(" (%.2fx one sequence)", rate / rate1);
+        printf("\n");
+        char key[16];
+        snprintf(key, sizeof key, "%d", levels[i]);
+        json_object_set_new(rates, key, json_real(rate));
+    }
+    fprintf(stderr, "decode: one request of M = %lld forked candidates...\n", o.duel_m);
+    if (measure_decode(e, vocab, (int)o.duel_m, true, &o, &rng, &rate)) goto done;
+    printf("decode, one request of M = %lld forked candidates: %.1f tokens/s", o.duel_m, rate);
+    if (rate1 > 0) printf(" (%.2fx one sequence)", rate / rate1);
+    printf("\n");
+    json_object_set_new(out, "decode_tokens_per_s_forked_m", json_real(rate));
+
+    /* Time to duel, one duel at a time on an idle engine. */
+    {
+        double *total = calloc((size_t)o.duels, sizeof *total);
+        double *first = calloc((size_t)o.duels, sizeof *first);
+        long long computed = 0, prompt_tokens = 0;
+        if (!total || !first) {
+            free(total);
+            free(first);
+            goto done;
+        }
+        bool ok = true;
+        for (long long d = 0; d < o.duels && ok; d++) {
+            fprintf(stderr, "duel %lld/%lld (M = %lld, %lld new tokens)...\n", d + 1, o.duels,
+                    o.duel_m, o.duel_new);
+            int32_t *prompt = random_tokens(&rng, (int)o.prompt, vocab);
+            engine_request r = {.tokens = prompt, .num_tokens = (int)o.prompt,
+                                .num_candidates = (int)o.duel_m, .sampling = {1.0f, 1.0f, 0},
+                                .seed = (uint64_t)d, .max_new_tokens = (int)o.duel_new,
+                                .want_hidden = true};
+            engine_event *ev = prompt ? run_one(e, &r, NULL, NULL) : NULL;
+            free(prompt);
+            if (!ev) {
+                ok = false;
+                break;
+            }
+            total[d] = ev->timings.total_ms;
+            first[d] = ev->timings.first_token_ms;
+            computed += ev->counts.prompt_computed;
+            prompt_tokens += ev->counts.prompt_tokens;
+            engine_event_free(ev);
+        }
+        if (ok) {
+            double p50 = percentile(total, (int)o.duels, 0.5),
+                   p95 = percentile(total, (int)o.duels, 0.95),
+                   f50 = percentile(first, (int)o.duels, 0.5);
+            printf("time to duel (M = %lld, %lld new tokens, %lld-token prompt): p50 %.0f ms, "
+                   "p95 %.0f ms (first tokens at p50 %.0f ms)\n",
+                   o.duel_m, o.duel_new, o.prompt, p50, p95, f50);
+            printf("    prompt positions computed: %lld for %lld prompt tokens over %lld duels "
+                   "(prefilled once per duel, not M times)\n",
+                   computed, prompt_tokens, o.duels);
+            json_t *td = json_object();
+            json_object_set_new(td, "m", json_integer(o.duel_m));
+            json_object_set_new(td, "new_tokens", json_integer(o.duel_new));
+            json_object_set_new(td, "p50_ms", json_real(p50));
+            json_object_set_new(td, "p95_ms", json_real(p95));
+            json_object_set_new(td, "first_token_p50_ms", json_real(f50));
+            json_object_set_new(td, "prompt_tokens", json_integer(prompt_tokens));
+            json_object_set_new(td, "prompt_positions_computed", json_integer(computed));
+            json_object_set_new(out, "time_to_duel", td);
+        }
+        free(total);
+        free(first);
+        if (!ok) goto done;
+    }
+
+    /* Multi-turn replay: every turn a duel of M candidates; candidate 0 is the chosen answer. */
+    {
+        int cap = (int)(o.turns * (o.turn_user + o.turn_answer) + 1);
+        if (cap >= c->max_position_embeddings) {
+            fprintf(stderr, "duel bench engine: --turns x (--turn-user + --turn-answer) = %d "
+                            "exceeds the model's context (%d)\n",
+                    cap, c->max_position_embeddings);
+            goto done;
+        }
+        int32_t *conv = malloc((size_t)cap * sizeof *conv);
+        if (!conv) goto done;
+        int len = 0;
+        long long history = 0, cached = 0;
+        bool ok = true;
+        for (long long t = 0; t < o.turns && ok; t++) {
+            int prev = len;
+            for (long long i = 0; i < o.turn_user; i++)
+                conv[len++] = (int32_t)duel_rng_below(&rng, (uint64_t)vocab);
+            engine_request r = {.tokens = conv, .num_tokens = len,
+                                .num_candidates = (int)o.duel_m, .sampling = {1.0f, 1.0f, 0},
+                                .seed = (uint64_t)t, .max_new_tokens = (int)o.turn_answer,
+                                .want_hidden = true};
+            int32_t *answer = NULL;
+            int n_answer = 0;
+            engine_event *ev = run_one(e, &r, &answer, &n_answer);
+            if (!ev) {
+                ok = false;
+                break;
+            }
+            if (t > 0) {
+                history += prev;
+                cached += ev->counts.cached_tokens;
+            }
+            fprintf(stderr, "turn %lld: prompt %d tokens, history %d, cached %lld\n", t + 1, len,
+                    prev, (long long)ev->counts.cached_tokens);
+            engine_event_free(ev);
+            for (int i = 0; i < n_answer && len < cap; i++) conv[len++] = answer[i];
+            free(answer);
+        }
+        free(conv);
+        if (!ok) goto done;
+        double hit = history ? (double)cached / (double)history : 0;
+        printf("prefix cache, %lld-turn replay (M = %lld): %lld of %lld history tokens reused "
+               "(%.1f%%)\n",
+               o.turns, o.duel_m, cached, history, 100 * hit);
+        json_object_set_new(out, "prefix_cache_hit_rate", json_real(hit));
+        json_object_set_new(out, "prefix_cache_history_tokens", json_integer(history));
+    }
+    engine_stats_get(e, &es);
+    printf("engine: %llu steps, %llu tokens run, %llu preemptions\n",
+           (unsigned long long)es.steps, (unsigned long long)es.tokens,
+           (unsigned long long)es.preemptions);
+    json_object_set_new(out, "preemptions", json_integer((json_int_t)es.preemptions));
+    if (json) {
+        char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6));
+        if (text) printf("%s\n", text);
+        free(text);
+    }
+    status = CLI_EXIT_OK;
+done:
+    json_decref(out);
+    engine_destroy(e);
+    model_free(m);
+    return status;
+}
