@@ -56,5 +56,7 @@ int cmd_pretrain(int argc, char **argv);
 int cmd_sft(int argc, char **argv);
 int cmd_dpo(int argc, char **argv);
 int cmd_tokenizer(int argc, char **argv);
+/* cmd_bench_train.c: `duel bench train` (cmd_bench.c dispatches to it) */
+int bench_train(int argc, char **argv);
 
 #endif

@@ -402,6 +402,7 @@ static const struct {
     {"machine", "this machine's limits: sgemm GFLOP/s and memory read bandwidth", bench_machine},
     {"engine", "serving engine: batched decode tokens/s, time to duel, prefix cache hit rate",
      bench_engine},
+    {"train", "training tokens/s and DPO pairs/s on the CPU, as fractions of sgemm", bench_train},
 };
 
 static void print_bench_help(FILE *out) {

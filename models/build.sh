@@ -15,7 +15,7 @@ PYTHON=${PYTHON:-python3}
 SEED=${SEED:-1234}
 # Sizes chosen to finish in about 30 minutes on 2 shared CPU cores.
 PRETRAIN_STEPS=${PRETRAIN_STEPS:-300}
-SFT_STEPS=${SFT_STEPS:-800}
+SFT_STEPS=${SFT_STEPS:-3000}
 
 if [ ! -x "$DUEL" ]; then
     cmake -S "$ROOT" -B "$ROOT/build" -DDUEL_CUDA=OFF >/dev/null
