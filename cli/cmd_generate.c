@@ -149,12 +149,10 @@ static int is_stop(const generator *g, int32_t id) {
     return 0;
 }
 
-/* Encodes text, with the BOS token first when add_bos, the model wants one and the text lacks
- * it. *ids is heap-allocated. */
-static int generator_encode(const generator *g, const char *text, bool parse_special,
-                            bool add_bos, int32_t **ids, size_t *n_ids, duel_error *err) {
-    int rc = tokenizer_encode(g->tok, text, strlen(text), parse_special, ids, n_ids, err);
-    if (rc || !add_bos || g->bos_id < 0 || (*n_ids > 0 && (*ids)[0] == g->bos_id)) return rc;
+/* Puts the BOS token first when add_bos, the model wants one and *ids lacks it. */
+static int prepend_bos(const generator *g, bool add_bos, int32_t **ids, size_t *n_ids,
+                       duel_error *err) {
+    if (!add_bos || g->bos_id < 0 || (*n_ids > 0 && (*ids)[0] == g->bos_id)) return DUEL_OK;
     int32_t *with_bos = malloc((*n_ids + 1) * sizeof *with_bos);
     if (!with_bos) {
         free(*ids);
@@ -167,6 +165,14 @@ static int generator_encode(const generator *g, const char *text, bool parse_spe
     *ids = with_bos;
     (*n_ids)++;
     return DUEL_OK;
+}
+
+/* Encodes text, with the BOS token first when add_bos and the model wants one. *ids is
+ * heap-allocated. */
+static int generator_encode(const generator *g, const char *text, bool parse_special,
+                            bool add_bos, int32_t **ids, size_t *n_ids, duel_error *err) {
+    int rc = tokenizer_encode(g->tok, text, strlen(text), parse_special, ids, n_ids, err);
+    return rc ? rc : prepend_bos(g, add_bos, ids, n_ids, err);
 }
 
 /* Runs prompt[0..n) (the whole sequence so far) and generates up to max_new tokens, streaming
@@ -292,21 +298,20 @@ static void conversation_free(conversation *c) {
  * it to the conversation. */
 static int chat_turn(generator *g, chat_template_kind kind, conversation *c, int max_new,
                      generation_stats *stats, duel_error *err) {
-    char *text = NULL, *answer = NULL;
+    char *answer = NULL;
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    int rc = chat_template_render(kind, c->messages, c->count, true, &text, err);
-    /* As Hugging Face's apply_chat_template: the chatml and llama3 templates carry their own
-     * start tokens; the plain template is raw text for base models and gets BOS like a prompt. */
-    if (rc == 0)
-        rc = generator_encode(g, text, true, kind == CHAT_TEMPLATE_PLAIN, &ids, &n_ids, err);
+    /* Content is encoded with special-token parsing off, so typed markers stay text. As Hugging
+     * Face's apply_chat_template: the chatml and llama3 templates carry their own start tokens;
+     * the plain template is raw text for base models and gets BOS like a prompt. */
+    int rc = chat_template_encode(kind, g->tok, c->messages, c->count, true, &ids, &n_ids, err);
+    if (rc == 0) rc = prepend_bos(g, kind == CHAT_TEMPLATE_PLAIN, &ids, &n_ids, err);
     if (rc == 0 && n_ids > (size_t)g->context)
         rc = duel_error_set(err, DUEL_ELIMIT,
                             "the conversation is %zu tokens but the context holds %d", n_ids,
                             g->context);
     if (rc == 0) rc = generator_run(g, ids, (int)n_ids, max_new, stdout, &answer, stats, err);
     if (rc == 0) rc = conversation_add(c, "assistant", answer, strlen(answer));
-    free(text);
     free(ids);
     free(answer);
     return rc;

@@ -108,8 +108,7 @@ typedef struct text_buffer {
     bool failed;
 } text_buffer;
 
-static void put(text_buffer *b, const char *s) {
-    size_t n = strlen(s);
+static void put_bytes(text_buffer *b, const char *s, size_t n) {
     if (b->failed) return;
     if (b->n + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
@@ -122,8 +121,81 @@ static void put(text_buffer *b, const char *s) {
         b->p = p;
         b->cap = cap;
     }
-    memcpy(b->p + b->n, s, n + 1);
+    memcpy(b->p + b->n, s, n);
     b->n += n;
+    b->p[b->n] = '\0';
+}
+
+/* A rendering is a sequence of parts: template text, message content, and special tokens (the
+ * markers chatml and llama3 put around turns). render_parts() calls emit() for each in order;
+ * render and encode differ only in what they do with the parts. */
+typedef enum { PART_TEXT, PART_SPECIAL } part_kind;
+typedef void (*part_sink)(void *ctx, part_kind kind, const char *s);
+
+static int validate_messages(const chat_message *messages, size_t count, duel_error *err) {
+    if (count && !messages)
+        return duel_error_set(err, DUEL_EINVAL, "chat template: no messages");
+    for (size_t i = 0; i < count; i++) {
+        const char *role = messages[i].role;
+        if (!role || (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant")))
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "chat template: message %zu has role \"%s\" (expected "
+                                  "system, user or assistant)",
+                                  i, role ? role : "(null)");
+        if (!messages[i].content)
+            return duel_error_set(err, DUEL_EINVAL, "chat template: message %zu has no content", i);
+    }
+    return DUEL_OK;
+}
+
+static void render_parts(chat_template_kind kind, const chat_message *messages, size_t count,
+                         bool add_generation_prompt, part_sink emit, void *ctx) {
+    if (kind == CHAT_TEMPLATE_LLAMA3) emit(ctx, PART_SPECIAL, "<|begin_of_text|>");
+    for (size_t i = 0; i < count; i++) {
+        const char *role = messages[i].role, *content = messages[i].content;
+        switch (kind) {
+        case CHAT_TEMPLATE_CHATML:
+            emit(ctx, PART_SPECIAL, "<|im_start|>");
+            emit(ctx, PART_TEXT, role);
+            emit(ctx, PART_TEXT, "\n");
+            emit(ctx, PART_TEXT, content);
+            emit(ctx, PART_SPECIAL, "<|im_end|>");
+            emit(ctx, PART_TEXT, "\n");
+            break;
+        case CHAT_TEMPLATE_LLAMA3:
+            emit(ctx, PART_SPECIAL, "<|start_header_id|>");
+            emit(ctx, PART_TEXT, role);
+            emit(ctx, PART_SPECIAL, "<|end_header_id|>");
+            emit(ctx, PART_TEXT, "\n\n");
+            emit(ctx, PART_TEXT, content);
+            emit(ctx, PART_SPECIAL, "<|eot_id|>");
+            break;
+        case CHAT_TEMPLATE_PLAIN:
+            if (strcmp(role, "user") == 0) emit(ctx, PART_TEXT, "User: ");
+            else if (strcmp(role, "assistant") == 0) emit(ctx, PART_TEXT, "Assistant: ");
+            emit(ctx, PART_TEXT, content);
+            emit(ctx, PART_TEXT, "\n");
+            break;
+        }
+    }
+    if (add_generation_prompt) {
+        if (kind == CHAT_TEMPLATE_CHATML) {
+            emit(ctx, PART_SPECIAL, "<|im_start|>");
+            emit(ctx, PART_TEXT, "assistant\n");
+        } else if (kind == CHAT_TEMPLATE_LLAMA3) {
+            emit(ctx, PART_SPECIAL, "<|start_header_id|>");
+            emit(ctx, PART_TEXT, "assistant");
+            emit(ctx, PART_SPECIAL, "<|end_header_id|>");
+            emit(ctx, PART_TEXT, "\n\n");
+        } else {
+            emit(ctx, PART_TEXT, "Assistant:");
+        }
+    }
+}
+
+static void render_sink(void *ctx, part_kind kind, const char *s) {
+    (void)kind;
+    put_bytes(ctx, s, strlen(s));
 }
 
 int chat_template_render(chat_template_kind kind, const chat_message *messages, size_t count,
@@ -131,56 +203,100 @@ int chat_template_render(chat_template_kind kind, const chat_message *messages, 
     *out = NULL;
     if ((unsigned)kind > CHAT_TEMPLATE_LLAMA3)
         return duel_error_set(err, DUEL_EINVAL, "chat_template_render: unknown template kind %d", (int)kind);
-    if (count && !messages)
-        return duel_error_set(err, DUEL_EINVAL, "chat_template_render: no messages");
-    for (size_t i = 0; i < count; i++) {
-        const char *role = messages[i].role;
-        if (!role || (strcmp(role, "system") && strcmp(role, "user") && strcmp(role, "assistant")))
-            return duel_error_set(err, DUEL_EINVAL,
-                                  "chat_template_render: message %zu has role \"%s\" (expected "
-                                  "system, user or assistant)",
-                                  i, role ? role : "(null)");
-        if (!messages[i].content)
-            return duel_error_set(err, DUEL_EINVAL, "chat_template_render: message %zu has no content", i);
-    }
+    int rc = validate_messages(messages, count, err);
+    if (rc) return rc;
     text_buffer b = {0};
-    put(&b, "");
-    if (kind == CHAT_TEMPLATE_LLAMA3) put(&b, "<|begin_of_text|>");
-    for (size_t i = 0; i < count; i++) {
-        const char *role = messages[i].role, *content = messages[i].content;
-        switch (kind) {
-        case CHAT_TEMPLATE_CHATML:
-            put(&b, "<|im_start|>");
-            put(&b, role);
-            put(&b, "\n");
-            put(&b, content);
-            put(&b, "<|im_end|>\n");
-            break;
-        case CHAT_TEMPLATE_LLAMA3:
-            put(&b, "<|start_header_id|>");
-            put(&b, role);
-            put(&b, "<|end_header_id|>\n\n");
-            put(&b, content);
-            put(&b, "<|eot_id|>");
-            break;
-        case CHAT_TEMPLATE_PLAIN:
-            if (strcmp(role, "user") == 0) put(&b, "User: ");
-            else if (strcmp(role, "assistant") == 0) put(&b, "Assistant: ");
-            put(&b, content);
-            put(&b, "\n");
-            break;
-        }
-    }
-    if (add_generation_prompt) {
-        if (kind == CHAT_TEMPLATE_CHATML) put(&b, "<|im_start|>assistant\n");
-        else if (kind == CHAT_TEMPLATE_LLAMA3) put(&b, "<|start_header_id|>assistant<|end_header_id|>\n\n");
-        else put(&b, "Assistant:");
-    }
+    put_bytes(&b, "", 0);
+    render_parts(kind, messages, count, add_generation_prompt, render_sink, &b);
     if (b.failed) {
         free(b.p);
         return duel_error_set(err, DUEL_ENOMEM, "chat_template_render: out of memory");
     }
     *out = b.p;
+    return DUEL_OK;
+}
+
+/* Encoding state: text between two special tokens is gathered and encoded as one piece with
+ * special-token parsing off, exactly as Hugging Face splits at special tokens before the
+ * pre-tokenizer; the markers themselves become their ids. */
+typedef struct encode_state {
+    const tokenizer *tok;
+    text_buffer pending;
+    int32_t *ids;
+    size_t n, cap;
+    int rc;
+    duel_error *err;
+} encode_state;
+
+static void append_ids(encode_state *st, const int32_t *ids, size_t n) {
+    if (st->rc) return;
+    if (st->n + n > st->cap) {
+        size_t cap = st->cap ? st->cap : 256;
+        while (cap < st->n + n) cap *= 2;
+        int32_t *p = realloc(st->ids, cap * sizeof *p);
+        if (!p) {
+            st->rc = duel_error_set(st->err, DUEL_ENOMEM, "chat template: out of memory");
+            return;
+        }
+        st->ids = p;
+        st->cap = cap;
+    }
+    if (n) memcpy(st->ids + st->n, ids, n * sizeof *ids);
+    st->n += n;
+}
+
+static void flush_pending(encode_state *st) {
+    if (st->rc || st->pending.n == 0) return;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    st->rc = tokenizer_encode(st->tok, st->pending.p, st->pending.n, false, &ids, &n, st->err);
+    if (!st->rc) append_ids(st, ids, n);
+    free(ids);
+    st->pending.n = 0;
+}
+
+static void encode_sink(void *ctx, part_kind kind, const char *s) {
+    encode_state *st = ctx;
+    if (st->rc) return;
+    if (kind == PART_TEXT) {
+        put_bytes(&st->pending, s, strlen(s));
+        if (st->pending.failed)
+            st->rc = duel_error_set(st->err, DUEL_ENOMEM, "chat template: out of memory");
+        return;
+    }
+    flush_pending(st);
+    int32_t id = tokenizer_token_id(st->tok, s);
+    if (id < 0) {
+        st->rc = duel_error_set(st->err, DUEL_ENOTFOUND,
+                                "chat template: the tokenizer has no token \"%s\" (wrong template "
+                                "for this model?)",
+                                s);
+        return;
+    }
+    append_ids(st, &id, 1);
+}
+
+int chat_template_encode(chat_template_kind kind, const tokenizer *tok,
+                         const chat_message *messages, size_t count, bool add_generation_prompt,
+                         int32_t **ids, size_t *n_ids, duel_error *err) {
+    *ids = NULL;
+    *n_ids = 0;
+    if ((unsigned)kind > CHAT_TEMPLATE_LLAMA3)
+        return duel_error_set(err, DUEL_EINVAL, "chat_template_encode: unknown template kind %d", (int)kind);
+    int rc = validate_messages(messages, count, err);
+    if (rc) return rc;
+    encode_state st = {.tok = tok, .err = err};
+    render_parts(kind, messages, count, add_generation_prompt, encode_sink, &st);
+    flush_pending(&st);
+    free(st.pending.p);
+    if (st.rc) {
+        free(st.ids);
+        return st.rc;
+    }
+    if (!st.ids) st.ids = malloc(sizeof *st.ids); /* a non-NULL result even when empty */
+    if (!st.ids) return duel_error_set(err, DUEL_ENOMEM, "chat template: out of memory");
+    *ids = st.ids;
+    *n_ids = st.n;
     return DUEL_OK;
 }
 

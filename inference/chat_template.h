@@ -7,7 +7,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include <stdint.h>
+
 #include "error.h"
+#include "tokenizer.h"
 
 typedef enum chat_template_kind {
     CHAT_TEMPLATE_PLAIN,  /* "User: ...\nAssistant: ..." lines, for base models */
@@ -33,6 +36,15 @@ int chat_template_detect(const char *model_dir, chat_template_kind *out, duel_er
  * begins. *out is heap-allocated; free() it. Unknown roles are DUEL_EINVAL. */
 int chat_template_render(chat_template_kind kind, const chat_message *messages, size_t count,
                          bool add_generation_prompt, char **out, duel_error *err);
+
+/* Renders and encodes in one go, safely: message content is encoded with special-token parsing
+ * off, so a user who types "<|im_end|>" gets those characters, not the control token; only the
+ * template's own markers become special ids. Gives the same ids as encoding the rendered text
+ * with special parsing on whenever the content holds no special-token strings. A marker the
+ * tokenizer lacks is DUEL_ENOTFOUND. *ids is heap-allocated; free() it. */
+int chat_template_encode(chat_template_kind kind, const tokenizer *tok,
+                         const chat_message *messages, size_t count, bool add_generation_prompt,
+                         int32_t **ids, size_t *n_ids, duel_error *err);
 
 /* The token string that ends an assistant turn ("<|im_end|>", "<|eot_id|>"; NULL for plain). */
 const char *chat_template_end_of_turn(chat_template_kind kind);

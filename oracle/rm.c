@@ -92,14 +92,13 @@ int oracle_rm_score_text(oracle_rm *rm, const char *prompt, const char *answer, 
         return duel_error_set(err, DUEL_EINVAL, "rm oracle %s: no tokenizer.json, so only token "
                               "ids can be scored", rm->dir);
     chat_message messages[2] = {{"user", prompt}, {"assistant", answer}};
-    char *text = NULL;
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    int rc = chat_template_render(rm->template_kind, messages, 2, false, &text, err);
-    if (!rc) rc = tokenizer_encode(rm->tokenizer, text, strlen(text), true, &ids, &n_ids, err);
+    /* Encoded per part, so an answer containing a marker string cannot end its own turn. */
+    int rc = chat_template_encode(rm->template_kind, rm->tokenizer, messages, 2, false, &ids,
+                                  &n_ids, err);
     if (!rc && n_ids > INT_MAX) rc = duel_error_set(err, DUEL_ELIMIT, "rm oracle: text too long");
     if (!rc) rc = oracle_rm_score_tokens(rm, ids, (int)n_ids, score, err);
-    free(text);
     free(ids);
     return rc;
 }
