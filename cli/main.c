@@ -13,6 +13,8 @@ typedef struct cli_subcommand {
     int (*run)(int argc, char **argv);
 } cli_subcommand;
 
+int cmd_serve(int argc, char **argv); /* cmd_serve.c (gateway) */
+
 static const cli_subcommand SUBCOMMANDS[] = {
     {"info", "version, backends built in (cpu, cuda) and whether a GPU answers", cmd_info},
     {"generate", "generate text from a prompt, or chat, with a local model", cmd_generate},
@@ -24,6 +26,7 @@ static const cli_subcommand SUBCOMMANDS[] = {
     {"dpo", "offline DPO/IPO/SLiC on a preference JSONL file (prompt, chosen, rejected)", cmd_dpo},
     {"tokenizer", "tokenizer tools: 'tokenizer train' learns a byte-level BPE tokenizer.json",
      cmd_tokenizer},
+    {"serve", "the chat server: web page, duel.v1 websocket, votes into Redis", cmd_serve},
 };
 #define N_SUBCOMMANDS (sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0])
 

@@ -1,0 +1,152 @@
+/* cmd_serve.c: `duel serve`: runs the gateway (gateway.h) until SIGTERM or SIGINT. The signal
+ * handler only writes a byte to a self-pipe; a waiter thread reads it and asks the gateway to
+ * stop (gateway_stop is not async-signal-safe). Blocking the signals instead is not enough: other
+ * libraries (OpenBLAS) start threads before main, and those would take the signal. Exit codes: 0
+ * after a clean shutdown, 1 when the server could not start, 2 for a bad command line. */
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "gateway.h"
+
+int cmd_serve(int argc, char **argv);
+
+/* The write end of the self-pipe. The one piece of process-wide state: a signal handler gets no
+ * context argument. Set once before the handlers are installed. */
+static int serve_signal_pipe = -1;
+
+static void on_signal(int sig) {
+    unsigned char b = (unsigned char)sig;
+    int saved = errno;
+    ssize_t w = write(serve_signal_pipe, &b, 1);
+    (void)w;
+    errno = saved;
+}
+
+typedef struct signal_waiter {
+    int read_fd;
+    gateway *gw;
+} signal_waiter;
+
+static void *wait_for_signal(void *arg) {
+    signal_waiter *w = arg;
+    unsigned char b = 0;
+    ssize_t n;
+    do n = read(w->read_fd, &b, 1);
+    while (n < 0 && errno == EINTR);
+    if (n == 1 && b != 0) gateway_stop(w->gw); /* 0: main's "we are done" wake-up */
+    return NULL;
+}
+
+int cmd_serve(int argc, char **argv) {
+    long long port = 8080, step_ms = 40;
+    const char *redis = NULL, *config = NULL, *bind = NULL, *web_root = NULL, *spill = NULL;
+    const char *backend_name = "test";
+    bool port_given = false;
+    const cli_option options[] = {
+        {"--port", CLI_OPT_INT, &port, "N", "TCP port (default 8080; 0 picks a free one)", 0,
+         65535, false, &port_given},
+        {"--redis", CLI_OPT_STRING, &redis, "HOST:PORT",
+         "Redis for votes and conversations (default 127.0.0.1:6379 or the config's)", 0, 0,
+         false, NULL},
+        {"--config", CLI_OPT_STRING, &config, "FILE",
+         "JSON config; its \"gateway\" and \"redis\" sections are read", 0, 0, false, NULL},
+        {"--bind", CLI_OPT_STRING, &bind, "ADDR", "listen address (default 127.0.0.1)", 0, 0,
+         false, NULL},
+        {"--web-root", CLI_OPT_STRING, &web_root, "DIR",
+         "folder with index.html, app.js, style.css (default gateway/web)", 0, 0, false, NULL},
+        {"--spill", CLI_OPT_STRING, &spill, "FILE",
+         "spill log for votes while Redis is away (default duel-data/gateway-spill.log)", 0, 0,
+         false, NULL},
+        {"--backend", CLI_OPT_STRING, &backend_name, "NAME",
+         "where duels come from: 'test' (deterministic answers, no model; the default until the "
+         "engine adapter lands)", 0, 0, false, NULL},
+        {"--test-step-ms", CLI_OPT_INT, &step_ms, "MS",
+         "test backend: pause between its progress steps (default 40)", 0, 10000, false, NULL},
+    };
+    const cli_command cmd = {
+        "serve", "[--port N] [--redis HOST:PORT] [--config FILE] [options]",
+        "Serves the chat page, the duel.v1 websocket protocol, /healthz, /readyz and /metrics.\n"
+        "Votes go to the Redis stream duel:prefs; while Redis is away they are kept in a fsynced\n"
+        "spill log and replayed in order when it returns. SIGTERM or SIGINT: stop taking asks,\n"
+        "cancel running duels, flush votes, exit.",
+        options, sizeof options / sizeof options[0]};
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
+
+    gateway_config cfg;
+    gateway_config_defaults(&cfg);
+    duel_error err = {0};
+    if (config && gateway_config_load(&cfg, config, &err)) {
+        fprintf(stderr, "duel serve: %s\n", err.message);
+        return CLI_EXIT_FAILURE;
+    }
+    if (redis && gateway_config_set_redis(&cfg, redis, &err))
+        return cli_usage_error(&cmd, "%s", err.message);
+    if (port_given || !config) cfg.port = (int)port;
+    if (bind) snprintf(cfg.bind, sizeof cfg.bind, "%s", bind);
+    if (web_root) snprintf(cfg.web_root, sizeof cfg.web_root, "%s", web_root);
+    if (spill) snprintf(cfg.spill_path, sizeof cfg.spill_path, "%s", spill);
+
+    duel_backend backend;
+    if (strcmp(backend_name, "test") == 0) {
+        backend_test_config tcfg = {.step_delay_ms = (int)step_ms, .queue_capacity = 1024};
+        if (backend_test_create(&tcfg, &backend, &err)) {
+            fprintf(stderr, "duel serve: %s\n", err.message);
+            return CLI_EXIT_FAILURE;
+        }
+    } else {
+        return cli_usage_error(&cmd, "unknown backend '%s' (available: test)", backend_name);
+    }
+
+    signal(SIGPIPE, SIG_IGN);
+    gateway *gw = NULL;
+    if (gateway_create(&cfg, &backend, &gw, &err)) {
+        fprintf(stderr, "duel serve: %s\n", err.message);
+        return CLI_EXIT_FAILURE;
+    }
+    int fds[2];
+    signal_waiter waiter = {.gw = gw};
+    pthread_t thread;
+    if (pipe2(fds, O_CLOEXEC)) {
+        fprintf(stderr, "duel serve: pipe: %s\n", strerror(errno));
+        gateway_destroy(gw);
+        return CLI_EXIT_FAILURE;
+    }
+    waiter.read_fd = fds[0];
+    serve_signal_pipe = fds[1];
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    if (pthread_create(&thread, NULL, wait_for_signal, &waiter)) {
+        fprintf(stderr, "duel serve: cannot start the signal thread\n");
+        gateway_destroy(gw);
+        return CLI_EXIT_FAILURE;
+    }
+    printf("duel serve: listening on http://%s:%d/ (redis %s:%d, backend %s)\n", cfg.bind,
+           gateway_port(gw), cfg.redis_host, cfg.redis_port, backend_name);
+    fflush(stdout);
+    rc = gateway_run(gw, &err);
+    unsigned char zero = 0;
+    if (write(fds[1], &zero, 1) != 1) pthread_cancel(thread);
+    pthread_join(thread, NULL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    close(fds[0]);
+    close(fds[1]);
+    gateway_destroy(gw);
+    if (rc) {
+        fprintf(stderr, "duel serve: %s\n", err.message);
+        return CLI_EXIT_FAILURE;
+    }
+    fprintf(stderr, "duel serve: stopped cleanly\n");
+    return CLI_EXIT_OK;
+}

@@ -1,0 +1,167 @@
+/* config.c: the gateway's configuration: defaults, the "gateway" section of the JSON config file
+ * (strict: unknown keys and wrong types are errors naming the key) and --redis HOST:PORT. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gateway.h"
+#include "json_util.h"
+
+#define CONFIG_MAX_BYTES (1u << 20)
+
+void gateway_config_defaults(gateway_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    snprintf(cfg->bind, sizeof cfg->bind, "127.0.0.1");
+    cfg->port = 8080;
+    snprintf(cfg->redis_host, sizeof cfg->redis_host, "127.0.0.1");
+    cfg->redis_port = 6379;
+    cfg->redis_timeout_ms = 1000;
+    snprintf(cfg->web_root, sizeof cfg->web_root, "gateway/web");
+    snprintf(cfg->spill_path, sizeof cfg->spill_path, "duel-data/gateway-spill.log");
+    cfg->max_frame_bytes = 16384;
+    cfg->max_ask_bytes = 4000;
+    cfg->asks_per_minute_connection = 20;
+    cfg->asks_per_minute_address = 60;
+    cfg->connections_per_address = 32;
+    cfg->max_connections = 10000;
+    cfg->max_turns = 32;
+    cfg->max_context_tokens = 2048;
+    cfg->conversation_ttl_s = 86400;
+    cfg->duel_retention_s = 3600;
+    cfg->max_duels = 100000;
+    cfg->stream_interval_ms = 20;
+    cfg->stream_chunk_bytes = 12;
+    cfg->abuse_limit = 20;
+    cfg->partial_message_timeout_s = 10;
+    cfg->shutdown_grace_ms = 3000;
+}
+
+typedef struct int_key {
+    const char *name;
+    long long lo, hi;
+    size_t offset;
+    int width; /* sizeof the field: int, size_t or long long */
+} int_key;
+
+#define INT_KEY(field, lo, hi) {#field, lo, hi, offsetof(gateway_config, field), sizeof(((gateway_config *)0)->field)}
+
+static const int_key INT_KEYS[] = {
+    INT_KEY(port, 0, 65535),
+    INT_KEY(redis_timeout_ms, 1, 60000),
+    INT_KEY(max_frame_bytes, 256, 1 << 20),
+    INT_KEY(max_ask_bytes, 1, 1 << 20),
+    INT_KEY(asks_per_minute_connection, 1, 1000000),
+    INT_KEY(asks_per_minute_address, 1, 1000000),
+    INT_KEY(connections_per_address, 1, 1000000),
+    INT_KEY(max_connections, 1, 1000000),
+    INT_KEY(max_turns, 1, 100000),
+    INT_KEY(max_context_tokens, 1, 1LL << 40),
+    INT_KEY(conversation_ttl_s, 1, 1LL << 40),
+    INT_KEY(duel_retention_s, 1, 1 << 30),
+    INT_KEY(max_duels, 1, 100000000),
+    INT_KEY(stream_interval_ms, 0, 10000),
+    INT_KEY(stream_chunk_bytes, 1, 4096),
+    INT_KEY(abuse_limit, 1, 1000000),
+    INT_KEY(partial_message_timeout_s, 1, 3600),
+    INT_KEY(shutdown_grace_ms, 0, 600000),
+};
+
+static void store_int(gateway_config *cfg, const int_key *k, long long v) {
+    char *p = (char *)cfg + k->offset;
+    if (k->width == sizeof(int)) *(int *)p = (int)v;
+    else if (k->width == sizeof(long long)) *(long long *)p = v;
+}
+
+static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *path,
+                                duel_error *err) {
+    if (!json_is_object(sec))
+        return duel_error_set(err, DUEL_EFORMAT, "%s: \"gateway\" must be an object", path);
+    const char *key;
+    json_t *value;
+    json_object_foreach(sec, key, value) {
+        char src[1200];
+        snprintf(src, sizeof src, "%s: gateway", path);
+        bool known = false;
+        for (size_t i = 0; i < sizeof INT_KEYS / sizeof INT_KEYS[0]; i++) {
+            if (strcmp(key, INT_KEYS[i].name) != 0) continue;
+            known = true;
+            long long v = 0;
+            int rc = duel_json_get_int(sec, key, INT_KEYS[i].lo, INT_KEYS[i].hi, &v, src, err);
+            if (rc) return rc;
+            if (INT_KEYS[i].width == sizeof(size_t) && strstr(key, "bytes"))
+                *(size_t *)((char *)cfg + INT_KEYS[i].offset) = (size_t)v;
+            else
+                store_int(cfg, &INT_KEYS[i], v);
+        }
+        if (known) continue;
+        int rc = 0;
+        if (strcmp(key, "bind") == 0)
+            rc = duel_json_get_string(sec, key, cfg->bind, sizeof cfg->bind, src, err);
+        else if (strcmp(key, "web_root") == 0)
+            rc = duel_json_get_string(sec, key, cfg->web_root, sizeof cfg->web_root, src, err);
+        else if (strcmp(key, "spill_path") == 0)
+            rc = duel_json_get_string(sec, key, cfg->spill_path, sizeof cfg->spill_path, src, err);
+        else if (strcmp(key, "origins") == 0) {
+            if (!json_is_array(value) || json_array_size(value) > GATEWAY_MAX_ORIGINS)
+                return duel_error_set(err, DUEL_EFORMAT,
+                                      "%s: \"origins\" must be an array of at most %d strings",
+                                      src, GATEWAY_MAX_ORIGINS);
+            size_t i;
+            json_t *o;
+            cfg->n_origins = 0;
+            json_array_foreach(value, i, o) {
+                if (!json_is_string(o) || json_string_length(o) >= sizeof cfg->origins[0])
+                    return duel_error_set(err, DUEL_EFORMAT,
+                                          "%s: \"origins\"[%zu] must be a string (< 256 bytes)",
+                                          src, i);
+                snprintf(cfg->origins[cfg->n_origins++], sizeof cfg->origins[0], "%s",
+                         json_string_value(o));
+            }
+        } else
+            return duel_error_set(err, DUEL_EFORMAT, "%s: unknown key \"%s\"", src, key);
+        if (rc) return rc;
+    }
+    return DUEL_OK;
+}
+
+int gateway_config_load(gateway_config *cfg, const char *path, duel_error *err) {
+    json_t *root = NULL;
+    int rc = duel_json_load_file(path, CONFIG_MAX_BYTES, &root, err);
+    if (rc) return rc;
+    if (!json_is_object(root)) {
+        json_decref(root);
+        return duel_error_set(err, DUEL_EFORMAT, "%s: the config must be a JSON object", path);
+    }
+    json_t *sec = json_object_get(root, "gateway");
+    if (sec) rc = load_gateway_section(cfg, sec, path, err);
+    json_t *redis = json_object_get(root, "redis");
+    if (!rc && redis) {
+        /* Other keys of "redis" belong to other parts (the trainer); only these two are ours. */
+        char src[1200];
+        snprintf(src, sizeof src, "%s: redis", path);
+        long long port = cfg->redis_port;
+        if (!json_is_object(redis))
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: must be an object", src);
+        if (!rc)
+            rc = duel_json_get_string(redis, "host", cfg->redis_host, sizeof cfg->redis_host, src,
+                                      err);
+        if (!rc) rc = duel_json_get_int(redis, "port", 1, 65535, &port, src, err);
+        if (!rc) cfg->redis_port = (int)port;
+    }
+    json_decref(root);
+    return rc;
+}
+
+int gateway_config_set_redis(gateway_config *cfg, const char *host_port, duel_error *err) {
+    const char *colon = strrchr(host_port, ':');
+    if (!colon || colon == host_port || (size_t)(colon - host_port) >= sizeof cfg->redis_host)
+        return duel_error_set(err, DUEL_EINVAL, "--redis: expected HOST:PORT, got \"%s\"",
+                              host_port);
+    char *end = NULL;
+    long port = strtol(colon + 1, &end, 10);
+    if (!*(colon + 1) || *end || port < 1 || port > 65535)
+        return duel_error_set(err, DUEL_EINVAL, "--redis: bad port in \"%s\"", host_port);
+    snprintf(cfg->redis_host, sizeof cfg->redis_host, "%.*s", (int)(colon - host_port), host_port);
+    cfg->redis_port = (int)port;
+    return DUEL_OK;
+}

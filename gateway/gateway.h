@@ -1,0 +1,73 @@
+/* gateway.h: the public contract of gateway/: `duel serve`'s server. One libwebsockets vhost
+ * serving the chat page (static files of gateway/web), the duel.v1 websocket protocol
+ * (protocol.h), /healthz, /readyz and Prometheus /metrics; duels come from a duel_backend
+ * (duel_backend.h), votes and conversations go to Redis through the Redis thread
+ * (redis_worker.h). DESIGN.md section 7.
+ *
+ * Threads: gateway_run is the lws service thread and owns every socket and session; the backend
+ * and the Redis worker run their own threads and hand results over through a locked inbox,
+ * waking lws with lws_cancel_service. gateway_stop may be called from any thread. */
+#ifndef DUEL_GATEWAY_H
+#define DUEL_GATEWAY_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "duel_backend.h"
+#include "error.h"
+
+#define GATEWAY_MAX_ORIGINS 8
+
+/* Every knob of the "gateway" config section (config/default.json), with its default. */
+typedef struct gateway_config {
+    char bind[64];               /* "127.0.0.1"; "0.0.0.0" for all interfaces */
+    int port;                    /* 8080; 0 picks a free port (see gateway_port) */
+    char redis_host[256];        /* "127.0.0.1" */
+    int redis_port;              /* 6379 */
+    int redis_timeout_ms;        /* 1000: connect and command timeout */
+    char web_root[1024];         /* "gateway/web" (relative to the working directory) */
+    char spill_path[1024];       /* "duel-data/gateway-spill.log" */
+    size_t max_frame_bytes;      /* 16384: inbound websocket message limit */
+    size_t max_ask_bytes;        /* 4000: ask text limit */
+    int asks_per_minute_connection; /* 20 */
+    int asks_per_minute_address;    /* 60 */
+    int connections_per_address;    /* 32 */
+    int max_connections;         /* 10000: all addresses */
+    int max_turns;               /* 32: turns per conversation */
+    long long max_context_tokens; /* 2048: conversation + new ask */
+    long long conversation_ttl_s; /* 86400 */
+    int duel_retention_s;        /* 3600: how long a finished duel can be voted on */
+    int max_duels;               /* 100000: duels kept for voting */
+    int stream_interval_ms;      /* 20: pause between delta rounds (0: as fast as the socket) */
+    int stream_chunk_bytes;      /* 12: a delta ends at the first word break after this */
+    int abuse_limit;             /* 20: protocol errors before the connection is closed */
+    int partial_message_timeout_s; /* 10: an unfinished message closes the connection */
+    int shutdown_grace_ms;       /* 3000: SIGTERM waits this long for votes to finish */
+    int n_origins;               /* allowed browser origins besides the server's own host */
+    char origins[GATEWAY_MAX_ORIGINS][256];
+} gateway_config;
+
+void gateway_config_defaults(gateway_config *cfg);
+/* Reads the "gateway" section (and "redis": host, port) of a JSON config file; unknown keys in
+ * those sections and wrong types are errors naming the key; other sections are ignored. */
+int gateway_config_load(gateway_config *cfg, const char *path, duel_error *err);
+/* "host:port" for --redis. */
+int gateway_config_set_redis(gateway_config *cfg, const char *host_port, duel_error *err);
+
+typedef struct gateway gateway;
+
+/* Binds the port and starts the Redis thread and the backend (which the gateway now owns, even
+ * on failure). */
+int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **out,
+                   duel_error *err);
+/* The port actually listened on. */
+int gateway_port(const gateway *gw);
+/* Serves until gateway_stop; then stops taking asks, cancels running duels, waits up to
+ * shutdown_grace_ms for votes in flight, closes every connection and flushes votes (to Redis or
+ * the spill log). */
+int gateway_run(gateway *gw, duel_error *err);
+/* Thread-safe request to stop gateway_run. */
+void gateway_stop(gateway *gw);
+void gateway_destroy(gateway *gw);
+
+#endif

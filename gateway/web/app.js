@@ -1,0 +1,271 @@
+// app.js: the chat page's client for the duel.v1 websocket protocol (DESIGN.md section 7).
+// One socket; hello (resuming the stored conversation id), ask, two answers streamed side by
+// side, a vote (buttons or keys 1-4), the chosen answer folded into the conversation.
+// Reconnects with backoff and resumes the conversation. No framework.
+'use strict';
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    status: $('status'), log: $('log'), duel: $('duel'), progress: $('progress'),
+    textA: $('text-a'), textB: $('text-b'), answerA: $('answer-a'), answerB: $('answer-b'),
+    notice: $('notice'), form: $('ask-form'), input: $('ask-text'), send: $('send'),
+    cancel: $('cancel'), newConv: $('new-conversation'),
+    votes: Array.from(document.querySelectorAll('.votes button')),
+  };
+  const STORE_KEY = 'duel.conversation';
+  const ERROR_TEXT = {
+    rate_limited: 'You are sending questions quickly; please wait a moment.',
+    busy: 'Still answering your last question.',
+    turn_limit: 'This conversation is full. Start a new one.',
+    context_limit: 'This conversation is too long. Start a new one.',
+    too_many_connections: 'Too many open tabs from your address.',
+    shutting_down: 'The server is restarting; reconnecting shortly.',
+    engine_error: 'The model could not answer. Please try again.',
+    vote_failed: 'Your vote could not be saved. Please vote again in a moment.',
+    too_large: 'That message is too long.',
+    text_too_long: 'That message is too long.',
+  };
+
+  let ws = null;
+  let backoff = 500;
+  let conversation = localStorage.getItem(STORE_KEY) || null;
+  let current = null; // {id, question, a, b, finished, voted}
+  let pendingQuestion = null;
+  let limits = null;
+
+  function setStatus(text, online) {
+    el.status.textContent = text;
+    el.status.className = 'status ' + (online ? 'online' : 'offline');
+  }
+
+  function showNotice(text, kind) {
+    el.notice.textContent = text;
+    el.notice.className = 'notice' + (kind === 'info' ? ' info' : '');
+    el.notice.hidden = !text;
+  }
+
+  function addTurn(user, assistant) {
+    const turn = document.createElement('div');
+    turn.className = 'turn';
+    const u = document.createElement('div');
+    u.className = 'bubble user';
+    u.setAttribute('aria-label', 'You');
+    u.textContent = user;
+    turn.appendChild(u);
+    if (assistant !== null) {
+      const a = document.createElement('div');
+      a.className = 'bubble assistant';
+      a.setAttribute('aria-label', 'Assistant');
+      a.textContent = assistant;
+      turn.appendChild(a);
+    }
+    el.log.appendChild(turn);
+    turn.scrollIntoView({block: 'end'});
+    return turn;
+  }
+
+  function setBusy(busy) {
+    el.send.disabled = busy;
+    el.cancel.hidden = !busy;
+  }
+
+  function setVotesEnabled(on) {
+    for (const b of el.votes) b.disabled = !on;
+  }
+
+  function resetDuel() {
+    current = null;
+    el.duel.hidden = true;
+    el.textA.textContent = '';
+    el.textB.textContent = '';
+    el.answerA.classList.remove('chosen');
+    el.answerB.classList.remove('chosen');
+    el.progress.textContent = '';
+    el.progress.classList.remove('busy');
+    setVotesEnabled(false);
+    setBusy(false);
+  }
+
+  function send(obj) {
+    if (ws && ws.readyState === WebSocket.OPEN) {
+      ws.send(JSON.stringify(obj));
+      return true;
+    }
+    showNotice('Not connected. Reconnecting…');
+    return false;
+  }
+
+  function connect() {
+    const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+    setStatus(ws ? 'Reconnecting…' : 'Connecting…', false);
+    ws = new WebSocket(`${proto}//${location.host}/`, 'duel.v1');
+    ws.onopen = () => {
+      backoff = 500;
+      const hello = {type: 'hello'};
+      if (conversation) hello.conversation = conversation;
+      ws.send(JSON.stringify(hello));
+    };
+    ws.onmessage = (ev) => {
+      let msg;
+      try { msg = JSON.parse(ev.data); } catch { return; }
+      handle(msg);
+    };
+    ws.onclose = () => {
+      setStatus('Offline — reconnecting…', false);
+      if (current && !current.finished) {
+        // The server cancels a duel whose socket closed; the question can be asked again.
+        showNotice('Connection lost while answering. Reconnecting; please ask again.');
+        el.input.value = el.input.value || current.question;
+        if (current.turn) current.turn.remove();
+        resetDuel();
+      }
+      setTimeout(connect, backoff);
+      backoff = Math.min(backoff * 2, 8000);
+    };
+  }
+
+  function handle(msg) {
+    switch (msg.type) {
+    case 'welcome': {
+      setStatus('Connected', true);
+      limits = msg.limits;
+      if (limits && limits.max_ask_bytes) el.input.maxLength = limits.max_ask_bytes;
+      if (msg.conversation !== conversation || !msg.resumed) {
+        el.log.textContent = '';
+      }
+      if (msg.conversation !== conversation && conversation && !msg.resumed)
+        showNotice('Your earlier conversation has expired; this is a new one.', 'info');
+      conversation = msg.conversation;
+      localStorage.setItem(STORE_KEY, conversation);
+      if (el.log.childElementCount === 0)
+        for (const t of msg.history || []) addTurn(t.user, t.assistant);
+      break;
+    }
+    case 'progress':
+      if (!current) return;
+      current.id = msg.duel;
+      el.progress.textContent = `Writing several answers… ${msg.tokens} tokens so far`;
+      break;
+    case 'duel_start':
+      if (!current) return;
+      current.id = msg.duel;
+      el.progress.classList.remove('busy');
+      el.progress.textContent = 'Two answers are arriving. Which is better?';
+      break;
+    case 'delta':
+      if (!current || msg.duel !== current.id) return;
+      (msg.side === 'a' ? el.textA : el.textB).textContent += msg.text;
+      break;
+    case 'duel_end':
+      if (!current || msg.duel !== current.id) return;
+      if (msg.cancelled) {
+        if (current.turn) current.turn.remove();
+        el.input.value = el.input.value || current.question;
+        resetDuel();
+        showNotice('Stopped.', 'info');
+        return;
+      }
+      current.finished = true;
+      setBusy(false);
+      el.progress.textContent = 'Pick the better answer (keys 1–4).';
+      setVotesEnabled(true);
+      el.votes[0].focus();
+      break;
+    case 'vote_ok': {
+      if (!current || msg.duel !== current.id) return;
+      const c = current;
+      const text = c.choice === 'b' ? el.textB.textContent : el.textA.textContent;
+      if (c.turn) c.turn.remove();
+      addTurn(c.question, text);
+      const thanks = c.choice === 'tie' || c.choice === 'both_bad'
+        ? 'Thanks! Answer A was kept; you can ask again for a better one.'
+        : 'Thanks for your vote!';
+      resetDuel();
+      showNotice(msg.queued ? thanks + ' (saved; it will be delivered shortly)' : thanks, 'info');
+      el.input.focus();
+      break;
+    }
+    case 'error':
+      handleError(msg);
+      break;
+    }
+  }
+
+  function handleError(msg) {
+    const text = ERROR_TEXT[msg.code] || `Error: ${msg.message || msg.code}`;
+    showNotice(text);
+    if (current && !current.finished && ['busy', 'rate_limited', 'turn_limit', 'context_limit',
+        'engine_error', 'shutting_down'].includes(msg.code)) {
+      if (current.turn) current.turn.remove();
+      if (!el.input.value) el.input.value = current.question;
+      resetDuel();
+    }
+    if (current && current.finished && msg.code === 'vote_failed') {
+      current.voted = false;
+      setVotesEnabled(true);
+    }
+  }
+
+  function ask(text) {
+    if (current && !current.finished) return;
+    if (current && current.finished && !current.voted) {
+      showNotice('Please vote on the two answers first (or start a new conversation).');
+      return;
+    }
+    if (!send({type: 'ask', text})) return;
+    showNotice('');
+    resetDuel();
+    current = {id: null, question: text, finished: false, voted: false};
+    current.turn = addTurn(text, null);
+    el.duel.hidden = false;
+    el.progress.classList.add('busy');
+    el.progress.textContent = 'Thinking…';
+    setBusy(true);
+    el.input.value = '';
+  }
+
+  function vote(choice) {
+    if (!current || !current.finished || current.voted) return;
+    if (!send({type: 'vote', duel: current.id, choice})) return;
+    current.voted = true;
+    current.choice = choice;
+    setVotesEnabled(false);
+    (choice === 'b' ? el.answerB : el.answerA).classList.add('chosen');
+    el.progress.textContent = 'Saving your vote…';
+  }
+
+  el.form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    const text = el.input.value.trim();
+    if (text) ask(text);
+  });
+  el.input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      el.form.requestSubmit();
+    }
+  });
+  el.cancel.addEventListener('click', () => send({type: 'cancel'}));
+  for (const b of el.votes) b.addEventListener('click', () => vote(b.dataset.choice));
+  document.addEventListener('keydown', (e) => {
+    if (e.target === el.input || e.ctrlKey || e.metaKey || e.altKey) return;
+    const choice = {'1': 'a', '2': 'b', '3': 'tie', '4': 'both_bad'}[e.key];
+    if (choice && current && current.finished && !current.voted) {
+      e.preventDefault();
+      vote(choice);
+    }
+  });
+  el.newConv.addEventListener('click', () => {
+    localStorage.removeItem(STORE_KEY);
+    conversation = null;
+    el.log.textContent = '';
+    resetDuel();
+    showNotice('');
+    if (ws) ws.close(); // reconnects with a fresh hello
+    el.input.focus();
+  });
+
+  resetDuel();
+  connect();
+})();
