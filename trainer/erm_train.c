@@ -1,0 +1,391 @@
+/* erm_train.c: backward pass of the ERM heads, the FIFO pair buffer and the per-batch AdamW
+ * steps (see erm_train.h). Activations use erm_score's layout: one row per input of width E*H
+ * holding every head's hidden units, so layer 1 is one SGEMM over all heads. */
+#include "erm_train.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct erm_trainer {
+    erm *model;
+    erm_train_options options;
+    adamw_state optimizer;
+    duel_rng rng;
+    int64_t pairs_seen;
+    /* FIFO ring of pairs: slot s holds chosen at ring[s*2*D], rejected right after. */
+    float *ring;
+    int ring_start, ring_count;
+    /* scratch for one step */
+    float *chosen, *rejected, *grad;
+    int *pick;
+};
+
+void erm_train_default_options(erm_train_options *o) {
+    o->adam_steps = 5;
+    o->minibatch = 128;
+    o->buffer_capacity = 50000;
+    o->min_pairs = 16;
+    o->lr = 1e-3;
+    o->weight_decay = 5e-5;
+    o->lambda = 0.5;
+    o->beta1 = 0.9;
+    o->beta2 = 0.999;
+    o->epsilon = 1e-8;
+}
+
+int erm_train_options_check(const erm_train_options *o, duel_error *err) {
+    if (o->adam_steps < 1 || o->adam_steps > 1000)
+        return duel_error_set(err, DUEL_EINVAL, "erm.adam_steps %d outside 1..1000", o->adam_steps);
+    if (o->minibatch < 1 || o->minibatch > ERM_TRAIN_MAX_MINIBATCH)
+        return duel_error_set(err, DUEL_EINVAL, "erm.minibatch %d outside 1..%d", o->minibatch,
+                              ERM_TRAIN_MAX_MINIBATCH);
+    if (o->buffer_capacity < 1 || o->buffer_capacity > ERM_TRAIN_MAX_BUFFER)
+        return duel_error_set(err, DUEL_EINVAL, "erm.buffer_capacity %d outside 1..%d",
+                              o->buffer_capacity, ERM_TRAIN_MAX_BUFFER);
+    if (o->min_pairs < 1 || o->min_pairs > o->buffer_capacity)
+        return duel_error_set(err, DUEL_EINVAL, "erm.min_pairs %d outside 1..buffer_capacity",
+                              o->min_pairs);
+    if (!(o->lr > 0) || !isfinite(o->lr))
+        return duel_error_set(err, DUEL_EINVAL, "erm.lr must be positive and finite");
+    if (!(o->weight_decay >= 0) || !isfinite(o->weight_decay))
+        return duel_error_set(err, DUEL_EINVAL, "erm.weight_decay must be >= 0 and finite");
+    if (!(o->lambda >= 0) || !isfinite(o->lambda))
+        return duel_error_set(err, DUEL_EINVAL, "erm.lambda must be >= 0 and finite");
+    if (!(o->beta1 >= 0 && o->beta1 < 1) || !(o->beta2 >= 0 && o->beta2 < 1) ||
+        !(o->epsilon > 0) || !isfinite(o->epsilon))
+        return duel_error_set(err, DUEL_EINVAL, "erm: Adam betas must be in [0, 1), epsilon > 0");
+    return 0;
+}
+
+static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
+static double sigmoid(double x) {
+    return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
+}
+
+int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected, int B,
+                        double reg_scale, float *grad, double *loss_per_head, duel_error *err) {
+    if (!m || !chosen || !rejected || B < 1 || B > ERM_TRAIN_MAX_MINIBATCH || !isfinite(reg_scale))
+        return duel_error_set(err, DUEL_EINVAL, "erm_train: bad minibatch arguments");
+    const int E = m->config.num_heads, H = m->config.hidden, D = m->config.d_feat;
+    const int R = 2 * B;                 /* rows: chosen 0..B-1, rejected B..2B-1 */
+    const size_t W = (size_t)E * H;      /* activation row width */
+    float *x = malloc((size_t)R * D * sizeof(float));
+    float *h1 = malloc((size_t)R * W * sizeof(float));
+    float *h2 = malloc((size_t)R * W * sizeof(float));
+    float *dh1 = calloc((size_t)R * W, sizeof(float));
+    float *da2 = malloc((size_t)R * H * sizeof(float));
+    float *r = malloc((size_t)R * E * sizeof(float));
+    float *dr = malloc((size_t)R * sizeof(float));
+    int rc = 0;
+    if (!x || !h1 || !h2 || !dh1 || !da2 || !r || !dr) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "erm_train: cannot allocate activations for %d pairs", B);
+        goto done;
+    }
+    memcpy(x, chosen, (size_t)B * D * sizeof(float));
+    memcpy(x + (size_t)B * D, rejected, (size_t)B * D * sizeof(float));
+    const erm_params *p = &m->params;
+    /* Forward: h1 = relu(x W1^T + b1) for all heads; h2 = relu(h1_e W2_e^T + b2_e); r. */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, (int)W, D, 1.0f, x, D, p->fc1_weight,
+                D, 0.0f, h1, (int)W);
+    for (int i = 0; i < R; i++) {
+        float *row = h1 + (size_t)i * W;
+        for (size_t j = 0; j < W; j++) {
+            float v = row[j] + p->fc1_bias[j];
+            row[j] = v > 0.0f ? v : 0.0f;
+        }
+    }
+    for (int e = 0; e < E; e++)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, H, H, 1.0f, h1 + (size_t)e * H,
+                    (int)W, p->fc2_weight + (size_t)e * H * H, H, 0.0f, h2 + (size_t)e * H, (int)W);
+    for (int i = 0; i < R; i++)
+        for (int e = 0; e < E; e++) {
+            float *row = h2 + (size_t)i * W + (size_t)e * H;
+            const float *b2 = p->fc2_bias + (size_t)e * H, *w3 = p->fc3_weight + (size_t)e * H;
+            float acc = 0.0f;
+            for (int j = 0; j < H; j++) {
+                float v = row[j] + b2[j];
+                row[j] = v > 0.0f ? v : 0.0f;
+                acc += row[j] * w3[j];
+            }
+            r[(size_t)i * E + e] = acc + p->fc3_bias[e];
+        }
+    const size_t per_head = m->num_params / (size_t)E;
+    if (grad) memset(grad, 0, m->num_params * sizeof(float));
+    for (int e = 0; e < E; e++) {
+        /* Data loss and d/dr. */
+        double data = 0;
+        for (int i = 0; i < B; i++) {
+            double delta = (double)r[(size_t)i * E + e] - (double)r[(size_t)(B + i) * E + e];
+            data += softplus(-delta);
+            double s = sigmoid(-delta) / B;
+            dr[i] = (float)-s;
+            dr[B + i] = (float)s;
+        }
+        data /= B;
+        /* Regulariser over this head's parameters (they are strided across the six blocks). */
+        double reg = 0;
+        const float *blocks[6][2] = {
+            {p->fc1_weight + (size_t)e * H * D, m->initial.fc1_weight + (size_t)e * H * D},
+            {p->fc1_bias + (size_t)e * H, m->initial.fc1_bias + (size_t)e * H},
+            {p->fc2_weight + (size_t)e * H * H, m->initial.fc2_weight + (size_t)e * H * H},
+            {p->fc2_bias + (size_t)e * H, m->initial.fc2_bias + (size_t)e * H},
+            {p->fc3_weight + (size_t)e * H, m->initial.fc3_weight + (size_t)e * H},
+            {p->fc3_bias + e, m->initial.fc3_bias + e}};
+        const size_t sizes[6] = {(size_t)H * D, (size_t)H, (size_t)H * H, (size_t)H, (size_t)H, 1};
+        for (int b = 0; b < 6; b++)
+            for (size_t k = 0; k < sizes[b]; k++) {
+                double d = (double)blocks[b][0][k] - (double)blocks[b][1][k];
+                reg += d * d;
+            }
+        reg = reg_scale * reg / (double)per_head;
+        if (loss_per_head) loss_per_head[e] = data + reg;
+        if (!grad) continue;
+        /* Gradient pointers of head e in the same layout as the parameters. */
+        const size_t off[6] = {(size_t)(p->fc1_weight - p->memory) + (size_t)e * H * D,
+                               (size_t)(p->fc1_bias - p->memory) + (size_t)e * H,
+                               (size_t)(p->fc2_weight - p->memory) + (size_t)e * H * H,
+                               (size_t)(p->fc2_bias - p->memory) + (size_t)e * H,
+                               (size_t)(p->fc3_weight - p->memory) + (size_t)e * H,
+                               (size_t)(p->fc3_bias - p->memory) + (size_t)e};
+        float *gw2 = grad + off[2], *gb2 = grad + off[3], *gw3 = grad + off[4], *gb3 = grad + off[5];
+        const float *w3 = p->fc3_weight + (size_t)e * H;
+        /* Layer 3 and the ReLU of layer 2. */
+        for (int i = 0; i < R; i++) {
+            const float *row = h2 + (size_t)i * W + (size_t)e * H;
+            float *drow = da2 + (size_t)i * H;
+            gb3[0] += dr[i];
+            for (int j = 0; j < H; j++) {
+                gw3[j] += dr[i] * row[j];
+                drow[j] = row[j] > 0.0f ? dr[i] * w3[j] : 0.0f;
+                gb2[j] += drow[j];
+            }
+        }
+        /* Layer 2: dW2 = da2^T h1_e, dh1_e = da2 W2_e (masked by layer 1's ReLU below). */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, H, R, 1.0f, da2, H,
+                    h1 + (size_t)e * H, (int)W, 0.0f, gw2, H);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, H, H, 1.0f, da2, H,
+                    p->fc2_weight + (size_t)e * H * H, H, 0.0f, dh1 + (size_t)e * H, (int)W);
+        /* The regulariser's gradient: reg_scale * 2 (theta - theta0) / per_head. */
+        double c = 2.0 * reg_scale / (double)per_head;
+        for (int b = 0; b < 6; b++) {
+            if (b == 0) continue; /* fc1.weight is added after its SGEMM below */
+            for (size_t k = 0; k < sizes[b]; k++)
+                grad[off[b] + k] += (float)(c * ((double)blocks[b][0][k] - (double)blocks[b][1][k]));
+        }
+    }
+    if (grad) {
+        /* Layer 1 for all heads: mask by the ReLU, then dW1 = dh1^T x and db1 = column sums. */
+        float *gw1 = grad + (p->fc1_weight - p->memory), *gb1 = grad + (p->fc1_bias - p->memory);
+        for (int i = 0; i < R; i++) {
+            float *drow = dh1 + (size_t)i * W;
+            const float *row = h1 + (size_t)i * W;
+            for (size_t j = 0; j < W; j++) {
+                if (row[j] <= 0.0f) drow[j] = 0.0f;
+                gb1[j] += drow[j];
+            }
+        }
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)W, D, R, 1.0f, dh1, (int)W, x, D,
+                    0.0f, gw1, D);
+        double c = 2.0 * reg_scale / (double)per_head;
+        const float *t0 = m->initial.fc1_weight;
+        for (size_t k = 0; k < W * (size_t)D; k++)
+            gw1[k] += (float)(c * ((double)p->fc1_weight[k] - (double)t0[k]));
+    }
+done:
+    free(x);
+    free(h1);
+    free(h2);
+    free(dh1);
+    free(da2);
+    free(r);
+    free(dr);
+    return rc;
+}
+
+int erm_train_accuracy(const erm *m, const float *chosen, const float *rejected, int n,
+                       double *accuracy, duel_error *err) {
+    *accuracy = 0;
+    if (n < 1) return 0;
+    const int E = m->config.num_heads, D = m->config.d_feat;
+    float *x = malloc((size_t)2 * D * sizeof(float));
+    float *r = malloc((size_t)2 * E * sizeof(float));
+    if (!x || !r) {
+        free(x);
+        free(r);
+        return duel_error_set(err, DUEL_ENOMEM, "erm_train: out of memory");
+    }
+    int right = 0, rc = 0;
+    for (int i = 0; i < n && rc == 0; i++) {
+        memcpy(x, chosen + (size_t)i * D, (size_t)D * sizeof(float));
+        memcpy(x + D, rejected + (size_t)i * D, (size_t)D * sizeof(float));
+        if ((rc = erm_score(m, x, 2, r, err)) != 0) break;
+        double a = 0, b = 0;
+        for (int e = 0; e < E; e++) {
+            a += r[e];
+            b += r[E + e];
+        }
+        right += a > b;
+    }
+    free(x);
+    free(r);
+    if (rc == 0) *accuracy = (double)right / n;
+    return rc;
+}
+
+int erm_trainer_create(erm *model, const erm_train_options *o, uint64_t seed, erm_trainer **out,
+                       duel_error *err) {
+    *out = NULL;
+    int rc = erm_train_options_check(o, err);
+    if (rc) return rc;
+    if (!model) return duel_error_set(err, DUEL_EINVAL, "erm_trainer_create: model is NULL");
+    erm_trainer *t = calloc(1, sizeof *t);
+    if (!t) return duel_error_set(err, DUEL_ENOMEM, "erm_trainer: out of memory");
+    t->model = model;
+    t->options = *o;
+    duel_rng_seed(&t->rng, seed);
+    const size_t D = (size_t)model->config.d_feat;
+    const int mb = o->minibatch;
+    t->ring = malloc((size_t)o->buffer_capacity * 2 * D * sizeof(float));
+    t->chosen = malloc((size_t)mb * D * sizeof(float));
+    t->rejected = malloc((size_t)mb * D * sizeof(float));
+    t->grad = malloc(model->num_params * sizeof(float));
+    t->pick = malloc((size_t)o->buffer_capacity * sizeof(int));
+    if (!t->ring || !t->chosen || !t->rejected || !t->grad || !t->pick) {
+        erm_trainer_free(t);
+        return duel_error_set(err, DUEL_ENOMEM, "erm_trainer: cannot allocate a buffer of %d pairs",
+                              o->buffer_capacity);
+    }
+    if ((rc = adamw_init(&t->optimizer, model->num_params, err)) != 0) {
+        erm_trainer_free(t);
+        return rc;
+    }
+    *out = t;
+    return 0;
+}
+
+void erm_trainer_free(erm_trainer *t) {
+    if (!t) return;
+    adamw_free(&t->optimizer);
+    free(t->ring);
+    free(t->chosen);
+    free(t->rejected);
+    free(t->grad);
+    free(t->pick);
+    free(t);
+}
+
+int erm_trainer_add_pairs(erm_trainer *t, const float *chosen, const float *rejected, int n,
+                          duel_error *err) {
+    const size_t D = (size_t)t->model->config.d_feat;
+    for (int i = 0; i < n; i++)
+        for (size_t k = 0; k < D; k++)
+            if (!isfinite(chosen[(size_t)i * D + k]) || !isfinite(rejected[(size_t)i * D + k]))
+                return duel_error_set(err, DUEL_EINVAL, "erm_trainer: pair %d has a non-finite "
+                                      "feature %zu", i, k);
+    const int cap = t->options.buffer_capacity;
+    for (int i = 0; i < n; i++) {
+        int slot;
+        if (t->ring_count < cap) {
+            slot = (t->ring_start + t->ring_count) % cap;
+            t->ring_count++;
+        } else {
+            slot = t->ring_start; /* overwrite the oldest */
+            t->ring_start = (t->ring_start + 1) % cap;
+        }
+        float *dst = t->ring + (size_t)slot * 2 * D;
+        memcpy(dst, chosen + (size_t)i * D, D * sizeof(float));
+        memcpy(dst + D, rejected + (size_t)i * D, D * sizeof(float));
+    }
+    t->pairs_seen += n;
+    return 0;
+}
+
+int erm_trainer_update(erm_trainer *t, erm_train_stats *stats, duel_error *err) {
+    erm_train_stats s = {0};
+    const erm_train_options *o = &t->options;
+    if (t->ring_count < o->min_pairs) {
+        if (stats) *stats = s;
+        return 0;
+    }
+    const size_t D = (size_t)t->model->config.d_feat;
+    const int E = t->model->config.num_heads;
+    const int B = t->ring_count < o->minibatch ? t->ring_count : o->minibatch;
+    const double reg_scale = o->lambda * (double)B / (double)(t->pairs_seen > 0 ? t->pairs_seen : 1);
+    adamw_options ao = {o->beta1, o->beta2, o->epsilon, o->weight_decay};
+    double *per_head = malloc((size_t)E * sizeof(double));
+    if (!per_head) return duel_error_set(err, DUEL_ENOMEM, "erm_trainer: out of memory");
+    int rc = 0;
+    for (int step = 0; step < o->adam_steps && rc == 0; step++) {
+        if (B == t->ring_count) {
+            for (int i = 0; i < B; i++) t->pick[i] = i;
+        } else {
+            /* B distinct indices: a partial Fisher-Yates shuffle of 0..count-1. */
+            for (int i = 0; i < t->ring_count; i++) t->pick[i] = i;
+            for (int i = 0; i < B; i++) {
+                int j = i + (int)duel_rng_below(&t->rng, (uint64_t)(t->ring_count - i));
+                int tmp = t->pick[i];
+                t->pick[i] = t->pick[j];
+                t->pick[j] = tmp;
+            }
+        }
+        for (int i = 0; i < B; i++) {
+            int slot = (t->ring_start + t->pick[i]) % o->buffer_capacity;
+            const float *src = t->ring + (size_t)slot * 2 * D;
+            memcpy(t->chosen + (size_t)i * D, src, D * sizeof(float));
+            memcpy(t->rejected + (size_t)i * D, src + D, D * sizeof(float));
+        }
+        if ((rc = erm_train_loss_grad(t->model, t->chosen, t->rejected, B, reg_scale, t->grad,
+                                      per_head, err)) != 0)
+            break;
+        double loss = 0;
+        for (int e = 0; e < E; e++) loss += per_head[e];
+        s.loss = loss / E;
+        if (!isfinite(s.loss)) {
+            rc = duel_error_set(err, DUEL_EFORMAT, "erm_trainer: the loss became non-finite");
+            break;
+        }
+        if (step == o->adam_steps - 1) {
+            rc = erm_train_accuracy(t->model, t->chosen, t->rejected, B, &s.accuracy, err);
+            if (rc) break;
+        }
+        rc = adamw_update(&t->optimizer, &ao, t->model->params.memory, t->grad, NULL, o->lr, err);
+        s.steps++;
+    }
+    if (rc == 0 && s.steps > 0) {
+        /* The softplus part alone: the loss without the regulariser, on the last minibatch. */
+        if ((rc = erm_train_loss_grad(t->model, t->chosen, t->rejected, B, 0.0, NULL, per_head,
+                                      err)) == 0) {
+            double d = 0;
+            for (int e = 0; e < E; e++) d += per_head[e];
+            s.data_loss = d / E;
+        }
+    }
+    s.minibatch = B;
+    free(per_head);
+    if (stats) *stats = s;
+    return rc;
+}
+
+int64_t erm_trainer_pairs_seen(const erm_trainer *t) { return t->pairs_seen; }
+int erm_trainer_buffer_count(const erm_trainer *t) { return t->ring_count; }
+
+void erm_trainer_buffer_pair(const erm_trainer *t, int index, const float **chosen,
+                             const float **rejected) {
+    const size_t D = (size_t)t->model->config.d_feat;
+    int slot = (t->ring_start + index) % t->options.buffer_capacity;
+    *chosen = t->ring + (size_t)slot * 2 * D;
+    *rejected = *chosen + D;
+}
+
+adamw_state *erm_trainer_optimizer(erm_trainer *t) { return &t->optimizer; }
+duel_rng *erm_trainer_rng(erm_trainer *t) { return &t->rng; }
+
+void erm_trainer_reset_buffer(erm_trainer *t) {
+    t->ring_start = 0;
+    t->ring_count = 0;
+    t->pairs_seen = 0;
+}
+
+void erm_trainer_set_pairs_seen(erm_trainer *t, int64_t n) { t->pairs_seen = n; }
