@@ -310,7 +310,7 @@ static int run_training(train_kind kind, int argc, char **argv) {
         goto done;
     if ((rc = write_tokenizer_config(c.out_dir, template_kind, &err)) != 0) goto done;
     json_t *summary = json_pack("{s:s, s:I, s:f, s:f, s:f, s:f, s:I}", "command", cmd.name, "steps",
-                                (json_int_t)final.step, "final_train_loss", final.loss,
+                                (json_int_t)final.step, "final_train_loss", isfinite(final.loss) ? final.loss : -1.0,
                                 "final_valid_loss", isfinite(final.valid_loss) ? final.valid_loss : -1.0,
                                 "train_seconds_this_run", duel_time_seconds() - t_train,
                                 "tokens_seen", final.tokens_seen, "parameters",

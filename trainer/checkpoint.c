@@ -294,7 +294,6 @@ int checkpoint_load(const char *dir, train_model *model, adamw_state *optimizer,
     }
     json_t *state = NULL;
     safetensors_archive *weights = NULL, *moments = NULL;
-    float *scratch = NULL;
     int rc;
     if ((rc = join(path, real, "state.json", err)) != 0 ||
         (rc = duel_json_load_file(path, 1 << 20, &state, err)) != 0) {
@@ -381,7 +380,6 @@ int checkpoint_load(const char *dir, train_model *model, adamw_state *optimizer,
     progress->seed = seed_value;
     progress->tokens_seen = tokens_seen;
 done:
-    free(scratch);
     safetensors_close(weights);
     safetensors_close(moments);
     json_decref(state);

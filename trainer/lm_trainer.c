@@ -253,6 +253,11 @@ int lm_train_run(train_model *model, const lm_dataset *train, const lm_dataset *
             }
         }
     }
+    /* A run resumed at its end still reports the validation loss of the weights it holds. */
+    if (valid != NULL && isnan(p.valid_loss) && p.step == o->total_steps &&
+        (rc = lm_train_evaluate(model, valid, B, o->eval_batches, &p.valid_loss, err)) != 0) {
+        goto done;
+    }
     if (final != NULL) {
         *final = p;
     }
@@ -392,7 +397,11 @@ int lm_model_export_hf(train_model *model, const char *config_json, const char *
     }
     snprintf(path, sizeof(path), "%s/config.json", dir);
     FILE *f = fopen(path, "w");
-    if (f == NULL || fputs(config_json, f) < 0 || fclose(f) != 0) {
+    bool written = f != NULL && fputs(config_json, f) >= 0;
+    if (f != NULL && fclose(f) != 0) {
+        written = false;
+    }
+    if (!written) {
         rc = duel_error_set(err, DUEL_EIO, "%s: cannot write", path);
         goto done;
     }
