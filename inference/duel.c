@@ -101,7 +101,7 @@ int duel_select_ee_ts(const float *r, int M, int E, duel_rng *rng, duel_pair *ou
     if (!rng || !out) return duel_error_set(err, DUEL_EINVAL, "ee_ts: NULL argument");
     int rc = check_matrix(r, M, E, 2, err);
     if (rc) return rc;
-    int order[DUEL_MAX_HEADS];
+    int order[DUEL_MAX_HEADS] = {0}; /* E >= 1 is checked; zeroed so -O3 sees it set */
     random_order(rng, E, order);
     out->head_first = order[0];
     out->first = head_argmax(r, M, E, order[0], -1);
@@ -205,7 +205,7 @@ int duel_select_bon(const float *r, int M, int E, duel_rng *rng, duel_pair *out,
     if (rc) return rc;
     double mean[DUEL_MAX_CANDIDATES];
     duel_ensemble_mean(r, M, E, mean, NULL);
-    int order[DUEL_MAX_HEADS];
+    int order[DUEL_MAX_HEADS] = {0}; /* E >= 1 is checked; zeroed so -O3 sees it set */
     random_order(rng, E, order);
     out->first = argmax_double(mean, M);
     out->head_first = -1;
