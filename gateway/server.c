@@ -185,9 +185,10 @@ static void session_close_soon(session *s) {
     lws_callback_on_writable(s->wsi);
 }
 
-/* Queues json (takes ownership) and asks for a WRITEABLE callback. */
-static void send_frame(gateway *gw, session *s, char *json, size_t len) {
+/* Queues json (takes ownership; NULL is ignored) and asks for a WRITEABLE callback. */
+static void send_frame(gateway *gw, session *s, char *json) {
     if (!json) return;
+    size_t len = strlen(json);
     if (s->out_bytes + len > OUTBOX_MAX_BYTES) {
         free(json);
         session_close_soon(s);
@@ -211,10 +212,8 @@ static void send_frame(gateway *gw, session *s, char *json, size_t len) {
 }
 
 static void send_error(gateway *gw, session *s, protocol_error_code code, const char *message) {
-    size_t len = 0;
-    char *json = protocol_encode_error(code, message, &len);
     gw->metrics.protocol_errors++;
-    send_frame(gw, s, json, len);
+    send_frame(gw, s, protocol_encode_error(code, message, NULL));
 }
 
 static session *find_session(gateway *gw, uint64_t conn_id) {
@@ -323,10 +322,9 @@ static void send_welcome(gateway *gw, session *s, bool resumed) {
     conversation *c = s->conv;
     protocol_welcome_limits lim = {gw->cfg.max_frame_bytes, gw->cfg.max_ask_bytes,
                                    gw->cfg.asks_per_minute_connection, gw->cfg.max_turns};
-    size_t len = 0;
-    char *json = protocol_encode_welcome(c->id, &lim, resumed, (const char *const *)c->user,
-                                         (const char *const *)c->assistant, c->n_turns, &len);
-    send_frame(gw, s, json, len);
+    send_frame(gw, s,
+               protocol_encode_welcome(c->id, &lim, resumed, (const char *const *)c->user,
+                                       (const char *const *)c->assistant, c->n_turns, NULL));
 }
 
 static void attach_conv(session *s, conversation *c) {
@@ -359,8 +357,7 @@ static void duel_drop(gateway *gw, duel_rec *d) {
 static void duel_abort(gateway *gw, session *s, duel_rec *d, bool tell) {
     gw->metrics.duels_cancelled++;
     if (s && tell) {
-        size_t len = 0;
-        send_frame(gw, s, protocol_encode_duel_end(d->id, true, &len), len);
+        send_frame(gw, s, protocol_encode_duel_end(d->id, true, NULL));
     }
     if (s) {
         s->duel = NULL;
@@ -403,17 +400,14 @@ static void stream_step(gateway *gw, session *s) {
     duel_rec *d = s->duel;
     if (!d || d->state != DS_STREAMING) return;
     size_t min = (size_t)gw->cfg.stream_chunk_bytes;
-    size_t len = 0;
     if (d->pos_a < d->len_a) {
         size_t e = chunk_end(d->text_a, d->len_a, d->pos_a, min);
-        send_frame(gw, s, protocol_encode_delta(d->id, 'a', d->text_a + d->pos_a, e - d->pos_a, &len),
-                   len);
+        send_frame(gw, s, protocol_encode_delta(d->id, 'a', d->text_a + d->pos_a, e - d->pos_a, NULL));
         d->pos_a = e;
     }
     if (d->pos_b < d->len_b) {
         size_t e = chunk_end(d->text_b, d->len_b, d->pos_b, min);
-        send_frame(gw, s, protocol_encode_delta(d->id, 'b', d->text_b + d->pos_b, e - d->pos_b, &len),
-                   len);
+        send_frame(gw, s, protocol_encode_delta(d->id, 'b', d->text_b + d->pos_b, e - d->pos_b, NULL));
         d->pos_b = e;
     }
     if (!d->first_delta_sent) {
@@ -421,7 +415,7 @@ static void stream_step(gateway *gw, session *s) {
         metrics_observe(&gw->metrics.time_to_first_delta, duel_time_seconds() - d->t_ask);
     }
     if (d->pos_a >= d->len_a && d->pos_b >= d->len_b) {
-        send_frame(gw, s, protocol_encode_duel_end(d->id, false, &len), len);
+        send_frame(gw, s, protocol_encode_duel_end(d->id, false, NULL));
         s->duel = NULL;
         duel_finish(gw, d);
         return;
@@ -730,16 +724,15 @@ static void on_backend_event(gateway *gw, duel_backend_event *ev) {
     duel_rec *d = str_map_get(&gw->requests, key);
     if (!d || d->state != DS_RUNNING) return; /* cancelled or gone */
     session *s = find_session(gw, d->conn_id);
-    size_t len = 0;
     switch (ev->kind) {
     case DUEL_BACKEND_PROGRESS:
-        if (s) send_frame(gw, s, protocol_encode_progress(d->id, ev->tokens, &len), len);
+        if (s) send_frame(gw, s, protocol_encode_progress(d->id, ev->tokens, NULL));
         break;
     case DUEL_BACKEND_ERROR:
         gw->metrics.duels_failed++;
         if (s) {
             send_error(gw, s, PROTOCOL_E_ENGINE, ev->message);
-            send_frame(gw, s, protocol_encode_duel_end(d->id, true, &len), len);
+            send_frame(gw, s, protocol_encode_duel_end(d->id, true, NULL));
             s->duel = NULL;
         }
         duel_drop(gw, d);
@@ -773,7 +766,7 @@ static void on_backend_event(gateway *gw, duel_backend_event *ev) {
             duel_drop(gw, d);
             break;
         }
-        send_frame(gw, s, protocol_encode_duel_start(d->id, &len), len);
+        send_frame(gw, s, protocol_encode_duel_start(d->id, NULL));
         stream_step(gw, s);
         break;
     }
@@ -782,7 +775,6 @@ static void on_backend_event(gateway *gw, duel_backend_event *ev) {
 
 static void on_redis_result(gateway *gw, redis_result *r) {
     session *s = find_session(gw, r->conn_id);
-    size_t len = 0;
     if (r->kind == REDIS_RESULT_CONVERSATION) {
         if (!s || !s->hello_pending) return;
         conversation *c = str_map_get(&gw->convs, r->key); /* another session may have loaded it */
@@ -827,7 +819,7 @@ static void on_redis_result(gateway *gw, redis_result *r) {
     }
     gw->metrics.votes_acked++;
     if (r->queued) gw->metrics.votes_queued_acked++;
-    send_frame(gw, s, protocol_encode_vote_ok(r->key, r->queued, &len), len);
+    send_frame(gw, s, protocol_encode_vote_ok(r->key, r->queued, NULL));
 }
 
 static void drain_inbox(gateway *gw) {
