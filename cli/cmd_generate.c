@@ -1,13 +1,17 @@
 /* cmd_generate.c: `duel generate`: one prompt (raw text or as a chat turn) or an interactive
- * chat, streamed token by token to stdout with prefill and decode speeds on stderr.
+ * chat, run on the inference engine (engine.h) and streamed token by token to stdout with
+ * prefill and decode speeds on stderr; with --n M, M candidates of the one prompt, printed whole
+ * and labelled once all have finished.
  *
- * A generator owns the model, the tokenizer and a contiguous KV cache, plus the list of tokens
- * whose K/V the cache holds. Each request is the full token sequence (the whole conversation in
- * chat mode); only the part after the longest common prefix with the cache is prefilled, so a
- * chat's next turn costs its new tokens, not the whole history. Generation stops at an EOS id
- * from config.json, the chat template's end-of-turn token, --max-new-tokens, or a full context.
- * Same seed, same model, same backend: same text. */
+ * A generator owns the model, the tokenizer and an engine with that model as its only arm. Each
+ * request is the full token sequence (the whole conversation in chat mode); the engine's prefix
+ * cache finds the blocks a previous turn already computed, so a chat's next turn costs its new
+ * tokens, not the whole history. Generation stops at an EOS id from config.json, the chat
+ * template's end-of-turn token, --max-new-tokens, or a full context (--context). Candidate i
+ * samples with seed + i (engine.h), so the single answer of seed s is candidate 0 of --n with
+ * seed s. Same seed, same model, same backend: same text. */
 #include <errno.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +21,7 @@
 
 #include "chat_template.h"
 #include "cli.h"
+#include "engine.h"
 #include "json_util.h"
 #include "model.h"
 #include "sampler.h"
@@ -32,19 +37,18 @@
 #define GENERATE_MAX_TOKENIZER_CONFIG_BYTES (8u << 20)
 /* Longest interactive input line, bytes. */
 #define GENERATE_MAX_LINE_BYTES (1u << 20)
+/* --n limit (candidates of one prompt); also the engine's max_candidates. */
+#define GENERATE_MAX_CANDIDATES 64
 
 typedef struct generator {
     model *model;
     tokenizer *tok;
     const model_config *config;
-    model_kv_cache *kv;
-    int context;      /* tokens the KV cache holds at most */
-    int32_t *cached;  /* [context] the tokens whose K/V are in kv, in order */
-    int n_cached;
-    float *logits;    /* [n_logits] scores of the last position run */
-    int n_logits;
+    engine *engine;
+    int context;      /* tokens (prompt + answer) one sequence may hold */
+    int candidates;   /* M the engine's KV pool was sized for */
     sampler_params sampling;
-    duel_rng rng;
+    unsigned long long seed;
     int32_t stop_ids[MODEL_CONFIG_MAX_EOS + 1];
     int n_stop_ids;
     int32_t bos_id; /* prepended to prompts that lack it (add_bos_token), or -1 */
@@ -53,19 +57,43 @@ typedef struct generator {
 typedef struct generation_stats {
     int prompt_tokens;
     int prefilled_tokens; /* prompt tokens actually run (the rest came from the cache) */
-    int new_tokens;
+    int new_tokens;       /* over all candidates, stop tokens excluded */
     double prefill_seconds;
     double decode_seconds;
-    const char *stop_reason;
+    const char *stop_reason; /* of candidate 0 */
 } generation_stats;
 
+/* One finished candidate of a request. */
+typedef struct generated_answer {
+    char *text;
+    int tokens;       /* generated, a final stop token excluded */
+    double logprob_sum;
+    const char *stop_reason;
+} generated_answer;
+
 static void generator_free(generator *g) {
-    model_kv_cache_free(g->kv);
+    engine_destroy(g->engine); /* before the model it borrows */
     model_free(g->model);
     tokenizer_free(g->tok);
-    free(g->cached);
-    free(g->logits);
     memset(g, 0, sizeof *g);
+}
+
+/* Starts the engine with a KV pool for `candidates` sequences of the context that share the
+ * prompt (a few spare blocks per candidate for the copy-on-write of the prompt's last block). */
+static int generator_start_engine(generator *g, int candidates, int max_new, duel_error *err) {
+    const model_config *c = g->config;
+    size_t per_token = 2 * (size_t)c->num_layers * (size_t)c->num_kv_heads * (size_t)c->head_dim *
+                       sizeof(float);
+    int answer = max_new < g->context ? max_new : g->context;
+    size_t tokens = (size_t)g->context + (size_t)(candidates - 1) * (size_t)answer +
+                    (size_t)candidates * 2 * KV_BLOCK_SIZE;
+    engine_model_params arm = {.arm = "default", .model = g->model, .tokenizer = g->tok};
+    engine_params ep = {.models = &arm,
+                        .num_models = 1,
+                        .kv_memory_bytes = tokens * per_token,
+                        .max_candidates = GENERATE_MAX_CANDIDATES};
+    g->candidates = candidates;
+    return engine_create(&ep, &g->engine, err);
 }
 
 static int generator_open(generator *g, const char *dir, long long context, duel_error *err) {
@@ -98,15 +126,6 @@ static int generator_open(generator *g, const char *dir, long long context, duel
         goto fail;
     } else {
         g->context = (int)context;
-    }
-    rc = model_kv_cache_create(g->model, g->context, &g->kv, err);
-    if (rc) goto fail;
-    g->n_logits = model_output_size(g->model);
-    g->logits = malloc((size_t)g->n_logits * sizeof *g->logits);
-    g->cached = malloc((size_t)g->context * sizeof *g->cached);
-    if (!g->logits || !g->cached) {
-        rc = duel_error_set(err, DUEL_ENOMEM, "out of memory for logits and token list");
-        goto fail;
     }
     for (int i = 0; i < g->config->num_eos_token_ids; i++)
         g->stop_ids[g->n_stop_ids++] = g->config->eos_token_ids[i];
@@ -175,78 +194,116 @@ static int generator_encode(const generator *g, const char *text, bool parse_spe
     return rc ? rc : prepend_bos(g, add_bos, ids, n_ids, err);
 }
 
-/* Runs prompt[0..n) (the whole sequence so far) and generates up to max_new tokens, streaming
- * them to out. *answer (optional) receives the generated text (heap, special tokens dropped). */
-static int generator_run(generator *g, const int32_t *prompt, int n, int max_new, FILE *out,
-                         char **answer, generation_stats *stats, duel_error *err) {
+static void answers_free(generated_answer *answers, int n) {
+    if (!answers) return;
+    for (int i = 0; i < n; i++) free(answers[i].text);
+    free(answers);
+}
+
+/* Runs prompt[0..n) (the whole sequence so far) on the engine and generates `candidates`
+ * answers of up to max_new tokens each (fewer when the context fills). With one candidate and
+ * out, its tokens are streamed to out as they come. *answers receives the candidates in index
+ * order (free with answers_free). */
+static int generator_run(generator *g, const int32_t *prompt, int n, int candidates, int max_new,
+                         FILE *out, generated_answer **answers, generation_stats *stats,
+                         duel_error *err) {
     memset(stats, 0, sizeof *stats);
     stats->prompt_tokens = n;
-    if (answer) *answer = NULL;
+    *answers = NULL;
     if (n <= 0) return duel_error_set(err, DUEL_EINVAL, "the prompt encodes to no tokens");
     if (n >= g->context)
         return duel_error_set(err, DUEL_ELIMIT,
                               "the prompt is %d tokens but the context holds %d (model "
                               "max_position_embeddings %d; see --context)",
                               n, g->context, g->config->max_position_embeddings);
-    int common = 0;
-    while (common < n && common < g->n_cached && g->cached[common] == prompt[common]) common++;
-    if (common == n) common = n - 1; /* rerun the last token to get its logits */
-    model_kv_cache_truncate(g->kv, common);
-    g->n_cached = common;
-
-    double t0 = duel_time_seconds();
-    int rc = model_forward(g->model, g->kv, prompt + common, n - common, g->logits, false, NULL,
-                           err);
-    if (rc) return rc;
-    memcpy(g->cached + common, prompt + common, (size_t)(n - common) * sizeof *prompt);
-    g->n_cached = n;
-    double t1 = duel_time_seconds();
-    stats->prefilled_tokens = n - common;
-    stats->prefill_seconds = t1 - t0;
-
-    int32_t *generated = malloc(((size_t)max_new + 1) * sizeof *generated);
-    if (!generated) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    bool context_bound = max_new > g->context - n;
+    if (context_bound) max_new = g->context - n;
+    if (!g->engine || g->candidates < candidates) {
+        engine_destroy(g->engine);
+        g->engine = NULL;
+        int rc = generator_start_engine(g, candidates, max_new, err);
+        if (rc) return rc;
+    }
+    generated_answer *got = calloc((size_t)candidates, sizeof *got);
+    if (!got) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    engine_request req = {.tokens = prompt,
+                          .num_tokens = n,
+                          .num_candidates = candidates,
+                          .sampling = g->sampling,
+                          .seed = g->seed,
+                          .max_new_tokens = max_new,
+                          .stop_tokens = g->stop_ids,
+                          .num_stop_tokens = g->n_stop_ids,
+                          .want_progress = candidates == 1 && out != NULL};
+    uint64_t id;
+    int rc = engine_submit(g->engine, &req, &id, err);
+    if (rc) {
+        free(got);
+        return rc;
+    }
     utf8_stream stream;
     /* A random or badly trained model can emit escape sequences: keep them off terminals. */
-    utf8_stream_init(&stream, isatty(fileno(out)));
-    stats->stop_reason = "max-new-tokens";
-    int count = 0;
-    while (count < max_new) {
-        int32_t id = sampler_sample(g->logits, g->n_logits, &g->sampling, &g->rng, NULL, err);
-        if (id < 0) {
-            rc = id;
+    if (out) utf8_stream_init(&stream, isatty(fileno(out)));
+    bool done = false;
+    while (!done) {
+        engine_event *ev;
+        engine_poll(g->engine, -1, &ev);
+        if (!ev) continue;
+        switch (ev->kind) {
+        case ENGINE_EVENT_PROGRESS:
+            for (int i = 0; i < ev->count && out; i++) {
+                int32_t tok = ev->tokens[i];
+                const char *bytes;
+                size_t len;
+                if (!is_stop(g, tok) && !tokenizer_is_special(g->tok, tok) &&
+                    tokenizer_token_bytes(g->tok, tok, &bytes, &len) == 0) {
+                    utf8_stream_write(&stream, bytes, len, out);
+                    fflush(out);
+                }
+            }
+            break;
+        case ENGINE_EVENT_CANDIDATE: {
+            generated_answer *a = &got[ev->candidate];
+            bool stopped = ev->finish_reason == ENGINE_FINISH_STOP;
+            a->tokens = ev->count - (stopped ? 1 : 0);
+            a->logprob_sum = ev->logprob_sum;
+            a->stop_reason = stopped ? "stop token"
+                             : ev->finish_reason == ENGINE_FINISH_CONTEXT ||
+                                       (context_bound && ev->count >= max_new)
+                                 ? "context full"
+                                 : "max-new-tokens";
+            a->text = ev->text;
+            ev->text = NULL;
+            if (!a->text) a->text = strdup("");
+            if (!a->text) rc = duel_error_set(err, DUEL_ENOMEM, "out of memory");
+            stats->new_tokens += a->tokens;
             break;
         }
-        if (is_stop(g, id)) {
-            stats->stop_reason = "stop token";
+        case ENGINE_EVENT_FINISHED:
+            stats->prefilled_tokens = (int)ev->counts.prompt_computed;
+            stats->prefill_seconds = ev->timings.first_token_ms / 1e3;
+            stats->decode_seconds = (ev->timings.total_ms - ev->timings.first_token_ms) / 1e3;
+            stats->stop_reason = got[0].stop_reason;
+            done = true;
+            break;
+        default: /* CANCELLED cannot happen: nothing cancels */
+            rc = duel_error_set(err, ev->status ? ev->status : DUEL_EINVAL, "%s",
+                                ev->message ? ev->message : "the request failed");
+            done = true;
             break;
         }
-        generated[count++] = id;
-        const char *bytes;
-        size_t len;
-        if (!tokenizer_is_special(g->tok, id) && tokenizer_token_bytes(g->tok, id, &bytes, &len) == 0) {
-            utf8_stream_write(&stream, bytes, len, out);
-            fflush(out);
-        }
-        if (count == max_new) break;
-        if (g->n_cached >= g->context) {
-            stats->stop_reason = "context full";
-            break;
-        }
-        rc = model_forward(g->model, g->kv, &id, 1, g->logits, false, NULL, err);
-        if (rc) break;
-        g->cached[g->n_cached++] = id;
+        engine_event_free(ev);
     }
-    utf8_stream_finish(&stream, out);
-    fflush(out);
-    stats->new_tokens = count;
-    stats->decode_seconds = duel_time_seconds() - t1;
-    if (rc == 0 && answer) {
-        size_t len;
-        rc = tokenizer_decode(g->tok, generated, (size_t)count, true, answer, &len, err);
+    if (out) {
+        utf8_stream_finish(&stream, out);
+        fflush(out);
     }
-    free(generated);
-    return rc;
+    if (rc) {
+        answers_free(got, candidates);
+        return rc;
+    }
+    *answers = got;
+    return DUEL_OK;
 }
 
 static void print_stats(const generation_stats *s, unsigned long long seed) {
@@ -294,35 +351,57 @@ static void conversation_free(conversation *c) {
     memset(c, 0, sizeof *c);
 }
 
-/* Renders the conversation with a generation prompt, encodes it, generates the answer and adds
- * it to the conversation. */
-static int chat_turn(generator *g, chat_template_kind kind, conversation *c, int max_new,
-                     generation_stats *stats, duel_error *err) {
-    char *answer = NULL;
-    int32_t *ids = NULL;
-    size_t n_ids = 0;
+/* Renders the conversation with a generation prompt and encodes it (*ids heap-allocated). */
+static int encode_conversation(const generator *g, chat_template_kind kind, const conversation *c,
+                               int32_t **ids, size_t *n_ids, duel_error *err) {
     /* Content is encoded with special-token parsing off, so typed markers stay text. As Hugging
      * Face's apply_chat_template: the chatml and llama3 templates carry their own start tokens;
      * the plain template is raw text for base models and gets BOS like a prompt. */
-    int rc = chat_template_encode(kind, g->tok, c->messages, c->count, true, &ids, &n_ids, err);
-    if (rc == 0) rc = prepend_bos(g, kind == CHAT_TEMPLATE_PLAIN, &ids, &n_ids, err);
-    if (rc == 0 && n_ids > (size_t)g->context)
+    int rc = chat_template_encode(kind, g->tok, c->messages, c->count, true, ids, n_ids, err);
+    if (rc == 0) rc = prepend_bos(g, kind == CHAT_TEMPLATE_PLAIN, ids, n_ids, err);
+    if (rc == 0 && *n_ids > (size_t)g->context)
         rc = duel_error_set(err, DUEL_ELIMIT,
-                            "the conversation is %zu tokens but the context holds %d", n_ids,
+                            "the conversation is %zu tokens but the context holds %d", *n_ids,
                             g->context);
-    if (rc == 0) rc = generator_run(g, ids, (int)n_ids, max_new, stdout, &answer, stats, err);
-    if (rc == 0) rc = conversation_add(c, "assistant", answer, strlen(answer));
-    free(ids);
-    free(answer);
     return rc;
+}
+
+/* Encodes the conversation, generates the answer (streamed) and adds it to the conversation. */
+static int chat_turn(generator *g, chat_template_kind kind, conversation *c, int max_new,
+                     generation_stats *stats, duel_error *err) {
+    generated_answer *answer = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    int rc = encode_conversation(g, kind, c, &ids, &n_ids, err);
+    if (rc == 0) rc = generator_run(g, ids, (int)n_ids, 1, max_new, stdout, &answer, stats, err);
+    if (rc == 0) rc = conversation_add(c, "assistant", answer[0].text, strlen(answer[0].text));
+    free(ids);
+    answers_free(answer, 1);
+    g->seed++; /* the next turn samples with the next seed */
+    return rc;
+}
+
+/* Prints M finished candidates, each under a label line with its token count, summed
+ * log-probability (temperature 1) and stop reason. */
+static void print_candidates(const generated_answer *answers, int m, FILE *out) {
+    for (int i = 0; i < m; i++) {
+        fprintf(out, "=== candidate %d: %d tokens, logprob %.4f, stop: %s ===\n", i,
+                answers[i].tokens, answers[i].logprob_sum, answers[i].stop_reason);
+        utf8_stream stream;
+        utf8_stream_init(&stream, isatty(fileno(out)));
+        utf8_stream_write(&stream, answers[i].text, strlen(answers[i].text), out);
+        utf8_stream_finish(&stream, out);
+        fputc('\n', out);
+    }
+    fflush(out);
 }
 
 typedef struct generate_options {
     const char *model_dir, *prompt, *system, *template_name;
     bool chat, interactive;
     double temperature, top_p;
-    long long top_k, seed, max_new_tokens, context;
-    bool seed_given;
+    long long top_k, seed, max_new_tokens, context, n;
+    bool seed_given, n_given;
 } generate_options;
 
 static int interactive_chat(generator *g, chat_template_kind kind, const generate_options *o,
@@ -406,7 +485,8 @@ static int interactive_chat(generator *g, chat_template_kind kind, const generat
 }
 
 int cmd_generate(int argc, char **argv) {
-    generate_options o = {.temperature = 0.7, .top_p = 0.9, .top_k = 0, .max_new_tokens = 256};
+    generate_options o = {
+        .temperature = 0.7, .top_p = 0.9, .top_k = 0, .max_new_tokens = 256, .n = 1};
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &o.model_dir, "DIR",
          "model directory (config.json, model.safetensors, tokenizer.json); required", 0, 0,
@@ -437,16 +517,23 @@ int cmd_generate(int argc, char **argv) {
         {"--context", CLI_OPT_INT, &o.context, "N",
          "tokens of KV cache to allocate (default: max_position_embeddings, at most 4096)", 1,
          1e7, false, NULL},
+        {"--n", CLI_OPT_INT, &o.n, "M",
+         "generate M candidates of the prompt (seeds seed .. seed+M-1) and print each, labelled "
+         "with its token count and summed log-prob, once all are done (default 1: streamed)",
+         1, GENERATE_MAX_CANDIDATES, false, &o.n_given},
     };
     const cli_command cmd = {
         "generate",
-        "--model DIR (--prompt TEXT | --interactive) [--chat] [options]",
+        "--model DIR (--prompt TEXT | --interactive) [--chat] [--n M] [options]",
         "Generates text with a local model and streams it to stdout; prefill and decode speeds\n"
         "go to stderr. Generation stops at an end-of-sequence token, the chat template's\n"
         "end-of-turn token (with --chat), --max-new-tokens, or a full context. Raw prompts start\n"
         "with the BOS token when tokenizer_config.json sets add_bos_token, as in Hugging Face.\n"
         "With --interactive, each line of stdin is a user message; /reset forgets the\n"
-        "conversation; Ctrl-D (end of input) exits.",
+        "conversation; Ctrl-D (end of input) exits. With --n M, M candidates of one prompt\n"
+        "are decoded together (candidate i with seed + i, so --n 1 and the streamed answer of\n"
+        "the same seed agree) and printed whole, each under a '=== candidate i: N tokens,\n"
+        "logprob L, stop: R ===' line.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
@@ -458,6 +545,8 @@ int cmd_generate(int argc, char **argv) {
         return cli_usage_error(&cmd, "--prompt is not valid UTF-8 (byte %zu)", bad);
     if (o.system && !duel_utf8_valid(o.system, strlen(o.system), &bad))
         return cli_usage_error(&cmd, "--system is not valid UTF-8 (byte %zu)", bad);
+    if (o.interactive && o.n_given)
+        return cli_usage_error(&cmd, "--n takes one --prompt, not --interactive");
     if (o.interactive) o.chat = true;
     if ((o.system || o.template_name) && !o.chat)
         return cli_usage_error(&cmd, "--system and --template need --chat or --interactive");
@@ -478,7 +567,7 @@ int cmd_generate(int argc, char **argv) {
         return CLI_EXIT_FAILURE;
     }
     g.sampling = (sampler_params){(float)o.temperature, (float)o.top_p, (int)o.top_k};
-    duel_rng_seed(&g.rng, seed);
+    g.seed = seed;
     if (o.chat && !o.template_name && chat_template_detect(o.model_dir, &kind, &err)) {
         fprintf(stderr, "duel generate: %s\n", err.message);
         generator_free(&g);
@@ -491,34 +580,41 @@ int cmd_generate(int argc, char **argv) {
         status = interactive_chat(&g, kind, &o, seed);
     } else {
         generation_stats stats;
+        int32_t *ids = NULL;
+        size_t n_ids = 0;
         if (o.chat) {
             conversation c = {0};
             rc = o.system ? conversation_add(&c, "system", o.system, strlen(o.system)) : 0;
             if (rc == 0) rc = conversation_add(&c, "user", o.prompt, strlen(o.prompt));
-            if (rc == 0) rc = chat_turn(&g, kind, &c, (int)o.max_new_tokens, &stats, &err);
+            if (rc == 0) rc = encode_conversation(&g, kind, &c, &ids, &n_ids, &err);
             else duel_error_set(&err, rc, "out of memory");
             conversation_free(&c);
         } else {
-            int32_t *ids = NULL;
-            size_t n_ids = 0;
             rc = generator_encode(&g, o.prompt, false, true, &ids, &n_ids, &err);
             if (rc == 0 && n_ids > (size_t)g.context)
                 rc = duel_error_set(&err, DUEL_ELIMIT,
                                     "the prompt is %zu tokens but the context holds %d", n_ids,
                                     g.context);
-            if (rc == 0)
-                rc = generator_run(&g, ids, (int)n_ids, (int)o.max_new_tokens, stdout, NULL,
-                                   &stats, &err);
-            free(ids);
         }
+        int m = (int)o.n;
+        generated_answer *answers = NULL;
+        if (rc == 0)
+            rc = generator_run(&g, ids, (int)n_ids, m, (int)o.max_new_tokens,
+                               o.n_given ? NULL : stdout, &answers, &stats, &err);
+        free(ids);
         if (rc) {
             fprintf(stderr, "duel generate: %s\n", err.message);
             status = CLI_EXIT_FAILURE;
         } else {
-            fputc('\n', stdout);
-            fflush(stdout);
+            if (o.n_given) {
+                print_candidates(answers, m, stdout);
+            } else {
+                fputc('\n', stdout);
+                fflush(stdout);
+            }
             print_stats(&stats, seed);
         }
+        answers_free(answers, m);
     }
     generator_free(&g);
     return status;

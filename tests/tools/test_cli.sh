@@ -65,7 +65,7 @@ expect 0 '--max-new-tokens' -- help generate
 echo "== --help of every command documents every flag"
 declare -A FLAGS=(
     [info]="--json"
-    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context"
+    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n"
     [bench forward]="--model --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
     [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
 )
@@ -168,6 +168,23 @@ gen --prompt "x" --temperature 0 --max-new-tokens 16 --seed 2 >"$TMP/g2.out" 2>/
 cmp -s "$TMP/g1.out" "$TMP/g2.out" || fail "greedy output depends on the seed"
 gen --prompt "hello" --chat --system "Be brief." --seed 3 --max-new-tokens 12 >/dev/null 2>"$TMP/chat.err" \
     || fail "generate --chat failed: $(cat "$TMP/chat.err")"
+pass
+
+# --n M: M candidates of one prompt, labelled; candidate i is seed + i; same seed, same text.
+expect 2 -- '--n must be an integer in \[1, 64\], got .0.' -- generate --model "$MODEL" --prompt hi --n 0
+expect 2 -- '--n must be an integer in \[1, 64\], got .65.' -- generate --model "$MODEL" --prompt hi --n 65
+expect 2 -- '--n takes one --prompt' -- generate --model "$MODEL" --interactive --n 2
+gen --prompt "The cat sat on" --seed 7 "${hot[@]}" --n 3 >"$TMP/n1.out" 2>"$TMP/n1.err" || fail "generate --n 3 failed: $(cat "$TMP/n1.err")"
+gen --prompt "The cat sat on" --seed 7 "${hot[@]}" --n 3 >"$TMP/n2.out" 2>/dev/null || fail "generate --n 3 failed"
+[ "$(grep -cE '^=== candidate [0-2]: [0-9]+ tokens, logprob -?[0-9]+\.[0-9]+, stop: ' "$TMP/n1.out")" -eq 3 ] \
+    || fail "--n 3 did not print 3 labelled candidates: $(cat "$TMP/n1.out")"
+cmp -s "$TMP/n1.out" "$TMP/n2.out" || fail "--n 3: same seed gave different candidates"
+# Candidate 1 of seed 7 is the single answer of seed 8 (seeds seed + i).
+gen --prompt "The cat sat on" --seed 8 "${hot[@]}" --n 1 >"$TMP/n3.out" 2>/dev/null || fail "generate --n 1 failed"
+[ "$(sed -n '/^=== candidate 1:/,/^=== candidate 2:/p' "$TMP/n1.out" | sed '1d;$d')" = "$(sed 1d "$TMP/n3.out")" ] \
+    || fail "candidate 1 of seed 7 differs from the answer of seed 8"
+[ "$(sed 1d "$TMP/n3.out")" = "$(cat "$TMP/c.out")" ] || fail "--n 1 differs from the streamed answer of the same seed"
+grep -q 'decode 72 tokens' "$TMP/n1.err" || fail "--n 3 x 24 tokens: $(cat "$TMP/n1.err")"
 pass
 
 long=$(printf 'word %.0s' $(seq 1 50))
