@@ -6,3 +6,11 @@ duel_test(test_gateway_socket ${CMAKE_CURRENT_LIST_DIR}/test_gateway_socket.c)
 set_tests_properties(test_gateway_socket PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE)
 duel_test(test_gateway_no_vote_lost ${CMAKE_CURRENT_LIST_DIR}/test_no_vote_lost.c)
 set_tests_properties(test_gateway_no_vote_lost PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE)
+
+# The browser test (tests/e2e): node + playwright-core driving Debian's /usr/bin/chromium against
+# `duel serve`. Exit 77 (skipped) when chromium or playwright-core is missing.
+if(DUEL_NODE AND TARGET duel AND NOT DUEL_FUZZ)
+  add_test(NAME e2e_chat COMMAND ${DUEL_NODE} ${PROJECT_SOURCE_DIR}/tests/e2e/chat.test.mjs)
+  set_tests_properties(e2e_chat PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE SKIP_RETURN_CODE 77
+    ENVIRONMENT "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BIN=$<TARGET_FILE:duel>;DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp;DUEL_E2E_ARTIFACTS=${PROJECT_BINARY_DIR}/test-artifacts/e2e")
+endif()

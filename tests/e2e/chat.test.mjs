@@ -1,0 +1,199 @@
+// chat.test.mjs: the chat page in a real browser (Debian's Chromium via playwright-core) against
+// `duel serve` (test backend) and a real redis-server, both started here on free loopback ports.
+// Desktop and phone viewports: open the page, ask, see the generation indicator, watch both
+// answers stream, vote (keyboard on desktop, buttons on the phone), see the chosen answer join
+// the conversation, find the vote in Redis, reload and find the conversation resumed.
+// Screenshots of each state go to $DUEL_E2E_ARTIFACTS (default $DUEL_TEST_TMP/e2e-screenshots).
+// Exit 77 (skip) when Chromium or playwright-core is missing.
+import {spawn, execFileSync} from 'node:child_process';
+import {existsSync, mkdirSync, mkdtempSync, writeFileSync} from 'node:fs';
+import {createServer} from 'node:net';
+import {tmpdir} from 'node:os';
+import {join, resolve, dirname} from 'node:path';
+import {fileURLToPath} from 'node:url';
+import assert from 'node:assert/strict';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const source = process.env.DUEL_SOURCE_DIR || resolve(here, '../..');
+const duelBin = process.env.DUEL_BIN || join(source, 'build/cli/duel');
+const chromiumPath = '/usr/bin/chromium';
+const tmpBase = process.env.DUEL_TEST_TMP || tmpdir();
+mkdirSync(tmpBase, {recursive: true});
+const artifacts = process.env.DUEL_E2E_ARTIFACTS || join(tmpBase, 'e2e-screenshots');
+mkdirSync(artifacts, {recursive: true});
+
+let chromium;
+try {
+  ({chromium} = await import('playwright-core'));
+} catch {
+  console.log('SKIP: playwright-core is not installed (npm install)');
+  process.exit(77);
+}
+if (!existsSync(chromiumPath)) {
+  console.log('SKIP: /usr/bin/chromium is missing (apt-get install chromium)');
+  process.exit(77);
+}
+if (!existsSync(duelBin)) {
+  console.error(`duel binary not found at ${duelBin} (set DUEL_BIN)`);
+  process.exit(1);
+}
+
+function freePort() {
+  return new Promise((res, rej) => {
+    const s = createServer();
+    s.listen(0, '127.0.0.1', () => {
+      const {port} = s.address();
+      s.close(() => res(port));
+    });
+    s.on('error', rej);
+  });
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function waitFor(fn, what, timeoutMs = 10000) {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch { /* not yet */ }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+const dir = mkdtempSync(join(tmpBase, 'e2e-'));
+const redisPort = await freePort();
+const webPort = await freePort();
+const children = [];
+function stopAll() {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+}
+process.on('exit', stopAll);
+
+const redis = spawn('redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--dir', dir,
+  '--save', '', '--logfile', join(dir, 'redis.log')], {stdio: 'ignore'});
+children.push(redis);
+const redisCli = (...args) =>
+  execFileSync('redis-cli', ['-p', String(redisPort), ...args],
+    {encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore']});
+await waitFor(() => redisCli('PING').trim() === 'PONG', 'redis-server');
+
+// Slow the stream down so that a person (and the screenshots) can see it arrive.
+writeFileSync(join(dir, 'config.json'), JSON.stringify({gateway: {stream_interval_ms: 60}}));
+const server = spawn(duelBin, ['serve', '--port', String(webPort), '--redis', `127.0.0.1:${redisPort}`,
+  '--config', join(dir, 'config.json'), '--web-root', join(source, 'gateway/web'),
+  '--spill', join(dir, 'spill.log'), '--test-step-ms', '150'], {stdio: ['ignore', 'pipe', 'pipe']});
+children.push(server);
+let serverLog = '';
+server.stdout.on('data', (d) => { serverLog += d; });
+server.stderr.on('data', (d) => { serverLog += d; });
+const base = `http://127.0.0.1:${webPort}`;
+await waitFor(async () => (await fetch(`${base}/healthz`)).ok, 'duel serve');
+
+// A fresh profile per scenario (playwright passes it to Chromium as --user-data-dir).
+function launch(contextOptions) {
+  return chromium.launchPersistentContext(mkdtempSync(join(tmpBase, 'chromium-profile-')), {
+    executablePath: chromiumPath,
+    headless: true,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    ...contextOptions,
+  });
+}
+
+async function runScenario(name, contextOptions, useKeyboard) {
+  const context = await launch(contextOptions);
+  const page = context.pages()[0] || await context.newPage();
+  const consoleErrors = [];
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  const shot = (state) => page.screenshot({path: join(artifacts, `${name}-${state}.png`), fullPage: true});
+
+  await page.goto(base + '/');
+  await waitFor(async () => (await page.textContent('#status')) === 'Connected', 'Connected');
+  // Accessibility basics: the message box has a label; the vote group has a name.
+  assert.equal(await page.getAttribute('label[for=ask-text]', 'for'), 'ask-text');
+  assert.ok(await page.getAttribute('.votes', 'aria-label'));
+  await shot('1-connected');
+
+  const question = `What is a lighthouse (${name})?`;
+  await page.fill('#ask-text', question);
+  await page.press('#ask-text', 'Enter');
+  await waitFor(async () => /tokens so far|Thinking/.test(await page.textContent('#progress')),
+    'generation indicator');
+  assert.equal(await page.isVisible('#duel'), true);
+  await shot('2-generating');
+
+  await waitFor(async () => (await page.textContent('#text-a')).length > 0 &&
+    (await page.textContent('#text-b')).length > 0, 'both answers streaming');
+  const partialA = await page.textContent('#text-a');
+  await shot('3-streaming');
+  await waitFor(async () => !(await page.isDisabled('.votes button[data-choice=a]')), 'votes enabled');
+  const fullA = await page.textContent('#text-a');
+  const fullB = await page.textContent('#text-b');
+  assert.ok(fullA.length > partialA.length, 'answer A grew while streaming');
+  assert.ok(fullA.includes(question) && fullB.includes(question));
+  assert.notEqual(fullA, fullB);
+  await shot('4-answers');
+
+  if (name === 'phone') {
+    // Stacked on a phone: B is below A, not beside it.
+    const a = await page.locator('#answer-a').boundingBox();
+    const b = await page.locator('#answer-b').boundingBox();
+    assert.ok(b.y >= a.y + a.height - 1, 'answers are stacked');
+    assert.ok(Math.abs(a.x - b.x) < 2);
+  } else {
+    const a = await page.locator('#answer-a').boundingBox();
+    const b = await page.locator('#answer-b').boundingBox();
+    assert.ok(b.x > a.x + a.width / 2, 'answers are side by side');
+    assert.ok(Math.abs(a.y - b.y) < 2);
+  }
+
+  const before = Number(redisCli('XLEN', 'duel:prefs').trim());
+  if (useKeyboard) {
+    await page.keyboard.press('2'); // B is better
+  } else {
+    await page.click('.votes button[data-choice=b]');
+  }
+  await waitFor(async () => (await page.textContent('#notice')).includes('Thanks'), 'vote_ok');
+  const assistant = await page.locator('.bubble.assistant').last().textContent();
+  assert.equal(assistant, fullB, 'the chosen answer joined the conversation');
+  assert.equal(await page.isVisible('#duel'), false);
+  await shot('5-voted');
+
+  await waitFor(() => Number(redisCli('XLEN', 'duel:prefs').trim()) === before + 1, 'vote in Redis');
+  const entry = redisCli('XREVRANGE', 'duel:prefs', '+', '-', 'COUNT', '1');
+  assert.ok(entry.includes(fullB), 'the stream entry holds the chosen text');
+  assert.match(entry, /\nchoice\nb\n/);
+
+  // Reload: the conversation is resumed with its history.
+  await page.reload();
+  await waitFor(async () => (await page.locator('.bubble.assistant').count()) === 1, 'resumed history');
+  assert.equal(await page.locator('.bubble.user').first().textContent(), question);
+  await shot('6-resumed');
+  assert.deepEqual(consoleErrors, []);
+  await context.close();
+}
+
+let failed = false;
+try {
+  await runScenario('desktop', {viewport: {width: 1280, height: 800}}, true);
+  await runScenario('phone', {viewport: {width: 390, height: 844}, isMobile: true, hasTouch: true,
+    deviceScaleFactor: 2}, false);
+  console.log(`ok: desktop and phone scenarios passed; screenshots in ${artifacts}`);
+} catch (e) {
+  failed = true;
+  console.error(e);
+  console.error('server log:\n' + serverLog);
+} finally {
+  server.kill('SIGTERM');
+  await new Promise((r) => server.exitCode !== null ? r() : server.on('exit', r));
+  if (server.exitCode !== 0) {
+    console.error(`duel serve exited with ${server.exitCode} after SIGTERM`);
+    failed = true;
+  }
+  stopAll();
+}
+process.exit(failed ? 1 : 0);
