@@ -5,9 +5,9 @@
  * training tokens/s, DPO pairs/s, and the achieved FLOP rate as a fraction of this machine's
  * sgemm rate measured in the same run (the best of the interleaved probes).
  *
- * FLOPs per trained token: 6 x (weights in matrix products, the output head included) plus the
- * causal attention's 6 x layers x T x (heads x head_dim) (score and value products, halved by
- * the mask, forward and backward). */
+ * FLOPs per trained position: 6 x (weights in matrix products) plus the causal attention's
+ * 6 x layers x T x (heads x head_dim) (score and value products, halved by the mask, forward and
+ * backward), plus 6 x vocab x hidden for the output head on positions that carry loss. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -42,16 +42,19 @@ typedef struct bench_result {
     double pairs_per_second, dpo_gflops;
 } bench_result;
 
-static double flops_per_token(train_model *m, int T) {
+/* FLOPs per trained position of the body (every position) and of the output head (only the
+ * positions whose target carries loss reach the head). */
+static void flops_per_token(train_model *m, int T, double *body, double *head) {
     const model_config *c = train_model_config(m);
     double matrix = 0;
     for (int i = 0; i < train_model_num_tensors(m); i++) {
         train_tensor t;
         train_model_tensor_at(m, i, &t);
-        if (t.ndim == 2 && strstr(t.name, "embed_tokens") == NULL) matrix += (double)t.numel;
+        if (t.ndim == 2 && strstr(t.name, "embed_tokens") == NULL && strstr(t.name, "lm_head") == NULL)
+            matrix += (double)t.numel;
     }
-    if (c->tie_word_embeddings) matrix += (double)c->vocab_size * c->hidden_size;
-    return 6.0 * matrix + 6.0 * c->num_layers * (double)T * c->num_heads * c->head_dim;
+    *body = 6.0 * matrix + 6.0 * c->num_layers * (double)T * c->num_heads * c->head_dim;
+    *head = 6.0 * (double)c->vocab_size * c->hidden_size;
 }
 
 static void random_batch(duel_rng *rng, int vocab, int n, int32_t *tokens, int32_t *targets,
@@ -128,12 +131,15 @@ static int bench_model(const char *name, train_model *m, int B, int T, int pairs
         fprintf(stderr, "  %s: step %d/%d\n", name, s, steps);
     }
     if (rc == 0) {
-        double fpt = flops_per_token(m, T);
+        double body, head;
+        flops_per_token(m, T, &body, &head);
         r->tokens_per_second = (double)B * T / best_train;
-        r->train_gflops = r->tokens_per_second * fpt / 1e9;
+        r->train_gflops = r->tokens_per_second * (body + head) / 1e9;
         r->pairs_per_second = pairs / best_dpo;
-        /* reference forward = 1/3 of a trained token's FLOPs; DPO trains on all 2T positions */
-        r->dpo_gflops = (double)2 * pairs * T * fpt * (4.0 / 3.0) / best_dpo / 1e9;
+        /* The reference forward is 1/3 of a trained position's FLOPs, so each position costs
+         * 4/3; the head runs on the response half of the positions only. */
+        double positions = 2.0 * pairs * T;
+        r->dpo_gflops = positions * (body + 0.5 * head) * (4.0 / 3.0) / best_dpo / 1e9;
     }
     adamw_free(&opt);
     free(tokens);
