@@ -46,7 +46,9 @@ static void *wait_for_signal(void *arg) {
 int cmd_serve(int argc, char **argv) {
     long long port = 8080, step_ms = 40;
     const char *redis = NULL, *config = NULL, *bind = NULL, *web_root = NULL, *spill = NULL;
-    const char *backend_name = "test";
+    const char *backend_name = NULL, *model_dir = NULL, *erm_path = NULL, *strategy = "ee_ts";
+    long long candidates = 4, max_new_tokens = 128;
+    double temperature = 1.0, top_p = 1.0;
     bool port_given = false;
     const cli_option options[] = {
         {"--port", CLI_OPT_INT, &port, "N", "TCP port (default 8080; 0 picks a free one)", 0,
@@ -64,8 +66,22 @@ int cmd_serve(int argc, char **argv) {
          "spill log for votes while Redis is away (default duel-data/gateway-spill.log)", 0, 0,
          false, NULL},
         {"--backend", CLI_OPT_STRING, &backend_name, "NAME",
-         "where duels come from: 'test' (deterministic answers, no model; the default until the "
-         "engine adapter lands)", 0, 0, false, NULL},
+         "where duels come from: 'engine' (a model, --model) or 'test' (deterministic answers, "
+         "no model); default: engine when --model is given, else test", 0, 0, false, NULL},
+        {"--model", CLI_OPT_STRING, &model_dir, "DIR",
+         "Hugging Face model folder for the engine (e.g. models/default)", 0, 0, false, NULL},
+        {"--erm", CLI_OPT_STRING, &erm_path, "FILE",
+         "ERM ensemble (erm.safetensors); default: a fresh seeded one", 0, 0, false, NULL},
+        {"--strategy", CLI_OPT_STRING, &strategy, "NAME",
+         "pair selection: ee_ts (default), bai_ts, uncertainty, passive, bon", 0, 0, false, NULL},
+        {"--candidates", CLI_OPT_INT, &candidates, "M", "candidates per duel (default 4)", 2, 64,
+         false, NULL},
+        {"--max-new-tokens", CLI_OPT_INT, &max_new_tokens, "N",
+         "tokens per candidate at most (default 128)", 1, 8192, false, NULL},
+        {"--temperature", CLI_OPT_DOUBLE, &temperature, "T", "sampling temperature (default 1.0)",
+         0, 10, false, NULL},
+        {"--top-p", CLI_OPT_DOUBLE, &top_p, "P", "nucleus sampling (default 1.0: off)", 0, 1, true,
+         NULL},
         {"--test-step-ms", CLI_OPT_INT, &step_ms, "MS",
          "test backend: pause between its progress steps (default 40)", 0, 10000, false, NULL},
     };
@@ -94,14 +110,26 @@ int cmd_serve(int argc, char **argv) {
     if (spill) snprintf(cfg.spill_path, sizeof cfg.spill_path, "%s", spill);
 
     duel_backend backend;
-    if (strcmp(backend_name, "test") == 0) {
+    if (!backend_name) backend_name = model_dir ? "engine" : "test";
+    if (strcmp(backend_name, "engine") == 0) {
+        if (!model_dir) return cli_usage_error(&cmd, "--backend engine needs --model DIR");
+        backend_engine_config ecfg = {.model_dir = model_dir, .erm_path = erm_path,
+                                      .erm_seed = 1, .strategy = strategy,
+                                      .num_candidates = (int)candidates,
+                                      .temperature = (float)temperature, .top_p = (float)top_p,
+                                      .max_new_tokens = (int)max_new_tokens};
+        if (backend_engine_create(&ecfg, &backend, &err)) {
+            fprintf(stderr, "duel serve: %s\n", err.message);
+            return CLI_EXIT_FAILURE;
+        }
+    } else if (strcmp(backend_name, "test") == 0) {
         backend_test_config tcfg = {.step_delay_ms = (int)step_ms, .queue_capacity = 1024};
         if (backend_test_create(&tcfg, &backend, &err)) {
             fprintf(stderr, "duel serve: %s\n", err.message);
             return CLI_EXIT_FAILURE;
         }
     } else {
-        return cli_usage_error(&cmd, "unknown backend '%s' (available: test)", backend_name);
+        return cli_usage_error(&cmd, "unknown backend '%s' (available: engine, test)", backend_name);
     }
 
     signal(SIGPIPE, SIG_IGN);

@@ -101,4 +101,27 @@ typedef struct backend_test_config {
 
 int backend_test_create(const backend_test_config *cfg, duel_backend *out, duel_error *err);
 
+/* The engine adapter (backend_engine.c): loads the model at model_dir (config.json,
+ * model.safetensors, tokenizer.json; the chat template detected from tokenizer_config.json),
+ * starts an inference engine (inference/engine.h) and a poller thread. Each request is the
+ * conversation rendered through the chat template; the engine decodes M candidates; the adapter
+ * builds ERM features (prompt and candidate last hidden states, d_feat = 2 * hidden_size), scores
+ * them with the ERM ensemble (erm_path, or a fresh seeded one), picks the pair with the strategy
+ * (inference/duel.h) and places it left/right at random. */
+typedef struct backend_engine_config {
+    const char *model_dir;
+    const char *erm_path;      /* NULL: a fresh ensemble from erm_seed */
+    uint64_t erm_seed;
+    int erm_heads;             /* 0: ERM_DEFAULT_NUM_HEADS */
+    const char *strategy;      /* "ee_ts" (default), "bai_ts", "uncertainty", "passive", "bon" */
+    int num_candidates;        /* M, >= 2; 0: 4 */
+    float temperature;         /* sampling; 0 is greedy */
+    float top_p;
+    int top_k;
+    int max_new_tokens;        /* 0: 128 */
+    size_t kv_memory_bytes;    /* 0: the engine's default */
+} backend_engine_config;
+
+int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, duel_error *err);
+
 #endif

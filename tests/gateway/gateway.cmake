@@ -14,3 +14,5 @@ if(DUEL_NODE AND TARGET duel AND NOT DUEL_FUZZ)
   set_tests_properties(e2e_chat PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE SKIP_RETURN_CODE 77
     ENVIRONMENT "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BIN=$<TARGET_FILE:duel>;DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp;DUEL_E2E_ARTIFACTS=${PROJECT_BINARY_DIR}/test-artifacts/e2e")
 endif()
+duel_test(test_gateway_backend_engine ${CMAKE_CURRENT_LIST_DIR}/test_backend_engine.c)
+set_tests_properties(test_gateway_backend_engine PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77)

@@ -1,0 +1,411 @@
+/* backend_engine.c: the duel_backend over the inference engine (see duel_backend.h). Owns the
+ * model, tokenizer, ERM ensemble and engine, and one poller thread that turns engine events into
+ * backend events. Jobs (one per request) live in a list guarded by mu; the poller alone fills a
+ * job's candidates; a job is freed by the poller when its last event (finished, cancelled, error)
+ * arrives. */
+#include <jansson.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "chat_template.h"
+#include "duel.h"
+#include "duel_backend.h"
+#include "engine.h"
+#include "erm.h"
+#include "model.h"
+#include "rng.h"
+#include "tokenizer.h"
+
+typedef struct cand {
+    int32_t *tokens;
+    int n_tokens;
+    char *text;
+    float *hidden;
+} cand;
+
+typedef struct job {
+    uint64_t request_id;   /* the gateway's */
+    uint64_t engine_id;
+    int32_t *prompt;
+    size_t n_prompt;
+    char *prompt_text;
+    long long arm;
+    uint64_t seed;
+    long long progress;
+    cand *cands;
+    int m;
+    struct job *next;
+} job;
+
+typedef struct engine_backend {
+    backend_engine_config cfg;
+    char *model_dir;
+    duel_strategy strategy;
+    model *model;
+    tokenizer *tok;
+    chat_template_kind template;
+    erm *erm;
+    engine *engine;
+    int hidden_size;
+    int32_t stop_tokens[4];
+    int n_stop;
+    pthread_t poller;
+    bool started;
+    atomic_bool stopping;
+    pthread_mutex_t mu;
+    job *jobs;
+    duel_backend_sink sink;
+    void *sink_ctx;
+} engine_backend;
+
+static void job_free(job *j) {
+    if (!j) return;
+    for (int i = 0; j->cands && i < j->m; i++) {
+        free(j->cands[i].tokens);
+        free(j->cands[i].text);
+        free(j->cands[i].hidden);
+    }
+    free(j->cands);
+    free(j->prompt);
+    free(j->prompt_text);
+    free(j);
+}
+
+static void unlink_job(engine_backend *b, job *target) {
+    pthread_mutex_lock(&b->mu);
+    for (job **pp = &b->jobs; *pp; pp = &(*pp)->next)
+        if (*pp == target) {
+            *pp = target->next;
+            break;
+        }
+    pthread_mutex_unlock(&b->mu);
+}
+
+static void emit_error(engine_backend *b, job *j, const char *message) {
+    duel_backend_event ev = {.kind = DUEL_BACKEND_ERROR, .request_id = j->request_id};
+    snprintf(ev.message, sizeof ev.message, "%.200s", message);
+    b->sink(b->sink_ctx, &ev);
+}
+
+/* All candidates are in: features, ERM rewards, selection, placement -> a ready event. */
+static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
+    int m = j->m, h = b->hidden_size, d = 2 * h, e = b->erm->config.num_heads;
+    duel_error err = {0};
+    duel_backend_result *r = calloc(1, sizeof *r);
+    float *features = calloc((size_t)m * (size_t)d, sizeof(float));
+    float *rewards = calloc((size_t)m * (size_t)e, sizeof(float));
+    if (!r || !features || !rewards || !ev->hidden || ev->hidden_size != h) {
+        free(r);
+        free(features);
+        free(rewards);
+        emit_error(b, j, ev->hidden ? "out of memory" : "engine gave no prompt hidden state");
+        return;
+    }
+    for (int i = 0; i < m; i++) {
+        memcpy(features + (size_t)i * d, ev->hidden, (size_t)h * sizeof(float));
+        if (j->cands[i].hidden)
+            memcpy(features + (size_t)i * d + h, j->cands[i].hidden, (size_t)h * sizeof(float));
+    }
+    duel_rng rng;
+    duel_rng_seed(&rng, j->seed);
+    duel_pair pair;
+    duel_placement place;
+    int rc = erm_score(b->erm, features, m, rewards, &err);
+    if (!rc) rc = duel_select(b->strategy, rewards, m, e, &rng, &pair, &err);
+    if (rc) {
+        free(r);
+        free(features);
+        free(rewards);
+        emit_error(b, j, err.message);
+        return;
+    }
+    duel_place(&pair, &rng, &place);
+    size_t total = 0;
+    for (int i = 0; i < m; i++) total += (size_t)j->cands[i].n_tokens;
+    r->cand_tokens = malloc((total + 1) * sizeof(int32_t));
+    r->cand_offsets = malloc(((size_t)m + 1) * sizeof(int32_t));
+    size_t o = 0;
+    for (int i = 0; r->cand_tokens && r->cand_offsets && i < m; i++) {
+        r->cand_offsets[i] = (int32_t)o;
+        if (j->cands[i].n_tokens)
+            memcpy(r->cand_tokens + o, j->cands[i].tokens,
+                   (size_t)j->cands[i].n_tokens * sizeof(int32_t));
+        o += (size_t)j->cands[i].n_tokens;
+    }
+    if (r->cand_offsets) r->cand_offsets[m] = (int32_t)o;
+    r->n_cand_tokens = o;
+    r->cand_a = place.a;
+    r->cand_b = place.b;
+    r->side_swap = place.side_swap;
+    r->num_candidates = m;
+    r->text_a = strdup(j->cands[place.a].text ? j->cands[place.a].text : "");
+    r->text_b = strdup(j->cands[place.b].text ? j->cands[place.b].text : "");
+    r->prompt_tokens = j->prompt;
+    r->n_prompt_tokens = j->n_prompt;
+    j->prompt = NULL;
+    r->prompt_text = j->prompt_text;
+    j->prompt_text = NULL;
+    r->features = features;
+    r->d_feat = d;
+    r->rewards = rewards;
+    r->num_heads = e;
+    json_t *gp = json_pack("{s:f, s:f, s:i, s:i, s:i, s:I}", "temperature",
+                           (double)b->cfg.temperature, "top_p", (double)b->cfg.top_p, "top_k",
+                           b->cfg.top_k, "max_new_tokens", b->cfg.max_new_tokens, "M", m, "seed",
+                           (json_int_t)j->seed);
+    r->gen_params_json = gp ? json_dumps(gp, JSON_COMPACT) : NULL;
+    json_decref(gp);
+    r->strategy = strdup(duel_strategy_name(b->strategy));
+    r->model_id = strdup(b->model_dir);
+    r->policy_version = j->arm >= 0 ? j->arm : 0;
+    r->generated_tokens = ev->counts.generated_tokens;
+    if (!r->cand_tokens || !r->cand_offsets || !r->text_a || !r->text_b || !r->gen_params_json ||
+        !r->strategy || !r->model_id) {
+        duel_backend_result_free(r);
+        emit_error(b, j, "out of memory");
+        return;
+    }
+    r->len_a = strlen(r->text_a);
+    r->len_b = strlen(r->text_b);
+    duel_backend_event out = {.kind = DUEL_BACKEND_READY, .request_id = j->request_id,
+                              .result = r};
+    b->sink(b->sink_ctx, &out);
+    duel_backend_result_free(out.result); /* NULL when the sink took it */
+}
+
+static void *poller_main(void *arg) {
+    engine_backend *b = arg;
+    while (!atomic_load(&b->stopping)) {
+        engine_event *ev = NULL;
+        engine_poll(b->engine, 0.1, &ev);
+        if (!ev) continue;
+        job *j = ev->user;
+        switch (ev->kind) {
+        case ENGINE_EVENT_PROGRESS: {
+            j->progress += ev->count;
+            duel_backend_event out = {.kind = DUEL_BACKEND_PROGRESS, .request_id = j->request_id,
+                                      .tokens = j->progress};
+            b->sink(b->sink_ctx, &out);
+            break;
+        }
+        case ENGINE_EVENT_CANDIDATE:
+            if (ev->candidate >= 0 && ev->candidate < j->m) {
+                cand *c = &j->cands[ev->candidate];
+                c->n_tokens = ev->count;
+                c->tokens = malloc(((size_t)ev->count + 1) * sizeof(int32_t));
+                if (c->tokens && ev->count)
+                    memcpy(c->tokens, ev->tokens, (size_t)ev->count * sizeof(int32_t));
+                c->text = ev->text ? strdup(ev->text) : NULL;
+                if (ev->hidden && ev->hidden_size == b->hidden_size) {
+                    c->hidden = malloc((size_t)ev->hidden_size * sizeof(float));
+                    if (c->hidden)
+                        memcpy(c->hidden, ev->hidden, (size_t)ev->hidden_size * sizeof(float));
+                }
+            }
+            break;
+        case ENGINE_EVENT_FINISHED:
+            finish_job(b, j, ev);
+            unlink_job(b, j);
+            job_free(j);
+            break;
+        case ENGINE_EVENT_CANCELLED:
+            unlink_job(b, j);
+            job_free(j);
+            break;
+        case ENGINE_EVENT_ERROR:
+            emit_error(b, j, ev->message ? ev->message : "engine error");
+            unlink_job(b, j);
+            job_free(j);
+            break;
+        }
+        engine_event_free(ev);
+    }
+    return NULL;
+}
+
+static int eb_start(void *impl, duel_backend_sink sink, void *sink_ctx, duel_error *err) {
+    engine_backend *b = impl;
+    b->sink = sink;
+    b->sink_ctx = sink_ctx;
+    if (pthread_create(&b->poller, NULL, poller_main, b))
+        return duel_error_set(err, DUEL_ENOMEM, "engine backend: cannot start its thread");
+    b->started = true;
+    return DUEL_OK;
+}
+
+static int eb_submit(void *impl, const duel_backend_request *req, duel_error *err) {
+    engine_backend *b = impl;
+    size_t n_msgs = 2 * req->n_history + 1;
+    chat_message *msgs = calloc(n_msgs, sizeof *msgs);
+    job *j = calloc(1, sizeof *j);
+    if (!msgs || !j) {
+        free(msgs);
+        free(j);
+        return duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
+    }
+    for (size_t i = 0; i < req->n_history; i++) {
+        msgs[2 * i] = (chat_message){"user", req->history[i].user};
+        msgs[2 * i + 1] = (chat_message){"assistant", req->history[i].assistant};
+    }
+    msgs[n_msgs - 1] = (chat_message){"user", req->text};
+    int rc = chat_template_encode(b->template, b->tok, msgs, n_msgs, true, &j->prompt,
+                                  &j->n_prompt, err);
+    if (!rc) rc = chat_template_render(b->template, msgs, n_msgs, true, &j->prompt_text, err);
+    free(msgs);
+    j->m = b->cfg.num_candidates;
+    j->cands = calloc((size_t)j->m, sizeof *j->cands);
+    if (!rc && !j->cands) rc = duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
+    if (rc) {
+        job_free(j);
+        return rc;
+    }
+    j->request_id = req->request_id;
+    j->arm = req->arm_snapshot;
+    j->seed = req->seed;
+    engine_request er = {
+        .arm = NULL,
+        .tokens = j->prompt,
+        .num_tokens = (int)j->n_prompt,
+        .num_candidates = j->m,
+        .sampling = {b->cfg.temperature, b->cfg.top_p, b->cfg.top_k},
+        .seed = req->seed,
+        .max_new_tokens = b->cfg.max_new_tokens,
+        .stop_tokens = b->n_stop ? b->stop_tokens : NULL,
+        .num_stop_tokens = b->n_stop,
+        .use_eos = true,
+        .want_hidden = true,
+        .want_progress = true,
+        .user = j,
+    };
+    /* The poller may see this job's first event before engine_submit returns: link it first. */
+    pthread_mutex_lock(&b->mu);
+    j->next = b->jobs;
+    b->jobs = j;
+    rc = engine_submit(b->engine, &er, &j->engine_id, err);
+    if (rc) {
+        b->jobs = j->next;
+        pthread_mutex_unlock(&b->mu);
+        job_free(j);
+        return rc;
+    }
+    pthread_mutex_unlock(&b->mu);
+    return DUEL_OK;
+}
+
+static void eb_cancel(void *impl, uint64_t request_id) {
+    engine_backend *b = impl;
+    pthread_mutex_lock(&b->mu);
+    for (job *j = b->jobs; j; j = j->next)
+        if (j->request_id == request_id) engine_cancel(b->engine, j->engine_id, NULL);
+    pthread_mutex_unlock(&b->mu);
+}
+
+static size_t eb_queue_depth(void *impl) {
+    engine_backend *b = impl;
+    engine_stats st;
+    engine_stats_get(b->engine, &st);
+    return (size_t)st.waiting;
+}
+
+static long long eb_count_tokens(void *impl, const char *text, size_t len) {
+    engine_backend *b = impl;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (tokenizer_encode(b->tok, text, len, false, &ids, &n, NULL)) return (long long)(len + 3) / 4;
+    free(ids);
+    return (long long)n;
+}
+
+static void eb_destroy(void *impl) {
+    engine_backend *b = impl;
+    if (!b) return;
+    atomic_store(&b->stopping, true);
+    if (b->started) pthread_join(b->poller, NULL);
+    engine_destroy(b->engine);
+    while (b->jobs) {
+        job *j = b->jobs;
+        b->jobs = j->next;
+        job_free(j);
+    }
+    erm_free(b->erm);
+    tokenizer_free(b->tok);
+    model_free(b->model);
+    free(b->model_dir);
+    pthread_mutex_destroy(&b->mu);
+    free(b);
+}
+
+int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, duel_error *err) {
+    memset(out, 0, sizeof *out);
+    engine_backend *b = calloc(1, sizeof *b);
+    if (!b) return duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
+    pthread_mutex_init(&b->mu, NULL);
+    b->cfg = *cfg;
+    if (b->cfg.num_candidates == 0) b->cfg.num_candidates = 4;
+    if (b->cfg.max_new_tokens == 0) b->cfg.max_new_tokens = 128;
+    if (b->cfg.top_p == 0) b->cfg.top_p = 1.0f;
+    if (b->cfg.erm_heads == 0) b->cfg.erm_heads = ERM_DEFAULT_NUM_HEADS;
+    int rc = DUEL_OK;
+    char path[4096];
+    if (!cfg->model_dir) {
+        rc = duel_error_set(err, DUEL_EINVAL, "engine backend: no model directory");
+        goto fail;
+    }
+    if (b->cfg.num_candidates < 2) {
+        rc = duel_error_set(err, DUEL_EINVAL, "engine backend: M must be at least 2 (got %d)",
+                            b->cfg.num_candidates);
+        goto fail;
+    }
+    if ((rc = duel_strategy_parse(cfg->strategy ? cfg->strategy : "ee_ts", &b->strategy, err)))
+        goto fail;
+    if (!duel_strategy_uses_rewards(b->strategy)) {
+        rc = duel_error_set(err, DUEL_EUNSUPPORTED,
+                            "engine backend: strategy %s is not served by this adapter yet",
+                            duel_strategy_name(b->strategy));
+        goto fail;
+    }
+    if (!(b->model_dir = strdup(cfg->model_dir))) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
+        goto fail;
+    }
+    if ((rc = model_load(cfg->model_dir, &b->model, err))) goto fail;
+    snprintf(path, sizeof path, "%s/tokenizer.json", cfg->model_dir);
+    if ((rc = tokenizer_load(path, &b->tok, err))) goto fail;
+    if ((rc = chat_template_detect(cfg->model_dir, &b->template, err))) goto fail;
+    b->hidden_size = model_get_config(b->model)->hidden_size;
+    const char *eot = chat_template_end_of_turn(b->template);
+    if (eot) {
+        int32_t *ids = NULL;
+        size_t n = 0;
+        if (tokenizer_encode(b->tok, eot, strlen(eot), true, &ids, &n, NULL) == 0 && n == 1)
+            b->stop_tokens[b->n_stop++] = ids[0];
+        free(ids);
+    }
+    if (cfg->erm_path) {
+        if ((rc = erm_load(cfg->erm_path, 2 * b->hidden_size, &b->erm, err))) goto fail;
+    } else {
+        erm_config ec = {b->cfg.erm_heads, 2 * b->hidden_size, ERM_DEFAULT_HIDDEN};
+        duel_rng rng;
+        duel_rng_seed(&rng, cfg->erm_seed);
+        if ((rc = erm_create(&ec, &rng, &b->erm, err))) goto fail;
+    }
+    engine_model_params mp = {"default", b->model, b->tok};
+    engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = cfg->kv_memory_bytes,
+                        .max_candidates = b->cfg.num_candidates};
+    if ((rc = engine_create(&ep, &b->engine, err))) goto fail;
+    out->name = "engine";
+    out->impl = b;
+    out->start = eb_start;
+    out->submit = eb_submit;
+    out->cancel = eb_cancel;
+    out->queue_depth = eb_queue_depth;
+    out->count_tokens = eb_count_tokens;
+    out->destroy = eb_destroy;
+    return DUEL_OK;
+fail:
+    eb_destroy(b);
+    return rc;
+}

@@ -1,0 +1,170 @@
+/* test_backend_engine.c: the engine adapter (gateway/backend_engine.c) with the shipped default
+ * model (models/default): a duel request yields progress and one ready event whose pair, features
+ * (2 x hidden_size per candidate), ERM rewards and token offsets are consistent; bad settings are
+ * refused; and a whole duel through the gateway over a socket, voted into a real Redis. Skips
+ * (exit 77) when models/default is missing. */
+#include "gateway_test_util.h"
+
+#include "duel_backend.h"
+
+typedef struct sink_state {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int progress;
+    duel_backend_result *ready;
+    bool error;
+    char message[256];
+} sink_state;
+
+static void sink(void *ctx, duel_backend_event *ev) {
+    sink_state *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    if (ev->kind == DUEL_BACKEND_PROGRESS) s->progress++;
+    if (ev->kind == DUEL_BACKEND_READY) {
+        s->ready = ev->result;
+        ev->result = NULL;
+    }
+    if (ev->kind == DUEL_BACKEND_ERROR) {
+        s->error = true;
+        snprintf(s->message, sizeof s->message, "%s", ev->message);
+    }
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static char model_dir[1024];
+
+static void engine_config(backend_engine_config *cfg) {
+    memset(cfg, 0, sizeof *cfg);
+    cfg->model_dir = model_dir;
+    cfg->erm_seed = 7;
+    cfg->num_candidates = 4;
+    cfg->temperature = 1.0f;
+    cfg->top_p = 1.0f;
+    cfg->max_new_tokens = 24;
+    cfg->kv_memory_bytes = 16u << 20;
+}
+
+static void test_adapter_duel(void **state) {
+    (void)state;
+    backend_engine_config cfg;
+    engine_config(&cfg);
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    sink_state s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    assert_int_equal(b.start(b.impl, sink, &s, &err), 0);
+    duel_backend_turn hist[1] = {{"What is a cat?", "A small domesticated feline."}};
+    duel_backend_request req = {.request_id = 42, .history = hist, .n_history = 1,
+                                .text = "What is a dog?", .arm_snapshot = -1, .seed = 123};
+    assert_int_equal(b.submit(b.impl, &req, &err), 0);
+    pthread_mutex_lock(&s.mu);
+    double deadline = tu_now() + 60;
+    while (!s.ready && !s.error && tu_now() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&s.cv, &s.mu, &ts);
+    }
+    pthread_mutex_unlock(&s.mu);
+    if (s.error) fail_msg("engine backend error: %s", s.message);
+    duel_backend_result *r = s.ready;
+    assert_non_null(r);
+    assert_true(s.progress > 0);
+    assert_int_equal(r->num_candidates, 4);
+    assert_true(r->cand_a != r->cand_b);
+    assert_true(r->cand_a >= 0 && r->cand_a < 4 && r->cand_b >= 0 && r->cand_b < 4);
+    assert_int_equal(r->cand_offsets[0], 0);
+    for (int i = 0; i < 4; i++) assert_true(r->cand_offsets[i + 1] >= r->cand_offsets[i]);
+    assert_int_equal((size_t)r->cand_offsets[4], r->n_cand_tokens);
+    assert_true(r->n_cand_tokens > 0);
+    assert_true(r->n_prompt_tokens > 0);
+    assert_non_null(strstr(r->prompt_text, "What is a dog?"));
+    assert_non_null(strstr(r->prompt_text, "A small domesticated feline."));
+    assert_true(r->d_feat > 0 && r->d_feat % 2 == 0);
+    assert_int_equal(r->num_heads, 20);
+    double fnorm = 0;
+    for (int i = 0; i < 4 * r->d_feat; i++) {
+        assert_false(isnan(r->features[i]) || isinf(r->features[i]));
+        fnorm += (double)r->features[i] * r->features[i];
+    }
+    assert_true(fnorm > 0);
+    for (int i = 0; i < 4 * r->num_heads; i++) assert_false(isnan(r->rewards[i]));
+    /* Every candidate shares the prompt half of its features. */
+    int h = r->d_feat / 2;
+    for (int i = 1; i < 4; i++)
+        assert_memory_equal(r->features, r->features + (size_t)i * r->d_feat, (size_t)h * 4);
+    assert_non_null(r->text_a);
+    assert_non_null(r->text_b);
+    json_t *gp = json_loads(r->gen_params_json, 0, NULL);
+    assert_int_equal(json_integer_value(json_object_get(gp, "M")), 4);
+    json_decref(gp);
+    assert_string_equal(r->strategy, "ee_ts");
+    duel_backend_result_free(r);
+    b.destroy(b.impl);
+}
+
+static void test_adapter_rejects_bad_settings(void **state) {
+    (void)state;
+    backend_engine_config cfg;
+    engine_config(&cfg);
+    duel_backend b;
+    duel_error err = {0};
+    cfg.num_candidates = 1;
+    assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EINVAL);
+    engine_config(&cfg);
+    cfg.strategy = "pilaf";
+    assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EUNSUPPORTED);
+    cfg.strategy = "nonsense";
+    assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EINVAL);
+    engine_config(&cfg);
+    cfg.model_dir = "/nonexistent/model";
+    assert_true(backend_engine_create(&cfg, &b, &err) < 0);
+}
+
+static void test_gateway_with_engine(void **state) {
+    (void)state;
+    tu_redis redis = {0};
+    tu_redis_start(&redis);
+    gateway_config gcfg;
+    tu_gateway_config(&gcfg, &redis);
+    backend_engine_config cfg;
+    engine_config(&cfg);
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    tu_gateway g;
+    memset(&g, 0, sizeof g);
+    if (gateway_create(&gcfg, &b, &g.gw, &err)) fail_msg("%s", err.message);
+    g.port = gateway_port(g.gw);
+    assert_int_equal(pthread_create(&g.thread, NULL, tu_gateway_thread, &g), 0);
+    ws_client c;
+    assert_int_equal(ws_connect(&c, g.port, NULL), 101);
+    ws_hello(&c, NULL, NULL);
+    tu_duel d;
+    ws_ask_duel(&c, "What is a river?", &d);
+    assert_true(d.progress > 0);
+    assert_false(ws_vote(&c, d.id, "a"));
+    assert_int_equal(tu_redis_int(&redis, "XLEN duel:prefs"), 1);
+    tu_duel_free(&d);
+    ws_close(&c);
+    tu_gateway_stop(&g);
+    tu_redis_stop(&redis, SIGTERM);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    snprintf(model_dir, sizeof model_dir, "%s/models/default", test_env("DUEL_SOURCE_DIR", "."));
+    char probe[1100];
+    snprintf(probe, sizeof probe, "%s/model.safetensors", model_dir);
+    if (access(probe, R_OK) != 0) {
+        printf("SKIP: %s is missing\n", probe);
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_adapter_duel),
+        cmocka_unit_test(test_adapter_rejects_bad_settings),
+        cmocka_unit_test(test_gateway_with_engine),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
