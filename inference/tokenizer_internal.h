@@ -39,8 +39,8 @@ static inline size_t tokenizer_cp_at(const unsigned char *s, size_t n, size_t i,
     return 4;
 }
 
-/* Length in bytes of the regex match of pattern at s[i..n) (i < n); always > 0 because the
- * patterns match every character. */
+/* End offset (exclusive) of the regex match of pattern starting at s[i] (i < n); always > i
+ * because the patterns match every character. */
 size_t tokenizer_pattern_match(tokenizer_split_pattern pattern, const unsigned char *s, size_t n,
                                size_t i);
 
