@@ -22,7 +22,10 @@
 
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
+#include <sched.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +45,30 @@
 #include <immintrin.h>
 #define MODEL_AVX2 1
 #endif
+
+/* A job the skinny kernel splits: out rows [begin, end) of one batch_matmul. */
+typedef struct skinny_job {
+    float *out;
+    const float *in, *W, *bias;
+    int n, in_dim, out_dim;
+    bool accumulate;
+} skinny_job;
+
+/* The model's helper thread for the skinny kernel: the owner thread runs the first half of a
+ * job's output rows and the helper the second. Created at load, joined at free. The helper spins
+ * briefly after each job (the next projection follows within microseconds in a decode step),
+ * then sleeps on the condition variable. */
+typedef struct model_helper {
+    pthread_t thread;
+    bool started;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;
+    _Atomic unsigned long posted; /* jobs posted */
+    _Atomic unsigned long done;   /* jobs finished by the helper */
+    _Atomic bool quit;
+    skinny_job job;               /* the posted job (written before posted is bumped) */
+    int begin, end;               /* the helper's rows of it */
+} model_helper;
 
 typedef struct model_layer {
     float *attn_norm_w, *attn_norm_b; /* b: GPT-NeoX LayerNorm only */
@@ -79,12 +106,17 @@ struct model {
 
     double forward_seconds;
     cpu_matmul_stats gemm;
+
+    model_helper helper;
 };
 
 struct model_kv_cache {
     int num_layers, kv_dim, max_tokens, length;
     float *k, *v; /* [num_layers][max_tokens][kv_dim] each */
 };
+
+static void helper_start(model_helper *h);
+static void helper_stop(model_helper *h);
 
 /* ---- parameters --------------------------------------------------------------------------- */
 
@@ -280,6 +312,7 @@ int model_load(const char *dir, model **out, duel_error *err) {
         return duel_error_set(err, DUEL_ELIMIT, "model_load: directory path too long");
     model *m = calloc(1, sizeof *m);
     if (!m) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    helper_start(&m->helper);
     safetensors_archive *st = NULL;
     int rc = model_config_load(path, &m->config, err);
     if (rc) goto fail;
@@ -328,6 +361,7 @@ fail:
 
 void model_free(model *m) {
     if (!m) return;
+    helper_stop(&m->helper);
     free(m->params);
     free(m->layers);
     free(m->inv_freq);
@@ -440,7 +474,7 @@ static void apply_norm(const model *m, float *out, const float *in, const float 
 
 #define MODEL_SKINNY_MAX_ROWS 8 /* rows up to which batch_matmul replaces sgemm (measured:
                                    at 16 sgemm is faster again) */
-#define MODEL_SKINNY_GROUP 8     /* rows sharing one pass over a weight row (accumulators) */
+#define MODEL_SKINNY_GROUP 4     /* input rows sharing one pass over two weight rows */
 
 #ifdef MODEL_AVX2
 static inline float hsum8(__m256 v) {
@@ -450,64 +484,153 @@ static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(s4);
 }
 
-/* dots[t] = W_row . in[t] for t < TN (a compile-time count, unrolled so that the accumulators
- * stay in registers); in rows are ld floats apart. */
+/* dots[r][t] = W_row_r . in[t] for two weight rows r and t < TN (a compile-time count,
+ * unrolled so that the 2 x TN accumulators, TN inputs and one weight vector stay in the 16
+ * registers); in rows are ld floats apart. Each 8-column step loads TN + 2 vectors for 2 * TN
+ * FMAs: with TN = 4, 0.75 loads per FMA, against 1.125 for one weight row by 8 inputs (which
+ * measured 1.8x slower on SmolLM2-135M shapes: the loads, not the FMAs, were the limit). */
 #define SKINNY_KERNEL(TN)                                                                      \
-    static void skinny_dots_##TN(float *dots, const float *w, const float *in, size_t ld,     \
-                                 int cols) {                                                   \
-        __m256 acc[TN];                                                                        \
-        _Pragma("GCC unroll 8") for (int t = 0; t < TN; t++) acc[t] = _mm256_setzero_ps();    \
+    static void skinny_dots_##TN(float (*dots)[4], const float *w0, const float *w1,          \
+                                 const float *in, size_t ld, int cols) {                       \
+        __m256 a0[TN], a1[TN];                                                                 \
+        _Pragma("GCC unroll 4") for (int t = 0; t < TN; t++) a0[t] = a1[t] = _mm256_setzero_ps(); \
         int c = 0;                                                                             \
         for (; c + 8 <= cols; c += 8) {                                                        \
-            __m256 wv = _mm256_loadu_ps(w + c);                                                \
-            _Pragma("GCC unroll 8") for (int t = 0; t < TN; t++)                               \
-                acc[t] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(in + t * ld + c), acc[t]);        \
+            __m256 x[TN];                                                                      \
+            _Pragma("GCC unroll 4") for (int t = 0; t < TN; t++) x[t] = _mm256_loadu_ps(in + t * ld + c); \
+            __m256 w = _mm256_loadu_ps(w0 + c);                                                \
+            _Pragma("GCC unroll 4") for (int t = 0; t < TN; t++) a0[t] = _mm256_fmadd_ps(w, x[t], a0[t]); \
+            w = _mm256_loadu_ps(w1 + c);                                                       \
+            _Pragma("GCC unroll 4") for (int t = 0; t < TN; t++) a1[t] = _mm256_fmadd_ps(w, x[t], a1[t]); \
         }                                                                                      \
         for (int t = 0; t < TN; t++) {                                                         \
-            float d = hsum8(acc[t]);                                                           \
-            for (int k = c; k < cols; k++) d += w[k] * in[t * ld + k];                         \
-            dots[t] = d;                                                                       \
+            float d0 = hsum8(a0[t]), d1 = hsum8(a1[t]);                                        \
+            for (int k = c; k < cols; k++) {                                                   \
+                d0 += w0[k] * in[t * ld + k];                                                  \
+                d1 += w1[k] * in[t * ld + k];                                                  \
+            }                                                                                  \
+            dots[0][t] = d0;                                                                   \
+            dots[1][t] = d1;                                                                   \
         }                                                                                      \
     }
 SKINNY_KERNEL(1)
 SKINNY_KERNEL(2)
 SKINNY_KERNEL(3)
 SKINNY_KERNEL(4)
-SKINNY_KERNEL(5)
-SKINNY_KERNEL(6)
-SKINNY_KERNEL(7)
-SKINNY_KERNEL(8)
 #undef SKINNY_KERNEL
 
-typedef void (*skinny_fn)(float *, const float *, const float *, size_t, int);
+typedef void (*skinny_fn)(float (*)[4], const float *, const float *, const float *, size_t, int);
 static const skinny_fn skinny_kernels[MODEL_SKINNY_GROUP + 1] = {
-    NULL, skinny_dots_1, skinny_dots_2, skinny_dots_3, skinny_dots_4,
-    skinny_dots_5, skinny_dots_6, skinny_dots_7, skinny_dots_8};
+    NULL, skinny_dots_1, skinny_dots_2, skinny_dots_3, skinny_dots_4};
+
+/* Output rows [begin, end) of a skinny job. */
+static void skinny_rows(const skinny_job *j, int begin, int end) {
+    float dots[2][4];
+    for (int o = begin; o < end; o += 2) {
+        bool pair = o + 1 < end;
+        const float *w0 = j->W + (size_t)o * j->in_dim;
+        const float *w1 = pair ? w0 + j->in_dim : w0; /* an odd last row runs twice */
+        float b0 = j->bias ? j->bias[o] : 0.0f;
+        float b1 = j->bias && pair ? j->bias[o + 1] : 0.0f;
+        for (int tr = 0; tr < j->n; tr += MODEL_SKINNY_GROUP) {
+            int tn = j->n - tr < MODEL_SKINNY_GROUP ? j->n - tr : MODEL_SKINNY_GROUP;
+            skinny_kernels[tn](dots, w0, w1, j->in + (size_t)tr * j->in_dim, (size_t)j->in_dim,
+                               j->in_dim);
+            for (int t = 0; t < tn; t++) {
+                float *y = j->out + (size_t)(tr + t) * j->out_dim + o;
+                y[0] = j->accumulate ? y[0] + dots[0][t] + b0 : dots[0][t] + b0;
+                if (pair) y[1] = j->accumulate ? y[1] + dots[1][t] + b1 : dots[1][t] + b1;
+            }
+        }
+    }
+}
 #endif
+
+#define MODEL_HELPER_SPIN 4000 /* pause iterations the helper polls before sleeping */
+
+#ifdef MODEL_AVX2
+static void *helper_main(void *arg) {
+    model_helper *h = arg;
+    unsigned long seen = 0;
+    for (;;) {
+        unsigned long posted = atomic_load_explicit(&h->posted, memory_order_acquire);
+        for (int spin = 0; posted == seen && spin < MODEL_HELPER_SPIN; spin++) {
+            _mm_pause();
+            posted = atomic_load_explicit(&h->posted, memory_order_acquire);
+        }
+        if (posted == seen) {
+            pthread_mutex_lock(&h->lock);
+            while ((posted = atomic_load_explicit(&h->posted, memory_order_acquire)) == seen &&
+                   !atomic_load(&h->quit))
+                pthread_cond_wait(&h->wake, &h->lock);
+            pthread_mutex_unlock(&h->lock);
+        }
+        if (atomic_load(&h->quit)) return NULL;
+        seen = posted;
+        skinny_rows(&h->job, h->begin, h->end);
+        atomic_store_explicit(&h->done, seen, memory_order_release);
+    }
+}
+#endif
+
+/* Starts the helper (best effort: without it the skinny kernel runs on the owner thread). */
+static void helper_start(model_helper *h) {
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->wake, NULL);
+    atomic_init(&h->posted, 0);
+    atomic_init(&h->done, 0);
+    atomic_init(&h->quit, false);
+#ifdef MODEL_AVX2
+    h->started = pthread_create(&h->thread, NULL, helper_main, h) == 0;
+#endif
+}
+
+static void helper_stop(model_helper *h) {
+    if (h->started) {
+        pthread_mutex_lock(&h->lock);
+        atomic_store(&h->quit, true);
+        pthread_cond_signal(&h->wake);
+        pthread_mutex_unlock(&h->lock);
+        pthread_join(h->thread, NULL);
+        h->started = false;
+    }
+    pthread_mutex_destroy(&h->lock);
+    pthread_cond_destroy(&h->wake);
+}
 
 /* out[n][out_dim] (=|+=) in[n][in_dim] W^T (+ bias) like cpu_matmul_forward. For 2..8 rows
  * (batched decode) each weight row is streamed from memory once and used for every row from
  * L1: the step then costs about one weight read, as a single-sequence GEMV does, where
  * OpenBLAS's sgemm on such skinny shapes runs several times slower (measured: 8 rows took 2.6x
- * the time of 1 on SmolLM2-135M shapes; 8 skinny rows take about 2x). Other sizes go to
- * cpu_matmul_forward. */
+ * the time of 1 on SmolLM2-135M shapes; 8 skinny rows take about 2x). The output rows are split
+ * between the owner thread and the model's helper thread (two cores, as OpenBLAS's threaded
+ * sgemv uses for one row). Other sizes go to cpu_matmul_forward. */
 static void batch_matmul(model *m, float *out, const float *in, const float *W, const float *bias,
                          int n, int in_dim, int out_dim, bool accumulate) {
 #ifdef MODEL_AVX2
     if (n >= 2 && n <= MODEL_SKINNY_MAX_ROWS) {
         double t0 = duel_time_seconds();
-        float dots[MODEL_SKINNY_GROUP];
-        for (int o = 0; o < out_dim; o++) {
-            const float *w = W + (size_t)o * in_dim;
-            float b = bias ? bias[o] : 0.0f;
-            for (int tr = 0; tr < n; tr += MODEL_SKINNY_GROUP) {
-                int tn = n - tr < MODEL_SKINNY_GROUP ? n - tr : MODEL_SKINNY_GROUP;
-                skinny_kernels[tn](dots, w, in + (size_t)tr * in_dim, (size_t)in_dim, in_dim);
-                for (int t = 0; t < tn; t++) {
-                    float *y = out + (size_t)(tr + t) * out_dim + o;
-                    *y = accumulate ? *y + dots[t] + b : dots[t] + b;
-                }
+        skinny_job job = {out, in, W, bias, n, in_dim, out_dim, accumulate};
+        model_helper *h = &m->helper;
+        int split = out_dim;
+        if (h->started && out_dim >= 64) {
+            split = (out_dim / 2) & ~15; /* the helper's rows start on a cache line of out */
+            h->job = job;
+            h->begin = split;
+            h->end = out_dim;
+            pthread_mutex_lock(&h->lock);
+            unsigned long ticket = atomic_load(&h->posted) + 1;
+            atomic_store_explicit(&h->posted, ticket, memory_order_release);
+            pthread_cond_signal(&h->wake);
+            pthread_mutex_unlock(&h->lock);
+            skinny_rows(&job, 0, split);
+            for (int spin = 0;
+                 atomic_load_explicit(&h->done, memory_order_acquire) != ticket; spin++) {
+                if (spin < 1 << 16) _mm_pause();
+                else sched_yield(); /* the helper was descheduled (a loaded machine) */
             }
+        } else {
+            skinny_rows(&job, 0, split);
         }
         m->gemm.seconds += duel_time_seconds() - t0;
         m->gemm.flops += 2LL * n * in_dim * out_dim;
