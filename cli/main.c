@@ -14,6 +14,7 @@ typedef struct cli_subcommand {
 } cli_subcommand;
 
 int cmd_serve(int argc, char **argv); /* cmd_serve.c (gateway) */
+int cmd_train_service(int argc, char **argv); /* cmd_train_service.c (online trainer) */
 
 static const cli_subcommand SUBCOMMANDS[] = {
     {"info", "version, backends built in (cpu, cuda) and whether a GPU answers", cmd_info},
@@ -27,6 +28,8 @@ static const cli_subcommand SUBCOMMANDS[] = {
     {"tokenizer", "tokenizer tools: 'tokenizer train' learns a byte-level BPE tokenizer.json",
      cmd_tokenizer},
     {"serve", "the chat server: web page, duel.v1 websocket, votes into Redis", cmd_serve},
+    {"train", "the online trainer: votes from Redis -> ERM and policy updates, snapshots",
+     cmd_train_service},
 };
 #define N_SUBCOMMANDS (sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0])
 

@@ -3,3 +3,11 @@
 duel_test(test_erm_train ${CMAKE_CURRENT_LIST_DIR}/test_erm_train.c)
 duel_test(test_online_sha256 ${CMAKE_CURRENT_LIST_DIR}/test_online_sha256.c)
 duel_test(test_vote_entry ${CMAKE_CURRENT_LIST_DIR}/test_vote_entry.c)
+# Integration tests: each starts its own redis-server (tests/tools/redis_fixture.c) and trains the
+# fixture model tiny-llama-f32 (fwd_make_models).
+duel_test(test_online_service ${CMAKE_CURRENT_LIST_DIR}/test_online_service.c
+          ${PROJECT_SOURCE_DIR}/tests/tools/redis_fixture.c)
+if(NOT DUEL_FUZZ)
+  target_include_directories(test_online_service PRIVATE ${PROJECT_SOURCE_DIR}/tests/tools)
+  set_tests_properties(test_online_service PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 120)
+endif()

@@ -1,0 +1,272 @@
+/* test_online_service.c: the online trainer end to end in one process, against a real
+ * redis-server (tests/tools/redis_fixture.h) and the fixture model tiny-llama-f32: votes XADDed
+ * by a scripted producer are applied exactly once, ties are counted, bad entries land in
+ * duel:prefs:dead with their reason, snapshots are written, verified and registered, the status
+ * hash is filled, a restart resumes from the checkpoint, and an entry delivered too often is
+ * dead-lettered. */
+#include "test_helpers.h"
+
+#include <jansson.h>
+
+#include "json_util.h"
+#include "online_trainer.h"
+#include "redis_fixture.h"
+#include "snapshot.h"
+#include "stream_consumer.h"
+#include "test_online_votes.h"
+
+#define N_VOTES 46
+
+typedef struct env {
+    redis_fixture redis;
+    redisContext *c;
+    char model[1024], data[512];
+    online_trainer_options to;
+    stream_consumer_options so;
+} env;
+
+/* The running test's redis-server, stopped by the teardown even when an assertion fails. */
+static redis_fixture *g_redis;
+
+static int stop_redis(void **state) {
+    (void)state;
+    if (g_redis) redis_fixture_stop(g_redis);
+    g_redis = NULL;
+    return 0;
+}
+
+static void env_init(env *e, const char *tag) {
+    memset(e, 0, sizeof *e);
+    g_redis = &e->redis;
+    assert_int_equal(redis_fixture_start(&e->redis, tag), 0);
+    e->c = redis_fixture_connect(&e->redis);
+    assert_non_null(e->c);
+    snprintf(e->model, sizeof e->model, "%s/test-models/tiny-llama-f32", test_env("DUEL_BUILD_DIR", "."));
+    test_make_temp_dir(tag, e->data, sizeof e->data);
+    online_trainer_default_options(&e->to);
+    e->to.model_dir = e->model;
+    e->to.model_id = "tiny";
+    e->to.erm_heads = 4;
+    e->to.erm_hidden = 32;
+    e->to.batch_size = 4;
+    e->to.lr = 1e-3;
+    e->to.min_lr = 1e-4;
+    e->to.warmup_steps = 2;
+    e->to.total_steps = 100;
+    e->to.publish_every = 3;
+    e->to.erm.min_pairs = 8;
+    stream_consumer_default_options(&e->so);
+    e->so.port = e->redis.port;
+    e->so.block_ms = 50;
+    e->so.timeout_ms = 2000;
+    e->so.data_dir = e->data;
+    e->so.tokenizer_dir = e->model;
+    e->so.base_model = e->model;
+}
+
+static void env_free(env *e) {
+    redisFree(e->c);
+    redis_fixture_stop(&e->redis);
+    redis_fixture_remove_dir(&e->redis);
+    g_redis = NULL;
+}
+
+/* Polls until two rounds in a row read nothing new. */
+static void drain(stream_consumer *sc) {
+    int idle = 0;
+    for (int round = 0; round < 10000 && idle < 3; round++) {
+        int n = 0;
+        duel_error err = {0};
+        int rc = stream_consumer_poll(sc, &n, &err);
+        if (rc) fail_msg("poll: %s", err.message);
+        idle = n == 0 ? idle + 1 : 0;
+    }
+}
+
+static redisReply *cmd(redisContext *c, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    assert_non_null(r);
+    if (r->type == REDIS_REPLY_ERROR) fail_msg("%s: %s", fmt, r->str);
+    return r;
+}
+
+static long long cmd_int(redisContext *c, const char *fmt, const char *arg) {
+    redisReply *r = cmd(c, fmt, arg);
+    long long v = r->type == REDIS_REPLY_INTEGER ? r->integer : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+static json_t *load_state(const char *data) {
+    char path[700];
+    snprintf(path, sizeof path, "%s/trainer/checkpoint/state.json", data);
+    json_t *state = NULL;
+    duel_error err;
+    if (duel_json_load_file(path, 64 << 20, &state, &err)) fail_msg("%s", err.message);
+    return state;
+}
+
+static void test_applies_votes_exactly_once(void **state) {
+    (void)state;
+    env e;
+    env_init(&e, "online-svc");
+    vote_producer p;
+    vote_producer_init(&p, 42, 128, "tiny");
+    char ids[N_VOTES][64];
+    int n_ab = 0, n_tie = 0, n_bad = 0;
+    for (int i = 0; i < N_VOTES; i++) {
+        vote_kind k = vote_script_kind(i);
+        vote_producer_add(&p, e.c, "duel:prefs", "*", k, ids[i]);
+        n_ab += k == VOTE_AB;
+        n_tie += k == VOTE_TIE;
+        n_bad += k != VOTE_AB && k != VOTE_TIE;
+    }
+    assert_int_equal(n_ab % 4, 0); /* whole batches: every pair is applied */
+    online_trainer *t;
+    stream_consumer *sc;
+    duel_error err = {0};
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    drain(sc);
+    online_trainer_status s;
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.prefs_applied, n_ab);
+    assert_int_equal(s.step, n_ab / 4);
+    assert_int_equal(s.ties, n_tie);
+    assert_int_equal(s.duplicates, 0);
+    assert_int_equal(s.published_version, n_ab / 4 / 3);
+    assert_true(isfinite(s.loss) && isfinite(s.kl) && s.lr > 0);
+    assert_true(s.erm_scored == n_ab);
+    /* Nothing pending; every entry acknowledged. */
+    redisReply *r = cmd(e.c, "XPENDING duel:prefs trainers");
+    assert_int_equal(r->element[0]->integer, 0);
+    freeReplyObject(r);
+    /* The dead-letter stream holds exactly the bad entries, with reasons. */
+    r = cmd(e.c, "XRANGE duel:prefs:dead - +");
+    assert_int_equal((int)r->elements, n_bad);
+    const char *want[] = {"missing field cand_tokens", "model_id 'someone-else' is not the trainer's 'tiny'",
+                          "features: 2044 bytes, expected 2048"};
+    for (size_t i = 0; i < r->elements; i++) {
+        redisReply *f = r->element[i]->element[1];
+        const char *reason = NULL;
+        for (size_t k = 0; k + 1 < f->elements; k += 2)
+            if (strcmp(f->element[k]->str, "dead_reason") == 0) reason = f->element[k + 1]->str;
+        assert_non_null(reason);
+        if (!strstr(reason, want[i])) fail_msg("reason '%s', wanted '%s'", reason, want[i]);
+    }
+    freeReplyObject(r);
+    /* Every valid vote id recorded exactly once in the checkpoint. */
+    json_t *st = load_state(e.data);
+    json_t *recent = json_object_get(st, "recent_vote_ids");
+    assert_int_equal((int)json_array_size(recent), n_ab + n_tie);
+    for (int i = 0; i < N_VOTES; i++) {
+        vote_kind k = vote_script_kind(i);
+        int count = 0;
+        for (size_t j = 0; j < json_array_size(recent); j++)
+            count += strcmp(json_string_value(json_array_get(recent, j)), ids[i]) == 0;
+        assert_int_equal(count, k == VOTE_AB || k == VOTE_TIE ? 1 : 0);
+    }
+    json_decref(st);
+    /* Status hash and snapshot registry. */
+    r = cmd(e.c, "HGET duel:trainer:status prefs_applied");
+    assert_int_equal(atoi(r->str), n_ab);
+    freeReplyObject(r);
+    assert_int_equal(cmd_int(e.c, "ZCARD %s", "duel:snapshots"), s.published_version);
+    for (int64_t v = 1; v <= s.published_version; v++) {
+        char dir[1024], key[64];
+        assert_int_equal(snapshot_path(e.data, v, dir, sizeof dir, NULL), 0);
+        int64_t got = 0;
+        if (snapshot_verify(dir, &got, &err)) fail_msg("%s", err.message);
+        assert_int_equal(got, v);
+        snprintf(key, sizeof key, "duel:snapshot:%lld", (long long)v);
+        r = cmd(e.c, "HGET %s path", key);
+        assert_string_equal(r->str, dir);
+        freeReplyObject(r);
+        r = cmd(e.c, "HGET %s sha256:model.safetensors", key);
+        assert_int_equal((int)r->len, 64);
+        freeReplyObject(r);
+    }
+    /* A corrupted snapshot file is refused by the verifier. */
+    char dir[1024], file[1100];
+    snapshot_path(e.data, 1, dir, sizeof dir, NULL);
+    snprintf(file, sizeof file, "%s/erm.safetensors", dir);
+    FILE *fp = fopen(file, "r+b");
+    assert_non_null(fp);
+    fseek(fp, -3, SEEK_END);
+    fputc(0x5a, fp);
+    fclose(fp);
+    assert_int_equal(snapshot_verify(dir, NULL, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "erm.safetensors"));
+    /* Restart: state comes back from the checkpoint; old entries are not re-applied. */
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    online_trainer_status s2;
+    online_trainer_get_status(t, &s2);
+    assert_int_equal(s2.step, s.step);
+    assert_string_equal(s2.last_applied_id, s.last_applied_id);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    /* The same vote id again (a producer replay) is a duplicate; four new votes make a batch. */
+    vote_producer q;
+    vote_producer_init(&q, 42, 128, "tiny"); /* same seed: same first vote id */
+    vote_producer_add(&q, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    drain(sc);
+    online_trainer_get_status(t, &s2);
+    assert_int_equal(s2.step, s.step + 1);
+    assert_int_equal(s2.duplicates, 1);
+    assert_int_equal(s2.prefs_applied, n_ab + 4);
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    env_free(&e);
+}
+
+static void test_redelivered_too_often_goes_dead(void **state) {
+    (void)state;
+    env e;
+    env_init(&e, "online-dead");
+    e.so.max_deliveries = 3;
+    vote_producer p;
+    vote_producer_init(&p, 7, 128, "tiny");
+    redisReply *r = cmd(e.c, "XGROUP CREATE duel:prefs trainers 0 MKSTREAM");
+    freeReplyObject(r);
+    vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    /* Deliver it to trainer-1 four times, as four crashed runs would have. */
+    for (int i = 0; i < 4; i++) {
+        r = cmd(e.c, i == 0 ? "XREADGROUP GROUP trainers trainer-1 STREAMS duel:prefs >"
+                            : "XREADGROUP GROUP trainers trainer-1 STREAMS duel:prefs 0");
+        freeReplyObject(r);
+    }
+    online_trainer *t;
+    stream_consumer *sc;
+    duel_error err = {0};
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    drain(sc);
+    r = cmd(e.c, "XRANGE duel:prefs:dead - +");
+    assert_int_equal((int)r->elements, 1);
+    redisReply *f = r->element[0]->element[1];
+    int found = 0;
+    for (size_t k = 0; k + 1 < f->elements; k += 2)
+        if (strcmp(f->element[k]->str, "dead_reason") == 0)
+            found = strstr(f->element[k + 1]->str, "delivered 5 times (limit 3)") != NULL;
+    assert_true(found);
+    freeReplyObject(r);
+    r = cmd(e.c, "XPENDING duel:prefs trainers");
+    assert_int_equal(r->element[0]->integer, 0);
+    freeReplyObject(r);
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    env_free(&e);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_applies_votes_exactly_once, stop_redis),
+        cmocka_unit_test_teardown(test_redelivered_too_often_goes_dead, stop_redis),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,833 @@
+/* online_trainer.c: the trainer's state, its updates and its checkpoint (see online_trainer.h). */
+#include "online_trainer.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "checkpoint.h"
+#include "json_util.h"
+#include "lm_trainer.h"
+#include "safetensors.h"
+#include "sha256.h"
+
+#define STATE_FORMAT "duel-online-trainer"
+#define STATE_VERSION 1
+#define STATE_MAX_BYTES ((size_t)64 << 20)
+#define PAIR_LOG_COMPACT_FACTOR 4 /* rewrite the pair log when it holds this many buffers */
+
+/* One pending a/b pair: the entry's contents that the update needs. */
+typedef struct pending_pair {
+    vote_entry entry;
+} pending_pair;
+
+struct online_trainer {
+    online_trainer_options options;
+    char data_dir[ONLINE_PATH_MAX], trainer_dir[ONLINE_PATH_MAX], base_model[ONLINE_PATH_MAX];
+    char model_id[VOTE_ENTRY_MAX_ID + 1];
+    train_model *policy, *reference;
+    char *config_json;
+    adamw_state optimizer;
+    unsigned char *decay_mask;
+    lr_schedule schedule;
+    erm *erm;
+    erm_trainer *erm_trainer;
+    /* exactly-once bookkeeping */
+    char last_applied_id[ONLINE_STREAM_ID_MAX]; /* in the checkpoint */
+    char unsaved_id[ONLINE_STREAM_ID_MAX];      /* offered since */
+    char (*recent)[VOTE_ENTRY_MAX_ID + 1];
+    int recent_start, recent_count;
+    pending_pair *pending;
+    int num_pending;
+    /* the pair log: erm_pairs.<gen>.bin holds pairs base .. base + records */
+    int pair_log_fd;
+    int64_t pair_log_gen, pair_log_base, pair_log_records, old_pair_log_gen;
+    /* counters and last values */
+    online_trainer_status status;
+    int64_t erm_right;
+    bool publish_due;
+};
+
+void online_trainer_default_options(online_trainer_options *o) {
+    memset(o, 0, sizeof *o);
+    o->erm_heads = ERM_DEFAULT_NUM_HEADS;
+    o->erm_hidden = ERM_DEFAULT_HIDDEN;
+    dap_loss_default_options(DAP_LOSS_DPO, &o->loss);
+    o->batch_size = 8;
+    o->lr = 1e-5;
+    o->min_lr = 1e-6;
+    o->warmup_steps = 10;
+    o->total_steps = 100000;
+    adamw_default_options(&o->adamw);
+    o->adamw.weight_decay = 0.0;
+    o->clip_norm = 1.0;
+    erm_train_default_options(&o->erm);
+    o->publish_every = 10;
+    o->recent_vote_ids = 2048;
+    o->seed = 1234;
+}
+
+/* ---- stream ids ------------------------------------------------------------------------- */
+
+int online_stream_id_parse(const char *id, uint64_t *ms, uint64_t *seq) {
+    const char *p = id;
+    uint64_t v[2] = {0, 0};
+    for (int part = 0; part < 2; part++) {
+        if (*p < '0' || *p > '9') return DUEL_EINVAL;
+        while (*p >= '0' && *p <= '9') {
+            uint64_t d = (uint64_t)(*p - '0');
+            if (v[part] > (UINT64_MAX - d) / 10) return DUEL_EINVAL;
+            v[part] = v[part] * 10 + d;
+            p++;
+        }
+        if (part == 0 && *p++ != '-') return DUEL_EINVAL;
+    }
+    if (*p != '\0') return DUEL_EINVAL;
+    *ms = v[0];
+    *seq = v[1];
+    return 0;
+}
+
+int online_stream_id_compare(const char *a, const char *b) {
+    uint64_t am = 0, as = 0, bm = 0, bs = 0;
+    online_stream_id_parse(a, &am, &as);
+    online_stream_id_parse(b, &bm, &bs);
+    if (am != bm) return am < bm ? -1 : 1;
+    if (as != bs) return as < bs ? -1 : 1;
+    return 0;
+}
+
+/* ---- files ------------------------------------------------------------------------------ */
+
+static int path_join(char *out, const char *dir, const char *name, duel_error *err) {
+    if (snprintf(out, ONLINE_PATH_MAX, "%s/%s", dir, name) >= ONLINE_PATH_MAX)
+        return duel_error_set(err, DUEL_EINVAL, "%s: path too long", dir);
+    return 0;
+}
+
+static int fsync_path(const char *path) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+/* Removes a folder we wrote, two levels deep at most (checkpoint/policy/...). */
+static void remove_tree(const char *dir, int depth) {
+    DIR *d = opendir(dir);
+    if (!d) {
+        unlink(dir);
+        return;
+    }
+    struct dirent *e;
+    char path[ONLINE_PATH_MAX];
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        if (snprintf(path, sizeof path, "%s/%s", dir, e->d_name) >= (int)sizeof path) continue;
+        struct stat st;
+        if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+            if (depth > 0) remove_tree(path, depth - 1);
+        } else {
+            unlink(path);
+        }
+    }
+    closedir(d);
+    rmdir(dir);
+}
+
+static int write_file_synced(const char *path, const void *data, size_t len, duel_error *err) {
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return duel_error_set(err, DUEL_EIO, "%s: cannot create: %s", path, strerror(errno));
+    const char *p = data;
+    size_t off = 0;
+    while (off < len) {
+        ssize_t w = write(fd, p + off, len - off);
+        if (w <= 0) {
+            close(fd);
+            return duel_error_set(err, DUEL_EIO, "%s: write failed: %s", path, strerror(errno));
+        }
+        off += (size_t)w;
+    }
+    if (fsync(fd) != 0 || close(fd) != 0)
+        return duel_error_set(err, DUEL_EIO, "%s: fsync failed: %s", path, strerror(errno));
+    return 0;
+}
+
+static void pair_log_name(const online_trainer *t, int64_t gen, char *out) {
+    if (snprintf(out, ONLINE_PATH_MAX, "%s/erm_pairs.%06" PRId64 ".bin", t->trainer_dir, gen) >=
+        ONLINE_PATH_MAX)
+        out[0] = '\0'; /* open("") fails with a message naming the empty path */
+}
+
+static size_t pair_record_bytes(const online_trainer *t) {
+    return (size_t)2 * (size_t)t->erm->config.d_feat * sizeof(float);
+}
+
+/* Opens (creating) the pair log of generation gen, cut to records valid records. */
+static int pair_log_open(online_trainer *t, int64_t gen, int64_t records, duel_error *err) {
+    char path[ONLINE_PATH_MAX];
+    pair_log_name(t, gen, path);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) return duel_error_set(err, DUEL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    off_t want = (off_t)records * (off_t)pair_record_bytes(t);
+    if (fstat(fd, &st) != 0 || st.st_size < want) {
+        close(fd);
+        return duel_error_set(err, DUEL_EFORMAT, "%s: holds %lld bytes, the checkpoint needs %lld",
+                              path, (long long)st.st_size, (long long)want);
+    }
+    if (st.st_size > want && ftruncate(fd, want) != 0) {
+        close(fd);
+        return duel_error_set(err, DUEL_EIO, "%s: cannot truncate: %s", path, strerror(errno));
+    }
+    if (t->pair_log_fd >= 0) close(t->pair_log_fd);
+    t->pair_log_fd = fd;
+    t->pair_log_gen = gen;
+    t->pair_log_records = records;
+    return 0;
+}
+
+static int pair_log_append(online_trainer *t, const float *record, duel_error *err) {
+    size_t n = pair_record_bytes(t);
+    off_t at = (off_t)t->pair_log_records * (off_t)n;
+    const char *p = (const char *)record;
+    size_t off = 0;
+    while (off < n) {
+        ssize_t w = pwrite(t->pair_log_fd, p + off, n - off, at + (off_t)off);
+        if (w <= 0) return duel_error_set(err, DUEL_EIO, "erm pair log: write failed: %s", strerror(errno));
+        off += (size_t)w;
+    }
+    t->pair_log_records++;
+    return 0;
+}
+
+/* Removes pair logs other than the current generation (leftovers of compactions and crashes). */
+static void pair_log_remove_others(online_trainer *t) {
+    DIR *d = opendir(t->trainer_dir);
+    if (!d) return;
+    struct dirent *e;
+    char keep[ONLINE_PATH_MAX], path[ONLINE_PATH_MAX];
+    pair_log_name(t, t->pair_log_gen, keep);
+    const char *keep_name = strrchr(keep, '/') + 1;
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, "erm_pairs.", 10) != 0 || strcmp(e->d_name, keep_name) == 0) continue;
+        if (snprintf(path, sizeof path, "%s/%s", t->trainer_dir, e->d_name) < (int)sizeof path)
+            unlink(path);
+    }
+    closedir(d);
+}
+
+/* ---- open / close ----------------------------------------------------------------------- */
+
+static unsigned char *make_decay_mask(train_model *model) {
+    size_t n = train_model_num_parameters(model);
+    unsigned char *mask = calloc(n, 1);
+    if (!mask) return NULL;
+    float *base = train_model_parameter_memory(model);
+    for (int i = 0; i < train_model_num_tensors(model); i++) {
+        train_tensor tt;
+        train_model_tensor_at(model, i, &tt);
+        if (tt.ndim == 2) memset(mask + (tt.param - base), 1, tt.numel);
+    }
+    return mask;
+}
+
+static int load_checkpoint(online_trainer *t, duel_error *err);
+
+int online_trainer_open(const online_trainer_options *o, const char *data_dir,
+                        online_trainer **out, duel_error *err) {
+    *out = NULL;
+    if (!o->model_dir || !data_dir)
+        return duel_error_set(err, DUEL_EINVAL, "online trainer: model_dir and data_dir are required");
+    if (o->batch_size < 1 || o->batch_size > ONLINE_MAX_BATCH)
+        return duel_error_set(err, DUEL_EINVAL, "trainer.batch_size %d outside 1..%d", o->batch_size,
+                              ONLINE_MAX_BATCH);
+    if (o->publish_every < 0 || o->recent_vote_ids < 1 || o->recent_vote_ids > 1000000)
+        return duel_error_set(err, DUEL_EINVAL, "trainer: publish_every must be >= 0 and "
+                              "recent_vote_ids in 1..1000000");
+    if (o->model_id && strlen(o->model_id) > VOTE_ENTRY_MAX_ID)
+        return duel_error_set(err, DUEL_EINVAL, "trainer.model_id is longer than %d bytes", VOTE_ENTRY_MAX_ID);
+    lr_schedule schedule = {o->lr, o->min_lr, o->warmup_steps, o->total_steps};
+    int rc = lr_schedule_check(&schedule, err);
+    if (rc) return rc;
+    if (!(o->clip_norm >= 0) || !(o->loss.beta > 0))
+        return duel_error_set(err, DUEL_EINVAL, "trainer: clip_norm must be >= 0 and beta > 0");
+    online_trainer *t = calloc(1, sizeof *t);
+    if (!t) return duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+    t->options = *o;
+    t->options.model_dir = NULL;
+    t->options.erm_path = NULL;
+    t->options.model_id = NULL;
+    t->options.loss.xpo_alpha = 0; /* XPO needs samples of the reference, which votes lack */
+    t->schedule = schedule;
+    t->pair_log_fd = -1;
+    snprintf(t->base_model, sizeof t->base_model, "%s", o->model_dir);
+    snprintf(t->model_id, sizeof t->model_id, "%s", o->model_id ? o->model_id : "");
+    snprintf(t->data_dir, sizeof t->data_dir, "%s", data_dir);
+    if ((rc = path_join(t->trainer_dir, data_dir, "trainer", err))) goto fail;
+    mkdir(data_dir, 0755);
+    if (mkdir(t->trainer_dir, 0755) != 0 && errno != EEXIST) {
+        rc = duel_error_set(err, DUEL_EIO, "%s: cannot create: %s", t->trainer_dir, strerror(errno));
+        goto fail;
+    }
+    char *ref_json = NULL;
+    if ((rc = lm_model_load_hf(o->model_dir, &t->policy, &t->config_json, err)) ||
+        (rc = lm_model_load_hf(o->model_dir, &t->reference, &ref_json, err)))
+        goto fail;
+    free(ref_json);
+    size_t n = train_model_num_parameters(t->policy);
+    if ((rc = adamw_init(&t->optimizer, n, err))) goto fail;
+    if (!(t->decay_mask = make_decay_mask(t->policy))) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+        goto fail;
+    }
+    const model_config *mc = train_model_config(t->policy);
+    if (o->erm_path && o->erm_path[0]) {
+        if ((rc = erm_load(o->erm_path, 0, &t->erm, err))) goto fail;
+    } else {
+        erm_config ec = {o->erm_heads, 2 * mc->hidden_size, o->erm_hidden};
+        duel_rng rng;
+        duel_rng_seed(&rng, o->seed ^ 0x45524d5f494e4954ull); /* "ERM_INIT" */
+        if ((rc = erm_create(&ec, &rng, &t->erm, err))) goto fail;
+    }
+    if ((rc = erm_trainer_create(t->erm, &o->erm, o->seed ^ 0x45524d5f42415443ull, &t->erm_trainer, err)))
+        goto fail;
+    t->recent = calloc((size_t)o->recent_vote_ids, sizeof *t->recent);
+    t->pending = calloc((size_t)o->batch_size, sizeof *t->pending);
+    if (!t->recent || !t->pending) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+        goto fail;
+    }
+    if ((rc = load_checkpoint(t, err))) goto fail;
+    *out = t;
+    return 0;
+fail:
+    online_trainer_close(t);
+    return rc;
+}
+
+void online_trainer_close(online_trainer *t) {
+    if (!t) return;
+    for (int i = 0; i < t->num_pending; i++) vote_entry_free(&t->pending[i].entry);
+    free(t->pending);
+    free(t->recent);
+    erm_trainer_free(t->erm_trainer);
+    erm_free(t->erm);
+    adamw_free(&t->optimizer);
+    free(t->decay_mask);
+    free(t->config_json);
+    train_model_free(t->policy);
+    train_model_free(t->reference);
+    if (t->pair_log_fd >= 0) close(t->pair_log_fd);
+    free(t);
+}
+
+void online_trainer_limits(const online_trainer *t, vote_entry_limits *out) {
+    const model_config *mc = train_model_config(t->policy);
+    out->model_id = t->model_id;
+    out->d_feat = t->erm->config.d_feat;
+    out->num_heads = 0; /* erm_rewards are the serving ensemble's: any head count */
+    out->vocab = mc->vocab_size;
+    out->max_sequence = mc->max_position_embeddings > 0 ? mc->max_position_embeddings : 0;
+}
+
+train_model *online_trainer_policy(online_trainer *t) { return t->policy; }
+const char *online_trainer_config_json(const online_trainer *t) { return t->config_json; }
+const erm *online_trainer_erm(const online_trainer *t) { return t->erm; }
+void online_trainer_set_published(online_trainer *t, int64_t v) { t->status.published_version = v; }
+int online_trainer_pending_pairs(const online_trainer *t) { return t->num_pending; }
+bool online_trainer_batch_ready(const online_trainer *t) { return t->num_pending >= t->options.batch_size; }
+bool online_trainer_publish_due(const online_trainer *t) { return t->publish_due; }
+const char *online_trainer_unsaved_id(const online_trainer *t) { return t->unsaved_id; }
+
+void online_trainer_get_status(const online_trainer *t, online_trainer_status *out) {
+    *out = t->status;
+    snprintf(out->last_applied_id, sizeof out->last_applied_id, "%s", t->last_applied_id);
+    out->erm_pairs_seen = erm_trainer_pairs_seen(t->erm_trainer);
+}
+
+/* ---- offering entries ------------------------------------------------------------------- */
+
+static bool vote_id_seen(const online_trainer *t, const char *vote_id) {
+    int cap = t->options.recent_vote_ids;
+    for (int i = 0; i < t->recent_count; i++)
+        if (strcmp(t->recent[(t->recent_start + i) % cap], vote_id) == 0) return true;
+    return false;
+}
+
+static void remember_vote_id(online_trainer *t, const char *vote_id) {
+    int cap = t->options.recent_vote_ids;
+    int slot;
+    if (t->recent_count < cap) {
+        slot = (t->recent_start + t->recent_count++) % cap;
+    } else {
+        slot = t->recent_start;
+        t->recent_start = (t->recent_start + 1) % cap;
+    }
+    snprintf(t->recent[slot], sizeof t->recent[slot], "%s", vote_id);
+}
+
+int online_trainer_offer(online_trainer *t, const char *id, vote_entry *e,
+                         online_offer_result *result, duel_error *err) {
+    uint64_t ms, seq;
+    if (strlen(id) >= ONLINE_STREAM_ID_MAX || online_stream_id_parse(id, &ms, &seq) != 0)
+        return duel_error_set(err, DUEL_EINVAL, "online trainer: bad stream id '%s'", id);
+    if (t->last_applied_id[0] && online_stream_id_compare(id, t->last_applied_id) <= 0) {
+        *result = ONLINE_OFFER_APPLIED;
+        return 0;
+    }
+    if (t->unsaved_id[0] && online_stream_id_compare(id, t->unsaved_id) <= 0) {
+        *result = ONLINE_OFFER_DUPLICATE; /* offered already since the checkpoint */
+        return 0;
+    }
+    snprintf(t->unsaved_id, sizeof t->unsaved_id, "%s", id);
+    if (vote_id_seen(t, e->vote_id)) {
+        t->status.duplicates++;
+        *result = ONLINE_OFFER_DUPLICATE;
+        return 0;
+    }
+    remember_vote_id(t, e->vote_id);
+    if (!vote_choice_is_pair(e->choice)) {
+        if (e->choice == VOTE_CHOICE_TIE) t->status.ties++;
+        else t->status.both_bad++;
+        *result = ONLINE_OFFER_COUNTED;
+        return 0;
+    }
+    if (t->num_pending >= t->options.batch_size)
+        return duel_error_set(err, DUEL_EINVAL, "online trainer: batch full, apply it first");
+    t->pending[t->num_pending++].entry = *e;
+    memset(e, 0, sizeof *e);
+    *result = ONLINE_OFFER_BATCHED;
+    return 0;
+}
+
+/* ---- the update ------------------------------------------------------------------------- */
+
+/* Fills rows 0..P-1 with prompt+chosen and P..2P-1 with prompt+rejected. */
+static int build_batch(const online_trainer *t, int32_t **tokens, int32_t **targets, float **mask,
+                       int *seq_len, duel_error *err) {
+    const int P = t->num_pending;
+    int T = 1;
+    for (int i = 0; i < P; i++) {
+        const vote_entry *e = &t->pending[i].entry;
+        for (int side = 0; side < 2; side++) {
+            int len;
+            vote_entry_candidate(e, side == 0 ? e->chosen_idx : e->rejected_idx, &len);
+            int total = e->n_prompt_tokens + len - 1;
+            if (total > T) T = total;
+        }
+    }
+    size_t cells = (size_t)2 * P * T;
+    *tokens = calloc(cells, sizeof(int32_t));
+    *targets = calloc(cells, sizeof(int32_t));
+    *mask = calloc(cells, sizeof(float));
+    if (!*tokens || !*targets || !*mask)
+        return duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory for the batch");
+    for (int i = 0; i < P; i++) {
+        const vote_entry *e = &t->pending[i].entry;
+        for (int side = 0; side < 2; side++) {
+            int len;
+            const int32_t *resp = vote_entry_candidate(e, side == 0 ? e->chosen_idx : e->rejected_idx, &len);
+            size_t row = (size_t)(side * P + i) * T;
+            int n = e->n_prompt_tokens + len;
+            for (int p = 0; p + 1 < n && p < T; p++) {
+                int32_t cur = p < e->n_prompt_tokens ? e->prompt_tokens[p] : resp[p - e->n_prompt_tokens];
+                int q = p + 1;
+                int32_t next = q < e->n_prompt_tokens ? e->prompt_tokens[q] : resp[q - e->n_prompt_tokens];
+                (*tokens)[row + p] = cur;
+                (*targets)[row + p] = next;
+                (*mask)[row + p] = q >= e->n_prompt_tokens ? 1.0f : 0.0f;
+            }
+        }
+    }
+    *seq_len = T;
+    return 0;
+}
+
+int online_trainer_apply(online_trainer *t, duel_error *err) {
+    if (!online_trainer_batch_ready(t))
+        return duel_error_set(err, DUEL_EINVAL, "online trainer: no batch is ready");
+    const int P = t->num_pending, D = t->erm->config.d_feat;
+    int rc = 0;
+    float *chosen = malloc((size_t)P * D * sizeof(float)), *rejected = malloc((size_t)P * D * sizeof(float));
+    float *record = malloc((size_t)2 * D * sizeof(float));
+    double *seq = malloc((size_t)2 * P * sizeof(double)), *cnt = malloc((size_t)2 * P * sizeof(double));
+    double *ref = malloc((size_t)2 * P * sizeof(double)), *rcnt = malloc((size_t)2 * P * sizeof(double));
+    double *dseq = calloc((size_t)2 * P, sizeof(double));
+    int32_t *tokens = NULL, *targets = NULL;
+    float *mask = NULL;
+    if (!chosen || !rejected || !record || !seq || !cnt || !ref || !rcnt || !dseq) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+        goto done;
+    }
+    /* ERM: score the new pairs before training on them (held-back accuracy), then train. */
+    for (int i = 0; i < P; i++) {
+        const vote_entry *e = &t->pending[i].entry;
+        memcpy(chosen + (size_t)i * D, e->features + (size_t)e->chosen_idx * D, (size_t)D * sizeof(float));
+        memcpy(rejected + (size_t)i * D, e->features + (size_t)e->rejected_idx * D, (size_t)D * sizeof(float));
+    }
+    double acc;
+    if ((rc = erm_train_accuracy(t->erm, chosen, rejected, P, &acc, err))) goto done;
+    t->erm_right += (int64_t)llround(acc * P);
+    t->status.erm_scored += P;
+    t->status.erm_accuracy = (double)t->erm_right / (double)t->status.erm_scored;
+    if ((rc = erm_trainer_add_pairs(t->erm_trainer, chosen, rejected, P, err))) goto done;
+    for (int i = 0; i < P; i++) {
+        memcpy(record, chosen + (size_t)i * D, (size_t)D * sizeof(float));
+        memcpy(record + D, rejected + (size_t)i * D, (size_t)D * sizeof(float));
+        if ((rc = pair_log_append(t, record, err))) goto done;
+    }
+    erm_train_stats es;
+    if ((rc = erm_trainer_update(t->erm_trainer, &es, err))) goto done;
+    if (es.steps > 0) t->status.erm_loss = es.loss;
+    /* Policy: reference and policy log-probabilities of the same responses, one DAP update. */
+    int T = 1;
+    if ((rc = build_batch(t, &tokens, &targets, &mask, &T, err))) goto done;
+    train_batch tb = {2 * P, T, tokens, targets, mask};
+    const dap_loss_options *lo = &t->options.loss;
+    bool uses_ref = dap_loss_uses_reference(lo->kind);
+    if (uses_ref && (rc = train_model_forward(t->reference, &tb, ref, rcnt, NULL, err))) goto done;
+    train_model_zero_grad(t->policy);
+    if ((rc = train_model_forward(t->policy, &tb, seq, cnt, NULL, err))) goto done;
+    double kl = 0;
+    for (int r = 0; r < 2 * P; r++) kl += uses_ref ? seq[r] - ref[r] : 0;
+    dap_loss_batch lb = {P, seq, seq + P, cnt, cnt + P, uses_ref ? ref : NULL,
+                         uses_ref ? ref + P : NULL, NULL, NULL};
+    dap_loss_grads g = {dseq, dseq + P, NULL};
+    dap_loss_result lr_;
+    if ((rc = dap_loss_compute(lo, &lb, &lr_, &g, err))) goto done;
+    if ((rc = train_model_backward(t->policy, dseq, err))) goto done;
+    size_t n = train_model_num_parameters(t->policy);
+    float *grads = train_model_gradient_memory(t->policy);
+    double norm = adamw_clip_grad_norm(grads, n, t->options.clip_norm);
+    if (!isfinite(lr_.loss) || !isfinite(norm)) {
+        rc = duel_error_set(err, DUEL_EFORMAT, "online trainer: non-finite loss or gradient at "
+                            "update %lld", (long long)t->status.step + 1);
+        goto done;
+    }
+    double lr = lr_schedule_at(&t->schedule, t->status.step);
+    if ((rc = adamw_update(&t->optimizer, &t->options.adamw, train_model_parameter_memory(t->policy),
+                           grads, t->decay_mask, lr, err)))
+        goto done;
+    t->status.step++;
+    t->status.prefs_applied += P;
+    t->status.loss = lr_.loss;
+    t->status.margin = lr_.mean_margin;
+    t->status.accuracy = lr_.accuracy;
+    t->status.kl = kl / (2.0 * P);
+    t->status.lr = lr;
+    t->status.grad_norm = norm;
+    t->publish_due = t->options.publish_every > 0 && t->status.step % t->options.publish_every == 0;
+    for (int i = 0; i < P; i++) vote_entry_free(&t->pending[i].entry);
+    t->num_pending = 0;
+done:
+    free(chosen);
+    free(rejected);
+    free(record);
+    free(seq);
+    free(cnt);
+    free(ref);
+    free(rcnt);
+    free(dseq);
+    free(tokens);
+    free(targets);
+    free(mask);
+    return rc;
+}
+
+/* ---- checkpoint ------------------------------------------------------------------------- */
+
+static char *u64_hex(uint64_t v, char *buf) {
+    snprintf(buf, 17, "%016" PRIx64, v);
+    return buf;
+}
+
+static int write_erm_optimizer(const char *path, const adamw_state *opt, duel_error *err) {
+    safetensors_write_tensor ts[2] = {
+        {"adamw.m", SAFETENSORS_F32, 1, {(int64_t)opt->num_parameters}, opt->m},
+        {"adamw.v", SAFETENSORS_F32, 1, {(int64_t)opt->num_parameters}, opt->v}};
+    return safetensors_write_file(path, ts, 2, NULL, err);
+}
+
+/* Rewrites the pair log as a new generation holding only the buffer's pairs. */
+static int compact_pair_log(online_trainer *t, duel_error *err) {
+    int count = erm_trainer_buffer_count(t->erm_trainer);
+    int64_t seen = erm_trainer_pairs_seen(t->erm_trainer);
+    int64_t old = t->pair_log_gen;
+    char path[ONLINE_PATH_MAX];
+    pair_log_name(t, old + 1, path);
+    unlink(path);
+    int rc = pair_log_open(t, old + 1, 0, err);
+    if (rc) return rc;
+    const size_t D = (size_t)t->erm->config.d_feat;
+    float *record = malloc(2 * D * sizeof(float));
+    if (!record) return duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+    for (int i = 0; i < count && rc == 0; i++) {
+        const float *c, *r;
+        erm_trainer_buffer_pair(t->erm_trainer, i, &c, &r);
+        memcpy(record, c, D * sizeof(float));
+        memcpy(record + D, r, D * sizeof(float));
+        rc = pair_log_append(t, record, err);
+    }
+    free(record);
+    t->pair_log_base = seen - count;
+    t->old_pair_log_gen = old;
+    return rc;
+}
+
+int online_trainer_checkpoint(online_trainer *t, duel_error *err) {
+    char tmp[ONLINE_PATH_MAX], dir[ONLINE_PATH_MAX], old[ONLINE_PATH_MAX], path[ONLINE_PATH_MAX];
+    int rc;
+    if ((rc = path_join(tmp, t->trainer_dir, "checkpoint.tmp", err)) ||
+        (rc = path_join(dir, t->trainer_dir, "checkpoint", err)) ||
+        (rc = path_join(old, t->trainer_dir, "checkpoint.old", err)))
+        return rc;
+    int64_t cap = t->options.erm.buffer_capacity;
+    if (t->pair_log_records > PAIR_LOG_COMPACT_FACTOR * cap && (rc = compact_pair_log(t, err))) return rc;
+    if (fdatasync(t->pair_log_fd) != 0)
+        return duel_error_set(err, DUEL_EIO, "erm pair log: fsync failed: %s", strerror(errno));
+    remove_tree(tmp, 2);
+    if (mkdir(tmp, 0755) != 0)
+        return duel_error_set(err, DUEL_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+    checkpoint_progress cp = {t->optimizer.step, t->options.seed, (double)t->status.prefs_applied};
+    char erm_path[ONLINE_PATH_MAX], erm_opt_path[ONLINE_PATH_MAX];
+    if ((rc = path_join(path, tmp, "policy", err)) ||
+        (rc = checkpoint_save(path, t->policy, &t->optimizer, &cp, t->config_json, err)) ||
+        (rc = path_join(erm_path, tmp, "erm.safetensors", err)) ||
+        (rc = erm_save(t->erm, erm_path, err)) ||
+        (rc = path_join(erm_opt_path, tmp, "erm_optimizer.safetensors", err)) ||
+        (rc = write_erm_optimizer(erm_opt_path, erm_trainer_optimizer(t->erm_trainer), err)))
+        return rc;
+    char erm_hash[SHA256_HEX_BYTES], opt_hash[SHA256_HEX_BYTES], hex[4][17];
+    if ((rc = sha256_file_hex(erm_path, erm_hash, err)) || (rc = sha256_file_hex(erm_opt_path, opt_hash, err)))
+        return rc;
+    const char *applied = t->unsaved_id[0] ? t->unsaved_id : t->last_applied_id;
+    duel_rng *rng = erm_trainer_rng(t->erm_trainer);
+    json_t *recent = json_array();
+    for (int i = 0; i < t->recent_count; i++)
+        json_array_append_new(recent, json_string(t->recent[(t->recent_start + i) % t->options.recent_vote_ids]));
+    const online_trainer_status *s = &t->status;
+    json_t *state = json_pack(
+        "{s:s, s:i, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:I, s:I, s:I, s:[s,s,s,s], s:s, s:s,"
+        " s:o, s:I, s:I, s:f, s:f, s:f, s:f, s:f, s:f, s:f}",
+        "format", STATE_FORMAT, "version", STATE_VERSION, "step", (json_int_t)s->step,
+        "prefs_applied", (json_int_t)s->prefs_applied, "ties", (json_int_t)s->ties,
+        "both_bad", (json_int_t)s->both_bad, "duplicates", (json_int_t)s->duplicates,
+        "published_version", (json_int_t)s->published_version,
+        "erm_adam_step", (json_int_t)erm_trainer_optimizer(t->erm_trainer)->step,
+        "last_applied_id", applied, "erm_pairs_seen", (json_int_t)erm_trainer_pairs_seen(t->erm_trainer),
+        "pair_log_generation", (json_int_t)t->pair_log_gen, "pair_log_base", (json_int_t)t->pair_log_base,
+        "pair_log_records", (json_int_t)t->pair_log_records, "erm_rng", u64_hex(rng->s[0], hex[0]),
+        u64_hex(rng->s[1], hex[1]), u64_hex(rng->s[2], hex[2]), u64_hex(rng->s[3], hex[3]),
+        "erm_sha256", erm_hash, "erm_optimizer_sha256", opt_hash, "recent_vote_ids", recent,
+        "erm_right", (json_int_t)t->erm_right, "erm_scored", (json_int_t)s->erm_scored,
+        "loss", s->loss, "margin", s->margin, "accuracy", s->accuracy, "kl", s->kl, "lr", s->lr,
+        "grad_norm", s->grad_norm, "erm_loss", s->erm_loss);
+    char *text = state ? json_dumps(state, JSON_INDENT(1) | JSON_SORT_KEYS) : NULL;
+    json_decref(state);
+    if (!text) return duel_error_set(err, DUEL_ENOMEM, "online trainer: cannot build state.json");
+    rc = path_join(path, tmp, "state.json", err);
+    if (rc == 0) rc = write_file_synced(path, text, strlen(text), err);
+    free(text);
+    if (rc) return rc;
+    if (fsync_path(tmp) != 0) return duel_error_set(err, DUEL_EIO, "%s: fsync failed", tmp);
+    /* Swap: checkpoint -> checkpoint.old, tmp -> checkpoint, make it durable, drop .old. */
+    remove_tree(old, 2);
+    struct stat st;
+    if (stat(dir, &st) == 0 && rename(dir, old) != 0)
+        return duel_error_set(err, DUEL_EIO, "%s: cannot rename: %s", dir, strerror(errno));
+    if (rename(tmp, dir) != 0)
+        return duel_error_set(err, DUEL_EIO, "%s: cannot rename: %s", tmp, strerror(errno));
+    if (fsync_path(t->trainer_dir) != 0)
+        return duel_error_set(err, DUEL_EIO, "%s: fsync failed", t->trainer_dir);
+    remove_tree(old, 2);
+    if (t->old_pair_log_gen >= 0 && t->old_pair_log_gen != t->pair_log_gen) pair_log_remove_others(t);
+    t->old_pair_log_gen = -1;
+    snprintf(t->last_applied_id, sizeof t->last_applied_id, "%s", applied);
+    t->unsaved_id[0] = '\0';
+    return 0;
+}
+
+static int get_int(json_t *o, const char *key, int64_t *out, const char *src, duel_error *err) {
+    json_t *v = json_object_get(o, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
+        return duel_error_set(err, DUEL_EFORMAT, "%s: %s is missing or not a non-negative integer", src, key);
+    *out = json_integer_value(v);
+    return 0;
+}
+
+static int get_real(json_t *o, const char *key, double *out, const char *src, duel_error *err) {
+    json_t *v = json_object_get(o, key);
+    if (!json_is_number(v))
+        return duel_error_set(err, DUEL_EFORMAT, "%s: %s is missing or not a number", src, key);
+    *out = json_number_value(v);
+    return 0;
+}
+
+static int verify_hash(json_t *state, const char *key, const char *path, const char *src, duel_error *err) {
+    char hex[SHA256_HEX_BYTES];
+    const char *want = json_string_value(json_object_get(state, key));
+    int rc = sha256_file_hex(path, hex, err);
+    if (rc) return rc;
+    if (!want || strcmp(want, hex) != 0)
+        return duel_error_set(err, DUEL_EFORMAT, "%s: sha256 of %s does not match %s", path, path, src);
+    return 0;
+}
+
+static int load_checkpoint(online_trainer *t, duel_error *err) {
+    char dir[ONLINE_PATH_MAX], old[ONLINE_PATH_MAX], path[ONLINE_PATH_MAX], src[ONLINE_PATH_MAX];
+    int rc;
+    if ((rc = path_join(dir, t->trainer_dir, "checkpoint", err)) ||
+        (rc = path_join(old, t->trainer_dir, "checkpoint.old", err)))
+        return rc;
+    struct stat st;
+    t->old_pair_log_gen = -1;
+    if (stat(dir, &st) != 0 && stat(old, &st) == 0 && rename(old, dir) != 0)
+        return duel_error_set(err, DUEL_EIO, "%s: cannot restore: %s", old, strerror(errno));
+    if (stat(dir, &st) != 0) { /* fresh start: no pair log survives */
+        t->pair_log_gen = 0;
+        char p0[ONLINE_PATH_MAX];
+        pair_log_name(t, 0, p0);
+        unlink(p0);
+        if ((rc = pair_log_open(t, 0, 0, err))) return rc;
+        pair_log_remove_others(t);
+        return 0;
+    }
+    if ((rc = path_join(src, dir, "state.json", err))) return rc;
+    json_t *state = NULL;
+    if ((rc = duel_json_load_file(src, STATE_MAX_BYTES, &state, err))) return rc;
+    const char *format = json_string_value(json_object_get(state, "format"));
+    int64_t version = 0, erm_step = 0, seen = 0, gen = 0, base = 0, records = 0;
+    online_trainer_status s = {0};
+    if (!format || strcmp(format, STATE_FORMAT) != 0 || get_int(state, "version", &version, src, NULL) ||
+        version != STATE_VERSION) {
+        rc = duel_error_set(err, DUEL_EFORMAT, "%s: not a version %d online trainer state", src, STATE_VERSION);
+        goto done;
+    }
+    if ((rc = get_int(state, "step", &s.step, src, err)) ||
+        (rc = get_int(state, "prefs_applied", &s.prefs_applied, src, err)) ||
+        (rc = get_int(state, "ties", &s.ties, src, err)) ||
+        (rc = get_int(state, "both_bad", &s.both_bad, src, err)) ||
+        (rc = get_int(state, "duplicates", &s.duplicates, src, err)) ||
+        (rc = get_int(state, "published_version", &s.published_version, src, err)) ||
+        (rc = get_int(state, "erm_adam_step", &erm_step, src, err)) ||
+        (rc = get_int(state, "erm_pairs_seen", &seen, src, err)) ||
+        (rc = get_int(state, "pair_log_generation", &gen, src, err)) ||
+        (rc = get_int(state, "pair_log_base", &base, src, err)) ||
+        (rc = get_int(state, "pair_log_records", &records, src, err)) ||
+        (rc = get_int(state, "erm_right", &t->erm_right, src, err)) ||
+        (rc = get_int(state, "erm_scored", &s.erm_scored, src, err)) ||
+        (rc = get_real(state, "loss", &s.loss, src, err)) || (rc = get_real(state, "margin", &s.margin, src, err)) ||
+        (rc = get_real(state, "accuracy", &s.accuracy, src, err)) || (rc = get_real(state, "kl", &s.kl, src, err)) ||
+        (rc = get_real(state, "lr", &s.lr, src, err)) || (rc = get_real(state, "grad_norm", &s.grad_norm, src, err)) ||
+        (rc = get_real(state, "erm_loss", &s.erm_loss, src, err)))
+        goto done;
+    const char *applied = json_string_value(json_object_get(state, "last_applied_id"));
+    uint64_t a, b;
+    if (!applied || strlen(applied) >= ONLINE_STREAM_ID_MAX ||
+        (applied[0] && online_stream_id_parse(applied, &a, &b) != 0)) {
+        rc = duel_error_set(err, DUEL_EFORMAT, "%s: bad last_applied_id", src);
+        goto done;
+    }
+    json_t *rng = json_object_get(state, "erm_rng"), *recent = json_object_get(state, "recent_vote_ids");
+    if (!json_is_array(rng) || json_array_size(rng) != 4 || !json_is_array(recent) || base + records != seen) {
+        rc = duel_error_set(err, DUEL_EFORMAT, "%s: bad erm_rng, recent_vote_ids or pair log counts", src);
+        goto done;
+    }
+    uint64_t rng_state[4];
+    for (int i = 0; i < 4; i++) {
+        const char *h = json_string_value(json_array_get(rng, (size_t)i));
+        char *end = NULL;
+        if (!h || strlen(h) != 16 || (rng_state[i] = strtoull(h, &end, 16), *end != '\0')) {
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: bad erm_rng", src);
+            goto done;
+        }
+    }
+    /* ERM parameters and moments, verified by hash and shape. */
+    char erm_path[ONLINE_PATH_MAX], opt_path[ONLINE_PATH_MAX];
+    if ((rc = path_join(erm_path, dir, "erm.safetensors", err)) ||
+        (rc = path_join(opt_path, dir, "erm_optimizer.safetensors", err)) ||
+        (rc = verify_hash(state, "erm_sha256", erm_path, src, err)) ||
+        (rc = verify_hash(state, "erm_optimizer_sha256", opt_path, src, err)))
+        goto done;
+    erm *loaded = NULL;
+    if ((rc = erm_load(erm_path, t->erm->config.d_feat, &loaded, err))) goto done;
+    if (loaded->config.num_heads != t->erm->config.num_heads || loaded->config.hidden != t->erm->config.hidden) {
+        erm_free(loaded);
+        rc = duel_error_set(err, DUEL_EFORMAT, "%s: ERM shape differs from the configured one", erm_path);
+        goto done;
+    }
+    adamw_state *eo = erm_trainer_optimizer(t->erm_trainer);
+    safetensors_archive *ar = NULL;
+    const safetensors_tensor *tm = NULL, *tv = NULL;
+    int64_t shape[1] = {(int64_t)eo->num_parameters};
+    if ((rc = safetensors_open_file(opt_path, &ar, err)) == 0 &&
+        (rc = safetensors_expect(ar, "adamw.m", 1, shape, &tm, err)) == 0 &&
+        (rc = safetensors_expect(ar, "adamw.v", 1, shape, &tv, err)) == 0 &&
+        (rc = safetensors_to_f32(tm, eo->m, err)) == 0)
+        rc = safetensors_to_f32(tv, eo->v, err);
+    safetensors_close(ar);
+    if (rc) {
+        erm_free(loaded);
+        goto done;
+    }
+    memcpy(t->erm->params.memory, loaded->params.memory, t->erm->num_params * sizeof(float));
+    memcpy(t->erm->initial.memory, loaded->initial.memory, t->erm->num_params * sizeof(float));
+    erm_free(loaded);
+    eo->step = erm_step;
+    memcpy(erm_trainer_rng(t->erm_trainer)->s, rng_state, sizeof rng_state);
+    /* Policy weights and moments. */
+    checkpoint_progress cp;
+    if ((rc = path_join(path, dir, "policy", err)) ||
+        (rc = checkpoint_load(path, t->policy, &t->optimizer, &cp, err)))
+        goto done;
+    /* The pair buffer: the last buffer_capacity valid records of the log. */
+    if ((rc = pair_log_open(t, gen, records, err))) goto done;
+    t->pair_log_base = base;
+    pair_log_remove_others(t);
+    erm_trainer_reset_buffer(t->erm_trainer);
+    int64_t cap = t->options.erm.buffer_capacity, first = records > cap ? records - cap : 0;
+    size_t rec = pair_record_bytes(t);
+    const size_t D = (size_t)t->erm->config.d_feat;
+    float *buf = malloc(rec);
+    if (!buf) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+        goto done;
+    }
+    for (int64_t i = first; i < records && rc == 0; i++) {
+        if (pread(t->pair_log_fd, buf, rec, (off_t)(i * (int64_t)rec)) != (ssize_t)rec) {
+            rc = duel_error_set(err, DUEL_EIO, "erm pair log: short read at record %lld", (long long)i);
+            break;
+        }
+        rc = erm_trainer_add_pairs(t->erm_trainer, buf, buf + D, 1, err);
+    }
+    free(buf);
+    if (rc) goto done;
+    erm_trainer_set_pairs_seen(t->erm_trainer, seen);
+    /* Bookkeeping. */
+    t->recent_count = 0;
+    t->recent_start = 0;
+    for (size_t i = 0; i < json_array_size(recent); i++) {
+        const char *v = json_string_value(json_array_get(recent, i));
+        if (!v || strlen(v) > VOTE_ENTRY_MAX_ID) {
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: bad recent_vote_ids entry %zu", src, i);
+            goto done;
+        }
+        remember_vote_id(t, v);
+    }
+    snprintf(t->last_applied_id, sizeof t->last_applied_id, "%s", applied);
+    s.erm_accuracy = s.erm_scored > 0 ? (double)t->erm_right / (double)s.erm_scored : 0;
+    t->status = s;
+done:
+    json_decref(state);
+    return rc;
+}

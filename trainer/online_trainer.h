@@ -1,0 +1,131 @@
+/* online_trainer.h: the state of the asynchronous trainer (DESIGN.md section 6) apart from Redis:
+ * the policy being trained, the frozen reference (the initial policy), the policy's AdamW state,
+ * the ERM ensemble with its trainer and pair buffer, the counters and the exactly-once
+ * bookkeeping (last applied stream id, recent vote ids), and its checkpoint on disk.
+ *
+ * Entries are offered in stream order (online_trainer_offer). a/b votes join the pending batch;
+ * tie and both_bad are counted; duplicates (an id at or before the last applied one, or a
+ * vote id already seen) are skipped. When batch_size pairs are pending, online_trainer_apply
+ * runs one update: the ERM update (erm_train.h) on the batch's real pairs, then one DAP update of
+ * the policy (dap_loss.h) with the reference's log-probabilities of the same responses.
+ *
+ * Checkpoint (<data_dir>/trainer/): checkpoint/ holds policy/ (checkpoint.h: weights and AdamW
+ * moments), erm.safetensors (theta and theta_0), erm_optimizer.safetensors and state.json
+ * (counters, last applied id, published version, RNG state, recent vote ids, the pair log's
+ * length and the sha256 of the ERM files). The ERM pair buffer is an append-only log beside it,
+ * erm_pairs.<generation>.bin (records of 2*d_feat f32); the checkpoint records how many records
+ * are valid, so records written after it are cut off on load. The checkpoint folder is written
+ * as checkpoint.tmp, fsynced and renamed over the old one (checkpoint.old kept until the rename is
+ * durable), so a crash at any point leaves a complete old or new checkpoint. Everything the
+ * update depends on is in it: an interrupted run resumes to bit-identical weights.
+ *
+ * Single-threaded: the consumer thread owns the trainer. */
+#ifndef DUEL_ONLINE_TRAINER_H
+#define DUEL_ONLINE_TRAINER_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "adamw.h"
+#include "dap_loss.h"
+#include "erm.h"
+#include "erm_train.h"
+#include "error.h"
+#include "train_model.h"
+#include "vote_entry.h"
+
+#define ONLINE_PATH_MAX 4096
+#define ONLINE_STREAM_ID_MAX 48  /* "<ms>-<seq>" */
+#define ONLINE_MAX_BATCH 4096
+
+typedef struct online_trainer_options {
+    const char *model_dir;   /* initial policy (HF folder); also the frozen reference */
+    const char *erm_path;    /* initial ERM (erm.safetensors); NULL: a fresh ensemble from seed */
+    int erm_heads, erm_hidden; /* for a fresh ensemble (d_feat = 2 * hidden_size) */
+    const char *model_id;    /* entries must carry it; NULL or "" accepts any */
+    dap_loss_options loss;
+    int batch_size;          /* real a/b pairs per policy update: 8 */
+    double lr, min_lr;       /* policy AdamW: 1e-5, 1e-6 */
+    int64_t warmup_steps, total_steps; /* warmup + cosine over total_steps (min_lr after) */
+    adamw_options adamw;     /* (0.9, 0.95), weight decay 0 */
+    double clip_norm;        /* 1.0 */
+    erm_train_options erm;
+    int publish_every;       /* updates between snapshots; 0: never */
+    int recent_vote_ids;     /* vote ids remembered for de-duplication: 2048 */
+    uint64_t seed;
+} online_trainer_options;
+
+typedef enum online_offer_result {
+    ONLINE_OFFER_BATCHED,   /* an a/b pair joined the pending batch */
+    ONLINE_OFFER_COUNTED,   /* tie or both_bad: counted, not trained on */
+    ONLINE_OFFER_DUPLICATE, /* vote id already applied or pending: skipped */
+    ONLINE_OFFER_APPLIED,   /* stream id at or before the last applied one: already in the
+                               checkpoint, just acknowledge it */
+} online_offer_result;
+
+typedef struct online_trainer_status {
+    int64_t step;            /* policy updates */
+    int64_t prefs_applied;   /* a/b pairs trained on */
+    int64_t ties, both_bad, duplicates;
+    int64_t erm_pairs_seen;
+    int64_t published_version; /* 0: none yet */
+    char last_applied_id[ONLINE_STREAM_ID_MAX];
+    double loss, margin, accuracy; /* DAP loss of the last update (before it) */
+    double kl;               /* mean over the batch's responses of log pi - log pi_ref (sums) */
+    double lr, grad_norm;
+    double erm_loss;         /* mean_e L_e of the last ERM step */
+    double erm_accuracy;     /* running accuracy of the ERM mean on votes before training on
+                                them (held back by construction) */
+    int64_t erm_scored;      /* votes that accuracy is over */
+} online_trainer_status;
+
+typedef struct online_trainer online_trainer;
+
+void online_trainer_default_options(online_trainer_options *out);
+
+/* Loads the policy and reference from options->model_dir, the ERM, and resumes from the
+ * checkpoint in <data_dir>/trainer when there is one (a checkpoint of another model shape or
+ * ERM shape is an error naming the file). */
+int online_trainer_open(const online_trainer_options *options, const char *data_dir,
+                        online_trainer **out, duel_error *err);
+void online_trainer_close(online_trainer *trainer);
+
+/* Limits for vote_entry_decode: the model id, the ERM's d_feat and heads, the vocabulary and
+ * the policy's positions. */
+void online_trainer_limits(const online_trainer *trainer, vote_entry_limits *out);
+
+/* Offers the entry with stream id `id` (strictly increasing across calls, except that ids at or
+ * before the last applied one are reported as ONLINE_OFFER_APPLIED). A batched entry's contents
+ * are moved into the trainer (entry is left empty). DUEL_EINVAL for a malformed id. */
+int online_trainer_offer(online_trainer *trainer, const char *id, vote_entry *entry,
+                         online_offer_result *result, duel_error *err);
+/* a/b pairs waiting for the next update. */
+int online_trainer_pending_pairs(const online_trainer *trainer);
+/* Whether batch_size pairs are pending. */
+bool online_trainer_batch_ready(const online_trainer *trainer);
+/* The stream id of the last entry offered and not reported as APPLIED (what the next
+ * checkpoint will record as applied), or "" when none since the last checkpoint. */
+const char *online_trainer_unsaved_id(const online_trainer *trainer);
+
+/* Runs one update on the pending batch (DUEL_EINVAL when none is ready). */
+int online_trainer_apply(online_trainer *trainer, duel_error *err);
+/* Whether the last update makes a snapshot due (publish_every). */
+bool online_trainer_publish_due(const online_trainer *trainer);
+
+/* Writes the checkpoint atomically; afterwards every offered entry counts as applied. */
+int online_trainer_checkpoint(online_trainer *trainer, duel_error *err);
+
+void online_trainer_get_status(const online_trainer *trainer, online_trainer_status *out);
+
+/* For snapshots and tests. */
+train_model *online_trainer_policy(online_trainer *trainer);
+const char *online_trainer_config_json(const online_trainer *trainer);
+const erm *online_trainer_erm(const online_trainer *trainer);
+/* Records that snapshot `version` now exists (stored with the next checkpoint). */
+void online_trainer_set_published(online_trainer *trainer, int64_t version);
+
+/* Stream ids "<ms>-<seq>": parse and compare (-1, 0, 1). */
+int online_stream_id_parse(const char *id, uint64_t *ms, uint64_t *seq);
+int online_stream_id_compare(const char *a, const char *b);
+
+#endif

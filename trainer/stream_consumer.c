@@ -1,0 +1,462 @@
+/* stream_consumer.c: the Redis loop of the trainer (see stream_consumer.h). */
+#include "stream_consumer.h"
+
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#include "json_util.h"
+#include "sha256.h"
+#include "snapshot.h"
+#include "timer.h"
+
+#define KEY_MAX 256
+#define MAX_UNACKED 65536 /* entries offered since the last checkpoint */
+
+struct stream_consumer {
+    stream_consumer_options o;
+    char host[256], stream[KEY_MAX], group[KEY_MAX], consumer[KEY_MAX], dead[KEY_MAX];
+    char prefix[KEY_MAX], data_dir[4096], tokenizer_dir[4096], base_model[4096];
+    redisContext *rc;
+    online_trainer *trainer;
+    bool pending_phase;
+    char cursor[ONLINE_STREAM_ID_MAX]; /* pending phase: last id read */
+    char (*unacked)[ONLINE_STREAM_ID_MAX];
+    int num_unacked;
+    stream_consumer_stats stats;
+};
+
+void stream_consumer_default_options(stream_consumer_options *o) {
+    memset(o, 0, sizeof *o);
+    o->host = "127.0.0.1";
+    o->port = 6379;
+    o->stream = "duel:prefs";
+    o->group = "trainers";
+    o->consumer = "trainer-1";
+    o->dead_stream = "duel:prefs:dead";
+    o->key_prefix = "duel:";
+    o->read_count = 64;
+    o->block_ms = 500;
+    o->timeout_ms = 5000;
+    o->max_deliveries = 5;
+}
+
+void stream_consumer_get_stats(const stream_consumer *c, stream_consumer_stats *out) { *out = c->stats; }
+
+/* Runs a command; a NULL reply (connection lost, timeout) or an error reply is DUEL_EIO with
+ * Redis's message. The caller frees *out. */
+static int command(stream_consumer *c, redisReply **out, duel_error *err, int argc, const char **argv,
+                   const size_t *lens) {
+    *out = redisCommandArgv(c->rc, argc, argv, lens);
+    if (!*out)
+        return duel_error_set(err, DUEL_EIO, "redis %s:%d: %s failed: %s", c->host, c->o.port, argv[0],
+                              c->rc->errstr[0] ? c->rc->errstr : "no reply");
+    if ((*out)->type == REDIS_REPLY_ERROR) {
+        int rc = duel_error_set(err, DUEL_EIO, "redis %s:%d: %s: %s", c->host, c->o.port, argv[0], (*out)->str);
+        freeReplyObject(*out);
+        *out = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+static int command_simple(stream_consumer *c, duel_error *err, int argc, const char **argv) {
+    redisReply *r;
+    int rc = command(c, &r, err, argc, argv, NULL);
+    if (r) freeReplyObject(r);
+    return rc;
+}
+
+static int xack(stream_consumer *c, const char *id, duel_error *err) {
+    const char *argv[] = {"XACK", c->stream, c->group, id};
+    int rc = command_simple(c, err, 4, argv);
+    if (rc == 0) c->stats.acked++;
+    return rc;
+}
+
+static int flush_acks(stream_consumer *c, duel_error *err) {
+    int rc = 0;
+    for (int i = 0; i < c->num_unacked && rc == 0; i++) rc = xack(c, c->unacked[i], err);
+    c->num_unacked = 0;
+    return rc;
+}
+
+/* Dead-letters entry `id` with reason and its fields (as read) in one MULTI with its XACK. */
+static int dead_letter(stream_consumer *c, const char *id, const char *reason, long long deliveries,
+                       const redisReply *fields, duel_error *err) {
+    const char *argv[8 + 2 * VOTE_ENTRY_MAX_FIELDS];
+    size_t lens[8 + 2 * VOTE_ENTRY_MAX_FIELDS];
+    char count[32];
+    snprintf(count, sizeof count, "%lld", deliveries);
+    int n = 0;
+    const char *head[] = {"XADD", c->dead, "*", "dead_id", id, "dead_reason", reason, "dead_deliveries", count,
+                          "dead_consumer", c->consumer};
+    for (int i = 0; i < 11; i++) {
+        argv[n] = head[i];
+        lens[n++] = strlen(head[i]);
+    }
+    for (size_t i = 0; fields && i + 1 < fields->elements && n + 2 <= (int)(sizeof argv / sizeof *argv); i += 2) {
+        const redisReply *k = fields->element[i], *v = fields->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) continue;
+        argv[n] = k->str;
+        lens[n++] = k->len;
+        argv[n] = v->str;
+        lens[n++] = v->len;
+    }
+    const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
+    const char *ack[] = {"XACK", c->stream, c->group, id};
+    redisAppendCommandArgv(c->rc, 1, multi, NULL);
+    redisAppendCommandArgv(c->rc, n, argv, lens);
+    redisAppendCommandArgv(c->rc, 4, ack, NULL);
+    redisAppendCommandArgv(c->rc, 1, exec, NULL);
+    int rc = 0;
+    for (int i = 0; i < 4; i++) {
+        redisReply *r = NULL;
+        if (redisGetReply(c->rc, (void **)&r) != REDIS_OK || !r) {
+            return duel_error_set(err, DUEL_EIO, "redis %s:%d: dead-letter of %s failed: %s", c->host,
+                                  c->o.port, id, c->rc->errstr);
+        }
+        if (r->type == REDIS_REPLY_ERROR && rc == 0)
+            rc = duel_error_set(err, DUEL_EIO, "redis: dead-letter of %s: %s", id, r->str);
+        if (i == 3 && r->type != REDIS_REPLY_ARRAY && rc == 0)
+            rc = duel_error_set(err, DUEL_EIO, "redis: dead-letter of %s was not executed", id);
+        freeReplyObject(r);
+    }
+    if (rc == 0) {
+        c->stats.dead++;
+        c->stats.acked++;
+    }
+    return rc;
+}
+
+/* ---- status and snapshots --------------------------------------------------------------- */
+
+static int write_status(stream_consumer *c, duel_error *err) {
+    online_trainer_status s;
+    online_trainer_get_status(c->trainer, &s);
+    char key[KEY_MAX + 32], v[16][64];
+    snprintf(key, sizeof key, "%strainer:status", c->prefix);
+    snprintf(v[0], 64, "%lld", (long long)s.step);
+    snprintf(v[1], 64, "%.6g", s.loss);
+    snprintf(v[2], 64, "%.6g", s.erm_loss);
+    snprintf(v[3], 64, "%.6g", s.kl);
+    snprintf(v[4], 64, "%.6g", s.lr);
+    snprintf(v[5], 64, "%lld", (long long)s.prefs_applied);
+    snprintf(v[6], 64, "%.6g", s.erm_accuracy);
+    snprintf(v[7], 64, "%lld", (long long)s.ties);
+    snprintf(v[8], 64, "%lld", (long long)s.both_bad);
+    snprintf(v[9], 64, "%lld", (long long)s.duplicates);
+    snprintf(v[10], 64, "%lld", (long long)s.published_version);
+    snprintf(v[11], 64, "%.6g", s.margin);
+    snprintf(v[12], 64, "%.6g", s.grad_norm);
+    snprintf(v[13], 64, "%lld", (long long)duel_time_unix_ms());
+    snprintf(v[14], 64, "%lld", (long long)s.erm_pairs_seen);
+    snprintf(v[15], 64, "%lld", (long long)c->stats.dead);
+    const char *argv[] = {"HSET", key, "step", v[0], "loss", v[1], "erm_loss", v[2], "kl", v[3], "lr", v[4],
+                          "prefs_applied", v[5], "erm_accuracy", v[6], "ties", v[7], "both_bad", v[8],
+                          "duplicates", v[9], "snapshot", v[10], "margin", v[11], "grad_norm", v[12],
+                          "updated_ms", v[13], "erm_pairs_seen", v[14], "dead_letters", v[15],
+                          "last_applied_id", s.last_applied_id};
+    return command_simple(c, err, (int)(sizeof argv / sizeof *argv), argv);
+}
+
+/* ZADD, HSET and PUBLISH for snapshot `version` from its meta.json (idempotent). */
+static int register_snapshot(stream_consumer *c, int64_t version, duel_error *err) {
+    char dir[4096], meta_path[4200];
+    int rc = snapshot_path(c->data_dir, version, dir, sizeof dir, err);
+    if (rc) return rc;
+    snprintf(meta_path, sizeof meta_path, "%s/meta.json", dir);
+    json_t *meta = NULL;
+    if ((rc = duel_json_load_file(meta_path, SNAPSHOT_META_MAX_BYTES, &meta, err))) return rc;
+    online_trainer_status s;
+    online_trainer_get_status(c->trainer, &s);
+    char key[KEY_MAX + 32], zkey[KEY_MAX + 32], ver[32], fields[8][64];
+    snprintf(key, sizeof key, "%ssnapshot:%lld", c->prefix, (long long)version);
+    snprintf(zkey, sizeof zkey, "%ssnapshots", c->prefix);
+    snprintf(ver, sizeof ver, "%lld", (long long)version);
+    snprintf(fields[0], 64, "%lld", (long long)json_integer_value(json_object_get(meta, "parent")));
+    snprintf(fields[1], 64, "%lld", (long long)json_integer_value(json_object_get(meta, "step")));
+    snprintf(fields[2], 64, "%lld", (long long)json_integer_value(json_object_get(meta, "prefs_applied")));
+    snprintf(fields[3], 64, "%lld", (long long)json_integer_value(json_object_get(meta, "created_ms")));
+    char metrics[512];
+    snprintf(metrics, sizeof metrics, "{\"loss\":%.6g,\"kl\":%.6g,\"erm_loss\":%.6g,\"erm_accuracy\":%.6g}",
+             s.loss, s.kl, s.erm_loss, s.erm_accuracy);
+    const char *argv[16 + 16];
+    char names[8][80];
+    int n = 0;
+    const char *head[] = {"HSET", key, "path", dir, "parent", fields[0], "step", fields[1], "prefs_applied",
+                          fields[2], "created_ms", fields[3], "metrics", metrics};
+    for (int i = 0; i < 14; i++) argv[n++] = head[i];
+    const char *name;
+    json_t *hash;
+    int k = 0;
+    json_object_foreach(json_object_get(meta, "files"), name, hash) {
+        if (k >= 8 || !json_is_string(hash)) break;
+        snprintf(names[k], sizeof names[k], "sha256:%s", name);
+        argv[n++] = names[k++];
+        argv[n++] = json_string_value(hash);
+    }
+    char note[4400];
+    snprintf(note, sizeof note, "{\"kind\":\"snapshot\",\"version\":%lld,\"path\":\"%s\"}", (long long)version, dir);
+    char notify[KEY_MAX + 32];
+    snprintf(notify, sizeof notify, "%snotify", c->prefix);
+    const char *zadd[] = {"ZADD", zkey, ver, ver};
+    const char *publish[] = {"PUBLISH", notify, note};
+    if ((rc = command_simple(c, err, n, argv)) == 0 && (rc = command_simple(c, err, 4, zadd)) == 0)
+        rc = command_simple(c, err, 3, publish);
+    json_decref(meta);
+    return rc;
+}
+
+/* Applies the ready batch, publishes a snapshot when due, checkpoints, then acknowledges. */
+static int commit_batch(stream_consumer *c, bool apply, duel_error *err) {
+    int rc;
+    int64_t published = 0;
+    if (apply) {
+        if ((rc = online_trainer_apply(c->trainer, err))) return rc;
+        c->stats.updates++;
+        if (online_trainer_publish_due(c->trainer)) {
+            online_trainer_status s;
+            online_trainer_get_status(c->trainer, &s);
+            snapshot_info info = {s.published_version + 1, s.published_version, s.step, s.prefs_applied,
+                                  duel_time_unix_ms(), c->base_model};
+            if ((rc = snapshot_write(c->data_dir, &info, online_trainer_policy(c->trainer),
+                                     online_trainer_config_json(c->trainer), online_trainer_erm(c->trainer),
+                                     c->tokenizer_dir[0] ? c->tokenizer_dir : NULL, NULL, 0, err)))
+                return rc;
+            online_trainer_set_published(c->trainer, info.version);
+            published = info.version;
+        }
+    }
+    if ((rc = online_trainer_checkpoint(c->trainer, err)) || (rc = flush_acks(c, err))) return rc;
+    if (published > 0) {
+        if ((rc = register_snapshot(c, published, err))) return rc;
+        c->stats.snapshots++;
+    }
+    return write_status(c, err);
+}
+
+/* ---- reading ---------------------------------------------------------------------------- */
+
+/* Delivery counts of this consumer's pending entries between first and last (XPENDING). */
+static int delivery_counts(stream_consumer *c, const char *first, const char *last, int count,
+                           redisReply **out, duel_error *err) {
+    char n[32];
+    snprintf(n, sizeof n, "%d", count);
+    const char *argv[] = {"XPENDING", c->stream, c->group, first, last, n, c->consumer};
+    return command(c, out, err, 7, argv, NULL);
+}
+
+static long long lookup_deliveries(const redisReply *pending, const char *id) {
+    for (size_t i = 0; pending && i < pending->elements; i++) {
+        const redisReply *e = pending->element[i];
+        if (e->type == REDIS_REPLY_ARRAY && e->elements >= 4 && e->element[0]->type == REDIS_REPLY_STRING &&
+            strcmp(e->element[0]->str, id) == 0 && e->element[3]->type == REDIS_REPLY_INTEGER)
+            return e->element[3]->integer;
+    }
+    return 1;
+}
+
+static int process_entry(stream_consumer *c, const char *id, const redisReply *fields, long long deliveries,
+                         duel_error *err) {
+    c->stats.entries++;
+    char reason[DUEL_ERROR_MESSAGE_MAX + 64];
+    if (!fields || fields->type != REDIS_REPLY_ARRAY || fields->elements % 2 != 0) {
+        /* A pending entry deleted from the stream comes back with nil fields. */
+        return dead_letter(c, id, "entry has no fields (deleted or malformed)", deliveries, NULL, err);
+    }
+    if (deliveries > c->o.max_deliveries) {
+        snprintf(reason, sizeof reason, "delivered %lld times (limit %d)", deliveries, c->o.max_deliveries);
+        return dead_letter(c, id, reason, deliveries, fields, err);
+    }
+    vote_entry_field f[VOTE_ENTRY_MAX_FIELDS];
+    int n = 0;
+    duel_error derr = {0};
+    int rc = 0;
+    if (fields->elements / 2 > VOTE_ENTRY_MAX_FIELDS) {
+        rc = duel_error_set(&derr, DUEL_EFORMAT, "entry has %zu fields, at most %d allowed", fields->elements / 2,
+                            VOTE_ENTRY_MAX_FIELDS);
+    }
+    for (size_t i = 0; rc == 0 && i < fields->elements; i += 2) {
+        const redisReply *k = fields->element[i], *v = fields->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            rc = duel_error_set(&derr, DUEL_EFORMAT, "field %zu is not a string", i / 2);
+            break;
+        }
+        f[n++] = (vote_entry_field){k->str, k->len, v->str, v->len};
+    }
+    vote_entry e;
+    memset(&e, 0, sizeof e);
+    vote_entry_limits limits;
+    online_trainer_limits(c->trainer, &limits);
+    if (rc == 0) rc = vote_entry_decode(f, n, &limits, &e, &derr);
+    if (rc) {
+        vote_entry_free(&e);
+        return dead_letter(c, id, derr.message, deliveries, fields, err);
+    }
+    online_offer_result res;
+    rc = online_trainer_offer(c->trainer, id, &e, &res, err);
+    vote_entry_free(&e);
+    if (rc) return rc;
+    if (res == ONLINE_OFFER_APPLIED) return xack(c, id, err);
+    if (c->num_unacked >= MAX_UNACKED)
+        return duel_error_set(err, DUEL_ELIMIT, "trainer: %d entries wait for a checkpoint", MAX_UNACKED);
+    snprintf(c->unacked[c->num_unacked++], ONLINE_STREAM_ID_MAX, "%s", id);
+    if (online_trainer_batch_ready(c->trainer)) return commit_batch(c, true, err);
+    return 0;
+}
+
+int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
+    *processed = 0;
+    char count[32], block[32];
+    snprintf(count, sizeof count, "%d", c->o.read_count);
+    snprintf(block, sizeof block, "%d", c->o.block_ms);
+    redisReply *r = NULL;
+    int rc;
+    if (c->pending_phase) {
+        const char *argv[] = {"XREADGROUP", "GROUP", c->group, c->consumer, "COUNT", count, "STREAMS", c->stream,
+                              c->cursor};
+        rc = command(c, &r, err, 9, argv, NULL);
+    } else {
+        const char *argv[] = {"XREADGROUP", "GROUP", c->group, c->consumer, "COUNT", count, "BLOCK", block,
+                              "STREAMS", c->stream, ">"};
+        rc = command(c, &r, err, 11, argv, NULL);
+    }
+    if (rc) return rc;
+    const redisReply *entries = NULL;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+        r->element[0]->elements == 2)
+        entries = r->element[0]->element[1];
+    if (!entries || entries->type != REDIS_REPLY_ARRAY || entries->elements == 0) {
+        freeReplyObject(r);
+        if (c->pending_phase) {
+            c->pending_phase = false; /* own backlog drained: new entries from now on */
+            return 0;
+        }
+        /* Idle: make counted-only entries durable so they do not wait for the next batch. */
+        if (c->num_unacked > 0 && online_trainer_pending_pairs(c->trainer) == 0) return commit_batch(c, false, err);
+        return 0;
+    }
+    redisReply *pending = NULL;
+    if (c->pending_phase) {
+        const redisReply *first = entries->element[0], *last = entries->element[entries->elements - 1];
+        if (first->type == REDIS_REPLY_ARRAY && first->elements >= 1 && last->type == REDIS_REPLY_ARRAY &&
+            last->elements >= 1 &&
+            (rc = delivery_counts(c, first->element[0]->str, last->element[0]->str, (int)entries->elements,
+                                  &pending, err))) {
+            freeReplyObject(r);
+            return rc;
+        }
+    }
+    for (size_t i = 0; i < entries->elements && rc == 0; i++) {
+        const redisReply *en = entries->element[i];
+        if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 || en->element[0]->type != REDIS_REPLY_STRING) {
+            rc = duel_error_set(err, DUEL_EFORMAT, "redis: unexpected XREADGROUP reply shape");
+            break;
+        }
+        const char *id = en->element[0]->str;
+        long long deliveries = c->pending_phase ? lookup_deliveries(pending, id) : 1;
+        if (c->pending_phase) snprintf(c->cursor, sizeof c->cursor, "%s", id);
+        const redisReply *fields = en->element[1]->type == REDIS_REPLY_ARRAY ? en->element[1] : NULL;
+        rc = process_entry(c, id, fields, deliveries, err);
+        (*processed)++;
+    }
+    if (pending) freeReplyObject(pending);
+    freeReplyObject(r);
+    return rc;
+}
+
+int stream_consumer_run(stream_consumer *c, volatile sig_atomic_t *stop, int idle_exit_ms, duel_error *err) {
+    double idle_since = duel_time_seconds();
+    while (!stop || !*stop) {
+        int n = 0;
+        int rc = stream_consumer_poll(c, &n, err);
+        if (rc) return rc;
+        if (n > 0 || c->pending_phase) {
+            idle_since = duel_time_seconds();
+        } else if (idle_exit_ms > 0 && (duel_time_seconds() - idle_since) * 1000.0 >= idle_exit_ms &&
+                   c->num_unacked == 0) {
+            break;
+        }
+    }
+    return 0;
+}
+
+/* ---- open / close ----------------------------------------------------------------------- */
+
+static int copy_opt(char *dst, size_t cap, const char *src, const char *what, duel_error *err) {
+    if (!src) src = "";
+    if (strlen(src) >= cap) return duel_error_set(err, DUEL_EINVAL, "stream consumer: %s is too long", what);
+    memcpy(dst, src, strlen(src) + 1);
+    return 0;
+}
+
+int stream_consumer_open(const stream_consumer_options *o, online_trainer *trainer, stream_consumer **out,
+                         duel_error *err) {
+    *out = NULL;
+    if (o->port < 1 || o->port > 65535 || o->read_count < 1 || o->read_count > 10000 || o->block_ms < 1 ||
+        o->timeout_ms <= o->block_ms || o->max_deliveries < 1 || !o->data_dir)
+        return duel_error_set(err, DUEL_EINVAL, "stream consumer: bad options (port, read_count 1..10000, "
+                              "block_ms < timeout_ms, max_deliveries >= 1, data_dir)");
+    stream_consumer *c = calloc(1, sizeof *c);
+    if (!c) return duel_error_set(err, DUEL_ENOMEM, "stream consumer: out of memory");
+    c->o = *o;
+    c->trainer = trainer;
+    int rc;
+    if ((rc = copy_opt(c->host, sizeof c->host, o->host, "host", err)) ||
+        (rc = copy_opt(c->stream, sizeof c->stream, o->stream, "stream", err)) ||
+        (rc = copy_opt(c->group, sizeof c->group, o->group, "group", err)) ||
+        (rc = copy_opt(c->consumer, sizeof c->consumer, o->consumer, "consumer", err)) ||
+        (rc = copy_opt(c->dead, sizeof c->dead, o->dead_stream, "dead_stream", err)) ||
+        (rc = copy_opt(c->prefix, sizeof c->prefix, o->key_prefix, "key_prefix", err)) ||
+        (rc = copy_opt(c->data_dir, sizeof c->data_dir, o->data_dir, "data_dir", err)) ||
+        (rc = copy_opt(c->tokenizer_dir, sizeof c->tokenizer_dir, o->tokenizer_dir, "tokenizer_dir", err)) ||
+        (rc = copy_opt(c->base_model, sizeof c->base_model, o->base_model, "base_model", err)))
+        goto fail;
+    c->unacked = calloc(MAX_UNACKED, sizeof *c->unacked);
+    if (!c->unacked) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "stream consumer: out of memory");
+        goto fail;
+    }
+    struct timeval tv = {o->timeout_ms / 1000, (o->timeout_ms % 1000) * 1000};
+    c->rc = redisConnectWithTimeout(c->host, o->port, tv);
+    if (!c->rc || c->rc->err) {
+        rc = duel_error_set(err, DUEL_EIO, "redis %s:%d: cannot connect: %s", c->host, o->port,
+                            c->rc ? c->rc->errstr : "out of memory");
+        goto fail;
+    }
+    redisSetTimeout(c->rc, tv);
+    const char *create[] = {"XGROUP", "CREATE", c->stream, c->group, "0", "MKSTREAM"};
+    redisReply *r = redisCommandArgv(c->rc, 6, create, NULL);
+    if (!r) {
+        rc = duel_error_set(err, DUEL_EIO, "redis %s:%d: XGROUP CREATE failed: %s", c->host, o->port, c->rc->errstr);
+        goto fail;
+    }
+    if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
+        rc = duel_error_set(err, DUEL_EIO, "redis %s:%d: XGROUP CREATE: %s", c->host, o->port, r->str);
+        freeReplyObject(r);
+        goto fail;
+    }
+    freeReplyObject(r);
+    c->pending_phase = true;
+    snprintf(c->cursor, sizeof c->cursor, "0");
+    online_trainer_status s;
+    online_trainer_get_status(trainer, &s);
+    if (s.published_version > 0 && (rc = register_snapshot(c, s.published_version, err))) goto fail;
+    if ((rc = write_status(c, err))) goto fail;
+    *out = c;
+    return 0;
+fail:
+    stream_consumer_close(c);
+    return rc;
+}
+
+void stream_consumer_close(stream_consumer *c) {
+    if (!c) return;
+    if (c->rc) redisFree(c->rc);
+    free(c->unacked);
+    free(c);
+}

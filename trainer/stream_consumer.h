@@ -1,0 +1,74 @@
+/* stream_consumer.h: the trainer's side of Redis (DESIGN.md sections 6 and 8), over hiredis's
+ * synchronous API with socket timeouts. Reads duel:prefs through the consumer group `trainers`
+ * (created with MKSTREAM if missing; BUSYGROUP ignored): first this consumer's own pending
+ * entries (id 0 onward), then new ones ('>'). Each entry is decoded (vote_entry.h) and offered
+ * to the online trainer in stream order; when a batch is ready it is applied, a snapshot is
+ * written when due, the checkpoint is written, and only then are the entries it covers XACKed
+ * (exactly-once effect: a crash before the XACK redelivers entries the checkpoint already
+ * holds, and the trainer skips them by stream id). Entries that cannot be decoded, or that were
+ * delivered more than max_deliveries times (XPENDING's count: they made the trainer fail), go
+ * to duel:prefs:dead with the reason and their fields, in one MULTI with their XACK.
+ *
+ * After each checkpoint the status hash duel:trainer:status is written; after each snapshot it
+ * is registered in duel:snapshots (zset, score = version) and duel:snapshot:{v} (hash) and
+ * announced on duel:notify. Registration is repeated at start for the checkpoint's latest
+ * snapshot, so a crash between the checkpoint and the registration loses nothing.
+ *
+ * Not thread-safe: one thread owns the consumer and the trainer. */
+#ifndef DUEL_STREAM_CONSUMER_H
+#define DUEL_STREAM_CONSUMER_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "error.h"
+#include "online_trainer.h"
+
+typedef struct stream_consumer_options {
+    const char *host;        /* 127.0.0.1 */
+    int port;                /* 6379 */
+    const char *stream;      /* duel:prefs */
+    const char *group;       /* trainers */
+    const char *consumer;    /* trainer-1 (pending entries belong to this name) */
+    const char *dead_stream; /* duel:prefs:dead */
+    const char *key_prefix;  /* "duel:" for status, snapshots and notify */
+    int read_count;          /* entries per XREADGROUP: 64 */
+    int block_ms;            /* XREADGROUP BLOCK: 500 */
+    int timeout_ms;          /* connect and socket timeout: 5000 (must exceed block_ms) */
+    int max_deliveries;      /* dead-letter beyond this many deliveries: 5 */
+    const char *data_dir;    /* snapshots/ go here */
+    const char *tokenizer_dir; /* copied into snapshots when it has tokenizer files */
+    const char *base_model;  /* recorded in snapshot metadata */
+} stream_consumer_options;
+
+typedef struct stream_consumer_stats {
+    int64_t entries;      /* entries read (all kinds) */
+    int64_t dead;         /* sent to the dead-letter stream */
+    int64_t acked;
+    int64_t updates;      /* batches applied by this process */
+    int64_t snapshots;    /* snapshots published by this process */
+} stream_consumer_stats;
+
+typedef struct stream_consumer stream_consumer;
+
+void stream_consumer_default_options(stream_consumer_options *out);
+
+/* Connects, creates the group, re-registers the trainer's latest snapshot. The trainer is
+ * borrowed. DUEL_EIO naming host:port when Redis does not answer. */
+int stream_consumer_open(const stream_consumer_options *options, online_trainer *trainer,
+                         stream_consumer **out, duel_error *err);
+void stream_consumer_close(stream_consumer *consumer);
+
+/* One round: reads up to read_count entries (blocking up to block_ms for new ones) and
+ * processes them; *processed receives how many were read. When nothing new arrives and only
+ * counted or duplicate entries are unacknowledged, checkpoints and acknowledges them. */
+int stream_consumer_poll(stream_consumer *consumer, int *processed, duel_error *err);
+
+/* Polls until *stop is set (signal handlers set it) or, when idle_exit_ms > 0, until nothing
+ * arrived for that long. */
+int stream_consumer_run(stream_consumer *consumer, volatile sig_atomic_t *stop, int idle_exit_ms,
+                        duel_error *err);
+
+void stream_consumer_get_stats(const stream_consumer *consumer, stream_consumer_stats *out);
+
+#endif
