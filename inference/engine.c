@@ -10,7 +10,12 @@
  *     Arms, limits and the scheduler's validation data are fixed at create, so engine_submit
  *     validates in the caller's thread and a refused request never reaches the queue.
  * The state table keeps one byte per id ever issued (1 MiB per million requests) so that
- * engine_cancel can tell "never issued" from "already finished" without the engine thread. */
+ * engine_cancel can tell "never issued" from "already finished" without the engine thread.
+ *
+ * Duel requests keep their prompt and every finished candidate's tokens (and, for policy
+ * features, hidden states) in their engine_active; when the scheduler reports the request done,
+ * run_duel computes the features, scores and selects on the engine thread (the reference pass
+ * is a prefill of prompt + candidates: short next to the decode it follows). */
 #include "engine.h"
 
 #include <pthread.h>
@@ -40,6 +45,8 @@ typedef enum engine_command_kind { ENGINE_CMD_SUBMIT, ENGINE_CMD_CANCEL } engine
 typedef struct engine_command {
     engine_command_kind kind;
     uint64_t id;
+    bool duel, want_hidden;
+    duel_strategy strategy;
     sched_request_params params; /* SUBMIT: prompt and stop_tokens point at the copies */
     int32_t *prompt;
     int32_t stop[SCHED_MAX_STOP_TOKENS];
@@ -51,6 +58,17 @@ typedef struct engine_active {
     int arm;
     void *user;
     double submit_time;
+    bool want_hidden; /* the caller's (a duel with policy features asks the scheduler anyway) */
+    /* Duel requests only. */
+    bool duel;
+    duel_strategy strategy;
+    uint64_t seed;
+    int num_candidates, prompt_len, hidden_size;
+    int32_t *prompt;       /* [prompt_len] */
+    int32_t **cand_tokens; /* [M] finished candidates' tokens */
+    int *cand_counts;      /* [M] */
+    float *cand_hidden;    /* [M][hidden_size] (policy features) */
+    bool lost;             /* a candidate's copy failed (out of memory) */
 } engine_active;
 
 struct engine {
@@ -68,6 +86,10 @@ struct engine {
     size_t states_cap;
     engine_stats stats;
 
+    const erm *erm;       /* borrowed; NULL: no duels */
+    int ref_arm;          /* ENGINE_FEATURES_REFERENCE */
+    engine_feature_source features;
+
     /* Engine thread only. */
     engine_active **active;
     int num_active, cap_active;
@@ -77,6 +99,8 @@ struct engine {
 
 void engine_event_free(engine_event *ev) {
     if (!ev) return;
+    free(ev->features);
+    free(ev->rewards);
     free(ev->candidates);
     free(ev->tokens);
     free(ev->text);
@@ -112,12 +136,23 @@ static int find_active(const engine *e, uint64_t id) {
     return -1;
 }
 
+static void active_free(engine_active *a) {
+    if (!a) return;
+    if (a->cand_tokens)
+        for (int i = 0; i < a->num_candidates; i++) free(a->cand_tokens[i]);
+    free(a->cand_tokens);
+    free(a->cand_counts);
+    free(a->cand_hidden);
+    free(a->prompt);
+    free(a);
+}
+
 static void remove_active(engine *e, engine_active *a) {
     int at = find_active(e, a->id);
     if (at >= 0) {
         e->active[at] = e->active[--e->num_active];
     }
-    free(a);
+    active_free(a);
 }
 
 static void *copy_floats(const float *src, int n) {
@@ -131,6 +166,102 @@ static int32_t *copy_ints(const int32_t *src, int n) {
     int32_t *dst = malloc(((size_t)n + 1) * sizeof *dst);
     if (dst && n) memcpy(dst, src, (size_t)n * sizeof *dst);
     return dst;
+}
+
+/* The features, rewards and pair of a finished duel request (engine thread); *out gets the
+ * DUEL_READY event. */
+static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, double decode_ms,
+                    engine_event **out, duel_error *err) {
+    *out = NULL;
+    int M = a->num_candidates, E = e->erm->config.num_heads;
+    bool ref = e->features == ENGINE_FEATURES_REFERENCE;
+    model *fm = e->arms[ref ? e->ref_arm : a->arm].model;
+    int H = model_get_config(fm)->hidden_size, D = 2 * H;
+    if (D != e->erm->config.d_feat)
+        return duel_error_set(err, DUEL_EINVAL, "duel: features of %d floats, the ERM takes %d",
+                              D, e->erm->config.d_feat);
+    if (a->lost) return duel_error_set(err, DUEL_ENOMEM, "duel: out of memory for candidates");
+    for (int i = 0; i < M; i++)
+        if (!a->cand_tokens[i] || a->cand_counts[i] < 1)
+            return duel_error_set(err, DUEL_EINVAL, "duel: candidate %d has no tokens", i);
+    engine_event *ev = calloc(1, sizeof *ev);
+    float *features = malloc((size_t)M * D * sizeof *features);
+    float *rewards = malloc((size_t)M * E * sizeof *rewards);
+    model_kv_cache *kv = NULL;
+    int rc = DUEL_OK;
+    if (!ev || !features || !rewards) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "duel: out of memory for features");
+        goto fail;
+    }
+    double t0 = duel_time_seconds();
+    if (ref) {
+        int longest = 0;
+        for (int i = 0; i < M; i++)
+            if (a->cand_counts[i] > longest) longest = a->cand_counts[i];
+        int max_pos = model_get_config(fm)->max_position_embeddings;
+        if ((int64_t)a->prompt_len + longest > max_pos) {
+            rc = duel_error_set(err, DUEL_ELIMIT,
+                                "duel: prompt + candidate of %d tokens exceed the reference "
+                                "arm's context of %d",
+                                a->prompt_len + longest, max_pos);
+            goto fail;
+        }
+        if ((rc = model_kv_cache_create(fm, a->prompt_len + longest, &kv, err))) goto fail;
+        /* The prompt once; every candidate continues from its KV. */
+        if ((rc = model_forward(fm, kv, a->prompt, a->prompt_len, NULL, false, features, err)))
+            goto fail;
+        for (int i = 0; i < M; i++) {
+            float *row = features + (size_t)i * D;
+            if (i) memcpy(row, features, (size_t)H * sizeof *row);
+            model_kv_cache_truncate(kv, a->prompt_len);
+            if ((rc = model_forward(fm, kv, a->cand_tokens[i], a->cand_counts[i], NULL, false,
+                                    row + H, err)))
+                goto fail;
+        }
+    } else {
+        if (!prompt_hidden || !a->cand_hidden) {
+            rc = duel_error_set(err, DUEL_EINVAL, "duel: no hidden states for policy features");
+            goto fail;
+        }
+        for (int i = 0; i < M; i++) {
+            float *row = features + (size_t)i * D;
+            memcpy(row, prompt_hidden, (size_t)H * sizeof *row);
+            memcpy(row + H, a->cand_hidden + (size_t)i * H, (size_t)H * sizeof *row);
+        }
+    }
+    double t1 = duel_time_seconds();
+    if ((rc = erm_score(e->erm, features, M, rewards, err))) goto fail;
+    double t2 = duel_time_seconds();
+    duel_rng rng;
+    duel_rng_seed(&rng, a->seed ^ ENGINE_DUEL_SEED_SALT);
+    if ((rc = duel_select(a->strategy, rewards, M, E, &rng, &ev->pair, err))) goto fail;
+    duel_place(&ev->pair, &rng, &ev->placement);
+    if ((rc = duel_estimated_regret(rewards, M, E, ev->placement.a, ev->placement.b,
+                                    &ev->regret_estimate, err)))
+        goto fail;
+    double t3 = duel_time_seconds();
+    model_kv_cache_free(kv);
+    ev->kind = ENGINE_EVENT_DUEL_READY;
+    ev->request_id = a->id;
+    ev->user = a->user;
+    ev->count = M;
+    ev->strategy = a->strategy;
+    ev->features = features;
+    ev->d_feat = D;
+    ev->rewards = rewards;
+    ev->num_heads = E;
+    ev->decode_ms = decode_ms;
+    ev->features_ms = ref ? (t1 - t0) * 1e3 : 0;
+    ev->score_ms = (t2 - t1) * 1e3;
+    ev->select_ms = (t3 - t2) * 1e3;
+    *out = ev;
+    return DUEL_OK;
+fail:
+    model_kv_cache_free(kv);
+    free(features);
+    free(rewards);
+    free(ev);
+    return rc;
 }
 
 /* The scheduler's callback (engine thread): deep-copies into an engine_event. */
@@ -160,7 +291,17 @@ static void on_sched_event(void *ctx, const sched_event *se) {
                             : se->finish_reason == SCHED_FINISH_LENGTH ? ENGINE_FINISH_LENGTH
                                                                        : ENGINE_FINISH_CONTEXT;
         ev->finish_ms = (se->finish_time - a->submit_time) * 1e3;
-        if (se->hidden) {
+        if (a->duel && se->candidate >= 0 && se->candidate < a->num_candidates) {
+            int c = se->candidate;
+            free(a->cand_tokens[c]);
+            a->cand_tokens[c] = copy_ints(se->tokens, se->count);
+            a->cand_counts[c] = se->count;
+            if (!a->cand_tokens[c]) a->lost = true;
+            if (se->hidden && a->cand_hidden)
+                memcpy(a->cand_hidden + (size_t)c * hidden_size, se->hidden,
+                       (size_t)hidden_size * sizeof(float));
+        }
+        if (se->hidden && a->want_hidden) {
             ev->hidden = copy_floats(se->hidden, hidden_size);
             ev->hidden_size = hidden_size;
         }
@@ -187,9 +328,21 @@ static void on_sched_event(void *ctx, const sched_event *se) {
         ev->counts = (engine_counts){st->prompt_tokens,     st->prompt_computed,
                                      st->cached_tokens,     st->recomputed_tokens,
                                      st->generated_tokens,  st->preemptions};
-        if (se->prompt_hidden) {
+        if (se->prompt_hidden && a->want_hidden) {
             ev->hidden = copy_floats(se->prompt_hidden, hidden_size);
             ev->hidden_size = hidden_size;
+        }
+        if (a->duel && ev->kind == ENGINE_EVENT_FINISHED) {
+            duel_error derr = {0};
+            engine_event *ready = NULL;
+            int rc = run_duel(e, a, se->prompt_hidden, ev->timings.total_ms, &ready, &derr);
+            if (rc) {
+                ev->kind = ENGINE_EVENT_ERROR;
+                ev->status = rc;
+                ev->message = strdup(derr.message[0] ? derr.message : "duel selection failed");
+            } else {
+                push_event(e, ready);
+            }
         }
         break;
     }
@@ -238,12 +391,35 @@ static void handle_command(engine *e, engine_command *cmd) {
     a->arm = cmd->params.model;
     a->user = cmd->params.user;
     a->submit_time = cmd->params.submit_time;
+    a->want_hidden = cmd->want_hidden;
+    if (cmd->duel) {
+        int M = cmd->params.num_candidates;
+        a->duel = true;
+        a->strategy = cmd->strategy;
+        a->seed = cmd->params.seed;
+        a->num_candidates = M;
+        a->prompt_len = cmd->params.prompt_len;
+        a->hidden_size = model_get_config(e->arms[a->arm].model)->hidden_size;
+        a->prompt = cmd->prompt; /* taken over */
+        cmd->prompt = NULL;
+        a->cand_tokens = calloc((size_t)M, sizeof *a->cand_tokens);
+        a->cand_counts = calloc((size_t)M, sizeof *a->cand_counts);
+        if (e->features == ENGINE_FEATURES_POLICY)
+            a->cand_hidden = calloc((size_t)M * (size_t)a->hidden_size, sizeof(float));
+        if (!a->cand_tokens || !a->cand_counts ||
+            (e->features == ENGINE_FEATURES_POLICY && !a->cand_hidden)) {
+            set_state(e, cmd->id, ENGINE_STATE_ENDED);
+            push_error(e, cmd->id, a->user, DUEL_ENOMEM, "out of memory for a duel request");
+            active_free(a);
+            return;
+        }
+    }
     cmd->params.user = a;
     int rc = sched_submit(e->sched, &cmd->params, &a->sched_id, &err);
     if (rc) {
         set_state(e, cmd->id, ENGINE_STATE_ENDED);
         push_error(e, cmd->id, a->user, rc, err.message);
-        free(a);
+        active_free(a);
         return;
     }
     e->active[e->num_active++] = a;
@@ -368,6 +544,35 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
                                                          : 2048};
         e->num_arms++;
     }
+    if ((unsigned)params->features > ENGINE_FEATURES_POLICY) {
+        rc = duel_error_set(err, DUEL_EINVAL, "engine: feature source %d (reference 0, policy 1)",
+                            (int)params->features);
+        goto fail;
+    }
+    e->features = params->features;
+    e->erm = params->erm;
+    e->ref_arm = 0;
+    if (params->reference_arm) {
+        e->ref_arm = engine_arm_index(e, params->reference_arm);
+        if (e->ref_arm < 0) {
+            rc = duel_error_set(err, DUEL_EINVAL, "engine: reference arm \"%s\" is not resident",
+                                params->reference_arm);
+            goto fail;
+        }
+    }
+    if (e->erm) {
+        for (int i = 0; i < e->num_arms; i++) {
+            if (e->features == ENGINE_FEATURES_REFERENCE && i != e->ref_arm) continue;
+            int H = model_get_config(e->arms[i].model)->hidden_size;
+            if (e->erm->config.d_feat != 2 * H) {
+                rc = duel_error_set(err, DUEL_EINVAL,
+                                    "engine: the ERM takes %d features but arm \"%s\" gives "
+                                    "2 x %d (its hidden size)",
+                                    e->erm->config.d_feat, e->arms[i].name, H);
+                goto fail;
+            }
+        }
+    }
     kv_pool_params pp = {.num_layers = c0->num_layers,
                          .num_kv_heads = c0->num_kv_heads,
                          .head_dim = c0->head_dim,
@@ -419,7 +624,7 @@ void engine_destroy(engine *e) {
         for (engine_queue_pop(e->events, 0, &item); item; engine_queue_pop(e->events, 0, &item))
             engine_event_free(item);
     sched_destroy(e->sched);
-    for (int i = 0; i < e->num_active; i++) free(e->active[i]);
+    for (int i = 0; i < e->num_active; i++) active_free(e->active[i]);
     free(e->active);
     kv_pool_destroy(e->pool);
     engine_queue_destroy(e->commands);
@@ -443,6 +648,16 @@ int engine_submit(engine *e, const engine_request *r, uint64_t *id, duel_error *
                               names);
     }
     const engine_arm *a = &e->arms[arm];
+    if (r->duel) {
+        if (!e->erm)
+            return duel_error_set(err, DUEL_EINVAL, "duel request: the engine has no ERM");
+        if (r->num_candidates < 2)
+            return duel_error_set(err, DUEL_EINVAL, "duel request: %d candidates (at least 2)",
+                                  r->num_candidates);
+        if ((unsigned)r->strategy >= DUEL_STRATEGY_COUNT)
+            return duel_error_set(err, DUEL_EINVAL, "duel request: strategy %d is not one of "
+                                  "the %d strategies", (int)r->strategy, DUEL_STRATEGY_COUNT);
+    }
     engine_command *cmd = calloc(1, sizeof *cmd);
     if (!cmd) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
     int n_stop = 0;
@@ -469,10 +684,15 @@ int engine_submit(engine *e, const engine_request *r, uint64_t *id, duel_error *
                                          .max_new_tokens = r->max_new_tokens,
                                          .stop_tokens = cmd->stop,
                                          .num_stop_tokens = n_stop,
-                                         .want_hidden = r->want_hidden,
+                                         .want_hidden = r->want_hidden ||
+                                                        (r->duel &&
+                                                         e->features == ENGINE_FEATURES_POLICY),
                                          .want_progress = r->want_progress,
                                          .user = r->user,
                                          .submit_time = duel_time_seconds()};
+    cmd->duel = r->duel;
+    cmd->strategy = r->strategy;
+    cmd->want_hidden = r->want_hidden;
     int rc = sched_validate(e->sched, &cmd->params, err);
     if (rc) {
         free(cmd);

@@ -11,6 +11,21 @@
  * finished candidate: tokens, text, summed log-probability, last-token hidden state), then
  * exactly one of FINISHED (with timings and counts), CANCELLED or ERROR.
  *
+ * Duel requests (request.duel, DESIGN.md section 5): once every candidate has finished, the
+ * engine computes each candidate's ERM features, scores them with the engine's ERM (erm_score),
+ * chooses the pair with the request's strategy (duel_select), places it (duel_place) and emits
+ * DUEL_READY (features, per-head rewards, pair, side swap, estimated regret, timings) just
+ * before FINISHED; a failure there (non-finite rewards, a strategy duel_select refuses) is an
+ * ERROR event instead, and the engine keeps serving. Features (d_feat = 2 * hidden_size):
+ *   ENGINE_FEATURES_REFERENCE (default): the reference arm's final-norm hidden state at the last
+ *     prompt token, then at the candidate's last token (a final stop token included), run over
+ *     prompt + candidate with model_forward on one contiguous cache: the prompt is run once and
+ *     its KV shared by every candidate (the cache is truncated back to the prompt in between);
+ *   ENGINE_FEATURES_POLICY: the same two hidden states of the serving arm itself, as the decode
+ *     reports them (want_hidden), with no extra forward pass.
+ * Selection randomness (Thompson heads, side swap) comes from one duel_rng seeded
+ * duel_rng_seed(seed ^ ENGINE_DUEL_SEED_SALT): duel_select draws first, then duel_place.
+ *
  * Ownership: the engine borrows the models and tokenizers given at create; from engine_create
  * until engine_destroy only the engine thread may use the models (they hold scratch buffers).
  * Tokenizers are immutable and may be shared. Events belong to the caller once popped. */
@@ -21,6 +36,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "duel.h"
+#include "erm.h"
 #include "error.h"
 #include "model.h"
 #include "sampler.h"
@@ -38,6 +55,13 @@ typedef struct engine_model_params {
     const tokenizer *tokenizer;/* borrowed, for candidate text; NULL: no text */
 } engine_model_params;
 
+#define ENGINE_DUEL_SEED_SALT 0x6475656c2d73656cull /* "duel-sel": the selection rng's seed */
+
+typedef enum engine_feature_source {
+    ENGINE_FEATURES_REFERENCE = 0, /* the reference arm's hidden states (default) */
+    ENGINE_FEATURES_POLICY,        /* the serving arm's own hidden states */
+} engine_feature_source;
+
 typedef struct engine_params {
     const engine_model_params *models;
     int num_models;
@@ -46,6 +70,12 @@ typedef struct engine_params {
     int max_batch_tokens;      /* per step; 0: SCHED_DEFAULT_BATCH_TOKENS */
     int max_running;           /* 0: SCHED_DEFAULT_MAX_RUNNING */
     int max_candidates;        /* M limit; 0: 64 */
+    const erm *erm;            /* borrowed, read-only while the engine lives; NULL: duel
+                                  requests are refused. d_feat must be 2 * hidden_size of the
+                                  feature model(s) */
+    const char *reference_arm; /* ENGINE_FEATURES_REFERENCE: the arm whose hidden states are the
+                                  features (the frozen reference); NULL: the first arm */
+    engine_feature_source features;
 } engine_params;
 
 typedef struct engine_request {
@@ -61,6 +91,9 @@ typedef struct engine_request {
     bool use_eos;              /* also stop at the model config's eos_token_id(s) */
     bool want_hidden;          /* candidates' and prompt's final hidden states */
     bool want_progress;        /* PROGRESS events */
+    bool duel;                 /* score and select: DUEL_READY before FINISHED; needs M >= 2
+                                  and an ERM */
+    duel_strategy strategy;    /* with duel: ee_ts, bai_ts, uncertainty, passive or bon */
     void *user;                /* handed back in every event */
 } engine_request;
 
@@ -71,6 +104,10 @@ typedef enum engine_event_kind {
     ENGINE_EVENT_CANCELLED,
     ENGINE_EVENT_ERROR,
 } engine_event_kind;
+/* Duel requests only. Kept outside the enum for now so that existing exhaustive switches over
+ * engine_event_kind (gateway/backend_engine.c) keep compiling under -Wswitch -Werror; a switch
+ * that handles it switches on (int)ev->kind. */
+#define ENGINE_EVENT_DUEL_READY ((engine_event_kind)(ENGINE_EVENT_ERROR + 1))
 
 typedef enum engine_finish_reason {
     ENGINE_FINISH_STOP,    /* a stop token (the last of its tokens; not in its text) */
@@ -115,6 +152,21 @@ typedef struct engine_event {
     engine_counts counts;
     int status;                /* ERROR: the DUEL_E* code */
     char *message;             /* ERROR: what went wrong */
+    /* DUEL_READY: count candidates (M); features [M][d_feat]; rewards [M][num_heads] (as
+     * erm_score writes them); the pair (selection order) and its placement (a left, b right);
+     * regret_estimate = R-hat (duel_estimated_regret of a, b); tokens NULL. */
+    duel_strategy strategy;
+    float *features;
+    int d_feat;
+    float *rewards;
+    int num_heads;
+    duel_pair pair;
+    duel_placement placement;
+    double regret_estimate;
+    double decode_ms;          /* submit -> all candidates finished */
+    double features_ms;        /* the reference pass (0 for policy features) */
+    double score_ms;           /* erm_score */
+    double select_ms;          /* duel_select + duel_place + R-hat */
 } engine_event;
 
 /* Creates the pool (capacity from kv_memory_bytes) and scheduler, starts the engine thread.
@@ -125,7 +177,8 @@ int engine_create(const engine_params *params, engine **out, duel_error *err);
 void engine_destroy(engine *e);
 
 /* Validates and queues a request; *id gets its id (from 1, increasing). Errors, with nothing
- * queued: DUEL_ENOTFOUND for an unknown arm; DUEL_EINVAL for M outside 1..max_candidates, an
+ * queued: DUEL_ENOTFOUND for an unknown arm; DUEL_EINVAL for a duel without an ERM, with M < 2
+ * or a strategy outside the enum, for M outside 1..max_candidates, an
  * empty prompt, token ids outside the vocabulary, max_new_tokens < 1, bad sampling or stop
  * tokens; DUEL_ELIMIT for a prompt that does not fit the arm's context or a candidate longer
  * than the whole KV pool. */

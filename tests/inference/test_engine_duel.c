@@ -1,0 +1,350 @@
+/* test_engine_duel.c: the engine's duel path (engine.h, request.duel) on the random models of
+ * the fwd_make_models fixture with a seeded ERM:
+ *   - reference features: for every selecting strategy, the DUEL_READY event's features equal
+ *     model_forward of the reference arm (another model than the policy) over prompt and
+ *     prompt + candidate run by hand (rel. err. < 1e-5), its rewards equal erm_score of those
+ *     features, and its pair, side swap and R-hat equal duel_select + duel_place +
+ *     duel_estimated_regret with the rng seeded seed ^ ENGINE_DUEL_SEED_SALT;
+ *   - policy features: the serving arm's own hidden states (rel. err. < 1e-4 against
+ *     model_forward: batched decode vs one sequence);
+ *   - bad inputs: a strategy duel_select refuses (pilaf) and NaN rewards are ERROR events after
+ *     which the engine still serves; an out-of-range strategy, M < 2, no ERM, an ERM of the wrong
+ *     width and an unknown reference arm are refused synchronously. */
+#include "test_helpers.h"
+
+#include <math.h>
+
+#include "duel.h"
+#include "engine.h"
+#include "erm.h"
+#include "model.h"
+
+enum { M = 4, NEW = 6, HEADS = 5 };
+
+static model *load_model(const char *name) {
+    const char *build = test_env("DUEL_BUILD_DIR", NULL);
+    if (!build) fail_msg("DUEL_BUILD_DIR is not set (run through ctest)");
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/test-models/%s", build, name);
+    model *m = NULL;
+    duel_error err = {0};
+    if (model_load(dir, &m, &err)) fail_msg("model_load %s: %s", name, err.message);
+    return m;
+}
+
+static erm *make_erm(int d_feat, uint64_t seed) {
+    erm_config c = {.num_heads = HEADS, .d_feat = d_feat, .hidden = 16};
+    duel_rng rng;
+    duel_rng_seed(&rng, seed);
+    erm *r = NULL;
+    duel_error err = {0};
+    if (erm_create(&c, &rng, &r, &err)) fail_msg("erm_create: %s", err.message);
+    /* Non-zero biases so that no reward is exactly tied. */
+    for (int e = 0; e < HEADS; e++) r->params.fc3_bias[e] = 0.01f * (float)(e + 1);
+    return r;
+}
+
+typedef struct engine_fx {
+    model *policy, *ref;   /* the engine's arms */
+    model *ref_hand;       /* the reference loaded again, for the by-hand features */
+    model *policy_hand;
+    erm *erm;
+    engine *e;
+    int H;
+} engine_fx;
+
+static void fx_open(engine_fx *f, engine_feature_source features) {
+    memset(f, 0, sizeof *f);
+    f->policy = load_model("tiny-llama-f32");
+    f->ref = load_model("tiny-llama-bf16"); /* same shape, the weights rounded to bf16 */
+    f->ref_hand = load_model("tiny-llama-bf16");
+    f->policy_hand = load_model("tiny-llama-f32");
+    f->H = model_get_config(f->policy)->hidden_size;
+    f->erm = make_erm(2 * f->H, 77);
+    engine_model_params mp[2] = {{"policy", f->policy, NULL}, {"ref", f->ref, NULL}};
+    engine_params ep = {.models = mp, .num_models = 2, .kv_memory_bytes = (size_t)4 << 20,
+                        .max_candidates = 16, .erm = f->erm, .reference_arm = "ref",
+                        .features = features};
+    duel_error err = {0};
+    if (engine_create(&ep, &f->e, &err)) fail_msg("engine_create: %s", err.message);
+}
+
+static void fx_close(engine_fx *f) {
+    engine_destroy(f->e);
+    model_free(f->policy);
+    model_free(f->ref);
+    model_free(f->ref_hand);
+    model_free(f->policy_hand);
+    erm_free(f->erm);
+}
+
+static engine_event *wait_event(engine *e) {
+    engine_event *ev = NULL;
+    engine_poll(e, 30.0, &ev);
+    if (!ev) fail_msg("no engine event within 30 s");
+    return ev;
+}
+
+static const int32_t PROMPT[] = {5, 17, 3, 42, 8, 11, 29};
+#define PROMPT_LEN ((int)(sizeof PROMPT / sizeof PROMPT[0]))
+
+static engine_request duel_request(duel_strategy s, uint64_t seed) {
+    return (engine_request){.arm = "policy", .tokens = PROMPT, .num_tokens = PROMPT_LEN,
+                            .num_candidates = M, .sampling = {1.0f, 1.0f, 0}, .seed = seed,
+                            .max_new_tokens = NEW, .duel = true, .strategy = s};
+}
+
+/* Runs one duel request; fills tokens/counts and returns the DUEL_READY event (NULL when the
+ * request ended in ERROR, whose message goes to *error_message). */
+static engine_event *run_duel(engine_fx *f, const engine_request *req,
+                              int32_t tokens[M][NEW], int counts[M], char **error_message) {
+    uint64_t id;
+    duel_error err = {0};
+    if (engine_submit(f->e, req, &id, &err)) fail_msg("engine_submit: %s", err.message);
+    engine_event *ready = NULL;
+    *error_message = NULL;
+    for (;;) {
+        engine_event *ev = wait_event(f->e);
+        assert_int_equal(ev->request_id, id);
+        if (ev->kind == ENGINE_EVENT_CANDIDATE) {
+            assert_true(ev->candidate >= 0 && ev->candidate < M);
+            assert_true(ev->count >= 1 && ev->count <= NEW);
+            memcpy(tokens[ev->candidate], ev->tokens, (size_t)ev->count * sizeof(int32_t));
+            counts[ev->candidate] = ev->count;
+            assert_null(ev->hidden); /* want_hidden was not asked */
+        } else if ((int)ev->kind == (int)ENGINE_EVENT_DUEL_READY) {
+            assert_null(ready);
+            ready = ev;
+            continue;
+        } else if (ev->kind == ENGINE_EVENT_FINISHED) {
+            assert_non_null(ready); /* DUEL_READY comes first */
+            engine_event_free(ev);
+            return ready;
+        } else if (ev->kind == ENGINE_EVENT_ERROR) {
+            assert_null(ready);
+            *error_message = strdup(ev->message);
+            engine_event_free(ev);
+            return NULL;
+        } else {
+            fail_msg("unexpected event kind %d", (int)ev->kind);
+        }
+        engine_event_free(ev);
+    }
+}
+
+static double rel_err(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - (double)b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    if (!(den > 0)) return INFINITY;
+    double r = sqrt(num / den);
+    return r == r ? r : INFINITY;
+}
+
+/* [M][2H] features by hand: the last prompt token's and the candidate's last token's final-norm
+ * hidden states, each from a fresh cache. */
+static void features_by_hand(model *m, int32_t tokens[M][NEW], const int counts[M], float *out) {
+    int H = model_get_config(m)->hidden_size;
+    duel_error err = {0};
+    float *prompt_h = malloc((size_t)H * sizeof *prompt_h);
+    model_kv_cache *kv = NULL;
+    assert_int_equal(model_kv_cache_create(m, PROMPT_LEN + NEW, &kv, &err), 0);
+    assert_int_equal(model_forward(m, kv, PROMPT, PROMPT_LEN, NULL, false, prompt_h, &err), 0);
+    for (int i = 0; i < M; i++) {
+        int32_t seq[PROMPT_LEN + NEW];
+        memcpy(seq, PROMPT, sizeof PROMPT);
+        memcpy(seq + PROMPT_LEN, tokens[i], (size_t)counts[i] * sizeof(int32_t));
+        model_kv_cache_reset(kv);
+        memcpy(out + (size_t)i * 2 * H, prompt_h, (size_t)H * sizeof(float));
+        assert_int_equal(model_forward(m, kv, seq, PROMPT_LEN + counts[i], NULL, false,
+                                       out + (size_t)i * 2 * H + H, &err),
+                         0);
+    }
+    model_kv_cache_free(kv);
+    free(prompt_h);
+}
+
+static void check_against_hand(engine_fx *f, model *hand, const engine_event *ready,
+                               duel_strategy s, uint64_t seed, int32_t tokens[M][NEW],
+                               const int counts[M], double feature_tol, bool exact_pair) {
+    int D = 2 * f->H;
+    assert_int_equal(ready->count, M);
+    assert_int_equal(ready->d_feat, D);
+    assert_int_equal(ready->num_heads, HEADS);
+    assert_int_equal((int)ready->strategy, (int)s);
+    float feats[M * 2 * 64];
+    assert_true(D <= 2 * 64);
+    features_by_hand(hand, tokens, counts, feats);
+    double fe = rel_err(ready->features, feats, (size_t)M * D);
+    if (!(fe < feature_tol)) fail_msg("%s: features rel. err. %g", duel_strategy_name(s), fe);
+    /* Rewards of the event's own features equal erm_score (exactly: same call). */
+    float rewards[M * HEADS];
+    duel_error err = {0};
+    assert_int_equal(erm_score(f->erm, ready->features, M, rewards, &err), 0);
+    assert_memory_equal(rewards, ready->rewards, sizeof rewards);
+    /* And of the by-hand features, within the features' error. */
+    float hand_rewards[M * HEADS];
+    assert_int_equal(erm_score(f->erm, feats, M, hand_rewards, &err), 0);
+    double re = rel_err(ready->rewards, hand_rewards, (size_t)M * HEADS);
+    if (!(re < feature_tol * 100)) fail_msg("rewards rel. err. %g", re);
+    /* The selection, by hand. */
+    duel_rng rng;
+    duel_rng_seed(&rng, seed ^ ENGINE_DUEL_SEED_SALT);
+    duel_pair pair;
+    duel_placement place;
+    const float *sel = exact_pair ? hand_rewards : ready->rewards;
+    assert_int_equal(duel_select(s, sel, M, HEADS, &rng, &pair, &err), 0);
+    duel_place(&pair, &rng, &place);
+    assert_int_equal(pair.first, ready->pair.first);
+    assert_int_equal(pair.second, ready->pair.second);
+    assert_int_equal(pair.head_first, ready->pair.head_first);
+    assert_int_equal(place.a, ready->placement.a);
+    assert_int_equal(place.b, ready->placement.b);
+    assert_int_equal(place.side_swap, ready->placement.side_swap);
+    assert_true(ready->placement.a != ready->placement.b);
+    double rhat;
+    assert_int_equal(duel_estimated_regret(ready->rewards, M, HEADS, place.a, place.b, &rhat, &err),
+                     0);
+    assert_true(fabs(rhat - ready->regret_estimate) <= 1e-12);
+    assert_true(ready->regret_estimate >= 0);
+    assert_true(ready->decode_ms > 0 && ready->score_ms >= 0 && ready->select_ms >= 0);
+}
+
+static void test_duel_reference_features(void **state) {
+    (void)state;
+    engine_fx f;
+    fx_open(&f, ENGINE_FEATURES_REFERENCE);
+    const duel_strategy strategies[] = {DUEL_STRATEGY_EE_TS, DUEL_STRATEGY_BAI_TS,
+                                        DUEL_STRATEGY_UNCERTAINTY, DUEL_STRATEGY_PASSIVE,
+                                        DUEL_STRATEGY_BON};
+    bool swapped[2] = {false, false};
+    for (int k = 0; k < 5; k++) {
+        for (uint64_t seed = 100; seed < 104; seed++) {
+            engine_request req = duel_request(strategies[k], seed);
+            int32_t tokens[M][NEW];
+            int counts[M] = {0};
+            char *msg = NULL;
+            engine_event *ready = run_duel(&f, &req, tokens, counts, &msg);
+            if (!ready) fail_msg("duel failed: %s", msg);
+            assert_true(ready->features_ms > 0);
+            check_against_hand(&f, f.ref_hand, ready, strategies[k], seed, tokens, counts, 1e-5,
+                               true);
+            swapped[ready->placement.side_swap] = true;
+            engine_event_free(ready);
+        }
+    }
+    assert_true(swapped[0] && swapped[1]); /* 20 placements: both sides seen */
+    fx_close(&f);
+}
+
+static void test_duel_policy_features(void **state) {
+    (void)state;
+    engine_fx f;
+    fx_open(&f, ENGINE_FEATURES_POLICY);
+    engine_request req = duel_request(DUEL_STRATEGY_EE_TS, 9);
+    int32_t tokens[M][NEW];
+    int counts[M] = {0};
+    char *msg = NULL;
+    engine_event *ready = run_duel(&f, &req, tokens, counts, &msg);
+    if (!ready) fail_msg("duel failed: %s", msg);
+    assert_true(ready->features_ms == 0);
+    check_against_hand(&f, f.policy_hand, ready, DUEL_STRATEGY_EE_TS, 9, tokens, counts, 1e-4,
+                       false);
+    /* Not the reference's features (the bf16 copy of the weights: about 1e-3 apart, well above
+     * both tolerances, so each test notices the other source being used). */
+    float ref_feats[M * 2 * 64];
+    features_by_hand(f.ref_hand, tokens, counts, ref_feats);
+    double other = rel_err(ready->features, ref_feats, (size_t)M * 2 * f.H);
+    if (!(other > 3e-4)) fail_msg("policy features within %g of the reference's", other);
+    engine_event_free(ready);
+    fx_close(&f);
+}
+
+static void test_duel_errors_keep_serving(void **state) {
+    (void)state;
+    engine_fx f;
+    fx_open(&f, ENGINE_FEATURES_REFERENCE);
+    int32_t tokens[M][NEW];
+    int counts[M] = {0};
+    char *msg = NULL;
+    /* pilaf does not choose among one set of candidates: ERROR event. */
+    engine_request req = duel_request(DUEL_STRATEGY_PILAF, 1);
+    assert_null(run_duel(&f, &req, tokens, counts, &msg));
+    assert_non_null(strstr(msg, "pilaf"));
+    free(msg);
+    /* NaN rewards: ERROR naming the reward. */
+    float saved = f.erm->params.fc3_bias[2];
+    f.erm->params.fc3_bias[2] = NAN;
+    req = duel_request(DUEL_STRATEGY_EE_TS, 2);
+    assert_null(run_duel(&f, &req, tokens, counts, &msg));
+    assert_non_null(strstr(msg, "NaN"));
+    free(msg);
+    f.erm->params.fc3_bias[2] = saved;
+    /* Still serving. */
+    req = duel_request(DUEL_STRATEGY_BON, 3);
+    engine_event *ready = run_duel(&f, &req, tokens, counts, &msg);
+    if (!ready) fail_msg("duel after errors failed: %s", msg);
+    engine_event_free(ready);
+    /* Refused at submit. */
+    uint64_t id;
+    duel_error err = {0};
+    req = duel_request((duel_strategy)99, 4);
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "strategy"));
+    req = duel_request(DUEL_STRATEGY_EE_TS, 4);
+    req.num_candidates = 1;
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "at least 2"));
+    engine_stats st;
+    engine_stats_get(f.e, &st);
+    assert_int_equal(st.requests_submitted, 3);
+    fx_close(&f);
+}
+
+static void test_duel_bad_engine_params(void **state) {
+    (void)state;
+    model *m = load_model("tiny-llama-f32");
+    int H = model_get_config(m)->hidden_size;
+    erm *wrong = make_erm(2 * H + 1, 1);
+    erm *right = make_erm(2 * H, 1);
+    engine_model_params mp = {"policy", m, NULL};
+    engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = (size_t)1 << 20};
+    engine *e = NULL;
+    duel_error err = {0};
+    ep.erm = wrong;
+    assert_int_equal(engine_create(&ep, &e, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "ERM takes"));
+    assert_null(e);
+    ep.erm = right;
+    ep.reference_arm = "nope";
+    assert_int_equal(engine_create(&ep, &e, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "nope"));
+    ep.reference_arm = NULL;
+    ep.features = (engine_feature_source)7;
+    assert_int_equal(engine_create(&ep, &e, &err), DUEL_EINVAL);
+    /* No ERM: duel requests are refused, plain ones served. */
+    ep.features = ENGINE_FEATURES_REFERENCE;
+    ep.erm = NULL;
+    assert_int_equal(engine_create(&ep, &e, &err), 0);
+    engine_request req = duel_request(DUEL_STRATEGY_EE_TS, 1);
+    uint64_t id;
+    assert_int_equal(engine_submit(e, &req, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "no ERM"));
+    engine_destroy(e);
+    erm_free(wrong);
+    erm_free(right);
+    model_free(m);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_duel_reference_features),
+        cmocka_unit_test(test_duel_policy_features),
+        cmocka_unit_test(test_duel_errors_keep_serving),
+        cmocka_unit_test(test_duel_bad_engine_params),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
