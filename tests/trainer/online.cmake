@@ -11,3 +11,13 @@ if(NOT DUEL_FUZZ)
   target_include_directories(test_online_service PRIVATE ${PROJECT_SOURCE_DIR}/tests/tools)
   set_tests_properties(test_online_service PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 120)
 endif()
+# Crash safety of the `duel train` executable: kill -9 at random points, resume, compare with an
+# uninterrupted run.
+duel_test(test_online_crash ${CMAKE_CURRENT_LIST_DIR}/test_online_crash.c
+          ${PROJECT_SOURCE_DIR}/tests/tools/redis_fixture.c)
+if(NOT DUEL_FUZZ)
+  target_include_directories(test_online_crash PRIVATE ${PROJECT_SOURCE_DIR}/tests/tools)
+  target_compile_definitions(test_online_crash PRIVATE DUEL_EXE="$<TARGET_FILE:duel>")
+  add_dependencies(test_online_crash duel)
+  set_tests_properties(test_online_crash PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 180)
+endif()
