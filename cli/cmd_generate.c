@@ -21,7 +21,9 @@
 
 #include "chat_template.h"
 #include "cli.h"
+#include "duel.h"
 #include "engine.h"
+#include "erm.h"
 #include "json_util.h"
 #include "model.h"
 #include "sampler.h"
@@ -52,7 +54,18 @@ typedef struct generator {
     int32_t stop_ids[MODEL_CONFIG_MAX_EOS + 1];
     int n_stop_ids;
     int32_t bos_id; /* prepended to prompts that lack it (add_bos_token), or -1 */
+    erm *erm;             /* --duel: the ERM scoring the candidates (owned) */
+    duel_strategy strategy;
 } generator;
+
+/* What the engine's DUEL_READY event said. */
+typedef struct duel_outcome {
+    double *mean;       /* [M] ensemble-mean reward per candidate */
+    duel_pair pair;
+    duel_placement placement;
+    double regret_estimate;
+    double features_ms, score_ms, select_ms;
+} duel_outcome;
 
 typedef struct generation_stats {
     int prompt_tokens;
@@ -72,7 +85,8 @@ typedef struct generated_answer {
 } generated_answer;
 
 static void generator_free(generator *g) {
-    engine_destroy(g->engine); /* before the model it borrows */
+    engine_destroy(g->engine); /* before the model and ERM it borrows */
+    erm_free(g->erm);
     model_free(g->model);
     tokenizer_free(g->tok);
     memset(g, 0, sizeof *g);
@@ -91,7 +105,10 @@ static int generator_start_engine(generator *g, int candidates, int max_new, due
     engine_params ep = {.models = &arm,
                         .num_models = 1,
                         .kv_memory_bytes = tokens * per_token,
-                        .max_candidates = GENERATE_MAX_CANDIDATES};
+                        .max_candidates = GENERATE_MAX_CANDIDATES,
+                        /* generate has one model: it is its own frozen reference */
+                        .erm = g->erm,
+                        .features = ENGINE_FEATURES_REFERENCE};
     g->candidates = candidates;
     return engine_create(&ep, &g->engine, err);
 }
@@ -205,8 +222,8 @@ static void answers_free(generated_answer *answers, int n) {
  * out, its tokens are streamed to out as they come. *answers receives the candidates in index
  * order (free with answers_free). */
 static int generator_run(generator *g, const int32_t *prompt, int n, int candidates, int max_new,
-                         FILE *out, generated_answer **answers, generation_stats *stats,
-                         duel_error *err) {
+                         FILE *out, generated_answer **answers, duel_outcome *duel,
+                         generation_stats *stats, duel_error *err) {
     memset(stats, 0, sizeof *stats);
     stats->prompt_tokens = n;
     *answers = NULL;
@@ -234,7 +251,9 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
                           .max_new_tokens = max_new,
                           .stop_tokens = g->stop_ids,
                           .num_stop_tokens = g->n_stop_ids,
-                          .want_progress = candidates == 1 && out != NULL};
+                          .want_progress = candidates == 1 && out != NULL,
+                          .duel = duel != NULL,
+                          .strategy = g->strategy};
     uint64_t id;
     int rc = engine_submit(g->engine, &req, &id, err);
     if (rc) {
@@ -249,7 +268,21 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
         engine_event *ev;
         engine_poll(g->engine, -1, &ev);
         if (!ev) continue;
-        switch (ev->kind) {
+        switch ((int)ev->kind) {
+        case ENGINE_EVENT_DUEL_READY:
+            if (duel && ev->count == candidates) {
+                duel->mean = malloc((size_t)candidates * sizeof *duel->mean);
+                if (!duel->mean ||
+                    duel_ensemble_mean(ev->rewards, ev->count, ev->num_heads, duel->mean, err))
+                    rc = rc ? rc : duel_error_set(err, DUEL_ENOMEM, "out of memory");
+                duel->pair = ev->pair;
+                duel->placement = ev->placement;
+                duel->regret_estimate = ev->regret_estimate;
+                duel->features_ms = ev->features_ms;
+                duel->score_ms = ev->score_ms;
+                duel->select_ms = ev->select_ms;
+            }
+            break;
         case ENGINE_EVENT_PROGRESS:
             for (int i = 0; i < ev->count && out; i++) {
                 int32_t tok = ev->tokens[i];
@@ -373,7 +406,8 @@ static int chat_turn(generator *g, chat_template_kind kind, conversation *c, int
     int32_t *ids = NULL;
     size_t n_ids = 0;
     int rc = encode_conversation(g, kind, c, &ids, &n_ids, err);
-    if (rc == 0) rc = generator_run(g, ids, (int)n_ids, 1, max_new, stdout, &answer, stats, err);
+    if (rc == 0)
+        rc = generator_run(g, ids, (int)n_ids, 1, max_new, stdout, &answer, NULL, stats, err);
     if (rc == 0) rc = conversation_add(c, "assistant", answer[0].text, strlen(answer[0].text));
     free(ids);
     answers_free(answer, 1);
@@ -383,10 +417,13 @@ static int chat_turn(generator *g, chat_template_kind kind, conversation *c, int
 
 /* Prints M finished candidates, each under a label line with its token count, summed
  * log-probability (temperature 1) and stop reason. */
-static void print_candidates(const generated_answer *answers, int m, FILE *out) {
+static void print_candidates(const generated_answer *answers, int m, const duel_outcome *duel,
+                             FILE *out) {
     for (int i = 0; i < m; i++) {
-        fprintf(out, "=== candidate %d: %d tokens, logprob %.4f, stop: %s ===\n", i,
-                answers[i].tokens, answers[i].logprob_sum, answers[i].stop_reason);
+        fprintf(out, "=== candidate %d: %d tokens, logprob %.4f", i, answers[i].tokens,
+                answers[i].logprob_sum);
+        if (duel && duel->mean) fprintf(out, ", mean reward %.6f", duel->mean[i]);
+        fprintf(out, ", stop: %s ===\n", answers[i].stop_reason);
         utf8_stream stream;
         utf8_stream_init(&stream, isatty(fileno(out)));
         utf8_stream_write(&stream, answers[i].text, strlen(answers[i].text), out);
@@ -401,7 +438,8 @@ typedef struct generate_options {
     bool chat, interactive;
     double temperature, top_p;
     long long top_k, seed, max_new_tokens, context, n;
-    bool seed_given, n_given;
+    bool seed_given, n_given, duel;
+    const char *strategy, *erm_path;
 } generate_options;
 
 static int interactive_chat(generator *g, chat_template_kind kind, const generate_options *o,
@@ -486,7 +524,7 @@ static int interactive_chat(generator *g, chat_template_kind kind, const generat
 
 int cmd_generate(int argc, char **argv) {
     generate_options o = {
-        .temperature = 0.7, .top_p = 0.9, .top_k = 0, .max_new_tokens = 256, .n = 1};
+        .strategy = NULL, .temperature = 0.7, .top_p = 0.9, .top_k = 0, .max_new_tokens = 256, .n = 1};
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &o.model_dir, "DIR",
          "model directory (config.json, model.safetensors, tokenizer.json); required", 0, 0,
@@ -521,6 +559,15 @@ int cmd_generate(int argc, char **argv) {
          "generate M candidates of the prompt (seeds seed .. seed+M-1) and print each, labelled "
          "with its token count and summed log-prob, once all are done (default 1: streamed)",
          1, GENERATE_MAX_CANDIDATES, false, &o.n_given},
+        {"--duel", CLI_OPT_FLAG, &o.duel, NULL,
+         "score the candidates (--n, default 8) with an ERM and print the chosen pair, its "
+         "placement and the estimated regret R-hat", 0, 0, false, NULL},
+        {"--strategy", CLI_OPT_STRING, &o.strategy, "S",
+         "--duel selection: ee_ts (default), bai_ts, uncertainty, passive or bon", 0, 0, false,
+         NULL},
+        {"--erm", CLI_OPT_STRING, &o.erm_path, "FILE",
+         "--duel: the ERM (erm.safetensors); default: one freshly initialised from the seed", 0,
+         0, false, NULL},
     };
     const cli_command cmd = {
         "generate",
@@ -533,7 +580,10 @@ int cmd_generate(int argc, char **argv) {
         "conversation; Ctrl-D (end of input) exits. With --n M, M candidates of one prompt\n"
         "are decoded together (candidate i with seed + i, so --n 1 and the streamed answer of\n"
         "the same seed agree) and printed whole, each under a '=== candidate i: N tokens,\n"
-        "logprob L, stop: R ===' line.",
+        "logprob L, stop: R ===' line. --duel also scores them with an ERM (features: the\n"
+        "model's final-norm hidden states at the last prompt and answer tokens), prints each\n"
+        "candidate's mean reward, the pair chosen by --strategy with its left/right placement,\n"
+        "and the estimated regret R-hat.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
@@ -547,6 +597,23 @@ int cmd_generate(int argc, char **argv) {
         return cli_usage_error(&cmd, "--system is not valid UTF-8 (byte %zu)", bad);
     if (o.interactive && o.n_given)
         return cli_usage_error(&cmd, "--n takes one --prompt, not --interactive");
+    if ((o.strategy || o.erm_path) && !o.duel)
+        return cli_usage_error(&cmd, "--strategy and --erm need --duel");
+    duel_strategy strategy = DUEL_STRATEGY_DEFAULT;
+    if (o.duel) {
+        if (o.interactive) return cli_usage_error(&cmd, "--duel takes one --prompt, not --interactive");
+        if (!o.n_given) o.n = 8;
+        if (o.n < 2) return cli_usage_error(&cmd, "--duel needs --n of at least 2 (got %lld)", o.n);
+        duel_error serr = {0};
+        if (o.strategy && duel_strategy_parse(o.strategy, &strategy, &serr))
+            return cli_usage_error(&cmd, "--strategy: %s", serr.message);
+        if (!duel_strategy_uses_rewards(strategy))
+            return cli_usage_error(&cmd,
+                                   "--strategy %s is not supported by generate --duel (it does "
+                                   "not choose among one set of candidates)",
+                                   duel_strategy_name(strategy));
+        o.n_given = true; /* print the candidates whole */
+    }
     if (o.interactive) o.chat = true;
     if ((o.system || o.template_name) && !o.chat)
         return cli_usage_error(&cmd, "--system and --template need --chat or --interactive");
@@ -568,6 +635,28 @@ int cmd_generate(int argc, char **argv) {
     }
     g.sampling = (sampler_params){(float)o.temperature, (float)o.top_p, (int)o.top_k};
     g.seed = seed;
+    g.strategy = strategy;
+    if (o.duel) {
+        int d_feat = 2 * g.config->hidden_size;
+        if (o.erm_path) {
+            rc = erm_load(o.erm_path, d_feat, &g.erm, &err);
+        } else {
+            erm_config ec = {ERM_DEFAULT_NUM_HEADS, d_feat, ERM_DEFAULT_HIDDEN};
+            duel_rng erm_rng;
+            duel_rng_seed(&erm_rng, seed);
+            rc = erm_create(&ec, &erm_rng, &g.erm, &err);
+            if (rc == 0)
+                fprintf(stderr,
+                        "[ERM: none given (--erm), so a fresh one initialised from seed %llu: "
+                        "%d heads, hidden %d, d_feat %d; its rewards are random]\n",
+                        seed, ec.num_heads, ec.hidden, d_feat);
+        }
+        if (rc) {
+            fprintf(stderr, "duel generate: %s\n", err.message);
+            generator_free(&g);
+            return CLI_EXIT_FAILURE;
+        }
+    }
     if (o.chat && !o.template_name && chat_template_detect(o.model_dir, &kind, &err)) {
         fprintf(stderr, "duel generate: %s\n", err.message);
         generator_free(&g);
@@ -598,16 +687,27 @@ int cmd_generate(int argc, char **argv) {
         }
         int m = (int)o.n;
         generated_answer *answers = NULL;
+        duel_outcome duel = {0};
         if (rc == 0)
             rc = generator_run(&g, ids, (int)n_ids, m, (int)o.max_new_tokens,
-                               o.n_given ? NULL : stdout, &answers, &stats, &err);
+                               o.n_given ? NULL : stdout, &answers, o.duel ? &duel : NULL,
+                               &stats, &err);
         free(ids);
         if (rc) {
             fprintf(stderr, "duel generate: %s\n", err.message);
             status = CLI_EXIT_FAILURE;
         } else {
             if (o.n_given) {
-                print_candidates(answers, m, stdout);
+                print_candidates(answers, m, o.duel ? &duel : NULL, stdout);
+                if (o.duel) {
+                    printf("=== duel (%s): a = candidate %d (left), b = candidate %d (right), "
+                           "side swap: %s, estimated regret R-hat %.6f ===\n",
+                           duel_strategy_name(strategy), duel.placement.a, duel.placement.b,
+                           duel.placement.side_swap ? "yes" : "no", duel.regret_estimate);
+                    fprintf(stderr,
+                            "[duel: features %.2f ms, ERM scoring %.3f ms, selection %.3f ms]\n",
+                            duel.features_ms, duel.score_ms, duel.select_ms);
+                }
             } else {
                 fputc('\n', stdout);
                 fflush(stdout);
@@ -615,6 +715,7 @@ int cmd_generate(int argc, char **argv) {
             print_stats(&stats, seed);
         }
         answers_free(answers, m);
+        free(duel.mean);
     }
     generator_free(&g);
     return status;

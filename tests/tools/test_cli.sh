@@ -65,7 +65,7 @@ expect 0 '--max-new-tokens' -- help generate
 echo "== --help of every command documents every flag"
 declare -A FLAGS=(
     [info]="--json"
-    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n"
+    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --erm"
     [bench forward]="--model --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
     [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
 )
@@ -185,6 +185,32 @@ gen --prompt "The cat sat on" --seed 8 "${hot[@]}" --n 1 >"$TMP/n3.out" 2>/dev/n
     || fail "candidate 1 of seed 7 differs from the answer of seed 8"
 [ "$(sed 1d "$TMP/n3.out")" = "$(cat "$TMP/c.out")" ] || fail "--n 1 differs from the streamed answer of the same seed"
 grep -q 'decode 72 tokens' "$TMP/n1.err" || fail "--n 3 x 24 tokens: $(cat "$TMP/n1.err")"
+pass
+
+# --duel: M candidates scored by an ERM (fresh from the seed without --erm), the pair, R-hat.
+expect 2 -- '--strategy: unknown duel strategy "foo"' -- generate --model "$MODEL" --prompt hi --duel --strategy foo
+expect 2 -- '--strategy pilaf is not supported' -- generate --model "$MODEL" --prompt hi --duel --strategy pilaf
+expect 2 -- '--duel needs --n of at least 2' -- generate --model "$MODEL" --prompt hi --duel --n 1
+expect 2 -- '--strategy and --erm need --duel' -- generate --model "$MODEL" --prompt hi --strategy bon
+expect 1 "$TMP/no.erm" -- generate --model "$MODEL" --prompt hi --duel --erm "$TMP/no.erm"
+for strategy in ee_ts bon uncertainty; do
+    gen --prompt "The cat sat on" --seed 7 "${hot[@]}" --n 4 --duel --strategy $strategy >"$TMP/d1.out" 2>"$TMP/d1.err" \
+        || fail "generate --duel --strategy $strategy failed: $(cat "$TMP/d1.err")"
+    gen --prompt "The cat sat on" --seed 7 "${hot[@]}" --n 4 --duel --strategy $strategy >"$TMP/d2.out" 2>/dev/null
+    cmp -s "$TMP/d1.out" "$TMP/d2.out" || fail "--duel $strategy: same seed, different output"
+    [ "$(grep -cE '^=== candidate [0-3]: [0-9]+ tokens, logprob -?[0-9.]+, mean reward -?[0-9.]+, stop: ' "$TMP/d1.out")" -eq 4 ] \
+        || fail "--duel did not print 4 candidates with rewards: $(cat "$TMP/d1.out")"
+    pair=$(grep -E "^=== duel \($strategy\): a = candidate [0-3] \(left\), b = candidate [0-3] \(right\), side swap: (yes|no), estimated regret R-hat [0-9.]+ ===$" "$TMP/d1.out") \
+        || fail "--duel $strategy: no pair line: $(cat "$TMP/d1.out")"
+    a=$(sed -E 's/.* a = candidate ([0-9]+).*/\1/' <<<"$pair"); b=$(sed -E 's/.* b = candidate ([0-9]+).*/\1/' <<<"$pair")
+    [ "$a" != "$b" ] || fail "--duel $strategy chose candidate $a twice"
+    grep -q 'ERM: none given (--erm), so a fresh one initialised from seed 7' "$TMP/d1.err" \
+        || fail "--duel without --erm does not say the ERM is fresh: $(cat "$TMP/d1.err")"
+done
+# The candidates are those of --n alone (same seeds): the duel only adds scoring.
+sed -E 's/, mean reward -?[0-9.]+//' "$TMP/d1.out" | grep -v '^=== duel' >"$TMP/d3.out"
+gen --prompt "The cat sat on" --seed 7 "${hot[@]}" --n 4 >"$TMP/d4.out" 2>/dev/null
+cmp -s "$TMP/d3.out" "$TMP/d4.out" || fail "--duel changed the candidates of --n 4"
 pass
 
 long=$(printf 'word %.0s' $(seq 1 50))
