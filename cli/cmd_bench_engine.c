@@ -8,6 +8,12 @@
  *   - the prefix cache's hit rate over a multi-turn conversation replay: each turn's prompt is
  *     the previous prompt, the chosen answer and a new user message; hit rate = prompt positions
  *     attached from the cache / history positions (previous prompt + answer), over turns 2..T.
+ * With --duel, only the time to duel instead, with and without the duel path: each of --duels
+ * prompts runs once as a plain M-candidate request (hidden states wanted) and once as a duel
+ * request (same seeds, so the same candidates) with an ERM freshly initialised from seed 42
+ * (20 heads, hidden 128), features from --duel-features (the model as its own reference, or
+ * the policy's hidden states); reported: both p50s, the overhead, and the DUEL_READY event's
+ * features / scoring / selection times.
  * Progress goes to stderr, the figures to stdout; with --json the last stdout line is one JSON
  * object holding them all. Prompts are random token ids (the model's weights decide nothing
  * here but the stop time, and no stop token is used). */
@@ -19,7 +25,9 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "duel.h"
 #include "engine.h"
+#include "erm.h"
 #include "model.h"
 #include "rng.h"
 #include "timer.h"
@@ -121,7 +129,15 @@ static double percentile(double *v, int n, double q) {
 
 /* Runs one request to its end; returns its FINISHED event (caller frees) and candidate 0's
  * tokens in *answer (malloc'd). */
+static engine_event *run_one_duel(engine *e, const engine_request *r, int32_t **answer,
+                                  int *n_answer, engine_event **ready);
 static engine_event *run_one(engine *e, const engine_request *r, int32_t **answer, int *n_answer) {
+    return run_one_duel(e, r, answer, n_answer, NULL);
+}
+
+/* run_one that also hands back a duel request's DUEL_READY event in *ready (caller frees). */
+static engine_event *run_one_duel(engine *e, const engine_request *r, int32_t **answer,
+                                  int *n_answer, engine_event **ready) {
     duel_error err = {0};
     uint64_t id;
     if (engine_submit(e, r, &id, &err)) {
@@ -136,6 +152,11 @@ static engine_event *run_one(engine *e, const engine_request *r, int32_t **answe
             *n_answer = ev->count;
             ev->tokens = NULL;
         }
+        if ((int)ev->kind == (int)ENGINE_EVENT_DUEL_READY && ready) {
+            engine_event_free(*ready);
+            *ready = ev;
+            continue;
+        }
         if (ev->kind == ENGINE_EVENT_FINISHED) return ev;
         if (ev->kind == ENGINE_EVENT_ERROR || ev->kind == ENGINE_EVENT_CANCELLED) {
             fprintf(stderr, "duel bench engine: request failed: %s\n",
@@ -145,6 +166,80 @@ static engine_event *run_one(engine *e, const engine_request *r, int32_t **answe
         }
         engine_event_free(ev);
     }
+}
+
+/* --duel: time to duel with and without ERM features + scoring + selection. */
+static int bench_duel(engine *e, int vocab, const bench_engine_options *o, duel_rng *rng,
+                      const char *features, json_t *out) {
+    int n = (int)o->duels;
+    double *plain = calloc((size_t)n, sizeof *plain), *with = calloc((size_t)n, sizeof *with);
+    double *feat = calloc((size_t)n, sizeof *feat), *score = calloc((size_t)n, sizeof *score);
+    double *sel = calloc((size_t)n, sizeof *sel);
+    int rc = -1;
+    if (!plain || !with || !feat || !score || !sel) goto done;
+    /* A warm-up duel (page faults, BLAS threads), not timed. */
+    for (int d = -1; d < n; d++) {
+        fprintf(stderr, "duel %d/%d (M = %lld, %lld new tokens), plain and scored...\n", d + 1, n,
+                o->duel_m, o->duel_new);
+        int32_t *prompt = random_tokens(rng, (int)o->prompt, vocab);
+        if (!prompt) goto done;
+        engine_request r = {.tokens = prompt, .num_tokens = (int)o->prompt,
+                            .num_candidates = (int)o->duel_m, .sampling = {1.0f, 1.0f, 0},
+                            .seed = (uint64_t)(d + 1000), .max_new_tokens = (int)o->duel_new,
+                            .want_hidden = true};
+        engine_event *ev = run_one(e, &r, NULL, NULL);
+        r.duel = true;
+        r.strategy = DUEL_STRATEGY_EE_TS;
+        engine_event *ready = NULL;
+        engine_event *ev2 = ev ? run_one_duel(e, &r, NULL, NULL, &ready) : NULL;
+        free(prompt);
+        if (!ev || !ev2 || !ready) {
+            if (ev2 && !ready) fprintf(stderr, "duel bench engine: no duel_ready event\n");
+            engine_event_free(ev);
+            engine_event_free(ev2);
+            engine_event_free(ready);
+            goto done;
+        }
+        if (d >= 0) {
+            plain[d] = ev->timings.total_ms;
+            with[d] = ev2->timings.total_ms;
+            feat[d] = ready->features_ms;
+            score[d] = ready->score_ms;
+            sel[d] = ready->select_ms;
+        }
+        engine_event_free(ev);
+        engine_event_free(ev2);
+        engine_event_free(ready);
+    }
+    double p_plain = percentile(plain, n, 0.5), p_with = percentile(with, n, 0.5);
+    double p_feat = percentile(feat, n, 0.5), p_score = percentile(score, n, 0.5),
+           p_sel = percentile(sel, n, 0.5);
+    printf("time to duel (M = %lld, %lld new tokens, %lld-token prompt, p50 of %d):\n", o->duel_m,
+           o->duel_new, o->prompt, n);
+    printf("    without ERM scoring + selection: %.1f ms\n", p_plain);
+    printf("    with (%s features, ee_ts):  %.1f ms (%+.2f%%)\n", features, p_with,
+           100 * (p_with - p_plain) / p_plain);
+    printf("    of which features %.2f ms, ERM scoring %.3f ms, selection %.3f ms "
+           "(scoring + selection %.3f%% of the plain duel)\n",
+           p_feat, p_score, p_sel, 100 * (p_score + p_sel) / p_plain);
+    json_t *td = json_object();
+    json_object_set_new(td, "m", json_integer(o->duel_m));
+    json_object_set_new(td, "new_tokens", json_integer(o->duel_new));
+    json_object_set_new(td, "features", json_string(features));
+    json_object_set_new(td, "plain_p50_ms", json_real(p_plain));
+    json_object_set_new(td, "duel_p50_ms", json_real(p_with));
+    json_object_set_new(td, "features_p50_ms", json_real(p_feat));
+    json_object_set_new(td, "score_p50_ms", json_real(p_score));
+    json_object_set_new(td, "select_p50_ms", json_real(p_sel));
+    json_object_set_new(out, "duel_overhead", td);
+    rc = 0;
+done:
+    free(plain);
+    free(with);
+    free(feat);
+    free(score);
+    free(sel);
+    return rc;
 }
 
 static int parse_levels(const char *s, int *levels, int *n) {
@@ -165,7 +260,8 @@ int bench_engine(int argc, char **argv) {
     bench_engine_options o = {.prompt = 32, .decode = 32, .duel_m = 8, .duel_new = 64,
                               .duels = 8, .turns = 8, .turn_user = 24, .turn_answer = 48,
                               .kv_mb = 512, .batch_tokens = 256, .levels = "1,8,32,128"};
-    bool json = false;
+    bool json = false, duel = false;
+    const char *duel_features = "reference";
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &dir, "DIR", "model directory; required", 0, 0, false, NULL},
         {"--concurrency", CLI_OPT_STRING, &o.levels, "LIST",
@@ -191,6 +287,12 @@ int bench_engine(int argc, char **argv) {
          1 << 20, false, NULL},
         {"--batch-tokens", CLI_OPT_INT, &o.batch_tokens, "N",
          "token budget of one engine step (default 256)", 1, 1e6, false, NULL},
+        {"--duel", CLI_OPT_FLAG, &duel, NULL,
+         "only time to duel, with and without ERM features + scoring + selection", 0, 0, false,
+         NULL},
+        {"--duel-features", CLI_OPT_STRING, &duel_features, "SRC",
+         "--duel: reference (the model as its own frozen reference, default) or policy", 0, 0,
+         false, NULL},
         {"--json", CLI_OPT_FLAG, &json, NULL,
          "print the figures as one JSON object on the last line of stdout", 0, 0, false, NULL},
     };
@@ -201,11 +303,17 @@ int bench_engine(int argc, char **argv) {
         "requests) and for one request of --duel-m forked candidates; time to duel (submit ->\n"
         "all --duel-m candidates of --duel-new tokens finished; p50 and p95 of --duels runs)\n"
         "with the prompt positions computed; KV bytes per token; and the prefix cache's hit\n"
-        "rate over a --turns conversation replay (cached prompt positions / history positions).",
+        "rate over a --turns conversation replay (cached prompt positions / history positions).\n"
+        "--duel measures only the time to duel with and without the duel path (ERM features,\n"
+        "scoring with a fresh seeded ERM, ee_ts selection).",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!dir) return cli_usage_error(&cmd, "--model DIR is required");
+    bool policy_features = strcmp(duel_features, "policy") == 0;
+    if (!policy_features && strcmp(duel_features, "reference") != 0)
+        return cli_usage_error(&cmd, "--duel-features wants reference or policy, got '%s'",
+                               duel_features);
     int levels[BENCH_MAX_LEVELS], n_levels;
     if (parse_levels(o.levels, levels, &n_levels))
         return cli_usage_error(&cmd, "--concurrency wants a comma-separated list of 1..4096, "
@@ -224,14 +332,29 @@ int bench_engine(int argc, char **argv) {
     }
     const model_config *c = model_get_config(m);
     int vocab = c->vocab_size;
+    erm *scorer = NULL;
+    if (duel) {
+        erm_config ec = {ERM_DEFAULT_NUM_HEADS, 2 * c->hidden_size, ERM_DEFAULT_HIDDEN};
+        duel_rng erm_rng;
+        duel_rng_seed(&erm_rng, 42);
+        if (erm_create(&ec, &erm_rng, &scorer, &err)) {
+            fprintf(stderr, "duel bench engine: %s\n", err.message);
+            model_free(m);
+            return CLI_EXIT_FAILURE;
+        }
+    }
     engine_model_params mp = {"bench", m, NULL};
     engine_params ep = {.models = &mp, .num_models = 1,
                         .kv_memory_bytes = (size_t)o.kv_mb << 20,
                         .max_batch_tokens = (int)o.batch_tokens,
-                        .max_candidates = (int)o.duel_m};
+                        .max_candidates = (int)o.duel_m,
+                        .erm = scorer,
+                        .features = policy_features ? ENGINE_FEATURES_POLICY
+                                                    : ENGINE_FEATURES_REFERENCE};
     engine *e = NULL;
     if (engine_create(&ep, &e, &err)) {
         fprintf(stderr, "duel bench engine: %s\n", err.message);
+        erm_free(scorer);
         model_free(m);
         return CLI_EXIT_FAILURE;
     }
@@ -248,6 +371,11 @@ int bench_engine(int argc, char **argv) {
     json_object_set_new(out, "model", json_string(dir));
     json_object_set_new(out, "kv_bytes_per_token", json_integer((json_int_t)es.kv_bytes_per_token));
     json_object_set_new(out, "kv_blocks", json_integer(es.kv_blocks));
+
+    if (duel) {
+        if (bench_duel(e, vocab, &o, &rng, duel_features, out)) goto done;
+        goto finish;
+    }
 
     /* Decode rates. A warm-up first (page faults, BLAS threads). */
     double rate;
@@ -377,6 +505,7 @@ int bench_engine(int argc, char **argv) {
         json_object_set_new(out, "prefix_cache_hit_rate", json_real(hit));
         json_object_set_new(out, "prefix_cache_history_tokens", json_integer(history));
     }
+finish:
     engine_stats_get(e, &es);
     printf("engine: %llu steps, %llu tokens run, %llu preemptions\n",
            (unsigned long long)es.steps, (unsigned long long)es.tokens,
@@ -391,6 +520,7 @@ int bench_engine(int argc, char **argv) {
 done:
     json_decref(out);
     engine_destroy(e);
+    erm_free(scorer);
     model_free(m);
     return status;
 }

@@ -87,6 +87,7 @@ struct engine {
     engine_stats stats;
 
     const erm *erm;       /* borrowed; NULL: no duels */
+    kv_pool *ref_pool;    /* the reference pass's own small pool (engine thread) */
     int ref_arm;          /* ENGINE_FEATURES_REFERENCE */
     engine_feature_source features;
 
@@ -168,6 +169,68 @@ static int32_t *copy_ints(const int32_t *src, int n) {
     return dst;
 }
 
+/* The reference arm's features of a duel's candidates into features [M][2H]: the prompt runs
+ * once as one sequence of the engine's private reference pool, M forks of it share its blocks,
+ * and all M candidates run in one model_forward_batch (each weight read once for all of them).
+ * The pool is kept between duels and grown when a duel needs more blocks. */
+static int reference_features(engine *e, model *fm, engine_active *a, float *features,
+                              duel_error *err) {
+    const model_config *c = model_get_config(fm);
+    int M = a->num_candidates, H = c->hidden_size, D = 2 * H;
+    int longest = 0;
+    for (int i = 0; i < M; i++)
+        if (a->cand_counts[i] > longest) longest = a->cand_counts[i];
+    if ((int64_t)a->prompt_len + longest > c->max_position_embeddings)
+        return duel_error_set(err, DUEL_ELIMIT,
+                              "duel: prompt + candidate of %d tokens exceed the reference arm's "
+                              "context of %d",
+                              a->prompt_len + longest, c->max_position_embeddings);
+    int bs = KV_BLOCK_SIZE;
+    int64_t need = (a->prompt_len + bs - 1) / bs + (int64_t)M * ((longest + bs - 1) / bs + 1) + 1;
+    if (need > KV_MAX_BLOCKS) return duel_error_set(err, DUEL_ELIMIT, "duel: too many features");
+    if (!e->ref_pool || kv_pool_num_blocks(e->ref_pool) < need) {
+        kv_pool_destroy(e->ref_pool);
+        e->ref_pool = NULL;
+        kv_pool_params pp = {.num_layers = c->num_layers, .num_kv_heads = c->num_kv_heads,
+                             .head_dim = c->head_dim, .block_size = bs,
+                             .num_blocks = (int)(need + need / 2), .allocate_storage = true};
+        int rc = kv_pool_create(&pp, &e->ref_pool, err);
+        if (rc) return rc;
+    }
+    kv_pool *pool = e->ref_pool;
+    kv_sequence *seqs = calloc((size_t)M + 1, sizeof *seqs);
+    model_batch_entry *entries = calloc((size_t)M, sizeof *entries);
+    int rc = DUEL_OK;
+    if (!seqs || !entries) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "duel: out of memory for the reference pass");
+        goto done;
+    }
+    for (int i = 0; i <= M; i++) kv_sequence_init(&seqs[i], 1);
+    kv_sequence *prompt = &seqs[M];
+    if ((rc = kv_sequence_reserve(pool, prompt, a->prompt_len, NULL, err))) goto done;
+    model_batch_entry pe = {.seq = prompt, .tokens = a->prompt, .n_tokens = a->prompt_len,
+                            .start = 0, .hidden_last = features};
+    if ((rc = model_forward_batch(fm, pool, &pe, 1, err))) goto done;
+    if ((rc = kv_sequence_commit(pool, prompt, a->prompt, a->prompt_len, err))) goto done;
+    for (int i = 0; i < M; i++)
+        if ((rc = kv_sequence_fork(pool, prompt, &seqs[i], err))) goto done;
+    for (int i = 0; i < M; i++) {
+        if ((rc = kv_sequence_reserve(pool, &seqs[i], a->cand_counts[i], NULL, err))) goto done;
+        float *row = features + (size_t)i * D;
+        if (i) memcpy(row, features, (size_t)H * sizeof *row);
+        entries[i] = (model_batch_entry){.seq = &seqs[i], .tokens = a->cand_tokens[i],
+                                         .n_tokens = a->cand_counts[i], .start = a->prompt_len,
+                                         .hidden_last = row + H};
+    }
+    rc = model_forward_batch(fm, pool, entries, M, err);
+done:
+    if (seqs)
+        for (int i = 0; i <= M; i++) kv_sequence_free(pool, &seqs[i]);
+    free(seqs);
+    free(entries);
+    return rc;
+}
+
 /* The features, rewards and pair of a finished duel request (engine thread); *out gets the
  * DUEL_READY event. */
 static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, double decode_ms,
@@ -187,7 +250,6 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
     engine_event *ev = calloc(1, sizeof *ev);
     float *features = malloc((size_t)M * D * sizeof *features);
     float *rewards = malloc((size_t)M * E * sizeof *rewards);
-    model_kv_cache *kv = NULL;
     int rc = DUEL_OK;
     if (!ev || !features || !rewards) {
         rc = duel_error_set(err, DUEL_ENOMEM, "duel: out of memory for features");
@@ -195,29 +257,7 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
     }
     double t0 = duel_time_seconds();
     if (ref) {
-        int longest = 0;
-        for (int i = 0; i < M; i++)
-            if (a->cand_counts[i] > longest) longest = a->cand_counts[i];
-        int max_pos = model_get_config(fm)->max_position_embeddings;
-        if ((int64_t)a->prompt_len + longest > max_pos) {
-            rc = duel_error_set(err, DUEL_ELIMIT,
-                                "duel: prompt + candidate of %d tokens exceed the reference "
-                                "arm's context of %d",
-                                a->prompt_len + longest, max_pos);
-            goto fail;
-        }
-        if ((rc = model_kv_cache_create(fm, a->prompt_len + longest, &kv, err))) goto fail;
-        /* The prompt once; every candidate continues from its KV. */
-        if ((rc = model_forward(fm, kv, a->prompt, a->prompt_len, NULL, false, features, err)))
-            goto fail;
-        for (int i = 0; i < M; i++) {
-            float *row = features + (size_t)i * D;
-            if (i) memcpy(row, features, (size_t)H * sizeof *row);
-            model_kv_cache_truncate(kv, a->prompt_len);
-            if ((rc = model_forward(fm, kv, a->cand_tokens[i], a->cand_counts[i], NULL, false,
-                                    row + H, err)))
-                goto fail;
-        }
+        if ((rc = reference_features(e, fm, a, features, err))) goto fail;
     } else {
         if (!prompt_hidden || !a->cand_hidden) {
             rc = duel_error_set(err, DUEL_EINVAL, "duel: no hidden states for policy features");
@@ -240,7 +280,6 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
                                     &ev->regret_estimate, err)))
         goto fail;
     double t3 = duel_time_seconds();
-    model_kv_cache_free(kv);
     ev->kind = ENGINE_EVENT_DUEL_READY;
     ev->request_id = a->id;
     ev->user = a->user;
@@ -257,7 +296,6 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
     *out = ev;
     return DUEL_OK;
 fail:
-    model_kv_cache_free(kv);
     free(features);
     free(rewards);
     free(ev);
@@ -627,6 +665,7 @@ void engine_destroy(engine *e) {
     for (int i = 0; i < e->num_active; i++) active_free(e->active[i]);
     free(e->active);
     kv_pool_destroy(e->pool);
+    kv_pool_destroy(e->ref_pool);
     engine_queue_destroy(e->commands);
     engine_queue_destroy(e->events);
     pthread_mutex_destroy(&e->lock);
