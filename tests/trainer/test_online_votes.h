@@ -90,6 +90,7 @@ static inline void vote_producer_add(vote_producer *p, redisContext *c, const ch
     vote_entry_texts texts = {"{\"temperature\":1.0}", "a prompt", "the chosen answer", "the other answer"};
     vote_entry_encoded enc;
     assert_int_equal(vote_entry_encode(&e, &texts, &enc, NULL), 0);
+    const int encoded_fields = enc.n_fields; /* every buffer is freed below */
     if (kind == VOTE_BAD_MISSING_FIELD) enc.fields[9] = enc.fields[--enc.n_fields]; /* drop cand_tokens */
     if (kind == VOTE_BAD_FEATURE_SIZE) enc.fields[13].value_len -= 4;               /* features */
     const char *argv[3 + 2 * VOTE_ENTRY_MAX_FIELDS];
@@ -106,6 +107,7 @@ static inline void vote_producer_add(vote_producer *p, redisContext *c, const ch
     assert_non_null(rep);
     if (rep->type == REDIS_REPLY_ERROR) fail_msg("XADD: %s", rep->str);
     freeReplyObject(rep);
+    enc.n_fields = encoded_fields;
     vote_entry_encoded_free(&enc);
     if (vote_id) strcpy(vote_id, e.vote_id);
 }
