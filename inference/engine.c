@@ -18,6 +18,7 @@
  * is a prefill of prompt + candidates: short next to the decode it follows). */
 #include "engine.h"
 
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -47,6 +48,7 @@ typedef struct engine_command {
     uint64_t id;
     bool duel, want_hidden;
     duel_strategy strategy;
+    double pilaf_beta;
     sched_request_params params; /* SUBMIT: prompt and stop_tokens point at the copies */
     int32_t *prompt;
     int32_t stop[SCHED_MAX_STOP_TOKENS];
@@ -86,6 +88,8 @@ struct engine {
     size_t states_cap;
     engine_stats stats;
 
+    struct pilaf_job **pilaf; /* PILAF requests in progress (engine thread) */
+    int num_pilaf, cap_pilaf;
     const erm *erm;       /* borrowed; NULL: no duels */
     kv_pool *ref_pool;    /* the reference pass's own small pool (engine thread) */
     int ref_arm;          /* ENGINE_FEATURES_REFERENCE */
@@ -394,6 +398,236 @@ done:
     if (ev) push_event(e, ev);
 }
 
+/* ---- PILAF (engine thread) ------------------------------------------------------------------ */
+
+typedef struct pilaf_job {
+    uint64_t id;
+    void *user;
+    int arm;
+    double submit_time, first_time;
+    duel_pilaf_mode mode;
+    double beta;
+    sampler_params sampling;
+    int prompt_len, max_new, max_ctx, vocab, n_stop;
+    int32_t stop[SCHED_MAX_STOP_TOKENS];
+    int32_t *prompt;
+    duel_rng rng[2], sel_rng;
+    model_kv_cache *kv_pol[2], *kv_ref[2];
+    float *lp[2], *lr[2], *mix;
+    int32_t *tokens[2];
+    int count[2];
+    double logprob[2];
+    bool started, done[2];
+    int64_t generated;
+} pilaf_job;
+
+static void pilaf_free(pilaf_job *j) {
+    if (!j) return;
+    for (int i = 0; i < 2; i++) {
+        model_kv_cache_free(j->kv_pol[i]);
+        model_kv_cache_free(j->kv_ref[i]);
+        free(j->lp[i]);
+        free(j->lr[i]);
+        free(j->tokens[i]);
+    }
+    free(j->mix);
+    free(j->prompt);
+    free(j);
+}
+
+static void pilaf_remove(engine *e, int at) {
+    pilaf_free(e->pilaf[at]);
+    e->pilaf[at] = e->pilaf[--e->num_pilaf];
+}
+
+static void pilaf_submit(engine *e, engine_command *cmd) {
+    const sched_request_params *p = &cmd->params;
+    model *pol = e->arms[p->model].model;
+    pilaf_job *j = calloc(1, sizeof *j);
+    if (e->num_pilaf == e->cap_pilaf) {
+        int cap = e->cap_pilaf ? 2 * e->cap_pilaf : 8;
+        pilaf_job **grown = realloc(e->pilaf, (size_t)cap * sizeof *grown);
+        if (grown) {
+            e->pilaf = grown;
+            e->cap_pilaf = cap;
+        }
+    }
+    if (!j || e->num_pilaf == e->cap_pilaf) {
+        free(j);
+        set_state(e, cmd->id, ENGINE_STATE_ENDED);
+        push_error(e, cmd->id, p->user, DUEL_ENOMEM, "out of memory for a pilaf request");
+        return;
+    }
+    j->id = cmd->id;
+    j->user = p->user;
+    j->arm = p->model;
+    j->submit_time = p->submit_time;
+    j->beta = cmd->pilaf_beta;
+    j->sampling = p->sampling;
+    j->prompt_len = p->prompt_len;
+    j->vocab = model_output_size(pol);
+    int ctx = model_get_config(pol)->max_position_embeddings;
+    int rctx = model_get_config(e->arms[e->ref_arm].model)->max_position_embeddings;
+    j->max_ctx = ctx < rctx ? ctx : rctx;
+    j->max_new = p->max_new_tokens;
+    if (j->max_new > j->max_ctx - j->prompt_len) j->max_new = j->max_ctx - j->prompt_len;
+    j->n_stop = p->num_stop_tokens;
+    memcpy(j->stop, p->stop_tokens, (size_t)p->num_stop_tokens * sizeof *j->stop);
+    j->prompt = cmd->prompt; /* taken over */
+    cmd->prompt = NULL;
+    duel_rng_seed(&j->sel_rng, p->seed ^ ENGINE_DUEL_SEED_SALT);
+    j->mode = duel_pilaf_draw_mode(&j->sel_rng);
+    for (int i = 0; i < 2; i++) duel_rng_seed(&j->rng[i], p->seed + (uint64_t)i);
+    e->pilaf[e->num_pilaf++] = j;
+}
+
+/* Emits the end of a job: DUEL_READY + FINISHED, or an ERROR; the caller removes it. */
+static void pilaf_finish(engine *e, pilaf_job *j, int status, const char *message) {
+    double now = duel_time_seconds();
+    set_state(e, j->id, ENGINE_STATE_ENDED);
+    if (status) {
+        push_error(e, j->id, j->user, status, message);
+        return;
+    }
+    engine_event *ready = calloc(1, sizeof *ready), *fin = calloc(1, sizeof *fin);
+    if (!ready || !fin) {
+        free(ready);
+        free(fin);
+        push_error(e, j->id, j->user, DUEL_ENOMEM, "out of memory");
+        return;
+    }
+    ready->kind = ENGINE_EVENT_DUEL_READY;
+    ready->request_id = j->id;
+    ready->user = j->user;
+    ready->count = 2;
+    ready->strategy = DUEL_STRATEGY_PILAF;
+    ready->pair = (duel_pair){0, 1, -1, -1};
+    duel_place(&ready->pair, &j->sel_rng, &ready->placement);
+    ready->pilaf_mixed = j->mode == DUEL_PILAF_MIXED;
+    ready->decode_ms = (now - j->submit_time) * 1e3;
+    push_event(e, ready);
+    fin->kind = ENGINE_EVENT_FINISHED;
+    fin->request_id = j->id;
+    fin->user = j->user;
+    fin->timings.queued_ms = 0;
+    fin->timings.first_token_ms = (j->first_time - j->submit_time) * 1e3;
+    fin->timings.total_ms = (now - j->submit_time) * 1e3;
+    fin->counts.prompt_tokens = j->prompt_len;
+    fin->counts.prompt_computed = (int64_t)j->prompt_len * (j->mode == DUEL_PILAF_MIXED ? 4 : 2);
+    fin->counts.generated_tokens = j->generated;
+    push_event(e, fin);
+}
+
+/* Prefill (first call) or one decode step of every unfinished candidate. Returns 0, or an error
+ * after which the job must be failed. */
+static int pilaf_step(engine *e, pilaf_job *j, duel_error *err) {
+    model *pol = e->arms[j->arm].model, *ref = e->arms[e->ref_arm].model;
+    bool mixed = j->mode == DUEL_PILAF_MIXED;
+    int V = j->vocab, rc;
+    if (!j->started) {
+        j->started = true;
+        int cap = j->prompt_len + j->max_new;
+        if (!(j->mix = malloc((size_t)V * sizeof *j->mix)))
+            return duel_error_set(err, DUEL_ENOMEM, "pilaf: out of memory");
+        for (int i = 0; i < 2; i++) {
+            j->lp[i] = malloc((size_t)V * sizeof(float));
+            j->lr[i] = mixed ? malloc((size_t)V * sizeof(float)) : NULL;
+            j->tokens[i] = malloc(((size_t)j->max_new + 1) * sizeof(int32_t));
+            if (!j->lp[i] || (mixed && !j->lr[i]) || !j->tokens[i])
+                return duel_error_set(err, DUEL_ENOMEM, "pilaf: out of memory");
+            if ((rc = model_kv_cache_create(pol, cap, &j->kv_pol[i], err)) ||
+                (rc = model_forward(pol, j->kv_pol[i], j->prompt, j->prompt_len, j->lp[i], false,
+                                    NULL, err)))
+                return rc;
+            if (mixed && ((rc = model_kv_cache_create(ref, cap, &j->kv_ref[i], err)) ||
+                          (rc = model_forward(ref, j->kv_ref[i], j->prompt, j->prompt_len,
+                                              j->lr[i], false, NULL, err))))
+                return rc;
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        if (j->done[i]) continue;
+        const float *logits = j->lp[i];
+        if (mixed) {
+            if ((rc = duel_pilaf_mix_logits(j->lp[i], j->lr[i], V, j->beta, i == 0 ? j->mix : NULL,
+                                            i == 1 ? j->mix : NULL, err)))
+                return rc;
+            logits = j->mix;
+        }
+        float lp = 0;
+        int32_t tok = sampler_sample(logits, V, &j->sampling, &j->rng[i], &lp, err);
+        if (tok < 0) return tok;
+        j->tokens[i][j->count[i]++] = tok;
+        j->logprob[i] += lp;
+        j->generated++;
+        bool stop = false;
+        for (int k = 0; k < j->n_stop; k++) stop |= j->stop[k] == tok;
+        engine_finish_reason reason = ENGINE_FINISH_STOP;
+        if (!stop && j->count[i] >= j->max_new)
+            reason = j->prompt_len + j->count[i] >= j->max_ctx ? ENGINE_FINISH_CONTEXT
+                                                                : ENGINE_FINISH_LENGTH;
+        if (stop || j->count[i] >= j->max_new) {
+            j->done[i] = true;
+            engine_event *ev = calloc(1, sizeof *ev);
+            if (!ev) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+            ev->kind = ENGINE_EVENT_CANDIDATE;
+            ev->request_id = j->id;
+            ev->user = j->user;
+            ev->candidate = i;
+            ev->count = j->count[i];
+            ev->tokens = copy_ints(j->tokens[i], j->count[i]);
+            ev->logprob_sum = j->logprob[i];
+            ev->finish_reason = reason;
+            ev->finish_ms = (duel_time_seconds() - j->submit_time) * 1e3;
+            const tokenizer *tok_ = e->arms[j->arm].tokenizer;
+            if (tok_) {
+                size_t len = 0;
+                if (tokenizer_decode(tok_, j->tokens[i], (size_t)(j->count[i] - (stop ? 1 : 0)),
+                                     true, &ev->text, &len, NULL))
+                    ev->text = NULL;
+            }
+            push_event(e, ev);
+            continue;
+        }
+        if ((rc = model_forward(pol, j->kv_pol[i], &tok, 1, j->lp[i], false, NULL, err))) return rc;
+        if (mixed && (rc = model_forward(ref, j->kv_ref[i], &tok, 1, j->lr[i], false, NULL, err)))
+            return rc;
+    }
+    if (j->first_time == 0) j->first_time = duel_time_seconds();
+    return DUEL_OK;
+}
+
+static void pilaf_run_all(engine *e) {
+    for (int at = 0; at < e->num_pilaf;) {
+        pilaf_job *j = e->pilaf[at];
+        duel_error err = {0};
+        int rc = pilaf_step(e, j, &err);
+        if (rc || (j->done[0] && j->done[1])) {
+            pilaf_finish(e, j, rc, err.message[0] ? err.message : "pilaf decode failed");
+            pilaf_remove(e, at);
+            continue;
+        }
+        at++;
+    }
+}
+
+static bool pilaf_cancel(engine *e, uint64_t id) {
+    for (int at = 0; at < e->num_pilaf; at++)
+        if (e->pilaf[at]->id == id) {
+            engine_event *ev = calloc(1, sizeof *ev);
+            set_state(e, id, ENGINE_STATE_ENDED);
+            if (ev) {
+                ev->kind = ENGINE_EVENT_CANCELLED;
+                ev->request_id = id;
+                ev->user = e->pilaf[at]->user;
+                push_event(e, ev);
+            }
+            pilaf_remove(e, at);
+            return true;
+        }
+    return false;
+}
+
 /* ---- the engine thread --------------------------------------------------------------------- */
 
 static int forward_arm(void *ctx, int model_index, kv_pool *pool, const model_batch_entry *entries,
@@ -408,6 +642,11 @@ static void handle_command(engine *e, engine_command *cmd) {
         int at = find_active(e, cmd->id);
         /* Not active: it ended after engine_cancel checked, and its event is already queued. */
         if (at >= 0) sched_cancel(e->sched, e->active[at]->sched_id, on_sched_event, e, &err);
+        else pilaf_cancel(e, cmd->id);
+        return;
+    }
+    if (cmd->duel && cmd->strategy == DUEL_STRATEGY_PILAF) {
+        pilaf_submit(e, cmd);
         return;
     }
     engine_active *a = calloc(1, sizeof *a);
@@ -502,7 +741,8 @@ static void *engine_main(void *arg) {
     for (;;) {
         void *item = NULL;
         /* Idle: sleep until a command comes. Busy: take what is there and step. */
-        engine_queue_pop(e->commands, sched_has_work(e->sched) ? 0 : -1, &item);
+        bool busy = sched_has_work(e->sched) || e->num_pilaf > 0;
+        engine_queue_pop(e->commands, busy ? 0 : -1, &item);
         while (item) {
             handle_command(e, item);
             command_free(item);
@@ -514,6 +754,7 @@ static void *engine_main(void *arg) {
             /* A failed step has already failed its requests with ERROR events. */
             sched_step(e->sched, on_sched_event, e, &err);
         }
+        if (e->num_pilaf) pilaf_run_all(e);
         update_stats(e);
     }
     return NULL;
@@ -663,6 +904,8 @@ void engine_destroy(engine *e) {
             engine_event_free(item);
     sched_destroy(e->sched);
     for (int i = 0; i < e->num_active; i++) active_free(e->active[i]);
+    for (int i = 0; i < e->num_pilaf; i++) pilaf_free(e->pilaf[i]);
+    free(e->pilaf);
     free(e->active);
     kv_pool_destroy(e->pool);
     kv_pool_destroy(e->ref_pool);
@@ -687,7 +930,24 @@ int engine_submit(engine *e, const engine_request *r, uint64_t *id, duel_error *
                               names);
     }
     const engine_arm *a = &e->arms[arm];
-    if (r->duel) {
+    if (r->duel && r->strategy == DUEL_STRATEGY_PILAF) {
+        const model *ref = e->arms[e->ref_arm].model;
+        if (r->num_candidates != 2)
+            return duel_error_set(err, DUEL_EINVAL, "pilaf request: %d candidates (exactly 2)",
+                                  r->num_candidates);
+        if (!(r->pilaf_beta >= 0) || !isfinite(r->pilaf_beta))
+            return duel_error_set(err, DUEL_EINVAL, "pilaf request: beta %g (finite, >= 0)",
+                                  r->pilaf_beta);
+        if (model_output_size(ref) != model_output_size(a->model))
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "pilaf request: the reference arm \"%s\" has %d logits, arm "
+                                  "\"%s\" %d",
+                                  e->arms[e->ref_arm].name, model_output_size(ref), a->name,
+                                  model_output_size(a->model));
+        if (r->num_tokens >= model_get_config(ref)->max_position_embeddings)
+            return duel_error_set(err, DUEL_ELIMIT,
+                                  "pilaf request: the prompt does not fit the reference's context");
+    } else if (r->duel) {
         if (!e->erm)
             return duel_error_set(err, DUEL_EINVAL, "duel request: the engine has no ERM");
         if (r->num_candidates < 2)
@@ -731,6 +991,7 @@ int engine_submit(engine *e, const engine_request *r, uint64_t *id, duel_error *
                                          .submit_time = duel_time_seconds()};
     cmd->duel = r->duel;
     cmd->strategy = r->strategy;
+    cmd->pilaf_beta = r->pilaf_beta;
     cmd->want_hidden = r->want_hidden;
     int rc = sched_validate(e->sched, &cmd->params, err);
     if (rc) {

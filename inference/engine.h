@@ -26,6 +26,16 @@
  * Selection randomness (Thompson heads, side swap) comes from one duel_rng seeded
  * duel_rng_seed(seed ^ ENGINE_DUEL_SEED_SALT): duel_select draws first, then duel_place.
  *
+ * PILAF duel requests (strategy pilaf, M = 2; no ERM needed) are decoded by the engine thread
+ * itself, one token per candidate per loop iteration between scheduler steps, over contiguous
+ * caches of the serving arm and the reference arm in lockstep: the selection rng (as above)
+ * first draws the mode (duel_pilaf_draw_mode); PLAIN: both candidates are plain policy samples;
+ * MIXED: candidate 0 (y+) samples from duel_pilaf_mix_logits' plus logits and candidate 1 (y-)
+ * from its minus logits with request.pilaf_beta. Candidate i samples with duel_rng_seed(seed +
+ * i); its logprob_sum is under the distribution it was sampled from (mixed for y+ / y-). Then
+ * CANDIDATE x 2, DUEL_READY (pair (0, 1), the placement from the selection rng, pilaf_mixed, no
+ * features or rewards, regret_estimate 0) and FINISHED.
+ *
  * Ownership: the engine borrows the models and tokenizers given at create; from engine_create
  * until engine_destroy only the engine thread may use the models (they hold scratch buffers).
  * Tokenizers are immutable and may be shared. Events belong to the caller once popped. */
@@ -93,7 +103,8 @@ typedef struct engine_request {
     bool want_progress;        /* PROGRESS events */
     bool duel;                 /* score and select: DUEL_READY before FINISHED; needs M >= 2
                                   and an ERM */
-    duel_strategy strategy;    /* with duel: ee_ts, bai_ts, uncertainty, passive or bon */
+    duel_strategy strategy;    /* with duel: ee_ts, bai_ts, uncertainty, passive, bon or pilaf */
+    double pilaf_beta;         /* pilaf: beta >= 0 of the mixed logits */
     void *user;                /* handed back in every event */
 } engine_request;
 
@@ -163,6 +174,7 @@ typedef struct engine_event {
     duel_pair pair;
     duel_placement placement;
     double regret_estimate;
+    bool pilaf_mixed;          /* pilaf: the MIXED mode was drawn (candidate 0 = y+, 1 = y-) */
     double decode_ms;          /* submit -> all candidates finished */
     double features_ms;        /* the reference pass (0 for policy features) */
     double score_ms;           /* erm_score */

@@ -7,8 +7,11 @@
  *     duel_estimated_regret with the rng seeded seed ^ ENGINE_DUEL_SEED_SALT;
  *   - policy features: the serving arm's own hidden states (rel. err. < 1e-4 against
  *     model_forward: batched decode vs one sequence);
- *   - bad inputs: a strategy duel_select refuses (pilaf) and NaN rewards are ERROR events after
- *     which the engine still serves; an out-of-range strategy, M < 2, no ERM, an ERM of the wrong
+ *   - PILAF: the mode, both candidates' tokens and the placement equal a by-hand lockstep decode
+ *     (model_forward on policy and reference, duel_pilaf_mix_logits, sampler_sample with
+ *     seed + i); both modes are seen; beta = 4 changes the mixed candidates against beta = 0;
+ *   - bad inputs: a strategy duel_select refuses (arena) and NaN rewards are ERROR events after
+ *     which the engine still serves; an out-of-range strategy, M < 2, pilaf with M != 2 or a bad beta, no ERM, an ERM of the wrong
  *     width and an unknown reference arm are refused synchronously. */
 #include "test_helpers.h"
 
@@ -18,6 +21,7 @@
 #include "engine.h"
 #include "erm.h"
 #include "model.h"
+#include "sampler.h"
 
 enum { M = 4, NEW = 6, HEADS = 5 };
 
@@ -288,10 +292,10 @@ static void test_duel_errors_keep_serving(void **state) {
     int32_t tokens[M][NEW];
     int counts[M] = {0};
     char *msg = NULL;
-    /* pilaf does not choose among one set of candidates: ERROR event. */
-    engine_request req = duel_request(DUEL_STRATEGY_PILAF, 1);
+    /* arena does not choose among one request's candidates: ERROR event. */
+    engine_request req = duel_request(DUEL_STRATEGY_ARENA, 1);
     assert_null(run_duel(&f, &req, tokens, counts, &msg));
-    assert_non_null(strstr(msg, "pilaf"));
+    assert_non_null(strstr(msg, "arena"));
     free(msg);
     /* NaN rewards: ERROR naming the reward. */
     float saved = f.erm->params.fc3_bias[2];
@@ -316,9 +320,121 @@ static void test_duel_errors_keep_serving(void **state) {
     req.num_candidates = 1;
     assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
     assert_non_null(strstr(err.message, "at least 2"));
+    req = duel_request(DUEL_STRATEGY_PILAF, 4); /* M = 4 */
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "exactly 2"));
+    req.num_candidates = 2;
+    req.pilaf_beta = -0.5;
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "beta"));
+    req.pilaf_beta = NAN;
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
     engine_stats st;
     engine_stats_get(f.e, &st);
     assert_int_equal(st.requests_submitted, 3);
+    fx_close(&f);
+}
+
+/* PILAF by hand: the mode from the selection rng, then each candidate decoded in lockstep on
+ * the policy and the reference with model_forward, its logits mixed by duel_pilaf_mix_logits
+ * (MIXED) and sampled with seed + i. */
+static bool pilaf_by_hand(engine_fx *f, uint64_t seed, double beta, int32_t out[2][NEW],
+                          int counts[2], double logprob[2]) {
+    duel_rng sel;
+    duel_rng_seed(&sel, seed ^ ENGINE_DUEL_SEED_SALT);
+    bool mixed = duel_pilaf_draw_mode(&sel) == DUEL_PILAF_MIXED;
+    int V = model_output_size(f->policy_hand);
+    float *lp = malloc((size_t)V * sizeof *lp), *lr = malloc((size_t)V * sizeof *lr);
+    float *mix = malloc((size_t)V * sizeof *mix);
+    duel_error err = {0};
+    sampler_params sp = {3.0f, 1.0f, 0};
+    for (int i = 0; i < 2; i++) {
+        model_kv_cache *kp = NULL, *kr = NULL;
+        assert_int_equal(model_kv_cache_create(f->policy_hand, PROMPT_LEN + NEW, &kp, &err), 0);
+        assert_int_equal(model_kv_cache_create(f->ref_hand, PROMPT_LEN + NEW, &kr, &err), 0);
+        assert_int_equal(model_forward(f->policy_hand, kp, PROMPT, PROMPT_LEN, lp, false, NULL, &err), 0);
+        assert_int_equal(model_forward(f->ref_hand, kr, PROMPT, PROMPT_LEN, lr, false, NULL, &err), 0);
+        duel_rng rng;
+        duel_rng_seed(&rng, seed + (uint64_t)i);
+        logprob[i] = 0;
+        for (counts[i] = 0; counts[i] < NEW;) {
+            const float *logits = lp;
+            if (mixed) {
+                assert_int_equal(duel_pilaf_mix_logits(lp, lr, V, beta, i == 0 ? mix : NULL,
+                                                       i == 1 ? mix : NULL, &err), 0);
+                logits = mix;
+            }
+            float l = 0;
+            int32_t t = sampler_sample(logits, V, &sp, &rng, &l, &err);
+            assert_true(t >= 0);
+            out[i][counts[i]++] = t;
+            logprob[i] += l;
+            if (counts[i] == NEW) break;
+            assert_int_equal(model_forward(f->policy_hand, kp, &t, 1, lp, false, NULL, &err), 0);
+            assert_int_equal(model_forward(f->ref_hand, kr, &t, 1, lr, false, NULL, &err), 0);
+        }
+        model_kv_cache_free(kp);
+        model_kv_cache_free(kr);
+    }
+    free(lp);
+    free(lr);
+    free(mix);
+    return mixed;
+}
+
+static void test_duel_pilaf_equals_lockstep_by_hand(void **state) {
+    (void)state;
+    engine_fx f;
+    fx_open(&f, ENGINE_FEATURES_REFERENCE);
+    const double beta = 4.0; /* large, so that y+ and y- visibly differ from plain samples */
+    int modes[2] = {0, 0}, differ_from_plain = 0;
+    for (uint64_t seed = 20; seed < 28; seed++) {
+        engine_request req = duel_request(DUEL_STRATEGY_PILAF, seed);
+        req.num_candidates = 2;
+        req.pilaf_beta = beta;
+        int32_t tokens[M][NEW];
+        int counts[M] = {0};
+        char *msg = NULL;
+        engine_event *ready = run_duel(&f, &req, tokens, counts, &msg);
+        if (!ready) fail_msg("pilaf failed: %s", msg);
+        int32_t hand[2][NEW];
+        int hand_counts[2];
+        double hand_lp[2];
+        bool mixed = pilaf_by_hand(&f, seed, beta, hand, hand_counts, hand_lp);
+        assert_int_equal(ready->pilaf_mixed, mixed);
+        modes[mixed]++;
+        for (int i = 0; i < 2; i++) {
+            assert_int_equal(counts[i], hand_counts[i]);
+            assert_memory_equal(tokens[i], hand[i], (size_t)counts[i] * sizeof(int32_t));
+        }
+        assert_int_equal(ready->pair.first, 0);
+        assert_int_equal(ready->pair.second, 1);
+        duel_rng sel;
+        duel_rng_seed(&sel, seed ^ ENGINE_DUEL_SEED_SALT);
+        duel_pilaf_draw_mode(&sel);
+        duel_placement place;
+        duel_place(&ready->pair, &sel, &place);
+        assert_int_equal(place.a, ready->placement.a);
+        assert_int_equal(place.side_swap, ready->placement.side_swap);
+        assert_null(ready->rewards);
+        engine_event_free(ready);
+        if (mixed) {
+            /* The same seeds with beta = 0 are the plain samples; beta = 4 must change some. */
+            engine_request p0 = duel_request(DUEL_STRATEGY_PILAF, seed);
+            p0.num_candidates = 2;
+            p0.pilaf_beta = 0.0;
+            int32_t t0[M][NEW];
+            int c0[M] = {0};
+            engine_event *r0 = run_duel(&f, &p0, t0, c0, &msg);
+            if (!r0) fail_msg("pilaf beta 0 failed: %s", msg);
+            for (int i = 0; i < 2; i++)
+                differ_from_plain += c0[i] != counts[i] ||
+                                     memcmp(t0[i], tokens[i], (size_t)c0[i] * sizeof(int32_t)) != 0;
+            engine_event_free(r0);
+        }
+    }
+    if (!modes[0] || !modes[1]) fail_msg("8 seeds drew modes plain %d, mixed %d", modes[0], modes[1]);
+    assert_true(differ_from_plain > 0);
     fx_close(&f);
 }
 
@@ -362,6 +478,7 @@ int main(void) {
         cmocka_unit_test(test_duel_reference_features),
         cmocka_unit_test(test_duel_policy_features),
         cmocka_unit_test(test_duel_errors_keep_serving),
+        cmocka_unit_test(test_duel_pilaf_equals_lockstep_by_hand),
         cmocka_unit_test(test_duel_bad_engine_params),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
