@@ -435,6 +435,25 @@ static void test_duel_pilaf_equals_lockstep_by_hand(void **state) {
     }
     if (!modes[0] || !modes[1]) fail_msg("8 seeds drew modes plain %d, mixed %d", modes[0], modes[1]);
     assert_true(differ_from_plain > 0);
+    /* Cancel: CANCELLED (or FINISHED when it won the race), then a second one left in flight
+     * for engine_destroy to drop. */
+    engine_request req = duel_request(DUEL_STRATEGY_PILAF, 5);
+    req.num_candidates = 2;
+    req.pilaf_beta = 1.0;
+    req.max_new_tokens = NEW;
+    uint64_t id;
+    duel_error err = {0};
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), 0);
+    assert_int_equal(engine_cancel(f.e, id, &err), 0);
+    for (;;) {
+        engine_event *ev = wait_event(f.e);
+        engine_event_kind k = ev->kind;
+        engine_event_free(ev);
+        if (k == ENGINE_EVENT_CANCELLED || k == ENGINE_EVENT_FINISHED) break;
+        assert_true(k == ENGINE_EVENT_CANDIDATE || (int)k == (int)ENGINE_EVENT_DUEL_READY);
+    }
+    assert_int_equal(engine_cancel(f.e, id, &err), DUEL_EINVAL); /* already ended */
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), 0);
     fx_close(&f);
 }
 
