@@ -56,6 +56,8 @@ typedef struct generator {
     int32_t bos_id; /* prepended to prompts that lack it (add_bos_token), or -1 */
     erm *erm;             /* --duel: the ERM scoring the candidates (owned) */
     duel_strategy strategy;
+    double beta;          /* pilaf */
+    model *reference;     /* --reference: the frozen reference (owned), or NULL: the model */
 } generator;
 
 /* What the engine's DUEL_READY event said. */
@@ -64,6 +66,7 @@ typedef struct duel_outcome {
     duel_pair pair;
     duel_placement placement;
     double regret_estimate;
+    bool pilaf_mixed;
     double features_ms, score_ms, select_ms;
 } duel_outcome;
 
@@ -87,6 +90,7 @@ typedef struct generated_answer {
 static void generator_free(generator *g) {
     engine_destroy(g->engine); /* before the model and ERM it borrows */
     erm_free(g->erm);
+    model_free(g->reference);
     model_free(g->model);
     tokenizer_free(g->tok);
     memset(g, 0, sizeof *g);
@@ -101,12 +105,14 @@ static int generator_start_engine(generator *g, int candidates, int max_new, due
     int answer = max_new < g->context ? max_new : g->context;
     size_t tokens = (size_t)g->context + (size_t)(candidates - 1) * (size_t)answer +
                     (size_t)candidates * 2 * KV_BLOCK_SIZE;
-    engine_model_params arm = {.arm = "default", .model = g->model, .tokenizer = g->tok};
-    engine_params ep = {.models = &arm,
-                        .num_models = 1,
+    engine_model_params arms[2] = {{.arm = "default", .model = g->model, .tokenizer = g->tok},
+                                   {.arm = "reference", .model = g->reference, .tokenizer = NULL}};
+    engine_params ep = {.models = arms,
+                        .num_models = g->reference ? 2 : 1,
+                        .reference_arm = g->reference ? "reference" : NULL,
                         .kv_memory_bytes = tokens * per_token,
                         .max_candidates = GENERATE_MAX_CANDIDATES,
-                        /* generate has one model: it is its own frozen reference */
+                        /* without --reference the model is its own frozen reference */
                         .erm = g->erm,
                         .features = ENGINE_FEATURES_REFERENCE};
     g->candidates = candidates;
@@ -243,7 +249,8 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
     }
     generated_answer *got = calloc((size_t)candidates, sizeof *got);
     if (!got) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
-    engine_request req = {.tokens = prompt,
+    engine_request req = {.arm = "default",
+                          .tokens = prompt,
                           .num_tokens = n,
                           .num_candidates = candidates,
                           .sampling = g->sampling,
@@ -253,7 +260,8 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
                           .num_stop_tokens = g->n_stop_ids,
                           .want_progress = candidates == 1 && out != NULL,
                           .duel = duel != NULL,
-                          .strategy = g->strategy};
+                          .strategy = g->strategy,
+                          .pilaf_beta = g->beta};
     uint64_t id;
     int rc = engine_submit(g->engine, &req, &id, err);
     if (rc) {
@@ -271,10 +279,13 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
         switch ((int)ev->kind) {
         case ENGINE_EVENT_DUEL_READY:
             if (duel && ev->count == candidates) {
-                duel->mean = malloc((size_t)candidates * sizeof *duel->mean);
-                if (!duel->mean ||
-                    duel_ensemble_mean(ev->rewards, ev->count, ev->num_heads, duel->mean, err))
-                    rc = rc ? rc : duel_error_set(err, DUEL_ENOMEM, "out of memory");
+                if (ev->rewards) {
+                    duel->mean = malloc((size_t)candidates * sizeof *duel->mean);
+                    if (!duel->mean ||
+                        duel_ensemble_mean(ev->rewards, ev->count, ev->num_heads, duel->mean, err))
+                        rc = rc ? rc : duel_error_set(err, DUEL_ENOMEM, "out of memory");
+                }
+                duel->pilaf_mixed = ev->pilaf_mixed;
                 duel->pair = ev->pair;
                 duel->placement = ev->placement;
                 duel->regret_estimate = ev->regret_estimate;
@@ -439,7 +450,8 @@ typedef struct generate_options {
     double temperature, top_p;
     long long top_k, seed, max_new_tokens, context, n;
     bool seed_given, n_given, duel;
-    const char *strategy, *erm_path;
+    const char *strategy, *erm_path, *reference;
+    double beta;
 } generate_options;
 
 static int interactive_chat(generator *g, chat_template_kind kind, const generate_options *o,
@@ -524,7 +536,7 @@ static int interactive_chat(generator *g, chat_template_kind kind, const generat
 
 int cmd_generate(int argc, char **argv) {
     generate_options o = {
-        .strategy = NULL, .temperature = 0.7, .top_p = 0.9, .top_k = 0, .max_new_tokens = 256, .n = 1};
+        .strategy = NULL, .beta = 0.1, .temperature = 0.7, .top_p = 0.9, .top_k = 0, .max_new_tokens = 256, .n = 1};
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &o.model_dir, "DIR",
          "model directory (config.json, model.safetensors, tokenizer.json); required", 0, 0,
@@ -563,8 +575,13 @@ int cmd_generate(int argc, char **argv) {
          "score the candidates (--n, default 8) with an ERM and print the chosen pair, its "
          "placement and the estimated regret R-hat", 0, 0, false, NULL},
         {"--strategy", CLI_OPT_STRING, &o.strategy, "S",
-         "--duel selection: ee_ts (default), bai_ts, uncertainty, passive or bon", 0, 0, false,
-         NULL},
+         "--duel selection: ee_ts (default), bai_ts, uncertainty, passive, bon or pilaf (M = 2)",
+         0, 0, false, NULL},
+        {"--reference", CLI_OPT_STRING, &o.reference, "DIR",
+         "--duel: the frozen reference model (ERM features, pilaf); default: the model itself",
+         0, 0, false, NULL},
+        {"--beta", CLI_OPT_DOUBLE, &o.beta, "F",
+         "--strategy pilaf: beta of the mixed logits (default 0.1)", 0, 1e6, false, NULL},
         {"--erm", CLI_OPT_STRING, &o.erm_path, "FILE",
          "--duel: the ERM (erm.safetensors); default: one freshly initialised from the seed", 0,
          0, false, NULL},
@@ -583,7 +600,9 @@ int cmd_generate(int argc, char **argv) {
         "logprob L, stop: R ===' line. --duel also scores them with an ERM (features: the\n"
         "model's final-norm hidden states at the last prompt and answer tokens), prints each\n"
         "candidate's mean reward, the pair chosen by --strategy with its left/right placement,\n"
-        "and the estimated regret R-hat.",
+        "and the estimated regret R-hat. --strategy pilaf decodes 2 candidates in lockstep with\n"
+        "the --reference model: plain policy samples, or (with probability 1/2) y+ and y- from\n"
+        "the logits (1+beta) h - beta h_ref and (1-beta) h + beta h_ref.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
@@ -597,17 +616,23 @@ int cmd_generate(int argc, char **argv) {
         return cli_usage_error(&cmd, "--system is not valid UTF-8 (byte %zu)", bad);
     if (o.interactive && o.n_given)
         return cli_usage_error(&cmd, "--n takes one --prompt, not --interactive");
-    if ((o.strategy || o.erm_path) && !o.duel)
-        return cli_usage_error(&cmd, "--strategy and --erm need --duel");
+    if ((o.strategy || o.erm_path || o.reference) && !o.duel)
+        return cli_usage_error(&cmd, "--strategy, --erm and --reference need --duel");
     duel_strategy strategy = DUEL_STRATEGY_DEFAULT;
     if (o.duel) {
         if (o.interactive) return cli_usage_error(&cmd, "--duel takes one --prompt, not --interactive");
-        if (!o.n_given) o.n = 8;
-        if (o.n < 2) return cli_usage_error(&cmd, "--duel needs --n of at least 2 (got %lld)", o.n);
         duel_error serr = {0};
         if (o.strategy && duel_strategy_parse(o.strategy, &strategy, &serr))
             return cli_usage_error(&cmd, "--strategy: %s", serr.message);
-        if (!duel_strategy_uses_rewards(strategy))
+        bool pilaf = strategy == DUEL_STRATEGY_PILAF;
+        if (pilaf && o.n_given && o.n != 2)
+            return cli_usage_error(&cmd, "--strategy pilaf decodes 2 candidates (got --n %lld)",
+                                   o.n);
+        if (pilaf && o.erm_path)
+            return cli_usage_error(&cmd, "--strategy pilaf uses no ERM (--erm)");
+        if (!o.n_given) o.n = pilaf ? 2 : 8;
+        if (o.n < 2) return cli_usage_error(&cmd, "--duel needs --n of at least 2 (got %lld)", o.n);
+        if (!pilaf && !duel_strategy_uses_rewards(strategy))
             return cli_usage_error(&cmd,
                                    "--strategy %s is not supported by generate --duel (it does "
                                    "not choose among one set of candidates)",
@@ -636,7 +661,23 @@ int cmd_generate(int argc, char **argv) {
     g.sampling = (sampler_params){(float)o.temperature, (float)o.top_p, (int)o.top_k};
     g.seed = seed;
     g.strategy = strategy;
-    if (o.duel) {
+    g.beta = o.beta;
+    if (o.reference) {
+        struct stat rst;
+        if (stat(o.reference, &rst) != 0 || !S_ISDIR(rst.st_mode))
+            rc = duel_error_set(&err, DUEL_ENOTFOUND, "reference model directory '%s' %s",
+                                o.reference,
+                                stat(o.reference, &rst) != 0 ? "does not exist"
+                                                             : "is not a directory");
+        else
+            rc = model_load(o.reference, &g.reference, &err);
+        if (rc) {
+            fprintf(stderr, "duel generate: %s\n", err.message);
+            generator_free(&g);
+            return CLI_EXIT_FAILURE;
+        }
+    }
+    if (o.duel && strategy != DUEL_STRATEGY_PILAF) {
         int d_feat = 2 * g.config->hidden_size;
         if (o.erm_path) {
             rc = erm_load(o.erm_path, d_feat, &g.erm, &err);
@@ -699,7 +740,14 @@ int cmd_generate(int argc, char **argv) {
         } else {
             if (o.n_given) {
                 print_candidates(answers, m, o.duel ? &duel : NULL, stdout);
-                if (o.duel) {
+                if (o.duel && strategy == DUEL_STRATEGY_PILAF) {
+                    printf("=== duel (pilaf, %s): a = candidate %d (left), b = candidate %d "
+                           "(right), side swap: %s ===\n",
+                           duel.pilaf_mixed ? "mixed: candidate 0 is y+, 1 is y-"
+                                            : "plain: two policy samples",
+                           duel.placement.a, duel.placement.b,
+                           duel.placement.side_swap ? "yes" : "no");
+                } else if (o.duel) {
                     printf("=== duel (%s): a = candidate %d (left), b = candidate %d (right), "
                            "side swap: %s, estimated regret R-hat %.6f ===\n",
                            duel_strategy_name(strategy), duel.placement.a, duel.placement.b,

@@ -65,7 +65,7 @@ expect 0 '--max-new-tokens' -- help generate
 echo "== --help of every command documents every flag"
 declare -A FLAGS=(
     [info]="--json"
-    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --erm"
+    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --erm"
     [bench forward]="--model --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
     [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
 )
@@ -189,9 +189,12 @@ pass
 
 # --duel: M candidates scored by an ERM (fresh from the seed without --erm), the pair, R-hat.
 expect 2 -- '--strategy: unknown duel strategy "foo"' -- generate --model "$MODEL" --prompt hi --duel --strategy foo
-expect 2 -- '--strategy pilaf is not supported' -- generate --model "$MODEL" --prompt hi --duel --strategy pilaf
+expect 2 -- '--strategy arena is not supported' -- generate --model "$MODEL" --prompt hi --duel --strategy arena
 expect 2 -- '--duel needs --n of at least 2' -- generate --model "$MODEL" --prompt hi --duel --n 1
-expect 2 -- '--strategy and --erm need --duel' -- generate --model "$MODEL" --prompt hi --strategy bon
+expect 2 -- '--strategy, --erm and --reference need --duel' -- generate --model "$MODEL" --prompt hi --strategy bon
+expect 2 -- '--strategy pilaf decodes 2 candidates' -- generate --model "$MODEL" --prompt hi --duel --strategy pilaf --n 3
+expect 2 -- '--beta must be' -- generate --model "$MODEL" --prompt hi --duel --strategy pilaf --beta -1
+expect 1 "reference model directory '$TMP/noref' does not exist" -- generate --model "$MODEL" --prompt hi --duel --reference "$TMP/noref"
 expect 1 "$TMP/no.erm" -- generate --model "$MODEL" --prompt hi --duel --erm "$TMP/no.erm"
 for strategy in ee_ts bon uncertainty; do
     gen --prompt "The cat sat on" --seed 7 "${hot[@]}" --n 4 --duel --strategy $strategy >"$TMP/d1.out" 2>"$TMP/d1.err" \
@@ -207,6 +210,22 @@ for strategy in ee_ts bon uncertainty; do
     grep -q 'ERM: none given (--erm), so a fresh one initialised from seed 7' "$TMP/d1.err" \
         || fail "--duel without --erm does not say the ERM is fresh: $(cat "$TMP/d1.err")"
 done
+# PILAF against another random model of the same shape as the reference: two candidates, the
+# mode, deterministic per seed; some seed in 1..8 draws the mixed mode and some the plain one.
+"$PY" "$SRC/tests/tools/make_random_model.py" --preset tiny-llama --seed 99 --out "$TMP/ref-model" >/dev/null 2>&1 \
+    || fail "make_random_model.py (reference) failed"
+modes=""
+for s in 1 2 3 4 5 6 7 8; do
+    gen --prompt "The cat sat on" --seed $s "${hot[@]}" --duel --strategy pilaf --beta 2 --reference "$TMP/ref-model" \
+        >"$TMP/p1.out" 2>"$TMP/p1.err" || fail "pilaf failed: $(cat "$TMP/p1.err")"
+    [ "$(grep -c '^=== candidate [01]: ' "$TMP/p1.out")" -eq 2 ] || fail "pilaf did not print 2 candidates: $(cat "$TMP/p1.out")"
+    line=$(grep -E '^=== duel \(pilaf, (mixed: candidate 0 is y\+, 1 is y-|plain: two policy samples)\): a = candidate [01] \(left\), b = candidate [01] \(right\), side swap: (yes|no) ===$' "$TMP/p1.out") \
+        || fail "pilaf: no duel line: $(cat "$TMP/p1.out")"
+    modes="$modes $(grep -oE 'mixed|plain' <<<"$line")"
+done
+gen --prompt "The cat sat on" --seed 8 "${hot[@]}" --duel --strategy pilaf --beta 2 --reference "$TMP/ref-model" >"$TMP/p2.out" 2>/dev/null
+cmp -s "$TMP/p1.out" "$TMP/p2.out" || fail "pilaf: same seed, different output"
+grep -q mixed <<<"$modes" && grep -q plain <<<"$modes" || fail "pilaf modes over 8 seeds:$modes"
 # The candidates are those of --n alone (same seeds): the duel only adds scoring.
 sed -E 's/, mean reward -?[0-9.]+//' "$TMP/d1.out" | grep -v '^=== duel' >"$TMP/d3.out"
 gen --prompt "The cat sat on" --seed 7 "${hot[@]}" --n 4 >"$TMP/d4.out" 2>/dev/null
