@@ -16,3 +16,10 @@ if(DUEL_NODE AND TARGET duel AND NOT DUEL_FUZZ)
 endif()
 duel_test(test_gateway_backend_engine ${CMAKE_CURRENT_LIST_DIR}/test_backend_engine.c)
 set_tests_properties(test_gateway_backend_engine PROPERTIES TIMEOUT 120 SKIP_RETURN_CODE 77)
+
+# bench_gateway: not a test; docs/BENCHMARKS.md ("Gateway") shows how to run it.
+if(NOT DUEL_FUZZ)
+  add_executable(bench_gateway ${CMAKE_CURRENT_LIST_DIR}/bench_gateway.c)
+  target_link_libraries(bench_gateway PRIVATE duel_gateway duel_common PkgConfig::CMOCKA)
+  target_include_directories(bench_gateway PRIVATE ${PROJECT_SOURCE_DIR}/tests/common)
+endif()
