@@ -94,6 +94,17 @@ static json_t *load_json(const char *dir, const char *name) {
 
 static long long state_int(json_t *s, const char *key) { return json_integer_value(json_object_get(s, key)); }
 
+/* The step recorded in the checkpoint under dir, or -1 while there is none. */
+static long long checkpoint_step(const char *dir) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/state.json", dir);
+    json_t *j = NULL;
+    if (duel_json_load_file(path, 64 << 20, &j, NULL)) return -1;
+    long long step = json_integer_value(json_object_get(j, "step"));
+    json_decref(j);
+    return step;
+}
+
 static void check_exactly_once(redisContext *c, json_t *state, int n_ab, int n_tie) {
     assert_int_equal(state_int(state, "prefs_applied"), n_ab);
     assert_int_equal(state_int(state, "ties"), n_tie);
@@ -162,8 +173,21 @@ static void test_kill9_resume_is_exact(void **state) {
     duel_rng rng;
     duel_rng_seed(&rng, 5);
     for (int k = 0; k < N_KILLS; k++) {
+        /* Odd kills land at a random time (possibly during start-up); even kills wait until the
+         * trainer has checkpointed a new step and then land a random moment later, so the run
+         * makes progress however slow the machine is (a purely timed kill can starve it). */
+        long long before = checkpoint_step(ckpt_b);
         pid_t pid = spawn_trainer(config, data_b, log);
-        sleep_ms(100 + (int)duel_rng_below(&rng, 400));
+        if (k % 2 == 0) {
+            for (int t = 0; t < 6000 && checkpoint_step(ckpt_b) <= before; t++) {
+                int status;
+                if (waitpid(pid, &status, WNOHANG) == pid) fail_msg("duel train exited early");
+                sleep_ms(10);
+            }
+            sleep_ms((int)duel_rng_below(&rng, 40));
+        } else {
+            sleep_ms((int)duel_rng_below(&rng, 300));
+        }
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         if (k == N_KILLS / 2) {
