@@ -152,7 +152,7 @@ static engine_event *run_one_duel(engine *e, const engine_request *r, int32_t **
             *n_answer = ev->count;
             ev->tokens = NULL;
         }
-        if ((int)ev->kind == (int)ENGINE_EVENT_DUEL_READY && ready) {
+        if (ev->kind == ENGINE_EVENT_DUEL_READY && ready) {
             engine_event_free(*ready);
             *ready = ev;
             continue;

@@ -276,7 +276,7 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
         engine_event *ev;
         engine_poll(g->engine, -1, &ev);
         if (!ev) continue;
-        switch ((int)ev->kind) {
+        switch (ev->kind) {
         case ENGINE_EVENT_DUEL_READY:
             if (duel && ev->count == candidates) {
                 if (ev->rewards) {

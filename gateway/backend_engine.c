@@ -220,6 +220,8 @@ static void *poller_main(void *arg) {
             unlink_job(b, j);
             job_free(j);
             break;
+        case ENGINE_EVENT_DUEL_READY:
+            break; /* this adapter selects the pair itself; it never sends duel requests */
         }
         engine_event_free(ev);
     }

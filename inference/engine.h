@@ -114,11 +114,8 @@ typedef enum engine_event_kind {
     ENGINE_EVENT_FINISHED,
     ENGINE_EVENT_CANCELLED,
     ENGINE_EVENT_ERROR,
+    ENGINE_EVENT_DUEL_READY, /* duel requests only, just before FINISHED */
 } engine_event_kind;
-/* Duel requests only. Kept outside the enum for now so that existing exhaustive switches over
- * engine_event_kind (gateway/backend_engine.c) keep compiling under -Wswitch -Werror; a switch
- * that handles it switches on (int)ev->kind. */
-#define ENGINE_EVENT_DUEL_READY ((engine_event_kind)(ENGINE_EVENT_ERROR + 1))
 
 typedef enum engine_finish_reason {
     ENGINE_FINISH_STOP,    /* a stop token (the last of its tokens; not in its text) */

@@ -79,7 +79,7 @@ static int get_int(const json_t *obj, const char *key, bool required, long long 
 
 static int get_int32(const json_t *obj, const char *key, bool required, int fallback, int lo,
                      int hi, int *out, const char *source, duel_error *err) {
-    long long x;
+    long long x = fallback;
     int rc = get_int(obj, key, required, fallback, lo, hi, &x, source, err);
     if (!rc) *out = (int)x;
     return rc;
@@ -129,7 +129,7 @@ static int check_token_id(long long id, const char *key, int vocab, int *out, co
 
 static int get_token_id(const json_t *obj, const char *key, int vocab, int *out,
                         const char *source, duel_error *err) {
-    long long id;
+    long long id = -1;
     int rc = get_int(obj, key, false, -1, INT32_MIN, INT32_MAX, &id, source, err);
     if (rc) return rc;
     return check_token_id(id, key, vocab, out, source, err);

@@ -225,9 +225,10 @@ int neox_train_create(const model_config *config, neox_train **out, duel_error *
     m->grad_memory = calloc(m->num_parameters, sizeof(float));
     m->tensors = calloc((size_t)m->L * 12 + 4, sizeof *m->tensors);
     if (!m->param_memory || !m->grad_memory || !m->tensors) {
+        size_t count = m->num_parameters;
         neox_train_free(m);
         return duel_error_set(err, DUEL_ENOMEM, "neox_train: out of memory for %zu parameters",
-                              m->num_parameters);
+                              count);
     }
     carve_params(m, &m->params, m->param_memory);
     carve_params(m, &m->grads, m->grad_memory);

@@ -116,7 +116,7 @@ static engine_event *run_duel(engine_fx *f, const engine_request *req,
             memcpy(tokens[ev->candidate], ev->tokens, (size_t)ev->count * sizeof(int32_t));
             counts[ev->candidate] = ev->count;
             assert_null(ev->hidden); /* want_hidden was not asked */
-        } else if ((int)ev->kind == (int)ENGINE_EVENT_DUEL_READY) {
+        } else if (ev->kind == ENGINE_EVENT_DUEL_READY) {
             assert_null(ready);
             ready = ev;
             continue;
@@ -450,7 +450,7 @@ static void test_duel_pilaf_equals_lockstep_by_hand(void **state) {
         engine_event_kind k = ev->kind;
         engine_event_free(ev);
         if (k == ENGINE_EVENT_CANCELLED || k == ENGINE_EVENT_FINISHED) break;
-        assert_true(k == ENGINE_EVENT_CANDIDATE || (int)k == (int)ENGINE_EVENT_DUEL_READY);
+        assert_true(k == ENGINE_EVENT_CANDIDATE || k == ENGINE_EVENT_DUEL_READY);
     }
     assert_int_equal(engine_cancel(f.e, id, &err), DUEL_EINVAL); /* already ended */
     assert_int_equal(engine_submit(f.e, &req, &id, &err), 0);
