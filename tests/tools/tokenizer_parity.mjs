@@ -205,5 +205,17 @@ for (const cfg of configs) {
     c.decoded[cfg.name] = ids.length ? ref.decode(ids, { skip_special_tokens: false }) : '';
   }
 }
+// The project's own tokenizer (models/default, made by `duel tokenizer train`), used as shipped.
+const ownFile = path.join(path.dirname(new URL(import.meta.url).pathname), '..', '..', 'models', 'default', 'tokenizer.json');
+if (fs.existsSync(ownFile)) {
+  const ref = new Tokenizer(JSON.parse(fs.readFileSync(ownFile, 'utf8')), { clean_up_tokenization_spaces: false });
+  patchReference(ref);
+  results.configs.push({ name: 'duel-default', tokenizer: ownFile, identity: true });
+  for (const c of results.cases) {
+    const ids = ref.encode(c.text, { add_special_tokens: false }).ids;
+    c.ids['duel-default'] = ids;
+    c.decoded['duel-default'] = ids.length ? ref.decode(ids, { skip_special_tokens: false }) : '';
+  }
+}
 fs.writeFileSync(path.join(outDir, 'parity.json'), JSON.stringify(results));
-console.log(`tokenizer_parity.mjs: ${strings.length} strings x ${configs.length} configurations -> ${path.join(outDir, 'parity.json')}`);
+console.log(`tokenizer_parity.mjs: ${strings.length} strings x ${results.configs.length} configurations -> ${path.join(outDir, 'parity.json')}`);
