@@ -45,12 +45,24 @@ def score(duel, model, items, max_new_tokens):
         text = answer(duel, model, item["prompt"], max_new_tokens)
         rows.append({"headword": item["headword"], "answer": text, "gloss": item["gloss"],
                      "f1_primary": f1(text, item["gloss"]),
-                     "f1_best_sense": max(f1(text, g) for g in item["glosses"])})
+                     "f1_best_sense": max(f1(text, g) for g in item["glosses"]),
+                     "in_pretraining": item.get("in_pretraining")})
+    result = summary(rows)
+    # Held-out headwords whose glosses are / are not in the pretraining text (test.jsonl from
+    # an older wordnet_data.py has no such field: then there is no split).
+    for name, flag in (("in_pretraining", True), ("not_in_pretraining", False)):
+        part = [r for r in rows if r["in_pretraining"] is flag]
+        if part:
+            result[name] = summary(part)
+    result["rows"] = rows
+    return result
+
+
+def summary(rows):
     n = max(len(rows), 1)
     return {"count": len(rows),
             "mean_f1_primary": sum(r["f1_primary"] for r in rows) / n,
-            "mean_f1_best_sense": sum(r["f1_best_sense"] for r in rows) / n,
-            "rows": rows}
+            "mean_f1_best_sense": sum(r["f1_best_sense"] for r in rows) / n}
 
 
 def main():
@@ -76,6 +88,11 @@ def main():
         r = result[name]
         print(f"{name}: {r['count']} held-out headwords, mean F1 vs primary gloss "
               f"{r['mean_f1_primary']:.3f}, vs best sense {r['mean_f1_best_sense']:.3f}")
+        for part in ("in_pretraining", "not_in_pretraining"):
+            if part in r:
+                p = r[part]
+                print(f"  {part}: {p['count']} headwords, F1 vs primary gloss "
+                      f"{p['mean_f1_primary']:.3f}, vs best sense {p['mean_f1_best_sense']:.3f}")
     for row in result["common"]["rows"][:15]:
         print(f"  {row['headword']}: {row['answer']!r}  [gloss: {row['gloss']}]  "
               f"F1 {row['f1_best_sense']:.2f}")

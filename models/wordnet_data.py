@@ -5,15 +5,20 @@ section 12) from Debian's wordnet-base (/usr/share/wordnet). Standard library on
 For every single-word lemma (letters, optionally one inner hyphen) it finds the senses (synsets)
 and their tag counts (cntlist.rev, the sense frequencies in the SemCor corpus); the primary sense
 is the most frequent one (ties: WordNet's own sense order, nouns first). Headwords are split into
-train / validation / test by a seeded shuffle, so no test headword's questions are trained on
-(its gloss can still appear in training as the definition of a synonym: that is WordNet).
+train / validation / test by a seeded shuffle, so no test headword's *questions* are trained on.
+The pretraining text is the dictionary itself for headwords of all three splits (held-out ones
+included): it is the model's knowledge source, SFT teaches the question/answer format, and the
+held-out evaluation measures whether the model answers about words it never saw a question for
+(the standard pretrain-then-instruction-tune setup). test.jsonl marks which held-out headwords
+are in the pretraining text, so the evaluation can also report words the model never read.
 
 Writes into OUT_DIR:
   pretrain_{train,valid}.txt  one document per line: "word (noun): definition. Example: ..."
+                              (valid: documents of validation headwords, not in train)
   sft_{train,valid}.jsonl     {"prompt": ..., "response": ...}: "What does X mean?" with the
                               primary definition, plus synonym and example-sentence variants
   test.jsonl                  held-out headwords: {"headword", "prompt", "gloss", "glosses",
-                              "tag_count"} for the F1 evaluation
+                              "tag_count", "in_pretraining"} for the F1 evaluation
 """
 import argparse
 import json
@@ -94,9 +99,15 @@ def main():
     ap.add_argument("--valid-fraction", type=float, default=0.04)
     ap.add_argument("--test-fraction", type=float, default=0.04)
     ap.add_argument("--max-senses", type=int, default=3,
-                    help="senses per headword in the pretraining text")
+                    help="senses per common headword (tag count >= 5) in the pretraining text")
     ap.add_argument("--untagged-keep", type=float, default=0.25,
-                    help="fraction of headwords without SemCor counts kept in training")
+                    help="fraction of headwords without SemCor counts kept in SFT training")
+    ap.add_argument("--pretrain-untagged-keep", type=float, default=0.1,
+                    help="fraction of headwords without SemCor counts (any split) whose primary "
+                         "sense is in the pretraining text")
+    ap.add_argument("--pretrain-valid-docs", type=int, default=1000,
+                    help="pretraining documents of validation headwords held out as the "
+                         "pretraining validation text")
     args = ap.parse_args()
 
     synsets, lexkeys = parse_data(args.wordnet)
@@ -121,6 +132,7 @@ def main():
     n_valid = int(n * args.valid_fraction)
     splits = {"test": entries[:n_test], "valid": entries[n_test:n_test + n_valid],
               "train": entries[n_test + n_valid:]}
+    splits_all = dict(splits)
     # Compute is the limit: keep every headword SemCor has seen, and a sample of the rest.
     for name in ("train", "valid"):
         splits[name] = [e for e in splits[name]
@@ -128,15 +140,39 @@ def main():
 
     os.makedirs(args.out_dir, exist_ok=True)
     stats = {}
-    for name in ("train", "valid"):
-        docs, pairs = [], []
-        for lemma, ordered, tag_count in splits[name]:
-            for pos_ref in ordered[:args.max_senses if tag_count > 0 else 1]:
+    # Pretraining text: the dictionary itself, for headwords of every split (held-out ones
+    # included): it is the model's knowledge source. Compute allows about 2 epochs of ~0.6M
+    # tokens, so it holds every headword SemCor has seen (up to --max-senses senses for common
+    # words, tag count >= 5, the primary sense otherwise) and the primary sense of a seeded
+    # sample of the untagged ones. A few documents of validation headwords are held out as
+    # the pretraining validation text.
+    in_pretraining = set()
+    docs_by_split = {"train": [], "valid": []}
+    for name in ("test", "valid", "train"):
+        for lemma, ordered, tag_count in splits_all[name]:
+            if tag_count == 0 and rng.random() >= args.pretrain_untagged_keep:
+                continue
+            in_pretraining.add(lemma)
+            for k, pos_ref in enumerate(ordered[:args.max_senses if tag_count >= 5 else 1]):
                 words, definition, examples = synsets[pos_ref]
                 doc = f"{lemma} ({pos_ref[0]}): {definition}."
-                for ex in examples[:1]:
+                for ex in examples[:1 if k == 0 else 0]:
                     doc += f' Example: "{ex}"'
-                docs.append(doc)
+                docs_by_split["valid" if name == "valid" else "train"].append(doc)
+    rng.shuffle(docs_by_split["valid"])
+    held = docs_by_split["valid"][:args.pretrain_valid_docs]
+    pretrain_docs = {"valid": held,
+                     "train": docs_by_split["train"] + docs_by_split["valid"][len(held):]}
+    for name in ("train", "valid"):
+        docs = pretrain_docs[name]
+        rng.shuffle(docs)
+        with open(os.path.join(args.out_dir, f"pretrain_{name}.txt"), "w") as f:
+            for d in docs:
+                f.write(d.replace("\n", " ") + "\n")
+        stats["pretrain_" + name] = {"documents": len(docs)}
+    for name in ("train", "valid"):
+        pairs = []
+        for lemma, ordered, tag_count in splits[name]:
             words, definition, examples = synsets[ordered[0]]
             pairs.append({"prompt": f"What does {lemma} mean?", "response": definition})
             synonyms = [w for w in words if w.lower() != lemma]
@@ -146,21 +182,18 @@ def main():
             used = [ex for ref in ordered[:2] for ex in synsets[ref][2] if has_word(ex, lemma)]
             if used and tag_count > 0:
                 pairs.append({"prompt": f"Use {lemma} in a sentence.", "response": used[0]})
-        rng.shuffle(docs)
         rng.shuffle(pairs)
-        with open(os.path.join(args.out_dir, f"pretrain_{name}.txt"), "w") as f:
-            for d in docs:
-                f.write(d.replace("\n", " ") + "\n")
         with open(os.path.join(args.out_dir, f"sft_{name}.jsonl"), "w") as f:
             for p in pairs:
                 f.write(json.dumps(p) + "\n")
-        stats[name] = {"headwords": len(splits[name]), "documents": len(docs), "pairs": len(pairs)}
+        stats["sft_" + name] = {"headwords": len(splits[name]), "pairs": len(pairs)}
     with open(os.path.join(args.out_dir, "test.jsonl"), "w") as f:
         for lemma, ordered, tag_count in splits["test"]:
             glosses = [synsets[r][1] for r in ordered]
             f.write(json.dumps({"headword": lemma, "prompt": f"What does {lemma} mean?",
                                 "gloss": glosses[0], "glosses": glosses,
-                                "tag_count": tag_count}) + "\n")
+                                "tag_count": tag_count,
+                                "in_pretraining": lemma in in_pretraining}) + "\n")
     stats["test"] = {"headwords": len(splits["test"]),
                      "common (tag count >= 5)": sum(1 for e in splits["test"] if e[2] >= 5)}
     print(json.dumps(stats))
