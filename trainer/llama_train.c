@@ -129,8 +129,8 @@ static void carve_params(llama_train *m, llama_train_params *p, float *memory) {
 static int check_config(const model_config *c, duel_error *err) {
     if (c->arch != MODEL_ARCH_LLAMA)
         return duel_error_set(err, DUEL_EUNSUPPORTED,
-                              "llama_train: architecture %s is not Llama (GPT-NeoX training is "
-                              "not implemented yet)",
+                              "llama_train: architecture %s is not Llama (train_model.h picks "
+                              "the GPT-NeoX trainer for it)",
                               c->architecture[0] ? c->architecture : "(unnamed)");
     if (c->head != MODEL_HEAD_CAUSAL_LM)
         return duel_error_set(err, DUEL_EUNSUPPORTED,
