@@ -152,22 +152,6 @@ int dpo_evaluate(train_model *policy, const lm_dataset *pairs, const dpo_logprob
     return rc;
 }
 
-static unsigned char *decay_mask(train_model *model) {
-    size_t n = train_model_num_parameters(model);
-    unsigned char *mask = calloc(n, 1);
-    if (mask == NULL) {
-        return NULL;
-    }
-    float *base = train_model_parameter_memory(model);
-    for (int i = 0; i < train_model_num_tensors(model); i++) {
-        train_tensor t;
-        train_model_tensor_at(model, i, &t);
-        if (t.ndim == 2) {
-            memset(mask + (t.param - base), 1, t.numel);
-        }
-    }
-    return mask;
-}
 
 int dpo_train_run(train_model *policy, const lm_dataset *pairs, const dpo_logprobs *reference,
                   const lm_dataset *valid, const dpo_logprobs *valid_reference,
@@ -203,7 +187,7 @@ int dpo_train_run(train_model *policy, const lm_dataset *pairs, const dpo_logpro
     double *nc = malloc((size_t)P * sizeof(double)), *nr = malloc((size_t)P * sizeof(double));
     double *rc_ = malloc((size_t)P * sizeof(double)), *rr = malloc((size_t)P * sizeof(double));
     double *gc = malloc((size_t)P * sizeof(double)), *gr = malloc((size_t)P * sizeof(double));
-    unsigned char *mask = decay_mask(policy);
+    unsigned char *mask = train_model_decay_mask(policy);
     if (view.examples == NULL || idx == NULL || rows == NULL || pc == NULL || pr == NULL ||
         nc == NULL || nr == NULL || rc_ == NULL || rr == NULL || gc == NULL || gr == NULL ||
         mask == NULL) {

@@ -46,23 +46,6 @@ static int check_options(const lm_train_options *o, duel_error *err) {
     return lr_schedule_check(&s, err);
 }
 
-/* 1 where AdamW decays: tensors with two dimensions (matrices, embeddings). */
-static unsigned char *decay_mask(train_model *model) {
-    size_t n = train_model_num_parameters(model);
-    unsigned char *mask = calloc(n, 1);
-    if (mask == NULL) {
-        return NULL;
-    }
-    float *base = train_model_parameter_memory(model);
-    for (int i = 0; i < train_model_num_tensors(model); i++) {
-        train_tensor t;
-        train_model_tensor_at(model, i, &t);
-        if (t.ndim == 2) {
-            memset(mask + (t.param - base), 1, t.numel);
-        }
-    }
-    return mask;
-}
 
 int lm_train_evaluate(train_model *model, const lm_dataset *data, int batch_size, int max_batches,
                       double *loss, duel_error *err) {
@@ -132,7 +115,7 @@ int lm_train_run(train_model *model, const lm_dataset *train, const lm_dataset *
     double *seq_logprob = malloc((size_t)B * sizeof(double));
     double *seq_count = malloc((size_t)B * sizeof(double));
     double *dseq = malloc((size_t)B * sizeof(double));
-    unsigned char *mask = decay_mask(model);
+    unsigned char *mask = train_model_decay_mask(model);
     if (batches == NULL || rows == NULL || seq_logprob == NULL || seq_count == NULL ||
         dseq == NULL || mask == NULL) {
         rc = duel_error_set(err, DUEL_ENOMEM, "training: out of memory");

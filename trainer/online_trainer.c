@@ -228,18 +228,6 @@ static void pair_log_remove_others(online_trainer *t) {
 
 /* ---- open / close ----------------------------------------------------------------------- */
 
-static unsigned char *make_decay_mask(train_model *model) {
-    size_t n = train_model_num_parameters(model);
-    unsigned char *mask = calloc(n, 1);
-    if (!mask) return NULL;
-    float *base = train_model_parameter_memory(model);
-    for (int i = 0; i < train_model_num_tensors(model); i++) {
-        train_tensor tt;
-        train_model_tensor_at(model, i, &tt);
-        if (tt.ndim == 2) memset(mask + (tt.param - base), 1, tt.numel);
-    }
-    return mask;
-}
 
 static int load_checkpoint(online_trainer *t, duel_error *err);
 
@@ -286,7 +274,7 @@ int online_trainer_open(const online_trainer_options *o, const char *data_dir,
     free(ref_json);
     size_t n = train_model_num_parameters(t->policy);
     if ((rc = adamw_init(&t->optimizer, n, err))) goto fail;
-    if (!(t->decay_mask = make_decay_mask(t->policy))) {
+    if (!(t->decay_mask = train_model_decay_mask(t->policy))) {
         rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
         goto fail;
     }

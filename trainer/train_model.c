@@ -3,6 +3,7 @@
 #include "train_model.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "llama_train.h"
 #include "neox_train.h"
@@ -80,4 +81,17 @@ int train_model_forward(train_model *m, const train_batch *batch, double *seq_lo
 int train_model_backward(train_model *m, const double *dseq_logprob, duel_error *err) {
     return DISPATCH(llama_train_backward(m->llama, dseq_logprob, err),
                     neox_train_backward(m->neox, dseq_logprob, err));
+}
+
+unsigned char *train_model_decay_mask(train_model *m) {
+    size_t n = train_model_num_parameters(m);
+    unsigned char *mask = calloc(n ? n : 1, 1);
+    if (!mask) return NULL;
+    float *base = train_model_parameter_memory(m);
+    for (int i = 0; i < train_model_num_tensors(m); i++) {
+        train_tensor t;
+        train_model_tensor_at(m, i, &t);
+        if (t.ndim == 2) memset(mask + (t.param - base), 1, t.numel);
+    }
+    return mask;
 }

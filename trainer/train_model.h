@@ -24,6 +24,10 @@ int train_model_tensor_at(train_model *model, int index, train_tensor *out);
 int train_model_find_tensor(train_model *model, const char *name, train_tensor *out,
                             duel_error *err);
 void train_model_zero_grad(train_model *model);
+/* A byte per parameter, 1 where AdamW applies weight decay: tensors with two dimensions
+ * (matrices, embeddings), not norms or biases. Heap-allocated (free()); NULL when out of
+ * memory. */
+unsigned char *train_model_decay_mask(train_model *model);
 int train_model_forward(train_model *model, const train_batch *batch, double *seq_logprob,
                         double *seq_count, float *token_logprob, duel_error *err);
 int train_model_backward(train_model *model, const double *dseq_logprob, duel_error *err);

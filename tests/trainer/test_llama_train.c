@@ -4,6 +4,7 @@
  * values are checked against torch in test_train_model_torch.c. */
 #include "dap_loss.h"
 #include "llama_train.h"
+#include "train_model.h"
 #include "rng.h"
 #include "test_helpers.h"
 
@@ -351,6 +352,35 @@ static void test_dpo_step_raises_chosen_over_rejected(void **state) {
     llama_train_free(m);
 }
 
+/* AdamW decays matrices and embeddings only: the mask is 1 exactly on 2-D tensors' parameters. */
+static void test_decay_mask(void **state) {
+    (void)state;
+    model_config c = tiny_config();
+    c.attention_bias = true; /* 1-D biases must stay undecayed too */
+    train_model *m = NULL;
+    duel_error err = {0};
+    assert_int_equal(train_model_create(&c, &m, &err), 0);
+    unsigned char *mask = train_model_decay_mask(m);
+    assert_non_null(mask);
+    float *base = train_model_parameter_memory(m);
+    size_t ones = 0, expected = 0;
+    int saw_norm = 0, saw_bias = 0;
+    for (int i = 0; i < train_model_num_tensors(m); i++) {
+        train_tensor t;
+        assert_int_equal(train_model_tensor_at(m, i, &t), 0);
+        for (size_t k = 0; k < t.numel; k++)
+            assert_int_equal(mask[(size_t)(t.param - base) + k], t.ndim == 2);
+        if (t.ndim == 2) expected += t.numel;
+        saw_norm |= strstr(t.name, "norm") != NULL;
+        saw_bias |= strstr(t.name, "bias") != NULL;
+    }
+    for (size_t k = 0; k < train_model_num_parameters(m); k++) ones += mask[k];
+    assert_int_equal(ones, expected);
+    assert_true(saw_norm && saw_bias && expected < train_model_num_parameters(m));
+    free(mask);
+    train_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_checks),
@@ -360,6 +390,7 @@ int main(void) {
         cmocka_unit_test(test_all_zero_mask),
         cmocka_unit_test(test_gradient_accumulation),
         cmocka_unit_test(test_dpo_step_raises_chosen_over_rejected),
+        cmocka_unit_test(test_decay_mask),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
