@@ -1,6 +1,7 @@
 /* backend_engine.c: the duel_backend over the inference engine (see duel_backend.h). Owns the
  * model, tokenizer, ERM ensemble and engine, and one poller thread that turns engine events into
- * backend events. Jobs (one per request) live in a list guarded by mu; the poller alone fills a
+ * backend events. Selection is the engine's (duel requests, DUEL_READY), so the serving path
+ * scores candidates once, in one place. Jobs (one per request) live in a list guarded by mu; the poller alone fills a
  * job's candidates; a job is freed by the poller when its last event (finished, cancelled, error)
  * arrives. */
 #include <jansson.h>
@@ -23,7 +24,6 @@ typedef struct cand {
     int32_t *tokens;
     int n_tokens;
     char *text;
-    float *hidden;
 } cand;
 
 typedef struct job {
@@ -37,6 +37,7 @@ typedef struct job {
     long long progress;
     cand *cands;
     int m;
+    engine_event *ready; /* the engine's DUEL_READY (features, rewards, pair, placement) */
     struct job *next;
 } job;
 
@@ -66,8 +67,8 @@ static void job_free(job *j) {
     for (int i = 0; j->cands && i < j->m; i++) {
         free(j->cands[i].tokens);
         free(j->cands[i].text);
-        free(j->cands[i].hidden);
     }
+    engine_event_free(j->ready);
     free(j->cands);
     free(j->prompt);
     free(j->prompt_text);
@@ -90,39 +91,32 @@ static void emit_error(engine_backend *b, job *j, const char *message) {
     b->sink(b->sink_ctx, &ev);
 }
 
-/* All candidates are in: features, ERM rewards, selection, placement -> a ready event. */
+/* All candidates are in and the engine has scored and placed the pair (DUEL_READY, kept in
+ * j->ready): build the gateway's ready event. Features, rewards and selection are the engine's
+ * (policy features: the serving model's own prompt and candidate states); nothing is recomputed
+ * here. */
 static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
-    int m = j->m, h = b->hidden_size, d = 2 * h, e = b->erm->config.num_heads;
-    duel_error err = {0};
+    int m = j->m;
+    const engine_event *ready = j->ready;
+    if (!ready || ready->count != m || !ready->features || !ready->rewards) {
+        emit_error(b, j, "engine finished a duel without scoring it");
+        return;
+    }
     duel_backend_result *r = calloc(1, sizeof *r);
-    float *features = calloc((size_t)m * (size_t)d, sizeof(float));
-    float *rewards = calloc((size_t)m * (size_t)e, sizeof(float));
-    if (!r || !features || !rewards || !ev->hidden || ev->hidden_size != h) {
+    size_t n_features = (size_t)m * (size_t)ready->d_feat;
+    size_t n_rewards = (size_t)m * (size_t)ready->num_heads;
+    float *features = malloc(n_features * sizeof(float));
+    float *rewards = malloc(n_rewards * sizeof(float));
+    if (!r || !features || !rewards) {
         free(r);
         free(features);
         free(rewards);
-        emit_error(b, j, ev->hidden ? "out of memory" : "engine gave no prompt hidden state");
+        emit_error(b, j, "out of memory");
         return;
     }
-    for (int i = 0; i < m; i++) {
-        memcpy(features + (size_t)i * d, ev->hidden, (size_t)h * sizeof(float));
-        if (j->cands[i].hidden)
-            memcpy(features + (size_t)i * d + h, j->cands[i].hidden, (size_t)h * sizeof(float));
-    }
-    duel_rng rng;
-    duel_rng_seed(&rng, j->seed);
-    duel_pair pair;
-    duel_placement place;
-    int rc = erm_score(b->erm, features, m, rewards, &err);
-    if (!rc) rc = duel_select(b->strategy, rewards, m, e, &rng, &pair, &err);
-    if (rc) {
-        free(r);
-        free(features);
-        free(rewards);
-        emit_error(b, j, err.message);
-        return;
-    }
-    duel_place(&pair, &rng, &place);
+    memcpy(features, ready->features, n_features * sizeof(float));
+    memcpy(rewards, ready->rewards, n_rewards * sizeof(float));
+    const duel_placement place = ready->placement;
     size_t total = 0;
     for (int i = 0; i < m; i++) total += (size_t)j->cands[i].n_tokens;
     r->cand_tokens = malloc((total + 1) * sizeof(int32_t));
@@ -149,9 +143,9 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
     r->prompt_text = j->prompt_text;
     j->prompt_text = NULL;
     r->features = features;
-    r->d_feat = d;
+    r->d_feat = ready->d_feat;
     r->rewards = rewards;
-    r->num_heads = e;
+    r->num_heads = ready->num_heads;
     json_t *gp = json_pack("{s:f, s:f, s:i, s:i, s:i, s:I}", "temperature",
                            (double)b->cfg.temperature, "top_p", (double)b->cfg.top_p, "top_k",
                            b->cfg.top_k, "max_new_tokens", b->cfg.max_new_tokens, "M", m, "seed",
@@ -199,12 +193,12 @@ static void *poller_main(void *arg) {
                 if (c->tokens && ev->count)
                     memcpy(c->tokens, ev->tokens, (size_t)ev->count * sizeof(int32_t));
                 c->text = ev->text ? strdup(ev->text) : NULL;
-                if (ev->hidden && ev->hidden_size == b->hidden_size) {
-                    c->hidden = malloc((size_t)ev->hidden_size * sizeof(float));
-                    if (c->hidden)
-                        memcpy(c->hidden, ev->hidden, (size_t)ev->hidden_size * sizeof(float));
-                }
             }
+            break;
+        case ENGINE_EVENT_DUEL_READY:
+            engine_event_free(j->ready);
+            j->ready = ev; /* kept for FINISHED, which follows */
+            ev = NULL;
             break;
         case ENGINE_EVENT_FINISHED:
             finish_job(b, j, ev);
@@ -220,8 +214,6 @@ static void *poller_main(void *arg) {
             unlink_job(b, j);
             job_free(j);
             break;
-        case ENGINE_EVENT_DUEL_READY:
-            break; /* this adapter selects the pair itself; it never sends duel requests */
         }
         engine_event_free(ev);
     }
@@ -278,8 +270,9 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
         .stop_tokens = b->n_stop ? b->stop_tokens : NULL,
         .num_stop_tokens = b->n_stop,
         .use_eos = true,
-        .want_hidden = true,
         .want_progress = true,
+        .duel = true,
+        .strategy = b->strategy,
         .user = j,
     };
     /* The poller may see this job's first event before engine_submit returns: link it first. */
@@ -395,8 +388,11 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
         if ((rc = erm_create(&ec, &rng, &b->erm, err))) goto fail;
     }
     engine_model_params mp = {"default", b->model, b->tok};
+    /* The engine scores and selects (DUEL_READY) with the serving model's own hidden states as
+     * features: no reference pass on the serving path. */
     engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = cfg->kv_memory_bytes,
-                        .max_candidates = b->cfg.num_candidates};
+                        .max_candidates = b->cfg.num_candidates, .erm = b->erm,
+                        .features = ENGINE_FEATURES_POLICY};
     if ((rc = engine_create(&ep, &b->engine, err))) goto fail;
     out->name = "engine";
     out->impl = b;

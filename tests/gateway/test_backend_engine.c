@@ -5,7 +5,9 @@
  * (exit 77) when models/default is missing. */
 #include "gateway_test_util.h"
 
+#include "duel.h"
 #include "duel_backend.h"
+#include "engine.h"
 
 typedef struct sink_state {
     pthread_mutex_t mu;
@@ -94,6 +96,17 @@ static void test_adapter_duel(void **state) {
     int h = r->d_feat / 2;
     for (int i = 1; i < 4; i++)
         assert_memory_equal(r->features, r->features + (size_t)i * r->d_feat, (size_t)h * 4);
+    /* The pair shown is the one the strategy picks on these rewards with the engine's selection
+     * seed, placed as duel_place says (the features and rewards feed the trainer). */
+    duel_rng rng;
+    duel_rng_seed(&rng, req.seed ^ ENGINE_DUEL_SEED_SALT);
+    duel_pair pair;
+    duel_placement place;
+    assert_int_equal(duel_select(DUEL_STRATEGY_EE_TS, r->rewards, 4, r->num_heads, &rng, &pair, &err), 0);
+    duel_place(&pair, &rng, &place);
+    assert_int_equal(r->cand_a, place.a);
+    assert_int_equal(r->cand_b, place.b);
+    assert_int_equal(r->side_swap, place.side_swap);
     assert_non_null(r->text_a);
     assert_non_null(r->text_b);
     json_t *gp = json_loads(r->gen_params_json, 0, NULL);
