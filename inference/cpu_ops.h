@@ -36,6 +36,22 @@ void cpu_layernorm_forward(float *out, const float *in, const float *weight, con
 void cpu_matmul_forward(float *out, const float *in, const float *weight, const float *bias, int n,
                         int in_dim, int out_dim, bool accumulate, cpu_matmul_stats *stats);
 
+/* Instruction sets of the hand-written kernels. cpu_isa_best: the best this build and this CPU
+ * support (AVX-512F is detected at run time; the build itself targets x86-64-v3). */
+typedef enum cpu_isa { CPU_ISA_SCALAR = 0, CPU_ISA_AVX2 = 1, CPU_ISA_AVX512 = 2 } cpu_isa;
+cpu_isa cpu_isa_best(void);
+
+/* The few-row product of batched decode, for output columns [out_begin, out_end) only (threads
+ * split the columns): out[t][o] (=|+=) in[t][:] . weight[o][:] (+ bias[o]) for t < n, rows of
+ * in_dim (in, weight) and out_dim (out) floats. Each run of 4 weight rows is streamed from
+ * memory once and used for every input row (tiles of 4 weight rows x 4 input rows with AVX-512,
+ * 4 x 2 with AVX2), so n rows cost about one weight read plus n * in_dim * 4 FMAs per 4 weights,
+ * where sgemm on such skinny shapes repacks the weights for every call. Any n >= 1 and sizes;
+ * out must not alias in. isa: CPU_ISA_SCALAR, _AVX2 or _AVX512 (at most cpu_isa_best()). */
+void cpu_matmul_skinny_isa(cpu_isa isa, float *out, const float *in, const float *weight,
+                           const float *bias, int n, int in_dim, int out_dim, int out_begin,
+                           int out_end, bool accumulate);
+
 /* RoPE frequencies: inv_freq[i] = theta^(-2i/rotary_dim) for i < rotary_dim/2, then scaled.
  * scaling 0: none; 1: linear (divide by factor); 2: Llama 3 (transformers'
  * _compute_llama3_parameters: long wavelengths divided by factor, short ones kept, a smooth

@@ -46,28 +46,28 @@
 #define MODEL_AVX2 1
 #endif
 
-/* A job the skinny kernel splits: out rows [begin, end) of one batch_matmul. */
-typedef struct skinny_job {
-    float *out;
-    const float *in, *W, *bias;
-    int n, in_dim, out_dim;
-    bool accumulate;
-} skinny_job;
-
-/* The model's helper thread for the skinny kernel: the owner thread runs the first half of a
- * job's output rows and the helper the second. Created at load, joined at free. The helper spins
- * briefly after each job (the next projection follows within microseconds in a decode step),
- * then sleeps on the condition variable. */
+/* The model's helper thread: a parallel-for over the chunks of one job at a time (the skinny
+ * products' output columns, decode attention's sequences), shared with the owner thread. The
+ * owner publishes a job, both threads claim chunks from one atomic word until none is left, and
+ * the owner waits only for the chunks the helper has claimed: on a loaded machine a descheduled
+ * helper costs at most one chunk, not half the job. Created at load, joined at free. The helper
+ * spins briefly after each job (the next one follows within microseconds in a decode step), then
+ * sleeps on the condition variable.
+ * Ownership: fn and ctx are written by the owner before it publishes the job (state, release)
+ * and read by the helper only after it has claimed a chunk of that job (acquire), so they stay
+ * unchanged while it runs: the owner returns only when done == total. */
+typedef void (*helper_fn)(void *ctx, int chunk);
+#define MODEL_HELPER_MAX_CHUNKS 0xffff /* chunks of one job (16 bits of state) */
 typedef struct model_helper {
     pthread_t thread;
     bool started;
     pthread_mutex_t lock;
     pthread_cond_t wake;
-    _Atomic unsigned long posted; /* jobs posted */
-    _Atomic unsigned long done;   /* jobs finished by the helper */
+    _Atomic uint64_t state; /* job sequence number (32 bits) | chunks (16) | next unclaimed (16) */
+    _Atomic int done;       /* chunks of the current job finished (by either thread) */
     _Atomic bool quit;
-    skinny_job job;               /* the posted job (written before posted is bumped) */
-    int begin, end;               /* the helper's rows of it */
+    helper_fn fn;
+    void *ctx;
 } model_helper;
 
 typedef struct model_layer {
@@ -107,6 +107,7 @@ struct model {
     double forward_seconds;
     cpu_matmul_stats gemm;
 
+    cpu_isa isa; /* of the skinny products (cpu_isa_best at load) */
     model_helper helper;
 };
 
@@ -312,6 +313,7 @@ int model_load(const char *dir, model **out, duel_error *err) {
         return duel_error_set(err, DUEL_ELIMIT, "model_load: directory path too long");
     model *m = calloc(1, sizeof *m);
     if (!m) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    m->isa = cpu_isa_best();
     helper_start(&m->helper);
     safetensors_archive *st = NULL;
     int rc = model_config_load(path, &m->config, err);
@@ -470,119 +472,72 @@ static void apply_norm(const model *m, float *out, const float *in, const float 
         cpu_rmsnorm_forward(out, in, w, n, m->config.hidden_size, (float)m->config.norm_eps);
 }
 
-/* ---- skinny products (a few rows: batched decode) ----------------------------------------- */
+/* ---- the helper thread's parallel-for ---------------------------------------------------- */
 
-#define MODEL_SKINNY_MAX_ROWS 8 /* rows up to which batch_matmul replaces sgemm (measured:
-                                   at 16 sgemm is faster again) */
-#define MODEL_SKINNY_GROUP 4     /* input rows sharing one pass over two weight rows */
+#define MODEL_HELPER_SPIN 4000     /* pause iterations the helper polls before sleeping */
+#define MODEL_OWNER_SPIN (1 << 14) /* pause iterations the owner polls before yielding */
 
+static inline void cpu_relax(void) {
 #ifdef MODEL_AVX2
-static inline float hsum8(__m256 v) {
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-    return _mm_cvtss_f32(s4);
+    _mm_pause();
+#endif
 }
 
-/* dots[r][t] = W_row_r . in[t] for two weight rows r and t < TN (a compile-time count,
- * unrolled so that the 2 x TN accumulators, TN inputs and one weight vector stay in the 16
- * registers); in rows are ld floats apart. Each 8-column step loads TN + 2 vectors for 2 * TN
- * FMAs: with TN = 4, 0.75 loads per FMA, against 1.125 for one weight row by 8 inputs (which
- * measured 1.8x slower on SmolLM2-135M shapes: the loads, not the FMAs, were the limit). */
-#define SKINNY_KERNEL(TN)                                                                      \
-    static void skinny_dots_##TN(float (*dots)[4], const float *w0, const float *w1,          \
-                                 const float *in, size_t ld, int cols) {                       \
-        __m256 a0[TN], a1[TN];                                                                 \
-        _Pragma("GCC unroll 4") for (int t = 0; t < TN; t++) a0[t] = a1[t] = _mm256_setzero_ps(); \
-        int c = 0;                                                                             \
-        for (; c + 8 <= cols; c += 8) {                                                        \
-            __m256 x[TN];                                                                      \
-            _Pragma("GCC unroll 4") for (int t = 0; t < TN; t++) x[t] = _mm256_loadu_ps(in + t * ld + c); \
-            __m256 w = _mm256_loadu_ps(w0 + c);                                                \
-            _Pragma("GCC unroll 4") for (int t = 0; t < TN; t++) a0[t] = _mm256_fmadd_ps(w, x[t], a0[t]); \
-            w = _mm256_loadu_ps(w1 + c);                                                       \
-            _Pragma("GCC unroll 4") for (int t = 0; t < TN; t++) a1[t] = _mm256_fmadd_ps(w, x[t], a1[t]); \
-        }                                                                                      \
-        for (int t = 0; t < TN; t++) {                                                         \
-            float d0 = hsum8(a0[t]), d1 = hsum8(a1[t]);                                        \
-            for (int k = c; k < cols; k++) {                                                   \
-                d0 += w0[k] * in[t * ld + k];                                                  \
-                d1 += w1[k] * in[t * ld + k];                                                  \
-            }                                                                                  \
-            dots[0][t] = d0;                                                                   \
-            dots[1][t] = d1;                                                                   \
-        }                                                                                      \
-    }
-SKINNY_KERNEL(1)
-SKINNY_KERNEL(2)
-SKINNY_KERNEL(3)
-SKINNY_KERNEL(4)
-#undef SKINNY_KERNEL
-
-typedef void (*skinny_fn)(float (*)[4], const float *, const float *, const float *, size_t, int);
-static const skinny_fn skinny_kernels[MODEL_SKINNY_GROUP + 1] = {
-    NULL, skinny_dots_1, skinny_dots_2, skinny_dots_3, skinny_dots_4};
-
-/* Output rows [begin, end) of a skinny job. */
-static void skinny_rows(const skinny_job *j, int begin, int end) {
-    float dots[2][4];
-    for (int o = begin; o < end; o += 2) {
-        bool pair = o + 1 < end;
-        const float *w0 = j->W + (size_t)o * j->in_dim;
-        const float *w1 = pair ? w0 + j->in_dim : w0; /* an odd last row runs twice */
-        float b0 = j->bias ? j->bias[o] : 0.0f;
-        float b1 = j->bias && pair ? j->bias[o + 1] : 0.0f;
-        for (int tr = 0; tr < j->n; tr += MODEL_SKINNY_GROUP) {
-            int tn = j->n - tr < MODEL_SKINNY_GROUP ? j->n - tr : MODEL_SKINNY_GROUP;
-            skinny_kernels[tn](dots, w0, w1, j->in + (size_t)tr * j->in_dim, (size_t)j->in_dim,
-                               j->in_dim);
-            for (int t = 0; t < tn; t++) {
-                float *y = j->out + (size_t)(tr + t) * j->out_dim + o;
-                y[0] = j->accumulate ? y[0] + dots[0][t] + b0 : dots[0][t] + b0;
-                if (pair) y[1] = j->accumulate ? y[1] + dots[1][t] + b1 : dots[1][t] + b1;
-            }
+/* Claims the next chunk of job seq: false when the job is over or another one was posted. */
+static bool helper_claim(model_helper *h, uint32_t seq, int *chunk) {
+    uint64_t s = atomic_load_explicit(&h->state, memory_order_acquire);
+    for (;;) {
+        if ((uint32_t)(s >> 32) != seq) return false;
+        int total = (int)((s >> 16) & 0xffff), next = (int)(s & 0xffff);
+        if (next >= total) return false;
+        if (atomic_compare_exchange_weak_explicit(&h->state, &s, s + 1, memory_order_acq_rel,
+                                                  memory_order_acquire)) {
+            *chunk = next;
+            return true;
         }
     }
 }
-#endif
 
-#define MODEL_HELPER_SPIN 4000 /* pause iterations the helper polls before sleeping */
+/* Runs chunks of job seq until none is left. */
+static void helper_run(model_helper *h, uint32_t seq) {
+    int chunk;
+    while (helper_claim(h, seq, &chunk)) {
+        h->fn(h->ctx, chunk);
+        atomic_fetch_add_explicit(&h->done, 1, memory_order_release);
+    }
+}
 
-#ifdef MODEL_AVX2
 static void *helper_main(void *arg) {
     model_helper *h = arg;
-    unsigned long seen = 0;
+    uint32_t seen = 0;
     for (;;) {
-        unsigned long posted = atomic_load_explicit(&h->posted, memory_order_acquire);
-        for (int spin = 0; posted == seen && spin < MODEL_HELPER_SPIN; spin++) {
-            _mm_pause();
-            posted = atomic_load_explicit(&h->posted, memory_order_acquire);
+        uint32_t seq = (uint32_t)(atomic_load_explicit(&h->state, memory_order_acquire) >> 32);
+        for (int spin = 0; seq == seen && spin < MODEL_HELPER_SPIN; spin++) {
+            cpu_relax();
+            seq = (uint32_t)(atomic_load_explicit(&h->state, memory_order_acquire) >> 32);
         }
-        if (posted == seen) {
+        if (seq == seen) {
             pthread_mutex_lock(&h->lock);
-            while ((posted = atomic_load_explicit(&h->posted, memory_order_acquire)) == seen &&
+            while ((seq = (uint32_t)(atomic_load_explicit(&h->state, memory_order_acquire) >>
+                                     32)) == seen &&
                    !atomic_load(&h->quit))
                 pthread_cond_wait(&h->wake, &h->lock);
             pthread_mutex_unlock(&h->lock);
         }
         if (atomic_load(&h->quit)) return NULL;
-        seen = posted;
-        skinny_rows(&h->job, h->begin, h->end);
-        atomic_store_explicit(&h->done, seen, memory_order_release);
+        seen = seq;
+        helper_run(h, seq);
     }
 }
-#endif
 
-/* Starts the helper (best effort: without it the skinny kernel runs on the owner thread). */
+/* Starts the helper (best effort: without it every job runs on the owner thread). */
 static void helper_start(model_helper *h) {
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->wake, NULL);
-    atomic_init(&h->posted, 0);
+    atomic_init(&h->state, 0);
     atomic_init(&h->done, 0);
     atomic_init(&h->quit, false);
-#ifdef MODEL_AVX2
     h->started = pthread_create(&h->thread, NULL, helper_main, h) == 0;
-#endif
 }
 
 static void helper_stop(model_helper *h) {
@@ -598,45 +553,70 @@ static void helper_stop(model_helper *h) {
     pthread_cond_destroy(&h->wake);
 }
 
+/* fn(ctx, i) for every i < total, on the owner and the helper thread; returns when all ran. */
+static void helper_parallel_for(model_helper *h, helper_fn fn, void *ctx, int total) {
+    if (!h->started || total < 2) {
+        for (int i = 0; i < total; i++) fn(ctx, i);
+        return;
+    }
+    h->fn = fn;
+    h->ctx = ctx;
+    atomic_store_explicit(&h->done, 0, memory_order_relaxed);
+    uint32_t seq = (uint32_t)(atomic_load_explicit(&h->state, memory_order_relaxed) >> 32) + 1;
+    if (seq == 0) seq = 1; /* 0 is the helper's initial "seen" */
+    pthread_mutex_lock(&h->lock);
+    atomic_store_explicit(&h->state, (uint64_t)seq << 32 | (uint64_t)total << 16,
+                          memory_order_release);
+    pthread_cond_signal(&h->wake);
+    pthread_mutex_unlock(&h->lock);
+    helper_run(h, seq);
+    for (int spin = 0; atomic_load_explicit(&h->done, memory_order_acquire) != total; spin++) {
+        if (spin < MODEL_OWNER_SPIN) cpu_relax();
+        else sched_yield(); /* the helper holds a chunk but was descheduled (a loaded machine) */
+    }
+}
+
+/* ---- skinny products (a few rows: batched decode) ----------------------------------------- */
+
+#define MODEL_SKINNY_MAX_ROWS 8 /* rows up to which batch_matmul replaces sgemm */
+#define MODEL_SKINNY_CHUNKS 32  /* a product is split into about this many column chunks */
+#define MODEL_SKINNY_MIN_COLS 16 /* columns per chunk at least (a cache line of out) */
+
+typedef struct skinny_job {
+    cpu_isa isa;
+    float *out;
+    const float *in, *W, *bias;
+    int n, in_dim, out_dim, cols_per_chunk;
+    bool accumulate;
+} skinny_job;
+
+static void skinny_chunk(void *ctx, int chunk) {
+    const skinny_job *j = ctx;
+    int begin = chunk * j->cols_per_chunk;
+    int end = begin + j->cols_per_chunk < j->out_dim ? begin + j->cols_per_chunk : j->out_dim;
+    cpu_matmul_skinny_isa(j->isa, j->out, j->in, j->W, j->bias, j->n, j->in_dim, j->out_dim,
+                          begin, end, j->accumulate);
+}
+
 /* out[n][out_dim] (=|+=) in[n][in_dim] W^T (+ bias) like cpu_matmul_forward. For 2..8 rows
- * (batched decode) each weight row is streamed from memory once and used for every row from
- * L1: the step then costs about one weight read, as a single-sequence GEMV does, where
- * OpenBLAS's sgemm on such skinny shapes runs several times slower (measured: 8 rows took 2.6x
- * the time of 1 on SmolLM2-135M shapes; 8 skinny rows take about 2x). The output rows are split
- * between the owner thread and the model's helper thread (two cores, as OpenBLAS's threaded
- * sgemv uses for one row). Other sizes go to cpu_matmul_forward. */
+ * (batched decode) the product runs as cpu_matmul_skinny_isa over column chunks shared by the
+ * owner and the helper thread: each weight is streamed from memory once and used for every row
+ * from registers, so the step costs about one weight read as a single-sequence GEMV does, where
+ * OpenBLAS's sgemm on such skinny shapes repacks the weights and ran 8 rows in 2.6x the time of
+ * 1 (SmolLM2-135M shapes). Other sizes go to cpu_matmul_forward (OpenBLAS, its own threads). */
 static void batch_matmul(model *m, float *out, const float *in, const float *W, const float *bias,
                          int n, int in_dim, int out_dim, bool accumulate) {
-#ifdef MODEL_AVX2
-    if (n >= 2 && n <= MODEL_SKINNY_MAX_ROWS) {
+    if (n >= 2 && n <= MODEL_SKINNY_MAX_ROWS && m->isa != CPU_ISA_SCALAR) {
         double t0 = duel_time_seconds();
-        skinny_job job = {out, in, W, bias, n, in_dim, out_dim, accumulate};
-        model_helper *h = &m->helper;
-        int split = out_dim;
-        if (h->started && out_dim >= 64) {
-            split = (out_dim / 2) & ~15; /* the helper's rows start on a cache line of out */
-            h->job = job;
-            h->begin = split;
-            h->end = out_dim;
-            pthread_mutex_lock(&h->lock);
-            unsigned long ticket = atomic_load(&h->posted) + 1;
-            atomic_store_explicit(&h->posted, ticket, memory_order_release);
-            pthread_cond_signal(&h->wake);
-            pthread_mutex_unlock(&h->lock);
-            skinny_rows(&job, 0, split);
-            for (int spin = 0;
-                 atomic_load_explicit(&h->done, memory_order_acquire) != ticket; spin++) {
-                if (spin < 1 << 16) _mm_pause();
-                else sched_yield(); /* the helper was descheduled (a loaded machine) */
-            }
-        } else {
-            skinny_rows(&job, 0, split);
-        }
+        int cols = (out_dim / MODEL_SKINNY_CHUNKS + MODEL_SKINNY_MIN_COLS - 1) /
+                   MODEL_SKINNY_MIN_COLS * MODEL_SKINNY_MIN_COLS;
+        if (cols < MODEL_SKINNY_MIN_COLS) cols = MODEL_SKINNY_MIN_COLS;
+        skinny_job job = {m->isa, out, in, W, bias, n, in_dim, out_dim, cols, accumulate};
+        helper_parallel_for(&m->helper, skinny_chunk, &job, (out_dim + cols - 1) / cols);
         m->gemm.seconds += duel_time_seconds() - t0;
         m->gemm.flops += 2LL * n * in_dim * out_dim;
         return;
     }
-#endif
     cpu_matmul_forward(out, in, W, bias, n, in_dim, out_dim, accumulate, &m->gemm);
 }
 

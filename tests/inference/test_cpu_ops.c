@@ -114,6 +114,75 @@ static void test_matmul(void **state) {
         }
 }
 
+/* cpu_matmul_skinny_isa over columns [begin, end) against the float64 reference; columns
+ * outside the range must keep their previous values. */
+static void check_skinny(cpu_isa isa, int n, int in_dim, int out_dim, int begin, int end,
+                         bool with_bias, bool accumulate) {
+    duel_rng rng;
+    duel_rng_seed(&rng, 100 + (uint64_t)n * 31 + (uint64_t)in_dim * 7 + (uint64_t)out_dim * 3 +
+                            (uint64_t)isa * 2 + with_bias * 5 + accumulate);
+    float *x = rand_floats(&rng, (size_t)n * in_dim, 1, 0);
+    float *w = rand_floats(&rng, (size_t)out_dim * in_dim, 0.1, 0);
+    float *b = with_bias ? rand_floats(&rng, out_dim, 0.5, 0) : NULL;
+    float *out = rand_floats(&rng, (size_t)n * out_dim, 1, 0);
+    float *before = malloc((size_t)n * out_dim * sizeof *before);
+    assert_non_null(before);
+    memcpy(before, out, (size_t)n * out_dim * sizeof *out);
+    double *ref = alloc_doubles((size_t)n * out_dim);
+    for (int t = 0; t < n; t++)
+        for (int o = 0; o < out_dim; o++) {
+            double s = accumulate ? out[t * out_dim + o] : 0;
+            if (b) s += b[o];
+            for (int i = 0; i < in_dim; i++) s += (double)x[t * in_dim + i] * w[o * in_dim + i];
+            ref[t * out_dim + o] = s;
+        }
+    cpu_matmul_skinny_isa(isa, out, x, w, b, n, in_dim, out_dim, begin, end, accumulate);
+    double *got_ref = alloc_doubles((size_t)n * (end - begin) + 1);
+    float *got = malloc(((size_t)n * (end - begin) + 1) * sizeof *got);
+    assert_non_null(got);
+    for (int t = 0; t < n; t++)
+        for (int o = 0; o < out_dim; o++) {
+            size_t at = (size_t)t * out_dim + o;
+            if (o < begin || o >= end) {
+                if (memcmp(&out[at], &before[at], sizeof *out))
+                    fail_msg("isa %d n %d %dx%d [%d,%d): column %d of row %d was written", isa,
+                             n, out_dim, in_dim, begin, end, o, t);
+            } else {
+                got[(size_t)t * (end - begin) + (o - begin)] = out[at];
+                got_ref[(size_t)t * (end - begin) + (o - begin)] = ref[at];
+            }
+        }
+    double e = test_relative_error(got, got_ref, (size_t)n * (end - begin));
+    if (!(e < TOL))
+        fail_msg("isa %d n %d %dx%d [%d,%d) bias %d acc %d: relative error %g", isa, n, out_dim,
+                 in_dim, begin, end, with_bias, accumulate, e);
+    free(x), free(w), free(b), free(out), free(before), free(ref), free(got_ref), free(got);
+}
+
+/* The skinny kernel (batched decode's projections) for every instruction set this CPU has:
+ * rows 1..16 (tiles of 1..4 input rows and their remainders), in_dim below, at and between
+ * vector widths (masked tails), odd column ranges (the one-weight-row remainder), bias and the
+ * fused residual add. */
+static void test_matmul_skinny(void **state) {
+    (void)state;
+    const int in_dims[] = {1, 7, 8, 15, 16, 17, 33, 70, 576};
+    cpu_isa best = cpu_isa_best();
+    assert_true(best >= CPU_ISA_SCALAR && best <= CPU_ISA_AVX512);
+    for (int isa = CPU_ISA_SCALAR; isa <= (int)best; isa++) {
+        for (int n = 1; n <= 16; n++)
+            check_skinny((cpu_isa)isa, n, 70, 37, 0, 37, n % 2, n % 3 == 0);
+        for (size_t k = 0; k < sizeof in_dims / sizeof *in_dims; k++)
+            for (int acc = 0; acc < 2; acc++) {
+                check_skinny((cpu_isa)isa, 8, in_dims[k], 23, 0, 23, !acc, acc);
+                check_skinny((cpu_isa)isa, 5, in_dims[k], 41, 3, 38, acc, acc);
+            }
+        /* a split as the model's threads use it: adjacent ranges cover all columns */
+        check_skinny((cpu_isa)isa, 8, 96, 100, 0, 48, true, true);
+        check_skinny((cpu_isa)isa, 8, 96, 100, 48, 100, true, true);
+        check_skinny((cpu_isa)isa, 3, 96, 100, 10, 10, true, false); /* empty: writes nothing */
+    }
+}
+
 /* Independent transcription of transformers' _compute_llama3_parameters for one frequency. */
 static double ref_llama3(double f, double factor, double low, double high, double old_ctx) {
     double wavelen = 2 * M_PI / f;
@@ -335,6 +404,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embedding), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_layernorm), cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_skinny),
         cmocka_unit_test(test_rope_inv_freq), cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention), cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_gelu), cmocka_unit_test(test_bf16_to_f32),
