@@ -1,11 +1,12 @@
 /* cmd_train_service.c: `duel train`, the asynchronous online trainer (DESIGN.md section 6): reads
  * votes from Redis (trainer/stream_consumer.h), updates the ERM and the policy
  * (trainer/online_trainer.h), checkpoints, publishes snapshots. Stops cleanly on SIGINT/SIGTERM
- * (the current batch stays pending in Redis and is redelivered to the next run).
+ * or after --idle-exit-ms without votes: a last checkpoint holds everything offered (a partial
+ * batch included), then its entries are acknowledged.
  *
  * The JSON config (--config) is read here: the sections model, erm, trainer and redis with
  * strict keys (unknown keys are errors naming the path); other top-level sections belong to
- * other commands and are ignored. */
+ * other commands and are ignored. docs/TRAINER.md lists every key with its default. */
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -56,7 +57,9 @@ static int load_config(const char *path, train_service_config *c, duel_error *er
                                            "min_pairs", "buffer_size", "minibatch", "adam_steps", NULL};
     static const char *const trainer_keys[] = {"loss", "beta", "batch_size", "lr", "min_lr", "warmup_steps",
                                                "total_steps", "clip_norm", "weight_decay", "publish_every",
-                                               "max_deliveries", "seed", "consumer", "recent_vote_ids", NULL};
+                                               "max_deliveries", "seed", "consumer", "recent_vote_ids", "burn_in",
+                                               "gamma", "synthetic_store", "checkpoint_every",
+                                               "publish_every_seconds", NULL};
     static const char *const redis_keys[] = {"host", "port", NULL};
     json_t *model = json_object_get(root, "model"), *erm = json_object_get(root, "erm");
     json_t *tr = json_object_get(root, "trainer"), *redis = json_object_get(root, "redis");
@@ -83,6 +86,7 @@ static int load_config(const char *path, train_service_config *c, duel_error *er
     if (rc == 0 && tr) {
         online_trainer_options *o = &c->trainer;
         long long warmup = o->warmup_steps, total = o->total_steps, seed = (long long)o->seed;
+        long long burn_in = o->burn_in;
         if ((rc = check_keys(tr, "trainer", trainer_keys, path, err)) == 0 &&
             (rc = duel_json_get_string(tr, "loss", c->loss, sizeof c->loss, path, err)) == 0 && c->loss[0] &&
             (rc = dap_loss_kind_parse(c->loss, &o->loss.kind, err)) == 0)
@@ -102,6 +106,16 @@ static int load_config(const char *path, train_service_config *c, duel_error *er
             (rc = duel_json_get_int(tr, "seed", 0, 1LL << 62, &seed, path, err)) == 0 &&
             (rc = duel_json_get_string(tr, "consumer", c->consumer_name, sizeof c->consumer_name, path, err)) == 0)
             rc = get_int_option(tr, "recent_vote_ids", 1, 1000000, &o->recent_vote_ids, path, err);
+        if (rc == 0 && (rc = duel_json_get_int(tr, "burn_in", 0, 1LL << 40, &burn_in, path, err)) == 0 &&
+            (rc = duel_json_get_double(tr, "gamma", &o->gamma, path, err)) == 0 &&
+            (rc = get_int_option(tr, "synthetic_store", 1, ONLINE_MAX_STORE, &o->synthetic_store, path, err)) == 0 &&
+            (rc = get_int_option(tr, "checkpoint_every", 1, 1 << 30, &o->checkpoint_every, path, err)) == 0 &&
+            (rc = duel_json_get_double(tr, "publish_every_seconds", &o->publish_every_seconds, path, err)) == 0 &&
+            !(o->gamma > 0 && o->gamma <= 1))
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.gamma must be in (0, 1]", path);
+        if (rc == 0 && !(o->publish_every_seconds >= 0 && isfinite(o->publish_every_seconds)))
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.publish_every_seconds must be >= 0", path);
+        o->burn_in = burn_in;
         o->warmup_steps = warmup;
         o->total_steps = total;
         o->seed = (uint64_t)seed;
@@ -113,6 +127,11 @@ static int load_config(const char *path, train_service_config *c, duel_error *er
     }
     json_decref(root);
     return rc;
+}
+
+static void log_line(void *context, const char *line) {
+    (void)context;
+    fprintf(stderr, "duel train: %s\n", line);
 }
 
 static volatile sig_atomic_t g_stop; /* main's only mutable global: set by the signal handler */
@@ -142,9 +161,16 @@ int cmd_train_service(int argc, char **argv) {
     const cli_command cmd = {
         "train", "[--redis HOST:PORT] [--config FILE] [--data-dir DIR] [options]",
         "The online trainer: reads votes from the Redis stream duel:prefs (consumer group trainers),\n"
-        "updates the ERM ensemble and the policy (DPO/IPO/SLiC/SimPO) per batch, checkpoints into\n"
-        "DIR/trainer before acknowledging, and publishes snapshots into DIR/snapshots every\n"
-        "trainer.publish_every updates. Status goes to the hash duel:trainer:status.",
+        "updates the ERM ensemble and the policy (DPO/IPO/SLiC/SimPO) per batch of trainer.batch_size\n"
+        "real pairs, plus ERM-labelled synthetic pairs (SEA mixture, fraction 1-trainer.gamma) once\n"
+        "trainer.burn_in pairs are applied. Checkpoints into DIR/trainer every\n"
+        "trainer.checkpoint_every updates (and after each snapshot, when idle and at exit);\n"
+        "votes are acknowledged only once a checkpoint holds them. Publishes snapshots into\n"
+        "DIR/snapshots every trainer.publish_every updates or trainer.publish_every_seconds.\n"
+        "Live knobs are read from the hash duel:knobs before every batch (loss, beta, gamma,\n"
+        "lr_scale, clip_norm, batch_size, burn_in, publish_every, publish_every_seconds,\n"
+        "checkpoint_every; bad ones are logged and ignored). Status goes to the hash\n"
+        "duel:trainer:status. Config keys: docs/TRAINER.md.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
@@ -184,6 +210,7 @@ int cmd_train_service(int argc, char **argv) {
     c->consumer.data_dir = data_dir;
     c->consumer.tokenizer_dir = c->model_path;
     c->consumer.base_model = c->model_path;
+    c->consumer.log = log_line;
     online_trainer *trainer = NULL;
     stream_consumer *consumer = NULL;
     signal(SIGINT, on_signal);
@@ -204,15 +231,16 @@ int cmd_train_service(int argc, char **argv) {
             online_trainer_get_status(trainer, &s);
             if (s.step != last_step && !quiet) {
                 fprintf(stderr, "step %lld  prefs %lld  loss %.4f  margin %.4f  kl %.4f  lr %.2e  |g| %.2f  "
-                        "erm loss %.4f  erm acc %.3f  snapshot %lld\n", (long long)s.step,
+                        "erm loss %.4f  erm acc %.3f  synthetic %d  snapshot %lld\n", (long long)s.step,
                         (long long)s.prefs_applied, s.loss, s.margin, s.kl, s.lr, s.grad_norm, s.erm_loss,
-                        s.erm_accuracy, (long long)s.published_version);
+                        s.erm_accuracy, s.synthetic, (long long)s.published_version);
             }
             last_step = s.step;
             if (n > 0) idle_since = duel_time_seconds();
             else if (idle_exit_ms > 0 && (duel_time_seconds() - idle_since) * 1000.0 >= (double)idle_exit_ms)
-                break; /* a partial batch stays pending in Redis for the next run */
+                break;
         }
+        if (rc == 0) rc = stream_consumer_flush(consumer, &err);
     }
     if (rc != 0) fprintf(stderr, "duel train: %s\n", err.message);
     stream_consumer_close(consumer);

@@ -20,7 +20,9 @@
 #include "sha256.h"
 
 #define STATE_FORMAT "duel-online-trainer"
-#define STATE_VERSION 1
+#define STATE_VERSION 2 /* 2: SEA store and pending entries in entries.bin */
+#define ENTRIES_MAGIC "DUELENT1"
+#define ENTRIES_MAX_BYTES ((uint64_t)16 << 30)
 #define STATE_MAX_BYTES ((size_t)64 << 20)
 #define PAIR_LOG_COMPACT_FACTOR 4 /* rewrite the pair log when it holds this many buffers */
 
@@ -30,7 +32,8 @@ typedef struct pending_pair {
 } pending_pair;
 
 struct online_trainer {
-    online_trainer_options options;
+    online_trainer_options options; /* in effect: base overridden by the live knobs */
+    online_trainer_options base;    /* as configured */
     char data_dir[ONLINE_PATH_MAX], trainer_dir[ONLINE_PATH_MAX], base_model[ONLINE_PATH_MAX];
     char model_id[VOTE_ENTRY_MAX_ID + 1];
     train_model *policy, *reference;
@@ -46,7 +49,7 @@ struct online_trainer {
     char (*recent)[VOTE_ENTRY_MAX_ID + 1];
     int recent_start, recent_count;
     pending_pair *pending;
-    int num_pending;
+    int num_pending, pending_cap;
     /* the pair log: erm_pairs.<gen>.bin holds pairs base .. base + records */
     int pair_log_fd;
     int64_t pair_log_gen, pair_log_base, pair_log_records, old_pair_log_gen;
@@ -54,6 +57,11 @@ struct online_trainer {
     online_trainer_status status;
     int64_t erm_right;
     bool publish_due;
+    /* SEA: the duel store (a ring of owned entries, oldest at store_start) and the RNG that
+     * draws synthetic pairs */
+    vote_entry *store;
+    int store_start, store_count;
+    duel_rng mix_rng;
 };
 
 void online_trainer_default_options(online_trainer_options *o) {
@@ -71,6 +79,12 @@ void online_trainer_default_options(online_trainer_options *o) {
     o->clip_norm = 1.0;
     erm_train_default_options(&o->erm);
     o->publish_every = 10;
+    o->publish_every_seconds = 5.0;
+    o->checkpoint_every = 1;
+    o->burn_in = 1000;
+    o->gamma = 0.7;
+    o->synthetic_store = 256;
+    o->lr_scale = 1.0;
     o->recent_vote_ids = 2048;
     o->seed = 1234;
 }
@@ -249,6 +263,14 @@ int online_trainer_open(const online_trainer_options *o, const char *data_dir,
     if (rc) return rc;
     if (!(o->clip_norm >= 0) || !(o->loss.beta > 0))
         return duel_error_set(err, DUEL_EINVAL, "trainer: clip_norm must be >= 0 and beta > 0");
+    if (!(o->gamma > 0 && o->gamma <= 1))
+        return duel_error_set(err, DUEL_EINVAL, "trainer.gamma %g outside (0, 1]", o->gamma);
+    if (o->burn_in < 0 || o->synthetic_store < 1 || o->synthetic_store > ONLINE_MAX_STORE)
+        return duel_error_set(err, DUEL_EINVAL, "trainer: burn_in must be >= 0 and synthetic_store in 1..%d",
+                              ONLINE_MAX_STORE);
+    if (o->checkpoint_every < 1 || !(o->publish_every_seconds >= 0 && isfinite(o->publish_every_seconds)))
+        return duel_error_set(err, DUEL_EINVAL, "trainer: checkpoint_every must be >= 1 and "
+                              "publish_every_seconds finite and >= 0");
     online_trainer *t = calloc(1, sizeof *t);
     if (!t) return duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
     t->options = *o;
@@ -256,6 +278,7 @@ int online_trainer_open(const online_trainer_options *o, const char *data_dir,
     t->options.erm_path = NULL;
     t->options.model_id = NULL;
     t->options.loss.xpo_alpha = 0; /* XPO needs samples of the reference, which votes lack */
+    t->base = t->options;
     t->schedule = schedule;
     t->pair_log_fd = -1;
     snprintf(t->base_model, sizeof t->base_model, "%s", o->model_dir);
@@ -291,7 +314,10 @@ int online_trainer_open(const online_trainer_options *o, const char *data_dir,
         goto fail;
     t->recent = calloc((size_t)o->recent_vote_ids, sizeof *t->recent);
     t->pending = calloc((size_t)o->batch_size, sizeof *t->pending);
-    if (!t->recent || !t->pending) {
+    t->pending_cap = o->batch_size;
+    t->store = calloc((size_t)o->synthetic_store, sizeof *t->store);
+    duel_rng_seed(&t->mix_rng, o->seed ^ 0x5345415f4d495821ull); /* "SEA_MIX!" */
+    if (!t->recent || !t->pending || !t->store) {
         rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
         goto fail;
     }
@@ -307,6 +333,8 @@ void online_trainer_close(online_trainer *t) {
     if (!t) return;
     for (int i = 0; i < t->num_pending; i++) vote_entry_free(&t->pending[i].entry);
     free(t->pending);
+    for (int i = 0; t->store && i < t->options.synthetic_store; i++) vote_entry_free(&t->store[i]);
+    free(t->store);
     free(t->recent);
     erm_trainer_free(t->erm_trainer);
     erm_free(t->erm);
@@ -329,9 +357,13 @@ void online_trainer_limits(const online_trainer *t, vote_entry_limits *out) {
 }
 
 train_model *online_trainer_policy(online_trainer *t) { return t->policy; }
+const online_trainer_options *online_trainer_get_options(const online_trainer *t) { return &t->options; }
 const char *online_trainer_config_json(const online_trainer *t) { return t->config_json; }
 const erm *online_trainer_erm(const online_trainer *t) { return t->erm; }
-void online_trainer_set_published(online_trainer *t, int64_t v) { t->status.published_version = v; }
+void online_trainer_set_published(online_trainer *t, int64_t v) {
+    t->status.published_version = v;
+    t->publish_due = false;
+}
 int online_trainer_pending_pairs(const online_trainer *t) { return t->num_pending; }
 bool online_trainer_batch_ready(const online_trainer *t) { return t->num_pending >= t->options.batch_size; }
 bool online_trainer_publish_due(const online_trainer *t) { return t->publish_due; }
@@ -341,6 +373,174 @@ void online_trainer_get_status(const online_trainer *t, online_trainer_status *o
     *out = t->status;
     snprintf(out->last_applied_id, sizeof out->last_applied_id, "%s", t->last_applied_id);
     out->erm_pairs_seen = erm_trainer_pairs_seen(t->erm_trainer);
+    out->stored_duels = t->store_count;
+}
+
+/* ---- live knobs ------------------------------------------------------------------------- */
+
+/* Knobs of duel:knobs that belong to serving (the engine and the gateway read them): the
+ * trainer ignores them without a word. */
+static const char *const SERVING_KNOBS[] = {"strategy", "M", "temperature", "top_p", "top_k", "max_new_tokens",
+                                            "min_p", "repetition_penalty", "arena_fraction", NULL};
+
+static int knob_int(const char *name, const char *v, long long lo, long long hi, long long *out, duel_error *err) {
+    char *end = NULL;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (!v[0] || *end || errno || (v[0] != '-' && (v[0] < '0' || v[0] > '9')))
+        return duel_error_set(err, DUEL_EFORMAT, "knob %s: '%.64s' is not an integer", name, v);
+    if (x < lo || x > hi)
+        return duel_error_set(err, DUEL_EINVAL, "knob %s: %lld outside %lld..%lld", name, x, lo, hi);
+    *out = x;
+    return 0;
+}
+
+/* lo_open: the lower bound itself is excluded. */
+static int knob_real(const char *name, const char *v, double lo, bool lo_open, double hi, double *out,
+                     duel_error *err) {
+    char *end = NULL;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (!v[0] || *end || errno || !isfinite(x) || (v[0] != '-' && v[0] != '.' && (v[0] < '0' || v[0] > '9')))
+        return duel_error_set(err, DUEL_EFORMAT, "knob %s: '%.64s' is not a finite number", name, v);
+    if (x < lo || (lo_open && x == lo) || x > hi)
+        return duel_error_set(err, DUEL_EINVAL, "knob %s: %g outside %s%g, %g]", name, x, lo_open ? "(" : "[", lo, hi);
+    *out = x;
+    return 0;
+}
+
+/* Applies one knob to o; DUEL_ENOTFOUND when it is not a trainer knob. */
+static int apply_knob(online_trainer_options *o, const char *name, const char *v, duel_error *err) {
+    long long i = 0;
+    double x = 0;
+    int rc;
+    if (strcmp(name, "beta") == 0) {
+        if ((rc = knob_real(name, v, 0, true, 1e6, &x, err)) == 0) o->loss.beta = x;
+    } else if (strcmp(name, "gamma") == 0) {
+        if ((rc = knob_real(name, v, 0, true, 1, &x, err)) == 0) o->gamma = x;
+    } else if (strcmp(name, "loss") == 0) {
+        dap_loss_kind kind;
+        if ((rc = dap_loss_kind_parse(v, &kind, err)) == 0 && kind != o->loss.kind) {
+            double simpo_gamma = o->loss.simpo_gamma;
+            dap_loss_default_options(kind, &o->loss); /* that loss's beta unless a beta knob is set */
+            o->loss.simpo_gamma = kind == DAP_LOSS_SIMPO ? o->loss.simpo_gamma : simpo_gamma;
+            o->loss.xpo_alpha = 0;
+        }
+    } else if (strcmp(name, "lr_scale") == 0) {
+        if ((rc = knob_real(name, v, 0, true, 1000, &x, err)) == 0) o->lr_scale = x;
+    } else if (strcmp(name, "clip_norm") == 0) {
+        if ((rc = knob_real(name, v, 0, false, 1e6, &x, err)) == 0) o->clip_norm = x;
+    } else if (strcmp(name, "publish_every_seconds") == 0) {
+        if ((rc = knob_real(name, v, 0, false, 1e9, &x, err)) == 0) o->publish_every_seconds = x;
+    } else if (strcmp(name, "batch_size") == 0) {
+        if ((rc = knob_int(name, v, 1, ONLINE_MAX_BATCH, &i, err)) == 0) o->batch_size = (int)i;
+    } else if (strcmp(name, "publish_every") == 0) {
+        if ((rc = knob_int(name, v, 0, 1 << 30, &i, err)) == 0) o->publish_every = (int)i;
+    } else if (strcmp(name, "checkpoint_every") == 0) {
+        if ((rc = knob_int(name, v, 1, 1 << 30, &i, err)) == 0) o->checkpoint_every = (int)i;
+    } else if (strcmp(name, "burn_in") == 0) {
+        if ((rc = knob_int(name, v, 0, 1LL << 40, &i, err)) == 0) o->burn_in = i;
+    } else {
+        return DUEL_ENOTFOUND;
+    }
+    return rc;
+}
+
+int online_trainer_set_knobs(online_trainer *t, int n, const char *const *names, const char *const *values,
+                             online_knob_report *report) {
+    online_trainer_options o = t->base;
+    memset(report, 0, sizeof *report);
+    /* loss first: a beta knob then overrides that loss's default beta, whatever the order */
+    for (int pass = 0; pass < 2; pass++) {
+        for (int k = 0; k < n; k++) {
+            if ((strcmp(names[k], "loss") == 0) != (pass == 0)) continue;
+            bool serving = false;
+            for (int s = 0; SERVING_KNOBS[s]; s++) serving |= strcmp(SERVING_KNOBS[s], names[k]) == 0;
+            if (serving) continue;
+            duel_error kerr = {0};
+            int rc = apply_knob(&o, names[k], values[k], &kerr);
+            if (rc == 0) {
+                report->applied++;
+                continue;
+            }
+            if (rc == DUEL_ENOTFOUND) duel_error_set(&kerr, rc, "unknown knob %.64s", names[k]);
+            if (report->num_rejected < ONLINE_MAX_KNOB_REPORTS) {
+                online_knob_rejection *r = &report->rejected[report->num_rejected++];
+                snprintf(r->name, sizeof r->name, "%.63s", names[k]);
+                snprintf(r->value, sizeof r->value, "%.63s", values[k]);
+                snprintf(r->reason, sizeof r->reason, "%.191s", kerr.message);
+            }
+        }
+    }
+    t->options = o;
+    return 0;
+}
+
+int online_trainer_knobs_json(const online_trainer *t, char *out, size_t cap) {
+    const online_trainer_options *o = &t->options;
+    int n = snprintf(out, cap,
+                     "{\"loss\":\"%s\",\"beta\":%.9g,\"gamma\":%.9g,\"lr_scale\":%.9g,\"clip_norm\":%.9g,"
+                     "\"batch_size\":%d,\"burn_in\":%lld,\"publish_every\":%d,\"publish_every_seconds\":%.9g,"
+                     "\"checkpoint_every\":%d}",
+                     dap_loss_kind_name(o->loss.kind), o->loss.beta, o->gamma, o->lr_scale, o->clip_norm, o->batch_size,
+                     (long long)o->burn_in, o->publish_every, o->publish_every_seconds, o->checkpoint_every);
+    return n >= 0 && (size_t)n < cap ? 0 : DUEL_ELIMIT;
+}
+
+/* ---- the SEA duel store ----------------------------------------------------------------- */
+
+/* Takes entry's contents into the store (the oldest duel leaves when full); entry is left
+ * empty. Duels with a candidate that does not fit the model's positions are not kept (their
+ * synthetic pairs could not be trained on). */
+static void store_push(online_trainer *t, vote_entry *e) {
+    const model_config *mc = train_model_config(t->policy);
+    for (int i = 0; mc->max_position_embeddings > 0 && i < e->num_candidates; i++) {
+        int len;
+        vote_entry_candidate(e, i, &len);
+        if (e->n_prompt_tokens + len > mc->max_position_embeddings) {
+            vote_entry_free(e);
+            return;
+        }
+    }
+    int cap = t->options.synthetic_store, slot;
+    if (t->store_count < cap) {
+        slot = (t->store_start + t->store_count++) % cap;
+    } else {
+        slot = t->store_start;
+        t->store_start = (t->store_start + 1) % cap;
+        vote_entry_free(&t->store[slot]);
+    }
+    t->store[slot] = *e;
+    memset(e, 0, sizeof *e);
+}
+
+int online_trainer_synthetic_pairs(const online_trainer *t) {
+    const double g = t->options.gamma;
+    if (g >= 1.0 || t->store_count == 0 || t->status.prefs_applied < t->options.burn_in) return 0;
+    double s = floor((double)t->options.batch_size * (1.0 - g) / g + 0.5);
+    return s > ONLINE_MAX_BATCH ? ONLINE_MAX_BATCH : (int)s;
+}
+
+int online_sea_label(const erm *model, const float *features, int M, int head, int *chosen, int *rejected,
+                     duel_error *err) {
+    const int E = model->config.num_heads;
+    if (M < 2 || M > ERM_MAX_CANDIDATES || head < 0 || head >= E)
+        return duel_error_set(err, DUEL_EINVAL, "sea label: %d candidates, head %d of %d", M, head, E);
+    float *r = malloc((size_t)M * (size_t)E * sizeof(float));
+    if (!r) return duel_error_set(err, DUEL_ENOMEM, "sea label: out of memory");
+    int rc = erm_score(model, features, M, r, err);
+    if (rc == 0) {
+        int hi = 0, lo = 0;
+        for (int i = 1; i < M; i++) {
+            if (r[(size_t)i * E + head] > r[(size_t)hi * E + head]) hi = i;
+            if (r[(size_t)i * E + head] < r[(size_t)lo * E + head]) lo = i;
+        }
+        if (hi == lo) hi = 0, lo = 1; /* all equal */
+        *chosen = hi;
+        *rejected = lo;
+    }
+    free(r);
+    return rc;
 }
 
 /* ---- offering entries ------------------------------------------------------------------- */
@@ -364,8 +564,23 @@ static void remember_vote_id(online_trainer *t, const char *vote_id) {
     snprintf(t->recent[slot], sizeof t->recent[slot], "%s", vote_id);
 }
 
+/* Grows the pending batch's array to hold n entries (batch_size may grow by a live knob). */
+static int reserve_pending(online_trainer *t, int n, duel_error *err) {
+    if (n <= t->pending_cap) return 0;
+    int cap = t->pending_cap * 2 > n ? t->pending_cap * 2 : n;
+    if (cap > ONLINE_MAX_BATCH) cap = ONLINE_MAX_BATCH;
+    if (n > cap) return duel_error_set(err, DUEL_ELIMIT, "online trainer: more than %d pending pairs", ONLINE_MAX_BATCH);
+    pending_pair *p = realloc(t->pending, (size_t)cap * sizeof *p);
+    if (!p) return duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+    memset(p + t->pending_cap, 0, (size_t)(cap - t->pending_cap) * sizeof *p);
+    t->pending = p;
+    t->pending_cap = cap;
+    return 0;
+}
+
 int online_trainer_offer(online_trainer *t, const char *id, vote_entry *e,
                          online_offer_result *result, duel_error *err) {
+    int rc;
     uint64_t ms, seq;
     if (strlen(id) >= ONLINE_STREAM_ID_MAX || online_stream_id_parse(id, &ms, &seq) != 0)
         return duel_error_set(err, DUEL_EINVAL, "online trainer: bad stream id '%s'", id);
@@ -387,11 +602,11 @@ int online_trainer_offer(online_trainer *t, const char *id, vote_entry *e,
     if (!vote_choice_is_pair(e->choice)) {
         if (e->choice == VOTE_CHOICE_TIE) t->status.ties++;
         else t->status.both_bad++;
+        store_push(t, e);
         *result = ONLINE_OFFER_COUNTED;
         return 0;
     }
-    if (t->num_pending >= t->options.batch_size)
-        return duel_error_set(err, DUEL_EINVAL, "online trainer: batch full, apply it first");
+    if ((rc = reserve_pending(t, t->num_pending + 1, err))) return rc;
     t->pending[t->num_pending++].entry = *e;
     memset(e, 0, sizeof *e);
     *result = ONLINE_OFFER_BATCHED;
@@ -400,16 +615,21 @@ int online_trainer_offer(online_trainer *t, const char *id, vote_entry *e,
 
 /* ---- the update ------------------------------------------------------------------------- */
 
+/* One pair of the policy batch: a real vote or a synthetic pair of a stored duel. */
+typedef struct batch_pair {
+    const vote_entry *entry;
+    int chosen, rejected;
+} batch_pair;
+
 /* Fills rows 0..P-1 with prompt+chosen and P..2P-1 with prompt+rejected. */
-static int build_batch(const online_trainer *t, int32_t **tokens, int32_t **targets, float **mask,
+static int build_batch(const batch_pair *pairs, int P, int32_t **tokens, int32_t **targets, float **mask,
                        int *seq_len, duel_error *err) {
-    const int P = t->num_pending;
     int T = 1;
     for (int i = 0; i < P; i++) {
-        const vote_entry *e = &t->pending[i].entry;
+        const vote_entry *e = pairs[i].entry;
         for (int side = 0; side < 2; side++) {
             int len;
-            vote_entry_candidate(e, side == 0 ? e->chosen_idx : e->rejected_idx, &len);
+            vote_entry_candidate(e, side == 0 ? pairs[i].chosen : pairs[i].rejected, &len);
             int total = e->n_prompt_tokens + len - 1;
             if (total > T) T = total;
         }
@@ -421,10 +641,10 @@ static int build_batch(const online_trainer *t, int32_t **tokens, int32_t **targ
     if (!*tokens || !*targets || !*mask)
         return duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory for the batch");
     for (int i = 0; i < P; i++) {
-        const vote_entry *e = &t->pending[i].entry;
+        const vote_entry *e = pairs[i].entry;
         for (int side = 0; side < 2; side++) {
             int len;
-            const int32_t *resp = vote_entry_candidate(e, side == 0 ? e->chosen_idx : e->rejected_idx, &len);
+            const int32_t *resp = vote_entry_candidate(e, side == 0 ? pairs[i].chosen : pairs[i].rejected, &len);
             size_t row = (size_t)(side * P + i) * T;
             int n = e->n_prompt_tokens + len;
             for (int p = 0; p + 1 < n && p < T; p++) {
@@ -445,7 +665,9 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
     if (!online_trainer_batch_ready(t))
         return duel_error_set(err, DUEL_EINVAL, "online trainer: no batch is ready");
     const int P = t->num_pending, D = t->erm->config.d_feat;
+    const int S = online_trainer_synthetic_pairs(t); /* before this update counts its pairs */
     int rc = 0;
+    batch_pair *pairs = malloc((size_t)(P + S) * sizeof *pairs);
     float *chosen = malloc((size_t)P * D * sizeof(float)), *rejected = malloc((size_t)P * D * sizeof(float));
     float *record = malloc((size_t)2 * D * sizeof(float));
     double *seq = malloc((size_t)2 * P * sizeof(double)), *cnt = malloc((size_t)2 * P * sizeof(double));
@@ -453,7 +675,7 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
     double *dseq = calloc((size_t)2 * P, sizeof(double));
     int32_t *tokens = NULL, *targets = NULL;
     float *mask = NULL;
-    if (!chosen || !rejected || !record || !seq || !cnt || !ref || !rcnt || !dseq) {
+    if (!chosen || !rejected || !record || !seq || !cnt || !ref || !rcnt || !dseq || !pairs) {
         rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
         goto done;
     }
@@ -477,20 +699,43 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
     erm_train_stats es;
     if ((rc = erm_trainer_update(t->erm_trainer, &es, err))) goto done;
     if (es.steps > 0) t->status.erm_loss = es.loss;
+    /* The policy batch: the P real pairs, then S synthetic pairs labelled by the updated ERM. */
+    for (int i = 0; i < P; i++) {
+        const vote_entry *e = &t->pending[i].entry;
+        pairs[i] = (batch_pair){e, e->chosen_idx, e->rejected_idx};
+    }
+    for (int s = 0; s < S; s++) {
+        int idx = (int)duel_rng_below(&t->mix_rng, (uint64_t)t->store_count);
+        int head = (int)duel_rng_below(&t->mix_rng, (uint64_t)t->erm->config.num_heads);
+        const vote_entry *d = &t->store[(t->store_start + idx) % t->options.synthetic_store];
+        pairs[P + s].entry = d;
+        if ((rc = online_sea_label(t->erm, d->features, d->num_candidates, head, &pairs[P + s].chosen,
+                                   &pairs[P + s].rejected, err)))
+            goto done;
+    }
     /* Policy: reference and policy log-probabilities of the same responses, one DAP update. */
+    const int B = P + S;
+    free(seq), free(cnt), free(ref), free(rcnt), free(dseq);
+    seq = malloc((size_t)2 * B * sizeof(double)), cnt = malloc((size_t)2 * B * sizeof(double));
+    ref = malloc((size_t)2 * B * sizeof(double)), rcnt = malloc((size_t)2 * B * sizeof(double));
+    dseq = calloc((size_t)2 * B, sizeof(double));
+    if (!seq || !cnt || !ref || !rcnt || !dseq) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+        goto done;
+    }
     int T = 1;
-    if ((rc = build_batch(t, &tokens, &targets, &mask, &T, err))) goto done;
-    train_batch tb = {2 * P, T, tokens, targets, mask};
+    if ((rc = build_batch(pairs, B, &tokens, &targets, &mask, &T, err))) goto done;
+    train_batch tb = {2 * B, T, tokens, targets, mask};
     const dap_loss_options *lo = &t->options.loss;
     bool uses_ref = dap_loss_uses_reference(lo->kind);
     if (uses_ref && (rc = train_model_forward(t->reference, &tb, ref, rcnt, NULL, err))) goto done;
     train_model_zero_grad(t->policy);
     if ((rc = train_model_forward(t->policy, &tb, seq, cnt, NULL, err))) goto done;
     double kl = 0;
-    for (int r = 0; r < 2 * P; r++) kl += uses_ref ? seq[r] - ref[r] : 0;
-    dap_loss_batch lb = {P, seq, seq + P, cnt, cnt + P, uses_ref ? ref : NULL,
-                         uses_ref ? ref + P : NULL, NULL, NULL};
-    dap_loss_grads g = {dseq, dseq + P, NULL};
+    for (int r = 0; r < 2 * B; r++) kl += uses_ref ? seq[r] - ref[r] : 0;
+    dap_loss_batch lb = {B, seq, seq + B, cnt, cnt + B, uses_ref ? ref : NULL,
+                         uses_ref ? ref + B : NULL, NULL, NULL};
+    dap_loss_grads g = {dseq, dseq + B, NULL};
     dap_loss_result lr_;
     if ((rc = dap_loss_compute(lo, &lb, &lr_, &g, err))) goto done;
     if ((rc = train_model_backward(t->policy, dseq, err))) goto done;
@@ -502,7 +747,7 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
                             "update %lld", (long long)t->status.step + 1);
         goto done;
     }
-    double lr = lr_schedule_at(&t->schedule, t->status.step);
+    double lr = lr_schedule_at(&t->schedule, t->status.step) * t->options.lr_scale;
     if ((rc = adamw_update(&t->optimizer, &t->options.adamw, train_model_parameter_memory(t->policy),
                            grads, t->decay_mask, lr, err)))
         goto done;
@@ -511,13 +756,16 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
     t->status.loss = lr_.loss;
     t->status.margin = lr_.mean_margin;
     t->status.accuracy = lr_.accuracy;
-    t->status.kl = kl / (2.0 * P);
+    t->status.kl = kl / (2.0 * B);
     t->status.lr = lr;
     t->status.grad_norm = norm;
+    t->status.synthetic = S;
+    t->status.synthetic_total += S;
     t->publish_due = t->options.publish_every > 0 && t->status.step % t->options.publish_every == 0;
-    for (int i = 0; i < P; i++) vote_entry_free(&t->pending[i].entry);
+    for (int i = 0; i < P; i++) store_push(t, &t->pending[i].entry); /* the batch's duels join the store */
     t->num_pending = 0;
 done:
+    free(pairs);
     free(chosen);
     free(rejected);
     free(record);
@@ -544,6 +792,108 @@ static int write_erm_optimizer(const char *path, const adamw_state *opt, duel_er
         {"adamw.m", SAFETENSORS_F32, 1, {(int64_t)opt->num_parameters}, opt->m},
         {"adamw.v", SAFETENSORS_F32, 1, {(int64_t)opt->num_parameters}, opt->v}};
     return safetensors_write_file(path, ts, 2, NULL, err);
+}
+
+/* entries.bin: ENTRIES_MAGIC, u32 store count, u32 pending count, then each entry (the store
+ * oldest first, then the pending batch) as u32 field count and per field u32 name length, name,
+ * u32 value length, value: the stream encoding of vote_entry.h, all integers little-endian. */
+static int put_u32(FILE *f, uint64_t v) {
+    unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
+                          (unsigned char)(v >> 24)};
+    return fwrite(b, 1, 4, f) == 4 ? 0 : -1;
+}
+
+static int put_entry(FILE *f, const vote_entry *e, duel_error *err) {
+    vote_entry_encoded enc;
+    int rc = vote_entry_encode(e, NULL, &enc, err);
+    if (rc) return rc;
+    int bad = put_u32(f, (uint64_t)enc.n_fields);
+    for (int i = 0; i < enc.n_fields && !bad; i++) {
+        const vote_entry_field *x = &enc.fields[i];
+        bad = put_u32(f, x->name_len) || fwrite(x->name, 1, x->name_len, f) != x->name_len ||
+              put_u32(f, x->value_len) || (x->value_len && fwrite(x->value, 1, x->value_len, f) != x->value_len);
+    }
+    vote_entry_encoded_free(&enc);
+    return bad ? duel_error_set(err, DUEL_EIO, "entries.bin: write failed: %s", strerror(errno)) : 0;
+}
+
+static int write_entries(const online_trainer *t, const char *path, duel_error *err) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return duel_error_set(err, DUEL_EIO, "%s: cannot create: %s", path, strerror(errno));
+    int rc = 0;
+    if (fwrite(ENTRIES_MAGIC, 1, 8, f) != 8 || put_u32(f, (uint64_t)t->store_count) ||
+        put_u32(f, (uint64_t)t->num_pending))
+        rc = duel_error_set(err, DUEL_EIO, "%s: write failed: %s", path, strerror(errno));
+    for (int i = 0; rc == 0 && i < t->store_count; i++)
+        rc = put_entry(f, &t->store[(t->store_start + i) % t->options.synthetic_store], err);
+    for (int i = 0; rc == 0 && i < t->num_pending; i++) rc = put_entry(f, &t->pending[i].entry, err);
+    if (rc == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+        rc = duel_error_set(err, DUEL_EIO, "%s: fsync failed: %s", path, strerror(errno));
+    if (fclose(f) != 0 && rc == 0) rc = duel_error_set(err, DUEL_EIO, "%s: close failed", path);
+    return rc;
+}
+
+static int get_u32(const unsigned char *buf, size_t len, size_t *at, uint32_t *out) {
+    if (len - *at < 4) return -1;
+    const unsigned char *b = buf + *at;
+    *out = (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
+    *at += 4;
+    return 0;
+}
+
+/* Reads entries.bin into the (empty) store and pending batch, decoding every entry with the
+ * trainer's limits. */
+static int read_entries(online_trainer *t, const char *path, duel_error *err) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return duel_error_set(err, DUEL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    unsigned char *buf = NULL;
+    long size = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+    int rc = 0;
+    if (size < 16 || (uint64_t)size > ENTRIES_MAX_BYTES || fseek(f, 0, SEEK_SET) != 0 ||
+        !(buf = malloc((size_t)size)) || fread(buf, 1, (size_t)size, f) != (size_t)size)
+        rc = duel_error_set(err, DUEL_EFORMAT, "%s: cannot read (%ld bytes)", path, size);
+    fclose(f);
+    const size_t len = (size_t)size;
+    size_t at = 8;
+    uint32_t n_store = 0, n_pending = 0;
+    if (rc == 0 && (memcmp(buf, ENTRIES_MAGIC, 8) != 0 || get_u32(buf, len, &at, &n_store) ||
+                    get_u32(buf, len, &at, &n_pending) || n_store > (uint32_t)t->options.synthetic_store ||
+                    n_pending > ONLINE_MAX_BATCH || reserve_pending(t, (int)n_pending, NULL)))
+        rc = duel_error_set(err, DUEL_EFORMAT, "%s: bad header, or more duels (%u) or pending pairs (%u) than "
+                            "synthetic_store and batch_size allow", path, n_store, n_pending);
+    vote_entry_limits limits;
+    online_trainer_limits(t, &limits);
+    for (uint32_t k = 0; rc == 0 && k < n_store + n_pending; k++) {
+        vote_entry_field fields[VOTE_ENTRY_MAX_FIELDS];
+        uint32_t nf = 0;
+        if (get_u32(buf, len, &at, &nf) || nf > VOTE_ENTRY_MAX_FIELDS) {
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: entry %u: bad field count", path, k);
+            break;
+        }
+        for (uint32_t i = 0; i < nf && rc == 0; i++) {
+            uint32_t nl = 0, vl = 0;
+            if (get_u32(buf, len, &at, &nl) || len - at < nl) goto truncated;
+            fields[i].name = (const char *)buf + at, fields[i].name_len = nl, at += nl;
+            if (get_u32(buf, len, &at, &vl) || len - at < vl) goto truncated;
+            fields[i].value = (const char *)buf + at, fields[i].value_len = vl, at += vl;
+        }
+        vote_entry e;
+        memset(&e, 0, sizeof e);
+        duel_error derr = {0};
+        if (vote_entry_decode(fields, (int)nf, &limits, &e, &derr) != 0) {
+            vote_entry_free(&e);
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: entry %u: %s", path, k, derr.message);
+            break;
+        }
+        if (k < n_store) t->store[t->store_count++] = e;
+        else t->pending[t->num_pending++].entry = e;
+        continue;
+    truncated:
+        rc = duel_error_set(err, DUEL_EFORMAT, "%s: entry %u is truncated", path, k);
+    }
+    if (rc == 0 && at != len) rc = duel_error_set(err, DUEL_EFORMAT, "%s: trailing bytes", path);
+    free(buf);
+    return rc;
 }
 
 /* Rewrites the pair log as a new generation holding only the buffer's pairs. */
@@ -595,8 +945,12 @@ int online_trainer_checkpoint(online_trainer *t, duel_error *err) {
         (rc = path_join(erm_opt_path, tmp, "erm_optimizer.safetensors", err)) ||
         (rc = write_erm_optimizer(erm_opt_path, erm_trainer_optimizer(t->erm_trainer), err)))
         return rc;
-    char erm_hash[SHA256_HEX_BYTES], opt_hash[SHA256_HEX_BYTES], hex[4][17];
-    if ((rc = sha256_file_hex(erm_path, erm_hash, err)) || (rc = sha256_file_hex(erm_opt_path, opt_hash, err)))
+    char entries_path[ONLINE_PATH_MAX];
+    if ((rc = path_join(entries_path, tmp, "entries.bin", err)) || (rc = write_entries(t, entries_path, err)))
+        return rc;
+    char erm_hash[SHA256_HEX_BYTES], opt_hash[SHA256_HEX_BYTES], entries_hash[SHA256_HEX_BYTES], hex[8][17];
+    if ((rc = sha256_file_hex(erm_path, erm_hash, err)) || (rc = sha256_file_hex(erm_opt_path, opt_hash, err)) ||
+        (rc = sha256_file_hex(entries_path, entries_hash, err)))
         return rc;
     const char *applied = t->unsaved_id[0] ? t->unsaved_id : t->last_applied_id;
     duel_rng *rng = erm_trainer_rng(t->erm_trainer);
@@ -620,6 +974,16 @@ int online_trainer_checkpoint(online_trainer *t, duel_error *err) {
         "erm_right", (json_int_t)t->erm_right, "erm_scored", (json_int_t)s->erm_scored,
         "loss", s->loss, "margin", s->margin, "accuracy", s->accuracy, "kl", s->kl, "lr", s->lr,
         "grad_norm", s->grad_norm, "erm_loss", s->erm_loss);
+    if (state &&
+        (json_object_set_new(state, "entries_sha256", json_string(entries_hash)) ||
+         json_object_set_new(state, "synthetic", json_integer(s->synthetic)) ||
+         json_object_set_new(state, "synthetic_total", json_integer(s->synthetic_total)) ||
+         json_object_set_new(state, "mix_rng",
+                             json_pack("[s,s,s,s]", u64_hex(t->mix_rng.s[0], hex[4]), u64_hex(t->mix_rng.s[1], hex[5]),
+                                       u64_hex(t->mix_rng.s[2], hex[6]), u64_hex(t->mix_rng.s[3], hex[7]))))) {
+        json_decref(state);
+        state = NULL;
+    }
     char *text = state ? json_dumps(state, JSON_INDENT(1) | JSON_SORT_KEYS) : NULL;
     json_decref(state);
     if (!text) return duel_error_set(err, DUEL_ENOMEM, "online trainer: cannot build state.json");
@@ -731,21 +1095,30 @@ static int load_checkpoint(online_trainer *t, duel_error *err) {
         rc = duel_error_set(err, DUEL_EFORMAT, "%s: bad erm_rng, recent_vote_ids or pair log counts", src);
         goto done;
     }
-    uint64_t rng_state[4];
-    for (int i = 0; i < 4; i++) {
-        const char *h = json_string_value(json_array_get(rng, (size_t)i));
+    uint64_t rng_state[4], mix_state[4];
+    json_t *mix = json_object_get(state, "mix_rng");
+    for (int i = 0; i < 8; i++) {
+        const char *h = json_string_value(json_array_get(i < 4 ? rng : mix, (size_t)(i % 4)));
         char *end = NULL;
-        if (!h || strlen(h) != 16 || (rng_state[i] = strtoull(h, &end, 16), *end != '\0')) {
-            rc = duel_error_set(err, DUEL_EFORMAT, "%s: bad erm_rng", src);
+        uint64_t *dst = i < 4 ? &rng_state[i] : &mix_state[i - 4];
+        if (!h || strlen(h) != 16 || (*dst = strtoull(h, &end, 16), *end != '\0')) {
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: bad %s", src, i < 4 ? "erm_rng" : "mix_rng");
             goto done;
         }
     }
+    int64_t synthetic = 0;
+    if ((rc = get_int(state, "synthetic_total", &s.synthetic_total, src, err)) ||
+        (rc = get_int(state, "synthetic", &synthetic, src, err)))
+        goto done;
+    s.synthetic = (int)synthetic;
     /* ERM parameters and moments, verified by hash and shape. */
-    char erm_path[ONLINE_PATH_MAX], opt_path[ONLINE_PATH_MAX];
+    char erm_path[ONLINE_PATH_MAX], opt_path[ONLINE_PATH_MAX], entries_path[ONLINE_PATH_MAX];
     if ((rc = path_join(erm_path, dir, "erm.safetensors", err)) ||
         (rc = path_join(opt_path, dir, "erm_optimizer.safetensors", err)) ||
+        (rc = path_join(entries_path, dir, "entries.bin", err)) ||
         (rc = verify_hash(state, "erm_sha256", erm_path, src, err)) ||
-        (rc = verify_hash(state, "erm_optimizer_sha256", opt_path, src, err)))
+        (rc = verify_hash(state, "erm_optimizer_sha256", opt_path, src, err)) ||
+        (rc = verify_hash(state, "entries_sha256", entries_path, src, err)))
         goto done;
     erm *loaded = NULL;
     if ((rc = erm_load(erm_path, t->erm->config.d_feat, &loaded, err))) goto done;
@@ -773,6 +1146,9 @@ static int load_checkpoint(online_trainer *t, duel_error *err) {
     erm_free(loaded);
     eo->step = erm_step;
     memcpy(erm_trainer_rng(t->erm_trainer)->s, rng_state, sizeof rng_state);
+    memcpy(t->mix_rng.s, mix_state, sizeof mix_state);
+    /* The SEA store and the pending batch. */
+    if ((rc = read_entries(t, entries_path, err))) goto done;
     /* Policy weights and moments. */
     checkpoint_progress cp;
     if ((rc = path_join(path, dir, "policy", err)) ||

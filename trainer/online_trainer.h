@@ -9,10 +9,25 @@
  * runs one update: the ERM update (erm_train.h) on the batch's real pairs, then one DAP update of
  * the policy (dap_loss.h) with the reference's log-probabilities of the same responses.
  *
+ * SEA mixture (DESIGN.md section 6): the trainer keeps a store of the last `synthetic_store`
+ * duels (every entry that was batched or counted, with all M candidates' tokens and features;
+ * an a/b entry joins it when its update is done, a tie or both_bad when it is offered). Once
+ * burn_in real pairs have been applied by earlier updates (prefs_applied >= burn_in before this
+ * update), the policy batch of P = batch_size real pairs gets
+ *     S = floor(P * (1 - gamma) / gamma + 1/2)   synthetic pairs (0 when gamma = 1 or the
+ *                                                 store is empty; at most ONLINE_MAX_BATCH),
+ * so real : synthetic = gamma : 1 - gamma up to rounding (P = 8, gamma = 0.7: S = 3). Each is
+ * drawn after this update's ERM step from the mixture RNG: a stored duel uniformly, then a head
+ * e uniformly, and labelled by online_sea_label with the current ERM: chosen = the candidate
+ * with the largest r_e, rejected = the one with the smallest (the pair with the largest
+ * |r_e(i) - r_e(j)|). Synthetic pairs never enter the ERM buffer; all P + S pairs weigh the
+ * same in the DAP loss. With gamma = 1 the update is exactly the one without a mixture.
+ *
  * Checkpoint (<data_dir>/trainer/): checkpoint/ holds policy/ (checkpoint.h: weights and AdamW
  * moments), erm.safetensors (theta and theta_0), erm_optimizer.safetensors and state.json
- * (counters, last applied id, published version, RNG state, recent vote ids, the pair log's
- * length and the sha256 of the ERM files). The ERM pair buffer is an append-only log beside it,
+ * (counters, last applied id, published version, RNG states, recent vote ids, the pair log's
+ * length and the sha256 of the ERM files and of entries.bin) and entries.bin (the duel store
+ * and the pending batch's entries, so a checkpoint may be taken between updates). The ERM pair buffer is an append-only log beside it,
  * erm_pairs.<generation>.bin (records of 2*d_feat f32); the checkpoint records how many records
  * are valid, so records written after it are cut off on load. The checkpoint folder is written
  * as checkpoint.tmp, fsynced and renamed over the old one (checkpoint.old kept until the rename is
@@ -37,6 +52,7 @@
 #define ONLINE_PATH_MAX 4096
 #define ONLINE_STREAM_ID_MAX 48  /* "<ms>-<seq>" */
 #define ONLINE_MAX_BATCH 4096
+#define ONLINE_MAX_STORE 100000 /* duels in the SEA store */
 
 typedef struct online_trainer_options {
     const char *model_dir;   /* initial policy (HF folder); also the frozen reference */
@@ -51,6 +67,13 @@ typedef struct online_trainer_options {
     double clip_norm;        /* 1.0 */
     erm_train_options erm;
     int publish_every;       /* updates between snapshots; 0: never */
+    double publish_every_seconds; /* also publish once this long has passed since the last
+                                     snapshot and an update is unpublished; 0: never */
+    int checkpoint_every;    /* updates between checkpoints (also after every snapshot): 1 */
+    int64_t burn_in;         /* real pairs applied before synthetic pairs start: 1000 */
+    double gamma;            /* real fraction of the policy batch, in (0, 1]: 0.7 */
+    int synthetic_store;     /* duels kept for synthetic pairs, 1..ONLINE_MAX_STORE: 256 */
+    double lr_scale;         /* multiplies the scheduled policy lr (a live knob): 1 */
     int recent_vote_ids;     /* vote ids remembered for de-duplication: 2048 */
     uint64_t seed;
 } online_trainer_options;
@@ -77,6 +100,9 @@ typedef struct online_trainer_status {
     double erm_accuracy;     /* running accuracy of the ERM mean on votes before training on
                                 them (held back by construction) */
     int64_t erm_scored;      /* votes that accuracy is over */
+    int synthetic;           /* synthetic pairs in the last update */
+    int64_t synthetic_total; /* synthetic pairs trained on */
+    int stored_duels;        /* duels in the SEA store */
 } online_trainer_status;
 
 typedef struct online_trainer online_trainer;
@@ -109,6 +135,15 @@ const char *online_trainer_unsaved_id(const online_trainer *trainer);
 
 /* Runs one update on the pending batch (DUEL_EINVAL when none is ready). */
 int online_trainer_apply(online_trainer *trainer, duel_error *err);
+
+/* The SEA label of one stored duel under head `head` of model: with r = r_head of the
+ * num_candidates rows of features ([M][d_feat]), *chosen = the first index of the largest r and
+ * *rejected = the first index of the smallest (together the pair with the largest
+ * |r(i) - r(j)|); when every r is equal, 0 and 1. DUEL_EINVAL for M < 2 or a bad head. */
+int online_sea_label(const erm *model, const float *features, int num_candidates, int head,
+                     int *chosen, int *rejected, duel_error *err);
+/* Synthetic pairs the next update will add (the rule above, for the current state). */
+int online_trainer_synthetic_pairs(const online_trainer *trainer);
 /* Whether the last update makes a snapshot due (publish_every). */
 bool online_trainer_publish_due(const online_trainer *trainer);
 
@@ -117,11 +152,41 @@ int online_trainer_checkpoint(online_trainer *trainer, duel_error *err);
 
 void online_trainer_get_status(const online_trainer *trainer, online_trainer_status *out);
 
+/* Live knobs (DESIGN.md section 8, the hash duel:knobs): the options in effect become the
+ * configured ones overridden by these (name, value) pairs, so a knob deleted from the hash
+ * reverts to the configuration. Trainer knobs, validated like the config (strict numbers,
+ * ranges):
+ *   loss (dpo|ipo|slic|simpo; switches to that loss's default beta unless beta is set too),
+ *   beta (0, 1e6], gamma (0, 1], lr_scale (0, 1000], clip_norm [0, 1e6],
+ *   batch_size 1..ONLINE_MAX_BATCH, burn_in 0..2^40, publish_every 0..2^30,
+ *   publish_every_seconds [0, 1e9], checkpoint_every 1..2^30.
+ * Serving knobs (strategy, M, temperature, top_p, top_k, max_new_tokens, min_p,
+ * repetition_penalty, arena_fraction) are ignored. Any other name, a wrong type or a value out of
+ * range is rejected: it is left out (the configured value stays) and reported with the reason
+ * in report; the other knobs still apply. */
+#define ONLINE_MAX_KNOB_REPORTS 16
+typedef struct online_knob_rejection {
+    char name[64], value[64], reason[192];
+} online_knob_rejection;
+typedef struct online_knob_report {
+    int applied;
+    int num_rejected; /* at most ONLINE_MAX_KNOB_REPORTS are kept */
+    online_knob_rejection rejected[ONLINE_MAX_KNOB_REPORTS];
+} online_knob_report;
+int online_trainer_set_knobs(online_trainer *trainer, int n, const char *const *names,
+                             const char *const *values, online_knob_report *report);
+/* The trainer knobs in effect as one JSON object (DUEL_ELIMIT when cap is too small). */
+int online_trainer_knobs_json(const online_trainer *trainer, char *out, size_t cap);
+
+/* The options in effect (live knobs included). */
+const online_trainer_options *online_trainer_get_options(const online_trainer *trainer);
+
 /* For snapshots and tests. */
 train_model *online_trainer_policy(online_trainer *trainer);
 const char *online_trainer_config_json(const online_trainer *trainer);
 const erm *online_trainer_erm(const online_trainer *trainer);
-/* Records that snapshot `version` now exists (stored with the next checkpoint). */
+/* Records that snapshot `version` now exists (stored with the next checkpoint); clears
+ * online_trainer_publish_due. */
 void online_trainer_set_published(online_trainer *trainer, int64_t version);
 
 /* Stream ids "<ms>-<seq>": parse and compare (-1, 0, 1). */

@@ -26,6 +26,12 @@ struct stream_consumer {
     char cursor[ONLINE_STREAM_ID_MAX]; /* pending phase: last id read */
     char (*unacked)[ONLINE_STREAM_ID_MAX];
     int num_unacked;
+    int updates_since_checkpoint;
+    bool unpublished;          /* an update is not in a snapshot yet */
+    double last_publish_s;     /* duel_time_seconds() of the last snapshot (or of the start) */
+    /* rejected knobs already logged, as "name=value" (logged again when the value changes) */
+    char logged_knobs[ONLINE_MAX_KNOB_REPORTS][130];
+    int num_logged_knobs, knob_errors;
     stream_consumer_stats stats;
 };
 
@@ -132,12 +138,54 @@ static int dead_letter(stream_consumer *c, const char *id, const char *reason, l
     return rc;
 }
 
+/* ---- live knobs ------------------------------------------------------------------------- */
+
+static int refresh_knobs(stream_consumer *c, duel_error *err) {
+    char key[KEY_MAX + 16];
+    snprintf(key, sizeof key, "%sknobs", c->prefix);
+    const char *argv[] = {"HGETALL", key};
+    redisReply *r;
+    int rc = command(c, &r, err, 2, argv, NULL);
+    if (rc) return rc;
+    enum { MAX_KNOBS = 256 };
+    const char *names[MAX_KNOBS], *values[MAX_KNOBS];
+    int n = 0;
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements && n < MAX_KNOBS; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING || strlen(k->str) != k->len ||
+            strlen(v->str) != v->len)
+            continue; /* binary junk cannot be a knob name or value */
+        names[n] = k->str;
+        values[n++] = v->str;
+    }
+    online_knob_report report;
+    online_trainer_set_knobs(c->trainer, n, names, values, &report);
+    char now[ONLINE_MAX_KNOB_REPORTS][130];
+    for (int i = 0; i < report.num_rejected; i++) {
+        const online_knob_rejection *x = &report.rejected[i];
+        snprintf(now[i], sizeof now[i], "%.63s=%.63s", x->name, x->value);
+        bool seen = false;
+        for (int j = 0; j < c->num_logged_knobs; j++) seen |= strcmp(c->logged_knobs[j], now[i]) == 0;
+        if (!seen && c->o.log) {
+            char line[400];
+            snprintf(line, sizeof line, "%sknobs: %s ignored: %s", c->prefix, x->name, x->reason);
+            c->o.log(c->o.log_context, line);
+        }
+    }
+    memcpy(c->logged_knobs, now, sizeof now);
+    c->num_logged_knobs = report.num_rejected;
+    c->knob_errors = report.num_rejected;
+    freeReplyObject(r);
+    return 0;
+}
+
 /* ---- status and snapshots --------------------------------------------------------------- */
 
 static int write_status(stream_consumer *c, duel_error *err) {
     online_trainer_status s;
     online_trainer_get_status(c->trainer, &s);
-    char key[KEY_MAX + 32], v[16][64];
+    char key[KEY_MAX + 32], v[20][64], knobs[1024];
+    if (online_trainer_knobs_json(c->trainer, knobs, sizeof knobs)) knobs[0] = '\0';
     snprintf(key, sizeof key, "%strainer:status", c->prefix);
     snprintf(v[0], 64, "%lld", (long long)s.step);
     snprintf(v[1], 64, "%.6g", s.loss);
@@ -155,11 +203,16 @@ static int write_status(stream_consumer *c, duel_error *err) {
     snprintf(v[13], 64, "%lld", (long long)duel_time_unix_ms());
     snprintf(v[14], 64, "%lld", (long long)s.erm_pairs_seen);
     snprintf(v[15], 64, "%lld", (long long)c->stats.dead);
+    snprintf(v[16], 64, "%d", s.synthetic);
+    snprintf(v[17], 64, "%lld", (long long)s.synthetic_total);
+    snprintf(v[18], 64, "%d", s.stored_duels);
+    snprintf(v[19], 64, "%d", c->knob_errors);
     const char *argv[] = {"HSET", key, "step", v[0], "loss", v[1], "erm_loss", v[2], "kl", v[3], "lr", v[4],
                           "prefs_applied", v[5], "erm_accuracy", v[6], "ties", v[7], "both_bad", v[8],
                           "duplicates", v[9], "snapshot", v[10], "margin", v[11], "grad_norm", v[12],
                           "updated_ms", v[13], "erm_pairs_seen", v[14], "dead_letters", v[15],
-                          "last_applied_id", s.last_applied_id};
+                          "last_applied_id", s.last_applied_id, "synthetic", v[16], "synthetic_total", v[17],
+                          "stored_duels", v[18], "knobs", knobs, "knob_errors", v[19]};
     return command_simple(c, err, (int)(sizeof argv / sizeof *argv), argv);
 }
 
@@ -211,27 +264,44 @@ static int register_snapshot(stream_consumer *c, int64_t version, duel_error *er
     return rc;
 }
 
-/* Applies the ready batch, publishes a snapshot when due, checkpoints, then acknowledges. */
-static int commit_batch(stream_consumer *c, bool apply, duel_error *err) {
+/* Whether publish_every_seconds asks for a snapshot of the unpublished updates now. */
+static bool publish_overdue(const stream_consumer *c) {
+    double every = online_trainer_get_options(c->trainer)->publish_every_seconds;
+    return c->unpublished && every > 0 && duel_time_seconds() - c->last_publish_s >= every;
+}
+
+/* apply: runs the ready batch. Then publishes a snapshot when due (publish_every updates, or
+ * publish_every_seconds since the last one), and checkpoints when a snapshot was written, after
+ * checkpoint_every updates, when many entries wait, or when `force`; acknowledges only the
+ * entries that checkpoint holds. */
+static int commit_batch(stream_consumer *c, bool apply, bool force, duel_error *err) {
     int rc;
     int64_t published = 0;
     if (apply) {
         if ((rc = online_trainer_apply(c->trainer, err))) return rc;
         c->stats.updates++;
-        if (online_trainer_publish_due(c->trainer)) {
-            online_trainer_status s;
-            online_trainer_get_status(c->trainer, &s);
-            snapshot_info info = {s.published_version + 1, s.published_version, s.step, s.prefs_applied,
-                                  duel_time_unix_ms(), c->base_model};
-            if ((rc = snapshot_write(c->data_dir, &info, online_trainer_policy(c->trainer),
-                                     online_trainer_config_json(c->trainer), online_trainer_erm(c->trainer),
-                                     c->tokenizer_dir[0] ? c->tokenizer_dir : NULL, NULL, 0, err)))
-                return rc;
-            online_trainer_set_published(c->trainer, info.version);
-            published = info.version;
-        }
+        c->updates_since_checkpoint++;
+        c->unpublished = true;
     }
+    if (online_trainer_publish_due(c->trainer) || publish_overdue(c)) {
+        online_trainer_status s;
+        online_trainer_get_status(c->trainer, &s);
+        snapshot_info info = {s.published_version + 1, s.published_version, s.step, s.prefs_applied,
+                              duel_time_unix_ms(), c->base_model};
+        if ((rc = snapshot_write(c->data_dir, &info, online_trainer_policy(c->trainer),
+                                 online_trainer_config_json(c->trainer), online_trainer_erm(c->trainer),
+                                 c->tokenizer_dir[0] ? c->tokenizer_dir : NULL, NULL, 0, err)))
+            return rc;
+        online_trainer_set_published(c->trainer, info.version);
+        published = info.version;
+        c->unpublished = false;
+        c->last_publish_s = duel_time_seconds();
+    }
+    if (!force && published == 0 && c->updates_since_checkpoint < online_trainer_get_options(c->trainer)->checkpoint_every &&
+        c->num_unacked < MAX_UNACKED / 2)
+        return write_status(c, err); /* the entries stay unacknowledged until a checkpoint holds them */
     if ((rc = online_trainer_checkpoint(c->trainer, err)) || (rc = flush_acks(c, err))) return rc;
+    c->updates_since_checkpoint = 0;
     if (published > 0) {
         if ((rc = register_snapshot(c, published, err))) return rc;
         c->stats.snapshots++;
@@ -305,7 +375,10 @@ static int process_entry(stream_consumer *c, const char *id, const redisReply *f
     if (c->num_unacked >= MAX_UNACKED)
         return duel_error_set(err, DUEL_ELIMIT, "trainer: %d entries wait for a checkpoint", MAX_UNACKED);
     snprintf(c->unacked[c->num_unacked++], ONLINE_STREAM_ID_MAX, "%s", id);
-    if (online_trainer_batch_ready(c->trainer)) return commit_batch(c, true, err);
+    if (!online_trainer_batch_ready(c->trainer)) return 0;
+    if ((rc = refresh_knobs(c, err))) return rc; /* every batch: knobs may change its size, too */
+    if (online_trainer_batch_ready(c->trainer)) return commit_batch(c, true, false, err);
+    return 0;
     return 0;
 }
 
@@ -336,8 +409,11 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
             c->pending_phase = false; /* own backlog drained: new entries from now on */
             return 0;
         }
-        /* Idle: make counted-only entries durable so they do not wait for the next batch. */
-        if (c->num_unacked > 0 && online_trainer_pending_pairs(c->trainer) == 0) return commit_batch(c, false, err);
+        /* Idle: publish overdue updates, and make every offered entry durable (the checkpoint
+         * holds a partial batch too) so that none waits for the next batch. */
+        if ((rc = refresh_knobs(c, err))) return rc;
+        if (online_trainer_batch_ready(c->trainer)) return commit_batch(c, true, false, err); /* batch_size shrank */
+        if (c->num_unacked > 0 || publish_overdue(c)) return commit_batch(c, false, c->num_unacked > 0, err);
         return 0;
     }
     redisReply *pending = NULL;
@@ -367,6 +443,11 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
     if (pending) freeReplyObject(pending);
     freeReplyObject(r);
     return rc;
+}
+
+int stream_consumer_flush(stream_consumer *c, duel_error *err) {
+    if (c->num_unacked == 0 && c->updates_since_checkpoint == 0) return 0;
+    return commit_batch(c, false, true, err);
 }
 
 int stream_consumer_run(stream_consumer *c, volatile sig_atomic_t *stop, int idle_exit_ms, duel_error *err) {
@@ -443,6 +524,8 @@ int stream_consumer_open(const stream_consumer_options *o, online_trainer *train
     freeReplyObject(r);
     c->pending_phase = true;
     snprintf(c->cursor, sizeof c->cursor, "0");
+    c->last_publish_s = duel_time_seconds();
+    if ((rc = refresh_knobs(c, err))) goto fail;
     online_trainer_status s;
     online_trainer_get_status(trainer, &s);
     if (s.published_version > 0 && (rc = register_snapshot(c, s.published_version, err))) goto fail;

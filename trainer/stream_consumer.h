@@ -2,14 +2,25 @@
  * synchronous API with socket timeouts. Reads duel:prefs through the consumer group `trainers`
  * (created with MKSTREAM if missing; BUSYGROUP ignored): first this consumer's own pending
  * entries (id 0 onward), then new ones ('>'). Each entry is decoded (vote_entry.h) and offered
- * to the online trainer in stream order; when a batch is ready it is applied, a snapshot is
- * written when due, the checkpoint is written, and only then are the entries it covers XACKed
- * (exactly-once effect: a crash before the XACK redelivers entries the checkpoint already
- * holds, and the trainer skips them by stream id). Entries that cannot be decoded, or that were
+ * to the online trainer in stream order; when a batch is ready it is applied and a snapshot is
+ * written when due (every trainer.publish_every updates, or once publish_every_seconds have
+ * passed since the last snapshot with an update unpublished: checked after each update and
+ * when the stream is idle). The checkpoint is written after every snapshot, after
+ * checkpoint_every updates, when the stream is idle with entries unacknowledged (a partial batch
+ * is part of the checkpoint), and by stream_consumer_flush; only then are the entries it covers
+ * XACKed (exactly-once effect: a crash before the XACK redelivers entries the checkpoint already
+ * holds, and the trainer skips them by stream id; a crash before the checkpoint redelivers
+ * entries whose updates are lost with the process, and they are applied again from the last
+ * checkpoint). Entries that cannot be decoded, or that were
  * delivered more than max_deliveries times (XPENDING's count: they made the trainer fail), go
  * to duel:prefs:dead with the reason and their fields, in one MULTI with their XACK.
  *
- * After each checkpoint the status hash duel:trainer:status is written; after each snapshot it
+ * Live knobs: the hash duel:knobs is read (HGETALL) at start, before every update and in every
+ * idle round, and handed to online_trainer_set_knobs; a rejected knob is logged (through
+ * options.log) once per value, with the reason. The knobs in effect go into the status hash
+ * (field knobs, a JSON object; knob_errors counts the rejected ones).
+ *
+ * After each update the status hash duel:trainer:status is written; after each snapshot it
  * is registered in duel:snapshots (zset, score = version) and duel:snapshot:{v} (hash) and
  * announced on duel:notify. Registration is repeated at start for the checkpoint's latest
  * snapshot, so a crash between the checkpoint and the registration loses nothing.
@@ -39,6 +50,9 @@ typedef struct stream_consumer_options {
     const char *data_dir;    /* snapshots/ go here */
     const char *tokenizer_dir; /* copied into snapshots when it has tokenizer files */
     const char *base_model;  /* recorded in snapshot metadata */
+    /* Log lines (rejected knobs); called on the consumer's thread. NULL: not logged. */
+    void (*log)(void *log_context, const char *line);
+    void *log_context;
 } stream_consumer_options;
 
 typedef struct stream_consumer_stats {
@@ -63,6 +77,9 @@ void stream_consumer_close(stream_consumer *consumer);
  * processes them; *processed receives how many were read. When nothing new arrives and only
  * counted or duplicate entries are unacknowledged, checkpoints and acknowledges them. */
 int stream_consumer_poll(stream_consumer *consumer, int *processed, duel_error *err);
+
+/* Checkpoints and acknowledges whatever was offered since the last checkpoint (a clean stop). */
+int stream_consumer_flush(stream_consumer *consumer, duel_error *err);
 
 /* Polls until *stop is set (signal handlers set it) or, when idle_exit_ms > 0, until nothing
  * arrived for that long. */

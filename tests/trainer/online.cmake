@@ -21,3 +21,15 @@ if(NOT DUEL_FUZZ)
   add_dependencies(test_online_crash duel)
   set_tests_properties(test_online_crash PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 180)
 endif()
+# The SEA synthetic mixture (in process, fixture model).
+duel_test(test_online_mixture ${CMAKE_CURRENT_LIST_DIR}/test_online_mixture.c)
+if(NOT DUEL_FUZZ)
+  set_tests_properties(test_online_mixture PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 120)
+endif()
+# Live knobs (duel:knobs): validation, and through a real redis-server.
+duel_test(test_online_knobs ${CMAKE_CURRENT_LIST_DIR}/test_online_knobs.c
+          ${PROJECT_SOURCE_DIR}/tests/tools/redis_fixture.c)
+if(NOT DUEL_FUZZ)
+  target_include_directories(test_online_knobs PRIVATE ${PROJECT_SOURCE_DIR}/tests/tools)
+  set_tests_properties(test_online_knobs PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 120)
+endif()

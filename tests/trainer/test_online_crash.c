@@ -5,7 +5,9 @@
  * a last run finishes. Checked: every vote applied exactly once (counts, ids in the checkpoint,
  * nothing pending), malformed entries dead-lettered exactly once, and B's final policy weights,
  * optimizer, ERM and every published snapshot's weights byte-identical to A's (CPU, one BLAS
- * thread). */
+ * thread). The SEA mixture is on (burn-in 24 pairs, gamma 0.7, a store of 40 duels that wraps),
+ * so the duel store and the mixture RNG go through the kills too; checkpoints come every 3
+ * updates (and after each snapshot), so kills also lose applied but unacknowledged updates. */
 #include "test_helpers.h"
 
 #include <jansson.h>
@@ -141,7 +143,8 @@ static void test_kill9_resume_is_exact(void **state) {
              "\"erm\":{\"num_heads\":4,\"hidden\":32,\"min_pairs\":8},"
              "\"trainer\":{\"loss\":\"dpo\",\"batch_size\":4,\"lr\":0.001,\"min_lr\":0.0001,"
              "\"warmup_steps\":2,\"total_steps\":200,\"publish_every\":5,\"max_deliveries\":1000,"
-             "\"seed\":99},\"sim\":{\"ignored\":true}}",
+             "\"seed\":99,\"burn_in\":24,\"gamma\":0.7,\"synthetic_store\":40,"
+             "\"publish_every_seconds\":0,\"checkpoint_every\":3},\"sim\":{\"ignored\":true}}",
              model);
     test_write_file(config, text, strlen(text));
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* one summation order in both runs */
@@ -166,6 +169,8 @@ static void test_kill9_resume_is_exact(void **state) {
     json_t *state_a = load_json(ckpt_a, "state.json");
     check_exactly_once(c, state_a, n_ab, n_tie);
     assert_int_equal(state_int(state_a, "step"), n_ab / 4);
+    /* floor(4 * 0.3 / 0.7 + 0.5) = 2 synthetic pairs per update from the 7th (24 pairs applied) */
+    assert_int_equal(state_int(state_a, "synthetic_total"), 2 * (n_ab / 4 - 6));
 
     /* Run B: the same stream, killed at random points; Redis restarted once from its AOF. */
     freeReplyObject(redisCommand(c, "FLUSHALL"));
@@ -206,12 +211,13 @@ static void test_kill9_resume_is_exact(void **state) {
     json_t *state_b = load_json(ckpt_b, "state.json");
     check_exactly_once(c, state_b, n_ab, n_tie);
     assert_int_equal(state_int(state_b, "step"), state_int(state_a, "step"));
+    assert_int_equal(state_int(state_b, "synthetic_total"), state_int(state_a, "synthetic_total"));
     assert_string_equal(json_string_value(json_object_get(state_b, "last_applied_id")),
                         json_string_value(json_object_get(state_a, "last_applied_id")));
     /* Bit-exact weights, optimizer and ERM. */
     static const char *files[] = {"policy/model.safetensors", "policy/optimizer.safetensors",
-                                  "erm.safetensors", "erm_optimizer.safetensors"};
-    for (int i = 0; i < 4; i++) {
+                                  "erm.safetensors", "erm_optimizer.safetensors", "entries.bin"};
+    for (int i = 0; i < 5; i++) {
         char ha[SHA256_HEX_BYTES], hb[SHA256_HEX_BYTES];
         file_hash(ckpt_a, files[i], ha);
         file_hash(ckpt_b, files[i], hb);

@@ -7,6 +7,8 @@
 #include "test_helpers.h"
 
 #include <jansson.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "json_util.h"
 #include "online_trainer.h"
@@ -55,6 +57,8 @@ static void env_init(env *e, const char *tag) {
     e->to.total_steps = 100;
     e->to.publish_every = 3;
     e->to.erm.min_pairs = 8;
+    e->to.burn_in = 8;               /* the SEA mixture starts at the third update */
+    e->to.publish_every_seconds = 0; /* snapshots by update count only: a fixed number */
     stream_consumer_default_options(&e->so);
     e->so.port = e->redis.port;
     e->so.block_ms = 50;
@@ -174,6 +178,10 @@ static void test_applies_votes_exactly_once(void **state) {
     r = cmd(e.c, "HGET duel:trainer:status prefs_applied");
     assert_int_equal(atoi(r->str), n_ab);
     freeReplyObject(r);
+    assert_true(s.synthetic_total > 0);
+    r = cmd(e.c, "HGET duel:trainer:status synthetic_total");
+    assert_int_equal(atoll(r->str), s.synthetic_total);
+    freeReplyObject(r);
     assert_int_equal(cmd_int(e.c, "ZCARD %s", "duel:snapshots"), s.published_version);
     for (int64_t v = 1; v <= s.published_version; v++) {
         char dir[1024], key[64];
@@ -263,10 +271,136 @@ static void test_redelivered_too_often_goes_dead(void **state) {
     env_free(&e);
 }
 
+/* Polls until a round reads entries; returns how many. */
+static int poll_some(stream_consumer *sc) {
+    for (int round = 0; round < 100; round++) {
+        int n = 0;
+        duel_error err = {0};
+        if (stream_consumer_poll(sc, &n, &err)) fail_msg("poll: %s", err.message);
+        if (n > 0) return n;
+    }
+    fail_msg("no entries arrived");
+    return 0;
+}
+
+static long long pending_count(redisContext *c) {
+    redisReply *r = cmd(c, "XPENDING duel:prefs trainers");
+    long long n = r->element[0]->integer;
+    freeReplyObject(r);
+    return n;
+}
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* checkpoint_every 3: entries stay unacknowledged until the third update's checkpoint; a crash
+ * after the fourth update loses it, and the resumed run applies every vote exactly once. */
+static void test_checkpoint_every_defers_acks(void **state) {
+    (void)state;
+    env e;
+    env_init(&e, "online-ckpt-every");
+    e.to.checkpoint_every = 3;
+    e.to.publish_every = 0;
+    e.so.read_count = 4; /* one batch per round */
+    vote_producer p;
+    vote_producer_init(&p, 11, 128, "tiny");
+    for (int i = 0; i < 20; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    online_trainer *t;
+    stream_consumer *sc;
+    duel_error err = {0};
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    char state_path[700];
+    snprintf(state_path, sizeof state_path, "%s/trainer/checkpoint/state.json", e.data);
+    const long long want_pending[4] = {4, 8, 0, 4};
+    for (int k = 0; k < 4; k++) {
+        assert_int_equal(poll_some(sc), 4);
+        online_trainer_status s;
+        online_trainer_get_status(t, &s);
+        assert_int_equal(s.step, k + 1);
+        assert_int_equal(pending_count(e.c), want_pending[k]);
+        assert_int_equal(access(state_path, F_OK) == 0, k >= 2); /* first checkpoint at update 3 */
+    }
+    /* The status hash follows every update, the checkpoint only every third. */
+    redisReply *r = cmd(e.c, "HGET duel:trainer:status step");
+    assert_int_equal(atoi(r->str), 4);
+    freeReplyObject(r);
+    /* "Crash": no flush. The restart resumes at update 3 and re-applies update 4 from Redis. */
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    online_trainer_status s;
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 3);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    drain(sc);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 5);
+    assert_int_equal(s.prefs_applied, 20);
+    assert_int_equal(s.duplicates, 0);
+    assert_int_equal(pending_count(e.c), 0); /* the idle round checkpointed and acknowledged */
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    env_free(&e);
+}
+
+/* publish_every_seconds: a snapshot once that long has passed with an update unpublished, also
+ * when the stream is idle; none without a new update, none at all while the interval is long. */
+static void test_publish_every_seconds(void **state) {
+    (void)state;
+    env e;
+    env_init(&e, "online-pub-secs");
+    e.to.publish_every = 0;
+    e.to.publish_every_seconds = 1000;
+    vote_producer p;
+    vote_producer_init(&p, 12, 128, "tiny");
+    for (int i = 0; i < 8; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    online_trainer *t;
+    stream_consumer *sc;
+    duel_error err = {0};
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    drain(sc);
+    online_trainer_status s;
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 2);
+    assert_int_equal(s.published_version, 0);
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    e.to.publish_every_seconds = 0.05;
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    drain(sc);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.published_version, 0); /* nothing new since the start */
+    for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    drain(sc);
+    sleep_ms(100);
+    drain(sc);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 3);
+    assert_int_equal(s.published_version, 1); /* at the update or in an idle round after it */
+    sleep_ms(100);
+    drain(sc);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.published_version, 1);
+    assert_int_equal(cmd_int(e.c, "ZCARD %s", "duel:snapshots"), 1);
+    char dir[1024];
+    assert_int_equal(snapshot_path(e.data, 1, dir, sizeof dir, NULL), 0);
+    if (snapshot_verify(dir, NULL, &err)) fail_msg("%s", err.message);
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    env_free(&e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_applies_votes_exactly_once, stop_redis),
         cmocka_unit_test_teardown(test_redelivered_too_often_goes_dead, stop_redis),
+        cmocka_unit_test_teardown(test_checkpoint_every_defers_acks, stop_redis),
+        cmocka_unit_test_teardown(test_publish_every_seconds, stop_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

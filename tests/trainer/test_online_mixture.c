@@ -1,0 +1,327 @@
+/* test_online_mixture.c: the SEA synthetic mixture of the online trainer (trainer/online_trainer.h),
+ * in process on the fixture model tiny-llama-f32: the synthetic label on a hand-built ERM and
+ * against a brute-force search over all pairs, no synthetic pairs before burn-in and the exact
+ * count after it, gamma = 1 gives the same weights as no mixture (and gamma < 1 does not), and a
+ * checkpoint taken mid-batch (duel store, pending pairs, mixture RNG) resumes to bit-identical
+ * weights. */
+#include "test_helpers.h"
+
+#include <math.h>
+
+#include "online_trainer.h"
+#include "rng.h"
+
+#define M 4
+#define D_FEAT 128 /* 2 * hidden_size of tiny-llama-f32 */
+
+static char g_model[1024];
+
+static void model_path(void) {
+    snprintf(g_model, sizeof g_model, "%s/test-models/tiny-llama-f32", test_env("DUEL_BUILD_DIR", "."));
+}
+
+/* ---- the label ---------------------------------------------------------------------------- */
+
+/* Head e of a 3-head ERM with hidden width 1 returns relu(relu(phi[e])): feature e. */
+static erm *feature_picking_erm(void) {
+    erm_config ec = {3, 3, 1};
+    duel_rng rng;
+    duel_rng_seed(&rng, 1);
+    erm *model = NULL;
+    assert_int_equal(erm_create(&ec, &rng, &model, NULL), 0);
+    memset(model->params.memory, 0, model->num_params * sizeof(float));
+    for (int e = 0; e < 3; e++) {
+        model->params.fc1_weight[e * 3 + e] = 1.0f;
+        model->params.fc2_weight[e] = 1.0f;
+        model->params.fc3_weight[e] = 1.0f;
+    }
+    return model;
+}
+
+static void test_label_hand_built(void **state) {
+    (void)state;
+    erm *model = feature_picking_erm();
+    /* rows: candidates; columns: the feature each head reads */
+    const float features[M * 3] = {0.5f, 3.0f, 1.0f,  /* */
+                                   2.0f, 0.2f, 1.0f,  /* */
+                                   0.1f, 1.0f, 1.0f,  /* */
+                                   1.0f, 0.2f, 1.0f};
+    int c = -1, r = -1;
+    assert_int_equal(online_sea_label(model, features, M, 0, &c, &r, NULL), 0);
+    assert_int_equal(c, 1); /* 2.0 */
+    assert_int_equal(r, 2); /* 0.1 */
+    assert_int_equal(online_sea_label(model, features, M, 1, &c, &r, NULL), 0);
+    assert_int_equal(c, 0); /* 3.0 */
+    assert_int_equal(r, 1); /* 0.2 at 1 and 3: the first */
+    assert_int_equal(online_sea_label(model, features, M, 2, &c, &r, NULL), 0);
+    assert_int_equal(c, 0); /* all equal */
+    assert_int_equal(r, 1);
+    duel_error err;
+    assert_int_equal(online_sea_label(model, features, 1, 0, &c, &r, &err), DUEL_EINVAL);
+    assert_int_equal(online_sea_label(model, features, M, 3, &c, &r, &err), DUEL_EINVAL);
+    assert_int_equal(online_sea_label(model, features, M, -1, &c, &r, &err), DUEL_EINVAL);
+    erm_free(model);
+}
+
+/* On a random ensemble the label's pair has the largest |r_e(i) - r_e(j)| of all pairs, found
+ * by brute force in double from erm_score's rewards, and chosen has the larger reward. */
+static void test_label_is_the_widest_pair(void **state) {
+    (void)state;
+    erm_config ec = {5, 16, 8};
+    duel_rng rng;
+    duel_rng_seed(&rng, 77);
+    erm *model = NULL;
+    assert_int_equal(erm_create(&ec, &rng, &model, NULL), 0);
+    for (int trial = 0; trial < 50; trial++) {
+        enum { MC = 7 };
+        float features[MC * 16], rewards[MC * 5];
+        for (int k = 0; k < MC * 16; k++) features[k] = (float)duel_rng_normal(&rng);
+        assert_int_equal(erm_score(model, features, MC, rewards, NULL), 0);
+        int head = trial % 5, c, r;
+        assert_int_equal(online_sea_label(model, features, MC, head, &c, &r, NULL), 0);
+        double best = -1;
+        for (int i = 0; i < MC; i++)
+            for (int j = i + 1; j < MC; j++) best = fmax(best, fabs((double)rewards[i * 5 + head] - rewards[j * 5 + head]));
+        assert_true(c != r);
+        assert_true(rewards[c * 5 + head] >= rewards[r * 5 + head]);
+        assert_true((double)rewards[c * 5 + head] - rewards[r * 5 + head] == best);
+    }
+    erm_free(model);
+}
+
+/* ---- the trainer -------------------------------------------------------------------------- */
+
+/* A vote on M random candidates for the fixture model (vocabulary 512); the choice follows a
+ * hidden linear reward on the features. */
+static void make_entry(duel_rng *rng, int serial, vote_choice kind, vote_entry *e) {
+    memset(e, 0, sizeof *e);
+    snprintf(e->vote_id, sizeof e->vote_id, "mix-%06d", serial);
+    snprintf(e->duel_id, sizeof e->duel_id, "duel-%06d", serial);
+    snprintf(e->model_id, sizeof e->model_id, "tiny");
+    snprintf(e->strategy, sizeof e->strategy, "ee_ts");
+    e->num_candidates = M;
+    e->d_feat = D_FEAT;
+    e->num_heads = 1;
+    e->n_prompt_tokens = 3 + (int)duel_rng_below(rng, 5);
+    e->prompt_tokens = malloc((size_t)e->n_prompt_tokens * sizeof(int32_t));
+    e->cand_offsets = malloc((M + 1) * sizeof(int32_t));
+    e->cand_tokens = malloc(M * 12 * sizeof(int32_t));
+    e->features = malloc((size_t)M * D_FEAT * sizeof(float));
+    e->erm_rewards = calloc(M, sizeof(float));
+    for (int i = 0; i < e->n_prompt_tokens; i++) e->prompt_tokens[i] = 3 + (int32_t)duel_rng_below(rng, 500);
+    e->cand_offsets[0] = 0;
+    for (int m = 0; m < M; m++) {
+        int len = 2 + (int)duel_rng_below(rng, 10);
+        for (int i = 0; i < len; i++) e->cand_tokens[e->cand_offsets[m] + i] = 3 + (int32_t)duel_rng_below(rng, 500);
+        e->cand_offsets[m + 1] = e->cand_offsets[m] + len;
+    }
+    e->n_cand_tokens = e->cand_offsets[M];
+    double r[M];
+    for (int m = 0; m < M; m++) {
+        r[m] = 0;
+        for (int k = 0; k < D_FEAT; k++) {
+            float x = (float)duel_rng_normal(rng);
+            e->features[m * D_FEAT + k] = x;
+            r[m] += (k % 3 == 0 ? 1.0 : -0.5) * x;
+        }
+    }
+    int a = (int)duel_rng_below(rng, M), b = (a + 1 + (int)duel_rng_below(rng, M - 1)) % M;
+    e->choice = kind != VOTE_CHOICE_A ? kind : (r[a] >= r[b] ? VOTE_CHOICE_A : VOTE_CHOICE_B);
+    e->chosen_idx = e->choice == VOTE_CHOICE_B ? b : a;
+    e->rejected_idx = e->choice == VOTE_CHOICE_B ? a : b;
+}
+
+static void options_for(online_trainer_options *o, double gamma, int64_t burn_in) {
+    online_trainer_default_options(o);
+    o->model_dir = g_model;
+    o->model_id = "tiny";
+    o->erm_heads = 4;
+    o->erm_hidden = 32;
+    o->batch_size = 4;
+    o->lr = 1e-3;
+    o->min_lr = 1e-4;
+    o->warmup_steps = 2;
+    o->total_steps = 100;
+    o->publish_every = 0;
+    o->erm.min_pairs = 4;
+    o->gamma = gamma;
+    o->burn_in = burn_in;
+    o->synthetic_store = 10; /* small: the ring wraps within the test */
+}
+
+static online_trainer *open_trainer(const online_trainer_options *o, const char *tag, char *dir, size_t cap) {
+    char local[512];
+    if (!dir) dir = local, cap = sizeof local;
+    test_make_temp_dir(tag, dir, cap);
+    online_trainer *t = NULL;
+    duel_error err = {0};
+    if (online_trainer_open(o, dir, &t, &err)) fail_msg("%s", err.message);
+    return t;
+}
+
+/* Offers votes serial0 .. serial0+n-1 (every fifth a tie), applying each ready batch; returns
+ * the synthetic counts of the updates in counts (when non-NULL). */
+static void feed(online_trainer *t, int serial0, int n, int *counts, int *n_updates) {
+    for (int i = 0; i < n; i++) {
+        int serial = serial0 + i;
+        duel_rng rng; /* each vote depends on its serial alone */
+        duel_rng_seed(&rng, 1000 + (uint64_t)serial);
+        vote_entry e;
+        make_entry(&rng, serial, serial % 5 == 4 ? VOTE_CHOICE_TIE : VOTE_CHOICE_A, &e);
+        char id[32];
+        snprintf(id, sizeof id, "1-%d", serial + 1);
+        online_offer_result res;
+        duel_error err = {0};
+        if (online_trainer_offer(t, id, &e, &res, &err)) fail_msg("%s", err.message);
+        vote_entry_free(&e);
+        if (online_trainer_batch_ready(t)) {
+            int predicted = online_trainer_synthetic_pairs(t);
+            if (online_trainer_apply(t, &err)) fail_msg("%s", err.message);
+            online_trainer_status s;
+            online_trainer_get_status(t, &s);
+            assert_int_equal(s.synthetic, predicted);
+            if (counts) counts[(*n_updates)++] = s.synthetic;
+        }
+    }
+}
+
+static int same_weights(online_trainer *a, online_trainer *b) {
+    train_model *pa = online_trainer_policy(a), *pb = online_trainer_policy(b);
+    size_t n = train_model_num_parameters(pa);
+    return memcmp(train_model_parameter_memory(pa), train_model_parameter_memory(pb), n * sizeof(float)) == 0 &&
+           memcmp(online_trainer_erm(a)->params.memory, online_trainer_erm(b)->params.memory,
+                  online_trainer_erm(a)->num_params * sizeof(float)) == 0;
+}
+
+static void test_burn_in_then_mixture(void **state) {
+    (void)state;
+    online_trainer_options o;
+    options_for(&o, 0.7, 8);
+    online_trainer *t = open_trainer(&o, "mix-burn", NULL, 0);
+    int counts[16], n = 0;
+    feed(t, 0, 25, counts, &n); /* 20 a/b pairs: 5 updates */
+    assert_int_equal(n, 5);
+    /* prefs applied before each update: 0, 4 (< 8: none), 8, 12, 16 (>= 8):
+     * floor(4 * 0.3 / 0.7 + 0.5) = 2 */
+    const int want[5] = {0, 0, 2, 2, 2};
+    for (int i = 0; i < 5; i++) assert_int_equal(counts[i], want[i]);
+    online_trainer_status s;
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.synthetic_total, 6);
+    assert_int_equal(s.prefs_applied, 20); /* synthetic pairs are not real preferences */
+    assert_int_equal(s.erm_pairs_seen, 20); /* nor ERM pairs */
+    assert_int_equal(s.stored_duels, 10);   /* the store is full (capacity 10) */
+    online_trainer_close(t);
+    /* gamma 0.5 with batch 4: as many synthetic as real pairs. */
+    options_for(&o, 0.5, 0);
+    t = open_trainer(&o, "mix-half", NULL, 0);
+    n = 0;
+    feed(t, 0, 10, counts, &n);
+    assert_int_equal(n, 2);
+    assert_int_equal(counts[0], 0); /* the store is empty before the first update */
+    assert_int_equal(counts[1], 4);
+    online_trainer_close(t);
+}
+
+static void test_gamma_one_is_no_mixture(void **state) {
+    (void)state;
+    online_trainer_options o;
+    options_for(&o, 1.0, 0);
+    online_trainer *one = open_trainer(&o, "mix-g1", NULL, 0);
+    options_for(&o, 0.7, (int64_t)1 << 40);
+    online_trainer *none = open_trainer(&o, "mix-none", NULL, 0);
+    options_for(&o, 0.7, 0);
+    online_trainer *mixed = open_trainer(&o, "mix-g07", NULL, 0);
+    int counts[16], n = 0;
+    feed(one, 0, 20, counts, &n);
+    for (int i = 0; i < n; i++) assert_int_equal(counts[i], 0);
+    feed(none, 0, 20, NULL, NULL);
+    feed(mixed, 0, 20, NULL, NULL);
+    assert_true(same_weights(one, none));
+    assert_false(same_weights(one, mixed)); /* the mixture changes the policy update */
+    online_trainer_close(one);
+    online_trainer_close(none);
+    online_trainer_close(mixed);
+}
+
+/* A checkpoint with a partial batch pending and the store full, then close and reopen: the rest
+ * of the run ends bit-identical to an uninterrupted one. A corrupted entries.bin is refused. */
+static void test_checkpoint_resume_is_exact(void **state) {
+    (void)state;
+    online_trainer_options o;
+    options_for(&o, 0.6, 4);
+    char dir[512];
+    online_trainer *a = open_trainer(&o, "mix-ckpt-a", NULL, 0);
+    online_trainer *b = open_trainer(&o, "mix-ckpt-b", dir, sizeof dir);
+    feed(a, 0, 40, NULL, NULL);
+    feed(b, 0, 22, NULL, NULL); /* 18 a/b pairs: 4 updates, 2 pending */
+    assert_int_equal(online_trainer_pending_pairs(b), 2);
+    duel_error err = {0};
+    if (online_trainer_checkpoint(b, &err)) fail_msg("%s", err.message);
+    online_trainer_status before;
+    online_trainer_get_status(b, &before);
+    online_trainer_close(b);
+    if (online_trainer_open(&o, dir, &b, &err)) fail_msg("%s", err.message);
+    online_trainer_status after;
+    online_trainer_get_status(b, &after);
+    assert_int_equal(online_trainer_pending_pairs(b), 2);
+    assert_int_equal(after.stored_duels, before.stored_duels);
+    assert_int_equal(after.synthetic_total, before.synthetic_total);
+    assert_true(before.synthetic_total > 0);
+    assert_string_equal(after.last_applied_id, "1-22");
+    feed(b, 22, 18, NULL, NULL);
+    assert_true(same_weights(a, b));
+    online_trainer_get_status(a, &before);
+    online_trainer_get_status(b, &after);
+    assert_int_equal(after.synthetic_total, before.synthetic_total);
+    assert_int_equal(after.prefs_applied, before.prefs_applied);
+    online_trainer_close(a);
+    /* A byte flipped in entries.bin: the hash check refuses the checkpoint, naming the file. */
+    if (online_trainer_checkpoint(b, &err)) fail_msg("%s", err.message);
+    online_trainer_close(b);
+    char path[700];
+    snprintf(path, sizeof path, "%s/trainer/checkpoint/entries.bin", dir);
+    FILE *f = fopen(path, "r+b");
+    assert_non_null(f);
+    fseek(f, 40, SEEK_SET);
+    int ch = fgetc(f);
+    fseek(f, 40, SEEK_SET);
+    fputc(ch ^ 0x11, f);
+    fclose(f);
+    assert_int_equal(online_trainer_open(&o, dir, &b, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "entries.bin"));
+}
+
+static void test_bad_options(void **state) {
+    (void)state;
+    online_trainer_options o;
+    const double gammas[] = {0.0, -0.1, 1.5, NAN};
+    for (int i = 0; i < 4; i++) {
+        options_for(&o, gammas[i], 0);
+        online_trainer *t = NULL;
+        duel_error err = {0};
+        assert_int_equal(online_trainer_open(&o, "/nonexistent-dir", &t, &err), DUEL_EINVAL);
+        assert_non_null(strstr(err.message, "gamma"));
+    }
+    options_for(&o, 0.7, -1);
+    online_trainer *t = NULL;
+    duel_error err = {0};
+    assert_int_equal(online_trainer_open(&o, "/nonexistent-dir", &t, &err), DUEL_EINVAL);
+    options_for(&o, 0.7, 0);
+    o.synthetic_store = 0;
+    assert_int_equal(online_trainer_open(&o, "/nonexistent-dir", &t, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "synthetic_store"));
+}
+
+int main(void) {
+    model_path();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_label_hand_built),
+        cmocka_unit_test(test_label_is_the_widest_pair),
+        cmocka_unit_test(test_burn_in_then_mixture),
+        cmocka_unit_test(test_gamma_one_is_no_mixture),
+        cmocka_unit_test(test_checkpoint_resume_is_exact),
+        cmocka_unit_test(test_bad_options),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
