@@ -30,8 +30,8 @@ static const char *LARGE_CONFIG =
     " \"num_key_value_heads\": 4, \"max_position_embeddings\": 1024, \"rms_norm_eps\": 1e-5,"
     " \"rope_theta\": 10000.0, \"hidden_act\": \"silu\", \"tie_word_embeddings\": true}";
 static const char *DEFAULT_SHAPE_CONFIG =
-    "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 4096, \"hidden_size\": 192,"
-    " \"intermediate_size\": 512, \"num_hidden_layers\": 4, \"num_attention_heads\": 6,"
+    "{\"architectures\": [\"LlamaForCausalLM\"], \"vocab_size\": 4096, \"hidden_size\": 320,"
+    " \"intermediate_size\": 864, \"num_hidden_layers\": 4, \"num_attention_heads\": 10,"
     " \"num_key_value_heads\": 2, \"max_position_embeddings\": 256, \"rms_norm_eps\": 1e-5,"
     " \"rope_theta\": 10000.0, \"hidden_act\": \"silu\", \"tie_word_embeddings\": true}";
 

@@ -57,7 +57,7 @@ typedef struct llama_train_acts {
     float *d_head_in;    /* [N][C] */
     float *d_token_logprob; /* [N] */
     float *d_row_logprob;   /* [N] */
-    float *row_scratch;  /* [T] */
+    float *attn_scratch; /* [T][T]: attention backward */
     float *rope_cos;     /* [T][rotary/2] */
     float *rope_sin;     /* [T][rotary/2] */
 } llama_train_acts;
@@ -303,7 +303,7 @@ static void act_sizes(const llama_train *m, size_t B, size_t T, size_t sizes[NUM
         L * N * F, N * C, N, N * C, N * V, N, N, N,
         /* scratch */
         N * C, N * C, N * C, N * QD, N * QD, N * KD, N * KD, N * KD, N * QD, N * F, N * F,
-        N * F, N * C, N, N, T, T * half, T * half};
+        N * F, N * C, N, N, T * T, T * half, T * half};
     memcpy(sizes, list, sizeof list);
 }
 
@@ -317,7 +317,7 @@ static int ensure_activations(llama_train *m, int batch, int seq, duel_error *er
     double estimate = m->L * (B * m->Hq * T * T + N * (6.0 * m->C + 3.0 * m->F + 2.0 * m->QD +
                                                         2.0 * m->KD + 2)) +
                       N * (8.0 * m->C + m->V + 3.0 * m->QD + 3.0 * m->KD + 3.0 * m->F + 8) +
-                      T * (m->config.rotary_dim + 1.0);
+                      T * (m->config.rotary_dim + T);
     if (estimate * sizeof(float) > (double)TRAIN_MAX_ACTIVATION_BYTES)
         return duel_error_set(err, DUEL_ELIMIT,
                               "llama_train: a batch of %d x %d needs %.1f GiB of activations, over "
@@ -357,7 +357,7 @@ static int ensure_activations(llama_train *m, int batch, int seq, duel_error *er
         &a->row_logprob, &a->token_logprob, &a->branch_out, &a->d_residual, &a->d_norm,
         &a->d_q_rot, &a->d_q, &a->d_k_rot, &a->d_k, &a->d_v, &a->d_attn_out, &a->d_gate,
         &a->d_up, &a->d_swiglu, &a->d_head_in, &a->d_token_logprob, &a->d_row_logprob,
-        &a->row_scratch, &a->rope_cos, &a->rope_sin};
+        &a->attn_scratch, &a->rope_cos, &a->rope_sin};
     _Static_assert(sizeof(llama_train_acts) == NUM_ACT_SLOTS * sizeof(float *),
                    "every member of llama_train_acts must be a slot");
     size_t off = 0;
@@ -505,7 +505,7 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
         memset(a->d_q_rot, 0, NQ * sizeof(float));
         memset(a->d_k_rot, 0, NK * sizeof(float));
         memset(a->d_v, 0, NK * sizeof(float));
-        train_attention_backward(a->d_q_rot, a->d_k_rot, a->d_v, a->row_scratch, a->d_attn_out,
+        train_attention_backward(a->d_q_rot, a->d_k_rot, a->d_v, a->attn_scratch, a->d_attn_out,
                                  a->probs + l * probs_stride, q, k, v, B, T, m->Hq, m->Hkv, m->D);
         memset(a->d_q, 0, NQ * sizeof(float));
         memset(a->d_k, 0, NK * sizeof(float));

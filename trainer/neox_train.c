@@ -59,7 +59,7 @@ typedef struct neox_train_acts {
     float *d_head_in;    /* [N][C] */
     float *d_token_logprob; /* [N] */
     float *d_row_logprob;   /* [N] */
-    float *row_scratch;  /* [T] */
+    float *attn_scratch; /* [T][T]: attention backward */
     float *rope_cos;     /* [T][rotary/2] */
     float *rope_sin;     /* [T][rotary/2] */
 } neox_train_acts;
@@ -283,7 +283,7 @@ static void act_sizes(const neox_train *m, size_t B, size_t T, size_t sizes[NUM_
         L * N * F, L * N * F, N * C, N, N, N * C, N * V, N, N, N,
         /* scratch */
         N * C, N * C, 3 * N * C, N * C, N * C, N * C, N * C, N * C, N * C, N * C, N * C,
-        3 * N * C, N * C, N * F, N * F, N * C, N, N, T, T * half, T * half};
+        3 * N * C, N * C, N * F, N * F, N * C, N, N, T * T, T * half, T * half};
     memcpy(sizes, list, sizeof list);
 }
 
@@ -293,7 +293,7 @@ static int ensure_activations(neox_train *m, int batch, int seq, duel_error *err
     int cap_seq = seq > m->cap_seq ? seq : m->cap_seq;
     double B = cap_batch, T = cap_seq, N = B * T;
     double estimate = m->L * (B * m->H * T * T + N * (8.0 * m->C + 2.0 * m->F + 4)) +
-                      N * (18.0 * m->C + m->V + 2.0 * m->F + 8) + T * (m->R + 1.0);
+                      N * (18.0 * m->C + m->V + 2.0 * m->F + 8) + T * (m->R + T);
     if (estimate * sizeof(float) > (double)TRAIN_MAX_ACTIVATION_BYTES)
         return duel_error_set(err, DUEL_ELIMIT,
                               "neox_train: a batch of %d x %d needs %.1f GiB of activations, over "
@@ -333,7 +333,7 @@ static int ensure_activations(neox_train *m, int batch, int seq, duel_error *err
         &a->row_logprob, &a->token_logprob, &a->attn_branch, &a->mlp_branch, &a->qkv,
         &a->d_residual, &a->d_norm1, &a->d_norm2, &a->d_q_rot, &a->d_k_rot, &a->d_q, &a->d_k,
         &a->d_v, &a->d_qkv, &a->d_attn_out, &a->d_act, &a->d_fc, &a->d_head_in,
-        &a->d_token_logprob, &a->d_row_logprob, &a->row_scratch, &a->rope_cos, &a->rope_sin};
+        &a->d_token_logprob, &a->d_row_logprob, &a->attn_scratch, &a->rope_cos, &a->rope_sin};
     _Static_assert(sizeof(neox_train_acts) == NUM_ACT_SLOTS * sizeof(float *),
                    "every member of neox_train_acts must be a slot");
     size_t off = 0;
@@ -502,7 +502,7 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
         memset(a->d_q_rot, 0, NC * sizeof(float));
         memset(a->d_k_rot, 0, NC * sizeof(float));
         memset(a->d_v, 0, NC * sizeof(float));
-        train_attention_backward(a->d_q_rot, a->d_k_rot, a->d_v, a->row_scratch, a->d_attn_out,
+        train_attention_backward(a->d_q_rot, a->d_k_rot, a->d_v, a->attn_scratch, a->d_attn_out,
                                  a->probs + l * probs_stride, q, k, v, B, T, m->H, m->H, m->D);
         memset(a->d_q, 0, NC * sizeof(float));
         memset(a->d_k, 0, NC * sizeof(float));

@@ -255,80 +255,81 @@ void train_rope_backward(float *dinp, const float *dout, const float *cos_table,
         }
 }
 
-static float dot_f32(const float *a, const float *b, int n) {
-    float acc = 0;
-    for (int i = 0; i < n; i++) acc += a[i] * b[i];
-    return acc;
-}
-
-static void axpy_f32(float *y, float alpha, const float *x, int n) {
-    for (int i = 0; i < n; i++) y[i] += alpha * x[i];
-}
-
+/* Attention runs per (sequence, query head) as matrix products on the strided head slices
+ * (cblas_sgemm with lda = heads * head_dim), so OpenBLAS's kernels do the T x T x head_dim work;
+ * only the row softmax and its backward are loops here. The score products cover the full
+ * T x T square (the masked upper half is computed and then zeroed), which on this scale is far
+ * cheaper than scalar dot products over the lower half. */
 void train_attention_forward(float *out, float *probs, const float *q, const float *k,
                              const float *v, int batch, int seq_len, int q_heads, int kv_heads,
                              int head_dim) {
-    int group = q_heads / kv_heads;
-    float scale = (float)(1.0 / sqrt((double)head_dim));
-    size_t q_stride = (size_t)q_heads * head_dim, kv_stride = (size_t)kv_heads * head_dim;
+    const int T = seq_len, D = head_dim, group = q_heads / kv_heads;
+    const float scale = (float)(1.0 / sqrt((double)head_dim));
+    const int q_stride = q_heads * head_dim, kv_stride = kv_heads * head_dim;
     for (int b = 0; b < batch; b++)
         for (int h = 0; h < q_heads; h++) {
-            int kvh = h / group;
-            const float *kb = k + (size_t)b * seq_len * kv_stride + (size_t)kvh * head_dim;
-            const float *vb = v + (size_t)b * seq_len * kv_stride + (size_t)kvh * head_dim;
-            for (int t = 0; t < seq_len; t++) {
-                const float *qt = q + ((size_t)b * seq_len + t) * q_stride + (size_t)h * head_dim;
-                float *p = probs + (((size_t)b * q_heads + h) * seq_len + t) * seq_len;
+            size_t kv_off = (size_t)b * T * kv_stride + (size_t)(h / group) * D;
+            size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
+            float *p = probs + ((size_t)b * q_heads + h) * T * T;
+            /* scores p[t][s] = scale q_t . k_s */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, q + q_off,
+                        q_stride, k + kv_off, kv_stride, 0.0f, p, T);
+            for (int t = 0; t < T; t++) {
+                float *row = p + (size_t)t * T;
                 float max = -INFINITY;
-                for (int s = 0; s <= t; s++) {
-                    p[s] = scale * dot_f32(qt, kb + s * kv_stride, head_dim);
-                    if (p[s] > max) max = p[s];
-                }
+                for (int s = 0; s <= t; s++)
+                    if (row[s] > max) max = row[s];
                 double sum = 0;
                 for (int s = 0; s <= t; s++) {
-                    p[s] = expf(p[s] - max);
-                    sum += p[s];
+                    row[s] = expf(row[s] - max);
+                    sum += row[s];
                 }
                 float inv = (float)(1.0 / sum);
-                for (int s = 0; s <= t; s++) p[s] *= inv;
-                for (int s = t + 1; s < seq_len; s++) p[s] = 0;
-                float *ot = out + ((size_t)b * seq_len + t) * q_stride + (size_t)h * head_dim;
-                memset(ot, 0, (size_t)head_dim * sizeof *ot);
-                for (int s = 0; s <= t; s++) axpy_f32(ot, p[s], vb + s * kv_stride, head_dim);
+                for (int s = 0; s <= t; s++) row[s] *= inv;
+                for (int s = t + 1; s < T; s++) row[s] = 0;
             }
+            /* out_t = sum_s p[t][s] v_s */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, 1.0f, p, T,
+                        v + kv_off, kv_stride, 0.0f, out + q_off, q_stride);
         }
 }
 
-/* Per query row: dp_s = dout . v_s, dv_s += p_s dout, and through the softmax
- * dscore_s = p_s (dp_s - sum_r p_r dp_r); then dq += scale dscore_s k_s, dk_s += scale dscore_s q. */
-void train_attention_backward(float *dq, float *dk, float *dv, float *row_scratch,
+/* Per (sequence, head), with P the saved probabilities and dO the output gradient:
+ * dP = dO V^T, dV += P^T dO, dS = scale P o (dP - rowsum(P o dP)), dQ += dS K, dK += dS^T Q. */
+void train_attention_backward(float *dq, float *dk, float *dv, float *scratch,
                               const float *dout, const float *probs, const float *q,
                               const float *k, const float *v, int batch, int seq_len, int q_heads,
                               int kv_heads, int head_dim) {
-    int group = q_heads / kv_heads;
-    float scale = (float)(1.0 / sqrt((double)head_dim));
-    size_t q_stride = (size_t)q_heads * head_dim, kv_stride = (size_t)kv_heads * head_dim;
-    float *dp = row_scratch;
+    const int T = seq_len, D = head_dim, group = q_heads / kv_heads;
+    const float scale = (float)(1.0 / sqrt((double)head_dim));
+    const int q_stride = q_heads * head_dim, kv_stride = kv_heads * head_dim;
+    float *ds = scratch; /* [T][T]: dP, then dS in place */
     for (int b = 0; b < batch; b++)
         for (int h = 0; h < q_heads; h++) {
-            size_t kv_off = (size_t)b * seq_len * kv_stride + (size_t)(h / group) * head_dim;
-            const float *kb = k + kv_off, *vb = v + kv_off;
-            for (int t = 0; t < seq_len; t++) {
-                size_t q_off = ((size_t)b * seq_len + t) * q_stride + (size_t)h * head_dim;
-                const float *dot_t = dout + q_off;
-                const float *p = probs + (((size_t)b * q_heads + h) * seq_len + t) * seq_len;
+            size_t kv_off = (size_t)b * T * kv_stride + (size_t)(h / group) * D;
+            size_t q_off = (size_t)b * T * q_stride + (size_t)h * D;
+            const float *p = probs + ((size_t)b * q_heads + h) * T * T;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, 1.0f, dout + q_off,
+                        q_stride, v + kv_off, kv_stride, 0.0f, ds, T);
+            if (dv)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, p, T,
+                            dout + q_off, q_stride, 1.0f, dv + kv_off, kv_stride);
+            if (!dq && !dk) continue;
+            for (int t = 0; t < T; t++) {
+                const float *prow = p + (size_t)t * T;
+                float *row = ds + (size_t)t * T;
                 double weighted = 0;
-                for (int s = 0; s <= t; s++) {
-                    dp[s] = dot_f32(dot_t, vb + s * kv_stride, head_dim);
-                    weighted += (double)p[s] * dp[s];
-                    if (dv) axpy_f32(dv + kv_off + s * kv_stride, p[s], dot_t, head_dim);
-                }
-                for (int s = 0; s <= t; s++) {
-                    float dscore = scale * p[s] * (dp[s] - (float)weighted);
-                    if (dq) axpy_f32(dq + q_off, dscore, kb + s * kv_stride, head_dim);
-                    if (dk) axpy_f32(dk + kv_off + s * kv_stride, dscore, q + q_off, head_dim);
-                }
+                for (int s = 0; s <= t; s++) weighted += (double)prow[s] * row[s];
+                float w = (float)weighted;
+                for (int s = 0; s <= t; s++) row[s] = scale * prow[s] * (row[s] - w);
+                for (int s = t + 1; s < T; s++) row[s] = 0;
             }
+            if (dq)
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, D, T, 1.0f, ds, T,
+                            k + kv_off, kv_stride, 1.0f, dq + q_off, q_stride);
+            if (dk)
+                cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, D, T, 1.0f, ds, T,
+                            q + q_off, q_stride, 1.0f, dk + kv_off, kv_stride);
         }
 }
 
@@ -366,8 +367,10 @@ void train_logprob_forward(float *logprob, float *lse, const float *logits,
         float max = row[0];
         for (int j = 1; j < vocab; j++)
             if (row[j] > max) max = row[j];
+        /* expf is exact to an ulp or so and several times cheaper than exp in double; the
+         * sum stays in double so a long row keeps its precision. */
         double sum = 0;
-        for (int j = 0; j < vocab; j++) sum += exp((double)(row[j] - max));
+        for (int j = 0; j < vocab; j++) sum += expf(row[j] - max);
         double l = max + log(sum);
         lse[i] = (float)l;
         logprob[i] = (float)(row[targets[i]] - l);

@@ -71,12 +71,12 @@ void train_rope_backward(float *dinp, const float *dout, const float *cos_table,
  * h / (q_heads / kv_heads), as HF's repeat_kv), scale 1/sqrt(head_dim).
  * q, out: [batch][seq_len][q_heads][head_dim]; k, v: [batch][seq_len][kv_heads][head_dim].
  * probs: [batch][q_heads][seq_len][seq_len] saved softmax rows (zero above the diagonal).
- * Backward needs row_scratch of seq_len floats. Right padding needs no key mask: positions after
+ * Backward needs scratch of seq_len * seq_len floats. Right padding needs no key mask: positions after
  * a sequence's end are never attended to by its real tokens. */
 void train_attention_forward(float *out, float *probs, const float *q, const float *k,
                              const float *v, int batch, int seq_len, int q_heads, int kv_heads,
                              int head_dim);
-void train_attention_backward(float *dq, float *dk, float *dv, float *row_scratch,
+void train_attention_backward(float *dq, float *dk, float *dv, float *scratch,
                               const float *dout, const float *probs, const float *q,
                               const float *k, const float *v, int batch, int seq_len, int q_heads,
                               int kv_heads, int head_dim);

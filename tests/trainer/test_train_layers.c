@@ -435,7 +435,7 @@ static void run_attention(int hq, int hkv) {
     enum { B = 2, T = 5, D = 4 };
     size_t nq = (size_t)B * T * hq * D, nk = (size_t)B * T * hkv * D;
     float *q = new_f32(nq), *k = new_f32(nk), *v = new_f32(nk), *g = new_f32(nq);
-    float *out = new_f32(nq), *probs = new_f32((size_t)B * hq * T * T), scratch[T];
+    float *out = new_f32(nq), *probs = new_f32((size_t)B * hq * T * T), scratch[T * T];
     float *dq = new_f32(nq), *dk = new_f32(nk), *dv = new_f32(nk);
     double *qd = new_f64(nq), *kd = new_f64(nk), *vd = new_f64(nk), *gd = new_f64(nq), *ref = new_f64(nq);
     fill_random(&rng, q, qd, nq, 0, 1);
