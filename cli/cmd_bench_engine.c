@@ -1,7 +1,9 @@
 /* cmd_bench_engine.c: `duel bench engine`: the serving engine (inference/engine.h) on one model,
  * driven through its queues exactly as a server would. Measures
  *   - aggregate decode tokens/s at several numbers of concurrent sequences (independent
- *     requests, M = 1), and for one request of M = 8 forked candidates;
+ *     requests, M = 1), and for one request of M = 8 forked candidates, over --rounds rounds
+ *     (medians; each round's ratios to one sequence come from runs seconds apart, which is what
+ *     makes them comparable on a shared, loaded machine), with the load average around them;
  *   - time to duel: submit -> every candidate of an M-candidate request finished (p50, p95),
  *     with the prompt positions computed (equal to the prompt length: prefilled once);
  *   - KV bytes per token;
@@ -38,7 +40,7 @@ int bench_engine(int argc, char **argv);
 
 typedef struct bench_engine_options {
     long long prompt, decode, duel_m, duel_new, duels, turns, turn_user, turn_answer, kv_mb,
-        batch_tokens;
+        batch_tokens, rounds;
     const char *levels;
 } bench_engine_options;
 
@@ -259,7 +261,8 @@ int bench_engine(int argc, char **argv) {
     const char *dir = NULL;
     bench_engine_options o = {.prompt = 32, .decode = 32, .duel_m = 8, .duel_new = 64,
                               .duels = 8, .turns = 8, .turn_user = 24, .turn_answer = 48,
-                              .kv_mb = 512, .batch_tokens = 256, .levels = "1,8,32,128"};
+                              .kv_mb = 512, .batch_tokens = 256, .rounds = 1,
+                              .levels = "1,8,32,128"};
     bool json = false, duel = false;
     const char *duel_features = "reference";
     const cli_option options[] = {
@@ -271,6 +274,10 @@ int bench_engine(int argc, char **argv) {
          1, 1e5, false, NULL},
         {"--decode", CLI_OPT_INT, &o.decode, "N",
          "tokens each sequence decodes in the decode runs (default 32)", 2, 1e5, false, NULL},
+        {"--rounds", CLI_OPT_INT, &o.rounds, "N",
+         "rounds of the decode runs, each over every level and the forked M (default 1); "
+         "rates are medians, ratios to one sequence are taken within each round", 1, 1000,
+         false, NULL},
         {"--duel-m", CLI_OPT_INT, &o.duel_m, "M", "candidates per duel (default 8)", 2, 1024,
          false, NULL},
         {"--duel-new", CLI_OPT_INT, &o.duel_new, "N", "new tokens per candidate (default 64)", 1,
@@ -377,29 +384,96 @@ int bench_engine(int argc, char **argv) {
         goto finish;
     }
 
-    /* Decode rates. A warm-up first (page faults, BLAS threads). */
-    double rate;
-    if (measure_decode(e, vocab, 1, false, &o, &rng, &rate)) goto done;
-    double rate1 = 0;
-    json_t *rates = json_object();
-    json_object_set_new(out, "decode_tokens_per_s", rates);
-    for (int i = 0; i < n_levels; i++) {
-        fprintf(stderr, "decode: %d concurrent sequences...\n", levels[i]);
-        if (measure_decode(e, vocab, levels[i], false, &o, &rng, &rate)) goto done;
-        if (levels[i] == 1) rate1 = rate;
-        printf("decode, %4d concurrent sequences: %9.1f tokens/s", levels[i], rate);
-        if (rate1 > 0 && levels[i] > 1) printf(" (%.2fx one sequence)", rate / rate1);
-        printf("\n");
-        char key[16];
-        snprintf(key, sizeof key, "%d", levels[i]);
-        json_object_set_new(rates, key, json_real(rate));
+    /* Decode rates. A warm-up first (page faults, BLAS threads). Then --rounds rounds, each
+     * over every level and the forked M back to back, so that on a shared machine the ratios to
+     * one sequence compare runs seconds apart; rates are medians over the rounds. */
+    {
+        double rate;
+        if (measure_decode(e, vocab, 1, false, &o, &rng, &rate)) goto done;
+        int rounds = (int)o.rounds, cols = n_levels + 1; /* the levels, then the forked M */
+        double *r = calloc((size_t)rounds * (size_t)cols, sizeof *r);
+        double *tmp = calloc((size_t)rounds, sizeof *tmp);
+        if (!r || !tmp) {
+            free(r);
+            free(tmp);
+            goto done;
+        }
+        int one = -1; /* column of the 1-sequence level */
+        for (int i = 0; i < n_levels; i++)
+            if (levels[i] == 1) one = i;
+        double load_start[3] = {0, 0, 0}, load_end[3] = {0, 0, 0};
+        getloadavg(load_start, 3);
+        bool ok = true;
+        for (int k = 0; k < rounds && ok; k++) {
+            for (int i = 0; i < cols && ok; i++) {
+                bool forked = i == n_levels;
+                int n = forked ? (int)o.duel_m : levels[i];
+                if (forked)
+                    fprintf(stderr, "decode (round %d/%d): one request of M = %d forked "
+                                    "candidates...\n", k + 1, rounds, n);
+                else
+                    fprintf(stderr, "decode (round %d/%d): %d concurrent sequences...\n", k + 1,
+                            rounds, n);
+                ok = measure_decode(e, vocab, n, forked, &o, &rng, &r[k * cols + i]) == 0;
+            }
+        }
+        getloadavg(load_end, 3);
+        if (!ok) {
+            free(r);
+            free(tmp);
+            goto done;
+        }
+        json_t *rates = json_object(), *ratios = json_object();
+        json_object_set_new(out, "decode_tokens_per_s", rates);
+        json_object_set_new(out, "decode_rounds", json_integer(rounds));
+        json_t *load = json_array();
+        json_array_append_new(load, json_real(load_start[0]));
+        json_array_append_new(load, json_real(load_end[0]));
+        json_object_set_new(out, "decode_load_average_1min", load);
+        printf("decode: %d round%s, load average (1 min) %.2f at the start, %.2f at the end\n",
+               rounds, rounds == 1 ? "" : "s", load_start[0], load_end[0]);
+        for (int i = 0; i < cols; i++) {
+            bool forked = i == n_levels;
+            for (int k = 0; k < rounds; k++) tmp[k] = r[k * cols + i];
+            double med = percentile(tmp, rounds, 0.5);
+            if (forked)
+                printf("decode, one request of M = %lld forked candidates: %.1f tokens/s",
+                       o.duel_m, med);
+            else
+                printf("decode, %4d concurrent sequences: %9.1f tokens/s", levels[i], med);
+            if (forked) {
+                json_object_set_new(out, "decode_tokens_per_s_forked_m", json_real(med));
+            } else {
+                char key[16];
+                snprintf(key, sizeof key, "%d", levels[i]);
+                json_object_set_new(rates, key, json_real(med));
+            }
+            if (one >= 0 && i != one) {
+                for (int k = 0; k < rounds; k++)
+                    tmp[k] = r[k * cols + one] > 0 ? r[k * cols + i] / r[k * cols + one] : 0;
+                double lo = percentile(tmp, rounds, 0), mid = percentile(tmp, rounds, 0.5),
+                       hi = percentile(tmp, rounds, 1);
+                if (rounds == 1) printf(" (%.2fx one sequence)", mid);
+                else printf(" (%.2fx one sequence, median of rounds; %.2f-%.2fx)", mid, lo, hi);
+                json_t *q = json_object();
+                json_object_set_new(q, "median", json_real(mid));
+                json_object_set_new(q, "min", json_real(lo));
+                json_object_set_new(q, "max", json_real(hi));
+                if (forked) {
+                    json_object_set_new(out, "decode_ratio_forked_m", q);
+                } else {
+                    char key[16];
+                    snprintf(key, sizeof key, "%d", levels[i]);
+                    json_object_set_new(ratios, key, q);
+                }
+            }
+            printf("\n");
+        }
+        if (one >= 0) json_object_set_new(out, "decode_ratio_to_one", ratios);
+        else json_decref(ratios);
+        free(r);
+        free(tmp);
     }
-    fprintf(stderr, "decode: one request of M = %lld forked candidates...\n", o.duel_m);
-    if (measure_decode(e, vocab, (int)o.duel_m, true, &o, &rng, &rate)) goto done;
-    printf("decode, one request of M = %lld forked candidates: %.1f tokens/s", o.duel_m, rate);
-    if (rate1 > 0) printf(" (%.2fx one sequence)", rate / rate1);
-    printf("\n");
-    json_object_set_new(out, "decode_tokens_per_s_forked_m", json_real(rate));
 
     /* Time to duel, one duel at a time on an idle engine. */
     {

@@ -17,7 +17,10 @@
  * its block table. A piece of a few rows (decode) reads the pool's [block][kv_head][16][head_dim]
  * tiles directly (paged_attention_rows); a longer piece (prefill) first gathers its history into
  * contiguous [ctx][kv_dim] buffers and runs the sgemm-based cpu_attention_forward on them, where
- * the gather's cost is small next to the O(rows * ctx) products. */
+ * the gather's cost is small next to the O(rows * ctx) products. Steps of at most
+ * MODEL_SKINNY_MAX_ROWS rows (decode) run their projections with the skinny kernel and their
+ * decode attention on two threads: the caller's and the model's helper thread, which claim
+ * chunks of each job from a shared counter (helper_parallel_for). */
 #include "model.h"
 
 #include <limits.h>
@@ -56,7 +59,7 @@
  * Ownership: fn and ctx are written by the owner before it publishes the job (state, release)
  * and read by the helper only after it has claimed a chunk of that job (acquire), so they stay
  * unchanged while it runs: the owner returns only when done == total. */
-typedef void (*helper_fn)(void *ctx, int chunk);
+typedef void (*helper_fn)(void *ctx, int chunk, int thread); /* thread: 0 owner, 1 helper */
 #define MODEL_HELPER_MAX_CHUNKS 0xffff /* chunks of one job (16 bits of state) */
 typedef struct model_helper {
     pthread_t thread;
@@ -454,6 +457,7 @@ static int ensure_scratch(model *m, int rows, int max_ctx, duel_error *err) {
         m->scratch_tokens = cap;
     }
     size_t need = cpu_attention_scratch_floats(rows, max_ctx);
+    if (need < 2 * (size_t)max_ctx) need = 2 * (size_t)max_ctx; /* decode scores, two threads */
     if (need > m->att_scratch_floats) {
         float *mem = malloc(need * sizeof *mem);
         if (!mem) return duel_error_set(err, DUEL_ENOMEM, "out of memory for attention scratch");
@@ -499,10 +503,10 @@ static bool helper_claim(model_helper *h, uint32_t seq, int *chunk) {
 }
 
 /* Runs chunks of job seq until none is left. */
-static void helper_run(model_helper *h, uint32_t seq) {
+static void helper_run(model_helper *h, uint32_t seq, int thread) {
     int chunk;
     while (helper_claim(h, seq, &chunk)) {
-        h->fn(h->ctx, chunk);
+        h->fn(h->ctx, chunk, thread);
         atomic_fetch_add_explicit(&h->done, 1, memory_order_release);
     }
 }
@@ -526,7 +530,7 @@ static void *helper_main(void *arg) {
         }
         if (atomic_load(&h->quit)) return NULL;
         seen = seq;
-        helper_run(h, seq);
+        helper_run(h, seq, 1);
     }
 }
 
@@ -553,10 +557,11 @@ static void helper_stop(model_helper *h) {
     pthread_cond_destroy(&h->wake);
 }
 
-/* fn(ctx, i) for every i < total, on the owner and the helper thread; returns when all ran. */
+/* fn(ctx, i, thread) for every i < total, on the owner (thread 0) and the helper thread
+ * (thread 1); returns when all ran. */
 static void helper_parallel_for(model_helper *h, helper_fn fn, void *ctx, int total) {
     if (!h->started || total < 2) {
-        for (int i = 0; i < total; i++) fn(ctx, i);
+        for (int i = 0; i < total; i++) fn(ctx, i, 0);
         return;
     }
     h->fn = fn;
@@ -569,7 +574,7 @@ static void helper_parallel_for(model_helper *h, helper_fn fn, void *ctx, int to
                           memory_order_release);
     pthread_cond_signal(&h->wake);
     pthread_mutex_unlock(&h->lock);
-    helper_run(h, seq);
+    helper_run(h, seq, 0);
     for (int spin = 0; atomic_load_explicit(&h->done, memory_order_acquire) != total; spin++) {
         if (spin < MODEL_OWNER_SPIN) cpu_relax();
         else sched_yield(); /* the helper holds a chunk but was descheduled (a loaded machine) */
@@ -578,7 +583,7 @@ static void helper_parallel_for(model_helper *h, helper_fn fn, void *ctx, int to
 
 /* ---- skinny products (a few rows: batched decode) ----------------------------------------- */
 
-#define MODEL_SKINNY_MAX_ROWS 8 /* rows up to which batch_matmul replaces sgemm */
+#define MODEL_SKINNY_MAX_ROWS 8 /* rows up to which batch_matmul runs the skinny kernel */
 #define MODEL_SKINNY_CHUNKS 32  /* a product is split into about this many column chunks */
 #define MODEL_SKINNY_MIN_COLS 16 /* columns per chunk at least (a cache line of out) */
 
@@ -590,7 +595,8 @@ typedef struct skinny_job {
     bool accumulate;
 } skinny_job;
 
-static void skinny_chunk(void *ctx, int chunk) {
+static void skinny_chunk(void *ctx, int chunk, int thread) {
+    (void)thread;
     const skinny_job *j = ctx;
     int begin = chunk * j->cols_per_chunk;
     int end = begin + j->cols_per_chunk < j->out_dim ? begin + j->cols_per_chunk : j->out_dim;
@@ -598,15 +604,19 @@ static void skinny_chunk(void *ctx, int chunk) {
                           begin, end, j->accumulate);
 }
 
-/* out[n][out_dim] (=|+=) in[n][in_dim] W^T (+ bias) like cpu_matmul_forward. For 2..8 rows
- * (batched decode) the product runs as cpu_matmul_skinny_isa over column chunks shared by the
+/* out[n][out_dim] (=|+=) in[n][in_dim] W^T (+ bias) like cpu_matmul_forward. For 1..8 rows
+ * (decode steps) the product runs as cpu_matmul_skinny_isa over column chunks shared by the
  * owner and the helper thread: each weight is streamed from memory once and used for every row
- * from registers, so the step costs about one weight read as a single-sequence GEMV does, where
- * OpenBLAS's sgemm on such skinny shapes repacks the weights and ran 8 rows in 2.6x the time of
- * 1 (SmolLM2-135M shapes). Other sizes go to cpu_matmul_forward (OpenBLAS, its own threads). */
+ * from registers, so 8 rows cost little more than one weight read, where OpenBLAS's sgemm on
+ * such skinny shapes repacks the weights and ran 8 rows in 2.6x the time of 1 (SmolLM2-135M
+ * shapes). One row takes the same path rather than OpenBLAS's sgemv: as fast on one thread
+ * (measured 19-24 ms against 24-30 ms of CPU time over the 135M weights), and on a loaded
+ * machine much faster, because sgemv's two threads split the rows in fixed halves (decode of one
+ * sequence: 13 against 5 tok/s at load average 12). Other sizes go to cpu_matmul_forward
+ * (OpenBLAS sgemm, its own threads). */
 static void batch_matmul(model *m, float *out, const float *in, const float *W, const float *bias,
                          int n, int in_dim, int out_dim, bool accumulate) {
-    if (n >= 2 && n <= MODEL_SKINNY_MAX_ROWS && m->isa != CPU_ISA_SCALAR) {
+    if (n <= MODEL_SKINNY_MAX_ROWS && m->isa != CPU_ISA_SCALAR) {
         double t0 = duel_time_seconds();
         int cols = (out_dim / MODEL_SKINNY_CHUNKS + MODEL_SKINNY_MIN_COLS - 1) /
                    MODEL_SKINNY_MIN_COLS * MODEL_SKINNY_MIN_COLS;
@@ -783,12 +793,13 @@ static inline void axpy_f32(float *y, float a, const float *x, int n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
-/* Causal attention of `rows` query rows at positions start .. start+rows-1 of seq, reading each
- * position's K/V in place from the pool's tiles of this layer. q rows are qkv_dim apart, out rows
- * q_dim apart; scores: start+rows floats. */
+/* Causal attention of `rows` query rows at positions start .. start+rows-1 of seq, for the query
+ * heads of kv heads [g0, g1), reading each position's K/V in place from the pool's tiles of this
+ * layer. q rows are qkv_dim apart, out rows q_dim apart; scores: start+rows floats. */
 static void paged_attention_rows(const model *m, const kv_pool_params *pp, const float *keys,
                                  const float *values, const kv_sequence *seq, int64_t start,
-                                 int rows, const float *q, float *out, float *scores) {
+                                 int rows, const float *q, float *out, float *scores, int g0,
+                                 int g1) {
     const model_config *c = &m->config;
     int hd = c->head_dim, kvh = c->num_kv_heads, bs = pp->block_size;
     int group = c->num_heads / kvh;
@@ -798,7 +809,7 @@ static void paged_attention_rows(const model *m, const kv_pool_params *pp, const
         int64_t ctx = start + r + 1;
         const float *qr = q + (size_t)r * m->qkv_dim;
         float *orow = out + (size_t)r * m->q_dim;
-        for (int h = 0; h < c->num_heads; h++) {
+        for (int h = g0 * group; h < g1 * group; h++) {
             int g = h / group;
             const float *qh = qr + (size_t)h * hd;
             float max = -INFINITY;
@@ -894,9 +905,36 @@ static int ensure_batch_scratch(model *m, int64_t max_ctx, int head_rows, duel_e
     return DUEL_OK;
 }
 
-/* One pass over pieces whose rows fill m->x[0..rows): every layer, K/V written into the pool. */
+/* Decode attention of the short pieces of one layer, one chunk per (piece, kv head); thread t's
+ * scores live at att_scratch + t * max_ctx. */
+typedef struct attention_job {
+    model *m;
+    const kv_pool_params *pp;
+    const float *keys, *values;
+    const model_batch_entry *entries;
+    const batch_piece *pieces;
+    const int *direct; /* indices into pieces of the short ones */
+    int kv_heads;
+    int64_t max_ctx;
+} attention_job;
+
+static void attention_chunk(void *ctx, int chunk, int thread) {
+    const attention_job *j = ctx;
+    model *m = j->m;
+    const batch_piece *pc = &j->pieces[j->direct[chunk / j->kv_heads]];
+    const model_batch_entry *e = &j->entries[pc->entry];
+    int g = chunk % j->kv_heads;
+    paged_attention_rows(m, j->pp, j->keys, j->values, e->seq, e->start + pc->offset, pc->count,
+                         m->qkv + (size_t)pc->row * m->qkv_dim,
+                         m->att + (size_t)pc->row * m->q_dim,
+                         m->att_scratch + (size_t)thread * (size_t)j->max_ctx, g, g + 1);
+}
+
+/* One pass over pieces whose rows fill m->x[0..rows): every layer, K/V written into the pool.
+ * direct_pieces: scratch for n_pieces ints; max_ctx: the longest context of the step. */
 static void forward_pass_paged(model *m, kv_pool *pool, const model_batch_entry *entries,
-                               const batch_piece *pieces, int n_pieces, int rows) {
+                               const batch_piece *pieces, int n_pieces, int rows,
+                               int *direct_pieces, int64_t max_ctx) {
     const model_config *c = &m->config;
     const kv_pool_params *pp = kv_pool_get_params(pool);
     int H = c->hidden_size, half = c->rotary_dim / 2;
@@ -918,17 +956,27 @@ static void forward_pass_paged(model *m, kv_pool *pool, const model_batch_entry 
                          m->rope_cos, m->rope_sin);
         cpu_rope_forward(m->qkv + m->q_dim, rows, m->qkv_dim, c->num_kv_heads, c->head_dim,
                          c->rotary_dim, m->rope_cos, m->rope_sin);
+        /* Every piece's K/V first (a piece reads only its own sequence's positions, and no two
+         * sequences write the same slot), then the short pieces' attention on both threads, one
+         * chunk per (piece, kv head), the long ones' here. */
+        int direct = 0;
+        for (int i = 0; i < n_pieces; i++) {
+            const batch_piece *pc = &pieces[i];
+            const model_batch_entry *e = &entries[pc->entry];
+            store_kv(m, pp, keys, values, e->seq, e->start + pc->offset,
+                     m->qkv + (size_t)pc->row * m->qkv_dim, pc->count);
+            if (pc->count <= MODEL_PAGED_DIRECT_ROWS) direct_pieces[direct++] = i;
+        }
+        attention_job job = {m,       pp,           keys,           values,   entries,
+                             pieces,  direct_pieces, c->num_kv_heads, max_ctx};
+        helper_parallel_for(&m->helper, attention_chunk, &job, direct * c->num_kv_heads);
         for (int i = 0; i < n_pieces; i++) {
             const batch_piece *pc = &pieces[i];
             const model_batch_entry *e = &entries[pc->entry];
             int64_t start = e->start + pc->offset;
             const float *q = m->qkv + (size_t)pc->row * m->qkv_dim;
             float *out = m->att + (size_t)pc->row * m->q_dim;
-            store_kv(m, pp, keys, values, e->seq, start, q, pc->count);
-            if (pc->count <= MODEL_PAGED_DIRECT_ROWS) {
-                paged_attention_rows(m, pp, keys, values, e->seq, start, pc->count, q, out,
-                                     m->att_scratch);
-            } else {
+            if (pc->count > MODEL_PAGED_DIRECT_ROWS) {
                 int64_t ctx = start + pc->count;
                 gather_kv(m, pp, keys, e->seq, ctx, m->gather_k);
                 gather_kv(m, pp, values, e->seq, ctx, m->gather_v);
@@ -1000,9 +1048,11 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
     if (rc) return rc;
     batch_piece *pieces = malloc((size_t)n_entries * sizeof *pieces);
     int *head_entry = malloc(((size_t)head_rows + 1) * sizeof *head_entry);
-    if (!pieces || !head_entry) {
+    int *direct_pieces = malloc((size_t)n_entries * sizeof *direct_pieces);
+    if (!pieces || !head_entry || !direct_pieces) {
         free(pieces);
         free(head_entry);
+        free(direct_pieces);
         return duel_error_set(err, DUEL_ENOMEM, "out of memory for a batch of %d", n_entries);
     }
     double t0 = duel_time_seconds();
@@ -1023,7 +1073,7 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
                 offset = 0;
             }
         }
-        forward_pass_paged(m, pool, entries, pieces, n_pieces, rows);
+        forward_pass_paged(m, pool, entries, pieces, n_pieces, rows, direct_pieces, max_ctx);
         /* Final-norm hidden rows of the entries that ended in this pass. */
         for (int i = 0; i < n_pieces; i++) {
             const batch_piece *pc = &pieces[i];
@@ -1054,6 +1104,7 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
     }
     free(pieces);
     free(head_entry);
+    free(direct_pieces);
     m->forward_seconds += duel_time_seconds() - t0;
     return DUEL_OK;
 }

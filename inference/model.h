@@ -1,6 +1,7 @@
 /* model.h: a loaded causal language model (Llama or GPT-NeoX family) and its CPU forward pass.
  * Weights are read from a Hugging Face directory (config.json + safetensors), validated, and held
- * as f32 (bf16/f16 widened at load). The forward pass runs f32 compute with OpenBLAS GEMMs.
+ * as f32 (bf16/f16 widened at load). The forward pass runs f32 compute with OpenBLAS GEMMs (and
+ * our own skinny kernel for the few-row products of batched decode).
  * Two entry points: model_forward over one sequence's contiguous KV cache (tests, benchmarks),
  * and model_forward_batch over many sequences whose KV lives in the paged pool of kv_cache.h
  * (the engine). A model is owned by one thread at a time: it keeps its scratch buffers inside. */
@@ -59,8 +60,10 @@ typedef struct model_batch_entry {
 } model_batch_entry;
 
 /* Runs one step for several sequences at once: all their tokens are flattened into one
- * [n_total][hidden] activation so that every projection is one sgemm over all sequences (the
- * weights are read once per step, not once per sequence); attention runs per sequence, reading
+ * [n_total][hidden] activation so that every projection is one product over all sequences (the
+ * weights are read once per step, not once per sequence: sgemm, or for steps of up to 8 rows the
+ * skinny kernel cpu_matmul_skinny_isa, split between the calling thread and a helper thread the
+ * model owns, which also shares decode attention); attention runs per sequence, reading
  * K and V through its block table from the pool's host storage, where this call also writes the
  * new tokens' K/V (the caller commits them afterwards with kv_sequence_commit). Steps of more
  * than MODEL_BATCH_MAX_ROWS tokens run in several internal passes (a sequence's later tokens then
