@@ -226,6 +226,34 @@ int duel_config_apply_set(json_t *root, const char *assignment, duel_error *err)
     return rc;
 }
 
+int duel_config_take_sets(int *argc, char **argv, const char **sets, size_t cap, size_t *n_sets,
+                          duel_error *err) {
+    int out = 1;
+    *n_sets = 0;
+    for (int i = 1; i < *argc; i++) {
+        const char *value = NULL;
+        if (strcmp(argv[i], "--set") == 0) {
+            if (i + 1 >= *argc)
+                return duel_error_set(err, DUEL_EINVAL, "--set needs section.key=value");
+            value = argv[++i];
+        } else if (strncmp(argv[i], "--set=", 6) == 0) {
+            value = argv[i] + 6;
+        } else if (strcmp(argv[i], "--") == 0) {
+            while (i < *argc) argv[out++] = argv[i++]; /* operands after "--" are not options */
+            break;
+        } else {
+            argv[out++] = argv[i];
+            continue;
+        }
+        if (*n_sets >= cap)
+            return duel_error_set(err, DUEL_EINVAL, "more than %zu --set options", cap);
+        sets[(*n_sets)++] = value;
+    }
+    *argc = out;
+    argv[out] = NULL;
+    return DUEL_OK;
+}
+
 /* ---- environment ------------------------------------------------------------------------ */
 
 /* "HOST:PORT" (HOST may be "[v6addr]") into host[0..cap) and *port in [min_port, 65535]. */
