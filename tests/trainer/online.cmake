@@ -33,3 +33,8 @@ if(NOT DUEL_FUZZ)
   target_include_directories(test_online_knobs PRIVATE ${PROJECT_SOURCE_DIR}/tests/tools)
   set_tests_properties(test_online_knobs PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 120)
 endif()
+# Weight transports: the file round trip and the GPU kinds' "no CUDA device" path.
+duel_test(test_weight_transport ${CMAKE_CURRENT_LIST_DIR}/test_weight_transport.c)
+if(NOT DUEL_FUZZ)
+  set_tests_properties(test_weight_transport PROPERTIES FIXTURES_REQUIRED fwd_models)
+endif()
