@@ -49,7 +49,8 @@ int cmd_serve(int argc, char **argv) {
     const char *backend_name = NULL, *model_dir = NULL, *erm_path = NULL, *strategy = "ee_ts";
     long long candidates = 4, max_new_tokens = 128;
     double temperature = 1.0, top_p = 1.0;
-    bool port_given = false;
+    bool port_given = false, no_snapshots = false, snapshots = false, poll_given = false;
+    long long snapshot_poll_ms = 3000;
     const cli_option options[] = {
         {"--port", CLI_OPT_INT, &port, "N", "TCP port (default 8080; 0 picks a free one)", 0,
          65535, false, &port_given},
@@ -82,6 +83,15 @@ int cmd_serve(int argc, char **argv) {
          0, 10, false, NULL},
         {"--top-p", CLI_OPT_DOUBLE, &top_p, "P", "nucleus sampling (default 1.0: off)", 0, 1, true,
          NULL},
+        {"--snapshots", CLI_OPT_FLAG, &snapshots, NULL,
+         "hot-swap trainer snapshots: a loader thread follows duel:notify and the duel:snapshots "
+         "zset, verifies each new snapshot's sha256s, loads it and switches new duels to it "
+         "(engine backend; default: on when --redis is given)", 0, 0, false, NULL},
+        {"--no-snapshots", CLI_OPT_FLAG, &no_snapshots, NULL,
+         "serve the --model weights only, ignoring published snapshots", 0, 0, false, NULL},
+        {"--snapshot-poll-ms", CLI_OPT_INT, &snapshot_poll_ms, "MS",
+         "how often the loader reads duel:snapshots besides pub/sub notes (default 3000 or the "
+         "config's gateway.snapshot_poll_ms)", 100, 600000, false, &poll_given},
         {"--test-step-ms", CLI_OPT_INT, &step_ms, "MS",
          "test backend: pause between its progress steps (default 40)", 0, 10000, false, NULL},
     };
@@ -89,8 +99,11 @@ int cmd_serve(int argc, char **argv) {
         "serve", "[--port N] [--redis HOST:PORT] [--config FILE] [options]",
         "Serves the chat page, the duel.v1 websocket protocol, /healthz, /readyz and /metrics.\n"
         "Votes go to the Redis stream duel:prefs; while Redis is away they are kept in a fsynced\n"
-        "spill log and replayed in order when it returns. SIGTERM or SIGINT: stop taking asks,\n"
-        "cancel running duels, flush votes, exit.",
+        "spill log and replayed in order when it returns. With the engine backend and --redis\n"
+        "(or --snapshots), new trainer snapshots are verified, loaded off the serving path and\n"
+        "swapped in between engine steps; duels already generating finish on their weights, a\n"
+        "bad snapshot is refused and logged (docs/SERVING.md). SIGTERM or SIGINT: stop taking\n"
+        "asks, cancel running duels, flush votes, exit.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
@@ -109,15 +122,23 @@ int cmd_serve(int argc, char **argv) {
     if (web_root) snprintf(cfg.web_root, sizeof cfg.web_root, "%s", web_root);
     if (spill) snprintf(cfg.spill_path, sizeof cfg.spill_path, "%s", spill);
 
+    if (poll_given) cfg.snapshot_poll_ms = (int)snapshot_poll_ms;
+    if (snapshots && no_snapshots)
+        return cli_usage_error(&cmd, "--snapshots and --no-snapshots contradict each other");
     duel_backend backend;
     if (!backend_name) backend_name = model_dir ? "engine" : "test";
+    bool engine_backend = strcmp(backend_name, "engine") == 0;
+    if (snapshots && !engine_backend)
+        return cli_usage_error(&cmd, "--snapshots needs the engine backend (--model DIR)");
+    cfg.snapshot_loader = engine_backend && !no_snapshots && (snapshots || redis);
     if (strcmp(backend_name, "engine") == 0) {
         if (!model_dir) return cli_usage_error(&cmd, "--backend engine needs --model DIR");
         backend_engine_config ecfg = {.model_dir = model_dir, .erm_path = erm_path,
                                       .erm_seed = 1, .strategy = strategy,
                                       .num_candidates = (int)candidates,
                                       .temperature = (float)temperature, .top_p = (float)top_p,
-                                      .max_new_tokens = (int)max_new_tokens};
+                                      .max_new_tokens = (int)max_new_tokens,
+                                      .snapshots = cfg.snapshot_loader};
         if (backend_engine_create(&ecfg, &backend, &err)) {
             fprintf(stderr, "duel serve: %s\n", err.message);
             return CLI_EXIT_FAILURE;
@@ -159,8 +180,9 @@ int cmd_serve(int argc, char **argv) {
         gateway_destroy(gw);
         return CLI_EXIT_FAILURE;
     }
-    printf("duel serve: listening on http://%s:%d/ (redis %s:%d, backend %s)\n", cfg.bind,
-           gateway_port(gw), cfg.redis_host, cfg.redis_port, backend_name);
+    printf("duel serve: listening on http://%s:%d/ (redis %s:%d, backend %s, snapshots %s)\n",
+           cfg.bind, gateway_port(gw), cfg.redis_host, cfg.redis_port, backend_name,
+           cfg.snapshot_loader ? "followed" : "off");
     fflush(stdout);
     rc = gateway_run(gw, &err);
     unsigned char zero = 0;

@@ -1,9 +1,17 @@
 /* backend_engine.c: the duel_backend over the inference engine (see duel_backend.h). Owns the
  * model, tokenizer, ERM ensemble and engine, and one poller thread that turns engine events into
  * backend events. Selection is the engine's (duel requests, DUEL_READY), so the serving path
- * scores candidates once, in one place. Jobs (one per request) live in a list guarded by mu; the poller alone fills a
- * job's candidates; a job is freed by the poller when its last event (finished, cancelled, error)
- * arrives. */
+ * scores candidates once, in one place. Jobs (one per request) live in a list guarded by mu; the
+ * poller alone fills a job's candidates; a job is freed by the poller when its last event
+ * (finished, cancelled, error) arrives.
+ *
+ * Snapshots (cfg.snapshots, docs/SERVING.md): install_snapshot runs on the loader's thread,
+ * loads the snapshot's model and ERM there, adds them as an engine arm, then (under mu) makes it
+ * `serving`, the arm every new duel is submitted to, and retires the previous snapshot arm. A
+ * submit reads `serving` and calls engine_submit under mu, so it never names an arm that was
+ * already retired. Every loaded snapshot_arm is on the `snapshots` list (mu) until the engine
+ * hands it back (ARM_RETIRED, on the poller), which frees it; eb_destroy frees the rest after
+ * engine_destroy. */
 #include <jansson.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -26,6 +34,15 @@ typedef struct cand {
     char *text;
 } cand;
 
+/* A snapshot resident in the engine (or retiring). */
+typedef struct snapshot_arm {
+    long long version;
+    char name[ENGINE_MAX_ARM_NAME]; /* "v%06lld" */
+    model *model;
+    erm *erm;
+    struct snapshot_arm *next;
+} snapshot_arm;
+
 typedef struct job {
     uint64_t request_id;   /* the gateway's */
     uint64_t engine_id;
@@ -33,6 +50,7 @@ typedef struct job {
     size_t n_prompt;
     char *prompt_text;
     long long arm;
+    long long version;     /* the policy version it was submitted to (0: the base model) */
     uint64_t seed;
     long long progress;
     cand *cands;
@@ -58,6 +76,8 @@ typedef struct engine_backend {
     atomic_bool stopping;
     pthread_mutex_t mu;
     job *jobs;
+    snapshot_arm *serving;   /* mu; NULL: the base model */
+    snapshot_arm *snapshots; /* mu; every snapshot not yet handed back by the engine */
     duel_backend_sink sink;
     void *sink_ctx;
 } engine_backend;
@@ -73,6 +93,13 @@ static void job_free(job *j) {
     free(j->prompt);
     free(j->prompt_text);
     free(j);
+}
+
+static void snapshot_arm_free(snapshot_arm *s) {
+    if (!s) return;
+    model_free(s->model);
+    erm_free(s->erm);
+    free(s);
 }
 
 static void unlink_job(engine_backend *b, job *target) {
@@ -154,7 +181,7 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
     json_decref(gp);
     r->strategy = strdup(duel_strategy_name(b->strategy));
     r->model_id = strdup(b->model_dir);
-    r->policy_version = j->arm >= 0 ? j->arm : 0;
+    r->policy_version = j->version;
     r->generated_tokens = ev->counts.generated_tokens;
     if (!r->cand_tokens || !r->cand_offsets || !r->text_a || !r->text_b || !r->gen_params_json ||
         !r->strategy || !r->model_id) {
@@ -176,6 +203,20 @@ static void *poller_main(void *arg) {
         engine_event *ev = NULL;
         engine_poll(b->engine, 0.1, &ev);
         if (!ev) continue;
+        if (ev->kind == ENGINE_EVENT_ARM_RETIRED) {
+            /* Its last duel has ended: the snapshot's memory goes. */
+            snapshot_arm *s = ev->user;
+            pthread_mutex_lock(&b->mu);
+            for (snapshot_arm **pp = &b->snapshots; *pp; pp = &(*pp)->next)
+                if (*pp == s) {
+                    *pp = s->next;
+                    break;
+                }
+            pthread_mutex_unlock(&b->mu);
+            snapshot_arm_free(s);
+            engine_event_free(ev);
+            continue;
+        }
         job *j = ev->user;
         switch (ev->kind) {
         case ENGINE_EVENT_PROGRESS: {
@@ -213,6 +254,8 @@ static void *poller_main(void *arg) {
             emit_error(b, j, ev->message ? ev->message : "engine error");
             unlink_job(b, j);
             job_free(j);
+            break;
+        case ENGINE_EVENT_ARM_RETIRED: /* handled above */
             break;
         }
         engine_event_free(ev);
@@ -260,7 +303,7 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     j->arm = req->arm_snapshot;
     j->seed = req->seed;
     engine_request er = {
-        .arm = NULL,
+        .arm = "default",
         .tokens = j->prompt,
         .num_tokens = (int)j->n_prompt,
         .num_candidates = j->m,
@@ -279,6 +322,10 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     pthread_mutex_lock(&b->mu);
     j->next = b->jobs;
     b->jobs = j;
+    if (b->serving) {
+        er.arm = b->serving->name;
+        j->version = b->serving->version;
+    }
     rc = engine_submit(b->engine, &er, &j->engine_id, err);
     if (rc) {
         b->jobs = j->next;
@@ -314,12 +361,66 @@ static long long eb_count_tokens(void *impl, const char *text, size_t len) {
     return (long long)n;
 }
 
+static int eb_install_snapshot(void *impl, long long version, const char *dir,
+                               duel_error *err) {
+    engine_backend *b = impl;
+    if (version < 1)
+        return duel_error_set(err, DUEL_EINVAL, "snapshot version %lld (from 1)", version);
+    snapshot_arm *s = calloc(1, sizeof *s);
+    if (!s) return duel_error_set(err, DUEL_ENOMEM, "snapshot: out of memory");
+    s->version = version;
+    snprintf(s->name, sizeof s->name, "v%06lld", version);
+    char path[4200];
+    int rc = model_load(dir, &s->model, err);
+    if (!rc && model_output_size(s->model) != model_output_size(b->model))
+        rc = duel_error_set(err, DUEL_EFORMAT,
+                            "snapshot v%lld: %d logits, the base model (and its tokenizer) %d",
+                            version, model_output_size(s->model), model_output_size(b->model));
+    if (!rc) {
+        snprintf(path, sizeof path, "%s/erm.safetensors", dir);
+        rc = erm_load(path, 2 * b->hidden_size, &s->erm, err);
+    }
+    engine_model_params mp = {s->name, s->model, b->tok};
+    if (!rc) rc = engine_add_arm(b->engine, &mp, s->erm, s, err);
+    if (rc) {
+        snapshot_arm_free(s);
+        return rc;
+    }
+    pthread_mutex_lock(&b->mu);
+    snapshot_arm *prev = b->serving;
+    b->serving = s;
+    s->next = b->snapshots;
+    b->snapshots = s;
+    pthread_mutex_unlock(&b->mu);
+    /* After the switch: a submit holding mu either named prev before this point (and is
+     * counted by the engine) or names s. */
+    if (prev) {
+        duel_error rerr = {0};
+        if (engine_retire_arm(b->engine, prev->name, &rerr))
+            fprintf(stderr, "duel serve: retiring snapshot %s: %s\n", prev->name, rerr.message);
+    }
+    return DUEL_OK;
+}
+
+static long long eb_serving_version(void *impl) {
+    engine_backend *b = impl;
+    pthread_mutex_lock(&b->mu);
+    long long v = b->serving ? b->serving->version : 0;
+    pthread_mutex_unlock(&b->mu);
+    return v;
+}
+
 static void eb_destroy(void *impl) {
     engine_backend *b = impl;
     if (!b) return;
     atomic_store(&b->stopping, true);
     if (b->started) pthread_join(b->poller, NULL);
     engine_destroy(b->engine);
+    while (b->snapshots) { /* resident or retiring at the end: not handed back */
+        snapshot_arm *s = b->snapshots;
+        b->snapshots = s->next;
+        snapshot_arm_free(s);
+    }
     while (b->jobs) {
         job *j = b->jobs;
         b->jobs = j->next;
@@ -388,11 +489,14 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
         if ((rc = erm_create(&ec, &rng, &b->erm, err))) goto fail;
     }
     engine_model_params mp = {"default", b->model, b->tok};
-    /* The engine scores and selects (DUEL_READY) with the serving model's own hidden states as
-     * features: no reference pass on the serving path. */
+    /* The engine scores and selects (DUEL_READY). One fixed model: its own hidden states are the
+     * features (no reference pass). Snapshots: the base model stays resident as the frozen
+     * reference arm, so features mean the same thing whichever snapshot serves. */
     engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = cfg->kv_memory_bytes,
                         .max_candidates = b->cfg.num_candidates, .erm = b->erm,
-                        .features = ENGINE_FEATURES_POLICY};
+                        .reference_arm = "default",
+                        .features = cfg->snapshots ? ENGINE_FEATURES_REFERENCE
+                                                   : ENGINE_FEATURES_POLICY};
     if ((rc = engine_create(&ep, &b->engine, err))) goto fail;
     out->name = "engine";
     out->impl = b;
@@ -402,6 +506,8 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
     out->queue_depth = eb_queue_depth;
     out->count_tokens = eb_count_tokens;
     out->destroy = eb_destroy;
+    out->install_snapshot = cfg->snapshots ? eb_install_snapshot : NULL;
+    out->serving_version = eb_serving_version;
     return DUEL_OK;
 fail:
     eb_destroy(b);

@@ -34,6 +34,8 @@ void gateway_config_defaults(gateway_config *cfg) {
     cfg->abuse_limit = 20;
     cfg->partial_message_timeout_s = 10;
     cfg->shutdown_grace_ms = 3000;
+    cfg->snapshot_loader = false;
+    cfg->snapshot_poll_ms = 3000;
 }
 
 typedef struct int_key {
@@ -64,6 +66,7 @@ static const int_key INT_KEYS[] = {
     INT_KEY(abuse_limit, 1, 1000000),
     INT_KEY(partial_message_timeout_s, 1, 3600),
     INT_KEY(shutdown_grace_ms, 0, 600000),
+    INT_KEY(snapshot_poll_ms, 100, 600000),
 };
 
 static void store_int(gateway_config *cfg, const int_key *k, long long v) {

@@ -88,6 +88,14 @@ typedef struct duel_backend {
     long long (*count_tokens)(void *impl, const char *text, size_t len);
     /* Stops the thread (pending requests are dropped without events) and frees impl. */
     void (*destroy)(void *impl);
+    /* Hot-swap (optional; NULL: one fixed model). Loads the snapshot folder dir (already
+     * verified by the caller: snapshot_verify) as policy version `version`, makes it the arm new
+     * duels use and retires the previous snapshot arm (duels running on it finish on its
+     * weights). Called on the snapshot loader's thread: loading happens there, not on the
+     * engine's. On error nothing changes and the current arm keeps serving. */
+    int (*install_snapshot)(void *impl, long long version, const char *dir, duel_error *err);
+    /* The policy version new duels get (0: the base model). NULL: always 0. */
+    long long (*serving_version)(void *impl);
 } duel_backend;
 
 /* The deterministic test backend: answers are built from the request text and seed (no model),
@@ -107,7 +115,9 @@ int backend_test_create(const backend_test_config *cfg, duel_backend *out, duel_
  * conversation rendered through the chat template; the engine decodes M candidates; the adapter
  * builds ERM features (prompt and candidate last hidden states, d_feat = 2 * hidden_size), scores
  * them with the ERM ensemble (erm_path, or a fresh seeded one), picks the pair with the strategy
- * (inference/duel.h) and places it left/right at random. */
+ * (inference/duel.h) and places it left/right at random. With cfg.snapshots, install_snapshot
+ * adds a snapshot as engine arm "v%06lld" (its own erm.safetensors scores its duels) and every
+ * new duel follows the latest one (docs/SERVING.md). */
 typedef struct backend_engine_config {
     const char *model_dir;
     const char *erm_path;      /* NULL: a fresh ensemble from erm_seed */
@@ -120,6 +130,11 @@ typedef struct backend_engine_config {
     int top_k;
     int max_new_tokens;        /* 0: 128 */
     size_t kv_memory_bytes;    /* 0: the engine's default */
+    bool snapshots;            /* hot-swap (install_snapshot): the base model becomes the frozen
+                                  reference arm whose hidden states are the ERM features of every
+                                  duel (features that do not drift as snapshots replace the
+                                  policy); false: the serving model's own states (no reference
+                                  pass), install_snapshot is NULL */
 } backend_engine_config;
 
 int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, duel_error *err);

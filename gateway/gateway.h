@@ -43,6 +43,9 @@ typedef struct gateway_config {
     int abuse_limit;             /* 20: protocol errors before the connection is closed */
     int partial_message_timeout_s; /* 10: an unfinished message closes the connection */
     int shutdown_grace_ms;       /* 3000: SIGTERM waits this long for votes to finish */
+    bool snapshot_loader;        /* false: hot-swap of trainer snapshots (snapshot_loader.h);
+                                    `duel serve` turns it on with --redis unless --no-snapshots */
+    int snapshot_poll_ms;        /* 3000: how often the loader reads duel:snapshots anyway */
     int n_origins;               /* allowed browser origins besides the server's own host */
     char origins[GATEWAY_MAX_ORIGINS][256];
 } gateway_config;
@@ -56,8 +59,9 @@ int gateway_config_set_redis(gateway_config *cfg, const char *host_port, duel_er
 
 typedef struct gateway gateway;
 
-/* Binds the port and starts the Redis thread and the backend (which the gateway now owns, even
- * on failure). */
+/* Binds the port and starts the Redis thread, the backend (which the gateway now owns, even on
+ * failure) and, with cfg->snapshot_loader, the snapshot loader (DUEL_EINVAL when the backend
+ * cannot hot-swap). */
 int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **out,
                    duel_error *err);
 /* The port actually listened on. */

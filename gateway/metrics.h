@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "redis_worker.h"
+#include "snapshot_loader.h"
 
 #define METRICS_BUCKETS 14
 
@@ -38,8 +39,11 @@ typedef struct gateway_metrics {
 
 void metrics_observe(metrics_histogram *h, double seconds);
 
-/* Renders everything into a malloc'd string (NULL on out of memory). */
+/* Renders everything into a malloc'd string (NULL on out of memory). snapshots: the loader's
+ * stats, NULL without a loader (the serving version is then serving_version). */
 char *metrics_render(const gateway_metrics *m, const redis_worker_stats *redis,
-                     size_t engine_queue_depth, double tokens_per_second, size_t *len);
+                     size_t engine_queue_depth, double tokens_per_second,
+                     const snapshot_loader_stats *snapshots, long long serving_version,
+                     size_t *len);
 
 #endif

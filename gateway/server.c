@@ -117,6 +117,7 @@ struct gateway {
     struct lws_protocols protocols[3];
     int port;
     redis_worker *redis;
+    snapshot_loader *loader; /* NULL unless cfg.snapshot_loader */
 
     pthread_mutex_t inbox_mu;
     inbox_item *inbox_head, *inbox_tail;
@@ -872,6 +873,10 @@ static const char SECURITY_HEADERS[] =
     "content-security-policy: default-src 'self'; connect-src 'self'; img-src 'self' data:; "
     "frame-ancestors 'none'\r\n";
 
+static long long serving_version(gateway *gw) {
+    return gw->backend.serving_version ? gw->backend.serving_version(gw->backend.impl) : 0;
+}
+
 static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
                          size_t len) {
     gateway *gw = lws_context_user(lws_get_context(wsi));
@@ -882,8 +887,11 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
         return 0;
     case LWS_CALLBACK_HTTP: {
         const char *path = in;
-        if (strcmp(path, "/healthz") == 0)
-            return http_respond(wsi, pss, 200, "text/plain", "ok\n", 3);
+        if (strcmp(path, "/healthz") == 0) {
+            char body[64];
+            int n = snprintf(body, sizeof body, "ok\npolicy_version: %lld\n", serving_version(gw));
+            return http_respond(wsi, pss, 200, "text/plain", body, (size_t)n);
+        }
         if (strcmp(path, "/readyz") == 0) {
             redis_worker_stats st;
             redis_worker_get_stats(gw->redis, &st);
@@ -897,8 +905,11 @@ static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void
             redis_worker_stats st;
             redis_worker_get_stats(gw->redis, &st);
             size_t n = 0;
+            snapshot_loader_stats ls;
+            if (gw->loader) snapshot_loader_get_stats(gw->loader, &ls);
             char *text = metrics_render(&gw->metrics, &st, gw->backend.queue_depth(gw->backend.impl),
-                                        tokens_per_second(gw), &n);
+                                        tokens_per_second(gw), gw->loader ? &ls : NULL,
+                                        serving_version(gw), &n);
             if (!text) return -1;
             int rc = http_respond(wsi, pss, 200, "text/plain; version=0.0.4", text, n);
             free(text);
@@ -1205,6 +1216,12 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
     gw->port = lws_get_vhost_listen_port(gw->vh);
     if ((rc = gw->backend.start(gw->backend.impl, backend_sink, gw, err))) goto fail;
     gw->backend_started = true;
+    if (cfg->snapshot_loader) {
+        snapshot_loader_config lcfg = {.host = cfg->redis_host, .port = cfg->redis_port,
+                                       .timeout_ms = cfg->redis_timeout_ms,
+                                       .poll_ms = cfg->snapshot_poll_ms};
+        if ((rc = snapshot_loader_create(&lcfg, &gw->backend, &gw->loader, err))) goto fail;
+    }
     lws_sul_schedule(gw->ctx, 0, &gw->sul, housekeeping, HOUSEKEEPING_US);
     *out = gw;
     return DUEL_OK;
@@ -1282,6 +1299,7 @@ void gateway_destroy(gateway *gw) {
     }
     /* Votes still queued end up in Redis or the spill log before the thread exits. */
     redis_worker_destroy(gw->redis);
+    snapshot_loader_destroy(gw->loader); /* before the backend it installs into */
     if (gw->backend.destroy) gw->backend.destroy(gw->backend.impl);
     while (gw->inbox_head) {
         inbox_item *i = gw->inbox_head;

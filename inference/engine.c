@@ -6,9 +6,16 @@
  *     there is work, and turns the scheduler's events into engine_events (deep copies, text
  *     decoded) that it pushes to the event queue.
  *   - Callers own what they pass in (copied at submit) and the events they pop.
- *   - The mutex guards only the id counter, the per-id state table and the stats snapshot.
- *     Arms, limits and the scheduler's validation data are fixed at create, so engine_submit
- *     validates in the caller's thread and a refused request never reaches the queue.
+ *   - The mutex guards the id counter, the per-id state table, the stats snapshot and the arm
+ *     table's states (with the scheduler's model table, which sched_validate reads):
+ *     engine_submit validates in the caller's thread under it, and pushes its command before
+ *     unlocking, so commands reach the engine thread in the order their checks saw the arms.
+ *   - Arm slots: FREE -> ADDING (engine_add_arm fills it, caller thread) -> RESIDENT (the
+ *     engine thread, between steps: sched_set_model) -> RETIRING (engine_retire_arm) -> FREE
+ *     (the engine thread, once no request holds it: ARM_RETIRED event). Only the engine thread
+ *     turns a slot FREE or RESIDENT, and only while no request refers to the slot, so the engine
+ *     thread reads arms[] without the lock. refs (engine thread only) counts the scheduler's
+ *     and the PILAF requests on an arm.
  * The state table keeps one byte per id ever issued (1 MiB per million requests) so that
  * engine_cancel can tell "never issued" from "already finished" without the engine thread.
  *
@@ -33,15 +40,29 @@
 
 enum { ENGINE_STATE_UNKNOWN = 0, ENGINE_STATE_ACTIVE = 1, ENGINE_STATE_ENDED = 2 };
 
+enum { ARM_FREE = 0, ARM_ADDING, ARM_RESIDENT, ARM_RETIRING };
+
 typedef struct engine_arm {
+    int state;            /* ARM_*, under the lock */
     char name[ENGINE_MAX_ARM_NAME];
     model *model;
     const tokenizer *tokenizer;
+    const erm *erm;       /* NULL: the engine's */
+    void *user;
+    uint64_t model_id;    /* never reused */
     int32_t eos[MODEL_CONFIG_MAX_EOS];
     int num_eos;
+    int refs;             /* engine thread: requests on this arm */
+    int add_status;       /* ADDING -> FREE on failure: why (under the lock) */
+    char add_message[DUEL_ERROR_MESSAGE_MAX];
 } engine_arm;
 
-typedef enum engine_command_kind { ENGINE_CMD_SUBMIT, ENGINE_CMD_CANCEL } engine_command_kind;
+typedef enum engine_command_kind {
+    ENGINE_CMD_SUBMIT,
+    ENGINE_CMD_CANCEL,
+    ENGINE_CMD_ADD_ARM,    /* id: the slot */
+    ENGINE_CMD_RETIRE_ARM, /* id: the slot */
+} engine_command_kind;
 
 typedef struct engine_command {
     engine_command_kind kind;
@@ -75,7 +96,9 @@ typedef struct engine_active {
 
 struct engine {
     engine_arm arms[SCHED_MAX_MODELS];
-    int num_arms;
+    int num_arms;         /* slots ever used (a bound for loops) */
+    uint64_t next_model_id; /* under the lock */
+    pthread_cond_t arm_applied; /* with lock: an ADDING slot left ADDING */
     kv_pool *pool;
     scheduler *sched;
     engine_queue *commands, *events;
@@ -111,6 +134,7 @@ void engine_event_free(engine_event *ev) {
     free(ev->text);
     free(ev->hidden);
     free(ev->message);
+    free(ev->arm);
     free(ev);
 }
 
@@ -133,6 +157,63 @@ static void push_error(engine *e, uint64_t id, void *user, int status, const cha
     ev->status = status;
     ev->message = strdup(message ? message : "error");
     push_event(e, ev);
+}
+
+/* ---- arms at run time ---------------------------------------------------------------------- */
+
+/* Engine thread: a RETIRING arm whose last request has ended goes back to its owner. The slot is
+ * FREE (its name reusable) before the event is visible. */
+static void arm_release(engine *e, int slot) {
+    engine_arm *arm = &e->arms[slot];
+    engine_event *ev = calloc(1, sizeof *ev);
+    if (ev) {
+        ev->kind = ENGINE_EVENT_ARM_RETIRED;
+        ev->user = arm->user;
+        ev->arm = strdup(arm->name);
+        ev->arm_model = arm->model;
+        ev->arm_tokenizer = arm->tokenizer;
+        ev->arm_erm = arm->erm;
+    }
+    pthread_mutex_lock(&e->lock);
+    memset(arm, 0, sizeof *arm); /* state ARM_FREE */
+    e->stats.arms_retired++;
+    pthread_mutex_unlock(&e->lock);
+    if (ev) push_event(e, ev); /* out of memory: the owner frees it after engine_destroy */
+}
+
+static void arm_unref(engine *e, int slot) {
+    engine_arm *arm = &e->arms[slot];
+    if (arm->refs > 0) arm->refs--;
+    if (arm->refs == 0) {
+        pthread_mutex_lock(&e->lock);
+        bool retiring = arm->state == ARM_RETIRING;
+        pthread_mutex_unlock(&e->lock);
+        if (retiring) arm_release(e, slot);
+    }
+}
+
+/* With the lock held: a RESIDENT arm by name (NULL: slot 0), or -1. */
+static int arm_index_locked(const engine *e, const char *name) {
+    if (!name) return e->arms[0].state == ARM_RESIDENT ? 0 : -1;
+    for (int i = 0; i < e->num_arms; i++)
+        if (e->arms[i].state == ARM_RESIDENT && strcmp(e->arms[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* Whether erm (or, when NULL, the engine's) fits the features a duel on model m gets: d_feat =
+ * 2 x the hidden size of the reference arm (reference features) or of m itself (policy). */
+static int check_arm_erm(const engine *e, const model *m, const erm *own, const char *name,
+                         duel_error *err) {
+    const erm *scorer = own ? own : e->erm;
+    if (!scorer) return DUEL_OK;
+    const model *fm = e->features == ENGINE_FEATURES_REFERENCE ? e->arms[e->ref_arm].model : m;
+    int H = model_get_config(fm)->hidden_size;
+    if (scorer->config.d_feat != 2 * H)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "engine: the ERM of arm \"%s\" takes %d features but its feature "
+                              "model gives 2 x %d (its hidden size)",
+                              name, scorer->config.d_feat, H);
+    return DUEL_OK;
 }
 
 static int find_active(const engine *e, uint64_t id) {
@@ -240,13 +321,14 @@ done:
 static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, double decode_ms,
                     engine_event **out, duel_error *err) {
     *out = NULL;
-    int M = a->num_candidates, E = e->erm->config.num_heads;
+    const erm *scorer = e->arms[a->arm].erm ? e->arms[a->arm].erm : e->erm;
+    int M = a->num_candidates, E = scorer->config.num_heads;
     bool ref = e->features == ENGINE_FEATURES_REFERENCE;
     model *fm = e->arms[ref ? e->ref_arm : a->arm].model;
     int H = model_get_config(fm)->hidden_size, D = 2 * H;
-    if (D != e->erm->config.d_feat)
+    if (D != scorer->config.d_feat)
         return duel_error_set(err, DUEL_EINVAL, "duel: features of %d floats, the ERM takes %d",
-                              D, e->erm->config.d_feat);
+                              D, scorer->config.d_feat);
     if (a->lost) return duel_error_set(err, DUEL_ENOMEM, "duel: out of memory for candidates");
     for (int i = 0; i < M; i++)
         if (!a->cand_tokens[i] || a->cand_counts[i] < 1)
@@ -274,7 +356,7 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
         }
     }
     double t1 = duel_time_seconds();
-    if ((rc = erm_score(e->erm, features, M, rewards, err))) goto fail;
+    if ((rc = erm_score(scorer, features, M, rewards, err))) goto fail;
     double t2 = duel_time_seconds();
     duel_rng rng;
     duel_rng_seed(&rng, a->seed ^ ENGINE_DUEL_SEED_SALT);
@@ -389,13 +471,16 @@ static void on_sched_event(void *ctx, const sched_event *se) {
         break;
     }
     }
-done:
-    if (se->kind == SCHED_EVENT_DONE) {
+done:;
+    int arm_index = a->arm;
+    bool ended = se->kind == SCHED_EVENT_DONE;
+    if (ended) {
         /* Ended before the event is visible, so that a cancel after it reports "finished". */
         set_state(e, a->id, ENGINE_STATE_ENDED);
         remove_active(e, a);
     }
     if (ev) push_event(e, ev);
+    if (ended) arm_unref(e, arm_index); /* after the request's last event */
 }
 
 /* ---- PILAF (engine thread) ------------------------------------------------------------------ */
@@ -436,8 +521,10 @@ static void pilaf_free(pilaf_job *j) {
 }
 
 static void pilaf_remove(engine *e, int at) {
+    int arm = e->pilaf[at]->arm;
     pilaf_free(e->pilaf[at]);
     e->pilaf[at] = e->pilaf[--e->num_pilaf];
+    arm_unref(e, arm);
 }
 
 static void pilaf_submit(engine *e, engine_command *cmd) {
@@ -479,6 +566,7 @@ static void pilaf_submit(engine *e, engine_command *cmd) {
     j->mode = duel_pilaf_draw_mode(&j->sel_rng);
     for (int i = 0; i < 2; i++) duel_rng_seed(&j->rng[i], p->seed + (uint64_t)i);
     e->pilaf[e->num_pilaf++] = j;
+    e->arms[j->arm].refs++;
 }
 
 /* Emits the end of a job: DUEL_READY + FINISHED, or an ERROR; the caller removes it. */
@@ -636,8 +724,47 @@ static int forward_arm(void *ctx, int model_index, kv_pool *pool, const model_ba
     return model_forward_batch(e->arms[model_index].model, pool, entries, n, err);
 }
 
+/* ADD_ARM: the slot was filled by engine_add_arm; between two steps, so no batch is using the
+ * scheduler's model table. */
+static void apply_add_arm(engine *e, int slot) {
+    engine_arm *arm = &e->arms[slot];
+    const model_config *c = model_get_config(arm->model);
+    sched_model_info info = {.model_id = arm->model_id,
+                             .vocab_size = model_output_size(arm->model),
+                             .hidden_size = c->hidden_size,
+                             .max_context = c->max_position_embeddings > 1
+                                                ? c->max_position_embeddings
+                                                : 2048};
+    duel_error err = {0};
+    pthread_mutex_lock(&e->lock);
+    int rc = sched_set_model(e->sched, slot, &info, &err);
+    if (rc) {
+        char message[DUEL_ERROR_MESSAGE_MAX];
+        snprintf(message, sizeof message, "%s", err.message);
+        memset(arm, 0, sizeof *arm);
+        arm->add_status = rc;
+        snprintf(arm->add_message, sizeof arm->add_message, "%s", message);
+    } else {
+        arm->state = ARM_RESIDENT;
+        arm->refs = 0;
+        e->stats.arms_added++;
+    }
+    pthread_cond_broadcast(&e->arm_applied);
+    pthread_mutex_unlock(&e->lock);
+}
+
 static void handle_command(engine *e, engine_command *cmd) {
     duel_error err = {0};
+    if (cmd->kind == ENGINE_CMD_ADD_ARM) {
+        apply_add_arm(e, (int)cmd->id);
+        return;
+    }
+    if (cmd->kind == ENGINE_CMD_RETIRE_ARM) {
+        /* Requests submitted before the retirement were queued before this command: refs
+         * already counts them. */
+        if (e->arms[cmd->id].refs == 0) arm_release(e, (int)cmd->id);
+        return;
+    }
     if (cmd->kind == ENGINE_CMD_CANCEL) {
         int at = find_active(e, cmd->id);
         /* Not active: it ended after engine_cancel checked, and its event is already queued. */
@@ -700,6 +827,7 @@ static void handle_command(engine *e, engine_command *cmd) {
         return;
     }
     e->active[e->num_active++] = a;
+    e->arms[a->arm].refs++;
 }
 
 static void command_free(engine_command *cmd) {
@@ -733,6 +861,11 @@ static void update_stats(engine *e) {
     o->kv_used_blocks = ps.used_blocks;
     o->prefix_hit_blocks = ps.hit_blocks;
     o->prefix_miss_blocks = ps.miss_blocks;
+    o->arms_resident = o->arms_retiring = 0;
+    for (int i = 0; i < e->num_arms; i++) {
+        o->arms_resident += e->arms[i].state == ARM_RESIDENT;
+        o->arms_retiring += e->arms[i].state == ARM_RETIRING;
+    }
     pthread_mutex_unlock(&e->lock);
 }
 
@@ -762,12 +895,108 @@ static void *engine_main(void *arg) {
 
 /* ---- public API ---------------------------------------------------------------------------- */
 
-int engine_arm_index(const engine *e, const char *arm) {
+int engine_arm_index(engine *e, const char *arm) {
     if (!e) return -1;
-    if (!arm) return 0;
-    for (int i = 0; i < e->num_arms; i++)
-        if (strcmp(e->arms[i].name, arm) == 0) return i;
-    return -1;
+    pthread_mutex_lock(&e->lock);
+    int at = arm_index_locked(e, arm);
+    pthread_mutex_unlock(&e->lock);
+    return at;
+}
+
+int engine_add_arm(engine *e, const engine_model_params *mp, const erm *arm_erm, void *user,
+                   duel_error *err) {
+    if (!e || !mp) return duel_error_set(err, DUEL_EINVAL, "engine_add_arm: NULL argument");
+    if (!mp->model || !mp->arm || !mp->arm[0] || strlen(mp->arm) >= ENGINE_MAX_ARM_NAME)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "engine_add_arm: a model and an arm name of 1 to %d bytes",
+                              ENGINE_MAX_ARM_NAME - 1);
+    const model_config *c = model_get_config(mp->model);
+    const kv_pool_params *pp = kv_pool_get_params(e->pool);
+    if (c->num_layers != pp->num_layers || c->num_kv_heads != pp->num_kv_heads ||
+        c->head_dim != pp->head_dim)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "engine_add_arm: arm \"%s\" has a KV shape (%d layers x %d kv "
+                              "heads x %d) other than the pool's (%d x %d x %d)",
+                              mp->arm, c->num_layers, c->num_kv_heads, c->head_dim,
+                              pp->num_layers, pp->num_kv_heads, pp->head_dim);
+    int rc = check_arm_erm(e, mp->model, arm_erm, mp->arm, err);
+    if (rc) return rc;
+    engine_command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    pthread_mutex_lock(&e->lock);
+    int slot = -1;
+    for (int i = 0; i < SCHED_MAX_MODELS; i++) {
+        if (e->arms[i].state != ARM_FREE && strcmp(e->arms[i].name, mp->arm) == 0) {
+            pthread_mutex_unlock(&e->lock);
+            free(cmd);
+            return duel_error_set(err, DUEL_EINVAL, "engine_add_arm: arm \"%s\" is %s",
+                                  mp->arm,
+                                  e->arms[i].state == ARM_RETIRING ? "still retiring"
+                                                                    : "already resident");
+        }
+        if (slot < 0 && e->arms[i].state == ARM_FREE) slot = i;
+    }
+    if (slot < 0) {
+        pthread_mutex_unlock(&e->lock);
+        free(cmd);
+        return duel_error_set(err, DUEL_ELIMIT,
+                              "engine_add_arm: %d arms are resident or retiring (the most)",
+                              SCHED_MAX_MODELS);
+    }
+    engine_arm *arm = &e->arms[slot];
+    memset(arm, 0, sizeof *arm);
+    arm->state = ARM_ADDING;
+    snprintf(arm->name, sizeof arm->name, "%s", mp->arm);
+    arm->model = mp->model;
+    arm->tokenizer = mp->tokenizer;
+    arm->erm = arm_erm;
+    arm->user = user;
+    arm->model_id = e->next_model_id++;
+    for (int k = 0; k < c->num_eos_token_ids && k < MODEL_CONFIG_MAX_EOS; k++)
+        if (c->eos_token_ids[k] >= 0 && c->eos_token_ids[k] < c->vocab_size)
+            arm->eos[arm->num_eos++] = c->eos_token_ids[k];
+    if (slot >= e->num_arms) e->num_arms = slot + 1;
+    cmd->kind = ENGINE_CMD_ADD_ARM;
+    cmd->id = (uint64_t)slot;
+    if ((rc = engine_queue_push(e->commands, cmd, err))) {
+        memset(arm, 0, sizeof *arm);
+        pthread_mutex_unlock(&e->lock);
+        free(cmd);
+        return rc;
+    }
+    while (arm->state == ARM_ADDING) pthread_cond_wait(&e->arm_applied, &e->lock);
+    if (arm->state != ARM_RESIDENT) {
+        rc = duel_error_set(err, arm->add_status ? arm->add_status : DUEL_EINVAL,
+                            "engine_add_arm: %s", arm->add_message);
+        arm->add_status = 0;
+    }
+    pthread_mutex_unlock(&e->lock);
+    return rc;
+}
+
+int engine_retire_arm(engine *e, const char *name, duel_error *err) {
+    if (!e || !name) return duel_error_set(err, DUEL_EINVAL, "engine_retire_arm: NULL argument");
+    engine_command *cmd = calloc(1, sizeof *cmd);
+    if (!cmd) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    pthread_mutex_lock(&e->lock);
+    int slot = arm_index_locked(e, name), rc = DUEL_OK;
+    if (slot < 0)
+        rc = duel_error_set(err, DUEL_ENOTFOUND, "retire: arm \"%s\" is not resident", name);
+    else if (slot == e->ref_arm)
+        rc = duel_error_set(err, DUEL_EINVAL,
+                            "retire: arm \"%s\" is the reference arm (features, PILAF)", name);
+    if (!rc) {
+        cmd->kind = ENGINE_CMD_RETIRE_ARM;
+        cmd->id = (uint64_t)slot;
+        rc = engine_queue_push(e->commands, cmd, err);
+        if (!rc) {
+            e->arms[slot].state = ARM_RETIRING;
+            cmd = NULL;
+        }
+    }
+    pthread_mutex_unlock(&e->lock);
+    free(cmd);
+    return rc;
 }
 
 int engine_create(const engine_params *params, engine **out, duel_error *err) {
@@ -779,6 +1008,7 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
     engine *e = calloc(1, sizeof *e);
     if (!e) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
     pthread_mutex_init(&e->lock, NULL);
+    pthread_cond_init(&e->arm_applied, NULL);
     e->next_id = 1;
     int rc = DUEL_OK;
     sched_model_info infos[SCHED_MAX_MODELS];
@@ -810,8 +1040,10 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
         }
         engine_arm *arm = &e->arms[i];
         snprintf(arm->name, sizeof arm->name, "%s", mp->arm);
+        arm->state = ARM_RESIDENT;
         arm->model = mp->model;
         arm->tokenizer = mp->tokenizer;
+        arm->model_id = (uint64_t)i + 1;
         for (int k = 0; k < c->num_eos_token_ids && k < MODEL_CONFIG_MAX_EOS; k++)
             if (c->eos_token_ids[k] >= 0 && c->eos_token_ids[k] < c->vocab_size)
                 arm->eos[arm->num_eos++] = c->eos_token_ids[k];
@@ -823,6 +1055,7 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
                                                          : 2048};
         e->num_arms++;
     }
+    e->next_model_id = (uint64_t)e->num_arms + 1;
     if ((unsigned)params->features > ENGINE_FEATURES_POLICY) {
         rc = duel_error_set(err, DUEL_EINVAL, "engine: feature source %d (reference 0, policy 1)",
                             (int)params->features);
@@ -912,22 +1145,34 @@ void engine_destroy(engine *e) {
     engine_queue_destroy(e->commands);
     engine_queue_destroy(e->events);
     pthread_mutex_destroy(&e->lock);
+    pthread_cond_destroy(&e->arm_applied);
     free(e->states);
     free(e);
 }
 
+static int submit_locked(engine *e, const engine_request *r, uint64_t *id, duel_error *err);
+
 int engine_submit(engine *e, const engine_request *r, uint64_t *id, duel_error *err) {
     if (id) *id = 0;
     if (!e || !r || !id) return duel_error_set(err, DUEL_EINVAL, "engine_submit: NULL argument");
-    int arm = engine_arm_index(e, r->arm);
+    /* Held from the arm's lookup until the command is queued: see the top of the file. */
+    pthread_mutex_lock(&e->lock);
+    int rc = submit_locked(e, r, id, err);
+    pthread_mutex_unlock(&e->lock);
+    return rc;
+}
+
+static int submit_locked(engine *e, const engine_request *r, uint64_t *id, duel_error *err) {
+    int arm = arm_index_locked(e, r->arm);
     if (arm < 0) {
         char names[SCHED_MAX_MODELS * (ENGINE_MAX_ARM_NAME + 2)] = "";
         for (int i = 0; i < e->num_arms; i++) {
-            if (i) strcat(names, ", ");
+            if (e->arms[i].state != ARM_RESIDENT) continue;
+            if (names[0]) strcat(names, ", ");
             strcat(names, e->arms[i].name);
         }
-        return duel_error_set(err, DUEL_ENOTFOUND, "unknown arm \"%s\" (resident: %s)", r->arm,
-                              names);
+        return duel_error_set(err, DUEL_ENOTFOUND, "unknown or retired arm \"%s\" (resident: %s)",
+                              r->arm ? r->arm : "(the first)", names);
     }
     const engine_arm *a = &e->arms[arm];
     if (r->duel && r->strategy == DUEL_STRATEGY_PILAF) {
@@ -948,7 +1193,7 @@ int engine_submit(engine *e, const engine_request *r, uint64_t *id, duel_error *
             return duel_error_set(err, DUEL_ELIMIT,
                                   "pilaf request: the prompt does not fit the reference's context");
     } else if (r->duel) {
-        if (!e->erm)
+        if (!e->erm && !a->erm)
             return duel_error_set(err, DUEL_EINVAL, "duel request: the engine has no ERM");
         if (r->num_candidates < 2)
             return duel_error_set(err, DUEL_EINVAL, "duel request: %d candidates (at least 2)",
@@ -1005,13 +1250,11 @@ int engine_submit(engine *e, const engine_request *r, uint64_t *id, duel_error *
     }
     cmd->params.prompt = cmd->prompt;
 
-    pthread_mutex_lock(&e->lock);
     uint64_t new_id = e->next_id;
     if (new_id >= e->states_cap) {
         size_t cap = e->states_cap ? e->states_cap * 2 : 1024;
         uint8_t *grown = realloc(e->states, cap);
         if (!grown) {
-            pthread_mutex_unlock(&e->lock);
             command_free(cmd);
             return duel_error_set(err, DUEL_ENOMEM, "out of memory for the request table");
         }
@@ -1025,7 +1268,6 @@ int engine_submit(engine *e, const engine_request *r, uint64_t *id, duel_error *
         e->states[new_id] = ENGINE_STATE_ACTIVE;
         e->next_id++;
     }
-    pthread_mutex_unlock(&e->lock);
     if (rc) {
         command_free(cmd);
         return rc;

@@ -36,9 +36,21 @@
  * CANDIDATE x 2, DUEL_READY (pair (0, 1), the placement from the selection rng, pilaf_mixed, no
  * features or rewards, regret_estimate 0) and FINISHED.
  *
- * Ownership: the engine borrows the models and tokenizers given at create; from engine_create
- * until engine_destroy only the engine thread may use the models (they hold scratch buffers).
- * Tokenizers are immutable and may be shared. Events belong to the caller once popped. */
+ * Arms at run time (hot-swap, docs/SERVING.md): engine_add_arm makes a new arm resident; the
+ * engine thread applies it between two scheduler steps and the call returns once it can take
+ * requests. engine_retire_arm stops new submissions to an arm at once (DUEL_ENOTFOUND, like an
+ * unknown arm); requests already on it finish on its weights; when the last of them has ended
+ * the engine pushes one ENGINE_EVENT_ARM_RETIRED event handing the arm's model, tokenizer, ERM
+ * and user pointer back to the owner, who frees them. Every arm gets a model id never used
+ * before (the prefix cache's block hashes include it), so a new arm never attaches KV blocks
+ * cached for another model, even one that had its slot or its name. The reference arm cannot
+ * be retired.
+ *
+ * Ownership: the engine borrows the models, tokenizers and ERMs given at create or
+ * engine_add_arm; from then until engine_destroy or their ARM_RETIRED event only the engine
+ * thread may use the models (they hold scratch buffers). Tokenizers and ERMs are read-only and
+ * may be shared. Events belong to the caller once popped. Arms still resident (or retiring) at
+ * engine_destroy are not handed back by an event: their owner frees them after it. */
 #ifndef DUEL_ENGINE_H
 #define DUEL_ENGINE_H
 
@@ -115,6 +127,7 @@ typedef enum engine_event_kind {
     ENGINE_EVENT_CANCELLED,
     ENGINE_EVENT_ERROR,
     ENGINE_EVENT_DUEL_READY, /* duel requests only, just before FINISHED */
+    ENGINE_EVENT_ARM_RETIRED, /* a retired arm's last request has ended (request_id 0) */
 } engine_event_kind;
 
 typedef enum engine_finish_reason {
@@ -176,6 +189,12 @@ typedef struct engine_event {
     double features_ms;        /* the reference pass (0 for policy features) */
     double score_ms;           /* erm_score */
     double select_ms;          /* duel_select + duel_place + R-hat */
+    /* ARM_RETIRED: the arm's name and what engine_add_arm (or create) lent; user is the arm's
+     * engine_model_params.user. The engine no longer touches them. */
+    char *arm;
+    model *arm_model;
+    const tokenizer *arm_tokenizer;
+    const erm *arm_erm;
 } engine_event;
 
 /* Creates the pool (capacity from kv_memory_bytes) and scheduler, starts the engine thread.
@@ -211,12 +230,30 @@ typedef struct engine_stats {
     size_t kv_bytes_per_token; /* K and V of one token over all layers */
     int block_size;
     uint64_t prefix_hit_blocks, prefix_miss_blocks;
+    int arms_resident;         /* taking requests */
+    int arms_retiring;         /* retired, requests still running on them */
+    uint64_t arms_added, arms_retired; /* engine_add_arm applied; ARM_RETIRED events pushed */
 } engine_stats;
 
 /* A snapshot taken after the engine thread's latest step. */
 void engine_stats_get(engine *e, engine_stats *out);
 
-/* Index of an arm by name, or -1. */
-int engine_arm_index(const engine *e, const char *arm);
+/* Index of a resident (not retiring) arm by name, or -1; NULL: the first arm given at create. */
+int engine_arm_index(engine *e, const char *arm);
+
+/* Makes a new arm resident (see the top of this file): checks it like engine_create does (name
+ * unused by any resident or retiring arm, KV shape of the pool, the ERM's d_feat), queues it for
+ * the engine thread and waits until the thread has applied it at a step boundary (at most one
+ * step). arm_erm (borrowed, optional) scores this arm's duel requests instead of
+ * engine_params.erm (a snapshot's own erm.safetensors); features still come from the feature
+ * model (the reference arm by default), whose 2 x hidden_size must be its d_feat. user is handed
+ * back in the arm's ARM_RETIRED event. DUEL_EINVAL for a bad arm, DUEL_ELIMIT when
+ * SCHED_MAX_MODELS arms are resident or retiring. */
+int engine_add_arm(engine *e, const engine_model_params *arm, const erm *arm_erm, void *user,
+                   duel_error *err);
+
+/* Retires a resident arm (see the top of this file). DUEL_ENOTFOUND for an arm that is not
+ * resident (unknown or already retiring), DUEL_EINVAL for the reference arm. */
+int engine_retire_arm(engine *e, const char *arm, duel_error *err);
 
 #endif

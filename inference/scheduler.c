@@ -170,6 +170,29 @@ int sched_create(const sched_params *params, kv_pool *pool, const sched_model_in
     return DUEL_OK;
 }
 
+int sched_set_model(scheduler *s, int index, const sched_model_info *info, duel_error *err) {
+    if (!s || !info) return duel_error_set(err, DUEL_EINVAL, "sched_set_model: NULL argument");
+    if (index < 0 || index > s->n_models || index >= SCHED_MAX_MODELS)
+        return duel_error_set(err, DUEL_EINVAL, "sched_set_model: index %d (0 to %d)", index,
+                              s->n_models < SCHED_MAX_MODELS ? s->n_models : SCHED_MAX_MODELS - 1);
+    if (info->vocab_size < 1 || info->hidden_size < 1 || info->max_context < 2)
+        return duel_error_set(err, DUEL_EINVAL, "sched_set_model: vocab %d, hidden %d, context %d",
+                              info->vocab_size, info->hidden_size, info->max_context);
+    for (int i = 0; i < s->n_models; i++)
+        if (i != index && s->models[i].model_id == info->model_id)
+            return duel_error_set(err, DUEL_EINVAL, "sched_set_model: model id %llu is model %d's",
+                                  (unsigned long long)info->model_id, i);
+    for (int i = 0; i < s->n_reqs; i++)
+        if (s->reqs[i]->p.model == index)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "sched_set_model: request %llu still uses model %d",
+                                  (unsigned long long)s->reqs[i]->id, index);
+    s->models[index] = *info;
+    if (index == s->n_models) s->n_models++;
+    if (info->vocab_size > s->max_vocab) s->max_vocab = info->vocab_size;
+    return DUEL_OK;
+}
+
 static void seq_free(scheduler *s, sched_seq *q) {
     if (!q) return;
     kv_sequence_free(s->pool, &q->kv);

@@ -152,6 +152,12 @@ typedef struct sched_stats {
 int sched_create(const sched_params *params, kv_pool *pool, const sched_model_info *models,
                  int n_models, sched_forward_fn forward, void *forward_ctx, scheduler **out,
                  duel_error *err);
+/* Replaces model `index` (< the number of models) or appends one (== it), for models loaded
+ * while the scheduler runs (hot-swapped snapshots). No active request may use index, and
+ * model_id must be new: it is part of every block hash, so a fresh id guarantees that no
+ * block cached for an earlier model of that index is ever attached to the new one. DUEL_EINVAL
+ * otherwise. Owner thread only (sched_validate reads the table: the owner serialises). */
+int sched_set_model(scheduler *s, int index, const sched_model_info *info, duel_error *err);
 /* Frees every sequence (their blocks go back to the pool) without events. NULL is a no-op. */
 void sched_destroy(scheduler *s);
 

@@ -23,3 +23,6 @@ if(NOT DUEL_FUZZ)
   target_link_libraries(bench_gateway PRIVATE duel_gateway duel_common PkgConfig::CMOCKA)
   target_include_directories(bench_gateway PRIVATE ${PROJECT_SOURCE_DIR}/tests/common)
 endif()
+duel_test(test_gateway_snapshot_swap ${CMAKE_CURRENT_LIST_DIR}/test_snapshot_swap.c)
+set_tests_properties(test_gateway_snapshot_swap PROPERTIES TIMEOUT 300 RUN_SERIAL TRUE
+                     SKIP_RETURN_CODE 77)

@@ -643,7 +643,8 @@ static void test_engine_bad_inputs(void **state) {
         {"prompt longer than the context", "does not fit the model's context", DUEL_ELIMIT, good},
         {"M = 0", "M = 0", DUEL_EINVAL, good},
         {"M above the limit", "outside 1..8", DUEL_EINVAL, good},
-        {"unknown arm", "unknown arm \"nope\" (resident: policy, v2)", DUEL_ENOTFOUND, good},
+        {"unknown arm", "unknown or retired arm \"nope\" (resident: policy, v2)", DUEL_ENOTFOUND,
+         good},
         {"empty prompt", "empty prompt", DUEL_EINVAL, good},
         {"token out of range", "outside the vocabulary", DUEL_EINVAL, good},
         {"max_new_tokens 0", "max_new_tokens", DUEL_EINVAL, good},
@@ -713,6 +714,224 @@ static void test_engine_bad_inputs(void **state) {
     fixture_close(&f);
 }
 
+
+/* ---- hot-swap: arms added and retired while requests run ------------------------------------ */
+
+static void *read_whole(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) fail_msg("cannot open %s", path);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *buf = malloc((size_t)n + 1);
+    assert_int_equal(fread(buf, 1, (size_t)n, f), (size_t)n);
+    fclose(f);
+    *len = (size_t)n;
+    return buf;
+}
+
+/* tiny-llama-f32 with every weight scaled by its own factor in [0.5, 1.5): same shape, other
+ * outputs. Written into a fresh temporary folder (out). */
+static void write_perturbed_model(char *out, size_t cap) {
+    char src[1024], path[1400];
+    model_dir("tiny-llama-f32", src, sizeof src);
+    test_make_temp_dir("engine-swap", out, cap);
+    size_t len = 0;
+    snprintf(path, sizeof path, "%s/config.json", src);
+    char *config = read_whole(path, &len);
+    snprintf(path, sizeof path, "%s/config.json", out);
+    test_write_file(path, config, len);
+    free(config);
+    snprintf(path, sizeof path, "%s/model.safetensors", src);
+    unsigned char *st = read_whole(path, &len);
+    uint64_t header = 0;
+    memcpy(&header, st, 8); /* little-endian hosts */
+    size_t data = 8 + (size_t)header;
+    duel_rng rng;
+    duel_rng_seed(&rng, 99);
+    for (size_t at = data; at + 4 <= len; at += 4) {
+        float v;
+        memcpy(&v, st + at, 4);
+        v *= 0.5f + (float)duel_rng_below(&rng, 1000) / 1000.0f;
+        memcpy(st + at, &v, 4);
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", out);
+    test_write_file(path, st, len);
+    free(st);
+}
+
+typedef struct swap_seen {
+    int candidates, finished;
+    int64_t cached_tokens;
+    int32_t tokens[4][32];
+    int counts[4];
+} swap_seen;
+
+/* An arm added while requests run on the arm it replaces, which is retired at once: in-flight
+ * requests finish on the old weights, new ones use the new weights, submissions to the retired
+ * arm fail, the old model comes back exactly once after its last request, no KV block leaks and
+ * the prefix cache never attaches one model's blocks to another. */
+static void test_engine_hot_swap(void **state) {
+    (void)state;
+    engine_fixture f;
+    fixture_open(&f, 1, 8, (size_t)4 << 20); /* arm "policy": the reference, never retired */
+    char pdir[1024];
+    write_perturbed_model(pdir, sizeof pdir);
+    model *old_m = f.m[1]; /* tiny-llama-bf16 as snapshot v1 */
+    model *new_m = NULL;
+    duel_error err = {0};
+    if (model_load(pdir, &new_m, &err)) fail_msg("model_load %s: %s", pdir, err.message);
+    engine_model_params v1 = {"v1", old_m, f.tok}, v2 = {"v2", new_m, f.tok};
+    int owner_v1 = 1, owner_v2 = 2;
+    assert_int_equal(engine_add_arm(f.e, &v1, NULL, &owner_v1, &err), 0);
+    assert_int_equal(engine_add_arm(f.e, &v1, NULL, &owner_v1, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "already resident"));
+    enum { NEW = 24, N_OLD = 3, N_NEW = 3 };
+    duel_rng rng;
+    duel_rng_seed(&rng, 5);
+    int32_t *shared = random_prompt(&rng, 40, 512); /* same prompt on both arms: cache test */
+    uint64_t ids[N_OLD + N_NEW];
+    swap_seen seen[N_OLD + N_NEW];
+    memset(seen, 0, sizeof seen);
+    for (int i = 0; i < N_OLD; i++) {
+        engine_request r = {.arm = "v1", .tokens = shared, .num_tokens = 40 - i,
+                            .num_candidates = 1 + i, .sampling = {0, 1, 0}, .max_new_tokens = NEW,
+                            .user = &seen[i]};
+        assert_int_equal(engine_submit(f.e, &r, &ids[i], &err), 0);
+    }
+    /* The swap, while v1's requests are queued or decoding. */
+    assert_int_equal(engine_add_arm(f.e, &v2, NULL, &owner_v2, &err), 0);
+    assert_int_equal(engine_retire_arm(f.e, "v1", &err), 0);
+    assert_int_equal(engine_retire_arm(f.e, "v1", &err), DUEL_ENOTFOUND);
+    assert_int_equal(engine_retire_arm(f.e, "policy", &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "reference arm"));
+    engine_request late = {.arm = "v1", .tokens = shared, .num_tokens = 40, .num_candidates = 1,
+                           .sampling = {0, 1, 0}, .max_new_tokens = NEW};
+    uint64_t none = 9;
+    assert_int_equal(engine_submit(f.e, &late, &none, &err), DUEL_ENOTFOUND);
+    assert_non_null(strstr(err.message, "retired arm \"v1\" (resident: policy, v2)"));
+    assert_int_equal(none, 0);
+    /* The name stays taken until v1 is handed back. */
+    assert_int_equal(engine_add_arm(f.e, &v1, NULL, &owner_v1, &err), DUEL_EINVAL);
+    for (int i = N_OLD; i < N_OLD + N_NEW; i++) {
+        engine_request r = {.arm = "v2", .tokens = shared, .num_tokens = 40 - (i - N_OLD),
+                            .num_candidates = 1, .sampling = {0, 1, 0}, .max_new_tokens = NEW,
+                            .user = &seen[i]};
+        assert_int_equal(engine_submit(f.e, &r, &ids[i], &err), 0);
+    }
+    int done = 0, retired = 0, old_done = 0;
+    while (done < N_OLD + N_NEW || !retired) {
+        engine_event *ev = wait_event(f.e);
+        if (ev->kind == ENGINE_EVENT_ARM_RETIRED) {
+            retired++;
+            assert_string_equal(ev->arm, "v1");
+            assert_ptr_equal(ev->user, &owner_v1);
+            assert_ptr_equal(ev->arm_model, old_m);
+            assert_ptr_equal(ev->arm_tokenizer, f.tok);
+            assert_null(ev->arm_erm);
+            assert_int_equal(ev->request_id, 0);
+            /* After the last of v1's requests, never before. */
+            assert_int_equal(old_done, N_OLD);
+            engine_event_free(ev);
+            continue;
+        }
+        swap_seen *s = ev->user;
+        if (ev->kind == ENGINE_EVENT_CANDIDATE) {
+            assert_true(ev->candidate < 4 && ev->count <= 32);
+            memcpy(s->tokens[ev->candidate], ev->tokens, (size_t)ev->count * sizeof(int32_t));
+            s->counts[ev->candidate] = ev->count;
+            s->candidates++;
+        } else {
+            if (ev->kind != ENGINE_EVENT_FINISHED)
+                fail_msg("event %d: %s", ev->kind, ev->message ? ev->message : "");
+            s->finished++;
+            s->cached_tokens = ev->counts.cached_tokens;
+            done++;
+            if (s < seen + N_OLD) old_done++;
+        }
+        engine_event_free(ev);
+    }
+    /* Exactly once: nothing more comes. */
+    engine_event *extra = NULL;
+    engine_poll(f.e, 0.2, &extra);
+    assert_null(extra);
+    /* Greedy references on copies (the engine lent old_m back; new_m is still resident). */
+    model *ref_old = load_model("tiny-llama-bf16"), *ref_new = NULL;
+    assert_int_equal(model_load(pdir, &ref_new, &err), 0);
+    bool differ = false;
+    for (int i = 0; i < N_OLD + N_NEW; i++) {
+        model *rm = i < N_OLD ? ref_old : ref_new;
+        int32_t ref[NEW], other[NEW];
+        float h[256], ph[256];
+        double lp;
+        int len = 40 - (i < N_OLD ? i : i - N_OLD);
+        int n = greedy_reference(rm, shared, len, NEW, ref, h, ph, &lp);
+        greedy_reference(i < N_OLD ? ref_new : ref_old, shared, len, NEW, other, h, ph, &lp);
+        differ |= memcmp(ref, other, sizeof ref) != 0;
+        assert_int_equal(seen[i].finished, 1);
+        for (int c = 0; c < seen[i].candidates; c++) {
+            assert_int_equal(seen[i].counts[c], n);
+            for (int t = 0; t < n; t++)
+                if (seen[i].tokens[c][t] != ref[t])
+                    fail_msg("request %d (%s) candidate %d token %d: %d, greedy on its model %d",
+                             i, i < N_OLD ? "v1, in flight" : "v2", c, t, seen[i].tokens[c][t],
+                             ref[t]);
+        }
+    }
+    assert_true(differ); /* the two models really answer differently */
+    /* v2's first request had v1's prompt: v1's blocks (another model) are never attached. */
+    assert_int_equal(seen[N_OLD].cached_tokens, 0);
+    engine_stats st;
+    engine_stats_get(f.e, &st);
+    assert_int_equal(st.arms_added, 2);
+    assert_int_equal(st.arms_retired, 1);
+    assert_int_equal(st.arms_resident, 2);
+    assert_int_equal(st.arms_retiring, 0);
+    assert_int_equal(st.kv_used_blocks, 0);
+    assert_int_equal(st.kv_free_blocks + st.kv_cached_blocks, st.kv_blocks);
+    /* The freed slot and name are reusable; a model id is not: v1 again, in v1's old slot, with
+     * the prompt its predecessor cached, attaches nothing. */
+    f.m[1] = NULL;
+    model *again = load_model("tiny-llama-bf16");
+    engine_model_params v1b = {"v1", again, f.tok};
+    assert_int_equal(engine_add_arm(f.e, &v1b, NULL, NULL, &err), 0);
+    engine_request r = {.arm = "v1", .tokens = shared, .num_tokens = 40, .num_candidates = 1,
+                        .sampling = {0, 1, 0}, .max_new_tokens = 4};
+    uint64_t id;
+    /* First run: v1's blocks of this very prompt and weights are cached, yet none attach.
+     * Second run: its own blocks do (the cache works, so the first zero means something). */
+    for (int run = 0; run < 2; run++) {
+        assert_int_equal(engine_submit(f.e, &r, &id, &err), 0);
+        for (;;) {
+            engine_event *ev = wait_event(f.e);
+            engine_event_kind k = ev->kind;
+            if (k == ENGINE_EVENT_FINISHED) {
+                if (run == 0) assert_int_equal(ev->counts.cached_tokens, 0);
+                else assert_int_equal(ev->counts.cached_tokens, 32);
+            }
+            engine_event_free(ev);
+            if (k == ENGINE_EVENT_FINISHED) break;
+            assert_int_equal(k, ENGINE_EVENT_CANDIDATE);
+        }
+    }
+    /* Bad arms. */
+    model *neox = load_model("tiny-neox-f32");
+    engine_model_params bad = {"neox", neox, NULL};
+    assert_int_equal(engine_add_arm(f.e, &bad, NULL, NULL, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "KV shape"));
+    bad = (engine_model_params){"", again, NULL};
+    assert_int_equal(engine_add_arm(f.e, &bad, NULL, NULL, &err), DUEL_EINVAL);
+    /* Resident arms at destroy are the owner's to free. */
+    fixture_close(&f);
+    model_free(old_m);
+    model_free(new_m);
+    model_free(again);
+    model_free(neox);
+    model_free(ref_old);
+    model_free(ref_new);
+    free(shared);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_and_preemption_equal_alone),
@@ -721,6 +940,7 @@ int main(void) {
         cmocka_unit_test(test_engine_duel_request),
         cmocka_unit_test(test_engine_two_arms_and_cancel),
         cmocka_unit_test(test_engine_bad_inputs),
+        cmocka_unit_test(test_engine_hot_swap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,278 @@
+/* snapshot_loader.c: the loader thread (see snapshot_loader.h). One loop: (re)connect both
+ * connections, wait up to 100 ms for a pub/sub message (poll() on the subscriber's socket, then
+ * hiredis's reader; a timed-out blocking read would leave the context unusable), and check the
+ * zset when a snapshot note came or poll_ms has passed. Installing (load + engine_add_arm) runs
+ * on this thread, so the engine thread and the lws thread never wait for a disk read. */
+#include "snapshot_loader.h"
+
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "snapshot.h"
+#include "timer.h"
+
+#define LOADER_KEY_MAX 256
+#define LOADER_MAX_REFUSED 1024 /* versions remembered as refused (oldest forgotten first) */
+#define LOADER_WAIT_MS 100      /* longest wait for a pub/sub message per loop */
+#define LOADER_RETRY_S 1.0      /* pause before reconnecting */
+
+struct snapshot_loader {
+    snapshot_loader_config cfg;
+    char host[256], prefix[LOADER_KEY_MAX];
+    duel_backend backend; /* a copy of the borrowed backend's table */
+    pthread_t thread;
+    bool started;
+    atomic_bool stopping;
+    /* Loader thread only. */
+    redisContext *cmd, *sub;
+    double next_poll, next_connect;
+    bool check_now;
+    long long refused[LOADER_MAX_REFUSED];
+    int n_refused;
+    /* Guarded by mu. */
+    pthread_mutex_t mu;
+    snapshot_loader_stats stats;
+};
+
+static struct timeval ms_to_tv(int ms) {
+    return (struct timeval){ms / 1000, (ms % 1000) * 1000};
+}
+
+static void set_error(snapshot_loader *l, const char *message) {
+    pthread_mutex_lock(&l->mu);
+    snprintf(l->stats.last_error, sizeof l->stats.last_error, "%s", message);
+    pthread_mutex_unlock(&l->mu);
+}
+
+static void disconnect(snapshot_loader *l) {
+    if (l->cmd) redisFree(l->cmd);
+    if (l->sub) redisFree(l->sub);
+    l->cmd = l->sub = NULL;
+    pthread_mutex_lock(&l->mu);
+    l->stats.connected = false;
+    pthread_mutex_unlock(&l->mu);
+}
+
+static redisContext *connect_one(snapshot_loader *l) {
+    redisContext *c = redisConnectWithTimeout(l->host, l->cfg.port, ms_to_tv(l->cfg.timeout_ms));
+    if (!c || c->err || redisSetTimeout(c, ms_to_tv(l->cfg.timeout_ms)) != REDIS_OK) {
+        char message[512];
+        snprintf(message, sizeof message, "redis %.200s:%d: %.200s", l->host, l->cfg.port,
+                 c ? c->errstr : "out of memory");
+        set_error(l, message);
+        if (c) redisFree(c);
+        return NULL;
+    }
+    return c;
+}
+
+static void try_connect(snapshot_loader *l) {
+    double now = duel_time_seconds();
+    if (now < l->next_connect) return;
+    l->next_connect = now + LOADER_RETRY_S;
+    if (!(l->cmd = connect_one(l)) || !(l->sub = connect_one(l))) {
+        disconnect(l);
+        return;
+    }
+    char channel[LOADER_KEY_MAX + 16];
+    snprintf(channel, sizeof channel, "%snotify", l->prefix);
+    redisReply *r = redisCommand(l->sub, "SUBSCRIBE %s", channel);
+    bool ok = r && r->type == REDIS_REPLY_ARRAY;
+    if (r) freeReplyObject(r);
+    if (!ok) {
+        set_error(l, "redis: SUBSCRIBE failed");
+        disconnect(l);
+        return;
+    }
+    pthread_mutex_lock(&l->mu);
+    l->stats.connected = true;
+    pthread_mutex_unlock(&l->mu);
+    l->check_now = true; /* whatever was published while we were away */
+}
+
+/* A pub/sub message: a snapshot note asks for a check now. Other kinds (rollout, knobs) are
+ * not the loader's. */
+static void on_message(snapshot_loader *l, const redisReply *r) {
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) return;
+    const redisReply *kind = r->element[0], *payload = r->element[2];
+    if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0 ||
+        payload->type != REDIS_REPLY_STRING)
+        return;
+    json_t *note = json_loadb(payload->str, payload->len, 0, NULL);
+    const char *k = json_string_value(json_object_get(note, "kind"));
+    if (k && strcmp(k, "snapshot") == 0) {
+        l->check_now = true;
+        pthread_mutex_lock(&l->mu);
+        l->stats.notes++;
+        pthread_mutex_unlock(&l->mu);
+    }
+    json_decref(note);
+}
+
+/* Waits up to LOADER_WAIT_MS for messages on the subscriber; false when the connection broke. */
+static bool read_messages(snapshot_loader *l) {
+    struct pollfd p = {.fd = l->sub->fd, .events = POLLIN};
+    int n = poll(&p, 1, LOADER_WAIT_MS);
+    if (n <= 0) return n == 0;
+    if (redisBufferRead(l->sub) != REDIS_OK) return false;
+    for (;;) {
+        void *reply = NULL;
+        if (redisGetReplyFromReader(l->sub, &reply) != REDIS_OK) return false;
+        if (!reply) return true;
+        on_message(l, reply);
+        freeReplyObject(reply);
+    }
+}
+
+static bool was_refused(const snapshot_loader *l, long long v) {
+    for (int i = 0; i < l->n_refused; i++)
+        if (l->refused[i] == v) return true;
+    return false;
+}
+
+static void refuse(snapshot_loader *l, long long v, const char *why) {
+    if (l->n_refused == LOADER_MAX_REFUSED) {
+        memmove(l->refused, l->refused + 1, (LOADER_MAX_REFUSED - 1) * sizeof *l->refused);
+        l->n_refused--;
+    }
+    l->refused[l->n_refused++] = v;
+    char message[512];
+    snprintf(message, sizeof message, "snapshot v%lld refused: %.200s", v, why);
+    /* The gateway's log: once per version, since it is never retried. */
+    fprintf(stderr, "duel serve: %s (serving continues on the current arm)\n", message);
+    pthread_mutex_lock(&l->mu);
+    l->stats.rejected++;
+    snprintf(l->stats.last_error, sizeof l->stats.last_error, "%s", message);
+    pthread_mutex_unlock(&l->mu);
+}
+
+/* Reads the newest version; installs it when newer than the serving one. false: the command
+ * connection broke. */
+static bool check(snapshot_loader *l) {
+    l->check_now = false;
+    l->next_poll = duel_time_seconds() + l->cfg.poll_ms / 1000.0;
+    char zkey[LOADER_KEY_MAX + 16];
+    snprintf(zkey, sizeof zkey, "%ssnapshots", l->prefix);
+    redisReply *r = redisCommand(l->cmd, "ZRANGE %s -1 -1 WITHSCORES", zkey);
+    if (!r) return false;
+    long long newest = 0;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+        r->element[0]->type == REDIS_REPLY_STRING) {
+        char *end = NULL;
+        newest = strtoll(r->element[0]->str, &end, 10);
+        if (!end || *end || newest < 1) newest = 0;
+    }
+    freeReplyObject(r);
+    long long serving = l->backend.serving_version ? l->backend.serving_version(l->backend.impl) : 0;
+    pthread_mutex_lock(&l->mu);
+    l->stats.polls++;
+    l->stats.newest_seen = newest;
+    l->stats.serving_version = serving;
+    pthread_mutex_unlock(&l->mu);
+    if (newest <= serving || was_refused(l, newest)) return true;
+
+    char hkey[LOADER_KEY_MAX + 32], dir[4096] = "";
+    snprintf(hkey, sizeof hkey, "%ssnapshot:%lld", l->prefix, newest);
+    r = redisCommand(l->cmd, "HGET %s path", hkey);
+    if (!r) return false;
+    if (r->type == REDIS_REPLY_STRING && r->len > 0 && r->len < sizeof dir)
+        memcpy(dir, r->str, r->len + 1);
+    freeReplyObject(r);
+    if (!dir[0]) {
+        refuse(l, newest, "its hash has no usable path field");
+        return true;
+    }
+    duel_error err = {0};
+    int64_t meta_version = 0;
+    if (snapshot_verify(dir, &meta_version, &err)) {
+        refuse(l, newest, err.message);
+        return true;
+    }
+    if (meta_version != newest) {
+        char why[128];
+        snprintf(why, sizeof why, "meta.json says version %lld", (long long)meta_version);
+        refuse(l, newest, why);
+        return true;
+    }
+    if (l->backend.install_snapshot(l->backend.impl, newest, dir, &err)) {
+        refuse(l, newest, err.message);
+        return true;
+    }
+    fprintf(stderr, "duel serve: serving snapshot v%lld from %s\n", newest, dir);
+    pthread_mutex_lock(&l->mu);
+    l->stats.loaded++;
+    l->stats.serving_version = newest;
+    pthread_mutex_unlock(&l->mu);
+    return true;
+}
+
+static void *loader_main(void *arg) {
+    snapshot_loader *l = arg;
+    while (!atomic_load(&l->stopping)) {
+        if (!l->cmd) {
+            try_connect(l);
+            if (!l->cmd) {
+                struct timespec ts = {0, LOADER_WAIT_MS * 1000000L};
+                nanosleep(&ts, NULL);
+                continue;
+            }
+        }
+        bool ok = read_messages(l);
+        if (ok && (l->check_now || duel_time_seconds() >= l->next_poll)) ok = check(l);
+        if (!ok) {
+            set_error(l, "redis: connection lost");
+            disconnect(l);
+        }
+    }
+    disconnect(l);
+    return NULL;
+}
+
+int snapshot_loader_create(const snapshot_loader_config *cfg, const duel_backend *backend,
+                           snapshot_loader **out, duel_error *err) {
+    *out = NULL;
+    if (!cfg || !backend || !backend->install_snapshot)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "snapshot loader: the %s backend cannot hot-swap snapshots",
+                              backend && backend->name ? backend->name : "(none)");
+    snapshot_loader *l = calloc(1, sizeof *l);
+    if (!l) return duel_error_set(err, DUEL_ENOMEM, "snapshot loader: out of memory");
+    l->cfg = *cfg;
+    if (l->cfg.timeout_ms <= 0) l->cfg.timeout_ms = 1000;
+    if (l->cfg.poll_ms <= 0) l->cfg.poll_ms = SNAPSHOT_LOADER_DEFAULT_POLL_MS;
+    snprintf(l->host, sizeof l->host, "%s", cfg->host ? cfg->host : "127.0.0.1");
+    snprintf(l->prefix, sizeof l->prefix, "%s", cfg->key_prefix ? cfg->key_prefix : "duel:");
+    l->backend = *backend;
+    pthread_mutex_init(&l->mu, NULL);
+    if (pthread_create(&l->thread, NULL, loader_main, l)) {
+        pthread_mutex_destroy(&l->mu);
+        free(l);
+        return duel_error_set(err, DUEL_ENOMEM, "snapshot loader: cannot start its thread");
+    }
+    l->started = true;
+    *out = l;
+    return DUEL_OK;
+}
+
+void snapshot_loader_get_stats(snapshot_loader *l, snapshot_loader_stats *out) {
+    pthread_mutex_lock(&l->mu);
+    *out = l->stats;
+    pthread_mutex_unlock(&l->mu);
+    if (l->backend.serving_version)
+        out->serving_version = l->backend.serving_version(l->backend.impl);
+}
+
+void snapshot_loader_destroy(snapshot_loader *l) {
+    if (!l) return;
+    atomic_store(&l->stopping, true);
+    if (l->started) pthread_join(l->thread, NULL);
+    pthread_mutex_destroy(&l->mu);
+    free(l);
+}

@@ -1,0 +1,53 @@
+/* snapshot_loader.h: the gateway's snapshot loader thread (DESIGN.md sections 7-9, docs/SERVING.md).
+ * It owns two hiredis connections: one SUBSCRIBEd to <prefix>notify, one for commands. On a
+ * {"kind":"snapshot"} note, and every poll_ms anyway (pub/sub drops messages while a connection
+ * is down), it reads the newest member of the zset <prefix>snapshots; when that version is newer
+ * than the one serving and was not refused before, it reads the folder from the hash
+ * <prefix>snapshot:{v} (field path), checks every sha256 of its meta.json (snapshot_verify) and
+ * the version in it, and hands the folder to the backend's install_snapshot, which loads it on
+ * this thread and switches new duels to it. A snapshot that fails any of that is refused: logged
+ * once (stderr), counted, remembered (never retried), and serving goes on with the arm it has.
+ *
+ * Threads: the loader's thread alone touches its connections and the refused list; the stats are
+ * behind a mutex for the lws thread (/metrics, /healthz). */
+#ifndef DUEL_GATEWAY_SNAPSHOT_LOADER_H
+#define DUEL_GATEWAY_SNAPSHOT_LOADER_H
+
+#include <stdbool.h>
+
+#include "duel_backend.h"
+#include "error.h"
+
+#define SNAPSHOT_LOADER_DEFAULT_POLL_MS 3000
+
+typedef struct snapshot_loader_config {
+    const char *host;
+    int port;
+    int timeout_ms;       /* connect and command timeout; 0: 1000 */
+    int poll_ms;          /* zset poll interval; 0: SNAPSHOT_LOADER_DEFAULT_POLL_MS */
+    const char *key_prefix; /* NULL: "duel:" */
+} snapshot_loader_config;
+
+typedef struct snapshot_loader_stats {
+    long long serving_version;  /* the backend's (0: the base model) */
+    long long newest_seen;      /* highest version in the zset at the last poll */
+    unsigned long long loaded;  /* snapshots installed */
+    unsigned long long rejected;/* snapshots refused */
+    unsigned long long notes;   /* snapshot notes received on pub/sub */
+    unsigned long long polls;   /* zset reads */
+    bool connected;
+    char last_error[512];       /* the latest refusal or connection error */
+} snapshot_loader_stats;
+
+typedef struct snapshot_loader snapshot_loader;
+
+/* Starts the thread. backend is borrowed (its install_snapshot must be set) and must outlive
+ * the loader. DUEL_EINVAL for a backend without hot-swap, DUEL_ENOMEM. Redis being down is not
+ * an error: the thread retries. */
+int snapshot_loader_create(const snapshot_loader_config *cfg, const duel_backend *backend,
+                           snapshot_loader **out, duel_error *err);
+void snapshot_loader_get_stats(snapshot_loader *l, snapshot_loader_stats *out);
+/* Stops and joins the thread (an install in progress finishes first). NULL is a no-op. */
+void snapshot_loader_destroy(snapshot_loader *l);
+
+#endif

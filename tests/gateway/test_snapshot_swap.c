@@ -1,0 +1,246 @@
+/* test_snapshot_swap.c: hot-swap in `duel serve` (gateway/snapshot_loader.c + the engine
+ * adapter) against a real redis-server and the shipped default model: snapshots written with the
+ * trainer's snapshot_write (weights perturbed) and registered the way trainer/stream_consumer.c
+ * does (HSET duel:snapshot:{v} path ..., ZADD duel:snapshots, PUBLISH duel:notify) are loaded
+ * and served: votes carry the policy_version that generated their candidates, /healthz and
+ * /metrics report it. A truncated model.safetensors and a meta.json hash mismatch are refused
+ * (counted once, never retried) while chat keeps working on the old snapshot. A later good
+ * snapshot retires the old arm (its memory is freed: LeakSanitizer checks). Skips (exit 77) when
+ * models/default is missing. */
+#include "gateway_test_util.h"
+
+#include "duel_backend.h"
+#include "erm.h"
+#include "lm_trainer.h"
+#include "rng.h"
+#include "snapshot.h"
+#include "train_model.h"
+
+static char model_dir[1024];
+
+static redisReply *rcmd(const tu_redis *r, redisContext **c, const char *fmt, ...) {
+    if (!*c) *c = tu_redis_connect(r);
+    assert_non_null(*c);
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *reply = redisvCommand(*c, fmt, ap);
+    va_end(ap);
+    assert_non_null(reply);
+    assert_int_not_equal(reply->type, REDIS_REPLY_ERROR);
+    return reply;
+}
+
+/* Writes snapshot v of the default model, every weight scaled by 1 + noise * U(-1, 1). */
+static void write_snapshot(const char *data_dir, long long v, double noise, char *path,
+                           size_t cap) {
+    train_model *tm = NULL;
+    char *config_json = NULL;
+    duel_error err = {0};
+    if (lm_model_load_hf(model_dir, &tm, &config_json, &err)) fail_msg("%s", err.message);
+    float *w = train_model_parameter_memory(tm);
+    size_t n = train_model_num_parameters(tm);
+    duel_rng rng;
+    duel_rng_seed(&rng, (uint64_t)v);
+    for (size_t i = 0; i < n; i++)
+        w[i] *= (float)(1.0 + noise * ((double)duel_rng_below(&rng, 2001) / 1000.0 - 1.0));
+    int H = train_model_config(tm)->hidden_size;
+    erm_config ec = {ERM_DEFAULT_NUM_HEADS, 2 * H, ERM_DEFAULT_HIDDEN};
+    erm *e = NULL;
+    assert_int_equal(erm_create(&ec, &rng, &e, &err), 0);
+    snapshot_info info = {v, v - 1, 10 * v, 8 * v, 1700000000000LL + v, model_dir};
+    if (snapshot_write(data_dir, &info, tm, config_json, e, model_dir, path, cap, &err))
+        fail_msg("snapshot_write: %s", err.message);
+    erm_free(e);
+    train_model_free(tm);
+    free(config_json);
+}
+
+/* What trainer/stream_consumer.c's register_snapshot does (path is what the loader reads). */
+static void register_snapshot(const tu_redis *r, long long v, const char *path) {
+    redisContext *c = NULL;
+    freeReplyObject(rcmd(r, &c, "HSET duel:snapshot:%lld path %s parent %lld step %lld", v, path,
+                         v - 1, 10 * v));
+    freeReplyObject(rcmd(r, &c, "ZADD duel:snapshots %lld %lld", v, v));
+    freeReplyObject(rcmd(r, &c, "PUBLISH duel:notify {\"kind\":\"snapshot\",\"version\":%lld}", v));
+    redisFree(c);
+}
+
+static long long metric(int port, const char *name) {
+    char *body = NULL;
+    assert_int_equal(tu_http_get(port, "/metrics", &body), 200);
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *at = strstr(body, key);
+    long long v = at ? atoll(at + strlen(key)) : -1;
+    free(body);
+    return v;
+}
+
+static long long healthz_version(int port) {
+    char *body = NULL;
+    assert_int_equal(tu_http_get(port, "/healthz", &body), 200);
+    const char *at = strstr(body, "policy_version: ");
+    assert_true(strncmp(body, "ok\n", 3) == 0 && at);
+    long long v = atoll(at + 16);
+    free(body);
+    return v;
+}
+
+/* Waits (up to 60 s: a loaded machine) until metric name reaches want. */
+static void wait_metric(int port, const char *name, long long want) {
+    for (int i = 0; i < 600; i++) {
+        if (metric(port, name) == want) return;
+        tu_sleep_ms(100);
+    }
+    fail_msg("%s never reached %lld (is %lld)", name, want, metric(port, name));
+}
+
+/* One duel and a vote; returns the policy_version field of the vote's stream entry. */
+static long long duel_and_vote(ws_client *c, const tu_redis *r, long long entries_before) {
+    tu_duel d;
+    ws_ask_duel(c, "What is a river?", &d);
+    assert_true(d.id[0]);
+    assert_false(ws_vote(c, d.id, "a"));
+    tu_duel_free(&d);
+    redisContext *rc = NULL;
+    redisReply *x = rcmd(r, &rc, "XREVRANGE duel:prefs + - COUNT 1");
+    assert_int_equal(tu_redis_int(r, "XLEN duel:prefs"), entries_before + 1);
+    assert_int_equal(x->type, REDIS_REPLY_ARRAY);
+    assert_int_equal(x->elements, 1);
+    redisReply *fields = x->element[0]->element[1];
+    long long v = -1;
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (strcmp(fields->element[i]->str, "policy_version") == 0)
+            v = atoll(fields->element[i + 1]->str);
+    freeReplyObject(x);
+    redisFree(rc);
+    return v;
+}
+
+static void truncate_file(const char *dir, const char *name) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(truncate(path, st.st_size / 2), 0);
+}
+
+/* Changes one hex digit of the model's sha256 in meta.json. */
+static void corrupt_meta_hash(const char *dir) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/meta.json", dir);
+    json_t *meta = json_load_file(path, 0, NULL);
+    assert_non_null(meta);
+    json_t *files = json_object_get(meta, "files");
+    char hash[65];
+    snprintf(hash, sizeof hash, "%s", json_string_value(json_object_get(files, "model.safetensors")));
+    hash[0] = hash[0] == '0' ? '1' : '0';
+    json_object_set_new(files, "model.safetensors", json_string(hash));
+    assert_int_equal(json_dump_file(meta, path, JSON_COMPACT), 0);
+    json_decref(meta);
+}
+
+static void test_hot_swap_through_gateway(void **state) {
+    (void)state;
+    tu_redis redis = {0};
+    tu_redis_start(&redis);
+    gateway_config gcfg;
+    tu_gateway_config(&gcfg, &redis);
+    gcfg.snapshot_loader = true;
+    gcfg.snapshot_poll_ms = 200;
+    backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 4,
+                                 .temperature = 1.0f, .top_p = 1.0f, .max_new_tokens = 16,
+                                 .kv_memory_bytes = 16u << 20, .snapshots = true};
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    assert_non_null(b.install_snapshot);
+    tu_gateway g;
+    memset(&g, 0, sizeof g);
+    if (gateway_create(&gcfg, &b, &g.gw, &err)) fail_msg("%s", err.message);
+    g.port = gateway_port(g.gw);
+    assert_int_equal(pthread_create(&g.thread, NULL, tu_gateway_thread, &g), 0);
+    char data[512];
+    test_make_temp_dir("swap-data", data, sizeof data);
+
+    ws_client c;
+    assert_int_equal(ws_connect(&c, g.port, NULL), 101);
+    ws_hello(&c, NULL, NULL);
+    assert_int_equal(duel_and_vote(&c, &redis, 0), 0); /* the base model */
+    assert_int_equal(healthz_version(g.port), 0);
+    assert_int_equal(metric(g.port, "duel_serving_policy_version"), 0);
+
+    /* v1: good. The next duel is v1's. */
+    char dir[1024];
+    write_snapshot(data, 1, 0.2, dir, sizeof dir);
+    register_snapshot(&redis, 1, dir);
+    wait_metric(g.port, "duel_serving_policy_version", 1);
+    assert_int_equal(healthz_version(g.port), 1);
+    assert_int_equal(metric(g.port, "duel_snapshot_loaded_total"), 1);
+    assert_int_equal(duel_and_vote(&c, &redis, 1), 1);
+
+    /* v2: model.safetensors truncated after meta.json was written: refused. */
+    write_snapshot(data, 2, 0.2, dir, sizeof dir);
+    truncate_file(dir, "model.safetensors");
+    register_snapshot(&redis, 2, dir);
+    wait_metric(g.port, "duel_snapshot_rejected_total", 1);
+    assert_int_equal(duel_and_vote(&c, &redis, 2), 1); /* chat goes on, on v1 */
+
+    /* v3: a meta.json hash that does not match: refused. */
+    write_snapshot(data, 3, 0.2, dir, sizeof dir);
+    corrupt_meta_hash(dir);
+    register_snapshot(&redis, 3, dir);
+    wait_metric(g.port, "duel_snapshot_rejected_total", 2);
+    /* Several polls later it was not retried (refused once, remembered). */
+    long long polls_seen = metric(g.port, "duel_snapshot_newest_seen");
+    assert_int_equal(polls_seen, 3);
+    tu_sleep_ms(1000);
+    assert_int_equal(metric(g.port, "duel_snapshot_rejected_total"), 2);
+    assert_int_equal(metric(g.port, "duel_serving_policy_version"), 1);
+    assert_int_equal(duel_and_vote(&c, &redis, 3), 1);
+
+    /* v4: good again; v1 is retired and handed back (freed by the adapter). */
+    write_snapshot(data, 4, 0.3, dir, sizeof dir);
+    register_snapshot(&redis, 4, dir);
+    wait_metric(g.port, "duel_serving_policy_version", 4);
+    assert_int_equal(metric(g.port, "duel_snapshot_loaded_total"), 2);
+    assert_int_equal(duel_and_vote(&c, &redis, 4), 4);
+    assert_int_equal(metric(g.port, "duel_snapshot_rejected_total"), 2);
+
+    ws_close(&c);
+    tu_gateway_stop(&g);
+    tu_redis_stop(&redis, SIGTERM);
+}
+
+/* The loader needs a backend that can hot-swap: the test backend cannot. */
+static void test_loader_needs_hot_swap(void **state) {
+    (void)state;
+    tu_redis redis = {.port = 1}; /* never contacted */
+    gateway_config gcfg;
+    tu_gateway_config(&gcfg, &redis);
+    gcfg.snapshot_loader = true;
+    duel_backend b;
+    backend_test_config bcfg = {.step_delay_ms = 1, .queue_capacity = 16};
+    assert_int_equal(backend_test_create(&bcfg, &b, NULL), 0);
+    gateway *gw = NULL;
+    duel_error err = {0};
+    assert_int_equal(gateway_create(&gcfg, &b, &gw, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "cannot hot-swap"));
+    assert_null(gw);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    snprintf(model_dir, sizeof model_dir, "%s/models/default", test_env("DUEL_SOURCE_DIR", "."));
+    char probe[1100];
+    snprintf(probe, sizeof probe, "%s/model.safetensors", model_dir);
+    if (access(probe, R_OK) != 0) {
+        printf("SKIP: %s is missing\n", probe);
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_loader_needs_hot_swap),
+        cmocka_unit_test(test_hot_swap_through_gateway),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
