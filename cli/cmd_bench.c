@@ -392,6 +392,8 @@ done:
 
 int bench_engine(int argc, char **argv); /* cmd_bench_engine.c */
 
+int bench_trainer(int argc, char **argv); /* cmd_bench_trainer.c */
+
 static const struct {
     const char *name;
     const char *summary;
@@ -403,6 +405,7 @@ static const struct {
     {"engine", "serving engine: batched decode tokens/s, time to duel, prefix cache hit rate",
      bench_engine},
     {"train", "training tokens/s and DPO pairs/s on the CPU, as fractions of sgemm", bench_train},
+    {"trainer", "online trainer: votes applied per second through a real Redis stream", bench_trainer},
 };
 
 static void print_bench_help(FILE *out) {

@@ -661,6 +661,110 @@ static int build_batch(const batch_pair *pairs, int P, int32_t **tokens, int32_t
     return 0;
 }
 
+/* The row length of a pair: its longer sequence (prompt + response, less the last token). */
+static int pair_length(const batch_pair *p) {
+    int lc, lr;
+    vote_entry_candidate(p->entry, p->chosen, &lc);
+    vote_entry_candidate(p->entry, p->rejected, &lr);
+    return p->entry->n_prompt_tokens + (lc > lr ? lc : lr) - 1;
+}
+
+/* Sorts idx[0..n) by pair length, ties by index (insertion sort: n is a batch). */
+static void order_by_length(const batch_pair *pairs, int *idx, int n) {
+    for (int i = 0; i < n; i++) idx[i] = i;
+    for (int i = 1; i < n; i++) {
+        int v = idx[i], key = pair_length(&pairs[v]), j = i - 1;
+        while (j >= 0 && pair_length(&pairs[idx[j]]) > key) {
+            idx[j + 1] = idx[j];
+            j--;
+        }
+        idx[j + 1] = v;
+    }
+}
+
+/* Zeroes the policy's gradients and accumulates into them the gradient of the DAP loss (the
+ * mean over the B pairs that count) of pairs[0..B). The pairs go through the models in chunks of
+ * ONLINE_CHUNK_PAIRS of similar length (sorted by length), so that short rows are not padded to
+ * the batch's longest: each chunk's gradient is scaled by its share of the counted pairs, which
+ * gives the gradient of the whole batch's mean (the losses are sums over pairs). result receives
+ * the batch's loss, margin and accuracy, *kl the mean of log pi - log pi_ref over its rows. */
+static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, dap_loss_result *result, double *kl,
+                           duel_error *err) {
+    const dap_loss_options *lo = &t->options.loss;
+    const bool uses_ref = dap_loss_uses_reference(lo->kind), means = dap_loss_uses_means(lo->kind);
+    const int C = ONLINE_CHUNK_PAIRS;
+    int *idx = malloc((size_t)B * sizeof(int));
+    batch_pair *chunk = malloc((size_t)C * sizeof *chunk);
+    double *seq = malloc(2 * C * sizeof(double)), *cnt = malloc(2 * C * sizeof(double));
+    double *ref = malloc(2 * C * sizeof(double)), *rcnt = malloc(2 * C * sizeof(double));
+    double *dseq = malloc(2 * C * sizeof(double));
+    int rc = 0;
+    memset(result, 0, sizeof *result);
+    *kl = 0;
+    if (!idx || !chunk || !seq || !cnt || !ref || !rcnt || !dseq) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+        goto done;
+    }
+    order_by_length(pairs, idx, B);
+    /* Pairs that count: all, except (IPO, SimPO) those with an empty response. */
+    int used_total = 0;
+    for (int i = 0; i < B; i++) {
+        int lc, lr;
+        vote_entry_candidate(pairs[i].entry, pairs[i].chosen, &lc);
+        vote_entry_candidate(pairs[i].entry, pairs[i].rejected, &lr);
+        used_total += !means || (lc > 0 && lr > 0);
+    }
+    train_model_zero_grad(t->policy);
+    double loss = 0, margin = 0, accuracy = 0;
+    for (int start = 0; start < B; start += C) {
+        const int k = B - start < C ? B - start : C;
+        for (int i = 0; i < k; i++) chunk[i] = pairs[idx[start + i]];
+        int32_t *tokens = NULL, *targets = NULL;
+        float *mask = NULL;
+        int T = 1;
+        if ((rc = build_batch(chunk, k, &tokens, &targets, &mask, &T, err)) == 0) {
+            train_batch tb = {2 * k, T, tokens, targets, mask};
+            if (uses_ref) rc = train_model_forward(t->reference, &tb, ref, rcnt, NULL, err);
+            if (rc == 0) rc = train_model_forward(t->policy, &tb, seq, cnt, NULL, err);
+        }
+        dap_loss_result cr = {0};
+        if (rc == 0) {
+            dap_loss_batch lb = {k, seq, seq + k, cnt, cnt + k, uses_ref ? ref : NULL, uses_ref ? ref + k : NULL,
+                                 NULL, NULL};
+            dap_loss_grads g = {dseq, dseq + k, NULL};
+            rc = dap_loss_compute(lo, &lb, &cr, &g, err);
+        }
+        if (rc == 0 && cr.pairs_used > 0) {
+            const double share = (double)cr.pairs_used / (double)used_total;
+            for (int r = 0; r < 2 * k; r++) dseq[r] *= share;
+            loss += share * cr.loss;
+            margin += share * cr.mean_margin;
+            accuracy += share * cr.accuracy;
+            rc = train_model_backward(t->policy, dseq, err);
+        }
+        for (int r = 0; rc == 0 && uses_ref && r < 2 * k; r++) *kl += seq[r] - ref[r];
+        result->pairs_used += cr.pairs_used;
+        result->pairs_skipped_empty += cr.pairs_skipped_empty;
+        free(tokens);
+        free(targets);
+        free(mask);
+        if (rc) break;
+    }
+    result->loss = loss;
+    result->mean_margin = margin;
+    result->accuracy = accuracy;
+    *kl /= 2.0 * B;
+done:
+    free(idx);
+    free(chunk);
+    free(seq);
+    free(cnt);
+    free(ref);
+    free(rcnt);
+    free(dseq);
+    return rc;
+}
+
 int online_trainer_apply(online_trainer *t, duel_error *err) {
     if (!online_trainer_batch_ready(t))
         return duel_error_set(err, DUEL_EINVAL, "online trainer: no batch is ready");
@@ -670,12 +774,7 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
     batch_pair *pairs = malloc((size_t)(P + S) * sizeof *pairs);
     float *chosen = malloc((size_t)P * D * sizeof(float)), *rejected = malloc((size_t)P * D * sizeof(float));
     float *record = malloc((size_t)2 * D * sizeof(float));
-    double *seq = malloc((size_t)2 * P * sizeof(double)), *cnt = malloc((size_t)2 * P * sizeof(double));
-    double *ref = malloc((size_t)2 * P * sizeof(double)), *rcnt = malloc((size_t)2 * P * sizeof(double));
-    double *dseq = calloc((size_t)2 * P, sizeof(double));
-    int32_t *tokens = NULL, *targets = NULL;
-    float *mask = NULL;
-    if (!chosen || !rejected || !record || !seq || !cnt || !ref || !rcnt || !dseq || !pairs) {
+    if (!chosen || !rejected || !record || !pairs) {
         rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
         goto done;
     }
@@ -715,30 +814,9 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
     }
     /* Policy: reference and policy log-probabilities of the same responses, one DAP update. */
     const int B = P + S;
-    free(seq), free(cnt), free(ref), free(rcnt), free(dseq);
-    seq = malloc((size_t)2 * B * sizeof(double)), cnt = malloc((size_t)2 * B * sizeof(double));
-    ref = malloc((size_t)2 * B * sizeof(double)), rcnt = malloc((size_t)2 * B * sizeof(double));
-    dseq = calloc((size_t)2 * B, sizeof(double));
-    if (!seq || !cnt || !ref || !rcnt || !dseq) {
-        rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
-        goto done;
-    }
-    int T = 1;
-    if ((rc = build_batch(pairs, B, &tokens, &targets, &mask, &T, err))) goto done;
-    train_batch tb = {2 * B, T, tokens, targets, mask};
-    const dap_loss_options *lo = &t->options.loss;
-    bool uses_ref = dap_loss_uses_reference(lo->kind);
-    if (uses_ref && (rc = train_model_forward(t->reference, &tb, ref, rcnt, NULL, err))) goto done;
-    train_model_zero_grad(t->policy);
-    if ((rc = train_model_forward(t->policy, &tb, seq, cnt, NULL, err))) goto done;
-    double kl = 0;
-    for (int r = 0; r < 2 * B; r++) kl += uses_ref ? seq[r] - ref[r] : 0;
-    dap_loss_batch lb = {B, seq, seq + B, cnt, cnt + B, uses_ref ? ref : NULL,
-                         uses_ref ? ref + B : NULL, NULL, NULL};
-    dap_loss_grads g = {dseq, dseq + B, NULL};
     dap_loss_result lr_;
-    if ((rc = dap_loss_compute(lo, &lb, &lr_, &g, err))) goto done;
-    if ((rc = train_model_backward(t->policy, dseq, err))) goto done;
+    double kl = 0;
+    if ((rc = policy_gradient(t, pairs, B, &lr_, &kl, err))) goto done;
     size_t n = train_model_num_parameters(t->policy);
     float *grads = train_model_gradient_memory(t->policy);
     double norm = adamw_clip_grad_norm(grads, n, t->options.clip_norm);
@@ -756,7 +834,7 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
     t->status.loss = lr_.loss;
     t->status.margin = lr_.mean_margin;
     t->status.accuracy = lr_.accuracy;
-    t->status.kl = kl / (2.0 * B);
+    t->status.kl = kl;
     t->status.lr = lr;
     t->status.grad_norm = norm;
     t->status.synthetic = S;
@@ -769,14 +847,6 @@ done:
     free(chosen);
     free(rejected);
     free(record);
-    free(seq);
-    free(cnt);
-    free(ref);
-    free(rcnt);
-    free(dseq);
-    free(tokens);
-    free(targets);
-    free(mask);
     return rc;
 }
 

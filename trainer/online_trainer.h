@@ -52,6 +52,7 @@
 #define ONLINE_PATH_MAX 4096
 #define ONLINE_STREAM_ID_MAX 48  /* "<ms>-<seq>" */
 #define ONLINE_MAX_BATCH 4096
+#define ONLINE_CHUNK_PAIRS 4 /* pairs per forward/backward pass of a policy update */
 #define ONLINE_MAX_STORE 100000 /* duels in the SEA store */
 
 typedef struct online_trainer_options {

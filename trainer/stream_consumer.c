@@ -167,7 +167,7 @@ static int refresh_knobs(stream_consumer *c, duel_error *err) {
         bool seen = false;
         for (int j = 0; j < c->num_logged_knobs; j++) seen |= strcmp(c->logged_knobs[j], now[i]) == 0;
         if (!seen && c->o.log) {
-            char line[400];
+            char line[1024];
             snprintf(line, sizeof line, "%sknobs: %s ignored: %s", c->prefix, x->name, x->reason);
             c->o.log(c->o.log_context, line);
         }
@@ -277,8 +277,11 @@ static bool publish_overdue(const stream_consumer *c) {
 static int commit_batch(stream_consumer *c, bool apply, bool force, duel_error *err) {
     int rc;
     int64_t published = 0;
+    double t0 = duel_time_seconds();
     if (apply) {
         if ((rc = online_trainer_apply(c->trainer, err))) return rc;
+        c->stats.apply_seconds += duel_time_seconds() - t0;
+        t0 = duel_time_seconds();
         c->stats.updates++;
         c->updates_since_checkpoint++;
         c->unpublished = true;
@@ -296,11 +299,16 @@ static int commit_batch(stream_consumer *c, bool apply, bool force, duel_error *
         published = info.version;
         c->unpublished = false;
         c->last_publish_s = duel_time_seconds();
+        c->stats.snapshot_seconds += c->last_publish_s - t0;
     }
     if (!force && published == 0 && c->updates_since_checkpoint < online_trainer_get_options(c->trainer)->checkpoint_every &&
         c->num_unacked < MAX_UNACKED / 2)
         return write_status(c, err); /* the entries stay unacknowledged until a checkpoint holds them */
-    if ((rc = online_trainer_checkpoint(c->trainer, err)) || (rc = flush_acks(c, err))) return rc;
+    t0 = duel_time_seconds();
+    if ((rc = online_trainer_checkpoint(c->trainer, err))) return rc;
+    c->stats.checkpoint_seconds += duel_time_seconds() - t0;
+    c->stats.checkpoints++;
+    if ((rc = flush_acks(c, err))) return rc;
     c->updates_since_checkpoint = 0;
     if (published > 0) {
         if ((rc = register_snapshot(c, published, err))) return rc;

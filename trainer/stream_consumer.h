@@ -61,6 +61,8 @@ typedef struct stream_consumer_stats {
     int64_t acked;
     int64_t updates;      /* batches applied by this process */
     int64_t snapshots;    /* snapshots published by this process */
+    int64_t checkpoints;  /* checkpoints written by this process */
+    double apply_seconds, checkpoint_seconds, snapshot_seconds; /* wall time in each (profiling) */
 } stream_consumer_stats;
 
 typedef struct stream_consumer stream_consumer;

@@ -3,11 +3,13 @@
  * against a brute-force search over all pairs, no synthetic pairs before burn-in and the exact
  * count after it, gamma = 1 gives the same weights as no mixture (and gamma < 1 does not), and a
  * checkpoint taken mid-batch (duel store, pending pairs, mixture RNG) resumes to bit-identical
- * weights. */
+ * weights, and the policy gradient, computed in length-sorted chunks, matches the whole batch's
+ * computed in one pass by hand (DPO, and IPO with an empty response that must not count). */
 #include "test_helpers.h"
 
 #include <math.h>
 
+#include "lm_trainer.h"
 #include "online_trainer.h"
 #include "rng.h"
 
@@ -292,6 +294,111 @@ static void test_checkpoint_resume_is_exact(void **state) {
     assert_non_null(strstr(err.message, "entries.bin"));
 }
 
+/* The gradient of one update (batch 7: chunks of 4 and 3, no clipping, no mixture) against the
+ * same DAP loss on the whole batch in one forward/backward of a fresh copy of the model. */
+static void check_gradient(dap_loss_kind kind) {
+    online_trainer_options o;
+    options_for(&o, 1.0, 0);
+    o.batch_size = 7;
+    o.clip_norm = 0;
+    dap_loss_default_options(kind, &o.loss);
+    online_trainer *t = open_trainer(&o, "mix-grad", NULL, 0);
+    vote_entry votes[7];
+    for (int i = 0; i < 7; i++) {
+        duel_rng rng;
+        duel_rng_seed(&rng, 500 + (uint64_t)i);
+        make_entry(&rng, 500 + i, VOTE_CHOICE_A, &votes[i]);
+        if (i == 2) { /* an empty chosen response: IPO cannot use the pair */
+            vote_entry *e = &votes[i];
+            int c = e->chosen_idx, len = e->cand_offsets[c + 1] - e->cand_offsets[c];
+            memmove(e->cand_tokens + e->cand_offsets[c], e->cand_tokens + e->cand_offsets[c + 1],
+                    (size_t)(e->n_cand_tokens - e->cand_offsets[c + 1]) * sizeof(int32_t));
+            for (int m = c + 1; m <= M; m++) e->cand_offsets[m] -= len;
+            e->n_cand_tokens -= len;
+        }
+    }
+    /* by hand, before the trainer takes the entries: rows chosen 0..6, rejected 7..13 */
+    int T = 1;
+    for (int i = 0; i < 7; i++)
+        for (int side = 0; side < 2; side++) {
+            int len;
+            vote_entry_candidate(&votes[i], side ? votes[i].rejected_idx : votes[i].chosen_idx, &len);
+            if (votes[i].n_prompt_tokens + len - 1 > T) T = votes[i].n_prompt_tokens + len - 1;
+        }
+    int32_t *tokens = calloc((size_t)14 * T, sizeof(int32_t)), *targets = calloc((size_t)14 * T, sizeof(int32_t));
+    float *mask = calloc((size_t)14 * T, sizeof(float));
+    for (int i = 0; i < 7; i++)
+        for (int side = 0; side < 2; side++) {
+            const vote_entry *e = &votes[i];
+            int len;
+            const int32_t *resp = vote_entry_candidate(e, side ? e->rejected_idx : e->chosen_idx, &len);
+            int np = e->n_prompt_tokens, row = side * 7 + i;
+            for (int p = 0; p + 1 < np + len; p++) {
+                tokens[row * T + p] = p < np ? e->prompt_tokens[p] : resp[p - np];
+                targets[row * T + p] = p + 1 < np ? e->prompt_tokens[p + 1] : resp[p + 1 - np];
+                mask[row * T + p] = p + 1 >= np ? 1.0f : 0.0f;
+            }
+        }
+    train_model *policy = NULL, *reference = NULL;
+    char *cfg = NULL;
+    assert_int_equal(lm_model_load_hf(g_model, &policy, &cfg, NULL), 0);
+    free(cfg);
+    assert_int_equal(lm_model_load_hf(g_model, &reference, &cfg, NULL), 0);
+    free(cfg);
+    train_batch tb = {14, T, tokens, targets, mask};
+    double seq[14], cnt[14], ref[14], rcnt[14], dseq[14];
+    assert_int_equal(train_model_forward(reference, &tb, ref, rcnt, NULL, NULL), 0);
+    train_model_zero_grad(policy);
+    assert_int_equal(train_model_forward(policy, &tb, seq, cnt, NULL, NULL), 0);
+    dap_loss_batch lb = {7, seq, seq + 7, cnt, cnt + 7, ref, ref + 7, NULL, NULL};
+    dap_loss_grads g = {dseq, dseq + 7, NULL};
+    dap_loss_result want;
+    assert_int_equal(dap_loss_compute(&o.loss, &lb, &want, &g, NULL), 0);
+    assert_int_equal(want.pairs_used, kind == DAP_LOSS_IPO ? 6 : 7);
+    assert_int_equal(train_model_backward(policy, dseq, NULL), 0);
+    /* the trainer */
+    for (int i = 0; i < 7; i++) {
+        char id[32];
+        snprintf(id, sizeof id, "2-%d", i);
+        online_offer_result res;
+        duel_error err = {0};
+        if (online_trainer_offer(t, id, &votes[i], &res, &err)) fail_msg("%s", err.message);
+        vote_entry_free(&votes[i]);
+    }
+    duel_error err = {0};
+    if (online_trainer_apply(t, &err)) fail_msg("%s", err.message);
+    online_trainer_status s;
+    online_trainer_get_status(t, &s);
+    assert_true(fabs(s.loss - want.loss) <= 1e-9 * fmax(1.0, fabs(want.loss)));
+    assert_true(fabs(s.margin - want.mean_margin) <= 1e-6 * fmax(1.0, fabs(want.mean_margin)));
+    size_t n = train_model_num_parameters(policy);
+    const float *got = train_model_gradient_memory(online_trainer_policy(t)), *ref_g = train_model_gradient_memory(policy);
+    double diff = 0, norm = 0;
+    for (size_t k = 0; k < n; k++) {
+        diff += ((double)got[k] - ref_g[k]) * ((double)got[k] - ref_g[k]);
+        norm += (double)ref_g[k] * ref_g[k];
+    }
+    assert_true(norm > 0);
+    double rel = sqrt(diff / norm);
+    if (!(rel < 1e-5)) fail_msg("%s: gradient relative error %g", dap_loss_kind_name(kind), rel);
+    free(tokens);
+    free(targets);
+    free(mask);
+    train_model_free(policy);
+    train_model_free(reference);
+    online_trainer_close(t);
+}
+
+static void test_chunked_gradient_dpo(void **state) {
+    (void)state;
+    check_gradient(DAP_LOSS_DPO);
+}
+
+static void test_chunked_gradient_ipo(void **state) {
+    (void)state;
+    check_gradient(DAP_LOSS_IPO);
+}
+
 static void test_bad_options(void **state) {
     (void)state;
     online_trainer_options o;
@@ -321,6 +428,8 @@ int main(void) {
         cmocka_unit_test(test_burn_in_then_mixture),
         cmocka_unit_test(test_gamma_one_is_no_mixture),
         cmocka_unit_test(test_checkpoint_resume_is_exact),
+        cmocka_unit_test(test_chunked_gradient_dpo),
+        cmocka_unit_test(test_chunked_gradient_ipo),
         cmocka_unit_test(test_bad_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,0 +1,336 @@
+/* cmd_bench_trainer.c: `duel bench trainer`: votes applied per second by the online trainer
+ * (trainer/stream_consumer.h over trainer/online_trainer.h) on a model on the CPU, fed through a
+ * real Redis stream. It starts its own redis-server on a free loopback port (or uses --redis),
+ * XADDs synthetic a/b votes in the gateway's format (vote_entry_encode: M candidates of random
+ * tokens, random features of the ERM's width), then times the consumer from its first read
+ * until every vote is applied, checkpointed and acknowledged, with the trainer's defaults
+ * (DESIGN.md section 6) unless options say otherwise: ERM update, SEA mixture (burn-in 0 here,
+ * so the steady state is measured), checkpoint, snapshots. Reports votes/s and where the time
+ * went (updates, checkpoints, snapshots). With --json the last stdout line is one JSON object. */
+#include <errno.h>
+#include <ftw.h>
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "online_trainer.h"
+#include "rng.h"
+#include "stream_consumer.h"
+#include "timer.h"
+
+int bench_trainer(int argc, char **argv);
+
+typedef struct bench_redis {
+    pid_t pid; /* 0: not ours */
+    char host[256];
+    int port;
+    char dir[512];
+} bench_redis;
+
+static void sleep_ms(int ms) {
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+/* CPU seconds (user + system) of this process and its threads so far. */
+static double cpu_seconds(void) {
+    struct rusage u;
+    if (getrusage(RUSAGE_SELF, &u) != 0) return 0;
+    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec +
+           1e-6 * (double)u.ru_stime.tv_usec;
+}
+
+static int free_port(void) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    int port = -1;
+    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
+        port = ntohs(a.sin_port);
+    if (fd >= 0) close(fd);
+    return port;
+}
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+    (void)st, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+/* Starts redis-server (no persistence) in a fresh folder under tmp and waits for PING. */
+static int redis_start(bench_redis *r, const char *tmp, duel_error *err) {
+    snprintf(r->dir, sizeof r->dir, "%s/duel-bench-trainer-XXXXXX", tmp);
+    if (!mkdtemp(r->dir)) return duel_error_set(err, DUEL_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
+    snprintf(r->host, sizeof r->host, "127.0.0.1");
+    if ((r->port = free_port()) < 0) return duel_error_set(err, DUEL_EIO, "no free loopback port");
+    char port[16], log[600];
+    snprintf(port, sizeof port, "%d", r->port);
+    snprintf(log, sizeof log, "%s/redis.log", r->dir);
+    r->pid = fork();
+    if (r->pid < 0) return duel_error_set(err, DUEL_EIO, "fork failed: %s", strerror(errno));
+    if (r->pid == 0) {
+        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", r->dir, "--save", "",
+               "--appendonly", "no", "--logfile", log, (char *)NULL);
+        _exit(127);
+    }
+    for (int i = 0; i < 500; i++) {
+        redisContext *c = redisConnect(r->host, r->port);
+        if (c && !c->err) {
+            redisReply *rep = redisCommand(c, "PING");
+            bool ok = rep && rep->type == REDIS_REPLY_STATUS;
+            if (rep) freeReplyObject(rep);
+            redisFree(c);
+            if (ok) return 0;
+        } else if (c) {
+            redisFree(c);
+        }
+        int status;
+        if (waitpid(r->pid, &status, WNOHANG) == r->pid) {
+            r->pid = 0;
+            return duel_error_set(err, DUEL_EIO, "redis-server exited at start (installed? see %s)", log);
+        }
+        sleep_ms(10);
+    }
+    return duel_error_set(err, DUEL_EIO, "redis-server did not answer on port %d", r->port);
+}
+
+static void redis_stop(bench_redis *r) {
+    if (r->pid > 0) {
+        kill(r->pid, SIGTERM);
+        waitpid(r->pid, NULL, 0);
+        r->pid = 0;
+    }
+}
+
+/* XADDs n a/b votes: M candidates, prompt 8..23 and responses 16..47 random tokens, features
+ * N(0, 1) of width d_feat, choice by a random linear reward. */
+static int produce(redisContext *c, const char *stream, int n, int M, int d_feat, int vocab, int max_seq,
+                   const char *model_id, duel_error *err) {
+    duel_rng rng;
+    duel_rng_seed(&rng, 2026);
+    float *w = malloc((size_t)d_feat * sizeof(float)), *features = malloc((size_t)M * d_feat * sizeof(float));
+    float *rewards = calloc((size_t)M, sizeof(float));
+    int32_t *prompt = malloc(64 * sizeof(int32_t)), *cand = malloc((size_t)M * 64 * sizeof(int32_t));
+    int32_t *offsets = malloc((size_t)(M + 1) * sizeof(int32_t));
+    double *r = malloc((size_t)M * sizeof(double));
+    int rc = 0;
+    if (!w || !features || !rewards || !prompt || !cand || !offsets || !r) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "bench trainer: out of memory");
+        goto done;
+    }
+    for (int k = 0; k < d_feat; k++) w[k] = (float)duel_rng_normal(&rng);
+    for (int v = 0; v < n && rc == 0; v++) {
+        vote_entry e;
+        memset(&e, 0, sizeof e);
+        int np = 8 + (int)duel_rng_below(&rng, 16);
+        int max_resp = max_seq > 0 && max_seq - np < 48 ? max_seq - np : 48;
+        for (int i = 0; i < np; i++) prompt[i] = 3 + (int32_t)duel_rng_below(&rng, (uint64_t)vocab - 3);
+        offsets[0] = 0;
+        for (int m = 0; m < M; m++) {
+            int len = 16 + (int)duel_rng_below(&rng, (uint64_t)(max_resp > 16 ? max_resp - 15 : 1));
+            if (len > max_resp) len = max_resp;
+            for (int i = 0; i < len; i++) cand[offsets[m] + i] = 3 + (int32_t)duel_rng_below(&rng, (uint64_t)vocab - 3);
+            offsets[m + 1] = offsets[m] + len;
+            r[m] = 0;
+            for (int k = 0; k < d_feat; k++) {
+                features[(size_t)m * d_feat + k] = (float)duel_rng_normal(&rng);
+                r[m] += w[k] * features[(size_t)m * d_feat + k];
+            }
+        }
+        int a = (int)duel_rng_below(&rng, (uint64_t)M), b = (a + 1 + (int)duel_rng_below(&rng, (uint64_t)M - 1)) % M;
+        snprintf(e.vote_id, sizeof e.vote_id, "bench-%08d", v);
+        snprintf(e.duel_id, sizeof e.duel_id, "duel-%08d", v);
+        snprintf(e.model_id, sizeof e.model_id, "%s", model_id);
+        snprintf(e.strategy, sizeof e.strategy, "ee_ts");
+        e.ts_ms = 1795000000000LL + v;
+        e.choice = r[a] >= r[b] ? VOTE_CHOICE_A : VOTE_CHOICE_B;
+        e.chosen_idx = e.choice == VOTE_CHOICE_A ? a : b;
+        e.rejected_idx = e.choice == VOTE_CHOICE_A ? b : a;
+        e.num_candidates = M;
+        e.d_feat = d_feat;
+        e.num_heads = 1;
+        e.n_prompt_tokens = np;
+        e.prompt_tokens = prompt;
+        e.n_cand_tokens = offsets[M];
+        e.cand_tokens = cand;
+        e.cand_offsets = offsets;
+        e.features = features;
+        e.erm_rewards = rewards;
+        vote_entry_encoded enc;
+        if ((rc = vote_entry_encode(&e, NULL, &enc, err))) break;
+        const char *args[3 + 2 * VOTE_ENTRY_MAX_FIELDS];
+        size_t lens[3 + 2 * VOTE_ENTRY_MAX_FIELDS];
+        int na = 0;
+        args[na] = "XADD", lens[na++] = 4;
+        args[na] = stream, lens[na++] = strlen(stream);
+        args[na] = "*", lens[na++] = 1;
+        for (int i = 0; i < enc.n_fields; i++) {
+            args[na] = enc.fields[i].name, lens[na++] = enc.fields[i].name_len;
+            args[na] = enc.fields[i].value, lens[na++] = enc.fields[i].value_len;
+        }
+        redisReply *rep = redisCommandArgv(c, na, args, lens);
+        if (!rep || rep->type == REDIS_REPLY_ERROR)
+            rc = duel_error_set(err, DUEL_EIO, "XADD failed: %s", rep ? rep->str : c->errstr);
+        if (rep) freeReplyObject(rep);
+        vote_entry_encoded_free(&enc);
+    }
+done:
+    free(w), free(features), free(rewards), free(prompt), free(cand), free(offsets), free(r);
+    return rc;
+}
+
+int bench_trainer(int argc, char **argv) {
+    const char *model_dir = "models/default", *redis = NULL, *loss = "dpo";
+    long long votes = 400, batch = -1, checkpoint_every = -1, candidates = 4, burn_in = 0;
+    double gamma = -1, publish_seconds = -1;
+    bool json = false;
+    const cli_option options[] = {
+        {"--model", CLI_OPT_STRING, &model_dir, "DIR", "the policy (default models/default)", 0, 0, false, NULL},
+        {"--redis", CLI_OPT_STRING, &redis, "HOST:PORT", "use this Redis (its duel:bench:* keys are deleted); "
+         "default: start redis-server on a free port", 0, 0, false, NULL},
+        {"--votes", CLI_OPT_INT, &votes, "N", "a/b votes to apply (default 400)", 1, 10000000, false, NULL},
+        {"--candidates", CLI_OPT_INT, &candidates, "M", "candidates per duel (default 4)", 2, 64, false, NULL},
+        {"--batch-size", CLI_OPT_INT, &batch, "N", "trainer.batch_size (default: the trainer's, 8)", 1, ONLINE_MAX_BATCH, false, NULL},
+        {"--checkpoint-every", CLI_OPT_INT, &checkpoint_every, "N", "trainer.checkpoint_every (default: the trainer's, 1)", 1, 1 << 30, false, NULL},
+        {"--burn-in", CLI_OPT_INT, &burn_in, "N", "trainer.burn_in (default 0: the SEA mixture from the start)", 0, 1LL << 40, false, NULL},
+        {"--gamma", CLI_OPT_DOUBLE, &gamma, "G", "trainer.gamma (default: the trainer's, 0.7)", 0, 1, true, NULL},
+        {"--publish-every-seconds", CLI_OPT_DOUBLE, &publish_seconds, "S", "trainer.publish_every_seconds (default: the trainer's, 5)", 0, 1e9, false, NULL},
+        {"--loss", CLI_OPT_STRING, &loss, "NAME", "dpo, ipo, slic or simpo (default dpo)", 0, 0, false, NULL},
+        {"--json", CLI_OPT_FLAG, &json, NULL, "also print the figures as one JSON object on the last line of stdout", 0, 0, false, NULL},
+    };
+    const cli_command cmd = {
+        "bench trainer", "[options]",
+        "Votes applied per second by the online trainer (`duel train`'s code) on the CPU, fed\n"
+        "through a real Redis stream: synthetic a/b votes are XADDed first, then the consumer is\n"
+        "timed until all are applied, checkpointed and acknowledged. Trainer defaults (ERM update,\n"
+        "SEA mixture after burn-in, checkpoint every update, snapshots every 10 updates or 5 s).",
+        options, sizeof options / sizeof options[0]};
+    int rc = cli_parse(&cmd, argc, argv);
+    if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
+    duel_error err = {0};
+    bench_redis rs = {0};
+    redisContext *c = NULL;
+    online_trainer *trainer = NULL;
+    stream_consumer *consumer = NULL;
+    char data_dir[600] = "";
+    const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
+    if (redis) {
+        const char *colon = strrchr(redis, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (!colon || colon == redis || (size_t)(colon - redis) >= sizeof rs.host || !end || *end || port < 1 || port > 65535)
+            return cli_usage_error(&cmd, "--redis wants HOST:PORT, got '%s'", redis);
+        snprintf(rs.host, sizeof rs.host, "%.*s", (int)(colon - redis), redis);
+        rs.port = (int)port;
+    } else if ((rc = redis_start(&rs, tmp, &err))) {
+        goto done;
+    }
+    snprintf(data_dir, sizeof data_dir, "%s/duel-bench-trainer-data-XXXXXX", tmp);
+    if (!mkdtemp(data_dir)) {
+        data_dir[0] = '\0';
+        rc = duel_error_set(&err, DUEL_EIO, "cannot create a data folder under %s", tmp);
+        goto done;
+    }
+    online_trainer_options to;
+    online_trainer_default_options(&to);
+    if ((rc = dap_loss_kind_parse(loss, &to.loss.kind, &err))) goto done;
+    dap_loss_default_options(to.loss.kind, &to.loss);
+    to.model_dir = model_dir;
+    to.model_id = "bench";
+    to.burn_in = burn_in;
+    if (batch > 0) to.batch_size = (int)batch;
+    if (checkpoint_every > 0) to.checkpoint_every = (int)checkpoint_every;
+    if (gamma > 0) to.gamma = gamma;
+    if (publish_seconds >= 0) to.publish_every_seconds = publish_seconds;
+    fprintf(stderr, "loading %s ...\n", model_dir);
+    if ((rc = online_trainer_open(&to, data_dir, &trainer, &err))) goto done;
+    vote_entry_limits limits;
+    online_trainer_limits(trainer, &limits);
+    c = redisConnect(rs.host, rs.port);
+    if (!c || c->err) {
+        rc = duel_error_set(&err, DUEL_EIO, "redis %s:%d: cannot connect", rs.host, rs.port);
+        goto done;
+    }
+    freeReplyObject(redisCommand(c, "DEL duel:bench:prefs duel:bench:prefs:dead"));
+    fprintf(stderr, "XADDing %lld votes (M = %lld, d_feat %d) to %s:%d ...\n", votes, candidates, limits.d_feat,
+            rs.host, rs.port);
+    if ((rc = produce(c, "duel:bench:prefs", (int)votes, (int)candidates, limits.d_feat, limits.vocab,
+                      limits.max_sequence, "bench", &err)))
+        goto done;
+    stream_consumer_options so;
+    stream_consumer_default_options(&so);
+    so.host = rs.host;
+    so.port = rs.port;
+    so.stream = "duel:bench:prefs";
+    so.dead_stream = "duel:bench:prefs:dead";
+    so.key_prefix = "duel:bench:";
+    so.block_ms = 50;
+    so.data_dir = data_dir;
+    so.tokenizer_dir = model_dir;
+    so.base_model = model_dir;
+    if ((rc = stream_consumer_open(&so, trainer, &consumer, &err))) goto done;
+    fprintf(stderr, "applying (batch %d, gamma %g, checkpoint every %d, publish every %d updates or %g s) ...\n",
+            to.batch_size, to.gamma, to.checkpoint_every, to.publish_every, to.publish_every_seconds);
+    double t0 = duel_time_seconds(), cpu0 = cpu_seconds();
+    stream_consumer_stats st;
+    online_trainer_status s;
+    for (;;) {
+        int n = 0;
+        if ((rc = stream_consumer_poll(consumer, &n, &err))) goto done;
+        stream_consumer_get_stats(consumer, &st);
+        online_trainer_get_status(trainer, &s);
+        if (n == 0 && st.acked >= votes) break; /* a partial last batch: the idle round checkpointed it */
+    }
+    double elapsed = duel_time_seconds() - t0, cpu = cpu_seconds() - cpu0;
+    double busy = st.apply_seconds + st.checkpoint_seconds + st.snapshot_seconds;
+    double applied = (double)s.prefs_applied;
+    printf("online trainer on %s (CPU): %lld votes, batch %d + %d synthetic, %lld updates\n", model_dir, votes,
+           to.batch_size, s.synthetic, (long long)st.updates);
+    printf("  votes applied per second  %.1f  (%.2f s wall, until all acknowledged)\n", applied / elapsed, elapsed);
+    printf("  per update  %.1f ms  (update %.1f ms, checkpoint %.1f ms x %lld, snapshot %.1f ms x %lld)\n",
+           1000.0 * elapsed / (double)(st.updates > 0 ? st.updates : 1),
+           1000.0 * st.apply_seconds / (double)(st.updates > 0 ? st.updates : 1),
+           1000.0 * st.checkpoint_seconds / (double)(st.checkpoints > 0 ? st.checkpoints : 1), (long long)st.checkpoints,
+           1000.0 * st.snapshot_seconds / (double)(st.snapshots > 0 ? st.snapshots : 1), (long long)st.snapshots);
+    printf("  other (Redis, decoding, waiting)  %.2f s\n", elapsed - busy);
+    printf("  CPU time of this process  %.2f s (%.2f cores busy on average; wall figures suffer when the\n"
+           "  machine is shared: votes per CPU second %.1f)\n", cpu, cpu / elapsed, applied / cpu);
+    if (json) {
+        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:f, s:i, s:i, s:f, s:f, s:f, s:I, s:f, s:I, s:f, s:I, s:I, s:f, s:f}",
+                              "bench", "trainer", "model", model_dir, "votes", (json_int_t)votes,
+                              "prefs_applied", (json_int_t)s.prefs_applied, "batch_size", to.batch_size,
+                              "synthetic_per_update", s.synthetic, "gamma", to.gamma,
+                              "checkpoint_every", to.checkpoint_every, "publish_every", to.publish_every,
+                              "votes_per_second", applied / elapsed, "wall_seconds", elapsed,
+                              "update_seconds", st.apply_seconds, "updates", (json_int_t)st.updates,
+                              "checkpoint_seconds", st.checkpoint_seconds, "checkpoints", (json_int_t)st.checkpoints,
+                              "snapshot_seconds", st.snapshot_seconds, "snapshots", (json_int_t)st.snapshots,
+                              "candidates", (json_int_t)candidates, "cpu_seconds", cpu,
+                              "votes_per_cpu_second", applied / cpu);
+        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
+        if (text) printf("%s\n", text);
+        free(text);
+        json_decref(o);
+    }
+done:
+    if (rc) fprintf(stderr, "duel bench trainer: %s\n", err.message);
+    stream_consumer_close(consumer);
+    online_trainer_close(trainer);
+    if (c) redisFree(c);
+    redis_stop(&rs);
+    if (rs.dir[0] && !redis) nftw(rs.dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    if (data_dir[0]) nftw(data_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;
+}
