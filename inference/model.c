@@ -560,7 +560,7 @@ static void helper_stop(model_helper *h) {
 /* fn(ctx, i, thread) for every i < total, on the owner (thread 0) and the helper thread
  * (thread 1); returns when all ran. */
 static void helper_parallel_for(model_helper *h, helper_fn fn, void *ctx, int total) {
-    if (!h->started || total < 2) {
+    if (!h->started || total < 2 || total > MODEL_HELPER_MAX_CHUNKS) {
         for (int i = 0; i < total; i++) fn(ctx, i, 0);
         return;
     }
