@@ -70,15 +70,34 @@ typedef struct engine_command {
     bool duel, want_hidden;
     duel_strategy strategy;
     double pilaf_beta;
-    sched_request_params params; /* SUBMIT: prompt and stop_tokens point at the copies */
+    int arena_model;             /* arena: the second arm's slot; else -1 */
+    sched_request_params params; /* SUBMIT: prompt and stop_tokens point at the copies (arena:
+                                    the first half; the second is the same on arena_model with
+                                    seed + M/2) */
     int32_t *prompt;
     int32_t stop[SCHED_MAX_STOP_TOKENS];
 } engine_command;
+
+/* What the scheduler's user pointer is: a request's half (arena) or the whole of it. */
+typedef struct engine_part {
+    struct engine_active *owner;
+    int index; /* 0: arm, candidates from 0; 1 (arena): arena_arm, candidates from M/2 */
+} engine_part;
 
 /* A request the scheduler holds (engine thread only). */
 typedef struct engine_active {
     uint64_t id, sched_id;
     int arm;
+    engine_part parts[2];
+    /* Arena requests: the second half is scheduler request arena_sched_id on arena_arm. */
+    int arena_arm;        /* -1: not an arena request */
+    uint64_t arena_sched_id;
+    bool part_done[2];
+    int parts_left;
+    int fail_status;      /* the first failure of a half */
+    char fail_message[DUEL_ERROR_MESSAGE_MAX];
+    bool cancelled;
+    engine_counts counts; /* summed over the halves */
     void *user;
     double submit_time;
     bool want_hidden; /* the caller's (a duel with policy features asks the scheduler anyway) */
@@ -121,6 +140,8 @@ struct engine {
     /* Engine thread only. */
     engine_active **active;
     int num_active, cap_active;
+    uint64_t *deferred_cancels; /* scheduler ids to cancel after the step (arena halves) */
+    int num_deferred, cap_deferred;
 };
 
 /* ---- events ------------------------------------------------------------------------------- */
@@ -322,13 +343,21 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
                     engine_event **out, duel_error *err) {
     *out = NULL;
     const erm *scorer = e->arms[a->arm].erm ? e->arms[a->arm].erm : e->erm;
-    int M = a->num_candidates, E = scorer->config.num_heads;
+    bool arena = a->arena_arm >= 0;
+    const erm *scorer2 = !arena                      ? scorer
+                         : e->arms[a->arena_arm].erm ? e->arms[a->arena_arm].erm
+                                                     : e->erm;
+    int M = a->num_candidates, E = scorer->config.num_heads, half = M / 2;
     bool ref = e->features == ENGINE_FEATURES_REFERENCE;
     model *fm = e->arms[ref ? e->ref_arm : a->arm].model;
     int H = model_get_config(fm)->hidden_size, D = 2 * H;
-    if (D != scorer->config.d_feat)
+    if (D != scorer->config.d_feat || D != scorer2->config.d_feat)
         return duel_error_set(err, DUEL_EINVAL, "duel: features of %d floats, the ERM takes %d",
-                              D, scorer->config.d_feat);
+                              D, D != scorer->config.d_feat ? scorer->config.d_feat
+                                                            : scorer2->config.d_feat);
+    if (scorer2->config.num_heads != E)
+        return duel_error_set(err, DUEL_EINVAL, "arena: the arms' ERMs have %d and %d heads", E,
+                              scorer2->config.num_heads);
     if (a->lost) return duel_error_set(err, DUEL_ENOMEM, "duel: out of memory for candidates");
     for (int i = 0; i < M; i++)
         if (!a->cand_tokens[i] || a->cand_counts[i] < 1)
@@ -356,11 +385,28 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
         }
     }
     double t1 = duel_time_seconds();
-    if ((rc = erm_score(scorer, features, M, rewards, err))) goto fail;
+    if (arena) {
+        /* Each half scored by its own arm's ERM; each arm's best by its own ensemble mean. */
+        if ((rc = erm_score(scorer, features, half, rewards, err)) ||
+            (rc = erm_score(scorer2, features + (size_t)half * D, M - half,
+                            rewards + (size_t)half * E, err)))
+            goto fail;
+    } else if ((rc = erm_score(scorer, features, M, rewards, err))) {
+        goto fail;
+    }
     double t2 = duel_time_seconds();
     duel_rng rng;
     duel_rng_seed(&rng, a->seed ^ ENGINE_DUEL_SEED_SALT);
-    if ((rc = duel_select(a->strategy, rewards, M, E, &rng, &ev->pair, err))) goto fail;
+    if (arena) {
+        int first = 0, second = 0;
+        if ((rc = duel_select_arena(rewards, half, E, rewards + (size_t)half * E, M - half, E,
+                                    &first, &second, err)))
+            goto fail;
+        ev->pair = (duel_pair){first, half + second, -1, -1};
+        ev->arena_split = half;
+    } else if ((rc = duel_select(a->strategy, rewards, M, E, &rng, &ev->pair, err))) {
+        goto fail;
+    }
     duel_place(&ev->pair, &rng, &ev->placement);
     if ((rc = duel_estimated_regret(rewards, M, E, ev->placement.a, ev->placement.b,
                                     &ev->regret_estimate, err)))
@@ -388,12 +434,61 @@ fail:
     return rc;
 }
 
+/* Engine thread: a scheduler request to cancel after the current step (cancelling inside the
+ * step's callbacks would free sequences the step is walking). Out of memory: the half runs to
+ * its end instead. */
+static void defer_cancel(engine *e, uint64_t sched_id) {
+    if (e->num_deferred == e->cap_deferred) {
+        int cap = e->cap_deferred ? 2 * e->cap_deferred : 8;
+        uint64_t *grown = realloc(e->deferred_cancels, (size_t)cap * sizeof *grown);
+        if (!grown) return;
+        e->deferred_cancels = grown;
+        e->cap_deferred = cap;
+    }
+    e->deferred_cancels[e->num_deferred++] = sched_id;
+}
+
+static void on_sched_event(void *ctx, const sched_event *se);
+
+static void flush_deferred_cancels(engine *e) {
+    while (e->num_deferred > 0) {
+        uint64_t id = e->deferred_cancels[--e->num_deferred];
+        sched_cancel(e->sched, id, on_sched_event, e, NULL); /* ENOTFOUND: it ended meanwhile */
+    }
+}
+
+/* An arena half's DONE. Returns true when the other half is still out (this one is recorded:
+ * its counts, and a failure or cancel, which cancels the other half); false for the last half,
+ * whose DONE ends the request as usual. */
+static bool arena_half_done(engine *e, engine_active *a, int half, const sched_event *se) {
+    a->part_done[half] = true;
+    if (--a->parts_left == 0) return false;
+    const sched_request_stats *st = se->stats;
+    a->counts.prompt_computed += st->prompt_computed;
+    a->counts.cached_tokens += st->cached_tokens;
+    a->counts.recomputed_tokens += st->recomputed_tokens;
+    a->counts.generated_tokens += st->generated_tokens;
+    a->counts.preemptions += st->preemptions;
+    if (se->cancelled) a->cancelled = true;
+    if (se->status && !a->fail_status) {
+        a->fail_status = se->status;
+        snprintf(a->fail_message, sizeof a->fail_message, "%s",
+                 se->message ? se->message : "failed");
+    }
+    if (se->cancelled || se->status) defer_cancel(e, half ? a->sched_id : a->arena_sched_id);
+    return true;
+}
+
 /* The scheduler's callback (engine thread): deep-copies into an engine_event. */
 static void on_sched_event(void *ctx, const sched_event *se) {
     engine *e = ctx;
-    engine_active *a = se->user;
-    const engine_arm *arm = &e->arms[a->arm];
+    const engine_part *part = se->user;
+    engine_active *a = part->owner;
+    bool arena = a->arena_arm >= 0;
+    int offset = part->index ? a->num_candidates / 2 : 0;
+    const engine_arm *arm = &e->arms[part->index ? a->arena_arm : a->arm];
     int hidden_size = model_get_config(arm->model)->hidden_size;
+    if (arena && se->kind == SCHED_EVENT_DONE && arena_half_done(e, a, part->index, se)) return;
     engine_event *ev = calloc(1, sizeof *ev);
     if (!ev) goto done;
     ev->request_id = a->id;
@@ -404,10 +499,13 @@ static void on_sched_event(void *ctx, const sched_event *se) {
         ev->count = se->count;
         ev->candidates = copy_ints(se->candidates, se->count);
         ev->tokens = copy_ints(se->tokens, se->count);
+        if (ev->candidates)
+            for (int i = 0; i < se->count; i++) ev->candidates[i] += offset;
         break;
     case SCHED_EVENT_CANDIDATE: {
         ev->kind = ENGINE_EVENT_CANDIDATE;
-        ev->candidate = se->candidate;
+        ev->candidate = se->candidate + offset;
+        if (arena) ev->arm = strdup(arm->name);
         ev->count = se->count;
         ev->tokens = copy_ints(se->tokens, se->count);
         ev->logprob_sum = se->logprob_sum;
@@ -415,8 +513,8 @@ static void on_sched_event(void *ctx, const sched_event *se) {
                             : se->finish_reason == SCHED_FINISH_LENGTH ? ENGINE_FINISH_LENGTH
                                                                        : ENGINE_FINISH_CONTEXT;
         ev->finish_ms = (se->finish_time - a->submit_time) * 1e3;
-        if (a->duel && se->candidate >= 0 && se->candidate < a->num_candidates) {
-            int c = se->candidate;
+        if (a->duel && se->candidate >= 0 && se->candidate + offset < a->num_candidates) {
+            int c = se->candidate + offset;
             free(a->cand_tokens[c]);
             a->cand_tokens[c] = copy_ints(se->tokens, se->count);
             a->cand_counts[c] = se->count;
@@ -452,6 +550,24 @@ static void on_sched_event(void *ctx, const sched_event *se) {
         ev->counts = (engine_counts){st->prompt_tokens,     st->prompt_computed,
                                      st->cached_tokens,     st->recomputed_tokens,
                                      st->generated_tokens,  st->preemptions};
+        if (arena) { /* the last half: what both did, and the first failure of either */
+            a->counts.prompt_tokens = st->prompt_tokens;
+            a->counts.prompt_computed += st->prompt_computed;
+            a->counts.cached_tokens += st->cached_tokens;
+            a->counts.recomputed_tokens += st->recomputed_tokens;
+            a->counts.generated_tokens += st->generated_tokens;
+            a->counts.preemptions += st->preemptions;
+            ev->counts = a->counts;
+            int status = a->fail_status ? a->fail_status : se->status;
+            const char *message = a->fail_status ? a->fail_message : se->message;
+            bool cancelled = !status && (a->cancelled || se->cancelled);
+            ev->kind = cancelled ? ENGINE_EVENT_CANCELLED
+                       : status  ? ENGINE_EVENT_ERROR
+                                 : ENGINE_EVENT_FINISHED;
+            ev->status = status;
+            free(ev->message);
+            ev->message = status ? strdup(message ? message : "failed") : NULL;
+        }
         if (se->prompt_hidden && a->want_hidden) {
             ev->hidden = copy_floats(se->prompt_hidden, hidden_size);
             ev->hidden_size = hidden_size;
@@ -472,7 +588,7 @@ static void on_sched_event(void *ctx, const sched_event *se) {
     }
     }
 done:;
-    int arm_index = a->arm;
+    int arm_index = a->arm, arena_index = a->arena_arm;
     bool ended = se->kind == SCHED_EVENT_DONE;
     if (ended) {
         /* Ended before the event is visible, so that a cancel after it reports "finished". */
@@ -480,7 +596,10 @@ done:;
         remove_active(e, a);
     }
     if (ev) push_event(e, ev);
-    if (ended) arm_unref(e, arm_index); /* after the request's last event */
+    if (ended) { /* after the request's last event */
+        arm_unref(e, arm_index);
+        if (arena_index >= 0) arm_unref(e, arena_index);
+    }
 }
 
 /* ---- PILAF (engine thread) ------------------------------------------------------------------ */
@@ -768,8 +887,17 @@ static void handle_command(engine *e, engine_command *cmd) {
     if (cmd->kind == ENGINE_CMD_CANCEL) {
         int at = find_active(e, cmd->id);
         /* Not active: it ended after engine_cancel checked, and its event is already queued. */
-        if (at >= 0) sched_cancel(e->sched, e->active[at]->sched_id, on_sched_event, e, &err);
-        else pilaf_cancel(e, cmd->id);
+        if (at < 0) {
+            pilaf_cancel(e, cmd->id);
+            return;
+        }
+        engine_active *a = e->active[at];
+        if (a->arena_arm >= 0 && a->part_done[0]) { /* only the second half is left */
+            sched_cancel(e->sched, a->arena_sched_id, on_sched_event, e, &err);
+            return;
+        }
+        /* An arena's first half cancelled defers the second's cancel (flushed after commands). */
+        sched_cancel(e->sched, a->sched_id, on_sched_event, e, &err);
         return;
     }
     if (cmd->duel && cmd->strategy == DUEL_STRATEGY_PILAF) {
@@ -793,11 +921,15 @@ static void handle_command(engine *e, engine_command *cmd) {
     }
     a->id = cmd->id;
     a->arm = cmd->params.model;
+    a->arena_arm = cmd->arena_model;
+    a->parts[0] = (engine_part){a, 0};
+    a->parts[1] = (engine_part){a, 1};
+    a->parts_left = cmd->arena_model >= 0 ? 2 : 1;
     a->user = cmd->params.user;
     a->submit_time = cmd->params.submit_time;
     a->want_hidden = cmd->want_hidden;
     if (cmd->duel) {
-        int M = cmd->params.num_candidates;
+        int M = cmd->params.num_candidates * (cmd->arena_model >= 0 ? 2 : 1);
         a->duel = true;
         a->strategy = cmd->strategy;
         a->seed = cmd->params.seed;
@@ -818,7 +950,7 @@ static void handle_command(engine *e, engine_command *cmd) {
             return;
         }
     }
-    cmd->params.user = a;
+    cmd->params.user = &a->parts[0];
     int rc = sched_submit(e->sched, &cmd->params, &a->sched_id, &err);
     if (rc) {
         set_state(e, cmd->id, ENGINE_STATE_ENDED);
@@ -828,6 +960,22 @@ static void handle_command(engine *e, engine_command *cmd) {
     }
     e->active[e->num_active++] = a;
     e->arms[a->arm].refs++;
+    if (a->arena_arm >= 0) {
+        e->arms[a->arena_arm].refs++;
+        sched_request_params second = cmd->params;
+        second.model = a->arena_arm;
+        second.seed = cmd->params.seed + (uint64_t)cmd->params.num_candidates;
+        second.user = &a->parts[1];
+        if ((rc = sched_submit(e->sched, &second, &a->arena_sched_id, &err))) {
+            /* Validated at submit, so only out of memory: the first half is cancelled and the
+             * request ends with this error. */
+            a->fail_status = rc;
+            snprintf(a->fail_message, sizeof a->fail_message, "%s", err.message);
+            a->part_done[1] = true;
+            a->parts_left = 1;
+            sched_cancel(e->sched, a->sched_id, on_sched_event, e, NULL);
+        }
+    }
 }
 
 static void command_free(engine_command *cmd) {
@@ -881,11 +1029,13 @@ static void *engine_main(void *arg) {
             command_free(item);
             engine_queue_pop(e->commands, 0, &item);
         }
+        flush_deferred_cancels(e);
         if (engine_queue_is_closed(e->commands)) break;
         if (sched_has_work(e->sched)) {
             duel_error err = {0};
             /* A failed step has already failed its requests with ERROR events. */
             sched_step(e->sched, on_sched_event, e, &err);
+            flush_deferred_cancels(e);
         }
         if (e->num_pilaf) pilaf_run_all(e);
         update_stats(e);
@@ -1140,6 +1290,7 @@ void engine_destroy(engine *e) {
     for (int i = 0; i < e->num_pilaf; i++) pilaf_free(e->pilaf[i]);
     free(e->pilaf);
     free(e->active);
+    free(e->deferred_cancels);
     kv_pool_destroy(e->pool);
     kv_pool_destroy(e->ref_pool);
     engine_queue_destroy(e->commands);
@@ -1175,7 +1326,39 @@ static int submit_locked(engine *e, const engine_request *r, uint64_t *id, duel_
                               r->arm ? r->arm : "(the first)", names);
     }
     const engine_arm *a = &e->arms[arm];
-    if (r->duel && r->strategy == DUEL_STRATEGY_PILAF) {
+    int second = -1; /* arena: the second arm */
+    if (r->duel && r->strategy == DUEL_STRATEGY_ARENA) {
+        if (!r->arena_arm)
+            return duel_error_set(err, DUEL_EINVAL, "arena request: no arena_arm (the second arm)");
+        second = arm_index_locked(e, r->arena_arm);
+        if (second < 0)
+            return duel_error_set(err, DUEL_ENOTFOUND,
+                                  "arena request: unknown or retired arena arm \"%s\"",
+                                  r->arena_arm);
+        if (second == arm)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "arena request: arm \"%s\" twice (one answer from each of two "
+                                  "arms)",
+                                  a->name);
+        if (r->num_candidates < 2 || r->num_candidates % 2)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "arena request: %d candidates (an even number >= 2, half per "
+                                  "arm)",
+                                  r->num_candidates);
+        if (e->features != ENGINE_FEATURES_REFERENCE)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "arena request: needs reference features (both arms' "
+                                  "candidates on one feature model)");
+        const erm *e1 = a->erm ? a->erm : e->erm, *e2 = e->arms[second].erm ? e->arms[second].erm
+                                                                             : e->erm;
+        if (!e1 || !e2)
+            return duel_error_set(err, DUEL_EINVAL, "arena request: arm \"%s\" has no ERM",
+                                  e1 ? e->arms[second].name : a->name);
+        if (e1->config.num_heads != e2->config.num_heads)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "arena request: the arms' ERMs have %d and %d heads",
+                                  e1->config.num_heads, e2->config.num_heads);
+    } else if (r->duel && r->strategy == DUEL_STRATEGY_PILAF) {
         const model *ref = e->arms[e->ref_arm].model;
         if (r->num_candidates != 2)
             return duel_error_set(err, DUEL_EINVAL, "pilaf request: %d candidates (exactly 2)",
@@ -1212,17 +1395,20 @@ static int submit_locked(engine *e, const engine_request *r, uint64_t *id, duel_
                               SCHED_MAX_STOP_TOKENS);
     }
     for (int i = 0; i < r->num_stop_tokens; i++) cmd->stop[n_stop++] = r->stop_tokens[i];
-    if (r->use_eos)
-        for (int i = 0; i < a->num_eos; i++) {
+    for (int k = 0; r->use_eos && k < (second >= 0 ? 2 : 1); k++) {
+        const engine_arm *sa = k ? &e->arms[second] : a; /* arena: both arms' eos ids */
+        for (int i = 0; i < sa->num_eos; i++) {
             bool dup = false;
-            for (int j = 0; j < n_stop; j++) dup |= cmd->stop[j] == a->eos[i];
-            if (!dup && n_stop < SCHED_MAX_STOP_TOKENS) cmd->stop[n_stop++] = a->eos[i];
+            for (int j = 0; j < n_stop; j++) dup |= cmd->stop[j] == sa->eos[i];
+            if (!dup && n_stop < SCHED_MAX_STOP_TOKENS) cmd->stop[n_stop++] = sa->eos[i];
         }
+    }
     cmd->kind = ENGINE_CMD_SUBMIT;
     cmd->params = (sched_request_params){.model = arm,
                                          .prompt = r->tokens,
                                          .prompt_len = r->num_tokens,
-                                         .num_candidates = r->num_candidates,
+                                         .num_candidates = second >= 0 ? r->num_candidates / 2
+                                                                       : r->num_candidates,
                                          .sampling = r->sampling,
                                          .seed = r->seed,
                                          .max_new_tokens = r->max_new_tokens,
@@ -1238,7 +1424,14 @@ static int submit_locked(engine *e, const engine_request *r, uint64_t *id, duel_
     cmd->strategy = r->strategy;
     cmd->pilaf_beta = r->pilaf_beta;
     cmd->want_hidden = r->want_hidden;
+    cmd->arena_model = second;
     int rc = sched_validate(e->sched, &cmd->params, err);
+    if (!rc && second >= 0) {
+        sched_request_params half = cmd->params;
+        half.model = second;
+        rc = sched_validate(e->sched, &half, err);
+        if (rc) duel_error_prefix(err, "arena arm");
+    }
     if (rc) {
         free(cmd);
         return rc;

@@ -36,6 +36,19 @@
  * CANDIDATE x 2, DUEL_READY (pair (0, 1), the placement from the selection rng, pilaf_mixed, no
  * features or rewards, regret_estimate 0) and FINISHED.
  *
+ * Arena duel requests (strategy arena, DESIGN.md section 5): request.arena_arm names a second
+ * resident arm; M (even) candidates are split, M/2 per arm, as two scheduler requests decoded in
+ * the same batched loop (each arm prefills the prompt once): candidates [0, M/2) come from
+ * request.arm with seeds seed + i, candidates [M/2, M) from arena_arm with seeds seed + i too
+ * (candidate M/2 + j samples with duel_rng_seed(seed + M/2 + j)), so each half equals that arm
+ * alone with M/2 candidates and seed (resp. seed + M/2). CANDIDATE events of an arena request
+ * name their arm (event.arm). Once both halves are done the reference arm computes the features
+ * of all M (arena needs ENGINE_FEATURES_REFERENCE), each half is scored by its own arm's ERM
+ * (or the engine's; both with the same number of heads), duel_select_arena takes each arm's
+ * best by its ensemble mean, duel_place places the pair, and DUEL_READY says arena_split = M/2.
+ * If either half fails or is cancelled, the other is cancelled and one ERROR (or CANCELLED)
+ * event ends the request.
+ *
  * Arms at run time (hot-swap, docs/SERVING.md): engine_add_arm makes a new arm resident; the
  * engine thread applies it between two scheduler steps and the call returns once it can take
  * requests. engine_retire_arm stops new submissions to an arm at once (DUEL_ENOTFOUND, like an
@@ -117,6 +130,7 @@ typedef struct engine_request {
                                   and an ERM */
     duel_strategy strategy;    /* with duel: ee_ts, bai_ts, uncertainty, passive, bon or pilaf */
     double pilaf_beta;         /* pilaf: beta >= 0 of the mixed logits */
+    const char *arena_arm;     /* arena: the second arm (resident, not arm itself) */
     void *user;                /* handed back in every event */
 } engine_request;
 
@@ -185,12 +199,15 @@ typedef struct engine_event {
     duel_placement placement;
     double regret_estimate;
     bool pilaf_mixed;          /* pilaf: the MIXED mode was drawn (candidate 0 = y+, 1 = y-) */
+    int arena_split;           /* arena: candidates [0, arena_split) are request.arm's, the rest
+                                  arena_arm's (pair.first < arena_split <= pair.second); else 0 */
     double decode_ms;          /* submit -> all candidates finished */
     double features_ms;        /* the reference pass (0 for policy features) */
     double score_ms;           /* erm_score */
     double select_ms;          /* duel_select + duel_place + R-hat */
     /* ARM_RETIRED: the arm's name and what engine_add_arm (or create) lent; user is the arm's
-     * engine_model_params.user. The engine no longer touches them. */
+     * engine_model_params.user. The engine no longer touches them. CANDIDATE of an arena
+     * request: arm is the name of the arm that generated it (else NULL). */
     char *arm;
     model *arm_model;
     const tokenizer *arm_tokenizer;
@@ -205,8 +222,10 @@ int engine_create(const engine_params *params, engine **out, duel_error *err);
 void engine_destroy(engine *e);
 
 /* Validates and queues a request; *id gets its id (from 1, increasing). Errors, with nothing
- * queued: DUEL_ENOTFOUND for an unknown arm; DUEL_EINVAL for a duel without an ERM, with M < 2
- * or a strategy outside the enum, for M outside 1..max_candidates, an
+ * queued: DUEL_ENOTFOUND for an unknown arm (or arena arm); DUEL_EINVAL for a duel without an
+ * ERM, with M < 2 or a strategy outside the enum, an arena request without a second arm, with
+ * the same arm twice, an odd M, policy features or ERMs of different head counts, for M outside
+ * 1..max_candidates (M/2 for arena), an
  * empty prompt, token ids outside the vocabulary, max_new_tokens < 1, bad sampling or stop
  * tokens; DUEL_ELIMIT for a prompt that does not fit the arm's context or a candidate longer
  * than the whole KV pool. */

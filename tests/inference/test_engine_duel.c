@@ -292,15 +292,10 @@ static void test_duel_errors_keep_serving(void **state) {
     int32_t tokens[M][NEW];
     int counts[M] = {0};
     char *msg = NULL;
-    /* arena does not choose among one request's candidates: ERROR event. */
-    engine_request req = duel_request(DUEL_STRATEGY_ARENA, 1);
-    assert_null(run_duel(&f, &req, tokens, counts, &msg));
-    assert_non_null(strstr(msg, "arena"));
-    free(msg);
     /* NaN rewards: ERROR naming the reward. */
     float saved = f.erm->params.fc3_bias[2];
     f.erm->params.fc3_bias[2] = NAN;
-    req = duel_request(DUEL_STRATEGY_EE_TS, 2);
+    engine_request req = duel_request(DUEL_STRATEGY_EE_TS, 2);
     assert_null(run_duel(&f, &req, tokens, counts, &msg));
     assert_non_null(strstr(msg, "NaN"));
     free(msg);
@@ -329,9 +324,23 @@ static void test_duel_errors_keep_serving(void **state) {
     assert_non_null(strstr(err.message, "beta"));
     req.pilaf_beta = NAN;
     assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
+    /* arena: a second arm is needed, another one, known, and an even M. */
+    req = duel_request(DUEL_STRATEGY_ARENA, 1);
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "no arena_arm"));
+    req.arena_arm = "policy";
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "arm \"policy\" twice"));
+    req.arena_arm = "v9";
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_ENOTFOUND);
+    assert_non_null(strstr(err.message, "arena arm \"v9\""));
+    req.arena_arm = "ref";
+    req.num_candidates = 3;
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "an even number"));
     engine_stats st;
     engine_stats_get(f.e, &st);
-    assert_int_equal(st.requests_submitted, 3);
+    assert_int_equal(st.requests_submitted, 2);
     fx_close(&f);
 }
 
@@ -457,6 +466,146 @@ static void test_duel_pilaf_equals_lockstep_by_hand(void **state) {
     fx_close(&f);
 }
 
+
+/* Runs a plain (non-duel) request of n candidates on arm with seed; tokens into out. */
+static void run_alone(engine_fx *f, const char *arm, int n, uint64_t seed, int32_t out[][NEW],
+                      int counts[]) {
+    engine_request req = {.arm = arm, .tokens = PROMPT, .num_tokens = PROMPT_LEN,
+                          .num_candidates = n, .sampling = {3.0f, 1.0f, 0}, .seed = seed,
+                          .max_new_tokens = NEW};
+    uint64_t id;
+    duel_error err = {0};
+    if (engine_submit(f->e, &req, &id, &err)) fail_msg("engine_submit: %s", err.message);
+    for (;;) {
+        engine_event *ev = wait_event(f->e);
+        engine_event_kind k = ev->kind;
+        if (k == ENGINE_EVENT_CANDIDATE) {
+            memcpy(out[ev->candidate], ev->tokens, (size_t)ev->count * sizeof(int32_t));
+            counts[ev->candidate] = ev->count;
+        }
+        engine_event_free(ev);
+        if (k == ENGINE_EVENT_FINISHED) return;
+        assert_int_equal(k, ENGINE_EVENT_CANDIDATE);
+    }
+}
+
+/* arena: M/2 candidates from each arm, each half equal to that arm alone with the same seeds;
+ * features of all M from the reference; each half scored by the ERM; the pair is each arm's best
+ * by ensemble mean (duel_select_arena), placed by duel_place on the selection rng. */
+static void test_duel_arena(void **state) {
+    (void)state;
+    engine_fx f;
+    fx_open(&f, ENGINE_FEATURES_REFERENCE);
+    bool swapped[2] = {false, false};
+    for (uint64_t seed = 300; seed < 306; seed++) {
+        engine_request req = duel_request(DUEL_STRATEGY_ARENA, seed);
+        req.arena_arm = "ref";
+        uint64_t id;
+        duel_error err = {0};
+        if (engine_submit(f.e, &req, &id, &err)) fail_msg("engine_submit: %s", err.message);
+        int32_t tokens[M][NEW];
+        int counts[M] = {0}, seen = 0;
+        engine_event *ready = NULL;
+        for (;;) {
+            engine_event *ev = wait_event(f.e);
+            assert_int_equal(ev->request_id, id);
+            if (ev->kind == ENGINE_EVENT_CANDIDATE) {
+                int c = ev->candidate;
+                assert_true(c >= 0 && c < M);
+                assert_non_null(ev->arm);
+                assert_string_equal(ev->arm, c < M / 2 ? "policy" : "ref");
+                memcpy(tokens[c], ev->tokens, (size_t)ev->count * sizeof(int32_t));
+                counts[c] = ev->count;
+                seen++;
+            } else if (ev->kind == ENGINE_EVENT_DUEL_READY) {
+                ready = ev;
+                continue;
+            } else {
+                if (ev->kind != ENGINE_EVENT_FINISHED)
+                    fail_msg("arena: event %d %s", ev->kind, ev->message ? ev->message : "");
+                assert_non_null(ready);
+                assert_int_equal(ev->counts.generated_tokens, M * NEW);
+                assert_int_equal(ev->counts.prompt_computed, 2 * PROMPT_LEN); /* once per arm */
+                engine_event_free(ev);
+                break;
+            }
+            engine_event_free(ev);
+        }
+        assert_int_equal(seen, M);
+        /* Each half equals its arm alone: policy with seed, ref with seed + M/2. */
+        int32_t alone[M][NEW];
+        int alone_counts[M] = {0};
+        run_alone(&f, "policy", M / 2, seed, alone, alone_counts);
+        run_alone(&f, "ref", M / 2, seed + M / 2, alone + M / 2, alone_counts + M / 2);
+        for (int c = 0; c < M; c++) {
+            assert_int_equal(counts[c], alone_counts[c]);
+            assert_memory_equal(tokens[c], alone[c], (size_t)counts[c] * sizeof(int32_t));
+        }
+        /* Features of all M on the reference, rewards by the ERM, each arm's best. */
+        int D = 2 * f.H;
+        assert_int_equal(ready->count, M);
+        assert_int_equal(ready->arena_split, M / 2);
+        assert_int_equal((int)ready->strategy, (int)DUEL_STRATEGY_ARENA);
+        float feats[M * 2 * 64];
+        features_by_hand(f.ref_hand, tokens, counts, feats);
+        double fe = rel_err(ready->features, feats, (size_t)M * D);
+        if (!(fe < 1e-5)) fail_msg("arena: features rel. err. %g", fe);
+        float rewards[M * HEADS];
+        /* Each half scored on its own (by its arm's ERM; here both use the engine's). */
+        assert_int_equal(erm_score(f.erm, ready->features, M / 2, rewards, &err), 0);
+        assert_int_equal(erm_score(f.erm, ready->features + (M / 2) * D, M / 2,
+                                   rewards + (M / 2) * HEADS, &err),
+                         0);
+        assert_memory_equal(rewards, ready->rewards, sizeof rewards);
+        int first = -1, second = -1;
+        assert_int_equal(duel_select_arena(rewards, M / 2, HEADS, rewards + (M / 2) * HEADS,
+                                           M / 2, HEADS, &first, &second, &err),
+                         0);
+        assert_int_equal(ready->pair.first, first);
+        assert_int_equal(ready->pair.second, M / 2 + second);
+        assert_true(ready->pair.first < M / 2 && ready->pair.second >= M / 2);
+        duel_rng rng;
+        duel_rng_seed(&rng, seed ^ ENGINE_DUEL_SEED_SALT);
+        duel_placement place;
+        duel_place(&ready->pair, &rng, &place);
+        assert_int_equal(place.a, ready->placement.a);
+        assert_int_equal(place.b, ready->placement.b);
+        swapped[place.side_swap] = true;
+        engine_event_free(ready);
+    }
+    assert_true(swapped[0] && swapped[1]);
+    /* A cancelled arena request ends with one CANCELLED event and frees both halves. */
+    engine_request req = duel_request(DUEL_STRATEGY_ARENA, 9);
+    req.arena_arm = "ref";
+    req.max_new_tokens = 400;
+    uint64_t id;
+    duel_error err = {0};
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), 0);
+    assert_int_equal(engine_cancel(f.e, id, &err), 0);
+    for (;;) {
+        engine_event *ev = wait_event(f.e);
+        engine_event_kind k = ev->kind;
+        engine_event_free(ev);
+        if (k == ENGINE_EVENT_CANCELLED) break;
+        assert_true(k == ENGINE_EVENT_CANDIDATE);
+    }
+    engine_event *extra = NULL;
+    engine_poll(f.e, 0.3, &extra);
+    assert_null(extra);
+    engine_stats st;
+    engine_stats_get(f.e, &st);
+    assert_int_equal(st.kv_used_blocks, 0);
+    assert_int_equal(st.active_requests, 0);
+    fx_close(&f);
+    /* Policy features cannot compare two arms' candidates. */
+    fx_open(&f, ENGINE_FEATURES_POLICY);
+    req = duel_request(DUEL_STRATEGY_ARENA, 9);
+    req.arena_arm = "ref";
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "reference features"));
+    fx_close(&f);
+}
+
 static void test_duel_bad_engine_params(void **state) {
     (void)state;
     model *m = load_model("tiny-llama-f32");
@@ -499,6 +648,7 @@ int main(void) {
         cmocka_unit_test(test_duel_errors_keep_serving),
         cmocka_unit_test(test_duel_pilaf_equals_lockstep_by_hand),
         cmocka_unit_test(test_duel_bad_engine_params),
+        cmocka_unit_test(test_duel_arena),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
