@@ -390,8 +390,20 @@ const duel_knob_spec duel_knobs_default[] = {
     {"temperature", DUEL_KNOB_NUMBER, 0, 10, false, NULL, "duel.temperature"},
     {"top_p", DUEL_KNOB_NUMBER, 0, 1, true, NULL, "duel.top_p"},
     {"max_new_tokens", DUEL_KNOB_INT, 1, 8192, false, NULL, "duel.max_new_tokens"},
-    {"beta", DUEL_KNOB_NUMBER, 0, 100, true, NULL, "trainer.beta"},
-    {"gamma", DUEL_KNOB_NUMBER, 0, 1, false, NULL, "trainer.gamma"},
+    {"top_k", DUEL_KNOB_INT, 0, 1000000, false, NULL, "duel.top_k"},
+    {"arena_fraction", DUEL_KNOB_NUMBER, 0, 1, false, NULL, "rollout.arena_fraction"},
+    /* The trainer's knobs, with the ranges online_trainer.c applies. */
+    {"loss", DUEL_KNOB_CHOICE, 0, 0, false, "dpo ipo slic simpo", "trainer.loss"},
+    {"beta", DUEL_KNOB_NUMBER, 0, 1e6, true, NULL, "trainer.beta"},
+    {"gamma", DUEL_KNOB_NUMBER, 0, 1, true, NULL, "trainer.gamma"},
+    {"lr_scale", DUEL_KNOB_NUMBER, 0, 1000, true, NULL, NULL},
+    {"clip_norm", DUEL_KNOB_NUMBER, 0, 1e6, false, NULL, "trainer.clip_norm"},
+    {"publish_every_seconds", DUEL_KNOB_NUMBER, 0, 1e9, false, NULL,
+     "trainer.publish_every_seconds"},
+    {"batch_size", DUEL_KNOB_INT, 1, 4096, false, NULL, "trainer.batch_size"},
+    {"publish_every", DUEL_KNOB_INT, 0, 1 << 30, false, NULL, "trainer.publish_every"},
+    {"checkpoint_every", DUEL_KNOB_INT, 1, 1 << 30, false, NULL, "trainer.checkpoint_every"},
+    {"burn_in", DUEL_KNOB_INT, 0, 1099511627776.0, false, NULL, "trainer.burn_in"},
 };
 const size_t duel_knobs_default_count = sizeof duel_knobs_default / sizeof duel_knobs_default[0];
 

@@ -110,8 +110,10 @@ typedef struct duel_knob_value {
     char text[64];  /* CHOICE (and the raw text, cut to 63 bytes, for every type) */
 } duel_knob_value;
 
-/* The knobs of duel:knobs (DESIGN.md section 8): strategy, M, temperature, top_p,
- * max_new_tokens, beta, gamma. */
+/* The knobs of duel:knobs (DESIGN.md section 8). Serving: strategy, M, temperature, top_p,
+ * top_k, max_new_tokens, arena_fraction. Trainer (same ranges as trainer/online_trainer.c):
+ * loss, beta, gamma, lr_scale, clip_norm, publish_every_seconds, batch_size, publish_every,
+ * checkpoint_every, burn_in. docs/CONFIG.md lists them with their ranges. */
 extern const duel_knob_spec duel_knobs_default[];
 extern const size_t duel_knobs_default_count;
 
