@@ -58,6 +58,7 @@ typedef struct generator {
     duel_strategy strategy;
     double beta;          /* pilaf */
     model *reference;     /* --reference: the frozen reference (owned), or NULL: the model */
+    model *arena;         /* --arena-model: arena's second arm (owned), or NULL */
 } generator;
 
 /* What the engine's DUEL_READY event said. */
@@ -67,6 +68,7 @@ typedef struct duel_outcome {
     duel_placement placement;
     double regret_estimate;
     bool pilaf_mixed;
+    int arena_split;    /* arena: candidates from it on are --arena-model's */
     double features_ms, score_ms, select_ms;
 } duel_outcome;
 
@@ -91,6 +93,7 @@ static void generator_free(generator *g) {
     engine_destroy(g->engine); /* before the model and ERM it borrows */
     erm_free(g->erm);
     model_free(g->reference);
+    model_free(g->arena);
     model_free(g->model);
     tokenizer_free(g->tok);
     memset(g, 0, sizeof *g);
@@ -103,12 +106,18 @@ static int generator_start_engine(generator *g, int candidates, int max_new, due
     size_t per_token = 2 * (size_t)c->num_layers * (size_t)c->num_kv_heads * (size_t)c->head_dim *
                        sizeof(float);
     int answer = max_new < g->context ? max_new : g->context;
-    size_t tokens = (size_t)g->context + (size_t)(candidates - 1) * (size_t)answer +
+    size_t tokens = (size_t)g->context * (g->arena ? 2 : 1) + /* arena: a prompt per arm */
+                    (size_t)(candidates - 1) * (size_t)answer +
                     (size_t)candidates * 2 * KV_BLOCK_SIZE;
-    engine_model_params arms[2] = {{.arm = "default", .model = g->model, .tokenizer = g->tok},
-                                   {.arm = "reference", .model = g->reference, .tokenizer = NULL}};
+    engine_model_params arms[3] = {{.arm = "default", .model = g->model, .tokenizer = g->tok}};
+    int n_arms = 1;
+    if (g->reference)
+        arms[n_arms++] = (engine_model_params){.arm = "reference", .model = g->reference};
+    if (g->arena) /* shares the model's tokenizer (same vocabulary, checked at load) */
+        arms[n_arms++] = (engine_model_params){.arm = "arena", .model = g->arena,
+                                               .tokenizer = g->tok};
     engine_params ep = {.models = arms,
-                        .num_models = g->reference ? 2 : 1,
+                        .num_models = n_arms,
                         .reference_arm = g->reference ? "reference" : NULL,
                         .kv_memory_bytes = tokens * per_token,
                         .max_candidates = GENERATE_MAX_CANDIDATES,
@@ -261,7 +270,8 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
                           .want_progress = candidates == 1 && out != NULL,
                           .duel = duel != NULL,
                           .strategy = g->strategy,
-                          .pilaf_beta = g->beta};
+                          .pilaf_beta = g->beta,
+                          .arena_arm = g->arena ? "arena" : NULL};
     uint64_t id;
     int rc = engine_submit(g->engine, &req, &id, err);
     if (rc) {
@@ -286,6 +296,7 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
                         rc = rc ? rc : duel_error_set(err, DUEL_ENOMEM, "out of memory");
                 }
                 duel->pilaf_mixed = ev->pilaf_mixed;
+                duel->arena_split = ev->arena_split;
                 duel->pair = ev->pair;
                 duel->placement = ev->placement;
                 duel->regret_estimate = ev->regret_estimate;
@@ -434,6 +445,8 @@ static void print_candidates(const generated_answer *answers, int m, const duel_
         fprintf(out, "=== candidate %d: %d tokens, logprob %.4f", i, answers[i].tokens,
                 answers[i].logprob_sum);
         if (duel && duel->mean) fprintf(out, ", mean reward %.6f", duel->mean[i]);
+        if (duel && duel->arena_split)
+            fprintf(out, ", from %s", i < duel->arena_split ? "--model" : "--arena-model");
         fprintf(out, ", stop: %s ===\n", answers[i].stop_reason);
         utf8_stream stream;
         utf8_stream_init(&stream, isatty(fileno(out)));
@@ -450,7 +463,7 @@ typedef struct generate_options {
     double temperature, top_p;
     long long top_k, seed, max_new_tokens, context, n;
     bool seed_given, n_given, duel;
-    const char *strategy, *erm_path, *reference;
+    const char *strategy, *erm_path, *reference, *arena_model;
     double beta;
 } generate_options;
 
@@ -575,13 +588,17 @@ int cmd_generate(int argc, char **argv) {
          "score the candidates (--n, default 8) with an ERM and print the chosen pair, its "
          "placement and the estimated regret R-hat", 0, 0, false, NULL},
         {"--strategy", CLI_OPT_STRING, &o.strategy, "S",
-         "--duel selection: ee_ts (default), bai_ts, uncertainty, passive, bon or pilaf (M = 2)",
+         "--duel selection: ee_ts (default), bai_ts, uncertainty, passive, bon, pilaf (M = 2) or "
+         "arena (--arena-model)",
          0, 0, false, NULL},
         {"--reference", CLI_OPT_STRING, &o.reference, "DIR",
          "--duel: the frozen reference model (ERM features, pilaf); default: the model itself",
          0, 0, false, NULL},
         {"--beta", CLI_OPT_DOUBLE, &o.beta, "F",
          "--strategy pilaf: beta of the mixed logits (default 0.1)", 0, 1e6, false, NULL},
+        {"--arena-model", CLI_OPT_STRING, &o.arena_model, "DIR",
+         "--strategy arena: the second model (same tokenizer and KV shape); --n/2 candidates "
+         "from each, one answer from each", 0, 0, false, NULL},
         {"--erm", CLI_OPT_STRING, &o.erm_path, "FILE",
          "--duel: the ERM (erm.safetensors); default: one freshly initialised from the seed", 0,
          0, false, NULL},
@@ -602,7 +619,10 @@ int cmd_generate(int argc, char **argv) {
         "candidate's mean reward, the pair chosen by --strategy with its left/right placement,\n"
         "and the estimated regret R-hat. --strategy pilaf decodes 2 candidates in lockstep with\n"
         "the --reference model: plain policy samples, or (with probability 1/2) y+ and y- from\n"
-        "the logits (1+beta) h - beta h_ref and (1-beta) h + beta h_ref.",
+        "the logits (1+beta) h - beta h_ref and (1-beta) h + beta h_ref. --strategy arena\n"
+        "decodes --n/2 candidates with --model (seeds seed..) and --n/2 with --arena-model (seeds\n"
+        "seed + n/2..) in one batch, scores all on the reference, and pairs each model's best\n"
+        "by mean reward ('from --model' / 'from --arena-model' on each candidate).",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
@@ -616,8 +636,8 @@ int cmd_generate(int argc, char **argv) {
         return cli_usage_error(&cmd, "--system is not valid UTF-8 (byte %zu)", bad);
     if (o.interactive && o.n_given)
         return cli_usage_error(&cmd, "--n takes one --prompt, not --interactive");
-    if ((o.strategy || o.erm_path || o.reference) && !o.duel)
-        return cli_usage_error(&cmd, "--strategy, --erm and --reference need --duel");
+    if ((o.strategy || o.erm_path || o.reference || o.arena_model) && !o.duel)
+        return cli_usage_error(&cmd, "--strategy, --erm, --reference and --arena-model need --duel");
     duel_strategy strategy = DUEL_STRATEGY_DEFAULT;
     if (o.duel) {
         if (o.interactive) return cli_usage_error(&cmd, "--duel takes one --prompt, not --interactive");
@@ -632,7 +652,16 @@ int cmd_generate(int argc, char **argv) {
             return cli_usage_error(&cmd, "--strategy pilaf uses no ERM (--erm)");
         if (!o.n_given) o.n = pilaf ? 2 : 8;
         if (o.n < 2) return cli_usage_error(&cmd, "--duel needs --n of at least 2 (got %lld)", o.n);
-        if (!pilaf && !duel_strategy_uses_rewards(strategy))
+        bool arena = strategy == DUEL_STRATEGY_ARENA;
+        if (arena != (o.arena_model != NULL))
+            return cli_usage_error(&cmd, arena ? "--strategy arena needs --arena-model DIR"
+                                               : "--arena-model needs --strategy arena");
+        if (arena && o.n % 2)
+            return cli_usage_error(&cmd,
+                                   "--strategy arena splits --n between two models: it must be "
+                                   "even (got %lld)",
+                                   o.n);
+        if (!pilaf && !arena && !duel_strategy_uses_rewards(strategy))
             return cli_usage_error(&cmd,
                                    "--strategy %s is not supported by generate --duel (it does "
                                    "not choose among one set of candidates)",
@@ -671,6 +700,26 @@ int cmd_generate(int argc, char **argv) {
                                                              : "is not a directory");
         else
             rc = model_load(o.reference, &g.reference, &err);
+        if (rc) {
+            fprintf(stderr, "duel generate: %s\n", err.message);
+            generator_free(&g);
+            return CLI_EXIT_FAILURE;
+        }
+    }
+    if (o.arena_model) {
+        struct stat ast;
+        if (stat(o.arena_model, &ast) != 0 || !S_ISDIR(ast.st_mode))
+            rc = duel_error_set(&err, DUEL_ENOTFOUND, "arena model directory '%s' %s",
+                                o.arena_model,
+                                stat(o.arena_model, &ast) != 0 ? "does not exist"
+                                                               : "is not a directory");
+        else
+            rc = model_load(o.arena_model, &g.arena, &err);
+        if (rc == 0 && model_output_size(g.arena) != model_output_size(g.model))
+            rc = duel_error_set(&err, DUEL_EINVAL,
+                                "--arena-model has %d logits, --model %d: they must share the "
+                                "tokenizer",
+                                model_output_size(g.arena), model_output_size(g.model));
         if (rc) {
             fprintf(stderr, "duel generate: %s\n", err.message);
             generator_free(&g);
@@ -746,6 +795,13 @@ int cmd_generate(int argc, char **argv) {
                            duel.pilaf_mixed ? "mixed: candidate 0 is y+, 1 is y-"
                                             : "plain: two policy samples",
                            duel.placement.a, duel.placement.b,
+                           duel.placement.side_swap ? "yes" : "no");
+                } else if (o.duel && strategy == DUEL_STRATEGY_ARENA) {
+                    int a = duel.placement.a, b = duel.placement.b;
+                    printf("=== duel (arena): a = candidate %d (left, from %s), b = candidate %d "
+                           "(right, from %s), side swap: %s ===\n",
+                           a, a < duel.arena_split ? "--model" : "--arena-model", b,
+                           b < duel.arena_split ? "--model" : "--arena-model",
                            duel.placement.side_swap ? "yes" : "no");
                 } else if (o.duel) {
                     printf("=== duel (%s): a = candidate %d (left), b = candidate %d (right), "

@@ -65,7 +65,7 @@ expect 0 '--max-new-tokens' -- help generate
 echo "== --help of every command documents every flag"
 declare -A FLAGS=(
     [info]="--json"
-    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --erm"
+    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --arena-model --erm"
     [bench forward]="--model --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
     [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
 )
@@ -189,7 +189,9 @@ pass
 
 # --duel: M candidates scored by an ERM (fresh from the seed without --erm), the pair, R-hat.
 expect 2 -- '--strategy: unknown duel strategy "foo"' -- generate --model "$MODEL" --prompt hi --duel --strategy foo
-expect 2 -- '--strategy arena is not supported' -- generate --model "$MODEL" --prompt hi --duel --strategy arena
+expect 2 -- '--strategy arena needs --arena-model DIR' -- generate --model "$MODEL" --prompt hi --duel --strategy arena
+expect 2 -- '--arena-model needs --strategy arena' -- generate --model "$MODEL" --prompt hi --duel --arena-model "$MODEL"
+expect 2 -- 'it must be even (got 3)' -- generate --model "$MODEL" --prompt hi --duel --strategy arena --arena-model "$MODEL" --n 3
 expect 2 -- '--duel needs --n of at least 2' -- generate --model "$MODEL" --prompt hi --duel --n 1
 expect 2 -- '--strategy, --erm and --reference need --duel' -- generate --model "$MODEL" --prompt hi --strategy bon
 expect 2 -- '--strategy pilaf decodes 2 candidates' -- generate --model "$MODEL" --prompt hi --duel --strategy pilaf --n 3
@@ -226,6 +228,14 @@ done
 gen --prompt "The cat sat on" --seed 8 "${hot[@]}" --duel --strategy pilaf --beta 2 --reference "$TMP/ref-model" >"$TMP/p2.out" 2>/dev/null
 cmp -s "$TMP/p1.out" "$TMP/p2.out" || fail "pilaf: same seed, different output"
 grep -q mixed <<<"$modes" && grep -q plain <<<"$modes" || fail "pilaf modes over 8 seeds:$modes"
+# arena: half the candidates from each model, one answer from each.
+gen --prompt "The cat sat on" --seed 5 "${hot[@]}" --n 4 --duel --strategy arena --arena-model "$TMP/ref-model" \
+    >"$TMP/a1.out" 2>"$TMP/a1.err" || fail "arena failed: $(cat "$TMP/a1.err")"
+[ "$(grep -cE '^=== candidate [01]: .*, from --model, stop: ' "$TMP/a1.out")" -eq 2 ] \
+    && [ "$(grep -cE '^=== candidate [23]: .*, from --arena-model, stop: ' "$TMP/a1.out")" -eq 2 ] \
+    || fail "arena: candidates not split between the models: $(cat "$TMP/a1.out")"
+grep -qE '^=== duel \(arena\): a = candidate ([01] \(left, from --model\), b = candidate [23] \(right, from --arena-model\)|[23] \(left, from --arena-model\), b = candidate [01] \(right, from --model\)), side swap: (yes|no) ===$' "$TMP/a1.out" \
+    || fail "arena: no pair line with one answer from each model: $(cat "$TMP/a1.out")"
 # The candidates are those of --n alone (same seeds): the duel only adds scoring.
 sed -E 's/, mean reward -?[0-9.]+//' "$TMP/d1.out" | grep -v '^=== duel' >"$TMP/d3.out"
 gen --prompt "The cat sat on" --seed 7 "${hot[@]}" --n 4 >"$TMP/d4.out" 2>/dev/null
