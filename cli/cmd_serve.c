@@ -74,7 +74,9 @@ int cmd_serve(int argc, char **argv) {
         {"--erm", CLI_OPT_STRING, &erm_path, "FILE",
          "ERM ensemble (erm.safetensors); default: a fresh seeded one", 0, 0, false, NULL},
         {"--strategy", CLI_OPT_STRING, &strategy, "NAME",
-         "pair selection: ee_ts (default), bai_ts, uncertainty, passive, bon", 0, 0, false, NULL},
+         "pair selection: ee_ts (default), bai_ts, uncertainty, passive, bon; arena (with "
+         "snapshots, M even): one answer from the latest snapshot, one from --model", 0, 0,
+         false, NULL},
         {"--candidates", CLI_OPT_INT, &candidates, "M", "candidates per duel (default 4)", 2, 64,
          false, NULL},
         {"--max-new-tokens", CLI_OPT_INT, &max_new_tokens, "N",

@@ -51,6 +51,7 @@ typedef struct job {
     char *prompt_text;
     long long arm;
     long long version;     /* the policy version it was submitted to (0: the base model) */
+    duel_strategy strategy;/* arena only while a snapshot is resident, else ee_ts */
     uint64_t seed;
     long long progress;
     cand *cands;
@@ -177,9 +178,16 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
                            (double)b->cfg.temperature, "top_p", (double)b->cfg.top_p, "top_k",
                            b->cfg.top_k, "max_new_tokens", b->cfg.max_new_tokens, "M", m, "seed",
                            (json_int_t)j->seed);
+    if (gp && ready->arena_split) {
+        /* Candidates [0, arena_split) are the snapshot's (policy_version), the rest the base
+         * model's (version 0). */
+        json_object_set_new(gp, "arena_split", json_integer(ready->arena_split));
+        json_object_set_new(gp, "arena_versions", json_pack("[I, I]", (json_int_t)j->version,
+                                                            (json_int_t)0));
+    }
     r->gen_params_json = gp ? json_dumps(gp, JSON_COMPACT) : NULL;
     json_decref(gp);
-    r->strategy = strdup(duel_strategy_name(b->strategy));
+    r->strategy = strdup(duel_strategy_name(j->strategy));
     r->model_id = strdup(b->model_dir);
     r->policy_version = j->version;
     r->generated_tokens = ev->counts.generated_tokens;
@@ -302,6 +310,7 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     j->request_id = req->request_id;
     j->arm = req->arm_snapshot;
     j->seed = req->seed;
+    j->strategy = b->strategy;
     engine_request er = {
         .arm = "default",
         .tokens = j->prompt,
@@ -325,6 +334,10 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     if (b->serving) {
         er.arm = b->serving->name;
         j->version = b->serving->version;
+        if (b->strategy == DUEL_STRATEGY_ARENA) er.arena_arm = "default"; /* vs the base */
+    } else if (b->strategy == DUEL_STRATEGY_ARENA) {
+        /* One arm resident (no snapshot yet): nothing to pit it against. */
+        j->strategy = er.strategy = DUEL_STRATEGY_EE_TS;
     }
     rc = engine_submit(b->engine, &er, &j->engine_id, err);
     if (rc) {
@@ -457,7 +470,21 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
     }
     if ((rc = duel_strategy_parse(cfg->strategy ? cfg->strategy : "ee_ts", &b->strategy, err)))
         goto fail;
-    if (!duel_strategy_uses_rewards(b->strategy)) {
+    if (b->strategy == DUEL_STRATEGY_ARENA) {
+        if (!cfg->snapshots) {
+            rc = duel_error_set(err, DUEL_EUNSUPPORTED,
+                                "engine backend: strategy arena pits the latest snapshot against "
+                                "the base model: it needs snapshots (duel serve --snapshots)");
+            goto fail;
+        }
+        if (b->cfg.num_candidates % 2) {
+            rc = duel_error_set(err, DUEL_EINVAL,
+                                "engine backend: arena splits M between two arms: M must be even "
+                                "(got %d)",
+                                b->cfg.num_candidates);
+            goto fail;
+        }
+    } else if (!duel_strategy_uses_rewards(b->strategy)) {
         rc = duel_error_set(err, DUEL_EUNSUPPORTED,
                             "engine backend: strategy %s is not served by this adapter yet",
                             duel_strategy_name(b->strategy));

@@ -123,7 +123,10 @@ typedef struct backend_engine_config {
     const char *erm_path;      /* NULL: a fresh ensemble from erm_seed */
     uint64_t erm_seed;
     int erm_heads;             /* 0: ERM_DEFAULT_NUM_HEADS */
-    const char *strategy;      /* "ee_ts" (default), "bai_ts", "uncertainty", "passive", "bon" */
+    const char *strategy;      /* "ee_ts" (default), "bai_ts", "uncertainty", "passive", "bon";
+                                  "arena" with snapshots (M even): M/2 candidates from the latest
+                                  snapshot, M/2 from the base model, one answer from each
+                                  (ee_ts until a snapshot is resident) */
     int num_candidates;        /* M, >= 2; 0: 4 */
     float temperature;         /* sampling; 0 is greedy */
     float top_p;

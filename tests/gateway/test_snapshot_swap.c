@@ -5,8 +5,8 @@
  * and served: votes carry the policy_version that generated their candidates, /healthz and
  * /metrics report it. A truncated model.safetensors and a meta.json hash mismatch are refused
  * (counted once, never retried) while chat keeps working on the old snapshot. A later good
- * snapshot retires the old arm (its memory is freed: LeakSanitizer checks). Skips (exit 77) when
- * models/default is missing. */
+ * snapshot retires the old arm (its memory is freed: LeakSanitizer checks). Strategy arena pits
+ * the latest snapshot against the base model. Skips (exit 77) when models/default is missing. */
 #include "gateway_test_util.h"
 
 #include "duel_backend.h"
@@ -229,6 +229,93 @@ static void test_loader_needs_hot_swap(void **state) {
     assert_null(gw);
 }
 
+
+typedef struct arena_sink {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    duel_backend_result *ready;
+    char error[256];
+    bool failed;
+} arena_sink;
+
+static void arena_sink_fn(void *ctx, duel_backend_event *ev) {
+    arena_sink *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    if (ev->kind == DUEL_BACKEND_READY) {
+        s->ready = ev->result;
+        ev->result = NULL;
+    } else if (ev->kind == DUEL_BACKEND_ERROR) {
+        s->failed = true;
+        snprintf(s->error, sizeof s->error, "%s", ev->message);
+    }
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static duel_backend_result *arena_duel(duel_backend *b, arena_sink *s, uint64_t id) {
+    duel_backend_request req = {.request_id = id, .text = "What is a lake?", .arm_snapshot = -1,
+                                .seed = 1000 + id};
+    duel_error err = {0};
+    if (b->submit(b->impl, &req, &err)) fail_msg("submit: %s", err.message);
+    pthread_mutex_lock(&s->mu);
+    while (!s->ready && !s->failed) pthread_cond_wait(&s->cv, &s->mu);
+    duel_backend_result *r = s->ready;
+    s->ready = NULL;
+    if (s->failed) fail_msg("duel failed: %s", s->error);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+/* Strategy arena in the adapter: ee_ts on the base model while it is the only arm; once a
+ * snapshot is resident, one answer from the snapshot's half of the candidates and one from the
+ * base model's half, recorded in gen_params (arena_split, arena_versions). */
+static void test_arena_against_base(void **state) {
+    (void)state;
+    backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 4,
+                                 .temperature = 1.0f, .top_p = 1.0f, .max_new_tokens = 12,
+                                 .kv_memory_bytes = 16u << 20, .snapshots = true,
+                                 .strategy = "arena"};
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    arena_sink s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    assert_int_equal(b.start(b.impl, arena_sink_fn, &s, &err), 0);
+    duel_backend_result *r = arena_duel(&b, &s, 1);
+    assert_string_equal(r->strategy, "ee_ts");
+    assert_int_equal(r->policy_version, 0);
+    duel_backend_result_free(r);
+    char data[512], dir[1024];
+    test_make_temp_dir("arena-data", data, sizeof data);
+    write_snapshot(data, 1, 0.2, dir, sizeof dir);
+    if (b.install_snapshot(b.impl, 1, dir, &err)) fail_msg("install: %s", err.message);
+    assert_int_equal(b.serving_version(b.impl), 1);
+    for (uint64_t id = 2; id < 6; id++) {
+        r = arena_duel(&b, &s, id);
+        assert_string_equal(r->strategy, "arena");
+        assert_int_equal(r->policy_version, 1);
+        assert_int_equal(r->num_candidates, 4);
+        int lo = r->cand_a < r->cand_b ? r->cand_a : r->cand_b;
+        int hi = r->cand_a < r->cand_b ? r->cand_b : r->cand_a;
+        assert_true(lo < 2 && hi >= 2); /* one from each arm */
+        json_t *gp = json_loads(r->gen_params_json, 0, NULL);
+        assert_int_equal(json_integer_value(json_object_get(gp, "arena_split")), 2);
+        json_t *versions = json_object_get(gp, "arena_versions");
+        assert_int_equal(json_integer_value(json_array_get(versions, 0)), 1);
+        assert_int_equal(json_integer_value(json_array_get(versions, 1)), 0);
+        json_decref(gp);
+        duel_backend_result_free(r);
+    }
+    b.destroy(b.impl);
+    /* Refused without snapshots (one arm) and with an odd M. */
+    cfg.snapshots = false;
+    assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EUNSUPPORTED);
+    assert_non_null(strstr(err.message, "needs snapshots"));
+    cfg.snapshots = true;
+    cfg.num_candidates = 3;
+    assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "M must be even"));
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     snprintf(model_dir, sizeof model_dir, "%s/models/default", test_env("DUEL_SOURCE_DIR", "."));
@@ -241,6 +328,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loader_needs_hot_swap),
         cmocka_unit_test(test_hot_swap_through_gateway),
+        cmocka_unit_test(test_arena_against_base),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
