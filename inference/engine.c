@@ -594,6 +594,11 @@ done:;
         /* Ended before the event is visible, so that a cancel after it reports "finished". */
         set_state(e, a->id, ENGINE_STATE_ENDED);
         remove_active(e, a);
+        pthread_mutex_lock(&e->lock);
+        if (!ev || ev->kind == ENGINE_EVENT_ERROR) e->stats.requests_failed++;
+        else if (ev->kind == ENGINE_EVENT_CANCELLED) e->stats.requests_cancelled++;
+        else e->stats.requests_finished++;
+        pthread_mutex_unlock(&e->lock);
     }
     if (ev) push_event(e, ev);
     if (ended) { /* after the request's last event */
@@ -997,9 +1002,9 @@ static void update_stats(engine *e) {
     o->preemptions = ss.preemptions;
     o->cached_tokens = ss.cached_tokens;
     o->requests_submitted = ss.requests_submitted;
-    o->requests_finished = ss.requests_finished;
-    o->requests_cancelled = ss.requests_cancelled;
-    o->requests_failed = ss.requests_failed;
+    /* requests_finished/cancelled/failed are counted by on_sched_event as it pushes each
+     * request's last event (so they agree with the events a caller has seen; an arena request
+     * is two scheduler requests but one engine request). */
     o->running = ss.running;
     o->waiting = ss.waiting;
     o->active_requests = ss.active_requests;

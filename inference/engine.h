@@ -243,7 +243,9 @@ void engine_event_free(engine_event *event);
 
 typedef struct engine_stats {
     uint64_t steps, tokens, decode_tokens, preemptions, cached_tokens;
-    uint64_t requests_submitted, requests_finished, requests_cancelled, requests_failed;
+    uint64_t requests_submitted; /* scheduler requests (an arena request is two) */
+    uint64_t requests_finished, requests_cancelled, requests_failed; /* engine requests, counted
+                                  as their last event is pushed (FINISHED, CANCELLED, ERROR) */
     int running, waiting, active_requests;
     int32_t kv_blocks, kv_free_blocks, kv_cached_blocks, kv_used_blocks;
     size_t kv_bytes_per_token; /* K and V of one token over all layers */
