@@ -614,3 +614,22 @@ void cpu_matmul_skinny_isa(cpu_isa isa, float *out, const float *in, const float
 #endif
     skinny_scalar(out, in, weight, bias, n, in_dim, out_dim, out_begin, out_end, accumulate);
 }
+
+double cpu_sum_exp(const float *x, int n, float shift) {
+    int i = 0;
+    double total = 0.0;
+#ifdef CPU_OPS_AVX2
+    __m256 vs = _mm256_set1_ps(shift);
+    __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+    for (; i + 8 <= n; i += 8) {
+        __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), vs));
+        a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(e)));
+        a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(e, 1)));
+    }
+    double lanes[4];
+    _mm256_storeu_pd(lanes, _mm256_add_pd(a0, a1));
+    total = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+#endif
+    for (; i < n; i++) total += exp((double)x[i] - (double)shift);
+    return total;
+}

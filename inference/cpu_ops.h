@@ -100,6 +100,11 @@ void cpu_gelu_forward(float *x, size_t count, bool tanh_approx);
  * half. */
 void cpu_bf16_to_f32(float *out, const void *src, size_t n);
 
+/* sum of exp(x[i] - shift) over n floats, accumulated in double: a log-softmax's normaliser
+ * over a whole vocabulary (shift = the maximum). exp runs in f32 (about 1 ulp, the AVX2 path);
+ * an element below shift - 87.3 counts as FLT_MIN instead of 0, far below the maximum's 1. */
+double cpu_sum_exp(const float *x, int n, float shift);
+
 /* x[i] += y[i]. */
 void cpu_add_forward(float *x, const float *y, size_t count);
 

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
+#include "cpu_ops.h"
+
 /* Highest temperature accepted; beyond it the distribution is uniform for all practical uses. */
 #define SAMPLER_MAX_TEMPERATURE 100.0f
 /* Logit margin (in units of logit/temperature) used to pre-select top-p candidates before
@@ -224,8 +226,7 @@ int32_t sampler_sample(const float *logits, int vocab_size, const sampler_params
     }
 
     if (logprob_out) {
-        double max = logits[best], total = 0.0;
-        for (int i = 0; i < vocab_size; i++) total += exp((double)logits[i] - max);
+        double max = logits[best], total = cpu_sum_exp(logits, vocab_size, logits[best]);
         *logprob_out = (float)((double)logits[chosen] - max - log(total));
     }
     return chosen;

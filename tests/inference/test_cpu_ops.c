@@ -183,6 +183,27 @@ static void test_matmul_skinny(void **state) {
     }
 }
 
+/* cpu_sum_exp (the sampler's log-softmax normaliser) against exp in double: lengths around the
+ * vector width, a -inf entry (a masked token), shift at the maximum. */
+static void test_sum_exp(void **state) {
+    (void)state;
+    const int lens[] = {1, 7, 8, 9, 100, 49152};
+    for (size_t k = 0; k < sizeof lens / sizeof *lens; k++) {
+        int n = lens[k];
+        duel_rng rng;
+        duel_rng_seed(&rng, 900 + (uint64_t)n);
+        float *x = rand_floats(&rng, (size_t)n, 4, 0);
+        if (n > 3) x[3] = -INFINITY;
+        float max = -INFINITY;
+        for (int i = 0; i < n; i++) max = x[i] > max ? x[i] : max;
+        double ref = 0;
+        for (int i = 0; i < n; i++) ref += exp((double)x[i] - (double)max);
+        double got = cpu_sum_exp(x, n, max);
+        if (!(fabs(got - ref) < 1e-6 * ref)) fail_msg("n %d: %.9g, reference %.9g", n, got, ref);
+        free(x);
+    }
+}
+
 /* Independent transcription of transformers' _compute_llama3_parameters for one frequency. */
 static double ref_llama3(double f, double factor, double low, double high, double old_ctx) {
     double wavelen = 2 * M_PI / f;
@@ -405,6 +426,7 @@ int main(void) {
         cmocka_unit_test(test_embedding), cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_layernorm), cmocka_unit_test(test_matmul),
         cmocka_unit_test(test_matmul_skinny),
+        cmocka_unit_test(test_sum_exp),
         cmocka_unit_test(test_rope_inv_freq), cmocka_unit_test(test_rope),
         cmocka_unit_test(test_attention), cmocka_unit_test(test_swiglu),
         cmocka_unit_test(test_gelu), cmocka_unit_test(test_bf16_to_f32),
