@@ -19,6 +19,7 @@
 #include "online_trainer.h"
 #include "stream_consumer.h"
 #include "timer.h"
+#include "weight_transport.h"
 
 int cmd_train_service(int argc, char **argv);
 
@@ -26,6 +27,8 @@ typedef struct train_service_config {
     online_trainer_options trainer;
     stream_consumer_options consumer;
     char model_path[4096], model_id[256], erm_path[4096], host[256], consumer_name[128], loss[16];
+    char transport[16];
+    int transport_device, nccl_world_size;
 } train_service_config;
 
 static int check_keys(json_t *section, const char *name, const char *const *keys, const char *src,
@@ -59,7 +62,8 @@ static int load_config(const char *path, train_service_config *c, duel_error *er
                                                "total_steps", "clip_norm", "weight_decay", "publish_every",
                                                "max_deliveries", "seed", "consumer", "recent_vote_ids", "burn_in",
                                                "gamma", "synthetic_store", "checkpoint_every",
-                                               "publish_every_seconds", NULL};
+                                               "publish_every_seconds", "weight_transport", "transport_device",
+                                               "nccl_world_size", NULL};
     static const char *const redis_keys[] = {"host", "port", NULL};
     json_t *model = json_object_get(root, "model"), *erm = json_object_get(root, "erm");
     json_t *tr = json_object_get(root, "trainer"), *redis = json_object_get(root, "redis");
@@ -113,6 +117,14 @@ static int load_config(const char *path, train_service_config *c, duel_error *er
             (rc = duel_json_get_double(tr, "publish_every_seconds", &o->publish_every_seconds, path, err)) == 0 &&
             !(o->gamma > 0 && o->gamma <= 1))
             rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.gamma must be in (0, 1]", path);
+        if (rc == 0 &&
+            (rc = duel_json_get_string(tr, "weight_transport", c->transport, sizeof c->transport, path, err)) == 0 &&
+            (rc = get_int_option(tr, "transport_device", 0, 1 << 20, &c->transport_device, path, err)) == 0)
+            rc = get_int_option(tr, "nccl_world_size", 2, 1 << 20, &c->nccl_world_size, path, err);
+        weight_transport_kind kind;
+        if (rc == 0 && weight_transport_kind_parse(c->transport, &kind, NULL) != 0)
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.weight_transport '%s' is not file, cuda_ipc or nccl",
+                                path, c->transport);
         if (rc == 0 && !(o->publish_every_seconds >= 0 && isfinite(o->publish_every_seconds)))
             rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.publish_every_seconds must be >= 0", path);
         o->burn_in = burn_in;
@@ -169,7 +181,8 @@ int cmd_train_service(int argc, char **argv) {
         "DIR/snapshots every trainer.publish_every updates or trainer.publish_every_seconds.\n"
         "Live knobs are read from the hash duel:knobs before every batch (loss, beta, gamma,\n"
         "lr_scale, clip_norm, batch_size, burn_in, publish_every, publish_every_seconds,\n"
-        "checkpoint_every; bad ones are logged and ignored). Status goes to the hash\n"
+        "checkpoint_every; bad ones are logged and ignored). trainer.weight_transport (file,\n"
+        "cuda_ipc, nccl) also sends each snapshot's weights to GPU servers. Status goes to the hash\n"
         "duel:trainer:status. Config keys: docs/TRAINER.md.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
@@ -178,6 +191,8 @@ int cmd_train_service(int argc, char **argv) {
     if (!c) return CLI_EXIT_FAILURE;
     online_trainer_default_options(&c->trainer);
     stream_consumer_default_options(&c->consumer);
+    snprintf(c->transport, sizeof c->transport, "file");
+    c->nccl_world_size = 2;
     snprintf(c->host, sizeof c->host, "127.0.0.1");
     duel_error err = {0};
     if (config_path && load_config(config_path, c, &err) != 0) {
@@ -213,9 +228,24 @@ int cmd_train_service(int argc, char **argv) {
     c->consumer.log = log_line;
     online_trainer *trainer = NULL;
     stream_consumer *consumer = NULL;
+    weight_transport *transport = NULL;
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     rc = online_trainer_open(&c->trainer, data_dir, &trainer, &err);
+    if (rc == 0 && strcmp(c->transport, "file") != 0) { /* file: the snapshot folder alone */
+        weight_transport_options wo;
+        weight_transport_default_options(&wo);
+        weight_transport_kind_parse(c->transport, &wo.kind, NULL);
+        wo.data_dir = data_dir;
+        wo.redis_host = c->host;
+        wo.redis_port = c->consumer.port;
+        wo.device = c->transport_device;
+        wo.rank = 0;
+        wo.world_size = c->nccl_world_size;
+        wo.num_params = train_model_num_parameters(online_trainer_policy(trainer));
+        rc = weight_transport_open(&wo, &transport, &err);
+        c->consumer.transport = transport;
+    }
     if (rc == 0) rc = stream_consumer_open(&c->consumer, trainer, &consumer, &err);
     if (rc == 0) {
         online_trainer_status s;
@@ -244,6 +274,7 @@ int cmd_train_service(int argc, char **argv) {
     }
     if (rc != 0) fprintf(stderr, "duel train: %s\n", err.message);
     stream_consumer_close(consumer);
+    weight_transport_close(transport);
     online_trainer_close(trainer);
     free(c);
     return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;

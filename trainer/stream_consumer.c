@@ -311,6 +311,12 @@ static int commit_batch(stream_consumer *c, bool apply, bool force, duel_error *
     if ((rc = flush_acks(c, err))) return rc;
     c->updates_since_checkpoint = 0;
     if (published > 0) {
+        if (c->o.transport) {
+            char dir[4096];
+            if ((rc = snapshot_path(c->data_dir, published, dir, sizeof dir, err))) return rc;
+            weight_transport_snapshot ws = {published, dir, train_model_parameter_memory(online_trainer_policy(c->trainer))};
+            if ((rc = weight_transport_send(c->o.transport, &ws, err))) return rc;
+        }
         if ((rc = register_snapshot(c, published, err))) return rc;
         c->stats.snapshots++;
     }

@@ -34,6 +34,7 @@
 
 #include "error.h"
 #include "online_trainer.h"
+#include "weight_transport.h"
 
 typedef struct stream_consumer_options {
     const char *host;        /* 127.0.0.1 */
@@ -53,6 +54,10 @@ typedef struct stream_consumer_options {
     /* Log lines (rejected knobs); called on the consumer's thread. NULL: not logged. */
     void (*log)(void *log_context, const char *line);
     void *log_context;
+    /* Where published weights go besides the snapshot folder (a sender, borrowed): each new
+     * snapshot is sent after the checkpoint that records it, before it is registered. NULL:
+     * the folder alone (the file transport). */
+    weight_transport *transport;
 } stream_consumer_options;
 
 typedef struct stream_consumer_stats {

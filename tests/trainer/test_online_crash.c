@@ -250,8 +250,50 @@ static void test_kill9_resume_is_exact(void **state) {
     redis_fixture_remove_dir(&g_redis);
 }
 
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    char *buf = calloc(1, 1 << 16);
+    size_t n = fread(buf, 1, (1 << 16) - 1, f);
+    buf[n] = '\0';
+    fclose(f);
+    return buf;
+}
+
+/* trainer.weight_transport cuda_ipc / nccl on a device that does not exist: `duel train` stops
+ * at start with the transport's "no CUDA device" error (exit status 1); an unknown kind is a
+ * config error naming the key. */
+static void test_gpu_transport_without_device(void **state) {
+    (void)state;
+    char model[1024], root[512], config[700], data[700], log[700], text[2048];
+    snprintf(model, sizeof model, "%s/test-models/tiny-llama-f32", test_env("DUEL_BUILD_DIR", "."));
+    test_make_temp_dir("online-transport", root, sizeof root);
+    snprintf(config, sizeof config, "%s/config.json", root);
+    snprintf(data, sizeof data, "%s/data", root);
+    snprintf(log, sizeof log, "%s/train.log", root);
+    assert_int_equal(redis_fixture_start(&g_redis, "online-transport"), 0);
+    const char *kinds[] = {"cuda_ipc", "nccl", "carrier_pigeon"};
+    const char *want[] = {"cuda_ipc transport: no CUDA device", "nccl transport: no CUDA device",
+                          "trainer.weight_transport 'carrier_pigeon' is not file, cuda_ipc or nccl"};
+    for (int k = 0; k < 3; k++) {
+        snprintf(text, sizeof text,
+                 "{\"model\":{\"path\":\"%s\",\"id\":\"tiny\"},\"erm\":{\"num_heads\":4,\"hidden\":32},"
+                 "\"trainer\":{\"weight_transport\":\"%s\",\"transport_device\":4096}}",
+                 model, kinds[k]);
+        test_write_file(config, text, strlen(text));
+        unlink(log);
+        assert_int_equal(wait_trainer(spawn_trainer(config, data, log)), 1);
+        char *out = read_text(log);
+        if (!strstr(out, want[k])) fail_msg("%s: log says '%s'", kinds[k], out);
+        free(out);
+    }
+    redis_fixture_stop(&g_redis);
+    redis_fixture_remove_dir(&g_redis);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_gpu_transport_without_device, stop_redis),
         cmocka_unit_test_teardown(test_kill9_resume_is_exact, stop_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
