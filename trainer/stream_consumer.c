@@ -423,11 +423,15 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
             c->pending_phase = false; /* own backlog drained: new entries from now on */
             return 0;
         }
-        /* Idle: publish overdue updates, and make every offered entry durable (the checkpoint
-         * holds a partial batch too) so that none waits for the next batch. */
+        /* Idle: publish overdue updates, and checkpoint what is applied or counted so that its
+         * entries are acknowledged now rather than at the next batch. A partial batch alone does
+         * not call for a checkpoint (its entries wait safely in this consumer's pending list;
+         * at a clean stop stream_consumer_flush writes it into the checkpoint). */
         if ((rc = refresh_knobs(c, err))) return rc;
         if (online_trainer_batch_ready(c->trainer)) return commit_batch(c, true, false, err); /* batch_size shrank */
-        if (c->num_unacked > 0 || publish_overdue(c)) return commit_batch(c, false, c->num_unacked > 0, err);
+        bool settle = c->updates_since_checkpoint > 0 ||
+                      (c->num_unacked > 0 && online_trainer_pending_pairs(c->trainer) == 0);
+        if (settle || publish_overdue(c)) return commit_batch(c, false, settle, err);
         return 0;
     }
     redisReply *pending = NULL;

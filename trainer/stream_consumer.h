@@ -6,8 +6,9 @@
  * written when due (every trainer.publish_every updates, or once publish_every_seconds have
  * passed since the last snapshot with an update unpublished: checked after each update and
  * when the stream is idle). The checkpoint is written after every snapshot, after
- * checkpoint_every updates, when the stream is idle with entries unacknowledged (a partial batch
- * is part of the checkpoint), and by stream_consumer_flush; only then are the entries it covers
+ * checkpoint_every updates, when the stream is idle after updates or counted entries (not for
+ * a partial batch alone), and by stream_consumer_flush (a partial batch is part of the
+ * checkpoint); only then are the entries it covers
  * XACKed (exactly-once effect: a crash before the XACK redelivers entries the checkpoint already
  * holds, and the trainer skips them by stream id; a crash before the checkpoint redelivers
  * entries whose updates are lost with the process, and they are applied again from the last
