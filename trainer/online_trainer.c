@@ -927,10 +927,12 @@ static int read_entries(online_trainer *t, const char *path, duel_error *err) {
     size_t at = 8;
     uint32_t n_store = 0, n_pending = 0;
     if (rc == 0 && (memcmp(buf, ENTRIES_MAGIC, 8) != 0 || get_u32(buf, len, &at, &n_store) ||
-                    get_u32(buf, len, &at, &n_pending) || n_store > (uint32_t)t->options.synthetic_store ||
+                    get_u32(buf, len, &at, &n_pending) || n_store > ONLINE_MAX_STORE ||
                     n_pending > ONLINE_MAX_BATCH || reserve_pending(t, (int)n_pending, NULL)))
         rc = duel_error_set(err, DUEL_EFORMAT, "%s: bad header, or more duels (%u) or pending pairs (%u) than "
-                            "synthetic_store and batch_size allow", path, n_store, n_pending);
+                            "%d and %d", path, n_store, n_pending, ONLINE_MAX_STORE, ONLINE_MAX_BATCH);
+    /* a store written with a larger synthetic_store keeps its newest duels */
+    const uint32_t skip = n_store > (uint32_t)t->options.synthetic_store ? n_store - (uint32_t)t->options.synthetic_store : 0;
     vote_entry_limits limits;
     online_trainer_limits(t, &limits);
     for (uint32_t k = 0; rc == 0 && k < n_store + n_pending; k++) {
@@ -955,7 +957,8 @@ static int read_entries(online_trainer *t, const char *path, duel_error *err) {
             rc = duel_error_set(err, DUEL_EFORMAT, "%s: entry %u: %s", path, k, derr.message);
             break;
         }
-        if (k < n_store) t->store[t->store_count++] = e;
+        if (k < skip) vote_entry_free(&e);
+        else if (k < n_store) t->store[t->store_count++] = e;
         else t->pending[t->num_pending++].entry = e;
         continue;
     truncated:

@@ -281,6 +281,13 @@ static void test_checkpoint_resume_is_exact(void **state) {
     /* A byte flipped in entries.bin: the hash check refuses the checkpoint, naming the file. */
     if (online_trainer_checkpoint(b, &err)) fail_msg("%s", err.message);
     online_trainer_close(b);
+    /* A smaller synthetic_store after a restart keeps the newest duels. */
+    online_trainer_options smaller = o;
+    smaller.synthetic_store = 5;
+    if (online_trainer_open(&smaller, dir, &b, &err)) fail_msg("%s", err.message);
+    online_trainer_get_status(b, &after);
+    assert_int_equal(after.stored_duels, 5);
+    online_trainer_close(b);
     char path[700];
     snprintf(path, sizeof path, "%s/trainer/checkpoint/entries.bin", dir);
     FILE *f = fopen(path, "r+b");
