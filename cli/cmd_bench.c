@@ -393,6 +393,7 @@ done:
 int bench_engine(int argc, char **argv); /* cmd_bench_engine.c */
 
 int bench_trainer(int argc, char **argv); /* cmd_bench_trainer.c */
+int bench_loop(int argc, char **argv);    /* cmd_bench_loop.c */
 
 static const struct {
     const char *name;
@@ -406,6 +407,7 @@ static const struct {
      bench_engine},
     {"train", "training tokens/s and DPO pairs/s on the CPU, as fractions of sgemm", bench_train},
     {"trainer", "online trainer: votes applied per second through a real Redis stream", bench_trainer},
+    {"loop", "the learning loop: serving, oracle votes, duel train, hot-swap; latency and win rate", bench_loop},
 };
 
 static void print_bench_help(FILE *out) {

@@ -22,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_redis.h"
 #include "cli.h"
 #include "online_trainer.h"
 #include "rng.h"
@@ -29,90 +30,6 @@
 #include "timer.h"
 
 int bench_trainer(int argc, char **argv);
-
-typedef struct bench_redis {
-    pid_t pid; /* 0: not ours */
-    char host[256];
-    int port;
-    char dir[512];
-} bench_redis;
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* CPU seconds (user + system) of this process and its threads so far. */
-static double cpu_seconds(void) {
-    struct rusage u;
-    if (getrusage(RUSAGE_SELF, &u) != 0) return 0;
-    return (double)u.ru_utime.tv_sec + 1e-6 * (double)u.ru_utime.tv_usec + (double)u.ru_stime.tv_sec +
-           1e-6 * (double)u.ru_stime.tv_usec;
-}
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {0};
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t len = sizeof a;
-    int port = -1;
-    if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 && getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-        port = ntohs(a.sin_port);
-    if (fd >= 0) close(fd);
-    return port;
-}
-
-static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st, (void)flag, (void)ftw;
-    remove(path);
-    return 0;
-}
-
-/* Starts redis-server (no persistence) in a fresh folder under tmp and waits for PING. */
-static int redis_start(bench_redis *r, const char *tmp, duel_error *err) {
-    snprintf(r->dir, sizeof r->dir, "%s/duel-bench-trainer-XXXXXX", tmp);
-    if (!mkdtemp(r->dir)) return duel_error_set(err, DUEL_EIO, "%s: cannot create: %s", r->dir, strerror(errno));
-    snprintf(r->host, sizeof r->host, "127.0.0.1");
-    if ((r->port = free_port()) < 0) return duel_error_set(err, DUEL_EIO, "no free loopback port");
-    char port[16], log[600];
-    snprintf(port, sizeof port, "%d", r->port);
-    snprintf(log, sizeof log, "%s/redis.log", r->dir);
-    r->pid = fork();
-    if (r->pid < 0) return duel_error_set(err, DUEL_EIO, "fork failed: %s", strerror(errno));
-    if (r->pid == 0) {
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", r->dir, "--save", "",
-               "--appendonly", "no", "--logfile", log, (char *)NULL);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        redisContext *c = redisConnect(r->host, r->port);
-        if (c && !c->err) {
-            redisReply *rep = redisCommand(c, "PING");
-            bool ok = rep && rep->type == REDIS_REPLY_STATUS;
-            if (rep) freeReplyObject(rep);
-            redisFree(c);
-            if (ok) return 0;
-        } else if (c) {
-            redisFree(c);
-        }
-        int status;
-        if (waitpid(r->pid, &status, WNOHANG) == r->pid) {
-            r->pid = 0;
-            return duel_error_set(err, DUEL_EIO, "redis-server exited at start (installed? see %s)", log);
-        }
-        sleep_ms(10);
-    }
-    return duel_error_set(err, DUEL_EIO, "redis-server did not answer on port %d", r->port);
-}
-
-static void redis_stop(bench_redis *r) {
-    if (r->pid > 0) {
-        kill(r->pid, SIGTERM);
-        waitpid(r->pid, NULL, 0);
-        r->pid = 0;
-    }
-}
 
 /* XADDs n a/b votes: M candidates, prompt 8..23 and responses 16..47 random tokens, features
  * N(0, 1) of width d_feat, choice by a random linear reward. */
@@ -227,14 +144,8 @@ int bench_trainer(int argc, char **argv) {
     char data_dir[600] = "";
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
     if (redis) {
-        const char *colon = strrchr(redis, ':');
-        char *end = NULL;
-        long port = colon ? strtol(colon + 1, &end, 10) : 0;
-        if (!colon || colon == redis || (size_t)(colon - redis) >= sizeof rs.host || !end || *end || port < 1 || port > 65535)
-            return cli_usage_error(&cmd, "--redis wants HOST:PORT, got '%s'", redis);
-        snprintf(rs.host, sizeof rs.host, "%.*s", (int)(colon - redis), redis);
-        rs.port = (int)port;
-    } else if ((rc = redis_start(&rs, tmp, &err))) {
+        if (bench_redis_parse(redis, &rs, &err)) return cli_usage_error(&cmd, "%s", err.message);
+    } else if ((rc = bench_redis_start(&rs, tmp, "duel-bench-trainer", &err))) {
         goto done;
     }
     snprintf(data_dir, sizeof data_dir, "%s/duel-bench-trainer-data-XXXXXX", tmp);
@@ -283,7 +194,7 @@ int bench_trainer(int argc, char **argv) {
     if ((rc = stream_consumer_open(&so, trainer, &consumer, &err))) goto done;
     fprintf(stderr, "applying (batch %d, gamma %g, checkpoint every %d, publish every %d updates or %g s) ...\n",
             to.batch_size, to.gamma, to.checkpoint_every, to.publish_every, to.publish_every_seconds);
-    double t0 = duel_time_seconds(), cpu0 = cpu_seconds();
+    double t0 = duel_time_seconds(), cpu0 = bench_cpu_seconds();
     stream_consumer_stats st;
     online_trainer_status s;
     for (;;) {
@@ -293,7 +204,7 @@ int bench_trainer(int argc, char **argv) {
         online_trainer_get_status(trainer, &s);
         if (n == 0 && st.acked >= votes) break; /* a partial last batch: the idle round checkpointed it */
     }
-    double elapsed = duel_time_seconds() - t0, cpu = cpu_seconds() - cpu0;
+    double elapsed = duel_time_seconds() - t0, cpu = bench_cpu_seconds() - cpu0;
     double busy = st.apply_seconds + st.checkpoint_seconds + st.snapshot_seconds;
     double applied = (double)s.prefs_applied;
     printf("online trainer on %s (CPU): %lld votes, batch %d + %d synthetic, %lld updates\n", model_dir, votes,
@@ -329,8 +240,7 @@ done:
     stream_consumer_close(consumer);
     online_trainer_close(trainer);
     if (c) redisFree(c);
-    redis_stop(&rs);
-    if (rs.dir[0] && !redis) nftw(rs.dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-    if (data_dir[0]) nftw(data_dir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    bench_redis_stop(&rs);
+    if (data_dir[0]) bench_remove_tree(data_dir);
     return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;
 }

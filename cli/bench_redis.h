@@ -1,0 +1,31 @@
+/* bench_redis.h: what the Redis-backed benchmarks (bench trainer, bench loop) share: a private
+ * redis-server on a free loopback port in a fresh folder (no persistence), --redis HOST:PORT
+ * parsing, and removing a work folder. Only cli/ uses it. */
+#ifndef DUEL_CLI_BENCH_REDIS_H
+#define DUEL_CLI_BENCH_REDIS_H
+
+#include <sys/types.h>
+
+#include "error.h"
+
+typedef struct bench_redis {
+    pid_t pid; /* 0: not ours (given with --redis) */
+    char host[256];
+    int port;
+    char dir[512]; /* our server's folder, "" when not ours */
+} bench_redis;
+
+/* Parses "HOST:PORT" into r (not ours). DUEL_EINVAL naming the text. */
+int bench_redis_parse(const char *text, bench_redis *r, duel_error *err);
+/* Starts redis-server in a fresh folder tmp/<tag>-XXXXXX and waits until it answers PING. */
+int bench_redis_start(bench_redis *r, const char *tmp, const char *tag, duel_error *err);
+/* Stops our server (SIGTERM, wait) and removes its folder; a server given with --redis is left
+ * alone. */
+void bench_redis_stop(bench_redis *r);
+/* rm -rf path (best effort). */
+void bench_remove_tree(const char *path);
+void bench_sleep_ms(int ms);
+/* CPU seconds (user + system) of this process and its threads so far. */
+double bench_cpu_seconds(void);
+
+#endif
