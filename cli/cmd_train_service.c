@@ -4,9 +4,10 @@
  * or after --idle-exit-ms without votes: a last checkpoint holds everything offered (a partial
  * batch included), then its entries are acknowledged.
  *
- * The JSON config (--config) is read here: the sections model, erm, trainer and redis with
- * strict keys (unknown keys are errors naming the path); other top-level sections belong to
- * other commands and are ignored. docs/TRAINER.md lists every key with its default. */
+ * The configuration comes from duel_config_load (common/config.h: the built-in
+ * config/default.json, --config FILE, DUEL_* variables, --set overrides; strict, unknown keys
+ * and wrong types name their dotted path); this file reads its sections model, erm, trainer and
+ * redis with every key range-checked. docs/CONFIG.md and docs/TRAINER.md list the keys. */
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -15,6 +16,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "config.h"
 #include "json_util.h"
 #include "online_trainer.h"
 #include "stream_consumer.h"
@@ -22,6 +24,8 @@
 #include "weight_transport.h"
 
 int cmd_train_service(int argc, char **argv);
+
+extern char **environ;
 
 typedef struct train_service_config {
     online_trainer_options trainer;
@@ -31,30 +35,79 @@ typedef struct train_service_config {
     int transport_device, nccl_world_size;
 } train_service_config;
 
-static int check_keys(json_t *section, const char *name, const char *const *keys, const char *src,
-                      duel_error *err) {
+/* One section of the loaded configuration; messages name the dotted path
+ * ("SOURCE: trainer.batch_size = 0 is outside [1, 4096]"). */
+typedef struct section_reader {
+    json_t *sec;
+    const char *name, *source;
+    duel_error *err;
+} section_reader;
+
+static int check_keys(const section_reader *r, const char *const *keys) {
     const char *key;
     json_t *v;
-    json_object_foreach(section, key, v) {
+    json_object_foreach(r->sec, key, v) {
         int known = 0;
         for (int i = 0; keys[i]; i++) known |= strcmp(keys[i], key) == 0;
-        if (!known) return duel_error_set(err, DUEL_EFORMAT, "%s: unknown key %s.%s", src, name, key);
+        if (!known)
+            return duel_error_set(r->err, DUEL_EFORMAT, "%s: unknown key %s.%s", r->source, r->name, key);
     }
     return 0;
 }
 
-static int get_int_option(json_t *s, const char *key, long long lo, long long hi, int *out, const char *src,
-                          duel_error *err) {
+/* Absent keys leave *out as it is (the document from duel_config_load has every key). */
+static int get_ll(const section_reader *r, const char *key, long long lo, long long hi, long long *out) {
+    json_t *v = json_object_get(r->sec, key);
+    if (!v) return 0;
+    if (!json_is_integer(v))
+        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s must be an integer", r->source, r->name, key);
+    long long x = json_integer_value(v);
+    if (x < lo || x > hi)
+        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s = %lld is outside [%lld, %lld]", r->source,
+                              r->name, key, x, lo, hi);
+    *out = x;
+    return 0;
+}
+
+static int get_int(const section_reader *r, const char *key, long long lo, long long hi, int *out) {
     long long v = *out;
-    int rc = duel_json_get_int(s, key, lo, hi, &v, src, err);
+    int rc = get_ll(r, key, lo, hi, &v);
     if (rc == 0) *out = (int)v;
     return rc;
 }
 
-static int load_config(const char *path, train_service_config *c, duel_error *err) {
-    json_t *root = NULL;
-    int rc = duel_json_load_file(path, 1 << 20, &root, err);
-    if (rc) return rc;
+/* A finite number; lo_open: lo itself is refused. */
+static int get_double(const section_reader *r, const char *key, double lo, bool lo_open, double hi, double *out) {
+    json_t *v = json_object_get(r->sec, key);
+    if (!v) return 0;
+    if (!json_is_number(v))
+        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s must be a number", r->source, r->name, key);
+    double x = json_number_value(v);
+    if (!isfinite(x) || x < lo || x > hi || (lo_open && x == lo))
+        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s = %g is outside %c%g, %g]", r->source, r->name,
+                              key, x, lo_open ? '(' : '[', lo, hi);
+    *out = x;
+    return 0;
+}
+
+static int get_string(const section_reader *r, const char *key, char *out, size_t cap) {
+    json_t *v = json_object_get(r->sec, key);
+    if (!v) return 0;
+    if (!json_is_string(v))
+        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s must be a string", r->source, r->name, key);
+    if (json_string_length(v) >= cap)
+        return duel_error_set(r->err, DUEL_ELIMIT, "%s: %s.%s is longer than %zu bytes", r->source, r->name,
+                              key, cap - 1);
+    snprintf(out, cap, "%s", json_string_value(v));
+    return 0;
+}
+
+/* Reads the sections model, erm, trainer and redis of root (the document duel_config_load
+ * assembled; source names it in messages) into c, with every key range-checked. beta_given:
+ * trainer.beta was set explicitly (file or --set); otherwise a non-default trainer.loss takes
+ * that loss's own beta. */
+static int load_config(json_t *root, const char *source, bool beta_given, train_service_config *c,
+                       duel_error *err) {
     static const char *const model_keys[] = {"path", "id", NULL};
     static const char *const erm_keys[] = {"path", "num_heads", "hidden", "lr", "weight_decay", "lambda",
                                            "min_pairs", "buffer_size", "minibatch", "adam_steps", NULL};
@@ -65,80 +118,95 @@ static int load_config(const char *path, train_service_config *c, duel_error *er
                                                "publish_every_seconds", "weight_transport", "transport_device",
                                                "nccl_world_size", NULL};
     static const char *const redis_keys[] = {"host", "port", NULL};
-    json_t *model = json_object_get(root, "model"), *erm = json_object_get(root, "erm");
-    json_t *tr = json_object_get(root, "trainer"), *redis = json_object_get(root, "redis");
-    if (!json_is_object(root)) rc = duel_error_set(err, DUEL_EFORMAT, "%s: not a JSON object", path);
-    if (rc == 0 && model) {
-        if ((rc = check_keys(model, "model", model_keys, path, err)) == 0 &&
-            (rc = duel_json_get_string(model, "path", c->model_path, sizeof c->model_path, path, err)) == 0)
-            rc = duel_json_get_string(model, "id", c->model_id, sizeof c->model_id, path, err);
-    }
-    if (rc == 0 && erm) {
+    if (!json_is_object(root)) return duel_error_set(err, DUEL_EFORMAT, "%s: not a JSON object", source);
+    int rc = 0;
+    const double big = 1e30;
+    section_reader m = {json_object_get(root, "model"), "model", source, err};
+    if (m.sec && (rc = check_keys(&m, model_keys)) == 0 &&
+        (rc = get_string(&m, "path", c->model_path, sizeof c->model_path)) == 0)
+        rc = get_string(&m, "id", c->model_id, sizeof c->model_id);
+    section_reader r = {json_object_get(root, "erm"), "erm", source, err};
+    if (rc == 0 && r.sec) {
         erm_train_options *e = &c->trainer.erm;
-        if ((rc = check_keys(erm, "erm", erm_keys, path, err)) == 0 &&
-            (rc = duel_json_get_string(erm, "path", c->erm_path, sizeof c->erm_path, path, err)) == 0 &&
-            (rc = get_int_option(erm, "num_heads", 1, ERM_MAX_NUM_HEADS, &c->trainer.erm_heads, path, err)) == 0 &&
-            (rc = get_int_option(erm, "hidden", 1, ERM_MAX_HIDDEN, &c->trainer.erm_hidden, path, err)) == 0 &&
-            (rc = duel_json_get_double(erm, "lr", &e->lr, path, err)) == 0 &&
-            (rc = duel_json_get_double(erm, "weight_decay", &e->weight_decay, path, err)) == 0 &&
-            (rc = duel_json_get_double(erm, "lambda", &e->lambda, path, err)) == 0 &&
-            (rc = get_int_option(erm, "min_pairs", 1, ERM_TRAIN_MAX_BUFFER, &e->min_pairs, path, err)) == 0 &&
-            (rc = get_int_option(erm, "buffer_size", 1, ERM_TRAIN_MAX_BUFFER, &e->buffer_capacity, path, err)) == 0 &&
-            (rc = get_int_option(erm, "minibatch", 1, ERM_TRAIN_MAX_MINIBATCH, &e->minibatch, path, err)) == 0)
-            rc = get_int_option(erm, "adam_steps", 1, 1000, &e->adam_steps, path, err);
+        if ((rc = check_keys(&r, erm_keys)) == 0 && (rc = get_string(&r, "path", c->erm_path, sizeof c->erm_path)) == 0 &&
+            (rc = get_int(&r, "num_heads", 1, ERM_MAX_NUM_HEADS, &c->trainer.erm_heads)) == 0 &&
+            (rc = get_int(&r, "hidden", 1, ERM_MAX_HIDDEN, &c->trainer.erm_hidden)) == 0 &&
+            (rc = get_double(&r, "lr", 0, false, big, &e->lr)) == 0 &&
+            (rc = get_double(&r, "weight_decay", 0, false, big, &e->weight_decay)) == 0 &&
+            (rc = get_double(&r, "lambda", 0, false, big, &e->lambda)) == 0 &&
+            (rc = get_int(&r, "min_pairs", 1, ERM_TRAIN_MAX_BUFFER, &e->min_pairs)) == 0 &&
+            (rc = get_int(&r, "buffer_size", 1, ERM_TRAIN_MAX_BUFFER, &e->buffer_capacity)) == 0 &&
+            (rc = get_int(&r, "minibatch", 1, ERM_TRAIN_MAX_MINIBATCH, &e->minibatch)) == 0)
+            rc = get_int(&r, "adam_steps", 1, 1000, &e->adam_steps);
     }
-    if (rc == 0 && tr) {
+    section_reader t = {json_object_get(root, "trainer"), "trainer", source, err};
+    if (rc == 0 && t.sec) {
         online_trainer_options *o = &c->trainer;
         long long warmup = o->warmup_steps, total = o->total_steps, seed = (long long)o->seed;
         long long burn_in = o->burn_in;
-        if ((rc = check_keys(tr, "trainer", trainer_keys, path, err)) == 0 &&
-            (rc = duel_json_get_string(tr, "loss", c->loss, sizeof c->loss, path, err)) == 0 && c->loss[0] &&
-            (rc = dap_loss_kind_parse(c->loss, &o->loss.kind, err)) == 0)
-            dap_loss_default_options(o->loss.kind, &o->loss);
-        double beta = NAN;
-        if (rc == 0 && (rc = duel_json_get_double(tr, "beta", &beta, path, err)) == 0 && !isnan(beta))
-            o->loss.beta = beta;
-        if (rc == 0 && (rc = get_int_option(tr, "batch_size", 1, ONLINE_MAX_BATCH, &o->batch_size, path, err)) == 0 &&
-            (rc = duel_json_get_double(tr, "lr", &o->lr, path, err)) == 0 &&
-            (rc = duel_json_get_double(tr, "min_lr", &o->min_lr, path, err)) == 0 &&
-            (rc = duel_json_get_int(tr, "warmup_steps", 0, 1LL << 40, &warmup, path, err)) == 0 &&
-            (rc = duel_json_get_int(tr, "total_steps", 1, 1LL << 40, &total, path, err)) == 0 &&
-            (rc = duel_json_get_double(tr, "clip_norm", &o->clip_norm, path, err)) == 0 &&
-            (rc = duel_json_get_double(tr, "weight_decay", &o->adamw.weight_decay, path, err)) == 0 &&
-            (rc = get_int_option(tr, "publish_every", 0, 1 << 30, &o->publish_every, path, err)) == 0 &&
-            (rc = get_int_option(tr, "max_deliveries", 1, 1 << 30, &c->consumer.max_deliveries, path, err)) == 0 &&
-            (rc = duel_json_get_int(tr, "seed", 0, 1LL << 62, &seed, path, err)) == 0 &&
-            (rc = duel_json_get_string(tr, "consumer", c->consumer_name, sizeof c->consumer_name, path, err)) == 0)
-            rc = get_int_option(tr, "recent_vote_ids", 1, 1000000, &o->recent_vote_ids, path, err);
-        if (rc == 0 && (rc = duel_json_get_int(tr, "burn_in", 0, 1LL << 40, &burn_in, path, err)) == 0 &&
-            (rc = duel_json_get_double(tr, "gamma", &o->gamma, path, err)) == 0 &&
-            (rc = get_int_option(tr, "synthetic_store", 1, ONLINE_MAX_STORE, &o->synthetic_store, path, err)) == 0 &&
-            (rc = get_int_option(tr, "checkpoint_every", 1, 1 << 30, &o->checkpoint_every, path, err)) == 0 &&
-            (rc = duel_json_get_double(tr, "publish_every_seconds", &o->publish_every_seconds, path, err)) == 0 &&
-            !(o->gamma > 0 && o->gamma <= 1))
-            rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.gamma must be in (0, 1]", path);
-        if (rc == 0 &&
-            (rc = duel_json_get_string(tr, "weight_transport", c->transport, sizeof c->transport, path, err)) == 0 &&
-            (rc = get_int_option(tr, "transport_device", 0, 1 << 20, &c->transport_device, path, err)) == 0)
-            rc = get_int_option(tr, "nccl_world_size", 2, 1 << 20, &c->nccl_world_size, path, err);
+        double beta = o->loss.beta;
+        if ((rc = check_keys(&t, trainer_keys)) == 0 && (rc = get_string(&t, "loss", c->loss, sizeof c->loss)) == 0 &&
+            c->loss[0] && (rc = dap_loss_kind_parse(c->loss, &o->loss.kind, err)) == 0)
+            dap_loss_default_options(o->loss.kind, &o->loss); /* that loss's beta ... */
+        if (rc == 0 && (rc = get_double(&t, "beta", 0, true, 1e6, &beta)) == 0 && beta_given)
+            o->loss.beta = beta; /* ... unless one is given */
+        if (rc == 0 && (rc = get_int(&t, "batch_size", 1, ONLINE_MAX_BATCH, &o->batch_size)) == 0 &&
+            (rc = get_double(&t, "lr", 0, false, big, &o->lr)) == 0 &&
+            (rc = get_double(&t, "min_lr", 0, false, big, &o->min_lr)) == 0 &&
+            (rc = get_ll(&t, "warmup_steps", 0, 1LL << 40, &warmup)) == 0 &&
+            (rc = get_ll(&t, "total_steps", 1, 1LL << 40, &total)) == 0 &&
+            (rc = get_double(&t, "clip_norm", 0, false, 1e6, &o->clip_norm)) == 0 &&
+            (rc = get_double(&t, "weight_decay", 0, false, big, &o->adamw.weight_decay)) == 0 &&
+            (rc = get_int(&t, "publish_every", 0, 1 << 30, &o->publish_every)) == 0 &&
+            (rc = get_int(&t, "max_deliveries", 1, 1 << 30, &c->consumer.max_deliveries)) == 0 &&
+            (rc = get_ll(&t, "seed", 0, 1LL << 62, &seed)) == 0 &&
+            (rc = get_string(&t, "consumer", c->consumer_name, sizeof c->consumer_name)) == 0 &&
+            (rc = get_int(&t, "recent_vote_ids", 1, 1000000, &o->recent_vote_ids)) == 0 &&
+            (rc = get_ll(&t, "burn_in", 0, 1LL << 40, &burn_in)) == 0 &&
+            (rc = get_double(&t, "gamma", 0, true, 1, &o->gamma)) == 0 &&
+            (rc = get_int(&t, "synthetic_store", 1, ONLINE_MAX_STORE, &o->synthetic_store)) == 0 &&
+            (rc = get_int(&t, "checkpoint_every", 1, 1 << 30, &o->checkpoint_every)) == 0 &&
+            (rc = get_double(&t, "publish_every_seconds", 0, false, 1e9, &o->publish_every_seconds)) == 0 &&
+            (rc = get_string(&t, "weight_transport", c->transport, sizeof c->transport)) == 0 &&
+            (rc = get_int(&t, "transport_device", 0, 1 << 20, &c->transport_device)) == 0)
+            rc = get_int(&t, "nccl_world_size", 2, 1 << 20, &c->nccl_world_size);
         weight_transport_kind kind;
         if (rc == 0 && weight_transport_kind_parse(c->transport, &kind, NULL) != 0)
             rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.weight_transport '%s' is not file, cuda_ipc or nccl",
-                                path, c->transport);
-        if (rc == 0 && !(o->publish_every_seconds >= 0 && isfinite(o->publish_every_seconds)))
-            rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.publish_every_seconds must be >= 0", path);
+                                source, c->transport);
         o->burn_in = burn_in;
         o->warmup_steps = warmup;
         o->total_steps = total;
         o->seed = (uint64_t)seed;
     }
-    if (rc == 0 && redis) {
-        if ((rc = check_keys(redis, "redis", redis_keys, path, err)) == 0 &&
-            (rc = duel_json_get_string(redis, "host", c->host, sizeof c->host, path, err)) == 0)
-            rc = get_int_option(redis, "port", 1, 65535, &c->consumer.port, path, err);
-    }
-    json_decref(root);
+    section_reader d = {json_object_get(root, "redis"), "redis", source, err};
+    if (rc == 0 && d.sec && (rc = check_keys(&d, redis_keys)) == 0 &&
+        (rc = get_string(&d, "host", c->host, sizeof c->host)) == 0)
+        rc = get_int(&d, "port", 1, 65535, &c->consumer.port);
     return rc;
+}
+
+/* Whether trainer.beta is set explicitly: in the file's "trainer" object or by a --set of
+ * trainer.beta or of the whole trainer object. (The loaded document always holds a beta, the
+ * default's; only an explicit one keeps a non-default loss from taking its own beta.) */
+static bool beta_given(const char *path, const char *const *sets, size_t n_sets) {
+    bool given = false;
+    for (size_t i = 0; i < n_sets && !given; i++) {
+        if (strncmp(sets[i], "trainer.beta=", 13) == 0) given = true;
+        else if (strncmp(sets[i], "trainer=", 8) == 0) {
+            json_t *v = json_loads(sets[i] + 8, JSON_DECODE_ANY, NULL);
+            given = json_is_object(v) && json_object_get(v, "beta");
+            json_decref(v);
+        }
+    }
+    if (!given && path) {
+        json_t *file = NULL;
+        duel_error ignored = {0};
+        if (duel_json_load_file(path, DUEL_CONFIG_MAX_BYTES, &file, &ignored) == 0)
+            given = json_object_get(json_object_get(file, "trainer"), "beta") != NULL;
+        json_decref(file);
+    }
+    return given;
 }
 
 static void log_line(void *context, const char *line) {
@@ -153,25 +221,31 @@ static void on_signal(int sig) {
     g_stop = 1;
 }
 
-int cmd_train_service(int argc, char **argv) {
+/* argv[0] is a placeholder (duel_config_take_sets reads argv[1..argc), a main-style vector);
+ * the options are argv[1..argc). */
+static int train_service_run(int argc, char **argv) {
     const char *redis = NULL, *config_path = NULL, *data_dir = "data", *model = NULL;
+    const char *set_doc = NULL; /* --set never reaches cli_parse (duel_config_take_sets); listed for --help */
     long long idle_exit_ms = 0;
     bool quiet = false;
     const cli_option options[] = {
-        {"--redis", CLI_OPT_STRING, &redis, "HOST:PORT", "Redis address (default: config redis.*, else "
-         "127.0.0.1:6379)", 0, 0, false, NULL},
-        {"--config", CLI_OPT_STRING, &config_path, "FILE", "JSON config: sections model, erm, trainer, redis",
-         0, 0, false, NULL},
+        {"--redis", CLI_OPT_STRING, &redis, "HOST:PORT", "Redis address (default: redis.host:redis.port of "
+         "the configuration, 127.0.0.1:6379)", 0, 0, false, NULL},
+        {"--config", CLI_OPT_STRING, &config_path, "FILE", "JSON configuration (docs/CONFIG.md; default: the "
+         "built-in config/default.json values); this command reads model, erm, trainer, redis", 0, 0, false,
+         NULL},
+        {"--set", CLI_OPT_STRING, &set_doc, "SECTION.KEY=VALUE", "override one configuration key, repeatable, "
+         "applied in order after --config and DUEL_* (e.g. --set trainer.lr=2e-4)", 0, 0, false, NULL},
         {"--data-dir", CLI_OPT_STRING, &data_dir, "DIR", "checkpoint and snapshots/ (default ./data)", 0, 0,
          false, NULL},
-        {"--model", CLI_OPT_STRING, &model, "DIR", "initial policy (HF folder); overrides model.path", 0, 0,
-         false, NULL},
+        {"--model", CLI_OPT_STRING, &model, "DIR", "initial policy (HF folder); overrides model.path (default "
+         "models/default)", 0, 0, false, NULL},
         {"--idle-exit-ms", CLI_OPT_INT, &idle_exit_ms, "MS", "exit after MS without new votes (default 0: "
          "run until SIGINT/SIGTERM)", 0, 1e9, false, NULL},
         {"--quiet", CLI_OPT_FLAG, &quiet, NULL, "no per-update log lines", 0, 0, false, NULL},
     };
     const cli_command cmd = {
-        "train", "[--redis HOST:PORT] [--config FILE] [--data-dir DIR] [options]",
+        "train", "[--redis HOST:PORT] [--config FILE] [--set SECTION.KEY=VALUE]... [--data-dir DIR] [options]",
         "The online trainer: reads votes from the Redis stream duel:prefs (consumer group trainers),\n"
         "updates the ERM ensemble and the policy (DPO/IPO/SLiC/SimPO) per batch of trainer.batch_size\n"
         "real pairs, plus ERM-labelled synthetic pairs (SEA mixture, fraction 1-trainer.gamma) once\n"
@@ -183,19 +257,41 @@ int cmd_train_service(int argc, char **argv) {
         "lr_scale, clip_norm, batch_size, burn_in, publish_every, publish_every_seconds,\n"
         "checkpoint_every; bad ones are logged and ignored). trainer.weight_transport (file,\n"
         "cuda_ipc, nccl) also sends each snapshot's weights to GPU servers. Status goes to the hash\n"
-        "duel:trainer:status. Config keys: docs/TRAINER.md.",
+        "duel:trainer:status.\n"
+        "Configuration (docs/CONFIG.md): the built-in defaults (config/default.json), then --config\n"
+        "FILE (strict: an unknown key or a wrong type is an error naming its dotted path), then\n"
+        "DUEL_REDIS=HOST:PORT, then each --set in order; --redis and --model win over all of them.\n"
+        "Without --model and model.path the policy is models/default (relative to the working\n"
+        "directory).",
         options, sizeof options / sizeof options[0]};
+    const char *sets[64];
+    size_t n_sets = 0;
+    duel_error err = {0};
+    if (duel_config_take_sets(&argc, argv, sets, 64, &n_sets, &err)) return cli_usage_error(&cmd, "%s", err.message);
+    argc--, argv++; /* the options alone, for cli_parse */
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
+    json_t *root = NULL;
+    if (duel_config_load(config_path, sets, n_sets, (const char *const *)environ, &root, NULL, &err)) {
+        fprintf(stderr, "duel train: %s\n", err.message);
+        return n_sets > 0 && strncmp(err.message, "--set", 5) == 0 ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
+    }
     train_service_config *c = calloc(1, sizeof *c);
-    if (!c) return CLI_EXIT_FAILURE;
+    if (!c) {
+        json_decref(root);
+        return CLI_EXIT_FAILURE;
+    }
     online_trainer_default_options(&c->trainer);
     stream_consumer_default_options(&c->consumer);
     snprintf(c->transport, sizeof c->transport, "file");
     c->nccl_world_size = 2;
     snprintf(c->host, sizeof c->host, "127.0.0.1");
-    duel_error err = {0};
-    if (config_path && load_config(config_path, c, &err) != 0) {
+    char source[4200];
+    if (config_path) snprintf(source, sizeof source, "%s%s", config_path, n_sets ? " with --set" : "");
+    else snprintf(source, sizeof source, "%s", n_sets ? "the configuration with --set" : "the built-in configuration");
+    rc = load_config(root, source, beta_given(config_path, sets, n_sets), c, &err);
+    json_decref(root);
+    if (rc) {
         fprintf(stderr, "duel train: %s\n", err.message);
         free(c);
         return CLI_EXIT_FAILURE;
@@ -278,4 +374,14 @@ int cmd_train_service(int argc, char **argv) {
     online_trainer_close(trainer);
     free(c);
     return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;
+}
+
+int cmd_train_service(int argc, char **argv) {
+    char **args = calloc((size_t)argc + 2, sizeof *args);
+    if (!args) return CLI_EXIT_FAILURE;
+    args[0] = (char *)"duel train";
+    for (int i = 0; i < argc; i++) args[i + 1] = argv[i];
+    int rc = train_service_run(argc + 1, args);
+    free(args);
+    return rc;
 }

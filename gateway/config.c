@@ -1,5 +1,7 @@
-/* config.c: the gateway's configuration: defaults, the "gateway" section of the JSON config file
- * (strict: unknown keys and wrong types are errors naming the key) and --redis HOST:PORT. */
+/* config.c: the gateway's configuration: defaults, the "gateway" and "redis" sections of a JSON
+ * config (a parsed document, gateway_config_from_json, e.g. the one duel_config_load assembles;
+ * or a file, gateway_config_load; strict: unknown keys, wrong types and values out of range are
+ * errors naming the key, gateway.port style) and --redis HOST:PORT. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,82 +77,103 @@ static void store_int(gateway_config *cfg, const int_key *k, long long v) {
     else if (k->width == sizeof(long long)) *(long long *)p = v;
 }
 
-static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *path,
+/* Messages name the dotted path: "SOURCE: gateway.port = 70000 is outside [0, 65535]". */
+static int get_string(const json_t *v, const char *source, const char *key, char *out,
+                      size_t cap, duel_error *err) {
+    if (!json_is_string(v))
+        return duel_error_set(err, DUEL_EFORMAT, "%s: gateway.%s must be a string", source, key);
+    if (json_string_length(v) >= cap)
+        return duel_error_set(err, DUEL_ELIMIT, "%s: gateway.%s is longer than %zu bytes", source,
+                              key, cap - 1);
+    snprintf(out, cap, "%s", json_string_value(v));
+    return DUEL_OK;
+}
+
+static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *source,
                                 duel_error *err) {
     if (!json_is_object(sec))
-        return duel_error_set(err, DUEL_EFORMAT, "%s: \"gateway\" must be an object", path);
+        return duel_error_set(err, DUEL_EFORMAT, "%s: \"gateway\" must be an object", source);
     const char *key;
     json_t *value;
     json_object_foreach(sec, key, value) {
-        char src[1200];
-        snprintf(src, sizeof src, "%s: gateway", path);
         bool known = false;
         for (size_t i = 0; i < sizeof INT_KEYS / sizeof INT_KEYS[0]; i++) {
-            if (strcmp(key, INT_KEYS[i].name) != 0) continue;
+            const int_key *k = &INT_KEYS[i];
+            if (strcmp(key, k->name) != 0) continue;
             known = true;
-            long long v = 0;
-            int rc = duel_json_get_int(sec, key, INT_KEYS[i].lo, INT_KEYS[i].hi, &v, src, err);
-            if (rc) return rc;
-            if (INT_KEYS[i].width == sizeof(size_t) && strstr(key, "bytes"))
-                *(size_t *)((char *)cfg + INT_KEYS[i].offset) = (size_t)v;
+            if (!json_is_integer(value))
+                return duel_error_set(err, DUEL_EFORMAT, "%s: gateway.%s must be an integer",
+                                      source, key);
+            long long v = json_integer_value(value);
+            if (v < k->lo || v > k->hi)
+                return duel_error_set(err, DUEL_EFORMAT,
+                                      "%s: gateway.%s = %lld is outside [%lld, %lld]", source, key,
+                                      v, k->lo, k->hi);
+            if (k->width == sizeof(size_t) && strstr(key, "bytes"))
+                *(size_t *)((char *)cfg + k->offset) = (size_t)v;
             else
-                store_int(cfg, &INT_KEYS[i], v);
+                store_int(cfg, k, v);
         }
         if (known) continue;
         int rc = 0;
         if (strcmp(key, "bind") == 0)
-            rc = duel_json_get_string(sec, key, cfg->bind, sizeof cfg->bind, src, err);
+            rc = get_string(value, source, key, cfg->bind, sizeof cfg->bind, err);
         else if (strcmp(key, "web_root") == 0)
-            rc = duel_json_get_string(sec, key, cfg->web_root, sizeof cfg->web_root, src, err);
+            rc = get_string(value, source, key, cfg->web_root, sizeof cfg->web_root, err);
         else if (strcmp(key, "spill_path") == 0)
-            rc = duel_json_get_string(sec, key, cfg->spill_path, sizeof cfg->spill_path, src, err);
+            rc = get_string(value, source, key, cfg->spill_path, sizeof cfg->spill_path, err);
         else if (strcmp(key, "origins") == 0) {
             if (!json_is_array(value) || json_array_size(value) > GATEWAY_MAX_ORIGINS)
                 return duel_error_set(err, DUEL_EFORMAT,
-                                      "%s: \"origins\" must be an array of at most %d strings",
-                                      src, GATEWAY_MAX_ORIGINS);
+                                      "%s: gateway.origins must be an array of at most %d strings",
+                                      source, GATEWAY_MAX_ORIGINS);
             size_t i;
             json_t *o;
             cfg->n_origins = 0;
             json_array_foreach(value, i, o) {
                 if (!json_is_string(o) || json_string_length(o) >= sizeof cfg->origins[0])
                     return duel_error_set(err, DUEL_EFORMAT,
-                                          "%s: \"origins\"[%zu] must be a string (< 256 bytes)",
-                                          src, i);
+                                          "%s: gateway.origins[%zu] must be a string (< 256 bytes)",
+                                          source, i);
                 snprintf(cfg->origins[cfg->n_origins++], sizeof cfg->origins[0], "%s",
                          json_string_value(o));
             }
         } else
-            return duel_error_set(err, DUEL_EFORMAT, "%s: unknown key \"%s\"", src, key);
+            return duel_error_set(err, DUEL_EFORMAT, "%s: unknown key gateway.%s", source, key);
         if (rc) return rc;
     }
     return DUEL_OK;
 }
 
-int gateway_config_load(gateway_config *cfg, const char *path, duel_error *err) {
-    json_t *root = NULL;
-    int rc = duel_json_load_file(path, CONFIG_MAX_BYTES, &root, err);
-    if (rc) return rc;
-    if (!json_is_object(root)) {
-        json_decref(root);
-        return duel_error_set(err, DUEL_EFORMAT, "%s: the config must be a JSON object", path);
-    }
+int gateway_config_from_json(gateway_config *cfg, const json_t *root, const char *source,
+                             duel_error *err) {
+    if (!json_is_object(root))
+        return duel_error_set(err, DUEL_EFORMAT, "%s: the config must be a JSON object", source);
+    int rc = DUEL_OK;
     json_t *sec = json_object_get(root, "gateway");
-    if (sec) rc = load_gateway_section(cfg, sec, path, err);
+    if (sec) rc = load_gateway_section(cfg, sec, source, err);
     json_t *redis = json_object_get(root, "redis");
     if (!rc && redis) {
         /* Other keys of "redis" belong to other parts (the trainer); only these two are ours. */
         char src[1200];
-        snprintf(src, sizeof src, "%s: redis", path);
+        snprintf(src, sizeof src, "%s: redis", source);
         long long port = cfg->redis_port;
         if (!json_is_object(redis))
-            rc = duel_error_set(err, DUEL_EFORMAT, "%s: must be an object", src);
+            rc = duel_error_set(err, DUEL_EFORMAT, "%s: \"redis\" must be an object", source);
         if (!rc)
             rc = duel_json_get_string(redis, "host", cfg->redis_host, sizeof cfg->redis_host, src,
                                       err);
         if (!rc) rc = duel_json_get_int(redis, "port", 1, 65535, &port, src, err);
         if (!rc) cfg->redis_port = (int)port;
     }
+    return rc;
+}
+
+int gateway_config_load(gateway_config *cfg, const char *path, duel_error *err) {
+    json_t *root = NULL;
+    int rc = duel_json_load_file(path, CONFIG_MAX_BYTES, &root, err);
+    if (rc) return rc;
+    rc = gateway_config_from_json(cfg, root, path, err);
     json_decref(root);
     return rc;
 }

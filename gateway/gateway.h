@@ -50,9 +50,17 @@ typedef struct gateway_config {
     char origins[GATEWAY_MAX_ORIGINS][256];
 } gateway_config;
 
+struct json_t; /* jansson's */
+
 void gateway_config_defaults(gateway_config *cfg);
-/* Reads the "gateway" section (and "redis": host, port) of a JSON config file; unknown keys in
- * those sections and wrong types are errors naming the key; other sections are ignored. */
+/* Reads the "gateway" section (and "redis": host, port) of a parsed JSON config (root, e.g. the
+ * document duel_config_load assembles; source names it in messages); unknown keys in those
+ * sections, wrong types and values out of range are errors naming the dotted path
+ * ("SOURCE: gateway.port = 70000 is outside [0, 65535]"); other sections are ignored. Keys
+ * absent from root leave cfg as it was. */
+int gateway_config_from_json(gateway_config *cfg, const struct json_t *root, const char *source,
+                             duel_error *err);
+/* The same for a JSON config file (at most 1 MiB), read without the shared defaults. */
 int gateway_config_load(gateway_config *cfg, const char *path, duel_error *err);
 /* "host:port" for --redis. */
 int gateway_config_set_redis(gateway_config *cfg, const char *host_port, duel_error *err);

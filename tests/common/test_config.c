@@ -17,6 +17,7 @@
 #include "scheduler.h"
 #include "stream_consumer.h"
 #include "test_helpers.h"
+#include "weight_transport.h"
 
 #ifndef DUEL_EXE
 #error "DUEL_EXE (path of the duel executable) must be defined by tests/common/config.cmake"
@@ -119,6 +120,19 @@ static void test_gateway_section_is_the_gateway_defaults(void **state) {
     if (gateway_config_load(&got, tmp, &err)) fail_msg("gateway: %s", err.message);
     assert_int_equal(got.max_turns, 7);
     assert_int_equal(got.redis_port, 7001);
+    /* The same document without a file (what `duel serve` does), and its range check, which
+     * names the dotted path. */
+    gateway_config_defaults(&got);
+    if (gateway_config_from_json(&got, root, "doc", &err)) fail_msg("gateway: %s", err.message);
+    assert_int_equal(got.max_turns, 7);
+    assert_int_equal(got.redis_port, 7001);
+    json_object_set_new(duel_config_section(root, "gateway"), "port", json_integer(70000));
+    assert_int_equal(gateway_config_from_json(&got, root, "doc", &err), DUEL_EFORMAT);
+    assert_string_equal(err.message, "doc: gateway.port = 70000 is outside [0, 65535]");
+    json_object_set_new(duel_config_section(root, "gateway"), "port", json_integer(80));
+    json_object_set_new(duel_config_section(root, "gateway"), "nope", json_true());
+    assert_int_equal(gateway_config_from_json(&got, root, "doc", &err), DUEL_EFORMAT);
+    assert_string_equal(err.message, "doc: unknown key gateway.nope");
     unlink(tmp);
     rmdir(dir);
     json_decref(root);
@@ -197,6 +211,14 @@ static void test_trainer_and_erm_values_are_the_code_defaults(void **state) {
     assert_string_equal(str_at(root, "trainer", "consumer"), c.consumer);
     assert_string_equal(str_at(root, "redis", "host"), c.host);
     assert_int_equal(int_at(root, "redis", "port"), c.port);
+    weight_transport_options w;
+    weight_transport_default_options(&w);
+    weight_transport_kind kind_w;
+    assert_int_equal(weight_transport_kind_parse(str_at(root, "trainer", "weight_transport"), &kind_w,
+                                                 &err), 0);
+    assert_int_equal(kind_w, w.kind);
+    assert_int_equal(int_at(root, "trainer", "transport_device"), w.device);
+    assert_int_equal(int_at(root, "trainer", "nccl_world_size"), w.world_size);
     json_decref(root);
 }
 

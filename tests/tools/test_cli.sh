@@ -4,7 +4,8 @@
 # exit 2 with a message naming the problem; a missing model directory is a clear error (exit 1);
 # --json puts one JSON object on the last stdout line; and, on a random test model made by
 # tests/tools/make_random_model.py, generation is deterministic per seed, chats, streams, and
-# refuses a prompt longer than the context.
+# refuses a prompt longer than the context. `duel train` and `duel serve` take the shared
+# configuration (--config, --set, DUEL_*) with errors naming the dotted path, flags winning.
 # Usage: test_cli.sh PATH/TO/duel. Exits 0 when all pass, 1 on a failure, 77 (ctest's skip) when
 # the model checks could not run (no torch), after printing a SKIP line.
 set -u
@@ -120,6 +121,59 @@ expect 2 -- 'not valid UTF-8' -- generate --model x --prompt $'bad \xff byte'
 expect 2 -- 'not valid UTF-8' -- generate --model x --prompt $'\xc3' --chat
 expect 1 "model directory '$TMP/missing' does not exist" -- generate --model "$TMP/missing" --prompt hi
 expect 1 "does not exist" -- bench forward --model "$TMP/missing"
+
+echo "== configuration: --config, --set, DUEL_* (docs/CONFIG.md)"
+for cmd in train serve; do
+    expect 0 '^  --set SECTION\.KEY=VALUE .*repeatable' -- $cmd --help
+    expect 0 '^  --config FILE .*default: the built-in config/default.json' -- $cmd --help
+done
+expect 0 'models/default' -- train --help
+# A malformed --set is a command-line error (2) naming the key; a bad value in range or an
+# unknown key in a file is a configuration error (1) naming the dotted path.
+expect 2 'unknown section "nosuch"' -- train --set nosuch.key=1
+expect 2 'unknown key trainer\.nosuch' -- train --set=trainer.nosuch=1
+expect 2 'gateway\.port must be an integer' -- serve --set gateway.port=notanumber
+expect 2 -- '--set needs' -- serve --set
+expect 1 'gateway\.port = 70000 is outside \[0, 65535\]' -- serve --set gateway.port=70000
+expect 1 'duel\.candidates = 1 is outside \[2, 64\]' -- serve --set duel.candidates=1
+expect 1 'trainer\.batch_size = 0 is outside' -- train --set trainer.batch_size=0 --model "$TMP/missing"
+echo '{"trainer": {"lr": 1e-5, "bogus": 1}}' >"$TMP/unknown.json"
+expect 1 "$TMP/unknown.json: unknown key trainer\\.bogus" -- train --config "$TMP/unknown.json"
+expect 1 "$TMP/unknown.json: unknown key trainer\\.bogus" -- serve --config "$TMP/unknown.json"
+echo '{"oracle": {"judge": {"nope": 1}}}' >"$TMP/nested.json"
+expect 1 'unknown key oracle\.judge\.nope' -- serve --config "$TMP/nested.json"
+expect 1 'no-such\.json' -- train --config "$TMP/no-such.json"
+# The trainer reads its sections before loading the model: model.path comes from the file and
+# --model wins over it.
+echo '{"model": {"path": "'"$TMP"'/from-file"}}' >"$TMP/model.json"
+expect 1 "$TMP/from-file" -- train --config "$TMP/model.json" --data-dir "$TMP/train-data"
+expect 1 "$TMP/from-set" -- train --config "$TMP/model.json" --set "model.path=$TMP/from-set" --data-dir "$TMP/train-data"
+expect 1 "$TMP/from-flag" -- train --config "$TMP/model.json" --set "model.path=$TMP/from-set" --model "$TMP/from-flag" --data-dir "$TMP/train-data"
+# duel serve (test backend) takes the gateway and redis sections from the file, DUEL_REDIS, --set
+# and its flags, in that order; its first stdout line names the address, port and Redis.
+# serve_line ARGS...: starts duel serve ARGS, prints its first stdout line, stops it.
+serve_line() {
+    local fifo="$TMP/serve.fifo" pid line=""
+    rm -f "$fifo" && mkfifo "$fifo"
+    "$DUEL" serve --web-root "$SRC/gateway/web" --set "gateway.spill_path=$TMP/spill.log" \
+        --test-step-ms 0 "$@" >"$fifo" 2>"$TMP/serve.err" &
+    pid=$!
+    read -r -t 20 line <"$fifo"
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    echo "$line"
+}
+echo '{"gateway": {"bind": "127.0.0.1", "port": 0}, "redis": {"host": "127.0.0.1", "port": 7}}' >"$TMP/serve.json"
+line=$(serve_line --config "$TMP/serve.json")
+grep -Eq 'listening on http://127\.0\.0\.1:[0-9]+/ \(redis 127\.0\.0\.1:7,' <<<"$line" \
+    || fail "serve --config: '$line' ($(head -3 "$TMP/serve.err"))"
+line=$(DUEL_REDIS=127.0.0.1:8 serve_line --config "$TMP/serve.json")
+grep -q '(redis 127\.0\.0\.1:8,' <<<"$line" || fail "serve DUEL_REDIS: '$line'"
+line=$(DUEL_REDIS=127.0.0.1:8 serve_line --config "$TMP/serve.json" --set redis.port=9)
+grep -q '(redis 127\.0\.0\.1:9,' <<<"$line" || fail "serve --set redis.port: '$line'"
+line=$(serve_line --config "$TMP/serve.json" --set redis.port=9 --redis 127.0.0.1:10 --no-snapshots)
+grep -q '(redis 127\.0\.0\.1:10,' <<<"$line" || fail "serve --redis over --set: '$line'"
+pass
 
 echo "== --json: one JSON object on the last line"
 "$DUEL" info --json >"$TMP/info.out" 2>/dev/null || fail "duel info --json failed"
