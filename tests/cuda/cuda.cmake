@@ -9,3 +9,9 @@ if(TARGET test_cuda_kernels)
   add_executable(bench_cuda_kernels ${CMAKE_CURRENT_LIST_DIR}/bench_cuda_kernels.c)
   target_link_libraries(bench_cuda_kernels PRIVATE duel_cuda duel_common)
 endif()
+# test_cuda_erm: batched ERM scoring on the GPU (cuda/cuda_erm.h) against erm_score; without a GPU
+# it checks the no-device error contract, then prints its SKIP line and exits 77.
+duel_test(test_cuda_erm ${CMAKE_CURRENT_LIST_DIR}/test_cuda_erm.c)
+if(TARGET test_cuda_erm)
+  set_tests_properties(test_cuda_erm PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
+endif()
