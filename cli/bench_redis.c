@@ -116,3 +116,22 @@ void bench_redis_stop(bench_redis *r) {
     if (r->dir[0]) bench_remove_tree(r->dir);
     r->dir[0] = '\0';
 }
+
+int bench_xadd_vote(redisContext *c, const char *stream, const vote_entry_encoded *enc, duel_error *err) {
+    const char *args[3 + 2 * VOTE_ENTRY_MAX_FIELDS];
+    size_t lens[3 + 2 * VOTE_ENTRY_MAX_FIELDS];
+    int n = 0;
+    args[n] = "XADD", lens[n++] = 4;
+    args[n] = stream, lens[n++] = strlen(stream);
+    args[n] = "*", lens[n++] = 1;
+    for (int i = 0; i < enc->n_fields; i++) {
+        args[n] = enc->fields[i].name, lens[n++] = enc->fields[i].name_len;
+        args[n] = enc->fields[i].value, lens[n++] = enc->fields[i].value_len;
+    }
+    redisReply *rep = redisCommandArgv(c, n, args, lens);
+    int rc = 0;
+    if (!rep || rep->type == REDIS_REPLY_ERROR)
+        rc = duel_error_set(err, DUEL_EIO, "XADD %s: %s", stream, rep ? rep->str : c->errstr);
+    if (rep) freeReplyObject(rep);
+    return rc;
+}

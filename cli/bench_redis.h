@@ -1,12 +1,15 @@
 /* bench_redis.h: what the Redis-backed benchmarks (bench trainer, bench loop) share: a private
  * redis-server on a free loopback port in a fresh folder (no persistence), --redis HOST:PORT
- * parsing, and removing a work folder. Only cli/ uses it. */
+ * parsing, XADDing an encoded vote, and removing a work folder. Only cli/ uses it. */
 #ifndef DUEL_CLI_BENCH_REDIS_H
 #define DUEL_CLI_BENCH_REDIS_H
 
 #include <sys/types.h>
 
 #include "error.h"
+#include "vote_entry.h"
+
+typedef struct redisContext redisContext;
 
 typedef struct bench_redis {
     pid_t pid; /* 0: not ours (given with --redis) */
@@ -22,6 +25,8 @@ int bench_redis_start(bench_redis *r, const char *tmp, const char *tag, duel_err
 /* Stops our server (SIGTERM, wait) and removes its folder; a server given with --redis is left
  * alone. */
 void bench_redis_stop(bench_redis *r);
+/* XADD stream * with the encoded vote's fields; DUEL_EIO with Redis's message. */
+int bench_xadd_vote(redisContext *c, const char *stream, const vote_entry_encoded *enc, duel_error *err);
 /* rm -rf path (best effort). */
 void bench_remove_tree(const char *path);
 void bench_sleep_ms(int ms);

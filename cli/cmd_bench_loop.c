@@ -334,20 +334,7 @@ static int vote_and_send(redisContext *c, const duel_backend_result *r, const lo
                               b_won ? r->text_a : r->text_b};
     vote_entry_encoded enc;
     if ((rc = vote_entry_encode(&e, &texts, &enc, err))) return rc;
-    const char *args[3 + 2 * VOTE_ENTRY_MAX_FIELDS];
-    size_t lens[3 + 2 * VOTE_ENTRY_MAX_FIELDS];
-    int n = 0;
-    args[n] = "XADD", lens[n++] = 4;
-    args[n] = "duel:prefs", lens[n++] = 10;
-    args[n] = "*", lens[n++] = 1;
-    for (int i = 0; i < enc.n_fields; i++) {
-        args[n] = enc.fields[i].name, lens[n++] = enc.fields[i].name_len;
-        args[n] = enc.fields[i].value, lens[n++] = enc.fields[i].value_len;
-    }
-    redisReply *rep = redisCommandArgv(c, n, args, lens);
-    if (!rep || rep->type == REDIS_REPLY_ERROR)
-        rc = duel_error_set(err, DUEL_EIO, "XADD duel:prefs: %s", rep ? rep->str : c->errstr);
-    if (rep) freeReplyObject(rep);
+    rc = bench_xadd_vote(c, "duel:prefs", &enc, err);
     vote_entry_encoded_free(&enc);
     *choice_out = e.choice;
     return rc;
@@ -432,7 +419,9 @@ int bench_loop(int argc, char **argv) {
     loop_figures f = {0};
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 
-    if ((rc = qa_load(prompts_path, LOOP_MAX_QA, &asks, &err)) ||
+    /* the trainer's configuration first: a wrong key fails before any work */
+    if ((rc = duel_config_load(config_path, sets, n_sets, (const char *const *)environ, &config, NULL, &err)) ||
+        (rc = qa_load(prompts_path, LOOP_MAX_QA, &asks, &err)) ||
         (rc = qa_load(held_out_path, (int)held_out_n, &held, &err)))
         goto done;
     if (keep_dir) {
@@ -459,10 +448,8 @@ int bench_loop(int argc, char **argv) {
     }
     freeReplyObject(redisCommand(c, "DEL duel:prefs duel:prefs:dead duel:snapshots duel:trainer:status duel:knobs"));
 
-    /* The trainer's configuration: defaults, --config, environment, --set; then this run's model
+    /* The trainer's configuration (defaults, --config, environment, --set) gets this run's model
      * and Redis. The model id is what the engine adapter writes into the votes: the model dir. */
-    if ((rc = duel_config_load(config_path, sets, n_sets, (const char *const *)environ, &config, NULL, &err)))
-        goto done;
     json_t *model_section = duel_config_section(config, "model"), *redis_section = duel_config_section(config, "redis");
     json_object_set_new(model_section, "path", json_string(model_dir));
     json_object_set_new(model_section, "id", json_string(model_dir));

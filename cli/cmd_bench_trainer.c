@@ -87,20 +87,7 @@ static int produce(redisContext *c, const char *stream, int n, int M, int d_feat
         e.erm_rewards = rewards;
         vote_entry_encoded enc;
         if ((rc = vote_entry_encode(&e, NULL, &enc, err))) break;
-        const char *args[3 + 2 * VOTE_ENTRY_MAX_FIELDS];
-        size_t lens[3 + 2 * VOTE_ENTRY_MAX_FIELDS];
-        int na = 0;
-        args[na] = "XADD", lens[na++] = 4;
-        args[na] = stream, lens[na++] = strlen(stream);
-        args[na] = "*", lens[na++] = 1;
-        for (int i = 0; i < enc.n_fields; i++) {
-            args[na] = enc.fields[i].name, lens[na++] = enc.fields[i].name_len;
-            args[na] = enc.fields[i].value, lens[na++] = enc.fields[i].value_len;
-        }
-        redisReply *rep = redisCommandArgv(c, na, args, lens);
-        if (!rep || rep->type == REDIS_REPLY_ERROR)
-            rc = duel_error_set(err, DUEL_EIO, "XADD failed: %s", rep ? rep->str : c->errstr);
-        if (rep) freeReplyObject(rep);
+        rc = bench_xadd_vote(c, stream, &enc, err);
         vote_entry_encoded_free(&enc);
     }
 done:

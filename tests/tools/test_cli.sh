@@ -87,6 +87,11 @@ for cmd in info generate "bench forward" "bench machine"; do
     pass
 done
 expect 0 'forward' -- bench --help
+expect 0 'loop' -- bench --help
+expect 0 'vote -> serving|XADD' -- bench loop --help
+expect 2 '--prompts and --held-out are required' -- bench loop
+expect 1 'nonexistent.jsonl' -- bench loop --prompts /nonexistent.jsonl --held-out /nonexistent.jsonl
+expect 1 'unknown section "bogus"' -- bench loop --set bogus.key=1 --prompts /dev/null --held-out /dev/null
 
 # Every command listed by `duel --help` (including those other parts add): --help exits 0 with a
 # usage line; an unknown option exits 2 with a message.
