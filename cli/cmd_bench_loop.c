@@ -392,12 +392,8 @@ int bench_loop(int argc, char **argv) {
         "oracle, ties half). models/wordnet_data.py writes prompt files for the default model\n"
         "(sft_train.jsonl, test.jsonl).",
         options, sizeof options / sizeof options[0]};
-    /* duel_config_take_sets wants a main-style vector (it skips element 0): argv[-1] is this
-     * bench's name in the caller's vector (cmd_bench.c passes argv + 1). */
-    int full_argc = argc + 1;
-    if (duel_config_take_sets(&full_argc, argv - 1, sets, LOOP_MAX_SETS, &n_sets, &err))
+    if (duel_config_take_sets(&argc, argv, sets, LOOP_MAX_SETS, &n_sets, &err))
         return cli_usage_error(&cmd, "%s", err.message);
-    argc = full_argc - 1;
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!prompts_path || !held_out_path) return cli_usage_error(&cmd, "--prompts and --held-out are required");

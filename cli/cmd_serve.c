@@ -91,9 +91,7 @@ static int engine_config_from_json(const json_t *root, const char *source,
     return DUEL_OK;
 }
 
-/* argv[0] is a placeholder (duel_config_take_sets reads argv[1..argc), a main-style vector);
- * the options are argv[1..argc). */
-static int serve_run(int argc, char **argv) {
+int cmd_serve(int argc, char **argv) {
     long long port = 8080, step_ms = 40;
     const char *redis = NULL, *config = NULL, *bind = NULL, *web_root = NULL, *spill = NULL;
     const char *backend_name = NULL, *model_dir = NULL, *erm_path = NULL, *strategy = NULL;
@@ -176,7 +174,6 @@ static int serve_run(int argc, char **argv) {
     duel_error err = {0};
     if (duel_config_take_sets(&argc, argv, sets, 64, &n_sets, &err))
         return cli_usage_error(&cmd, "%s", err.message);
-    argc--, argv++; /* the options alone, for cli_parse */
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
 
@@ -300,12 +297,3 @@ static int serve_run(int argc, char **argv) {
     return CLI_EXIT_OK;
 }
 
-int cmd_serve(int argc, char **argv) {
-    char **args = calloc((size_t)argc + 2, sizeof *args);
-    if (!args) return CLI_EXIT_FAILURE;
-    args[0] = (char *)"duel serve";
-    for (int i = 0; i < argc; i++) args[i + 1] = argv[i];
-    int rc = serve_run(argc + 1, args);
-    free(args);
-    return rc;
-}

@@ -221,9 +221,7 @@ static void on_signal(int sig) {
     g_stop = 1;
 }
 
-/* argv[0] is a placeholder (duel_config_take_sets reads argv[1..argc), a main-style vector);
- * the options are argv[1..argc). */
-static int train_service_run(int argc, char **argv) {
+int cmd_train_service(int argc, char **argv) {
     const char *redis = NULL, *config_path = NULL, *data_dir = "data", *model = NULL;
     const char *set_doc = NULL; /* --set never reaches cli_parse (duel_config_take_sets); listed for --help */
     long long idle_exit_ms = 0;
@@ -268,7 +266,6 @@ static int train_service_run(int argc, char **argv) {
     size_t n_sets = 0;
     duel_error err = {0};
     if (duel_config_take_sets(&argc, argv, sets, 64, &n_sets, &err)) return cli_usage_error(&cmd, "%s", err.message);
-    argc--, argv++; /* the options alone, for cli_parse */
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     json_t *root = NULL;
@@ -376,12 +373,3 @@ static int train_service_run(int argc, char **argv) {
     return rc == 0 ? CLI_EXIT_OK : CLI_EXIT_FAILURE;
 }
 
-int cmd_train_service(int argc, char **argv) {
-    char **args = calloc((size_t)argc + 2, sizeof *args);
-    if (!args) return CLI_EXIT_FAILURE;
-    args[0] = (char *)"duel train";
-    for (int i = 0; i < argc; i++) args[i + 1] = argv[i];
-    int rc = train_service_run(argc + 1, args);
-    free(args);
-    return rc;
-}

@@ -228,9 +228,9 @@ int duel_config_apply_set(json_t *root, const char *assignment, duel_error *err)
 
 int duel_config_take_sets(int *argc, char **argv, const char **sets, size_t cap, size_t *n_sets,
                           duel_error *err) {
-    int out = 1;
+    int out = 0;
     *n_sets = 0;
-    for (int i = 1; i < *argc; i++) {
+    for (int i = 0; i < *argc; i++) {
         const char *value = NULL;
         if (strcmp(argv[i], "--set") == 0) {
             if (i + 1 >= *argc)

@@ -73,8 +73,8 @@ int duel_config_merge(json_t *dst, const json_t *src, const char *source, const 
 /* Applies one "dotted.path=value" override to root (see the --set rules above). */
 int duel_config_apply_set(json_t *root, const char *assignment, duel_error *err);
 
-/* Removes every "--set ASSIGNMENT" and "--set=ASSIGNMENT" from argv[1..*argc) in place (so the
- * command's own option parser never sees them) and appends the ASSIGNMENT pointers (into argv)
+/* Removes every "--set ASSIGNMENT" and "--set=ASSIGNMENT" from argv[0..*argc) in place (a
+ * subcommand's options, as main hands them on; the command's own option parser never sees them) and appends the ASSIGNMENT pointers (into argv)
  * to sets[0..cap); *n_sets is their count. A trailing "--set" without a value, or more than cap
  * of them, is DUEL_EINVAL. */
 int duel_config_take_sets(int *argc, char **argv, const char **sets, size_t cap, size_t *n_sets,

@@ -492,10 +492,10 @@ static void test_bad_environment_values(void **state) {
 
 static void test_take_sets_from_argv(void **state) {
     (void)state;
-    char a0[] = "train", a1[] = "--set", a2[] = "trainer.lr=1e-6", a3[] = "--model", a4[] = "m",
+    char a1[] = "--set", a2[] = "trainer.lr=1e-6", a3[] = "--model", a4[] = "m",
          a5[] = "--set=redis.port=7000", a6[] = "--", a7[] = "--set";
-    char *argv[] = {a0, a1, a2, a3, a4, a5, a6, a7, NULL};
-    int argc = 8;
+    char *argv[] = {a1, a2, a3, a4, a5, a6, a7, NULL}; /* a subcommand's options, as main passes them */
+    int argc = 7;
     const char *sets[4];
     size_t n = 0;
     duel_error err = {0};
@@ -503,20 +503,20 @@ static void test_take_sets_from_argv(void **state) {
     assert_int_equal(n, 2);
     assert_string_equal(sets[0], "trainer.lr=1e-6");
     assert_string_equal(sets[1], "redis.port=7000");
-    assert_int_equal(argc, 5); /* train --model m -- --set */
-    assert_string_equal(argv[1], "--model");
-    assert_string_equal(argv[2], "m");
-    assert_string_equal(argv[3], "--");
-    assert_string_equal(argv[4], "--set");
-    assert_null(argv[5]);
-    char b0[] = "serve", b1[] = "--set";
-    char *bad[] = {b0, b1, NULL};
-    argc = 2;
+    assert_int_equal(argc, 4); /* --model m -- --set */
+    assert_string_equal(argv[0], "--model");
+    assert_string_equal(argv[1], "m");
+    assert_string_equal(argv[2], "--");
+    assert_string_equal(argv[3], "--set");
+    assert_null(argv[4]);
+    char b1[] = "--set";
+    char *bad[] = {b1, NULL};
+    argc = 1;
     assert_int_equal(duel_config_take_sets(&argc, bad, sets, 4, &n, &err), DUEL_EINVAL);
     assert_non_null(strstr(err.message, "--set needs"));
-    char c0[] = "serve", c1[] = "--set=a.b=1", c2[] = "--set=a.b=2";
-    char *many[] = {c0, c1, c2, NULL};
-    argc = 3;
+    char c1[] = "--set=a.b=1", c2[] = "--set=a.b=2";
+    char *many[] = {c1, c2, NULL};
+    argc = 2;
     assert_int_equal(duel_config_take_sets(&argc, many, sets, 1, &n, &err), DUEL_EINVAL);
 }
 
