@@ -90,6 +90,15 @@ static int get_double(const section_reader *r, const char *key, double lo, bool 
     return 0;
 }
 
+static int get_bool(const section_reader *r, const char *key, bool *out) {
+    json_t *v = json_object_get(r->sec, key);
+    if (!v) return 0;
+    if (!json_is_boolean(v))
+        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s must be true or false", r->source, r->name, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
 static int get_string(const section_reader *r, const char *key, char *out, size_t cap) {
     json_t *v = json_object_get(r->sec, key);
     if (!v) return 0;
@@ -115,8 +124,8 @@ static int load_config(json_t *root, const char *source, bool beta_given, train_
                                                "total_steps", "clip_norm", "weight_decay", "publish_every",
                                                "max_deliveries", "seed", "consumer", "recent_vote_ids", "burn_in",
                                                "gamma", "synthetic_store", "checkpoint_every",
-                                               "publish_every_seconds", "weight_transport", "transport_device",
-                                               "nccl_world_size", NULL};
+                                               "publish_every_seconds", "publish_when_idle", "keep_snapshots",
+                                               "weight_transport", "transport_device", "nccl_world_size", NULL};
     static const char *const redis_keys[] = {"host", "port", NULL};
     if (!json_is_object(root)) return duel_error_set(err, DUEL_EFORMAT, "%s: not a JSON object", source);
     int rc = 0;
@@ -167,6 +176,8 @@ static int load_config(json_t *root, const char *source, bool beta_given, train_
             (rc = get_int(&t, "synthetic_store", 1, ONLINE_MAX_STORE, &o->synthetic_store)) == 0 &&
             (rc = get_int(&t, "checkpoint_every", 1, 1 << 30, &o->checkpoint_every)) == 0 &&
             (rc = get_double(&t, "publish_every_seconds", 0, false, 1e9, &o->publish_every_seconds)) == 0 &&
+            (rc = get_bool(&t, "publish_when_idle", &o->publish_when_idle)) == 0 &&
+            (rc = get_int(&t, "keep_snapshots", 0, 1000000, &o->keep_snapshots)) == 0 &&
             (rc = get_string(&t, "weight_transport", c->transport, sizeof c->transport)) == 0 &&
             (rc = get_int(&t, "transport_device", 0, 1 << 20, &c->transport_device)) == 0)
             rc = get_int(&t, "nccl_world_size", 2, 1 << 20, &c->nccl_world_size);
@@ -248,9 +259,11 @@ int cmd_train_service(int argc, char **argv) {
         "updates the ERM ensemble and the policy (DPO/IPO/SLiC/SimPO) per batch of trainer.batch_size\n"
         "real pairs, plus ERM-labelled synthetic pairs (SEA mixture, fraction 1-trainer.gamma) once\n"
         "trainer.burn_in pairs are applied. Checkpoints into DIR/trainer every\n"
-        "trainer.checkpoint_every updates (and after each snapshot, when idle and at exit);\n"
-        "votes are acknowledged only once a checkpoint holds them. Publishes snapshots into\n"
-        "DIR/snapshots every trainer.publish_every updates or trainer.publish_every_seconds.\n"
+        "trainer.checkpoint_every updates (and when idle and at exit); votes are acknowledged\n"
+        "only once a checkpoint holds them. Publishes snapshots into DIR/snapshots every\n"
+        "trainer.publish_every updates or trainer.publish_every_seconds, and as soon as it has\n"
+        "caught up with the stream (trainer.publish_when_idle); keeps the newest\n"
+        "trainer.keep_snapshots of them (plus those duel:rollout pins) and deletes older ones.\n"
         "Live knobs are read from the hash duel:knobs before every batch (loss, beta, gamma,\n"
         "lr_scale, clip_norm, batch_size, burn_in, publish_every, publish_every_seconds,\n"
         "checkpoint_every; bad ones are logged and ignored). trainer.weight_transport (file,\n"

@@ -80,6 +80,8 @@ void online_trainer_default_options(online_trainer_options *o) {
     erm_train_default_options(&o->erm);
     o->publish_every = 10;
     o->publish_every_seconds = 5.0;
+    o->publish_when_idle = true;
+    o->keep_snapshots = 10;
     o->checkpoint_every = 1;
     o->burn_in = 1000;
     o->gamma = 0.7;
@@ -268,6 +270,8 @@ int online_trainer_open(const online_trainer_options *o, const char *data_dir,
     if (o->burn_in < 0 || o->synthetic_store < 1 || o->synthetic_store > ONLINE_MAX_STORE)
         return duel_error_set(err, DUEL_EINVAL, "trainer: burn_in must be >= 0 and synthetic_store in 1..%d",
                               ONLINE_MAX_STORE);
+    if (o->keep_snapshots < 0 || o->keep_snapshots > 1000000)
+        return duel_error_set(err, DUEL_EINVAL, "trainer: keep_snapshots must be in 0..1000000");
     if (o->checkpoint_every < 1 || !(o->publish_every_seconds >= 0 && isfinite(o->publish_every_seconds)))
         return duel_error_set(err, DUEL_EINVAL, "trainer: checkpoint_every must be >= 1 and "
                               "publish_every_seconds finite and >= 0");

@@ -70,7 +70,13 @@ typedef struct online_trainer_options {
     int publish_every;       /* updates between snapshots; 0: never */
     double publish_every_seconds; /* also publish once this long has passed since the last
                                      snapshot and an update is unpublished; 0: never */
-    int checkpoint_every;    /* updates between checkpoints (also after every snapshot): 1 */
+    bool publish_when_idle;  /* also publish an unpublished update as soon as the trainer has
+                                caught up with the stream (a read returned less than a full
+                                count): a quiet system serves every update at once, and the
+                                limits above apply under a backlog: true */
+    int keep_snapshots;      /* snapshot folders kept (the newest, plus any duel:rollout pins);
+                                older ones are unregistered and deleted; 0: keep all: 10 */
+    int checkpoint_every;    /* updates between checkpoints (a snapshot does not force one): 1 */
     int64_t burn_in;         /* real pairs applied before synthetic pairs start: 1000 */
     double gamma;            /* real fraction of the policy batch, in (0, 1]: 0.7 */
     int synthetic_store;     /* duels kept for synthetic pairs, 1..ONLINE_MAX_STORE: 256 */

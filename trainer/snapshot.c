@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,4 +185,71 @@ int snapshot_verify(const char *dir, int64_t *version_out, duel_error *err) {
     if (rc == 0 && version_out) *version_out = json_integer_value(version);
     json_decref(meta);
     return rc;
+}
+
+static int compare_listing(const void *a, const void *b) {
+    int64_t x = ((const snapshot_listing *)a)->version, y = ((const snapshot_listing *)b)->version;
+    return (x > y) - (x < y);
+}
+
+int snapshot_list(const char *data_dir, snapshot_listing **out, int *count, duel_error *err) {
+    *out = NULL;
+    *count = 0;
+    char root[SNAPSHOT_PATH_MAX];
+    if (snprintf(root, sizeof root, "%s/snapshots", data_dir) >= (int)sizeof root)
+        return duel_error_set(err, DUEL_EINVAL, "%s: path too long", data_dir);
+    DIR *d = opendir(root);
+    if (!d) {
+        if (errno == ENOENT) return 0;
+        return duel_error_set(err, DUEL_EIO, "%s: cannot list: %s", root, strerror(errno));
+    }
+    snapshot_listing *list = NULL;
+    int n = 0, cap = 0, rc = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        char *end = NULL;
+        if (e->d_name[0] != 'v' || e->d_name[1] < '0' || e->d_name[1] > '9') continue;
+        long long v = strtoll(e->d_name + 1, &end, 10);
+        if (*end != '\0' || v < 1) continue; /* v000012.tmp and strays */
+        char path[SNAPSHOT_PATH_MAX];
+        if (snprintf(path, sizeof path, "%s/%s/meta.json", root, e->d_name) >= (int)sizeof path) continue;
+        json_t *meta = NULL;
+        duel_error ignored;
+        if (duel_json_load_file(path, SNAPSHOT_META_MAX_BYTES, &meta, &ignored)) continue;
+        json_t *step = json_object_get(meta, "step"), *version = json_object_get(meta, "version");
+        bool ok = json_is_integer(step) && json_is_integer(version) && json_integer_value(version) == v;
+        int64_t step_value = json_integer_value(step);
+        json_decref(meta);
+        if (!ok) continue;
+        if (n == cap) {
+            int grown = cap ? 2 * cap : 16;
+            snapshot_listing *bigger = realloc(list, (size_t)grown * sizeof *bigger);
+            if (!bigger) {
+                rc = duel_error_set(err, DUEL_ENOMEM, "%s: out of memory listing snapshots", root);
+                break;
+            }
+            list = bigger;
+            cap = grown;
+        }
+        list[n++] = (snapshot_listing){v, step_value};
+    }
+    closedir(d);
+    if (rc) {
+        free(list);
+        return rc;
+    }
+    if (n > 1) qsort(list, (size_t)n, sizeof *list, compare_listing);
+    *out = list;
+    *count = n;
+    return 0;
+}
+
+int snapshot_remove(const char *data_dir, int64_t version, duel_error *err) {
+    char dir[SNAPSHOT_PATH_MAX];
+    int rc = snapshot_path(data_dir, version, dir, sizeof dir, err);
+    if (rc) return rc;
+    remove_flat_dir(dir);
+    struct stat st;
+    if (stat(dir, &st) == 0) return duel_error_set(err, DUEL_EIO, "%s: could not be removed", dir);
+    return 0;
 }

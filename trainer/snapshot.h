@@ -41,4 +41,16 @@ int snapshot_verify(const char *dir, int64_t *version_out, duel_error *err);
 /* "<data_dir>/snapshots/v%06lld" into out. */
 int snapshot_path(const char *data_dir, int64_t version, char *out, size_t cap, duel_error *err);
 
+typedef struct snapshot_listing {
+    int64_t version, step; /* from the folder's meta.json */
+} snapshot_listing;
+
+/* The snapshot folders under <data_dir>/snapshots whose meta.json reads (a missing folder: none;
+ * v*.tmp and folders without a readable meta.json are skipped; hashes are not checked), sorted
+ * by version. *out is malloc'd (NULL when *count is 0). */
+int snapshot_list(const char *data_dir, snapshot_listing **out, int *count, duel_error *err);
+
+/* Deletes snapshot `version`'s folder (its files, then the folder); an absent one is fine. */
+int snapshot_remove(const char *data_dir, int64_t version, duel_error *err);
+
 #endif

@@ -28,6 +28,12 @@ struct stream_consumer {
     int num_unacked;
     int updates_since_checkpoint;
     bool unpublished;          /* an update is not in a snapshot yet */
+    bool caught_up;            /* the last read of new entries returned less than a full count */
+    /* Snapshots this trainer published after its checkpoint, before a crash: published again,
+     * under the same versions, when the resumed run reaches their steps (replay is
+     * deterministic), and no other snapshot before the last of them. */
+    snapshot_listing *replay;
+    int num_replay, next_replay;
     double last_publish_s;     /* duel_time_seconds() of the last snapshot (or of the start) */
     /* rejected knobs already logged, as "name=value" (logged again when the value changes) */
     char logged_knobs[ONLINE_MAX_KNOB_REPORTS][130];
@@ -270,38 +276,125 @@ static bool publish_overdue(const stream_consumer *c) {
     return c->unpublished && every > 0 && duel_time_seconds() - c->last_publish_s >= every;
 }
 
-/* apply: runs the ready batch. Then publishes a snapshot when due (publish_every updates, or
- * publish_every_seconds since the last one), and checkpoints when a snapshot was written, after
- * checkpoint_every updates, when many entries wait, or when `force`; acknowledges only the
- * entries that checkpoint holds. */
-static int commit_batch(stream_consumer *c, bool apply, bool force, duel_error *err) {
-    int rc;
-    int64_t published = 0;
-    double t0 = duel_time_seconds();
-    if (apply) {
-        if ((rc = online_trainer_apply(c->trainer, err))) return rc;
-        c->stats.apply_seconds += duel_time_seconds() - t0;
-        t0 = duel_time_seconds();
-        c->stats.updates++;
-        c->updates_since_checkpoint++;
-        c->unpublished = true;
+/* Deletes the snapshots older than the newest keep_snapshots (version <= newest - keep), except
+ * those duel:rollout pins ({"arms":[{"snapshot":v,...},...]}): unregistered first (ZREM, DEL of
+ * duel:snapshot:{v}) so that no server picks one up, then the folders. */
+static int prune_snapshots(stream_consumer *c, int64_t newest, duel_error *err) {
+    int keep = online_trainer_get_options(c->trainer)->keep_snapshots;
+    if (keep <= 0 || newest - keep < 1) return 0;
+    int64_t below = newest - keep;
+    int64_t pins[64];
+    int num_pins = 0;
+    char key[KEY_MAX + 32], zkey[KEY_MAX + 32], max[32];
+    snprintf(key, sizeof key, "%srollout", c->prefix);
+    const char *get[] = {"GET", key};
+    redisReply *r = NULL;
+    int rc = command(c, &r, err, 2, get, NULL);
+    if (rc) return rc;
+    json_t *rollout = r->type == REDIS_REPLY_STRING ? json_loadb(r->str, r->len, 0, NULL) : NULL;
+    freeReplyObject(r);
+    json_t *arm;
+    size_t i;
+    json_array_foreach(json_object_get(rollout, "arms"), i, arm) {
+        json_t *v = json_object_get(arm, "snapshot");
+        if (json_is_integer(v) && num_pins < 64) pins[num_pins++] = json_integer_value(v);
     }
-    if (online_trainer_publish_due(c->trainer) || publish_overdue(c)) {
-        online_trainer_status s;
-        online_trainer_get_status(c->trainer, &s);
-        snapshot_info info = {s.published_version + 1, s.published_version, s.step, s.prefs_applied,
-                              duel_time_unix_ms(), c->base_model};
+    json_decref(rollout);
+    snprintf(zkey, sizeof zkey, "%ssnapshots", c->prefix);
+    snprintf(max, sizeof max, "%lld", (long long)below);
+    const char *range[] = {"ZRANGEBYSCORE", zkey, "-inf", max};
+    if ((rc = command(c, &r, err, 4, range, NULL))) return rc;
+    for (size_t k = 0; rc == 0 && r->type == REDIS_REPLY_ARRAY && k < r->elements; k++) {
+        const redisReply *m = r->element[k];
+        if (m->type != REDIS_REPLY_STRING) continue;
+        long long v = atoll(m->str);
+        bool pinned = false;
+        for (int p = 0; p < num_pins; p++) pinned |= pins[p] == v;
+        if (pinned) continue;
+        snprintf(key, sizeof key, "%ssnapshot:%lld", c->prefix, v);
+        const char *zrem[] = {"ZREM", zkey, m->str}, *del[] = {"DEL", key};
+        if ((rc = command_simple(c, err, 3, zrem)) == 0) rc = command_simple(c, err, 2, del);
+    }
+    freeReplyObject(r);
+    snapshot_listing *list = NULL;
+    int n = 0;
+    if (rc == 0) rc = snapshot_list(c->data_dir, &list, &n, err);
+    for (int k = 0; rc == 0 && k < n && list[k].version <= below; k++) {
+        bool pinned = false;
+        for (int p = 0; p < num_pins; p++) pinned |= pins[p] == list[k].version;
+        if (!pinned) rc = snapshot_remove(c->data_dir, list[k].version, err);
+    }
+    free(list);
+    return rc;
+}
+
+/* Publishes the trainer's current state as snapshot `version`: writes the folder (a replayed
+ * version whose folder is intact is kept), sends it through the transport, registers and
+ * announces it, then prunes old ones. No checkpoint is needed first: a crash before the next
+ * checkpoint replays the same updates, and the resumed run publishes the same versions at the
+ * same steps (see replay). */
+static int publish_snapshot(stream_consumer *c, int64_t version, bool replaying, duel_error *err) {
+    double t0 = duel_time_seconds();
+    online_trainer_status s;
+    online_trainer_get_status(c->trainer, &s);
+    char dir[4096];
+    int rc = snapshot_path(c->data_dir, version, dir, sizeof dir, err);
+    if (rc) return rc;
+    duel_error ignored;
+    if (!replaying || snapshot_verify(dir, NULL, &ignored) != 0) {
+        snapshot_info info = {version, s.published_version < version ? s.published_version : 0, s.step,
+                              s.prefs_applied, duel_time_unix_ms(), c->base_model};
         if ((rc = snapshot_write(c->data_dir, &info, online_trainer_policy(c->trainer),
                                  online_trainer_config_json(c->trainer), online_trainer_erm(c->trainer),
                                  c->tokenizer_dir[0] ? c->tokenizer_dir : NULL, NULL, 0, err)))
             return rc;
-        online_trainer_set_published(c->trainer, info.version);
-        published = info.version;
-        c->unpublished = false;
-        c->last_publish_s = duel_time_seconds();
-        c->stats.snapshot_seconds += c->last_publish_s - t0;
     }
-    if (!force && published == 0 && c->updates_since_checkpoint < online_trainer_get_options(c->trainer)->checkpoint_every &&
+    online_trainer_set_published(c->trainer, version);
+    c->unpublished = false;
+    c->last_publish_s = duel_time_seconds();
+    c->stats.snapshot_seconds += c->last_publish_s - t0;
+    if (c->o.transport) {
+        weight_transport_snapshot ws = {version, dir, train_model_parameter_memory(online_trainer_policy(c->trainer))};
+        if ((rc = weight_transport_send(c->o.transport, &ws, err))) return rc;
+    }
+    if ((rc = register_snapshot(c, version, err))) return rc;
+    c->stats.snapshots++;
+    return prune_snapshots(c, version, err);
+}
+
+/* The version to publish now (0: none). While replaying: the next replayed version, exactly at
+ * its step. Otherwise a new version when publish_every updates make one due, when
+ * publish_every_seconds have passed with an update unpublished, or (publish_when_idle) when
+ * an update is unpublished and the trainer has caught up with the stream. */
+static int64_t version_due(const stream_consumer *c, bool *replaying) {
+    online_trainer_status s;
+    online_trainer_get_status(c->trainer, &s);
+    *replaying = c->next_replay < c->num_replay;
+    if (*replaying) return c->replay[c->next_replay].step == s.step ? c->replay[c->next_replay].version : 0;
+    bool idle = c->caught_up && c->unpublished && online_trainer_get_options(c->trainer)->publish_when_idle;
+    return online_trainer_publish_due(c->trainer) || publish_overdue(c) || idle ? s.published_version + 1 : 0;
+}
+
+/* apply: runs the ready batch. Then publishes a snapshot when one is due (version_due), and
+ * checkpoints after checkpoint_every updates, when many entries wait, or when `force`;
+ * acknowledges only the entries that checkpoint holds. */
+static int commit_batch(stream_consumer *c, bool apply, bool force, duel_error *err) {
+    int rc;
+    double t0 = duel_time_seconds();
+    if (apply) {
+        if ((rc = online_trainer_apply(c->trainer, err))) return rc;
+        c->stats.apply_seconds += duel_time_seconds() - t0;
+        c->stats.updates++;
+        c->updates_since_checkpoint++;
+        c->unpublished = true;
+    }
+    bool replaying;
+    int64_t version = version_due(c, &replaying);
+    if (version > 0) {
+        if ((rc = publish_snapshot(c, version, replaying, err))) return rc;
+        if (replaying) c->next_replay++;
+    }
+    if (!force && c->updates_since_checkpoint < online_trainer_get_options(c->trainer)->checkpoint_every &&
         c->num_unacked < MAX_UNACKED / 2)
         return write_status(c, err); /* the entries stay unacknowledged until a checkpoint holds them */
     t0 = duel_time_seconds();
@@ -310,16 +403,6 @@ static int commit_batch(stream_consumer *c, bool apply, bool force, duel_error *
     c->stats.checkpoints++;
     if ((rc = flush_acks(c, err))) return rc;
     c->updates_since_checkpoint = 0;
-    if (published > 0) {
-        if (c->o.transport) {
-            char dir[4096];
-            if ((rc = snapshot_path(c->data_dir, published, dir, sizeof dir, err))) return rc;
-            weight_transport_snapshot ws = {published, dir, train_model_parameter_memory(online_trainer_policy(c->trainer))};
-            if ((rc = weight_transport_send(c->o.transport, &ws, err))) return rc;
-        }
-        if ((rc = register_snapshot(c, published, err))) return rc;
-        c->stats.snapshots++;
-    }
     return write_status(c, err);
 }
 
@@ -427,11 +510,13 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
          * entries are acknowledged now rather than at the next batch. A partial batch alone does
          * not call for a checkpoint (its entries wait safely in this consumer's pending list;
          * at a clean stop stream_consumer_flush writes it into the checkpoint). */
+        c->caught_up = true;
         if ((rc = refresh_knobs(c, err))) return rc;
         if (online_trainer_batch_ready(c->trainer)) return commit_batch(c, true, false, err); /* batch_size shrank */
         bool settle = c->updates_since_checkpoint > 0 ||
                       (c->num_unacked > 0 && online_trainer_pending_pairs(c->trainer) == 0);
-        if (settle || publish_overdue(c)) return commit_batch(c, false, settle, err);
+        bool replaying;
+        if (settle || version_due(c, &replaying) > 0) return commit_batch(c, false, settle, err);
         return 0;
     }
     redisReply *pending = NULL;
@@ -445,6 +530,7 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
             return rc;
         }
     }
+    c->caught_up = false;
     for (size_t i = 0; i < entries->elements && rc == 0; i++) {
         const redisReply *en = entries->element[i];
         if (en->type != REDIS_REPLY_ARRAY || en->elements != 2 || en->element[0]->type != REDIS_REPLY_STRING) {
@@ -457,6 +543,13 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
         const redisReply *fields = en->element[1]->type == REDIS_REPLY_ARRAY ? en->element[1] : NULL;
         rc = process_entry(c, id, fields, deliveries, err);
         (*processed)++;
+    }
+    /* Caught up with the stream: a partial batch waits for more votes, and an update not yet
+     * published goes out now rather than at the next batch (publish_when_idle). */
+    bool replaying;
+    if (rc == 0 && !c->pending_phase && entries->elements < (size_t)c->o.read_count) {
+        c->caught_up = true;
+        if (version_due(c, &replaying) > 0) rc = commit_batch(c, false, false, err);
     }
     if (pending) freeReplyObject(pending);
     freeReplyObject(r);
@@ -480,6 +573,71 @@ int stream_consumer_run(stream_consumer *c, volatile sig_atomic_t *stop, int idl
                    c->num_unacked == 0) {
             break;
         }
+    }
+    return 0;
+}
+
+/* At start: the snapshots on disk newer than the checkpoint's published version P were
+ * published before a crash, from updates the checkpoint lost. They must be P+1, P+2, ... at
+ * increasing steps from the checkpoint's step on; then they become the replay list (one at the
+ * current step is published now), and P is registered again in case the crash fell between a
+ * snapshot and its registration. Anything else (a data folder or a registry from another run)
+ * is logged, and new versions continue after the highest one on disk or registered, so that a
+ * version number never names two different snapshots. */
+static int setup_replay(stream_consumer *c, duel_error *err) {
+    online_trainer_status s;
+    online_trainer_get_status(c->trainer, &s);
+    snapshot_listing *list = NULL;
+    int n = 0;
+    int rc = snapshot_list(c->data_dir, &list, &n, err);
+    if (rc) return rc;
+    char zkey[KEY_MAX + 32];
+    snprintf(zkey, sizeof zkey, "%ssnapshots", c->prefix);
+    const char *top[] = {"ZREVRANGE", zkey, "0", "0"};
+    redisReply *r = NULL;
+    if ((rc = command(c, &r, err, 4, top, NULL))) {
+        free(list);
+        return rc;
+    }
+    int64_t registered = r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_STRING
+                             ? atoll(r->element[0]->str)
+                             : 0;
+    freeReplyObject(r);
+    int first = 0;
+    bool has_p = false, consistent = true;
+    while (first < n && list[first].version <= s.published_version) has_p |= list[first++].version == s.published_version;
+    int64_t newest = n > 0 ? list[n - 1].version : 0;
+    for (int k = first; k < n; k++)
+        consistent &= list[k].version == s.published_version + 1 + (k - first) &&
+                      list[k].step >= (k == first ? s.step : list[k - 1].step + 1);
+    if (!consistent || registered > (newest > s.published_version ? newest : s.published_version)) {
+        int64_t floor = newest > registered ? newest : registered;
+        if (c->o.log) {
+            char line[300];
+            snprintf(line, sizeof line,
+                     "snapshots: versions on disk or registered (up to v%lld) do not follow this checkpoint "
+                     "(v%lld at step %lld); new snapshots continue from v%lld",
+                     (long long)floor, (long long)s.published_version, (long long)s.step, (long long)floor + 1);
+            c->o.log(c->o.log_context, line);
+        }
+        if (floor > s.published_version) online_trainer_set_published(c->trainer, floor);
+        free(list);
+        return 0;
+    }
+    if (has_p && s.published_version > 0 && (rc = register_snapshot(c, s.published_version, err))) {
+        free(list);
+        return rc;
+    }
+    c->num_replay = n - first;
+    if (c->num_replay > 0) {
+        memmove(list, list + first, (size_t)c->num_replay * sizeof *list);
+        c->replay = list;
+    } else {
+        free(list);
+    }
+    if (c->num_replay > 0 && c->replay[0].step == s.step) {
+        if ((rc = publish_snapshot(c, c->replay[0].version, true, err))) return rc;
+        c->next_replay = 1;
     }
     return 0;
 }
@@ -544,9 +702,7 @@ int stream_consumer_open(const stream_consumer_options *o, online_trainer *train
     snprintf(c->cursor, sizeof c->cursor, "0");
     c->last_publish_s = duel_time_seconds();
     if ((rc = refresh_knobs(c, err))) goto fail;
-    online_trainer_status s;
-    online_trainer_get_status(trainer, &s);
-    if (s.published_version > 0 && (rc = register_snapshot(c, s.published_version, err))) goto fail;
+    if ((rc = setup_replay(c, err))) goto fail;
     if ((rc = write_status(c, err))) goto fail;
     *out = c;
     return 0;
@@ -559,5 +715,6 @@ void stream_consumer_close(stream_consumer *c) {
     if (!c) return;
     if (c->rc) redisFree(c->rc);
     free(c->unacked);
+    free(c->replay);
     free(c);
 }

@@ -3,11 +3,15 @@
  * (created with MKSTREAM if missing; BUSYGROUP ignored): first this consumer's own pending
  * entries (id 0 onward), then new ones ('>'). Each entry is decoded (vote_entry.h) and offered
  * to the online trainer in stream order; when a batch is ready it is applied and a snapshot is
- * written when due (every trainer.publish_every updates, or once publish_every_seconds have
- * passed since the last snapshot with an update unpublished: checked after each update and
- * when the stream is idle). The checkpoint is written after every snapshot, after
- * checkpoint_every updates, when the stream is idle after updates or counted entries (not for
- * a partial batch alone), and by stream_consumer_flush (a partial batch is part of the
+ * written when due (every trainer.publish_every updates, once publish_every_seconds have passed
+ * since the last snapshot with an update unpublished, or, with publish_when_idle, as soon as a
+ * read finds the stream caught up with an update unpublished), registered and announced at once,
+ * and snapshots beyond the newest keep_snapshots (except duel:rollout pins) are unregistered and
+ * deleted. A snapshot does not wait for a checkpoint: after a crash the resumed run publishes
+ * the versions newer than its checkpoint's again, at the same steps (snapshot folders record
+ * them), before any new one. The checkpoint is written after checkpoint_every updates, when the
+ * stream is idle after updates or counted entries (not for a partial batch alone), and by
+ * stream_consumer_flush (a partial batch is part of the
  * checkpoint); only then are the entries it covers
  * XACKed (exactly-once effect: a crash before the XACK redelivers entries the checkpoint already
  * holds, and the trainer skips them by stream id; a crash before the checkpoint redelivers
@@ -24,7 +28,7 @@
  * After each update the status hash duel:trainer:status is written; after each snapshot it
  * is registered in duel:snapshots (zset, score = version) and duel:snapshot:{v} (hash) and
  * announced on duel:notify. Registration is repeated at start for the checkpoint's latest
- * snapshot, so a crash between the checkpoint and the registration loses nothing.
+ * snapshot, so a crash between a snapshot and its registration loses nothing.
  *
  * Not thread-safe: one thread owns the consumer and the trainer. */
 #ifndef DUEL_STREAM_CONSUMER_H
@@ -56,7 +60,7 @@ typedef struct stream_consumer_options {
     void (*log)(void *log_context, const char *line);
     void *log_context;
     /* Where published weights go besides the snapshot folder (a sender, borrowed): each new
-     * snapshot is sent after the checkpoint that records it, before it is registered. NULL:
+     * snapshot is sent once its folder is written, before it is registered. NULL:
      * the folder alone (the file transport). */
     weight_transport *transport;
 } stream_consumer_options;

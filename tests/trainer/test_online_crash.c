@@ -145,7 +145,7 @@ static void test_kill9_resume_is_exact(void **state) {
              "\"trainer\":{\"loss\":\"dpo\",\"batch_size\":4,\"lr\":0.001,\"min_lr\":0.0001,"
              "\"warmup_steps\":2,\"total_steps\":200,\"publish_every\":5,\"max_deliveries\":1000,"
              "\"seed\":99,\"burn_in\":24,\"gamma\":0.7,\"synthetic_store\":40,"
-             "\"publish_every_seconds\":0}}",
+             "\"publish_every_seconds\":0,\"publish_when_idle\":false,\"keep_snapshots\":0}}",
              model);
     test_write_file(config, text, strlen(text));
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* one summation order in both runs */

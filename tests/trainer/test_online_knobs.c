@@ -35,6 +35,7 @@ static void options_for(online_trainer_options *o) {
     o->total_steps = 100;
     o->publish_every = 3;
     o->publish_every_seconds = 0;
+    o->publish_when_idle = false;
     o->erm.min_pairs = 4;
 }
 

@@ -59,6 +59,7 @@ static void env_init(env *e, const char *tag) {
     e->to.erm.min_pairs = 8;
     e->to.burn_in = 8;               /* the SEA mixture starts at the third update */
     e->to.publish_every_seconds = 0; /* snapshots by update count only: a fixed number */
+    e->to.publish_when_idle = false;
     stream_consumer_default_options(&e->so);
     e->so.port = e->redis.port;
     e->so.block_ms = 50;
@@ -395,12 +396,155 @@ static void test_publish_every_seconds(void **state) {
     env_free(&e);
 }
 
+static bool snapshot_exists(const char *data, int64_t v) {
+    char dir[1024];
+    assert_int_equal(snapshot_path(data, v, dir, sizeof dir, NULL), 0);
+    return access(dir, F_OK) == 0;
+}
+
+static long long snapshot_meta_int(const char *data, int64_t v, const char *key) {
+    char dir[1024], path[1100];
+    assert_int_equal(snapshot_path(data, v, dir, sizeof dir, NULL), 0);
+    snprintf(path, sizeof path, "%s/meta.json", dir);
+    json_t *meta = NULL;
+    duel_error err;
+    if (duel_json_load_file(path, 1 << 20, &meta, &err)) fail_msg("%s", err.message);
+    long long x = json_integer_value(json_object_get(meta, key));
+    json_decref(meta);
+    return x;
+}
+
+/* publish_when_idle: each update is published as soon as the trainer has caught up with the
+ * stream, without waiting for a checkpoint (checkpoint_every 3: the entries stay pending).
+ * keep_snapshots 2: older snapshots are unregistered and deleted, except one duel:rollout pins. */
+static void test_publish_when_idle_and_prune(void **state) {
+    (void)state;
+    env e;
+    env_init(&e, "online-pub-idle");
+    e.to.publish_every = 0;
+    e.to.publish_when_idle = true;
+    e.to.keep_snapshots = 2;
+    e.to.checkpoint_every = 3;
+    vote_producer p;
+    vote_producer_init(&p, 13, 128, "tiny");
+    online_trainer *t;
+    stream_consumer *sc;
+    duel_error err = {0};
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    char state_path[700];
+    snprintf(state_path, sizeof state_path, "%s/trainer/checkpoint/state.json", e.data);
+    for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    assert_int_equal(poll_some(sc), 4);
+    online_trainer_status s;
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 1);
+    assert_int_equal(s.published_version, 1);          /* right after the update */
+    assert_int_equal(cmd_int(e.c, "ZCARD %s", "duel:snapshots"), 1);
+    assert_int_equal(pending_count(e.c), 4);           /* no checkpoint forced by the snapshot */
+    assert_int_equal(access(state_path, F_OK), -1);
+    assert_int_equal(snapshot_meta_int(e.data, 1, "prefs_applied"), 4);
+    /* A partial batch alone publishes nothing. */
+    for (int i = 0; i < 2; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    assert_int_equal(poll_some(sc), 2);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.published_version, 1);
+    for (int i = 0; i < 2; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    assert_int_equal(poll_some(sc), 2);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.published_version, 2);
+    /* v3 makes v1 the oldest beyond the newest two: gone from the registry and the disk. */
+    for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    assert_int_equal(poll_some(sc), 4);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.published_version, 3);
+    assert_false(snapshot_exists(e.data, 1));
+    assert_true(snapshot_exists(e.data, 2) && snapshot_exists(e.data, 3));
+    assert_int_equal(cmd_int(e.c, "ZCARD %s", "duel:snapshots"), 2);
+    assert_int_equal(cmd_int(e.c, "EXISTS %s", "duel:snapshot:1"), 0);
+    /* A rollout pin keeps v2 past its turn. */
+    freeReplyObject(cmd(e.c, "SET duel:rollout %s", "{\"arms\":[{\"snapshot\":2,\"weight\":100}]}"));
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+        assert_int_equal(poll_some(sc), 4);
+    }
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.published_version, 5);
+    assert_true(snapshot_exists(e.data, 2));
+    assert_false(snapshot_exists(e.data, 3));
+    assert_true(snapshot_exists(e.data, 4) && snapshot_exists(e.data, 5));
+    assert_int_equal(cmd_int(e.c, "ZCARD %s", "duel:snapshots"), 3);
+    assert_int_equal(cmd_int(e.c, "EXISTS %s", "duel:snapshot:2"), 1);
+    for (int64_t v = 4; v <= 5; v++) {
+        char dir[1024];
+        assert_int_equal(snapshot_path(e.data, v, dir, sizeof dir, NULL), 0);
+        if (snapshot_verify(dir, NULL, &err)) fail_msg("%s", err.message);
+    }
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    env_free(&e);
+}
+
+/* A crash after snapshots the checkpoint does not record yet: the resumed run publishes the
+ * same versions again at the same steps (a damaged folder is rewritten), and only then new ones,
+ * so a version never names two different states. */
+static void test_snapshots_replayed_after_crash(void **state) {
+    (void)state;
+    env e;
+    env_init(&e, "online-pub-replay");
+    e.to.publish_every = 1;
+    e.to.checkpoint_every = 3;
+    e.so.read_count = 4; /* one batch per round */
+    vote_producer p;
+    vote_producer_init(&p, 14, 128, "tiny");
+    for (int i = 0; i < 24; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    online_trainer *t;
+    stream_consumer *sc;
+    duel_error err = {0};
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    for (int k = 0; k < 5; k++) assert_int_equal(poll_some(sc), 4);
+    online_trainer_status s;
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 5);
+    assert_int_equal(s.published_version, 5); /* the checkpoint (update 3) records v3 */
+    /* "Crash": no flush; v5's weights are damaged on disk. */
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    char dir[1024], path[1100];
+    assert_int_equal(snapshot_path(e.data, 5, dir, sizeof dir, NULL), 0);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    assert_int_equal(truncate(path, 100), 0);
+    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 3);
+    assert_int_equal(s.published_version, 3);
+    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    drain(sc);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 6);
+    assert_int_equal(s.prefs_applied, 24);
+    assert_int_equal(s.published_version, 6);
+    assert_int_equal(cmd_int(e.c, "ZCARD %s", "duel:snapshots"), 6);
+    for (int64_t v = 1; v <= 6; v++) {
+        assert_int_equal(snapshot_meta_int(e.data, v, "step"), v);
+        assert_int_equal(snapshot_meta_int(e.data, v, "prefs_applied"), 4 * v);
+        assert_int_equal(snapshot_path(e.data, v, dir, sizeof dir, NULL), 0);
+        if (snapshot_verify(dir, NULL, &err)) fail_msg("v%lld: %s", (long long)v, err.message);
+    }
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    env_free(&e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_applies_votes_exactly_once, stop_redis),
         cmocka_unit_test_teardown(test_redelivered_too_often_goes_dead, stop_redis),
         cmocka_unit_test_teardown(test_checkpoint_every_defers_acks, stop_redis),
         cmocka_unit_test_teardown(test_publish_every_seconds, stop_redis),
+        cmocka_unit_test_teardown(test_publish_when_idle_and_prune, stop_redis),
+        cmocka_unit_test_teardown(test_snapshots_replayed_after_crash, stop_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
