@@ -17,7 +17,8 @@
  * input (fuzzed by tests/fuzz/fuzz_vote_entry.c).
  *
  * vote_entry_encode is the reference encoder (tests and tools produce entries with it); the
- * gateway has its own producer and the two should share one codec in common/ later. */
+ * gateway has its own producer (gateway/server.c build_vote); tests/gateway/test_backend_engine.c
+ * decodes what the gateway writes with vote_entry_decode, so the two cannot drift apart. */
 #ifndef DUEL_VOTE_ENTRY_H
 #define DUEL_VOTE_ENTRY_H
 

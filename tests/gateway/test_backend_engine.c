@@ -4,6 +4,7 @@
  * refused; and a whole duel through the gateway over a socket, voted into a real Redis. Skips
  * (exit 77) when models/default is missing. */
 #include "gateway_test_util.h"
+#include "vote_entry.h"
 
 #include "duel.h"
 #include "duel_backend.h"
@@ -135,6 +136,38 @@ static void test_adapter_rejects_bad_settings(void **state) {
     assert_true(backend_engine_create(&cfg, &b, &err) < 0);
 }
 
+/* The gateway writes votes with its own producer (gateway/server.c); the trainer reads them with
+ * vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
+ * the served model, with the clicked side as the chosen candidate. */
+static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
+    redisContext *rc = redisConnect("127.0.0.1", redis->port);
+    assert_true(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "XRANGE duel:prefs - +");
+    assert_true(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
+    redisReply *fields = r->element[0]->element[1];
+    vote_entry_field f[VOTE_ENTRY_MAX_FIELDS];
+    int n = 0;
+    for (size_t i = 0; i + 1 < fields->elements && n < VOTE_ENTRY_MAX_FIELDS; i += 2)
+        f[n++] = (vote_entry_field){fields->element[i]->str, fields->element[i]->len, fields->element[i + 1]->str,
+                                    fields->element[i + 1]->len};
+    vote_entry e;
+    memset(&e, 0, sizeof e);
+    vote_entry_limits limits = {.d_feat = 640, .vocab = 4096, .max_sequence = 256};
+    duel_error err = {0};
+    if (vote_entry_decode(f, n, &limits, &e, &err)) fail_msg("the gateway's vote does not decode: %s", err.message);
+    assert_int_equal(e.choice, VOTE_CHOICE_A);
+    assert_int_equal(e.num_candidates, 4);
+    assert_true(e.chosen_idx != e.rejected_idx && e.chosen_idx >= 0 && e.chosen_idx < 4 && e.rejected_idx >= 0 &&
+                e.rejected_idx < 4);
+    assert_string_equal(e.duel_id, d->id);
+    assert_true(e.n_prompt_tokens > 0 && e.num_heads > 0);
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (strcmp(fields->element[i]->str, "chosen_text") == 0) assert_string_equal(fields->element[i + 1]->str, d->a);
+    vote_entry_free(&e);
+    freeReplyObject(r);
+    redisFree(rc);
+}
+
 static void test_gateway_with_engine(void **state) {
     (void)state;
     tu_redis redis = {0};
@@ -159,6 +192,7 @@ static void test_gateway_with_engine(void **state) {
     assert_true(d.progress > 0);
     assert_false(ws_vote(&c, d.id, "a"));
     assert_int_equal(tu_redis_int(&redis, "XLEN duel:prefs"), 1);
+    check_vote_decodes(&redis, &d);
     tu_duel_free(&d);
     ws_close(&c);
     tu_gateway_stop(&g);
