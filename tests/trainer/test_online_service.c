@@ -76,6 +76,19 @@ static void env_free(env *e) {
     g_redis = NULL;
 }
 
+/* Opens a trainer on e's data folder (resuming its checkpoint) and its stream consumer. */
+static void env_open(env *e, online_trainer **t, stream_consumer **sc) {
+    duel_error err = {0};
+    if (online_trainer_open(&e->to, e->data, t, &err)) fail_msg("%s", err.message);
+    if (stream_consumer_open(&e->so, *t, sc, &err)) fail_msg("%s", err.message);
+}
+
+/* Closes both without a flush: what is not checkpointed is lost, as in a crash. */
+static void env_close(stream_consumer *sc, online_trainer *t) {
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+}
+
 /* Polls until two rounds in a row read nothing new. */
 static void drain(stream_consumer *sc) {
     int idle = 0;
@@ -133,8 +146,7 @@ static void test_applies_votes_exactly_once(void **state) {
     online_trainer *t;
     stream_consumer *sc;
     duel_error err = {0};
-    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
-    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    env_open(&e, &t, &sc);
     drain(sc);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
@@ -210,8 +222,7 @@ static void test_applies_votes_exactly_once(void **state) {
     assert_int_equal(snapshot_verify(dir, NULL, &err), DUEL_EFORMAT);
     assert_non_null(strstr(err.message, "erm.safetensors"));
     /* Restart: state comes back from the checkpoint; old entries are not re-applied. */
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
     online_trainer_status s2;
     online_trainer_get_status(t, &s2);
@@ -228,8 +239,7 @@ static void test_applies_votes_exactly_once(void **state) {
     assert_int_equal(s2.step, s.step + 1);
     assert_int_equal(s2.duplicates, 1);
     assert_int_equal(s2.prefs_applied, n_ab + 4);
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     env_free(&e);
 }
 
@@ -251,9 +261,7 @@ static void test_redelivered_too_often_goes_dead(void **state) {
     }
     online_trainer *t;
     stream_consumer *sc;
-    duel_error err = {0};
-    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
-    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    env_open(&e, &t, &sc);
     drain(sc);
     r = cmd(e.c, "XRANGE duel:prefs:dead - +");
     assert_int_equal((int)r->elements, 1);
@@ -267,8 +275,7 @@ static void test_redelivered_too_often_goes_dead(void **state) {
     r = cmd(e.c, "XPENDING duel:prefs trainers");
     assert_int_equal(r->element[0]->integer, 0);
     freeReplyObject(r);
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     env_free(&e);
 }
 
@@ -311,8 +318,7 @@ static void test_checkpoint_every_defers_acks(void **state) {
     online_trainer *t;
     stream_consumer *sc;
     duel_error err = {0};
-    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
-    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    env_open(&e, &t, &sc);
     char state_path[700];
     snprintf(state_path, sizeof state_path, "%s/trainer/checkpoint/state.json", e.data);
     const long long want_pending[4] = {4, 8, 0, 4};
@@ -329,8 +335,7 @@ static void test_checkpoint_every_defers_acks(void **state) {
     assert_int_equal(atoi(r->str), 4);
     freeReplyObject(r);
     /* "Crash": no flush. The restart resumes at update 3 and re-applies update 4 from Redis. */
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
@@ -342,8 +347,7 @@ static void test_checkpoint_every_defers_acks(void **state) {
     assert_int_equal(s.prefs_applied, 20);
     assert_int_equal(s.duplicates, 0);
     assert_int_equal(pending_count(e.c), 0); /* the idle round checkpointed and acknowledged */
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     env_free(&e);
 }
 
@@ -361,18 +365,15 @@ static void test_publish_every_seconds(void **state) {
     online_trainer *t;
     stream_consumer *sc;
     duel_error err = {0};
-    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
-    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    env_open(&e, &t, &sc);
     drain(sc);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 2);
     assert_int_equal(s.published_version, 0);
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     e.to.publish_every_seconds = 0.05;
-    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
-    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    env_open(&e, &t, &sc);
     drain(sc);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.published_version, 0); /* nothing new since the start */
@@ -391,8 +392,7 @@ static void test_publish_every_seconds(void **state) {
     char dir[1024];
     assert_int_equal(snapshot_path(e.data, 1, dir, sizeof dir, NULL), 0);
     if (snapshot_verify(dir, NULL, &err)) fail_msg("%s", err.message);
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     env_free(&e);
 }
 
@@ -430,8 +430,7 @@ static void test_publish_when_idle_and_prune(void **state) {
     online_trainer *t;
     stream_consumer *sc;
     duel_error err = {0};
-    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
-    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    env_open(&e, &t, &sc);
     char state_path[700];
     snprintf(state_path, sizeof state_path, "%s/trainer/checkpoint/state.json", e.data);
     for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
@@ -480,8 +479,7 @@ static void test_publish_when_idle_and_prune(void **state) {
         assert_int_equal(snapshot_path(e.data, v, dir, sizeof dir, NULL), 0);
         if (snapshot_verify(dir, NULL, &err)) fail_msg("%s", err.message);
     }
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     env_free(&e);
 }
 
@@ -501,16 +499,14 @@ static void test_snapshots_replayed_after_crash(void **state) {
     online_trainer *t;
     stream_consumer *sc;
     duel_error err = {0};
-    if (online_trainer_open(&e.to, e.data, &t, &err)) fail_msg("%s", err.message);
-    if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
+    env_open(&e, &t, &sc);
     for (int k = 0; k < 5; k++) assert_int_equal(poll_some(sc), 4);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 5);
     assert_int_equal(s.published_version, 5); /* the checkpoint (update 3) records v3 */
     /* "Crash": no flush; v5's weights are damaged on disk. */
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     char dir[1024], path[1100];
     assert_int_equal(snapshot_path(e.data, 5, dir, sizeof dir, NULL), 0);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
@@ -532,8 +528,7 @@ static void test_snapshots_replayed_after_crash(void **state) {
         assert_int_equal(snapshot_path(e.data, v, dir, sizeof dir, NULL), 0);
         if (snapshot_verify(dir, NULL, &err)) fail_msg("v%lld: %s", (long long)v, err.message);
     }
-    stream_consumer_close(sc);
-    online_trainer_close(t);
+    env_close(sc, t);
     env_free(&e);
 }
 
