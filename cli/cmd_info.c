@@ -1,11 +1,12 @@
 /* cmd_info.c: `duel info`: the version, the backends built in (cpu always; cuda when compiled
- * with nvcc) and whether a GPU answers the CUDA probe. With --json, one JSON object on the last
- * line of stdout. */
+ * with nvcc), the OpenBLAS kernels in use and whether a GPU answers the CUDA probe. With
+ * --json, one JSON object on the last line of stdout. */
 #include <cblas.h>
 #include <jansson.h>
 #include <stdlib.h>
 
 #include "backend_cuda.h"
+#include "blas_core.h"
 #include "cli.h"
 #include "version.h"
 
@@ -30,8 +31,16 @@ int cmd_info(int argc, char **argv) {
     int blas_threads = openblas_get_num_threads();
 
     printf("duel %s\n", duel_version());
+    const char *coretype = getenv("OPENBLAS_CORETYPE");
     printf("backends: cpu (%s, %d threads)%s\n", blas_config ? blas_config : "?",
            blas_threads, cuda.built ? ", cuda" : "");
+    printf("blas kernels: %s%s%s%s%s\n", blas_core_name(), coretype ? " (OPENBLAS_CORETYPE=" : "",
+           coretype ? coretype : "",
+           blas_core_set_by_duel() ? ", set by duel: this OpenBLAS does not know the CPU" : "",
+           coretype ? ")" : "");
+    if (blas_core_better() != NULL)
+        printf("blas: generic kernels on a CPU with AVX2/AVX-512: set OPENBLAS_CORETYPE=%s\n",
+               blas_core_better());
     if (!cuda.built) {
         printf("cuda: not built in (configure with nvcc on PATH or -DDUEL_CUDA=ON)\n");
     } else {
@@ -64,6 +73,10 @@ int cmd_info(int argc, char **argv) {
         }
         if (probe != 0) json_object_set_new(o, "gpu_error", json_string(err.message));
         json_object_set_new(o, "blas_threads", json_integer(blas_threads));
+        json_object_set_new(o, "blas_core", json_string(blas_core_name()));
+        const char *set_by_duel = blas_core_set_by_duel();
+        json_object_set_new(o, "blas_core_set_by_duel",
+                            set_by_duel ? json_string(set_by_duel) : json_null());
         char *text = json_dumps(o, JSON_COMPACT);
         if (text) printf("%s\n", text);
         free(text);

@@ -1,9 +1,11 @@
 /* main.c: the `duel` executable. A table of subcommands, each with a one-line summary and its
  * own parser and --help (cli.h); `duel --help` lists them. Exit codes: 0 ok, 1 the work failed,
- * 2 the command line was wrong. */
+ * 2 the command line was wrong. On a CPU newer than the OpenBLAS library, main first re-executes
+ * itself with OPENBLAS_CORETYPE set (blas_core.c). */
 #include <stdio.h>
 #include <string.h>
 
+#include "blas_core.h"
 #include "cli.h"
 #include "version.h"
 
@@ -48,6 +50,7 @@ static void print_help(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    blas_core_fix(argv); /* returns at once unless OpenBLAS fell back to generic kernels */
     if (argc < 2) {
         print_help(stderr);
         return CLI_EXIT_USAGE;

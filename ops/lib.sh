@@ -88,6 +88,20 @@ duel_build() {
     cmake --build "$DUEL_ROOT/$dir" -j "$DUEL_JOBS"
 }
 
+# Exports OPENBLAS_CORETYPE when this OpenBLAS does not know the CPU and would run its generic
+# kernels (8x slower sgemm, cli/blas_core.c): `duel` fixes that for itself by re-executing, the
+# test programs that link the libraries directly inherit the variable from here.
+duel_blas_env() {
+    [ -n "${OPENBLAS_CORETYPE:-}" ] && return 0
+    local core
+    core=$("$DUEL_ROOT/build/cli/duel" info --json 2>/dev/null | tail -1 |
+        sed -n 's/.*"blas_core_set_by_duel":"\([A-Za-z0-9]*\)".*/\1/p')
+    if [ -n "$core" ]; then
+        export OPENBLAS_CORETYPE=$core
+        echo "OpenBLAS does not know this CPU: OPENBLAS_CORETYPE=$core for the tests"
+    fi
+}
+
 # The release build in build/ (what ops/up runs and benchmarks use).
 duel_build_release() {
     # shellcheck disable=SC2046

@@ -184,6 +184,16 @@ echo "== --json: one JSON object on the last line"
 "$DUEL" info --json >"$TMP/info.out" 2>/dev/null || fail "duel info --json failed"
 json_last_line "$TMP/info.out" '"cpu" in d["backends"] and "version" in d and isinstance(d["gpu_answers"], bool)' \
     || fail "duel info --json: bad last line"
+# OpenBLAS older than the CPU falls back to its generic Prescott kernels (8x slower sgemm);
+# duel re-executes itself with OPENBLAS_CORETYPE set, and leaves a user's own setting alone.
+if grep -qw avx2 /proc/cpuinfo; then
+    env -u OPENBLAS_CORETYPE "$DUEL" info --json >"$TMP/info.out" 2>/dev/null || fail "duel info (no OPENBLAS_CORETYPE) failed"
+    json_last_line "$TMP/info.out" 'd["blas_core"].lower() != "prescott"' \
+        || fail "duel runs OpenBLAS's generic kernels on a CPU with AVX2"
+fi
+OPENBLAS_CORETYPE=Prescott "$DUEL" info --json >"$TMP/info.out" 2>/dev/null || fail "duel info (Prescott) failed"
+json_last_line "$TMP/info.out" 'd["blas_core"].lower() == "prescott"' \
+    || fail "duel overrode the user's OPENBLAS_CORETYPE"
 "$DUEL" bench machine --json --sgemm-size 256 --bandwidth-mib 64 --repeats 1 >"$TMP/machine.out" 2>/dev/null \
     || fail "duel bench machine --json failed"
 json_last_line "$TMP/machine.out" 'd["sgemm_gflops"] > 0 and d["read_gb_per_s"] > 0' \
