@@ -564,7 +564,7 @@ int cmd_generate(int argc, char **argv) {
         {"--system", CLI_OPT_STRING, &o.system, "TEXT", "system message for --chat", 0, 0, false,
          NULL},
         {"--template", CLI_OPT_STRING, &o.template_name, "NAME",
-         "chat template: plain, chatml or llama3 (default: from tokenizer_config.json)", 0, 0,
+         "chat template: plain, chatml, llama3 or qa (default: from tokenizer_config.json)", 0, 0,
          false, NULL},
         {"--temperature", CLI_OPT_DOUBLE, &o.temperature, "F",
          "sampling temperature, 0 = greedy (default 0.7)", 0, 100, false, NULL},

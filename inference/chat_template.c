@@ -1,4 +1,4 @@
-/* chat_template.c: the chat templates implemented in C by name (chatml, llama3, plain) and their
+/* chat_template.c: the chat templates implemented in C by name (chatml, llama3, plain, qa) and their
  * detection from a model's tokenizer_config.json (see chat_template.h). Rendering produces the
  * exact strings the models' Jinja templates produce for plain system/user/assistant turns. */
 #include "chat_template.h"
@@ -16,21 +16,23 @@ static const char *const template_names[] = {
     [CHAT_TEMPLATE_PLAIN] = "plain",
     [CHAT_TEMPLATE_CHATML] = "chatml",
     [CHAT_TEMPLATE_LLAMA3] = "llama3",
+    [CHAT_TEMPLATE_QA] = "qa",
 };
+#define NUM_TEMPLATES (sizeof template_names / sizeof template_names[0])
 
 int chat_template_from_name(const char *name, chat_template_kind *out, duel_error *err) {
-    for (int k = 0; k < 3; k++)
+    for (size_t k = 0; k < NUM_TEMPLATES; k++)
         if (name && strcmp(name, template_names[k]) == 0) {
             *out = (chat_template_kind)k;
             return DUEL_OK;
         }
     return duel_error_set(err, DUEL_EINVAL,
-                          "unknown chat template \"%s\" (choose plain, chatml or llama3)",
+                          "unknown chat template \"%s\" (choose plain, chatml, llama3 or qa)",
                           name ? name : "(null)");
 }
 
 const char *chat_template_name(chat_template_kind kind) {
-    if ((unsigned)kind > CHAT_TEMPLATE_LLAMA3) return "unknown";
+    if ((unsigned)kind >= NUM_TEMPLATES) return "unknown";
     return template_names[kind];
 }
 
@@ -127,7 +129,7 @@ static void put_bytes(text_buffer *b, const char *s, size_t n) {
 }
 
 /* A rendering is a sequence of parts: template text, message content, and special tokens (the
- * markers chatml and llama3 put around turns). render_parts() calls emit() for each in order;
+ * markers chatml and llama3 put around turns, the end of a qa answer). render_parts() calls emit() for each in order;
  * render and encode differ only in what they do with the parts. */
 typedef enum { PART_TEXT, PART_SPECIAL } part_kind;
 typedef void (*part_sink)(void *ctx, part_kind kind, const char *s);
@@ -170,6 +172,21 @@ static void render_parts(chat_template_kind kind, const chat_message *messages, 
             emit(ctx, PART_TEXT, content);
             emit(ctx, PART_SPECIAL, "<|eot_id|>");
             break;
+        case CHAT_TEMPLATE_QA:
+            if (strcmp(role, "user") == 0) {
+                emit(ctx, PART_TEXT, "Question: ");
+                emit(ctx, PART_TEXT, content);
+                emit(ctx, PART_TEXT, " Answer:");
+            } else if (strcmp(role, "assistant") == 0) {
+                /* one space after "Answer:"; a generated answer already starts with it */
+                if (content[0] != ' ') emit(ctx, PART_TEXT, " ");
+                emit(ctx, PART_TEXT, content);
+                emit(ctx, PART_SPECIAL, "<|endoftext|>");
+            } else {
+                emit(ctx, PART_TEXT, content);
+                emit(ctx, PART_TEXT, " ");
+            }
+            break;
         case CHAT_TEMPLATE_PLAIN:
             if (strcmp(role, "user") == 0) emit(ctx, PART_TEXT, "User: ");
             else if (strcmp(role, "assistant") == 0) emit(ctx, PART_TEXT, "Assistant: ");
@@ -187,9 +204,9 @@ static void render_parts(chat_template_kind kind, const chat_message *messages, 
             emit(ctx, PART_TEXT, "assistant");
             emit(ctx, PART_SPECIAL, "<|end_header_id|>");
             emit(ctx, PART_TEXT, "\n\n");
-        } else {
+        } else if (kind == CHAT_TEMPLATE_PLAIN) {
             emit(ctx, PART_TEXT, "Assistant:");
-        }
+        } /* qa: the user's turn ends with "Answer:" */
     }
 }
 
@@ -201,7 +218,7 @@ static void render_sink(void *ctx, part_kind kind, const char *s) {
 int chat_template_render(chat_template_kind kind, const chat_message *messages, size_t count,
                          bool add_generation_prompt, char **out, duel_error *err) {
     *out = NULL;
-    if ((unsigned)kind > CHAT_TEMPLATE_LLAMA3)
+    if ((unsigned)kind >= NUM_TEMPLATES)
         return duel_error_set(err, DUEL_EINVAL, "chat_template_render: unknown template kind %d", (int)kind);
     int rc = validate_messages(messages, count, err);
     if (rc) return rc;
@@ -281,7 +298,7 @@ int chat_template_encode(chat_template_kind kind, const tokenizer *tok,
                          int32_t **ids, size_t *n_ids, duel_error *err) {
     *ids = NULL;
     *n_ids = 0;
-    if ((unsigned)kind > CHAT_TEMPLATE_LLAMA3)
+    if ((unsigned)kind >= NUM_TEMPLATES)
         return duel_error_set(err, DUEL_EINVAL, "chat_template_encode: unknown template kind %d", (int)kind);
     int rc = validate_messages(messages, count, err);
     if (rc) return rc;
@@ -304,6 +321,11 @@ const char *chat_template_end_of_turn(chat_template_kind kind) {
     switch (kind) {
     case CHAT_TEMPLATE_CHATML: return "<|im_end|>";
     case CHAT_TEMPLATE_LLAMA3: return "<|eot_id|>";
+    case CHAT_TEMPLATE_QA: return "<|endoftext|>";
     default: return NULL;
     }
+}
+
+const char *chat_template_answer_prefix(chat_template_kind kind) {
+    return kind == CHAT_TEMPLATE_QA ? " " : "";
 }

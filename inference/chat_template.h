@@ -1,5 +1,5 @@
 /* chat_template.h: turning a conversation into the prompt text a model was tuned on. Templates
- * are implemented in C by name (chatml, llama3, plain); no Jinja. The name comes from config or
+ * are implemented in C by name (chatml, llama3, plain, qa); no Jinja. The name comes from config or
  * is detected from the model's tokenizer_config.json. */
 #ifndef DUEL_CHAT_TEMPLATE_H
 #define DUEL_CHAT_TEMPLATE_H
@@ -16,6 +16,8 @@ typedef enum chat_template_kind {
     CHAT_TEMPLATE_PLAIN,  /* "User: ...\nAssistant: ..." lines, for base models */
     CHAT_TEMPLATE_CHATML, /* <|im_start|>role\n...<|im_end|>\n (Qwen2, SmolLM2) */
     CHAT_TEMPLATE_LLAMA3, /* <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|> */
+    CHAT_TEMPLATE_QA,     /* "Question: ... Answer: ...<|endoftext|>": a model that learned to
+                             answer questions in its pretraining text (the default model) */
 } chat_template_kind;
 
 typedef struct chat_message {
@@ -23,7 +25,7 @@ typedef struct chat_message {
     const char *content;
 } chat_message;
 
-/* "plain", "chatml", "llama3" -> kind; anything else is DUEL_EINVAL naming the choices. */
+/* "plain", "chatml", "llama3", "qa" -> kind; anything else is DUEL_EINVAL naming the choices. */
 int chat_template_from_name(const char *name, chat_template_kind *out, duel_error *err);
 const char *chat_template_name(chat_template_kind kind);
 
@@ -46,7 +48,13 @@ int chat_template_encode(chat_template_kind kind, const tokenizer *tok,
                          const chat_message *messages, size_t count, bool add_generation_prompt,
                          int32_t **ids, size_t *n_ids, duel_error *err);
 
-/* The token string that ends an assistant turn ("<|im_end|>", "<|eot_id|>"; NULL for plain). */
+/* The token string that ends an assistant turn ("<|im_end|>", "<|eot_id|>", "<|endoftext|>" for
+ * qa; NULL for plain). */
 const char *chat_template_end_of_turn(chat_template_kind kind);
+
+/* The text the template puts before an assistant's answer after the generation prompt (" " for
+ * qa, whose prompt ends with "Answer:" as its pretraining text did; "" otherwise): training
+ * prepends it to a response so that the response's first token is the one the model generates. */
+const char *chat_template_answer_prefix(chat_template_kind kind);
 
 #endif

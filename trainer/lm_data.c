@@ -198,9 +198,21 @@ int lm_data_encode_prompt(const lm_data_options *o, const char *prompt, int32_t 
 static int build_example(const lm_data_options *o, const int32_t *prompt, size_t np,
                          const char *response, size_t response_len, lm_example *e, bool *truncated,
                          duel_error *err) {
+    /* The template's answer prefix (" " for qa) goes in front, so that the response's first
+     * token is the one the model generates after the prompt. */
+    const char *prefix = chat_template_answer_prefix(o->chat_template);
+    size_t np_text = strlen(prefix);
+    char *text = malloc(np_text + response_len + 1);
+    if (text == NULL) {
+        return duel_error_set(err, DUEL_ENOMEM, "out of memory");
+    }
+    memcpy(text, prefix, np_text);
+    memcpy(text + np_text, response, response_len);
+    text[np_text + response_len] = '\0';
     int32_t *ids = NULL;
     size_t nr = 0;
-    int rc = tokenizer_encode(o->tok, response, response_len, false, &ids, &nr, err);
+    int rc = tokenizer_encode(o->tok, text, np_text + response_len, false, &ids, &nr, err);
+    free(text);
     if (rc != 0) {
         return rc;
     }

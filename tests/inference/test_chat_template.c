@@ -1,4 +1,4 @@
-/* test_chat_template.c: exact strings of the chatml, llama3 and plain templates, detection from
+/* test_chat_template.c: exact strings of the chatml, llama3, plain and qa templates, detection from
  * tokenizer_config.json files written to a temporary directory, and errors (unknown names and
  * roles, broken config files). */
 #include "test_helpers.h"
@@ -54,11 +54,31 @@ static void test_plain(void **state) {
     free(out);
 }
 
+static void test_qa(void **state) {
+    (void)state;
+    /* The default model's pretraining text reads "Question: ... Answer: ...": the generation
+     * prompt ends with "Answer:" and an answer follows after a space. */
+    expect_render(CHAT_TEMPLATE_QA, true,
+                  "Be brief. Question: Hi! Answer: Hello.<|endoftext|>Question: 2+2? Answer:");
+    expect_render(CHAT_TEMPLATE_QA, false,
+                  "Be brief. Question: Hi! Answer: Hello.<|endoftext|>Question: 2+2? Answer:");
+    /* An answer as generated, with its leading space, renders the same (no second space). */
+    const chat_message generated[] = {{"user", "Hi!"}, {"assistant", " Hello."}, {"user", "2+2?"}};
+    char *out = NULL;
+    assert_int_equal(chat_template_render(CHAT_TEMPLATE_QA, generated, 3, true, &out, NULL), 0);
+    assert_string_equal(out, "Question: Hi! Answer: Hello.<|endoftext|>Question: 2+2? Answer:");
+    free(out);
+    assert_string_equal(chat_template_end_of_turn(CHAT_TEMPLATE_QA), "<|endoftext|>");
+    assert_string_equal(chat_template_answer_prefix(CHAT_TEMPLATE_QA), " ");
+    assert_string_equal(chat_template_answer_prefix(CHAT_TEMPLATE_CHATML), "");
+    assert_string_equal(chat_template_answer_prefix(CHAT_TEMPLATE_PLAIN), "");
+}
+
 static void test_names(void **state) {
     (void)state;
     chat_template_kind kind = CHAT_TEMPLATE_PLAIN;
-    const char *names[] = {"plain", "chatml", "llama3"};
-    for (int i = 0; i < 3; i++) {
+    const char *names[] = {"plain", "chatml", "llama3", "qa"};
+    for (int i = 0; i < 4; i++) {
         assert_int_equal(chat_template_from_name(names[i], &kind, NULL), 0);
         assert_int_equal(kind, i);
         assert_string_equal(chat_template_name(kind), names[i]);
@@ -160,7 +180,8 @@ static void test_detect_errors(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_chatml),         cmocka_unit_test(test_llama3),
-        cmocka_unit_test(test_plain),          cmocka_unit_test(test_names),
+        cmocka_unit_test(test_plain),          cmocka_unit_test(test_qa),
+        cmocka_unit_test(test_names),
         cmocka_unit_test(test_render_errors),  cmocka_unit_test(test_detect),
         cmocka_unit_test(test_detect_errors),
     };

@@ -277,6 +277,33 @@ static void test_corrupt_checkpoints(void **state) {
     train_model_free(other);
 }
 
+/* With the qa template an SFT example is exactly the conversation the template renders: the
+ * answer after "Answer:" starts with a space and ends with <|endoftext|>, so the first trained
+ * token is the one the model generates after the prompt. */
+static void test_sft_qa_matches_template(void **state) {
+    (void)state;
+    char path[700];
+    snprintf(path, sizeof path, "%s/qa.jsonl", fx.dir);
+    const char *text = "{\"prompt\": \"What does cat mean?\", \"response\": \"a small feline\"}\n";
+    test_write_file(path, text, strlen(text));
+    lm_data_options o = {fx.tok, CHAT_TEMPLATE_QA, 64, false, 0};
+    lm_dataset d;
+    assert_int_equal(lm_data_load_sft(path, &o, &d, NULL), 0);
+    assert_int_equal(d.num_examples, 1);
+    const chat_message turn[] = {{"user", "What does cat mean?"}, {"assistant", "a small feline"}};
+    int32_t *want = NULL, *prompt = NULL;
+    size_t n = 0, np = 0;
+    assert_int_equal(chat_template_encode(CHAT_TEMPLATE_QA, fx.tok, turn, 2, false, &want, &n, NULL), 0);
+    assert_int_equal(chat_template_encode(CHAT_TEMPLATE_QA, fx.tok, turn, 1, true, &prompt, &np, NULL), 0);
+    assert_int_equal(d.examples[0].len, (int)n);
+    assert_memory_equal(d.examples[0].tokens, want, n * sizeof(int32_t));
+    assert_int_equal(d.examples[0].loss_start, (int)np - 1);
+    assert_int_equal(want[n - 1], tokenizer_token_id(fx.tok, "<|endoftext|>"));
+    free(want);
+    free(prompt);
+    lm_data_free(&d);
+}
+
 static void test_bad_jsonl_lines(void **state) {
     (void)state;
     char path[700];
@@ -408,6 +435,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_resume_is_bit_exact),
         cmocka_unit_test(test_sft_loss_falls),
+        cmocka_unit_test(test_sft_qa_matches_template),
         cmocka_unit_test(test_corrupt_checkpoints),
         cmocka_unit_test(test_bad_jsonl_lines),
         cmocka_unit_test(test_dpo_raises_margin),
