@@ -84,6 +84,12 @@ static const char *CHATML_JINJA =
     "'<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' "
     "}}{% endif %}";
 
+static const char *QA_JINJA =
+    "{% for message in messages %}{% if message['role'] == 'user' %}{{ 'Question: ' + "
+    "message['content'] + ' Answer:' }}{% elif message['role'] == 'assistant' %}{{ ' ' + "
+    "message['content'] + '<|endoftext|>' }}{% else %}{{ message['content'] + ' ' }}{% endif %}"
+    "{% endfor %}";
+
 static int write_tokenizer_config(const char *dir, chat_template_kind kind, duel_error *err) {
     json_t *o = json_object();
     json_object_set_new(o, "tokenizer_class", json_string("PreTrainedTokenizerFast"));
@@ -94,6 +100,7 @@ static int write_tokenizer_config(const char *dir, chat_template_kind kind, duel
     json_object_set_new(o, "clean_up_tokenization_spaces", json_false());
     json_object_set_new(o, "duel_chat_template", json_string(chat_template_name(kind)));
     if (kind == CHAT_TEMPLATE_CHATML) json_object_set_new(o, "chat_template", json_string(CHATML_JINJA));
+    if (kind == CHAT_TEMPLATE_QA) json_object_set_new(o, "chat_template", json_string(QA_JINJA));
     char path[TRAIN_PATH_MAX];
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
     int rc = json_dump_file(o, path, JSON_PRESERVE_ORDER | JSON_INDENT(2));
@@ -176,7 +183,7 @@ static int run_training(train_kind kind, int argc, char **argv) {
         {"--stop-at", CLI_OPT_INT, &c.stop_at, "N", "stop after update N with a checkpoint, as if interrupted (default: run to the end)", 0, 1e12, false, NULL},
         {"--seed", CLI_OPT_INT, &c.seed, "N", "data order and initialisation seed (default 1234)", 0, 9.2e18, false, NULL},
         {"--init-std", CLI_OPT_DOUBLE, &c.init_std, "F", "standard deviation of a fresh model's weights (default 0.02)", 0, 1, true, NULL},
-        {"--template", CLI_OPT_STRING, &c.template_name, "NAME", "chat template for SFT prompts: chatml, llama3, plain (default chatml)", 0, 0, false, NULL},
+        {"--template", CLI_OPT_STRING, &c.template_name, "NAME", "chat template for SFT prompts: chatml, llama3, plain, qa (default chatml)", 0, 0, false, NULL},
         {"--dtype", CLI_OPT_STRING, &c.dtype, "TYPE", "dtype of the exported model.safetensors: bf16 or f32 (default bf16)", 0, 0, false, NULL},
         {"--skip-bad-lines", CLI_OPT_FLAG, &c.skip_bad_lines, NULL, "skip malformed lines (counted and reported) instead of failing", 0, 0, false, NULL},
         {"--max-examples", CLI_OPT_INT, &c.max_examples, "N", "read at most N lines of each file, 0 = all (default 0)", 0, 1e15, false, NULL},
@@ -318,8 +325,10 @@ static int run_training(train_kind kind, int argc, char **argv) {
     snprintf(path, sizeof path, "%s/train_summary.json", c.out_dir);
     json_dump_file(summary, path, JSON_PRESERVE_ORDER | JSON_INDENT(2));
     json_decref(summary);
-    printf("%s: %lld steps, train loss %.4f, validation loss %.4f; model written to %s (%.1f s)\n",
-           cmd.name, (long long)final.step, final.loss, final.valid_loss, c.out_dir,
+    char train_loss[48] = "- (no step in this run)";
+    if (isfinite(final.loss)) snprintf(train_loss, sizeof train_loss, "%.4f", final.loss);
+    printf("%s: %lld steps, train loss %s, validation loss %.4f; model written to %s (%.1f s)\n",
+           cmd.name, (long long)final.step, train_loss, final.valid_loss, c.out_dir,
            duel_time_seconds() - t0);
 done:
     if (rc != 0) fprintf(stderr, "duel %s: %s\n", cmd.name, err.message);
