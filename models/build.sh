@@ -2,7 +2,9 @@
 # models/build.sh: rebuilds the default model (DESIGN.md section 12) into models/default/:
 # WordNet question/answer data (models/wordnet_data.py), a byte-level BPE tokenizer
 # (duel tokenizer train), pretraining on the WordNet text (duel pretrain), instruction tuning on
-# the question/answer pairs (duel sft), then the held-out evaluation (models/evaluate.py).
+# the question/answer pairs (duel sft) in the "qa" chat template ("Question: ... Answer: ..."), the
+# form of the questions mixed into the pretraining text, then the held-out evaluation
+# (models/evaluate.py).
 # Work files go to $WORK (default build-default-model/); each training stage resumes from its
 # checkpoint when the script is run again after an interruption.
 # Usage: models/build.sh [DUEL_BINARY]   (default build/cli/duel; builds it when missing)
@@ -13,11 +15,13 @@ WORK=${WORK:-$ROOT/build-default-model}
 OUT=${OUT:-$ROOT/models/default}
 PYTHON=${PYTHON:-python3}
 SEED=${SEED:-1234}
-# Sizes chosen to finish in about 35 minutes on 2 CPU cores shared with other work (measured
-# 700-1,800 tokens/s of pretraining at hidden 320, depending on the other load): 800
-# pretraining updates of 2,048 tokens are about 2 epochs of the dictionary text.
-PRETRAIN_STEPS=${PRETRAIN_STEPS:-800}
-SFT_STEPS=${SFT_STEPS:-450}
+# Sizes chosen to finish in about 40 minutes on 2 quiet CPU cores (see models/README.md for the
+# measured rates): PRETRAIN_STEPS updates of 2,048 tokens read the knowledge set's text
+# (0.67M tokens: ~5,700 common headwords, each in four definition forms and an example, and the
+# definition questions of the ~5,300 training headwords) about 8 times, so every definition is
+# read ~30 times in some form.
+PRETRAIN_STEPS=${PRETRAIN_STEPS:-2600}
+SFT_STEPS=${SFT_STEPS:-400}
 
 if [ ! -x "$DUEL" ]; then
     cmake -S "$ROOT" -B "$ROOT/build" -DDUEL_CUDA=OFF >/dev/null
@@ -57,13 +61,13 @@ echo "== pretrain"
 "$DUEL" pretrain --config "$WORK/config.json" --tokenizer "$WORK/tokenizer.json" \
     --train "$WORK/data/pretrain_train.txt" --valid "$WORK/data/pretrain_valid.txt" \
     --out "$WORK/pretrain" --steps "$PRETRAIN_STEPS" --batch-size 16 --seq-len 128 \
-    --lr 2e-3 --min-lr 2e-4 --warmup 30 --eval-every 100 --eval-batches 10 \
-    --checkpoint-every 50 --seed "$SEED" --dtype f32 --template chatml
+    --lr 2e-3 --min-lr 2e-4 --warmup 30 --weight-decay 0.01 --eval-every 200 --eval-batches 10 \
+    --checkpoint-every 50 --seed "$SEED" --dtype f32 --template qa
 echo "== sft"
 "$DUEL" sft --model "$WORK/pretrain" --train "$WORK/data/sft_train.jsonl" \
     --valid "$WORK/data/sft_valid.jsonl" --out "$WORK/sft" --steps "$SFT_STEPS" \
-    --batch-size 32 --seq-len 128 --lr 1e-3 --min-lr 1e-4 --warmup 20 --eval-every 150 \
-    --eval-batches 20 --checkpoint-every 50 --seed "$SEED" --dtype bf16 --template chatml
+    --batch-size 32 --seq-len 128 --lr 3e-4 --min-lr 3e-5 --warmup 20 --eval-every 100 \
+    --eval-batches 20 --checkpoint-every 50 --seed "$SEED" --dtype bf16 --template qa
 mkdir -p "$OUT"
 cp "$WORK/sft/config.json" "$WORK/sft/model.safetensors" "$WORK/sft/tokenizer.json" \
     "$WORK/sft/tokenizer_config.json" "$OUT/"

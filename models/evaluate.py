@@ -5,7 +5,10 @@ lower-case words, as in SQuAD) with the headword's primary gloss, and with its b
 sense. Runs `duel generate --chat --temperature 0` once per question. Standard library only.
 
 Reports two sets: the common held-out words (SemCor tag count >= 5) and a seeded random sample
-of all held-out words; prints a sample of answers and writes everything to --out as JSON."""
+of all held-out words; prints a sample of answers and writes everything to --out as JSON. Besides
+the mean F1 it reports the share of answers with F1 >= 0.5 and the share that are recognisably
+about their word: whose overlap with the word's gloss beats the overlap with every other gloss
+of the set (the answer identifies the word among the set's words)."""
 import argparse
 import collections
 import json
@@ -47,6 +50,7 @@ def score(duel, model, items, max_new_tokens):
                      "f1_primary": f1(text, item["gloss"]),
                      "f1_best_sense": max(f1(text, g) for g in item["glosses"]),
                      "in_pretraining": item.get("in_pretraining")})
+    identified(rows)
     result = summary(rows)
     # Held-out headwords whose glosses are / are not in the pretraining text (test.jsonl from
     # an older wordnet_data.py has no such field: then there is no split).
@@ -58,11 +62,24 @@ def score(duel, model, items, max_new_tokens):
     return result
 
 
+def identified(rows):
+    """Marks each row "about_headword": its answer overlaps its own headword's primary gloss more
+    than the primary gloss of every other headword of the set (a recognisable answer picks its
+    word out of the set; chance is 1 / len(rows))."""
+    for r in rows:
+        own = r["f1_primary"]
+        r["about_headword"] = own > 0 and all(
+            f1(r["answer"], o["gloss"]) < own for o in rows
+            if o is not r and o["gloss"] != r["gloss"])
+
+
 def summary(rows):
     n = max(len(rows), 1)
     return {"count": len(rows),
             "mean_f1_primary": sum(r["f1_primary"] for r in rows) / n,
-            "mean_f1_best_sense": sum(r["f1_best_sense"] for r in rows) / n}
+            "mean_f1_best_sense": sum(r["f1_best_sense"] for r in rows) / n,
+            "share_f1_best_sense_at_least_half": sum(r["f1_best_sense"] >= 0.5 for r in rows) / n,
+            "share_about_headword": sum(r["about_headword"] for r in rows) / n}
 
 
 def main():
@@ -87,7 +104,9 @@ def main():
     for name in ("common", "random_sample"):
         r = result[name]
         print(f"{name}: {r['count']} held-out headwords, mean F1 vs primary gloss "
-              f"{r['mean_f1_primary']:.3f}, vs best sense {r['mean_f1_best_sense']:.3f}")
+              f"{r['mean_f1_primary']:.3f}, vs best sense {r['mean_f1_best_sense']:.3f}; "
+              f"F1 >= 0.5 {r['share_f1_best_sense_at_least_half']:.1%}; answer picks its word "
+              f"out of the set {r['share_about_headword']:.1%} (chance {1 / max(r['count'], 1):.1%})")
         for part in ("in_pretraining", "not_in_pretraining"):
             if part in r:
                 p = r[part]

@@ -6,19 +6,27 @@ For every single-word lemma (letters, optionally one inner hyphen) it finds the 
 and their tag counts (cntlist.rev, the sense frequencies in the SemCor corpus); the primary sense
 is the most frequent one (ties: WordNet's own sense order, nouns first). Headwords are split into
 train / validation / test by a seeded shuffle, so no test headword's *questions* are trained on.
-The pretraining text is the dictionary itself for headwords of all three splits (held-out ones
-included): it is the model's knowledge source, SFT teaches the question/answer format, and the
-held-out evaluation measures whether the model answers about words it never saw a question for
-(the standard pretrain-then-instruction-tune setup). test.jsonl marks which held-out headwords
-are in the pretraining text, so the evaluation can also report words the model never read.
+The knowledge set is the headwords of every split that SemCor has seen at least
+--knowledge-min-count times (the common words). Their primary senses, each written in four
+definition forms plus an example sentence, are the pretraining text (held-out headwords
+included): it is the model's knowledge source. The questions about training headwords are mixed
+into that text too, so pretraining learns to answer a question from an entry read in other words.
+SFT asks questions only about training headwords of the knowledge set, so it teaches the chat
+format and to answer from what was read;
+the held-out evaluation measures whether the model answers about words it never saw a question
+for (the standard pretrain-then-instruction-tune setup). test.jsonl marks which held-out
+headwords are in the pretraining text.
 
 Writes into OUT_DIR:
-  pretrain_{train,valid}.txt  one document per line: "word (noun): definition. Example: ..."
-                              (valid: documents of validation headwords, not in train)
-  sft_{train,valid}.jsonl     {"prompt": ..., "response": ...}: "What does X mean?" with the
-                              primary definition, plus synonym and example-sentence variants
-  test.jsonl                  held-out headwords: {"headword", "prompt", "gloss", "glosses",
-                              "tag_count", "in_pretraining"} for the F1 evaluation
+  pretrain_train.txt  one document per line: "word (noun): definition. Synonyms: ...",
+                      "The word X means ...", ... and 'An example of X (noun): "..."', and
+                      for training headwords "Question: What does X mean? Answer: ..."
+  pretrain_valid.txt  the "The word X means ..." form of validation headwords, whose other
+                      forms are in train: recall of a fact read in other words
+  sft_{train,valid}.jsonl  {"prompt": ..., "response": ...}: "What does X mean?" with the
+                      primary definition, plus synonym and example-sentence variants
+  test.jsonl          held-out headwords: {"headword", "prompt", "gloss", "glosses",
+                      "tag_count", "in_pretraining"} for the F1 evaluation
 """
 import argparse
 import json
@@ -98,16 +106,9 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--valid-fraction", type=float, default=0.04)
     ap.add_argument("--test-fraction", type=float, default=0.04)
-    ap.add_argument("--max-senses", type=int, default=3,
-                    help="senses per common headword (tag count >= 5) in the pretraining text")
-    ap.add_argument("--untagged-keep", type=float, default=0.25,
-                    help="fraction of headwords without SemCor counts kept in SFT training")
-    ap.add_argument("--pretrain-untagged-keep", type=float, default=0.1,
-                    help="fraction of headwords without SemCor counts (any split) whose primary "
-                         "sense is in the pretraining text")
-    ap.add_argument("--pretrain-valid-docs", type=int, default=1000,
-                    help="pretraining documents of validation headwords held out as the "
-                         "pretraining validation text")
+    ap.add_argument("--knowledge-min-count", type=int, default=5,
+                    help="SemCor tag count from which a headword is in the knowledge set "
+                         "(pretraining text and questions)")
     args = ap.parse_args()
 
     synsets, lexkeys = parse_data(args.wordnet)
@@ -133,38 +134,51 @@ def main():
     splits = {"test": entries[:n_test], "valid": entries[n_test:n_test + n_valid],
               "train": entries[n_test + n_valid:]}
     splits_all = dict(splits)
-    # Compute is the limit: keep every headword SemCor has seen, and a sample of the rest.
+    # Questions only about headwords the model has read (the knowledge set): instruction tuning
+    # teaches it to answer from what it read, not to invent definitions of unknown words.
     for name in ("train", "valid"):
-        splits[name] = [e for e in splits[name]
-                        if e[2] > 0 or rng.random() < args.untagged_keep]
+        splits[name] = [e for e in splits[name] if e[2] >= args.knowledge_min_count]
 
     os.makedirs(args.out_dir, exist_ok=True)
     stats = {}
-    # Pretraining text: the dictionary itself, for headwords of every split (held-out ones
-    # included): it is the model's knowledge source. Compute allows about 2 epochs of ~0.6M
-    # tokens, so it holds every headword SemCor has seen (up to --max-senses senses for common
-    # words, tag count >= 5, the primary sense otherwise) and the primary sense of a seeded
-    # sample of the untagged ones. A few documents of validation headwords are held out as
-    # the pretraining validation text.
+    # Pretraining text: the dictionary entries of the *knowledge set*, the headwords SemCor has
+    # seen at least --knowledge-min-count times, of every split (held-out ones included): it is
+    # the model's knowledge source. Each entry is written in several forms (definition templates
+    # and an example sentence), so that a fact read in one form can be recalled in another: a
+    # model that read a fact in one fixed form learns that form, not the fact. Compute is the
+    # limit: a few million tokens of training fit the time budget, so the set is the ~5,700
+    # common headwords, each read tens of times, rather than all 80k once or twice.
     in_pretraining = set()
-    docs_by_split = {"train": [], "valid": []}
+    train_docs, valid_docs = [], []
     for name in ("test", "valid", "train"):
         for lemma, ordered, tag_count in splits_all[name]:
-            if tag_count == 0 and rng.random() >= args.pretrain_untagged_keep:
+            if tag_count < args.knowledge_min_count:
                 continue
             in_pretraining.add(lemma)
-            for k, pos_ref in enumerate(ordered[:args.max_senses if tag_count >= 5 else 1]):
-                words, definition, examples = synsets[pos_ref]
-                doc = f"{lemma} ({pos_ref[0]}): {definition}."
-                for ex in examples[:1 if k == 0 else 0]:
-                    doc += f' Example: "{ex}"'
-                docs_by_split["valid" if name == "valid" else "train"].append(doc)
-    rng.shuffle(docs_by_split["valid"])
-    held = docs_by_split["valid"][:args.pretrain_valid_docs]
-    pretrain_docs = {"valid": held,
-                     "train": docs_by_split["train"] + docs_by_split["valid"][len(held):]}
-    for name in ("train", "valid"):
-        docs = pretrain_docs[name]
+            pos = ordered[0][0]
+            words, definition, examples = synsets[ordered[0]]
+            synonyms = [w for w in words if w.lower() != lemma][:3]
+            forms = [f"{lemma} ({pos}): {definition}." +
+                     (f" Synonyms: {', '.join(synonyms)}." if synonyms else ""),
+                     f"In a dictionary, {lemma} is defined as {definition}.",
+                     f"Meaning of {lemma}: {definition}.",
+                     f"The word {lemma} means {definition}."]
+            used = [ex for ex in examples if has_word(ex, lemma)]
+            if used:
+                train_docs.append(f'An example of {lemma} ({pos}): "{used[0]}"')
+            # The last form of validation headwords is the pretraining validation text: it
+            # measures recall of facts read in the other forms.
+            if name == "valid":
+                valid_docs.append(forms.pop())
+            train_docs.extend(forms)
+            # Mixed training: the question of a training headword is read beside its entries,
+            # so pretraining itself learns to answer a question from an entry read elsewhere
+            # (instruction tuning afterwards only teaches the chat format). Without it the
+            # model recalls held-out entries when prompted with an entry's own opening words
+            # but not when asked a question about them.
+            if name == "train":
+                train_docs.append(f"Question: What does {lemma} mean? Answer: {definition}.")
+    for name, docs in (("train", train_docs), ("valid", valid_docs)):
         rng.shuffle(docs)
         with open(os.path.join(args.out_dir, f"pretrain_{name}.txt"), "w") as f:
             for d in docs:
@@ -176,11 +190,11 @@ def main():
             words, definition, examples = synsets[ordered[0]]
             pairs.append({"prompt": f"What does {lemma} mean?", "response": definition})
             synonyms = [w for w in words if w.lower() != lemma]
-            if synonyms and tag_count > 0:
+            if synonyms:
                 pairs.append({"prompt": f"What is a synonym of {lemma}?",
                               "response": ", ".join(synonyms[:3])})
             used = [ex for ref in ordered[:2] for ex in synsets[ref][2] if has_word(ex, lemma)]
-            if used and tag_count > 0:
+            if used:
                 pairs.append({"prompt": f"Use {lemma} in a sentence.", "response": used[0]})
         rng.shuffle(pairs)
         with open(os.path.join(args.out_dir, f"sft_{name}.jsonl"), "w") as f:
