@@ -12,9 +12,10 @@
  * arrive); vote-to-serving latency, from a vote's XADD to the first duel served by a snapshot
  * that includes it (the trainer applies in stream order, so snapshot v with prefs_applied P holds
  * the first P a/b votes), p50 and p95 over the votes served while the run lasted; and the
- * learning itself: on --held-out prompts, the win rate of the last served snapshot's greedy
- * answers over the base model's, judged by the same lexical oracle against the references (ties
- * count half), with the mean oracle score before and after. --rate paces the votes (a user
+ * learning itself: on --held-out prompts, the win rate of the last served snapshot's answers
+ * over the base model's, judged by the same lexical oracle against the references (ties count
+ * half), with the mean oracle score before and after: greedy answers, and --eval-samples answers
+ * sampled at the duels' temperature (what users are shown), with the same seeds for both. --rate paces the votes (a user
  * population voting R times per second); 0 votes as fast as the serving side answers, which on a
  * small machine starves the trainer of CPU (the latency then measures the backlog). */
 #include <errno.h>
@@ -179,14 +180,17 @@ static int lexical(const char *reference, const char *answer, size_t answer_len,
 
 /* ---- greedy evaluation --------------------------------------------------------------------- */
 
-/* Greedy answers (at most max_new tokens) of the model in dir to every prompt of s. */
-static int greedy_answers(const char *dir, const loop_qa_set *s, int max_new, char ***out, duel_error *err) {
+/* Answers (at most max_new tokens) of the model in dir to every prompt of s: samples per prompt,
+ * greedy when temperature is 0, else sampled with the fixed seed 1 + prompt index (the same
+ * draws for every model compared). (*out)[i * samples + k] is prompt i's answer k. */
+static int model_answers(const char *dir, const loop_qa_set *s, int max_new, double temperature, int samples,
+                         char ***out, duel_error *err) {
     model *m = NULL;
     tokenizer *tok = NULL;
     engine *e = NULL;
     chat_template_kind kind;
     char path[4200];
-    char **answers = calloc((size_t)s->count, sizeof *answers);
+    char **answers = calloc((size_t)s->count * (size_t)samples, sizeof *answers);
     int32_t **prompts = calloc((size_t)s->count, sizeof *prompts);
     int rc = !answers || !prompts ? duel_error_set(err, DUEL_ENOMEM, "out of memory") : 0;
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
@@ -211,9 +215,9 @@ static int greedy_answers(const char *dir, const loop_qa_set *s, int max_new, ch
             if ((rc = chat_template_encode(kind, tok, &msg, 1, true, &prompts[i], &n, err))) break;
             engine_request req = {.tokens = prompts[i],
                                   .num_tokens = (int)n,
-                                  .num_candidates = 1,
-                                  .sampling = {.temperature = 0.0f, .top_p = 1.0f},
-                                  .seed = 1,
+                                  .num_candidates = samples,
+                                  .sampling = {.temperature = (float)temperature, .top_p = 1.0f},
+                                  .seed = 1 + (uint64_t)i,
                                   .max_new_tokens = max_new,
                                   .stop_tokens = stops,
                                   .num_stop_tokens = n_stops,
@@ -232,8 +236,9 @@ static int greedy_answers(const char *dir, const loop_qa_set *s, int max_new, ch
             if (ev->kind == ENGINE_EVENT_ERROR) {
                 rc = rc ? rc : duel_error_set(err, ev->status, "evaluation: %s", ev->message);
                 done++;
-            } else if (ev->kind == ENGINE_EVENT_CANDIDATE) {
-                answers[i] = ev->text ? ev->text : strdup("");
+            } else if (ev->kind == ENGINE_EVENT_CANDIDATE && ev->candidate >= 0 && ev->candidate < samples) {
+                free(answers[i * samples + ev->candidate]);
+                answers[i * samples + ev->candidate] = ev->text ? ev->text : strdup("");
                 ev->text = NULL;
             } else if (ev->kind == ENGINE_EVENT_FINISHED || ev->kind == ENGINE_EVENT_CANCELLED) {
                 done++;
@@ -246,10 +251,11 @@ static int greedy_answers(const char *dir, const loop_qa_set *s, int max_new, ch
     tokenizer_free(tok);
     for (int i = 0; prompts && i < s->count; i++) free(prompts[i]);
     free(prompts);
-    for (int i = 0; rc == 0 && i < s->count; i++)
+    const int total = s->count * samples;
+    for (int i = 0; rc == 0 && i < total; i++)
         if (!answers[i] && !(answers[i] = strdup(""))) rc = duel_error_set(err, DUEL_ENOMEM, "out of memory");
     if (rc) {
-        for (int i = 0; answers && i < s->count; i++) free(answers[i]);
+        for (int i = 0; answers && i < total; i++) free(answers[i]);
         free(answers);
         answers = NULL;
     }
@@ -349,15 +355,18 @@ typedef struct loop_figures {
     long long final_version, loaded, refused;
     int latency_count;
     double latency_p50, latency_p95, latency_max;
-    int held_out;
-    double win_rate, score_before, score_after;
+    int held_out, eval_samples;
+    double win_rate, score_before, score_after;                         /* greedy answers */
+    double sampled_win_rate, sampled_score_before, sampled_score_after; /* sampled as served */
+    int greedy_changed, sampled_changed; /* prompts whose answers differ from the base model's */
     double wall_seconds;
 } loop_figures;
 
 int bench_loop(int argc, char **argv) {
     const char *model_dir = "models/default", *prompts_path = NULL, *held_out_path = NULL, *redis = NULL;
     const char *config_path = NULL, *keep_dir = NULL;
-    long long votes = 2000, concurrency = 16, candidates = 4, max_new = 40, held_out_n = 200, seed = 1;
+    long long votes = 2000, concurrency = 16, candidates = 4, max_new = 40, held_out_n = 200, seed = 1,
+              eval_samples = 4;
     double rate = 0, temperature = 1.0;
     bool json = false;
     const char *sets[LOOP_MAX_SETS];
@@ -372,6 +381,7 @@ int bench_loop(int argc, char **argv) {
         {"--rate", CLI_OPT_DOUBLE, &rate, "R", "votes per second at most (default 0: as fast as duels are served)", 0, 1e6, false, NULL},
         {"--concurrency", CLI_OPT_INT, &concurrency, "N", "duels in flight (default 16)", 1, 1024, false, NULL},
         {"--candidates", CLI_OPT_INT, &candidates, "M", "candidates per duel (default 4)", 2, 64, false, NULL},
+        {"--eval-samples", CLI_OPT_INT, &eval_samples, "K", "also compare K answers per held-out prompt sampled at --temperature, as duels are (default 4; 0: greedy only)", 0, 64, false, NULL},
         {"--max-new-tokens", CLI_OPT_INT, &max_new, "N", "tokens per candidate and per evaluation answer (default 40)", 1, 4096, false, NULL},
         {"--temperature", CLI_OPT_DOUBLE, &temperature, "T", "candidates' sampling temperature (default 1.0)", 0, 10, false, NULL},
         {"--seed", CLI_OPT_INT, &seed, "N", "duel seeds and the serving ERM's seed (default 1)", 0, 9.2e18, false, NULL},
@@ -388,8 +398,9 @@ int bench_loop(int argc, char **argv) {
         "to `duel train` (a child process), whose snapshots the snapshot loader verifies and\n"
         "hot-swaps in. Prints duels served per second, votes applied per second, the latency from\n"
         "a vote's XADD to the first duel served by a snapshot that includes it (p50, p95), and the\n"
-        "held-out win rate of the last snapshot's greedy answers over the base model's (lexical\n"
-        "oracle, ties half). models/wordnet_data.py writes prompt files for the default model\n"
+        "held-out win rate of the last snapshot's answers over the base model's (lexical oracle,\n"
+        "ties half): greedy, and sampled at --temperature as duels are (fixed seeds, the same for\n"
+        "both models). models/wordnet_data.py writes prompt files for the default model\n"
         "(sft_train.jsonl, test.jsonl).",
         options, sizeof options / sizeof options[0]};
     if (duel_config_take_sets(&argc, argv, sets, LOOP_MAX_SETS, &n_sets, &err))
@@ -411,7 +422,7 @@ int bench_loop(int argc, char **argv) {
     pthread_cond_init(&queue.cv, NULL);
     char work[600] = "", path[1200], trainer_log[1200] = "";
     double *xadd_time = NULL, *latency = NULL;
-    char **before = NULL, **after = NULL;
+    char **before = NULL, **after = NULL, **before_sampled = NULL, **after_sampled = NULL;
     loop_figures f = {0};
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 
@@ -483,7 +494,13 @@ int bench_loop(int argc, char **argv) {
     if ((rc = snapshot_loader_create(&lc, &backend, &loader, &err))) goto done;
 
     fprintf(stderr, "greedy answers of the base model to %d held-out prompts ...\n", held.count);
-    if ((rc = greedy_answers(model_dir, &held, (int)max_new, &before, &err))) goto done;
+    if ((rc = model_answers(model_dir, &held, (int)max_new, 0.0, 1, &before, &err))) goto done;
+    if (eval_samples > 0) {
+        fprintf(stderr, "%lld sampled answers per held-out prompt of the base model ...\n", eval_samples);
+        if ((rc = model_answers(model_dir, &held, (int)max_new, temperature, (int)eval_samples, &before_sampled,
+                                &err)))
+            goto done;
+    }
 
     xadd_time = calloc((size_t)votes, sizeof *xadd_time);
     latency = calloc((size_t)votes, sizeof *latency);
@@ -611,11 +628,16 @@ int bench_loop(int argc, char **argv) {
         }
         snprintf(path, sizeof path, "%s", r->str);
         freeReplyObject(r);
-        fprintf(stderr, "greedy answers of snapshot v%lld ...\n", f.final_version);
-        if ((rc = greedy_answers(path, &held, (int)max_new, &after, &err))) goto done;
     } else {
         fprintf(stderr, "no snapshot was served: the win rate compares the base model with itself\n");
-        if ((rc = greedy_answers(model_dir, &held, (int)max_new, &after, &err))) goto done;
+        snprintf(path, sizeof path, "%s", model_dir);
+    }
+    fprintf(stderr, "greedy answers of %s ...\n", path);
+    if ((rc = model_answers(path, &held, (int)max_new, 0.0, 1, &after, &err))) goto done;
+    if (eval_samples > 0) {
+        fprintf(stderr, "sampled answers of %s ...\n", path);
+        if ((rc = model_answers(path, &held, (int)max_new, temperature, (int)eval_samples, &after_sampled, &err)))
+            goto done;
     }
     double wins = 0, sum_before = 0, sum_after = 0;
     for (int i = 0; i < held.count; i++) {
@@ -626,6 +648,7 @@ int bench_loop(int argc, char **argv) {
         sum_before += sb;
         sum_after += sa;
         wins += sa > sb ? 1.0 : sa == sb ? 0.5 : 0.0;
+        f.greedy_changed += strcmp(before[i], after[i]) != 0;
         if (i < 5)
             fprintf(stderr, "  %s\n    reference: %s\n    base:      %s (%.3f)\n    v%lld:%*s %s (%.3f)\n",
                     held.items[i].prompt, held.items[i].reference, before[i], sb, f.final_version,
@@ -635,6 +658,32 @@ int bench_loop(int argc, char **argv) {
     f.win_rate = wins / held.count;
     f.score_before = sum_before / held.count;
     f.score_after = sum_after / held.count;
+    /* Sampled: per prompt, the mean score of its K answers (the same seeds for both models). */
+    f.eval_samples = (int)eval_samples;
+    wins = sum_before = sum_after = 0;
+    for (int i = 0; eval_samples > 0 && i < held.count; i++) {
+        double mb = 0, ma = 0;
+        bool changed = false;
+        for (int k = 0; k < (int)eval_samples; k++) {
+            double sb, sa;
+            const char *b = before_sampled[i * eval_samples + k], *a = after_sampled[i * eval_samples + k];
+            changed |= strcmp(a, b) != 0;
+            if ((rc = lexical(held.items[i].reference, b, strlen(b), &sb, &err)) ||
+                (rc = lexical(held.items[i].reference, a, strlen(a), &sa, &err)))
+                goto done;
+            mb += sb / (double)eval_samples;
+            ma += sa / (double)eval_samples;
+        }
+        sum_before += mb;
+        sum_after += ma;
+        wins += ma > mb ? 1.0 : ma == mb ? 0.5 : 0.0;
+        f.sampled_changed += changed;
+    }
+    if (eval_samples > 0) {
+        f.sampled_win_rate = wins / held.count;
+        f.sampled_score_before = sum_before / held.count;
+        f.sampled_score_after = sum_after / held.count;
+    }
     f.wall_seconds = duel_time_seconds() - t0;
 
     printf("learning loop on %s: %d votes (%d a/b, %d ties) in %.1f s, %d in flight%s\n", model_dir, f.votes, f.ab,
@@ -649,8 +698,12 @@ int bench_loop(int argc, char **argv) {
                f.latency_p50, f.latency_p95, f.latency_max, f.latency_count);
     else
         printf("  vote -> serving latency        no vote reached serving during the run\n");
-    printf("  held-out win rate over base    %.3f  (%d prompts; mean oracle score %.4f -> %.4f)\n", f.win_rate,
-           f.held_out, f.score_before, f.score_after);
+    printf("  held-out win rate over base    %.3f  (%d prompts, greedy; mean oracle score %.4f -> %.4f; %d answers "
+           "changed)\n",
+           f.win_rate, f.held_out, f.score_before, f.score_after, f.greedy_changed);
+    if (f.eval_samples > 0)
+        printf("  ... sampled as duels are       %.3f  (%d answers per prompt at T=%g; mean score %.4f -> %.4f)\n",
+               f.sampled_win_rate, f.eval_samples, temperature, f.sampled_score_before, f.sampled_score_after);
     if (json) {
         json_t *o = json_pack(
             "{s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:I, s:I, s:f, s:I, s:I, s:I, s:i, s:f, s:f, s:f, s:i, s:f, "
@@ -664,6 +717,14 @@ int bench_loop(int argc, char **argv) {
             "latency_p95_s", f.latency_p95, "latency_max_s", f.latency_max, "held_out", f.held_out, "win_rate",
             f.win_rate, "score_before", f.score_before, "score_after", f.score_after, "wall_seconds", f.wall_seconds,
             "batch_size", batch_size, "candidates", (int)candidates);
+        if (o) json_object_set_new(o, "greedy_changed", json_integer(f.greedy_changed));
+        if (o && f.eval_samples > 0) {
+            json_object_set_new(o, "eval_samples", json_integer(f.eval_samples));
+            json_object_set_new(o, "sampled_win_rate", json_real(f.sampled_win_rate));
+            json_object_set_new(o, "sampled_score_before", json_real(f.sampled_score_before));
+            json_object_set_new(o, "sampled_score_after", json_real(f.sampled_score_after));
+            json_object_set_new(o, "sampled_changed", json_integer(f.sampled_changed));
+        }
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (text) printf("%s\n", text);
         free(text);
@@ -687,6 +748,8 @@ done:
     pthread_cond_destroy(&queue.cv);
     free_answers(before, held.count);
     free_answers(after, held.count);
+    free_answers(before_sampled, held.count * (int)eval_samples);
+    free_answers(after_sampled, held.count * (int)eval_samples);
     free(xadd_time);
     free(latency);
     json_decref(config);
