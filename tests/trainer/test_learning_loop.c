@@ -52,7 +52,11 @@
 #define LOOP_SANITIZED 0
 #endif
 
-#define LOOP_MAX_LOSS 0.02      /* mean oracle score (0..1 scale) the votes may cost, greedy or sampled */
+/* Mean oracle score (0..1 scale) the votes may cost, greedy or sampled. Measured at the shipped
+ * lr 1e-5 over three 2,000-vote runs: greedy +0.002 to +0.018 (16 of 200 answers changed in one),
+ * sampled -0.001 to +0.009; lr 1e-4 costs 0.41. 0.03 leaves the noise of a dozen changed
+ * answers (about 0.008) room. */
+#define LOOP_MAX_LOSS 0.03
 #define LOOP_MAX_LOSS_RATE 0.05 /* greedy win rate over the base at least 0.45 */
 #define LOOP_VOTES (LOOP_SANITIZED ? 120 : 2000)
 #define LOOP_HELD_OUT (LOOP_SANITIZED ? 24 : 200)
