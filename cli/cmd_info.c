@@ -38,9 +38,9 @@ int cmd_info(int argc, char **argv) {
            coretype ? coretype : "",
            blas_core_set_by_duel() ? ", set by duel: this OpenBLAS does not know the CPU" : "",
            coretype ? ")" : "");
-    if (blas_core_better() != NULL)
-        printf("blas: generic kernels on a CPU with AVX2/AVX-512: set OPENBLAS_CORETYPE=%s\n",
-               blas_core_better());
+    const char *better = blas_core_better();
+    if (better != NULL)
+        printf("blas: generic kernels on a CPU with AVX2/AVX-512: set OPENBLAS_CORETYPE=%s\n", better);
     if (!cuda.built) {
         printf("cuda: not built in (configure with nvcc on PATH or -DDUEL_CUDA=ON)\n");
     } else {

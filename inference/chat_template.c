@@ -1,6 +1,6 @@
-/* chat_template.c: the chat templates implemented in C by name (chatml, llama3, plain, qa) and their
- * detection from a model's tokenizer_config.json (see chat_template.h). Rendering produces the
- * exact strings the models' Jinja templates produce for plain system/user/assistant turns. */
+/* chat_template.c: the chat templates implemented in C by name (chatml, llama3, plain, qa) and
+ * their detection from a model's tokenizer_config.json (see chat_template.h). Rendering produces
+ * the exact strings the models' Jinja templates produce for plain system/user/assistant turns. */
 #include "chat_template.h"
 
 #include <stdio.h>
@@ -129,8 +129,8 @@ static void put_bytes(text_buffer *b, const char *s, size_t n) {
 }
 
 /* A rendering is a sequence of parts: template text, message content, and special tokens (the
- * markers chatml and llama3 put around turns, the end of a qa answer). render_parts() calls emit() for each in order;
- * render and encode differ only in what they do with the parts. */
+ * markers chatml and llama3 put around turns, the end of a qa answer). render_parts() calls
+ * emit() for each in order; render and encode differ only in what they do with the parts. */
 typedef enum { PART_TEXT, PART_SPECIAL } part_kind;
 typedef void (*part_sink)(void *ctx, part_kind kind, const char *s);
 
@@ -178,8 +178,9 @@ static void render_parts(chat_template_kind kind, const chat_message *messages, 
                 emit(ctx, PART_TEXT, content);
                 emit(ctx, PART_TEXT, " Answer:");
             } else if (strcmp(role, "assistant") == 0) {
-                /* one space after "Answer:"; a generated answer already starts with it */
-                if (content[0] != ' ') emit(ctx, PART_TEXT, " ");
+                /* the answer prefix after "Answer:", unless a generated answer starts with it */
+                const char *prefix = chat_template_answer_prefix(kind);
+                if (strncmp(content, prefix, strlen(prefix)) != 0) emit(ctx, PART_TEXT, prefix);
                 emit(ctx, PART_TEXT, content);
                 emit(ctx, PART_SPECIAL, "<|endoftext|>");
             } else {
