@@ -42,21 +42,6 @@ typedef struct bench_result {
     double pairs_per_second, dpo_gflops;
 } bench_result;
 
-/* FLOPs per trained position of the body (every position) and of the output head (only the
- * positions whose target carries loss reach the head). */
-static void flops_per_token(train_model *m, int T, double *body, double *head) {
-    const model_config *c = train_model_config(m);
-    double matrix = 0;
-    for (int i = 0; i < train_model_num_tensors(m); i++) {
-        train_tensor t;
-        train_model_tensor_at(m, i, &t);
-        if (t.ndim == 2 && strstr(t.name, "embed_tokens") == NULL && strstr(t.name, "lm_head") == NULL)
-            matrix += (double)t.numel;
-    }
-    *body = 6.0 * matrix + 6.0 * c->num_layers * (double)T * c->num_heads * c->head_dim;
-    *head = 6.0 * (double)c->vocab_size * c->hidden_size;
-}
-
 static void random_batch(duel_rng *rng, int vocab, int n, int32_t *tokens, int32_t *targets,
                          float *mask) {
     for (int i = 0; i < n; i++) {
@@ -132,7 +117,7 @@ static int bench_model(const char *name, train_model *m, int B, int T, int pairs
     }
     if (rc == 0) {
         double body, head;
-        flops_per_token(m, T, &body, &head);
+        train_model_flops_per_position(m, T, &body, &head);
         r->tokens_per_second = (double)B * T / best_train;
         r->train_gflops = r->tokens_per_second * (body + head) / 1e9;
         r->pairs_per_second = pairs / best_dpo;

@@ -24,6 +24,7 @@
 
 #include "bench_redis.h"
 #include "cli.h"
+#include "machine_limits.h"
 #include "online_trainer.h"
 #include "rng.h"
 #include "stream_consumer.h"
@@ -95,6 +96,18 @@ done:
     return rc;
 }
 
+/* Raises *best to the best of three timed sgemm probes (machine_limits.h). */
+static int probe_sgemm(double *best, duel_error *err) {
+    machine_probe *probe = NULL;
+    int rc = machine_probe_create(2048, (size_t)1 << 20, 1, &probe, err);
+    for (int i = 0; rc == 0 && i < 3; i++) {
+        double g;
+        if ((rc = machine_probe_sgemm(probe, &g, err)) == 0 && g > *best) *best = g;
+    }
+    machine_probe_free(probe);
+    return rc;
+}
+
 int bench_trainer(int argc, char **argv) {
     const char *model_dir = "models/default", *redis = NULL, *loss = "dpo";
     long long votes = 400, batch = -1, checkpoint_every = -1, candidates = 4, burn_in = 0;
@@ -107,7 +120,7 @@ int bench_trainer(int argc, char **argv) {
         {"--votes", CLI_OPT_INT, &votes, "N", "a/b votes to apply (default 400)", 1, 10000000, false, NULL},
         {"--candidates", CLI_OPT_INT, &candidates, "M", "candidates per duel (default 4)", 2, 64, false, NULL},
         {"--batch-size", CLI_OPT_INT, &batch, "N", "trainer.batch_size (default: the trainer's, 8)", 1, ONLINE_MAX_BATCH, false, NULL},
-        {"--checkpoint-every", CLI_OPT_INT, &checkpoint_every, "N", "trainer.checkpoint_every (default: the trainer's, 1)", 1, 1 << 30, false, NULL},
+        {"--checkpoint-every", CLI_OPT_INT, &checkpoint_every, "N", "trainer.checkpoint_every (default: the trainer's, 5)", 1, 1 << 30, false, NULL},
         {"--burn-in", CLI_OPT_INT, &burn_in, "N", "trainer.burn_in (default 0: the SEA mixture from the start)", 0, 1LL << 40, false, NULL},
         {"--gamma", CLI_OPT_DOUBLE, &gamma, "G", "trainer.gamma (default: the trainer's, 0.7)", 0, 1, true, NULL},
         {"--publish-every-seconds", CLI_OPT_DOUBLE, &publish_seconds, "S", "trainer.publish_every_seconds (default: the trainer's, 5)", 0, 1e9, false, NULL},
@@ -119,7 +132,10 @@ int bench_trainer(int argc, char **argv) {
         "Votes applied per second by the online trainer (`duel train`'s code) on the CPU, fed\n"
         "through a real Redis stream: synthetic a/b votes are XADDed first, then the consumer is\n"
         "timed until all are applied, checkpointed and acknowledged. Trainer defaults (ERM update,\n"
-        "SEA mixture after burn-in, checkpoint every update, snapshots every 10 updates or 5 s).",
+        "SEA mixture after burn-in, checkpoint every 5 updates, snapshots every 10 updates or 5 s).\n"
+        "Also reports the policy update's FLOPs per vote and the rate they run at against this\n"
+        "machine's sgemm rate (probed before and after the run), and the ceiling that rate sets:\n"
+        "the votes/s of the policy update alone at the full sgemm rate.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
@@ -181,6 +197,10 @@ int bench_trainer(int argc, char **argv) {
     if ((rc = stream_consumer_open(&so, trainer, &consumer, &err))) goto done;
     fprintf(stderr, "applying (batch %d, gamma %g, checkpoint every %d, publish every %d updates or %g s) ...\n",
             to.batch_size, to.gamma, to.checkpoint_every, to.publish_every, to.publish_every_seconds);
+    /* This machine's sgemm rate, the ceiling of the policy update's matrix work: best of probes
+     * before and after the run (the probe's buffers are freed while the trainer runs). */
+    double sgemm = 0;
+    if ((rc = probe_sgemm(&sgemm, &err))) goto done;
     double t0 = duel_time_seconds(), cpu0 = bench_cpu_seconds();
     stream_consumer_stats st;
     online_trainer_status s;
@@ -192,6 +212,7 @@ int bench_trainer(int argc, char **argv) {
         if (n == 0 && st.acked >= votes) break; /* a partial last batch: the idle round checkpointed it */
     }
     double elapsed = duel_time_seconds() - t0, cpu = bench_cpu_seconds() - cpu0;
+    if ((rc = probe_sgemm(&sgemm, &err))) goto done;
     double busy = st.apply_seconds + st.checkpoint_seconds + st.snapshot_seconds;
     double applied = (double)s.prefs_applied;
     printf("online trainer on %s (CPU): %lld votes, batch %d + %d synthetic, %lld updates\n", model_dir, votes,
@@ -203,10 +224,20 @@ int bench_trainer(int argc, char **argv) {
            1000.0 * st.checkpoint_seconds / (double)(st.checkpoints > 0 ? st.checkpoints : 1), (long long)st.checkpoints,
            1000.0 * st.snapshot_seconds / (double)(st.snapshots > 0 ? st.snapshots : 1), (long long)st.snapshots);
     printf("  other (Redis, decoding, waiting)  %.2f s\n", elapsed - busy);
+    /* The policy update's matrix work against the machine's sgemm rate: how far the update is
+     * from its own ceiling, and the votes/s that ceiling allows even with nothing else to do. */
+    const double gflop_per_vote = applied > 0 ? s.update_flops / applied / 1e9 : 0;
+    const double update_gflops = st.apply_seconds > 0 ? s.update_flops / st.apply_seconds / 1e9 : 0;
+    const double ceiling = gflop_per_vote > 0 ? sgemm / gflop_per_vote : 0;
+    printf("  policy update  %.2f GFLOP per vote (reference forward, policy forward and backward,\n"
+           "  synthetic pairs included), %.1f GFLOP/s: %.0f%% of this machine's sgemm rate (%.1f GFLOP/s)\n",
+           gflop_per_vote, update_gflops, sgemm > 0 ? 100 * update_gflops / sgemm : 0, sgemm);
+    printf("  ceiling  %.1f votes/s: the policy update alone at the full sgemm rate\n", ceiling);
     printf("  CPU time of this process  %.2f s (%.2f cores busy on average; wall figures suffer when the\n"
            "  machine is shared: votes per CPU second %.1f)\n", cpu, cpu / elapsed, applied / cpu);
     if (json) {
-        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:f, s:i, s:i, s:f, s:f, s:f, s:I, s:f, s:I, s:f, s:I, s:I, s:f, s:f}",
+        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:f, s:i, s:i, s:f, s:f, s:f, s:I, s:f, s:I, s:f, s:I, s:I, s:f, s:f,"
+                              " s:f, s:f, s:f, s:f}",
                               "bench", "trainer", "model", model_dir, "votes", (json_int_t)votes,
                               "prefs_applied", (json_int_t)s.prefs_applied, "batch_size", to.batch_size,
                               "synthetic_per_update", s.synthetic, "gamma", to.gamma,
@@ -216,7 +247,9 @@ int bench_trainer(int argc, char **argv) {
                               "checkpoint_seconds", st.checkpoint_seconds, "checkpoints", (json_int_t)st.checkpoints,
                               "snapshot_seconds", st.snapshot_seconds, "snapshots", (json_int_t)st.snapshots,
                               "candidates", (json_int_t)candidates, "cpu_seconds", cpu,
-                              "votes_per_cpu_second", applied / cpu);
+                              "votes_per_cpu_second", applied / cpu, "gflop_per_vote", gflop_per_vote,
+                              "update_gflops", update_gflops, "sgemm_gflops", sgemm,
+                              "ceiling_votes_per_second", ceiling);
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (text) printf("%s\n", text);
         free(text);

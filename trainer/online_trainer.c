@@ -82,7 +82,7 @@ void online_trainer_default_options(online_trainer_options *o) {
     o->publish_every_seconds = 5.0;
     o->publish_when_idle = true;
     o->keep_snapshots = 10;
-    o->checkpoint_every = 1;
+    o->checkpoint_every = 5;
     o->burn_in = 1000;
     o->gamma = 0.7;
     o->synthetic_store = 256;
@@ -686,6 +686,23 @@ static void order_by_length(const batch_pair *pairs, int *idx, int n) {
     }
 }
 
+/* FLOPs of one chunk (see online_trainer_status.update_flops): every position of a row of the
+ * padded length T costs body, every response position also head; the reference forward adds a
+ * third. */
+static double chunk_flops(const online_trainer *t, const batch_pair *pairs, int k, int T, bool uses_ref) {
+    double body, head, positions = 0, heads = 0;
+    train_model_flops_per_position(t->policy, T, &body, &head);
+    for (int i = 0; i < k; i++) {
+        for (int side = 0; side < 2; side++) {
+            int len;
+            vote_entry_candidate(pairs[i].entry, side == 0 ? pairs[i].chosen : pairs[i].rejected, &len);
+            positions += pairs[i].entry->n_prompt_tokens + len - 1;
+            heads += len;
+        }
+    }
+    return (positions * body + heads * head) * (uses_ref ? 4.0 / 3.0 : 1.0);
+}
+
 /* Zeroes the policy's gradients and accumulates into them the gradient of the DAP loss (the
  * mean over the B pairs that count) of pairs[0..B). The pairs go through the models in chunks of
  * ONLINE_CHUNK_PAIRS of similar length (sorted by length), so that short rows are not padded to
@@ -747,6 +764,7 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
             rc = train_model_backward(t->policy, dseq, err);
         }
         for (int r = 0; rc == 0 && uses_ref && r < 2 * k; r++) *kl += seq[r] - ref[r];
+        if (rc == 0) t->status.update_flops += chunk_flops(t, chunk, k, T, uses_ref);
         result->pairs_used += cr.pairs_used;
         result->pairs_skipped_empty += cr.pairs_skipped_empty;
         free(tokens);

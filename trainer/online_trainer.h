@@ -110,6 +110,9 @@ typedef struct online_trainer_status {
     int synthetic;           /* synthetic pairs in the last update */
     int64_t synthetic_total; /* synthetic pairs trained on */
     int stored_duels;        /* duels in the SEA store */
+    double update_flops;     /* matrix FLOPs of the policy updates since this process opened the
+                                trainer: reference forward, policy forward and backward over the
+                                batches' rows without their padding (train_model_flops_per_position) */
 } online_trainer_status;
 
 typedef struct online_trainer online_trainer;

@@ -4,6 +4,7 @@
 #ifndef DUEL_SHA256_H
 #define DUEL_SHA256_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -17,9 +18,15 @@ typedef struct sha256_ctx {
     uint64_t total_bytes;
     unsigned char block[64];
     size_t block_len;
+    bool hardware; /* blocks go through the x86 SHA extensions */
 } sha256_ctx;
 
+/* Whether this CPU has the x86 SHA extensions (and SSSE3, SSE4.1) that sha256_init uses. */
+bool sha256_hardware_available(void);
+/* Starts a digest; with the SHA extensions where the CPU has them. */
 void sha256_init(sha256_ctx *ctx);
+/* Starts a digest that uses the portable block function only (tests compare the two). */
+void sha256_init_portable(sha256_ctx *ctx);
 void sha256_update(sha256_ctx *ctx, const void *data, size_t len);
 void sha256_final(sha256_ctx *ctx, unsigned char digest[SHA256_DIGEST_BYTES]);
 /* One-shot digest as 64 lowercase hex digits. */

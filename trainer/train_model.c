@@ -95,3 +95,16 @@ unsigned char *train_model_decay_mask(train_model *m) {
     }
     return mask;
 }
+
+void train_model_flops_per_position(const train_model *model, int T, double *body, double *head) {
+    const model_config *c = train_model_config(model);
+    double matrix = 0;
+    for (int i = 0; i < train_model_num_tensors(model); i++) {
+        train_tensor t;
+        train_model_tensor_at((train_model *)model, i, &t);
+        /* The embedding is a lookup; the head (vocab x hidden, tied or not) counts in *head. */
+        if (t.ndim == 2 && t.shape[0] != c->vocab_size && t.shape[1] != c->vocab_size) matrix += (double)t.numel;
+    }
+    *body = 6.0 * matrix + 6.0 * c->num_layers * (double)T * c->num_heads * c->head_dim;
+    *head = 6.0 * (double)c->vocab_size * c->hidden_size;
+}

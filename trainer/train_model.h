@@ -32,4 +32,10 @@ int train_model_forward(train_model *model, const train_batch *batch, double *se
                         double *seq_count, float *token_logprob, duel_error *err);
 int train_model_backward(train_model *model, const double *dseq_logprob, duel_error *err);
 
+/* Matrix FLOPs (2 per multiply-add) of one forward and backward pass, per position of a row of
+ * length T: *body for every position (the layers' matrices, and attention over T positions),
+ * *head for each position whose target carries loss (only those reach the output head). A
+ * forward alone is a third of either. */
+void train_model_flops_per_position(const train_model *model, int T, double *body, double *head);
+
 #endif

@@ -145,7 +145,7 @@ static void test_kill9_resume_is_exact(void **state) {
              "\"trainer\":{\"loss\":\"dpo\",\"batch_size\":4,\"lr\":0.001,\"min_lr\":0.0001,"
              "\"warmup_steps\":2,\"total_steps\":200,\"publish_every\":5,\"max_deliveries\":1000,"
              "\"seed\":99,\"burn_in\":24,\"gamma\":0.7,\"synthetic_store\":40,"
-             "\"publish_every_seconds\":0,\"publish_when_idle\":false,\"keep_snapshots\":0}}",
+             "\"publish_every_seconds\":0,\"publish_when_idle\":false,\"keep_snapshots\":0,\"checkpoint_every\":1}}",
              model);
     test_write_file(config, text, strlen(text));
     setenv("OPENBLAS_NUM_THREADS", "1", 1); /* one summation order in both runs */
@@ -181,7 +181,9 @@ static void test_kill9_resume_is_exact(void **state) {
     for (int k = 0; k < N_KILLS; k++) {
         /* Odd kills land at a random time (possibly during start-up); even kills wait until the
          * trainer has checkpointed a new step and then land a random moment later, so the run
-         * makes progress however slow the machine is (a purely timed kill can starve it). */
+         * makes progress however slow the machine is (a purely timed kill can starve it). Either
+         * kind lands at once when the run got two steps past where it was, so that a fast
+         * machine does not finish the run before the last kill. */
         long long before = checkpoint_step(ckpt_b);
         pid_t pid = spawn_trainer(config, data_b, log);
         if (k % 2 == 0) {
@@ -190,10 +192,9 @@ static void test_kill9_resume_is_exact(void **state) {
                 if (waitpid(pid, &status, WNOHANG) == pid) fail_msg("duel train exited early");
                 sleep_ms(10);
             }
-            sleep_ms((int)duel_rng_below(&rng, 40));
-        } else {
-            sleep_ms((int)duel_rng_below(&rng, 300));
         }
+        const int wait_ms = (int)duel_rng_below(&rng, k % 2 == 0 ? 40 : 300);
+        for (int t = 0; t < wait_ms && checkpoint_step(ckpt_b) < before + 2; t += 2) sleep_ms(2);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         if (k == N_KILLS / 2) {

@@ -80,7 +80,7 @@ static void test_validation(void **state) {
     assert_non_null(strstr(r->reason, "unknown knob bogus"));
     assert_non_null(r = find_rejection(&rep, "checkpoint_every"));
     assert_non_null(strstr(r->reason, "outside"));
-    assert_int_equal(in->checkpoint_every, 1);
+    assert_int_equal(in->checkpoint_every, o.checkpoint_every);
     assert_non_null(r = find_rejection(&rep, "publish_every_seconds"));
     assert_non_null(strstr(r->reason, "not a finite number"));
     assert_non_null(r = find_rejection(&rep, "burn_in"));

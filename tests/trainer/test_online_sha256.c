@@ -1,7 +1,9 @@
 /* test_online_sha256.c: trainer/sha256.c against the FIPS 180-4 / NIST example vectors, chunked
- * updates across block boundaries, and file hashing. */
+ * updates across block boundaries, file hashing, and the x86 SHA-extension block function against
+ * the portable one on random messages. */
 #include "test_helpers.h"
 
+#include "rng.h"
 #include "sha256.h"
 
 static void test_known_vectors(void **state) {
@@ -34,6 +36,50 @@ static void test_known_vectors(void **state) {
     assert_memory_equal(digest, want, 32);
 }
 
+static void digest_of(bool portable, const unsigned char *data, size_t len, size_t chunk,
+                      unsigned char out[SHA256_DIGEST_BYTES]) {
+    sha256_ctx ctx;
+    if (portable)
+        sha256_init_portable(&ctx);
+    else
+        sha256_init(&ctx);
+    for (size_t at = 0; at < len; at += chunk) sha256_update(&ctx, data + at, len - at < chunk ? len - at : chunk);
+    sha256_final(&ctx, out);
+}
+
+/* Random messages of every length up to a few blocks, and long ones, in random chunks: the
+ * digest sha256_init gives (the SHA extensions where present) equals the portable one. */
+static void test_hardware_matches_portable(void **state) {
+    (void)state;
+    if (!sha256_hardware_available()) {
+        printf("SKIP: this CPU has no x86 SHA extensions; only the portable SHA-256 is used\n");
+        return;
+    }
+    sha256_ctx probe;
+    sha256_init(&probe);
+    assert_true(probe.hardware);
+    duel_rng rng;
+    duel_rng_seed(&rng, 7);
+    const size_t max_len = 300000;
+    unsigned char *data = malloc(max_len);
+    assert_non_null(data);
+    for (size_t i = 0; i < max_len; i++) data[i] = (unsigned char)duel_rng_below(&rng, 256);
+    unsigned char a[SHA256_DIGEST_BYTES], b[SHA256_DIGEST_BYTES];
+    for (size_t len = 0; len <= 300; len++) {
+        digest_of(true, data, len, len + 1, a);
+        digest_of(false, data, len, len + 1, b);
+        assert_memory_equal(a, b, SHA256_DIGEST_BYTES);
+    }
+    for (int trial = 0; trial < 40; trial++) {
+        size_t len = (size_t)duel_rng_below(&rng, max_len + 1);
+        size_t chunk = 1 + (size_t)duel_rng_below(&rng, 70000);
+        digest_of(true, data, len, len + 1, a);
+        digest_of(false, data, len, chunk, b);
+        assert_memory_equal(a, b, SHA256_DIGEST_BYTES);
+    }
+    free(data);
+}
+
 static void test_file(void **state) {
     (void)state;
     char dir[512], path[600], hex[SHA256_HEX_BYTES];
@@ -53,6 +99,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_known_vectors),
         cmocka_unit_test(test_file),
+        cmocka_unit_test(test_hardware_matches_portable),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
