@@ -30,8 +30,8 @@
   let ws = null;
   let backoff = 500;
   let conversation = localStorage.getItem(STORE_KEY) || null;
-  let current = null; // {id, question, a, b, finished, voted}
-  let pendingQuestion = null;
+  let current = null; // {id, question, turn, finished, voted, pending}
+  let welcomed = false; // the server answered this socket's hello
   let limits = null;
 
   function setStatus(text, online) {
@@ -112,8 +112,9 @@
       handle(msg);
     };
     ws.onclose = () => {
+      welcomed = false;
       setStatus('Offline — reconnecting…', false);
-      if (current && !current.finished) {
+      if (current && !current.finished && !current.pending) {
         // The server cancels a duel whose socket closed; the question can be asked again.
         showNotice('Connection lost while answering. Reconnecting; please ask again.');
         el.input.value = el.input.value || current.question;
@@ -140,6 +141,8 @@
       localStorage.setItem(STORE_KEY, conversation);
       if (el.log.childElementCount === 0)
         for (const t of msg.history || []) addTurn(t.user, t.assistant);
+      welcomed = true;
+      if (current && current.pending) sendPending();
       break;
     }
     case 'progress':
@@ -207,22 +210,36 @@
     }
   }
 
+  // A question asked while the connection is down waits in `current` (pending) and goes out
+  // as soon as the server has welcomed the new socket.
   function ask(text) {
     if (current && !current.finished) return;
     if (current && current.finished && !current.voted) {
       showNotice('Please vote on the two answers first (or start a new conversation).');
       return;
     }
-    if (!send({type: 'ask', text})) return;
-    showNotice('');
+    const online = welcomed && ws && ws.readyState === WebSocket.OPEN;
     resetDuel();
-    current = {id: null, question: text, finished: false, voted: false};
+    current = {id: null, question: text, finished: false, voted: false, pending: !online};
     current.turn = addTurn(text, null);
     el.duel.hidden = false;
     el.progress.classList.add('busy');
-    el.progress.textContent = 'Thinking…';
     setBusy(true);
     el.input.value = '';
+    if (online) {
+      sendPending();
+    } else {
+      el.progress.textContent = 'Waiting for the connection…';
+      showNotice('Not connected. Your question will be sent when the connection is back.', 'info');
+    }
+  }
+
+  function sendPending() {
+    current.pending = false;
+    if (!current.turn.isConnected) current.turn = addTurn(current.question, null); // the log was redrawn
+    el.progress.textContent = 'Thinking…';
+    showNotice('');
+    send({type: 'ask', text: current.question});
   }
 
   function vote(choice) {
@@ -246,7 +263,16 @@
       el.form.requestSubmit();
     }
   });
-  el.cancel.addEventListener('click', () => send({type: 'cancel'}));
+  el.cancel.addEventListener('click', () => {
+    if (current && current.pending) { // never sent: take it back
+      current.turn.remove();
+      el.input.value = el.input.value || current.question;
+      resetDuel();
+      showNotice('');
+      return;
+    }
+    send({type: 'cancel'});
+  });
   for (const b of el.votes) b.addEventListener('click', () => vote(b.dataset.choice));
   document.addEventListener('keydown', (e) => {
     if (e.target === el.input || e.ctrlKey || e.metaKey || e.altKey) return;

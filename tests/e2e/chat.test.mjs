@@ -2,7 +2,9 @@
 // `duel serve` (test backend) and a real redis-server, both started here on free loopback ports.
 // Desktop and phone viewports: open the page, ask, see the generation indicator, watch both
 // answers stream, vote (keyboard on desktop, buttons on the phone), see the chosen answer join
-// the conversation, find the vote in Redis, reload and find the conversation resumed.
+// the conversation, find the vote in Redis, reload and find the conversation resumed. Then a
+// reconnect: the server stops, a question asked while the page is offline waits on the page, and
+// once a new server is up it is sent, answered and voted on.
 // Screenshots of each state go to $DUEL_E2E_ARTIFACTS (default $DUEL_TEST_TMP/e2e-screenshots).
 // Exit 77 (skip) when Chromium or playwright-core is missing.
 import {spawn, execFileSync} from 'node:child_process';
@@ -82,15 +84,26 @@ await waitFor(() => redisCli('PING').trim() === 'PONG', 'redis-server');
 
 // Slow the stream down so that a person (and the screenshots) can see it arrive.
 writeFileSync(join(dir, 'config.json'), JSON.stringify({gateway: {stream_interval_ms: 60}}));
-const server = spawn(duelBin, ['serve', '--port', String(webPort), '--redis', `127.0.0.1:${redisPort}`,
-  '--config', join(dir, 'config.json'), '--web-root', join(source, 'gateway/web'),
-  '--spill', join(dir, 'spill.log'), '--test-step-ms', '150'], {stdio: ['ignore', 'pipe', 'pipe']});
-children.push(server);
+let server = null;
 let serverLog = '';
-server.stdout.on('data', (d) => { serverLog += d; });
-server.stderr.on('data', (d) => { serverLog += d; });
 const base = `http://127.0.0.1:${webPort}`;
-await waitFor(async () => (await fetch(`${base}/healthz`)).ok, 'duel serve');
+async function startServer() {
+  server = spawn(duelBin, ['serve', '--port', String(webPort), '--redis', `127.0.0.1:${redisPort}`,
+    '--config', join(dir, 'config.json'), '--web-root', join(source, 'gateway/web'),
+    '--spill', join(dir, 'spill.log'), '--test-step-ms', '150'], {stdio: ['ignore', 'pipe', 'pipe']});
+  children.push(server);
+  server.stdout.on('data', (d) => { serverLog += d; });
+  server.stderr.on('data', (d) => { serverLog += d; });
+  await waitFor(async () => (await fetch(`${base}/healthz`)).ok, 'duel serve', 20000);
+}
+// SIGTERM, as an operator stops it; a clean stop exits 0.
+async function stopServer() {
+  const s = server;
+  if (s.exitCode === null) s.kill('SIGTERM');
+  await new Promise((r) => s.exitCode !== null ? r() : s.on('exit', r));
+  return s.exitCode;
+}
+await startServer();
 
 // A fresh profile per scenario (playwright passes it to Chromium as --user-data-dir).
 function launch(contextOptions) {
@@ -177,20 +190,55 @@ async function runScenario(name, contextOptions, useKeyboard) {
   await context.close();
 }
 
+async function runReconnect() {
+  const context = await launch({viewport: {width: 1280, height: 800}});
+  const page = context.pages()[0] || await context.newPage();
+  const pageErrors = [];
+  page.on('pageerror', (e) => pageErrors.push(String(e)));
+  const shot = (state) => page.screenshot({path: join(artifacts, `reconnect-${state}.png`), fullPage: true});
+  await page.goto(base + '/');
+  await waitFor(async () => (await page.textContent('#status')) === 'Connected', 'Connected');
+
+  assert.equal(await stopServer(), 0, 'duel serve stops cleanly on SIGTERM');
+  await waitFor(async () => /Offline|Reconnecting/.test(await page.textContent('#status')), 'offline status');
+  const question = 'What is a harbour (asked offline)?';
+  await page.fill('#ask-text', question);
+  await page.press('#ask-text', 'Enter');
+  await waitFor(async () => (await page.textContent('#progress')).includes('Waiting for the connection'),
+    'the question waits for the connection');
+  assert.equal(await page.locator('.bubble.user').last().textContent(), question);
+  assert.equal(await page.inputValue('#ask-text'), '');
+  assert.match(await page.textContent('#notice'), /will be sent when the connection is back/);
+  await shot('1-waiting');
+
+  const before = Number(redisCli('XLEN', 'duel:prefs').trim());
+  await startServer();
+  await waitFor(async () => (await page.textContent('#status')) === 'Connected', 'reconnected', 30000);
+  await waitFor(async () => (await page.textContent('#progress')).includes('Pick the better answer'),
+    'both answers after the reconnect', 30000);
+  assert.ok((await page.textContent('#text-a')).length > 0);
+  assert.equal(await page.locator('.bubble.user', {hasText: question}).count(), 1, 'asked once');
+  await shot('2-answered');
+  await page.keyboard.press('1');
+  await waitFor(async () => (await page.textContent('#notice')).includes('Thanks'), 'vote_ok');
+  await waitFor(() => Number(redisCli('XLEN', 'duel:prefs').trim()) === before + 1, 'vote in Redis');
+  assert.deepEqual(pageErrors, []);
+  await context.close();
+}
+
 let failed = false;
 try {
   await runScenario('desktop', {viewport: {width: 1280, height: 800}}, true);
   await runScenario('phone', {viewport: {width: 390, height: 844}, isMobile: true, hasTouch: true,
     deviceScaleFactor: 2}, false);
-  console.log(`ok: desktop and phone scenarios passed; screenshots in ${artifacts}`);
+  await runReconnect();
+  console.log(`ok: desktop, phone and reconnect scenarios passed; screenshots in ${artifacts}`);
 } catch (e) {
   failed = true;
   console.error(e);
   console.error('server log:\n' + serverLog);
 } finally {
-  server.kill('SIGTERM');
-  await new Promise((r) => server.exitCode !== null ? r() : server.on('exit', r));
-  if (server.exitCode !== 0) {
+  if (await stopServer() !== 0) {
     console.error(`duel serve exited with ${server.exitCode} after SIGTERM`);
     failed = true;
   }
