@@ -11,18 +11,27 @@
 #include "version.h"
 
 int cmd_info(int argc, char **argv) {
-    bool json = false;
+    bool json = false, coretype_only = false;
     const cli_option options[] = {
         {"--json", CLI_OPT_FLAG, &json, NULL, "also print the facts as one JSON object on the "
                                               "last line of stdout", 0, 0, false, NULL},
+        {"--blas-coretype", CLI_OPT_FLAG, &coretype_only, NULL,
+         "print only the OPENBLAS_CORETYPE duel sets for itself on this CPU (an empty line when "
+         "it sets none), for scripts that run other programs linked to OpenBLAS", 0, 0, false, NULL},
     };
     const cli_command cmd = {
-        "info", "[--json]",
-        "Prints the version, the backends built in (cpu, cuda) and whether a GPU answers.\n"
-        "A CUDA build on a machine without a GPU says so; that is not an error.",
+        "info", "[--json | --blas-coretype]",
+        "Prints the version, the backends built in (cpu, cuda), the OpenBLAS kernels in use and\n"
+        "whether a GPU answers. A CUDA build on a machine without a GPU says so; that is not an\n"
+        "error.",
         options, sizeof options / sizeof options[0]};
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
+    if (coretype_only) {
+        const char *set = blas_core_set_by_duel();
+        printf("%s\n", set ? set : "");
+        return CLI_EXIT_OK;
+    }
 
     backend_cuda_info cuda;
     duel_error err = {0};

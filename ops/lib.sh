@@ -94,8 +94,7 @@ duel_build() {
 duel_blas_env() {
     [ -n "${OPENBLAS_CORETYPE:-}" ] && return 0
     local core
-    core=$("$DUEL_ROOT/build/cli/duel" info --json 2>/dev/null | tail -1 |
-        sed -n 's/.*"blas_core_set_by_duel":"\([A-Za-z0-9]*\)".*/\1/p')
+    core=$("$DUEL_ROOT/build/cli/duel" info --blas-coretype 2>/dev/null)
     if [ -n "$core" ]; then
         export OPENBLAS_CORETYPE=$core
         echo "OpenBLAS does not know this CPU: OPENBLAS_CORETYPE=$core for the tests"

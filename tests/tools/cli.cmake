@@ -9,3 +9,11 @@ if(NOT DUEL_FUZZ)
   set_tests_properties(test_cli PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 ENVIRONMENT
     "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BUILD_DIR=${PROJECT_BINARY_DIR};DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp;DUEL_PYTHON=${DUEL_PYTHON}")
 endif()
+
+# models/evaluate.py's scoring and models/wordnet_data.py's held-out split (Python, standard
+# library; exit 77 = skipped without Debian's WordNet).
+if(NOT DUEL_FUZZ)
+  add_test(NAME test_models_py COMMAND ${DUEL_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/test_models_py.py)
+  set_tests_properties(test_models_py PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 ENVIRONMENT
+    "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
+endif()

@@ -65,7 +65,7 @@ expect 0 '--max-new-tokens' -- help generate
 
 echo "== --help of every command documents every flag"
 declare -A FLAGS=(
-    [info]="--json"
+    [info]="--json --blas-coretype"
     [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --arena-model --erm"
     [bench forward]="--model --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
     [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
@@ -190,7 +190,13 @@ if grep -qw avx2 /proc/cpuinfo; then
     env -u OPENBLAS_CORETYPE "$DUEL" info --json >"$TMP/info.out" 2>/dev/null || fail "duel info (no OPENBLAS_CORETYPE) failed"
     json_last_line "$TMP/info.out" 'd["blas_core"].lower() != "prescott"' \
         || fail "duel runs OpenBLAS's generic kernels on a CPU with AVX2"
+    # --blas-coretype (what ops/test exports for the test programs) agrees with the JSON.
+    got=$(env -u OPENBLAS_CORETYPE "$DUEL" info --blas-coretype) || fail "duel info --blas-coretype failed"
+    json_last_line "$TMP/info.out" "(d['blas_core_set_by_duel'] or '') == '$got'" \
+        || fail "duel info --blas-coretype says '$got', unlike --json"
 fi
+[ -z "$(OPENBLAS_CORETYPE=Haswell "$DUEL" info --blas-coretype)" ] \
+    || fail "duel info --blas-coretype names a setting when the user set OPENBLAS_CORETYPE"
 OPENBLAS_CORETYPE=Prescott "$DUEL" info --json >"$TMP/info.out" 2>/dev/null || fail "duel info (Prescott) failed"
 json_last_line "$TMP/info.out" 'd["blas_core"].lower() == "prescott"' \
     || fail "duel overrode the user's OPENBLAS_CORETYPE"
