@@ -59,6 +59,8 @@ typedef struct generator {
     double beta;          /* pilaf */
     model *reference;     /* --reference: the frozen reference (owned), or NULL: the model */
     model *arena;         /* --arena-model: arena's second arm (owned), or NULL */
+    chat_template_kind answer_template; /* --chat: answers lose this template's answer prefix */
+    bool chat;
 } generator;
 
 /* What the engine's DUEL_READY event said. */
@@ -282,6 +284,8 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
     /* A random or badly trained model can emit escape sequences: keep them off terminals. */
     if (out) utf8_stream_init(&stream, isatty(fileno(out)));
     bool done = false;
+    /* Chat answers are printed without the template's answer prefix (qa's leading space). */
+    const char *prefix_left = g->chat ? chat_template_answer_prefix(g->answer_template) : "";
     while (!done) {
         engine_event *ev;
         engine_poll(g->engine, -1, &ev);
@@ -312,6 +316,8 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
                 size_t len;
                 if (!is_stop(g, tok) && !tokenizer_is_special(g->tok, tok) &&
                     tokenizer_token_bytes(g->tok, tok, &bytes, &len) == 0) {
+                    while (*prefix_left && len > 0 && *bytes == *prefix_left) bytes++, len--, prefix_left++;
+                    if (len > 0) prefix_left = ""; /* the answer has begun */
                     utf8_stream_write(&stream, bytes, len, out);
                     fflush(out);
                 }
@@ -329,6 +335,10 @@ static int generator_run(generator *g, const int32_t *prompt, int n, int candida
                                  : "max-new-tokens";
             a->text = ev->text;
             ev->text = NULL;
+            if (a->text && g->chat) {
+                const char *answer = chat_template_strip_answer_prefix(g->answer_template, a->text);
+                memmove(a->text, answer, strlen(answer) + 1);
+            }
             if (!a->text) a->text = strdup("");
             if (!a->text) rc = duel_error_set(err, DUEL_ENOMEM, "out of memory");
             stats->new_tokens += a->tokens;
@@ -752,7 +762,11 @@ int cmd_generate(int argc, char **argv) {
         generator_free(&g);
         return CLI_EXIT_FAILURE;
     }
-    if (o.chat) generator_stop_at_end_of_turn(&g, kind);
+    if (o.chat) {
+        generator_stop_at_end_of_turn(&g, kind);
+        g.chat = true;
+        g.answer_template = kind;
+    }
 
     int status = CLI_EXIT_OK;
     if (o.interactive) {

@@ -241,7 +241,8 @@ static void *poller_main(void *arg) {
                 c->tokens = malloc(((size_t)ev->count + 1) * sizeof(int32_t));
                 if (c->tokens && ev->count)
                     memcpy(c->tokens, ev->tokens, (size_t)ev->count * sizeof(int32_t));
-                c->text = ev->text ? strdup(ev->text) : NULL;
+                /* shown, voted on and kept in the history without the template's answer prefix */
+                c->text = ev->text ? strdup(chat_template_strip_answer_prefix(b->template, ev->text)) : NULL;
             }
             break;
         case ENGINE_EVENT_DUEL_READY:

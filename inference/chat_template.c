@@ -178,9 +178,8 @@ static void render_parts(chat_template_kind kind, const chat_message *messages, 
                 emit(ctx, PART_TEXT, content);
                 emit(ctx, PART_TEXT, " Answer:");
             } else if (strcmp(role, "assistant") == 0) {
-                /* the answer prefix after "Answer:", unless a generated answer starts with it */
-                const char *prefix = chat_template_answer_prefix(kind);
-                if (strncmp(content, prefix, strlen(prefix)) != 0) emit(ctx, PART_TEXT, prefix);
+                /* the answer prefix after "Answer:" (kept answers are stored without it) */
+                emit(ctx, PART_TEXT, chat_template_answer_prefix(kind));
                 emit(ctx, PART_TEXT, content);
                 emit(ctx, PART_SPECIAL, "<|endoftext|>");
             } else {
@@ -329,4 +328,10 @@ const char *chat_template_end_of_turn(chat_template_kind kind) {
 
 const char *chat_template_answer_prefix(chat_template_kind kind) {
     return kind == CHAT_TEMPLATE_QA ? " " : "";
+}
+
+const char *chat_template_strip_answer_prefix(chat_template_kind kind, const char *answer) {
+    const char *prefix = chat_template_answer_prefix(kind);
+    const size_t n = strlen(prefix);
+    return n > 0 && strncmp(answer, prefix, n) == 0 ? answer + n : answer;
 }

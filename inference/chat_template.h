@@ -57,4 +57,9 @@ const char *chat_template_end_of_turn(chat_template_kind kind);
  * prepends it to a response so that the response's first token is the one the model generates. */
 const char *chat_template_answer_prefix(chat_template_kind kind);
 
+/* A generated answer without the answer prefix it starts with (the model generates it: qa's
+ * answers start with " "): the text to show and to keep as the assistant's turn, which rendering
+ * puts the prefix back before. answer itself when it does not start with the prefix. */
+const char *chat_template_strip_answer_prefix(chat_template_kind kind, const char *answer);
+
 #endif

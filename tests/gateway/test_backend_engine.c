@@ -110,6 +110,10 @@ static void test_adapter_duel(void **state) {
     assert_int_equal(r->side_swap, place.side_swap);
     assert_non_null(r->text_a);
     assert_non_null(r->text_b);
+    /* The default model's qa template: answers are generated after "Answer:" with a leading
+     * space, shown and kept without it (rendering the history puts it back). */
+    assert_true(r->len_a > 0 && r->len_b > 0);
+    assert_true(r->text_a[0] != ' ' && r->text_b[0] != ' ');
     json_t *gp = json_loads(r->gen_params_json, 0, NULL);
     assert_int_equal(json_integer_value(json_object_get(gp, "M")), 4);
     json_decref(gp);

@@ -62,10 +62,19 @@ static void test_qa(void **state) {
                   "Be brief. Question: Hi! Answer: Hello.<|endoftext|>Question: 2+2? Answer:");
     expect_render(CHAT_TEMPLATE_QA, false,
                   "Be brief. Question: Hi! Answer: Hello.<|endoftext|>Question: 2+2? Answer:");
-    /* An answer as generated, with its leading space, renders the same (no second space). */
-    const chat_message generated[] = {{"user", "Hi!"}, {"assistant", " Hello."}, {"user", "2+2?"}};
+    /* The model generates the answer with its leading space; the kept answer drops it and
+     * rendering puts it back, as the Jinja template in tokenizer_config.json does (it adds ' ' to
+     * every assistant message). */
+    const char *generated = " Hello.";
+    assert_string_equal(chat_template_strip_answer_prefix(CHAT_TEMPLATE_QA, generated), "Hello.");
+    assert_string_equal(chat_template_strip_answer_prefix(CHAT_TEMPLATE_QA, "Hello."), "Hello.");
+    assert_string_equal(chat_template_strip_answer_prefix(CHAT_TEMPLATE_QA, ""), "");
+    assert_string_equal(chat_template_strip_answer_prefix(CHAT_TEMPLATE_CHATML, " Hello."), " Hello.");
+    const chat_message kept[] = {{"user", "Hi!"},
+                                 {"assistant", chat_template_strip_answer_prefix(CHAT_TEMPLATE_QA, generated)},
+                                 {"user", "2+2?"}};
     char *out = NULL;
-    assert_int_equal(chat_template_render(CHAT_TEMPLATE_QA, generated, 3, true, &out, NULL), 0);
+    assert_int_equal(chat_template_render(CHAT_TEMPLATE_QA, kept, 3, true, &out, NULL), 0);
     assert_string_equal(out, "Question: Hi! Answer: Hello.<|endoftext|>Question: 2+2? Answer:");
     free(out);
     assert_string_equal(chat_template_end_of_turn(CHAT_TEMPLATE_QA), "<|endoftext|>");

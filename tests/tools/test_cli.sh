@@ -180,6 +180,17 @@ line=$(serve_line --config "$TMP/serve.json" --set redis.port=9 --redis 127.0.0.
 grep -q '(redis 127\.0\.0\.1:10,' <<<"$line" || fail "serve --redis over --set: '$line'"
 pass
 
+echo "== --chat answers without the template's answer prefix (the default model's qa: a space)"
+if [ -f "$SRC/models/default/model.safetensors" ]; then
+    out=$("$DUEL" generate --model "$SRC/models/default" --chat --temperature 0 --max-new-tokens 8 \
+        --prompt "What does tea mean?" 2>/dev/null) || fail "generate --chat on models/default failed"
+    [ -n "$out" ] && [ "${out:0:1}" != " " ] || fail "generate --chat printed '$out' (leading space or nothing)"
+    out=$("$DUEL" generate --model "$SRC/models/default" --chat --temperature 0 --max-new-tokens 8 --n 2 \
+        --prompt "What does tea mean?" 2>/dev/null) || fail "generate --chat --n 2 failed"
+    grep -q '^ ' <<<"$out" && fail "generate --chat --n 2: a candidate starts with a space: '$out'"
+    pass
+fi
+
 echo "== --json: one JSON object on the last line"
 "$DUEL" info --json >"$TMP/info.out" 2>/dev/null || fail "duel info --json failed"
 json_last_line "$TMP/info.out" '"cpu" in d["backends"] and "version" in d and isinstance(d["gpu_answers"], bool)' \
