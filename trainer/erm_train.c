@@ -208,25 +208,31 @@ int erm_train_accuracy(const erm *m, const float *chosen, const float *rejected,
                        double *accuracy, duel_error *err) {
     *accuracy = 0;
     if (n < 1) return 0;
+    /* Pairs in chunks scored by one erm_score call each (chosen rows, then rejected rows): one
+     * pass over the heads' weights per chunk, not per pair. */
     const int E = m->config.num_heads, D = m->config.d_feat;
-    float *x = malloc((size_t)2 * D * sizeof(float));
-    float *r = malloc((size_t)2 * E * sizeof(float));
+    const int chunk = n < 256 ? n : 256;
+    float *x = malloc((size_t)2 * chunk * D * sizeof(float));
+    float *r = malloc((size_t)2 * chunk * E * sizeof(float));
     if (!x || !r) {
         free(x);
         free(r);
         return duel_error_set(err, DUEL_ENOMEM, "erm_train: out of memory");
     }
     int right = 0, rc = 0;
-    for (int i = 0; i < n && rc == 0; i++) {
-        memcpy(x, chosen + (size_t)i * D, (size_t)D * sizeof(float));
-        memcpy(x + D, rejected + (size_t)i * D, (size_t)D * sizeof(float));
-        if ((rc = erm_score(m, x, 2, r, err)) != 0) break;
-        double a = 0, b = 0;
-        for (int e = 0; e < E; e++) {
-            a += r[e];
-            b += r[E + e];
+    for (int start = 0; start < n && rc == 0; start += chunk) {
+        const int k = n - start < chunk ? n - start : chunk;
+        memcpy(x, chosen + (size_t)start * D, (size_t)k * D * sizeof(float));
+        memcpy(x + (size_t)k * D, rejected + (size_t)start * D, (size_t)k * D * sizeof(float));
+        if ((rc = erm_score(m, x, 2 * k, r, err)) != 0) break;
+        for (int i = 0; i < k; i++) {
+            double a = 0, b = 0;
+            for (int e = 0; e < E; e++) {
+                a += r[(size_t)i * E + e];
+                b += r[(size_t)(k + i) * E + e];
+            }
+            right += a > b;
         }
-        right += a > b;
     }
     free(x);
     free(r);

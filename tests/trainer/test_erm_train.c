@@ -222,11 +222,49 @@ static void test_learns_hidden_linear_reward(void **state) {
     erm_free(m2);
 }
 
+/* erm_train_accuracy scores pairs in chunks; it counts what scoring each pair alone counts
+ * (ensemble-mean reward of chosen above rejected), across a chunk boundary. */
+static void test_accuracy_matches_pair_by_pair(void **state) {
+    (void)state;
+    erm_config c = {5, 24, 16};
+    duel_rng rng;
+    duel_rng_seed(&rng, 31);
+    erm *m = NULL;
+    assert_int_equal(erm_create(&c, &rng, &m, NULL), 0);
+    const int n = 300, D = c.d_feat, E = c.num_heads;
+    float *chosen = malloc((size_t)n * D * sizeof(float)), *rejected = malloc((size_t)n * D * sizeof(float));
+    assert_non_null(chosen);
+    assert_non_null(rejected);
+    for (int i = 0; i < n * D; i++) {
+        chosen[i] = (float)duel_rng_normal(&rng);
+        rejected[i] = (float)duel_rng_normal(&rng);
+    }
+    int right = 0;
+    for (int i = 0; i < n; i++) {
+        float r[2][8];
+        assert_int_equal(erm_score(m, chosen + (size_t)i * D, 1, r[0], NULL), 0);
+        assert_int_equal(erm_score(m, rejected + (size_t)i * D, 1, r[1], NULL), 0);
+        double a = 0, b = 0;
+        for (int e = 0; e < E; e++) a += r[0][e], b += r[1][e];
+        right += a > b;
+    }
+    assert_true(right > n / 5 && right < n * 4 / 5); /* not all one way: the test can tell */
+    double acc = -1;
+    assert_int_equal(erm_train_accuracy(m, chosen, rejected, n, &acc, NULL), 0);
+    assert_true(acc == (double)right / n);
+    assert_int_equal(erm_train_accuracy(m, chosen, rejected, 7, &acc, NULL), 0);
+    assert_true(acc >= 0 && acc <= 1);
+    free(chosen);
+    free(rejected);
+    erm_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradient_matches_finite_differences),
         cmocka_unit_test(test_buffer_fifo_and_min_pairs),
         cmocka_unit_test(test_learns_hidden_linear_reward),
+        cmocka_unit_test(test_accuracy_matches_pair_by_pair),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
