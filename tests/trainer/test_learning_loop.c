@@ -6,7 +6,7 @@
  * `duel train` applies them and publishes snapshots, and the gateway's snapshot loader verifies
  * and hot-swaps them in while duels keep being served.
  *
- * The shipped configuration, except a checkpoint every 8 updates instead of every one (it changes
+ * The shipped configuration, except a checkpoint every 8 updates instead of every 5 (it changes
  * only what a crash would redo; the crash tests cover that). What the test holds the loop to
  * (fixed seeds; snapshot timing still decides which policy generates which duel):
  *   - nothing lost, nothing applied twice: the trainer applied exactly the complete batches of
@@ -124,7 +124,7 @@ static json_t *run_loop(const char *asks, const char *held_out) {
         setenv("TMPDIR", g_dir, 1);
         execl(DUEL_EXE, DUEL_EXE, "bench", "loop", "--model", model, "--prompts", asks, "--held-out", held_out,
               "--votes", votes, "--held-out-count", held, "--keep", work, "--json",
-              /* fewer checkpoints (each snapshot still forces one): a shorter test, same learning */
+              /* fewer checkpoints: a shorter test, same learning */
               "--set", "trainer.checkpoint_every=8", (char *)NULL);
         _exit(127);
     }
