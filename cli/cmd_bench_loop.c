@@ -42,6 +42,7 @@
 #include "duel_backend.h"
 #include "engine.h"
 #include "json_util.h"
+#include "machine_limits.h"
 #include "model.h"
 #include "oracle.h"
 #include "snapshot.h"
@@ -294,6 +295,13 @@ static long long hash_int(redisContext *c, const char *key, const char *field) {
     return v;
 }
 
+static double hash_real(redisContext *c, const char *key, const char *field) {
+    redisReply *r = redisCommand(c, "HGET %s %s", key, field);
+    double v = r && r->type == REDIS_REPLY_STRING ? atof(r->str) : -1;
+    if (r) freeReplyObject(r);
+    return v;
+}
+
 static int compare_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return x < y ? -1 : x > y;
@@ -360,6 +368,7 @@ typedef struct loop_figures {
     double sampled_win_rate, sampled_score_before, sampled_score_after; /* sampled as served */
     int greedy_changed, sampled_changed; /* prompts whose answers differ from the base model's */
     double wall_seconds;
+    double gflop_per_vote, sgemm_gflops; /* the trainer's policy update on these votes; the machine */
 } loop_figures;
 
 int bench_loop(int argc, char **argv) {
@@ -396,7 +405,8 @@ int bench_loop(int argc, char **argv) {
         "serves duels (M candidates, ERM scoring, E&E-TS) to scripted users who vote with the\n"
         "lexical oracle against each prompt's reference; the votes go through a real Redis stream\n"
         "to `duel train` (a child process), whose snapshots the snapshot loader verifies and\n"
-        "hot-swaps in. Prints duels served per second, votes applied per second, the latency from\n"
+        "hot-swaps in. Prints duels served per second, votes applied per second, the trainer's\n"
+        "GFLOP per vote and the ceiling this machine's sgemm rate sets on it, the latency from\n"
         "a vote's XADD to the first duel served by a snapshot that includes it (p50, p95), and the\n"
         "held-out win rate of the last snapshot's answers over the base model's (lexical oracle,\n"
         "ties half): greedy, and sampled at --temperature as duels are (fixed seeds, the same for\n"
@@ -471,6 +481,8 @@ int bench_loop(int argc, char **argv) {
     char data_dir[1200];
     snprintf(data_dir, sizeof data_dir, "%s/data", work);
     snprintf(trainer_log, sizeof trainer_log, "%s/trainer.log", work);
+    /* The machine's sgemm rate, before anything else runs: the ceiling of the trainer's update. */
+    if ((rc = machine_sgemm_best(2048, 3, &f.sgemm_gflops, &err))) goto done;
     if ((trainer = spawn_trainer(path, rs.host, rs.port, data_dir, trainer_log)) < 0) {
         trainer = 0;
         rc = duel_error_set(&err, DUEL_EIO, "fork: %s", strerror(errno));
@@ -591,6 +603,8 @@ int bench_loop(int argc, char **argv) {
         bench_sleep_ms(100);
     }
     double applied_seconds = duel_time_seconds() - t0;
+    const double update_gflop = hash_real(c, "duel:trainer:status", "update_gflop");
+    f.gflop_per_vote = f.applied > 0 && update_gflop > 0 ? update_gflop / (double)f.applied : 0;
     wait_start = duel_time_seconds();
     snapshot_loader_stats ls;
     for (;;) {
@@ -691,6 +705,11 @@ int bench_loop(int argc, char **argv) {
     printf("  duels served per second        %.2f\n", f.served / f.serve_seconds);
     printf("  a/b votes applied per second   %.2f  (%lld applied, all by %.1f s; %lld while votes arrived)\n",
            (double)f.applied / applied_seconds, f.applied, applied_seconds, f.applied_at_last_vote);
+    if (f.gflop_per_vote > 0)
+        printf("  trainer's policy update        %.2f GFLOP per a/b vote on these prompts (synthetic pairs\n"
+               "                                 included): the machine's sgemm rate (%.1f GFLOP/s) caps it at\n"
+               "                                 %.1f votes/s with nothing else running\n",
+               f.gflop_per_vote, f.sgemm_gflops, f.sgemm_gflops / f.gflop_per_vote);
     printf("  snapshots hot-swapped          %lld (refused %lld), serving v%lld at the end\n", f.loaded, f.refused,
            f.final_version);
     if (f.latency_count > 0)
@@ -718,6 +737,11 @@ int bench_loop(int argc, char **argv) {
             f.win_rate, "score_before", f.score_before, "score_after", f.score_after, "wall_seconds", f.wall_seconds,
             "batch_size", batch_size, "candidates", (int)candidates);
         if (o) json_object_set_new(o, "greedy_changed", json_integer(f.greedy_changed));
+        if (o && f.gflop_per_vote > 0) {
+            json_object_set_new(o, "gflop_per_vote", json_real(f.gflop_per_vote));
+            json_object_set_new(o, "sgemm_gflops", json_real(f.sgemm_gflops));
+            json_object_set_new(o, "ceiling_votes_per_second", json_real(f.sgemm_gflops / f.gflop_per_vote));
+        }
         if (o && f.eval_samples > 0) {
             json_object_set_new(o, "eval_samples", json_integer(f.eval_samples));
             json_object_set_new(o, "sampled_win_rate", json_real(f.sampled_win_rate));

@@ -32,15 +32,21 @@
 
 int bench_trainer(int argc, char **argv);
 
-/* XADDs n a/b votes: M candidates, prompt 8..23 and responses 16..47 random tokens, features
- * N(0, 1) of width d_feat, choice by a random linear reward. */
+/* Token counts drawn uniformly from lo..hi. */
+typedef struct length_range {
+    long long lo, hi;
+} length_range;
+
+/* XADDs n a/b votes: M candidates, prompt and responses of random tokens with lengths drawn
+ * from the ranges, features N(0, 1) of width d_feat, choice by a random linear reward. */
 static int produce(redisContext *c, const char *stream, int n, int M, int d_feat, int vocab, int max_seq,
-                   const char *model_id, duel_error *err) {
+                   length_range prompt_len, length_range response_len, const char *model_id, duel_error *err) {
     duel_rng rng;
     duel_rng_seed(&rng, 2026);
     float *w = malloc((size_t)d_feat * sizeof(float)), *features = malloc((size_t)M * d_feat * sizeof(float));
     float *rewards = calloc((size_t)M, sizeof(float));
-    int32_t *prompt = malloc(64 * sizeof(int32_t)), *cand = malloc((size_t)M * 64 * sizeof(int32_t));
+    int32_t *prompt = malloc((size_t)prompt_len.hi * sizeof(int32_t));
+    int32_t *cand = malloc((size_t)M * (size_t)response_len.hi * sizeof(int32_t));
     int32_t *offsets = malloc((size_t)(M + 1) * sizeof(int32_t));
     double *r = malloc((size_t)M * sizeof(double));
     int rc = 0;
@@ -52,12 +58,13 @@ static int produce(redisContext *c, const char *stream, int n, int M, int d_feat
     for (int v = 0; v < n && rc == 0; v++) {
         vote_entry e;
         memset(&e, 0, sizeof e);
-        int np = 8 + (int)duel_rng_below(&rng, 16);
-        int max_resp = max_seq > 0 && max_seq - np < 48 ? max_seq - np : 48;
+        int np = (int)prompt_len.lo + (int)duel_rng_below(&rng, (uint64_t)(prompt_len.hi - prompt_len.lo + 1));
+        int max_resp = max_seq > 0 && max_seq - np < response_len.hi ? max_seq - np : (int)response_len.hi;
         for (int i = 0; i < np; i++) prompt[i] = 3 + (int32_t)duel_rng_below(&rng, (uint64_t)vocab - 3);
         offsets[0] = 0;
         for (int m = 0; m < M; m++) {
-            int len = 16 + (int)duel_rng_below(&rng, (uint64_t)(max_resp > 16 ? max_resp - 15 : 1));
+            const int lo = (int)response_len.lo;
+            int len = lo + (int)duel_rng_below(&rng, (uint64_t)(max_resp > lo ? max_resp - lo + 1 : 1));
             if (len > max_resp) len = max_resp;
             for (int i = 0; i < len; i++) cand[offsets[m] + i] = 3 + (int32_t)duel_rng_below(&rng, (uint64_t)vocab - 3);
             offsets[m + 1] = offsets[m] + len;
@@ -96,20 +103,26 @@ done:
     return rc;
 }
 
-/* Raises *best to the best of three timed sgemm probes (machine_limits.h). */
-static int probe_sgemm(double *best, duel_error *err) {
-    machine_probe *probe = NULL;
-    int rc = machine_probe_create(2048, (size_t)1 << 20, 1, &probe, err);
-    for (int i = 0; rc == 0 && i < 3; i++) {
-        double g;
-        if ((rc = machine_probe_sgemm(probe, &g, err)) == 0 && g > *best) *best = g;
+/* "A:B" (1 <= A <= B <= 1024) into *out; a usage message into err otherwise. */
+static int parse_range(const char *flag, const char *text, length_range *out, duel_error *err) {
+    char *end = NULL;
+    errno = 0;
+    long long lo = strtoll(text, &end, 10), hi;
+    if (errno == 0 && end != text && *end == ':') {
+        const char *second = end + 1;
+        hi = strtoll(second, &end, 10);
+        if (errno == 0 && end != second && *end == '\0' && lo >= 1 && lo <= hi && hi <= 1024) {
+            *out = (length_range){lo, hi};
+            return 0;
+        }
     }
-    machine_probe_free(probe);
-    return rc;
+    return duel_error_set(err, DUEL_EINVAL, "%s '%s': expected MIN:MAX tokens with 1 <= MIN <= MAX <= 1024",
+                          flag, text);
 }
 
 int bench_trainer(int argc, char **argv) {
     const char *model_dir = "models/default", *redis = NULL, *loss = "dpo";
+    const char *prompt_tokens = "8:23", *response_tokens = "16:48";
     long long votes = 400, batch = -1, checkpoint_every = -1, candidates = 4, burn_in = 0;
     double gamma = -1, publish_seconds = -1;
     bool json = false;
@@ -125,6 +138,9 @@ int bench_trainer(int argc, char **argv) {
         {"--gamma", CLI_OPT_DOUBLE, &gamma, "G", "trainer.gamma (default: the trainer's, 0.7)", 0, 1, true, NULL},
         {"--publish-every-seconds", CLI_OPT_DOUBLE, &publish_seconds, "S", "trainer.publish_every_seconds (default: the trainer's, 5)", 0, 1e9, false, NULL},
         {"--loss", CLI_OPT_STRING, &loss, "NAME", "dpo, ipo, slic or simpo (default dpo)", 0, 0, false, NULL},
+        {"--prompt-tokens", CLI_OPT_STRING, &prompt_tokens, "MIN:MAX", "prompt length of the synthetic votes, uniform (default 8:23)", 0, 0, false, NULL},
+        {"--response-tokens", CLI_OPT_STRING, &response_tokens, "MIN:MAX", "candidate length, uniform (default 16:48; the "
+         "default model's duels: `duel bench loop` prints their GFLOP per vote)", 0, 0, false, NULL},
         {"--json", CLI_OPT_FLAG, &json, NULL, "also print the figures as one JSON object on the last line of stdout", 0, 0, false, NULL},
     };
     const cli_command cmd = {
@@ -140,6 +156,10 @@ int bench_trainer(int argc, char **argv) {
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     duel_error err = {0};
+    length_range prompt_len, response_len;
+    if (parse_range("--prompt-tokens", prompt_tokens, &prompt_len, &err) ||
+        parse_range("--response-tokens", response_tokens, &response_len, &err))
+        return cli_usage_error(&cmd, "%s", err.message);
     bench_redis rs = {0};
     redisContext *c = NULL;
     online_trainer *trainer = NULL;
@@ -178,10 +198,10 @@ int bench_trainer(int argc, char **argv) {
         goto done;
     }
     freeReplyObject(redisCommand(c, "DEL duel:bench:prefs duel:bench:prefs:dead"));
-    fprintf(stderr, "XADDing %lld votes (M = %lld, d_feat %d) to %s:%d ...\n", votes, candidates, limits.d_feat,
+    fprintf(stderr, "XADDing %lld votes (M = %lld, d_feat %d, prompts of %lld-%lld tokens, candidates of %lld-%lld) to %s:%d ...\n", votes, candidates, limits.d_feat, prompt_len.lo, prompt_len.hi, response_len.lo, response_len.hi,
             rs.host, rs.port);
     if ((rc = produce(c, "duel:bench:prefs", (int)votes, (int)candidates, limits.d_feat, limits.vocab,
-                      limits.max_sequence, "bench", &err)))
+                      limits.max_sequence, prompt_len, response_len, "bench", &err)))
         goto done;
     stream_consumer_options so;
     stream_consumer_default_options(&so);
@@ -200,7 +220,7 @@ int bench_trainer(int argc, char **argv) {
     /* This machine's sgemm rate, the ceiling of the policy update's matrix work: best of probes
      * before and after the run (the probe's buffers are freed while the trainer runs). */
     double sgemm = 0;
-    if ((rc = probe_sgemm(&sgemm, &err))) goto done;
+    if ((rc = machine_sgemm_best(2048, 3, &sgemm, &err))) goto done;
     double t0 = duel_time_seconds(), cpu0 = bench_cpu_seconds();
     stream_consumer_stats st;
     online_trainer_status s;
@@ -212,7 +232,7 @@ int bench_trainer(int argc, char **argv) {
         if (n == 0 && st.acked >= votes) break; /* a partial last batch: the idle round checkpointed it */
     }
     double elapsed = duel_time_seconds() - t0, cpu = bench_cpu_seconds() - cpu0;
-    if ((rc = probe_sgemm(&sgemm, &err))) goto done;
+    if ((rc = machine_sgemm_best(2048, 3, &sgemm, &err))) goto done;
     double busy = st.apply_seconds + st.checkpoint_seconds + st.snapshot_seconds;
     double applied = (double)s.prefs_applied;
     printf("online trainer on %s (CPU): %lld votes, batch %d + %d synthetic, %lld updates\n", model_dir, votes,
@@ -250,6 +270,11 @@ int bench_trainer(int argc, char **argv) {
                               "votes_per_cpu_second", applied / cpu, "gflop_per_vote", gflop_per_vote,
                               "update_gflops", update_gflops, "sgemm_gflops", sgemm,
                               "ceiling_votes_per_second", ceiling);
+        if (o) {
+            json_object_set_new(o, "prompt_tokens", json_pack("[I,I]", (json_int_t)prompt_len.lo, (json_int_t)prompt_len.hi));
+            json_object_set_new(o, "response_tokens",
+                                json_pack("[I,I]", (json_int_t)response_len.lo, (json_int_t)response_len.hi));
+        }
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (text) printf("%s\n", text);
         free(text);

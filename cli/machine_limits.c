@@ -83,6 +83,17 @@ int machine_probe_create(int sgemm_n, size_t bandwidth_bytes, int bandwidth_thre
     return DUEL_OK;
 }
 
+int machine_sgemm_best(int n, int repeats, double *best, duel_error *err) {
+    machine_probe *probe = NULL;
+    int rc = machine_probe_create(n, (size_t)1 << 20, 1, &probe, err);
+    for (int i = 0; rc == 0 && i < repeats; i++) {
+        double g;
+        if ((rc = machine_probe_sgemm(probe, &g, err)) == 0 && g > *best) *best = g;
+    }
+    machine_probe_free(probe);
+    return rc;
+}
+
 int machine_probe_sgemm(machine_probe *p, double *gflops, duel_error *err) {
     (void)err;
     int n = p->n;

@@ -23,6 +23,10 @@ void machine_probe_free(machine_probe *p);
 /* One timed cblas_sgemm, in GFLOP/s (1e9 FLOP/s, counting 2 n^3). */
 int machine_probe_sgemm(machine_probe *p, double *gflops, duel_error *err);
 
+/* Raises *best to the best of `repeats` sgemm probes of side n, with a probe created and freed
+ * here (for a benchmark that measures the ceiling once or twice rather than interleaved). */
+int machine_sgemm_best(int n, int repeats, double *best, duel_error *err);
+
 /* One timed read of the whole buffer by all threads at once, in GB/s (1e9 B/s), timed from the
  * first thread's start to the last thread's end by the threads' own clocks. */
 int machine_probe_bandwidth(machine_probe *p, double *gb_per_s, duel_error *err);

@@ -69,10 +69,16 @@ int adamw_update(adamw_state *state, const adamw_options *options, float *params
 }
 
 double adamw_grad_norm(const float *grads, size_t n) {
+    /* Eight partial sums in a fixed order (lane i % 8), added at the end: the same result on
+     * every run, and a loop the compiler vectorises (one running sum is a chain of dependent
+     * adds, ~4x slower on the default model's 5.6M gradients). */
+    double lane[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int k = 0; k < 8; k++) lane[k] += (double)grads[i + k] * grads[i + k];
+    for (; i < n; i++) lane[i % 8] += (double)grads[i] * grads[i];
     double sum = 0;
-    for (size_t i = 0; i < n; i++) {
-        sum += (double)grads[i] * grads[i];
-    }
+    for (int k = 0; k < 8; k++) sum += lane[k];
     return sqrt(sum);
 }
 

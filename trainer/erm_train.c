@@ -64,6 +64,36 @@ static double sigmoid(double x) {
     return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
 }
 
+/* Layer 3 and the ReLU of layer 2 for one head: gradients of w3 and b2 (accumulated), and da2,
+ * the gradient at layer 2's pre-activations. restrict lets the compiler vectorise the inner loop
+ * (the gradients all live in one buffer); the order of every sum is unchanged. */
+static void head_output_backward(int R, int H, const float *restrict h2, size_t stride, const float *restrict dr,
+                                 const float *restrict w3, float *restrict da2, float *restrict gw3,
+                                 float *restrict gb2) {
+    for (int i = 0; i < R; i++) {
+        const float *restrict row = h2 + (size_t)i * stride;
+        float *restrict drow = da2 + (size_t)i * H;
+        const float d = dr[i];
+        for (int j = 0; j < H; j++) {
+            gw3[j] += d * row[j];
+            drow[j] = row[j] > 0.0f ? d * w3[j] : 0.0f;
+            gb2[j] += drow[j];
+        }
+    }
+}
+
+/* Layer 1's ReLU on dh1 [R][W] (zero where h1 <= 0) and the bias gradient gb1 += column sums. */
+static void relu_backward_bias(int R, size_t W, const float *restrict h1, float *restrict dh1, float *restrict gb1) {
+    for (int i = 0; i < R; i++) {
+        float *restrict drow = dh1 + (size_t)i * W;
+        const float *restrict row = h1 + (size_t)i * W;
+        for (size_t j = 0; j < W; j++) {
+            drow[j] = row[j] > 0.0f ? drow[j] : 0.0f;
+            gb1[j] += drow[j];
+        }
+    }
+}
+
 int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected, int B,
                         double reg_scale, float *grad, double *loss_per_head, duel_error *err) {
     if (!m || !chosen || !rejected || B < 1 || B > ERM_TRAIN_MAX_MINIBATCH || !isfinite(reg_scale))
@@ -152,16 +182,8 @@ int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected
         float *gw2 = grad + off[2], *gb2 = grad + off[3], *gw3 = grad + off[4], *gb3 = grad + off[5];
         const float *w3 = p->fc3_weight + (size_t)e * H;
         /* Layer 3 and the ReLU of layer 2. */
-        for (int i = 0; i < R; i++) {
-            const float *row = h2 + (size_t)i * W + (size_t)e * H;
-            float *drow = da2 + (size_t)i * H;
-            gb3[0] += dr[i];
-            for (int j = 0; j < H; j++) {
-                gw3[j] += dr[i] * row[j];
-                drow[j] = row[j] > 0.0f ? dr[i] * w3[j] : 0.0f;
-                gb2[j] += drow[j];
-            }
-        }
+        for (int i = 0; i < R; i++) gb3[0] += dr[i];
+        head_output_backward(R, H, h2 + (size_t)e * H, W, dr, w3, da2, gw3, gb2);
         /* Layer 2: dW2 = da2^T h1_e, dh1_e = da2 W2_e (masked by layer 1's ReLU below). */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, H, H, R, 1.0f, da2, H,
                     h1 + (size_t)e * H, (int)W, 0.0f, gw2, H);
@@ -178,14 +200,7 @@ int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected
     if (grad) {
         /* Layer 1 for all heads: mask by the ReLU, then dW1 = dh1^T x and db1 = column sums. */
         float *gw1 = grad + (p->fc1_weight - p->memory), *gb1 = grad + (p->fc1_bias - p->memory);
-        for (int i = 0; i < R; i++) {
-            float *drow = dh1 + (size_t)i * W;
-            const float *row = h1 + (size_t)i * W;
-            for (size_t j = 0; j < W; j++) {
-                if (row[j] <= 0.0f) drow[j] = 0.0f;
-                gb1[j] += drow[j];
-            }
-        }
+        relu_backward_bias(R, W, h1, dh1, gb1);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)W, D, R, 1.0f, dh1, (int)W, x, D,
                     0.0f, gw1, D);
         double c = 2.0 * reg_scale / (double)per_head;

@@ -92,6 +92,10 @@ expect 0 'vote -> serving|XADD' -- bench loop --help
 expect 2 '--prompts and --held-out are required' -- bench loop
 expect 1 'nonexistent.jsonl' -- bench loop --prompts /nonexistent.jsonl --held-out /nonexistent.jsonl
 expect 1 'unknown section "bogus"' -- bench loop --set bogus.key=1 --prompts /dev/null --held-out /dev/null
+expect 0 'ceiling' -- bench trainer --help
+expect 2 "--prompt-tokens '9:4': expected MIN:MAX" -- bench trainer --prompt-tokens 9:4
+expect 2 "--response-tokens '0:8': expected MIN:MAX" -- bench trainer --response-tokens 0:8
+expect 2 "--response-tokens '8': expected MIN:MAX" -- bench trainer --response-tokens 8
 
 # Every command listed by `duel --help` (including those other parts add): --help exits 0 with a
 # usage line; an unknown option exits 2 with a message.
