@@ -70,6 +70,7 @@ void online_trainer_default_options(online_trainer_options *o) {
     o->erm_hidden = ERM_DEFAULT_HIDDEN;
     dap_loss_default_options(DAP_LOSS_DPO, &o->loss);
     o->batch_size = 8;
+    o->chunk_positions = ONLINE_CHUNK_POSITIONS;
     o->lr = 1e-5;     /* the embedded 5.6M default model (bench loop: 3e-5 already costs held-out score); ~5e-7 for real models */
     o->min_lr = 1e-6;
     o->warmup_steps = 10;
@@ -272,6 +273,8 @@ int online_trainer_open(const online_trainer_options *o, const char *data_dir,
                               ONLINE_MAX_STORE);
     if (o->keep_snapshots < 0 || o->keep_snapshots > 1000000)
         return duel_error_set(err, DUEL_EINVAL, "trainer: keep_snapshots must be in 0..1000000");
+    if (o->chunk_positions < 1)
+        return duel_error_set(err, DUEL_EINVAL, "trainer: chunk_positions must be >= 1");
     if (o->checkpoint_every < 1 || !(o->publish_every_seconds >= 0 && isfinite(o->publish_every_seconds)))
         return duel_error_set(err, DUEL_EINVAL, "trainer: checkpoint_every must be >= 1 and "
                               "publish_every_seconds finite and >= 0");
@@ -705,15 +708,16 @@ static double chunk_flops(const online_trainer *t, const batch_pair *pairs, int 
 
 /* Zeroes the policy's gradients and accumulates into them the gradient of the DAP loss (the
  * mean over the B pairs that count) of pairs[0..B). The pairs go through the models in chunks of
- * ONLINE_CHUNK_PAIRS of similar length (sorted by length), so that short rows are not padded to
- * the batch's longest: each chunk's gradient is scaled by its share of the counted pairs, which
+ * similar length (sorted by length), so that short rows are not padded to the batch's longest;
+ * a chunk takes pairs while its padded rows fit options.chunk_positions (at least one pair), so
+ * short rows make fewer, larger matrix products: each chunk's gradient is scaled by its share of the counted pairs, which
  * gives the gradient of the whole batch's mean (the losses are sums over pairs). result receives
  * the batch's loss, margin and accuracy, *kl the mean of log pi - log pi_ref over its rows. */
 static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, dap_loss_result *result, double *kl,
                            duel_error *err) {
     const dap_loss_options *lo = &t->options.loss;
     const bool uses_ref = dap_loss_uses_reference(lo->kind), means = dap_loss_uses_means(lo->kind);
-    const int C = ONLINE_CHUNK_PAIRS;
+    const int C = B; /* the most pairs a chunk can take */
     int *idx = malloc((size_t)B * sizeof(int));
     batch_pair *chunk = malloc((size_t)C * sizeof *chunk);
     double *seq = malloc(2 * C * sizeof(double)), *cnt = malloc(2 * C * sizeof(double));
@@ -737,8 +741,9 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
     }
     train_model_zero_grad(t->policy);
     double loss = 0, margin = 0, accuracy = 0;
-    for (int start = 0; start < B; start += C) {
-        const int k = B - start < C ? B - start : C;
+    for (int start = 0, k = 0; start < B; start += k) {
+        k = 1;
+        while (start + k < B && 2 * (k + 1) * pair_length(&pairs[idx[start + k]]) <= t->options.chunk_positions) k++;
         for (int i = 0; i < k; i++) chunk[i] = pairs[idx[start + i]];
         int32_t *tokens = NULL, *targets = NULL;
         float *mask = NULL;

@@ -52,7 +52,9 @@
 #define ONLINE_PATH_MAX 4096
 #define ONLINE_STREAM_ID_MAX 48  /* "<ms>-<seq>" */
 #define ONLINE_MAX_BATCH 4096
-#define ONLINE_CHUNK_PAIRS 4 /* pairs per forward/backward pass of a policy update */
+/* Padded positions per forward/backward pass of a policy update (2 rows a pair, each as long as
+ * the chunk's longest): about 7 pairs of 50-token rows, 17 of 22-token rows. */
+#define ONLINE_CHUNK_POSITIONS 768
 #define ONLINE_MAX_STORE 100000 /* duels in the SEA store */
 
 typedef struct online_trainer_options {
@@ -80,6 +82,8 @@ typedef struct online_trainer_options {
     int64_t burn_in;         /* real pairs applied before synthetic pairs start: 1000 */
     double gamma;            /* real fraction of the policy batch, in (0, 1]: 0.7 */
     int synthetic_store;     /* duels kept for synthetic pairs, 1..ONLINE_MAX_STORE: 256 */
+    int chunk_positions;     /* padded positions per forward/backward pass of an update (not a
+                                config key; tests lower it): ONLINE_CHUNK_POSITIONS */
     double lr_scale;         /* multiplies the scheduled policy lr (a live knob): 1 */
     int recent_vote_ids;     /* vote ids remembered for de-duplication: 2048 */
     uint64_t seed;

@@ -301,12 +301,14 @@ static void test_checkpoint_resume_is_exact(void **state) {
     assert_non_null(strstr(err.message, "entries.bin"));
 }
 
-/* The gradient of one update (batch 7: chunks of 4 and 3, no clipping, no mixture) against the
- * same DAP loss on the whole batch in one forward/backward of a fresh copy of the model. */
-static void check_gradient(dap_loss_kind kind) {
+/* The gradient of one update (batch 7, no clipping, no mixture) against the same DAP loss on the
+ * whole batch in one forward/backward of a fresh copy of the model; the trainer's chunks are of
+ * chunk_positions padded positions at most (1: a pair each; 0: the default). */
+static void check_gradient(dap_loss_kind kind, int chunk_positions) {
     online_trainer_options o;
     options_for(&o, 1.0, 0);
     o.batch_size = 7;
+    if (chunk_positions > 0) o.chunk_positions = chunk_positions;
     o.clip_norm = 0;
     dap_loss_default_options(kind, &o.loss);
     online_trainer *t = open_trainer(&o, "mix-grad", NULL, 0);
@@ -398,12 +400,15 @@ static void check_gradient(dap_loss_kind kind) {
 
 static void test_chunked_gradient_dpo(void **state) {
     (void)state;
-    check_gradient(DAP_LOSS_DPO);
+    check_gradient(DAP_LOSS_DPO, 1);  /* seven chunks of one pair */
+    check_gradient(DAP_LOSS_DPO, 60); /* chunks of a few pairs */
+    check_gradient(DAP_LOSS_DPO, 0);  /* the default budget: one chunk here */
 }
 
 static void test_chunked_gradient_ipo(void **state) {
     (void)state;
-    check_gradient(DAP_LOSS_IPO);
+    check_gradient(DAP_LOSS_IPO, 1);
+    check_gradient(DAP_LOSS_IPO, 60);
 }
 
 static void test_bad_options(void **state) {
