@@ -190,6 +190,11 @@ static void test_votes_reach_the_policy_without_harm(void **state) {
     fprintf(stderr, "held-out greedy: win rate %.3f, mean oracle score %.4f -> %.4f; sampled: win rate %.3f, %.4f -> %.4f\n",
             rate, before, after, sampled_rate, sampled_before, sampled_after);
     assert_true(get_int(o, "sampled_changed") > 0); /* the served policy is not the base model any more */
+    /* the trainer's FLOPs per vote (from duel:trainer:status) on these short duels: 1.82 GFLOP
+     * measured (docs/BENCHMARKS.md); the ceiling is the machine's sgemm rate over it */
+    const double gflop = get_real(o, "gflop_per_vote");
+    assert_true(gflop > 0.5 && gflop < 6.0);
+    assert_true(get_real(o, "ceiling_votes_per_second") > 0);
     if (!LOOP_SANITIZED) {
         assert_true(after >= before - LOOP_MAX_LOSS);
         assert_true(rate >= 0.5 - LOOP_MAX_LOSS_RATE);

@@ -336,12 +336,15 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions) {
         }
     int32_t *tokens = calloc((size_t)14 * T, sizeof(int32_t)), *targets = calloc((size_t)14 * T, sizeof(int32_t));
     float *mask = calloc((size_t)14 * T, sizeof(float));
+    double hand_positions = 0, hand_heads = 0; /* rows without padding; response tokens */
     for (int i = 0; i < 7; i++)
         for (int side = 0; side < 2; side++) {
             const vote_entry *e = &votes[i];
             int len;
             const int32_t *resp = vote_entry_candidate(e, side ? e->rejected_idx : e->chosen_idx, &len);
             int np = e->n_prompt_tokens, row = side * 7 + i;
+            hand_positions += np + len - 1;
+            hand_heads += len;
             for (int p = 0; p + 1 < np + len; p++) {
                 tokens[row * T + p] = p < np ? e->prompt_tokens[p] : resp[p - np];
                 targets[row * T + p] = p + 1 < np ? e->prompt_tokens[p + 1] : resp[p + 1 - np];
@@ -380,6 +383,13 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions) {
     online_trainer_get_status(t, &s);
     assert_true(fabs(s.loss - want.loss) <= 1e-9 * fmax(1.0, fabs(want.loss)));
     assert_true(fabs(s.margin - want.mean_margin) <= 1e-6 * fmax(1.0, fabs(want.mean_margin)));
+    if (chunk_positions == 0) { /* one chunk of all 14 rows: the FLOP count of the status by hand */
+        double body, head;
+        train_model_flops_per_position(policy, T, &body, &head);
+        const double want_flops = (hand_positions * body + hand_heads * head) * (kind == DAP_LOSS_SIMPO ? 1.0 : 4.0 / 3.0);
+        if (fabs(s.update_flops - want_flops) > 1e-9 * want_flops)
+            fail_msg("update_flops %.6g, by hand %.6g", s.update_flops, want_flops);
+    }
     size_t n = train_model_num_parameters(policy);
     const float *got = train_model_gradient_memory(online_trainer_policy(t)), *ref_g = train_model_gradient_memory(policy);
     double diff = 0, norm = 0;

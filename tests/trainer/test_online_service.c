@@ -195,6 +195,10 @@ static void test_applies_votes_exactly_once(void **state) {
     r = cmd(e.c, "HGET duel:trainer:status synthetic_total");
     assert_int_equal(atoll(r->str), s.synthetic_total);
     freeReplyObject(r);
+    r = cmd(e.c, "HGET duel:trainer:status update_gflop"); /* what `duel bench loop` divides by the votes */
+    assert_true(s.update_flops > 0);
+    assert_true(fabs(atof(r->str) - s.update_flops / 1e9) <= 1e-5 * (s.update_flops / 1e9));
+    freeReplyObject(r);
     assert_int_equal(cmd_int(e.c, "ZCARD %s", "duel:snapshots"), s.published_version);
     for (int64_t v = 1; v <= s.published_version; v++) {
         char dir[1024], key[64];
