@@ -708,21 +708,23 @@ static double chunk_flops(const online_trainer *t, const batch_pair *pairs, int 
 
 /* Zeroes the policy's gradients and accumulates into them the gradient of the DAP loss (the
  * mean over the B pairs that count) of pairs[0..B). The pairs go through the models in chunks of
- * similar length (sorted by length), so that short rows are not padded to the batch's longest;
- * a chunk takes pairs while its padded rows fit options.chunk_positions (at least one pair), so
- * short rows make fewer, larger matrix products: each chunk's gradient is scaled by its share of the counted pairs, which
- * gives the gradient of the whole batch's mean (the losses are sums over pairs). result receives
- * the batch's loss, margin and accuracy, *kl the mean of log pi - log pi_ref over its rows. */
+ * similar length (sorted by length), so that short rows are not padded to the batch's longest.
+ * A chunk takes pairs while its padded rows fit options.chunk_positions (at least one pair), so
+ * short rows make fewer, larger matrix products. Each chunk's gradient is scaled by its share of
+ * the counted pairs, which gives the gradient of the whole batch's mean (the losses are sums over
+ * pairs). result receives the batch's loss, margin and accuracy, *kl the mean of
+ * log pi - log pi_ref over its rows. */
 static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, dap_loss_result *result, double *kl,
                            duel_error *err) {
     const dap_loss_options *lo = &t->options.loss;
     const bool uses_ref = dap_loss_uses_reference(lo->kind), means = dap_loss_uses_means(lo->kind);
-    const int C = B; /* the most pairs a chunk can take */
+    /* a chunk can take the whole batch: per-row buffers of 2 B */
+    const size_t rows = 2 * (size_t)B;
     int *idx = malloc((size_t)B * sizeof(int));
-    batch_pair *chunk = malloc((size_t)C * sizeof *chunk);
-    double *seq = malloc(2 * C * sizeof(double)), *cnt = malloc(2 * C * sizeof(double));
-    double *ref = malloc(2 * C * sizeof(double)), *rcnt = malloc(2 * C * sizeof(double));
-    double *dseq = malloc(2 * C * sizeof(double));
+    batch_pair *chunk = malloc((size_t)B * sizeof *chunk);
+    double *seq = malloc(rows * sizeof(double)), *cnt = malloc(rows * sizeof(double));
+    double *ref = malloc(rows * sizeof(double)), *rcnt = malloc(rows * sizeof(double));
+    double *dseq = malloc(rows * sizeof(double));
     int rc = 0;
     memset(result, 0, sizeof *result);
     *kl = 0;

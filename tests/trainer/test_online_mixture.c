@@ -440,6 +440,10 @@ static void test_bad_options(void **state) {
     o.synthetic_store = 0;
     assert_int_equal(online_trainer_open(&o, "/nonexistent-dir", &t, &err), DUEL_EINVAL);
     assert_non_null(strstr(err.message, "synthetic_store"));
+    options_for(&o, 0.7, 0);
+    o.chunk_positions = 0;
+    assert_int_equal(online_trainer_open(&o, "/nonexistent-dir", &t, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "chunk_positions"));
 }
 
 int main(void) {
