@@ -238,9 +238,10 @@ static int model_answers(const char *dir, const loop_qa_set *s, int max_new, dou
                 rc = rc ? rc : duel_error_set(err, ev->status, "evaluation: %s", ev->message);
                 done++;
             } else if (ev->kind == ENGINE_EVENT_CANDIDATE && ev->candidate >= 0 && ev->candidate < samples) {
+                /* as the chat page shows it: without the template's answer prefix */
                 free(answers[i * samples + ev->candidate]);
-                answers[i * samples + ev->candidate] = ev->text ? ev->text : strdup("");
-                ev->text = NULL;
+                answers[i * samples + ev->candidate] =
+                    strdup(ev->text ? chat_template_strip_answer_prefix(kind, ev->text) : "");
             } else if (ev->kind == ENGINE_EVENT_FINISHED || ev->kind == ENGINE_EVENT_CANCELLED) {
                 done++;
             }
@@ -300,6 +301,43 @@ static double hash_real(redisContext *c, const char *key, const char *field) {
     double v = r && r->type == REDIS_REPLY_STRING ? atof(r->str) : -1;
     if (r) freeReplyObject(r);
     return v;
+}
+
+/* The base model's answers against the last snapshot's on the held-out prompts, `samples` per
+ * prompt ((before|after)[i * samples + k], the same seeds): per prompt the mean lexical score of
+ * its answers; *win_rate counts a prompt whose mean rose as a win, an equal one as half. *changed
+ * counts the prompts with any answer that differs. With show > 0, the first `show` prompts' first
+ * answers go to stderr. */
+static int compare_answers(const loop_qa_set *held, char **before, char **after, int samples, int show,
+                           long long version, double *win_rate, double *score_before, double *score_after,
+                           int *changed, duel_error *err) {
+    double wins = 0, sum_before = 0, sum_after = 0;
+    *changed = 0;
+    for (int i = 0; i < held->count; i++) {
+        const char *reference = held->items[i].reference;
+        double mb = 0, ma = 0;
+        bool differs = false;
+        for (int k = 0; k < samples; k++) {
+            const char *b = before[i * samples + k], *a = after[i * samples + k];
+            double sb, sa;
+            int rc = lexical(reference, b, strlen(b), &sb, err);
+            if (rc || (rc = lexical(reference, a, strlen(a), &sa, err))) return rc;
+            differs |= strcmp(a, b) != 0;
+            mb += sb / samples;
+            ma += sa / samples;
+            if (k == 0 && i < show)
+                fprintf(stderr, "  %s\n    reference: %s\n    base:      %s (%.3f)\n    v%lld:%*s %s (%.3f)\n",
+                        held->items[i].prompt, reference, b, sb, version, version < 10 ? 7 : 6, "", a, sa);
+        }
+        sum_before += mb;
+        sum_after += ma;
+        wins += ma > mb ? 1.0 : ma == mb ? 0.5 : 0.0;
+        *changed += differs;
+    }
+    *win_rate = wins / held->count;
+    *score_before = sum_before / held->count;
+    *score_after = sum_after / held->count;
+    return 0;
 }
 
 static int compare_double(const void *a, const void *b) {
@@ -653,51 +691,16 @@ int bench_loop(int argc, char **argv) {
         if ((rc = model_answers(path, &held, (int)max_new, temperature, (int)eval_samples, &after_sampled, &err)))
             goto done;
     }
-    double wins = 0, sum_before = 0, sum_after = 0;
-    for (int i = 0; i < held.count; i++) {
-        double sb, sa;
-        if ((rc = lexical(held.items[i].reference, before[i], strlen(before[i]), &sb, &err)) ||
-            (rc = lexical(held.items[i].reference, after[i], strlen(after[i]), &sa, &err)))
-            goto done;
-        sum_before += sb;
-        sum_after += sa;
-        wins += sa > sb ? 1.0 : sa == sb ? 0.5 : 0.0;
-        f.greedy_changed += strcmp(before[i], after[i]) != 0;
-        if (i < 5)
-            fprintf(stderr, "  %s\n    reference: %s\n    base:      %s (%.3f)\n    v%lld:%*s %s (%.3f)\n",
-                    held.items[i].prompt, held.items[i].reference, before[i], sb, f.final_version,
-                    f.final_version < 10 ? 8 : 7, "", after[i], sa);
-    }
     f.held_out = held.count;
-    f.win_rate = wins / held.count;
-    f.score_before = sum_before / held.count;
-    f.score_after = sum_after / held.count;
-    /* Sampled: per prompt, the mean score of its K answers (the same seeds for both models). */
     f.eval_samples = (int)eval_samples;
-    wins = sum_before = sum_after = 0;
-    for (int i = 0; eval_samples > 0 && i < held.count; i++) {
-        double mb = 0, ma = 0;
-        bool changed = false;
-        for (int k = 0; k < (int)eval_samples; k++) {
-            double sb, sa;
-            const char *b = before_sampled[i * eval_samples + k], *a = after_sampled[i * eval_samples + k];
-            changed |= strcmp(a, b) != 0;
-            if ((rc = lexical(held.items[i].reference, b, strlen(b), &sb, &err)) ||
-                (rc = lexical(held.items[i].reference, a, strlen(a), &sa, &err)))
-                goto done;
-            mb += sb / (double)eval_samples;
-            ma += sa / (double)eval_samples;
-        }
-        sum_before += mb;
-        sum_after += ma;
-        wins += ma > mb ? 1.0 : ma == mb ? 0.5 : 0.0;
-        f.sampled_changed += changed;
-    }
-    if (eval_samples > 0) {
-        f.sampled_win_rate = wins / held.count;
-        f.sampled_score_before = sum_before / held.count;
-        f.sampled_score_after = sum_after / held.count;
-    }
+    if ((rc = compare_answers(&held, before, after, 1, 5, f.final_version, &f.win_rate, &f.score_before,
+                              &f.score_after, &f.greedy_changed, &err)))
+        goto done;
+    if (eval_samples > 0 &&
+        (rc = compare_answers(&held, before_sampled, after_sampled, (int)eval_samples, 0, f.final_version,
+                              &f.sampled_win_rate, &f.sampled_score_before, &f.sampled_score_after,
+                              &f.sampled_changed, &err)))
+        goto done;
     f.wall_seconds = duel_time_seconds() - t0;
 
     printf("learning loop on %s: %d votes (%d a/b, %d ties) in %.1f s, %d in flight%s\n", model_dir, f.votes, f.ab,
