@@ -210,6 +210,14 @@ async function runReconnect() {
   assert.equal(await page.inputValue('#ask-text'), '');
   assert.match(await page.textContent('#notice'), /will be sent when the connection is back/);
   await shot('1-waiting');
+  // Stop takes a question that was never sent back into the box; asking again queues it again.
+  await page.click('#cancel');
+  assert.equal(await page.inputValue('#ask-text'), question);
+  assert.equal(await page.locator('.bubble.user', {hasText: question}).count(), 0);
+  assert.equal(await page.isVisible('#duel'), false);
+  await page.press('#ask-text', 'Enter');
+  await waitFor(async () => (await page.textContent('#progress')).includes('Waiting for the connection'),
+    'the question waits again');
 
   const before = Number(redisCli('XLEN', 'duel:prefs').trim());
   await startServer();
