@@ -381,6 +381,7 @@ static int vote_and_send(redisContext *c, const duel_backend_result *r, const lo
     e.cand_offsets = r->cand_offsets;
     e.features = r->features;
     e.erm_rewards = r->rewards;
+    e.ref_logprobs = r->ref_logprobs; /* the serving engine's reference pass */
     const bool b_won = oc == ORACLE_PREFER_B;
     vote_entry_texts texts = {r->gen_params_json, r->prompt_text, b_won ? r->text_b : r->text_a,
                               b_won ? r->text_a : r->text_b};

@@ -11,6 +11,7 @@
 #include <ftw.h>
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <math.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -25,6 +26,7 @@
 #include "bench_redis.h"
 #include "cli.h"
 #include "machine_limits.h"
+#include "model.h"
 #include "online_trainer.h"
 #include "rng.h"
 #include "stream_consumer.h"
@@ -37,10 +39,41 @@ typedef struct length_range {
     long long lo, hi;
 } length_range;
 
+/* log pi(cand[i] | prompt) for M candidates, as the serving engine's reference pass gives them
+ * (ref_logprobs): the prompt runs once; each candidate runs after it with every position's
+ * logits, and log softmax picks its tokens. */
+static int reference_logprobs(model *m, model_kv_cache *kv, const int32_t *prompt, int np, const int32_t *cand,
+                              const int32_t *offsets, int M, float *first, float *logits, float *out,
+                              duel_error *err) {
+    const int V = model_output_size(m);
+    model_kv_cache_reset(kv);
+    int rc = model_forward(m, kv, prompt, np, first, false, NULL, err); /* the prompt's last row */
+    if (rc) return rc;
+    for (int i = 0; i < M; i++) {
+        const int32_t *tok = cand + offsets[i];
+        const int len = offsets[i + 1] - offsets[i];
+        double sum = 0;
+        model_kv_cache_truncate(kv, np);
+        if (len > 0 && (rc = model_forward(m, kv, tok, len, logits, true, NULL, err))) return rc;
+        for (int t = 0; t < len; t++) {
+            const float *row = t == 0 ? first : logits + (size_t)(t - 1) * V;
+            float mx = row[0];
+            for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+            double z = 0;
+            for (int v = 0; v < V; v++) z += exp((double)row[v] - (double)mx);
+            sum += (double)row[tok[t]] - (double)mx - log(z);
+        }
+        out[i] = (float)sum;
+    }
+    return 0;
+}
+
 /* XADDs n a/b votes: M candidates, prompt and responses of random tokens with lengths drawn
- * from the ranges, features N(0, 1) of width d_feat, choice by a random linear reward. */
+ * from the ranges, features N(0, 1) of width d_feat, choice by a random linear reward; with ref
+ * (the reference model) each also carries ref_logprobs, as the serving engine writes them. */
 static int produce(redisContext *c, const char *stream, int n, int M, int d_feat, int vocab, int max_seq,
-                   length_range prompt_len, length_range response_len, const char *model_id, duel_error *err) {
+                   length_range prompt_len, length_range response_len, const char *model_id, model *ref,
+                   duel_error *err) {
     duel_rng rng;
     duel_rng_seed(&rng, 2026);
     float *w = malloc((size_t)d_feat * sizeof(float)), *features = malloc((size_t)M * d_feat * sizeof(float));
@@ -49,8 +82,15 @@ static int produce(redisContext *c, const char *stream, int n, int M, int d_feat
     int32_t *cand = malloc((size_t)M * (size_t)response_len.hi * sizeof(int32_t));
     int32_t *offsets = malloc((size_t)(M + 1) * sizeof(int32_t));
     double *r = malloc((size_t)M * sizeof(double));
+    float *ref_lp = malloc((size_t)M * sizeof(float)), *logits = NULL;
+    model_kv_cache *kv = NULL;
     int rc = 0;
-    if (!w || !features || !rewards || !prompt || !cand || !offsets || !r) {
+    if (ref) {
+        /* the prompt's last row, then a candidate's rows */
+        logits = malloc((size_t)(response_len.hi + 1) * (size_t)model_output_size(ref) * sizeof(float));
+        if ((rc = model_kv_cache_create(ref, (int)(prompt_len.hi + response_len.hi), &kv, err))) goto done;
+    }
+    if (!w || !features || !rewards || !prompt || !cand || !offsets || !r || !ref_lp || (ref && !logits)) {
         rc = duel_error_set(err, DUEL_ENOMEM, "bench trainer: out of memory");
         goto done;
     }
@@ -93,6 +133,11 @@ static int produce(redisContext *c, const char *stream, int n, int M, int d_feat
         e.cand_offsets = offsets;
         e.features = features;
         e.erm_rewards = rewards;
+        if (ref) {
+            if ((rc = reference_logprobs(ref, kv, prompt, np, cand, offsets, M, logits,
+                                         logits + (size_t)model_output_size(ref), ref_lp, err))) break;
+            e.ref_logprobs = ref_lp;
+        }
         vote_entry_encoded enc;
         if ((rc = vote_entry_encode(&e, NULL, &enc, err))) break;
         rc = bench_xadd_vote(c, stream, &enc, err);
@@ -100,6 +145,8 @@ static int produce(redisContext *c, const char *stream, int n, int M, int d_feat
     }
 done:
     free(w), free(features), free(rewards), free(prompt), free(cand), free(offsets), free(r);
+    free(ref_lp), free(logits);
+    model_kv_cache_free(kv);
     return rc;
 }
 
@@ -122,7 +169,7 @@ static int parse_range(const char *flag, const char *text, length_range *out, du
 
 int bench_trainer(int argc, char **argv) {
     const char *model_dir = "models/default", *redis = NULL, *loss = "dpo";
-    const char *prompt_tokens = "8:23", *response_tokens = "16:48";
+    const char *prompt_tokens = "8:23", *response_tokens = "16:48", *ref_source = "votes";
     long long votes = 400, batch = -1, checkpoint_every = -1, candidates = 4, burn_in = 0;
     double gamma = -1, publish_seconds = -1;
     bool json = false;
@@ -141,6 +188,9 @@ int bench_trainer(int argc, char **argv) {
         {"--prompt-tokens", CLI_OPT_STRING, &prompt_tokens, "MIN:MAX", "prompt length of the synthetic votes, uniform (default 8:23)", 0, 0, false, NULL},
         {"--response-tokens", CLI_OPT_STRING, &response_tokens, "MIN:MAX", "candidate length, uniform (default 16:48; the "
          "default model's duels: `duel bench loop` prints their GFLOP per vote)", 0, 0, false, NULL},
+        {"--ref-logprobs", CLI_OPT_STRING, &ref_source, "SRC", "votes (default: the votes carry the reference's "
+         "log-probabilities, as the serving engine writes them; computed before the timing) or trainer (votes without "
+         "them: the trainer runs its reference model)", 0, 0, false, NULL},
         {"--json", CLI_OPT_FLAG, &json, NULL, "also print the figures as one JSON object on the last line of stdout", 0, 0, false, NULL},
     };
     const cli_command cmd = {
@@ -149,6 +199,9 @@ int bench_trainer(int argc, char **argv) {
         "through a real Redis stream: synthetic a/b votes are XADDed first, then the consumer is\n"
         "timed until all are applied, checkpointed and acknowledged. Trainer defaults (ERM update,\n"
         "SEA mixture after burn-in, checkpoint every 5 updates, snapshots every 10 updates or 5 s).\n"
+        "The votes carry the reference's log-probabilities of their candidates, as the serving\n"
+        "engine's reference pass writes them (--ref-logprobs trainer: they do not, and the\n"
+        "trainer runs its reference model over every pair).\n"
         "Also reports the policy update's FLOPs per vote and the rate they run at against this\n"
         "machine's sgemm rate (probed before and after the run), and the ceiling that rate sets:\n"
         "the votes/s of the policy update alone at the full sgemm rate.",
@@ -160,6 +213,10 @@ int bench_trainer(int argc, char **argv) {
     if (parse_range("--prompt-tokens", prompt_tokens, &prompt_len, &err) ||
         parse_range("--response-tokens", response_tokens, &response_len, &err))
         return cli_usage_error(&cmd, "%s", err.message);
+    const bool vote_ref = strcmp(ref_source, "votes") == 0;
+    if (!vote_ref && strcmp(ref_source, "trainer") != 0)
+        return cli_usage_error(&cmd, "--ref-logprobs wants votes or trainer, got '%s'", ref_source);
+    model *ref_model = NULL;
     bench_redis rs = {0};
     redisContext *c = NULL;
     online_trainer *trainer = NULL;
@@ -200,9 +257,12 @@ int bench_trainer(int argc, char **argv) {
     freeReplyObject(redisCommand(c, "DEL duel:bench:prefs duel:bench:prefs:dead"));
     fprintf(stderr, "XADDing %lld votes (M = %lld, d_feat %d, prompts of %lld-%lld tokens, candidates of %lld-%lld) to %s:%d ...\n", votes, candidates, limits.d_feat, prompt_len.lo, prompt_len.hi, response_len.lo, response_len.hi,
             rs.host, rs.port);
+    if (vote_ref && (rc = model_load(model_dir, &ref_model, &err))) goto done;
     if ((rc = produce(c, "duel:bench:prefs", (int)votes, (int)candidates, limits.d_feat, limits.vocab,
-                      limits.max_sequence, prompt_len, response_len, "bench", &err)))
+                      limits.max_sequence, prompt_len, response_len, "bench", ref_model, &err)))
         goto done;
+    model_free(ref_model); /* only the votes' producer needs it */
+    ref_model = NULL;
     stream_consumer_options so;
     stream_consumer_default_options(&so);
     so.host = rs.host;
@@ -237,6 +297,8 @@ int bench_trainer(int argc, char **argv) {
     double applied = (double)s.prefs_applied;
     printf("online trainer on %s (CPU): %lld votes, batch %d + %d synthetic, %lld updates\n", model_dir, votes,
            to.batch_size, s.synthetic, (long long)st.updates);
+    printf("  reference log-probabilities  %s (%lld of the pairs trained on took the votes')\n",
+           vote_ref ? "carried by the votes" : "the trainer's reference model", (long long)s.vote_ref_pairs);
     printf("  votes applied per second  %.1f  (%.2f s wall, until all acknowledged)\n", applied / elapsed, elapsed);
     printf("  per update  %.1f ms  (update %.1f ms, checkpoint %.1f ms x %lld, snapshot %.1f ms x %lld)\n",
            1000.0 * elapsed / (double)(st.updates > 0 ? st.updates : 1),
@@ -274,6 +336,8 @@ int bench_trainer(int argc, char **argv) {
             json_object_set_new(o, "prompt_tokens", json_pack("[I,I]", (json_int_t)prompt_len.lo, (json_int_t)prompt_len.hi));
             json_object_set_new(o, "response_tokens",
                                 json_pack("[I,I]", (json_int_t)response_len.lo, (json_int_t)response_len.hi));
+            json_object_set_new(o, "ref_logprobs", json_string(ref_source));
+            json_object_set_new(o, "vote_ref_pairs", json_integer((json_int_t)s.vote_ref_pairs));
         }
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (text) printf("%s\n", text);
@@ -282,6 +346,7 @@ int bench_trainer(int argc, char **argv) {
     }
 done:
     if (rc) fprintf(stderr, "duel bench trainer: %s\n", err.message);
+    model_free(ref_model);
     stream_consumer_close(consumer);
     online_trainer_close(trainer);
     if (c) redisFree(c);

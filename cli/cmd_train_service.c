@@ -124,7 +124,7 @@ static int load_config(json_t *root, const char *source, bool beta_given, train_
                                                "total_steps", "clip_norm", "weight_decay", "publish_every",
                                                "max_deliveries", "seed", "consumer", "recent_vote_ids", "burn_in",
                                                "gamma", "synthetic_store", "checkpoint_every",
-                                               "publish_every_seconds", "publish_when_idle", "keep_snapshots",
+                                               "publish_every_seconds", "publish_when_idle", "vote_ref_logprobs", "keep_snapshots",
                                                "weight_transport", "transport_device", "nccl_world_size", NULL};
     static const char *const redis_keys[] = {"host", "port", NULL};
     if (!json_is_object(root)) return duel_error_set(err, DUEL_EFORMAT, "%s: not a JSON object", source);
@@ -177,6 +177,7 @@ static int load_config(json_t *root, const char *source, bool beta_given, train_
             (rc = get_int(&t, "checkpoint_every", 1, 1 << 30, &o->checkpoint_every)) == 0 &&
             (rc = get_double(&t, "publish_every_seconds", 0, false, 1e9, &o->publish_every_seconds)) == 0 &&
             (rc = get_bool(&t, "publish_when_idle", &o->publish_when_idle)) == 0 &&
+            (rc = get_bool(&t, "vote_ref_logprobs", &o->vote_ref_logprobs)) == 0 &&
             (rc = get_int(&t, "keep_snapshots", 0, 1000000, &o->keep_snapshots)) == 0 &&
             (rc = get_string(&t, "weight_transport", c->transport, sizeof c->transport)) == 0 &&
             (rc = get_int(&t, "transport_device", 0, 1 << 20, &c->transport_device)) == 0)
@@ -258,7 +259,9 @@ int cmd_train_service(int argc, char **argv) {
         "The online trainer: reads votes from the Redis stream duel:prefs (consumer group trainers),\n"
         "updates the ERM ensemble and the policy (DPO/IPO/SLiC/SimPO) per batch of trainer.batch_size\n"
         "real pairs, plus ERM-labelled synthetic pairs (SEA mixture, fraction 1-trainer.gamma) once\n"
-        "trainer.burn_in pairs are applied. Checkpoints into DIR/trainer every\n"
+        "trainer.burn_in pairs are applied. The reference's log-probabilities come with the votes\n"
+        "where the servers wrote them (trainer.vote_ref_logprobs); otherwise the trainer runs its\n"
+        "own copy of the reference model. Checkpoints into DIR/trainer every\n"
         "trainer.checkpoint_every updates (and when idle and at exit); votes are acknowledged\n"
         "only once a checkpoint holds them. Publishes snapshots into DIR/snapshots every\n"
         "trainer.publish_every updates or trainer.publish_every_seconds, and as soon as it has\n"

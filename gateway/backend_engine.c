@@ -174,6 +174,14 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
     r->d_feat = ready->d_feat;
     r->rewards = rewards;
     r->num_heads = ready->num_heads;
+    if (ready->ref_logprobs) {
+        if (!(r->ref_logprobs = malloc((size_t)m * sizeof(float)))) {
+            duel_backend_result_free(r);
+            emit_error(b, j, "out of memory");
+            return;
+        }
+        for (int i = 0; i < m; i++) r->ref_logprobs[i] = (float)ready->ref_logprobs[i];
+    }
     json_t *gp = json_pack("{s:f, s:f, s:i, s:i, s:i, s:I}", "temperature",
                            (double)b->cfg.temperature, "top_p", (double)b->cfg.top_p, "top_k",
                            b->cfg.top_k, "max_new_tokens", b->cfg.max_new_tokens, "M", m, "seed",

@@ -46,6 +46,7 @@ void duel_backend_result_free(duel_backend_result *r) {
     free(r->cand_tokens);
     free(r->cand_offsets);
     free(r->features);
+    free(r->ref_logprobs);
     free(r->rewards);
     free(r->gen_params_json);
     free(r->strategy);

@@ -48,6 +48,8 @@ typedef struct duel_backend_result {
     int d_feat;
     float *rewards;            /* M x num_heads, may be NULL with num_heads 0 */
     int num_heads;
+    float *ref_logprobs;       /* M: log pi_ref(candidate | prompt) from the engine's reference
+                                  pass; NULL when the duel had none (policy features) */
     char *gen_params_json;     /* sampling parameters as JSON */
     char *strategy;            /* selection strategy name */
     char *model_id;

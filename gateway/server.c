@@ -481,6 +481,9 @@ static int build_vote(gateway *gw, const duel_rec *d, protocol_choice choice, vo
     rc |= vote_record_add_int(rec, "num_heads", r->num_heads);
     rc |= vote_record_add_string(rec, "features_dtype", "f32");
     rc |= vote_record_add_string(rec, "conversation", d->conv_id);
+    /* The reference's log-probability of every candidate (the engine's reference pass): the
+     * trainer's DPO reference, so that it need not run the reference model itself. */
+    if (r->ref_logprobs) rc |= add_array(rec, "ref_logprobs", r->ref_logprobs, m * 4);
     (void)gw;
     return rc ? -1 : 0;
 }

@@ -149,6 +149,7 @@ struct engine {
 void engine_event_free(engine_event *ev) {
     if (!ev) return;
     free(ev->features);
+    free(ev->ref_logprobs);
     free(ev->rewards);
     free(ev->candidates);
     free(ev->tokens);
@@ -278,9 +279,12 @@ static int32_t *copy_ints(const int32_t *src, int n) {
 /* The reference arm's features of a duel's candidates into features [M][2H]: the prompt runs
  * once as one sequence of the engine's private reference pool, M forks of it share its blocks,
  * and all M candidates run in one model_forward_batch (each weight read once for all of them).
+ * The same pass scores the candidates: ref_logprobs[i] = log pi_ref(candidate i | prompt), the
+ * sum over its tokens (the first from the prompt's last logits, the others from the candidate's
+ * own rows), which the trainer's DPO-family losses need and need not recompute.
  * The pool is kept between duels and grown when a duel needs more blocks. */
 static int reference_features(engine *e, model *fm, engine_active *a, float *features,
-                              duel_error *err) {
+                              double *ref_logprobs, duel_error *err) {
     const model_config *c = model_get_config(fm);
     int M = a->num_candidates, H = c->hidden_size, D = 2 * H;
     int longest = 0;
@@ -304,10 +308,14 @@ static int reference_features(engine *e, model *fm, engine_active *a, float *fea
         if (rc) return rc;
     }
     kv_pool *pool = e->ref_pool;
+    const int V = c->vocab_size;
     kv_sequence *seqs = calloc((size_t)M + 1, sizeof *seqs);
     model_batch_entry *entries = calloc((size_t)M, sizeof *entries);
+    float *prompt_logits = malloc((size_t)V * sizeof *prompt_logits);
+    int32_t *targets = malloc(((size_t)M * (size_t)longest + 1) * sizeof *targets);
+    double *rest = calloc((size_t)M, sizeof *rest);
     int rc = DUEL_OK;
-    if (!seqs || !entries) {
+    if (!seqs || !entries || !prompt_logits || !targets || !rest) {
         rc = duel_error_set(err, DUEL_ENOMEM, "duel: out of memory for the reference pass");
         goto done;
     }
@@ -315,7 +323,7 @@ static int reference_features(engine *e, model *fm, engine_active *a, float *fea
     kv_sequence *prompt = &seqs[M];
     if ((rc = kv_sequence_reserve(pool, prompt, a->prompt_len, NULL, err))) goto done;
     model_batch_entry pe = {.seq = prompt, .tokens = a->prompt, .n_tokens = a->prompt_len,
-                            .start = 0, .hidden_last = features};
+                            .start = 0, .hidden_last = features, .logits = prompt_logits};
     if ((rc = model_forward_batch(fm, pool, &pe, 1, err))) goto done;
     if ((rc = kv_sequence_commit(pool, prompt, a->prompt, a->prompt_len, err))) goto done;
     for (int i = 0; i < M; i++)
@@ -324,16 +332,31 @@ static int reference_features(engine *e, model *fm, engine_active *a, float *fea
         if ((rc = kv_sequence_reserve(pool, &seqs[i], a->cand_counts[i], NULL, err))) goto done;
         float *row = features + (size_t)i * D;
         if (i) memcpy(row, features, (size_t)H * sizeof *row);
+        /* token t of the candidate predicts token t + 1; its last token predicts nothing */
+        int32_t *tg = targets + (size_t)i * (size_t)longest;
+        for (int t = 0; t < a->cand_counts[i]; t++)
+            tg[t] = t + 1 < a->cand_counts[i] ? a->cand_tokens[i][t + 1] : -1;
         entries[i] = (model_batch_entry){.seq = &seqs[i], .tokens = a->cand_tokens[i],
                                          .n_tokens = a->cand_counts[i], .start = a->prompt_len,
-                                         .hidden_last = row + H};
+                                         .hidden_last = row + H, .targets = tg,
+                                         .target_logprob = &rest[i]};
     }
-    rc = model_forward_batch(fm, pool, entries, M, err);
+    if ((rc = model_forward_batch(fm, pool, entries, M, err))) goto done;
+    /* The first tokens: log softmax of the prompt's last logits. */
+    float mx = prompt_logits[0];
+    for (int v = 1; v < V; v++) mx = prompt_logits[v] > mx ? prompt_logits[v] : mx;
+    double sum = 0;
+    for (int v = 0; v < V; v++) sum += exp((double)prompt_logits[v] - (double)mx);
+    for (int i = 0; i < M; i++)
+        ref_logprobs[i] = (double)prompt_logits[a->cand_tokens[i][0]] - (double)mx - log(sum) + rest[i];
 done:
     if (seqs)
         for (int i = 0; i <= M; i++) kv_sequence_free(pool, &seqs[i]);
     free(seqs);
     free(entries);
+    free(prompt_logits);
+    free(targets);
+    free(rest);
     return rc;
 }
 
@@ -365,6 +388,7 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
     engine_event *ev = calloc(1, sizeof *ev);
     float *features = malloc((size_t)M * D * sizeof *features);
     float *rewards = malloc((size_t)M * E * sizeof *rewards);
+    double *ref_logprobs = NULL;
     int rc = DUEL_OK;
     if (!ev || !features || !rewards) {
         rc = duel_error_set(err, DUEL_ENOMEM, "duel: out of memory for features");
@@ -372,7 +396,11 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
     }
     double t0 = duel_time_seconds();
     if (ref) {
-        if ((rc = reference_features(e, fm, a, features, err))) goto fail;
+        if (!(ref_logprobs = malloc((size_t)M * sizeof *ref_logprobs))) {
+            rc = duel_error_set(err, DUEL_ENOMEM, "duel: out of memory for features");
+            goto fail;
+        }
+        if ((rc = reference_features(e, fm, a, features, ref_logprobs, err))) goto fail;
     } else {
         if (!prompt_hidden || !a->cand_hidden) {
             rc = duel_error_set(err, DUEL_EINVAL, "duel: no hidden states for policy features");
@@ -418,6 +446,7 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
     ev->count = M;
     ev->strategy = a->strategy;
     ev->features = features;
+    ev->ref_logprobs = ref_logprobs;
     ev->d_feat = D;
     ev->rewards = rewards;
     ev->num_heads = E;
@@ -430,6 +459,7 @@ static int run_duel(engine *e, engine_active *a, const float *prompt_hidden, dou
 fail:
     free(features);
     free(rewards);
+    free(ref_logprobs);
     free(ev);
     return rc;
 }

@@ -21,6 +21,7 @@
  *     prompt token, then at the candidate's last token (a final stop token included), run over
  *     prompt + candidate with model_forward on one contiguous cache: the prompt is run once and
  *     its KV shared by every candidate (the cache is truncated back to the prompt in between);
+ *     the same pass also gives each candidate's reference log-probability (ref_logprobs);
  *   ENGINE_FEATURES_POLICY: the same two hidden states of the serving arm itself, as the decode
  *     reports them (want_hidden), with no extra forward pass.
  * Selection randomness (Thompson heads, side swap) comes from one duel_rng seeded
@@ -193,6 +194,9 @@ typedef struct engine_event {
     duel_strategy strategy;
     float *features;
     int d_feat;
+    double *ref_logprobs;      /* DUEL_READY with reference features: [M], log pi_ref of each
+                                  candidate's tokens given the prompt (the reference arm's own
+                                  pass; the trainer's DPO reference); NULL otherwise */
     float *rewards;
     int num_heads;
     duel_pair pair;

@@ -997,6 +997,40 @@ static void forward_pass_paged(model *m, kv_pool *pool, const model_batch_entry 
     }
 }
 
+/* Adds each scored row's log softmax at its target to its entry's target_logprob: the pass's
+ * rows with a target (m->x holds their residual stream) go through the final norm into in, one
+ * GEMM with the head into out ([rows][output_size]), then a log-sum-exp per row in double. */
+static void score_targets(model *m, const model_batch_entry *entries, const batch_piece *pieces,
+                          int n_pieces, float *in, float *out) {
+    const int H = m->config.hidden_size, V = m->output_size;
+    int n = 0;
+    for (int i = 0; i < n_pieces; i++) {
+        const batch_piece *pc = &pieces[i];
+        const model_batch_entry *e = &entries[pc->entry];
+        for (int r = 0; e->targets && r < pc->count; r++)
+            if (e->targets[pc->offset + r] >= 0)
+                apply_norm(m, in + (size_t)n++ * H, m->x + (size_t)(pc->row + r) * H,
+                           m->final_norm_w, m->final_norm_b, 1);
+    }
+    if (n == 0) return;
+    batch_matmul(m, out, in, m->head_w, NULL, n, H, V, false);
+    n = 0;
+    for (int i = 0; i < n_pieces; i++) {
+        const batch_piece *pc = &pieces[i];
+        const model_batch_entry *e = &entries[pc->entry];
+        for (int r = 0; e->targets && r < pc->count; r++) {
+            const int32_t target = e->targets[pc->offset + r];
+            if (target < 0) continue;
+            const float *row = out + (size_t)n++ * V;
+            float mx = row[0];
+            for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+            double sum = 0;
+            for (int v = 0; v < V; v++) sum += exp((double)row[v] - (double)mx);
+            *e->target_logprob += (double)row[target] - (double)mx - log(sum);
+        }
+    }
+}
+
 int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entries, int n_entries,
                         duel_error *err) {
     if (!m || !pool || (!entries && n_entries))
@@ -1014,7 +1048,7 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
                               kv_pool_layer_keys(pool, 0) ? "host storage" : "no host storage",
                               c->num_layers, c->num_kv_heads, c->head_dim);
     int64_t max_ctx = 1, total_rows = 0;
-    int head_rows = 0;
+    int head_rows = 0, target_entries = 0;
     for (int i = 0; i < n_entries; i++) {
         const model_batch_entry *e = &entries[i];
         if (!e->seq || !e->tokens)
@@ -1036,6 +1070,20 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
                                       "model_forward_batch: entry %d: token id %d at index %d is "
                                       "outside the vocabulary (vocab_size %d)",
                                       i, (int)e->tokens[t], t, c->vocab_size);
+        if (e->targets) {
+            if (!e->target_logprob || c->head == MODEL_HEAD_SEQUENCE_CLASSIFICATION)
+                return duel_error_set(err, DUEL_EINVAL,
+                                      "model_forward_batch: entry %d: targets need target_logprob "
+                                      "and a language-model head",
+                                      i);
+            for (int t = 0; t < e->n_tokens; t++)
+                if (e->targets[t] >= c->vocab_size)
+                    return duel_error_set(err, DUEL_EINVAL,
+                                          "model_forward_batch: entry %d: target %d at index %d is "
+                                          "outside the vocabulary (vocab_size %d)",
+                                          i, (int)e->targets[t], t, c->vocab_size);
+            target_entries++;
+        }
         if (end > max_ctx) max_ctx = end;
         total_rows += e->n_tokens;
         if (e->logits || e->hidden_last) head_rows++;
@@ -1049,14 +1097,24 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
     batch_piece *pieces = malloc((size_t)n_entries * sizeof *pieces);
     int *head_entry = malloc(((size_t)head_rows + 1) * sizeof *head_entry);
     int *direct_pieces = malloc((size_t)n_entries * sizeof *direct_pieces);
-    if (!pieces || !head_entry || !direct_pieces) {
+    int H = c->hidden_size, cap = m->scratch_tokens, n_head = 0;
+    /* Scoring targets: one pass's rows through the final norm and the head at a time. */
+    float *target_in = NULL, *target_out = NULL;
+    if (target_entries) {
+        target_in = malloc((size_t)cap * (size_t)H * sizeof *target_in);
+        target_out = malloc((size_t)cap * (size_t)m->output_size * sizeof *target_out);
+    }
+    if (!pieces || !head_entry || !direct_pieces || (target_entries && (!target_in || !target_out))) {
         free(pieces);
         free(head_entry);
         free(direct_pieces);
+        free(target_in);
+        free(target_out);
         return duel_error_set(err, DUEL_ENOMEM, "out of memory for a batch of %d", n_entries);
     }
+    for (int i = 0; i < n_entries; i++)
+        if (entries[i].targets) *entries[i].target_logprob = 0;
     double t0 = duel_time_seconds();
-    int H = c->hidden_size, cap = m->scratch_tokens, n_head = 0;
     int entry = 0, offset = 0;
     while (entry < n_entries) {
         /* Fill one pass with up to cap rows, splitting an entry across passes when needed. */
@@ -1074,6 +1132,7 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
             }
         }
         forward_pass_paged(m, pool, entries, pieces, n_pieces, rows, direct_pieces, max_ctx);
+        if (target_entries) score_targets(m, entries, pieces, n_pieces, target_in, target_out);
         /* Final-norm hidden rows of the entries that ended in this pass. */
         for (int i = 0; i < n_pieces; i++) {
             const batch_piece *pc = &pieces[i];
@@ -1105,6 +1164,8 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
     free(pieces);
     free(head_entry);
     free(direct_pieces);
+    free(target_in);
+    free(target_out);
     m->forward_seconds += duel_time_seconds() - t0;
     return DUEL_OK;
 }

@@ -57,6 +57,10 @@ typedef struct model_batch_entry {
     float *logits;          /* optional: output_size scores of the last token */
     float *hidden_last;     /* optional: hidden_size floats, the final-norm hidden state of the
                                last token */
+    const int32_t *targets; /* optional (language models): n_tokens ids; targets[t] >= 0 adds
+                               log softmax(logits of token t)[targets[t]] (temperature 1, no
+                               filtering) to *target_logprob; < 0 skips token t */
+    double *target_logprob; /* with targets: receives the sum (0 when every target skips) */
 } model_batch_entry;
 
 /* Runs one step for several sequences at once: all their tokens are flattened into one
@@ -69,8 +73,11 @@ typedef struct model_batch_entry {
  * than MODEL_BATCH_MAX_ROWS tokens run in several internal passes (a sequence's later tokens then
  * attend to the K/V its earlier ones wrote). Each sequence may appear at most once.
  * Per-row results equal a run of the sequence alone up to GEMM rounding (relative error ~1e-6).
+ * Entries with targets also score their tokens (the engine's reference log-probabilities): those
+ * rows go through the final norm and the output head, one GEMM per internal pass.
  * DUEL_EINVAL for a pool whose shape (layers, kv heads, head_dim) differs from the model's or
- * without host storage, unreserved positions, token ids out of range; nothing is written then. */
+ * without host storage, unreserved positions, token ids or targets out of range, targets on a
+ * sequence classifier; nothing is written then. */
 #define MODEL_BATCH_MAX_ROWS 512
 int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entries, int n_entries,
                         duel_error *err);

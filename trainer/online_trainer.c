@@ -82,6 +82,7 @@ void online_trainer_default_options(online_trainer_options *o) {
     o->publish_every = 10;
     o->publish_every_seconds = 5.0;
     o->publish_when_idle = true;
+    o->vote_ref_logprobs = true;
     o->keep_snapshots = 10;
     o->checkpoint_every = 5;
     o->burn_in = 1000;
@@ -690,8 +691,8 @@ static void order_by_length(const batch_pair *pairs, int *idx, int n) {
 }
 
 /* FLOPs of one chunk (see online_trainer_status.update_flops): every position of a row of the
- * padded length T costs body, every response position also head; the reference forward adds a
- * third. */
+ * padded length T costs body, every response position also head; the reference forward, when it
+ * runs, adds a third. */
 static double chunk_flops(const online_trainer *t, const batch_pair *pairs, int k, int T, bool uses_ref) {
     double body, head, positions = 0, heads = 0;
     train_model_flops_per_position(t->policy, T, &body, &head);
@@ -704,6 +705,12 @@ static double chunk_flops(const online_trainer *t, const batch_pair *pairs, int 
         }
     }
     return (positions * body + heads * head) * (uses_ref ? 4.0 / 3.0 : 1.0);
+}
+
+static bool chunk_has_ref_logprobs(const batch_pair *pairs, int k) {
+    for (int i = 0; i < k; i++)
+        if (!pairs[i].entry->ref_logprobs) return false;
+    return true;
 }
 
 /* Zeroes the policy's gradients and accumulates into them the gradient of the DAP loss (the
@@ -750,10 +757,20 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
         int32_t *tokens = NULL, *targets = NULL;
         float *mask = NULL;
         int T = 1;
+        /* The reference runs unless the votes carry its log-probabilities (every pair of the
+         * chunk: a synthetic pair's candidates are those of a stored vote). */
+        bool run_ref = uses_ref && !(t->options.vote_ref_logprobs && chunk_has_ref_logprobs(chunk, k));
         if ((rc = build_batch(chunk, k, &tokens, &targets, &mask, &T, err)) == 0) {
             train_batch tb = {2 * k, T, tokens, targets, mask};
-            if (uses_ref) rc = train_model_forward(t->reference, &tb, ref, rcnt, NULL, err);
+            if (run_ref) rc = train_model_forward(t->reference, &tb, ref, rcnt, NULL, err);
             if (rc == 0) rc = train_model_forward(t->policy, &tb, seq, cnt, NULL, err);
+        }
+        if (rc == 0 && uses_ref && !run_ref) {
+            for (int i = 0; i < k; i++) {
+                ref[i] = chunk[i].entry->ref_logprobs[chunk[i].chosen];
+                ref[k + i] = chunk[i].entry->ref_logprobs[chunk[i].rejected];
+            }
+            memcpy(rcnt, cnt, 2 * (size_t)k * sizeof *rcnt);
         }
         dap_loss_result cr = {0};
         if (rc == 0) {
@@ -771,7 +788,8 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
             rc = train_model_backward(t->policy, dseq, err);
         }
         for (int r = 0; rc == 0 && uses_ref && r < 2 * k; r++) *kl += seq[r] - ref[r];
-        if (rc == 0) t->status.update_flops += chunk_flops(t, chunk, k, T, uses_ref);
+        if (rc == 0) t->status.update_flops += chunk_flops(t, chunk, k, T, run_ref);
+        if (rc == 0 && uses_ref && !run_ref) t->status.vote_ref_pairs += k;
         result->pairs_used += cr.pairs_used;
         result->pairs_skipped_empty += cr.pairs_skipped_empty;
         free(tokens);

@@ -78,7 +78,11 @@ typedef struct online_trainer_options {
                                 limits above apply under a backlog: true */
     int keep_snapshots;      /* snapshot folders kept (the newest, plus any duel:rollout pins);
                                 older ones are unregistered and deleted; 0: keep all: 10 */
-    int checkpoint_every;    /* updates between checkpoints (a snapshot does not force one): 1 */
+    int checkpoint_every;    /* updates between checkpoints (a snapshot does not force one): 5 */
+    bool vote_ref_logprobs;  /* take the reference log-probabilities a vote carries (ref_logprobs,
+                                the serving engine's reference pass) instead of running the
+                                reference model over its pairs; a chunk whose pairs do not all
+                                carry them runs the reference model: true */
     int64_t burn_in;         /* real pairs applied before synthetic pairs start: 1000 */
     double gamma;            /* real fraction of the policy batch, in (0, 1]: 0.7 */
     int synthetic_store;     /* duels kept for synthetic pairs, 1..ONLINE_MAX_STORE: 256 */
@@ -115,8 +119,10 @@ typedef struct online_trainer_status {
     int64_t synthetic_total; /* synthetic pairs trained on */
     int stored_duels;        /* duels in the SEA store */
     double update_flops;     /* matrix FLOPs of the policy updates since this process opened the
-                                trainer: reference forward, policy forward and backward over the
+                                trainer: reference forward (where it ran), policy forward and backward over the
                                 batches' rows without their padding (train_model_flops_per_position) */
+    int64_t vote_ref_pairs;  /* pairs since open whose reference log-probabilities came with the
+                                votes (no reference forward; vote_ref_logprobs) */
 } online_trainer_status;
 
 typedef struct online_trainer online_trainer;

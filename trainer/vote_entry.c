@@ -26,8 +26,9 @@ void vote_entry_free(vote_entry *e) {
     free(e->cand_offsets);
     free(e->features);
     free(e->erm_rewards);
+    free(e->ref_logprobs);
     e->prompt_tokens = e->cand_tokens = e->cand_offsets = NULL;
-    e->features = e->erm_rewards = NULL;
+    e->features = e->erm_rewards = e->ref_logprobs = NULL;
 }
 
 const int32_t *vote_entry_candidate(const vote_entry *e, int i, int *len) {
@@ -40,13 +41,14 @@ enum {
     F_VOTE_ID, F_DUEL_ID, F_TS_MS, F_ARM, F_POLICY_VERSION, F_STRATEGY, F_CHOICE, F_SIDE_SWAP,
     F_PROMPT_TOKENS, F_CAND_TOKENS, F_CAND_OFFSETS, F_CHOSEN_IDX, F_REJECTED_IDX, F_FEATURES,
     F_ERM_REWARDS, F_GEN_PARAMS, F_PROMPT_TEXT, F_CHOSEN_TEXT, F_REJECTED_TEXT, F_MODEL_ID,
-    F_NUM_CANDIDATES, F_D_FEAT, F_NUM_HEADS, F_FEATURES_DTYPE, F_CONVERSATION, F_COUNT
+    F_NUM_CANDIDATES, F_D_FEAT, F_NUM_HEADS, F_FEATURES_DTYPE, F_CONVERSATION, F_REF_LOGPROBS,
+    F_COUNT
 };
 static const char *const FIELD_NAMES[F_COUNT] = {
     "vote_id", "duel_id", "ts_ms", "arm", "policy_version", "strategy", "choice", "side_swap",
     "prompt_tokens", "cand_tokens", "cand_offsets", "chosen_idx", "rejected_idx", "features",
     "erm_rewards", "gen_params", "prompt_text", "chosen_text", "rejected_text", "model_id",
-    "num_candidates", "d_feat", "num_heads", "features_dtype", "conversation"};
+    "num_candidates", "d_feat", "num_heads", "features_dtype", "conversation", "ref_logprobs"};
 #define FIRST_OPTIONAL F_FEATURES_DTYPE
 
 static int parse_int(const vote_entry_field *f, int64_t lo, int64_t hi, int64_t *out,
@@ -259,6 +261,14 @@ int vote_entry_decode(const vote_entry_field *fields, int n_fields,
     if ((rc = decode_floats(by[F_FEATURES], (size_t)M * (size_t)e->d_feat, half, &e->features, err)) ||
         (rc = decode_floats(by[F_ERM_REWARDS], (size_t)M * (size_t)e->num_heads, 0, &e->erm_rewards, err)))
         return rc;
+    if (by[F_REF_LOGPROBS]) {
+        if ((rc = decode_floats(by[F_REF_LOGPROBS], (size_t)M, 0, &e->ref_logprobs, err))) return rc;
+        /* a sum of log-probabilities; a rounding's worth above 0 is allowed */
+        for (int i = 0; i < M; i++)
+            if (e->ref_logprobs[i] > 1e-3f)
+                return duel_error_set(err, DUEL_EFORMAT, "field ref_logprobs: value %d is %g, "
+                                      "not a log-probability (<= 0)", i, (double)e->ref_logprobs[i]);
+    }
     return 0;
 }
 
@@ -336,6 +346,7 @@ int vote_entry_encode(const vote_entry *e, const vote_entry_texts *t, vote_entry
     rc = rc ? rc : add_int(enc, "d_feat", e->d_feat, err);
     rc = rc ? rc : add_int(enc, "num_heads", e->num_heads, err);
     rc = rc ? rc : add_text(enc, "features_dtype", "f32", err);
+    if (e->ref_logprobs) rc = rc ? rc : add_le32(enc, "ref_logprobs", e->ref_logprobs, M, err);
     if (rc) vote_entry_encoded_free(enc);
     return rc;
 }

@@ -10,6 +10,9 @@
  *   features       f32[M*d_feat] (or f16 when features_dtype is "f16")
  *   erm_rewards    f32[M*E]
  *   features_dtype ("f32" default, "f16"), conversation          optional
+ *   ref_logprobs   f32[M]      optional: log pi_ref(candidate | prompt), summed over the
+ *                              candidate's tokens, from the engine's reference pass (finite, <= 0);
+ *                              the trainer uses them instead of running its reference model
  * Unknown field names are ignored (a newer producer may add context); a repeated name is an
  * error. Every size is checked against M, d_feat, E and the token counts, and against the
  * trainer's limits (model id, feature width, vocabulary, sequence length). A failure returns
@@ -73,6 +76,7 @@ typedef struct vote_entry {
     int32_t *cand_offsets;  /* [M + 1] */
     float *features;        /* [M][d_feat], f16 widened */
     float *erm_rewards;     /* [M][E] */
+    float *ref_logprobs;    /* [M], or NULL when the entry has none */
 } vote_entry;
 
 /* Decodes fields[0..n) into out (which owns its arrays afterwards; free with vote_entry_free,

@@ -207,6 +207,13 @@ static void test_trainer_and_erm_values_are_the_code_defaults(void **state) {
     assert_int_equal(int_at(root, "trainer", "synthetic_store"), t.synthetic_store);
     assert_int_equal(int_at(root, "trainer", "checkpoint_every"), t.checkpoint_every);
     assert_true(num_at(root, "trainer", "publish_every_seconds") == t.publish_every_seconds);
+    {
+        json_t *tr = json_object_get(root, "trainer");
+        assert_true(json_is_boolean(json_object_get(tr, "publish_when_idle")));
+        assert_true(json_is_true(json_object_get(tr, "publish_when_idle")) == t.publish_when_idle);
+        assert_true(json_is_boolean(json_object_get(tr, "vote_ref_logprobs")));
+        assert_true(json_is_true(json_object_get(tr, "vote_ref_logprobs")) == t.vote_ref_logprobs);
+    }
     assert_int_equal(int_at(root, "trainer", "max_deliveries"), c.max_deliveries);
     assert_string_equal(str_at(root, "trainer", "consumer"), c.consumer);
     assert_string_equal(str_at(root, "redis", "host"), c.host);

@@ -1,7 +1,10 @@
 /* test_backend_engine.c: the engine adapter (gateway/backend_engine.c) with the shipped default
  * model (models/default): a duel request yields progress and one ready event whose pair, features
  * (2 x hidden_size per candidate), ERM rewards and token offsets are consistent; bad settings are
- * refused; and a whole duel through the gateway over a socket, voted into a real Redis. Skips
+ * refused; and a whole duel through the gateway over a socket, voted into a real Redis, as
+ * `duel serve` runs with a trainer (snapshots: reference features): the vote decodes under the
+ * trainer's limits and carries the reference log-probabilities of its candidates, which equal
+ * the trainer's own reference forward over the vote's tokens (relative error < 1e-5). Skips
  * (exit 77) when models/default is missing. */
 #include "gateway_test_util.h"
 #include "vote_entry.h"
@@ -9,6 +12,8 @@
 #include "duel.h"
 #include "duel_backend.h"
 #include "engine.h"
+#include "lm_trainer.h"
+#include "train_model.h"
 
 typedef struct sink_state {
     pthread_mutex_t mu;
@@ -118,8 +123,38 @@ static void test_adapter_duel(void **state) {
     assert_int_equal(json_integer_value(json_object_get(gp, "M")), 4);
     json_decref(gp);
     assert_string_equal(r->strategy, "ee_ts");
+    assert_null(r->ref_logprobs); /* policy features: no reference pass */
     duel_backend_result_free(r);
     b.destroy(b.impl);
+}
+
+/* The trainer's reference log-probability of every candidate of e (train_model_forward of the
+ * base model over prompt + candidate, the response tokens masked in), as online_trainer runs it
+ * when a vote carries none. */
+static void trainer_reference(const vote_entry *e, double *out) {
+    train_model *ref = NULL;
+    char *cfg = NULL;
+    duel_error err = {0};
+    if (lm_model_load_hf(model_dir, &ref, &cfg, &err)) fail_msg("%s", err.message);
+    free(cfg);
+    for (int i = 0; i < e->num_candidates; i++) {
+        int len;
+        const int32_t *resp = vote_entry_candidate(e, i, &len);
+        int T = e->n_prompt_tokens + len - 1;
+        int32_t *tokens = calloc((size_t)T, sizeof *tokens), *targets = calloc((size_t)T, sizeof *targets);
+        float *mask = calloc((size_t)T, sizeof *mask);
+        for (int p = 0; p < T; p++) {
+            tokens[p] = p < e->n_prompt_tokens ? e->prompt_tokens[p] : resp[p - e->n_prompt_tokens];
+            targets[p] = p + 1 < e->n_prompt_tokens ? e->prompt_tokens[p + 1] : resp[p + 1 - e->n_prompt_tokens];
+            mask[p] = p + 1 >= e->n_prompt_tokens ? 1.0f : 0.0f;
+        }
+        train_batch tb = {1, T, tokens, targets, mask};
+        double count;
+        if (train_model_forward(ref, &tb, &out[i], &count, NULL, &err)) fail_msg("%s", err.message);
+        assert_true(count == len);
+        free(tokens), free(targets), free(mask);
+    }
+    train_model_free(ref);
 }
 
 static void test_adapter_rejects_bad_settings(void **state) {
@@ -167,6 +202,16 @@ static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
     assert_true(e.n_prompt_tokens > 0 && e.num_heads > 0);
     for (size_t i = 0; i + 1 < fields->elements; i += 2)
         if (strcmp(fields->element[i]->str, "chosen_text") == 0) assert_string_equal(fields->element[i + 1]->str, d->a);
+    /* The engine's reference pass scored every candidate as the trainer's reference does. */
+    assert_non_null(e.ref_logprobs);
+    double want[4];
+    trainer_reference(&e, want);
+    for (int i = 0; i < 4; i++) {
+        assert_true(want[i] < 0);
+        if (!(fabs(e.ref_logprobs[i] - want[i]) <= 1e-5 * fabs(want[i])))
+            fail_msg("candidate %d: the vote's reference log-probability %.7g, the trainer's %.7g", i,
+                     (double)e.ref_logprobs[i], want[i]);
+    }
     vote_entry_free(&e);
     freeReplyObject(r);
     redisFree(rc);
@@ -180,6 +225,7 @@ static void test_gateway_with_engine(void **state) {
     tu_gateway_config(&gcfg, &redis);
     backend_engine_config cfg;
     engine_config(&cfg);
+    cfg.snapshots = true; /* as `duel serve` with a trainer: reference features */
     duel_backend b;
     duel_error err = {0};
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);

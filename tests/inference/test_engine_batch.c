@@ -3,7 +3,10 @@
  * its logits and final hidden states must equal model_forward over each sequence's contiguous
  * cache (relative error < 1e-5: only GEMM-vs-GEMV rounding differs) and the float64 torch
  * reference (< 1e-4, as test_forward), whatever the mix of prefill chunks and decodes, the block
- * size, forks sharing blocks, and steps longer than one internal pass. Then the bad inputs. */
+ * size, forks sharing blocks, and steps longer than one internal pass. Every step also scores
+ * targets (the reference log-probabilities the engine hands the trainer): each entry's sum must
+ * equal the log softmax of model_forward's logits at those positions, summed in double
+ * (relative error < 1e-5), with skipped (-1) targets left out. Then the bad inputs. */
 #include "test_helpers.h"
 
 #include "kv_cache.h"
@@ -81,6 +84,10 @@ static void run_step(model *m, kv_pool *pool, test_seq *seqs, int n, const int *
                      const char *what) {
     int V = model_output_size(m), H = model_get_config(m)->hidden_size;
     model_batch_entry *entries = calloc((size_t)n, sizeof *entries);
+    int stride = 1;
+    for (int i = 0; i < n; i++) stride = counts[i] > stride ? counts[i] : stride;
+    int32_t *targets = malloc((size_t)n * stride * sizeof *targets);
+    double *target_lp = malloc((size_t)n * sizeof *target_lp);
     float *logits = malloc((size_t)n * V * sizeof *logits);
     float *hidden = malloc((size_t)n * H * sizeof *hidden);
     int *which = malloc((size_t)n * sizeof *which);
@@ -93,8 +100,16 @@ static void run_step(model *m, kv_pool *pool, test_seq *seqs, int n, const int *
         assert_true(s->done + counts[i] <= s->len);
         if (kv_sequence_reserve(pool, &s->kv, counts[i], NULL, &err))
             fail_msg("%s: reserve: %s", what, err.message);
-        entries[k] = (model_batch_entry){&s->kv, s->tokens + s->done, counts[i], s->done,
-                                         logits + (size_t)k * V, hidden + (size_t)k * H};
+        /* targets: the next token of the sequence, every third position skipped */
+        int32_t *tg = targets + (size_t)k * stride;
+        for (int t = 0; t < counts[i]; t++)
+            tg[t] = t % 3 == 2 ? -1 : s->tokens[(s->done + t + 1) % s->len];
+        target_lp[k] = NAN;
+        entries[k] = (model_batch_entry){.seq = &s->kv, .tokens = s->tokens + s->done,
+                                         .n_tokens = counts[i], .start = s->done,
+                                         .logits = logits + (size_t)k * V,
+                                         .hidden_last = hidden + (size_t)k * H,
+                                         .targets = tg, .target_logprob = &target_lp[k]};
         which[k++] = i;
     }
     if (model_forward_batch(m, pool, entries, k, &err))
@@ -107,6 +122,19 @@ static void run_step(model *m, kv_pool *pool, test_seq *seqs, int n, const int *
         if (!(e < BATCH_TOL))
             fail_msg("%s: sequence %d position %d: logits differ from model_forward by %g", what,
                      which[j], last, e);
+        double want = 0;
+        for (int t = 0; t < counts[which[j]]; t++) {
+            int32_t target = targets[(size_t)j * stride + t];
+            if (target < 0) continue;
+            const float *row = s->ref_logits + (size_t)(s->done + t) * V;
+            double mx = row[0], sum = 0;
+            for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+            for (int v = 0; v < V; v++) sum += exp(row[v] - mx);
+            want += row[target] - mx - log(sum);
+        }
+        if (!(fabs(target_lp[j] - want) <= BATCH_TOL * (fabs(want) + 1e-3)))
+            fail_msg("%s: sequence %d: target log-probability %.9g, model_forward's %.9g", what,
+                     which[j], target_lp[j], want);
         if (last == s->len - 1) {
             e = test_relative_error_f32(hidden + (size_t)j * H, s->ref_hidden, (size_t)H);
             if (!(e < BATCH_TOL))
@@ -116,7 +144,7 @@ static void run_step(model *m, kv_pool *pool, test_seq *seqs, int n, const int *
             fail_msg("%s: commit: %s", what, err.message);
         s->done += counts[which[j]];
     }
-    free(entries), free(logits), free(hidden), free(which);
+    free(entries), free(logits), free(hidden), free(which), free(targets), free(target_lp);
 }
 
 /* Mixed steps: prefill chunks of several sizes next to decodes, over two block sizes. */
@@ -197,7 +225,8 @@ static void test_paged_matches_torch_reference(void **state) {
             int n = i < 5 ? chunks[i] : 1;
             if (n > T - pos) n = T - pos;
             assert_int_equal(kv_sequence_reserve(pool, &seq, n, NULL, &err), 0);
-            model_batch_entry e = {&seq, tokens + pos, n, pos, logits, NULL};
+            model_batch_entry e = {.seq = &seq, .tokens = tokens + pos, .n_tokens = n, .start = pos,
+                                   .logits = logits};
             assert_int_equal(model_forward_batch(m, pool, &e, 1, &err), 0);
             assert_int_equal(kv_sequence_commit(pool, &seq, tokens + pos, n, &err), 0);
             pos += n;
@@ -300,7 +329,7 @@ static void test_bad_inputs(void **state) {
     kv_sequence seq;
     kv_sequence_init(&seq, 1);
     assert_int_equal(kv_sequence_reserve(wrong, &seq, 4, NULL, &err), 0);
-    model_batch_entry e = {&seq, tokens, 4, 0, logits, NULL};
+    model_batch_entry e = {.seq = &seq, .tokens = tokens, .n_tokens = 4, .start = 0, .logits = logits};
     assert_int_equal(model_forward_batch(m, wrong, &e, 1, &err), DUEL_EINVAL);
     assert_non_null(strstr(err.message, "does not fit the model"));
     kv_sequence_free(wrong, &seq);
@@ -337,6 +366,19 @@ static void test_bad_inputs(void **state) {
     assert_non_null(strstr(err.message, "outside the vocabulary"));
     bad[1] = -5;
     assert_int_equal(model_forward_batch(m, pool, &e, 1, &err), DUEL_EINVAL);
+    e.tokens = tokens;
+    /* Targets outside the vocabulary, or without a place for their sum. */
+    int32_t targets[4] = {2, 3, c->vocab_size, -1};
+    double target_lp = 0;
+    e.targets = targets;
+    e.target_logprob = &target_lp;
+    assert_int_equal(model_forward_batch(m, pool, &e, 1, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "target"));
+    targets[2] = 4;
+    e.target_logprob = NULL;
+    assert_int_equal(model_forward_batch(m, pool, &e, 1, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "target_logprob"));
+    e.targets = NULL;
     /* NULL arguments and an empty batch. */
     assert_int_equal(model_forward_batch(NULL, pool, &e, 1, &err), DUEL_EINVAL);
     assert_int_equal(model_forward_batch(m, NULL, &e, 1, &err), DUEL_EINVAL);

@@ -4,7 +4,9 @@
  *     model_forward of the reference arm (another model than the policy) over prompt and
  *     prompt + candidate run by hand (rel. err. < 1e-5), its rewards equal erm_score of those
  *     features, and its pair, side swap and R-hat equal duel_select + duel_place +
- *     duel_estimated_regret with the rng seeded seed ^ ENGINE_DUEL_SEED_SALT;
+ *     duel_estimated_regret with the rng seeded seed ^ ENGINE_DUEL_SEED_SALT; its ref_logprobs
+ *     equal the reference's log-probability of each candidate given the prompt, summed by hand
+ *     from model_forward's logits of every position (rel. err. < 1e-5);
  *   - policy features: the serving arm's own hidden states (rel. err. < 1e-4 against
  *     model_forward: batched decode vs one sequence);
  *   - PILAF: the mode, both candidates' tokens and the placement equal a by-hand lockstep decode
@@ -171,6 +173,33 @@ static void features_by_hand(model *m, int32_t tokens[M][NEW], const int counts[
     free(prompt_h);
 }
 
+/* log pi(candidate i | prompt) by hand: model_forward's logits at every position of prompt +
+ * candidate, log softmax in double at the positions that predict the candidate's tokens. */
+static void ref_logprobs_by_hand(model *m, int32_t tokens[M][NEW], const int counts[M], double *out) {
+    const int V = model_output_size(m), T = PROMPT_LEN + NEW;
+    duel_error err = {0};
+    float *logits = malloc((size_t)T * V * sizeof *logits);
+    model_kv_cache *kv = NULL;
+    assert_int_equal(model_kv_cache_create(m, T, &kv, &err), 0);
+    for (int i = 0; i < M; i++) {
+        int32_t seq[PROMPT_LEN + NEW];
+        memcpy(seq, PROMPT, sizeof PROMPT);
+        memcpy(seq + PROMPT_LEN, tokens[i], (size_t)counts[i] * sizeof(int32_t));
+        model_kv_cache_reset(kv);
+        assert_int_equal(model_forward(m, kv, seq, PROMPT_LEN + counts[i], logits, true, NULL, &err), 0);
+        out[i] = 0;
+        for (int t = 0; t < counts[i]; t++) {
+            const float *row = logits + (size_t)(PROMPT_LEN - 1 + t) * V;
+            double mx = row[0], sum = 0;
+            for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
+            for (int v = 0; v < V; v++) sum += exp(row[v] - mx);
+            out[i] += row[tokens[i][t]] - mx - log(sum);
+        }
+    }
+    model_kv_cache_free(kv);
+    free(logits);
+}
+
 /* Whether two candidates' rewards under some head are within rounding of each other (identical
  * candidates, say): the batched and the by-hand features may then order them differently. */
 static bool near_tie(const float *r) {
@@ -251,6 +280,13 @@ static void test_duel_reference_features(void **state) {
             engine_event *ready = run_duel(&f, &req, tokens, counts, &msg);
             if (!ready) fail_msg("duel failed: %s", msg);
             assert_true(ready->features_ms > 0);
+            assert_non_null(ready->ref_logprobs);
+            double want[M];
+            ref_logprobs_by_hand(f.ref_hand, tokens, counts, want);
+            for (int i = 0; i < M; i++)
+                if (!(fabs(ready->ref_logprobs[i] - want[i]) <= 1e-5 * fabs(want[i])))
+                    fail_msg("candidate %d: reference log-probability %.9g, by hand %.9g", i,
+                             ready->ref_logprobs[i], want[i]);
             strict += check_against_hand(&f, f.ref_hand, ready, strategies[k], seed, tokens,
                                          counts, 1e-5, true);
             swapped[ready->placement.side_swap] = true;
@@ -273,6 +309,7 @@ static void test_duel_policy_features(void **state) {
     engine_event *ready = run_duel(&f, &req, tokens, counts, &msg);
     if (!ready) fail_msg("duel failed: %s", msg);
     assert_true(ready->features_ms == 0);
+    assert_null(ready->ref_logprobs); /* no reference pass */
     check_against_hand(&f, f.policy_hand, ready, DUEL_STRATEGY_EE_TS, 9, tokens, counts, 1e-4,
                        false);
     /* Not the reference's features (the bf16 copy of the weights: about 1e-3 apart, well above

@@ -301,13 +301,22 @@ static void test_checkpoint_resume_is_exact(void **state) {
     assert_non_null(strstr(err.message, "entries.bin"));
 }
 
+/* Where the reference log-probabilities of check_gradient's votes come from. */
+typedef enum ref_mode {
+    REF_TRAINER,       /* the votes carry none: the trainer runs its reference model */
+    REF_VOTES,         /* the votes carry them, shifted off the reference's own by a different
+                          amount per pair: the trainer must use exactly these */
+    REF_VOTES_IGNORED, /* the same votes with trainer.vote_ref_logprobs off: the reference's own */
+} ref_mode;
+
 /* The gradient of one update (batch 7, no clipping, no mixture) against the same DAP loss on the
  * whole batch in one forward/backward of a fresh copy of the model; the trainer's chunks are of
  * chunk_positions padded positions at most (1: a pair each; 0: the default). */
-static void check_gradient(dap_loss_kind kind, int chunk_positions) {
+static void check_gradient(dap_loss_kind kind, int chunk_positions, ref_mode mode) {
     online_trainer_options o;
     options_for(&o, 1.0, 0);
     o.batch_size = 7;
+    o.vote_ref_logprobs = mode != REF_VOTES_IGNORED;
     if (chunk_positions > 0) o.chunk_positions = chunk_positions;
     o.clip_norm = 0;
     dap_loss_default_options(kind, &o.loss);
@@ -360,13 +369,26 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions) {
     train_batch tb = {14, T, tokens, targets, mask};
     double seq[14], cnt[14], ref[14], rcnt[14], dseq[14];
     assert_int_equal(train_model_forward(reference, &tb, ref, rcnt, NULL, NULL), 0);
+    if (mode != REF_TRAINER) {
+        for (int i = 0; i < 7; i++) {
+            vote_entry *e = &votes[i];
+            e->ref_logprobs = malloc(M * sizeof(float));
+            for (int m = 0; m < M; m++) e->ref_logprobs[m] = -1.0f - (float)m; /* unused candidates */
+            e->ref_logprobs[e->chosen_idx] = (float)(ref[i] - 0.3 * (i + 1));
+            e->ref_logprobs[e->rejected_idx] = (float)(ref[7 + i] - 0.2 * (7 - i));
+            if (mode == REF_VOTES) {
+                ref[i] = e->ref_logprobs[e->chosen_idx];
+                ref[7 + i] = e->ref_logprobs[e->rejected_idx];
+            }
+        }
+    }
     train_model_zero_grad(policy);
     assert_int_equal(train_model_forward(policy, &tb, seq, cnt, NULL, NULL), 0);
     dap_loss_batch lb = {7, seq, seq + 7, cnt, cnt + 7, ref, ref + 7, NULL, NULL};
     dap_loss_grads g = {dseq, dseq + 7, NULL};
     dap_loss_result want;
     assert_int_equal(dap_loss_compute(&o.loss, &lb, &want, &g, NULL), 0);
-    assert_int_equal(want.pairs_used, kind == DAP_LOSS_IPO ? 6 : 7);
+    assert_int_equal(want.pairs_used, kind == DAP_LOSS_IPO || kind == DAP_LOSS_SIMPO ? 6 : 7); /* means: not the empty pair */
     assert_int_equal(train_model_backward(policy, dseq, NULL), 0);
     /* the trainer */
     for (int i = 0; i < 7; i++) {
@@ -381,12 +403,24 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions) {
     if (online_trainer_apply(t, &err)) fail_msg("%s", err.message);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
-    assert_true(fabs(s.loss - want.loss) <= 1e-9 * fmax(1.0, fabs(want.loss)));
-    assert_true(fabs(s.margin - want.mean_margin) <= 1e-6 * fmax(1.0, fabs(want.mean_margin)));
+    /* The policy starts as the reference: its own log-probabilities cancel the reference's
+     * exactly (chunks or not) unless they come from the votes, where the chunks' rounding
+     * (~1e-7) shows; the votes' shifts move the loss by ~0.1. */
+    const double loss_tol = mode == REF_VOTES ? 1e-5 : 1e-9, margin_tol = mode == REF_VOTES ? 1e-5 : 1e-6;
+    if (!(fabs(s.loss - want.loss) <= loss_tol * fmax(1.0, fabs(want.loss))))
+        fail_msg("%s, chunks of %d, ref mode %d: loss %.12g, by hand %.12g", dap_loss_kind_name(kind), chunk_positions,
+                 (int)mode, s.loss, want.loss);
+    if (!(fabs(s.margin - want.mean_margin) <= margin_tol * fmax(1.0, fabs(want.mean_margin))))
+        fail_msg("%s, chunks of %d, ref mode %d: margin %.12g, by hand %.12g", dap_loss_kind_name(kind),
+                 chunk_positions, (int)mode, s.margin, want.mean_margin);
+    if (s.vote_ref_pairs != (mode == REF_VOTES && kind != DAP_LOSS_SIMPO ? 7 : 0))
+        fail_msg("%s, chunks of %d, ref mode %d: %lld pairs took the votes' reference", dap_loss_kind_name(kind),
+                 chunk_positions, (int)mode, (long long)s.vote_ref_pairs);
     if (chunk_positions == 0) { /* one chunk of all 14 rows: the FLOP count of the status by hand */
         double body, head;
         train_model_flops_per_position(policy, T, &body, &head);
-        const double want_flops = (hand_positions * body + hand_heads * head) * (kind == DAP_LOSS_SIMPO ? 1.0 : 4.0 / 3.0);
+        const bool ran_ref = kind != DAP_LOSS_SIMPO && mode != REF_VOTES;
+        const double want_flops = (hand_positions * body + hand_heads * head) * (ran_ref ? 4.0 / 3.0 : 1.0);
         if (fabs(s.update_flops - want_flops) > 1e-9 * want_flops)
             fail_msg("update_flops %.6g, by hand %.6g", s.update_flops, want_flops);
     }
@@ -410,15 +444,27 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions) {
 
 static void test_chunked_gradient_dpo(void **state) {
     (void)state;
-    check_gradient(DAP_LOSS_DPO, 1);  /* seven chunks of one pair */
-    check_gradient(DAP_LOSS_DPO, 60); /* chunks of a few pairs */
-    check_gradient(DAP_LOSS_DPO, 0);  /* the default budget: one chunk here */
+    check_gradient(DAP_LOSS_DPO, 1, REF_TRAINER);  /* seven chunks of one pair */
+    check_gradient(DAP_LOSS_DPO, 60, REF_TRAINER); /* chunks of a few pairs */
+    check_gradient(DAP_LOSS_DPO, 0, REF_TRAINER);  /* the default budget: one chunk here */
 }
 
 static void test_chunked_gradient_ipo(void **state) {
     (void)state;
-    check_gradient(DAP_LOSS_IPO, 1);
-    check_gradient(DAP_LOSS_IPO, 60);
+    check_gradient(DAP_LOSS_IPO, 1, REF_TRAINER);
+    check_gradient(DAP_LOSS_IPO, 60, REF_TRAINER);
+}
+
+/* Votes that carry the reference's log-probabilities (the serving engine's): the trainer uses
+ * them, not its reference model (the shifted values change the loss), and does not run the
+ * reference forward (the FLOP count); with trainer.vote_ref_logprobs off it ignores them. */
+static void test_gradient_with_vote_reference(void **state) {
+    (void)state;
+    check_gradient(DAP_LOSS_DPO, 60, REF_VOTES);
+    check_gradient(DAP_LOSS_DPO, 0, REF_VOTES);
+    check_gradient(DAP_LOSS_IPO, 1, REF_VOTES);
+    check_gradient(DAP_LOSS_DPO, 0, REF_VOTES_IGNORED);
+    check_gradient(DAP_LOSS_SIMPO, 0, REF_VOTES); /* no reference at all */
 }
 
 static void test_bad_options(void **state) {
@@ -456,6 +502,7 @@ int main(void) {
         cmocka_unit_test(test_checkpoint_resume_is_exact),
         cmocka_unit_test(test_chunked_gradient_dpo),
         cmocka_unit_test(test_chunked_gradient_ipo),
+        cmocka_unit_test(test_gradient_with_vote_reference),
         cmocka_unit_test(test_bad_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

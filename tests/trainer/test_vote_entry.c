@@ -139,6 +139,42 @@ static void test_f16_features(void **state) {
     vote_entry_encoded_free(&f.enc);
 }
 
+/* The optional reference log-probabilities: absent decodes to NULL; present round-trips, and a
+ * wrong size, a non-finite or a positive value (not a log-probability) is refused. */
+static void test_ref_logprobs(void **state) {
+    (void)state;
+    fixture f;
+    make(&f);
+    vote_entry out;
+    assert_int_equal(vote_entry_decode(f.enc.fields, f.enc.n_fields, &f.limits, &out, NULL), 0);
+    assert_null(out.ref_logprobs);
+    vote_entry_free(&out);
+    vote_entry_encoded_free(&f.enc);
+    float ref[M] = {-12.5f, -3.25f, -40.0f};
+    f.entry.ref_logprobs = ref;
+    assert_int_equal(vote_entry_encode(&f.entry, NULL, &f.enc, NULL), 0);
+    assert_int_equal(field(&f, "ref_logprobs")->value_len, M * 4);
+    assert_int_equal(vote_entry_decode(f.enc.fields, f.enc.n_fields, &f.limits, &out, NULL), 0);
+    assert_non_null(out.ref_logprobs);
+    assert_memory_equal(out.ref_logprobs, ref, sizeof ref);
+    vote_entry_free(&out);
+    vote_entry_field *fr = field(&f, "ref_logprobs");
+    vote_entry_field saved = *fr;
+    fr->value_len = (M - 1) * 4;
+    expect_error(&f, "ref_logprobs: 8 bytes, expected 12");
+    *fr = saved;
+    float bad[M] = {-1.0f, NAN, -2.0f};
+    fr->value = (const char *)bad;
+    expect_error(&f, "ref_logprobs: value 1 is not finite");
+    bad[1] = -1.0f;
+    bad[2] = 0.5f;
+    expect_error(&f, "ref_logprobs: value 2 is 0.5, not a log-probability");
+    bad[2] = 0.0f; /* a certain candidate */
+    assert_int_equal(vote_entry_decode(f.enc.fields, f.enc.n_fields, &f.limits, &out, NULL), 0);
+    vote_entry_free(&out);
+    vote_entry_encoded_free(&f.enc);
+}
+
 static void test_missing_fields(void **state) {
     (void)state;
     fixture f;
@@ -238,6 +274,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_f16_features),
+        cmocka_unit_test(test_ref_logprobs),
         cmocka_unit_test(test_missing_fields),
         cmocka_unit_test(test_bad_values),
     };
