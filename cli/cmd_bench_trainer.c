@@ -305,6 +305,9 @@ int bench_trainer(int argc, char **argv) {
            1000.0 * st.apply_seconds / (double)(st.updates > 0 ? st.updates : 1),
            1000.0 * st.checkpoint_seconds / (double)(st.checkpoints > 0 ? st.checkpoints : 1), (long long)st.checkpoints,
            1000.0 * st.snapshot_seconds / (double)(st.snapshots > 0 ? st.snapshots : 1), (long long)st.snapshots);
+    const double per_update = 1000.0 / (double)(st.updates > 0 ? st.updates : 1);
+    printf("  update  ERM %.1f ms, policy forward/backward %.1f ms, clip + AdamW %.1f ms\n",
+           s.erm_seconds * per_update, s.policy_seconds * per_update, s.optimizer_seconds * per_update);
     printf("  other (Redis, decoding, waiting)  %.2f s\n", elapsed - busy);
     /* The policy update's matrix work against the machine's sgemm rate: how far the update is
      * from its own ceiling, and the votes/s that ceiling allows even with nothing else to do. */
@@ -338,6 +341,9 @@ int bench_trainer(int argc, char **argv) {
                                 json_pack("[I,I]", (json_int_t)response_len.lo, (json_int_t)response_len.hi));
             json_object_set_new(o, "ref_logprobs", json_string(ref_source));
             json_object_set_new(o, "vote_ref_pairs", json_integer((json_int_t)s.vote_ref_pairs));
+            json_object_set_new(o, "erm_seconds", json_real(s.erm_seconds));
+            json_object_set_new(o, "policy_seconds", json_real(s.policy_seconds));
+            json_object_set_new(o, "optimizer_seconds", json_real(s.optimizer_seconds));
         }
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (text) printf("%s\n", text);

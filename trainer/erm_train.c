@@ -5,6 +5,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -59,6 +60,33 @@ int erm_train_options_check(const erm_train_options *o, duel_error *err) {
     return 0;
 }
 
+/* sum_k (a_k - b_k)^2 in double over 8 fixed lanes (a fixed order, so deterministic, and one the
+ * compiler vectorises; a single running sum would be a serial chain). */
+static double sq_diff_sum(const float *restrict a, const float *restrict b, size_t n) {
+    double lane[8] = {0};
+    size_t k = 0;
+    for (; k + 8 <= n; k += 8)
+        for (int l = 0; l < 8; l++) {
+            double d = (double)a[k + l] - (double)b[k + l];
+            lane[l] += d * d;
+        }
+    for (; k < n; k++) {
+        double d = (double)a[k] - (double)b[k];
+        lane[k % 8] += d * d;
+    }
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/* sum_j a_j b_j in float over 8 fixed lanes (as sq_diff_sum). */
+static float dot_lanes(const float *restrict a, const float *restrict b, int n) {
+    float lane[8] = {0};
+    int j = 0;
+    for (; j + 8 <= n; j += 8)
+        for (int l = 0; l < 8; l++) lane[l] += a[j + l] * b[j + l];
+    for (; j < n; j++) lane[j % 8] += a[j] * b[j];
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
 static double softplus(double x) { return x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)); }
 static double sigmoid(double x) {
     return x >= 0 ? 1.0 / (1.0 + exp(-x)) : exp(x) / (1.0 + exp(x));
@@ -94,14 +122,34 @@ static void relu_backward_bias(int R, size_t W, const float *restrict h1, float 
     }
 }
 
-int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected, int B,
-                        double reg_scale, float *grad, double *loss_per_head, duel_error *err) {
+/* Whether every pair's chosen and rejected features share their first half (the prompt's
+ * hidden state, in the engine's layout [prompt | candidate]). */
+static bool first_halves_shared(const float *chosen, const float *rejected, int B, int D) {
+    if (D % 2) return false;
+    for (int i = 0; i < B; i++)
+        if (memcmp(chosen + (size_t)i * D, rejected + (size_t)i * D, (size_t)(D / 2) * sizeof(float)) != 0)
+            return false;
+    return true;
+}
+
+/* erm_train_loss_grad, and from the same forward: data_per_head (optional, E doubles) the
+ * softplus part of each L_e, *right (optional) the pairs whose ensemble-mean reward ranks chosen
+ * above rejected (erm_train_accuracy's count).
+ * When every pair's two feature rows share their first half (D/2: the prompt's state), layer 1
+ * computes that half once per pair: h1 = [p | c] W1^T = p W1a^T + c W1b^T, with p W1a^T on B
+ * rows instead of 2B, and dW1a = (dh1_chosen + dh1_rejected)^T p: a quarter of layer 1's work
+ * (most of the ERM's) saved, the same result up to rounding. */
+static int loss_grad(const erm *m, const float *chosen, const float *rejected, int B, double reg_scale,
+                     float *grad, double *loss_per_head, double *data_per_head, int *right, duel_error *err) {
     if (!m || !chosen || !rejected || B < 1 || B > ERM_TRAIN_MAX_MINIBATCH || !isfinite(reg_scale))
         return duel_error_set(err, DUEL_EINVAL, "erm_train: bad minibatch arguments");
     const int E = m->config.num_heads, H = m->config.hidden, D = m->config.d_feat;
     const int R = 2 * B;                 /* rows: chosen 0..B-1, rejected B..2B-1 */
     const size_t W = (size_t)E * H;      /* activation row width */
-    float *x = malloc((size_t)R * D * sizeof(float));
+    const bool shared = first_halves_shared(chosen, rejected, B, D);
+    const int half = D / 2;
+    /* x: [R][D] rows; shared: the B prompt halves [B][D/2], then the R second halves [R][D/2] */
+    float *x = malloc((size_t)(shared ? B * half + R * half : R * D) * sizeof(float));
     float *h1 = malloc((size_t)R * W * sizeof(float));
     float *h2 = malloc((size_t)R * W * sizeof(float));
     float *dh1 = calloc((size_t)R * W, sizeof(float));
@@ -113,12 +161,27 @@ int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected
         rc = duel_error_set(err, DUEL_ENOMEM, "erm_train: cannot allocate activations for %d pairs", B);
         goto done;
     }
-    memcpy(x, chosen, (size_t)B * D * sizeof(float));
-    memcpy(x + (size_t)B * D, rejected, (size_t)B * D * sizeof(float));
     const erm_params *p = &m->params;
-    /* Forward: h1 = relu(x W1^T + b1) for all heads; h2 = relu(h1_e W2_e^T + b2_e); r. */
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, (int)W, D, 1.0f, x, D, p->fc1_weight,
-                D, 0.0f, h1, (int)W);
+    float *xp = x, *xc = x + (size_t)B * half; /* shared: prompt halves, second halves */
+    if (shared) {
+        for (int i = 0; i < B; i++) {
+            memcpy(xp + (size_t)i * half, chosen + (size_t)i * D, (size_t)half * sizeof(float));
+            memcpy(xc + (size_t)i * half, chosen + (size_t)i * D + half, (size_t)half * sizeof(float));
+            memcpy(xc + (size_t)(B + i) * half, rejected + (size_t)i * D + half, (size_t)half * sizeof(float));
+        }
+        /* h1 = p W1a^T (chosen rows, copied to the rejected rows) + [c; r] W1b^T */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, (int)W, half, 1.0f, xp, half, p->fc1_weight,
+                    D, 0.0f, h1, (int)W);
+        memcpy(h1 + (size_t)B * W, h1, (size_t)B * W * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, (int)W, half, 1.0f, xc, half,
+                    p->fc1_weight + half, D, 1.0f, h1, (int)W);
+    } else {
+        memcpy(x, chosen, (size_t)B * D * sizeof(float));
+        memcpy(x + (size_t)B * D, rejected, (size_t)B * D * sizeof(float));
+        /* Forward: h1 = relu(x W1^T + b1) for all heads; h2 = relu(h1_e W2_e^T + b2_e); r. */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, (int)W, D, 1.0f, x, D, p->fc1_weight,
+                    D, 0.0f, h1, (int)W);
+    }
     for (int i = 0; i < R; i++) {
         float *row = h1 + (size_t)i * W;
         for (size_t j = 0; j < W; j++) {
@@ -133,14 +196,23 @@ int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected
         for (int e = 0; e < E; e++) {
             float *row = h2 + (size_t)i * W + (size_t)e * H;
             const float *b2 = p->fc2_bias + (size_t)e * H, *w3 = p->fc3_weight + (size_t)e * H;
-            float acc = 0.0f;
             for (int j = 0; j < H; j++) {
                 float v = row[j] + b2[j];
                 row[j] = v > 0.0f ? v : 0.0f;
-                acc += row[j] * w3[j];
             }
-            r[(size_t)i * E + e] = acc + p->fc3_bias[e];
+            r[(size_t)i * E + e] = dot_lanes(row, w3, H) + p->fc3_bias[e];
         }
+    if (right) {
+        *right = 0;
+        for (int i = 0; i < B; i++) {
+            double a = 0, b = 0;
+            for (int e = 0; e < E; e++) {
+                a += r[(size_t)i * E + e];
+                b += r[(size_t)(B + i) * E + e];
+            }
+            *right += a > b;
+        }
+    }
     const size_t per_head = m->num_params / (size_t)E;
     if (grad) memset(grad, 0, m->num_params * sizeof(float));
     for (int e = 0; e < E; e++) {
@@ -154,6 +226,7 @@ int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected
             dr[B + i] = (float)s;
         }
         data /= B;
+        if (data_per_head) data_per_head[e] = data;
         /* Regulariser over this head's parameters (they are strided across the six blocks). */
         double reg = 0;
         const float *blocks[6][2] = {
@@ -164,11 +237,7 @@ int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected
             {p->fc3_weight + (size_t)e * H, m->initial.fc3_weight + (size_t)e * H},
             {p->fc3_bias + e, m->initial.fc3_bias + e}};
         const size_t sizes[6] = {(size_t)H * D, (size_t)H, (size_t)H * H, (size_t)H, (size_t)H, 1};
-        for (int b = 0; b < 6; b++)
-            for (size_t k = 0; k < sizes[b]; k++) {
-                double d = (double)blocks[b][0][k] - (double)blocks[b][1][k];
-                reg += d * d;
-            }
+        for (int b = 0; b < 6; b++) reg += sq_diff_sum(blocks[b][0], blocks[b][1], sizes[b]);
         reg = reg_scale * reg / (double)per_head;
         if (loss_per_head) loss_per_head[e] = data + reg;
         if (!grad) continue;
@@ -201,8 +270,17 @@ int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected
         /* Layer 1 for all heads: mask by the ReLU, then dW1 = dh1^T x and db1 = column sums. */
         float *gw1 = grad + (p->fc1_weight - p->memory), *gb1 = grad + (p->fc1_bias - p->memory);
         relu_backward_bias(R, W, h1, dh1, gb1);
-        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)W, D, R, 1.0f, dh1, (int)W, x, D,
-                    0.0f, gw1, D);
+        if (shared) {
+            /* dW1a = (dh1_chosen + dh1_rejected)^T p (summed into h2, free now); dW1b = dh1^T [c; r] */
+            for (size_t k = 0; k < (size_t)B * W; k++) h2[k] = dh1[k] + dh1[(size_t)B * W + k];
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)W, half, B, 1.0f, h2, (int)W, xp, half,
+                        0.0f, gw1, D);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)W, half, R, 1.0f, dh1, (int)W, xc, half,
+                        0.0f, gw1 + half, D);
+        } else {
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, (int)W, D, R, 1.0f, dh1, (int)W, x, D,
+                        0.0f, gw1, D);
+        }
         double c = 2.0 * reg_scale / (double)per_head;
         const float *t0 = m->initial.fc1_weight;
         for (size_t k = 0; k < W * (size_t)D; k++)
@@ -217,6 +295,11 @@ done:
     free(r);
     free(dr);
     return rc;
+}
+
+int erm_train_loss_grad(const erm *m, const float *chosen, const float *rejected, int B, double reg_scale,
+                        float *grad, double *loss_per_head, duel_error *err) {
+    return loss_grad(m, chosen, rejected, B, reg_scale, grad, loss_per_head, NULL, NULL, err);
 }
 
 int erm_train_accuracy(const erm *m, const float *chosen, const float *rejected, int n,
@@ -335,9 +418,9 @@ int erm_trainer_update(erm_trainer *t, erm_train_stats *stats, duel_error *err) 
     const int B = t->ring_count < o->minibatch ? t->ring_count : o->minibatch;
     const double reg_scale = o->lambda * (double)B / (double)(t->pairs_seen > 0 ? t->pairs_seen : 1);
     adamw_options ao = {o->beta1, o->beta2, o->epsilon, o->weight_decay};
-    double *per_head = malloc((size_t)E * sizeof(double));
+    double *per_head = malloc((size_t)2 * E * sizeof(double)), *data_head = per_head + E;
     if (!per_head) return duel_error_set(err, DUEL_ENOMEM, "erm_trainer: out of memory");
-    int rc = 0;
+    int rc = 0, right = 0;
     for (int step = 0; step < o->adam_steps && rc == 0; step++) {
         if (B == t->ring_count) {
             for (int i = 0; i < B; i++) t->pick[i] = i;
@@ -357,31 +440,24 @@ int erm_trainer_update(erm_trainer *t, erm_train_stats *stats, duel_error *err) 
             memcpy(t->chosen + (size_t)i * D, src, D * sizeof(float));
             memcpy(t->rejected + (size_t)i * D, src + D, D * sizeof(float));
         }
-        if ((rc = erm_train_loss_grad(t->model, t->chosen, t->rejected, B, reg_scale, t->grad,
-                                      per_head, err)) != 0)
+        /* the loss, its softplus part and the accuracy come from the step's own forward */
+        if ((rc = loss_grad(t->model, t->chosen, t->rejected, B, reg_scale, t->grad, per_head, data_head, &right,
+                            err)) != 0)
             break;
-        double loss = 0;
-        for (int e = 0; e < E; e++) loss += per_head[e];
+        double loss = 0, data = 0;
+        for (int e = 0; e < E; e++) {
+            loss += per_head[e];
+            data += data_head[e];
+        }
         s.loss = loss / E;
+        s.data_loss = data / E;
+        s.accuracy = (double)right / B;
         if (!isfinite(s.loss)) {
             rc = duel_error_set(err, DUEL_EFORMAT, "erm_trainer: the loss became non-finite");
             break;
         }
-        if (step == o->adam_steps - 1) {
-            rc = erm_train_accuracy(t->model, t->chosen, t->rejected, B, &s.accuracy, err);
-            if (rc) break;
-        }
         rc = adamw_update(&t->optimizer, &ao, t->model->params.memory, t->grad, NULL, o->lr, err);
         s.steps++;
-    }
-    if (rc == 0 && s.steps > 0) {
-        /* The softplus part alone: the loss without the regulariser, on the last minibatch. */
-        if ((rc = erm_train_loss_grad(t->model, t->chosen, t->rejected, B, 0.0, NULL, per_head,
-                                      err)) == 0) {
-            double d = 0;
-            for (int e = 0; e < E; e++) d += per_head[e];
-            s.data_loss = d / E;
-        }
     }
     s.minibatch = B;
     free(per_head);

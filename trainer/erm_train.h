@@ -42,7 +42,7 @@ typedef struct erm_train_stats {
     int steps;          /* AdamW steps taken by this update (0 below min_pairs) */
     int minibatch;      /* pairs per step */
     double loss;        /* mean_e L_e of the last step (before its update) */
-    double data_loss;   /* mean_e of the softplus part on the last minibatch, after the update */
+    double data_loss;   /* mean_e of the softplus part of the last step (before its update) */
     double accuracy;    /* fraction of the last minibatch the ensemble mean ordered right
                            before the last step */
 } erm_train_stats;
@@ -83,7 +83,9 @@ void erm_trainer_set_pairs_seen(erm_trainer *trainer, int64_t pairs_seen);
 /* The objective sum_e L_e on an explicit minibatch of B pairs and its gradient (grad has
  * erm_num_params floats, overwritten; may be NULL for the loss alone). reg_scale is
  * lambda * B / N. loss_per_head (optional, E doubles) receives each L_e. Used by the update and
- * by the gradient check. */
+ * by the gradient check. When every pair's chosen and rejected rows share their first half (the
+ * prompt's state in the engine's [prompt | candidate] features), layer 1 computes it once per
+ * pair: a quarter less work, the same result up to rounding. */
 int erm_train_loss_grad(const erm *model, const float *chosen, const float *rejected, int B,
                         double reg_scale, float *grad, double *loss_per_head, duel_error *err);
 

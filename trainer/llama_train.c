@@ -80,6 +80,7 @@ struct llama_train {
     int cap_batch, cap_seq;
     int batch, seq, num_rows; /* of the last forward */
     int32_t *tokens, *targets, *rows, *row_targets;
+    train_fork_saved fork; /* of the last forward */
     bool have_forward;
 };
 
@@ -262,6 +263,7 @@ void llama_train_free(llama_train *m) {
     free(m->act_memory);
     free(m->int_memory);
     free(m->mask);
+    train_fork_saved_free(&m->fork);
     free(m);
 }
 
@@ -375,10 +377,19 @@ static float *layer_ptr(float *base, int l, size_t stride) {
 
 int llama_train_forward(llama_train *m, const train_batch *batch, double *seq_logprob,
                         double *seq_count, float *token_logprob, duel_error *err) {
+    return llama_train_forward_forked(m, batch, NULL, seq_logprob, seq_count, token_logprob, err);
+}
+
+int llama_train_forward_forked(llama_train *m, const train_batch *batch, const train_fork *fork_in,
+                               double *seq_logprob, double *seq_count, float *token_logprob,
+                               duel_error *err) {
     int rc = train_batch_check(batch, m->V, m->config.max_position_embeddings, "llama_train", err);
     if (rc) return rc;
     if (!seq_logprob || !seq_count)
         return duel_error_set(err, DUEL_EINVAL, "llama_train: seq_logprob and seq_count are required");
+    m->have_forward = false;
+    const train_fork *fork = NULL;
+    if ((rc = train_fork_save(&m->fork, fork_in, batch, "llama_train", &fork, err))) return rc;
     rc = ensure_activations(m, batch->batch_size, batch->seq_len, err);
     if (rc) return rc;
     const int B = batch->batch_size, T = batch->seq_len, N = B * T;
@@ -412,10 +423,10 @@ int llama_train_forward(llama_train *m, const train_batch *batch, double *seq_lo
                              C, KD);
         train_linear_forward(v, attn_norm, p->wv + (size_t)l * KD * C, layer_ptr(p->bv, l, KD), N,
                              C, KD);
-        train_rope_forward(q, q, a->rope_cos, a->rope_sin, B, T, m->Hq, m->D, m->D);
-        train_rope_forward(k, k, a->rope_cos, a->rope_sin, B, T, m->Hkv, m->D, m->D);
+        train_rope_forward(q, q, a->rope_cos, a->rope_sin, B, T, m->Hq, m->D, m->D, fork);
+        train_rope_forward(k, k, a->rope_cos, a->rope_sin, B, T, m->Hkv, m->D, m->D, fork);
         train_attention_forward(attn_out, a->probs + l * probs_stride, q, k, v, B, T, m->Hq,
-                                m->Hkv, m->D);
+                                m->Hkv, m->D, fork);
         train_linear_forward(a->branch_out, attn_out, p->wo + (size_t)l * C * QD,
                              layer_ptr(p->bo, l, C), N, QD, C);
         train_residual_forward(res_mid, res_in, a->branch_out, (int)NC);
@@ -437,7 +448,7 @@ int llama_train_forward(llama_train *m, const train_batch *batch, double *seq_lo
     m->num_rows = train_head_forward(seq_logprob, seq_count, a->token_logprob, m->rows,
                                      m->row_targets, a->head_in, a->logits, a->lse,
                                      a->row_logprob, a->final_norm, p->lm_head, m->targets,
-                                     m->mask, B, T, C, V);
+                                     m->mask, B, T, C, V, fork);
     if (token_logprob) memcpy(token_logprob, a->token_logprob, (size_t)N * sizeof(float));
     m->have_forward = true;
     return 0;
@@ -449,7 +460,8 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
                               "llama_train: backward needs a forward first (one backward per "
                               "forward)");
     if (!dseq_logprob) return duel_error_set(err, DUEL_EINVAL, "llama_train: dseq_logprob is NULL");
-    for (int b = 0; b < m->batch; b++)
+    const train_fork *fork = train_fork_saved_get(&m->fork);
+    for (int b = 0; b < (fork ? 2 : 1) * m->batch; b++)
         if (!isfinite(dseq_logprob[b]))
             return duel_error_set(err, DUEL_EINVAL,
                                   "llama_train: d(loss)/d(seq_logprob[%d]) is not finite", b);
@@ -466,7 +478,7 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
     memset(d_final, 0, NC * sizeof(float));
     train_head_backward(d_final, g->lm_head, a->logits, a->d_head_in, a->d_token_logprob,
                         a->d_row_logprob, dseq_logprob, m->rows, m->row_targets, a->head_in,
-                        a->lse, p->lm_head, m->mask, R, B, T, C, V);
+                        a->lse, p->lm_head, m->mask, R, B, T, C, V, fork);
     memset(a->d_residual, 0, NC * sizeof(float));
     train_rmsnorm_backward(a->d_residual, g->final_norm, d_final, a->residual + (size_t)m->L * NC,
                            p->final_norm, a->final_rstd, N, C);
@@ -509,8 +521,8 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
                                  a->probs + l * probs_stride, q, k, v, B, T, m->Hq, m->Hkv, m->D);
         memset(a->d_q, 0, NQ * sizeof(float));
         memset(a->d_k, 0, NK * sizeof(float));
-        train_rope_backward(a->d_q, a->d_q_rot, a->rope_cos, a->rope_sin, B, T, m->Hq, m->D, m->D);
-        train_rope_backward(a->d_k, a->d_k_rot, a->rope_cos, a->rope_sin, B, T, m->Hkv, m->D, m->D);
+        train_rope_backward(a->d_q, a->d_q_rot, a->rope_cos, a->rope_sin, B, T, m->Hq, m->D, m->D, fork);
+        train_rope_backward(a->d_k, a->d_k_rot, a->rope_cos, a->rope_sin, B, T, m->Hkv, m->D, m->D, fork);
         memset(a->d_norm, 0, NC * sizeof(float));
         train_linear_backward(a->d_norm, g->wq + (size_t)l * QD * C, layer_ptr(g->bq, l, QD),
                               a->d_q, attn_norm, p->wq + (size_t)l * QD * C, N, C, QD);

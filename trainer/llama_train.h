@@ -83,6 +83,13 @@ void llama_train_zero_grad(llama_train *model);
  * DUEL_ENOMEM. */
 int llama_train_forward(llama_train *model, const train_batch *batch, double *seq_logprob,
                         double *seq_count, float *token_logprob, duel_error *err);
+/* The same over forked rows (train_layers.h: two sequences per row sharing a prefix, such as
+ * the chosen and rejected answers to one prompt): seq_logprob and seq_count receive 2 * B
+ * values (branch A of row b at [b], branch B at [B + b]), and the next backward takes 2 * B
+ * gradients in that order. */
+int llama_train_forward_forked(llama_train *model, const train_batch *batch, const train_fork *fork,
+                               double *seq_logprob, double *seq_count, float *token_logprob,
+                               duel_error *err);
 
 /* Backward pass of the last forward: dseq_logprob[b] = d(loss)/d(seq_logprob[b]) (for a per-token
  * mean, divide by seq_count[b] first). Accumulates into the gradients; can be called once per

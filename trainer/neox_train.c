@@ -83,6 +83,7 @@ struct neox_train {
     int cap_batch, cap_seq;
     int batch, seq, num_rows;
     int32_t *tokens, *targets, *rows, *row_targets;
+    train_fork_saved fork; /* of the last forward */
     bool have_forward;
 };
 
@@ -245,6 +246,7 @@ void neox_train_free(neox_train *m) {
     free(m->act_memory);
     free(m->int_memory);
     free(m->mask);
+    train_fork_saved_free(&m->fork);
     free(m);
 }
 
@@ -377,10 +379,19 @@ static void merge_qkv(float *dqkv, const float *dq, const float *dk, const float
 
 int neox_train_forward(neox_train *m, const train_batch *batch, double *seq_logprob,
                        double *seq_count, float *token_logprob, duel_error *err) {
+    return neox_train_forward_forked(m, batch, NULL, seq_logprob, seq_count, token_logprob, err);
+}
+
+int neox_train_forward_forked(neox_train *m, const train_batch *batch, const train_fork *fork_in,
+                              double *seq_logprob, double *seq_count, float *token_logprob,
+                              duel_error *err) {
     int rc = train_batch_check(batch, m->V, m->config.max_position_embeddings, "neox_train", err);
     if (rc) return rc;
     if (!seq_logprob || !seq_count)
         return duel_error_set(err, DUEL_EINVAL, "neox_train: seq_logprob and seq_count are required");
+    m->have_forward = false;
+    const train_fork *fork = NULL;
+    if ((rc = train_fork_save(&m->fork, fork_in, batch, "neox_train", &fork, err))) return rc;
     rc = ensure_activations(m, batch->batch_size, batch->seq_len, err);
     if (rc) return rc;
     const int B = batch->batch_size, T = batch->seq_len, N = B * T;
@@ -408,10 +419,10 @@ int neox_train_forward(neox_train *m, const train_batch *batch, double *seq_logp
         train_linear_forward(a->qkv, ln1, p->w_qkv + (size_t)l * 3 * C * C,
                              layer_ptr(p->b_qkv, l, 3 * (size_t)C), N, C, 3 * C);
         split_qkv(q, k, v, a->qkv, N, m->H, m->D);
-        train_rope_forward(q, q, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R);
-        train_rope_forward(k, k, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R);
+        train_rope_forward(q, q, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R, fork);
+        train_rope_forward(k, k, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R, fork);
         train_attention_forward(attn_out, a->probs + l * probs_stride, q, k, v, B, T, m->H, m->H,
-                                m->D);
+                                m->D, fork);
         train_linear_forward(a->attn_branch, attn_out, p->w_dense + (size_t)l * C * C,
                              layer_ptr(p->b_dense, l, C), N, C, C);
         /* The MLP reads ln2 of the layer input (parallel) or of x + attention (sequential). */
@@ -438,7 +449,7 @@ int neox_train_forward(neox_train *m, const train_batch *batch, double *seq_logp
     m->num_rows = train_head_forward(seq_logprob, seq_count, a->token_logprob, m->rows,
                                      m->row_targets, a->head_in, a->logits, a->lse,
                                      a->row_logprob, a->lnf, p->embed_out, m->targets, m->mask, B,
-                                     T, C, V);
+                                     T, C, V, fork);
     if (token_logprob) memcpy(token_logprob, a->token_logprob, (size_t)N * sizeof(float));
     m->have_forward = true;
     return 0;
@@ -450,7 +461,8 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
                               "neox_train: backward needs a forward first (one backward per "
                               "forward)");
     if (!dseq_logprob) return duel_error_set(err, DUEL_EINVAL, "neox_train: dseq_logprob is NULL");
-    for (int b = 0; b < m->batch; b++)
+    const train_fork *fork = train_fork_saved_get(&m->fork);
+    for (int b = 0; b < (fork ? 2 : 1) * m->batch; b++)
         if (!isfinite(dseq_logprob[b]))
             return duel_error_set(err, DUEL_EINVAL,
                                   "neox_train: d(loss)/d(seq_logprob[%d]) is not finite", b);
@@ -464,7 +476,7 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
     memset(d_final, 0, NC * sizeof(float));
     train_head_backward(d_final, g->embed_out, a->logits, a->d_head_in, a->d_token_logprob,
                         a->d_row_logprob, dseq_logprob, m->rows, m->row_targets, a->head_in,
-                        a->lse, p->embed_out, m->mask, m->num_rows, B, T, C, V);
+                        a->lse, p->embed_out, m->mask, m->num_rows, B, T, C, V, fork);
     memset(a->d_residual, 0, NC * sizeof(float));
     train_layernorm_backward(a->d_residual, g->lnf_w, g->lnf_b, d_final,
                              a->residual + (size_t)m->L * NC, p->lnf_w, a->lnf_mean, a->lnf_rstd,
@@ -506,8 +518,8 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
                                  a->probs + l * probs_stride, q, k, v, B, T, m->H, m->H, m->D);
         memset(a->d_q, 0, NC * sizeof(float));
         memset(a->d_k, 0, NC * sizeof(float));
-        train_rope_backward(a->d_q, a->d_q_rot, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R);
-        train_rope_backward(a->d_k, a->d_k_rot, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R);
+        train_rope_backward(a->d_q, a->d_q_rot, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R, fork);
+        train_rope_backward(a->d_k, a->d_k_rot, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R, fork);
         merge_qkv(a->d_qkv, a->d_q, a->d_k, a->d_v, N, m->H, m->D);
         memset(a->d_norm1, 0, NC * sizeof(float));
         train_linear_backward(a->d_norm1, g->w_qkv + (size_t)l * 3 * C * C,

@@ -62,6 +62,10 @@ void neox_train_zero_grad(neox_train *model);
 /* As llama_train_forward / llama_train_backward. */
 int neox_train_forward(neox_train *model, const train_batch *batch, double *seq_logprob,
                        double *seq_count, float *token_logprob, duel_error *err);
+/* The same over forked rows: 2 * B sequence sums (see llama_train_forward_forked). */
+int neox_train_forward_forked(neox_train *model, const train_batch *batch, const train_fork *fork,
+                              double *seq_logprob, double *seq_count, float *token_logprob,
+                              duel_error *err);
 int neox_train_backward(neox_train *model, const double *dseq_logprob, duel_error *err);
 
 #endif

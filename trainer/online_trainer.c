@@ -18,6 +18,7 @@
 #include "lm_trainer.h"
 #include "safetensors.h"
 #include "sha256.h"
+#include "timer.h"
 
 #define STATE_FORMAT "duel-online-trainer"
 #define STATE_VERSION 2 /* 2: SEA store and pending entries in entries.bin */
@@ -629,20 +630,26 @@ typedef struct batch_pair {
     int chosen, rejected;
 } batch_pair;
 
-/* Fills rows 0..P-1 with prompt+chosen and P..2P-1 with prompt+rejected. */
+/* The row length of a pair: its forked row (train_layers.h train_fork) holds the prompt but its
+ * last token once, then each answer after that last token: (P - 1) + Lc + Lr positions, where
+ * two plain rows would take 2 (P - 1) + Lc + Lr. */
+static int pair_length(const batch_pair *p) {
+    int lc, lr;
+    vote_entry_candidate(p->entry, p->chosen, &lc);
+    vote_entry_candidate(p->entry, p->rejected, &lr);
+    return p->entry->n_prompt_tokens - 1 + lc + lr;
+}
+
+/* Fills row i with pair i forked: the prompt's first P - 1 tokens (shared[i] = P - 1, no loss),
+ * then branch A (the prompt's last token, then the chosen answer less its last token, predicting
+ * the chosen answer), then from branch[i] branch B (the same for the rejected answer). The
+ * sequence sums come out as chosen 0..P-1, rejected P..2P-1. */
 static int build_batch(const batch_pair *pairs, int P, int32_t **tokens, int32_t **targets, float **mask,
-                       int *seq_len, duel_error *err) {
+                       int32_t *shared, int32_t *branch, int *seq_len, duel_error *err) {
     int T = 1;
-    for (int i = 0; i < P; i++) {
-        const vote_entry *e = pairs[i].entry;
-        for (int side = 0; side < 2; side++) {
-            int len;
-            vote_entry_candidate(e, side == 0 ? pairs[i].chosen : pairs[i].rejected, &len);
-            int total = e->n_prompt_tokens + len - 1;
-            if (total > T) T = total;
-        }
-    }
-    size_t cells = (size_t)2 * P * T;
+    for (int i = 0; i < P; i++)
+        if (pair_length(&pairs[i]) > T) T = pair_length(&pairs[i]);
+    size_t cells = (size_t)P * T;
     *tokens = calloc(cells, sizeof(int32_t));
     *targets = calloc(cells, sizeof(int32_t));
     *mask = calloc(cells, sizeof(float));
@@ -650,31 +657,28 @@ static int build_batch(const batch_pair *pairs, int P, int32_t **tokens, int32_t
         return duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory for the batch");
     for (int i = 0; i < P; i++) {
         const vote_entry *e = pairs[i].entry;
+        const int np = e->n_prompt_tokens;
+        int32_t *tok = *tokens + (size_t)i * T, *tgt = *targets + (size_t)i * T;
+        float *msk = *mask + (size_t)i * T;
+        for (int p = 0; p + 1 < np; p++) {
+            tok[p] = e->prompt_tokens[p];
+            tgt[p] = e->prompt_tokens[p + 1];
+        }
+        shared[i] = np - 1;
+        int at = np - 1;
         for (int side = 0; side < 2; side++) {
             int len;
             const int32_t *resp = vote_entry_candidate(e, side == 0 ? pairs[i].chosen : pairs[i].rejected, &len);
-            size_t row = (size_t)(side * P + i) * T;
-            int n = e->n_prompt_tokens + len;
-            for (int p = 0; p + 1 < n && p < T; p++) {
-                int32_t cur = p < e->n_prompt_tokens ? e->prompt_tokens[p] : resp[p - e->n_prompt_tokens];
-                int q = p + 1;
-                int32_t next = q < e->n_prompt_tokens ? e->prompt_tokens[q] : resp[q - e->n_prompt_tokens];
-                (*tokens)[row + p] = cur;
-                (*targets)[row + p] = next;
-                (*mask)[row + p] = q >= e->n_prompt_tokens ? 1.0f : 0.0f;
+            if (side == 1) branch[i] = at;
+            for (int j = 0; j < len; j++, at++) {
+                tok[at] = j == 0 ? e->prompt_tokens[np - 1] : resp[j - 1];
+                tgt[at] = resp[j];
+                msk[at] = 1.0f;
             }
         }
     }
     *seq_len = T;
     return 0;
-}
-
-/* The row length of a pair: its longer sequence (prompt + response, less the last token). */
-static int pair_length(const batch_pair *p) {
-    int lc, lr;
-    vote_entry_candidate(p->entry, p->chosen, &lc);
-    vote_entry_candidate(p->entry, p->rejected, &lr);
-    return p->entry->n_prompt_tokens + (lc > lr ? lc : lr) - 1;
 }
 
 /* Sorts idx[0..n) by pair length, ties by index (insertion sort: n is a batch). */
@@ -697,12 +701,8 @@ static double chunk_flops(const online_trainer *t, const batch_pair *pairs, int 
     double body, head, positions = 0, heads = 0;
     train_model_flops_per_position(t->policy, T, &body, &head);
     for (int i = 0; i < k; i++) {
-        for (int side = 0; side < 2; side++) {
-            int len;
-            vote_entry_candidate(pairs[i].entry, side == 0 ? pairs[i].chosen : pairs[i].rejected, &len);
-            positions += pairs[i].entry->n_prompt_tokens + len - 1;
-            heads += len;
-        }
+        positions += pair_length(&pairs[i]);
+        heads += pair_length(&pairs[i]) - (pairs[i].entry->n_prompt_tokens - 1);
     }
     return (positions * body + heads * head) * (uses_ref ? 4.0 / 3.0 : 1.0);
 }
@@ -714,7 +714,8 @@ static bool chunk_has_ref_logprobs(const batch_pair *pairs, int k) {
 }
 
 /* Zeroes the policy's gradients and accumulates into them the gradient of the DAP loss (the
- * mean over the B pairs that count) of pairs[0..B). The pairs go through the models in chunks of
+ * mean over the B pairs that count) of pairs[0..B). Each pair is one forked row (build_batch:
+ * its prompt runs once for both answers). The pairs go through the models in chunks of
  * similar length (sorted by length), so that short rows are not padded to the batch's longest.
  * A chunk takes pairs while its padded rows fit options.chunk_positions (at least one pair), so
  * short rows make fewer, larger matrix products. Each chunk's gradient is scaled by its share of
@@ -728,6 +729,7 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
     /* a chunk can take the whole batch: per-row buffers of 2 B */
     const size_t rows = 2 * (size_t)B;
     int *idx = malloc((size_t)B * sizeof(int));
+    int32_t *shared = malloc((size_t)B * sizeof(int32_t)), *branch = malloc((size_t)B * sizeof(int32_t));
     batch_pair *chunk = malloc((size_t)B * sizeof *chunk);
     double *seq = malloc(rows * sizeof(double)), *cnt = malloc(rows * sizeof(double));
     double *ref = malloc(rows * sizeof(double)), *rcnt = malloc(rows * sizeof(double));
@@ -735,7 +737,7 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
     int rc = 0;
     memset(result, 0, sizeof *result);
     *kl = 0;
-    if (!idx || !chunk || !seq || !cnt || !ref || !rcnt || !dseq) {
+    if (!idx || !chunk || !seq || !cnt || !ref || !rcnt || !dseq || !shared || !branch) {
         rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
         goto done;
     }
@@ -752,7 +754,7 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
     double loss = 0, margin = 0, accuracy = 0;
     for (int start = 0, k = 0; start < B; start += k) {
         k = 1;
-        while (start + k < B && 2 * (k + 1) * pair_length(&pairs[idx[start + k]]) <= t->options.chunk_positions) k++;
+        while (start + k < B && (k + 1) * pair_length(&pairs[idx[start + k]]) <= t->options.chunk_positions) k++;
         for (int i = 0; i < k; i++) chunk[i] = pairs[idx[start + i]];
         int32_t *tokens = NULL, *targets = NULL;
         float *mask = NULL;
@@ -760,10 +762,11 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
         /* The reference runs unless the votes carry its log-probabilities (every pair of the
          * chunk: a synthetic pair's candidates are those of a stored vote). */
         bool run_ref = uses_ref && !(t->options.vote_ref_logprobs && chunk_has_ref_logprobs(chunk, k));
-        if ((rc = build_batch(chunk, k, &tokens, &targets, &mask, &T, err)) == 0) {
-            train_batch tb = {2 * k, T, tokens, targets, mask};
-            if (run_ref) rc = train_model_forward(t->reference, &tb, ref, rcnt, NULL, err);
-            if (rc == 0) rc = train_model_forward(t->policy, &tb, seq, cnt, NULL, err);
+        if ((rc = build_batch(chunk, k, &tokens, &targets, &mask, shared, branch, &T, err)) == 0) {
+            train_batch tb = {k, T, tokens, targets, mask};
+            train_fork fork = {shared, branch};
+            if (run_ref) rc = train_model_forward_forked(t->reference, &tb, &fork, ref, rcnt, NULL, err);
+            if (rc == 0) rc = train_model_forward_forked(t->policy, &tb, &fork, seq, cnt, NULL, err);
         }
         if (rc == 0 && uses_ref && !run_ref) {
             for (int i = 0; i < k; i++) {
@@ -803,6 +806,8 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
     *kl /= 2.0 * B;
 done:
     free(idx);
+    free(shared);
+    free(branch);
     free(chunk);
     free(seq);
     free(cnt);
@@ -825,6 +830,7 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
         rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
         goto done;
     }
+    const double t_erm = duel_time_seconds();
     /* ERM: score the new pairs before training on them (held-back accuracy), then train. */
     for (int i = 0; i < P; i++) {
         const vote_entry *e = &t->pending[i].entry;
@@ -860,10 +866,14 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
             goto done;
     }
     /* Policy: reference and policy log-probabilities of the same responses, one DAP update. */
+    const double t_policy = duel_time_seconds();
+    t->status.erm_seconds += t_policy - t_erm;
     const int B = P + S;
     dap_loss_result lr_;
     double kl = 0;
     if ((rc = policy_gradient(t, pairs, B, &lr_, &kl, err))) goto done;
+    const double t_opt = duel_time_seconds();
+    t->status.policy_seconds += t_opt - t_policy;
     size_t n = train_model_num_parameters(t->policy);
     float *grads = train_model_gradient_memory(t->policy);
     double norm = adamw_clip_grad_norm(grads, n, t->options.clip_norm);
@@ -876,6 +886,7 @@ int online_trainer_apply(online_trainer *t, duel_error *err) {
     if ((rc = adamw_update(&t->optimizer, &t->options.adamw, train_model_parameter_memory(t->policy),
                            grads, t->decay_mask, lr, err)))
         goto done;
+    t->status.optimizer_seconds += duel_time_seconds() - t_opt;
     t->status.step++;
     t->status.prefs_applied += P;
     t->status.loss = lr_.loss;

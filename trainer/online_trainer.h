@@ -123,6 +123,10 @@ typedef struct online_trainer_status {
                                 batches' rows without their padding (train_model_flops_per_position) */
     int64_t vote_ref_pairs;  /* pairs since open whose reference log-probabilities came with the
                                 votes (no reference forward; vote_ref_logprobs) */
+    double erm_seconds;      /* since open, the updates' time in the ERM (held-back scoring, its
+                                AdamW steps, labelling the synthetic pairs), */
+    double policy_seconds;   /* in the policy's forward and backward passes, */
+    double optimizer_seconds; /* and in clipping and the policy's AdamW step */
 } online_trainer_status;
 
 typedef struct online_trainer online_trainer;

@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "train_layers.h"
 
 /* Upper bound on the activation memory one forward may allocate (bytes). */
 #define TRAIN_MAX_ACTIVATION_BYTES ((size_t)64 << 30)
@@ -44,16 +45,36 @@ typedef struct train_tensor {
 int train_batch_check(const train_batch *batch, int vocab, int max_positions, const char *who,
                       duel_error *err);
 
+/* A model's copy of the forked layout of its last forward (train_fork), for the backward. */
+typedef struct train_fork_saved {
+    int32_t *memory; /* shared[cap], then branch[cap] */
+    int cap;
+    bool active;     /* the last forward was forked */
+    train_fork view; /* points into memory while active */
+} train_fork_saved;
+
+/* Checks fork against a batch (0 <= shared[b] <= branch[b] <= seq_len) and copies it into
+ * saved (fork NULL: saved becomes inactive). Returns the fork to compute with (NULL for plain
+ * rows). DUEL_EINVAL naming the row, DUEL_ENOMEM. */
+int train_fork_save(train_fork_saved *saved, const train_fork *fork, const train_batch *batch,
+                    const char *who, const train_fork **out, duel_error *err);
+void train_fork_saved_free(train_fork_saved *saved);
+/* The saved fork, NULL when the last forward had plain rows. */
+static inline const train_fork *train_fork_saved_get(const train_fork_saved *saved) {
+    return saved->active ? &saved->view : NULL;
+}
+
 /* The output head. Forward: gathers the rows of hidden[B*T][C] whose mask is non-zero into
  * head_in (R rows, their indices in rows and targets in row_targets), computes
  * logits[R][V] = head_in * weight^T and the targets' log-probabilities (lse saves the
  * logsumexps), scatters them into token_logprob[B*T] (0 where mask == 0) and reduces them to
- * seq_logprob[b] and seq_count[b]. Returns R. Buffers hold B*T rows. */
+ * seq_logprob[b] and seq_count[b] (forked rows: 2B of each, train_fork). Returns R. Buffers
+ * hold B*T rows. */
 int train_head_forward(double *seq_logprob, double *seq_count, float *token_logprob,
                        int32_t *rows, int32_t *row_targets, float *head_in, float *logits,
                        float *lse, float *row_logprob, const float *hidden, const float *weight,
                        const int32_t *targets, const float *mask, int batch, int seq_len, int dim,
-                       int vocab);
+                       int vocab, const train_fork *fork);
 
 /* Backward of train_head_forward for d(loss)/d(seq_logprob) = dseq: accumulates into
  * dhidden[B*T][C] (only masked rows receive gradient) and dweight[V][C]; logits is overwritten
@@ -62,6 +83,6 @@ void train_head_backward(float *dhidden, float *dweight, float *logits, float *d
                          float *d_token_logprob, float *d_row_logprob, const double *dseq,
                          const int32_t *rows, const int32_t *row_targets, const float *head_in,
                          const float *lse, const float *weight, const float *mask, int num_rows,
-                         int batch, int seq_len, int dim, int vocab);
+                         int batch, int seq_len, int dim, int vocab, const train_fork *fork);
 
 #endif

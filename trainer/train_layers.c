@@ -213,11 +213,12 @@ int train_rope_tables(float *cos_table, float *sin_table, int seq_len, const mod
  * (x1 cos - x2 sin, x2 cos + x1 sin); its backward is the rotation by -theta. */
 void train_rope_forward(float *out, const float *inp, const float *cos_table,
                         const float *sin_table, int batch, int seq_len, int heads, int head_dim,
-                        int rotary_dim) {
+                        int rotary_dim, const train_fork *fork) {
     int half = rotary_dim / 2;
     for (int b = 0; b < batch; b++)
         for (int t = 0; t < seq_len; t++) {
-            const float *c = cos_table + (size_t)t * half, *s = sin_table + (size_t)t * half;
+            const size_t pos = (size_t)train_fork_position(fork, b, t);
+            const float *c = cos_table + pos * half, *s = sin_table + pos * half;
             for (int h = 0; h < heads; h++) {
                 size_t off = (((size_t)b * seq_len + t) * heads + h) * head_dim;
                 const float *x = inp + off;
@@ -235,12 +236,13 @@ void train_rope_forward(float *out, const float *inp, const float *cos_table,
 
 void train_rope_backward(float *dinp, const float *dout, const float *cos_table,
                          const float *sin_table, int batch, int seq_len, int heads, int head_dim,
-                         int rotary_dim) {
+                         int rotary_dim, const train_fork *fork) {
     if (!dinp) return;
     int half = rotary_dim / 2;
     for (int b = 0; b < batch; b++)
         for (int t = 0; t < seq_len; t++) {
-            const float *c = cos_table + (size_t)t * half, *s = sin_table + (size_t)t * half;
+            const size_t pos = (size_t)train_fork_position(fork, b, t);
+            const float *c = cos_table + pos * half, *s = sin_table + pos * half;
             for (int h = 0; h < heads; h++) {
                 size_t off = (((size_t)b * seq_len + t) * heads + h) * head_dim;
                 const float *dy = dout + off;
@@ -262,7 +264,7 @@ void train_rope_backward(float *dinp, const float *dout, const float *cos_table,
  * cheaper than scalar dot products over the lower half. */
 void train_attention_forward(float *out, float *probs, const float *q, const float *k,
                              const float *v, int batch, int seq_len, int q_heads, int kv_heads,
-                             int head_dim) {
+                             int head_dim, const train_fork *fork) {
     const int T = seq_len, D = head_dim, group = q_heads / kv_heads;
     const float scale = (float)(1.0 / sqrt((double)head_dim));
     const int q_stride = q_heads * head_dim, kv_stride = kv_heads * head_dim;
@@ -274,8 +276,11 @@ void train_attention_forward(float *out, float *probs, const float *q, const flo
             /* scores p[t][s] = scale q_t . k_s */
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, D, scale, q + q_off,
                         q_stride, k + kv_off, kv_stride, 0.0f, p, T);
+            const int shared = fork ? fork->shared[b] : T, branch = fork ? fork->branch[b] : T;
             for (int t = 0; t < T; t++) {
                 float *row = p + (size_t)t * T;
+                if (t >= branch) /* branch B does not see branch A */
+                    for (int s = shared; s < branch; s++) row[s] = -INFINITY;
                 float max = -INFINITY;
                 for (int s = 0; s <= t; s++)
                     if (row[s] > max) max = row[s];
@@ -389,25 +394,32 @@ void train_logprob_backward(float *dlogits, const float *logits, const float *ls
 }
 
 void train_sequence_logprob_forward(double *seq_sum, double *seq_count, const float *token_logprob,
-                                    const float *mask, int batch, int seq_len) {
+                                    const float *mask, int batch, int seq_len, const train_fork *fork) {
     for (int b = 0; b < batch; b++) {
-        double sum = 0, count = 0;
+        const int branch = fork ? fork->branch[b] : seq_len;
+        double sum[2] = {0, 0}, count[2] = {0, 0};
         for (int t = 0; t < seq_len; t++) {
             size_t i = (size_t)b * seq_len + t;
             if (mask[i] == 0) continue; /* padding may hold anything, even NaN */
-            sum += (double)mask[i] * token_logprob[i];
-            count += mask[i];
+            sum[t >= branch] += (double)mask[i] * token_logprob[i];
+            count[t >= branch] += mask[i];
         }
-        seq_sum[b] = sum;
-        seq_count[b] = count;
+        seq_sum[b] = sum[0];
+        seq_count[b] = count[0];
+        if (fork) {
+            seq_sum[batch + b] = sum[1];
+            seq_count[batch + b] = count[1];
+        }
     }
 }
 
 void train_sequence_logprob_backward(float *dtoken_logprob, const double *dseq_sum,
-                                     const float *mask, int batch, int seq_len) {
-    for (int b = 0; b < batch; b++)
+                                     const float *mask, int batch, int seq_len, const train_fork *fork) {
+    for (int b = 0; b < batch; b++) {
+        const int branch = fork ? fork->branch[b] : seq_len;
         for (int t = 0; t < seq_len; t++) {
             size_t i = (size_t)b * seq_len + t;
-            dtoken_logprob[i] += (float)(dseq_sum[b] * mask[i]);
+            dtoken_logprob[i] += (float)(dseq_sum[t >= branch ? batch + b : b] * mask[i]);
         }
+    }
 }

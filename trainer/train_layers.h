@@ -56,26 +56,46 @@ void train_linear_backward(float *dinp, float *dweight, float *dbias, const floa
 int train_rope_tables(float *cos_table, float *sin_table, int seq_len, const model_config *config,
                       duel_error *err);
 
+/* Forked rows: each row of a batch holds two sequences that share a prefix (a preference
+ * pair's prompt, computed once instead of twice). Row b is the prefix [0, shared[b]), then
+ * branch A [shared[b], branch[b]), then branch B [branch[b], seq_len) (whose end may be right
+ * padding). A continues the prefix as usual; B continues it as if A were not there: its tokens
+ * sit at positions shared[b], shared[b] + 1, ... (RoPE) and attend to the prefix and to B only.
+ * The sequence sums are then 2 * batch: branch A of row b at [b], branch B at [batch + b].
+ * 0 <= shared[b] <= branch[b] <= seq_len. NULL where a function takes one: plain rows. */
+typedef struct train_fork {
+    const int32_t *shared;
+    const int32_t *branch;
+} train_fork;
+
+/* The position of index t of row b (t itself in a plain row). */
+static inline int train_fork_position(const train_fork *fork, int b, int t) {
+    if (!fork || t < fork->branch[b]) return t;
+    return fork->shared[b] + (t - fork->branch[b]);
+}
+
 /* Rotary position embedding in HF's rotate_half layout (pairs i and i + rotary_dim/2 of the
  * first rotary_dim dimensions of each head; the rest pass through), at position t of each
- * sequence (sequences are right-padded, so a token's position is its index). inp and out are
- * [batch][seq_len][heads][head_dim]; forward may run in place (out == inp). */
+ * sequence (sequences are right-padded, so a token's position is its index; in forked rows,
+ * train_fork_position). inp and out are [batch][seq_len][heads][head_dim]; forward may run in
+ * place (out == inp). */
 void train_rope_forward(float *out, const float *inp, const float *cos_table,
                         const float *sin_table, int batch, int seq_len, int heads, int head_dim,
-                        int rotary_dim);
+                        int rotary_dim, const train_fork *fork);
 void train_rope_backward(float *dinp, const float *dout, const float *cos_table,
                          const float *sin_table, int batch, int seq_len, int heads, int head_dim,
-                         int rotary_dim);
+                         int rotary_dim, const train_fork *fork);
 
 /* Causal multi-head attention with grouped K/V heads (query head h reads K/V head
  * h / (q_heads / kv_heads), as HF's repeat_kv), scale 1/sqrt(head_dim).
  * q, out: [batch][seq_len][q_heads][head_dim]; k, v: [batch][seq_len][kv_heads][head_dim].
  * probs: [batch][q_heads][seq_len][seq_len] saved softmax rows (zero above the diagonal).
  * Backward needs scratch of seq_len * seq_len floats. Right padding needs no key mask: positions after
- * a sequence's end are never attended to by its real tokens. */
+ * a sequence's end are never attended to by its real tokens. In forked rows, branch B's queries
+ * do not see branch A (their probabilities there are zero, which the backward relies on). */
 void train_attention_forward(float *out, float *probs, const float *q, const float *k,
                              const float *v, int batch, int seq_len, int q_heads, int kv_heads,
-                             int head_dim);
+                             int head_dim, const train_fork *fork);
 void train_attention_backward(float *dq, float *dk, float *dv, float *scratch,
                               const float *dout, const float *probs, const float *q,
                               const float *k, const float *v, int batch, int seq_len, int q_heads,
@@ -102,10 +122,11 @@ void train_logprob_backward(float *dlogits, const float *logits, const float *ls
                             const int32_t *targets, const float *dlogprob, int n, int vocab);
 
 /* Sequence reduction: seq_sum[b] = sum_t mask[b][t] * token_logprob[b][t], seq_count[b] =
- * sum_t mask[b][t] (in double, so long responses keep their precision). */
+ * sum_t mask[b][t] (in double, so long responses keep their precision). Forked rows: 2 * batch
+ * sums, branch A's (t < branch[b]) at [b] and branch B's at [batch + b]. */
 void train_sequence_logprob_forward(double *seq_sum, double *seq_count, const float *token_logprob,
-                                    const float *mask, int batch, int seq_len);
+                                    const float *mask, int batch, int seq_len, const train_fork *fork);
 void train_sequence_logprob_backward(float *dtoken_logprob, const double *dseq_sum,
-                                     const float *mask, int batch, int seq_len);
+                                     const float *mask, int batch, int seq_len, const train_fork *fork);
 
 #endif

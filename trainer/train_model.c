@@ -78,6 +78,12 @@ int train_model_forward(train_model *m, const train_batch *batch, double *seq_lo
         llama_train_forward(m->llama, batch, seq_logprob, seq_count, token_logprob, err),
         neox_train_forward(m->neox, batch, seq_logprob, seq_count, token_logprob, err));
 }
+int train_model_forward_forked(train_model *m, const train_batch *batch, const train_fork *fork,
+                               double *seq_logprob, double *seq_count, float *token_logprob, duel_error *err) {
+    return DISPATCH(
+        llama_train_forward_forked(m->llama, batch, fork, seq_logprob, seq_count, token_logprob, err),
+        neox_train_forward_forked(m->neox, batch, fork, seq_logprob, seq_count, token_logprob, err));
+}
 int train_model_backward(train_model *m, const double *dseq_logprob, duel_error *err) {
     return DISPATCH(llama_train_backward(m->llama, dseq_logprob, err),
                     neox_train_backward(m->neox, dseq_logprob, err));

@@ -30,6 +30,11 @@ void train_model_zero_grad(train_model *model);
 unsigned char *train_model_decay_mask(train_model *model);
 int train_model_forward(train_model *model, const train_batch *batch, double *seq_logprob,
                         double *seq_count, float *token_logprob, duel_error *err);
+/* Forked rows (train_layers.h): two sequences per row sharing a prefix; 2 * B sums, and the
+ * next backward takes 2 * B gradients (llama_train_forward_forked). */
+int train_model_forward_forked(train_model *model, const train_batch *batch, const train_fork *fork,
+                               double *seq_logprob, double *seq_count, float *token_logprob,
+                               duel_error *err);
 int train_model_backward(train_model *model, const double *dseq_logprob, duel_error *err);
 
 /* Matrix FLOPs (2 per multiply-add) of one forward and backward pass, per position of a row of

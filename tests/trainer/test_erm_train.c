@@ -59,8 +59,12 @@ static void fill_normal(duel_rng *rng, float *x, size_t n, double scale) {
     for (size_t i = 0; i < n; i++) x[i] = (float)(scale * duel_rng_normal(rng));
 }
 
-static void test_gradient_matches_finite_differences(void **state) {
-    (void)state;
+/* How check_gradient's pairs relate: independent rows; every pair sharing its first half (the
+ * prompt's state: layer 1 takes it once per pair); all but one pair sharing it (the general
+ * path again). */
+typedef enum pair_halves { HALVES_INDEPENDENT, HALVES_SHARED, HALVES_ALL_BUT_ONE } pair_halves;
+
+static void check_gradient(pair_halves halves) {
     erm_config c = {3, 6, 8};
     duel_rng rng;
     duel_rng_seed(&rng, 7);
@@ -72,6 +76,8 @@ static void test_gradient_matches_finite_differences(void **state) {
     float chosen[5 * 6], rejected[5 * 6];
     fill_normal(&rng, chosen, sizeof chosen / sizeof *chosen, 1.0);
     fill_normal(&rng, rejected, sizeof rejected / sizeof *rejected, 1.0);
+    for (int i = 0; halves != HALVES_INDEPENDENT && i < B; i++)
+        if (!(halves == HALVES_ALL_BUT_ONE && i == 3)) memcpy(rejected + i * 6, chosen + i * 6, 3 * sizeof(float));
     const double reg_scale = 0.5 * B / 37.0;
     float *grad = malloc(m->num_params * sizeof(float));
     double per_head[3];
@@ -96,7 +102,7 @@ static void test_gradient_matches_finite_differences(void **state) {
         fd[k] = (up - down) / (2 * h);
     }
     double rel = test_relative_error(grad, fd, m->num_params);
-    assert_true(rel < 1e-5);
+    if (!(rel < 1e-5)) fail_msg("halves %d: gradient relative error %g", (int)halves, rel);
     /* Bad arguments are errors, not crashes. */
     duel_error err;
     assert_int_equal(erm_train_loss_grad(m, chosen, rejected, 0, reg_scale, grad, NULL, &err), DUEL_EINVAL);
@@ -106,6 +112,13 @@ static void test_gradient_matches_finite_differences(void **state) {
     free(theta0);
     free(fd);
     erm_free(m);
+}
+
+static void test_gradient_matches_finite_differences(void **state) {
+    (void)state;
+    check_gradient(HALVES_INDEPENDENT);
+    check_gradient(HALVES_SHARED);
+    check_gradient(HALVES_ALL_BUT_ONE);
 }
 
 static void test_buffer_fifo_and_min_pairs(void **state) {

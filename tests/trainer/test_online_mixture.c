@@ -345,15 +345,25 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions, ref_mode mod
         }
     int32_t *tokens = calloc((size_t)14 * T, sizeof(int32_t)), *targets = calloc((size_t)14 * T, sizeof(int32_t));
     float *mask = calloc((size_t)14 * T, sizeof(float));
+    /* The trainer's rows are forked (the prompt once per pair, trainer/online_trainer.c
+     * build_batch): (np - 1) + lc + lr positions, padded to the longest (T_fork). */
     double hand_positions = 0, hand_heads = 0; /* rows without padding; response tokens */
+    int T_fork = 1;
+    for (int i = 0; i < 7; i++) {
+        int lc, lr;
+        vote_entry_candidate(&votes[i], votes[i].chosen_idx, &lc);
+        vote_entry_candidate(&votes[i], votes[i].rejected_idx, &lr);
+        int len = votes[i].n_prompt_tokens - 1 + lc + lr;
+        hand_positions += len;
+        hand_heads += lc + lr;
+        if (len > T_fork) T_fork = len;
+    }
     for (int i = 0; i < 7; i++)
         for (int side = 0; side < 2; side++) {
             const vote_entry *e = &votes[i];
             int len;
             const int32_t *resp = vote_entry_candidate(e, side ? e->rejected_idx : e->chosen_idx, &len);
             int np = e->n_prompt_tokens, row = side * 7 + i;
-            hand_positions += np + len - 1;
-            hand_heads += len;
             for (int p = 0; p + 1 < np + len; p++) {
                 tokens[row * T + p] = p < np ? e->prompt_tokens[p] : resp[p - np];
                 targets[row * T + p] = p + 1 < np ? e->prompt_tokens[p + 1] : resp[p + 1 - np];
@@ -416,9 +426,9 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions, ref_mode mod
     if (s.vote_ref_pairs != (mode == REF_VOTES && kind != DAP_LOSS_SIMPO ? 7 : 0))
         fail_msg("%s, chunks of %d, ref mode %d: %lld pairs took the votes' reference", dap_loss_kind_name(kind),
                  chunk_positions, (int)mode, (long long)s.vote_ref_pairs);
-    if (chunk_positions == 0) { /* one chunk of all 14 rows: the FLOP count of the status by hand */
+    if (chunk_positions == 0) { /* one chunk of all 7 forked rows: the FLOP count of the status by hand */
         double body, head;
-        train_model_flops_per_position(policy, T, &body, &head);
+        train_model_flops_per_position(policy, T_fork, &body, &head);
         const bool ran_ref = kind != DAP_LOSS_SIMPO && mode != REF_VOTES;
         const double want_flops = (hand_positions * body + hand_heads * head) * (ran_ref ? 4.0 / 3.0 : 1.0);
         if (fabs(s.update_flops - want_flops) > 1e-9 * want_flops)

@@ -342,15 +342,15 @@ static void run_rope(int rotary_dim) {
     rope_ctx ctx = {xd, B, T, H, D, rotary_dim, 100.0};
     fd_problem p = {rope_ref, &ctx, n, gd};
 
-    train_rope_forward(out, x, cos_t, sin_t, B, T, H, D, rotary_dim);
+    train_rope_forward(out, x, cos_t, sin_t, B, T, H, D, rotary_dim, NULL);
     rope_ref(&ctx, ref);
     expect_close("rope forward", out, ref, n, FORWARD_TOL);
     /* in place gives the same */
     float *inplace = new_f32(n);
     memcpy(inplace, x, n * sizeof *x);
-    train_rope_forward(inplace, inplace, cos_t, sin_t, B, T, H, D, rotary_dim);
+    train_rope_forward(inplace, inplace, cos_t, sin_t, B, T, H, D, rotary_dim, NULL);
     assert_memory_equal(inplace, out, n * sizeof *out);
-    train_rope_backward(dx, g, cos_t, sin_t, B, T, H, D, rotary_dim);
+    train_rope_backward(dx, g, cos_t, sin_t, B, T, H, D, rotary_dim, NULL);
     expect_grad("rope dx", &p, xd, n, dx);
     free(x), free(g), free(out), free(dx), free(inplace), free(xd), free(gd), free(ref);
 }
@@ -445,7 +445,7 @@ static void run_attention(int hq, int hkv) {
     attn_ctx ctx = {qd, kd, vd, B, T, hq, hkv, D};
     fd_problem p = {attn_ref, &ctx, nq, gd};
 
-    train_attention_forward(out, probs, q, k, v, B, T, hq, hkv, D);
+    train_attention_forward(out, probs, q, k, v, B, T, hq, hkv, D, NULL);
     attn_ref(&ctx, ref);
     expect_close("attention forward", out, ref, nq, FORWARD_TOL);
     /* causal: probabilities above the diagonal are zero, rows sum to one */
@@ -576,14 +576,14 @@ static void test_sequence_logprob(void **state) {
     float lp[B * T] = {-1, -2, -3, NAN, -0.5f, -0.25f, 0, 0};
     float mask[B * T] = {0, 1, 1, 0, 1, 1, 0, 0}; /* NaN under a zero mask is ignored */
     double sum[B], count[B];
-    train_sequence_logprob_forward(sum, count, lp, mask, B, T);
+    train_sequence_logprob_forward(sum, count, lp, mask, B, T, NULL);
     assert_float_equal(sum[0], -5.0, 1e-12);
     assert_float_equal(count[0], 2.0, 0);
     assert_float_equal(sum[1], -0.75, 1e-12);
     assert_float_equal(count[1], 2.0, 0);
     double dsum[B] = {2.0, -1.0};
     float dlp[B * T] = {0};
-    train_sequence_logprob_backward(dlp, dsum, mask, B, T);
+    train_sequence_logprob_backward(dlp, dsum, mask, B, T, NULL);
     float expect[B * T] = {0, 2, 2, 0, -1, -1, 0, 0};
     assert_memory_equal(dlp, expect, sizeof expect);
 }

@@ -15,3 +15,9 @@ if(NOT DUEL_FUZZ)
   duel_test(test_train_model_torch ${CMAKE_CURRENT_LIST_DIR}/test_train_model_torch.c)
   set_tests_properties(test_train_model_torch PROPERTIES FIXTURES_REQUIRED torch_grad_reference)
 endif()
+
+# Forked rows (a pair's prompt once, its two answers as branches) against plain rows.
+duel_test(test_train_fork ${CMAKE_CURRENT_LIST_DIR}/test_train_fork.c)
+if(NOT DUEL_FUZZ)
+  set_tests_properties(test_train_fork PROPERTIES FIXTURES_REQUIRED fwd_models)
+endif()
