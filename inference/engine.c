@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu_ops.h"
 #include "engine_queue.h"
 #include "kv_cache.h"
 #include "scheduler.h"
@@ -345,10 +346,8 @@ static int reference_features(engine *e, model *fm, engine_active *a, float *fea
     /* The first tokens: log softmax of the prompt's last logits. */
     float mx = prompt_logits[0];
     for (int v = 1; v < V; v++) mx = prompt_logits[v] > mx ? prompt_logits[v] : mx;
-    double sum = 0;
-    for (int v = 0; v < V; v++) sum += exp((double)prompt_logits[v] - (double)mx);
-    for (int i = 0; i < M; i++)
-        ref_logprobs[i] = (double)prompt_logits[a->cand_tokens[i][0]] - (double)mx - log(sum) + rest[i];
+    const double lse = (double)mx + log(cpu_sum_exp(prompt_logits, V, mx));
+    for (int i = 0; i < M; i++) ref_logprobs[i] = (double)prompt_logits[a->cand_tokens[i][0]] - lse + rest[i];
 done:
     if (seqs)
         for (int i = 0; i <= M; i++) kv_sequence_free(pool, &seqs[i]);

@@ -999,7 +999,8 @@ static void forward_pass_paged(model *m, kv_pool *pool, const model_batch_entry 
 
 /* Adds each scored row's log softmax at its target to its entry's target_logprob: the pass's
  * rows with a target (m->x holds their residual stream) go through the final norm into in, one
- * GEMM with the head into out ([rows][output_size]), then a log-sum-exp per row in double. */
+ * GEMM with the head into out ([rows][output_size]), then a log-sum-exp per row (cpu_sum_exp, as
+ * the sampler's). */
 static void score_targets(model *m, const model_batch_entry *entries, const batch_piece *pieces,
                           int n_pieces, float *in, float *out) {
     const int H = m->config.hidden_size, V = m->output_size;
@@ -1024,9 +1025,7 @@ static void score_targets(model *m, const model_batch_entry *entries, const batc
             const float *row = out + (size_t)n++ * V;
             float mx = row[0];
             for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-            double sum = 0;
-            for (int v = 0; v < V; v++) sum += exp((double)row[v] - (double)mx);
-            *e->target_logprob += (double)row[target] - (double)mx - log(sum);
+            *e->target_logprob += (double)row[target] - (double)mx - log(cpu_sum_exp(row, V, mx));
         }
     }
 }
