@@ -363,6 +363,7 @@ int cmd_train_service(int argc, char **argv) {
             fprintf(stderr, "duel train: redis %s:%d, step %lld, %lld prefs applied, last applied id '%s'\n",
                     c->host, c->consumer.port, (long long)s.step, (long long)s.prefs_applied, s.last_applied_id);
         int64_t last_step = s.step;
+        int ref_check = s.vote_ref_check;
         double idle_since = duel_time_seconds();
         while (!g_stop) {
             int n = 0;
@@ -375,6 +376,18 @@ int cmd_train_service(int argc, char **argv) {
                         s.erm_accuracy, s.synthetic, (long long)s.published_version);
             }
             last_step = s.step;
+            if (s.vote_ref_check != ref_check) {
+                /* the first update whose votes carried the servers' reference log-probabilities */
+                if (s.vote_ref_check < 0)
+                    fprintf(stderr, "duel train: warning: the votes' reference log-probabilities differ from this "
+                            "trainer's reference model by up to %.3g nats (are the servers' base model and "
+                            "model.path the same?); running the reference model here instead\n",
+                            s.vote_ref_error);
+                else if (!quiet)
+                    fprintf(stderr, "duel train: the votes' reference log-probabilities agree with this trainer's "
+                            "(largest difference %.2g nats); using them\n", s.vote_ref_error);
+                ref_check = s.vote_ref_check;
+            }
             if (n > 0) idle_since = duel_time_seconds();
             else if (idle_exit_ms > 0 && (duel_time_seconds() - idle_since) * 1000.0 >= (double)idle_exit_ms)
                 break;

@@ -84,6 +84,7 @@ void online_trainer_default_options(online_trainer_options *o) {
     o->publish_every_seconds = 5.0;
     o->publish_when_idle = true;
     o->vote_ref_logprobs = true;
+    o->vote_ref_tolerance = ONLINE_VOTE_REF_TOLERANCE;
     o->keep_snapshots = 10;
     o->checkpoint_every = 5;
     o->burn_in = 1000;
@@ -760,13 +761,34 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
         float *mask = NULL;
         int T = 1;
         /* The reference runs unless the votes carry its log-probabilities (every pair of the
-         * chunk: a synthetic pair's candidates are those of a stored vote). */
-        bool run_ref = uses_ref && !(t->options.vote_ref_logprobs && chunk_has_ref_logprobs(chunk, k));
+         * chunk: a synthetic pair's candidates are those of a stored vote). The first such chunk
+         * after open runs it anyway, to check that the votes' reference is this trainer's. */
+        const bool from_votes = uses_ref && t->options.vote_ref_logprobs && t->status.vote_ref_check >= 0 &&
+                                chunk_has_ref_logprobs(chunk, k);
+        const bool check = from_votes && t->status.vote_ref_check == 0;
+        bool run_ref = uses_ref && (!from_votes || check);
+        const bool ran_ref = run_ref;
         if ((rc = build_batch(chunk, k, &tokens, &targets, &mask, shared, branch, &T, err)) == 0) {
             train_batch tb = {k, T, tokens, targets, mask};
             train_fork fork = {shared, branch};
             if (run_ref) rc = train_model_forward_forked(t->reference, &tb, &fork, ref, rcnt, NULL, err);
             if (rc == 0) rc = train_model_forward_forked(t->policy, &tb, &fork, seq, cnt, NULL, err);
+        }
+        if (rc == 0 && check) {
+            /* Whatever the outcome, the values used below do not depend on which chunk was
+             * checked: the votes' when they agree, the trainer's from then on when they do not. */
+            double worst = 0;
+            bool agree = true;
+            for (int i = 0; i < 2 * k; i++) {
+                const batch_pair *p = &chunk[i % k];
+                const double v = p->entry->ref_logprobs[i < k ? p->chosen : p->rejected];
+                const double d = fabs(v - ref[i]);
+                if (d > worst) worst = d;
+                agree = agree && d <= t->options.vote_ref_tolerance + ONLINE_VOTE_REF_RELATIVE * fabs(ref[i]);
+            }
+            t->status.vote_ref_check = agree ? 1 : -1;
+            t->status.vote_ref_error = worst;
+            run_ref = !agree;
         }
         if (rc == 0 && uses_ref && !run_ref) {
             for (int i = 0; i < k; i++) {
@@ -791,7 +813,7 @@ static int policy_gradient(online_trainer *t, const batch_pair *pairs, int B, da
             rc = train_model_backward(t->policy, dseq, err);
         }
         for (int r = 0; rc == 0 && uses_ref && r < 2 * k; r++) *kl += seq[r] - ref[r];
-        if (rc == 0) t->status.update_flops += chunk_flops(t, chunk, k, T, run_ref);
+        if (rc == 0) t->status.update_flops += chunk_flops(t, chunk, k, T, ran_ref);
         if (rc == 0 && uses_ref && !run_ref) t->status.vote_ref_pairs += k;
         result->pairs_used += cr.pairs_used;
         result->pairs_skipped_empty += cr.pairs_skipped_empty;

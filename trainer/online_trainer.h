@@ -83,6 +83,9 @@ typedef struct online_trainer_options {
                                 the serving engine's reference pass) instead of running the
                                 reference model over its pairs; a chunk whose pairs do not all
                                 carry them runs the reference model: true */
+    double vote_ref_tolerance; /* how far (nats, plus ONLINE_VOTE_REF_RELATIVE of the value) the
+                                  votes' values may be from the trainer's own at the check (not a
+                                  config key; tests raise it): ONLINE_VOTE_REF_TOLERANCE */
     int64_t burn_in;         /* real pairs applied before synthetic pairs start: 1000 */
     double gamma;            /* real fraction of the policy batch, in (0, 1]: 0.7 */
     int synthetic_store;     /* duels kept for synthetic pairs, 1..ONLINE_MAX_STORE: 256 */
@@ -100,6 +103,12 @@ typedef enum online_offer_result {
     ONLINE_OFFER_APPLIED,   /* stream id at or before the last applied one: already in the
                                checkpoint, just acknowledge it */
 } online_offer_result;
+
+/* How far (nats, plus a relative part) the reference log-probabilities a vote carries may be
+ * from the trainer's own: the serving engine and the trainer compute the same f32 model with a
+ * different summation order (about 1e-6 apart); another model is whole nats away. */
+#define ONLINE_VOTE_REF_TOLERANCE 1e-3
+#define ONLINE_VOTE_REF_RELATIVE 1e-4
 
 typedef struct online_trainer_status {
     int64_t step;            /* policy updates */
@@ -123,6 +132,13 @@ typedef struct online_trainer_status {
                                 batches' rows without their padding (train_model_flops_per_position) */
     int64_t vote_ref_pairs;  /* pairs since open whose reference log-probabilities came with the
                                 votes (no reference forward; vote_ref_logprobs) */
+    int vote_ref_check;      /* the first chunk with the votes' reference log-probabilities after
+                                open also runs the trainer's reference and compares: 0 not yet,
+                                1 they agree, -1 they do not (|difference| above
+                                options.vote_ref_tolerance: the servers' base model is not this
+                                trainer's reference), and the trainer runs its own reference from
+                                then on */
+    double vote_ref_error;   /* that check's largest |difference| (nats) */
     double erm_seconds;      /* since open, the updates' time in the ERM (held-back scoring, its
                                 AdamW steps, labelling the synthetic pairs), */
     double policy_seconds;   /* in the policy's forward and backward passes, */

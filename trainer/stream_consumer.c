@@ -190,7 +190,7 @@ static int refresh_knobs(stream_consumer *c, duel_error *err) {
 static int write_status(stream_consumer *c, duel_error *err) {
     online_trainer_status s;
     online_trainer_get_status(c->trainer, &s);
-    char key[KEY_MAX + 32], v[22][64], knobs[1024];
+    char key[KEY_MAX + 32], v[24][64], knobs[1024];
     if (online_trainer_knobs_json(c->trainer, knobs, sizeof knobs)) knobs[0] = '\0';
     snprintf(key, sizeof key, "%strainer:status", c->prefix);
     snprintf(v[0], 64, "%lld", (long long)s.step);
@@ -215,13 +215,15 @@ static int write_status(stream_consumer *c, duel_error *err) {
     snprintf(v[19], 64, "%d", c->knob_errors);
     snprintf(v[20], 64, "%.6g", s.update_flops / 1e9);
     snprintf(v[21], 64, "%lld", (long long)s.vote_ref_pairs);
+    snprintf(v[22], 64, "%d", s.vote_ref_check);
+    snprintf(v[23], 64, "%.6g", s.vote_ref_error);
     const char *argv[] = {"HSET", key, "step", v[0], "loss", v[1], "erm_loss", v[2], "kl", v[3], "lr", v[4],
                           "prefs_applied", v[5], "erm_accuracy", v[6], "ties", v[7], "both_bad", v[8],
                           "duplicates", v[9], "snapshot", v[10], "margin", v[11], "grad_norm", v[12],
                           "updated_ms", v[13], "erm_pairs_seen", v[14], "dead_letters", v[15],
                           "last_applied_id", s.last_applied_id, "synthetic", v[16], "synthetic_total", v[17],
                           "stored_duels", v[18], "knobs", knobs, "knob_errors", v[19], "update_gflop", v[20],
-                          "vote_ref_pairs", v[21]};
+                          "vote_ref_pairs", v[21], "vote_ref_check", v[22], "vote_ref_error", v[23]};
     return command_simple(c, err, (int)(sizeof argv / sizeof *argv), argv);
 }
 

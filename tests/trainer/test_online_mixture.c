@@ -304,9 +304,12 @@ static void test_checkpoint_resume_is_exact(void **state) {
 /* Where the reference log-probabilities of check_gradient's votes come from. */
 typedef enum ref_mode {
     REF_TRAINER,       /* the votes carry none: the trainer runs its reference model */
-    REF_VOTES,         /* the votes carry them, shifted off the reference's own by a different
-                          amount per pair: the trainer must use exactly these */
-    REF_VOTES_IGNORED, /* the same votes with trainer.vote_ref_logprobs off: the reference's own */
+    REF_VOTES,         /* the votes carry them, each off the reference's own by a different
+                          amount (tenths of a nat) within a tolerance raised to 1 nat: the
+                          trainer checks them on its first chunk, then must use exactly these */
+    REF_VOTES_WRONG,   /* the same values at the shipped tolerance (ONLINE_VOTE_REF_TOLERANCE):
+                          the check refuses them and the trainer uses its own reference */
+    REF_VOTES_IGNORED, /* in-tolerance votes with trainer.vote_ref_logprobs off: its own */
 } ref_mode;
 
 /* The gradient of one update (batch 7, no clipping, no mixture) against the same DAP loss on the
@@ -317,6 +320,7 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions, ref_mode mod
     options_for(&o, 1.0, 0);
     o.batch_size = 7;
     o.vote_ref_logprobs = mode != REF_VOTES_IGNORED;
+    if (mode == REF_VOTES) o.vote_ref_tolerance = 1.0;
     if (chunk_positions > 0) o.chunk_positions = chunk_positions;
     o.clip_norm = 0;
     dap_loss_default_options(kind, &o.loss);
@@ -384,8 +388,9 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions, ref_mode mod
             vote_entry *e = &votes[i];
             e->ref_logprobs = malloc(M * sizeof(float));
             for (int m = 0; m < M; m++) e->ref_logprobs[m] = -1.0f - (float)m; /* unused candidates */
-            e->ref_logprobs[e->chosen_idx] = (float)(ref[i] - 0.3 * (i + 1));
-            e->ref_logprobs[e->rejected_idx] = (float)(ref[7 + i] - 0.2 * (7 - i));
+            /* tenths of a nat off, different per pair and side */
+            e->ref_logprobs[e->chosen_idx] = (float)(ref[i] - 0.3 * (i % 3) - 0.1);
+            e->ref_logprobs[e->rejected_idx] = (float)(ref[7 + i] - 0.2 * (i % 2));
             if (mode == REF_VOTES) {
                 ref[i] = e->ref_logprobs[e->chosen_idx];
                 ref[7 + i] = e->ref_logprobs[e->rejected_idx];
@@ -426,10 +431,17 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions, ref_mode mod
     if (s.vote_ref_pairs != (mode == REF_VOTES && kind != DAP_LOSS_SIMPO ? 7 : 0))
         fail_msg("%s, chunks of %d, ref mode %d: %lld pairs took the votes' reference", dap_loss_kind_name(kind),
                  chunk_positions, (int)mode, (long long)s.vote_ref_pairs);
+    /* the check on the first chunk: agreed, refused, or never run */
+    const bool checked = kind != DAP_LOSS_SIMPO && (mode == REF_VOTES || mode == REF_VOTES_WRONG);
+    assert_int_equal(s.vote_ref_check, !checked ? 0 : mode == REF_VOTES ? 1 : -1);
+    if (checked) { /* the offsets are 0.1 to 0.7 nats; one chunk holds them all */
+        assert_true(s.vote_ref_error > 0.09 && s.vote_ref_error < 0.701);
+        if (chunk_positions == 0) assert_true(fabs(s.vote_ref_error - 0.7) < 1e-3);
+    }
     if (chunk_positions == 0) { /* one chunk of all 7 forked rows: the FLOP count of the status by hand */
         double body, head;
         train_model_flops_per_position(policy, T_fork, &body, &head);
-        const bool ran_ref = kind != DAP_LOSS_SIMPO && mode != REF_VOTES;
+        const bool ran_ref = kind != DAP_LOSS_SIMPO; /* one chunk: the checked one, if any */
         const double want_flops = (hand_positions * body + hand_heads * head) * (ran_ref ? 4.0 / 3.0 : 1.0);
         if (fabs(s.update_flops - want_flops) > 1e-9 * want_flops)
             fail_msg("update_flops %.6g, by hand %.6g", s.update_flops, want_flops);
@@ -465,14 +477,17 @@ static void test_chunked_gradient_ipo(void **state) {
     check_gradient(DAP_LOSS_IPO, 60, REF_TRAINER);
 }
 
-/* Votes that carry the reference's log-probabilities (the serving engine's): the trainer uses
- * them, not its reference model (the shifted values change the loss), and does not run the
- * reference forward (the FLOP count); with trainer.vote_ref_logprobs off it ignores them. */
+/* Votes that carry the reference's log-probabilities (the serving engine's): the trainer checks
+ * them against its own on the first chunk, then uses them, not its reference model (their small
+ * offsets change the loss and the margin beyond the tolerances), and runs no reference forward
+ * for the other chunks (vote_ref_pairs); votes whose values are another model's are refused and
+ * its own reference used; with trainer.vote_ref_logprobs off it ignores them. */
 static void test_gradient_with_vote_reference(void **state) {
     (void)state;
     check_gradient(DAP_LOSS_DPO, 60, REF_VOTES);
     check_gradient(DAP_LOSS_DPO, 0, REF_VOTES);
     check_gradient(DAP_LOSS_IPO, 1, REF_VOTES);
+    check_gradient(DAP_LOSS_DPO, 60, REF_VOTES_WRONG);
     check_gradient(DAP_LOSS_DPO, 0, REF_VOTES_IGNORED);
     check_gradient(DAP_LOSS_SIMPO, 0, REF_VOTES); /* no reference at all */
 }
