@@ -385,13 +385,15 @@ int neox_train_forward(neox_train *m, const train_batch *batch, double *seq_logp
 int neox_train_forward_forked(neox_train *m, const train_batch *batch, const train_fork *fork_in,
                               double *seq_logprob, double *seq_count, float *token_logprob,
                               duel_error *err) {
-    int rc = train_batch_check(batch, m->V, m->config.max_position_embeddings, "neox_train", err);
+    /* a forked row may be longer than the model's positions: train_fork_save checks its sequences */
+    const int max_positions = m->config.max_position_embeddings;
+    int rc = train_batch_check(batch, m->V, fork_in ? 0 : max_positions, "neox_train", err);
     if (rc) return rc;
     if (!seq_logprob || !seq_count)
         return duel_error_set(err, DUEL_EINVAL, "neox_train: seq_logprob and seq_count are required");
     m->have_forward = false;
     const train_fork *fork = NULL;
-    if ((rc = train_fork_save(&m->fork, fork_in, batch, "neox_train", &fork, err))) return rc;
+    if ((rc = train_fork_save(&m->fork, fork_in, batch, max_positions, "neox_train", &fork, err))) return rc;
     rc = ensure_activations(m, batch->batch_size, batch->seq_len, err);
     if (rc) return rc;
     const int B = batch->batch_size, T = batch->seq_len, N = B * T;

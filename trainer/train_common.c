@@ -39,7 +39,7 @@ int train_batch_check(const train_batch *b, int vocab, int max_positions, const 
 }
 
 int train_fork_save(train_fork_saved *saved, const train_fork *fork, const train_batch *batch,
-                    const char *who, const train_fork **out, duel_error *err) {
+                    int max_positions, const char *who, const train_fork **out, duel_error *err) {
     *out = NULL;
     saved->active = false;
     if (!fork) return 0;
@@ -50,6 +50,20 @@ int train_fork_save(train_fork_saved *saved, const train_fork *fork, const train
             return duel_error_set(err, DUEL_EINVAL,
                                   "%s: row %d forks at %d with a prefix of %d (need 0 <= prefix <= fork <= %d)",
                                   who, b, (int)fork->branch[b], (int)fork->shared[b], T);
+    for (int b = 0; b < B && max_positions > 0; b++) {
+        int end = fork->branch[b]; /* branch B's real end: its last masked position + 1 */
+        for (int t = T - 1; t >= fork->branch[b]; t--)
+            if (batch->mask[(size_t)b * T + t] != 0) {
+                end = t + 1;
+                break;
+            }
+        const int longest = fork->branch[b] > fork->shared[b] + (end - fork->branch[b])
+                                ? fork->branch[b]
+                                : fork->shared[b] + (end - fork->branch[b]);
+        if (longest > max_positions)
+            return duel_error_set(err, DUEL_ELIMIT, "%s: row %d holds a sequence of %d positions, over the model's %d",
+                                  who, b, longest, max_positions);
+    }
     if (B > saved->cap) {
         int32_t *memory = malloc((size_t)2 * B * sizeof *memory);
         if (!memory) return duel_error_set(err, DUEL_ENOMEM, "%s: out of memory", who);

@@ -55,9 +55,12 @@ typedef struct train_fork_saved {
 
 /* Checks fork against a batch (0 <= shared[b] <= branch[b] <= seq_len) and copies it into
  * saved (fork NULL: saved becomes inactive). Returns the fork to compute with (NULL for plain
- * rows). DUEL_EINVAL naming the row, DUEL_ENOMEM. */
+ * rows). A forked row may be longer than max_positions (> 0) as long as each of its sequences
+ * fits: branch A ends by position max_positions, and so does branch B up to its last token with
+ * a non-zero mask (right padding after it does not count). DUEL_EINVAL naming the row,
+ * DUEL_ELIMIT for a sequence over max_positions, DUEL_ENOMEM. */
 int train_fork_save(train_fork_saved *saved, const train_fork *fork, const train_batch *batch,
-                    const char *who, const train_fork **out, duel_error *err);
+                    int max_positions, const char *who, const train_fork **out, duel_error *err);
 void train_fork_saved_free(train_fork_saved *saved);
 /* The saved fork, NULL when the last forward had plain rows. */
 static inline const train_fork *train_fork_saved_get(const train_fork_saved *saved) {

@@ -5,7 +5,9 @@
  * forked must give the sequence log-probabilities, counts and parameter gradients of the same
  * pairs as two plain rows each (relative error < 1e-5: only the summation order differs), with
  * empty branches, a one-token prompt and right padding among them; a plain forward after a
- * forked one is plain again; bad forks are refused. */
+ * forked one is plain again; bad forks are refused. A forked row may be longer than the model's
+ * positions when each of its sequences fits (a long prompt with two long answers), not when one
+ * does not. */
 #include "test_helpers.h"
 
 #include "lm_trainer.h"
@@ -156,6 +158,54 @@ static void check_model(const char *name) {
     train_model_free(forked);
 }
 
+/* One pair whose forked row (9 + 1100 + 1000 positions) is longer than the model's 2048
+ * positions while each sequence (1109, 1009) fits: the same log-probabilities as two plain rows.
+ * Then an answer that does not fit: DUEL_ELIMIT. */
+static void test_row_longer_than_positions(void **state) {
+    (void)state;
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/test-models/tiny-llama-f32", test_env("DUEL_BUILD_DIR", "."));
+    train_model *m = NULL;
+    char *cfg = NULL;
+    duel_error err = {0};
+    if (lm_model_load_hf(dir, &m, &cfg, &err)) fail_msg("%s", err.message);
+    free(cfg);
+    const int max_pos = train_model_config(m)->max_position_embeddings, vocab = train_model_config(m)->vocab_size;
+    enum { NP = 10, NC = 1100, NR = 1000, LONG = 2045 };
+    assert_true(NP - 1 + NC + NR > max_pos && NP + NC - 1 <= max_pos);
+    duel_rng rng;
+    duel_rng_seed(&rng, 5);
+    int32_t prompt[NP], *c = malloc(LONG * sizeof *c), *r = malloc(NR * sizeof *r);
+    for (int i = 0; i < NP; i++) prompt[i] = (int32_t)duel_rng_below(&rng, (uint64_t)vocab);
+    for (int i = 0; i < LONG; i++) c[i] = (int32_t)duel_rng_below(&rng, (uint64_t)vocab);
+    for (int i = 0; i < NR; i++) r[i] = (int32_t)duel_rng_below(&rng, (uint64_t)vocab);
+    const int TP = NP + NC - 1, TF = NP - 1 + LONG + NR;
+    int32_t *pt = calloc((size_t)2 * TP, sizeof *pt), *pg = calloc((size_t)2 * TP, sizeof *pg);
+    float *pm = calloc((size_t)2 * TP, sizeof *pm);
+    int32_t *ft = calloc((size_t)TF, sizeof *ft), *fg = calloc((size_t)TF, sizeof *fg);
+    float *fm = calloc((size_t)TF, sizeof *fm);
+    plain_row(prompt, NP, c, NC, TP, pt, pg, pm);
+    plain_row(prompt, NP, r, NR, TP, pt + TP, pg + TP, pm + TP);
+    int32_t shared, branch;
+    forked_row(prompt, NP, c, NC, r, NR, NP - 1 + NC + NR, ft, fg, fm, &shared, &branch);
+    train_batch pb = {2, TP, pt, pg, pm}, fb = {1, NP - 1 + NC + NR, ft, fg, fm};
+    train_fork fork = {&shared, &branch};
+    double ps[2], pc[2], fs[2], fc[2];
+    if (train_model_forward(m, &pb, ps, pc, NULL, &err)) fail_msg("%s", err.message);
+    if (train_model_forward_forked(m, &fb, &fork, fs, fc, NULL, &err)) fail_msg("%s", err.message);
+    for (int i = 0; i < 2; i++) {
+        assert_true(fc[i] == pc[i]);
+        if (!(fabs(fs[i] - ps[i]) <= 1e-5 * fabs(ps[i]))) fail_msg("sequence %d: %.9g forked, %.9g plain", i, fs[i], ps[i]);
+    }
+    /* the chosen answer of 2045 tokens ends at position 2054 */
+    forked_row(prompt, NP, c, LONG, r, NR, TF, ft, fg, fm, &shared, &branch);
+    fb.seq_len = TF;
+    assert_int_equal(train_model_forward_forked(m, &fb, &fork, fs, fc, NULL, &err), DUEL_ELIMIT);
+    assert_non_null(strstr(err.message, "over the model's"));
+    free(c), free(r), free(pt), free(pg), free(pm), free(ft), free(fg), free(fm);
+    train_model_free(m);
+}
+
 static void test_llama(void **state) {
     (void)state;
     check_model("tiny-llama-f32");
@@ -172,6 +222,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_llama),
         cmocka_unit_test(test_neox),
+        cmocka_unit_test(test_row_longer_than_positions),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
