@@ -398,7 +398,7 @@ static int vote_and_send(redisContext *c, const duel_backend_result *r, const lo
 typedef struct loop_figures {
     int votes, ab, ties, served;
     double serve_seconds, vote_seconds;
-    long long applied, applied_at_last_vote;
+    long long applied, applied_at_last_vote, pending;
     long long final_version, loaded, refused;
     int latency_count;
     double latency_p50, latency_p95, latency_max;
@@ -626,9 +626,11 @@ int bench_loop(int argc, char **argv) {
     f.vote_seconds = duel_time_seconds() - t0;
     f.applied_at_last_vote = hash_int(c, "duel:trainer:status", "prefs_applied");
 
-    /* Let the trainer apply every complete batch, then wait for the loader to serve the newest
-     * snapshot (the trainer publishes by time, so the last updates may need a few seconds). */
-    long long expect = batch_size > 0 ? (long long)(f.ab / batch_size) * batch_size : f.ab;
+    /* Let the trainer apply all it will: every vote but fewer than batch_size (a batch is at least
+     * batch_size pairs, and it takes all that are pending once it has caught up), then wait for
+     * the loader to serve the newest snapshot (the trainer publishes by time, so the last updates
+     * may need a few seconds). */
+    long long expect = batch_size > 1 && f.ab >= batch_size ? f.ab - (batch_size - 1) : batch_size > 1 ? 0 : f.ab;
     fprintf(stderr, "all votes sent in %.0f s; waiting for the trainer to apply %lld ...\n", f.vote_seconds, expect);
     double wait_start = duel_time_seconds();
     while ((f.applied = hash_int(c, "duel:trainer:status", "prefs_applied")) < expect &&
@@ -642,6 +644,7 @@ int bench_loop(int argc, char **argv) {
         bench_sleep_ms(100);
     }
     double applied_seconds = duel_time_seconds() - t0;
+    f.pending = hash_int(c, "duel:trainer:status", "pending_pairs");
     const double update_gflop = hash_real(c, "duel:trainer:status", "update_gflop");
     f.gflop_per_vote = f.applied > 0 && update_gflop > 0 ? update_gflop / (double)f.applied : 0;
     wait_start = duel_time_seconds();
@@ -741,6 +744,7 @@ int bench_loop(int argc, char **argv) {
             f.win_rate, "score_before", f.score_before, "score_after", f.score_after, "wall_seconds", f.wall_seconds,
             "batch_size", batch_size, "candidates", (int)candidates);
         if (o) json_object_set_new(o, "greedy_changed", json_integer(f.greedy_changed));
+        if (o) json_object_set_new(o, "pending_pairs", json_integer(f.pending));
         if (o && f.gflop_per_vote > 0) {
             json_object_set_new(o, "gflop_per_vote", json_real(f.gflop_per_vote));
             json_object_set_new(o, "sgemm_gflops", json_real(f.sgemm_gflops));

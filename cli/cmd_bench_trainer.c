@@ -170,7 +170,7 @@ static int parse_range(const char *flag, const char *text, length_range *out, du
 int bench_trainer(int argc, char **argv) {
     const char *model_dir = "models/default", *redis = NULL, *loss = "dpo";
     const char *prompt_tokens = "8:23", *response_tokens = "16:48", *ref_source = "votes";
-    long long votes = 400, batch = -1, checkpoint_every = -1, candidates = 4, burn_in = 0;
+    long long votes = 400, batch = -1, max_batch = -1, checkpoint_every = -1, candidates = 4, burn_in = 0;
     double gamma = -1, publish_seconds = -1;
     bool json = false;
     const cli_option options[] = {
@@ -180,6 +180,9 @@ int bench_trainer(int argc, char **argv) {
         {"--votes", CLI_OPT_INT, &votes, "N", "a/b votes to apply (default 400)", 1, 10000000, false, NULL},
         {"--candidates", CLI_OPT_INT, &candidates, "M", "candidates per duel (default 4)", 2, 64, false, NULL},
         {"--batch-size", CLI_OPT_INT, &batch, "N", "trainer.batch_size (default: the trainer's, 8)", 1, ONLINE_MAX_BATCH, false, NULL},
+        {"--max-batch-size", CLI_OPT_INT, &max_batch, "N", "trainer.max_batch_size (default: the trainer's, 64; the votes are "
+         "all in the stream before the timing starts, so the trainer is behind and its batches are this size; "
+         "--max-batch-size 1: fixed batches of --batch-size)", 1, ONLINE_MAX_BATCH, false, NULL},
         {"--checkpoint-every", CLI_OPT_INT, &checkpoint_every, "N", "trainer.checkpoint_every (default: the trainer's, 5)", 1, 1 << 30, false, NULL},
         {"--burn-in", CLI_OPT_INT, &burn_in, "N", "trainer.burn_in (default 0: the SEA mixture from the start)", 0, 1LL << 40, false, NULL},
         {"--gamma", CLI_OPT_DOUBLE, &gamma, "G", "trainer.gamma (default: the trainer's, 0.7)", 0, 1, true, NULL},
@@ -198,7 +201,8 @@ int bench_trainer(int argc, char **argv) {
         "Votes applied per second by the online trainer (`duel train`'s code) on the CPU, fed\n"
         "through a real Redis stream: synthetic a/b votes are XADDed first, then the consumer is\n"
         "timed until all are applied, checkpointed and acknowledged. Trainer defaults (ERM update,\n"
-        "SEA mixture after burn-in, checkpoint every 5 updates, snapshots every 10 updates or 5 s).\n"
+        "SEA mixture after burn-in, checkpoint every 5 updates, snapshots every 10 updates or 5 s;\n"
+        "the trainer is behind the stream, so its batches are trainer.max_batch_size).\n"
         "The votes carry the reference's log-probabilities of their candidates, as the serving\n"
         "engine's reference pass writes them (--ref-logprobs trainer: they do not, and the\n"
         "trainer runs its reference model over every pair).\n"
@@ -242,6 +246,7 @@ int bench_trainer(int argc, char **argv) {
     to.model_id = "bench";
     to.burn_in = burn_in;
     if (batch > 0) to.batch_size = (int)batch;
+    if (max_batch > 0) to.max_batch_size = (int)max_batch;
     if (checkpoint_every > 0) to.checkpoint_every = (int)checkpoint_every;
     if (gamma > 0) to.gamma = gamma;
     if (publish_seconds >= 0) to.publish_every_seconds = publish_seconds;
@@ -295,8 +300,10 @@ int bench_trainer(int argc, char **argv) {
     if ((rc = machine_sgemm_best(2048, 3, &sgemm, &err))) goto done;
     double busy = st.apply_seconds + st.checkpoint_seconds + st.snapshot_seconds;
     double applied = (double)s.prefs_applied;
-    printf("online trainer on %s (CPU): %lld votes, batch %d + %d synthetic, %lld updates\n", model_dir, votes,
-           to.batch_size, s.synthetic, (long long)st.updates);
+    const int most = to.max_batch_size > to.batch_size ? to.max_batch_size : to.batch_size;
+    printf("online trainer on %s (CPU): %lld votes, batches of %d to %d (%.1f on average) + synthetic (%d in the\n"
+           "  last), %lld updates\n", model_dir, votes, to.batch_size, most,
+           st.updates > 0 ? applied / (double)st.updates : 0.0, s.synthetic, (long long)st.updates);
     printf("  reference log-probabilities  %s (%lld of the pairs trained on took the votes')\n",
            vote_ref ? "carried by the votes" : "the trainer's reference model", (long long)s.vote_ref_pairs);
     printf("  votes applied per second  %.1f  (%.2f s wall, until all acknowledged)\n", applied / elapsed, elapsed);
@@ -340,6 +347,8 @@ int bench_trainer(int argc, char **argv) {
             json_object_set_new(o, "response_tokens",
                                 json_pack("[I,I]", (json_int_t)response_len.lo, (json_int_t)response_len.hi));
             json_object_set_new(o, "ref_logprobs", json_string(ref_source));
+            json_object_set_new(o, "max_batch_size", json_integer(most));
+            json_object_set_new(o, "mean_batch", json_real(st.updates > 0 ? applied / (double)st.updates : 0.0));
             json_object_set_new(o, "vote_ref_pairs", json_integer((json_int_t)s.vote_ref_pairs));
             json_object_set_new(o, "erm_seconds", json_real(s.erm_seconds));
             json_object_set_new(o, "policy_seconds", json_real(s.policy_seconds));

@@ -120,7 +120,7 @@ static int load_config(json_t *root, const char *source, bool beta_given, train_
     static const char *const model_keys[] = {"path", "id", NULL};
     static const char *const erm_keys[] = {"path", "num_heads", "hidden", "lr", "weight_decay", "lambda",
                                            "min_pairs", "buffer_size", "minibatch", "adam_steps", NULL};
-    static const char *const trainer_keys[] = {"loss", "beta", "batch_size", "lr", "min_lr", "warmup_steps",
+    static const char *const trainer_keys[] = {"loss", "beta", "batch_size", "max_batch_size", "lr", "min_lr", "warmup_steps",
                                                "total_steps", "clip_norm", "weight_decay", "publish_every",
                                                "max_deliveries", "seed", "consumer", "recent_vote_ids", "burn_in",
                                                "gamma", "synthetic_store", "checkpoint_every",
@@ -160,6 +160,7 @@ static int load_config(json_t *root, const char *source, bool beta_given, train_
         if (rc == 0 && (rc = get_double(&t, "beta", 0, true, 1e6, &beta)) == 0 && beta_given)
             o->loss.beta = beta; /* ... unless one is given */
         if (rc == 0 && (rc = get_int(&t, "batch_size", 1, ONLINE_MAX_BATCH, &o->batch_size)) == 0 &&
+            (rc = get_int(&t, "max_batch_size", 1, ONLINE_MAX_BATCH, &o->max_batch_size)) == 0 &&
             (rc = get_double(&t, "lr", 0, false, big, &o->lr)) == 0 &&
             (rc = get_double(&t, "min_lr", 0, false, big, &o->min_lr)) == 0 &&
             (rc = get_ll(&t, "warmup_steps", 0, 1LL << 40, &warmup)) == 0 &&
@@ -258,7 +259,8 @@ int cmd_train_service(int argc, char **argv) {
         "train", "[--redis HOST:PORT] [--config FILE] [--set SECTION.KEY=VALUE]... [--data-dir DIR] [options]",
         "The online trainer: reads votes from the Redis stream duel:prefs (consumer group trainers),\n"
         "updates the ERM ensemble and the policy (DPO/IPO/SLiC/SimPO) per batch of trainer.batch_size\n"
-        "real pairs, plus ERM-labelled synthetic pairs (SEA mixture, fraction 1-trainer.gamma) once\n"
+        "real pairs (up to trainer.max_batch_size while it is behind the stream), plus ERM-labelled\n"
+        "synthetic pairs (SEA mixture, fraction 1-trainer.gamma) once\n"
         "trainer.burn_in pairs are applied. The reference's log-probabilities come with the votes\n"
         "where the servers wrote them (trainer.vote_ref_logprobs); otherwise the trainer runs its\n"
         "own copy of the reference model. Checkpoints into DIR/trainer every\n"

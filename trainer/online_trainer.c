@@ -63,6 +63,12 @@ struct online_trainer {
     vote_entry *store;
     int store_start, store_count;
     duel_rng mix_rng;
+    /* batch cuts (online_trainer_cut_due): the log's descriptor, and the cuts of the updates
+     * after the checkpoint that a restart replays (update checkpoint step + 1 + i ends at
+     * replay_cuts[i]) */
+    int cut_log_fd;
+    char (*replay_cuts)[ONLINE_STREAM_ID_MAX];
+    int num_replay_cuts, next_replay_cut;
 };
 
 void online_trainer_default_options(online_trainer_options *o) {
@@ -71,6 +77,7 @@ void online_trainer_default_options(online_trainer_options *o) {
     o->erm_hidden = ERM_DEFAULT_HIDDEN;
     dap_loss_default_options(DAP_LOSS_DPO, &o->loss);
     o->batch_size = 8;
+    o->max_batch_size = 64;
     o->chunk_positions = ONLINE_CHUNK_POSITIONS;
     o->lr = 1e-5;     /* the embedded 5.6M default model (bench loop: 3e-5 already costs held-out score); ~5e-7 for real models */
     o->min_lr = 1e-6;
@@ -246,6 +253,95 @@ static void pair_log_remove_others(online_trainer *t) {
     closedir(d);
 }
 
+/* ---- batch cuts ------------------------------------------------------------------------- */
+
+/* trainer/batch_cuts.log: a line "<update> <last stream id>" per update since the checkpoint
+ * (emptied by each checkpoint). At open, the lines after the checkpoint's step, consecutive from
+ * step + 1, become the replayed cuts; a torn last line (a crash mid-write) and anything after a
+ * gap are ignored: those updates were never published. */
+static int cut_log_open(online_trainer *t, duel_error *err) {
+    char path[ONLINE_PATH_MAX];
+    int rc = path_join(path, t->trainer_dir, "batch_cuts.log", err);
+    if (rc) return rc;
+    FILE *f = fopen(path, "r");
+    if (f) {
+        char line[128];
+        int64_t next = t->status.step + 1;
+        while (fgets(line, sizeof line, f)) {
+            long long step = 0;
+            char id[ONLINE_STREAM_ID_MAX];
+            uint64_t ms, seq;
+            size_t n = strlen(line);
+            if (n == 0 || line[n - 1] != '\n' || sscanf(line, "%lld %47s", &step, id) != 2 ||
+                online_stream_id_parse(id, &ms, &seq) != 0)
+                break;
+            if (step < next) continue; /* in the checkpoint already */
+            if (step != next) break;
+            void *grown = realloc(t->replay_cuts, (size_t)(t->num_replay_cuts + 1) * sizeof *t->replay_cuts);
+            if (!grown) {
+                fclose(f);
+                return duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+            }
+            t->replay_cuts = grown;
+            snprintf(t->replay_cuts[t->num_replay_cuts++], ONLINE_STREAM_ID_MAX, "%s", id);
+            next++;
+        }
+        fclose(f);
+    }
+    /* Rewritten with just the replayed cuts, so that a torn line is not followed by new ones. */
+    t->cut_log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+    if (t->cut_log_fd < 0) return duel_error_set(err, DUEL_EIO, "%s: cannot open: %s", path, strerror(errno));
+    for (int i = 0; i < t->num_replay_cuts; i++) {
+        char line[64];
+        int n = snprintf(line, sizeof line, "%lld %s\n", (long long)(t->status.step + 1 + i), t->replay_cuts[i]);
+        if (write(t->cut_log_fd, line, (size_t)n) != n)
+            return duel_error_set(err, DUEL_EIO, "%s: write failed: %s", path, strerror(errno));
+    }
+    if (fsync(t->cut_log_fd) != 0) return duel_error_set(err, DUEL_EIO, "%s: fsync failed", path);
+    return 0;
+}
+
+/* The last stream id offered: where a batch cut now would end. */
+static const char *last_offered_id(const online_trainer *t) {
+    return t->unsaved_id[0] ? t->unsaved_id : t->last_applied_id;
+}
+
+static const char *replay_cut(const online_trainer *t) {
+    return t->next_replay_cut < t->num_replay_cuts ? t->replay_cuts[t->next_replay_cut] : NULL;
+}
+
+bool online_trainer_cut_due(const online_trainer *t, bool caught_up) {
+    const char *cut = replay_cut(t);
+    if (cut) return t->num_pending > 0 && online_stream_id_compare(last_offered_id(t), cut) >= 0;
+    const int most = t->options.max_batch_size > t->options.batch_size ? t->options.max_batch_size
+                                                                      : t->options.batch_size;
+    return t->num_pending >= most || (caught_up && t->num_pending >= t->options.batch_size);
+}
+
+bool online_trainer_cut_before(const online_trainer *t, const char *id) {
+    const char *cut = replay_cut(t);
+    return cut && t->num_pending > 0 && online_stream_id_compare(id, cut) > 0;
+}
+
+int online_trainer_sync_cuts(online_trainer *t, duel_error *err) {
+    if (t->cut_log_fd >= 0 && fsync(t->cut_log_fd) != 0)
+        return duel_error_set(err, DUEL_EIO, "batch_cuts.log: fsync failed: %s", strerror(errno));
+    return 0;
+}
+
+/* Records the cut of the update about to run (a replayed one is in the log already). */
+static int cut_log_append(online_trainer *t, duel_error *err) {
+    if (replay_cut(t)) {
+        t->next_replay_cut++;
+        return 0;
+    }
+    char line[64];
+    int n = snprintf(line, sizeof line, "%lld %s\n", (long long)(t->status.step + 1), last_offered_id(t));
+    if (t->cut_log_fd >= 0 && write(t->cut_log_fd, line, (size_t)n) != n)
+        return duel_error_set(err, DUEL_EIO, "batch_cuts.log: write failed: %s", strerror(errno));
+    return 0;
+}
+
 /* ---- open / close ----------------------------------------------------------------------- */
 
 
@@ -258,6 +354,9 @@ int online_trainer_open(const online_trainer_options *o, const char *data_dir,
         return duel_error_set(err, DUEL_EINVAL, "online trainer: model_dir and data_dir are required");
     if (o->batch_size < 1 || o->batch_size > ONLINE_MAX_BATCH)
         return duel_error_set(err, DUEL_EINVAL, "trainer.batch_size %d outside 1..%d", o->batch_size,
+                              ONLINE_MAX_BATCH);
+    if (o->max_batch_size < 1 || o->max_batch_size > ONLINE_MAX_BATCH)
+        return duel_error_set(err, DUEL_EINVAL, "trainer.max_batch_size %d outside 1..%d", o->max_batch_size,
                               ONLINE_MAX_BATCH);
     if (o->publish_every < 0 || o->recent_vote_ids < 1 || o->recent_vote_ids > 1000000)
         return duel_error_set(err, DUEL_EINVAL, "trainer: publish_every must be >= 0 and "
@@ -291,6 +390,7 @@ int online_trainer_open(const online_trainer_options *o, const char *data_dir,
     t->base = t->options;
     t->schedule = schedule;
     t->pair_log_fd = -1;
+    t->cut_log_fd = -1;
     snprintf(t->base_model, sizeof t->base_model, "%s", o->model_dir);
     snprintf(t->model_id, sizeof t->model_id, "%s", o->model_id ? o->model_id : "");
     snprintf(t->data_dir, sizeof t->data_dir, "%s", data_dir);
@@ -331,7 +431,7 @@ int online_trainer_open(const online_trainer_options *o, const char *data_dir,
         rc = duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
         goto fail;
     }
-    if ((rc = load_checkpoint(t, err))) goto fail;
+    if ((rc = load_checkpoint(t, err)) || (rc = cut_log_open(t, err))) goto fail;
     *out = t;
     return 0;
 fail:
@@ -354,6 +454,8 @@ void online_trainer_close(online_trainer *t) {
     train_model_free(t->policy);
     train_model_free(t->reference);
     if (t->pair_log_fd >= 0) close(t->pair_log_fd);
+    if (t->cut_log_fd >= 0) close(t->cut_log_fd);
+    free(t->replay_cuts);
     free(t);
 }
 
@@ -527,7 +629,7 @@ static void store_push(online_trainer *t, vote_entry *e) {
 int online_trainer_synthetic_pairs(const online_trainer *t) {
     const double g = t->options.gamma;
     if (g >= 1.0 || t->store_count == 0 || t->status.prefs_applied < t->options.burn_in) return 0;
-    double s = floor((double)t->options.batch_size * (1.0 - g) / g + 0.5);
+    double s = floor((double)t->num_pending * (1.0 - g) / g + 0.5); /* the batch about to run */
     return s > ONLINE_MAX_BATCH ? ONLINE_MAX_BATCH : (int)s;
 }
 
@@ -840,8 +942,10 @@ done:
 }
 
 int online_trainer_apply(online_trainer *t, duel_error *err) {
-    if (!online_trainer_batch_ready(t))
+    if (!online_trainer_batch_ready(t) && !(replay_cut(t) && t->num_pending > 0))
         return duel_error_set(err, DUEL_EINVAL, "online trainer: no batch is ready");
+    int rc0 = cut_log_append(t, err);
+    if (rc0) return rc0;
     const int P = t->num_pending, D = t->erm->config.d_feat;
     const int S = online_trainer_synthetic_pairs(t); /* before this update counts its pairs */
     int rc = 0;
@@ -1159,6 +1263,9 @@ int online_trainer_checkpoint(online_trainer *t, duel_error *err) {
     t->old_pair_log_gen = -1;
     snprintf(t->last_applied_id, sizeof t->last_applied_id, "%s", applied);
     t->unsaved_id[0] = '\0';
+    /* The checkpoint holds every update so far: their cuts are no longer needed. */
+    if (t->cut_log_fd >= 0 && t->next_replay_cut >= t->num_replay_cuts && ftruncate(t->cut_log_fd, 0) != 0)
+        return duel_error_set(err, DUEL_EIO, "batch_cuts.log: cannot truncate: %s", strerror(errno));
     return 0;
 }
 

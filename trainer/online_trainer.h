@@ -13,7 +13,7 @@
  * duels (every entry that was batched or counted, with all M candidates' tokens and features;
  * an a/b entry joins it when its update is done, a tie or both_bad when it is offered). Once
  * burn_in real pairs have been applied by earlier updates (prefs_applied >= burn_in before this
- * update), the policy batch of P = batch_size real pairs gets
+ * update), the policy batch of P real pairs (batch_size, or up to max_batch_size) gets
  *     S = floor(P * (1 - gamma) / gamma + 1/2)   synthetic pairs (0 when gamma = 1 or the
  *                                                 store is empty; at most ONLINE_MAX_BATCH),
  * so real : synthetic = gamma : 1 - gamma up to rounding (P = 8, gamma = 0.7: S = 3). Each is
@@ -64,6 +64,9 @@ typedef struct online_trainer_options {
     const char *model_id;    /* entries must carry it; NULL or "" accepts any */
     dap_loss_options loss;
     int batch_size;          /* real a/b pairs per policy update: 8 */
+    int max_batch_size;      /* while the trainer is behind the stream a batch grows to this many
+                                pairs (online_trainer_cut_due); at or below batch_size: every batch
+                                is batch_size pairs: 64 */
     double lr, min_lr;       /* policy AdamW: 1e-5, 1e-6 */
     int64_t warmup_steps, total_steps; /* warmup + cosine over total_steps (min_lr after) */
     adamw_options adamw;     /* (0.9, 0.95), weight decay 0 */
@@ -169,6 +172,20 @@ int online_trainer_offer(online_trainer *trainer, const char *id, vote_entry *en
 int online_trainer_pending_pairs(const online_trainer *trainer);
 /* Whether batch_size pairs are pending. */
 bool online_trainer_batch_ready(const online_trainer *trainer);
+/* Whether the pending pairs make a batch now (the consumer then calls online_trainer_apply):
+ * max(batch_size, max_batch_size) are pending; or batch_size are and the consumer has caught
+ * up with the stream (caught_up: its last read of new entries returned less than a full count),
+ * so a trainer that keeps up applies batches of batch_size and one that is behind applies
+ * larger ones. Where the batch ends thus depends on timing, so every update's last stream id is
+ * logged (trainer/batch_cuts.log, synced before a snapshot is published) and, after a restart,
+ * the updates the checkpoint lost end where they ended before (such a cut is due once the last
+ * offered id reaches it), so that a replayed snapshot version holds the same weights. */
+bool online_trainer_cut_due(const online_trainer *trainer, bool caught_up);
+/* Whether a replayed cut ends before the entry `id` (the entry it ended on was not offered
+ * again, e.g. dead-lettered): the consumer applies the batch before offering `id`. */
+bool online_trainer_cut_before(const online_trainer *trainer, const char *id);
+/* Makes the logged cuts durable (before a snapshot of their updates is published). */
+int online_trainer_sync_cuts(online_trainer *trainer, duel_error *err);
 /* The stream id of the last entry offered and not reported as APPLIED (what the next
  * checkpoint will record as applied), or "" when none since the last checkpoint. */
 const char *online_trainer_unsaved_id(const online_trainer *trainer);

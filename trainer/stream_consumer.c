@@ -29,6 +29,7 @@ struct stream_consumer {
     int updates_since_checkpoint;
     bool unpublished;          /* an update is not in a snapshot yet */
     bool caught_up;            /* the last read of new entries returned less than a full count */
+    int status_pending;        /* pending pairs as the status hash last said (-1: not written) */
     /* Snapshots this trainer published after its checkpoint, before a crash: published again,
      * under the same versions, when the resumed run reaches their steps (replay is
      * deterministic), and no other snapshot before the last of them. */
@@ -190,7 +191,7 @@ static int refresh_knobs(stream_consumer *c, duel_error *err) {
 static int write_status(stream_consumer *c, duel_error *err) {
     online_trainer_status s;
     online_trainer_get_status(c->trainer, &s);
-    char key[KEY_MAX + 32], v[24][64], knobs[1024];
+    char key[KEY_MAX + 32], v[25][64], knobs[1024];
     if (online_trainer_knobs_json(c->trainer, knobs, sizeof knobs)) knobs[0] = '\0';
     snprintf(key, sizeof key, "%strainer:status", c->prefix);
     snprintf(v[0], 64, "%lld", (long long)s.step);
@@ -217,13 +218,16 @@ static int write_status(stream_consumer *c, duel_error *err) {
     snprintf(v[21], 64, "%lld", (long long)s.vote_ref_pairs);
     snprintf(v[22], 64, "%d", s.vote_ref_check);
     snprintf(v[23], 64, "%.6g", s.vote_ref_error);
+    c->status_pending = online_trainer_pending_pairs(c->trainer);
+    snprintf(v[24], 64, "%d", c->status_pending);
     const char *argv[] = {"HSET", key, "step", v[0], "loss", v[1], "erm_loss", v[2], "kl", v[3], "lr", v[4],
                           "prefs_applied", v[5], "erm_accuracy", v[6], "ties", v[7], "both_bad", v[8],
                           "duplicates", v[9], "snapshot", v[10], "margin", v[11], "grad_norm", v[12],
                           "updated_ms", v[13], "erm_pairs_seen", v[14], "dead_letters", v[15],
                           "last_applied_id", s.last_applied_id, "synthetic", v[16], "synthetic_total", v[17],
                           "stored_duels", v[18], "knobs", knobs, "knob_errors", v[19], "update_gflop", v[20],
-                          "vote_ref_pairs", v[21], "vote_ref_check", v[22], "vote_ref_error", v[23]};
+                          "vote_ref_pairs", v[21], "vote_ref_check", v[22], "vote_ref_error", v[23],
+                          "pending_pairs", v[24]};
     return command_simple(c, err, (int)(sizeof argv / sizeof *argv), argv);
 }
 
@@ -346,6 +350,8 @@ static int publish_snapshot(stream_consumer *c, int64_t version, bool replaying,
     int rc = snapshot_path(c->data_dir, version, dir, sizeof dir, err);
     if (rc) return rc;
     duel_error ignored;
+    /* the cuts of the updates in it must survive a crash (see online_trainer_cut_due) */
+    if ((rc = online_trainer_sync_cuts(c->trainer, err))) return rc;
     if (!replaying || snapshot_verify(dir, NULL, &ignored) != 0) {
         snapshot_info info = {version, s.published_version < version ? s.published_version : 0, s.step,
                               s.prefs_applied, duel_time_unix_ms(), c->base_model};
@@ -432,10 +438,22 @@ static long long lookup_deliveries(const redisReply *pending, const char *id) {
     return 1;
 }
 
+/* Applies the pending batch when it is due (online_trainer_cut_due; caught_up: the last read of
+ * new entries came back short). The knobs are read first: they may change the batch's size. */
+static int cut_if_due(stream_consumer *c, bool caught_up, duel_error *err) {
+    if (!online_trainer_cut_due(c->trainer, caught_up)) return 0;
+    int rc = refresh_knobs(c, err);
+    if (rc) return rc;
+    return online_trainer_cut_due(c->trainer, caught_up) ? commit_batch(c, true, false, err) : 0;
+}
+
 static int process_entry(stream_consumer *c, const char *id, const redisReply *fields, long long deliveries,
                          duel_error *err) {
     c->stats.entries++;
     char reason[DUEL_ERROR_MESSAGE_MAX + 64];
+    int rc0;
+    /* A replayed update ended before this entry (the one it ended on is gone): apply it first. */
+    if (online_trainer_cut_before(c->trainer, id) && (rc0 = commit_batch(c, true, false, err))) return rc0;
     if (!fields || fields->type != REDIS_REPLY_ARRAY || fields->elements % 2 != 0) {
         /* A pending entry deleted from the stream comes back with nil fields. */
         return dead_letter(c, id, "entry has no fields (deleted or malformed)", deliveries, NULL, err);
@@ -477,15 +495,16 @@ static int process_entry(stream_consumer *c, const char *id, const redisReply *f
     if (c->num_unacked >= MAX_UNACKED)
         return duel_error_set(err, DUEL_ELIMIT, "trainer: %d entries wait for a checkpoint", MAX_UNACKED);
     snprintf(c->unacked[c->num_unacked++], ONLINE_STREAM_ID_MAX, "%s", id);
-    if (!online_trainer_batch_ready(c->trainer)) return 0;
-    if ((rc = refresh_knobs(c, err))) return rc; /* every batch: knobs may change its size, too */
-    if (online_trainer_batch_ready(c->trainer)) return commit_batch(c, true, false, err);
-    return 0;
-    return 0;
+    return cut_if_due(c, false, err);
 }
 
 int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
     *processed = 0;
+    /* A replayed update may end on an entry the checkpoint holds already. */
+    if (c->pending_phase && online_trainer_cut_due(c->trainer, false)) {
+        int rc0 = commit_batch(c, true, false, err);
+        if (rc0) return rc0;
+    }
     char count[32], block[32];
     snprintf(count, sizeof count, "%d", c->o.read_count);
     snprintf(block, sizeof block, "%d", c->o.block_ms);
@@ -517,11 +536,13 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
          * at a clean stop stream_consumer_flush writes it into the checkpoint). */
         c->caught_up = true;
         if ((rc = refresh_knobs(c, err))) return rc;
-        if (online_trainer_batch_ready(c->trainer)) return commit_batch(c, true, false, err); /* batch_size shrank */
+        if (online_trainer_cut_due(c->trainer, true)) return commit_batch(c, true, false, err);
         bool settle = c->updates_since_checkpoint > 0 ||
                       (c->num_unacked > 0 && online_trainer_pending_pairs(c->trainer) == 0);
         bool replaying;
         if (settle || version_due(c, &replaying) > 0) return commit_batch(c, false, settle, err);
+        /* a partial batch grew since the status was written: say so (pending_pairs) */
+        if (online_trainer_pending_pairs(c->trainer) != c->status_pending) return write_status(c, err);
         return 0;
     }
     redisReply *pending = NULL;
@@ -554,7 +575,8 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
     bool replaying;
     if (rc == 0 && !c->pending_phase && entries->elements < (size_t)c->o.read_count) {
         c->caught_up = true;
-        if (version_due(c, &replaying) > 0) rc = commit_batch(c, false, false, err);
+        rc = cut_if_due(c, true, err);
+        if (rc == 0 && version_due(c, &replaying) > 0) rc = commit_batch(c, false, false, err);
     }
     if (pending) freeReplyObject(pending);
     freeReplyObject(r);
@@ -704,6 +726,7 @@ int stream_consumer_open(const stream_consumer_options *o, online_trainer *train
     }
     freeReplyObject(r);
     c->pending_phase = true;
+    c->status_pending = -1;
     snprintf(c->cursor, sizeof c->cursor, "0");
     c->last_publish_s = duel_time_seconds();
     if ((rc = refresh_knobs(c, err))) goto fail;

@@ -193,6 +193,7 @@ static void test_trainer_and_erm_values_are_the_code_defaults(void **state) {
     assert_int_equal(kind, t.loss.kind);
     assert_true(num_at(root, "trainer", "beta") == t.loss.beta);
     assert_int_equal(int_at(root, "trainer", "batch_size"), t.batch_size);
+    assert_int_equal(int_at(root, "trainer", "max_batch_size"), t.max_batch_size);
     assert_true(num_at(root, "trainer", "lr") == t.lr);
     assert_true(num_at(root, "trainer", "min_lr") == t.min_lr);
     assert_int_equal(int_at(root, "trainer", "warmup_steps"), t.warmup_steps);

@@ -142,7 +142,7 @@ static void test_kill9_resume_is_exact(void **state) {
     snprintf(text, sizeof text,
              "{\"model\":{\"path\":\"%s\",\"id\":\"tiny\"},"
              "\"erm\":{\"num_heads\":4,\"hidden\":32,\"min_pairs\":8},"
-             "\"trainer\":{\"loss\":\"dpo\",\"batch_size\":4,\"lr\":0.001,\"min_lr\":0.0001,"
+             "\"trainer\":{\"loss\":\"dpo\",\"batch_size\":4,\"max_batch_size\":4,\"lr\":0.001,\"min_lr\":0.0001,"
              "\"warmup_steps\":2,\"total_steps\":200,\"publish_every\":5,\"max_deliveries\":1000,"
              "\"seed\":99,\"burn_in\":24,\"gamma\":0.7,\"synthetic_store\":40,"
              "\"publish_every_seconds\":0,\"publish_when_idle\":false,\"keep_snapshots\":0,\"checkpoint_every\":1}}",

@@ -29,6 +29,7 @@ static void options_for(online_trainer_options *o) {
     o->erm_heads = 4;
     o->erm_hidden = 32;
     o->batch_size = 4;
+    o->max_batch_size = 1; /* fixed batches of whatever batch_size the knobs set */
     o->lr = 1e-3;
     o->min_lr = 1e-4;
     o->warmup_steps = 2;

@@ -51,6 +51,7 @@ static void env_init(env *e, const char *tag) {
     e->to.erm_heads = 4;
     e->to.erm_hidden = 32;
     e->to.batch_size = 4;
+    e->to.max_batch_size = 1; /* fixed batches of batch_size (test_batches_grow_behind_the_stream: not) */
     e->to.lr = 1e-3;
     e->to.min_lr = 1e-4;
     e->to.warmup_steps = 2;
@@ -536,6 +537,63 @@ static void test_snapshots_replayed_after_crash(void **state) {
     env_free(&e);
 }
 
+/* max_batch_size: a trainer that keeps up applies everything pending once it has caught up with
+ * the stream (at least batch_size pairs); one that is behind applies batches of max_batch_size.
+ * The cuts are logged, so after a crash the updates the checkpoint lost end where they ended
+ * before and a republished version holds the same votes (here v4, damaged on disk and written
+ * again); without the log the replay would cut at the maximum from the start (16, 16, 16, ...). */
+static void test_batches_grow_behind_the_stream(void **state) {
+    (void)state;
+    env e;
+    env_init(&e, "online-grow");
+    e.to.max_batch_size = 16;
+    e.to.publish_every = 1;
+    e.to.checkpoint_every = 1000; /* nothing checkpointed: the restart replays every update */
+    vote_producer p;
+    vote_producer_init(&p, 21, 128, "tiny");
+    online_trainer *t;
+    stream_consumer *sc;
+    duel_error err = {0};
+    env_open(&e, &t, &sc);
+    online_trainer_status s;
+    for (int i = 0; i < 10; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    assert_int_equal(poll_some(sc), 10);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 1); /* caught up: all 10 in one batch (fixed batches: 2 of 4) */
+    assert_int_equal(s.prefs_applied, 10);
+    for (int i = 0; i < 40; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    assert_int_equal(poll_some(sc), 40);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 4); /* behind: 16 and 16, then the 8 left once caught up */
+    assert_int_equal(s.prefs_applied, 50);
+    assert_int_equal(s.published_version, 4);
+    /* "Crash" without a checkpoint; v4's weights damaged on disk; more votes meanwhile. */
+    env_close(sc, t);
+    char dir[1024], path[1100];
+    assert_int_equal(snapshot_path(e.data, 4, dir, sizeof dir, NULL), 0);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    assert_int_equal(truncate(path, 100), 0);
+    for (int i = 0; i < 20; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
+    env_open(&e, &t, &sc);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 0);
+    drain(sc);
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.step, 6); /* 10, 16, 16, 8 replayed; then 16 (behind) and 4 */
+    assert_int_equal(s.prefs_applied, 70);
+    assert_int_equal(s.published_version, 6);
+    const long long prefs[6] = {10, 26, 42, 50, 66, 70};
+    for (int64_t v = 1; v <= 6; v++) {
+        assert_int_equal(snapshot_meta_int(e.data, v, "prefs_applied"), prefs[v - 1]);
+        assert_int_equal(snapshot_path(e.data, v, dir, sizeof dir, NULL), 0);
+        if (snapshot_verify(dir, NULL, &err)) fail_msg("v%lld: %s", (long long)v, err.message);
+    }
+    assert_int_equal(pending_count(e.c), 0); /* drain's idle rounds checkpointed and acknowledged */
+    stream_consumer_close(sc);
+    online_trainer_close(t);
+    env_free(&e);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_applies_votes_exactly_once, stop_redis),
@@ -544,6 +602,7 @@ int main(void) {
         cmocka_unit_test_teardown(test_publish_every_seconds, stop_redis),
         cmocka_unit_test_teardown(test_publish_when_idle_and_prune, stop_redis),
         cmocka_unit_test_teardown(test_snapshots_replayed_after_crash, stop_redis),
+        cmocka_unit_test_teardown(test_batches_grow_behind_the_stream, stop_redis),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
