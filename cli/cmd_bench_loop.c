@@ -631,9 +631,14 @@ int bench_loop(int argc, char **argv) {
      * the loader to serve the newest snapshot (the trainer publishes by time, so the last updates
      * may need a few seconds). */
     long long expect = batch_size > 1 && f.ab >= batch_size ? f.ab - (batch_size - 1) : batch_size > 1 ? 0 : f.ab;
-    fprintf(stderr, "all votes sent in %.0f s; waiting for the trainer to apply %lld ...\n", f.vote_seconds, expect);
+    fprintf(stderr, "all votes sent in %.0f s; waiting for the trainer to apply at least %lld ...\n", f.vote_seconds,
+            expect);
     double wait_start = duel_time_seconds();
-    while ((f.applied = hash_int(c, "duel:trainer:status", "prefs_applied")) < expect &&
+    /* done: every a/b vote applied or pending, fewer than a batch pending (the status hash says
+     * pending_pairs once the trainer idles) */
+    while (((f.applied = hash_int(c, "duel:trainer:status", "prefs_applied")) < expect ||
+            (f.pending = hash_int(c, "duel:trainer:status", "pending_pairs")) + f.applied != f.ab ||
+            f.pending >= (batch_size > 0 ? batch_size : 1)) &&
            duel_time_seconds() - wait_start < 1800.0) {
         int status;
         if (waitpid(trainer, &status, WNOHANG) == trainer) {
@@ -644,7 +649,7 @@ int bench_loop(int argc, char **argv) {
         bench_sleep_ms(100);
     }
     double applied_seconds = duel_time_seconds() - t0;
-    f.pending = hash_int(c, "duel:trainer:status", "pending_pairs");
+    expect = f.applied;
     const double update_gflop = hash_real(c, "duel:trainer:status", "update_gflop");
     f.gflop_per_vote = f.applied > 0 && update_gflop > 0 ? update_gflop / (double)f.applied : 0;
     wait_start = duel_time_seconds();
