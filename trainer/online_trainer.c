@@ -288,16 +288,22 @@ static int cut_log_open(online_trainer *t, duel_error *err) {
         }
         fclose(f);
     }
-    /* Rewritten with just the replayed cuts, so that a torn line is not followed by new ones. */
-    t->cut_log_fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0644);
+    /* Rewritten with just the replayed cuts (so that a torn line is not followed by new ones),
+     * atomically: a crash here must not lose the cuts still to replay. */
+    char *text = malloc((size_t)t->num_replay_cuts * 64 + 1);
+    if (!text) return duel_error_set(err, DUEL_ENOMEM, "online trainer: out of memory");
+    size_t len = 0;
+    for (int i = 0; i < t->num_replay_cuts; i++)
+        len += (size_t)snprintf(text + len, 64, "%lld %s\n", (long long)(t->status.step + 1 + i), t->replay_cuts[i]);
+    char tmp[ONLINE_PATH_MAX];
+    rc = path_join(tmp, t->trainer_dir, "batch_cuts.log.tmp", err);
+    if (rc == 0) rc = write_file_synced(tmp, text, len, err);
+    free(text);
+    if (rc) return rc;
+    if (rename(tmp, path) != 0 || fsync_path(t->trainer_dir) != 0)
+        return duel_error_set(err, DUEL_EIO, "%s: cannot replace: %s", path, strerror(errno));
+    t->cut_log_fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
     if (t->cut_log_fd < 0) return duel_error_set(err, DUEL_EIO, "%s: cannot open: %s", path, strerror(errno));
-    for (int i = 0; i < t->num_replay_cuts; i++) {
-        char line[64];
-        int n = snprintf(line, sizeof line, "%lld %s\n", (long long)(t->status.step + 1 + i), t->replay_cuts[i]);
-        if (write(t->cut_log_fd, line, (size_t)n) != n)
-            return duel_error_set(err, DUEL_EIO, "%s: write failed: %s", path, strerror(errno));
-    }
-    if (fsync(t->cut_log_fd) != 0) return duel_error_set(err, DUEL_EIO, "%s: fsync failed", path);
     return 0;
 }
 
