@@ -25,6 +25,7 @@
 
 #include "bench_redis.h"
 #include "cli.h"
+#include "cpu_ops.h"
 #include "machine_limits.h"
 #include "model.h"
 #include "online_trainer.h"
@@ -59,9 +60,7 @@ static int reference_logprobs(model *m, model_kv_cache *kv, const int32_t *promp
             const float *row = t == 0 ? first : logits + (size_t)(t - 1) * V;
             float mx = row[0];
             for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-            double z = 0;
-            for (int v = 0; v < V; v++) z += exp((double)row[v] - (double)mx);
-            sum += (double)row[tok[t]] - (double)mx - log(z);
+            sum += (double)row[tok[t]] - (double)mx - log(cpu_sum_exp(row, V, mx)); /* as the engine's */
         }
         out[i] = (float)sum;
     }
@@ -321,7 +320,7 @@ int bench_trainer(int argc, char **argv) {
     const double gflop_per_vote = applied > 0 ? s.update_flops / applied / 1e9 : 0;
     const double update_gflops = st.apply_seconds > 0 ? s.update_flops / st.apply_seconds / 1e9 : 0;
     const double ceiling = gflop_per_vote > 0 ? sgemm / gflop_per_vote : 0;
-    printf("  policy update  %.2f GFLOP per vote (reference forward, policy forward and backward,\n"
+    printf("  policy update  %.2f GFLOP per vote (reference forward where it ran, policy forward and backward,\n"
            "  synthetic pairs included), %.1f GFLOP/s: %.0f%% of this machine's sgemm rate (%.1f GFLOP/s)\n",
            gflop_per_vote, update_gflops, sgemm > 0 ? 100 * update_gflops / sgemm : 0, sgemm);
     printf("  ceiling  %.1f votes/s: the policy update alone at the full sgemm rate\n", ceiling);
