@@ -15,8 +15,9 @@
  * learning itself: on --held-out prompts, the win rate of the last served snapshot's answers
  * over the base model's, judged by the same lexical oracle against the references (ties count
  * half), with the mean oracle score before and after: greedy answers, and --eval-samples answers
- * sampled at the duels' temperature (what users are shown), with the same seeds for both. --rate paces the votes (a user
- * population voting R times per second); 0 votes as fast as the serving side answers, which on a
+ * sampled at the duels' temperature (what users are shown), with the same seeds for both; and
+ * on --control prompts (what the votes should leave alone), the same greedy comparison. --rate
+ * paces the votes (a user population voting R times per second); 0 votes as fast as the serving side answers, which on a
  * small machine starves the trainer of CPU (the latency then measures the backlog). */
 #include <errno.h>
 #include <jansson.h>
@@ -406,12 +407,16 @@ typedef struct loop_figures {
     double win_rate, score_before, score_after;                         /* greedy answers */
     double sampled_win_rate, sampled_score_before, sampled_score_after; /* sampled as served */
     int greedy_changed, sampled_changed; /* prompts whose answers differ from the base model's */
+    int control;                         /* --control prompts (0: none), greedy answers */
+    double control_win_rate, control_score_before, control_score_after;
+    int control_changed;
     double wall_seconds;
     double gflop_per_vote, sgemm_gflops; /* the trainer's policy update on these votes; the machine */
 } loop_figures;
 
 int bench_loop(int argc, char **argv) {
-    const char *model_dir = "models/default", *prompts_path = NULL, *held_out_path = NULL, *redis = NULL;
+    const char *model_dir = "models/default", *prompts_path = NULL, *held_out_path = NULL, *redis = NULL,
+               *control_path = NULL;
     const char *config_path = NULL, *keep_dir = NULL;
     long long votes = 2000, concurrency = 16, candidates = 4, max_new = 40, held_out_n = 200, seed = 1,
               eval_samples = 4;
@@ -424,7 +429,8 @@ int bench_loop(int argc, char **argv) {
         {"--model", CLI_OPT_STRING, &model_dir, "DIR", "base policy, served first and trained from (default models/default)", 0, 0, false, NULL},
         {"--prompts", CLI_OPT_STRING, &prompts_path, "FILE", "JSONL of {\"prompt\", \"reference\"|\"gloss\"|\"response\"}: what the scripted users ask (required)", 0, 0, false, NULL},
         {"--held-out", CLI_OPT_STRING, &held_out_path, "FILE", "JSONL in the same format, never asked during the run: the win-rate evaluation (required)", 0, 0, false, NULL},
-        {"--held-out-count", CLI_OPT_INT, &held_out_n, "N", "evaluate on the first N held-out prompts (default 200)", 1, LOOP_MAX_QA, false, NULL},
+        {"--held-out-count", CLI_OPT_INT, &held_out_n, "N", "evaluate on the first N held-out (and control) prompts (default 200)", 1, LOOP_MAX_QA, false, NULL},
+        {"--control", CLI_OPT_STRING, &control_path, "FILE", "JSONL in the same format, never asked either: prompts the votes should not harm (e.g. a phrasing the model already answers); the last snapshot's greedy answers against the base model's", 0, 0, false, NULL},
         {"--votes", CLI_OPT_INT, &votes, "N", "votes to send (default 2000)", 1, 10000000, false, NULL},
         {"--rate", CLI_OPT_DOUBLE, &rate, "R", "votes per second at most (default 0: as fast as duels are served)", 0, 1e6, false, NULL},
         {"--concurrency", CLI_OPT_INT, &concurrency, "N", "duels in flight (default 16)", 1, 1024, false, NULL},
@@ -449,8 +455,9 @@ int bench_loop(int argc, char **argv) {
         "a vote's XADD to the first duel served by a snapshot that includes it (p50, p95), and the\n"
         "held-out win rate of the last snapshot's answers over the base model's (lexical oracle,\n"
         "ties half): greedy, and sampled at --temperature as duels are (fixed seeds, the same for\n"
-        "both models). models/wordnet_data.py writes prompt files for the default model\n"
-        "(sft_train.jsonl, test.jsonl).",
+        "both models); with --control, the same greedy comparison on prompts the votes should\n"
+        "leave as good as they were. models/wordnet_data.py writes prompt files for the default\n"
+        "model (sft_train.jsonl, test.jsonl); docs/BENCHMARKS.md (\"Learning loop\") shows how.",
         options, sizeof options / sizeof options[0]};
     if (duel_config_take_sets(&argc, argv, sets, LOOP_MAX_SETS, &n_sets, &err))
         return cli_usage_error(&cmd, "%s", err.message);
@@ -458,7 +465,7 @@ int bench_loop(int argc, char **argv) {
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!prompts_path || !held_out_path) return cli_usage_error(&cmd, "--prompts and --held-out are required");
 
-    loop_qa_set asks = {0}, held = {0};
+    loop_qa_set asks = {0}, held = {0}, control = {0};
     bench_redis rs = {0};
     redisContext *c = NULL;
     json_t *config = NULL;
@@ -472,13 +479,15 @@ int bench_loop(int argc, char **argv) {
     char work[600] = "", path[1200], trainer_log[1200] = "";
     double *xadd_time = NULL, *latency = NULL;
     char **before = NULL, **after = NULL, **before_sampled = NULL, **after_sampled = NULL;
+    char **control_before = NULL, **control_after = NULL;
     loop_figures f = {0};
     const char *tmp = getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
 
     /* the trainer's configuration first: a wrong key fails before any work */
     if ((rc = duel_config_load(config_path, sets, n_sets, (const char *const *)environ, &config, NULL, &err)) ||
         (rc = qa_load(prompts_path, LOOP_MAX_QA, &asks, &err)) ||
-        (rc = qa_load(held_out_path, (int)held_out_n, &held, &err)))
+        (rc = qa_load(held_out_path, (int)held_out_n, &held, &err)) ||
+        (control_path && (rc = qa_load(control_path, (int)held_out_n, &control, &err))))
         goto done;
     if (keep_dir) {
         snprintf(work, sizeof work, "%s", keep_dir);
@@ -551,6 +560,10 @@ int bench_loop(int argc, char **argv) {
         if ((rc = model_answers(model_dir, &held, (int)max_new, temperature, (int)eval_samples, &before_sampled,
                                 &err)))
             goto done;
+    }
+    if (control_path) {
+        fprintf(stderr, "greedy answers of the base model to %d control prompts ...\n", control.count);
+        if ((rc = model_answers(model_dir, &control, (int)max_new, 0.0, 1, &control_before, &err))) goto done;
     }
 
     xadd_time = calloc((size_t)votes, sizeof *xadd_time);
@@ -700,6 +713,15 @@ int bench_loop(int argc, char **argv) {
         if ((rc = model_answers(path, &held, (int)max_new, temperature, (int)eval_samples, &after_sampled, &err)))
             goto done;
     }
+    if (control_path) {
+        fprintf(stderr, "greedy answers of %s to the control prompts ...\n", path);
+        if ((rc = model_answers(path, &control, (int)max_new, 0.0, 1, &control_after, &err))) goto done;
+        f.control = control.count;
+        if ((rc = compare_answers(&control, control_before, control_after, 1, 0, f.final_version,
+                                  &f.control_win_rate, &f.control_score_before, &f.control_score_after,
+                                  &f.control_changed, &err)))
+            goto done;
+    }
     f.held_out = held.count;
     f.eval_samples = (int)eval_samples;
     if ((rc = compare_answers(&held, before, after, 1, 5, f.final_version, &f.win_rate, &f.score_before,
@@ -735,6 +757,10 @@ int bench_loop(int argc, char **argv) {
     if (f.eval_samples > 0)
         printf("  ... sampled as duels are       %.3f  (%d answers per prompt at T=%g; mean score %.4f -> %.4f)\n",
                f.sampled_win_rate, f.eval_samples, temperature, f.sampled_score_before, f.sampled_score_after);
+    if (f.control > 0)
+        printf("  control prompts: win rate      %.3f  (%d prompts, greedy; mean score %.4f -> %.4f; %d answers "
+               "changed)\n",
+               f.control_win_rate, f.control, f.control_score_before, f.control_score_after, f.control_changed);
     if (json) {
         json_t *o = json_pack(
             "{s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:I, s:I, s:f, s:I, s:I, s:I, s:i, s:f, s:f, s:f, s:i, s:f, "
@@ -762,6 +788,13 @@ int bench_loop(int argc, char **argv) {
             json_object_set_new(o, "sampled_score_after", json_real(f.sampled_score_after));
             json_object_set_new(o, "sampled_changed", json_integer(f.sampled_changed));
         }
+        if (o && f.control > 0) {
+            json_object_set_new(o, "control", json_integer(f.control));
+            json_object_set_new(o, "control_win_rate", json_real(f.control_win_rate));
+            json_object_set_new(o, "control_score_before", json_real(f.control_score_before));
+            json_object_set_new(o, "control_score_after", json_real(f.control_score_after));
+            json_object_set_new(o, "control_changed", json_integer(f.control_changed));
+        }
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (text) printf("%s\n", text);
         free(text);
@@ -787,11 +820,14 @@ done:
     free_answers(after, held.count);
     free_answers(before_sampled, held.count * (int)eval_samples);
     free_answers(after_sampled, held.count * (int)eval_samples);
+    free_answers(control_before, control.count);
+    free_answers(control_after, control.count);
     free(xadd_time);
     free(latency);
     json_decref(config);
     qa_free(&asks);
     qa_free(&held);
+    qa_free(&control);
     if (c) redisFree(c);
     bench_redis_stop(&rs);
     if (work[0] && !keep_dir) bench_remove_tree(work);

@@ -67,7 +67,7 @@ typedef struct online_trainer_options {
     int max_batch_size;      /* while the trainer is behind the stream a batch grows to this many
                                 pairs (online_trainer_cut_due); at or below batch_size: every batch
                                 is batch_size pairs: 64 */
-    double lr, min_lr;       /* policy AdamW: 1e-5, 1e-6 */
+    double lr, min_lr;       /* policy AdamW: 3e-5, 1e-6 */
     int64_t warmup_steps, total_steps; /* warmup + cosine over total_steps (min_lr after) */
     adamw_options adamw;     /* (0.9, 0.95), weight decay 0 */
     double clip_norm;        /* 1.0 */

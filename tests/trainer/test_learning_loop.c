@@ -1,10 +1,17 @@
 /* test_learning_loop.c: issue 7's end-to-end test of the learning loop without the gateway, on
  * the shipped default model (models/default) and a real redis-server, through `duel bench loop`
  * (cli/cmd_bench_loop.c): the gateway's engine adapter serves duels (M = 4, E&E-TS over the
- * serving snapshot's ERM), the lexical oracle votes against the WordNet gloss of each "What does
- * X mean?" question (models/wordnet_data.py writes them), the votes are XADDed to duel:prefs,
- * `duel train` applies them and publishes snapshots, and the gateway's snapshot loader verifies
- * and hot-swaps them in while duels keep being served.
+ * serving snapshot's ERM), scripted users ask "Define X." about the training headwords and vote
+ * with the lexical oracle against X's WordNet gloss (models/wordnet_data.py writes them), the
+ * votes are XADDed to duel:prefs, `duel train` applies them and publishes snapshots, and the
+ * gateway's snapshot loader verifies and hot-swaps them in while duels keep being served.
+ *
+ * Why "Define X.": the shipped model answers "What does X mean?" (the question form of its
+ * training) with the gloss for 84 % of the held-out common words already, so votes on that form
+ * have almost nothing to teach (docs/BENCHMARKS.md, "Learning loop"). "Define X." is a form it was
+ * never taught: its answers are fluent definitions of other words (mean oracle score 0.09 against
+ * 0.82 for the same words asked the other way). The users' votes teach it what they want from
+ * that question, which is what the product is for, and it transfers to headwords nobody asked.
  *
  * The shipped configuration, except a checkpoint every 8 updates instead of every 5 (it changes
  * only what a crash would redo; the crash tests cover that). What the test holds the loop to
@@ -12,17 +19,13 @@
  *   - nothing lost, nothing applied twice: every a/b vote sent was applied or waits in a batch
  *     not yet full (ties are counted, not trained on);
  *   - the serving side hot-swapped at least twice, refused nothing, and ended on a snapshot;
- *   - the votes reach the policy: the final snapshot's sampled answers to held-out questions (the
- *     same seeds as the base model's) differ from the base model's;
- *   - they do not break it: on held-out headwords the votes never asked about, the final
- *     snapshot's greedy answers keep the base model's mean oracle score (at most LOOP_MAX_LOSS
- *     lower) and win rate (at least 0.5 - LOOP_MAX_LOSS_RATE, ties half), and its answers
- *     sampled as duels are keep their mean score (at most LOOP_MAX_LOSS lower).
- * The learning margin itself is not asserted any more: the shipped model answers 84 % of the
- * held-out common words with their gloss already (models/README.md), and 2,000 oracle votes on
- * other words give it a gain within noise at the shipped learning rate (docs/BENCHMARKS.md,
- * "Learning loop"); a learning rate 10x higher loses half the score (0.82 -> 0.41), which this
- * test catches.
+ *   - the margin: on "Define Y." for held-out headwords never asked during the run, the final
+ *     snapshot's greedy answers beat the base model's with a win rate of at least
+ *     LOOP_MIN_WIN_RATE (ties half; the base against itself is 0.5) and raise the mean oracle
+ *     score by at least LOOP_MIN_GAIN; its answers sampled as duels are (4 per prompt, the same
+ *     seeds for both models) win at least LOOP_MIN_SAMPLED_WIN_RATE;
+ *   - what the votes cost elsewhere: on the same held-out headwords asked "What does Y mean?"
+ *     (the control), the greedy mean score drops by at most LOOP_MAX_CONTROL_LOSS.
  * A sanitizer build runs 120 votes and checks everything but the scores (the instrumented model
  * is too slow for 2,000). */
 #include <jansson.h>
@@ -52,20 +55,45 @@
 #define LOOP_SANITIZED 0
 #endif
 
-/* Mean oracle score (0..1 scale) the votes may cost, greedy or sampled. Measured at the shipped
- * lr 1e-5 over three 2,000-vote runs: greedy +0.002 to +0.018 (16 of 200 answers changed in one),
- * sampled -0.001 to +0.009; lr 1e-4 costs 0.41. 0.03 leaves the noise of a dozen changed
- * answers (about 0.008) room. */
-#define LOOP_MAX_LOSS 0.03
-#define LOOP_MAX_LOSS_RATE 0.05 /* greedy win rate over the base at least 0.45 */
+/* The margin and the cost, measured at the shipped configuration (lr 3e-5) over three 2,000-vote
+ * runs on the 2-core development VM (docs/BENCHMARKS.md, "Learning loop"): greedy win rate 0.730
+ * to 0.775, mean score +0.267 to +0.356 (from 0.089), sampled win rate 0.815 to 0.865, control
+ * score -0.071 to -0.100 (from 0.817). The bounds leave about two standard errors of 200 prompts
+ * (0.03 on a win rate) below the lowest run, more on the score. lr 1e-5 (a quarter of the gain:
+ * +0.07 to +0.15) fails the margin; lr 1e-4 costs the control 0.22, which fails its bound. */
+#define LOOP_MIN_WIN_RATE 0.67
+#define LOOP_MIN_GAIN 0.15
+#define LOOP_MIN_SAMPLED_WIN_RATE 0.72
+#define LOOP_MAX_CONTROL_LOSS 0.15
 #define LOOP_VOTES (LOOP_SANITIZED ? 120 : 2000)
 #define LOOP_HELD_OUT (LOOP_SANITIZED ? 24 : 200)
 
 static char g_dir[512];
 
-/* Writes the prompt files: the definition questions of the training headwords (what the users
- * ask) and the held-out headwords that are in the pretraining text (the evaluation). */
-static void write_prompts(const char *asks, const char *held_out) {
+/* "What does X mean?" -> "Define X." (NULL when the question has another form). */
+static char *define_question(const char *what_does) {
+    static const char head[] = "What does ", tail[] = " mean?";
+    const size_t n = strlen(what_does), h = sizeof head - 1, t = sizeof tail - 1;
+    if (n <= h + t || strncmp(what_does, head, h) != 0 || strcmp(what_does + n - t, tail) != 0) return NULL;
+    char *q = malloc(n);
+    assert_non_null(q);
+    snprintf(q, n, "Define %.*s.", (int)(n - h - t), what_does + h);
+    return q;
+}
+
+static void write_qa(FILE *out, const char *prompt, const char *reference) {
+    json_t *q = json_pack("{s:s, s:s}", "prompt", prompt, "reference", reference);
+    assert_non_null(q);
+    char *text = json_dumps(q, JSON_COMPACT);
+    fprintf(out, "%s\n", text);
+    free(text);
+    json_decref(q);
+}
+
+/* Writes the prompt files. What the users ask: "Define X." for the training headwords, with the
+ * gloss as the oracle's reference. The evaluation: "Define Y." for the held-out headwords that
+ * are in the pretraining text (held_out), and their "What does Y mean?" (control). */
+static void write_prompts(const char *asks, const char *held_out, const char *control) {
     const char *src = test_env("DUEL_SOURCE_DIR", ".");
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "/usr/bin/python3 '%s/models/wordnet_data.py' '%s/wordnet' >/dev/null", src, g_dir);
@@ -77,38 +105,51 @@ static void write_prompts(const char *asks, const char *held_out) {
     assert_non_null(out);
     char line[1 << 16];
     int n = 0;
-    while (n < 4000 && fgets(line, sizeof line, in))
-        if (strstr(line, "\"prompt\": \"What does ")) fputs(line, out), n++;
-    fclose(in);
-    fclose(out);
-    assert_true(n >= 2000);
-    snprintf(path, sizeof path, "%s/wordnet/test.jsonl", g_dir);
-    in = fopen(path, "r");
-    out = fopen(held_out, "w");
-    assert_non_null(in);
-    assert_non_null(out);
-    n = 0;
-    while (fgets(line, sizeof line, in)) {
+    while (n < 4000 && fgets(line, sizeof line, in)) {
         json_t *o = json_loads(line, 0, NULL);
         assert_non_null(o);
-        if (json_is_true(json_object_get(o, "in_pretraining"))) {
-            json_t *q = json_pack("{s:O, s:O}", "prompt", json_object_get(o, "prompt"), "reference",
-                                  json_object_get(o, "gloss"));
-            char *text = json_dumps(q, JSON_COMPACT);
-            fprintf(out, "%s\n", text);
-            free(text);
-            json_decref(q);
+        char *q = define_question(json_string_value(json_object_get(o, "prompt")));
+        if (q) {
+            write_qa(out, q, json_string_value(json_object_get(o, "response")));
+            free(q);
             n++;
         }
         json_decref(o);
     }
     fclose(in);
     fclose(out);
+    assert_true(n >= 2000);
+    snprintf(path, sizeof path, "%s/wordnet/test.jsonl", g_dir);
+    in = fopen(path, "r");
+    out = fopen(held_out, "w");
+    FILE *out_control = fopen(control, "w");
+    assert_non_null(in);
+    assert_non_null(out);
+    assert_non_null(out_control);
+    n = 0;
+    while (fgets(line, sizeof line, in)) {
+        json_t *o = json_loads(line, 0, NULL);
+        assert_non_null(o);
+        if (json_is_true(json_object_get(o, "in_pretraining"))) {
+            const char *prompt = json_string_value(json_object_get(o, "prompt")),
+                       *gloss = json_string_value(json_object_get(o, "gloss"));
+            char *q = define_question(prompt);
+            assert_non_null(q);
+            write_qa(out, q, gloss);
+            write_qa(out_control, prompt, gloss);
+            free(q);
+            n++;
+        }
+        json_decref(o);
+    }
+    fclose(in);
+    fclose(out);
+    fclose(out_control);
     assert_true(n >= LOOP_HELD_OUT);
 }
 
 /* Runs duel bench loop and returns its JSON line. */
-static json_t *run_loop(const char *asks, const char *held_out) {
+static json_t *run_loop(const char *asks, const char *held_out, const char *control) {
     char votes[32], held[32], out_path[700], err_path[700], work[700];
     snprintf(votes, sizeof votes, "%d", LOOP_VOTES);
     snprintf(held, sizeof held, "%d", LOOP_HELD_OUT);
@@ -123,7 +164,7 @@ static json_t *run_loop(const char *asks, const char *held_out) {
         if (!freopen(out_path, "w", stdout) || !freopen(err_path, "w", stderr)) _exit(126);
         setenv("TMPDIR", g_dir, 1);
         execl(DUEL_EXE, DUEL_EXE, "bench", "loop", "--model", model, "--prompts", asks, "--held-out", held_out,
-              "--votes", votes, "--held-out-count", held, "--keep", work, "--json",
+              "--control", control, "--votes", votes, "--held-out-count", held, "--keep", work, "--json",
               /* fewer checkpoints: a shorter test, same learning */
               "--set", "trainer.checkpoint_every=8", (char *)NULL);
         _exit(127);
@@ -157,18 +198,19 @@ static double get_real(const json_t *o, const char *key) {
     return json_number_value(v);
 }
 
-static void test_votes_reach_the_policy_without_harm(void **state) {
+static void test_votes_teach_the_policy(void **state) {
     (void)state;
     if (access("/usr/share/wordnet/data.noun", R_OK) != 0) {
         printf("SKIP: Debian's wordnet-base is not installed (ops/test installs it)\n");
         exit(77);
     }
     test_make_temp_dir("learning-loop", g_dir, sizeof g_dir);
-    char asks[700], held_out[700];
+    char asks[700], held_out[700], control[700];
     snprintf(asks, sizeof asks, "%s/asks.jsonl", g_dir);
     snprintf(held_out, sizeof held_out, "%s/held_out.jsonl", g_dir);
-    write_prompts(asks, held_out);
-    json_t *o = run_loop(asks, held_out);
+    snprintf(control, sizeof control, "%s/control.jsonl", g_dir);
+    write_prompts(asks, held_out, control);
+    json_t *o = run_loop(asks, held_out, control);
 
     const long long votes = get_int(o, "votes"), ab = get_int(o, "ab_votes"), ties = get_int(o, "ties");
     const long long batch = get_int(o, "batch_size");
@@ -186,22 +228,29 @@ static void test_votes_reach_the_policy_without_harm(void **state) {
     assert_true(get_int(o, "final_version") >= 2);
     assert_true(get_int(o, "latency_count") > 0);
     assert_int_equal(get_int(o, "held_out"), LOOP_HELD_OUT);
+    assert_int_equal(get_int(o, "control"), LOOP_HELD_OUT);
     const double rate = get_real(o, "win_rate"), before = get_real(o, "score_before"),
                  after = get_real(o, "score_after");
     const double sampled_rate = get_real(o, "sampled_win_rate"), sampled_before = get_real(o, "sampled_score_before"),
                  sampled_after = get_real(o, "sampled_score_after");
-    fprintf(stderr, "held-out greedy: win rate %.3f, mean oracle score %.4f -> %.4f; sampled: win rate %.3f, %.4f -> %.4f\n",
-            rate, before, after, sampled_rate, sampled_before, sampled_after);
+    const double control_rate = get_real(o, "control_win_rate"), control_before = get_real(o, "control_score_before"),
+                 control_after = get_real(o, "control_score_after");
+    fprintf(stderr,
+            "held-out \"Define Y.\": greedy win rate %.3f, mean oracle score %.4f -> %.4f; sampled: win rate %.3f, "
+            "%.4f -> %.4f\ncontrol \"What does Y mean?\": greedy win rate %.3f, mean score %.4f -> %.4f\n",
+            rate, before, after, sampled_rate, sampled_before, sampled_after, control_rate, control_before,
+            control_after);
     assert_true(get_int(o, "sampled_changed") > 0); /* the served policy is not the base model any more */
-    /* the trainer's FLOPs per vote (from duel:trainer:status) on these short duels: 1.82 GFLOP
-     * measured (docs/BENCHMARKS.md); the ceiling is the machine's sgemm rate over it */
+    /* the trainer's FLOPs per vote (from duel:trainer:status) on these short duels: about 1.1
+     * GFLOP measured (docs/BENCHMARKS.md); the ceiling is the machine's sgemm rate over it */
     const double gflop = get_real(o, "gflop_per_vote");
     assert_true(gflop > 0.5 && gflop < 6.0);
     assert_true(get_real(o, "ceiling_votes_per_second") > 0);
     if (!LOOP_SANITIZED) {
-        assert_true(after >= before - LOOP_MAX_LOSS);
-        assert_true(rate >= 0.5 - LOOP_MAX_LOSS_RATE);
-        assert_true(sampled_after >= sampled_before - LOOP_MAX_LOSS);
+        assert_true(rate >= LOOP_MIN_WIN_RATE);
+        assert_true(after >= before + LOOP_MIN_GAIN);
+        assert_true(sampled_rate >= LOOP_MIN_SAMPLED_WIN_RATE);
+        assert_true(control_after >= control_before - LOOP_MAX_CONTROL_LOSS);
     }
     json_decref(o);
     char cmd[700]; /* the snapshots take ~20 MB each; the folder is kept only when the test fails */
@@ -211,7 +260,7 @@ static void test_votes_reach_the_policy_without_harm(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_votes_reach_the_policy_without_harm),
+        cmocka_unit_test(test_votes_teach_the_policy),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
