@@ -58,9 +58,7 @@ static int reference_logprobs(model *m, model_kv_cache *kv, const int32_t *promp
         if (len > 0 && (rc = model_forward(m, kv, tok, len, logits, true, NULL, err))) return rc;
         for (int t = 0; t < len; t++) {
             const float *row = t == 0 ? first : logits + (size_t)(t - 1) * V;
-            float mx = row[0];
-            for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-            sum += (double)row[tok[t]] - (double)mx - log(cpu_sum_exp(row, V, mx)); /* as the engine's */
+            sum += (double)row[tok[t]] - cpu_log_sum_exp(row, V); /* as the engine's */
         }
         out[i] = (float)sum;
     }

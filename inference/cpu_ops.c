@@ -633,3 +633,9 @@ double cpu_sum_exp(const float *x, int n, float shift) {
     for (; i < n; i++) total += exp((double)x[i] - (double)shift);
     return total;
 }
+
+double cpu_log_sum_exp(const float *x, int n) {
+    float mx = x[0];
+    for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    return (double)mx + log(cpu_sum_exp(x, n, mx));
+}

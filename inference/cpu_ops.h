@@ -105,6 +105,10 @@ void cpu_bf16_to_f32(float *out, const void *src, size_t n);
  * an element below shift - 87.3 counts as FLT_MIN instead of 0, far below the maximum's 1. */
 double cpu_sum_exp(const float *x, int n, float shift);
 
+/* log sum exp(x[i]) over n >= 1 floats (max + log cpu_sum_exp(x, n, max)): the log-softmax
+ * normaliser, so that x[t] - cpu_log_sum_exp(x, n) is log p(t). */
+double cpu_log_sum_exp(const float *x, int n);
+
 /* x[i] += y[i]. */
 void cpu_add_forward(float *x, const float *y, size_t count);
 

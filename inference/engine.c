@@ -344,9 +344,7 @@ static int reference_features(engine *e, model *fm, engine_active *a, float *fea
     }
     if ((rc = model_forward_batch(fm, pool, entries, M, err))) goto done;
     /* The first tokens: log softmax of the prompt's last logits. */
-    float mx = prompt_logits[0];
-    for (int v = 1; v < V; v++) mx = prompt_logits[v] > mx ? prompt_logits[v] : mx;
-    const double lse = (double)mx + log(cpu_sum_exp(prompt_logits, V, mx));
+    const double lse = cpu_log_sum_exp(prompt_logits, V);
     for (int i = 0; i < M; i++) ref_logprobs[i] = (double)prompt_logits[a->cand_tokens[i][0]] - lse + rest[i];
 done:
     if (seqs)

@@ -1023,9 +1023,7 @@ static void score_targets(model *m, const model_batch_entry *entries, const batc
             const int32_t target = e->targets[pc->offset + r];
             if (target < 0) continue;
             const float *row = out + (size_t)n++ * V;
-            float mx = row[0];
-            for (int v = 1; v < V; v++) mx = row[v] > mx ? row[v] : mx;
-            *e->target_logprob += (double)row[target] - (double)mx - log(cpu_sum_exp(row, V, mx));
+            *e->target_logprob += (double)row[target] - cpu_log_sum_exp(row, V);
         }
     }
 }

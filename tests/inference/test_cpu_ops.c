@@ -183,8 +183,8 @@ static void test_matmul_skinny(void **state) {
     }
 }
 
-/* cpu_sum_exp (the sampler's log-softmax normaliser) against exp in double: lengths around the
- * vector width, a -inf entry (a masked token), shift at the maximum. */
+/* cpu_sum_exp (the sampler's log-softmax normaliser) and cpu_log_sum_exp against exp in double:
+ * lengths around the vector width, a -inf entry (a masked token), shift at the maximum. */
 static void test_sum_exp(void **state) {
     (void)state;
     const int lens[] = {1, 7, 8, 9, 100, 49152};
@@ -200,6 +200,14 @@ static void test_sum_exp(void **state) {
         for (int i = 0; i < n; i++) ref += exp((double)x[i] - (double)max);
         double got = cpu_sum_exp(x, n, max);
         if (!(fabs(got - ref) < 1e-6 * ref)) fail_msg("n %d: %.9g, reference %.9g", n, got, ref);
+        /* the log-softmax normaliser: max + log of the same sum, so that the log-probabilities
+         * of the whole row add up to probability 1 */
+        const double lse = cpu_log_sum_exp(x, n);
+        if (!(fabs(lse - ((double)max + log(ref))) < 1e-6 * (1 + fabs(lse))))
+            fail_msg("n %d: log sum exp %.9g, reference %.9g", n, lse, (double)max + log(ref));
+        double total = 0;
+        for (int i = 0; i < n; i++) total += exp((double)x[i] - lse);
+        if (!(fabs(total - 1) < 1e-6)) fail_msg("n %d: probabilities sum to %.9g", n, total);
         free(x);
     }
 }
