@@ -304,16 +304,37 @@ static double hash_real(redisContext *c, const char *key, const char *field) {
     return v;
 }
 
+/* One comparison of the last snapshot's answers with the base model's (compare_answers). */
+typedef struct loop_comparison {
+    double win_rate, score_before, score_after;
+    int changed; /* prompts whose answers differ */
+} loop_comparison;
+
+/* The comparison's figures as PREFIXwin_rate, PREFIXscore_before, ... in o. */
+static void json_set_comparison(json_t *o, const char *prefix, const loop_comparison *c) {
+    const struct {
+        const char *name;
+        json_t *value;
+    } fields[] = {{"win_rate", json_real(c->win_rate)},
+                  {"score_before", json_real(c->score_before)},
+                  {"score_after", json_real(c->score_after)},
+                  {"changed", json_integer(c->changed)}};
+    for (size_t i = 0; i < sizeof fields / sizeof *fields; i++) {
+        char key[64];
+        snprintf(key, sizeof key, "%s%s", prefix, fields[i].name);
+        json_object_set_new(o, key, fields[i].value);
+    }
+}
+
 /* The base model's answers against the last snapshot's on the held-out prompts, `samples` per
  * prompt ((before|after)[i * samples + k], the same seeds): per prompt the mean lexical score of
- * its answers; *win_rate counts a prompt whose mean rose as a win, an equal one as half. *changed
+ * its answers; win_rate counts a prompt whose mean rose as a win, an equal one as half; changed
  * counts the prompts with any answer that differs. With show > 0, the first `show` prompts' first
  * answers go to stderr. */
 static int compare_answers(const loop_qa_set *held, char **before, char **after, int samples, int show,
-                           long long version, double *win_rate, double *score_before, double *score_after,
-                           int *changed, duel_error *err) {
+                           long long version, loop_comparison *out, duel_error *err) {
     double wins = 0, sum_before = 0, sum_after = 0;
-    *changed = 0;
+    out->changed = 0;
     for (int i = 0; i < held->count; i++) {
         const char *reference = held->items[i].reference;
         double mb = 0, ma = 0;
@@ -333,11 +354,11 @@ static int compare_answers(const loop_qa_set *held, char **before, char **after,
         sum_before += mb;
         sum_after += ma;
         wins += ma > mb ? 1.0 : ma == mb ? 0.5 : 0.0;
-        *changed += differs;
+        out->changed += differs;
     }
-    *win_rate = wins / held->count;
-    *score_before = sum_before / held->count;
-    *score_after = sum_after / held->count;
+    out->win_rate = wins / held->count;
+    out->score_before = sum_before / held->count;
+    out->score_after = sum_after / held->count;
     return 0;
 }
 
@@ -404,12 +425,9 @@ typedef struct loop_figures {
     int latency_count;
     double latency_p50, latency_p95, latency_max;
     int held_out, eval_samples;
-    double win_rate, score_before, score_after;                         /* greedy answers */
-    double sampled_win_rate, sampled_score_before, sampled_score_after; /* sampled as served */
-    int greedy_changed, sampled_changed; /* prompts whose answers differ from the base model's */
-    int control;                         /* --control prompts (0: none), greedy answers */
-    double control_win_rate, control_score_before, control_score_after;
-    int control_changed;
+    loop_comparison greedy, sampled; /* held-out: greedy answers; sampled as served */
+    int control;                     /* --control prompts (0: none) */
+    loop_comparison control_greedy;
     double wall_seconds;
     double gflop_per_vote, sgemm_gflops; /* the trainer's policy update on these votes; the machine */
 } loop_figures;
@@ -718,19 +736,16 @@ int bench_loop(int argc, char **argv) {
         if ((rc = model_answers(path, &control, (int)max_new, 0.0, 1, &control_after, &err))) goto done;
         f.control = control.count;
         if ((rc = compare_answers(&control, control_before, control_after, 1, 0, f.final_version,
-                                  &f.control_win_rate, &f.control_score_before, &f.control_score_after,
-                                  &f.control_changed, &err)))
+                                  &f.control_greedy, &err)))
             goto done;
     }
     f.held_out = held.count;
     f.eval_samples = (int)eval_samples;
-    if ((rc = compare_answers(&held, before, after, 1, 5, f.final_version, &f.win_rate, &f.score_before,
-                              &f.score_after, &f.greedy_changed, &err)))
+    if ((rc = compare_answers(&held, before, after, 1, 5, f.final_version, &f.greedy, &err)))
         goto done;
     if (eval_samples > 0 &&
         (rc = compare_answers(&held, before_sampled, after_sampled, (int)eval_samples, 0, f.final_version,
-                              &f.sampled_win_rate, &f.sampled_score_before, &f.sampled_score_after,
-                              &f.sampled_changed, &err)))
+                              &f.sampled, &err)))
         goto done;
     f.wall_seconds = duel_time_seconds() - t0;
 
@@ -753,14 +768,15 @@ int bench_loop(int argc, char **argv) {
         printf("  vote -> serving latency        no vote reached serving during the run\n");
     printf("  held-out win rate over base    %.3f  (%d prompts, greedy; mean oracle score %.4f -> %.4f; %d answers "
            "changed)\n",
-           f.win_rate, f.held_out, f.score_before, f.score_after, f.greedy_changed);
+           f.greedy.win_rate, f.held_out, f.greedy.score_before, f.greedy.score_after, f.greedy.changed);
     if (f.eval_samples > 0)
         printf("  ... sampled as duels are       %.3f  (%d answers per prompt at T=%g; mean score %.4f -> %.4f)\n",
-               f.sampled_win_rate, f.eval_samples, temperature, f.sampled_score_before, f.sampled_score_after);
+               f.sampled.win_rate, f.eval_samples, temperature, f.sampled.score_before, f.sampled.score_after);
     if (f.control > 0)
         printf("  control prompts: win rate      %.3f  (%d prompts, greedy; mean score %.4f -> %.4f; %d answers "
                "changed)\n",
-               f.control_win_rate, f.control, f.control_score_before, f.control_score_after, f.control_changed);
+               f.control_greedy.win_rate, f.control, f.control_greedy.score_before, f.control_greedy.score_after,
+               f.control_greedy.changed);
     if (json) {
         json_t *o = json_pack(
             "{s:s, s:s, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:I, s:I, s:f, s:I, s:I, s:I, s:i, s:f, s:f, s:f, s:i, s:f, "
@@ -772,9 +788,10 @@ int bench_loop(int argc, char **argv) {
             (json_int_t)f.final_version, "snapshots_loaded", (json_int_t)f.loaded, "snapshots_refused",
             (json_int_t)f.refused, "latency_count", f.latency_count, "latency_p50_s", f.latency_p50,
             "latency_p95_s", f.latency_p95, "latency_max_s", f.latency_max, "held_out", f.held_out, "win_rate",
-            f.win_rate, "score_before", f.score_before, "score_after", f.score_after, "wall_seconds", f.wall_seconds,
+            f.greedy.win_rate, "score_before", f.greedy.score_before, "score_after", f.greedy.score_after,
+            "wall_seconds", f.wall_seconds,
             "batch_size", batch_size, "candidates", (int)candidates);
-        if (o) json_object_set_new(o, "greedy_changed", json_integer(f.greedy_changed));
+        if (o) json_object_set_new(o, "greedy_changed", json_integer(f.greedy.changed));
         if (o) json_object_set_new(o, "pending_pairs", json_integer(f.pending));
         if (o && f.gflop_per_vote > 0) {
             json_object_set_new(o, "gflop_per_vote", json_real(f.gflop_per_vote));
@@ -783,17 +800,11 @@ int bench_loop(int argc, char **argv) {
         }
         if (o && f.eval_samples > 0) {
             json_object_set_new(o, "eval_samples", json_integer(f.eval_samples));
-            json_object_set_new(o, "sampled_win_rate", json_real(f.sampled_win_rate));
-            json_object_set_new(o, "sampled_score_before", json_real(f.sampled_score_before));
-            json_object_set_new(o, "sampled_score_after", json_real(f.sampled_score_after));
-            json_object_set_new(o, "sampled_changed", json_integer(f.sampled_changed));
+            json_set_comparison(o, "sampled_", &f.sampled);
         }
         if (o && f.control > 0) {
             json_object_set_new(o, "control", json_integer(f.control));
-            json_object_set_new(o, "control_win_rate", json_real(f.control_win_rate));
-            json_object_set_new(o, "control_score_before", json_real(f.control_score_before));
-            json_object_set_new(o, "control_score_after", json_real(f.control_score_after));
-            json_object_set_new(o, "control_changed", json_integer(f.control_changed));
+            json_set_comparison(o, "control_", &f.control_greedy);
         }
         char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
         if (text) printf("%s\n", text);
