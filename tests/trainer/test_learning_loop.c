@@ -14,12 +14,7 @@
  * that question, which is what the product is for, and it transfers to headwords nobody asked.
  *
  * The shipped configuration, except a checkpoint every 8 updates instead of every 5 (it changes
- * only what a crash would redo; the crash tests cover that) and fixed batches of 8 (max_batch_size
- * 8): where the trainer falls behind the stream (a slower machine, other tests running beside
- * this one), batches that grow would make fewer, larger updates at the same learning rate and
- * learn less from the same votes; the test holds the loop to what it learns per vote, the same
- * on every machine. Growing batches are tested in test_online_service.c; on the development VM
- * the trainer keeps up and they stay at 8 anyway. What the test holds the loop to
+ * only what a crash would redo; the crash tests cover that). What the test holds the loop to
  * (fixed seeds; snapshot timing still decides which policy generates which duel):
  *   - nothing lost, nothing applied twice: every a/b vote sent was applied or waits in a batch
  *     not yet full (ties are counted, not trained on);
@@ -172,9 +167,7 @@ static json_t *run_loop(const char *asks, const char *held_out, const char *cont
         execl(DUEL_EXE, DUEL_EXE, "bench", "loop", "--model", model, "--prompts", asks, "--held-out", held_out,
               "--control", control, "--votes", votes, "--held-out-count", held, "--keep", work, "--json",
               /* fewer checkpoints: a shorter test, same learning */
-              "--set", "trainer.checkpoint_every=8",
-              /* fixed batches: as many policy updates on a slow or busy machine as on a fast one */
-              "--set", "trainer.max_batch_size=8", (char *)NULL);
+              "--set", "trainer.checkpoint_every=8", (char *)NULL);
         _exit(127);
     }
     int status = 0;
