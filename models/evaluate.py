@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""evaluate.py: scores a model's greedy answers to "What does X mean?" on held-out headwords
-(test.jsonl from wordnet_data.py) against the WordNet gloss: mean word-overlap F1 (bag of
+"""evaluate.py: scores a model's greedy answers to "What does X mean?" (or another --question) on
+held-out headwords (test.jsonl from wordnet_data.py) against the WordNet gloss: mean word-overlap F1 (bag of
 lower-case words, as in SQuAD) with the headword's primary gloss, and with its best-matching
 sense. Runs `duel generate --chat --temperature 0` once per question. Standard library only.
 
@@ -42,11 +42,19 @@ def answer(duel, model, prompt, max_new_tokens):
     return out.stdout.strip()
 
 
-def score(duel, model, items, max_new_tokens):
+def ask(question, headword):
+    """The question about headword: question with {} replaced by the headword."""
+    if question.count("{}") != 1:
+        raise ValueError(f"--question must hold {{}} once, where the headword goes: {question!r}")
+    return question.replace("{}", headword)
+
+
+def score(duel, model, items, max_new_tokens, question):
     rows = []
     for item in items:
-        text = answer(duel, model, item["prompt"], max_new_tokens)
-        rows.append({"headword": item["headword"], "answer": text, "gloss": item["gloss"],
+        prompt = ask(question, item["headword"])
+        text = answer(duel, model, prompt, max_new_tokens)
+        rows.append({"headword": item["headword"], "prompt": prompt, "answer": text, "gloss": item["gloss"],
                      "f1_primary": f1(text, item["gloss"]),
                      "f1_best_sense": max(f1(text, g) for g in item["glosses"]),
                      "in_pretraining": item.get("in_pretraining")})
@@ -91,13 +99,20 @@ def main():
     ap.add_argument("--sample", type=int, default=200)
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--question", default="What does {} mean?",
+                    help='the question, {} standing for the headword (default "What does {} mean?")')
     args = ap.parse_args()
+    try:
+        ask(args.question, "x")
+    except ValueError as e:
+        ap.error(str(e))
     items = [json.loads(line) for line in open(args.test)]
     common = [i for i in items if i["tag_count"] >= 5]
     sample = random.Random(args.seed).sample(items, min(args.sample, len(items)))
     t0 = time.time()
-    result = {"common": score(args.duel, args.model, common, args.max_new_tokens),
-              "random_sample": score(args.duel, args.model, sample, args.max_new_tokens)}
+    result = {"question": args.question,
+              "common": score(args.duel, args.model, common, args.max_new_tokens, args.question),
+              "random_sample": score(args.duel, args.model, sample, args.max_new_tokens, args.question)}
     result["seconds"] = time.time() - t0
     with open(args.out, "w") as f:
         json.dump(result, f, indent=1)

@@ -2,7 +2,8 @@
 """test_models_py.py: the Python side of the default model's build (models/).
 
 - models/evaluate.py: word-overlap F1 and the "about its headword" share on hand-made answers,
-  including answers that overlap another word's gloss more than their own.
+  including answers that overlap another word's gloss more than their own; the --question
+  template.
 - models/wordnet_data.py on Debian's WordNet: no held-out (test) headword is ever asked about in
   the pretraining or SFT text (that would contaminate the held-out evaluation); the pretraining
   questions are exactly those of the training headwords of the knowledge set, with their primary
@@ -64,6 +65,13 @@ class EvaluateTest(unittest.TestCase):
         self.assertAlmostEqual(s["mean_f1_primary"], sum(r["f1_primary"] for r in rows) / 4)
         self.assertAlmostEqual(s["share_f1_best_sense_at_least_half"],
                                sum(r["f1_best_sense"] >= 0.5 for r in rows) / 4)
+
+    def test_question(self):
+        self.assertEqual(evaluate.ask("What does {} mean?", "tea"), "What does tea mean?")
+        self.assertEqual(evaluate.ask("Define {}.", "tea"), "Define tea.")
+        for bad in ("Define tea.", "{} or {}?"):  # no place for the headword, or two
+            with self.assertRaises(ValueError):
+                evaluate.ask(bad, "tea")
 
     def test_alone_in_its_set(self):
         # With no other word to beat, an answer is about its word when it overlaps its gloss at all.
