@@ -60,8 +60,9 @@
  * to 0.775, mean score +0.267 to +0.356 (from 0.089), sampled win rate 0.815 to 0.865, control
  * score -0.071 to -0.115 (from 0.817). The margin's bounds leave about two standard errors of 200
  * prompts (0.03 on a win rate) below the lowest run, more on the score; lr 1e-5 (about a third
- * of the gain: +0.07 to +0.15) fails the score's bound in each of its four runs. The control's bound is for a policy the votes break (lr 1e-4
- * costs it 0.22 here, and 0.41 when users ask "What does X mean?"), not for the trade-off. */
+ * of the gain: +0.07 to +0.15) fails the score's bound in each of its four runs. The control's
+ * bound is for a policy the votes break (lr 1e-4 costs it 0.22 here, and 0.41 when users ask
+ * "What does X mean?"), not for the trade-off. */
 #define LOOP_MIN_WIN_RATE 0.67
 #define LOOP_MIN_GAIN 0.15
 #define LOOP_MIN_SAMPLED_WIN_RATE 0.72
