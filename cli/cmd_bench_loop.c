@@ -17,8 +17,9 @@
  * half), with the mean oracle score before and after: greedy answers, and --eval-samples answers
  * sampled at the duels' temperature (what users are shown), with the same seeds for both; and
  * on --control prompts (what the votes should leave alone), the same greedy comparison. --rate
- * paces the votes (a user population voting R times per second); 0 votes as fast as the serving side answers, which on a
- * small machine starves the trainer of CPU (the latency then measures the backlog). */
+ * paces the votes (a user population voting R times per second); 0 votes as fast as the serving
+ * side answers, which on a small machine starves the trainer of CPU (the latency then measures
+ * the backlog). */
 #include <errno.h>
 #include <jansson.h>
 #include <math.h>
