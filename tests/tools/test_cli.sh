@@ -92,6 +92,13 @@ expect 0 'vote -> serving|XADD' -- bench loop --help
 expect 2 '--prompts and --held-out are required' -- bench loop
 expect 1 'nonexistent.jsonl' -- bench loop --prompts /nonexistent.jsonl --held-out /nonexistent.jsonl
 expect 1 'unknown section "bogus"' -- bench loop --set bogus.key=1 --prompts /dev/null --held-out /dev/null
+# --control: a missing, malformed or reference-less file fails before any work, naming the file
+printf '%s\n' '{"prompt": "Define tea.", "reference": "a beverage"}' >"$TMP/qa.jsonl"
+printf 'not json\n' >"$TMP/bad-control.jsonl"
+printf '%s\n' '{"prompt": "Define tea."}' >"$TMP/noref-control.jsonl"
+expect 1 "$TMP/missing-control.jsonl: No such file" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/missing-control.jsonl"
+expect 1 "$TMP/bad-control.jsonl:1: not a JSON object" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/bad-control.jsonl"
+expect 1 "$TMP/noref-control.jsonl: no line has \"prompt\" and \"reference\"" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/noref-control.jsonl"
 expect 0 'ceiling' -- bench trainer --help
 expect 2 "--prompt-tokens '9:4': expected MIN:MAX" -- bench trainer --prompt-tokens 9:4
 expect 2 "--response-tokens '0:8': expected MIN:MAX" -- bench trainer --response-tokens 0:8
