@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """evaluate.py: scores a model's greedy answers to "What does X mean?" (or another --question) on
-held-out headwords (test.jsonl from wordnet_data.py) against the WordNet gloss: mean word-overlap F1 (bag of
-lower-case words, as in SQuAD) with the headword's primary gloss, and with its best-matching
-sense. Runs `duel generate --chat --temperature 0` once per question. Standard library only.
+held-out headwords (test.jsonl from wordnet_data.py) against the WordNet gloss: mean word-overlap
+F1 (bag of lower-case words, as in SQuAD) with the headword's primary gloss, and with its
+best-matching sense. Runs `duel generate --chat --temperature 0` once per question. Standard library only.
 
 Reports two sets: the common held-out words (SemCor tag count >= 5) and a seeded random sample
 of all held-out words; prints a sample of answers and writes everything to --out as JSON. Besides
@@ -54,7 +54,8 @@ def score(duel, model, items, max_new_tokens, question):
     for item in items:
         prompt = ask(question, item["headword"])
         text = answer(duel, model, prompt, max_new_tokens)
-        rows.append({"headword": item["headword"], "prompt": prompt, "answer": text, "gloss": item["gloss"],
+        rows.append({"headword": item["headword"], "prompt": prompt, "answer": text,
+                     "gloss": item["gloss"],
                      "f1_primary": f1(text, item["gloss"]),
                      "f1_best_sense": max(f1(text, g) for g in item["glosses"]),
                      "in_pretraining": item.get("in_pretraining")})
