@@ -1,0 +1,209 @@
+/* engine_internal.h: what the engine's files share (engine.h is the public contract). The
+ * engine is split by responsibility, one file per idea:
+ *   engine.c          lifecycle (create, destroy), the engine thread's loop and command
+ *                     dispatch, the stats snapshot, engine_cancel / engine_poll;
+ *   engine_submit.c   engine_submit: a request checked and translated into a command, in the
+ *                     caller's thread;
+ *   engine_requests.c the engine thread's table of requests: starting one on the scheduler,
+ *                     turning scheduler events into engine events, arena halves, cancels;
+ *   engine_arms.c     the arm table: arms added and retired at run time, their reference counts;
+ *   engine_duel.c     a finished duel request's features, ERM scores and pair (DUEL_READY);
+ *   engine_pilaf.c    PILAF requests;
+ *   engine_events.c   building, pushing and freeing engine events; the per-id state table.
+ * Every call the engine makes into the compute (the model's batched forward, the reference
+ * pass, ERM scoring) is in engine.c (forward_arm) and engine_duel.c; the scheduler samples.
+ *
+ * Threads and ownership:
+ *   - The engine thread owns the scheduler, the KV pool, the models (borrowed at create) and the
+ *     table of active requests (engine_active). It pops commands, runs scheduler steps while
+ *     there is work, and turns the scheduler's events into engine_events (deep copies, text
+ *     decoded) that it pushes to the event queue.
+ *   - Callers own what they pass in (copied at submit) and the events they pop.
+ *   - The mutex guards the id counter, the per-id state table, the stats snapshot and the arm
+ *     table's states (with the scheduler's model table, which sched_validate reads):
+ *     engine_submit validates in the caller's thread under it, and pushes its command before
+ *     unlocking, so commands reach the engine thread in the order their checks saw the arms.
+ *   - Arm slots: FREE -> ADDING (engine_add_arm fills it, caller thread) -> RESIDENT (the
+ *     engine thread, between steps: sched_set_model) -> RETIRING (engine_retire_arm) -> FREE
+ *     (the engine thread, once no request holds it: ARM_RETIRED event). Only the engine thread
+ *     turns a slot FREE or RESIDENT, and only while no request refers to the slot, so the engine
+ *     thread reads arms[] without the lock. refs (engine thread only) counts the requests on an
+ *     arm.
+ * The state table keeps one byte per id ever issued (1 MiB per million requests) so that
+ * engine_cancel can tell "never issued" from "already finished" without the engine thread. */
+#ifndef DUEL_ENGINE_INTERNAL_H
+#define DUEL_ENGINE_INTERNAL_H
+
+#include <pthread.h>
+
+#include "engine.h"
+#include "engine_queue.h"
+#include "kv_cache.h"
+#include "scheduler.h"
+
+#define ENGINE_DEFAULT_MAX_CANDIDATES 64
+
+enum { ENGINE_STATE_UNKNOWN = 0, ENGINE_STATE_ACTIVE = 1, ENGINE_STATE_ENDED = 2 };
+
+enum { ARM_FREE = 0, ARM_ADDING, ARM_RESIDENT, ARM_RETIRING };
+
+typedef struct engine_arm {
+    int state;            /* ARM_*, under the lock */
+    char name[ENGINE_MAX_ARM_NAME];
+    model *model;
+    const tokenizer *tokenizer;
+    const erm *erm;       /* NULL: the engine's */
+    void *user;
+    uint64_t model_id;    /* never reused */
+    int32_t eos[MODEL_CONFIG_MAX_EOS];
+    int num_eos;
+    int refs;             /* engine thread: requests on this arm */
+    int add_status;       /* ADDING -> FREE on failure: why (under the lock) */
+    char add_message[DUEL_ERROR_MESSAGE_MAX];
+} engine_arm;
+
+typedef enum engine_command_kind {
+    ENGINE_CMD_SUBMIT,
+    ENGINE_CMD_CANCEL,
+    ENGINE_CMD_ADD_ARM,    /* id: the slot */
+    ENGINE_CMD_RETIRE_ARM, /* id: the slot */
+} engine_command_kind;
+
+typedef struct engine_command {
+    engine_command_kind kind;
+    uint64_t id;
+    bool duel, want_hidden;
+    duel_strategy strategy;
+    double pilaf_beta;
+    int arena_model;             /* arena: the second arm's slot; else -1 */
+    sched_request_params params; /* SUBMIT: prompt and stop_tokens point at the copies (arena:
+                                    the first half; the second is the same on arena_model with
+                                    seed + M/2) */
+    int32_t *prompt;
+    int32_t stop[SCHED_MAX_STOP_TOKENS];
+} engine_command;
+
+/* What the scheduler's user pointer is: a request's half (arena) or the whole of it. */
+typedef struct engine_part {
+    struct engine_active *owner;
+    int index; /* 0: arm, candidates from 0; 1 (arena): arena_arm, candidates from M/2 */
+} engine_part;
+
+/* A request the scheduler holds (engine thread only). */
+typedef struct engine_active {
+    uint64_t id, sched_id;
+    int arm;
+    engine_part parts[2];
+    /* Arena requests: the second half is scheduler request arena_sched_id on arena_arm. */
+    int arena_arm;        /* -1: not an arena request */
+    uint64_t arena_sched_id;
+    bool part_done[2];
+    int parts_left;
+    int fail_status;      /* the first failure of a half */
+    char fail_message[DUEL_ERROR_MESSAGE_MAX];
+    bool cancelled;
+    engine_counts counts; /* summed over the halves */
+    void *user;
+    double submit_time;
+    bool want_hidden; /* the caller's (a duel with policy features asks the scheduler anyway) */
+    /* Duel requests only. */
+    bool duel;
+    duel_strategy strategy;
+    uint64_t seed;
+    int num_candidates, prompt_len, hidden_size;
+    int32_t *prompt;       /* [prompt_len] */
+    int32_t **cand_tokens; /* [M] finished candidates' tokens */
+    int *cand_counts;      /* [M] */
+    float *cand_hidden;    /* [M][hidden_size] (policy features) */
+    bool lost;             /* a candidate's copy failed (out of memory) */
+} engine_active;
+
+struct engine {
+    engine_arm arms[SCHED_MAX_MODELS];
+    int num_arms;         /* slots ever used (a bound for loops) */
+    uint64_t next_model_id; /* under the lock */
+    pthread_cond_t arm_applied; /* with lock: an ADDING slot left ADDING */
+    kv_pool *pool;
+    scheduler *sched;
+    engine_queue *commands, *events;
+    pthread_t thread;
+    bool thread_started;
+
+    pthread_mutex_t lock; /* guards next_id, states, stats */
+    uint64_t next_id;
+    uint8_t *states;      /* [states_cap], by id */
+    size_t states_cap;
+    engine_stats stats;
+
+    struct pilaf_job **pilaf; /* PILAF requests in progress (engine thread) */
+    int num_pilaf, cap_pilaf;
+    const erm *erm;       /* borrowed; NULL: no duels */
+    kv_pool *ref_pool;    /* the reference pass's own small pool (engine thread) */
+    int ref_arm;          /* ENGINE_FEATURES_REFERENCE */
+    engine_feature_source features;
+
+    /* Engine thread only. */
+    engine_active **active;
+    int num_active, cap_active;
+    uint64_t *deferred_cancels; /* scheduler ids to cancel after the step (arena halves) */
+    int num_deferred, cap_deferred;
+};
+
+/* ---- engine_submit.c ---------------------------------------------------------------------- */
+
+void engine_command_free(engine_command *cmd);
+
+/* ---- engine_events.c ---------------------------------------------------------------------- */
+
+void engine_set_state(engine *e, uint64_t id, uint8_t state);
+/* Pushes ev to the event queue (frees it when the queue cannot take it: out of memory). */
+void engine_push_event(engine *e, engine_event *ev);
+/* An ERROR event for request id. */
+void engine_push_error(engine *e, uint64_t id, void *user, int status, const char *message);
+float *engine_copy_floats(const float *src, int n);
+int32_t *engine_copy_ints(const int32_t *src, int n);
+
+/* ---- engine_arms.c ------------------------------------------------------------------------ */
+
+/* Fills a RESIDENT slot of the arm table from mp (engine_create; no thread yet). */
+void engine_arm_fill(engine_arm *arm, const engine_model_params *mp, uint64_t model_id);
+/* The scheduler's view of an arm's model. */
+sched_model_info engine_arm_sched_info(const engine_arm *arm);
+/* With the lock held: a RESIDENT arm by name (NULL: slot 0), or -1. */
+int engine_arm_lookup_locked(const engine *e, const char *name);
+/* Engine thread: one request fewer on the arm; a RETIRING arm left without requests goes back
+ * to its owner (ARM_RETIRED event). */
+void engine_arm_unref(engine *e, int slot);
+/* Engine thread, command handlers (between steps). */
+void engine_arm_apply_add(engine *e, int slot);
+void engine_arm_apply_retire(engine *e, int slot);
+
+/* ---- engine_requests.c -------------------------------------------------------------------- */
+
+/* Engine thread: starts a SUBMIT command's request on the scheduler (cmd's prompt may be taken
+ * over); failures end it with an ERROR event. */
+void engine_request_start(engine *e, engine_command *cmd);
+/* Engine thread: a CANCEL command. */
+void engine_request_cancel(engine *e, uint64_t id);
+/* The scheduler's event callback (engine thread). */
+void engine_on_sched_event(void *ctx, const sched_event *se);
+/* Cancels the arena halves whose cancel was deferred past a step's callbacks. */
+void engine_flush_deferred_cancels(engine *e);
+void engine_active_free(engine_active *a);
+
+/* ---- engine_duel.c ------------------------------------------------------------------------ */
+
+/* The features, rewards and pair of a finished duel request (engine thread); *out gets the
+ * DUEL_READY event. */
+int engine_duel_ready(engine *e, engine_active *a, const float *prompt_hidden, double decode_ms,
+                      engine_event **out, duel_error *err);
+
+/* ---- engine_pilaf.c ----------------------------------------------------------------------- */
+
+void engine_pilaf_submit(engine *e, engine_command *cmd);
+void engine_pilaf_run_all(engine *e);
+/* Cancels a PILAF request; false when id is none of them. */
+bool engine_pilaf_cancel(engine *e, uint64_t id);
+void engine_pilaf_free_all(engine *e);
+
+#endif
