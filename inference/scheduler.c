@@ -8,7 +8,14 @@
  *
  * A step's plan lives in sched_seq.step_count (tokens in this step's batch); preempting a planned
  * sequence zeroes it and gives its tokens back to the budget, and the batch is built from the
- * running list only after planning, so a preempted sequence can never be run. */
+ * running list only after planning, so a preempted sequence can never be run.
+ *
+ * A candidate of a request with a lockstep reference model has a second kv_sequence (ref_kv).
+ * Invariant: while the candidate is not finishing, ref_kv holds exactly the positions kv holds
+ * (a waiting candidate: neither holds any), because both attach the same number of cached
+ * positions at admission and every step reserves, runs and commits the same piece on both
+ * (step_ref). A finishing candidate (its last token's hidden state still to run) needs no more
+ * reference logits, so only kv runs then. */
 #include "scheduler.h"
 
 #include <stdio.h>
@@ -28,6 +35,7 @@ typedef struct sched_seq {
     int32_t *tokens;    /* prompt then generated; capacity req->max_total */
     int n_tokens;
     kv_sequence kv;
+    kv_sequence ref_kv; /* the lockstep reference model's (req->p.use_ref_model) */
     duel_rng rng;
     double logprob_sum;
     bool running;       /* in s->running, holds blocks */
@@ -36,6 +44,7 @@ typedef struct sched_seq {
     bool to_finish;     /* finish at the end of this step */
     sched_finish_reason reason;
     int step_count;     /* tokens of this step's batch (0: not in it) */
+    bool step_ref;      /* the piece also runs on ref_kv this step (it costs 2 x step_count) */
     int batch_slot;     /* its row of the step's logits */
     int max_computed;   /* positions below this were computed before (recomputes count so) */
     float *hidden;      /* hidden_size floats (want_hidden) */
@@ -48,6 +57,7 @@ struct sched_request {
     int32_t *prompt;
     int32_t stop[SCHED_MAX_STOP_TOKENS];
     int max_total;           /* tokens a candidate can reach: min(prompt + max_new, context) */
+    int context;             /* the model's context (the smaller of the two with a reference) */
     uint64_t arrival;
     sched_seq **seqs;        /* [M]; 1..M-1 are NULL until the prompt is done */
     int n_seqs, n_done;
@@ -81,8 +91,10 @@ struct scheduler {
     /* Step scratch. */
     sched_seq **batch, **completed;
     model_batch_entry *entries;
-    float *logits;
-    size_t logits_floats;
+    float *logits, *ref_logits; /* [n_batch][max_vocab]: the model's, the reference's */
+    size_t logits_floats, ref_logits_floats;
+    float *stepped;       /* max_vocab floats: a logits step's output */
+    int stepped_floats;
     int max_vocab;
 };
 
@@ -183,7 +195,8 @@ int sched_set_model(scheduler *s, int index, const sched_model_info *info, duel_
             return duel_error_set(err, DUEL_EINVAL, "sched_set_model: model id %llu is model %d's",
                                   (unsigned long long)info->model_id, i);
     for (int i = 0; i < s->n_reqs; i++)
-        if (s->reqs[i]->p.model == index)
+        if (s->reqs[i]->p.model == index ||
+            (s->reqs[i]->p.use_ref_model && s->reqs[i]->p.ref_model == index))
             return duel_error_set(err, DUEL_EINVAL,
                                   "sched_set_model: request %llu still uses model %d",
                                   (unsigned long long)s->reqs[i]->id, index);
@@ -197,6 +210,7 @@ static void seq_free(scheduler *s, sched_seq *q) {
     if (!q) return;
     kv_sequence_free(s->pool, &q->kv);
     kv_sequence_destroy(&q->kv);
+    kv_sequence_free(s->pool, &q->ref_kv);
     free(q->tokens);
     free(q->hidden);
     free(q);
@@ -222,6 +236,8 @@ void sched_destroy(scheduler *s) {
     free(s->completed);
     free(s->entries);
     free(s->logits);
+    free(s->ref_logits);
+    free(s->stepped);
     free(s);
 }
 
@@ -248,7 +264,7 @@ static int reserve_capacity(scheduler *s, int more, duel_error *err) {
             grow_ptrs((void **)&s->waiting, cap, sizeof *s->waiting, err) ||
             grow_ptrs((void **)&s->batch, cap, sizeof *s->batch, err) ||
             grow_ptrs((void **)&s->completed, cap, sizeof *s->completed, err) ||
-            grow_ptrs((void **)&s->entries, cap, sizeof *s->entries, err))
+            grow_ptrs((void **)&s->entries, 2 * cap, sizeof *s->entries, err))
             return DUEL_ENOMEM;
         s->cap_seqs = cap;
     }
@@ -271,13 +287,23 @@ static sched_seq *seq_new(sched_request *r, int candidate, int hidden_size) {
     q->age = (r->arrival << SCHED_AGE_CANDIDATE_BITS) | (uint64_t)candidate;
     duel_rng_seed(&q->rng, r->p.seed + (uint64_t)candidate);
     kv_sequence_init(&q->kv, 0);
+    kv_sequence_init(&q->ref_kv, 0);
     return q;
+}
+
+/* The context a candidate of p ends at: its model's, or the smaller of the two with a lockstep
+ * reference (whose index is checked first). */
+static int request_context(const scheduler *s, const sched_request_params *p) {
+    int ctx = s->models[p->model].max_context;
+    if (p->use_ref_model && s->models[p->ref_model].max_context < ctx)
+        ctx = s->models[p->ref_model].max_context;
+    return ctx;
 }
 
 /* Tokens one candidate of p can reach: min(prompt + max_new, context). */
 static int64_t request_max_total(const scheduler *s, const sched_request_params *p) {
     int64_t total = (int64_t)p->prompt_len + p->max_new_tokens;
-    int ctx = s->models[p->model].max_context;
+    int ctx = request_context(s, p);
     return total > ctx ? ctx : total;
 }
 
@@ -288,6 +314,26 @@ int sched_validate(const scheduler *s, const sched_request_params *params, duel_
         return duel_error_set(err, DUEL_EINVAL, "unknown model index %d (%d models resident)",
                               p->model, s->n_models);
     const sched_model_info *mi = &s->models[p->model];
+    if (p->use_ref_model) {
+        if (p->ref_model < 0 || p->ref_model >= s->n_models)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "unknown reference model index %d (%d models resident)",
+                                  p->ref_model, s->n_models);
+        const sched_model_info *ri = &s->models[p->ref_model];
+        if (ri->vocab_size != mi->vocab_size)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "the reference model has %d logits, the model %d (a lockstep "
+                                  "reference needs the same vocabulary)",
+                                  ri->vocab_size, mi->vocab_size);
+        if (!p->logits_step)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "a lockstep reference model needs a logits step");
+        if (p->prompt_len >= ri->max_context)
+            return duel_error_set(err, DUEL_ELIMIT,
+                                  "prompt of %d tokens does not fit the reference model's "
+                                  "context of %d tokens (at most %d)",
+                                  p->prompt_len, ri->max_context, ri->max_context - 1);
+    }
     if (!p->prompt || p->prompt_len < 1)
         return duel_error_set(err, DUEL_EINVAL, "empty prompt (at least one token is needed)");
     if (p->prompt_len >= mi->max_context)
@@ -317,13 +363,15 @@ int sched_validate(const scheduler *s, const sched_request_params *params, duel_
             return duel_error_set(err, DUEL_EINVAL, "stop token id %d is outside the vocabulary",
                                   (int)p->stop_tokens[i]);
     int64_t total = request_max_total(s, p);
-    int64_t blocks = (total + s->block_size - 1) / s->block_size;
+    int64_t blocks = (total + s->block_size - 1) / s->block_size * (p->use_ref_model ? 2 : 1);
     if (blocks > kv_pool_num_blocks(s->pool))
         return duel_error_set(err, DUEL_ELIMIT,
-                              "a candidate of up to %lld tokens needs %lld KV blocks, more than "
-                              "the pool's %d (raise the KV memory budget or lower "
+                              "a candidate of up to %lld tokens needs %lld KV blocks%s, more "
+                              "than the pool's %d (raise the KV memory budget or lower "
                               "max_new_tokens)",
-                              (long long)total, (long long)blocks, kv_pool_num_blocks(s->pool));
+                              (long long)total, (long long)blocks,
+                              p->use_ref_model ? " with its reference sequence" : "",
+                              kv_pool_num_blocks(s->pool));
     return DUEL_OK;
 }
 
@@ -343,6 +391,7 @@ int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
     int M = p->num_candidates;
     r->p = *p;
     r->max_total = (int)total;
+    r->context = request_context(s, p);
     r->prompt = malloc((size_t)p->prompt_len * sizeof *r->prompt);
     r->seqs = calloc((size_t)M, sizeof *r->seqs);
     r->progress_candidates = malloc((size_t)M * sizeof *r->progress_candidates);
@@ -368,6 +417,7 @@ int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
         return duel_error_set(err, DUEL_ENOMEM, "out of memory for a sequence");
     }
     q->kv.model_id = mi->model_id;
+    if (p->use_ref_model) q->ref_kv.model_id = s->models[p->ref_model].model_id;
     memcpy(q->tokens, r->prompt, (size_t)p->prompt_len * sizeof *q->tokens);
     q->n_tokens = p->prompt_len;
     r->seqs[0] = q;
@@ -436,12 +486,20 @@ int sched_cancel(scheduler *s, uint64_t id, sched_event_fn on_event, void *ctx, 
 
 /* ---- step --------------------------------------------------------------------------------- */
 
+/* Whether q's next piece also runs on its lockstep reference sequence. */
+static bool seq_runs_ref(const sched_seq *q) { return q->req->p.use_ref_model && !q->finishing; }
+
+/* Budget tokens of q's planned piece: twice its tokens when the reference runs it too. */
+static int seq_step_cost(const sched_seq *q) { return q->step_count * (q->step_ref ? 2 : 1); }
+
 static void preempt(scheduler *s, sched_seq *q, int *budget) {
     kv_sequence_free(s->pool, &q->kv);
+    kv_sequence_free(s->pool, &q->ref_kv);
     list_remove(s->running, &s->n_running, q);
     q->running = false;
-    *budget += q->step_count;
+    *budget += seq_step_cost(q);
     q->step_count = 0;
+    q->step_ref = false;
     list_insert(s->waiting, &s->n_waiting, q);
     q->req->stats.preemptions++;
     s->stats.preemptions++;
@@ -459,8 +517,9 @@ static void request_fail(sched_request *r, int code, const char *message) {
     snprintf(r->fail_message, sizeof r->fail_message, "%s", message);
 }
 
-/* Samples q's next token from logits and appends it; decides whether q ends. */
-static void sample_next(scheduler *s, sched_seq *q, const float *logits) {
+/* Samples q's next token from logits (through the request's logits step, with the reference's
+ * ref_logits, when it has one) and appends it; decides whether q ends. */
+static void sample_next(scheduler *s, sched_seq *q, const float *logits, const float *ref_logits) {
     sched_request *r = q->req;
     const sched_model_info *mi = &s->models[r->p.model];
     if (q->n_tokens >= r->max_total) { /* cannot happen: the end checks below stop first */
@@ -469,6 +528,16 @@ static void sample_next(scheduler *s, sched_seq *q, const float *logits) {
     }
     float lp = 0;
     duel_error e = {0};
+    if (r->p.logits_step) {
+        int rc = r->p.logits_step(r->p.logits_ctx, q->candidate, logits,
+                                  r->p.use_ref_model ? ref_logits : NULL, mi->vocab_size,
+                                  s->stepped, &e);
+        if (rc) {
+            request_fail(r, rc, e.message[0] ? e.message : "the logits step failed");
+            return;
+        }
+        logits = s->stepped;
+    }
     int32_t tok = sampler_sample(logits, mi->vocab_size, &r->p.sampling, &q->rng, &lp, &e);
     if (tok < 0) {
         request_fail(r, tok, e.message);
@@ -483,7 +552,7 @@ static void sample_next(scheduler *s, sched_seq *q, const float *logits) {
     bool end = true;
     if (is_stop(r, tok)) q->reason = SCHED_FINISH_STOP;
     else if (generated >= r->p.max_new_tokens) q->reason = SCHED_FINISH_LENGTH;
-    else if (q->n_tokens >= mi->max_context) q->reason = SCHED_FINISH_CONTEXT;
+    else if (q->n_tokens >= r->context) q->reason = SCHED_FINISH_CONTEXT;
     else end = false;
     if (!end) return;
     if (r->p.want_hidden) q->finishing = true; /* one more piece: the last token's hidden */
@@ -498,6 +567,7 @@ static int fork_candidates(scheduler *s, sched_request *r, duel_error *err) {
         sched_seq *q = seq_new(r, i, mi->hidden_size);
         if (!q) return duel_error_set(err, DUEL_ENOMEM, "out of memory forking candidates");
         int rc = kv_sequence_fork(s->pool, &parent->kv, &q->kv, err);
+        if (!rc && r->p.use_ref_model) rc = kv_sequence_fork(s->pool, &parent->ref_kv, &q->ref_kv, err);
         if (rc) {
             seq_free(s, q);
             return rc;
@@ -515,6 +585,7 @@ static int fork_candidates(scheduler *s, sched_request *r, duel_error *err) {
 static void finish_candidate(scheduler *s, sched_seq *q, sched_event_fn on_event, void *ctx) {
     sched_request *r = q->req;
     kv_sequence_free(s->pool, &q->kv);
+    kv_sequence_free(s->pool, &q->ref_kv);
     if (q->running) list_remove(s->running, &s->n_running, q);
     q->running = false;
     q->finished = true;
@@ -533,6 +604,55 @@ static void finish_candidate(scheduler *s, sched_seq *q, sched_event_fn on_event
     r->n_done++;
 }
 
+/* Tokens of a sequence's next piece: what it needs, up to what the budget pays for (a piece
+ * that also runs on the reference costs 2 per token; at least one token, so a budget of 1
+ * still moves such a sequence, overdrawing the budget by one). */
+static int piece_tokens(int need, int budget, bool with_ref) {
+    int afford = with_ref ? budget / 2 : budget;
+    if (afford < 1) afford = 1;
+    return need < afford ? need : afford;
+}
+
+/* Reserves n more positions on both of q's sequences; all or nothing like kv_sequence_reserve:
+ * DUEL_ELIMIT (nothing reserved) when the pool cannot give both their blocks. Sufficient: the
+ * reference sequence's blocks are all referenced, so reserving q's own evicts none of them, and
+ * the two never share a partly filled block (only whole blocks are ever attached or deduped). */
+static int reserve_pair(scheduler *s, sched_seq *q, int64_t n, duel_error *err) {
+    int64_t a = kv_sequence_blocks_needed(s->pool, &q->kv, n);
+    int64_t b = kv_sequence_blocks_needed(s->pool, &q->ref_kv, n);
+    if (a < 0 || b < 0) return duel_error_set(err, DUEL_EINVAL, "kv reserve: invalid arguments");
+    if (a + b > kv_pool_available_blocks(s->pool))
+        return duel_error_set(err, DUEL_ELIMIT,
+                              "kv reserve: out of blocks for a candidate and its reference "
+                              "(need %lld, %d free or cached)",
+                              (long long)(a + b), kv_pool_available_blocks(s->pool));
+    int rc = kv_sequence_reserve(s->pool, &q->kv, n, NULL, err);
+    if (!rc) rc = kv_sequence_reserve(s->pool, &q->ref_kv, n, NULL, err);
+    return rc;
+}
+
+/* Attaches the prefix cache's blocks to a waiting candidate that runs its reference too: the
+ * same number of positions on both sequences (the shorter of the two matches), so that they
+ * are in lockstep from the first piece. *reused gets the positions attached over both. */
+static int attach_prefix_pair(scheduler *s, sched_seq *q, int64_t *reused, duel_error *err) {
+    int64_t a = 0, b = 0;
+    int rc = kv_prefix_lookup(s->pool, &q->kv, q->tokens, q->n_tokens - 1, &a, err);
+    if (!rc) rc = kv_prefix_lookup(s->pool, &q->ref_kv, q->tokens, a, &b, err);
+    if (!rc && b < a) {
+        /* Its blocks go back to the cache's LRU (nothing evicts before the next lookup), so
+         * looking up b positions finds them again. */
+        kv_sequence_free(s->pool, &q->kv);
+        rc = kv_prefix_lookup(s->pool, &q->kv, q->tokens, b, &a, err);
+    }
+    if (rc || a != b) { /* a != b cannot happen (see above); never run out of step anyway */
+        kv_sequence_free(s->pool, &q->kv);
+        kv_sequence_free(s->pool, &q->ref_kv);
+        a = b = 0;
+    }
+    *reused = a + b;
+    return rc;
+}
+
 /* Plans the running sequences whose next piece is (decodes) or is not (chunks) one token. */
 static int plan_running(scheduler *s, bool decodes, int *budget, bool *preempted,
                         duel_error *err) {
@@ -541,12 +661,15 @@ static int plan_running(scheduler *s, bool decodes, int *budget, bool *preempted
         if (q->step_count) continue;
         int need = q->n_tokens - (int)q->kv.num_tokens;
         if ((need == 1) != decodes) continue;
-        int take = need < *budget ? need : *budget;
+        bool with_ref = seq_runs_ref(q);
+        int take = piece_tokens(need, *budget, with_ref);
         for (;;) {
-            int rc = kv_sequence_reserve(s->pool, &q->kv, take, NULL, err);
+            int rc = with_ref ? reserve_pair(s, q, take, err)
+                              : kv_sequence_reserve(s->pool, &q->kv, take, NULL, err);
             if (rc == DUEL_OK) {
                 q->step_count = take;
-                *budget -= take;
+                q->step_ref = with_ref;
+                *budget -= seq_step_cost(q);
                 break;
             }
             if (rc != DUEL_ELIMIT) return rc;
@@ -565,14 +688,19 @@ static int admit_waiting(scheduler *s, int *budget, duel_error *err) {
         sched_seq *q = s->waiting[0];
         sched_request *r = q->req;
         int64_t reused = 0;
-        int rc = kv_prefix_lookup(s->pool, &q->kv, q->tokens, q->n_tokens - 1, &reused, err);
+        bool with_ref = seq_runs_ref(q);
+        int rc = with_ref ? attach_prefix_pair(s, q, &reused, err)
+                          : kv_prefix_lookup(s->pool, &q->kv, q->tokens, q->n_tokens - 1,
+                                             &reused, err);
         if (rc) return rc;
         int need = q->n_tokens - (int)q->kv.num_tokens;
-        int take = need < *budget ? need : *budget;
+        int take = piece_tokens(need, *budget, with_ref);
         int64_t blocks = kv_sequence_blocks_needed(s->pool, &q->kv, take);
         if (blocks < 0 || blocks > kv_pool_available_blocks(s->pool) ||
-            kv_sequence_reserve(s->pool, &q->kv, take, NULL, NULL) != DUEL_OK) {
+            (with_ref ? reserve_pair(s, q, take, NULL)
+                      : kv_sequence_reserve(s->pool, &q->kv, take, NULL, NULL)) != DUEL_OK) {
             kv_sequence_free(s->pool, &q->kv); /* back to the cache; try next step */
+            kv_sequence_free(s->pool, &q->ref_kv);
             return DUEL_OK;
         }
         memmove(s->waiting, s->waiting + 1, (size_t)(s->n_waiting - 1) * sizeof *s->waiting);
@@ -580,7 +708,8 @@ static int admit_waiting(scheduler *s, int *budget, duel_error *err) {
         list_insert(s->running, &s->n_running, q);
         q->running = true;
         q->step_count = take;
-        *budget -= take;
+        q->step_ref = with_ref;
+        *budget -= seq_step_cost(q);
         s->stats.cached_tokens += (uint64_t)reused;
         if (!r->first_admitted) {
             r->first_admitted = true;
@@ -596,7 +725,10 @@ static int admit_waiting(scheduler *s, int *budget, duel_error *err) {
 static void fail_planned(scheduler *s, int code, const char *message) {
     for (int i = 0; i < s->n_running; i++)
         if (s->running[i]->step_count) request_fail(s->running[i]->req, code, message);
-    for (int i = 0; i < s->n_running; i++) s->running[i]->step_count = 0;
+    for (int i = 0; i < s->n_running; i++) {
+        s->running[i]->step_count = 0;
+        s->running[i]->step_ref = false;
+    }
 }
 
 /* Emits pending progress, finishes candidates and ends requests (all or failed). */
@@ -632,6 +764,36 @@ static void end_of_step(scheduler *s, int n_completed, sched_event_fn on_event, 
     }
 }
 
+/* Makes room for a batch of n_batch sequences' logits rows, the reference's rows when a
+ * sequence of the batch runs its reference, and one logits step's output. */
+static int grow_step_buffers(scheduler *s, int n_batch, duel_error *err) {
+    bool any_ref = false, any_step = false;
+    for (int i = 0; i < n_batch; i++) {
+        any_ref |= s->batch[i]->step_ref;
+        any_step |= s->batch[i]->req->p.logits_step != NULL;
+    }
+    size_t need = (size_t)n_batch * (size_t)s->max_vocab;
+    if (need > s->logits_floats) {
+        float *l = realloc(s->logits, need * sizeof *l);
+        if (!l) return duel_error_set(err, DUEL_ENOMEM, "out of memory for logits");
+        s->logits = l;
+        s->logits_floats = need;
+    }
+    if (any_ref && need > s->ref_logits_floats) {
+        float *l = realloc(s->ref_logits, need * sizeof *l);
+        if (!l) return duel_error_set(err, DUEL_ENOMEM, "out of memory for reference logits");
+        s->ref_logits = l;
+        s->ref_logits_floats = need;
+    }
+    if (any_step && s->max_vocab > s->stepped_floats) {
+        float *l = realloc(s->stepped, (size_t)s->max_vocab * sizeof *l);
+        if (!l) return duel_error_set(err, DUEL_ENOMEM, "out of memory for stepped logits");
+        s->stepped = l;
+        s->stepped_floats = s->max_vocab;
+    }
+    return DUEL_OK;
+}
+
 int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err) {
     if (!s) return duel_error_set(err, DUEL_EINVAL, "sched_step: NULL scheduler");
     if (s->n_reqs == 0) return 0;
@@ -664,38 +826,41 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
         end_of_step(s, 0, on_event, ctx);
         return rc;
     }
-    size_t need_logits = (size_t)n_batch * (size_t)s->max_vocab;
-    if (need_logits > s->logits_floats) {
-        float *l = realloc(s->logits, need_logits * sizeof *l);
-        if (!l) {
-            fail_planned(s, DUEL_ENOMEM, "out of memory for logits");
-            end_of_step(s, 0, on_event, ctx);
-            return duel_error_set(err, DUEL_ENOMEM, "out of memory for logits");
-        }
-        s->logits = l;
-        s->logits_floats = need_logits;
+    if ((rc = grow_step_buffers(s, n_batch, err))) {
+        fail_planned(s, rc, err ? err->message : "out of memory for logits");
+        end_of_step(s, 0, on_event, ctx);
+        return rc;
     }
-    /* One forward call per model over its sequences. */
+    /* One forward call per model over its sequences (and the lockstep reference sequences it
+     * is the reference of: the same tokens at the same positions). */
     for (int mdl = 0; mdl < s->n_models && !rc; mdl++) {
         int n = 0;
         for (int i = 0; i < n_batch; i++) {
             sched_seq *q = s->batch[i];
             sched_request *r = q->req;
-            if (r->p.model != mdl) continue;
             int64_t start = q->kv.num_tokens;
             bool reaches_end = start + q->step_count == q->n_tokens;
-            bool prompt_end = reaches_end && q->candidate == 0 && !r->prompt_done;
-            float *hidden = NULL;
-            if (reaches_end && q->finishing) hidden = q->hidden;
-            else if (prompt_end && r->p.want_hidden) hidden = r->prompt_hidden;
-            s->entries[n++] = (model_batch_entry){
-                .seq = &q->kv,
-                .tokens = q->tokens + start,
-                .n_tokens = q->step_count,
-                .start = start,
-                .logits = reaches_end && !q->finishing ? s->logits + (size_t)i * s->max_vocab
-                                                       : NULL,
-                .hidden_last = hidden};
+            if (r->p.model == mdl) {
+                bool prompt_end = reaches_end && q->candidate == 0 && !r->prompt_done;
+                float *hidden = NULL;
+                if (reaches_end && q->finishing) hidden = q->hidden;
+                else if (prompt_end && r->p.want_hidden) hidden = r->prompt_hidden;
+                s->entries[n++] = (model_batch_entry){
+                    .seq = &q->kv,
+                    .tokens = q->tokens + start,
+                    .n_tokens = q->step_count,
+                    .start = start,
+                    .logits = reaches_end && !q->finishing ? s->logits + (size_t)i * s->max_vocab
+                                                           : NULL,
+                    .hidden_last = hidden};
+            }
+            if (q->step_ref && r->p.ref_model == mdl)
+                s->entries[n++] = (model_batch_entry){
+                    .seq = &q->ref_kv,
+                    .tokens = q->tokens + start,
+                    .n_tokens = q->step_count,
+                    .start = start,
+                    .logits = reaches_end ? s->ref_logits + (size_t)i * s->max_vocab : NULL};
         }
         if (n) rc = s->forward(s->forward_ctx, mdl, s->pool, s->entries, n, err);
     }
@@ -711,21 +876,24 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
         sched_seq *q = s->batch[i];
         sched_request *r = q->req;
         int64_t start = q->kv.num_tokens;
-        int count = q->step_count;
+        int count = q->step_count, runs = q->step_ref ? 2 : 1;
         q->step_count = 0;
+        q->step_ref = false;
         rc = kv_sequence_commit(s->pool, &q->kv, q->tokens + start, count, err);
+        if (!rc && runs == 2)
+            rc = kv_sequence_commit(s->pool, &q->ref_kv, q->tokens + start, count, err);
         if (rc) {
             request_fail(r, rc, err ? err->message : "commit failed");
             continue;
         }
-        tokens += count;
-        if (count == 1) s->stats.decode_tokens++;
+        tokens += count * runs;
+        if (count == 1) s->stats.decode_tokens += (uint64_t)runs;
         int64_t end = start + count;
         int64_t prompt_part = (end < r->p.prompt_len ? end : r->p.prompt_len) - start;
-        if (prompt_part > 0) r->stats.prompt_computed += prompt_part;
+        if (prompt_part > 0) r->stats.prompt_computed += prompt_part * runs;
         int64_t from = start > r->p.prompt_len ? start : r->p.prompt_len;
         int64_t upto = end < q->max_computed ? end : q->max_computed;
-        if (upto > from) r->stats.recomputed_tokens += upto - from;
+        if (upto > from) r->stats.recomputed_tokens += (upto - from) * runs;
         if (end > q->max_computed) q->max_computed = (int)end;
         if (end == q->n_tokens) s->completed[n_completed++] = q;
     }
@@ -741,6 +909,8 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
             continue;
         }
         const float *logits = s->logits + (size_t)q->batch_slot * s->max_vocab;
+        const float *ref_logits =
+            r->p.use_ref_model ? s->ref_logits + (size_t)q->batch_slot * s->max_vocab : NULL;
         if (q->candidate == 0 && !r->prompt_done) {
             r->prompt_done = true;
             r->stats.prompt_done_time = duel_time_seconds();
@@ -751,11 +921,11 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
                 continue;
             }
             for (int c = 0; c < r->n_seqs && !r->fail_code; c++) {
-                sample_next(s, r->seqs[c], logits);
+                sample_next(s, r->seqs[c], logits, ref_logits);
                 if (c > 0 && (r->seqs[c]->to_finish)) s->completed[n_completed++] = r->seqs[c];
             }
         } else {
-            sample_next(s, q, logits);
+            sample_next(s, q, logits, ref_logits);
         }
     }
     end_of_step(s, n_completed, on_event, ctx);
@@ -793,10 +963,21 @@ int sched_check(const scheduler *s, duel_error *err) {
                                   i, q->n_tokens, (long long)q->kv.num_tokens);
         if (find_request(s, q->req->id) < 0)
             return duel_error_set(err, DUEL_EFORMAT, "running sequence %d of an ended request", i);
+        if (q->req->p.use_ref_model && !q->finishing &&
+            q->ref_kv.num_tokens != q->kv.num_tokens)
+            return duel_error_set(err, DUEL_EFORMAT,
+                                  "running sequence %d: its reference sequence holds %lld "
+                                  "positions, it %lld (not in lockstep)",
+                                  i, (long long)q->ref_kv.num_tokens, (long long)q->kv.num_tokens);
+        if (!q->req->p.use_ref_model && q->ref_kv.num_blocks)
+            return duel_error_set(err, DUEL_EFORMAT,
+                                  "running sequence %d holds reference blocks without a reference",
+                                  i);
     }
     for (int i = 0; i < s->n_waiting; i++) {
         const sched_seq *q = s->waiting[i];
-        if (q->running || q->finished || q->kv.num_blocks != 0 || q->kv.num_tokens != 0)
+        if (q->running || q->finished || q->kv.num_blocks != 0 || q->kv.num_tokens != 0 ||
+            q->ref_kv.num_blocks != 0 || q->ref_kv.num_tokens != 0)
             return duel_error_set(err, DUEL_EFORMAT,
                                   "waiting sequence %d (request %llu candidate %d) holds %d "
                                   "blocks",
@@ -815,7 +996,7 @@ int sched_check(const scheduler *s, duel_error *err) {
         for (int j = 0; j < r->n_seqs; j++) {
             const sched_seq *q = r->seqs[j];
             if (!q->finished) counted++;
-            else if (q->kv.num_blocks)
+            else if (q->kv.num_blocks || q->ref_kv.num_blocks)
                 return duel_error_set(err, DUEL_EFORMAT,
                                       "finished candidate %d of request %llu holds blocks", j,
                                       (unsigned long long)r->id);
@@ -825,10 +1006,14 @@ int sched_check(const scheduler *s, duel_error *err) {
         return duel_error_set(err, DUEL_EFORMAT,
                               "%d live sequences but %d running + %d waiting", counted,
                               s->n_running, s->n_waiting);
-    const kv_sequence **live = malloc(((size_t)s->n_running + 1) * sizeof *live);
+    const kv_sequence **live = malloc((2 * (size_t)s->n_running + 1) * sizeof *live);
     if (!live) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
-    for (int i = 0; i < s->n_running; i++) live[i] = &s->running[i]->kv;
-    int rc = kv_pool_check(s->pool, live, s->n_running, err);
+    int n_live = 0;
+    for (int i = 0; i < s->n_running; i++) {
+        live[n_live++] = &s->running[i]->kv;
+        if (s->running[i]->req->p.use_ref_model) live[n_live++] = &s->running[i]->ref_kv;
+    }
+    int rc = kv_pool_check(s->pool, live, n_live, err);
     free(live);
     return rc;
 }

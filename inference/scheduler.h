@@ -22,6 +22,11 @@
  * backend), the new tokens are committed, and the sequences whose piece reached their end
  * sample their next token.
  *
+ * A request may carry a logits step and a reference model decoded in lockstep (PILAF's mixed
+ * logits): each candidate then holds two KV sequences, one per model, that are planned,
+ * reserved, run, committed, preempted and freed together, so both models' logits after the
+ * same tokens meet where the candidate samples.
+ *
  * Age is (request arrival, candidate index): "youngest" is the latest request's highest
  * candidate. Requests are validated at submit so that every accepted request can finish: its
  * prompt fits the context and one candidate alone fits the pool.
@@ -65,6 +70,16 @@ typedef struct sched_params {
     int max_candidates;    /* M limit, <= SCHED_MAX_CANDIDATES; 0 = SCHED_MAX_CANDIDATES */
 } sched_params;
 
+/* A request's logits step, run wherever the request samples (PILAF's mixed logits, DESIGN.md
+ * section 5): turns the logits that candidate `candidate` got from the request's model (and,
+ * with a lockstep reference model, the reference's logits after the same tokens; else NULL)
+ * into the vocab_size logits it samples from, in out. Runs on the owner thread inside
+ * sched_step; a non-zero return fails the request with err's message. The candidate's
+ * logprob_sum is then under the distribution it sampled from. */
+typedef int (*sched_logits_fn)(void *ctx, int candidate, const float *logits,
+                               const float *ref_logits, int vocab_size, float *out,
+                               duel_error *err);
+
 typedef struct sched_request_params {
     int model;                  /* index into the models given at create */
     const int32_t *prompt;      /* copied */
@@ -80,6 +95,18 @@ typedef struct sched_request_params {
     bool want_progress;         /* SCHED_EVENT_PROGRESS every step with new tokens */
     void *user;                 /* handed back in every event */
     double submit_time;         /* duel_time_seconds() of the caller's submit; 0 = now */
+    /* Lockstep reference (PILAF): with use_ref_model, every candidate also runs its tokens
+     * through model ref_model (the same vocabulary) as a second KV sequence of the pool, whose
+     * blocks carry that model's id; it advances in the same steps as the candidate's own
+     * sequence, so the reference's logits after the same tokens are there whenever the
+     * candidate samples (logits_step, required then, combines them). Each piece costs twice
+     * its tokens of the step's budget and both sequences' blocks; preemption frees both; a
+     * candidate ends at the smaller of the two contexts. The prompt is prefilled once per model
+     * and its blocks shared by the candidates on each. */
+    bool use_ref_model;
+    int ref_model;
+    sched_logits_fn logits_step; /* NULL: sample the model's logits as they are */
+    void *logits_ctx;            /* handed to logits_step */
 } sched_request_params;
 
 typedef enum sched_event_kind {
@@ -97,7 +124,8 @@ typedef enum sched_finish_reason {
 typedef struct sched_request_stats {
     int prompt_tokens;
     int64_t prompt_computed;  /* prompt positions run through the model (all admissions); equal
-                                 to prompt_tokens - cached when prefilled once */
+                                 to prompt_tokens - cached when prefilled once (with a lockstep
+                                 reference: summed over both models, as are the next two) */
     int64_t cached_tokens;    /* prompt positions attached from the prefix cache (first
                                  admission of the prompt sequence) */
     int64_t recomputed_tokens;/* generated positions recomputed after a preemption */
@@ -167,8 +195,10 @@ int sched_validate(const scheduler *s, const sched_request_params *params, duel_
 
 /* Validates and queues a request; *id gets its id (ids start at 1 and increase). DUEL_EINVAL
  * for a bad model index, empty prompt, token ids outside the vocabulary, M or max_new_tokens out
- * of range, bad sampling parameters; DUEL_ELIMIT for a prompt that does not fit the context or
- * a candidate that does not fit the whole pool. Nothing is queued on error. */
+ * of range, bad sampling parameters, a lockstep reference that is not a model, has another
+ * vocabulary size or comes without a logits step; DUEL_ELIMIT for a prompt that does not fit
+ * the context (either model's) or a candidate (with its reference sequence) that does not fit
+ * the whole pool. Nothing is queued on error. */
 int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
                  duel_error *err);
 
@@ -187,8 +217,9 @@ bool sched_has_work(const scheduler *s);
 void sched_stats_get(const scheduler *s, sched_stats *out);
 
 /* Checks the scheduler's invariants (running sequences hold blocks, waiting ones hold none,
- * queues sorted by age, every sequence belongs to an active request) and then kv_pool_check over
- * all live sequences. For tests; O(pool + sequences). */
+ * queues sorted by age, every sequence belongs to an active request, a candidate's lockstep
+ * reference sequence holds the positions it holds) and then kv_pool_check over all live
+ * sequences (reference sequences included). For tests; O(pool + sequences). */
 int sched_check(const scheduler *s, duel_error *err);
 
 #endif

@@ -8,7 +8,10 @@
  * predicts every candidate's tokens, log-probability and hidden state exactly.
  *
  * The stress runs thousands of requests (random prompt lengths, multi-turn prompts that extend
- * earlier ones, M up to 5 forked candidates, stop tokens, two resident models, cancels) through
+ * earlier ones, M up to 5 forked candidates, stop tokens, two resident models, cancels, and a
+ * fifth of them with a lockstep reference model (the other model or the same one) whose logits
+ * a logits step mixes into the candidate's, PILAF's formula, so that a reference sequence that
+ * fell out of step or read another's blocks changes the tokens) through
  * pools so small that preemption is constant, checking sched_check (which includes kv_pool_check:
  * reference counts equal table contents, no leaked or double-freed block) after every step, and
  * that the pool is entirely free at the end. Then submit's bad inputs. */
@@ -117,36 +120,64 @@ typedef struct expected_candidate {
 typedef struct expected_request {
     bool active, cancelled, done;
     int model, M, prompt_len;
+    int runs; /* models each position runs on: 2 with a lockstep reference */
     bool want_hidden;
     float prompt_hidden[FAKE_HIDDEN];
     expected_candidate cand[8];
     int32_t prompt[128];
 } expected_request;
 
+/* The stress's logits step: PILAF's mix with beta 0.5 for even candidates (y+) and -0.5 for
+ * odd ones ((1 - 0.5) h + 0.5 h_ref, y-), in float so that the simulator repeats it exactly. */
+static void mix_logits(int candidate, const float *logits, const float *ref, int vocab, float *out) {
+    float b = candidate % 2 ? -0.5f : 0.5f;
+    for (int v = 0; v < vocab; v++) out[v] = (1 + b) * logits[v] - b * ref[v];
+}
+
+static int stress_logits_step(void *ctx, int candidate, const float *logits,
+                              const float *ref_logits, int vocab, float *out, duel_error *err) {
+    int *calls = ctx;
+    (*calls)++;
+    if (!ref_logits) return duel_error_set(err, DUEL_EINVAL, "no reference logits");
+    mix_logits(candidate, logits, ref_logits, vocab, out);
+    return DUEL_OK;
+}
+
 static void simulate(const sched_request_params *p, int max_context, expected_request *x) {
     x->model = p->model;
+    x->runs = p->use_ref_model ? 2 : 1;
     x->M = p->num_candidates;
     x->prompt_len = p->prompt_len;
     x->want_hidden = p->want_hidden;
     memcpy(x->prompt, p->prompt, (size_t)p->prompt_len * sizeof(int32_t));
-    uint32_t hp = chain_root(p->model);
-    for (int i = 0; i < p->prompt_len; i++) hp = mix32(hp, (uint32_t)p->prompt[i], (uint32_t)i);
+    uint32_t hp = chain_root(p->model), hrp = chain_root(p->ref_model);
+    for (int i = 0; i < p->prompt_len; i++) {
+        hp = mix32(hp, (uint32_t)p->prompt[i], (uint32_t)i);
+        hrp = mix32(hrp, (uint32_t)p->prompt[i], (uint32_t)i);
+    }
     fake_hidden(hp, p->prompt_len - 1, p->model, x->prompt_hidden);
     for (int c = 0; c < p->num_candidates; c++) {
         expected_candidate *ec = &x->cand[c];
         memset(ec, 0, sizeof *ec);
         duel_rng rng;
         duel_rng_seed(&rng, p->seed + (uint64_t)c);
-        uint32_t h = hp;
+        uint32_t h = hp, hr = hrp;
         int len = p->prompt_len;
         for (;;) {
-            float logits[FAKE_VOCAB], lp;
+            float logits[FAKE_VOCAB], ref[FAKE_VOCAB], mixed[FAKE_VOCAB], lp;
             fake_logits(h, p->model, logits);
-            int32_t tok = sampler_sample(logits, FAKE_VOCAB, &p->sampling, &rng, &lp, NULL);
+            const float *from = logits;
+            if (p->use_ref_model) {
+                fake_logits(hr, p->ref_model, ref);
+                mix_logits(c, logits, ref, FAKE_VOCAB, mixed);
+                from = mixed;
+            }
+            int32_t tok = sampler_sample(from, FAKE_VOCAB, &p->sampling, &rng, &lp, NULL);
             assert_true(tok >= 0);
             ec->tokens[ec->count++] = tok;
             ec->logprob_sum += lp;
             h = mix32(h, (uint32_t)tok, (uint32_t)len);
+            hr = mix32(hr, (uint32_t)tok, (uint32_t)len);
             len++;
             bool stop = false;
             for (int s = 0; s < p->num_stop_tokens; s++) stop |= p->stop_tokens[s] == tok;
@@ -238,9 +269,10 @@ static void on_event(void *vctx, const sched_event *ev) {
                         (unsigned long long)ev->request_id);
         const sched_request_stats *s = ev->stats;
         if (s->prompt_tokens != x->prompt_len || s->generated_tokens < x->M ||
-            s->prompt_computed < x->prompt_len - s->cached_tokens || s->done_time < s->submit_time)
+            s->prompt_computed < x->runs * x->prompt_len - s->cached_tokens ||
+            s->done_time < s->submit_time)
             stress_fail(st, "request %llu: inconsistent stats", (unsigned long long)ev->request_id);
-        if (s->preemptions == 0 && s->prompt_computed != x->prompt_len - s->cached_tokens)
+        if (s->preemptions == 0 && s->prompt_computed != x->runs * x->prompt_len - s->cached_tokens)
             stress_fail(st, "request %llu: prompt computed %lld times without preemption (%d "
                             "tokens, %lld cached)",
                         (unsigned long long)ev->request_id, (long long)s->prompt_computed,
@@ -272,7 +304,7 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
     assert_true(n_requests <= MAX_REQUESTS);
     duel_rng rng;
     duel_rng_seed(&rng, seed);
-    int submitted = 0, steps = 0, cancels = 0, bad_cancels = 0;
+    int submitted = 0, steps = 0, cancels = 0, bad_cancels = 0, with_ref = 0, step_calls = 0;
     const int32_t stops[2] = {0, 1};
     while (submitted < n_requests || sched_has_work(s)) {
         /* Keep a few dozen requests in flight. */
@@ -293,7 +325,11 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
                     for (int i = 0; i < c0->count && len < 50; i++) prompt[len++] = c0->tokens[i];
                 }
             }
-            int extra = 1 + (int)duel_rng_below(&rng, 30);
+            /* A lockstep reference: its candidate needs twice the blocks, so it is kept short
+             * enough (40 tokens) for two sequences to fit the tiny pool. */
+            bool ref = duel_rng_uniform(&rng) < 0.2;
+            if (ref) len = len < 8 ? len : 8;
+            int extra = 1 + (int)duel_rng_below(&rng, ref ? 12 : 30);
             for (int i = 0; i < extra && len < 56; i++)
                 prompt[len++] = (int32_t)(2 + duel_rng_below(&rng, FAKE_VOCAB - 2));
             sched_request_params rp = {
@@ -310,6 +346,14 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
                 .want_progress = duel_rng_uniform(&rng) < 0.5,
                 .user = (void *)(uintptr_t)(submitted + 1),
             };
+            if (ref) {
+                rp.use_ref_model = true;
+                rp.ref_model = duel_rng_uniform(&rng) < 0.75 ? 1 - rp.model : rp.model;
+                rp.logits_step = stress_logits_step;
+                rp.logits_ctx = &step_calls;
+                if (rp.max_new_tokens > 20) rp.max_new_tokens = 20;
+                with_ref++;
+            }
             uint64_t id = 0;
             if (sched_submit(s, &rp, &id, &err)) fail_msg("submit: %s", err.message);
             assert_int_equal(id, (uint64_t)submitted + 1);
@@ -347,11 +391,15 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
     kv_pool_stats_get(pool, &ps);
     printf("stress (%d blocks of %d, budget %d, hash bits %d): %d requests, %d steps, %llu "
            "preemptions, %d done, %d cancelled (%d cancels of inactive ids), %llu tokens run, "
-           "%llu cached tokens, %d progress tokens, %llu cow copies, %llu evictions\n",
+           "%llu cached tokens, %d progress tokens, %llu cow copies, %llu evictions; %d with a "
+           "lockstep reference (%d logits steps)\n",
            num_blocks, block_size, budget, hash_bits, submitted, steps,
            (unsigned long long)ss.preemptions, st.done, st.cancelled, bad_cancels,
            (unsigned long long)ss.tokens, (unsigned long long)ss.cached_tokens, st.progress_tokens,
-           (unsigned long long)ps.cow_copies, (unsigned long long)ps.evictions);
+           (unsigned long long)ps.cow_copies, (unsigned long long)ps.evictions, with_ref,
+           step_calls);
+    assert_true(with_ref > n_requests / 10);
+    assert_true(step_calls >= with_ref);
     assert_int_equal(st.done + st.cancelled, n_requests);
     assert_int_equal(st.cancelled, cancels);
     assert_int_equal(ss.requests_finished, (uint64_t)st.done);
@@ -389,6 +437,160 @@ static void test_stress_hash_collisions(void **state) {
 static void test_stress_roomy_pool(void **state) {
     (void)state;
     run_stress(1000, 16, 64, 256, 256, 0, 3, false);
+}
+
+typedef struct done_log {
+    int done, failed;
+    char message[256];
+} done_log;
+
+static void log_done(void *vctx, const sched_event *ev);
+
+/* ---- lockstep reference ------------------------------------------------------------------- */
+
+static int failing_logits_step(void *ctx, int candidate, const float *logits,
+                               const float *ref_logits, int vocab, float *out, duel_error *err) {
+    (void)ctx, (void)candidate, (void)logits, (void)ref_logits, (void)vocab, (void)out;
+    return duel_error_set(err, DUEL_EINVAL, "logits step refused");
+}
+
+/* Runs the scheduler until idle, checking its invariants after every step. */
+static void run_until_idle(scheduler *s, stress *st, fake_ctx *fctx) {
+    duel_error err = {0};
+    for (int steps = 0; sched_has_work(s); steps++) {
+        if (sched_step(s, on_event, st, &err) < 0) fail_msg("step %d: %s", steps, err.message);
+        if (sched_check(s, &err)) fail_msg("after step %d: %s", steps, err.message);
+        if (st->failure[0]) fail_msg("after step %d: %s", steps, st->failure);
+        if (fctx->failures) fail_msg("corrupted KV: %s", fctx->failure);
+    }
+}
+
+/* A request with a lockstep reference: its bad inputs; a prompt whose blocks are cached for the
+ * model but not for the reference (both sequences then start from the shorter match, 0) and
+ * the same prompt again (both attach it: 2 x 12 positions cached); a reference with the smaller
+ * context ends the candidates there; a failing logits step fails only its request; the pool is
+ * whole at the end. Every candidate equals the simulator's, which mixes the two models' logits
+ * as the logits step does. */
+static void test_lockstep_reference(void **state) {
+    (void)state;
+    kv_pool_params pp = {.num_layers = FAKE_LAYERS, .num_kv_heads = 1, .head_dim = FAKE_HEAD_DIM,
+                         .block_size = 4, .num_blocks = 48, .allocate_storage = true};
+    kv_pool *pool = NULL;
+    duel_error err = {0};
+    assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
+    sched_model_info models[3] = {{31, FAKE_VOCAB, FAKE_HIDDEN, 48},
+                                  {32, FAKE_VOCAB, FAKE_HIDDEN, 24},
+                                  {33, FAKE_VOCAB + 1, FAKE_HIDDEN, 48}};
+    sched_params sp = {.max_batch_tokens = 10, .max_candidates = 4};
+    fake_ctx fctx = {0};
+    scheduler *s = NULL;
+    assert_int_equal(sched_create(&sp, pool, models, 3, fake_forward, &fctx, &s, &err), 0);
+    stress st = {.x = calloc(MAX_REQUESTS + 1, sizeof(expected_request))};
+    int calls = 0;
+    int32_t prompt[16];
+    for (int i = 0; i < 16; i++) prompt[i] = (int32_t)(2 + (i * 7) % (FAKE_VOCAB - 2));
+    sched_request_params plain = {.model = 0, .prompt = prompt, .prompt_len = 15,
+                                  .num_candidates = 1, .sampling = {0.9f, 1, 0}, .seed = 5,
+                                  .max_new_tokens = 2, .user = (void *)(uintptr_t)1};
+    sched_request_params ref = plain;
+    ref.num_candidates = 3;
+    ref.max_new_tokens = 6;
+    ref.use_ref_model = true;
+    ref.ref_model = 1;
+    ref.logits_step = stress_logits_step;
+    ref.logits_ctx = &calls;
+
+    /* Refused at submit, nothing queued. */
+    uint64_t id = 0;
+    sched_request_params bad = ref;
+    bad.ref_model = 3;
+    assert_int_equal(sched_submit(s, &bad, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "unknown reference model index 3"));
+    bad.ref_model = 2;
+    assert_int_equal(sched_submit(s, &bad, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "same vocabulary"));
+    bad = ref;
+    bad.logits_step = NULL;
+    assert_int_equal(sched_submit(s, &bad, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "needs a logits step"));
+    bad = ref;
+    int32_t long_prompt[30] = {0};
+    bad.prompt = long_prompt;
+    bad.prompt_len = 30; /* fits the model's 48, not the reference's 24 */
+    assert_int_equal(sched_submit(s, &bad, &id, &err), DUEL_ELIMIT);
+    assert_non_null(strstr(err.message, "the reference model's context of 24"));
+    bad = ref;
+    bad.ref_model = 0; /* two sequences of up to 48 tokens: 24 blocks, more than a pool of 20 */
+    bad.max_new_tokens = 33;
+    kv_pool_params small = pp;
+    small.num_blocks = 20;
+    kv_pool *small_pool = NULL;
+    assert_int_equal(kv_pool_create(&small, &small_pool, &err), 0);
+    scheduler *s2 = NULL;
+    assert_int_equal(sched_create(&sp, small_pool, models, 3, fake_forward, &fctx, &s2, &err), 0);
+    assert_int_equal(sched_submit(s2, &bad, &id, &err), DUEL_ELIMIT);
+    assert_non_null(strstr(err.message, "with its reference sequence"));
+    bad.use_ref_model = false; /* alone it fits */
+    assert_int_equal(sched_submit(s2, &bad, &id, &err), 0);
+    sched_destroy(s2);
+    kv_pool_destroy(small_pool);
+    assert_false(sched_has_work(s));
+
+    /* The model's blocks of the prompt cached, the reference's not. */
+    assert_int_equal(sched_submit(s, &plain, &id, &err), 0);
+    simulate(&plain, 48, &st.x[id]);
+    st.x[id].active = true;
+    run_until_idle(s, &st, &fctx);
+    sched_stats before;
+    sched_stats_get(s, &before);
+    assert_true(before.cached_tokens == 0);
+    ref.user = (void *)(uintptr_t)2;
+    assert_int_equal(sched_submit(s, &ref, &id, &err), 0);
+    assert_int_equal(id, 2);
+    simulate(&ref, 24, &st.x[id]);
+    st.x[id].active = true;
+    run_until_idle(s, &st, &fctx);
+    sched_stats after;
+    sched_stats_get(s, &after);
+    assert_int_equal(after.cached_tokens, 0); /* the reference had nothing: neither attaches */
+    assert_true(calls >= 3);
+    /* Again: now both models' blocks are cached. */
+    ref.user = (void *)(uintptr_t)3;
+    ref.seed = 6;
+    assert_int_equal(sched_submit(s, &ref, &id, &err), 0);
+    simulate(&ref, 24, &st.x[id]);
+    st.x[id].active = true;
+    run_until_idle(s, &st, &fctx);
+    sched_stats_get(s, &after);
+    assert_int_equal(after.cached_tokens, 2 * 12);
+    /* The reference's smaller context ends the candidates there. */
+    ref.user = (void *)(uintptr_t)4;
+    ref.max_new_tokens = 40;
+    assert_int_equal(sched_submit(s, &ref, &id, &err), 0);
+    simulate(&ref, 24, &st.x[id]);
+    st.x[id].active = true;
+    for (int c = 0; c < 3; c++) {
+        assert_int_equal(st.x[id].cand[c].reason, SCHED_FINISH_CONTEXT);
+        assert_int_equal(st.x[id].cand[c].count, 24 - 15);
+    }
+    run_until_idle(s, &st, &fctx);
+    assert_int_equal(st.done, 4);
+    /* A failing logits step fails its own request only. */
+    sched_request_params fails = ref;
+    fails.logits_step = failing_logits_step;
+    fails.user = (void *)(uintptr_t)5;
+    done_log log = {0};
+    assert_int_equal(sched_submit(s, &fails, &id, &err), 0);
+    while (sched_has_work(s)) assert_true(sched_step(s, log_done, &log, &err) >= 0);
+    assert_int_equal(log.failed, 1);
+    assert_string_equal(log.message, "logits step refused");
+    kv_pool_stats ps;
+    kv_pool_stats_get(pool, &ps);
+    assert_int_equal(ps.used_blocks, 0);
+    assert_int_equal(kv_pool_check(pool, NULL, 0, &err), 0);
+    sched_destroy(s);
+    kv_pool_destroy(pool);
+    free(st.x);
 }
 
 /* ---- bad input ---------------------------------------------------------------------------- */
@@ -513,11 +715,6 @@ static int failing_forward(void *vctx, int model_index, kv_pool *pool,
     return fake_forward(&f, model_index, pool, entries, n, err);
 }
 
-typedef struct done_log {
-    int done, failed;
-    char message[256];
-} done_log;
-
 static void log_done(void *vctx, const sched_event *ev) {
     done_log *d = vctx;
     if (ev->kind != SCHED_EVENT_DONE) return;
@@ -564,6 +761,7 @@ int main(void) {
         cmocka_unit_test(test_stress_tiny_pool),
         cmocka_unit_test(test_stress_hash_collisions),
         cmocka_unit_test(test_stress_roomy_pool),
+        cmocka_unit_test(test_lockstep_reference),
         cmocka_unit_test(test_submit_and_cancel_errors),
         cmocka_unit_test(test_forward_failure_fails_requests),
     };
