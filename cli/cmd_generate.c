@@ -102,7 +102,8 @@ static void generator_free(generator *g) {
 }
 
 /* Starts the engine with a KV pool for `candidates` sequences of the context that share the
- * prompt (a few spare blocks per candidate for the copy-on-write of the prompt's last block). */
+ * prompt (a few spare blocks per candidate for the copy-on-write of the prompt's last block);
+ * twice that for pilaf, whose reference decodes each candidate in lockstep in the same pool. */
 static int generator_start_engine(generator *g, int candidates, int max_new, duel_error *err) {
     const model_config *c = g->config;
     size_t per_token = 2 * (size_t)c->num_layers * (size_t)c->num_kv_heads * (size_t)c->head_dim *
@@ -111,6 +112,7 @@ static int generator_start_engine(generator *g, int candidates, int max_new, due
     size_t tokens = (size_t)g->context * (g->arena ? 2 : 1) + /* arena: a prompt per arm */
                     (size_t)(candidates - 1) * (size_t)answer +
                     (size_t)candidates * 2 * KV_BLOCK_SIZE;
+    if (g->strategy == DUEL_STRATEGY_PILAF) tokens *= 2; /* the reference's copy of everything */
     engine_model_params arms[3] = {{.arm = "default", .model = g->model, .tokenizer = g->tok}};
     int n_arms = 1;
     if (g->reference)

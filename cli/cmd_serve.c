@@ -16,6 +16,7 @@
 
 #include "cli.h"
 #include "config.h"
+#include "engine.h"
 #include "gateway.h"
 
 int cmd_serve(int argc, char **argv);
@@ -60,6 +61,7 @@ static int engine_config_from_json(const json_t *root, const char *source,
         {"duel", "top_k", 0, 1000000, false},      {"duel", "erm_seed", 0, 9.2e18, false},
         {"erm", "num_heads", 1, 1024, false},
         {"engine", "kv_memory_bytes", 1 << 20, 1099511627776.0, false},
+        {"engine", "max_pilaf_jobs", 1, ENGINE_MAX_PILAF_JOBS, false},
     };
     double v[sizeof ranges / sizeof ranges[0]];
     for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
@@ -86,6 +88,7 @@ static int engine_config_from_json(const json_t *root, const char *source,
     e->erm_seed = (uint64_t)v[5];
     e->erm_heads = (int)v[6];
     e->kv_memory_bytes = (size_t)v[7];
+    e->max_pilaf_jobs = (int)v[8];
     e->strategy = json_string_value(strategy);
     e->erm_path = json_string_length(erm_path) ? json_string_value(erm_path) : NULL;
     return DUEL_OK;
@@ -109,7 +112,8 @@ int cmd_serve(int argc, char **argv) {
          false, NULL},
         {"--config", CLI_OPT_STRING, &config, "FILE",
          "JSON configuration (docs/CONFIG.md; default: the built-in config/default.json values); "
-         "this command reads gateway, redis, duel, engine.kv_memory_bytes, erm.path/num_heads and "
+         "this command reads gateway, redis, duel, engine.kv_memory_bytes/max_pilaf_jobs, "
+         "erm.path/num_heads and "
          "model.path (with --backend engine)", 0, 0, false, NULL},
         {"--set", CLI_OPT_STRING, &set_doc, "SECTION.KEY=VALUE",
          "override one configuration key, repeatable, applied in order after --config and DUEL_* "

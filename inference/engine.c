@@ -52,6 +52,8 @@ static void update_stats(engine *e) {
     o->kv_used_blocks = ps.used_blocks;
     o->prefix_hit_blocks = ps.hit_blocks;
     o->prefix_miss_blocks = ps.miss_blocks;
+    o->pilaf_running = e->pilaf_running;
+    o->pilaf_queued = e->num_pilaf_queued;
     o->arms_resident = o->arms_retiring = 0;
     for (int i = 0; i < e->num_arms; i++) {
         o->arms_resident += e->arms[i].state == ARM_RESIDENT;
@@ -65,7 +67,7 @@ static void *engine_main(void *arg) {
     for (;;) {
         void *item = NULL;
         /* Idle: sleep until a command comes. Busy: take what is there and step. */
-        bool busy = sched_has_work(e->sched) || e->num_pilaf > 0;
+        bool busy = sched_has_work(e->sched);
         engine_queue_pop(e->commands, busy ? 0 : -1, &item);
         while (item) {
             handle_command(e, item);
@@ -73,14 +75,16 @@ static void *engine_main(void *arg) {
             engine_queue_pop(e->commands, 0, &item);
         }
         engine_flush_deferred_cancels(e);
+        engine_pilaf_admit(e);
         if (engine_queue_is_closed(e->commands)) break;
         if (sched_has_work(e->sched)) {
             duel_error err = {0};
             /* A failed step has already failed its requests with ERROR events. */
             sched_step(e->sched, engine_on_sched_event, e, &err);
+            /* Both change the scheduler's lists: never inside the step's callbacks. */
             engine_flush_deferred_cancels(e);
+            engine_pilaf_admit(e);
         }
-        if (e->num_pilaf) engine_pilaf_run_all(e);
         update_stats(e);
     }
     return NULL;
@@ -138,6 +142,14 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
         goto fail;
     }
     e->features = params->features;
+    if (params->max_pilaf_jobs < 0 || params->max_pilaf_jobs > ENGINE_MAX_PILAF_JOBS) {
+        rc = duel_error_set(err, DUEL_EINVAL, "engine: max_pilaf_jobs %d (0 for the default %d, "
+                            "or 1 to %d)", params->max_pilaf_jobs, ENGINE_DEFAULT_MAX_PILAF_JOBS,
+                            ENGINE_MAX_PILAF_JOBS);
+        goto fail;
+    }
+    e->max_pilaf_jobs = params->max_pilaf_jobs ? params->max_pilaf_jobs
+                                               : ENGINE_DEFAULT_MAX_PILAF_JOBS;
     e->erm = params->erm;
     e->ref_arm = 0;
     if (params->reference_arm) {

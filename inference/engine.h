@@ -27,15 +27,20 @@
  * Selection randomness (Thompson heads, side swap) comes from one duel_rng seeded
  * duel_rng_seed(seed ^ ENGINE_DUEL_SEED_SALT): duel_select draws first, then duel_place.
  *
- * PILAF duel requests (strategy pilaf, M = 2; no ERM needed) are decoded by the engine thread
- * itself, one token per candidate per loop iteration between scheduler steps, over contiguous
- * caches of the serving arm and the reference arm in lockstep: the selection rng (as above)
- * first draws the mode (duel_pilaf_draw_mode); PLAIN: both candidates are plain policy samples;
- * MIXED: candidate 0 (y+) samples from duel_pilaf_mix_logits' plus logits and candidate 1 (y-)
- * from its minus logits with request.pilaf_beta. Candidate i samples with duel_rng_seed(seed +
- * i); its logprob_sum is under the distribution it was sampled from (mixed for y+ / y-). Then
- * CANDIDATE x 2, DUEL_READY (pair (0, 1), the placement from the selection rng, pilaf_mixed, no
- * features or rewards, regret_estimate 0) and FINISHED.
+ * PILAF duel requests (strategy pilaf, M = 2; no ERM needed) are decoded in the scheduler's
+ * batched steps like every request (the same stop, length, context and cancel rules): the
+ * selection rng (as above) first draws the mode (duel_pilaf_draw_mode); PLAIN: the two
+ * candidates are plain policy samples (what the same request without duel gives); MIXED: the
+ * reference arm decodes each candidate's tokens in lockstep (its KV in the shared pool, within
+ * the budget) and candidate 0 (y+) samples from duel_pilaf_mix_logits' plus logits, candidate 1
+ * (y-) from its minus logits, with request.pilaf_beta. Candidate i samples with
+ * duel_rng_seed(seed + i); its logprob_sum is under the distribution it was sampled from (mixed
+ * for y+ / y-). A MIXED candidate ends at the smaller of the two arms' contexts, and a request is
+ * checked at submit as a MIXED one, whatever its mode. Then CANDIDATE x 2, DUEL_READY (pair
+ * (0, 1), the placement from the selection rng, pilaf_mixed, no features or rewards,
+ * regret_estimate 0) and FINISHED (counts over both arms in MIXED mode). At most
+ * engine_params.max_pilaf_jobs MIXED requests decode at once; the others wait in submission
+ * order (not refused: see inference/engine_pilaf.c) and can be cancelled while they wait.
  *
  * Arena duel requests (strategy arena, DESIGN.md section 5): request.arena_arm names a second
  * resident arm; M (even) candidates are split, M/2 per arm, as two scheduler requests decoded in
@@ -81,6 +86,9 @@
 
 #define ENGINE_MAX_ARM_NAME 64
 #define ENGINE_DEFAULT_KV_BYTES ((size_t)256 << 20) /* KV pool budget when none is given */
+#define ENGINE_DEFAULT_MAX_PILAF_JOBS 16 /* MIXED PILAF requests decoding at once (4 sequences
+                                            each), when none is given */
+#define ENGINE_MAX_PILAF_JOBS 4096
 
 typedef struct engine engine;
 
@@ -112,6 +120,9 @@ typedef struct engine_params {
     const char *reference_arm; /* ENGINE_FEATURES_REFERENCE: the arm whose hidden states are the
                                   features (the frozen reference); NULL: the first arm */
     engine_feature_source features;
+    int max_pilaf_jobs;        /* MIXED PILAF requests decoding at once (config
+                                  engine.max_pilaf_jobs), 1..ENGINE_MAX_PILAF_JOBS; more wait;
+                                  0: ENGINE_DEFAULT_MAX_PILAF_JOBS */
 } engine_params;
 
 typedef struct engine_request {
@@ -219,7 +230,8 @@ typedef struct engine_event {
 } engine_event;
 
 /* Creates the pool (capacity from kv_memory_bytes) and scheduler, starts the engine thread.
- * DUEL_EINVAL for no models, duplicate or bad arm names, models of different KV shapes. */
+ * DUEL_EINVAL for no models, duplicate or bad arm names, models of different KV shapes, a
+ * max_pilaf_jobs out of range. */
 int engine_create(const engine_params *params, engine **out, duel_error *err);
 /* Stops the thread (requests in flight are dropped without events), frees everything but the
  * borrowed models and tokenizers. NULL is a no-op. */
@@ -228,11 +240,12 @@ void engine_destroy(engine *e);
 /* Validates and queues a request; *id gets its id (from 1, increasing). Errors, with nothing
  * queued: DUEL_ENOTFOUND for an unknown arm (or arena arm); DUEL_EINVAL for a duel without an
  * ERM, with M < 2 or a strategy outside the enum, an arena request without a second arm, with
- * the same arm twice, an odd M, policy features or ERMs of different head counts, for M outside
- * 1..max_candidates (M/2 for arena), an
- * empty prompt, token ids outside the vocabulary, max_new_tokens < 1, bad sampling or stop
- * tokens; DUEL_ELIMIT for a prompt that does not fit the arm's context or a candidate longer
- * than the whole KV pool. */
+ * the same arm twice, an odd M, policy features or ERMs of different head counts, a pilaf
+ * request with M != 2, a bad beta or a reference arm of another vocabulary size, for M outside
+ * 1..max_candidates (M/2 for arena), an empty prompt, token ids outside the vocabulary,
+ * max_new_tokens < 1, bad sampling or stop tokens; DUEL_ELIMIT for a prompt that does not fit
+ * the arm's context (for pilaf, the reference arm's too) or a candidate longer than the whole KV
+ * pool (for pilaf, with its reference sequence). */
 int engine_submit(engine *e, const engine_request *request, uint64_t *id, duel_error *err);
 
 /* Asks the engine to cancel a request; its CANCELLED event follows (or its FINISHED event, if it
@@ -258,6 +271,8 @@ typedef struct engine_stats {
     int arms_resident;         /* taking requests */
     int arms_retiring;         /* retired, requests still running on them */
     uint64_t arms_added, arms_retired; /* engine_add_arm applied; ARM_RETIRED events pushed */
+    int pilaf_running;         /* MIXED PILAF requests decoding (<= max_pilaf_jobs) */
+    int pilaf_queued;          /* MIXED PILAF requests waiting for one of those slots */
 } engine_stats;
 
 /* A snapshot taken after the engine thread's latest step. */

@@ -8,7 +8,8 @@
  *                     turning scheduler events into engine events, arena halves, cancels;
  *   engine_arms.c     the arm table: arms added and retired at run time, their reference counts;
  *   engine_duel.c     a finished duel request's features, ERM scores and pair (DUEL_READY);
- *   engine_pilaf.c    PILAF requests;
+ *   engine_pilaf.c    PILAF requests: the mode, the mixed-logits step the scheduler runs, the
+ *                     bound on concurrent mixed requests and the queue behind it;
  *   engine_events.c   building, pushing and freeing engine events; the per-id state table.
  * Every call the engine makes into the compute (the model's batched forward, the reference
  * pass, ERM scoring) is in engine.c (forward_arm) and engine_duel.c; the scheduler samples.
@@ -75,6 +76,7 @@ typedef struct engine_command {
     bool duel, want_hidden;
     duel_strategy strategy;
     double pilaf_beta;
+    bool pilaf_mixed;            /* pilaf: the mode drawn at submit (engine_pilaf.c) */
     int arena_model;             /* arena: the second arm's slot; else -1 */
     sched_request_params params; /* SUBMIT: prompt and stop_tokens point at the copies (arena:
                                     the first half; the second is the same on arena_model with
@@ -110,9 +112,11 @@ typedef struct engine_active {
     bool duel;
     duel_strategy strategy;
     uint64_t seed;
+    bool pilaf_mixed;      /* pilaf: MIXED mode (holds one of the max_pilaf_jobs slots) */
+    double pilaf_beta;
     int num_candidates, prompt_len, hidden_size;
     int32_t *prompt;       /* [prompt_len] */
-    int32_t **cand_tokens; /* [M] finished candidates' tokens */
+    int32_t **cand_tokens; /* [M] finished candidates' tokens (not for pilaf: no features) */
     int *cand_counts;      /* [M] */
     float *cand_hidden;    /* [M][hidden_size] (policy features) */
     bool lost;             /* a candidate's copy failed (out of memory) */
@@ -135,8 +139,6 @@ struct engine {
     size_t states_cap;
     engine_stats stats;
 
-    struct pilaf_job **pilaf; /* PILAF requests in progress (engine thread) */
-    int num_pilaf, cap_pilaf;
     const erm *erm;       /* borrowed; NULL: no duels */
     kv_pool *ref_pool;    /* the reference pass's own small pool (engine thread) */
     int ref_arm;          /* ENGINE_FEATURES_REFERENCE */
@@ -147,6 +149,10 @@ struct engine {
     int num_active, cap_active;
     uint64_t *deferred_cancels; /* scheduler ids to cancel after the step (arena halves) */
     int num_deferred, cap_deferred;
+    int max_pilaf_jobs;   /* MIXED PILAF requests in the scheduler at once */
+    int pilaf_running;    /* of them now */
+    engine_command **pilaf_queued; /* MIXED PILAF requests waiting for a slot, oldest first */
+    int num_pilaf_queued, cap_pilaf_queued;
 };
 
 /* ---- engine_submit.c ---------------------------------------------------------------------- */
@@ -200,10 +206,20 @@ int engine_duel_ready(engine *e, engine_active *a, const float *prompt_hidden, d
 
 /* ---- engine_pilaf.c ----------------------------------------------------------------------- */
 
-void engine_pilaf_submit(engine *e, engine_command *cmd);
-void engine_pilaf_run_all(engine *e);
-/* Cancels a PILAF request; false when id is none of them. */
-bool engine_pilaf_cancel(engine *e, uint64_t id);
+/* Any thread: whether a PILAF request of this seed draws the MIXED mode. */
+bool engine_pilaf_mode_mixed(uint64_t seed);
+/* Any thread: makes p a MIXED request (the reference arm in lockstep, the mixing step). */
+void engine_pilaf_lockstep(const engine *e, sched_request_params *p);
+/* Engine thread, a PILAF command about to start: a PLAIN one loses its reference (false: start
+ * it); a MIXED one beyond the bound is queued (true: taken, nothing more to do). */
+bool engine_pilaf_start(engine *e, engine_command *cmd);
+/* Engine thread, outside a step: starts queued MIXED requests while slots are free. */
+void engine_pilaf_admit(engine *e);
+/* Engine thread: cancels a queued request; false when id is not queued. */
+bool engine_pilaf_cancel_queued(engine *e, uint64_t id);
+/* A finished PILAF request's DUEL_READY event. */
+int engine_pilaf_ready(const engine_active *a, double decode_ms, engine_event **out,
+                       duel_error *err);
 void engine_pilaf_free_all(engine *e);
 
 #endif

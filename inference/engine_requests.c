@@ -118,7 +118,7 @@ void engine_on_sched_event(void *ctx, const sched_event *se) {
                             : se->finish_reason == SCHED_FINISH_LENGTH ? ENGINE_FINISH_LENGTH
                                                                        : ENGINE_FINISH_CONTEXT;
         ev->finish_ms = (se->finish_time - a->submit_time) * 1e3;
-        if (a->duel && se->candidate >= 0 && se->candidate + offset < a->num_candidates) {
+        if (a->cand_tokens && se->candidate >= 0 && se->candidate + offset < a->num_candidates) {
             int c = se->candidate + offset;
             free(a->cand_tokens[c]);
             a->cand_tokens[c] = engine_copy_ints(se->tokens, se->count);
@@ -180,7 +180,10 @@ void engine_on_sched_event(void *ctx, const sched_event *se) {
         if (a->duel && ev->kind == ENGINE_EVENT_FINISHED) {
             duel_error derr = {0};
             engine_event *ready = NULL;
-            int rc = engine_duel_ready(e, a, se->prompt_hidden, ev->timings.total_ms, &ready, &derr);
+            int rc = a->strategy == DUEL_STRATEGY_PILAF
+                         ? engine_pilaf_ready(a, ev->timings.total_ms, &ready, &derr)
+                         : engine_duel_ready(e, a, se->prompt_hidden, ev->timings.total_ms,
+                                             &ready, &derr);
             if (rc) {
                 ev->kind = ENGINE_EVENT_ERROR;
                 ev->status = rc;
@@ -196,6 +199,7 @@ done:;
     int arm_index = a->arm, arena_index = a->arena_arm;
     bool ended = se->kind == SCHED_EVENT_DONE;
     if (ended) {
+        if (a->pilaf_mixed) e->pilaf_running--; /* engine_pilaf_admit fills the slot after the step */
         /* Ended before the event is visible, so that a cancel after it reports "finished". */
         engine_set_state(e, a->id, ENGINE_STATE_ENDED);
         remove_active(e, a);
@@ -215,9 +219,10 @@ done:;
 void engine_request_cancel(engine *e, uint64_t id) {
     duel_error err = {0};
     int at = find_active(e, id);
-    /* Not active: it ended after engine_cancel checked, and its event is already queued. */
+    /* Not active: a MIXED PILAF request waiting for a slot, or it ended after engine_cancel
+     * checked (its last event is already queued). */
     if (at < 0) {
-        engine_pilaf_cancel(e, id);
+        engine_pilaf_cancel_queued(e, id);
         return;
     }
     engine_active *a = e->active[at];
@@ -231,10 +236,8 @@ void engine_request_cancel(engine *e, uint64_t id) {
 
 void engine_request_start(engine *e, engine_command *cmd) {
     duel_error err = {0};
-    if (cmd->duel && cmd->strategy == DUEL_STRATEGY_PILAF) {
-        engine_pilaf_submit(e, cmd);
-        return;
-    }
+    bool pilaf = cmd->duel && cmd->strategy == DUEL_STRATEGY_PILAF;
+    if (pilaf && engine_pilaf_start(e, cmd)) return; /* queued behind the bound */
     engine_active *a = calloc(1, sizeof *a);
     if (e->num_active == e->cap_active) {
         int cap = e->cap_active ? e->cap_active * 2 : 16;
@@ -259,7 +262,16 @@ void engine_request_start(engine *e, engine_command *cmd) {
     a->user = cmd->params.user;
     a->submit_time = cmd->params.submit_time;
     a->want_hidden = cmd->want_hidden;
-    if (cmd->duel) {
+    if (pilaf) {
+        a->duel = true;
+        a->strategy = cmd->strategy;
+        a->seed = cmd->params.seed;
+        a->num_candidates = cmd->params.num_candidates;
+        a->prompt_len = cmd->params.prompt_len;
+        a->pilaf_mixed = cmd->pilaf_mixed;
+        a->pilaf_beta = cmd->pilaf_beta;
+        cmd->params.logits_ctx = a;
+    } else if (cmd->duel) {
         int M = cmd->params.num_candidates * (cmd->arena_model >= 0 ? 2 : 1);
         a->duel = true;
         a->strategy = cmd->strategy;
@@ -291,6 +303,7 @@ void engine_request_start(engine *e, engine_command *cmd) {
     }
     e->active[e->num_active++] = a;
     e->arms[a->arm].refs++;
+    if (a->pilaf_mixed) e->pilaf_running++;
     if (a->arena_arm >= 0) {
         e->arms[a->arena_arm].refs++;
         sched_request_params second = cmd->params;

@@ -91,9 +91,6 @@ static int submit_locked(engine *e, const engine_request *r, uint64_t *id, duel_
                                   "\"%s\" %d",
                                   e->arms[e->ref_arm].name, model_output_size(ref), a->name,
                                   model_output_size(a->model));
-        if (r->num_tokens >= model_get_config(ref)->max_position_embeddings)
-            return duel_error_set(err, DUEL_ELIMIT,
-                                  "pilaf request: the prompt does not fit the reference's context");
     } else if (r->duel) {
         if (!e->erm && !a->erm)
             return duel_error_set(err, DUEL_EINVAL, "duel request: the engine has no ERM");
@@ -135,6 +132,7 @@ static int submit_locked(engine *e, const engine_request *r, uint64_t *id, duel_
                                          .num_stop_tokens = n_stop,
                                          .want_hidden = r->want_hidden ||
                                                         (r->duel &&
+                                                         r->strategy != DUEL_STRATEGY_PILAF &&
                                                          e->features == ENGINE_FEATURES_POLICY),
                                          .want_progress = r->want_progress,
                                          .user = r->user,
@@ -144,7 +142,17 @@ static int submit_locked(engine *e, const engine_request *r, uint64_t *id, duel_
     cmd->pilaf_beta = r->pilaf_beta;
     cmd->want_hidden = r->want_hidden;
     cmd->arena_model = second;
+    bool pilaf = r->duel && r->strategy == DUEL_STRATEGY_PILAF;
+    if (pilaf) {
+        /* Checked as the mixed mode (the reference decoded in lockstep: its context, both
+         * sequences in the pool), whichever mode the seed draws, so that whether a request is
+         * accepted never depends on the coin; the engine thread drops the reference for the
+         * plain mode (engine_pilaf.c). */
+        engine_pilaf_lockstep(e, &cmd->params);
+        cmd->pilaf_mixed = engine_pilaf_mode_mixed(r->seed);
+    }
     int rc = sched_validate(e->sched, &cmd->params, err);
+    if (rc && pilaf) duel_error_prefix(err, "pilaf request");
     if (!rc && second >= 0) {
         sched_request_params half = cmd->params;
         half.model = second;

@@ -238,6 +238,7 @@ static void test_engine_and_duel_values_are_the_code_defaults(void **state) {
     assert_int_equal(int_at(root, "engine", "max_batch_tokens"), SCHED_DEFAULT_BATCH_TOKENS);
     assert_int_equal(int_at(root, "engine", "max_running"), SCHED_DEFAULT_MAX_RUNNING);
     assert_int_equal(int_at(root, "engine", "max_candidates"), 64); /* engine.h: "0: 64" */
+    assert_int_equal(int_at(root, "engine", "max_pilaf_jobs"), ENGINE_DEFAULT_MAX_PILAF_JOBS);
     duel_strategy s;
     duel_error err = {0};
     assert_int_equal(duel_strategy_parse(str_at(root, "duel", "strategy"), &s, &err), 0);

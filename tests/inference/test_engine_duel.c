@@ -9,15 +9,24 @@
  *     from model_forward's logits of every position (rel. err. < 1e-5);
  *   - policy features: the serving arm's own hidden states (rel. err. < 1e-4 against
  *     model_forward: batched decode vs one sequence);
- *   - PILAF: the mode, both candidates' tokens and the placement equal a by-hand lockstep decode
- *     (model_forward on policy and reference, duel_pilaf_mix_logits, sampler_sample with
- *     seed + i); both modes are seen; beta = 4 changes the mixed candidates against beta = 0;
+ *   - PILAF (decoded in the scheduler's batched steps): the mode, both candidates' tokens and
+ *     log-probabilities and the placement equal a slow reference that decodes token by token
+ *     from full forwards of policy and reference (duel_pilaf_mix_logits, sampler_sample with
+ *     seed + i); both modes are seen; a PLAIN request equals the same request without duel;
+ *     beta = 4 changes the mixed candidates against beta = 0; the reference's KV is in the
+ *     shared pool (its prompt blocks are found by the prefix cache the second time; a request
+ *     that does not fit with its reference is refused) and back in the pool after each request
+ *     and after a cancel mid-decode; the policy as its own reference gives the plain samples;
+ *     with max_pilaf_jobs = 1 MIXED requests run one after another and a waiting one can be
+ *     cancelled;
  *   - bad inputs: a strategy duel_select refuses (arena) and NaN rewards are ERROR events after
- *     which the engine still serves; an out-of-range strategy, M < 2, pilaf with M != 2 or a bad beta, no ERM, an ERM of the wrong
- *     width and an unknown reference arm are refused synchronously. */
+ *     which the engine still serves; an out-of-range strategy, M < 2, pilaf with M != 2 or a
+ *     bad beta, no ERM, an ERM of the wrong width, an unknown reference arm and a max_pilaf_jobs
+ *     out of range are refused synchronously. */
 #include "test_helpers.h"
 
 #include <math.h>
+#include <unistd.h>
 
 #include "duel.h"
 #include "engine.h"
@@ -25,7 +34,7 @@
 #include "model.h"
 #include "sampler.h"
 
-enum { M = 4, NEW = 6, HEADS = 5 };
+enum { M = 4, NEW = 6, HEADS = 5, PILAF_NEW = NEW };
 
 static model *load_model(const char *name) {
     const char *build = test_env("DUEL_BUILD_DIR", NULL);
@@ -59,7 +68,7 @@ typedef struct engine_fx {
     int H;
 } engine_fx;
 
-static void fx_open(engine_fx *f, engine_feature_source features) {
+static void fx_open_bounded(engine_fx *f, engine_feature_source features, int max_pilaf_jobs) {
     memset(f, 0, sizeof *f);
     f->policy = load_model("tiny-llama-f32");
     f->ref = load_model("tiny-llama-bf16"); /* same shape, the weights rounded to bf16 */
@@ -70,9 +79,13 @@ static void fx_open(engine_fx *f, engine_feature_source features) {
     engine_model_params mp[2] = {{"policy", f->policy, NULL}, {"ref", f->ref, NULL}};
     engine_params ep = {.models = mp, .num_models = 2, .kv_memory_bytes = (size_t)4 << 20,
                         .max_candidates = 16, .erm = f->erm, .reference_arm = "ref",
-                        .features = features};
+                        .features = features, .max_pilaf_jobs = max_pilaf_jobs};
     duel_error err = {0};
     if (engine_create(&ep, &f->e, &err)) fail_msg("engine_create: %s", err.message);
+}
+
+static void fx_open(engine_fx *f, engine_feature_source features) {
+    fx_open_bounded(f, features, 0);
 }
 
 static void fx_close(engine_fx *f) {
@@ -381,129 +394,6 @@ static void test_duel_errors_keep_serving(void **state) {
     fx_close(&f);
 }
 
-/* PILAF by hand: the mode from the selection rng, then each candidate decoded in lockstep on
- * the policy and the reference with model_forward, its logits mixed by duel_pilaf_mix_logits
- * (MIXED) and sampled with seed + i. */
-static bool pilaf_by_hand(engine_fx *f, uint64_t seed, double beta, int32_t out[2][NEW],
-                          int counts[2], double logprob[2]) {
-    duel_rng sel;
-    duel_rng_seed(&sel, seed ^ ENGINE_DUEL_SEED_SALT);
-    bool mixed = duel_pilaf_draw_mode(&sel) == DUEL_PILAF_MIXED;
-    int V = model_output_size(f->policy_hand);
-    float *lp = malloc((size_t)V * sizeof *lp), *lr = malloc((size_t)V * sizeof *lr);
-    float *mix = malloc((size_t)V * sizeof *mix);
-    duel_error err = {0};
-    sampler_params sp = {3.0f, 1.0f, 0};
-    for (int i = 0; i < 2; i++) {
-        model_kv_cache *kp = NULL, *kr = NULL;
-        assert_int_equal(model_kv_cache_create(f->policy_hand, PROMPT_LEN + NEW, &kp, &err), 0);
-        assert_int_equal(model_kv_cache_create(f->ref_hand, PROMPT_LEN + NEW, &kr, &err), 0);
-        assert_int_equal(model_forward(f->policy_hand, kp, PROMPT, PROMPT_LEN, lp, false, NULL, &err), 0);
-        assert_int_equal(model_forward(f->ref_hand, kr, PROMPT, PROMPT_LEN, lr, false, NULL, &err), 0);
-        duel_rng rng;
-        duel_rng_seed(&rng, seed + (uint64_t)i);
-        logprob[i] = 0;
-        for (counts[i] = 0; counts[i] < NEW;) {
-            const float *logits = lp;
-            if (mixed) {
-                assert_int_equal(duel_pilaf_mix_logits(lp, lr, V, beta, i == 0 ? mix : NULL,
-                                                       i == 1 ? mix : NULL, &err), 0);
-                logits = mix;
-            }
-            float l = 0;
-            int32_t t = sampler_sample(logits, V, &sp, &rng, &l, &err);
-            assert_true(t >= 0);
-            out[i][counts[i]++] = t;
-            logprob[i] += l;
-            if (counts[i] == NEW) break;
-            assert_int_equal(model_forward(f->policy_hand, kp, &t, 1, lp, false, NULL, &err), 0);
-            assert_int_equal(model_forward(f->ref_hand, kr, &t, 1, lr, false, NULL, &err), 0);
-        }
-        model_kv_cache_free(kp);
-        model_kv_cache_free(kr);
-    }
-    free(lp);
-    free(lr);
-    free(mix);
-    return mixed;
-}
-
-static void test_duel_pilaf_equals_lockstep_by_hand(void **state) {
-    (void)state;
-    engine_fx f;
-    fx_open(&f, ENGINE_FEATURES_REFERENCE);
-    const double beta = 4.0; /* large, so that y+ and y- visibly differ from plain samples */
-    int modes[2] = {0, 0}, differ_from_plain = 0;
-    for (uint64_t seed = 20; seed < 28; seed++) {
-        engine_request req = duel_request(DUEL_STRATEGY_PILAF, seed);
-        req.num_candidates = 2;
-        req.pilaf_beta = beta;
-        int32_t tokens[M][NEW];
-        int counts[M] = {0};
-        char *msg = NULL;
-        engine_event *ready = run_duel(&f, &req, tokens, counts, &msg);
-        if (!ready) fail_msg("pilaf failed: %s", msg);
-        int32_t hand[2][NEW];
-        int hand_counts[2];
-        double hand_lp[2];
-        bool mixed = pilaf_by_hand(&f, seed, beta, hand, hand_counts, hand_lp);
-        assert_int_equal(ready->pilaf_mixed, mixed);
-        modes[mixed]++;
-        for (int i = 0; i < 2; i++) {
-            assert_int_equal(counts[i], hand_counts[i]);
-            assert_memory_equal(tokens[i], hand[i], (size_t)counts[i] * sizeof(int32_t));
-        }
-        assert_int_equal(ready->pair.first, 0);
-        assert_int_equal(ready->pair.second, 1);
-        duel_rng sel;
-        duel_rng_seed(&sel, seed ^ ENGINE_DUEL_SEED_SALT);
-        duel_pilaf_draw_mode(&sel);
-        duel_placement place;
-        duel_place(&ready->pair, &sel, &place);
-        assert_int_equal(place.a, ready->placement.a);
-        assert_int_equal(place.side_swap, ready->placement.side_swap);
-        assert_null(ready->rewards);
-        engine_event_free(ready);
-        if (mixed) {
-            /* The same seeds with beta = 0 are the plain samples; beta = 4 must change some. */
-            engine_request p0 = duel_request(DUEL_STRATEGY_PILAF, seed);
-            p0.num_candidates = 2;
-            p0.pilaf_beta = 0.0;
-            int32_t t0[M][NEW];
-            int c0[M] = {0};
-            engine_event *r0 = run_duel(&f, &p0, t0, c0, &msg);
-            if (!r0) fail_msg("pilaf beta 0 failed: %s", msg);
-            for (int i = 0; i < 2; i++)
-                differ_from_plain += c0[i] != counts[i] ||
-                                     memcmp(t0[i], tokens[i], (size_t)c0[i] * sizeof(int32_t)) != 0;
-            engine_event_free(r0);
-        }
-    }
-    if (!modes[0] || !modes[1]) fail_msg("8 seeds drew modes plain %d, mixed %d", modes[0], modes[1]);
-    assert_true(differ_from_plain > 0);
-    /* Cancel: CANCELLED (or FINISHED when it won the race), then a second one left in flight
-     * for engine_destroy to drop. */
-    engine_request req = duel_request(DUEL_STRATEGY_PILAF, 5);
-    req.num_candidates = 2;
-    req.pilaf_beta = 1.0;
-    req.max_new_tokens = NEW;
-    uint64_t id;
-    duel_error err = {0};
-    assert_int_equal(engine_submit(f.e, &req, &id, &err), 0);
-    assert_int_equal(engine_cancel(f.e, id, &err), 0);
-    for (;;) {
-        engine_event *ev = wait_event(f.e);
-        engine_event_kind k = ev->kind;
-        engine_event_free(ev);
-        if (k == ENGINE_EVENT_CANCELLED || k == ENGINE_EVENT_FINISHED) break;
-        assert_true(k == ENGINE_EVENT_CANDIDATE || k == ENGINE_EVENT_DUEL_READY);
-    }
-    assert_int_equal(engine_cancel(f.e, id, &err), DUEL_EINVAL); /* already ended */
-    assert_int_equal(engine_submit(f.e, &req, &id, &err), 0);
-    fx_close(&f);
-}
-
-
 /* Runs a plain (non-duel) request of n candidates on arm with seed; tokens into out. */
 static void run_alone(engine_fx *f, const char *arm, int n, uint64_t seed, int32_t out[][NEW],
                       int counts[]) {
@@ -643,6 +533,401 @@ static void test_duel_arena(void **state) {
     fx_close(&f);
 }
 
+/* ---- PILAF -------------------------------------------------------------------------------- */
+
+/* Whether a PILAF request of this seed draws the MIXED mode (the selection rng's first draw). */
+static bool mode_is_mixed(uint64_t seed) {
+    duel_rng sel;
+    duel_rng_seed(&sel, seed ^ ENGINE_DUEL_SEED_SALT);
+    return duel_pilaf_draw_mode(&sel) == DUEL_PILAF_MIXED;
+}
+
+/* A PILAF request's outcome, as its events told it. */
+typedef struct pilaf_run {
+    int32_t tokens[2][PILAF_NEW];
+    int counts[2];
+    double logprob[2];
+    bool mixed;
+    duel_placement placement;
+    duel_pair pair;
+    engine_counts finished;
+} pilaf_run;
+
+static engine_request pilaf_request(uint64_t seed, double beta) {
+    engine_request r = duel_request(DUEL_STRATEGY_PILAF, seed);
+    r.num_candidates = 2;
+    r.pilaf_beta = beta;
+    return r;
+}
+
+/* Runs one PILAF request to its FINISHED event. */
+static void run_pilaf(engine_fx *f, const engine_request *req, pilaf_run *out) {
+    memset(out, 0, sizeof *out);
+    uint64_t id;
+    duel_error err = {0};
+    if (engine_submit(f->e, req, &id, &err)) fail_msg("engine_submit: %s", err.message);
+    bool ready = false;
+    for (;;) {
+        engine_event *ev = wait_event(f->e);
+        assert_int_equal(ev->request_id, id);
+        engine_event_kind k = ev->kind;
+        if (k == ENGINE_EVENT_CANDIDATE) {
+            assert_true(ev->candidate == 0 || ev->candidate == 1);
+            assert_true(ev->count >= 1 && ev->count <= PILAF_NEW);
+            memcpy(out->tokens[ev->candidate], ev->tokens, (size_t)ev->count * sizeof(int32_t));
+            out->counts[ev->candidate] = ev->count;
+            out->logprob[ev->candidate] = ev->logprob_sum;
+        } else if (k == ENGINE_EVENT_DUEL_READY) {
+            ready = true;
+            assert_int_equal(ev->count, 2);
+            assert_int_equal((int)ev->strategy, (int)DUEL_STRATEGY_PILAF);
+            assert_null(ev->rewards);
+            assert_null(ev->features);
+            out->mixed = ev->pilaf_mixed;
+            out->pair = ev->pair;
+            out->placement = ev->placement;
+        } else if (k == ENGINE_EVENT_FINISHED) {
+            assert_true(ready); /* DUEL_READY comes first */
+            out->finished = ev->counts;
+            engine_event_free(ev);
+            return;
+        } else if (k != ENGINE_EVENT_PROGRESS) {
+            fail_msg("pilaf: event %d %s", (int)k, ev->message ? ev->message : "");
+        }
+        engine_event_free(ev);
+    }
+}
+
+/* The last position's logits of prompt + tokens[0..n), by a full forward from an empty cache
+ * (no cache reuse at all: the obviously correct way). */
+static void full_forward_logits(model *m, model_kv_cache *kv, const int32_t *prompt, int prompt_len,
+                                const int32_t *tokens, int n, float *logits) {
+    int32_t seq[128];
+    assert_true(prompt_len + n <= 128);
+    memcpy(seq, prompt, (size_t)prompt_len * sizeof(int32_t));
+    memcpy(seq + prompt_len, tokens, (size_t)n * sizeof(int32_t));
+    model_kv_cache_reset(kv);
+    duel_error err = {0};
+    assert_int_equal(model_forward(m, kv, seq, prompt_len + n, logits, false, NULL, &err), 0);
+}
+
+/* PILAF, slowly: the mode from the selection rng; then each candidate, one token at a time, from
+ * full forwards of the policy and (mixed) the reference over prompt + the tokens so far, the
+ * logits mixed by duel_pilaf_mix_logits (plus for candidate 0, minus for 1) and sampled with
+ * seed + i; no stop tokens, so each candidate has exactly max_new tokens. */
+static void pilaf_slow_reference(engine_fx *f, const engine_request *req, pilaf_run *out) {
+    memset(out, 0, sizeof *out);
+    out->mixed = mode_is_mixed(req->seed);
+    int V = model_output_size(f->policy_hand), T = req->num_tokens + req->max_new_tokens;
+    float *lp = malloc((size_t)V * sizeof *lp), *lr = malloc((size_t)V * sizeof *lr);
+    float *mix = malloc((size_t)V * sizeof *mix);
+    model_kv_cache *kp = NULL, *kr = NULL;
+    duel_error err = {0};
+    assert_int_equal(model_kv_cache_create(f->policy_hand, T, &kp, &err), 0);
+    assert_int_equal(model_kv_cache_create(f->ref_hand, T, &kr, &err), 0);
+    for (int i = 0; i < 2; i++) {
+        duel_rng rng;
+        duel_rng_seed(&rng, req->seed + (uint64_t)i);
+        for (int t = 0; t < req->max_new_tokens; t++) {
+            full_forward_logits(f->policy_hand, kp, req->tokens, req->num_tokens, out->tokens[i],
+                                t, lp);
+            const float *logits = lp;
+            if (out->mixed) {
+                full_forward_logits(f->ref_hand, kr, req->tokens, req->num_tokens,
+                                    out->tokens[i], t, lr);
+                assert_int_equal(duel_pilaf_mix_logits(lp, lr, V, req->pilaf_beta,
+                                                       i == 0 ? mix : NULL, i == 1 ? mix : NULL,
+                                                       &err),
+                                 0);
+                logits = mix;
+            }
+            float l = 0;
+            int32_t tok = sampler_sample(logits, V, &req->sampling, &rng, &l, &err);
+            assert_true(tok >= 0);
+            out->tokens[i][out->counts[i]++] = tok;
+            out->logprob[i] += l;
+        }
+    }
+    model_kv_cache_free(kp);
+    model_kv_cache_free(kr);
+    free(lp);
+    free(lr);
+    free(mix);
+}
+
+/* Seeds whose PILAF mode is MIXED (want true) or PLAIN, from start on. */
+static uint64_t pilaf_seed(uint64_t start, bool want_mixed) {
+    for (uint64_t s = start;; s++)
+        if (mode_is_mixed(s) == want_mixed) return s;
+}
+
+/* Waits until the engine's stats snapshot was taken after every request ended (cancelled >=
+ * the count given, nothing active), then returns it. */
+static engine_stats stats_when_idle(engine *e, uint64_t cancelled) {
+    engine_stats st;
+    for (int i = 0; i < 30000; i++) {
+        engine_stats_get(e, &st);
+        if (st.requests_cancelled >= cancelled && st.active_requests == 0 &&
+            st.pilaf_running == 0 && st.pilaf_queued == 0)
+            return st;
+        usleep(1000);
+    }
+    fail_msg("the engine did not become idle in 30 s");
+    return st;
+}
+
+/* PILAF against the slow reference: for 8 seeds (both modes seen), the mode, both candidates'
+ * tokens and log-probabilities (under the distribution each sampled from) and the placement
+ * equal pilaf_slow_reference; a PLAIN request's candidates equal the same request without duel;
+ * a MIXED request prefills the prompt once per model (prompt positions computed + cached = 2 x
+ * the prompt); beta = 4 changes some mixed candidates against beta = 0. */
+static void test_duel_pilaf_equals_slow_reference(void **state) {
+    (void)state;
+    engine_fx f;
+    fx_open(&f, ENGINE_FEATURES_REFERENCE);
+    int modes[2] = {0, 0}, differ_from_plain = 0;
+    for (uint64_t seed = 20; seed < 28; seed++) {
+        engine_request req = pilaf_request(seed, 4.0); /* large: y+ and y- visibly differ */
+        pilaf_run got, want;
+        run_pilaf(&f, &req, &got);
+        pilaf_slow_reference(&f, &req, &want);
+        assert_int_equal(got.mixed, want.mixed);
+        modes[got.mixed]++;
+        for (int i = 0; i < 2; i++) {
+            assert_int_equal(got.counts[i], PILAF_NEW);
+            assert_memory_equal(got.tokens[i], want.tokens[i], PILAF_NEW * sizeof(int32_t));
+            if (!(fabs(got.logprob[i] - want.logprob[i]) <= 1e-4 * fabs(want.logprob[i])))
+                fail_msg("seed %llu candidate %d: log-probability %.9g, slowly %.9g",
+                         (unsigned long long)seed, i, got.logprob[i], want.logprob[i]);
+        }
+        assert_int_equal(got.pair.first, 0);
+        assert_int_equal(got.pair.second, 1);
+        duel_rng sel;
+        duel_rng_seed(&sel, seed ^ ENGINE_DUEL_SEED_SALT);
+        duel_pilaf_draw_mode(&sel);
+        duel_placement place;
+        duel_place(&got.pair, &sel, &place);
+        assert_int_equal(place.a, got.placement.a);
+        assert_int_equal(place.side_swap, got.placement.side_swap);
+        int runs = got.mixed ? 2 : 1; /* models the prompt runs on */
+        assert_int_equal(got.finished.prompt_computed + got.finished.cached_tokens,
+                         runs * PROMPT_LEN);
+        assert_int_equal(got.finished.generated_tokens, 2 * PILAF_NEW);
+        if (!got.mixed) {
+            int32_t alone[2][NEW];
+            int alone_counts[2] = {0};
+            run_alone(&f, "policy", 2, seed, alone, alone_counts);
+            for (int i = 0; i < 2; i++)
+                assert_memory_equal(alone[i], got.tokens[i], PILAF_NEW * sizeof(int32_t));
+        } else {
+            engine_request p0 = pilaf_request(seed, 0.0);
+            pilaf_run r0;
+            run_pilaf(&f, &p0, &r0);
+            for (int i = 0; i < 2; i++)
+                differ_from_plain +=
+                    memcmp(r0.tokens[i], got.tokens[i], PILAF_NEW * sizeof(int32_t)) != 0;
+        }
+    }
+    if (!modes[0] || !modes[1]) fail_msg("8 seeds drew modes plain %d, mixed %d", modes[0], modes[1]);
+    assert_true(differ_from_plain > 0);
+    fx_close(&f);
+}
+
+/* The reference's KV lives in the engine's shared pool: a MIXED request of a 40-token prompt
+ * run twice attaches both models' two full prompt blocks from the prefix cache the second time
+ * (2 x 32 positions cached), and every block is back in the pool after each. A MIXED request
+ * cancelled mid-decode (after its first progress) ends with one CANCELLED event, no further
+ * event, and its blocks (policy and reference) back in the pool; the engine serves on. A PILAF
+ * request whose candidate and reference sequence do not fit the pool together is refused at
+ * submit (the same request without duel fits). */
+static void test_duel_pilaf_kv_and_cancel(void **state) {
+    (void)state;
+    engine_fx f;
+    fx_open(&f, ENGINE_FEATURES_REFERENCE);
+    int32_t prompt[40];
+    for (int i = 0; i < 40; i++) prompt[i] = (int32_t)(3 + (i * 37) % 500);
+    uint64_t s1 = pilaf_seed(40, true), s2 = pilaf_seed(s1 + 1, true);
+    engine_request req = pilaf_request(s1, 0.5);
+    req.tokens = prompt;
+    req.num_tokens = 40;
+    pilaf_run first, second;
+    run_pilaf(&f, &req, &first);
+    assert_true(first.mixed);
+    assert_int_equal(first.finished.cached_tokens, 0);
+    assert_int_equal(first.finished.prompt_computed, 2 * 40);
+    engine_stats st = stats_when_idle(f.e, 0);
+    assert_int_equal(st.kv_used_blocks, 0);
+    assert_true(st.kv_cached_blocks >= 4); /* both models' prompt blocks, at least */
+    req.seed = s2;
+    run_pilaf(&f, &req, &second);
+    assert_int_equal(second.finished.cached_tokens, 2 * 32);
+    assert_int_equal(second.finished.prompt_computed, 2 * 40 - 2 * 32);
+    st = stats_when_idle(f.e, 0);
+    assert_int_equal(st.kv_used_blocks, 0);
+
+    /* Cancel mid-decode. */
+    req = pilaf_request(pilaf_seed(s2 + 1, true), 1.0);
+    req.max_new_tokens = 1000;
+    req.want_progress = true;
+    uint64_t id;
+    duel_error err = {0};
+    assert_int_equal(engine_submit(f.e, &req, &id, &err), 0);
+    engine_event *ev = wait_event(f.e);
+    assert_int_equal(ev->kind, ENGINE_EVENT_PROGRESS); /* decoding */
+    engine_event_free(ev);
+    assert_int_equal(engine_cancel(f.e, id, &err), 0);
+    for (;;) {
+        ev = wait_event(f.e);
+        engine_event_kind k = ev->kind;
+        engine_event_free(ev);
+        if (k == ENGINE_EVENT_CANCELLED) break;
+        assert_int_equal(k, ENGINE_EVENT_PROGRESS);
+    }
+    engine_event *extra = NULL;
+    engine_poll(f.e, 0.1, &extra);
+    assert_null(extra);
+    st = stats_when_idle(f.e, 1);
+    assert_int_equal(st.kv_used_blocks, 0);
+    assert_int_equal(st.requests_cancelled, 1);
+    assert_int_equal(engine_cancel(f.e, id, &err), DUEL_EINVAL); /* already ended */
+    pilaf_run after;
+    req = pilaf_request(s1, 0.5);
+    run_pilaf(&f, &req, &after); /* still serving */
+    fx_close(&f);
+
+    /* A pool of 12 blocks of 16: a candidate of 7 + 100 tokens needs 7, with its reference 14. */
+    model *m = load_model("tiny-llama-f32");
+    const model_config *c = model_get_config(m);
+    size_t block_bytes = (size_t)2 * c->num_layers * c->num_kv_heads * c->head_dim * 16 * 4;
+    engine_model_params mp = {"policy", m, NULL};
+    engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = 12 * block_bytes};
+    engine *e = NULL;
+    assert_int_equal(engine_create(&ep, &e, &err), 0);
+    engine_stats es;
+    engine_stats_get(e, &es);
+    assert_int_equal(es.kv_blocks, 12);
+    req = pilaf_request(s1, 0.5);
+    req.arm = NULL;
+    req.max_new_tokens = 100;
+    assert_int_equal(engine_submit(e, &req, &id, &err), DUEL_ELIMIT);
+    assert_non_null(strstr(err.message, "with its reference sequence"));
+    req.duel = false;
+    assert_int_equal(engine_submit(e, &req, &id, &err), 0);
+    /* The policy as its own reference (one arm): both sequences of a candidate are the same
+     * model's, so their full blocks are the same blocks (deduplicated at commit); (1 + b) h -
+     * b h = h, so the MIXED candidates are the plain samples of the same seed. */
+    engine_request mixed = pilaf_request(pilaf_seed(s1, true), 0.5);
+    mixed.arm = NULL;
+    mixed.tokens = prompt;
+    mixed.num_tokens = 40;
+    engine_request plain_twin = mixed;
+    plain_twin.duel = false;
+    engine_fx one = {.e = e};
+    pilaf_run got, twin;
+    for (;;) { /* drain the request above */
+        engine_event *d = wait_event(e);
+        engine_event_kind k = d->kind;
+        engine_event_free(d);
+        if (k == ENGINE_EVENT_FINISHED) break;
+    }
+    run_pilaf(&one, &mixed, &got);
+    assert_true(got.mixed);
+    assert_int_equal(got.finished.prompt_computed + got.finished.cached_tokens, 2 * 40);
+    assert_int_equal(engine_submit(e, &plain_twin, &id, &err), 0);
+    for (;;) {
+        engine_event *d = wait_event(e);
+        engine_event_kind k = d->kind;
+        if (k == ENGINE_EVENT_CANDIDATE) {
+            memcpy(twin.tokens[d->candidate], d->tokens, (size_t)d->count * sizeof(int32_t));
+            twin.counts[d->candidate] = d->count;
+        }
+        engine_event_free(d);
+        if (k == ENGINE_EVENT_FINISHED) break;
+    }
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(twin.counts[i], got.counts[i]);
+        assert_memory_equal(twin.tokens[i], got.tokens[i], (size_t)got.counts[i] * sizeof(int32_t));
+    }
+    st = stats_when_idle(e, 0);
+    assert_int_equal(st.kv_used_blocks, 0);
+    engine_destroy(e);
+    model_free(m);
+}
+
+/* max_pilaf_jobs = 1: three MIXED requests submitted together; the first decodes, the others
+ * wait. The third is cancelled while it waits (one CANCELLED event, nothing before it); the
+ * second's first event comes after the first's FINISHED and its candidates equal the slow
+ * reference. PLAIN requests do not count: one runs while a MIXED one holds the slot. */
+static void test_duel_pilaf_job_bound(void **state) {
+    (void)state;
+    engine_fx f;
+    fx_open_bounded(&f, ENGINE_FEATURES_REFERENCE, 1);
+    uint64_t seeds[3];
+    seeds[0] = pilaf_seed(60, true);
+    seeds[1] = pilaf_seed(seeds[0] + 1, true);
+    seeds[2] = pilaf_seed(seeds[1] + 1, true);
+    uint64_t ids[3];
+    duel_error err = {0};
+    for (int k = 0; k < 3; k++) {
+        engine_request req = pilaf_request(seeds[k], 0.5);
+        req.want_progress = true;
+        if (k == 0) req.max_new_tokens = 200; /* long, so that the others wait behind it */
+        if (engine_submit(f.e, &req, &ids[k], &err)) fail_msg("submit: %s", err.message);
+    }
+    /* The second and third wait (stats are published after every step). */
+    for (int i = 0;; i++) {
+        engine_stats st;
+        engine_stats_get(f.e, &st);
+        if (st.pilaf_queued == 2 && st.pilaf_running == 1) break;
+        if (i == 30000) fail_msg("never saw 1 running and 2 queued pilaf requests");
+        usleep(1000);
+    }
+    assert_int_equal(engine_cancel(f.e, ids[2], &err), 0);
+    /* A PLAIN request is not held back by the bound (it may finish before the first). */
+    engine_request plain = pilaf_request(pilaf_seed(seeds[2] + 1, false), 0.5);
+    uint64_t plain_id;
+    assert_int_equal(engine_submit(f.e, &plain, &plain_id, &err), 0);
+    bool finished[3] = {false, false, false}, plain_done = false, cancelled = false;
+    int events_of_second = 0;
+    pilaf_run second = {0};
+    while (!finished[0] || !finished[1] || !cancelled || !plain_done) {
+        engine_event *ev = wait_event(f.e);
+        if (ev->request_id == plain_id) {
+            plain_done |= ev->kind == ENGINE_EVENT_FINISHED;
+        } else if (ev->request_id == ids[2]) {
+            assert_int_equal(ev->kind, ENGINE_EVENT_CANCELLED);
+            assert_false(finished[0]); /* cancelled while the first still decoded */
+            cancelled = true;
+        } else if (ev->request_id == ids[1]) {
+            if (!finished[0]) fail_msg("request 2 had event %d before request 1 finished", ev->kind);
+            events_of_second++;
+            if (ev->kind == ENGINE_EVENT_CANDIDATE) {
+                memcpy(second.tokens[ev->candidate], ev->tokens,
+                       (size_t)ev->count * sizeof(int32_t));
+                second.counts[ev->candidate] = ev->count;
+            }
+            finished[1] |= ev->kind == ENGINE_EVENT_FINISHED;
+        } else {
+            assert_int_equal(ev->request_id, ids[0]);
+            assert_true(ev->kind != ENGINE_EVENT_ERROR && ev->kind != ENGINE_EVENT_CANCELLED);
+            finished[0] |= ev->kind == ENGINE_EVENT_FINISHED;
+        }
+        engine_event_free(ev);
+    }
+    assert_true(events_of_second > 2);
+    pilaf_run want;
+    engine_request req = pilaf_request(seeds[1], 0.5);
+    pilaf_slow_reference(&f, &req, &want);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(second.counts[i], PILAF_NEW);
+        assert_memory_equal(second.tokens[i], want.tokens[i], PILAF_NEW * sizeof(int32_t));
+    }
+    engine_stats st = stats_when_idle(f.e, 1);
+    assert_int_equal(st.kv_used_blocks, 0);
+    assert_int_equal(st.requests_finished, 3);
+    fx_close(&f);
+}
+
 static void test_duel_bad_engine_params(void **state) {
     (void)state;
     model *m = load_model("tiny-llama-f32");
@@ -664,6 +949,14 @@ static void test_duel_bad_engine_params(void **state) {
     ep.reference_arm = NULL;
     ep.features = (engine_feature_source)7;
     assert_int_equal(engine_create(&ep, &e, &err), DUEL_EINVAL);
+    ep.features = ENGINE_FEATURES_REFERENCE;
+    ep.max_pilaf_jobs = -1;
+    assert_int_equal(engine_create(&ep, &e, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "max_pilaf_jobs -1"));
+    ep.max_pilaf_jobs = ENGINE_MAX_PILAF_JOBS + 1;
+    assert_int_equal(engine_create(&ep, &e, &err), DUEL_EINVAL);
+    assert_null(e);
+    ep.max_pilaf_jobs = 0;
     /* No ERM: duel requests are refused, plain ones served. */
     ep.features = ENGINE_FEATURES_REFERENCE;
     ep.erm = NULL;
@@ -683,7 +976,9 @@ int main(void) {
         cmocka_unit_test(test_duel_reference_features),
         cmocka_unit_test(test_duel_policy_features),
         cmocka_unit_test(test_duel_errors_keep_serving),
-        cmocka_unit_test(test_duel_pilaf_equals_lockstep_by_hand),
+        cmocka_unit_test(test_duel_pilaf_equals_slow_reference),
+        cmocka_unit_test(test_duel_pilaf_kv_and_cancel),
+        cmocka_unit_test(test_duel_pilaf_job_bound),
         cmocka_unit_test(test_duel_bad_engine_params),
         cmocka_unit_test(test_duel_arena),
     };

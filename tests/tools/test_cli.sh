@@ -152,6 +152,7 @@ expect 2 'gateway\.port must be an integer' -- serve --set gateway.port=notanumb
 expect 2 -- '--set needs' -- serve --set
 expect 1 'gateway\.port = 70000 is outside \[0, 65535\]' -- serve --set gateway.port=70000
 expect 1 'duel\.candidates = 1 is outside \[2, 64\]' -- serve --set duel.candidates=1
+expect 1 'engine\.max_pilaf_jobs = 0 is outside \[1, 4096\]' -- serve --set engine.max_pilaf_jobs=0
 expect 1 'trainer\.batch_size = 0 is outside' -- train --set trainer.batch_size=0 --model "$TMP/missing"
 echo '{"trainer": {"lr": 1e-5, "bogus": 1}}' >"$TMP/unknown.json"
 expect 1 "$TMP/unknown.json: unknown key trainer\\.bogus" -- train --config "$TMP/unknown.json"
@@ -325,6 +326,12 @@ done
 gen --prompt "The cat sat on" --seed 8 "${hot[@]}" --duel --strategy pilaf --beta 2 --reference "$TMP/ref-model" >"$TMP/p2.out" 2>/dev/null
 cmp -s "$TMP/p1.out" "$TMP/p2.out" || fail "pilaf: same seed, different output"
 grep -q mixed <<<"$modes" && grep -q plain <<<"$modes" || fail "pilaf modes over 8 seeds:$modes"
+# PILAF's reference decodes in the engine's pool too: a long prompt and answers up to the
+# context fit the pool `duel generate` sizes.
+long_prompt=$(printf 'the cat sat on the mat %.0s' $(seq 1 15))
+gen --prompt "$long_prompt" --seed 3 --context 300 --max-new-tokens 400 --duel --strategy pilaf --reference "$TMP/ref-model" \
+    >"$TMP/p3.out" 2>"$TMP/p3.err" || fail "pilaf with a long prompt failed: $(cat "$TMP/p3.err")"
+grep -q '^=== duel (pilaf, ' "$TMP/p3.out" || fail "pilaf with a long prompt: no duel line: $(cat "$TMP/p3.out")"
 # arena: half the candidates from each model, one answer from each.
 gen --prompt "The cat sat on" --seed 5 "${hot[@]}" --n 4 --duel --strategy arena --arena-model "$TMP/ref-model" \
     >"$TMP/a1.out" 2>"$TMP/a1.err" || fail "arena failed: $(cat "$TMP/a1.err")"
