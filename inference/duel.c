@@ -55,10 +55,6 @@ static int check_matrix(const float *r, int M, int E, int min_m, duel_error *err
     return 0;
 }
 
-int duel_check_rewards(const float *r, int M, int E, duel_error *err) {
-    return check_matrix(r, M, E, 2, err);
-}
-
 /* argmax_i r[i][e] over i != skip (skip = -1 for none); ties to the lower index. */
 static int head_argmax(const float *r, int M, int E, int e, int skip) {
     int best = -1;

@@ -52,9 +52,6 @@ typedef struct duel_pair {
     int head_second; /* the head whose argmax gave y2 (ee_ts, bon), else -1 */
 } duel_pair;
 
-/* Checks shapes and that every reward is finite (the message names candidate and head). */
-int duel_check_rewards(const float *rewards, int num_candidates, int num_heads, duel_error *err);
-
 /* ee_ts (E&E objective): draws a uniformly random order of the heads (Fisher-Yates from rng);
  * y1 = argmax_i r_{s0}(i); y2 = argmax_i r_s(i) for the first head s in the order whose argmax
  * differs from y1; when every head agrees, y2 = argmax_{i != y1} r_{s0}(i). So y1 = i with

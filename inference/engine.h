@@ -278,9 +278,6 @@ typedef struct engine_stats {
 /* A snapshot taken after the engine thread's latest step. */
 void engine_stats_get(engine *e, engine_stats *out);
 
-/* Index of a resident (not retiring) arm by name, or -1; NULL: the first arm given at create. */
-int engine_arm_index(engine *e, const char *arm);
-
 /* Makes a new arm resident (see the top of this file): checks it like engine_create does (name
  * unused by any resident or retiring arm, KV shape of the pool, the ERM's d_feat), queues it for
  * the engine thread and waits until the thread has applied it at a step boundary (at most one

@@ -73,14 +73,6 @@ int engine_arm_lookup_locked(const engine *e, const char *name) {
     return -1;
 }
 
-int engine_arm_index(engine *e, const char *arm) {
-    if (!e) return -1;
-    pthread_mutex_lock(&e->lock);
-    int at = engine_arm_lookup_locked(e, arm);
-    pthread_mutex_unlock(&e->lock);
-    return at;
-}
-
 /* Whether erm (or, when NULL, the engine's) fits the features a duel on model m gets: d_feat =
  * 2 x the hidden size of the reference arm (reference features) or of m itself (policy). */
 static int check_arm_erm(const engine *e, const model *m, const erm *own, const char *name,

@@ -118,10 +118,3 @@ bool engine_queue_is_closed(engine_queue *q) {
     pthread_mutex_unlock(&q->lock);
     return closed;
 }
-
-size_t engine_queue_length(engine_queue *q) {
-    pthread_mutex_lock(&q->lock);
-    size_t n = q->count;
-    pthread_mutex_unlock(&q->lock);
-    return n;
-}

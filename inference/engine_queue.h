@@ -29,6 +29,5 @@ void engine_queue_pop(engine_queue *q, double timeout_seconds, void **item);
 /* Wakes every waiter; later pushes fail. */
 void engine_queue_close(engine_queue *q);
 bool engine_queue_is_closed(engine_queue *q);
-size_t engine_queue_length(engine_queue *q);
 
 #endif

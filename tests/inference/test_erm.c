@@ -127,11 +127,20 @@ static void test_config_validation(void **state) {
     erm *m = (erm *)&rng;
     erm_config bad[] = {{0, 8, 8}, {ERM_MAX_NUM_HEADS + 1, 8, 8}, {2, 0, 8}, {2, 8, 0},
                         {2, ERM_MAX_D_FEAT + 1, 8}, {2, 8, ERM_MAX_HIDDEN + 1}};
+    const char *field[] = {"num_heads", "num_heads", "d_feat", "hidden", "d_feat", "hidden"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(erm_create(&bad[i], &rng, &m, &err), DUEL_EINVAL);
         assert_null(m);
         assert_int_equal(erm_num_params(&bad[i]), 0);
+        /* erm_config_validate names the field out of range */
+        assert_int_equal(erm_config_validate(&bad[i], &err), DUEL_EINVAL);
+        if (!strstr(err.message, field[i])) fail_msg("case %zu: '%s'", i, err.message);
     }
+    assert_int_equal(erm_config_validate(NULL, &err), DUEL_EINVAL);
+    /* Both ends of every range are valid. */
+    erm_config lo = {1, 1, 1}, hi = {ERM_MAX_NUM_HEADS, ERM_MAX_D_FEAT, ERM_MAX_HIDDEN};
+    assert_int_equal(erm_config_validate(&lo, &err), 0);
+    assert_int_equal(erm_config_validate(&hi, &err), 0);
     erm_config ok = {2, 8, 8};
     assert_int_equal(erm_create(&ok, NULL, &m, &err), DUEL_EINVAL);
     assert_non_null(strstr(err.message, "rng"));

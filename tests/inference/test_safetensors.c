@@ -51,6 +51,27 @@ static void assert_contains(const char *haystack, const char *needle) {
 
 /* ---- valid hand-built files -------------------------------------------------------------- */
 
+/* Every dtype's file name and element size; a value outside the enum is "?" and 0. */
+static void test_dtype_names_and_sizes(void **state) {
+    (void)state;
+    const struct {
+        safetensors_dtype dtype;
+        const char *name;
+        size_t size;
+    } want[] = {{SAFETENSORS_F32, "F32", 4}, {SAFETENSORS_F16, "F16", 2},
+                {SAFETENSORS_BF16, "BF16", 2}, {SAFETENSORS_F64, "F64", 8},
+                {SAFETENSORS_I64, "I64", 8}, {SAFETENSORS_I32, "I32", 4},
+                {SAFETENSORS_I16, "I16", 2}, {SAFETENSORS_I8, "I8", 1},
+                {SAFETENSORS_U8, "U8", 1},   {SAFETENSORS_BOOL, "BOOL", 1}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        assert_string_equal(safetensors_dtype_name(want[i].dtype), want[i].name);
+        assert_int_equal(safetensors_dtype_size(want[i].dtype), want[i].size);
+    }
+    assert_string_equal(safetensors_dtype_name((safetensors_dtype)99), "?");
+    assert_int_equal(safetensors_dtype_size((safetensors_dtype)99), 0);
+    assert_int_equal(safetensors_dtype_size((safetensors_dtype)-1), 0);
+}
+
 static void test_valid_hand_built(void **state) {
     (void)state;
     /* Entries out of offset order, a scalar, a zero-size tensor sharing an offset, metadata. */
@@ -801,6 +822,7 @@ static void test_rounding_against_reference(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dtype_names_and_sizes),
         cmocka_unit_test(test_valid_hand_built),
         cmocka_unit_test(test_open_memory),
         cmocka_unit_test(test_empty_header_is_valid),
