@@ -244,6 +244,43 @@ done:
     return rc;
 }
 
+/* The replay's default number of turns: 8, or as many as the model's context holds. */
+#define BENCH_DEFAULT_TURNS 8
+
+/* Checks the options against the model before any work (a late failure threw away minutes of
+ * measurements): every run's sequences must fit the context. Fills in the replay's default
+ * number of turns. CLI_EXIT_OK or a usage error naming the options. */
+static int check_against_model(const cli_command *cmd, bench_engine_options *o, bool duel,
+                               bool turns_given, const model_config *c) {
+    long long ctx = c->max_position_embeddings;
+    if (o->prompt + o->decode > ctx)
+        return cli_usage_error(cmd, "--prompt + --decode = %lld tokens exceed the model's context "
+                                    "(%lld)", o->prompt + o->decode, ctx);
+    if (o->prompt + o->duel_new > ctx)
+        return cli_usage_error(cmd, "--prompt + --duel-new = %lld tokens exceed the model's "
+                                    "context (%lld)", o->prompt + o->duel_new, ctx);
+    if (duel) return CLI_EXIT_OK; /* --duel runs no replay */
+    long long per_turn = o->turn_user + o->turn_answer;
+    if (!turns_given) {
+        o->turns = ctx / per_turn < BENCH_DEFAULT_TURNS ? ctx / per_turn : BENCH_DEFAULT_TURNS;
+        if (o->turns < 2)
+            return cli_usage_error(cmd, "--turn-user + --turn-answer = %lld tokens: the replay's 2 "
+                                        "turns need %lld, more than the model's context (%lld)",
+                                   per_turn, 2 * per_turn, ctx);
+    }
+    if (o->turns * per_turn > ctx)
+        return cli_usage_error(cmd, "--turns x (--turn-user + --turn-answer) = %lld exceeds the "
+                                    "model's context (%lld)", o->turns * per_turn, ctx);
+    return CLI_EXIT_OK;
+}
+
+/* The longest sequence any run holds, in tokens (one candidate; forks share its prompt). */
+static long long longest_sequence(const bench_engine_options *o, bool duel) {
+    long long n = o->prompt + (o->decode > o->duel_new ? o->decode : o->duel_new);
+    long long replay = o->turns * (o->turn_user + o->turn_answer);
+    return !duel && replay > n ? replay : n;
+}
+
 static int parse_levels(const char *s, int *levels, int *n) {
     *n = 0;
     while (*s) {
@@ -263,7 +300,7 @@ int bench_engine(int argc, char **argv) {
                               .duels = 8, .turns = 8, .turn_user = 24, .turn_answer = 48,
                               .kv_mb = 512, .batch_tokens = 256, .rounds = 1,
                               .levels = "1,8,32,128"};
-    bool json = false, duel = false;
+    bool json = false, duel = false, turns_given = false;
     const char *duel_features = "reference";
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &dir, "DIR", "model directory; required", 0, 0, false, NULL},
@@ -284,8 +321,9 @@ int bench_engine(int argc, char **argv) {
          1e5, false, NULL},
         {"--duels", CLI_OPT_INT, &o.duels, "N", "duels timed, one at a time (default 8)", 1, 1e4,
          false, NULL},
-        {"--turns", CLI_OPT_INT, &o.turns, "N", "turns of the conversation replay (default 8)",
-         2, 1000, false, NULL},
+        {"--turns", CLI_OPT_INT, &o.turns, "N",
+         "turns of the conversation replay (default 8, or as many as fit the model's context)",
+         2, 1000, false, &turns_given},
         {"--turn-user", CLI_OPT_INT, &o.turn_user, "N",
          "new user tokens per turn (default 24)", 1, 1e5, false, NULL},
         {"--turn-answer", CLI_OPT_INT, &o.turn_answer, "N",
@@ -311,6 +349,7 @@ int bench_engine(int argc, char **argv) {
         "all --duel-m candidates of --duel-new tokens finished; p50 and p95 of --duels runs)\n"
         "with the prompt positions computed; KV bytes per token; and the prefix cache's hit\n"
         "rate over a --turns conversation replay (cached prompt positions / history positions).\n"
+        "Every option is checked against the model (its context, the KV budget) before any run.\n"
         "--duel measures only the time to duel with and without the duel path (ERM features,\n"
         "scoring with a fresh seeded ERM, ee_ts selection).",
         options, sizeof options / sizeof options[0]};
@@ -339,6 +378,10 @@ int bench_engine(int argc, char **argv) {
     }
     const model_config *c = model_get_config(m);
     int vocab = c->vocab_size;
+    if ((rc = check_against_model(&cmd, &o, duel, turns_given, c))) {
+        model_free(m);
+        return rc;
+    }
     erm *scorer = NULL;
     if (duel) {
         erm_config ec = {ERM_DEFAULT_NUM_HEADS, 2 * c->hidden_size, ERM_DEFAULT_HIDDEN};
@@ -366,11 +409,21 @@ int bench_engine(int argc, char **argv) {
         return CLI_EXIT_FAILURE;
     }
     int status = CLI_EXIT_FAILURE;
+    engine_stats es;
+    engine_stats_get(e, &es);
+    long long longest = longest_sequence(&o, duel);
+    if ((longest + es.block_size - 1) / es.block_size > es.kv_blocks) {
+        status = cli_usage_error(&cmd, "--kv-mb %lld holds %d blocks of %d tokens, fewer than the "
+                                       "longest sequence (%lld tokens) needs", o.kv_mb,
+                                 es.kv_blocks, es.block_size, longest);
+        engine_destroy(e);
+        erm_free(scorer);
+        model_free(m);
+        return status;
+    }
     json_t *out = json_object();
     duel_rng rng;
     duel_rng_seed(&rng, 42);
-    engine_stats es;
-    engine_stats_get(e, &es);
     printf("model: %s (%d layers, hidden %d, %d kv heads x %d)\n", dir, c->num_layers,
            c->hidden_size, c->num_kv_heads, c->head_dim);
     printf("KV: %zu bytes per token, %d blocks of %d tokens (%lld MiB budget)\n",
@@ -533,13 +586,7 @@ int bench_engine(int argc, char **argv) {
 
     /* Multi-turn replay: every turn a duel of M candidates; candidate 0 is the chosen answer. */
     {
-        int cap = (int)(o.turns * (o.turn_user + o.turn_answer) + 1);
-        if (cap >= c->max_position_embeddings) {
-            fprintf(stderr, "duel bench engine: --turns x (--turn-user + --turn-answer) = %d "
-                            "exceeds the model's context (%d)\n",
-                    cap, c->max_position_embeddings);
-            goto done;
-        }
+        int cap = (int)(o.turns * (o.turn_user + o.turn_answer)); /* fits: check_against_model */
         int32_t *conv = malloc((size_t)cap * sizeof *conv);
         if (!conv) goto done;
         int len = 0;

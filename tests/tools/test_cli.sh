@@ -2,7 +2,8 @@
 # test_cli.sh: tests the `duel` executable's command-line behaviour (cli/): every command's --help
 # exits 0 and documents every flag; unknown commands and options, bad values and invalid UTF-8
 # exit 2 with a message naming the problem; a missing model directory is a clear error (exit 1);
-# --json puts one JSON object on the last stdout line; and, on a random test model made by
+# --json puts one JSON object on the last stdout line; `bench engine` checks its options against
+# the shipped model before any run and its defaults fit it; and, on a random test model made by
 # tests/tools/make_random_model.py, generation is deterministic per seed, chats, streams, and
 # refuses a prompt longer than the context. `duel train` and `duel serve` take the shared
 # configuration (--config, --set, DUEL_*) with errors naming the dotted path, flags winning.
@@ -227,6 +228,40 @@ json_last_line "$TMP/info.out" 'd["blas_core"].lower() == "prescott"' \
     || fail "duel bench machine --json failed"
 json_last_line "$TMP/machine.out" 'd["sgemm_gflops"] > 0 and d["read_gb_per_s"] > 0' \
     || fail "duel bench machine --json: bad last line"
+pass
+
+echo "== bench engine: every option checked against the model before any run"
+# The shipped model's context is 256 tokens: options that overflow it fail at once (exit 2,
+# naming the options, no run started); the replay's default number of turns fits it.
+SHIPPED="$SRC/models/default"
+bench_engine_refused() { # PATTERN ARGS...
+    local pattern=$1 out rc
+    shift
+    out=$("$DUEL" bench engine --model "$SHIPPED" --kv-mb 16 "$@" 2>&1 </dev/null)
+    rc=$?
+    if [ $rc -ne 2 ] || ! grep -Eq -- "$pattern" <<<"$out"; then
+        fail "bench engine $*: exit $rc, output: $(echo "$out" | head -3)"
+    elif grep -Eq '^(decode|duel [0-9]|turn [0-9])' <<<"$out"; then
+        fail "bench engine $*: refused only after running: $(echo "$out" | head -5)"
+    else
+        pass
+    fi
+}
+bench_engine_refused '--turns x \(--turn-user \+ --turn-answer\) = 648 exceeds the model.s context \(256\)' --turns 9
+bench_engine_refused '--prompt \+ --decode = 300 tokens exceed the model.s context \(256\)' --prompt 200 --decode 100
+bench_engine_refused '--prompt \+ --duel-new = 264 tokens exceed' --prompt 200 --decode 8 --duel
+bench_engine_refused "the replay's 2 turns need 400" --turn-user 100 --turn-answer 100
+"$DUEL" bench engine --model "$SHIPPED" --json --kv-mb 16 --concurrency 1 --decode 4 --duel-m 2 --duel-new 4 \
+    --duels 1 --turn-answer 8 >"$TMP/bench-engine.out" 2>"$TMP/bench-engine.err" \
+    || fail "bench engine with the default turns failed: $(tail -3 "$TMP/bench-engine.err")"
+grep -q '^prefix cache, 8-turn replay' "$TMP/bench-engine.out" \
+    || fail "bench engine: the replay's default is not 8 turns of 32 tokens: $(cat "$TMP/bench-engine.out")"
+json_last_line "$TMP/bench-engine.out" 'd["decode_tokens_per_s"]["1"] > 0 and d["time_to_duel"]["p50_ms"] > 0 and d["prefix_cache_history_tokens"] > 0 and 0 < d["prefix_cache_hit_rate"] <= 1' \
+    || fail "bench engine --json: bad last line"
+"$DUEL" bench engine --model "$SHIPPED" --kv-mb 16 --concurrency 1 --decode 4 --duel-m 2 --duel-new 4 \
+    --duels 1 >"$TMP/bench-engine2.out" 2>/dev/null || fail "bench engine with the default turn lengths failed"
+grep -q '^prefix cache, 3-turn replay' "$TMP/bench-engine2.out" \
+    || fail "bench engine: 3 turns of 24 + 48 tokens fit 256: $(cat "$TMP/bench-engine2.out")"
 pass
 
 echo "== with a random test model"
