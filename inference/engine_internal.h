@@ -36,6 +36,7 @@
 #define DUEL_ENGINE_INTERNAL_H
 
 #include <pthread.h>
+#include <stdlib.h>
 
 #include "engine.h"
 #include "engine_queue.h"
@@ -158,6 +159,18 @@ struct engine {
 /* ---- engine_submit.c ---------------------------------------------------------------------- */
 
 void engine_command_free(engine_command *cmd);
+
+/* Room for one more element in a growable array of *cap elements, n in use (doubling from 8):
+ * false when out of memory, with nothing changed. */
+static inline bool engine_array_reserve(void **array, int n, int *cap, size_t elem) {
+    if (n < *cap) return true;
+    int grown_cap = *cap ? 2 * *cap : 8;
+    void *grown = realloc(*array, (size_t)grown_cap * elem);
+    if (!grown) return false;
+    *array = grown;
+    *cap = grown_cap;
+    return true;
+}
 
 /* ---- engine_events.c ---------------------------------------------------------------------- */
 

@@ -65,15 +65,8 @@ bool engine_pilaf_start(engine *e, engine_command *cmd) {
     if (e->pilaf_running < e->max_pilaf_jobs) return false;
     /* Queued: the copy takes over the prompt; params point into the copy. */
     engine_command *held = malloc(sizeof *held);
-    if (e->num_pilaf_queued == e->cap_pilaf_queued) {
-        int cap = e->cap_pilaf_queued ? 2 * e->cap_pilaf_queued : 8;
-        engine_command **grown = realloc(e->pilaf_queued, (size_t)cap * sizeof *grown);
-        if (grown) {
-            e->pilaf_queued = grown;
-            e->cap_pilaf_queued = cap;
-        }
-    }
-    if (!held || e->num_pilaf_queued == e->cap_pilaf_queued) {
+    if (!held || !engine_array_reserve((void **)&e->pilaf_queued, e->num_pilaf_queued,
+                                       &e->cap_pilaf_queued, sizeof *e->pilaf_queued)) {
         free(held);
         engine_set_state(e, cmd->id, ENGINE_STATE_ENDED);
         engine_push_error(e, cmd->id, cmd->params.user, DUEL_ENOMEM,

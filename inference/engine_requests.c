@@ -45,13 +45,9 @@ static void remove_active(engine *e, engine_active *a) {
  * step's callbacks would free sequences the step is walking). Out of memory: the half runs to
  * its end instead. */
 static void defer_cancel(engine *e, uint64_t sched_id) {
-    if (e->num_deferred == e->cap_deferred) {
-        int cap = e->cap_deferred ? 2 * e->cap_deferred : 8;
-        uint64_t *grown = realloc(e->deferred_cancels, (size_t)cap * sizeof *grown);
-        if (!grown) return;
-        e->deferred_cancels = grown;
-        e->cap_deferred = cap;
-    }
+    if (!engine_array_reserve((void **)&e->deferred_cancels, e->num_deferred, &e->cap_deferred,
+                              sizeof *e->deferred_cancels))
+        return;
     e->deferred_cancels[e->num_deferred++] = sched_id;
 }
 
@@ -239,15 +235,8 @@ void engine_request_start(engine *e, engine_command *cmd) {
     bool pilaf = cmd->duel && cmd->strategy == DUEL_STRATEGY_PILAF;
     if (pilaf && engine_pilaf_start(e, cmd)) return; /* queued behind the bound */
     engine_active *a = calloc(1, sizeof *a);
-    if (e->num_active == e->cap_active) {
-        int cap = e->cap_active ? e->cap_active * 2 : 16;
-        engine_active **grown = realloc(e->active, (size_t)cap * sizeof *grown);
-        if (grown) {
-            e->active = grown;
-            e->cap_active = cap;
-        }
-    }
-    if (!a || e->num_active == e->cap_active) {
+    if (!a || !engine_array_reserve((void **)&e->active, e->num_active, &e->cap_active,
+                                    sizeof *e->active)) {
         free(a);
         engine_set_state(e, cmd->id, ENGINE_STATE_ENDED);
         engine_push_error(e, cmd->id, cmd->params.user, DUEL_ENOMEM, "out of memory for a request");
