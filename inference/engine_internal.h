@@ -78,6 +78,7 @@ typedef struct engine_command {
     duel_strategy strategy;
     double pilaf_beta;
     bool pilaf_mixed;            /* pilaf: the mode drawn at submit (engine_pilaf.c) */
+    bool pilaf_admitted;         /* pilaf: taken off the queue into a free slot */
     int arena_model;             /* arena: the second arm's slot; else -1 */
     sched_request_params params; /* SUBMIT: prompt and stop_tokens point at the copies (arena:
                                     the first half; the second is the same on arena_model with

@@ -62,7 +62,10 @@ bool engine_pilaf_start(engine *e, engine_command *cmd) {
         cmd->params.logits_step = NULL;
         return false;
     }
-    if (e->pilaf_running < e->max_pilaf_jobs) return false;
+    /* Behind the others already waiting too (a slot a cancel freed goes to the oldest). */
+    if (cmd->pilaf_admitted ||
+        (e->pilaf_running < e->max_pilaf_jobs && e->num_pilaf_queued == 0))
+        return false;
     /* Queued: the copy takes over the prompt; params point into the copy. */
     engine_command *held = malloc(sizeof *held);
     if (!held || !engine_array_reserve((void **)&e->pilaf_queued, e->num_pilaf_queued,
@@ -89,7 +92,8 @@ void engine_pilaf_admit(engine *e) {
                 (size_t)(e->num_pilaf_queued - 1) * sizeof *e->pilaf_queued);
         e->num_pilaf_queued--;
         int arm = cmd->params.model;
-        engine_request_start(e, cmd); /* below the bound: starts (or fails with an event) */
+        cmd->pilaf_admitted = true; /* into the free slot: it starts, or fails with an event */
+        engine_request_start(e, cmd);
         engine_command_free(cmd);
         engine_arm_unref(e, arm); /* the queue's reference; the request holds its own */
     }

@@ -854,77 +854,92 @@ static void test_duel_pilaf_kv_and_cancel(void **state) {
     model_free(m);
 }
 
-/* max_pilaf_jobs = 1: three MIXED requests submitted together; the first decodes, the others
- * wait. The third is cancelled while it waits (one CANCELLED event, nothing before it); the
- * second's first event comes after the first's FINISHED and its candidates equal the slow
- * reference. PLAIN requests do not count: one runs while a MIXED one holds the slot. */
+/* max_pilaf_jobs = 1: four MIXED requests submitted together; the first decodes, the others
+ * wait. The third is cancelled while it waits (one CANCELLED event, nothing before it); each of
+ * the others has its first event only after the previous one's FINISHED (one at a time, in
+ * submission order) and their candidates equal the slow reference. PLAIN requests do not count:
+ * one runs while a MIXED one holds the slot. */
 static void test_duel_pilaf_job_bound(void **state) {
     (void)state;
+    enum { JOBS = 4, CANCELLED_JOB = 2 };
     engine_fx f;
     fx_open_bounded(&f, ENGINE_FEATURES_REFERENCE, 1);
-    uint64_t seeds[3];
-    seeds[0] = pilaf_seed(60, true);
-    seeds[1] = pilaf_seed(seeds[0] + 1, true);
-    seeds[2] = pilaf_seed(seeds[1] + 1, true);
-    uint64_t ids[3];
+    uint64_t seeds[JOBS], ids[JOBS];
     duel_error err = {0};
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < JOBS; k++) {
+        seeds[k] = pilaf_seed(k ? seeds[k - 1] + 1 : 60, true);
         engine_request req = pilaf_request(seeds[k], 0.5);
         req.want_progress = true;
         if (k == 0) req.max_new_tokens = 200; /* long, so that the others wait behind it */
         if (engine_submit(f.e, &req, &ids[k], &err)) fail_msg("submit: %s", err.message);
     }
-    /* The second and third wait (stats are published after every step). */
+    /* The others wait (stats are published after every step). */
     for (int i = 0;; i++) {
         engine_stats st;
         engine_stats_get(f.e, &st);
-        if (st.pilaf_queued == 2 && st.pilaf_running == 1) break;
-        if (i == 30000) fail_msg("never saw 1 running and 2 queued pilaf requests");
+        if (st.pilaf_queued == JOBS - 1 && st.pilaf_running == 1) break;
+        if (i == 30000) fail_msg("never saw 1 running and %d queued pilaf requests", JOBS - 1);
         usleep(1000);
     }
-    assert_int_equal(engine_cancel(f.e, ids[2], &err), 0);
+    assert_int_equal(engine_cancel(f.e, ids[CANCELLED_JOB], &err), 0);
     /* A PLAIN request is not held back by the bound (it may finish before the first). */
-    engine_request plain = pilaf_request(pilaf_seed(seeds[2] + 1, false), 0.5);
+    engine_request plain = pilaf_request(pilaf_seed(seeds[JOBS - 1] + 1, false), 0.5);
     uint64_t plain_id;
     assert_int_equal(engine_submit(f.e, &plain, &plain_id, &err), 0);
-    bool finished[3] = {false, false, false}, plain_done = false, cancelled = false;
-    int events_of_second = 0;
-    pilaf_run second = {0};
-    while (!finished[0] || !finished[1] || !cancelled || !plain_done) {
+    bool finished[JOBS] = {false}, plain_done = false, cancelled = false;
+    pilaf_run got[JOBS];
+    memset(got, 0, sizeof got);
+    int last_finished = -1, left = JOBS; /* the cancelled one counts when its event comes */
+    while (left > 0 || !plain_done) {
         engine_event *ev = wait_event(f.e);
         if (ev->request_id == plain_id) {
             plain_done |= ev->kind == ENGINE_EVENT_FINISHED;
-        } else if (ev->request_id == ids[2]) {
+            engine_event_free(ev);
+            continue;
+        }
+        int k = 0;
+        while (k < JOBS && ids[k] != ev->request_id) k++;
+        assert_true(k < JOBS);
+        if (k == CANCELLED_JOB) {
             assert_int_equal(ev->kind, ENGINE_EVENT_CANCELLED);
             assert_false(finished[0]); /* cancelled while the first still decoded */
             cancelled = true;
-        } else if (ev->request_id == ids[1]) {
-            if (!finished[0]) fail_msg("request 2 had event %d before request 1 finished", ev->kind);
-            events_of_second++;
-            if (ev->kind == ENGINE_EVENT_CANDIDATE) {
-                memcpy(second.tokens[ev->candidate], ev->tokens,
-                       (size_t)ev->count * sizeof(int32_t));
-                second.counts[ev->candidate] = ev->count;
-            }
-            finished[1] |= ev->kind == ENGINE_EVENT_FINISHED;
+            left--;
         } else {
-            assert_int_equal(ev->request_id, ids[0]);
+            /* The previous MIXED request (the cancelled one skipped) has finished. */
+            int prev = k - 1 == CANCELLED_JOB ? k - 2 : k - 1;
+            if (prev >= 0 && !finished[prev])
+                fail_msg("request %d had event %d before request %d finished", k + 1, ev->kind,
+                         prev + 1);
             assert_true(ev->kind != ENGINE_EVENT_ERROR && ev->kind != ENGINE_EVENT_CANCELLED);
-            finished[0] |= ev->kind == ENGINE_EVENT_FINISHED;
+            if (ev->kind == ENGINE_EVENT_CANDIDATE && ev->count <= PILAF_NEW) {
+                memcpy(got[k].tokens[ev->candidate], ev->tokens,
+                       (size_t)ev->count * sizeof(int32_t));
+                got[k].counts[ev->candidate] = ev->count;
+            }
+            if (ev->kind == ENGINE_EVENT_FINISHED) {
+                finished[k] = true;
+                assert_true(k > last_finished); /* in submission order */
+                last_finished = k;
+                left--;
+            }
         }
         engine_event_free(ev);
     }
-    assert_true(events_of_second > 2);
-    pilaf_run want;
-    engine_request req = pilaf_request(seeds[1], 0.5);
-    pilaf_slow_reference(&f, &req, &want);
-    for (int i = 0; i < 2; i++) {
-        assert_int_equal(second.counts[i], PILAF_NEW);
-        assert_memory_equal(second.tokens[i], want.tokens[i], PILAF_NEW * sizeof(int32_t));
+    assert_true(cancelled);
+    for (int k = 1; k < JOBS; k++) {
+        if (k == CANCELLED_JOB) continue;
+        pilaf_run want;
+        engine_request req = pilaf_request(seeds[k], 0.5);
+        pilaf_slow_reference(&f, &req, &want);
+        for (int i = 0; i < 2; i++) {
+            assert_int_equal(got[k].counts[i], PILAF_NEW);
+            assert_memory_equal(got[k].tokens[i], want.tokens[i], PILAF_NEW * sizeof(int32_t));
+        }
     }
     engine_stats st = stats_when_idle(f.e, 1);
     assert_int_equal(st.kv_used_blocks, 0);
-    assert_int_equal(st.requests_finished, 3);
+    assert_int_equal(st.requests_finished, JOBS - 1 + 1); /* and the plain one */
     fx_close(&f);
 }
 
