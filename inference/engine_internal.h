@@ -29,7 +29,7 @@
  *     (the engine thread, once no request holds it: ARM_RETIRED event). Only the engine thread
  *     turns a slot FREE or RESIDENT, and only while no request refers to the slot, so the engine
  *     thread reads arms[] without the lock. refs (engine thread only) counts the requests on an
- *     arm.
+ *     arm, running or waiting behind the PILAF bound.
  * The state table keeps one byte per id ever issued (1 MiB per million requests) so that
  * engine_cancel can tell "never issued" from "already finished" without the engine thread. */
 #ifndef DUEL_ENGINE_INTERNAL_H
