@@ -626,7 +626,7 @@ int bench_loop(int argc, char **argv) {
             /* A duel served by a newer snapshot: the votes it holds have reached serving now. */
             if (r->policy_version > served_version) {
                 char key[64];
-                snprintf(key, sizeof key, "duel:snapshot:%lld", r->policy_version);
+                snapshot_key_version("duel:", r->policy_version, key, sizeof key, NULL);
                 served_version = r->policy_version;
                 serving_prefs = hash_int(c, key, "prefs_applied");
                 for (; n_served_latency < serving_prefs && n_served_latency < f.ab; n_served_latency++)
@@ -691,7 +691,7 @@ int bench_loop(int argc, char **argv) {
         long long latest = hash_int(c, "duel:trainer:status", "snapshot");
         if (ls.serving_version >= latest && hash_int(c, "duel:trainer:status", "prefs_applied") >= expect) {
             char key[64];
-            snprintf(key, sizeof key, "duel:snapshot:%lld", ls.serving_version);
+            snapshot_key_version("duel:", ls.serving_version, key, sizeof key, NULL);
             if (hash_int(c, key, "prefs_applied") >= expect || duel_time_seconds() - wait_start > 60.0) break;
         }
         if (duel_time_seconds() - wait_start > 120.0) break;
@@ -712,7 +712,7 @@ int bench_loop(int argc, char **argv) {
     /* The learning: the served snapshot's greedy answers against the base model's. */
     if (f.final_version > 0) {
         char key[64];
-        snprintf(key, sizeof key, "duel:snapshot:%lld", f.final_version);
+        snapshot_key_version("duel:", f.final_version, key, sizeof key, NULL);
         redisReply *r = redisCommand(c, "HGET %s path", key);
         if (!r || r->type != REDIS_REPLY_STRING) {
             if (r) freeReplyObject(r);

@@ -25,6 +25,7 @@
 #include "engine.h"
 #include "erm.h"
 #include "model.h"
+#include "snapshot.h"
 #include "rng.h"
 #include "tokenizer.h"
 
@@ -399,7 +400,7 @@ static int eb_install_snapshot(void *impl, long long version, const char *dir,
                             "snapshot v%lld: %d logits, the base model (and its tokenizer) %d",
                             version, model_output_size(s->model), model_output_size(b->model));
     if (!rc) {
-        snprintf(path, sizeof path, "%s/erm.safetensors", dir);
+        snprintf(path, sizeof path, "%s/%s", dir, SNAPSHOT_FILE_ERM);
         rc = erm_load(path, 2 * b->hidden_size, &s->erm, err);
     }
     engine_model_params mp = {s->name, s->model, b->tok};

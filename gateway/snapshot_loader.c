@@ -6,7 +6,6 @@
 #include "snapshot_loader.h"
 
 #include <hiredis/hiredis.h>
-#include <jansson.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -81,8 +80,8 @@ static void try_connect(snapshot_loader *l) {
         disconnect(l);
         return;
     }
-    char channel[LOADER_KEY_MAX + 16];
-    snprintf(channel, sizeof channel, "%snotify", l->prefix);
+    char channel[SNAPSHOT_KEY_MAX];
+    snapshot_key_notify(l->prefix, channel, sizeof channel, NULL);
     redisReply *r = redisCommand(l->sub, "SUBSCRIBE %s", channel);
     bool ok = r && r->type == REDIS_REPLY_ARRAY;
     if (r) freeReplyObject(r);
@@ -105,15 +104,12 @@ static void on_message(snapshot_loader *l, const redisReply *r) {
     if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0 ||
         payload->type != REDIS_REPLY_STRING)
         return;
-    json_t *note = json_loadb(payload->str, payload->len, 0, NULL);
-    const char *k = json_string_value(json_object_get(note, "kind"));
-    if (k && strcmp(k, "snapshot") == 0) {
+    if (snapshot_note_is_snapshot(payload->str, payload->len)) {
         l->check_now = true;
         pthread_mutex_lock(&l->mu);
         l->stats.notes++;
         pthread_mutex_unlock(&l->mu);
     }
-    json_decref(note);
 }
 
 /* Waits up to LOADER_WAIT_MS for messages on the subscriber; false when the connection broke. */
@@ -158,8 +154,8 @@ static void refuse(snapshot_loader *l, long long v, const char *why) {
 static bool check(snapshot_loader *l) {
     l->check_now = false;
     l->next_poll = duel_time_seconds() + l->cfg.poll_ms / 1000.0;
-    char zkey[LOADER_KEY_MAX + 16];
-    snprintf(zkey, sizeof zkey, "%ssnapshots", l->prefix);
+    char zkey[SNAPSHOT_KEY_MAX];
+    snapshot_key_registry(l->prefix, zkey, sizeof zkey, NULL);
     redisReply *r = redisCommand(l->cmd, "ZRANGE %s -1 -1 WITHSCORES", zkey);
     if (!r) return false;
     long long newest = 0;
@@ -178,9 +174,9 @@ static bool check(snapshot_loader *l) {
     pthread_mutex_unlock(&l->mu);
     if (newest <= serving || was_refused(l, newest)) return true;
 
-    char hkey[LOADER_KEY_MAX + 32], dir[4096] = "";
-    snprintf(hkey, sizeof hkey, "%ssnapshot:%lld", l->prefix, newest);
-    r = redisCommand(l->cmd, "HGET %s path", hkey);
+    char hkey[SNAPSHOT_KEY_MAX], dir[SNAPSHOT_PATH_MAX] = "";
+    snapshot_key_version(l->prefix, newest, hkey, sizeof hkey, NULL);
+    r = redisCommand(l->cmd, "HGET %s %s", hkey, SNAPSHOT_FIELD_PATH);
     if (!r) return false;
     if (r->type == REDIS_REPLY_STRING && r->len > 0 && r->len < sizeof dir)
         memcpy(dir, r->str, r->len + 1);

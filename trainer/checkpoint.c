@@ -1,9 +1,7 @@
-/* checkpoint.c: atomic checkpoint directories with hashed files (see checkpoint.h). */
+/* checkpoint.c: atomic checkpoint folders with SHA-256-hashed files (see checkpoint.h). */
 #include "checkpoint.h"
 
-#include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
@@ -12,9 +10,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "file_map.h"
 #include "json_util.h"
 #include "safetensors.h"
+#include "sha256.h"
 
 #define CHECKPOINT_PATH_MAX 4096
 static const char *const CHECKPOINT_FILES[] = {"model.safetensors", "optimizer.safetensors",
@@ -28,102 +26,25 @@ static int join(char *out, const char *dir, const char *name, duel_error *err) {
     return 0;
 }
 
-int checkpoint_hash_file(const char *path, uint64_t *hash, uint64_t *size, duel_error *err) {
-    duel_file_map map;
-    int rc = duel_file_map_open(path, &map, err);
-    if (rc != 0) {
-        return rc;
+/* The SHA-256 and size of a file (what state.json records). */
+static int hash_file(const char *path, char hex[SHA256_HEX_BYTES], uint64_t *size, duel_error *err) {
+    struct stat st;
+    if (stat(path, &st) != 0) {
+        return duel_error_set(err, DUEL_EIO, "%s: cannot stat: %s", path, strerror(errno));
     }
-    const unsigned char *p = map.data;
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < map.size; i++) {
-        h = (h ^ p[i]) * 1099511628211ull;
-    }
-    *hash = h;
-    *size = map.size;
-    duel_file_map_close(&map);
-    return 0;
+    *size = (uint64_t)st.st_size;
+    return sha256_file_hex(path, hex, err);
 }
 
-static int write_text_file(const char *path, const char *text, duel_error *err) {
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        return duel_error_set(err, DUEL_EIO, "%s: cannot create: %s", path, strerror(errno));
-    }
-    size_t len = strlen(text), off = 0;
-    while (off < len) {
-        ssize_t w = write(fd, text + off, len - off);
-        if (w <= 0) {
-            close(fd);
-            return duel_error_set(err, DUEL_EIO, "%s: write failed: %s", path, strerror(errno));
-        }
-        off += (size_t)w;
-    }
-    if (fsync(fd) != 0 || close(fd) != 0) {
-        return duel_error_set(err, DUEL_EIO, "%s: fsync failed: %s", path, strerror(errno));
-    }
-    return 0;
-}
-
-static int fsync_path(const char *path) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        return -1;
-    }
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-/* Removes a checkpoint folder we wrote: its known files, then the folder. */
-static void remove_checkpoint_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    if (d == NULL) {
-        return;
-    }
-    struct dirent *e;
-    char path[CHECKPOINT_PATH_MAX];
-    while ((e = readdir(d)) != NULL) {
-        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) {
-            continue;
-        }
-        if (snprintf(path, sizeof(path), "%s/%s", dir, e->d_name) < (int)sizeof(path)) {
-            unlink(path);
-        }
-    }
-    closedir(d);
-    rmdir(dir);
-}
-
-static void parent_of(const char *dir, char *out) {
-    snprintf(out, CHECKPOINT_PATH_MAX, "%s", dir);
-    char *slash = strrchr(out, '/');
-    if (slash == NULL) {
-        snprintf(out, CHECKPOINT_PATH_MAX, ".");
-    } else if (slash == out) {
-        out[1] = '\0';
-    } else {
-        *slash = '\0';
-    }
-}
-
-int checkpoint_save(const char *dir, train_model *model, const adamw_state *optimizer,
-                    const checkpoint_progress *progress, const char *config_json,
-                    duel_error *err) {
+int checkpoint_write_files(const char *dir, train_model *model, const adamw_state *optimizer,
+                           const checkpoint_progress *progress, const char *config_json,
+                           const durable_io *io, duel_error *err) {
     size_t n = train_model_num_parameters(model);
     if (optimizer->num_parameters != n) {
         return duel_error_set(err, DUEL_EINVAL, "checkpoint: optimizer has %zu moments, model %zu",
                               optimizer->num_parameters, n);
     }
-    char tmp[CHECKPOINT_PATH_MAX], old[CHECKPOINT_PATH_MAX], path[CHECKPOINT_PATH_MAX];
-    if (snprintf(tmp, sizeof(tmp), "%s.tmp", dir) >= (int)sizeof(tmp) ||
-        snprintf(old, sizeof(old), "%s.old", dir) >= (int)sizeof(old)) {
-        return duel_error_set(err, DUEL_EINVAL, "%s: checkpoint path too long", dir);
-    }
-    remove_checkpoint_dir(tmp);
-    if (mkdir(tmp, 0755) != 0) {
-        return duel_error_set(err, DUEL_EIO, "%s: cannot create: %s", tmp, strerror(errno));
-    }
+    char path[CHECKPOINT_PATH_MAX];
     int num_tensors = train_model_num_tensors(model);
     safetensors_write_tensor *tensors = calloc((size_t)num_tensors, sizeof(*tensors));
     train_tensor *views = calloc((size_t)num_tensors, sizeof(*views));
@@ -132,7 +53,7 @@ int checkpoint_save(const char *dir, train_model *model, const adamw_state *opti
     int rc = 0;
     if (tensors == NULL || views == NULL) {
         rc = duel_error_set(err, DUEL_ENOMEM, "checkpoint: out of memory");
-        goto fail;
+        goto done;
     }
     for (int i = 0; i < num_tensors; i++) {
         train_model_tensor_at(model, i, &views[i]);
@@ -144,82 +65,67 @@ int checkpoint_save(const char *dir, train_model *model, const adamw_state *opti
         }
         tensors[i].data = views[i].param;
     }
-    if ((rc = join(path, tmp, "model.safetensors", err)) != 0 ||
-        (rc = safetensors_write_file(path, tensors, (size_t)num_tensors, NULL, err)) != 0) {
-        goto fail;
-    }
     safetensors_write_tensor moments[2] = {
         {"adamw.m", SAFETENSORS_F32, 1, {(int64_t)n}, optimizer->m},
         {"adamw.v", SAFETENSORS_F32, 1, {(int64_t)n}, optimizer->v},
     };
-    if ((rc = join(path, tmp, "optimizer.safetensors", err)) != 0 ||
-        (rc = safetensors_write_file(path, moments, 2, NULL, err)) != 0) {
-        goto fail;
-    }
-    if ((rc = join(path, tmp, "config.json", err)) != 0 ||
-        (rc = write_text_file(path, config_json, err)) != 0) {
-        goto fail;
+    if ((rc = join(path, dir, "model.safetensors", err)) != 0 ||
+        (rc = safetensors_write_file(path, tensors, (size_t)num_tensors, NULL, err)) != 0 ||
+        (rc = join(path, dir, "optimizer.safetensors", err)) != 0 ||
+        (rc = safetensors_write_file(path, moments, 2, NULL, err)) != 0 ||
+        (rc = join(path, dir, "config.json", err)) != 0 ||
+        (rc = durable_write_file(io, path, config_json, strlen(config_json), err)) != 0) {
+        goto done;
     }
     files = json_object();
     for (int f = 0; f < CHECKPOINT_NUM_FILES; f++) {
-        uint64_t hash = 0, size = 0;
-        char hex[17];
-        if ((rc = join(path, tmp, CHECKPOINT_FILES[f], err)) != 0 ||
-            (rc = checkpoint_hash_file(path, &hash, &size, err)) != 0) {
-            goto fail;
+        uint64_t size = 0;
+        char hex[SHA256_HEX_BYTES];
+        if ((rc = join(path, dir, CHECKPOINT_FILES[f], err)) != 0 ||
+            (rc = durable_fsync_path(io, path, err)) != 0 ||
+            (rc = hash_file(path, hex, &size, err)) != 0) {
+            goto done;
         }
-        snprintf(hex, sizeof(hex), "%016" PRIx64, hash);
         json_object_set_new(files, CHECKPOINT_FILES[f],
-                            json_pack("{s:s, s:I}", "fnv1a64", hex, "bytes", (json_int_t)size));
+                            json_pack("{s:s, s:I}", "sha256", hex, "bytes", (json_int_t)size));
     }
-    state = json_pack("{s:i, s:I, s:I, s:s, s:I, s:f, s:O}", "format", 1, "step",
-                      (json_int_t)progress->step, "optimizer_step", (json_int_t)optimizer->step,
-                      "seed", "", "num_parameters", (json_int_t)n, "tokens_seen",
-                      progress->tokens_seen, "files", files);
     char seed[24];
     snprintf(seed, sizeof(seed), "%" PRIu64, progress->seed); /* as a string: JSON ints are signed */
-    json_object_set_new(state, "seed", json_string(seed));
-    text = json_dumps(state, JSON_PRESERVE_ORDER | JSON_INDENT(2));
+    state = json_pack("{s:i, s:I, s:I, s:s, s:I, s:f, s:O}", "format", CHECKPOINT_FORMAT, "step",
+                      (json_int_t)progress->step, "optimizer_step", (json_int_t)optimizer->step,
+                      "seed", seed, "num_parameters", (json_int_t)n, "tokens_seen",
+                      progress->tokens_seen, "files", files);
+    text = state ? json_dumps(state, JSON_PRESERVE_ORDER | JSON_INDENT(2)) : NULL;
     if (text == NULL) {
         rc = duel_error_set(err, DUEL_ENOMEM, "checkpoint: out of memory");
-        goto fail;
+        goto done;
     }
-    if ((rc = join(path, tmp, "state.json", err)) != 0 ||
-        (rc = write_text_file(path, text, err)) != 0) {
-        goto fail;
+    if ((rc = join(path, dir, "state.json", err)) == 0) {
+        rc = durable_write_file(io, path, text, strlen(text), err);
     }
-    if (fsync_path(tmp) != 0) {
-        rc = duel_error_set(err, DUEL_EIO, "%s: fsync failed: %s", tmp, strerror(errno));
-        goto fail;
-    }
-    remove_checkpoint_dir(old);
-    struct stat st;
-    if (stat(dir, &st) == 0 && rename(dir, old) != 0) {
-        rc = duel_error_set(err, DUEL_EIO, "%s: cannot move aside: %s", dir, strerror(errno));
-        goto fail;
-    }
-    if (rename(tmp, dir) != 0) {
-        rc = duel_error_set(err, DUEL_EIO, "%s: cannot rename %s: %s", dir, tmp, strerror(errno));
-        rename(old, dir);
-        goto fail;
-    }
-    char parent[CHECKPOINT_PATH_MAX];
-    parent_of(dir, parent);
-    fsync_path(parent);
-    remove_checkpoint_dir(old);
+done:
     free(text);
     json_decref(state);
     json_decref(files);
     free(tensors);
     free(views);
-    return 0;
-fail:
-    remove_checkpoint_dir(tmp);
-    free(text);
-    json_decref(state);
-    json_decref(files);
-    free(tensors);
-    free(views);
+    return rc;
+}
+
+int checkpoint_save(const char *dir, train_model *model, const adamw_state *optimizer,
+                    const checkpoint_progress *progress, const char *config_json,
+                    const durable_io *io, duel_error *err) {
+    char tmp[CHECKPOINT_PATH_MAX];
+    int rc = durable_dir_begin(dir, tmp, sizeof(tmp), err);
+    if (rc == 0) {
+        rc = checkpoint_write_files(tmp, model, optimizer, progress, config_json, io, err);
+    }
+    if (rc == 0) {
+        rc = durable_dir_commit(io, dir, err);
+    }
+    if (rc != 0) {
+        durable_remove_tree(tmp);
+    }
     return rc;
 }
 
@@ -252,26 +158,28 @@ static int verify_files(const char *dir, const json_t *state, const char *state_
         return duel_error_set(err, DUEL_EFORMAT, "%s: no \"files\" object", state_path);
     }
     for (int f = 0; f < CHECKPOINT_NUM_FILES; f++) {
-        char path[CHECKPOINT_PATH_MAX], want[32];
+        char path[CHECKPOINT_PATH_MAX], want[SHA256_HEX_BYTES + 1] = "", got[SHA256_HEX_BYTES];
         const json_t *entry = json_object_get(files, CHECKPOINT_FILES[f]);
-        long long bytes = 0;
+        long long bytes = -1;
         int rc;
         if (!json_is_object(entry)) {
             return duel_error_set(err, DUEL_EFORMAT, "%s: no entry for %s", state_path,
                                   CHECKPOINT_FILES[f]);
         }
-        if ((rc = duel_json_get_string(entry, "fnv1a64", want, sizeof(want), state_path, err)) != 0 ||
+        if ((rc = duel_json_get_string(entry, "sha256", want, sizeof(want), state_path, err)) != 0 ||
             (rc = duel_json_get_int(entry, "bytes", 0, (long long)CHECKPOINT_MAX_FILE_BYTES, &bytes,
                                     state_path, err)) != 0 ||
             (rc = join(path, dir, CHECKPOINT_FILES[f], err)) != 0) {
             return rc;
         }
-        uint64_t hash = 0, size = 0;
-        if ((rc = checkpoint_hash_file(path, &hash, &size, err)) != 0) {
+        if (strlen(want) != SHA256_HEX_BYTES - 1 || bytes < 0) {
+            return duel_error_set(err, DUEL_EFORMAT, "%s: %s needs a sha256 and a size", state_path,
+                                  CHECKPOINT_FILES[f]);
+        }
+        uint64_t size = 0;
+        if ((rc = hash_file(path, got, &size, err)) != 0) {
             return duel_error_prefix(err, "checkpoint %s", dir);
         }
-        char got[17];
-        snprintf(got, sizeof(got), "%016" PRIx64, hash);
         if ((long long)size != bytes) {
             return duel_error_set(err, DUEL_EFORMAT,
                                   "%s: corrupt checkpoint: %lld bytes recorded, %llu found", path,
@@ -288,22 +196,36 @@ static int verify_files(const char *dir, const json_t *state, const char *state_
 
 int checkpoint_load(const char *dir, train_model *model, adamw_state *optimizer,
                     checkpoint_progress *progress, duel_error *err) {
-    char real[CHECKPOINT_PATH_MAX], path[CHECKPOINT_PATH_MAX];
-    if (!resolve_dir(dir, real)) {
+    char path[CHECKPOINT_PATH_MAX];
+    int rc = durable_dir_recover(dir, err); /* a crash between the swap's renames */
+    if (rc < 0) {
+        return rc;
+    }
+    if (rc == 0 || !checkpoint_exists(dir)) {
         return duel_error_set(err, DUEL_ENOTFOUND, "%s: no checkpoint (state.json) there", dir);
     }
+    const char *real = dir;
     json_t *state = NULL;
     safetensors_archive *weights = NULL, *moments = NULL;
-    int rc;
     if ((rc = join(path, real, "state.json", err)) != 0 ||
         (rc = duel_json_load_file(path, 1 << 20, &state, err)) != 0) {
         return rc;
     }
-    long long step = 0, optimizer_step = 0, num_parameters = 0, format = 0;
+    long long step = 0, optimizer_step = 0, num_parameters = 0;
     double tokens_seen = 0;
-    char seed[32];
-    if ((rc = duel_json_get_int(state, "format", 1, 1, &format, path, err)) != 0 ||
-        (rc = duel_json_get_int(state, "step", 0, INT64_MAX, &step, path, err)) != 0 ||
+    char seed[32] = ""; /* a missing seed fails the parse below */
+    json_t *format = json_object_get(state, "format");
+    if (!json_is_integer(format) || json_integer_value(format) != CHECKPOINT_FORMAT) {
+        rc = duel_error_set(err, DUEL_EFORMAT,
+                            json_is_integer(format) && json_integer_value(format) == 1
+                                ? "%s: a checkpoint of format 1 (FNV-1a file hashes), which this "
+                                  "version no longer reads (format %d, SHA-256): start the run "
+                                  "again, or resume it with the duel build that wrote it"
+                                : "%s: not a checkpoint of format %d",
+                            path, CHECKPOINT_FORMAT);
+        goto done;
+    }
+    if ((rc = duel_json_get_int(state, "step", 0, INT64_MAX, &step, path, err)) != 0 ||
         (rc = duel_json_get_int(state, "optimizer_step", 0, INT64_MAX, &optimizer_step, path,
                                 err)) != 0 ||
         (rc = duel_json_get_int(state, "num_parameters", 1, TRAIN_MAX_PARAMETERS, &num_parameters,

@@ -297,7 +297,7 @@ int dpo_train_run(train_model *policy, const lm_dataset *pairs, const dpo_logpro
         if (o->checkpoint_dir != NULL &&
             (p.step == end_step || (o->checkpoint_every > 0 && p.step % o->checkpoint_every == 0))) {
             checkpoint_progress cp = {p.step, o->seed, 0};
-            if ((rc = checkpoint_save(o->checkpoint_dir, policy, &opt, &cp, o->config_json, err)) != 0) {
+            if ((rc = checkpoint_save(o->checkpoint_dir, policy, &opt, &cp, o->config_json, NULL, err)) != 0) {
                 goto done;
             }
             p.event = 3;

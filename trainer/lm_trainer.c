@@ -227,7 +227,7 @@ int lm_train_run(train_model *model, const lm_dataset *train, const lm_dataset *
         if (o->checkpoint_dir != NULL &&
             (last || (o->checkpoint_every > 0 && p.step % o->checkpoint_every == 0))) {
             checkpoint_progress cp = {p.step, o->seed, p.tokens_seen};
-            if ((rc = checkpoint_save(o->checkpoint_dir, model, &opt, &cp, o->config_json, err)) != 0) {
+            if ((rc = checkpoint_save(o->checkpoint_dir, model, &opt, &cp, o->config_json, NULL, err)) != 0) {
                 goto done;
             }
             p.event = LM_TRAIN_CHECKPOINT;

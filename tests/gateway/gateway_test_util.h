@@ -1,4 +1,4 @@
-/* gateway_test_util.h: what the gateway's socket tests share: a redis-server started on a free
+/* gateway_test_util.h: what the gateway's socket tests share: a redis-server (common/redis_server.h) on a free
  * loopback port in a temporary directory and stopped by pid, a gateway running in-process on its
  * own thread, and a small blocking WebSocket client (RFC 6455: masked client frames, fragments,
  * raw bytes for misbehaving-client tests). Header-only; each test file includes it once. */
@@ -21,6 +21,7 @@
 #include <time.h>
 
 #include "gateway.h"
+#include "redis_server.h"
 
 static inline double tu_now(void) {
     struct timespec ts;
@@ -46,8 +47,8 @@ static inline int tu_free_port(void) {
 /* ---- redis-server ----------------------------------------------------------------------- */
 
 typedef struct tu_redis {
-    pid_t pid;
-    int port;
+    redis_server server; /* common/redis_server.h: the project's one launcher */
+    int port;            /* the server's (set by tu_redis_start) */
     char dir[512];
     bool durable; /* appendonly + appendfsync always: acknowledged writes survive SIGKILL */
 } tu_redis;
@@ -62,56 +63,22 @@ static inline redisContext *tu_redis_connect(const tu_redis *r) {
     return c;
 }
 
+/* Starts a fresh server (port 0) or the same one again on its port and folder. */
 static inline void tu_redis_start(tu_redis *r) {
+    duel_error err = {0};
+    int rc;
     if (r->port == 0) {
-        r->port = tu_free_port();
-        test_make_temp_dir("redis", r->dir, sizeof r->dir);
+        rc = redis_server_start(&r->server, test_env("DUEL_TEST_TMP", "/tmp"), "redis",
+                                r->durable ? REDIS_SERVER_AOF_ALWAYS : REDIS_SERVER_EPHEMERAL, &err);
+        r->port = r->server.port;
+        snprintf(r->dir, sizeof r->dir, "%s", r->server.dir);
+    } else {
+        rc = redis_server_restart(&r->server, &err);
     }
-    char port[16];
-    snprintf(port, sizeof port, "%d", r->port);
-    char log[600];
-    snprintf(log, sizeof log, "%s/redis.log", r->dir);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        const char *durable_args[] = {"--appendonly", "yes", "--appendfsync", "always"};
-        const char *argv[32];
-        int n = 0;
-        argv[n++] = "redis-server";
-        argv[n++] = "--port", argv[n++] = port;
-        argv[n++] = "--bind", argv[n++] = "127.0.0.1";
-        argv[n++] = "--dir", argv[n++] = r->dir;
-        argv[n++] = "--save", argv[n++] = "";
-        argv[n++] = "--logfile", argv[n++] = log;
-        argv[n++] = "--daemonize", argv[n++] = "no";
-        if (r->durable)
-            for (int i = 0; i < 4; i++) argv[n++] = durable_args[i];
-        argv[n] = NULL;
-        execvp("redis-server", (char *const *)argv);
-        _exit(127);
-    }
-    r->pid = pid;
-    for (int i = 0; i < 500; i++) {
-        redisContext *c = tu_redis_connect(r);
-        if (c) {
-            redisReply *reply = redisCommand(c, "PING");
-            bool ok = reply && reply->type == REDIS_REPLY_STATUS;
-            if (reply) freeReplyObject(reply);
-            redisFree(c);
-            if (ok) return;
-        }
-        tu_sleep_ms(10);
-    }
-    fail_msg("redis-server did not start on port %d (see %s)", r->port, log);
+    if (rc) fail_msg("%s", err.message);
 }
 
-static inline void tu_redis_stop(tu_redis *r, int sig) {
-    if (r->pid <= 0) return;
-    kill(r->pid, sig);
-    int status;
-    waitpid(r->pid, &status, 0);
-    r->pid = 0;
-}
+static inline void tu_redis_stop(tu_redis *r, int sig) { redis_server_stop(&r->server, sig); }
 
 static inline long long tu_redis_int(const tu_redis *r, const char *cmd) {
     redisContext *c = tu_redis_connect(r);

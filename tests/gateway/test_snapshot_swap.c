@@ -13,7 +13,7 @@
 #include "erm.h"
 #include "lm_trainer.h"
 #include "rng.h"
-#include "snapshot.h"
+#include "snapshot_write.h"
 #include "train_model.h"
 
 static char model_dir[1024];
@@ -47,7 +47,7 @@ static void write_snapshot(const char *data_dir, long long v, double noise, char
     erm_config ec = {ERM_DEFAULT_NUM_HEADS, 2 * H, ERM_DEFAULT_HIDDEN};
     erm *e = NULL;
     assert_int_equal(erm_create(&ec, &rng, &e, &err), 0);
-    snapshot_info info = {v, v - 1, 10 * v, 8 * v, 1700000000000LL + v, model_dir};
+    snapshot_info info = {v, v - 1, 10 * v, 8 * v, 1700000000000LL + v, model_dir, NULL};
     if (snapshot_write(data_dir, &info, tm, config_json, e, model_dir, path, cap, &err))
         fail_msg("snapshot_write: %s", err.message);
     erm_free(e);

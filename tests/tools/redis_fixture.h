@@ -1,29 +1,61 @@
-/* redis_fixture.h: a real redis-server for integration tests (shared/STYLE.md): started on a
- * free loopback port with a temporary data directory (`--save "" --appendonly yes`), stopped by
- * its pid. restart keeps port and directory, so the AOF is replayed (Redis restart tests). */
+/* redis_fixture.h: the tests' Redis: a real redis-server from common/redis_server.h (the
+ * project's one launcher) in a folder under $DUEL_TEST_TMP (or /tmp), with an append-only file
+ * so that restarts keep the data, plus a hiredis connection helper. Header-only. */
 #ifndef DUEL_TEST_REDIS_FIXTURE_H
 #define DUEL_TEST_REDIS_FIXTURE_H
 
-#include <sys/types.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/time.h>
 
 #include <hiredis/hiredis.h>
 
-typedef struct redis_fixture {
-    pid_t pid;
-    int port;
-    char dir[512];
-} redis_fixture;
+#include "redis_server.h"
 
-/* Starts redis-server (from PATH) in a new directory under $DUEL_TEST_TMP (or /tmp) and waits
- * until it answers PING. Returns 0, or -1 after printing why to stderr. */
-int redis_fixture_start(redis_fixture *fixture, const char *tag);
-/* SIGTERM, wait for it (SIGKILL after 5 s). The directory is kept for inspection until
- * redis_fixture_remove_dir. */
-void redis_fixture_stop(redis_fixture *fixture);
-/* Stops and starts again on the same port and directory. */
-int redis_fixture_restart(redis_fixture *fixture);
-void redis_fixture_remove_dir(redis_fixture *fixture);
+typedef redis_server redis_fixture;
+
+static inline const char *redis_fixture_tmp(void) {
+    const char *base = getenv("DUEL_TEST_TMP");
+    return base && *base ? base : "/tmp";
+}
+
+/* Starts one with persistence (REDIS_SERVER_AOF for restart tests, REDIS_SERVER_AOF_ALWAYS for
+ * SIGKILL tests); 0, or -1 after printing why. */
+static inline int redis_fixture_start_with(redis_fixture *f, const char *tag, redis_server_persistence p) {
+    duel_error err = {0};
+    if (redis_server_start(f, redis_fixture_tmp(), tag, p, &err) == 0) return 0;
+    fprintf(stderr, "redis fixture: %s\n", err.message);
+    return -1;
+}
+
+static inline int redis_fixture_start(redis_fixture *f, const char *tag) {
+    return redis_fixture_start_with(f, tag, REDIS_SERVER_AOF);
+}
+
+/* SIGTERM (waits; the folder is kept for restart or inspection). */
+static inline void redis_fixture_stop(redis_fixture *f) { redis_server_stop(f, SIGTERM); }
+
+static inline int redis_fixture_restart(redis_fixture *f) {
+    duel_error err = {0};
+    if (redis_server_restart(f, &err) == 0) return 0;
+    fprintf(stderr, "redis fixture: %s\n", err.message);
+    return -1;
+}
+
+/* Stops it if it runs and removes its folder. */
+static inline void redis_fixture_remove_dir(redis_fixture *f) { redis_server_destroy(f); }
+
 /* A connection with a 5 s timeout, or NULL. */
-redisContext *redis_fixture_connect(const redis_fixture *fixture);
+static inline redisContext *redis_fixture_connect(const redis_fixture *f) {
+    struct timeval tv = {5, 0};
+    redisContext *c = redisConnectWithTimeout(f->host, f->port, tv);
+    if (!c || c->err) {
+        if (c) redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    return c;
+}
 
 #endif

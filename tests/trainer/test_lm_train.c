@@ -212,9 +212,9 @@ static void test_corrupt_checkpoints(void **state) {
     opt.step = 17;
     checkpoint_progress p = {17, 5, 1234.0}, q;
     duel_error err = {0};
-    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, &err), 0);
+    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, NULL, &err), 0);
     /* a second save replaces the first and leaves no .tmp or .old behind */
-    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, &err), 0);
+    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, NULL, &err), 0);
     snprintf(path, sizeof path, "%s.tmp", ckpt);
     assert_int_not_equal(access(path, F_OK), 0);
     snprintf(old, sizeof old, "%s.old", ckpt);
@@ -249,13 +249,13 @@ static void test_corrupt_checkpoints(void **state) {
     assert_int_equal(checkpoint_load(ckpt, other, &opt2, &q, &err), DUEL_EFORMAT);
     assert_non_null(strstr(err.message, "optimizer.safetensors"));
     /* a fresh save repairs it; then a broken state.json */
-    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, &err), 0);
+    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, NULL, &err), 0);
     snprintf(path, sizeof path, "%s/state.json", ckpt);
     test_write_file(path, "{\"format\": 1, \"step\":", 20);
     assert_int_equal(checkpoint_load(ckpt, other, &opt2, &q, &err), DUEL_EFORMAT);
     assert_non_null(strstr(err.message, "state.json"));
     /* a model of another shape is refused */
-    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, &err), 0);
+    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, NULL, &err), 0);
     adamw_state small;
     assert_int_equal(adamw_init(&small, n - 1, NULL), 0);
     assert_int_equal(checkpoint_load(ckpt, other, &small, &q, &err), DUEL_EFORMAT);
@@ -264,7 +264,7 @@ static void test_corrupt_checkpoints(void **state) {
     assert_int_equal(rename(ckpt, old), 0);
     assert_true(checkpoint_exists(ckpt));
     assert_int_equal(checkpoint_load(ckpt, other, &opt2, &q, &err), 0);
-    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, &err), 0);
+    assert_int_equal(checkpoint_save(ckpt, m, &opt, &p, fx.config_json, NULL, &err), 0);
     assert_int_not_equal(access(old, F_OK), 0);
     /* nothing there */
     snprintf(path, sizeof path, "%s/none", fx.dir);

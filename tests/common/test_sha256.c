@@ -1,4 +1,4 @@
-/* test_online_sha256.c: trainer/sha256.c against the FIPS 180-4 / NIST example vectors, chunked
+/* test_sha256.c: common/sha256.c against the FIPS 180-4 / NIST example vectors, chunked
  * updates across block boundaries, file hashing, and the x86 SHA-extension block function against
  * the portable one on random messages. */
 #include "test_helpers.h"
