@@ -1,8 +1,9 @@
 /* cmd_train_service.c: `duel train`, the asynchronous online trainer (DESIGN.md section 6): reads
  * votes from Redis (trainer/stream_consumer.h), updates the ERM and the policy
- * (trainer/online_trainer.h), checkpoints, publishes snapshots. Stops cleanly on SIGINT/SIGTERM
- * or after --idle-exit-ms without votes: a last checkpoint holds everything offered (a partial
- * batch included), then its entries are acknowledged.
+ * (trainer/online_trainer.h), checkpoints, publishes snapshots; the loop is stream_consumer_run.
+ * Stops cleanly on SIGINT/SIGTERM or after --idle-exit-ms without votes: a last checkpoint
+ * holds everything offered (a partial batch included), then its entries are acknowledged. When
+ * Redis goes away it checkpoints, reconnects with backoff and resumes (logged on stderr).
  *
  * The configuration comes from duel_config_load (common/config.h: the built-in
  * config/default.json, --config FILE, DUEL_* variables, --set overrides; strict, unknown keys
@@ -20,7 +21,6 @@
 #include "json_util.h"
 #include "online_trainer.h"
 #include "stream_consumer.h"
-#include "timer.h"
 #include "weight_transport.h"
 
 int cmd_train_service(int argc, char **argv);
@@ -234,8 +234,42 @@ static void on_signal(int sig) {
     g_stop = 1;
 }
 
+/* What the log shows after each round: a line per update, and the outcome of the check of the
+ * votes' reference log-probabilities. */
+typedef struct round_log {
+    online_trainer *trainer;
+    bool quiet;
+    int64_t last_step;
+    int ref_check;
+} round_log;
+
+static void after_round(void *context) {
+    round_log *l = context;
+    online_trainer_status s;
+    online_trainer_get_status(l->trainer, &s);
+    if (s.step != l->last_step && !l->quiet) {
+        fprintf(stderr, "step %lld  prefs %lld  loss %.4f  margin %.4f  kl %.4f  lr %.2e  |g| %.2f  "
+                "erm loss %.4f  erm acc %.3f  synthetic %d  snapshot %lld\n", (long long)s.step,
+                (long long)s.prefs_applied, s.loss, s.margin, s.kl, s.lr, s.grad_norm, s.erm_loss,
+                s.erm_accuracy, s.synthetic, (long long)s.published_version);
+    }
+    l->last_step = s.step;
+    if (s.vote_ref_check != l->ref_check) {
+        /* the first update whose votes carried the servers' reference log-probabilities */
+        if (s.vote_ref_check < 0)
+            fprintf(stderr, "duel train: warning: the votes' reference log-probabilities differ from this "
+                    "trainer's reference model by up to %.3g nats (are the servers' base model and "
+                    "model.path the same?); running the reference model here instead\n",
+                    s.vote_ref_error);
+        else if (!l->quiet)
+            fprintf(stderr, "duel train: the votes' reference log-probabilities agree with this trainer's "
+                    "(largest difference %.2g nats); using them\n", s.vote_ref_error);
+        l->ref_check = s.vote_ref_check;
+    }
+}
+
 int cmd_train_service(int argc, char **argv) {
-    const char *redis = NULL, *config_path = NULL, *data_dir = "data", *model = NULL;
+    const char *redis = NULL, *config_path = NULL, *data_dir = "duel-data", *model = NULL;
     const char *set_doc = NULL; /* --set never reaches cli_parse (duel_config_take_sets); listed for --help */
     long long idle_exit_ms = 0;
     bool quiet = false;
@@ -247,7 +281,8 @@ int cmd_train_service(int argc, char **argv) {
          NULL},
         {"--set", CLI_OPT_STRING, &set_doc, "SECTION.KEY=VALUE", "override one configuration key, repeatable, "
          "applied in order after --config and DUEL_* (e.g. --set trainer.lr=2e-4)", 0, 0, false, NULL},
-        {"--data-dir", CLI_OPT_STRING, &data_dir, "DIR", "checkpoint and snapshots/ (default ./data)", 0, 0,
+        {"--data-dir", CLI_OPT_STRING, &data_dir, "DIR", "the data folder: trainer/ (checkpoint) and snapshots/ (default ./duel-data, "
+         "the folder `duel serve` uses too)", 0, 0,
          false, NULL},
         {"--model", CLI_OPT_STRING, &model, "DIR", "initial policy (HF folder); overrides model.path (default "
          "models/default)", 0, 0, false, NULL},
@@ -269,6 +304,8 @@ int cmd_train_service(int argc, char **argv) {
         "trainer.publish_every updates or trainer.publish_every_seconds, and as soon as it has\n"
         "caught up with the stream (trainer.publish_when_idle); keeps the newest\n"
         "trainer.keep_snapshots of them (plus those duel:rollout pins) and deletes older ones.\n"
+        "When Redis goes away (a restart, a lost connection) the trainer checkpoints, reconnects\n"
+        "with a growing pause (up to 5 s), logs it, and resumes from that checkpoint.\n"
         "Live knobs are read from the hash duel:knobs before every batch (loss, beta, gamma,\n"
         "lr_scale, clip_norm, batch_size, burn_in, publish_every, publish_every_seconds,\n"
         "checkpoint_every; bad ones are logged and ignored). trainer.weight_transport (file,\n"
@@ -364,37 +401,10 @@ int cmd_train_service(int argc, char **argv) {
         if (!quiet)
             fprintf(stderr, "duel train: redis %s:%d, step %lld, %lld prefs applied, last applied id '%s'\n",
                     c->host, c->consumer.port, (long long)s.step, (long long)s.prefs_applied, s.last_applied_id);
-        int64_t last_step = s.step;
-        int ref_check = s.vote_ref_check;
-        double idle_since = duel_time_seconds();
-        while (!g_stop) {
-            int n = 0;
-            if ((rc = stream_consumer_poll(consumer, &n, &err)) != 0) break;
-            online_trainer_get_status(trainer, &s);
-            if (s.step != last_step && !quiet) {
-                fprintf(stderr, "step %lld  prefs %lld  loss %.4f  margin %.4f  kl %.4f  lr %.2e  |g| %.2f  "
-                        "erm loss %.4f  erm acc %.3f  synthetic %d  snapshot %lld\n", (long long)s.step,
-                        (long long)s.prefs_applied, s.loss, s.margin, s.kl, s.lr, s.grad_norm, s.erm_loss,
-                        s.erm_accuracy, s.synthetic, (long long)s.published_version);
-            }
-            last_step = s.step;
-            if (s.vote_ref_check != ref_check) {
-                /* the first update whose votes carried the servers' reference log-probabilities */
-                if (s.vote_ref_check < 0)
-                    fprintf(stderr, "duel train: warning: the votes' reference log-probabilities differ from this "
-                            "trainer's reference model by up to %.3g nats (are the servers' base model and "
-                            "model.path the same?); running the reference model here instead\n",
-                            s.vote_ref_error);
-                else if (!quiet)
-                    fprintf(stderr, "duel train: the votes' reference log-probabilities agree with this trainer's "
-                            "(largest difference %.2g nats); using them\n", s.vote_ref_error);
-                ref_check = s.vote_ref_check;
-            }
-            if (n > 0) idle_since = duel_time_seconds();
-            else if (idle_exit_ms > 0 && (duel_time_seconds() - idle_since) * 1000.0 >= (double)idle_exit_ms)
-                break;
-        }
-        if (rc == 0) rc = stream_consumer_flush(consumer, &err);
+        round_log rl = {trainer, quiet, s.step, s.vote_ref_check};
+        stream_consumer_run_options run = {.stop = &g_stop, .idle_exit_ms = (int)idle_exit_ms,
+                                           .after_round = after_round, .context = &rl};
+        rc = stream_consumer_run(consumer, &run, &err);
     }
     if (rc != 0) fprintf(stderr, "duel train: %s\n", err.message);
     stream_consumer_close(consumer);

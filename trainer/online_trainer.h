@@ -3,36 +3,40 @@
  * the ERM ensemble with its trainer and pair buffer, the counters and the exactly-once
  * bookkeeping (last applied stream id, recent vote ids), and its checkpoint on disk.
  *
- * Entries are offered in stream order (online_trainer_offer). a/b votes join the pending batch;
- * tie and both_bad are counted; duplicates (an id at or before the last applied one, or a
- * vote id already seen) are skipped. When batch_size pairs are pending, online_trainer_apply
- * runs one update: the ERM update (erm_train.h) on the batch's real pairs, then one DAP update of
- * the policy (dap_loss.h) with the reference's log-probabilities of the same responses.
+ * Exactly once (trainer/online_trainer.c states and enforces it; the stream consumer's side is
+ * in stream_consumer.h): entries are offered in stream order (online_trainer_offer); an entry at
+ * or before the checkpoint's last applied stream id is reported APPLIED (the caller only
+ * acknowledges it), a vote id among the recent ones is a DUPLICATE. a/b votes join the pending
+ * batch; tie and both_bad are counted. When a batch is due (online_trainer_cut_due),
+ * online_trainer_apply runs one update (trainer/online_update.c): the ERM update (erm_train.h)
+ * on the batch's real pairs, then one DAP update of the policy (dap_loss.h) with the reference's
+ * log-probabilities of the same responses. online_trainer_checkpoint makes everything offered so
+ * far durable (trainer/online_checkpoint.c); only then may the caller acknowledge those entries.
  *
- * SEA mixture (DESIGN.md section 6): the trainer keeps a store of the last `synthetic_store`
- * duels (every entry that was batched or counted, with all M candidates' tokens and features;
- * an a/b entry joins it when its update is done, a tie or both_bad when it is offered). Once
- * burn_in real pairs have been applied by earlier updates (prefs_applied >= burn_in before this
- * update), the policy batch of P real pairs (batch_size, or up to max_batch_size) gets
+ * SEA mixture (DESIGN.md section 6, trainer/sea_store.h): the trainer keeps a store of the last
+ * `synthetic_store` duels (every entry that was batched or counted, with all M candidates'
+ * tokens and features; an a/b entry joins it when its update is done, a tie or both_bad when it
+ * is offered). Once burn_in real pairs have been applied by earlier updates (prefs_applied >=
+ * burn_in before this update), the policy batch of P real pairs (batch_size, or up to
+ * max_batch_size) gets
  *     S = floor(P * (1 - gamma) / gamma + 1/2)   synthetic pairs (0 when gamma = 1 or the
  *                                                 store is empty; at most ONLINE_MAX_BATCH),
  * so real : synthetic = gamma : 1 - gamma up to rounding (P = 8, gamma = 0.7: S = 3). Each is
  * drawn after this update's ERM step from the mixture RNG: a stored duel uniformly, then a head
- * e uniformly, and labelled by online_sea_label with the current ERM: chosen = the candidate
- * with the largest r_e, rejected = the one with the smallest (the pair with the largest
- * |r_e(i) - r_e(j)|). Synthetic pairs never enter the ERM buffer; all P + S pairs weigh the
- * same in the DAP loss. With gamma = 1 the update is exactly the one without a mixture.
+ * e uniformly, and labelled by sea_label with the current ERM: chosen = the candidate with the
+ * largest r_e, rejected = the one with the smallest (the pair with the largest
+ * |r_e(i) - r_e(j)|). Synthetic pairs never enter the ERM buffer; all P + S pairs weigh the same
+ * in the DAP loss. With gamma = 1 the update is exactly the one without a mixture.
  *
- * Checkpoint (<data_dir>/trainer/): checkpoint/ holds policy/ (checkpoint.h: weights and AdamW
- * moments), erm.safetensors (theta and theta_0), erm_optimizer.safetensors and state.json
- * (counters, last applied id, published version, RNG states, recent vote ids, the pair log's
- * length and the sha256 of the ERM files and of entries.bin) and entries.bin (the duel store
- * and the pending batch's entries, so a checkpoint may be taken between updates). The ERM pair buffer is an append-only log beside it,
- * erm_pairs.<generation>.bin (records of 2*d_feat f32); the checkpoint records how many records
- * are valid, so records written after it are cut off on load. The checkpoint folder is written
- * as checkpoint.tmp, fsynced and renamed over the old one (checkpoint.old kept until the rename is
- * durable), so a crash at any point leaves a complete old or new checkpoint. Everything the
- * update depends on is in it: an interrupted run resumes to bit-identical weights.
+ * Checkpoint (<data_dir>/trainer/, trainer/online_checkpoint.h): checkpoint/ holds policy/
+ * (checkpoint.h: weights and AdamW moments), erm.safetensors (theta and theta_0),
+ * erm_optimizer.safetensors, entries.bin (the duel store and the pending batch's entries, so a
+ * checkpoint may be taken between updates) and state.json (counters, last applied id, published
+ * version, RNG states, recent vote ids, the pair log's length and the sha256 of every other
+ * file). The ERM pair buffer is an append-only log beside it (trainer/erm_pair_log.h). The
+ * folder is written as checkpoint.tmp and swapped into place (durable_file.h), so a crash at
+ * any point leaves a complete old or new checkpoint. Everything the update depends on is in
+ * it: an interrupted run resumes to bit-identical weights.
  *
  * Single-threaded: the consumer thread owns the trainer. */
 #ifndef DUEL_ONLINE_TRAINER_H
@@ -43,14 +47,15 @@
 
 #include "adamw.h"
 #include "dap_loss.h"
+#include "durable_file.h"
 #include "erm.h"
 #include "erm_train.h"
 #include "error.h"
+#include "sea_store.h"
+#include "stream_id.h"
 #include "train_model.h"
 #include "vote_entry.h"
 
-#define ONLINE_PATH_MAX 4096
-#define ONLINE_STREAM_ID_MAX 48  /* "<ms>-<seq>" */
 #define ONLINE_MAX_BATCH 4096
 /* Padded positions per forward/backward pass of a policy update (2 rows a pair, each as long as
  * the chunk's longest): about 7 pairs of 50-token rows, 17 of 22-token rows. */
@@ -97,6 +102,8 @@ typedef struct online_trainer_options {
     double lr_scale;         /* multiplies the scheduled policy lr (a live knob): 1 */
     int recent_vote_ids;     /* vote ids remembered for de-duplication: 2048 */
     uint64_t seed;
+    const durable_io *io;    /* file I/O hooks of the checkpoint (not a config key; fault tests):
+                                NULL, real I/O */
 } online_trainer_options;
 
 typedef enum online_offer_result {
@@ -119,7 +126,7 @@ typedef struct online_trainer_status {
     int64_t ties, both_bad, duplicates;
     int64_t erm_pairs_seen;
     int64_t published_version; /* 0: none yet */
-    char last_applied_id[ONLINE_STREAM_ID_MAX];
+    char last_applied_id[STREAM_ID_MAX];
     double loss, margin, accuracy; /* DAP loss of the last update (before it) */
     double kl;               /* mean over the batch's responses of log pi - log pi_ref (sums) */
     double lr, grad_norm;
@@ -170,8 +177,6 @@ int online_trainer_offer(online_trainer *trainer, const char *id, vote_entry *en
                          online_offer_result *result, duel_error *err);
 /* a/b pairs waiting for the next update. */
 int online_trainer_pending_pairs(const online_trainer *trainer);
-/* Whether batch_size pairs are pending. */
-bool online_trainer_batch_ready(const online_trainer *trainer);
 /* Whether the pending pairs make a batch now (the consumer then calls online_trainer_apply):
  * max(batch_size, max_batch_size) are pending; or batch_size are and the consumer has caught
  * up with the stream (caught_up: its last read of new entries returned less than a full count),
@@ -186,19 +191,11 @@ bool online_trainer_cut_due(const online_trainer *trainer, bool caught_up);
 bool online_trainer_cut_before(const online_trainer *trainer, const char *id);
 /* Makes the logged cuts durable (before a snapshot of their updates is published). */
 int online_trainer_sync_cuts(online_trainer *trainer, duel_error *err);
-/* The stream id of the last entry offered and not reported as APPLIED (what the next
- * checkpoint will record as applied), or "" when none since the last checkpoint. */
-const char *online_trainer_unsaved_id(const online_trainer *trainer);
 
-/* Runs one update on the pending batch (DUEL_EINVAL when none is ready). */
+/* Runs one update on the pending batch (DUEL_EINVAL when no batch is due: fewer than
+ * batch_size pairs pending, outside a replayed cut). */
 int online_trainer_apply(online_trainer *trainer, duel_error *err);
 
-/* The SEA label of one stored duel under head `head` of model: with r = r_head of the
- * num_candidates rows of features ([M][d_feat]), *chosen = the first index of the largest r and
- * *rejected = the first index of the smallest (together the pair with the largest
- * |r(i) - r(j)|); when every r is equal, 0 and 1. DUEL_EINVAL for M < 2 or a bad head. */
-int online_sea_label(const erm *model, const float *features, int num_candidates, int head,
-                     int *chosen, int *rejected, duel_error *err);
 /* Synthetic pairs the next update will add (the rule above, for the current state). */
 int online_trainer_synthetic_pairs(const online_trainer *trainer);
 /* Whether the last update makes a snapshot due (publish_every). */
@@ -220,7 +217,8 @@ void online_trainer_get_status(const online_trainer *trainer, online_trainer_sta
  * Serving knobs (strategy, M, temperature, top_p, top_k, max_new_tokens, min_p,
  * repetition_penalty, arena_fraction) are ignored. Any other name, a wrong type or a value out of
  * range is rejected: it is left out (the configured value stays) and reported with the reason
- * in report; the other knobs still apply. */
+ * in report; the other knobs still apply. Returns 0 when no knob was rejected, DUEL_EINVAL when
+ * any was (report says which). Implemented in trainer/online_knobs.c. */
 #define ONLINE_MAX_KNOB_REPORTS 16
 typedef struct online_knob_rejection {
     char name[64], value[64], reason[192];
@@ -245,9 +243,5 @@ const erm *online_trainer_erm(const online_trainer *trainer);
 /* Records that snapshot `version` now exists (stored with the next checkpoint); clears
  * online_trainer_publish_due. */
 void online_trainer_set_published(online_trainer *trainer, int64_t version);
-
-/* Stream ids "<ms>-<seq>": parse and compare (-1, 0, 1). */
-int online_stream_id_parse(const char *id, uint64_t *ms, uint64_t *seq);
-int online_stream_id_compare(const char *a, const char *b);
 
 #endif

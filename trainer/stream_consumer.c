@@ -3,14 +3,16 @@
 
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #include "json_util.h"
-#include "sha256.h"
 #include "snapshot.h"
+#include "snapshot_write.h"
 #include "timer.h"
 
 #define KEY_MAX 256
@@ -21,10 +23,11 @@ struct stream_consumer {
     char host[256], stream[KEY_MAX], group[KEY_MAX], consumer[KEY_MAX], dead[KEY_MAX];
     char prefix[KEY_MAX], data_dir[4096], tokenizer_dir[4096], base_model[4096];
     redisContext *rc;
+    bool lost;                 /* the last failure was Redis going away (see stream_consumer_lost) */
     online_trainer *trainer;
     bool pending_phase;
-    char cursor[ONLINE_STREAM_ID_MAX]; /* pending phase: last id read */
-    char (*unacked)[ONLINE_STREAM_ID_MAX];
+    char cursor[STREAM_ID_MAX]; /* pending phase: last id read */
+    char (*unacked)[STREAM_ID_MAX];
     int num_unacked;
     int updates_since_checkpoint;
     bool unpublished;          /* an update is not in a snapshot yet */
@@ -59,15 +62,28 @@ void stream_consumer_default_options(stream_consumer_options *o) {
 
 void stream_consumer_get_stats(const stream_consumer *c, stream_consumer_stats *out) { *out = c->stats; }
 
+/* Error replies of a Redis that restarts or fails over: the same command succeeds once it is
+ * back (LOADING: replaying its AOF; NOGROUP: it came back without the stream; READONLY,
+ * MASTERDOWN, TRYAGAIN: a replica or a cluster mid-failover). */
+static bool redis_error_is_transient(const char *message) {
+    static const char *const codes[] = {"LOADING", "NOGROUP", "READONLY", "MASTERDOWN", "TRYAGAIN", "BUSY "};
+    for (size_t i = 0; i < sizeof codes / sizeof *codes; i++)
+        if (strncmp(message, codes[i], strlen(codes[i])) == 0) return true;
+    return false;
+}
+
 /* Runs a command; a NULL reply (connection lost, timeout) or an error reply is DUEL_EIO with
- * Redis's message. The caller frees *out. */
+ * Redis's message, and marks the consumer lost when Redis went away. The caller frees *out. */
 static int command(stream_consumer *c, redisReply **out, duel_error *err, int argc, const char **argv,
                    const size_t *lens) {
     *out = redisCommandArgv(c->rc, argc, argv, lens);
-    if (!*out)
+    if (!*out) {
+        c->lost = true; /* the context is unusable from here on */
         return duel_error_set(err, DUEL_EIO, "redis %s:%d: %s failed: %s", c->host, c->o.port, argv[0],
                               c->rc->errstr[0] ? c->rc->errstr : "no reply");
+    }
     if ((*out)->type == REDIS_REPLY_ERROR) {
+        c->lost = redis_error_is_transient((*out)->str);
         int rc = duel_error_set(err, DUEL_EIO, "redis %s:%d: %s: %s", c->host, c->o.port, argv[0], (*out)->str);
         freeReplyObject(*out);
         *out = NULL;
@@ -129,11 +145,14 @@ static int dead_letter(stream_consumer *c, const char *id, const char *reason, l
     for (int i = 0; i < 4; i++) {
         redisReply *r = NULL;
         if (redisGetReply(c->rc, (void **)&r) != REDIS_OK || !r) {
+            c->lost = true;
             return duel_error_set(err, DUEL_EIO, "redis %s:%d: dead-letter of %s failed: %s", c->host,
                                   c->o.port, id, c->rc->errstr);
         }
-        if (r->type == REDIS_REPLY_ERROR && rc == 0)
+        if (r->type == REDIS_REPLY_ERROR && rc == 0) {
+            c->lost = redis_error_is_transient(r->str);
             rc = duel_error_set(err, DUEL_EIO, "redis: dead-letter of %s: %s", id, r->str);
+        }
         if (i == 3 && r->type != REDIS_REPLY_ARRAY && rc == 0)
             rc = duel_error_set(err, DUEL_EIO, "redis: dead-letter of %s was not executed", id);
         freeReplyObject(r);
@@ -166,7 +185,8 @@ static int refresh_knobs(stream_consumer *c, duel_error *err) {
         values[n++] = v->str;
     }
     online_knob_report report;
-    online_trainer_set_knobs(c->trainer, n, names, values, &report);
+    /* DUEL_EINVAL when a knob was rejected: not an error here (logged below, the rest apply) */
+    (void)online_trainer_set_knobs(c->trainer, n, names, values, &report);
     char now[ONLINE_MAX_KNOB_REPORTS][130];
     for (int i = 0; i < report.num_rejected; i++) {
         const online_knob_rejection *x = &report.rejected[i];
@@ -231,51 +251,45 @@ static int write_status(stream_consumer *c, duel_error *err) {
     return command_simple(c, err, (int)(sizeof argv / sizeof *argv), argv);
 }
 
-/* ZADD, HSET and PUBLISH for snapshot `version` from its meta.json (idempotent). */
+/* HSET, ZADD and PUBLISH for snapshot `version` from its meta.json (idempotent; the names and
+ * fields are common/snapshot.h's). */
 static int register_snapshot(stream_consumer *c, int64_t version, duel_error *err) {
-    char dir[4096], meta_path[4200];
-    int rc = snapshot_path(c->data_dir, version, dir, sizeof dir, err);
-    if (rc) return rc;
-    snprintf(meta_path, sizeof meta_path, "%s/meta.json", dir);
-    json_t *meta = NULL;
-    if ((rc = duel_json_load_file(meta_path, SNAPSHOT_META_MAX_BYTES, &meta, err))) return rc;
+    char dir[SNAPSHOT_PATH_MAX], key[SNAPSHOT_KEY_MAX], zkey[SNAPSHOT_KEY_MAX], notify[SNAPSHOT_KEY_MAX], ver[32];
+    snapshot_meta *meta = malloc(sizeof *meta);
+    snapshot_registration *reg = malloc(sizeof *reg);
+    char *note = NULL;
+    int rc = !meta || !reg ? duel_error_set(err, DUEL_ENOMEM, "stream consumer: out of memory") : 0;
+    if (rc || (rc = snapshot_path(c->data_dir, version, dir, sizeof dir, err)) ||
+        (rc = snapshot_meta_read(dir, meta, err)) ||
+        (rc = snapshot_key_version(c->prefix, version, key, sizeof key, err)) ||
+        (rc = snapshot_key_registry(c->prefix, zkey, sizeof zkey, err)) ||
+        (rc = snapshot_key_notify(c->prefix, notify, sizeof notify, err)))
+        goto done;
     online_trainer_status s;
     online_trainer_get_status(c->trainer, &s);
-    char key[KEY_MAX + 32], zkey[KEY_MAX + 32], ver[32], fields[8][64];
-    snprintf(key, sizeof key, "%ssnapshot:%lld", c->prefix, (long long)version);
-    snprintf(zkey, sizeof zkey, "%ssnapshots", c->prefix);
-    snprintf(ver, sizeof ver, "%lld", (long long)version);
-    snprintf(fields[0], 64, "%lld", (long long)json_integer_value(json_object_get(meta, "parent")));
-    snprintf(fields[1], 64, "%lld", (long long)json_integer_value(json_object_get(meta, "step")));
-    snprintf(fields[2], 64, "%lld", (long long)json_integer_value(json_object_get(meta, "prefs_applied")));
-    snprintf(fields[3], 64, "%lld", (long long)json_integer_value(json_object_get(meta, "created_ms")));
     char metrics[512];
     snprintf(metrics, sizeof metrics, "{\"loss\":%.6g,\"kl\":%.6g,\"erm_loss\":%.6g,\"erm_accuracy\":%.6g}",
              s.loss, s.kl, s.erm_loss, s.erm_accuracy);
-    const char *argv[16 + 16];
-    char names[8][80];
-    int n = 0;
-    const char *head[] = {"HSET", key, "path", dir, "parent", fields[0], "step", fields[1], "prefs_applied",
-                          fields[2], "created_ms", fields[3], "metrics", metrics};
-    for (int i = 0; i < 14; i++) argv[n++] = head[i];
-    const char *name;
-    json_t *hash;
-    int k = 0;
-    json_object_foreach(json_object_get(meta, "files"), name, hash) {
-        if (k >= 8 || !json_is_string(hash)) break;
-        snprintf(names[k], sizeof names[k], "sha256:%s", name);
-        argv[n++] = names[k++];
-        argv[n++] = json_string_value(hash);
+    if ((rc = snapshot_registration_fields(meta, dir, metrics, reg, err))) goto done;
+    const char *argv[2 + 2 * SNAPSHOT_REGISTRATION_MAX_FIELDS] = {"HSET", key};
+    int n = 2;
+    for (int i = 0; i < reg->num_fields; i++) {
+        argv[n++] = reg->names[i];
+        argv[n++] = reg->values[i];
     }
-    char note[4400];
-    snprintf(note, sizeof note, "{\"kind\":\"snapshot\",\"version\":%lld,\"path\":\"%s\"}", (long long)version, dir);
-    char notify[KEY_MAX + 32];
-    snprintf(notify, sizeof notify, "%snotify", c->prefix);
+    if (!(note = snapshot_note_json(version, dir))) {
+        rc = duel_error_set(err, DUEL_ENOMEM, "stream consumer: cannot build the snapshot note");
+        goto done;
+    }
+    snprintf(ver, sizeof ver, "%lld", (long long)version);
     const char *zadd[] = {"ZADD", zkey, ver, ver};
     const char *publish[] = {"PUBLISH", notify, note};
     if ((rc = command_simple(c, err, n, argv)) == 0 && (rc = command_simple(c, err, 4, zadd)) == 0)
         rc = command_simple(c, err, 3, publish);
-    json_decref(meta);
+done:
+    free(note);
+    free(reg);
+    free(meta);
     return rc;
 }
 
@@ -294,7 +308,7 @@ static int prune_snapshots(stream_consumer *c, int64_t newest, duel_error *err) 
     int64_t below = newest - keep;
     int64_t pins[64];
     int num_pins = 0;
-    char key[KEY_MAX + 32], zkey[KEY_MAX + 32], max[32];
+    char key[SNAPSHOT_KEY_MAX], zkey[SNAPSHOT_KEY_MAX], max[32];
     snprintf(key, sizeof key, "%srollout", c->prefix);
     const char *get[] = {"GET", key};
     redisReply *r = NULL;
@@ -309,7 +323,7 @@ static int prune_snapshots(stream_consumer *c, int64_t newest, duel_error *err) 
         if (json_is_integer(v) && num_pins < 64) pins[num_pins++] = json_integer_value(v);
     }
     json_decref(rollout);
-    snprintf(zkey, sizeof zkey, "%ssnapshots", c->prefix);
+    if ((rc = snapshot_key_registry(c->prefix, zkey, sizeof zkey, err))) return rc;
     snprintf(max, sizeof max, "%lld", (long long)below);
     const char *range[] = {"ZRANGEBYSCORE", zkey, "-inf", max};
     if ((rc = command(c, &r, err, 4, range, NULL))) return rc;
@@ -320,7 +334,7 @@ static int prune_snapshots(stream_consumer *c, int64_t newest, duel_error *err) 
         bool pinned = false;
         for (int p = 0; p < num_pins; p++) pinned |= pins[p] == v;
         if (pinned) continue;
-        snprintf(key, sizeof key, "%ssnapshot:%lld", c->prefix, v);
+        if ((rc = snapshot_key_version(c->prefix, v, key, sizeof key, err))) break;
         const char *zrem[] = {"ZREM", zkey, m->str}, *del[] = {"DEL", key};
         if ((rc = command_simple(c, err, 3, zrem)) == 0) rc = command_simple(c, err, 2, del);
     }
@@ -354,7 +368,7 @@ static int publish_snapshot(stream_consumer *c, int64_t version, bool replaying,
     if ((rc = online_trainer_sync_cuts(c->trainer, err))) return rc;
     if (!replaying || snapshot_verify(dir, NULL, &ignored) != 0) {
         snapshot_info info = {version, s.published_version < version ? s.published_version : 0, s.step,
-                              s.prefs_applied, duel_time_unix_ms(), c->base_model};
+                              s.prefs_applied, duel_time_unix_ms(), c->base_model, c->o.io};
         if ((rc = snapshot_write(c->data_dir, &info, online_trainer_policy(c->trainer),
                                  online_trainer_config_json(c->trainer), online_trainer_erm(c->trainer),
                                  c->tokenizer_dir[0] ? c->tokenizer_dir : NULL, NULL, 0, err)))
@@ -494,7 +508,7 @@ static int process_entry(stream_consumer *c, const char *id, const redisReply *f
     if (res == ONLINE_OFFER_APPLIED) return xack(c, id, err);
     if (c->num_unacked >= MAX_UNACKED)
         return duel_error_set(err, DUEL_ELIMIT, "trainer: %d entries wait for a checkpoint", MAX_UNACKED);
-    snprintf(c->unacked[c->num_unacked++], ONLINE_STREAM_ID_MAX, "%s", id);
+    snprintf(c->unacked[c->num_unacked++], STREAM_ID_MAX, "%s", id);
     return cut_if_due(c, false, err);
 }
 
@@ -588,22 +602,6 @@ int stream_consumer_flush(stream_consumer *c, duel_error *err) {
     return commit_batch(c, false, true, err);
 }
 
-int stream_consumer_run(stream_consumer *c, volatile sig_atomic_t *stop, int idle_exit_ms, duel_error *err) {
-    double idle_since = duel_time_seconds();
-    while (!stop || !*stop) {
-        int n = 0;
-        int rc = stream_consumer_poll(c, &n, err);
-        if (rc) return rc;
-        if (n > 0 || c->pending_phase) {
-            idle_since = duel_time_seconds();
-        } else if (idle_exit_ms > 0 && (duel_time_seconds() - idle_since) * 1000.0 >= idle_exit_ms &&
-                   c->num_unacked == 0) {
-            break;
-        }
-    }
-    return 0;
-}
-
 /* At start: the snapshots on disk newer than the checkpoint's published version P were
  * published before a crash, from updates the checkpoint lost. They must be P+1, P+2, ... at
  * increasing steps from the checkpoint's step on; then they become the replay list (one at the
@@ -618,11 +616,10 @@ static int setup_replay(stream_consumer *c, duel_error *err) {
     int n = 0;
     int rc = snapshot_list(c->data_dir, &list, &n, err);
     if (rc) return rc;
-    char zkey[KEY_MAX + 32];
-    snprintf(zkey, sizeof zkey, "%ssnapshots", c->prefix);
+    char zkey[SNAPSHOT_KEY_MAX];
     const char *top[] = {"ZREVRANGE", zkey, "0", "0"};
     redisReply *r = NULL;
-    if ((rc = command(c, &r, err, 4, top, NULL))) {
+    if ((rc = snapshot_key_registry(c->prefix, zkey, sizeof zkey, err)) || (rc = command(c, &r, err, 4, top, NULL))) {
         free(list);
         return rc;
     }
@@ -678,6 +675,47 @@ static int copy_opt(char *dst, size_t cap, const char *src, const char *what, du
     return 0;
 }
 
+/* Connects and starts reading as a fresh consumer does: the group (created if missing), the
+ * knobs, the snapshot replay and registration, the status; own pending entries first. */
+static int start(stream_consumer *c, duel_error *err) {
+    if (c->rc) redisFree(c->rc);
+    c->lost = false;
+    struct timeval tv = {c->o.timeout_ms / 1000, (c->o.timeout_ms % 1000) * 1000};
+    c->rc = redisConnectWithTimeout(c->host, c->o.port, tv);
+    if (!c->rc || c->rc->err) {
+        c->lost = true;
+        return duel_error_set(err, DUEL_EIO, "redis %s:%d: cannot connect: %s", c->host, c->o.port,
+                              c->rc ? c->rc->errstr : "out of memory");
+    }
+    redisSetTimeout(c->rc, tv);
+    const char *create[] = {"XGROUP", "CREATE", c->stream, c->group, "0", "MKSTREAM"};
+    redisReply *r = redisCommandArgv(c->rc, 6, create, NULL);
+    if (!r) {
+        c->lost = true;
+        return duel_error_set(err, DUEL_EIO, "redis %s:%d: XGROUP CREATE failed: %s", c->host, c->o.port,
+                              c->rc->errstr);
+    }
+    if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
+        c->lost = redis_error_is_transient(r->str);
+        int rc = duel_error_set(err, DUEL_EIO, "redis %s:%d: XGROUP CREATE: %s", c->host, c->o.port, r->str);
+        freeReplyObject(r);
+        return rc;
+    }
+    freeReplyObject(r);
+    c->pending_phase = true;
+    c->caught_up = false;
+    c->status_pending = -1;
+    c->num_unacked = 0;
+    c->updates_since_checkpoint = 0;
+    snprintf(c->cursor, sizeof c->cursor, "0");
+    free(c->replay);
+    c->replay = NULL;
+    c->num_replay = c->next_replay = 0;
+    int rc;
+    if ((rc = refresh_knobs(c, err)) || (rc = setup_replay(c, err)) || (rc = write_status(c, err))) return rc;
+    return 0;
+}
+
 int stream_consumer_open(const stream_consumer_options *o, online_trainer *trainer, stream_consumer **out,
                          duel_error *err) {
     *out = NULL;
@@ -705,37 +743,101 @@ int stream_consumer_open(const stream_consumer_options *o, online_trainer *train
         rc = duel_error_set(err, DUEL_ENOMEM, "stream consumer: out of memory");
         goto fail;
     }
-    struct timeval tv = {o->timeout_ms / 1000, (o->timeout_ms % 1000) * 1000};
-    c->rc = redisConnectWithTimeout(c->host, o->port, tv);
-    if (!c->rc || c->rc->err) {
-        rc = duel_error_set(err, DUEL_EIO, "redis %s:%d: cannot connect: %s", c->host, o->port,
-                            c->rc ? c->rc->errstr : "out of memory");
-        goto fail;
-    }
-    redisSetTimeout(c->rc, tv);
-    const char *create[] = {"XGROUP", "CREATE", c->stream, c->group, "0", "MKSTREAM"};
-    redisReply *r = redisCommandArgv(c->rc, 6, create, NULL);
-    if (!r) {
-        rc = duel_error_set(err, DUEL_EIO, "redis %s:%d: XGROUP CREATE failed: %s", c->host, o->port, c->rc->errstr);
-        goto fail;
-    }
-    if (r->type == REDIS_REPLY_ERROR && strncmp(r->str, "BUSYGROUP", 9) != 0) {
-        rc = duel_error_set(err, DUEL_EIO, "redis %s:%d: XGROUP CREATE: %s", c->host, o->port, r->str);
-        freeReplyObject(r);
-        goto fail;
-    }
-    freeReplyObject(r);
-    c->pending_phase = true;
-    c->status_pending = -1;
-    snprintf(c->cursor, sizeof c->cursor, "0");
     c->last_publish_s = duel_time_seconds();
-    if ((rc = refresh_knobs(c, err))) goto fail;
-    if ((rc = setup_replay(c, err))) goto fail;
-    if ((rc = write_status(c, err))) goto fail;
+    if ((rc = start(c, err))) goto fail;
     *out = c;
     return 0;
 fail:
     stream_consumer_close(c);
+    return rc;
+}
+
+bool stream_consumer_lost(const stream_consumer *c) { return c->lost; }
+
+static void log_line(const stream_consumer *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void log_line(const stream_consumer *c, const char *fmt, ...) {
+    if (!c->o.log) return;
+    char line[DUEL_ERROR_MESSAGE_MAX + 256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    c->o.log(c->o.log_context, line);
+}
+
+/* Sleeps ms in short slices; false when *stop was set meanwhile. */
+static bool pause_ms(int ms, volatile sig_atomic_t *stop) {
+    for (int slept = 0; slept < ms && !(stop && *stop); slept += 20) {
+        struct timespec ts = {0, 20 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    return !(stop && *stop);
+}
+
+#define RECONNECT_FIRST_MS 100
+#define RECONNECT_DEFAULT_MAX_MS 5000
+
+int stream_consumer_reconnect(stream_consumer *c, const stream_consumer_run_options *run, duel_error *err) {
+    const double lost_at = duel_time_seconds();
+    int rc;
+    if (c->num_unacked > 0 || c->updates_since_checkpoint > 0) {
+        double t0 = duel_time_seconds();
+        if ((rc = online_trainer_checkpoint(c->trainer, err))) return rc;
+        c->stats.checkpoint_seconds += duel_time_seconds() - t0;
+        c->stats.checkpoints++;
+        c->num_unacked = 0; /* the checkpoint holds them: acknowledged when read again */
+        c->updates_since_checkpoint = 0;
+    }
+    online_trainer_status s;
+    online_trainer_get_status(c->trainer, &s);
+    log_line(c, "redis %s:%d went away (%s); checkpointed step %lld, %lld prefs applied (last applied id '%s'); "
+             "reconnecting", c->host, c->o.port, err ? err->message : "connection lost", (long long)s.step, (long long)s.prefs_applied,
+             s.last_applied_id);
+    const int max_ms = run->reconnect_max_ms > 0 ? run->reconnect_max_ms : RECONNECT_DEFAULT_MAX_MS;
+    int wait_ms = RECONNECT_FIRST_MS;
+    for (int attempt = 1;; attempt++) {
+        if (!pause_ms(wait_ms, run->stop)) return 0;
+        if (run->idle_exit_ms > 0 && (duel_time_seconds() - lost_at) * 1000.0 >= run->idle_exit_ms) return 0;
+        duel_error e = {0};
+        if ((rc = start(c, &e)) == 0) {
+            log_line(c, "redis %s:%d is back after %.1f s (%d attempts); resuming from the checkpoint: own pending "
+                     "entries first", c->host, c->o.port, duel_time_seconds() - lost_at, attempt);
+            return 0;
+        }
+        if (!c->lost) { /* Redis answers but something else failed (the disk, a bad reply) */
+            *err = e;
+            return rc;
+        }
+        if ((attempt & (attempt - 1)) == 0) /* attempts 1, 2, 4, 8, ...: not a line per try */
+            log_line(c, "redis %s:%d still unreachable after %.1f s: %s", c->host, c->o.port,
+                     duel_time_seconds() - lost_at, e.message);
+        wait_ms = wait_ms * 2 < max_ms ? wait_ms * 2 : max_ms;
+    }
+}
+
+int stream_consumer_run(stream_consumer *c, const stream_consumer_run_options *run, duel_error *err) {
+    double idle_since = duel_time_seconds();
+    int rc = 0;
+    while (!(run->stop && *run->stop)) {
+        int n = 0;
+        if ((rc = stream_consumer_poll(c, &n, err)) != 0) {
+            if (!c->lost) return rc;
+            if ((rc = stream_consumer_reconnect(c, run, err)) != 0) return rc;
+            if (c->lost) return 0; /* stopped while Redis was away: the checkpoint holds everything */
+            idle_since = duel_time_seconds();
+            continue;
+        }
+        if (run->after_round) run->after_round(run->context);
+        if (n > 0 || c->pending_phase) idle_since = duel_time_seconds();
+        else if (run->idle_exit_ms > 0 && (duel_time_seconds() - idle_since) * 1000.0 >= run->idle_exit_ms) break;
+    }
+    rc = stream_consumer_flush(c, err);
+    if (rc && c->lost) { /* Redis went away at the very end: checkpoint what the flush could not acknowledge */
+        stream_consumer_run_options stopped = *run;
+        volatile sig_atomic_t yes = 1;
+        stopped.stop = &yes;
+        return stream_consumer_reconnect(c, &stopped, err);
+    }
     return rc;
 }
 

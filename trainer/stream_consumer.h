@@ -30,13 +30,24 @@
  * announced on duel:notify. Registration is repeated at start for the checkpoint's latest
  * snapshot, so a crash between a snapshot and its registration loses nothing.
  *
+ * Redis going away (a restart, a failover, a dropped connection) is not the end of the trainer:
+ * stream_consumer_run notices it (stream_consumer_lost), writes a checkpoint of everything
+ * offered so far (disk only: the votes a restarted Redis may have lost since its last fsync
+ * still count once), then reconnects with a growing pause (100 ms doubling to
+ * reconnect_max_ms), logging what happened. Once Redis answers, the consumer starts again as at
+ * open (group, knobs, snapshot registration, status) and reads its own pending entries first:
+ * those the checkpoint holds are acknowledged, the rest offered; exactly-once is that of a
+ * restart from the checkpoint.
+ *
  * Not thread-safe: one thread owns the consumer and the trainer. */
 #ifndef DUEL_STREAM_CONSUMER_H
 #define DUEL_STREAM_CONSUMER_H
 
 #include <signal.h>
+#include <stdbool.h>
 #include <stdint.h>
 
+#include "durable_file.h"
 #include "error.h"
 #include "online_trainer.h"
 #include "weight_transport.h"
@@ -63,6 +74,8 @@ typedef struct stream_consumer_options {
      * snapshot is sent once its folder is written, before it is registered. NULL:
      * the folder alone (the file transport). */
     weight_transport *transport;
+    /* File I/O hooks for the snapshots (fault tests; NULL: real I/O). */
+    const durable_io *io;
 } stream_consumer_options;
 
 typedef struct stream_consumer_stats {
@@ -93,9 +106,33 @@ int stream_consumer_poll(stream_consumer *consumer, int *processed, duel_error *
 /* Checkpoints and acknowledges whatever was offered since the last checkpoint (a clean stop). */
 int stream_consumer_flush(stream_consumer *consumer, duel_error *err);
 
-/* Polls until *stop is set (signal handlers set it) or, when idle_exit_ms > 0, until nothing
- * arrived for that long. */
-int stream_consumer_run(stream_consumer *consumer, volatile sig_atomic_t *stop, int idle_exit_ms,
+/* Whether the last failure was Redis going away (no reply, or LOADING, NOGROUP, READONLY,
+ * MASTERDOWN, TRYAGAIN, BUSY): the same work succeeds once it is back. */
+bool stream_consumer_lost(const stream_consumer *consumer);
+
+/* Checkpoints what was offered since the last checkpoint (nothing to do when nothing was),
+ * then reconnects, pausing 100 ms, doubling up to run->reconnect_max_ms, until Redis answers or
+ * *run->stop is set or run->idle_exit_ms passes; then starts again as stream_consumer_open does
+ * and reads its own pending entries first. 0 once connected again (or stopped), an error when
+ * the checkpoint or the disk-side restart fails. */
+typedef struct stream_consumer_run_options stream_consumer_run_options;
+int stream_consumer_reconnect(stream_consumer *consumer, const stream_consumer_run_options *run,
+                              duel_error *err);
+
+/* What `duel train` runs: polls until *stop is set (signal handlers set it) or, when
+ * idle_exit_ms > 0, until no entry has arrived for that long (rounds that read this consumer's
+ * own pending entries count as arrivals); reconnects when Redis goes away
+ * (stream_consumer_reconnect); after_round (optional) is called after every round; at the end
+ * stream_consumer_flush (when Redis is there: otherwise the reconnect's checkpoint holds
+ * everything). */
+struct stream_consumer_run_options {
+    volatile sig_atomic_t *stop; /* NULL: only idle_exit_ms ends the run */
+    int idle_exit_ms;            /* 0: no idle exit */
+    int reconnect_max_ms;        /* longest pause between reconnection attempts; 0: 5000 */
+    void (*after_round)(void *context);
+    void *context;
+};
+int stream_consumer_run(stream_consumer *consumer, const stream_consumer_run_options *run,
                         duel_error *err);
 
 void stream_consumer_get_stats(const stream_consumer *consumer, stream_consumer_stats *out);

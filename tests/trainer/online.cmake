@@ -1,20 +1,17 @@
 # tests/trainer/online.cmake: the online trainer service: ERM training, vote entry decoding, the
 # Redis stream consumer (real redis-server per test), snapshots and crash safety of `duel train`.
 duel_test(test_erm_train ${CMAKE_CURRENT_LIST_DIR}/test_erm_train.c)
-duel_test(test_online_sha256 ${CMAKE_CURRENT_LIST_DIR}/test_online_sha256.c)
 duel_test(test_vote_entry ${CMAKE_CURRENT_LIST_DIR}/test_vote_entry.c)
-# Integration tests: each starts its own redis-server (tests/tools/redis_fixture.c) and trains the
-# fixture model tiny-llama-f32 (fwd_make_models).
-duel_test(test_online_service ${CMAKE_CURRENT_LIST_DIR}/test_online_service.c
-          ${PROJECT_SOURCE_DIR}/tests/tools/redis_fixture.c)
+# Integration tests: each starts its own redis-server (tests/tools/redis_fixture.h over
+# common/redis_server.h) and trains the fixture model tiny-llama-f32 (fwd_make_models).
+duel_test(test_online_service ${CMAKE_CURRENT_LIST_DIR}/test_online_service.c)
 if(NOT DUEL_FUZZ)
   target_include_directories(test_online_service PRIVATE ${PROJECT_SOURCE_DIR}/tests/tools)
   set_tests_properties(test_online_service PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 120)
 endif()
 # Crash safety of the `duel train` executable: kill -9 at random points, resume, compare with an
 # uninterrupted run.
-duel_test(test_online_crash ${CMAKE_CURRENT_LIST_DIR}/test_online_crash.c
-          ${PROJECT_SOURCE_DIR}/tests/tools/redis_fixture.c)
+duel_test(test_online_crash ${CMAKE_CURRENT_LIST_DIR}/test_online_crash.c)
 if(NOT DUEL_FUZZ)
   target_include_directories(test_online_crash PRIVATE ${PROJECT_SOURCE_DIR}/tests/tools)
   target_compile_definitions(test_online_crash PRIVATE DUEL_EXE="$<TARGET_FILE:duel>")
@@ -27,8 +24,7 @@ if(NOT DUEL_FUZZ)
   set_tests_properties(test_online_mixture PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 120)
 endif()
 # Live knobs (duel:knobs): validation, and through a real redis-server.
-duel_test(test_online_knobs ${CMAKE_CURRENT_LIST_DIR}/test_online_knobs.c
-          ${PROJECT_SOURCE_DIR}/tests/tools/redis_fixture.c)
+duel_test(test_online_knobs ${CMAKE_CURRENT_LIST_DIR}/test_online_knobs.c)
 if(NOT DUEL_FUZZ)
   target_include_directories(test_online_knobs PRIVATE ${PROJECT_SOURCE_DIR}/tests/tools)
   set_tests_properties(test_online_knobs PROPERTIES FIXTURES_REQUIRED fwd_models TIMEOUT 120)

@@ -65,7 +65,8 @@ static void test_validation(void **state) {
     const char *values[] = {"0.3", "0.7", "ee_ts", "0.9", "1", "2", "0",
                             "1e400", "slic", "0.5", "12x", "-1"};
     online_knob_report rep;
-    assert_int_equal(online_trainer_set_knobs(t, 12, names, values, &rep), 0);
+    /* some knobs are rejected: DUEL_EINVAL, and the valid ones still apply */
+    assert_int_equal(online_trainer_set_knobs(t, 12, names, values, &rep), DUEL_EINVAL);
     const online_trainer_options *in = online_trainer_get_options(t);
     /* applied: loss (then beta over slic's default 0.2), gamma, batch_size, lr_scale */
     assert_int_equal(rep.applied, 5);
@@ -92,13 +93,17 @@ static void test_validation(void **state) {
     assert_null(find_rejection(&rep, "temperature")); /* serving knobs are not the trainer's */
     /* A bad loss name is rejected; without the beta knob, a new loss brings its own beta. */
     const char *n2[] = {"loss"}, *v2[] = {"ipo"}, *v3[] = {"hinge"};
-    assert_int_equal(online_trainer_set_knobs(t, 1, n2, v3, &rep), 0);
+    assert_int_equal(online_trainer_set_knobs(t, 1, n2, v3, &rep), DUEL_EINVAL);
     assert_int_equal(rep.num_rejected, 1);
+    assert_string_equal(rep.rejected[0].name, "loss");
     assert_int_equal(in->loss.kind, DAP_LOSS_DPO);
-    assert_int_equal(online_trainer_set_knobs(t, 1, n2, v2, &rep), 0);
+    assert_int_equal(online_trainer_set_knobs(t, 1, n2, v2, &rep), 0); /* all accepted */
+    assert_int_equal(rep.applied, 1);
+    assert_int_equal(rep.num_rejected, 0);
     assert_int_equal(in->loss.kind, DAP_LOSS_IPO);
     /* Knobs deleted from the hash: everything back to the config. */
     assert_int_equal(online_trainer_set_knobs(t, 0, NULL, NULL, &rep), 0);
+    assert_int_equal(rep.applied, 0);
     assert_int_equal(in->loss.kind, DAP_LOSS_DPO);
     assert_true(in->loss.beta == o.loss.beta);
     assert_int_equal(in->batch_size, 4);

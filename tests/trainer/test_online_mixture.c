@@ -49,19 +49,19 @@ static void test_label_hand_built(void **state) {
                                    0.1f, 1.0f, 1.0f,  /* */
                                    1.0f, 0.2f, 1.0f};
     int c = -1, r = -1;
-    assert_int_equal(online_sea_label(model, features, M, 0, &c, &r, NULL), 0);
+    assert_int_equal(sea_label(model, features, M, 0, &c, &r, NULL), 0);
     assert_int_equal(c, 1); /* 2.0 */
     assert_int_equal(r, 2); /* 0.1 */
-    assert_int_equal(online_sea_label(model, features, M, 1, &c, &r, NULL), 0);
+    assert_int_equal(sea_label(model, features, M, 1, &c, &r, NULL), 0);
     assert_int_equal(c, 0); /* 3.0 */
     assert_int_equal(r, 1); /* 0.2 at 1 and 3: the first */
-    assert_int_equal(online_sea_label(model, features, M, 2, &c, &r, NULL), 0);
+    assert_int_equal(sea_label(model, features, M, 2, &c, &r, NULL), 0);
     assert_int_equal(c, 0); /* all equal */
     assert_int_equal(r, 1);
     duel_error err;
-    assert_int_equal(online_sea_label(model, features, 1, 0, &c, &r, &err), DUEL_EINVAL);
-    assert_int_equal(online_sea_label(model, features, M, 3, &c, &r, &err), DUEL_EINVAL);
-    assert_int_equal(online_sea_label(model, features, M, -1, &c, &r, &err), DUEL_EINVAL);
+    assert_int_equal(sea_label(model, features, 1, 0, &c, &r, &err), DUEL_EINVAL);
+    assert_int_equal(sea_label(model, features, M, 3, &c, &r, &err), DUEL_EINVAL);
+    assert_int_equal(sea_label(model, features, M, -1, &c, &r, &err), DUEL_EINVAL);
     erm_free(model);
 }
 
@@ -80,7 +80,7 @@ static void test_label_is_the_widest_pair(void **state) {
         for (int k = 0; k < MC * 16; k++) features[k] = (float)duel_rng_normal(&rng);
         assert_int_equal(erm_score(model, features, MC, rewards, NULL), 0);
         int head = trial % 5, c, r;
-        assert_int_equal(online_sea_label(model, features, MC, head, &c, &r, NULL), 0);
+        assert_int_equal(sea_label(model, features, MC, head, &c, &r, NULL), 0);
         double best = -1;
         for (int i = 0; i < MC; i++)
             for (int j = i + 1; j < MC; j++) best = fmax(best, fabs((double)rewards[i * 5 + head] - rewards[j * 5 + head]));
@@ -176,7 +176,7 @@ static void feed(online_trainer *t, int serial0, int n, int *counts, int *n_upda
         duel_error err = {0};
         if (online_trainer_offer(t, id, &e, &res, &err)) fail_msg("%s", err.message);
         vote_entry_free(&e);
-        if (online_trainer_batch_ready(t)) {
+        if (online_trainer_cut_due(t, true)) { /* batch_size pairs pending (caught up) */
             int predicted = online_trainer_synthetic_pairs(t);
             if (online_trainer_apply(t, &err)) fail_msg("%s", err.message);
             online_trainer_status s;

@@ -13,7 +13,7 @@
 #include "json_util.h"
 #include "online_trainer.h"
 #include "redis_fixture.h"
-#include "snapshot.h"
+#include "snapshot_write.h"
 #include "stream_consumer.h"
 #include "test_online_votes.h"
 
