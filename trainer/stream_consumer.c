@@ -790,8 +790,9 @@ int stream_consumer_reconnect(stream_consumer *c, const stream_consumer_run_opti
     }
     online_trainer_status s;
     online_trainer_get_status(c->trainer, &s);
-    log_line(c, "redis %s:%d went away (%s); checkpointed step %lld, %lld prefs applied (last applied id '%s'); "
-             "reconnecting", c->host, c->o.port, err ? err->message : "connection lost", (long long)s.step, (long long)s.prefs_applied,
+    log_line(c, "redis %s:%d went away (%s); the checkpoint holds step %lld, %lld prefs applied and %d pending "
+             "(last applied id '%s'); reconnecting", c->host, c->o.port, err ? err->message : "connection lost",
+             (long long)s.step, (long long)s.prefs_applied, online_trainer_pending_pairs(c->trainer),
              s.last_applied_id);
     const int max_ms = run->reconnect_max_ms > 0 ? run->reconnect_max_ms : RECONNECT_DEFAULT_MAX_MS;
     int wait_ms = RECONNECT_FIRST_MS;

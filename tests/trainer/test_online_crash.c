@@ -16,14 +16,15 @@
 #include <sys/wait.h>
 #include <time.h>
 
-#include "json_util.h"
-#include "redis_fixture.h"
-#include "sha256.h"
-#include "test_online_votes.h"
-
 #ifndef DUEL_EXE
 #error "DUEL_EXE (path of the duel executable) must be defined by the build"
 #endif
+
+#include "json_util.h"
+#include "online_test_env.h"
+#include "redis_fixture.h"
+#include "sha256.h"
+#include "test_online_votes.h"
 
 #define N_VOTES 241 /* 224 a/b pairs (whole batches of 4), 14 ties, 3 malformed */
 #define N_KILLS 20
@@ -36,38 +37,11 @@ static int stop_redis(void **state) {
     return 0;
 }
 
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static pid_t spawn_trainer(const char *config, const char *data, const char *log) {
-    char redis[64];
-    snprintf(redis, sizeof redis, "127.0.0.1:%d", g_redis.port);
-    pid_t pid = fork();
-    assert_true(pid >= 0);
-    if (pid == 0) {
-        FILE *f = freopen(log, "a", stderr);
-        (void)f;
-        execl(DUEL_EXE, DUEL_EXE, "train", "--redis", redis, "--config", config, "--data-dir", data,
-              "--idle-exit-ms", "700", (char *)NULL);
-        _exit(127);
-    }
-    return pid;
+    return online_test_spawn_train(g_redis.port, config, data, log, "700");
 }
 
-/* Waits for a trainer to exit by itself (at most 120 s); returns its exit status. */
-static int wait_trainer(pid_t pid) {
-    for (int i = 0; i < 12000; i++) {
-        int status;
-        if (waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128;
-        sleep_ms(10);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    fail_msg("duel train did not finish");
-    return -1;
-}
+static int wait_trainer(pid_t pid) { return online_test_wait_exit(pid, 120); }
 
 static void produce(redisContext *c) {
     vote_producer p;
@@ -132,7 +106,7 @@ static void check_exactly_once(redisContext *c, json_t *state, int n_ab, int n_t
 static void test_kill9_resume_is_exact(void **state) {
     (void)state;
     char model[1024], root[512], config[700], data_a[700], data_b[700], log[700];
-    snprintf(model, sizeof model, "%s/test-models/tiny-llama-f32", test_env("DUEL_BUILD_DIR", "."));
+    snprintf(model, sizeof model, "%s", online_test_model());
     test_make_temp_dir("online-crash", root, sizeof root);
     snprintf(config, sizeof config, "%s/config.json", root);
     snprintf(data_a, sizeof data_a, "%s/a", root);
@@ -190,11 +164,11 @@ static void test_kill9_resume_is_exact(void **state) {
             for (int t = 0; t < 6000 && checkpoint_step(ckpt_b) <= before; t++) {
                 int status;
                 if (waitpid(pid, &status, WNOHANG) == pid) fail_msg("duel train exited early");
-                sleep_ms(10);
+                online_test_sleep_ms(10);
             }
         }
         const int wait_ms = (int)duel_rng_below(&rng, k % 2 == 0 ? 40 : 300);
-        for (int t = 0; t < wait_ms && checkpoint_step(ckpt_b) < before + 2; t += 2) sleep_ms(2);
+        for (int t = 0; t < wait_ms && checkpoint_step(ckpt_b) < before + 2; t += 2) online_test_sleep_ms(2);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         if (k == N_KILLS / 2) {
@@ -268,7 +242,7 @@ static char *read_text(const char *path) {
 static void test_gpu_transport_without_device(void **state) {
     (void)state;
     char model[1024], root[512], config[700], data[700], log[700], text[2048];
-    snprintf(model, sizeof model, "%s/test-models/tiny-llama-f32", test_env("DUEL_BUILD_DIR", "."));
+    snprintf(model, sizeof model, "%s", online_test_model());
     test_make_temp_dir("online-transport", root, sizeof root);
     snprintf(config, sizeof config, "%s/config.json", root);
     snprintf(data, sizeof data, "%s/data", root);

@@ -8,44 +8,16 @@
 
 #include <jansson.h>
 
-#include "online_trainer.h"
+#include "online_test_env.h"
 #include "redis_fixture.h"
-#include "stream_consumer.h"
 #include "test_online_votes.h"
 
 static redis_fixture g_redis;
-static char g_model[1024];
 
 static int stop_redis(void **state) {
     (void)state;
     redis_fixture_stop(&g_redis);
     return 0;
-}
-
-static void options_for(online_trainer_options *o) {
-    online_trainer_default_options(o);
-    o->model_dir = g_model;
-    o->model_id = "tiny";
-    o->erm_heads = 4;
-    o->erm_hidden = 32;
-    o->batch_size = 4;
-    o->max_batch_size = 1; /* fixed batches of whatever batch_size the knobs set */
-    o->lr = 1e-3;
-    o->min_lr = 1e-4;
-    o->warmup_steps = 2;
-    o->total_steps = 100;
-    o->publish_every = 3;
-    o->publish_every_seconds = 0;
-    o->publish_when_idle = false;
-    o->erm.min_pairs = 4;
-}
-
-static online_trainer *open_trainer(const online_trainer_options *o, const char *tag, char *dir, size_t cap) {
-    test_make_temp_dir(tag, dir, cap);
-    online_trainer *t = NULL;
-    duel_error err = {0};
-    if (online_trainer_open(o, dir, &t, &err)) fail_msg("%s", err.message);
-    return t;
 }
 
 static const online_knob_rejection *find_rejection(const online_knob_report *r, const char *name) {
@@ -57,9 +29,9 @@ static const online_knob_rejection *find_rejection(const online_knob_report *r, 
 static void test_validation(void **state) {
     (void)state;
     online_trainer_options o;
-    options_for(&o);
+    online_test_options(&o);
     char dir[512];
-    online_trainer *t = open_trainer(&o, "knobs-unit", dir, sizeof dir);
+    online_trainer *t = online_test_open(&o, "knobs-unit", dir, sizeof dir);
     const char *names[] = {"beta", "temperature", "strategy", "gamma", "bogus", "batch_size", "checkpoint_every",
                            "publish_every_seconds", "loss", "lr_scale", "burn_in", "publish_every"};
     const char *values[] = {"0.3", "0.7", "ee_ts", "0.9", "1", "2", "0",
@@ -127,16 +99,6 @@ static void capture(void *context, const char *line) {
     snprintf(c->text + n, sizeof c->text - n, "%s\n", line);
 }
 
-static void drain(stream_consumer *sc) {
-    int idle = 0;
-    for (int round = 0; round < 10000 && idle < 3; round++) {
-        int n = 0;
-        duel_error err = {0};
-        if (stream_consumer_poll(sc, &n, &err)) fail_msg("poll: %s", err.message);
-        idle = n == 0 ? idle + 1 : 0;
-    }
-}
-
 static void hset(redisContext *c, const char *field, const char *value) {
     redisReply *r = redisCommand(c, "HSET duel:knobs %s %s", field, value);
     assert_non_null(r);
@@ -156,7 +118,7 @@ static json_t *status_knobs(redisContext *c) {
 static void test_knobs_through_redis(void **state) {
     (void)state;
     online_trainer_options o;
-    options_for(&o);
+    online_test_options(&o);
     char dir[512];
     assert_int_equal(redis_fixture_start(&g_redis, "knobs"), 0);
     redisContext *c = redis_fixture_connect(&g_redis);
@@ -168,13 +130,9 @@ static void test_knobs_through_redis(void **state) {
     hset(c, "bogus", "1");              /* unknown */
     hset(c, "checkpoint_every", "zero"); /* wrong type */
     hset(c, "publish_every", "-4");     /* out of range */
-    online_trainer *t = open_trainer(&o, "knobs-redis", dir, sizeof dir);
+    online_trainer *t = online_test_open(&o, "knobs-redis", dir, sizeof dir);
     stream_consumer_options so;
-    stream_consumer_default_options(&so);
-    so.port = g_redis.port;
-    so.block_ms = 50;
-    so.timeout_ms = 2000;
-    so.data_dir = dir;
+    online_test_consumer_options(&so, g_redis.port, dir);
     log_capture logs = {0};
     so.log = capture;
     so.log_context = &logs;
@@ -184,7 +142,7 @@ static void test_knobs_through_redis(void **state) {
     vote_producer p;
     vote_producer_init(&p, 3, 128, "tiny");
     for (int i = 0; i < 8; i++) vote_producer_add(&p, c, "duel:prefs", "*", VOTE_AB, NULL);
-    drain(sc);
+    online_test_drain(sc);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 4); /* batches of 2, not the configured 4 */
@@ -212,7 +170,7 @@ static void test_knobs_through_redis(void **state) {
     hset(c, "beta", "0.05");
     freeReplyObject(redisCommand(c, "HDEL duel:knobs batch_size"));
     for (int i = 0; i < 4; i++) vote_producer_add(&p, c, "duel:prefs", "*", VOTE_AB, NULL);
-    drain(sc);
+    online_test_drain(sc);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 5);
     assert_int_equal(logs.lines, 4);
@@ -230,7 +188,6 @@ static void test_knobs_through_redis(void **state) {
 }
 
 int main(void) {
-    snprintf(g_model, sizeof g_model, "%s/test-models/tiny-llama-f32", test_env("DUEL_BUILD_DIR", "."));
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_validation),
         cmocka_unit_test_teardown(test_knobs_through_redis, stop_redis),

@@ -10,17 +10,9 @@
 #include <math.h>
 
 #include "lm_trainer.h"
-#include "online_trainer.h"
-#include "rng.h"
+#include "online_test_env.h"
 
-#define M 4
-#define D_FEAT 128 /* 2 * hidden_size of tiny-llama-f32 */
-
-static char g_model[1024];
-
-static void model_path(void) {
-    snprintf(g_model, sizeof g_model, "%s/test-models/tiny-llama-f32", test_env("DUEL_BUILD_DIR", "."));
-}
+#define M ONLINE_TEST_M
 
 /* ---- the label ---------------------------------------------------------------------------- */
 
@@ -93,72 +85,12 @@ static void test_label_is_the_widest_pair(void **state) {
 
 /* ---- the trainer -------------------------------------------------------------------------- */
 
-/* A vote on M random candidates for the fixture model (vocabulary 512); the choice follows a
- * hidden linear reward on the features. */
-static void make_entry(duel_rng *rng, int serial, vote_choice kind, vote_entry *e) {
-    memset(e, 0, sizeof *e);
-    snprintf(e->vote_id, sizeof e->vote_id, "mix-%06d", serial);
-    snprintf(e->duel_id, sizeof e->duel_id, "duel-%06d", serial);
-    snprintf(e->model_id, sizeof e->model_id, "tiny");
-    snprintf(e->strategy, sizeof e->strategy, "ee_ts");
-    e->num_candidates = M;
-    e->d_feat = D_FEAT;
-    e->num_heads = 1;
-    e->n_prompt_tokens = 3 + (int)duel_rng_below(rng, 5);
-    e->prompt_tokens = malloc((size_t)e->n_prompt_tokens * sizeof(int32_t));
-    e->cand_offsets = malloc((M + 1) * sizeof(int32_t));
-    e->cand_tokens = malloc(M * 12 * sizeof(int32_t));
-    e->features = malloc((size_t)M * D_FEAT * sizeof(float));
-    e->erm_rewards = calloc(M, sizeof(float));
-    for (int i = 0; i < e->n_prompt_tokens; i++) e->prompt_tokens[i] = 3 + (int32_t)duel_rng_below(rng, 500);
-    e->cand_offsets[0] = 0;
-    for (int m = 0; m < M; m++) {
-        int len = 2 + (int)duel_rng_below(rng, 10);
-        for (int i = 0; i < len; i++) e->cand_tokens[e->cand_offsets[m] + i] = 3 + (int32_t)duel_rng_below(rng, 500);
-        e->cand_offsets[m + 1] = e->cand_offsets[m] + len;
-    }
-    e->n_cand_tokens = e->cand_offsets[M];
-    double r[M];
-    for (int m = 0; m < M; m++) {
-        r[m] = 0;
-        for (int k = 0; k < D_FEAT; k++) {
-            float x = (float)duel_rng_normal(rng);
-            e->features[m * D_FEAT + k] = x;
-            r[m] += (k % 3 == 0 ? 1.0 : -0.5) * x;
-        }
-    }
-    int a = (int)duel_rng_below(rng, M), b = (a + 1 + (int)duel_rng_below(rng, M - 1)) % M;
-    e->choice = kind != VOTE_CHOICE_A ? kind : (r[a] >= r[b] ? VOTE_CHOICE_A : VOTE_CHOICE_B);
-    e->chosen_idx = e->choice == VOTE_CHOICE_B ? b : a;
-    e->rejected_idx = e->choice == VOTE_CHOICE_B ? a : b;
-}
-
 static void options_for(online_trainer_options *o, double gamma, int64_t burn_in) {
-    online_trainer_default_options(o);
-    o->model_dir = g_model;
-    o->model_id = "tiny";
-    o->erm_heads = 4;
-    o->erm_hidden = 32;
-    o->batch_size = 4;
-    o->lr = 1e-3;
-    o->min_lr = 1e-4;
-    o->warmup_steps = 2;
-    o->total_steps = 100;
+    online_test_options(o);
     o->publish_every = 0;
-    o->erm.min_pairs = 4;
     o->gamma = gamma;
     o->burn_in = burn_in;
     o->synthetic_store = 10; /* small: the ring wraps within the test */
-}
-
-static online_trainer *open_trainer(const online_trainer_options *o, const char *tag, char *dir, size_t cap) {
-    char local[512];
-    if (!dir) dir = local, cap = sizeof local;
-    test_make_temp_dir(tag, dir, cap);
-    online_trainer *t = NULL;
-    duel_error err = {0};
-    if (online_trainer_open(o, dir, &t, &err)) fail_msg("%s", err.message);
-    return t;
 }
 
 /* Offers votes serial0 .. serial0+n-1 (every fifth a tie), applying each ready batch; returns
@@ -169,7 +101,7 @@ static void feed(online_trainer *t, int serial0, int n, int *counts, int *n_upda
         duel_rng rng; /* each vote depends on its serial alone */
         duel_rng_seed(&rng, 1000 + (uint64_t)serial);
         vote_entry e;
-        make_entry(&rng, serial, serial % 5 == 4 ? VOTE_CHOICE_TIE : VOTE_CHOICE_A, &e);
+        online_test_entry(&rng, serial, serial % 5 == 4 ? VOTE_CHOICE_TIE : VOTE_CHOICE_A, &e);
         char id[32];
         snprintf(id, sizeof id, "1-%d", serial + 1);
         online_offer_result res;
@@ -199,7 +131,7 @@ static void test_burn_in_then_mixture(void **state) {
     (void)state;
     online_trainer_options o;
     options_for(&o, 0.7, 8);
-    online_trainer *t = open_trainer(&o, "mix-burn", NULL, 0);
+    online_trainer *t = online_test_open(&o, "mix-burn", NULL, 0);
     int counts[16], n = 0;
     feed(t, 0, 25, counts, &n); /* 20 a/b pairs: 5 updates */
     assert_int_equal(n, 5);
@@ -216,7 +148,7 @@ static void test_burn_in_then_mixture(void **state) {
     online_trainer_close(t);
     /* gamma 0.5 with batch 4: as many synthetic as real pairs. */
     options_for(&o, 0.5, 0);
-    t = open_trainer(&o, "mix-half", NULL, 0);
+    t = online_test_open(&o, "mix-half", NULL, 0);
     n = 0;
     feed(t, 0, 10, counts, &n);
     assert_int_equal(n, 2);
@@ -229,11 +161,11 @@ static void test_gamma_one_is_no_mixture(void **state) {
     (void)state;
     online_trainer_options o;
     options_for(&o, 1.0, 0);
-    online_trainer *one = open_trainer(&o, "mix-g1", NULL, 0);
+    online_trainer *one = online_test_open(&o, "mix-g1", NULL, 0);
     options_for(&o, 0.7, (int64_t)1 << 40);
-    online_trainer *none = open_trainer(&o, "mix-none", NULL, 0);
+    online_trainer *none = online_test_open(&o, "mix-none", NULL, 0);
     options_for(&o, 0.7, 0);
-    online_trainer *mixed = open_trainer(&o, "mix-g07", NULL, 0);
+    online_trainer *mixed = online_test_open(&o, "mix-g07", NULL, 0);
     int counts[16], n = 0;
     feed(one, 0, 20, counts, &n);
     for (int i = 0; i < n; i++) assert_int_equal(counts[i], 0);
@@ -253,8 +185,8 @@ static void test_checkpoint_resume_is_exact(void **state) {
     online_trainer_options o;
     options_for(&o, 0.6, 4);
     char dir[512];
-    online_trainer *a = open_trainer(&o, "mix-ckpt-a", NULL, 0);
-    online_trainer *b = open_trainer(&o, "mix-ckpt-b", dir, sizeof dir);
+    online_trainer *a = online_test_open(&o, "mix-ckpt-a", NULL, 0);
+    online_trainer *b = online_test_open(&o, "mix-ckpt-b", dir, sizeof dir);
     feed(a, 0, 40, NULL, NULL);
     feed(b, 0, 22, NULL, NULL); /* 18 a/b pairs: 4 updates, 2 pending */
     assert_int_equal(online_trainer_pending_pairs(b), 2);
@@ -324,12 +256,12 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions, ref_mode mod
     if (chunk_positions > 0) o.chunk_positions = chunk_positions;
     o.clip_norm = 0;
     dap_loss_default_options(kind, &o.loss);
-    online_trainer *t = open_trainer(&o, "mix-grad", NULL, 0);
+    online_trainer *t = online_test_open(&o, "mix-grad", NULL, 0);
     vote_entry votes[7];
     for (int i = 0; i < 7; i++) {
         duel_rng rng;
         duel_rng_seed(&rng, 500 + (uint64_t)i);
-        make_entry(&rng, 500 + i, VOTE_CHOICE_A, &votes[i]);
+        online_test_entry(&rng, 500 + i, VOTE_CHOICE_A, &votes[i]);
         if (i == 2) { /* an empty chosen response: IPO cannot use the pair */
             vote_entry *e = &votes[i];
             int c = e->chosen_idx, len = e->cand_offsets[c + 1] - e->cand_offsets[c];
@@ -376,9 +308,9 @@ static void check_gradient(dap_loss_kind kind, int chunk_positions, ref_mode mod
         }
     train_model *policy = NULL, *reference = NULL;
     char *cfg = NULL;
-    assert_int_equal(lm_model_load_hf(g_model, &policy, &cfg, NULL), 0);
+    assert_int_equal(lm_model_load_hf(online_test_model(), &policy, &cfg, NULL), 0);
     free(cfg);
-    assert_int_equal(lm_model_load_hf(g_model, &reference, &cfg, NULL), 0);
+    assert_int_equal(lm_model_load_hf(online_test_model(), &reference, &cfg, NULL), 0);
     free(cfg);
     train_batch tb = {14, T, tokens, targets, mask};
     double seq[14], cnt[14], ref[14], rcnt[14], dseq[14];
@@ -518,7 +450,6 @@ static void test_bad_options(void **state) {
 }
 
 int main(void) {
-    model_path();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_label_hand_built),
         cmocka_unit_test(test_label_is_the_widest_pair),

@@ -11,10 +11,9 @@
 #include <unistd.h>
 
 #include "json_util.h"
-#include "online_trainer.h"
+#include "online_test_env.h"
 #include "redis_fixture.h"
 #include "snapshot_write.h"
-#include "stream_consumer.h"
 #include "test_online_votes.h"
 
 #define N_VOTES 46
@@ -22,7 +21,7 @@
 typedef struct env {
     redis_fixture redis;
     redisContext *c;
-    char model[1024], data[512];
+    char data[512];
     online_trainer_options to;
     stream_consumer_options so;
 } env;
@@ -43,31 +42,11 @@ static void env_init(env *e, const char *tag) {
     assert_int_equal(redis_fixture_start(&e->redis, tag), 0);
     e->c = redis_fixture_connect(&e->redis);
     assert_non_null(e->c);
-    snprintf(e->model, sizeof e->model, "%s/test-models/tiny-llama-f32", test_env("DUEL_BUILD_DIR", "."));
     test_make_temp_dir(tag, e->data, sizeof e->data);
-    online_trainer_default_options(&e->to);
-    e->to.model_dir = e->model;
-    e->to.model_id = "tiny";
-    e->to.erm_heads = 4;
-    e->to.erm_hidden = 32;
-    e->to.batch_size = 4;
-    e->to.max_batch_size = 1; /* fixed batches of batch_size (test_batches_grow_behind_the_stream: not) */
-    e->to.lr = 1e-3;
-    e->to.min_lr = 1e-4;
-    e->to.warmup_steps = 2;
-    e->to.total_steps = 100;
-    e->to.publish_every = 3;
+    online_test_options(&e->to);
     e->to.erm.min_pairs = 8;
-    e->to.burn_in = 8;               /* the SEA mixture starts at the third update */
-    e->to.publish_every_seconds = 0; /* snapshots by update count only: a fixed number */
-    e->to.publish_when_idle = false;
-    stream_consumer_default_options(&e->so);
-    e->so.port = e->redis.port;
-    e->so.block_ms = 50;
-    e->so.timeout_ms = 2000;
-    e->so.data_dir = e->data;
-    e->so.tokenizer_dir = e->model;
-    e->so.base_model = e->model;
+    e->to.burn_in = 8; /* the SEA mixture starts at the third update */
+    online_test_consumer_options(&e->so, e->redis.port, e->data);
 }
 
 static void env_free(env *e) {
@@ -88,18 +67,6 @@ static void env_open(env *e, online_trainer **t, stream_consumer **sc) {
 static void env_close(stream_consumer *sc, online_trainer *t) {
     stream_consumer_close(sc);
     online_trainer_close(t);
-}
-
-/* Polls until two rounds in a row read nothing new. */
-static void drain(stream_consumer *sc) {
-    int idle = 0;
-    for (int round = 0; round < 10000 && idle < 3; round++) {
-        int n = 0;
-        duel_error err = {0};
-        int rc = stream_consumer_poll(sc, &n, &err);
-        if (rc) fail_msg("poll: %s", err.message);
-        idle = n == 0 ? idle + 1 : 0;
-    }
 }
 
 static redisReply *cmd(redisContext *c, const char *fmt, ...) {
@@ -148,7 +115,7 @@ static void test_applies_votes_exactly_once(void **state) {
     stream_consumer *sc;
     duel_error err = {0};
     env_open(&e, &t, &sc);
-    drain(sc);
+    online_test_drain(sc);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
     assert_int_equal(s.prefs_applied, n_ab);
@@ -239,7 +206,7 @@ static void test_applies_votes_exactly_once(void **state) {
     vote_producer_init(&q, 42, 128, "tiny"); /* same seed: same first vote id */
     vote_producer_add(&q, e.c, "duel:prefs", "*", VOTE_AB, NULL);
     for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
-    drain(sc);
+    online_test_drain(sc);
     online_trainer_get_status(t, &s2);
     assert_int_equal(s2.step, s.step + 1);
     assert_int_equal(s2.duplicates, 1);
@@ -267,7 +234,7 @@ static void test_redelivered_too_often_goes_dead(void **state) {
     online_trainer *t;
     stream_consumer *sc;
     env_open(&e, &t, &sc);
-    drain(sc);
+    online_test_drain(sc);
     r = cmd(e.c, "XRANGE duel:prefs:dead - +");
     assert_int_equal((int)r->elements, 1);
     redisReply *f = r->element[0]->element[1];
@@ -284,28 +251,11 @@ static void test_redelivered_too_often_goes_dead(void **state) {
     env_free(&e);
 }
 
-/* Polls until a round reads entries; returns how many. */
-static int poll_some(stream_consumer *sc) {
-    for (int round = 0; round < 100; round++) {
-        int n = 0;
-        duel_error err = {0};
-        if (stream_consumer_poll(sc, &n, &err)) fail_msg("poll: %s", err.message);
-        if (n > 0) return n;
-    }
-    fail_msg("no entries arrived");
-    return 0;
-}
-
 static long long pending_count(redisContext *c) {
     redisReply *r = cmd(c, "XPENDING duel:prefs trainers");
     long long n = r->element[0]->integer;
     freeReplyObject(r);
     return n;
-}
-
-static void sleep_ms(int ms) {
-    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
 }
 
 /* checkpoint_every 3: entries stay unacknowledged until the third update's checkpoint; a crash
@@ -328,7 +278,7 @@ static void test_checkpoint_every_defers_acks(void **state) {
     snprintf(state_path, sizeof state_path, "%s/trainer/checkpoint/state.json", e.data);
     const long long want_pending[4] = {4, 8, 0, 4};
     for (int k = 0; k < 4; k++) {
-        assert_int_equal(poll_some(sc), 4);
+        assert_int_equal(online_test_poll_some(sc), 4);
         online_trainer_status s;
         online_trainer_get_status(t, &s);
         assert_int_equal(s.step, k + 1);
@@ -346,7 +296,7 @@ static void test_checkpoint_every_defers_acks(void **state) {
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 3);
     if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
-    drain(sc);
+    online_test_drain(sc);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 5);
     assert_int_equal(s.prefs_applied, 20);
@@ -371,7 +321,7 @@ static void test_publish_every_seconds(void **state) {
     stream_consumer *sc;
     duel_error err = {0};
     env_open(&e, &t, &sc);
-    drain(sc);
+    online_test_drain(sc);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 2);
@@ -379,18 +329,18 @@ static void test_publish_every_seconds(void **state) {
     env_close(sc, t);
     e.to.publish_every_seconds = 0.05;
     env_open(&e, &t, &sc);
-    drain(sc);
+    online_test_drain(sc);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.published_version, 0); /* nothing new since the start */
     for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
-    drain(sc);
-    sleep_ms(100);
-    drain(sc);
+    online_test_drain(sc);
+    online_test_sleep_ms(100);
+    online_test_drain(sc);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 3);
     assert_int_equal(s.published_version, 1); /* at the update or in an idle round after it */
-    sleep_ms(100);
-    drain(sc);
+    online_test_sleep_ms(100);
+    online_test_drain(sc);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.published_version, 1);
     assert_int_equal(cmd_int(e.c, "ZCARD %s", "duel:snapshots"), 1);
@@ -439,7 +389,7 @@ static void test_publish_when_idle_and_prune(void **state) {
     char state_path[700];
     snprintf(state_path, sizeof state_path, "%s/trainer/checkpoint/state.json", e.data);
     for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
-    assert_int_equal(poll_some(sc), 4);
+    assert_int_equal(online_test_poll_some(sc), 4);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 1);
@@ -450,16 +400,16 @@ static void test_publish_when_idle_and_prune(void **state) {
     assert_int_equal(snapshot_meta_int(e.data, 1, "prefs_applied"), 4);
     /* A partial batch alone publishes nothing. */
     for (int i = 0; i < 2; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
-    assert_int_equal(poll_some(sc), 2);
+    assert_int_equal(online_test_poll_some(sc), 2);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.published_version, 1);
     for (int i = 0; i < 2; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
-    assert_int_equal(poll_some(sc), 2);
+    assert_int_equal(online_test_poll_some(sc), 2);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.published_version, 2);
     /* v3 makes v1 the oldest beyond the newest two: gone from the registry and the disk. */
     for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
-    assert_int_equal(poll_some(sc), 4);
+    assert_int_equal(online_test_poll_some(sc), 4);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.published_version, 3);
     assert_false(snapshot_exists(e.data, 1));
@@ -470,7 +420,7 @@ static void test_publish_when_idle_and_prune(void **state) {
     freeReplyObject(cmd(e.c, "SET duel:rollout %s", "{\"arms\":[{\"snapshot\":2,\"weight\":100}]}"));
     for (int k = 0; k < 2; k++) {
         for (int i = 0; i < 4; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
-        assert_int_equal(poll_some(sc), 4);
+        assert_int_equal(online_test_poll_some(sc), 4);
     }
     online_trainer_get_status(t, &s);
     assert_int_equal(s.published_version, 5);
@@ -505,7 +455,7 @@ static void test_snapshots_replayed_after_crash(void **state) {
     stream_consumer *sc;
     duel_error err = {0};
     env_open(&e, &t, &sc);
-    for (int k = 0; k < 5; k++) assert_int_equal(poll_some(sc), 4);
+    for (int k = 0; k < 5; k++) assert_int_equal(online_test_poll_some(sc), 4);
     online_trainer_status s;
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 5);
@@ -521,7 +471,7 @@ static void test_snapshots_replayed_after_crash(void **state) {
     assert_int_equal(s.step, 3);
     assert_int_equal(s.published_version, 3);
     if (stream_consumer_open(&e.so, t, &sc, &err)) fail_msg("%s", err.message);
-    drain(sc);
+    online_test_drain(sc);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 6);
     assert_int_equal(s.prefs_applied, 24);
@@ -557,12 +507,12 @@ static void test_batches_grow_behind_the_stream(void **state) {
     env_open(&e, &t, &sc);
     online_trainer_status s;
     for (int i = 0; i < 10; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
-    assert_int_equal(poll_some(sc), 10);
+    assert_int_equal(online_test_poll_some(sc), 10);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 1); /* caught up: all 10 in one batch (fixed batches: 2 of 4) */
     assert_int_equal(s.prefs_applied, 10);
     for (int i = 0; i < 40; i++) vote_producer_add(&p, e.c, "duel:prefs", "*", VOTE_AB, NULL);
-    assert_int_equal(poll_some(sc), 40);
+    assert_int_equal(online_test_poll_some(sc), 40);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 4); /* behind: 16 and 16, then the 8 left once caught up */
     assert_int_equal(s.prefs_applied, 50);
@@ -577,7 +527,7 @@ static void test_batches_grow_behind_the_stream(void **state) {
     env_open(&e, &t, &sc);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 0);
-    drain(sc);
+    online_test_drain(sc);
     online_trainer_get_status(t, &s);
     assert_int_equal(s.step, 6); /* 10, 16, 16, 8 replayed; then 16 (behind) and 4 */
     assert_int_equal(s.prefs_applied, 70);

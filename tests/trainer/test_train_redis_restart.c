@@ -1,0 +1,164 @@
+/* test_train_redis_restart.c: `duel train` survives Redis restarts (issue 21: it used to exit
+ * within 1-2 s with "XREADGROUP failed: Server closed the connection"). A running trainer sees
+ * its redis-server (appendfsync always) killed with SIGKILL twice: once idle with everything
+ * applied, once with a partial batch pending in memory. Each time it must stay up, log that
+ * Redis went away and came back, and go on applying the votes XADDed after the restart; at the
+ * end (SIGTERM, exit status 0) every vote is applied exactly once: the counts in its checkpoint,
+ * every vote id once, no duplicates, nothing pending in the group. */
+#ifndef DUEL_EXE
+#error "DUEL_EXE (path of the duel executable) must be defined by the build"
+#endif
+
+#include <jansson.h>
+
+#include "durable_file.h"
+#include "file_map.h"
+#include "json_util.h"
+#include "online_test_env.h"
+#include "redis_fixture.h"
+#include "test_online_votes.h"
+
+static redis_fixture g_redis;
+static pid_t g_trainer;
+
+static int teardown(void **state) {
+    (void)state;
+    if (g_trainer > 0) {
+        kill(g_trainer, SIGKILL);
+        waitpid(g_trainer, NULL, 0);
+        g_trainer = 0;
+    }
+    redis_fixture_remove_dir(&g_redis);
+    return 0;
+}
+
+/* A field of duel:trainer:status as an integer (-1 while absent or Redis is away). */
+static long long status_field(const char *field) {
+    redisContext *c = redis_fixture_connect(&g_redis);
+    if (!c) return -1;
+    redisReply *r = redisCommand(c, "HGET duel:trainer:status %s", field);
+    long long v = r && r->type == REDIS_REPLY_STRING ? atoll(r->str) : -1;
+    if (r) freeReplyObject(r);
+    redisFree(c);
+    return v;
+}
+
+/* Waits (at most 60 s) until the status says prefs_applied = applied and pending_pairs =
+ * pending, failing when the trainer exits meanwhile. */
+static void wait_for_status(long long applied, long long pending) {
+    for (int i = 0; i < 6000; i++) {
+        int status;
+        if (waitpid(g_trainer, &status, WNOHANG) == g_trainer) {
+            g_trainer = 0;
+            fail_msg("duel train exited (status %d) waiting for %lld applied, %lld pending",
+                     WIFEXITED(status) ? WEXITSTATUS(status) : 128, applied, pending);
+        }
+        if (status_field("prefs_applied") == applied && status_field("pending_pairs") == pending) return;
+        online_test_sleep_ms(10);
+    }
+    fail_msg("duel train did not reach %lld applied, %lld pending (at %lld, %lld)", applied, pending,
+             status_field("prefs_applied"), status_field("pending_pairs"));
+}
+
+static void add_votes(vote_producer *p, int n, char (*ids)[64], int *count) {
+    redisContext *c = redis_fixture_connect(&g_redis);
+    assert_non_null(c);
+    for (int i = 0; i < n; i++) vote_producer_add(p, c, "duel:prefs", "*", VOTE_AB, ids[(*count)++]);
+    redisFree(c);
+}
+
+/* SIGKILL, a pause longer than the trainer's first reconnection attempts, then the same port
+ * and AOF again. */
+static void crash_redis(void) {
+    redis_server_stop(&g_redis, SIGKILL);
+    online_test_sleep_ms(400);
+    assert_int_equal(redis_fixture_restart(&g_redis), 0);
+}
+
+static char *read_text(const char *path) {
+    char *contents = NULL;
+    size_t len = 0;
+    duel_error err = {0};
+    if (duel_file_read_all(path, 1 << 20, &contents, &len, &err)) fail_msg("%s", err.message);
+    return contents;
+}
+
+static void test_survives_redis_restarts(void **state) {
+    (void)state;
+    char root[512], config[700], data[700], log[700], text[2048];
+    test_make_temp_dir("train-redis-restart", root, sizeof root);
+    snprintf(config, sizeof config, "%s/config.json", root);
+    snprintf(data, sizeof data, "%s/data", root);
+    snprintf(log, sizeof log, "%s/train.log", root);
+    snprintf(text, sizeof text,
+             "{\"model\":{\"path\":\"%s\",\"id\":\"tiny\"},\"erm\":{\"num_heads\":4,\"hidden\":32,\"min_pairs\":4},"
+             "\"trainer\":{\"batch_size\":4,\"max_batch_size\":4,\"lr\":0.001,\"min_lr\":0.0001,\"warmup_steps\":2,"
+             "\"total_steps\":100,\"publish_every\":0,\"publish_every_seconds\":0,\"publish_when_idle\":false,"
+             "\"checkpoint_every\":1}}",
+             online_test_model());
+    test_write_file(config, text, strlen(text));
+    assert_int_equal(redis_fixture_start_with(&g_redis, "train-redis-restart", REDIS_SERVER_AOF_ALWAYS), 0);
+    vote_producer p;
+    vote_producer_init(&p, 77, 128, "tiny");
+    char ids[32][64];
+    int n = 0;
+    add_votes(&p, 8, ids, &n);
+    g_trainer = online_test_spawn_train(g_redis.port, config, data, log, NULL);
+    wait_for_status(8, 0);
+
+    /* Redis dies while the trainer waits for votes; votes arrive after it is back. */
+    crash_redis();
+    add_votes(&p, 8, ids, &n);
+    wait_for_status(16, 0);
+
+    /* Redis dies with two pairs of a batch pending in the trainer (taken, not acknowledged):
+     * the trainer checkpoints them; two more votes after the restart complete the batch. */
+    add_votes(&p, 6, ids, &n);
+    wait_for_status(20, 2);
+    crash_redis();
+    add_votes(&p, 2, ids, &n);
+    wait_for_status(24, 0);
+
+    kill(g_trainer, SIGTERM);
+    assert_int_equal(online_test_wait_exit(g_trainer, 60), 0);
+    g_trainer = 0;
+    char *out = read_text(log);
+    int outages = 0, returns = 0;
+    for (const char *at = out; (at = strstr(at, "went away")) != NULL; at++) outages++;
+    for (const char *at = out; (at = strstr(at, "is back after")) != NULL; at++) returns++;
+    if (outages != 2 || returns != 2) fail_msg("the log does not tell of two outages and returns:\n%s", out);
+    free(out);
+    /* Exactly once: the checkpoint's counts and vote ids, and nothing pending. */
+    char path[800];
+    snprintf(path, sizeof path, "%s/trainer/checkpoint/state.json", data);
+    json_t *st = NULL;
+    duel_error err = {0};
+    if (duel_json_load_file(path, 64 << 20, &st, &err)) fail_msg("%s", err.message);
+    assert_int_equal(json_integer_value(json_object_get(st, "prefs_applied")), n);
+    assert_int_equal(json_integer_value(json_object_get(st, "step")), n / 4);
+    assert_int_equal(json_integer_value(json_object_get(st, "duplicates")), 0);
+    json_t *recent = json_object_get(st, "recent_vote_ids");
+    assert_int_equal((int)json_array_size(recent), n);
+    for (int i = 0; i < n; i++) {
+        int count = 0;
+        for (size_t j = 0; j < json_array_size(recent); j++)
+            count += strcmp(json_string_value(json_array_get(recent, j)), ids[i]) == 0;
+        assert_int_equal(count, 1);
+    }
+    json_decref(st);
+    redisContext *c = redis_fixture_connect(&g_redis);
+    assert_non_null(c);
+    redisReply *r = redisCommand(c, "XPENDING duel:prefs trainers");
+    assert_non_null(r);
+    assert_int_equal(r->element[0]->integer, 0);
+    freeReplyObject(r);
+    redisFree(c);
+    durable_remove_tree(root);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_survives_redis_restarts, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
