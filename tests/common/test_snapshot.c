@@ -9,33 +9,7 @@
 
 #include "durable_file.h"
 #include "snapshot.h"
-
-/* Writes snapshot v under data/snapshots with small stand-in files; returns its folder. */
-static void make_snapshot(const char *data, int64_t v, int64_t step, char *dir, size_t cap) {
-    char root[600], path[800];
-    snprintf(root, sizeof root, "%s/snapshots", data);
-    mkdir(data, 0755);
-    mkdir(root, 0755);
-    assert_int_equal(snapshot_path(data, v, dir, cap, NULL), 0);
-    mkdir(dir, 0755);
-    snapshot_meta m = {.version = v, .parent = v - 1, .step = step, .prefs_applied = 8 * step, .created_ms = 1700};
-    snprintf(m.base_model, sizeof m.base_model, "models/default");
-    const char *names[] = {SNAPSHOT_FILE_MODEL, SNAPSHOT_FILE_CONFIG, SNAPSHOT_FILE_ERM, "tokenizer.json"};
-    for (int i = 0; i < 4; i++) {
-        char text[64];
-        snprintf(text, sizeof text, "%s of v%lld", names[i], (long long)v);
-        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
-        test_write_file(path, text, strlen(text));
-        snprintf(m.files[i].name, sizeof m.files[i].name, "%s", names[i]);
-        sha256_hex(text, strlen(text), m.files[i].sha256);
-    }
-    m.num_files = 4;
-    char *meta = snapshot_meta_dump(&m);
-    assert_non_null(meta);
-    snprintf(path, sizeof path, "%s/meta.json", dir);
-    test_write_file(path, meta, strlen(meta));
-    free(meta);
-}
+#include "snapshot_fake.h"
 
 /* Rewrites dir/meta.json with key set to the JSON value text (NULL: deleted). */
 static void edit_meta(const char *dir, const char *key, const char *value) {
@@ -62,7 +36,7 @@ static void test_round_trip_and_verify(void **state) {
     (void)state;
     char data[512], dir[600], path[800];
     test_make_temp_dir("snapshot-verify", data, sizeof data);
-    make_snapshot(data, 12, 30, dir, sizeof dir);
+    snapshot_fake(data, 12, 30, dir, sizeof dir);
     assert_non_null(strstr(dir, "/snapshots/v000012"));
     snapshot_meta m;
     duel_error err = {0};
@@ -105,7 +79,7 @@ static void test_path_guard(void **state) {
      * when the hash would match: here ../secret exists beside the snapshot with that hash. */
     char data[512], dir[600], path[800];
     test_make_temp_dir("snapshot-guard", data, sizeof data);
-    make_snapshot(data, 1, 1, dir, sizeof dir);
+    snapshot_fake(data, 1, 1, dir, sizeof dir);
     snprintf(path, sizeof path, "%s/snapshots/secret", data);
     test_write_file(path, "x", 1);
     const char *names[] = {"../secret", "..", ".", "sub/file", "/etc/hostname", "meta.json"};
@@ -122,7 +96,7 @@ static void test_malformed_meta(void **state) {
     (void)state;
     char data[512], dir[600];
     test_make_temp_dir("snapshot-meta", data, sizeof data);
-    make_snapshot(data, 3, 3, dir, sizeof dir);
+    snapshot_fake(data, 3, 3, dir, sizeof dir);
     struct {
         const char *key, *value, *reason;
     } cases[] = {
@@ -139,7 +113,7 @@ static void test_malformed_meta(void **state) {
          "lists no config.json"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        make_snapshot(data, 3, 3, dir, sizeof dir);
+        snapshot_fake(data, 3, 3, dir, sizeof dir);
         edit_meta(dir, cases[i].key, cases[i].value);
         snapshot_meta m;
         duel_error err = {0};
@@ -159,10 +133,10 @@ static void test_list(void **state) {
     assert_int_equal(snapshot_list(data, &list, &n, NULL), 0); /* no snapshots/ at all */
     assert_int_equal(n, 0);
     assert_null(list);
-    make_snapshot(data, 10, 100, dir, sizeof dir);
-    make_snapshot(data, 2, 20, dir, sizeof dir);
-    make_snapshot(data, 7, 70, dir, sizeof dir);
-    make_snapshot(data, 5, 50, dir, sizeof dir);
+    snapshot_fake(data, 10, 100, dir, sizeof dir);
+    snapshot_fake(data, 2, 20, dir, sizeof dir);
+    snapshot_fake(data, 7, 70, dir, sizeof dir);
+    snapshot_fake(data, 5, 50, dir, sizeof dir);
     edit_meta(dir, "version", "6"); /* v000005 says it is version 6: skipped */
     const char *strays[] = {"v000011.tmp", "v000012.old", "vfoo", "w000001", "v000000", "v000013"};
     for (size_t i = 0; i < sizeof strays / sizeof *strays; i++) {
@@ -194,7 +168,7 @@ static void test_redis_names(void **state) {
     /* the registration: every field from meta.json, then each file's hash */
     char data[512], dir[600];
     test_make_temp_dir("snapshot-keys", data, sizeof data);
-    make_snapshot(data, 4, 9, dir, sizeof dir);
+    snapshot_fake(data, 4, 9, dir, sizeof dir);
     snapshot_meta m;
     assert_int_equal(snapshot_meta_read(dir, &m, NULL), 0);
     snapshot_registration reg;
