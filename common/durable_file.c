@@ -15,7 +15,7 @@
 
 #define DURABLE_WRITER_BUFFER ((size_t)1 << 16) /* bytes gathered before one pwrite */
 
-ssize_t durable_pwrite(const durable_io *io, int fd, const void *buf, size_t n, off_t offset) {
+static ssize_t durable_pwrite(const durable_io *io, int fd, const void *buf, size_t n, off_t offset) {
     if (io && io->pwrite_fn) return io->pwrite_fn(io->ctx, fd, buf, n, offset);
     return pwrite(fd, buf, n, offset);
 }
@@ -25,7 +25,7 @@ int durable_fsync(const durable_io *io, int fd) {
     return fsync(fd);
 }
 
-int durable_rename(const durable_io *io, const char *from, const char *to) {
+static int durable_rename(const durable_io *io, const char *from, const char *to) {
     if (io && io->rename_fn) return io->rename_fn(io->ctx, from, to);
     return rename(from, to);
 }

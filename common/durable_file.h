@@ -37,10 +37,8 @@ typedef struct durable_io {
     int (*rename_fn)(void *ctx, const char *from, const char *to);
 } durable_io;
 
-/* The calls through the hooks (io may be NULL). */
-ssize_t durable_pwrite(const durable_io *io, int fd, const void *buf, size_t n, off_t offset);
+/* fsync through the hooks (io may be NULL). */
 int durable_fsync(const durable_io *io, int fd);
-int durable_rename(const durable_io *io, const char *from, const char *to);
 /* Writes all n bytes at offset, retrying short writes and EINTR; 0, or -1 with errno (a write
  * that returns 0 counts as EIO). */
 int durable_write_all(const durable_io *io, int fd, const void *buf, size_t n, off_t offset);

@@ -42,7 +42,9 @@ static int free_port(void) {
     return port;
 }
 
-int redis_server_ping(const redis_server *s) {
+/* Whether something answers +PONG on the server's port now (not -LOADING: still reading its
+ * AOF). */
+static int ping(const redis_server *s) {
     int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return 0;
     struct timeval tv = {1, 0};
@@ -97,7 +99,7 @@ static int spawn(redis_server *s) {
             s->pid = 0;
             return -1;
         }
-        if (redis_server_ping(s)) return 0;
+        if (ping(s)) return 0;
         sleep_ms(10);
     }
     redis_server_stop(s, SIGKILL);

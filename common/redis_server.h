@@ -41,7 +41,5 @@ void redis_server_stop(redis_server *server, int sig);
 int redis_server_restart(redis_server *server, duel_error *err);
 /* Stops it (SIGTERM) and removes its folder. */
 void redis_server_destroy(redis_server *server);
-/* Whether something answers PING on the server's port now. */
-int redis_server_ping(const redis_server *server);
 
 #endif

@@ -34,28 +34,12 @@ uint32_t spill_log_crc32(const void *data, size_t n) {
     return ~crc;
 }
 
-static ssize_t do_pwrite(spill_log *log, const void *buf, size_t n, off_t offset) {
-    if (log->io.pwrite_fn) return log->io.pwrite_fn(log->io.ctx, log->fd, buf, n, offset);
-    return pwrite(log->fd, buf, n, offset);
-}
-
-static int do_fsync(spill_log *log) {
-    if (log->io.fsync_fn) return log->io.fsync_fn(log->io.ctx, log->fd);
-    return fsync(log->fd);
-}
-
+/* Writes and fsyncs go through the hooks (common/durable_file.h). */
 static int write_all(spill_log *log, const void *buf, size_t n, off_t offset) {
-    const char *p = buf;
-    while (n) {
-        ssize_t w = do_pwrite(log, p, n, offset);
-        if (w < 0 && errno == EINTR) continue;
-        if (w <= 0) return -1;
-        p += w;
-        n -= (size_t)w;
-        offset += w;
-    }
-    return 0;
+    return durable_write_all(&log->io, log->fd, buf, n, offset);
 }
+
+static int do_fsync(spill_log *log) { return durable_fsync(&log->io, log->fd); }
 
 static void put_u32(unsigned char *p, uint32_t v) {
     p[0] = (unsigned char)v;

@@ -14,17 +14,14 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "durable_file.h"
 #include "error.h"
 
 #define SPILL_LOG_MAX_RECORD (16u << 20) /* bytes per record; larger lengths mean corruption */
 
-/* I/O hooks so tests can inject failures (short writes, fsync errors). NULL members use the
- * real pwrite/fsync/ftruncate. */
-typedef struct spill_log_io {
-    ssize_t (*pwrite_fn)(void *ctx, int fd, const void *buf, size_t n, off_t offset);
-    int (*fsync_fn)(void *ctx, int fd);
-    void *ctx;
-} spill_log_io;
+/* I/O hooks so tests can inject failures (short writes, fsync errors): durable_file.h's table
+ * (rename_fn unused here). NULL members use the real pwrite and fsync. */
+typedef durable_io spill_log_io;
 
 typedef struct spill_log spill_log;
 

@@ -36,7 +36,8 @@ void erm_train_default_options(erm_train_options *o) {
     o->epsilon = 1e-8;
 }
 
-int erm_train_options_check(const erm_train_options *o, duel_error *err) {
+/* DUEL_EINVAL naming the option: steps, sizes and rates must be positive and finite. */
+static int erm_train_options_check(const erm_train_options *o, duel_error *err) {
     if (o->adam_steps < 1 || o->adam_steps > 1000)
         return duel_error_set(err, DUEL_EINVAL, "erm.adam_steps %d outside 1..1000", o->adam_steps);
     if (o->minibatch < 1 || o->minibatch > ERM_TRAIN_MAX_MINIBATCH)

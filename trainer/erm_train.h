@@ -50,8 +50,6 @@ typedef struct erm_train_stats {
 typedef struct erm_trainer erm_trainer;
 
 void erm_train_default_options(erm_train_options *out);
-/* DUEL_EINVAL naming the option: steps, sizes and rates must be positive and finite. */
-int erm_train_options_check(const erm_train_options *options, duel_error *err);
 
 /* A trainer for model (borrowed: it must outlive the trainer, and only the trainer writes its
  * parameters while it exists). seed starts the minibatch RNG. */

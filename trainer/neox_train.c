@@ -253,7 +253,6 @@ void neox_train_free(neox_train *m) {
 const model_config *neox_train_config(const neox_train *m) { return &m->config; }
 size_t neox_train_num_parameters(const neox_train *m) { return m->num_parameters; }
 neox_train_params *neox_train_parameters(neox_train *m) { return &m->params; }
-neox_train_params *neox_train_gradients(neox_train *m) { return &m->grads; }
 float *neox_train_parameter_memory(neox_train *m) { return m->param_memory; }
 float *neox_train_gradient_memory(neox_train *m) { return m->grad_memory; }
 int neox_train_num_tensors(const neox_train *m) { return m->num_tensors; }

@@ -45,7 +45,6 @@ void neox_train_free(neox_train *model);
 const model_config *neox_train_config(const neox_train *model);
 size_t neox_train_num_parameters(const neox_train *model);
 neox_train_params *neox_train_parameters(neox_train *model);
-neox_train_params *neox_train_gradients(neox_train *model);
 float *neox_train_parameter_memory(neox_train *model);
 float *neox_train_gradient_memory(neox_train *model);
 

@@ -23,7 +23,7 @@ struct stream_consumer {
     char host[256], stream[KEY_MAX], group[KEY_MAX], consumer[KEY_MAX], dead[KEY_MAX];
     char prefix[KEY_MAX], data_dir[4096], tokenizer_dir[4096], base_model[4096];
     redisContext *rc;
-    bool lost;                 /* the last failure was Redis going away (see stream_consumer_lost) */
+    bool lost;                 /* the last failure was Redis going away (redis_error_is_transient) */
     online_trainer *trainer;
     bool pending_phase;
     char cursor[STREAM_ID_MAX]; /* pending phase: last id read */
@@ -547,7 +547,7 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
         /* Idle: publish overdue updates, and checkpoint what is applied or counted so that its
          * entries are acknowledged now rather than at the next batch. A partial batch alone does
          * not call for a checkpoint (its entries wait safely in this consumer's pending list;
-         * at a clean stop stream_consumer_flush writes it into the checkpoint). */
+         * at a clean stop flush() writes it into the checkpoint). */
         c->caught_up = true;
         if ((rc = refresh_knobs(c, err))) return rc;
         if (online_trainer_cut_due(c->trainer, true)) return commit_batch(c, true, false, err);
@@ -597,7 +597,8 @@ int stream_consumer_poll(stream_consumer *c, int *processed, duel_error *err) {
     return rc;
 }
 
-int stream_consumer_flush(stream_consumer *c, duel_error *err) {
+/* Checkpoints and acknowledges whatever was offered since the last checkpoint (a clean stop). */
+static int flush(stream_consumer *c, duel_error *err) {
     if (c->num_unacked == 0 && c->updates_since_checkpoint == 0) return 0;
     return commit_batch(c, false, true, err);
 }
@@ -752,8 +753,6 @@ fail:
     return rc;
 }
 
-bool stream_consumer_lost(const stream_consumer *c) { return c->lost; }
-
 static void log_line(const stream_consumer *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void log_line(const stream_consumer *c, const char *fmt, ...) {
     if (!c->o.log) return;
@@ -777,7 +776,10 @@ static bool pause_ms(int ms, volatile sig_atomic_t *stop) {
 #define RECONNECT_FIRST_MS 100
 #define RECONNECT_DEFAULT_MAX_MS 5000
 
-int stream_consumer_reconnect(stream_consumer *c, const stream_consumer_run_options *run, duel_error *err) {
+/* Checkpoints what was offered since the last checkpoint, then reconnects with backoff until
+ * Redis answers or the run is stopped or idle (see stream_consumer_run). 0 once connected again
+ * or stopped (c->lost tells which); an error when the checkpoint or the restart fails. */
+static int reconnect(stream_consumer *c, const stream_consumer_run_options *run, duel_error *err) {
     const double lost_at = duel_time_seconds();
     int rc;
     if (c->num_unacked > 0 || c->updates_since_checkpoint > 0) {
@@ -823,7 +825,7 @@ int stream_consumer_run(stream_consumer *c, const stream_consumer_run_options *r
         int n = 0;
         if ((rc = stream_consumer_poll(c, &n, err)) != 0) {
             if (!c->lost) return rc;
-            if ((rc = stream_consumer_reconnect(c, run, err)) != 0) return rc;
+            if ((rc = reconnect(c, run, err)) != 0) return rc;
             if (c->lost) return 0; /* stopped while Redis was away: the checkpoint holds everything */
             idle_since = duel_time_seconds();
             continue;
@@ -832,12 +834,12 @@ int stream_consumer_run(stream_consumer *c, const stream_consumer_run_options *r
         if (n > 0 || c->pending_phase) idle_since = duel_time_seconds();
         else if (run->idle_exit_ms > 0 && (duel_time_seconds() - idle_since) * 1000.0 >= run->idle_exit_ms) break;
     }
-    rc = stream_consumer_flush(c, err);
+    rc = flush(c, err);
     if (rc && c->lost) { /* Redis went away at the very end: checkpoint what the flush could not acknowledge */
         stream_consumer_run_options stopped = *run;
         volatile sig_atomic_t yes = 1;
         stopped.stop = &yes;
-        return stream_consumer_reconnect(c, &stopped, err);
+        return reconnect(c, &stopped, err);
     }
     return rc;
 }

@@ -10,14 +10,13 @@
  * deleted. A snapshot does not wait for a checkpoint: after a crash the resumed run publishes
  * the versions newer than its checkpoint's again, at the same steps (snapshot folders record
  * them), before any new one. The checkpoint is written after checkpoint_every updates, when the
- * stream is idle after updates or counted entries (not for a partial batch alone), and by
- * stream_consumer_flush (a partial batch is part of the
- * checkpoint); only then are the entries it covers
- * XACKed (exactly-once effect: a crash before the XACK redelivers entries the checkpoint already
- * holds, and the trainer skips them by stream id; a crash before the checkpoint redelivers
- * entries whose updates are lost with the process, and they are applied again from the last
- * checkpoint). Entries that cannot be decoded, or that were
- * delivered more than max_deliveries times (XPENDING's count: they made the trainer fail), go
+ * stream is idle after updates or counted entries (not for a partial batch alone), and at the
+ * end of stream_consumer_run (a partial batch is part of the checkpoint); only then are the
+ * entries it covers XACKed (exactly-once effect: a crash before the XACK redelivers entries the
+ * checkpoint already holds, and the trainer skips them by stream id; a crash before the
+ * checkpoint redelivers entries whose updates are lost with the process, and they are applied
+ * again from the last checkpoint). Entries that cannot be decoded, or that were delivered more
+ * than max_deliveries times (XPENDING's count: they made the trainer fail), go
  * to duel:prefs:dead with the reason and their fields, in one MULTI with their XACK.
  *
  * Live knobs: the hash duel:knobs is read (HGETALL) at start, before every update and in every
@@ -31,7 +30,7 @@
  * snapshot, so a crash between a snapshot and its registration loses nothing.
  *
  * Redis going away (a restart, a failover, a dropped connection) is not the end of the trainer:
- * stream_consumer_run notices it (stream_consumer_lost), writes a checkpoint of everything
+ * stream_consumer_run notices it, writes a checkpoint of everything
  * offered so far (disk only: the votes a restarted Redis may have lost since its last fsync
  * still count once), then reconnects with a growing pause (100 ms doubling to
  * reconnect_max_ms), logging what happened. Once Redis answers, the consumer starts again as at
@@ -103,35 +102,23 @@ void stream_consumer_close(stream_consumer *consumer);
  * counted or duplicate entries are unacknowledged, checkpoints and acknowledges them. */
 int stream_consumer_poll(stream_consumer *consumer, int *processed, duel_error *err);
 
-/* Checkpoints and acknowledges whatever was offered since the last checkpoint (a clean stop). */
-int stream_consumer_flush(stream_consumer *consumer, duel_error *err);
-
-/* Whether the last failure was Redis going away (no reply, or LOADING, NOGROUP, READONLY,
- * MASTERDOWN, TRYAGAIN, BUSY): the same work succeeds once it is back. */
-bool stream_consumer_lost(const stream_consumer *consumer);
-
-/* Checkpoints what was offered since the last checkpoint (nothing to do when nothing was),
- * then reconnects, pausing 100 ms, doubling up to run->reconnect_max_ms, until Redis answers or
- * *run->stop is set or run->idle_exit_ms passes; then starts again as stream_consumer_open does
- * and reads its own pending entries first. 0 once connected again (or stopped), an error when
- * the checkpoint or the disk-side restart fails. */
-typedef struct stream_consumer_run_options stream_consumer_run_options;
-int stream_consumer_reconnect(stream_consumer *consumer, const stream_consumer_run_options *run,
-                              duel_error *err);
-
 /* What `duel train` runs: polls until *stop is set (signal handlers set it) or, when
  * idle_exit_ms > 0, until no entry has arrived for that long (rounds that read this consumer's
- * own pending entries count as arrivals); reconnects when Redis goes away
- * (stream_consumer_reconnect); after_round (optional) is called after every round; at the end
- * stream_consumer_flush (when Redis is there: otherwise the reconnect's checkpoint holds
- * everything). */
-struct stream_consumer_run_options {
+ * own pending entries count as arrivals); after_round (optional) is called after every round.
+ * When Redis goes away (no reply, or LOADING, NOGROUP, READONLY, MASTERDOWN, TRYAGAIN, BUSY: the
+ * same work succeeds once it is back) it checkpoints what was offered since the last checkpoint,
+ * then reconnects, pausing 100 ms, doubling up to reconnect_max_ms, until Redis answers (or the
+ * run is stopped, or idle_exit_ms passes), and starts again as stream_consumer_open does, own
+ * pending entries first. At the end it checkpoints and acknowledges whatever was offered (a
+ * clean stop; when Redis is away, the checkpoint alone). 0 when stopped or idle; an error that
+ * is not Redis going away (the disk, a bad reply) ends the run with that error. */
+typedef struct stream_consumer_run_options {
     volatile sig_atomic_t *stop; /* NULL: only idle_exit_ms ends the run */
     int idle_exit_ms;            /* 0: no idle exit */
     int reconnect_max_ms;        /* longest pause between reconnection attempts; 0: 5000 */
     void (*after_round)(void *context);
     void *context;
-};
+} stream_consumer_run_options;
 int stream_consumer_run(stream_consumer *consumer, const stream_consumer_run_options *run,
                         duel_error *err);
 

@@ -194,7 +194,7 @@ static void test_write_and_fsync_failures_roll_back(void **state) {
     char path[600];
     log_path(path, sizeof path);
     faults f = {0};
-    spill_log_io io = {faulty_pwrite, faulty_fsync, &f};
+    spill_log_io io = {faulty_pwrite, faulty_fsync, &f, NULL};
     spill_log *log;
     assert_int_equal(spill_log_open(path, &io, &log, NULL, NULL), 0);
     int before = f.fsyncs;
