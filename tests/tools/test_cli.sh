@@ -167,6 +167,16 @@ echo '{"model": {"path": "'"$TMP"'/from-file"}}' >"$TMP/model.json"
 expect 1 "$TMP/from-file" -- train --config "$TMP/model.json" --data-dir "$TMP/train-data"
 expect 1 "$TMP/from-set" -- train --config "$TMP/model.json" --set "model.path=$TMP/from-set" --data-dir "$TMP/train-data"
 expect 1 "$TMP/from-flag" -- train --config "$TMP/model.json" --set "model.path=$TMP/from-set" --model "$TMP/from-flag" --data-dir "$TMP/train-data"
+# Without --data-dir the trainer's files go to ./duel-data, the folder duel serve uses (it was
+# ./data, so that the two servers littered two folders).
+expect 0 'default \./duel-data' -- train --help
+mkdir -p "$TMP/cwd"
+(cd "$TMP/cwd" && "$DUEL" train --model "$TMP/missing" >/dev/null 2>&1 </dev/null)
+if [ -d "$TMP/cwd/duel-data/trainer" ] && [ ! -e "$TMP/cwd/data" ]; then
+    pass
+else
+    fail "duel train without --data-dir: $(ls "$TMP/cwd"), expected duel-data/trainer"
+fi
 # duel serve (test backend) takes the gateway and redis sections from the file, DUEL_REDIS, --set
 # and its flags, in that order; its first stdout line names the address, port and Redis.
 # serve_line ARGS...: starts duel serve ARGS, prints its first stdout line, stops it.
