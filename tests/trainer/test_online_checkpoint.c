@@ -68,15 +68,20 @@ static void offer_range(online_trainer *t, int from, int to) {
     for (int serial = from; serial < to; serial++) online_test_offer(t, serial);
 }
 
+/* A trainer on a fresh folder whose checkpoint goes through io. */
+static online_trainer *open_with(durable_io *io, online_trainer_options *o, const char *tag, char *dir, size_t cap) {
+    online_test_options(o);
+    o->io = io;
+    return online_test_open(o, tag, dir, cap);
+}
+
 static void test_failed_checkpoints_resume_the_previous(void **state) {
     (void)state;
     faults f = {0};
     durable_io io = io_for(&f);
     online_trainer_options o;
-    online_test_options(&o);
-    o.io = &io;
     char dir[512];
-    online_trainer *t = online_test_open(&o, "online-ckpt-faults", dir, sizeof dir);
+    online_trainer *t = open_with(&io, &o, "online-ckpt-faults", dir, sizeof dir);
     duel_error err = {0};
     offer_range(t, 0, 10); /* 8 a/b pairs (2 updates) and 2 ties */
     assert_int_equal(online_trainer_checkpoint(t, &err), 0);
@@ -119,10 +124,8 @@ static void test_crash_during_the_swap(void **state) {
     faults f = {0};
     durable_io io = io_for(&f);
     online_trainer_options o;
-    online_test_options(&o);
-    o.io = &io;
     char dir[512];
-    online_trainer *t = online_test_open(&o, "online-ckpt-crash", dir, sizeof dir);
+    online_trainer *t = open_with(&io, &o, "online-ckpt-crash", dir, sizeof dir);
     duel_error err = {0};
     offer_range(t, 0, 5);
     assert_int_equal(online_trainer_checkpoint(t, &err), 0);

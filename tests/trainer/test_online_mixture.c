@@ -97,17 +97,8 @@ static void options_for(online_trainer_options *o, double gamma, int64_t burn_in
  * the synthetic counts of the updates in counts (when non-NULL). */
 static void feed(online_trainer *t, int serial0, int n, int *counts, int *n_updates) {
     for (int i = 0; i < n; i++) {
-        int serial = serial0 + i;
-        duel_rng rng; /* each vote depends on its serial alone */
-        duel_rng_seed(&rng, 1000 + (uint64_t)serial);
-        vote_entry e;
-        online_test_entry(&rng, serial, serial % 5 == 4 ? VOTE_CHOICE_TIE : VOTE_CHOICE_A, &e);
-        char id[32];
-        snprintf(id, sizeof id, "1-%d", serial + 1);
-        online_offer_result res;
+        online_test_offer_only(t, serial0 + i);
         duel_error err = {0};
-        if (online_trainer_offer(t, id, &e, &res, &err)) fail_msg("%s", err.message);
-        vote_entry_free(&e);
         if (online_trainer_cut_due(t, true)) { /* batch_size pairs pending (caught up) */
             int predicted = online_trainer_synthetic_pairs(t);
             if (online_trainer_apply(t, &err)) fail_msg("%s", err.message);
