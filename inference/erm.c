@@ -16,9 +16,7 @@
 #define ERM_FORMAT_NAME "duel-erm"
 #define ERM_FORMAT_VERSION "1"
 
-/* Checks 1 <= num_heads <= ERM_MAX_NUM_HEADS, 1 <= hidden <= ERM_MAX_HIDDEN, 1 <= d_feat <=
- * ERM_MAX_D_FEAT; DUEL_EINVAL naming the field otherwise. */
-static int erm_config_validate(const erm_config *c, duel_error *err) {
+int erm_config_validate(const erm_config *c, duel_error *err) {
     if (!c) return duel_error_set(err, DUEL_EINVAL, "erm: config is NULL");
     if (c->num_heads < 1 || c->num_heads > ERM_MAX_NUM_HEADS)
         return duel_error_set(err, DUEL_EINVAL, "erm: num_heads %d outside 1..%d", c->num_heads,

@@ -64,6 +64,10 @@ typedef struct erm {
 /* Floats in one parameter block of the given shape (0 when the config is invalid). */
 size_t erm_num_params(const erm_config *config);
 
+/* Checks 1 <= num_heads <= ERM_MAX_NUM_HEADS, 1 <= hidden <= ERM_MAX_HIDDEN, 1 <= d_feat <=
+ * ERM_MAX_D_FEAT; DUEL_EINVAL naming the field otherwise. */
+int erm_config_validate(const erm_config *config, duel_error *err);
+
 /* Allocates an ensemble and initialises it from rng: for head 0..E-1, then within a head fc1,
  * fc2, fc3 in row-major order, weights ~ N(0, (1/(2*sqrt(fan_in)))^2) with fan_in the layer's
  * input width; biases 0. theta_0 is a copy. The same seed gives the same ensemble everywhere. */
