@@ -1167,6 +1167,61 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
     return DUEL_OK;
 }
 
+/* ---- weights for other backends ----------------------------------------------------------- */
+
+/* Where tensor t of layer lives (NULL when absent) and its shape. */
+static const float *tensor_at(const model *m, model_tensor t, int layer, int *rows, int *cols) {
+    const model_config *c = &m->config;
+    int H = c->hidden_size, F = c->intermediate_size;
+    *rows = *cols = 0;
+    bool per_layer = t >= MODEL_TENSOR_ATTN_NORM_W && t <= MODEL_TENSOR_DOWN_B;
+    if ((int)t < 0 || t >= MODEL_TENSOR_COUNT || (per_layer && (layer < 0 || layer >= c->num_layers)))
+        return NULL;
+    const model_layer *L = per_layer ? &m->layers[layer] : NULL;
+    const float *p = NULL;
+    int r = 0, k = 1;
+    switch (t) {
+    case MODEL_TENSOR_EMBEDDING: p = m->embedding, r = c->vocab_size, k = H; break;
+    case MODEL_TENSOR_ATTN_NORM_W: p = L->attn_norm_w, r = H; break;
+    case MODEL_TENSOR_ATTN_NORM_B: p = L->attn_norm_b, r = H; break;
+    case MODEL_TENSOR_QKV_W: p = L->qkv_w, r = m->qkv_dim, k = H; break;
+    case MODEL_TENSOR_QKV_B: p = L->qkv_b, r = m->qkv_dim; break;
+    case MODEL_TENSOR_O_W: p = L->o_w, r = H, k = m->q_dim; break;
+    case MODEL_TENSOR_O_B: p = L->o_b, r = H; break;
+    case MODEL_TENSOR_MLP_NORM_W: p = L->mlp_norm_w, r = H; break;
+    case MODEL_TENSOR_MLP_NORM_B: p = L->mlp_norm_b, r = H; break;
+    case MODEL_TENSOR_UP_W: p = L->up_w, r = m->up_dim, k = H; break;
+    case MODEL_TENSOR_UP_B: p = L->up_b, r = m->up_dim; break;
+    case MODEL_TENSOR_DOWN_W: p = L->down_w, r = H, k = F; break;
+    case MODEL_TENSOR_DOWN_B: p = L->down_b, r = H; break;
+    case MODEL_TENSOR_FINAL_NORM_W: p = m->final_norm_w, r = H; break;
+    case MODEL_TENSOR_FINAL_NORM_B: p = m->final_norm_b, r = H; break;
+    case MODEL_TENSOR_HEAD_W: p = m->head_w, r = m->output_size, k = H; break;
+    case MODEL_TENSOR_COUNT: break;
+    }
+    if (!p) return NULL;
+    *rows = r;
+    *cols = k;
+    return p;
+}
+
+void model_tensor_shape(const model *m, model_tensor t, int layer, int *rows, int *cols) {
+    tensor_at(m, t, layer, rows, cols);
+}
+
+int model_tensor_read(const model *m, model_tensor t, int layer, float *out, duel_error *err) {
+    int rows, cols;
+    const float *p = tensor_at(m, t, layer, &rows, &cols);
+    if (!p || !out)
+        return duel_error_set(err, DUEL_EINVAL, "model: no tensor %d of layer %d", (int)t, layer);
+    memcpy(out, p, (size_t)rows * (size_t)cols * sizeof *out);
+    return DUEL_OK;
+}
+
+bool model_head_is_embedding(const model *m) { return m->head_w == m->embedding; }
+
+const double *model_rope_inv_freq(const model *m) { return m->inv_freq; }
+
 model_timing model_get_timing(const model *m) {
     model_timing t = {m->forward_seconds, m->gemm.seconds, m->gemm.flops};
     return t;

@@ -82,6 +82,42 @@ typedef struct model_batch_entry {
 int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entries, int n_entries,
                         duel_error *err);
 
+/* The weights as the forward pass holds them, for a backend that keeps its own copy (the CUDA
+ * backend uploads them when an arm is loaded, compute.h). Matrices are [rows][cols] = [out][in]
+ * row-major; q, k and v are fused into one [q_dim + 2 kv_dim][hidden] matrix (all q heads, then
+ * all k heads, then all v heads; GPT-NeoX's interleaved rows already permuted) and Llama's
+ * gate and up into one [2 ffn][hidden] (gate rows, then up); vectors are rows x 1. */
+typedef enum model_tensor {
+    MODEL_TENSOR_EMBEDDING,    /* [vocab][hidden] */
+    MODEL_TENSOR_ATTN_NORM_W,  /* per layer from here to DOWN_B */
+    MODEL_TENSOR_ATTN_NORM_B,  /* GPT-NeoX's LayerNorm only */
+    MODEL_TENSOR_QKV_W,
+    MODEL_TENSOR_QKV_B,
+    MODEL_TENSOR_O_W,          /* [hidden][q_dim] */
+    MODEL_TENSOR_O_B,
+    MODEL_TENSOR_MLP_NORM_W,
+    MODEL_TENSOR_MLP_NORM_B,
+    MODEL_TENSOR_UP_W,         /* Llama: [2 ffn][hidden]; GPT-NeoX: [ffn][hidden] */
+    MODEL_TENSOR_UP_B,
+    MODEL_TENSOR_DOWN_W,       /* [hidden][ffn] */
+    MODEL_TENSOR_DOWN_B,
+    MODEL_TENSOR_FINAL_NORM_W,
+    MODEL_TENSOR_FINAL_NORM_B,
+    MODEL_TENSOR_HEAD_W,       /* [output_size][hidden]; the embedding itself when tied */
+    MODEL_TENSOR_COUNT
+} model_tensor;
+
+/* rows x cols of tensor t (layer is ignored outside the per-layer ones); 0 x 0 when the model
+ * has no such tensor (a bias it lacks) or t or layer is out of range. */
+void model_tensor_shape(const model *m, model_tensor t, int layer, int *rows, int *cols);
+/* Copies tensor t as f32 into out (rows * cols floats). DUEL_EINVAL for a tensor the model
+ * lacks or a bad t or layer. */
+int model_tensor_read(const model *m, model_tensor t, int layer, float *out, duel_error *err);
+/* Whether the output head is the input embedding (tied): a backend then holds it once. */
+bool model_head_is_embedding(const model *m);
+/* RoPE inverse frequencies, rotary_dim / 2 doubles (cpu_rope_inv_freq's, scaling included). */
+const double *model_rope_inv_freq(const model *m);
+
 /* Time spent, for `duel bench forward`: total forward seconds, of which in GEMM/GEMV calls. */
 typedef struct model_timing {
     double forward_seconds;

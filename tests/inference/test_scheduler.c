@@ -14,9 +14,12 @@
  * fell out of step or read another's blocks changes the tokens) through
  * pools so small that preemption is constant, checking sched_check (which includes kv_pool_check:
  * reference counts equal table contents, no leaked or double-freed block) after every step, and
- * that the pool is entirely free at the end. Then submit's bad inputs. */
+ * that the pool is entirely free at the end. Then submit's bad inputs. The fake model is a
+ * compute backend (compute.h) whose logits rows live in host memory, sampled by the shared
+ * host-logits helper exactly as the CPU backend samples them. */
 #include "test_helpers.h"
 
+#include "compute.h"
 #include "kv_cache.h"
 #include "rng.h"
 #include "sampler.h"
@@ -50,22 +53,34 @@ static void fake_hidden(uint32_t h, int64_t pos, int model, float *hidden) {
     hidden[3] = (float)model;
 }
 
+/* The fake backend: arms are model indices; fail_call > 0 makes that forward call fail. */
 typedef struct fake_ctx {
+    compute_backend base;
+    compute_host_logits logits;
     int calls;
+    int fail_call;
     int failures;
     char failure[512];
 } fake_ctx;
 
+struct compute_arm {
+    int model_index;
+};
+
+static compute_arm fake_arms[3] = {{0}, {1}, {2}};
+
 static uint32_t slot_hash(const float *k) { return (uint32_t)k[2] | ((uint32_t)k[3] << 16); }
 
 /* The fake forward: verify history, write K/V (both layers) and produce outputs. */
-static int fake_forward(void *vctx, int model_index, kv_pool *pool,
-                        const model_batch_entry *entries, int n, duel_error *err) {
-    fake_ctx *ctx = vctx;
-    ctx->calls++;
+static int fake_forward(compute_backend *b, compute_arm *arm, kv_pool *pool,
+                        const compute_entry *entries, int n, duel_error *err) {
+    fake_ctx *ctx = (fake_ctx *)b;
+    int model_index = arm->model_index;
+    if (++ctx->calls == ctx->fail_call)
+        return duel_error_set(err, DUEL_ENOMEM, "simulated out of memory");
     int bs = kv_pool_block_size(pool);
     for (int i = 0; i < n; i++) {
-        const model_batch_entry *e = &entries[i];
+        const compute_entry *e = &entries[i];
         uint32_t h = chain_root(model_index);
         for (int64_t q = 0; q < e->start + e->n_tokens; q++) {
             int32_t tok;
@@ -100,11 +115,40 @@ static int fake_forward(void *vctx, int model_index, kv_pool *pool,
             h = next;
         }
         int64_t last = e->start + e->n_tokens - 1;
-        if (e->logits) fake_logits(h, model_index, e->logits);
+        if (e->logits_row >= 0) {
+            float *row = compute_host_logits_row(&ctx->logits, e->logits_row);
+            if (!row) return duel_error_set(err, DUEL_EINVAL, "no logits row %d", e->logits_row);
+            fake_logits(h, model_index, row);
+        }
         if (e->hidden_last) fake_hidden(h, last, model_index, e->hidden_last);
     }
     return DUEL_OK;
 }
+
+static int fake_step_begin(compute_backend *b, int rows, int vocab, duel_error *err) {
+    return compute_host_logits_begin(&((fake_ctx *)b)->logits, rows, vocab, err);
+}
+
+static int fake_sample(compute_backend *b, compute_sample *samples, int n, duel_error *err) {
+    return compute_host_logits_sample(&((fake_ctx *)b)->logits, samples, n, err);
+}
+
+static int fake_read_logits(compute_backend *b, int row, float *out, duel_error *err) {
+    return compute_host_logits_read(&((fake_ctx *)b)->logits, row, out, err);
+}
+
+static const compute_ops fake_ops = {.name = "fake",
+                                     .step_begin = fake_step_begin,
+                                     .forward = fake_forward,
+                                     .sample = fake_sample,
+                                     .read_logits = fake_read_logits};
+
+static void fake_init(fake_ctx *f) {
+    memset(f, 0, sizeof *f);
+    f->base.ops = &fake_ops;
+}
+
+static void fake_fini(fake_ctx *f) { compute_host_logits_free(&f->logits); }
 
 /* ---- reference simulator ------------------------------------------------------------------ */
 
@@ -292,13 +336,14 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
     duel_error err = {0};
     assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
     const int max_context = 64;
-    sched_model_info models[2] = {{11, FAKE_VOCAB, FAKE_HIDDEN, max_context},
-                                  {22, FAKE_VOCAB, FAKE_HIDDEN, max_context}};
+    sched_model_info models[2] = {{&fake_arms[0], 11, FAKE_VOCAB, FAKE_HIDDEN, max_context},
+                                  {&fake_arms[1], 22, FAKE_VOCAB, FAKE_HIDDEN, max_context}};
     sched_params sp = {.max_batch_tokens = budget, .max_running = max_running,
                        .max_candidates = 5};
-    fake_ctx fctx = {0};
+    fake_ctx fctx;
+    fake_init(&fctx);
     scheduler *s = NULL;
-    assert_int_equal(sched_create(&sp, pool, models, 2, fake_forward, &fctx, &s, &err), 0);
+    assert_int_equal(sched_create(&sp, pool, models, 2, &fctx.base, &s, &err), 0);
     stress st = {.x = calloc(MAX_REQUESTS + 1, sizeof(expected_request)),
                  .max_context = max_context};
     assert_true(n_requests <= MAX_REQUESTS);
@@ -416,6 +461,7 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
     kv_pool_stats_get(pool, &ps);
     assert_int_equal(ps.free_blocks, num_blocks);
     sched_destroy(s);
+    fake_fini(&fctx);
     kv_pool_destroy(pool);
     free(st.x);
 }
@@ -478,13 +524,14 @@ static void test_lockstep_reference(void **state) {
     kv_pool *pool = NULL;
     duel_error err = {0};
     assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
-    sched_model_info models[3] = {{31, FAKE_VOCAB, FAKE_HIDDEN, 48},
-                                  {32, FAKE_VOCAB, FAKE_HIDDEN, 24},
-                                  {33, FAKE_VOCAB + 1, FAKE_HIDDEN, 48}};
+    sched_model_info models[3] = {{&fake_arms[0], 31, FAKE_VOCAB, FAKE_HIDDEN, 48},
+                                  {&fake_arms[1], 32, FAKE_VOCAB, FAKE_HIDDEN, 24},
+                                  {&fake_arms[2], 33, FAKE_VOCAB + 1, FAKE_HIDDEN, 48}};
     sched_params sp = {.max_batch_tokens = 10, .max_candidates = 4};
-    fake_ctx fctx = {0};
+    fake_ctx fctx;
+    fake_init(&fctx);
     scheduler *s = NULL;
-    assert_int_equal(sched_create(&sp, pool, models, 3, fake_forward, &fctx, &s, &err), 0);
+    assert_int_equal(sched_create(&sp, pool, models, 3, &fctx.base, &s, &err), 0);
     stress st = {.x = calloc(MAX_REQUESTS + 1, sizeof(expected_request))};
     int calls = 0;
     int32_t prompt[16];
@@ -527,7 +574,7 @@ static void test_lockstep_reference(void **state) {
     kv_pool *small_pool = NULL;
     assert_int_equal(kv_pool_create(&small, &small_pool, &err), 0);
     scheduler *s2 = NULL;
-    assert_int_equal(sched_create(&sp, small_pool, models, 3, fake_forward, &fctx, &s2, &err), 0);
+    assert_int_equal(sched_create(&sp, small_pool, models, 3, &fctx.base, &s2, &err), 0);
     assert_int_equal(sched_submit(s2, &bad, &id, &err), DUEL_ELIMIT);
     assert_non_null(strstr(err.message, "with its reference sequence"));
     bad.use_ref_model = false; /* alone it fits */
@@ -589,6 +636,7 @@ static void test_lockstep_reference(void **state) {
     assert_int_equal(ps.used_blocks, 0);
     assert_int_equal(kv_pool_check(pool, NULL, 0, &err), 0);
     sched_destroy(s);
+    fake_fini(&fctx);
     kv_pool_destroy(pool);
     free(st.x);
 }
@@ -602,11 +650,12 @@ static void test_submit_and_cancel_errors(void **state) {
     kv_pool *pool = NULL;
     duel_error err = {0};
     assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
-    sched_model_info models[1] = {{5, FAKE_VOCAB, FAKE_HIDDEN, 24}};
+    sched_model_info models[1] = {{&fake_arms[0], 5, FAKE_VOCAB, FAKE_HIDDEN, 24}};
     sched_params sp = {.max_candidates = 4};
-    fake_ctx fctx = {0};
+    fake_ctx fctx;
+    fake_init(&fctx);
     scheduler *s = NULL;
-    assert_int_equal(sched_create(&sp, pool, models, 1, fake_forward, &fctx, &s, &err), 0);
+    assert_int_equal(sched_create(&sp, pool, models, 1, &fctx.base, &s, &err), 0);
     int32_t prompt[40];
     for (int i = 0; i < 40; i++) prompt[i] = (int32_t)(i % FAKE_VOCAB);
     sched_request_params good = {.model = 0, .prompt = prompt, .prompt_len = 5,
@@ -663,7 +712,7 @@ static void test_submit_and_cancel_errors(void **state) {
     kv_pool *small_pool = NULL;
     assert_int_equal(kv_pool_create(&small, &small_pool, &err), 0);
     scheduler *s2 = NULL;
-    assert_int_equal(sched_create(&sp, small_pool, models, 1, fake_forward, &fctx, &s2, &err), 0);
+    assert_int_equal(sched_create(&sp, small_pool, models, 1, &fctx.base, &s2, &err), 0);
     assert_int_equal(sched_submit(s2, &cases[11].p, &id, &err), DUEL_ELIMIT);
     assert_non_null(strstr(err.message, cases[11].message));
     sched_destroy(s2);
@@ -689,30 +738,22 @@ static void test_submit_and_cancel_errors(void **state) {
 
     /* Bad create arguments. */
     scheduler *s3 = NULL;
-    assert_int_equal(sched_create(&sp, pool, models, 0, fake_forward, NULL, &s3, &err),
+    assert_int_equal(sched_create(&sp, pool, models, 0, &fctx.base, &s3, &err),
                      DUEL_EINVAL);
     sched_model_info twins[2] = {models[0], models[0]};
-    assert_int_equal(sched_create(&sp, pool, twins, 2, fake_forward, NULL, &s3, &err),
+    assert_int_equal(sched_create(&sp, pool, twins, 2, &fctx.base, &s3, &err),
                      DUEL_EINVAL);
     assert_non_null(strstr(err.message, "share model id"));
     sched_params bad = {.max_candidates = SCHED_MAX_CANDIDATES + 1};
-    assert_int_equal(sched_create(&bad, pool, models, 1, fake_forward, NULL, &s3, &err),
+    assert_int_equal(sched_create(&bad, pool, models, 1, &fctx.base, &s3, &err),
                      DUEL_EINVAL);
     assert_null(s3);
     sched_destroy(s); /* with a request still queued: its blocks go back */
+    fake_fini(&fctx);
     kv_pool_stats ps;
     kv_pool_stats_get(pool, &ps);
     assert_int_equal(ps.used_blocks, 0);
     kv_pool_destroy(pool);
-}
-
-/* A forward that fails: the requests of that step get DONE with the error; others go on. */
-static int failing_forward(void *vctx, int model_index, kv_pool *pool,
-                           const model_batch_entry *entries, int n, duel_error *err) {
-    int *calls = vctx;
-    if (++*calls == 2) return duel_error_set(err, DUEL_ENOMEM, "simulated out of memory");
-    fake_ctx f = {0};
-    return fake_forward(&f, model_index, pool, entries, n, err);
 }
 
 static void log_done(void *vctx, const sched_event *ev) {
@@ -733,10 +774,14 @@ static void test_forward_failure_fails_requests(void **state) {
     kv_pool *pool = NULL;
     duel_error err = {0};
     assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
-    sched_model_info models[1] = {{5, FAKE_VOCAB, FAKE_HIDDEN, 48}};
-    int calls = 0;
+    sched_model_info models[1] = {{&fake_arms[0], 5, FAKE_VOCAB, FAKE_HIDDEN, 48}};
+    /* A forward that fails (the second call): the requests of that step get DONE with the
+     * error; others go on. */
+    fake_ctx fctx;
+    fake_init(&fctx);
+    fctx.fail_call = 2;
     scheduler *s = NULL;
-    assert_int_equal(sched_create(NULL, pool, models, 1, failing_forward, &calls, &s, &err), 0);
+    assert_int_equal(sched_create(NULL, pool, models, 1, &fctx.base, &s, &err), 0);
     int32_t prompt[6] = {2, 3, 4, 5, 6, 7};
     sched_request_params rp = {.prompt = prompt, .prompt_len = 6, .num_candidates = 3,
                                .sampling = {0, 1, 0}, .max_new_tokens = 5};
@@ -753,6 +798,7 @@ static void test_forward_failure_fails_requests(void **state) {
     while (sched_has_work(s)) assert_true(sched_step(s, log_done, &log, &err) > 0);
     assert_int_equal(log.done, 1);
     sched_destroy(s);
+    fake_fini(&fctx);
     kv_pool_destroy(pool);
 }
 
