@@ -789,9 +789,16 @@ static int admit_waiting(scheduler *s, int *budget, duel_error *err) {
         sched_request *r = q->req;
         int64_t reused = 0;
         bool with_ref = seq_runs_ref(q);
+        /* A scoring candidate attaches no position it has not scored: blocks cached by
+         * another sequence (the policy's own candidate, say) hold the K/V but not its
+         * targets' log-probabilities. */
+        int64_t lookup = q->n_tokens - 1;
+        if (r->forced && r->prompt_done) {
+            int64_t scored = q->max_computed > r->p.prompt_len ? q->max_computed : r->p.prompt_len;
+            if (lookup > scored) lookup = scored;
+        }
         int rc = with_ref ? attach_prefix_pair(s, q, &reused, err)
-                          : kv_prefix_lookup(s->pool, &q->kv, q->tokens, q->n_tokens - 1,
-                                             &reused, err);
+                          : kv_prefix_lookup(s->pool, &q->kv, q->tokens, lookup, &reused, err);
         if (rc) return rc;
         int need = q->n_tokens - (int)q->kv.num_tokens;
         int take = piece_tokens(need, *budget, with_ref);
