@@ -47,6 +47,11 @@ void cli_print_help(const cli_command *cmd, FILE *out);
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* The compute backends besides the CPU that this executable hands the engine
+ * (engine_params.providers): CUDA (compute_providers.c). */
+struct compute_provider;
+const struct compute_provider *const *cli_compute_providers(int *n);
+
 /* Subcommands: argv[0] is the first argument after the command name. */
 int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

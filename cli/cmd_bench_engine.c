@@ -27,6 +27,7 @@
 #include <sys/stat.h>
 
 #include "cli.h"
+#include "compute.h"
 #include "duel.h"
 #include "engine.h"
 #include "erm.h"
@@ -301,7 +302,7 @@ int bench_engine(int argc, char **argv) {
                               .kv_mb = 512, .batch_tokens = 256, .rounds = 1,
                               .levels = "1,8,32,128"};
     bool json = false, duel = false, turns_given = false;
-    const char *duel_features = "reference";
+    const char *duel_features = "reference", *compute = "auto";
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &dir, "DIR", "model directory; required", 0, 0, false, NULL},
         {"--concurrency", CLI_OPT_STRING, &o.levels, "LIST",
@@ -338,6 +339,9 @@ int bench_engine(int argc, char **argv) {
         {"--duel-features", CLI_OPT_STRING, &duel_features, "SRC",
          "--duel: reference (the model as its own frozen reference, default) or policy", 0, 0,
          false, NULL},
+        {"--compute", CLI_OPT_STRING, &compute, "NAME",
+         "compute backend: auto (CUDA when built in and a GPU answers, else the CPU; default), "
+         "cpu or cuda", 0, 0, false, NULL},
         {"--json", CLI_OPT_FLAG, &json, NULL,
          "print the figures as one JSON object on the last line of stdout", 0, 0, false, NULL},
     };
@@ -356,6 +360,10 @@ int bench_engine(int argc, char **argv) {
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!dir) return cli_usage_error(&cmd, "--model DIR is required");
+    int n_providers = 0;
+    const compute_provider *const *providers = cli_compute_providers(&n_providers);
+    if (!compute_name_known(compute, providers, n_providers))
+        return cli_usage_error(&cmd, "--compute wants auto, cpu or cuda, got '%s'", compute);
     bool policy_features = strcmp(duel_features, "policy") == 0;
     if (!policy_features && strcmp(duel_features, "reference") != 0)
         return cli_usage_error(&cmd, "--duel-features wants reference or policy, got '%s'",
@@ -400,7 +408,10 @@ int bench_engine(int argc, char **argv) {
                         .max_candidates = (int)o.duel_m,
                         .erm = scorer,
                         .features = policy_features ? ENGINE_FEATURES_POLICY
-                                                    : ENGINE_FEATURES_REFERENCE};
+                                                    : ENGINE_FEATURES_REFERENCE,
+                        .backend = compute,
+                        .providers = providers,
+                        .num_providers = n_providers};
     engine *e = NULL;
     if (engine_create(&ep, &e, &err)) {
         fprintf(stderr, "duel bench engine: %s\n", err.message);
@@ -424,8 +435,9 @@ int bench_engine(int argc, char **argv) {
     json_t *out = json_object();
     duel_rng rng;
     duel_rng_seed(&rng, 42);
-    printf("model: %s (%d layers, hidden %d, %d kv heads x %d)\n", dir, c->num_layers,
-           c->hidden_size, c->num_kv_heads, c->head_dim);
+    printf("model: %s (%d layers, hidden %d, %d kv heads x %d), compute backend %s\n", dir,
+           c->num_layers, c->hidden_size, c->num_kv_heads, c->head_dim, engine_backend_name(e));
+    json_object_set_new(out, "compute", json_string(engine_backend_name(e)));
     printf("KV: %zu bytes per token, %d blocks of %d tokens (%lld MiB budget)\n",
            es.kv_bytes_per_token, es.kv_blocks, es.block_size, o.kv_mb);
     json_object_set_new(out, "model", json_string(dir));

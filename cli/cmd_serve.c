@@ -77,6 +77,13 @@ static int engine_config_from_json(const json_t *root, const char *source,
     }
     const json_t *strategy = json_object_get(duel_config_section(root, "duel"), "strategy");
     const json_t *erm_path = json_object_get(duel_config_section(root, "erm"), "path");
+    const json_t *compute = json_object_get(duel_config_section(root, "engine"), "backend");
+    e->providers = cli_compute_providers(&e->num_providers);
+    if (!json_is_string(compute) ||
+        !compute_name_known(json_string_value(compute), e->providers, e->num_providers))
+        return duel_error_set(err, DUEL_EFORMAT, "%s: engine.backend must be auto, cpu or cuda",
+                              source);
+    e->compute = json_string_value(compute);
     if (!json_is_string(strategy) || !json_is_string(erm_path))
         return duel_error_set(err, DUEL_EFORMAT, "%s: duel.strategy and erm.path must be strings",
                               source);
@@ -112,7 +119,7 @@ int cmd_serve(int argc, char **argv) {
          false, NULL},
         {"--config", CLI_OPT_STRING, &config, "FILE",
          "JSON configuration (docs/CONFIG.md; default: the built-in config/default.json values); "
-         "this command reads gateway, redis, duel, engine.kv_memory_bytes/max_pilaf_jobs, "
+         "this command reads gateway, redis, duel, engine.backend/kv_memory_bytes/max_pilaf_jobs, "
          "erm.path/num_heads and "
          "model.path (with --backend engine)", 0, 0, false, NULL},
         {"--set", CLI_OPT_STRING, &set_doc, "SECTION.KEY=VALUE",

@@ -531,6 +531,9 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
      * reference arm, so features mean the same thing whichever snapshot serves. */
     engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = cfg->kv_memory_bytes,
                         .max_pilaf_jobs = cfg->max_pilaf_jobs,
+                        .backend = cfg->compute,
+                        .providers = cfg->providers,
+                        .num_providers = cfg->num_providers,
                         .max_candidates = b->cfg.num_candidates, .erm = b->erm,
                         .reference_arm = "default",
                         .features = cfg->snapshots ? ENGINE_FEATURES_REFERENCE

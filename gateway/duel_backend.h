@@ -136,6 +136,9 @@ typedef struct backend_engine_config {
     int max_new_tokens;        /* 0: 128 */
     size_t kv_memory_bytes;    /* 0: the engine's default */
     int max_pilaf_jobs;        /* engine_params.max_pilaf_jobs; 0: the engine's default */
+    const char *compute;       /* engine_params.backend (config engine.backend); NULL: cpu */
+    const struct compute_provider *const *providers; /* engine_params.providers */
+    int num_providers;
     bool snapshots;            /* hot-swap (install_snapshot): the base model becomes the frozen
                                   reference arm whose hidden states are the ERM features of every
                                   duel (features that do not drift as snapshots replace the

@@ -140,8 +140,8 @@ int compute_sample_rows(compute_backend *b, compute_sample *samples, int n, duel
         return duel_error_set(err, DUEL_EINVAL, "compute_sample_rows: NULL argument");
     for (int i = 0; i < n; i++) {
         const compute_sample *s = &samples[i];
-        if (s->logits_row < 0 || s->vocab < 1 || (s->forced < 0 && (!s->params || !s->rng)) ||
-            s->forced >= s->vocab)
+        if (s->logits_row < 0 || s->vocab < 1 || s->forced >= s->vocab ||
+            (s->forced < 0 && (!s->params || (s->params->temperature > 0 && !s->rng))))
             return duel_error_set(err, DUEL_EINVAL,
                                   "compute_sample_rows: sample %d (row %d, vocab %d, forced %d) "
                                   "is malformed",

@@ -36,6 +36,12 @@
 #ifndef DUEL_COMPUTE_H
 #define DUEL_COMPUTE_H
 
+/* C linkage for the CUDA backend's C++ (nvcc) files, this header's includes too: inference/'s
+ * headers carry no guards of their own. */
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -169,5 +175,9 @@ int compute_host_logits_sample(compute_host_logits *h, compute_sample *samples, 
                                duel_error *err);
 int compute_host_logits_read(compute_host_logits *h, int row, float *out, duel_error *err);
 void compute_host_logits_free(compute_host_logits *h);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif
