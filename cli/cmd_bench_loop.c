@@ -52,6 +52,7 @@
 #include "timer.h"
 #include "tokenizer.h"
 #include "vote_entry.h"
+#include "weight_transport.h"
 
 extern char **environ;
 
@@ -565,6 +566,14 @@ int bench_loop(int argc, char **argv) {
                                 .top_p = 1.0f,
                                 .max_new_tokens = (int)max_new,
                                 .snapshots = true};
+    /* The serving side computes where engine.backend says and takes the snapshots' weights
+     * through trainer.weight_transport, as duel serve would. */
+    weight_transport_options wto;
+    bc.compute = json_string_value(json_object_get(duel_config_section(config, "engine"), "backend"));
+    bc.providers = cli_compute_providers(&bc.num_providers);
+    if ((rc = cli_receiving_transport(config, "bench loop", rs.host, rs.port, &wto, &bc.transport,
+                                      &err)))
+        goto done;
     fprintf(stderr, "loading %s; trainer log %s\n", model_dir, trainer_log);
     if ((rc = backend_engine_create(&bc, &backend, &err))) goto done;
     if ((rc = backend.start(backend.impl, queue_sink, &queue, &err))) goto done;

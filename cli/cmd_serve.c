@@ -18,6 +18,7 @@
 #include "config.h"
 #include "engine.h"
 #include "gateway.h"
+#include "weight_transport.h"
 
 int cmd_serve(int argc, char **argv);
 
@@ -242,7 +243,12 @@ int cmd_serve(int argc, char **argv) {
         } else {
             ecfg.model_dir = model_dir;
             ecfg.snapshots = cfg.snapshot_loader;
-            if (backend_engine_create(&ecfg, &backend, &err)) {
+            weight_transport_options wto;
+            if (ecfg.snapshots &&
+                (rc = cli_receiving_transport(root, source, cfg.redis_host, cfg.redis_port, &wto,
+                                              &ecfg.transport, &err)))
+                fprintf(stderr, "duel serve: %s\n", err.message);
+            else if (backend_engine_create(&ecfg, &backend, &err)) {
                 fprintf(stderr, "duel serve: %s\n", err.message);
                 rc = CLI_EXIT_FAILURE;
             }

@@ -326,9 +326,7 @@ static int run_pass(cuda_compute *c, compute_arm *a, const compute_entry *entrie
         if (g) BACKEND_CUDA_TRY(cudaGraphLaunch(g->exec, c->ctx->stream), err, "cudaGraphLaunch");
     }
     if (!p->graph) rc = launch_pass(c, a, p, err);
-    if (!rc && p->Rt > 0) rc = score_targets(c, a, p, err);
-    for (int t = 0; !rc && t < p->Rt; t++) *entries[p->tgt_entry[t]].target_logprob += c->h_tgt[t];
-    /* Hidden states of the entries that ended in this pass. */
+    /* Hidden states of the entries that ended in this pass (before scoring reuses out_norm). */
     const int H = a->config.hidden_size;
     for (int r = 0; !rc && r < p->R; r++) {
         int k = p->out_entry[r];
@@ -337,6 +335,8 @@ static int run_pass(cuda_compute *c, compute_arm *a, const compute_entry *entrie
                                        (const float *)c->out_norm.ptr + (size_t)r * H,
                                        (size_t)H * sizeof(float), err);
     }
+    if (!rc && p->Rt > 0) rc = score_targets(c, a, p, err);
+    for (int t = 0; !rc && t < p->Rt; t++) *entries[p->tgt_entry[t]].target_logprob += c->h_tgt[t];
     return rc;
 }
 

@@ -28,6 +28,7 @@
 #include "snapshot.h"
 #include "rng.h"
 #include "tokenizer.h"
+#include "weight_transport_model.h"
 
 typedef struct cand {
     int32_t *tokens;
@@ -80,6 +81,7 @@ typedef struct engine_backend {
     job *jobs;
     snapshot_arm *serving;   /* mu; NULL: the base model */
     snapshot_arm *snapshots; /* mu; every snapshot not yet handed back by the engine */
+    weight_transport_model_receiver *receiver; /* cfg.transport; the loader's thread */
     duel_backend_sink sink;
     void *sink_ctx;
 } engine_backend;
@@ -394,7 +396,17 @@ static int eb_install_snapshot(void *impl, long long version, const char *dir,
     s->version = version;
     snprintf(s->name, sizeof s->name, "v%06lld", version);
     char path[4200];
-    int rc = model_load(dir, &s->model, err);
+    int rc = DUEL_EINVAL;
+    if (b->receiver) {
+        /* The weights through the GPU transport; the folder when that fails (another version in
+         * the buffer, a hash that does not match): serving never depends on it. */
+        duel_error terr = {0};
+        rc = weight_transport_model_load(b->receiver, version, dir, &s->model, &terr);
+        if (rc)
+            fprintf(stderr, "duel serve: snapshot %lld through %s: %s; loading its folder\n",
+                    version, weight_transport_kind_name(b->cfg.transport->kind), terr.message);
+    }
+    if (rc) rc = model_load(dir, &s->model, err);
     if (!rc && model_output_size(s->model) != model_output_size(b->model))
         rc = duel_error_set(err, DUEL_EFORMAT,
                             "snapshot v%lld: %d logits, the base model (and its tokenizer) %d",
@@ -453,6 +465,7 @@ static void eb_destroy(void *impl) {
     tokenizer_free(b->tok);
     model_free(b->model);
     free(b->model_dir);
+    weight_transport_model_receiver_free(b->receiver);
     pthread_mutex_destroy(&b->mu);
     free(b);
 }
@@ -539,6 +552,9 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
                         .features = cfg->snapshots ? ENGINE_FEATURES_REFERENCE
                                                    : ENGINE_FEATURES_POLICY};
     if ((rc = engine_create(&ep, &b->engine, err))) goto fail;
+    if (cfg->snapshots && cfg->transport &&
+        (rc = weight_transport_model_receiver_create(cfg->transport, &b->receiver, err)))
+        goto fail;
     out->name = "engine";
     out->impl = b;
     out->start = eb_start;

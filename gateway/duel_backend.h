@@ -137,6 +137,10 @@ typedef struct backend_engine_config {
     size_t kv_memory_bytes;    /* 0: the engine's default */
     int max_pilaf_jobs;        /* engine_params.max_pilaf_jobs; 0: the engine's default */
     const char *compute;       /* engine_params.backend (config engine.backend); NULL: cpu */
+    const struct weight_transport_options *transport; /* with snapshots: a GPU transport (cuda_ipc,
+                                  nccl: trainer.weight_transport) delivers each snapshot's weights
+                                  (weight_transport_model.h), the folder when it cannot; NULL:
+                                  the folder (file) */
     const struct compute_provider *const *providers; /* engine_params.providers */
     int num_providers;
     bool snapshots;            /* hot-swap (install_snapshot): the base model becomes the frozen

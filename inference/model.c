@@ -309,6 +309,11 @@ static int load_head(model *m, const safetensors_archive *st, duel_error *err) {
 }
 
 int model_load(const char *dir, model **out, duel_error *err) {
+    return model_load_archive(dir, NULL, out, err);
+}
+
+int model_load_archive(const char *dir, const safetensors_archive *weights, model **out,
+                       duel_error *err) {
     if (out) *out = NULL;
     if (!dir || !out) return duel_error_set(err, DUEL_EINVAL, "model_load: NULL argument");
     char path[4096];
@@ -346,10 +351,12 @@ int model_load(const char *dir, model **out, duel_error *err) {
         goto fail;
     }
     layout_params(m, m->params);
-    if ((rc = safetensors_open_dir(dir, &st, err))) goto fail;
-    rc = c->arch == MODEL_ARCH_LLAMA ? load_llama(m, st, err) : load_neox(m, st, err);
-    if (rc || (rc = load_head(m, st, err))) goto fail;
+    if (!weights && (rc = safetensors_open_dir(dir, &st, err))) goto fail;
+    const safetensors_archive *from = weights ? weights : st;
+    rc = c->arch == MODEL_ARCH_LLAMA ? load_llama(m, from, err) : load_neox(m, from, err);
+    if (rc || (rc = load_head(m, from, err))) goto fail;
     safetensors_close(st);
+    st = NULL;
     cpu_rope_inv_freq(m->inv_freq, c->rotary_dim, c->rope_theta,
                       c->rope_scaling == MODEL_ROPE_LLAMA3   ? CPU_ROPE_SCALING_LLAMA3
                       : c->rope_scaling == MODEL_ROPE_LINEAR ? CPU_ROPE_SCALING_LINEAR

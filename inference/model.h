@@ -15,12 +15,18 @@
 #include "error.h"
 #include "kv_cache.h"
 #include "model_config.h"
+#include "safetensors.h"
 
 typedef struct model model;
 
 /* Loads <dir>/config.json and the weights. Every expected tensor is checked for presence, dtype
  * and shape before use; errors name the file and the tensor. */
 int model_load(const char *dir, model **out, duel_error *err);
+/* The same with the weights from an archive already open (a snapshot's weights received through a
+ * GPU weight transport, trainer/weight_transport_model.h): <dir>/config.json gives the shape.
+ * The archive is only read; the caller closes it. */
+int model_load_archive(const char *dir, const safetensors_archive *weights, model **out,
+                       duel_error *err);
 void model_free(model *m);
 const model_config *model_get_config(const model *m);
 /* Number of output scores per position: vocab_size for causal LMs, num_labels for classifiers. */

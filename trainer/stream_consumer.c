@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "json_util.h"
+#include "lm_trainer.h"
 #include "snapshot.h"
 #include "snapshot_write.h"
 #include "timer.h"
@@ -25,6 +26,7 @@ struct stream_consumer {
     redisContext *rc;
     bool lost;                 /* the last failure was Redis going away (redis_error_is_transient) */
     online_trainer *trainer;
+    float *transport_block; /* the block a GPU transport sends (lm_model_export_block) */
     bool pending_phase;
     char cursor[STREAM_ID_MAX]; /* pending phase: last id read */
     char (*unacked)[STREAM_ID_MAX];
@@ -379,7 +381,14 @@ static int publish_snapshot(stream_consumer *c, int64_t version, bool replaying,
     c->last_publish_s = duel_time_seconds();
     c->stats.snapshot_seconds += c->last_publish_s - t0;
     if (c->o.transport) {
-        weight_transport_snapshot ws = {version, dir, train_model_parameter_memory(online_trainer_policy(c->trainer))};
+        /* the model.safetensors data section (lm_model_export_block), which a receiver checks
+         * against the file's hash */
+        train_model *policy = online_trainer_policy(c->trainer);
+        if (!c->transport_block &&
+            !(c->transport_block = malloc(train_model_num_parameters(policy) * sizeof(float))))
+            return duel_error_set(err, DUEL_ENOMEM, "out of memory for the transport's block");
+        lm_model_export_block(policy, c->transport_block);
+        weight_transport_snapshot ws = {version, dir, c->transport_block};
         if ((rc = weight_transport_send(c->o.transport, &ws, err))) return rc;
     }
     if ((rc = register_snapshot(c, version, err))) return rc;
@@ -847,6 +856,7 @@ int stream_consumer_run(stream_consumer *c, const stream_consumer_run_options *r
 void stream_consumer_close(stream_consumer *c) {
     if (!c) return;
     if (c->rc) redisFree(c->rc);
+    free(c->transport_block);
     free(c->unacked);
     free(c->replay);
     free(c);
