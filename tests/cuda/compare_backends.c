@@ -12,7 +12,9 @@
  *   duels: --duels duel requests (ee_ts, M = --m, temperature 1, seeds 1..) through the engine on
  *     each backend, the model as its own frozen reference, one seeded ERM: the pair and its
  *     placement must be the same wherever the candidates came out the same (a sampled token can
- *     move across a bucket boundary under bf16; those duels are counted, not failed).
+ *     move across a bucket boundary under bf16; those duels are counted, not failed) and their
+ *     rewards are not tied (a fresh ERM often scores candidates alike within 1e-4: rounding then
+ *     picks; counted too), and the features must agree within --tol.
  * Prints one line per finding and, with --json, one JSON object as the last line. Exit 0 when
  * every check holds, 1 otherwise, 2 for a bad command line. */
 #include <jansson.h>
@@ -128,8 +130,24 @@ typedef struct duel_result {
     int *counts;
     duel_pair pair;
     duel_placement placement;
+    float *features; /* [m][d_feat] */
+    int d_feat;
+    float *rewards;  /* [m][heads] */
+    int heads;
     double ms;
 } duel_result;
+
+/* Whether two candidates' rewards under some head are within rounding of each other: the pair
+ * may then go either way on two backends (a fresh ERM often scores candidates alike). */
+static bool rewards_near_tie(const float *r, int m, int heads) {
+    for (int i = 0; i < m; i++)
+        for (int j = i + 1; j < m; j++)
+            for (int e = 0; e < heads; e++) {
+                double a = r[i * heads + e], b = r[j * heads + e];
+                if (fabs(a - b) <= 1e-4 * (1 + fabs(a))) return true;
+            }
+    return false;
+}
 
 static int run_duels(const options *o, const char *name, model *m, const erm *scorer,
                      const int32_t *prompt, duel_result *out) {
@@ -170,6 +188,16 @@ static int run_duels(const options *o, const char *name, model *m, const erm *sc
             } else if (k == ENGINE_EVENT_DUEL_READY) {
                 r->pair = ev->pair;
                 r->placement = ev->placement;
+                free(r->features);
+                r->features = malloc((size_t)ev->count * ev->d_feat * sizeof *r->features);
+                if (r->features)
+                    memcpy(r->features, ev->features, (size_t)ev->count * ev->d_feat * sizeof(float));
+                r->d_feat = ev->d_feat;
+                free(r->rewards);
+                r->rewards = malloc((size_t)ev->count * ev->num_heads * sizeof *r->rewards);
+                if (r->rewards)
+                    memcpy(r->rewards, ev->rewards, (size_t)ev->count * ev->num_heads * sizeof(float));
+                r->heads = ev->num_heads;
             } else if (k == ENGINE_EVENT_ERROR || k == ENGINE_EVENT_CANCELLED) {
                 fprintf(stderr, "compare_backends: %s: duel %d: %s\n", name, d,
                         ev->message ? ev->message : "cancelled");
@@ -265,7 +293,8 @@ int main(int argc, char **argv) {
            o.steps / (sec_b > 0 ? sec_b : 1));
 
     /* Duels through the engine. */
-    int pairs_equal = 0, same_candidates = 0, pair_mismatch = 0;
+    int pairs_equal = 0, same_candidates = 0, pair_mismatch = 0, tied = 0;
+    double feat_err = 0;
     double ms_a = 0, ms_b = 0;
     if (!failed && o.duels > 0) {
         erm_config ec = {ERM_DEFAULT_NUM_HEADS, 2 * c->hidden_size, ERM_DEFAULT_HIDDEN};
@@ -287,25 +316,33 @@ int main(int argc, char **argv) {
             bool pair = ra[d].placement.a == rb[d].placement.a && ra[d].placement.b == rb[d].placement.b;
             same_candidates += same;
             pairs_equal += pair;
-            pair_mismatch += same && !pair;
+            if (same && ra[d].features && rb[d].features) {
+                double e = rel_err(rb[d].features, ra[d].features, o.m * ra[d].d_feat);
+                if (!(e <= feat_err)) feat_err = e;
+            }
+            bool tie = ra[d].rewards && rewards_near_tie(ra[d].rewards, o.m, ra[d].heads);
+            tied += same && !pair && tie;
+            pair_mismatch += same && !pair && !tie;
             ms_a += ra[d].ms;
             ms_b += rb[d].ms;
         }
         printf("duels: %d of %d with the same candidates, %d of %d the same pair (%d differ "
-               "with the same candidates); mean time to duel %s %.1f ms, %s %.1f ms\n",
-               same_candidates, o.duels, pairs_equal, o.duels, pair_mismatch, o.a,
+               "with the same candidates and rewards not tied, %d at a near tie), features rel. "
+               "err. max %.3g; mean time to duel %s %.1f ms, %s %.1f ms\n",
+               same_candidates, o.duels, pairs_equal, o.duels, pair_mismatch, tied, feat_err, o.a,
                ms_a / o.duels, o.b, ms_b / o.duels);
         for (int d = 0; d < o.duels; d++) {
             free(ra[d].tokens), free(rb[d].tokens), free(ra[d].counts), free(rb[d].counts);
+            free(ra[d].features), free(rb[d].features), free(ra[d].rewards), free(rb[d].rewards);
         }
         free(ra);
         free(rb);
         erm_free(scorer);
     }
-    bool duels_ok = !failed && pair_mismatch == 0;
+    bool duels_ok = !failed && pair_mismatch == 0 && feat_err < o.tol;
     if (o.json) {
         json_t *j = json_pack("{s:s, s:s, s:s, s:i, s:b, s:i, s:f, s:b, s:f, s:i, s:f, s:f, s:f, "
-                              "s:i, s:i, s:i, s:i, s:f, s:f, s:b}",
+                              "s:i, s:i, s:i, s:i, s:i, s:f, s:f, s:f, s:b}",
                               "model", o.model_dir, "a", o.a, "b", o.b, "greedy_steps", o.steps,
                               "greedy_identical", diverge < 0, "first_divergence", diverge,
                               "divergence_margin", margin, "divergence_near_tie", near_tie,
@@ -316,6 +353,8 @@ int main(int argc, char **argv) {
                               "greedy_tokens_per_s_b", o.steps / (sec_b > 0 ? sec_b : 1),
                               "duels", o.duels, "duels_same_candidates", same_candidates,
                               "duels_same_pair", pairs_equal, "duels_pair_mismatch", pair_mismatch,
+                              "duels_tied", tied,
+                              "features_rel_err_max", isfinite(feat_err) ? feat_err : -1.0,
                               "time_to_duel_ms_a", o.duels ? ms_a / o.duels : 0.0,
                               "time_to_duel_ms_b", o.duels ? ms_b / o.duels : 0.0,
                               "pass", greedy_ok && logits_ok && duels_ok);
