@@ -67,7 +67,7 @@ expect 0 '--max-new-tokens' -- help generate
 echo "== --help of every command documents every flag"
 declare -A FLAGS=(
     [info]="--json --blas-coretype"
-    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --arena-model --erm"
+    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --arena-model --erm --compute"
     [bench forward]="--model --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
     [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
 )
@@ -212,6 +212,17 @@ if [ -f "$SRC/models/default/model.safetensors" ]; then
         --prompt "What does tea mean?" 2>/dev/null) || fail "generate --chat --n 2 failed"
     grep -q '^ ' <<<"$out" && fail "generate --chat --n 2: a candidate starts with a space: '$out'"
     pass
+fi
+
+echo "== the compute backend (engine.backend, --compute): a clear error without a device"
+expect 1 'engine\.backend must be auto, cpu or cuda' -- serve --set engine.backend=gpu --model "$SRC/models/default"
+if [ -f "$SRC/models/default/model.safetensors" ]; then
+    expect 2 "--compute wants auto, cpu or cuda, got 'gpu'" -- generate --model "$SRC/models/default" --prompt hi --compute gpu
+    expect 0 '' -- generate --model "$SRC/models/default" --prompt hi --max-new-tokens 2 --compute cpu
+    if "$DUEL" info 2>/dev/null | grep -q 'gpu: none\|cuda: not built'; then
+        expect 1 'engine\.backend cuda: no device' -- generate --model "$SRC/models/default" --prompt hi --compute cuda
+        expect 1 'engine\.backend cuda: no device' -- serve --model "$SRC/models/default" --port 0 --set engine.backend=cuda
+    fi
 fi
 
 echo "== --json: one JSON object on the last line"
