@@ -52,7 +52,7 @@
 #include "timer.h"
 #include "tokenizer.h"
 #include "vote_entry.h"
-#include "weight_transport.h"
+#include "weight_transport_model.h"
 
 extern char **environ;
 
@@ -490,6 +490,7 @@ int bench_loop(int argc, char **argv) {
     redisContext *c = NULL;
     json_t *config = NULL;
     duel_backend backend = {0};
+    weight_transport_model_receiver *receiver = NULL; /* snapshots through a GPU transport */
     bool backend_started = false;
     snapshot_loader *loader = NULL;
     pid_t trainer = 0;
@@ -568,12 +569,15 @@ int bench_loop(int argc, char **argv) {
                                 .snapshots = true};
     /* The serving side computes where engine.backend says and takes the snapshots' weights
      * through trainer.weight_transport, as duel serve would. */
-    weight_transport_options wto;
     bc.compute = json_string_value(json_object_get(duel_config_section(config, "engine"), "backend"));
     bc.providers = cli_compute_providers(&bc.num_providers);
-    if ((rc = cli_receiving_transport(config, "bench loop", rs.host, rs.port, &wto, &bc.transport,
-                                      &err)))
+    if ((rc = cli_snapshot_receiver_open(config, "bench loop", rs.host, rs.port, &receiver, &err)))
         goto done;
+    if (receiver) {
+        bc.load_snapshot = cli_snapshot_receiver_load;
+        bc.load_snapshot_ctx = receiver;
+        bc.load_snapshot_via = cli_snapshot_receiver_via(receiver);
+    }
     fprintf(stderr, "loading %s; trainer log %s\n", model_dir, trainer_log);
     if ((rc = backend_engine_create(&bc, &backend, &err))) goto done;
     if ((rc = backend.start(backend.impl, queue_sink, &queue, &err))) goto done;
@@ -829,6 +833,7 @@ done:
     }
     snapshot_loader_destroy(loader);
     if (backend.destroy) backend.destroy(backend.impl);
+    weight_transport_model_receiver_free(receiver); /* after the adapter, which used it */
     (void)backend_started;
     for (loop_event *le = queue.head, *next; le; le = next) {
         next = le->next;

@@ -18,7 +18,7 @@
 #include "config.h"
 #include "engine.h"
 #include "gateway.h"
-#include "weight_transport.h"
+#include "weight_transport_model.h"
 
 int cmd_serve(int argc, char **argv);
 
@@ -202,6 +202,7 @@ int cmd_serve(int argc, char **argv) {
     gateway_config cfg;
     gateway_config_defaults(&cfg);
     backend_engine_config ecfg = {0};
+    weight_transport_model_receiver *receiver = NULL; /* snapshots through a GPU transport */
     if (gateway_config_from_json(&cfg, root, source, &err) ||
         engine_config_from_json(root, source, &ecfg, &err)) {
         fprintf(stderr, "duel serve: %s\n", err.message);
@@ -243,12 +244,17 @@ int cmd_serve(int argc, char **argv) {
         } else {
             ecfg.model_dir = model_dir;
             ecfg.snapshots = cfg.snapshot_loader;
-            weight_transport_options wto;
             if (ecfg.snapshots &&
-                (rc = cli_receiving_transport(root, source, cfg.redis_host, cfg.redis_port, &wto,
-                                              &ecfg.transport, &err)))
+                cli_snapshot_receiver_open(root, source, cfg.redis_host, cfg.redis_port,
+                                           &receiver, &err)) {
                 fprintf(stderr, "duel serve: %s\n", err.message);
-            else if (backend_engine_create(&ecfg, &backend, &err)) {
+                rc = CLI_EXIT_FAILURE;
+            } else if (receiver) {
+                ecfg.load_snapshot = cli_snapshot_receiver_load;
+                ecfg.load_snapshot_ctx = receiver;
+                ecfg.load_snapshot_via = cli_snapshot_receiver_via(receiver);
+            }
+            if (!rc && backend_engine_create(&ecfg, &backend, &err)) {
                 fprintf(stderr, "duel serve: %s\n", err.message);
                 rc = CLI_EXIT_FAILURE;
             }
@@ -264,12 +270,16 @@ int cmd_serve(int argc, char **argv) {
     }
     /* The engine adapter copies what it keeps (strategy, paths) before returning. */
     json_decref(root);
-    if (rc) return rc;
+    if (rc) {
+        weight_transport_model_receiver_free(receiver);
+        return rc;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     gateway *gw = NULL;
     if (gateway_create(&cfg, &backend, &gw, &err)) {
         fprintf(stderr, "duel serve: %s\n", err.message);
+        weight_transport_model_receiver_free(receiver);
         return CLI_EXIT_FAILURE;
     }
     int fds[2];
@@ -278,6 +288,7 @@ int cmd_serve(int argc, char **argv) {
     if (pipe2(fds, O_CLOEXEC)) {
         fprintf(stderr, "duel serve: pipe: %s\n", strerror(errno));
         gateway_destroy(gw);
+        weight_transport_model_receiver_free(receiver);
         return CLI_EXIT_FAILURE;
     }
     waiter.read_fd = fds[0];
@@ -291,6 +302,7 @@ int cmd_serve(int argc, char **argv) {
     if (pthread_create(&thread, NULL, wait_for_signal, &waiter)) {
         fprintf(stderr, "duel serve: cannot start the signal thread\n");
         gateway_destroy(gw);
+        weight_transport_model_receiver_free(receiver);
         return CLI_EXIT_FAILURE;
     }
     printf("duel serve: listening on http://%s:%d/ (redis %s:%d, backend %s, snapshots %s)\n",
@@ -305,7 +317,8 @@ int cmd_serve(int argc, char **argv) {
     signal(SIGINT, SIG_DFL);
     close(fds[0]);
     close(fds[1]);
-    gateway_destroy(gw);
+    gateway_destroy(gw); /* the adapter first: it used the receiver */
+    weight_transport_model_receiver_free(receiver);
     if (rc) {
         fprintf(stderr, "duel serve: %s\n", err.message);
         return CLI_EXIT_FAILURE;

@@ -28,7 +28,6 @@
 #include "snapshot.h"
 #include "rng.h"
 #include "tokenizer.h"
-#include "weight_transport_model.h"
 
 typedef struct cand {
     int32_t *tokens;
@@ -81,7 +80,6 @@ typedef struct engine_backend {
     job *jobs;
     snapshot_arm *serving;   /* mu; NULL: the base model */
     snapshot_arm *snapshots; /* mu; every snapshot not yet handed back by the engine */
-    weight_transport_model_receiver *receiver; /* cfg.transport; the loader's thread */
     duel_backend_sink sink;
     void *sink_ctx;
 } engine_backend;
@@ -397,14 +395,15 @@ static int eb_install_snapshot(void *impl, long long version, const char *dir,
     snprintf(s->name, sizeof s->name, "v%06lld", version);
     char path[4200];
     int rc = DUEL_EINVAL;
-    if (b->receiver) {
+    if (b->cfg.load_snapshot) {
         /* The weights through the GPU transport; the folder when that fails (another version in
          * the buffer, a hash that does not match): serving never depends on it. */
         duel_error terr = {0};
-        rc = weight_transport_model_load(b->receiver, version, dir, &s->model, &terr);
+        rc = b->cfg.load_snapshot(b->cfg.load_snapshot_ctx, version, dir, &s->model, &terr);
         if (rc)
             fprintf(stderr, "duel serve: snapshot %lld through %s: %s; loading its folder\n",
-                    version, weight_transport_kind_name(b->cfg.transport->kind), terr.message);
+                    version, b->cfg.load_snapshot_via ? b->cfg.load_snapshot_via : "a transport",
+                    terr.message);
     }
     if (rc) rc = model_load(dir, &s->model, err);
     if (!rc && model_output_size(s->model) != model_output_size(b->model))
@@ -465,7 +464,6 @@ static void eb_destroy(void *impl) {
     tokenizer_free(b->tok);
     model_free(b->model);
     free(b->model_dir);
-    weight_transport_model_receiver_free(b->receiver);
     pthread_mutex_destroy(&b->mu);
     free(b);
 }
@@ -552,9 +550,6 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
                         .features = cfg->snapshots ? ENGINE_FEATURES_REFERENCE
                                                    : ENGINE_FEATURES_POLICY};
     if ((rc = engine_create(&ep, &b->engine, err))) goto fail;
-    if (cfg->snapshots && cfg->transport &&
-        (rc = weight_transport_model_receiver_create(cfg->transport, &b->receiver, err)))
-        goto fail;
     out->name = "engine";
     out->impl = b;
     out->start = eb_start;

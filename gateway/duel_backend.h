@@ -17,6 +17,8 @@
 
 #include "error.h"
 
+struct model; /* inference/model.h */
+
 typedef struct duel_backend_turn {
     const char *user;
     const char *assistant;
@@ -137,10 +139,14 @@ typedef struct backend_engine_config {
     size_t kv_memory_bytes;    /* 0: the engine's default */
     int max_pilaf_jobs;        /* engine_params.max_pilaf_jobs; 0: the engine's default */
     const char *compute;       /* engine_params.backend (config engine.backend); NULL: cpu */
-    const struct weight_transport_options *transport; /* with snapshots: a GPU transport (cuda_ipc,
-                                  nccl: trainer.weight_transport) delivers each snapshot's weights
-                                  (weight_transport_model.h), the folder when it cannot; NULL:
-                                  the folder (file) */
+    /* With snapshots: where a snapshot's model comes from instead of its folder (the `duel`
+     * executable passes the receiving end of a GPU weight transport, cuda_ipc or nccl:
+     * trainer.weight_transport); when it fails the folder is loaded. NULL: the folder. Runs on the
+     * loader's thread. */
+    int (*load_snapshot)(void *ctx, long long version, const char *dir, struct model **out,
+                         duel_error *err);
+    void *load_snapshot_ctx;
+    const char *load_snapshot_via; /* its name in the log line of a fallback ("cuda_ipc") */
     const struct compute_provider *const *providers; /* engine_params.providers */
     int num_providers;
     bool snapshots;            /* hot-swap (install_snapshot): the base model becomes the frozen

@@ -3,13 +3,13 @@
  * the transport, the sha256 of both against meta.json, then model_load_archive. */
 #include "weight_transport_model.h"
 
-#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "safetensors.h"
 #include "sha256.h"
+#include "snapshot.h"
 
 #define WTM_MAX_HEADER (100u << 20) /* bytes of a safetensors header we accept */
 
@@ -49,6 +49,10 @@ void weight_transport_model_receiver_free(weight_transport_model_receiver *r) {
     free(r);
 }
 
+const char *weight_transport_model_kind(const weight_transport_model_receiver *r) {
+    return weight_transport_kind_name(r->o.kind);
+}
+
 long long weight_transport_model_received(const weight_transport_model_receiver *r) {
     return r ? r->received : 0;
 }
@@ -81,19 +85,18 @@ static int read_header(const char *path, unsigned char **head, size_t *head_byte
     return rc;
 }
 
-/* meta.json's sha256 of model.safetensors. */
+/* meta.json's sha256 of model.safetensors (common/snapshot.h reads meta.json). */
 static int meta_hash(const char *dir, char hex[SHA256_HEX_BYTES], duel_error *err) {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/meta.json", dir);
-    json_error_t je;
-    json_t *meta = json_load_file(path, 0, &je);
-    const char *h = json_string_value(json_object_get(json_object_get(meta, "files"), "model.safetensors"));
-    int rc = h && strlen(h) == SHA256_HEX_BYTES - 1
-                 ? DUEL_OK
-                 : duel_error_set(err, DUEL_EFORMAT, "%s: no sha256 of model.safetensors", path);
-    if (!rc) memcpy(hex, h, SHA256_HEX_BYTES);
-    json_decref(meta);
-    return rc;
+    snapshot_meta meta;
+    int rc = snapshot_meta_read(dir, &meta, err);
+    if (rc) return rc;
+    for (int i = 0; i < meta.num_files; i++)
+        if (strcmp(meta.files[i].name, SNAPSHOT_FILE_MODEL) == 0) {
+            memcpy(hex, meta.files[i].sha256, SHA256_HEX_BYTES);
+            return DUEL_OK;
+        }
+    return duel_error_set(err, DUEL_EFORMAT, "%s/%s: no sha256 of %s", dir, SNAPSHOT_FILE_META,
+                          SNAPSHOT_FILE_MODEL);
 }
 
 /* The header and block in one image, checked against meta.json, made into a model. */
@@ -101,7 +104,7 @@ static int assemble(const char *dir, const unsigned char *head, size_t head_byte
                     const float *block, size_t data_bytes, int64_t version, const char *via,
                     model **out, duel_error *err) {
     char path[4200], want[SHA256_HEX_BYTES], got[SHA256_HEX_BYTES];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, SNAPSHOT_FILE_MODEL);
     int rc = meta_hash(dir, want, err);
     unsigned char *image = rc ? NULL : malloc(head_bytes + data_bytes);
     if (!rc && !image)
@@ -128,7 +131,7 @@ int weight_transport_model_from_block(const char *dir, const float *block, size_
                                       int64_t version, model **out, duel_error *err) {
     *out = NULL;
     char path[4200];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, SNAPSHOT_FILE_MODEL);
     unsigned char *head = NULL;
     size_t head_bytes = 0, data_bytes = 0;
     int rc = read_header(path, &head, &head_bytes, &data_bytes, err);
@@ -144,7 +147,7 @@ int weight_transport_model_load(weight_transport_model_receiver *r, int64_t vers
                                 const char *dir, model **out, duel_error *err) {
     *out = NULL;
     char path[4200];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, SNAPSHOT_FILE_MODEL);
     unsigned char *head = NULL;
     size_t head_bytes = 0, data_bytes = 0;
     int rc = read_header(path, &head, &head_bytes, &data_bytes, err);

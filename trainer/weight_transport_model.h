@@ -41,6 +41,8 @@ int weight_transport_model_load(weight_transport_model_receiver *r, int64_t vers
  * sha256, made into a model. DUEL_EFORMAT for a block of another size or hash. */
 int weight_transport_model_from_block(const char *dir, const float *block, size_t num_params,
                                       int64_t version, model **out, duel_error *err);
+/* The kind's name ("cuda_ipc", "nccl"). */
+const char *weight_transport_model_kind(const weight_transport_model_receiver *r);
 /* Versions loaded through the transport so far. */
 long long weight_transport_model_received(const weight_transport_model_receiver *r);
 void weight_transport_model_receiver_free(weight_transport_model_receiver *r);
