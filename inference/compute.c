@@ -234,3 +234,30 @@ void compute_host_logits_free(compute_host_logits *h) {
     free(h->data);
     memset(h, 0, sizeof *h);
 }
+
+/* ---- host ERM ----------------------------------------------------------------------------- */
+
+struct compute_erm {
+    const erm *model; /* borrowed */
+};
+
+int compute_host_erm_load(compute_backend *b, const erm *model, compute_erm **out,
+                          duel_error *err) {
+    (void)b;
+    compute_erm *e = calloc(1, sizeof *e);
+    if (!e) return duel_error_set(err, DUEL_ENOMEM, "%s backend: out of memory", compute_name(b));
+    e->model = model;
+    *out = e;
+    return DUEL_OK;
+}
+
+void compute_host_erm_unload(compute_backend *b, compute_erm *e) {
+    (void)b;
+    free(e);
+}
+
+int compute_host_erm_score(compute_backend *b, compute_erm *e, const float *features, int M,
+                           float *rewards, duel_error *err) {
+    (void)b;
+    return erm_score(e->model, features, M, rewards, err);
+}

@@ -176,6 +176,14 @@ int compute_host_logits_sample(compute_host_logits *h, compute_sample *samples, 
 int compute_host_logits_read(compute_host_logits *h, int row, float *out, duel_error *err);
 void compute_host_logits_free(compute_host_logits *h);
 
+/* The host ERM handle, shared by host backends: a borrowed ensemble scored with erm_score (their
+ * erm_load / erm_unload / erm_score operations). */
+int compute_host_erm_load(compute_backend *b, const erm *model, compute_erm **out,
+                          duel_error *err);
+void compute_host_erm_unload(compute_backend *b, compute_erm *e);
+int compute_host_erm_score(compute_backend *b, compute_erm *e, const float *features, int M,
+                           float *rewards, duel_error *err);
+
 #ifdef __cplusplus
 }
 #endif

@@ -20,10 +20,6 @@ struct compute_arm {
     model *model; /* borrowed */
 };
 
-struct compute_erm {
-    const erm *model; /* borrowed */
-};
-
 static void cpu_destroy(compute_backend *b) {
     cpu_backend *c = (cpu_backend *)b;
     compute_host_logits_free(&c->logits);
@@ -114,27 +110,6 @@ static int cpu_read_logits(compute_backend *b, int row, float *out, duel_error *
     return compute_host_logits_read(&((cpu_backend *)b)->logits, row, out, err);
 }
 
-static int cpu_erm_load(compute_backend *b, const erm *model, compute_erm **out,
-                        duel_error *err) {
-    (void)b;
-    compute_erm *e = calloc(1, sizeof *e);
-    if (!e) return duel_error_set(err, DUEL_ENOMEM, "cpu backend: out of memory");
-    e->model = model;
-    *out = e;
-    return DUEL_OK;
-}
-
-static void cpu_erm_unload(compute_backend *b, compute_erm *e) {
-    (void)b;
-    free(e);
-}
-
-static int cpu_erm_score(compute_backend *b, compute_erm *e, const float *features, int M,
-                         float *rewards, duel_error *err) {
-    (void)b;
-    return erm_score(e->model, features, M, rewards, err);
-}
-
 static const compute_ops cpu_ops = {
     .name = "cpu",
     .destroy = cpu_destroy,
@@ -148,9 +123,9 @@ static const compute_ops cpu_ops = {
     .forward = cpu_forward,
     .sample = cpu_sample,
     .read_logits = cpu_read_logits,
-    .erm_load = cpu_erm_load,
-    .erm_unload = cpu_erm_unload,
-    .erm_score = cpu_erm_score,
+    .erm_load = compute_host_erm_load,
+    .erm_unload = compute_host_erm_unload,
+    .erm_score = compute_host_erm_score,
 };
 
 static int cpu_create(compute_backend **out, duel_error *err) {

@@ -24,10 +24,6 @@ struct compute_arm {
     model *model;
 };
 
-struct compute_erm {
-    const erm *model;
-};
-
 static void ref_destroy(compute_backend *b) {
     reference_backend *r = (reference_backend *)b;
     kv_pool_destroy(r->storage);
@@ -149,27 +145,6 @@ static int ref_read_logits(compute_backend *b, int row, float *out, duel_error *
     return compute_host_logits_read(&((reference_backend *)b)->logits, row, out, err);
 }
 
-static int ref_erm_load(compute_backend *b, const erm *model, compute_erm **out,
-                        duel_error *err) {
-    (void)b;
-    compute_erm *e = calloc(1, sizeof *e);
-    if (!e) return duel_error_set(err, DUEL_ENOMEM, "reference backend: out of memory");
-    e->model = model;
-    *out = e;
-    return DUEL_OK;
-}
-
-static void ref_erm_unload(compute_backend *b, compute_erm *e) {
-    (void)b;
-    free(e);
-}
-
-static int ref_erm_score(compute_backend *b, compute_erm *e, const float *features, int M,
-                         float *rewards, duel_error *err) {
-    (void)b;
-    return erm_score(e->model, features, M, rewards, err);
-}
-
 static const compute_ops reference_ops = {
     .name = "reference",
     .destroy = ref_destroy,
@@ -183,9 +158,9 @@ static const compute_ops reference_ops = {
     .forward = ref_forward,
     .sample = ref_sample,
     .read_logits = ref_read_logits,
-    .erm_load = ref_erm_load,
-    .erm_unload = ref_erm_unload,
-    .erm_score = ref_erm_score,
+    .erm_load = compute_host_erm_load,
+    .erm_unload = compute_host_erm_unload,
+    .erm_score = compute_host_erm_score,
 };
 
 static int ref_create(compute_backend **out, duel_error *err) {
