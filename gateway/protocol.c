@@ -51,13 +51,6 @@ const char *protocol_error_name(protocol_error_code code) {
     return ERROR_NAMES[code];
 }
 
-static const char *const CHOICE_NAMES[] = {"a", "b", "tie", "both_bad"};
-
-const char *protocol_choice_name(protocol_choice choice) {
-    if ((int)choice < 0 || choice > PROTOCOL_CHOICE_BOTH_BAD) return "?";
-    return CHOICE_NAMES[choice];
-}
-
 bool protocol_id_valid(const char *s, size_t len) {
     if (len != PROTOCOL_ID_LEN) return false;
     for (size_t i = 0; i < len; i++) {
@@ -184,15 +177,7 @@ static protocol_error_code parse_object(json_t *root, const protocol_limits *lim
             return fail(PROTOCOL_E_BAD_VALUE, detail, cap,
                         "\"duel\" must be %d lowercase hex characters", PROTOCOL_ID_LEN);
         memcpy(out->duel, json_string_value(duel), PROTOCOL_ID_LEN + 1);
-        bool found = false;
-        for (int c = 0; c <= PROTOCOL_CHOICE_BOTH_BAD; c++) {
-            if (json_string_length(choice) == strlen(CHOICE_NAMES[c]) &&
-                strcmp(json_string_value(choice), CHOICE_NAMES[c]) == 0) {
-                out->choice = (protocol_choice)c;
-                found = true;
-            }
-        }
-        if (!found)
+        if (vote_choice_parse(json_string_value(choice), json_string_length(choice), &out->choice))
             return fail(PROTOCOL_E_BAD_VALUE, detail, cap,
                         "\"choice\" must be \"a\", \"b\", \"tie\" or \"both_bad\"");
         break;

@@ -10,6 +10,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "vote_entry.h"
+
 /* Conversation and duel ids: 32 lowercase hex characters (128 random bits). */
 #define PROTOCOL_ID_LEN 32
 
@@ -60,16 +62,6 @@ typedef enum protocol_msg_type {
     PROTOCOL_MSG_CANCEL,
 } protocol_msg_type;
 
-typedef enum protocol_choice {
-    PROTOCOL_CHOICE_A,
-    PROTOCOL_CHOICE_B,
-    PROTOCOL_CHOICE_TIE,
-    PROTOCOL_CHOICE_BOTH_BAD,
-} protocol_choice;
-
-/* "a", "b", "tie", "both_bad". */
-const char *protocol_choice_name(protocol_choice choice);
-
 typedef struct protocol_limits {
     size_t max_frame_bytes; /* whole frame, bytes (DESIGN: 16 KiB) */
     size_t max_ask_bytes;   /* ask text after parsing, bytes */
@@ -83,7 +75,7 @@ typedef struct protocol_msg {
     char *text;                              /* ask: NUL-terminated, valid UTF-8 */
     size_t text_len;
     char duel[PROTOCOL_ID_LEN + 1];          /* vote */
-    protocol_choice choice;                  /* vote */
+    vote_choice choice;                      /* vote (vote_entry.h: a, b, tie, both_bad) */
 } protocol_msg;
 
 /* Parses one complete text frame. Returns PROTOCOL_OK and fills out, or an error code with a

@@ -17,7 +17,7 @@
 #include <stdint.h>
 
 #include "error.h"
-#include "vote_record.h"
+#include "vote_entry.h"
 
 typedef struct redis_worker_config {
     const char *host;
@@ -65,7 +65,7 @@ int redis_worker_create(const redis_worker_config *cfg, redis_result_fn on_resul
                         redis_worker **out, duel_error *err);
 /* Queues jobs; ownership of rec / json passes to the worker (also on failure). */
 int redis_worker_submit_vote(redis_worker *w, uint64_t conn_id, const char *duel_id,
-                             vote_record *rec);
+                             vote_entry_encoded *rec);
 int redis_worker_save_conversation(redis_worker *w, const char *conv_id, char *json);
 int redis_worker_load_conversation(redis_worker *w, uint64_t conn_id, const char *conv_id);
 void redis_worker_get_stats(redis_worker *w, redis_worker_stats *out);

@@ -24,10 +24,7 @@
 #include "redis_worker.h"
 #include "str_map.h"
 #include "timer.h"
-#include "vote_record.h"
-
-_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-               "vote entries store arrays in host order, which must be little-endian");
+#include "vote_entry.h"
 
 #define OUTBOX_MAX_BYTES (8u << 20) /* a client this far behind is dropped */
 #define MAX_STATIC_FILES 32
@@ -441,51 +438,43 @@ static void expire_duels(gateway *gw, double now) {
 
 /* ---- votes ------------------------------------------------------------------------------ */
 
-static int add_array(vote_record *rec, const char *name, const void *data, size_t bytes) {
-    return vote_record_add(rec, name, data ? data : "", data ? bytes : 0);
-}
-
-static int build_vote(gateway *gw, const duel_rec *d, protocol_choice choice, vote_record *rec) {
+/* The duel:prefs entry of a vote on d (vote_entry.h's encoder: what it writes, the trainer
+ * reads). Fails when the entry could not be encoded; err says why. */
+static int build_vote(const duel_rec *d, vote_choice choice, vote_entry_encoded *out,
+                      duel_error *err) {
     const duel_backend_result *r = d->result;
-    char vote_id[PROTOCOL_ID_LEN + 1];
-    if (random_id(vote_id)) return -1;
-    int chosen = choice == PROTOCOL_CHOICE_B ? r->cand_b : r->cand_a;
-    int rejected = choice == PROTOCOL_CHOICE_B ? r->cand_a : r->cand_b;
-    const char *chosen_text = choice == PROTOCOL_CHOICE_B ? d->text_b : d->text_a;
-    const char *rejected_text = choice == PROTOCOL_CHOICE_B ? d->text_a : d->text_b;
-    size_t m = (size_t)r->num_candidates;
-    int rc = 0;
-    rc |= vote_record_add_string(rec, "vote_id", vote_id);
-    rc |= vote_record_add_string(rec, "duel_id", d->id);
-    rc |= vote_record_add_int(rec, "ts_ms", duel_time_unix_ms());
-    rc |= vote_record_add_int(rec, "arm", d->arm);
-    rc |= vote_record_add_int(rec, "policy_version", r->policy_version);
-    rc |= vote_record_add_string(rec, "strategy", r->strategy ? r->strategy : "");
-    rc |= vote_record_add_string(rec, "choice", protocol_choice_name(choice));
-    rc |= vote_record_add_int(rec, "side_swap", r->side_swap ? 1 : 0);
-    rc |= add_array(rec, "prompt_tokens", r->prompt_tokens, r->n_prompt_tokens * 4);
-    rc |= add_array(rec, "cand_tokens", r->cand_tokens, r->n_cand_tokens * 4);
-    rc |= add_array(rec, "cand_offsets", r->cand_offsets, (m + 1) * 4);
-    rc |= vote_record_add_int(rec, "chosen_idx", chosen);
-    rc |= vote_record_add_int(rec, "rejected_idx", rejected);
-    rc |= add_array(rec, "features", r->features, m * (size_t)r->d_feat * 4);
-    rc |= add_array(rec, "erm_rewards", r->rewards, m * (size_t)r->num_heads * 4);
-    rc |= vote_record_add_string(rec, "gen_params", r->gen_params_json ? r->gen_params_json : "{}");
-    rc |= vote_record_add_string(rec, "prompt_text", r->prompt_text ? r->prompt_text : d->user_text);
-    rc |= vote_record_add_string(rec, "chosen_text", chosen_text);
-    rc |= vote_record_add_string(rec, "rejected_text", rejected_text);
-    rc |= vote_record_add_string(rec, "model_id", r->model_id ? r->model_id : "");
-    /* Shapes and context the trainer needs to read the binary fields without guessing. */
-    rc |= vote_record_add_int(rec, "num_candidates", r->num_candidates);
-    rc |= vote_record_add_int(rec, "d_feat", r->d_feat);
-    rc |= vote_record_add_int(rec, "num_heads", r->num_heads);
-    rc |= vote_record_add_string(rec, "features_dtype", "f32");
-    rc |= vote_record_add_string(rec, "conversation", d->conv_id);
+    bool b_won = choice == VOTE_CHOICE_B;
+    vote_entry e = {0};
+    if (random_id(e.vote_id)) return duel_error_set(err, DUEL_EIO, "no random bytes for a vote id");
+    if (snprintf(e.strategy, sizeof e.strategy, "%s", r->strategy ? r->strategy : "") >= (int)sizeof e.strategy ||
+        snprintf(e.model_id, sizeof e.model_id, "%s", r->model_id ? r->model_id : "") >= (int)sizeof e.model_id)
+        return duel_error_set(err, DUEL_EFORMAT, "the strategy or model id is longer than %d bytes",
+                              VOTE_ENTRY_MAX_ID);
+    snprintf(e.duel_id, sizeof e.duel_id, "%s", d->id);
+    snprintf(e.conversation, sizeof e.conversation, "%s", d->conv_id);
+    e.ts_ms = duel_time_unix_ms();
+    e.arm = d->arm;
+    e.policy_version = r->policy_version;
+    e.choice = choice;
+    e.side_swap = r->side_swap ? 1 : 0;
+    e.num_candidates = r->num_candidates;
+    e.d_feat = r->d_feat;
+    e.num_heads = r->num_heads;
+    e.chosen_idx = b_won ? r->cand_b : r->cand_a;
+    e.rejected_idx = b_won ? r->cand_a : r->cand_b;
+    e.n_prompt_tokens = r->n_prompt_tokens > INT32_MAX ? -1 : (int)r->n_prompt_tokens;
+    e.n_cand_tokens = r->n_cand_tokens > INT32_MAX ? -1 : (int)r->n_cand_tokens;
+    e.prompt_tokens = r->prompt_tokens;
+    e.cand_tokens = r->cand_tokens;
+    e.cand_offsets = r->cand_offsets;
+    e.features = r->features;
+    e.erm_rewards = r->rewards;
     /* The reference's log-probability of every candidate (the engine's reference pass): the
      * trainer's DPO reference, so that it need not run the reference model itself. */
-    if (r->ref_logprobs) rc |= add_array(rec, "ref_logprobs", r->ref_logprobs, m * 4);
-    (void)gw;
-    return rc ? -1 : 0;
+    e.ref_logprobs = r->ref_logprobs;
+    vote_entry_texts texts = {r->gen_params_json, r->prompt_text ? r->prompt_text : d->user_text,
+                              b_won ? d->text_b : d->text_a, b_won ? d->text_a : d->text_b};
+    return vote_entry_encode(&e, &texts, out, err);
 }
 
 /* ---- client messages -------------------------------------------------------------------- */
@@ -624,15 +613,17 @@ static void handle_vote(gateway *gw, session *s, const protocol_msg *m) {
         send_error(gw, s, PROTOCOL_E_DUEL_NOT_FINISHED, "wait for both answers to finish");
         return;
     }
-    vote_record rec = {0};
-    if (build_vote(gw, d, m->choice, &rec)) {
-        vote_record_clear(&rec);
-        send_error(gw, s, PROTOCOL_E_INTERNAL, "out of memory");
+    vote_entry_encoded rec;
+    duel_error err = {0};
+    if (build_vote(d, m->choice, &rec, &err)) {
+        char msg[DUEL_ERROR_MESSAGE_MAX + 40];
+        snprintf(msg, sizeof msg, "the vote could not be recorded: %s", err.message);
+        send_error(gw, s, PROTOCOL_E_INTERNAL, msg);
         return;
     }
     conversation *c = s->conv;
     if (strcmp(c->last_duel, d->id) == 0) {
-        const char *answer = m->choice == PROTOCOL_CHOICE_B ? d->text_b : d->text_a;
+        const char *answer = m->choice == VOTE_CHOICE_B ? d->text_b : d->text_a;
         if (conv_append(c, d->user_text, answer) == 0) conv_save(gw, c);
         c->last_duel[0] = '\0';
     }

@@ -175,8 +175,8 @@ static void test_adapter_rejects_bad_settings(void **state) {
     assert_true(backend_engine_create(&cfg, &b, &err) < 0);
 }
 
-/* The gateway writes votes with its own producer (gateway/server.c); the trainer reads them with
- * vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
+/* The gateway encodes votes with the vote codec (common/vote_entry.h); the trainer reads them
+ * with vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
  * the served model, with the clicked side as the chosen candidate. */
 static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
     redisContext *rc = redisConnect("127.0.0.1", redis->port);

@@ -57,7 +57,7 @@ static void test_valid_messages(void **state) {
         assert_int_equal(m.type, PROTOCOL_MSG_VOTE);
         assert_int_equal((int)m.choice, c);
         assert_string_equal(m.duel, ID);
-        assert_string_equal(protocol_choice_name(m.choice), choices[c]);
+        assert_string_equal(vote_choice_name(m.choice), choices[c]);
         protocol_msg_clear(&m);
     }
     assert_int_equal(parse(" {\"type\" : \"cancel\"}\n", &m), PROTOCOL_OK);
