@@ -286,23 +286,10 @@ char *protocol_encode_error(protocol_error_code code, const char *message, size_
 }
 
 char *protocol_sanitize_utf8(const char *s, size_t n, size_t *out_len) {
-    /* Each invalid byte becomes U+FFFD (3 bytes), so 3n bounds the output. */
-    char *out = malloc(3 * n + 1);
+    /* The one replacement rule (utf8.h), and NUL too: answers are kept as C strings. */
+    char *out = malloc(DUEL_UTF8_LOSSY_MAX(n) + 1);
     if (!out) return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        int k = duel_utf8_decode((const unsigned char *)s + i, n - i, &cp);
-        if (k > 0 && cp != 0) {
-            memcpy(out + o, s + i, (size_t)k);
-            o += (size_t)k;
-            i += (size_t)k;
-        } else {
-            memcpy(out + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i += 1;
-        }
-    }
+    size_t o = duel_utf8_lossy(s, n, DUEL_UTF8_LOSSY_NUL, out);
     out[o] = '\0';
     if (out_len) *out_len = o;
     return out;

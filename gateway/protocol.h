@@ -109,8 +109,10 @@ char *protocol_encode_duel_end(const char *duel, bool cancelled, size_t *len);
 char *protocol_encode_vote_ok(const char *duel, bool queued, size_t *len);
 char *protocol_encode_error(protocol_error_code code, const char *message, size_t *len);
 
-/* Copies s[0..n) into a new malloc'd NUL-terminated string, replacing invalid UTF-8 sequences
- * with U+FFFD (model output is not guaranteed to be valid). *out_len gets the new length. */
+/* Copies s[0..n) into a new malloc'd NUL-terminated string with the one replacement rule
+ * (common/utf8.h: U+FFFD per maximal subpart of invalid UTF-8, as the CLI and the tokenizer do;
+ * model output is not guaranteed to be valid) and NUL bytes replaced too. *out_len gets the new
+ * length. */
 char *protocol_sanitize_utf8(const char *s, size_t n, size_t *out_len);
 
 #endif

@@ -224,8 +224,10 @@ static void test_encoding(void **state) {
 static void test_sanitize(void **state) {
     (void)state;
     size_t n;
+    /* One U+FFFD per maximal subpart, as the CLI and the tokenizer (common/utf8.h): the cut-off
+     * "\xe2\x98" at the end is one (this gateway used to write one per byte). */
     char *s = protocol_sanitize_utf8("ok\xff\xc3\xa9\xe2\x98", 7, &n);
-    assert_string_equal(s, "ok\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd\xef\xbf\xbd");
+    assert_string_equal(s, "ok\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd");
     assert_int_equal(n, strlen(s));
     free(s);
     s = protocol_sanitize_utf8("a\0b", 3, &n); /* NUL would cut C strings: replaced */

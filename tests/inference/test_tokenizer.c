@@ -344,6 +344,33 @@ static void test_decode(void **state) {
     tokenizer_free(tok);
 }
 
+/* Decoding random byte tokens gives duel_utf8_lossy of their bytes: the tokenizer replaces bad
+ * bytes by the same rule as the gateway and the CLI (common/utf8.h). */
+static void test_decode_lossy_is_the_common_rule(void **state) {
+    (void)state;
+    tokenizer *tok = load_pre(PRE_GPT2);
+    duel_rng rng;
+    duel_rng_seed(&rng, 77);
+    int32_t ids[48];
+    char bytes[48], want[3 * 48];
+    for (int trial = 0; trial < 300; trial++) {
+        size_t n = 1 + duel_rng_below(&rng, 48);
+        for (size_t i = 0; i < n; i++) {
+            ids[i] = (int32_t)(duel_rng_below(&rng, 2) ? 0x80 + duel_rng_below(&rng, 0x80)
+                                                       : 0x21 + duel_rng_below(&rng, 0x5E));
+            bytes[i] = (char)ids[i]; /* this vocabulary's byte tokens have their byte as id */
+        }
+        char *text;
+        size_t len;
+        assert_int_equal(tokenizer_decode(tok, ids, n, false, &text, &len, NULL), 0);
+        size_t want_len = duel_utf8_lossy(bytes, n, 0, want);
+        assert_int_equal(len, want_len);
+        assert_memory_equal(text, want, len);
+        free(text);
+    }
+    tokenizer_free(tok);
+}
+
 /* Random valid UTF-8 (all planes, spaces, digits, specials) encodes and decodes to itself. */
 static void test_round_trip_random(void **state) {
     (void)state;
@@ -594,6 +621,7 @@ int main(void) {
         cmocka_unit_test(test_ignore_merges),
         cmocka_unit_test(test_added_tokens),
         cmocka_unit_test(test_decode),
+        cmocka_unit_test(test_decode_lossy_is_the_common_rule),
         cmocka_unit_test(test_round_trip_random),
         cmocka_unit_test(test_long_input),
         cmocka_unit_test(test_invalid_utf8),
