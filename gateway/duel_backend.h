@@ -20,6 +20,8 @@
 typedef struct duel_backend_turn {
     const char *user;
     const char *assistant;
+    const int32_t *ids; /* the turn as encode_turn gave it, or NULL (then every turn's is NULL) */
+    size_t n_ids;
 } duel_backend_turn;
 
 typedef struct duel_backend_request {
@@ -88,6 +90,12 @@ typedef struct duel_backend {
     size_t (*queue_depth)(void *impl);
     /* Tokens in text (for the context limit); NULL: the gateway estimates bytes / 4. */
     long long (*count_tokens)(void *impl, const char *text, size_t len);
+    /* A finished turn as this backend's prompts encode it (*ids malloc'd), for the conversation
+     * to keep, so that a request's history need not be tokenized again: submit then takes the
+     * turns' ids. NULL, or DUEL_EUNSUPPORTED (a template whose turns do not encode apart): the
+     * history is re-encoded from its texts. Called on the lws thread, once per turn. */
+    int (*encode_turn)(void *impl, const char *user, const char *assistant, int32_t **ids,
+                       size_t *n_ids, duel_error *err);
     /* Stops the thread (pending requests are dropped without events) and frees impl. */
     void (*destroy)(void *impl);
     /* Hot-swap (optional; NULL: one fixed model). Loads the snapshot folder dir (already

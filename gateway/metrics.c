@@ -11,6 +11,22 @@
 static const double BOUNDS[METRICS_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                0.25,  0.5,    1,     2.5,  5,     10,   60};
 
+void metrics_add_tokens(gateway_metrics *m, double now, uint64_t tokens) {
+    m->generated_tokens += tokens;
+    int64_t sec = (int64_t)now;
+    int slot = (int)(sec % 60);
+    if (m->token_window_sec[slot] != sec) m->token_window_sec[slot] = sec, m->token_window[slot] = 0;
+    m->token_window[slot] += tokens;
+}
+
+double metrics_tokens_per_second(const gateway_metrics *m, double now) {
+    int64_t sec = (int64_t)now;
+    uint64_t sum = 0;
+    for (int i = 0; i < 60; i++)
+        if (sec - m->token_window_sec[i] < 60) sum += m->token_window[i];
+    return sum / 60.0;
+}
+
 void metrics_observe(metrics_histogram *h, double seconds) {
     int b = 0;
     while (b < METRICS_BUCKETS && seconds > BOUNDS[b]) b++;

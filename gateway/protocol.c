@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "utf8.h"
 
@@ -293,4 +294,21 @@ char *protocol_sanitize_utf8(const char *s, size_t n, size_t *out_len) {
     out[o] = '\0';
     if (out_len) *out_len = o;
     return out;
+}
+
+int protocol_new_id(char out[PROTOCOL_ID_LEN + 1]) {
+    unsigned char b[PROTOCOL_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof b) {
+        ssize_t r = getrandom(b + got, sizeof b - got, 0);
+        if (r <= 0) return -1;
+        got += (size_t)r;
+    }
+    static const char HEX[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof b; i++) {
+        out[2 * i] = HEX[b[i] >> 4];
+        out[2 * i + 1] = HEX[b[i] & 15];
+    }
+    out[PROTOCOL_ID_LEN] = '\0';
+    return 0;
 }

@@ -3,7 +3,8 @@
  * JSON object without duplicate keys, with a known "type", exactly the fields that type allows, each
  * of the right JSON type and within its limits. Every rejection carries a stable error code
  * (protocol_error_code) that the server sends back in an `error` frame. Also builds the server's
- * frames (compact JSON). Pure functions; no I/O, no state. */
+ * frames (compact JSON) and the ids they carry. Pure functions but protocol_new_id (getrandom);
+ * no state. */
 #ifndef DUEL_GATEWAY_PROTOCOL_H
 #define DUEL_GATEWAY_PROTOCOL_H
 
@@ -108,6 +109,10 @@ char *protocol_encode_delta(const char *duel, char side, const char *text, size_
 char *protocol_encode_duel_end(const char *duel, bool cancelled, size_t *len);
 char *protocol_encode_vote_ok(const char *duel, bool queued, size_t *len);
 char *protocol_encode_error(protocol_error_code code, const char *message, size_t *len);
+
+/* A fresh unguessable id (PROTOCOL_ID_LEN lowercase hex characters from getrandom) for a
+ * conversation, a duel or a vote. -1 when the kernel gives no random bytes. */
+int protocol_new_id(char out[PROTOCOL_ID_LEN + 1]);
 
 /* Copies s[0..n) into a new malloc'd NUL-terminated string with the one replacement rule
  * (common/utf8.h: U+FFFD per maximal subpart of invalid UTF-8, as the CLI and the tokenizer do;

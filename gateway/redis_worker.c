@@ -50,6 +50,7 @@ struct redis_worker {
     job *head, *tail;
     bool stopping, started;
     char *rollout;              /* guarded by mu */
+    uint64_t rollout_generation; /* guarded by mu: bumped when the text changes */
     redis_worker_stats stats;   /* guarded by mu */
     atomic_size_t votes_in_flight;
     /* thread-owned */
@@ -326,8 +327,14 @@ static void poll_rollout(redis_worker *w) {
     char *copy = reply->type == REDIS_REPLY_STRING ? strndup(reply->str, reply->len) : NULL;
     freeReplyObject(reply);
     pthread_mutex_lock(&w->mu);
-    free(w->rollout);
-    w->rollout = copy;
+    bool same = (!copy && !w->rollout) || (copy && w->rollout && strcmp(copy, w->rollout) == 0);
+    if (same) {
+        free(copy);
+    } else {
+        free(w->rollout);
+        w->rollout = copy;
+        w->rollout_generation++;
+    }
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -441,11 +448,17 @@ void redis_worker_get_stats(redis_worker *w, redis_worker_stats *out) {
     pthread_mutex_unlock(&w->mu);
 }
 
-char *redis_worker_rollout(redis_worker *w) {
+bool redis_worker_rollout_changed(redis_worker *w, uint64_t *seen, char **json) {
+    *json = NULL;
     pthread_mutex_lock(&w->mu);
-    char *copy = w->rollout ? strdup(w->rollout) : NULL;
+    bool changed = w->rollout_generation != *seen;
+    if (changed) {
+        *json = w->rollout ? strdup(w->rollout) : NULL;
+        if (w->rollout && !*json) changed = false; /* out of memory: try again next time */
+        else *seen = w->rollout_generation;
+    }
     pthread_mutex_unlock(&w->mu);
-    return copy;
+    return changed;
 }
 
 size_t redis_worker_votes_in_flight(redis_worker *w) { return atomic_load(&w->votes_in_flight); }

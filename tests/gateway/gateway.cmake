@@ -26,3 +26,5 @@ endif()
 duel_test(test_gateway_snapshot_swap ${CMAKE_CURRENT_LIST_DIR}/test_snapshot_swap.c)
 set_tests_properties(test_gateway_snapshot_swap PROPERTIES TIMEOUT 300 RUN_SERIAL TRUE
                      SKIP_RETURN_CODE 77)
+# The A/B router: spec parsing and pinning, and the Redis thread's once-per-change feed.
+duel_test(test_gateway_rollout ${CMAKE_CURRENT_LIST_DIR}/test_rollout.c)

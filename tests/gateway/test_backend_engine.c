@@ -62,7 +62,7 @@ static void test_adapter_duel(void **state) {
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     sink_state s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
     assert_int_equal(b.start(b.impl, sink, &s, &err), 0);
-    duel_backend_turn hist[1] = {{"What is a cat?", "A small domesticated feline."}};
+    duel_backend_turn hist[1] = {{"What is a cat?", "A small domesticated feline.", NULL, 0}};
     duel_backend_request req = {.request_id = 42, .history = hist, .n_history = 1,
                                 .text = "What is a dog?", .arm_snapshot = -1, .seed = 123};
     assert_int_equal(b.submit(b.impl, &req, &err), 0);
