@@ -587,6 +587,7 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
                                                    : ENGINE_FEATURES_POLICY};
     if ((rc = engine_create(&ep, &b->engine, err))) goto fail;
     out->name = "engine";
+    out->trainable = true;
     out->impl = b;
     out->start = eb_start;
     out->submit = eb_submit;

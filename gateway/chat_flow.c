@@ -45,7 +45,7 @@ static void send_welcome(gateway *gw, session *s, bool resumed) {
         return;
     }
     gateway_send_frame(gw, s, protocol_encode_welcome(c->id, &lim, resumed, user, assistant,
-                                                      c->n_turns, NULL));
+                                                      c->n_turns, !gw->backend.trainable, NULL));
     free(user);
     free(assistant);
 }

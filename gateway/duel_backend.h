@@ -82,6 +82,10 @@ typedef void (*duel_backend_sink)(void *ctx, duel_backend_event *ev);
 typedef struct duel_backend {
     const char *name;
     void *impl;
+    /* Votes on its duels can train the policy (a model's answers: the engine adapter). false
+     * (the test backend's canned answers): the gateway keeps their votes apart, in
+     * GATEWAY_TEST_VOTE_STREAM, never in duel:prefs, and tells the page. */
+    bool trainable;
     /* Starts the backend's thread; events go to sink(sink_ctx, ...). Called once. */
     int (*start)(void *impl, duel_backend_sink sink, void *sink_ctx, duel_error *err);
     /* Queues a request (copies what it needs). DUEL_ELIMIT when the queue is full. */

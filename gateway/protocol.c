@@ -228,7 +228,8 @@ static char *dump(json_t *obj, size_t *len) {
 
 char *protocol_encode_welcome(const char *conversation, const protocol_welcome_limits *limits,
                               bool resumed, const char *const *user_texts,
-                              const char *const *assistant_texts, size_t n_turns, size_t *len) {
+                              const char *const *assistant_texts, size_t n_turns,
+                              bool test_backend, size_t *len) {
     json_t *history = json_array();
     if (!history) return NULL;
     for (size_t i = 0; i < n_turns; i++) {
@@ -239,13 +240,14 @@ char *protocol_encode_welcome(const char *conversation, const protocol_welcome_l
             return NULL;
         }
     }
-    return dump(json_pack("{s:s, s:s, s:b, s:{s:I, s:I, s:i, s:i}, s:o}", "type", "welcome",
-                          "conversation", conversation, "resumed", resumed, "limits",
-                          "max_frame_bytes", (json_int_t)limits->max_frame_bytes,
-                          "max_ask_bytes", (json_int_t)limits->max_ask_bytes,
-                          "asks_per_minute", limits->asks_per_minute, "max_turns",
-                          limits->max_turns, "history", history),
-                len);
+    json_t *frame = json_pack("{s:s, s:s, s:b, s:{s:I, s:I, s:i, s:i}, s:o}", "type", "welcome",
+                              "conversation", conversation, "resumed", resumed, "limits",
+                              "max_frame_bytes", (json_int_t)limits->max_frame_bytes,
+                              "max_ask_bytes", (json_int_t)limits->max_ask_bytes,
+                              "asks_per_minute", limits->asks_per_minute, "max_turns",
+                              limits->max_turns, "history", history);
+    if (frame && test_backend) json_object_set_new(frame, "test_backend", json_true());
+    return dump(frame, len);
 }
 
 char *protocol_encode_progress(const char *duel, long long tokens, size_t *len) {

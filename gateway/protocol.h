@@ -98,9 +98,12 @@ typedef struct protocol_welcome_limits {
     int asks_per_minute;
     int max_turns;
 } protocol_welcome_limits;
+/* test_backend: the answers are the test backend's canned ones (the frame says
+ * "test_backend":true, and the page says so). */
 char *protocol_encode_welcome(const char *conversation, const protocol_welcome_limits *limits,
                               bool resumed, const char *const *user_texts,
-                              const char *const *assistant_texts, size_t n_turns, size_t *len);
+                              const char *const *assistant_texts, size_t n_turns,
+                              bool test_backend, size_t *len);
 char *protocol_encode_progress(const char *duel, long long tokens, size_t *len);
 char *protocol_encode_duel_start(const char *duel, size_t *len);
 char *protocol_encode_delta(const char *duel, char side, const char *text, size_t text_len,

@@ -114,9 +114,13 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
     int rc = gateway_scan_web_root(gw, err);
     if (rc) goto fail;
 
+    if (!cfg->spill_path[0]) {
+        rc = duel_error_set(err, DUEL_EINVAL, "gateway: no spill log path (gateway.spill_path)");
+        goto fail;
+    }
     redis_worker_config rcfg = {
         .host = cfg->redis_host, .port = cfg->redis_port, .timeout_ms = cfg->redis_timeout_ms,
-        .retry_ms = 250, .spill_path = cfg->spill_path, .stream_key = "duel:prefs",
+        .retry_ms = 250, .spill_path = cfg->spill_path, .stream_key = gateway_vote_stream(gw),
         .conversation_ttl_s = cfg->conversation_ttl_s, .vote_dedup_ttl_s = 7 * 86400,
         .rollout_poll_ms = 5000};
     if ((rc = redis_worker_create(&rcfg, redis_sink, gw, &gw->redis, err))) goto fail;
@@ -170,6 +174,10 @@ fail:
 }
 
 int gateway_port(const gateway *gw) { return gw->port; }
+
+const char *gateway_vote_stream(const gateway *gw) {
+    return gw->backend.trainable ? GATEWAY_VOTE_STREAM : GATEWAY_TEST_VOTE_STREAM;
+}
 
 void gateway_stop(gateway *gw) {
     atomic_store(&gw->stop_requested, true);

@@ -211,13 +211,17 @@ static void test_encoding(void **state) {
 
     const char *users[] = {"q1"}, *answers[] = {"a1"};
     protocol_welcome_limits lim = {16384, 4000, 20, 32};
-    j = load(protocol_encode_welcome(ID, &lim, true, users, answers, 1, &len));
+    j = load(protocol_encode_welcome(ID, &lim, true, users, answers, 1, false, &len));
     assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "limits"),
                                                         "max_frame_bytes")),
                      16384);
     assert_string_equal(json_string_value(json_object_get(
                             json_array_get(json_object_get(j, "history"), 0), "assistant")),
                         "a1");
+    assert_null(json_object_get(j, "test_backend")); /* a model's answers: nothing to say */
+    json_decref(j);
+    j = load(protocol_encode_welcome(ID, &lim, false, NULL, NULL, 0, true, &len));
+    assert_true(json_is_true(json_object_get(j, "test_backend")));
     json_decref(j);
 }
 
