@@ -5,7 +5,7 @@
  *     thread, ERM scoring, E&E-TS selection) + its snapshot loader thread (duel:notify and
  *     duel:snapshots, snapshot_verify, hot-swap); a scripted user that asks the prompts of
  *     --prompts and votes with the lexical oracle against each prompt's reference answer, XADDing
- *     the vote in the duel:prefs entry format (trainer/vote_entry.h's encoder);
+ *     the vote in the duel:prefs entry format (common/vote_entry.h's encoder);
  *   a child process: `duel train` (the online trainer service) on a private redis-server.
  *
  * Figures: duels served per second; a/b votes applied by the trainer per second (while votes

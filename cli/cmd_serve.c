@@ -1,15 +1,22 @@
-/* cmd_serve.c: `duel serve`: runs the gateway (gateway.h) until SIGTERM or SIGINT. The signal
- * handler only writes a byte to a self-pipe; a waiter thread reads it and asks the gateway to
- * stop (gateway_stop is not async-signal-safe). Blocking the signals instead is not enough: other
- * libraries (OpenBLAS) start threads before main, and those would take the signal. Exit codes: 0
- * after a clean shutdown, 1 when the server could not start, 2 for a bad command line. */
+/* cmd_serve.c: `duel serve`: runs the gateway (gateway.h) until SIGTERM or SIGINT. It serves a
+ * model (model.path, or --model) through the engine adapter; the test backend's canned answers
+ * only when asked for by name (--backend test), and then their votes go to duel:prefs:test, never
+ * to the trainer's stream. Its files live in the data folder (--data-dir, default duel-data, as
+ * `duel train`'s), which it creates: the vote spill log unless --spill or gateway.spill_path puts
+ * it elsewhere. The signal handler only writes a byte to a self-pipe; a waiter thread reads it
+ * and asks the gateway to stop (gateway_stop is not async-signal-safe). Blocking the signals
+ * instead is not enough: other libraries (OpenBLAS) start threads before main, and those would
+ * take the signal. Exit codes: 0 after a clean shutdown, 1 when the server could not start, 2
+ * for a bad command line. */
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -21,6 +28,29 @@
 #include "weight_transport_model.h"
 
 int cmd_serve(int argc, char **argv);
+
+#define SERVE_DEFAULT_DATA_DIR "duel-data" /* `duel train`'s too: one data folder for both */
+#define SERVE_SPILL_NAME "gateway-spill.log"
+
+/* mkdir -p: path and every missing folder above it. */
+static int make_folders(const char *path, duel_error *err) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return duel_error_set(err, DUEL_EINVAL, "%s: path too long", path);
+    for (char *p = buf + 1;; p++) {
+        bool end = *p == '\0';
+        if (*p != '/' && !end) continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return duel_error_set(err, DUEL_EIO, "%s: cannot create the folder: %s", buf, strerror(errno));
+        if (end) break;
+        *p = '/';
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return duel_error_set(err, DUEL_EIO, "%s: not a folder", path);
+    return DUEL_OK;
+}
 
 extern char **environ;
 
@@ -105,6 +135,7 @@ static int engine_config_from_json(const json_t *root, const char *source,
 int cmd_serve(int argc, char **argv) {
     long long port = 8080, step_ms = 40;
     const char *redis = NULL, *config = NULL, *bind = NULL, *web_root = NULL, *spill = NULL;
+    const char *data_dir = SERVE_DEFAULT_DATA_DIR;
     const char *backend_name = NULL, *model_dir = NULL, *erm_path = NULL, *strategy = NULL;
     const char *set_doc = NULL; /* --set never reaches cli_parse (duel_config_take_sets); listed for --help */
     long long candidates = 4, max_new_tokens = 128;
@@ -131,15 +162,19 @@ int cmd_serve(int argc, char **argv) {
         {"--web-root", CLI_OPT_STRING, &web_root, "DIR",
          "folder with index.html, app.js, style.css (default gateway.web_root, gateway/web)", 0, 0, false,
          NULL},
+        {"--data-dir", CLI_OPT_STRING, &data_dir, "DIR",
+         "the data folder, created when missing; the spill log goes there (default ./duel-data, "
+         "the same as duel train's)", 0, 0, false, NULL},
         {"--spill", CLI_OPT_STRING, &spill, "FILE",
-         "spill log for votes while Redis is away (default gateway.spill_path, "
-         "duel-data/gateway-spill.log)", 0, 0, false, NULL},
+         "spill log for votes while Redis is away (default gateway.spill_path, else "
+         "DIR/gateway-spill.log of --data-dir)", 0, 0, false, NULL},
         {"--backend", CLI_OPT_STRING, &backend_name, "NAME",
-         "where duels come from: 'engine' (a model: --model, else model.path) or 'test' "
-         "(deterministic answers, no model); default: engine when --model is given, else test", 0, 0,
-         false, NULL},
+         "where duels come from: 'engine' (default: the model of --model, else model.path, "
+         "models/default) or 'test' (canned answers, no model, for tests: their votes go to "
+         "duel:prefs:test, never to training)", 0, 0, false, NULL},
         {"--model", CLI_OPT_STRING, &model_dir, "DIR",
-         "Hugging Face model folder for the engine (e.g. models/default)", 0, 0, false, NULL},
+         "Hugging Face model folder for the engine (default model.path, models/default)", 0, 0,
+         false, NULL},
         {"--erm", CLI_OPT_STRING, &erm_path, "FILE",
          "ERM ensemble (erm.safetensors; default erm.path; \"\": a fresh one seeded with "
          "duel.erm_seed)", 0, 0, false, NULL},
@@ -166,13 +201,16 @@ int cmd_serve(int argc, char **argv) {
          "how often the loader reads duel:snapshots besides pub/sub notes (default "
          "gateway.snapshot_poll_ms, 3000)", 100, 600000, false, &poll_given},
         {"--test-step-ms", CLI_OPT_INT, &step_ms, "MS",
-         "test backend: pause between its progress steps (default 40)", 0, 10000, false, NULL},
+         "--backend test: pause between its progress steps (default 40)", 0, 10000, false, NULL},
     };
     const cli_command cmd = {
         "serve", "[--port N] [--redis HOST:PORT] [--config FILE] [--set SECTION.KEY=VALUE]... [options]",
-        "Serves the chat page, the duel.v1 websocket protocol, /healthz, /readyz and /metrics.\n"
+        "Serves the chat page, the duel.v1 websocket protocol, /healthz, /readyz and /metrics,\n"
+        "answering with the model of model.path (models/default; --model DIR for another).\n"
         "Votes go to the Redis stream duel:prefs; while Redis is away they are kept in a fsynced\n"
-        "spill log and replayed in order when it returns. With the engine backend and --redis\n"
+        "spill log (in the data folder) and replayed in order when it returns. --backend test\n"
+        "serves canned answers without a model instead; the page says so and their votes go to\n"
+        "duel:prefs:test, which no trainer reads. With the engine backend and --redis\n"
         "(or --snapshots), new trainer snapshots are verified, loaded off the serving path and\n"
         "swapped in between engine steps; duels already generating finish on their weights, a\n"
         "bad snapshot is refused and logged (docs/SERVING.md). SIGTERM or SIGINT: stop taking\n"
@@ -218,6 +256,11 @@ int cmd_serve(int argc, char **argv) {
     if (bind) snprintf(cfg.bind, sizeof cfg.bind, "%s", bind);
     if (web_root) snprintf(cfg.web_root, sizeof cfg.web_root, "%s", web_root);
     if (spill) snprintf(cfg.spill_path, sizeof cfg.spill_path, "%s", spill);
+    if (!cfg.spill_path[0] && snprintf(cfg.spill_path, sizeof cfg.spill_path, "%s/%s", data_dir,
+                                       SERVE_SPILL_NAME) >= (int)sizeof cfg.spill_path) {
+        json_decref(root);
+        return cli_usage_error(&cmd, "--data-dir %s is too long", data_dir);
+    }
     if (poll_given) cfg.snapshot_poll_ms = (int)snapshot_poll_ms;
     if (strategy) ecfg.strategy = strategy;
     if (erm_path) ecfg.erm_path = erm_path[0] ? erm_path : NULL;
@@ -230,17 +273,20 @@ int cmd_serve(int argc, char **argv) {
     if (snapshots && no_snapshots)
         rc = cli_usage_error(&cmd, "--snapshots and --no-snapshots contradict each other");
     duel_backend backend;
-    if (!backend_name) backend_name = model_dir ? "engine" : "test";
+    if (!backend_name) backend_name = "engine";
     bool engine_backend = strcmp(backend_name, "engine") == 0;
     if (!rc && snapshots && !engine_backend)
-        rc = cli_usage_error(&cmd, "--snapshots needs the engine backend (--model DIR)");
+        rc = cli_usage_error(&cmd, "--snapshots needs the engine backend (a model)");
+    if (!rc && model_dir && !engine_backend)
+        rc = cli_usage_error(&cmd, "--model is for the engine backend, not --backend %s", backend_name);
     cfg.snapshot_loader = engine_backend && !no_snapshots && (snapshots || redis);
     if (!rc && engine_backend) {
         const json_t *path = json_object_get(duel_config_section(root, "model"), "path");
         if (!model_dir && json_is_string(path) && json_string_length(path))
             model_dir = json_string_value(path);
         if (!model_dir) {
-            rc = cli_usage_error(&cmd, "--backend engine needs --model DIR or model.path");
+            rc = cli_usage_error(&cmd, "no model to serve: --model DIR or model.path (or --backend "
+                                       "test for canned test answers)");
         } else {
             ecfg.model_dir = model_dir;
             ecfg.snapshots = cfg.snapshot_loader;
@@ -255,7 +301,9 @@ int cmd_serve(int argc, char **argv) {
                 ecfg.load_snapshot_via = cli_snapshot_receiver_via(receiver);
             }
             if (!rc && backend_engine_create(&ecfg, &backend, &err)) {
-                fprintf(stderr, "duel serve: %s\n", err.message);
+                fprintf(stderr, "duel serve: %s (serving model %s; --model DIR for another, "
+                                "--backend test for canned test answers)\n",
+                        err.message, model_dir);
                 rc = CLI_EXIT_FAILURE;
             }
         }
@@ -273,6 +321,15 @@ int cmd_serve(int argc, char **argv) {
     if (rc) {
         weight_transport_model_receiver_free(receiver);
         return rc;
+    }
+    /* The data folder, and the spill log's when --spill puts it elsewhere. */
+    char spill_dir[sizeof cfg.spill_path];
+    snprintf(spill_dir, sizeof spill_dir, "%s", cfg.spill_path);
+    if (make_folders(data_dir, &err) || make_folders(dirname(spill_dir), &err)) {
+        fprintf(stderr, "duel serve: %s\n", err.message);
+        if (backend.destroy) backend.destroy(backend.impl);
+        weight_transport_model_receiver_free(receiver);
+        return CLI_EXIT_FAILURE;
     }
 
     signal(SIGPIPE, SIG_IGN);
@@ -305,9 +362,13 @@ int cmd_serve(int argc, char **argv) {
         weight_transport_model_receiver_free(receiver);
         return CLI_EXIT_FAILURE;
     }
-    printf("duel serve: listening on http://%s:%d/ (redis %s:%d, backend %s, snapshots %s)\n",
+    printf("duel serve: listening on http://%s:%d/ (redis %s:%d, backend %s, snapshots %s, votes "
+           "to %s, spill log %s)\n",
            cfg.bind, gateway_port(gw), cfg.redis_host, cfg.redis_port, backend_name,
-           cfg.snapshot_loader ? "followed" : "off");
+           cfg.snapshot_loader ? "followed" : "off", gateway_vote_stream(gw), cfg.spill_path);
+    if (!engine_backend)
+        printf("duel serve: the test backend: canned answers, no model; their votes go to %s, "
+               "which no trainer reads\n", gateway_vote_stream(gw));
     fflush(stdout);
     rc = gateway_run(gw, &err);
     unsigned char zero = 0;

@@ -291,6 +291,53 @@ static int eb_start(void *impl, duel_backend_sink sink, void *sink_ctx, duel_err
     return DUEL_OK;
 }
 
+/* A finished turn as prompts encode it: what the gateway's conversation keeps (see
+ * duel_backend.h), so that a request re-encodes only its new message. */
+static int eb_encode_turn(void *impl, const char *user, const char *assistant, int32_t **ids,
+                          size_t *n_ids, duel_error *err) {
+    engine_backend *b = impl;
+    *ids = NULL;
+    *n_ids = 0;
+    if (!chat_template_turns_concatenate(b->template))
+        return duel_error_set(err, DUEL_EUNSUPPORTED, "template %s encodes a conversation as one "
+                              "text", chat_template_name(b->template));
+    chat_message turn[2] = {{"user", user}, {"assistant", assistant}};
+    return chat_template_encode_continuation(b->template, b->tok, turn, 2, false, ids, n_ids, err);
+}
+
+/* The prompt of req from its turns' ids (the template's start, each turn, then the new user
+ * message and the generation prompt): the same ids as encoding the whole conversation, since
+ * the template's turns concatenate, at the cost of the new message only. */
+static int prompt_from_turn_ids(engine_backend *b, const duel_backend_request *req, job *j,
+                                duel_error *err) {
+    int32_t *start = NULL, *tail = NULL;
+    size_t n_start = 0, n_tail = 0, total = 0;
+    chat_message user = {"user", req->text};
+    int rc = chat_template_encode(b->template, b->tok, NULL, 0, false, &start, &n_start, err);
+    if (!rc) rc = chat_template_encode_continuation(b->template, b->tok, &user, 1, true, &tail,
+                                                    &n_tail, err);
+    if (!rc) {
+        total = n_start + n_tail;
+        for (size_t i = 0; i < req->n_history; i++) total += req->history[i].n_ids;
+        if (!(j->prompt = malloc((total ? total : 1) * sizeof *j->prompt)))
+            rc = duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
+    }
+    if (!rc) {
+        size_t o = 0;
+        memcpy(j->prompt, start, n_start * sizeof *start);
+        o += n_start;
+        for (size_t i = 0; i < req->n_history; i++) {
+            memcpy(j->prompt + o, req->history[i].ids, req->history[i].n_ids * sizeof *j->prompt);
+            o += req->history[i].n_ids;
+        }
+        memcpy(j->prompt + o, tail, n_tail * sizeof *tail);
+        j->n_prompt = total;
+    }
+    free(start);
+    free(tail);
+    return rc;
+}
+
 static int eb_submit(void *impl, const duel_backend_request *req, duel_error *err) {
     engine_backend *b = impl;
     size_t n_msgs = 2 * req->n_history + 1;
@@ -306,8 +353,11 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
         msgs[2 * i + 1] = (chat_message){"assistant", req->history[i].assistant};
     }
     msgs[n_msgs - 1] = (chat_message){"user", req->text};
-    int rc = chat_template_encode(b->template, b->tok, msgs, n_msgs, true, &j->prompt,
-                                  &j->n_prompt, err);
+    /* The history's ids when the gateway kept them (every turn has them, or none does). */
+    bool kept = req->n_history > 0 && req->history[0].ids && chat_template_turns_concatenate(b->template);
+    int rc = kept ? prompt_from_turn_ids(b, req, j, err)
+                  : chat_template_encode(b->template, b->tok, msgs, n_msgs, true, &j->prompt,
+                                         &j->n_prompt, err);
     if (!rc) rc = chat_template_render(b->template, msgs, n_msgs, true, &j->prompt_text, err);
     free(msgs);
     j->m = b->cfg.num_candidates;
@@ -551,12 +601,14 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
                                                    : ENGINE_FEATURES_POLICY};
     if ((rc = engine_create(&ep, &b->engine, err))) goto fail;
     out->name = "engine";
+    out->trainable = true;
     out->impl = b;
     out->start = eb_start;
     out->submit = eb_submit;
     out->cancel = eb_cancel;
     out->queue_depth = eb_queue_depth;
     out->count_tokens = eb_count_tokens;
+    out->encode_turn = eb_encode_turn;
     out->destroy = eb_destroy;
     out->install_snapshot = cfg->snapshots ? eb_install_snapshot : NULL;
     out->serving_version = eb_serving_version;

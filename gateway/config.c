@@ -19,7 +19,6 @@ void gateway_config_defaults(gateway_config *cfg) {
     cfg->redis_port = 6379;
     cfg->redis_timeout_ms = 1000;
     snprintf(cfg->web_root, sizeof cfg->web_root, "gateway/web");
-    snprintf(cfg->spill_path, sizeof cfg->spill_path, "duel-data/gateway-spill.log");
     cfg->max_frame_bytes = 16384;
     cfg->max_ask_bytes = 4000;
     cfg->asks_per_minute_connection = 20;

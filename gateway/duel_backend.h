@@ -22,6 +22,8 @@ struct model; /* inference/model.h */
 typedef struct duel_backend_turn {
     const char *user;
     const char *assistant;
+    const int32_t *ids; /* the turn as encode_turn gave it, or NULL (then every turn's is NULL) */
+    size_t n_ids;
 } duel_backend_turn;
 
 typedef struct duel_backend_request {
@@ -82,6 +84,10 @@ typedef void (*duel_backend_sink)(void *ctx, duel_backend_event *ev);
 typedef struct duel_backend {
     const char *name;
     void *impl;
+    /* Votes on its duels can train the policy (a model's answers: the engine adapter). false
+     * (the test backend's canned answers): the gateway keeps their votes apart, in
+     * GATEWAY_TEST_VOTE_STREAM, never in duel:prefs, and tells the page. */
+    bool trainable;
     /* Starts the backend's thread; events go to sink(sink_ctx, ...). Called once. */
     int (*start)(void *impl, duel_backend_sink sink, void *sink_ctx, duel_error *err);
     /* Queues a request (copies what it needs). DUEL_ELIMIT when the queue is full. */
@@ -90,6 +96,12 @@ typedef struct duel_backend {
     size_t (*queue_depth)(void *impl);
     /* Tokens in text (for the context limit); NULL: the gateway estimates bytes / 4. */
     long long (*count_tokens)(void *impl, const char *text, size_t len);
+    /* A finished turn as this backend's prompts encode it (*ids malloc'd), for the conversation
+     * to keep, so that a request's history need not be tokenized again: submit then takes the
+     * turns' ids. NULL, or DUEL_EUNSUPPORTED (a template whose turns do not encode apart): the
+     * history is re-encoded from its texts. Called on the lws thread, once per turn. */
+    int (*encode_turn)(void *impl, const char *user, const char *assistant, int32_t **ids,
+                       size_t *n_ids, duel_error *err);
     /* Stops the thread (pending requests are dropped without events) and frees impl. */
     void (*destroy)(void *impl);
     /* Hot-swap (optional; NULL: one fixed model). Loads the snapshot folder dir (already

@@ -17,6 +17,8 @@
 #include "error.h"
 
 #define GATEWAY_MAX_ORIGINS 8
+#define GATEWAY_VOTE_STREAM "duel:prefs"           /* votes the trainer learns from */
+#define GATEWAY_TEST_VOTE_STREAM "duel:prefs:test" /* votes on an untrainable backend's duels */
 
 /* Every knob of the "gateway" config section (config/default.json), with its default. */
 typedef struct gateway_config {
@@ -26,7 +28,7 @@ typedef struct gateway_config {
     int redis_port;              /* 6379 */
     int redis_timeout_ms;        /* 1000: connect and command timeout */
     char web_root[1024];         /* "gateway/web" (relative to the working directory) */
-    char spill_path[1024];       /* "duel-data/gateway-spill.log" */
+    char spill_path[1024];       /* "": `duel serve` puts it at <data-dir>/gateway-spill.log */
     size_t max_frame_bytes;      /* 16384: inbound websocket message limit */
     size_t max_ask_bytes;        /* 4000: ask text limit */
     int asks_per_minute_connection; /* 20 */
@@ -69,11 +71,15 @@ typedef struct gateway gateway;
 
 /* Binds the port and starts the Redis thread, the backend (which the gateway now owns, even on
  * failure) and, with cfg->snapshot_loader, the snapshot loader (DUEL_EINVAL when the backend
- * cannot hot-swap). */
+ * cannot hot-swap). Votes go to GATEWAY_VOTE_STREAM, or to GATEWAY_TEST_VOTE_STREAM when the
+ * backend is not trainable (the test backend). cfg->spill_path must name the spill log (its
+ * folder must exist). */
 int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **out,
                    duel_error *err);
 /* The port actually listened on. */
 int gateway_port(const gateway *gw);
+/* The stream its votes go to (GATEWAY_VOTE_STREAM or GATEWAY_TEST_VOTE_STREAM). */
+const char *gateway_vote_stream(const gateway *gw);
 /* Serves until gateway_stop; then stops taking asks, cancels running duels, waits up to
  * shutdown_grace_ms for votes in flight, closes every connection and flushes votes (to Redis or
  * the spill log). */

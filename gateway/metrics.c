@@ -5,9 +5,27 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "vote_entry.h"
+
 /* Bucket upper bounds in seconds: 1 ms to 60 s. */
 static const double BOUNDS[METRICS_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                0.25,  0.5,    1,     2.5,  5,     10,   60};
+
+void metrics_add_tokens(gateway_metrics *m, double now, uint64_t tokens) {
+    m->generated_tokens += tokens;
+    int64_t sec = (int64_t)now;
+    int slot = (int)(sec % 60);
+    if (m->token_window_sec[slot] != sec) m->token_window_sec[slot] = sec, m->token_window[slot] = 0;
+    m->token_window[slot] += tokens;
+}
+
+double metrics_tokens_per_second(const gateway_metrics *m, double now) {
+    int64_t sec = (int64_t)now;
+    uint64_t sum = 0;
+    for (int i = 0; i < 60; i++)
+        if (sec - m->token_window_sec[i] < 60) sum += m->token_window[i];
+    return sum / 60.0;
+}
 
 void metrics_observe(metrics_histogram *h, double seconds) {
     int b = 0;
@@ -90,11 +108,10 @@ char *metrics_render(const gateway_metrics *m, const redis_worker_stats *redis,
     counter(&b, "duel_gateway_duels_failed_total", "Duels the engine failed.", m->duels_failed);
     counter(&b, "duel_gateway_duels_cancelled_total", "Duels cancelled by the user or shutdown.",
             m->duels_cancelled);
-    static const char *const CHOICES[4] = {"a", "b", "tie", "both_bad"};
     put(&b, "# HELP duel_gateway_votes_total Votes accepted, by choice.\n"
             "# TYPE duel_gateway_votes_total counter\n");
-    for (int c = 0; c < 4; c++)
-        put(&b, "duel_gateway_votes_total{choice=\"%s\"} %llu\n", CHOICES[c],
+    for (int c = 0; c <= VOTE_CHOICE_BOTH_BAD; c++)
+        put(&b, "duel_gateway_votes_total{choice=\"%s\"} %llu\n", vote_choice_name((vote_choice)c),
             (unsigned long long)m->votes_by_choice[c]);
     counter(&b, "duel_gateway_votes_acknowledged_total", "vote_ok frames sent.", m->votes_acked);
     counter(&b, "duel_gateway_votes_acknowledged_queued_total",

@@ -35,9 +35,15 @@ typedef struct gateway_metrics {
     metrics_histogram time_to_duel;        /* seconds from ask to duel_start */
     metrics_histogram time_to_first_delta; /* seconds from ask to the first delta sent */
     metrics_histogram vote_ack;            /* seconds from vote to vote_ok */
+    uint64_t token_window[60];             /* tokens generated per second of the last minute */
+    int64_t token_window_sec[60];          /* the second each slot counts */
 } gateway_metrics;
 
 void metrics_observe(metrics_histogram *h, double seconds);
+/* Counts tokens generated at time now (seconds) for the tokens-per-second gauge. */
+void metrics_add_tokens(gateway_metrics *m, double now, uint64_t tokens);
+/* Tokens generated per second over the minute before now. */
+double metrics_tokens_per_second(const gateway_metrics *m, double now);
 
 /* Renders everything into a malloc'd string (NULL on out of memory). snapshots: the loader's
  * stats, NULL without a loader (the serving version is then serving_version). */

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "utf8.h"
 
@@ -49,13 +50,6 @@ static const char *const ERROR_NAMES[PROTOCOL_E_COUNT] = {
 const char *protocol_error_name(protocol_error_code code) {
     if ((int)code < 0 || code >= PROTOCOL_E_COUNT) return "internal";
     return ERROR_NAMES[code];
-}
-
-static const char *const CHOICE_NAMES[] = {"a", "b", "tie", "both_bad"};
-
-const char *protocol_choice_name(protocol_choice choice) {
-    if ((int)choice < 0 || choice > PROTOCOL_CHOICE_BOTH_BAD) return "?";
-    return CHOICE_NAMES[choice];
 }
 
 bool protocol_id_valid(const char *s, size_t len) {
@@ -184,15 +178,7 @@ static protocol_error_code parse_object(json_t *root, const protocol_limits *lim
             return fail(PROTOCOL_E_BAD_VALUE, detail, cap,
                         "\"duel\" must be %d lowercase hex characters", PROTOCOL_ID_LEN);
         memcpy(out->duel, json_string_value(duel), PROTOCOL_ID_LEN + 1);
-        bool found = false;
-        for (int c = 0; c <= PROTOCOL_CHOICE_BOTH_BAD; c++) {
-            if (json_string_length(choice) == strlen(CHOICE_NAMES[c]) &&
-                strcmp(json_string_value(choice), CHOICE_NAMES[c]) == 0) {
-                out->choice = (protocol_choice)c;
-                found = true;
-            }
-        }
-        if (!found)
+        if (vote_choice_parse(json_string_value(choice), json_string_length(choice), &out->choice))
             return fail(PROTOCOL_E_BAD_VALUE, detail, cap,
                         "\"choice\" must be \"a\", \"b\", \"tie\" or \"both_bad\"");
         break;
@@ -242,7 +228,8 @@ static char *dump(json_t *obj, size_t *len) {
 
 char *protocol_encode_welcome(const char *conversation, const protocol_welcome_limits *limits,
                               bool resumed, const char *const *user_texts,
-                              const char *const *assistant_texts, size_t n_turns, size_t *len) {
+                              const char *const *assistant_texts, size_t n_turns,
+                              bool test_backend, size_t *len) {
     json_t *history = json_array();
     if (!history) return NULL;
     for (size_t i = 0; i < n_turns; i++) {
@@ -253,13 +240,14 @@ char *protocol_encode_welcome(const char *conversation, const protocol_welcome_l
             return NULL;
         }
     }
-    return dump(json_pack("{s:s, s:s, s:b, s:{s:I, s:I, s:i, s:i}, s:o}", "type", "welcome",
-                          "conversation", conversation, "resumed", resumed, "limits",
-                          "max_frame_bytes", (json_int_t)limits->max_frame_bytes,
-                          "max_ask_bytes", (json_int_t)limits->max_ask_bytes,
-                          "asks_per_minute", limits->asks_per_minute, "max_turns",
-                          limits->max_turns, "history", history),
-                len);
+    json_t *frame = json_pack("{s:s, s:s, s:b, s:{s:I, s:I, s:i, s:i}, s:o}", "type", "welcome",
+                              "conversation", conversation, "resumed", resumed, "limits",
+                              "max_frame_bytes", (json_int_t)limits->max_frame_bytes,
+                              "max_ask_bytes", (json_int_t)limits->max_ask_bytes,
+                              "asks_per_minute", limits->asks_per_minute, "max_turns",
+                              limits->max_turns, "history", history);
+    if (frame && test_backend) json_object_set_new(frame, "test_backend", json_true());
+    return dump(frame, len);
 }
 
 char *protocol_encode_progress(const char *duel, long long tokens, size_t *len) {
@@ -301,24 +289,28 @@ char *protocol_encode_error(protocol_error_code code, const char *message, size_
 }
 
 char *protocol_sanitize_utf8(const char *s, size_t n, size_t *out_len) {
-    /* Each invalid byte becomes U+FFFD (3 bytes), so 3n bounds the output. */
-    char *out = malloc(3 * n + 1);
+    /* The one replacement rule (utf8.h), and NUL too: answers are kept as C strings. */
+    char *out = malloc(DUEL_UTF8_LOSSY_MAX(n) + 1);
     if (!out) return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        int k = duel_utf8_decode((const unsigned char *)s + i, n - i, &cp);
-        if (k > 0 && cp != 0) {
-            memcpy(out + o, s + i, (size_t)k);
-            o += (size_t)k;
-            i += (size_t)k;
-        } else {
-            memcpy(out + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i += 1;
-        }
-    }
+    size_t o = duel_utf8_lossy(s, n, DUEL_UTF8_LOSSY_NUL, out);
     out[o] = '\0';
     if (out_len) *out_len = o;
     return out;
+}
+
+int protocol_new_id(char out[PROTOCOL_ID_LEN + 1]) {
+    unsigned char b[PROTOCOL_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof b) {
+        ssize_t r = getrandom(b + got, sizeof b - got, 0);
+        if (r <= 0) return -1;
+        got += (size_t)r;
+    }
+    static const char HEX[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof b; i++) {
+        out[2 * i] = HEX[b[i] >> 4];
+        out[2 * i + 1] = HEX[b[i] & 15];
+    }
+    out[PROTOCOL_ID_LEN] = '\0';
+    return 0;
 }

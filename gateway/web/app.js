@@ -9,7 +9,7 @@
   const el = {
     status: $('status'), log: $('log'), duel: $('duel'), progress: $('progress'),
     textA: $('text-a'), textB: $('text-b'), answerA: $('answer-a'), answerB: $('answer-b'),
-    notice: $('notice'), form: $('ask-form'), input: $('ask-text'), send: $('send'),
+    notice: $('notice'), testBackend: $('test-backend'), form: $('ask-form'), input: $('ask-text'), send: $('send'),
     cancel: $('cancel'), newConv: $('new-conversation'),
     votes: Array.from(document.querySelectorAll('.votes button')),
   };
@@ -131,6 +131,7 @@
     case 'welcome': {
       setStatus('Connected', true);
       limits = msg.limits;
+      el.testBackend.hidden = msg.test_backend !== true;
       if (limits && limits.max_ask_bytes) el.input.maxLength = limits.max_ask_bytes;
       if (msg.conversation !== conversation || !msg.resumed) {
         el.log.textContent = '';

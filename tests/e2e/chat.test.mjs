@@ -1,8 +1,10 @@
 // chat.test.mjs: the chat page in a real browser (Debian's Chromium via playwright-core) against
-// `duel serve` (test backend) and a real redis-server, both started here on free loopback ports.
-// Desktop and phone viewports: open the page, ask, see the generation indicator, watch both
-// answers stream, vote (keyboard on desktop, buttons on the phone), see the chosen answer join
-// the conversation, find the vote in Redis, reload and find the conversation resumed. Then a
+// `duel serve --backend test` (canned answers) and a real redis-server, both started here on free
+// loopback ports. Desktop and phone viewports: open the page, see it say that this is the test
+// backend, ask, see the generation indicator, watch both answers stream, vote (keyboard on
+// desktop, buttons on the phone), see the chosen answer join the conversation, find the vote in
+// Redis (in the test backend's stream duel:prefs:test, never in the trainer's duel:prefs),
+// reload and find the conversation resumed. Then a
 // reconnect: the server stops, a question asked while the page is offline waits on the page, and
 // once a new server is up it is sent, answered and voted on.
 // Screenshots of each state go to $DUEL_E2E_ARTIFACTS (default $DUEL_TEST_TMP/e2e-screenshots).
@@ -88,7 +90,8 @@ let server = null;
 let serverLog = '';
 const base = `http://127.0.0.1:${webPort}`;
 async function startServer() {
-  server = spawn(duelBin, ['serve', '--port', String(webPort), '--redis', `127.0.0.1:${redisPort}`,
+  server = spawn(duelBin, ['serve', '--backend', 'test', '--port', String(webPort),
+    '--redis', `127.0.0.1:${redisPort}`,
     '--config', join(dir, 'config.json'), '--web-root', join(source, 'gateway/web'),
     '--spill', join(dir, 'spill.log'), '--test-step-ms', '150'], {stdio: ['ignore', 'pipe', 'pipe']});
   children.push(server);
@@ -126,6 +129,8 @@ async function runScenario(name, contextOptions, useKeyboard) {
 
   await page.goto(base + '/');
   await waitFor(async () => (await page.textContent('#status')) === 'Connected', 'Connected');
+  assert.equal(await page.isVisible('#test-backend'), true, 'the page says these are canned answers');
+  assert.match(await page.textContent('#test-backend'), /test backend.*canned.*train nothing/s);
   // Accessibility basics: the message box has a label; the vote group has a name.
   assert.equal(await page.getAttribute('label[for=ask-text]', 'for'), 'ask-text');
   assert.ok(await page.getAttribute('.votes', 'aria-label'));
@@ -164,7 +169,7 @@ async function runScenario(name, contextOptions, useKeyboard) {
     assert.ok(Math.abs(a.y - b.y) < 2);
   }
 
-  const before = Number(redisCli('XLEN', 'duel:prefs').trim());
+  const before = Number(redisCli('XLEN', 'duel:prefs:test').trim());
   if (useKeyboard) {
     await page.keyboard.press('2'); // B is better
   } else {
@@ -176,8 +181,9 @@ async function runScenario(name, contextOptions, useKeyboard) {
   assert.equal(await page.isVisible('#duel'), false);
   await shot('5-voted');
 
-  await waitFor(() => Number(redisCli('XLEN', 'duel:prefs').trim()) === before + 1, 'vote in Redis');
-  const entry = redisCli('XREVRANGE', 'duel:prefs', '+', '-', 'COUNT', '1');
+  await waitFor(() => Number(redisCli('XLEN', 'duel:prefs:test').trim()) === before + 1, 'vote in Redis');
+  assert.equal(Number(redisCli('XLEN', 'duel:prefs').trim()), 0, 'no canned vote reaches the trainer');
+  const entry = redisCli('XREVRANGE', 'duel:prefs:test', '+', '-', 'COUNT', '1');
   assert.ok(entry.includes(fullB), 'the stream entry holds the chosen text');
   assert.match(entry, /\nchoice\nb\n/);
 
@@ -219,7 +225,7 @@ async function runReconnect() {
   await waitFor(async () => (await page.textContent('#progress')).includes('Waiting for the connection'),
     'the question waits again');
 
-  const before = Number(redisCli('XLEN', 'duel:prefs').trim());
+  const before = Number(redisCli('XLEN', 'duel:prefs:test').trim());
   await startServer();
   await waitFor(async () => (await page.textContent('#status')) === 'Connected', 'reconnected', 30000);
   await waitFor(async () => (await page.textContent('#progress')).includes('Pick the better answer'),
@@ -229,7 +235,7 @@ async function runReconnect() {
   await shot('2-answered');
   await page.keyboard.press('1');
   await waitFor(async () => (await page.textContent('#notice')).includes('Thanks'), 'vote_ok');
-  await waitFor(() => Number(redisCli('XLEN', 'duel:prefs').trim()) === before + 1, 'vote in Redis');
+  await waitFor(() => Number(redisCli('XLEN', 'duel:prefs:test').trim()) === before + 1, 'vote in Redis');
   assert.deepEqual(pageErrors, []);
   await context.close();
 }

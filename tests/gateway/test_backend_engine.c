@@ -4,11 +4,14 @@
  * refused; and a whole duel through the gateway over a socket, voted into a real Redis, as
  * `duel serve` runs with a trainer (snapshots: reference features): the vote decodes under the
  * trainer's limits and carries the reference log-probabilities of its candidates, which equal
- * the trainer's own reference forward over the vote's tokens (relative error < 1e-5). Skips
+ * the trainer's own reference forward over the vote's tokens (relative error < 1e-5); a second
+ * turn's prompt, built from the token ids the conversation kept, is exactly the encoding of the
+ * whole conversation (what re-tokenizing the history would give). Skips
  * (exit 77) when models/default is missing. */
 #include "gateway_test_util.h"
 #include "vote_entry.h"
 
+#include "chat_template.h"
 #include "duel.h"
 #include "duel_backend.h"
 #include "engine.h"
@@ -62,7 +65,7 @@ static void test_adapter_duel(void **state) {
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     sink_state s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
     assert_int_equal(b.start(b.impl, sink, &s, &err), 0);
-    duel_backend_turn hist[1] = {{"What is a cat?", "A small domesticated feline."}};
+    duel_backend_turn hist[1] = {{"What is a cat?", "A small domesticated feline.", NULL, 0}};
     duel_backend_request req = {.request_id = 42, .history = hist, .n_history = 1,
                                 .text = "What is a dog?", .arm_snapshot = -1, .seed = 123};
     assert_int_equal(b.submit(b.impl, &req, &err), 0);
@@ -175,8 +178,8 @@ static void test_adapter_rejects_bad_settings(void **state) {
     assert_true(backend_engine_create(&cfg, &b, &err) < 0);
 }
 
-/* The gateway writes votes with its own producer (gateway/server.c); the trainer reads them with
- * vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
+/* The gateway encodes votes with the vote codec (common/vote_entry.h); the trainer reads them
+ * with vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
  * the served model, with the clicked side as the chosen candidate. */
 static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
     redisContext *rc = redisConnect("127.0.0.1", redis->port);
@@ -217,6 +220,26 @@ static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
     redisFree(rc);
 }
 
+/* The newest duel:prefs entry's prompt tokens. */
+static int32_t *last_prompt_tokens(tu_redis *redis, size_t *n) {
+    redisContext *rc = redisConnect("127.0.0.1", redis->port);
+    assert_true(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "XREVRANGE duel:prefs + - COUNT 1");
+    assert_true(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
+    redisReply *fields = r->element[0]->element[1];
+    int32_t *ids = NULL;
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (strcmp(fields->element[i]->str, "prompt_tokens") == 0) {
+            *n = fields->element[i + 1]->len / 4;
+            ids = malloc(fields->element[i + 1]->len + 4);
+            memcpy(ids, fields->element[i + 1]->str, fields->element[i + 1]->len);
+        }
+    assert_non_null(ids);
+    freeReplyObject(r);
+    redisFree(rc);
+    return ids;
+}
+
 static void test_gateway_with_engine(void **state) {
     (void)state;
     tu_redis redis = {0};
@@ -243,6 +266,28 @@ static void test_gateway_with_engine(void **state) {
     assert_false(ws_vote(&c, d.id, "a"));
     assert_int_equal(tu_redis_int(&redis, "XLEN duel:prefs"), 1);
     check_vote_decodes(&redis, &d);
+    /* The second turn: its prompt comes from the first turn's kept ids plus the new question,
+     * and must be the whole conversation's encoding. */
+    tu_duel d2;
+    ws_ask_duel(&c, "What is a lake?", &d2);
+    assert_false(ws_vote(&c, d2.id, "b"));
+    size_t n_got = 0, n_want = 0;
+    int32_t *got = last_prompt_tokens(&redis, &n_got), *want = NULL;
+    char tok_path[1100];
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model_dir);
+    tokenizer *tok;
+    chat_template_kind kind;
+    assert_int_equal(tokenizer_load(tok_path, &tok, &err), 0);
+    assert_int_equal(chat_template_detect(model_dir, &kind, &err), 0);
+    assert_true(chat_template_turns_concatenate(kind)); /* the default model's qa: ids are kept */
+    chat_message conv[3] = {{"user", "What is a river?"}, {"assistant", d.a}, {"user", "What is a lake?"}};
+    assert_int_equal(chat_template_encode(kind, tok, conv, 3, true, &want, &n_want, &err), 0);
+    assert_int_equal(n_got, n_want);
+    assert_memory_equal(got, want, n_want * sizeof *want);
+    free(got);
+    free(want);
+    tokenizer_free(tok);
+    tu_duel_free(&d2);
     tu_duel_free(&d);
     ws_close(&c);
     tu_gateway_stop(&g);

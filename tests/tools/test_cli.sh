@@ -179,17 +179,22 @@ else
 fi
 # duel serve (test backend) takes the gateway and redis sections from the file, DUEL_REDIS, --set
 # and its flags, in that order; its first stdout line names the address, port and Redis.
-# serve_line ARGS...: starts duel serve ARGS, prints its first stdout line, stops it.
-serve_line() {
-    local fifo="$TMP/serve.fifo" pid line=""
+# serve_in DIR ARGS...: starts duel serve ARGS in folder DIR, prints its first stdout line, stops
+# it. serve_line ARGS...: the same with the test backend and a spill log in $TMP.
+serve_in() {
+    local dir=$1 fifo="$TMP/serve.fifo" pid line=""
+    shift
     rm -f "$fifo" && mkfifo "$fifo"
-    "$DUEL" serve --web-root "$SRC/gateway/web" --set "gateway.spill_path=$TMP/spill.log" \
-        --test-step-ms 0 "$@" >"$fifo" 2>"$TMP/serve.err" &
+    (cd "$dir" && exec "$DUEL" serve "$@") >"$fifo" 2>"$TMP/serve.err" &
     pid=$!
     read -r -t 20 line <"$fifo"
     kill -TERM "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
     echo "$line"
+}
+serve_line() {
+    serve_in "$TMP" --backend test --web-root "$SRC/gateway/web" \
+        --set "gateway.spill_path=$TMP/spill.log" --test-step-ms 0 "$@"
 }
 echo '{"gateway": {"bind": "127.0.0.1", "port": 0}, "redis": {"host": "127.0.0.1", "port": 7}}' >"$TMP/serve.json"
 line=$(serve_line --config "$TMP/serve.json")
@@ -201,6 +206,41 @@ line=$(DUEL_REDIS=127.0.0.1:8 serve_line --config "$TMP/serve.json" --set redis.
 grep -q '(redis 127\.0\.0\.1:9,' <<<"$line" || fail "serve --set redis.port: '$line'"
 line=$(serve_line --config "$TMP/serve.json" --set redis.port=9 --redis 127.0.0.1:10 --no-snapshots)
 grep -q '(redis 127\.0\.0\.1:10,' <<<"$line" || fail "serve --redis over --set: '$line'"
+pass
+
+echo "== duel serve on a first run: its data folder, the model by default, the test backend by name"
+expect 0 '^  --data-dir DIR .*default \./duel-data' -- serve --help
+expect 0 "^  --backend NAME .*'engine' \(default" -- serve --help
+# Without --backend it serves model.path; a missing model is an error naming it, not canned
+# answers whose votes would go to the trainer's stream.
+expect 1 "$TMP/no-model.*--backend test for canned test answers" -- serve --set "model.path=$TMP/no-model" \
+    --port 0 --data-dir "$TMP/no-model-data"
+expect 2 -- '--model is for the engine backend' -- serve --backend test --model "$TMP/no-model"
+# The test backend only by name, its votes kept apart from duel:prefs.
+line=$(serve_line --port 0 --redis 127.0.0.1:7)
+grep -Eq 'backend test, .*votes to duel:prefs:test,' <<<"$line" || fail "serve --backend test: '$line'"
+# From a folder laid out like the repository root (models/ and gateway/), with no duel-data yet:
+# duel serve --redis HOST:PORT serves models/default and creates duel-data/ with its spill log.
+if [ -f "$SRC/models/default/model.safetensors" ]; then
+    root="$TMP/root"
+    mkdir -p "$root" && ln -s "$SRC/models" "$root/models" && ln -s "$SRC/gateway" "$root/gateway"
+    line=$(serve_in "$root" --redis 127.0.0.1:7 --port 0 --no-snapshots)
+    grep -Eq 'backend engine, .*votes to duel:prefs, spill log duel-data/gateway-spill\.log\)' <<<"$line" \
+        || fail "serve from a fresh root: '$line' ($(head -3 "$TMP/serve.err"))"
+    [ -f "$root/duel-data/gateway-spill.log" ] || fail "serve from a fresh root: no duel-data/gateway-spill.log"
+else
+    echo "SKIP: models/default is missing: serve from a fresh root not run"
+fi
+# --data-dir: created with its parents; the spill log goes there unless --spill or
+# gateway.spill_path says otherwise (their folders are created too).
+line=$(serve_line --port 0 --set gateway.spill_path= --data-dir "$TMP/data/a/b")
+grep -q "spill log $TMP/data/a/b/gateway-spill\.log)" <<<"$line" || fail "serve --data-dir: '$line'"
+[ -f "$TMP/data/a/b/gateway-spill.log" ] || fail "serve --data-dir: no spill log in $TMP/data/a/b"
+line=$(serve_line --port 0 --set gateway.spill_path= --data-dir "$TMP/data2" --spill "$TMP/elsewhere/s.log")
+grep -q "spill log $TMP/elsewhere/s\.log)" <<<"$line" || fail "serve --spill over --data-dir: '$line'"
+[ -f "$TMP/elsewhere/s.log" ] && [ -d "$TMP/data2" ] || fail "serve --spill: $TMP/elsewhere/s.log or $TMP/data2 missing"
+line=$(serve_line --port 0 --data-dir "$TMP/data3")
+grep -q "spill log $TMP/spill\.log)" <<<"$line" || fail "serve gateway.spill_path over --data-dir: '$line'"
 pass
 
 echo "== --chat answers without the template's answer prefix (the default model's qa: a space)"

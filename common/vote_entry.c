@@ -1,5 +1,7 @@
-/* vote_entry.c: decoding and validation of duel:prefs entries, and the reference encoder (see
- * vote_entry.h). Everything untrusted is checked here and nowhere else. */
+/* vote_entry.c: the vote codec (see vote_entry.h): decoding and validation of duel:prefs entries,
+ * the encoder every producer uses, and the framing outside Redis. Everything untrusted is checked
+ * here and nowhere else; the encoder checks what it wrote with the decoder, so the two cannot
+ * drift apart. */
 #include "vote_entry.h"
 
 #include <errno.h>
@@ -9,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "safetensors.h"
+#include "float16.h"
 
 static const char *const CHOICE_NAMES[] = {"a", "b", "tie", "both_bad"};
 
@@ -18,6 +20,15 @@ const char *vote_choice_name(vote_choice c) {
 }
 
 int vote_choice_is_pair(vote_choice c) { return c == VOTE_CHOICE_A || c == VOTE_CHOICE_B; }
+
+int vote_choice_parse(const char *s, size_t len, vote_choice *out) {
+    for (int c = 0; c <= VOTE_CHOICE_BOTH_BAD; c++)
+        if (len == strlen(CHOICE_NAMES[c]) && memcmp(s, CHOICE_NAMES[c], len) == 0) {
+            *out = (vote_choice)c;
+            return 0;
+        }
+    return DUEL_EFORMAT;
+}
 
 void vote_entry_free(vote_entry *e) {
     if (!e) return;
@@ -131,7 +142,7 @@ static int decode_floats(const vote_entry_field *f, size_t count, int half, floa
     const unsigned char *p = (const unsigned char *)f->value;
     for (size_t i = 0; i < count; i++) {
         if (half) {
-            a[i] = safetensors_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+            a[i] = duel_f16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
         } else {
             uint32_t u = load_u32le(p + 4 * i);
             memcpy(&a[i], &u, 4);
@@ -181,7 +192,8 @@ int vote_entry_decode(const vote_entry_field *fields, int n_fields,
     int64_t v;
     int rc;
     if ((rc = copy_id(by[F_VOTE_ID], e->vote_id, 0, err)) || (rc = copy_id(by[F_DUEL_ID], e->duel_id, 0, err)) ||
-        (rc = copy_id(by[F_MODEL_ID], e->model_id, 1, err)) || (rc = copy_id(by[F_STRATEGY], e->strategy, 1, err)))
+        (rc = copy_id(by[F_MODEL_ID], e->model_id, 1, err)) || (rc = copy_id(by[F_STRATEGY], e->strategy, 1, err)) ||
+        (by[F_CONVERSATION] && (rc = copy_id(by[F_CONVERSATION], e->conversation, 1, err))))
         return rc;
     if (L->model_id && L->model_id[0] && strcmp(L->model_id, e->model_id) != 0)
         return duel_error_set(err, DUEL_EFORMAT, "model_id '%s' is not the trainer's '%s'",
@@ -192,14 +204,7 @@ int vote_entry_decode(const vote_entry_field *fields, int n_fields,
         return rc;
     if ((rc = parse_int(by[F_SIDE_SWAP], 0, 1, &v, err))) return rc;
     e->side_swap = (int)v;
-    const vote_entry_field *ch = by[F_CHOICE];
-    int found = 0;
-    for (int c = 0; c <= VOTE_CHOICE_BOTH_BAD; c++)
-        if (ch->value_len == strlen(CHOICE_NAMES[c]) && memcmp(ch->value, CHOICE_NAMES[c], ch->value_len) == 0) {
-            e->choice = (vote_choice)c;
-            found = 1;
-        }
-    if (!found) return duel_error_set(err, DUEL_EFORMAT, "field choice: not a, b, tie or both_bad");
+    if (vote_choice_parse(by[F_CHOICE]->value, by[F_CHOICE]->value_len, &e->choice)) return duel_error_set(err, DUEL_EFORMAT, "field choice: not a, b, tie or both_bad");
     if ((rc = parse_int(by[F_NUM_CANDIDATES], 2, VOTE_ENTRY_MAX_CANDIDATES, &v, err))) return rc;
     e->num_candidates = (int)v;
     if ((rc = parse_int(by[F_D_FEAT], 1, 1 << 16, &v, err))) return rc;
@@ -272,7 +277,7 @@ int vote_entry_decode(const vote_entry_field *fields, int n_fields,
     return 0;
 }
 
-/* ---- reference encoder ------------------------------------------------------------------ */
+/* ---- encoder ---------------------------------------------------------------------------- */
 
 static int add_field(vote_entry_encoded *enc, const char *name, const void *value, size_t len,
                      duel_error *err) {
@@ -297,14 +302,17 @@ static int add_text(vote_entry_encoded *enc, const char *name, const char *s, du
     return add_field(enc, name, s ? s : "", s ? strlen(s) : 0, err);
 }
 
+/* count 4-byte values (int32 or f32) from data, written little-endian whatever the host. */
 static int add_le32(vote_entry_encoded *enc, const char *name, const void *data, size_t count,
                     duel_error *err) {
+    if (count > 0 && !data)
+        return duel_error_set(err, DUEL_EFORMAT, "field %s: %zu values but no array", name, count);
     unsigned char *b = malloc(count * 4 + 1);
     if (!b) return duel_error_set(err, DUEL_ENOMEM, "vote entry: out of memory");
-    const uint32_t *u = data;
+    const unsigned char *bytes = data;
     for (size_t i = 0; i < count; i++) {
         uint32_t x;
-        memcpy(&x, u + i, 4);
+        memcpy(&x, bytes + 4 * i, 4);
         b[4 * i] = (unsigned char)x;
         b[4 * i + 1] = (unsigned char)(x >> 8);
         b[4 * i + 2] = (unsigned char)(x >> 16);
@@ -320,6 +328,14 @@ int vote_entry_encode(const vote_entry *e, const vote_entry_texts *t, vote_entry
     memset(enc, 0, sizeof *enc);
     vote_entry_texts none = {0};
     if (!t) t = &none;
+    /* The shapes say how much of each array to read: check them before reading any. */
+    if (e->num_candidates < 2 || e->num_candidates > VOTE_ENTRY_MAX_CANDIDATES || e->d_feat < 1 ||
+        e->d_feat > 1 << 16 || e->num_heads < 0 || e->num_heads > 4096 || e->n_prompt_tokens < 0 ||
+        e->n_prompt_tokens > VOTE_ENTRY_MAX_TOKENS || e->n_cand_tokens < 0 ||
+        e->n_cand_tokens > VOTE_ENTRY_MAX_TOKENS)
+        return duel_error_set(err, DUEL_EFORMAT, "vote entry: shape M=%d d_feat=%d heads=%d "
+                              "prompt=%d candidates=%d tokens is out of range", e->num_candidates,
+                              e->d_feat, e->num_heads, e->n_prompt_tokens, e->n_cand_tokens);
     const size_t M = (size_t)e->num_candidates;
     int rc = 0;
     rc = rc ? rc : add_text(enc, "vote_id", e->vote_id, err);
@@ -346,7 +362,14 @@ int vote_entry_encode(const vote_entry *e, const vote_entry_texts *t, vote_entry
     rc = rc ? rc : add_int(enc, "d_feat", e->d_feat, err);
     rc = rc ? rc : add_int(enc, "num_heads", e->num_heads, err);
     rc = rc ? rc : add_text(enc, "features_dtype", "f32", err);
+    if (e->conversation[0]) rc = rc ? rc : add_text(enc, "conversation", e->conversation, err);
     if (e->ref_logprobs) rc = rc ? rc : add_le32(enc, "ref_logprobs", e->ref_logprobs, M, err);
+    if (rc == 0) {
+        /* What the decoder refuses is never written. */
+        vote_entry check;
+        rc = vote_entry_decode(enc->fields, enc->n_fields, NULL, &check, err);
+        vote_entry_free(&check);
+    }
     if (rc) vote_entry_encoded_free(enc);
     return rc;
 }
@@ -354,4 +377,91 @@ int vote_entry_encode(const vote_entry *e, const vote_entry_texts *t, vote_entry
 void vote_entry_encoded_free(vote_entry_encoded *enc) {
     for (int i = 0; i < enc->n_fields; i++) free(enc->buffers[i]);
     enc->n_fields = 0;
+}
+
+const vote_entry_field *vote_entry_field_find(const vote_entry_field *fields, int n_fields,
+                                              const char *name) {
+    size_t n = strlen(name);
+    for (int i = 0; i < n_fields; i++)
+        if (fields[i].name_len == n && memcmp(fields[i].name, name, n) == 0) return &fields[i];
+    return NULL;
+}
+
+/* ---- framing outside Redis ---------------------------------------------------------------- */
+
+static void put_u32le(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+int vote_entry_pack(const vote_entry_field *fields, int n_fields, char **out, size_t *out_len,
+                    duel_error *err) {
+    *out = NULL;
+    *out_len = 0;
+    if (n_fields < 0 || n_fields > VOTE_ENTRY_MAX_FIELDS)
+        return duel_error_set(err, DUEL_ELIMIT, "vote entry: %d fields, at most %d", n_fields,
+                              VOTE_ENTRY_MAX_FIELDS);
+    size_t total = 4;
+    for (int i = 0; i < n_fields; i++) {
+        if (fields[i].name_len == 0 || fields[i].name_len > VOTE_ENTRY_MAX_NAME ||
+            fields[i].value_len > UINT32_MAX)
+            return duel_error_set(err, DUEL_EINVAL, "vote entry: field %d cannot be framed", i);
+        total += 8 + fields[i].name_len + fields[i].value_len;
+    }
+    unsigned char *buf = malloc(total);
+    if (!buf) return duel_error_set(err, DUEL_ENOMEM, "vote entry: out of memory");
+    put_u32le(buf, (uint32_t)n_fields);
+    size_t o = 4;
+    for (int i = 0; i < n_fields; i++) {
+        const vote_entry_field *f = &fields[i];
+        put_u32le(buf + o, (uint32_t)f->name_len);
+        memcpy(buf + o + 4, f->name, f->name_len);
+        o += 4 + f->name_len;
+        put_u32le(buf + o, (uint32_t)f->value_len);
+        if (f->value_len) memcpy(buf + o + 4, f->value, f->value_len);
+        o += 4 + f->value_len;
+    }
+    *out = (char *)buf;
+    *out_len = total;
+    return 0;
+}
+
+int vote_entry_unpack(const void *data, size_t len, size_t *at, vote_entry_field *fields,
+                      int *n_fields, duel_error *err) {
+    const unsigned char *p = data;
+    size_t o = *at;
+    *n_fields = 0;
+    if (o > len || len - o < 4)
+        return duel_error_set(err, DUEL_EFORMAT, "vote entry: truncated at byte %zu", o);
+    uint32_t n = load_u32le(p + o);
+    o += 4;
+    if (n > VOTE_ENTRY_MAX_FIELDS)
+        return duel_error_set(err, DUEL_EFORMAT, "vote entry: %" PRIu32 " fields, at most %d", n,
+                              VOTE_ENTRY_MAX_FIELDS);
+    for (uint32_t i = 0; i < n; i++) {
+        if (len - o < 4) goto truncated;
+        uint32_t nl = load_u32le(p + o);
+        o += 4;
+        if (len - o < nl) goto truncated;
+        if (nl == 0 || nl > VOTE_ENTRY_MAX_NAME || memchr(p + o, 0, nl))
+            return duel_error_set(err, DUEL_EFORMAT, "vote entry: field %" PRIu32 " has a bad name "
+                                  "(%" PRIu32 " bytes)", i, nl);
+        fields[i].name = (const char *)p + o;
+        fields[i].name_len = nl;
+        o += nl;
+        if (len - o < 4) goto truncated;
+        uint32_t vl = load_u32le(p + o);
+        o += 4;
+        if (len - o < vl) goto truncated;
+        fields[i].value = (const char *)p + o;
+        fields[i].value_len = vl;
+        o += vl;
+    }
+    *n_fields = (int)n;
+    *at = o;
+    return 0;
+truncated:
+    return duel_error_set(err, DUEL_EFORMAT, "vote entry: truncated at byte %zu", o);
 }

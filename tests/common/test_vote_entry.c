@@ -1,6 +1,7 @@
-/* test_vote_entry.c: decoding and validation of duel:prefs entries (trainer/vote_entry.h):
- * a round trip through the reference encoder, the gateway's field layout, and every class of
- * bad entry (missing fields, wrong sizes, wrong model id, bad values) with its reason. */
+/* test_vote_entry.c: the vote codec (common/vote_entry.h): a round trip through the encoder in
+ * the wire's field order, every class of bad entry the decoder refuses (missing fields, wrong
+ * sizes, wrong model id, bad values) with its reason, the encoder refusing what the decoder
+ * would, and the framing outside Redis (pack / unpack) with damaged and truncated records. */
 #include "test_helpers.h"
 
 #include "vote_entry.h"
@@ -75,7 +76,8 @@ static void test_round_trip(void **state) {
     (void)state;
     fixture f;
     make(&f);
-    /* The gateway's field names, in its order (gateway/server.c build_vote). */
+    /* The field names in the wire's order (DESIGN.md section 8; the gateway's since it
+     * encodes with this codec). */
     static const char *gateway_order[] = {
         "vote_id", "duel_id", "ts_ms", "arm", "policy_version", "strategy", "choice", "side_swap",
         "prompt_tokens", "cand_tokens", "cand_offsets", "chosen_idx", "rejected_idx", "features",
@@ -270,6 +272,171 @@ static void test_bad_values(void **state) {
     vote_entry_encoded_free(&f.enc);
 }
 
+/* The optional conversation id: written when set, decoded back, absent decodes to "". */
+static void test_conversation(void **state) {
+    (void)state;
+    fixture f;
+    make(&f);
+    assert_null(vote_entry_field_find(f.enc.fields, f.enc.n_fields, "conversation"));
+    vote_entry out;
+    assert_int_equal(vote_entry_decode(f.enc.fields, f.enc.n_fields, &f.limits, &out, NULL), 0);
+    assert_string_equal(out.conversation, "");
+    vote_entry_free(&out);
+    vote_entry_encoded_free(&f.enc);
+    strcpy(f.entry.conversation, "00112233445566778899aabbccddeeff");
+    assert_int_equal(vote_entry_encode(&f.entry, NULL, &f.enc, NULL), 0);
+    const vote_entry_field *c = vote_entry_field_find(f.enc.fields, f.enc.n_fields, "conversation");
+    assert_non_null(c);
+    assert_int_equal(c - f.enc.fields, 24); /* after features_dtype */
+    assert_int_equal(vote_entry_decode(f.enc.fields, f.enc.n_fields, &f.limits, &out, NULL), 0);
+    assert_string_equal(out.conversation, f.entry.conversation);
+    vote_entry_free(&out);
+    field(&f, "conversation")->value = "a\tb";
+    field(&f, "conversation")->value_len = 3;
+    expect_error(&f, "conversation: byte 1 is not printable");
+    vote_entry_encoded_free(&f.enc);
+}
+
+/* The encoder refuses what the decoder would refuse, with the decoder's reason, and leaves
+ * nothing allocated: a producer cannot write a vote that no trainer can read. */
+static void test_encoder_is_strict(void **state) {
+    (void)state;
+    fixture f;
+    make(&f);
+    vote_entry_encoded_free(&f.enc);
+    vote_entry e = f.entry;
+    vote_entry_encoded enc;
+    duel_error err = {0};
+    e.rejected_idx = e.chosen_idx;
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "chosen_idx and rejected_idx are both 2"));
+    assert_int_equal(enc.n_fields, 0);
+    e = f.entry;
+    e.n_prompt_tokens = 0;
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "empty prompt"));
+    e = f.entry;
+    f.features[3] = INFINITY;
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "features: value 3 is not finite"));
+    f.features[3] = 0.5f;
+    e.features = NULL; /* sizes that promise an array that is not there */
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "features: 12 values but no array"));
+    e = f.entry;
+    e.num_candidates = 100000; /* would read far past cand_offsets */
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "out of range"));
+    e = f.entry;
+    e.vote_id[0] = '\0';
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "vote_id: length 0"));
+    e = f.entry;
+    e.cand_offsets[3] = 6; /* offsets that stop short of the candidates' tokens */
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "cand_offsets: must run from 0 to 7"));
+    e.cand_offsets[3] = 7;
+    char *big = malloc(VOTE_ENTRY_MAX_TEXT + 2);
+    memset(big, 'x', VOTE_ENTRY_MAX_TEXT + 1);
+    big[VOTE_ENTRY_MAX_TEXT + 1] = '\0';
+    vote_entry_texts t = {NULL, big, NULL, NULL};
+    assert_int_equal(vote_entry_encode(&e, &t, &enc, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "prompt_text"));
+    free(big);
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, &err), 0);
+    vote_entry_encoded_free(&enc);
+}
+
+/* The framing outside Redis: a real entry packs, unpacks to the same fields pointing into the
+ * buffer, and decodes; every truncation, a huge count, a bad name and more fields than the codec
+ * holds are errors, never crashes. Two entries back to back unpack one after the other (the
+ * trainer's entries.bin). */
+static void test_pack_unpack(void **state) {
+    (void)state;
+    fixture f;
+    make(&f);
+    char *buf;
+    size_t len;
+    assert_int_equal(vote_entry_pack(f.enc.fields, f.enc.n_fields, &buf, &len, NULL), 0);
+    vote_entry_field back[VOTE_ENTRY_MAX_FIELDS];
+    int n = 0;
+    size_t at = 0;
+    assert_int_equal(vote_entry_unpack(buf, len, &at, back, &n, NULL), 0);
+    assert_int_equal(at, len);
+    assert_int_equal(n, f.enc.n_fields);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(back[i].name_len, f.enc.fields[i].name_len);
+        assert_memory_equal(back[i].name, f.enc.fields[i].name, back[i].name_len);
+        assert_int_equal(back[i].value_len, f.enc.fields[i].value_len);
+        assert_memory_equal(back[i].value, f.enc.fields[i].value, back[i].value_len);
+        assert_true(back[i].value >= buf && back[i].value + back[i].value_len <= buf + len);
+    }
+    const vote_entry_field *ts = vote_entry_field_find(back, n, "ts_ms");
+    assert_non_null(ts);
+    assert_memory_equal(ts->value, "1700000000123", 13);
+    assert_null(vote_entry_field_find(back, n, "missing"));
+    vote_entry out;
+    assert_int_equal(vote_entry_decode(back, n, &f.limits, &out, NULL), 0);
+    assert_memory_equal(out.features, f.features, sizeof f.features);
+    vote_entry_free(&out);
+    /* Every truncation is an error. */
+    for (size_t cut = 0; cut < len; cut++) {
+        at = 0;
+        duel_error err;
+        assert_int_equal(vote_entry_unpack(buf, cut, &at, back, &n, &err), DUEL_EFORMAT);
+        assert_int_equal(at, 0);
+    }
+    /* Two entries back to back. */
+    char *two = malloc(2 * len);
+    memcpy(two, buf, len);
+    memcpy(two + len, buf, len);
+    at = 0;
+    assert_int_equal(vote_entry_unpack(two, 2 * len, &at, back, &n, NULL), 0);
+    assert_int_equal(at, len);
+    assert_int_equal(vote_entry_unpack(two, 2 * len, &at, back, &n, NULL), 0);
+    assert_int_equal(at, 2 * len);
+    free(two);
+    /* A huge field count; an empty name; a name with a NUL byte. */
+    char *bad = malloc(len);
+    memcpy(bad, buf, len);
+    bad[0] = (char)0xff;
+    at = 0;
+    assert_int_equal(vote_entry_unpack(bad, len, &at, back, &n, NULL), DUEL_EFORMAT);
+    memcpy(bad, buf, len);
+    memset(bad + 4, 0, 4); /* the first name's length */
+    at = 0;
+    assert_int_equal(vote_entry_unpack(bad, len, &at, back, &n, NULL), DUEL_EFORMAT);
+    memcpy(bad, buf, len);
+    bad[9] = '\0'; /* inside "vote_id" */
+    at = 0;
+    duel_error err;
+    assert_int_equal(vote_entry_unpack(bad, len, &at, back, &n, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "bad name"));
+    free(bad);
+    free(buf);
+    /* More fields than the codec holds cannot be packed. */
+    vote_entry_field many[VOTE_ENTRY_MAX_FIELDS + 1];
+    for (int i = 0; i <= VOTE_ENTRY_MAX_FIELDS; i++) many[i] = (vote_entry_field){"x", 1, "", 0};
+    assert_int_equal(vote_entry_pack(many, VOTE_ENTRY_MAX_FIELDS + 1, &buf, &len, NULL), DUEL_ELIMIT);
+    assert_null(buf);
+    vote_entry_encoded_free(&f.enc);
+}
+
+static void test_choice_names(void **state) {
+    (void)state;
+    static const char *names[] = {"a", "b", "tie", "both_bad"};
+    for (int c = 0; c < 4; c++) {
+        vote_choice got;
+        assert_int_equal(vote_choice_parse(names[c], strlen(names[c]), &got), 0);
+        assert_int_equal(got, c);
+        assert_string_equal(vote_choice_name(got), names[c]);
+    }
+    vote_choice got;
+    assert_int_equal(vote_choice_parse("ti", 2, &got), DUEL_EFORMAT);
+    assert_int_equal(vote_choice_parse("tie ", 4, &got), DUEL_EFORMAT);
+    assert_int_equal(vote_choice_parse("", 0, &got), DUEL_EFORMAT);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
@@ -277,6 +444,10 @@ int main(void) {
         cmocka_unit_test(test_ref_logprobs),
         cmocka_unit_test(test_missing_fields),
         cmocka_unit_test(test_bad_values),
+        cmocka_unit_test(test_conversation),
+        cmocka_unit_test(test_encoder_is_strict),
+        cmocka_unit_test(test_pack_unpack),
+        cmocka_unit_test(test_choice_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,7 +1,10 @@
-/* vote_entry.h: one duel:prefs stream entry (DESIGN.md section 8), decoded and validated in one
- * place before the trainer touches it. The fields are those the gateway's vote producer writes
- * (gateway/server.c build_vote): text fields as UTF-8 bytes, integers as decimal text, binary
- * arrays little-endian and packed:
+/* vote_entry.h: the one codec of a vote, a duel:prefs stream entry (DESIGN.md section 8). The
+ * gateway encodes its votes with it, the spill log and the trainer's checkpoint frame them with
+ * it, the trainer decodes them with it, the benchmarks and tests produce them with it; nothing
+ * else knows the field layout.
+ *
+ * Fields: text fields as UTF-8 bytes, integers as decimal text, binary arrays little-endian and
+ * packed:
  *   vote_id duel_id strategy choice(a|b|tie|both_bad) model_id gen_params(JSON text)
  *   prompt_text chosen_text rejected_text                      text
  *   ts_ms arm policy_version side_swap(0|1) chosen_idx rejected_idx
@@ -13,15 +16,20 @@
  *   ref_logprobs   f32[M]      optional: log pi_ref(candidate | prompt), summed over the
  *                              candidate's tokens, from the engine's reference pass (finite, <= 0);
  *                              the trainer uses them instead of running its reference model
- * Unknown field names are ignored (a newer producer may add context); a repeated name is an
- * error. Every size is checked against M, d_feat, E and the token counts, and against the
- * trainer's limits (model id, feature width, vocabulary, sequence length). A failure returns
- * DUEL_EFORMAT with a message that is the entry's dead-letter reason. Never crashes on any
- * input (fuzzed by tests/fuzz/fuzz_vote_entry.c).
+ * The encoder writes them in that order (the required ones, then features_dtype, then the
+ * optional ones it has).
  *
- * vote_entry_encode is the reference encoder (tests and tools produce entries with it); the
- * gateway has its own producer (gateway/server.c build_vote); tests/gateway/test_backend_engine.c
- * decodes what the gateway writes with vote_entry_decode, so the two cannot drift apart. */
+ * Decoding: unknown field names are ignored (a newer producer may add context); a repeated name
+ * is an error. Every size is checked against M, d_feat, E and the token counts, and against the
+ * consumer's limits (model id, feature width, vocabulary, sequence length). A failure returns
+ * DUEL_EFORMAT with a message that is the entry's dead-letter reason. Never crashes on any input
+ * (fuzzed by tests/fuzz/fuzz_vote_entry.c, through vote_entry_unpack). Encoding is as strict:
+ * vote_entry_encode refuses an entry the decoder would refuse, so a producer cannot write a vote
+ * that no trainer can read.
+ *
+ * Outside Redis (the gateway's spill log, the trainer's entries.bin) an entry is framed as
+ *   u32 field count, then per field: u32 name length, name, u32 value length, value
+ * (little-endian): vote_entry_pack / vote_entry_unpack. */
 #ifndef DUEL_VOTE_ENTRY_H
 #define DUEL_VOTE_ENTRY_H
 
@@ -31,7 +39,9 @@
 #include "error.h"
 
 #define VOTE_ENTRY_MAX_FIELDS 64
-#define VOTE_ENTRY_MAX_ID 128            /* bytes of vote_id, duel_id, model_id, strategy */
+#define VOTE_ENTRY_MAX_NAME 256          /* bytes of a field name in a packed entry */
+#define VOTE_ENTRY_MAX_ID 128            /* bytes of vote_id, duel_id, model_id, strategy,
+                                            conversation */
 #define VOTE_ENTRY_MAX_TEXT (1u << 20)   /* bytes of each text field */
 #define VOTE_ENTRY_MAX_CANDIDATES 256    /* M */
 #define VOTE_ENTRY_MAX_TOKENS (1 << 20)  /* prompt or all candidates' tokens */
@@ -65,6 +75,7 @@ typedef struct vote_entry {
     char duel_id[VOTE_ENTRY_MAX_ID + 1];
     char model_id[VOTE_ENTRY_MAX_ID + 1];
     char strategy[VOTE_ENTRY_MAX_ID + 1];
+    char conversation[VOTE_ENTRY_MAX_ID + 1]; /* "" when the entry has none */
     int64_t ts_ms, arm, policy_version;
     vote_choice choice;
     int side_swap;
@@ -89,8 +100,10 @@ void vote_entry_free(vote_entry *entry);
 const int32_t *vote_entry_candidate(const vote_entry *entry, int i, int *len);
 const char *vote_choice_name(vote_choice choice);
 int vote_choice_is_pair(vote_choice choice); /* a or b: trainable */
+/* "a", "b", "tie" or "both_bad" (len bytes at s) -> *out; anything else is DUEL_EFORMAT. */
+int vote_choice_parse(const char *s, size_t len, vote_choice *out);
 
-/* The reference encoder: fields and owned value buffers of one entry, in the producer's order. */
+/* The encoder's output: fields and owned value buffers of one entry, in the order above. */
 typedef struct vote_entry_encoded {
     int n_fields;
     vote_entry_field fields[VOTE_ENTRY_MAX_FIELDS];
@@ -102,8 +115,27 @@ typedef struct vote_entry_texts {
     const char *gen_params, *prompt_text, *chosen_text, *rejected_text;
 } vote_entry_texts;
 
+/* Encodes entry (arrays read, not taken) and texts into out. An entry the decoder would refuse
+ * without limits (an empty prompt, chosen_idx == rejected_idx, offsets that do not cover the
+ * candidates, a non-finite feature, a text over VOTE_ENTRY_MAX_TEXT, ...) is DUEL_EFORMAT with
+ * the decoder's reason, and out is left empty. */
 int vote_entry_encode(const vote_entry *entry, const vote_entry_texts *texts,
                       vote_entry_encoded *out, duel_error *err);
 void vote_entry_encoded_free(vote_entry_encoded *enc);
+
+/* The first field called name among fields[0..n), or NULL. */
+const vote_entry_field *vote_entry_field_find(const vote_entry_field *fields, int n_fields,
+                                              const char *name);
+
+/* Frames fields[0..n) (see the top comment) into a malloc'd buffer. */
+int vote_entry_pack(const vote_entry_field *fields, int n_fields, char **out, size_t *out_len,
+                    duel_error *err);
+/* Reads one framed entry from data[*at..len): fields[0..*n_fields) point into data (no copy);
+ * *at moves past the entry. Every length is checked against the buffer; more than
+ * VOTE_ENTRY_MAX_FIELDS fields, an empty name, a name over VOTE_ENTRY_MAX_NAME or holding a NUL
+ * byte is DUEL_EFORMAT. fields must hold VOTE_ENTRY_MAX_FIELDS. The values are not checked:
+ * that is vote_entry_decode's work. */
+int vote_entry_unpack(const void *data, size_t len, size_t *at, vote_entry_field *fields,
+                      int *n_fields, duel_error *err);
 
 #endif

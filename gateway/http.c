@@ -1,0 +1,153 @@
+/* http.c: the gateway's plain HTTP side: the static files of the chat page (a fixed list of
+ * names found in web_root at start, so no request path ever reaches the file system), /healthz,
+ * /readyz (draining, Redis up, votes waiting in the spill log) and Prometheus /metrics
+ * (metrics.c renders; the Redis worker's and the snapshot loader's stats are read here). It is
+ * also the lws protocol that receives the cancel-service wake-up, on which server.c's inbox is
+ * drained.
+ *
+ * Thread: the lws service thread. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "server_internal.h"
+#include "timer.h"
+
+typedef struct http_pss {
+    unsigned char *body; /* LWS_PRE headroom + payload */
+    size_t len;
+} http_pss;
+
+size_t gateway_http_pss_size(void) { return sizeof(http_pss); }
+
+static const char *mime_for(const char *name) {
+    const char *dot = strrchr(name, '.');
+    if (!dot) return NULL;
+    if (strcmp(dot, ".html") == 0) return "text/html; charset=utf-8";
+    if (strcmp(dot, ".js") == 0) return "text/javascript; charset=utf-8";
+    if (strcmp(dot, ".css") == 0) return "text/css; charset=utf-8";
+    if (strcmp(dot, ".svg") == 0) return "image/svg+xml";
+    if (strcmp(dot, ".png") == 0) return "image/png";
+    if (strcmp(dot, ".ico") == 0) return "image/x-icon";
+    if (strcmp(dot, ".json") == 0) return "application/json";
+    return NULL;
+}
+
+int gateway_scan_web_root(gateway *gw, duel_error *err) {
+    static const char *const NAMES[] = {"index.html", "app.js", "style.css", "ops.html", "ops.js",
+                                        "favicon.svg", "favicon.ico"};
+    for (size_t i = 0; i < sizeof NAMES / sizeof NAMES[0] && gw->n_files < GATEWAY_MAX_STATIC_FILES; i++) {
+        static_file *f = &gw->files[gw->n_files];
+        snprintf(f->path, sizeof f->path, "%s/%s", gw->cfg.web_root, NAMES[i]);
+        struct stat sb;
+        if (stat(f->path, &sb) || !S_ISREG(sb.st_mode)) continue;
+        snprintf(f->url, sizeof f->url, "/%s", NAMES[i]);
+        f->mime = mime_for(NAMES[i]);
+        gw->n_files++;
+    }
+    if (gw->n_files == 0)
+        return duel_error_set(err, DUEL_ENOTFOUND, "%s: no web files (index.html) found",
+                              gw->cfg.web_root);
+    return DUEL_OK;
+}
+
+static int http_respond(struct lws *wsi, http_pss *pss, unsigned int status, const char *ctype,
+                        const char *body, size_t len) {
+    pss->body = malloc(LWS_PRE + len + 1);
+    if (!pss->body) return -1;
+    memcpy(pss->body + LWS_PRE, body, len);
+    pss->len = len;
+    unsigned char headers[LWS_PRE + 512], *start = headers + LWS_PRE, *p = start,
+                                          *end = headers + sizeof headers - 1;
+    if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)len, &p, end) ||
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
+                                    (const unsigned char *)"no-store", 8, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static const char SECURITY_HEADERS[] =
+    "x-content-type-options: nosniff\r\n"
+    "referrer-policy: no-referrer\r\n"
+    "x-frame-options: DENY\r\n"
+    "content-security-policy: default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+    "frame-ancestors 'none'\r\n";
+
+static long long serving_version(gateway *gw) {
+    return gw->backend.serving_version ? gw->backend.serving_version(gw->backend.impl) : 0;
+}
+
+static int serve_path(gateway *gw, struct lws *wsi, http_pss *pss, const char *path) {
+    if (strcmp(path, "/healthz") == 0) {
+        char body[64];
+        int n = snprintf(body, sizeof body, "ok\npolicy_version: %lld\n", serving_version(gw));
+        return http_respond(wsi, pss, 200, "text/plain", body, (size_t)n);
+    }
+    if (strcmp(path, "/readyz") == 0) {
+        redis_worker_stats st;
+        redis_worker_get_stats(gw->redis, &st);
+        char body[128];
+        int n = snprintf(body, sizeof body, "%s\nredis: %s\nspill_pending: %llu\n",
+                         gw->draining ? "draining" : "ready", st.connected ? "up" : "down",
+                         (unsigned long long)st.spill_pending);
+        return http_respond(wsi, pss, gw->draining ? 503 : 200, "text/plain", body, (size_t)n);
+    }
+    if (strcmp(path, "/metrics") == 0) {
+        redis_worker_stats st;
+        redis_worker_get_stats(gw->redis, &st);
+        size_t n = 0;
+        snapshot_loader_stats ls;
+        if (gw->loader) snapshot_loader_get_stats(gw->loader, &ls);
+        char *text = metrics_render(&gw->metrics, &st, gw->backend.queue_depth(gw->backend.impl),
+                                    metrics_tokens_per_second(&gw->metrics, duel_time_seconds()),
+                                    gw->loader ? &ls : NULL, serving_version(gw), &n);
+        if (!text) return -1;
+        int rc = http_respond(wsi, pss, 200, "text/plain; version=0.0.4", text, n);
+        free(text);
+        return rc;
+    }
+    const char *name = strcmp(path, "/") == 0 ? "/index.html" : path;
+    for (int i = 0; i < gw->n_files; i++) {
+        if (strcmp(name, gw->files[i].url) != 0) continue;
+        int rc = lws_serve_http_file(wsi, gw->files[i].path, gw->files[i].mime, SECURITY_HEADERS,
+                                     (int)strlen(SECURITY_HEADERS));
+        if (rc < 0 || (rc > 0 && lws_http_transaction_completed(wsi))) return -1;
+        return 0;
+    }
+    return http_respond(wsi, pss, 404, "text/plain", "not found\n", 10);
+}
+
+int gateway_http_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
+                          void *in, size_t len) {
+    gateway *gw = lws_context_user(lws_get_context(wsi));
+    http_pss *pss = user;
+    switch (reason) {
+    case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
+        gateway_drain_inbox(gw);
+        return 0;
+    case LWS_CALLBACK_HTTP: return serve_path(gw, wsi, pss, in);
+    case LWS_CALLBACK_HTTP_WRITEABLE: {
+        if (!pss->body) return 0;
+        int n = lws_write(wsi, pss->body + LWS_PRE, pss->len, LWS_WRITE_HTTP_FINAL);
+        free(pss->body);
+        pss->body = NULL;
+        if (n < (int)pss->len) return -1;
+        if (lws_http_transaction_completed(wsi)) return -1;
+        return 0;
+    }
+    case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+        if (lws_http_transaction_completed(wsi)) return -1;
+        return 0;
+    case LWS_CALLBACK_CLOSED_HTTP:
+        if (pss) {
+            free(pss->body);
+            pss->body = NULL;
+        }
+        return 0;
+    default: break;
+    }
+    return lws_callback_http_dummy(wsi, reason, user, in, len);
+}

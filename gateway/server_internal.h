@@ -1,0 +1,140 @@
+/* server_internal.h: what the server's files share (not a public header; gateway.h is): the
+ * gateway struct, a websocket session, and the functions each file offers the others.
+ *   server.c     lifecycle (create, run, drain, stop, destroy), the inbox from other threads,
+ *                housekeeping
+ *   session.c    the websocket callbacks: sessions, their outboxes, per-address limits
+ *   chat_flow.c  what each client message and each backend or Redis result does
+ *   http.c       static files, /healthz, /readyz, /metrics
+ *   conversation.c, duel_table.c, rollout.c: the conversation cache, the duel table, the A/B
+ *                router (their own headers)
+ * Thread: everything here belongs to the lws service thread (gateway_run), except the inbox and
+ * ctx_alive (inbox_mu) and stop_requested (atomic), which other threads touch. */
+#ifndef DUEL_GATEWAY_SERVER_INTERNAL_H
+#define DUEL_GATEWAY_SERVER_INTERNAL_H
+
+#include <libwebsockets.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "conversation.h"
+#include "duel_table.h"
+#include "gateway.h"
+#include "metrics.h"
+#include "protocol.h"
+#include "redis_worker.h"
+#include "rollout.h"
+#include "snapshot_loader.h"
+#include "str_map.h"
+
+#define GATEWAY_MAX_STATIC_FILES 32
+
+typedef struct outframe {
+    struct outframe *next;
+    size_t len;
+    unsigned char buf[]; /* LWS_PRE bytes of headroom, then the payload */
+} outframe;
+
+typedef struct session {
+    uint64_t conn_id;
+    char key[24];
+    struct lws *wsi;
+    char addr[64];
+    conversation *conv;
+    bool hello_done, hello_pending;
+    char *rx;
+    size_t rx_len;
+    bool rx_overflow, rx_binary;
+    outframe *out_head, *out_tail;
+    size_t out_bytes;
+    duel_rec *duel; /* RUNNING or STREAMING */
+    double tokens, last;
+    int errors;
+    bool close_after_flush;
+} session;
+
+typedef struct addr_state {
+    int connections;
+    double tokens, last;
+} addr_state;
+
+typedef enum inbox_kind { INBOX_BACKEND, INBOX_REDIS } inbox_kind;
+
+typedef struct inbox_item {
+    inbox_kind kind;
+    duel_backend_event ev;
+    redis_result rr;
+    struct inbox_item *next;
+} inbox_item;
+
+typedef struct static_file {
+    char url[80];
+    char path[1200];
+    const char *mime;
+} static_file;
+
+struct gateway {
+    gateway_config cfg;
+    duel_backend backend;
+    bool backend_started;
+    struct lws_context *ctx;
+    struct lws_vhost *vh;
+    struct lws_protocols protocols[3];
+    int port;
+    redis_worker *redis;
+    snapshot_loader *loader; /* NULL unless cfg.snapshot_loader */
+
+    pthread_mutex_t inbox_mu;
+    inbox_item *inbox_head, *inbox_tail;
+    bool ctx_alive; /* guarded by inbox_mu: lws_cancel_service is safe */
+    atomic_bool stop_requested;
+    bool draining;
+    double drain_deadline;
+
+    str_map sessions, addrs;
+    conversation_cache convs;
+    duel_table duels;
+    rollout_spec rollout;        /* duel:rollout as last parsed */
+    uint64_t rollout_generation; /* redis_worker_rollout_changed's */
+    uint64_t next_conn_id;
+    gateway_metrics metrics;
+    static_file files[GATEWAY_MAX_STATIC_FILES];
+    int n_files;
+    lws_sorted_usec_list_t sul;
+};
+
+/* session.c */
+int gateway_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                        size_t len);
+session *gateway_find_session(gateway *gw, uint64_t conn_id);
+/* Queues json (takes ownership; NULL is ignored) and asks for a WRITEABLE callback. */
+void gateway_send_frame(gateway *gw, session *s, char *json);
+void gateway_send_error(gateway *gw, session *s, protocol_error_code code, const char *message);
+void gateway_close_soon(session *s);
+/* Token bucket: capacity per_minute, refilled per_minute / 60 per second. */
+bool gateway_bucket_take(double *tokens, double *last, int per_minute, double now);
+
+/* chat_flow.c */
+void gateway_handle_message(gateway *gw, session *s, const char *data, size_t len);
+void gateway_on_backend_event(gateway *gw, duel_backend_event *ev);
+void gateway_on_redis_result(gateway *gw, redis_result *r);
+/* Sends the next round of deltas of s's STREAMING duel (or its end). */
+void gateway_stream_step(gateway *gw, session *s);
+/* Asks the backend to stop a RUNNING duel's generation. */
+void gateway_cancel_generation(gateway *gw, duel_rec *d);
+/* Ends a RUNNING or STREAMING duel early and forgets it; tell: send duel_end cancelled. */
+void gateway_abort_duel(gateway *gw, session *s, duel_rec *d, bool tell);
+
+/* http.c */
+int gateway_http_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
+                          void *in, size_t len);
+size_t gateway_http_pss_size(void);
+/* Finds the web files (a fixed list of names in cfg.web_root). */
+int gateway_scan_web_root(gateway *gw, duel_error *err);
+
+/* server.c */
+/* Runs every result other threads queued (on the lws thread, from the cancel-service wake-up). */
+void gateway_drain_inbox(gateway *gw);
+
+#endif
