@@ -8,7 +8,8 @@
  * The configuration comes from duel_config_load (common/config.h: the built-in
  * config/default.json, --config FILE, DUEL_* variables, --set overrides; strict, unknown keys
  * and wrong types name their dotted path); this file reads its sections model, erm, trainer and
- * redis with every key range-checked. docs/CONFIG.md and docs/TRAINER.md list the keys. */
+ * redis with every key range-checked (the keys behind live knobs by the knob table,
+ * common/knobs.h). docs/CONFIG.md and docs/TRAINER.md list the keys. */
 #include <jansson.h>
 #include <math.h>
 #include <signal.h>
@@ -19,6 +20,7 @@
 #include "cli.h"
 #include "config.h"
 #include "json_util.h"
+#include "knobs.h"
 #include "online_trainer.h"
 #include "stream_consumer.h"
 #include "weight_transport.h"
@@ -30,7 +32,7 @@ extern char **environ;
 typedef struct train_service_config {
     online_trainer_options trainer;
     stream_consumer_options consumer;
-    char model_path[4096], model_id[256], erm_path[4096], host[256], consumer_name[128], loss[16];
+    char model_path[4096], model_id[256], erm_path[4096], host[256], consumer_name[128];
     char transport[16];
     int transport_device, nccl_world_size;
 } train_service_config;
@@ -99,6 +101,22 @@ static int get_bool(const section_reader *r, const char *key, bool *out) {
     return 0;
 }
 
+/* A config key behind a live knob: the knob table's type and range (common/knobs.h), so the config
+ * and duel:knobs accept the same values. */
+static int get_knob(const section_reader *r, json_t *root, const char *knob, double *out) {
+    duel_knob_value v;
+    int rc = duel_knob_config_value(root, knob, r->source, &v, r->err);
+    if (rc == 0) *out = v.number;
+    return rc;
+}
+
+static int get_knob_int(const section_reader *r, json_t *root, const char *knob, int *out) {
+    double v = 0;
+    int rc = get_knob(r, root, knob, &v);
+    if (rc == 0) *out = (int)v;
+    return rc;
+}
+
 static int get_string(const section_reader *r, const char *key, char *out, size_t cap) {
     json_t *v = json_object_get(r->sec, key);
     if (!v) return 0;
@@ -152,31 +170,33 @@ static int load_config(json_t *root, const char *source, bool beta_given, train_
     if (rc == 0 && t.sec) {
         online_trainer_options *o = &c->trainer;
         long long warmup = o->warmup_steps, total = o->total_steps, seed = (long long)o->seed;
-        long long burn_in = o->burn_in;
+        double burn_in = (double)o->burn_in;
         double beta = o->loss.beta;
-        if ((rc = check_keys(&t, trainer_keys)) == 0 && (rc = get_string(&t, "loss", c->loss, sizeof c->loss)) == 0 &&
-            c->loss[0] && (rc = dap_loss_kind_parse(c->loss, &o->loss.kind, err)) == 0)
+        duel_knob_value loss;
+        if ((rc = check_keys(&t, trainer_keys)) == 0 &&
+            (rc = duel_knob_config_value(root, "loss", source, &loss, err)) == 0 &&
+            (rc = dap_loss_kind_parse(loss.text, &o->loss.kind, err)) == 0)
             dap_loss_default_options(o->loss.kind, &o->loss); /* that loss's beta ... */
-        if (rc == 0 && (rc = get_double(&t, "beta", 0, true, 1e6, &beta)) == 0 && beta_given)
+        if (rc == 0 && (rc = get_knob(&t, root, "beta", &beta)) == 0 && beta_given)
             o->loss.beta = beta; /* ... unless one is given */
-        if (rc == 0 && (rc = get_int(&t, "batch_size", 1, ONLINE_MAX_BATCH, &o->batch_size)) == 0 &&
+        if (rc == 0 && (rc = get_knob_int(&t, root, "batch_size", &o->batch_size)) == 0 &&
             (rc = get_int(&t, "max_batch_size", 1, ONLINE_MAX_BATCH, &o->max_batch_size)) == 0 &&
             (rc = get_double(&t, "lr", 0, false, big, &o->lr)) == 0 &&
             (rc = get_double(&t, "min_lr", 0, false, big, &o->min_lr)) == 0 &&
             (rc = get_ll(&t, "warmup_steps", 0, 1LL << 40, &warmup)) == 0 &&
             (rc = get_ll(&t, "total_steps", 1, 1LL << 40, &total)) == 0 &&
-            (rc = get_double(&t, "clip_norm", 0, false, 1e6, &o->clip_norm)) == 0 &&
+            (rc = get_knob(&t, root, "clip_norm", &o->clip_norm)) == 0 &&
             (rc = get_double(&t, "weight_decay", 0, false, big, &o->adamw.weight_decay)) == 0 &&
-            (rc = get_int(&t, "publish_every", 0, 1 << 30, &o->publish_every)) == 0 &&
+            (rc = get_knob_int(&t, root, "publish_every", &o->publish_every)) == 0 &&
             (rc = get_int(&t, "max_deliveries", 1, 1 << 30, &c->consumer.max_deliveries)) == 0 &&
             (rc = get_ll(&t, "seed", 0, 1LL << 62, &seed)) == 0 &&
             (rc = get_string(&t, "consumer", c->consumer_name, sizeof c->consumer_name)) == 0 &&
             (rc = get_int(&t, "recent_vote_ids", 1, 1000000, &o->recent_vote_ids)) == 0 &&
-            (rc = get_ll(&t, "burn_in", 0, 1LL << 40, &burn_in)) == 0 &&
-            (rc = get_double(&t, "gamma", 0, true, 1, &o->gamma)) == 0 &&
+            (rc = get_knob(&t, root, "burn_in", &burn_in)) == 0 &&
+            (rc = get_knob(&t, root, "gamma", &o->gamma)) == 0 &&
             (rc = get_int(&t, "synthetic_store", 1, ONLINE_MAX_STORE, &o->synthetic_store)) == 0 &&
-            (rc = get_int(&t, "checkpoint_every", 1, 1 << 30, &o->checkpoint_every)) == 0 &&
-            (rc = get_double(&t, "publish_every_seconds", 0, false, 1e9, &o->publish_every_seconds)) == 0 &&
+            (rc = get_knob_int(&t, root, "checkpoint_every", &o->checkpoint_every)) == 0 &&
+            (rc = get_knob(&t, root, "publish_every_seconds", &o->publish_every_seconds)) == 0 &&
             (rc = get_bool(&t, "publish_when_idle", &o->publish_when_idle)) == 0 &&
             (rc = get_bool(&t, "vote_ref_logprobs", &o->vote_ref_logprobs)) == 0 &&
             (rc = get_int(&t, "keep_snapshots", 0, 1000000, &o->keep_snapshots)) == 0 &&
@@ -187,7 +207,7 @@ static int load_config(json_t *root, const char *source, bool beta_given, train_
         if (rc == 0 && weight_transport_kind_parse(c->transport, &kind, NULL) != 0)
             rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.weight_transport '%s' is not file, cuda_ipc or nccl",
                                 source, c->transport);
-        o->burn_in = burn_in;
+        o->burn_in = (int64_t)burn_in;
         o->warmup_steps = warmup;
         o->total_steps = total;
         o->seed = (uint64_t)seed;
