@@ -6,12 +6,12 @@
 #include <ctype.h>
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "config.h"
+#include "text_buf.h"
 
 /* The strategies serving can run. pilaf is left out on purpose: the engine decodes PILAF duels
  * without the ERM feature pass (no features, rewards or reference log-probabilities), so their
@@ -295,38 +295,6 @@ json_t *duel_knobs_describe(const duel_knob_values *defaults) {
     return arr;
 }
 
-typedef struct text_buf {
-    char *s;
-    size_t len, cap;
-    bool failed;
-} text_buf;
-
-static void put(text_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void put(text_buf *b, const char *fmt, ...) {
-    while (!b->failed) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            b->failed = true;
-            return;
-        }
-        if (b->s && (size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        size_t cap = (b->cap + (size_t)n + 1) * 2;
-        char *s = realloc(b->s, cap);
-        if (!s) {
-            b->failed = true;
-            return;
-        }
-        b->s = s;
-        b->cap = cap;
-    }
-}
-
 /* A bound in the docs' notation: powers of two as 2^n, others as %g. */
 static void bound_text(double v, char *out, size_t cap) {
     int e = 0;
@@ -339,7 +307,7 @@ char *duel_knobs_markdown(void) {
     duel_knob_values d;
     if (embedded_defaults(&d)) return NULL;
     text_buf b = {0};
-    put(&b, "| knob | read by | type | allowed | default | config key | what it does |\n"
+    text_buf_printf(&b, "| knob | read by | type | allowed | default | config key | what it does |\n"
             "|---|---|---|---|---|---|---|\n");
     for (int k = 0; k < DUEL_KNOB_COUNT; k++) {
         const duel_knob_spec *s = &duel_knobs[k];
@@ -355,14 +323,10 @@ char *duel_knobs_markdown(void) {
             bound_text(s->max, hi, sizeof hi);
             snprintf(allowed, sizeof allowed, "%c%s, %s]", s->min_exclusive ? '(' : '[', lo, hi);
         }
-        put(&b, "| `%s` | %s | %s | %s | `%s` | %s%s%s | %s |\n", s->name,
+        text_buf_printf(&b, "| `%s` | %s | %s | %s | `%s` | %s%s%s | %s |\n", s->name,
             duel_knob_readers_name(s->readers), type_name(s->type), allowed, d.v[k].text,
             s->config_path ? "`" : "", s->config_path ? s->config_path : "(none)",
             s->config_path ? "`" : "", s->help);
     }
-    if (b.failed) {
-        free(b.s);
-        return NULL;
-    }
-    return b.s;
+    return text_buf_take(&b, NULL);
 }
