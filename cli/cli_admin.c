@@ -57,7 +57,7 @@ int cli_admin_open(const cli_command *cmd, const char *config_path, const char *
         return n_sets > 0 && strncmp(err.message, "--set", 5) == 0 ? CLI_EXIT_USAGE
                                                                   : CLI_EXIT_FAILURE;
     }
-    if (duel_knobs_defaults(a->config, &a->defaults, &err)) {
+    if (duel_knobs_defaults(a->config, NULL, &a->defaults, &err)) {
         fprintf(stderr, "duel %s: %s\n", cmd->name, err.message);
         cli_admin_close(a);
         return CLI_EXIT_FAILURE;

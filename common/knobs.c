@@ -24,7 +24,7 @@ const duel_knob_spec duel_knobs[DUEL_KNOB_COUNT] = {
      DUEL_KNOB_SERVING,
      "how the pair is chosen from the M candidates (arena: the latest snapshot against the base "
      "model; needs snapshots and an even M)"},
-    {"M", DUEL_KNOB_INT, 2, 64, false, NULL, "duel.candidates", NULL, DUEL_KNOB_SERVING,
+    {"M", DUEL_KNOB_INT, 2, DUEL_KNOB_M_MAX, false, NULL, "duel.candidates", NULL, DUEL_KNOB_SERVING,
      "candidates decoded per duel"},
     {"temperature", DUEL_KNOB_NUMBER, 0, 10, false, NULL, "duel.temperature", NULL,
      DUEL_KNOB_SERVING, "sampling temperature (0: greedy)"},
@@ -201,13 +201,14 @@ int duel_knob_config_value(const json_t *config, const char *name, const char *s
     return duel_error_set(err, DUEL_EINVAL, "knob %s: bad spec type", s->name);
 }
 
-int duel_knobs_defaults(const json_t *config, duel_knob_values *out, duel_error *err) {
+int duel_knobs_defaults(const json_t *config, const char *source, duel_knob_values *out,
+                        duel_error *err) {
     for (int k = 0; k < DUEL_KNOB_COUNT; k++) {
-        int rc = duel_knob_config_value(config, duel_knobs[k].name, "the configuration", &out->v[k],
-                                        err);
+        int rc = duel_knob_config_value(config, duel_knobs[k].name,
+                                        source ? source : "the configuration", &out->v[k], err);
         if (rc) return rc;
     }
-    return DUEL_OK;
+    return duel_knobs_check(out, err);
 }
 
 int duel_knobs_check(const duel_knob_values *values, duel_error *err) {
@@ -251,7 +252,7 @@ static int embedded_defaults(duel_knob_values *out) {
     json_t *config = NULL;
     duel_error err = {0};
     int rc = duel_config_defaults(&config, &err);
-    if (!rc) rc = duel_knobs_defaults(config, out, &err);
+    if (!rc) rc = duel_knobs_defaults(config, NULL, out, &err);
     json_decref(config);
     return rc;
 }

@@ -46,6 +46,7 @@ typedef struct duel_knob_spec {
 } duel_knob_spec;
 
 #define DUEL_KNOB_COUNT 17
+#define DUEL_KNOB_M_MAX 64 /* knob M's maximum: servers size their engines for it */
 #define DUEL_KNOB_TEXT_MAX 32 /* bytes of a canonical value, NUL included */
 
 /* The table, in a fixed order (serving knobs first). */
@@ -72,8 +73,10 @@ int duel_knob_parse(const char *name, const char *text, duel_knob_value *out, in
 
 /* The default of every knob from a configuration document (the one duel_config_load returns, so
  * a --config file or --set moves the defaults): each knob's config key, checked with the knob's
- * rule (duel_knob_config_value). */
-int duel_knobs_defaults(const json_t *config, duel_knob_values *out, duel_error *err);
+ * rule (duel_knob_config_value); source names the document in messages (NULL: "the
+ * configuration"). The set is then checked with the cross-knob rules. */
+int duel_knobs_defaults(const json_t *config, const char *source, duel_knob_values *out,
+                        duel_error *err);
 
 /* The value of knob `name`'s config key in config, checked against the knob's type and range;
  * messages name the key and the knob ("SOURCE: duel.candidates = 100 is outside [2, 64] (knob

@@ -455,6 +455,17 @@ int console_change_knobs(console *c, uint64_t request_id, const char *who,
     return DUEL_OK;
 }
 
+void console_serving_params(const duel_knob_values *v, duel_backend_params *out) {
+    memset(out, 0, sizeof *out);
+    snprintf(out->strategy, sizeof out->strategy, "%s", v->v[duel_knob_index("strategy")].text);
+    out->num_candidates = (int)v->v[duel_knob_index("M")].number;
+    out->temperature = (float)v->v[duel_knob_index("temperature")].number;
+    out->top_p = (float)v->v[duel_knob_index("top_p")].number;
+    out->top_k = (int)v->v[duel_knob_index("top_k")].number;
+    out->max_new_tokens = (int)v->v[duel_knob_index("max_new_tokens")].number;
+    out->arena_fraction = v->v[duel_knob_index("arena_fraction")].number;
+}
+
 bool console_connected(console *c) {
     pthread_mutex_lock(&c->mu);
     bool v = c->connected;

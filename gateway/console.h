@@ -25,6 +25,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "duel_backend.h"
 #include "error.h"
 #include "knob_store.h"
 #include "knobs.h"
@@ -81,6 +82,9 @@ char *console_audit_text(console *c, size_t *len);
 int console_change_knobs(console *c, uint64_t request_id, const char *who,
                          const char *const *names, const char *const *texts, size_t n,
                          duel_error *err);
+
+/* The serving knobs of values as the backend takes them (duel_backend_params). */
+void console_serving_params(const duel_knob_values *values, duel_backend_params *out);
 
 /* Whether the command connection is up. */
 bool console_connected(console *c);

@@ -253,7 +253,7 @@ static void test_engine_and_duel_values_are_the_code_defaults(void **state) {
     }
     /* Every knob's default is in the config and passes the knob (tests/common/test_knobs.c). */
     duel_knob_values defaults;
-    if (duel_knobs_defaults(root, &defaults, &err)) fail_msg("%s", err.message);
+    if (duel_knobs_defaults(root, NULL, &defaults, &err)) fail_msg("%s", err.message);
     json_decref(root);
 }
 

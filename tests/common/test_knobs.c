@@ -80,7 +80,7 @@ static void test_defaults_follow_the_configuration(void **state) {
     duel_error err = {0};
     assert_int_equal(duel_config_load(NULL, NULL, 0, NULL, &config, NULL, &err), 0);
     duel_knob_values d;
-    if (duel_knobs_defaults(config, &d, &err)) fail_msg("%s", err.message);
+    if (duel_knobs_defaults(config, NULL, &d, &err)) fail_msg("%s", err.message);
     assert_string_equal(d.v[duel_knob_index("strategy")].text, "ee_ts");
     assert_string_equal(d.v[duel_knob_index("M")].text, "4");
     assert_string_equal(d.v[duel_knob_index("temperature")].text, "1");
@@ -92,7 +92,7 @@ static void test_defaults_follow_the_configuration(void **state) {
      * naming the key and the knob. */
     const char *sets[] = {"duel.candidates=6", "trainer.gamma=0.5"};
     assert_int_equal(duel_config_load(NULL, sets, 2, NULL, &config, NULL, &err), 0);
-    assert_int_equal(duel_knobs_defaults(config, &d, &err), 0);
+    assert_int_equal(duel_knobs_defaults(config, NULL, &d, &err), 0);
     assert_string_equal(d.v[duel_knob_index("M")].text, "6");
     assert_string_equal(d.v[duel_knob_index("gamma")].text, "0.5");
     json_decref(config);
@@ -105,7 +105,7 @@ static void test_defaults_follow_the_configuration(void **state) {
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(duel_config_load(NULL, &bad[i].set, 1, NULL, &config, NULL, &err), 0);
-        assert_int_equal(duel_knobs_defaults(config, &d, &err), DUEL_EINVAL);
+        assert_int_equal(duel_knobs_defaults(config, NULL, &d, &err), DUEL_EINVAL);
         if (!strstr(err.message, bad[i].needle))
             fail_msg("--set %s: \"%s\" lacks \"%s\"", bad[i].set, err.message, bad[i].needle);
         json_decref(config);
@@ -123,7 +123,7 @@ static void test_apply_is_all_or_nothing(void **state) {
     duel_error err = {0};
     assert_int_equal(duel_config_load(NULL, NULL, 0, NULL, &config, NULL, &err), 0);
     duel_knob_values d, v;
-    assert_int_equal(duel_knobs_defaults(config, &d, &err), 0);
+    assert_int_equal(duel_knobs_defaults(config, NULL, &d, &err), 0);
     json_decref(config);
     v = d;
     const char *names[] = {"temperature", "strategy", "M"};

@@ -36,7 +36,7 @@ static void defaults(duel_knob_values *d) {
     json_t *config = NULL;
     duel_error err = {0};
     assert_int_equal(duel_config_load(NULL, NULL, 0, NULL, &config, NULL, &err), 0);
-    assert_int_equal(duel_knobs_defaults(config, d, &err), 0);
+    assert_int_equal(duel_knobs_defaults(config, NULL, d, &err), 0);
     json_decref(config);
 }
 
