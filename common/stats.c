@@ -600,6 +600,7 @@ json_t *stats_view_render(const stats_view *v, int window_s, int64_t now_ms) {
     const view_bucket *newest_trainer = NULL;
     /* regret trend: least squares of the buckets' mean R-hat on time, weighted by duels */
     double sw = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+    int trend_steps = 0;
     for (int64_t index = first; index <= last; index++) {
         const view_bucket *b = &v->windows[w][index % STATS_VIEW_POINTS];
         bool have = b->index == index;
@@ -649,6 +650,7 @@ json_t *stats_view_render(const stats_view *v, int window_s, int64_t now_ms) {
                 double x = (double)(index - first) * step_s / 3600.0, y = hist_mean(&b->regret);
                 double wt = (double)b->regret.n;
                 sw += wt, sx += wt * x, sy += wt * y, sxx += wt * x * x, sxy += wt * x * y;
+                trend_steps++;
             }
             for (int j = 0; j < b->n_groups; j++) {
                 const view_group *g = &b->groups[j];
@@ -677,7 +679,8 @@ json_t *stats_view_render(const stats_view *v, int window_s, int64_t now_ms) {
     }
     for (int s = 0; s < S_COUNT; s++) json_object_set_new(series, SERIES[s], arr[s]);
     double denom = sw * sxx - sx * sx;
-    double trend = sw > 0 && denom > 1e-12 ? (sw * sxy - sx * sy) / denom : NAN;
+    /* a trend over a few steps is noise: at least STATS_TREND_MIN_STEPS steps with duels */
+    double trend = trend_steps >= STATS_TREND_MIN_STEPS && denom > 1e-12 ? (sw * sxy - sx * sy) / denom : NAN;
     json_t *totals = json_pack(
         "{s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}", "duels", (json_int_t)duels,
         "votes", votes_json(votes), "agree", num(ratio(agree, agree_n)), "regret_mean",

@@ -151,11 +151,14 @@ void stats_view_add(stats_view *v, const stats_entry *e);
  *    "groups": [{arm, strategy, duels, votes{a,b,tie,both_bad}, agree, regret_mean, regret_p50,
  *                regret_p95, disagree_mean, ttd_p50, ttd_p95}],
  *    "totals": {duels, votes{...}, agree, regret_mean, regret_p50, regret_p95,
- *               regret_trend_per_h, disagree_mean, ttd_p50, ttd_p95, tfd_p50, tfd_p95},
+ *               regret_trend_per_h (least squares of the steps' mean R-hat on time, weighted by
+ *               their duels; null below STATS_TREND_MIN_STEPS steps with duels), disagree_mean,
+ *               ttd_p50, ttd_p95, tfd_p50, tfd_p95},
  *    "instances": [{instance, role, last_ms, age_s, interval_ms, stale, version, ...}],
  *    "trainer": {the newest trainer figures} or null}
  * An instance is stale when its newest entry is older than STATS_STALE_INTERVALS intervals
  * (plus STATS_STALE_SLACK_MS): a stopped process shows as stale, not healthy. */
+#define STATS_TREND_MIN_STEPS 10 /* steps with duels before regret_trend_per_h is given */
 #define STATS_STALE_INTERVALS 3
 #define STATS_STALE_SLACK_MS 2000
 json_t *stats_view_render(const stats_view *v, int window_s, int64_t now_ms);

@@ -142,6 +142,7 @@ function drawCharts(stats) {
         scales: {x: {time: true}},
         series: [{}, ...series.map(([, label, scale], i) => ({
           label, scale, stroke: COLORS[i % COLORS.length], width: 1.5, spanGaps: false,
+          points: {size: 4}, // a step with data between empty ones still shows
         }))],
         axes: [{}, ...scales.map((scale, i) => ({scale, side: i === 0 ? 3 : 1, size: 50,
           grid: {show: i === 0}}))],
@@ -186,7 +187,9 @@ function renderInstances(stats) {
     const row = body.insertRow();
     cell(row, inst.instance);
     cell(row, inst.role);
-    cell(row, inst.version === 0 ? 'base' : `v${inst.version}`);
+    // serving: the snapshot new duels get; trainer: the newest it published
+    if (inst.role === 'trainer') cell(row, inst.version > 0 ? `published v${inst.version}` : 'none published');
+    else cell(row, inst.version === 0 ? 'base' : `v${inst.version}`);
     cell(row, ago(inst.age_s));
     cell(row, inst.stale ? 'stale' : 'healthy', inst.stale ? 'stale' : 'healthy');
   }
@@ -221,6 +224,13 @@ function renderKnobs(k) {
   show($('knobs-readonly'), readOnly);
   $('knobs-apply').disabled = readOnly;
   $('knobs-revert').disabled = readOnly;
+  const ignored = $('knobs-ignored');
+  ignored.replaceChildren();
+  for (const message of k.ignored || []) {
+    const li = document.createElement('li');
+    text(li, `duel:knobs holds a value the table refuses, ignored: ${message}`);
+    ignored.appendChild(li);
+  }
   const body = $('knobs').tBodies[0];
   body.replaceChildren();
   for (const knob of k.knobs) {

@@ -8,3 +8,12 @@ if(NOT DUEL_FUZZ)
   add_dependencies(test_knob_store duel)
   set_tests_properties(test_knob_store PROPERTIES TIMEOUT 60)
 endif()
+
+# The console end to end (tests/e2e/ops.test.mjs): redis-server, two duel serve, duel train,
+# Debian's prometheus and Chromium through playwright-core. Exit 77 (skipped) when Chromium,
+# playwright-core, node_modules/uplot or prometheus is missing.
+if(DUEL_NODE AND TARGET duel AND NOT DUEL_FUZZ)
+  add_test(NAME e2e_ops COMMAND ${DUEL_NODE} ${PROJECT_SOURCE_DIR}/tests/e2e/ops.test.mjs)
+  set_tests_properties(e2e_ops PROPERTIES TIMEOUT 180 RUN_SERIAL TRUE SKIP_RETURN_CODE 77
+    ENVIRONMENT "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BIN=$<TARGET_FILE:duel>;DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp;DUEL_E2E_ARTIFACTS=${PROJECT_BINARY_DIR}/test-artifacts/e2e-ops")
+endif()
