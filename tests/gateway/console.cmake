@@ -17,3 +17,10 @@ if(DUEL_NODE AND TARGET duel AND NOT DUEL_FUZZ)
   set_tests_properties(e2e_ops PROPERTIES TIMEOUT 180 RUN_SERIAL TRUE SKIP_RETURN_CODE 77
     ENVIRONMENT "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BIN=$<TARGET_FILE:duel>;DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp;DUEL_E2E_ARTIFACTS=${PROJECT_BINARY_DIR}/test-artifacts/e2e-ops")
 endif()
+
+# bench_console: not a test; docs/BENCHMARKS.md ("Operator console") shows how to run it.
+if(NOT DUEL_FUZZ)
+  add_executable(bench_console ${CMAKE_CURRENT_LIST_DIR}/bench_console.c)
+  target_link_libraries(bench_console PRIVATE duel_gateway duel_common PkgConfig::CMOCKA)
+  target_include_directories(bench_console PRIVATE ${PROJECT_SOURCE_DIR}/tests/common)
+endif()
