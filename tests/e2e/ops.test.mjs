@@ -232,6 +232,7 @@ try {
   await pageA.goto(`${baseA}/healthz`);
   const pageB = await context.newPage();
   await pageB.goto(`${baseB}/healthz`);
+  log('browser up');
   await Promise.all([
     (async () => {
       for (const [i, choice] of ['a', 'b', 'tie'].entries()) await duel(pageA, `What does word ${i} mean?`, choice);
@@ -302,6 +303,8 @@ try {
   assert.match(await ops.textContent('#audit tbody'), /<script>window\.pwned=2<\/script>/);
   assert.equal(await ops.evaluate(() => window.pwned), undefined, 'nothing ran');
   redisCli('HDEL', 'duel:knobs', 'top_k');
+  redisCli('PUBLISH', 'duel:notify', '{"kind":"knobs"}');
+  await waitFor(async () => !(await ops.textContent('#knobs-ignored')).includes('<img src=y'), 'hostile knob value gone');
   await ops.screenshot({path: join(artifacts, 'console-laptop.png'), fullPage: true});
   log('hostile text stays text');
 
@@ -319,7 +322,8 @@ try {
   // one chart per row on a phone, within the screen
   const c1 = await vp.locator('#c-regret').boundingBox(), c2 = await vp.locator('#c-erm').boundingBox();
   assert.ok(c2.y >= c1.y + c1.height - 1 && c1.width <= 390, 'charts stacked within the width');
-  await vp.screenshot({path: join(artifacts, 'console-phone.png'), fullPage: true});
+  await vp.screenshot({path: join(artifacts, 'console-phone-full.png'), fullPage: true});
+  await vp.screenshot({path: join(artifacts, 'console-phone.png')}); // the first screen, for docs/
   await phone.close();
   log('viewer on a phone ok');
 
