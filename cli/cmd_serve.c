@@ -205,7 +205,9 @@ int cmd_serve(int argc, char **argv) {
     const cli_command cmd = {
         "serve", "[--port N] [--redis HOST:PORT] [--config FILE] [--set SECTION.KEY=VALUE]... [options]",
         "Serves the chat page, the duel.v1 websocket protocol, /healthz, /readyz and /metrics,\n"
-        "answering with the model of model.path (models/default; --model DIR for another).\n"
+        "answering with the model of model.path (models/default; --model DIR for another), and\n"
+        "the operator console /ops with its admin API /api/stats, /api/knobs, /api/audit (bearer\n"
+        "tokens from DUEL_TOKENS or gateway.tokens_file; docs/OPERATIONS.md).\n"
         "Votes go to the Redis stream duel:prefs; while Redis is away they are kept in a fsynced\n"
         "spill log (in the data folder) and replayed in order when it returns. --backend test\n"
         "serves canned answers without a model instead; the page says so and their votes go to\n"
