@@ -17,6 +17,8 @@ typedef struct cli_subcommand {
 
 int cmd_serve(int argc, char **argv); /* cmd_serve.c (gateway) */
 int cmd_train_service(int argc, char **argv); /* cmd_train_service.c (online trainer) */
+int cmd_knobs(int argc, char **argv); /* cmd_knobs.c (live knobs) */
+int cmd_ops(int argc, char **argv);   /* cmd_ops.c (operators' status) */
 
 static const cli_subcommand SUBCOMMANDS[] = {
     {"info", "version, backends built in (cpu, cuda) and whether a GPU answers", cmd_info},
@@ -32,6 +34,10 @@ static const cli_subcommand SUBCOMMANDS[] = {
     {"serve", "the chat server: web page, duel.v1 websocket, votes into Redis", cmd_serve},
     {"train", "the online trainer: votes from Redis -> ERM and policy updates, snapshots",
      cmd_train_service},
+    {"knobs", "live knobs: list the table, get the values in effect, set or reset (audited)",
+     cmd_knobs},
+    {"ops", "'ops status': instances, versions, regret, trainer lag, last changes (from Redis)",
+     cmd_ops},
 };
 #define N_SUBCOMMANDS (sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0])
 

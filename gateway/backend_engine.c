@@ -24,10 +24,15 @@
 #include "duel_backend.h"
 #include "engine.h"
 #include "erm.h"
+#include "knobs.h"
 #include "model.h"
 #include "snapshot.h"
 #include "rng.h"
 #include "tokenizer.h"
+
+/* The largest M a request may ask for: the knob M's maximum (common/knobs.c), so that a live
+ * change of M never needs a new engine. */
+#define ENGINE_BACKEND_MAX_CANDIDATES DUEL_KNOB_M_MAX
 
 typedef struct cand {
     int32_t *tokens;
@@ -53,6 +58,7 @@ typedef struct job {
     long long arm;
     long long version;     /* the policy version it was submitted to (0: the base model) */
     duel_strategy strategy;/* arena only while a snapshot is resident, else ee_ts */
+    duel_backend_params params; /* the knobs it was generated with (strategy: the one used) */
     uint64_t seed;
     long long progress;
     cand *cands;
@@ -183,10 +189,12 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
         }
         for (int i = 0; i < m; i++) r->ref_logprobs[i] = (float)ready->ref_logprobs[i];
     }
-    json_t *gp = json_pack("{s:f, s:f, s:i, s:i, s:i, s:I}", "temperature",
-                           (double)b->cfg.temperature, "top_p", (double)b->cfg.top_p, "top_k",
-                           b->cfg.top_k, "max_new_tokens", b->cfg.max_new_tokens, "M", m, "seed",
-                           (json_int_t)j->seed);
+    const duel_backend_params *p = &j->params;
+    json_t *gp = json_pack("{s:s, s:i, s:f, s:f, s:i, s:i, s:f, s:I}", "strategy",
+                           duel_strategy_name(j->strategy), "M", m, "temperature",
+                           (double)p->temperature, "top_p", (double)p->top_p, "top_k", p->top_k,
+                           "max_new_tokens", p->max_new_tokens, "arena_fraction", p->arena_fraction,
+                           "seed", (json_int_t)j->seed);
     if (gp && ready->arena_split) {
         /* Candidates [0, arena_split) are the snapshot's (policy_version), the rest the base
          * model's (version 0). */
@@ -200,6 +208,7 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
     r->model_id = strdup(b->model_dir);
     r->policy_version = j->version;
     r->generated_tokens = ev->counts.generated_tokens;
+    r->regret_estimate = ready->regret_estimate;
     if (!r->cand_tokens || !r->cand_offsets || !r->text_a || !r->text_b || !r->gen_params_json ||
         !r->strategy || !r->model_id) {
         duel_backend_result_free(r);
@@ -338,6 +347,42 @@ static int prompt_from_turn_ids(engine_backend *b, const duel_backend_request *r
     return rc;
 }
 
+/* SplitMix64 of the duel's seed: the arena_fraction draw, independent of the sampling streams. */
+static uint64_t mix_seed(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* The knobs of a request (the gateway's set in effect, or the configured ones), checked against
+ * what this adapter can serve: a strategy it does not run, or arena without snapshots, is
+ * DUEL_EUNSUPPORTED; arena with an odd M is refused too (the knob table refuses both already). */
+static int job_params(engine_backend *b, const duel_backend_request *req, job *j, duel_error *err) {
+    if (req->params) {
+        j->params = *req->params;
+    } else {
+        j->params = (duel_backend_params){.num_candidates = b->cfg.num_candidates,
+                                          .temperature = b->cfg.temperature, .top_p = b->cfg.top_p,
+                                          .top_k = b->cfg.top_k, .max_new_tokens = b->cfg.max_new_tokens};
+        snprintf(j->params.strategy, sizeof j->params.strategy, "%s", duel_strategy_name(b->strategy));
+    }
+    j->m = j->params.num_candidates;
+    int rc = duel_strategy_parse(j->params.strategy, &j->strategy, err);
+    if (rc) return rc;
+    if (j->m < 2 || j->m > ENGINE_BACKEND_MAX_CANDIDATES)
+        return duel_error_set(err, DUEL_EINVAL, "engine backend: M = %d outside [2, %d]", j->m,
+                              ENGINE_BACKEND_MAX_CANDIDATES);
+    if (j->strategy == DUEL_STRATEGY_ARENA && (!b->cfg.snapshots || j->m % 2))
+        return duel_error_set(err, DUEL_EUNSUPPORTED,
+                              "engine backend: arena needs snapshots and an even M (M = %d)", j->m);
+    if (j->strategy != DUEL_STRATEGY_ARENA && !duel_strategy_uses_rewards(j->strategy))
+        return duel_error_set(err, DUEL_EUNSUPPORTED,
+                              "engine backend: strategy %s is not served by this adapter",
+                              duel_strategy_name(j->strategy));
+    return DUEL_OK;
+}
+
 static int eb_submit(void *impl, const duel_backend_request *req, duel_error *err) {
     engine_backend *b = impl;
     size_t n_msgs = 2 * req->n_history + 1;
@@ -360,8 +405,8 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
                                          &j->n_prompt, err);
     if (!rc) rc = chat_template_render(b->template, msgs, n_msgs, true, &j->prompt_text, err);
     free(msgs);
-    j->m = b->cfg.num_candidates;
-    j->cands = calloc((size_t)j->m, sizeof *j->cands);
+    if (!rc) rc = job_params(b, req, j, err);
+    j->cands = rc ? NULL : calloc((size_t)j->m, sizeof *j->cands);
     if (!rc && !j->cands) rc = duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
     if (rc) {
         job_free(j);
@@ -370,21 +415,20 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     j->request_id = req->request_id;
     j->arm = req->arm_snapshot;
     j->seed = req->seed;
-    j->strategy = b->strategy;
     engine_request er = {
         .arm = "default",
         .tokens = j->prompt,
         .num_tokens = (int)j->n_prompt,
         .num_candidates = j->m,
-        .sampling = {b->cfg.temperature, b->cfg.top_p, b->cfg.top_k},
+        .sampling = {j->params.temperature, j->params.top_p, j->params.top_k},
         .seed = req->seed,
-        .max_new_tokens = b->cfg.max_new_tokens,
+        .max_new_tokens = j->params.max_new_tokens,
         .stop_tokens = b->n_stop ? b->stop_tokens : NULL,
         .num_stop_tokens = b->n_stop,
         .use_eos = true,
         .want_progress = true,
         .duel = true,
-        .strategy = b->strategy,
+        .strategy = j->strategy,
         .user = j,
     };
     /* The poller may see this job's first event before engine_submit returns: link it first. */
@@ -394,8 +438,13 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     if (b->serving) {
         er.arm = b->serving->name;
         j->version = b->serving->version;
-        if (b->strategy == DUEL_STRATEGY_ARENA) er.arena_arm = "default"; /* vs the base */
-    } else if (b->strategy == DUEL_STRATEGY_ARENA) {
+        /* arena_fraction: this share of duels (drawn from the seed) pits the snapshot against
+         * the base model, whatever the strategy knob says */
+        if (j->m % 2 == 0 && j->params.arena_fraction > 0 &&
+            (double)(mix_seed(j->seed) >> 11) * 0x1.0p-53 < j->params.arena_fraction)
+            j->strategy = er.strategy = DUEL_STRATEGY_ARENA;
+        if (j->strategy == DUEL_STRATEGY_ARENA) er.arena_arm = "default"; /* vs the base */
+    } else if (j->strategy == DUEL_STRATEGY_ARENA) {
         /* One arm resident (no snapshot yet): nothing to pit it against. */
         j->strategy = er.strategy = DUEL_STRATEGY_EE_TS;
     }
@@ -595,7 +644,7 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
                         .backend = cfg->compute,
                         .providers = cfg->providers,
                         .num_providers = cfg->num_providers,
-                        .max_candidates = b->cfg.num_candidates, .erm = b->erm,
+                        .max_candidates = ENGINE_BACKEND_MAX_CANDIDATES, .erm = b->erm,
                         .reference_arm = "default",
                         .features = cfg->snapshots ? ENGINE_FEATURES_REFERENCE
                                                    : ENGINE_FEATURES_POLICY};

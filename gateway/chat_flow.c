@@ -14,6 +14,12 @@
 #include "server_internal.h"
 #include "timer.h"
 
+/* serving_stats counts votes by the codec's choice numbers */
+_Static_assert((int)VOTE_CHOICE_A == STATS_VOTE_A && (int)VOTE_CHOICE_B == STATS_VOTE_B &&
+                   (int)VOTE_CHOICE_TIE == STATS_VOTE_TIE &&
+                   (int)VOTE_CHOICE_BOTH_BAD == STATS_VOTE_BOTH_BAD,
+               "vote choices and stats vote kinds");
+
 /* ---- conversations and arms --------------------------------------------------------------- */
 
 /* The arm a new conversation is pinned to, by the rollout as last changed (parsed once per
@@ -90,7 +96,10 @@ void gateway_stream_step(gateway *gw, session *s) {
     }
     if (!d->first_delta_sent) {
         d->first_delta_sent = true;
-        metrics_observe(&gw->metrics.time_to_first_delta, duel_time_seconds() - d->t_ask);
+        double seconds = duel_time_seconds() - d->t_ask;
+        metrics_observe(&gw->metrics.time_to_first_delta, seconds);
+        if (gw->cfg.stats_interval_ms > 0)
+            serving_stats_first_delta(&gw->stats, d->stats_arm, d->stats_strategy, seconds);
     }
     if (d->pos_a >= d->len_a && d->pos_b >= d->len_b) {
         gateway_send_frame(gw, s, protocol_encode_duel_end(d->id, false, NULL));
@@ -172,9 +181,13 @@ static void handle_ask(gateway *gw, session *s, protocol_msg *m) {
         gateway_send_error(gw, s, PROTOCOL_E_INTERNAL, "out of memory");
         return;
     }
+    /* The serving knobs in effect now: a change reaches the next duel. */
+    if (console_knobs_changed(gw->console, &gw->knobs_seen, &gw->knobs))
+        console_serving_params(&gw->knobs, &gw->params);
     duel_backend_request req = {.request_id = d->request_id, .history = hist,
                                 .n_history = c->n_turns, .text = d->user_text,
-                                .arm_snapshot = c->arm, .seed = duel_seed(d)};
+                                .arm_snapshot = c->arm, .seed = duel_seed(d),
+                                .params = &gw->params};
     duel_error err = {0};
     int rc = gw->backend.submit(gw->backend.impl, &req, &err);
     free(hist);
@@ -226,6 +239,9 @@ static void handle_vote(gateway *gw, session *s, const protocol_msg *m) {
         if (conversation_append(c, d->user_text, answer, &gw->backend) == 0) save_conversation(gw, c);
         c->last_duel[0] = '\0';
     }
+    if (gw->cfg.stats_interval_ms > 0)
+        serving_stats_vote(&gw->stats, d->stats_arm, d->stats_strategy, (int)m->choice,
+                           d->erm_preference);
     duel_table_mark_voted(d, duel_time_seconds());
     gw->metrics.votes_by_choice[m->choice]++;
     redis_worker_submit_vote(gw->redis, s->conn_id, d->id, &rec);
@@ -298,6 +314,17 @@ void gateway_on_backend_event(gateway *gw, duel_backend_event *ev) {
         gw->metrics.duels_total++;
         metrics_add_tokens(&gw->metrics, now, (uint64_t)(r->generated_tokens > 0 ? r->generated_tokens : 0));
         metrics_observe(&gw->metrics.time_to_duel, now - d->t_ask);
+        if (gw->cfg.stats_interval_ms > 0) {
+            /* the figures of the arm and strategy that made it; the vote adds to the same */
+            double spread;
+            serving_stats_arm_name(r->policy_version, d->stats_arm);
+            snprintf(d->stats_strategy, sizeof d->stats_strategy, "%s", r->strategy ? r->strategy : "unknown");
+            serving_stats_erm_pair(r->rewards, r->num_candidates, r->num_heads, r->cand_a, r->cand_b,
+                                   &spread, &d->erm_preference);
+            serving_stats_duel(&gw->stats, d->stats_arm, d->stats_strategy, r->regret_estimate, spread,
+                               now - d->t_ask,
+                               (uint64_t)(r->generated_tokens > 0 ? r->generated_tokens : 0));
+        }
         if (!s) { /* the connection went away; keep nothing */
             duel_table_drop(&gw->duels, d);
             break;

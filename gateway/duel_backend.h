@@ -26,6 +26,17 @@ typedef struct duel_backend_turn {
     size_t n_ids;
 } duel_backend_turn;
 
+/* The serving knobs a duel is generated with (common/knobs.h; gateway/console.c reads
+ * duel:knobs and the gateway hands the set in effect with every request, so a change takes effect
+ * at the next duel). The result's gen_params_json records the values used. */
+typedef struct duel_backend_params {
+    char strategy[16];     /* ee_ts, bai_ts, uncertainty, passive, bon, arena */
+    int num_candidates;    /* M */
+    float temperature, top_p;
+    int top_k, max_new_tokens;
+    double arena_fraction; /* share of duels served as arena when a snapshot serves (M even) */
+} duel_backend_params;
+
 typedef struct duel_backend_request {
     uint64_t request_id;              /* chosen by the gateway, unique per process */
     const duel_backend_turn *history; /* earlier turns, oldest first */
@@ -33,6 +44,7 @@ typedef struct duel_backend_request {
     const char *text;                 /* the new user message (valid UTF-8) */
     long long arm_snapshot;           /* snapshot version the conversation is pinned to; -1 any */
     uint64_t seed;                    /* per-duel seed */
+    const duel_backend_params *params; /* NULL: the backend's configured ones */
 } duel_backend_request;
 
 /* Everything about a finished duel. All pointers are malloc'd and owned by the struct; release
@@ -54,7 +66,9 @@ typedef struct duel_backend_result {
     int num_heads;
     float *ref_logprobs;       /* M: log pi_ref(candidate | prompt) from the engine's reference
                                   pass; NULL when the duel had none (policy features) */
-    char *gen_params_json;     /* sampling parameters as JSON */
+    char *gen_params_json;     /* the parameters used, as JSON: strategy, M, temperature, top_p,
+                                  top_k, max_new_tokens, arena_fraction, seed (and arena's split) */
+    double regret_estimate;    /* R-hat of the pair (duel_estimated_regret); NAN: none */
     char *strategy;            /* selection strategy name */
     char *model_id;
     char *prompt_text;         /* the templated prompt */

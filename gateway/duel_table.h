@@ -16,6 +16,7 @@
 
 #include "duel_backend.h"
 #include "protocol.h"
+#include "stats.h"
 #include "str_map.h"
 #include "vote_entry.h"
 
@@ -35,6 +36,9 @@ typedef struct duel_rec {
     size_t len_a, len_b, pos_a, pos_b;
     double t_ask, t_vote, finished_at;
     bool first_delta_sent;
+    /* its serving figures' group (serving_stats.h), and which side the ERM's mean preferred */
+    char stats_arm[32], stats_strategy[32];
+    int erm_preference;
     struct duel_rec *expire_next;
 } duel_rec;
 

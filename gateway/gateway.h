@@ -15,12 +15,14 @@
 
 #include "duel_backend.h"
 #include "error.h"
+#include "knobs.h"
 
 #define GATEWAY_MAX_ORIGINS 8
 #define GATEWAY_VOTE_STREAM "duel:prefs"           /* votes the trainer learns from */
 #define GATEWAY_TEST_VOTE_STREAM "duel:prefs:test" /* votes on an untrainable backend's duels */
 
-/* Every knob of the "gateway" config section (config/default.json), with its default. */
+/* Every key of the "gateway" config section (config/default.json: the defaults come from there,
+ * gateway_config_defaults), plus what `duel serve` adds. */
 typedef struct gateway_config {
     char bind[64];               /* "127.0.0.1"; "0.0.0.0" for all interfaces */
     int port;                    /* 8080; 0 picks a free port (see gateway_port) */
@@ -50,10 +52,21 @@ typedef struct gateway_config {
     int snapshot_poll_ms;        /* 3000: how often the loader reads duel:snapshots anyway */
     int n_origins;               /* allowed browser origins besides the server's own host */
     char origins[GATEWAY_MAX_ORIGINS][256];
+    int stats_interval_ms;       /* 5000: a duel:stats entry this often (0: no figures kept; the
+                                    operator console then shows other instances only) */
+    int knobs_poll_ms;           /* 2000: duel:knobs is read this often besides duel:notify */
+    char tokens_file[1024];      /* "": the admin API's tokens (ROLE:NAME:SECRET per line) */
+    char uplot_dir[1024];        /* "node_modules/uplot/dist": where /vendor/uPlot.* come from */
+    long long stats_max_entries; /* redis.stats_max_entries (40000): MAXLEN ~ of duel:stats */
+    /* Not config keys: `duel serve` fills them. */
+    const char *tokens;          /* DUEL_TOKENS (borrowed, read by gateway_create only) */
+    duel_knob_values knobs;      /* the live knobs' defaults (duel_knobs_defaults of the config) */
 } gateway_config;
 
 struct json_t; /* jansson's */
 
+/* The defaults: config/default.json's gateway and redis sections and knob defaults (the
+ * embedded copy, common/config.h); nothing is copied by hand. */
 void gateway_config_defaults(gateway_config *cfg);
 /* Reads the "gateway" section (and "redis": host, port) of a parsed JSON config (root, e.g. the
  * document duel_config_load assembles; source names it in messages); unknown keys in those

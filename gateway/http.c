@@ -1,9 +1,11 @@
-/* http.c: the gateway's plain HTTP side: the static files of the chat page (a fixed list of
- * names found in web_root at start, so no request path ever reaches the file system), /healthz,
- * /readyz (draining, Redis up, votes waiting in the spill log) and Prometheus /metrics
- * (metrics.c renders; the Redis worker's and the snapshot loader's stats are read here). It is
- * also the lws protocol that receives the cancel-service wake-up, on which server.c's inbox is
- * drained.
+/* http.c: the gateway's plain HTTP side: the static files of the chat page and of the operator
+ * console (a fixed list of names found at start in web_root, and uPlot's two files in
+ * gateway.uplot_dir served as /vendor/..., so no request path ever reaches the file system;
+ * /ops is ops.html), /healthz, /readyz (draining, Redis up, votes waiting in the spill log) and
+ * Prometheus /metrics (metrics.c renders; the Redis worker's and the snapshot loader's stats are
+ * read here, and the per arm and strategy series of serving_stats.c follow). /api/... goes to
+ * admin_api.c (GET answered at once; a POST's body gathered here first). It is also the lws
+ * protocol that receives the cancel-service wake-up, on which server.c's inbox is drained.
  *
  * Thread: the lws service thread. */
 #include <stdio.h>
@@ -12,12 +14,8 @@
 #include <sys/stat.h>
 
 #include "server_internal.h"
+#include "text_buf.h"
 #include "timer.h"
-
-typedef struct http_pss {
-    unsigned char *body; /* LWS_PRE headroom + payload */
-    size_t len;
-} http_pss;
 
 size_t gateway_http_pss_size(void) { return sizeof(http_pss); }
 
@@ -34,39 +32,68 @@ static const char *mime_for(const char *name) {
     return NULL;
 }
 
+/* Adds dir/name as url when it is a regular file. */
+static void add_file(gateway *gw, const char *dir, const char *name, const char *url) {
+    if (gw->n_files >= GATEWAY_MAX_STATIC_FILES) return;
+    static_file *f = &gw->files[gw->n_files];
+    snprintf(f->path, sizeof f->path, "%s/%s", dir, name);
+    struct stat sb;
+    if (stat(f->path, &sb) || !S_ISREG(sb.st_mode)) return;
+    snprintf(f->url, sizeof f->url, "%s", url);
+    f->mime = mime_for(name);
+    gw->n_files++;
+}
+
 int gateway_scan_web_root(gateway *gw, duel_error *err) {
     static const char *const NAMES[] = {"index.html", "app.js", "style.css", "ops.html", "ops.js",
-                                        "favicon.svg", "favicon.ico"};
-    for (size_t i = 0; i < sizeof NAMES / sizeof NAMES[0] && gw->n_files < GATEWAY_MAX_STATIC_FILES; i++) {
-        static_file *f = &gw->files[gw->n_files];
-        snprintf(f->path, sizeof f->path, "%s/%s", gw->cfg.web_root, NAMES[i]);
-        struct stat sb;
-        if (stat(f->path, &sb) || !S_ISREG(sb.st_mode)) continue;
-        snprintf(f->url, sizeof f->url, "/%s", NAMES[i]);
-        f->mime = mime_for(NAMES[i]);
-        gw->n_files++;
+                                        "ops.css", "favicon.svg", "favicon.ico"};
+    for (size_t i = 0; i < sizeof NAMES / sizeof NAMES[0]; i++) {
+        char url[80];
+        snprintf(url, sizeof url, "/%s", NAMES[i]);
+        add_file(gw, gw->cfg.web_root, NAMES[i], url);
     }
+    /* The console's charts: uPlot from npm (node_modules, or wherever gateway.uplot_dir says),
+     * never from a CDN. Missing: the page says so and shows its tables. */
+    int before = gw->n_files;
+    add_file(gw, gw->cfg.uplot_dir, "uPlot.iife.min.js", "/vendor/uPlot.iife.min.js");
+    add_file(gw, gw->cfg.uplot_dir, "uPlot.min.css", "/vendor/uPlot.min.css");
+    if (gw->n_files - before < 2 && gw->cfg.uplot_dir[0])
+        fprintf(stderr, "duel serve: uPlot not found in %s (gateway.uplot_dir; run npm ci): the "
+                        "console at /ops shows tables without charts\n",
+                gw->cfg.uplot_dir);
     if (gw->n_files == 0)
         return duel_error_set(err, DUEL_ENOTFOUND, "%s: no web files (index.html) found",
                               gw->cfg.web_root);
     return DUEL_OK;
 }
 
-static int http_respond(struct lws *wsi, http_pss *pss, unsigned int status, const char *ctype,
-                        const char *body, size_t len) {
+int gateway_http_respond(struct lws *wsi, http_pss *pss, unsigned int status, const char *ctype,
+                         const char *body, size_t len, const char *extra_name,
+                         const char *extra_value) {
+    free(pss->body);
     pss->body = malloc(LWS_PRE + len + 1);
     if (!pss->body) return -1;
     memcpy(pss->body + LWS_PRE, body, len);
     pss->len = len;
-    unsigned char headers[LWS_PRE + 512], *start = headers + LWS_PRE, *p = start,
+    unsigned char headers[LWS_PRE + 768], *start = headers + LWS_PRE, *p = start,
                                           *end = headers + sizeof headers - 1;
     if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)len, &p, end) ||
         lws_add_http_header_by_name(wsi, (const unsigned char *)"cache-control:",
                                     (const unsigned char *)"no-store", 8, &p, end) ||
+        lws_add_http_header_by_name(wsi, (const unsigned char *)"x-content-type-options:",
+                                    (const unsigned char *)"nosniff", 7, &p, end) ||
+        (extra_name && lws_add_http_header_by_name(wsi, (const unsigned char *)extra_name,
+                                                   (const unsigned char *)extra_value,
+                                                   (int)strlen(extra_value), &p, end)) ||
         lws_finalize_write_http_header(wsi, start, &p, end))
         return -1;
     lws_callback_on_writable(wsi);
     return 0;
+}
+
+static int http_respond(struct lws *wsi, http_pss *pss, unsigned int status, const char *ctype,
+                        const char *body, size_t len) {
+    return gateway_http_respond(wsi, pss, status, ctype, body, len, NULL, NULL);
 }
 
 static const char SECURITY_HEADERS[] =
@@ -105,11 +132,21 @@ static int serve_path(gateway *gw, struct lws *wsi, http_pss *pss, const char *p
                                     metrics_tokens_per_second(&gw->metrics, duel_time_seconds()),
                                     gw->loader ? &ls : NULL, serving_version(gw), &n);
         if (!text) return -1;
+        text_buf b = {0};
+        text_buf_printf(&b, "%s", text);
+        free(text);
+        prom_gauge(&b, "duel_gateway_console_redis_up",
+                   "1 when the console thread (stats, knobs, audit) reaches Redis.",
+                   console_connected(gw->console) ? 1 : 0);
+        if (gw->cfg.stats_interval_ms > 0) serving_stats_render(&gw->stats, &b);
+        text = text_buf_take(&b, &n);
+        if (!text) return -1;
         int rc = http_respond(wsi, pss, 200, "text/plain; version=0.0.4", text, n);
         free(text);
         return rc;
     }
-    const char *name = strcmp(path, "/") == 0 ? "/index.html" : path;
+    if (strncmp(path, "/api/", 5) == 0) return gateway_api_get(gw, wsi, pss, path);
+    const char *name = strcmp(path, "/") == 0 ? "/index.html" : strcmp(path, "/ops") == 0 ? "/ops.html" : path;
     for (int i = 0; i < gw->n_files; i++) {
         if (strcmp(name, gw->files[i].url) != 0) continue;
         int rc = lws_serve_http_file(wsi, gw->files[i].path, gw->files[i].mime, SECURITY_HEADERS,
@@ -128,7 +165,20 @@ int gateway_http_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         gateway_drain_inbox(gw);
         return 0;
-    case LWS_CALLBACK_HTTP: return serve_path(gw, wsi, pss, in);
+    case LWS_CALLBACK_HTTP:
+        /* a keep-alive connection's next request: nothing of the last one is left */
+        free(pss->body);
+        free(pss->request);
+        memset(pss, 0, sizeof *pss);
+        if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0) {
+            if (strncmp(in, "/api/", 5) == 0) return gateway_api_post_start(gw, wsi, pss, in);
+            return http_respond(wsi, pss, 405, "text/plain", "POST is for /api/knobs\n", 23);
+        }
+        return serve_path(gw, wsi, pss, in);
+    case LWS_CALLBACK_HTTP_BODY:
+        return pss->is_api_post ? gateway_api_post_body(gw, pss, in, len) : 0;
+    case LWS_CALLBACK_HTTP_BODY_COMPLETION:
+        return pss->is_api_post ? gateway_api_post_done(gw, wsi, pss) : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE: {
         if (!pss->body) return 0;
         int n = lws_write(wsi, pss->body + LWS_PRE, pss->len, LWS_WRITE_HTTP_FINAL);
@@ -143,8 +193,11 @@ int gateway_http_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
         return 0;
     case LWS_CALLBACK_CLOSED_HTTP:
         if (pss) {
+            gateway_api_closed(gw, pss);
             free(pss->body);
+            free(pss->request);
             pss->body = NULL;
+            pss->request = NULL;
         }
         return 0;
     default: break;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "server_internal.h"
 #include "timer.h"
@@ -34,6 +35,7 @@ static void push_inbox(gateway *gw, inbox_item *item) {
         pthread_mutex_unlock(&gw->inbox_mu);
         duel_backend_result_free(item->ev.result);
         free(item->rr.json);
+        free(item->cr.audit);
         free(item);
         return;
     }
@@ -69,6 +71,20 @@ static void redis_sink(void *ctx, redis_result *r) {
     push_inbox(gw, item);
 }
 
+/* The console thread: a knob change's outcome, for the request that waits for it. */
+static void console_done(void *ctx, uint64_t request_id, int status, const char *message,
+                         const json_t *audit) {
+    gateway *gw = ctx;
+    inbox_item *item = calloc(1, sizeof *item);
+    if (!item) return; /* the request then times out; the change itself is made or refused */
+    item->kind = INBOX_CONSOLE;
+    item->cr.request_id = request_id;
+    item->cr.status = status;
+    snprintf(item->cr.message, sizeof item->cr.message, "%s", message ? message : "");
+    item->cr.audit = audit ? json_dumps(audit, JSON_COMPACT) : NULL;
+    push_inbox(gw, item);
+}
+
 void gateway_drain_inbox(gateway *gw) {
     pthread_mutex_lock(&gw->inbox_mu);
     inbox_item *list = gw->inbox_head;
@@ -77,9 +93,11 @@ void gateway_drain_inbox(gateway *gw) {
     while (list) {
         inbox_item *next = list->next;
         if (list->kind == INBOX_BACKEND) gateway_on_backend_event(gw, &list->ev);
-        else gateway_on_redis_result(gw, &list->rr);
+        else if (list->kind == INBOX_REDIS) gateway_on_redis_result(gw, &list->rr);
+        else gateway_api_on_console(gw, &list->cr);
         duel_backend_result_free(list->ev.result);
         free(list->rr.json);
+        free(list->cr.audit);
         free(list);
         list = next;
     }
@@ -87,9 +105,29 @@ void gateway_drain_inbox(gateway *gw) {
 
 /* ---- lifecycle ---------------------------------------------------------------------------- */
 
+/* Every stats_interval_ms: this gateway's duel:stats entry, to the console thread. */
+static void take_stats_entry(gateway *gw, double now) {
+    if (gw->cfg.stats_interval_ms <= 0 || now < gw->next_stats_entry) return;
+    gw->next_stats_entry = now + gw->cfg.stats_interval_ms / 1000.0;
+    redis_worker_stats rs;
+    redis_worker_get_stats(gw->redis, &rs);
+    snapshot_loader_stats ls = {0};
+    if (gw->loader) snapshot_loader_get_stats(gw->loader, &ls);
+    serving_gauges g = {
+        .version = gw->backend.serving_version ? gw->backend.serving_version(gw->backend.impl) : 0,
+        .queue_depth = (long long)gw->backend.queue_depth(gw->backend.impl),
+        .spill_pending = (long long)rs.spill_pending,
+        .snapshots_rejected = (long long)ls.rejected,
+        .redis_up = rs.connected};
+    int64_t interval_ms = 0;
+    char *data = serving_stats_take(&gw->stats, now, &g, &interval_ms);
+    console_submit_entry(gw->console, data, duel_time_unix_ms(), interval_ms);
+}
+
 static void housekeeping(lws_sorted_usec_list_t *sul) {
     gateway *gw = lws_container_of(sul, gateway, sul);
     double now = duel_time_seconds();
+    take_stats_entry(gw, now);
     duel_table_expire(&gw->duels, now, gw->cfg.duel_retention_s, (size_t)gw->cfg.max_duels);
     conversation_cache_evict(&gw->convs, now, CONV_CACHE_SOFT_MAX, CONV_IDLE_S);
     lws_sul_schedule(gw->ctx, 0, &gw->sul, housekeeping, HOUSEKEEPING_US);
@@ -111,8 +149,19 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
     str_map_init(&gw->addrs);
     conversation_cache_init(&gw->convs);
     duel_table_init(&gw->duels);
+    str_map_init(&gw->api_waiting);
+    admin_auth_init(&gw->auth);
+    serving_stats_init(&gw->stats, duel_time_seconds());
+    gw->next_stats_entry = duel_time_seconds() + cfg->stats_interval_ms / 1000.0;
+    gw->knobs = cfg->knobs;
+    console_serving_params(&gw->knobs, &gw->params);
     int rc = gateway_scan_web_root(gw, err);
     if (rc) goto fail;
+    /* The admin API's tokens: DUEL_TOKENS, then gateway.tokens_file. None: every /api request
+     * is refused (401), the dashboard cannot sign in; the rest serves as usual. */
+    if (cfg->tokens && cfg->tokens[0] && (rc = admin_auth_add(&gw->auth, cfg->tokens, "DUEL_TOKENS", err)))
+        goto fail;
+    if (cfg->tokens_file[0] && (rc = admin_auth_add_file(&gw->auth, cfg->tokens_file, err))) goto fail;
 
     if (!cfg->spill_path[0]) {
         rc = duel_error_set(err, DUEL_EINVAL, "gateway: no spill log path (gateway.spill_path)");
@@ -157,6 +206,21 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
         goto fail;
     }
     gw->port = lws_get_vhost_listen_port(gw->vh);
+    {
+        char host[64] = "localhost", instance[STATS_INSTANCE_MAX];
+        gethostname(host, sizeof host - 1);
+        snprintf(instance, sizeof instance, "serve@%.60s:%d", host, gw->port);
+        for (char *p = instance; *p; p++) /* the entries' name rule (common/stats.h) */
+            if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+                  *p == '_' || *p == '.' || *p == ':' || *p == '@' || *p == '-'))
+                *p = '_';
+        console_config ccfg = {.host = cfg->redis_host, .port = cfg->redis_port,
+                               .timeout_ms = cfg->redis_timeout_ms, .prefix = "duel:",
+                               .instance = instance, .stats_max_entries = cfg->stats_max_entries,
+                               .knobs_poll_ms = cfg->knobs_poll_ms, .defaults = cfg->knobs,
+                               .done = console_done, .ctx = gw};
+        if ((rc = console_create(&ccfg, &gw->console, err))) goto fail;
+    }
     if ((rc = gw->backend.start(gw->backend.impl, backend_sink, gw, err))) goto fail;
     gw->backend_started = true;
     if (cfg->snapshot_loader) {
@@ -234,8 +298,10 @@ void gateway_destroy(gateway *gw) {
         lws_context_destroy(gw->ctx); /* closes every connection (CLOSED callbacks run) */
         gw->ctx = NULL;
     }
-    /* Votes still queued end up in Redis or the spill log before the thread exits. */
+    /* Votes still queued end up in Redis or the spill log before the thread exits; the last
+     * stats entry too. */
     redis_worker_destroy(gw->redis);
+    console_destroy(gw->console);
     snapshot_loader_destroy(gw->loader); /* before the backend it installs into */
     if (gw->backend.destroy) gw->backend.destroy(gw->backend.impl);
     while (gw->inbox_head) {
@@ -243,8 +309,11 @@ void gateway_destroy(gateway *gw) {
         gw->inbox_head = i->next;
         duel_backend_result_free(i->ev.result);
         free(i->rr.json);
+        free(i->cr.audit);
         free(i);
     }
+    str_map_free(&gw->api_waiting);
+    admin_auth_free(&gw->auth);
     duel_table_free(&gw->duels);
     conversation_cache_free(&gw->convs);
     rollout_spec_free(&gw->rollout);

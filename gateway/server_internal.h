@@ -5,8 +5,10 @@
  *   session.c    the websocket callbacks: sessions, their outboxes, per-address limits
  *   chat_flow.c  what each client message and each backend or Redis result does
  *   http.c       static files, /healthz, /readyz, /metrics
+ *   admin_api.c  /api/stats, /api/knobs, /api/audit (bearer tokens: admin_auth.h)
  *   conversation.c, duel_table.c, rollout.c: the conversation cache, the duel table, the A/B
- *                router (their own headers)
+ *                router (their own headers); console.c (its own thread: duel:stats, duel:knobs,
+ *                duel:audit in Redis) and serving_stats.c (the figures per arm and strategy)
  * Thread: everything here belongs to the lws service thread (gateway_run), except the inbox and
  * ctx_alive (inbox_mu) and stop_requested (atomic), which other threads touch. */
 #ifndef DUEL_GATEWAY_SERVER_INTERNAL_H
@@ -18,6 +20,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "admin_auth.h"
+#include "console.h"
 #include "conversation.h"
 #include "duel_table.h"
 #include "gateway.h"
@@ -25,6 +29,7 @@
 #include "protocol.h"
 #include "redis_worker.h"
 #include "rollout.h"
+#include "serving_stats.h"
 #include "snapshot_loader.h"
 #include "str_map.h"
 
@@ -59,12 +64,21 @@ typedef struct addr_state {
     double tokens, last;
 } addr_state;
 
-typedef enum inbox_kind { INBOX_BACKEND, INBOX_REDIS } inbox_kind;
+typedef enum inbox_kind { INBOX_BACKEND, INBOX_REDIS, INBOX_CONSOLE } inbox_kind;
+
+/* A knob change's outcome from the console thread, for the request waiting on it. */
+typedef struct console_result {
+    uint64_t request_id;
+    int status;
+    char message[DUEL_ERROR_MESSAGE_MAX];
+    char *audit; /* the audit entry as JSON text, or NULL */
+} console_result;
 
 typedef struct inbox_item {
     inbox_kind kind;
     duel_backend_event ev;
     redis_result rr;
+    console_result cr;
     struct inbox_item *next;
 } inbox_item;
 
@@ -102,7 +116,32 @@ struct gateway {
     static_file files[GATEWAY_MAX_STATIC_FILES];
     int n_files;
     lws_sorted_usec_list_t sul;
+
+    /* the operator console (issue 19) */
+    console *console;              /* its thread: duel:stats, duel:knobs, duel:audit */
+    serving_stats stats;           /* kept when cfg.stats_interval_ms > 0 */
+    double next_stats_entry;       /* duel_time_seconds() when the next entry is taken */
+    admin_auth auth;
+    duel_knob_values knobs;        /* the knobs in effect here (console_knobs_changed) */
+    uint64_t knobs_seen;
+    duel_backend_params params;    /* the serving knobs as every request carries them */
+    str_map api_waiting;           /* request id (hex) -> struct lws * waiting for a knob change */
+    uint64_t next_api_id;
 };
+
+/* The HTTP side's per-connection state (http.c, admin_api.c). */
+typedef struct http_pss {
+    unsigned char *body;  /* the response: LWS_PRE headroom + payload */
+    size_t len;
+    /* a POST to /api/knobs: its body, who sent it, and the knob change it waits for */
+    char *request;
+    size_t request_len;
+    bool request_too_large;
+    bool is_api_post;
+    admin_role role;
+    char who[ADMIN_AUTH_NAME_MAX];
+    uint64_t api_id;      /* != 0 while waiting in api_waiting */
+} http_pss;
 
 /* session.c */
 int gateway_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -129,6 +168,23 @@ void gateway_abort_duel(gateway *gw, session *s, duel_rec *d, bool tell);
 /* http.c */
 int gateway_http_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
                           void *in, size_t len);
+/* Queues a whole response (a copy of body) and asks for a WRITEABLE callback; extra (NULL or a
+ * "name:" / value pair) adds one header. -1 on failure (close the connection). */
+int gateway_http_respond(struct lws *wsi, http_pss *pss, unsigned int status, const char *ctype,
+                         const char *body, size_t len, const char *extra_name,
+                         const char *extra_value);
+
+/* admin_api.c */
+/* GET /api/...: answers now. 1 when path is not an API path. */
+int gateway_api_get(gateway *gw, struct lws *wsi, http_pss *pss, const char *path);
+/* POST /api/...: checks the token before the body arrives (a refusal is answered at once). */
+int gateway_api_post_start(gateway *gw, struct lws *wsi, http_pss *pss, const char *path);
+int gateway_api_post_body(gateway *gw, http_pss *pss, const void *in, size_t len);
+int gateway_api_post_done(gateway *gw, struct lws *wsi, http_pss *pss);
+/* A knob change's outcome (from the inbox): answers the request that waits for it. */
+void gateway_api_on_console(gateway *gw, console_result *r);
+/* The connection closed: forget its wait. */
+void gateway_api_closed(gateway *gw, http_pss *pss);
 size_t gateway_http_pss_size(void);
 /* Finds the web files (a fixed list of names in cfg.web_root). */
 int gateway_scan_web_root(gateway *gw, duel_error *err);

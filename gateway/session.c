@@ -57,6 +57,7 @@ void gateway_send_frame(gateway *gw, session *s, char *json) {
 
 void gateway_send_error(gateway *gw, session *s, protocol_error_code code, const char *message) {
     gw->metrics.protocol_errors++;
+    if (gw->cfg.stats_interval_ms > 0) serving_stats_error(&gw->stats, protocol_error_name(code));
     gateway_send_frame(gw, s, protocol_encode_error(code, message, NULL));
 }
 

@@ -208,17 +208,14 @@ void online_trainer_get_status(const online_trainer *trainer, online_trainer_sta
 
 /* Live knobs (DESIGN.md section 8, the hash duel:knobs): the options in effect become the
  * configured ones overridden by these (name, value) pairs, so a knob deleted from the hash
- * reverts to the configuration. Trainer knobs, validated like the config (strict numbers,
- * ranges):
- *   loss (dpo|ipo|slic|simpo; switches to that loss's default beta unless beta is set too),
- *   beta (0, 1e6], gamma (0, 1], lr_scale (0, 1000], clip_norm [0, 1e6],
- *   batch_size 1..ONLINE_MAX_BATCH, burn_in 0..2^40, publish_every 0..2^30,
- *   publish_every_seconds [0, 1e9], checkpoint_every 1..2^30.
- * Serving knobs (strategy, M, temperature, top_p, top_k, max_new_tokens, min_p,
- * repetition_penalty, arena_fraction) are ignored. Any other name, a wrong type or a value out of
- * range is rejected: it is left out (the configured value stays) and reported with the reason
- * in report; the other knobs still apply. Returns 0 when no knob was rejected, DUEL_EINVAL when
- * any was (report says which). Implemented in trainer/online_knobs.c. */
+ * reverts to the configuration. Each is checked against the knob table (common/knobs.h: the
+ * trainer's knobs are loss, beta, gamma, lr_scale, clip_norm, publish_every_seconds, batch_size,
+ * publish_every, checkpoint_every, burn_in, with the ranges of their config keys; loss switches
+ * to that loss's default beta unless beta is set too). Serving knobs are ignored. Any other
+ * name, a wrong type or a value out of range is rejected: it is left out (the configured value
+ * stays) and reported with the reason in report; the other knobs still apply. Returns 0 when no
+ * knob was rejected, DUEL_EINVAL when any was (report says which). Implemented in
+ * trainer/online_knobs.c. */
 #define ONLINE_MAX_KNOB_REPORTS 16
 typedef struct online_knob_rejection {
     char name[64], value[64], reason[192];

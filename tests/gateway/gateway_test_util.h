@@ -422,13 +422,15 @@ static inline bool ws_vote(ws_client *c, const char *duel, const char *choice) {
     return queued;
 }
 
-/* Plain HTTP GET; returns the status and the body (malloc'd) in *body. */
-static inline int tu_http_get(int port, const char *path, char **body) {
+/* Plain HTTP GET, with `Authorization: Bearer TOKEN` when token is not NULL; returns the status
+ * and the body (malloc'd) in *body. */
+static inline int tu_http_get_token(int port, const char *path, const char *token, char **body) {
     int fd = tu_tcp_connect(port);
     assert_true(fd >= 0);
-    char req[512];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                     path);
+    char req[1024];
+    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%sConnection: close\r\n\r\n",
+                     path, token ? "Authorization: Bearer " : "", token ? token : "", token ? "\r\n" : "");
+    assert_true(n > 0 && (size_t)n < sizeof req);
     assert_int_equal(tu_write_all(fd, req, (size_t)n), 0);
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
@@ -454,6 +456,10 @@ static inline int tu_http_get(int port, const char *path, char **body) {
     *body = strdup(b ? b + 4 : "");
     free(buf);
     return status;
+}
+
+static inline int tu_http_get(int port, const char *path, char **body) {
+    return tu_http_get_token(port, path, NULL, body);
 }
 
 #endif

@@ -152,9 +152,9 @@ expect 2 'unknown key trainer\.nosuch' -- train --set=trainer.nosuch=1
 expect 2 'gateway\.port must be an integer' -- serve --set gateway.port=notanumber
 expect 2 -- '--set needs' -- serve --set
 expect 1 'gateway\.port = 70000 is outside \[0, 65535\]' -- serve --set gateway.port=70000
-expect 1 'duel\.candidates = 1 is outside \[2, 64\]' -- serve --set duel.candidates=1
+expect 1 'duel\.candidates = 1: outside \[2, 64\] \(knob M\)' -- serve --set duel.candidates=1
 expect 1 'engine\.max_pilaf_jobs = 0 is outside \[1, 4096\]' -- serve --set engine.max_pilaf_jobs=0
-expect 1 'trainer\.batch_size = 0 is outside' -- train --set trainer.batch_size=0 --model "$TMP/missing"
+expect 1 'trainer\.batch_size = 0: outside \[1, 4096\] \(knob batch_size\)' -- train --set trainer.batch_size=0 --model "$TMP/missing"
 echo '{"trainer": {"lr": 1e-5, "bogus": 1}}' >"$TMP/unknown.json"
 expect 1 "$TMP/unknown.json: unknown key trainer\\.bogus" -- train --config "$TMP/unknown.json"
 expect 1 "$TMP/unknown.json: unknown key trainer\\.bogus" -- serve --config "$TMP/unknown.json"

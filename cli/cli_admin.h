@@ -1,0 +1,34 @@
+/* cli_admin.h: what the operators' commands (`duel knobs`, `duel ops`) share: the configuration
+ * (--config, --set, DUEL_* as the servers assemble it), the Redis it names (or --redis), the knob
+ * defaults it gives, and the operands a command takes besides its options. Only cli/ uses it. */
+#ifndef DUEL_CLI_ADMIN_H
+#define DUEL_CLI_ADMIN_H
+
+#include <hiredis/hiredis.h>
+#include <jansson.h>
+
+#include "cli.h"
+#include "knobs.h"
+
+typedef struct cli_admin {
+    json_t *config;
+    char host[256];
+    long port;
+    redisContext *rc;
+    duel_knob_values defaults; /* the knobs' defaults from config */
+} cli_admin;
+
+/* Moves the arguments that are neither options nor their values (per cmd's table; "--" ends the
+ * options) to operands[0..*n) (at most cap), leaving the options in argv for cli_parse.
+ * CLI_EXIT_USAGE (printed) when there are more than cap. */
+int cli_take_operands(const cli_command *cmd, int *argc, char **argv, const char **operands,
+                      int cap, int *n);
+
+/* Loads the configuration and connects to Redis (redis "HOST:PORT" wins over redis.host/port).
+ * Prints the problem and returns CLI_EXIT_USAGE (a bad --set or --redis) or CLI_EXIT_FAILURE
+ * (the file, Redis not answering); CLI_EXIT_OK with *a ready. */
+int cli_admin_open(const cli_command *cmd, const char *config_path, const char *const *sets,
+                   size_t n_sets, const char *redis, cli_admin *a);
+void cli_admin_close(cli_admin *a);
+
+#endif
