@@ -17,6 +17,7 @@ typedef struct cli_subcommand {
 
 int cmd_serve(int argc, char **argv); /* cmd_serve.c (gateway) */
 int cmd_train_service(int argc, char **argv); /* cmd_train_service.c (online trainer) */
+int cmd_sim(int argc, char **argv);           /* cmd_sim.c (simulated users) */
 
 static const cli_subcommand SUBCOMMANDS[] = {
     {"info", "version, backends built in (cpu, cuda) and whether a GPU answers", cmd_info},
@@ -32,6 +33,8 @@ static const cli_subcommand SUBCOMMANDS[] = {
     {"serve", "the chat server: web page, duel.v1 websocket, votes into Redis", cmd_serve},
     {"train", "the online trainer: votes from Redis -> ERM and policy updates, snapshots",
      cmd_train_service},
+    {"sim", "simulated users: in-process runs, strategy sweeps (CSV, plots), load over websockets",
+     cmd_sim},
 };
 #define N_SUBCOMMANDS (sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0])
 
