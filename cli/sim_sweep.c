@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "bench_json.h"
+#include "bench_redis.h"
 #include "cli.h"
 #include "config.h"
 #include "duel.h"
@@ -240,28 +241,46 @@ static long long expected_points(const sweep *s) {
     return 1 + s->queries / s->eval_every + (s->queries % s->eval_every != 0);
 }
 
-static void report_progress(const sweep *s, int done, int running, int failed, double t0, double run_seconds,
-                            int finished_here) {
+/* The progress line: runs done, running, failed, and an ETA from the runs' own progress (a
+ * running run's share of its evaluation points written; finished runs count whole). */
+static void report_progress(const sweep *s, int done, int running, int failed, double t0) {
     if (s->quiet) return;
-    int left = s->n_runs - done - failed;
-    double avg = finished_here ? run_seconds / finished_here : 0;
-    double eta = avg > 0 ? avg * (left - running > 0 ? left - running : 0) / (double)(s->jobs) + avg / 2 : 0;
-    fprintf(stderr, "\rsweep: %d/%d runs done, %d running, %d failed, %.0f s, ETA %s%.0f s   ", done, s->n_runs,
-            running, failed, duel_time_seconds() - t0, avg > 0 ? "" : "~", eta);
+    const long long points = expected_points(s);
+    double work_done = 0, work_left = 0;
+    for (int i = 0; i < s->n_runs; i++) {
+        const sweep_run *r = &s->runs[i];
+        if (r->done || r->failed) continue;
+        double frac = 0;
+        if (r->pid > 0 && points > 1) {
+            char partial[SWEEP_PATH];
+            run_path(s, r, ".jsonl.partial", partial, sizeof partial);
+            long long n = count_lines(partial);
+            frac = n > 1 ? (double)(n - 1) / (double)(points - 1) : 0;
+            if (frac > 0) work_done += frac;
+        }
+        work_left += 1 - frac;
+    }
+    for (int i = 0; i < s->n_runs; i++) work_done += s->runs[i].done && s->runs[i].wall > 0;
+    const double elapsed = duel_time_seconds() - t0;
+    char eta[32] = "?";
+    if (work_done > 0) snprintf(eta, sizeof eta, "%.0f s", work_left * elapsed / work_done);
+    fprintf(stderr, "\rsweep: %d/%d runs done, %d running, %d failed, %.0f s, ETA %s   ", done, s->n_runs, running,
+            failed, elapsed, eta);
 }
 
 static int run_all(sweep *s, int *failed_out) {
     char path[SWEEP_PATH], final_path[SWEEP_PATH];
     snprintf(path, sizeof path, "%s/runs", s->out);
     if (mkdir(path, 0755) != 0 && errno != EEXIST) return duel_error_set(&s->err, DUEL_EIO, "%s: %s", path, strerror(errno));
-    int done = 0, failed = 0, running = 0, finished_here = 0, next = 0;
-    double t0 = duel_time_seconds(), run_seconds = 0;
+    int done = 0, failed = 0, running = 0, next = 0;
+    double t0 = duel_time_seconds();
     const long long points = expected_points(s);
     for (int i = 0; i < s->n_runs; i++) {
         run_path(s, &s->runs[i], ".jsonl", final_path, sizeof final_path);
         if (count_lines(final_path) == points) s->runs[i].done = true, done++;
     }
     if (!s->quiet && done) fprintf(stderr, "sweep: %d of %d runs already done in %s: resuming\n", done, s->n_runs, s->out);
+    double last_report = 0;
     while (done + failed < s->n_runs) {
         while (running < s->jobs && next < s->n_runs) {
             sweep_run *r = &s->runs[next++];
@@ -270,9 +289,16 @@ static int run_all(sweep *s, int *failed_out) {
             r->started = duel_time_seconds();
             running++;
         }
-        report_progress(s, done, running, failed, t0, run_seconds, finished_here);
+        if (duel_time_seconds() - last_report >= 5.0) {
+            report_progress(s, done, running, failed, t0);
+            last_report = duel_time_seconds();
+        }
         int status;
-        pid_t pid = wait(&status);
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid == 0) {
+            bench_sleep_ms(500);
+            continue;
+        }
         if (pid < 0) {
             if (errno == EINTR) continue;
             return duel_error_set(&s->err, DUEL_EIO, "wait: %s", strerror(errno));
@@ -290,8 +316,6 @@ static int run_all(sweep *s, int *failed_out) {
                 rename(partial, final_path) == 0) {
                 r->done = true;
                 done++;
-                finished_here++;
-                run_seconds += r->wall;
             } else {
                 r->failed = true;
                 failed++;
@@ -300,7 +324,7 @@ static int run_all(sweep *s, int *failed_out) {
             }
         }
     }
-    report_progress(s, done, running, failed, t0, run_seconds, finished_here);
+    report_progress(s, done, running, failed, t0);
     if (!s->quiet) fprintf(stderr, "\n");
     *failed_out = failed;
     return 0;
