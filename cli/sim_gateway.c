@@ -624,6 +624,11 @@ int sim_gateway_command(int argc, char **argv) {
         rc = cli_usage_error(&cmd, "%s", g->err.message);
         goto out;
     }
+    for (int i = 0; i < argc; i++) /* before --gateway takes "--help" for its URL */
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            cli_print_help(&cmd, stdout);
+            goto out;
+        }
     if ((rc = cli_parse(&cmd, argc, argv))) {
         rc = rc < 0 ? CLI_EXIT_OK : rc;
         goto out;

@@ -98,8 +98,8 @@ printf '%s\n' '{"prompt": "Define tea.", "reference": "a beverage"}' >"$TMP/qa.j
 printf 'not json\n' >"$TMP/bad-control.jsonl"
 printf '%s\n' '{"prompt": "Define tea."}' >"$TMP/noref-control.jsonl"
 expect 1 "$TMP/missing-control.jsonl: No such file" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/missing-control.jsonl"
-expect 1 "$TMP/bad-control.jsonl:1: not a JSON object" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/bad-control.jsonl"
-expect 1 "$TMP/noref-control.jsonl: no line has \"prompt\" and \"reference\"" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/noref-control.jsonl"
+expect 1 "$TMP/bad-control.jsonl:1: not JSON" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/bad-control.jsonl"
+expect 1 "$TMP/noref-control.jsonl:1: no \"reference\"" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/noref-control.jsonl"
 expect 0 'ceiling' -- bench trainer --help
 expect 2 "--prompt-tokens '9:4': expected MIN:MAX" -- bench trainer --prompt-tokens 9:4
 expect 2 "--response-tokens '0:8': expected MIN:MAX" -- bench trainer --response-tokens 0:8
@@ -287,7 +287,7 @@ json_last_line "$TMP/info.out" 'd["blas_core"].lower() == "prescott"' \
     || fail "duel overrode the user's OPENBLAS_CORETYPE"
 "$DUEL" bench machine --json --sgemm-size 256 --bandwidth-mib 64 --repeats 1 >"$TMP/machine.out" 2>/dev/null \
     || fail "duel bench machine --json failed"
-json_last_line "$TMP/machine.out" 'd["sgemm_gflops"] > 0 and d["read_gb_per_s"] > 0' \
+json_last_line "$TMP/machine.out" 'd["bench"] == "machine" and d["sgemm_gflops"] > 0 and d["read_gb_per_s"] > 0' \
     || fail "duel bench machine --json: bad last line"
 pass
 
