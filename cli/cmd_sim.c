@@ -76,7 +76,7 @@ static int sim_inprocess_command(int argc, char **argv) {
         {"--held-out-count", CLI_OPT_INT, &o.held_out, "N", "evaluate on the first N held-out prompts (sim.held_out_count)", 1, ORACLE_PROMPT_MAX_ITEMS, false, NULL},
         {"--strategy", CLI_OPT_STRING, &o.strategy, "S", "ee_ts, bai_ts, uncertainty, passive or bon (ERM-only learning, best-of-M answers) (default ee_ts)", 0, 0, false, NULL},
         {"--mode", CLI_OPT_STRING, &mode, "M", "online (pairs from the current policy) or offline (all pairs from the initial policy) (default online)", 0, 0, false, NULL},
-        {"--labels", CLI_OPT_STRING, &o.labels, "L", "labels of the SEA mixture's synthetic pairs: erm (sim.labels)", 0, 0, false, NULL},
+        {"--labels", CLI_OPT_STRING, &o.labels, "L", "labels of the SEA mixture's synthetic pairs: erm (the ERM head's, the paper's) or oracle (the oracle orders the pair the head chose, as the paper's code does) (sim.labels)", 0, 0, false, NULL},
         {"--queries", CLI_OPT_INT, &o.queries, "N", "query budget: duels voted (sim.queries)", 1, 1e9, false, NULL},
         {"--eval-every", CLI_OPT_INT, &o.eval_every, "K", "an evaluation point every K queries (sim.eval_every)", 1, 1e9, false, NULL},
         {"--seed", CLI_OPT_INT, &o.seed, "N", "the run's seed: prompt order, duels, oracle noise, trainer (sim.seed)", 0, 1e15, false, NULL},

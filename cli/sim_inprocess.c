@@ -36,6 +36,7 @@
 #include <unistd.h>
 
 #include "bench_redis.h"
+#include "chat_template.h"
 #include "config.h"
 #include "duel.h"
 #include "duel_backend.h"
@@ -47,6 +48,7 @@
 #include "sim.h"
 #include "snapshot.h"
 #include "timer.h"
+#include "tokenizer.h"
 #include "trainer_config.h"
 
 #define SIM_SERVE_TIMEOUT_S 600.0
@@ -71,6 +73,12 @@ typedef struct sim_run {
     loop_queue queue;
     bool queue_ready;
     model *reference; /* the base model, for the KL estimate */
+    /* --labels oracle: the turn each query asked, and what turns candidates into text */
+    const oracle_turn **turn_of; /* [queries] */
+    tokenizer *tokenizer;
+    chat_template_kind template_kind;
+    duel_rng relabel_rng;
+    long long oracle_labels, oracle_swaps;
     loop_answers base; /* the base model's greedy answers to the held-out prompts */
     FILE *out;
     int64_t version;   /* the last snapshot written (0: none) */
@@ -99,8 +107,8 @@ static int open_inputs(sim_run *r) {
     if (r->strategy == DUEL_STRATEGY_BON && o->offline)
         return duel_error_set(r->err, DUEL_EUNSUPPORTED,
                               "--strategy bon learns only its ERM, online (the paper's EE4LLM): no offline mode");
-    if (strcmp(o->labels, "erm") != 0)
-        return duel_error_set(r->err, DUEL_EUNSUPPORTED, "--labels %s: only erm (the trainer's SEA labels) for now",
+    if (strcmp(o->labels, "erm") != 0 && strcmp(o->labels, "oracle") != 0)
+        return duel_error_set(r->err, DUEL_EINVAL, "--labels %s: erm (the ERM head's, the paper's) or oracle",
                               o->labels);
     if ((rc = oracle_config_from_json(duel_config_section(o->config, "oracle"), "oracle", &oc, r->err)) ||
         (rc = oracle_user_open(&oc, &r->oracle, r->err)))
@@ -152,6 +160,38 @@ static int make_work(sim_run *r) {
     return 0;
 }
 
+/* --labels oracle: the SEA mixture's synthetic pair (the ERM head chose which two candidates)
+ * ordered by the oracle, as the paper's public code does: the stored duel's query tells the turn
+ * (its reference), the candidates' tokens the texts. A tie or both_bad keeps the head's order. */
+static int relabel_by_oracle(void *context, const vote_entry *entry, int *chosen, int *rejected, duel_error *err) {
+    sim_run *r = context;
+    long long q = -1;
+    if (sscanf(entry->duel_id, "sim-duel-%lld", &q) != 1 || q < 0 || q > r->queries || !r->turn_of[q])
+        return duel_error_set(err, DUEL_EINVAL, "oracle labels: stored duel %s is not one of this run's", entry->duel_id);
+    char *text[2] = {NULL, NULL};
+    int idx[2] = {*chosen, *rejected}, rc = 0;
+    for (int k = 0; rc == 0 && k < 2; k++) {
+        int n;
+        const int32_t *tokens = vote_entry_candidate(entry, idx[k], &n);
+        size_t len;
+        rc = tokenizer_decode(r->tokenizer, tokens, (size_t)n, true, &text[k], &len, err);
+    }
+    oracle_vote v;
+    if (rc == 0)
+        rc = oracle_user_vote(r->oracle, r->turn_of[q], chat_template_strip_answer_prefix(r->template_kind, text[0]),
+                              chat_template_strip_answer_prefix(r->template_kind, text[1]), &r->relabel_rng, &v, err);
+    free(text[0]);
+    free(text[1]);
+    if (rc) return rc;
+    r->oracle_labels++;
+    if (v.choice == ORACLE_PREFER_B) {
+        *chosen = idx[1];
+        *rejected = idx[0];
+        r->oracle_swaps++;
+    }
+    return 0;
+}
+
 /* The trainer with the configuration's trainer and erm sections, this run's model and seed;
  * the serving side starts from the trainer's own initial ERM. */
 static int open_trainer(sim_run *r) {
@@ -166,6 +206,18 @@ static int open_trainer(sim_run *r) {
     t->publish_every = 0;                  /* published here, after every update */
     t->checkpoint_every = 1 << 30;         /* a run is repeated, never resumed */
     if (r->strategy == DUEL_STRATEGY_BON) t->lr_scale = 0; /* ERM-only learning */
+    if (strcmp(o->labels, "oracle") == 0) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/tokenizer.json", o->model_dir);
+        if (!(r->turn_of = calloc((size_t)o->queries, sizeof *r->turn_of)))
+            return duel_error_set(r->err, DUEL_ENOMEM, "out of memory");
+        if ((rc = tokenizer_load(path, &r->tokenizer, r->err)) ||
+            (rc = chat_template_detect(o->model_dir, &r->template_kind, r->err)))
+            return rc;
+        duel_rng_seed(&r->relabel_rng, (uint64_t)o->seed * 0x9e3779b97f4a7c15ull + 3);
+        t->sea_relabel = relabel_by_oracle;
+        t->sea_relabel_context = r;
+    }
     if ((rc = online_trainer_open(t, r->data_dir, &r->trainer, r->err))) return rc;
     return erm_save(online_trainer_erm(r->trainer), r->erm0, r->err);
 }
@@ -263,6 +315,7 @@ static int offer(sim_run *r, const duel_backend_result *res, oracle_choice choic
  * votes, offers. *chosen (malloc'd) receives the answer that joins the conversation. */
 static int query(sim_run *r, const oracle_prompt *item, int t, const duel_backend_turn *history, char **chosen) {
     const oracle_turn *turn = &item->turns[t];
+    if (r->turn_of) r->turn_of[r->queries] = turn;
     duel_backend_request req = {.request_id = (uint64_t)r->queries + 1,
                                 .history = history,
                                 .n_history = (size_t)t,
@@ -387,6 +440,9 @@ static int evaluate(sim_run *r) {
     json_object_set_new(o, "train_kl", real_or_null(s.kl, s.step > 0));
     json_object_set_new(o, "loss", real_or_null(s.loss, s.step > 0));
     json_object_set_new(o, "synthetic", json_integer((json_int_t)s.synthetic_total));
+    json_object_set_new(o, "labels", json_string(r->o->labels));
+    json_object_set_new(o, "oracle_labels", json_integer((json_int_t)r->oracle_labels));
+    json_object_set_new(o, "oracle_label_swaps", json_integer((json_int_t)r->oracle_swaps));
     char *line = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(o);
     if (!line) return duel_error_set(r->err, DUEL_ENOMEM, "out of memory");
@@ -444,6 +500,8 @@ static void run_release(sim_run *r) {
     if (r->queue_ready) loop_queue_destroy(&r->queue);
     online_trainer_close(r->trainer);
     model_free(r->reference);
+    tokenizer_free(r->tokenizer);
+    free(r->turn_of);
     loop_answers_free(&r->base);
     oracle_user_close(r->oracle);
     oracle_prompt_set_free(&r->asks);

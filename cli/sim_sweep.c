@@ -635,7 +635,7 @@ int sim_sweep_command(int argc, char **argv) {
         {"--seed", CLI_OPT_INT, &s->seed, "S", "the first seed; runs use S .. S+N-1 (sim.seed)", 0, 1e15, false, NULL},
         {"--queries", CLI_OPT_INT, &s->queries, "N", "query budget per run (sim.queries)", 1, 1e9, false, NULL},
         {"--eval-every", CLI_OPT_INT, &s->eval_every, "K", "an evaluation point every K queries (sim.eval_every)", 1, 1e9, false, NULL},
-        {"--labels", CLI_OPT_STRING, &s->labels, "L", "SEA mixture labels: erm (sim.labels)", 0, 0, false, NULL},
+        {"--labels", CLI_OPT_STRING, &s->labels, "L", "SEA mixture labels: erm or oracle (sim.labels)", 0, 0, false, NULL},
         {"--candidates", CLI_OPT_INT, &s->candidates, "M", "candidates per duel (sim.candidates)", 2, 64, false, NULL},
         {"--passive-candidates", CLI_OPT_INT, &s->passive_candidates, "M", "candidates of a passive duel (sim.passive_candidates)", 2, 64, false, NULL},
         {"--temperature", CLI_OPT_DOUBLE, &s->temperature, "T", "candidates' temperature (sim.temperature)", 0, 10, false, NULL},
@@ -692,6 +692,10 @@ int sim_sweep_command(int argc, char **argv) {
     }
     if (!s->out) {
         rc = cli_usage_error(&cmd, "--out is required (or sim.out_dir)");
+        goto out;
+    }
+    if (!s->labels || (strcmp(s->labels, "erm") != 0 && strcmp(s->labels, "oracle") != 0)) {
+        rc = cli_usage_error(&cmd, "--labels must be erm or oracle, got '%s'", s->labels ? s->labels : "");
         goto out;
     }
     if (s->jobs == 0) s->jobs = cores > 0 ? cores : 1;

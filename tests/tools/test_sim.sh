@@ -166,6 +166,17 @@ OPENBLAS_NUM_THREADS=1 "$DUEL" sim --inprocess --config "$OUT/config.json" --str
 cmp "$OUT/runs/ee_ts-online-s7.jsonl" "$TMP/again.jsonl" || fail "the same seed gave a different JSONL"
 pass
 
+echo "== the SEA mixture labelled by the oracle"
+"$DUEL" sim --inprocess "${BASE[@]}" --strategy ee_ts --labels oracle --set trainer.burn_in=0 --queries 12 \
+    --eval-every 12 --out "$TMP/oracle-labels.jsonl" --quiet 2>"$TMP/oracle-labels.err" ||
+    fail "sim --labels oracle failed: $(tail -3 "$TMP/oracle-labels.err")"
+"$PY" - "$TMP/oracle-labels.jsonl" <<'EOF' || fail "--labels oracle: the synthetic pairs were not labelled by the oracle"
+import json, sys
+d = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+assert d["labels"] == "oracle" and d["synthetic"] > 0 and d["oracle_labels"] == d["synthetic"], d
+EOF
+expect 2 "--labels must be erm or oracle" -- sim sweep "${BASE[@]}" --labels human --out "$TMP/never"
+
 echo "== resume: done runs are kept; another configuration is refused"
 cp -r "$OUT/runs" "$TMP/runs-before"
 "$DUEL" "${SWEEP[@]}" >/dev/null 2>"$TMP/resume.err" || fail "resumed sweep failed: $(tail -3 "$TMP/resume.err")"
