@@ -24,6 +24,14 @@ int cmd_sim(int argc, char **argv);
 int sim_gateway_command(int argc, char **argv); /* sim_gateway.c */
 int sim_sweep_command(int argc, char **argv);   /* sim_sweep.c */
 
+void sim_options_track(const cli_option *options, size_t n, cli_option *opts, bool *given) {
+    for (size_t i = 0; i < n; i++) {
+        opts[i] = options[i];
+        given[i] = false;
+        opts[i].given = &given[i];
+    }
+}
+
 int sim_options_from_config(const cli_option *options, const char *const *keys, const bool *given, size_t n,
                             const json_t *section, duel_error *err) {
     for (size_t i = 0; i < n; i++) {
@@ -95,9 +103,9 @@ static int sim_inprocess_command(int argc, char **argv) {
                                        "queries", "eval_every", "seed", "candidates", "passive_candidates",
                                        "temperature", "max_new_tokens", "kl_prompts", NULL, NULL, NULL, NULL, NULL};
     const size_t n = sizeof options / sizeof *options;
-    bool given[sizeof options / sizeof *options] = {false};
+    bool given[sizeof options / sizeof *options];
     cli_option opts[sizeof options / sizeof *options];
-    for (size_t i = 0; i < n; i++) opts[i] = options[i], opts[i].given = &given[i];
+    sim_options_track(options, n, opts, given);
     const cli_command cmd = {
         "sim --inprocess", "--prompts FILE --held-out FILE [--strategy S] [--mode online|offline] [options] [--set K=V ...]",
         "One run of the learning loop in this process, no sockets: the gateway's engine adapter\n"

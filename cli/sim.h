@@ -40,6 +40,10 @@ typedef struct sim_run_options {
  * object, to *summary (optional; caller json_decrefs). */
 int sim_run_inprocess(const sim_run_options *options, json_t **summary, duel_error *err);
 
+/* Copies options[0..n) into opts with opts[i].given = &given[i] (cleared), so that parsing opts
+ * records which options the command line gave. */
+void sim_options_track(const cli_option *options, size_t n, cli_option *opts, bool *given);
+
 /* The sim section's values for the options a command line did not give (cmd_sim.c): keys[i]
  * (NULL: none) is options[i]'s key in section, given[i] whether the line had it. Types and the
  * options' ranges are checked; a string "" means unset (NULL). */

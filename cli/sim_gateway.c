@@ -601,9 +601,9 @@ int sim_gateway_command(int argc, char **argv) {
                                        "max_session_turns", "prompts", "seed", NULL, "out_dir", "allow_remote", NULL,
                                        NULL, NULL};
     const size_t n = sizeof options / sizeof *options;
-    bool given[sizeof options / sizeof *options] = {false};
+    bool given[sizeof options / sizeof *options];
     cli_option opts[sizeof options / sizeof *options];
-    for (size_t i = 0; i < n; i++) opts[i] = options[i], opts[i].given = &given[i];
+    sim_options_track(options, n, opts, given);
     const cli_command cmd = {
         "sim --gateway", "ws://HOST:PORT[,ws://...] [--users N] [--votes V] [--rate R] [options] [--set K=V ...]",
         "Simulated users over real websockets against running gateways (`duel serve`), speaking\n"
@@ -694,22 +694,18 @@ int sim_gateway_command(int argc, char **argv) {
         goto out;
     }
     g->users = calloc((size_t)g->n_users, sizeof *g->users);
-    g->order = malloc(sizeof *g->order * (size_t)g->prompts.count);
     g->ttd = calloc((size_t)g->votes_max, sizeof(double));
     g->ttd_end = calloc((size_t)g->votes_max, sizeof(double));
     g->ack = calloc((size_t)g->votes_max, sizeof(double));
-    if (!g->users || !g->order || !g->ttd || !g->ttd_end || !g->ack) {
+    if (!g->users || !g->ttd || !g->ttd_end || !g->ack) {
         fprintf(stderr, "duel sim: out of memory\n");
         rc = CLI_EXIT_FAILURE;
         goto out;
     }
-    duel_rng order_rng;
-    duel_rng_seed(&order_rng, (uint64_t)g->seed * 0x9e3779b97f4a7c15ull + 1);
-    for (int i = 0; i < g->prompts.count; i++) g->order[i] = i;
-    for (int i = g->prompts.count - 1; i > 0; i--) {
-        int j = (int)duel_rng_below(&order_rng, (uint64_t)i + 1), t = g->order[i];
-        g->order[i] = g->order[j];
-        g->order[j] = t;
+    if (oracle_prompt_order(&g->prompts, (uint64_t)g->seed * 0x9e3779b97f4a7c15ull + 1, &g->order, &g->err)) {
+        fprintf(stderr, "duel sim: %s\n", g->err.message);
+        rc = CLI_EXIT_FAILURE;
+        goto out;
     }
     lws_set_log_level(LLL_ERR, NULL);
     struct lws_context_creation_info info;

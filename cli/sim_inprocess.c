@@ -63,7 +63,7 @@ typedef struct sim_run {
     duel_strategy strategy;
     oracle_prompt_set asks, held;
     oracle_user *oracle;
-    duel_rng order_rng, vote_rng;
+    duel_rng vote_rng;
     int *order; /* the asks' order: a seeded shuffle */
     trainer_config tc;
     online_trainer *trainer;
@@ -124,18 +124,8 @@ static int open_inputs(sim_run *r) {
     if (o->kl_prompts > r->held.count)
         return duel_error_set(r->err, DUEL_EINVAL, "--kl-prompts %lld: %s has %d prompts", o->kl_prompts,
                               o->held_out_path, r->held.count);
-    /* the users' order: a Fisher-Yates shuffle from the run's seed */
-    duel_rng_seed(&r->order_rng, (uint64_t)o->seed * 0x9e3779b97f4a7c15ull + 1);
     duel_rng_seed(&r->vote_rng, (uint64_t)o->seed * 0x9e3779b97f4a7c15ull + 2);
-    if (!(r->order = malloc(sizeof *r->order * (size_t)r->asks.count)))
-        return duel_error_set(r->err, DUEL_ENOMEM, "out of memory");
-    for (int i = 0; i < r->asks.count; i++) r->order[i] = i;
-    for (int i = r->asks.count - 1; i > 0; i--) {
-        int j = (int)duel_rng_below(&r->order_rng, (uint64_t)i + 1), t = r->order[i];
-        r->order[i] = r->order[j];
-        r->order[j] = t;
-    }
-    return 0;
+    return oracle_prompt_order(&r->asks, (uint64_t)o->seed * 0x9e3779b97f4a7c15ull + 1, &r->order, r->err);
 }
 
 /* A work folder: the trainer's data, the snapshots. tmpfs when there is one (snapshots are

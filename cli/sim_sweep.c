@@ -650,9 +650,9 @@ int sim_sweep_command(int argc, char **argv) {
                                        "queries", "eval_every", "labels", "candidates", "passive_candidates",
                                        "temperature", "max_new_tokens", "kl_prompts", "jobs", "out_dir", NULL, NULL};
     const size_t n = sizeof options / sizeof *options;
-    bool given[sizeof options / sizeof *options] = {false};
+    bool given[sizeof options / sizeof *options];
     cli_option opts[sizeof options / sizeof *options];
-    for (size_t i = 0; i < n; i++) opts[i] = options[i], opts[i].given = &given[i];
+    sim_options_track(options, n, opts, given);
     const cli_command cmd = {
         "sim sweep", "[--experiment FILE] [--strategies LIST] [--modes LIST] [--seeds N] [options] [--set K=V ...]",
         "The experiment runner: every strategy x mode x seed as one `duel sim --inprocess` run, in\n"

@@ -262,6 +262,9 @@ typedef struct oracle_prompt_set {
 int oracle_prompt_set_load(const char *path, int max_items, bool require_reference,
                            oracle_prompt_set *out, duel_error *err);
 void oracle_prompt_set_free(oracle_prompt_set *set);
+/* The order in which simulated users ask the set's prompts: a Fisher-Yates shuffle of 0..count-1
+ * from seed (same seed, same order). *order is malloc'd. */
+int oracle_prompt_order(const oracle_prompt_set *set, uint64_t seed, int **order, duel_error *err);
 
 /* ---- simulated users (oracle/user.c) ------------------------------------------------------ */
 

@@ -135,3 +135,18 @@ int oracle_prompt_set_load(const char *path, int max_items, bool require_referen
     if (rc) oracle_prompt_set_free(out);
     return rc;
 }
+
+int oracle_prompt_order(const oracle_prompt_set *s, uint64_t seed, int **order, duel_error *err) {
+    int *o = malloc(sizeof *o * (size_t)(s->count > 0 ? s->count : 1));
+    if (!o) return duel_error_set(err, DUEL_ENOMEM, "prompt order: out of memory");
+    duel_rng rng;
+    duel_rng_seed(&rng, seed);
+    for (int i = 0; i < s->count; i++) o[i] = i;
+    for (int i = s->count - 1; i > 0; i--) {
+        int j = (int)duel_rng_below(&rng, (uint64_t)i + 1), t = o[i];
+        o[i] = o[j];
+        o[j] = t;
+    }
+    *order = o;
+    return 0;
+}

@@ -13,33 +13,9 @@ set -u
 DUEL=${1:?usage: test_cli.sh PATH/TO/duel}
 SRC=${DUEL_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 PY=${DUEL_PYTHON:-/usr/bin/python3}
-mkdir -p "${DUEL_TEST_TMP:-/tmp}" 2>/dev/null
-TMP=$(mktemp -d "${DUEL_TEST_TMP:-/tmp}/cli-XXXXXX" 2>/dev/null || mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-failures=0
-checks=0
-
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-pass() { checks=$((checks + 1)); }
-
-# expect CODE PATTERN -- ARGS...: runs duel ARGS, checks the exit code and that stdout+stderr
-# matches the extended regex PATTERN (empty: no check).
-expect() {
-    local code=$1 pattern=$2
-    shift 3
-    local out rc
-    out=$("$DUEL" "$@" 2>&1 </dev/null)
-    rc=$?
-    if [ "$rc" -ne "$code" ]; then
-        fail "duel $* exited $rc, expected $code; output: $(echo "$out" | head -5)"
-        return
-    fi
-    if [ -n "$pattern" ] && ! grep -Eq -- "$pattern" <<<"$out"; then
-        fail "duel $*: output does not match /$pattern/: $(echo "$out" | head -5)"
-        return
-    fi
-    pass
-}
+TAG=cli
+# shellcheck source=tests/tools/cli_test_lib.sh
+source "$(dirname "$0")/cli_test_lib.sh"
 
 # json_last_line FILE EXPR: the last line of FILE is a JSON object d for which EXPR is true.
 json_last_line() {

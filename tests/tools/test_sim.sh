@@ -18,32 +18,10 @@ DUEL=${1:?usage: test_sim.sh PATH/TO/duel}
 SRC=${DUEL_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 PY=${DUEL_PYTHON:-/usr/bin/python3}
 MODEL="$SRC/models/default"
-mkdir -p "${DUEL_TEST_TMP:-/tmp}" 2>/dev/null
-TMP=$(mktemp -d "${DUEL_TEST_TMP:-/tmp}/sim-XXXXXX" 2>/dev/null || mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
+TAG=sim
+# shellcheck source=tests/tools/cli_test_lib.sh
+source "$(dirname "$0")/cli_test_lib.sh"
 export TMPDIR="$TMP" # the runs' work folders
-failures=0
-checks=0
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-pass() { checks=$((checks + 1)); }
-
-# expect CODE PATTERN -- ARGS...: duel ARGS exits CODE and its output matches PATTERN (ERE).
-expect() {
-    local code=$1 pattern=$2
-    shift 3
-    local out rc
-    out=$("$DUEL" "$@" 2>&1 </dev/null)
-    rc=$?
-    if [ "$rc" -ne "$code" ]; then
-        fail "duel $* exited $rc, expected $code; output: $(echo "$out" | tail -5)"
-        return
-    fi
-    if [ -n "$pattern" ] && ! grep -Eq -- "$pattern" <<<"$out"; then
-        fail "duel $*: output does not match /$pattern/: $(echo "$out" | tail -5)"
-        return
-    fi
-    pass
-}
 
 # What users ask the dictionary model: "Define X." with the gloss as the lexical oracle's reference.
 "$PY" - "$TMP" <<'EOF'
