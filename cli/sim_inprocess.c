@@ -10,7 +10,8 @@
  *
  * Determinism: one duel at a time (loop_serve_one), the evaluation's answers one prompt at a
  * time, votes offered with stream ids made from the query number, the trainer seeded from the
- * run's seed: the JSONL lines depend on the options alone (timings go elsewhere). Strategies
+ * run's seed: the JSONL lines depend on the options alone (timings go elsewhere), on one machine
+ * and BLAS thread count (OpenBLAS splits sums by its threads; a sweep runs each with 1). Strategies
  * with the same seed see the same prompts in the same order (common random numbers).
  *
  * Modes: online (each update's snapshot serves the next duels: pairs from the current policy
