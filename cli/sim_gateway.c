@@ -62,7 +62,6 @@ typedef enum user_state {
     USER_ASKED,      /* waiting for the duel */
     USER_THINKING,   /* duel read; the vote is scheduled */
     USER_VOTED,      /* waiting for vote_ok */
-    USER_CLOSING,
     USER_DONE,
 } user_state;
 
@@ -259,16 +258,37 @@ static const oracle_turn *next_turn(sim_user *u) {
     return &u->item->turns[0];
 }
 
-/* Ends the session: the connection closes and the user comes back with a new conversation. */
+/* Lets go of the user's connection: it is closed asynchronously, and its remaining callbacks
+ * (detached from the user) are ignored, so the user may connect again at once (a close handshake
+ * can take seconds that would otherwise throttle the users). */
+static void drop_connection(sim_user *u) {
+    if (u->wsi) {
+        lws_set_opaque_user_data(u->wsi, NULL);
+        lws_set_timeout(u->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
+        u->wsi = NULL;
+    }
+    free(u->tx);
+    u->tx = NULL;
+}
+
+/* Ends the session: the user comes back with a new connection and conversation. */
 static void end_session(sim_user *u) {
-    u->state = USER_CLOSING;
+    gw_sim *g = u->sim;
     u->item = NULL;
-    if (u->wsi) lws_callback_on_writable(u->wsi); /* the writable callback closes it */
+    drop_connection(u);
+    if (!g->stopping && g->asked < g->votes_max) {
+        u->state = USER_IDLE;
+        schedule(u, 0, on_connect_due);
+    } else {
+        u->state = USER_DONE;
+    }
 }
 
 static void ask_next(sim_user *u) {
     gw_sim *g = u->sim;
-    if (g->stopping || g->asked >= g->votes_max) {
+    /* a session that is over takes no paced slot: its user reconnects first */
+    const bool more = (u->item && u->turn + 1 < u->item->num_turns) || u->session_left > 0;
+    if (g->stopping || g->asked >= g->votes_max || !more) {
         end_session(u);
         return;
     }
@@ -442,20 +462,18 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         break;
     }
     case LWS_CALLBACK_CLIENT_WRITEABLE:
-        if (u->state == USER_CLOSING && !u->tx) return -1; /* the session is over: close */
         if (u->tx) {
             int w = lws_write(wsi, (unsigned char *)u->tx + LWS_PRE, u->tx_len, LWS_WRITE_TEXT);
             free(u->tx);
             u->tx = NULL;
             if (w < (int)u->tx_len) return -1;
-            if (u->state == USER_CLOSING) lws_callback_on_writable(wsi);
         }
         break;
-    case LWS_CALLBACK_CLIENT_CLOSED:
+    case LWS_CALLBACK_CLIENT_CLOSED: /* not by us: ours are detached first (drop_connection) */
         u->wsi = NULL;
         free(u->tx);
         u->tx = NULL;
-        if (u->state != USER_CLOSING && !g->stopping) count_code(g, "connection_closed");
+        count_code(g, "connection_closed");
         if (u->state == USER_VOTED) count_code(g, "vote_unacknowledged"); /* closed before vote_ok */
         u->state = USER_IDLE;
         if (!g->stopping && g->asked < g->votes_max) schedule(u, 0, on_connect_due); /* a new conversation */
@@ -506,22 +524,16 @@ static void on_tick(lws_sorted_usec_list_t *sul) {
         if (!busy(g) || t - g->t_stop_asking >= GW_GRACE_S) g->stopping = true;
     }
     if (g->stopping) {
-        bool open = false;
         for (long long i = 0; i < g->n_users; i++) {
             sim_user *u = &g->users[i];
-            if (u->wsi && u->state != USER_CLOSING) {
-                if (u->state == USER_VOTED) count_code(g, "vote_unacknowledged");
-                u->state = USER_CLOSING;
-                lws_callback_on_writable(u->wsi);
-            }
-            open |= u->wsi != NULL;
+            if (u->state == USER_VOTED) count_code(g, "vote_unacknowledged");
+            drop_connection(u);
+            u->state = USER_DONE;
             lws_sul_cancel(&u->sul);
         }
-        if (!open) {
-            g->finished = true;
-            lws_cancel_service(g->ctx);
-            return;
-        }
+        g->finished = true;
+        lws_cancel_service(g->ctx);
+        return;
     }
     progress(g, false);
     lws_sul_schedule(g->ctx, 0, &g->tick, on_tick, GW_TICK_US);

@@ -9,7 +9,8 @@
 #     consumer group has nothing pending, the trainer counted no duplicate, and its a/b votes
 #     applied plus those waiting in a partial batch equal the stream's a/b entries, its ties and
 #     both_bad the others;
-#   - the sim's JSON line: every ask became an acknowledged vote, no error frames.
+#   - the sim's JSON line: every ask became an acknowledged vote, no error frames;
+#   - --rate paces the asks at the rate asked for (not above it, nor at half of it).
 # A sanitizer build (DUEL_SANITIZED=ON) sends fewer votes. Processes are stopped by pid.
 # Usage: test_sim_gateway.sh PATH/TO/duel. Exits 0 when all pass, 1 on a failure.
 set -u
@@ -77,6 +78,21 @@ assert d["errors"] == {}, d["errors"]
 assert d["time_to_duel_p50_ms"] > 0 and d["time_to_duel_p99_ms"] >= d["time_to_duel_p95_ms"] >= d["time_to_duel_p50_ms"]
 assert d["vote_ack_p50_ms"] > 0 and d["duels_per_second"] > 0, d
 EOF
+
+# Pacing (--rate): asks over all users at the rate asked for, not slower. Sessions of one prompt
+# make every user reconnect between votes: a session's end once cost a paced slot, halving the
+# rate (24 votes at 4/s took 12 s instead of 6).
+"$DUEL" sim --gateway "ws://127.0.0.1:$PORT" --users 8 --votes 24 --rate 4 --prompts "$TMP/asks.jsonl" \
+    --acked "$TMP/paced-acked.txt" --json >"$TMP/paced.out" 2>"$TMP/paced.err" ||
+    fail "paced duel sim --gateway failed: $(tail -5 "$TMP/paced.err")"
+"$PY" - "$TMP/paced.out" <<'EOF' || fail "--rate 4: the paced run's duration"
+import json, sys
+d = json.loads(open(sys.argv[1]).read().splitlines()[-1])
+assert d["votes_acked"] == 24, d
+assert 23 / 4 <= d["wall_seconds"] < 9.5, d["wall_seconds"]  # 5.75 s paced; 12 s with the bug
+EOF
+cat "$TMP/paced-acked.txt" >>"$TMP/acked.txt"
+VOTES=$((VOTES + 24))
 
 # The stream's duel ids and choices (Lua, so that binary fields stay in Redis).
 FIELD='local r = redis.call("XRANGE", KEYS[1], "-", "+"); local out = {};
