@@ -4,7 +4,7 @@
  * exactly as `duel serve`), a simulated user votes by the oracle and its noise model
  * (oracle/oracle.h), the vote is encoded and decoded as a duel:prefs entry
  * (trainer/vote_entry.h) and offered to the online trainer (trainer/online_trainer.h: the ERM
- * and DAP updates and the SEA mixture of `duel train`), whose snapshots (trainer/snapshot.h) the
+ * and DAP updates and the SEA mixture of `duel train`), whose snapshots (trainer/snapshot_write.h) the
  * adapter installs as `duel serve` does. Nothing of selection, ERM, loss or update is written
  * here a second time.
  *
@@ -47,7 +47,7 @@
 #include "online_trainer.h"
 #include "oracle.h"
 #include "sim.h"
-#include "snapshot.h"
+#include "snapshot_write.h"
 #include "timer.h"
 #include "tokenizer.h"
 #include "trainer_config.h"
@@ -244,7 +244,7 @@ static int publish(sim_run *r) {
     if (s.step == r->published_step) return 0; /* nothing new since the last one (or no update yet) */
     double t = duel_time_seconds();
     int64_t v = r->version + 1;
-    snapshot_info info = {v, r->version, s.step, s.prefs_applied, 0, r->o->model_dir};
+    snapshot_info info = {v, r->version, s.step, s.prefs_applied, 0, r->o->model_dir, NULL};
     int rc = snapshot_write(r->data_dir, &info, online_trainer_policy(r->trainer), online_trainer_config_json(r->trainer),
                             online_trainer_erm(r->trainer), r->o->model_dir, r->snapshot_dir, sizeof r->snapshot_dir,
                             r->err);
@@ -275,7 +275,7 @@ static int install(sim_run *r) {
 /* The vote as the gateway would write it, through the stream entry's encoder and decoder (so the
  * trainer gets what `duel train` would read), offered under stream id "<q+1>-0". */
 static int offer(sim_run *r, const duel_backend_result *res, oracle_choice choice) {
-    char vote_id[64], duel_id[64], stream_id[ONLINE_STREAM_ID_MAX];
+    char vote_id[64], duel_id[64], stream_id[STREAM_ID_MAX];
     snprintf(vote_id, sizeof vote_id, "sim-%lld-%lld", r->o->seed, r->queries);
     snprintf(duel_id, sizeof duel_id, "sim-duel-%lld", r->queries);
     snprintf(stream_id, sizeof stream_id, "%lld-0", r->queries + 1);
