@@ -67,7 +67,7 @@ typedef struct sweep {
     long long queries, eval_every, held_out_count, seeds, seed, candidates, passive_candidates, max_new, kl_prompts,
         jobs;
     double temperature;
-    bool json, quiet;
+    bool json, quiet, report;
     json_t *config;
     sweep_run runs[SWEEP_MAX_RUNS];
     int n_runs;
@@ -182,6 +182,7 @@ static int write_config(sweep *s) {
     json_object_set_new(sec, "modes", modes);
     char path[SWEEP_PATH];
     snprintf(path, sizeof path, "%s/config.json", s->out);
+    if (s->report) return 0; /* starts nothing: the folder's configuration (read as the plan) stays as it is */
     json_t *old = NULL;
     duel_error ignored;
     if (access(path, F_OK) == 0) {
@@ -278,6 +279,11 @@ static int run_all(sweep *s, int *failed_out) {
     for (int i = 0; i < s->n_runs; i++) {
         run_path(s, &s->runs[i], ".jsonl", final_path, sizeof final_path);
         if (count_lines(final_path) == points) s->runs[i].done = true, done++;
+    }
+    if (s->report) { /* --report: the finished runs only; nothing starts */
+        if (!s->quiet) fprintf(stderr, "sweep: %d of %d runs done in %s: reporting those\n", done, s->n_runs, s->out);
+        *failed_out = 0;
+        return 0;
     }
     if (!s->quiet && done) fprintf(stderr, "sweep: %d of %d runs already done in %s: resuming\n", done, s->n_runs, s->out);
     double last_report = 0;
@@ -516,13 +522,14 @@ static int write_table(sweep *s, const point *pts, int n, int n_groups, const in
     snprintf(path, sizeof path, "%s/table.md", s->out);
     FILE *f = fopen(path, "w");
     if (!f) return duel_error_set(&s->err, DUEL_EIO, "%s: %s", path, strerror(errno));
-    fprintf(f, "Final values after %lld queries, mean ± standard error over seeds (%lld seeds from %lld); win rate "
+    fprintf(f, "Final values after %lld queries, mean ± standard error over the finished seeds (planned: %lld from %lld; the seeds column "
+               "counts those finished); win rate "
                "= share of %lld held-out prompts whose greedy answer the oracle prefers to the base model's (P > "
                "1/2); online score = mean oracle score of the answers shown, over the whole run; queries to reach "
                "passive's final win rate in the same mode, over the seeds that reach it.\n\n",
             s->queries, s->seeds, s->seed, s->held_out_count);
-    fprintf(f, "| strategy | mode | win rate | mean P | oracle score | KL | online score | tie share | queries to "
-               "passive's final win rate |\n|---|---|---|---|---|---|---|---|---|\n");
+    fprintf(f, "| strategy | mode | seeds | win rate | mean P | oracle score | KL | online score | tie share | queries "
+               "to passive's final win rate |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for (int g = 0; g < n_groups; g++) {
         const sweep_run *head = &s->runs[first[g]];
         /* passive's final win rate in this mode, averaged over its seeds */
@@ -556,7 +563,7 @@ static int write_table(sweep *s, const point *pts, int n, int n_groups, const in
                 if (q >= 0) acc_add(&reach, (double)q);
             }
         }
-        fprintf(f, "| %s | %s |", head->strategy, head->mode);
+        fprintf(f, "| %s | %s | %d |", head->strategy, head->mode, seeds);
         cell(f, &win, "%.3f");
         cell(f, &meanp, "%.3f");
         cell(f, &score, "%.4f");
@@ -645,10 +652,11 @@ int sim_sweep_command(int argc, char **argv) {
         {"--out", CLI_OPT_STRING, &s->out, "DIR", "the sweep's folder; a rerun resumes it (sim.out_dir)", 0, 0, false, NULL},
         {"--quiet", CLI_OPT_FLAG, &s->quiet, NULL, "no progress on stderr", 0, 0, false, NULL},
         {"--json", CLI_OPT_FLAG, &s->json, NULL, "one JSON object on the last line of stdout: runs, failures, wall time, files", 0, 0, false, NULL},
+        {"--report", CLI_OPT_FLAG, &s->report, NULL, "start no run: the CSVs, table and plots of the runs already finished in --out, planned by its config.json (an interrupted sweep so far)", 0, 0, false, NULL},
     };
     static const char *const keys[] = {NULL, NULL, "prompts", "held_out", "held_out_count", NULL, NULL, "seeds", "seed",
                                        "queries", "eval_every", "labels", "candidates", "passive_candidates",
-                                       "temperature", "max_new_tokens", "kl_prompts", "jobs", "out_dir", NULL, NULL};
+                                       "temperature", "max_new_tokens", "kl_prompts", "jobs", "out_dir", NULL, NULL, NULL};
     const size_t n = sizeof options / sizeof *options;
     bool given[sizeof options / sizeof *options];
     cli_option opts[sizeof options / sizeof *options];
@@ -661,8 +669,10 @@ int sim_sweep_command(int argc, char **argv) {
         "(final values; the queries each strategy needs to reach passive's final offline win rate)\n"
         "and PNG plots of the offline win rate, the online score and the KL against queries with\n"
         "+-1 standard-error bands (python3 with matplotlib). Rerun the same command to resume an\n"
-        "interrupted sweep: finished runs are kept, unfinished ones start again. Every option's\n"
-        "default comes from the sim section of the configuration (--experiment FILE, --set).",
+        "interrupted sweep: finished runs are kept, unfinished ones start again; --report writes\n"
+        "the outputs of the runs finished so far and starts none (the plan is OUT/config.json; the\n"
+        "table's seeds column says how many each row has). Every option's default comes from the sim section of the\n"
+        "configuration (--experiment FILE, --set; OUT/config.json is one).",
         opts, n};
     const char *sets[SIM_MAX_SETS];
     size_t n_sets = 0;
@@ -675,6 +685,22 @@ int sim_sweep_command(int argc, char **argv) {
     if ((rc = cli_parse(&cmd, argc, argv))) {
         rc = rc < 0 ? CLI_EXIT_OK : rc;
         goto out;
+    }
+    char report_config[SWEEP_PATH];
+    if (s->report) {
+        /* The folder's own configuration is the plan, read as an experiment, so that a sweep
+         * recorded before a later default was added still reports (nothing runs to be mixed). */
+        if (!s->out || s->experiment) {
+            rc = cli_usage_error(&cmd, "--report takes --out DIR and reads DIR/config.json (no --experiment)");
+            goto out;
+        }
+        snprintf(report_config, sizeof report_config, "%s/config.json", s->out);
+        if (access(report_config, F_OK) != 0) {
+            fprintf(stderr, "duel sim sweep: --report: %s: no sweep there (%s)\n", s->out, strerror(errno));
+            rc = CLI_EXIT_FAILURE;
+            goto out;
+        }
+        s->experiment = report_config;
     }
     if (duel_config_load(s->experiment, sets, n_sets, (const char *const *)environ, &s->config, NULL, &s->err) ||
         sim_options_from_config(opts, keys, given, n, duel_config_section(s->config, "sim"), &s->err) || plan(s)) {

@@ -9,6 +9,7 @@
 #     matplotlib is there), the measures in range;
 #   - determinism: the same run again, as `duel sim --inprocess` in another process, writes a
 #     byte-identical JSONL;
+#   - --report: an interrupted sweep's table and CSVs from its finished runs, none started;
 #   - resume: the same sweep again redoes nothing; a sweep with another configuration into the
 #     same folder is refused.
 # A sanitizer build (DUEL_SANITIZED=ON) runs the sweep online only and shorter.
@@ -163,6 +164,27 @@ for f in "$TMP"/runs-before/*.jsonl; do
     cmp "$f" "$OUT/runs/$(basename "$f")" || fail "resume changed $(basename "$f")"
 done
 expect 1 "holds a sweep with another configuration" -- "${SWEEP[@]}" --queries $((Q + 1))
+pass
+
+echo "== --report: an interrupted sweep's finished runs, nothing started"
+# ee_ts unfinished (its JSONL back to .partial, as a killed run leaves it); passive done.
+for f in "$OUT"/runs/ee_ts-*.jsonl; do mv "$f" "$f.partial"; done
+"$DUEL" sim sweep --out "$OUT" --report >/dev/null 2>"$TMP/report.err" || fail "--report failed: $(tail -3 "$TMP/report.err")"
+grep -q "done in $OUT: reporting those" "$TMP/report.err" || fail "--report did not say what it reports"
+ls "$OUT"/runs/ee_ts-*.jsonl >/dev/null 2>&1 && fail "--report ran the unfinished runs"
+"$PY" - "$OUT" "$MODES" <<'EOF' || fail "--report outputs"
+import csv, sys
+out, modes = sys.argv[1], sys.argv[2].split(",")
+table = open(f"{out}/table.md").read()
+for m in modes:
+    assert f"| passive | {m} | 1 | 0." in table, (m, table)
+    assert f"| ee_ts | {m} | 0 | - |" in table, (m, table)
+summary = list(csv.DictReader(open(f"{out}/summary.csv")))
+assert summary and {r["strategy"] for r in summary} == {"passive"}, {r["strategy"] for r in summary}
+EOF
+expect 1 "no sweep there" -- sim sweep --out "$TMP/never" --report
+expect 2 "--report takes --out DIR" -- sim sweep --experiment "$OUT/config.json" --out "$OUT" --report
+[ -e "$TMP/never" ] && fail "--report made a folder"
 pass
 
 echo "test_sim: $checks checks, $failures failures"
