@@ -114,10 +114,11 @@ static int sim_inprocess_command(int argc, char **argv) {
         "learns from the votes (ERM, DAP loss, SEA mixture; the trainer and erm sections); online,\n"
         "each update's snapshot serves the next duels. Seeded and deterministic: the same command\n"
         "writes byte-identical JSONL (on one machine, with the same OPENBLAS_NUM_THREADS: the\n"
-        "summation order of the BLAS follows its thread count; sweeps run each with 1). Every --eval-every queries (and at 0) one line: the held-out\n"
-        "greedy answers' win share (P > 1/2) and mean P against the base model's by the oracle,\n"
-        "their mean oracle score, the KL to the base, and the mean oracle score of the answers shown\n"
-        "since the last line, with tie and both-bad shares. `duel sim sweep` runs many of these.",
+        "summation order of the BLAS follows its thread count; sweeps run each with 1). Every\n"
+        "--eval-every queries (and at 0) one line: the held-out greedy answers' win share\n"
+        "(P > 1/2) and mean P against the base model's by the oracle, their mean oracle score,\n"
+        "the KL to the base, and the mean oracle score of the answers shown since the last line,\n"
+        "with tie and both-bad shares. `duel sim sweep` runs many of these.",
         opts, n};
     const char *sets[SIM_MAX_SETS];
     size_t n_sets = 0;

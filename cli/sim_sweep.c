@@ -16,6 +16,8 @@
  *                       seeds that reach it)
  *   *.png, sim_plot.py  the plots (sim_plot.py, compiled in, run with Debian's python3 and
  *                       matplotlib; without them the sweep says so and the rest stands)
+ * --report writes the last four from the runs finished so far and starts none (the folder's
+ * config.json is then the plan and is not compared).
  * bon runs online only (its policy never learns: ERM-only, the paper's EE4LLM). */
 #include <errno.h>
 #include <math.h>
