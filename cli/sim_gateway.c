@@ -568,6 +568,9 @@ static json_t *figures_json(gw_sim *g, double wall) {
                           "sessions", (json_int_t)g->sessions, "wall_seconds", wall, "duels_per_second",
                           g->duels / (wall > 0 ? wall : 1));
     if (!o) return NULL;
+    /* the pacer's slots handed out (--rate): one per ask, plus at most one per user left over at
+     * the end; a slot spent on anything else slows the pacing whatever the servers' speed */
+    json_object_set_new(o, "paced_slots", json_integer((json_int_t)g->slots));
     double *series[3] = {g->ttd, g->ttd_end, g->ack};
     long long n[3] = {g->n_ttd, g->n_ttd_end, g->n_ack};
     const char *names[3] = {"time_to_duel", "both_answers", "vote_ack"};
