@@ -3,7 +3,7 @@
  * process) share, so that neither has a copy of the other's: the queue that receives the serving
  * backend's events (gateway/duel_backend.h: the gateway's own engine adapter, selection and
  * ERM scoring), serving one duel and waiting for it, the vote entry of a served duel
- * (trainer/vote_entry.h), a model's answers to a prompt set and their comparison by an oracle,
+ * (common/vote_entry.h), a model's answers to a prompt set and their comparison by an oracle,
  * sequence log-probabilities, percentiles. Only cli/ uses it. */
 #ifndef DUEL_CLI_DUEL_LOOP_H
 #define DUEL_CLI_DUEL_LOOP_H

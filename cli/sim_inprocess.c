@@ -3,7 +3,7 @@
  * (gateway/duel_backend.h: the engine's candidates, ERM scoring and the strategy's selection,
  * exactly as `duel serve`), a simulated user votes by the oracle and its noise model
  * (oracle/oracle.h), the vote is encoded and decoded as a duel:prefs entry
- * (trainer/vote_entry.h) and offered to the online trainer (trainer/online_trainer.h: the ERM
+ * (common/vote_entry.h) and offered to the online trainer (trainer/online_trainer.h: the ERM
  * and DAP updates and the SEA mixture of `duel train`), whose snapshots (trainer/snapshot_write.h) the
  * adapter installs as `duel serve` does. Nothing of selection, ERM, loss or update is written
  * here a second time.
@@ -474,7 +474,7 @@ static int run_queries(sim_run *r) {
         int t = 0;
         for (; rc == 0 && t < p->num_turns && r->queries < r->o->queries; t++) {
             if ((rc = query(r, p, t, history, &chosen[t]))) break;
-            history[t] = (duel_backend_turn){p->turns[t].prompt, chosen[t]};
+            history[t] = (duel_backend_turn){.user = p->turns[t].prompt, .assistant = chosen[t]}; /* no ids: re-encoded */
             if (r->queries % r->o->eval_every == 0 || r->queries == r->o->queries) rc = evaluate(r);
             progress(r);
         }
