@@ -26,6 +26,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bench_json.h"
 #include "cli.h"
 #include "compute.h"
 #include "duel.h"
@@ -645,9 +646,9 @@ finish:
            (unsigned long long)es.preemptions);
     json_object_set_new(out, "preemptions", json_integer((json_int_t)es.preemptions));
     if (json) {
-        char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6));
-        if (text) printf("%s\n", text);
-        free(text);
+        json_t *o = out;
+        out = NULL;
+        if (bench_json_print("engine", o)) goto done;
     }
     status = CLI_EXIT_OK;
 done:

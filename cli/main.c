@@ -19,6 +19,7 @@ int cmd_serve(int argc, char **argv); /* cmd_serve.c (gateway) */
 int cmd_train_service(int argc, char **argv); /* cmd_train_service.c (online trainer) */
 int cmd_knobs(int argc, char **argv); /* cmd_knobs.c (live knobs) */
 int cmd_ops(int argc, char **argv);   /* cmd_ops.c (operators' status) */
+int cmd_sim(int argc, char **argv);     /* cmd_sim.c (simulated users) */
 
 static const cli_subcommand SUBCOMMANDS[] = {
     {"info", "version, backends built in (cpu, cuda) and whether a GPU answers", cmd_info},
@@ -38,6 +39,8 @@ static const cli_subcommand SUBCOMMANDS[] = {
      cmd_knobs},
     {"ops", "'ops status': instances, versions, regret, trainer lag, last changes (from Redis)",
      cmd_ops},
+    {"sim", "simulated users: in-process runs, strategy sweeps (CSV, plots), load over websockets",
+     cmd_sim},
 };
 #define N_SUBCOMMANDS (sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0])
 

@@ -25,8 +25,9 @@
  * drawn after this update's ERM step from the mixture RNG: a stored duel uniformly, then a head
  * e uniformly, and labelled by sea_label with the current ERM: chosen = the candidate with the
  * largest r_e, rejected = the one with the smallest (the pair with the largest
- * |r_e(i) - r_e(j)|). Synthetic pairs never enter the ERM buffer; all P + S pairs weigh the same
- * in the DAP loss. With gamma = 1 the update is exactly the one without a mixture.
+ * |r_e(i) - r_e(j)|), then ordered by options.sea_relabel when one is set. Synthetic pairs never
+ * enter the ERM buffer; all P + S pairs weigh the same in the DAP loss. With gamma = 1 the update
+ * is exactly the one without a mixture.
  *
  * Checkpoint (<data_dir>/trainer/, trainer/online_checkpoint.h): checkpoint/ holds policy/
  * (checkpoint.h: weights and AdamW moments), erm.safetensors (theta and theta_0),
@@ -100,6 +101,12 @@ typedef struct online_trainer_options {
     int chunk_positions;     /* padded positions per forward/backward pass of an update (not a
                                 config key; tests lower it): ONLINE_CHUNK_POSITIONS */
     double lr_scale;         /* multiplies the scheduled policy lr (a live knob): 1 */
+    /* Labels of the synthetic pairs from elsewhere (not a config key; `duel sim --labels oracle`,
+     * what the SEA paper's public code does): once the ERM head has chosen a stored duel's pair,
+     * this may swap *chosen and *rejected (candidate indices of entry); an error fails the
+     * update. NULL (the default): the head's order, the paper's rule. */
+    int (*sea_relabel)(void *context, const vote_entry *entry, int *chosen, int *rejected, duel_error *err);
+    void *sea_relabel_context;
     int recent_vote_ids;     /* vote ids remembered for de-duplication: 2048 */
     uint64_t seed;
     const durable_io *io;    /* file I/O hooks of the checkpoint (not a config key; fault tests):

@@ -160,6 +160,9 @@ static void test_oracle_section_is_the_oracle_defaults(void **state) {
         fail_msg("%s", err.message);
     assert_int_equal(pw.stochastic, pg.stochastic);
     assert_true(pw.temperature == pg.temperature);
+    assert_true(pw.tie_margin == pg.tie_margin && pw.flip_probability == pg.flip_probability);
+    assert_int_equal(pw.both_bad, pg.both_bad);
+    assert_true(pw.both_bad_below == pg.both_bad_below);
     oracle_judge_config jw, jg;
     oracle_judge_config_default(&jw);
     oracle_judge_config_default(&jg);

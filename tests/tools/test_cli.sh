@@ -13,33 +13,9 @@ set -u
 DUEL=${1:?usage: test_cli.sh PATH/TO/duel}
 SRC=${DUEL_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 PY=${DUEL_PYTHON:-/usr/bin/python3}
-mkdir -p "${DUEL_TEST_TMP:-/tmp}" 2>/dev/null
-TMP=$(mktemp -d "${DUEL_TEST_TMP:-/tmp}/cli-XXXXXX" 2>/dev/null || mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-failures=0
-checks=0
-
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-pass() { checks=$((checks + 1)); }
-
-# expect CODE PATTERN -- ARGS...: runs duel ARGS, checks the exit code and that stdout+stderr
-# matches the extended regex PATTERN (empty: no check).
-expect() {
-    local code=$1 pattern=$2
-    shift 3
-    local out rc
-    out=$("$DUEL" "$@" 2>&1 </dev/null)
-    rc=$?
-    if [ "$rc" -ne "$code" ]; then
-        fail "duel $* exited $rc, expected $code; output: $(echo "$out" | head -5)"
-        return
-    fi
-    if [ -n "$pattern" ] && ! grep -Eq -- "$pattern" <<<"$out"; then
-        fail "duel $*: output does not match /$pattern/: $(echo "$out" | head -5)"
-        return
-    fi
-    pass
-}
+TAG=cli
+# shellcheck source=tests/tools/cli_test_lib.sh
+source "$(dirname "$0")/cli_test_lib.sh"
 
 # json_last_line FILE EXPR: the last line of FILE is a JSON object d for which EXPR is true.
 json_last_line() {
@@ -98,8 +74,8 @@ printf '%s\n' '{"prompt": "Define tea.", "reference": "a beverage"}' >"$TMP/qa.j
 printf 'not json\n' >"$TMP/bad-control.jsonl"
 printf '%s\n' '{"prompt": "Define tea."}' >"$TMP/noref-control.jsonl"
 expect 1 "$TMP/missing-control.jsonl: No such file" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/missing-control.jsonl"
-expect 1 "$TMP/bad-control.jsonl:1: not a JSON object" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/bad-control.jsonl"
-expect 1 "$TMP/noref-control.jsonl: no line has \"prompt\" and \"reference\"" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/noref-control.jsonl"
+expect 1 "$TMP/bad-control.jsonl:1: not JSON" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/bad-control.jsonl"
+expect 1 "$TMP/noref-control.jsonl:1: no \"reference\"" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/noref-control.jsonl"
 expect 0 'ceiling' -- bench trainer --help
 expect 2 "--prompt-tokens '9:4': expected MIN:MAX" -- bench trainer --prompt-tokens 9:4
 expect 2 "--response-tokens '0:8': expected MIN:MAX" -- bench trainer --response-tokens 0:8
@@ -287,7 +263,7 @@ json_last_line "$TMP/info.out" 'd["blas_core"].lower() == "prescott"' \
     || fail "duel overrode the user's OPENBLAS_CORETYPE"
 "$DUEL" bench machine --json --sgemm-size 256 --bandwidth-mib 64 --repeats 1 >"$TMP/machine.out" 2>/dev/null \
     || fail "duel bench machine --json failed"
-json_last_line "$TMP/machine.out" 'd["sgemm_gflops"] > 0 and d["read_gb_per_s"] > 0' \
+json_last_line "$TMP/machine.out" 'd["bench"] == "machine" and d["sgemm_gflops"] > 0 and d["read_gb_per_s"] > 0' \
     || fail "duel bench machine --json: bad last line"
 pass
 
