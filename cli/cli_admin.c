@@ -2,9 +2,12 @@
  * cli_admin.h). */
 #include "cli_admin.h"
 
+#include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -86,4 +89,10 @@ void cli_admin_close(cli_admin *a) {
     if (a->rc) redisFree(a->rc);
     json_decref(a->config);
     memset(a, 0, sizeof *a);
+}
+
+void cli_admin_default_who(char *out, size_t cap) {
+    const char *user = getenv("USER");
+    struct passwd *pw = user && *user ? NULL : getpwuid(getuid());
+    snprintf(out, cap, "cli:%.48s", user && *user ? user : pw ? pw->pw_name : "unknown");
 }
