@@ -96,3 +96,15 @@ void cli_admin_default_who(char *out, size_t cap) {
     struct passwd *pw = user && *user ? NULL : getpwuid(getuid());
     snprintf(out, cap, "cli:%.48s", user && *user ? user : pw ? pw->pw_name : "unknown");
 }
+
+int cli_run_verb(const char *command, const char *usage, const cli_verb *verbs, size_t n_verbs,
+                 int argc, char **argv) {
+    if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+        fputs(usage, argc < 1 ? stderr : stdout);
+        return argc < 1 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < n_verbs; i++)
+        if (strcmp(argv[0], verbs[i].name) == 0) return verbs[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "duel %s: unknown verb '%s'\n%s", command, argv[0], usage);
+    return CLI_EXIT_USAGE;
+}

@@ -35,6 +35,17 @@ typedef struct cli_admin_options {
          "override one configuration key, repeatable", 0, 0, false, NULL},                         \
         {"--json", CLI_OPT_FLAG, &(o).json, NULL, "one JSON object on stdout", 0, 0, false, NULL}
 
+/* An operators' command's verbs ("duel ops status", "duel arena ratings"). */
+typedef struct cli_verb {
+    const char *name;
+    int (*run)(int argc, char **argv); /* argv[0] is the verb's first option */
+} cli_verb;
+
+/* Runs argv[0]'s verb of command: usage to stdout for --help or -h (exit 0), to stderr when
+ * there is no verb or an unknown one (exit 2, naming it). */
+int cli_run_verb(const char *command, const char *usage, const cli_verb *verbs, size_t n_verbs,
+                 int argc, char **argv);
+
 /* "cli:USER": who made a change, for the audit log. */
 void cli_admin_default_who(char *out, size_t cap);
 

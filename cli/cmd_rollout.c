@@ -248,11 +248,6 @@ int cmd_arena(int argc, char **argv) {
     const char *usage = "usage: duel arena ratings [options]\n\n"
                         "  ratings   Bradley-Terry ratings of the arms from duel:prefs' arena votes\n"
                         "'duel arena ratings --help' describes its options.\n";
-    if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
-        fputs(usage, argc < 1 ? stderr : stdout);
-        return argc < 1 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
-    }
-    if (strcmp(argv[0], "ratings") == 0) return arena_ratings(argc - 1, argv + 1);
-    fprintf(stderr, "duel arena: unknown verb '%s'\n%s", argv[0], usage);
-    return CLI_EXIT_USAGE;
+    static const cli_verb verbs[] = {{"ratings", arena_ratings}};
+    return cli_run_verb("arena", usage, verbs, 1, argc, argv);
 }
