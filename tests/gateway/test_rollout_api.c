@@ -15,46 +15,6 @@
 #define ADMIN "ops:admin-secret-123"
 #define VIEWER "eye:viewer-secret-456"
 
-/* One HTTP request with a bearer token (NULL: none) and a body (NULL: none); the status, and the
- * body in *out (malloc'd). */
-static int request(int port, const char *method, const char *path, const char *token,
-                   const char *body, char **out) {
-    int fd = tu_tcp_connect(port);
-    assert_true(fd >= 0);
-    char head[1024];
-    char auth[256] = "";
-    if (token) snprintf(auth, sizeof auth, "Authorization: Bearer %s\r\n", token);
-    int n = snprintf(head, sizeof head,
-                     "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n%s"
-                     "Content-Type: application/json\r\nContent-Length: %zu\r\n\r\n",
-                     method, path, auth, body ? strlen(body) : 0);
-    assert_int_equal(tu_write_all(fd, head, (size_t)n), 0);
-    if (body) assert_int_equal(tu_write_all(fd, body, strlen(body)), 0);
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    for (;;) {
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        if (poll(&p, 1, 5000) <= 0) break;
-        if (len + 4096 > cap) buf = realloc(buf, cap *= 2);
-        ssize_t r = recv(fd, buf + len, cap - len - 1, 0);
-        if (r <= 0) break;
-        len += (size_t)r;
-        buf[len] = '\0';
-        char *hend = strstr(buf, "\r\n\r\n");
-        char *cl = strcasestr(buf, "content-length:");
-        if (hend && cl && cl < hend && len >= (size_t)(hend + 4 - buf) + (size_t)atol(cl + 15))
-            break;
-    }
-    close(fd);
-    buf[len] = '\0';
-    int status = -1;
-    sscanf(buf, "HTTP/1.1 %d", &status);
-    char *b = strstr(buf, "\r\n\r\n");
-    *out = strdup(b ? b + 4 : "");
-    free(buf);
-    return status;
-}
-
 static char *get_rollout(const tu_redis *r) {
     redisContext *c = tu_redis_connect(r);
     redisReply *x = redisCommand(c, "GET duel:rollout");
@@ -67,7 +27,7 @@ static char *get_rollout(const tu_redis *r) {
 static void expect_refused(const tu_gateway *g, const tu_redis *r, const char *body,
                            const char *needle) {
     char *before = get_rollout(r), *out = NULL;
-    int status = request(g->port, "POST", "/api/rollout", ADMIN, body, &out);
+    int status = tu_http_request(g->port, "POST", "/api/rollout", ADMIN, body, &out);
     if (status != 400 || !strstr(out, needle)) fail_msg("%s: %d %s (wanted %s)", body, status, out, needle);
     char *after = get_rollout(r);
     assert_true((!before && !after) || (before && after && strcmp(before, after) == 0));
@@ -89,12 +49,12 @@ static void test_rollout_api(void **state) {
     tu_gateway g;
     tu_gateway_start(&g, &cfg, 0);
     char *out = NULL;
-    assert_int_equal(request(g.port, "GET", "/api/rollout", NULL, NULL, &out), 401);
+    assert_int_equal(tu_http_request(g.port, "GET", "/api/rollout", NULL, NULL, &out), 401);
     free(out);
     /* the console connects to Redis in the background: the first read may find it away */
     int status = 0;
     for (int i = 0; i < 100 && status != 200; i++) {
-        status = request(g.port, "GET", "/api/rollout", VIEWER, NULL, &out);
+        status = tu_http_request(g.port, "GET", "/api/rollout", VIEWER, NULL, &out);
         if (status != 200) {
             free(out);
             tu_sleep_ms(50);
@@ -106,10 +66,10 @@ static void test_rollout_api(void **state) {
     const char *set = "{\"action\":\"set\",\"spec\":{\"arms\":[{\"name\":\"stable\",\"snapshot\":12,"
                       "\"weight\":90},{\"name\":\"canary\",\"snapshot\":13,\"weight\":10}],"
                       "\"stable\":\"stable\"}}";
-    assert_int_equal(request(g.port, "POST", "/api/rollout", VIEWER, set, &out), 403);
+    assert_int_equal(tu_http_request(g.port, "POST", "/api/rollout", VIEWER, set, &out), 403);
     free(out);
     assert_null(get_rollout(&redis));
-    assert_int_equal(request(g.port, "POST", "/api/rollout", ADMIN, set, &out), 200);
+    assert_int_equal(tu_http_request(g.port, "POST", "/api/rollout", ADMIN, set, &out), 200);
     json_t *o = json_loads(out, 0, NULL);
     assert_non_null(o);
     assert_int_equal(json_integer_value(json_object_get(json_object_get(o, "rollout"), "revision")), 1);
@@ -136,11 +96,11 @@ static void test_rollout_api(void **state) {
     expect_refused(&g, &redis, "{\"action\":\"weight\",\"arm\":\"canary\"}", "weight takes");
     expect_refused(&g, &redis, "{\"action\":\"weight\",\"arm\":\"stable\",\"weight\":5}", "stable arm");
     expect_refused(&g, &redis, "{\"action\":\"pause\",\"colour\":1}", "colour: unknown field");
-    assert_int_equal(request(g.port, "POST", "/api/rollout", ADMIN,
+    assert_int_equal(tu_http_request(g.port, "POST", "/api/rollout", ADMIN,
                              "{\"action\":\"weight\",\"arm\":\"canary\",\"weight\":20}", &out), 200);
     assert_non_null(strstr(out, "\"weight\":80"));
     free(out);
-    assert_int_equal(request(g.port, "POST", "/api/rollout", ADMIN, "{\"action\":\"abort\"}", &out), 200);
+    assert_int_equal(tu_http_request(g.port, "POST", "/api/rollout", ADMIN, "{\"action\":\"abort\"}", &out), 200);
     assert_non_null(strstr(out, "\"status\":\"aborted\""));
     free(out);
     char *now = get_rollout(&redis);
@@ -154,7 +114,7 @@ static void test_rollout_api(void **state) {
                                      "{\"arena_split\":2,\"arena_versions\":[13,12]}");
         freeReplyObject(x);
     }
-    assert_int_equal(request(g.port, "GET", "/api/arena", VIEWER, NULL, &out), 200);
+    assert_int_equal(tu_http_request(g.port, "GET", "/api/arena", VIEWER, NULL, &out), 200);
     o = json_loads(out, 0, NULL);
     assert_non_null(o);
     assert_int_equal(json_integer_value(json_object_get(o, "battles")), 40);
