@@ -2,9 +2,12 @@
  * cli_admin.h). */
 #include "cli_admin.h"
 
+#include <pwd.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <unistd.h>
 
 #include "config.h"
 
@@ -86,4 +89,22 @@ void cli_admin_close(cli_admin *a) {
     if (a->rc) redisFree(a->rc);
     json_decref(a->config);
     memset(a, 0, sizeof *a);
+}
+
+void cli_admin_default_who(char *out, size_t cap) {
+    const char *user = getenv("USER");
+    struct passwd *pw = user && *user ? NULL : getpwuid(getuid());
+    snprintf(out, cap, "cli:%.48s", user && *user ? user : pw ? pw->pw_name : "unknown");
+}
+
+int cli_run_verb(const char *command, const char *usage, const cli_verb *verbs, size_t n_verbs,
+                 int argc, char **argv) {
+    if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
+        fputs(usage, argc < 1 ? stderr : stdout);
+        return argc < 1 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < n_verbs; i++)
+        if (strcmp(argv[0], verbs[i].name) == 0) return verbs[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "duel %s: unknown verb '%s'\n%s", command, argv[0], usage);
+    return CLI_EXIT_USAGE;
 }

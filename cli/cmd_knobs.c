@@ -5,7 +5,6 @@
  * and announced on duel:notify, so every `duel serve` takes it at its next duel and `duel train`
  * before its next batch. Exit codes: 0 done, 1 Redis or the configuration failed, 2 the command
  * line was wrong (a refused knob value included: the message names the knob and its range). */
-#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,26 +63,9 @@ static int knobs_list(int argc, char **argv) {
     return CLI_EXIT_OK;
 }
 
-/* The shared options of get, set and reset. */
-typedef struct admin_options {
-    const char *redis, *config, *set_doc, *who;
-    bool json;
-} admin_options;
-
-#define ADMIN_OPTIONS(o)                                                                           \
-    {"--redis", CLI_OPT_STRING, &(o).redis, "HOST:PORT",                                           \
-     "Redis (default redis.host:redis.port of the configuration, or DUEL_REDIS)", 0, 0, false,     \
-     NULL},                                                                                        \
-        {"--config", CLI_OPT_STRING, &(o).config, "FILE",                                          \
-         "configuration the defaults come from (default: the built-in config/default.json)", 0, 0, \
-         false, NULL},                                                                             \
-        {"--set", CLI_OPT_STRING, &(o).set_doc, "SECTION.KEY=VALUE",                               \
-         "override one configuration key, repeatable", 0, 0, false, NULL},                         \
-        {"--json", CLI_OPT_FLAG, &(o).json, NULL, "one JSON object on stdout", 0, 0, false, NULL}
-
 static int knobs_get(int argc, char **argv) {
-    admin_options o = {0};
-    const cli_option options[] = {ADMIN_OPTIONS(o)};
+    cli_admin_options o = {0};
+    const cli_option options[] = {CLI_ADMIN_OPTIONS(o)};
     const cli_command cmd = {
         "knobs get", "[NAME]... [--redis HOST:PORT] [--config FILE] [--json]",
         "Prints the knobs in effect: duel:knobs over the configuration's defaults. A '*' marks the\n"
@@ -147,18 +129,11 @@ static int knobs_get(int argc, char **argv) {
     return CLI_EXIT_OK;
 }
 
-/* "cli:USER": who changed the knobs, for the audit log. */
-static void default_who(char *out, size_t cap) {
-    const char *user = getenv("USER");
-    struct passwd *pw = user && *user ? NULL : getpwuid(getuid());
-    snprintf(out, cap, "cli:%.48s", user && *user ? user : pw ? pw->pw_name : "unknown");
-}
-
 /* set (pairs: NAME VALUE ...) or reset (NAME ...). */
 static int knobs_change(int argc, char **argv, bool reset) {
-    admin_options o = {0};
+    cli_admin_options o = {0};
     const cli_option options[] = {
-        ADMIN_OPTIONS(o),
+        CLI_ADMIN_OPTIONS(o),
         {"--as", CLI_OPT_STRING, &o.who, "NAME", "who the audit log names (default cli:$USER)", 0,
          0, false, NULL},
     };
@@ -198,7 +173,7 @@ static int knobs_change(int argc, char **argv, bool reset) {
     if ((rc = cli_admin_open(cmd, o.config, sets, n_sets, o.redis, &a))) return rc;
     char who[KNOB_STORE_WHO_MAX];
     if (o.who) snprintf(who, sizeof who, "%s", o.who);
-    else default_who(who, sizeof who);
+    else cli_admin_default_who(who, sizeof who);
     json_t *audit = NULL;
     rc = knob_store_change(a.rc, "duel:", who, &a.defaults, names, texts, n, NULL, &audit, &err);
     cli_admin_close(&a);

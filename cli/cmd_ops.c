@@ -173,11 +173,6 @@ int cmd_ops(int argc, char **argv) {
     const char *usage = "usage: duel ops status [options]\n\n"
                         "  status    one screen: instances, versions, regret, lag, last changes\n"
                         "'duel ops status --help' describes its options.\n";
-    if (argc < 1 || strcmp(argv[0], "--help") == 0 || strcmp(argv[0], "-h") == 0) {
-        fputs(usage, argc < 1 ? stderr : stdout);
-        return argc < 1 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
-    }
-    if (strcmp(argv[0], "status") == 0) return ops_status(argc - 1, argv + 1);
-    fprintf(stderr, "duel ops: unknown verb '%s'\n%s", argv[0], usage);
-    return CLI_EXIT_USAGE;
+    static const cli_verb verbs[] = {{"status", ops_status}};
+    return cli_run_verb("ops", usage, verbs, 1, argc, argv);
 }

@@ -20,6 +20,8 @@ int cmd_train_service(int argc, char **argv); /* cmd_train_service.c (online tra
 int cmd_knobs(int argc, char **argv); /* cmd_knobs.c (live knobs) */
 int cmd_ops(int argc, char **argv);   /* cmd_ops.c (operators' status) */
 int cmd_sim(int argc, char **argv);     /* cmd_sim.c (simulated users) */
+int cmd_rollout(int argc, char **argv); /* cmd_rollout.c (A/B rollout of snapshots) */
+int cmd_arena(int argc, char **argv);   /* cmd_rollout.c (arena ratings) */
 
 static const cli_subcommand SUBCOMMANDS[] = {
     {"info", "version, backends built in (cpu, cuda) and whether a GPU answers", cmd_info},
@@ -41,6 +43,9 @@ static const cli_subcommand SUBCOMMANDS[] = {
      cmd_ops},
     {"sim", "simulated users: in-process runs, strategy sweeps (CSV, plots), load over websockets",
      cmd_sim},
+    {"rollout", "A/B rollout of snapshots: status, set, weight, pause, resume, promote, abort",
+     cmd_rollout},
+    {"arena", "'arena ratings': Bradley-Terry ratings of the arms from the arena votes", cmd_arena},
 };
 #define N_SUBCOMMANDS (sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0])
 

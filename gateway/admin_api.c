@@ -5,6 +5,12 @@
  *   POST /api/knobs {"changes": {NAME: "VALUE" | null, ...}}   admin only: all or nothing,
  *        audited under the token's name (console.c runs it; the reply waits for Redis)
  *   GET  /api/audit                        the newest audit entries
+ *   GET  /api/rollout                      {"rollout": the spec in duel:rollout, or null}
+ *   POST /api/rollout {"action": "set", "spec": {...}} | {"action": "weight", "arm": A,
+ *        "weight": W} | {"action": "pause" | "resume" | "abort"} | {"action": "promote",
+ *        "arm": A?}   admin only: checked as a whole, audited (gateway/rollout_store.h);
+ *        answers {"rollout": the new spec, "audit": its entry}
+ *   GET  /api/arena                        the arena leaderboard (common/arena_ratings.h)
  * Answers: 200; 400 with the refusal's message (a bad value names the knob and its allowed
  * values; nothing was changed); 401 without a valid token (WWW-Authenticate: Bearer); 403 for a
  * viewer's change; 404, 405, 413; 429 after too many failed attempts from the address; 503 when
@@ -90,12 +96,33 @@ static bool path_is(const char *path, const char *name) {
     return strncmp(path, name, n) == 0 && (path[n] == '\0' || path[n] == '?');
 }
 
+/* Queues a rollout job on the console; the reply comes with its result (gateway_api_on_console).
+ * 0, or the refusal answered (1) or failed (-1). */
+static int wait_for_rollout(gateway *gw, struct lws *wsi, http_pss *pss, const rollout_change *change,
+                            bool arena) {
+    duel_error err = {0};
+    uint64_t id = ++gw->next_api_id;
+    char key_text[24];
+    snprintf(key_text, sizeof key_text, "%016llx", (unsigned long long)id);
+    if (str_map_put(&gw->api_waiting, key_text, wsi)) return -1;
+    if (console_rollout(gw->console, id, pss->who, change, arena, &err)) {
+        str_map_remove(&gw->api_waiting, key_text);
+        return respond_error(wsi, pss, err.code == DUEL_ELIMIT ? 503 : 400, err.message) ? -1 : 1;
+    }
+    pss->api_id = id;
+    pss->api_document = true;
+    return 0;
+}
+
 int gateway_api_get(gateway *gw, struct lws *wsi, http_pss *pss, const char *path) {
     bool stats = path_is(path, "/api/stats"), knobs = path_is(path, "/api/knobs"),
-         audit = path_is(path, "/api/audit");
-    if (!stats && !knobs && !audit) return respond_error(wsi, pss, 404, "no such API");
+         audit = path_is(path, "/api/audit"), rollout = path_is(path, "/api/rollout"),
+         arena = path_is(path, "/api/arena");
+    if (!stats && !knobs && !audit && !rollout && !arena)
+        return respond_error(wsi, pss, 404, "no such API");
     int rc = authorize(gw, wsi, pss, ADMIN_ROLE_VIEWER);
     if (rc) return rc < 0 ? -1 : 0;
+    if (rollout || arena) return wait_for_rollout(gw, wsi, pss, NULL, arena) < 0 ? -1 : 0;
     if (stats) {
         char arg[48];
         const char *window = lws_get_urlarg_by_name(wsi, "window=", arg, (int)sizeof arg);
@@ -116,7 +143,9 @@ int gateway_api_get(gateway *gw, struct lws *wsi, http_pss *pss, const char *pat
 }
 
 int gateway_api_post_start(gateway *gw, struct lws *wsi, http_pss *pss, const char *path) {
-    if (!path_is(path, "/api/knobs")) return respond_error(wsi, pss, 405, "only /api/knobs takes a POST");
+    pss->post_rollout = path_is(path, "/api/rollout");
+    if (!path_is(path, "/api/knobs") && !pss->post_rollout)
+        return respond_error(wsi, pss, 405, "only /api/knobs and /api/rollout take a POST");
     int rc = authorize(gw, wsi, pss, ADMIN_ROLE_ADMIN);
     if (rc) return rc < 0 ? -1 : 0;
     pss->is_api_post = true; /* the body follows (LWS_CALLBACK_HTTP_BODY) */
@@ -138,12 +167,61 @@ int gateway_api_post_body(gateway *gw, http_pss *pss, const void *in, size_t len
     return 0;
 }
 
+/* POST /api/rollout's body (doc) into a rollout change, queued; the reply waits for it. */
+static int post_rollout(gateway *gw, struct lws *wsi, http_pss *pss, json_t *doc) {
+    static const char *const fields[] = {"action", "spec", "arm", "weight", NULL};
+    const char *action = json_string_value(json_object_get(doc, "action"));
+    rollout_change change = {0};
+    if (!json_is_object(doc) || !action || rollout_action_parse(action, &change.action))
+        return respond_error(wsi, pss, 400,
+                             "expected {\"action\": \"set\" | \"weight\" | \"pause\" | "
+                             "\"resume\" | \"promote\" | \"abort\", ...}") ? -1 : 0;
+    const char *key;
+    json_t *value;
+    json_object_foreach(doc, key, value) {
+        bool known = false;
+        for (const char *const *f = fields; *f && !known; f++) known = strcmp(*f, key) == 0;
+        if (!known) {
+            char message[160];
+            snprintf(message, sizeof message, "%.60s: unknown field", key);
+            return respond_error(wsi, pss, 400, message) ? -1 : 0;
+        }
+    }
+    json_t *spec = json_object_get(doc, "spec"), *arm = json_object_get(doc, "arm"),
+           *weight = json_object_get(doc, "weight");
+    const char *problem = NULL;
+    if (change.action == ROLLOUT_ACTION_SET && !json_is_object(spec))
+        problem = "set takes \"spec\": the rollout spec as a JSON object";
+    else if (change.action == ROLLOUT_ACTION_WEIGHT && (!json_is_string(arm) || !json_is_integer(weight)))
+        problem = "weight takes \"arm\": NAME and \"weight\": an integer percentage";
+    else if (arm && !json_is_string(arm))
+        problem = "\"arm\" is an arm's name";
+    if (problem) return respond_error(wsi, pss, 400, problem) ? -1 : 0;
+    char *spec_text = spec ? json_dumps(spec, JSON_COMPACT) : NULL;
+    if (spec && !spec_text) return -1;
+    change.spec_text = spec_text;
+    change.arm = json_string_value(arm);
+    long long w = json_integer_value(weight);
+    change.weight = w < -1 ? -1 : w > 1000 ? 1000 : (int)w; /* the spec checks the range */
+    int rc = wait_for_rollout(gw, wsi, pss, &change, false);
+    free(spec_text);
+    return rc < 0 ? -1 : 0;
+}
+
 int gateway_api_post_done(gateway *gw, struct lws *wsi, http_pss *pss) {
     pss->is_api_post = false;
     if (pss->request_too_large) return respond_error(wsi, pss, 413, "the body is over 16 KiB") ? -1 : 0;
     json_error_t jerr;
     json_t *doc = pss->request ? json_loadb(pss->request, pss->request_len, JSON_REJECT_DUPLICATES, &jerr)
                                : NULL;
+    if (pss->post_rollout) {
+        int rc = post_rollout(gw, wsi, pss, doc);
+        json_decref(doc);
+        free(pss->request);
+        pss->request = NULL;
+        pss->request_len = 0;
+        return rc;
+    }
     json_t *changes = json_object_get(doc, "changes");
     const char *names[DUEL_KNOB_COUNT * 2], *texts[DUEL_KNOB_COUNT * 2];
     size_t n = 0;
@@ -204,6 +282,17 @@ void gateway_api_on_console(gateway *gw, console_result *r) {
     if (!wsi) return; /* the client went away; the change is made (or refused) all the same */
     http_pss *pss = lws_wsi_user(wsi);
     pss->api_id = 0;
+    if (pss->api_document) { /* /api/rollout, /api/arena: the console's document is the reply */
+        pss->api_document = false;
+        int rc = r->status == DUEL_OK && r->audit
+                     ? gateway_http_respond(wsi, pss, 200, "application/json", r->audit,
+                                            strlen(r->audit), NULL, NULL)
+                     : respond_error(wsi, pss,
+                                     r->status == DUEL_EINVAL || r->status == DUEL_EFORMAT ? 400 : 503,
+                                     r->status == DUEL_OK ? "out of memory" : r->message);
+        if (rc) lws_set_timeout(wsi, PENDING_TIMEOUT_HTTP_CONTENT, LWS_TO_KILL_ASYNC);
+        return;
+    }
     if (r->status == DUEL_OK) {
         /* the set this gateway serves from its next duel */
         console_knobs_changed(gw->console, &gw->knobs_seen, &gw->knobs);

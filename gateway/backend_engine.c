@@ -435,7 +435,9 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     pthread_mutex_lock(&b->mu);
     j->next = b->jobs;
     b->jobs = j;
-    if (b->serving) {
+    /* The rollout's pin (docs/SERVING.md, "Rollouts"): 0 ("base") is served by the base model;
+     * any other pin by the latest snapshot, until pinned versions are kept resident. */
+    if (b->serving && j->arm != 0) {
         er.arm = b->serving->name;
         j->version = b->serving->version;
         /* arena_fraction: this share of duels (drawn from the seed) pits the snapshot against

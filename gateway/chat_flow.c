@@ -22,18 +22,24 @@ _Static_assert((int)VOTE_CHOICE_A == STATS_VOTE_A && (int)VOTE_CHOICE_B == STATS
 
 /* ---- conversations and arms --------------------------------------------------------------- */
 
-/* The arm a new conversation is pinned to, by the rollout as last changed (parsed once per
- * change of duel:rollout, not per conversation). */
-static long long pick_arm(gateway *gw, const char *conv_id) {
+void gateway_rollout_refresh(gateway *gw) {
     char *json = NULL;
-    if (redis_worker_rollout_changed(gw->redis, &gw->rollout_generation, &json)) {
-        duel_error err = {0};
-        if (rollout_parse(json, &gw->rollout, &err))
-            fprintf(stderr, "duel serve: %s; every conversation follows the latest snapshot\n",
-                    err.message);
-        free(json);
-    }
-    return rollout_pick(&gw->rollout, conv_id);
+    if (!redis_worker_rollout_changed(gw->redis, &gw->rollout_generation, &json)) return;
+    duel_error err = {0};
+    if (rollout_router_update(&gw->rollout, json, &err))
+        fprintf(stderr, "duel serve: duel:rollout refused: %s; serving the rollout as before\n",
+                err.message);
+    gw->metrics.rollout_revision = gw->rollout.active ? gw->rollout.spec.revision : 0;
+    free(json);
+}
+
+/* The arm a new conversation of session s is pinned to, by the rollout as last changed (parsed
+ * once per change of duel:rollout, not per conversation): hashed from the page's stable client id
+ * (so a user keeps the arm across conversations, reconnects and gateways), else from the
+ * conversation's id. */
+static long long pick_arm(gateway *gw, const session *s, const char *conv_id) {
+    gateway_rollout_refresh(gw);
+    return rollout_router_pick(&gw->rollout, s && s->client[0] ? s->client : conv_id);
 }
 
 static void save_conversation(gateway *gw, const conversation *c) {
@@ -119,6 +125,7 @@ static void handle_hello(gateway *gw, session *s, const protocol_msg *m) {
         gateway_send_error(gw, s, PROTOCOL_E_DUPLICATE_HELLO, "this connection already said hello");
         return;
     }
+    if (m->has_client) memcpy(s->client, m->client, sizeof s->client);
     if (m->has_conversation) {
         conversation *c = conversation_find(&gw->convs, m->conversation);
         if (c) {
@@ -136,7 +143,7 @@ static void handle_hello(gateway *gw, session *s, const protocol_msg *m) {
         gateway_send_error(gw, s, PROTOCOL_E_INTERNAL, "out of memory");
         return;
     }
-    c->arm = pick_arm(gw, c->id);
+    c->arm = pick_arm(gw, s, c->id);
     attach_conv(s, c);
     send_welcome(gw, s, false);
 }
@@ -345,7 +352,7 @@ static void on_conversation_loaded(gateway *gw, session *s, const redis_result *
         resumed = true;
     if (!c) { /* unknown or expired: start afresh (the welcome carries the new id) */
         c = conversation_create(&gw->convs, NULL);
-        if (c) c->arm = pick_arm(gw, c->id);
+        if (c) c->arm = pick_arm(gw, s, c->id);
     }
     if (!c) {
         s->hello_pending = false;

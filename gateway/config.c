@@ -9,6 +9,7 @@
 #include "config.h"
 #include "gateway.h"
 #include "json_util.h"
+#include "rollout_spec.h"
 
 #define CONFIG_MAX_BYTES (1u << 20)
 
@@ -160,6 +161,15 @@ int gateway_config_from_json(gateway_config *cfg, const json_t *root, const char
         if (!rc && json_object_get(redis, "stats_max_entries"))
             rc = duel_json_get_int(redis, "stats_max_entries", 100, 100000000,
                                    &cfg->stats_max_entries, src, err);
+    }
+    json_t *rollout = json_object_get(root, "rollout");
+    if (!rc && json_is_object(rollout) && json_object_get(rollout, "max_arms")) {
+        /* the admin API's rollout changes are checked against it (rollout_store.h) */
+        char src[1200];
+        snprintf(src, sizeof src, "%s: rollout", source);
+        long long max_arms = cfg->rollout_max_arms;
+        rc = duel_json_get_int(rollout, "max_arms", 1, ROLLOUT_MAX_ARMS, &max_arms, src, err);
+        if (!rc) cfg->rollout_max_arms = (int)max_arms;
     }
     return rc;
 }

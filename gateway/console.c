@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "rollout_store.h"
 #include "stats_store.h"
 #include "timer.h"
 
@@ -27,9 +28,13 @@ typedef struct queued_entry {
     int64_t ts_ms, interval_ms;
 } queued_entry;
 
+typedef enum job_kind { JOB_KNOBS, JOB_ROLLOUT, JOB_ROLLOUT_READ, JOB_ARENA } job_kind;
+
 typedef struct change_job {
+    job_kind kind;
     uint64_t request_id;
     char who[KNOB_STORE_WHO_MAX];
+    rollout_change rollout; /* JOB_ROLLOUT: spec_text and arm owned */
     size_t n;
     char *names[DUEL_KNOB_COUNT * 2];
     char *texts[DUEL_KNOB_COUNT * 2];
@@ -73,6 +78,8 @@ static void wake(console *c) {
 }
 
 static void change_free(change_job *j) {
+    free((char *)j->rollout.spec_text);
+    free((char *)j->rollout.arm);
     for (size_t i = 0; i < j->n; i++) {
         free(j->names[i]);
         free(j->texts[i]);
@@ -223,6 +230,40 @@ static bool append_entries(console *c) {
     }
 }
 
+/* A rollout action, a read of the rollout or of the arena ratings (rollout_store.h), answered
+ * through cfg.done with its document; true when Redis failed under it. */
+static bool run_rollout_job(console *c, change_job *j) {
+    duel_error err = {0};
+    json_t *doc = NULL, *audit = NULL;
+    int rc = DUEL_OK;
+    if (j->kind == JOB_ARENA) {
+        arena_tally t = {0};
+        rc = rollout_store_arena(c->rc, c->prefix, &t, &err);
+        if (!rc && !(doc = arena_ratings_json(&t, ARENA_RATINGS_ROUNDS, ARENA_RATINGS_SEED, &err)))
+            rc = err.code;
+        arena_tally_free(&t);
+    } else {
+        rollout_spec *spec = malloc(sizeof *spec);
+        bool present = true;
+        if (!spec) rc = duel_error_set(&err, DUEL_ENOMEM, "console: out of memory");
+        else if (j->kind == JOB_ROLLOUT_READ) rc = rollout_store_read(c->rc, c->prefix, spec, &present, &err);
+        else rc = rollout_store_change(c->rc, c->prefix, j->who, &j->rollout, c->cfg.rollout_max_arms,
+                                       spec, &audit, &err);
+        if (!rc) {
+            doc = json_pack("{s:o}", "rollout", present ? rollout_spec_json(spec) : json_null());
+            if (doc && audit) json_object_set(doc, "audit", audit);
+            if (!doc) rc = duel_error_set(&err, DUEL_ENOMEM, "console: out of memory");
+        }
+        free(spec);
+    }
+    bool lost = rc == DUEL_EIO && c->rc->err;
+    if (!rc && j->kind == JOB_ROLLOUT) c->refresh_knobs = true; /* the audit list too */
+    c->cfg.done(c->cfg.ctx, j->request_id, rc, rc ? err.message : "", doc);
+    json_decref(doc);
+    json_decref(audit);
+    return lost;
+}
+
 /* Runs the queued knob changes (or refuses them while Redis is away); false: Redis failed. */
 static bool run_changes(console *c) {
     for (;;) {
@@ -239,6 +280,12 @@ static bool run_changes(console *c) {
             c->cfg.done(c->cfg.ctx, j->request_id, DUEL_EIO,
                         "Redis is not reachable from this gateway; nothing changed", NULL);
             change_free(j);
+            continue;
+        }
+        if (j->kind != JOB_KNOBS) {
+            bool lost = run_rollout_job(c, j);
+            change_free(j);
+            if (lost) return false;
             continue;
         }
         duel_error err = {0};
@@ -422,6 +469,23 @@ char *console_audit_text(console *c, size_t *len) {
     return out;
 }
 
+/* Queues job j for the thread (ownership passes; freed on refusal). */
+static int enqueue(console *c, change_job *j, duel_error *err) {
+    pthread_mutex_lock(&c->mu);
+    if (c->n_changes >= MAX_CHANGES) {
+        pthread_mutex_unlock(&c->mu);
+        change_free(j);
+        return duel_error_set(err, DUEL_ELIMIT, "too many admin requests waiting; try again");
+    }
+    if (c->changes_tail) c->changes_tail->next = j;
+    else c->changes = j;
+    c->changes_tail = j;
+    c->n_changes++;
+    pthread_mutex_unlock(&c->mu);
+    wake(c);
+    return DUEL_OK;
+}
+
 int console_change_knobs(console *c, uint64_t request_id, const char *who,
                          const char *const *names, const char *const *texts, size_t n,
                          duel_error *err) {
@@ -440,19 +504,26 @@ int console_change_knobs(console *c, uint64_t request_id, const char *who,
             return duel_error_set(err, DUEL_ENOMEM, "console: out of memory");
         }
     }
-    pthread_mutex_lock(&c->mu);
-    if (c->n_changes >= MAX_CHANGES) {
-        pthread_mutex_unlock(&c->mu);
-        change_free(j);
-        return duel_error_set(err, DUEL_ELIMIT, "too many knob changes waiting; try again");
+    return enqueue(c, j, err);
+}
+
+int console_rollout(console *c, uint64_t request_id, const char *who,
+                    const rollout_change *change, bool arena, duel_error *err) {
+    change_job *j = calloc(1, sizeof *j);
+    if (!j) return duel_error_set(err, DUEL_ENOMEM, "console: out of memory");
+    j->kind = arena ? JOB_ARENA : change ? JOB_ROLLOUT : JOB_ROLLOUT_READ;
+    j->request_id = request_id;
+    snprintf(j->who, sizeof j->who, "%s", who ? who : "");
+    if (change) {
+        j->rollout = *change;
+        j->rollout.spec_text = change->spec_text ? strdup(change->spec_text) : NULL;
+        j->rollout.arm = change->arm ? strdup(change->arm) : NULL;
+        if ((change->spec_text && !j->rollout.spec_text) || (change->arm && !j->rollout.arm)) {
+            change_free(j);
+            return duel_error_set(err, DUEL_ENOMEM, "console: out of memory");
+        }
     }
-    if (c->changes_tail) c->changes_tail->next = j;
-    else c->changes = j;
-    c->changes_tail = j;
-    c->n_changes++;
-    pthread_mutex_unlock(&c->mu);
-    wake(c);
-    return DUEL_OK;
+    return enqueue(c, j, err);
 }
 
 void console_serving_params(const duel_knob_values *v, duel_backend_params *out) {

@@ -11,7 +11,9 @@
  *     drop a note); the lws thread picks a changed set up with console_knobs_changed before a
  *     duel, so a change takes effect at the next duel;
  *   - runs the admin API's knob changes (gateway/knob_store.h: all or nothing, audited) and
- *     keeps the newest audit entries.
+ *     keeps the newest audit entries;
+ *   - runs the admin API's rollout actions and reads (gateway/rollout_store.h) and computes the
+ *     arena ratings from duel:prefs.
  * Without Redis the knobs are the configuration's defaults (or the last set read) and a change
  * is refused; serving goes on.
  *
@@ -29,16 +31,18 @@
 #include "error.h"
 #include "knob_store.h"
 #include "knobs.h"
+#include "rollout_store.h"
 #include "stats.h"
 
 #define CONSOLE_STATS_READ_MS 1000   /* how often other instances' entries are read */
 #define CONSOLE_AUDIT_ENTRIES 50     /* audit entries kept for /api/audit */
 #define CONSOLE_MAX_QUEUED_ENTRIES 64 /* own entries kept while Redis is away (older ones go) */
 
-/* A knob change's outcome, on the console thread: status 0 (audit: the entry, borrowed for the
- * call), DUEL_EINVAL (refused: message), DUEL_EIO (Redis: message). */
+/* A job's outcome, on the console thread: status 0 (result: a knob change's audit entry, or a
+ * rollout job's document; borrowed for the call), DUEL_EINVAL or DUEL_EFORMAT (refused:
+ * message), DUEL_EIO (Redis: message). */
 typedef void (*console_done_fn)(void *ctx, uint64_t request_id, int status, const char *message,
-                                const json_t *audit);
+                                const json_t *result);
 
 typedef struct console_config {
     const char *host;
@@ -48,6 +52,7 @@ typedef struct console_config {
     const char *instance;        /* this gateway's entries: "serve@HOST:PORT" */
     long long stats_max_entries; /* MAXLEN ~ of duel:stats */
     int knobs_poll_ms;
+    int rollout_max_arms;        /* rollout.max_arms: the engine's limit for rollout changes */
     duel_knob_values defaults;   /* the knobs' defaults from the configuration */
     console_done_fn done;
     void *ctx;
@@ -82,6 +87,13 @@ char *console_audit_text(console *c, size_t *len);
 int console_change_knobs(console *c, uint64_t request_id, const char *who,
                          const char *const *names, const char *const *texts, size_t n,
                          duel_error *err);
+
+/* Queues a rollout job (gateway/rollout_store.h) whose outcome comes through cfg.done with its
+ * document: change NULL and !arena reads duel:rollout ({"rollout": spec or null}); change applies
+ * that action as who ({"rollout": spec, "audit": entry}; checked against cfg.rollout_max_arms);
+ * arena reads the arena ratings (arena_ratings_json). DUEL_ELIMIT when too many wait. */
+int console_rollout(console *c, uint64_t request_id, const char *who,
+                    const rollout_change *change, bool arena, duel_error *err);
 
 /* The serving knobs of values as the backend takes them (duel_backend_params). */
 void console_serving_params(const duel_knob_values *values, duel_backend_params *out);

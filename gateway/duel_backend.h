@@ -42,7 +42,8 @@ typedef struct duel_backend_request {
     const duel_backend_turn *history; /* earlier turns, oldest first */
     size_t n_history;
     const char *text;                 /* the new user message (valid UTF-8) */
-    long long arm_snapshot;           /* snapshot version the conversation is pinned to; -1 any */
+    long long arm_snapshot;           /* snapshot version the conversation is pinned to; -1 any
+                                         (the latest), 0 the base model (a rollout's "base") */
     uint64_t seed;                    /* per-duel seed */
     const duel_backend_params *params; /* NULL: the backend's configured ones */
 } duel_backend_request;

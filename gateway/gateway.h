@@ -58,6 +58,7 @@ typedef struct gateway_config {
     char tokens_file[1024];      /* "": the admin API's tokens (ROLE:NAME:SECRET per line) */
     char uplot_dir[1024];        /* "node_modules/uplot/dist": where /vendor/uPlot.* come from */
     long long stats_max_entries; /* redis.stats_max_entries (40000): MAXLEN ~ of duel:stats */
+    int rollout_max_arms;        /* rollout.max_arms (4): arms a rollout may have (admin API) */
     /* Not config keys: `duel serve` fills them. */
     const char *tokens;          /* DUEL_TOKENS (borrowed, read by gateway_create only) */
     duel_knob_values knobs;      /* the live knobs' defaults (duel_knobs_defaults of the config) */

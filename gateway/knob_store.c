@@ -105,15 +105,39 @@ static json_t *audit_json(const char *id, const redisReply *fields) {
     return o;
 }
 
+void knob_store_append_audit(redisContext *rc, const char *prefix, const char *who,
+                             const char *action, const char *before, const char *after) {
+    char audit_key[KEY_MAX], ts[32];
+    key_of(audit_key, prefix, "audit");
+    snprintf(ts, sizeof ts, "%lld", (long long)duel_time_unix_ms());
+    const char *xadd[] = {"XADD", audit_key, "MAXLEN", "~", AUDIT_MAX_LEN, "*", "who", who,
+                          "ts_ms", ts, "action", action, "before", before, "after", after};
+    redisAppendCommandArgv(rc, (int)(sizeof xadd / sizeof *xadd), xadd, NULL);
+}
+
+json_t *knob_store_audit_entry(redisContext *rc, const char *prefix, const char *id) {
+    char audit_key[KEY_MAX];
+    key_of(audit_key, prefix, "audit");
+    const char *range[] = {"XRANGE", audit_key, id, id};
+    redisReply *x;
+    json_t *out = NULL;
+    if (run(rc, &x, NULL, 4, range, NULL) == 0) {
+        if (x->type == REDIS_REPLY_ARRAY && x->elements == 1 &&
+            x->element[0]->type == REDIS_REPLY_ARRAY && x->element[0]->elements == 2)
+            out = audit_json(id, x->element[0]->element[1]);
+        freeReplyObject(x);
+    }
+    return out;
+}
+
 int knob_store_change(redisContext *rc, const char *prefix, const char *who,
                       const duel_knob_values *defaults, const char *const *names,
                       const char *const *texts, size_t n, duel_knob_values *after,
                       json_t **audit, duel_error *err) {
     if (audit) *audit = NULL;
     if (n == 0) return duel_error_set(err, DUEL_EINVAL, "no knob to change");
-    char key[KEY_MAX], audit_key[KEY_MAX], notify[KEY_MAX];
+    char key[KEY_MAX], notify[KEY_MAX];
     key_of(key, prefix, "knobs");
-    key_of(audit_key, prefix, "audit");
     key_of(notify, prefix, "notify");
     for (int attempt = 0; attempt < CHANGE_ATTEMPTS; attempt++) {
         redisReply *r;
@@ -147,8 +171,6 @@ int knob_store_change(redisContext *rc, const char *prefix, const char *who,
             free(after_text);
             return duel_error_set(err, DUEL_ENOMEM, "knobs: out of memory");
         }
-        char ts[32];
-        snprintf(ts, sizeof ts, "%lld", (long long)duel_time_unix_ms());
         /* MULTI, one HSET/HDEL per knob, the audit entry, EXEC: pipelined. */
         const char *multi[] = {"MULTI"}, *exec[] = {"EXEC"};
         redisAppendCommandArgv(rc, 1, multi, NULL);
@@ -159,10 +181,7 @@ int knob_store_change(redisContext *rc, const char *prefix, const char *who,
             if (texts[i]) redisAppendCommandArgv(rc, 4, hset, NULL);
             else redisAppendCommandArgv(rc, 3, hdel, NULL);
         }
-        const char *xadd[] = {"XADD", audit_key, "MAXLEN", "~", AUDIT_MAX_LEN, "*", "who", who,
-                              "ts_ms", ts, "action", "knobs", "before", before_text, "after",
-                              after_text};
-        redisAppendCommandArgv(rc, (int)(sizeof xadd / sizeof *xadd), xadd, NULL);
+        knob_store_append_audit(rc, prefix, who, "knobs", before_text, after_text);
         redisAppendCommandArgv(rc, 1, exec, NULL);
         int rc1 = DUEL_OK;
         redisReply *exec_reply = NULL;
@@ -202,16 +221,7 @@ int knob_store_change(redisContext *rc, const char *prefix, const char *who,
         const char *publish[] = {"PUBLISH", notify, "{\"kind\":\"knobs\"}"};
         redisReply *p;
         if (run(rc, &p, NULL, 3, publish, NULL) == 0) freeReplyObject(p);
-        if (audit) {
-            const char *range[] = {"XRANGE", audit_key, id, id};
-            redisReply *x;
-            if (run(rc, &x, NULL, 4, range, NULL) == 0) {
-                if (x->type == REDIS_REPLY_ARRAY && x->elements == 1 &&
-                    x->element[0]->type == REDIS_REPLY_ARRAY && x->element[0]->elements == 2)
-                    *audit = audit_json(id, x->element[0]->element[1]);
-                freeReplyObject(x);
-            }
-        }
+        if (audit) *audit = knob_store_audit_entry(rc, prefix, id);
         return DUEL_OK;
     }
     return duel_error_set(err, DUEL_EIO,

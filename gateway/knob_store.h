@@ -51,6 +51,14 @@ int knob_store_change(redisContext *rc, const char *prefix, const char *who,
                       const char *const *texts, size_t n, duel_knob_values *after,
                       json_t **audit, duel_error *err);
 
+/* The audit log's two halves for other stores of operator state (gateway/rollout_store.h), so
+ * that every action is audited alike: append (pipelined, inside the caller's MULTI) the XADD of
+ * one entry {who, ts_ms, action, before, after} (before and after JSON texts), and read an entry
+ * back by id as the JSON object above (NULL when it cannot be read). */
+void knob_store_append_audit(redisContext *rc, const char *prefix, const char *who,
+                             const char *action, const char *before, const char *after);
+json_t *knob_store_audit_entry(redisContext *rc, const char *prefix, const char *id);
+
 /* The newest `count` audit entries, newest first, as a JSON array of the objects above. */
 int knob_store_audit(redisContext *rc, const char *prefix, int count, json_t **out,
                      duel_error *err);

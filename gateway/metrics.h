@@ -37,6 +37,7 @@ typedef struct gateway_metrics {
     metrics_histogram vote_ack;            /* seconds from vote to vote_ok */
     uint64_t token_window[60];             /* tokens generated per second of the last minute */
     int64_t token_window_sec[60];          /* the second each slot counts */
+    long long rollout_revision;            /* duel:rollout's revision the router serves (0: none) */
 } gateway_metrics;
 
 void metrics_observe(metrics_histogram *h, double seconds);

@@ -89,7 +89,7 @@ typedef struct type_spec {
 } type_spec;
 
 static const type_spec TYPES[] = {
-    {"hello", PROTOCOL_MSG_HELLO, {"conversation"}, 1, 0},
+    {"hello", PROTOCOL_MSG_HELLO, {"conversation", "client"}, 2, 0},
     {"ask", PROTOCOL_MSG_ASK, {"text"}, 1, 1},
     {"vote", PROTOCOL_MSG_VOTE, {"duel", "choice"}, 2, 2},
     {"cancel", PROTOCOL_MSG_CANCEL, {NULL}, 0, 0},
@@ -148,6 +148,16 @@ static protocol_error_code parse_object(json_t *root, const protocol_limits *lim
                             PROTOCOL_ID_LEN);
             memcpy(out->conversation, json_string_value(conv), PROTOCOL_ID_LEN + 1);
             out->has_conversation = true;
+        }
+        json_t *client = json_object_get(root, "client");
+        if (client && !json_is_null(client)) {
+            if (!json_is_string(client))
+                return fail(PROTOCOL_E_WRONG_TYPE, detail, cap, "\"client\" must be a string or null");
+            if (!protocol_id_valid(json_string_value(client), json_string_length(client)))
+                return fail(PROTOCOL_E_BAD_VALUE, detail, cap,
+                            "\"client\" must be %d lowercase hex characters", PROTOCOL_ID_LEN);
+            memcpy(out->client, json_string_value(client), PROTOCOL_ID_LEN + 1);
+            out->has_client = true;
         }
         break;
     }

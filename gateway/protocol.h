@@ -73,6 +73,8 @@ typedef struct protocol_msg {
     protocol_msg_type type;
     bool has_conversation;                   /* hello */
     char conversation[PROTOCOL_ID_LEN + 1];  /* hello */
+    bool has_client;                         /* hello */
+    char client[PROTOCOL_ID_LEN + 1];        /* hello: the browser's stable id (the A/B router's key) */
     char *text;                              /* ask: NUL-terminated, valid UTF-8 */
     size_t text_len;
     char duel[PROTOCOL_ID_LEN + 1];          /* vote */

@@ -71,7 +71,7 @@ static void redis_sink(void *ctx, redis_result *r) {
     push_inbox(gw, item);
 }
 
-/* The console thread: a knob change's outcome, for the request that waits for it. */
+/* The console thread: a job's outcome, for the request that waits for it. */
 static void console_done(void *ctx, uint64_t request_id, int status, const char *message,
                          const json_t *audit) {
     gateway *gw = ctx;
@@ -128,6 +128,7 @@ static void housekeeping(lws_sorted_usec_list_t *sul) {
     gateway *gw = lws_container_of(sul, gateway, sul);
     double now = duel_time_seconds();
     take_stats_entry(gw, now);
+    gateway_rollout_refresh(gw); /* the revision in /metrics follows without a new conversation */
     duel_table_expire(&gw->duels, now, gw->cfg.duel_retention_s, (size_t)gw->cfg.max_duels);
     conversation_cache_evict(&gw->convs, now, CONV_CACHE_SOFT_MAX, CONV_IDLE_S);
     lws_sul_schedule(gw->ctx, 0, &gw->sul, housekeeping, HOUSEKEEPING_US);
@@ -217,7 +218,8 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
         console_config ccfg = {.host = cfg->redis_host, .port = cfg->redis_port,
                                .timeout_ms = cfg->redis_timeout_ms, .prefix = "duel:",
                                .instance = instance, .stats_max_entries = cfg->stats_max_entries,
-                               .knobs_poll_ms = cfg->knobs_poll_ms, .defaults = cfg->knobs,
+                               .knobs_poll_ms = cfg->knobs_poll_ms,
+                               .rollout_max_arms = cfg->rollout_max_arms, .defaults = cfg->knobs,
                                .done = console_done, .ctx = gw};
         if ((rc = console_create(&ccfg, &gw->console, err))) goto fail;
     }
@@ -316,7 +318,6 @@ void gateway_destroy(gateway *gw) {
     admin_auth_free(&gw->auth);
     duel_table_free(&gw->duels);
     conversation_cache_free(&gw->convs);
-    rollout_spec_free(&gw->rollout);
     str_map_foreach(&gw->addrs, free_plain_entry, NULL);
     str_map_free(&gw->sessions);
     str_map_free(&gw->addrs);

@@ -48,6 +48,7 @@ typedef struct session {
     char addr[64];
     conversation *conv;
     bool hello_done, hello_pending;
+    char client[PROTOCOL_ID_LEN + 1]; /* hello's client id ("" without): the A/B router's key */
     char *rx;
     size_t rx_len;
     bool rx_overflow, rx_binary;
@@ -66,12 +67,13 @@ typedef struct addr_state {
 
 typedef enum inbox_kind { INBOX_BACKEND, INBOX_REDIS, INBOX_CONSOLE } inbox_kind;
 
-/* A knob change's outcome from the console thread, for the request waiting on it. */
+/* A console job's outcome, for the request waiting on it. */
 typedef struct console_result {
     uint64_t request_id;
     int status;
     char message[DUEL_ERROR_MESSAGE_MAX];
-    char *audit; /* the audit entry as JSON text, or NULL */
+    char *audit; /* the result as JSON text (a knob change's audit entry, a rollout job's
+                    document), or NULL */
 } console_result;
 
 typedef struct inbox_item {
@@ -109,7 +111,7 @@ struct gateway {
     str_map sessions, addrs;
     conversation_cache convs;
     duel_table duels;
-    rollout_spec rollout;        /* duel:rollout as last parsed */
+    rollout_router rollout;      /* duel:rollout as last accepted */
     uint64_t rollout_generation; /* redis_worker_rollout_changed's */
     uint64_t next_conn_id;
     gateway_metrics metrics;
@@ -141,6 +143,8 @@ typedef struct http_pss {
     admin_role role;
     char who[ADMIN_AUTH_NAME_MAX];
     uint64_t api_id;      /* != 0 while waiting in api_waiting */
+    bool api_document;    /* the console's result is the reply (/api/rollout, /api/arena) */
+    bool post_rollout;    /* the POST is to /api/rollout (else /api/knobs) */
 } http_pss;
 
 /* session.c */
@@ -155,6 +159,8 @@ void gateway_close_soon(session *s);
 bool gateway_bucket_take(double *tokens, double *last, int per_minute, double now);
 
 /* chat_flow.c */
+/* Takes duel:rollout's text when the Redis thread fetched a changed one (parsed once per change). */
+void gateway_rollout_refresh(gateway *gw);
 void gateway_handle_message(gateway *gw, session *s, const char *data, size_t len);
 void gateway_on_backend_event(gateway *gw, duel_backend_event *ev);
 void gateway_on_redis_result(gateway *gw, redis_result *r);

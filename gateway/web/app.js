@@ -30,6 +30,15 @@
   let ws = null;
   let backoff = 500;
   let conversation = localStorage.getItem(STORE_KEY) || null;
+  // The browser's stable id (32 hex digits, kept across conversations and visits): the A/B
+  // rollout hashes it to an arm, so a user keeps the arm on every gateway.
+  const CLIENT_KEY = 'duel.client';
+  let client = localStorage.getItem(CLIENT_KEY);
+  if (!/^[0-9a-f]{32}$/.test(client || '')) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    client = Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+    localStorage.setItem(CLIENT_KEY, client);
+  }
   let current = null; // {id, question, turn, finished, voted, pending}
   let welcomed = false; // the server answered this socket's hello
   let limits = null;
@@ -102,7 +111,7 @@
     ws = new WebSocket(`${proto}//${location.host}/`, 'duel.v1');
     ws.onopen = () => {
       backoff = 500;
-      const hello = {type: 'hello'};
+      const hello = {type: 'hello', client};
       if (conversation) hello.conversation = conversation;
       ws.send(JSON.stringify(hello));
     };

@@ -422,16 +422,23 @@ static inline bool ws_vote(ws_client *c, const char *duel, const char *choice) {
     return queued;
 }
 
-/* Plain HTTP GET, with `Authorization: Bearer TOKEN` when token is not NULL; returns the status
- * and the body (malloc'd) in *body. */
-static inline int tu_http_get_token(int port, const char *path, const char *token, char **body) {
+/* One HTTP request (method "GET", "POST", ...), with `Authorization: Bearer TOKEN` when token is
+ * not NULL and a JSON body when request_body is not NULL; returns the status and the answer's
+ * body (malloc'd) in *body. */
+static inline int tu_http_request(int port, const char *method, const char *path, const char *token,
+                                  const char *request_body, char **body) {
     int fd = tu_tcp_connect(port);
     assert_true(fd >= 0);
-    char req[1024];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%sConnection: close\r\n\r\n",
-                     path, token ? "Authorization: Bearer " : "", token ? token : "", token ? "\r\n" : "");
+    char req[1024], length[96] = "";
+    if (request_body)
+        snprintf(length, sizeof length, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
+                 strlen(request_body));
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%s%sConnection: close\r\n\r\n",
+                     method, path, token ? "Authorization: Bearer " : "", token ? token : "",
+                     token ? "\r\n" : "", length);
     assert_true(n > 0 && (size_t)n < sizeof req);
     assert_int_equal(tu_write_all(fd, req, (size_t)n), 0);
+    if (request_body) assert_int_equal(tu_write_all(fd, request_body, strlen(request_body)), 0);
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
     for (;;) {
@@ -456,6 +463,11 @@ static inline int tu_http_get_token(int port, const char *path, const char *toke
     *body = strdup(b ? b + 4 : "");
     free(buf);
     return status;
+}
+
+/* Plain HTTP GET, with `Authorization: Bearer TOKEN` when token is not NULL. */
+static inline int tu_http_get_token(int port, const char *path, const char *token, char **body) {
+    return tu_http_request(port, "GET", path, token, NULL, body);
 }
 
 static inline int tu_http_get(int port, const char *path, char **body) {

@@ -196,17 +196,9 @@ static void test_stats_round_trip(void **state) {
     redisFree(c);
 }
 
-/* Runs the duel executable with args (a shell string); returns the exit status and stdout. */
+/* Runs the duel executable with args against the test's Redis; its exit status and output. */
 static int run_duel(const char *args, char *out, size_t cap) {
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "'%s' %s --redis 127.0.0.1:%d 2>&1", DUEL_EXE, args, g_redis.port);
-    FILE *p = popen(cmd, "r");
-    assert_non_null(p);
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = '\0';
-    int status = pclose(p);
-    assert_true(WIFEXITED(status));
-    return WEXITSTATUS(status);
+    return redis_fixture_run_duel(&g_redis, DUEL_EXE, args, out, cap);
 }
 
 static void test_cli(void **state) {

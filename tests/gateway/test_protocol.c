@@ -40,7 +40,16 @@ static void test_valid_messages(void **state) {
     assert_int_equal(parse(buf, &m), PROTOCOL_OK);
     assert_true(m.has_conversation);
     assert_string_equal(m.conversation, ID);
+    assert_false(m.has_client);
     protocol_msg_clear(&m);
+    /* the page's stable client id (the A/B router's key) */
+    snprintf(buf, sizeof buf, "{\"type\":\"hello\",\"client\":\"%s\"}", ID);
+    assert_int_equal(parse(buf, &m), PROTOCOL_OK);
+    assert_true(m.has_client);
+    assert_string_equal(m.client, ID);
+    protocol_msg_clear(&m);
+    expect("{\"type\":\"hello\",\"client\":\"XYZ\"}", PROTOCOL_E_BAD_VALUE);
+    expect("{\"type\":\"hello\",\"client\":7}", PROTOCOL_E_WRONG_TYPE);
 
     assert_int_equal(parse("{\"type\":\"ask\",\"text\":\"caf\\u00e9 \xe2\x98\x95\"}", &m),
                      PROTOCOL_OK);

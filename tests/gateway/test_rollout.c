@@ -1,7 +1,7 @@
 /* test_rollout.c: the A/B router (gateway/rollout.c) and the Redis thread's rollout feed
  * (redis_worker_rollout_changed): a spec's arms and weights, conversations pinned by their id
- * consistently and in proportion to the weights, arms without a positive weight skipped, bad
- * specs empty with a reason; and, against a real redis-server, the text of duel:rollout handed
+ * consistently and in proportion to the weights, arms at weight 0 never picked, refused specs
+ * leaving the router on the spec it had; and, against a real redis-server, the text of duel:rollout handed
  * to the lws thread once per change (the spec is parsed once per change, not per conversation). */
 #include "gateway_test_util.h"
 
@@ -11,44 +11,42 @@
 
 static void test_parse_and_pick(void **state) {
     (void)state;
-    rollout_spec spec = {0};
+    rollout_router router = {0};
     duel_error err = {0};
-    assert_int_equal(rollout_parse("{\"revision\":3,\"arms\":[{\"name\":\"stable\",\"snapshot\":12,"
-                                   "\"weight\":90},{\"name\":\"canary\",\"snapshot\":\"latest\","
-                                   "\"weight\":10},{\"name\":\"off\",\"snapshot\":5,\"weight\":0},"
-                                   "{\"name\":\"bad\",\"snapshot\":6,\"weight\":\"x\"}]}",
-                                   &spec, &err), 0);
-    assert_int_equal(spec.n_arms, 2);
-    assert_int_equal(spec.total_weight, 100);
+    assert_int_equal(rollout_router_update(&router, "{\"revision\":3,\"arms\":[{\"name\":\"stable\","
+                                           "\"snapshot\":12,\"weight\":90},{\"name\":\"canary\","
+                                           "\"snapshot\":\"latest\",\"weight\":10},{\"name\":\"off\","
+                                           "\"snapshot\":5,\"weight\":0}],\"stable\":\"stable\"}",
+                                           &err), 0);
     int stable = 0, canary = 0;
     char id[PROTOCOL_ID_LEN + 1];
     for (int i = 0; i < 4000; i++) {
         assert_int_equal(protocol_new_id(id), 0);
-        long long arm = rollout_pick(&spec, id);
-        assert_int_equal(rollout_pick(&spec, id), arm); /* pinned: the same id, the same arm */
+        long long arm = rollout_router_pick(&router, id);
+        assert_int_equal(rollout_router_pick(&router, id), arm); /* pinned: the same id, the same arm */
         if (arm == 12) stable++;
-        else if (arm == -1) canary++;
+        else if (arm == ROLLOUT_SNAPSHOT_LATEST) canary++;
         else fail_msg("picked arm %lld, which has no weight", arm);
     }
     /* 90 / 10 of 4000: binomial standard deviation 19; allow 5 of them. */
     assert_in_range(canary, 400 - 95, 400 + 95);
     assert_int_equal(stable + canary, 4000);
-    /* A new spec replaces the old one. */
-    assert_int_equal(rollout_parse("{\"arms\":[{\"snapshot\":7,\"weight\":1}]}", &spec, &err), 0);
-    assert_int_equal(spec.n_arms, 1);
-    assert_int_equal(rollout_pick(&spec, "00000000000000000000000000000000"), 7);
-    /* No key, no arms, no JSON: every conversation follows the latest snapshot. */
-    assert_int_equal(rollout_parse(NULL, &spec, &err), 0);
-    assert_int_equal(rollout_pick(&spec, id), -1);
-    assert_int_equal(rollout_parse("{\"arms\":[]}", &spec, &err), 0);
-    assert_int_equal(rollout_pick(&spec, id), -1);
-    assert_int_equal(rollout_parse("{\"arms\":{}}", &spec, &err), DUEL_EFORMAT);
-    assert_non_null(strstr(err.message, "no \"arms\" array"));
-    assert_int_equal(rollout_pick(&spec, id), -1);
-    assert_int_equal(rollout_parse("{not json", &spec, &err), DUEL_EFORMAT);
-    assert_non_null(strstr(err.message, "duel:rollout"));
-    assert_int_equal(rollout_pick(&spec, id), -1);
-    rollout_spec_free(&spec);
+    /* A new spec replaces the old one; "base" is snapshot 0. */
+    assert_int_equal(rollout_router_update(&router, "{\"arms\":[{\"name\":\"b\",\"snapshot\":"
+                                           "\"base\",\"weight\":100}],\"stable\":\"b\"}", &err), 0);
+    assert_int_equal(rollout_router_pick(&router, id), ROLLOUT_SNAPSHOT_BASE);
+    /* Refused texts: the router keeps serving the spec it had. */
+    assert_int_equal(rollout_router_update(&router, "{\"arms\":{}}", &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "arms"));
+    assert_int_equal(rollout_router_pick(&router, id), ROLLOUT_SNAPSHOT_BASE);
+    assert_int_equal(rollout_router_update(&router, "{not json", &err), DUEL_EFORMAT);
+    assert_int_equal(rollout_router_update(&router, "{\"arms\":[{\"name\":\"b\",\"snapshot\":7,"
+                                           "\"weight\":60}],\"stable\":\"b\"}", &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "sum to 60"));
+    assert_int_equal(rollout_router_pick(&router, id), ROLLOUT_SNAPSHOT_BASE);
+    /* No key: every conversation follows the latest snapshot. */
+    assert_int_equal(rollout_router_update(&router, NULL, &err), 0);
+    assert_int_equal(rollout_router_pick(&router, id), ROLLOUT_SNAPSHOT_LATEST);
 }
 
 static void ignore_result(void *ctx, redis_result *r) {

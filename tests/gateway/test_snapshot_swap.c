@@ -252,8 +252,9 @@ static void arena_sink_fn(void *ctx, duel_backend_event *ev) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static duel_backend_result *arena_duel(duel_backend *b, arena_sink *s, uint64_t id) {
-    duel_backend_request req = {.request_id = id, .text = "What is a lake?", .arm_snapshot = -1,
+/* One duel for a conversation pinned to arm (-1: any, 0: the base model: a rollout's pin). */
+static duel_backend_result *pinned_duel(duel_backend *b, arena_sink *s, uint64_t id, long long arm) {
+    duel_backend_request req = {.request_id = id, .text = "What is a lake?", .arm_snapshot = arm,
                                 .seed = 1000 + id};
     duel_error err = {0};
     if (b->submit(b->impl, &req, &err)) fail_msg("submit: %s", err.message);
@@ -266,9 +267,14 @@ static duel_backend_result *arena_duel(duel_backend *b, arena_sink *s, uint64_t 
     return r;
 }
 
+static duel_backend_result *arena_duel(duel_backend *b, arena_sink *s, uint64_t id) {
+    return pinned_duel(b, s, id, -1);
+}
+
 /* Strategy arena in the adapter: ee_ts on the base model while it is the only arm; once a
  * snapshot is resident, one answer from the snapshot's half of the candidates and one from the
- * base model's half, recorded in gen_params (arena_split, arena_versions). */
+ * base model's half, recorded in gen_params (arena_split, arena_versions); a conversation pinned
+ * to the base model (a rollout's "base" arm) is served by it alone. */
 static void test_arena_against_base(void **state) {
     (void)state;
     backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 4,
@@ -305,6 +311,15 @@ static void test_arena_against_base(void **state) {
         json_decref(gp);
         duel_backend_result_free(r);
     }
+    /* A conversation the rollout pins to "base" is served by the base model alone (no arena:
+     * one arm), while the others get the snapshot. */
+    r = pinned_duel(&b, &s, 7, 0);
+    assert_int_equal(r->policy_version, 0);
+    assert_string_equal(r->strategy, "ee_ts");
+    duel_backend_result_free(r);
+    r = pinned_duel(&b, &s, 8, 1);
+    assert_int_equal(r->policy_version, 1);
+    duel_backend_result_free(r);
     b.destroy(b.impl);
     /* Refused without snapshots (one arm) and with an odd M. */
     cfg.snapshots = false;
