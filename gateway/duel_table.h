@@ -31,6 +31,7 @@ typedef struct duel_rec {
     duel_state state;
     char *user_text;
     long long arm;
+    int dropped_turns;     /* the conversation's oldest turns left out of its prompt (to fit) */
     duel_backend_result *result;
     char *text_a, *text_b; /* sanitised (common/utf8.h's rule, NUL replaced) */
     size_t len_a, len_b, pos_a, pos_b;

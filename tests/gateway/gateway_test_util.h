@@ -359,6 +359,7 @@ typedef struct tu_duel {
     char id[33];
     char *a, *b;
     int progress, deltas_a, deltas_b;
+    int dropped_turns; /* duel_start's: old turns left out of the prompt to fit the context */
     bool interleaved;
 } tu_duel;
 
@@ -381,6 +382,7 @@ static inline void ws_ask_duel(ws_client *c, const char *text, tu_duel *d) {
             d->progress++;
         } else if (strcmp(type, "duel_start") == 0) {
             snprintf(d->id, sizeof d->id, "%s", json_string_value(json_object_get(j, "duel")));
+            d->dropped_turns = (int)json_integer_value(json_object_get(j, "dropped_turns"));
         } else if (strcmp(type, "delta") == 0) {
             assert_string_equal(json_string_value(json_object_get(j, "duel")), d->id);
             const char *side = json_string_value(json_object_get(j, "side"));
