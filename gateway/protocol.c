@@ -287,9 +287,15 @@ char *protocol_encode_vote_ok(const char *duel, bool queued, size_t *len) {
 }
 
 char *protocol_encode_error(protocol_error_code code, const char *message, size_t *len) {
-    return dump(json_pack("{s:s, s:s, s:s}", "type", "error", "code", protocol_error_name(code),
-                          "message", message ? message : ""),
-                len);
+    /* A message may quote client bytes cut short (a field name at 40 bytes can end inside a
+     * character): made valid UTF-8 here, or jansson would refuse it and no frame would go out. */
+    char *text = protocol_sanitize_utf8(message ? message : "", message ? strlen(message) : 0, NULL);
+    if (!text) return NULL;
+    char *frame = dump(json_pack("{s:s, s:s, s:s}", "type", "error", "code",
+                                 protocol_error_name(code), "message", text),
+                       len);
+    free(text);
+    return frame;
 }
 
 char *protocol_sanitize_utf8(const char *s, size_t n, size_t *out_len) {
