@@ -323,7 +323,7 @@ static void handle_vote(gateway *gw, session *s, const protocol_msg *m) {
     if (gw->cfg.stats_interval_ms > 0)
         serving_stats_vote(&gw->stats, d->stats_arm, d->stats_strategy, (int)m->choice,
                            d->erm_preference);
-    duel_table_mark_voted(d, duel_time_seconds());
+    duel_table_mark_voted(&gw->duels, d, duel_time_seconds());
     gw->metrics.votes_by_choice[m->choice]++;
     redis_worker_submit_vote(gw->redis, s->conn_id, d->id, &rec);
 }

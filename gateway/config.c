@@ -48,6 +48,7 @@ static const int_key INT_KEYS[] = {
     INT_KEY(conversation_ttl_s, 1, 1LL << 40),
     INT_KEY(duel_retention_s, 1, 1 << 30),
     INT_KEY(max_duels, 1, 100000000),
+    INT_KEY(max_duel_bytes, 1 << 20, 1LL << 40),
     INT_KEY(stream_interval_ms, 0, 10000),
     INT_KEY(stream_chunk_bytes, 1, 4096),
     INT_KEY(abuse_limit, 1, 1000000),

@@ -42,6 +42,8 @@ typedef struct gateway_config {
     long long conversation_ttl_s; /* 86400 */
     int duel_retention_s;        /* 3600: how long a finished duel can be voted on */
     int max_duels;               /* 100000: duels kept for voting */
+    long long max_duel_bytes;    /* 268435456: memory the finished duels kept for voting may
+                                    hold; past it the oldest are forgotten first */
     int stream_interval_ms;      /* 20: pause between delta rounds (0: as fast as the socket) */
     int stream_chunk_bytes;      /* 12: a delta ends at the first word break after this */
     int abuse_limit;             /* 20: protocol errors before the connection is closed */

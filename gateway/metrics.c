@@ -100,6 +100,9 @@ char *metrics_render(const gateway_metrics *m, const redis_worker_stats *redis,
             m->connections_total);
     gauge(&b, "duel_gateway_connections_open", "WebSocket connections open now.",
           (double)m->connections_open);
+    gauge(&b, "duel_gateway_finished_duel_bytes",
+          "memory the finished duels kept for voting hold (gateway.max_duel_bytes bounds it).",
+          (double)m->finished_duel_bytes);
     gauge(&b, "duel_gateway_max_connections",
           "WebSocket connections admitted at most (gateway.max_connections, capped below the "
           "descriptor limit).",

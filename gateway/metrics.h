@@ -21,6 +21,7 @@ typedef struct metrics_histogram {
 typedef struct gateway_metrics {
     uint64_t connections_total;
     int64_t connections_open;
+    int64_t finished_duel_bytes; /* memory the finished duels kept for voting hold */
     int64_t max_connections;    /* websockets admitted at most (gateway.max_connections, capped
                                    below the descriptor limit) */
     uint64_t connections_rejected;

@@ -149,7 +149,8 @@ static void housekeeping(lws_sorted_usec_list_t *sul) {
     gateway *gw = lws_container_of(sul, gateway, sul);
     double now = duel_time_seconds();
     take_stats_entry(gw, now);
-    duel_table_expire(&gw->duels, now, gw->cfg.duel_retention_s, (size_t)gw->cfg.max_duels);
+    duel_table_expire(&gw->duels, now, gw->cfg.duel_retention_s, (size_t)gw->cfg.max_duels,
+                      (size_t)gw->cfg.max_duel_bytes);
     conversation_cache_evict(&gw->convs, now, CONV_CACHE_SOFT_MAX, CONV_IDLE_S);
     lws_sul_schedule(gw->ctx, 0, &gw->sul, housekeeping, HOUSEKEEPING_US);
 }

@@ -32,3 +32,5 @@ duel_test(test_gateway_rollout ${CMAKE_CURRENT_LIST_DIR}/test_rollout.c)
 # hello/idle/partial-message timeouts, HTTP methods, HEAD, 431, the Origin allow-list.
 duel_test(test_gateway_hostile ${CMAKE_CURRENT_LIST_DIR}/test_gateway_hostile.c)
 set_tests_properties(test_gateway_hostile PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE)
+# The duel table's byte budget for finished duels (gateway.max_duel_bytes).
+duel_test(test_gateway_duel_table ${CMAKE_CURRENT_LIST_DIR}/test_duel_table.c)
