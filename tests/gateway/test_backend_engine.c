@@ -240,6 +240,15 @@ static int32_t *last_prompt_tokens(tu_redis *redis, size_t *n) {
     return ids;
 }
 
+/* The shipped model's tokenizer and chat template, as the adapter loads them. */
+static void load_tokenizer(tokenizer **tok, chat_template_kind *kind) {
+    char tok_path[1100];
+    duel_error err = {0};
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model_dir);
+    assert_int_equal(tokenizer_load(tok_path, tok, &err), 0);
+    assert_int_equal(chat_template_detect(model_dir, kind, &err), 0);
+}
+
 static void test_gateway_with_engine(void **state) {
     (void)state;
     tu_redis redis = {0};
@@ -253,10 +262,7 @@ static void test_gateway_with_engine(void **state) {
     duel_error err = {0};
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     tu_gateway g;
-    memset(&g, 0, sizeof g);
-    if (gateway_create(&gcfg, &b, &g.gw, &err)) fail_msg("%s", err.message);
-    g.port = gateway_port(g.gw);
-    assert_int_equal(pthread_create(&g.thread, NULL, tu_gateway_thread, &g), 0);
+    tu_gateway_start_backend(&g, &gcfg, &b);
     ws_client c;
     assert_int_equal(ws_connect(&c, g.port, NULL), 101);
     ws_hello(&c, NULL, NULL);
@@ -273,12 +279,9 @@ static void test_gateway_with_engine(void **state) {
     assert_false(ws_vote(&c, d2.id, "b"));
     size_t n_got = 0, n_want = 0;
     int32_t *got = last_prompt_tokens(&redis, &n_got), *want = NULL;
-    char tok_path[1100];
-    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model_dir);
     tokenizer *tok;
     chat_template_kind kind;
-    assert_int_equal(tokenizer_load(tok_path, &tok, &err), 0);
-    assert_int_equal(chat_template_detect(model_dir, &kind, &err), 0);
+    load_tokenizer(&tok, &kind);
     assert_true(chat_template_turns_concatenate(kind)); /* the default model's qa: ids are kept */
     chat_message conv[3] = {{"user", "What is a river?"}, {"assistant", d.a}, {"user", "What is a lake?"}};
     assert_int_equal(chat_template_encode(kind, tok, conv, 3, true, &want, &n_want, &err), 0);
@@ -314,10 +317,7 @@ static void test_conversation_longer_than_the_model(void **state) {
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     assert_int_equal(b.context_tokens(b.impl), 256);
     tu_gateway g;
-    memset(&g, 0, sizeof g);
-    if (gateway_create(&gcfg, &b, &g.gw, &err)) fail_msg("%s", err.message);
-    g.port = gateway_port(g.gw);
-    assert_int_equal(pthread_create(&g.thread, NULL, tu_gateway_thread, &g), 0);
+    tu_gateway_start_backend(&g, &gcfg, &b);
 
     ws_client c;
     assert_int_equal(ws_connect(&c, g.port, NULL), 101);
@@ -356,12 +356,9 @@ static void test_conversation_longer_than_the_model(void **state) {
     size_t n_got = 0, n_want = 0;
     int32_t *got = last_prompt_tokens(&redis, &n_got), *want = NULL;
     assert_true(n_got <= 256 - 48);
-    char tok_path[1100];
-    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model_dir);
     tokenizer *tok;
     chat_template_kind kind;
-    assert_int_equal(tokenizer_load(tok_path, &tok, &err), 0);
-    assert_int_equal(chat_template_detect(model_dir, &kind, &err), 0);
+    load_tokenizer(&tok, &kind);
     chat_message conv[2 * TURNS];
     size_t n = 0;
     for (int t = dropped; t < TURNS - 1; t++) {

@@ -78,14 +78,8 @@ static int upgrade_status(int port, const char *host, const char *origin, const 
 }
 
 static long long metric(int port, const char *name) {
-    char *body = NULL;
-    assert_int_equal(tu_http_get(port, "/metrics", &body), 200);
-    char key[128];
-    snprintf(key, sizeof key, "\n%s ", name);
-    const char *at = strstr(body, key);
-    if (!at) fail_msg("/metrics lacks %s", name);
-    long long v = atoll(at + strlen(key));
-    free(body);
+    long long v = tu_metric(port, name);
+    if (v < 0) fail_msg("/metrics lacks %s", name);
     return v;
 }
 
@@ -244,7 +238,9 @@ static void test_timeouts(void **state) {
     ws_hello(&c[ACTIVE], NULL, NULL);
     double t0 = tu_now(), closed[N] = {0};
     assert_int_equal(ws_send_frame(&c[FRAGMENTS], 1, false, "{\"type\":", 8), 0);
-    while (tu_now() - t0 < 5.0) {
+    /* until the four are closed and the active one has outlived the idle time by a second */
+    while (tu_now() - t0 < 5.0 && !(closed[SILENT] && closed[CHATTY_NO_HELLO] && closed[IDLE] &&
+                                    closed[FRAGMENTS] && tu_now() - t0 > 3.2)) {
         /* the chatty one never says hello; the fragments never end; the active one asks */
         if (!closed[CHATTY_NO_HELLO]) ws_send_text(&c[CHATTY_NO_HELLO], "{\"type\":\"cancel\"}");
         if (!closed[FRAGMENTS]) ws_send_frame(&c[FRAGMENTS], 0, false, " ", 1);
