@@ -437,6 +437,7 @@ static void on_conversation_loaded(gateway *gw, session *s, const redis_result *
     }
     attach_conv(s, c);
     send_welcome(gw, s, resumed);
+    gateway_session_deadline(gw, s); /* hello is done: from now on the idle time counts */
 }
 
 void gateway_on_redis_result(gateway *gw, redis_result *r) {
