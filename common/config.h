@@ -26,7 +26,7 @@
  *
  * --set values: for a string key the text is taken as is (a JSON string literal "..." is
  * decoded); for any other key the text must parse as JSON of the right type (e.g.
- * trainer.lr=3e-6, gateway.origins=["http://a"], oracle.preference={"stochastic":true}).
+ * trainer.lr=3e-6, gateway.allowed_origins=["http://a"], oracle.preference={"stochastic":true}).
  *
  * Live knobs (the Redis hash duel:knobs) and the config keys behind them are validated by the
  * knob table (knobs.h). */

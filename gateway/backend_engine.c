@@ -383,26 +383,64 @@ static int job_params(engine_backend *b, const duel_backend_request *req, job *j
     return DUEL_OK;
 }
 
+/* The request's conversation as chat messages (borrowed texts); NULL when out of memory. */
+static chat_message *request_messages(const duel_backend_request *req, size_t *n_msgs) {
+    *n_msgs = 2 * req->n_history + 1;
+    chat_message *msgs = calloc(*n_msgs, sizeof *msgs);
+    if (!msgs) return NULL;
+    for (size_t i = 0; i < req->n_history; i++) {
+        msgs[2 * i] = (chat_message){"user", req->history[i].user};
+        msgs[2 * i + 1] = (chat_message){"assistant", req->history[i].assistant};
+    }
+    msgs[*n_msgs - 1] = (chat_message){"user", req->text};
+    return msgs;
+}
+
+/* The prompt's token ids into j: from the history's kept ids when the gateway kept them (every
+ * turn has them, or none does), else the whole conversation encoded. */
+static int build_prompt(engine_backend *b, const duel_backend_request *req,
+                        const chat_message *msgs, size_t n_msgs, job *j, duel_error *err) {
+    bool kept = req->n_history > 0 && req->history[0].ids && chat_template_turns_concatenate(b->template);
+    return kept ? prompt_from_turn_ids(b, req, j, err)
+                : chat_template_encode(b->template, b->tok, msgs, n_msgs, true, &j->prompt,
+                                       &j->n_prompt, err);
+}
+
+static long long eb_context_tokens(void *impl) {
+    engine_backend *b = impl;
+    int n = model_get_config(b->model)->max_position_embeddings;
+    return n > 1 ? n : 2048; /* the engine's rule (engine_arms.c) */
+}
+
+static long long eb_prompt_tokens(void *impl, const duel_backend_request *req, duel_error *err) {
+    engine_backend *b = impl;
+    size_t n_msgs;
+    chat_message *msgs = request_messages(req, &n_msgs);
+    if (!msgs) return duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
+    job j = {0};
+    int rc = build_prompt(b, req, msgs, n_msgs, &j, err);
+    free(msgs);
+    free(j.prompt);
+    return rc ? rc : (long long)j.n_prompt;
+}
+
 static int eb_submit(void *impl, const duel_backend_request *req, duel_error *err) {
     engine_backend *b = impl;
-    size_t n_msgs = 2 * req->n_history + 1;
-    chat_message *msgs = calloc(n_msgs, sizeof *msgs);
+    size_t n_msgs;
+    chat_message *msgs = request_messages(req, &n_msgs);
     job *j = calloc(1, sizeof *j);
     if (!msgs || !j) {
         free(msgs);
         free(j);
         return duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
     }
-    for (size_t i = 0; i < req->n_history; i++) {
-        msgs[2 * i] = (chat_message){"user", req->history[i].user};
-        msgs[2 * i + 1] = (chat_message){"assistant", req->history[i].assistant};
-    }
-    msgs[n_msgs - 1] = (chat_message){"user", req->text};
-    /* The history's ids when the gateway kept them (every turn has them, or none does). */
-    bool kept = req->n_history > 0 && req->history[0].ids && chat_template_turns_concatenate(b->template);
-    int rc = kept ? prompt_from_turn_ids(b, req, j, err)
-                  : chat_template_encode(b->template, b->tok, msgs, n_msgs, true, &j->prompt,
-                                         &j->n_prompt, err);
+    int rc = build_prompt(b, req, msgs, n_msgs, j, err);
+    /* Not DUEL_ELIMIT (the engine's code for it, which the gateway reads as a full queue): a
+     * prompt past the context is no reason to try again. The gateway fits prompts first. */
+    if (!rc && (long long)j->n_prompt >= eb_context_tokens(b))
+        rc = duel_error_set(err, DUEL_EINVAL,
+                            "engine backend: a prompt of %zu tokens does not fit the model's "
+                            "context of %lld", j->n_prompt, eb_context_tokens(b));
     if (!rc) rc = chat_template_render(b->template, msgs, n_msgs, true, &j->prompt_text, err);
     free(msgs);
     if (!rc) rc = job_params(b, req, j, err);
@@ -660,6 +698,8 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
     out->queue_depth = eb_queue_depth;
     out->count_tokens = eb_count_tokens;
     out->encode_turn = eb_encode_turn;
+    out->context_tokens = eb_context_tokens;
+    out->prompt_tokens = eb_prompt_tokens;
     out->destroy = eb_destroy;
     out->install_snapshot = cfg->snapshots ? eb_install_snapshot : NULL;
     out->serving_version = eb_serving_version;

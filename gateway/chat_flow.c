@@ -81,6 +81,7 @@ void gateway_abort_duel(gateway *gw, session *s, duel_rec *d, bool tell) {
     if (s && tell) gateway_send_frame(gw, s, protocol_encode_duel_end(d->id, true, NULL));
     if (s) {
         s->duel = NULL;
+        gateway_session_deadline(gw, s);
         lws_set_timer_usecs(s->wsi, LWS_SET_TIMER_USEC_CANCEL);
     }
     duel_table_drop(&gw->duels, d);
@@ -110,6 +111,7 @@ void gateway_stream_step(gateway *gw, session *s) {
     if (d->pos_a >= d->len_a && d->pos_b >= d->len_b) {
         gateway_send_frame(gw, s, protocol_encode_duel_end(d->id, false, NULL));
         s->duel = NULL;
+        gateway_session_deadline(gw, s);
         duel_table_finish(&gw->duels, d, duel_time_seconds());
         return;
     }
@@ -148,6 +150,78 @@ static void handle_hello(gateway *gw, session *s, const protocol_msg *m) {
     send_welcome(gw, s, false);
 }
 
+/* The most prompt tokens a duel may take: gateway.max_context_tokens, and what the model's
+ * context leaves once the answer has its room: max_new_tokens, or 1/ANSWER_CONTEXT_SHARE of the
+ * context when that is less (a longer answer then stops where the context is full). */
+#define ANSWER_CONTEXT_SHARE 4
+
+static long long prompt_budget(gateway *gw) {
+    long long budget = gw->cfg.max_context_tokens;
+    long long ctx = gw->backend.context_tokens ? gw->backend.context_tokens(gw->backend.impl) : 0;
+    if (ctx > 0) {
+        long long answer = gw->params.max_new_tokens;
+        if (answer <= 0 || answer > ctx / ANSWER_CONTEXT_SHARE) answer = ctx / ANSWER_CONTEXT_SHARE;
+        if (ctx - answer < budget) budget = ctx - answer;
+    }
+    return budget;
+}
+
+/* Tokens of the prompt made of c's turns from `first` on and text: exact when the backend can
+ * say (its template included), else the turns' and the text's own counts. Negative on error. */
+static long long prompt_size(gateway *gw, const conversation *c, const duel_backend_turn *hist,
+                             size_t first, const char *text, long long text_tokens,
+                             duel_error *err) {
+    if (!gw->backend.prompt_tokens) {
+        long long n = text_tokens;
+        for (size_t i = first; i < c->n_turns; i++) n += c->turns[i].tokens;
+        return n;
+    }
+    duel_backend_request req = {.history = hist + first, .n_history = c->n_turns - first,
+                                .text = text, .arm_snapshot = c->arm, .params = &gw->params};
+    return gw->backend.prompt_tokens(gw->backend.impl, &req, err);
+}
+
+/* Fits the ask into the prompt budget by leaving out the conversation's oldest whole turns:
+ * *first is the first turn kept. When the new message alone does not fit, sends
+ * conversation_too_long (never `busy`: nothing about it is temporary) and returns -1. */
+static int fit_context(gateway *gw, session *s, const conversation *c,
+                       const duel_backend_turn *hist, const char *text, size_t *first) {
+    long long budget = prompt_budget(gw);
+    long long text_tokens = gw->backend.prompt_tokens ? 0 : conversation_count_tokens(&gw->backend, text);
+    duel_error err = {0};
+    *first = 0;
+    long long n = prompt_size(gw, c, hist, 0, text, text_tokens, &err);
+    if (n >= 0 && n <= budget) return 0;
+    long long alone = n < 0 ? n : prompt_size(gw, c, hist, c->n_turns, text, text_tokens, &err);
+    if (alone < 0) {
+        gateway_send_error(gw, s, PROTOCOL_E_ENGINE, err.message);
+        return -1;
+    }
+    if (alone > budget) {
+        char msg[200];
+        snprintf(msg, sizeof msg,
+                 "this message is %lld tokens; the model reads at most %lld here: shorten it%s",
+                 alone, budget, c->n_turns ? " or start a new conversation" : "");
+        gateway_send_error(gw, s, PROTOCOL_E_CONVERSATION_TOO_LONG, msg);
+        return -1;
+    }
+    /* The fewest turns dropped: prompt_size falls as `first` grows; turns [hi..] fit. */
+    size_t lo = 1, hi = c->n_turns;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        long long m = prompt_size(gw, c, hist, mid, text, text_tokens, &err);
+        if (m < 0) {
+            gateway_send_error(gw, s, PROTOCOL_E_ENGINE, err.message);
+            return -1;
+        }
+        if (m <= budget) hi = mid;
+        else lo = mid + 1;
+    }
+    *first = hi;
+    gw->metrics.turns_dropped += hi;
+    return 0;
+}
+
 static void handle_ask(gateway *gw, session *s, protocol_msg *m) {
     if (!s->hello_done) {
         gateway_send_error(gw, s, PROTOCOL_E_HELLO_REQUIRED, "send hello first");
@@ -166,33 +240,38 @@ static void handle_ask(gateway *gw, session *s, protocol_msg *m) {
         gateway_send_error(gw, s, PROTOCOL_E_TURN_LIMIT, "this conversation has reached its turn limit");
         return;
     }
-    /* The history's tokens were counted when each turn joined: only the new text is counted. */
-    long long tokens = conversation_count_tokens(&gw->backend, m->text) + c->history_tokens;
-    if (tokens > gw->cfg.max_context_tokens) {
-        gateway_send_error(gw, s, PROTOCOL_E_CONTEXT_LIMIT,
-                           "the conversation is too long; start a new one");
+    /* The serving knobs in effect now: a change reaches the next duel (max_new_tokens sets the
+     * answer's room in the context). */
+    if (console_knobs_changed(gw->console, &gw->knobs_seen, &gw->knobs))
+        console_serving_params(&gw->knobs, &gw->params);
+    duel_backend_turn *hist = conversation_history(c);
+    if (!hist) {
+        gateway_send_error(gw, s, PROTOCOL_E_INTERNAL, "out of memory");
+        return;
+    }
+    size_t first = 0;
+    if (fit_context(gw, s, c, hist, m->text, &first)) {
+        free(hist);
         return;
     }
     double now = duel_time_seconds();
     addr_state *as = str_map_get(&gw->addrs, s->addr);
     if (!gateway_bucket_take(&s->tokens, &s->last, gw->cfg.asks_per_minute_connection, now) ||
         (as && !gateway_bucket_take(&as->tokens, &as->last, gw->cfg.asks_per_minute_address, now))) {
+        free(hist);
         gateway_send_error(gw, s, PROTOCOL_E_RATE_LIMITED, "too many questions; wait a moment");
         return;
     }
     duel_rec *d = duel_table_add(&gw->duels, c->id, s->conn_id, m->text, c->arm, now);
     m->text = NULL;
-    duel_backend_turn *hist = d ? conversation_history(c) : NULL;
-    if (!hist) {
-        if (d) duel_table_drop(&gw->duels, d);
+    if (!d) {
+        free(hist);
         gateway_send_error(gw, s, PROTOCOL_E_INTERNAL, "out of memory");
         return;
     }
-    /* The serving knobs in effect now: a change reaches the next duel. */
-    if (console_knobs_changed(gw->console, &gw->knobs_seen, &gw->knobs))
-        console_serving_params(&gw->knobs, &gw->params);
-    duel_backend_request req = {.request_id = d->request_id, .history = hist,
-                                .n_history = c->n_turns, .text = d->user_text,
+    d->dropped_turns = (int)first;
+    duel_backend_request req = {.request_id = d->request_id, .history = hist + first,
+                                .n_history = c->n_turns - first, .text = d->user_text,
                                 .arm_snapshot = c->arm, .seed = duel_seed(d),
                                 .params = &gw->params};
     duel_error err = {0};
@@ -200,6 +279,8 @@ static void handle_ask(gateway *gw, session *s, protocol_msg *m) {
     free(hist);
     if (rc) {
         duel_table_drop(&gw->duels, d);
+        /* DUEL_ELIMIT from submit is a full queue: the prompt's length was checked above, and
+         * the engine adapter refuses a prompt past the context with another code. */
         gateway_send_error(gw, s, rc == DUEL_ELIMIT ? PROTOCOL_E_BUSY : PROTOCOL_E_ENGINE,
                            rc == DUEL_ELIMIT ? "the engine is busy; try again shortly" : err.message);
         return;
@@ -249,7 +330,7 @@ static void handle_vote(gateway *gw, session *s, const protocol_msg *m) {
     if (gw->cfg.stats_interval_ms > 0)
         serving_stats_vote(&gw->stats, d->stats_arm, d->stats_strategy, (int)m->choice,
                            d->erm_preference);
-    duel_table_mark_voted(d, duel_time_seconds());
+    duel_table_mark_voted(&gw->duels, d, duel_time_seconds());
     gw->metrics.votes_by_choice[m->choice]++;
     redis_worker_submit_vote(gw->redis, s->conn_id, d->id, &rec);
 }
@@ -303,6 +384,7 @@ void gateway_on_backend_event(gateway *gw, duel_backend_event *ev) {
             gateway_send_error(gw, s, PROTOCOL_E_ENGINE, ev->message);
             gateway_send_frame(gw, s, protocol_encode_duel_end(d->id, true, NULL));
             s->duel = NULL;
+            gateway_session_deadline(gw, s);
         }
         duel_table_drop(&gw->duels, d);
         break;
@@ -313,6 +395,7 @@ void gateway_on_backend_event(gateway *gw, duel_backend_event *ev) {
             if (s) {
                 gateway_send_error(gw, s, PROTOCOL_E_INTERNAL, "out of memory");
                 s->duel = NULL;
+                gateway_session_deadline(gw, s);
             }
             duel_table_drop(&gw->duels, d);
             break;
@@ -336,7 +419,7 @@ void gateway_on_backend_event(gateway *gw, duel_backend_event *ev) {
             duel_table_drop(&gw->duels, d);
             break;
         }
-        gateway_send_frame(gw, s, protocol_encode_duel_start(d->id, NULL));
+        gateway_send_frame(gw, s, protocol_encode_duel_start(d->id, d->dropped_turns, NULL));
         gateway_stream_step(gw, s);
         break;
     }
@@ -361,6 +444,7 @@ static void on_conversation_loaded(gateway *gw, session *s, const redis_result *
     }
     attach_conv(s, c);
     send_welcome(gw, s, resumed);
+    gateway_session_deadline(gw, s); /* hello is done: from now on the idle time counts */
 }
 
 void gateway_on_redis_result(gateway *gw, redis_result *r) {

@@ -49,10 +49,14 @@ static const int_key INT_KEYS[] = {
     INT_KEY(conversation_ttl_s, 1, 1LL << 40),
     INT_KEY(duel_retention_s, 1, 1 << 30),
     INT_KEY(max_duels, 1, 100000000),
+    INT_KEY(max_duel_bytes, 1 << 20, 1LL << 40),
     INT_KEY(stream_interval_ms, 0, 10000),
     INT_KEY(stream_chunk_bytes, 1, 4096),
     INT_KEY(abuse_limit, 1, 1000000),
     INT_KEY(partial_message_timeout_s, 1, 3600),
+    INT_KEY(hello_timeout_s, 1, 3600),
+    INT_KEY(idle_timeout_s, 1, 86400),
+    INT_KEY(max_header_bytes, 1024, 32000),
     INT_KEY(shutdown_grace_ms, 0, 600000),
     INT_KEY(snapshot_poll_ms, 100, 600000),
     INT_KEY(stats_interval_ms, 0, 3600000),
@@ -114,10 +118,10 @@ static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *so
             rc = get_string(value, source, key, cfg->tokens_file, sizeof cfg->tokens_file, err);
         else if (strcmp(key, "uplot_dir") == 0)
             rc = get_string(value, source, key, cfg->uplot_dir, sizeof cfg->uplot_dir, err);
-        else if (strcmp(key, "origins") == 0) {
+        else if (strcmp(key, "allowed_origins") == 0) {
             if (!json_is_array(value) || json_array_size(value) > GATEWAY_MAX_ORIGINS)
                 return duel_error_set(err, DUEL_EFORMAT,
-                                      "%s: gateway.origins must be an array of at most %d strings",
+                                      "%s: gateway.allowed_origins must be an array of at most %d strings",
                                       source, GATEWAY_MAX_ORIGINS);
             size_t i;
             json_t *o;
@@ -125,7 +129,7 @@ static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *so
             json_array_foreach(value, i, o) {
                 if (!json_is_string(o) || json_string_length(o) >= sizeof cfg->origins[0])
                     return duel_error_set(err, DUEL_EFORMAT,
-                                          "%s: gateway.origins[%zu] must be a string (< 256 bytes)",
+                                          "%s: gateway.allowed_origins[%zu] must be a string (< 256 bytes)",
                                           source, i);
                 snprintf(cfg->origins[cfg->n_origins++], sizeof cfg->origins[0], "%s",
                          json_string_value(o));

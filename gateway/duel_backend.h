@@ -117,6 +117,14 @@ typedef struct duel_backend {
      * history is re-encoded from its texts. Called on the lws thread, once per turn. */
     int (*encode_turn)(void *impl, const char *user, const char *assistant, int32_t **ids,
                        size_t *n_ids, duel_error *err);
+    /* The model's context in tokens, prompt and answer together (the engine refuses a prompt
+     * that leaves no room). NULL or 0: no limit the gateway knows of besides
+     * gateway.max_context_tokens. */
+    long long (*context_tokens)(void *impl);
+    /* The length in tokens of req's prompt exactly as submit would build it (chat template
+     * included), so that the gateway can drop old turns until it fits; a negative DUEL_E*
+     * status on failure. NULL: the gateway estimates from the turns' and the text's counts. */
+    long long (*prompt_tokens)(void *impl, const duel_backend_request *req, duel_error *err);
     /* Stops the thread (pending requests are dropped without events) and frees impl. */
     void (*destroy)(void *impl);
     /* Hot-swap (optional; NULL: one fixed model). Loads the snapshot folder dir (already

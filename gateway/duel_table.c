@@ -1,6 +1,7 @@
 /* duel_table.c: the duel table (see duel_table.h). Invariants: a duel is in by_id from its ask
  * until it is dropped or expires; in by_request only while RUNNING or STREAMING; in the expiry
- * list only once FINISHED (VOTED duels stay there as tombstones). Lws thread only. */
+ * list only once FINISHED (VOTED duels stay there as tombstones); finished_bytes is the sum of
+ * the bytes of the duels in the expiry list. Lws thread only. */
 #include "duel_table.h"
 
 #include <stdio.h>
@@ -89,6 +90,25 @@ bool duel_table_start_streaming(duel_rec *d, duel_backend_result *r) {
     return true;
 }
 
+static size_t text_bytes(const char *s) { return s ? strlen(s) + 1 : 0; }
+
+/* What a duel holds in memory: the record, its texts and its backend result's arrays. */
+static size_t duel_bytes(const duel_rec *d) {
+    size_t n = sizeof *d + text_bytes(d->user_text) + (d->text_a ? d->len_a + 1 : 0) +
+               (d->text_b ? d->len_b + 1 : 0);
+    const duel_backend_result *r = d->result;
+    if (r) {
+        size_t m = r->num_candidates > 0 ? (size_t)r->num_candidates : 0;
+        n += sizeof *r + (r->text_a ? r->len_a : 0) + (r->text_b ? r->len_b : 0) +
+             4 * (r->n_prompt_tokens + r->n_cand_tokens + (r->cand_offsets ? m + 1 : 0)) +
+             4 * m * ((r->features ? (size_t)r->d_feat : 0) + (r->rewards ? (size_t)r->num_heads : 0) +
+                      (r->ref_logprobs ? 1 : 0)) +
+             text_bytes(r->gen_params_json) + text_bytes(r->strategy) + text_bytes(r->model_id) +
+             text_bytes(r->prompt_text);
+    }
+    return n;
+}
+
 void duel_table_finish(duel_table *t, duel_rec *d, double now) {
     d->state = DS_FINISHED;
     d->finished_at = now;
@@ -97,9 +117,11 @@ void duel_table_finish(duel_table *t, duel_rec *d, double now) {
     else t->expire_head = d;
     t->expire_tail = d;
     t->finished++;
+    d->bytes = duel_bytes(d);
+    t->finished_bytes += d->bytes;
 }
 
-void duel_table_mark_voted(duel_rec *d, double now) {
+void duel_table_mark_voted(duel_table *t, duel_rec *d, double now) {
     d->state = DS_VOTED;
     d->t_vote = now;
     duel_backend_result_free(d->result);
@@ -107,16 +129,21 @@ void duel_table_mark_voted(duel_rec *d, double now) {
     free(d->text_a);
     free(d->text_b);
     d->text_a = d->text_b = NULL;
+    size_t left = duel_bytes(d); /* the tombstone */
+    t->finished_bytes -= d->bytes - left;
+    d->bytes = left;
 }
 
-void duel_table_expire(duel_table *t, double now, double retention_s, size_t max_finished) {
+void duel_table_expire(duel_table *t, double now, double retention_s, size_t max_finished,
+                       size_t max_bytes) {
     while (t->expire_head) {
         duel_rec *d = t->expire_head;
-        bool too_many = t->finished > max_finished;
-        if (!too_many && d->finished_at + retention_s > now) break;
+        bool too_much = t->finished > max_finished || t->finished_bytes > max_bytes;
+        if (!too_much && d->finished_at + retention_s > now) break;
         t->expire_head = d->expire_next;
         if (!t->expire_head) t->expire_tail = NULL;
         t->finished--;
+        t->finished_bytes -= d->bytes;
         str_map_remove(&t->by_id, d->id);
         duel_free(d);
     }

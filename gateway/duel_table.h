@@ -31,6 +31,7 @@ typedef struct duel_rec {
     duel_state state;
     char *user_text;
     long long arm;
+    int dropped_turns;     /* the conversation's oldest turns left out of its prompt (to fit) */
     duel_backend_result *result;
     char *text_a, *text_b; /* sanitised (common/utf8.h's rule, NUL replaced) */
     size_t len_a, len_b, pos_a, pos_b;
@@ -39,6 +40,7 @@ typedef struct duel_rec {
     /* its serving figures' group (serving_stats.h), and which side the ERM's mean preferred */
     char stats_arm[32], stats_strategy[32];
     int erm_preference;
+    size_t bytes;          /* memory it holds once FINISHED (duel_table's byte budget) */
     struct duel_rec *expire_next;
 } duel_rec;
 
@@ -46,6 +48,7 @@ typedef struct duel_table {
     str_map by_id, by_request;
     duel_rec *expire_head, *expire_tail; /* FINISHED and VOTED duels, oldest first */
     size_t finished;
+    size_t finished_bytes; /* what the FINISHED and VOTED duels hold, summed */
     uint64_t next_request_id;
 } duel_table;
 
@@ -71,10 +74,12 @@ bool duel_table_start_streaming(duel_rec *d, duel_backend_result *r);
 /* STREAMING -> FINISHED: votable until it expires. */
 void duel_table_finish(duel_table *t, duel_rec *d, double now);
 /* FINISHED -> VOTED: keeps the tombstone only. */
-void duel_table_mark_voted(duel_rec *d, double now);
+void duel_table_mark_voted(duel_table *t, duel_rec *d, double now);
 /* Frees the finished duels older than retention_s, and the oldest while more than max_finished
- * are kept. */
-void duel_table_expire(duel_table *t, double now, double retention_s, size_t max_finished);
+ * are kept or they hold more than max_bytes (an unvoted duel keeps its candidates, features and
+ * rewards: a count alone does not bound the memory). */
+void duel_table_expire(duel_table *t, double now, double retention_s, size_t max_finished,
+                       size_t max_bytes);
 
 /* Where the next delta of text ends when it starts at pos: at least min bytes, then up to just
  * after a word break (so chunks read as words). Breaks only after ASCII whitespace or, for long

@@ -42,15 +42,25 @@ typedef struct gateway_config {
     long long conversation_ttl_s; /* 86400 */
     int duel_retention_s;        /* 3600: how long a finished duel can be voted on */
     int max_duels;               /* 100000: duels kept for voting */
+    long long max_duel_bytes;    /* 268435456: memory the finished duels kept for voting may
+                                    hold; past it the oldest are forgotten first */
     int stream_interval_ms;      /* 20: pause between delta rounds (0: as fast as the socket) */
     int stream_chunk_bytes;      /* 12: a delta ends at the first word break after this */
     int abuse_limit;             /* 20: protocol errors before the connection is closed */
-    int partial_message_timeout_s; /* 10: an unfinished message closes the connection */
+    int partial_message_timeout_s; /* 10: a message unfinished this long after its first
+                                      fragment closes the connection (later fragments do not
+                                      extend it) */
+    int hello_timeout_s;         /* 10: a websocket that has not said hello by then is closed */
+    int idle_timeout_s;          /* 600: a websocket with no message from its client and no duel
+                                    running for this long is closed (the page reconnects) */
+    int max_header_bytes;        /* 8192: an HTTP request's headers over this get 431 */
     int shutdown_grace_ms;       /* 3000: SIGTERM waits this long for votes to finish */
     bool snapshot_loader;        /* false: hot-swap of trainer snapshots (snapshot_loader.h);
                                     `duel serve` turns it on with --redis unless --no-snapshots */
     int snapshot_poll_ms;        /* 3000: how often the loader reads duel:snapshots anyway */
-    int n_origins;               /* allowed browser origins besides the server's own host */
+    int n_origins;               /* gateway.allowed_origins: the browser origins that may open
+                                    a websocket; none: the loopback origins of the port
+                                    (http_route.h) */
     char origins[GATEWAY_MAX_ORIGINS][256];
     int stats_interval_ms;       /* 5000: a duel:stats entry this often (0: no figures kept; the
                                     operator console then shows other instances only) */

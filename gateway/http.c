@@ -4,7 +4,10 @@
  * /ops is ops.html), /healthz, /readyz (draining, Redis up, votes waiting in the spill log) and
  * Prometheus /metrics (metrics.c renders; the Redis worker's and the snapshot loader's stats are
  * read here, and the per arm and strategy series of serving_stats.c follow). /api/... goes to
- * admin_api.c (GET answered at once; a POST's body gathered here first). It is also the lws
+ * admin_api.c (GET answered at once; a POST's body gathered here first). Which handler answers
+ * is http_route.h's decision (404, 405 with Allow); HEAD gets the headers alone; headers over
+ * gateway.max_header_bytes get 431; a websocket upgrade without the duel.v1 subprotocol is
+ * refused before it becomes a connection nobody counts. It is also the lws
  * protocol that receives the cancel-service wake-up, on which server.c's inbox is drained.
  *
  * Thread: the lws service thread. */
@@ -13,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "http_route.h"
 #include "server_internal.h"
 #include "text_buf.h"
 #include "timer.h"
@@ -74,7 +78,7 @@ int gateway_http_respond(struct lws *wsi, http_pss *pss, unsigned int status, co
     pss->body = malloc(LWS_PRE + len + 1);
     if (!pss->body) return -1;
     memcpy(pss->body + LWS_PRE, body, len);
-    pss->len = len;
+    pss->len = pss->head ? 0 : len; /* content-length says len either way */
     unsigned char headers[LWS_PRE + 768], *start = headers + LWS_PRE, *p = start,
                                           *end = headers + sizeof headers - 1;
     if (lws_add_http_common_headers(wsi, status, ctype, (lws_filepos_t)len, &p, end) ||
@@ -107,13 +111,37 @@ static long long serving_version(gateway *gw) {
     return gw->backend.serving_version ? gw->backend.serving_version(gw->backend.impl) : 0;
 }
 
-static int serve_path(gateway *gw, struct lws *wsi, http_pss *pss, const char *path) {
-    if (strcmp(path, "/healthz") == 0) {
+static int serve_path(gateway *gw, struct lws *wsi, http_pss *pss, const char *path,
+                      http_method method) {
+    const char *urls[GATEWAY_MAX_STATIC_FILES];
+    for (int i = 0; i < gw->n_files; i++) urls[i] = gw->files[i].url;
+    http_route route = http_route_request(method, path, strlen(path), urls, gw->n_files);
+    switch (route.kind) {
+    case HTTP_ROUTE_NOT_FOUND: return http_respond(wsi, pss, 404, "text/plain", "not found\n", 10);
+    case HTTP_ROUTE_NOT_ALLOWED: {
+        char body[64];
+        int n = snprintf(body, sizeof body, "method not allowed (allowed: %s)\n", route.allow);
+        return gateway_http_respond(wsi, pss, 405, "text/plain", body, (size_t)n, "allow:",
+                                    route.allow);
+    }
+    case HTTP_ROUTE_API:
+        return method == HTTP_METHOD_POST ? gateway_api_post_start(gw, wsi, pss, path)
+                                          : gateway_api_get(gw, wsi, pss, path);
+    case HTTP_ROUTE_FILE: {
+        const static_file *f = &gw->files[route.file];
+        int rc = lws_serve_http_file(wsi, f->path, f->mime, SECURITY_HEADERS,
+                                     (int)strlen(SECURITY_HEADERS));
+        if (rc < 0 || (rc > 0 && lws_http_transaction_completed(wsi))) return -1;
+        return 0;
+    }
+    default: break;
+    }
+    if (route.kind == HTTP_ROUTE_HEALTHZ) {
         char body[64];
         int n = snprintf(body, sizeof body, "ok\npolicy_version: %lld\n", serving_version(gw));
         return http_respond(wsi, pss, 200, "text/plain", body, (size_t)n);
     }
-    if (strcmp(path, "/readyz") == 0) {
+    if (route.kind == HTTP_ROUTE_READYZ) {
         redis_worker_stats st;
         redis_worker_get_stats(gw->redis, &st);
         char body[128];
@@ -122,12 +150,13 @@ static int serve_path(gateway *gw, struct lws *wsi, http_pss *pss, const char *p
                          (unsigned long long)st.spill_pending);
         return http_respond(wsi, pss, gw->draining ? 503 : 200, "text/plain", body, (size_t)n);
     }
-    if (strcmp(path, "/metrics") == 0) {
+    {
         redis_worker_stats st;
         redis_worker_get_stats(gw->redis, &st);
         size_t n = 0;
         snapshot_loader_stats ls;
         if (gw->loader) snapshot_loader_get_stats(gw->loader, &ls);
+        gw->metrics.finished_duel_bytes = (int64_t)gw->duels.finished_bytes;
         char *text = metrics_render(&gw->metrics, &st, gw->backend.queue_depth(gw->backend.impl),
                                     metrics_tokens_per_second(&gw->metrics, duel_time_seconds()),
                                     gw->loader ? &ls : NULL, serving_version(gw), &n);
@@ -145,16 +174,38 @@ static int serve_path(gateway *gw, struct lws *wsi, http_pss *pss, const char *p
         free(text);
         return rc;
     }
-    if (strncmp(path, "/api/", 5) == 0) return gateway_api_get(gw, wsi, pss, path);
-    const char *name = strcmp(path, "/") == 0 ? "/index.html" : strcmp(path, "/ops") == 0 ? "/ops.html" : path;
-    for (int i = 0; i < gw->n_files; i++) {
-        if (strcmp(name, gw->files[i].url) != 0) continue;
-        int rc = lws_serve_http_file(wsi, gw->files[i].path, gw->files[i].mime, SECURITY_HEADERS,
-                                     (int)strlen(SECURITY_HEADERS));
-        if (rc < 0 || (rc > 0 && lws_http_transaction_completed(wsi))) return -1;
-        return 0;
+}
+
+static http_method request_method(struct lws *wsi) {
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_GET_URI) > 0) return HTTP_METHOD_GET;
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_HEAD_URI) > 0) return HTTP_METHOD_HEAD;
+    if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0) return HTTP_METHOD_POST;
+    return HTTP_METHOD_OTHER;
+}
+
+/* The request's headers as lws parsed them: every header it knows by name (headers it does not
+ * know count toward lws's own buffer, twice gateway.max_header_bytes, past which it drops the
+ * connection without an answer). */
+static size_t header_bytes(struct lws *wsi) {
+    size_t n = 0;
+    for (int t = 0; t < WSI_TOKEN_COUNT; t++) {
+        int len = lws_hdr_total_length(wsi, (enum lws_token_indexes)t);
+        if (len > 0) n += (size_t)len;
     }
-    return http_respond(wsi, pss, 404, "text/plain", "not found\n", 10);
+    return n;
+}
+
+/* A websocket upgrade reaches lws's HTTP protocol first (with or without a subprotocol, lws asks
+ * here): only one that offers duel.v1 may go on; any other is hung up on (lws 4.1 sends no
+ * status we could set at this point) and counted as rejected. */
+static int confirm_upgrade(gateway *gw, struct lws *wsi, const char *to) {
+    char offered[256] = "";
+    int n = lws_hdr_copy(wsi, offered, sizeof offered, WSI_TOKEN_PROTOCOL);
+    if (to && strcmp(to, "websocket") == 0 && n > 0 &&
+        http_subprotocol_offered(offered, (size_t)n, GATEWAY_PROTOCOL_NAME))
+        return 0;
+    gw->metrics.connections_rejected++;
+    return -1;
 }
 
 int gateway_http_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
@@ -165,23 +216,30 @@ int gateway_http_callback(struct lws *wsi, enum lws_callback_reasons reason, voi
     case LWS_CALLBACK_EVENT_WAIT_CANCELLED:
         gateway_drain_inbox(gw);
         return 0;
-    case LWS_CALLBACK_HTTP:
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE: return confirm_upgrade(gw, wsi, in);
+    case LWS_CALLBACK_HTTP: {
         /* a keep-alive connection's next request: nothing of the last one is left */
         free(pss->body);
         free(pss->request);
         memset(pss, 0, sizeof *pss);
-        if (lws_hdr_total_length(wsi, WSI_TOKEN_POST_URI) > 0) {
-            if (strncmp(in, "/api/", 5) == 0) return gateway_api_post_start(gw, wsi, pss, in);
-            return http_respond(wsi, pss, 405, "text/plain", "POST is for /api/knobs\n", 23);
+        http_method method = request_method(wsi);
+        pss->head = method == HTTP_METHOD_HEAD;
+        if (header_bytes(wsi) > (size_t)gw->cfg.max_header_bytes) {
+            char body[80];
+            int n = snprintf(body, sizeof body, "request headers over %d bytes\n",
+                             gw->cfg.max_header_bytes);
+            return gateway_http_respond(wsi, pss, 431, "text/plain", body, (size_t)n,
+                                        "connection:", "close");
         }
-        return serve_path(gw, wsi, pss, in);
+        return serve_path(gw, wsi, pss, in, method);
+    }
     case LWS_CALLBACK_HTTP_BODY:
         return pss->is_api_post ? gateway_api_post_body(gw, pss, in, len) : 0;
     case LWS_CALLBACK_HTTP_BODY_COMPLETION:
         return pss->is_api_post ? gateway_api_post_done(gw, wsi, pss) : 0;
     case LWS_CALLBACK_HTTP_WRITEABLE: {
         if (!pss->body) return 0;
-        int n = lws_write(wsi, pss->body + LWS_PRE, pss->len, LWS_WRITE_HTTP_FINAL);
+        int n = pss->len ? lws_write(wsi, pss->body + LWS_PRE, pss->len, LWS_WRITE_HTTP_FINAL) : 0;
         free(pss->body);
         pss->body = NULL;
         if (n < (int)pss->len) return -1;

@@ -100,6 +100,13 @@ char *metrics_render(const gateway_metrics *m, const redis_worker_stats *redis,
             m->connections_total);
     gauge(&b, "duel_gateway_connections_open", "WebSocket connections open now.",
           (double)m->connections_open);
+    gauge(&b, "duel_gateway_finished_duel_bytes",
+          "memory the finished duels kept for voting hold (gateway.max_duel_bytes bounds it).",
+          (double)m->finished_duel_bytes);
+    gauge(&b, "duel_gateway_max_connections",
+          "WebSocket connections admitted at most (gateway.max_connections, capped below the "
+          "descriptor limit).",
+          (double)m->max_connections);
     counter(&b, "duel_gateway_connections_rejected_total",
             "Connections refused (origin, per-address or total limit, shutting down).",
             m->connections_rejected);
@@ -131,6 +138,12 @@ char *metrics_render(const gateway_metrics *m, const redis_worker_stats *redis,
     counter(&b, "duel_gateway_frames_in_total", "WebSocket messages received.", m->frames_in);
     counter(&b, "duel_gateway_frames_out_total", "WebSocket messages sent.", m->frames_out);
     counter(&b, "duel_gateway_protocol_errors_total", "error frames sent.", m->protocol_errors);
+    counter(&b, "duel_gateway_turns_dropped_total",
+            "old conversation turns left out of prompts to fit the model's context.",
+            m->turns_dropped);
+    counter(&b, "duel_gateway_accept_backoffs_total",
+            "times accepting new connections paused because no file descriptor was left.",
+            m->accept_backoffs);
     gauge(&b, "duel_gateway_engine_queue_depth", "Duel requests waiting in the engine.",
           (double)engine_queue_depth);
     counter(&b, "duel_gateway_generated_tokens_total", "Tokens generated for finished duels.",

@@ -21,6 +21,9 @@ typedef struct metrics_histogram {
 typedef struct gateway_metrics {
     uint64_t connections_total;
     int64_t connections_open;
+    int64_t finished_duel_bytes; /* memory the finished duels kept for voting hold */
+    int64_t max_connections;    /* websockets admitted at most (gateway.max_connections, capped
+                                   below the descriptor limit) */
     uint64_t connections_rejected;
     uint64_t asks_total;
     uint64_t duels_total;       /* duels the backend finished */
@@ -31,6 +34,8 @@ typedef struct gateway_metrics {
     uint64_t votes_queued_acked;
     uint64_t frames_in, frames_out;
     uint64_t protocol_errors;
+    uint64_t turns_dropped;     /* old turns left out of prompts to fit the model's context */
+    uint64_t accept_backoffs;   /* times accepting paused: no file descriptor left (EMFILE) */
     uint64_t generated_tokens;
     metrics_histogram time_to_duel;        /* seconds from ask to duel_start */
     metrics_histogram time_to_first_delta; /* seconds from ask to the first delta sent */

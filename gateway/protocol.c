@@ -35,7 +35,7 @@ static const char *const ERROR_NAMES[PROTOCOL_E_COUNT] = {
     [PROTOCOL_E_RATE_LIMITED] = "rate_limited",
     [PROTOCOL_E_TOO_MANY_CONNECTIONS] = "too_many_connections",
     [PROTOCOL_E_TURN_LIMIT] = "turn_limit",
-    [PROTOCOL_E_CONTEXT_LIMIT] = "context_limit",
+    [PROTOCOL_E_CONVERSATION_TOO_LONG] = "conversation_too_long",
     [PROTOCOL_E_UNKNOWN_DUEL] = "unknown_duel",
     [PROTOCOL_E_NOT_YOUR_DUEL] = "not_your_duel",
     [PROTOCOL_E_ALREADY_VOTED] = "already_voted",
@@ -266,7 +266,11 @@ char *protocol_encode_progress(const char *duel, long long tokens, size_t *len) 
                 len);
 }
 
-char *protocol_encode_duel_start(const char *duel, size_t *len) {
+char *protocol_encode_duel_start(const char *duel, int dropped_turns, size_t *len) {
+    if (dropped_turns > 0)
+        return dump(json_pack("{s:s, s:s, s:i}", "type", "duel_start", "duel", duel,
+                              "dropped_turns", dropped_turns),
+                    len);
     return dump(json_pack("{s:s, s:s}", "type", "duel_start", "duel", duel), len);
 }
 
@@ -293,9 +297,15 @@ char *protocol_encode_vote_ok(const char *duel, bool queued, size_t *len) {
 }
 
 char *protocol_encode_error(protocol_error_code code, const char *message, size_t *len) {
-    return dump(json_pack("{s:s, s:s, s:s}", "type", "error", "code", protocol_error_name(code),
-                          "message", message ? message : ""),
-                len);
+    /* A message may quote client bytes cut short (a field name at 40 bytes can end inside a
+     * character): made valid UTF-8 here, or jansson would refuse it and no frame would go out. */
+    char *text = protocol_sanitize_utf8(message ? message : "", message ? strlen(message) : 0, NULL);
+    if (!text) return NULL;
+    char *frame = dump(json_pack("{s:s, s:s, s:s}", "type", "error", "code",
+                                 protocol_error_name(code), "message", text),
+                       len);
+    free(text);
+    return frame;
 }
 
 char *protocol_sanitize_utf8(const char *s, size_t n, size_t *out_len) {

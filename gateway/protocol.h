@@ -40,7 +40,8 @@ typedef enum protocol_error_code {
     PROTOCOL_E_RATE_LIMITED,      /* "rate_limited": asks per minute (connection or address) */
     PROTOCOL_E_TOO_MANY_CONNECTIONS, /* "too_many_connections": per address */
     PROTOCOL_E_TURN_LIMIT,        /* "turn_limit": conversation has too many turns */
-    PROTOCOL_E_CONTEXT_LIMIT,     /* "context_limit": conversation too long in tokens */
+    PROTOCOL_E_CONVERSATION_TOO_LONG, /* "conversation_too_long": the new message alone does not
+                                         fit the model's context (old turns are dropped first) */
     PROTOCOL_E_UNKNOWN_DUEL,      /* "unknown_duel": no such duel (or it expired) */
     PROTOCOL_E_NOT_YOUR_DUEL,     /* "not_your_duel": the duel belongs to another conversation */
     PROTOCOL_E_ALREADY_VOTED,     /* "already_voted" */
@@ -107,7 +108,9 @@ char *protocol_encode_welcome(const char *conversation, const protocol_welcome_l
                               const char *const *assistant_texts, size_t n_turns,
                               bool test_backend, size_t *len);
 char *protocol_encode_progress(const char *duel, long long tokens, size_t *len);
-char *protocol_encode_duel_start(const char *duel, size_t *len);
+/* dropped_turns > 0 adds "dropped_turns": the conversation's oldest turns left out of this
+ * duel's prompt so that it fits the model's context (the page says so). */
+char *protocol_encode_duel_start(const char *duel, int dropped_turns, size_t *len);
 char *protocol_encode_delta(const char *duel, char side, const char *text, size_t text_len,
                             size_t *len);
 /* cancelled adds "cancelled":true (the user's cancel, an engine error or shutdown). */

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "server_internal.h"
@@ -25,7 +26,27 @@
 #define HOUSEKEEPING_US 200000      /* 200 ms */
 #define CONV_CACHE_SOFT_MAX 50000   /* conversations kept before idle ones are forgotten */
 #define CONV_IDLE_S 600.0           /* idle seconds before a cached conversation may go */
-#define PROTOCOL_NAME "duel.v1"
+/* Descriptors kept out of lws's hands: Redis connections (the vote, console and loader
+ * threads'), the spill log, static files being sent, a snapshot's files while it loads. Plus
+ * 1/FD_RESERVE_SHARE of the limit, and websockets leave 1/FD_HTTP_SHARE of lws's share to
+ * plain HTTP (the page itself, /metrics, /healthz). */
+#define FD_RESERVE 32
+#define FD_RESERVE_SHARE 16
+#define FD_HTTP_SHARE 8
+
+/* lws's share of the descriptor limit (RLIMIT_NOFILE's soft limit). lws stops accepting (takes
+ * the listening socket out of its poll set) once its table is full and resumes as connections
+ * close, so the process never reaches EMFILE in accept(), where lws 4.1 would spin logging
+ * "accept: errno 24" on a socket that stays readable. The price: with a table smaller than the
+ * limit lws finds a socket's connection by a scan of the table, not an index. */
+static int lws_fd_share(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > (1 << 20))
+        return 1 << 20;
+    int limit = (int)rl.rlim_cur;
+    int share = limit - FD_RESERVE - limit / FD_RESERVE_SHARE;
+    return share > 8 ? share : 8;
+}
 
 /* ---- inbox (results from other threads) --------------------------------------------------- */
 
@@ -129,7 +150,8 @@ static void housekeeping(lws_sorted_usec_list_t *sul) {
     double now = duel_time_seconds();
     take_stats_entry(gw, now);
     gateway_rollout_refresh(gw); /* the revision in /metrics follows without a new conversation */
-    duel_table_expire(&gw->duels, now, gw->cfg.duel_retention_s, (size_t)gw->cfg.max_duels);
+    duel_table_expire(&gw->duels, now, gw->cfg.duel_retention_s, (size_t)gw->cfg.max_duels,
+                      (size_t)gw->cfg.max_duel_bytes);
     conversation_cache_evict(&gw->convs, now, CONV_CACHE_SOFT_MAX, CONV_IDLE_S);
     lws_sul_schedule(gw->ctx, 0, &gw->sul, housekeeping, HOUSEKEEPING_US);
 }
@@ -178,13 +200,25 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
     lws_set_log_level(LLL_ERR, NULL);
     gw->protocols[0] = (struct lws_protocols){"http", gateway_http_callback, gateway_http_pss_size(),
                                               0, 0, NULL, 0};
-    gw->protocols[1] = (struct lws_protocols){PROTOCOL_NAME, gateway_ws_callback, sizeof(session *),
+    gw->protocols[1] = (struct lws_protocols){GATEWAY_PROTOCOL_NAME, gateway_ws_callback, sizeof(session *),
                                               8192, 0, NULL, 0};
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_DISABLE_IPV6;
     info.user = gw;
     info.port = CONTEXT_PORT_NO_LISTEN;
+    /* Room for headers up to twice max_header_bytes, so that a request over the limit still
+     * reaches http.c and gets 431; past this room lws itself drops the connection. */
+    info.max_http_header_data2 = (unsigned)cfg->max_header_bytes * 2;
+    int fd_share = lws_fd_share();
+    info.fd_limit_per_thread = (unsigned)fd_share;
+    gw->max_connections = fd_share - fd_share / FD_HTTP_SHARE - 1;
+    if (cfg->max_connections <= gw->max_connections) gw->max_connections = cfg->max_connections;
+    else
+        fprintf(stderr, "duel serve: gateway.max_connections = %d is more than the descriptor "
+                        "limit allows (ulimit -n); %d websockets at most\n",
+                cfg->max_connections, gw->max_connections);
+    gw->metrics.max_connections = gw->max_connections;
     gw->ctx = lws_create_context(&info);
     if (!gw->ctx) {
         rc = duel_error_set(err, DUEL_EIO, "gateway: lws_create_context failed");

@@ -34,6 +34,7 @@
 #include "str_map.h"
 
 #define GATEWAY_MAX_STATIC_FILES 32
+#define GATEWAY_PROTOCOL_NAME "duel.v1" /* the websocket subprotocol; upgrades without it are refused */
 
 typedef struct outframe {
     struct outframe *next;
@@ -52,6 +53,8 @@ typedef struct session {
     char *rx;
     size_t rx_len;
     bool rx_overflow, rx_binary;
+    bool rx_started;       /* a message's first bytes arrived, its last not yet */
+    double hello_deadline; /* duel_time_seconds() by which hello must have come */
     outframe *out_head, *out_tail;
     size_t out_bytes;
     duel_rec *duel; /* RUNNING or STREAMING */
@@ -114,6 +117,7 @@ struct gateway {
     rollout_router rollout;      /* duel:rollout as last accepted */
     uint64_t rollout_generation; /* redis_worker_rollout_changed's */
     uint64_t next_conn_id;
+    int max_connections;         /* cfg.max_connections capped below the descriptor limit */
     gateway_metrics metrics;
     static_file files[GATEWAY_MAX_STATIC_FILES];
     int n_files;
@@ -135,6 +139,7 @@ struct gateway {
 typedef struct http_pss {
     unsigned char *body;  /* the response: LWS_PRE headroom + payload */
     size_t len;
+    bool head;            /* a HEAD request: the headers of the response, no body */
     /* a POST to /api/knobs: its body, who sent it, and the knob change it waits for */
     char *request;
     size_t request_len;
@@ -155,6 +160,9 @@ session *gateway_find_session(gateway *gw, uint64_t conn_id);
 void gateway_send_frame(gateway *gw, session *s, char *json);
 void gateway_send_error(gateway *gw, session *s, protocol_error_code code, const char *message);
 void gateway_close_soon(session *s);
+/* Sets s's one pending lws timeout from its state (hello, partial message, idle; none while a
+ * duel runs): after every message, a duel's end and the connection's start. */
+void gateway_session_deadline(gateway *gw, session *s);
 /* Token bucket: capacity per_minute, refilled per_minute / 60 per second. */
 bool gateway_bucket_take(double *tokens, double *last, int per_minute, double now);
 

@@ -1,8 +1,9 @@
 /* session.c: the gateway's websocket connections (the duel.v1 protocol's lws callbacks). Owns
  * the sessions, their outboxes and the per-address state (connections, ask token buckets): a
- * connection is admitted (not draining, under max_connections, an allowed Origin), gets a
- * session, has its fragments gathered into whole messages (max_frame_bytes; a message that never
- * finishes closes it), and writes frames only from LWS_CALLBACK_SERVER_WRITEABLE, one per
+ * connection is admitted (not draining, under max_connections, an allowed Origin: http_route.h),
+ * gets a session, has its fragments gathered into whole messages (max_frame_bytes; a message
+ * that never finishes closes it), has one deadline at a time (hello, partial message or idle:
+ * gateway_session_deadline), and writes frames only from LWS_CALLBACK_SERVER_WRITEABLE, one per
  * callback, from its outbox; a client too far behind (OUTBOX_MAX_BYTES) is dropped. What a
  * message means is chat_flow.c's business.
  *
@@ -11,7 +12,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http_route.h"
 #include "server_internal.h"
+#include "timer.h"
 
 #define OUTBOX_MAX_BYTES (8u << 20) /* a client this far behind is dropped */
 
@@ -68,16 +71,28 @@ session *gateway_find_session(gateway *gw, uint64_t conn_id) {
 }
 
 static bool origin_allowed(gateway *gw, struct lws *wsi) {
-    char origin[256], host[256], own[300];
+    char origin[256];
     if (lws_hdr_total_length(wsi, WSI_TOKEN_ORIGIN) <= 0) return true; /* not a browser */
-    if (lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN) <= 0) return false;
-    for (int i = 0; i < gw->cfg.n_origins; i++)
-        if (strcmp(origin, gw->cfg.origins[i]) == 0) return true;
-    if (lws_hdr_copy(wsi, host, sizeof host, WSI_TOKEN_HOST) <= 0) return false;
-    snprintf(own, sizeof own, "http://%s", host);
-    if (strcmp(origin, own) == 0) return true;
-    snprintf(own, sizeof own, "https://%s", host);
-    return strcmp(origin, own) == 0;
+    int n = lws_hdr_copy(wsi, origin, sizeof origin, WSI_TOKEN_ORIGIN);
+    if (n <= 0) return false;
+    return http_origin_allowed(origin, (size_t)n, (const char (*)[256])gw->cfg.origins,
+                               gw->cfg.n_origins, gw->cfg.bind, gw->port);
+}
+
+/* The one deadline a websocket has at a time (lws keeps one pending timeout per connection, in
+ * whole seconds): the rest of its hello time until it said hello, the partial-message time
+ * from a message's first fragment (later fragments do not extend it), and otherwise the idle
+ * time, from its last message or its last duel's end. A running duel has none. */
+void gateway_session_deadline(gateway *gw, session *s) {
+    if (s->rx_started) return; /* the partial-message deadline stands */
+    if (!s->hello_done) {
+        int left = (int)(s->hello_deadline - duel_time_seconds() + 0.999);
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, left > 0 ? left : LWS_TO_KILL_ASYNC);
+    } else if (s->duel) {
+        lws_set_timeout(s->wsi, NO_PENDING_TIMEOUT, 0);
+    } else {
+        lws_set_timeout(s->wsi, PENDING_TIMEOUT_USER_OK, gw->cfg.idle_timeout_s);
+    }
 }
 
 static void session_destroy(gateway *gw, session *s) {
@@ -110,6 +125,7 @@ static int on_established(gateway *gw, struct lws *wsi, session **slot) {
     s->conn_id = ++gw->next_conn_id;
     snprintf(s->key, sizeof s->key, "%016llx", (unsigned long long)s->conn_id);
     s->wsi = wsi;
+    s->hello_deadline = duel_time_seconds() + gw->cfg.hello_timeout_s;
     lws_get_peer_simple(wsi, s->addr, sizeof s->addr);
     if (str_map_put(&gw->sessions, s->key, s)) {
         free(s);
@@ -130,13 +146,20 @@ static int on_established(gateway *gw, struct lws *wsi, session **slot) {
                            "too many connections from your address");
         gateway_close_soon(s);
     }
+    gateway_session_deadline(gw, s);
     return 0;
 }
 
 /* Gathers a message's fragments; a whole one goes to chat_flow.c (or is refused here). */
 static int on_receive(gateway *gw, struct lws *wsi, session *s, const void *in, size_t len) {
-    if (lws_is_first_fragment(wsi) && s->rx_len == 0 && !s->rx_overflow)
+    if (!s->rx_started) {
         s->rx_binary = lws_frame_is_binary(wsi);
+        s->rx_started = true;
+        /* A message that never finishes (slowloris) closes the connection: the time counts
+         * from its first bytes, whatever arrives after. */
+        if (!lws_is_final_fragment(wsi))
+            lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, gw->cfg.partial_message_timeout_s);
+    }
     if (!s->rx_overflow && !s->rx_binary) {
         if (s->rx_len + len > gw->cfg.max_frame_bytes) {
             s->rx_overflow = true;
@@ -146,12 +169,8 @@ static int on_receive(gateway *gw, struct lws *wsi, session *s, const void *in, 
             s->rx_len += len;
         }
     }
-    if (!lws_is_final_fragment(wsi)) {
-        /* A message that never finishes (slowloris) closes the connection. */
-        lws_set_timeout(wsi, PENDING_TIMEOUT_USER_OK, gw->cfg.partial_message_timeout_s);
-        return 0;
-    }
-    lws_set_timeout(wsi, NO_PENDING_TIMEOUT, 0);
+    if (!lws_is_final_fragment(wsi)) return 0;
+    s->rx_started = false;
     if (s->rx_binary) {
         gw->metrics.frames_in++;
         gateway_send_error(gw, s, PROTOCOL_E_BINARY, "only text frames are accepted");
@@ -167,6 +186,7 @@ static int on_receive(gateway *gw, struct lws *wsi, session *s, const void *in, 
     }
     s->rx_len = 0;
     s->rx_overflow = s->rx_binary = false;
+    gateway_session_deadline(gw, s);
     return 0;
 }
 
@@ -198,7 +218,7 @@ int gateway_ws_callback(struct lws *wsi, enum lws_callback_reasons reason, void 
     session *s = slot ? *slot : NULL;
     switch (reason) {
     case LWS_CALLBACK_FILTER_PROTOCOL_CONNECTION:
-        if (gw->draining || gw->metrics.connections_open >= gw->cfg.max_connections ||
+        if (gw->draining || gw->metrics.connections_open >= gw->max_connections ||
             !origin_allowed(gw, wsi)) {
             gw->metrics.connections_rejected++;
             return 1;

@@ -18,7 +18,6 @@
     rate_limited: 'You are sending questions quickly; please wait a moment.',
     busy: 'Still answering your last question.',
     turn_limit: 'This conversation is full. Start a new one.',
-    context_limit: 'This conversation is too long. Start a new one.',
     too_many_connections: 'Too many open tabs from your address.',
     shutting_down: 'The server is restarting; reconnecting shortly.',
     engine_error: 'The model could not answer. Please try again.',
@@ -52,6 +51,17 @@
     el.notice.textContent = text;
     el.notice.className = 'notice' + (kind === 'info' ? ' info' : '');
     el.notice.hidden = !text;
+  }
+
+  // A notice with one action button (the new-conversation offer).
+  function showOffer(text, label, action) {
+    showNotice(text);
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'offer';
+    b.textContent = label;
+    b.addEventListener('click', action);
+    el.notice.append(' ', b);
   }
 
   function addTurn(user, assistant) {
@@ -165,6 +175,12 @@
       current.id = msg.duel;
       el.progress.classList.remove('busy');
       el.progress.textContent = 'Two answers are arriving. Which is better?';
+      // The model reads only so much: the server left the oldest turns out of this question.
+      if (msg.dropped_turns > 0) {
+        const n = msg.dropped_turns;
+        showNotice(`This conversation is longer than the model can read: the first ${n} ` +
+          `turn${n === 1 ? ' was' : 's were'} left out of this answer.`, 'info');
+      }
       break;
     case 'delta':
       if (!current || msg.duel !== current.id) return;
@@ -207,9 +223,15 @@
 
   function handleError(msg) {
     const text = ERROR_TEXT[msg.code] || `Error: ${msg.message || msg.code}`;
-    showNotice(text);
-    if (current && !current.finished && ['busy', 'rate_limited', 'turn_limit', 'context_limit',
-        'engine_error', 'shutting_down'].includes(msg.code)) {
+    if (msg.code === 'conversation_too_long') {
+      // Nothing temporary: the message (with what came before) is more than the model reads.
+      showOffer('That message is too long for the model to read. Shorten it, or start a new ' +
+        'conversation.', 'Start a new conversation', () => el.newConv.click());
+    } else {
+      showNotice(text);
+    }
+    if (current && !current.finished && ['busy', 'rate_limited', 'turn_limit',
+        'conversation_too_long', 'engine_error', 'shutting_down'].includes(msg.code)) {
       if (current.turn) current.turn.remove();
       if (!el.input.value) el.input.value = current.question;
       resetDuel();

@@ -317,7 +317,7 @@ static void test_file_env_and_set_overrides(void **state) {
                          "DUEL_JUDGE_URL=http://judge:9/v1", "DUEL_TOKENS=admin:ops:s3cret",
                          "DUEL_JUDGE_API_KEY=", "DUEL_UNRELATED=x", NULL};
     const char *sets[] = {"trainer.batch_size=32", "model.path=some dir/x", "model.id=\"q\"",
-                          "oracle.preference={\"stochastic\": true}", "gateway.origins=[\"http://a\"]",
+                          "oracle.preference={\"stochastic\": true}", "gateway.allowed_origins=[\"http://a\"]",
                           "redis.host=set-host", "trainer.lr=3e-6", "erm.lr=1"};
     json_t *root = NULL;
     duel_config_secrets secrets;
@@ -342,7 +342,7 @@ static void test_file_env_and_set_overrides(void **state) {
     json_t *pref = json_object_get(o, "preference");
     assert_true(json_is_true(json_object_get(pref, "stochastic")));
     assert_true(json_number_value(json_object_get(pref, "temperature")) == 1.0); /* kept */
-    assert_string_equal(json_string_value(json_array_get(at(root, "gateway", "origins"), 0)),
+    assert_string_equal(json_string_value(json_array_get(at(root, "gateway", "allowed_origins"), 0)),
                         "http://a");
     assert_string_equal(secrets.tokens, "admin:ops:s3cret");
     assert_string_equal(secrets.judge_api_key, "");
@@ -418,8 +418,8 @@ static void test_wrong_types_name_the_path(void **state) {
                "trainer.batch_size must be an integer", "abc");
     load_fails(NULL, (const char *const[]){"sim.strategies=[\"ee_ts\", 1]"}, 1, NULL,
                DUEL_EFORMAT, "sim.strategies[1] must be a string", NULL);
-    load_fails(NULL, (const char *const[]){"gateway.origins=\"x\""}, 1, NULL, DUEL_EFORMAT,
-               "gateway.origins must be an array", NULL);
+    load_fails(NULL, (const char *const[]){"gateway.allowed_origins=\"x\""}, 1, NULL, DUEL_EFORMAT,
+               "gateway.allowed_origins must be an array", NULL);
     load_fails(NULL, (const char *const[]){"oracle.preference.stochastic=yes"}, 1, NULL,
                DUEL_EINVAL, "oracle.preference.stochastic must be true or false", NULL);
     load_fails(NULL, (const char *const[]){"model.id=\"unterminated"}, 1, NULL, DUEL_EINVAL,

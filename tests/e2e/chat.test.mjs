@@ -6,7 +6,8 @@
 // Redis (in the test backend's stream duel:prefs:test, never in the trainer's duel:prefs),
 // reload and find the conversation resumed. Then a
 // reconnect: the server stops, a question asked while the page is offline waits on the page, and
-// once a new server is up it is sent, answered and voted on.
+// once a new server is up it is sent, answered and voted on. And conversations longer than the
+// shipped model's context, on a second `duel serve` with that model (runLongConversation).
 // Screenshots of each state go to $DUEL_E2E_ARTIFACTS (default $DUEL_TEST_TMP/e2e-screenshots).
 // Exit 77 (skip) when Chromium or playwright-core is missing.
 import {spawn, execFileSync} from 'node:child_process';
@@ -240,13 +241,90 @@ async function runReconnect() {
   await context.close();
 }
 
+// Conversations longer than the model (issue 21), with the shipped model (256-token context) on
+// a second `duel serve`: an 800-byte question gets the page's offer to start a new conversation
+// (never "busy"); then a conversation goes on turn after turn, and once it no longer fits, the
+// page says that its first turns were left out, and every turn is still answered.
+async function runLongConversation() {
+  const port = await freePort();
+  const url = `http://127.0.0.1:${port}`;
+  writeFileSync(join(dir, 'model.json'), JSON.stringify({
+    gateway: {stream_interval_ms: 0}, duel: {candidates: 2, max_new_tokens: 48}}));
+  let log = '';
+  const model = spawn(duelBin, ['serve', '--model', join(source, 'models/default'), '--no-snapshots',
+    '--port', String(port), '--redis', `127.0.0.1:${redisPort}`, '--config', join(dir, 'model.json'),
+    '--web-root', join(source, 'gateway/web'), '--spill', join(dir, 'spill-model.log'),
+    '--data-dir', join(dir, 'data-model')], {stdio: ['ignore', 'pipe', 'pipe']});
+  children.push(model);
+  model.stdout.on('data', (d) => { log += d; });
+  model.stderr.on('data', (d) => { log += d; });
+  try {
+    await waitFor(async () => (await fetch(`${url}/healthz`)).ok, 'duel serve with the model', 30000);
+    const context = await launch({viewport: {width: 1280, height: 800}});
+    const page = context.pages()[0] || await context.newPage();
+    const pageErrors = [];
+    page.on('pageerror', (e) => pageErrors.push(String(e)));
+    const shot = (state) => page.screenshot({path: join(artifacts, `long-${state}.png`), fullPage: true});
+    await page.goto(url + '/');
+    await waitFor(async () => (await page.textContent('#status')) === 'Connected', 'Connected');
+    const firstConversation = await page.evaluate(() => localStorage.getItem('duel.conversation'));
+
+    // 800 bytes of numbers (few bytes per token)
+    const long = Array.from({length: 200}, (_, i) => String((i + 1) * 7919 % 10007)).join(' ').slice(0, 800);
+    await page.fill('#ask-text', long);
+    await page.press('#ask-text', 'Enter');
+    await waitFor(async () => (await page.textContent('#notice')).includes('too long for the model'),
+      'the too-long notice');
+    assert.doesNotMatch(await page.textContent('#notice'), /busy|Still answering/);
+    assert.equal(await page.isVisible('#notice button.offer'), true, 'an offer of a new conversation');
+    assert.equal(await page.inputValue('#ask-text'), long, 'the question is back in the box');
+    await shot('1-too-long');
+    await page.click('#notice button.offer');
+    await waitFor(async () => (await page.textContent('#status')) === 'Connected' &&
+      await page.evaluate((c) => localStorage.getItem('duel.conversation') !== c, firstConversation),
+    'a new conversation');
+
+    let leftOut = null;
+    for (let turn = 1; turn <= 14 && !leftOut; turn++) {
+      await page.fill('#ask-text', `Tell me a long story about river number ${turn} and its stones.`);
+      await page.press('#ask-text', 'Enter');
+      const errorShown = () => page.evaluate(() => {
+        const n = document.getElementById('notice');
+        return !n.hidden && !n.classList.contains('info');
+      });
+      await waitFor(async () => (await page.textContent('#progress')).includes('Pick the better answer') ||
+        await errorShown(), `turn ${turn} answered`, 30000);
+      const notice = await page.textContent('#notice');
+      assert.equal(await errorShown(), false, `turn ${turn}: ${notice}`);
+      if (/left out/.test(notice)) leftOut = {turn, notice};
+      await page.keyboard.press('1');
+      await waitFor(async () => (await page.textContent('#notice')).includes('Thanks'), `vote ${turn}`);
+      if (leftOut) await shot('2-left-out-voted');
+    }
+    assert.ok(leftOut, 'the conversation outgrew the 256-token context within 14 turns');
+    assert.ok(leftOut.turn >= 3, `turns were left out from turn ${leftOut.turn}`);
+    assert.match(leftOut.notice, /the first \d+ turns? (was|were) left out/);
+    // The page keeps showing the whole conversation.
+    assert.equal(await page.locator('.bubble.assistant').count(), leftOut.turn);
+    assert.deepEqual(pageErrors, []);
+    await context.close();
+  } catch (e) {
+    console.error('model server log:\n' + log);
+    throw e;
+  } finally {
+    if (model.exitCode === null) model.kill('SIGTERM');
+    await new Promise((r) => model.exitCode !== null ? r() : model.on('exit', r));
+  }
+}
+
 let failed = false;
 try {
   await runScenario('desktop', {viewport: {width: 1280, height: 800}}, true);
   await runScenario('phone', {viewport: {width: 390, height: 844}, isMobile: true, hasTouch: true,
     deviceScaleFactor: 2}, false);
   await runReconnect();
-  console.log(`ok: desktop, phone and reconnect scenarios passed; screenshots in ${artifacts}`);
+  await runLongConversation(); // last: its model's votes go to duel:prefs, which the others check
+  console.log(`ok: long conversation, desktop, phone and reconnect scenarios passed; screenshots in ${artifacts}`);
 } catch (e) {
   failed = true;
   console.error(e);

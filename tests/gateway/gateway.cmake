@@ -28,3 +28,9 @@ set_tests_properties(test_gateway_snapshot_swap PROPERTIES TIMEOUT 300 RUN_SERIA
                      SKIP_RETURN_CODE 77)
 # The A/B router: spec parsing and pinning, and the Redis thread's once-per-change feed.
 duel_test(test_gateway_rollout ${CMAKE_CURRENT_LIST_DIR}/test_rollout.c)
+# Hostile clients (issue 21): descriptors exhausted, upgrades without duel.v1, connection caps,
+# hello/idle/partial-message timeouts, HTTP methods, HEAD, 431, the Origin allow-list.
+duel_test(test_gateway_hostile ${CMAKE_CURRENT_LIST_DIR}/test_gateway_hostile.c)
+set_tests_properties(test_gateway_hostile PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE)
+# The duel table's byte budget for finished duels (gateway.max_duel_bytes).
+duel_test(test_gateway_duel_table ${CMAKE_CURRENT_LIST_DIR}/test_duel_table.c)

@@ -240,6 +240,15 @@ static int32_t *last_prompt_tokens(tu_redis *redis, size_t *n) {
     return ids;
 }
 
+/* The shipped model's tokenizer and chat template, as the adapter loads them. */
+static void load_tokenizer(tokenizer **tok, chat_template_kind *kind) {
+    char tok_path[1100];
+    duel_error err = {0};
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model_dir);
+    assert_int_equal(tokenizer_load(tok_path, tok, &err), 0);
+    assert_int_equal(chat_template_detect(model_dir, kind, &err), 0);
+}
+
 static void test_gateway_with_engine(void **state) {
     (void)state;
     tu_redis redis = {0};
@@ -253,10 +262,7 @@ static void test_gateway_with_engine(void **state) {
     duel_error err = {0};
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     tu_gateway g;
-    memset(&g, 0, sizeof g);
-    if (gateway_create(&gcfg, &b, &g.gw, &err)) fail_msg("%s", err.message);
-    g.port = gateway_port(g.gw);
-    assert_int_equal(pthread_create(&g.thread, NULL, tu_gateway_thread, &g), 0);
+    tu_gateway_start_backend(&g, &gcfg, &b);
     ws_client c;
     assert_int_equal(ws_connect(&c, g.port, NULL), 101);
     ws_hello(&c, NULL, NULL);
@@ -273,12 +279,9 @@ static void test_gateway_with_engine(void **state) {
     assert_false(ws_vote(&c, d2.id, "b"));
     size_t n_got = 0, n_want = 0;
     int32_t *got = last_prompt_tokens(&redis, &n_got), *want = NULL;
-    char tok_path[1100];
-    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model_dir);
     tokenizer *tok;
     chat_template_kind kind;
-    assert_int_equal(tokenizer_load(tok_path, &tok, &err), 0);
-    assert_int_equal(chat_template_detect(model_dir, &kind, &err), 0);
+    load_tokenizer(&tok, &kind);
     assert_true(chat_template_turns_concatenate(kind)); /* the default model's qa: ids are kept */
     chat_message conv[3] = {{"user", "What is a river?"}, {"assistant", d.a}, {"user", "What is a lake?"}};
     assert_int_equal(chat_template_encode(kind, tok, conv, 3, true, &want, &n_want, &err), 0);
@@ -289,6 +292,99 @@ static void test_gateway_with_engine(void **state) {
     tokenizer_free(tok);
     tu_duel_free(&d2);
     tu_duel_free(&d);
+    ws_close(&c);
+    tu_gateway_stop(&g);
+    tu_redis_stop(&redis, SIGTERM);
+}
+
+/* Conversations longer than the model (issue 21): with the shipped model's 256-token context a
+ * conversation goes on past what fits; the oldest whole turns are left out, duel_start says how
+ * many, and the prompt is exactly the encoding of the turns kept. A message that alone does not
+ * fit gets conversation_too_long (never `busy`), and the connection keeps serving. */
+static void test_conversation_longer_than_the_model(void **state) {
+    (void)state;
+    tu_redis redis = {0};
+    tu_redis_start(&redis);
+    gateway_config gcfg;
+    tu_gateway_config(&gcfg, &redis);
+    gcfg.knobs.v[duel_knob_index("M")].number = 2;
+    gcfg.knobs.v[duel_knob_index("max_new_tokens")].number = 48;
+    gcfg.knobs.v[duel_knob_index("temperature")].number = 1.0;
+    backend_engine_config cfg;
+    engine_config(&cfg);
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    assert_int_equal(b.context_tokens(b.impl), 256);
+    tu_gateway g;
+    tu_gateway_start_backend(&g, &gcfg, &b);
+
+    ws_client c;
+    assert_int_equal(ws_connect(&c, g.port, NULL), 101);
+    ws_hello(&c, NULL, NULL);
+    /* 800 bytes on a fresh conversation (numbers: few bytes per token): more than the model
+     * reads */
+    char big[900], ask[1000];
+    size_t n_big = 0;
+    for (int i = 1; n_big < 800; i++)
+        n_big += (size_t)snprintf(big + n_big, sizeof big - n_big, "%d ", (i * 7919) % 10007);
+    big[800] = '\0';
+    snprintf(ask, sizeof ask, "{\"type\":\"ask\",\"text\":\"%s\"}", big);
+    assert_int_equal(ws_send_text(&c, ask), 0);
+    ws_expect_error(&c, "conversation_too_long");
+
+    enum { TURNS = 11 };
+    static const char *const WORDS[TURNS] = {"alpha", "bravo", "charlie", "delta", "echo",
+                                             "foxtrot", "golf", "hotel", "india", "juliet", "kilo"};
+    char *questions[TURNS], *answers[TURNS];
+    int dropped = 0;
+    for (int t = 0; t < TURNS; t++) {
+        char q[96];
+        snprintf(q, sizeof q, "Tell me a long story about the %s river and its stones.", WORDS[t]);
+        tu_duel d;
+        ws_ask_duel(&c, q, &d); /* fails on any error frame: busy before the fix */
+        assert_true(d.dropped_turns >= dropped); /* the conversation only grows */
+        assert_true(d.dropped_turns <= t);
+        dropped = d.dropped_turns;
+        assert_false(ws_vote(&c, d.id, "a"));
+        questions[t] = strdup(q);
+        answers[t] = strdup(d.a);
+        tu_duel_free(&d);
+    }
+    assert_true(dropped > 0); /* eleven turns do not fit in 256 tokens */
+    /* The last duel's prompt: the kept turns [dropped, TURNS-1) and the last question, exactly */
+    size_t n_got = 0, n_want = 0;
+    int32_t *got = last_prompt_tokens(&redis, &n_got), *want = NULL;
+    assert_true(n_got <= 256 - 48);
+    tokenizer *tok;
+    chat_template_kind kind;
+    load_tokenizer(&tok, &kind);
+    chat_message conv[2 * TURNS];
+    size_t n = 0;
+    for (int t = dropped; t < TURNS - 1; t++) {
+        conv[n++] = (chat_message){"user", questions[t]};
+        conv[n++] = (chat_message){"assistant", answers[t]};
+    }
+    conv[n++] = (chat_message){"user", questions[TURNS - 1]};
+    assert_int_equal(chat_template_encode(kind, tok, conv, n, true, &want, &n_want, &err), 0);
+    assert_int_equal(n_got, n_want);
+    assert_memory_equal(got, want, n_want * sizeof *want);
+    /* ... and with one turn more it would not have fitted: no turn was dropped needlessly */
+    if (dropped > 0) {
+        chat_message more[2 * TURNS + 2];
+        more[0] = (chat_message){"user", questions[dropped - 1]};
+        more[1] = (chat_message){"assistant", answers[dropped - 1]};
+        memcpy(more + 2, conv, n * sizeof *conv);
+        int32_t *ids = NULL;
+        size_t n_ids = 0;
+        assert_int_equal(chat_template_encode(kind, tok, more, n + 2, true, &ids, &n_ids, &err), 0);
+        assert_true(n_ids > 256 - 48);
+        free(ids);
+    }
+    free(got);
+    free(want);
+    tokenizer_free(tok);
+    for (int t = 0; t < TURNS; t++) free(questions[t]), free(answers[t]);
     ws_close(&c);
     tu_gateway_stop(&g);
     tu_redis_stop(&redis, SIGTERM);
@@ -307,6 +403,7 @@ int main(void) {
         cmocka_unit_test(test_adapter_duel),
         cmocka_unit_test(test_adapter_rejects_bad_settings),
         cmocka_unit_test(test_gateway_with_engine),
+        cmocka_unit_test(test_conversation_longer_than_the_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -419,7 +419,7 @@ static void test_limits(void **state) {
     memcpy(long_text, "{\"type\":\"ask\",\"text\":\"", 22);
     strcpy(long_text + 1000, "\"}");
     ws_send_text(&c[1], long_text); /* ~1000 bytes = ~250 tokens > 200 */
-    ws_expect_error(&c[1], "context_limit");
+    ws_expect_error(&c[1], "conversation_too_long");
     ws_ask_duel(&c[1], "a", &d);
     tu_duel_free(&d);
     ws_ask_duel(&c[1], "b", &d); /* no vote: the history stays short */

@@ -234,6 +234,28 @@ static void test_encoding(void **state) {
     json_decref(j);
 }
 
+/* An unknown field's name is quoted cut at 40 bytes, which can split a character: the error
+ * frame must still be built (found by fuzz_protocol; it used to be NULL, so no frame went out). */
+static void test_error_detail_cut_mid_character(void **state) {
+    (void)state;
+    char msg[256] = "{\"type\":\"cancel\",\"x"; /* 1 + 2k bytes: 40 ends inside one */
+    for (int i = 0; i < 30; i++) strcat(msg, "\xc3\xa9"); /* 60 bytes of e-acute */
+    strcat(msg, "\":1}");
+    protocol_limits lim = {16384, 4000};
+    protocol_msg m;
+    char detail[256];
+    assert_int_equal(protocol_parse(msg, strlen(msg), &lim, &m, detail, sizeof detail),
+                     PROTOCOL_E_UNKNOWN_FIELD);
+    size_t len = 0;
+    char *frame = protocol_encode_error(PROTOCOL_E_UNKNOWN_FIELD, detail, &len);
+    assert_non_null(frame);
+    json_t *j = json_loads(frame, 0, NULL);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "code")), "unknown_field");
+    json_decref(j);
+    free(frame);
+}
+
 static void test_sanitize(void **state) {
     (void)state;
     size_t n;
@@ -254,6 +276,7 @@ int main(void) {
         cmocka_unit_test(test_utf8_and_size),    cmocka_unit_test(test_structure_errors),
         cmocka_unit_test(test_error_names_are_distinct), cmocka_unit_test(test_encoding),
         cmocka_unit_test(test_sanitize),
+        cmocka_unit_test(test_error_detail_cut_mid_character),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

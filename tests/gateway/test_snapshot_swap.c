@@ -65,17 +65,6 @@ static void register_snapshot(const tu_redis *r, long long v, const char *path) 
     redisFree(c);
 }
 
-static long long metric(int port, const char *name) {
-    char *body = NULL;
-    assert_int_equal(tu_http_get(port, "/metrics", &body), 200);
-    char key[128];
-    snprintf(key, sizeof key, "\n%s ", name);
-    const char *at = strstr(body, key);
-    long long v = at ? atoll(at + strlen(key)) : -1;
-    free(body);
-    return v;
-}
-
 static long long healthz_version(int port) {
     char *body = NULL;
     assert_int_equal(tu_http_get(port, "/healthz", &body), 200);
@@ -89,10 +78,10 @@ static long long healthz_version(int port) {
 /* Waits (up to 60 s: a loaded machine) until metric name reaches want. */
 static void wait_metric(int port, const char *name, long long want) {
     for (int i = 0; i < 600; i++) {
-        if (metric(port, name) == want) return;
+        if (tu_metric(port, name) == want) return;
         tu_sleep_ms(100);
     }
-    fail_msg("%s never reached %lld (is %lld)", name, want, metric(port, name));
+    fail_msg("%s never reached %lld (is %lld)", name, want, tu_metric(port, name));
 }
 
 /* One duel and a vote; returns the policy_version field of the vote's stream entry. */
@@ -168,7 +157,7 @@ static void test_hot_swap_through_gateway(void **state) {
     ws_hello(&c, NULL, NULL);
     assert_int_equal(duel_and_vote(&c, &redis, 0), 0); /* the base model */
     assert_int_equal(healthz_version(g.port), 0);
-    assert_int_equal(metric(g.port, "duel_serving_policy_version"), 0);
+    assert_int_equal(tu_metric(g.port, "duel_serving_policy_version"), 0);
 
     /* v1: good. The next duel is v1's. */
     char dir[1024];
@@ -176,7 +165,7 @@ static void test_hot_swap_through_gateway(void **state) {
     register_snapshot(&redis, 1, dir);
     wait_metric(g.port, "duel_serving_policy_version", 1);
     assert_int_equal(healthz_version(g.port), 1);
-    assert_int_equal(metric(g.port, "duel_snapshot_loaded_total"), 1);
+    assert_int_equal(tu_metric(g.port, "duel_snapshot_loaded_total"), 1);
     assert_int_equal(duel_and_vote(&c, &redis, 1), 1);
 
     /* v2: model.safetensors truncated after meta.json was written: refused. */
@@ -192,20 +181,20 @@ static void test_hot_swap_through_gateway(void **state) {
     register_snapshot(&redis, 3, dir);
     wait_metric(g.port, "duel_snapshot_rejected_total", 2);
     /* Several polls later it was not retried (refused once, remembered). */
-    long long polls_seen = metric(g.port, "duel_snapshot_newest_seen");
+    long long polls_seen = tu_metric(g.port, "duel_snapshot_newest_seen");
     assert_int_equal(polls_seen, 3);
     tu_sleep_ms(1000);
-    assert_int_equal(metric(g.port, "duel_snapshot_rejected_total"), 2);
-    assert_int_equal(metric(g.port, "duel_serving_policy_version"), 1);
+    assert_int_equal(tu_metric(g.port, "duel_snapshot_rejected_total"), 2);
+    assert_int_equal(tu_metric(g.port, "duel_serving_policy_version"), 1);
     assert_int_equal(duel_and_vote(&c, &redis, 3), 1);
 
     /* v4: good again; v1 is retired and handed back (freed by the adapter). */
     write_snapshot(data, 4, 0.3, dir, sizeof dir);
     register_snapshot(&redis, 4, dir);
     wait_metric(g.port, "duel_serving_policy_version", 4);
-    assert_int_equal(metric(g.port, "duel_snapshot_loaded_total"), 2);
+    assert_int_equal(tu_metric(g.port, "duel_snapshot_loaded_total"), 2);
     assert_int_equal(duel_and_vote(&c, &redis, 4), 4);
-    assert_int_equal(metric(g.port, "duel_snapshot_rejected_total"), 2);
+    assert_int_equal(tu_metric(g.port, "duel_snapshot_rejected_total"), 2);
 
     ws_close(&c);
     tu_gateway_stop(&g);
