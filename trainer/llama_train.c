@@ -275,10 +275,6 @@ static int ensure_activations(llama_train *m, int batch, int seq, duel_error *er
     return train_rope_tables(a->rope_cos, a->rope_sin, cap_seq, &m->config, err);
 }
 
-static float *layer_ptr(float *base, int l, size_t stride) {
-    return base ? base + (size_t)l * stride : NULL;
-}
-
 int llama_train_forward(llama_train *m, const train_batch *batch, double *seq_logprob,
                         double *seq_count, float *token_logprob, duel_error *err) {
     return llama_train_forward_forked(m, batch, NULL, seq_logprob, seq_count, token_logprob, err);
@@ -314,28 +310,28 @@ int llama_train_forward_forked(llama_train *m, const train_batch *batch, const t
         float *gate = a->gate + l * NF, *up = a->up + l * NF, *swiglu = a->swiglu + l * NF;
 
         train_rmsnorm_forward(attn_norm, attn_rstd, res_in, p->attn_norm + (size_t)l * C, N, C, eps);
-        train_linear_forward(q, attn_norm, p->wq + (size_t)l * QD * C, layer_ptr(p->bq, l, QD), N,
-                             C, QD);
-        train_linear_forward(k, attn_norm, p->wk + (size_t)l * KD * C, layer_ptr(p->bk, l, KD), N,
-                             C, KD);
-        train_linear_forward(v, attn_norm, p->wv + (size_t)l * KD * C, layer_ptr(p->bv, l, KD), N,
-                             C, KD);
+        train_linear_forward(q, attn_norm, p->wq + (size_t)l * QD * C,
+                             train_layer_slice(p->bq, l, QD), N, C, QD);
+        train_linear_forward(k, attn_norm, p->wk + (size_t)l * KD * C,
+                             train_layer_slice(p->bk, l, KD), N, C, KD);
+        train_linear_forward(v, attn_norm, p->wv + (size_t)l * KD * C,
+                             train_layer_slice(p->bv, l, KD), N, C, KD);
         train_rope_forward(q, q, a->rope_cos, a->rope_sin, B, T, m->Hq, m->D, m->D, fork);
         train_rope_forward(k, k, a->rope_cos, a->rope_sin, B, T, m->Hkv, m->D, m->D, fork);
         train_attention_forward(attn_out, a->probs + l * probs_stride, q, k, v, B, T, m->Hq,
                                 m->Hkv, m->D, fork);
         train_linear_forward(a->branch_out, attn_out, p->wo + (size_t)l * C * QD,
-                             layer_ptr(p->bo, l, C), N, QD, C);
+                             train_layer_slice(p->bo, l, C), N, QD, C);
         train_residual_forward(res_mid, res_in, a->branch_out, (int)NC);
 
         train_rmsnorm_forward(mlp_norm, mlp_rstd, res_mid, p->mlp_norm + (size_t)l * C, N, C, eps);
         train_linear_forward(gate, mlp_norm, p->w_gate + (size_t)l * F * C,
-                             layer_ptr(p->b_gate, l, F), N, C, F);
-        train_linear_forward(up, mlp_norm, p->w_up + (size_t)l * F * C, layer_ptr(p->b_up, l, F),
-                             N, C, F);
+                             train_layer_slice(p->b_gate, l, F), N, C, F);
+        train_linear_forward(up, mlp_norm, p->w_up + (size_t)l * F * C,
+                             train_layer_slice(p->b_up, l, F), N, C, F);
         train_swiglu_forward(swiglu, gate, up, (int)NF);
         train_linear_forward(a->branch_out, swiglu, p->w_down + (size_t)l * C * F,
-                             layer_ptr(p->b_down, l, C), N, F, C);
+                             train_layer_slice(p->b_down, l, C), N, F, C);
         train_residual_forward(res_out, res_mid, a->branch_out, (int)NC);
     }
     train_rmsnorm_forward(a->final_norm, a->final_rstd, a->residual + (size_t)m->L * NC,
@@ -387,23 +383,26 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
         /* MLP branch */
         memset(a->d_swiglu, 0, NF * sizeof(float));
         train_linear_backward(a->d_swiglu, g->w_down + (size_t)l * C * F,
-                              layer_ptr(g->b_down, l, C), a->d_residual, swiglu,
+                              train_layer_slice(g->b_down, l, C), a->d_residual, swiglu,
                               p->w_down + (size_t)l * C * F, N, F, C);
         memset(a->d_gate, 0, NF * sizeof(float));
         memset(a->d_up, 0, NF * sizeof(float));
         train_swiglu_backward(a->d_gate, a->d_up, a->d_swiglu, gate, up, (int)NF);
         memset(a->d_norm, 0, NC * sizeof(float));
-        train_linear_backward(a->d_norm, g->w_gate + (size_t)l * F * C, layer_ptr(g->b_gate, l, F),
-                              a->d_gate, mlp_norm, p->w_gate + (size_t)l * F * C, N, C, F);
-        train_linear_backward(a->d_norm, g->w_up + (size_t)l * F * C, layer_ptr(g->b_up, l, F),
-                              a->d_up, mlp_norm, p->w_up + (size_t)l * F * C, N, C, F);
+        train_linear_backward(a->d_norm, g->w_gate + (size_t)l * F * C,
+                              train_layer_slice(g->b_gate, l, F), a->d_gate, mlp_norm,
+                              p->w_gate + (size_t)l * F * C, N, C, F);
+        train_linear_backward(a->d_norm, g->w_up + (size_t)l * F * C,
+                              train_layer_slice(g->b_up, l, F), a->d_up, mlp_norm,
+                              p->w_up + (size_t)l * F * C, N, C, F);
         train_rmsnorm_backward(a->d_residual, g->mlp_norm + (size_t)l * C, a->d_norm, res_mid,
                                p->mlp_norm + (size_t)l * C, mlp_rstd, N, C);
 
         /* Attention branch */
         memset(a->d_attn_out, 0, NQ * sizeof(float));
-        train_linear_backward(a->d_attn_out, g->wo + (size_t)l * C * QD, layer_ptr(g->bo, l, C),
-                              a->d_residual, attn_out, p->wo + (size_t)l * C * QD, N, QD, C);
+        train_linear_backward(a->d_attn_out, g->wo + (size_t)l * C * QD,
+                              train_layer_slice(g->bo, l, C), a->d_residual, attn_out,
+                              p->wo + (size_t)l * C * QD, N, QD, C);
         memset(a->d_q_rot, 0, NQ * sizeof(float));
         memset(a->d_k_rot, 0, NK * sizeof(float));
         memset(a->d_v, 0, NK * sizeof(float));
@@ -414,12 +413,15 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
         train_rope_backward(a->d_q, a->d_q_rot, a->rope_cos, a->rope_sin, B, T, m->Hq, m->D, m->D, fork);
         train_rope_backward(a->d_k, a->d_k_rot, a->rope_cos, a->rope_sin, B, T, m->Hkv, m->D, m->D, fork);
         memset(a->d_norm, 0, NC * sizeof(float));
-        train_linear_backward(a->d_norm, g->wq + (size_t)l * QD * C, layer_ptr(g->bq, l, QD),
-                              a->d_q, attn_norm, p->wq + (size_t)l * QD * C, N, C, QD);
-        train_linear_backward(a->d_norm, g->wk + (size_t)l * KD * C, layer_ptr(g->bk, l, KD),
-                              a->d_k, attn_norm, p->wk + (size_t)l * KD * C, N, C, KD);
-        train_linear_backward(a->d_norm, g->wv + (size_t)l * KD * C, layer_ptr(g->bv, l, KD),
-                              a->d_v, attn_norm, p->wv + (size_t)l * KD * C, N, C, KD);
+        train_linear_backward(a->d_norm, g->wq + (size_t)l * QD * C,
+                              train_layer_slice(g->bq, l, QD), a->d_q, attn_norm,
+                              p->wq + (size_t)l * QD * C, N, C, QD);
+        train_linear_backward(a->d_norm, g->wk + (size_t)l * KD * C,
+                              train_layer_slice(g->bk, l, KD), a->d_k, attn_norm,
+                              p->wk + (size_t)l * KD * C, N, C, KD);
+        train_linear_backward(a->d_norm, g->wv + (size_t)l * KD * C,
+                              train_layer_slice(g->bv, l, KD), a->d_v, attn_norm,
+                              p->wv + (size_t)l * KD * C, N, C, KD);
         train_rmsnorm_backward(a->d_residual, g->attn_norm + (size_t)l * C, a->d_norm, res_in,
                                p->attn_norm + (size_t)l * C, attn_rstd, N, C);
     }

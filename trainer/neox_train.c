@@ -250,10 +250,6 @@ static int ensure_activations(neox_train *m, int batch, int seq, duel_error *err
     return rc ? rc : train_rope_tables(a->rope_cos, a->rope_sin, cap_seq, &m->config, err);
 }
 
-static float *layer_ptr(float *base, int l, size_t stride) {
-    return base ? base + (size_t)l * stride : NULL;
-}
-
 /* The fused projection's rows are [head][q, k, v][head_dim]: split into [N][H][D] each. */
 static void split_qkv(float *q, float *k, float *v, const float *qkv, int n, int heads, int dim) {
     size_t D = (size_t)dim;
@@ -313,14 +309,14 @@ int neox_train_forward_forked(neox_train *m, const train_batch *batch, const tra
         train_layernorm_forward(ln1, a->ln1_mean + row, a->ln1_rstd + row, res_in,
                                 p->ln1_w + (size_t)l * C, p->ln1_b + (size_t)l * C, N, C, eps);
         train_linear_forward(a->qkv, ln1, p->w_qkv + (size_t)l * 3 * C * C,
-                             layer_ptr(p->b_qkv, l, 3 * (size_t)C), N, C, 3 * C);
+                             train_layer_slice(p->b_qkv, l, 3 * (size_t)C), N, C, 3 * C);
         split_qkv(q, k, v, a->qkv, N, m->H, m->D);
         train_rope_forward(q, q, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R, fork);
         train_rope_forward(k, k, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R, fork);
         train_attention_forward(attn_out, a->probs + l * probs_stride, q, k, v, B, T, m->H, m->H,
                                 m->D, fork);
         train_linear_forward(a->attn_branch, attn_out, p->w_dense + (size_t)l * C * C,
-                             layer_ptr(p->b_dense, l, C), N, C, C);
+                             train_layer_slice(p->b_dense, l, C), N, C, C);
         /* The MLP reads ln2 of the layer input (parallel) or of x + attention (sequential). */
         float *ln2_in = res_in;
         if (!m->parallel) {
@@ -398,7 +394,7 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
 
         memset(a->d_attn_out, 0, NC * sizeof(float));
         train_linear_backward(a->d_attn_out, g->w_dense + (size_t)l * C * C,
-                              layer_ptr(g->b_dense, l, C), a->d_residual, attn_out,
+                              train_layer_slice(g->b_dense, l, C), a->d_residual, attn_out,
                               p->w_dense + (size_t)l * C * C, N, C, C);
         memset(a->d_q_rot, 0, NC * sizeof(float));
         memset(a->d_k_rot, 0, NC * sizeof(float));
@@ -412,7 +408,7 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
         merge_qkv(a->d_qkv, a->d_q, a->d_k, a->d_v, N, m->H, m->D);
         memset(a->d_norm1, 0, NC * sizeof(float));
         train_linear_backward(a->d_norm1, g->w_qkv + (size_t)l * 3 * C * C,
-                              layer_ptr(g->b_qkv, l, 3 * (size_t)C), a->d_qkv, ln1,
+                              train_layer_slice(g->b_qkv, l, 3 * (size_t)C), a->d_qkv, ln1,
                               p->w_qkv + (size_t)l * 3 * C * C, N, C, 3 * C);
         if (m->parallel)
             train_layernorm_backward(a->d_residual, g->ln2_w + (size_t)l * C,

@@ -59,6 +59,11 @@ typedef struct train_layer_tensor {
     float *base;
     size_t stride;
 } train_layer_tensor;
+/* Layer l's slice of an [L][stride] parameter or gradient; NULL for an absent one (a bias the
+ * config does not have), which the layer functions take as "none". */
+static inline float *train_layer_slice(float *base, int l, size_t stride) {
+    return base ? base + (size_t)l * stride : NULL;
+}
 /* Adds layer's tensors of rows in order, named "<prefix>.<layer>.<suffix>". */
 void train_storage_add_layer_tensors(train_storage *s, const char *prefix, int layer,
                                      const train_layer_tensor *rows, size_t num_rows);
