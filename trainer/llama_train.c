@@ -135,11 +135,7 @@ static int check_config(const model_config *c, duel_error *err) {
     double C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->num_layers;
     double QD = (double)c->num_heads * c->head_dim, KD = (double)c->num_kv_heads * c->head_dim;
     double total = 2 * V * C + L * (QD * C * 2 + KD * C * 2 + 3 * F * C + 3 * C + QD + 2 * KD + F);
-    if (total > (double)TRAIN_MAX_PARAMETERS)
-        return duel_error_set(err, DUEL_ELIMIT,
-                              "llama_train: %.0f parameters is over the limit of %lld", total,
-                              (long long)TRAIN_MAX_PARAMETERS);
-    return 0;
+    return train_storage_check_parameter_count(total, "llama_train", err);
 }
 
 /* The HF names in state_dict order (module registration order of LlamaForCausalLM). */
@@ -342,8 +338,7 @@ int llama_train_forward_forked(llama_train *m, const train_batch *batch, const t
                                      st->row_targets, a->head_in, a->logits, a->lse,
                                      a->row_logprob, a->final_norm, p->lm_head, st->targets,
                                      st->mask, B, T, C, V, fork);
-    if (token_logprob) memcpy(token_logprob, a->token_logprob, (size_t)N * sizeof(float));
-    st->have_forward = true;
+    train_storage_end_forward(st, token_logprob, a->token_logprob);
     return 0;
 }
 

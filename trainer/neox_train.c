@@ -124,11 +124,7 @@ static int check_config(const model_config *c, duel_error *err) {
         return duel_error_set(err, DUEL_EINVAL, "neox_train: norm_eps and rope_theta must be positive");
     double C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->num_layers;
     double total = 2 * V * C + L * (4 * C * C + 2 * F * C + 9 * C + F) + 2 * C;
-    if (total > (double)TRAIN_MAX_PARAMETERS)
-        return duel_error_set(err, DUEL_ELIMIT,
-                              "neox_train: %.0f parameters is over the limit of %lld", total,
-                              (long long)TRAIN_MAX_PARAMETERS);
-    return 0;
+    return train_storage_check_parameter_count(total, "neox_train", err);
 }
 
 static void build_tensor_table(neox_train *m) {
@@ -342,8 +338,7 @@ int neox_train_forward_forked(neox_train *m, const train_batch *batch, const tra
                                      st->row_targets, a->head_in, a->logits, a->lse,
                                      a->row_logprob, a->lnf, p->embed_out, st->targets, st->mask, B,
                                      T, C, V, fork);
-    if (token_logprob) memcpy(token_logprob, a->token_logprob, (size_t)N * sizeof(float));
-    st->have_forward = true;
+    train_storage_end_forward(st, token_logprob, a->token_logprob);
     return 0;
 }
 

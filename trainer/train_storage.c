@@ -16,6 +16,13 @@ static void carve(float *memory, float **slots[], const size_t sizes[], int num_
     }
 }
 
+int train_storage_check_parameter_count(double total, const char *who, duel_error *err) {
+    if (total > (double)TRAIN_MAX_PARAMETERS)
+        return duel_error_set(err, DUEL_ELIMIT, "%s: %.0f parameters is over the limit of %lld",
+                              who, total, (long long)TRAIN_MAX_PARAMETERS);
+    return 0;
+}
+
 int train_storage_init(train_storage *s, float **param_slots[], float **grad_slots[],
                        const size_t sizes[], int num_slots, int max_tensors, const char *who,
                        duel_error *err) {
@@ -156,6 +163,14 @@ void train_storage_keep_batch(train_storage *s, const train_batch *batch) {
     memcpy(s->tokens, batch->tokens, n * sizeof(int32_t));
     memcpy(s->targets, batch->targets, n * sizeof(int32_t));
     memcpy(s->mask, batch->mask, n * sizeof(float));
+}
+
+void train_storage_end_forward(train_storage *s, float *token_logprob,
+                               const float *saved_token_logprob) {
+    if (token_logprob)
+        memcpy(token_logprob, saved_token_logprob,
+               (size_t)s->batch * s->seq * sizeof(float));
+    s->have_forward = true;
 }
 
 int train_storage_begin_backward(train_storage *s, const double *dseq_logprob, const char *who,

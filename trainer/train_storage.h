@@ -5,9 +5,9 @@
  * sizes, its tensor names); the checks, the allocation, the lookups and the
  * forward-then-backward bookkeeping live here once.
  *
- * Invariant: have_forward is set by the family when a forward has completed, and cleared by
- * every new forward, every reallocation and train_storage_begin_backward, so each backward
- * consumes exactly one forward's activations.
+ * Invariant: have_forward is set by train_storage_end_forward when a forward has completed, and
+ * cleared by every new forward, every reallocation and train_storage_begin_backward, so each
+ * backward consumes exactly one forward's activations.
  *
  * Ownership: part of one model, used by one thread at a time. */
 #ifndef DUEL_TRAIN_STORAGE_H
@@ -36,6 +36,10 @@ typedef struct train_storage {
     train_fork_saved fork; /* of the last forward */
     bool have_forward;
 } train_storage;
+
+/* DUEL_ELIMIT (prefixed by who) when a config's parameter count, computed in double before any
+ * size_t product, is over TRAIN_MAX_PARAMETERS. */
+int train_storage_check_parameter_count(double total, const char *who, duel_error *err);
 
 /* Allocates zeroed parameters and gradients of sum(sizes) floats and a table for max_tensors
  * tensors (the family's count for its config: the table does not grow), and points param_slots[i] and grad_slots[i] at slot i of each (NULL where sizes[i] is
@@ -96,6 +100,12 @@ int train_storage_alloc_activations(train_storage *s, int cap_batch, int cap_seq
                                     int num_slots, const char *who, duel_error *err);
 /* Copies the batch (tokens, targets, mask) into the activations, which must fit it. */
 void train_storage_keep_batch(train_storage *s, const train_batch *batch);
+
+/* Ends a successful forward: copies the B*T per-token log-probabilities the head saved
+ * (saved_token_logprob) to token_logprob when the caller asked for them (non-NULL), and marks
+ * the activations ready for one backward. */
+void train_storage_end_forward(train_storage *s, float *token_logprob,
+                               const float *saved_token_logprob);
 
 /* The checks at the start of a backward: a forward to consume and one finite d(loss)/d(sum) per
  * sequence of it (2B for forked rows). Clears have_forward; *fork as the forward's. DUEL_EINVAL. */
