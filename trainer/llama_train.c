@@ -192,7 +192,7 @@ int llama_train_create(const model_config *config, llama_train **out, duel_error
     param_slots(&m->params, param_ptrs);
     param_slots(&m->grads, grad_ptrs);
     rc = train_storage_init(&m->store, param_ptrs, grad_ptrs, sizes, NUM_PARAM_SLOTS,
-                            m->L * 16 + 3, "llama_train", err);
+                            (size_t)m->L * 16 + 3, "llama_train", err);
     if (rc) {
         free(m);
         return rc;

@@ -177,7 +177,7 @@ int neox_train_create(const model_config *config, neox_train **out, duel_error *
     param_slots(&m->params, param_ptrs);
     param_slots(&m->grads, grad_ptrs);
     if ((rc = train_storage_init(&m->store, param_ptrs, grad_ptrs, sizes, NUM_PARAM_SLOTS,
-                                 m->L * 12 + 4, "neox_train", err))) {
+                                 (size_t)m->L * 12 + 4, "neox_train", err))) {
         free(m);
         return rc;
     }

@@ -24,13 +24,13 @@ int train_storage_check_parameter_count(double total, const char *who, duel_erro
 }
 
 int train_storage_init(train_storage *s, float **param_slots[], float **grad_slots[],
-                       const size_t sizes[], int num_slots, int max_tensors, const char *who,
+                       const size_t sizes[], int num_slots, size_t max_tensors, const char *who,
                        duel_error *err) {
     memset(s, 0, sizeof *s);
     for (int i = 0; i < num_slots; i++) s->num_parameters += sizes[i];
     s->param_memory = calloc(s->num_parameters, sizeof(float));
     s->grad_memory = calloc(s->num_parameters, sizeof(float));
-    s->tensors = calloc((size_t)max_tensors, sizeof *s->tensors);
+    s->tensors = calloc(max_tensors, sizeof *s->tensors);
     if (!s->param_memory || !s->grad_memory || !s->tensors) {
         size_t count = s->num_parameters;
         train_storage_free(s);

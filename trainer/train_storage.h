@@ -45,7 +45,7 @@ int train_storage_check_parameter_count(double total, const char *who, duel_erro
  * tensors (the family's count for its config: the table does not grow), and points param_slots[i] and grad_slots[i] at slot i of each (NULL where sizes[i] is
  * 0). who prefixes messages. DUEL_ENOMEM (s is then freed). */
 int train_storage_init(train_storage *s, float **param_slots[], float **grad_slots[],
-                       const size_t sizes[], int num_slots, int max_tensors, const char *who,
+                       const size_t sizes[], int num_slots, size_t max_tensors, const char *who,
                        duel_error *err);
 /* Frees everything s owns; s may be zeroed or partly initialised. */
 void train_storage_free(train_storage *s);
