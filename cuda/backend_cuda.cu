@@ -116,10 +116,7 @@ static int context_check_kernels(backend_cuda_context *ctx, const cudaDeviceProp
     return DUEL_OK;
 }
 
-extern "C" int backend_cuda_context_create(int device, size_t min_free_bytes,
-                                           backend_cuda_context **out, duel_error *err) {
-    if (!out) return duel_error_set(err, DUEL_EINVAL, "CUDA: no output pointer for the context");
-    *out = NULL;
+int backend_cuda_device_exists(int device, duel_error *err) {
     int count = 0;
     cudaError_t rc = cudaGetDeviceCount(&count);
     if (rc != cudaSuccess) {
@@ -129,8 +126,15 @@ extern "C" int backend_cuda_context_create(int device, size_t min_free_bytes,
     }
     if (count == 0) return duel_error_set(err, DUEL_EDEVICE, "no CUDA device: none found");
     if (device < 0 || device >= count)
-        return duel_error_set(err, DUEL_EDEVICE, "CUDA device %d does not exist (%d found)", device,
-                              count);
+        return duel_error_set(err, DUEL_EDEVICE, "no CUDA device %d (%d found)", device, count);
+    return DUEL_OK;
+}
+
+extern "C" int backend_cuda_context_create(int device, size_t min_free_bytes,
+                                           backend_cuda_context **out, duel_error *err) {
+    if (!out) return duel_error_set(err, DUEL_EINVAL, "CUDA: no output pointer for the context");
+    *out = NULL;
+    if (int missing = backend_cuda_device_exists(device, err)) return missing;
     cudaDeviceProp prop;
     BACKEND_CUDA_TRY(cudaGetDeviceProperties(&prop, device), err, "cudaGetDeviceProperties");
     if (prop.major < BACKEND_CUDA_MIN_COMPUTE_MAJOR)
@@ -156,7 +160,7 @@ extern "C" int backend_cuda_context_create(int device, size_t min_free_bytes,
     ctx->sm_count = prop.multiProcessorCount;
     ctx->total_memory = prop.totalGlobalMem;
     int status = DUEL_OK;
-    rc = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
+    cudaError_t rc = cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking);
     if (rc != cudaSuccess) {
         status = backend_cuda_fail(err, rc, "cudaStreamCreate");
         ctx->stream = NULL;

@@ -29,6 +29,9 @@ struct backend_cuda_context {
  * sticky error state is cleared where CUDA allows it (cudaGetLastError). */
 int backend_cuda_fail(duel_error *err, cudaError_t rc, const char *what);
 int backend_cuda_cublas_fail(duel_error *err, cublasStatus_t rc, const char *what);
+/* DUEL_EDEVICE "no CUDA device ..." unless device indexes a visible CUDA device (the check the
+ * backend and the GPU weight transports make before they touch one). */
+int backend_cuda_device_exists(int device, duel_error *err);
 /* After a kernel launch: the launch error, if any. */
 int backend_cuda_check_launch(duel_error *err, const char *kernel);
 /* Makes the context's device current (one process may hold several contexts). */

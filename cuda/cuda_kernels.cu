@@ -53,6 +53,18 @@ extern "C" int backend_cuda_embedding(backend_cuda_context *ctx, float *out, con
 
 /* ---- norms ----------------------------------------------------------------------------------- */
 
+/* Element i of the residual row x (row `row` of the stream) after adding delta's, which is
+ * written back so that the norm's later passes read the sum; delta NULL: no add. */
+__device__ __forceinline__ float residual_add(float *x, const float *delta, size_t row, int dim,
+                                              int i) {
+    float v = x[i];
+    if (delta) {
+        v += delta[row * dim + i];
+        x[i] = v;
+    }
+    return v;
+}
+
 /* One block per row. Pass 1 applies the residual add (each thread owns the same elements in every
  * pass, so it reads back what it wrote) and accumulates statistics in double. */
 __global__ void rmsnorm_kernel(void *out, int out_dtype, float *residual, const float *delta,
@@ -62,11 +74,7 @@ __global__ void rmsnorm_kernel(void *out, int out_dtype, float *residual, const 
     float *x = residual + row * dim;
     double ss = 0.0;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-        float v = x[i];
-        if (delta) {
-            v += delta[row * dim + i];
-            x[i] = v;
-        }
+        float v = residual_add(x, delta, row, dim, i);
         ss += (double)v * v;
     }
     ss = block_sum_double(ss, shared);
@@ -82,14 +90,7 @@ __global__ void layernorm_kernel(void *out, int out_dtype, float *residual, cons
     size_t row = blockIdx.x;
     float *x = residual + row * dim;
     double sum = 0.0;
-    for (int i = threadIdx.x; i < dim; i += blockDim.x) {
-        float v = x[i];
-        if (delta) {
-            v += delta[row * dim + i];
-            x[i] = v;
-        }
-        sum += v;
-    }
+    for (int i = threadIdx.x; i < dim; i += blockDim.x) sum += residual_add(x, delta, row, dim, i);
     double mean = block_sum_double(sum, shared) / dim;
     double var = 0.0;
     for (int i = threadIdx.x; i < dim; i += blockDim.x) {

@@ -92,16 +92,22 @@ __device__ __forceinline__ void thread_range(int len, int *begin, int *end) {
     *end = min(len, *begin + per);
 }
 
-/* Sum of weight(i) over [0, len), every thread gets it. Thread-local sums left in sh->sums. */
+/* This thread's sum of weight(i) over its range of [0, len), also left in sh->sums[thread]. */
 template <typename Weight>
-__device__ double block_total(int len, Weight weight, block_shared *sh) {
+__device__ double thread_local_sum(int len, Weight weight, block_shared *sh) {
     int b, e;
     thread_range(len, &b, &e);
     double local = 0.0;
     for (int i = b; i < e; i++) local += weight(i);
     __syncthreads();
     sh->sums[threadIdx.x] = local;
-    return block_sum_double(local, sh->reduce);
+    return local;
+}
+
+/* Sum of weight(i) over [0, len), every thread gets it. Thread-local sums left in sh->sums. */
+template <typename Weight>
+__device__ double block_total(int len, Weight weight, block_shared *sh) {
+    return block_sum_double(thread_local_sum(len, weight, sh), sh->reduce);
 }
 
 /* The first i in [0, len) whose inclusive prefix sum of weight exceeds target (strict) or
@@ -112,10 +118,7 @@ __device__ int block_find_crossing(int len, Weight weight, double target, bool s
                                    block_shared *sh) {
     int b, e;
     thread_range(len, &b, &e);
-    double local = 0.0;
-    for (int i = b; i < e; i++) local += weight(i);
-    __syncthreads();
-    sh->sums[threadIdx.x] = local;
+    const double local = thread_local_sum(len, weight, sh);
     if (threadIdx.x == 0) sh->claim = -1;
     __syncthreads();
     if (threadIdx.x == 0) {

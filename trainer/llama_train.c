@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "train_layers.h"
+#include "train_storage.h"
 
 #define NUM_PARAM_SLOTS 19
 
@@ -68,20 +69,8 @@ struct llama_train {
     model_config config;
     int C, F, V, L, Hq, Hkv, D, QD, KD; /* shorthand sizes */
     llama_train_params params, grads;
-    float *param_memory, *grad_memory;
-    size_t num_parameters;
-    train_tensor *tensors;
-    int num_tensors;
-
     llama_train_acts acts;
-    float *act_memory;
-    int32_t *int_memory; /* tokens, targets, rows, row_targets: [N] each */
-    float *mask;         /* [N] copy */
-    int cap_batch, cap_seq;
-    int batch, seq, num_rows; /* of the last forward */
-    int32_t *tokens, *targets, *rows, *row_targets;
-    train_fork_saved fork; /* of the last forward */
-    bool have_forward;
+    train_storage store; /* params, grads and acts point into it; the batch of the last forward */
 };
 
 static void param_slots(llama_train_params *p, float **slots[NUM_PARAM_SLOTS]) {
@@ -111,20 +100,6 @@ static void param_sizes(const llama_train *m, size_t sizes[NUM_PARAM_SLOTS]) {
         C,                                /* final_norm */
         c->tie_word_embeddings ? 0 : V * C};
     memcpy(sizes, list, sizeof list);
-}
-
-/* Points each slot of p into memory (zero-sized slots become NULL); ties lm_head. */
-static void carve_params(llama_train *m, llama_train_params *p, float *memory) {
-    float **slots[NUM_PARAM_SLOTS];
-    size_t sizes[NUM_PARAM_SLOTS];
-    param_slots(p, slots);
-    param_sizes(m, sizes);
-    size_t off = 0;
-    for (int i = 0; i < NUM_PARAM_SLOTS; i++) {
-        *slots[i] = sizes[i] ? memory + off : NULL;
-        off += sizes[i];
-    }
-    if (m->config.tie_word_embeddings) p->lm_head = p->embed_tokens;
 }
 
 static int check_config(const model_config *c, duel_error *err) {
@@ -160,38 +135,16 @@ static int check_config(const model_config *c, duel_error *err) {
     double C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->num_layers;
     double QD = (double)c->num_heads * c->head_dim, KD = (double)c->num_kv_heads * c->head_dim;
     double total = 2 * V * C + L * (QD * C * 2 + KD * C * 2 + 3 * F * C + 3 * C + QD + 2 * KD + F);
-    if (total > (double)TRAIN_MAX_PARAMETERS)
-        return duel_error_set(err, DUEL_ELIMIT,
-                              "llama_train: %.0f parameters is over the limit of %lld", total,
-                              (long long)TRAIN_MAX_PARAMETERS);
-    return 0;
-}
-
-static int add_tensor(llama_train *m, const char *name, int ndim, int d0, int d1, float *param) {
-    train_tensor *t = &m->tensors[m->num_tensors++];
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->ndim = ndim;
-    t->shape[0] = d0;
-    t->shape[1] = ndim == 2 ? d1 : 1;
-    t->numel = (size_t)d0 * (ndim == 2 ? (size_t)d1 : 1);
-    t->param = param;
-    t->grad = m->grad_memory + (param - m->param_memory);
-    return 0;
+    return train_storage_check_parameter_count(total, "llama_train", err);
 }
 
 /* The HF names in state_dict order (module registration order of LlamaForCausalLM). */
 static void build_tensor_table(llama_train *m) {
     llama_train_params *p = &m->params;
     size_t C = m->C, F = m->F, QD = m->QD, KD = m->KD;
-    char name[96];
-    add_tensor(m, "model.embed_tokens.weight", 2, m->V, m->C, p->embed_tokens);
+    train_storage_add_tensor(&m->store, "model.embed_tokens.weight", 2, m->V, m->C, p->embed_tokens);
     for (int l = 0; l < m->L; l++) {
-        struct {
-            const char *suffix;
-            int ndim, d0, d1;
-            float *base;
-            size_t stride;
-        } rows[] = {
+        const train_layer_tensor rows[] = {
             {"self_attn.q_proj.weight", 2, m->QD, m->C, p->wq, QD * C},
             {"self_attn.q_proj.bias", 1, m->QD, 0, p->bq, QD},
             {"self_attn.k_proj.weight", 2, m->KD, m->C, p->wk, KD * C},
@@ -209,15 +162,12 @@ static void build_tensor_table(llama_train *m) {
             {"input_layernorm.weight", 1, m->C, 0, p->attn_norm, C},
             {"post_attention_layernorm.weight", 1, m->C, 0, p->mlp_norm, C},
         };
-        for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-            if (!rows[i].base) continue;
-            snprintf(name, sizeof name, "model.layers.%d.%s", l, rows[i].suffix);
-            add_tensor(m, name, rows[i].ndim, rows[i].d0, rows[i].d1,
-                       rows[i].base + (size_t)l * rows[i].stride);
-        }
+        train_storage_add_layer_tensors(&m->store, "model.layers", l, rows,
+                                        sizeof rows / sizeof rows[0]);
     }
-    add_tensor(m, "model.norm.weight", 1, m->C, 0, p->final_norm);
-    if (!m->config.tie_word_embeddings) add_tensor(m, "lm_head.weight", 2, m->V, m->C, p->lm_head);
+    train_storage_add_tensor(&m->store, "model.norm.weight", 1, m->C, 0, p->final_norm);
+    if (!m->config.tie_word_embeddings)
+        train_storage_add_tensor(&m->store, "lm_head.weight", 2, m->V, m->C, p->lm_head);
 }
 
 int llama_train_create(const model_config *config, llama_train **out, duel_error *err) {
@@ -237,19 +187,20 @@ int llama_train_create(const model_config *config, llama_train **out, duel_error
     m->QD = m->Hq * m->D;
     m->KD = m->Hkv * m->D;
     size_t sizes[NUM_PARAM_SLOTS];
+    float **param_ptrs[NUM_PARAM_SLOTS], **grad_ptrs[NUM_PARAM_SLOTS];
     param_sizes(m, sizes);
-    for (int i = 0; i < NUM_PARAM_SLOTS; i++) m->num_parameters += sizes[i];
-    m->param_memory = calloc(m->num_parameters, sizeof(float));
-    m->grad_memory = calloc(m->num_parameters, sizeof(float));
-    m->tensors = calloc((size_t)m->L * 16 + 3, sizeof *m->tensors);
-    if (!m->param_memory || !m->grad_memory || !m->tensors) {
-        size_t count = m->num_parameters;
-        llama_train_free(m);
-        return duel_error_set(err, DUEL_ENOMEM, "llama_train: out of memory for %zu parameters",
-                              count);
+    param_slots(&m->params, param_ptrs);
+    param_slots(&m->grads, grad_ptrs);
+    rc = train_storage_init(&m->store, param_ptrs, grad_ptrs, sizes, NUM_PARAM_SLOTS,
+                            (size_t)m->L * 16 + 3, "llama_train", err);
+    if (rc) {
+        free(m);
+        return rc;
     }
-    carve_params(m, &m->params, m->param_memory);
-    carve_params(m, &m->grads, m->grad_memory);
+    if (config->tie_word_embeddings) {
+        m->params.lm_head = m->params.embed_tokens;
+        m->grads.lm_head = m->grads.embed_tokens;
+    }
     build_tensor_table(m);
     *out = m;
     return 0;
@@ -257,43 +208,25 @@ int llama_train_create(const model_config *config, llama_train **out, duel_error
 
 void llama_train_free(llama_train *m) {
     if (!m) return;
-    free(m->param_memory);
-    free(m->grad_memory);
-    free(m->tensors);
-    free(m->act_memory);
-    free(m->int_memory);
-    free(m->mask);
-    train_fork_saved_free(&m->fork);
+    train_storage_free(&m->store);
     free(m);
 }
 
 const model_config *llama_train_config(const llama_train *m) { return &m->config; }
-size_t llama_train_num_parameters(const llama_train *m) { return m->num_parameters; }
+size_t llama_train_num_parameters(const llama_train *m) { return m->store.num_parameters; }
 llama_train_params *llama_train_parameters(llama_train *m) { return &m->params; }
 llama_train_params *llama_train_gradients(llama_train *m) { return &m->grads; }
-float *llama_train_parameter_memory(llama_train *m) { return m->param_memory; }
-float *llama_train_gradient_memory(llama_train *m) { return m->grad_memory; }
-int llama_train_num_tensors(const llama_train *m) { return m->num_tensors; }
-
+float *llama_train_parameter_memory(llama_train *m) { return m->store.param_memory; }
+float *llama_train_gradient_memory(llama_train *m) { return m->store.grad_memory; }
+int llama_train_num_tensors(const llama_train *m) { return m->store.num_tensors; }
 int llama_train_tensor_at(llama_train *m, int index, train_tensor *out) {
-    if (index < 0 || index >= m->num_tensors) return DUEL_EINVAL;
-    *out = m->tensors[index];
-    return 0;
+    return train_storage_tensor_at(&m->store, index, out);
 }
-
 int llama_train_find_tensor(llama_train *m, const char *name, train_tensor *out,
                             duel_error *err) {
-    for (int i = 0; i < m->num_tensors; i++)
-        if (strcmp(m->tensors[i].name, name) == 0) {
-            *out = m->tensors[i];
-            return 0;
-        }
-    return duel_error_set(err, DUEL_ENOTFOUND, "llama_train: no tensor named %s", name);
+    return train_storage_find_tensor(&m->store, name, out, "llama_train", err);
 }
-
-void llama_train_zero_grad(llama_train *m) {
-    memset(m->grad_memory, 0, m->num_parameters * sizeof(float));
-}
+void llama_train_zero_grad(llama_train *m) { train_storage_zero_grad(&m->store); }
 
 /* Sizes of the activation slots for a batch of B x T, in the order of llama_train_acts. */
 static void act_sizes(const llama_train *m, size_t B, size_t T, size_t sizes[NUM_ACT_SLOTS]) {
@@ -311,46 +244,16 @@ static void act_sizes(const llama_train *m, size_t B, size_t T, size_t sizes[NUM
 
 /* Grows the activation memory to hold batch x seq (keeping the larger of old and new). */
 static int ensure_activations(llama_train *m, int batch, int seq, duel_error *err) {
-    if (m->act_memory && batch <= m->cap_batch && seq <= m->cap_seq) return 0;
-    int cap_batch = batch > m->cap_batch ? batch : m->cap_batch;
-    int cap_seq = seq > m->cap_seq ? seq : m->cap_seq;
-    /* Estimate in double first so that the size_t products below cannot overflow. */
+    int cap_batch, cap_seq;
+    if (!train_storage_needs_activations(&m->store, batch, seq, &cap_batch, &cap_seq)) return 0;
+    /* The same count in double, checked before the size_t sizes are used (they may wrap). */
     double B = cap_batch, T = cap_seq, N = B * T;
     double estimate = m->L * (B * m->Hq * T * T + N * (6.0 * m->C + 3.0 * m->F + 2.0 * m->QD +
                                                         2.0 * m->KD + 2)) +
                       N * (8.0 * m->C + m->V + 3.0 * m->QD + 3.0 * m->KD + 3.0 * m->F + 8) +
                       T * (m->config.rotary_dim + T);
-    if (estimate * sizeof(float) > (double)TRAIN_MAX_ACTIVATION_BYTES)
-        return duel_error_set(err, DUEL_ELIMIT,
-                              "llama_train: a batch of %d x %d needs %.1f GiB of activations, over "
-                              "the limit of %zu GiB",
-                              cap_batch, cap_seq, estimate * sizeof(float) / (1 << 30),
-                              TRAIN_MAX_ACTIVATION_BYTES >> 30);
-    size_t sizes[NUM_ACT_SLOTS], total = 0;
+    size_t sizes[NUM_ACT_SLOTS];
     act_sizes(m, (size_t)cap_batch, (size_t)cap_seq, sizes);
-    for (int i = 0; i < NUM_ACT_SLOTS; i++) total += sizes[i];
-    size_t n = (size_t)cap_batch * cap_seq;
-    float *memory = malloc(total * sizeof(float));
-    int32_t *ints = malloc(4 * n * sizeof(int32_t));
-    float *mask = malloc(n * sizeof(float));
-    if (!memory || !ints || !mask) {
-        free(memory);
-        free(ints);
-        free(mask);
-        return duel_error_set(err, DUEL_ENOMEM, "llama_train: out of memory for activations");
-    }
-    free(m->act_memory);
-    free(m->int_memory);
-    free(m->mask);
-    m->act_memory = memory;
-    m->int_memory = ints;
-    m->mask = mask;
-    m->cap_batch = cap_batch;
-    m->cap_seq = cap_seq;
-    m->tokens = ints;
-    m->targets = ints + n;
-    m->rows = ints + 2 * n;
-    m->row_targets = ints + 3 * n;
     llama_train_acts *a = &m->acts;
     float **slots[NUM_ACT_SLOTS] = {
         &a->residual, &a->attn_norm, &a->attn_rstd, &a->q, &a->k, &a->v, &a->probs,
@@ -362,17 +265,10 @@ static int ensure_activations(llama_train *m, int batch, int seq, duel_error *er
         &a->attn_scratch, &a->rope_cos, &a->rope_sin};
     _Static_assert(sizeof(llama_train_acts) == NUM_ACT_SLOTS * sizeof(float *),
                    "every member of llama_train_acts must be a slot");
-    size_t off = 0;
-    for (int i = 0; i < NUM_ACT_SLOTS; i++) {
-        *slots[i] = memory + off;
-        off += sizes[i];
-    }
-    m->have_forward = false;
-    return train_rope_tables(m->acts.rope_cos, m->acts.rope_sin, cap_seq, &m->config, err);
-}
-
-static float *layer_ptr(float *base, int l, size_t stride) {
-    return base ? base + (size_t)l * stride : NULL;
+    int rc = train_storage_alloc_activations(&m->store, cap_batch, cap_seq, estimate, slots, sizes,
+                                             NUM_ACT_SLOTS, "llama_train", err);
+    if (rc) return rc;
+    return train_rope_tables(a->rope_cos, a->rope_sin, cap_seq, &m->config, err);
 }
 
 int llama_train_forward(llama_train *m, const train_batch *batch, double *seq_logprob,
@@ -383,32 +279,23 @@ int llama_train_forward(llama_train *m, const train_batch *batch, double *seq_lo
 int llama_train_forward_forked(llama_train *m, const train_batch *batch, const train_fork *fork_in,
                                double *seq_logprob, double *seq_count, float *token_logprob,
                                duel_error *err) {
-    /* a forked row may be longer than the model's positions: train_fork_save checks its sequences */
-    const int max_positions = m->config.max_position_embeddings;
-    int rc = train_batch_check(batch, m->V, fork_in ? 0 : max_positions, "llama_train", err);
-    if (rc) return rc;
-    if (!seq_logprob || !seq_count)
-        return duel_error_set(err, DUEL_EINVAL, "llama_train: seq_logprob and seq_count are required");
-    m->have_forward = false;
-    const train_fork *fork = NULL;
-    if ((rc = train_fork_save(&m->fork, fork_in, batch, max_positions, "llama_train", &fork, err))) return rc;
-    rc = ensure_activations(m, batch->batch_size, batch->seq_len, err);
-    if (rc) return rc;
+    train_storage *st = &m->store;
+    const train_fork *fork;
+    int rc = train_storage_begin_forward(st, batch, fork_in, seq_logprob, seq_count, m->V,
+                                         m->config.max_position_embeddings, "llama_train", &fork,
+                                         err);
+    if (rc || (rc = ensure_activations(m, batch->batch_size, batch->seq_len, err))) return rc;
+    train_storage_keep_batch(st, batch);
     const int B = batch->batch_size, T = batch->seq_len, N = B * T;
     const int C = m->C, F = m->F, V = m->V, QD = m->QD, KD = m->KD;
     const float eps = (float)m->config.norm_eps;
-    m->batch = B;
-    m->seq = T;
-    memcpy(m->tokens, batch->tokens, (size_t)N * sizeof(int32_t));
-    memcpy(m->targets, batch->targets, (size_t)N * sizeof(int32_t));
-    memcpy(m->mask, batch->mask, (size_t)N * sizeof(float));
 
     llama_train_params *p = &m->params;
     llama_train_acts *a = &m->acts;
     const size_t NC = (size_t)N * C, NF = (size_t)N * F, NQ = (size_t)N * QD, NK = (size_t)N * KD;
     const size_t probs_stride = (size_t)B * m->Hq * T * T;
 
-    train_embedding_forward(a->residual, m->tokens, p->embed_tokens, N, C);
+    train_embedding_forward(a->residual, st->tokens, p->embed_tokens, N, C);
     for (int l = 0; l < m->L; l++) {
         float *res_in = a->residual + l * NC, *res_mid = a->residual_mid + l * NC;
         float *res_out = a->residual + (l + 1) * NC;
@@ -419,56 +306,48 @@ int llama_train_forward_forked(llama_train *m, const train_batch *batch, const t
         float *gate = a->gate + l * NF, *up = a->up + l * NF, *swiglu = a->swiglu + l * NF;
 
         train_rmsnorm_forward(attn_norm, attn_rstd, res_in, p->attn_norm + (size_t)l * C, N, C, eps);
-        train_linear_forward(q, attn_norm, p->wq + (size_t)l * QD * C, layer_ptr(p->bq, l, QD), N,
-                             C, QD);
-        train_linear_forward(k, attn_norm, p->wk + (size_t)l * KD * C, layer_ptr(p->bk, l, KD), N,
-                             C, KD);
-        train_linear_forward(v, attn_norm, p->wv + (size_t)l * KD * C, layer_ptr(p->bv, l, KD), N,
-                             C, KD);
+        train_linear_forward(q, attn_norm, p->wq + (size_t)l * QD * C,
+                             train_layer_slice(p->bq, l, QD), N, C, QD);
+        train_linear_forward(k, attn_norm, p->wk + (size_t)l * KD * C,
+                             train_layer_slice(p->bk, l, KD), N, C, KD);
+        train_linear_forward(v, attn_norm, p->wv + (size_t)l * KD * C,
+                             train_layer_slice(p->bv, l, KD), N, C, KD);
         train_rope_forward(q, q, a->rope_cos, a->rope_sin, B, T, m->Hq, m->D, m->D, fork);
         train_rope_forward(k, k, a->rope_cos, a->rope_sin, B, T, m->Hkv, m->D, m->D, fork);
         train_attention_forward(attn_out, a->probs + l * probs_stride, q, k, v, B, T, m->Hq,
                                 m->Hkv, m->D, fork);
         train_linear_forward(a->branch_out, attn_out, p->wo + (size_t)l * C * QD,
-                             layer_ptr(p->bo, l, C), N, QD, C);
+                             train_layer_slice(p->bo, l, C), N, QD, C);
         train_residual_forward(res_mid, res_in, a->branch_out, (int)NC);
 
         train_rmsnorm_forward(mlp_norm, mlp_rstd, res_mid, p->mlp_norm + (size_t)l * C, N, C, eps);
         train_linear_forward(gate, mlp_norm, p->w_gate + (size_t)l * F * C,
-                             layer_ptr(p->b_gate, l, F), N, C, F);
-        train_linear_forward(up, mlp_norm, p->w_up + (size_t)l * F * C, layer_ptr(p->b_up, l, F),
-                             N, C, F);
+                             train_layer_slice(p->b_gate, l, F), N, C, F);
+        train_linear_forward(up, mlp_norm, p->w_up + (size_t)l * F * C,
+                             train_layer_slice(p->b_up, l, F), N, C, F);
         train_swiglu_forward(swiglu, gate, up, (int)NF);
         train_linear_forward(a->branch_out, swiglu, p->w_down + (size_t)l * C * F,
-                             layer_ptr(p->b_down, l, C), N, F, C);
+                             train_layer_slice(p->b_down, l, C), N, F, C);
         train_residual_forward(res_out, res_mid, a->branch_out, (int)NC);
     }
     train_rmsnorm_forward(a->final_norm, a->final_rstd, a->residual + (size_t)m->L * NC,
                           p->final_norm, N, C, eps);
 
     /* Only masked rows go through the vocab-sized head. */
-    m->num_rows = train_head_forward(seq_logprob, seq_count, a->token_logprob, m->rows,
-                                     m->row_targets, a->head_in, a->logits, a->lse,
-                                     a->row_logprob, a->final_norm, p->lm_head, m->targets,
-                                     m->mask, B, T, C, V, fork);
-    if (token_logprob) memcpy(token_logprob, a->token_logprob, (size_t)N * sizeof(float));
-    m->have_forward = true;
+    st->num_rows = train_head_forward(seq_logprob, seq_count, a->token_logprob, st->rows,
+                                     st->row_targets, a->head_in, a->logits, a->lse,
+                                     a->row_logprob, a->final_norm, p->lm_head, st->targets,
+                                     st->mask, B, T, C, V, fork);
+    train_storage_end_forward(st, token_logprob, a->token_logprob);
     return 0;
 }
 
 int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error *err) {
-    if (!m->have_forward)
-        return duel_error_set(err, DUEL_EINVAL,
-                              "llama_train: backward needs a forward first (one backward per "
-                              "forward)");
-    if (!dseq_logprob) return duel_error_set(err, DUEL_EINVAL, "llama_train: dseq_logprob is NULL");
-    const train_fork *fork = train_fork_saved_get(&m->fork);
-    for (int b = 0; b < (fork ? 2 : 1) * m->batch; b++)
-        if (!isfinite(dseq_logprob[b]))
-            return duel_error_set(err, DUEL_EINVAL,
-                                  "llama_train: d(loss)/d(seq_logprob[%d]) is not finite", b);
-    m->have_forward = false;
-    const int B = m->batch, T = m->seq, N = B * T, R = m->num_rows;
+    train_storage *st = &m->store;
+    const train_fork *fork;
+    int rc = train_storage_begin_backward(st, dseq_logprob, "llama_train", &fork, err);
+    if (rc) return rc;
+    const int B = st->batch, T = st->seq, N = B * T, R = st->num_rows;
     const int C = m->C, F = m->F, V = m->V, QD = m->QD, KD = m->KD;
     const size_t NC = (size_t)N * C, NF = (size_t)N * F, NQ = (size_t)N * QD, NK = (size_t)N * KD;
     const size_t probs_stride = (size_t)B * m->Hq * T * T;
@@ -479,8 +358,8 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
     float *d_final = a->d_norm; /* gradient of final_norm's output, zero on unmasked rows */
     memset(d_final, 0, NC * sizeof(float));
     train_head_backward(d_final, g->lm_head, a->logits, a->d_head_in, a->d_token_logprob,
-                        a->d_row_logprob, dseq_logprob, m->rows, m->row_targets, a->head_in,
-                        a->lse, p->lm_head, m->mask, R, B, T, C, V, fork);
+                        a->d_row_logprob, dseq_logprob, st->rows, st->row_targets, a->head_in,
+                        a->lse, p->lm_head, st->mask, R, B, T, C, V, fork);
     memset(a->d_residual, 0, NC * sizeof(float));
     train_rmsnorm_backward(a->d_residual, g->final_norm, d_final, a->residual + (size_t)m->L * NC,
                            p->final_norm, a->final_rstd, N, C);
@@ -499,23 +378,26 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
         /* MLP branch */
         memset(a->d_swiglu, 0, NF * sizeof(float));
         train_linear_backward(a->d_swiglu, g->w_down + (size_t)l * C * F,
-                              layer_ptr(g->b_down, l, C), a->d_residual, swiglu,
+                              train_layer_slice(g->b_down, l, C), a->d_residual, swiglu,
                               p->w_down + (size_t)l * C * F, N, F, C);
         memset(a->d_gate, 0, NF * sizeof(float));
         memset(a->d_up, 0, NF * sizeof(float));
         train_swiglu_backward(a->d_gate, a->d_up, a->d_swiglu, gate, up, (int)NF);
         memset(a->d_norm, 0, NC * sizeof(float));
-        train_linear_backward(a->d_norm, g->w_gate + (size_t)l * F * C, layer_ptr(g->b_gate, l, F),
-                              a->d_gate, mlp_norm, p->w_gate + (size_t)l * F * C, N, C, F);
-        train_linear_backward(a->d_norm, g->w_up + (size_t)l * F * C, layer_ptr(g->b_up, l, F),
-                              a->d_up, mlp_norm, p->w_up + (size_t)l * F * C, N, C, F);
+        train_linear_backward(a->d_norm, g->w_gate + (size_t)l * F * C,
+                              train_layer_slice(g->b_gate, l, F), a->d_gate, mlp_norm,
+                              p->w_gate + (size_t)l * F * C, N, C, F);
+        train_linear_backward(a->d_norm, g->w_up + (size_t)l * F * C,
+                              train_layer_slice(g->b_up, l, F), a->d_up, mlp_norm,
+                              p->w_up + (size_t)l * F * C, N, C, F);
         train_rmsnorm_backward(a->d_residual, g->mlp_norm + (size_t)l * C, a->d_norm, res_mid,
                                p->mlp_norm + (size_t)l * C, mlp_rstd, N, C);
 
         /* Attention branch */
         memset(a->d_attn_out, 0, NQ * sizeof(float));
-        train_linear_backward(a->d_attn_out, g->wo + (size_t)l * C * QD, layer_ptr(g->bo, l, C),
-                              a->d_residual, attn_out, p->wo + (size_t)l * C * QD, N, QD, C);
+        train_linear_backward(a->d_attn_out, g->wo + (size_t)l * C * QD,
+                              train_layer_slice(g->bo, l, C), a->d_residual, attn_out,
+                              p->wo + (size_t)l * C * QD, N, QD, C);
         memset(a->d_q_rot, 0, NQ * sizeof(float));
         memset(a->d_k_rot, 0, NK * sizeof(float));
         memset(a->d_v, 0, NK * sizeof(float));
@@ -526,15 +408,18 @@ int llama_train_backward(llama_train *m, const double *dseq_logprob, duel_error 
         train_rope_backward(a->d_q, a->d_q_rot, a->rope_cos, a->rope_sin, B, T, m->Hq, m->D, m->D, fork);
         train_rope_backward(a->d_k, a->d_k_rot, a->rope_cos, a->rope_sin, B, T, m->Hkv, m->D, m->D, fork);
         memset(a->d_norm, 0, NC * sizeof(float));
-        train_linear_backward(a->d_norm, g->wq + (size_t)l * QD * C, layer_ptr(g->bq, l, QD),
-                              a->d_q, attn_norm, p->wq + (size_t)l * QD * C, N, C, QD);
-        train_linear_backward(a->d_norm, g->wk + (size_t)l * KD * C, layer_ptr(g->bk, l, KD),
-                              a->d_k, attn_norm, p->wk + (size_t)l * KD * C, N, C, KD);
-        train_linear_backward(a->d_norm, g->wv + (size_t)l * KD * C, layer_ptr(g->bv, l, KD),
-                              a->d_v, attn_norm, p->wv + (size_t)l * KD * C, N, C, KD);
+        train_linear_backward(a->d_norm, g->wq + (size_t)l * QD * C,
+                              train_layer_slice(g->bq, l, QD), a->d_q, attn_norm,
+                              p->wq + (size_t)l * QD * C, N, C, QD);
+        train_linear_backward(a->d_norm, g->wk + (size_t)l * KD * C,
+                              train_layer_slice(g->bk, l, KD), a->d_k, attn_norm,
+                              p->wk + (size_t)l * KD * C, N, C, KD);
+        train_linear_backward(a->d_norm, g->wv + (size_t)l * KD * C,
+                              train_layer_slice(g->bv, l, KD), a->d_v, attn_norm,
+                              p->wv + (size_t)l * KD * C, N, C, KD);
         train_rmsnorm_backward(a->d_residual, g->attn_norm + (size_t)l * C, a->d_norm, res_in,
                                p->attn_norm + (size_t)l * C, attn_rstd, N, C);
     }
-    train_embedding_backward(g->embed_tokens, a->d_residual, m->tokens, N, C);
+    train_embedding_backward(g->embed_tokens, a->d_residual, st->tokens, N, C);
     return 0;
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "train_layers.h"
+#include "train_storage.h"
 
 #define NUM_PARAM_SLOTS 16
 
@@ -71,20 +72,8 @@ struct neox_train {
     int C, F, V, L, H, D, R; /* R: rotary_dim */
     bool parallel, gelu_tanh;
     neox_train_params params, grads;
-    float *param_memory, *grad_memory;
-    size_t num_parameters;
-    train_tensor *tensors;
-    int num_tensors;
-
     neox_train_acts acts;
-    float *act_memory;
-    int32_t *int_memory;
-    float *mask;
-    int cap_batch, cap_seq;
-    int batch, seq, num_rows;
-    int32_t *tokens, *targets, *rows, *row_targets;
-    train_fork_saved fork; /* of the last forward */
-    bool have_forward;
+    train_storage store; /* params, grads and acts point into it; the batch of the last forward */
 };
 
 static void param_slots(neox_train_params *p, float **slots[NUM_PARAM_SLOTS]) {
@@ -105,19 +94,6 @@ static void param_sizes(const neox_train *m, size_t sizes[NUM_PARAM_SLOTS]) {
                                     L * F * C, L * F, L * C * F, L * C, C, C,
                                     m->config.tie_word_embeddings ? 0 : V * C};
     memcpy(sizes, list, sizeof list);
-}
-
-static void carve_params(neox_train *m, neox_train_params *p, float *memory) {
-    float **slots[NUM_PARAM_SLOTS];
-    size_t sizes[NUM_PARAM_SLOTS];
-    param_slots(p, slots);
-    param_sizes(m, sizes);
-    size_t off = 0;
-    for (int i = 0; i < NUM_PARAM_SLOTS; i++) {
-        *slots[i] = sizes[i] ? memory + off : NULL;
-        off += sizes[i];
-    }
-    if (m->config.tie_word_embeddings) p->embed_out = p->embed_in;
 }
 
 static int check_config(const model_config *c, duel_error *err) {
@@ -148,36 +124,16 @@ static int check_config(const model_config *c, duel_error *err) {
         return duel_error_set(err, DUEL_EINVAL, "neox_train: norm_eps and rope_theta must be positive");
     double C = c->hidden_size, F = c->intermediate_size, V = c->vocab_size, L = c->num_layers;
     double total = 2 * V * C + L * (4 * C * C + 2 * F * C + 9 * C + F) + 2 * C;
-    if (total > (double)TRAIN_MAX_PARAMETERS)
-        return duel_error_set(err, DUEL_ELIMIT,
-                              "neox_train: %.0f parameters is over the limit of %lld", total,
-                              (long long)TRAIN_MAX_PARAMETERS);
-    return 0;
-}
-
-static void add_tensor(neox_train *m, const char *name, int ndim, int d0, int d1, float *param) {
-    train_tensor *t = &m->tensors[m->num_tensors++];
-    snprintf(t->name, sizeof t->name, "%s", name);
-    t->ndim = ndim;
-    t->shape[0] = d0;
-    t->shape[1] = ndim == 2 ? d1 : 1;
-    t->numel = (size_t)d0 * (ndim == 2 ? (size_t)d1 : 1);
-    t->param = param;
-    t->grad = m->grad_memory + (param - m->param_memory);
+    return train_storage_check_parameter_count(total, "neox_train", err);
 }
 
 static void build_tensor_table(neox_train *m) {
     neox_train_params *p = &m->params;
     size_t C = m->C, F = m->F;
-    char name[96];
-    add_tensor(m, "gpt_neox.embed_in.weight", 2, m->V, m->C, p->embed_in);
+    train_storage *st = &m->store;
+    train_storage_add_tensor(st, "gpt_neox.embed_in.weight", 2, m->V, m->C, p->embed_in);
     for (int l = 0; l < m->L; l++) {
-        struct {
-            const char *suffix;
-            int ndim, d0, d1;
-            float *base;
-            size_t stride;
-        } rows[] = {
+        const train_layer_tensor rows[] = {
             {"input_layernorm.weight", 1, m->C, 0, p->ln1_w, C},
             {"input_layernorm.bias", 1, m->C, 0, p->ln1_b, C},
             {"post_attention_layernorm.weight", 1, m->C, 0, p->ln2_w, C},
@@ -191,16 +147,12 @@ static void build_tensor_table(neox_train *m) {
             {"mlp.dense_4h_to_h.weight", 2, m->C, m->F, p->w_proj, C * F},
             {"mlp.dense_4h_to_h.bias", 1, m->C, 0, p->b_proj, C},
         };
-        for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
-            if (!rows[i].base) continue;
-            snprintf(name, sizeof name, "gpt_neox.layers.%d.%s", l, rows[i].suffix);
-            add_tensor(m, name, rows[i].ndim, rows[i].d0, rows[i].d1,
-                       rows[i].base + (size_t)l * rows[i].stride);
-        }
+        train_storage_add_layer_tensors(st, "gpt_neox.layers", l, rows, sizeof rows / sizeof rows[0]);
     }
-    add_tensor(m, "gpt_neox.final_layer_norm.weight", 1, m->C, 0, p->lnf_w);
-    add_tensor(m, "gpt_neox.final_layer_norm.bias", 1, m->C, 0, p->lnf_b);
-    if (!m->config.tie_word_embeddings) add_tensor(m, "embed_out.weight", 2, m->V, m->C, p->embed_out);
+    train_storage_add_tensor(st, "gpt_neox.final_layer_norm.weight", 1, m->C, 0, p->lnf_w);
+    train_storage_add_tensor(st, "gpt_neox.final_layer_norm.bias", 1, m->C, 0, p->lnf_b);
+    if (!m->config.tie_word_embeddings)
+        train_storage_add_tensor(st, "embed_out.weight", 2, m->V, m->C, p->embed_out);
 }
 
 int neox_train_create(const model_config *config, neox_train **out, duel_error *err) {
@@ -220,19 +172,19 @@ int neox_train_create(const model_config *config, neox_train **out, duel_error *
     m->parallel = config->use_parallel_residual;
     m->gelu_tanh = config->activation == MODEL_ACT_GELU_TANH;
     size_t sizes[NUM_PARAM_SLOTS];
+    float **param_ptrs[NUM_PARAM_SLOTS], **grad_ptrs[NUM_PARAM_SLOTS];
     param_sizes(m, sizes);
-    for (int i = 0; i < NUM_PARAM_SLOTS; i++) m->num_parameters += sizes[i];
-    m->param_memory = calloc(m->num_parameters, sizeof(float));
-    m->grad_memory = calloc(m->num_parameters, sizeof(float));
-    m->tensors = calloc((size_t)m->L * 12 + 4, sizeof *m->tensors);
-    if (!m->param_memory || !m->grad_memory || !m->tensors) {
-        size_t count = m->num_parameters;
-        neox_train_free(m);
-        return duel_error_set(err, DUEL_ENOMEM, "neox_train: out of memory for %zu parameters",
-                              count);
+    param_slots(&m->params, param_ptrs);
+    param_slots(&m->grads, grad_ptrs);
+    if ((rc = train_storage_init(&m->store, param_ptrs, grad_ptrs, sizes, NUM_PARAM_SLOTS,
+                                 (size_t)m->L * 12 + 4, "neox_train", err))) {
+        free(m);
+        return rc;
     }
-    carve_params(m, &m->params, m->param_memory);
-    carve_params(m, &m->grads, m->grad_memory);
+    if (config->tie_word_embeddings) { /* one matrix, one gradient */
+        m->params.embed_out = m->params.embed_in;
+        m->grads.embed_out = m->grads.embed_in;
+    }
     build_tensor_table(m);
     *out = m;
     return 0;
@@ -240,41 +192,23 @@ int neox_train_create(const model_config *config, neox_train **out, duel_error *
 
 void neox_train_free(neox_train *m) {
     if (!m) return;
-    free(m->param_memory);
-    free(m->grad_memory);
-    free(m->tensors);
-    free(m->act_memory);
-    free(m->int_memory);
-    free(m->mask);
-    train_fork_saved_free(&m->fork);
+    train_storage_free(&m->store);
     free(m);
 }
 
 const model_config *neox_train_config(const neox_train *m) { return &m->config; }
-size_t neox_train_num_parameters(const neox_train *m) { return m->num_parameters; }
+size_t neox_train_num_parameters(const neox_train *m) { return m->store.num_parameters; }
 neox_train_params *neox_train_parameters(neox_train *m) { return &m->params; }
-float *neox_train_parameter_memory(neox_train *m) { return m->param_memory; }
-float *neox_train_gradient_memory(neox_train *m) { return m->grad_memory; }
-int neox_train_num_tensors(const neox_train *m) { return m->num_tensors; }
-
+float *neox_train_parameter_memory(neox_train *m) { return m->store.param_memory; }
+float *neox_train_gradient_memory(neox_train *m) { return m->store.grad_memory; }
+int neox_train_num_tensors(const neox_train *m) { return m->store.num_tensors; }
 int neox_train_tensor_at(neox_train *m, int index, train_tensor *out) {
-    if (index < 0 || index >= m->num_tensors) return DUEL_EINVAL;
-    *out = m->tensors[index];
-    return 0;
+    return train_storage_tensor_at(&m->store, index, out);
 }
-
 int neox_train_find_tensor(neox_train *m, const char *name, train_tensor *out, duel_error *err) {
-    for (int i = 0; i < m->num_tensors; i++)
-        if (strcmp(m->tensors[i].name, name) == 0) {
-            *out = m->tensors[i];
-            return 0;
-        }
-    return duel_error_set(err, DUEL_ENOTFOUND, "neox_train: no tensor named %s", name);
+    return train_storage_find_tensor(&m->store, name, out, "neox_train", err);
 }
-
-void neox_train_zero_grad(neox_train *m) {
-    memset(m->grad_memory, 0, m->num_parameters * sizeof(float));
-}
+void neox_train_zero_grad(neox_train *m) { train_storage_zero_grad(&m->store); }
 
 static void act_sizes(const neox_train *m, size_t B, size_t T, size_t sizes[NUM_ACT_SLOTS]) {
     size_t N = B * T, L = m->L, C = m->C, F = m->F, V = m->V, half = (size_t)m->R / 2;
@@ -289,43 +223,13 @@ static void act_sizes(const neox_train *m, size_t B, size_t T, size_t sizes[NUM_
 }
 
 static int ensure_activations(neox_train *m, int batch, int seq, duel_error *err) {
-    if (m->act_memory && batch <= m->cap_batch && seq <= m->cap_seq) return 0;
-    int cap_batch = batch > m->cap_batch ? batch : m->cap_batch;
-    int cap_seq = seq > m->cap_seq ? seq : m->cap_seq;
-    double B = cap_batch, T = cap_seq, N = B * T;
+    int cap_batch, cap_seq;
+    if (!train_storage_needs_activations(&m->store, batch, seq, &cap_batch, &cap_seq)) return 0;
+    double B = cap_batch, T = cap_seq, N = B * T; /* act_sizes in double, checked first */
     double estimate = m->L * (B * m->H * T * T + N * (8.0 * m->C + 2.0 * m->F + 4)) +
                       N * (18.0 * m->C + m->V + 2.0 * m->F + 8) + T * (m->R + T);
-    if (estimate * sizeof(float) > (double)TRAIN_MAX_ACTIVATION_BYTES)
-        return duel_error_set(err, DUEL_ELIMIT,
-                              "neox_train: a batch of %d x %d needs %.1f GiB of activations, over "
-                              "the limit of %zu GiB",
-                              cap_batch, cap_seq, estimate * sizeof(float) / (1 << 30),
-                              TRAIN_MAX_ACTIVATION_BYTES >> 30);
-    size_t sizes[NUM_ACT_SLOTS], total = 0;
+    size_t sizes[NUM_ACT_SLOTS];
     act_sizes(m, (size_t)cap_batch, (size_t)cap_seq, sizes);
-    for (int i = 0; i < NUM_ACT_SLOTS; i++) total += sizes[i];
-    size_t n = (size_t)cap_batch * cap_seq;
-    float *memory = malloc(total * sizeof(float));
-    int32_t *ints = malloc(4 * n * sizeof(int32_t));
-    float *mask = malloc(n * sizeof(float));
-    if (!memory || !ints || !mask) {
-        free(memory);
-        free(ints);
-        free(mask);
-        return duel_error_set(err, DUEL_ENOMEM, "neox_train: out of memory for activations");
-    }
-    free(m->act_memory);
-    free(m->int_memory);
-    free(m->mask);
-    m->act_memory = memory;
-    m->int_memory = ints;
-    m->mask = mask;
-    m->cap_batch = cap_batch;
-    m->cap_seq = cap_seq;
-    m->tokens = ints;
-    m->targets = ints + n;
-    m->rows = ints + 2 * n;
-    m->row_targets = ints + 3 * n;
     neox_train_acts *a = &m->acts;
     float **slots[NUM_ACT_SLOTS] = {
         &a->residual, &a->ln1, &a->ln1_mean, &a->ln1_rstd, &a->q, &a->k, &a->v, &a->probs,
@@ -337,17 +241,9 @@ static int ensure_activations(neox_train *m, int batch, int seq, duel_error *err
         &a->d_token_logprob, &a->d_row_logprob, &a->attn_scratch, &a->rope_cos, &a->rope_sin};
     _Static_assert(sizeof(neox_train_acts) == NUM_ACT_SLOTS * sizeof(float *),
                    "every member of neox_train_acts must be a slot");
-    size_t off = 0;
-    for (int i = 0; i < NUM_ACT_SLOTS; i++) {
-        *slots[i] = sizes[i] ? memory + off : NULL;
-        off += sizes[i];
-    }
-    m->have_forward = false;
-    return train_rope_tables(a->rope_cos, a->rope_sin, cap_seq, &m->config, err);
-}
-
-static float *layer_ptr(float *base, int l, size_t stride) {
-    return base ? base + (size_t)l * stride : NULL;
+    int rc = train_storage_alloc_activations(&m->store, cap_batch, cap_seq, estimate, slots, sizes,
+                                             NUM_ACT_SLOTS, "neox_train", err);
+    return rc ? rc : train_rope_tables(a->rope_cos, a->rope_sin, cap_seq, &m->config, err);
 }
 
 /* The fused projection's rows are [head][q, k, v][head_dim]: split into [N][H][D] each. */
@@ -384,30 +280,21 @@ int neox_train_forward(neox_train *m, const train_batch *batch, double *seq_logp
 int neox_train_forward_forked(neox_train *m, const train_batch *batch, const train_fork *fork_in,
                               double *seq_logprob, double *seq_count, float *token_logprob,
                               duel_error *err) {
-    /* a forked row may be longer than the model's positions: train_fork_save checks its sequences */
-    const int max_positions = m->config.max_position_embeddings;
-    int rc = train_batch_check(batch, m->V, fork_in ? 0 : max_positions, "neox_train", err);
+    train_storage *st = &m->store;
+    const train_fork *fork;
+    int rc = train_storage_begin_forward(st, batch, fork_in, seq_logprob, seq_count, m->V,
+                                         m->config.max_position_embeddings, "neox_train", &fork, err);
     if (rc) return rc;
-    if (!seq_logprob || !seq_count)
-        return duel_error_set(err, DUEL_EINVAL, "neox_train: seq_logprob and seq_count are required");
-    m->have_forward = false;
-    const train_fork *fork = NULL;
-    if ((rc = train_fork_save(&m->fork, fork_in, batch, max_positions, "neox_train", &fork, err))) return rc;
-    rc = ensure_activations(m, batch->batch_size, batch->seq_len, err);
-    if (rc) return rc;
+    if ((rc = ensure_activations(m, batch->batch_size, batch->seq_len, err))) return rc;
+    train_storage_keep_batch(st, batch);
     const int B = batch->batch_size, T = batch->seq_len, N = B * T;
     const int C = m->C, F = m->F, V = m->V;
     const float eps = (float)m->config.norm_eps;
-    m->batch = B;
-    m->seq = T;
-    memcpy(m->tokens, batch->tokens, (size_t)N * sizeof(int32_t));
-    memcpy(m->targets, batch->targets, (size_t)N * sizeof(int32_t));
-    memcpy(m->mask, batch->mask, (size_t)N * sizeof(float));
     neox_train_params *p = &m->params;
     neox_train_acts *a = &m->acts;
     const size_t NC = (size_t)N * C, NF = (size_t)N * F, probs_stride = (size_t)B * m->H * T * T;
 
-    train_embedding_forward(a->residual, m->tokens, p->embed_in, N, C);
+    train_embedding_forward(a->residual, st->tokens, p->embed_in, N, C);
     for (int l = 0; l < m->L; l++) {
         float *res_in = a->residual + l * NC, *res_out = a->residual + (l + 1) * NC;
         float *ln1 = a->ln1 + l * NC, *ln2 = a->ln2 + l * NC;
@@ -418,14 +305,14 @@ int neox_train_forward_forked(neox_train *m, const train_batch *batch, const tra
         train_layernorm_forward(ln1, a->ln1_mean + row, a->ln1_rstd + row, res_in,
                                 p->ln1_w + (size_t)l * C, p->ln1_b + (size_t)l * C, N, C, eps);
         train_linear_forward(a->qkv, ln1, p->w_qkv + (size_t)l * 3 * C * C,
-                             layer_ptr(p->b_qkv, l, 3 * (size_t)C), N, C, 3 * C);
+                             train_layer_slice(p->b_qkv, l, 3 * (size_t)C), N, C, 3 * C);
         split_qkv(q, k, v, a->qkv, N, m->H, m->D);
         train_rope_forward(q, q, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R, fork);
         train_rope_forward(k, k, a->rope_cos, a->rope_sin, B, T, m->H, m->D, m->R, fork);
         train_attention_forward(attn_out, a->probs + l * probs_stride, q, k, v, B, T, m->H, m->H,
                                 m->D, fork);
         train_linear_forward(a->attn_branch, attn_out, p->w_dense + (size_t)l * C * C,
-                             layer_ptr(p->b_dense, l, C), N, C, C);
+                             train_layer_slice(p->b_dense, l, C), N, C, C);
         /* The MLP reads ln2 of the layer input (parallel) or of x + attention (sequential). */
         float *ln2_in = res_in;
         if (!m->parallel) {
@@ -447,28 +334,20 @@ int neox_train_forward_forked(neox_train *m, const train_batch *batch, const tra
     }
     train_layernorm_forward(a->lnf, a->lnf_mean, a->lnf_rstd, a->residual + (size_t)m->L * NC,
                             p->lnf_w, p->lnf_b, N, C, eps);
-    m->num_rows = train_head_forward(seq_logprob, seq_count, a->token_logprob, m->rows,
-                                     m->row_targets, a->head_in, a->logits, a->lse,
-                                     a->row_logprob, a->lnf, p->embed_out, m->targets, m->mask, B,
+    st->num_rows = train_head_forward(seq_logprob, seq_count, a->token_logprob, st->rows,
+                                     st->row_targets, a->head_in, a->logits, a->lse,
+                                     a->row_logprob, a->lnf, p->embed_out, st->targets, st->mask, B,
                                      T, C, V, fork);
-    if (token_logprob) memcpy(token_logprob, a->token_logprob, (size_t)N * sizeof(float));
-    m->have_forward = true;
+    train_storage_end_forward(st, token_logprob, a->token_logprob);
     return 0;
 }
 
 int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *err) {
-    if (!m->have_forward)
-        return duel_error_set(err, DUEL_EINVAL,
-                              "neox_train: backward needs a forward first (one backward per "
-                              "forward)");
-    if (!dseq_logprob) return duel_error_set(err, DUEL_EINVAL, "neox_train: dseq_logprob is NULL");
-    const train_fork *fork = train_fork_saved_get(&m->fork);
-    for (int b = 0; b < (fork ? 2 : 1) * m->batch; b++)
-        if (!isfinite(dseq_logprob[b]))
-            return duel_error_set(err, DUEL_EINVAL,
-                                  "neox_train: d(loss)/d(seq_logprob[%d]) is not finite", b);
-    m->have_forward = false;
-    const int B = m->batch, T = m->seq, N = B * T, C = m->C, F = m->F, V = m->V;
+    train_storage *st = &m->store;
+    const train_fork *fork;
+    int rc = train_storage_begin_backward(st, dseq_logprob, "neox_train", &fork, err);
+    if (rc) return rc;
+    const int B = st->batch, T = st->seq, N = B * T, C = m->C, F = m->F, V = m->V;
     const size_t NC = (size_t)N * C, NF = (size_t)N * F, probs_stride = (size_t)B * m->H * T * T;
     neox_train_params *p = &m->params, *g = &m->grads;
     neox_train_acts *a = &m->acts;
@@ -476,8 +355,8 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
     float *d_final = a->d_norm1;
     memset(d_final, 0, NC * sizeof(float));
     train_head_backward(d_final, g->embed_out, a->logits, a->d_head_in, a->d_token_logprob,
-                        a->d_row_logprob, dseq_logprob, m->rows, m->row_targets, a->head_in,
-                        a->lse, p->embed_out, m->mask, m->num_rows, B, T, C, V, fork);
+                        a->d_row_logprob, dseq_logprob, st->rows, st->row_targets, a->head_in,
+                        a->lse, p->embed_out, st->mask, st->num_rows, B, T, C, V, fork);
     memset(a->d_residual, 0, NC * sizeof(float));
     train_layernorm_backward(a->d_residual, g->lnf_w, g->lnf_b, d_final,
                              a->residual + (size_t)m->L * NC, p->lnf_w, a->lnf_mean, a->lnf_rstd,
@@ -510,7 +389,7 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
 
         memset(a->d_attn_out, 0, NC * sizeof(float));
         train_linear_backward(a->d_attn_out, g->w_dense + (size_t)l * C * C,
-                              layer_ptr(g->b_dense, l, C), a->d_residual, attn_out,
+                              train_layer_slice(g->b_dense, l, C), a->d_residual, attn_out,
                               p->w_dense + (size_t)l * C * C, N, C, C);
         memset(a->d_q_rot, 0, NC * sizeof(float));
         memset(a->d_k_rot, 0, NC * sizeof(float));
@@ -524,7 +403,7 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
         merge_qkv(a->d_qkv, a->d_q, a->d_k, a->d_v, N, m->H, m->D);
         memset(a->d_norm1, 0, NC * sizeof(float));
         train_linear_backward(a->d_norm1, g->w_qkv + (size_t)l * 3 * C * C,
-                              layer_ptr(g->b_qkv, l, 3 * (size_t)C), a->d_qkv, ln1,
+                              train_layer_slice(g->b_qkv, l, 3 * (size_t)C), a->d_qkv, ln1,
                               p->w_qkv + (size_t)l * 3 * C * C, N, C, 3 * C);
         if (m->parallel)
             train_layernorm_backward(a->d_residual, g->ln2_w + (size_t)l * C,
@@ -535,6 +414,6 @@ int neox_train_backward(neox_train *m, const double *dseq_logprob, duel_error *e
                                  a->d_norm1, res_in, p->ln1_w + (size_t)l * C, a->ln1_mean + row,
                                  a->ln1_rstd + row, N, C);
     }
-    train_embedding_backward(g->embed_in, a->d_residual, m->tokens, N, C);
+    train_embedding_backward(g->embed_in, a->d_residual, st->tokens, N, C);
     return 0;
 }

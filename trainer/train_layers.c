@@ -210,10 +210,14 @@ int train_rope_tables(float *cos_table, float *sin_table, int seq_len, const mod
 }
 
 /* Rotation of pair (x1, x2) = (x[i], x[i + half]) by angle theta_t,i:
- * (x1 cos - x2 sin, x2 cos + x1 sin); its backward is the rotation by -theta. */
-void train_rope_forward(float *out, const float *inp, const float *cos_table,
-                        const float *sin_table, int batch, int seq_len, int heads, int head_dim,
-                        int rotary_dim, const train_fork *fork) {
+ * (x1 cos - x2 sin, x2 cos + x1 sin); its backward is the rotation by -theta, accumulated.
+ * Dimensions past rotary_dim pass through. One loop serves both directions (backward is a
+ * constant at each call, so the compiler specialises it). */
+static inline void rope_rotate(float *out, const float *inp, const float *cos_table,
+                               const float *sin_table, int batch, int seq_len, int heads,
+                               int head_dim, int rotary_dim, const train_fork *fork,
+                               const bool backward) {
+    const float sign = backward ? -1.0f : 1.0f;
     int half = rotary_dim / 2;
     for (int b = 0; b < batch; b++)
         for (int t = 0; t < seq_len; t++) {
@@ -224,37 +228,37 @@ void train_rope_forward(float *out, const float *inp, const float *cos_table,
                 const float *x = inp + off;
                 float *y = out + off;
                 for (int i = 0; i < half; i++) {
-                    float x1 = x[i], x2 = x[i + half];
-                    y[i] = x1 * c[i] - x2 * s[i];
-                    y[i + half] = x2 * c[i] + x1 * s[i];
+                    float x1 = x[i], x2 = x[i + half], sn = sign * s[i];
+                    float y1 = x1 * c[i] - x2 * sn, y2 = x2 * c[i] + x1 * sn;
+                    if (backward) {
+                        y[i] += y1;
+                        y[i + half] += y2;
+                    } else {
+                        y[i] = y1;
+                        y[i + half] = y2;
+                    }
                 }
-                if (y != x)
+                if (backward)
+                    for (int i = rotary_dim; i < head_dim; i++) y[i] += x[i];
+                else if (y != x)
                     for (int i = rotary_dim; i < head_dim; i++) y[i] = x[i];
             }
         }
+}
+
+void train_rope_forward(float *out, const float *inp, const float *cos_table,
+                        const float *sin_table, int batch, int seq_len, int heads, int head_dim,
+                        int rotary_dim, const train_fork *fork) {
+    rope_rotate(out, inp, cos_table, sin_table, batch, seq_len, heads, head_dim, rotary_dim, fork,
+                false);
 }
 
 void train_rope_backward(float *dinp, const float *dout, const float *cos_table,
                          const float *sin_table, int batch, int seq_len, int heads, int head_dim,
                          int rotary_dim, const train_fork *fork) {
     if (!dinp) return;
-    int half = rotary_dim / 2;
-    for (int b = 0; b < batch; b++)
-        for (int t = 0; t < seq_len; t++) {
-            const size_t pos = (size_t)train_fork_position(fork, b, t);
-            const float *c = cos_table + pos * half, *s = sin_table + pos * half;
-            for (int h = 0; h < heads; h++) {
-                size_t off = (((size_t)b * seq_len + t) * heads + h) * head_dim;
-                const float *dy = dout + off;
-                float *dx = dinp + off;
-                for (int i = 0; i < half; i++) {
-                    float d1 = dy[i], d2 = dy[i + half];
-                    dx[i] += d1 * c[i] + d2 * s[i];
-                    dx[i + half] += d2 * c[i] - d1 * s[i];
-                }
-                for (int i = rotary_dim; i < head_dim; i++) dx[i] += dy[i];
-            }
-        }
+    rope_rotate(dinp, dout, cos_table, sin_table, batch, seq_len, heads, head_dim, rotary_dim, fork,
+                true);
 }
 
 /* Attention runs per (sequence, query head) as matrix products on the strided head slices

@@ -1,7 +1,8 @@
-# tests/trainer/train.cmake: the trainer's forward/backward layers, the Llama and GPT-NeoX models
+# tests/trainer/train.cmake: the trainer's forward/backward layers, the models' shared storage, the Llama and GPT-NeoX models
 # and the DAP losses.
 duel_test(test_train_layers ${CMAKE_CURRENT_LIST_DIR}/test_train_layers.c)
 duel_test(test_dap_loss ${CMAKE_CURRENT_LIST_DIR}/test_dap_loss.c)
+duel_test(test_train_storage ${CMAKE_CURRENT_LIST_DIR}/test_train_storage.c)
 duel_test(test_llama_train ${CMAKE_CURRENT_LIST_DIR}/test_llama_train.c)
 duel_test(test_neox_train ${CMAKE_CURRENT_LIST_DIR}/test_neox_train.c)
 
