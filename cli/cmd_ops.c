@@ -2,8 +2,8 @@
  * works with any number of servers and with none running): the instances found in duel:stats
  * with their versions and whether they are healthy or stale, the window's duels, votes, R-hat,
  * ERM agreement and disagreement and time to duel (common/stats.h aggregates them exactly as
- * /api/stats does), the trainer's step and lag, the vote-to-serving latency, the knobs that differ from their defaults and
- * the last changes in duel:audit. --json prints the same as one JSON object. */
+ * /api/stats does), the trainer's step and lag, the vote-to-serving latency, the knobs that
+ * differ from their defaults and the last changes in duel:audit. --json prints the same as one JSON object. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

@@ -213,7 +213,8 @@ static bool check(snapshot_loader *l) {
     bool have_meta = snapshot_meta_read(dir, &meta, &err) == DUEL_OK;
     pthread_mutex_lock(&l->mu);
     l->stats.publish_to_serve_s = have_meta ? seconds_since(meta.created_ms, served_ms) : NAN;
-    l->stats.vote_to_serving_s = have_meta && meta.votes_mean_ms > 0 ? seconds_since(meta.votes_mean_ms, served_ms) : NAN;
+    l->stats.vote_to_serving_s =
+        have_meta && meta.votes_mean_ms > 0 ? seconds_since(meta.votes_mean_ms, served_ms) : NAN;
     l->stats.loaded++;
     l->stats.serving_version = newest;
     pthread_mutex_unlock(&l->mu);
