@@ -2,8 +2,8 @@
  * works with any number of servers and with none running): the instances found in duel:stats
  * with their versions and whether they are healthy or stale, the window's duels, votes, R-hat,
  * ERM agreement and disagreement and time to duel (common/stats.h aggregates them exactly as
- * /api/stats does), the trainer's step and lag, the knobs that differ from their defaults and
- * the last changes in duel:audit. --json prints the same as one JSON object. */
+ * /api/stats does), the trainer's step and lag, the vote-to-serving latency, the knobs that
+ * differ from their defaults and the last changes in duel:audit. --json prints the same as one JSON object. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,27 +24,49 @@ static double num_at(const json_t *o, const char *key) {
     return json_is_number(v) ? json_number_value(v) : NAN;
 }
 
-/* "%.3g" or "-" for a missing figure. */
+/* "%.3g" and the unit after a space ("0.5 s", "62 %"; none when unit is ""), or "-" for a
+ * missing figure. */
 static const char *fmt(char *buf, size_t cap, double v, const char *unit) {
     if (!isfinite(v)) snprintf(buf, cap, "-");
-    else snprintf(buf, cap, "%.3g%s", v, unit);
+    else snprintf(buf, cap, "%.3g%s%s", v, unit[0] ? " " : "", unit);
     return buf;
+}
+
+/* An age as the dashboard shows it: whole seconds, minutes or hours ("3 s ago", "2 min ago"). */
+static const char *fmt_ago(char *buf, size_t cap, double seconds) {
+    if (!isfinite(seconds)) snprintf(buf, cap, "-");
+    else if (seconds < 90) snprintf(buf, cap, "%.0f s ago", seconds < 0 ? 0 : seconds);
+    else if (seconds < 5400) snprintf(buf, cap, "%.0f min ago", seconds / 60);
+    else snprintf(buf, cap, "%.0f h ago", seconds / 3600);
+    return buf;
+}
+
+/* The largest finite value of key over the serving instances (NAN when none has it). */
+static double serving_max(const json_t *instances, const char *key) {
+    double worst = NAN;
+    size_t i;
+    const json_t *in;
+    json_array_foreach(instances, i, in) {
+        const char *role = json_string_value(json_object_get(in, "role"));
+        if (role && strcmp(role, STATS_ROLE_SERVING) == 0) worst = fmax(worst, num_at(in, key));
+    }
+    return worst;
 }
 
 static void print_text(const json_t *stats, const json_t *knobs, const json_t *audit) {
     char a[32], b[32], c[32], d[32];
     const json_t *tot = json_object_get(stats, "totals");
     printf("duel ops status: the last %d minutes\n\n", (int)json_integer_value(json_object_get(stats, "window_s")) / 60);
-    printf("%-34s %-8s %-8s %-8s %s\n", "instance", "role", "version", "seen", "state");
+    printf("%-34s %-8s %-8s %-11s %s\n", "instance", "role", "version", "seen", "state");
     size_t i;
     json_t *in;
     int n_instances = 0;
     json_array_foreach(json_object_get(stats, "instances"), i, in) {
         n_instances++;
-        printf("%-34s %-8s %-8lld %-8s %s\n", json_string_value(json_object_get(in, "instance")),
+        printf("%-34s %-8s %-8lld %-11s %s\n", json_string_value(json_object_get(in, "instance")),
                json_string_value(json_object_get(in, "role")),
                (long long)json_integer_value(json_object_get(in, "version")),
-               fmt(a, sizeof a, num_at(in, "age_s"), "s ago"),
+               fmt_ago(a, sizeof a, num_at(in, "age_s")),
                json_is_true(json_object_get(in, "stale")) ? "STALE (no entry for 3 intervals)" : "healthy");
     }
     if (!n_instances) printf("(no instance wrote to duel:stats in this window)\n");
@@ -57,7 +79,7 @@ static void print_text(const json_t *stats, const json_t *knobs, const json_t *a
            (long long)json_integer_value(json_object_get(votes, "both_bad")));
     printf("regret (R-hat) mean %s  p50 %s  p95 %s  trend %s\n", fmt(a, sizeof a, num_at(tot, "regret_mean"), ""),
            fmt(b, sizeof b, num_at(tot, "regret_p50"), ""), fmt(c, sizeof c, num_at(tot, "regret_p95"), ""),
-           fmt(d, sizeof d, num_at(tot, "regret_trend_per_h"), "/h"));
+           fmt(d, sizeof d, num_at(tot, "regret_trend_per_h"), "per h"));
     printf("ERM agreement with users %s   disagreement on the pair %s\n",
            fmt(a, sizeof a, num_at(tot, "agree") * 100, "%"), fmt(b, sizeof b, num_at(tot, "disagree_mean"), ""));
     printf("time to duel p50 %s  p95 %s   to first delta p50 %s  p95 %s\n",
@@ -73,6 +95,11 @@ static void print_text(const json_t *stats, const json_t *knobs, const json_t *a
                fmt(a, sizeof a, num_at(tr, "lag_s"), "s"), fmt(b, sizeof b, num_at(tr, "loss"), ""),
                fmt(c, sizeof c, num_at(tr, "kl"), ""));
     else printf("trainer: no entry in this window\n");
+    const json_t *instances = json_object_get(stats, "instances");
+    printf("vote to serving %s (slowest gateway, its last snapshot)  publish to serve %s  vote to snapshot %s\n",
+           fmt(a, sizeof a, serving_max(instances, "vote_to_serving_s"), "s"),
+           fmt(b, sizeof b, serving_max(instances, "publish_to_serve_s"), "s"),
+           fmt(c, sizeof c, json_is_object(tr) ? num_at(tr, "vote_to_publish_s") : NAN, "s"));
     printf("\nknobs set in duel:knobs:");
     int n_set = 0;
     json_t *k;

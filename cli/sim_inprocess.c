@@ -244,7 +244,7 @@ static int publish(sim_run *r) {
     if (s.step == r->published_step) return 0; /* nothing new since the last one (or no update yet) */
     double t = duel_time_seconds();
     int64_t v = r->version + 1;
-    snapshot_info info = {v, r->version, s.step, s.prefs_applied, 0, r->o->model_dir, NULL};
+    snapshot_info info = {v, r->version, s.step, s.prefs_applied, 0, r->o->model_dir, NULL, 0};
     int rc = snapshot_write(r->data_dir, &info, online_trainer_policy(r->trainer), online_trainer_config_json(r->trainer),
                             online_trainer_erm(r->trainer), r->o->model_dir, r->snapshot_dir, sizeof r->snapshot_dir,
                             r->err);

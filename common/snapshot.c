@@ -75,7 +75,9 @@ int snapshot_meta_read(const char *dir, snapshot_meta *out, duel_error *err) {
         (rc = get_count(meta, "parent", &out->parent, path, err)) ||
         (rc = get_count(meta, "step", &out->step, path, err)) ||
         (rc = get_count(meta, "prefs_applied", &out->prefs_applied, path, err)) ||
-        (rc = get_count(meta, "created_ms", &out->created_ms, path, err)))
+        (rc = get_count(meta, "created_ms", &out->created_ms, path, err)) ||
+        (json_object_get(meta, "votes_mean_ms") && /* optional: older snapshots lack it */
+         (rc = get_count(meta, "votes_mean_ms", &out->votes_mean_ms, path, err))))
         goto done;
     if (out->version < 1 || out->parent >= out->version) {
         rc = duel_error_set(err, DUEL_EFORMAT, "%s: version %lld (parent %lld) is invalid", path,
@@ -127,6 +129,7 @@ char *snapshot_meta_dump(const snapshot_meta *m) {
                              (json_int_t)m->version, "parent", (json_int_t)m->parent, "base_model", m->base_model,
                              "step", (json_int_t)m->step, "prefs_applied", (json_int_t)m->prefs_applied,
                              "created_ms", (json_int_t)m->created_ms, "files", files);
+    if (meta && m->votes_mean_ms > 0) json_object_set_new(meta, "votes_mean_ms", json_integer(m->votes_mean_ms));
     char *text = meta ? json_dumps(meta, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
     json_decref(meta);
     return text;

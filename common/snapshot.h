@@ -10,8 +10,10 @@
  * HF layout), erm.safetensors (the ensemble: current and initial heads), tokenizer.json and
  * tokenizer_config.json when the base model has them, and meta.json:
  *   {"format":"duel-snapshot","version":12,"parent":11,"base_model":"...","step":...,
- *    "prefs_applied":...,"created_ms":...,"files":{"model.safetensors":"<sha256>",...}}
- * listing the sha256 of every other file. File names in meta.json are plain names: one with a
+ *    "prefs_applied":...,"created_ms":...,"votes_mean_ms":...,"files":{"model.safetensors":"<sha256>",...}}
+ * listing the sha256 of every other file. votes_mean_ms (optional: absent in older snapshots and
+ * when no vote is new in this one) is the mean time of the votes this snapshot is the first to
+ * hold, so that a server can tell the vote-to-serving latency when it installs the snapshot. File names in meta.json are plain names: one with a
  * '/', or ".", "..", "" is refused (snapshot_file_name_ok), so a meta.json cannot point a
  * verifier or a loader outside its folder. v000012.tmp and v000012.old are the writer's
  * (durable_file.h's folder swap) and never listed.
@@ -60,6 +62,7 @@ typedef struct snapshot_meta {
     int64_t version;    /* >= 1 */
     int64_t parent;     /* previous version, 0 for none; < version */
     int64_t step, prefs_applied, created_ms;
+    int64_t votes_mean_ms; /* unix ms; 0: none new in this snapshot, or unknown */
     char base_model[SNAPSHOT_PATH_MAX];
     int num_files;
     snapshot_file files[SNAPSHOT_MAX_FILES];

@@ -139,11 +139,13 @@ char *stats_serving_json(const stats_serving *s) {
         json_decref(errors);
         return NULL;
     }
-    return dump(json_pack("{s:I, s:o, s:I, s:b, s:I, s:I, s:o, s:o}", "version",
+    return dump(json_pack("{s:I, s:o, s:I, s:b, s:I, s:I, s:o, s:o, s:o, s:o}", "version",
                           (json_int_t)s->version, "tokens_per_s", num(s->tokens_per_s), "queue",
                           (json_int_t)s->queue_depth, "redis_up", s->redis_up, "spill_pending",
                           (json_int_t)s->spill_pending, "snapshots_rejected",
-                          (json_int_t)s->snapshots_rejected, "groups", groups, "errors", errors));
+                          (json_int_t)s->snapshots_rejected, "publish_to_serve_s",
+                          num(s->publish_to_serve_s), "vote_to_serving_s",
+                          num(s->vote_to_serving_s), "groups", groups, "errors", errors));
 }
 
 char *stats_trainer_json(const stats_trainer *t) {
@@ -270,8 +272,11 @@ static int serving_from_json(const json_t *o, stats_serving *s, duel_error *err)
     if (get_ll(o, "version", &s->version) || get_real(o, "tokens_per_s", &s->tokens_per_s) ||
         get_ll(o, "queue", &s->queue_depth) || get_ll(o, "spill_pending", &s->spill_pending) ||
         get_ll(o, "snapshots_rejected", &s->snapshots_rejected) ||
+        get_real(o, "publish_to_serve_s", &s->publish_to_serve_s) ||
+        get_real(o, "vote_to_serving_s", &s->vote_to_serving_s) ||
         (redis_up && !json_is_boolean(redis_up)) || s->version < 0 || s->queue_depth < 0 ||
-        s->spill_pending < 0 || s->snapshots_rejected < 0)
+        s->spill_pending < 0 || s->snapshots_rejected < 0 || s->publish_to_serve_s < 0 ||
+        s->vote_to_serving_s < 0)
         return bad(err, "a serving gauge has the wrong type or sign");
     if (!isfinite(s->tokens_per_s) || s->tokens_per_s < 0) s->tokens_per_s = 0;
     s->redis_up = json_is_true(redis_up);
@@ -390,6 +395,7 @@ typedef struct view_bucket {
     uint64_t duels, votes[STATS_VOTE_KINDS], agree, agree_n, errors;
     double tokens; /* generated in the bucket (tokens/s x interval) */
     long long queue_max;
+    double publish_to_serve_max, vote_to_serving_max; /* over serving entries; NAN: none */
     stats_hist regret, disagree, ttd, tfd;
     int n_groups;
     view_group groups[VIEW_GROUPS];
@@ -403,7 +409,7 @@ typedef struct view_instance {
     bool trainer;
     int64_t last_ms, interval_ms;
     long long version, queue_depth, spill_pending; /* the newest serving entry's gauges */
-    double tokens_per_s;
+    double tokens_per_s, publish_to_serve_s, vote_to_serving_s;
     bool redis_up;
     stats_trainer train;
 } view_instance;
@@ -444,6 +450,7 @@ static view_bucket *bucket_at(stats_view *v, int w, int64_t ts_ms) {
     if (b->index > index) return NULL;
     memset(b, 0, sizeof *b);
     b->index = index;
+    b->publish_to_serve_max = b->vote_to_serving_max = NAN;
     return b;
 }
 
@@ -451,6 +458,9 @@ static void add_serving(view_bucket *b, const stats_entry *e) {
     const stats_serving *s = &e->serving;
     b->tokens += s->tokens_per_s * (double)e->interval_ms / 1000.0;
     if (s->queue_depth > b->queue_max) b->queue_max = s->queue_depth;
+    /* the slowest gateway is the one a user waits for; fmax skips NAN */
+    b->publish_to_serve_max = fmax(b->publish_to_serve_max, s->publish_to_serve_s);
+    b->vote_to_serving_max = fmax(b->vote_to_serving_max, s->vote_to_serving_s);
     for (int i = 0; i < s->n_errors; i++) b->errors += s->errors[i].count;
     for (int i = 0; i < s->n_groups; i++) {
         const stats_group *g = &s->groups[i];
@@ -512,6 +522,8 @@ static void note_instance(stats_view *v, const stats_entry *e) {
         in->spill_pending = e->serving.spill_pending;
         in->tokens_per_s = e->serving.tokens_per_s;
         in->redis_up = e->serving.redis_up;
+        in->publish_to_serve_s = e->serving.publish_to_serve_s;
+        in->vote_to_serving_s = e->serving.vote_to_serving_s;
     }
 }
 
@@ -538,13 +550,15 @@ enum {
     S_DUELS_PER_S, S_REGRET_MEAN, S_REGRET_P50, S_REGRET_P95, S_DISAGREE_MEAN, S_AGREE,
     S_VOTES_A, S_VOTES_B, S_VOTES_TIE, S_VOTES_BOTH_BAD, S_TTD_P50, S_TTD_P95, S_TFD_P50,
     S_TFD_P95, S_TOKENS_PER_S, S_QUEUE, S_ERRORS_PER_S, S_LAG_ENTRIES, S_LAG_S, S_LOSS,
-    S_ERM_LOSS, S_KL, S_GRAD_NORM, S_LR, S_ERM_ACCURACY, S_VOTE_TO_PUBLISH_S, S_COUNT
+    S_ERM_LOSS, S_KL, S_GRAD_NORM, S_LR, S_ERM_ACCURACY, S_VOTE_TO_PUBLISH_S,
+    S_PUBLISH_TO_SERVE_S, S_VOTE_TO_SERVING_S, S_COUNT
 };
 static const char *const SERIES[S_COUNT] = {
     "duels_per_s", "regret_mean", "regret_p50", "regret_p95", "disagree_mean", "agree",
     "votes_a", "votes_b", "votes_tie", "votes_both_bad", "ttd_p50", "ttd_p95", "tfd_p50",
     "tfd_p95", "tokens_per_s", "queue", "errors_per_s", "trainer_lag_entries", "trainer_lag_s",
-    "loss", "erm_loss", "kl", "grad_norm", "lr", "erm_accuracy", "vote_to_publish_s"};
+    "loss", "erm_loss", "kl", "grad_norm", "lr", "erm_accuracy", "vote_to_publish_s",
+    "publish_to_serve_s", "vote_to_serving_s"};
 
 static double ratio(uint64_t a, uint64_t b) { return b ? (double)a / (double)b : NAN; }
 
@@ -572,6 +586,8 @@ static json_t *instance_json(const view_instance *in, int64_t now_ms) {
         json_object_set_new(o, "queue", json_integer(in->queue_depth));
         json_object_set_new(o, "redis_up", json_boolean(in->redis_up));
         json_object_set_new(o, "spill_pending", json_integer(in->spill_pending));
+        json_object_set_new(o, "publish_to_serve_s", num(in->publish_to_serve_s));
+        json_object_set_new(o, "vote_to_serving_s", num(in->vote_to_serving_s));
     }
     return o;
 }
@@ -625,6 +641,8 @@ json_t *stats_view_render(const stats_view *v, int window_s, int64_t now_ms) {
             val[S_TOKENS_PER_S] = b->tokens / step_s;
             val[S_QUEUE] = (double)b->queue_max;
             val[S_ERRORS_PER_S] = (double)b->errors / step_s;
+            val[S_PUBLISH_TO_SERVE_S] = b->publish_to_serve_max;
+            val[S_VOTE_TO_SERVING_S] = b->vote_to_serving_max;
             if (b->has_trainer) {
                 const stats_trainer *tr = &b->trainer;
                 val[S_LAG_ENTRIES] = (double)tr->lag_entries;

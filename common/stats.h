@@ -7,7 +7,8 @@
  *   serving: counts over the interval per arm and strategy (duels, votes by choice, ERM
  *     agreement with users), histograms of R-hat, of the ERM disagreement on the shown pair, of
  *     the time to duel and to the first delta; and the instance's gauges (serving version,
- *     tokens/s, engine queue depth, Redis up, votes in the spill log) and errors by code;
+ *     tokens/s, engine queue depth, Redis up, votes in the spill log, the publish-to-serve and
+ *     vote-to-serving latency of the snapshot it installed last) and errors by code;
  *   trainer: the trainer's gauges at the end of the interval (step, prefs applied, lag behind
  *     the stream head, losses, KL, grad norm, lr, batch size, published version, the latency
  *     from vote to snapshot of the last publish).
@@ -81,6 +82,10 @@ typedef struct stats_serving {
     bool redis_up;
     long long spill_pending; /* votes in the spill log */
     long long snapshots_rejected; /* since the process started */
+    /* Of the snapshot installed last (NAN: none yet, or unknown): seconds from its publish
+     * (meta.json's created_ms), and from the mean time of the votes it is the first to hold, to
+     * the moment this instance served it. Absent in entries of older versions: NAN. */
+    double publish_to_serve_s, vote_to_serving_s;
     int n_groups;
     stats_group groups[STATS_MAX_GROUPS];
     int n_errors;
@@ -147,14 +152,16 @@ void stats_view_add(stats_view *v, const stats_entry *e);
 /* The window of window_s seconds ending at now_ms as JSON (caller json_decrefs; NULL: out of
  * memory or window_s not one of stats_view_windows_s):
  *   {"window_s", "step_s", "now_ms", "t": [bucket start, s],
- *    "series": {name: [value or null per point]},
+ *    "series": {name: [value or null per point]} (vote_to_serving_s and publish_to_serve_s: the
+ *               largest over the serving instances' entries in the step),
  *    "groups": [{arm, strategy, duels, votes{a,b,tie,both_bad}, agree, regret_mean, regret_p50,
  *                regret_p95, disagree_mean, ttd_p50, ttd_p95}],
  *    "totals": {duels, votes{...}, agree, regret_mean, regret_p50, regret_p95,
  *               regret_trend_per_h (least squares of the steps' mean R-hat on time, weighted by
  *               their duels; null below STATS_TREND_MIN_STEPS steps with duels), disagree_mean,
  *               ttd_p50, ttd_p95, tfd_p50, tfd_p95},
- *    "instances": [{instance, role, last_ms, age_s, interval_ms, stale, version, ...}],
+ *    "instances": [{instance, role, last_ms, age_s, interval_ms, stale, version, ...; serving:
+ *                   publish_to_serve_s, vote_to_serving_s}],
  *    "trainer": {the newest trainer figures} or null}
  * An instance is stale when its newest entry is older than STATS_STALE_INTERVALS intervals
  * (plus STATS_STALE_SLACK_MS): a stopped process shows as stale, not healthy. */

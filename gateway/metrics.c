@@ -1,6 +1,7 @@
 /* metrics.c: histogram bookkeeping and the Prometheus text rendering (see metrics.h). */
 #include "metrics.h"
 
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -174,6 +175,15 @@ char *metrics_render(const gateway_metrics *m, const redis_worker_stats *redis,
                 snapshots->notes);
         gauge(&b, "duel_snapshot_loader_redis_up", "1 when the loader's Redis connections are up.",
               snapshots->connected ? 1 : 0);
+        /* absent until a snapshot is installed (and for meta.json files without the figure) */
+        if (isfinite(snapshots->publish_to_serve_s))
+            gauge(&b, "duel_snapshot_publish_to_serve_seconds",
+                  "Seconds from the serving snapshot's publish (created_ms) to this gateway serving it.",
+                  snapshots->publish_to_serve_s);
+        if (isfinite(snapshots->vote_to_serving_s))
+            gauge(&b, "duel_vote_to_serving_seconds",
+                  "Mean seconds from the votes the serving snapshot is the first to hold to this gateway serving it.",
+                  snapshots->vote_to_serving_s);
     }
     if (b.failed) {
         free(b.s);

@@ -12,6 +12,7 @@
  * Thread: gateway_run is the lws service thread and owns everything but the inbox (inbox_mu,
  * with ctx_alive) and stop_requested (atomic); gateway_stop may be called from any thread. */
 #include <libwebsockets.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -132,13 +133,15 @@ static void take_stats_entry(gateway *gw, double now) {
     gw->next_stats_entry = now + gw->cfg.stats_interval_ms / 1000.0;
     redis_worker_stats rs;
     redis_worker_get_stats(gw->redis, &rs);
-    snapshot_loader_stats ls = {0};
+    snapshot_loader_stats ls = {.publish_to_serve_s = NAN, .vote_to_serving_s = NAN};
     if (gw->loader) snapshot_loader_get_stats(gw->loader, &ls);
     serving_gauges g = {
         .version = gw->backend.serving_version ? gw->backend.serving_version(gw->backend.impl) : 0,
         .queue_depth = (long long)gw->backend.queue_depth(gw->backend.impl),
         .spill_pending = (long long)rs.spill_pending,
         .snapshots_rejected = (long long)ls.rejected,
+        .publish_to_serve_s = ls.publish_to_serve_s,
+        .vote_to_serving_s = ls.vote_to_serving_s,
         .redis_up = rs.connected};
     int64_t interval_ms = 0;
     char *data = serving_stats_take(&gw->stats, now, &g, &interval_ms);

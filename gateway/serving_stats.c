@@ -90,6 +90,8 @@ char *serving_stats_take(serving_stats *s, double now, const serving_gauges *g,
     e->queue_depth = g->queue_depth;
     e->spill_pending = g->spill_pending;
     e->snapshots_rejected = g->snapshots_rejected;
+    e->publish_to_serve_s = g->publish_to_serve_s;
+    e->vote_to_serving_s = g->vote_to_serving_s;
     e->redis_up = g->redis_up;
     e->tokens_per_s = (double)s->tokens / seconds;
     char *data = stats_serving_json(e);

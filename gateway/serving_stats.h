@@ -46,6 +46,7 @@ void serving_stats_error(serving_stats *s, const char *code);
 /* The gauges an entry carries besides the counts. */
 typedef struct serving_gauges {
     long long version, queue_depth, spill_pending, snapshots_rejected;
+    double publish_to_serve_s, vote_to_serving_s; /* snapshot_loader_stats' (NAN: none) */
     bool redis_up;
 } serving_gauges;
 

@@ -6,6 +6,7 @@
 #include "snapshot_loader.h"
 
 #include <hiredis/hiredis.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -149,6 +150,11 @@ static void refuse(snapshot_loader *l, long long v, const char *why) {
     pthread_mutex_unlock(&l->mu);
 }
 
+/* Seconds from then_ms to now_ms, 0 when then is later (another host's clock ahead). */
+static double seconds_since(int64_t then_ms, int64_t now_ms) {
+    return now_ms > then_ms ? (double)(now_ms - then_ms) / 1000.0 : 0.0;
+}
+
 /* Reads the newest version; installs it when newer than the serving one. false: the command
  * connection broke. */
 static bool check(snapshot_loader *l) {
@@ -201,8 +207,14 @@ static bool check(snapshot_loader *l) {
         refuse(l, newest, err.message);
         return true;
     }
+    int64_t served_ms = duel_time_unix_ms();
     fprintf(stderr, "duel serve: serving snapshot v%lld from %s\n", newest, dir);
+    snapshot_meta meta; /* verified above; read again for its times */
+    bool have_meta = snapshot_meta_read(dir, &meta, &err) == DUEL_OK;
     pthread_mutex_lock(&l->mu);
+    l->stats.publish_to_serve_s = have_meta ? seconds_since(meta.created_ms, served_ms) : NAN;
+    l->stats.vote_to_serving_s =
+        have_meta && meta.votes_mean_ms > 0 ? seconds_since(meta.votes_mean_ms, served_ms) : NAN;
     l->stats.loaded++;
     l->stats.serving_version = newest;
     pthread_mutex_unlock(&l->mu);
@@ -246,6 +258,7 @@ int snapshot_loader_create(const snapshot_loader_config *cfg, const duel_backend
     snprintf(l->host, sizeof l->host, "%s", cfg->host ? cfg->host : "127.0.0.1");
     snprintf(l->prefix, sizeof l->prefix, "%s", cfg->key_prefix ? cfg->key_prefix : "duel:");
     l->backend = *backend;
+    l->stats.publish_to_serve_s = l->stats.vote_to_serving_s = NAN;
     pthread_mutex_init(&l->mu, NULL);
     if (pthread_create(&l->thread, NULL, loader_main, l)) {
         pthread_mutex_destroy(&l->mu);

@@ -36,6 +36,11 @@ typedef struct snapshot_loader_stats {
     unsigned long long notes;   /* snapshot notes received on pub/sub */
     unsigned long long polls;   /* zset reads */
     bool connected;
+    /* Of the snapshot installed last (NAN before the first, or when its meta.json lacks the
+     * figure): seconds from its created_ms, and from its votes_mean_ms (the mean time of the
+     * votes it is the first to hold), to the moment new duels switched to it. Clocks of other
+     * hosts may run ahead: a negative difference counts as 0. */
+    double publish_to_serve_s, vote_to_serving_s;
     char last_error[512];       /* the latest refusal or connection error */
 } snapshot_loader_stats;
 

@@ -68,7 +68,8 @@ int snapshot_write(const char *data_dir, const snapshot_info *info, train_model 
         goto done;
     }
     *meta = (snapshot_meta){.version = info->version, .parent = info->parent, .step = info->step,
-                            .prefs_applied = info->prefs_applied, .created_ms = info->created_ms};
+                            .prefs_applied = info->prefs_applied, .created_ms = info->created_ms,
+                            .votes_mean_ms = info->votes_mean_ms};
     snprintf(meta->base_model, sizeof meta->base_model, "%s", info->base_model ? info->base_model : "");
     if ((rc = write_files(info, policy, config_json, erm_model, tokenizer_dir, tmp, meta, err))) goto done;
     if (!(text = snapshot_meta_dump(meta))) {

@@ -22,6 +22,7 @@ typedef struct snapshot_info {
     int64_t step, prefs_applied, created_ms;
     const char *base_model; /* path or name of the initial policy */
     const durable_io *io;   /* file I/O hooks (fault tests); NULL: real I/O */
+    int64_t votes_mean_ms;  /* meta.json's votes_mean_ms (0: none) */
 } snapshot_info;
 
 /* Writes snapshot info->version under <data_dir>/snapshots; path_out (optional, cap bytes)

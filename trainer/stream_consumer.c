@@ -380,7 +380,9 @@ static int publish_snapshot(stream_consumer *c, int64_t version, bool replaying,
     if ((rc = online_trainer_sync_cuts(c->trainer, err))) return rc;
     if (!replaying || snapshot_verify(dir, NULL, &ignored) != 0) {
         snapshot_info info = {version, s.published_version < version ? s.published_version : 0, s.step,
-                              s.prefs_applied, duel_time_unix_ms(), c->base_model, c->o.io};
+                              s.prefs_applied, duel_time_unix_ms(), c->base_model, c->o.io,
+                              /* for the servers' vote-to-serving latency (snapshot.h) */
+                              c->votes_unpublished > 0 ? llround(c->votes_ts_sum / (double)c->votes_unpublished) : 0};
         if ((rc = snapshot_write(c->data_dir, &info, online_trainer_policy(c->trainer),
                                  online_trainer_config_json(c->trainer), online_trainer_erm(c->trainer),
                                  c->tokenizer_dir[0] ? c->tokenizer_dir : NULL, NULL, 0, err)))

@@ -119,7 +119,8 @@ const CHARTS = {
     ['ttd_p95', 'p95 (s)', 's']],
   'c-lag': [['trainer_lag_entries', 'votes behind', 'y'], ['trainer_lag_s', 'oldest (s)', 's']],
   'c-loss': [['loss', 'DAP loss', 'y'], ['erm_loss', 'ERM loss', 'y'], ['kl', 'KL', 'kl']],
-  'c-latency': [['vote_to_publish_s', 'vote to snapshot (s)', 's']],
+  'c-latency': [['vote_to_serving_s', 'vote to serving, slowest gateway (s)', 's'],
+    ['vote_to_publish_s', 'vote to snapshot (s)', 's'], ['publish_to_serve_s', 'snapshot to serving (s)', 's']],
 };
 
 function chartWidth(fig) { return Math.max(240, fig.clientWidth - 22); }

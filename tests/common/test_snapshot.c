@@ -47,6 +47,17 @@ static void test_round_trip_and_verify(void **state) {
     assert_int_equal(m.prefs_applied, 240);
     assert_string_equal(m.base_model, "models/default");
     assert_int_equal(m.num_files, 4);
+    assert_int_equal(m.votes_mean_ms, 0); /* optional: absent in older snapshots */
+    char *text = snapshot_meta_dump(&m);
+    assert_null(strstr(text, "votes_mean_ms"));
+    free(text);
+    m.votes_mean_ms = 1699;
+    text = snapshot_meta_dump(&m);
+    assert_non_null(strstr(text, "\"votes_mean_ms\": 1699"));
+    free(text);
+    edit_meta(dir, "votes_mean_ms", "1699");
+    assert_int_equal(snapshot_meta_read(dir, &m, &err), 0);
+    assert_int_equal(m.votes_mean_ms, 1699);
     int64_t v = 0;
     assert_int_equal(snapshot_verify(dir, &v, &err), 0);
     assert_int_equal(v, 12);
@@ -107,6 +118,7 @@ static void test_malformed_meta(void **state) {
         {"parent", "3", "parent 3"},
         {"step", "-1", "step is missing or not a non-negative integer"},
         {"created_ms", NULL, "created_ms is missing"},
+        {"votes_mean_ms", "-5", "votes_mean_ms is missing or not a non-negative integer"},
         {"base_model", "7", "base_model"},
         {"files", "{\"model.safetensors\":\"00\",\"config.json\":\"00\",\"erm.safetensors\":\"00\"}", "64 lowercase hex"},
         {"files", "{\"model.safetensors\":\"" "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855" "\"}",

@@ -109,9 +109,24 @@ static void test_entry_round_trip(void **state) {
     (void)state;
     stats_serving s;
     sample_serving(&s, 0.3, 4);
+    s.publish_to_serve_s = 1.25;
+    s.vote_to_serving_s = NAN; /* a snapshot whose meta.json has no votes_mean_ms */
     char *text = stats_serving_json(&s);
     assert_non_null(text);
     stats_entry *e = malloc(sizeof *e);
+    decode_ok("serve@host:8080", STATS_ROLE_SERVING, 1700000000000, text, e);
+    free(text);
+    assert_true(e->serving.publish_to_serve_s == 1.25);
+    assert_true(isnan(e->serving.vote_to_serving_s));
+    s.vote_to_serving_s = 6.5;
+    text = stats_serving_json(&s);
+    decode_ok("serve@host:8080", STATS_ROLE_SERVING, 1700000000000, text, e);
+    free(text);
+    assert_true(e->serving.vote_to_serving_s == 6.5);
+    /* an entry of an older gateway has neither latency: unknown, not 0 s */
+    decode_ok("serve@old:8080", STATS_ROLE_SERVING, 1700000000000, "{\"version\":3,\"queue\":0}", e);
+    assert_true(isnan(e->serving.publish_to_serve_s) && isnan(e->serving.vote_to_serving_s));
+    text = stats_serving_json(&s);
     decode_ok("serve@host:8080", STATS_ROLE_SERVING, 1700000000000, text, e);
     free(text);
     assert_false(e->trainer);
@@ -157,6 +172,8 @@ static void test_malformed_entries_refused(void **state) {
         {"x", "serving", "1", "5000", "[1]", "not a JSON object"},
         {"x", "serving", "1", "5000", "{\"a\":1,\"a\":2}", "not a JSON object"},
         {"x", "serving", "1", "5000", "{\"queue\":-1}", "sign"},
+        {"x", "serving", "1", "5000", "{\"vote_to_serving_s\":-1.5}", "sign"},
+        {"x", "serving", "1", "5000", "{\"publish_to_serve_s\":\"2\"}", "type"},
         {"x", "serving", "1", "5000", "{\"groups\":[{\"arm\":\"a\",\"strategy\":\"s\",\"duels\":-1,"
                                       "\"votes\":[0,0,0,0],\"agree\":[0,0]}]}", "group"},
         {"x", "serving", "1", "5000", "{\"groups\":[{\"arm\":\"a\",\"strategy\":\"s\",\"duels\":1,"
@@ -223,6 +240,9 @@ static void test_view_aggregates_instances_and_windows(void **state) {
             e->ts_ms = t0 + i * 5000 + 1000;
             e->interval_ms = 5000;
             sample_serving(&e->serving, 0.1 + 0.005 * i, 3);
+            /* gateway 1 serves snapshots later; gateway 0 has installed none */
+            e->serving.publish_to_serve_s = gw ? 1.5 : NAN;
+            e->serving.vote_to_serving_s = gw ? 7.0 + 0.01 * i : NAN;
             stats_view_add(v, e);
         }
     }
@@ -250,6 +270,9 @@ static void test_view_aggregates_instances_and_windows(void **state) {
     json_t *series = json_object_get(o, "series");
     assert_true(last_number(json_object_get(series, "duels_per_s")) == 6.0 / 5.0);
     assert_true(fabs(last_number(json_object_get(series, "tokens_per_s")) - 25.0) < 1e-9);
+    /* vote to serving: the slowest gateway's, a gateway without a snapshot not counted as 0 */
+    assert_true(last_number(json_object_get(series, "vote_to_serving_s")) == 7.0 + 0.01 * 119);
+    assert_true(last_number(json_object_get(series, "publish_to_serve_s")) == 1.5);
     json_t *groups = json_object_get(o, "groups");
     assert_int_equal(json_array_size(groups), 1);
     assert_string_equal(json_string_value(json_object_get(json_array_get(groups, 0), "strategy")), "ee_ts");
@@ -261,6 +284,10 @@ static void test_view_aggregates_instances_and_windows(void **state) {
     int stale = 0;
     json_array_foreach(instances, i, in) {
         bool is_trainer = strcmp(json_string_value(json_object_get(in, "role")), "trainer") == 0;
+        if (strcmp(json_string_value(json_object_get(in, "instance")), "serve@h:8081") == 0)
+            assert_true(json_number_value(json_object_get(in, "vote_to_serving_s")) == 7.0 + 0.01 * 119);
+        if (strcmp(json_string_value(json_object_get(in, "instance")), "serve@h:8080") == 0)
+            assert_true(json_is_null(json_object_get(in, "vote_to_serving_s")));
         assert_int_equal(json_is_true(json_object_get(in, "stale")), is_trainer);
         stale += json_is_true(json_object_get(in, "stale"));
     }

@@ -231,6 +231,8 @@ static void test_cli(void **state) {
     memset(&s, 0, sizeof s);
     stats_group *g = stats_serving_group(&s, "base", "ee_ts");
     g->duels = 7;
+    s.publish_to_serve_s = 1.5;
+    s.vote_to_serving_s = 4.25;
     char *data = stats_serving_json(&s);
     assert_int_equal(stats_store_append(c, "duel:", 1000, "serve@h:1", "serving", duel_time_unix_ms(), 5000,
                                         data, &err), 0);
@@ -246,6 +248,12 @@ static void test_cli(void **state) {
     assert_non_null(strstr(out, "serve@h:1"));
     assert_non_null(strstr(out, "healthy"));
     assert_non_null(strstr(out, "duels 7"));
+    assert_non_null(strstr(out, "vote to serving 4.25 s"));
+    assert_non_null(strstr(out, "publish to serve 1.5 s"));
+    /* ages in whole seconds with a space, as the other figures ("0 s ago", not "0.235s ago") */
+    const char *age = strstr(out, "s ago");
+    assert_non_null(age);
+    assert_true(age[-1] == ' ' && age[-2] >= '0' && age[-2] <= '9' && age[-3] != '.');
     /* Redis not answering: exit 1 */
     char cmd[1024];
     snprintf(cmd, sizeof cmd, "'%s' knobs get --redis 127.0.0.1:1 >/dev/null 2>&1", DUEL_EXE);

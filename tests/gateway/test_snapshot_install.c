@@ -194,7 +194,7 @@ static void write_model_snapshot(const char *data, int64_t v, const char *config
     duel_rng_seed(&rng, (uint64_t)v);
     erm *e = NULL;
     assert_int_equal(erm_create(&ec, &rng, &e, NULL), 0);
-    snapshot_info info = {v, 0, v, v, 1700000000000LL, "test", NULL};
+    snapshot_info info = {v, 0, v, v, 1700000000000LL, "test", NULL, 0};
     duel_error err = {0};
     if (snapshot_write(data, &info, m, config_json, e, NULL, dir, cap, &err)) fail_msg("%s", err.message);
     erm_free(e);

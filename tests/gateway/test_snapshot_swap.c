@@ -9,11 +9,14 @@
  * the latest snapshot against the base model. Skips (exit 77) when models/default is missing. */
 #include "gateway_test_util.h"
 
+#include <math.h>
+
 #include "duel_backend.h"
 #include "erm.h"
 #include "lm_trainer.h"
 #include "rng.h"
 #include "snapshot_write.h"
+#include "timer.h"
 #include "train_model.h"
 
 static char model_dir[1024];
@@ -30,9 +33,10 @@ static redisReply *rcmd(const tu_redis *r, redisContext **c, const char *fmt, ..
     return reply;
 }
 
-/* Writes snapshot v of the default model, every weight scaled by 1 + noise * U(-1, 1). */
-static void write_snapshot(const char *data_dir, long long v, double noise, char *path,
-                           size_t cap) {
+/* Writes snapshot v of the default model, every weight scaled by 1 + noise * U(-1, 1), published
+ * at created_ms with the new votes' mean time votes_mean_ms (0: none) in its meta.json. */
+static void write_snapshot_at(const char *data_dir, long long v, double noise, int64_t created_ms,
+                              int64_t votes_mean_ms, char *path, size_t cap) {
     train_model *tm = NULL;
     char *config_json = NULL;
     duel_error err = {0};
@@ -47,12 +51,28 @@ static void write_snapshot(const char *data_dir, long long v, double noise, char
     erm_config ec = {ERM_DEFAULT_NUM_HEADS, 2 * H, ERM_DEFAULT_HIDDEN};
     erm *e = NULL;
     assert_int_equal(erm_create(&ec, &rng, &e, &err), 0);
-    snapshot_info info = {v, v - 1, 10 * v, 8 * v, 1700000000000LL + v, model_dir, NULL};
+    snapshot_info info = {v, v - 1, 10 * v, 8 * v, created_ms, model_dir, NULL, votes_mean_ms};
     if (snapshot_write(data_dir, &info, tm, config_json, e, model_dir, path, cap, &err))
         fail_msg("snapshot_write: %s", err.message);
     erm_free(e);
     train_model_free(tm);
     free(config_json);
+}
+
+static void write_snapshot(const char *data_dir, long long v, double noise, char *path, size_t cap) {
+    write_snapshot_at(data_dir, v, noise, 1700000000000LL + v, 0, path, cap);
+}
+
+/* A gauge of /metrics as a double; NAN when absent. */
+static double metric_value(int port, const char *name) {
+    char *body = NULL;
+    assert_int_equal(tu_http_get(port, "/metrics", &body), 200);
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *at = strstr(body, key);
+    double v = at ? strtod(at + strlen(key), NULL) : NAN;
+    free(body);
+    return v;
 }
 
 /* What trainer/stream_consumer.c's register_snapshot does (path is what the loader reads). */
@@ -158,12 +178,22 @@ static void test_hot_swap_through_gateway(void **state) {
     assert_int_equal(duel_and_vote(&c, &redis, 0), 0); /* the base model */
     assert_int_equal(healthz_version(g.port), 0);
     assert_int_equal(tu_metric(g.port, "duel_serving_policy_version"), 0);
+    /* no snapshot served yet: no latency to show */
+    assert_true(isnan(metric_value(g.port, "duel_snapshot_publish_to_serve_seconds")));
+    assert_true(isnan(metric_value(g.port, "duel_vote_to_serving_seconds")));
 
-    /* v1: good. The next duel is v1's. */
+    /* v1: good. The next duel is v1's. Published 2 s ago, its votes 5 s ago on average: the
+     * gateway's latency counts from those times to its install. */
     char dir[1024];
-    write_snapshot(data, 1, 0.2, dir, sizeof dir);
+    int64_t written_ms = duel_time_unix_ms();
+    write_snapshot_at(data, 1, 0.2, written_ms - 2000, written_ms - 5000, dir, sizeof dir);
     register_snapshot(&redis, 1, dir);
     wait_metric(g.port, "duel_serving_policy_version", 1);
+    double waited_s = (double)(duel_time_unix_ms() - written_ms) / 1000.0;
+    double publish_to_serve = metric_value(g.port, "duel_snapshot_publish_to_serve_seconds");
+    double vote_to_serving = metric_value(g.port, "duel_vote_to_serving_seconds");
+    assert_true(publish_to_serve >= 2.0 && publish_to_serve <= 2.0 + waited_s);
+    assert_true(fabs(vote_to_serving - publish_to_serve - 3.0) < 1e-6); /* the same install time */
     assert_int_equal(healthz_version(g.port), 1);
     assert_int_equal(tu_metric(g.port, "duel_snapshot_loaded_total"), 1);
     assert_int_equal(duel_and_vote(&c, &redis, 1), 1);
@@ -188,10 +218,13 @@ static void test_hot_swap_through_gateway(void **state) {
     assert_int_equal(tu_metric(g.port, "duel_serving_policy_version"), 1);
     assert_int_equal(duel_and_vote(&c, &redis, 3), 1);
 
-    /* v4: good again; v1 is retired and handed back (freed by the adapter). */
+    /* v4: good again; v1 is retired and handed back (freed by the adapter). Its meta.json has
+     * no votes_mean_ms (no new vote, or an older trainer): v1's figure is not shown as v4's. */
     write_snapshot(data, 4, 0.3, dir, sizeof dir);
     register_snapshot(&redis, 4, dir);
     wait_metric(g.port, "duel_serving_policy_version", 4);
+    assert_true(isnan(metric_value(g.port, "duel_vote_to_serving_seconds")));
+    assert_true(metric_value(g.port, "duel_snapshot_publish_to_serve_seconds") > 1e6); /* created 2023 */
     assert_int_equal(tu_metric(g.port, "duel_snapshot_loaded_total"), 2);
     assert_int_equal(duel_and_vote(&c, &redis, 4), 4);
     assert_int_equal(tu_metric(g.port, "duel_snapshot_rejected_total"), 2);

@@ -59,7 +59,7 @@ static int teardown(void **state) {
 }
 
 static int write_version(int64_t v, int64_t step, const durable_io *io, duel_error *err) {
-    snapshot_info info = {v, v - 1, step, 8 * step, 1700000000000LL, "base", io};
+    snapshot_info info = {v, v - 1, step, 8 * step, 1700000000000LL, "base", io, 0};
     return snapshot_write(fx.data, &info, fx.policy, CONFIG_JSON, fx.ensemble, fx.tok, NULL, 0, err);
 }
 
@@ -90,15 +90,16 @@ static void test_write_and_verify(void **state) {
     (void)state;
     char dir[700];
     duel_error err = {0};
-    snapshot_info info = {1, 0, 5, 40, 1700000000000LL, "base", NULL};
+    snapshot_info info = {1, 0, 5, 40, 1700000000000LL, "base", NULL, 1699999990000LL};
     assert_int_equal(snapshot_write(fx.data, &info, fx.policy, CONFIG_JSON, fx.ensemble, fx.tok, dir, sizeof dir,
                                     &err), 0);
     assert_int_equal(verified_step(1), 5);
     snapshot_meta m;
     assert_int_equal(snapshot_meta_read(dir, &m, &err), 0);
+    assert_int_equal(m.votes_mean_ms, 1699999990000LL); /* the servers' vote-to-serving latency */
     assert_int_equal(m.num_files, 5); /* model, config, erm and both tokenizer files */
     assert_string_equal(m.base_model, "base");
-    snapshot_info bad = {3, 3, 5, 40, 0, "base", NULL};
+    snapshot_info bad = {3, 3, 5, 40, 0, "base", NULL, 0};
     assert_int_equal(snapshot_write(fx.data, &bad, fx.policy, CONFIG_JSON, fx.ensemble, NULL, NULL, 0, &err),
                      DUEL_EINVAL);
     assert_int_equal(snapshot_write(fx.data, &info, fx.policy, CONFIG_JSON, fx.ensemble, fx.tok, dir, 8, &err),

@@ -45,7 +45,7 @@ static void test_block_makes_the_snapshot(void **state) {
     duel_rng_seed(&rng, 5);
     erm *e = NULL;
     assert_int_equal(erm_create(&ec, &rng, &e, NULL), 0);
-    snapshot_info info = {1, 0, 10, 80, 1700000000000LL, model_dir, NULL};
+    snapshot_info info = {1, 0, 10, 80, 1700000000000LL, model_dir, NULL, 0};
     if (snapshot_write(data, &info, policy, config_json, e, NULL, dir, sizeof dir, &err))
         fail_msg("%s", err.message);
 
