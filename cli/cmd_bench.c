@@ -20,8 +20,7 @@
 #include "sampler.h"
 #include "timer.h"
 
-/* The CPU backend holds every weight as f32 (model.h: bf16/f16 are widened at load). */
-#define BENCH_WEIGHT_BYTES 4
+/* model_forward's contiguous KV cache is f32 whatever the weights (model.h). */
 #define BENCH_KV_BYTES 4
 
 typedef struct limits_options {
@@ -173,13 +172,16 @@ static double estimate_prefill_flops(const model_config *c, int n) {
 }
 
 static int bench_forward(int argc, char **argv) {
-    const char *dir = NULL;
+    const char *dir = NULL, *weights_name = "f32";
     long long n_prefill = 128, n_decode = 64, repeats = 3;
     limits_options lo = {2048, 1024, 2};
     bool json = false, no_limits = false;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &dir, "DIR", "model directory (config.json, safetensors); "
                                                  "required", 0, 0, false, NULL},
+        {"--weights", CLI_OPT_STRING, &weights_name, "FMT",
+         "weight storage: f32 (default), bf16 or q8 (blocks of 32 int8 + a scale, like Q8_0)", 0,
+         0, false, NULL},
         {"--prefill", CLI_OPT_INT, &n_prefill, "N", "prompt tokens per prefill (default 128)", 1,
          1e6, false, NULL},
         {"--decode", CLI_OPT_INT, &n_decode, "N", "decode steps after the prefill (default 64)",
@@ -206,17 +208,20 @@ static int bench_forward(int argc, char **argv) {
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!dir) return cli_usage_error(&cmd, "--model DIR is required");
-
     duel_error err = {0};
+    model_load_options lopt = {WEIGHT_F32};
+    if (weight_format_parse(weights_name, &lopt.weights, &err))
+        return cli_usage_error(&cmd, "--weights: %s", err.message);
+
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fprintf(stderr, "duel bench forward: model directory '%s' does not exist\n", dir);
         return CLI_EXIT_FAILURE;
     }
-    fprintf(stderr, "loading %s...\n", dir);
+    fprintf(stderr, "loading %s (%s weights)...\n", dir, weights_name);
     double tl = duel_time_seconds();
     model *m = NULL;
-    if (model_load(dir, &m, &err)) {
+    if (model_load_with(dir, &lopt, &m, &err)) {
         fprintf(stderr, "duel bench forward: %s\n", err.message);
         return CLI_EXIT_FAILURE;
     }
@@ -312,11 +317,10 @@ static int bench_forward(int argc, char **argv) {
     double prefill_gemm_gflops = P->prefill_timing.gemm_seconds > 0 && flops_counted
                                      ? prefill_flops / P->prefill_timing.gemm_seconds / 1e9
                                      : 0.0;
-    /* Decode reads every layer weight and the output head once per token; an untied input
-     * embedding is read one row at a time and is left out. */
-    long long read_params = params;
-    if (!c->tie_word_embeddings) read_params -= (long long)c->vocab_size * c->hidden_size;
-    double weight_bytes = (double)read_params * BENCH_WEIGHT_BYTES;
+    /* Decode reads every layer weight and the output head once per token, in the format they
+     * are held in; an untied input embedding is read one row at a time and is left out (so are
+     * the norms: a few KB). */
+    double weight_bytes = (double)model_weight_bytes(m);
     /* K and V of every earlier position are read too: on average at position P + D/2. */
     double kv_bytes = 2.0 * c->num_layers * c->num_kv_heads * c->head_dim * BENCH_KV_BYTES *
                       ((double)n_prefill + n_decode / 2.0);
@@ -328,8 +332,8 @@ static int bench_forward(int argc, char **argv) {
         goto done;
     }
 
-    printf("model: %s (%s, %.1fM parameters, weights held as f32)\n", dir, c->architecture,
-           params / 1e6);
+    printf("model: %s (%s, %.1fM parameters, weights held as %s)\n", dir, c->architecture,
+           params / 1e6, weights_name);
     printf("prefill: %.1f tokens/s best of %lld (median %.1f), %lld tokens, GEMM share %.0f%%, "
            "%.1f GFLOP/s%s over the whole prefill\n",
            prefill_tps, repeats, prefill_median, n_prefill, 100 * prefill_gemm_share,
@@ -351,6 +355,7 @@ static int bench_forward(int argc, char **argv) {
         json_object_set_new(o, "model", json_string(dir));
         json_object_set_new(o, "architecture", json_string(c->architecture));
         json_object_set_new(o, "parameters", json_integer(params));
+        json_object_set_new(o, "weights", json_string(weights_name));
         json_object_set_new(o, "prefill_tokens", json_integer(n_prefill));
         json_object_set_new(o, "decode_tokens", json_integer(n_decode));
         json_object_set_new(o, "repeats", json_integer(repeats));

@@ -179,6 +179,7 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
                          .block_size = params->block_size,
                          .memory_budget_bytes = params->kv_memory_bytes ? params->kv_memory_bytes
                                                                         : ENGINE_DEFAULT_KV_BYTES,
+                         .bytes_per_element = params->kv_bytes_per_element,
                          .allocate_storage = true};
     if ((rc = kv_pool_create(&pp, &e->pool, err))) goto fail;
     sched_params sp = {.max_batch_tokens = params->max_batch_tokens,
@@ -193,7 +194,7 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
     {
         const kv_pool_params *got = kv_pool_get_params(e->pool);
         e->stats.kv_bytes_per_token = 2 * (size_t)got->num_layers * got->num_kv_heads *
-                                      got->head_dim * sizeof(float);
+                                      got->head_dim * (size_t)got->bytes_per_element;
         e->stats.block_size = got->block_size;
         e->stats.kv_blocks = got->num_blocks;
         e->stats.kv_free_blocks = got->num_blocks;

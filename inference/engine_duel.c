@@ -43,7 +43,10 @@ static int reference_features(engine *e, model *fm, engine_active *a, float *fea
         e->ref_pool = NULL;
         kv_pool_params pp = {.num_layers = c->num_layers, .num_kv_heads = c->num_kv_heads,
                              .head_dim = c->head_dim, .block_size = bs,
-                             .num_blocks = (int)(need + need / 2), .allocate_storage = true};
+                             .num_blocks = (int)(need + need / 2), .allocate_storage = true,
+                             /* the main pool's KV dtype */
+                             .bytes_per_element =
+                                 kv_pool_get_params(e->pool)->bytes_per_element};
         int rc = kv_pool_create(&pp, &e->ref_pool, err);
         if (rc) return rc;
     }

@@ -20,7 +20,9 @@
  *           prefix cache or not.
  * kv_pool_check() verifies this partition and all other invariants.
  *
- * Host storage layout (allocate_storage = true), f32, one array per layer for K and one for V:
+ * Host storage layout (allocate_storage = true), f32 (bytes_per_element 4, the default) or bf16
+ * (bytes_per_element 2: config engine.kv_dtype, half the bytes per token), one array per layer
+ * for K and one for V:
  *     keys[layer]   [num_blocks][num_kv_heads][block_size][head_dim]
  *     values[layer] [num_blocks][num_kv_heads][block_size][head_dim]
  * so the vector of token slot s of head h in block b starts at
@@ -68,8 +70,8 @@ typedef struct kv_pool_params {
     size_t memory_budget_bytes;
     int num_blocks;
     int bytes_per_element;    /* element size of the KV storage for the budget; 0 means 4 (f32).
-                                 The host storage is always f32, so with allocate_storage it must
-                                 be 0 or 4; a bf16 device cache passes 2. */
+                                 With allocate_storage: 4 (f32) or 2 (bf16 host storage: the
+                                 *_bf16 accessors); a bf16 device cache passes 2 too. */
     bool allocate_storage;    /* allocate the host K/V arrays (CPU backend) */
     int hash_bits;            /* 0 (normal): full 64-bit block hashes. Tests pass a small number
                                  to keep only that many low bits and so force hash collisions. */
@@ -134,9 +136,15 @@ int32_t kv_pool_available_blocks(const kv_pool *pool);
  * change that invalidates a model id, or tests). Returns how many were dropped. */
 int32_t kv_pool_drop_cached(kv_pool *pool);
 
-/* Host storage of one layer (NULL without allocate_storage or for a bad layer). */
+/* Host storage of one layer (NULL without allocate_storage or for a bad layer). The float
+ * accessors (here and below) serve f32 storage only and return NULL for bf16, the _bf16 ones the
+ * reverse. */
 float *kv_pool_layer_keys(kv_pool *pool, int layer);
 float *kv_pool_layer_values(kv_pool *pool, int layer);
+uint16_t *kv_pool_layer_keys_bf16(kv_pool *pool, int layer);
+uint16_t *kv_pool_layer_values_bf16(kv_pool *pool, int layer);
+/* "f32" -> 4, "bf16" -> 2: bytes_per_element of a KV dtype name (config engine.kv_dtype). */
+int kv_dtype_parse(const char *text, int *bytes_per_element, duel_error *err);
 /* The [num_kv_heads][block_size][head_dim] tile of one block (NULL as above or for a bad block). */
 float *kv_pool_block_keys(kv_pool *pool, int layer, int32_t block);
 float *kv_pool_block_values(kv_pool *pool, int layer, int32_t block);

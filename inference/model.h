@@ -1,7 +1,9 @@
 /* model.h: a loaded causal language model (Llama or GPT-NeoX family) and its CPU forward pass.
  * Weights are read from a Hugging Face directory (config.json + safetensors), validated, and held
- * as f32 (bf16/f16 widened at load). The forward pass runs f32 compute with OpenBLAS GEMMs (and
- * our own skinny kernel for the few-row products of batched decode).
+ * as f32 (bf16/f16 widened at load), or with model_load_with the linear layers and the output head
+ * as bf16 or q8 (weight_format.h: packed at load; norms, biases and an untied input embedding stay
+ * f32). The forward pass computes in f32: OpenBLAS GEMMs and our skinny kernel for f32 weights,
+ * the kernels of weight_matmul.h for packed ones.
  * Two entry points: model_forward over one sequence's contiguous KV cache (tests, benchmarks),
  * and model_forward_batch over many sequences whose KV lives in the paged pool of kv_cache.h
  * (the engine). A model is owned by one thread at a time: it keeps its scratch buffers inside. */
@@ -15,13 +17,25 @@
 #include "error.h"
 #include "kv_cache.h"
 #include "model_config.h"
+#include "weight_format.h"
 
 typedef struct model model;
 
 /* Loads <dir>/config.json and the weights. Every expected tensor is checked for presence, dtype
  * and shape before use; errors name the file and the tensor. */
 int model_load(const char *dir, model **out, duel_error *err);
+
+typedef struct model_load_options {
+    weight_format weights; /* WEIGHT_F32 (model_load's), WEIGHT_BF16 or WEIGHT_Q8 */
+} model_load_options;
+/* model_load with options (NULL: model_load's defaults). Packing runs here, on the caller's
+ * thread, one matrix at a time from an f32 stage of the largest layer. */
+int model_load_with(const char *dir, const model_load_options *opts, model **out,
+                    duel_error *err);
 void model_free(model *m);
+weight_format model_weight_format(const model *m);
+/* Bytes of the linear layers and the head as held (packed sizes): what one decode step reads. */
+size_t model_weight_bytes(const model *m);
 const model_config *model_get_config(const model *m);
 /* Number of output scores per position: vocab_size for causal LMs, num_labels for classifiers. */
 int model_output_size(const model *m);
