@@ -18,6 +18,8 @@
 #include "config.h"
 #include "engine.h"
 #include "gateway.h"
+#include "kv_cache.h"
+#include "weight_format.h"
 
 int cmd_serve(int argc, char **argv);
 
@@ -77,9 +79,18 @@ static int engine_config_from_json(const json_t *root, const char *source,
     }
     const json_t *strategy = json_object_get(duel_config_section(root, "duel"), "strategy");
     const json_t *erm_path = json_object_get(duel_config_section(root, "erm"), "path");
-    if (!json_is_string(strategy) || !json_is_string(erm_path))
-        return duel_error_set(err, DUEL_EFORMAT, "%s: duel.strategy and erm.path must be strings",
+    const json_t *weights = json_object_get(duel_config_section(root, "engine"), "weights");
+    const json_t *kv_dtype = json_object_get(duel_config_section(root, "engine"), "kv_dtype");
+    if (!json_is_string(strategy) || !json_is_string(erm_path) || !json_is_string(weights) ||
+        !json_is_string(kv_dtype))
+        return duel_error_set(err, DUEL_EFORMAT,
+                              "%s: duel.strategy, erm.path, engine.weights and engine.kv_dtype "
+                              "must be strings",
                               source);
+    if (weight_format_parse(json_string_value(weights), &e->weights, err))
+        return duel_error_prefix(err, "%s: engine.weights", source);
+    if (kv_dtype_parse(json_string_value(kv_dtype), &e->kv_bytes_per_element, err))
+        return duel_error_prefix(err, "%s: engine.kv_dtype", source);
     e->num_candidates = (int)v[0];
     e->max_new_tokens = (int)v[1];
     e->temperature = (float)v[2];
@@ -98,6 +109,7 @@ int cmd_serve(int argc, char **argv) {
     long long port = 8080, step_ms = 40;
     const char *redis = NULL, *config = NULL, *bind = NULL, *web_root = NULL, *spill = NULL;
     const char *backend_name = NULL, *model_dir = NULL, *erm_path = NULL, *strategy = NULL;
+    const char *weights = NULL, *kv_dtype = NULL;
     const char *set_doc = NULL; /* --set never reaches cli_parse (duel_config_take_sets); listed for --help */
     long long candidates = 4, max_new_tokens = 128;
     double temperature = 1.0, top_p = 1.0;
@@ -157,6 +169,11 @@ int cmd_serve(int argc, char **argv) {
         {"--snapshot-poll-ms", CLI_OPT_INT, &snapshot_poll_ms, "MS",
          "how often the loader reads duel:snapshots besides pub/sub notes (default "
          "gateway.snapshot_poll_ms, 3000)", 100, 600000, false, &poll_given},
+        {"--weights", CLI_OPT_STRING, &weights, "FMT",
+         "weight storage of the model and every snapshot: f32, bf16 or q8 (default "
+         "engine.weights, f32)", 0, 0, false, NULL},
+        {"--kv-dtype", CLI_OPT_STRING, &kv_dtype, "T",
+         "KV cache storage: f32 or bf16 (default engine.kv_dtype, f32)", 0, 0, false, NULL},
         {"--test-step-ms", CLI_OPT_INT, &step_ms, "MS",
          "test backend: pause between its progress steps (default 40)", 0, 10000, false, NULL},
     };
@@ -216,6 +233,14 @@ int cmd_serve(int argc, char **argv) {
     if (max_new_given) ecfg.max_new_tokens = (int)max_new_tokens;
     if (temperature_given) ecfg.temperature = (float)temperature;
     if (top_p_given) ecfg.top_p = (float)top_p;
+    if (weights && weight_format_parse(weights, &ecfg.weights, &err)) {
+        json_decref(root);
+        return cli_usage_error(&cmd, "--weights: %s", err.message);
+    }
+    if (kv_dtype && kv_dtype_parse(kv_dtype, &ecfg.kv_bytes_per_element, &err)) {
+        json_decref(root);
+        return cli_usage_error(&cmd, "--kv-dtype: %s", err.message);
+    }
 
     rc = CLI_EXIT_OK;
     if (snapshots && no_snapshots)

@@ -394,7 +394,8 @@ static int eb_install_snapshot(void *impl, long long version, const char *dir,
     s->version = version;
     snprintf(s->name, sizeof s->name, "v%06lld", version);
     char path[4200];
-    int rc = model_load(dir, &s->model, err);
+    model_load_options lo = {b->cfg.weights}; /* converted here, on the loader thread */
+    int rc = model_load_with(dir, &lo, &s->model, err);
     if (!rc && model_output_size(s->model) != model_output_size(b->model))
         rc = duel_error_set(err, DUEL_EFORMAT,
                             "snapshot v%lld: %d logits, the base model (and its tokenizer) %d",
@@ -504,7 +505,8 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
         rc = duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
         goto fail;
     }
-    if ((rc = model_load(cfg->model_dir, &b->model, err))) goto fail;
+    model_load_options lo = {cfg->weights};
+    if ((rc = model_load_with(cfg->model_dir, &lo, &b->model, err))) goto fail;
     snprintf(path, sizeof path, "%s/tokenizer.json", cfg->model_dir);
     if ((rc = tokenizer_load(path, &b->tok, err))) goto fail;
     if ((rc = chat_template_detect(cfg->model_dir, &b->template, err))) goto fail;
@@ -531,6 +533,7 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
      * reference arm, so features mean the same thing whichever snapshot serves. */
     engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = cfg->kv_memory_bytes,
                         .max_pilaf_jobs = cfg->max_pilaf_jobs,
+                        .kv_bytes_per_element = cfg->kv_bytes_per_element,
                         .max_candidates = b->cfg.num_candidates, .erm = b->erm,
                         .reference_arm = "default",
                         .features = cfg->snapshots ? ENGINE_FEATURES_REFERENCE

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "weight_format.h"
 
 typedef struct duel_backend_turn {
     const char *user;
@@ -136,6 +137,9 @@ typedef struct backend_engine_config {
     int max_new_tokens;        /* 0: 128 */
     size_t kv_memory_bytes;    /* 0: the engine's default */
     int max_pilaf_jobs;        /* engine_params.max_pilaf_jobs; 0: the engine's default */
+    weight_format weights;     /* engine.weights: the model's and every snapshot's storage,
+                                  converted at load (snapshots on the loader thread) */
+    int kv_bytes_per_element;  /* engine.kv_dtype: 0 or 4 f32, 2 bf16 */
     bool snapshots;            /* hot-swap (install_snapshot): the base model becomes the frozen
                                   reference arm whose hidden states are the ERM features of every
                                   duel (features that do not drift as snapshots replace the
