@@ -36,15 +36,41 @@ size_t matmul_bf16_prepared_bytes(weight_kernel k, const weight_matrix *w, int n
     return weight_align_up((size_t)n * (size_t)w->cols_padded * elem);
 }
 
+/* n floats to bf16, rounded to nearest even as weight_f32_to_bf16 (a prefill converts every
+ * row of every product: vectorised). */
+static void round_row_bf16(uint16_t *y, const float *x, int n) {
+    int i = 0;
+#ifdef MATMUL_BF16_X86
+    const __m256i bias = _mm256_set1_epi32(0x7fff), one = _mm256_set1_epi32(1);
+    const __m256i quiet = _mm256_set1_epi32(0x00400000);
+    for (; i + 16 <= n; i += 16) {
+        __m256i h[2];
+        for (int j = 0; j < 2; j++) {
+            __m256 v = _mm256_loadu_ps(x + i + 8 * j);
+            __m256i u = _mm256_castps_si256(v);
+            __m256i r = _mm256_add_epi32(
+                u, _mm256_add_epi32(bias, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+            /* NaN: keep it a NaN (quiet) rather than let the rounding carry make it inf */
+            __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+            r = _mm256_blendv_epi8(r, _mm256_or_si256(u, quiet), nan);
+            h[j] = _mm256_srli_epi32(r, 16);
+        }
+        /* packus interleaves the 128-bit lanes: put them back in order */
+        __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(h[0], h[1]), 0xd8);
+        _mm256_storeu_si256((__m256i *)(y + i), packed);
+    }
+#endif
+    for (; i < n; i++) y[i] = weight_f32_to_bf16(x[i]);
+}
+
 void matmul_bf16_prepare(weight_kernel k, const weight_matrix *w, const float *in, int n,
                          size_t in_stride, void *prepared) {
     const int K = w->cols, KP = w->cols_padded;
     if (k == WEIGHT_KERNEL_AVX512_BF16) {
         uint16_t *dst = prepared;
         for (int t = 0; t < n; t++) {
-            const float *x = in + (size_t)t * in_stride;
             uint16_t *y = dst + (size_t)t * KP;
-            for (int i = 0; i < K; i++) y[i] = weight_f32_to_bf16(x[i]);
+            round_row_bf16(y, in + (size_t)t * in_stride, K);
             for (int i = K; i < KP; i++) y[i] = 0;
         }
         return;

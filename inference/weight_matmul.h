@@ -11,7 +11,8 @@
  * Kernels, picked at run time (weight_kernel_best) like the f32 skinny kernel of cpu_ops.h:
  *   bf16  WEIGHT_KERNEL_SCALAR, _AVX2, _AVX512: weights widened to f32 in registers, f32 inputs
  *         exactly; _AVX512_BF16: vdpbf16ps, the input rows rounded to bf16 (as llama.cpp's BF16
- *         path does), f32 accumulation.
+ *         path does), f32 accumulation (denormal inputs count as zero, as the instruction
+ *         does).
  *   q8    WEIGHT_KERNEL_SCALAR, _AVX2, _AVX512_VNNI: each input row quantised per block of 32 to
  *         int8 with an f32 scale (ggml's Q8_0 rule), integer dot products per block (vpdpbusd;
  *         AVX2 emulates it exactly), scaled and summed in f32. All three compute the same
@@ -42,10 +43,12 @@ const char *weight_kernel_name(weight_kernel k);
 bool weight_kernel_available(weight_kernel k, weight_format f);
 
 /* The kernel for a product of n input rows with format f on this CPU: for bf16, the exact f32
- * kernels up to WEIGHT_BF16_EXACT_MAX_ROWS rows (decode reads memory, where vdpbf16ps gains
- * nothing) and vdpbf16ps above (prefill computes); for q8 the best available. f32 has no kernel
- * here (cpu_ops.h); it returns WEIGHT_KERNEL_SCALAR. */
-#define WEIGHT_BF16_EXACT_MAX_ROWS 16
+ * kernels up to WEIGHT_BF16_EXACT_MAX_ROWS rows (one sequence's decode reads memory, where
+ * vdpbf16ps gains nothing: measured as fast at 1 and 2 rows) and vdpbf16ps above (from 4 rows on
+ * the exact kernel's two FMAs per input pair made it 1.4x slower at 4 rows, 1.5x at 8, 1.6x at
+ * 16: batched decode and prefill compute); for q8 the best available. f32 has no kernel here
+ * (cpu_ops.h); it returns WEIGHT_KERNEL_SCALAR. */
+#define WEIGHT_BF16_EXACT_MAX_ROWS 2
 weight_kernel weight_kernel_best(weight_format f, int n);
 
 /* Bytes of the prepared input of n rows for kernel k and matrix w (64-byte aligned buffer). */

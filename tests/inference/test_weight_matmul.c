@@ -253,8 +253,8 @@ static void test_q8_kernels(void **state) {
     check_format(WEIGHT_Q8, 22);
 }
 
-/* The kernels the model uses on this CPU: bf16 exact up to 16 rows, vdpbf16ps above where
- * present; q8 the best there is. */
+/* The kernels the model uses on this CPU: bf16 exact up to WEIGHT_BF16_EXACT_MAX_ROWS rows,
+ * vdpbf16ps above where present; q8 the best there is. */
 static void test_best_kernels(void **state) {
     (void)state;
     for (int n = 1; n <= WEIGHT_BF16_EXACT_MAX_ROWS; n++) {
