@@ -2,7 +2,14 @@
  *
  * Parameters live in one f32 allocation carved into per-layer pointers (llm.c style); bf16/f16
  * weights are widened once at load. Linear weights stay [out][in] so that every projection of
- * a chunk of tokens is one sgemm (one sgemv for a single token). Two fusions at load:
+ * a chunk of tokens is one sgemm (one sgemv for a single token). With bf16 or q8 weights
+ * (model_load_with) the linear layers and the head leave that allocation: each matrix passes
+ * through an f32 stage and is packed (weight_format.h) before the next is read, and every product
+ * with it runs the packed kernels (weight_matmul.h) for any number of rows, its output groups
+ * shared with the helper thread; a tied input embedding is then read from the packed head, row
+ * by row. Invariant: a weight_matrix view exists for every linear layer and the head, whatever
+ * the format, and the forward pass reads weights only through it (or the f32 embedding). Two
+ * fusions at load:
  *   - q, k and v projections become one [q_dim + 2*kv_dim][hidden] matrix, rows in the order
  *     all q heads, all k heads, all v heads. GPT-NeoX's query_key_value interleaves them per head
  *     ([heads][3][head_dim], HF's view(heads, 3*head_dim) split) and is permuted into that order.

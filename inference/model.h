@@ -80,13 +80,16 @@ typedef struct model_batch_entry {
 /* Runs one step for several sequences at once: all their tokens are flattened into one
  * [n_total][hidden] activation so that every projection is one product over all sequences (the
  * weights are read once per step, not once per sequence: sgemm, or for steps of up to 8 rows the
- * skinny kernel cpu_matmul_skinny_isa, split between the calling thread and a helper thread the
- * model owns, which also shares decode attention); attention runs per sequence, reading
+ * skinny kernel cpu_matmul_skinny_isa, or with packed weights their kernels at any size, split
+ * between the calling thread and a helper thread the model owns, which also shares decode
+ * attention); attention runs per sequence, reading
  * K and V through its block table from the pool's host storage, where this call also writes the
  * new tokens' K/V (the caller commits them afterwards with kv_sequence_commit). Steps of more
  * than MODEL_BATCH_MAX_ROWS tokens run in several internal passes (a sequence's later tokens then
  * attend to the K/V its earlier ones wrote). Each sequence may appear at most once.
- * Per-row results equal a run of the sequence alone up to GEMM rounding (relative error ~1e-6).
+ * Per-row results equal a run of the sequence alone up to GEMM rounding (relative error ~1e-6;
+ * with bf16 weights ~1e-3 where the step's row count picks another kernel than the run alone,
+ * weight_matmul.h; with a bf16 KV pool ~1e-3 from the K/V rounding).
  * Entries with targets also score their tokens (the engine's reference log-probabilities): those
  * rows go through the final norm and the output head, one GEMM per internal pass.
  * DUEL_EINVAL for a pool whose shape (layers, kv heads, head_dim) differs from the model's or

@@ -2,27 +2,11 @@
  * tiles (weight_matmul.h). Row tiles are the outer loop and groups the inner one: a tile's input
  * rows stay in L1 while the groups' weights stream past (in decode there is one tile, so every
  * weight is read from memory exactly once; in prefill a thread's groups are re-read from L2 by
- * each tile). CPU features come from cpuid at run time; the build itself targets x86-64-v3. */
+ * each tile). CPU features: cpu_features_detect (cpu_ops.h). */
 #include "weight_matmul.h"
 
+#include "cpu_ops.h"
 #include "weight_kernels.h"
-
-typedef struct cpu_features {
-    bool avx2, avx512, avx512_bf16, avx512_vnni;
-} cpu_features;
-
-static cpu_features detect(void) {
-    cpu_features f = {false, false, false, false};
-#if defined(__AVX2__) && defined(__FMA__) && defined(__GNUC__)
-    __builtin_cpu_init();
-    f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl");
-    f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
-    f.avx512_vnni = f.avx512 && __builtin_cpu_supports("avx512vnni");
-#endif
-    return f;
-}
 
 const char *weight_kernel_name(weight_kernel k) {
     static const char *const names[WEIGHT_KERNEL_COUNT] = {"scalar", "avx2", "avx512",
@@ -32,7 +16,7 @@ const char *weight_kernel_name(weight_kernel k) {
 
 bool weight_kernel_available(weight_kernel k, weight_format f) {
     if (f != WEIGHT_BF16 && f != WEIGHT_Q8) return false;
-    cpu_features c = detect();
+    cpu_features c = cpu_features_detect();
     switch (k) {
     case WEIGHT_KERNEL_SCALAR: return true;
     case WEIGHT_KERNEL_AVX2: return c.avx2;
@@ -44,7 +28,7 @@ bool weight_kernel_available(weight_kernel k, weight_format f) {
 }
 
 weight_kernel weight_kernel_best(weight_format f, int n) {
-    cpu_features c = detect();
+    cpu_features c = cpu_features_detect();
     if (f == WEIGHT_BF16) {
         if (c.avx512_bf16 && n > WEIGHT_BF16_EXACT_MAX_ROWS) return WEIGHT_KERNEL_AVX512_BF16;
         if (c.avx512) return WEIGHT_KERNEL_AVX512;
