@@ -89,17 +89,17 @@ static void tile_scalar(const weight_tile_args *a) {
     const int G = WEIGHT_GROUP_ROWS, pairs = w->cols_padded / 2;
     const uint16_t *wg = w->bf16 + (size_t)a->group * pairs * G * 2;
     const float *x0 = a->prepared;
+    float sums[WEIGHT_GROUP_ROWS];
     for (int r = 0; r < a->rows; r++) {
         const float *x = x0 + (size_t)(a->t0 + r) * w->cols_padded;
-        float *y = a->out + (size_t)r * a->ldo;
         for (int lane = 0; lane < a->lanes; lane++) {
             float d = 0;
             for (int k = 0; k < w->cols_padded; k++)
                 d += weight_bf16_to_f32(wg[(size_t)(k / 2) * G * 2 + (size_t)lane * 2 + (k & 1)]) *
                      x[k];
-            float v = a->bias ? d + a->bias[lane] : d;
-            y[lane] = a->accumulate ? y[lane] + v : v;
+            sums[lane] = d;
         }
+        weight_store_lanes(a, r, sums);
     }
 }
 
@@ -131,15 +131,11 @@ ALWAYS_INLINE void tile_avx2_rt(const weight_tile_args *a, const int RT) {
             acc[r][1] = _mm256_fmadd_ps(hi1, xb, acc[r][1]);
         }
     }
-    float tmp[16];
+    float sums[WEIGHT_GROUP_ROWS];
     for (int r = 0; r < RT; r++) {
-        _mm256_storeu_ps(tmp, acc[r][0]);
-        _mm256_storeu_ps(tmp + 8, acc[r][1]);
-        float *y = a->out + (size_t)r * a->ldo;
-        for (int lane = 0; lane < a->lanes; lane++) {
-            float v = a->bias ? tmp[lane] + a->bias[lane] : tmp[lane];
-            y[lane] = a->accumulate ? y[lane] + v : v;
-        }
+        _mm256_storeu_ps(sums, acc[r][0]);
+        _mm256_storeu_ps(sums + 8, acc[r][1]);
+        weight_store_lanes(a, r, sums);
     }
 }
 

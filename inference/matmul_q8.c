@@ -137,10 +137,10 @@ static void tile_scalar(const weight_tile_args *a) {
     q8_input in = q8_view(w, a->n, a->prepared);
     const uint8_t *wg = w->q8 + (size_t)a->group * blocks * B * G;
     const uint16_t *sg = w->q8_scales + (size_t)a->group * blocks * G;
+    float sums[WEIGHT_GROUP_ROWS];
     for (int r = 0; r < a->rows; r++) {
         int t = a->t0 + r;
         const int8_t *xq = in.quants + (size_t)t * w->cols_padded;
-        float *y = a->out + (size_t)r * a->ldo;
         for (int lane = 0; lane < a->lanes; lane++) {
             float acc = 0;
             for (int b = 0; b < blocks; b++) {
@@ -153,9 +153,9 @@ static void tile_scalar(const weight_tile_args *a) {
                 float dw = weight_f16_to_f32(sg[(size_t)b * G + lane]);
                 acc += (float)dot * in.scales[(size_t)t * blocks + b] * dw;
             }
-            float v = a->bias ? acc + a->bias[lane] : acc;
-            y[lane] = a->accumulate ? y[lane] + v : v;
+            sums[lane] = acc;
         }
+        weight_store_lanes(a, r, sums);
     }
 }
 
@@ -208,15 +208,11 @@ ALWAYS_INLINE void tile_avx2_rt(const weight_tile_args *a, const int RT) {
             acc[r][1] = _mm256_fmadd_ps(f1, dw1, acc[r][1]);
         }
     }
-    float tmp[16];
+    float sums[WEIGHT_GROUP_ROWS];
     for (int r = 0; r < RT; r++) {
-        _mm256_storeu_ps(tmp, acc[r][0]);
-        _mm256_storeu_ps(tmp + 8, acc[r][1]);
-        float *y = a->out + (size_t)r * a->ldo;
-        for (int lane = 0; lane < a->lanes; lane++) {
-            float v = a->bias ? tmp[lane] + a->bias[lane] : tmp[lane];
-            y[lane] = a->accumulate ? y[lane] + v : v;
-        }
+        _mm256_storeu_ps(sums, acc[r][0]);
+        _mm256_storeu_ps(sums + 8, acc[r][1]);
+        weight_store_lanes(a, r, sums);
     }
 }
 

@@ -994,36 +994,27 @@ static kv_layer pool_layer(kv_pool *pool, int l) {
     return s;
 }
 
-#ifdef MODEL_AVX2
-static inline __m256 load_bf16x8(const uint16_t *p) {
-    return _mm256_castsi256_ps(
-        _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p)), 16));
-}
-#endif
+/* bf16 K/V rows are widened (cpu_bf16_to_f32, exact) in chunks on the stack, then go through
+ * the f32 helpers above. */
+#define MODEL_WIDEN_CHUNK 256 /* floats */
 
 static inline float dot_f32_bf16(const float *a, const uint16_t *b, int n) {
-    int i = 0;
-    float sum = 0;
-#ifdef MODEL_AVX2
-    __m256 acc = _mm256_setzero_ps();
-    for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), load_bf16x8(b + i), acc);
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    s4 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    s4 = _mm_add_ss(s4, _mm_movehdup_ps(s4));
-    sum = _mm_cvtss_f32(s4);
-#endif
-    for (; i < n; i++) sum += a[i] * weight_bf16_to_f32(b[i]);
+    float tmp[MODEL_WIDEN_CHUNK], sum = 0;
+    for (int i = 0; i < n; i += MODEL_WIDEN_CHUNK) {
+        int m = n - i < MODEL_WIDEN_CHUNK ? n - i : MODEL_WIDEN_CHUNK;
+        cpu_bf16_to_f32(tmp, b + i, (size_t)m);
+        sum += dot_f32(a + i, tmp, m);
+    }
     return sum;
 }
 
 static inline void axpy_bf16(float *y, float a, const uint16_t *x, int n) {
-    int i = 0;
-#ifdef MODEL_AVX2
-    __m256 av = _mm256_set1_ps(a);
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(av, load_bf16x8(x + i), _mm256_loadu_ps(y + i)));
-#endif
-    for (; i < n; i++) y[i] += a * weight_bf16_to_f32(x[i]);
+    float tmp[MODEL_WIDEN_CHUNK];
+    for (int i = 0; i < n; i += MODEL_WIDEN_CHUNK) {
+        int m = n - i < MODEL_WIDEN_CHUNK ? n - i : MODEL_WIDEN_CHUNK;
+        cpu_bf16_to_f32(tmp, x + i, (size_t)m);
+        axpy_f32(y + i, a, tmp, m);
+    }
 }
 
 /* Causal attention of `rows` query rows at positions start .. start+rows-1 of seq, for the query

@@ -33,6 +33,16 @@ void matmul_q8_prepare(const weight_matrix *w, const float *in, int n, size_t in
 int matmul_q8_tile_rows(weight_kernel k);
 void matmul_q8_tile(weight_kernel k, const weight_tile_args *a);
 
+/* Row r of a tile from its 16 lane sums: + bias, + the old out when accumulating, valid lanes
+ * only (the scalar and AVX2 tiles; the AVX-512 ones store with masks). */
+static inline void weight_store_lanes(const weight_tile_args *a, int r, const float *sums) {
+    float *y = a->out + (size_t)r * a->ldo;
+    for (int lane = 0; lane < a->lanes; lane++) {
+        float v = a->bias ? sums[lane] + a->bias[lane] : sums[lane];
+        y[lane] = a->accumulate ? y[lane] + v : v;
+    }
+}
+
 #define WEIGHT_PREPARED_ALIGN 64 /* bytes: prepared arrays start on a cache line */
 
 static inline size_t weight_align_up(size_t bytes) {

@@ -15,7 +15,7 @@ which is also how duel quantises (inference/weight_format.c), so both programs m
 numbers. The q_proj and k_proj rows are permuted as llama.cpp's convert_hf_to_gguf.py does
 (LlamaModel.permute): Hugging Face rotates the two halves of each head (rotate_half), llama.cpp's
 "llama" graph rotates adjacent pairs; reordering each head's rows as (i, i + d/2) pairs makes the
-two the same function. Needs numpy only (Debian's python3-numpy).
+two the same function. Run it with Debian's /usr/bin/python3 (python3-torch, python3-numpy).
 """
 import argparse
 import json
@@ -36,30 +36,11 @@ FILE_TYPE = {"f32": 0, "bf16": 32, "q8_0": 7}
 TOKEN_NORMAL, TOKEN_CONTROL = 1, 3
 
 
-def read_safetensors(path):
-    """{name: float32 numpy array} (F32, BF16 and F16 tensors)."""
-    with open(path, "rb") as f:
-        raw = f.read()
-    (n,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8:8 + n])
-    base = 8 + n
-    out = {}
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        a, b = info["data_offsets"]
-        buf = raw[base + a:base + b]
-        dt = info["dtype"]
-        if dt == "F32":
-            arr = np.frombuffer(buf, dtype="<f4")
-        elif dt == "BF16":
-            arr = (np.frombuffer(buf, dtype="<u2").astype(np.uint32) << 16).view(np.float32)
-        elif dt == "F16":
-            arr = np.frombuffer(buf, dtype="<f2").astype(np.float32)
-        else:
-            raise ValueError(f"{name}: dtype {dt} is not a weight type")
-        out[name] = arr.reshape(info["shape"]).astype(np.float32, copy=False)
-    return out
+def read_weights(path):
+    """{name: float32 numpy array} of a safetensors file (F32, BF16 and F16 tensors)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from make_random_model import read_safetensors  # the one reader of tests/tools (torch)
+    return {n: t.numpy().astype(np.float32) for n, t in read_safetensors(path).items()}
 
 
 def permute(w, n_head):
@@ -162,7 +143,7 @@ def convert(model_dir, out, kind):
     pre = tok.get("pre_tokenizer") or {}
     if tok["model"]["type"] != "BPE" or pre.get("type") != "ByteLevel" or not pre.get("use_regex", True):
         raise ValueError(f"{model_dir}: not a GPT-2 style byte-level BPE tokenizer")
-    W = read_safetensors(os.path.join(model_dir, "model.safetensors"))
+    W = read_weights(os.path.join(model_dir, "model.safetensors"))
     H, L = cfg["hidden_size"], cfg["num_hidden_layers"]
     nh = cfg["num_attention_heads"]
     nkv = cfg.get("num_key_value_heads") or nh
