@@ -77,8 +77,13 @@ static void quantize_block(const float *x, int8_t *q, float *scale, int32_t *cor
     for (int j = 0; j < WEIGHT_Q8_BLOCK; j++)
         if (isnan(x[j])) amax = x[j];
     const float d = amax / 127.0f;
-    const float id = d != 0.0f && isfinite(d) ? 1.0f / d : 0.0f;
     *scale = d;
+    if (!(d != 0.0f && isfinite(d))) { /* zeros, or a NaN/inf the scale carries to the output */
+        memset(q, 0, WEIGHT_Q8_BLOCK);
+        *corr = 0;
+        return;
+    }
+    const float id = 1.0f / d;
     int32_t sum = 0;
     i = 0;
 #ifdef MATMUL_Q8_X86

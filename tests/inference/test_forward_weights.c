@@ -246,9 +246,7 @@ static void test_paged_packed_and_bf16_kv(void **state) {
 /* ---- the shipped default model ------------------------------------------------------------- */
 
 static const char *const PROMPTS[] = {
-    "What does tea mean?", "What does river mean?", "What does quickly mean?",
-    "What does a duel mean?", "Define bridge.", "What is a lantern?",
-    "What does brave mean?", "What does the word harvest mean?",
+    "What does tea mean?", "What does river mean?", "Define bridge.", "What is a lantern?",
 };
 #define N_PROMPTS ((int)(sizeof PROMPTS / sizeof PROMPTS[0]))
 
@@ -329,7 +327,7 @@ static void test_default_greedy_bf16(void **state) {
 
 /* Pairs of DUELS duel requests (M = 4, temperature 1, ee_ts, reference features from the model
  * itself, a fresh ERM from seed 5) on an engine with the given weights. */
-enum { DUELS = 24, DM = 4, DNEW = 24 };
+enum { DUELS = 16, DM = 4, DNEW = 16 };
 typedef struct duel_record {
     duel_pair pair;
     uint64_t candidates_hash; /* of every candidate's tokens */
