@@ -7,6 +7,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#define WEIGHT_FORMAT_AVX2 1
+#endif
+
 #define WEIGHT_ALIGN 64 /* bytes: packed arrays start on a cache line (aligned vector loads) */
 #define WEIGHT_MAX_DIM (1 << 26) /* rows or cols: far above any layer we load */
 
@@ -79,7 +84,28 @@ uint16_t weight_q8_quantize_block(const float *x, int8_t *q) {
     }
     const float d = amax / 127.0f;
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
-    for (int j = 0; j < WEIGHT_Q8_BLOCK; j++) {
+    int j = 0;
+#ifdef WEIGHT_FORMAT_AVX2
+    /* roundf (half away from zero) exactly: truncate, then step away when |fraction| >= 1/2 (the
+     * fraction v - trunc(v) is exact in f32). Loading a model quantises every weight once. */
+    if (isfinite(id)) {
+        const __m256 vid = _mm256_set1_ps(id), half = _mm256_set1_ps(0.5f);
+        const __m256 sign = _mm256_set1_ps(-0.0f), one = _mm256_set1_ps(1.0f);
+        for (; j < WEIGHT_Q8_BLOCK; j += 8) {
+            __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + j), vid);
+            __m256 t = _mm256_round_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __m256 away = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(v, t)), half, _CMP_GE_OQ);
+            __m256 step = _mm256_and_ps(away, _mm256_or_ps(one, _mm256_and_ps(sign, v)));
+            __m256 r = _mm256_add_ps(t, step);
+            /* NaN (a NaN or inf in the block): 0, as the scalar path */
+            r = _mm256_and_ps(r, _mm256_cmp_ps(r, r, _CMP_ORD_Q));
+            __m256i qi = _mm256_cvtps_epi32(r); /* exact: |r| <= 127 */
+            __m128i p16 = _mm_packs_epi32(_mm256_castsi256_si128(qi), _mm256_extracti128_si256(qi, 1));
+            _mm_storel_epi64((__m128i *)(q + j), _mm_packs_epi16(p16, p16));
+        }
+    }
+#endif
+    for (; j < WEIGHT_Q8_BLOCK; j++) {
         float v = roundf(x[j] * id);
         q[j] = isfinite(v) ? (int8_t)v : 0; /* |v| <= 127 for finite blocks */
     }

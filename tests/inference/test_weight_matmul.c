@@ -116,6 +116,16 @@ static void test_packing(void **state) {
         weight_matrix_free(&q);
         free(src), free(row), free(ref);
     }
+    /* roundf's ties (half away from zero), and a value just below one half: d = 127 / 127 = 1 */
+    float block[32] = {127.0f, 2.5f, -3.5f, 0.5f, -0.5f, 126.5f, -126.5f, 0.49999997f, 1.5f, -2.5f};
+    int8_t q[32];
+    const int8_t want[10] = {127, 3, -4, 1, -1, 127, -127, 0, 2, -3};
+    assert_int_equal(weight_q8_quantize_block(block, q), weight_f32_to_f16(1.0f));
+    assert_memory_equal(q, want, sizeof want);
+    for (int i = 10; i < 32; i++) assert_int_equal(q[i], 0);
+    block[3] = NAN; /* a NaN block: the scale is NaN, the quants 0 */
+    assert_true(isnan(weight_f16_to_f32(weight_q8_quantize_block(block, q))));
+    for (int i = 0; i < 32; i++) assert_int_equal(q[i], 0);
     duel_error err = {0};
     weight_matrix w;
     float one = 1;
