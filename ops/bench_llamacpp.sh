@@ -11,8 +11,9 @@
 #                 smollm2-135m --dtype bf16) and models/default; GGUF f32, bf16 and q8_0 of each
 #                 (tests/tools/hf_to_gguf.py)
 #   4. check      greedy text: duel generate and llama-completion on the same prompt, f32 weights
-#                 and KV on both sides, must agree up to llama.cpp's end of text (the converter's
-#                 q/k permutation and tokenizer); bf16 and q8 agreement is printed
+#                 and KV on both sides, must agree up to llama.cpp's end of text or for 24
+#                 characters (the converter's q/k permutation and tokenizer); the agreement of every
+#                 format is printed
 #   5. bench      --rounds rounds; in each, per model and format, duel bench forward (128-token
 #                 prefill, 64 decode steps) and llama-bench (pp128, then tg64 at depth 128),
 #                 alternating which runs first; then duel bench engine (1 sequence vs 8 forked
@@ -117,11 +118,18 @@ if [ "$check" -eq 1 ]; then
             want=${want%% \[end of text\]*}  # llama-completion's end-of-generation marker
             got=$("$DUEL" generate --model "${MODEL_DIR[$m]}" --weights "$f" --prompt "$prompt" \
                 --temperature 0 --max-new-tokens 32 2>"$out/check-duel-$m-$f.log")
-            same=$("$PY" -c 'import sys; a, b = sys.argv[1], sys.argv[2]; n = 0
+            # Bytes that are no whole UTF-8 character (a random model's tokens) are printed raw by
+            # llama.cpp and replaced by duel: compare the text without them.
+            read -r same total < <("$PY" -c 'import os, sys
+a, b = (os.fsencode(x).decode("utf-8", "replace").replace("\ufffd", "") for x in sys.argv[1:3])
+n = 0
 while n < min(len(a), len(b)) and a[n] == b[n]: n += 1
-print(n)' "$want" "$got")
-            echo "$m $f: llama.cpp '${want:0:60}' | duel '${got:0:60}' | first $same of ${#want} characters agree"
-            if [ "$f" = f32 ] && { [ "$same" -lt "${#want}" ] || [ "${#want}" -lt 8 ]; }; then
+print(n, len(a))' "$want" "$got")
+            echo "$m $f: llama.cpp '${want:0:60}' | duel '${got:0:60}' | first $same of $total characters agree"
+            # f32 on both sides: the same text until llama.cpp's end of text, or for 24 characters
+            # at least (a random model's near-ties part the two sums' rounding later; a wrong q/k
+            # permutation or tokenizer parts them at once)
+            if [ "$f" = f32 ] && [ "$same" -lt "$total" ] && [ "$same" -lt 24 ]; then
                 fail "$m: duel and llama.cpp disagree on f32 weights (the converter is wrong)"
             fi
         done
