@@ -173,7 +173,7 @@ static double estimate_prefill_flops(const model_config *c, int n) {
 
 static int bench_forward(int argc, char **argv) {
     const char *dir = NULL, *weights_name = "f32";
-    long long n_prefill = 128, n_decode = 64, repeats = 3;
+    long long n_prefill = 128, n_decode = 64, repeats = 3, threads = 2;
     limits_options lo = {2048, 1024, 2};
     bool json = false, no_limits = false;
     const cli_option options[] = {
@@ -182,6 +182,9 @@ static int bench_forward(int argc, char **argv) {
         {"--weights", CLI_OPT_STRING, &weights_name, "FMT",
          "weight storage: f32 (default), bf16 or q8 (blocks of 32 int8 + a scale, like Q8_0)", 0,
          0, false, NULL},
+        {"--threads", CLI_OPT_INT, &threads, "N",
+         "2 (default): this thread and the model's helper thread; 1: this thread alone (set "
+         "OPENBLAS_NUM_THREADS=1 too for f32)", 1, 2, false, NULL},
         {"--prefill", CLI_OPT_INT, &n_prefill, "N", "prompt tokens per prefill (default 128)", 1,
          1e6, false, NULL},
         {"--decode", CLI_OPT_INT, &n_decode, "N", "decode steps after the prefill (default 64)",
@@ -209,7 +212,7 @@ static int bench_forward(int argc, char **argv) {
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!dir) return cli_usage_error(&cmd, "--model DIR is required");
     duel_error err = {0};
-    model_load_options lopt = {WEIGHT_F32};
+    model_load_options lopt = {.weights = WEIGHT_F32, .threads = (int)threads};
     if (weight_format_parse(weights_name, &lopt.weights, &err))
         return cli_usage_error(&cmd, "--weights: %s", err.message);
 
@@ -356,6 +359,7 @@ static int bench_forward(int argc, char **argv) {
         json_object_set_new(o, "architecture", json_string(c->architecture));
         json_object_set_new(o, "parameters", json_integer(params));
         json_object_set_new(o, "weights", json_string(weights_name));
+        json_object_set_new(o, "threads", json_integer(threads));
         json_object_set_new(o, "prefill_tokens", json_integer(n_prefill));
         json_object_set_new(o, "decode_tokens", json_integer(n_decode));
         json_object_set_new(o, "repeats", json_integer(repeats));

@@ -363,7 +363,7 @@ int bench_engine(int argc, char **argv) {
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!dir) return cli_usage_error(&cmd, "--model DIR is required");
     duel_error err = {0};
-    model_load_options lopt = {WEIGHT_F32};
+    model_load_options lopt = {.weights = WEIGHT_F32};
     int kv_bytes = 4;
     if (weight_format_parse(weights_name, &lopt.weights, &err))
         return cli_usage_error(&cmd, "--weights: %s", err.message);

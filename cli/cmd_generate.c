@@ -700,7 +700,7 @@ int cmd_generate(int argc, char **argv) {
     duel_error err = {0};
     if (o.template_name && chat_template_from_name(o.template_name, &kind, &err))
         return cli_usage_error(&cmd, "--template: %s", err.message);
-    model_load_options load = {WEIGHT_F32};
+    model_load_options load = {.weights = WEIGHT_F32};
     int kv_bytes = 4;
     if (weight_format_parse(o.weights, &load.weights, &err))
         return cli_usage_error(&cmd, "--weights: %s", err.message);

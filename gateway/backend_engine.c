@@ -394,7 +394,8 @@ static int eb_install_snapshot(void *impl, long long version, const char *dir,
     s->version = version;
     snprintf(s->name, sizeof s->name, "v%06lld", version);
     char path[4200];
-    model_load_options lo = {b->cfg.weights}; /* converted here, on the loader thread */
+    /* converted here, on the loader thread */
+    model_load_options lo = {.weights = b->cfg.weights};
     int rc = model_load_with(dir, &lo, &s->model, err);
     if (!rc && model_output_size(s->model) != model_output_size(b->model))
         rc = duel_error_set(err, DUEL_EFORMAT,
@@ -505,7 +506,7 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
         rc = duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
         goto fail;
     }
-    model_load_options lo = {cfg->weights};
+    model_load_options lo = {.weights = cfg->weights};
     if ((rc = model_load_with(cfg->model_dir, &lo, &b->model, err))) goto fail;
     snprintf(path, sizeof path, "%s/tokenizer.json", cfg->model_dir);
     if ((rc = tokenizer_load(path, &b->tok, err))) goto fail;

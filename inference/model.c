@@ -136,7 +136,7 @@ struct model_kv_cache {
     float *k, *v; /* [num_layers][max_tokens][kv_dim] each */
 };
 
-static void helper_start(model_helper *h);
+static void helper_start(model_helper *h, bool spawn);
 static void helper_stop(model_helper *h);
 
 /* ---- parameters --------------------------------------------------------------------------- */
@@ -398,8 +398,12 @@ int model_load_with(const char *dir, const model_load_options *opts, model **out
     if (out) *out = NULL;
     if (!dir || !out) return duel_error_set(err, DUEL_EINVAL, "model_load: NULL argument");
     weight_format weights = opts ? opts->weights : WEIGHT_F32;
+    int threads = opts ? opts->threads : 0;
     if (weights != WEIGHT_F32 && weights != WEIGHT_BF16 && weights != WEIGHT_Q8)
         return duel_error_set(err, DUEL_EINVAL, "model_load: weight format %d", (int)weights);
+    if (threads < 0 || threads > 2)
+        return duel_error_set(err, DUEL_EINVAL, "model_load: %d threads (0 or 2: with the helper "
+                              "thread, 1: without)", threads);
     char path[4096];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
         return duel_error_set(err, DUEL_ELIMIT, "model_load: directory path too long");
@@ -407,7 +411,7 @@ int model_load_with(const char *dir, const model_load_options *opts, model **out
     if (!m) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
     m->isa = cpu_isa_best();
     m->weights = weights;
-    helper_start(&m->helper);
+    helper_start(&m->helper, threads != 1);
     safetensors_archive *st = NULL;
     int rc = model_config_load(path, &m->config, err);
     if (rc) goto fail;
@@ -672,14 +676,15 @@ static void *helper_main(void *arg) {
     }
 }
 
-/* Starts the helper (best effort: without it every job runs on the owner thread). */
-static void helper_start(model_helper *h) {
+/* Starts the helper (best effort: without it every job runs on the owner thread); with
+ * spawn false only the synchronisation objects (model_load_options.threads = 1). */
+static void helper_start(model_helper *h, bool spawn) {
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->wake, NULL);
     atomic_init(&h->state, 0);
     atomic_init(&h->done, 0);
     atomic_init(&h->quit, false);
-    h->started = pthread_create(&h->thread, NULL, helper_main, h) == 0;
+    h->started = spawn && pthread_create(&h->thread, NULL, helper_main, h) == 0;
 }
 
 static void helper_stop(model_helper *h) {

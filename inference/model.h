@@ -27,6 +27,9 @@ int model_load(const char *dir, model **out, duel_error *err);
 
 typedef struct model_load_options {
     weight_format weights; /* WEIGHT_F32 (model_load's), WEIGHT_BF16 or WEIGHT_Q8 */
+    int threads;           /* 0 or 2 (model_load's): the caller's thread and the model's helper
+                              thread; 1: the caller's alone (benchmarks against one-thread
+                              programs). OpenBLAS keeps its own threads (OPENBLAS_NUM_THREADS) */
 } model_load_options;
 /* model_load with options (NULL: model_load's defaults). Packing runs here, on the caller's
  * thread, one matrix at a time from an f32 stage of the largest layer. */

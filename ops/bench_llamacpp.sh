@@ -21,9 +21,13 @@
 #   6. summary    medians over rounds: prompt processing and decode tokens/s of both, ratios duel
 #                 / llama.cpp, duel's decode as a share of the read bandwidth it measured in the
 #                 same run, the 8-candidate ratio
-# Options: --rounds N (default 5), --threads N (default: nproc), --formats "f32 bf16 q8"
-# (default), --models "smollm2 default" (default), --cache DIR (default ~/.cache/duel-llamacpp;
-# env DUEL_LLAMACPP_CACHE), --skip-check, --no-engine. Results: ${DUEL_BENCH_OUT:-bench-results}/
+# Options: --rounds N (default 5), --threads 1|2 (default 2: duel's caller and helper thread,
+# llama.cpp -t 2, OpenBLAS 2; 1: one thread each), --omp-passive (OMP_WAIT_POLICY=passive for
+# llama.cpp: its OpenMP threads spin at every barrier, and on a machine busy with other work a
+# descheduled thread then stalls each of the hundreds of barriers of a token; measured here at
+# load average 18: tg 0.6 tokens/s spinning, 21 passive), --formats "f32 bf16 q8" (default),
+# --models "smollm2 default" (default), --cache DIR (default ~/.cache/duel-llamacpp; env
+# DUEL_LLAMACPP_CACHE), --skip-check, --no-engine. Results: ${DUEL_BENCH_OUT:-bench-results}/
 # llamacpp-<date>/ (logs, results.jsonl, summary.txt).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -31,22 +35,25 @@ cd "$(dirname "$0")/.." || exit 2
 . ops/lib.sh
 
 NODE_LLAMA_CPP_VERSION=3.21.1
-rounds=5 threads=$(nproc) formats="f32 bf16 q8" models="smollm2 default" check=1 engine=1
+rounds=5 threads=2 formats="f32 bf16 q8" models="smollm2 default" check=1 engine=1 omp_passive=0
 cache=${DUEL_LLAMACPP_CACHE:-$HOME/.cache/duel-llamacpp}
 while [ $# -gt 0 ]; do
     case $1 in
     --rounds) rounds=${2:?--rounds needs a number}; shift ;;
-    --threads) threads=${2:?--threads needs a number}; shift ;;
+    --threads) threads=${2:?--threads needs 1 or 2}; shift ;;
+    --omp-passive) omp_passive=1 ;;
     --formats) formats=${2:?--formats needs a list}; shift ;;
     --models) models=${2:?--models needs a list}; shift ;;
     --cache) cache=${2:?--cache needs a folder}; shift ;;
     --skip-check) check=0 ;;
     --no-engine) engine=0 ;;
-    -h | --help) sed -n '2,28p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "ops/bench_llamacpp.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
     esac
     shift
 done
+case $threads in 1 | 2) ;; *) echo "ops/bench_llamacpp.sh: --threads is 1 or 2 (duel runs one helper thread)" >&2; exit 2 ;; esac
+[ "$omp_passive" -eq 1 ] && export OMP_WAIT_POLICY=passive
 out=${DUEL_BENCH_OUT:-bench-results}/llamacpp-$(date -u +%Y%m%dT%H%M%SZ)
 mkdir -p "$out" "$cache" || exit 2
 out=$(cd "$out" && pwd)
@@ -137,15 +144,18 @@ print(n, len(a))' "$want" "$got")
 fi
 
 duel_section "5. bench: $rounds interleaved rounds, $threads threads"
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(unset)}"
+if [ "$omp_passive" -eq 0 ] && [ "$threads" -gt 1 ] && [ "$(load1 | cut -d. -f1)" -ge "$(nproc)" ]; then
+    echo "warning: the load average is at least the core count: llama.cpp's spinning OpenMP threads will stall (consider --omp-passive or --threads 1)"
+fi
 for ((r = 1; r <= rounds; r++)); do
     for m in $models; do
         for f in $formats; do
             g=$cache/$m-$(gguf_type "$f").gguf
             run_duel() {
                 local l0; l0=$(load1)
-                "$DUEL" bench forward --model "${MODEL_DIR[$m]}" --weights "$f" --prefill 128 \
-                    --decode 64 --repeats 2 --json 2>>"$out/duel-forward.log" | tail -1 >"$out/last.json" || return 1
+                "$DUEL" bench forward --model "${MODEL_DIR[$m]}" --weights "$f" --threads "$threads" \
+                    --prefill 128 --decode 64 --repeats 2 --json 2>>"$out/duel-forward.log" | tail -1 >"$out/last.json" || return 1
                 "$PY" -c 'import json, sys
 d = json.load(open(sys.argv[1]))
 print(json.dumps({"program": "duel", "model": sys.argv[2], "format": sys.argv[3], "round": int(sys.argv[4]),
@@ -192,11 +202,11 @@ print(json.dumps({"program": "duel-engine", "model": "smollm2", "format": sys.ar
 fi
 
 duel_section "6. summary (medians over $rounds rounds; duel / llama.cpp)"
-"$PY" - "$results" "$llama_commit" "$threads" <<'EOF' | tee "$out/summary.txt"
+"$PY" - "$results" "$llama_commit" "$threads" "${OMP_WAIT_POLICY:-unset}" <<'EOF' | tee "$out/summary.txt"
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 med = lambda xs: statistics.median(xs) if xs else float("nan")
-print(f"llama.cpp {sys.argv[2]} (node-llama-cpp 3.21.1), {sys.argv[3]} threads each; load average "
+print(f"llama.cpp {sys.argv[2]} (node-llama-cpp 3.21.1), {sys.argv[3]} threads each, OMP_WAIT_POLICY={sys.argv[4]}; load average "
       f"(1 min) {min(min(r['load']) for r in rows):.1f}-{max(max(r['load']) for r in rows):.1f} during the runs")
 print("| model | weights | duel pp128 t/s | llama.cpp pp128 t/s | **pp ratio** | duel tg64 t/s | "
       "llama.cpp tg64 t/s | **tg ratio** | duel decode / read bandwidth |")

@@ -41,7 +41,7 @@ static void fixture_dir(const char *name, char *out, size_t cap) {
 }
 
 static model *load(const char *dir, weight_format f) {
-    model_load_options o = {f};
+    model_load_options o = {.weights = f};
     model *m = NULL;
     duel_error err = {0};
     if (model_load_with(dir, &o, &m, &err)) fail_msg("model_load_with %s: %s", dir, err.message);

@@ -68,7 +68,7 @@ echo "== --help of every command documents every flag"
 declare -A FLAGS=(
     [info]="--json --blas-coretype"
     [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --arena-model --erm --weights --kv-dtype"
-    [bench forward]="--model --weights --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
+    [bench forward]="--model --weights --threads --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
     [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
 )
 for cmd in info generate "bench forward" "bench machine"; do
