@@ -213,12 +213,7 @@ ALWAYS_INLINE void tile_avx2_rt(const weight_tile_args *a, const int RT) {
             acc[r][1] = _mm256_fmadd_ps(f1, dw1, acc[r][1]);
         }
     }
-    float sums[WEIGHT_GROUP_ROWS];
-    for (int r = 0; r < RT; r++) {
-        _mm256_storeu_ps(sums, acc[r][0]);
-        _mm256_storeu_ps(sums + 8, acc[r][1]);
-        weight_store_lanes(a, r, sums);
-    }
+    weight_store_rows_avx2(a, acc, RT);
 }
 
 static void tile_avx2(const weight_tile_args *a) {

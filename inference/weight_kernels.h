@@ -43,6 +43,19 @@ static inline void weight_store_lanes(const weight_tile_args *a, int r, const fl
     }
 }
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+/* The same for the AVX2 tiles: rows t0 .. t0 + rows - 1, lanes 0-7 in acc[r][0], 8-15 in [1]. */
+static inline void weight_store_rows_avx2(const weight_tile_args *a, __m256 (*acc)[2], int rows) {
+    float sums[WEIGHT_GROUP_ROWS];
+    for (int r = 0; r < rows; r++) {
+        _mm256_storeu_ps(sums, acc[r][0]);
+        _mm256_storeu_ps(sums + 8, acc[r][1]);
+        weight_store_lanes(a, r, sums);
+    }
+}
+#endif
+
 #define WEIGHT_PREPARED_ALIGN 64 /* bytes: prepared arrays start on a cache line */
 
 static inline size_t weight_align_up(size_t bytes) {
