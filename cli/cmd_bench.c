@@ -122,6 +122,7 @@ static int bench_machine(int argc, char **argv) {
 /* One measured run: a prefill of the prompt into an empty cache, then greedy decode steps. */
 typedef struct forward_run {
     double prefill_seconds, decode_seconds;
+    double prefill_cpu_seconds, decode_cpu_seconds; /* the process's, every thread */
     model_timing prefill_timing, decode_timing;
 } forward_run;
 
@@ -131,11 +132,12 @@ static int run_forward_once(model *m, model_kv_cache *kv, const int32_t *prompt,
     int vocab = model_output_size(m);
     model_kv_cache_reset(kv);
     model_reset_timing(m);
-    double t0 = duel_time_seconds();
+    double t0 = duel_time_seconds(), c0 = duel_process_cpu_seconds();
     int rc = model_forward(m, kv, prompt, n_prompt, logits, false, NULL, err);
     if (rc) return rc;
-    double t1 = duel_time_seconds();
+    double t1 = duel_time_seconds(), c1 = duel_process_cpu_seconds();
     out->prefill_seconds = t1 - t0;
+    out->prefill_cpu_seconds = c1 - c0;
     out->prefill_timing = model_get_timing(m);
     model_reset_timing(m);
     for (int i = 0; i < n_decode; i++) {
@@ -145,6 +147,7 @@ static int run_forward_once(model *m, model_kv_cache *kv, const int32_t *prompt,
         if (rc) return rc;
     }
     out->decode_seconds = duel_time_seconds() - t1;
+    out->decode_cpu_seconds = duel_process_cpu_seconds() - c1;
     out->decode_timing = model_get_timing(m);
     return DUEL_OK;
 }
@@ -303,6 +306,14 @@ static int bench_forward(int argc, char **argv) {
         dec[r] = n_decode / runs[r].decode_seconds;
     }
     double prefill_median = median(pre, (int)repeats), decode_median = median(dec, (int)repeats);
+    /* Tokens per CPU-second (the process's, helper and BLAS threads included): with one thread,
+     * a speed that other work on the machine does not lower, unlike wall time. */
+    for (int r = 0; r < repeats; r++) {
+        pre[r] = n_prefill / runs[r].prefill_cpu_seconds;
+        dec[r] = n_decode / runs[r].decode_cpu_seconds;
+    }
+    double prefill_cpu_median = median(pre, (int)repeats);
+    double decode_cpu_median = median(dec, (int)repeats);
     free(pre);
     free(dec);
     const forward_run *P = &runs[bp], *D = &runs[bd];
@@ -341,6 +352,8 @@ static int bench_forward(int argc, char **argv) {
            "%.1f GFLOP/s%s over the whole prefill\n",
            prefill_tps, repeats, prefill_median, n_prefill, 100 * prefill_gemm_share,
            prefill_gflops, flops_counted ? "" : " (FLOPs estimated from config)");
+    printf("per CPU-second (median): prefill %.1f tokens, decode %.2f tokens\n", prefill_cpu_median,
+           decode_cpu_median);
     printf("decode: %.2f tokens/s best of %lld (median %.2f), %lld steps at batch 1, GEMM share "
            "%.0f%%, %.2f GB/s of weights (%.1f MB per token; %.2f GB/s with the KV cache)\n",
            decode_tps, repeats, decode_median, n_decode, 100 * decode_gemm_share,
@@ -368,6 +381,8 @@ static int bench_forward(int argc, char **argv) {
         json_object_set_new(o, "prefill_tokens_per_s_median", json_real(prefill_median));
         json_object_set_new(o, "decode_tokens_per_s", json_real(decode_tps));
         json_object_set_new(o, "decode_tokens_per_s_median", json_real(decode_median));
+        json_object_set_new(o, "prefill_tokens_per_cpu_s", json_real(prefill_cpu_median));
+        json_object_set_new(o, "decode_tokens_per_cpu_s", json_real(decode_cpu_median));
         json_object_set_new(o, "prefill_gemm_share", json_real(prefill_gemm_share));
         json_object_set_new(o, "decode_gemm_share", json_real(decode_gemm_share));
         json_object_set_new(o, "prefill_gflops", json_real(prefill_gflops));

@@ -43,13 +43,13 @@ const char *weight_kernel_name(weight_kernel k);
 bool weight_kernel_available(weight_kernel k, weight_format f);
 
 /* The kernel for a product of n input rows with format f on this CPU: for bf16, the exact f32
- * kernels up to WEIGHT_BF16_EXACT_MAX_ROWS rows (decode: one sequence reads memory, where
- * vdpbf16ps gains nothing, measured as fast at 1 and 2 rows; a step of up to 16 sequences stays
- * exact too, so that a bf16 checkpoint served as bf16 samples the very tokens f32 weights do, at
- * the price of the two FMAs per input pair: 1.4x vdpbf16ps's time at 4 rows, 1.5x at 8, 1.6x at
- * 16) and vdpbf16ps above (prefill and big steps compute); for q8 the best available. f32 has no
- * kernel here (cpu_ops.h); it returns WEIGHT_KERNEL_SCALAR. */
-#define WEIGHT_BF16_EXACT_MAX_ROWS 16
+ * kernels up to WEIGHT_BF16_EXACT_MAX_ROWS rows (one sequence's decode reads memory, where
+ * vdpbf16ps gains nothing: measured as fast at 1 and 2 rows; so a bf16 checkpoint decodes one
+ * sequence exactly as with f32 weights) and vdpbf16ps above (the exact kernel's two FMAs per
+ * input pair cost 1.4x vdpbf16ps's time at 4 rows, 1.5x at 8, 1.6x at 16, and kept the
+ * 8-candidate decode at 3.5x one sequence, below the 4x the engine is held to); for q8 the best
+ * available. f32 has no kernel here (cpu_ops.h); it returns WEIGHT_KERNEL_SCALAR. */
+#define WEIGHT_BF16_EXACT_MAX_ROWS 2
 weight_kernel weight_kernel_best(weight_format f, int n);
 
 /* Bytes of the prepared input of n rows for kernel k and matrix w (64-byte aligned buffer). */
