@@ -20,15 +20,20 @@
 
 #define BF16_TILE_AVX2 4     /* rows per AVX2 tile: 2 x 4 accumulators of the 16 ymm */
 #define BF16_TILE_AVX512 16  /* rows per AVX-512 tile */
+#define BF16_TILE_DP2 12     /* rows per vdpbf16ps tile of two groups: 24 accumulators */
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
 
 int matmul_bf16_tile_rows(weight_kernel k) {
     switch (k) {
     case WEIGHT_KERNEL_AVX2: return BF16_TILE_AVX2;
-    case WEIGHT_KERNEL_AVX512:
-    case WEIGHT_KERNEL_AVX512_BF16: return BF16_TILE_AVX512;
+    case WEIGHT_KERNEL_AVX512: return BF16_TILE_AVX512;
+    case WEIGHT_KERNEL_AVX512_BF16: return BF16_TILE_DP2;
     default: return 1;
     }
+}
+
+int matmul_bf16_tile_groups(weight_kernel k) {
+    return k == WEIGHT_KERNEL_AVX512_BF16 ? 2 : 1;
 }
 
 size_t matmul_bf16_prepared_bytes(weight_kernel k, const weight_matrix *w, int n) {
@@ -258,6 +263,52 @@ TARGET_AVX512_BF16 ALWAYS_INLINE void tile_bf16dp_rt(const weight_tile_args *a, 
     }
 }
 
+/* Two groups (32 columns) x RT rows: per input pair 2 weight loads and RT broadcasts feed 2 RT
+ * vdpbf16ps, against 1 and RT for RT with one group. */
+TARGET_AVX512_BF16 ALWAYS_INLINE void tile_bf16dp2_rt(const weight_tile_args *a, const int RT) {
+    const weight_matrix *w = a->w;
+    const int pairs = w->cols_padded / 2;
+    const uint32_t *wg = (const uint32_t *)w->bf16 + (size_t)a->group * pairs * WEIGHT_GROUP_ROWS;
+    const uint32_t *wh = wg + (size_t)pairs * WEIGHT_GROUP_ROWS;
+    const uint32_t *x = (const uint32_t *)a->prepared + (size_t)a->t0 * pairs;
+    __m512 acc[BF16_TILE_DP2][2];
+    _Pragma("GCC unroll 12") for (int r = 0; r < RT; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    for (int p = 0; p < pairs; p++) {
+        __m512bh v0 = (__m512bh)_mm512_load_si512(wg + (size_t)p * 16);
+        __m512bh v1 = (__m512bh)_mm512_load_si512(wh + (size_t)p * 16);
+        _Pragma("GCC unroll 12") for (int r = 0; r < RT; r++) {
+            __m512bh xv = (__m512bh)_mm512_set1_epi32((int)x[(size_t)r * pairs + p]);
+            acc[r][0] = _mm512_dpbf16_ps(acc[r][0], v0, xv);
+            acc[r][1] = _mm512_dpbf16_ps(acc[r][1], v1, xv);
+        }
+    }
+    weight_tile_args b = *a;
+    b.out = a->out + WEIGHT_GROUP_ROWS;
+    b.bias = a->bias ? a->bias + WEIGHT_GROUP_ROWS : NULL;
+    b.lanes = a->lanes2;
+    _Pragma("GCC unroll 12") for (int r = 0; r < RT; r++) {
+        store_row_avx512(a, r, acc[r][0]);
+        store_row_avx512(&b, r, acc[r][1]);
+    }
+}
+
+TARGET_AVX512_BF16 static void tile_bf16dp2(const weight_tile_args *a) {
+    switch (a->rows) {
+    case 12: tile_bf16dp2_rt(a, 12); break;
+    case 11: tile_bf16dp2_rt(a, 11); break;
+    case 10: tile_bf16dp2_rt(a, 10); break;
+    case 9: tile_bf16dp2_rt(a, 9); break;
+    case 8: tile_bf16dp2_rt(a, 8); break;
+    case 7: tile_bf16dp2_rt(a, 7); break;
+    case 6: tile_bf16dp2_rt(a, 6); break;
+    case 5: tile_bf16dp2_rt(a, 5); break;
+    case 4: tile_bf16dp2_rt(a, 4); break;
+    case 3: tile_bf16dp2_rt(a, 3); break;
+    case 2: tile_bf16dp2_rt(a, 2); break;
+    default: tile_bf16dp2_rt(a, 1);
+    }
+}
+
 TARGET_AVX512_BF16 static void tile_bf16dp(const weight_tile_args *a) {
     switch (a->rows) {
     case 16: tile_bf16dp_rt(a, 16, 1); break;
@@ -285,7 +336,10 @@ void matmul_bf16_tile(weight_kernel k, const weight_tile_args *a) {
     switch (k) {
     case WEIGHT_KERNEL_AVX2: tile_avx2(a); return;
     case WEIGHT_KERNEL_AVX512: tile_avx512(a); return;
-    case WEIGHT_KERNEL_AVX512_BF16: tile_bf16dp(a); return;
+    case WEIGHT_KERNEL_AVX512_BF16:
+        if (a->lanes2) tile_bf16dp2(a);
+        else tile_bf16dp(a);
+        return;
     default: break;
     }
 #endif

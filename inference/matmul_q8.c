@@ -31,6 +31,11 @@ int matmul_q8_tile_rows(weight_kernel k) {
     }
 }
 
+int matmul_q8_tile_groups(weight_kernel k) {
+    (void)k;
+    return 1;
+}
+
 typedef struct q8_input {
     const int8_t *quants;  /* [n][cols_padded] */
     const float *scales;   /* [n][blocks] */

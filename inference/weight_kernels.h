@@ -19,18 +19,23 @@ typedef struct weight_tile_args {
     const float *bias; /* column 16 * group, or NULL */
     bool accumulate;
     int lanes;       /* valid columns of the group (16, fewer in the last group) */
+    int lanes2;      /* > 0: the tile covers group + 1 too (columns 16 more), with this many
+                        valid columns; only for kernels whose *_tile_groups is 2 */
 } weight_tile_args;
 
 size_t matmul_bf16_prepared_bytes(weight_kernel k, const weight_matrix *w, int n);
 void matmul_bf16_prepare(weight_kernel k, const weight_matrix *w, const float *in, int n,
                          size_t in_stride, void *prepared);
 int matmul_bf16_tile_rows(weight_kernel k);
+/* Groups one tile of kernel k may cover (1 or 2). */
+int matmul_bf16_tile_groups(weight_kernel k);
 void matmul_bf16_tile(weight_kernel k, const weight_tile_args *a);
 
 size_t matmul_q8_prepared_bytes(const weight_matrix *w, int n);
 void matmul_q8_prepare(const weight_matrix *w, const float *in, int n, size_t in_stride,
                        void *prepared);
 int matmul_q8_tile_rows(weight_kernel k);
+int matmul_q8_tile_groups(weight_kernel k);
 void matmul_q8_tile(weight_kernel k, const weight_tile_args *a);
 
 /* Row r of a tile from its 16 lane sums: + bias, + the old out when accumulating, valid lanes

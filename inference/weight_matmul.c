@@ -56,16 +56,21 @@ void weight_matmul_groups(weight_kernel k, const weight_matrix *w, const void *p
                           int group_begin, int group_end) {
     const bool q8 = w->format == WEIGHT_Q8;
     const int tile = q8 ? matmul_q8_tile_rows(k) : matmul_bf16_tile_rows(k);
+    const int per = q8 ? matmul_q8_tile_groups(k) : matmul_bf16_tile_groups(k);
     if (group_end > w->groups) group_end = w->groups;
     for (int t0 = 0; t0 < n; t0 += tile) {
         weight_tile_args a = {w, prepared, n, t0, n - t0 < tile ? n - t0 : tile, 0, NULL, ldo,
-                              NULL, accumulate, 0};
-        for (int g = group_begin; g < group_end; g++) {
+                              NULL, accumulate, 0, 0};
+        for (int g = group_begin; g < group_end; g += a.lanes2 ? 2 : 1) {
             int col = g * WEIGHT_GROUP_ROWS;
             a.group = g;
             a.out = out + (size_t)t0 * ldo + col;
             a.bias = bias ? bias + col : NULL;
             a.lanes = w->rows - col < WEIGHT_GROUP_ROWS ? w->rows - col : WEIGHT_GROUP_ROWS;
+            int col2 = col + WEIGHT_GROUP_ROWS;
+            a.lanes2 = per == 2 && g + 1 < group_end
+                           ? (w->rows - col2 < WEIGHT_GROUP_ROWS ? w->rows - col2 : WEIGHT_GROUP_ROWS)
+                           : 0;
             if (q8) matmul_q8_tile(k, &a);
             else matmul_bf16_tile(k, &a);
         }

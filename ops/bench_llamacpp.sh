@@ -15,12 +15,14 @@
 #                 characters (the converter's q/k permutation and tokenizer); the agreement of every
 #                 format is printed
 #   5. bench      --rounds rounds; in each, per model and format, duel bench forward (128-token
-#                 prefill, 64 decode steps) and llama-bench (pp128, then tg64 at depth 128),
+#                 prefill, 64 decode steps, 3 repeats) and llama-bench (pp128 and tg64, 3
+#                 repetitions, and once more with 1 to take its CPU time apart from loading),
 #                 alternating which runs first; then duel bench engine (1 sequence vs 8 forked
 #                 candidates) per format on the SmolLM2 shape; load averages recorded
 #   6. summary    medians over rounds: prompt processing and decode tokens/s of both, ratios duel
-#                 / llama.cpp, duel's decode as a share of the read bandwidth it measured in the
-#                 same run, the 8-candidate ratio
+#                 / llama.cpp per round then their median, duel's decode as a share of the read
+#                 bandwidth it measured in the same run; the same per CPU-second; the
+#                 8-candidate ratio
 # Options: --rounds N (default 5), --threads 1|2 (default 2: duel's caller and helper thread,
 # llama.cpp -t 2, OpenBLAS 2; 1: one thread each), --omp-passive (OMP_WAIT_POLICY=passive for
 # llama.cpp: its OpenMP threads spin at every barrier, and on a machine busy with other work a
@@ -62,6 +64,16 @@ PY=/usr/bin/python3
 gguf_type() { case $1 in q8) echo q8_0 ;; *) echo "$1" ;; esac; }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 fail() { echo "FAIL: $*" >&2; exit 1; }
+# cpu_of FILE CMD...: runs CMD (its stdout passes through) and writes its CPU seconds (user +
+# system, every thread) to FILE.
+cpu_of() {
+    "$PY" -c 'import resource, subprocess, sys
+r = subprocess.run(sys.argv[2:], stdout=subprocess.PIPE)
+u = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write(str(u.ru_utime + u.ru_stime))
+sys.stdout.buffer.write(r.stdout)
+sys.exit(r.returncode)' "$@"
+}
 
 duel_section "1. llama.cpp (node-llama-cpp@$NODE_LLAMA_CPP_VERSION, built natively)"
 npmdir=$cache/npm-$NODE_LLAMA_CPP_VERSION
@@ -155,22 +167,32 @@ for ((r = 1; r <= rounds; r++)); do
             run_duel() {
                 local l0; l0=$(load1)
                 "$DUEL" bench forward --model "${MODEL_DIR[$m]}" --weights "$f" --threads "$threads" \
-                    --prefill 128 --decode 64 --repeats 2 --json 2>>"$out/duel-forward.log" | tail -1 >"$out/last.json" || return 1
+                    --prefill 128 --decode 64 --repeats 3 --json 2>>"$out/duel-forward.log" | tail -1 >"$out/last.json" || return 1
                 "$PY" -c 'import json, sys
 d = json.load(open(sys.argv[1]))
 print(json.dumps({"program": "duel", "model": sys.argv[2], "format": sys.argv[3], "round": int(sys.argv[4]),
     "pp": d["prefill_tokens_per_s_median"], "tg": d["decode_tokens_per_s_median"],
+    "pp_cpu": d["prefill_tokens_per_cpu_s"], "tg_cpu": d["decode_tokens_per_cpu_s"],
     "weight_bytes": d["decode_weight_bytes_per_token"], "read_gb_per_s": d["read_gb_per_s"],
     "load": [float(sys.argv[5]), float(sys.argv[6])]}))' "$out/last.json" "$m" "$f" "$r" "$l0" "$(load1)" >>"$results"
             }
             run_llama() {
+                # Each test runs with -r 1 and -r 3: the wall figure is the -r 3 run's mean, the
+                # CPU-second figure the two extra repetitions' CPU time (the children's rusage),
+                # which leaves out loading and warm-up. tg starts at depth 0 (duel's decode after
+                # its 128-token prefill reads a little more KV: 1-2 % of a step here).
                 local l0 pp tg; l0=$(load1)
-                pp=$("$LB" -m "$g" -p 128 -n 0 -t "$threads" -r 2 -o json 2>>"$out/llama-bench.log") || return 1
-                tg=$("$LB" -m "$g" -p 0 -n 64 -d 128 -t "$threads" -r 2 -o json 2>>"$out/llama-bench.log") || return 1
+                cpu_of "$out/cpu1" "$LB" -m "$g" -p 128 -n 0 -t "$threads" -r 1 -o json >/dev/null 2>>"$out/llama-bench.log" || return 1
+                pp=$(cpu_of "$out/cpu3" "$LB" -m "$g" -p 128 -n 0 -t "$threads" -r 3 -o json 2>>"$out/llama-bench.log") || return 1
+                local pp_cpu; pp_cpu=$("$PY" -c 'import sys; print(2 * 128 / max(1e-9, float(open(sys.argv[2]).read()) - float(open(sys.argv[1]).read())))' "$out/cpu1" "$out/cpu3")
+                cpu_of "$out/cpu1" "$LB" -m "$g" -p 0 -n 64 -t "$threads" -r 1 -o json >/dev/null 2>>"$out/llama-bench.log" || return 1
+                tg=$(cpu_of "$out/cpu3" "$LB" -m "$g" -p 0 -n 64 -t "$threads" -r 3 -o json 2>>"$out/llama-bench.log") || return 1
+                local tg_cpu; tg_cpu=$("$PY" -c 'import sys; print(2 * 64 / max(1e-9, float(open(sys.argv[2]).read()) - float(open(sys.argv[1]).read())))' "$out/cpu1" "$out/cpu3")
                 "$PY" -c 'import json, sys
 pp, tg = json.loads(sys.argv[1])[0], json.loads(sys.argv[2])[0]
 print(json.dumps({"program": "llama.cpp", "model": sys.argv[3], "format": sys.argv[4], "round": int(sys.argv[5]),
-    "pp": pp["avg_ts"], "tg": tg["avg_ts"], "load": [float(sys.argv[6]), float(sys.argv[7])]}))' "$pp" "$tg" "$m" "$f" "$r" "$l0" "$(load1)" >>"$results"
+    "pp": pp["avg_ts"], "tg": tg["avg_ts"], "pp_cpu": float(sys.argv[8]), "tg_cpu": float(sys.argv[9]),
+    "load": [float(sys.argv[6]), float(sys.argv[7])]}))' "$pp" "$tg" "$m" "$f" "$r" "$l0" "$(load1)" "$pp_cpu" "$tg_cpu" >>"$results"
             }
             if [ $((r % 2)) -eq 1 ]; then
                 run_duel || fail "duel bench forward ($m $f)"
@@ -215,16 +237,27 @@ keys = []
 for r in rows:
     if r["program"] in ("duel", "llama.cpp") and (r["model"], r["format"]) not in keys:
         keys.append((r["model"], r["format"]))
+def pick(prog, m, f):
+    return [r for r in rows if r["program"] == prog and r["model"] == m and r["format"] == f]
+def ratio(d, l, key):  # per-round ratios (the two ran seconds apart), then their median
+    return med([a[key] / b[key] for a in d for b in l if a["round"] == b["round"]])
 for m, f in keys:
-    d = [r for r in rows if r["program"] == "duel" and r["model"] == m and r["format"] == f]
-    l = [r for r in rows if r["program"] == "llama.cpp" and r["model"] == m and r["format"] == f]
-    dpp, dtg = med([r["pp"] for r in d]), med([r["tg"] for r in d])
-    lpp, ltg = med([r["pp"] for r in l]), med([r["tg"] for r in l])
+    d, l = pick("duel", m, f), pick("llama.cpp", m, f)
     bw = med([r["tg"] * r["weight_bytes"] / 1e9 / r["read_gb_per_s"] for r in d])
-    # per-round ratios (the two ran seconds apart), then their median
-    rp = med([a["pp"] / b["pp"] for a in d for b in l if a["round"] == b["round"]])
-    rt = med([a["tg"] / b["tg"] for a in d for b in l if a["round"] == b["round"]])
-    print(f"| {m} | {f} | {dpp:.1f} | {lpp:.1f} | **{rp:.2f}x** | {dtg:.1f} | {ltg:.1f} | **{rt:.2f}x** | {100 * bw:.0f} % |")
+    print(f"| {m} | {f} | {med([r['pp'] for r in d]):.1f} | {med([r['pp'] for r in l]):.1f} | "
+          f"**{ratio(d, l, 'pp'):.2f}x** | {med([r['tg'] for r in d]):.1f} | {med([r['tg'] for r in l]):.1f} | "
+          f"**{ratio(d, l, 'tg'):.2f}x** | {100 * bw:.0f} % |")
+print()
+print("Per CPU-second (the processes' CPU time: what other work on the machine does not lower; "
+      "meaningful with --threads 1, where neither program spins):")
+print("| model | weights | duel pp128 t/cpu-s | llama.cpp pp128 t/cpu-s | **pp ratio** | duel tg64 t/cpu-s | "
+      "llama.cpp tg64 t/cpu-s | **tg ratio** |")
+print("|---|---|---|---|---|---|---|---|")
+for m, f in keys:
+    d, l = pick("duel", m, f), pick("llama.cpp", m, f)
+    print(f"| {m} | {f} | {med([r['pp_cpu'] for r in d]):.1f} | {med([r['pp_cpu'] for r in l]):.1f} | "
+          f"**{ratio(d, l, 'pp_cpu'):.2f}x** | {med([r['tg_cpu'] for r in d]):.1f} | "
+          f"{med([r['tg_cpu'] for r in l]):.1f} | **{ratio(d, l, 'tg_cpu'):.2f}x** |")
 eng = [r for r in rows if r["program"] == "duel-engine"]
 if eng:
     print()
