@@ -5,7 +5,8 @@
  *     product with the rounded weights, the inputs untouched (decode's path: it reads memory,
  *     so the two extra instructions per vector cost nothing);
  *   AVX-512 BF16: vdpbf16ps on the lane pairs directly, the inputs rounded to bf16 once by
- *     matmul_bf16_prepare; twice the multiply-adds per instruction (prefill's path).
+ *     matmul_bf16_prepare; twice the multiply-adds per instruction (prefill's path), in tiles of
+ *     two groups x 12 rows where two groups remain (fewer input broadcasts per instruction).
  * Prepared input: f32 [n][cols_padded] (exact kernels) or bf16 [n][cols_padded] (vdpbf16ps), the
  * padding column zero. Invariant: tiles read only the prepared rows [t0, t0 + rows) and write only
  * the group's valid lanes. */

@@ -2,7 +2,8 @@
  * tiles (weight_matmul.h). Row tiles are the outer loop and groups the inner one: a tile's input
  * rows stay in L1 while the groups' weights stream past (in decode there is one tile, so every
  * weight is read from memory exactly once; in prefill a thread's groups are re-read from L2 by
- * each tile). CPU features: cpu_features_detect (cpu_ops.h). */
+ * each tile). A kernel may take two groups per tile (matmul_*_tile_groups). CPU features:
+ * cpu_features_detect (cpu_ops.h). */
 #include "weight_matmul.h"
 
 #include "cpu_ops.h"
