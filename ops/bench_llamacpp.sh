@@ -156,8 +156,10 @@ print(n, len(a))' "$want" "$got")
 fi
 
 duel_section "5. bench: $rounds interleaved rounds, $threads threads"
-echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $(nproc) cores, load average $(cut -d' ' -f1-3 /proc/loadavg); OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(unset)}"
-if [ "$omp_passive" -eq 0 ] && [ "$threads" -gt 1 ] && [ "$(load1 | cut -d. -f1)" -ge "$(nproc)" ]; then
+# nproc would count OMP_NUM_THREADS (exported above), not the machine's cores
+cores=$(getconf _NPROCESSORS_ONLN)
+echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), $cores cores, load average $(cut -d' ' -f1-3 /proc/loadavg); OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-(unset)}"
+if [ "$omp_passive" -eq 0 ] && [ "$threads" -gt 1 ] && [ "$(load1 | cut -d. -f1)" -ge "$cores" ]; then
     echo "warning: the load average is at least the core count: llama.cpp's spinning OpenMP threads will stall (consider --omp-passive or --threads 1)"
 fi
 for ((r = 1; r <= rounds; r++)); do
@@ -249,7 +251,8 @@ for m, f in keys:
           f"**{ratio(d, l, 'tg'):.2f}x** | {100 * bw:.0f} % |")
 print()
 print("Per CPU-second (the processes' CPU time: what other work on the machine does not lower; "
-      "meaningful with --threads 1, where neither program spins):")
+      "meaningful with --threads 1, where neither program spins; llama.cpp's is the difference of "
+      "two runs' CPU time, noise where a test takes milliseconds, as pp128 of models/default does):")
 print("| model | weights | duel pp128 t/cpu-s | llama.cpp pp128 t/cpu-s | **pp ratio** | duel tg64 t/cpu-s | "
       "llama.cpp tg64 t/cpu-s | **tg ratio** |")
 print("|---|---|---|---|---|---|---|---|")
