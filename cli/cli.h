@@ -47,6 +47,30 @@ void cli_print_help(const cli_command *cmd, FILE *out);
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/* The compute backends besides the CPU that this executable hands the engine
+ * (engine_params.providers): CUDA (compute_providers.c). */
+struct compute_provider;
+const struct compute_provider *const *cli_compute_providers(int *n);
+
+/* The receiving end of a configuration's trainer.weight_transport (config.h's JSON) for a serving
+ * process (receiving_transport.c): *out stays NULL for file; cuda_ipc and nccl get the Redis
+ * where the trainer leaves the handle or id, trainer.transport_device, and rank 1 of
+ * trainer.nccl_world_size. DUEL_EFORMAT naming source for bad values. The engine adapter's
+ * load_snapshot is cli_snapshot_receiver_load with the receiver as its context; the caller frees
+ * it (weight_transport_model_receiver_free) after the adapter. */
+struct weight_transport_model_receiver;
+struct json_t;
+struct duel_error;
+struct model;
+int cli_snapshot_receiver_open(const struct json_t *root, const char *source,
+                               const char *redis_host, int redis_port,
+                               struct weight_transport_model_receiver **out,
+                               struct duel_error *err);
+int cli_snapshot_receiver_load(void *ctx, long long version, const char *dir, struct model **out,
+                               struct duel_error *err);
+/* The receiver's transport kind ("cuda_ipc"), NULL for none. */
+const char *cli_snapshot_receiver_via(const struct weight_transport_model_receiver *r);
+
 /* Subcommands: argv[0] is the first argument after the command name. */
 int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

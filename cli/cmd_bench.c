@@ -13,6 +13,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bench_json.h"
 #include "cli.h"
 #include "machine_limits.h"
 #include "model.h"
@@ -54,12 +55,6 @@ static int limits_sample(machine_probe *probe, machine_figures *f, duel_error *e
     }
     f->samples++;
     return DUEL_OK;
-}
-
-static void print_json_last_line(json_t *o) {
-    char *text = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(6));
-    if (text) printf("%s\n", text);
-    free(text);
 }
 
 #define LIMIT_OPTIONS(lo)                                                                       \
@@ -106,15 +101,13 @@ static int bench_machine(int argc, char **argv) {
            f.read_gb_per_s, lo.bandwidth_mib, lo.bandwidth_threads, 2 * repeats);
     if (json) {
         json_t *o = json_object();
-        json_object_set_new(o, "bench", json_string("machine"));
         json_object_set_new(o, "sgemm_gflops", json_real(f.sgemm_gflops));
         json_object_set_new(o, "sgemm_size", json_integer(lo.sgemm_size));
         json_object_set_new(o, "read_gb_per_s", json_real(f.read_gb_per_s));
         json_object_set_new(o, "bandwidth_mib", json_integer(lo.bandwidth_mib));
         json_object_set_new(o, "bandwidth_threads", json_integer(lo.bandwidth_threads));
         json_object_set_new(o, "repeats", json_integer(repeats));
-        print_json_last_line(o);
-        json_decref(o);
+        if (bench_json_print("machine", o)) return CLI_EXIT_FAILURE;
     }
     return CLI_EXIT_OK;
 }
@@ -367,7 +360,6 @@ static int bench_forward(int argc, char **argv) {
     }
     if (json) {
         json_t *o = json_object();
-        json_object_set_new(o, "bench", json_string("forward"));
         json_object_set_new(o, "model", json_string(dir));
         json_object_set_new(o, "architecture", json_string(c->architecture));
         json_object_set_new(o, "parameters", json_integer(params));
@@ -400,8 +392,7 @@ static int bench_forward(int argc, char **argv) {
             json_object_set_new(o, "decode_fraction_of_bandwidth",
                                 json_real(decode_gb_per_s / f.read_gb_per_s));
         }
-        print_json_last_line(o);
-        json_decref(o);
+        if (bench_json_print("forward", o)) goto done;
     }
     status = CLI_EXIT_OK;
 done:

@@ -26,7 +26,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "bench_json.h"
 #include "cli.h"
+#include "compute.h"
 #include "duel.h"
 #include "engine.h"
 #include "erm.h"
@@ -303,7 +305,7 @@ int bench_engine(int argc, char **argv) {
                               .kv_mb = 512, .batch_tokens = 256, .rounds = 1,
                               .levels = "1,8,32,128"};
     bool json = false, duel = false, turns_given = false;
-    const char *duel_features = "reference";
+    const char *duel_features = "reference", *compute = "auto";
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &dir, "DIR", "model directory; required", 0, 0, false, NULL},
         {"--weights", CLI_OPT_STRING, &weights_name, "FMT",
@@ -344,6 +346,9 @@ int bench_engine(int argc, char **argv) {
         {"--duel-features", CLI_OPT_STRING, &duel_features, "SRC",
          "--duel: reference (the model as its own frozen reference, default) or policy", 0, 0,
          false, NULL},
+        {"--compute", CLI_OPT_STRING, &compute, "NAME",
+         "compute backend: auto (CUDA when built in and a GPU answers, else the CPU; default), "
+         "cpu or cuda", 0, 0, false, NULL},
         {"--json", CLI_OPT_FLAG, &json, NULL,
          "print the figures as one JSON object on the last line of stdout", 0, 0, false, NULL},
     };
@@ -369,6 +374,10 @@ int bench_engine(int argc, char **argv) {
         return cli_usage_error(&cmd, "--weights: %s", err.message);
     if (kv_dtype_parse(kv_dtype, &kv_bytes, &err))
         return cli_usage_error(&cmd, "--kv-dtype: %s", err.message);
+    int n_providers = 0;
+    const compute_provider *const *providers = cli_compute_providers(&n_providers);
+    if (!compute_name_known(compute, providers, n_providers))
+        return cli_usage_error(&cmd, "--compute wants auto, cpu or cuda, got '%s'", compute);
     bool policy_features = strcmp(duel_features, "policy") == 0;
     if (!policy_features && strcmp(duel_features, "reference") != 0)
         return cli_usage_error(&cmd, "--duel-features wants reference or policy, got '%s'",
@@ -413,7 +422,10 @@ int bench_engine(int argc, char **argv) {
                         .max_candidates = (int)o.duel_m,
                         .erm = scorer,
                         .features = policy_features ? ENGINE_FEATURES_POLICY
-                                                    : ENGINE_FEATURES_REFERENCE};
+                                                    : ENGINE_FEATURES_REFERENCE,
+                        .backend = compute,
+                        .providers = providers,
+                        .num_providers = n_providers};
     engine *e = NULL;
     if (engine_create(&ep, &e, &err)) {
         fprintf(stderr, "duel bench engine: %s\n", err.message);
@@ -437,8 +449,11 @@ int bench_engine(int argc, char **argv) {
     json_t *out = json_object();
     duel_rng rng;
     duel_rng_seed(&rng, 42);
-    printf("model: %s (%d layers, hidden %d, %d kv heads x %d; %s weights, %s KV)\n", dir,
-           c->num_layers, c->hidden_size, c->num_kv_heads, c->head_dim, weights_name, kv_dtype);
+    printf("model: %s (%d layers, hidden %d, %d kv heads x %d; %s weights, %s KV), compute "
+           "backend %s\n",
+           dir, c->num_layers, c->hidden_size, c->num_kv_heads, c->head_dim, weights_name,
+           kv_dtype, engine_backend_name(e));
+    json_object_set_new(out, "compute", json_string(engine_backend_name(e)));
     printf("KV: %zu bytes per token, %d blocks of %d tokens (%lld MiB budget)\n",
            es.kv_bytes_per_token, es.kv_blocks, es.block_size, o.kv_mb);
     json_object_set_new(out, "model", json_string(dir));
@@ -669,9 +684,9 @@ finish:
            (unsigned long long)es.preemptions);
     json_object_set_new(out, "preemptions", json_integer((json_int_t)es.preemptions));
     if (json) {
-        char *text = json_dumps(out, JSON_COMPACT | JSON_REAL_PRECISION(6));
-        if (text) printf("%s\n", text);
-        free(text);
+        json_t *o = out;
+        out = NULL;
+        if (bench_json_print("engine", o)) goto done;
     }
     status = CLI_EXIT_OK;
 done:

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "adamw.h"
+#include "bench_json.h"
 #include "cli.h"
 #include "dap_loss.h"
 #include "lm_trainer.h"
@@ -218,10 +219,7 @@ int bench_train(int argc, char **argv) {
                                                  r->dpo_gflops, "dpo_fraction_of_sgemm", r->dpo_gflops / sgemm));
         }
         json_object_set_new(o, "models", arr);
-        char *text = json_dumps(o, JSON_COMPACT);
-        if (text) printf("%s\n", text);
-        free(text);
-        json_decref(o);
+        if (bench_json_print("train", o)) rc = duel_error_set(&err, DUEL_EIO, "the JSON line could not be printed");
     }
 done:
     machine_probe_free(probe);

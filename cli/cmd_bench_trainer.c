@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "bench_redis.h"
+#include "bench_json.h"
 #include "cli.h"
 #include "cpu_ops.h"
 #include "machine_limits.h"
@@ -325,9 +326,9 @@ int bench_trainer(int argc, char **argv) {
     printf("  CPU time of this process  %.2f s (%.2f cores busy on average; wall figures suffer when the\n"
            "  machine is shared: votes per CPU second %.1f)\n", cpu, cpu / elapsed, applied / cpu);
     if (json) {
-        json_t *o = json_pack("{s:s, s:s, s:I, s:I, s:i, s:i, s:f, s:i, s:i, s:f, s:f, s:f, s:I, s:f, s:I, s:f, s:I, s:I, s:f, s:f,"
+        json_t *o = json_pack("{s:s, s:I, s:I, s:i, s:i, s:f, s:i, s:i, s:f, s:f, s:f, s:I, s:f, s:I, s:f, s:I, s:I, s:f, s:f,"
                               " s:f, s:f, s:f, s:f}",
-                              "bench", "trainer", "model", model_dir, "votes", (json_int_t)votes,
+                              "model", model_dir, "votes", (json_int_t)votes,
                               "prefs_applied", (json_int_t)s.prefs_applied, "batch_size", to.batch_size,
                               "synthetic_per_update", s.synthetic, "gamma", to.gamma,
                               "checkpoint_every", to.checkpoint_every, "publish_every", to.publish_every,
@@ -351,10 +352,7 @@ int bench_trainer(int argc, char **argv) {
             json_object_set_new(o, "policy_seconds", json_real(s.policy_seconds));
             json_object_set_new(o, "optimizer_seconds", json_real(s.optimizer_seconds));
         }
-        char *text = o ? json_dumps(o, JSON_COMPACT) : NULL;
-        if (text) printf("%s\n", text);
-        free(text);
-        json_decref(o);
+        if (bench_json_print("trainer", o)) rc = duel_error_set(&err, DUEL_EIO, "the JSON line could not be printed");
     }
 done:
     if (rc) fprintf(stderr, "duel bench trainer: %s\n", err.message);

@@ -21,6 +21,7 @@
 
 #include "chat_template.h"
 #include "cli.h"
+#include "compute.h"
 #include "duel.h"
 #include "engine.h"
 #include "erm.h"
@@ -63,6 +64,7 @@ typedef struct generator {
     bool chat;
     model_load_options load; /* --weights, for every model it loads */
     int kv_bytes;            /* --kv-dtype: bytes per KV element (4 f32, 2 bf16) */
+    const char *compute;  /* --compute: the engine's compute backend */
 } generator;
 
 /* What the engine's DUEL_READY event said. */
@@ -130,7 +132,9 @@ static int generator_start_engine(generator *g, int candidates, int max_new, due
                         .max_candidates = GENERATE_MAX_CANDIDATES,
                         /* without --reference the model is its own frozen reference */
                         .erm = g->erm,
-                        .features = ENGINE_FEATURES_REFERENCE};
+                        .features = ENGINE_FEATURES_REFERENCE,
+                        .backend = g->compute};
+    ep.providers = cli_compute_providers(&ep.num_providers);
     g->candidates = candidates;
     return engine_create(&ep, &g->engine, err);
 }
@@ -484,6 +488,7 @@ typedef struct generate_options {
     const char *strategy, *erm_path, *reference, *arena_model;
     double beta;
     const char *weights, *kv_dtype;
+    const char *compute;
 } generate_options;
 
 static int interactive_chat(generator *g, chat_template_kind kind, const generate_options *o,
@@ -569,13 +574,16 @@ static int interactive_chat(generator *g, chat_template_kind kind, const generat
 int cmd_generate(int argc, char **argv) {
     generate_options o = {
         .strategy = NULL, .beta = 0.1, .temperature = 0.7, .top_p = 0.9, .top_k = 0, .max_new_tokens = 256, .n = 1,
-        .weights = "f32", .kv_dtype = "f32"};
+        .weights = "f32", .kv_dtype = "f32", .compute = "auto"};
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &o.model_dir, "DIR",
          "model directory (config.json, model.safetensors, tokenizer.json); required", 0, 0,
          false, NULL},
         {"--prompt", CLI_OPT_STRING, &o.prompt, "TEXT",
          "the prompt (UTF-8); required unless --interactive", 0, 0, false, NULL},
+        {"--compute", CLI_OPT_STRING, &o.compute, "NAME",
+         "compute backend: auto (CUDA when built in and a GPU answers, else the CPU; default), "
+         "cpu or cuda", 0, 0, false, NULL},
         {"--chat", CLI_OPT_FLAG, &o.chat, NULL,
          "wrap the prompt in the model's chat template as a user turn", 0, 0, false, NULL},
         {"--interactive", CLI_OPT_FLAG, &o.interactive, NULL,
@@ -652,6 +660,10 @@ int cmd_generate(int argc, char **argv) {
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!o.model_dir) return cli_usage_error(&cmd, "--model DIR is required");
+    int n_providers = 0;
+    const compute_provider *const *providers = cli_compute_providers(&n_providers);
+    if (!compute_name_known(o.compute, providers, n_providers))
+        return cli_usage_error(&cmd, "--compute wants auto, cpu or cuda, got '%s'", o.compute);
     if (!o.prompt && !o.interactive)
         return cli_usage_error(&cmd, "--prompt TEXT is required (or --interactive)");
     size_t bad;
@@ -721,6 +733,7 @@ int cmd_generate(int argc, char **argv) {
     g.sampling = (sampler_params){(float)o.temperature, (float)o.top_p, (int)o.top_k};
     g.seed = seed;
     g.strategy = strategy;
+    g.compute = o.compute;
     g.beta = o.beta;
     if (o.reference) {
         struct stat rst;

@@ -7,6 +7,7 @@
 
 #include "backend_cuda.h"
 #include "blas_core.h"
+#include "bench_json.h"
 #include "cli.h"
 #include "version.h"
 
@@ -86,10 +87,7 @@ int cmd_info(int argc, char **argv) {
         const char *set_by_duel = blas_core_set_by_duel();
         json_object_set_new(o, "blas_core_set_by_duel",
                             set_by_duel ? json_string(set_by_duel) : json_null());
-        char *text = json_dumps(o, JSON_COMPACT);
-        if (text) printf("%s\n", text);
-        free(text);
-        json_decref(o);
+        if (bench_json_print(NULL, o)) return CLI_EXIT_FAILURE;
     }
     return CLI_EXIT_OK; /* a failed GPU probe is a fact to report, not a failure of `info` */
 }

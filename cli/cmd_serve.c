@@ -1,15 +1,22 @@
-/* cmd_serve.c: `duel serve`: runs the gateway (gateway.h) until SIGTERM or SIGINT. The signal
- * handler only writes a byte to a self-pipe; a waiter thread reads it and asks the gateway to
- * stop (gateway_stop is not async-signal-safe). Blocking the signals instead is not enough: other
- * libraries (OpenBLAS) start threads before main, and those would take the signal. Exit codes: 0
- * after a clean shutdown, 1 when the server could not start, 2 for a bad command line. */
+/* cmd_serve.c: `duel serve`: runs the gateway (gateway.h) until SIGTERM or SIGINT. It serves a
+ * model (model.path, or --model) through the engine adapter; the test backend's canned answers
+ * only when asked for by name (--backend test), and then their votes go to duel:prefs:test, never
+ * to the trainer's stream. Its files live in the data folder (--data-dir, default duel-data, as
+ * `duel train`'s), which it creates: the vote spill log unless --spill or gateway.spill_path puts
+ * it elsewhere. The signal handler only writes a byte to a self-pipe; a waiter thread reads it
+ * and asks the gateway to stop (gateway_stop is not async-signal-safe). Blocking the signals
+ * instead is not enough: other libraries (OpenBLAS) start threads before main, and those would
+ * take the signal. Exit codes: 0 after a clean shutdown, 1 when the server could not start, 2
+ * for a bad command line. */
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -20,8 +27,33 @@
 #include "gateway.h"
 #include "kv_cache.h"
 #include "weight_format.h"
+#include "weight_transport_model.h"
+#include "knobs.h"
 
 int cmd_serve(int argc, char **argv);
+
+#define SERVE_DEFAULT_DATA_DIR "duel-data" /* `duel train`'s too: one data folder for both */
+#define SERVE_SPILL_NAME "gateway-spill.log"
+
+/* mkdir -p: path and every missing folder above it. */
+static int make_folders(const char *path, duel_error *err) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf)
+        return duel_error_set(err, DUEL_EINVAL, "%s: path too long", path);
+    for (char *p = buf + 1;; p++) {
+        bool end = *p == '\0';
+        if (*p != '/' && !end) continue;
+        *p = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return duel_error_set(err, DUEL_EIO, "%s: cannot create the folder: %s", buf, strerror(errno));
+        if (end) break;
+        *p = '/';
+    }
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISDIR(st.st_mode))
+        return duel_error_set(err, DUEL_EIO, "%s: not a folder", path);
+    return DUEL_OK;
+}
 
 extern char **environ;
 
@@ -52,18 +84,18 @@ static void *wait_for_signal(void *arg) {
     return NULL;
 }
 
-/* Reads the serving keys of the sections duel, engine and erm of root into the engine adapter's
- * config (strings point into root); ranges as the live knobs (common/config.c), messages name
- * the dotted path. */
+/* Reads the engine adapter's keys of root (strings point into root or into knobs): the serving
+ * knobs' config keys (duel.strategy, candidates, temperature, top_p, top_k, max_new_tokens) come
+ * from knobs, which the knob table (common/knobs.h) checked; the others are checked here, and
+ * messages name the dotted path. */
 static int engine_config_from_json(const json_t *root, const char *source,
-                                   backend_engine_config *e, duel_error *err) {
-    static const struct { const char *section, *key; double lo, hi; bool lo_open; } ranges[] = {
-        {"duel", "candidates", 2, 64, false},      {"duel", "max_new_tokens", 1, 8192, false},
-        {"duel", "temperature", 0, 10, false},     {"duel", "top_p", 0, 1, true},
-        {"duel", "top_k", 0, 1000000, false},      {"duel", "erm_seed", 0, 9.2e18, false},
-        {"erm", "num_heads", 1, 1024, false},
-        {"engine", "kv_memory_bytes", 1 << 20, 1099511627776.0, false},
-        {"engine", "max_pilaf_jobs", 1, ENGINE_MAX_PILAF_JOBS, false},
+                                   const duel_knob_values *knobs, backend_engine_config *e,
+                                   duel_error *err) {
+    static const struct { const char *section, *key; double lo, hi; } ranges[] = {
+        {"duel", "erm_seed", 0, 9.2e18},
+        {"erm", "num_heads", 1, 1024},
+        {"engine", "kv_memory_bytes", 1 << 20, 1099511627776.0},
+        {"engine", "max_pilaf_jobs", 1, ENGINE_MAX_PILAF_JOBS},
     };
     double v[sizeof ranges / sizeof ranges[0]];
     for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
@@ -72,49 +104,63 @@ static int engine_config_from_json(const json_t *root, const char *source,
             return duel_error_set(err, DUEL_EFORMAT, "%s: %s.%s must be a number", source,
                                   ranges[i].section, ranges[i].key);
         v[i] = json_number_value(x);
-        if (!(v[i] >= ranges[i].lo && v[i] <= ranges[i].hi) || (ranges[i].lo_open && v[i] == ranges[i].lo))
-            return duel_error_set(err, DUEL_EFORMAT, "%s: %s.%s = %g is outside %c%g, %g]", source,
-                                  ranges[i].section, ranges[i].key, v[i],
-                                  ranges[i].lo_open ? '(' : '[', ranges[i].lo, ranges[i].hi);
+        if (!(v[i] >= ranges[i].lo && v[i] <= ranges[i].hi))
+            return duel_error_set(err, DUEL_EFORMAT, "%s: %s.%s = %g is outside [%g, %g]", source,
+                                  ranges[i].section, ranges[i].key, v[i], ranges[i].lo, ranges[i].hi);
     }
-    const json_t *strategy = json_object_get(duel_config_section(root, "duel"), "strategy");
     const json_t *erm_path = json_object_get(duel_config_section(root, "erm"), "path");
+    const json_t *compute = json_object_get(duel_config_section(root, "engine"), "backend");
+    e->providers = cli_compute_providers(&e->num_providers);
+    if (!json_is_string(compute) ||
+        !compute_name_known(json_string_value(compute), e->providers, e->num_providers))
+        return duel_error_set(err, DUEL_EFORMAT, "%s: engine.backend must be auto, cpu or cuda",
+                              source);
+    e->compute = json_string_value(compute);
+    if (!json_is_string(erm_path))
+        return duel_error_set(err, DUEL_EFORMAT, "%s: erm.path must be a string", source);
+    e->strategy = knobs->v[duel_knob_index("strategy")].text;
+    e->num_candidates = (int)knobs->v[duel_knob_index("M")].number;
+    e->max_new_tokens = (int)knobs->v[duel_knob_index("max_new_tokens")].number;
+    e->temperature = (float)knobs->v[duel_knob_index("temperature")].number;
+    e->top_p = (float)knobs->v[duel_knob_index("top_p")].number;
+    e->top_k = (int)knobs->v[duel_knob_index("top_k")].number;
+    e->erm_seed = (uint64_t)v[0];
+    e->erm_heads = (int)v[1];
+    e->kv_memory_bytes = (size_t)v[2];
+    e->max_pilaf_jobs = (int)v[3];
     const json_t *weights = json_object_get(duel_config_section(root, "engine"), "weights");
     const json_t *kv_dtype = json_object_get(duel_config_section(root, "engine"), "kv_dtype");
-    if (!json_is_string(strategy) || !json_is_string(erm_path) || !json_is_string(weights) ||
-        !json_is_string(kv_dtype))
+    if (!json_is_string(weights) || !json_is_string(kv_dtype))
         return duel_error_set(err, DUEL_EFORMAT,
-                              "%s: duel.strategy, erm.path, engine.weights and engine.kv_dtype "
-                              "must be strings",
-                              source);
+                              "%s: engine.weights and engine.kv_dtype must be strings", source);
     if (weight_format_parse(json_string_value(weights), &e->weights, err))
         return duel_error_prefix(err, "%s: engine.weights", source);
     if (kv_dtype_parse(json_string_value(kv_dtype), &e->kv_bytes_per_element, err))
         return duel_error_prefix(err, "%s: engine.kv_dtype", source);
-    e->num_candidates = (int)v[0];
-    e->max_new_tokens = (int)v[1];
-    e->temperature = (float)v[2];
-    e->top_p = (float)v[3];
-    e->top_k = (int)v[4];
-    e->erm_seed = (uint64_t)v[5];
-    e->erm_heads = (int)v[6];
-    e->kv_memory_bytes = (size_t)v[7];
-    e->max_pilaf_jobs = (int)v[8];
-    e->strategy = json_string_value(strategy);
     e->erm_path = json_string_length(erm_path) ? json_string_value(erm_path) : NULL;
     return DUEL_OK;
 }
 
+/* The flags that set a serving knob's default: checked by the knob table, then applied as the
+ * last --set of their config key, so that the engine and the live knobs' defaults agree. */
+typedef struct knob_flag {
+    const char *flag, *knob, *key;
+    const char *value; /* NULL: not given */
+} knob_flag;
+
 int cmd_serve(int argc, char **argv) {
     long long port = 8080, step_ms = 40;
     const char *redis = NULL, *config = NULL, *bind = NULL, *web_root = NULL, *spill = NULL;
-    const char *backend_name = NULL, *model_dir = NULL, *erm_path = NULL, *strategy = NULL;
+    const char *data_dir = SERVE_DEFAULT_DATA_DIR;
+    const char *backend_name = NULL, *model_dir = NULL, *erm_path = NULL;
     const char *weights = NULL, *kv_dtype = NULL;
     const char *set_doc = NULL; /* --set never reaches cli_parse (duel_config_take_sets); listed for --help */
-    long long candidates = 4, max_new_tokens = 128;
-    double temperature = 1.0, top_p = 1.0;
+    knob_flag knob_flags[] = {{"--strategy", "strategy", "duel.strategy", NULL},
+                              {"--candidates", "M", "duel.candidates", NULL},
+                              {"--max-new-tokens", "max_new_tokens", "duel.max_new_tokens", NULL},
+                              {"--temperature", "temperature", "duel.temperature", NULL},
+                              {"--top-p", "top_p", "duel.top_p", NULL}};
     bool port_given = false, no_snapshots = false, snapshots = false, poll_given = false;
-    bool candidates_given = false, max_new_given = false, temperature_given = false, top_p_given = false;
     long long snapshot_poll_ms = 3000;
     const cli_option options[] = {
         {"--port", CLI_OPT_INT, &port, "N", "TCP port (default gateway.port, 8080; 0 picks a free one)", 0,
@@ -124,7 +170,7 @@ int cmd_serve(int argc, char **argv) {
          false, NULL},
         {"--config", CLI_OPT_STRING, &config, "FILE",
          "JSON configuration (docs/CONFIG.md; default: the built-in config/default.json values); "
-         "this command reads gateway, redis, duel, engine.kv_memory_bytes/max_pilaf_jobs, "
+         "this command reads gateway, redis, duel, engine.backend/kv_memory_bytes/max_pilaf_jobs, "
          "erm.path/num_heads and "
          "model.path (with --backend engine)", 0, 0, false, NULL},
         {"--set", CLI_OPT_STRING, &set_doc, "SECTION.KEY=VALUE",
@@ -135,31 +181,35 @@ int cmd_serve(int argc, char **argv) {
         {"--web-root", CLI_OPT_STRING, &web_root, "DIR",
          "folder with index.html, app.js, style.css (default gateway.web_root, gateway/web)", 0, 0, false,
          NULL},
+        {"--data-dir", CLI_OPT_STRING, &data_dir, "DIR",
+         "the data folder, created when missing; the spill log goes there (default ./duel-data, "
+         "the same as duel train's)", 0, 0, false, NULL},
         {"--spill", CLI_OPT_STRING, &spill, "FILE",
-         "spill log for votes while Redis is away (default gateway.spill_path, "
-         "duel-data/gateway-spill.log)", 0, 0, false, NULL},
+         "spill log for votes while Redis is away (default gateway.spill_path, else "
+         "DIR/gateway-spill.log of --data-dir)", 0, 0, false, NULL},
         {"--backend", CLI_OPT_STRING, &backend_name, "NAME",
-         "where duels come from: 'engine' (a model: --model, else model.path) or 'test' "
-         "(deterministic answers, no model); default: engine when --model is given, else test", 0, 0,
-         false, NULL},
+         "where duels come from: 'engine' (default: the model of --model, else model.path, "
+         "models/default) or 'test' (canned answers, no model, for tests: their votes go to "
+         "duel:prefs:test, never to training)", 0, 0, false, NULL},
         {"--model", CLI_OPT_STRING, &model_dir, "DIR",
-         "Hugging Face model folder for the engine (e.g. models/default)", 0, 0, false, NULL},
+         "Hugging Face model folder for the engine (default model.path, models/default)", 0, 0,
+         false, NULL},
         {"--erm", CLI_OPT_STRING, &erm_path, "FILE",
          "ERM ensemble (erm.safetensors; default erm.path; \"\": a fresh one seeded with "
          "duel.erm_seed)", 0, 0, false, NULL},
-        {"--strategy", CLI_OPT_STRING, &strategy, "NAME",
+        {"--strategy", CLI_OPT_STRING, &knob_flags[0].value, "NAME",
          "pair selection (default duel.strategy, ee_ts): ee_ts, bai_ts, uncertainty, passive, bon; "
-         "arena (with snapshots, M even): one answer from the latest snapshot, one from --model", 0,
-         0, false, NULL},
-        {"--candidates", CLI_OPT_INT, &candidates, "M", "candidates per duel (default duel.candidates, 4)",
-         2, 64, false, &candidates_given},
-        {"--max-new-tokens", CLI_OPT_INT, &max_new_tokens, "N",
-         "tokens per candidate at most (default duel.max_new_tokens, 128)", 1, 8192, false,
-         &max_new_given},
-        {"--temperature", CLI_OPT_DOUBLE, &temperature, "T",
-         "sampling temperature (default duel.temperature, 1.0)", 0, 10, false, &temperature_given},
-        {"--top-p", CLI_OPT_DOUBLE, &top_p, "P", "nucleus sampling (default duel.top_p, 1.0: off)", 0,
-         1, true, &top_p_given},
+         "arena (with snapshots, M even): one answer from the latest snapshot, one from --model. "
+         "This and the four below are the live knobs' defaults (duel knobs list): duel:knobs "
+         "overrides them at run time", 0, 0, false, NULL},
+        {"--candidates", CLI_OPT_STRING, &knob_flags[1].value, "M",
+         "candidates per duel, 2..64 (default duel.candidates, 4)", 0, 0, false, NULL},
+        {"--max-new-tokens", CLI_OPT_STRING, &knob_flags[2].value, "N",
+         "tokens per candidate at most, 1..8192 (default duel.max_new_tokens, 128)", 0, 0, false, NULL},
+        {"--temperature", CLI_OPT_STRING, &knob_flags[3].value, "T",
+         "sampling temperature, 0..10 (default duel.temperature, 1.0)", 0, 0, false, NULL},
+        {"--top-p", CLI_OPT_STRING, &knob_flags[4].value, "P",
+         "nucleus sampling, (0, 1] (default duel.top_p, 1.0: off)", 0, 0, false, NULL},
         {"--snapshots", CLI_OPT_FLAG, &snapshots, NULL,
          "hot-swap trainer snapshots: a loader thread follows duel:notify and the duel:snapshots "
          "zset, verifies each new snapshot's sha256s, loads it and switches new duels to it "
@@ -175,13 +225,18 @@ int cmd_serve(int argc, char **argv) {
         {"--kv-dtype", CLI_OPT_STRING, &kv_dtype, "T",
          "KV cache storage: f32 or bf16 (default engine.kv_dtype, f32)", 0, 0, false, NULL},
         {"--test-step-ms", CLI_OPT_INT, &step_ms, "MS",
-         "test backend: pause between its progress steps (default 40)", 0, 10000, false, NULL},
+         "--backend test: pause between its progress steps (default 40)", 0, 10000, false, NULL},
     };
     const cli_command cmd = {
         "serve", "[--port N] [--redis HOST:PORT] [--config FILE] [--set SECTION.KEY=VALUE]... [options]",
-        "Serves the chat page, the duel.v1 websocket protocol, /healthz, /readyz and /metrics.\n"
+        "Serves the chat page, the duel.v1 websocket protocol, /healthz, /readyz and /metrics,\n"
+        "answering with the model of model.path (models/default; --model DIR for another), and\n"
+        "the operator console /ops with its admin API /api/stats, /api/knobs, /api/audit (bearer\n"
+        "tokens from DUEL_TOKENS or gateway.tokens_file; docs/OPERATIONS.md).\n"
         "Votes go to the Redis stream duel:prefs; while Redis is away they are kept in a fsynced\n"
-        "spill log and replayed in order when it returns. With the engine backend and --redis\n"
+        "spill log (in the data folder) and replayed in order when it returns. --backend test\n"
+        "serves canned answers without a model instead; the page says so and their votes go to\n"
+        "duel:prefs:test, which no trainer reads. With the engine backend and --redis\n"
         "(or --snapshots), new trainer snapshots are verified, loaded off the serving path and\n"
         "swapped in between engine steps; duels already generating finish on their weights, a\n"
         "bad snapshot is refused and logged (docs/SERVING.md). SIGTERM or SIGINT: stop taking\n"
@@ -190,33 +245,49 @@ int cmd_serve(int argc, char **argv) {
         "FILE (strict: an unknown key or a wrong type is an error naming its dotted path), then\n"
         "DUEL_REDIS and DUEL_BIND, then each --set in order; the flags above win over all of them.",
         options, sizeof options / sizeof options[0]};
-    const char *sets[64];
+    const char *sets[64 + sizeof knob_flags / sizeof knob_flags[0]];
+    char flag_sets[sizeof knob_flags / sizeof knob_flags[0]][128];
     size_t n_sets = 0;
     duel_error err = {0};
     if (duel_config_take_sets(&argc, argv, sets, 64, &n_sets, &err))
         return cli_usage_error(&cmd, "%s", err.message);
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
+    size_t n_user_sets = n_sets;
+    for (size_t i = 0; i < sizeof knob_flags / sizeof knob_flags[0]; i++) {
+        const knob_flag *f = &knob_flags[i];
+        if (!f->value) continue;
+        duel_knob_value v;
+        if (duel_knob_parse(f->knob, f->value, &v, NULL, &err))
+            return cli_usage_error(&cmd, "%s: %s", f->flag, err.message);
+        /* a string key takes the text as is; a number key the canonical JSON number */
+        snprintf(flag_sets[i], sizeof flag_sets[i], "%s=%s", f->key, v.text);
+        sets[n_sets++] = flag_sets[i];
+    }
 
     json_t *root = NULL;
-    if (duel_config_load(config, sets, n_sets, (const char *const *)environ, &root, NULL, &err)) {
+    duel_config_secrets secrets;
+    if (duel_config_load(config, sets, n_sets, (const char *const *)environ, &root, &secrets, &err)) {
         fprintf(stderr, "duel serve: %s\n", err.message);
         return n_sets > 0 && strncmp(err.message, "--set", 5) == 0 ? CLI_EXIT_USAGE
                                                                   : CLI_EXIT_FAILURE;
     }
     char source[4200];
-    if (config) snprintf(source, sizeof source, "%s%s", config, n_sets ? " with --set" : "");
+    if (config) snprintf(source, sizeof source, "%s%s", config, n_user_sets ? " with --set" : "");
     else snprintf(source, sizeof source, "%s",
-                  n_sets ? "the configuration with --set" : "the built-in configuration");
+                  n_user_sets ? "the configuration with --set" : "the built-in configuration");
     gateway_config cfg;
     gateway_config_defaults(&cfg);
     backend_engine_config ecfg = {0};
+    weight_transport_model_receiver *receiver = NULL; /* snapshots through a GPU transport */
     if (gateway_config_from_json(&cfg, root, source, &err) ||
-        engine_config_from_json(root, source, &ecfg, &err)) {
+        duel_knobs_defaults(root, source, &cfg.knobs, &err) ||
+        engine_config_from_json(root, source, &cfg.knobs, &ecfg, &err)) {
         fprintf(stderr, "duel serve: %s\n", err.message);
         json_decref(root);
         return CLI_EXIT_FAILURE;
     }
+    cfg.tokens = secrets.tokens;
     /* Explicit flags win over the configuration. */
     if (redis && gateway_config_set_redis(&cfg, redis, &err)) {
         json_decref(root);
@@ -226,13 +297,13 @@ int cmd_serve(int argc, char **argv) {
     if (bind) snprintf(cfg.bind, sizeof cfg.bind, "%s", bind);
     if (web_root) snprintf(cfg.web_root, sizeof cfg.web_root, "%s", web_root);
     if (spill) snprintf(cfg.spill_path, sizeof cfg.spill_path, "%s", spill);
+    if (!cfg.spill_path[0] && snprintf(cfg.spill_path, sizeof cfg.spill_path, "%s/%s", data_dir,
+                                       SERVE_SPILL_NAME) >= (int)sizeof cfg.spill_path) {
+        json_decref(root);
+        return cli_usage_error(&cmd, "--data-dir %s is too long", data_dir);
+    }
     if (poll_given) cfg.snapshot_poll_ms = (int)snapshot_poll_ms;
-    if (strategy) ecfg.strategy = strategy;
     if (erm_path) ecfg.erm_path = erm_path[0] ? erm_path : NULL;
-    if (candidates_given) ecfg.num_candidates = (int)candidates;
-    if (max_new_given) ecfg.max_new_tokens = (int)max_new_tokens;
-    if (temperature_given) ecfg.temperature = (float)temperature;
-    if (top_p_given) ecfg.top_p = (float)top_p;
     if (weights && weight_format_parse(weights, &ecfg.weights, &err)) {
         json_decref(root);
         return cli_usage_error(&cmd, "--weights: %s", err.message);
@@ -246,22 +317,37 @@ int cmd_serve(int argc, char **argv) {
     if (snapshots && no_snapshots)
         rc = cli_usage_error(&cmd, "--snapshots and --no-snapshots contradict each other");
     duel_backend backend;
-    if (!backend_name) backend_name = model_dir ? "engine" : "test";
+    if (!backend_name) backend_name = "engine";
     bool engine_backend = strcmp(backend_name, "engine") == 0;
     if (!rc && snapshots && !engine_backend)
-        rc = cli_usage_error(&cmd, "--snapshots needs the engine backend (--model DIR)");
+        rc = cli_usage_error(&cmd, "--snapshots needs the engine backend (a model)");
+    if (!rc && model_dir && !engine_backend)
+        rc = cli_usage_error(&cmd, "--model is for the engine backend, not --backend %s", backend_name);
     cfg.snapshot_loader = engine_backend && !no_snapshots && (snapshots || redis);
     if (!rc && engine_backend) {
         const json_t *path = json_object_get(duel_config_section(root, "model"), "path");
         if (!model_dir && json_is_string(path) && json_string_length(path))
             model_dir = json_string_value(path);
         if (!model_dir) {
-            rc = cli_usage_error(&cmd, "--backend engine needs --model DIR or model.path");
+            rc = cli_usage_error(&cmd, "no model to serve: --model DIR or model.path (or --backend "
+                                       "test for canned test answers)");
         } else {
             ecfg.model_dir = model_dir;
             ecfg.snapshots = cfg.snapshot_loader;
-            if (backend_engine_create(&ecfg, &backend, &err)) {
+            if (ecfg.snapshots &&
+                cli_snapshot_receiver_open(root, source, cfg.redis_host, cfg.redis_port,
+                                           &receiver, &err)) {
                 fprintf(stderr, "duel serve: %s\n", err.message);
+                rc = CLI_EXIT_FAILURE;
+            } else if (receiver) {
+                ecfg.load_snapshot = cli_snapshot_receiver_load;
+                ecfg.load_snapshot_ctx = receiver;
+                ecfg.load_snapshot_via = cli_snapshot_receiver_via(receiver);
+            }
+            if (!rc && backend_engine_create(&ecfg, &backend, &err)) {
+                fprintf(stderr, "duel serve: %s (serving model %s; --model DIR for another, "
+                                "--backend test for canned test answers)\n",
+                        err.message, model_dir);
                 rc = CLI_EXIT_FAILURE;
             }
         }
@@ -276,12 +362,29 @@ int cmd_serve(int argc, char **argv) {
     }
     /* The engine adapter copies what it keeps (strategy, paths) before returning. */
     json_decref(root);
-    if (rc) return rc;
+    if (rc) {
+        weight_transport_model_receiver_free(receiver);
+        return rc;
+    }
+    /* The data folder, and the spill log's when --spill puts it elsewhere. */
+    char spill_dir[sizeof cfg.spill_path];
+    snprintf(spill_dir, sizeof spill_dir, "%s", cfg.spill_path);
+    if (make_folders(data_dir, &err) || make_folders(dirname(spill_dir), &err)) {
+        fprintf(stderr, "duel serve: %s\n", err.message);
+        if (backend.destroy) backend.destroy(backend.impl);
+        weight_transport_model_receiver_free(receiver);
+        return CLI_EXIT_FAILURE;
+    }
 
     signal(SIGPIPE, SIG_IGN);
     gateway *gw = NULL;
-    if (gateway_create(&cfg, &backend, &gw, &err)) {
+    rc = gateway_create(&cfg, &backend, &gw, &err);
+    /* the tokens are the gateway's now; no copy stays here */
+    for (volatile char *p = secrets.tokens; p < secrets.tokens + sizeof secrets.tokens; p++) *p = 0;
+    cfg.tokens = NULL;
+    if (rc) {
         fprintf(stderr, "duel serve: %s\n", err.message);
+        weight_transport_model_receiver_free(receiver);
         return CLI_EXIT_FAILURE;
     }
     int fds[2];
@@ -290,6 +393,7 @@ int cmd_serve(int argc, char **argv) {
     if (pipe2(fds, O_CLOEXEC)) {
         fprintf(stderr, "duel serve: pipe: %s\n", strerror(errno));
         gateway_destroy(gw);
+        weight_transport_model_receiver_free(receiver);
         return CLI_EXIT_FAILURE;
     }
     waiter.read_fd = fds[0];
@@ -303,11 +407,16 @@ int cmd_serve(int argc, char **argv) {
     if (pthread_create(&thread, NULL, wait_for_signal, &waiter)) {
         fprintf(stderr, "duel serve: cannot start the signal thread\n");
         gateway_destroy(gw);
+        weight_transport_model_receiver_free(receiver);
         return CLI_EXIT_FAILURE;
     }
-    printf("duel serve: listening on http://%s:%d/ (redis %s:%d, backend %s, snapshots %s)\n",
+    printf("duel serve: listening on http://%s:%d/ (redis %s:%d, backend %s, snapshots %s, votes "
+           "to %s, spill log %s)\n",
            cfg.bind, gateway_port(gw), cfg.redis_host, cfg.redis_port, backend_name,
-           cfg.snapshot_loader ? "followed" : "off");
+           cfg.snapshot_loader ? "followed" : "off", gateway_vote_stream(gw), cfg.spill_path);
+    if (!engine_backend)
+        printf("duel serve: the test backend: canned answers, no model; their votes go to %s, "
+               "which no trainer reads\n", gateway_vote_stream(gw));
     fflush(stdout);
     rc = gateway_run(gw, &err);
     unsigned char zero = 0;
@@ -317,7 +426,8 @@ int cmd_serve(int argc, char **argv) {
     signal(SIGINT, SIG_DFL);
     close(fds[0]);
     close(fds[1]);
-    gateway_destroy(gw);
+    gateway_destroy(gw); /* the adapter first: it used the receiver */
+    weight_transport_model_receiver_free(receiver);
     if (rc) {
         fprintf(stderr, "duel serve: %s\n", err.message);
         return CLI_EXIT_FAILURE;

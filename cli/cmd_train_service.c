@@ -7,220 +7,30 @@
  *
  * The configuration comes from duel_config_load (common/config.h: the built-in
  * config/default.json, --config FILE, DUEL_* variables, --set overrides; strict, unknown keys
- * and wrong types name their dotted path); this file reads its sections model, erm, trainer and
- * redis with every key range-checked. docs/CONFIG.md and docs/TRAINER.md list the keys. */
+ * and wrong types name their dotted path); cli/trainer_config.c reads its sections model, erm,
+ * trainer and redis with every key range-checked (the keys behind live knobs by the knob table,
+ * common/knobs.h). docs/CONFIG.md and docs/TRAINER.md list the keys. */
 #include <jansson.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "trainer_config.h"
 #include "config.h"
 #include "json_util.h"
+#include "metrics_http.h"
 #include "online_trainer.h"
 #include "stream_consumer.h"
+#include "trainer_metrics.h"
 #include "weight_transport.h"
 
 int cmd_train_service(int argc, char **argv);
 
 extern char **environ;
-
-typedef struct train_service_config {
-    online_trainer_options trainer;
-    stream_consumer_options consumer;
-    char model_path[4096], model_id[256], erm_path[4096], host[256], consumer_name[128], loss[16];
-    char transport[16];
-    int transport_device, nccl_world_size;
-} train_service_config;
-
-/* One section of the loaded configuration; messages name the dotted path
- * ("SOURCE: trainer.batch_size = 0 is outside [1, 4096]"). */
-typedef struct section_reader {
-    json_t *sec;
-    const char *name, *source;
-    duel_error *err;
-} section_reader;
-
-static int check_keys(const section_reader *r, const char *const *keys) {
-    const char *key;
-    json_t *v;
-    json_object_foreach(r->sec, key, v) {
-        int known = 0;
-        for (int i = 0; keys[i]; i++) known |= strcmp(keys[i], key) == 0;
-        if (!known)
-            return duel_error_set(r->err, DUEL_EFORMAT, "%s: unknown key %s.%s", r->source, r->name, key);
-    }
-    return 0;
-}
-
-/* Absent keys leave *out as it is (the document from duel_config_load has every key). */
-static int get_ll(const section_reader *r, const char *key, long long lo, long long hi, long long *out) {
-    json_t *v = json_object_get(r->sec, key);
-    if (!v) return 0;
-    if (!json_is_integer(v))
-        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s must be an integer", r->source, r->name, key);
-    long long x = json_integer_value(v);
-    if (x < lo || x > hi)
-        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s = %lld is outside [%lld, %lld]", r->source,
-                              r->name, key, x, lo, hi);
-    *out = x;
-    return 0;
-}
-
-static int get_int(const section_reader *r, const char *key, long long lo, long long hi, int *out) {
-    long long v = *out;
-    int rc = get_ll(r, key, lo, hi, &v);
-    if (rc == 0) *out = (int)v;
-    return rc;
-}
-
-/* A finite number; lo_open: lo itself is refused. */
-static int get_double(const section_reader *r, const char *key, double lo, bool lo_open, double hi, double *out) {
-    json_t *v = json_object_get(r->sec, key);
-    if (!v) return 0;
-    if (!json_is_number(v))
-        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s must be a number", r->source, r->name, key);
-    double x = json_number_value(v);
-    if (!isfinite(x) || x < lo || x > hi || (lo_open && x == lo))
-        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s = %g is outside %c%g, %g]", r->source, r->name,
-                              key, x, lo_open ? '(' : '[', lo, hi);
-    *out = x;
-    return 0;
-}
-
-static int get_bool(const section_reader *r, const char *key, bool *out) {
-    json_t *v = json_object_get(r->sec, key);
-    if (!v) return 0;
-    if (!json_is_boolean(v))
-        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s must be true or false", r->source, r->name, key);
-    *out = json_is_true(v);
-    return 0;
-}
-
-static int get_string(const section_reader *r, const char *key, char *out, size_t cap) {
-    json_t *v = json_object_get(r->sec, key);
-    if (!v) return 0;
-    if (!json_is_string(v))
-        return duel_error_set(r->err, DUEL_EFORMAT, "%s: %s.%s must be a string", r->source, r->name, key);
-    if (json_string_length(v) >= cap)
-        return duel_error_set(r->err, DUEL_ELIMIT, "%s: %s.%s is longer than %zu bytes", r->source, r->name,
-                              key, cap - 1);
-    snprintf(out, cap, "%s", json_string_value(v));
-    return 0;
-}
-
-/* Reads the sections model, erm, trainer and redis of root (the document duel_config_load
- * assembled; source names it in messages) into c, with every key range-checked. beta_given:
- * trainer.beta was set explicitly (file or --set); otherwise a non-default trainer.loss takes
- * that loss's own beta. */
-static int load_config(json_t *root, const char *source, bool beta_given, train_service_config *c,
-                       duel_error *err) {
-    static const char *const model_keys[] = {"path", "id", NULL};
-    static const char *const erm_keys[] = {"path", "num_heads", "hidden", "lr", "weight_decay", "lambda",
-                                           "min_pairs", "buffer_size", "minibatch", "adam_steps", NULL};
-    static const char *const trainer_keys[] = {"loss", "beta", "batch_size", "max_batch_size", "lr", "min_lr", "warmup_steps",
-                                               "total_steps", "clip_norm", "weight_decay", "publish_every",
-                                               "max_deliveries", "seed", "consumer", "recent_vote_ids", "burn_in",
-                                               "gamma", "synthetic_store", "checkpoint_every",
-                                               "publish_every_seconds", "publish_when_idle", "vote_ref_logprobs", "keep_snapshots",
-                                               "weight_transport", "transport_device", "nccl_world_size", NULL};
-    static const char *const redis_keys[] = {"host", "port", NULL};
-    if (!json_is_object(root)) return duel_error_set(err, DUEL_EFORMAT, "%s: not a JSON object", source);
-    int rc = 0;
-    const double big = 1e30;
-    section_reader m = {json_object_get(root, "model"), "model", source, err};
-    if (m.sec && (rc = check_keys(&m, model_keys)) == 0 &&
-        (rc = get_string(&m, "path", c->model_path, sizeof c->model_path)) == 0)
-        rc = get_string(&m, "id", c->model_id, sizeof c->model_id);
-    section_reader r = {json_object_get(root, "erm"), "erm", source, err};
-    if (rc == 0 && r.sec) {
-        erm_train_options *e = &c->trainer.erm;
-        if ((rc = check_keys(&r, erm_keys)) == 0 && (rc = get_string(&r, "path", c->erm_path, sizeof c->erm_path)) == 0 &&
-            (rc = get_int(&r, "num_heads", 1, ERM_MAX_NUM_HEADS, &c->trainer.erm_heads)) == 0 &&
-            (rc = get_int(&r, "hidden", 1, ERM_MAX_HIDDEN, &c->trainer.erm_hidden)) == 0 &&
-            (rc = get_double(&r, "lr", 0, false, big, &e->lr)) == 0 &&
-            (rc = get_double(&r, "weight_decay", 0, false, big, &e->weight_decay)) == 0 &&
-            (rc = get_double(&r, "lambda", 0, false, big, &e->lambda)) == 0 &&
-            (rc = get_int(&r, "min_pairs", 1, ERM_TRAIN_MAX_BUFFER, &e->min_pairs)) == 0 &&
-            (rc = get_int(&r, "buffer_size", 1, ERM_TRAIN_MAX_BUFFER, &e->buffer_capacity)) == 0 &&
-            (rc = get_int(&r, "minibatch", 1, ERM_TRAIN_MAX_MINIBATCH, &e->minibatch)) == 0)
-            rc = get_int(&r, "adam_steps", 1, 1000, &e->adam_steps);
-    }
-    section_reader t = {json_object_get(root, "trainer"), "trainer", source, err};
-    if (rc == 0 && t.sec) {
-        online_trainer_options *o = &c->trainer;
-        long long warmup = o->warmup_steps, total = o->total_steps, seed = (long long)o->seed;
-        long long burn_in = o->burn_in;
-        double beta = o->loss.beta;
-        if ((rc = check_keys(&t, trainer_keys)) == 0 && (rc = get_string(&t, "loss", c->loss, sizeof c->loss)) == 0 &&
-            c->loss[0] && (rc = dap_loss_kind_parse(c->loss, &o->loss.kind, err)) == 0)
-            dap_loss_default_options(o->loss.kind, &o->loss); /* that loss's beta ... */
-        if (rc == 0 && (rc = get_double(&t, "beta", 0, true, 1e6, &beta)) == 0 && beta_given)
-            o->loss.beta = beta; /* ... unless one is given */
-        if (rc == 0 && (rc = get_int(&t, "batch_size", 1, ONLINE_MAX_BATCH, &o->batch_size)) == 0 &&
-            (rc = get_int(&t, "max_batch_size", 1, ONLINE_MAX_BATCH, &o->max_batch_size)) == 0 &&
-            (rc = get_double(&t, "lr", 0, false, big, &o->lr)) == 0 &&
-            (rc = get_double(&t, "min_lr", 0, false, big, &o->min_lr)) == 0 &&
-            (rc = get_ll(&t, "warmup_steps", 0, 1LL << 40, &warmup)) == 0 &&
-            (rc = get_ll(&t, "total_steps", 1, 1LL << 40, &total)) == 0 &&
-            (rc = get_double(&t, "clip_norm", 0, false, 1e6, &o->clip_norm)) == 0 &&
-            (rc = get_double(&t, "weight_decay", 0, false, big, &o->adamw.weight_decay)) == 0 &&
-            (rc = get_int(&t, "publish_every", 0, 1 << 30, &o->publish_every)) == 0 &&
-            (rc = get_int(&t, "max_deliveries", 1, 1 << 30, &c->consumer.max_deliveries)) == 0 &&
-            (rc = get_ll(&t, "seed", 0, 1LL << 62, &seed)) == 0 &&
-            (rc = get_string(&t, "consumer", c->consumer_name, sizeof c->consumer_name)) == 0 &&
-            (rc = get_int(&t, "recent_vote_ids", 1, 1000000, &o->recent_vote_ids)) == 0 &&
-            (rc = get_ll(&t, "burn_in", 0, 1LL << 40, &burn_in)) == 0 &&
-            (rc = get_double(&t, "gamma", 0, true, 1, &o->gamma)) == 0 &&
-            (rc = get_int(&t, "synthetic_store", 1, ONLINE_MAX_STORE, &o->synthetic_store)) == 0 &&
-            (rc = get_int(&t, "checkpoint_every", 1, 1 << 30, &o->checkpoint_every)) == 0 &&
-            (rc = get_double(&t, "publish_every_seconds", 0, false, 1e9, &o->publish_every_seconds)) == 0 &&
-            (rc = get_bool(&t, "publish_when_idle", &o->publish_when_idle)) == 0 &&
-            (rc = get_bool(&t, "vote_ref_logprobs", &o->vote_ref_logprobs)) == 0 &&
-            (rc = get_int(&t, "keep_snapshots", 0, 1000000, &o->keep_snapshots)) == 0 &&
-            (rc = get_string(&t, "weight_transport", c->transport, sizeof c->transport)) == 0 &&
-            (rc = get_int(&t, "transport_device", 0, 1 << 20, &c->transport_device)) == 0)
-            rc = get_int(&t, "nccl_world_size", 2, 1 << 20, &c->nccl_world_size);
-        weight_transport_kind kind;
-        if (rc == 0 && weight_transport_kind_parse(c->transport, &kind, NULL) != 0)
-            rc = duel_error_set(err, DUEL_EFORMAT, "%s: trainer.weight_transport '%s' is not file, cuda_ipc or nccl",
-                                source, c->transport);
-        o->burn_in = burn_in;
-        o->warmup_steps = warmup;
-        o->total_steps = total;
-        o->seed = (uint64_t)seed;
-    }
-    section_reader d = {json_object_get(root, "redis"), "redis", source, err};
-    if (rc == 0 && d.sec && (rc = check_keys(&d, redis_keys)) == 0 &&
-        (rc = get_string(&d, "host", c->host, sizeof c->host)) == 0)
-        rc = get_int(&d, "port", 1, 65535, &c->consumer.port);
-    return rc;
-}
-
-/* Whether trainer.beta is set explicitly: in the file's "trainer" object or by a --set of
- * trainer.beta or of the whole trainer object. (The loaded document always holds a beta, the
- * default's; only an explicit one keeps a non-default loss from taking its own beta.) */
-static bool beta_given(const char *path, const char *const *sets, size_t n_sets) {
-    bool given = false;
-    for (size_t i = 0; i < n_sets && !given; i++) {
-        if (strncmp(sets[i], "trainer.beta=", 13) == 0) given = true;
-        else if (strncmp(sets[i], "trainer=", 8) == 0) {
-            json_t *v = json_loads(sets[i] + 8, JSON_DECODE_ANY, NULL);
-            given = json_is_object(v) && json_object_get(v, "beta");
-            json_decref(v);
-        }
-    }
-    if (!given && path) {
-        json_t *file = NULL;
-        duel_error ignored = {0};
-        if (duel_json_load_file(path, DUEL_CONFIG_MAX_BYTES, &file, &ignored) == 0)
-            given = json_object_get(json_object_get(file, "trainer"), "beta") != NULL;
-        json_decref(file);
-    }
-    return given;
-}
 
 static void log_line(void *context, const char *line) {
     (void)context;
@@ -241,12 +51,44 @@ typedef struct round_log {
     bool quiet;
     int64_t last_step;
     int ref_check;
+    stream_consumer *consumer;
+    /* --metrics: the text the metrics thread serves, replaced after every round */
+    pthread_mutex_t metrics_mu;
+    char *metrics_text;
+    size_t metrics_len;
 } round_log;
+
+/* The metrics thread's render callback: a copy of the last round's text. */
+static char *render_metrics(void *context, size_t *len) {
+    round_log *l = context;
+    pthread_mutex_lock(&l->metrics_mu);
+    char *copy = l->metrics_text ? malloc(l->metrics_len + 1) : NULL;
+    if (copy) memcpy(copy, l->metrics_text, l->metrics_len + 1);
+    *len = copy ? l->metrics_len : 0;
+    pthread_mutex_unlock(&l->metrics_mu);
+    return copy;
+}
+
+static void update_metrics(round_log *l, const online_trainer_status *s) {
+    stats_trainer f;
+    stream_consumer_stats cs;
+    stream_consumer_get_figures(l->consumer, &f);
+    stream_consumer_get_stats(l->consumer, &cs);
+    size_t len = 0;
+    char *text = trainer_metrics_render(&f, s, &cs, &len);
+    if (!text) return;
+    pthread_mutex_lock(&l->metrics_mu);
+    free(l->metrics_text);
+    l->metrics_text = text;
+    l->metrics_len = len;
+    pthread_mutex_unlock(&l->metrics_mu);
+}
 
 static void after_round(void *context) {
     round_log *l = context;
     online_trainer_status s;
     online_trainer_get_status(l->trainer, &s);
+    update_metrics(l, &s);
     if (s.step != l->last_step && !l->quiet) {
         fprintf(stderr, "step %lld  prefs %lld  loss %.4f  margin %.4f  kl %.4f  lr %.2e  |g| %.2f  "
                 "erm loss %.4f  erm acc %.3f  synthetic %d  snapshot %lld\n", (long long)s.step,
@@ -271,6 +113,7 @@ static void after_round(void *context) {
 int cmd_train_service(int argc, char **argv) {
     const char *redis = NULL, *config_path = NULL, *data_dir = "duel-data", *model = NULL;
     const char *set_doc = NULL; /* --set never reaches cli_parse (duel_config_take_sets); listed for --help */
+    const char *metrics = NULL;
     long long idle_exit_ms = 0;
     bool quiet = false;
     const cli_option options[] = {
@@ -289,6 +132,8 @@ int cmd_train_service(int argc, char **argv) {
         {"--idle-exit-ms", CLI_OPT_INT, &idle_exit_ms, "MS", "exit after MS without new votes (default 0: "
          "run until SIGINT/SIGTERM)", 0, 1e9, false, NULL},
         {"--quiet", CLI_OPT_FLAG, &quiet, NULL, "no per-update log lines", 0, 0, false, NULL},
+        {"--metrics", CLI_OPT_STRING, &metrics, "HOST:PORT", "serve Prometheus /metrics there (default "
+         "trainer.metrics_listen, \"\": off; port 0 picks a free one, printed at start)", 0, 0, false, NULL},
     };
     const cli_command cmd = {
         "train", "[--redis HOST:PORT] [--config FILE] [--set SECTION.KEY=VALUE]... [--data-dir DIR] [options]",
@@ -310,7 +155,8 @@ int cmd_train_service(int argc, char **argv) {
         "lr_scale, clip_norm, batch_size, burn_in, publish_every, publish_every_seconds,\n"
         "checkpoint_every; bad ones are logged and ignored). trainer.weight_transport (file,\n"
         "cuda_ipc, nccl) also sends each snapshot's weights to GPU servers. Status goes to the hash\n"
-        "duel:trainer:status.\n"
+        "duel:trainer:status, figures for the dashboard to the stream duel:stats every\n"
+        "trainer.stats_interval_ms (docs/OPERATIONS.md), and with --metrics to Prometheus.\n"
         "Configuration (docs/CONFIG.md): the built-in defaults (config/default.json), then --config\n"
         "FILE (strict: an unknown key or a wrong type is an error naming its dotted path), then\n"
         "DUEL_REDIS=HOST:PORT, then each --set in order; --redis and --model win over all of them.\n"
@@ -328,20 +174,12 @@ int cmd_train_service(int argc, char **argv) {
         fprintf(stderr, "duel train: %s\n", err.message);
         return n_sets > 0 && strncmp(err.message, "--set", 5) == 0 ? CLI_EXIT_USAGE : CLI_EXIT_FAILURE;
     }
-    train_service_config *c = calloc(1, sizeof *c);
+    trainer_config *c = calloc(1, sizeof *c);
     if (!c) {
         json_decref(root);
         return CLI_EXIT_FAILURE;
     }
-    online_trainer_default_options(&c->trainer);
-    stream_consumer_default_options(&c->consumer);
-    snprintf(c->transport, sizeof c->transport, "file");
-    c->nccl_world_size = 2;
-    snprintf(c->host, sizeof c->host, "127.0.0.1");
-    char source[4200];
-    if (config_path) snprintf(source, sizeof source, "%s%s", config_path, n_sets ? " with --set" : "");
-    else snprintf(source, sizeof source, "%s", n_sets ? "the configuration with --set" : "the built-in configuration");
-    rc = load_config(root, source, beta_given(config_path, sets, n_sets), c, &err);
+    rc = trainer_config_load(root, config_path, sets, n_sets, c, &err);
     json_decref(root);
     if (rc) {
         fprintf(stderr, "duel train: %s\n", err.message);
@@ -361,6 +199,7 @@ int cmd_train_service(int argc, char **argv) {
         c->consumer.port = (int)port;
     }
     if (model) snprintf(c->model_path, sizeof c->model_path, "%s", model);
+    if (metrics) snprintf(c->metrics_listen, sizeof c->metrics_listen, "%s", metrics);
     if (!c->model_path[0]) {
         free(c);
         return cli_usage_error(&cmd, "no model: give --model DIR or model.path in the config");
@@ -395,18 +234,37 @@ int cmd_train_service(int argc, char **argv) {
         c->consumer.transport = transport;
     }
     if (rc == 0) rc = stream_consumer_open(&c->consumer, trainer, &consumer, &err);
+    round_log rl = {.trainer = trainer, .quiet = quiet, .consumer = consumer};
+    pthread_mutex_init(&rl.metrics_mu, NULL);
+    metrics_http *metrics_server = NULL;
+    if (rc == 0 && c->metrics_listen[0]) {
+        char host[256];
+        long port = 0;
+        online_trainer_status s;
+        online_trainer_get_status(trainer, &s);
+        update_metrics(&rl, &s);
+        if ((rc = duel_config_parse_host_port("trainer.metrics_listen", c->metrics_listen, 0, host, sizeof host,
+                                              &port, &err)) == 0 &&
+            (rc = metrics_http_start(host, (int)port, render_metrics, &rl, &metrics_server, &err)) == 0)
+            fprintf(stderr, "duel train: metrics on http://%s:%d/metrics\n", host,
+                    metrics_http_port(metrics_server));
+    }
     if (rc == 0) {
         online_trainer_status s;
         online_trainer_get_status(trainer, &s);
         if (!quiet)
             fprintf(stderr, "duel train: redis %s:%d, step %lld, %lld prefs applied, last applied id '%s'\n",
                     c->host, c->consumer.port, (long long)s.step, (long long)s.prefs_applied, s.last_applied_id);
-        round_log rl = {trainer, quiet, s.step, s.vote_ref_check};
+        rl.last_step = s.step;
+        rl.ref_check = s.vote_ref_check;
         stream_consumer_run_options run = {.stop = &g_stop, .idle_exit_ms = (int)idle_exit_ms,
                                            .after_round = after_round, .context = &rl};
         rc = stream_consumer_run(consumer, &run, &err);
     }
     if (rc != 0) fprintf(stderr, "duel train: %s\n", err.message);
+    metrics_http_stop(metrics_server);
+    free(rl.metrics_text);
+    pthread_mutex_destroy(&rl.metrics_mu);
     stream_consumer_close(consumer);
     weight_transport_close(transport);
     online_trainer_close(trainer);

@@ -17,6 +17,11 @@ typedef struct cli_subcommand {
 
 int cmd_serve(int argc, char **argv); /* cmd_serve.c (gateway) */
 int cmd_train_service(int argc, char **argv); /* cmd_train_service.c (online trainer) */
+int cmd_knobs(int argc, char **argv); /* cmd_knobs.c (live knobs) */
+int cmd_ops(int argc, char **argv);   /* cmd_ops.c (operators' status) */
+int cmd_sim(int argc, char **argv);     /* cmd_sim.c (simulated users) */
+int cmd_rollout(int argc, char **argv); /* cmd_rollout.c (A/B rollout of snapshots) */
+int cmd_arena(int argc, char **argv);   /* cmd_rollout.c (arena ratings) */
 
 static const cli_subcommand SUBCOMMANDS[] = {
     {"info", "version, backends built in (cpu, cuda) and whether a GPU answers", cmd_info},
@@ -32,6 +37,15 @@ static const cli_subcommand SUBCOMMANDS[] = {
     {"serve", "the chat server: web page, duel.v1 websocket, votes into Redis", cmd_serve},
     {"train", "the online trainer: votes from Redis -> ERM and policy updates, snapshots",
      cmd_train_service},
+    {"knobs", "live knobs: list the table, get the values in effect, set or reset (audited)",
+     cmd_knobs},
+    {"ops", "'ops status': instances, versions, regret, trainer lag, last changes (from Redis)",
+     cmd_ops},
+    {"sim", "simulated users: in-process runs, strategy sweeps (CSV, plots), load over websockets",
+     cmd_sim},
+    {"rollout", "A/B rollout of snapshots: status, set, weight, pause, resume, promote, abort",
+     cmd_rollout},
+    {"arena", "'arena ratings': Bradley-Terry ratings of the arms from the arena votes", cmd_arena},
 };
 #define N_SUBCOMMANDS (sizeof SUBCOMMANDS / sizeof SUBCOMMANDS[0])
 

@@ -1,7 +1,9 @@
 /* utf8_stream.h: printing streamed token bytes as text. Byte-level BPE tokens may end in the
  * middle of a UTF-8 character; the stream holds such a tail back until the rest arrives and
- * writes only complete characters. Bytes that can never form valid UTF-8 become U+FFFD, as
- * Hugging Face's decoder does, so the output is always valid UTF-8. */
+ * writes only complete characters. Bytes that can never form valid UTF-8 become U+FFFD by the
+ * one rule of common/utf8.h (one per maximal subpart, as Hugging Face's decoder and the chat
+ * page do), so the output is always valid UTF-8 and, chunked any way, the same text as
+ * duel_utf8_lossy of the whole. */
 #ifndef DUEL_CLI_UTF8_STREAM_H
 #define DUEL_CLI_UTF8_STREAM_H
 

@@ -1,12 +1,10 @@
 /* config.c: the shared configuration (see config.h): the embedded defaults as schema, strict
- * merging of a file, DUEL_* environment variables and --set overrides, and live-knob parsing.
- * Invariant: every document this file returns has exactly the keys and types of the embedded
+ * merging of a file, DUEL_* environment variables and --set overrides. Invariant: every document this file returns has exactly the keys and types of the embedded
  * config/default.json. */
 #include "config.h"
 
 #include <ctype.h>
 #include <errno.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -256,9 +254,8 @@ int duel_config_take_sets(int *argc, char **argv, const char **sets, size_t cap,
 
 /* ---- environment ------------------------------------------------------------------------ */
 
-/* "HOST:PORT" (HOST may be "[v6addr]") into host[0..cap) and *port in [min_port, 65535]. */
-static int parse_host_port(const char *name, const char *value, int min_port, char *host,
-                           size_t cap, long *port, duel_error *err) {
+int duel_config_parse_host_port(const char *name, const char *value, int min_port, char *host,
+                                size_t cap, long *port, duel_error *err) {
     const char *colon = strrchr(value, ':');
     if (!colon || colon == value)
         return duel_error_set(err, DUEL_EINVAL, "%s: expected HOST:PORT, got \"%.64s\"", name,
@@ -300,7 +297,7 @@ static int set_host_port(json_t *root, const char *name, const char *value, cons
                          duel_error *err) {
     char host[256];
     long port = 0;
-    int rc = parse_host_port(name, value, min_port, host, sizeof host, &port, err);
+    int rc = duel_config_parse_host_port(name, value, min_port, host, sizeof host, &port, err);
     if (rc) return rc;
     if ((rc = set_string(root, section, NULL, host_key, host, err))) return rc;
     if (json_object_set_new(json_object_get(root, section), port_key, json_integer(port)))
@@ -308,11 +305,11 @@ static int set_host_port(json_t *root, const char *name, const char *value, cons
     return DUEL_OK;
 }
 
-static int copy_secret(const char *name, const char *value, char *out, duel_error *err) {
+static int copy_secret(const char *name, const char *value, char *out, size_t cap,
+                       duel_error *err) {
     size_t n = strlen(value);
-    if (n >= DUEL_CONFIG_SECRET_MAX)
-        return duel_error_set(err, DUEL_ELIMIT, "%s: longer than %d bytes", name,
-                              DUEL_CONFIG_SECRET_MAX - 1);
+    if (n >= cap)
+        return duel_error_set(err, DUEL_ELIMIT, "%s: longer than %zu bytes", name, cap - 1);
     for (size_t i = 0; i < n; i++)
         if (iscntrl((unsigned char)value[i]) || value[i] == ' ')
             return duel_error_set(err, DUEL_EINVAL,
@@ -346,10 +343,12 @@ static int apply_env(json_t *root, const char *const *envp, duel_config_secrets 
                                     name, value);
             else
                 rc = set_string(root, "oracle", "judge", "url", value, err);
-        } else if (strcmp(name, "DUEL_ADMIN_TOKEN") == 0) {
-            rc = copy_secret(name, value, secrets ? secrets->admin_token : NULL, err);
+        } else if (strcmp(name, "DUEL_TOKENS") == 0) {
+            rc = copy_secret(name, value, secrets ? secrets->tokens : NULL, DUEL_CONFIG_TOKENS_MAX,
+                             err);
         } else if (strcmp(name, "DUEL_JUDGE_API_KEY") == 0) {
-            rc = copy_secret(name, value, secrets ? secrets->judge_api_key : NULL, err);
+            rc = copy_secret(name, value, secrets ? secrets->judge_api_key : NULL,
+                             DUEL_CONFIG_SECRET_MAX, err);
         }
         if (rc) return rc;
     }
@@ -378,107 +377,5 @@ int duel_config_load(const char *path, const char *const *sets, size_t n_sets,
         return rc;
     }
     *out = root;
-    return DUEL_OK;
-}
-
-/* ---- live knobs ------------------------------------------------------------------------- */
-
-const duel_knob_spec duel_knobs_default[] = {
-    {"strategy", DUEL_KNOB_CHOICE, 0, 0, false,
-     "ee_ts bai_ts uncertainty passive bon pilaf arena", "duel.strategy"},
-    {"M", DUEL_KNOB_INT, 2, 64, false, NULL, "duel.candidates"},
-    {"temperature", DUEL_KNOB_NUMBER, 0, 10, false, NULL, "duel.temperature"},
-    {"top_p", DUEL_KNOB_NUMBER, 0, 1, true, NULL, "duel.top_p"},
-    {"max_new_tokens", DUEL_KNOB_INT, 1, 8192, false, NULL, "duel.max_new_tokens"},
-    {"top_k", DUEL_KNOB_INT, 0, 1000000, false, NULL, "duel.top_k"},
-    {"arena_fraction", DUEL_KNOB_NUMBER, 0, 1, false, NULL, "rollout.arena_fraction"},
-    /* The trainer's knobs, with the ranges online_trainer.c applies. */
-    {"loss", DUEL_KNOB_CHOICE, 0, 0, false, "dpo ipo slic simpo", "trainer.loss"},
-    {"beta", DUEL_KNOB_NUMBER, 0, 1e6, true, NULL, "trainer.beta"},
-    {"gamma", DUEL_KNOB_NUMBER, 0, 1, true, NULL, "trainer.gamma"},
-    {"lr_scale", DUEL_KNOB_NUMBER, 0, 1000, true, NULL, NULL},
-    {"clip_norm", DUEL_KNOB_NUMBER, 0, 1e6, false, NULL, "trainer.clip_norm"},
-    {"publish_every_seconds", DUEL_KNOB_NUMBER, 0, 1e9, false, NULL,
-     "trainer.publish_every_seconds"},
-    {"batch_size", DUEL_KNOB_INT, 1, 4096, false, NULL, "trainer.batch_size"},
-    {"publish_every", DUEL_KNOB_INT, 0, 1 << 30, false, NULL, "trainer.publish_every"},
-    {"checkpoint_every", DUEL_KNOB_INT, 1, 1 << 30, false, NULL, "trainer.checkpoint_every"},
-    {"burn_in", DUEL_KNOB_INT, 0, 1099511627776.0, false, NULL, "trainer.burn_in"},
-};
-const size_t duel_knobs_default_count = sizeof duel_knobs_default / sizeof duel_knobs_default[0];
-
-static bool choice_contains(const char *choices, const char *word) {
-    size_t n = strlen(word);
-    for (const char *p = choices; *p;) {
-        while (*p == ' ') p++;
-        const char *q = p;
-        while (*q && *q != ' ') q++;
-        if ((size_t)(q - p) == n && n > 0 && strncmp(p, word, n) == 0) return true;
-        p = q;
-    }
-    return false;
-}
-
-int duel_knob_parse(const duel_knob_spec *specs, size_t n_specs, const char *name,
-                    const char *text, duel_knob_value *out, duel_error *err) {
-    const duel_knob_spec *s = NULL;
-    for (size_t i = 0; i < n_specs && !s; i++)
-        if (strcmp(specs[i].name, name) == 0) s = &specs[i];
-    if (!s) return duel_error_set(err, DUEL_EINVAL, "unknown knob \"%.64s\"", name);
-    memset(out, 0, sizeof *out);
-    out->spec = s;
-    snprintf(out->text, sizeof out->text, "%s", text);
-    if (!text[0] || isspace((unsigned char)text[0]))
-        return duel_error_set(err, DUEL_EINVAL, "knob %s = \"%.64s\": empty or leading space",
-                              s->name, text);
-    char *end = NULL;
-    switch (s->type) {
-    case DUEL_KNOB_INT: {
-        errno = 0;
-        long long v = strtoll(text, &end, 10);
-        if (*end || errno)
-            return duel_error_set(err, DUEL_EINVAL, "knob %s = \"%.64s\": not an integer",
-                                  s->name, text);
-        if ((double)v < s->min || (double)v > s->max)
-            return duel_error_set(err, DUEL_EINVAL, "knob %s = %lld: outside [%g, %g]", s->name, v,
-                                  s->min, s->max);
-        out->i = v;
-        out->number = (double)v;
-        return DUEL_OK;
-    }
-    case DUEL_KNOB_NUMBER: {
-        double v = strtod(text, &end);
-        if (*end || !isfinite(v))
-            return duel_error_set(err, DUEL_EINVAL, "knob %s = \"%.64s\": not a finite number",
-                                  s->name, text);
-        if (v < s->min || v > s->max || (s->min_exclusive && v == s->min))
-            return duel_error_set(err, DUEL_EINVAL, "knob %s = %g: outside %c%g, %g]", s->name, v,
-                                  s->min_exclusive ? '(' : '[', s->min, s->max);
-        out->number = v;
-        return DUEL_OK;
-    }
-    case DUEL_KNOB_BOOL:
-        if (strcmp(text, "true") == 0 || strcmp(text, "1") == 0) out->b = true;
-        else if (strcmp(text, "false") == 0 || strcmp(text, "0") == 0) out->b = false;
-        else
-            return duel_error_set(err, DUEL_EINVAL, "knob %s = \"%.64s\": expected true or false",
-                                  s->name, text);
-        return DUEL_OK;
-    case DUEL_KNOB_CHOICE:
-        if (strlen(text) >= sizeof out->text || !choice_contains(s->choices, text))
-            return duel_error_set(err, DUEL_EINVAL, "knob %s = \"%.64s\": expected one of: %s",
-                                  s->name, text, s->choices);
-        return DUEL_OK;
-    }
-    return duel_error_set(err, DUEL_EINVAL, "knob %s: bad spec type", s->name);
-}
-
-int duel_knobs_parse(const duel_knob_spec *specs, size_t n_specs, const char *const *fields,
-                     const char *const *values, size_t count, duel_knob_value *out,
-                     duel_error *err) {
-    for (size_t i = 0; i < count; i++) {
-        int rc = duel_knob_parse(specs, n_specs, fields[i], values[i], &out[i], err);
-        if (rc) return rc;
-    }
     return DUEL_OK;
 }

@@ -11,7 +11,8 @@
  *        DUEL_REDIS=HOST:PORT      -> redis.host, redis.port
  *        DUEL_BIND=ADDR:PORT       -> gateway.bind, gateway.port
  *        DUEL_JUDGE_URL=URL        -> oracle.judge.url
- *        DUEL_ADMIN_TOKEN=TOKEN    -> secrets->admin_token (gateway admin API bearer token)
+ *        DUEL_TOKENS=ROLE:NAME:SECRET,...  -> secrets->tokens (the admin API's bearer tokens;
+ *                                 gateway/admin_auth.h parses them)
  *        DUEL_JUDGE_API_KEY=KEY    -> secrets->judge_api_key (oracle_judge_config.api_key)
  *      An empty value counts as unset; other DUEL_* variables are ignored here;
  *   4. apply `--set section.key=value` overrides in order (the command line wins).
@@ -25,10 +26,10 @@
  *
  * --set values: for a string key the text is taken as is (a JSON string literal "..." is
  * decoded); for any other key the text must parse as JSON of the right type (e.g.
- * trainer.lr=3e-6, gateway.origins=["http://a"], oracle.preference={"stochastic":true}).
+ * trainer.lr=3e-6, gateway.allowed_origins=["http://a"], oracle.preference={"stochastic":true}).
  *
- * Live knobs (the Redis hash duel:knobs: field -> text value) are validated with a table of
- * duel_knob_spec; duel_knobs_default lists the ones the engine reads. */
+ * Live knobs (the Redis hash duel:knobs) and the config keys behind them are validated by the
+ * knob table (knobs.h). */
 #ifndef DUEL_CONFIG_H
 #define DUEL_CONFIG_H
 
@@ -40,13 +41,14 @@
 
 #define DUEL_CONFIG_MAX_BYTES (1u << 20) /* a config file larger than this is refused */
 #define DUEL_CONFIG_SECRET_MAX 256       /* bytes of a secret, NUL included */
+#define DUEL_CONFIG_TOKENS_MAX 4096      /* bytes of DUEL_TOKENS, NUL included */
 #define DUEL_CONFIG_SECTION_COUNT 10
 
 /* The ten section names, in the order of DESIGN.md section 11. */
 extern const char *const duel_config_sections[DUEL_CONFIG_SECTION_COUNT];
 
 typedef struct duel_config_secrets {
-    char admin_token[DUEL_CONFIG_SECRET_MAX];   /* DUEL_ADMIN_TOKEN; "" when unset */
+    char tokens[DUEL_CONFIG_TOKENS_MAX];        /* DUEL_TOKENS; "" when unset */
     char judge_api_key[DUEL_CONFIG_SECRET_MAX]; /* DUEL_JUDGE_API_KEY; "" when unset */
 } duel_config_secrets;
 
@@ -80,52 +82,12 @@ int duel_config_apply_set(json_t *root, const char *assignment, duel_error *err)
 int duel_config_take_sets(int *argc, char **argv, const char **sets, size_t cap, size_t *n_sets,
                           duel_error *err);
 
+/* "HOST:PORT" (HOST may be "[v6addr]") into host[0..cap) and *port in [min_port, 65535]; name
+ * (an option or variable) starts the message. The parser behind DUEL_REDIS and DUEL_BIND. */
+int duel_config_parse_host_port(const char *name, const char *value, int min_port, char *host,
+                                size_t cap, long *port, duel_error *err);
+
 /* root.section (borrowed), or NULL when root has no such object. */
 json_t *duel_config_section(const json_t *root, const char *section);
-
-/* ---- live knobs --------------------------------------------------------------------------- */
-
-typedef enum duel_knob_type {
-    DUEL_KNOB_INT,    /* decimal integer, within [min, max] */
-    DUEL_KNOB_NUMBER, /* finite number (strtod syntax), within [min, max] (min excluded when
-                         min_exclusive) */
-    DUEL_KNOB_BOOL,   /* true/false/1/0 */
-    DUEL_KNOB_CHOICE, /* one of the space-separated words in choices */
-} duel_knob_type;
-
-typedef struct duel_knob_spec {
-    const char *name;    /* the field of duel:knobs */
-    duel_knob_type type;
-    double min, max;     /* INT and NUMBER */
-    bool min_exclusive;  /* NUMBER: min itself is refused (e.g. top_p > 0) */
-    const char *choices; /* CHOICE: "ee_ts bai_ts ..." */
-    const char *config_path; /* the config key whose value is the knob's default, or NULL */
-} duel_knob_spec;
-
-typedef struct duel_knob_value {
-    const duel_knob_spec *spec;
-    long long i;    /* INT */
-    double number;  /* INT and NUMBER */
-    bool b;         /* BOOL */
-    char text[64];  /* CHOICE (and the raw text, cut to 63 bytes, for every type) */
-} duel_knob_value;
-
-/* The knobs of duel:knobs (DESIGN.md section 8). Serving: strategy, M, temperature, top_p,
- * top_k, max_new_tokens, arena_fraction. Trainer (same ranges as trainer/online_trainer.c):
- * loss, beta, gamma, lr_scale, clip_norm, publish_every_seconds, batch_size, publish_every,
- * checkpoint_every, burn_in. docs/CONFIG.md lists them with their ranges. */
-extern const duel_knob_spec duel_knobs_default[];
-extern const size_t duel_knobs_default_count;
-
-/* Parses one knob: unknown name, wrong syntax or out of range is DUEL_EINVAL naming the knob,
- * the value and the rule ("knob M = 100: outside [2, 64]"). */
-int duel_knob_parse(const duel_knob_spec *specs, size_t n_specs, const char *name,
-                    const char *text, duel_knob_value *out, duel_error *err);
-
-/* All-or-nothing check of a whole hash (fields[i] = values[i], i < count): out[i] filled; on the
- * first bad knob returns its error and out's contents are unspecified. */
-int duel_knobs_parse(const duel_knob_spec *specs, size_t n_specs, const char *const *fields,
-                     const char *const *values, size_t count, duel_knob_value *out,
-                     duel_error *err);
 
 #endif

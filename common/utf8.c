@@ -1,38 +1,12 @@
-/* utf8.c: UTF-8 per RFC 3629 (see utf8.h). */
+/* utf8.c: UTF-8 per RFC 3629 and the maximal-subpart replacement rule (see utf8.h). Every
+ * function here is built on duel_utf8_next (in utf8.h), the one decoder. */
 #include "utf8.h"
 
+#include <string.h>
+
 int duel_utf8_decode(const unsigned char *s, size_t n, uint32_t *cp) {
-    if (n == 0) return 0;
-    unsigned char c = s[0];
-    if (c < 0x80) {
-        *cp = c;
-        return 1;
-    }
-    int len;
-    uint32_t v, min;
-    if ((c & 0xE0) == 0xC0) {
-        len = 2;
-        v = c & 0x1F;
-        min = 0x80;
-    } else if ((c & 0xF0) == 0xE0) {
-        len = 3;
-        v = c & 0x0F;
-        min = 0x800;
-    } else if ((c & 0xF8) == 0xF0) {
-        len = 4;
-        v = c & 0x07;
-        min = 0x10000;
-    } else {
-        return 0;
-    }
-    if ((size_t)len > n) return 0;
-    for (int i = 1; i < len; i++) {
-        if ((s[i] & 0xC0) != 0x80) return 0;
-        v = (v << 6) | (s[i] & 0x3F);
-    }
-    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
-    *cp = v;
-    return len;
+    size_t len;
+    return duel_utf8_next(s, n, &len, cp) == DUEL_UTF8_CHAR ? (int)len : 0;
 }
 
 bool duel_utf8_valid(const char *s, size_t n, size_t *bad_offset) {
@@ -43,15 +17,34 @@ bool duel_utf8_valid(const char *s, size_t n, size_t *bad_offset) {
             i++;
             continue;
         }
+        size_t len;
         uint32_t cp;
-        int len = duel_utf8_decode(p + i, n - i, &cp);
-        if (len == 0) {
+        if (duel_utf8_next(p + i, n - i, &len, &cp) != DUEL_UTF8_CHAR) {
             if (bad_offset) *bad_offset = i;
             return false;
         }
-        i += (size_t)len;
+        i += len;
     }
     return true;
+}
+
+size_t duel_utf8_lossy(const char *s, size_t n, unsigned flags, char *out) {
+    const unsigned char *p = (const unsigned char *)s;
+    size_t i = 0, o = 0;
+    while (i < n) {
+        size_t len;
+        uint32_t cp = 0;
+        duel_utf8_kind k = duel_utf8_next(p + i, n - i, &len, &cp);
+        if (k == DUEL_UTF8_CHAR && !(cp == 0 && (flags & DUEL_UTF8_LOSSY_NUL))) {
+            memcpy(out + o, p + i, len);
+            o += len;
+        } else {
+            memcpy(out + o, DUEL_UTF8_REPLACEMENT, 3);
+            o += 3;
+        }
+        i += len;
+    }
+    return o;
 }
 
 int duel_utf8_encode(uint32_t cp, char *out) {

@@ -24,10 +24,15 @@
 #include "duel_backend.h"
 #include "engine.h"
 #include "erm.h"
+#include "knobs.h"
 #include "model.h"
 #include "snapshot.h"
 #include "rng.h"
 #include "tokenizer.h"
+
+/* The largest M a request may ask for: the knob M's maximum (common/knobs.c), so that a live
+ * change of M never needs a new engine. */
+#define ENGINE_BACKEND_MAX_CANDIDATES DUEL_KNOB_M_MAX
 
 typedef struct cand {
     int32_t *tokens;
@@ -53,6 +58,7 @@ typedef struct job {
     long long arm;
     long long version;     /* the policy version it was submitted to (0: the base model) */
     duel_strategy strategy;/* arena only while a snapshot is resident, else ee_ts */
+    duel_backend_params params; /* the knobs it was generated with (strategy: the one used) */
     uint64_t seed;
     long long progress;
     cand *cands;
@@ -183,10 +189,12 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
         }
         for (int i = 0; i < m; i++) r->ref_logprobs[i] = (float)ready->ref_logprobs[i];
     }
-    json_t *gp = json_pack("{s:f, s:f, s:i, s:i, s:i, s:I}", "temperature",
-                           (double)b->cfg.temperature, "top_p", (double)b->cfg.top_p, "top_k",
-                           b->cfg.top_k, "max_new_tokens", b->cfg.max_new_tokens, "M", m, "seed",
-                           (json_int_t)j->seed);
+    const duel_backend_params *p = &j->params;
+    json_t *gp = json_pack("{s:s, s:i, s:f, s:f, s:i, s:i, s:f, s:I}", "strategy",
+                           duel_strategy_name(j->strategy), "M", m, "temperature",
+                           (double)p->temperature, "top_p", (double)p->top_p, "top_k", p->top_k,
+                           "max_new_tokens", p->max_new_tokens, "arena_fraction", p->arena_fraction,
+                           "seed", (json_int_t)j->seed);
     if (gp && ready->arena_split) {
         /* Candidates [0, arena_split) are the snapshot's (policy_version), the rest the base
          * model's (version 0). */
@@ -200,6 +208,7 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
     r->model_id = strdup(b->model_dir);
     r->policy_version = j->version;
     r->generated_tokens = ev->counts.generated_tokens;
+    r->regret_estimate = ready->regret_estimate;
     if (!r->cand_tokens || !r->cand_offsets || !r->text_a || !r->text_b || !r->gen_params_json ||
         !r->strategy || !r->model_id) {
         duel_backend_result_free(r);
@@ -291,27 +300,151 @@ static int eb_start(void *impl, duel_backend_sink sink, void *sink_ctx, duel_err
     return DUEL_OK;
 }
 
+/* A finished turn as prompts encode it: what the gateway's conversation keeps (see
+ * duel_backend.h), so that a request re-encodes only its new message. */
+static int eb_encode_turn(void *impl, const char *user, const char *assistant, int32_t **ids,
+                          size_t *n_ids, duel_error *err) {
+    engine_backend *b = impl;
+    *ids = NULL;
+    *n_ids = 0;
+    if (!chat_template_turns_concatenate(b->template))
+        return duel_error_set(err, DUEL_EUNSUPPORTED, "template %s encodes a conversation as one "
+                              "text", chat_template_name(b->template));
+    chat_message turn[2] = {{"user", user}, {"assistant", assistant}};
+    return chat_template_encode_continuation(b->template, b->tok, turn, 2, false, ids, n_ids, err);
+}
+
+/* The prompt of req from its turns' ids (the template's start, each turn, then the new user
+ * message and the generation prompt): the same ids as encoding the whole conversation, since
+ * the template's turns concatenate, at the cost of the new message only. */
+static int prompt_from_turn_ids(engine_backend *b, const duel_backend_request *req, job *j,
+                                duel_error *err) {
+    int32_t *start = NULL, *tail = NULL;
+    size_t n_start = 0, n_tail = 0, total = 0;
+    chat_message user = {"user", req->text};
+    int rc = chat_template_encode(b->template, b->tok, NULL, 0, false, &start, &n_start, err);
+    if (!rc) rc = chat_template_encode_continuation(b->template, b->tok, &user, 1, true, &tail,
+                                                    &n_tail, err);
+    if (!rc) {
+        total = n_start + n_tail;
+        for (size_t i = 0; i < req->n_history; i++) total += req->history[i].n_ids;
+        if (!(j->prompt = malloc((total ? total : 1) * sizeof *j->prompt)))
+            rc = duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
+    }
+    if (!rc) {
+        size_t o = 0;
+        memcpy(j->prompt, start, n_start * sizeof *start);
+        o += n_start;
+        for (size_t i = 0; i < req->n_history; i++) {
+            memcpy(j->prompt + o, req->history[i].ids, req->history[i].n_ids * sizeof *j->prompt);
+            o += req->history[i].n_ids;
+        }
+        memcpy(j->prompt + o, tail, n_tail * sizeof *tail);
+        j->n_prompt = total;
+    }
+    free(start);
+    free(tail);
+    return rc;
+}
+
+/* SplitMix64 of the duel's seed: the arena_fraction draw, independent of the sampling streams. */
+static uint64_t mix_seed(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
+
+/* The knobs of a request (the gateway's set in effect, or the configured ones), checked against
+ * what this adapter can serve: a strategy it does not run, or arena without snapshots, is
+ * DUEL_EUNSUPPORTED; arena with an odd M is refused too (the knob table refuses both already). */
+static int job_params(engine_backend *b, const duel_backend_request *req, job *j, duel_error *err) {
+    if (req->params) {
+        j->params = *req->params;
+    } else {
+        j->params = (duel_backend_params){.num_candidates = b->cfg.num_candidates,
+                                          .temperature = b->cfg.temperature, .top_p = b->cfg.top_p,
+                                          .top_k = b->cfg.top_k, .max_new_tokens = b->cfg.max_new_tokens};
+        snprintf(j->params.strategy, sizeof j->params.strategy, "%s", duel_strategy_name(b->strategy));
+    }
+    j->m = j->params.num_candidates;
+    int rc = duel_strategy_parse(j->params.strategy, &j->strategy, err);
+    if (rc) return rc;
+    if (j->m < 2 || j->m > ENGINE_BACKEND_MAX_CANDIDATES)
+        return duel_error_set(err, DUEL_EINVAL, "engine backend: M = %d outside [2, %d]", j->m,
+                              ENGINE_BACKEND_MAX_CANDIDATES);
+    if (j->strategy == DUEL_STRATEGY_ARENA && (!b->cfg.snapshots || j->m % 2))
+        return duel_error_set(err, DUEL_EUNSUPPORTED,
+                              "engine backend: arena needs snapshots and an even M (M = %d)", j->m);
+    if (j->strategy != DUEL_STRATEGY_ARENA && !duel_strategy_uses_rewards(j->strategy))
+        return duel_error_set(err, DUEL_EUNSUPPORTED,
+                              "engine backend: strategy %s is not served by this adapter",
+                              duel_strategy_name(j->strategy));
+    return DUEL_OK;
+}
+
+/* The request's conversation as chat messages (borrowed texts); NULL when out of memory. */
+static chat_message *request_messages(const duel_backend_request *req, size_t *n_msgs) {
+    *n_msgs = 2 * req->n_history + 1;
+    chat_message *msgs = calloc(*n_msgs, sizeof *msgs);
+    if (!msgs) return NULL;
+    for (size_t i = 0; i < req->n_history; i++) {
+        msgs[2 * i] = (chat_message){"user", req->history[i].user};
+        msgs[2 * i + 1] = (chat_message){"assistant", req->history[i].assistant};
+    }
+    msgs[*n_msgs - 1] = (chat_message){"user", req->text};
+    return msgs;
+}
+
+/* The prompt's token ids into j: from the history's kept ids when the gateway kept them (every
+ * turn has them, or none does), else the whole conversation encoded. */
+static int build_prompt(engine_backend *b, const duel_backend_request *req,
+                        const chat_message *msgs, size_t n_msgs, job *j, duel_error *err) {
+    bool kept = req->n_history > 0 && req->history[0].ids && chat_template_turns_concatenate(b->template);
+    return kept ? prompt_from_turn_ids(b, req, j, err)
+                : chat_template_encode(b->template, b->tok, msgs, n_msgs, true, &j->prompt,
+                                       &j->n_prompt, err);
+}
+
+static long long eb_context_tokens(void *impl) {
+    engine_backend *b = impl;
+    int n = model_get_config(b->model)->max_position_embeddings;
+    return n > 1 ? n : 2048; /* the engine's rule (engine_arms.c) */
+}
+
+static long long eb_prompt_tokens(void *impl, const duel_backend_request *req, duel_error *err) {
+    engine_backend *b = impl;
+    size_t n_msgs;
+    chat_message *msgs = request_messages(req, &n_msgs);
+    if (!msgs) return duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
+    job j = {0};
+    int rc = build_prompt(b, req, msgs, n_msgs, &j, err);
+    free(msgs);
+    free(j.prompt);
+    return rc ? rc : (long long)j.n_prompt;
+}
+
 static int eb_submit(void *impl, const duel_backend_request *req, duel_error *err) {
     engine_backend *b = impl;
-    size_t n_msgs = 2 * req->n_history + 1;
-    chat_message *msgs = calloc(n_msgs, sizeof *msgs);
+    size_t n_msgs;
+    chat_message *msgs = request_messages(req, &n_msgs);
     job *j = calloc(1, sizeof *j);
     if (!msgs || !j) {
         free(msgs);
         free(j);
         return duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
     }
-    for (size_t i = 0; i < req->n_history; i++) {
-        msgs[2 * i] = (chat_message){"user", req->history[i].user};
-        msgs[2 * i + 1] = (chat_message){"assistant", req->history[i].assistant};
-    }
-    msgs[n_msgs - 1] = (chat_message){"user", req->text};
-    int rc = chat_template_encode(b->template, b->tok, msgs, n_msgs, true, &j->prompt,
-                                  &j->n_prompt, err);
+    int rc = build_prompt(b, req, msgs, n_msgs, j, err);
+    /* Not DUEL_ELIMIT (the engine's code for it, which the gateway reads as a full queue): a
+     * prompt past the context is no reason to try again. The gateway fits prompts first. */
+    if (!rc && (long long)j->n_prompt >= eb_context_tokens(b))
+        rc = duel_error_set(err, DUEL_EINVAL,
+                            "engine backend: a prompt of %zu tokens does not fit the model's "
+                            "context of %lld", j->n_prompt, eb_context_tokens(b));
     if (!rc) rc = chat_template_render(b->template, msgs, n_msgs, true, &j->prompt_text, err);
     free(msgs);
-    j->m = b->cfg.num_candidates;
-    j->cands = calloc((size_t)j->m, sizeof *j->cands);
+    if (!rc) rc = job_params(b, req, j, err);
+    j->cands = rc ? NULL : calloc((size_t)j->m, sizeof *j->cands);
     if (!rc && !j->cands) rc = duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
     if (rc) {
         job_free(j);
@@ -320,32 +453,38 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     j->request_id = req->request_id;
     j->arm = req->arm_snapshot;
     j->seed = req->seed;
-    j->strategy = b->strategy;
     engine_request er = {
         .arm = "default",
         .tokens = j->prompt,
         .num_tokens = (int)j->n_prompt,
         .num_candidates = j->m,
-        .sampling = {b->cfg.temperature, b->cfg.top_p, b->cfg.top_k},
+        .sampling = {j->params.temperature, j->params.top_p, j->params.top_k},
         .seed = req->seed,
-        .max_new_tokens = b->cfg.max_new_tokens,
+        .max_new_tokens = j->params.max_new_tokens,
         .stop_tokens = b->n_stop ? b->stop_tokens : NULL,
         .num_stop_tokens = b->n_stop,
         .use_eos = true,
         .want_progress = true,
         .duel = true,
-        .strategy = b->strategy,
+        .strategy = j->strategy,
         .user = j,
     };
     /* The poller may see this job's first event before engine_submit returns: link it first. */
     pthread_mutex_lock(&b->mu);
     j->next = b->jobs;
     b->jobs = j;
-    if (b->serving) {
+    /* The rollout's pin (docs/SERVING.md, "Rollouts"): 0 ("base") is served by the base model;
+     * any other pin by the latest snapshot, until pinned versions are kept resident. */
+    if (b->serving && j->arm != 0) {
         er.arm = b->serving->name;
         j->version = b->serving->version;
-        if (b->strategy == DUEL_STRATEGY_ARENA) er.arena_arm = "default"; /* vs the base */
-    } else if (b->strategy == DUEL_STRATEGY_ARENA) {
+        /* arena_fraction: this share of duels (drawn from the seed) pits the snapshot against
+         * the base model, whatever the strategy knob says */
+        if (j->m % 2 == 0 && j->params.arena_fraction > 0 &&
+            (double)(mix_seed(j->seed) >> 11) * 0x1.0p-53 < j->params.arena_fraction)
+            j->strategy = er.strategy = DUEL_STRATEGY_ARENA;
+        if (j->strategy == DUEL_STRATEGY_ARENA) er.arena_arm = "default"; /* vs the base */
+    } else if (j->strategy == DUEL_STRATEGY_ARENA) {
         /* One arm resident (no snapshot yet): nothing to pit it against. */
         j->strategy = er.strategy = DUEL_STRATEGY_EE_TS;
     }
@@ -394,9 +533,21 @@ static int eb_install_snapshot(void *impl, long long version, const char *dir,
     s->version = version;
     snprintf(s->name, sizeof s->name, "v%06lld", version);
     char path[4200];
+    int rc = DUEL_EINVAL;
+    if (b->cfg.load_snapshot && b->cfg.weights == WEIGHT_F32) {
+        /* The weights through the GPU transport; the folder when that fails (another version in
+         * the buffer, a hash that does not match): serving never depends on it. The transport
+         * carries f32 weights only, so a bf16 or q8 server converts from the folder. */
+        duel_error terr = {0};
+        rc = b->cfg.load_snapshot(b->cfg.load_snapshot_ctx, version, dir, &s->model, &terr);
+        if (rc)
+            fprintf(stderr, "duel serve: snapshot %lld through %s: %s; loading its folder\n",
+                    version, b->cfg.load_snapshot_via ? b->cfg.load_snapshot_via : "a transport",
+                    terr.message);
+    }
     /* converted here, on the loader thread */
     model_load_options lo = {.weights = b->cfg.weights};
-    int rc = model_load_with(dir, &lo, &s->model, err);
+    if (rc) rc = model_load_with(dir, &lo, &s->model, err);
     if (!rc && model_output_size(s->model) != model_output_size(b->model))
         rc = duel_error_set(err, DUEL_EFORMAT,
                             "snapshot v%lld: %d logits, the base model (and its tokenizer) %d",
@@ -535,18 +686,25 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
     engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = cfg->kv_memory_bytes,
                         .max_pilaf_jobs = cfg->max_pilaf_jobs,
                         .kv_bytes_per_element = cfg->kv_bytes_per_element,
-                        .max_candidates = b->cfg.num_candidates, .erm = b->erm,
+                        .backend = cfg->compute,
+                        .providers = cfg->providers,
+                        .num_providers = cfg->num_providers,
+                        .max_candidates = ENGINE_BACKEND_MAX_CANDIDATES, .erm = b->erm,
                         .reference_arm = "default",
                         .features = cfg->snapshots ? ENGINE_FEATURES_REFERENCE
                                                    : ENGINE_FEATURES_POLICY};
     if ((rc = engine_create(&ep, &b->engine, err))) goto fail;
     out->name = "engine";
+    out->trainable = true;
     out->impl = b;
     out->start = eb_start;
     out->submit = eb_submit;
     out->cancel = eb_cancel;
     out->queue_depth = eb_queue_depth;
     out->count_tokens = eb_count_tokens;
+    out->encode_turn = eb_encode_turn;
+    out->context_tokens = eb_context_tokens;
+    out->prompt_tokens = eb_prompt_tokens;
     out->destroy = eb_destroy;
     out->install_snapshot = cfg->snapshots ? eb_install_snapshot : NULL;
     out->serving_version = eb_serving_version;

@@ -3,6 +3,8 @@
  * and then emits a ready event whose texts depend only on the request (text, turn count, seed).
  * It lets the gateway, its tests and the browser tests run without a model. The queue and the
  * cancelled flag are guarded by mu; the sink is called without holding it. */
+#include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -10,6 +12,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "duel.h"
 #include "duel_backend.h"
 
 #define TEST_M 4
@@ -22,6 +25,7 @@ typedef struct test_job {
     size_t n_history;
     uint64_t seed;
     long long arm;
+    duel_backend_params params; /* recorded in gen_params (M stays TEST_M) */
     struct test_job *next;
 } test_job;
 
@@ -137,9 +141,18 @@ static duel_backend_result *make_result(const test_job *job) {
         r->cand_b = shown_b;
         r->text_a = strdup(texts[shown_a]);
         r->text_b = strdup(texts[shown_b]);
-        r->gen_params_json =
-            strdup("{\"temperature\":1.0,\"top_p\":1.0,\"max_new_tokens\":128,\"M\":4}");
-        r->strategy = strdup("ee_ts");
+        /* The knobs it was given, as the engine adapter records them (it samples nothing). */
+        const duel_backend_params *p = &job->params;
+        json_t *gp = json_pack("{s:s, s:i, s:f, s:f, s:i, s:i, s:f, s:I}", "strategy", p->strategy, "M",
+                               TEST_M, "temperature", (double)p->temperature, "top_p", (double)p->top_p,
+                               "top_k", p->top_k, "max_new_tokens", p->max_new_tokens, "arena_fraction",
+                               p->arena_fraction, "seed", (json_int_t)job->seed);
+        r->gen_params_json = gp ? json_dumps(gp, JSON_COMPACT) : NULL;
+        json_decref(gp);
+        r->strategy = strdup(p->strategy);
+        if (duel_estimated_regret(r->rewards, TEST_M, TEST_HEADS, r->cand_a, r->cand_b,
+                                  &r->regret_estimate, NULL))
+            r->regret_estimate = NAN;
         r->model_id = strdup("test-backend");
         size_t pcap = plen + 64;
         r->prompt_text = malloc(pcap);
@@ -225,6 +238,8 @@ static int tb_submit(void *impl, const duel_backend_request *req, duel_error *er
     job->n_history = req->n_history;
     job->seed = req->seed;
     job->arm = req->arm_snapshot;
+    if (req->params) job->params = *req->params;
+    else job->params = (duel_backend_params){"ee_ts", TEST_M, 1.0f, 1.0f, 0, 128, 0.0};
     pthread_mutex_lock(&b->mu);
     if ((int)b->depth >= b->cfg.queue_capacity) {
         pthread_mutex_unlock(&b->mu);

@@ -6,38 +6,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "gateway.h"
 #include "json_util.h"
+#include "rollout_spec.h"
 
 #define CONFIG_MAX_BYTES (1u << 20)
 
 void gateway_config_defaults(gateway_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
-    snprintf(cfg->bind, sizeof cfg->bind, "127.0.0.1");
-    cfg->port = 8080;
-    snprintf(cfg->redis_host, sizeof cfg->redis_host, "127.0.0.1");
-    cfg->redis_port = 6379;
-    cfg->redis_timeout_ms = 1000;
-    snprintf(cfg->web_root, sizeof cfg->web_root, "gateway/web");
-    snprintf(cfg->spill_path, sizeof cfg->spill_path, "duel-data/gateway-spill.log");
-    cfg->max_frame_bytes = 16384;
-    cfg->max_ask_bytes = 4000;
-    cfg->asks_per_minute_connection = 20;
-    cfg->asks_per_minute_address = 60;
-    cfg->connections_per_address = 32;
-    cfg->max_connections = 10000;
-    cfg->max_turns = 32;
-    cfg->max_context_tokens = 2048;
-    cfg->conversation_ttl_s = 86400;
-    cfg->duel_retention_s = 3600;
-    cfg->max_duels = 100000;
-    cfg->stream_interval_ms = 20;
-    cfg->stream_chunk_bytes = 12;
-    cfg->abuse_limit = 20;
-    cfg->partial_message_timeout_s = 10;
-    cfg->shutdown_grace_ms = 3000;
-    cfg->snapshot_loader = false;
-    cfg->snapshot_poll_ms = 3000;
+    json_t *root = NULL;
+    duel_error err = {0};
+    /* The embedded config/default.json cannot fail to parse (test_config checks it is what the
+     * parsers accept); should it, the fields stay zero and gateway_create refuses them. */
+    if (duel_config_defaults(&root, &err) == 0) {
+        gateway_config_from_json(cfg, root, "config/default.json (embedded)", &err);
+        duel_knobs_defaults(root, NULL, &cfg->knobs, &err);
+    }
+    json_decref(root);
 }
 
 typedef struct int_key {
@@ -63,12 +49,18 @@ static const int_key INT_KEYS[] = {
     INT_KEY(conversation_ttl_s, 1, 1LL << 40),
     INT_KEY(duel_retention_s, 1, 1 << 30),
     INT_KEY(max_duels, 1, 100000000),
+    INT_KEY(max_duel_bytes, 1 << 20, 1LL << 40),
     INT_KEY(stream_interval_ms, 0, 10000),
     INT_KEY(stream_chunk_bytes, 1, 4096),
     INT_KEY(abuse_limit, 1, 1000000),
     INT_KEY(partial_message_timeout_s, 1, 3600),
+    INT_KEY(hello_timeout_s, 1, 3600),
+    INT_KEY(idle_timeout_s, 1, 86400),
+    INT_KEY(max_header_bytes, 1024, 32000),
     INT_KEY(shutdown_grace_ms, 0, 600000),
     INT_KEY(snapshot_poll_ms, 100, 600000),
+    INT_KEY(stats_interval_ms, 0, 3600000),
+    INT_KEY(knobs_poll_ms, 100, 600000),
 };
 
 static void store_int(gateway_config *cfg, const int_key *k, long long v) {
@@ -122,10 +114,14 @@ static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *so
             rc = get_string(value, source, key, cfg->web_root, sizeof cfg->web_root, err);
         else if (strcmp(key, "spill_path") == 0)
             rc = get_string(value, source, key, cfg->spill_path, sizeof cfg->spill_path, err);
-        else if (strcmp(key, "origins") == 0) {
+        else if (strcmp(key, "tokens_file") == 0)
+            rc = get_string(value, source, key, cfg->tokens_file, sizeof cfg->tokens_file, err);
+        else if (strcmp(key, "uplot_dir") == 0)
+            rc = get_string(value, source, key, cfg->uplot_dir, sizeof cfg->uplot_dir, err);
+        else if (strcmp(key, "allowed_origins") == 0) {
             if (!json_is_array(value) || json_array_size(value) > GATEWAY_MAX_ORIGINS)
                 return duel_error_set(err, DUEL_EFORMAT,
-                                      "%s: gateway.origins must be an array of at most %d strings",
+                                      "%s: gateway.allowed_origins must be an array of at most %d strings",
                                       source, GATEWAY_MAX_ORIGINS);
             size_t i;
             json_t *o;
@@ -133,7 +129,7 @@ static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *so
             json_array_foreach(value, i, o) {
                 if (!json_is_string(o) || json_string_length(o) >= sizeof cfg->origins[0])
                     return duel_error_set(err, DUEL_EFORMAT,
-                                          "%s: gateway.origins[%zu] must be a string (< 256 bytes)",
+                                          "%s: gateway.allowed_origins[%zu] must be a string (< 256 bytes)",
                                           source, i);
                 snprintf(cfg->origins[cfg->n_origins++], sizeof cfg->origins[0], "%s",
                          json_string_value(o));
@@ -154,7 +150,8 @@ int gateway_config_from_json(gateway_config *cfg, const json_t *root, const char
     if (sec) rc = load_gateway_section(cfg, sec, source, err);
     json_t *redis = json_object_get(root, "redis");
     if (!rc && redis) {
-        /* Other keys of "redis" belong to other parts (the trainer); only these two are ours. */
+        /* Keys of "redis" the gateway does not read belong to other parts; an absent one leaves
+         * cfg as it was. */
         char src[1200];
         snprintf(src, sizeof src, "%s: redis", source);
         long long port = cfg->redis_port;
@@ -165,6 +162,18 @@ int gateway_config_from_json(gateway_config *cfg, const json_t *root, const char
                                       err);
         if (!rc) rc = duel_json_get_int(redis, "port", 1, 65535, &port, src, err);
         if (!rc) cfg->redis_port = (int)port;
+        if (!rc && json_object_get(redis, "stats_max_entries"))
+            rc = duel_json_get_int(redis, "stats_max_entries", 100, 100000000,
+                                   &cfg->stats_max_entries, src, err);
+    }
+    json_t *rollout = json_object_get(root, "rollout");
+    if (!rc && json_is_object(rollout) && json_object_get(rollout, "max_arms")) {
+        /* the admin API's rollout changes are checked against it (rollout_store.h) */
+        char src[1200];
+        snprintf(src, sizeof src, "%s: rollout", source);
+        long long max_arms = cfg->rollout_max_arms;
+        rc = duel_json_get_int(rollout, "max_arms", 1, ROLLOUT_MAX_ARMS, &max_arms, src, err);
+        if (!rc) cfg->rollout_max_arms = (int)max_arms;
     }
     return rc;
 }

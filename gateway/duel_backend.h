@@ -18,18 +18,35 @@
 #include "error.h"
 #include "weight_format.h"
 
+struct model; /* inference/model.h */
+
 typedef struct duel_backend_turn {
     const char *user;
     const char *assistant;
+    const int32_t *ids; /* the turn as encode_turn gave it, or NULL (then every turn's is NULL) */
+    size_t n_ids;
 } duel_backend_turn;
+
+/* The serving knobs a duel is generated with (common/knobs.h; gateway/console.c reads
+ * duel:knobs and the gateway hands the set in effect with every request, so a change takes effect
+ * at the next duel). The result's gen_params_json records the values used. */
+typedef struct duel_backend_params {
+    char strategy[16];     /* ee_ts, bai_ts, uncertainty, passive, bon, arena */
+    int num_candidates;    /* M */
+    float temperature, top_p;
+    int top_k, max_new_tokens;
+    double arena_fraction; /* share of duels served as arena when a snapshot serves (M even) */
+} duel_backend_params;
 
 typedef struct duel_backend_request {
     uint64_t request_id;              /* chosen by the gateway, unique per process */
     const duel_backend_turn *history; /* earlier turns, oldest first */
     size_t n_history;
     const char *text;                 /* the new user message (valid UTF-8) */
-    long long arm_snapshot;           /* snapshot version the conversation is pinned to; -1 any */
+    long long arm_snapshot;           /* snapshot version the conversation is pinned to; -1 any
+                                         (the latest), 0 the base model (a rollout's "base") */
     uint64_t seed;                    /* per-duel seed */
+    const duel_backend_params *params; /* NULL: the backend's configured ones */
 } duel_backend_request;
 
 /* Everything about a finished duel. All pointers are malloc'd and owned by the struct; release
@@ -51,7 +68,9 @@ typedef struct duel_backend_result {
     int num_heads;
     float *ref_logprobs;       /* M: log pi_ref(candidate | prompt) from the engine's reference
                                   pass; NULL when the duel had none (policy features) */
-    char *gen_params_json;     /* sampling parameters as JSON */
+    char *gen_params_json;     /* the parameters used, as JSON: strategy, M, temperature, top_p,
+                                  top_k, max_new_tokens, arena_fraction, seed (and arena's split) */
+    double regret_estimate;    /* R-hat of the pair (duel_estimated_regret); NAN: none */
     char *strategy;            /* selection strategy name */
     char *model_id;
     char *prompt_text;         /* the templated prompt */
@@ -81,6 +100,10 @@ typedef void (*duel_backend_sink)(void *ctx, duel_backend_event *ev);
 typedef struct duel_backend {
     const char *name;
     void *impl;
+    /* Votes on its duels can train the policy (a model's answers: the engine adapter). false
+     * (the test backend's canned answers): the gateway keeps their votes apart, in
+     * GATEWAY_TEST_VOTE_STREAM, never in duel:prefs, and tells the page. */
+    bool trainable;
     /* Starts the backend's thread; events go to sink(sink_ctx, ...). Called once. */
     int (*start)(void *impl, duel_backend_sink sink, void *sink_ctx, duel_error *err);
     /* Queues a request (copies what it needs). DUEL_ELIMIT when the queue is full. */
@@ -89,6 +112,20 @@ typedef struct duel_backend {
     size_t (*queue_depth)(void *impl);
     /* Tokens in text (for the context limit); NULL: the gateway estimates bytes / 4. */
     long long (*count_tokens)(void *impl, const char *text, size_t len);
+    /* A finished turn as this backend's prompts encode it (*ids malloc'd), for the conversation
+     * to keep, so that a request's history need not be tokenized again: submit then takes the
+     * turns' ids. NULL, or DUEL_EUNSUPPORTED (a template whose turns do not encode apart): the
+     * history is re-encoded from its texts. Called on the lws thread, once per turn. */
+    int (*encode_turn)(void *impl, const char *user, const char *assistant, int32_t **ids,
+                       size_t *n_ids, duel_error *err);
+    /* The model's context in tokens, prompt and answer together (the engine refuses a prompt
+     * that leaves no room). NULL or 0: no limit the gateway knows of besides
+     * gateway.max_context_tokens. */
+    long long (*context_tokens)(void *impl);
+    /* The length in tokens of req's prompt exactly as submit would build it (chat template
+     * included), so that the gateway can drop old turns until it fits; a negative DUEL_E*
+     * status on failure. NULL: the gateway estimates from the turns' and the text's counts. */
+    long long (*prompt_tokens)(void *impl, const duel_backend_request *req, duel_error *err);
     /* Stops the thread (pending requests are dropped without events) and frees impl. */
     void (*destroy)(void *impl);
     /* Hot-swap (optional; NULL: one fixed model). Loads the snapshot folder dir (already
@@ -140,6 +177,18 @@ typedef struct backend_engine_config {
     weight_format weights;     /* engine.weights: the model's and every snapshot's storage,
                                   converted at load (snapshots on the loader thread) */
     int kv_bytes_per_element;  /* engine.kv_dtype: 0 or 4 f32, 2 bf16 */
+    const char *compute;       /* engine_params.backend (config engine.backend); NULL: cpu */
+    /* With snapshots: where a snapshot's model comes from instead of its folder (the `duel`
+     * executable passes the receiving end of a GPU weight transport, cuda_ipc or nccl:
+     * trainer.weight_transport); when it fails the folder is loaded. NULL: the folder. Runs on the
+     * loader's thread. Used with f32 weights only: the transport carries the f32 file, a bf16 or q8
+     * server converts each snapshot from its folder. */
+    int (*load_snapshot)(void *ctx, long long version, const char *dir, struct model **out,
+                         duel_error *err);
+    void *load_snapshot_ctx;
+    const char *load_snapshot_via; /* its name in the log line of a fallback ("cuda_ipc") */
+    const struct compute_provider *const *providers; /* engine_params.providers */
+    int num_providers;
     bool snapshots;            /* hot-swap (install_snapshot): the base model becomes the frozen
                                   reference arm whose hidden states are the ERM features of every
                                   duel (features that do not drift as snapshots replace the

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "utf8.h"
 
@@ -34,7 +35,7 @@ static const char *const ERROR_NAMES[PROTOCOL_E_COUNT] = {
     [PROTOCOL_E_RATE_LIMITED] = "rate_limited",
     [PROTOCOL_E_TOO_MANY_CONNECTIONS] = "too_many_connections",
     [PROTOCOL_E_TURN_LIMIT] = "turn_limit",
-    [PROTOCOL_E_CONTEXT_LIMIT] = "context_limit",
+    [PROTOCOL_E_CONVERSATION_TOO_LONG] = "conversation_too_long",
     [PROTOCOL_E_UNKNOWN_DUEL] = "unknown_duel",
     [PROTOCOL_E_NOT_YOUR_DUEL] = "not_your_duel",
     [PROTOCOL_E_ALREADY_VOTED] = "already_voted",
@@ -49,13 +50,6 @@ static const char *const ERROR_NAMES[PROTOCOL_E_COUNT] = {
 const char *protocol_error_name(protocol_error_code code) {
     if ((int)code < 0 || code >= PROTOCOL_E_COUNT) return "internal";
     return ERROR_NAMES[code];
-}
-
-static const char *const CHOICE_NAMES[] = {"a", "b", "tie", "both_bad"};
-
-const char *protocol_choice_name(protocol_choice choice) {
-    if ((int)choice < 0 || choice > PROTOCOL_CHOICE_BOTH_BAD) return "?";
-    return CHOICE_NAMES[choice];
 }
 
 bool protocol_id_valid(const char *s, size_t len) {
@@ -95,7 +89,7 @@ typedef struct type_spec {
 } type_spec;
 
 static const type_spec TYPES[] = {
-    {"hello", PROTOCOL_MSG_HELLO, {"conversation"}, 1, 0},
+    {"hello", PROTOCOL_MSG_HELLO, {"conversation", "client"}, 2, 0},
     {"ask", PROTOCOL_MSG_ASK, {"text"}, 1, 1},
     {"vote", PROTOCOL_MSG_VOTE, {"duel", "choice"}, 2, 2},
     {"cancel", PROTOCOL_MSG_CANCEL, {NULL}, 0, 0},
@@ -155,6 +149,16 @@ static protocol_error_code parse_object(json_t *root, const protocol_limits *lim
             memcpy(out->conversation, json_string_value(conv), PROTOCOL_ID_LEN + 1);
             out->has_conversation = true;
         }
+        json_t *client = json_object_get(root, "client");
+        if (client && !json_is_null(client)) {
+            if (!json_is_string(client))
+                return fail(PROTOCOL_E_WRONG_TYPE, detail, cap, "\"client\" must be a string or null");
+            if (!protocol_id_valid(json_string_value(client), json_string_length(client)))
+                return fail(PROTOCOL_E_BAD_VALUE, detail, cap,
+                            "\"client\" must be %d lowercase hex characters", PROTOCOL_ID_LEN);
+            memcpy(out->client, json_string_value(client), PROTOCOL_ID_LEN + 1);
+            out->has_client = true;
+        }
         break;
     }
     case PROTOCOL_MSG_ASK: {
@@ -184,15 +188,7 @@ static protocol_error_code parse_object(json_t *root, const protocol_limits *lim
             return fail(PROTOCOL_E_BAD_VALUE, detail, cap,
                         "\"duel\" must be %d lowercase hex characters", PROTOCOL_ID_LEN);
         memcpy(out->duel, json_string_value(duel), PROTOCOL_ID_LEN + 1);
-        bool found = false;
-        for (int c = 0; c <= PROTOCOL_CHOICE_BOTH_BAD; c++) {
-            if (json_string_length(choice) == strlen(CHOICE_NAMES[c]) &&
-                strcmp(json_string_value(choice), CHOICE_NAMES[c]) == 0) {
-                out->choice = (protocol_choice)c;
-                found = true;
-            }
-        }
-        if (!found)
+        if (vote_choice_parse(json_string_value(choice), json_string_length(choice), &out->choice))
             return fail(PROTOCOL_E_BAD_VALUE, detail, cap,
                         "\"choice\" must be \"a\", \"b\", \"tie\" or \"both_bad\"");
         break;
@@ -242,7 +238,8 @@ static char *dump(json_t *obj, size_t *len) {
 
 char *protocol_encode_welcome(const char *conversation, const protocol_welcome_limits *limits,
                               bool resumed, const char *const *user_texts,
-                              const char *const *assistant_texts, size_t n_turns, size_t *len) {
+                              const char *const *assistant_texts, size_t n_turns,
+                              bool test_backend, size_t *len) {
     json_t *history = json_array();
     if (!history) return NULL;
     for (size_t i = 0; i < n_turns; i++) {
@@ -253,13 +250,14 @@ char *protocol_encode_welcome(const char *conversation, const protocol_welcome_l
             return NULL;
         }
     }
-    return dump(json_pack("{s:s, s:s, s:b, s:{s:I, s:I, s:i, s:i}, s:o}", "type", "welcome",
-                          "conversation", conversation, "resumed", resumed, "limits",
-                          "max_frame_bytes", (json_int_t)limits->max_frame_bytes,
-                          "max_ask_bytes", (json_int_t)limits->max_ask_bytes,
-                          "asks_per_minute", limits->asks_per_minute, "max_turns",
-                          limits->max_turns, "history", history),
-                len);
+    json_t *frame = json_pack("{s:s, s:s, s:b, s:{s:I, s:I, s:i, s:i}, s:o}", "type", "welcome",
+                              "conversation", conversation, "resumed", resumed, "limits",
+                              "max_frame_bytes", (json_int_t)limits->max_frame_bytes,
+                              "max_ask_bytes", (json_int_t)limits->max_ask_bytes,
+                              "asks_per_minute", limits->asks_per_minute, "max_turns",
+                              limits->max_turns, "history", history);
+    if (frame && test_backend) json_object_set_new(frame, "test_backend", json_true());
+    return dump(frame, len);
 }
 
 char *protocol_encode_progress(const char *duel, long long tokens, size_t *len) {
@@ -268,7 +266,11 @@ char *protocol_encode_progress(const char *duel, long long tokens, size_t *len) 
                 len);
 }
 
-char *protocol_encode_duel_start(const char *duel, size_t *len) {
+char *protocol_encode_duel_start(const char *duel, int dropped_turns, size_t *len) {
+    if (dropped_turns > 0)
+        return dump(json_pack("{s:s, s:s, s:i}", "type", "duel_start", "duel", duel,
+                              "dropped_turns", dropped_turns),
+                    len);
     return dump(json_pack("{s:s, s:s}", "type", "duel_start", "duel", duel), len);
 }
 
@@ -295,30 +297,40 @@ char *protocol_encode_vote_ok(const char *duel, bool queued, size_t *len) {
 }
 
 char *protocol_encode_error(protocol_error_code code, const char *message, size_t *len) {
-    return dump(json_pack("{s:s, s:s, s:s}", "type", "error", "code", protocol_error_name(code),
-                          "message", message ? message : ""),
-                len);
+    /* A message may quote client bytes cut short (a field name at 40 bytes can end inside a
+     * character): made valid UTF-8 here, or jansson would refuse it and no frame would go out. */
+    char *text = protocol_sanitize_utf8(message ? message : "", message ? strlen(message) : 0, NULL);
+    if (!text) return NULL;
+    char *frame = dump(json_pack("{s:s, s:s, s:s}", "type", "error", "code",
+                                 protocol_error_name(code), "message", text),
+                       len);
+    free(text);
+    return frame;
 }
 
 char *protocol_sanitize_utf8(const char *s, size_t n, size_t *out_len) {
-    /* Each invalid byte becomes U+FFFD (3 bytes), so 3n bounds the output. */
-    char *out = malloc(3 * n + 1);
+    /* The one replacement rule (utf8.h), and NUL too: answers are kept as C strings. */
+    char *out = malloc(DUEL_UTF8_LOSSY_MAX(n) + 1);
     if (!out) return NULL;
-    size_t o = 0;
-    for (size_t i = 0; i < n;) {
-        uint32_t cp;
-        int k = duel_utf8_decode((const unsigned char *)s + i, n - i, &cp);
-        if (k > 0 && cp != 0) {
-            memcpy(out + o, s + i, (size_t)k);
-            o += (size_t)k;
-            i += (size_t)k;
-        } else {
-            memcpy(out + o, "\xEF\xBF\xBD", 3);
-            o += 3;
-            i += 1;
-        }
-    }
+    size_t o = duel_utf8_lossy(s, n, DUEL_UTF8_LOSSY_NUL, out);
     out[o] = '\0';
     if (out_len) *out_len = o;
     return out;
+}
+
+int protocol_new_id(char out[PROTOCOL_ID_LEN + 1]) {
+    unsigned char b[PROTOCOL_ID_LEN / 2];
+    size_t got = 0;
+    while (got < sizeof b) {
+        ssize_t r = getrandom(b + got, sizeof b - got, 0);
+        if (r <= 0) return -1;
+        got += (size_t)r;
+    }
+    static const char HEX[] = "0123456789abcdef";
+    for (size_t i = 0; i < sizeof b; i++) {
+        out[2 * i] = HEX[b[i] >> 4];
+        out[2 * i + 1] = HEX[b[i] & 15];
+    }
+    out[PROTOCOL_ID_LEN] = '\0';
+    return 0;
 }

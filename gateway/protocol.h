@@ -3,12 +3,15 @@
  * JSON object without duplicate keys, with a known "type", exactly the fields that type allows, each
  * of the right JSON type and within its limits. Every rejection carries a stable error code
  * (protocol_error_code) that the server sends back in an `error` frame. Also builds the server's
- * frames (compact JSON). Pure functions; no I/O, no state. */
+ * frames (compact JSON) and the ids they carry. Pure functions but protocol_new_id (getrandom);
+ * no state. */
 #ifndef DUEL_GATEWAY_PROTOCOL_H
 #define DUEL_GATEWAY_PROTOCOL_H
 
 #include <stdbool.h>
 #include <stddef.h>
+
+#include "vote_entry.h"
 
 /* Conversation and duel ids: 32 lowercase hex characters (128 random bits). */
 #define PROTOCOL_ID_LEN 32
@@ -37,7 +40,8 @@ typedef enum protocol_error_code {
     PROTOCOL_E_RATE_LIMITED,      /* "rate_limited": asks per minute (connection or address) */
     PROTOCOL_E_TOO_MANY_CONNECTIONS, /* "too_many_connections": per address */
     PROTOCOL_E_TURN_LIMIT,        /* "turn_limit": conversation has too many turns */
-    PROTOCOL_E_CONTEXT_LIMIT,     /* "context_limit": conversation too long in tokens */
+    PROTOCOL_E_CONVERSATION_TOO_LONG, /* "conversation_too_long": the new message alone does not
+                                         fit the model's context (old turns are dropped first) */
     PROTOCOL_E_UNKNOWN_DUEL,      /* "unknown_duel": no such duel (or it expired) */
     PROTOCOL_E_NOT_YOUR_DUEL,     /* "not_your_duel": the duel belongs to another conversation */
     PROTOCOL_E_ALREADY_VOTED,     /* "already_voted" */
@@ -60,16 +64,6 @@ typedef enum protocol_msg_type {
     PROTOCOL_MSG_CANCEL,
 } protocol_msg_type;
 
-typedef enum protocol_choice {
-    PROTOCOL_CHOICE_A,
-    PROTOCOL_CHOICE_B,
-    PROTOCOL_CHOICE_TIE,
-    PROTOCOL_CHOICE_BOTH_BAD,
-} protocol_choice;
-
-/* "a", "b", "tie", "both_bad". */
-const char *protocol_choice_name(protocol_choice choice);
-
 typedef struct protocol_limits {
     size_t max_frame_bytes; /* whole frame, bytes (DESIGN: 16 KiB) */
     size_t max_ask_bytes;   /* ask text after parsing, bytes */
@@ -80,10 +74,12 @@ typedef struct protocol_msg {
     protocol_msg_type type;
     bool has_conversation;                   /* hello */
     char conversation[PROTOCOL_ID_LEN + 1];  /* hello */
+    bool has_client;                         /* hello */
+    char client[PROTOCOL_ID_LEN + 1];        /* hello: the browser's stable id (the A/B router's key) */
     char *text;                              /* ask: NUL-terminated, valid UTF-8 */
     size_t text_len;
     char duel[PROTOCOL_ID_LEN + 1];          /* vote */
-    protocol_choice choice;                  /* vote */
+    vote_choice choice;                      /* vote (vote_entry.h: a, b, tie, both_bad) */
 } protocol_msg;
 
 /* Parses one complete text frame. Returns PROTOCOL_OK and fills out, or an error code with a
@@ -105,11 +101,16 @@ typedef struct protocol_welcome_limits {
     int asks_per_minute;
     int max_turns;
 } protocol_welcome_limits;
+/* test_backend: the answers are the test backend's canned ones (the frame says
+ * "test_backend":true, and the page says so). */
 char *protocol_encode_welcome(const char *conversation, const protocol_welcome_limits *limits,
                               bool resumed, const char *const *user_texts,
-                              const char *const *assistant_texts, size_t n_turns, size_t *len);
+                              const char *const *assistant_texts, size_t n_turns,
+                              bool test_backend, size_t *len);
 char *protocol_encode_progress(const char *duel, long long tokens, size_t *len);
-char *protocol_encode_duel_start(const char *duel, size_t *len);
+/* dropped_turns > 0 adds "dropped_turns": the conversation's oldest turns left out of this
+ * duel's prompt so that it fits the model's context (the page says so). */
+char *protocol_encode_duel_start(const char *duel, int dropped_turns, size_t *len);
 char *protocol_encode_delta(const char *duel, char side, const char *text, size_t text_len,
                             size_t *len);
 /* cancelled adds "cancelled":true (the user's cancel, an engine error or shutdown). */
@@ -117,8 +118,14 @@ char *protocol_encode_duel_end(const char *duel, bool cancelled, size_t *len);
 char *protocol_encode_vote_ok(const char *duel, bool queued, size_t *len);
 char *protocol_encode_error(protocol_error_code code, const char *message, size_t *len);
 
-/* Copies s[0..n) into a new malloc'd NUL-terminated string, replacing invalid UTF-8 sequences
- * with U+FFFD (model output is not guaranteed to be valid). *out_len gets the new length. */
+/* A fresh unguessable id (PROTOCOL_ID_LEN lowercase hex characters from getrandom) for a
+ * conversation, a duel or a vote. -1 when the kernel gives no random bytes. */
+int protocol_new_id(char out[PROTOCOL_ID_LEN + 1]);
+
+/* Copies s[0..n) into a new malloc'd NUL-terminated string with the one replacement rule
+ * (common/utf8.h: U+FFFD per maximal subpart of invalid UTF-8, as the CLI and the tokenizer do;
+ * model output is not guaranteed to be valid) and NUL bytes replaced too. *out_len gets the new
+ * length. */
 char *protocol_sanitize_utf8(const char *s, size_t n, size_t *out_len);
 
 #endif

@@ -20,7 +20,7 @@
 
 #define BATCH_MAX 512     /* jobs taken from the queue at once */
 #define REPLAY_BATCH 256  /* spilled votes pipelined per round trip */
-#define ARGV_MAX (VOTE_RECORD_MAX_FIELDS * 2 + 8)
+#define ARGV_MAX (VOTE_ENTRY_MAX_FIELDS * 2 + 8)
 
 /* Claims the vote id, then appends the entry; a replay of an already stored vote returns 0. */
 static const char VOTE_SCRIPT[] =
@@ -34,7 +34,7 @@ typedef struct job {
     job_kind kind;
     uint64_t conn_id;
     char key[33];
-    vote_record rec;
+    vote_entry_encoded rec;
     char *json;
     struct job *next;
 } job;
@@ -50,6 +50,7 @@ struct redis_worker {
     job *head, *tail;
     bool stopping, started;
     char *rollout;              /* guarded by mu */
+    uint64_t rollout_generation; /* guarded by mu: bumped when the text changes */
     redis_worker_stats stats;   /* guarded by mu */
     atomic_size_t votes_in_flight;
     /* thread-owned */
@@ -59,7 +60,7 @@ struct redis_worker {
 };
 
 static void job_free(job *j) {
-    vote_record_clear(&j->rec);
+    vote_entry_encoded_free(&j->rec);
     free(j->json);
     free(j);
 }
@@ -102,13 +103,18 @@ static void try_connect(redis_worker *w) {
     update_spill_stats(w);
 }
 
+/* One vote's fields: the encoder's (live votes) or unpacked from the spill log (replays). */
+typedef struct vote_fields {
+    const vote_entry_field *fields;
+    int n;
+} vote_fields;
+
 /* EVAL argv for one vote: EVAL script 2 duel:vote:{id} stream ttl field value ... */
-static int vote_argv(redis_worker *w, const vote_record *rec, const char **argv, size_t *lens,
+static int vote_argv(redis_worker *w, const vote_fields *v, const char **argv, size_t *lens,
                      char *dedup_key, size_t dedup_cap, char *ttl, size_t ttl_cap) {
-    size_t id_len = 0;
-    const char *id = vote_record_get(rec, "vote_id", &id_len);
-    if (!id) return -1;
-    snprintf(dedup_key, dedup_cap, "duel:vote:%.*s", (int)id_len, id);
+    const vote_entry_field *id = vote_entry_field_find(v->fields, v->n, "vote_id");
+    if (!id || id->value_len > VOTE_ENTRY_MAX_ID) return -1;
+    snprintf(dedup_key, dedup_cap, "duel:vote:%.*s", (int)id->value_len, id->value);
     snprintf(ttl, ttl_cap, "%lld", w->cfg.vote_dedup_ttl_s);
     int n = 0;
     argv[n] = "EVAL", lens[n++] = 4;
@@ -117,22 +123,22 @@ static int vote_argv(redis_worker *w, const vote_record *rec, const char **argv,
     argv[n] = dedup_key, lens[n++] = strlen(dedup_key);
     argv[n] = w->stream_key, lens[n++] = strlen(w->stream_key);
     argv[n] = ttl, lens[n++] = strlen(ttl);
-    for (int i = 0; i < rec->n_fields; i++) {
-        argv[n] = rec->names[i], lens[n++] = strlen(rec->names[i]);
-        argv[n] = rec->values[i], lens[n++] = rec->lens[i];
+    for (int i = 0; i < v->n; i++) {
+        argv[n] = v->fields[i].name, lens[n++] = v->fields[i].name_len;
+        argv[n] = v->fields[i].value, lens[n++] = v->fields[i].value_len;
     }
     return n;
 }
 
 /* Pipelines the votes recs[0..n) and reads the replies. Returns how many Redis stored (a prefix);
  * disconnects on the first failure. */
-static size_t pipeline_votes(redis_worker *w, vote_record *const *recs, size_t n) {
+static size_t pipeline_votes(redis_worker *w, const vote_fields *recs, size_t n) {
     const char *argv[ARGV_MAX];
     size_t lens[ARGV_MAX];
-    char dedup[96], ttl[32];
+    char dedup[VOTE_ENTRY_MAX_ID + 16], ttl[32];
     size_t appended = 0;
     for (size_t i = 0; i < n; i++) {
-        int argc = vote_argv(w, recs[i], argv, lens, dedup, sizeof dedup, ttl, sizeof ttl);
+        int argc = vote_argv(w, &recs[i], argv, lens, dedup, sizeof dedup, ttl, sizeof ttl);
         if (argc < 0 || redisAppendCommandArgv(w->rc, argc, argv, lens) != REDIS_OK) break;
         appended++;
     }
@@ -157,27 +163,30 @@ static void replay_spill(redis_worker *w) {
             spill_log_batch_free(&batch);
             break;
         }
-        vote_record *recs = calloc(batch.n, sizeof *recs);
-        vote_record **ptrs = calloc(batch.n, sizeof *ptrs);
+        /* The fields point into the batch's records, which live until the batch is freed. */
+        vote_entry_field *fields = calloc(batch.n * VOTE_ENTRY_MAX_FIELDS, sizeof *fields);
+        vote_fields *recs = calloc(batch.n, sizeof *recs);
         size_t parsed = 0;
-        if (recs && ptrs) {
+        if (fields && recs) {
             for (; parsed < batch.n; parsed++) {
-                if (vote_record_deserialize(batch.records[parsed], batch.lens[parsed],
-                                            &recs[parsed], NULL))
+                size_t at = 0;
+                vote_fields *v = &recs[parsed];
+                v->fields = fields + parsed * VOTE_ENTRY_MAX_FIELDS;
+                if (vote_entry_unpack(batch.records[parsed], batch.lens[parsed], &at,
+                                      fields + parsed * VOTE_ENTRY_MAX_FIELDS, &v->n, NULL) ||
+                    at != batch.lens[parsed])
                     break;
-                ptrs[parsed] = &recs[parsed];
             }
         }
-        size_t stored = parsed ? pipeline_votes(w, ptrs, parsed) : 0;
+        size_t stored = parsed ? pipeline_votes(w, recs, parsed) : 0;
         /* A record that passed its CRC but does not parse cannot ever be stored: drop it. */
         size_t consumed = stored;
-        if (stored == parsed && parsed < batch.n && recs && ptrs) consumed = parsed + 1;
+        if (stored == parsed && parsed < batch.n && fields && recs) consumed = parsed + 1;
         spill_log_consume(w->spill, &batch, consumed, NULL);
         stat_add(w, &w->stats.votes_stored, stored);
         stat_add(w, &w->stats.votes_replayed, stored);
-        for (size_t i = 0; i < parsed; i++) vote_record_clear(&recs[i]);
+        free(fields);
         free(recs);
-        free(ptrs);
         spill_log_batch_free(&batch);
         update_spill_stats(w);
         if (consumed == 0) break;
@@ -197,7 +206,8 @@ static void spill_votes(redis_worker *w, job **votes, size_t n) {
     size_t *lens = calloc(n, sizeof *lens);
     bool ok = bufs && lens;
     for (size_t i = 0; ok && i < n; i++)
-        ok = vote_record_serialize(&votes[i]->rec, &bufs[i], &lens[i], NULL) == DUEL_OK;
+        ok = vote_entry_pack(votes[i]->rec.fields, votes[i]->rec.n_fields, &bufs[i], &lens[i],
+                             NULL) == DUEL_OK;
     ok = ok && spill_log_append(w->spill, (const void *const *)bufs, lens, n, NULL) == DUEL_OK;
     for (size_t i = 0; bufs && i < n; i++) free(bufs[i]);
     free(bufs);
@@ -213,9 +223,9 @@ static void process_votes(redis_worker *w, job **votes, size_t n) {
     if (n == 0) return;
     size_t stored = 0;
     if (w->rc && spill_log_pending(w->spill) == 0) {
-        vote_record **recs = malloc(n * sizeof *recs);
+        vote_fields *recs = malloc(n * sizeof *recs);
         if (recs) {
-            for (size_t i = 0; i < n; i++) recs[i] = &votes[i]->rec;
+            for (size_t i = 0; i < n; i++) recs[i] = (vote_fields){votes[i]->rec.fields, votes[i]->rec.n_fields};
             stored = pipeline_votes(w, recs, n);
             free(recs);
         }
@@ -317,8 +327,14 @@ static void poll_rollout(redis_worker *w) {
     char *copy = reply->type == REDIS_REPLY_STRING ? strndup(reply->str, reply->len) : NULL;
     freeReplyObject(reply);
     pthread_mutex_lock(&w->mu);
-    free(w->rollout);
-    w->rollout = copy;
+    bool same = (!copy && !w->rollout) || (copy && w->rollout && strcmp(copy, w->rollout) == 0);
+    if (same) {
+        free(copy);
+    } else {
+        free(w->rollout);
+        w->rollout = copy;
+        w->rollout_generation++;
+    }
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -390,17 +406,17 @@ static int enqueue(redis_worker *w, job *j) {
 }
 
 int redis_worker_submit_vote(redis_worker *w, uint64_t conn_id, const char *duel_id,
-                             vote_record *rec) {
+                             vote_entry_encoded *rec) {
     job *j = calloc(1, sizeof *j);
     if (!j) {
-        vote_record_clear(rec);
+        vote_entry_encoded_free(rec);
         return DUEL_ENOMEM;
     }
     j->kind = JOB_VOTE;
     j->conn_id = conn_id;
     snprintf(j->key, sizeof j->key, "%s", duel_id);
     j->rec = *rec;
-    memset(rec, 0, sizeof *rec);
+    rec->n_fields = 0;
     atomic_fetch_add(&w->votes_in_flight, 1);
     return enqueue(w, j);
 }
@@ -432,11 +448,17 @@ void redis_worker_get_stats(redis_worker *w, redis_worker_stats *out) {
     pthread_mutex_unlock(&w->mu);
 }
 
-char *redis_worker_rollout(redis_worker *w) {
+bool redis_worker_rollout_changed(redis_worker *w, uint64_t *seen, char **json) {
+    *json = NULL;
     pthread_mutex_lock(&w->mu);
-    char *copy = w->rollout ? strdup(w->rollout) : NULL;
+    bool changed = w->rollout_generation != *seen;
+    if (changed) {
+        *json = w->rollout ? strdup(w->rollout) : NULL;
+        if (w->rollout && !*json) changed = false; /* out of memory: try again next time */
+        else *seen = w->rollout_generation;
+    }
     pthread_mutex_unlock(&w->mu);
-    return copy;
+    return changed;
 }
 
 size_t redis_worker_votes_in_flight(redis_worker *w) { return atomic_load(&w->votes_in_flight); }

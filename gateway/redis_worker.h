@@ -6,7 +6,8 @@
  *   acknowledged as queued; spilled votes are replayed in order as soon as Redis answers again,
  *   and new votes go behind them (to the log) until it is empty.
  * - conversation saves (HSET duel:conv:{id} + EXPIRE; dropped when Redis is away) and loads.
- * - the rollout (GET duel:rollout every few seconds), published for the lws thread to read.
+ * - the rollout (GET duel:rollout every rollout_poll_ms), published with a generation number
+ *   that changes only when its text does.
  * Results are reported through a callback run on this thread (the gateway queues them and wakes
  * lws). redis_worker_stop drains the queue first: every submitted vote ends stored or spilled. */
 #ifndef DUEL_GATEWAY_REDIS_WORKER_H
@@ -17,7 +18,7 @@
 #include <stdint.h>
 
 #include "error.h"
-#include "vote_record.h"
+#include "vote_entry.h"
 
 typedef struct redis_worker_config {
     const char *host;
@@ -65,12 +66,15 @@ int redis_worker_create(const redis_worker_config *cfg, redis_result_fn on_resul
                         redis_worker **out, duel_error *err);
 /* Queues jobs; ownership of rec / json passes to the worker (also on failure). */
 int redis_worker_submit_vote(redis_worker *w, uint64_t conn_id, const char *duel_id,
-                             vote_record *rec);
+                             vote_entry_encoded *rec);
 int redis_worker_save_conversation(redis_worker *w, const char *conv_id, char *json);
 int redis_worker_load_conversation(redis_worker *w, uint64_t conn_id, const char *conv_id);
 void redis_worker_get_stats(redis_worker *w, redis_worker_stats *out);
-/* Latest rollout JSON from duel:rollout (malloc'd copy), or NULL when none was seen. */
-char *redis_worker_rollout(redis_worker *w);
+/* Whether duel:rollout changed since generation *seen (0 before the first call; the caller keeps
+ * it): when it did, *json is a malloc'd copy of the new text (NULL: the key is gone), *seen is
+ * updated and the result is true; otherwise *json is NULL and the result false. So the lws
+ * thread parses the spec once per change, not per conversation. */
+bool redis_worker_rollout_changed(redis_worker *w, uint64_t *seen, char **json);
 /* Votes submitted and not yet stored, spilled or failed. */
 size_t redis_worker_votes_in_flight(redis_worker *w);
 /* Finishes every queued job (votes to Redis or the spill log), then stops the thread. */

@@ -150,9 +150,10 @@ static int validate_messages(const chat_message *messages, size_t count, duel_er
     return DUEL_OK;
 }
 
+/* start: the conversation's beginning (llama3's <|begin_of_text|>), left out of a continuation. */
 static void render_parts(chat_template_kind kind, const chat_message *messages, size_t count,
-                         bool add_generation_prompt, part_sink emit, void *ctx) {
-    if (kind == CHAT_TEMPLATE_LLAMA3) emit(ctx, PART_SPECIAL, "<|begin_of_text|>");
+                         bool start, bool add_generation_prompt, part_sink emit, void *ctx) {
+    if (start && kind == CHAT_TEMPLATE_LLAMA3) emit(ctx, PART_SPECIAL, "<|begin_of_text|>");
     for (size_t i = 0; i < count; i++) {
         const char *role = messages[i].role, *content = messages[i].content;
         switch (kind) {
@@ -224,7 +225,7 @@ int chat_template_render(chat_template_kind kind, const chat_message *messages, 
     if (rc) return rc;
     text_buffer b = {0};
     put_bytes(&b, "", 0);
-    render_parts(kind, messages, count, add_generation_prompt, render_sink, &b);
+    render_parts(kind, messages, count, true, add_generation_prompt, render_sink, &b);
     if (b.failed) {
         free(b.p);
         return duel_error_set(err, DUEL_ENOMEM, "chat_template_render: out of memory");
@@ -293,9 +294,9 @@ static void encode_sink(void *ctx, part_kind kind, const char *s) {
     append_ids(st, &id, 1);
 }
 
-int chat_template_encode(chat_template_kind kind, const tokenizer *tok,
-                         const chat_message *messages, size_t count, bool add_generation_prompt,
-                         int32_t **ids, size_t *n_ids, duel_error *err) {
+static int encode_parts(chat_template_kind kind, const tokenizer *tok,
+                        const chat_message *messages, size_t count, bool start,
+                        bool add_generation_prompt, int32_t **ids, size_t *n_ids, duel_error *err) {
     *ids = NULL;
     *n_ids = 0;
     if ((unsigned)kind >= NUM_TEMPLATES)
@@ -303,7 +304,7 @@ int chat_template_encode(chat_template_kind kind, const tokenizer *tok,
     int rc = validate_messages(messages, count, err);
     if (rc) return rc;
     encode_state st = {.tok = tok, .err = err};
-    render_parts(kind, messages, count, add_generation_prompt, encode_sink, &st);
+    render_parts(kind, messages, count, start, add_generation_prompt, encode_sink, &st);
     flush_pending(&st);
     free(st.pending.p);
     if (st.rc) {
@@ -315,6 +316,25 @@ int chat_template_encode(chat_template_kind kind, const tokenizer *tok,
     *ids = st.ids;
     *n_ids = st.n;
     return DUEL_OK;
+}
+
+int chat_template_encode(chat_template_kind kind, const tokenizer *tok,
+                         const chat_message *messages, size_t count, bool add_generation_prompt,
+                         int32_t **ids, size_t *n_ids, duel_error *err) {
+    return encode_parts(kind, tok, messages, count, true, add_generation_prompt, ids, n_ids, err);
+}
+
+int chat_template_encode_continuation(chat_template_kind kind, const tokenizer *tok,
+                                      const chat_message *messages, size_t count,
+                                      bool add_generation_prompt, int32_t **ids, size_t *n_ids,
+                                      duel_error *err) {
+    return encode_parts(kind, tok, messages, count, false, add_generation_prompt, ids, n_ids, err);
+}
+
+bool chat_template_turns_concatenate(chat_template_kind kind) {
+    /* Every template but plain ends an assistant turn with a special token (qa, llama3) or puts
+     * one right after it (chatml's next <|im_start|>), where encoding flushes its text. */
+    return kind == CHAT_TEMPLATE_CHATML || kind == CHAT_TEMPLATE_LLAMA3 || kind == CHAT_TEMPLATE_QA;
 }
 
 const char *chat_template_end_of_turn(chat_template_kind kind) {

@@ -48,6 +48,21 @@ int chat_template_encode(chat_template_kind kind, const tokenizer *tok,
                          const chat_message *messages, size_t count, bool add_generation_prompt,
                          int32_t **ids, size_t *n_ids, duel_error *err);
 
+/* The same without what the template puts once at the start of a conversation (llama3's
+ * <|begin_of_text|>): the encoding of messages that continue an earlier encoded conversation. */
+int chat_template_encode_continuation(chat_template_kind kind, const tokenizer *tok,
+                                      const chat_message *messages, size_t count,
+                                      bool add_generation_prompt, int32_t **ids, size_t *n_ids,
+                                      duel_error *err);
+
+/* Whether a conversation's encoding is the concatenation of its parts' encodings when it is cut
+ * after an assistant message: chat_template_encode(m[0..n)) == chat_template_encode(m[0..k),
+ * false) ++ chat_template_encode_continuation(m[k..n)) for every such k. True for chatml, llama3
+ * and qa (a special token sits at each such cut, where text is encoded apart); false for plain,
+ * whose whole conversation is one text. So a server can keep each turn's ids and encode only
+ * the new message. */
+bool chat_template_turns_concatenate(chat_template_kind kind);
+
 /* The token string that ends an assistant turn ("<|im_end|>", "<|eot_id|>", "<|endoftext|>" for
  * qa; NULL for plain). */
 const char *chat_template_end_of_turn(chat_template_kind kind);

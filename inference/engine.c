@@ -11,13 +11,6 @@
 
 #include "engine_internal.h"
 
-/* The scheduler's forward: one arm's part of a step (the CPU backend's batched forward). */
-static int forward_arm(void *ctx, int model_index, kv_pool *pool, const model_batch_entry *entries,
-                       int n, duel_error *err) {
-    engine *e = ctx;
-    return model_forward_batch(e->arms[model_index].model, pool, entries, n, err);
-}
-
 static void handle_command(engine *e, engine_command *cmd) {
     switch (cmd->kind) {
     case ENGINE_CMD_ADD_ARM: engine_arm_apply_add(e, (int)cmd->id); break;
@@ -76,14 +69,16 @@ static void *engine_main(void *arg) {
         }
         engine_flush_deferred_cancels(e);
         engine_pilaf_admit(e);
+        engine_duel_submit_queued(e);
         if (engine_queue_is_closed(e->commands)) break;
         if (sched_has_work(e->sched)) {
             duel_error err = {0};
             /* A failed step has already failed its requests with ERROR events. */
             sched_step(e->sched, engine_on_sched_event, e, &err);
-            /* Both change the scheduler's lists: never inside the step's callbacks. */
+            /* These change the scheduler's lists: never inside the step's callbacks. */
             engine_flush_deferred_cancels(e);
             engine_pilaf_admit(e);
+            engine_duel_submit_queued(e);
         }
         update_stats(e);
     }
@@ -101,7 +96,9 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
     pthread_mutex_init(&e->lock, NULL);
     pthread_cond_init(&e->arm_applied, NULL);
     e->next_id = 1;
-    int rc = DUEL_OK;
+    int rc = compute_open(params->backend, params->providers, params->num_providers, &e->backend,
+                          e->backend_name, err);
+    if (rc) goto fail;
     sched_model_info infos[SCHED_MAX_MODELS];
     const model_config *c0 = NULL;
     for (int i = 0; i < params->num_models; i++) {
@@ -132,8 +129,9 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
         engine_arm *arm = &e->arms[i];
         arm->state = ARM_RESIDENT;
         engine_arm_fill(arm, mp, (uint64_t)i + 1);
-        infos[i] = engine_arm_sched_info(arm);
         e->num_arms++;
+        if ((rc = engine_arm_load(e, arm, err))) goto fail;
+        infos[i] = engine_arm_sched_info(arm);
     }
     e->next_model_id = (uint64_t)e->num_arms + 1;
     if ((unsigned)params->features > ENGINE_FEATURES_POLICY) {
@@ -173,6 +171,7 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
             }
         }
     }
+    if (e->erm && (rc = compute_erm_load(e->backend, e->erm, &e->erm_dev, err))) goto fail;
     kv_pool_params pp = {.num_layers = c0->num_layers,
                          .num_kv_heads = c0->num_kv_heads,
                          .head_dim = c0->head_dim,
@@ -181,12 +180,16 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
                                                                         : ENGINE_DEFAULT_KV_BYTES,
                          .bytes_per_element = params->kv_bytes_per_element,
                          .allocate_storage = true};
-    if ((rc = kv_pool_create(&pp, &e->pool, err))) goto fail;
+    if ((rc = compute_pool_prepare(e->backend, &pp, err)) ||
+        (rc = kv_pool_create(&pp, &e->pool, err)) ||
+        (rc = compute_pool_attach(e->backend, e->pool, err)))
+        goto fail;
+    e->pool_attached = true;
     sched_params sp = {.max_batch_tokens = params->max_batch_tokens,
                        .max_running = params->max_running,
                        .max_candidates = params->max_candidates ? params->max_candidates
                                                                 : ENGINE_DEFAULT_MAX_CANDIDATES};
-    if ((rc = sched_create(&sp, e->pool, infos, e->num_arms, forward_arm, e, &e->sched, err)))
+    if ((rc = sched_create(&sp, e->pool, infos, e->num_arms, e->backend, &e->sched, err)))
         goto fail;
     if ((rc = engine_queue_create(0, &e->commands, err)) ||
         (rc = engine_queue_create(0, &e->events, err)))
@@ -229,8 +232,12 @@ void engine_destroy(engine *e) {
     engine_pilaf_free_all(e);
     free(e->active);
     free(e->deferred_cancels);
+    free(e->score_queued);
+    for (int i = 0; i < e->num_arms; i++) engine_arm_unload(e, &e->arms[i]);
+    compute_erm_unload(e->backend, e->erm_dev);
+    if (e->pool_attached) compute_pool_detach(e->backend, e->pool);
     kv_pool_destroy(e->pool);
-    kv_pool_destroy(e->ref_pool);
+    compute_destroy(e->backend);
     engine_queue_destroy(e->commands);
     engine_queue_destroy(e->events);
     pthread_mutex_destroy(&e->lock);
@@ -267,6 +274,8 @@ void engine_poll(engine *e, double timeout_seconds, engine_event **event) {
     engine_queue_pop(e->events, timeout_seconds, &item);
     *event = item;
 }
+
+const char *engine_backend_name(const engine *e) { return e ? e->backend_name : ""; }
 
 void engine_stats_get(engine *e, engine_stats *out) {
     pthread_mutex_lock(&e->lock);

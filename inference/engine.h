@@ -18,10 +18,12 @@
  * before FINISHED; a failure there (non-finite rewards, a strategy duel_select refuses) is an
  * ERROR event instead, and the engine keeps serving. Features (d_feat = 2 * hidden_size):
  *   ENGINE_FEATURES_REFERENCE (default): the reference arm's final-norm hidden state at the last
- *     prompt token, then at the candidate's last token (a final stop token included), run over
- *     prompt + candidate with model_forward on one contiguous cache: the prompt is run once and
- *     its KV shared by every candidate (the cache is truncated back to the prompt in between);
- *     the same pass also gives each candidate's reference log-probability (ref_logprobs);
+ *     prompt token, then at the candidate's last token (a final stop token included): once every
+ *     candidate has finished, the reference arm runs prompt + candidates as a scoring request of
+ *     the scheduler (forced tokens) in the shared pool, within the KV budget, batched with the
+ *     other requests' steps: the prompt once (its cached blocks reused), its KV shared by every
+ *     candidate; the same pass gives each candidate's reference log-probability (ref_logprobs);
+ *     the request keeps its place in the age order, and can be cancelled during the pass;
  *   ENGINE_FEATURES_POLICY: the same two hidden states of the serving arm itself, as the decode
  *     reports them (want_hidden), with no extra forward pass.
  * Selection randomness (Thompson heads, side swap) comes from one duel_rng seeded
@@ -77,6 +79,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "compute.h"
 #include "duel.h"
 #include "erm.h"
 #include "error.h"
@@ -125,6 +128,11 @@ typedef struct engine_params {
     int max_pilaf_jobs;        /* MIXED PILAF requests decoding at once (config
                                   engine.max_pilaf_jobs), 1..ENGINE_MAX_PILAF_JOBS; more wait;
                                   0: ENGINE_DEFAULT_MAX_PILAF_JOBS */
+    const char *backend;       /* compute backend (config engine.backend): "auto", "cpu" or a
+                                  provider's name; NULL: "cpu" */
+    const compute_provider *const *providers; /* backends besides the CPU (the `duel` executable
+                                  passes the CUDA one); borrowed during engine_create */
+    int num_providers;
 } engine_params;
 
 typedef struct engine_request {
@@ -231,10 +239,14 @@ typedef struct engine_event {
     const erm *arm_erm;
 } engine_event;
 
-/* Creates the pool (capacity from kv_memory_bytes) and scheduler, starts the engine thread.
- * DUEL_EINVAL for no models, duplicate or bad arm names, models of different KV shapes, a
- * max_pilaf_jobs out of range. */
+/* Opens the compute backend, loads every arm (and the ERM) on it, creates the pool (capacity
+ * from kv_memory_bytes, storage as the backend wants it) and scheduler, starts the engine
+ * thread. DUEL_EINVAL for no models, duplicate or bad arm names, models of different KV shapes, a
+ * max_pilaf_jobs out of range, an unknown backend; DUEL_EDEVICE for a device backend without a
+ * device (or one that failed to load an arm). */
 int engine_create(const engine_params *params, engine **out, duel_error *err);
+/* The compute backend engine_create opened ("cpu", "cuda", ...). */
+const char *engine_backend_name(const engine *e);
 /* Stops the thread (requests in flight are dropped without events), frees everything but the
  * borrowed models and tokenizers. NULL is a no-op. */
 void engine_destroy(engine *e);
@@ -262,7 +274,8 @@ void engine_event_free(engine_event *event);
 
 typedef struct engine_stats {
     uint64_t steps, tokens, decode_tokens, preemptions, cached_tokens;
-    uint64_t requests_submitted; /* scheduler requests (an arena request is two) */
+    uint64_t requests_submitted; /* scheduler requests (an arena request is two; a duel with
+                                    reference features adds its reference pass) */
     uint64_t requests_finished, requests_cancelled, requests_failed; /* engine requests, counted
                                   as their last event is pushed (FINISHED, CANCELLED, ERROR) */
     int running, waiting, active_requests;

@@ -6,7 +6,9 @@
  * Invariant: a slot's state changes under the lock; only the engine thread turns a slot FREE
  * or RESIDENT, and only while no request refers to it, so the engine thread reads a slot's
  * model, tokenizer and ERM without the lock. Every arm gets a model id never used before (the
- * prefix cache's block hashes include it). See engine_internal.h for the whole slot cycle. */
+ * prefix cache's block hashes include it). An arm's weights (and its own ERM) are loaded on the
+ * compute backend when it becomes resident, on the engine thread between two steps, and
+ * unloaded before it is handed back. See engine_internal.h for the whole slot cycle. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,9 +27,27 @@ void engine_arm_fill(engine_arm *arm, const engine_model_params *mp, uint64_t mo
             arm->eos[arm->num_eos++] = c->eos_token_ids[k];
 }
 
+int engine_arm_load(engine *e, engine_arm *arm, duel_error *err) {
+    int rc = compute_arm_load(e->backend, arm->model, &arm->dev, err);
+    if (!rc && arm->erm) rc = compute_erm_load(e->backend, arm->erm, &arm->erm_dev, err);
+    if (rc) {
+        engine_arm_unload(e, arm);
+        if (err) duel_error_prefix(err, "arm \"%s\" on the %s backend", arm->name, e->backend_name);
+    }
+    return rc;
+}
+
+void engine_arm_unload(engine *e, engine_arm *arm) {
+    compute_erm_unload(e->backend, arm->erm_dev);
+    compute_arm_unload(e->backend, arm->dev);
+    arm->erm_dev = NULL;
+    arm->dev = NULL;
+}
+
 sched_model_info engine_arm_sched_info(const engine_arm *arm) {
     const model_config *c = model_get_config(arm->model);
-    return (sched_model_info){.model_id = arm->model_id,
+    return (sched_model_info){.arm = arm->dev,
+                              .model_id = arm->model_id,
                               .vocab_size = model_output_size(arm->model),
                               .hidden_size = c->hidden_size,
                               .max_context = c->max_position_embeddings > 1
@@ -48,6 +68,7 @@ static void arm_release(engine *e, int slot) {
         ev->arm_tokenizer = arm->tokenizer;
         ev->arm_erm = arm->erm;
     }
+    engine_arm_unload(e, arm);
     pthread_mutex_lock(&e->lock);
     memset(arm, 0, sizeof *arm); /* state ARM_FREE */
     e->stats.arms_retired++;
@@ -93,11 +114,15 @@ static int check_arm_erm(const engine *e, const model *m, const erm *own, const 
  * scheduler's model table. */
 void engine_arm_apply_add(engine *e, int slot) {
     engine_arm *arm = &e->arms[slot];
-    sched_model_info info = engine_arm_sched_info(arm);
     duel_error err = {0};
+    /* Loading (a device upload) runs outside the lock: the slot is ADDING, which only this
+     * thread changes now. */
+    int rc = engine_arm_load(e, arm, &err);
+    sched_model_info info = engine_arm_sched_info(arm);
     pthread_mutex_lock(&e->lock);
-    int rc = sched_set_model(e->sched, slot, &info, &err);
+    if (!rc) rc = sched_set_model(e->sched, slot, &info, &err);
     if (rc) {
+        engine_arm_unload(e, arm);
         char message[DUEL_ERROR_MESSAGE_MAX];
         snprintf(message, sizeof message, "%s", err.message);
         memset(arm, 0, sizeof *arm);

@@ -11,8 +11,11 @@
  *   engine_pilaf.c    PILAF requests: the mode, the mixed-logits step the scheduler runs, the
  *                     bound on concurrent mixed requests and the queue behind it;
  *   engine_events.c   building, pushing and freeing engine events; the per-id state table.
- * Every call the engine makes into the compute (the model's batched forward, the reference
- * pass, ERM scoring) is in engine.c (forward_arm) and engine_duel.c; the scheduler samples.
+ * The engine reaches the device only through its compute backend (compute.h, chosen at create
+ * by engine_params.backend): arms are loaded on it (engine_arms.c), the scheduler runs every
+ * forward and draw on it, and ERM scores come from it (engine_duel.c). The duel's reference
+ * pass is a scoring request of the scheduler (forced tokens) on the reference arm, in the shared
+ * pool within the KV budget.
  *
  * Threads and ownership:
  *   - The engine thread owns the scheduler, the KV pool, the models (borrowed at create) and the
@@ -38,6 +41,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 
+#include "compute.h"
 #include "engine.h"
 #include "engine_queue.h"
 #include "kv_cache.h"
@@ -53,6 +57,8 @@ typedef struct engine_arm {
     int state;            /* ARM_*, under the lock */
     char name[ENGINE_MAX_ARM_NAME];
     model *model;
+    compute_arm *dev;     /* its weights on the backend (engine thread once RESIDENT) */
+    compute_erm *erm_dev; /* its own ERM on the backend, or NULL */
     const tokenizer *tokenizer;
     const erm *erm;       /* NULL: the engine's */
     void *user;
@@ -93,11 +99,13 @@ typedef struct engine_part {
     int index; /* 0: arm, candidates from 0; 1 (arena): arena_arm, candidates from M/2 */
 } engine_part;
 
+enum { SCORE_NONE = 0, SCORE_QUEUED, SCORE_RUNNING };
+
 /* A request the scheduler holds (engine thread only). */
 typedef struct engine_active {
     uint64_t id, sched_id;
     int arm;
-    engine_part parts[2];
+    engine_part parts[3]; /* 2: the reference pass (scoring request) of a duel */
     /* Arena requests: the second half is scheduler request arena_sched_id on arena_arm. */
     int arena_arm;        /* -1: not an arena request */
     uint64_t arena_sched_id;
@@ -122,6 +130,15 @@ typedef struct engine_active {
     int *cand_counts;      /* [M] */
     float *cand_hidden;    /* [M][hidden_size] (policy features) */
     bool lost;             /* a candidate's copy failed (out of memory) */
+    /* Reference features (engine_duel.c): once the candidates are done, a scoring request on
+     * the reference arm (part 2) fills features and ref_logprobs; FINISHED waits in finished. */
+    int score_state;       /* SCORE_* */
+    uint64_t score_sched_id;
+    uint64_t arrival;      /* the scheduler's arrival of the first half (scoring keeps it) */
+    engine_event *finished;
+    float *features;       /* [M][2 * feature hidden] */
+    double *ref_logprobs;  /* [M] */
+    double score_start, features_ms;
 } engine_active;
 
 struct engine {
@@ -129,7 +146,10 @@ struct engine {
     int num_arms;         /* slots ever used (a bound for loops) */
     uint64_t next_model_id; /* under the lock */
     pthread_cond_t arm_applied; /* with lock: an ADDING slot left ADDING */
+    compute_backend *backend;
+    char backend_name[COMPUTE_MAX_NAME];
     kv_pool *pool;
+    bool pool_attached;
     scheduler *sched;
     engine_queue *commands, *events;
     pthread_t thread;
@@ -142,7 +162,7 @@ struct engine {
     engine_stats stats;
 
     const erm *erm;       /* borrowed; NULL: no duels */
-    kv_pool *ref_pool;    /* the reference pass's own small pool (engine thread) */
+    compute_erm *erm_dev; /* erm on the backend */
     int ref_arm;          /* ENGINE_FEATURES_REFERENCE */
     engine_feature_source features;
 
@@ -155,6 +175,9 @@ struct engine {
     int pilaf_running;    /* of them now */
     engine_command **pilaf_queued; /* MIXED PILAF requests waiting for a slot, oldest first */
     int num_pilaf_queued, cap_pilaf_queued;
+    engine_active **score_queued; /* duels whose reference pass is to be submitted after the
+                                     step (the scheduler's lists are not changed inside it) */
+    int num_score_queued, cap_score_queued;
 };
 
 /* ---- engine_submit.c ---------------------------------------------------------------------- */
@@ -187,6 +210,10 @@ int32_t *engine_copy_ints(const int32_t *src, int n);
 
 /* Fills a RESIDENT slot of the arm table from mp (engine_create; no thread yet). */
 void engine_arm_fill(engine_arm *arm, const engine_model_params *mp, uint64_t model_id);
+/* Loads the arm's model (and own ERM) on the engine's backend; unloads on failure. */
+int engine_arm_load(engine *e, engine_arm *arm, duel_error *err);
+/* Releases what engine_arm_load loaded (NULL fields are skipped). */
+void engine_arm_unload(engine *e, engine_arm *arm);
 /* The scheduler's view of an arm's model. */
 sched_model_info engine_arm_sched_info(const engine_arm *arm);
 /* With the lock held: a RESIDENT arm by name (NULL: slot 0), or -1. */
@@ -210,10 +237,27 @@ void engine_on_sched_event(void *ctx, const sched_event *se);
 /* Cancels the arena halves whose cancel was deferred past a step's callbacks. */
 void engine_flush_deferred_cancels(engine *e);
 void engine_active_free(engine_active *a);
+/* Ends request a: its state ENDED, out of the table, counted, ev (may be NULL) pushed as its
+ * last event, then its arms' refs released. */
+void engine_request_end(engine *e, engine_active *a, engine_event *ev);
 
 /* ---- engine_duel.c ------------------------------------------------------------------------ */
 
-/* The features, rewards and pair of a finished duel request (engine thread); *out gets the
+/* Checks a finished duel request's candidates and ERMs before features are made. */
+int engine_duel_check(const engine *e, const engine_active *a, duel_error *err);
+/* Reference features: queues the reference pass (submitted by engine_duel_submit_queued after
+ * the step); finished (the request's FINISHED event) waits in a until it is done. */
+int engine_duel_queue_scoring(engine *e, engine_active *a, engine_event *finished,
+                              duel_error *err);
+/* Engine thread, outside a step: submits the queued reference passes (one that cannot run
+ * ends its request with an ERROR event). */
+void engine_duel_submit_queued(engine *e);
+/* Engine thread: a duel whose reference pass is queued is cancelled (true) or was not queued. */
+bool engine_duel_cancel_queued(engine *e, engine_active *a);
+/* The scheduler's events of a reference pass (part 2). */
+void engine_duel_on_score_event(engine *e, engine_active *a, const sched_event *se);
+/* The features (policy: from prompt_hidden and the candidates' hidden states; reference: the
+ * pass's), rewards and pair of a finished duel request (engine thread); *out gets the
  * DUEL_READY event. */
 int engine_duel_ready(engine *e, engine_active *a, const float *prompt_hidden, double decode_ms,
                       engine_event **out, duel_error *err);

@@ -9,7 +9,9 @@
  * only around pushing its last event (FINISHED, CANCELLED or ERROR), in that order, so a cancel
  * after that event is refused and a retired arm is handed back after its last request's event.
  * Duel requests keep their prompt and every finished candidate's tokens (and, for policy
- * features, hidden states) until then. */
+ * features, hidden states) until then. A duel with reference features stays in the table after
+ * its candidates' DONE, holding its FINISHED event, until its reference pass (a scoring request,
+ * part 2, engine_duel.c) is done. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,9 @@ void engine_active_free(engine_active *a) {
     free(a->cand_counts);
     free(a->cand_hidden);
     free(a->prompt);
+    free(a->features);
+    free(a->ref_logprobs);
+    engine_event_free(a->finished);
     free(a);
 }
 
@@ -80,11 +85,35 @@ static bool arena_half_done(engine *e, engine_active *a, int half, const sched_e
     return true;
 }
 
+void engine_request_end(engine *e, engine_active *a, engine_event *ev) {
+    int arm_index = a->arm, arena_index = a->arena_arm;
+    if (a->pilaf_mixed) e->pilaf_running--; /* engine_pilaf_admit fills the slot after the step */
+    /* Ended before the event is visible, so that a cancel after it reports "finished". */
+    engine_set_state(e, a->id, ENGINE_STATE_ENDED);
+    remove_active(e, a);
+    pthread_mutex_lock(&e->lock);
+    if (!ev || ev->kind == ENGINE_EVENT_ERROR) e->stats.requests_failed++;
+    else if (ev->kind == ENGINE_EVENT_CANCELLED) e->stats.requests_cancelled++;
+    else e->stats.requests_finished++;
+    pthread_mutex_unlock(&e->lock);
+    if (ev) engine_push_event(e, ev);
+    /* after the request's last event */
+    engine_arm_unref(e, arm_index);
+    if (arena_index >= 0) engine_arm_unref(e, arena_index);
+}
+
 /* The scheduler's callback (engine thread): deep-copies into an engine_event. */
 void engine_on_sched_event(void *ctx, const sched_event *se) {
     engine *e = ctx;
     const engine_part *part = se->user;
     engine_active *a = part->owner;
+    if (part->index == 2) {
+        engine_duel_on_score_event(e, a, se);
+        return;
+    }
+    if (se->kind == SCHED_EVENT_DONE && se->stats &&
+        (!a->arrival || se->stats->arrival < a->arrival))
+        a->arrival = se->stats->arrival;
     bool arena = a->arena_arm >= 0;
     int offset = part->index ? a->num_candidates / 2 : 0;
     const engine_arm *arm = &e->arms[part->index ? a->arena_arm : a->arm];
@@ -176,10 +205,16 @@ void engine_on_sched_event(void *ctx, const sched_event *se) {
         if (a->duel && ev->kind == ENGINE_EVENT_FINISHED) {
             duel_error derr = {0};
             engine_event *ready = NULL;
-            int rc = a->strategy == DUEL_STRATEGY_PILAF
-                         ? engine_pilaf_ready(a, ev->timings.total_ms, &ready, &derr)
-                         : engine_duel_ready(e, a, se->prompt_hidden, ev->timings.total_ms,
-                                             &ready, &derr);
+            bool pilaf = a->strategy == DUEL_STRATEGY_PILAF;
+            int rc = pilaf ? DUEL_OK : engine_duel_check(e, a, &derr);
+            if (!rc && !pilaf && e->features == ENGINE_FEATURES_REFERENCE) {
+                /* FINISHED waits for the reference pass; the request stays active. */
+                if ((rc = engine_duel_queue_scoring(e, a, ev, &derr)) == DUEL_OK) return;
+            } else if (!rc) {
+                rc = pilaf ? engine_pilaf_ready(a, ev->timings.total_ms, &ready, &derr)
+                           : engine_duel_ready(e, a, se->prompt_hidden, ev->timings.total_ms,
+                                               &ready, &derr);
+            }
             if (rc) {
                 ev->kind = ENGINE_EVENT_ERROR;
                 ev->status = rc;
@@ -191,25 +226,9 @@ void engine_on_sched_event(void *ctx, const sched_event *se) {
         break;
     }
     }
-done:;
-    int arm_index = a->arm, arena_index = a->arena_arm;
-    bool ended = se->kind == SCHED_EVENT_DONE;
-    if (ended) {
-        if (a->pilaf_mixed) e->pilaf_running--; /* engine_pilaf_admit fills the slot after the step */
-        /* Ended before the event is visible, so that a cancel after it reports "finished". */
-        engine_set_state(e, a->id, ENGINE_STATE_ENDED);
-        remove_active(e, a);
-        pthread_mutex_lock(&e->lock);
-        if (!ev || ev->kind == ENGINE_EVENT_ERROR) e->stats.requests_failed++;
-        else if (ev->kind == ENGINE_EVENT_CANCELLED) e->stats.requests_cancelled++;
-        else e->stats.requests_finished++;
-        pthread_mutex_unlock(&e->lock);
-    }
-    if (ev) engine_push_event(e, ev);
-    if (ended) { /* after the request's last event */
-        engine_arm_unref(e, arm_index);
-        if (arena_index >= 0) engine_arm_unref(e, arena_index);
-    }
+done:
+    if (se->kind == SCHED_EVENT_DONE) engine_request_end(e, a, ev);
+    else if (ev) engine_push_event(e, ev);
 }
 
 void engine_request_cancel(engine *e, uint64_t id) {
@@ -222,6 +241,11 @@ void engine_request_cancel(engine *e, uint64_t id) {
         return;
     }
     engine_active *a = e->active[at];
+    if (engine_duel_cancel_queued(e, a)) return;
+    if (a->score_state == SCORE_RUNNING) {
+        sched_cancel(e->sched, a->score_sched_id, engine_on_sched_event, e, &err);
+        return;
+    }
     if (a->arena_arm >= 0 && a->part_done[0]) { /* only the second half is left */
         sched_cancel(e->sched, a->arena_sched_id, engine_on_sched_event, e, &err);
         return;
@@ -247,6 +271,7 @@ void engine_request_start(engine *e, engine_command *cmd) {
     a->arena_arm = cmd->arena_model;
     a->parts[0] = (engine_part){a, 0};
     a->parts[1] = (engine_part){a, 1};
+    a->parts[2] = (engine_part){a, 2};
     a->parts_left = cmd->arena_model >= 0 ? 2 : 1;
     a->user = cmd->params.user;
     a->submit_time = cmd->params.submit_time;

@@ -57,6 +57,8 @@ struct kv_pool {
     int32_t registered;
     unsigned char *storage;     /* [layer][K, V][num_blocks][kv_heads][block_size][head_dim] of
                                    bytes_per_element (4: f32, 2: bf16) */
+    int32_t *copies;            /* record_copies: (src, dst) pairs not yet taken, oldest first */
+    int num_copies, cap_copies;
     kv_pool_stats stats;
 };
 
@@ -264,6 +266,10 @@ int kv_pool_create(const kv_pool_params *params, kv_pool **out, duel_error *err)
                               "kv pool: host storage is f32 (4 bytes) or bf16 (2), not %d bytes "
                               "per element",
                               params->bytes_per_element);
+    if (params->allocate_storage && params->record_copies)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "kv pool: record_copies is for a backend's own storage, not the "
+                              "pool's host storage (which the pool copies itself)");
     if ((params->memory_budget_bytes != 0) == (params->num_blocks != 0))
         return duel_error_set(err, DUEL_EINVAL,
                               "kv pool: give exactly one of memory_budget_bytes and num_blocks");
@@ -340,11 +346,24 @@ int kv_pool_create(const kv_pool_params *params, kv_pool **out, duel_error *err)
 void kv_pool_destroy(kv_pool *pool) {
     if (!pool) return;
     free(pool->storage);
+    free(pool->copies);
     free(pool->meta);
     free(pool->tokens);
     free(pool->buckets);
     free(pool);
 }
+
+int kv_pool_take_copies(kv_pool *pool, int32_t *pairs, int cap) {
+    int n = pool->num_copies < cap ? pool->num_copies : cap;
+    if (n <= 0) return 0;
+    memcpy(pairs, pool->copies, (size_t)n * 2 * sizeof *pairs);
+    memmove(pool->copies, pool->copies + 2 * n,
+            (size_t)(pool->num_copies - n) * 2 * sizeof *pool->copies);
+    pool->num_copies -= n;
+    return n;
+}
+
+int kv_pool_pending_copies(const kv_pool *pool) { return pool->num_copies; }
 
 int32_t kv_pool_num_blocks(const kv_pool *pool) { return pool->num_blocks; }
 int kv_pool_block_size(const kv_pool *pool) { return pool->block_size; }
@@ -564,12 +583,24 @@ int kv_sequence_reserve(kv_pool *pool, kv_sequence *seq, int64_t n, kv_reserve_r
     }
     int rc = kv_table_grow(seq, blocks_needed, err);
     if (rc) return rc;
+    if (cow && pool->params.record_copies && pool->num_copies == pool->cap_copies) {
+        int cap = pool->cap_copies ? 2 * pool->cap_copies : 64;
+        int32_t *grown = realloc(pool->copies, (size_t)cap * 2 * sizeof *grown);
+        if (!grown) return duel_error_set(err, DUEL_ENOMEM, "kv reserve: out of memory");
+        pool->copies = grown;
+        pool->cap_copies = cap;
+    }
 
     /* From here on nothing can fail. */
     if (cow) {
         int32_t src = seq->blocks[first];
         int32_t dst = kv_block_take(pool);
         kv_block_copy_data(pool, dst, src);
+        if (pool->params.record_copies) {
+            pool->copies[2 * pool->num_copies] = src;
+            pool->copies[2 * pool->num_copies + 1] = dst;
+            pool->num_copies++;
+        }
         seq->blocks[first] = dst;
         kv_block_unref(pool, src);
         pool->stats.cow_copies++;

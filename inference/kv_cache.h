@@ -9,9 +9,11 @@
  *   - an LRU list of cached blocks that no sequence references any more: they keep their KV and
  *     stay findable until the free list is empty, then the least recently released one is evicted;
  *   - optionally, the host (CPU backend) storage of K and V for every layer.
- * The bookkeeping never touches the storage except for copy-on-write, so the CUDA backend can create
- * the pool with allocate_storage = false and keep its own device arrays indexed by the same block
- * ids (it must then perform the copies that kv_sequence_reserve reports, see kv_reserve_result).
+ * The bookkeeping never touches the storage except for copy-on-write, so a device backend
+ * (inference/compute.h) creates the pool with allocate_storage = false and record_copies = true
+ * and keeps its own arrays indexed by the same block ids: the pool then records every
+ * copy-on-write copy (src, dst) in order, and the backend performs them (kv_pool_take_copies)
+ * before it next writes K/V, which is the next forward of the step that reserved them.
  *
  * Every block is in exactly one of three states:
  *   free    refcount 0, not in the prefix cache, on the free list (its data is garbage);
@@ -73,6 +75,8 @@ typedef struct kv_pool_params {
                                  With allocate_storage: 4 (f32) or 2 (bf16 host storage: the
                                  *_bf16 accessors); a bf16 device cache passes 2 too. */
     bool allocate_storage;    /* allocate the host K/V arrays (CPU backend) */
+    bool record_copies;       /* without host storage: record each copy-on-write copy for the
+                                 backend that holds the K/V (kv_pool_take_copies) */
     int hash_bits;            /* 0 (normal): full 64-bit block hashes. Tests pass a small number
                                  to keep only that many low bits and so force hash collisions. */
 } kv_pool_params;
@@ -135,6 +139,14 @@ int32_t kv_pool_available_blocks(const kv_pool *pool);
 /* Drops every unreferenced cached block from the prefix cache onto the free list (for a weight
  * change that invalidates a model id, or tests). Returns how many were dropped. */
 int32_t kv_pool_drop_cached(kv_pool *pool);
+
+/* With record_copies: moves up to cap of the copy-on-write copies recorded since the last call
+ * into pairs (pairs[2i] = src, pairs[2i + 1] = dst), oldest first, and returns how many; the
+ * rest stay for the next call. A backend applies them in this order before its next K/V write:
+ * a later copy may read a block an earlier one wrote, or overwrite one an earlier one read. */
+int kv_pool_take_copies(kv_pool *pool, int32_t *pairs, int cap);
+/* Copies recorded and not yet taken. */
+int kv_pool_pending_copies(const kv_pool *pool);
 
 /* Host storage of one layer (NULL without allocate_storage or for a bad layer). The float
  * accessors (here and below) serve f32 storage only and return NULL for bf16, the _bf16 ones the

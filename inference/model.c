@@ -393,6 +393,12 @@ int model_load(const char *dir, model **out, duel_error *err) {
     return model_load_with(dir, NULL, out, err);
 }
 
+int model_load_archive(const char *dir, const safetensors_archive *weights, model **out,
+                       duel_error *err) {
+    model_load_options o = {.weights = WEIGHT_F32, .archive = weights};
+    return model_load_with(dir, &o, out, err);
+}
+
 int model_load_with(const char *dir, const model_load_options *opts, model **out,
                     duel_error *err) {
     if (out) *out = NULL;
@@ -442,10 +448,13 @@ int model_load_with(const char *dir, const model_load_options *opts, model **out
         goto fail;
     }
     layout_params(m, m->params, m->stage, NULL);
-    if ((rc = safetensors_open_dir(dir, &st, err))) goto fail;
-    rc = c->arch == MODEL_ARCH_LLAMA ? load_llama(m, st, err) : load_neox(m, st, err);
-    if (rc || (rc = load_head(m, st, err))) goto fail;
+    const safetensors_archive *from = opts ? opts->archive : NULL;
+    if (!from && (rc = safetensors_open_dir(dir, &st, err))) goto fail;
+    if (!from) from = st;
+    rc = c->arch == MODEL_ARCH_LLAMA ? load_llama(m, from, err) : load_neox(m, from, err);
+    if (rc || (rc = load_head(m, from, err))) goto fail;
     safetensors_close(st);
+    st = NULL;
     free(m->stage);
     m->stage = NULL;
     cpu_rope_inv_freq(m->inv_freq, c->rotary_dim, c->rope_theta,
@@ -1417,6 +1426,85 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
     m->forward_seconds += duel_time_seconds() - t0;
     return DUEL_OK;
 }
+
+/* ---- weights for other backends ----------------------------------------------------------- */
+
+/* Where tensor t of layer lives (NULL when absent) and its shape. */
+/* Tensor t of layer: its f32 values (*f32) or, for a linear layer or the head held packed (bf16,
+ * q8), its weight_matrix (*packed); both NULL when the model lacks it. A tied embedding of a
+ * packed model is the packed head's rows. */
+static void tensor_at(const model *m, model_tensor t, int layer, int *rows, int *cols,
+                      const float **f32, const weight_matrix **packed) {
+    const model_config *c = &m->config;
+    int H = c->hidden_size, F = c->intermediate_size;
+    *rows = *cols = 0;
+    *f32 = NULL;
+    *packed = NULL;
+    bool per_layer = t >= MODEL_TENSOR_ATTN_NORM_W && t <= MODEL_TENSOR_DOWN_B;
+    if ((int)t < 0 || t >= MODEL_TENSOR_COUNT || (per_layer && (layer < 0 || layer >= c->num_layers)))
+        return;
+    const model_layer *L = per_layer ? &m->layers[layer] : NULL;
+    bool pk = m->weights != WEIGHT_F32;
+    const float *p = NULL;
+    const weight_matrix *w = NULL;
+    int r = 0, k = 1;
+    switch (t) {
+    case MODEL_TENSOR_EMBEDDING:
+        p = m->embedding, r = c->vocab_size, k = H;
+        if (!p && pk) w = &m->head; /* tied to the packed head (pack_head) */
+        break;
+    case MODEL_TENSOR_ATTN_NORM_W: p = L->attn_norm_w, r = H; break;
+    case MODEL_TENSOR_ATTN_NORM_B: p = L->attn_norm_b, r = H; break;
+    case MODEL_TENSOR_QKV_W: w = &L->qkv, r = m->qkv_dim, k = H; break;
+    case MODEL_TENSOR_QKV_B: p = L->qkv_b, r = m->qkv_dim; break;
+    case MODEL_TENSOR_O_W: w = &L->o, r = H, k = m->q_dim; break;
+    case MODEL_TENSOR_O_B: p = L->o_b, r = H; break;
+    case MODEL_TENSOR_MLP_NORM_W: p = L->mlp_norm_w, r = H; break;
+    case MODEL_TENSOR_MLP_NORM_B: p = L->mlp_norm_b, r = H; break;
+    case MODEL_TENSOR_UP_W: w = &L->up, r = m->up_dim, k = H; break;
+    case MODEL_TENSOR_UP_B: p = L->up_b, r = m->up_dim; break;
+    case MODEL_TENSOR_DOWN_W: w = &L->down, r = H, k = F; break;
+    case MODEL_TENSOR_DOWN_B: p = L->down_b, r = H; break;
+    case MODEL_TENSOR_FINAL_NORM_W: p = m->final_norm_w, r = H; break;
+    case MODEL_TENSOR_FINAL_NORM_B: p = m->final_norm_b, r = H; break;
+    case MODEL_TENSOR_HEAD_W: w = &m->head, r = m->output_size, k = H; break;
+    case MODEL_TENSOR_COUNT: break;
+    }
+    /* f32 linear layers: the borrowed row-major values themselves */
+    if (w && w->format == WEIGHT_F32) p = w->f32, w = NULL;
+    if (w && (w->rows != r || w->cols != k)) w = NULL;
+    if (!p && !w) return;
+    *rows = r;
+    *cols = k;
+    *f32 = p;
+    *packed = w;
+}
+
+void model_tensor_shape(const model *m, model_tensor t, int layer, int *rows, int *cols) {
+    const float *p;
+    const weight_matrix *w;
+    tensor_at(m, t, layer, rows, cols, &p, &w);
+}
+
+int model_tensor_read(const model *m, model_tensor t, int layer, float *out, duel_error *err) {
+    int rows, cols;
+    const float *p;
+    const weight_matrix *w;
+    tensor_at(m, t, layer, &rows, &cols, &p, &w);
+    if ((!p && !w) || !out)
+        return duel_error_set(err, DUEL_EINVAL, "model: no tensor %d of layer %d", (int)t, layer);
+    if (p) {
+        memcpy(out, p, (size_t)rows * (size_t)cols * sizeof *out);
+    } else {
+        /* bf16 or q8: the values exactly as the CPU kernels see them (q8: scale * quant) */
+        for (int r = 0; r < rows; r++) weight_matrix_row(w, r, out + (size_t)r * (size_t)cols);
+    }
+    return DUEL_OK;
+}
+
+bool model_head_is_embedding(const model *m) { return is_tied(m); }
+
+const double *model_rope_inv_freq(const model *m) { return m->inv_freq; }
 
 model_timing model_get_timing(const model *m) {
     model_timing t = {m->forward_seconds, m->gemm.seconds, m->gemm.flops};

@@ -17,6 +17,7 @@
 #include "error.h"
 #include "kv_cache.h"
 #include "model_config.h"
+#include "safetensors.h"
 #include "weight_format.h"
 
 typedef struct model model;
@@ -30,11 +31,18 @@ typedef struct model_load_options {
     int threads;           /* 0 or 2 (model_load's): the caller's thread and the model's helper
                               thread; 1: the caller's alone (benchmarks against one-thread
                               programs). OpenBLAS keeps its own threads (OPENBLAS_NUM_THREADS) */
+    /* The weights from an archive already open (a snapshot's weights received through a GPU
+     * weight transport, trainer/weight_transport_model.h), only read, closed by the caller;
+     * <dir>/config.json still gives the shape. NULL (model_load's): <dir>'s safetensors files. */
+    const safetensors_archive *archive;
 } model_load_options;
 /* model_load with options (NULL: model_load's defaults). Packing runs here, on the caller's
  * thread, one matrix at a time from an f32 stage of the largest layer. */
 int model_load_with(const char *dir, const model_load_options *opts, model **out,
                     duel_error *err);
+/* model_load_with f32 weights from an archive already open (model_load_options.archive). */
+int model_load_archive(const char *dir, const safetensors_archive *weights, model **out,
+                       duel_error *err);
 void model_free(model *m);
 weight_format model_weight_format(const model *m);
 /* Bytes of the linear layers and the head as held (packed sizes): what one decode step reads. */
@@ -101,6 +109,44 @@ typedef struct model_batch_entry {
 #define MODEL_BATCH_MAX_ROWS 512
 int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entries, int n_entries,
                         duel_error *err);
+
+/* The weights as the forward pass holds them, for a backend that keeps its own copy (the CUDA
+ * backend uploads them when an arm is loaded, compute.h). Matrices are [rows][cols] = [out][in]
+ * row-major; q, k and v are fused into one [q_dim + 2 kv_dim][hidden] matrix (all q heads, then
+ * all k heads, then all v heads; GPT-NeoX's interleaved rows already permuted) and Llama's
+ * gate and up into one [2 ffn][hidden] (gate rows, then up); vectors are rows x 1. */
+typedef enum model_tensor {
+    MODEL_TENSOR_EMBEDDING,    /* [vocab][hidden] */
+    MODEL_TENSOR_ATTN_NORM_W,  /* per layer from here to DOWN_B */
+    MODEL_TENSOR_ATTN_NORM_B,  /* GPT-NeoX's LayerNorm only */
+    MODEL_TENSOR_QKV_W,
+    MODEL_TENSOR_QKV_B,
+    MODEL_TENSOR_O_W,          /* [hidden][q_dim] */
+    MODEL_TENSOR_O_B,
+    MODEL_TENSOR_MLP_NORM_W,
+    MODEL_TENSOR_MLP_NORM_B,
+    MODEL_TENSOR_UP_W,         /* Llama: [2 ffn][hidden]; GPT-NeoX: [ffn][hidden] */
+    MODEL_TENSOR_UP_B,
+    MODEL_TENSOR_DOWN_W,       /* [hidden][ffn] */
+    MODEL_TENSOR_DOWN_B,
+    MODEL_TENSOR_FINAL_NORM_W,
+    MODEL_TENSOR_FINAL_NORM_B,
+    MODEL_TENSOR_HEAD_W,       /* [output_size][hidden]; the embedding itself when tied */
+    MODEL_TENSOR_COUNT
+} model_tensor;
+
+/* rows x cols of tensor t (layer is ignored outside the per-layer ones); 0 x 0 when the model
+ * has no such tensor (a bias it lacks) or t or layer is out of range. */
+void model_tensor_shape(const model *m, model_tensor t, int layer, int *rows, int *cols);
+/* Copies tensor t as f32 into out (rows * cols floats): with bf16 or q8 weights the linear
+ * layers and the head (and a tied embedding) as the packed values stand, widened (q8: scale *
+ * quant), so a backend that keeps its own copy computes with the weights the CPU does.
+ * DUEL_EINVAL for a tensor the model lacks or a bad t or layer. */
+int model_tensor_read(const model *m, model_tensor t, int layer, float *out, duel_error *err);
+/* Whether the output head is the input embedding (tied): a backend then holds it once. */
+bool model_head_is_embedding(const model *m);
+/* RoPE inverse frequencies, rotary_dim / 2 doubles (cpu_rope_inv_freq's, scaling included). */
+const double *model_rope_inv_freq(const model *m);
 
 /* Time spent, for `duel bench forward`: total forward seconds, of which in GEMM/GEMV calls. */
 typedef struct model_timing {

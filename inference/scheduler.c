@@ -10,6 +10,18 @@
  * sequence zeroes it and gives its tokens back to the budget, and the batch is built from the
  * running list only after planning, so a preempted sequence can never be run.
  *
+ * Sampling: after the step's forwards and commits, every sequence whose piece reached its end
+ * gets one job (a prompt's end: one per candidate forked from it, all reading the prompt's logits
+ * row); the jobs without a logits step are drawn in one compute_sample_rows call, the others read
+ * their rows back and sample on the host; then each job's token is applied in job order, so a
+ * request's PROGRESS lists its candidates in the order they were sampled.
+ *
+ * A scoring request's candidates (forced tokens) take their tokens at the prompt's end (the
+ * first one's log-probability is a forced sample of the prompt's row), then run the rest as
+ * pieces whose rows carry targets: position p's row scores token p + 1 when p >= prompt_len and
+ * p >= max_computed (a position computed before a preemption was scored then), so each token is
+ * scored exactly once; the candidate finishes when its last token has run (its hidden state).
+ *
  * A candidate of a request with a lockstep reference model has a second kv_sequence (ref_kv).
  * Invariant: while the candidate is not finishing, ref_kv holds exactly the positions kv holds
  * (a waiting candidate: neither holds any), because both attach the same number of cached
@@ -49,6 +61,10 @@ typedef struct sched_seq {
     int max_computed;   /* positions below this were computed before (recomputes count so) */
     float *hidden;      /* hidden_size floats (want_hidden) */
     double finish_time;
+    int32_t *targets;   /* scoring: one piece's targets (capacity req->max_total) */
+    double piece_logprob; /* scoring: the piece's summed target log-probabilities */
+    bool step_scored;   /* scoring: this step's piece carries targets */
+    bool fork_job;      /* forked this step: its first token is one of the step's jobs */
 } sched_seq;
 
 struct sched_request {
@@ -56,6 +72,8 @@ struct sched_request {
     sched_request_params p;  /* prompt and stop_tokens point at the copies below */
     int32_t *prompt;
     int32_t stop[SCHED_MAX_STOP_TOKENS];
+    int32_t **forced;        /* scoring: [M] copies of the candidates' tokens; else NULL */
+    int *forced_counts;
     int max_total;           /* tokens a candidate can reach: min(prompt + max_new, context) */
     int context;             /* the model's context (the smaller of the two with a reference) */
     uint64_t arrival;
@@ -76,8 +94,7 @@ struct scheduler {
     int block_size;
     sched_model_info models[SCHED_MAX_MODELS];
     int n_models;
-    sched_forward_fn forward;
-    void *forward_ctx;
+    compute_backend *backend;
 
     sched_request **reqs; /* active, sorted by id */
     int n_reqs, cap_reqs;
@@ -88,12 +105,14 @@ struct scheduler {
     uint64_t next_id, next_arrival;
     sched_stats stats;
 
-    /* Step scratch. */
+    /* Step scratch (capacities: cap_seqs; entries 2 x cap_seqs). */
     sched_seq **batch, **completed;
-    model_batch_entry *entries;
-    float *logits, *ref_logits; /* [n_batch][max_vocab]: the model's, the reference's */
-    size_t logits_floats, ref_logits_floats;
-    float *stepped;       /* max_vocab floats: a logits step's output */
+    compute_entry *entries;
+    sched_seq **job_seq;      /* the step's sampling jobs, in order */
+    int *job_sample;          /* index into samples, or -1 for a job sampled on the host */
+    compute_sample *samples;
+    /* max_vocab floats each: a logits step's inputs (read back) and output */
+    float *host_logits, *host_ref_logits, *stepped;
     int stepped_floats;
     int max_vocab;
 };
@@ -135,10 +154,9 @@ static int find_request(const scheduler *s, uint64_t id) {
 /* ---- create / destroy --------------------------------------------------------------------- */
 
 int sched_create(const sched_params *params, kv_pool *pool, const sched_model_info *models,
-                 int n_models, sched_forward_fn forward, void *forward_ctx, scheduler **out,
-                 duel_error *err) {
+                 int n_models, compute_backend *backend, scheduler **out, duel_error *err) {
     if (out) *out = NULL;
-    if (!pool || !models || !forward || !out)
+    if (!pool || !models || !backend || !out)
         return duel_error_set(err, DUEL_EINVAL, "sched_create: NULL argument");
     if (n_models < 1 || n_models > SCHED_MAX_MODELS)
         return duel_error_set(err, DUEL_EINVAL, "sched_create: %d models (1 to %d)", n_models,
@@ -156,10 +174,11 @@ int sched_create(const sched_params *params, kv_pool *pool, const sched_model_in
                               SCHED_MAX_CANDIDATES);
     for (int i = 0; i < n_models; i++) {
         const sched_model_info *m = &models[i];
-        if (m->vocab_size < 1 || m->hidden_size < 1 || m->max_context < 2)
+        if (!m->arm || m->vocab_size < 1 || m->hidden_size < 1 || m->max_context < 2)
             return duel_error_set(err, DUEL_EINVAL,
-                                  "sched_create: model %d: vocab %d, hidden %d, context %d", i,
-                                  m->vocab_size, m->hidden_size, m->max_context);
+                                  "sched_create: model %d: arm %s, vocab %d, hidden %d, context %d",
+                                  i, m->arm ? "loaded" : "missing", m->vocab_size, m->hidden_size,
+                                  m->max_context);
         for (int j = 0; j < i; j++)
             if (models[j].model_id == m->model_id)
                 return duel_error_set(err, DUEL_EINVAL,
@@ -173,9 +192,9 @@ int sched_create(const sched_params *params, kv_pool *pool, const sched_model_in
     s->block_size = kv_pool_block_size(pool);
     memcpy(s->models, models, (size_t)n_models * sizeof *models);
     s->n_models = n_models;
-    s->forward = forward;
-    s->forward_ctx = forward_ctx;
+    s->backend = backend;
     s->next_id = 1;
+    s->next_arrival = 1; /* 0 in sched_request_params.arrival means "now" */
     for (int i = 0; i < n_models; i++)
         if (models[i].vocab_size > s->max_vocab) s->max_vocab = models[i].vocab_size;
     *out = s;
@@ -187,9 +206,11 @@ int sched_set_model(scheduler *s, int index, const sched_model_info *info, duel_
     if (index < 0 || index > s->n_models || index >= SCHED_MAX_MODELS)
         return duel_error_set(err, DUEL_EINVAL, "sched_set_model: index %d (0 to %d)", index,
                               s->n_models < SCHED_MAX_MODELS ? s->n_models : SCHED_MAX_MODELS - 1);
-    if (info->vocab_size < 1 || info->hidden_size < 1 || info->max_context < 2)
-        return duel_error_set(err, DUEL_EINVAL, "sched_set_model: vocab %d, hidden %d, context %d",
-                              info->vocab_size, info->hidden_size, info->max_context);
+    if (!info->arm || info->vocab_size < 1 || info->hidden_size < 1 || info->max_context < 2)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "sched_set_model: arm %s, vocab %d, hidden %d, context %d",
+                              info->arm ? "loaded" : "missing", info->vocab_size,
+                              info->hidden_size, info->max_context);
     for (int i = 0; i < s->n_models; i++)
         if (i != index && s->models[i].model_id == info->model_id)
             return duel_error_set(err, DUEL_EINVAL, "sched_set_model: model id %llu is model %d's",
@@ -213,6 +234,7 @@ static void seq_free(scheduler *s, sched_seq *q) {
     kv_sequence_free(s->pool, &q->ref_kv);
     free(q->tokens);
     free(q->hidden);
+    free(q->targets);
     free(q);
 }
 
@@ -220,6 +242,10 @@ static void request_free(scheduler *s, sched_request *r) {
     for (int i = 0; i < r->n_seqs; i++) seq_free(s, r->seqs[i]);
     free(r->seqs);
     free(r->prompt);
+    if (r->forced)
+        for (int i = 0; i < r->p.num_candidates; i++) free(r->forced[i]);
+    free(r->forced);
+    free(r->forced_counts);
     free(r->prompt_hidden);
     free(r->progress_candidates);
     free(r->progress_tokens);
@@ -235,8 +261,11 @@ void sched_destroy(scheduler *s) {
     free(s->batch);
     free(s->completed);
     free(s->entries);
-    free(s->logits);
-    free(s->ref_logits);
+    free(s->job_seq);
+    free(s->job_sample);
+    free(s->samples);
+    free(s->host_logits);
+    free(s->host_ref_logits);
     free(s->stepped);
     free(s);
 }
@@ -264,7 +293,10 @@ static int reserve_capacity(scheduler *s, int more, duel_error *err) {
             grow_ptrs((void **)&s->waiting, cap, sizeof *s->waiting, err) ||
             grow_ptrs((void **)&s->batch, cap, sizeof *s->batch, err) ||
             grow_ptrs((void **)&s->completed, cap, sizeof *s->completed, err) ||
-            grow_ptrs((void **)&s->entries, 2 * cap, sizeof *s->entries, err))
+            grow_ptrs((void **)&s->entries, 2 * cap, sizeof *s->entries, err) ||
+            grow_ptrs((void **)&s->job_seq, cap, sizeof *s->job_seq, err) ||
+            grow_ptrs((void **)&s->job_sample, cap, sizeof *s->job_sample, err) ||
+            grow_ptrs((void **)&s->samples, cap, sizeof *s->samples, err))
             return DUEL_ENOMEM;
         s->cap_seqs = cap;
     }
@@ -276,9 +308,11 @@ static sched_seq *seq_new(sched_request *r, int candidate, int hidden_size) {
     if (!q) return NULL;
     q->tokens = malloc((size_t)r->max_total * sizeof *q->tokens);
     q->hidden = r->p.want_hidden ? malloc((size_t)hidden_size * sizeof *q->hidden) : NULL;
-    if (!q->tokens || (r->p.want_hidden && !q->hidden)) {
+    q->targets = r->forced ? malloc((size_t)r->max_total * sizeof *q->targets) : NULL;
+    if (!q->tokens || (r->p.want_hidden && !q->hidden) || (r->forced && !q->targets)) {
         free(q->tokens);
         free(q->hidden);
+        free(q->targets);
         free(q);
         return NULL;
     }
@@ -300,8 +334,18 @@ static int request_context(const scheduler *s, const sched_request_params *p) {
     return ctx;
 }
 
-/* Tokens one candidate of p can reach: min(prompt + max_new, context). */
+/* The longest forced candidate of a scoring request (0 for others). */
+static int forced_longest(const sched_request_params *p) {
+    int longest = 0;
+    for (int i = 0; p->forced && i < p->num_candidates; i++)
+        if (p->forced_counts[i] > longest) longest = p->forced_counts[i];
+    return longest;
+}
+
+/* Tokens one candidate of p can reach: min(prompt + max_new, context); a scoring request's
+ * prompt + its longest forced candidate (validated to fit the context). */
 static int64_t request_max_total(const scheduler *s, const sched_request_params *p) {
+    if (p->forced) return (int64_t)p->prompt_len + forced_longest(p);
     int64_t total = (int64_t)p->prompt_len + p->max_new_tokens;
     int ctx = request_context(s, p);
     return total > ctx ? ctx : total;
@@ -362,6 +406,30 @@ int sched_validate(const scheduler *s, const sched_request_params *params, duel_
         if (p->stop_tokens[i] < 0 || p->stop_tokens[i] >= mi->vocab_size)
             return duel_error_set(err, DUEL_EINVAL, "stop token id %d is outside the vocabulary",
                                   (int)p->stop_tokens[i]);
+    if (p->forced || p->forced_counts) {
+        if (!p->forced || !p->forced_counts)
+            return duel_error_set(err, DUEL_EINVAL, "forced tokens need both tokens and counts");
+        if (p->use_ref_model || p->logits_step)
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "a scoring request (forced tokens) takes no lockstep reference "
+                                  "or logits step");
+        for (int i = 0; i < p->num_candidates; i++) {
+            int n = p->forced_counts[i];
+            if (!p->forced[i] || n < 1)
+                return duel_error_set(err, DUEL_EINVAL, "forced candidate %d has no tokens", i);
+            if ((int64_t)p->prompt_len + n > mi->max_context)
+                return duel_error_set(err, DUEL_ELIMIT,
+                                      "prompt + candidate %d of %lld tokens exceed the model's "
+                                      "context of %d",
+                                      i, (long long)p->prompt_len + n, mi->max_context);
+            for (int t = 0; t < n; t++)
+                if (p->forced[i][t] < 0 || p->forced[i][t] >= mi->vocab_size)
+                    return duel_error_set(err, DUEL_EINVAL,
+                                          "forced candidate %d: token %d (id %d) is outside the "
+                                          "vocabulary of %d",
+                                          i, t, (int)p->forced[i][t], mi->vocab_size);
+        }
+    }
     int64_t total = request_max_total(s, p);
     int64_t blocks = (total + s->block_size - 1) / s->block_size * (p->use_ref_model ? 2 : 1);
     if (blocks > kv_pool_num_blocks(s->pool))
@@ -382,6 +450,9 @@ int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
     const sched_request_params *p = params;
     int rc = sched_validate(s, p, err);
     if (rc) return rc;
+    if (p->arrival >= s->next_arrival && p->arrival != 0)
+        return duel_error_set(err, DUEL_EINVAL, "arrival %llu has not been issued yet",
+                              (unsigned long long)p->arrival);
     const sched_model_info *mi = &s->models[p->model];
     int64_t total = request_max_total(s, p);
     if ((rc = reserve_capacity(s, p->num_candidates, err))) return rc;
@@ -390,6 +461,8 @@ int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
     if (!r) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
     int M = p->num_candidates;
     r->p = *p;
+    r->p.forced = NULL; /* the copies below are in r->forced */
+    r->p.forced_counts = NULL;
     r->max_total = (int)total;
     r->context = request_context(s, p);
     r->prompt = malloc((size_t)p->prompt_len * sizeof *r->prompt);
@@ -403,12 +476,27 @@ int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
         return duel_error_set(err, DUEL_ENOMEM, "out of memory for a request");
     }
     memcpy(r->prompt, p->prompt, (size_t)p->prompt_len * sizeof *r->prompt);
+    if (p->forced) {
+        r->forced = calloc((size_t)M, sizeof *r->forced);
+        r->forced_counts = malloc((size_t)M * sizeof *r->forced_counts);
+        for (int i = 0; r->forced && r->forced_counts && i < M; i++) {
+            r->forced_counts[i] = p->forced_counts[i];
+            r->forced[i] = malloc((size_t)p->forced_counts[i] * sizeof *r->forced[i]);
+            if (!r->forced[i]) break;
+            memcpy(r->forced[i], p->forced[i], (size_t)p->forced_counts[i] * sizeof *r->forced[i]);
+        }
+        if (!r->forced || !r->forced_counts || !r->forced[M - 1]) {
+            request_free(s, r);
+            return duel_error_set(err, DUEL_ENOMEM, "out of memory for forced tokens");
+        }
+    }
     if (p->num_stop_tokens)
         memcpy(r->stop, p->stop_tokens, (size_t)p->num_stop_tokens * sizeof *r->stop);
     r->p.prompt = r->prompt;
     r->p.stop_tokens = r->stop;
     r->id = s->next_id;
-    r->arrival = s->next_arrival;
+    r->arrival = p->arrival ? p->arrival : s->next_arrival;
+    r->stats.arrival = r->arrival;
     r->stats.prompt_tokens = p->prompt_len;
     r->stats.submit_time = p->submit_time > 0 ? p->submit_time : duel_time_seconds();
     sched_seq *q = seq_new(r, 0, mi->hidden_size);
@@ -424,7 +512,7 @@ int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
     r->n_seqs = 1;
 
     s->next_id++;
-    s->next_arrival++;
+    if (!p->arrival) s->next_arrival++;
     s->reqs[s->n_reqs++] = r; /* ids increase: stays sorted */
     s->total_seqs += M;
     list_insert(s->waiting, &s->n_waiting, q);
@@ -517,30 +605,11 @@ static void request_fail(sched_request *r, int code, const char *message) {
     snprintf(r->fail_message, sizeof r->fail_message, "%s", message);
 }
 
-/* Samples q's next token from logits (through the request's logits step, with the reference's
- * ref_logits, when it has one) and appends it; decides whether q ends. */
-static void sample_next(scheduler *s, sched_seq *q, const float *logits, const float *ref_logits) {
+/* Appends q's sampled token tok (log-probability lp) and decides whether q ends. */
+static void apply_token(sched_seq *q, int32_t tok, double lp) {
     sched_request *r = q->req;
-    const sched_model_info *mi = &s->models[r->p.model];
     if (q->n_tokens >= r->max_total) { /* cannot happen: the end checks below stop first */
         request_fail(r, DUEL_EINVAL, "internal error: candidate past its token capacity");
-        return;
-    }
-    float lp = 0;
-    duel_error e = {0};
-    if (r->p.logits_step) {
-        int rc = r->p.logits_step(r->p.logits_ctx, q->candidate, logits,
-                                  r->p.use_ref_model ? ref_logits : NULL, mi->vocab_size,
-                                  s->stepped, &e);
-        if (rc) {
-            request_fail(r, rc, e.message[0] ? e.message : "the logits step failed");
-            return;
-        }
-        logits = s->stepped;
-    }
-    int32_t tok = sampler_sample(logits, mi->vocab_size, &r->p.sampling, &q->rng, &lp, &e);
-    if (tok < 0) {
-        request_fail(r, tok, e.message);
         return;
     }
     q->tokens[q->n_tokens++] = tok;
@@ -559,7 +628,32 @@ static void sample_next(scheduler *s, sched_seq *q, const float *logits, const f
     else q->to_finish = true;
 }
 
-/* Creates candidates 1..M-1 of r as forks of candidate 0 (whose prompt is committed). */
+/* Samples q (a job of a request with a logits step) on the host: its rows read back from the
+ * backend, the step applied, sampler_sample. Returns the token or a negative error (r failed). */
+static int32_t sample_with_step(scheduler *s, sched_seq *q, int row, int ref_row, double *lp) {
+    sched_request *r = q->req;
+    const sched_model_info *mi = &s->models[r->p.model];
+    duel_error e = {0};
+    int rc = compute_read_logits(s->backend, row, s->host_logits, &e);
+    if (!rc && r->p.use_ref_model)
+        rc = compute_read_logits(s->backend, ref_row, s->host_ref_logits, &e);
+    if (!rc)
+        rc = r->p.logits_step(r->p.logits_ctx, q->candidate, s->host_logits,
+                              r->p.use_ref_model ? s->host_ref_logits : NULL, mi->vocab_size,
+                              s->stepped, &e);
+    if (rc) {
+        request_fail(r, rc, e.message[0] ? e.message : "the logits step failed");
+        return rc;
+    }
+    float flp = 0;
+    int32_t tok = sampler_sample(s->stepped, mi->vocab_size, &r->p.sampling, &q->rng, &flp, &e);
+    if (tok < 0) request_fail(r, tok, e.message);
+    *lp = flp;
+    return tok;
+}
+
+/* Creates candidates 1..M-1 of r as forks of candidate 0 (whose prompt is committed); a scoring
+ * request's candidates then take their forced tokens. */
 static int fork_candidates(scheduler *s, sched_request *r, duel_error *err) {
     sched_seq *parent = r->seqs[0];
     const sched_model_info *mi = &s->models[r->p.model];
@@ -578,6 +672,12 @@ static int fork_candidates(scheduler *s, sched_request *r, duel_error *err) {
         q->running = true;
         r->seqs[r->n_seqs++] = q;
         list_insert(s->running, &s->n_running, q);
+    }
+    for (int i = 0; r->forced && i < r->n_seqs; i++) {
+        sched_seq *q = r->seqs[i];
+        memcpy(q->tokens + q->n_tokens, r->forced[i], (size_t)r->forced_counts[i] * sizeof *q->tokens);
+        q->n_tokens += r->forced_counts[i];
+        q->reason = SCHED_FINISH_LENGTH;
     }
     return DUEL_OK;
 }
@@ -689,9 +789,16 @@ static int admit_waiting(scheduler *s, int *budget, duel_error *err) {
         sched_request *r = q->req;
         int64_t reused = 0;
         bool with_ref = seq_runs_ref(q);
+        /* A scoring candidate attaches no position it has not scored: blocks cached by
+         * another sequence (the policy's own candidate, say) hold the K/V but not its
+         * targets' log-probabilities. */
+        int64_t lookup = q->n_tokens - 1;
+        if (r->forced && r->prompt_done) {
+            int64_t scored = q->max_computed > r->p.prompt_len ? q->max_computed : r->p.prompt_len;
+            if (lookup > scored) lookup = scored;
+        }
         int rc = with_ref ? attach_prefix_pair(s, q, &reused, err)
-                          : kv_prefix_lookup(s->pool, &q->kv, q->tokens, q->n_tokens - 1,
-                                             &reused, err);
+                          : kv_prefix_lookup(s->pool, &q->kv, q->tokens, lookup, &reused, err);
         if (rc) return rc;
         int need = q->n_tokens - (int)q->kv.num_tokens;
         int take = piece_tokens(need, *budget, with_ref);
@@ -764,32 +871,84 @@ static void end_of_step(scheduler *s, int n_completed, sched_event_fn on_event, 
     }
 }
 
-/* Makes room for a batch of n_batch sequences' logits rows, the reference's rows when a
- * sequence of the batch runs its reference, and one logits step's output. */
-static int grow_step_buffers(scheduler *s, int n_batch, duel_error *err) {
+/* Begins the step on the backend: its logits rows (one per batch sequence, and one more per
+ * sequence that runs its lockstep reference: rows n_batch + i) and, when a request of the batch
+ * has a logits step, the host buffers it reads them into. */
+static int begin_step_buffers(scheduler *s, int n_batch, duel_error *err) {
     bool any_ref = false, any_step = false;
     for (int i = 0; i < n_batch; i++) {
         any_ref |= s->batch[i]->step_ref;
         any_step |= s->batch[i]->req->p.logits_step != NULL;
     }
-    size_t need = (size_t)n_batch * (size_t)s->max_vocab;
-    if (need > s->logits_floats) {
-        float *l = realloc(s->logits, need * sizeof *l);
-        if (!l) return duel_error_set(err, DUEL_ENOMEM, "out of memory for logits");
-        s->logits = l;
-        s->logits_floats = need;
-    }
-    if (any_ref && need > s->ref_logits_floats) {
-        float *l = realloc(s->ref_logits, need * sizeof *l);
-        if (!l) return duel_error_set(err, DUEL_ENOMEM, "out of memory for reference logits");
-        s->ref_logits = l;
-        s->ref_logits_floats = need;
-    }
     if (any_step && s->max_vocab > s->stepped_floats) {
-        float *l = realloc(s->stepped, (size_t)s->max_vocab * sizeof *l);
-        if (!l) return duel_error_set(err, DUEL_ENOMEM, "out of memory for stepped logits");
-        s->stepped = l;
+        size_t bytes = (size_t)s->max_vocab * sizeof(float);
+        float *a = realloc(s->stepped, bytes);
+        if (a) s->stepped = a;
+        float *b = a ? realloc(s->host_logits, bytes) : NULL;
+        if (b) s->host_logits = b;
+        float *c = b ? realloc(s->host_ref_logits, bytes) : NULL;
+        if (!c) return duel_error_set(err, DUEL_ENOMEM, "out of memory for a logits step");
+        s->host_ref_logits = c;
         s->stepped_floats = s->max_vocab;
+    }
+    return compute_step_begin(s->backend, n_batch * (any_ref ? 2 : 1), s->max_vocab, err);
+}
+
+/* Fills q's targets for its planned piece (scoring): position p's row scores token p + 1 when
+ * that token is a candidate token other than the first (p >= prompt_len) that no earlier piece
+ * scored (p >= max_computed). */
+static void fill_targets(sched_seq *q, int64_t start) {
+    const sched_request *r = q->req;
+    for (int j = 0; j < q->step_count; j++) {
+        int64_t p = start + j;
+        q->targets[j] = p >= r->p.prompt_len && p >= q->max_computed && p + 1 < q->n_tokens
+                            ? q->tokens[p + 1]
+                            : -1;
+    }
+}
+
+/* Draws the step's sampling jobs (job_seq[0..n_jobs), each reading its sequence's batch row):
+ * the device draws in one call, logits-step jobs on the host; then applies each job's token in
+ * order. A row that fails fails its request only. */
+static int run_jobs(scheduler *s, int n_jobs, int n_batch, duel_error *err) {
+    int n_samples = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        sched_seq *q = s->job_seq[j];
+        sched_request *r = q->req;
+        const sched_model_info *mi = &s->models[r->p.model];
+        s->job_sample[j] = -1;
+        if (r->p.logits_step && !r->forced) continue;
+        s->job_sample[j] = n_samples;
+        s->samples[n_samples++] = (compute_sample){
+            .logits_row = q->batch_slot,
+            .vocab = mi->vocab_size,
+            .params = &r->p.sampling,
+            .rng = &q->rng,
+            .forced = r->forced ? r->forced[q->candidate][0] : -1};
+    }
+    duel_error serr = {0};
+    int rc = compute_sample_rows(s->backend, s->samples, n_samples, &serr);
+    if (rc) {
+        if (err) *err = serr;
+        return rc;
+    }
+    for (int j = 0; j < n_jobs; j++) {
+        sched_seq *q = s->job_seq[j];
+        sched_request *r = q->req;
+        if (r->fail_code) continue;
+        if (s->job_sample[j] < 0) {
+            double lp = 0;
+            int32_t tok = sample_with_step(s, q, q->batch_slot, n_batch + q->batch_slot, &lp);
+            if (tok >= 0) apply_token(q, tok, lp);
+            continue;
+        }
+        const compute_sample *cs = &s->samples[s->job_sample[j]];
+        if (cs->status) {
+            request_fail(r, cs->status, serr.message[0] ? serr.message : "sampling failed");
+            continue;
+        }
+        if (r->forced) q->logprob_sum += cs->logprob; /* its first forced token */
+        else apply_token(q, cs->token, cs->logprob);
     }
     return DUEL_OK;
 }
@@ -826,8 +985,11 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
         end_of_step(s, 0, on_event, ctx);
         return rc;
     }
-    if ((rc = grow_step_buffers(s, n_batch, err))) {
-        fail_planned(s, rc, err ? err->message : "out of memory for logits");
+    /* The step's logits rows, then the copy-on-write copies its reservations recorded (before
+     * any K/V of the step is written). */
+    if ((rc = begin_step_buffers(s, n_batch, err)) ||
+        (rc = compute_copy_pending(s->backend, s->pool, err))) {
+        fail_planned(s, rc, err ? err->message : "the compute backend failed");
         end_of_step(s, 0, on_event, ctx);
         return rc;
     }
@@ -842,27 +1004,31 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
             bool reaches_end = start + q->step_count == q->n_tokens;
             if (r->p.model == mdl) {
                 bool prompt_end = reaches_end && q->candidate == 0 && !r->prompt_done;
+                bool scored = r->forced && r->prompt_done; /* a forced candidate's piece */
                 float *hidden = NULL;
-                if (reaches_end && q->finishing) hidden = q->hidden;
+                if (reaches_end && (q->finishing || scored)) hidden = q->hidden;
                 else if (prompt_end && r->p.want_hidden) hidden = r->prompt_hidden;
-                s->entries[n++] = (model_batch_entry){
+                q->step_scored = scored;
+                if (scored) fill_targets(q, start);
+                s->entries[n++] = (compute_entry){
                     .seq = &q->kv,
                     .tokens = q->tokens + start,
                     .n_tokens = q->step_count,
                     .start = start,
-                    .logits = reaches_end && !q->finishing ? s->logits + (size_t)i * s->max_vocab
-                                                           : NULL,
-                    .hidden_last = hidden};
+                    .logits_row = reaches_end && !q->finishing && !scored ? i : -1,
+                    .hidden_last = hidden,
+                    .targets = scored ? q->targets : NULL,
+                    .target_logprob = scored ? &q->piece_logprob : NULL};
             }
             if (q->step_ref && r->p.ref_model == mdl)
-                s->entries[n++] = (model_batch_entry){
+                s->entries[n++] = (compute_entry){
                     .seq = &q->ref_kv,
                     .tokens = q->tokens + start,
                     .n_tokens = q->step_count,
                     .start = start,
-                    .logits = reaches_end ? s->ref_logits + (size_t)i * s->max_vocab : NULL};
+                    .logits_row = reaches_end ? n_batch + i : -1};
         }
-        if (n) rc = s->forward(s->forward_ctx, mdl, s->pool, s->entries, n, err);
+        if (n) rc = compute_forward(s->backend, s->models[mdl].arm, s->pool, s->entries, n, err);
     }
     if (rc) {
         fail_planned(s, rc, err ? err->message : "forward failed");
@@ -886,6 +1052,8 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
             request_fail(r, rc, err ? err->message : "commit failed");
             continue;
         }
+        if (q->step_scored) q->logprob_sum += q->piece_logprob;
+        q->step_scored = false;
         tokens += count * runs;
         if (count == 1) s->stats.decode_tokens += (uint64_t)runs;
         int64_t end = start + count;
@@ -899,18 +1067,16 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
     }
     s->stats.tokens += (uint64_t)tokens;
     s->stats.steps++;
-    int n_pieces_done = n_completed; /* forks append their finished candidates after these */
+    /* The sampling jobs: a prompt's end forks its candidates, each a job on the prompt's row. */
+    int n_pieces_done = n_completed, n_jobs = 0;
     for (int i = 0; i < n_pieces_done; i++) {
         sched_seq *q = s->completed[i];
         sched_request *r = q->req;
         if (r->fail_code) continue;
-        if (q->finishing) {
+        if (q->finishing || (r->forced && r->prompt_done)) {
             q->to_finish = true;
             continue;
         }
-        const float *logits = s->logits + (size_t)q->batch_slot * s->max_vocab;
-        const float *ref_logits =
-            r->p.use_ref_model ? s->ref_logits + (size_t)q->batch_slot * s->max_vocab : NULL;
         if (q->candidate == 0 && !r->prompt_done) {
             r->prompt_done = true;
             r->stats.prompt_done_time = duel_time_seconds();
@@ -920,13 +1086,27 @@ int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err
                 request_fail(r, frc, ferr.message);
                 continue;
             }
-            for (int c = 0; c < r->n_seqs && !r->fail_code; c++) {
-                sample_next(s, r->seqs[c], logits, ref_logits);
-                if (c > 0 && (r->seqs[c]->to_finish)) s->completed[n_completed++] = r->seqs[c];
+            for (int c = 0; c < r->n_seqs; c++) {
+                r->seqs[c]->batch_slot = q->batch_slot;
+                r->seqs[c]->fork_job = c > 0;
+                s->job_seq[n_jobs++] = r->seqs[c];
             }
         } else {
-            sample_next(s, q, logits, ref_logits);
+            s->job_seq[n_jobs++] = q;
         }
+    }
+    if ((rc = run_jobs(s, n_jobs, n_batch, err))) {
+        /* The backend failed as a whole: every request that was to sample fails. */
+        for (int j = 0; j < n_jobs; j++)
+            request_fail(s->job_seq[j]->req, rc, err ? err->message : "sampling failed");
+        end_of_step(s, n_completed, on_event, ctx);
+        return rc;
+    }
+    /* Forked candidates that ended at their first token finish with the others. */
+    for (int j = 0; j < n_jobs; j++) {
+        sched_seq *q = s->job_seq[j];
+        if (q->fork_job && q->to_finish && !q->req->fail_code) s->completed[n_completed++] = q;
+        q->fork_job = false;
     }
     end_of_step(s, n_completed, on_event, ctx);
     return tokens;

@@ -18,9 +18,17 @@
  * When a running sequence cannot reserve its blocks, the youngest running sequence (maybe
  * itself) is preempted: its blocks are freed and it goes back to the waiting queue with its
  * tokens, to be recomputed; nothing is dropped. No admission happens in a step that preempted.
- * The batch is run per model through the forward callback (model_forward_batch for the CPU
- * backend), the new tokens are committed, and the sequences whose piece reached their end
- * sample their next token.
+ * The batch runs on the compute backend (compute.h): the copy-on-write copies the pool recorded
+ * first, then one compute_forward per model over its sequences' pieces (their last-token logits
+ * stay in the backend, one row per sequence), then the new tokens are committed and the
+ * sequences whose piece reached their end sample their next token, all of the step's draws in
+ * one compute_sample_rows call (only ids and log-probabilities come back; a request with a
+ * logits step reads its rows back and samples on the host).
+ *
+ * A scoring request (forced tokens: the duel's reference pass, engine_duel.c) samples nothing:
+ * candidate i's tokens are given, and the request runs prompt + those tokens through its model
+ * in the same batched steps, reporting each candidate's log-probability of its tokens given the
+ * prompt and, with want_hidden, the hidden states at the last prompt and last candidate token.
  *
  * A request may carry a logits step and a reference model decoded in lockstep (PILAF's mixed
  * logits): each candidate then holds two KV sequences, one per model, that are planned,
@@ -38,6 +46,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "compute.h"
 #include "error.h"
 #include "kv_cache.h"
 #include "model.h"
@@ -51,12 +60,8 @@
 
 typedef struct scheduler scheduler;
 
-/* Runs entries[0..n) of one model (see model_forward_batch). The scheduler reserves before and
- * commits after. */
-typedef int (*sched_forward_fn)(void *ctx, int model_index, kv_pool *pool,
-                                const model_batch_entry *entries, int n_entries, duel_error *err);
-
 typedef struct sched_model_info {
+    compute_arm *arm;  /* the model's weights on the scheduler's backend (borrowed) */
     uint64_t model_id; /* distinct per model: part of every block hash */
     int vocab_size;    /* logits per row */
     int hidden_size;   /* floats of a hidden state */
@@ -107,6 +112,17 @@ typedef struct sched_request_params {
     int ref_model;
     sched_logits_fn logits_step; /* NULL: sample the model's logits as they are */
     void *logits_ctx;            /* handed to logits_step */
+    /* Scoring (see the top): forced[i][0 .. forced_counts[i]) are candidate i's tokens (copied;
+     * each count >= 1, prompt + count within the context). Nothing is sampled: CANDIDATE's
+     * logprob_sum is log p(forced tokens | prompt) at temperature 1, unfiltered, its tokens the
+     * forced ones, its hidden (want_hidden) the state at the last one; sampling, max_new_tokens
+     * and stop tokens are ignored (sampling must still validate); no lockstep reference. */
+    const int32_t *const *forced;
+    const int *forced_counts;
+    /* 0: the request arrives now (the youngest). Else the arrival of an earlier request that
+     * has ended (its DONE's stats.arrival), whose place in the age order this one takes: a
+     * continuation of that request (the duel's scoring) is not queued behind later ones. */
+    uint64_t arrival;
 } sched_request_params;
 
 typedef enum sched_event_kind {
@@ -132,6 +148,7 @@ typedef struct sched_request_stats {
     int64_t generated_tokens; /* sampled, over all candidates */
     int preemptions;
     double submit_time, first_scheduled_time, prompt_done_time, done_time; /* duel_time_seconds */
+    uint64_t arrival;         /* its place in the age order (sched_request_params.arrival) */
 } sched_request_stats;
 
 /* Pointers inside are valid during the callback only. */
@@ -176,10 +193,10 @@ typedef struct sched_stats {
     int active_requests;
 } sched_stats;
 
-/* models[0..n_models): copied. The pool's shape must suit every model (the forward checks). */
+/* models[0..n_models): copied (their arms are on backend). The pool's shape must suit every
+ * model (the forward checks), and the pool must be attached to backend (compute_pool_attach). */
 int sched_create(const sched_params *params, kv_pool *pool, const sched_model_info *models,
-                 int n_models, sched_forward_fn forward, void *forward_ctx, scheduler **out,
-                 duel_error *err);
+                 int n_models, compute_backend *backend, scheduler **out, duel_error *err);
 /* Replaces model `index` (< the number of models) or appends one (== it), for models loaded
  * while the scheduler runs (hot-swapped snapshots). No active request may use index, and
  * model_id must be new: it is part of every block hash, so a fresh id guarantees that no
@@ -196,9 +213,10 @@ int sched_validate(const scheduler *s, const sched_request_params *params, duel_
 /* Validates and queues a request; *id gets its id (ids start at 1 and increase). DUEL_EINVAL
  * for a bad model index, empty prompt, token ids outside the vocabulary, M or max_new_tokens out
  * of range, bad sampling parameters, a lockstep reference that is not a model, has another
- * vocabulary size or comes without a logits step; DUEL_ELIMIT for a prompt that does not fit
- * the context (either model's) or a candidate (with its reference sequence) that does not fit
- * the whole pool. Nothing is queued on error. */
+ * vocabulary size or comes without a logits step, forced tokens with a reference or outside the
+ * vocabulary, an arrival not yet issued; DUEL_ELIMIT for a prompt (with its forced tokens) that
+ * does not fit the context (either model's) or a candidate (with its reference sequence) that
+ * does not fit the whole pool. Nothing is queued on error. */
 int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
                  duel_error *err);
 
@@ -208,7 +226,7 @@ int sched_submit(scheduler *s, const sched_request_params *params, uint64_t *id,
 int sched_cancel(scheduler *s, uint64_t id, sched_event_fn on_event, void *ctx, duel_error *err);
 
 /* Runs one step; events go to on_event (may be NULL). Returns the number of positions run
- * (0 when idle) or a negative error from the forward callback or an allocation, in which case
+ * (0 when idle) or a negative error from the backend or an allocation, in which case
  * the step's requests were failed (DONE events with the error) and the scheduler stays usable. */
 int sched_step(scheduler *s, sched_event_fn on_event, void *ctx, duel_error *err);
 

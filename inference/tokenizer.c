@@ -106,6 +106,13 @@ static uint32_t byte_to_cp(unsigned b) {
     return 256 + k;
 }
 
+size_t tokenizer_byte_level_string(const unsigned char *s, size_t n, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) o += (size_t)duel_utf8_encode(byte_to_cp(s[i]), out + o);
+    out[o] = '\0';
+    return o;
+}
+
 /* The byte a code point of the alphabet stands for, or -1. */
 static int cp_to_byte(uint32_t cp) {
     if ((cp >= '!' && cp <= '~') || (cp >= 0xA1 && cp <= 0xAC) || (cp >= 0xAE && cp <= 0xFF))
@@ -1076,44 +1083,14 @@ static bool append(byte_buffer *b, const void *s, size_t n) {
     return true;
 }
 
-/* Length of the maximal prefix of a well-formed UTF-8 sequence at s[0..n) (Unicode's "maximal
- * subpart", what String::from_utf8_lossy and TextDecoder replace by one U+FFFD), at least 1. */
-static size_t maximal_subpart(const unsigned char *s, size_t n) {
-    unsigned char c = s[0];
-    size_t need;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) need = 1;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        need = 2;
-        if (c == 0xE0) lo = 0xA0;
-        if (c == 0xED) hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        need = 3;
-        if (c == 0xF0) lo = 0x90;
-        if (c == 0xF4) hi = 0x8F;
-    } else {
-        return 1;
-    }
-    size_t k = 1;
-    if (k < n && s[k] >= lo && s[k] <= hi) {
-        k++;
-        while (k <= need && k < n && s[k] >= 0x80 && s[k] <= 0xBF) k++;
-    }
-    return k;
-}
-
-/* Appends s[0..n) with invalid UTF-8 replaced by U+FFFD. */
+/* Appends s[0..n) with the one replacement rule (common/utf8.h: U+FFFD per maximal subpart of
+ * invalid UTF-8, as Hugging Face does). */
 static bool append_lossy(byte_buffer *b, const unsigned char *s, size_t n) {
-    size_t i = 0;
-    while (i < n) {
-        size_t bad;
-        if (duel_utf8_valid((const char *)s + i, n - i, &bad)) return append(b, s + i, n - i);
-        if (!append(b, s + i, bad)) return false;
-        i += bad;
-        if (!append(b, "\xEF\xBF\xBD", 3)) return false;
-        i += maximal_subpart(s + i, n - i);
-    }
-    return true;
+    char *tmp = malloc(DUEL_UTF8_LOSSY_MAX(n) + 1);
+    if (!tmp) return false;
+    bool ok = append(b, tmp, duel_utf8_lossy((const char *)s, n, 0, tmp));
+    free(tmp);
+    return ok;
 }
 
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special,

@@ -29,7 +29,8 @@ int tokenizer_encode(const tokenizer *tok, const char *text, size_t len, bool pa
                      int32_t **ids, size_t *n_ids, duel_error *err);
 
 /* Decodes ids to UTF-8 text (heap-allocated, NUL-terminated). skip_special drops special tokens.
- * Byte sequences that are not valid UTF-8 are replaced by U+FFFD, as Hugging Face does. */
+ * Byte sequences that are not valid UTF-8 are replaced by U+FFFD, one per maximal subpart, as
+ * Hugging Face does (the one rule of common/utf8.h). */
 int tokenizer_decode(const tokenizer *tok, const int32_t *ids, size_t n_ids, bool skip_special,
                      char **text, size_t *len, duel_error *err);
 
@@ -37,6 +38,16 @@ int tokenizer_decode(const tokenizer *tok, const int32_t *ids, size_t n_ids, boo
  * For streaming: concatenate bytes and print only complete UTF-8. Returns DUEL_EINVAL for ids out
  * of range. */
 int tokenizer_token_bytes(const tokenizer *tok, int32_t id, const char **bytes, size_t *len);
+
+/* The GPT-2 pre-tokenizer's split of valid UTF-8 text: the end (exclusive) of the piece that
+ * starts at s[i] (i < n), always > i. The BPE trainer splits its corpus with it, so that merges
+ * never cross the pieces the encoder will see. */
+size_t tokenizer_gpt2_piece_end(const char *s, size_t n, size_t i);
+
+/* GPT-2's byte-level alphabet (bytes_to_unicode): the vocabulary string of the raw bytes
+ * s[0..n), each byte one code point (printable bytes themselves, the others U+0100 upwards).
+ * out holds 2 * n + 1 bytes; returns the string's length (out is NUL-terminated). */
+size_t tokenizer_byte_level_string(const unsigned char *s, size_t n, char *out);
 
 /* Number of ids (largest id + 1, counting added tokens). */
 int tokenizer_vocab_size(const tokenizer *tok);

@@ -8,6 +8,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "utf8.h"
+
 /* The pre-tokenizer regexes we implement, recognised by exact string compare of the pattern. */
 typedef enum tokenizer_split_pattern {
     TOKENIZER_PATTERN_GPT2,   /* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
@@ -19,24 +21,17 @@ extern const char *const tokenizer_pattern_gpt2;
 extern const char *const tokenizer_pattern_llama3;
 extern const char *const tokenizer_pattern_qwen2;
 
-/* Decodes the code point at s[i] (valid UTF-8, i < n); returns its length in bytes. */
+/* The code point at s[i] (i < n) and its length in bytes, for scanning text the encoder has
+ * already validated: ASCII inline, the rest through the one decoder (common/utf8.h), which never
+ * reads past n; an invalid sequence would give U+FFFD over its maximal subpart. */
 static inline size_t tokenizer_cp_at(const unsigned char *s, size_t n, size_t i, uint32_t *cp) {
-    unsigned char c = s[i];
-    if (c < 0x80 || i + 1 >= n) {
-        *cp = c;
+    if (s[i] < 0x80) {
+        *cp = s[i];
         return 1;
     }
-    if (c < 0xE0) {
-        *cp = ((uint32_t)(c & 0x1F) << 6) | (s[i + 1] & 0x3F);
-        return 2;
-    }
-    if (c < 0xF0 || i + 3 >= n) {
-        *cp = ((uint32_t)(c & 0x0F) << 12) | ((uint32_t)(s[i + 1] & 0x3F) << 6) | (s[i + 2] & 0x3F);
-        return 3;
-    }
-    *cp = ((uint32_t)(c & 0x07) << 18) | ((uint32_t)(s[i + 1] & 0x3F) << 12) |
-          ((uint32_t)(s[i + 2] & 0x3F) << 6) | (s[i + 3] & 0x3F);
-    return 4;
+    size_t len;
+    if (duel_utf8_next(s + i, n - i, &len, cp) != DUEL_UTF8_CHAR) *cp = 0xFFFD;
+    return len;
 }
 
 /* End offset (exclusive) of the regex match of pattern starting at s[i] (i < n); always > i

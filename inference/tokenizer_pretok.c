@@ -6,6 +6,7 @@
  * classes follow Oniguruma (what Hugging Face tokenizers compiles the patterns with): \p{L},
  * \p{N} by general category, \s is White_Space; (?i:...) folds case as Unicode does, so 's also
  * matches 'S and 'ſ (U+017F, whose case folding is s). */
+#include "tokenizer.h"
 #include "tokenizer_internal.h"
 #include "unicode_tables.h"
 
@@ -19,6 +20,10 @@ const char *const tokenizer_pattern_qwen2 =
     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+";
 
 bool tokenizer_is_space_cp(uint32_t cp) { return unicode_is_space(cp); }
+
+size_t tokenizer_gpt2_piece_end(const char *s, size_t n, size_t i) {
+    return tokenizer_pattern_match(TOKENIZER_PATTERN_GPT2, (const unsigned char *)s, n, i);
+}
 
 typedef enum char_class { CLASS_LETTER, CLASS_NUMBER, CLASS_SPACE, CLASS_OTHER } char_class;
 

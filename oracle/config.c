@@ -36,14 +36,15 @@ static int validated(int rc, const char *source, duel_error *err) {
 int oracle_lexical_config_from_json(const json_t *obj, const char *source,
                                     oracle_lexical_config *c, duel_error *err) {
     static const char *const keys[] = {"overlap_weight", "length_weight", "length_target_ratio",
-                                       "repetition_weight"};
-    int rc = check_keys(obj, source, keys, 4, err);
+                                       "repetition_weight", "char_ngram_weight"};
+    int rc = check_keys(obj, source, keys, 5, err);
     if (rc) return rc;
     oracle_lexical_config t = *c;
     if ((rc = duel_json_get_double(obj, keys[0], &t.overlap_weight, source, err)) ||
         (rc = duel_json_get_double(obj, keys[1], &t.length_weight, source, err)) ||
         (rc = duel_json_get_double(obj, keys[2], &t.length_target_ratio, source, err)) ||
-        (rc = duel_json_get_double(obj, keys[3], &t.repetition_weight, source, err)))
+        (rc = duel_json_get_double(obj, keys[3], &t.repetition_weight, source, err)) ||
+        (rc = duel_json_get_double(obj, keys[4], &t.char_ngram_weight, source, err)))
         return rc;
     if ((rc = validated(oracle_lexical_config_validate(&t, err), source, err))) return rc;
     *c = t;
@@ -52,16 +53,23 @@ int oracle_lexical_config_from_json(const json_t *obj, const char *source,
 
 int oracle_preference_config_from_json(const json_t *obj, const char *source,
                                        oracle_preference_config *c, duel_error *err) {
-    static const char *const keys[] = {"stochastic", "temperature"};
-    int rc = check_keys(obj, source, keys, 2, err);
+    static const char *const keys[] = {"stochastic", "temperature", "tie_margin",
+                                       "flip_probability", "both_bad", "both_bad_below"};
+    int rc = check_keys(obj, source, keys, 6, err);
     if (rc) return rc;
     oracle_preference_config t = *c;
     if ((rc = duel_json_get_bool(obj, keys[0], &t.stochastic, source, err)) ||
-        (rc = duel_json_get_double(obj, keys[1], &t.temperature, source, err)))
+        (rc = duel_json_get_double(obj, keys[1], &t.temperature, source, err)) ||
+        (rc = duel_json_get_double(obj, keys[2], &t.tie_margin, source, err)) ||
+        (rc = duel_json_get_double(obj, keys[3], &t.flip_probability, source, err)) ||
+        (rc = duel_json_get_bool(obj, keys[4], &t.both_bad, source, err)) ||
+        (rc = duel_json_get_double(obj, keys[5], &t.both_bad_below, source, err)))
         return rc;
-    if (!isfinite(t.temperature) || !(t.temperature > 0))
-        return duel_error_set(err, DUEL_EFORMAT, "%s: \"temperature\" %g must be > 0", source,
-                              t.temperature);
+    if (oracle_preference_config_validate(&t, err)) { /* a value out of range: a bad file */
+        duel_error_prefix(err, "%s", source);
+        if (err) err->code = DUEL_EFORMAT;
+        return DUEL_EFORMAT;
+    }
     *c = t;
     return 0;
 }

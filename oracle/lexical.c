@@ -14,6 +14,7 @@ void oracle_lexical_config_default(oracle_lexical_config *c) {
     c->length_weight = 0.25;
     c->length_target_ratio = 2.0;
     c->repetition_weight = 1.0;
+    c->char_ngram_weight = 0.0;
 }
 
 int oracle_lexical_config_validate(const oracle_lexical_config *c, duel_error *err) {
@@ -22,8 +23,9 @@ int oracle_lexical_config_validate(const oracle_lexical_config *c, duel_error *e
         {"overlap_weight", c->overlap_weight},
         {"length_weight", c->length_weight},
         {"repetition_weight", c->repetition_weight},
+        {"char_ngram_weight", c->char_ngram_weight},
     };
-    for (size_t i = 0; i < 3; i++)
+    for (size_t i = 0; i < 4; i++)
         if (!isfinite(w[i].v) || w[i].v < 0)
             return duel_error_set(err, DUEL_EINVAL, "lexical oracle: %s %g must be finite and >= 0",
                                   w[i].name, w[i].v);
@@ -130,6 +132,67 @@ static int repeated_fraction(const uint32_t *ids, size_t count, int n, double *o
     return 0;
 }
 
+static int cmp_u32(const void *a, const void *b) {
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The byte trigrams of the normalised text " w1 w2 ... wn " (lowercase words, one space between
+ * and around them), as sorted 24-bit codes; *out is malloc'd (NULL when there are none). */
+static int char_trigrams(const word_list *w, uint32_t **out, size_t *count, duel_error *err) {
+    *out = NULL;
+    *count = 0;
+    size_t len = 1;
+    for (size_t i = 0; i < w->count; i++) len += strlen(w->words[i]) + 1;
+    if (w->count == 0 || len < 3) return 0;
+    unsigned char *t = malloc(len);
+    uint32_t *g = malloc(sizeof *g * (len - 2));
+    if (!t || !g) {
+        free(t);
+        free(g);
+        return duel_error_set(err, DUEL_ENOMEM, "lexical oracle: out of memory");
+    }
+    size_t n = 0;
+    t[n++] = ' ';
+    for (size_t i = 0; i < w->count; i++) {
+        size_t k = strlen(w->words[i]);
+        memcpy(t + n, w->words[i], k);
+        n += k;
+        t[n++] = ' ';
+    }
+    for (size_t i = 0; i + 2 < n; i++)
+        g[i] = (uint32_t)t[i] << 16 | (uint32_t)t[i + 1] << 8 | (uint32_t)t[i + 2];
+    free(t);
+    qsort(g, n - 2, sizeof *g, cmp_u32);
+    *out = g;
+    *count = n - 2;
+    return 0;
+}
+
+/* F1 of the two texts' character-trigram multisets (0 when either has none). */
+static int char_trigram_f1(const word_list *ref, const word_list *ans, double *f1, duel_error *err) {
+    uint32_t *r = NULL, *a = NULL;
+    size_t nr = 0, na = 0;
+    int rc = char_trigrams(ref, &r, &nr, err);
+    if (!rc) rc = char_trigrams(ans, &a, &na, err);
+    *f1 = 0;
+    if (!rc && nr > 0 && na > 0) {
+        size_t common = 0;
+        for (size_t i = 0, j = 0; i < nr && j < na;) {
+            if (r[i] == a[j]) common++, i++, j++;
+            else if (r[i] < a[j]) i++;
+            else j++;
+        }
+        if (common > 0) {
+            double p = (double)common / (double)na, q = (double)common / (double)nr;
+            *f1 = 2 * p * q / (p + q);
+        }
+    }
+    free(r);
+    free(a);
+    return rc;
+}
+
 int oracle_lexical_score(const oracle_lexical_config *c, const char *reference,
                          size_t reference_len, const char *answer, size_t answer_len,
                          double *score, oracle_lexical_detail *detail, duel_error *err) {
@@ -201,8 +264,9 @@ int oracle_lexical_score(const oracle_lexical_config *c, const char *reference,
         (rc = repeated_fraction(ids + ref.count, ans.count, 3, &d.repetition_trigram, err)))
         goto done;
     d.repetition = (d.repetition_bigram + d.repetition_trigram) / 2;
-    d.score = c->overlap_weight * d.f1 - c->length_weight * d.length_penalty -
-              c->repetition_weight * d.repetition;
+    if (c->char_ngram_weight > 0 && (rc = char_trigram_f1(&ref, &ans, &d.char_f1, err))) goto done;
+    d.score = c->overlap_weight * d.f1 + c->char_ngram_weight * d.char_f1 -
+              c->length_weight * d.length_penalty - c->repetition_weight * d.repetition;
     *score = d.score;
     if (detail) *detail = d;
 done:

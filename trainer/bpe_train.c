@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "tokenizer_internal.h"
+#include "tokenizer.h"
 #include "utf8.h"
 
 typedef struct bpe_word {
@@ -170,8 +170,7 @@ int bpe_trainer_add_text(bpe_trainer *t, const char *text, size_t len, const cha
     const unsigned char *s = (const unsigned char *)text;
     size_t i = 0;
     while (i < len) {
-        /* tokenizer_pattern_match returns the end of the match. */
-        size_t n = tokenizer_pattern_match(TOKENIZER_PATTERN_GPT2, s, len, i) - i;
+        size_t n = tokenizer_gpt2_piece_end(text, len, i) - i;
         for (size_t k = 0; k < n; k += BPE_TRAIN_MAX_PIECE_BYTES) {
             size_t m = n - k < BPE_TRAIN_MAX_PIECE_BYTES ? n - k : BPE_TRAIN_MAX_PIECE_BYTES;
             int rc = count_piece(t, s + i + k, m, err);
@@ -428,25 +427,12 @@ int bpe_trainer_vocab_size(const bpe_trainer *t) {
     return t->trained ? t->num_tokens + t->num_special : 0;
 }
 
-/* GPT-2's bytes_to_unicode: printable bytes map to themselves, the rest to U+0100 upwards. */
-static void byte_level_table(uint32_t table[256]) {
-    int n = 0;
-    for (int b = 0; b < 256; b++) {
-        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE);
-        table[b] = printable ? (uint32_t)b : (uint32_t)(256 + n++);
-    }
-}
-
-static char *byte_level_string(const unsigned char *s, size_t n, const uint32_t table[256]) {
+/* A token's vocabulary string in GPT-2's byte-level alphabet (the tokenizer's own mapping). */
+static char *byte_level_string(const unsigned char *s, size_t n) {
     char *out = malloc(n * 2 + 1);
-    if (out == NULL) {
-        return NULL;
+    if (out != NULL) {
+        tokenizer_byte_level_string(s, n, out);
     }
-    size_t o = 0;
-    for (size_t i = 0; i < n; i++) {
-        o += (size_t)duel_utf8_encode(table[s[i]], out + o);
-    }
-    out[o] = '\0';
     return out;
 }
 
@@ -459,8 +445,6 @@ int bpe_trainer_write_json(const bpe_trainer *t, const char *path, duel_error *e
     if (!t->trained) {
         return duel_error_set(err, DUEL_EINVAL, "bpe: write before training");
     }
-    uint32_t table[256];
-    byte_level_table(table);
     json_t *vocab = json_object(), *merges = json_array(), *added = json_array();
     char **names = calloc((size_t)t->num_tokens, sizeof(char *));
     int rc = DUEL_ENOMEM;
@@ -468,7 +452,7 @@ int bpe_trainer_write_json(const bpe_trainer *t, const char *path, duel_error *e
         goto done;
     }
     for (int i = 0; i < t->num_tokens; i++) {
-        names[i] = byte_level_string(t->token_bytes[i], t->token_len[i], table);
+        names[i] = byte_level_string(t->token_bytes[i], t->token_len[i]);
         if (names[i] == NULL || json_object_set_new(vocab, names[i], json_integer(i)) != 0) {
             goto done;
         }

@@ -333,6 +333,16 @@ fail:
     return rc;
 }
 
+void lm_model_export_block(train_model *model, float *out) {
+    size_t offset = 0;
+    for (int i = 0; i < train_model_num_tensors(model); i++) {
+        train_tensor t;
+        train_model_tensor_at(model, i, &t);
+        memcpy(out + offset, t.param, t.numel * sizeof *out);
+        offset += t.numel;
+    }
+}
+
 int lm_model_export_hf(train_model *model, const char *config_json, const char *dir, bool bf16,
                        duel_error *err) {
     if (mkdir(dir, 0755) != 0 && errno != EEXIST) {

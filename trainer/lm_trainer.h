@@ -84,5 +84,10 @@ int lm_model_load_hf(const char *dir, train_model **out, char **config_json, due
 /* Writes config.json and model.safetensors (bf16 or f32) into dir (created if missing). */
 int lm_model_export_hf(train_model *model, const char *config_json, const char *dir, bool bf16,
                        duel_error *err);
+/* The data section of the f32 model.safetensors lm_model_export_hf writes: every tensor in its
+ * order, packed, into out (train_model_num_parameters floats). What a GPU weight transport sends
+ * (the parameter memory itself is laid out otherwise), so that a receiver can check it against
+ * the file's sha256 (trainer/weight_transport_model.h). */
+void lm_model_export_block(train_model *model, float *out);
 
 #endif

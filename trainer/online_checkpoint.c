@@ -38,9 +38,10 @@ static int write_erm_optimizer(const char *path, const adamw_state *opt, duel_er
     return safetensors_write_file(path, ts, 2, NULL, err);
 }
 
-/* entries.bin: ENTRIES_MAGIC, u32 store count, u32 pending count, then each entry (the store
- * oldest first, then the pending batch) as u32 field count and per field u32 name length, name,
- * u32 value length, value: the stream encoding of vote_entry.h, all integers little-endian. */
+/* entries.bin: ENTRIES_MAGIC, u32 store count, u32 pending count (little-endian), then each
+ * entry (the store oldest first, then the pending batch) in the vote codec's framing outside
+ * Redis (vote_entry_pack: u32 field count and per field u32 name length, name, u32 value
+ * length, value), the spill log's too. */
 static int put_u32(durable_writer *w, uint64_t v) {
     unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16),
                           (unsigned char)(v >> 24)};
@@ -50,18 +51,15 @@ static int put_u32(durable_writer *w, uint64_t v) {
 /* One entry; a failed write shows at commit (the writer remembers it). */
 static int put_entry(durable_writer *w, const vote_entry *e, duel_error *err) {
     vote_entry_encoded enc;
+    char *packed = NULL;
+    size_t n = 0;
     int rc = vote_entry_encode(e, NULL, &enc, err);
     if (rc) return rc;
-    put_u32(w, (uint64_t)enc.n_fields);
-    for (int i = 0; i < enc.n_fields; i++) {
-        const vote_entry_field *x = &enc.fields[i];
-        put_u32(w, x->name_len);
-        durable_writer_write(w, x->name, x->name_len);
-        put_u32(w, x->value_len);
-        if (x->value_len) durable_writer_write(w, x->value, x->value_len);
-    }
+    rc = vote_entry_pack(enc.fields, enc.n_fields, &packed, &n, err);
     vote_entry_encoded_free(&enc);
-    return 0;
+    if (rc == 0) durable_writer_write(w, packed, n);
+    free(packed);
+    return rc;
 }
 
 static int write_entries(const online_trainer *t, const char *path, duel_error *err) {
@@ -112,31 +110,18 @@ static int read_entries(online_trainer *t, const char *path, duel_error *err) {
     online_trainer_limits(t, &limits);
     for (uint32_t k = 0; rc == 0 && k < n_store + n_pending; k++) {
         vote_entry_field fields[VOTE_ENTRY_MAX_FIELDS];
-        uint32_t nf = 0;
-        if (get_u32(buf, len, &at, &nf) || nf > VOTE_ENTRY_MAX_FIELDS) {
-            rc = duel_error_set(err, DUEL_EFORMAT, "%s: entry %u: bad field count", path, k);
-            break;
-        }
-        for (uint32_t i = 0; i < nf && rc == 0; i++) {
-            uint32_t nl = 0, vl = 0;
-            if (get_u32(buf, len, &at, &nl) || len - at < nl) goto truncated;
-            fields[i].name = (const char *)buf + at, fields[i].name_len = nl, at += nl;
-            if (get_u32(buf, len, &at, &vl) || len - at < vl) goto truncated;
-            fields[i].value = (const char *)buf + at, fields[i].value_len = vl, at += vl;
-        }
+        int nf = 0;
         vote_entry e;
         memset(&e, 0, sizeof e);
         duel_error derr = {0};
-        if (vote_entry_decode(fields, (int)nf, &limits, &e, &derr) != 0) {
+        if (vote_entry_unpack(buf, len, &at, fields, &nf, &derr) ||
+            vote_entry_decode(fields, nf, &limits, &e, &derr) != 0) {
             vote_entry_free(&e);
             rc = duel_error_set(err, DUEL_EFORMAT, "%s: entry %u: %s", path, k, derr.message);
             break;
         }
         if (k < n_store) sea_store_push(&t->store, &e); /* a smaller store keeps the newest duels */
         else t->pending[t->num_pending++] = e;
-        continue;
-    truncated:
-        rc = duel_error_set(err, DUEL_EFORMAT, "%s: entry %u is truncated", path, k);
     }
     if (rc == 0 && at != len) rc = duel_error_set(err, DUEL_EFORMAT, "%s: trailing bytes", path);
     free(buf);

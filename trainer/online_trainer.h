@@ -25,8 +25,9 @@
  * drawn after this update's ERM step from the mixture RNG: a stored duel uniformly, then a head
  * e uniformly, and labelled by sea_label with the current ERM: chosen = the candidate with the
  * largest r_e, rejected = the one with the smallest (the pair with the largest
- * |r_e(i) - r_e(j)|). Synthetic pairs never enter the ERM buffer; all P + S pairs weigh the same
- * in the DAP loss. With gamma = 1 the update is exactly the one without a mixture.
+ * |r_e(i) - r_e(j)|), then ordered by options.sea_relabel when one is set. Synthetic pairs never
+ * enter the ERM buffer; all P + S pairs weigh the same in the DAP loss. With gamma = 1 the update
+ * is exactly the one without a mixture.
  *
  * Checkpoint (<data_dir>/trainer/, trainer/online_checkpoint.h): checkpoint/ holds policy/
  * (checkpoint.h: weights and AdamW moments), erm.safetensors (theta and theta_0),
@@ -100,6 +101,12 @@ typedef struct online_trainer_options {
     int chunk_positions;     /* padded positions per forward/backward pass of an update (not a
                                 config key; tests lower it): ONLINE_CHUNK_POSITIONS */
     double lr_scale;         /* multiplies the scheduled policy lr (a live knob): 1 */
+    /* Labels of the synthetic pairs from elsewhere (not a config key; `duel sim --labels oracle`,
+     * what the SEA paper's public code does): once the ERM head has chosen a stored duel's pair,
+     * this may swap *chosen and *rejected (candidate indices of entry); an error fails the
+     * update. NULL (the default): the head's order, the paper's rule. */
+    int (*sea_relabel)(void *context, const vote_entry *entry, int *chosen, int *rejected, duel_error *err);
+    void *sea_relabel_context;
     int recent_vote_ids;     /* vote ids remembered for de-duplication: 2048 */
     uint64_t seed;
     const durable_io *io;    /* file I/O hooks of the checkpoint (not a config key; fault tests):
@@ -208,17 +215,14 @@ void online_trainer_get_status(const online_trainer *trainer, online_trainer_sta
 
 /* Live knobs (DESIGN.md section 8, the hash duel:knobs): the options in effect become the
  * configured ones overridden by these (name, value) pairs, so a knob deleted from the hash
- * reverts to the configuration. Trainer knobs, validated like the config (strict numbers,
- * ranges):
- *   loss (dpo|ipo|slic|simpo; switches to that loss's default beta unless beta is set too),
- *   beta (0, 1e6], gamma (0, 1], lr_scale (0, 1000], clip_norm [0, 1e6],
- *   batch_size 1..ONLINE_MAX_BATCH, burn_in 0..2^40, publish_every 0..2^30,
- *   publish_every_seconds [0, 1e9], checkpoint_every 1..2^30.
- * Serving knobs (strategy, M, temperature, top_p, top_k, max_new_tokens, min_p,
- * repetition_penalty, arena_fraction) are ignored. Any other name, a wrong type or a value out of
- * range is rejected: it is left out (the configured value stays) and reported with the reason
- * in report; the other knobs still apply. Returns 0 when no knob was rejected, DUEL_EINVAL when
- * any was (report says which). Implemented in trainer/online_knobs.c. */
+ * reverts to the configuration. Each is checked against the knob table (common/knobs.h: the
+ * trainer's knobs are loss, beta, gamma, lr_scale, clip_norm, publish_every_seconds, batch_size,
+ * publish_every, checkpoint_every, burn_in, with the ranges of their config keys; loss switches
+ * to that loss's default beta unless beta is set too). Serving knobs are ignored. Any other
+ * name, a wrong type or a value out of range is rejected: it is left out (the configured value
+ * stays) and reported with the reason in report; the other knobs still apply. Returns 0 when no
+ * knob was rejected, DUEL_EINVAL when any was (report says which). Implemented in
+ * trainer/online_knobs.c. */
 #define ONLINE_MAX_KNOB_REPORTS 16
 typedef struct online_knob_rejection {
     char name[64], value[64], reason[192];

@@ -269,6 +269,10 @@ int online_update_run(online_trainer *t, duel_error *err) {
         if ((rc = sea_label(t->erm, d->features, d->num_candidates, head, &pairs[P + s].chosen,
                                    &pairs[P + s].rejected, err)))
             goto done;
+        if (t->options.sea_relabel &&
+            (rc = t->options.sea_relabel(t->options.sea_relabel_context, d, &pairs[P + s].chosen,
+                                         &pairs[P + s].rejected, err)))
+            goto done;
     }
     /* Policy: reference and policy log-probabilities of the same responses, one DAP update. */
     const double t_policy = duel_time_seconds();

@@ -3,14 +3,17 @@
 
 #include <hiredis/hiredis.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "json_util.h"
+#include "lm_trainer.h"
 #include "snapshot.h"
 #include "snapshot_write.h"
 #include "timer.h"
@@ -25,6 +28,7 @@ struct stream_consumer {
     redisContext *rc;
     bool lost;                 /* the last failure was Redis going away (redis_error_is_transient) */
     online_trainer *trainer;
+    float *transport_block; /* the block a GPU transport sends (lm_model_export_block) */
     bool pending_phase;
     char cursor[STREAM_ID_MAX]; /* pending phase: last id read */
     char (*unacked)[STREAM_ID_MAX];
@@ -43,6 +47,13 @@ struct stream_consumer {
     char logged_knobs[ONLINE_MAX_KNOB_REPORTS][130];
     int num_logged_knobs, knob_errors;
     stream_consumer_stats stats;
+    /* duel:stats */
+    char instance[STATS_INSTANCE_MAX];
+    double next_stats_s;        /* duel_time_seconds() when the next entry is due */
+    stats_trainer figures;      /* of the last entry */
+    int64_t votes_unpublished;  /* votes offered since the last snapshot, */
+    double votes_ts_sum;        /* the sum of their ts_ms */
+    int64_t votes_ts_min;       /* and the oldest */
 };
 
 void stream_consumer_default_options(stream_consumer_options *o) {
@@ -58,6 +69,7 @@ void stream_consumer_default_options(stream_consumer_options *o) {
     o->block_ms = 500;
     o->timeout_ms = 5000;
     o->max_deliveries = 5;
+    o->stats_max_entries = 40000;
 }
 
 void stream_consumer_get_stats(const stream_consumer *c, stream_consumer_stats *out) { *out = c->stats; }
@@ -379,11 +391,25 @@ static int publish_snapshot(stream_consumer *c, int64_t version, bool replaying,
     c->last_publish_s = duel_time_seconds();
     c->stats.snapshot_seconds += c->last_publish_s - t0;
     if (c->o.transport) {
-        weight_transport_snapshot ws = {version, dir, train_model_parameter_memory(online_trainer_policy(c->trainer))};
+        /* the model.safetensors data section (lm_model_export_block), which a receiver checks
+         * against the file's hash */
+        train_model *policy = online_trainer_policy(c->trainer);
+        if (!c->transport_block &&
+            !(c->transport_block = malloc(train_model_num_parameters(policy) * sizeof(float))))
+            return duel_error_set(err, DUEL_ENOMEM, "out of memory for the transport's block");
+        lm_model_export_block(policy, c->transport_block);
+        weight_transport_snapshot ws = {version, dir, c->transport_block};
         if ((rc = weight_transport_send(c->o.transport, &ws, err))) return rc;
     }
     if ((rc = register_snapshot(c, version, err))) return rc;
     c->stats.snapshots++;
+    if (c->votes_unpublished > 0) { /* the votes it holds are now announced to the servers */
+        double now = (double)duel_time_unix_ms();
+        c->figures.vote_to_publish_s = (now - c->votes_ts_sum / (double)c->votes_unpublished) / 1000.0;
+        c->figures.vote_to_publish_max_s = (now - (double)c->votes_ts_min) / 1000.0;
+        c->votes_unpublished = 0;
+        c->votes_ts_sum = 0;
+    }
     return prune_snapshots(c, version, err);
 }
 
@@ -502,9 +528,15 @@ static int process_entry(stream_consumer *c, const char *id, const redisReply *f
         return dead_letter(c, id, derr.message, deliveries, fields, err);
     }
     online_offer_result res;
+    int64_t vote_ts = e.ts_ms;
     rc = online_trainer_offer(c->trainer, id, &e, &res, err);
     vote_entry_free(&e);
     if (rc) return rc;
+    if (res == ONLINE_OFFER_BATCHED || res == ONLINE_OFFER_COUNTED) {
+        if (c->votes_unpublished == 0 || vote_ts < c->votes_ts_min) c->votes_ts_min = vote_ts;
+        c->votes_unpublished++;
+        c->votes_ts_sum += (double)vote_ts;
+    }
     if (res == ONLINE_OFFER_APPLIED) return xack(c, id, err);
     if (c->num_unacked >= MAX_UNACKED)
         return duel_error_set(err, DUEL_ELIMIT, "trainer: %d entries wait for a checkpoint", MAX_UNACKED);
@@ -667,6 +699,86 @@ static int setup_replay(stream_consumer *c, duel_error *err) {
     return 0;
 }
 
+/* ---- duel:stats --------------------------------------------------------------------------- */
+
+/* The value of key in a flat XINFO reply (key, value, key, value, ...), or NULL. */
+static const redisReply *info_field(const redisReply *r, const char *key) {
+    for (size_t i = 0; r && r->type == REDIS_REPLY_ARRAY && i + 1 < r->elements; i += 2)
+        if (r->element[i]->type == REDIS_REPLY_STRING && strcmp(r->element[i]->str, key) == 0)
+            return r->element[i + 1];
+    return NULL;
+}
+
+/* Entries the group has not read and the age of the oldest of them (XINFO GROUPS' lag, Redis
+ * 7; when Redis cannot tell, entries-added minus entries-read). */
+static int read_lag(stream_consumer *c, long long *entries, double *seconds, duel_error *err) {
+    *entries = 0;
+    *seconds = 0;
+    const char *groups[] = {"XINFO", "GROUPS", c->stream};
+    redisReply *r;
+    int rc = command(c, &r, err, 3, groups, NULL);
+    if (rc) return rc;
+    char last_delivered[STREAM_ID_MAX] = "";
+    for (size_t i = 0; r->type == REDIS_REPLY_ARRAY && i < r->elements; i++) {
+        const redisReply *g = r->element[i], *name = info_field(g, "name");
+        if (!name || name->type != REDIS_REPLY_STRING || strcmp(name->str, c->group) != 0) continue;
+        const redisReply *lag = info_field(g, "lag"), *id = info_field(g, "last-delivered-id");
+        if (lag && lag->type == REDIS_REPLY_INTEGER) *entries = lag->integer;
+        if (id && id->type == REDIS_REPLY_STRING) snprintf(last_delivered, sizeof last_delivered, "%s", id->str);
+    }
+    freeReplyObject(r);
+    if (*entries <= 0 || !last_delivered[0]) return 0;
+    char start[STREAM_ID_MAX + 2];
+    snprintf(start, sizeof start, "(%s", last_delivered);
+    const char *oldest[] = {"XRANGE", c->stream, start, "+", "COUNT", "1"};
+    if ((rc = command(c, &r, err, 6, oldest, NULL))) return rc;
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 1 && r->element[0]->type == REDIS_REPLY_ARRAY &&
+        r->element[0]->elements == 2 && r->element[0]->element[0]->type == REDIS_REPLY_STRING) {
+        double ms = (double)duel_time_unix_ms() - (double)atoll(r->element[0]->element[0]->str);
+        *seconds = ms > 0 ? ms / 1000.0 : 0;
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+int stream_consumer_write_stats(stream_consumer *c, duel_error *err) {
+    online_trainer_status s;
+    online_trainer_get_status(c->trainer, &s);
+    stats_trainer *f = &c->figures;
+    f->step = s.step;
+    f->prefs_applied = s.prefs_applied;
+    f->published_version = s.published_version;
+    f->batch_size = online_trainer_get_options(c->trainer)->batch_size;
+    f->loss = s.loss;
+    f->erm_loss = s.erm_loss;
+    f->kl = s.kl;
+    f->grad_norm = s.grad_norm;
+    f->lr = s.lr;
+    f->erm_accuracy = s.erm_accuracy;
+    int rc = read_lag(c, &f->lag_entries, &f->lag_s, err);
+    if (rc || c->o.stats_interval_ms <= 0) return rc;
+    char *data = stats_trainer_json(f);
+    if (!data) return duel_error_set(err, DUEL_ENOMEM, "stats: out of memory");
+    char key[KEY_MAX + 8], maxlen[32], ts[24], interval[24];
+    snprintf(key, sizeof key, "%sstats", c->prefix);
+    snprintf(maxlen, sizeof maxlen, "%lld", c->o.stats_max_entries);
+    const char *argv[6 + STATS_ENTRY_ARGC] = {"XADD", key, "MAXLEN", "~", maxlen, "*"};
+    stats_entry_argv(c->instance, STATS_ROLE_TRAINER, duel_time_unix_ms(), c->o.stats_interval_ms, data, ts,
+                     interval, argv + 6);
+    rc = command_simple(c, err, 6 + STATS_ENTRY_ARGC, argv);
+    free(data);
+    return rc;
+}
+
+void stream_consumer_get_figures(const stream_consumer *c, stats_trainer *out) { *out = c->figures; }
+
+/* Appends an entry when one is due (stream_consumer_run, after every round). */
+static int stats_if_due(stream_consumer *c, duel_error *err) {
+    if (c->o.stats_interval_ms <= 0 || duel_time_seconds() < c->next_stats_s) return 0;
+    c->next_stats_s = duel_time_seconds() + c->o.stats_interval_ms / 1000.0;
+    return stream_consumer_write_stats(c, err);
+}
+
 /* ---- open / close ----------------------------------------------------------------------- */
 
 static int copy_opt(char *dst, size_t cap, const char *src, const char *what, duel_error *err) {
@@ -714,7 +826,8 @@ static int start(stream_consumer *c, duel_error *err) {
     c->num_replay = c->next_replay = 0;
     int rc;
     if ((rc = refresh_knobs(c, err)) || (rc = setup_replay(c, err)) || (rc = write_status(c, err))) return rc;
-    return 0;
+    c->next_stats_s = 0; /* an entry at once: the instance shows up as soon as it runs */
+    return stats_if_due(c, err);
 }
 
 int stream_consumer_open(const stream_consumer_options *o, online_trainer *trainer, stream_consumer **out,
@@ -745,6 +858,18 @@ int stream_consumer_open(const stream_consumer_options *o, online_trainer *train
         goto fail;
     }
     c->last_publish_s = duel_time_seconds();
+    c->figures.vote_to_publish_s = c->figures.vote_to_publish_max_s = NAN;
+    if (o->instance && o->instance[0]) {
+        snprintf(c->instance, sizeof c->instance, "%s", o->instance);
+    } else {
+        char host[64] = "localhost";
+        gethostname(host, sizeof host - 1);
+        snprintf(c->instance, sizeof c->instance, "train@%.60s:%.60s", host, c->consumer);
+    }
+    for (char *p = c->instance; *p; p++) /* the entries' name rule (common/stats.h) */
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '.' || *p == ':' || *p == '@' || *p == '-'))
+            *p = '_';
     if ((rc = start(c, err))) goto fail;
     *out = c;
     return 0;
@@ -830,6 +955,13 @@ int stream_consumer_run(stream_consumer *c, const stream_consumer_run_options *r
             idle_since = duel_time_seconds();
             continue;
         }
+        if ((rc = stats_if_due(c, err)) != 0) {
+            if (!c->lost) return rc;
+            if ((rc = reconnect(c, run, err)) != 0) return rc;
+            if (c->lost) return 0;
+            idle_since = duel_time_seconds();
+            continue;
+        }
         if (run->after_round) run->after_round(run->context);
         if (n > 0 || c->pending_phase) idle_since = duel_time_seconds();
         else if (run->idle_exit_ms > 0 && (duel_time_seconds() - idle_since) * 1000.0 >= run->idle_exit_ms) break;
@@ -847,6 +979,7 @@ int stream_consumer_run(stream_consumer *c, const stream_consumer_run_options *r
 void stream_consumer_close(stream_consumer *c) {
     if (!c) return;
     if (c->rc) redisFree(c->rc);
+    free(c->transport_block);
     free(c->unacked);
     free(c->replay);
     free(c);

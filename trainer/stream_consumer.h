@@ -24,6 +24,15 @@
  * options.log) once per value, with the reason. The knobs in effect go into the status hash
  * (field knobs, a JSON object; knob_errors counts the rejected ones).
  *
+ * Figures for operators (DESIGN.md section 8, common/stats.h): with stats_interval_ms > 0 the
+ * consumer appends an entry to the capped stream duel:stats at start and every stats_interval_ms
+ * (checked after every round of stream_consumer_run): step, prefs applied, lag behind the stream
+ * head (entries the group has not read, XINFO GROUPS, and the age of the oldest of them), the
+ * last update's losses, KL, grad norm and lr, the batch size in effect, the published version
+ * and the latency from vote to snapshot (over the votes offered since the previous snapshot:
+ * mean and oldest, at the time the snapshot is announced). stream_consumer_get_figures returns
+ * the last figures (for `duel train --metrics`).
+ *
  * After each update the status hash duel:trainer:status is written; after each snapshot it
  * is registered in duel:snapshots (zset, score = version) and duel:snapshot:{v} (hash) and
  * announced on duel:notify. Registration is repeated at start for the checkpoint's latest
@@ -49,6 +58,7 @@
 #include "durable_file.h"
 #include "error.h"
 #include "online_trainer.h"
+#include "stats.h"
 #include "weight_transport.h"
 
 typedef struct stream_consumer_options {
@@ -75,6 +85,10 @@ typedef struct stream_consumer_options {
     weight_transport *transport;
     /* File I/O hooks for the snapshots (fault tests; NULL: real I/O). */
     const durable_io *io;
+    /* duel:stats (see above): 0: no entries. */
+    int stats_interval_ms;
+    long long stats_max_entries; /* MAXLEN ~ of duel:stats: 40000 */
+    const char *instance;        /* the entries' instance name; NULL: "train@HOST:CONSUMER" */
 } stream_consumer_options;
 
 typedef struct stream_consumer_stats {
@@ -123,5 +137,11 @@ int stream_consumer_run(stream_consumer *consumer, const stream_consumer_run_opt
                         duel_error *err);
 
 void stream_consumer_get_stats(const stream_consumer *consumer, stream_consumer_stats *out);
+
+/* The figures of the last duel:stats entry (computed even when no entry is written: at open and
+ * by stream_consumer_write_stats). */
+void stream_consumer_get_figures(const stream_consumer *consumer, stats_trainer *out);
+/* Computes the figures and, with stats_interval_ms > 0, appends them to duel:stats now. */
+int stream_consumer_write_stats(stream_consumer *consumer, duel_error *err);
 
 #endif

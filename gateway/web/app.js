@@ -9,7 +9,7 @@
   const el = {
     status: $('status'), log: $('log'), duel: $('duel'), progress: $('progress'),
     textA: $('text-a'), textB: $('text-b'), answerA: $('answer-a'), answerB: $('answer-b'),
-    notice: $('notice'), form: $('ask-form'), input: $('ask-text'), send: $('send'),
+    notice: $('notice'), testBackend: $('test-backend'), form: $('ask-form'), input: $('ask-text'), send: $('send'),
     cancel: $('cancel'), newConv: $('new-conversation'),
     votes: Array.from(document.querySelectorAll('.votes button')),
   };
@@ -18,7 +18,6 @@
     rate_limited: 'You are sending questions quickly; please wait a moment.',
     busy: 'Still answering your last question.',
     turn_limit: 'This conversation is full. Start a new one.',
-    context_limit: 'This conversation is too long. Start a new one.',
     too_many_connections: 'Too many open tabs from your address.',
     shutting_down: 'The server is restarting; reconnecting shortly.',
     engine_error: 'The model could not answer. Please try again.',
@@ -30,6 +29,15 @@
   let ws = null;
   let backoff = 500;
   let conversation = localStorage.getItem(STORE_KEY) || null;
+  // The browser's stable id (32 hex digits, kept across conversations and visits): the A/B
+  // rollout hashes it to an arm, so a user keeps the arm on every gateway.
+  const CLIENT_KEY = 'duel.client';
+  let client = localStorage.getItem(CLIENT_KEY);
+  if (!/^[0-9a-f]{32}$/.test(client || '')) {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    client = Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+    localStorage.setItem(CLIENT_KEY, client);
+  }
   let current = null; // {id, question, turn, finished, voted, pending}
   let welcomed = false; // the server answered this socket's hello
   let limits = null;
@@ -43,6 +51,17 @@
     el.notice.textContent = text;
     el.notice.className = 'notice' + (kind === 'info' ? ' info' : '');
     el.notice.hidden = !text;
+  }
+
+  // A notice with one action button (the new-conversation offer).
+  function showOffer(text, label, action) {
+    showNotice(text);
+    const b = document.createElement('button');
+    b.type = 'button';
+    b.className = 'offer';
+    b.textContent = label;
+    b.addEventListener('click', action);
+    el.notice.append(' ', b);
   }
 
   function addTurn(user, assistant) {
@@ -102,7 +121,7 @@
     ws = new WebSocket(`${proto}//${location.host}/`, 'duel.v1');
     ws.onopen = () => {
       backoff = 500;
-      const hello = {type: 'hello'};
+      const hello = {type: 'hello', client};
       if (conversation) hello.conversation = conversation;
       ws.send(JSON.stringify(hello));
     };
@@ -131,6 +150,7 @@
     case 'welcome': {
       setStatus('Connected', true);
       limits = msg.limits;
+      el.testBackend.hidden = msg.test_backend !== true;
       if (limits && limits.max_ask_bytes) el.input.maxLength = limits.max_ask_bytes;
       if (msg.conversation !== conversation || !msg.resumed) {
         el.log.textContent = '';
@@ -155,6 +175,12 @@
       current.id = msg.duel;
       el.progress.classList.remove('busy');
       el.progress.textContent = 'Two answers are arriving. Which is better?';
+      // The model reads only so much: the server left the oldest turns out of this question.
+      if (msg.dropped_turns > 0) {
+        const n = msg.dropped_turns;
+        showNotice(`This conversation is longer than the model can read: the first ${n} ` +
+          `turn${n === 1 ? ' was' : 's were'} left out of this answer.`, 'info');
+      }
       break;
     case 'delta':
       if (!current || msg.duel !== current.id) return;
@@ -197,9 +223,15 @@
 
   function handleError(msg) {
     const text = ERROR_TEXT[msg.code] || `Error: ${msg.message || msg.code}`;
-    showNotice(text);
-    if (current && !current.finished && ['busy', 'rate_limited', 'turn_limit', 'context_limit',
-        'engine_error', 'shutting_down'].includes(msg.code)) {
+    if (msg.code === 'conversation_too_long') {
+      // Nothing temporary: the message (with what came before) is more than the model reads.
+      showOffer('That message is too long for the model to read. Shorten it, or start a new ' +
+        'conversation.', 'Start a new conversation', () => el.newConv.click());
+    } else {
+      showNotice(text);
+    }
+    if (current && !current.finished && ['busy', 'rate_limited', 'turn_limit',
+        'conversation_too_long', 'engine_error', 'shutting_down'].includes(msg.code)) {
       if (current.turn) current.turn.remove();
       if (!el.input.value) el.input.value = current.question;
       resetDuel();

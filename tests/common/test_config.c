@@ -2,7 +2,8 @@
  * The file must never drift from the code: each section is fed to the real section parsers
  * (gateway_config_load, the oracle_*_from_json readers, the trainer's parser through `duel train`)
  * and compared with the code's own defaults. Bad paths: unknown section and key, wrong types,
- * malformed JSON with line and column, an oversized file, bad environment values, bad knobs. */
+ * malformed JSON with line and column, an oversized file, bad environment values (the knobs:
+ * test_knobs.c). */
 #include <sys/wait.h>
 
 #include "config.h"
@@ -11,6 +12,7 @@
 #include "erm.h"
 #include "gateway.h"
 #include "json_util.h"
+#include "knobs.h"
 #include "kv_cache.h"
 #include "online_trainer.h"
 #include "oracle.h"
@@ -158,6 +160,9 @@ static void test_oracle_section_is_the_oracle_defaults(void **state) {
         fail_msg("%s", err.message);
     assert_int_equal(pw.stochastic, pg.stochastic);
     assert_true(pw.temperature == pg.temperature);
+    assert_true(pw.tie_margin == pg.tie_margin && pw.flip_probability == pg.flip_probability);
+    assert_int_equal(pw.both_bad, pg.both_bad);
+    assert_true(pw.both_bad_below == pg.both_bad_below);
     oracle_judge_config jw, jg;
     oracle_judge_config_default(&jw);
     oracle_judge_config_default(&jg);
@@ -256,25 +261,9 @@ static void test_engine_and_duel_values_are_the_code_defaults(void **state) {
     json_array_foreach(strategies, i, e) {
         if (duel_strategy_parse(json_string_value(e), &s, &err)) fail_msg("%s", err.message);
     }
-    /* Every default knob has its default in the config, and that value passes the knob. */
-    for (size_t k = 0; k < duel_knobs_default_count; k++) {
-        const duel_knob_spec *spec = &duel_knobs_default[k];
-        if (!spec->config_path) continue; /* lr_scale: a live multiplier, 1 without the knob */
-        char path[128];
-        snprintf(path, sizeof path, "%s", spec->config_path);
-        char *dot = strchr(path, '.');
-        assert_non_null(dot);
-        *dot = '\0';
-        json_t *v = at(root, path, dot + 1);
-        char text[64];
-        if (json_is_string(v)) snprintf(text, sizeof text, "%s", json_string_value(v));
-        else if (json_is_integer(v)) snprintf(text, sizeof text, "%lld", (long long)json_integer_value(v));
-        else snprintf(text, sizeof text, "%.17g", json_number_value(v));
-        duel_knob_value kv;
-        if (duel_knob_parse(duel_knobs_default, duel_knobs_default_count, spec->name, text, &kv,
-                            &err))
-            fail_msg("default of %s: %s", spec->config_path, err.message);
-    }
+    /* Every knob's default is in the config and passes the knob (tests/common/test_knobs.c). */
+    duel_knob_values defaults;
+    if (duel_knobs_defaults(root, NULL, &defaults, &err)) fail_msg("%s", err.message);
     json_decref(root);
 }
 
@@ -332,10 +321,10 @@ static void test_file_env_and_set_overrides(void **state) {
                        " \"oracle\": {\"judge\": {\"model\": \"m\"}}}";
     test_write_file(path, text, strlen(text));
     const char *env[] = {"PATH=/bin", "DUEL_REDIS=[::1]:7000", "DUEL_BIND=0.0.0.0:0",
-                         "DUEL_JUDGE_URL=http://judge:9/v1", "DUEL_ADMIN_TOKEN=s3cret",
+                         "DUEL_JUDGE_URL=http://judge:9/v1", "DUEL_TOKENS=admin:ops:s3cret",
                          "DUEL_JUDGE_API_KEY=", "DUEL_UNRELATED=x", NULL};
     const char *sets[] = {"trainer.batch_size=32", "model.path=some dir/x", "model.id=\"q\"",
-                          "oracle.preference={\"stochastic\": true}", "gateway.origins=[\"http://a\"]",
+                          "oracle.preference={\"stochastic\": true}", "gateway.allowed_origins=[\"http://a\"]",
                           "redis.host=set-host", "trainer.lr=3e-6", "erm.lr=1"};
     json_t *root = NULL;
     duel_config_secrets secrets;
@@ -360,9 +349,9 @@ static void test_file_env_and_set_overrides(void **state) {
     json_t *pref = json_object_get(o, "preference");
     assert_true(json_is_true(json_object_get(pref, "stochastic")));
     assert_true(json_number_value(json_object_get(pref, "temperature")) == 1.0); /* kept */
-    assert_string_equal(json_string_value(json_array_get(at(root, "gateway", "origins"), 0)),
+    assert_string_equal(json_string_value(json_array_get(at(root, "gateway", "allowed_origins"), 0)),
                         "http://a");
-    assert_string_equal(secrets.admin_token, "s3cret");
+    assert_string_equal(secrets.tokens, "admin:ops:s3cret");
     assert_string_equal(secrets.judge_api_key, "");
     /* Secrets never enter the document. */
     char *dump = json_dumps(root, 0);
@@ -436,8 +425,8 @@ static void test_wrong_types_name_the_path(void **state) {
                "trainer.batch_size must be an integer", "abc");
     load_fails(NULL, (const char *const[]){"sim.strategies=[\"ee_ts\", 1]"}, 1, NULL,
                DUEL_EFORMAT, "sim.strategies[1] must be a string", NULL);
-    load_fails(NULL, (const char *const[]){"gateway.origins=\"x\""}, 1, NULL, DUEL_EFORMAT,
-               "gateway.origins must be an array", NULL);
+    load_fails(NULL, (const char *const[]){"gateway.allowed_origins=\"x\""}, 1, NULL, DUEL_EFORMAT,
+               "gateway.allowed_origins must be an array", NULL);
     load_fails(NULL, (const char *const[]){"oracle.preference.stochastic=yes"}, 1, NULL,
                DUEL_EINVAL, "oracle.preference.stochastic must be true or false", NULL);
     load_fails(NULL, (const char *const[]){"model.id=\"unterminated"}, 1, NULL, DUEL_EINVAL,
@@ -486,8 +475,8 @@ static void test_bad_environment_values(void **state) {
                "DUEL_BIND", NULL);
     load_fails(NULL, NULL, 0, (const char *const[]){"DUEL_JUDGE_URL=https://x/", NULL},
                DUEL_EINVAL, "DUEL_JUDGE_URL", "http://");
-    load_fails(NULL, NULL, 0, (const char *const[]){"DUEL_ADMIN_TOKEN=a\nb", NULL}, DUEL_EINVAL,
-               "DUEL_ADMIN_TOKEN", "control");
+    load_fails(NULL, NULL, 0, (const char *const[]){"DUEL_TOKENS=a\nb", NULL}, DUEL_EINVAL,
+               "DUEL_TOKENS", "control");
     char long_token[400];
     snprintf(long_token, sizeof long_token, "DUEL_JUDGE_API_KEY=%0300d", 7);
     load_fails(NULL, NULL, 0, (const char *const[]){long_token, NULL}, DUEL_ELIMIT,
@@ -499,11 +488,11 @@ static void test_bad_environment_values(void **state) {
     json_t *root = NULL;
     duel_error err = {0};
     assert_int_equal(duel_config_load(NULL, NULL, 0,
-                                      (const char *const[]){"DUEL_ADMIN_TOKEN=ok",
+                                      (const char *const[]){"DUEL_TOKENS=ok",
                                                             "DUEL_REDIS=bad", NULL},
                                       &root, &secrets, &err),
                      DUEL_EINVAL);
-    assert_string_equal(secrets.admin_token, "");
+    assert_string_equal(secrets.tokens, "");
 }
 
 static void test_take_sets_from_argv(void **state) {
@@ -536,54 +525,6 @@ static void test_take_sets_from_argv(void **state) {
     assert_int_equal(duel_config_take_sets(&argc, many, sets, 1, &n, &err), DUEL_EINVAL);
 }
 
-/* ---- live knobs ---------------------------------------------------------------------------- */
-
-static void test_knobs(void **state) {
-    (void)state;
-    const duel_knob_spec *k = duel_knobs_default;
-    size_t n = duel_knobs_default_count;
-    duel_knob_value v;
-    duel_error err = {0};
-    assert_int_equal(duel_knob_parse(k, n, "M", "8", &v, &err), 0);
-    assert_int_equal(v.i, 8);
-    assert_int_equal(duel_knob_parse(k, n, "top_p", "0.9", &v, &err), 0);
-    assert_true(v.number == 0.9);
-    assert_int_equal(duel_knob_parse(k, n, "strategy", "bai_ts", &v, &err), 0);
-    assert_string_equal(v.text, "bai_ts");
-    struct { const char *name, *value, *needle; } bad[] = {
-        {"M", "100", "knob M = 100: outside [2, 64]"},
-        {"M", "4.5", "knob M = \"4.5\": not an integer"},
-        {"M", "", "empty"},
-        {"M", " 4", "leading space"},
-        {"top_p", "0", "outside (0, 1]"},
-        {"temperature", "nan", "not a finite number"},
-        {"temperature", "-1", "outside [0, 10]"},
-        {"strategy", "ee", "expected one of"},
-        {"strategy", "ee_ts bon", "expected one of"},
-        {"Beta", "0.1", "unknown knob \"Beta\""},
-        {"max_new_tokens", "99999999999999999999", "not an integer"},
-    };
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        assert_int_equal(duel_knob_parse(k, n, bad[i].name, bad[i].value, &v, &err), DUEL_EINVAL);
-        if (!strstr(err.message, bad[i].needle))
-            fail_msg("knob %s=%s: \"%s\" lacks \"%s\"", bad[i].name, bad[i].value, err.message,
-                     bad[i].needle);
-    }
-    static const duel_knob_spec flags[] = {{"paused", DUEL_KNOB_BOOL, 0, 0, false, NULL, NULL}};
-    assert_int_equal(duel_knob_parse(flags, 1, "paused", "true", &v, &err), 0);
-    assert_true(v.b);
-    assert_int_equal(duel_knob_parse(flags, 1, "paused", "yes", &v, &err), DUEL_EINVAL);
-    /* A whole hash: all good, or the first bad knob named. */
-    duel_knob_value vals[3];
-    const char *fields[] = {"M", "temperature", "gamma"};
-    const char *good[] = {"2", "0.7", "1"};
-    assert_int_equal(duel_knobs_parse(k, n, fields, good, 3, vals, &err), 0);
-    assert_true(vals[2].number == 1.0);
-    const char *one_bad[] = {"2", "0.7", "1.5"};
-    assert_int_equal(duel_knobs_parse(k, n, fields, one_bad, 3, vals, &err), DUEL_EINVAL);
-    assert_non_null(strstr(err.message, "knob gamma"));
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_file_equals_embedded_and_has_every_section),
@@ -598,7 +539,6 @@ int main(void) {
         cmocka_unit_test(test_malformed_and_oversized_files),
         cmocka_unit_test(test_bad_environment_values),
         cmocka_unit_test(test_take_sets_from_argv),
-        cmocka_unit_test(test_knobs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -60,7 +60,7 @@ static pid_t start_server(const char *bin, const char *src, int port, const tu_r
         argv[n++] = "--redis", argv[n++] = redis_s, argv[n++] = "--web-root", argv[n++] = web;
         argv[n++] = "--spill", argv[n++] = spill, argv[n++] = "--config", argv[n++] = config;
         if (model) argv[n++] = "--model", argv[n++] = model;
-        else argv[n++] = "--test-step-ms", argv[n++] = "0";
+        else argv[n++] = "--backend", argv[n++] = "test", argv[n++] = "--test-step-ms", argv[n++] = "0";
         argv[n] = NULL;
         execv(bin, (char *const *)argv);
         _exit(127);

@@ -1,5 +1,5 @@
-# tests/gateway/: the gateway's tests (owner: gateway). Unit tests of the protocol parser, the
-# spill log and vote records; socket tests against a real gateway and a real redis-server.
+# tests/gateway/: the gateway's tests (owner: gateway). Unit tests of the protocol parser and the
+# spill log; socket tests against a real gateway and a real redis-server.
 duel_test(test_gateway_protocol ${CMAKE_CURRENT_LIST_DIR}/test_protocol.c)
 duel_test(test_gateway_spill_log ${CMAKE_CURRENT_LIST_DIR}/test_spill_log.c)
 duel_test(test_gateway_socket ${CMAKE_CURRENT_LIST_DIR}/test_gateway_socket.c)
@@ -26,3 +26,11 @@ endif()
 duel_test(test_gateway_snapshot_swap ${CMAKE_CURRENT_LIST_DIR}/test_snapshot_swap.c)
 set_tests_properties(test_gateway_snapshot_swap PROPERTIES TIMEOUT 300 RUN_SERIAL TRUE
                      SKIP_RETURN_CODE 77)
+# The A/B router: spec parsing and pinning, and the Redis thread's once-per-change feed.
+duel_test(test_gateway_rollout ${CMAKE_CURRENT_LIST_DIR}/test_rollout.c)
+# Hostile clients (issue 21): descriptors exhausted, upgrades without duel.v1, connection caps,
+# hello/idle/partial-message timeouts, HTTP methods, HEAD, 431, the Origin allow-list.
+duel_test(test_gateway_hostile ${CMAKE_CURRENT_LIST_DIR}/test_gateway_hostile.c)
+set_tests_properties(test_gateway_hostile PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE)
+# The duel table's byte budget for finished duels (gateway.max_duel_bytes).
+duel_test(test_gateway_duel_table ${CMAKE_CURRENT_LIST_DIR}/test_duel_table.c)

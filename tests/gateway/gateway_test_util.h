@@ -123,17 +123,24 @@ static inline void tu_gateway_config(gateway_config *cfg, const tu_redis *r) {
     cfg->connections_per_address = 100000;
 }
 
-static inline void tu_gateway_start(tu_gateway *t, const gateway_config *cfg, int step_ms) {
+/* A gateway with this backend (which it takes over) on its own thread. */
+static inline void tu_gateway_start_backend(tu_gateway *t, const gateway_config *cfg,
+                                            duel_backend *backend) {
     memset(t, 0, sizeof *t);
-    duel_backend backend;
-    backend_test_config bcfg = {.step_delay_ms = step_ms, .queue_capacity = 4096};
-    assert_int_equal(backend_test_create(&bcfg, &backend, NULL), 0);
     duel_error err = {0};
-    if (gateway_create(cfg, &backend, &t->gw, &err)) fail_msg("gateway_create: %s", err.message);
+    if (gateway_create(cfg, backend, &t->gw, &err)) fail_msg("gateway_create: %s", err.message);
     t->port = gateway_port(t->gw);
     snprintf(t->spill_path, sizeof t->spill_path, "%s", cfg->spill_path);
     assert_true(t->port > 0);
     assert_int_equal(pthread_create(&t->thread, NULL, tu_gateway_thread, t), 0);
+}
+
+/* The same with the test backend (step_ms between its progress events). */
+static inline void tu_gateway_start(tu_gateway *t, const gateway_config *cfg, int step_ms) {
+    duel_backend backend;
+    backend_test_config bcfg = {.step_delay_ms = step_ms, .queue_capacity = 4096};
+    assert_int_equal(backend_test_create(&bcfg, &backend, NULL), 0);
+    tu_gateway_start_backend(t, cfg, &backend);
 }
 
 static inline void tu_gateway_stop(tu_gateway *t) {
@@ -359,6 +366,7 @@ typedef struct tu_duel {
     char id[33];
     char *a, *b;
     int progress, deltas_a, deltas_b;
+    int dropped_turns; /* duel_start's: old turns left out of the prompt to fit the context */
     bool interleaved;
 } tu_duel;
 
@@ -381,6 +389,7 @@ static inline void ws_ask_duel(ws_client *c, const char *text, tu_duel *d) {
             d->progress++;
         } else if (strcmp(type, "duel_start") == 0) {
             snprintf(d->id, sizeof d->id, "%s", json_string_value(json_object_get(j, "duel")));
+            d->dropped_turns = (int)json_integer_value(json_object_get(j, "dropped_turns"));
         } else if (strcmp(type, "delta") == 0) {
             assert_string_equal(json_string_value(json_object_get(j, "duel")), d->id);
             const char *side = json_string_value(json_object_get(j, "side"));
@@ -422,14 +431,23 @@ static inline bool ws_vote(ws_client *c, const char *duel, const char *choice) {
     return queued;
 }
 
-/* Plain HTTP GET; returns the status and the body (malloc'd) in *body. */
-static inline int tu_http_get(int port, const char *path, char **body) {
+/* One HTTP request (method "GET", "POST", ...), with `Authorization: Bearer TOKEN` when token is
+ * not NULL and a JSON body when request_body is not NULL; returns the status and the answer's
+ * body (malloc'd) in *body. */
+static inline int tu_http_request(int port, const char *method, const char *path, const char *token,
+                                  const char *request_body, char **body) {
     int fd = tu_tcp_connect(port);
     assert_true(fd >= 0);
-    char req[512];
-    int n = snprintf(req, sizeof req, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
-                     path);
+    char req[1024], length[96] = "";
+    if (request_body)
+        snprintf(length, sizeof length, "Content-Type: application/json\r\nContent-Length: %zu\r\n",
+                 strlen(request_body));
+    int n = snprintf(req, sizeof req, "%s %s HTTP/1.1\r\nHost: 127.0.0.1\r\n%s%s%s%sConnection: close\r\n\r\n",
+                     method, path, token ? "Authorization: Bearer " : "", token ? token : "",
+                     token ? "\r\n" : "", length);
+    assert_true(n > 0 && (size_t)n < sizeof req);
     assert_int_equal(tu_write_all(fd, req, (size_t)n), 0);
+    if (request_body) assert_int_equal(tu_write_all(fd, request_body, strlen(request_body)), 0);
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
     for (;;) {
@@ -454,6 +472,27 @@ static inline int tu_http_get(int port, const char *path, char **body) {
     *body = strdup(b ? b + 4 : "");
     free(buf);
     return status;
+}
+
+/* Plain HTTP GET, with `Authorization: Bearer TOKEN` when token is not NULL. */
+static inline int tu_http_get_token(int port, const char *path, const char *token, char **body) {
+    return tu_http_request(port, "GET", path, token, NULL, body);
+}
+
+static inline int tu_http_get(int port, const char *path, char **body) {
+    return tu_http_get_token(port, path, NULL, body);
+}
+
+/* A /metrics line's value (the first sample named exactly so); -1 when there is none. */
+static inline long long tu_metric(int port, const char *name) {
+    char *body = NULL;
+    assert_int_equal(tu_http_get(port, "/metrics", &body), 200);
+    char key[128];
+    snprintf(key, sizeof key, "\n%s ", name);
+    const char *at = strstr(body, key);
+    long long v = at ? atoll(at + strlen(key)) : -1;
+    free(body);
+    return v;
 }
 
 #endif

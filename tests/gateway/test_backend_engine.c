@@ -4,11 +4,14 @@
  * refused; and a whole duel through the gateway over a socket, voted into a real Redis, as
  * `duel serve` runs with a trainer (snapshots: reference features): the vote decodes under the
  * trainer's limits and carries the reference log-probabilities of its candidates, which equal
- * the trainer's own reference forward over the vote's tokens (relative error < 1e-5). Skips
+ * the trainer's own reference forward over the vote's tokens (relative error < 1e-5); a second
+ * turn's prompt, built from the token ids the conversation kept, is exactly the encoding of the
+ * whole conversation (what re-tokenizing the history would give). Skips
  * (exit 77) when models/default is missing. */
 #include "gateway_test_util.h"
 #include "vote_entry.h"
 
+#include "chat_template.h"
 #include "duel.h"
 #include "duel_backend.h"
 #include "engine.h"
@@ -62,7 +65,7 @@ static void test_adapter_duel(void **state) {
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     sink_state s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
     assert_int_equal(b.start(b.impl, sink, &s, &err), 0);
-    duel_backend_turn hist[1] = {{"What is a cat?", "A small domesticated feline."}};
+    duel_backend_turn hist[1] = {{"What is a cat?", "A small domesticated feline.", NULL, 0}};
     duel_backend_request req = {.request_id = 42, .history = hist, .n_history = 1,
                                 .text = "What is a dog?", .arm_snapshot = -1, .seed = 123};
     assert_int_equal(b.submit(b.impl, &req, &err), 0);
@@ -175,8 +178,8 @@ static void test_adapter_rejects_bad_settings(void **state) {
     assert_true(backend_engine_create(&cfg, &b, &err) < 0);
 }
 
-/* The gateway writes votes with its own producer (gateway/server.c); the trainer reads them with
- * vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
+/* The gateway encodes votes with the vote codec (common/vote_entry.h); the trainer reads them
+ * with vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
  * the served model, with the clicked side as the chosen candidate. */
 static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
     redisContext *rc = redisConnect("127.0.0.1", redis->port);
@@ -217,6 +220,35 @@ static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
     redisFree(rc);
 }
 
+/* The newest duel:prefs entry's prompt tokens. */
+static int32_t *last_prompt_tokens(tu_redis *redis, size_t *n) {
+    redisContext *rc = redisConnect("127.0.0.1", redis->port);
+    assert_true(rc && !rc->err);
+    redisReply *r = redisCommand(rc, "XREVRANGE duel:prefs + - COUNT 1");
+    assert_true(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
+    redisReply *fields = r->element[0]->element[1];
+    int32_t *ids = NULL;
+    for (size_t i = 0; i + 1 < fields->elements; i += 2)
+        if (strcmp(fields->element[i]->str, "prompt_tokens") == 0) {
+            *n = fields->element[i + 1]->len / 4;
+            ids = malloc(fields->element[i + 1]->len + 4);
+            memcpy(ids, fields->element[i + 1]->str, fields->element[i + 1]->len);
+        }
+    assert_non_null(ids);
+    freeReplyObject(r);
+    redisFree(rc);
+    return ids;
+}
+
+/* The shipped model's tokenizer and chat template, as the adapter loads them. */
+static void load_tokenizer(tokenizer **tok, chat_template_kind *kind) {
+    char tok_path[1100];
+    duel_error err = {0};
+    snprintf(tok_path, sizeof tok_path, "%s/tokenizer.json", model_dir);
+    assert_int_equal(tokenizer_load(tok_path, tok, &err), 0);
+    assert_int_equal(chat_template_detect(model_dir, kind, &err), 0);
+}
+
 static void test_gateway_with_engine(void **state) {
     (void)state;
     tu_redis redis = {0};
@@ -230,10 +262,7 @@ static void test_gateway_with_engine(void **state) {
     duel_error err = {0};
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     tu_gateway g;
-    memset(&g, 0, sizeof g);
-    if (gateway_create(&gcfg, &b, &g.gw, &err)) fail_msg("%s", err.message);
-    g.port = gateway_port(g.gw);
-    assert_int_equal(pthread_create(&g.thread, NULL, tu_gateway_thread, &g), 0);
+    tu_gateway_start_backend(&g, &gcfg, &b);
     ws_client c;
     assert_int_equal(ws_connect(&c, g.port, NULL), 101);
     ws_hello(&c, NULL, NULL);
@@ -243,7 +272,119 @@ static void test_gateway_with_engine(void **state) {
     assert_false(ws_vote(&c, d.id, "a"));
     assert_int_equal(tu_redis_int(&redis, "XLEN duel:prefs"), 1);
     check_vote_decodes(&redis, &d);
+    /* The second turn: its prompt comes from the first turn's kept ids plus the new question,
+     * and must be the whole conversation's encoding. */
+    tu_duel d2;
+    ws_ask_duel(&c, "What is a lake?", &d2);
+    assert_false(ws_vote(&c, d2.id, "b"));
+    size_t n_got = 0, n_want = 0;
+    int32_t *got = last_prompt_tokens(&redis, &n_got), *want = NULL;
+    tokenizer *tok;
+    chat_template_kind kind;
+    load_tokenizer(&tok, &kind);
+    assert_true(chat_template_turns_concatenate(kind)); /* the default model's qa: ids are kept */
+    chat_message conv[3] = {{"user", "What is a river?"}, {"assistant", d.a}, {"user", "What is a lake?"}};
+    assert_int_equal(chat_template_encode(kind, tok, conv, 3, true, &want, &n_want, &err), 0);
+    assert_int_equal(n_got, n_want);
+    assert_memory_equal(got, want, n_want * sizeof *want);
+    free(got);
+    free(want);
+    tokenizer_free(tok);
+    tu_duel_free(&d2);
     tu_duel_free(&d);
+    ws_close(&c);
+    tu_gateway_stop(&g);
+    tu_redis_stop(&redis, SIGTERM);
+}
+
+/* Conversations longer than the model (issue 21): with the shipped model's 256-token context a
+ * conversation goes on past what fits; the oldest whole turns are left out, duel_start says how
+ * many, and the prompt is exactly the encoding of the turns kept. A message that alone does not
+ * fit gets conversation_too_long (never `busy`), and the connection keeps serving. */
+static void test_conversation_longer_than_the_model(void **state) {
+    (void)state;
+    tu_redis redis = {0};
+    tu_redis_start(&redis);
+    gateway_config gcfg;
+    tu_gateway_config(&gcfg, &redis);
+    gcfg.knobs.v[duel_knob_index("M")].number = 2;
+    gcfg.knobs.v[duel_knob_index("max_new_tokens")].number = 48;
+    gcfg.knobs.v[duel_knob_index("temperature")].number = 1.0;
+    backend_engine_config cfg;
+    engine_config(&cfg);
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    assert_int_equal(b.context_tokens(b.impl), 256);
+    tu_gateway g;
+    tu_gateway_start_backend(&g, &gcfg, &b);
+
+    ws_client c;
+    assert_int_equal(ws_connect(&c, g.port, NULL), 101);
+    ws_hello(&c, NULL, NULL);
+    /* 800 bytes on a fresh conversation (numbers: few bytes per token): more than the model
+     * reads */
+    char big[900], ask[1000];
+    size_t n_big = 0;
+    for (int i = 1; n_big < 800; i++)
+        n_big += (size_t)snprintf(big + n_big, sizeof big - n_big, "%d ", (i * 7919) % 10007);
+    big[800] = '\0';
+    snprintf(ask, sizeof ask, "{\"type\":\"ask\",\"text\":\"%s\"}", big);
+    assert_int_equal(ws_send_text(&c, ask), 0);
+    ws_expect_error(&c, "conversation_too_long");
+
+    enum { TURNS = 11 };
+    static const char *const WORDS[TURNS] = {"alpha", "bravo", "charlie", "delta", "echo",
+                                             "foxtrot", "golf", "hotel", "india", "juliet", "kilo"};
+    char *questions[TURNS], *answers[TURNS];
+    int dropped = 0;
+    for (int t = 0; t < TURNS; t++) {
+        char q[96];
+        snprintf(q, sizeof q, "Tell me a long story about the %s river and its stones.", WORDS[t]);
+        tu_duel d;
+        ws_ask_duel(&c, q, &d); /* fails on any error frame: busy before the fix */
+        assert_true(d.dropped_turns >= dropped); /* the conversation only grows */
+        assert_true(d.dropped_turns <= t);
+        dropped = d.dropped_turns;
+        assert_false(ws_vote(&c, d.id, "a"));
+        questions[t] = strdup(q);
+        answers[t] = strdup(d.a);
+        tu_duel_free(&d);
+    }
+    assert_true(dropped > 0); /* eleven turns do not fit in 256 tokens */
+    /* The last duel's prompt: the kept turns [dropped, TURNS-1) and the last question, exactly */
+    size_t n_got = 0, n_want = 0;
+    int32_t *got = last_prompt_tokens(&redis, &n_got), *want = NULL;
+    assert_true(n_got <= 256 - 48);
+    tokenizer *tok;
+    chat_template_kind kind;
+    load_tokenizer(&tok, &kind);
+    chat_message conv[2 * TURNS];
+    size_t n = 0;
+    for (int t = dropped; t < TURNS - 1; t++) {
+        conv[n++] = (chat_message){"user", questions[t]};
+        conv[n++] = (chat_message){"assistant", answers[t]};
+    }
+    conv[n++] = (chat_message){"user", questions[TURNS - 1]};
+    assert_int_equal(chat_template_encode(kind, tok, conv, n, true, &want, &n_want, &err), 0);
+    assert_int_equal(n_got, n_want);
+    assert_memory_equal(got, want, n_want * sizeof *want);
+    /* ... and with one turn more it would not have fitted: no turn was dropped needlessly */
+    if (dropped > 0) {
+        chat_message more[2 * TURNS + 2];
+        more[0] = (chat_message){"user", questions[dropped - 1]};
+        more[1] = (chat_message){"assistant", answers[dropped - 1]};
+        memcpy(more + 2, conv, n * sizeof *conv);
+        int32_t *ids = NULL;
+        size_t n_ids = 0;
+        assert_int_equal(chat_template_encode(kind, tok, more, n + 2, true, &ids, &n_ids, &err), 0);
+        assert_true(n_ids > 256 - 48);
+        free(ids);
+    }
+    free(got);
+    free(want);
+    tokenizer_free(tok);
+    for (int t = 0; t < TURNS; t++) free(questions[t]), free(answers[t]);
     ws_close(&c);
     tu_gateway_stop(&g);
     tu_redis_stop(&redis, SIGTERM);
@@ -262,6 +403,7 @@ int main(void) {
         cmocka_unit_test(test_adapter_duel),
         cmocka_unit_test(test_adapter_rejects_bad_settings),
         cmocka_unit_test(test_gateway_with_engine),
+        cmocka_unit_test(test_conversation_longer_than_the_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

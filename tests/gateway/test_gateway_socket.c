@@ -3,7 +3,8 @@
  * field, conversations in Redis and resumed, every error code the server sends, garbage, a 1 MiB
  * message, fragmented messages over the limit, binary frames, slowloris partial frames, abuse,
  * origin check, limits, cancel, Redis down (votes queued and replayed), /healthz /readyz /metrics,
- * 1,000 connections opened and closed, and shutdown with a duel running. */
+ * 1,000 connections opened and closed, and shutdown with a duel running. The gateway runs the
+ * test backend, whose votes go to duel:prefs:test and never to duel:prefs (the trainer's). */
 #include "gateway_test_util.h"
 
 typedef struct fixture {
@@ -33,7 +34,7 @@ static int teardown(void **state) {
 static redisReply *xrange_last(const tu_redis *r, redisContext **c) {
     *c = tu_redis_connect(r);
     assert_non_null(*c);
-    redisReply *reply = redisCommand(*c, "XREVRANGE duel:prefs + - COUNT 1");
+    redisReply *reply = redisCommand(*c, "XREVRANGE " GATEWAY_TEST_VOTE_STREAM " + - COUNT 1");
     assert_non_null(reply);
     assert_int_equal(reply->type, REDIS_REPLY_ARRAY);
     assert_int_equal(reply->elements, 1);
@@ -63,6 +64,9 @@ static void test_happy_path(void **state) {
     assert_non_null(strstr(d.b, "What is a lighthouse?"));
     assert_string_not_equal(d.a, d.b);
     assert_false(ws_vote(&c, d.id, "b"));
+    /* Canned answers train nothing: the trainer's stream stays empty (the entry is in the test
+     * backend's stream, below). */
+    assert_int_equal(tu_redis_int(&f->redis, "XLEN duel:prefs"), 0);
 
     /* The stream entry carries every field of DESIGN.md section 8. */
     redisContext *rc;
@@ -415,7 +419,7 @@ static void test_limits(void **state) {
     memcpy(long_text, "{\"type\":\"ask\",\"text\":\"", 22);
     strcpy(long_text + 1000, "\"}");
     ws_send_text(&c[1], long_text); /* ~1000 bytes = ~250 tokens > 200 */
-    ws_expect_error(&c[1], "context_limit");
+    ws_expect_error(&c[1], "conversation_too_long");
     ws_ask_duel(&c[1], "a", &d);
     tu_duel_free(&d);
     ws_ask_duel(&c[1], "b", &d); /* no vote: the history stays short */
@@ -481,7 +485,7 @@ static void test_redis_down_votes_queued_then_replayed(void **state) {
     ws_client c;
     assert_int_equal(ws_connect(&c, f->gw.port, NULL), 101);
     ws_hello(&c, NULL, NULL);
-    long long before = tu_redis_int(&f->redis, "XLEN duel:prefs");
+    long long before = tu_redis_int(&f->redis, "XLEN " GATEWAY_TEST_VOTE_STREAM);
     tu_redis_stop(&f->redis, SIGKILL);
     char ids[3][33];
     for (int i = 0; i < 3; i++) {
@@ -498,10 +502,10 @@ static void test_redis_down_votes_queued_then_replayed(void **state) {
     free(body);
     tu_redis_start(&f->redis); /* same port; not durable: the stream starts empty */
     (void)before;
-    for (int i = 0; i < 300 && tu_redis_int(&f->redis, "XLEN duel:prefs") < 3; i++) tu_sleep_ms(10);
-    assert_int_equal(tu_redis_int(&f->redis, "XLEN duel:prefs"), 3);
+    for (int i = 0; i < 300 && tu_redis_int(&f->redis, "XLEN " GATEWAY_TEST_VOTE_STREAM) < 3; i++) tu_sleep_ms(10);
+    assert_int_equal(tu_redis_int(&f->redis, "XLEN " GATEWAY_TEST_VOTE_STREAM), 3);
     redisContext *rc = tu_redis_connect(&f->redis);
-    redisReply *r = redisCommand(rc, "XRANGE duel:prefs - +");
+    redisReply *r = redisCommand(rc, "XRANGE " GATEWAY_TEST_VOTE_STREAM " - +");
     for (int i = 0; i < 3; i++) /* in order */
         assert_string_equal(entry_field(r->element[i], "duel_id")->str, ids[i]);
     freeReplyObject(r);
@@ -551,7 +555,7 @@ static void test_shutdown_with_duel_running(void **state) {
     ws_hello(&v, NULL, NULL);
     tu_duel d;
     ws_ask_duel(&v, "vote then stop", &d);
-    long long before = tu_redis_int(&f->redis, "XLEN duel:prefs");
+    long long before = tu_redis_int(&f->redis, "XLEN " GATEWAY_TEST_VOTE_STREAM);
     ws_send_text(&c, "{\"type\":\"ask\",\"text\":\"!slow forever\"}");
     json_decref(ws_expect(&c, "progress"));
     char msg[160];
@@ -564,7 +568,7 @@ static void test_shutdown_with_duel_running(void **state) {
     json_decref(ws_expect(&v, "vote_ok")); /* the vote in flight is finished first */
     pthread_join(g.thread, NULL);
     gateway_destroy(g.gw);
-    assert_int_equal(tu_redis_int(&f->redis, "XLEN duel:prefs"), before + 1);
+    assert_int_equal(tu_redis_int(&f->redis, "XLEN " GATEWAY_TEST_VOTE_STREAM), before + 1);
     char *m = NULL;
     assert_int_equal(ws_recv(&c, 2000, &m, NULL), -2);
     tu_duel_free(&d);

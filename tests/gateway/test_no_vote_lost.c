@@ -1,7 +1,8 @@
 /* test_no_vote_lost.c: 5,000 votes through the gateway from 25 concurrent websocket clients while
  * redis-server (appendfsync always) is killed with SIGKILL and restarted twice. Every vote_ok is
- * an acknowledgement; afterwards duel:prefs must hold exactly one entry per acknowledged vote
- * (none lost, none doubled), whether it was stored live or spilled and replayed. */
+ * an acknowledgement; afterwards the vote stream (the test backend's, duel:prefs:test) must hold
+ * exactly one entry per acknowledged vote (none lost, none doubled), whether it was stored live
+ * or spilled and replayed. */
 #include "gateway_test_util.h"
 
 #include <stdatomic.h>
@@ -76,12 +77,12 @@ static void test_no_vote_lost(void **state) {
     assert_true(queued > 0); /* the outages really sent votes to the spill log */
 
     /* Wait for the spill log to drain into Redis. */
-    for (int i = 0; i < 1500 && tu_redis_int(&redis, "XLEN duel:prefs") < acked; i++)
+    for (int i = 0; i < 1500 && tu_redis_int(&redis, "XLEN " GATEWAY_TEST_VOTE_STREAM) < acked; i++)
         tu_sleep_ms(20);
     tu_gateway_stop(&gw);
 
     redisContext *rc = tu_redis_connect(&redis);
-    redisReply *r = redisCommand(rc, "XRANGE duel:prefs - +");
+    redisReply *r = redisCommand(rc, "XRANGE " GATEWAY_TEST_VOTE_STREAM " - +");
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
     print_message("%d votes acknowledged (%d queued in the spill log) in %.1f s; stream holds "
                   "%zu entries\n", acked, queued, t_votes, r->elements);

@@ -40,7 +40,16 @@ static void test_valid_messages(void **state) {
     assert_int_equal(parse(buf, &m), PROTOCOL_OK);
     assert_true(m.has_conversation);
     assert_string_equal(m.conversation, ID);
+    assert_false(m.has_client);
     protocol_msg_clear(&m);
+    /* the page's stable client id (the A/B router's key) */
+    snprintf(buf, sizeof buf, "{\"type\":\"hello\",\"client\":\"%s\"}", ID);
+    assert_int_equal(parse(buf, &m), PROTOCOL_OK);
+    assert_true(m.has_client);
+    assert_string_equal(m.client, ID);
+    protocol_msg_clear(&m);
+    expect("{\"type\":\"hello\",\"client\":\"XYZ\"}", PROTOCOL_E_BAD_VALUE);
+    expect("{\"type\":\"hello\",\"client\":7}", PROTOCOL_E_WRONG_TYPE);
 
     assert_int_equal(parse("{\"type\":\"ask\",\"text\":\"caf\\u00e9 \xe2\x98\x95\"}", &m),
                      PROTOCOL_OK);
@@ -57,7 +66,7 @@ static void test_valid_messages(void **state) {
         assert_int_equal(m.type, PROTOCOL_MSG_VOTE);
         assert_int_equal((int)m.choice, c);
         assert_string_equal(m.duel, ID);
-        assert_string_equal(protocol_choice_name(m.choice), choices[c]);
+        assert_string_equal(vote_choice_name(m.choice), choices[c]);
         protocol_msg_clear(&m);
     }
     assert_int_equal(parse(" {\"type\" : \"cancel\"}\n", &m), PROTOCOL_OK);
@@ -211,21 +220,49 @@ static void test_encoding(void **state) {
 
     const char *users[] = {"q1"}, *answers[] = {"a1"};
     protocol_welcome_limits lim = {16384, 4000, 20, 32};
-    j = load(protocol_encode_welcome(ID, &lim, true, users, answers, 1, &len));
+    j = load(protocol_encode_welcome(ID, &lim, true, users, answers, 1, false, &len));
     assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "limits"),
                                                         "max_frame_bytes")),
                      16384);
     assert_string_equal(json_string_value(json_object_get(
                             json_array_get(json_object_get(j, "history"), 0), "assistant")),
                         "a1");
+    assert_null(json_object_get(j, "test_backend")); /* a model's answers: nothing to say */
     json_decref(j);
+    j = load(protocol_encode_welcome(ID, &lim, false, NULL, NULL, 0, true, &len));
+    assert_true(json_is_true(json_object_get(j, "test_backend")));
+    json_decref(j);
+}
+
+/* An unknown field's name is quoted cut at 40 bytes, which can split a character: the error
+ * frame must still be built (found by fuzz_protocol; it used to be NULL, so no frame went out). */
+static void test_error_detail_cut_mid_character(void **state) {
+    (void)state;
+    char msg[256] = "{\"type\":\"cancel\",\"x"; /* 1 + 2k bytes: 40 ends inside one */
+    for (int i = 0; i < 30; i++) strcat(msg, "\xc3\xa9"); /* 60 bytes of e-acute */
+    strcat(msg, "\":1}");
+    protocol_limits lim = {16384, 4000};
+    protocol_msg m;
+    char detail[256];
+    assert_int_equal(protocol_parse(msg, strlen(msg), &lim, &m, detail, sizeof detail),
+                     PROTOCOL_E_UNKNOWN_FIELD);
+    size_t len = 0;
+    char *frame = protocol_encode_error(PROTOCOL_E_UNKNOWN_FIELD, detail, &len);
+    assert_non_null(frame);
+    json_t *j = json_loads(frame, 0, NULL);
+    assert_non_null(j);
+    assert_string_equal(json_string_value(json_object_get(j, "code")), "unknown_field");
+    json_decref(j);
+    free(frame);
 }
 
 static void test_sanitize(void **state) {
     (void)state;
     size_t n;
+    /* One U+FFFD per maximal subpart, as the CLI and the tokenizer (common/utf8.h): the cut-off
+     * "\xe2\x98" at the end is one (this gateway used to write one per byte). */
     char *s = protocol_sanitize_utf8("ok\xff\xc3\xa9\xe2\x98", 7, &n);
-    assert_string_equal(s, "ok\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd\xef\xbf\xbd");
+    assert_string_equal(s, "ok\xef\xbf\xbd\xc3\xa9\xef\xbf\xbd");
     assert_int_equal(n, strlen(s));
     free(s);
     s = protocol_sanitize_utf8("a\0b", 3, &n); /* NUL would cut C strings: replaced */
@@ -239,6 +276,7 @@ int main(void) {
         cmocka_unit_test(test_utf8_and_size),    cmocka_unit_test(test_structure_errors),
         cmocka_unit_test(test_error_names_are_distinct), cmocka_unit_test(test_encoding),
         cmocka_unit_test(test_sanitize),
+        cmocka_unit_test(test_error_detail_cut_mid_character),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -65,17 +65,6 @@ static void register_snapshot(const tu_redis *r, long long v, const char *path) 
     redisFree(c);
 }
 
-static long long metric(int port, const char *name) {
-    char *body = NULL;
-    assert_int_equal(tu_http_get(port, "/metrics", &body), 200);
-    char key[128];
-    snprintf(key, sizeof key, "\n%s ", name);
-    const char *at = strstr(body, key);
-    long long v = at ? atoll(at + strlen(key)) : -1;
-    free(body);
-    return v;
-}
-
 static long long healthz_version(int port) {
     char *body = NULL;
     assert_int_equal(tu_http_get(port, "/healthz", &body), 200);
@@ -89,10 +78,10 @@ static long long healthz_version(int port) {
 /* Waits (up to 60 s: a loaded machine) until metric name reaches want. */
 static void wait_metric(int port, const char *name, long long want) {
     for (int i = 0; i < 600; i++) {
-        if (metric(port, name) == want) return;
+        if (tu_metric(port, name) == want) return;
         tu_sleep_ms(100);
     }
-    fail_msg("%s never reached %lld (is %lld)", name, want, metric(port, name));
+    fail_msg("%s never reached %lld (is %lld)", name, want, tu_metric(port, name));
 }
 
 /* One duel and a vote; returns the policy_version field of the vote's stream entry. */
@@ -168,7 +157,7 @@ static void test_hot_swap_through_gateway(void **state) {
     ws_hello(&c, NULL, NULL);
     assert_int_equal(duel_and_vote(&c, &redis, 0), 0); /* the base model */
     assert_int_equal(healthz_version(g.port), 0);
-    assert_int_equal(metric(g.port, "duel_serving_policy_version"), 0);
+    assert_int_equal(tu_metric(g.port, "duel_serving_policy_version"), 0);
 
     /* v1: good. The next duel is v1's. */
     char dir[1024];
@@ -176,7 +165,7 @@ static void test_hot_swap_through_gateway(void **state) {
     register_snapshot(&redis, 1, dir);
     wait_metric(g.port, "duel_serving_policy_version", 1);
     assert_int_equal(healthz_version(g.port), 1);
-    assert_int_equal(metric(g.port, "duel_snapshot_loaded_total"), 1);
+    assert_int_equal(tu_metric(g.port, "duel_snapshot_loaded_total"), 1);
     assert_int_equal(duel_and_vote(&c, &redis, 1), 1);
 
     /* v2: model.safetensors truncated after meta.json was written: refused. */
@@ -192,20 +181,20 @@ static void test_hot_swap_through_gateway(void **state) {
     register_snapshot(&redis, 3, dir);
     wait_metric(g.port, "duel_snapshot_rejected_total", 2);
     /* Several polls later it was not retried (refused once, remembered). */
-    long long polls_seen = metric(g.port, "duel_snapshot_newest_seen");
+    long long polls_seen = tu_metric(g.port, "duel_snapshot_newest_seen");
     assert_int_equal(polls_seen, 3);
     tu_sleep_ms(1000);
-    assert_int_equal(metric(g.port, "duel_snapshot_rejected_total"), 2);
-    assert_int_equal(metric(g.port, "duel_serving_policy_version"), 1);
+    assert_int_equal(tu_metric(g.port, "duel_snapshot_rejected_total"), 2);
+    assert_int_equal(tu_metric(g.port, "duel_serving_policy_version"), 1);
     assert_int_equal(duel_and_vote(&c, &redis, 3), 1);
 
     /* v4: good again; v1 is retired and handed back (freed by the adapter). */
     write_snapshot(data, 4, 0.3, dir, sizeof dir);
     register_snapshot(&redis, 4, dir);
     wait_metric(g.port, "duel_serving_policy_version", 4);
-    assert_int_equal(metric(g.port, "duel_snapshot_loaded_total"), 2);
+    assert_int_equal(tu_metric(g.port, "duel_snapshot_loaded_total"), 2);
     assert_int_equal(duel_and_vote(&c, &redis, 4), 4);
-    assert_int_equal(metric(g.port, "duel_snapshot_rejected_total"), 2);
+    assert_int_equal(tu_metric(g.port, "duel_snapshot_rejected_total"), 2);
 
     ws_close(&c);
     tu_gateway_stop(&g);
@@ -252,8 +241,9 @@ static void arena_sink_fn(void *ctx, duel_backend_event *ev) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static duel_backend_result *arena_duel(duel_backend *b, arena_sink *s, uint64_t id) {
-    duel_backend_request req = {.request_id = id, .text = "What is a lake?", .arm_snapshot = -1,
+/* One duel for a conversation pinned to arm (-1: any, 0: the base model: a rollout's pin). */
+static duel_backend_result *pinned_duel(duel_backend *b, arena_sink *s, uint64_t id, long long arm) {
+    duel_backend_request req = {.request_id = id, .text = "What is a lake?", .arm_snapshot = arm,
                                 .seed = 1000 + id};
     duel_error err = {0};
     if (b->submit(b->impl, &req, &err)) fail_msg("submit: %s", err.message);
@@ -266,9 +256,14 @@ static duel_backend_result *arena_duel(duel_backend *b, arena_sink *s, uint64_t 
     return r;
 }
 
+static duel_backend_result *arena_duel(duel_backend *b, arena_sink *s, uint64_t id) {
+    return pinned_duel(b, s, id, -1);
+}
+
 /* Strategy arena in the adapter: ee_ts on the base model while it is the only arm; once a
  * snapshot is resident, one answer from the snapshot's half of the candidates and one from the
- * base model's half, recorded in gen_params (arena_split, arena_versions). */
+ * base model's half, recorded in gen_params (arena_split, arena_versions); a conversation pinned
+ * to the base model (a rollout's "base" arm) is served by it alone. */
 static void test_arena_against_base(void **state) {
     (void)state;
     backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 4,
@@ -305,6 +300,15 @@ static void test_arena_against_base(void **state) {
         json_decref(gp);
         duel_backend_result_free(r);
     }
+    /* A conversation the rollout pins to "base" is served by the base model alone (no arena:
+     * one arm), while the others get the snapshot. */
+    r = pinned_duel(&b, &s, 7, 0);
+    assert_int_equal(r->policy_version, 0);
+    assert_string_equal(r->strategy, "ee_ts");
+    duel_backend_result_free(r);
+    r = pinned_duel(&b, &s, 8, 1);
+    assert_int_equal(r->policy_version, 1);
+    duel_backend_result_free(r);
     b.destroy(b.impl);
     /* Refused without snapshots (one arm) and with an odd M. */
     cfg.snapshots = false;

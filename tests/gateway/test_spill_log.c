@@ -1,13 +1,13 @@
 /* test_spill_log.c: the vote spill log (gateway/spill_log.c) with fault injection: replay order,
  * reopen after a crash (torn tail cut), a bad CRC skipped, failed writes and fsyncs rolled back,
- * batched peek/consume, and vote record (de)serialisation including damaged records. */
+ * batched peek/consume. (The records' framing, damaged ones included, is the vote codec's:
+ * tests/common/test_vote_entry.c.) */
 #include "test_helpers.h"
 
 #include <errno.h>
 #include <fcntl.h>
 
 #include "spill_log.h"
-#include "vote_record.h"
 
 static void log_path(char *out, size_t cap) {
     char dir[512];
@@ -258,45 +258,6 @@ static void test_peek_consume_batches(void **state) {
     spill_log_close(log);
 }
 
-static void test_vote_record_roundtrip_and_damage(void **state) {
-    (void)state;
-    vote_record rec = {0};
-    assert_int_equal(vote_record_add_string(&rec, "vote_id", "abc"), 0);
-    float feats[3] = {1.5f, -2.25f, 3.0f};
-    assert_int_equal(vote_record_add(&rec, "features", feats, sizeof feats), 0);
-    assert_int_equal(vote_record_add(&rec, "empty", "", 0), 0);
-    assert_int_equal(vote_record_add_int(&rec, "ts_ms", -42), 0);
-    char *buf;
-    size_t len;
-    assert_int_equal(vote_record_serialize(&rec, &buf, &len, NULL), 0);
-    vote_record back;
-    assert_int_equal(vote_record_deserialize(buf, len, &back, NULL), 0);
-    assert_int_equal(back.n_fields, 4);
-    size_t n;
-    const char *v = vote_record_get(&back, "features", &n);
-    assert_int_equal(n, sizeof feats);
-    assert_memory_equal(v, feats, sizeof feats);
-    assert_string_equal(vote_record_get(&back, "ts_ms", NULL), "-42");
-    assert_null(vote_record_get(&back, "missing", NULL));
-    vote_record_clear(&back);
-    /* Every truncation and a trailing byte are errors, never crashes. */
-    for (size_t cut = 0; cut < len; cut++)
-        assert_int_equal(vote_record_deserialize(buf, cut, &back, NULL), DUEL_EFORMAT);
-    char *longer = malloc(len + 1);
-    memcpy(longer, buf, len);
-    longer[len] = 0;
-    assert_int_equal(vote_record_deserialize(longer, len + 1, &back, NULL), DUEL_EFORMAT);
-    /* A huge field count. */
-    longer[0] = (char)0xff;
-    assert_int_equal(vote_record_deserialize(longer, len, &back, NULL), DUEL_EFORMAT);
-    free(longer);
-    free(buf);
-    for (int i = rec.n_fields; i < VOTE_RECORD_MAX_FIELDS; i++)
-        assert_int_equal(vote_record_add_int(&rec, "x", i), 0);
-    assert_int_equal(vote_record_add_int(&rec, "one_too_many", 1), DUEL_ELIMIT);
-    vote_record_clear(&rec);
-}
-
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_crc32_reference),
@@ -305,7 +266,6 @@ int main(void) {
         cmocka_unit_test(test_bad_crc_skipped),
         cmocka_unit_test(test_write_and_fsync_failures_roll_back),
         cmocka_unit_test(test_peek_consume_batches),
-        cmocka_unit_test(test_vote_record_roundtrip_and_damage),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -49,7 +49,13 @@ typedef struct logits_record {
     float *logits;
 } logits_record;
 
+/* A compute backend that runs the CPU backend and records every logits row it produced, keyed
+ * by (model, the sequence's tokens so far). */
 typedef struct recorder {
+    compute_backend base;
+    compute_backend *cpu;
+    compute_arm *arms[4]; /* the CPU backend's, by model index */
+    int n_arms;
     model **models;
     int vocab;
     logits_record *recs;
@@ -68,15 +74,20 @@ static const float *recorder_find(const recorder *r, uint64_t key) {
     return NULL;
 }
 
-static int recording_forward(void *ctx, int model_index, kv_pool *pool,
-                             const model_batch_entry *entries, int n, duel_error *err) {
-    recorder *r = ctx;
-    int rc = model_forward_batch(r->models[model_index], pool, entries, n, err);
+static int recording_forward(compute_backend *b, compute_arm *arm, kv_pool *pool,
+                             const compute_entry *entries, int n, duel_error *err) {
+    recorder *r = (recorder *)b;
+    int model_index = 0;
+    while (model_index < r->n_arms && r->arms[model_index] != arm) model_index++;
+    assert_true(model_index < r->n_arms);
+    int rc = compute_forward(r->cpu, arm, pool, entries, n, err);
     if (rc) return rc;
     int bs = kv_pool_block_size(pool);
+    float *row = malloc((size_t)r->vocab * sizeof *row);
     for (int i = 0; i < n; i++) {
-        const model_batch_entry *e = &entries[i];
-        if (!e->logits) continue;
+        const compute_entry *e = &entries[i];
+        if (e->logits_row < 0) continue;
+        assert_int_equal(compute_read_logits(r->cpu, e->logits_row, row, err), 0);
         int64_t len = e->start + e->n_tokens;
         int32_t *prefix = malloc((size_t)len * sizeof *prefix);
         for (int64_t p = 0; p < e->start; p++)
@@ -87,11 +98,49 @@ static int recording_forward(void *ctx, int model_index, kv_pool *pool,
             r->recs = realloc(r->recs, (size_t)r->cap * sizeof *r->recs);
         }
         float *copy = malloc((size_t)r->vocab * sizeof *copy);
-        memcpy(copy, e->logits, (size_t)r->vocab * sizeof *copy);
+        memcpy(copy, row, (size_t)r->vocab * sizeof *copy);
         r->recs[r->n++] = (logits_record){prefix_key(model_index, prefix, len), copy};
         free(prefix);
     }
+    free(row);
     return DUEL_OK;
+}
+
+static int recording_step_begin(compute_backend *b, int rows, int vocab, duel_error *err) {
+    return compute_step_begin(((recorder *)b)->cpu, rows, vocab, err);
+}
+
+static int recording_sample(compute_backend *b, compute_sample *samples, int n,
+                            duel_error *err) {
+    return compute_sample_rows(((recorder *)b)->cpu, samples, n, err);
+}
+
+static int recording_read_logits(compute_backend *b, int row, float *out, duel_error *err) {
+    return compute_read_logits(((recorder *)b)->cpu, row, out, err);
+}
+
+static const compute_ops recording_ops = {.name = "recording",
+                                          .step_begin = recording_step_begin,
+                                          .forward = recording_forward,
+                                          .sample = recording_sample,
+                                          .read_logits = recording_read_logits};
+
+static void recorder_open(recorder *r, model **models, int n_models) {
+    r->base.ops = &recording_ops;
+    duel_error err = {0};
+    assert_int_equal(compute_open("cpu", NULL, 0, &r->cpu, NULL, &err), 0);
+    r->models = models;
+    r->n_arms = n_models;
+    for (int i = 0; i < n_models; i++)
+        assert_int_equal(compute_arm_load(r->cpu, models[i], &r->arms[i], &err), 0);
+    r->vocab = model_output_size(models[0]);
+}
+
+static void recorder_close(recorder *r) {
+    for (int i = 0; i < r->n_arms; i++) compute_arm_unload(r->cpu, r->arms[i]);
+    r->n_arms = 0;
+    compute_destroy(r->cpu);
+    r->cpu = NULL;
 }
 
 static void recorder_free(recorder *r) {
@@ -152,16 +201,16 @@ static void run_requests(model **models, int n_models, const sched_request_param
     kv_pool *pool = NULL;
     duel_error err = {0};
     assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
+    assert_true(n_models <= 4);
+    recorder_open(rec, models, n_models);
     sched_model_info infos[4];
     for (int i = 0; i < n_models; i++)
-        infos[i] = (sched_model_info){(uint64_t)i + 1, model_output_size(models[i]),
+        infos[i] = (sched_model_info){rec->arms[i], (uint64_t)i + 1, model_output_size(models[i]),
                                       model_get_config(models[i])->hidden_size,
                                       model_get_config(models[i])->max_position_embeddings};
-    rec->models = models;
-    rec->vocab = model_output_size(models[0]);
     sched_params sp = {.max_batch_tokens = setup->batch_tokens, .max_running = setup->max_running};
     scheduler *s = NULL;
-    assert_int_equal(sched_create(&sp, pool, infos, n_models, recording_forward, rec, &s, &err), 0);
+    assert_int_equal(sched_create(&sp, pool, infos, n_models, &rec->base, &s, &err), 0);
     run_ctx ctx = {results};
     memset(results, 0, (size_t)n * sizeof *results);
     for (int i = 0; i < n; i++) {
@@ -182,6 +231,7 @@ static void run_requests(model **models, int n_models, const sched_request_param
     for (int i = 0; i < n; i++) assert_true(results[i].done);
     if (stats_out) sched_stats_get(s, stats_out);
     sched_destroy(s);
+    recorder_close(rec);
     kv_pool_stats ps;
     kv_pool_stats_get(pool, &ps);
     assert_int_equal(ps.used_blocks, 0);

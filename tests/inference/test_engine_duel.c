@@ -19,6 +19,8 @@
  *     and after a cancel mid-decode; the policy as its own reference gives the plain samples;
  *     with max_pilaf_jobs = 1 MIXED requests run one after another and a waiting one can be
  *     cancelled;
+ *   - a duel cancelled during its reference pass (the scheduler's scoring request) ends with
+ *     CANCELLED, leaves no block used, and the engine serves the next duel;
  *   - bad inputs: a strategy duel_select refuses (arena) and NaN rewards are ERROR events after
  *     which the engine still serves; an out-of-range strategy, M < 2, pilaf with M != 2 or a
  *     bad beta, no ERM, an ERM of the wrong width, an unknown reference arm and a max_pilaf_jobs
@@ -390,7 +392,70 @@ static void test_duel_errors_keep_serving(void **state) {
     assert_non_null(strstr(err.message, "an even number"));
     engine_stats st;
     engine_stats_get(f.e, &st);
-    assert_int_equal(st.requests_submitted, 2);
+    assert_int_equal(st.requests_submitted, 4); /* two duels, each with its reference pass */
+    fx_close(&f);
+}
+
+static engine_stats stats_when_idle(engine *e, uint64_t cancelled);
+
+/* A duel cancelled once its candidates are done, while its reference pass (the scheduler's
+ * scoring request) is queued or running: CANCELLED ends it (or, if the pass won the race,
+ * DUEL_READY and FINISHED), no block stays used, and the next duel is served. */
+static void test_duel_cancel_during_reference_pass(void **state) {
+    (void)state;
+    engine_fx f;
+    fx_open(&f, ENGINE_FEATURES_REFERENCE);
+    /* One token per step: the reference pass takes dozens of steps, so the cancel, sent as the
+     * last candidate's event arrives, nearly always finds it running. */
+    engine_destroy(f.e);
+    engine_model_params mp[2] = {{"policy", f.policy, NULL}, {"ref", f.ref, NULL}};
+    engine_params ep = {.models = mp, .num_models = 2, .kv_memory_bytes = (size_t)4 << 20,
+                        .max_candidates = 16, .erm = f.erm, .reference_arm = "ref",
+                        .max_batch_tokens = 1};
+    duel_error cerr = {0};
+    if (engine_create(&ep, &f.e, &cerr)) fail_msg("engine_create: %s", cerr.message);
+    int cancelled = 0, finished = 0;
+    for (uint64_t seed = 1; seed <= 6; seed++) {
+        engine_request req = duel_request(DUEL_STRATEGY_EE_TS, seed);
+        uint64_t id;
+        duel_error err = {0};
+        if (engine_submit(f.e, &req, &id, &err)) fail_msg("engine_submit: %s", err.message);
+        int candidates = 0;
+        for (;;) {
+            engine_event *ev = wait_event(f.e);
+            engine_event_kind k = ev->kind;
+            engine_event_free(ev);
+            if (k == ENGINE_EVENT_CANDIDATE && ++candidates == M) {
+                /* every candidate is out: the request is in its reference pass now */
+                int rc = engine_cancel(f.e, id, &err);
+                assert_true(rc == DUEL_OK || rc == DUEL_EINVAL);
+            }
+            if (k == ENGINE_EVENT_CANCELLED) {
+                cancelled++;
+                break;
+            }
+            if (k == ENGINE_EVENT_FINISHED) {
+                finished++;
+                break;
+            }
+            assert_true(k == ENGINE_EVENT_CANDIDATE || k == ENGINE_EVENT_DUEL_READY);
+        }
+        assert_int_equal(engine_cancel(f.e, id, &err), DUEL_EINVAL); /* ended */
+    }
+    /* The pass runs dozens of steps: a cancel losing the race six times in a row would mean the
+     * pass ignores it. */
+    assert_true(cancelled >= 1);
+    engine_stats st = stats_when_idle(f.e, (uint64_t)cancelled);
+    assert_int_equal(st.kv_used_blocks, 0);
+    int32_t tokens[M][NEW];
+    int counts[M] = {0};
+    char *msg = NULL;
+    engine_request req = duel_request(DUEL_STRATEGY_EE_TS, 99);
+    engine_event *ready = run_duel(&f, &req, tokens, counts, &msg);
+    if (!ready) fail_msg("duel after the cancels failed: %s", msg);
+    engine_event_free(ready);
+    printf("cancelled during the reference pass: %d of %d (%d finished first)\n", cancelled,
+           cancelled + finished, finished);
     fx_close(&f);
 }
 
@@ -989,6 +1054,7 @@ static void test_duel_bad_engine_params(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_duel_reference_features),
+        cmocka_unit_test(test_duel_cancel_during_reference_pass),
         cmocka_unit_test(test_duel_policy_features),
         cmocka_unit_test(test_duel_errors_keep_serving),
         cmocka_unit_test(test_duel_pilaf_equals_slow_reference),

@@ -7,6 +7,8 @@
  *     (the rounding is the one the C code does, not merely a small error);
  *   - the paged batched forward (the engine's) with packed weights and bf16 KV against
  *     model_forward of the same weights;
+ *   - model_tensor_read of a packed model (what the CUDA backend uploads): f32's tensors rounded
+ *     as the format stores them, a tied head still tied;
  *   - on the shipped default model (a bf16 checkpoint): greedy text over 64 tokens unchanged with
  *     bf16 weights; and duels whose ERM features come from a reference arm with f32, bf16 or q8
  *     weights (the policy f32, so the candidates are the same): the features within 2e-2 of f32's
@@ -246,6 +248,80 @@ static void test_paged_packed_and_bf16_kv(void **state) {
     check_paged("tiny-llama-f32", WEIGHT_F32, 2);
 }
 
+/* ---- the weights a backend with its own copy reads (model_tensor_read) ---------------------- */
+
+/* x rounded as format stores it: bf16 to nearest even; q8 in blocks of 32 along the row (zero
+ * padding past cols), scale rounded to f16, value = scale * quant. */
+static void round_row(weight_format f, const float *x, int cols, float *out) {
+    if (f == WEIGHT_BF16) {
+        for (int k = 0; k < cols; k++) out[k] = weight_bf16_to_f32(weight_f32_to_bf16(x[k]));
+        return;
+    }
+    for (int b = 0; b < cols; b += WEIGHT_Q8_BLOCK) {
+        float block[WEIGHT_Q8_BLOCK] = {0};
+        int8_t q[WEIGHT_Q8_BLOCK];
+        int n = cols - b < WEIGHT_Q8_BLOCK ? cols - b : WEIGHT_Q8_BLOCK;
+        memcpy(block, x + b, (size_t)n * sizeof *block);
+        float d = weight_f16_to_f32(weight_q8_quantize_block(block, q));
+        for (int k = 0; k < n; k++) out[b + k] = d * (float)q[k];
+    }
+}
+
+/* A packed model's tensors read back (what the CUDA backend uploads): the same shapes as the f32
+ * model's, the linear layers, the head and a tied embedding as the packed values (f32's rounded
+ * the same way), every other tensor f32's exactly; a tied head stays tied. Failed before the
+ * merge with the compute interface: packed matrices read as absent. */
+static void check_tensor_read(const char *name, weight_format f) {
+    char dir[1100];
+    fixture_dir(name, dir, sizeof dir);
+    model *ref = load(dir, WEIGHT_F32), *m = load(dir, f);
+    assert_int_equal(model_head_is_embedding(m), model_head_is_embedding(ref));
+    duel_error err = {0};
+    int checked = 0;
+    for (int t = 0; t < MODEL_TENSOR_COUNT; t++)
+        for (int l = 0; l < model_get_config(ref)->num_layers; l++) {
+            int r0, c0, r1, c1;
+            model_tensor_shape(ref, (model_tensor)t, l, &r0, &c0);
+            model_tensor_shape(m, (model_tensor)t, l, &r1, &c1);
+            assert_int_equal(r1, r0);
+            assert_int_equal(c1, c0);
+            if (r0 == 0) continue;
+            size_t n = (size_t)r0 * (size_t)c0;
+            float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *want = malloc(n * sizeof *want);
+            assert_int_equal(model_tensor_read(ref, (model_tensor)t, l, a, &err), 0);
+            if (model_tensor_read(m, (model_tensor)t, l, b, &err))
+                fail_msg("%s %s: tensor %d layer %d: %s", name, weight_format_name(f), t, l, err.message);
+            bool linear = t == MODEL_TENSOR_QKV_W || t == MODEL_TENSOR_O_W || t == MODEL_TENSOR_UP_W ||
+                          t == MODEL_TENSOR_DOWN_W || t == MODEL_TENSOR_HEAD_W ||
+                          (t == MODEL_TENSOR_EMBEDDING && model_head_is_embedding(ref));
+            for (int r = 0; r < r0; r++) {
+                const float *x = a + (size_t)r * (size_t)c0;
+                if (linear) round_row(f, x, c0, want + (size_t)r * (size_t)c0);
+                else memcpy(want + (size_t)r * (size_t)c0, x, (size_t)c0 * sizeof *want);
+            }
+            double e = test_relative_error_f32(b, want, n);
+            if (!(e < 1e-6))
+                fail_msg("%s %s: tensor %d layer %d: rel. err. %g against f32 rounded", name,
+                         weight_format_name(f), t, l, e);
+            checked += linear;
+            free(a);
+            free(b);
+            free(want);
+            if (t < MODEL_TENSOR_ATTN_NORM_W || t > MODEL_TENSOR_DOWN_B) break; /* not per layer */
+        }
+    assert_true(checked > 0);
+    model_free(ref);
+    model_free(m);
+}
+
+static void test_tensor_read_packed(void **state) {
+    (void)state;
+    check_tensor_read("tiny-llama-f32", WEIGHT_BF16); /* tied head */
+    check_tensor_read("tiny-llama-f32", WEIGHT_Q8);
+    check_tensor_read("tiny-neox-f32", WEIGHT_Q8);
+    check_tensor_read("tiny-llama-qwen2-f32", WEIGHT_BF16);
+}
+
 /* ---- the shipped default model ------------------------------------------------------------- */
 
 static const char *const PROMPTS[] = {
@@ -437,6 +513,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_logits_against_torch),
         cmocka_unit_test(test_paged_packed_and_bf16_kv),
+        cmocka_unit_test(test_tensor_read_packed),
         cmocka_unit_test(test_default_greedy_bf16),
         cmocka_unit_test(test_default_duel_pairs),
     };

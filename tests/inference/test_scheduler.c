@@ -14,9 +14,17 @@
  * fell out of step or read another's blocks changes the tokens) through
  * pools so small that preemption is constant, checking sched_check (which includes kv_pool_check:
  * reference counts equal table contents, no leaked or double-freed block) after every step, and
- * that the pool is entirely free at the end. Then submit's bad inputs. */
+ * that the pool is entirely free at the end. A sixth of the requests without a reference are
+ * scoring requests (forced tokens, the duel's reference pass), half of them keeping an ended
+ * request's place in the age order: their log-probabilities and hidden states are the
+ * simulator's too, so a token scored twice or never after a preemption shows. Then submit's bad
+ * inputs. The fake model is a
+ * compute backend (compute.h) whose logits rows live in host memory, sampled by the shared
+ * host-logits helper exactly as the CPU backend samples them. */
 #include "test_helpers.h"
 
+#include "compute.h"
+#include "cpu_ops.h"
 #include "kv_cache.h"
 #include "rng.h"
 #include "sampler.h"
@@ -50,22 +58,34 @@ static void fake_hidden(uint32_t h, int64_t pos, int model, float *hidden) {
     hidden[3] = (float)model;
 }
 
+/* The fake backend: arms are model indices; fail_call > 0 makes that forward call fail. */
 typedef struct fake_ctx {
+    compute_backend base;
+    compute_host_logits logits;
     int calls;
+    int fail_call;
     int failures;
     char failure[512];
 } fake_ctx;
 
+struct compute_arm {
+    int model_index;
+};
+
+static compute_arm fake_arms[3] = {{0}, {1}, {2}};
+
 static uint32_t slot_hash(const float *k) { return (uint32_t)k[2] | ((uint32_t)k[3] << 16); }
 
 /* The fake forward: verify history, write K/V (both layers) and produce outputs. */
-static int fake_forward(void *vctx, int model_index, kv_pool *pool,
-                        const model_batch_entry *entries, int n, duel_error *err) {
-    fake_ctx *ctx = vctx;
-    ctx->calls++;
+static int fake_forward(compute_backend *b, compute_arm *arm, kv_pool *pool,
+                        const compute_entry *entries, int n, duel_error *err) {
+    fake_ctx *ctx = (fake_ctx *)b;
+    int model_index = arm->model_index;
+    if (++ctx->calls == ctx->fail_call)
+        return duel_error_set(err, DUEL_ENOMEM, "simulated out of memory");
     int bs = kv_pool_block_size(pool);
     for (int i = 0; i < n; i++) {
-        const model_batch_entry *e = &entries[i];
+        const compute_entry *e = &entries[i];
         uint32_t h = chain_root(model_index);
         for (int64_t q = 0; q < e->start + e->n_tokens; q++) {
             int32_t tok;
@@ -99,12 +119,56 @@ static int fake_forward(void *vctx, int model_index, kv_pool *pool,
             }
             h = next;
         }
+        /* targets: re-derive each row's hash and score its target */
+        if (e->targets) {
+            *e->target_logprob = 0;
+            uint32_t hr = chain_root(model_index);
+            for (int64_t q = 0; q < e->start + e->n_tokens; q++) {
+                int32_t tok = q < e->start ? kv_pool_block_tokens(pool, e->seq->blocks[q / bs])[q % bs]
+                                           : e->tokens[q - e->start];
+                hr = mix32(hr, (uint32_t)tok, (uint32_t)q);
+                if (q < e->start || e->targets[q - e->start] < 0) continue;
+                float lg[FAKE_VOCAB + 1];
+                fake_logits(hr, model_index, lg);
+                *e->target_logprob +=
+                    (double)lg[e->targets[q - e->start]] - cpu_log_sum_exp(lg, FAKE_VOCAB);
+            }
+        }
         int64_t last = e->start + e->n_tokens - 1;
-        if (e->logits) fake_logits(h, model_index, e->logits);
+        if (e->logits_row >= 0) {
+            float *row = compute_host_logits_row(&ctx->logits, e->logits_row);
+            if (!row) return duel_error_set(err, DUEL_EINVAL, "no logits row %d", e->logits_row);
+            fake_logits(h, model_index, row);
+        }
         if (e->hidden_last) fake_hidden(h, last, model_index, e->hidden_last);
     }
     return DUEL_OK;
 }
+
+static int fake_step_begin(compute_backend *b, int rows, int vocab, duel_error *err) {
+    return compute_host_logits_begin(&((fake_ctx *)b)->logits, rows, vocab, err);
+}
+
+static int fake_sample(compute_backend *b, compute_sample *samples, int n, duel_error *err) {
+    return compute_host_logits_sample(&((fake_ctx *)b)->logits, samples, n, err);
+}
+
+static int fake_read_logits(compute_backend *b, int row, float *out, duel_error *err) {
+    return compute_host_logits_read(&((fake_ctx *)b)->logits, row, out, err);
+}
+
+static const compute_ops fake_ops = {.name = "fake",
+                                     .step_begin = fake_step_begin,
+                                     .forward = fake_forward,
+                                     .sample = fake_sample,
+                                     .read_logits = fake_read_logits};
+
+static void fake_init(fake_ctx *f) {
+    memset(f, 0, sizeof *f);
+    f->base.ops = &fake_ops;
+}
+
+static void fake_fini(fake_ctx *f) { compute_host_logits_free(&f->logits); }
 
 /* ---- reference simulator ------------------------------------------------------------------ */
 
@@ -119,6 +183,8 @@ typedef struct expected_candidate {
 
 typedef struct expected_request {
     bool active, cancelled, done;
+    bool scoring;      /* forced tokens */
+    uint64_t arrival;  /* its place in the age order (from DONE, or the one it took) */
     int model, M, prompt_len;
     int runs; /* models each position runs on: 2 with a lockstep reference */
     bool want_hidden;
@@ -143,8 +209,32 @@ static int stress_logits_step(void *ctx, int candidate, const float *logits,
     return DUEL_OK;
 }
 
+/* A scoring request's candidates: log p(forced | prompt) summed in double, the hidden state at
+ * the last forced token. */
+static void simulate_forced(const sched_request_params *p, uint32_t hp, expected_request *x) {
+    for (int c = 0; c < p->num_candidates; c++) {
+        expected_candidate *ec = &x->cand[c];
+        memset(ec, 0, sizeof *ec);
+        uint32_t h = hp;
+        int len = p->prompt_len;
+        for (int j = 0; j < p->forced_counts[c]; j++) {
+            float logits[FAKE_VOCAB];
+            fake_logits(h, p->model, logits);
+            int32_t tok = p->forced[c][j];
+            ec->logprob_sum += (double)logits[tok] - cpu_log_sum_exp(logits, FAKE_VOCAB);
+            ec->tokens[ec->count++] = tok;
+            h = mix32(h, (uint32_t)tok, (uint32_t)len);
+            len++;
+        }
+        ec->reason = SCHED_FINISH_LENGTH;
+        fake_hidden(h, len - 1, p->model, ec->hidden);
+    }
+}
+
 static void simulate(const sched_request_params *p, int max_context, expected_request *x) {
     x->model = p->model;
+    x->scoring = p->forced != NULL;
+    x->arrival = p->arrival;
     x->runs = p->use_ref_model ? 2 : 1;
     x->M = p->num_candidates;
     x->prompt_len = p->prompt_len;
@@ -156,6 +246,10 @@ static void simulate(const sched_request_params *p, int max_context, expected_re
         hrp = mix32(hrp, (uint32_t)p->prompt[i], (uint32_t)i);
     }
     fake_hidden(hp, p->prompt_len - 1, p->model, x->prompt_hidden);
+    if (p->forced) {
+        simulate_forced(p, hp, x);
+        return;
+    }
     for (int c = 0; c < p->num_candidates; c++) {
         expected_candidate *ec = &x->cand[c];
         memset(ec, 0, sizeof *ec);
@@ -243,7 +337,10 @@ static void on_event(void *vctx, const sched_event *ev) {
         if (ev->count != ec->count || memcmp(ev->tokens, ec->tokens, (size_t)ec->count * 4))
             stress_fail(st, "request %llu candidate %d: %d tokens differ from the %d expected",
                         (unsigned long long)ev->request_id, ev->candidate, ev->count, ec->count);
-        else if (ev->logprob_sum != ec->logprob_sum || ev->finish_reason != ec->reason)
+        else if ((x->scoring ? !(fabs(ev->logprob_sum - ec->logprob_sum) <=
+                                 1e-9 * (1 + fabs(ec->logprob_sum)))
+                             : ev->logprob_sum != ec->logprob_sum) ||
+                 ev->finish_reason != ec->reason)
             stress_fail(st, "request %llu candidate %d: logprob %.9g vs %.9g, reason %d vs %d",
                         (unsigned long long)ev->request_id, ev->candidate, ev->logprob_sum,
                         ec->logprob_sum, ev->finish_reason, ec->reason);
@@ -268,7 +365,9 @@ static void on_event(void *vctx, const sched_event *ev) {
             stress_fail(st, "request %llu: prompt hidden state differs",
                         (unsigned long long)ev->request_id);
         const sched_request_stats *s = ev->stats;
-        if (s->prompt_tokens != x->prompt_len || s->generated_tokens < x->M ||
+        x->arrival = s->arrival;
+        if (s->prompt_tokens != x->prompt_len ||
+            (x->scoring ? s->generated_tokens != 0 : s->generated_tokens < x->M) ||
             s->prompt_computed < x->runs * x->prompt_len - s->cached_tokens ||
             s->done_time < s->submit_time)
             stress_fail(st, "request %llu: inconsistent stats", (unsigned long long)ev->request_id);
@@ -292,19 +391,21 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
     duel_error err = {0};
     assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
     const int max_context = 64;
-    sched_model_info models[2] = {{11, FAKE_VOCAB, FAKE_HIDDEN, max_context},
-                                  {22, FAKE_VOCAB, FAKE_HIDDEN, max_context}};
+    sched_model_info models[2] = {{&fake_arms[0], 11, FAKE_VOCAB, FAKE_HIDDEN, max_context},
+                                  {&fake_arms[1], 22, FAKE_VOCAB, FAKE_HIDDEN, max_context}};
     sched_params sp = {.max_batch_tokens = budget, .max_running = max_running,
                        .max_candidates = 5};
-    fake_ctx fctx = {0};
+    fake_ctx fctx;
+    fake_init(&fctx);
     scheduler *s = NULL;
-    assert_int_equal(sched_create(&sp, pool, models, 2, fake_forward, &fctx, &s, &err), 0);
+    assert_int_equal(sched_create(&sp, pool, models, 2, &fctx.base, &s, &err), 0);
     stress st = {.x = calloc(MAX_REQUESTS + 1, sizeof(expected_request)),
                  .max_context = max_context};
     assert_true(n_requests <= MAX_REQUESTS);
     duel_rng rng;
     duel_rng_seed(&rng, seed);
-    int submitted = 0, steps = 0, cancels = 0, bad_cancels = 0, with_ref = 0, step_calls = 0;
+    int submitted = 0, steps = 0, cancels = 0, bad_cancels = 0, with_ref = 0, step_calls = 0,
+        scoring = 0, continued = 0;
     const int32_t stops[2] = {0, 1};
     while (submitted < n_requests || sched_has_work(s)) {
         /* Keep a few dozen requests in flight. */
@@ -354,6 +455,34 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
                 if (rp.max_new_tokens > 20) rp.max_new_tokens = 20;
                 with_ref++;
             }
+            /* A scoring request: forced candidates of 1..24 tokens within the context. */
+            int32_t forced_tokens[5][24];
+            const int32_t *forced[5];
+            int forced_counts[5];
+            if (!ref && duel_rng_uniform(&rng) < 0.18) {
+                for (int c = 0; c < rp.num_candidates; c++) {
+                    int room = max_context - len < 24 ? max_context - len : 24;
+                    forced_counts[c] = 1 + (int)duel_rng_below(&rng, (uint64_t)room);
+                    for (int j = 0; j < forced_counts[c]; j++)
+                        forced_tokens[c][j] = (int32_t)duel_rng_below(&rng, FAKE_VOCAB);
+                    forced[c] = forced_tokens[c];
+                }
+                rp.forced = forced;
+                rp.forced_counts = forced_counts;
+                rp.want_hidden = true;
+                scoring++;
+                /* Half keep an ended request's place (an arrival no active request holds). */
+                if (submitted && duel_rng_uniform(&rng) < 0.5) {
+                    const expected_request *prev = &st.x[1 + duel_rng_below(&rng, (uint64_t)submitted)];
+                    bool taken = !prev->done || !prev->arrival;
+                    for (uint64_t k = 1; !taken && k <= (uint64_t)submitted; k++)
+                        taken = st.x[k].active && st.x[k].arrival == prev->arrival;
+                    if (!taken) {
+                        rp.arrival = prev->arrival;
+                        continued++;
+                    }
+                }
+            }
             uint64_t id = 0;
             if (sched_submit(s, &rp, &id, &err)) fail_msg("submit: %s", err.message);
             assert_int_equal(id, (uint64_t)submitted + 1);
@@ -392,13 +521,14 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
     printf("stress (%d blocks of %d, budget %d, hash bits %d): %d requests, %d steps, %llu "
            "preemptions, %d done, %d cancelled (%d cancels of inactive ids), %llu tokens run, "
            "%llu cached tokens, %d progress tokens, %llu cow copies, %llu evictions; %d with a "
-           "lockstep reference (%d logits steps)\n",
+           "lockstep reference (%d logits steps); %d scoring (%d in an ended one's place)\n",
            num_blocks, block_size, budget, hash_bits, submitted, steps,
            (unsigned long long)ss.preemptions, st.done, st.cancelled, bad_cancels,
            (unsigned long long)ss.tokens, (unsigned long long)ss.cached_tokens, st.progress_tokens,
            (unsigned long long)ps.cow_copies, (unsigned long long)ps.evictions, with_ref,
-           step_calls);
+           step_calls, scoring, continued);
     assert_true(with_ref > n_requests / 10);
+    assert_true(scoring > n_requests / 10 && continued > scoring / 4);
     assert_true(step_calls >= with_ref);
     assert_int_equal(st.done + st.cancelled, n_requests);
     assert_int_equal(st.cancelled, cancels);
@@ -416,6 +546,7 @@ static void run_stress(int n_requests, int block_size, int num_blocks, int budge
     kv_pool_stats_get(pool, &ps);
     assert_int_equal(ps.free_blocks, num_blocks);
     sched_destroy(s);
+    fake_fini(&fctx);
     kv_pool_destroy(pool);
     free(st.x);
 }
@@ -478,13 +609,14 @@ static void test_lockstep_reference(void **state) {
     kv_pool *pool = NULL;
     duel_error err = {0};
     assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
-    sched_model_info models[3] = {{31, FAKE_VOCAB, FAKE_HIDDEN, 48},
-                                  {32, FAKE_VOCAB, FAKE_HIDDEN, 24},
-                                  {33, FAKE_VOCAB + 1, FAKE_HIDDEN, 48}};
+    sched_model_info models[3] = {{&fake_arms[0], 31, FAKE_VOCAB, FAKE_HIDDEN, 48},
+                                  {&fake_arms[1], 32, FAKE_VOCAB, FAKE_HIDDEN, 24},
+                                  {&fake_arms[2], 33, FAKE_VOCAB + 1, FAKE_HIDDEN, 48}};
     sched_params sp = {.max_batch_tokens = 10, .max_candidates = 4};
-    fake_ctx fctx = {0};
+    fake_ctx fctx;
+    fake_init(&fctx);
     scheduler *s = NULL;
-    assert_int_equal(sched_create(&sp, pool, models, 3, fake_forward, &fctx, &s, &err), 0);
+    assert_int_equal(sched_create(&sp, pool, models, 3, &fctx.base, &s, &err), 0);
     stress st = {.x = calloc(MAX_REQUESTS + 1, sizeof(expected_request))};
     int calls = 0;
     int32_t prompt[16];
@@ -527,7 +659,7 @@ static void test_lockstep_reference(void **state) {
     kv_pool *small_pool = NULL;
     assert_int_equal(kv_pool_create(&small, &small_pool, &err), 0);
     scheduler *s2 = NULL;
-    assert_int_equal(sched_create(&sp, small_pool, models, 3, fake_forward, &fctx, &s2, &err), 0);
+    assert_int_equal(sched_create(&sp, small_pool, models, 3, &fctx.base, &s2, &err), 0);
     assert_int_equal(sched_submit(s2, &bad, &id, &err), DUEL_ELIMIT);
     assert_non_null(strstr(err.message, "with its reference sequence"));
     bad.use_ref_model = false; /* alone it fits */
@@ -589,6 +721,7 @@ static void test_lockstep_reference(void **state) {
     assert_int_equal(ps.used_blocks, 0);
     assert_int_equal(kv_pool_check(pool, NULL, 0, &err), 0);
     sched_destroy(s);
+    fake_fini(&fctx);
     kv_pool_destroy(pool);
     free(st.x);
 }
@@ -602,11 +735,12 @@ static void test_submit_and_cancel_errors(void **state) {
     kv_pool *pool = NULL;
     duel_error err = {0};
     assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
-    sched_model_info models[1] = {{5, FAKE_VOCAB, FAKE_HIDDEN, 24}};
+    sched_model_info models[1] = {{&fake_arms[0], 5, FAKE_VOCAB, FAKE_HIDDEN, 24}};
     sched_params sp = {.max_candidates = 4};
-    fake_ctx fctx = {0};
+    fake_ctx fctx;
+    fake_init(&fctx);
     scheduler *s = NULL;
-    assert_int_equal(sched_create(&sp, pool, models, 1, fake_forward, &fctx, &s, &err), 0);
+    assert_int_equal(sched_create(&sp, pool, models, 1, &fctx.base, &s, &err), 0);
     int32_t prompt[40];
     for (int i = 0; i < 40; i++) prompt[i] = (int32_t)(i % FAKE_VOCAB);
     sched_request_params good = {.model = 0, .prompt = prompt, .prompt_len = 5,
@@ -663,11 +797,44 @@ static void test_submit_and_cancel_errors(void **state) {
     kv_pool *small_pool = NULL;
     assert_int_equal(kv_pool_create(&small, &small_pool, &err), 0);
     scheduler *s2 = NULL;
-    assert_int_equal(sched_create(&sp, small_pool, models, 1, fake_forward, &fctx, &s2, &err), 0);
+    assert_int_equal(sched_create(&sp, small_pool, models, 1, &fctx.base, &s2, &err), 0);
     assert_int_equal(sched_submit(s2, &cases[11].p, &id, &err), DUEL_ELIMIT);
     assert_non_null(strstr(err.message, cases[11].message));
     sched_destroy(s2);
     kv_pool_destroy(small_pool);
+
+    /* Scoring requests: forced tokens need counts, no reference, ids in the vocabulary, room in
+     * the context; an arrival must have been issued. */
+    int32_t f0[3] = {1, 2, 3}, f_bad[1] = {FAKE_VOCAB};
+    const int32_t *forced[2] = {f0, f0};
+    int counts[2] = {3, 3};
+    sched_request_params scoring = good;
+    scoring.forced = forced;
+    assert_int_equal(sched_submit(s, &scoring, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "both tokens and counts"));
+    scoring.forced_counts = counts;
+    scoring.use_ref_model = true;
+    scoring.logits_step = stress_logits_step;
+    assert_int_equal(sched_submit(s, &scoring, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "no lockstep reference"));
+    scoring.use_ref_model = false;
+    scoring.logits_step = NULL;
+    forced[1] = f_bad;
+    counts[1] = 1;
+    assert_int_equal(sched_submit(s, &scoring, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "forced candidate 1: token 0"));
+    forced[1] = f0;
+    counts[1] = 0;
+    assert_int_equal(sched_submit(s, &scoring, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "forced candidate 1 has no tokens"));
+    counts[1] = 3;
+    scoring.prompt_len = 22; /* 22 + 3 > the context of 24 */
+    assert_int_equal(sched_submit(s, &scoring, &id, &err), DUEL_ELIMIT);
+    assert_non_null(strstr(err.message, "exceed the model's context"));
+    scoring.prompt_len = 5;
+    scoring.arrival = 1000;
+    assert_int_equal(sched_submit(s, &scoring, &id, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "has not been issued"));
 
     /* Nothing was queued; a good request still runs to the end. */
     assert_false(sched_has_work(s));
@@ -689,30 +856,22 @@ static void test_submit_and_cancel_errors(void **state) {
 
     /* Bad create arguments. */
     scheduler *s3 = NULL;
-    assert_int_equal(sched_create(&sp, pool, models, 0, fake_forward, NULL, &s3, &err),
+    assert_int_equal(sched_create(&sp, pool, models, 0, &fctx.base, &s3, &err),
                      DUEL_EINVAL);
     sched_model_info twins[2] = {models[0], models[0]};
-    assert_int_equal(sched_create(&sp, pool, twins, 2, fake_forward, NULL, &s3, &err),
+    assert_int_equal(sched_create(&sp, pool, twins, 2, &fctx.base, &s3, &err),
                      DUEL_EINVAL);
     assert_non_null(strstr(err.message, "share model id"));
     sched_params bad = {.max_candidates = SCHED_MAX_CANDIDATES + 1};
-    assert_int_equal(sched_create(&bad, pool, models, 1, fake_forward, NULL, &s3, &err),
+    assert_int_equal(sched_create(&bad, pool, models, 1, &fctx.base, &s3, &err),
                      DUEL_EINVAL);
     assert_null(s3);
     sched_destroy(s); /* with a request still queued: its blocks go back */
+    fake_fini(&fctx);
     kv_pool_stats ps;
     kv_pool_stats_get(pool, &ps);
     assert_int_equal(ps.used_blocks, 0);
     kv_pool_destroy(pool);
-}
-
-/* A forward that fails: the requests of that step get DONE with the error; others go on. */
-static int failing_forward(void *vctx, int model_index, kv_pool *pool,
-                           const model_batch_entry *entries, int n, duel_error *err) {
-    int *calls = vctx;
-    if (++*calls == 2) return duel_error_set(err, DUEL_ENOMEM, "simulated out of memory");
-    fake_ctx f = {0};
-    return fake_forward(&f, model_index, pool, entries, n, err);
 }
 
 static void log_done(void *vctx, const sched_event *ev) {
@@ -733,10 +892,14 @@ static void test_forward_failure_fails_requests(void **state) {
     kv_pool *pool = NULL;
     duel_error err = {0};
     assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
-    sched_model_info models[1] = {{5, FAKE_VOCAB, FAKE_HIDDEN, 48}};
-    int calls = 0;
+    sched_model_info models[1] = {{&fake_arms[0], 5, FAKE_VOCAB, FAKE_HIDDEN, 48}};
+    /* A forward that fails (the second call): the requests of that step get DONE with the
+     * error; others go on. */
+    fake_ctx fctx;
+    fake_init(&fctx);
+    fctx.fail_call = 2;
     scheduler *s = NULL;
-    assert_int_equal(sched_create(NULL, pool, models, 1, failing_forward, &calls, &s, &err), 0);
+    assert_int_equal(sched_create(NULL, pool, models, 1, &fctx.base, &s, &err), 0);
     int32_t prompt[6] = {2, 3, 4, 5, 6, 7};
     sched_request_params rp = {.prompt = prompt, .prompt_len = 6, .num_candidates = 3,
                                .sampling = {0, 1, 0}, .max_new_tokens = 5};
@@ -753,6 +916,7 @@ static void test_forward_failure_fails_requests(void **state) {
     while (sched_has_work(s)) assert_true(sched_step(s, log_done, &log, &err) > 0);
     assert_int_equal(log.done, 1);
     sched_destroy(s);
+    fake_fini(&fctx);
     kv_pool_destroy(pool);
 }
 

@@ -37,6 +37,7 @@ typedef struct test_options {
     bool pair_merges;
     bool ignore_merges;
     const char *extra_vocab; /* a token added to the vocabulary without merges, or NULL */
+    bool llama3_markers;     /* also llama3's special tokens (ids 1005..1007) */
 } test_options;
 
 /* Vocabulary: the 256 byte characters (id = byte), then the merges' results (256 + rank), then
@@ -72,6 +73,11 @@ static char *make_json(const test_options *o) {
                                                "rstrip", strip, "normalized", !special, "special",
                                                special));
     }
+    const char *llama3[] = {"<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"};
+    for (int i = 0; o->llama3_markers && i < 4; i++)
+        json_array_append_new(added, json_pack("{s:i, s:s, s:b, s:b, s:b, s:b, s:b}", "id", 1005 + i,
+                                               "content", llama3[i], "single_word", 0, "lstrip", 0,
+                                               "rstrip", 0, "normalized", 0, "special", 1));
     json_error_t jerr;
     json_t *pre = json_loads(o->pre_tokenizer, 0, &jerr);
     assert_non_null(pre);
@@ -344,6 +350,33 @@ static void test_decode(void **state) {
     tokenizer_free(tok);
 }
 
+/* Decoding random byte tokens gives duel_utf8_lossy of their bytes: the tokenizer replaces bad
+ * bytes by the same rule as the gateway and the CLI (common/utf8.h). */
+static void test_decode_lossy_is_the_common_rule(void **state) {
+    (void)state;
+    tokenizer *tok = load_pre(PRE_GPT2);
+    duel_rng rng;
+    duel_rng_seed(&rng, 77);
+    int32_t ids[48];
+    char bytes[48], want[3 * 48];
+    for (int trial = 0; trial < 300; trial++) {
+        size_t n = 1 + duel_rng_below(&rng, 48);
+        for (size_t i = 0; i < n; i++) {
+            ids[i] = (int32_t)(duel_rng_below(&rng, 2) ? 0x80 + duel_rng_below(&rng, 0x80)
+                                                       : 0x21 + duel_rng_below(&rng, 0x5E));
+            bytes[i] = (char)ids[i]; /* this vocabulary's byte tokens have their byte as id */
+        }
+        char *text;
+        size_t len;
+        assert_int_equal(tokenizer_decode(tok, ids, n, false, &text, &len, NULL), 0);
+        size_t want_len = duel_utf8_lossy(bytes, n, 0, want);
+        assert_int_equal(len, want_len);
+        assert_memory_equal(text, want, len);
+        free(text);
+    }
+    tokenizer_free(tok);
+}
+
 /* Random valid UTF-8 (all planes, spaces, digits, specials) encodes and decodes to itself. */
 static void test_round_trip_random(void **state) {
     (void)state;
@@ -583,6 +616,52 @@ static void test_chat_encode_content_cannot_inject_markers(void **state) {
     tokenizer_free(tok);
 }
 
+/* A conversation cut after any assistant message encodes as the concatenation of its parts (the
+ * template's start, each earlier part as a continuation, the rest with the generation prompt):
+ * what lets the gateway keep each turn's ids and encode only a new message. Plain, one text
+ * piece for the whole conversation, says it does not. */
+static void test_chat_encode_turns_concatenate(void **state) {
+    (void)state;
+    tokenizer *tok = load(&(test_options){.pre_tokenizer = PRE_GPT2, .llama3_markers = true});
+    duel_error err = {0};
+    chat_message conv[] = {{"user", "hello  there\n"}, {"assistant", " the 'S well\n\n"},
+                           {"user", "caf\xc3\xa9?"}, {"assistant", "ok <|im_end|> 12"},
+                           {"user", "  and then"}};
+    const chat_template_kind kinds[] = {CHAT_TEMPLATE_CHATML, CHAT_TEMPLATE_LLAMA3, CHAT_TEMPLATE_QA};
+    for (size_t k = 0; k < 3; k++) {
+        assert_true(chat_template_turns_concatenate(kinds[k]));
+        int32_t *whole = NULL;
+        size_t n_whole = 0;
+        assert_int_equal(chat_template_encode(kinds[k], tok, conv, 5, true, &whole, &n_whole, &err), 0);
+        for (size_t cut = 0; cut <= 4; cut += 2) { /* after 0, 1 and 2 finished turns */
+            int32_t *ids = malloc((n_whole + 16) * sizeof *ids), *part = NULL;
+            size_t n = 0, n_part = 0;
+            assert_int_equal(chat_template_encode(kinds[k], tok, NULL, 0, false, &part, &n_part, &err), 0);
+            memcpy(ids, part, n_part * sizeof *part), n += n_part;
+            free(part);
+            for (size_t t = 0; t < cut; t += 2) { /* one finished turn at a time */
+                assert_int_equal(chat_template_encode_continuation(kinds[k], tok, conv + t, 2, false,
+                                                                   &part, &n_part, &err), 0);
+                assert_true(n + n_part <= n_whole);
+                memcpy(ids + n, part, n_part * sizeof *part), n += n_part;
+                free(part);
+            }
+            assert_int_equal(chat_template_encode_continuation(kinds[k], tok, conv + cut, 5 - cut,
+                                                               true, &part, &n_part, &err), 0);
+            assert_true(n + n_part <= n_whole + 16);
+            memcpy(ids + n, part, n_part * sizeof *part), n += n_part;
+            free(part);
+            if (n != n_whole || memcmp(ids, whole, n * sizeof *ids) != 0)
+                fail_msg("%s cut after %zu messages: %zu ids, the whole conversation %zu",
+                         chat_template_name(kinds[k]), cut, n, n_whole);
+            free(ids);
+        }
+        free(whole);
+    }
+    assert_false(chat_template_turns_concatenate(CHAT_TEMPLATE_PLAIN));
+    tokenizer_free(tok);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gpt2_pattern),
@@ -594,6 +673,8 @@ int main(void) {
         cmocka_unit_test(test_ignore_merges),
         cmocka_unit_test(test_added_tokens),
         cmocka_unit_test(test_decode),
+        cmocka_unit_test(test_decode_lossy_is_the_common_rule),
+        cmocka_unit_test(test_chat_encode_turns_concatenate),
         cmocka_unit_test(test_round_trip_random),
         cmocka_unit_test(test_long_input),
         cmocka_unit_test(test_invalid_utf8),

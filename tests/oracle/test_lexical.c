@@ -1,6 +1,7 @@
 /* test_lexical.c: the lexical oracle (oracle/lexical.c) on fixed examples with hand-computed
  * scores: F1 overlap, word splitting (case, punctuation, apostrophes, UTF-8), the length and
- * repetition penalties, configurable weights, and bad input. */
+ * repetition penalties, configurable weights, the graded mode (character trigrams) and bad
+ * input. */
 #include "test_helpers.h"
 
 #include "oracle.h"
@@ -190,6 +191,42 @@ static void test_bad_input(void **state) {
     assert_int_equal(oracle_lexical_config_validate(&bad, &err), DUEL_EINVAL);
 }
 
+/* The graded mode: F1 of the character trigrams of " w1 ... wn ", computed here by hand. */
+static void test_graded(void **state) {
+    (void)state;
+    oracle_lexical_config c;
+    oracle_lexical_config_default(&c);
+    double s;
+    /* off by default: two answers sharing no word with the reference tie at 0 */
+    assert_true(c.char_ngram_weight == 0.0);
+    oracle_lexical_detail d = score_of(&c, "a cat", "cab", &s);
+    assert_true(s == 0.0 && d.char_f1 == 0.0);
+    c.char_ngram_weight = 0.5;
+    /* reference " a cat " -> trigrams " a ", "a c", " ca", "cat", "at " (5); answer " cab " ->
+     * " ca", "cab", "ab " (3); common 1: P = 1/3, R = 1/5, F1 = 2PR/(P+R) = 0.25 */
+    d = score_of(&c, "a cat", "cab", &s);
+    assert_near(d.char_f1, 0.25);
+    assert_near(s, 0.5 * 0.25);
+    double s_dog;
+    score_of(&c, "a cat", "dog", &s_dog); /* " do", "dog", "og ": nothing shared */
+    assert_true(s_dog == 0.0);
+    assert_true(s > s_dog); /* the two word-F1 ties are told apart */
+    /* multiset: "at at" -> " at", "at ", "t a", " at", "at " against " cat " (" ca", "cat",
+     * "at "): common min(2, 1) of "at " = 1: P = 1/5, R = 1/3, F1 = 0.25 */
+    d = score_of(&c, "cat", "at at", &s);
+    assert_near(d.char_f1, 0.25);
+    /* identical answers score the same, and the top */
+    double s1, s2;
+    score_of(&c, "a tall tower", "a tall tower", &s1);
+    score_of(&c, "a tall tower", "A TALL, tower!", &s2);
+    assert_near(s1, 1.0 + 0.5);
+    assert_near(s2, s1);
+    c.char_ngram_weight = -1;
+    duel_error err;
+    assert_int_equal(oracle_lexical_score(&c, "a", 1, "a", 1, &s, NULL, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "char_ngram_weight"));
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
@@ -199,6 +236,7 @@ int main(void) {
         cmocka_unit_test(test_word_rules),
         cmocka_unit_test(test_ordering),
         cmocka_unit_test(test_bad_input),
+        cmocka_unit_test(test_graded),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,17 @@ if(NOT DUEL_FUZZ)
     "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BUILD_DIR=${PROJECT_BINARY_DIR};DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp;DUEL_PYTHON=${DUEL_PYTHON}")
 endif()
 
+# `duel sim` in process and its sweep runner on the shipped default model (tests/tools/test_sim.sh):
+# bad input, the outputs' shape, determinism, resume; and simulated users over websockets against
+# a real stack: redis-server, `duel train`, `duel serve` on free ports (test_sim_gateway.sh).
+if(NOT DUEL_FUZZ)
+  foreach(t test_sim test_sim_gateway)
+    add_test(NAME ${t} COMMAND bash ${CMAKE_CURRENT_LIST_DIR}/${t}.sh $<TARGET_FILE:duel>)
+    set_tests_properties(${t} PROPERTIES TIMEOUT 600 ENVIRONMENT
+      "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp;DUEL_PYTHON=${DUEL_PYTHON};DUEL_SANITIZED=${DUEL_SANITIZE}")
+  endforeach()
+endif()
+
 # models/evaluate.py's scoring and models/wordnet_data.py's held-out split (Python, standard
 # library; exit 77 = skipped without Debian's WordNet).
 if(NOT DUEL_FUZZ)

@@ -68,6 +68,15 @@ PRESETS = {
                          num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                          rope_theta=100000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
                          max_position_embeddings=8192),
+    # Llama-3.2-1B shapes (GQA 32/8, head_dim 64, tied head, Llama 3 rope scaling), for the GPU
+    # checks and benchmarks of ops/bench_cuda.sh.
+    "llama3.2-1b": dict(arch="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+                        num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                        rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                        max_position_embeddings=131072,
+                        rope_scaling={"rope_type": "llama3", "factor": 32.0,
+                                      "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                      "original_max_position_embeddings": 8192}),
 }
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/time.h>
+#include <sys/wait.h>
 
 #include <hiredis/hiredis.h>
 
@@ -45,6 +46,21 @@ static inline int redis_fixture_restart(redis_fixture *f) {
 
 /* Stops it if it runs and removes its folder. */
 static inline void redis_fixture_remove_dir(redis_fixture *f) { redis_server_destroy(f); }
+
+/* Runs the duel executable exe with args (a shell string) against this Redis (--redis), stdout
+ * and stderr into out (NUL-terminated, cut at cap); its exit status, or -1 when it could not run
+ * or did not exit. */
+static inline int redis_fixture_run_duel(const redis_fixture *f, const char *exe, const char *args,
+                                         char *out, size_t cap) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' %s --redis 127.0.0.1:%d 2>&1", exe, args, f->port);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = '\0';
+    int status = pclose(p);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
 
 /* A connection with a 5 s timeout, or NULL. */
 static inline redisContext *redis_fixture_connect(const redis_fixture *f) {

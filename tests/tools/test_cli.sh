@@ -13,33 +13,9 @@ set -u
 DUEL=${1:?usage: test_cli.sh PATH/TO/duel}
 SRC=${DUEL_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 PY=${DUEL_PYTHON:-/usr/bin/python3}
-mkdir -p "${DUEL_TEST_TMP:-/tmp}" 2>/dev/null
-TMP=$(mktemp -d "${DUEL_TEST_TMP:-/tmp}/cli-XXXXXX" 2>/dev/null || mktemp -d)
-trap 'rm -rf "$TMP"' EXIT
-failures=0
-checks=0
-
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-pass() { checks=$((checks + 1)); }
-
-# expect CODE PATTERN -- ARGS...: runs duel ARGS, checks the exit code and that stdout+stderr
-# matches the extended regex PATTERN (empty: no check).
-expect() {
-    local code=$1 pattern=$2
-    shift 3
-    local out rc
-    out=$("$DUEL" "$@" 2>&1 </dev/null)
-    rc=$?
-    if [ "$rc" -ne "$code" ]; then
-        fail "duel $* exited $rc, expected $code; output: $(echo "$out" | head -5)"
-        return
-    fi
-    if [ -n "$pattern" ] && ! grep -Eq -- "$pattern" <<<"$out"; then
-        fail "duel $*: output does not match /$pattern/: $(echo "$out" | head -5)"
-        return
-    fi
-    pass
-}
+TAG=cli
+# shellcheck source=tests/tools/cli_test_lib.sh
+source "$(dirname "$0")/cli_test_lib.sh"
 
 # json_last_line FILE EXPR: the last line of FILE is a JSON object d for which EXPR is true.
 json_last_line() {
@@ -67,7 +43,7 @@ expect 0 '--max-new-tokens' -- help generate
 echo "== --help of every command documents every flag"
 declare -A FLAGS=(
     [info]="--json --blas-coretype"
-    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --arena-model --erm --weights --kv-dtype"
+    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --arena-model --erm --weights --kv-dtype --compute"
     [bench forward]="--model --weights --threads --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
     [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
 )
@@ -98,8 +74,8 @@ printf '%s\n' '{"prompt": "Define tea.", "reference": "a beverage"}' >"$TMP/qa.j
 printf 'not json\n' >"$TMP/bad-control.jsonl"
 printf '%s\n' '{"prompt": "Define tea."}' >"$TMP/noref-control.jsonl"
 expect 1 "$TMP/missing-control.jsonl: No such file" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/missing-control.jsonl"
-expect 1 "$TMP/bad-control.jsonl:1: not a JSON object" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/bad-control.jsonl"
-expect 1 "$TMP/noref-control.jsonl: no line has \"prompt\" and \"reference\"" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/noref-control.jsonl"
+expect 1 "$TMP/bad-control.jsonl:1: not JSON" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/bad-control.jsonl"
+expect 1 "$TMP/noref-control.jsonl:1: no \"reference\"" -- bench loop --prompts "$TMP/qa.jsonl" --held-out "$TMP/qa.jsonl" --control "$TMP/noref-control.jsonl"
 expect 0 'ceiling' -- bench trainer --help
 expect 2 "--prompt-tokens '9:4': expected MIN:MAX" -- bench trainer --prompt-tokens 9:4
 expect 2 "--response-tokens '0:8': expected MIN:MAX" -- bench trainer --response-tokens 0:8
@@ -160,9 +136,9 @@ expect 2 'unknown key trainer\.nosuch' -- train --set=trainer.nosuch=1
 expect 2 'gateway\.port must be an integer' -- serve --set gateway.port=notanumber
 expect 2 -- '--set needs' -- serve --set
 expect 1 'gateway\.port = 70000 is outside \[0, 65535\]' -- serve --set gateway.port=70000
-expect 1 'duel\.candidates = 1 is outside \[2, 64\]' -- serve --set duel.candidates=1
+expect 1 'duel\.candidates = 1: outside \[2, 64\] \(knob M\)' -- serve --set duel.candidates=1
 expect 1 'engine\.max_pilaf_jobs = 0 is outside \[1, 4096\]' -- serve --set engine.max_pilaf_jobs=0
-expect 1 'trainer\.batch_size = 0 is outside' -- train --set trainer.batch_size=0 --model "$TMP/missing"
+expect 1 'trainer\.batch_size = 0: outside \[1, 4096\] \(knob batch_size\)' -- train --set trainer.batch_size=0 --model "$TMP/missing"
 echo '{"trainer": {"lr": 1e-5, "bogus": 1}}' >"$TMP/unknown.json"
 expect 1 "$TMP/unknown.json: unknown key trainer\\.bogus" -- train --config "$TMP/unknown.json"
 expect 1 "$TMP/unknown.json: unknown key trainer\\.bogus" -- serve --config "$TMP/unknown.json"
@@ -187,17 +163,22 @@ else
 fi
 # duel serve (test backend) takes the gateway and redis sections from the file, DUEL_REDIS, --set
 # and its flags, in that order; its first stdout line names the address, port and Redis.
-# serve_line ARGS...: starts duel serve ARGS, prints its first stdout line, stops it.
-serve_line() {
-    local fifo="$TMP/serve.fifo" pid line=""
+# serve_in DIR ARGS...: starts duel serve ARGS in folder DIR, prints its first stdout line, stops
+# it. serve_line ARGS...: the same with the test backend and a spill log in $TMP.
+serve_in() {
+    local dir=$1 fifo="$TMP/serve.fifo" pid line=""
+    shift
     rm -f "$fifo" && mkfifo "$fifo"
-    "$DUEL" serve --web-root "$SRC/gateway/web" --set "gateway.spill_path=$TMP/spill.log" \
-        --test-step-ms 0 "$@" >"$fifo" 2>"$TMP/serve.err" &
+    (cd "$dir" && exec "$DUEL" serve "$@") >"$fifo" 2>"$TMP/serve.err" &
     pid=$!
     read -r -t 20 line <"$fifo"
     kill -TERM "$pid" 2>/dev/null
     wait "$pid" 2>/dev/null
     echo "$line"
+}
+serve_line() {
+    serve_in "$TMP" --backend test --web-root "$SRC/gateway/web" \
+        --set "gateway.spill_path=$TMP/spill.log" --test-step-ms 0 "$@"
 }
 echo '{"gateway": {"bind": "127.0.0.1", "port": 0}, "redis": {"host": "127.0.0.1", "port": 7}}' >"$TMP/serve.json"
 line=$(serve_line --config "$TMP/serve.json")
@@ -209,6 +190,41 @@ line=$(DUEL_REDIS=127.0.0.1:8 serve_line --config "$TMP/serve.json" --set redis.
 grep -q '(redis 127\.0\.0\.1:9,' <<<"$line" || fail "serve --set redis.port: '$line'"
 line=$(serve_line --config "$TMP/serve.json" --set redis.port=9 --redis 127.0.0.1:10 --no-snapshots)
 grep -q '(redis 127\.0\.0\.1:10,' <<<"$line" || fail "serve --redis over --set: '$line'"
+pass
+
+echo "== duel serve on a first run: its data folder, the model by default, the test backend by name"
+expect 0 '^  --data-dir DIR .*default \./duel-data' -- serve --help
+expect 0 "^  --backend NAME .*'engine' \(default" -- serve --help
+# Without --backend it serves model.path; a missing model is an error naming it, not canned
+# answers whose votes would go to the trainer's stream.
+expect 1 "$TMP/no-model.*--backend test for canned test answers" -- serve --set "model.path=$TMP/no-model" \
+    --port 0 --data-dir "$TMP/no-model-data"
+expect 2 -- '--model is for the engine backend' -- serve --backend test --model "$TMP/no-model"
+# The test backend only by name, its votes kept apart from duel:prefs.
+line=$(serve_line --port 0 --redis 127.0.0.1:7)
+grep -Eq 'backend test, .*votes to duel:prefs:test,' <<<"$line" || fail "serve --backend test: '$line'"
+# From a folder laid out like the repository root (models/ and gateway/), with no duel-data yet:
+# duel serve --redis HOST:PORT serves models/default and creates duel-data/ with its spill log.
+if [ -f "$SRC/models/default/model.safetensors" ]; then
+    root="$TMP/root"
+    mkdir -p "$root" && ln -s "$SRC/models" "$root/models" && ln -s "$SRC/gateway" "$root/gateway"
+    line=$(serve_in "$root" --redis 127.0.0.1:7 --port 0 --no-snapshots)
+    grep -Eq 'backend engine, .*votes to duel:prefs, spill log duel-data/gateway-spill\.log\)' <<<"$line" \
+        || fail "serve from a fresh root: '$line' ($(head -3 "$TMP/serve.err"))"
+    [ -f "$root/duel-data/gateway-spill.log" ] || fail "serve from a fresh root: no duel-data/gateway-spill.log"
+else
+    echo "SKIP: models/default is missing: serve from a fresh root not run"
+fi
+# --data-dir: created with its parents; the spill log goes there unless --spill or
+# gateway.spill_path says otherwise (their folders are created too).
+line=$(serve_line --port 0 --set gateway.spill_path= --data-dir "$TMP/data/a/b")
+grep -q "spill log $TMP/data/a/b/gateway-spill\.log)" <<<"$line" || fail "serve --data-dir: '$line'"
+[ -f "$TMP/data/a/b/gateway-spill.log" ] || fail "serve --data-dir: no spill log in $TMP/data/a/b"
+line=$(serve_line --port 0 --set gateway.spill_path= --data-dir "$TMP/data2" --spill "$TMP/elsewhere/s.log")
+grep -q "spill log $TMP/elsewhere/s\.log)" <<<"$line" || fail "serve --spill over --data-dir: '$line'"
+[ -f "$TMP/elsewhere/s.log" ] && [ -d "$TMP/data2" ] || fail "serve --spill: $TMP/elsewhere/s.log or $TMP/data2 missing"
+line=$(serve_line --port 0 --data-dir "$TMP/data3")
+grep -q "spill log $TMP/spill\.log)" <<<"$line" || fail "serve gateway.spill_path over --data-dir: '$line'"
 pass
 
 echo "== --chat answers without the template's answer prefix (the default model's qa: a space)"
@@ -227,6 +243,17 @@ if [ -f "$SRC/models/default/model.safetensors" ]; then
         || fail "generate --weights bf16 --kv-dtype bf16 failed"
     [ -n "$f32" ] && [ "$f32" = "$bf16" ] || fail "generate: f32 said '$f32', bf16 weights and KV '$bf16'"
     pass
+fi
+
+echo "== the compute backend (engine.backend, --compute): a clear error without a device"
+expect 1 'engine\.backend must be auto, cpu or cuda' -- serve --set engine.backend=gpu --model "$SRC/models/default"
+if [ -f "$SRC/models/default/model.safetensors" ]; then
+    expect 2 "--compute wants auto, cpu or cuda, got 'gpu'" -- generate --model "$SRC/models/default" --prompt hi --compute gpu
+    expect 0 '' -- generate --model "$SRC/models/default" --prompt hi --max-new-tokens 2 --compute cpu
+    if "$DUEL" info 2>/dev/null | grep -q 'gpu: none\|cuda: not built'; then
+        expect 1 'engine\.backend cuda: no device' -- generate --model "$SRC/models/default" --prompt hi --compute cuda
+        expect 1 'engine\.backend cuda: no device' -- serve --model "$SRC/models/default" --port 0 --set engine.backend=cuda
+    fi
 fi
 
 echo "== --json: one JSON object on the last line"
@@ -251,7 +278,7 @@ json_last_line "$TMP/info.out" 'd["blas_core"].lower() == "prescott"' \
     || fail "duel overrode the user's OPENBLAS_CORETYPE"
 "$DUEL" bench machine --json --sgemm-size 256 --bandwidth-mib 64 --repeats 1 >"$TMP/machine.out" 2>/dev/null \
     || fail "duel bench machine --json failed"
-json_last_line "$TMP/machine.out" 'd["sgemm_gflops"] > 0 and d["read_gb_per_s"] > 0' \
+json_last_line "$TMP/machine.out" 'd["bench"] == "machine" and d["sgemm_gflops"] > 0 and d["read_gb_per_s"] > 0' \
     || fail "duel bench machine --json: bad last line"
 pass
 

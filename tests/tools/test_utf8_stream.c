@@ -1,8 +1,11 @@
 /* test_utf8_stream.c: tests cli/utf8_stream.c, the printer of streamed token bytes: characters
  * split across tokens come out whole and only once complete, invalid bytes become U+FFFD the way
- * Rust's from_utf8_lossy does, and the output is always valid UTF-8. */
+ * Rust's from_utf8_lossy does, and the output is always valid UTF-8. The same bad bytes give the
+ * same text on the terminal (this stream, chunked any way) and on the chat page (the gateway's
+ * protocol_sanitize_utf8): both are common/utf8.h's one rule. */
 #include "test_helpers.h"
 
+#include "protocol.h"
 #include "rng.h"
 #include "utf8.h"
 #include "utf8_stream.h"
@@ -134,12 +137,58 @@ static void test_escape_controls(void **state) {
     free(out);
 }
 
+/* Model output with bad bytes, as the gateway sends it to the page and as `duel generate` prints
+ * it token by token: the same text. (NUL, valid UTF-8 that C strings cannot hold, the gateway
+ * also replaces; the generator is kept off it here.) */
+static void test_same_text_as_the_chat_page(void **state) {
+    (void)state;
+    duel_rng rng;
+    duel_rng_seed(&rng, 4242);
+    char in[200];
+    size_t lens[200];
+    for (int trial = 0; trial < 500; trial++) {
+        size_t n = 1 + duel_rng_below(&rng, sizeof in);
+        for (size_t i = 0; i < n; i++)
+            in[i] = (char)(duel_rng_below(&rng, 3) ? 0x60 + duel_rng_below(&rng, 0xA0)
+                                                   : 1 + duel_rng_below(&rng, 255));
+        size_t chunks = 0, used = 0;
+        while (used < n) {
+            size_t l = 1 + duel_rng_below(&rng, 6);
+            if (l > n - used) l = n - used;
+            lens[chunks++] = l;
+            used += l;
+        }
+        size_t terminal_len, page_len;
+        char *terminal = stream_chunks(in, lens, chunks, NULL, &terminal_len);
+        char *page = protocol_sanitize_utf8(in, n, &page_len);
+        if (terminal_len != page_len || memcmp(terminal, page, page_len) != 0)
+            fail_msg("trial %d: the terminal and the page show %zu bytes of input differently",
+                     trial, n);
+        char lossy[3 * sizeof in];
+        assert_int_equal(duel_utf8_lossy(in, n, 0, lossy), page_len);
+        assert_memory_equal(lossy, page, page_len);
+        free(terminal);
+        free(page);
+    }
+    /* A character cut off at the end: one U+FFFD on both (the gateway used to write one per
+     * byte). */
+    size_t whole = 5, len;
+    char *terminal = stream_chunks("ok\xF0\x9F\x98", &whole, 1, NULL, &len);
+    char *page = protocol_sanitize_utf8("ok\xF0\x9F\x98", 5, NULL);
+    assert_string_equal(page, "ok" FFFD);
+    assert_int_equal(len, strlen(page));
+    assert_memory_equal(terminal, page, len);
+    free(terminal);
+    free(page);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_split_characters),
         cmocka_unit_test(test_invalid_bytes),
         cmocka_unit_test(test_random_bytes_give_valid_text),
         cmocka_unit_test(test_escape_controls),
+        cmocka_unit_test(test_same_text_as_the_chat_page),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

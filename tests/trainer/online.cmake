@@ -1,7 +1,6 @@
-# tests/trainer/online.cmake: the online trainer service: ERM training, vote entry decoding, the
-# Redis stream consumer (real redis-server per test), snapshots and crash safety of `duel train`.
+# tests/trainer/online.cmake: the online trainer service: ERM training, the Redis stream consumer
+# (real redis-server per test), snapshots and crash safety of `duel train`.
 duel_test(test_erm_train ${CMAKE_CURRENT_LIST_DIR}/test_erm_train.c)
-duel_test(test_vote_entry ${CMAKE_CURRENT_LIST_DIR}/test_vote_entry.c)
 # Integration tests: each starts its own redis-server (tests/tools/redis_fixture.h over
 # common/redis_server.h) and trains the fixture model tiny-llama-f32 (fwd_make_models).
 duel_test(test_online_service ${CMAKE_CURRENT_LIST_DIR}/test_online_service.c)

@@ -1,5 +1,5 @@
 /* test_online_votes.h: a scripted vote producer for the online trainer's tests: entries in the
- * gateway's format (trainer/vote_entry.h's reference encoder) XADDed to duel:prefs, with
+ * gateway's format (the vote codec's encoder, common/vote_entry.h) XADDed to duel:prefs, with
  * random prompt and candidate tokens for the fixture models (vocabulary 512), random ERM
  * features, and the a/b choice made by a hidden linear reward on the features, so the ERM has
  * something to learn. Bad kinds exercise the dead-letter path. */

@@ -1,3 +1,0 @@
-# tests/fuzz/online.cmake: libFuzzer target for the trainer's duel:prefs entry decoder; seeds in
-# corpus/fuzz_vote_entry (valid a/b and tie votes, f16 features, a wrong model id).
-duel_fuzz_target(fuzz_vote_entry ${CMAKE_CURRENT_LIST_DIR}/fuzz_vote_entry.c)

@@ -1,0 +1,14 @@
+# tests/gateway/rollout.cmake: the A/B rollout (issue 20): duel:rollout's actions with their audit
+# entries and notes, refused specs leaving the rollout untouched, the arena votes of duel:prefs,
+# `duel rollout` and `duel arena ratings`, against a real redis-server.
+duel_test(test_rollout_store ${CMAKE_CURRENT_LIST_DIR}/test_rollout_store.c)
+if(NOT DUEL_FUZZ)
+  target_compile_definitions(test_rollout_store PRIVATE DUEL_EXE="$<TARGET_FILE:duel>")
+  target_include_directories(test_rollout_store PRIVATE ${PROJECT_SOURCE_DIR}/tests/tools)
+  add_dependencies(test_rollout_store duel)
+  set_tests_properties(test_rollout_store PROPERTIES TIMEOUT 60)
+endif()
+duel_test(test_rollout_api ${CMAKE_CURRENT_LIST_DIR}/test_rollout_api.c)
+if(NOT DUEL_FUZZ)
+  set_tests_properties(test_rollout_api PROPERTIES TIMEOUT 60)
+endif()
