@@ -21,8 +21,7 @@
 #include "sampler.h"
 #include "timer.h"
 
-/* The CPU backend holds every weight as f32 (model.h: bf16/f16 are widened at load). */
-#define BENCH_WEIGHT_BYTES 4
+/* model_forward's contiguous KV cache is f32 whatever the weights (model.h). */
 #define BENCH_KV_BYTES 4
 
 typedef struct limits_options {
@@ -116,6 +115,7 @@ static int bench_machine(int argc, char **argv) {
 /* One measured run: a prefill of the prompt into an empty cache, then greedy decode steps. */
 typedef struct forward_run {
     double prefill_seconds, decode_seconds;
+    double prefill_cpu_seconds, decode_cpu_seconds; /* the process's, every thread */
     model_timing prefill_timing, decode_timing;
 } forward_run;
 
@@ -125,11 +125,12 @@ static int run_forward_once(model *m, model_kv_cache *kv, const int32_t *prompt,
     int vocab = model_output_size(m);
     model_kv_cache_reset(kv);
     model_reset_timing(m);
-    double t0 = duel_time_seconds();
+    double t0 = duel_time_seconds(), c0 = duel_process_cpu_seconds();
     int rc = model_forward(m, kv, prompt, n_prompt, logits, false, NULL, err);
     if (rc) return rc;
-    double t1 = duel_time_seconds();
+    double t1 = duel_time_seconds(), c1 = duel_process_cpu_seconds();
     out->prefill_seconds = t1 - t0;
+    out->prefill_cpu_seconds = c1 - c0;
     out->prefill_timing = model_get_timing(m);
     model_reset_timing(m);
     for (int i = 0; i < n_decode; i++) {
@@ -139,6 +140,7 @@ static int run_forward_once(model *m, model_kv_cache *kv, const int32_t *prompt,
         if (rc) return rc;
     }
     out->decode_seconds = duel_time_seconds() - t1;
+    out->decode_cpu_seconds = duel_process_cpu_seconds() - c1;
     out->decode_timing = model_get_timing(m);
     return DUEL_OK;
 }
@@ -166,13 +168,19 @@ static double estimate_prefill_flops(const model_config *c, int n) {
 }
 
 static int bench_forward(int argc, char **argv) {
-    const char *dir = NULL;
-    long long n_prefill = 128, n_decode = 64, repeats = 3;
+    const char *dir = NULL, *weights_name = "f32";
+    long long n_prefill = 128, n_decode = 64, repeats = 3, threads = 2;
     limits_options lo = {2048, 1024, 2};
     bool json = false, no_limits = false;
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &dir, "DIR", "model directory (config.json, safetensors); "
                                                  "required", 0, 0, false, NULL},
+        {"--weights", CLI_OPT_STRING, &weights_name, "FMT",
+         "weight storage: f32 (default), bf16 or q8 (blocks of 32 int8 + a scale, like Q8_0)", 0,
+         0, false, NULL},
+        {"--threads", CLI_OPT_INT, &threads, "N",
+         "2 (default): this thread and the model's helper thread; 1: this thread alone (set "
+         "OPENBLAS_NUM_THREADS=1 too for f32)", 1, 2, false, NULL},
         {"--prefill", CLI_OPT_INT, &n_prefill, "N", "prompt tokens per prefill (default 128)", 1,
          1e6, false, NULL},
         {"--decode", CLI_OPT_INT, &n_decode, "N", "decode steps after the prefill (default 64)",
@@ -199,17 +207,20 @@ static int bench_forward(int argc, char **argv) {
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!dir) return cli_usage_error(&cmd, "--model DIR is required");
-
     duel_error err = {0};
+    model_load_options lopt = {.weights = WEIGHT_F32, .threads = (int)threads};
+    if (weight_format_parse(weights_name, &lopt.weights, &err))
+        return cli_usage_error(&cmd, "--weights: %s", err.message);
+
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)) {
         fprintf(stderr, "duel bench forward: model directory '%s' does not exist\n", dir);
         return CLI_EXIT_FAILURE;
     }
-    fprintf(stderr, "loading %s...\n", dir);
+    fprintf(stderr, "loading %s (%s weights)...\n", dir, weights_name);
     double tl = duel_time_seconds();
     model *m = NULL;
-    if (model_load(dir, &m, &err)) {
+    if (model_load_with(dir, &lopt, &m, &err)) {
         fprintf(stderr, "duel bench forward: %s\n", err.message);
         return CLI_EXIT_FAILURE;
     }
@@ -288,6 +299,14 @@ static int bench_forward(int argc, char **argv) {
         dec[r] = n_decode / runs[r].decode_seconds;
     }
     double prefill_median = median(pre, (int)repeats), decode_median = median(dec, (int)repeats);
+    /* Tokens per CPU-second (the process's, helper and BLAS threads included): with one thread,
+     * a speed that other work on the machine does not lower, unlike wall time. */
+    for (int r = 0; r < repeats; r++) {
+        pre[r] = n_prefill / runs[r].prefill_cpu_seconds;
+        dec[r] = n_decode / runs[r].decode_cpu_seconds;
+    }
+    double prefill_cpu_median = median(pre, (int)repeats);
+    double decode_cpu_median = median(dec, (int)repeats);
     free(pre);
     free(dec);
     const forward_run *P = &runs[bp], *D = &runs[bd];
@@ -305,11 +324,10 @@ static int bench_forward(int argc, char **argv) {
     double prefill_gemm_gflops = P->prefill_timing.gemm_seconds > 0 && flops_counted
                                      ? prefill_flops / P->prefill_timing.gemm_seconds / 1e9
                                      : 0.0;
-    /* Decode reads every layer weight and the output head once per token; an untied input
-     * embedding is read one row at a time and is left out. */
-    long long read_params = params;
-    if (!c->tie_word_embeddings) read_params -= (long long)c->vocab_size * c->hidden_size;
-    double weight_bytes = (double)read_params * BENCH_WEIGHT_BYTES;
+    /* Decode reads every layer weight and the output head once per token, in the format they
+     * are held in; an untied input embedding is read one row at a time and is left out (so are
+     * the norms: a few KB). */
+    double weight_bytes = (double)model_weight_bytes(m);
     /* K and V of every earlier position are read too: on average at position P + D/2. */
     double kv_bytes = 2.0 * c->num_layers * c->num_kv_heads * c->head_dim * BENCH_KV_BYTES *
                       ((double)n_prefill + n_decode / 2.0);
@@ -321,12 +339,14 @@ static int bench_forward(int argc, char **argv) {
         goto done;
     }
 
-    printf("model: %s (%s, %.1fM parameters, weights held as f32)\n", dir, c->architecture,
-           params / 1e6);
+    printf("model: %s (%s, %.1fM parameters, weights held as %s)\n", dir, c->architecture,
+           params / 1e6, weights_name);
     printf("prefill: %.1f tokens/s best of %lld (median %.1f), %lld tokens, GEMM share %.0f%%, "
            "%.1f GFLOP/s%s over the whole prefill\n",
            prefill_tps, repeats, prefill_median, n_prefill, 100 * prefill_gemm_share,
            prefill_gflops, flops_counted ? "" : " (FLOPs estimated from config)");
+    printf("per CPU-second (median): prefill %.1f tokens, decode %.2f tokens\n", prefill_cpu_median,
+           decode_cpu_median);
     printf("decode: %.2f tokens/s best of %lld (median %.2f), %lld steps at batch 1, GEMM share "
            "%.0f%%, %.2f GB/s of weights (%.1f MB per token; %.2f GB/s with the KV cache)\n",
            decode_tps, repeats, decode_median, n_decode, 100 * decode_gemm_share,
@@ -343,6 +363,8 @@ static int bench_forward(int argc, char **argv) {
         json_object_set_new(o, "model", json_string(dir));
         json_object_set_new(o, "architecture", json_string(c->architecture));
         json_object_set_new(o, "parameters", json_integer(params));
+        json_object_set_new(o, "weights", json_string(weights_name));
+        json_object_set_new(o, "threads", json_integer(threads));
         json_object_set_new(o, "prefill_tokens", json_integer(n_prefill));
         json_object_set_new(o, "decode_tokens", json_integer(n_decode));
         json_object_set_new(o, "repeats", json_integer(repeats));
@@ -351,6 +373,8 @@ static int bench_forward(int argc, char **argv) {
         json_object_set_new(o, "prefill_tokens_per_s_median", json_real(prefill_median));
         json_object_set_new(o, "decode_tokens_per_s", json_real(decode_tps));
         json_object_set_new(o, "decode_tokens_per_s_median", json_real(decode_median));
+        json_object_set_new(o, "prefill_tokens_per_cpu_s", json_real(prefill_cpu_median));
+        json_object_set_new(o, "decode_tokens_per_cpu_s", json_real(decode_cpu_median));
         json_object_set_new(o, "prefill_gemm_share", json_real(prefill_gemm_share));
         json_object_set_new(o, "decode_gemm_share", json_real(decode_gemm_share));
         json_object_set_new(o, "prefill_gflops", json_real(prefill_gflops));

@@ -32,6 +32,7 @@
 #include "duel.h"
 #include "engine.h"
 #include "erm.h"
+#include "machine_limits.h"
 #include "model.h"
 #include "rng.h"
 #include "timer.h"
@@ -39,6 +40,7 @@
 int bench_engine(int argc, char **argv);
 
 #define BENCH_MAX_LEVELS 16
+#define BENCH_ENGINE_PROBE_SGEMM 256 /* the probe's sgemm side (unused here: bandwidth only) */
 
 typedef struct bench_engine_options {
     long long prompt, decode, duel_m, duel_new, duels, turns, turn_user, turn_answer, kv_mb,
@@ -297,7 +299,7 @@ static int parse_levels(const char *s, int *levels, int *n) {
 }
 
 int bench_engine(int argc, char **argv) {
-    const char *dir = NULL;
+    const char *dir = NULL, *weights_name = "f32", *kv_dtype = "f32";
     bench_engine_options o = {.prompt = 32, .decode = 32, .duel_m = 8, .duel_new = 64,
                               .duels = 8, .turns = 8, .turn_user = 24, .turn_answer = 48,
                               .kv_mb = 512, .batch_tokens = 256, .rounds = 1,
@@ -306,6 +308,10 @@ int bench_engine(int argc, char **argv) {
     const char *duel_features = "reference", *compute = "auto";
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &dir, "DIR", "model directory; required", 0, 0, false, NULL},
+        {"--weights", CLI_OPT_STRING, &weights_name, "FMT",
+         "weight storage: f32 (default), bf16 or q8", 0, 0, false, NULL},
+        {"--kv-dtype", CLI_OPT_STRING, &kv_dtype, "T", "KV cache storage: f32 (default) or bf16",
+         0, 0, false, NULL},
         {"--concurrency", CLI_OPT_STRING, &o.levels, "LIST",
          "numbers of concurrent sequences for the decode rate (default 1,8,32,128)", 0, 0, false,
          NULL},
@@ -361,6 +367,13 @@ int bench_engine(int argc, char **argv) {
     int rc = cli_parse(&cmd, argc, argv);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!dir) return cli_usage_error(&cmd, "--model DIR is required");
+    duel_error err = {0};
+    model_load_options lopt = {.weights = WEIGHT_F32};
+    int kv_bytes = 4;
+    if (weight_format_parse(weights_name, &lopt.weights, &err))
+        return cli_usage_error(&cmd, "--weights: %s", err.message);
+    if (kv_dtype_parse(kv_dtype, &kv_bytes, &err))
+        return cli_usage_error(&cmd, "--kv-dtype: %s", err.message);
     int n_providers = 0;
     const compute_provider *const *providers = cli_compute_providers(&n_providers);
     if (!compute_name_known(compute, providers, n_providers))
@@ -378,10 +391,9 @@ int bench_engine(int argc, char **argv) {
         fprintf(stderr, "duel bench engine: model directory '%s' does not exist\n", dir);
         return CLI_EXIT_FAILURE;
     }
-    duel_error err = {0};
-    fprintf(stderr, "loading %s...\n", dir);
+    fprintf(stderr, "loading %s (%s weights)...\n", dir, weights_name);
     model *m = NULL;
-    if (model_load(dir, &m, &err)) {
+    if (model_load_with(dir, &lopt, &m, &err)) {
         fprintf(stderr, "duel bench engine: %s\n", err.message);
         return CLI_EXIT_FAILURE;
     }
@@ -405,6 +417,7 @@ int bench_engine(int argc, char **argv) {
     engine_model_params mp = {"bench", m, NULL};
     engine_params ep = {.models = &mp, .num_models = 1,
                         .kv_memory_bytes = (size_t)o.kv_mb << 20,
+                        .kv_bytes_per_element = kv_bytes,
                         .max_batch_tokens = (int)o.batch_tokens,
                         .max_candidates = (int)o.duel_m,
                         .erm = scorer,
@@ -436,12 +449,16 @@ int bench_engine(int argc, char **argv) {
     json_t *out = json_object();
     duel_rng rng;
     duel_rng_seed(&rng, 42);
-    printf("model: %s (%d layers, hidden %d, %d kv heads x %d), compute backend %s\n", dir,
-           c->num_layers, c->hidden_size, c->num_kv_heads, c->head_dim, engine_backend_name(e));
+    printf("model: %s (%d layers, hidden %d, %d kv heads x %d; %s weights, %s KV), compute "
+           "backend %s\n",
+           dir, c->num_layers, c->hidden_size, c->num_kv_heads, c->head_dim, weights_name,
+           kv_dtype, engine_backend_name(e));
     json_object_set_new(out, "compute", json_string(engine_backend_name(e)));
     printf("KV: %zu bytes per token, %d blocks of %d tokens (%lld MiB budget)\n",
            es.kv_bytes_per_token, es.kv_blocks, es.block_size, o.kv_mb);
     json_object_set_new(out, "model", json_string(dir));
+    json_object_set_new(out, "weights", json_string(weights_name));
+    json_object_set_new(out, "kv_dtype", json_string(kv_dtype));
     json_object_set_new(out, "kv_bytes_per_token", json_integer((json_int_t)es.kv_bytes_per_token));
     json_object_set_new(out, "kv_blocks", json_integer(es.kv_blocks));
 
@@ -469,8 +486,19 @@ int bench_engine(int argc, char **argv) {
             if (levels[i] == 1) one = i;
         double load_start[3] = {0, 0, 0}, load_end[3] = {0, 0, 0};
         getloadavg(load_start, 3);
+        /* The read bandwidth, sampled before every round and after the last (best sample), for
+         * one sequence's decode as a fraction of it (it reads every weight once per token). */
+        machine_probe *probe = NULL;
+        double read_gbps = 0;
+        if (machine_probe_create(BENCH_ENGINE_PROBE_SGEMM, (size_t)1 << 30, 2, &probe, &err))
+            fprintf(stderr, "duel bench engine: no bandwidth probe: %s\n", err.message);
         bool ok = true;
-        for (int k = 0; k < rounds && ok; k++) {
+        for (int k = 0; k <= rounds && ok; k++) {
+            for (int j = 0; probe && j < 2; j++) {
+                double g = 0;
+                if (machine_probe_bandwidth(probe, &g, &err) == 0 && g > read_gbps) read_gbps = g;
+            }
+            if (k == rounds) break;
             for (int i = 0; i < cols && ok; i++) {
                 bool forked = i == n_levels;
                 int n = forked ? (int)o.duel_m : levels[i];
@@ -484,6 +512,7 @@ int bench_engine(int argc, char **argv) {
             }
         }
         getloadavg(load_end, 3);
+        machine_probe_free(probe);
         if (!ok) {
             free(r);
             free(tmp);
@@ -507,6 +536,15 @@ int bench_engine(int argc, char **argv) {
                        o.duel_m, med);
             else
                 printf("decode, %4d concurrent sequences: %9.1f tokens/s", levels[i], med);
+            if (!forked && levels[i] == 1 && read_gbps > 0) {
+                double gbps = med * (double)model_weight_bytes(m) / 1e9;
+                printf(" (%.2f GB/s of %s weights: %.0f%% of the read bandwidth, %.2f GB/s)", gbps,
+                       weights_name, 100 * gbps / read_gbps, read_gbps);
+                json_object_set_new(out, "read_gb_per_s", json_real(read_gbps));
+                json_object_set_new(out, "decode_weight_bytes_per_token",
+                                    json_real((double)model_weight_bytes(m)));
+                json_object_set_new(out, "decode_fraction_of_bandwidth", json_real(gbps / read_gbps));
+            }
             if (forked) {
                 json_object_set_new(out, "decode_tokens_per_s_forked_m", json_real(med));
             } else {

@@ -62,6 +62,8 @@ typedef struct generator {
     model *arena;         /* --arena-model: arena's second arm (owned), or NULL */
     chat_template_kind answer_template; /* --chat: answers lose this template's answer prefix */
     bool chat;
+    model_load_options load; /* --weights, for every model it loads */
+    int kv_bytes;            /* --kv-dtype: bytes per KV element (4 f32, 2 bf16) */
     const char *compute;  /* --compute: the engine's compute backend */
 } generator;
 
@@ -109,7 +111,7 @@ static void generator_free(generator *g) {
 static int generator_start_engine(generator *g, int candidates, int max_new, duel_error *err) {
     const model_config *c = g->config;
     size_t per_token = 2 * (size_t)c->num_layers * (size_t)c->num_kv_heads * (size_t)c->head_dim *
-                       sizeof(float);
+                       (size_t)g->kv_bytes;
     int answer = max_new < g->context ? max_new : g->context;
     size_t tokens = (size_t)g->context * (g->arena ? 2 : 1) + /* arena: a prompt per arm */
                     (size_t)(candidates - 1) * (size_t)answer +
@@ -126,6 +128,7 @@ static int generator_start_engine(generator *g, int candidates, int max_new, due
                         .num_models = n_arms,
                         .reference_arm = g->reference ? "reference" : NULL,
                         .kv_memory_bytes = tokens * per_token,
+                        .kv_bytes_per_element = g->kv_bytes,
                         .max_candidates = GENERATE_MAX_CANDIDATES,
                         /* without --reference the model is its own frozen reference */
                         .erm = g->erm,
@@ -136,13 +139,16 @@ static int generator_start_engine(generator *g, int candidates, int max_new, due
     return engine_create(&ep, &g->engine, err);
 }
 
-static int generator_open(generator *g, const char *dir, long long context, duel_error *err) {
+static int generator_open(generator *g, const char *dir, long long context,
+                          const model_load_options *load, int kv_bytes, duel_error *err) {
     memset(g, 0, sizeof *g);
+    g->load = *load;
+    g->kv_bytes = kv_bytes;
     struct stat st;
     if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
         return duel_error_set(err, DUEL_ENOTFOUND, "model directory '%s' %s", dir,
                               stat(dir, &st) != 0 ? "does not exist" : "is not a directory");
-    int rc = model_load(dir, &g->model, err);
+    int rc = model_load_with(dir, &g->load, &g->model, err);
     if (rc) return rc;
     g->config = model_get_config(g->model);
     if (g->config->head != MODEL_HEAD_CAUSAL_LM) {
@@ -481,6 +487,7 @@ typedef struct generate_options {
     bool seed_given, n_given, duel;
     const char *strategy, *erm_path, *reference, *arena_model;
     double beta;
+    const char *weights, *kv_dtype;
     const char *compute;
 } generate_options;
 
@@ -567,7 +574,7 @@ static int interactive_chat(generator *g, chat_template_kind kind, const generat
 int cmd_generate(int argc, char **argv) {
     generate_options o = {
         .strategy = NULL, .beta = 0.1, .temperature = 0.7, .top_p = 0.9, .top_k = 0, .max_new_tokens = 256, .n = 1,
-        .compute = "auto"};
+        .weights = "f32", .kv_dtype = "f32", .compute = "auto"};
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &o.model_dir, "DIR",
          "model directory (config.json, model.safetensors, tokenizer.json); required", 0, 0,
@@ -623,6 +630,11 @@ int cmd_generate(int argc, char **argv) {
         {"--erm", CLI_OPT_STRING, &o.erm_path, "FILE",
          "--duel: the ERM (erm.safetensors); default: one freshly initialised from the seed", 0,
          0, false, NULL},
+        {"--weights", CLI_OPT_STRING, &o.weights, "FMT",
+         "weight storage of every model loaded: f32 (default), bf16 or q8 (blocks of 32 int8 "
+         "with a scale, like llama.cpp's Q8_0; quantised at load)", 0, 0, false, NULL},
+        {"--kv-dtype", CLI_OPT_STRING, &o.kv_dtype, "T",
+         "KV cache storage: f32 (default) or bf16 (half the memory per token)", 0, 0, false, NULL},
     };
     const cli_command cmd = {
         "generate",
@@ -700,6 +712,12 @@ int cmd_generate(int argc, char **argv) {
     duel_error err = {0};
     if (o.template_name && chat_template_from_name(o.template_name, &kind, &err))
         return cli_usage_error(&cmd, "--template: %s", err.message);
+    model_load_options load = {.weights = WEIGHT_F32};
+    int kv_bytes = 4;
+    if (weight_format_parse(o.weights, &load.weights, &err))
+        return cli_usage_error(&cmd, "--weights: %s", err.message);
+    if (kv_dtype_parse(o.kv_dtype, &kv_bytes, &err))
+        return cli_usage_error(&cmd, "--kv-dtype: %s", err.message);
 
     unsigned long long seed = o.seed_given
                                   ? (unsigned long long)o.seed
@@ -707,7 +725,7 @@ int cmd_generate(int argc, char **argv) {
     seed &= 0x7fffffffffffffffull; /* printable back as a valid --seed */
 
     generator g;
-    rc = generator_open(&g, o.model_dir, o.context, &err);
+    rc = generator_open(&g, o.model_dir, o.context, &load, kv_bytes, &err);
     if (rc) {
         fprintf(stderr, "duel generate: %s\n", err.message);
         return CLI_EXIT_FAILURE;
@@ -725,7 +743,7 @@ int cmd_generate(int argc, char **argv) {
                                 stat(o.reference, &rst) != 0 ? "does not exist"
                                                              : "is not a directory");
         else
-            rc = model_load(o.reference, &g.reference, &err);
+            rc = model_load_with(o.reference, &g.load, &g.reference, &err);
         if (rc) {
             fprintf(stderr, "duel generate: %s\n", err.message);
             generator_free(&g);
@@ -740,7 +758,7 @@ int cmd_generate(int argc, char **argv) {
                                 stat(o.arena_model, &ast) != 0 ? "does not exist"
                                                                : "is not a directory");
         else
-            rc = model_load(o.arena_model, &g.arena, &err);
+            rc = model_load_with(o.arena_model, &g.load, &g.arena, &err);
         if (rc == 0 && model_output_size(g.arena) != model_output_size(g.model))
             rc = duel_error_set(&err, DUEL_EINVAL,
                                 "--arena-model has %d logits, --model %d: they must share the "

@@ -25,6 +25,8 @@
 #include "config.h"
 #include "engine.h"
 #include "gateway.h"
+#include "kv_cache.h"
+#include "weight_format.h"
 #include "weight_transport_model.h"
 #include "knobs.h"
 
@@ -126,6 +128,15 @@ static int engine_config_from_json(const json_t *root, const char *source,
     e->erm_heads = (int)v[1];
     e->kv_memory_bytes = (size_t)v[2];
     e->max_pilaf_jobs = (int)v[3];
+    const json_t *weights = json_object_get(duel_config_section(root, "engine"), "weights");
+    const json_t *kv_dtype = json_object_get(duel_config_section(root, "engine"), "kv_dtype");
+    if (!json_is_string(weights) || !json_is_string(kv_dtype))
+        return duel_error_set(err, DUEL_EFORMAT,
+                              "%s: engine.weights and engine.kv_dtype must be strings", source);
+    if (weight_format_parse(json_string_value(weights), &e->weights, err))
+        return duel_error_prefix(err, "%s: engine.weights", source);
+    if (kv_dtype_parse(json_string_value(kv_dtype), &e->kv_bytes_per_element, err))
+        return duel_error_prefix(err, "%s: engine.kv_dtype", source);
     e->erm_path = json_string_length(erm_path) ? json_string_value(erm_path) : NULL;
     return DUEL_OK;
 }
@@ -142,6 +153,7 @@ int cmd_serve(int argc, char **argv) {
     const char *redis = NULL, *config = NULL, *bind = NULL, *web_root = NULL, *spill = NULL;
     const char *data_dir = SERVE_DEFAULT_DATA_DIR;
     const char *backend_name = NULL, *model_dir = NULL, *erm_path = NULL;
+    const char *weights = NULL, *kv_dtype = NULL;
     const char *set_doc = NULL; /* --set never reaches cli_parse (duel_config_take_sets); listed for --help */
     knob_flag knob_flags[] = {{"--strategy", "strategy", "duel.strategy", NULL},
                               {"--candidates", "M", "duel.candidates", NULL},
@@ -207,6 +219,11 @@ int cmd_serve(int argc, char **argv) {
         {"--snapshot-poll-ms", CLI_OPT_INT, &snapshot_poll_ms, "MS",
          "how often the loader reads duel:snapshots besides pub/sub notes (default "
          "gateway.snapshot_poll_ms, 3000)", 100, 600000, false, &poll_given},
+        {"--weights", CLI_OPT_STRING, &weights, "FMT",
+         "weight storage of the model and every snapshot: f32, bf16 or q8 (default "
+         "engine.weights, f32)", 0, 0, false, NULL},
+        {"--kv-dtype", CLI_OPT_STRING, &kv_dtype, "T",
+         "KV cache storage: f32 or bf16 (default engine.kv_dtype, f32)", 0, 0, false, NULL},
         {"--test-step-ms", CLI_OPT_INT, &step_ms, "MS",
          "--backend test: pause between its progress steps (default 40)", 0, 10000, false, NULL},
     };
@@ -287,6 +304,14 @@ int cmd_serve(int argc, char **argv) {
     }
     if (poll_given) cfg.snapshot_poll_ms = (int)snapshot_poll_ms;
     if (erm_path) ecfg.erm_path = erm_path[0] ? erm_path : NULL;
+    if (weights && weight_format_parse(weights, &ecfg.weights, &err)) {
+        json_decref(root);
+        return cli_usage_error(&cmd, "--weights: %s", err.message);
+    }
+    if (kv_dtype && kv_dtype_parse(kv_dtype, &ecfg.kv_bytes_per_element, &err)) {
+        json_decref(root);
+        return cli_usage_error(&cmd, "--kv-dtype: %s", err.message);
+    }
 
     rc = CLI_EXIT_OK;
     if (snapshots && no_snapshots)

@@ -8,7 +8,8 @@
  *     block ids; the pool itself has no storage and records its copy-on-write copies, which
  *     copy_blocks performs in conflict-free batches in the recorded order);
  *   - each arm's weights in bf16, one allocation per arm (q/k/v and gate/up fused as
- *     model_tensor_read gives them; a tied head is the embedding itself);
+ *     model_tensor_read gives them, packed bf16/q8 models' values as their kernels see them; a
+ *     tied head is the embedding itself);
  *   - the step's logits (f32 rows), sampled on the device (backend_cuda_sample): only token ids
  *     and log-probabilities come back; a forced sample's log-probability is a log-softmax
  *     kernel's; final hidden states and target log-probabilities are copied back;

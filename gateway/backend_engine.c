@@ -534,9 +534,10 @@ static int eb_install_snapshot(void *impl, long long version, const char *dir,
     snprintf(s->name, sizeof s->name, "v%06lld", version);
     char path[4200];
     int rc = DUEL_EINVAL;
-    if (b->cfg.load_snapshot) {
+    if (b->cfg.load_snapshot && b->cfg.weights == WEIGHT_F32) {
         /* The weights through the GPU transport; the folder when that fails (another version in
-         * the buffer, a hash that does not match): serving never depends on it. */
+         * the buffer, a hash that does not match): serving never depends on it. The transport
+         * carries f32 weights only, so a bf16 or q8 server converts from the folder. */
         duel_error terr = {0};
         rc = b->cfg.load_snapshot(b->cfg.load_snapshot_ctx, version, dir, &s->model, &terr);
         if (rc)
@@ -544,7 +545,9 @@ static int eb_install_snapshot(void *impl, long long version, const char *dir,
                     version, b->cfg.load_snapshot_via ? b->cfg.load_snapshot_via : "a transport",
                     terr.message);
     }
-    if (rc) rc = model_load(dir, &s->model, err);
+    /* converted here, on the loader thread */
+    model_load_options lo = {.weights = b->cfg.weights};
+    if (rc) rc = model_load_with(dir, &lo, &s->model, err);
     if (!rc && model_output_size(s->model) != model_output_size(b->model))
         rc = duel_error_set(err, DUEL_EFORMAT,
                             "snapshot v%lld: %d logits, the base model (and its tokenizer) %d",
@@ -654,7 +657,8 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
         rc = duel_error_set(err, DUEL_ENOMEM, "engine backend: out of memory");
         goto fail;
     }
-    if ((rc = model_load(cfg->model_dir, &b->model, err))) goto fail;
+    model_load_options lo = {.weights = cfg->weights};
+    if ((rc = model_load_with(cfg->model_dir, &lo, &b->model, err))) goto fail;
     snprintf(path, sizeof path, "%s/tokenizer.json", cfg->model_dir);
     if ((rc = tokenizer_load(path, &b->tok, err))) goto fail;
     if ((rc = chat_template_detect(cfg->model_dir, &b->template, err))) goto fail;
@@ -681,6 +685,7 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
      * reference arm, so features mean the same thing whichever snapshot serves. */
     engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = cfg->kv_memory_bytes,
                         .max_pilaf_jobs = cfg->max_pilaf_jobs,
+                        .kv_bytes_per_element = cfg->kv_bytes_per_element,
                         .backend = cfg->compute,
                         .providers = cfg->providers,
                         .num_providers = cfg->num_providers,

@@ -16,6 +16,7 @@
 #include <stdint.h>
 
 #include "error.h"
+#include "weight_format.h"
 
 struct model; /* inference/model.h */
 
@@ -173,11 +174,15 @@ typedef struct backend_engine_config {
     int max_new_tokens;        /* 0: 128 */
     size_t kv_memory_bytes;    /* 0: the engine's default */
     int max_pilaf_jobs;        /* engine_params.max_pilaf_jobs; 0: the engine's default */
+    weight_format weights;     /* engine.weights: the model's and every snapshot's storage,
+                                  converted at load (snapshots on the loader thread) */
+    int kv_bytes_per_element;  /* engine.kv_dtype: 0 or 4 f32, 2 bf16 */
     const char *compute;       /* engine_params.backend (config engine.backend); NULL: cpu */
     /* With snapshots: where a snapshot's model comes from instead of its folder (the `duel`
      * executable passes the receiving end of a GPU weight transport, cuda_ipc or nccl:
      * trainer.weight_transport); when it fails the folder is loaded. NULL: the folder. Runs on the
-     * loader's thread. */
+     * loader's thread. Used with f32 weights only: the transport carries the f32 file, a bf16 or q8
+     * server converts each snapshot from its folder. */
     int (*load_snapshot)(void *ctx, long long version, const char *dir, struct model **out,
                          duel_error *err);
     void *load_snapshot_ctx;

@@ -5,7 +5,8 @@
  * tests/inference/compute_reference.c. The engine and its scheduler reach the device only
  * through these calls:
  *   - the KV pool: pool_prepare adjusts the pool's parameters before the engine creates it (the
- *     CPU keeps host storage; a device backend asks for none, its own element size and
+ *     CPU keeps host storage of the engine's element size, f32 or bf16; a device backend asks
+ *     for none, its own element size and
  *     recorded copy-on-write copies), pool_attach gives the backend the created pool so that it
  *     can allocate its storage for every block id (layout: kv_cache.h's), pool_detach before
  *     the pool is destroyed; copy_blocks performs the copy-on-write copies the pool recorded

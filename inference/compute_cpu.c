@@ -1,7 +1,8 @@
-/* compute_cpu.c: the CPU compute backend (compute.h): the pool keeps host storage (it copies
- * its own copy-on-write blocks, so copy_blocks never has work), an arm borrows its model and
- * runs model_forward_batch (OpenBLAS and the model's own kernels), the step's logits live in host
- * memory and are sampled with sampler_sample, and ERM scoring is erm_score. It adds nothing to
+/* compute_cpu.c: the CPU compute backend (compute.h): the pool keeps host storage, f32 or bf16
+ * as the engine asks (engine_params.kv_bytes_per_element; model_forward_batch reads and writes
+ * either), and copies its own copy-on-write blocks, so copy_blocks never has work; an arm
+ * borrows its model (f32, bf16 or q8 weights) and runs model_forward_batch (OpenBLAS and the
+ * model's own kernels), the step's logits live in host memory and are sampled with sampler_sample, and ERM scoring is erm_score. It adds nothing to
  * the numbers: a step gives exactly what model_forward_batch and sampler_sample give.
  *
  * Owned by the engine thread, like the models it borrows (they keep scratch buffers). */
@@ -28,7 +29,13 @@ static void cpu_destroy(compute_backend *b) {
 }
 
 static int cpu_pool_prepare(compute_backend *b, kv_pool_params *params, duel_error *err) {
-    (void)b, (void)err;
+    (void)b;
+    /* The element size stays the engine's: 0 or 4 (f32) or 2 (bf16 host storage). */
+    if (params->bytes_per_element != 0 && params->bytes_per_element != 4 &&
+        params->bytes_per_element != 2)
+        return duel_error_set(err, DUEL_EINVAL,
+                              "cpu backend: KV storage of %d bytes per element (4: f32, 2: bf16)",
+                              params->bytes_per_element);
     params->allocate_storage = true;
     params->record_copies = false;
     return DUEL_OK;
@@ -36,7 +43,7 @@ static int cpu_pool_prepare(compute_backend *b, kv_pool_params *params, duel_err
 
 static int cpu_pool_attach(compute_backend *b, kv_pool *pool, duel_error *err) {
     (void)b;
-    if (!kv_pool_layer_keys(pool, 0))
+    if (!kv_pool_layer_keys(pool, 0) && !kv_pool_layer_keys_bf16(pool, 0))
         return duel_error_set(err, DUEL_EINVAL, "cpu backend: the KV pool has no host storage");
     return DUEL_OK;
 }

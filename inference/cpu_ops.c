@@ -389,14 +389,22 @@ void cpu_bf16_to_f32(float *out, const void *src, size_t n) {
 
 /* ---- skinny products: a few rows against a big weight (batched decode) -------------------- */
 
-cpu_isa cpu_isa_best(void) {
+cpu_features cpu_features_detect(void) {
+    cpu_features f = {false, false, false, false};
 #if defined(CPU_OPS_AVX2) && defined(__GNUC__)
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f")) return CPU_ISA_AVX512;
-    return CPU_ISA_AVX2;
-#else
-    return CPU_ISA_SCALAR;
+    f.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    f.avx512 = f.avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+               __builtin_cpu_supports("avx512vl");
+    f.avx512_bf16 = f.avx512 && __builtin_cpu_supports("avx512bf16");
+    f.avx512_vnni = f.avx512 && __builtin_cpu_supports("avx512vnni");
 #endif
+    return f;
+}
+
+cpu_isa cpu_isa_best(void) {
+    cpu_features f = cpu_features_detect();
+    return f.avx512 ? CPU_ISA_AVX512 : f.avx2 ? CPU_ISA_AVX2 : CPU_ISA_SCALAR;
 }
 
 /* The tiles below compute RW (1 or 4) consecutive weight rows against TN input rows: every

@@ -36,8 +36,18 @@ void cpu_layernorm_forward(float *out, const float *in, const float *weight, con
 void cpu_matmul_forward(float *out, const float *in, const float *weight, const float *bias, int n,
                         int in_dim, int out_dim, bool accumulate, cpu_matmul_stats *stats);
 
-/* Instruction sets of the hand-written kernels. cpu_isa_best: the best this build and this CPU
- * support (AVX-512F is detected at run time; the build itself targets x86-64-v3). */
+/* What this build can run on this CPU (cpuid at run time; the build itself targets x86-64-v3,
+ * wider kernels are compiled with target attributes): the one place kernels ask. */
+typedef struct cpu_features {
+    bool avx2;        /* AVX2 + FMA */
+    bool avx512;      /* AVX-512 F, BW and VL */
+    bool avx512_bf16; /* vdpbf16ps */
+    bool avx512_vnni; /* vpdpbusd */
+} cpu_features;
+cpu_features cpu_features_detect(void);
+
+/* Instruction sets of the hand-written f32 kernels. cpu_isa_best: the best of them this build and
+ * this CPU support. */
 typedef enum cpu_isa { CPU_ISA_SCALAR = 0, CPU_ISA_AVX2 = 1, CPU_ISA_AVX512 = 2 } cpu_isa;
 cpu_isa cpu_isa_best(void);
 

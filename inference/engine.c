@@ -178,6 +178,7 @@ int engine_create(const engine_params *params, engine **out, duel_error *err) {
                          .block_size = params->block_size,
                          .memory_budget_bytes = params->kv_memory_bytes ? params->kv_memory_bytes
                                                                         : ENGINE_DEFAULT_KV_BYTES,
+                         .bytes_per_element = params->kv_bytes_per_element,
                          .allocate_storage = true};
     if ((rc = compute_pool_prepare(e->backend, &pp, err)) ||
         (rc = kv_pool_create(&pp, &e->pool, err)) ||

@@ -113,6 +113,9 @@ typedef struct engine_params {
     const engine_model_params *models;
     int num_models;
     size_t kv_memory_bytes;    /* KV pool budget (config engine.kv_memory); 0: the default */
+    int kv_bytes_per_element;  /* KV storage (config engine.kv_dtype, kv_dtype_parse): 0 or 4
+                                  f32, 2 bf16 (the duel's reference pass shares the pool); the
+                                  backend's pool_prepare may override it (cuda: always bf16) */
     int block_size;            /* 0: KV_BLOCK_SIZE */
     int max_batch_tokens;      /* per step; 0: SCHED_DEFAULT_BATCH_TOKENS */
     int max_running;           /* 0: SCHED_DEFAULT_MAX_RUNNING */

@@ -55,7 +55,8 @@ struct kv_pool {
     kv_list free_list;
     kv_list lru;
     int32_t registered;
-    float *storage;             /* [layer][K, V][num_blocks][kv_heads][block_size][head_dim] */
+    unsigned char *storage;     /* [layer][K, V][num_blocks][kv_heads][block_size][head_dim] of
+                                   bytes_per_element (4: f32, 2: bf16) */
     int32_t *copies;            /* record_copies: (src, dst) pairs not yet taken, oldest first */
     int num_copies, cap_copies;
     kv_pool_stats stats;
@@ -217,16 +218,17 @@ static bool kv_block_writable(const kv_pool *pool, int32_t b) {
     return pool->meta[b].refcount == 1 && !pool->meta[b].registered;
 }
 
+static unsigned char *kv_block_base(kv_pool *pool, int layer, int32_t block, int which);
+
 static void kv_block_copy_data(kv_pool *pool, int32_t dst, int32_t src) {
     memcpy(pool->tokens + (size_t)dst * (size_t)pool->block_size, kv_tokens_of(pool, src),
            sizeof(int32_t) * (size_t)pool->block_size);
     if (!pool->storage) return;
-    for (int layer = 0; layer < pool->params.num_layers; layer++) {
-        memcpy(kv_pool_block_keys(pool, layer, dst), kv_pool_block_keys(pool, layer, src),
-               sizeof(float) * pool->block_floats);
-        memcpy(kv_pool_block_values(pool, layer, dst), kv_pool_block_values(pool, layer, src),
-               sizeof(float) * pool->block_floats);
-    }
+    size_t bytes = pool->block_floats * (size_t)pool->params.bytes_per_element;
+    for (int layer = 0; layer < pool->params.num_layers; layer++)
+        for (int which = 0; which < 2; which++)
+            memcpy(kv_block_base(pool, layer, dst, which), kv_block_base(pool, layer, src, which),
+                   bytes);
 }
 
 /* ---- pool ------------------------------------------------------------------------------------- */
@@ -258,9 +260,11 @@ int kv_pool_create(const kv_pool_params *params, kv_pool **out, duel_error *err)
                               params ? params->num_layers : 0, params ? params->num_kv_heads : 0,
                               params ? params->head_dim : 0, params ? params->block_size : 0,
                               params ? params->bytes_per_element : 0);
-    if (params->allocate_storage && params->bytes_per_element != 0 && params->bytes_per_element != 4)
+    if (params->allocate_storage && params->bytes_per_element != 0 &&
+        params->bytes_per_element != 4 && params->bytes_per_element != 2)
         return duel_error_set(err, DUEL_EINVAL,
-                              "kv pool: host storage is f32 but bytes_per_element is %d",
+                              "kv pool: host storage is f32 (4 bytes) or bf16 (2), not %d bytes "
+                              "per element",
                               params->bytes_per_element);
     if (params->allocate_storage && params->record_copies)
         return duel_error_set(err, DUEL_EINVAL,
@@ -393,26 +397,54 @@ int32_t kv_pool_drop_cached(kv_pool *pool) {
 
 /* ---- storage ---------------------------------------------------------------------------------- */
 
-static float *kv_layer_base(kv_pool *pool, int layer, int which) {
+static unsigned char *kv_layer_base(kv_pool *pool, int layer, int which) {
     if (!pool || !pool->storage || layer < 0 || layer >= pool->params.num_layers) return NULL;
-    size_t per_array = pool->block_floats * (size_t)pool->num_blocks;
+    size_t per_array = pool->block_floats * (size_t)pool->num_blocks *
+                       (size_t)pool->params.bytes_per_element;
     return pool->storage + ((size_t)layer * 2 + (size_t)which) * per_array;
 }
 
-float *kv_pool_layer_keys(kv_pool *pool, int layer) { return kv_layer_base(pool, layer, 0); }
-float *kv_pool_layer_values(kv_pool *pool, int layer) { return kv_layer_base(pool, layer, 1); }
-
-static float *kv_block_base(kv_pool *pool, int layer, int32_t block, int which) {
-    float *base = kv_layer_base(pool, layer, which);
+static unsigned char *kv_block_base(kv_pool *pool, int layer, int32_t block, int which) {
+    unsigned char *base = kv_layer_base(pool, layer, which);
     if (!base || block < 0 || block >= pool->num_blocks) return NULL;
-    return base + (size_t)block * pool->block_floats;
+    return base + (size_t)block * pool->block_floats * (size_t)pool->params.bytes_per_element;
+}
+
+static float *kv_f32(kv_pool *pool, unsigned char *p) {
+    return p && pool->params.bytes_per_element == 4 ? (float *)(void *)p : NULL;
+}
+
+static uint16_t *kv_bf16(kv_pool *pool, unsigned char *p) {
+    return p && pool->params.bytes_per_element == 2 ? (uint16_t *)(void *)p : NULL;
+}
+
+float *kv_pool_layer_keys(kv_pool *pool, int layer) {
+    return kv_f32(pool, kv_layer_base(pool, layer, 0));
+}
+float *kv_pool_layer_values(kv_pool *pool, int layer) {
+    return kv_f32(pool, kv_layer_base(pool, layer, 1));
+}
+uint16_t *kv_pool_layer_keys_bf16(kv_pool *pool, int layer) {
+    return kv_bf16(pool, kv_layer_base(pool, layer, 0));
+}
+uint16_t *kv_pool_layer_values_bf16(kv_pool *pool, int layer) {
+    return kv_bf16(pool, kv_layer_base(pool, layer, 1));
+}
+
+int kv_dtype_parse(const char *text, int *bytes_per_element, duel_error *err) {
+    if (text && strcmp(text, "f32") == 0) *bytes_per_element = 4;
+    else if (text && strcmp(text, "bf16") == 0) *bytes_per_element = 2;
+    else
+        return duel_error_set(err, DUEL_EINVAL, "KV dtype '%s' is not one of f32, bf16",
+                              text ? text : "(null)");
+    return DUEL_OK;
 }
 
 float *kv_pool_block_keys(kv_pool *pool, int layer, int32_t block) {
-    return kv_block_base(pool, layer, block, 0);
+    return kv_f32(pool, kv_block_base(pool, layer, block, 0));
 }
 float *kv_pool_block_values(kv_pool *pool, int layer, int32_t block) {
-    return kv_block_base(pool, layer, block, 1);
+    return kv_f32(pool, kv_block_base(pool, layer, block, 1));
 }
 
 const int32_t *kv_pool_block_tokens(const kv_pool *pool, int32_t block) {
@@ -659,7 +691,7 @@ static float *kv_sequence_vector(kv_pool *pool, const kv_sequence *seq, int laye
     if (!pool || !seq || head < 0 || head >= pool->params.num_kv_heads || pos < 0 ||
         pos >= (int64_t)seq->num_blocks * pool->block_size)
         return NULL;
-    float *base = kv_block_base(pool, layer, seq->blocks[pos / pool->block_size], which);
+    float *base = kv_f32(pool, kv_block_base(pool, layer, seq->blocks[pos / pool->block_size], which));
     if (!base) return NULL;
     return base + ((size_t)head * (size_t)pool->block_size + (size_t)(pos % pool->block_size)) *
                       (size_t)pool->params.head_dim;

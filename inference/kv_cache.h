@@ -22,7 +22,9 @@
  *           prefix cache or not.
  * kv_pool_check() verifies this partition and all other invariants.
  *
- * Host storage layout (allocate_storage = true), f32, one array per layer for K and one for V:
+ * Host storage layout (allocate_storage = true), f32 (bytes_per_element 4, the default) or bf16
+ * (bytes_per_element 2: config engine.kv_dtype, half the bytes per token), one array per layer
+ * for K and one for V:
  *     keys[layer]   [num_blocks][num_kv_heads][block_size][head_dim]
  *     values[layer] [num_blocks][num_kv_heads][block_size][head_dim]
  * so the vector of token slot s of head h in block b starts at
@@ -70,8 +72,8 @@ typedef struct kv_pool_params {
     size_t memory_budget_bytes;
     int num_blocks;
     int bytes_per_element;    /* element size of the KV storage for the budget; 0 means 4 (f32).
-                                 The host storage is always f32, so with allocate_storage it must
-                                 be 0 or 4; a bf16 device cache passes 2. */
+                                 With allocate_storage: 4 (f32) or 2 (bf16 host storage: the
+                                 *_bf16 accessors); a bf16 device cache passes 2 too. */
     bool allocate_storage;    /* allocate the host K/V arrays (CPU backend) */
     bool record_copies;       /* without host storage: record each copy-on-write copy for the
                                  backend that holds the K/V (kv_pool_take_copies) */
@@ -146,9 +148,15 @@ int kv_pool_take_copies(kv_pool *pool, int32_t *pairs, int cap);
 /* Copies recorded and not yet taken. */
 int kv_pool_pending_copies(const kv_pool *pool);
 
-/* Host storage of one layer (NULL without allocate_storage or for a bad layer). */
+/* Host storage of one layer (NULL without allocate_storage or for a bad layer). The float
+ * accessors (here and below) serve f32 storage only and return NULL for bf16, the _bf16 ones the
+ * reverse. */
 float *kv_pool_layer_keys(kv_pool *pool, int layer);
 float *kv_pool_layer_values(kv_pool *pool, int layer);
+uint16_t *kv_pool_layer_keys_bf16(kv_pool *pool, int layer);
+uint16_t *kv_pool_layer_values_bf16(kv_pool *pool, int layer);
+/* "f32" -> 4, "bf16" -> 2: bytes_per_element of a KV dtype name (config engine.kv_dtype). */
+int kv_dtype_parse(const char *text, int *bytes_per_element, duel_error *err);
 /* The [num_kv_heads][block_size][head_dim] tile of one block (NULL as above or for a bad block). */
 float *kv_pool_block_keys(kv_pool *pool, int layer, int32_t block);
 float *kv_pool_block_values(kv_pool *pool, int layer, int32_t block);

@@ -2,7 +2,14 @@
  *
  * Parameters live in one f32 allocation carved into per-layer pointers (llm.c style); bf16/f16
  * weights are widened once at load. Linear weights stay [out][in] so that every projection of
- * a chunk of tokens is one sgemm (one sgemv for a single token). Two fusions at load:
+ * a chunk of tokens is one sgemm (one sgemv for a single token). With bf16 or q8 weights
+ * (model_load_with) the linear layers and the head leave that allocation: each matrix passes
+ * through an f32 stage and is packed (weight_format.h) before the next is read, and every product
+ * with it runs the packed kernels (weight_matmul.h) for any number of rows, its output groups
+ * shared with the helper thread; a tied input embedding is then read from the packed head, row
+ * by row. Invariant: a weight_matrix view exists for every linear layer and the head, whatever
+ * the format, and the forward pass reads weights only through it (or the f32 embedding). Two
+ * fusions at load:
  *   - q, k and v projections become one [q_dim + 2*kv_dim][hidden] matrix, rows in the order
  *     all q heads, all k heads, all v heads. GPT-NeoX's query_key_value interleaves them per head
  *     ([heads][3][head_dim], HF's view(heads, 3*head_dim) split) and is permuted into that order.
@@ -36,6 +43,7 @@
 #include "cpu_ops.h"
 #include "safetensors.h"
 #include "timer.h"
+#include "weight_matmul.h"
 
 #define MODEL_MAX_CHUNK_TOKENS 512     /* tokens per internal forward chunk (bounds scratch) */
 #define MODEL_KV_MAX_TOKENS (1 << 24)  /* tokens: the largest contiguous cache we create */
@@ -80,6 +88,10 @@ typedef struct model_layer {
     float *mlp_norm_w, *mlp_norm_b;
     float *up_w, *up_b;     /* Llama: [2*ffn][hidden] gate then up; NeoX: [ffn][hidden] */
     float *down_w, *down_b; /* [hidden][ffn] */
+    /* The four products' weights as the forward pass reads them: f32 borrows the pointers above;
+     * bf16 and q8 own packed copies (the *_w pointers then pointed into the load stage and are
+     * NULL after load). */
+    weight_matrix qkv, o, up, down;
 } model_layer;
 
 struct model {
@@ -87,9 +99,14 @@ struct model {
     int q_dim, kv_dim, qkv_dim, up_dim, output_size;
     float *params;
     size_t num_params;
-    float *embedding;                  /* [vocab][hidden] */
+    float *embedding;                  /* [vocab][hidden] f32; NULL when tied to a packed head */
     float *final_norm_w, *final_norm_b;
-    float *head_w;                     /* [output_size][hidden]; == embedding when tied */
+    float *head_w;                     /* [output_size][hidden]; == embedding when tied (f32) */
+    weight_matrix head;                /* the output head as the forward pass reads it */
+    weight_format weights;             /* storage of the linear layers and the head */
+    float *stage;                      /* load only: f32 staging of packed matrices */
+    void *prepared;                    /* packed products' converted input rows (weight_matmul.h) */
+    size_t prepared_bytes;
     model_layer *layers;
     double *inv_freq;                  /* [rotary_dim / 2] */
 
@@ -119,47 +136,105 @@ struct model_kv_cache {
     float *k, *v; /* [num_layers][max_tokens][kv_dim] each */
 };
 
-static void helper_start(model_helper *h);
+static void helper_start(model_helper *h, bool spawn);
 static void helper_stop(model_helper *h);
 
 /* ---- parameters --------------------------------------------------------------------------- */
 
-/* Assigns every parameter pointer inside base (when non-NULL) and returns the float count. */
-static size_t layout_params(model *m, float *base) {
+static bool is_tied(const model *m) {
+    return m->config.head == MODEL_HEAD_CAUSAL_LM && m->config.tie_word_embeddings;
+}
+
+/* Assigns every parameter pointer inside base (when non-NULL) and returns the float count. With
+ * packed weights (bf16, q8) the linear layers' and the head's f32 values only pass through the
+ * load stage: each layer's matrices (and the embedding or head, each on its own) are assigned
+ * inside stage (when non-NULL), one at a time, and packed before the next is read
+ * (pack_layer, pack_head); *stage_floats receives the stage's size. */
+static size_t layout_params(model *m, float *base, float *stage, size_t *stage_floats) {
     const model_config *c = &m->config;
-    size_t H = (size_t)c->hidden_size, off = 0;
-    bool neox = c->arch == MODEL_ARCH_GPT_NEOX;
+    size_t H = (size_t)c->hidden_size, off = 0, soff = 0, smax = 0;
+    bool neox = c->arch == MODEL_ARCH_GPT_NEOX, packed = m->weights != WEIGHT_F32;
+    bool tied = c->head == MODEL_HEAD_CAUSAL_LM && c->tie_word_embeddings;
 #define TAKE(ptr, count)                  \
     do {                                  \
         if (base) (ptr) = base + off;     \
         off += (size_t)(count);           \
     } while (0)
-    TAKE(m->embedding, (size_t)c->vocab_size * H);
+#define TAKE_LINEAR(ptr, count)                       \
+    do {                                              \
+        if (!packed) {                                \
+            TAKE(ptr, count);                         \
+        } else {                                      \
+            if (stage) (ptr) = stage + soff;          \
+            soff += (size_t)(count);                  \
+            smax = soff > smax ? soff : smax;         \
+        }                                             \
+    } while (0)
+    if (tied) TAKE_LINEAR(m->embedding, (size_t)c->vocab_size * H);
+    else TAKE(m->embedding, (size_t)c->vocab_size * H);
     for (int l = 0; l < c->num_layers; l++) {
         model_layer *L = &m->layers[l];
+        soff = 0;
         TAKE(L->attn_norm_w, H);
         if (neox) TAKE(L->attn_norm_b, H);
-        TAKE(L->qkv_w, (size_t)m->qkv_dim * H);
+        TAKE_LINEAR(L->qkv_w, (size_t)m->qkv_dim * H);
         if (c->attention_bias) TAKE(L->qkv_b, m->qkv_dim);
-        TAKE(L->o_w, H * (size_t)m->q_dim);
+        TAKE_LINEAR(L->o_w, H * (size_t)m->q_dim);
         if (c->attention_out_bias) TAKE(L->o_b, H);
         TAKE(L->mlp_norm_w, H);
         if (neox) TAKE(L->mlp_norm_b, H);
-        TAKE(L->up_w, (size_t)m->up_dim * H);
+        TAKE_LINEAR(L->up_w, (size_t)m->up_dim * H);
         if (c->mlp_bias) TAKE(L->up_b, m->up_dim);
-        TAKE(L->down_w, H * (size_t)c->intermediate_size);
+        TAKE_LINEAR(L->down_w, H * (size_t)c->intermediate_size);
         if (c->mlp_bias) TAKE(L->down_b, H);
     }
     TAKE(m->final_norm_w, H);
     if (neox) TAKE(m->final_norm_b, H);
-    bool tied = c->head == MODEL_HEAD_CAUSAL_LM && c->tie_word_embeddings;
     if (tied) {
         if (base) m->head_w = m->embedding;
     } else {
-        TAKE(m->head_w, (size_t)m->output_size * H);
+        soff = 0;
+        TAKE_LINEAR(m->head_w, (size_t)m->output_size * H);
     }
+#undef TAKE_LINEAR
 #undef TAKE
+    if (stage_floats) *stage_floats = smax;
     return off;
+}
+
+/* The weight_matrix views of layer l once its f32 values are loaded: borrowed (f32) or packed
+ * from the stage, whose values are then dead (the stage pointers are cleared). */
+static int pack_one(model *m, weight_matrix *dst, float **src, int rows, int cols,
+                    duel_error *err) {
+    if (m->weights == WEIGHT_F32) {
+        *dst = weight_matrix_borrow_f32(*src, rows, cols);
+        return DUEL_OK;
+    }
+    int rc = weight_matrix_pack(dst, m->weights, *src, rows, cols, err);
+    *src = NULL;
+    return rc;
+}
+
+static int pack_layer(model *m, int l, duel_error *err) {
+    const model_config *c = &m->config;
+    model_layer *L = &m->layers[l];
+    int H = c->hidden_size, rc;
+    if ((rc = pack_one(m, &L->qkv, &L->qkv_w, m->qkv_dim, H, err)) ||
+        (rc = pack_one(m, &L->o, &L->o_w, H, m->q_dim, err)) ||
+        (rc = pack_one(m, &L->up, &L->up_w, m->up_dim, H, err)) ||
+        (rc = pack_one(m, &L->down, &L->down_w, H, c->intermediate_size, err)))
+        return duel_error_prefix(err, "layer %d", l);
+    return DUEL_OK;
+}
+
+/* The head from head_w (f32: borrowed; packed: from the stage). A tied head is packed from the
+ * embedding, which the forward pass then reads through the head (embed_rows). */
+static int pack_head(model *m, duel_error *err) {
+    const model_config *c = &m->config;
+    bool tied = c->head == MODEL_HEAD_CAUSAL_LM && c->tie_word_embeddings;
+    int rc = pack_one(m, &m->head, &m->head_w, m->output_size, c->hidden_size, err);
+    if (tied && m->weights != WEIGHT_F32) m->embedding = NULL;
+    return rc;
 }
 
 /* Loads tensor `name` of the given 1-d or 2-d shape, converted to f32, into dst. BF16 (the
@@ -195,7 +270,8 @@ static int load_llama(model *m, const safetensors_archive *st, duel_error *err) 
     int64_t H = c->hidden_size, F = c->intermediate_size;
     int rc;
     const char *p = "model.";
-    if ((rc = load_named(st, c->vocab_size, H, m->embedding, err, "%sembed_tokens.weight", p)))
+    if ((rc = load_named(st, c->vocab_size, H, m->embedding, err, "%sembed_tokens.weight", p)) ||
+        (is_tied(m) && (rc = pack_head(m, err))))
         return rc;
     for (int l = 0; l < c->num_layers; l++) {
         model_layer *L = &m->layers[l];
@@ -233,6 +309,7 @@ static int load_llama(model *m, const safetensors_archive *st, duel_error *err) 
              (rc = load_named(st, F, 0, L->up_b + F, err, "%slayers.%d.mlp.up_proj.bias", p, l)) ||
              (rc = load_named(st, H, 0, L->down_b, err, "%slayers.%d.mlp.down_proj.bias", p, l))))
             return rc;
+        if ((rc = pack_layer(m, l, err))) return rc;
     }
     return load_named(st, H, 0, m->final_norm_w, err, "%snorm.weight", p);
 }
@@ -255,7 +332,8 @@ static int load_neox(model *m, const safetensors_archive *st, duel_error *err) {
     int rc;
     float *tmp = malloc((size_t)m->qkv_dim * (size_t)H * sizeof *tmp);
     if (!tmp) return duel_error_set(err, DUEL_ENOMEM, "out of memory loading query_key_value");
-    if ((rc = load_named(st, c->vocab_size, H, m->embedding, err, "%sembed_in.weight", p)))
+    if ((rc = load_named(st, c->vocab_size, H, m->embedding, err, "%sembed_in.weight", p)) ||
+        (is_tied(m) && (rc = pack_head(m, err))))
         goto done;
     for (int l = 0; l < c->num_layers; l++) {
         model_layer *L = &m->layers[l];
@@ -287,7 +365,8 @@ static int load_neox(model *m, const safetensors_archive *st, duel_error *err) {
             (rc = load_named(st, H, F, L->down_w, err, "%slayers.%d.mlp.dense_4h_to_h.weight", p,
                              l)) ||
             (rc = load_named(st, H, 0, L->down_b, err, "%slayers.%d.mlp.dense_4h_to_h.bias", p,
-                             l)))
+                             l)) ||
+            (rc = pack_layer(m, l, err)))
             goto done;
     }
     if ((rc = load_named(st, H, 0, m->final_norm_w, err, "%sfinal_layer_norm.weight", p)) ||
@@ -301,28 +380,44 @@ done:
 static int load_head(model *m, const safetensors_archive *st, duel_error *err) {
     const model_config *c = &m->config;
     int64_t H = c->hidden_size;
-    if (c->head == MODEL_HEAD_SEQUENCE_CLASSIFICATION)
-        return load_tensor(st, "score.weight", m->output_size, H, m->head_w, err);
-    if (c->tie_word_embeddings) return DUEL_OK; /* head_w aliases the embedding */
-    return load_tensor(st, c->arch == MODEL_ARCH_GPT_NEOX ? "embed_out.weight" : "lm_head.weight",
-                       m->output_size, H, m->head_w, err);
+    if (is_tied(m)) return DUEL_OK; /* packed with the embedding */
+    int rc = c->head == MODEL_HEAD_SEQUENCE_CLASSIFICATION
+                 ? load_tensor(st, "score.weight", m->output_size, H, m->head_w, err)
+                 : load_tensor(st,
+                               c->arch == MODEL_ARCH_GPT_NEOX ? "embed_out.weight" : "lm_head.weight",
+                               m->output_size, H, m->head_w, err);
+    return rc ? rc : pack_head(m, err);
 }
 
 int model_load(const char *dir, model **out, duel_error *err) {
-    return model_load_archive(dir, NULL, out, err);
+    return model_load_with(dir, NULL, out, err);
 }
 
 int model_load_archive(const char *dir, const safetensors_archive *weights, model **out,
                        duel_error *err) {
+    model_load_options o = {.weights = WEIGHT_F32, .archive = weights};
+    return model_load_with(dir, &o, out, err);
+}
+
+int model_load_with(const char *dir, const model_load_options *opts, model **out,
+                    duel_error *err) {
     if (out) *out = NULL;
     if (!dir || !out) return duel_error_set(err, DUEL_EINVAL, "model_load: NULL argument");
+    weight_format weights = opts ? opts->weights : WEIGHT_F32;
+    int threads = opts ? opts->threads : 0;
+    if (weights != WEIGHT_F32 && weights != WEIGHT_BF16 && weights != WEIGHT_Q8)
+        return duel_error_set(err, DUEL_EINVAL, "model_load: weight format %d", (int)weights);
+    if (threads < 0 || threads > 2)
+        return duel_error_set(err, DUEL_EINVAL, "model_load: %d threads (0 or 2: with the helper "
+                              "thread, 1: without)", threads);
     char path[4096];
     if (snprintf(path, sizeof path, "%s/config.json", dir) >= (int)sizeof path)
         return duel_error_set(err, DUEL_ELIMIT, "model_load: directory path too long");
     model *m = calloc(1, sizeof *m);
     if (!m) return duel_error_set(err, DUEL_ENOMEM, "out of memory");
     m->isa = cpu_isa_best();
-    helper_start(&m->helper);
+    m->weights = weights;
+    helper_start(&m->helper, threads != 1);
     safetensors_archive *st = NULL;
     int rc = model_config_load(path, &m->config, err);
     if (rc) goto fail;
@@ -338,25 +433,30 @@ int model_load_archive(const char *dir, const safetensors_archive *weights, mode
         rc = duel_error_set(err, DUEL_ENOMEM, "out of memory");
         goto fail;
     }
-    m->num_params = layout_params(m, NULL);
-    if ((long long)m->num_params > MODEL_MAX_PARAMS) {
+    size_t stage_floats = 0;
+    m->num_params = layout_params(m, NULL, NULL, &stage_floats);
+    if ((long long)m->num_params > MODEL_MAX_PARAMS || (long long)stage_floats > MODEL_MAX_PARAMS) {
         rc = duel_error_set(err, DUEL_ELIMIT, "%s: %zu parameters is above the limit of %lld",
                             path, m->num_params, MODEL_MAX_PARAMS);
         goto fail;
     }
     m->params = malloc(m->num_params * sizeof *m->params);
-    if (!m->params) {
+    if (stage_floats) m->stage = malloc(stage_floats * sizeof *m->stage);
+    if (!m->params || (stage_floats && !m->stage)) {
         rc = duel_error_set(err, DUEL_ENOMEM, "%s: out of memory for %zu parameters", dir,
-                            m->num_params);
+                            m->num_params + stage_floats);
         goto fail;
     }
-    layout_params(m, m->params);
-    if (!weights && (rc = safetensors_open_dir(dir, &st, err))) goto fail;
-    const safetensors_archive *from = weights ? weights : st;
+    layout_params(m, m->params, m->stage, NULL);
+    const safetensors_archive *from = opts ? opts->archive : NULL;
+    if (!from && (rc = safetensors_open_dir(dir, &st, err))) goto fail;
+    if (!from) from = st;
     rc = c->arch == MODEL_ARCH_LLAMA ? load_llama(m, from, err) : load_neox(m, from, err);
     if (rc || (rc = load_head(m, from, err))) goto fail;
     safetensors_close(st);
     st = NULL;
+    free(m->stage);
+    m->stage = NULL;
     cpu_rope_inv_freq(m->inv_freq, c->rotary_dim, c->rope_theta,
                       c->rope_scaling == MODEL_ROPE_LLAMA3   ? CPU_ROPE_SCALING_LLAMA3
                       : c->rope_scaling == MODEL_ROPE_LINEAR ? CPU_ROPE_SCALING_LINEAR
@@ -374,6 +474,16 @@ fail:
 void model_free(model *m) {
     if (!m) return;
     helper_stop(&m->helper);
+    if (m->layers && m->weights != WEIGHT_F32)
+        for (int l = 0; l < m->config.num_layers; l++) {
+            weight_matrix_free(&m->layers[l].qkv);
+            weight_matrix_free(&m->layers[l].o);
+            weight_matrix_free(&m->layers[l].up);
+            weight_matrix_free(&m->layers[l].down);
+        }
+    if (m->weights != WEIGHT_F32) weight_matrix_free(&m->head);
+    free(m->stage);
+    free(m->prepared);
     free(m->params);
     free(m->layers);
     free(m->inv_freq);
@@ -389,6 +499,18 @@ void model_free(model *m) {
 const model_config *model_get_config(const model *m) { return &m->config; }
 
 int model_output_size(const model *m) { return m->output_size; }
+
+weight_format model_weight_format(const model *m) { return m->weights; }
+
+size_t model_weight_bytes(const model *m) {
+    size_t bytes = weight_matrix_bytes(&m->head);
+    for (int l = 0; l < m->config.num_layers; l++) {
+        const model_layer *L = &m->layers[l];
+        bytes += weight_matrix_bytes(&L->qkv) + weight_matrix_bytes(&L->o) +
+                 weight_matrix_bytes(&L->up) + weight_matrix_bytes(&L->down);
+    }
+    return bytes;
+}
 
 /* ---- KV cache ----------------------------------------------------------------------------- */
 
@@ -439,6 +561,26 @@ void model_kv_cache_truncate(model_kv_cache *kv, int length) {
 
 /* ---- forward ------------------------------------------------------------------------------ */
 
+/* Room for the converted input of packed products of up to `rows` rows (no-op for f32). */
+static int ensure_prepared(model *m, int rows, duel_error *err) {
+    if (m->weights == WEIGHT_F32 || rows < 1) return DUEL_OK;
+    const model_layer *L = &m->layers[0];
+    const weight_matrix *all[5] = {&m->head, &L->qkv, &L->o, &L->up, &L->down};
+    size_t need = 0;
+    for (int i = m->config.num_layers > 0 ? 4 : 0; i >= 0; i--) {
+        /* the scalar kernels' prepared rows (f32 for bf16) are the largest of any kernel */
+        size_t b = weight_prepared_bytes(WEIGHT_KERNEL_SCALAR, all[i], rows);
+        need = b > need ? b : need;
+    }
+    if (need <= m->prepared_bytes) return DUEL_OK;
+    void *mem = aligned_alloc(64, (need + 63) / 64 * 64);
+    if (!mem) return duel_error_set(err, DUEL_ENOMEM, "out of memory for %d converted rows", rows);
+    free(m->prepared);
+    m->prepared = mem;
+    m->prepared_bytes = need;
+    return DUEL_OK;
+}
+
 /* Makes room for chunks of `rows` tokens and attention over caches of max_ctx tokens. */
 static int ensure_scratch(model *m, int rows, int max_ctx, duel_error *err) {
     const model_config *c = &m->config;
@@ -463,6 +605,8 @@ static int ensure_scratch(model *m, int rows, int max_ctx, duel_error *err) {
         }
         m->scratch_tokens = cap;
     }
+    int rc = ensure_prepared(m, m->scratch_tokens, err);
+    if (rc) return rc;
     size_t need = cpu_attention_scratch_floats(rows, max_ctx);
     if (need < 2 * (size_t)max_ctx) need = 2 * (size_t)max_ctx; /* decode scores, two threads */
     if (need > m->att_scratch_floats) {
@@ -541,14 +685,15 @@ static void *helper_main(void *arg) {
     }
 }
 
-/* Starts the helper (best effort: without it every job runs on the owner thread). */
-static void helper_start(model_helper *h) {
+/* Starts the helper (best effort: without it every job runs on the owner thread); with
+ * spawn false only the synchronisation objects (model_load_options.threads = 1). */
+static void helper_start(model_helper *h, bool spawn) {
     pthread_mutex_init(&h->lock, NULL);
     pthread_cond_init(&h->wake, NULL);
     atomic_init(&h->state, 0);
     atomic_init(&h->done, 0);
     atomic_init(&h->quit, false);
-    h->started = pthread_create(&h->thread, NULL, helper_main, h) == 0;
+    h->started = spawn && pthread_create(&h->thread, NULL, helper_main, h) == 0;
 }
 
 static void helper_stop(model_helper *h) {
@@ -637,6 +782,60 @@ static void batch_matmul(model *m, float *out, const float *in, const float *W, 
     cpu_matmul_forward(out, in, W, bias, n, in_dim, out_dim, accumulate, &m->gemm);
 }
 
+/* Packed weights (bf16, q8): the input rows are converted once on the owner thread
+ * (weight_prepare_input), then the groups of 16 output columns are shared with the helper thread
+ * in chunks (weight_matmul_groups), for every n: decode and prefill alike. */
+typedef struct packed_job {
+    weight_kernel kernel;
+    const weight_matrix *W;
+    const void *prepared;
+    float *out;
+    const float *bias;
+    int n, groups_per_chunk;
+    bool accumulate;
+} packed_job;
+
+static void packed_chunk(void *ctx, int chunk, int thread) {
+    (void)thread;
+    const packed_job *j = ctx;
+    int begin = chunk * j->groups_per_chunk;
+    weight_matmul_groups(j->kernel, j->W, j->prepared, j->n, j->out, (size_t)j->W->rows, j->bias,
+                         j->accumulate, begin, begin + j->groups_per_chunk);
+}
+
+static void packed_matmul(model *m, float *out, const float *in, const weight_matrix *W,
+                          const float *bias, int n, bool accumulate) {
+    double t0 = duel_time_seconds();
+    packed_job job = {weight_kernel_best(W->format, n), W, m->prepared, out, bias, n, 1,
+                      accumulate};
+    weight_prepare_input(job.kernel, W, in, n, (size_t)W->cols, m->prepared);
+    job.groups_per_chunk = (W->groups + MODEL_SKINNY_CHUNKS - 1) / MODEL_SKINNY_CHUNKS;
+    helper_parallel_for(&m->helper, packed_chunk, &job,
+                        (W->groups + job.groups_per_chunk - 1) / job.groups_per_chunk);
+    m->gemm.seconds += duel_time_seconds() - t0;
+    m->gemm.flops += 2LL * n * W->cols * W->rows;
+}
+
+/* out[n][W->rows] (=|+=) in[n][W->cols] W^T (+ bias): every linear layer and the head. f32
+ * weights go to OpenBLAS (cpu_matmul_forward), or with skinny (the paged path) to batch_matmul;
+ * packed weights to packed_matmul. */
+static void linear(model *m, float *out, const float *in, const weight_matrix *W,
+                   const float *bias, int n, bool accumulate, bool skinny) {
+    if (W->format != WEIGHT_F32) packed_matmul(m, out, in, W, bias, n, accumulate);
+    else if (skinny) batch_matmul(m, out, in, W->f32, bias, n, W->cols, W->rows, accumulate);
+    else cpu_matmul_forward(out, in, W->f32, bias, n, W->cols, W->rows, accumulate, &m->gemm);
+}
+
+/* Input embeddings of n tokens: the f32 table, or rows of the packed head it is tied to. */
+static void embed_rows(const model *m, float *out, const int32_t *tokens, int n) {
+    int H = m->config.hidden_size;
+    if (m->embedding) {
+        cpu_embedding_forward(out, tokens, n, m->embedding, H);
+        return;
+    }
+    for (int i = 0; i < n; i++) weight_matrix_row(&m->head, tokens[i], out + (size_t)i * H);
+}
+
 /* x += mlp(in) for n rows; skinny: batch_matmul (the paged path) instead of
  * cpu_matmul_forward. */
 static void mlp_forward_with(model *m, const model_layer *L, const float *in, int n,
@@ -648,9 +847,8 @@ static void mlp_forward(model *m, const model_layer *L, const float *in, int n) 
 static void mlp_forward_with(model *m, const model_layer *L, const float *in, int n,
                              bool skinny) {
     const model_config *c = &m->config;
-    int H = c->hidden_size, F = c->intermediate_size;
-    if (skinny) batch_matmul(m, m->ffn, in, L->up_w, L->up_b, n, H, m->up_dim, false);
-    else cpu_matmul_forward(m->ffn, in, L->up_w, L->up_b, n, H, m->up_dim, false, &m->gemm);
+    int F = c->intermediate_size;
+    linear(m, m->ffn, in, &L->up, L->up_b, n, false, skinny);
     const float *act = m->ffn;
     if (c->arch == MODEL_ARCH_LLAMA) {
         cpu_swiglu_forward(m->ffn_act, m->ffn, n, F);
@@ -658,8 +856,7 @@ static void mlp_forward_with(model *m, const model_layer *L, const float *in, in
     } else {
         cpu_gelu_forward(m->ffn, (size_t)n * F, c->activation == MODEL_ACT_GELU_TANH);
     }
-    if (skinny) batch_matmul(m, m->x, act, L->down_w, L->down_b, n, F, H, true);
-    else cpu_matmul_forward(m->x, act, L->down_w, L->down_b, n, F, H, true, &m->gemm);
+    linear(m, m->x, act, &L->down, L->down_b, n, true, skinny);
 }
 
 /* One chunk of n <= scratch_tokens tokens at positions kv->length ... */
@@ -667,7 +864,7 @@ static void forward_chunk(model *m, model_kv_cache *kv, const int32_t *tokens, i
                           float *logits, bool all_logits, float *hidden_last) {
     const model_config *c = &m->config;
     int H = c->hidden_size, start = kv->length;
-    cpu_embedding_forward(m->x, tokens, n, m->embedding, H);
+    embed_rows(m, m->x, tokens, n);
     cpu_rope_tables(m->rope_cos, m->rope_sin, m->inv_freq, c->rotary_dim, start, n);
     bool parallel = c->arch == MODEL_ARCH_GPT_NEOX && c->use_parallel_residual;
     for (int l = 0; l < c->num_layers; l++) {
@@ -676,7 +873,7 @@ static void forward_chunk(model *m, model_kv_cache *kv, const int32_t *tokens, i
         float *kc = kv->k + layer_off, *vc = kv->v + layer_off;
 
         apply_norm(m, m->xb, m->x, L->attn_norm_w, L->attn_norm_b, n);
-        cpu_matmul_forward(m->qkv, m->xb, L->qkv_w, L->qkv_b, n, H, m->qkv_dim, false, &m->gemm);
+        linear(m, m->qkv, m->xb, &L->qkv, L->qkv_b, n, false, false);
         cpu_rope_forward(m->qkv, n, m->qkv_dim, c->num_heads, c->head_dim, c->rotary_dim,
                          m->rope_cos, m->rope_sin);
         cpu_rope_forward(m->qkv + m->q_dim, n, m->qkv_dim, c->num_kv_heads, c->head_dim,
@@ -693,10 +890,10 @@ static void forward_chunk(model *m, model_kv_cache *kv, const int32_t *tokens, i
         if (parallel) {
             /* x + attn(ln1(x)) + mlp(ln2(x)): both norms read x before either add. */
             apply_norm(m, m->xb2, m->x, L->mlp_norm_w, L->mlp_norm_b, n);
-            cpu_matmul_forward(m->x, m->att, L->o_w, L->o_b, n, m->q_dim, H, true, &m->gemm);
+            linear(m, m->x, m->att, &L->o, L->o_b, n, true, false);
             mlp_forward(m, L, m->xb2, n);
         } else {
-            cpu_matmul_forward(m->x, m->att, L->o_w, L->o_b, n, m->q_dim, H, true, &m->gemm);
+            linear(m, m->x, m->att, &L->o, L->o_b, n, true, false);
             apply_norm(m, m->xb, m->x, L->mlp_norm_w, L->mlp_norm_b, n);
             mlp_forward(m, L, m->xb, n);
         }
@@ -706,13 +903,12 @@ static void forward_chunk(model *m, model_kv_cache *kv, const int32_t *tokens, i
     const float *last;
     if (logits && all_logits) {
         apply_norm(m, m->xb, m->x, m->final_norm_w, m->final_norm_b, n);
-        cpu_matmul_forward(logits, m->xb, m->head_w, NULL, n, H, m->output_size, false, &m->gemm);
+        linear(m, logits, m->xb, &m->head, NULL, n, false, false);
         last = m->xb + (size_t)(n - 1) * H;
     } else {
         apply_norm(m, m->xb, m->x + (size_t)(n - 1) * H, m->final_norm_w, m->final_norm_b, 1);
         if (logits)
-            cpu_matmul_forward(logits, m->xb, m->head_w, NULL, 1, H, m->output_size, false,
-                               &m->gemm);
+            linear(m, logits, m->xb, &m->head, NULL, 1, false, false);
         last = m->xb;
     }
     if (hidden_last) memcpy(hidden_last, last, (size_t)H * sizeof *hidden_last);
@@ -800,11 +996,46 @@ static inline void axpy_f32(float *y, float a, const float *x, int n) {
     for (; i < n; i++) y[i] += a * x[i];
 }
 
+/* One layer of the pool's host storage: f32 (k, v) or bf16 (k16, v16), the other pair NULL. */
+typedef struct kv_layer {
+    float *k, *v;
+    uint16_t *k16, *v16;
+} kv_layer;
+
+static kv_layer pool_layer(kv_pool *pool, int l) {
+    kv_layer s = {kv_pool_layer_keys(pool, l), kv_pool_layer_values(pool, l),
+                  kv_pool_layer_keys_bf16(pool, l), kv_pool_layer_values_bf16(pool, l)};
+    return s;
+}
+
+/* bf16 K/V rows are widened (cpu_bf16_to_f32, exact) in chunks on the stack, then go through
+ * the f32 helpers above. */
+#define MODEL_WIDEN_CHUNK 256 /* floats */
+
+static inline float dot_f32_bf16(const float *a, const uint16_t *b, int n) {
+    float tmp[MODEL_WIDEN_CHUNK], sum = 0;
+    for (int i = 0; i < n; i += MODEL_WIDEN_CHUNK) {
+        int m = n - i < MODEL_WIDEN_CHUNK ? n - i : MODEL_WIDEN_CHUNK;
+        cpu_bf16_to_f32(tmp, b + i, (size_t)m);
+        sum += dot_f32(a + i, tmp, m);
+    }
+    return sum;
+}
+
+static inline void axpy_bf16(float *y, float a, const uint16_t *x, int n) {
+    float tmp[MODEL_WIDEN_CHUNK];
+    for (int i = 0; i < n; i += MODEL_WIDEN_CHUNK) {
+        int m = n - i < MODEL_WIDEN_CHUNK ? n - i : MODEL_WIDEN_CHUNK;
+        cpu_bf16_to_f32(tmp, x + i, (size_t)m);
+        axpy_f32(y + i, a, tmp, m);
+    }
+}
+
 /* Causal attention of `rows` query rows at positions start .. start+rows-1 of seq, for the query
  * heads of kv heads [g0, g1), reading each position's K/V in place from the pool's tiles of this
  * layer. q rows are qkv_dim apart, out rows q_dim apart; scores: start+rows floats. */
-static void paged_attention_rows(const model *m, const kv_pool_params *pp, const float *keys,
-                                 const float *values, const kv_sequence *seq, int64_t start,
+static void paged_attention_rows(const model *m, const kv_pool_params *pp, const kv_layer *kv,
+                                 const kv_sequence *seq, int64_t start,
                                  int rows, const float *q, float *out, float *scores, int g0,
                                  int g1) {
     const model_config *c = &m->config;
@@ -821,10 +1052,12 @@ static void paged_attention_rows(const model *m, const kv_pool_params *pp, const
             const float *qh = qr + (size_t)h * hd;
             float max = -INFINITY;
             for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
-                const float *kt = keys + ((size_t)seq->blocks[p0 / bs] * kvh + g) * tile;
+                size_t at = ((size_t)seq->blocks[p0 / bs] * kvh + g) * tile;
                 int n = ctx - p0 < bs ? (int)(ctx - p0) : bs;
                 for (int s = 0; s < n; s++) {
-                    float v = scale * dot_f32(qh, kt + (size_t)s * hd, hd);
+                    size_t o = at + (size_t)s * hd;
+                    float v = scale * (kv->k ? dot_f32(qh, kv->k + o, hd)
+                                             : dot_f32_bf16(qh, kv->k16 + o, hd));
                     scores[p0 + s] = v;
                     max = v > max ? v : max;
                 }
@@ -838,32 +1071,42 @@ static void paged_attention_rows(const model *m, const kv_pool_params *pp, const
             float *oh = orow + (size_t)h * hd;
             memset(oh, 0, (size_t)hd * sizeof *oh);
             for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
-                const float *vt = values + ((size_t)seq->blocks[p0 / bs] * kvh + g) * tile;
+                size_t at = ((size_t)seq->blocks[p0 / bs] * kvh + g) * tile;
                 int n = ctx - p0 < bs ? (int)(ctx - p0) : bs;
-                for (int s = 0; s < n; s++) axpy_f32(oh, scores[p0 + s] * inv, vt + (size_t)s * hd, hd);
+                for (int s = 0; s < n; s++) {
+                    size_t o = at + (size_t)s * hd;
+                    if (kv->v) axpy_f32(oh, scores[p0 + s] * inv, kv->v + o, hd);
+                    else axpy_bf16(oh, scores[p0 + s] * inv, kv->v16 + o, hd);
+                }
             }
         }
     }
 }
 
-/* Copies positions 0..ctx-1 of seq (this layer) into [ctx][kv_dim] rows. */
-static void gather_kv(const model *m, const kv_pool_params *pp, const float *src,
+/* Copies positions 0..ctx-1 of seq (this layer's K when keys, else V) into [ctx][kv_dim] f32
+ * rows (bf16 storage widened). */
+static void gather_kv(const model *m, const kv_pool_params *pp, const kv_layer *kv, bool keys,
                       const kv_sequence *seq, int64_t ctx, float *dst) {
     int hd = m->config.head_dim, kvh = m->config.num_kv_heads, bs = pp->block_size;
     size_t tile = (size_t)bs * hd;
+    const float *src = keys ? kv->k : kv->v;
+    const uint16_t *src16 = keys ? kv->k16 : kv->v16;
     for (int64_t p0 = 0; p0 < ctx; p0 += bs) {
         int n = ctx - p0 < bs ? (int)(ctx - p0) : bs;
         for (int g = 0; g < kvh; g++) {
-            const float *t = src + ((size_t)seq->blocks[p0 / bs] * kvh + g) * tile;
-            for (int s = 0; s < n; s++)
-                memcpy(dst + (size_t)(p0 + s) * m->kv_dim + (size_t)g * hd, t + (size_t)s * hd,
-                       (size_t)hd * sizeof *dst);
+            size_t at = ((size_t)seq->blocks[p0 / bs] * kvh + g) * tile;
+            for (int s = 0; s < n; s++) {
+                float *d = dst + (size_t)(p0 + s) * m->kv_dim + (size_t)g * hd;
+                if (src) memcpy(d, src + at + (size_t)s * hd, (size_t)hd * sizeof *dst);
+                else cpu_bf16_to_f32(d, src16 + at + (size_t)s * hd, (size_t)hd);
+            }
         }
     }
 }
 
-/* Writes the K and V of pass rows (after rope) into their slots of the pool. */
-static void store_kv(const model *m, const kv_pool_params *pp, float *keys, float *values,
+/* Writes the K and V of pass rows (after rope) into their slots of the pool (bf16 storage:
+ * rounded to nearest even). */
+static void store_kv(const model *m, const kv_pool_params *pp, const kv_layer *kv,
                      const kv_sequence *seq, int64_t start, const float *qkv, int rows) {
     int hd = m->config.head_dim, kvh = m->config.num_kv_heads, bs = pp->block_size;
     for (int r = 0; r < rows; r++) {
@@ -872,14 +1115,23 @@ static void store_kv(const model *m, const kv_pool_params *pp, float *keys, floa
         size_t base = (size_t)seq->blocks[p / bs] * kvh;
         for (int g = 0; g < kvh; g++) {
             size_t at = ((base + g) * bs + (size_t)(p % bs)) * hd;
-            memcpy(keys + at, row + m->q_dim + (size_t)g * hd, (size_t)hd * sizeof *keys);
-            memcpy(values + at, row + m->q_dim + m->kv_dim + (size_t)g * hd,
-                   (size_t)hd * sizeof *values);
+            const float *k = row + m->q_dim + (size_t)g * hd, *v = k + m->kv_dim;
+            if (kv->k) {
+                memcpy(kv->k + at, k, (size_t)hd * sizeof *k);
+                memcpy(kv->v + at, v, (size_t)hd * sizeof *v);
+            } else {
+                for (int d = 0; d < hd; d++) {
+                    kv->k16[at + d] = weight_f32_to_bf16(k[d]);
+                    kv->v16[at + d] = weight_f32_to_bf16(v[d]);
+                }
+            }
         }
     }
 }
 
 static int ensure_batch_scratch(model *m, int64_t max_ctx, int head_rows, duel_error *err) {
+    int rc = ensure_prepared(m, head_rows, err);
+    if (rc) return rc;
     size_t need = (size_t)max_ctx * (size_t)m->kv_dim;
     if (need > m->gather_floats) {
         float *k = malloc(need * sizeof *k), *v = malloc(need * sizeof *v);
@@ -917,7 +1169,7 @@ static int ensure_batch_scratch(model *m, int64_t max_ctx, int head_rows, duel_e
 typedef struct attention_job {
     model *m;
     const kv_pool_params *pp;
-    const float *keys, *values;
+    const kv_layer *kv;
     const model_batch_entry *entries;
     const batch_piece *pieces;
     const int *direct; /* indices into pieces of the short ones */
@@ -931,7 +1183,7 @@ static void attention_chunk(void *ctx, int chunk, int thread) {
     const batch_piece *pc = &j->pieces[j->direct[chunk / j->kv_heads]];
     const model_batch_entry *e = &j->entries[pc->entry];
     int g = chunk % j->kv_heads;
-    paged_attention_rows(m, j->pp, j->keys, j->values, e->seq, e->start + pc->offset, pc->count,
+    paged_attention_rows(m, j->pp, j->kv, e->seq, e->start + pc->offset, pc->count,
                          m->qkv + (size_t)pc->row * m->qkv_dim,
                          m->att + (size_t)pc->row * m->q_dim,
                          m->att_scratch + (size_t)thread * (size_t)j->max_ctx, g, g + 1);
@@ -948,17 +1200,16 @@ static void forward_pass_paged(model *m, kv_pool *pool, const model_batch_entry 
     for (int i = 0; i < n_pieces; i++) {
         const batch_piece *pc = &pieces[i];
         const model_batch_entry *e = &entries[pc->entry];
-        cpu_embedding_forward(m->x + (size_t)pc->row * H, e->tokens + pc->offset, pc->count,
-                              m->embedding, H);
+        embed_rows(m, m->x + (size_t)pc->row * H, e->tokens + pc->offset, pc->count);
         cpu_rope_tables(m->rope_cos + (size_t)pc->row * half, m->rope_sin + (size_t)pc->row * half,
                         m->inv_freq, c->rotary_dim, (int)(e->start + pc->offset), pc->count);
     }
     bool parallel = c->arch == MODEL_ARCH_GPT_NEOX && c->use_parallel_residual;
     for (int l = 0; l < c->num_layers; l++) {
         const model_layer *L = &m->layers[l];
-        float *keys = kv_pool_layer_keys(pool, l), *values = kv_pool_layer_values(pool, l);
+        kv_layer kv = pool_layer(pool, l);
         apply_norm(m, m->xb, m->x, L->attn_norm_w, L->attn_norm_b, rows);
-        batch_matmul(m, m->qkv, m->xb, L->qkv_w, L->qkv_b, rows, H, m->qkv_dim, false);
+        linear(m, m->qkv, m->xb, &L->qkv, L->qkv_b, rows, false, true);
         cpu_rope_forward(m->qkv, rows, m->qkv_dim, c->num_heads, c->head_dim, c->rotary_dim,
                          m->rope_cos, m->rope_sin);
         cpu_rope_forward(m->qkv + m->q_dim, rows, m->qkv_dim, c->num_kv_heads, c->head_dim,
@@ -970,12 +1221,12 @@ static void forward_pass_paged(model *m, kv_pool *pool, const model_batch_entry 
         for (int i = 0; i < n_pieces; i++) {
             const batch_piece *pc = &pieces[i];
             const model_batch_entry *e = &entries[pc->entry];
-            store_kv(m, pp, keys, values, e->seq, e->start + pc->offset,
+            store_kv(m, pp, &kv, e->seq, e->start + pc->offset,
                      m->qkv + (size_t)pc->row * m->qkv_dim, pc->count);
             if (pc->count <= MODEL_PAGED_DIRECT_ROWS) direct_pieces[direct++] = i;
         }
-        attention_job job = {m,       pp,           keys,           values,   entries,
-                             pieces,  direct_pieces, c->num_kv_heads, max_ctx};
+        attention_job job = {m,      pp,           &kv,            entries,
+                             pieces, direct_pieces, c->num_kv_heads, max_ctx};
         helper_parallel_for(&m->helper, attention_chunk, &job, direct * c->num_kv_heads);
         for (int i = 0; i < n_pieces; i++) {
             const batch_piece *pc = &pieces[i];
@@ -985,8 +1236,8 @@ static void forward_pass_paged(model *m, kv_pool *pool, const model_batch_entry 
             float *out = m->att + (size_t)pc->row * m->q_dim;
             if (pc->count > MODEL_PAGED_DIRECT_ROWS) {
                 int64_t ctx = start + pc->count;
-                gather_kv(m, pp, keys, e->seq, ctx, m->gather_k);
-                gather_kv(m, pp, values, e->seq, ctx, m->gather_v);
+                gather_kv(m, pp, &kv, true, e->seq, ctx, m->gather_k);
+                gather_kv(m, pp, &kv, false, e->seq, ctx, m->gather_v);
                 cpu_attention_forward(out, m->q_dim, q, m->qkv_dim, m->gather_k, m->gather_v,
                                       m->kv_dim, pc->count, (int)start, c->num_heads,
                                       c->num_kv_heads, c->head_dim, m->att_scratch, &m->gemm);
@@ -994,10 +1245,10 @@ static void forward_pass_paged(model *m, kv_pool *pool, const model_batch_entry 
         }
         if (parallel) {
             apply_norm(m, m->xb2, m->x, L->mlp_norm_w, L->mlp_norm_b, rows);
-            batch_matmul(m, m->x, m->att, L->o_w, L->o_b, rows, m->q_dim, H, true);
+            linear(m, m->x, m->att, &L->o, L->o_b, rows, true, true);
             mlp_forward_with(m, L, m->xb2, rows, true);
         } else {
-            batch_matmul(m, m->x, m->att, L->o_w, L->o_b, rows, m->q_dim, H, true);
+            linear(m, m->x, m->att, &L->o, L->o_b, rows, true, true);
             apply_norm(m, m->xb, m->x, L->mlp_norm_w, L->mlp_norm_b, rows);
             mlp_forward_with(m, L, m->xb, rows, true);
         }
@@ -1021,7 +1272,7 @@ static void score_targets(model *m, const model_batch_entry *entries, const batc
                            m->final_norm_w, m->final_norm_b, 1);
     }
     if (n == 0) return;
-    batch_matmul(m, out, in, m->head_w, NULL, n, H, V, false);
+    linear(m, out, in, &m->head, NULL, n, false, true);
     n = 0;
     for (int i = 0; i < n_pieces; i++) {
         const batch_piece *pc = &pieces[i];
@@ -1044,12 +1295,15 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
     const model_config *c = &m->config;
     const kv_pool_params *pp = kv_pool_get_params(pool);
     if (pp->num_layers != c->num_layers || pp->num_kv_heads != c->num_kv_heads ||
-        pp->head_dim != c->head_dim || !kv_pool_layer_keys(pool, 0))
+        pp->head_dim != c->head_dim ||
+        (!kv_pool_layer_keys(pool, 0) && !kv_pool_layer_keys_bf16(pool, 0)))
         return duel_error_set(err, DUEL_EINVAL,
                               "model_forward_batch: the KV pool (%d layers x %d kv heads x %d, "
                               "%s) does not fit the model (%d layers x %d kv heads x %d)",
                               pp->num_layers, pp->num_kv_heads, pp->head_dim,
-                              kv_pool_layer_keys(pool, 0) ? "host storage" : "no host storage",
+                              kv_pool_layer_keys(pool, 0) || kv_pool_layer_keys_bf16(pool, 0)
+                                  ? "host storage"
+                                  : "no host storage",
                               c->num_layers, c->num_kv_heads, c->head_dim);
     int64_t max_ctx = 1, total_rows = 0;
     int head_rows = 0, target_entries = 0;
@@ -1159,8 +1413,7 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
         head_entry[n_logits++] = head_entry[i];
     }
     if (n_logits) {
-        batch_matmul(m, m->head_out, m->head_in, m->head_w, NULL, n_logits, H, m->output_size,
-                     false);
+        linear(m, m->head_out, m->head_in, &m->head, NULL, n_logits, false, true);
         for (int i = 0; i < n_logits; i++)
             memcpy(entries[head_entry[i]].logits, m->head_out + (size_t)i * m->output_size,
                    (size_t)m->output_size * sizeof(float));
@@ -1177,55 +1430,79 @@ int model_forward_batch(model *m, kv_pool *pool, const model_batch_entry *entrie
 /* ---- weights for other backends ----------------------------------------------------------- */
 
 /* Where tensor t of layer lives (NULL when absent) and its shape. */
-static const float *tensor_at(const model *m, model_tensor t, int layer, int *rows, int *cols) {
+/* Tensor t of layer: its f32 values (*f32) or, for a linear layer or the head held packed (bf16,
+ * q8), its weight_matrix (*packed); both NULL when the model lacks it. A tied embedding of a
+ * packed model is the packed head's rows. */
+static void tensor_at(const model *m, model_tensor t, int layer, int *rows, int *cols,
+                      const float **f32, const weight_matrix **packed) {
     const model_config *c = &m->config;
     int H = c->hidden_size, F = c->intermediate_size;
     *rows = *cols = 0;
+    *f32 = NULL;
+    *packed = NULL;
     bool per_layer = t >= MODEL_TENSOR_ATTN_NORM_W && t <= MODEL_TENSOR_DOWN_B;
     if ((int)t < 0 || t >= MODEL_TENSOR_COUNT || (per_layer && (layer < 0 || layer >= c->num_layers)))
-        return NULL;
+        return;
     const model_layer *L = per_layer ? &m->layers[layer] : NULL;
+    bool pk = m->weights != WEIGHT_F32;
     const float *p = NULL;
+    const weight_matrix *w = NULL;
     int r = 0, k = 1;
     switch (t) {
-    case MODEL_TENSOR_EMBEDDING: p = m->embedding, r = c->vocab_size, k = H; break;
+    case MODEL_TENSOR_EMBEDDING:
+        p = m->embedding, r = c->vocab_size, k = H;
+        if (!p && pk) w = &m->head; /* tied to the packed head (pack_head) */
+        break;
     case MODEL_TENSOR_ATTN_NORM_W: p = L->attn_norm_w, r = H; break;
     case MODEL_TENSOR_ATTN_NORM_B: p = L->attn_norm_b, r = H; break;
-    case MODEL_TENSOR_QKV_W: p = L->qkv_w, r = m->qkv_dim, k = H; break;
+    case MODEL_TENSOR_QKV_W: w = &L->qkv, r = m->qkv_dim, k = H; break;
     case MODEL_TENSOR_QKV_B: p = L->qkv_b, r = m->qkv_dim; break;
-    case MODEL_TENSOR_O_W: p = L->o_w, r = H, k = m->q_dim; break;
+    case MODEL_TENSOR_O_W: w = &L->o, r = H, k = m->q_dim; break;
     case MODEL_TENSOR_O_B: p = L->o_b, r = H; break;
     case MODEL_TENSOR_MLP_NORM_W: p = L->mlp_norm_w, r = H; break;
     case MODEL_TENSOR_MLP_NORM_B: p = L->mlp_norm_b, r = H; break;
-    case MODEL_TENSOR_UP_W: p = L->up_w, r = m->up_dim, k = H; break;
+    case MODEL_TENSOR_UP_W: w = &L->up, r = m->up_dim, k = H; break;
     case MODEL_TENSOR_UP_B: p = L->up_b, r = m->up_dim; break;
-    case MODEL_TENSOR_DOWN_W: p = L->down_w, r = H, k = F; break;
+    case MODEL_TENSOR_DOWN_W: w = &L->down, r = H, k = F; break;
     case MODEL_TENSOR_DOWN_B: p = L->down_b, r = H; break;
     case MODEL_TENSOR_FINAL_NORM_W: p = m->final_norm_w, r = H; break;
     case MODEL_TENSOR_FINAL_NORM_B: p = m->final_norm_b, r = H; break;
-    case MODEL_TENSOR_HEAD_W: p = m->head_w, r = m->output_size, k = H; break;
+    case MODEL_TENSOR_HEAD_W: w = &m->head, r = m->output_size, k = H; break;
     case MODEL_TENSOR_COUNT: break;
     }
-    if (!p) return NULL;
+    /* f32 linear layers: the borrowed row-major values themselves */
+    if (w && w->format == WEIGHT_F32) p = w->f32, w = NULL;
+    if (w && (w->rows != r || w->cols != k)) w = NULL;
+    if (!p && !w) return;
     *rows = r;
     *cols = k;
-    return p;
+    *f32 = p;
+    *packed = w;
 }
 
 void model_tensor_shape(const model *m, model_tensor t, int layer, int *rows, int *cols) {
-    tensor_at(m, t, layer, rows, cols);
+    const float *p;
+    const weight_matrix *w;
+    tensor_at(m, t, layer, rows, cols, &p, &w);
 }
 
 int model_tensor_read(const model *m, model_tensor t, int layer, float *out, duel_error *err) {
     int rows, cols;
-    const float *p = tensor_at(m, t, layer, &rows, &cols);
-    if (!p || !out)
+    const float *p;
+    const weight_matrix *w;
+    tensor_at(m, t, layer, &rows, &cols, &p, &w);
+    if ((!p && !w) || !out)
         return duel_error_set(err, DUEL_EINVAL, "model: no tensor %d of layer %d", (int)t, layer);
-    memcpy(out, p, (size_t)rows * (size_t)cols * sizeof *out);
+    if (p) {
+        memcpy(out, p, (size_t)rows * (size_t)cols * sizeof *out);
+    } else {
+        /* bf16 or q8: the values exactly as the CPU kernels see them (q8: scale * quant) */
+        for (int r = 0; r < rows; r++) weight_matrix_row(w, r, out + (size_t)r * (size_t)cols);
+    }
     return DUEL_OK;
 }
 
-bool model_head_is_embedding(const model *m) { return m->head_w == m->embedding; }
+bool model_head_is_embedding(const model *m) { return is_tied(m); }
 
 const double *model_rope_inv_freq(const model *m) { return m->inv_freq; }
 

@@ -246,6 +246,13 @@ static void test_engine_and_duel_values_are_the_code_defaults(void **state) {
     assert_int_equal(int_at(root, "engine", "max_pilaf_jobs"), ENGINE_DEFAULT_MAX_PILAF_JOBS);
     duel_strategy s;
     duel_error err = {0};
+    /* model_load's and the engine's own defaults: f32 weights, f32 KV */
+    weight_format wf;
+    int kv_bytes = 0;
+    assert_int_equal(weight_format_parse(str_at(root, "engine", "weights"), &wf, &err), 0);
+    assert_int_equal(wf, WEIGHT_F32);
+    assert_int_equal(kv_dtype_parse(str_at(root, "engine", "kv_dtype"), &kv_bytes, &err), 0);
+    assert_int_equal(kv_bytes, 4);
     assert_int_equal(duel_strategy_parse(str_at(root, "duel", "strategy"), &s, &err), 0);
     assert_int_equal(s, DUEL_STRATEGY_DEFAULT);
     json_t *strategies = at(root, "sim", "strategies");

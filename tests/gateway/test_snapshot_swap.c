@@ -353,6 +353,48 @@ static void test_arena_against_base(void **state) {
     assert_non_null(strstr(err.message, "M must be even"));
 }
 
+/* engine.weights applies to snapshots too: they are converted in install_snapshot (the loader
+ * thread's call), not served as f32. Three adapters with snapshots serve the same perturbed
+ * snapshot at temperature 3 (so that logits a little apart sample apart) for two duels of 4
+ * candidates: q8 twice, f32 once. The two q8 adapters give the same candidates, the f32 one
+ * others. */
+static void snapshot_candidates(weight_format f, const char *snap, int32_t *out, size_t *n_out) {
+    backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 4,
+                                 .temperature = 3.0f, .top_p = 1.0f, .max_new_tokens = 12,
+                                 .kv_memory_bytes = 16u << 20, .snapshots = true,
+                                 .weights = f, .kv_bytes_per_element = 2};
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    arena_sink s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    assert_int_equal(b.start(b.impl, arena_sink_fn, &s, &err), 0);
+    if (b.install_snapshot(b.impl, 1, snap, &err)) fail_msg("install: %s", err.message);
+    *n_out = 0;
+    for (uint64_t id = 1; id <= 2; id++) {
+        duel_backend_result *r = arena_duel(&b, &s, id);
+        assert_int_equal(r->policy_version, 1);
+        memcpy(out + *n_out, r->cand_tokens, r->n_cand_tokens * sizeof *out);
+        *n_out += r->n_cand_tokens;
+        duel_backend_result_free(r);
+    }
+    b.destroy(b.impl);
+}
+
+static void test_snapshot_weights_converted(void **state) {
+    (void)state;
+    char data[512], dir[1024];
+    test_make_temp_dir("weights-data", data, sizeof data);
+    write_snapshot(data, 1, 0.2, dir, sizeof dir);
+    int32_t q8a[2 * 4 * 12], q8b[2 * 4 * 12], f32[2 * 4 * 12];
+    size_t na, nb, nf;
+    snapshot_candidates(WEIGHT_Q8, dir, q8a, &na);
+    snapshot_candidates(WEIGHT_Q8, dir, q8b, &nb);
+    snapshot_candidates(WEIGHT_F32, dir, f32, &nf);
+    assert_int_equal(na, nb);
+    assert_memory_equal(q8a, q8b, na * sizeof *q8a);
+    assert_true(na != nf || memcmp(q8a, f32, na * sizeof *q8a) != 0);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     snprintf(model_dir, sizeof model_dir, "%s/models/default", test_env("DUEL_SOURCE_DIR", "."));
@@ -364,6 +406,7 @@ int main(void) {
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loader_needs_hot_swap),
+        cmocka_unit_test(test_snapshot_weights_converted),
         cmocka_unit_test(test_hot_swap_through_gateway),
         cmocka_unit_test(test_arena_against_base),
     };

@@ -20,6 +20,8 @@
  *     alone (host logits);
  *   - ERM scoring equals erm_score (rel. err. < 1e-5 on every backend: f32 on the device too);
  *   - arms load, unload and load again; bad rows are refused;
+ *   - the CPU backend's pool in bf16 (engine.kv_dtype): what model_forward_batch gives on a
+ *     bf16 pool, exactly; other element sizes refused;
  *   - the engine on this backend: greedy and seeded candidates, their log-probabilities and a
  *     duel's features, rewards and pair equal the engine on the CPU backend (the test double:
  *     tokens identical; cuda: tokens identical unless the CPU's top two logits are within the
@@ -203,6 +205,73 @@ static void test_forward_batch(void **state) {
         free(logits);
         free(want);
     }
+}
+
+/* The CPU backend keeps the engine's KV element size (engine.kv_dtype): a bf16 pool is prepared,
+ * attached and run, giving exactly what model_forward_batch gives on a bf16 pool of its own
+ * (and model_forward within bf16's rounding); another size is refused at prepare. The test
+ * double and cuda choose their own storage, so this is the CPU's alone. Failed before the
+ * merge of the bf16 KV cache with the compute interface: attach refused the bf16 pool. */
+static void test_cpu_kv_dtype(void **state) {
+    (void)state;
+    if (strcmp(g_backend, "cpu") != 0) return;
+    compute_backend *b = open_backend();
+    model *m = load_model("tiny-llama-f32");
+    const model_config *c = model_get_config(m);
+    int V = model_output_size(m);
+    kv_pool_params pp = {.num_layers = c->num_layers, .num_kv_heads = c->num_kv_heads,
+                         .head_dim = c->head_dim, .block_size = 16, .num_blocks = 16,
+                         .bytes_per_element = 3};
+    duel_error err = {0};
+    assert_int_equal(compute_pool_prepare(b, &pp, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "3 bytes per element"));
+    pp.bytes_per_element = 2;
+    kv_pool *pool = NULL, *direct = NULL;
+    assert_int_equal(compute_pool_prepare(b, &pp, &err), 0);
+    assert_int_equal(pp.bytes_per_element, 2);
+    assert_int_equal(kv_pool_create(&pp, &pool, &err), 0);
+    assert_int_equal(kv_pool_create(&pp, &direct, &err), 0);
+    assert_non_null(kv_pool_layer_keys_bf16(pool, 0));
+    if (compute_pool_attach(b, pool, &err)) fail_msg("attach of a bf16 pool: %s", err.message);
+    compute_arm *arm = NULL;
+    assert_int_equal(compute_arm_load(b, m, &arm, &err), 0);
+    duel_rng rng;
+    duel_rng_seed(&rng, 7);
+    int32_t toks[T_MAX];
+    random_tokens(&rng, toks, T_MAX, c->vocab_size);
+    kv_sequence seq, dseq;
+    kv_sequence_init(&seq, 1);
+    kv_sequence_init(&dseq, 1);
+    float *got = malloc((size_t)V * sizeof *got), *same = malloc((size_t)V * sizeof *same),
+          *want = malloc((size_t)V * sizeof *want);
+    float hid[256];
+    int len = 0;
+    for (int step = 0; step < 4; step++) {
+        int n = step == 0 ? 23 : 1;
+        compute_entry e = {&seq, toks + len, n, len, 0, NULL, NULL, NULL};
+        run_step(b, arm, pool, &e, 1, 1, V);
+        assert_int_equal(compute_read_logits(b, 0, got, &err), 0);
+        model_batch_entry d = {.seq = &dseq, .tokens = toks + len, .n_tokens = n, .start = len,
+                               .logits = same};
+        assert_int_equal(kv_sequence_reserve(direct, &dseq, n, NULL, &err), 0);
+        assert_int_equal(model_forward_batch(m, direct, &d, 1, &err), 0);
+        assert_int_equal(kv_sequence_commit(direct, &dseq, toks + len, n, &err), 0);
+        len += n;
+        for (int v = 0; v < V; v++) assert_false(isnan(got[v]));
+        assert_memory_equal(got, same, (size_t)V * sizeof *got);
+        by_hand(m, toks, len, want, hid, false);
+        check_close("bf16 KV logits", got, want, (size_t)V, 2e-2);
+    }
+    kv_sequence_free(pool, &seq);
+    kv_sequence_free(direct, &dseq);
+    compute_arm_unload(b, arm);
+    close_pool(b, pool);
+    kv_pool_destroy(direct);
+    compute_destroy(b);
+    model_free(m);
+    free(got);
+    free(same);
+    free(want);
 }
 
 /* Two arms (another model's weights) in one step, their rows side by side; then one arm is
@@ -604,6 +673,7 @@ int main(int argc, char **argv) {
     printf("backend: %s\n", g_backend);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_forward_batch),
+        cmocka_unit_test(test_cpu_kv_dtype),
         cmocka_unit_test(test_two_arms),
         cmocka_unit_test(test_copy_on_write),
         cmocka_unit_test(test_targets),

@@ -146,10 +146,31 @@ static void test_capacity_from_budget(void **state) {
     assert_int_equal(kv_pool_create(&p, &pool, &err), 0);
     assert_int_equal(kv_pool_num_blocks(pool), 20);
     kv_pool_destroy(pool);
-    p.allocate_storage = true; /* host storage is f32 only */
+    /* bf16 host storage (engine.kv_dtype): only the bf16 accessors serve it */
+    p.allocate_storage = true;
+    assert_int_equal(kv_pool_create(&p, &pool, &err), 0);
+    assert_int_equal(kv_pool_num_blocks(pool), 20);
+    assert_null(kv_pool_layer_keys(pool, 0));
+    assert_null(kv_pool_block_keys(pool, 0, 0));
+    assert_non_null(kv_pool_layer_keys_bf16(pool, 1));
+    assert_ptr_equal(kv_pool_layer_values_bf16(pool, 0),
+                     kv_pool_layer_keys_bf16(pool, 0) + 20 * 2 * 16 * 4);
+    assert_ptr_equal(kv_pool_layer_keys_bf16(pool, 1),
+                     kv_pool_layer_keys_bf16(pool, 0) + 2 * 20 * 2 * 16 * 4);
+    assert_null(kv_pool_layer_keys_bf16(pool, 2));
+    kv_pool_destroy(pool);
+    p.bytes_per_element = 3; /* host storage is f32 or bf16 only */
     assert_int_equal(kv_pool_create(&p, &pool, &err), DUEL_EINVAL);
     assert_null(pool);
+    assert_non_null(strstr(err.message, "3 bytes"));
     p.bytes_per_element = 0;
+    int bpe = 0;
+    assert_int_equal(kv_dtype_parse("bf16", &bpe, &err), 0);
+    assert_int_equal(bpe, 2);
+    assert_int_equal(kv_dtype_parse("f32", &bpe, &err), 0);
+    assert_int_equal(bpe, 4);
+    assert_int_equal(kv_dtype_parse("f16", &bpe, &err), DUEL_EINVAL);
+    assert_non_null(strstr(err.message, "'f16'"));
 
     /* with storage: every layer's K and V are distinct, zeroed, [blocks][heads][16][dim] */
     assert_int_equal(kv_pool_create(&p, &pool, &err), 0);
@@ -217,6 +238,43 @@ static void test_block_hash(void **state) {
 }
 
 /* ---- fork and copy-on-write ------------------------------------------------------------------- */
+
+/* Copy-on-write of a bf16 pool copies every layer's K and V bytes of the block. */
+static void test_cow_bf16_storage(void **state) {
+    (void)state;
+    kv_pool_params p = {.num_layers = T_LAYERS, .num_kv_heads = T_HEADS, .head_dim = T_DIM,
+                        .num_blocks = 6, .bytes_per_element = 2, .allocate_storage = true};
+    kv_pool *pool = NULL;
+    assert_int_equal(kv_pool_create(&p, &pool, NULL), 0);
+    int32_t tokens[20];
+    t_fill(tokens, 20, 77);
+    kv_sequence a, b;
+    kv_sequence_init(&a, 3);
+    kv_sequence_init(&b, 3);
+    kv_reserve_result r;
+    assert_int_equal(kv_sequence_reserve(pool, &a, 20, &r, NULL), 0);
+    const size_t tile = (size_t)T_HEADS * KV_BLOCK_SIZE * T_DIM;
+    for (int l = 0; l < T_LAYERS; l++)
+        for (size_t i = 0; i < tile; i++) {
+            kv_pool_layer_keys_bf16(pool, l)[(size_t)a.blocks[1] * tile + i] = (uint16_t)(i + 1 + l);
+            kv_pool_layer_values_bf16(pool, l)[(size_t)a.blocks[1] * tile + i] = (uint16_t)(i + 9 + l);
+        }
+    assert_int_equal(kv_sequence_commit(pool, &a, tokens, 20, NULL), 0);
+    assert_int_equal(kv_sequence_fork(pool, &a, &b, NULL), 0);
+    assert_int_equal(kv_sequence_reserve(pool, &b, 1, &r, NULL), 0);
+    assert_int_equal(r.cow_src, a.blocks[1]);
+    for (int l = 0; l < T_LAYERS; l++) {
+        assert_memory_equal(kv_pool_layer_keys_bf16(pool, l) + (size_t)b.blocks[1] * tile,
+                            kv_pool_layer_keys_bf16(pool, l) + (size_t)a.blocks[1] * tile,
+                            tile * 2);
+        assert_memory_equal(kv_pool_layer_values_bf16(pool, l) + (size_t)b.blocks[1] * tile,
+                            kv_pool_layer_values_bf16(pool, l) + (size_t)a.blocks[1] * tile,
+                            tile * 2);
+    }
+    kv_sequence_free(pool, &a);
+    kv_sequence_free(pool, &b);
+    kv_pool_destroy(pool);
+}
 
 static void test_fork_cow_partial_block(void **state) {
     (void)state;
@@ -1070,6 +1128,7 @@ int main(void) {
         cmocka_unit_test(test_capacity_from_budget),
         cmocka_unit_test(test_block_hash),
         cmocka_unit_test(test_fork_cow_partial_block),
+        cmocka_unit_test(test_cow_bf16_storage),
         cmocka_unit_test(test_full_shared_block_never_written),
         cmocka_unit_test(test_m_candidates_share_prompt),
         cmocka_unit_test(test_prefix_reuse),

@@ -28,3 +28,11 @@ if(NOT DUEL_FUZZ)
   set_tests_properties(test_models_py PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 600 ENVIRONMENT
     "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR}")
 endif()
+
+# tests/tools/hf_to_gguf.py (the GGUF converter of ops/bench_llamacpp.sh): metadata, the q/k
+# permutation (same attention scores under both RoPE conventions), rounded values (exit 77
+# without torch).
+if(NOT DUEL_FUZZ)
+  add_test(NAME test_hf_to_gguf COMMAND ${DUEL_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/test_hf_to_gguf.py)
+  set_tests_properties(test_hf_to_gguf PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 300)
+endif()

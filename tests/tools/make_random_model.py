@@ -477,7 +477,8 @@ def main(argv=None):
     ap.add_argument("--out", required=True)
     ap.add_argument("--reference", action="store_true",
                     help="also write reference.safetensors (float64 logits of all positions and "
-                         "the last position's final hidden state) from torch_reference.py")
+                         "the last position's final hidden state) from torch_reference.py, and "
+                         "reference_bf16/_q8.safetensors with the stored weights rounded")
     ap.add_argument("--tokens", type=int, default=37, help="reference sequence length")
     ap.add_argument("--drop-tensor", action="append", default=[],
                     help="leave this tensor out (a bad input for loader tests)")
@@ -518,7 +519,8 @@ def main(argv=None):
     if args.reference:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         import torch_reference
-        torch_reference.write_reference(args.out, args.tokens, args.seed)
+        for rounding in (None, "bf16", "q8"):  # f32 weights, then as engine.weights stores them
+            torch_reference.write_reference(args.out, args.tokens, args.seed, rounding)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,8 @@ expect 0 '--max-new-tokens' -- help generate
 echo "== --help of every command documents every flag"
 declare -A FLAGS=(
     [info]="--json --blas-coretype"
-    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --arena-model --erm --compute"
-    [bench forward]="--model --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
+    [generate]="--model --prompt --chat --interactive --system --template --temperature --top-p --top-k --seed --max-new-tokens --context --n --duel --strategy --reference --beta --arena-model --erm --weights --kv-dtype --compute"
+    [bench forward]="--model --weights --threads --prefill --decode --repeats --sgemm-size --bandwidth-mib --bandwidth-threads --no-limits --json"
     [bench machine]="--sgemm-size --bandwidth-mib --bandwidth-threads --repeats --json"
 )
 for cmd in info generate "bench forward" "bench machine"; do
@@ -112,6 +112,14 @@ expect 2 -- '--chat takes no value' -- generate --model x --prompt y --chat=1
 expect 2 -- '--template' -- generate --model x --prompt y --chat --template jinja
 expect 2 -- 'not valid UTF-8' -- generate --model x --prompt $'bad \xff byte'
 expect 2 -- 'not valid UTF-8' -- generate --model x --prompt $'\xc3' --chat
+expect 2 -- "--weights: weight format 'q4' is not one of f32, bf16, q8" -- generate --model x --prompt y --weights q4
+expect 2 -- "--kv-dtype: KV dtype 'f16' is not one of f32, bf16" -- generate --model x --prompt y --kv-dtype f16
+expect 2 -- "--weights: weight format 'Q8_0'" -- bench forward --model x --weights Q8_0
+expect 2 -- "--weights: weight format 'int8'" -- bench engine --model x --weights int8
+expect 2 -- "--kv-dtype: KV dtype 'q8'" -- bench engine --model x --kv-dtype q8
+expect 2 -- "--weights: weight format 'fp16'" -- serve --weights fp16
+expect 1 "engine.weights: weight format 'q4'" -- serve --set engine.weights=q4
+expect 1 "engine.kv_dtype: KV dtype 'q8'" -- serve --set engine.kv_dtype=q8
 expect 1 "model directory '$TMP/missing' does not exist" -- generate --model "$TMP/missing" --prompt hi
 expect 1 "does not exist" -- bench forward --model "$TMP/missing"
 
@@ -227,6 +235,13 @@ if [ -f "$SRC/models/default/model.safetensors" ]; then
     out=$("$DUEL" generate --model "$SRC/models/default" --chat --temperature 0 --max-new-tokens 8 --n 2 \
         --prompt "What does tea mean?" 2>/dev/null) || fail "generate --chat --n 2 failed"
     grep -q '^ ' <<<"$out" && fail "generate --chat --n 2: a candidate starts with a space: '$out'"
+    # bf16 weights hold the bf16 checkpoint exactly: the same greedy answer, with a bf16 KV cache too
+    f32=$("$DUEL" generate --model "$SRC/models/default" --chat --temperature 0 --max-new-tokens 24 \
+        --prompt "What does river mean?" 2>/dev/null) || fail "generate (f32) failed"
+    bf16=$("$DUEL" generate --model "$SRC/models/default" --chat --temperature 0 --max-new-tokens 24 \
+        --weights bf16 --kv-dtype bf16 --prompt "What does river mean?" 2>/dev/null) \
+        || fail "generate --weights bf16 --kv-dtype bf16 failed"
+    [ -n "$f32" ] && [ "$f32" = "$bf16" ] || fail "generate: f32 said '$f32', bf16 weights and KV '$bf16'"
     pass
 fi
 
@@ -454,6 +469,12 @@ pass
     >"$TMP/bench.out" 2>"$TMP/bench.err" || fail "bench forward failed: $(cat "$TMP/bench.err")"
 json_last_line "$TMP/bench.out" 'd["prefill_tokens_per_s"] > 0 and d["decode_tokens_per_s"] > 0 and 0 <= d["prefill_gemm_share"] <= 1' \
     || fail "bench forward --json: bad last line"
+f32_bytes=$("$PY" -c 'import json,sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["decode_weight_bytes_per_token"])' "$TMP/bench.out")
+"$DUEL" bench forward --model "$MODEL" --weights q8 --prefill 16 --decode 4 --repeats 1 --no-limits --json \
+    >"$TMP/bench.out" 2>"$TMP/bench.err" || fail "bench forward --weights q8 failed: $(cat "$TMP/bench.err")"
+# q8 reads 34 bytes per 32 weights (padding of the small model's 16-row groups aside): about 27 %
+json_last_line "$TMP/bench.out" "d['weights'] == 'q8' and 0.26 < d['decode_weight_bytes_per_token'] / $f32_bytes < 0.35" \
+    || fail "bench forward --weights q8 --json: bad last line"
 pass
 
 echo "test_cli: $checks checks, $failures failures"

@@ -10,6 +10,13 @@ MODEL_DIR/reference.safetensors with
     tokens       I32 [T]      the input ids (random, seeded)
     logits       F64 [T, V]   output scores of every position
     hidden_last  F64 [H]      the final-norm hidden state of the last position
+
+--round bf16|q8 first rounds the weights duel stores in that format (engine.weights: the linear
+layers and the output head, which a tied model shares with its input embedding; norms and
+biases stay as they are) exactly as inference/weight_format.c does: bf16 to nearest even; q8 in
+blocks of 32 along each row, the last one zero-padded, as ggml's quantize_row_q8_0_ref (scale
+max|x| / 127 in f32 stored as f16, quants x / scale rounded half away from zero). It writes
+MODEL_DIR/reference_bf16.safetensors (or _q8) instead.
 """
 import argparse
 import json
@@ -197,10 +204,57 @@ def neox_forward(cfg, W, ids):
     return x @ head.T, x[-1]
 
 
-def forward(model_dir, ids):
+# Suffixes of the linear layers' weights (Llama, Qwen2, GPT-NeoX).
+LINEAR_SUFFIXES = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight",
+                   "gate_proj.weight", "up_proj.weight", "down_proj.weight",
+                   "query_key_value.weight", "attention.dense.weight", "dense_h_to_4h.weight",
+                   "dense_4h_to_h.weight")
+
+
+def stored_weight_names(cfg, W):
+    """The tensors inference/model.c holds in the chosen weight format."""
+    names = [n for n in W if n.endswith(LINEAR_SUFFIXES)]
+    arch = cfg["architectures"][0]
+    neox = arch.startswith("GPTNeoX")
+    if arch.endswith("ForSequenceClassification"):
+        names.append("score.weight")
+    elif cfg.get("tie_word_embeddings", False):
+        names.append("gpt_neox.embed_in.weight" if neox else "model.embed_tokens.weight")
+    else:
+        names.append("embed_out.weight" if neox else "lm_head.weight")
+    return names
+
+
+def round_bf16(t):
+    return t.to(torch.float32).to(torch.bfloat16).to(torch.float64)
+
+
+def round_q8(t):
+    """Dequantised Q8_0 of a [rows, cols] tensor, blocks of 32 along each row."""
+    x = t.to(torch.float32)
+    rows, cols = x.shape
+    xp = torch.nn.functional.pad(x, (0, (-cols) % 32)).view(rows, -1, 32)
+    d = xp.abs().amax(-1, keepdim=True) / 127.0  # f32, as the C code
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    v = (xp * inv).to(torch.float64)  # the f32 product, then exact rounding half away from 0
+    q = torch.sign(v) * torch.floor(v.abs() + 0.5)
+    return (d.to(torch.float16).to(torch.float64) * q).view(rows, -1)[:, :cols]
+
+
+def round_weights(cfg, W, rounding):
+    if not rounding:
+        return W
+    fn = {"bf16": round_bf16, "q8": round_q8}[rounding]
+    W = dict(W)
+    for n in stored_weight_names(cfg, W):
+        W[n] = fn(W[n])
+    return W
+
+
+def forward(model_dir, ids, rounding=None):
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         cfg = json.load(f)
-    W = read_safetensors(os.path.join(model_dir, "model.safetensors"))
+    W = round_weights(cfg, read_safetensors(os.path.join(model_dir, "model.safetensors")), rounding)
     arch = cfg["architectures"][0]
     ids = torch.as_tensor(ids, dtype=torch.long)
     with torch.no_grad():
@@ -212,13 +266,14 @@ def forward(model_dir, ids):
     raise ValueError(f"{model_dir}: architecture {arch} not in the reference")
 
 
-def write_reference(model_dir, n_tokens, seed):
+def write_reference(model_dir, n_tokens, seed, rounding=None):
     with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
         vocab = json.load(f)["vocab_size"]
     gen = torch.Generator().manual_seed(seed + 7)
     ids = torch.randint(0, vocab, (n_tokens,), generator=gen)
-    logits, hidden_last = forward(model_dir, ids)
-    write_safetensors(os.path.join(model_dir, "reference.safetensors"),
+    logits, hidden_last = forward(model_dir, ids, rounding)
+    name = f"reference_{rounding}.safetensors" if rounding else "reference.safetensors"
+    write_safetensors(os.path.join(model_dir, name),
                       [("tokens", ids.to(torch.int32)), ("logits", logits.to(torch.float64)),
                        ("hidden_last", hidden_last.to(torch.float64))])
 
@@ -228,8 +283,9 @@ def main():
     ap.add_argument("model_dir")
     ap.add_argument("--tokens", type=int, default=37)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--round", choices=["bf16", "q8"], help="round the stored weights first")
     args = ap.parse_args()
-    write_reference(args.model_dir, args.tokens, args.seed)
+    write_reference(args.model_dir, args.tokens, args.seed, args.round)
 
 
 if __name__ == "__main__":
