@@ -42,6 +42,11 @@ typedef struct cli_command {
  * Returns CLI_EXIT_OK to go on, -1 when help was printed (exit 0), or CLI_EXIT_USAGE after
  * printing a message naming the bad option to stderr. */
 int cli_parse(const cli_command *cmd, int argc, char **argv);
+/* cli_parse for a command that reads the configuration: first takes every --set K=V out of argv
+ * into sets[0..*n_sets) (at most cap; duel_config_take_sets), a bad one a usage error, then
+ * parses the rest. Returns as cli_parse does. */
+int cli_parse_with_sets(const cli_command *cmd, int argc, char **argv, const char **sets, size_t cap,
+                        size_t *n_sets);
 void cli_print_help(const cli_command *cmd, FILE *out);
 /* Prints "duel <cmd>: <message>" and a hint to see --help to stderr; returns CLI_EXIT_USAGE. */
 int cli_usage_error(const cli_command *cmd, const char *fmt, ...)

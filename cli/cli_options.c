@@ -2,6 +2,7 @@
  * command accepts is one row of its table, so parsing, range checks and --help cannot drift
  * apart. Numbers are parsed strictly: the whole value must be a number, finite, and in range. */
 #include "cli.h"
+#include "config.h"
 
 #include <errno.h>
 #include <math.h>
@@ -109,4 +110,12 @@ int cli_parse(const cli_command *cmd, int argc, char **argv) {
         if (rc) return rc;
     }
     return CLI_EXIT_OK;
+}
+
+int cli_parse_with_sets(const cli_command *cmd, int argc, char **argv, const char **sets, size_t cap,
+                        size_t *n_sets) {
+    duel_error err = {0};
+    if (duel_config_take_sets(&argc, argv, sets, cap, n_sets, &err))
+        return cli_usage_error(cmd, "%s", err.message);
+    return cli_parse(cmd, argc, argv);
 }

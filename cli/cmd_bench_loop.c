@@ -160,7 +160,6 @@ static long long snapshot_prefs(const loop_run *run, long long version) {
 static int parse_options(int argc, char **argv, loop_options *o) {
     *o = (loop_options){.model_dir = "models/default", .votes = 2000, .concurrency = 16, .candidates = 4,
                         .max_new = 40, .held_out_n = 200, .seed = 1, .eval_samples = 4, .temperature = 1.0};
-    duel_error err = {0};
     const cli_option options[] = {
         {"--model", CLI_OPT_STRING, &o->model_dir, "DIR", "base policy, served first and trained from (default models/default)", 0, 0, false, NULL},
         {"--prompts", CLI_OPT_STRING, &o->prompts_path, "FILE", "JSONL of {\"prompt\", \"reference\"|\"gloss\"|\"response\"} (oracle/oracle.h, prompt sets): what the scripted users ask (required)", 0, 0, false, NULL},
@@ -196,9 +195,7 @@ static int parse_options(int argc, char **argv, loop_options *o) {
         "files for the default model (sft_train.jsonl, test.jsonl); docs/BENCHMARKS.md (\"Learning\n"
         "loop\") shows how. `duel sim` compares selection strategies in one process.",
         options, sizeof options / sizeof options[0]};
-    if (duel_config_take_sets(&argc, argv, o->sets, LOOP_MAX_SETS, &o->n_sets, &err))
-        return cli_usage_error(&cmd, "%s", err.message);
-    int rc = cli_parse(&cmd, argc, argv);
+    int rc = cli_parse_with_sets(&cmd, argc, argv, o->sets, LOOP_MAX_SETS, &o->n_sets);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (!o->prompts_path || !o->held_out_path) return cli_usage_error(&cmd, "--prompts and --held-out are required");
     return -2;

@@ -201,9 +201,7 @@ static int arena_ratings(int argc, char **argv) {
     const char *sets[64];
     size_t n_sets = 0;
     duel_error err = {0};
-    if (duel_config_take_sets(&argc, argv, sets, 64, &n_sets, &err))
-        return cli_usage_error(&cmd, "%s", err.message);
-    int rc = cli_parse(&cmd, argc, argv);
+    int rc = cli_parse_with_sets(&cmd, argc, argv, sets, 64, &n_sets);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     cli_admin a;
     if ((rc = cli_admin_open(&cmd, o.config, sets, n_sets, o.redis, &a))) return rc;

@@ -249,9 +249,7 @@ int cmd_serve(int argc, char **argv) {
     char flag_sets[sizeof knob_flags / sizeof knob_flags[0]][128];
     size_t n_sets = 0;
     duel_error err = {0};
-    if (duel_config_take_sets(&argc, argv, sets, 64, &n_sets, &err))
-        return cli_usage_error(&cmd, "%s", err.message);
-    int rc = cli_parse(&cmd, argc, argv);
+    int rc = cli_parse_with_sets(&cmd, argc, argv, sets, 64, &n_sets);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     size_t n_user_sets = n_sets;
     for (size_t i = 0; i < sizeof knob_flags / sizeof knob_flags[0]; i++) {

@@ -123,8 +123,7 @@ static int sim_inprocess_command(int argc, char **argv) {
     const char *sets[SIM_MAX_SETS];
     size_t n_sets = 0;
     duel_error err = {0};
-    if (duel_config_take_sets(&argc, argv, sets, SIM_MAX_SETS, &n_sets, &err)) return cli_usage_error(&cmd, "%s", err.message);
-    int rc = cli_parse(&cmd, argc, argv);
+    int rc = cli_parse_with_sets(&cmd, argc, argv, sets, SIM_MAX_SETS, &n_sets);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     if (strcmp(mode, "online") != 0 && strcmp(mode, "offline") != 0)
         return cli_usage_error(&cmd, "--mode must be online or offline, got '%s'", mode);

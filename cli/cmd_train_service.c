@@ -166,8 +166,7 @@ int cmd_train_service(int argc, char **argv) {
     const char *sets[64];
     size_t n_sets = 0;
     duel_error err = {0};
-    if (duel_config_take_sets(&argc, argv, sets, 64, &n_sets, &err)) return cli_usage_error(&cmd, "%s", err.message);
-    int rc = cli_parse(&cmd, argc, argv);
+    int rc = cli_parse_with_sets(&cmd, argc, argv, sets, 64, &n_sets);
     if (rc) return rc < 0 ? CLI_EXIT_OK : rc;
     json_t *root = NULL;
     if (duel_config_load(config_path, sets, n_sets, (const char *const *)environ, &root, NULL, &err)) {
