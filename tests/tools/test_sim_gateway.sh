@@ -114,17 +114,21 @@ AB=$(redis --raw EVAL "$FIELD" 1 duel:prefs choice | grep -cE '^(a|b)$')
 OTHER=$(redis --raw EVAL "$FIELD" 1 duel:prefs choice | grep -cvE '^(a|b)$')
 
 echo "== $(date +%T) every acknowledged vote is in duel:prefs once; waiting for the trainer"
-# Applied once: stop the trainer (its last checkpoint holds all it read), then its counters.
-for _ in $(seq 600); do # the trainer has read the whole stream
-    LAST=$(redis --raw XREVRANGE duel:prefs + - COUNT 1 | head -1)
-    DELIVERED=$(redis --raw XINFO GROUPS duel:prefs | awk '/^last-delivered-id$/ { getline; print }')
-    [ "$LAST" = "$DELIVERED" ] && [ "$(redis --raw XPENDING duel:prefs trainers | head -1)" = 0 ] && break
+# Applied once: wait until the trainer has accounted for every entry (applied, in its partial
+# batch, or counted as a tie or both-bad: its status), then stop it (its last checkpoint holds
+# all it read) and read its counters. A partial batch stays pending in the group until that last
+# checkpoint, so XPENDING reaches 0 only after the stop.
+status() { redis --raw HGET duel:trainer:status "$1"; }
+counted() { local v; v=$(status "$1"); echo "${v:-0}"; }
+TOTAL=$(redis XLEN duel:prefs)
+for _ in $(seq 600); do
+    seen=$(($(counted prefs_applied) + $(counted pending_pairs) + $(counted ties) + $(counted both_bad)))
+    [ "$seen" -ge "$TOTAL" ] && break
     sleep 0.1
 done
 echo "== $(date +%T) stopping the trainer"
 kill -TERM "$TRAIN"
 wait "$TRAIN" || fail "duel train exited with $?: $(tail -3 "$TMP/train.log")"
-status() { redis --raw HGET duel:trainer:status "$1"; }
 [ "$(redis --raw XPENDING duel:prefs trainers | head -1)" = 0 ] || fail "entries still pending after the trainer stopped"
 [ "$(status duplicates)" = 0 ] || fail "the trainer counted $(status duplicates) duplicates"
 [ $(($(status prefs_applied) + $(status pending_pairs))) -eq "$AB" ] ||
