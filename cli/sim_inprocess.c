@@ -374,12 +374,13 @@ static int kl_estimate(sim_run *r, const char *dir, double *out) {
     if ((rc = model_load(dir, &policy, r->err)) == 0) {
         double sum = 0;
         for (int i = 0; rc == 0 && i < a.count; i++) {
-            double lp, lr;
+            double lp = 0, lr = 0;
             const loop_answer *y = &a.items[i];
             if ((rc = loop_sequence_logprob(policy, a.prompts[i], a.n_prompt[i], y->tokens, y->n_tokens, &lp, r->err)) ==
-                0)
-                rc = loop_sequence_logprob(r->reference, a.prompts[i], a.n_prompt[i], y->tokens, y->n_tokens, &lr, r->err);
-            sum += lp - lr;
+                    0 &&
+                (rc = loop_sequence_logprob(r->reference, a.prompts[i], a.n_prompt[i], y->tokens, y->n_tokens, &lr,
+                                            r->err)) == 0)
+                sum += lp - lr;
         }
         if (rc == 0) *out = sum / a.count;
     }
