@@ -12,7 +12,7 @@
 // Exit 77 (skip) when Chromium or playwright-core is missing.
 import {spawn, execFileSync} from 'node:child_process';
 import {existsSync, mkdirSync, mkdtempSync, writeFileSync} from 'node:fs';
-import {createServer} from 'node:net';
+import {freePort, sleep} from './e2e_util.mjs';
 import {tmpdir} from 'node:os';
 import {join, resolve, dirname} from 'node:path';
 import {fileURLToPath} from 'node:url';
@@ -42,19 +42,6 @@ if (!existsSync(duelBin)) {
   console.error(`duel binary not found at ${duelBin} (set DUEL_BIN)`);
   process.exit(1);
 }
-
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const {port} = s.address();
-      s.close(() => res(port));
-    });
-    s.on('error', rej);
-  });
-}
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 async function waitFor(fn, what, timeoutMs = 10000) {
   const end = Date.now() + timeoutMs;

@@ -16,7 +16,7 @@
 // playwright-core or prometheus.
 import {spawn, execFileSync} from 'node:child_process';
 import {copyFileSync, existsSync, mkdirSync, mkdtempSync, writeFileSync} from 'node:fs';
-import {createServer} from 'node:net';
+import {freePort, sleep} from './e2e_util.mjs';
 import {tmpdir} from 'node:os';
 import {join, resolve, dirname} from 'node:path';
 import {fileURLToPath} from 'node:url';
@@ -51,18 +51,6 @@ if (!existsSync(join(source, 'node_modules/uplot/dist/uPlot.iife.min.js'))) {
   console.log('SKIP: node_modules/uplot is missing (npm ci)');
   process.exit(77);
 }
-
-function freePort() {
-  return new Promise((res, rej) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const {port} = s.address();
-      s.close(() => res(port));
-    });
-    s.on('error', rej);
-  });
-}
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function waitFor(fn, what, timeoutMs = 15000) {
   const end = Date.now() + timeoutMs;
   let last;
