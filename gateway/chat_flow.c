@@ -181,18 +181,26 @@ static long long prompt_size(gateway *gw, const conversation *c, const duel_back
     return gw->backend.prompt_tokens(gw->backend.impl, &req, err);
 }
 
+/* Tokens that turn i adds to a prompt when every turn kept its ids (conversation_history gives
+ * all or none): a template whose turns concatenate, so a prompt's size is the new message's
+ * alone plus its turns' ids. -1 when the turns have no ids. */
+static long long kept_turn_tokens(const conversation *c, const duel_backend_turn *hist, size_t i) {
+    return c->n_turns && hist[0].ids ? (long long)hist[i].n_ids : -1;
+}
+
 /* Fits the ask into the prompt budget by leaving out the conversation's oldest whole turns:
  * *first is the first turn kept. When the new message alone does not fit, sends
- * conversation_too_long (never `busy`: nothing about it is temporary) and returns -1. */
+ * conversation_too_long (never `busy`: nothing about it is temporary) and returns -1.
+ * The new message is encoded once here (its prompt alone) when the turns kept their ids; each
+ * turn's share is then arithmetic. Only a conversation without ids encodes a prompt per step of
+ * the search. */
 static int fit_context(gateway *gw, session *s, const conversation *c,
                        const duel_backend_turn *hist, const char *text, size_t *first) {
     long long budget = prompt_budget(gw);
     long long text_tokens = gw->backend.prompt_tokens ? 0 : conversation_count_tokens(&gw->backend, text);
     duel_error err = {0};
     *first = 0;
-    long long n = prompt_size(gw, c, hist, 0, text, text_tokens, &err);
-    if (n >= 0 && n <= budget) return 0;
-    long long alone = n < 0 ? n : prompt_size(gw, c, hist, c->n_turns, text, text_tokens, &err);
+    long long alone = prompt_size(gw, c, hist, c->n_turns, text, text_tokens, &err);
     if (alone < 0) {
         gateway_send_error(gw, s, PROTOCOL_E_ENGINE, err.message);
         return -1;
@@ -205,20 +213,41 @@ static int fit_context(gateway *gw, session *s, const conversation *c,
         gateway_send_error(gw, s, PROTOCOL_E_CONVERSATION_TOO_LONG, msg);
         return -1;
     }
-    /* The fewest turns dropped: prompt_size falls as `first` grows; turns [hi..] fit. */
-    size_t lo = 1, hi = c->n_turns;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        long long m = prompt_size(gw, c, hist, mid, text, text_tokens, &err);
-        if (m < 0) {
+    if (c->n_turns == 0) return 0;
+    if (kept_turn_tokens(c, hist, 0) >= 0 || !gw->backend.prompt_tokens) {
+        /* newest turns first, while they fit: the fewest dropped */
+        long long n = alone;
+        size_t keep_from = c->n_turns;
+        while (keep_from > 0) {
+            long long add = gw->backend.prompt_tokens ? kept_turn_tokens(c, hist, keep_from - 1)
+                                                      : c->turns[keep_from - 1].tokens;
+            if (n + add > budget) break;
+            n += add;
+            keep_from--;
+        }
+        *first = keep_from;
+    } else {
+        long long n = prompt_size(gw, c, hist, 0, text, text_tokens, &err);
+        if (n >= 0 && n <= budget) return 0;
+        /* The fewest turns dropped: prompt_size falls as `first` grows; turns [hi..] fit. */
+        size_t lo = 1, hi = c->n_turns;
+        while (n >= 0 && lo < hi) {
+            size_t mid = lo + (hi - lo) / 2;
+            long long m = prompt_size(gw, c, hist, mid, text, text_tokens, &err);
+            if (m < 0) {
+                n = m;
+                break;
+            }
+            if (m <= budget) hi = mid;
+            else lo = mid + 1;
+        }
+        if (n < 0) {
             gateway_send_error(gw, s, PROTOCOL_E_ENGINE, err.message);
             return -1;
         }
-        if (m <= budget) hi = mid;
-        else lo = mid + 1;
+        *first = hi;
     }
-    *first = hi;
-    gw->metrics.turns_dropped += hi;
+    gw->metrics.turns_dropped += *first;
     return 0;
 }
 

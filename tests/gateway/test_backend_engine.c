@@ -297,6 +297,16 @@ static void test_gateway_with_engine(void **state) {
     tu_redis_stop(&redis, SIGTERM);
 }
 
+/* The engine adapter's prompt_tokens, counted: the gateway encodes an ask's prompt once to fit
+ * it, whatever the conversation's length (it encoded the whole prompt per step of a search). */
+static long long (*g_real_prompt_tokens)(void *, const duel_backend_request *, duel_error *);
+static int g_prompt_token_calls;
+
+static long long counted_prompt_tokens(void *impl, const duel_backend_request *req, duel_error *err) {
+    g_prompt_token_calls++;
+    return g_real_prompt_tokens(impl, req, err);
+}
+
 /* Conversations longer than the model (issue 21): with the shipped model's 256-token context a
  * conversation goes on past what fits; the oldest whole turns are left out, duel_start says how
  * many, and the prompt is exactly the encoding of the turns kept. A message that alone does not
@@ -316,6 +326,9 @@ static void test_conversation_longer_than_the_model(void **state) {
     duel_error err = {0};
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     assert_int_equal(b.context_tokens(b.impl), 256);
+    g_real_prompt_tokens = b.prompt_tokens;
+    b.prompt_tokens = counted_prompt_tokens;
+    g_prompt_token_calls = 0;
     tu_gateway g;
     tu_gateway_start_backend(&g, &gcfg, &b);
 
@@ -352,6 +365,7 @@ static void test_conversation_longer_than_the_model(void **state) {
         tu_duel_free(&d);
     }
     assert_true(dropped > 0); /* eleven turns do not fit in 256 tokens */
+    assert_int_equal(g_prompt_token_calls, 1 + TURNS); /* the refused ask and one per turn */
     /* The last duel's prompt: the kept turns [dropped, TURNS-1) and the last question, exactly */
     size_t n_got = 0, n_want = 0;
     int32_t *got = last_prompt_tokens(&redis, &n_got), *want = NULL;
