@@ -9,9 +9,7 @@
  *      for the 24 h window as a client sees it (a gateway started on that Redis: time until the
  *      first answer, then the response time of 200 requests).
  * usage: bench_console DUEL_BINARY SOURCE_DIR [runs] */
-#include "gateway_test_util.h"
-
-#include <fcntl.h>
+#include "bench_util.h"
 
 #include "console.h"
 #include "rng.h"
@@ -21,50 +19,17 @@
 
 #define TOKEN "bench:bench-secret-0123456789"
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double pct(double *v, int n, double p) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    return v[(int)(p * (n - 1) + 0.5)];
-}
-
+/* `duel serve` on port: the default model (model) or the test backend, its data folder in the
+ * Redis fixture's folder, the bench's admin token. */
 static pid_t start_server(const char *bin, const char *src, int port, const tu_redis *r,
                           const char *config, bool model) {
-    char port_s[16], redis_s[64], web[1100], data[700], model_dir[1100];
-    snprintf(port_s, sizeof port_s, "%d", port);
-    snprintf(redis_s, sizeof redis_s, "127.0.0.1:%d", r->port);
-    snprintf(web, sizeof web, "%s/gateway/web", src);
+    char data[700], model_dir[1100];
     snprintf(data, sizeof data, "%s/data-%d", r->dir, port);
     snprintf(model_dir, sizeof model_dir, "%s/models/default", src);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        setenv("DUEL_TOKENS", "admin:" TOKEN, 1);
-        const char *argv[] = {bin, "serve", "--port", port_s, "--redis", redis_s, "--web-root", web,
-                              "--data-dir", data, "--config", config, "--no-snapshots",
-                              model ? "--model" : "--backend", model ? model_dir : "test", NULL};
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 3000; i++) {
-        int fd = tu_tcp_connect(port);
-        if (fd >= 0) {
-            close(fd);
-            return pid;
-        }
-        tu_sleep_ms(10);
-    }
-    fail_msg("duel serve did not start");
-    return -1;
-}
-
-static void stop_server(pid_t pid) {
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
+    setenv("DUEL_TOKENS", "admin:" TOKEN, 1);
+    const char *extra[] = {"--data-dir", data, "--no-snapshots", model ? "--model" : "--backend",
+                           model ? model_dir : "test", NULL};
+    return bench_serve_start(bin, src, port, r, config, extra);
 }
 
 /* GET path with the bench token; the status, and *body_len. */
@@ -117,8 +82,8 @@ static void run_duels(int port, int asks, double *ttd_p50, double *tfd_p50) {
         ws_vote(&c, id, "a");
     }
     ws_close(&c);
-    *ttd_p50 = pct(td, asks, 0.5);
-    *tfd_p50 = pct(tf, asks, 0.5);
+    *ttd_p50 = bench_pct(td, asks, 0.5);
+    *tfd_p50 = bench_pct(tf, asks, 0.5);
     free(td);
     free(tf);
 }
@@ -201,13 +166,13 @@ int main(int argc, char **argv) {
             pid_t pid = start_server(bin, src, port, &redis, mode ? config_on : config_off, true);
             run_duels(port, 2, &ttd[mode][r], &tfd[mode][r]); /* warm-up: caches, first pages */
             run_duels(port, ASKS, &ttd[mode][r], &tfd[mode][r]);
-            stop_server(pid);
+            bench_serve_stop(pid);
             printf("run %d stats %-3s: time to duel p50 %.1f ms, first delta p50 %.1f ms\n", r,
                    mode ? "on" : "off", ttd[mode][r], tfd[mode][r]);
         }
     }
-    double off = pct(ttd[0], runs, 0.5), on = pct(ttd[1], runs, 0.5);
-    double off_f = pct(tfd[0], runs, 0.5), on_f = pct(tfd[1], runs, 0.5);
+    double off = bench_pct(ttd[0], runs, 0.5), on = bench_pct(ttd[1], runs, 0.5);
+    double off_f = bench_pct(tfd[0], runs, 0.5), on_f = bench_pct(tfd[1], runs, 0.5);
     printf("time to duel, median of %d runs' p50 (%d asks each, models/default, M=4): stats off %.1f "
            "ms, on %.1f ms (on/off %.3f); first delta off %.1f ms, on %.1f ms (on/off %.3f)\n",
            runs, ASKS, off, on, on / off, off_f, on_f, on_f / off_f);
@@ -281,8 +246,8 @@ int main(int argc, char **argv) {
     }
     printf("/api/stats?window=86400: first answer %.2f s after the gateway started (it reads the day "
            "from Redis first); then %d requests: p50 %.2f ms, p99 %.2f ms (%zu bytes each)\n",
-           t_first, REQUESTS, pct(lat, REQUESTS, 0.5), pct(lat, REQUESTS, 0.99), body);
-    stop_server(pid);
+           t_first, REQUESTS, bench_pct(lat, REQUESTS, 0.5), bench_pct(lat, REQUESTS, 0.99), body);
+    bench_serve_stop(pid);
     tu_redis_stop(&redis, SIGTERM);
     return 0;
 }

@@ -4,7 +4,7 @@
  * (ask -> duel_start) and to first delta at 1, 8 and 32 concurrent users with the default model;
  * vote acknowledgement latency with Redis up; server CPU per 1,000 frames.
  * usage: bench_gateway DUEL_BINARY SOURCE_DIR [connections] */
-#include "gateway_test_util.h"
+#include "bench_util.h"
 
 #include <fcntl.h>
 
@@ -43,54 +43,14 @@ static double proc_cpu_seconds(pid_t pid) {
     return (double)(ut + st) / (double)sysconf(_SC_CLK_TCK);
 }
 
+/* `duel serve` on port with model, or the test backend without pauses (model NULL). */
 static pid_t start_server(const char *bin, const char *src, int port, const tu_redis *r,
                           const char *model, const char *config) {
-    char port_s[16], redis_s[64], web[1100], spill[600];
-    snprintf(port_s, sizeof port_s, "%d", port);
-    snprintf(redis_s, sizeof redis_s, "127.0.0.1:%d", r->port);
-    snprintf(web, sizeof web, "%s/gateway/web", src);
+    char spill[600];
     snprintf(spill, sizeof spill, "%s/spill-%d.log", r->dir, port);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int devnull = open("/dev/null", O_WRONLY);
-        dup2(devnull, 1);
-        const char *argv[24];
-        int n = 0;
-        argv[n++] = bin, argv[n++] = "serve", argv[n++] = "--port", argv[n++] = port_s;
-        argv[n++] = "--redis", argv[n++] = redis_s, argv[n++] = "--web-root", argv[n++] = web;
-        argv[n++] = "--spill", argv[n++] = spill, argv[n++] = "--config", argv[n++] = config;
-        if (model) argv[n++] = "--model", argv[n++] = model;
-        else argv[n++] = "--backend", argv[n++] = "test", argv[n++] = "--test-step-ms", argv[n++] = "0";
-        argv[n] = NULL;
-        execv(bin, (char *const *)argv);
-        _exit(127);
-    }
-    for (int i = 0; i < 500; i++) {
-        int fd = tu_tcp_connect(port);
-        if (fd >= 0) {
-            close(fd);
-            return pid;
-        }
-        tu_sleep_ms(10);
-    }
-    fail_msg("duel serve did not start");
-    return -1;
-}
-
-static void stop_server(pid_t pid) {
-    kill(pid, SIGTERM);
-    waitpid(pid, NULL, 0);
-}
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double pct(double *v, int n, double p) {
-    qsort(v, (size_t)n, sizeof *v, cmp_double);
-    int i = (int)(p * (n - 1) + 0.5);
-    return v[i];
+    const char *with_model[] = {"--spill", spill, "--model", model, NULL};
+    const char *with_test[] = {"--spill", spill, "--backend", "test", "--test-step-ms", "0", NULL};
+    return bench_serve_start(bin, src, port, r, config, model ? with_model : with_test);
 }
 
 typedef struct user_ctx {
@@ -210,15 +170,15 @@ int main(int argc, char **argv) {
                   atoll(strstr(m0, keys[k]) + strlen(keys[k]));
     printf("vote acknowledgement (vote -> vote_ok, Redis up, %d votes): p50 %.3f ms, p99 %.3f ms, "
            "max %.3f ms\n",
-           VOTES, pct(lat, VOTES, 0.5) * 1e3, pct(lat, VOTES, 0.99) * 1e3,
-           pct(lat, VOTES, 1.0) * 1e3);
+           VOTES, bench_pct(lat, VOTES, 0.5) * 1e3, bench_pct(lat, VOTES, 0.99) * 1e3,
+           bench_pct(lat, VOTES, 1.0) * 1e3);
     printf("server CPU: %.3f s for %lld frames = %.1f ms per 1,000 frames (test backend)\n",
            cpu1 - cpu0, frames, (cpu1 - cpu0) / (double)frames * 1e6);
     free(m0);
     free(m1);
     free(lat);
     ws_close(&c);
-    stop_server(pid);
+    bench_serve_stop(pid);
 
     /* 3. Time to duel and to first delta with the default model. */
     char model[1100];
@@ -243,14 +203,14 @@ int main(int argc, char **argv) {
             printf("default model, %2d users x %d asks (M=4, <=128 new tokens): time to duel p50 "
                    "%.0f ms p95 %.0f ms; to first delta p50 %.0f ms p95 %.0f ms; %.1f duels/s, "
                    "server CPU %.0f%%\n",
-                   users, asks, pct(td, n, 0.5) * 1e3, pct(td, n, 0.95) * 1e3,
-                   pct(tf, n, 0.5) * 1e3, pct(tf, n, 0.95) * 1e3, n / wall, 100 * cpu / wall);
+                   users, asks, bench_pct(td, n, 0.5) * 1e3, bench_pct(td, n, 0.95) * 1e3,
+                   bench_pct(tf, n, 0.5) * 1e3, bench_pct(tf, n, 0.95) * 1e3, n / wall, 100 * cpu / wall);
             free(td);
             free(tf);
             free(th);
             free(ctx);
         }
-        stop_server(pid);
+        bench_serve_stop(pid);
     } else {
         printf("SKIP time to duel: %s missing\n", model);
     }
