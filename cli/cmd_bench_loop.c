@@ -65,7 +65,7 @@ int bench_loop(int argc, char **argv);
 
 typedef struct loop_options {
     const char *model_dir, *prompts_path, *held_out_path, *redis, *control_path, *config_path, *keep_dir;
-    long long votes, concurrency, candidates, max_new, held_out_n, seed, eval_samples;
+    long long votes, concurrency, candidates, max_new, held_out_n, seed, eval_samples, max_lag;
     double rate, temperature;
     bool json;
     const char *sets[LOOP_MAX_SETS];
@@ -75,6 +75,7 @@ typedef struct loop_options {
 typedef struct loop_figures {
     int votes, ab, ties, served;
     double vote_seconds, applied_seconds;
+    double lag_wait_seconds; /* spent with no duel asked: --max-lag votes not yet serving */
     long long applied, applied_at_last_vote, pending;
     long long final_version, loaded, refused;
     int latency_count;
@@ -169,6 +170,7 @@ static int parse_options(int argc, char **argv, loop_options *o) {
         {"--votes", CLI_OPT_INT, &o->votes, "N", "votes to send (default 2000)", 1, 10000000, false, NULL},
         {"--rate", CLI_OPT_DOUBLE, &o->rate, "R", "votes per second at most (default 0: as fast as duels are served)", 0, 1e6, false, NULL},
         {"--concurrency", CLI_OPT_INT, &o->concurrency, "N", "duels in flight (default 16)", 1, 1024, false, NULL},
+        {"--max-lag", CLI_OPT_INT, &o->max_lag, "N", "ask no new duel while more than N a/b votes are not yet in the snapshot serving (default 0: no bound). What the votes teach depends on how far serving trails them; the bound makes a run's learning the same on a slow or busy machine, which then only takes longer", 0, 10000000, false, NULL},
         {"--candidates", CLI_OPT_INT, &o->candidates, "M", "candidates per duel (default 4)", 2, 64, false, NULL},
         {"--eval-samples", CLI_OPT_INT, &o->eval_samples, "K", "also compare K answers per held-out prompt sampled at --temperature, as duels are (default 4; 0: greedy only)", 0, 64, false, NULL},
         {"--max-new-tokens", CLI_OPT_INT, &o->max_new, "N", "tokens per candidate and per evaluation answer (default 40)", 1, 4096, false, NULL},
@@ -379,6 +381,19 @@ static int on_duel_ready(loop_run *run, const loop_event *le, long long *served_
     return 0;
 }
 
+/* Whether more than --max-lag a/b votes are not yet in the snapshot serving now (its
+ * registration's prefs_applied, read again only when the serving version changed). */
+static bool votes_lag_serving(loop_run *run, long long *seen_version, long long *seen_prefs) {
+    if (run->o.max_lag <= 0) return false;
+    snapshot_loader_stats ls;
+    snapshot_loader_get_stats(run->loader, &ls);
+    if (ls.serving_version != *seen_version) {
+        *seen_version = ls.serving_version;
+        *seen_prefs = ls.serving_version > 0 ? snapshot_prefs(run, ls.serving_version) : 0;
+    }
+    return run->f.ab - (*seen_prefs > 0 ? *seen_prefs : 0) > run->o.max_lag;
+}
+
 /* Serves --votes duels (--concurrency in flight) to the scripted users, who vote on each. */
 static int serve_votes(loop_run *run) {
     const loop_options *o = &run->o;
@@ -390,8 +405,10 @@ static int serve_votes(loop_run *run) {
     long long submitted = 0, in_flight = 0, served_version = 0;
     double last_report = run->t0;
     int rc = 0;
+    long long lag_version = -1, lag_prefs = 0;
     while (rc == 0 && f->votes < o->votes) {
-        while (rc == 0 && submitted < o->votes && in_flight < o->concurrency) {
+        bool lagging = votes_lag_serving(run, &lag_version, &lag_prefs);
+        while (rc == 0 && !lagging && submitted < o->votes && in_flight < o->concurrency) {
             const oracle_prompt *q = &run->asks.items[submitted % run->asks.count];
             duel_backend_request req = {.request_id = (uint64_t)submitted + 1,
                                         .text = q->turns[0].prompt,
@@ -400,6 +417,18 @@ static int serve_votes(loop_run *run) {
             if ((rc = run->backend.submit(run->backend.impl, &req, &run->err)) == 0) submitted++, in_flight++;
         }
         if (rc) break;
+        if (in_flight == 0) { /* lagging, nothing to vote on: the trainer and the loader catch up */
+            double wait_start = duel_time_seconds();
+            while (votes_lag_serving(run, &lag_version, &lag_prefs) && duel_time_seconds() - wait_start < 600.0)
+                bench_sleep_ms(50);
+            f->lag_wait_seconds += duel_time_seconds() - wait_start;
+            if (votes_lag_serving(run, &lag_version, &lag_prefs))
+                return duel_error_set(&run->err, DUEL_EIO,
+                                      "serving trailed the votes by more than --max-lag %lld for 600 s (serving "
+                                      "v%lld; does the trainer publish when idle? trainer.publish_when_idle)",
+                                      o->max_lag, lag_version);
+            continue;
+        }
         loop_event *le = loop_queue_pop(&run->queue, 300.0);
         if (!le) return duel_error_set(&run->err, DUEL_EIO, "no duel served in 300 s");
         if (le->ev.kind == DUEL_BACKEND_ERROR) {
@@ -516,6 +545,8 @@ static void print_figures(const loop_run *run) {
     const loop_options *o = &run->o;
     printf("learning loop on %s: %d votes (%d a/b, %d ties) in %.1f s, %d in flight%s\n", o->model_dir, f->votes,
            f->ab, f->ties, f->vote_seconds, (int)o->concurrency, o->rate > 0 ? " (paced)" : "");
+    if (o->max_lag > 0)
+        printf("  waited for serving to follow   %.1f s  (--max-lag %lld a/b votes)\n", f->lag_wait_seconds, o->max_lag);
     printf("  duels served per second        %.2f\n", f->served / f->vote_seconds);
     printf("  a/b votes applied per second   %.2f  (%lld applied, all by %.1f s; %lld while votes arrived)\n",
            (double)f->applied / f->applied_seconds, f->applied, f->applied_seconds, f->applied_at_last_vote);
@@ -579,6 +610,8 @@ static int print_json(const loop_run *run) {
         json_set_comparison(j, "", &f->greedy);
         json_object_del(j, "changed"); /* greedy_changed, as before the comparisons had a prefix */
         json_object_set_new(j, "oracle", json_string(oracle_kind_name(oracle_user_config(run->oracle)->kind)));
+        json_object_set_new(j, "max_lag", json_integer(o->max_lag));
+        json_object_set_new(j, "lag_wait_seconds", json_real(f->lag_wait_seconds));
     }
     if (j && f->gflop_per_vote > 0) {
         json_object_set_new(j, "gflop_per_vote", json_real(f->gflop_per_vote));

@@ -6,8 +6,7 @@ duel_test(test_learning_loop ${CMAKE_CURRENT_LIST_DIR}/test_learning_loop.c)
 if(NOT DUEL_FUZZ)
   target_compile_definitions(test_learning_loop PRIVATE DUEL_EXE="$<TARGET_FILE:duel>")
   add_dependencies(test_learning_loop duel)
-  # RUN_SERIAL: the loop (serving and `duel train`, two processes) is held to a learning margin
-  # that depends on how fast snapshots follow the votes; with other tests beside it on a busy
-  # 2-core machine that latency reached 11 s p50 and the margin failed (win rate 0.64 < 0.67).
-  set_tests_properties(test_learning_loop PROPERTIES TIMEOUT 1200 RUN_SERIAL TRUE)
+  # Not RUN_SERIAL any more: with fixed batches and --max-lag (see the test's comment) what it
+  # learns no longer depends on the tests beside it; a busy machine only makes it slower.
+  set_tests_properties(test_learning_loop PROPERTIES TIMEOUT 1200)
 endif()

@@ -67,6 +67,16 @@
 #define LOOP_MIN_GAIN 0.15
 #define LOOP_MIN_SAMPLED_WIN_RATE 0.72
 #define LOOP_MAX_CONTROL_LOSS 0.20
+/* What a run learns must not depend on how fast the machine is. The trainer's batches do unless
+ * fixed: one that falls behind the stream takes up to trainer.max_batch_size (64) pairs per
+ * update, so a busy machine made fewer, larger updates at the same learning rate. On this VM at
+ * load 16 (other engineers' builds), the same 2,000 votes: adaptive batches, win rate 0.647 and
+ * a gain of 0.10 (vote -> serving p50 12 s); with serving held to 40 votes behind, 0.672 and
+ * 0.11; with fixed batches of 8 as well, 0.780 and 0.358 (sampled 0.828, control -0.093), as on
+ * a quiet machine. So the batches are fixed (max_batch_size = batch_size = 8) and users wait
+ * while more than LOOP_MAX_LAG a/b votes are not yet served (duel bench loop --max-lag), which
+ * bounds how stale the policy behind the duels is: a busy machine takes longer, not learns less. */
+#define LOOP_MAX_LAG "40"
 #define LOOP_VOTES (LOOP_SANITIZED ? 120 : 2000)
 #define LOOP_HELD_OUT (LOOP_SANITIZED ? 24 : 200)
 
@@ -168,14 +178,18 @@ static json_t *run_loop(const char *asks, const char *held_out, const char *cont
         execl(DUEL_EXE, DUEL_EXE, "bench", "loop", "--model", model, "--prompts", asks, "--held-out", held_out,
               "--control", control, "--votes", votes, "--held-out-count", held, "--keep", work, "--json",
               /* fewer checkpoints: a shorter test, same learning */
-              "--set", "trainer.checkpoint_every=8", (char *)NULL);
+              "--max-lag", LOOP_MAX_LAG, "--set", "trainer.checkpoint_every=8", "--set",
+              "trainer.max_batch_size=8", (char *)NULL);
         _exit(127);
     }
     int status = 0;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     char cmd[1600];
-    snprintf(cmd, sizeof cmd, "cat '%s' >&2; tail -n 8 '%s' >&2", err_path, out_path);
-    if (system(cmd) != 0) fprintf(stderr, "(could not show the bench's output)\n");
+    /* the loader's line per hot-swap (about 150 of them) is left out: CI shows a failing test's
+     * output cut in the middle, and those lines pushed the figures and the failed bound out */
+    snprintf(cmd, sizeof cmd, "grep -v '^duel serve: serving snapshot v' '%s' >&2; tail -n 8 '%s' >&2", err_path,
+             out_path);
+    (void)system(cmd); /* grep's status 1 (every line filtered) is not a failure */
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail_msg("duel bench loop failed (status %d)", status);
     FILE *f = fopen(out_path, "r");
     assert_non_null(f);
@@ -198,6 +212,11 @@ static double get_real(const json_t *o, const char *key) {
     json_t *v = json_object_get(o, key);
     if (!json_is_number(v)) fail_msg("%s missing", key);
     return json_number_value(v);
+}
+
+/* A failed bound names itself and its figures (assert_true would print only the expression). */
+static void check_at_least(const char *what, double value, double bound) {
+    if (!(value >= bound)) fail_msg("%s %.4f is below its bound %.4f", what, value, bound);
 }
 
 static void test_votes_teach_the_policy(void **state) {
@@ -252,10 +271,10 @@ static void test_votes_teach_the_policy(void **state) {
     assert_true(gflop > 0.5 && gflop < 6.0);
     assert_true(get_real(o, "ceiling_votes_per_second") > 0);
     if (!LOOP_SANITIZED) {
-        assert_true(rate >= LOOP_MIN_WIN_RATE);
-        assert_true(after >= before + LOOP_MIN_GAIN);
-        assert_true(sampled_rate >= LOOP_MIN_SAMPLED_WIN_RATE);
-        assert_true(control_after >= control_before - LOOP_MAX_CONTROL_LOSS);
+        check_at_least("greedy win rate over the base model", rate, LOOP_MIN_WIN_RATE);
+        check_at_least("gain of the greedy mean oracle score", after - before, LOOP_MIN_GAIN);
+        check_at_least("sampled win rate over the base model", sampled_rate, LOOP_MIN_SAMPLED_WIN_RATE);
+        check_at_least("change of the control's mean score", control_after - control_before, -LOOP_MAX_CONTROL_LOSS);
     }
     json_decref(o);
     char cmd[700]; /* the snapshots take ~20 MB each; the folder is kept only when the test fails */
