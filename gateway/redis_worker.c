@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "redis_link.h"
 #include "spill_log.h"
 #include "timer.h"
 
@@ -25,9 +26,11 @@
 /* Appends the entry unless its vote id was stored before (a replay of a stored vote returns 0),
  * then claims the id. The claim comes after the XADD: a script is atomic but not rolled back, so
  * an XADD that fails (a wrong-type key, a refused write) must leave no claim behind, or the
- * vote's replay from the spill log would be taken for a duplicate and the vote lost. */
+ * vote's replay from the spill log would be taken for a duplicate and the vote lost. A replay of a
+ * stored vote still writes (the claim's expiry), so that a WAIT after it covers the earlier XADD:
+ * replicas apply the master's writes in order. */
 static const char VOTE_SCRIPT[] =
-    "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) return 0 end\n"
     "redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))\n"
     "redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])\n"
     "return 1\n";
@@ -103,22 +106,50 @@ static bool append_command(redis_worker *w, int argc, const char **argv, const s
     return redisAppendCommandArgv(w->rc, argc, argv, lens) == REDIS_OK;
 }
 
+static int ack_replicas(const redis_worker *w) { return w->cfg.link ? w->cfg.link->ack_replicas : 0; }
+
 static struct timeval ms_to_tv(int ms) {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     return tv;
 }
 
+/* Through redis_link: the master (asked of the sentinels again at each reconnect, so a failover
+ * is followed), authenticated. With ack_replicas the command timeout leaves room for WAIT. */
 static void try_connect(redis_worker *w) {
     if (w->rc || duel_time_seconds() < w->next_connect) return;
-    redisContext *c = redisConnectWithTimeout(w->host, w->cfg.port, ms_to_tv(w->cfg.timeout_ms));
-    if (!c || c->err || redisSetTimeout(c, ms_to_tv(w->cfg.timeout_ms)) != REDIS_OK) {
-        if (c) redisFree(c);
+    duel_error err = {0};
+    char addr[300];
+    redisContext *c = redis_link_connect(w->cfg.link, w->host, w->cfg.port, w->cfg.timeout_ms, addr, sizeof addr, &err);
+    if (c && ack_replicas(w) > 0 &&
+        redisSetTimeout(c, ms_to_tv(w->cfg.timeout_ms + w->cfg.link->ack_timeout_ms)) != REDIS_OK) {
+        redisFree(c);
+        c = NULL;
+    }
+    if (!c) {
         w->next_connect = duel_time_seconds() + w->cfg.retry_ms / 1000.0;
         return;
     }
-    redisEnableKeepAlive(c);
     w->rc = c;
     update_spill_stats(w);
+}
+
+/* After the votes' replies: WAIT for the replicas redis.ack_replicas asks; true when they
+ * confirmed (or none are asked). False leaves the votes to the spill log, to be replayed (and
+ * waited for) again: a vote is acknowledged as stored only once it is as durable as promised. */
+static bool replicas_confirm(redis_worker *w) {
+    int n = ack_replicas(w);
+    if (n <= 0) return true;
+    redisReply *r = redisCommand(w->rc, "WAIT %d %d", n, w->cfg.link->ack_timeout_ms);
+    if (!r) {
+        disconnect(w);
+        return false;
+    }
+    bool ok = r->type == REDIS_REPLY_INTEGER && r->integer >= n;
+    bool failover = redis_link_reply_is_failover(r);
+    freeReplyObject(r);
+    if (failover) disconnect(w);
+    if (!ok) stat_add(w, &w->stats.votes_unreplicated, 1);
+    return ok;
 }
 
 /* One vote's fields: the encoder's (live votes) or unpacked from the spill log (replays). */
@@ -169,8 +200,11 @@ static size_t pipeline_votes(redis_worker *w, const vote_fields *recs, size_t n)
         if (!ok) break;
         stored++;
     }
-    if (stored < n) disconnect(w);
-    return stored;
+    if (stored < n) {
+        disconnect(w);
+        return stored; /* not waited for: the caller spills them all the same as the rest */
+    }
+    return stored > 0 && !replicas_confirm(w) ? 0 : stored;
 }
 
 /* Replays spilled votes while Redis answers. */

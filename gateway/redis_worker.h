@@ -22,7 +22,10 @@
 #include "error.h"
 #include "vote_entry.h"
 
+struct redis_link_config;
+
 typedef struct redis_worker_config {
+    const struct redis_link_config *link; /* sentinels, ack_replicas (redis_link.h); NULL: host:port, no WAIT */
     const char *host;
     int port;
     int timeout_ms;            /* connect and per-command timeout */
@@ -62,6 +65,7 @@ typedef struct redis_worker_stats {
     uint64_t votes_spilled;    /* votes appended to the spill log */
     uint64_t votes_replayed;   /* spilled votes later stored */
     uint64_t votes_failed;
+    uint64_t votes_unreplicated; /* pipelines WAIT found on fewer replicas than redis.ack_replicas */
     uint64_t spill_pending;    /* in the log, not yet replayed */
     uint64_t spill_corrupt;    /* records skipped at open for a bad CRC */
     bool connected;

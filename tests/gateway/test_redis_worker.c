@@ -7,11 +7,15 @@
  * - A vote whose XADD Redis refuses (here duel:prefs of the wrong type) is spilled, acknowledged
  *   as queued, and stored once when Redis takes it again: the script once claimed the vote id
  *   before the XADD, so the failed XADD left the claim behind and the replay was dropped as a
- *   duplicate (the vote lost). */
+ *   duplicate (the vote lost).
+ * - redis.ack_replicas: with no replica to confirm it (WAIT), a vote Redis stored is acknowledged
+ *   only as queued and stays in the spill log; once a replica attaches, the replay is confirmed,
+ *   the log drains, and the stream still holds the vote once. */
 #include "gateway_test_util.h"
 
 #include <stdatomic.h>
 
+#include "redis_link.h"
 #include "redis_worker.h"
 
 typedef struct fault_plan {
@@ -150,9 +154,61 @@ static void test_failed_append_shifts_no_reply(void **state) {
     tu_redis_stop(&redis, SIGTERM);
 }
 
+static void test_ack_replicas_waits_for_a_replica(void **state) {
+    (void)state;
+    tu_redis master = {0}, replica = {0};
+    tu_redis_start(&master);
+    char spill[600];
+    snprintf(spill, sizeof spill, "%s/spill.log", master.dir);
+    results res = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    redis_link_config link;
+    assert_int_equal(redis_link_config_read(&link, NULL, "test", NULL), 0);
+    link.ack_replicas = 1;
+    link.ack_timeout_ms = 50;
+    redis_worker_config cfg = {.link = &link, .host = "127.0.0.1", .port = master.port, .timeout_ms = 1000,
+                               .retry_ms = 20, .spill_path = spill, .stream_key = "duel:prefs",
+                               .conversation_ttl_s = 600, .vote_dedup_ttl_s = 600, .rollout_poll_ms = 60000};
+    redis_worker *w;
+    duel_error err = {0};
+    if (redis_worker_create(&cfg, on_result, &res, &w, &err)) fail_msg("%s", err.message);
+    submit_vote(w, "v-1", "d-1");
+    for (int i = 0; i < 500 && votes_seen(&res) < 1; i++) tu_sleep_ms(10);
+    assert_int_equal(votes_seen(&res), 1);
+    assert_true(res.queued); /* in Redis, but no replica confirmed it: not "stored" */
+    assert_int_equal(tu_redis_int(&master, "XLEN duel:prefs"), 1);
+    redis_worker_stats st;
+    redis_worker_get_stats(w, &st);
+    assert_int_equal(st.spill_pending, 1);
+    assert_true(st.votes_unreplicated >= 1);
+    assert_int_equal(st.votes_replayed, 0);
+
+    /* A replica attaches: the replay is confirmed, the log drains, the vote is stored once. */
+    tu_redis_start(&replica);
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "REPLICAOF 127.0.0.1 %d", master.port);
+    redisContext *c = tu_redis_connect(&replica);
+    assert_non_null(c);
+    redisReply *reply = redisCommand(c, cmd);
+    assert_non_null(reply);
+    freeReplyObject(reply);
+    redisFree(c);
+    for (int i = 0; i < 1000; i++) { /* 10 s: the replica's first sync */
+        redis_worker_get_stats(w, &st);
+        if (st.spill_pending == 0) break;
+        tu_sleep_ms(10);
+    }
+    assert_int_equal(st.spill_pending, 0);
+    assert_int_equal(st.votes_replayed, 1);
+    assert_int_equal(tu_redis_int(&master, "XLEN duel:prefs"), 1);
+    redis_worker_destroy(w);
+    tu_redis_stop(&replica, SIGTERM);
+    tu_redis_stop(&master, SIGTERM);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_failed_append_shifts_no_reply),
+        cmocka_unit_test(test_ack_replicas_waits_for_a_replica),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
