@@ -87,6 +87,13 @@ out=$(DUEL_REDIS_PASSWORD=bad-pw-417 "$DUEL" knobs get --redis "127.0.0.1:$MPORT
 [ $? -ne 0 ] && echo "$out" | grep -q 'DUEL_REDIS_PASSWORD' || fail "a wrong password: $out"
 echo "$out" | grep -q bad-pw-417 && fail "the refused password is in the message: $out"
 
+# A bad sentinel address is refused at start, naming the key.
+for args in "serve --backend test" "train --quiet"; do
+    # shellcheck disable=SC2086
+    out=$("$DUEL" $args --set 'redis.sentinels=["127.0.0.1"]' 2>&1 </dev/null)
+    [ $? -ne 0 ] && echo "$out" | grep -q 'redis.sentinels\[0\]' || fail "duel $args with a bad sentinel: $out"
+done
+
 "$DUEL" serve --port "$GPORT" --redis "127.0.0.1:$DEAD" --backend test --test-step-ms 5 --spill "$TMP/spill.log" \
     --web-root "$SRC/gateway/web" "${SETS[@]}" --set gateway.asks_per_minute_connection=1000000 \
     --set gateway.asks_per_minute_address=1000000 --set gateway.connections_per_address=1000 >"$TMP/serve.log" 2>&1 &
