@@ -106,7 +106,7 @@ curl -sf "http://127.0.0.1:$GPORT/readyz" | grep -q '^redis: up' || die "duel se
 for _ in $(seq 600); do grep -q '^duel train: redis ' "$TMP/train.log" && break; sleep 0.1; done
 
 printf '%s\n' '{"prompt": "Define tea.", "reference": "a beverage made by steeping tea leaves in water"}' >"$TMP/asks.jsonl"
-VOTES=600
+VOTES=400
 "$DUEL" sim --gateway "ws://127.0.0.1:$GPORT" --users 8 --votes "$VOTES" --prompts "$TMP/asks.jsonl" \
     --think uniform:0:10 --acked "$TMP/acked.txt" --quiet --json >"$TMP/sim.out" 2>"$TMP/sim.err" &
 SIM=$!
