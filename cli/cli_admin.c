@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "redis_link.h"
 
 extern char **environ;
 
@@ -73,15 +74,20 @@ int cli_admin_open(const cli_command *cmd, const char *config_path, const char *
         cli_admin_close(a);
         return cli_usage_error(cmd, "%s", err.message);
     }
-    struct timeval tv = {ADMIN_TIMEOUT_MS / 1000, (ADMIN_TIMEOUT_MS % 1000) * 1000};
-    a->rc = redisConnectWithTimeout(a->host, (int)a->port, tv);
-    if (!a->rc || a->rc->err) {
-        fprintf(stderr, "duel %s: redis %s:%ld: cannot connect: %s\n", cmd->name, a->host, a->port,
-                a->rc ? a->rc->errstr : "out of memory");
+    /* The master (redis.sentinels when configured), authenticated from the environment. */
+    redis_link_config link;
+    if (redis_link_config_read(&link, r, config_path ? config_path : "config", &err)) {
+        fprintf(stderr, "duel %s: %s\n", cmd->name, err.message);
         cli_admin_close(a);
         return CLI_EXIT_FAILURE;
     }
-    redisSetTimeout(a->rc, tv);
+    if (redis) link.num_sentinels = 0; /* --redis names the server itself */
+    a->rc = redis_link_connect(&link, a->host, (int)a->port, ADMIN_TIMEOUT_MS, NULL, 0, &err);
+    if (!a->rc) {
+        fprintf(stderr, "duel %s: %s\n", cmd->name, err.message);
+        cli_admin_close(a);
+        return CLI_EXIT_FAILURE;
+    }
     return CLI_EXIT_OK;
 }
 

@@ -207,6 +207,7 @@ int cmd_train_service(int argc, char **argv) {
     c->trainer.model_id = c->model_id;
     c->trainer.erm_path = c->erm_path[0] ? c->erm_path : NULL;
     c->consumer.host = c->host;
+    c->consumer.link = &c->redis_link;
     if (c->consumer_name[0]) c->consumer.consumer = c->consumer_name;
     c->consumer.data_dir = data_dir;
     c->consumer.tokenizer_dir = c->model_path;
@@ -225,6 +226,7 @@ int cmd_train_service(int argc, char **argv) {
         wo.data_dir = data_dir;
         wo.redis_host = c->host;
         wo.redis_port = c->consumer.port;
+        wo.link = &c->redis_link;
         wo.device = c->transport_device;
         wo.rank = 0;
         wo.world_size = c->nccl_world_size;

@@ -425,6 +425,19 @@ static void on_message(sim_user *u, const char *data, size_t len) {
 
 /* ---- lws ---------------------------------------------------------------------------------- */
 
+/* The server closed the connection (or lws dropped it): the user comes back with a new one. */
+static void connection_lost(sim_user *u) {
+    gw_sim *g = u->sim;
+    u->wsi = NULL;
+    free(u->tx);
+    u->tx = NULL;
+    count_code(g, "connection_closed");
+    if (u->state == USER_VOTED) count_code(g, "vote_unacknowledged"); /* closed before vote_ok */
+    u->state = USER_IDLE;
+    if (!g->stopping && g->asked < g->votes_max) schedule(u, 0, on_connect_due); /* a new conversation */
+    else u->state = USER_DONE;
+}
+
 static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in, size_t len) {
     (void)user;
     sim_user *u = lws_get_opaque_user_data(wsi);
@@ -470,14 +483,13 @@ static int callback(struct lws *wsi, enum lws_callback_reasons reason, void *use
         }
         break;
     case LWS_CALLBACK_CLIENT_CLOSED: /* not by us: ours are detached first (drop_connection) */
-        u->wsi = NULL;
-        free(u->tx);
-        u->tx = NULL;
-        count_code(g, "connection_closed");
-        if (u->state == USER_VOTED) count_code(g, "vote_unacknowledged"); /* closed before vote_ok */
-        u->state = USER_IDLE;
-        if (!g->stopping && g->asked < g->votes_max) schedule(u, 0, on_connect_due); /* a new conversation */
-        else u->state = USER_DONE;
+        connection_lost(u);
+        break;
+    case LWS_CALLBACK_WSI_DESTROY:
+        /* A connection lws freed without a close or error callback (a gateway killed while the
+         * upgrade was in flight): the user must not keep the freed wsi (the end of the run once
+         * set a timeout on it and crashed) nor wait on it forever. */
+        if (u->wsi == wsi) connection_lost(u);
         break;
     default:
         break;

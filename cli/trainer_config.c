@@ -119,7 +119,8 @@ static int load_sections(json_t *root, const char *source, bool beta_given, trai
                                                "publish_every_seconds", "publish_when_idle", "vote_ref_logprobs", "keep_snapshots",
                                                "weight_transport", "transport_device", "nccl_world_size",
                                                "stats_interval_ms", "metrics_listen", NULL};
-    static const char *const redis_keys[] = {"host", "port", "stats_max_entries", NULL};
+    static const char *const redis_keys[] = {"host", "port", "stats_max_entries", "sentinels", "master_name",
+                                             "ack_replicas", "ack_timeout_ms", NULL};
     if (!json_is_object(root)) return duel_error_set(err, DUEL_EFORMAT, "%s: not a JSON object", source);
     int rc = 0;
     const double big = 1e30;
@@ -192,8 +193,9 @@ static int load_sections(json_t *root, const char *source, bool beta_given, trai
     section_reader d = {json_object_get(root, "redis"), "redis", source, err};
     if (rc == 0 && d.sec && (rc = check_keys(&d, redis_keys)) == 0 &&
         (rc = get_string(&d, "host", c->host, sizeof c->host)) == 0 &&
-        (rc = get_int(&d, "port", 1, 65535, &c->consumer.port)) == 0)
-        rc = get_ll(&d, "stats_max_entries", 100, 100000000, &c->consumer.stats_max_entries);
+        (rc = get_int(&d, "port", 1, 65535, &c->consumer.port)) == 0 &&
+        (rc = get_ll(&d, "stats_max_entries", 100, 100000000, &c->consumer.stats_max_entries)) == 0)
+        rc = redis_link_config_read(&c->redis_link, d.sec, source, err);
     return rc;
 }
 

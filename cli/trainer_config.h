@@ -11,11 +11,13 @@
 
 #include "error.h"
 #include "online_trainer.h"
+#include "redis_link.h"
 #include "stream_consumer.h"
 
 typedef struct trainer_config {
     online_trainer_options trainer;
     stream_consumer_options consumer;
+    redis_link_config redis_link; /* redis.sentinels, master_name (the consumer's link) */
     char model_path[4096], model_id[256], erm_path[4096], host[256], consumer_name[128];
     char transport[16];
     int transport_device, nccl_world_size;

@@ -162,6 +162,7 @@ int gateway_config_from_json(gateway_config *cfg, const json_t *root, const char
                                       err);
         if (!rc) rc = duel_json_get_int(redis, "port", 1, 65535, &port, src, err);
         if (!rc) cfg->redis_port = (int)port;
+        if (!rc) rc = redis_link_config_read(&cfg->redis_link, redis, source, err);
         if (!rc && json_object_get(redis, "stats_max_entries"))
             rc = duel_json_get_int(redis, "stats_max_entries", 100, 100000000,
                                    &cfg->stats_max_entries, src, err);

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "redis_link.h"
 #include "rollout_store.h"
 #include "stats_store.h"
 #include "timer.h"
@@ -89,14 +90,10 @@ static void change_free(change_job *j) {
 
 /* ---- Redis, on the thread ---------------------------------------------------------------- */
 
+/* The master (through the sentinels when configured), authenticated: redis_link.h. */
 static redisContext *connect_one(console *c) {
-    struct timeval tv = {c->cfg.timeout_ms / 1000, (c->cfg.timeout_ms % 1000) * 1000};
-    redisContext *rc = redisConnectWithTimeout(c->host, c->cfg.port, tv);
-    if (!rc || rc->err || redisSetTimeout(rc, tv) != REDIS_OK) {
-        if (rc) redisFree(rc);
-        return NULL;
-    }
-    return rc;
+    duel_error err = {0};
+    return redis_link_connect(c->cfg.link, c->host, c->cfg.port, c->cfg.timeout_ms, NULL, 0, &err);
 }
 
 static void disconnect(console *c) {

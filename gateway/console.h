@@ -45,6 +45,7 @@ typedef void (*console_done_fn)(void *ctx, uint64_t request_id, int status, cons
                                 const json_t *result);
 
 typedef struct console_config {
+    const struct redis_link_config *link; /* sentinels (redis_link.h); NULL: host:port */
     const char *host;
     int port;
     int timeout_ms;

@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "redis_link.h"
 #include "duel_backend.h"
 #include "error.h"
 #include "knobs.h"
@@ -29,6 +30,7 @@ typedef struct gateway_config {
     char redis_host[256];        /* "127.0.0.1" */
     int redis_port;              /* 6379 */
     int redis_timeout_ms;        /* 1000: connect and command timeout */
+    redis_link_config redis_link; /* redis.sentinels, master_name, ack_replicas, ack_timeout_ms */
     char web_root[1024];         /* "gateway/web" (relative to the working directory) */
     char spill_path[1024];       /* "": `duel serve` puts it at <data-dir>/gateway-spill.log */
     size_t max_frame_bytes;      /* 16384: inbound websocket message limit */

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "redis_link.h"
 #include "spill_log.h"
 #include "timer.h"
 
@@ -22,11 +23,24 @@
 #define REPLAY_BATCH 256  /* spilled votes pipelined per round trip */
 #define ARGV_MAX (VOTE_ENTRY_MAX_FIELDS * 2 + 8)
 
-/* Claims the vote id, then appends the entry; a replay of an already stored vote returns 0. */
+/* Appends the entry unless its vote id was stored before (a replay of a stored vote returns 0),
+ * then claims the id. The claim comes after the XADD: a script is atomic but not rolled back, so
+ * an XADD that fails (a wrong-type key, a refused write) must leave no claim behind, or the
+ * vote's replay from the spill log would be taken for a duplicate and the vote lost. A replay of a
+ * stored vote still writes (the claim's expiry), so that a WAIT after it covers the earlier XADD:
+ * replicas apply the master's writes in order. */
 static const char VOTE_SCRIPT[] =
-    "if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then return 0 end\n"
+    "if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) return 0 end\n"
     "redis.call('XADD', KEYS[2], '*', unpack(ARGV, 2))\n"
+    "redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])\n"
     "return 1\n";
+
+/* A conversation's save in one command (HSET, then EXPIRE), so that a pipeline holds one reply
+ * per save: two commands per save once let a failed append of the second leave the first's reply
+ * unread, and the next vote took it for its own (acknowledged on the wrong reply). */
+static const char SAVE_SCRIPT[] =
+    "redis.call('HSET', KEYS[1], 'turns', ARGV[2], 'arm', ARGV[3], 'created', ARGV[4])\n"
+    "return redis.call('EXPIRE', KEYS[1], ARGV[1])\n";
 
 typedef enum job_kind { JOB_VOTE, JOB_SAVE, JOB_LOAD } job_kind;
 
@@ -85,22 +99,57 @@ static void disconnect(redis_worker *w) {
     update_spill_stats(w);
 }
 
+/* Every pipelined command goes through here: the test hook may refuse it as an out-of-memory
+ * hiredis would (nothing appended). */
+static bool append_command(redis_worker *w, int argc, const char **argv, const size_t *lens) {
+    if (w->cfg.append_fault && w->cfg.append_fault(w->cfg.fault_ctx, argv[0])) return false;
+    return redisAppendCommandArgv(w->rc, argc, argv, lens) == REDIS_OK;
+}
+
+static int ack_replicas(const redis_worker *w) { return w->cfg.link ? w->cfg.link->ack_replicas : 0; }
+
 static struct timeval ms_to_tv(int ms) {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
     return tv;
 }
 
+/* Through redis_link: the master (asked of the sentinels again at each reconnect, so a failover
+ * is followed), authenticated. With ack_replicas the command timeout leaves room for WAIT. */
 static void try_connect(redis_worker *w) {
     if (w->rc || duel_time_seconds() < w->next_connect) return;
-    redisContext *c = redisConnectWithTimeout(w->host, w->cfg.port, ms_to_tv(w->cfg.timeout_ms));
-    if (!c || c->err || redisSetTimeout(c, ms_to_tv(w->cfg.timeout_ms)) != REDIS_OK) {
-        if (c) redisFree(c);
+    duel_error err = {0};
+    char addr[300];
+    redisContext *c = redis_link_connect(w->cfg.link, w->host, w->cfg.port, w->cfg.timeout_ms, addr, sizeof addr, &err);
+    if (c && ack_replicas(w) > 0 &&
+        redisSetTimeout(c, ms_to_tv(w->cfg.timeout_ms + w->cfg.link->ack_timeout_ms)) != REDIS_OK) {
+        redisFree(c);
+        c = NULL;
+    }
+    if (!c) {
         w->next_connect = duel_time_seconds() + w->cfg.retry_ms / 1000.0;
         return;
     }
-    redisEnableKeepAlive(c);
     w->rc = c;
     update_spill_stats(w);
+}
+
+/* After the votes' replies: WAIT for the replicas redis.ack_replicas asks; true when they
+ * confirmed (or none are asked). False leaves the votes to the spill log, to be replayed (and
+ * waited for) again: a vote is acknowledged as stored only once it is as durable as promised. */
+static bool replicas_confirm(redis_worker *w) {
+    int n = ack_replicas(w);
+    if (n <= 0) return true;
+    redisReply *r = redisCommand(w->rc, "WAIT %d %d", n, w->cfg.link->ack_timeout_ms);
+    if (!r) {
+        disconnect(w);
+        return false;
+    }
+    bool ok = r->type == REDIS_REPLY_INTEGER && r->integer >= n;
+    bool failover = redis_link_reply_is_failover(r);
+    freeReplyObject(r);
+    if (failover) disconnect(w);
+    if (!ok) stat_add(w, &w->stats.votes_unreplicated, 1);
+    return ok;
 }
 
 /* One vote's fields: the encoder's (live votes) or unpacked from the spill log (replays). */
@@ -139,7 +188,7 @@ static size_t pipeline_votes(redis_worker *w, const vote_fields *recs, size_t n)
     size_t appended = 0;
     for (size_t i = 0; i < n; i++) {
         int argc = vote_argv(w, &recs[i], argv, lens, dedup, sizeof dedup, ttl, sizeof ttl);
-        if (argc < 0 || redisAppendCommandArgv(w->rc, argc, argv, lens) != REDIS_OK) break;
+        if (argc < 0 || !append_command(w, argc, argv, lens)) break;
         appended++;
     }
     size_t stored = 0;
@@ -151,8 +200,11 @@ static size_t pipeline_votes(redis_worker *w, const vote_fields *recs, size_t n)
         if (!ok) break;
         stored++;
     }
-    if (stored < n) disconnect(w);
-    return stored;
+    if (stored < n) {
+        disconnect(w);
+        return stored; /* not waited for: the caller spills them all the same as the rest */
+    }
+    return stored > 0 && !replicas_confirm(w) ? 0 : stored;
 }
 
 /* Replays spilled votes while Redis answers. */
@@ -237,6 +289,8 @@ static void process_votes(redis_worker *w, job **votes, size_t n) {
     spill_votes(w, votes + stored, n - stored);
 }
 
+/* Pipelines one SAVE_SCRIPT per conversation and reads exactly the replies of the commands
+ * appended (a save whose append fails is dropped: the local cache still has it). */
 static void save_conversations(redis_worker *w, job **saves, size_t n) {
     if (!w->rc || n == 0) return; /* the gateway's local cache carries on without Redis */
     char ttl[32];
@@ -255,16 +309,13 @@ static void save_conversations(redis_worker *w, job **saves, size_t n) {
         char arm_s[32], created_s[32];
         snprintf(arm_s, sizeof arm_s, "%lld", arm);
         snprintf(created_s, sizeof created_s, "%lld", created);
-        const char *hset[] = {"HSET", key, "turns", turns_text, "arm", arm_s, "created", created_s};
-        size_t hlen[8];
-        for (int k = 0; k < 8; k++) hlen[k] = strlen(hset[k]);
-        const char *exp[] = {"EXPIRE", key, ttl};
-        size_t elen[] = {6, strlen(key), strlen(ttl)};
-        int a = redisAppendCommandArgv(w->rc, 8, hset, hlen);
-        int b = redisAppendCommandArgv(w->rc, 3, exp, elen);
+        const char *argv[] = {"EVAL", SAVE_SCRIPT, "1", key, ttl, turns_text, arm_s, created_s};
+        size_t lens[8];
+        for (int k = 0; k < 8; k++) lens[k] = strlen(argv[k]);
+        bool ok = append_command(w, 8, argv, lens);
         free(turns_text);
-        if (a != REDIS_OK || b != REDIS_OK) break;
-        appended += 2;
+        if (!ok) break;
+        appended++;
     }
     for (size_t i = 0; i < appended; i++) {
         redisReply *reply = NULL;

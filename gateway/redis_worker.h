@@ -1,11 +1,13 @@
 /* redis_worker.h: the gateway's Redis thread. It owns the hiredis connection (synchronous API with
  * connect and command timeouts) and the spill log, and serves jobs queued by the lws thread:
- * - votes: XADDed to duel:prefs through a script that first claims duel:vote:{vote_id} (SET NX),
+ * - votes: XADDed to duel:prefs through a script that skips a vote id already claimed
+ *   (duel:vote:{vote_id}) and claims it after the XADD,
  *   so a vote replayed after an unanswered XADD is stored once. Acknowledged as stored when Redis
  *   answered; when Redis is down or slow the vote is appended to the fsynced spill log and
  *   acknowledged as queued; spilled votes are replayed in order as soon as Redis answers again,
  *   and new votes go behind them (to the log) until it is empty.
- * - conversation saves (HSET duel:conv:{id} + EXPIRE; dropped when Redis is away) and loads.
+ * - conversation saves (HSET duel:conv:{id} + EXPIRE in one script; dropped when Redis is away)
+ *   and loads.
  * - the rollout (GET duel:rollout every rollout_poll_ms), published with a generation number
  *   that changes only when its text does.
  * Results are reported through a callback run on this thread (the gateway queues them and wakes
@@ -20,7 +22,10 @@
 #include "error.h"
 #include "vote_entry.h"
 
+struct redis_link_config;
+
 typedef struct redis_worker_config {
+    const struct redis_link_config *link; /* sentinels, ack_replicas (redis_link.h); NULL: host:port, no WAIT */
     const char *host;
     int port;
     int timeout_ms;            /* connect and per-command timeout */
@@ -30,6 +35,10 @@ typedef struct redis_worker_config {
     long long conversation_ttl_s;
     long long vote_dedup_ttl_s; /* lifetime of duel:vote:{id} markers */
     int rollout_poll_ms;
+    /* Tests only (NULL in production): asked before each pipelined command (its name, e.g.
+     * "EVAL") is appended; true makes that append fail as an out-of-memory hiredis would. */
+    bool (*append_fault)(void *fault_ctx, const char *command);
+    void *fault_ctx;
 } redis_worker_config;
 
 typedef enum redis_result_kind {
@@ -56,6 +65,7 @@ typedef struct redis_worker_stats {
     uint64_t votes_spilled;    /* votes appended to the spill log */
     uint64_t votes_replayed;   /* spilled votes later stored */
     uint64_t votes_failed;
+    uint64_t votes_unreplicated; /* pipelines WAIT found on fewer replicas than redis.ack_replicas */
     uint64_t spill_pending;    /* in the log, not yet replayed */
     uint64_t spill_corrupt;    /* records skipped at open for a bad CRC */
     bool connected;

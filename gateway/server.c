@@ -194,7 +194,8 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
         goto fail;
     }
     redis_worker_config rcfg = {
-        .host = cfg->redis_host, .port = cfg->redis_port, .timeout_ms = cfg->redis_timeout_ms,
+        .link = &gw->cfg.redis_link, .host = cfg->redis_host, .port = cfg->redis_port,
+        .timeout_ms = cfg->redis_timeout_ms,
         .retry_ms = 250, .spill_path = cfg->spill_path, .stream_key = gateway_vote_stream(gw),
         .conversation_ttl_s = cfg->conversation_ttl_s, .vote_dedup_ttl_s = 7 * 86400,
         .rollout_poll_ms = 5000};
@@ -252,7 +253,7 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
             if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
                   *p == '_' || *p == '.' || *p == ':' || *p == '@' || *p == '-'))
                 *p = '_';
-        console_config ccfg = {.host = cfg->redis_host, .port = cfg->redis_port,
+        console_config ccfg = {.link = &gw->cfg.redis_link, .host = cfg->redis_host, .port = cfg->redis_port,
                                .timeout_ms = cfg->redis_timeout_ms, .prefix = "duel:",
                                .instance = instance, .stats_max_entries = cfg->stats_max_entries,
                                .knobs_poll_ms = cfg->knobs_poll_ms,
@@ -263,7 +264,7 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
     if ((rc = gw->backend.start(gw->backend.impl, backend_sink, gw, err))) goto fail;
     gw->backend_started = true;
     if (cfg->snapshot_loader) {
-        snapshot_loader_config lcfg = {.host = cfg->redis_host, .port = cfg->redis_port,
+        snapshot_loader_config lcfg = {.link = &gw->cfg.redis_link, .host = cfg->redis_host, .port = cfg->redis_port,
                                        .timeout_ms = cfg->redis_timeout_ms,
                                        .poll_ms = cfg->snapshot_poll_ms};
         if ((rc = snapshot_loader_create(&lcfg, &gw->backend, &gw->loader, err))) goto fail;

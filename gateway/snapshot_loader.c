@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "redis_link.h"
 #include "snapshot.h"
 #include "timer.h"
 
@@ -41,13 +42,9 @@ struct snapshot_loader {
     snapshot_loader_stats stats;
 };
 
-static struct timeval ms_to_tv(int ms) {
-    return (struct timeval){ms / 1000, (ms % 1000) * 1000};
-}
-
 static void set_error(snapshot_loader *l, const char *message) {
     pthread_mutex_lock(&l->mu);
-    snprintf(l->stats.last_error, sizeof l->stats.last_error, "%s", message);
+    snprintf(l->stats.last_error, sizeof l->stats.last_error, "%.*s", (int)sizeof l->stats.last_error - 1, message);
     pthread_mutex_unlock(&l->mu);
 }
 
@@ -60,16 +57,11 @@ static void disconnect(snapshot_loader *l) {
     pthread_mutex_unlock(&l->mu);
 }
 
+/* The master (through the sentinels when configured), authenticated: redis_link.h. */
 static redisContext *connect_one(snapshot_loader *l) {
-    redisContext *c = redisConnectWithTimeout(l->host, l->cfg.port, ms_to_tv(l->cfg.timeout_ms));
-    if (!c || c->err || redisSetTimeout(c, ms_to_tv(l->cfg.timeout_ms)) != REDIS_OK) {
-        char message[512];
-        snprintf(message, sizeof message, "redis %.200s:%d: %.200s", l->host, l->cfg.port,
-                 c ? c->errstr : "out of memory");
-        set_error(l, message);
-        if (c) redisFree(c);
-        return NULL;
-    }
+    duel_error err = {0};
+    redisContext *c = redis_link_connect(l->cfg.link, l->host, l->cfg.port, l->cfg.timeout_ms, NULL, 0, &err);
+    if (!c) set_error(l, err.message);
     return c;
 }
 
@@ -146,7 +138,7 @@ static void refuse(snapshot_loader *l, long long v, const char *why) {
     fprintf(stderr, "duel serve: %s (serving continues on the current arm)\n", message);
     pthread_mutex_lock(&l->mu);
     l->stats.rejected++;
-    snprintf(l->stats.last_error, sizeof l->stats.last_error, "%s", message);
+    snprintf(l->stats.last_error, sizeof l->stats.last_error, "%.*s", (int)sizeof l->stats.last_error - 1, message);
     pthread_mutex_unlock(&l->mu);
 }
 

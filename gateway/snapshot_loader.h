@@ -21,6 +21,7 @@
 #define SNAPSHOT_LOADER_DEFAULT_POLL_MS 3000
 
 typedef struct snapshot_loader_config {
+    const struct redis_link_config *link; /* sentinels (redis_link.h); NULL: host:port */
     const char *host;
     int port;
     int timeout_ms;       /* connect and command timeout; 0: 1000 */

@@ -7,10 +7,11 @@ DUEL_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DUEL_JOBS=$(nproc 2>/dev/null || echo 2)
 
 # Debian packages the build, the tests and the tools need (the gateway: redis, hiredis, lws; the
-# browser tests: chromium; models/build.sh: wordnet-base; ops/prometheus: prometheus, with
-# promtool, for the rule checks and the scrape test; duel sim sweep's plots: matplotlib).
+# Sentinel test: redis-sentinel; the browser tests: chromium; models/build.sh: wordnet-base;
+# ops/prometheus: prometheus, with promtool, for the rule checks and the scrape test; duel sim
+# sweep's plots: matplotlib).
 DUEL_PACKAGES=(build-essential cmake pkg-config libjansson-dev libopenblas-dev libcmocka-dev
-    python3-torch python3-numpy clang libclang-rt-14-dev redis-server libhiredis-dev
+    python3-torch python3-numpy clang libclang-rt-14-dev redis-server redis-sentinel libhiredis-dev
     libwebsockets-dev chromium wordnet-base prometheus python3-matplotlib)
 
 duel_section() { printf '\n===== %s =====\n' "$*"; }

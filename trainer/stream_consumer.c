@@ -14,6 +14,7 @@
 
 #include "json_util.h"
 #include "lm_trainer.h"
+#include "redis_link.h"
 #include "snapshot.h"
 #include "snapshot_write.h"
 #include "timer.h"
@@ -795,14 +796,14 @@ static int copy_opt(char *dst, size_t cap, const char *src, const char *what, du
 static int start(stream_consumer *c, duel_error *err) {
     if (c->rc) redisFree(c->rc);
     c->lost = false;
-    struct timeval tv = {c->o.timeout_ms / 1000, (c->o.timeout_ms % 1000) * 1000};
-    c->rc = redisConnectWithTimeout(c->host, c->o.port, tv);
-    if (!c->rc || c->rc->err) {
-        c->lost = true;
-        return duel_error_set(err, DUEL_EIO, "redis %s:%d: cannot connect: %s", c->host, c->o.port,
-                              c->rc ? c->rc->errstr : "out of memory");
+    /* The master, through the sentinels when configured (a reconnect after a failover finds the
+     * new one), authenticated from the environment: redis_link.h. */
+    duel_error link_err = {0};
+    c->rc = redis_link_connect(c->o.link, c->host, c->o.port, c->o.timeout_ms, NULL, 0, &link_err);
+    if (!c->rc) {
+        c->lost = link_err.code != DUEL_EINVAL; /* refused credentials do not come back by waiting */
+        return duel_error_set(err, link_err.code, "%s", link_err.message);
     }
-    redisSetTimeout(c->rc, tv);
     const char *create[] = {"XGROUP", "CREATE", c->stream, c->group, "0", "MKSTREAM"};
     redisReply *r = redisCommandArgv(c->rc, 6, create, NULL);
     if (!r) {

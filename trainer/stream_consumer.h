@@ -62,6 +62,7 @@
 #include "weight_transport.h"
 
 typedef struct stream_consumer_options {
+    const struct redis_link_config *link; /* sentinels (redis_link.h); NULL: host:port */
     const char *host;        /* 127.0.0.1 */
     int port;                /* 6379 */
     const char *stream;      /* duel:prefs */

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "redis_link.h"
 #include "snapshot.h"
 #include "weight_transport_cuda.h"
 
@@ -53,14 +54,8 @@ const char *weight_transport_kind_name(weight_transport_kind k) {
 /* ---- Redis ------------------------------------------------------------------------------ */
 
 static int redis_connect(weight_transport *t, duel_error *err) {
-    struct timeval tv = {t->o.timeout_ms / 1000, (t->o.timeout_ms % 1000) * 1000};
-    t->redis = redisConnectWithTimeout(t->host, t->o.redis_port, tv);
-    if (!t->redis || t->redis->err)
-        return duel_error_set(err, DUEL_EIO, "%s transport: redis %s:%d: cannot connect: %s",
-                              KIND_NAMES[t->o.kind], t->host, t->o.redis_port,
-                              t->redis ? t->redis->errstr : "out of memory");
-    redisSetTimeout(t->redis, tv);
-    return 0;
+    t->redis = redis_link_connect(t->o.link, t->host, t->o.redis_port, t->o.timeout_ms, NULL, 0, err);
+    return t->redis ? 0 : duel_error_prefix(err, "%s transport", KIND_NAMES[t->o.kind]);
 }
 
 static int redis_set(weight_transport *t, const char *key, const void *value, size_t len, duel_error *err) {

@@ -38,6 +38,7 @@ typedef struct weight_transport_options {
     weight_transport_kind kind;
     weight_transport_role role;
     const char *data_dir;     /* file: snapshots live under <data_dir>/snapshots */
+    const struct redis_link_config *link; /* sentinels (redis_link.h); NULL: redis_host:redis_port */
     const char *redis_host;   /* cuda_ipc, nccl: where the handle or id is exchanged: 127.0.0.1 */
     int redis_port;           /* 6379 */
     const char *key_prefix;   /* "duel:" */

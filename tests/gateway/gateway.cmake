@@ -26,6 +26,9 @@ endif()
 duel_test(test_gateway_snapshot_swap ${CMAKE_CURRENT_LIST_DIR}/test_snapshot_swap.c)
 set_tests_properties(test_gateway_snapshot_swap PROPERTIES TIMEOUT 300 RUN_SERIAL TRUE
                      SKIP_RETURN_CODE 77)
+# The Redis thread when a pipelined command fails: no reply read for another command's, a
+# refused XADD spilled and replayed once.
+duel_test(test_gateway_redis_worker ${CMAKE_CURRENT_LIST_DIR}/test_redis_worker.c)
 # The A/B router: spec parsing and pinning, and the Redis thread's once-per-change feed.
 duel_test(test_gateway_rollout ${CMAKE_CURRENT_LIST_DIR}/test_rollout.c)
 # Hostile clients (issue 21): descriptors exhausted, upgrades without duel.v1, connection caps,

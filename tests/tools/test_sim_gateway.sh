@@ -100,32 +100,22 @@ EOF
 cat "$TMP/paced-acked.txt" >>"$TMP/acked.txt"
 VOTES=$((VOTES + PACED))
 
-# The stream's duel ids and choices (Lua, so that binary fields stay in Redis).
-FIELD='local r = redis.call("XRANGE", KEYS[1], "-", "+"); local out = {};
-for _, e in ipairs(r) do local f = e[2]; for j = 1, #f, 2 do if f[j] == ARGV[1] then out[#out + 1] = f[j + 1] end end end;
-return out'
-redis --raw EVAL "$FIELD" 1 duel:prefs duel_id | sort >"$TMP/stream-ids.txt"
-sort "$TMP/acked.txt" >"$TMP/acked-sorted.txt"
-[ "$(wc -l <"$TMP/acked-sorted.txt")" -eq "$VOTES" ] || fail "acked file has $(wc -l <"$TMP/acked.txt") lines, expected $VOTES"
-[ -z "$(uniq -d "$TMP/stream-ids.txt")" ] || fail "duel ids twice in duel:prefs: $(uniq -d "$TMP/stream-ids.txt" | head -3)"
+# shellcheck source=ops/vote_checks.sh
+source "$SRC/ops/vote_checks.sh"
+REDIS_ARGS="-p $RPORT" duel_compare_acked "$TMP/acked.txt" duel:prefs "$TMP"
+[ "$DUEL_ACKED" -eq "$VOTES" ] || fail "acked file has $DUEL_ACKED lines, expected $VOTES"
+[ "$DUEL_DUPLICATED" -eq 0 ] || fail "duel ids twice in duel:prefs: $(uniq -d "$TMP/stream-ids.txt" | head -3)"
 cmp -s "$TMP/acked-sorted.txt" "$TMP/stream-ids.txt" ||
     fail "acknowledged votes and duel:prefs differ: $(diff "$TMP/acked-sorted.txt" "$TMP/stream-ids.txt" | head -5)"
-AB=$(redis --raw EVAL "$FIELD" 1 duel:prefs choice | grep -cE '^(a|b)$')
-OTHER=$(redis --raw EVAL "$FIELD" 1 duel:prefs choice | grep -cvE '^(a|b)$')
+AB=$(REDIS_ARGS="-p $RPORT" duel_stream_field duel:prefs choice | grep -cE '^(a|b)$')
+OTHER=$(REDIS_ARGS="-p $RPORT" duel_stream_field duel:prefs choice | grep -cvE '^(a|b)$')
 
 echo "== $(date +%T) every acknowledged vote is in duel:prefs once; waiting for the trainer"
-# Applied once: wait until the trainer has accounted for every entry (applied, in its partial
-# batch, or counted as a tie or both-bad: its status), then stop it (its last checkpoint holds
-# all it read) and read its counters. A partial batch stays pending in the group until that last
-# checkpoint, so XPENDING reaches 0 only after the stop.
+# Applied once: wait until the trainer has read every entry, then stop it (its last checkpoint
+# holds all it read) and read its counters. A partial batch stays pending in the group until that
+# last checkpoint, so XPENDING reaches 0 only after the stop.
 status() { redis --raw HGET duel:trainer:status "$1"; }
-counted() { local v; v=$(status "$1"); echo "${v:-0}"; }
-TOTAL=$(redis XLEN duel:prefs)
-for _ in $(seq 600); do
-    seen=$(($(counted prefs_applied) + $(counted pending_pairs) + $(counted ties) + $(counted both_bad)))
-    [ "$seen" -ge "$TOTAL" ] && break
-    sleep 0.1
-done
+for _ in $(seq 600); do REDIS_ARGS="-p $RPORT" duel_group_read_all && break; sleep 0.1; done
 echo "== $(date +%T) stopping the trainer"
 kill -TERM "$TRAIN"
 wait "$TRAIN" || fail "duel train exited with $?: $(tail -3 "$TMP/train.log")"
