@@ -7,7 +7,10 @@
 if(NOT DUEL_SANITIZE)
   add_test(NAME test_chaos COMMAND bash ${PROJECT_SOURCE_DIR}/ops/chaos --votes 2000 --kills 2 --seed 7
            --no-replay --duel $<TARGET_FILE:duel>)
-  set_tests_properties(test_chaos PROPERTIES TIMEOUT 300 RUN_SERIAL TRUE ENVIRONMENT
+  # Not RUN_SERIAL: nothing in it is timed (each wait polls up to a generous limit), and alone it
+  # would hold CI's second core idle for its whole run (about 100 s); it passed beside other
+  # tests at load 10-20 in 148 s.
+  set_tests_properties(test_chaos PROPERTIES TIMEOUT 400 ENVIRONMENT
     "DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp;DUEL_PYTHON=${DUEL_PYTHON}")
 endif()
 
