@@ -213,6 +213,7 @@ int cmd_train_service(int argc, char **argv) {
     c->consumer.tokenizer_dir = c->model_path;
     c->consumer.base_model = c->model_path;
     c->consumer.log = log_line;
+    c->consumer.wait_for_redis = true; /* may start before its Redis (systemd, ops/up): run connects */
     online_trainer *trainer = NULL;
     stream_consumer *consumer = NULL;
     weight_transport *transport = NULL;

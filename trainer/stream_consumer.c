@@ -28,6 +28,7 @@ struct stream_consumer {
     char prefix[KEY_MAX], data_dir[4096], tokenizer_dir[4096], base_model[4096];
     redisContext *rc;
     bool lost;                 /* the last failure was Redis going away (redis_error_is_transient) */
+    bool never_connected;      /* opened with wait_for_redis before Redis answered */
     online_trainer *trainer;
     float *transport_block; /* the block a GPU transport sends (lm_model_export_block) */
     bool pending_phase;
@@ -873,7 +874,10 @@ int stream_consumer_open(const stream_consumer_options *o, online_trainer *train
         if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
               *p == '_' || *p == '.' || *p == ':' || *p == '@' || *p == '-'))
             *p = '_';
-    if ((rc = start(c, err))) goto fail;
+    if ((rc = start(c, err))) {
+        if (!(o->wait_for_redis && c->lost)) goto fail;
+        c->never_connected = true; /* stream_consumer_run connects (reconnect) */
+    }
     *out = c;
     return 0;
 fail:
@@ -920,10 +924,14 @@ static int reconnect(stream_consumer *c, const stream_consumer_run_options *run,
     }
     online_trainer_status s;
     online_trainer_get_status(c->trainer, &s);
-    log_line(c, "redis %s:%d went away (%s); the checkpoint holds step %lld, %lld prefs applied and %d pending "
-             "(last applied id '%s'); reconnecting", c->host, c->o.port, err ? err->message : "connection lost",
-             (long long)s.step, (long long)s.prefs_applied, online_trainer_pending_pairs(c->trainer),
-             s.last_applied_id);
+    if (c->never_connected)
+        log_line(c, "redis %s:%d does not answer yet (%s); connecting with backoff", c->host, c->o.port,
+                 err ? err->message : "not reachable");
+    else
+        log_line(c, "redis %s:%d went away (%s); the checkpoint holds step %lld, %lld prefs applied and %d "
+                 "pending (last applied id '%s'); reconnecting", c->host, c->o.port,
+                 err ? err->message : "connection lost", (long long)s.step, (long long)s.prefs_applied,
+                 online_trainer_pending_pairs(c->trainer), s.last_applied_id);
     const int max_ms = run->reconnect_max_ms > 0 ? run->reconnect_max_ms : RECONNECT_DEFAULT_MAX_MS;
     int wait_ms = RECONNECT_FIRST_MS;
     for (int attempt = 1;; attempt++) {
@@ -931,8 +939,13 @@ static int reconnect(stream_consumer *c, const stream_consumer_run_options *run,
         if (run->idle_exit_ms > 0 && (duel_time_seconds() - lost_at) * 1000.0 >= run->idle_exit_ms) return 0;
         duel_error e = {0};
         if ((rc = start(c, &e)) == 0) {
-            log_line(c, "redis %s:%d is back after %.1f s (%d attempts); resuming from the checkpoint: own pending "
-                     "entries first", c->host, c->o.port, duel_time_seconds() - lost_at, attempt);
+            if (c->never_connected)
+                log_line(c, "redis %s:%d answers after %.1f s (%d attempts)", c->host, c->o.port,
+                         duel_time_seconds() - lost_at, attempt);
+            else
+                log_line(c, "redis %s:%d is back after %.1f s (%d attempts); resuming from the checkpoint: own "
+                         "pending entries first", c->host, c->o.port, duel_time_seconds() - lost_at, attempt);
+            c->never_connected = false;
             return 0;
         }
         if (!c->lost) { /* Redis answers but something else failed (the disk, a bad reply) */
@@ -947,8 +960,17 @@ static int reconnect(stream_consumer *c, const stream_consumer_run_options *run,
 }
 
 int stream_consumer_run(stream_consumer *c, const stream_consumer_run_options *run, duel_error *err) {
-    double idle_since = duel_time_seconds();
     int rc = 0;
+    if (c->never_connected) { /* opened before Redis answered (wait_for_redis) */
+        duel_error first = {0};
+        snprintf(first.message, sizeof first.message, "not reachable");
+        if ((rc = reconnect(c, run, &first)) != 0) {
+            *err = first;
+            return rc;
+        }
+        if (c->lost) return 0; /* stopped (or idle) before Redis ever answered: nothing to flush */
+    }
+    double idle_since = duel_time_seconds();
     while (!(run->stop && *run->stop)) {
         int n = 0;
         if ((rc = stream_consumer_poll(c, &n, err)) != 0) {

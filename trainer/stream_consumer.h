@@ -90,6 +90,10 @@ typedef struct stream_consumer_options {
     int stats_interval_ms;
     long long stats_max_entries; /* MAXLEN ~ of duel:stats: 40000 */
     const char *instance;        /* the entries' instance name; NULL: "train@HOST:CONSUMER" */
+    /* Redis not answering at open is not an error: open returns the consumer unconnected and
+     * stream_consumer_run connects first, with the reconnection's backoff (`duel train` may
+     * start before its Redis, as under systemd or ops/up). false: open fails (DUEL_EIO). */
+    bool wait_for_redis;
 } stream_consumer_options;
 
 typedef struct stream_consumer_stats {
@@ -107,7 +111,8 @@ typedef struct stream_consumer stream_consumer;
 void stream_consumer_default_options(stream_consumer_options *out);
 
 /* Connects, creates the group, re-registers the trainer's latest snapshot. The trainer is
- * borrowed. DUEL_EIO naming host:port when Redis does not answer. */
+ * borrowed. DUEL_EIO naming host:port when Redis does not answer, unless wait_for_redis (then
+ * stream_consumer_run connects). */
 int stream_consumer_open(const stream_consumer_options *options, online_trainer *trainer,
                          stream_consumer **out, duel_error *err);
 void stream_consumer_close(stream_consumer *consumer);
@@ -124,7 +129,8 @@ int stream_consumer_poll(stream_consumer *consumer, int *processed, duel_error *
  * same work succeeds once it is back) it checkpoints what was offered since the last checkpoint,
  * then reconnects, pausing 100 ms, doubling up to reconnect_max_ms, until Redis answers (or the
  * run is stopped, or idle_exit_ms passes), and starts again as stream_consumer_open does, own
- * pending entries first. At the end it checkpoints and acknowledges whatever was offered (a
+ * pending entries first. A consumer opened before its Redis answered (wait_for_redis) connects
+ * the same way before its first round. At the end it checkpoints and acknowledges whatever was offered (a
  * clean stop; when Redis is away, the checkpoint alone). 0 when stopped or idle; an error that
  * is not Redis going away (the disk, a bad reply) ends the run with that error. */
 typedef struct stream_consumer_run_options {

@@ -118,7 +118,9 @@
   function connect() {
     const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
     setStatus(ws ? 'Reconnecting…' : 'Connecting…', false);
-    ws = new WebSocket(`${proto}//${location.host}/`, 'duel.v1');
+    // ?client= is for a load balancer in front of several gateways (ops/lb hashes it): every
+    // socket of this browser reaches the gateway that holds its unvoted duels. Gateways ignore it.
+    ws = new WebSocket(`${proto}//${location.host}/?client=${client}`, 'duel.v1');
     ws.onopen = () => {
       backoff = 500;
       const hello = {type: 'hello', client};

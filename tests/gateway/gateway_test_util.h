@@ -197,17 +197,18 @@ static inline int ws_fill(ws_client *c, int timeout_ms) {
     return 0;
 }
 
-/* Connects and upgrades. Returns 101 on success, else the HTTP status (or -1). */
-static inline int ws_connect(ws_client *c, int port, const char *origin) {
+/* Connects and upgrades on path (e.g. "/?client=ID", as the page does behind a load balancer).
+ * Returns 101 on success, else the HTTP status (or -1). */
+static inline int ws_connect_path(ws_client *c, int port, const char *path, const char *origin) {
     memset(c, 0, sizeof *c);
     c->fd = tu_tcp_connect(port);
     if (c->fd < 0) return -1;
     char req[1024];
     int n = snprintf(req, sizeof req,
-                     "GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+                     "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                      "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: duel.v1\r\n%s%s%s\r\n",
-                     port, origin ? "Origin: " : "", origin ? origin : "", origin ? "\r\n" : "");
+                     path, port, origin ? "Origin: " : "", origin ? origin : "", origin ? "\r\n" : "");
     if (tu_write_all(c->fd, req, (size_t)n)) return -1;
     for (;;) {
         unsigned char *end = NULL;
@@ -226,6 +227,11 @@ static inline int ws_connect(ws_client *c, int port, const char *origin) {
         }
         if (ws_fill(c, 5000)) return -1;
     }
+}
+
+/* Connects and upgrades on "/". */
+static inline int ws_connect(ws_client *c, int port, const char *origin) {
+    return ws_connect_path(c, port, "/", origin);
 }
 
 static inline int ws_send_frame(ws_client *c, int opcode, bool fin, const void *data, size_t len) {

@@ -4,7 +4,9 @@
  * applied, once with a partial batch pending in memory. Each time it must stay up, log that
  * Redis went away and came back, and go on applying the votes XADDed after the restart; at the
  * end (SIGTERM, exit status 0) every vote is applied exactly once: the counts in its checkpoint,
- * every vote id once, no duplicates, nothing pending in the group. */
+ * every vote id once, no duplicates, nothing pending in the group. A trainer started while its
+ * Redis is down (systemd or ops/up starting the parts in any order; it used to exit at once with
+ * "cannot connect") waits, connects once Redis is up and applies the votes queued before. */
 #ifndef DUEL_EXE
 #error "DUEL_EXE (path of the duel executable) must be defined by the build"
 #endif
@@ -83,13 +85,13 @@ static char *read_text(const char *path) {
     return contents;
 }
 
-static void test_survives_redis_restarts(void **state) {
-    (void)state;
-    char root[512], config[700], data[700], log[700], text[2048];
-    test_make_temp_dir("train-redis-restart", root, sizeof root);
-    snprintf(config, sizeof config, "%s/config.json", root);
-    snprintf(data, sizeof data, "%s/data", root);
-    snprintf(log, sizeof log, "%s/train.log", root);
+/* A folder for one run: its config (batches of 4, a checkpoint per batch), data and log paths. */
+static void make_run_dir(const char *tag, char *root, char *config, char *data, char *log) {
+    char text[2048];
+    test_make_temp_dir(tag, root, 512);
+    snprintf(config, 700, "%s/config.json", root);
+    snprintf(data, 700, "%s/data", root);
+    snprintf(log, 700, "%s/train.log", root);
     snprintf(text, sizeof text,
              "{\"model\":{\"path\":\"%s\",\"id\":\"tiny\"},\"erm\":{\"num_heads\":4,\"hidden\":32,\"min_pairs\":4},"
              "\"trainer\":{\"batch_size\":4,\"max_batch_size\":4,\"lr\":0.001,\"min_lr\":0.0001,\"warmup_steps\":2,"
@@ -97,38 +99,34 @@ static void test_survives_redis_restarts(void **state) {
              "\"checkpoint_every\":1}}",
              online_test_model());
     test_write_file(config, text, strlen(text));
-    assert_int_equal(redis_fixture_start_with(&g_redis, "train-redis-restart", REDIS_SERVER_AOF_ALWAYS), 0);
-    vote_producer p;
-    vote_producer_init(&p, 77, 128, "tiny");
-    char ids[32][64];
+}
+
+/* Counts the occurrences of needle in the log (0 while the log does not exist yet). */
+static int count_in_log(const char *log, const char *needle) {
+    char *out = NULL;
+    size_t len = 0;
+    duel_error err = {0};
+    if (duel_file_read_all(log, 1 << 20, &out, &len, &err)) return 0;
     int n = 0;
-    add_votes(&p, 8, ids, &n);
-    g_trainer = online_test_spawn_train(g_redis.port, config, data, log, NULL);
-    wait_for_status(8, 0);
+    for (const char *at = out; (at = strstr(at, needle)) != NULL; at++) n++;
+    free(out);
+    return n;
+}
 
-    /* Redis dies while the trainer waits for votes; votes arrive after it is back. */
-    crash_redis();
-    add_votes(&p, 8, ids, &n);
-    wait_for_status(16, 0);
+/* A folder for the run (make_run_dir), its redis-server (AOF always), a vote producer. */
+static void start_run(const char *tag, unsigned seed, vote_producer *p, char *root, char *config, char *data,
+                      char *log) {
+    make_run_dir(tag, root, config, data, log);
+    assert_int_equal(redis_fixture_start_with(&g_redis, tag, REDIS_SERVER_AOF_ALWAYS), 0);
+    vote_producer_init(p, seed, 128, "tiny");
+}
 
-    /* Redis dies with two pairs of a batch pending in the trainer (taken, not acknowledged):
-     * the trainer checkpoints them; two more votes after the restart complete the batch. */
-    add_votes(&p, 6, ids, &n);
-    wait_for_status(20, 2);
-    crash_redis();
-    add_votes(&p, 2, ids, &n);
-    wait_for_status(24, 0);
-
+/* SIGTERM (exit status 0), then exactly once: the checkpoint's counts, each of the n vote ids
+ * once, no duplicates, nothing pending in the group. */
+static void stop_and_check_once(const char *data, char (*ids)[64], int n) {
     kill(g_trainer, SIGTERM);
     assert_int_equal(online_test_wait_exit(g_trainer, 60), 0);
     g_trainer = 0;
-    char *out = read_text(log);
-    int outages = 0, returns = 0;
-    for (const char *at = out; (at = strstr(at, "went away")) != NULL; at++) outages++;
-    for (const char *at = out; (at = strstr(at, "is back after")) != NULL; at++) returns++;
-    if (outages != 2 || returns != 2) fail_msg("the log does not tell of two outages and returns:\n%s", out);
-    free(out);
-    /* Exactly once: the checkpoint's counts and vote ids, and nothing pending. */
     char path[800];
     snprintf(path, sizeof path, "%s/trainer/checkpoint/state.json", data);
     json_t *st = NULL;
@@ -153,11 +151,72 @@ static void test_survives_redis_restarts(void **state) {
     assert_int_equal(r->element[0]->integer, 0);
     freeReplyObject(r);
     redisFree(c);
+}
+
+static void test_survives_redis_restarts(void **state) {
+    (void)state;
+    char root[512], config[700], data[700], log[700];
+    vote_producer p;
+    start_run("train-redis-restart", 77, &p, root, config, data, log);
+    char ids[32][64];
+    int n = 0;
+    add_votes(&p, 8, ids, &n);
+    g_trainer = online_test_spawn_train(g_redis.port, config, data, log, NULL);
+    wait_for_status(8, 0);
+
+    /* Redis dies while the trainer waits for votes; votes arrive after it is back. */
+    crash_redis();
+    add_votes(&p, 8, ids, &n);
+    wait_for_status(16, 0);
+
+    /* Redis dies with two pairs of a batch pending in the trainer (taken, not acknowledged):
+     * the trainer checkpoints them; two more votes after the restart complete the batch. */
+    add_votes(&p, 6, ids, &n);
+    wait_for_status(20, 2);
+    crash_redis();
+    add_votes(&p, 2, ids, &n);
+    wait_for_status(24, 0);
+
+    stop_and_check_once(data, ids, n);
+    if (count_in_log(log, "went away") != 2 || count_in_log(log, "is back after") != 2)
+        fail_msg("the log does not tell of two outages and returns:\n%s", read_text(log));
+    durable_remove_tree(root);
+}
+
+/* Redis down when the trainer starts: it keeps trying (logging it, not exiting) and, once Redis
+ * is up, applies the votes that were queued before it started, exactly once. */
+static void test_starts_before_redis(void **state) {
+    (void)state;
+    char root[512], config[700], data[700], log[700];
+    vote_producer p;
+    start_run("train-before-redis", 78, &p, root, config, data, log);
+    char ids[8][64];
+    int n = 0;
+    add_votes(&p, 8, ids, &n);
+    redis_server_stop(&g_redis, SIGTERM); /* the votes stay in its AOF; the port is known */
+    g_trainer = online_test_spawn_train(g_redis.port, config, data, log, NULL);
+    /* It must be waiting, not gone: two "still unreachable" lines (attempts 1 and 2) at least. */
+    for (int i = 0; i < 3000 && count_in_log(log, "still unreachable") < 2; i++) {
+        int status;
+        if (waitpid(g_trainer, &status, WNOHANG) == g_trainer) {
+            g_trainer = 0;
+            fail_msg("duel train exited (status %d) while Redis was down:\n%s",
+                     WIFEXITED(status) ? WEXITSTATUS(status) : 128, read_text(log));
+        }
+        online_test_sleep_ms(10);
+    }
+    assert_int_equal(count_in_log(log, "does not answer yet"), 1);
+    assert_int_equal(redis_fixture_restart(&g_redis), 0);
+    wait_for_status(8, 0);
+    stop_and_check_once(data, ids, n);
+    if (count_in_log(log, "answers after") != 1 || count_in_log(log, "went away") != 0)
+        fail_msg("the log does not tell of the wait and the connection:\n%s", read_text(log));
     durable_remove_tree(root);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test_teardown(test_starts_before_redis, teardown),
         cmocka_unit_test_teardown(test_survives_redis_restarts, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
