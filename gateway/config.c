@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "gateway.h"
+#include "http_route.h"
 #include "json_util.h"
 #include "rollout_spec.h"
 
@@ -42,6 +43,7 @@ static const int_key INT_KEYS[] = {
     INT_KEY(max_ask_bytes, 1, 1 << 20),
     INT_KEY(asks_per_minute_connection, 1, 1000000),
     INT_KEY(asks_per_minute_address, 1, 1000000),
+    INT_KEY(asks_pending_per_address, 1, 1000000),
     INT_KEY(connections_per_address, 1, 1000000),
     INT_KEY(max_connections, 1, 1000000),
     INT_KEY(max_turns, 1, 100000),
@@ -118,7 +120,30 @@ static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *so
             rc = get_string(value, source, key, cfg->tokens_file, sizeof cfg->tokens_file, err);
         else if (strcmp(key, "uplot_dir") == 0)
             rc = get_string(value, source, key, cfg->uplot_dir, sizeof cfg->uplot_dir, err);
-        else if (strcmp(key, "allowed_origins") == 0) {
+        else if (strcmp(key, "tls_cert") == 0)
+            rc = get_string(value, source, key, cfg->tls_cert, sizeof cfg->tls_cert, err);
+        else if (strcmp(key, "tls_key") == 0)
+            rc = get_string(value, source, key, cfg->tls_key, sizeof cfg->tls_key, err);
+        else if (strcmp(key, "trusted_proxies") == 0) {
+            if (!json_is_array(value) || json_array_size(value) > GATEWAY_MAX_TRUSTED_PROXIES)
+                return duel_error_set(err, DUEL_EFORMAT,
+                                      "%s: gateway.trusted_proxies must be an array of at most %d strings",
+                                      source, GATEWAY_MAX_TRUSTED_PROXIES);
+            size_t i;
+            json_t *o;
+            cfg->n_trusted_proxies = 0;
+            json_array_foreach(value, i, o) {
+                http_cidr c;
+                if (!json_is_string(o) || json_string_length(o) >= sizeof cfg->trusted_proxies[0] ||
+                    !http_cidr_parse(json_string_value(o), &c))
+                    return duel_error_set(err, DUEL_EFORMAT,
+                                          "%s: gateway.trusted_proxies[%zu] must be an address or "
+                                          "a CIDR range (\"10.0.0.0/8\", \"::1\")",
+                                          source, i);
+                snprintf(cfg->trusted_proxies[cfg->n_trusted_proxies++],
+                         sizeof cfg->trusted_proxies[0], "%s", json_string_value(o));
+            }
+        } else if (strcmp(key, "allowed_origins") == 0) {
             if (!json_is_array(value) || json_array_size(value) > GATEWAY_MAX_ORIGINS)
                 return duel_error_set(err, DUEL_EFORMAT,
                                       "%s: gateway.allowed_origins must be an array of at most %d strings",
@@ -138,6 +163,10 @@ static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *so
             return duel_error_set(err, DUEL_EFORMAT, "%s: unknown key gateway.%s", source, key);
         if (rc) return rc;
     }
+    if (!cfg->tls_cert[0] != !cfg->tls_key[0])
+        return duel_error_set(err, DUEL_EFORMAT,
+                              "%s: gateway.tls_cert and gateway.tls_key go together (both or neither)",
+                              source);
     return DUEL_OK;
 }
 
