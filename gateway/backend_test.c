@@ -1,9 +1,10 @@
 /* backend_test.c: the deterministic test backend (see duel_backend.h). One worker thread takes
- * requests from a bounded queue, fair across the requests' fairness keys as the engine's
- * admission is (common/fair_queue.h: in order within a key, least recently served key first), and, for each, sleeps step_delay_ms between four progress events
- * and then emits a ready event whose texts depend only on the request (text, turn count, seed).
- * It lets the gateway, its tests and the browser tests run without a model. The queue and the
- * cancelled flag are guarded by mu; the sink is called without holding it. */
+ * requests from a bounded queue, fair across the requests' fairness keys as the engine's admission
+ * is (common/fair_queue.h: in order within a key, least recently served key first), and, for each,
+ * sleeps step_delay_ms between four progress events and then emits a ready event whose texts depend
+ * only on the request (text, turn count, seed). It lets the gateway, its tests and the browser
+ * tests run without a model. The queue and the cancelled flag are guarded by mu; the sink is called
+ * without holding it. */
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>

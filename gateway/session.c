@@ -1,12 +1,12 @@
-/* session.c: the gateway's websocket connections (the duel.v1 protocol's lws callbacks). Owns
- * the sessions, their outboxes and the per-address state (connections, ask token buckets, asks
- * pending; the address is the peer's, or behind gateway.trusted_proxies the client that
- * X-Forwarded-For names: http_route.h): a connection is admitted (not draining, under max_connections, an allowed Origin: http_route.h),
- * gets a session, has its fragments gathered into whole messages (max_frame_bytes; a message
- * that never finishes closes it), has one deadline at a time (hello, partial message or idle:
- * gateway_session_deadline), and writes frames only from LWS_CALLBACK_SERVER_WRITEABLE, one per
- * callback, from its outbox; a client too far behind (OUTBOX_MAX_BYTES) is dropped. What a
- * message means is chat_flow.c's business.
+/* session.c: the gateway's websocket connections (the duel.v1 protocol's lws callbacks). Owns the
+ * sessions, their outboxes and the per-address state (connections, ask token buckets, asks pending;
+ * the address is the peer's, or behind gateway.trusted_proxies the client that X-Forwarded-For
+ * names: http_route.h): a connection is admitted (not draining, under max_connections, an allowed
+ * Origin: http_route.h), gets a session, has its fragments gathered into whole messages
+ * (max_frame_bytes; a message that never finishes closes it), has one deadline at a time (hello,
+ * partial message or idle: gateway_session_deadline), and writes frames only from
+ * LWS_CALLBACK_SERVER_WRITEABLE, one per callback, from its outbox; a client too far behind
+ * (OUTBOX_MAX_BYTES) is dropped. What a message means is chat_flow.c's business.
  *
  * Thread: the lws service thread, all of it. */
 #include <stdio.h>
