@@ -80,6 +80,22 @@ static inline void tu_redis_start(tu_redis *r) {
 
 static inline void tu_redis_stop(tu_redis *r, int sig) { redis_server_stop(&r->server, sig); }
 
+/* One redis-server for a whole cmocka group:
+ * cmocka_run_group_tests(tests, tu_group_redis_start, tu_group_redis_stop). */
+static tu_redis tu_group_redis __attribute__((unused));
+
+static inline int tu_group_redis_start(void **state) {
+    (void)state;
+    tu_redis_start(&tu_group_redis);
+    return 0;
+}
+
+static inline int tu_group_redis_stop(void **state) {
+    (void)state;
+    tu_redis_stop(&tu_group_redis, SIGTERM);
+    return 0;
+}
+
 static inline long long tu_redis_int(const tu_redis *r, const char *cmd) {
     redisContext *c = tu_redis_connect(r);
     assert_non_null(c);

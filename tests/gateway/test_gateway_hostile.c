@@ -15,19 +15,6 @@
 #include <sys/resource.h>
 #include <sys/stat.h>
 
-static tu_redis redis;
-
-static int group_setup(void **state) {
-    (void)state;
-    tu_redis_start(&redis);
-    return 0;
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tu_redis_stop(&redis, SIGTERM);
-    return 0;
-}
 
 /* Sends a raw request and reads the response until the server closes or has been quiet for
  * quiet_ms. Returns the status (-1: none); *out (may be NULL) gets the whole response. */
@@ -125,7 +112,7 @@ static void test_descriptors_exhausted(void **state) {
         rl.rlim_cur = 128;
         if (setrlimit(RLIMIT_NOFILE, &rl)) _exit(3);
         gateway_config cfg;
-        tu_gateway_config(&cfg, &redis);
+        tu_gateway_config(&cfg, &tu_group_redis);
         cfg.port = port;
         duel_backend backend;
         backend_test_config bcfg = {.step_delay_ms = 0, .queue_capacity = 64};
@@ -193,7 +180,7 @@ static void test_descriptors_exhausted(void **state) {
 static void test_upgrades_and_connection_caps(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     cfg.max_connections = 2;
     tu_gateway g;
     tu_gateway_start(&g, &cfg, 0);
@@ -226,7 +213,7 @@ static void test_upgrades_and_connection_caps(void **state) {
 static void test_timeouts(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     cfg.hello_timeout_s = 1;
     cfg.idle_timeout_s = 3;
     cfg.partial_message_timeout_s = 2;
@@ -282,7 +269,7 @@ static void test_timeouts(void **state) {
 static void test_http_methods_and_headers(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     tu_gateway g;
     tu_gateway_start(&g, &cfg, 0);
     static const char *const METHODS[] = {"POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
@@ -334,7 +321,7 @@ static void test_http_methods_and_headers(void **state) {
 static void test_origin_allow_list(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     tu_gateway g;
     tu_gateway_start(&g, &cfg, 0);
     char own[64], localhost[64];
@@ -454,7 +441,7 @@ static void wait_asks(int port, long long n) {
 static void test_address_limits_have_their_own_codes(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     cfg.asks_per_minute_connection = 100;
     cfg.asks_per_minute_address = 3;
     tu_gateway g;
@@ -476,7 +463,7 @@ static void test_address_limits_have_their_own_codes(void **state) {
     for (int i = 0; i < 3; i++) ws_close(&c[i]);
     tu_gateway_stop(&g);
 
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     cfg.asks_pending_per_address = 2;
     tu_gateway_start(&g, &cfg, 0);
     for (int i = 0; i < 3; i++) {
@@ -504,7 +491,7 @@ static void test_address_limits_have_their_own_codes(void **state) {
 static void test_trusted_proxy_address(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     cfg.connections_per_address = 2;
     cfg.n_trusted_proxies = 1;
     snprintf(cfg.trusted_proxies[0], sizeof cfg.trusted_proxies[0], "127.0.0.0/8");
@@ -562,5 +549,5 @@ int main(void) {
         cmocka_unit_test(test_address_limits_have_their_own_codes),
         cmocka_unit_test(test_trusted_proxy_address),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, tu_group_redis_start, tu_group_redis_stop);
 }

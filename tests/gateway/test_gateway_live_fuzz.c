@@ -42,7 +42,6 @@
 #define MAX_FRAME 4096
 #define MAX_ASKED 60        /* the normal user's turns at most (under max_turns) */
 
-static tu_redis redis;
 
 /* cmocka's assertions may only fail on the test's own thread: the workers record a failure
  * here and stop, and the test fails with it after joining them. */
@@ -407,7 +406,7 @@ static void test_live_fuzz(void **state) {
     }
 
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     cfg.max_frame_bytes = MAX_FRAME;
     cfg.hello_timeout_s = 2;
     cfg.partial_message_timeout_s = 2;
@@ -510,7 +509,7 @@ static void test_live_fuzz(void **state) {
     ws_close(&user);
 
     /* Its votes: each in Redis once. */
-    redisContext *rc = tu_redis_connect(&redis);
+    redisContext *rc = tu_redis_connect(&tu_group_redis);
     redisReply *all = redisCommand(rc, "XRANGE " GATEWAY_TEST_VOTE_STREAM " - +");
     assert_true(all && all->type == REDIS_REPLY_ARRAY);
     int mine = 0;
@@ -532,23 +531,11 @@ static void test_live_fuzz(void **state) {
     tu_gateway_stop(&g);
 }
 
-static int group_setup(void **state) {
-    (void)state;
-    tu_redis_start(&redis);
-    return 0;
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tu_redis_stop(&redis, SIGTERM);
-    return 0;
-}
-
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     setvbuf(stdout, NULL, _IOLBF, 0);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_live_fuzz),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, tu_group_redis_start, tu_group_redis_stop);
 }

@@ -9,7 +9,6 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
-static tu_redis redis;
 static char dir[512], cert[600], key[600];
 
 static int group_setup(void **state) {
@@ -28,14 +27,7 @@ static int group_setup(void **state) {
                         "(ops/lib.sh installs openssl)\n");
         return -1;
     }
-    tu_redis_start(&redis);
-    return 0;
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tu_redis_stop(&redis, SIGTERM);
-    return 0;
+    return tu_group_redis_start(state);
 }
 
 /* ws_client's TLS transport. */
@@ -80,7 +72,7 @@ static SSL *tls_connect(SSL_CTX *ctx, ws_client *c, int port) {
 static void test_duel_and_vote_over_wss(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     snprintf(cfg.tls_cert, sizeof cfg.tls_cert, "%s", cert);
     snprintf(cfg.tls_key, sizeof cfg.tls_key, "%s", key);
     tu_gateway g;
@@ -101,7 +93,7 @@ static void test_duel_and_vote_over_wss(void **state) {
     ws_ask_duel(&c, "is this line private?", &d);
     assert_true(d.id[0] && d.a[0] && d.b[0]);
     assert_false(ws_vote(&c, d.id, "b")); /* stored in Redis, not spilled */
-    assert_int_equal(tu_redis_int(&redis, "XLEN " GATEWAY_TEST_VOTE_STREAM), 1);
+    assert_int_equal(tu_redis_int(&tu_group_redis, "XLEN " GATEWAY_TEST_VOTE_STREAM), 1);
     tu_duel_free(&d);
     SSL_shutdown(ssl);
     SSL_free(ssl);
@@ -131,5 +123,5 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_duel_and_vote_over_wss),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, group_setup, tu_group_redis_stop);
 }
