@@ -467,6 +467,7 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
         .want_progress = true,
         .duel = true,
         .strategy = j->strategy,
+        .fairness_key = req->fairness_key,
         .user = j,
     };
     /* The poller may see this job's first event before engine_submit returns: link it first. */
@@ -511,7 +512,7 @@ static size_t eb_queue_depth(void *impl) {
     engine_backend *b = impl;
     engine_stats st;
     engine_stats_get(b->engine, &st);
-    return (size_t)st.waiting;
+    return (size_t)st.waiting + (size_t)st.admission_queued;
 }
 
 static long long eb_count_tokens(void *impl, const char *text, size_t len) {

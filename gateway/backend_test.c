@@ -1,8 +1,10 @@
 /* backend_test.c: the deterministic test backend (see duel_backend.h). One worker thread takes
- * requests from a bounded FIFO and, for each, sleeps step_delay_ms between four progress events
- * and then emits a ready event whose texts depend only on the request (text, turn count, seed).
- * It lets the gateway, its tests and the browser tests run without a model. The queue and the
- * cancelled flag are guarded by mu; the sink is called without holding it. */
+ * requests from a bounded queue, fair across the requests' fairness keys as the engine's admission
+ * is (common/fair_queue.h: in order within a key, least recently served key first), and, for each,
+ * sleeps step_delay_ms between four progress events and then emits a ready event whose texts depend
+ * only on the request (text, turn count, seed). It lets the gateway, its tests and the browser
+ * tests run without a model. The queue and the cancelled flag are guarded by mu; the sink is called
+ * without holding it. */
 #include <jansson.h>
 #include <math.h>
 #include <pthread.h>
@@ -14,6 +16,7 @@
 
 #include "duel.h"
 #include "duel_backend.h"
+#include "fair_queue.h"
 
 #define TEST_M 4
 #define TEST_D_FEAT 8
@@ -26,7 +29,6 @@ typedef struct test_job {
     uint64_t seed;
     long long arm;
     duel_backend_params params; /* recorded in gen_params (M stays TEST_M) */
-    struct test_job *next;
 } test_job;
 
 typedef struct test_backend {
@@ -35,8 +37,7 @@ typedef struct test_backend {
     pthread_cond_t cv;
     pthread_t thread;
     bool started, stopping;
-    test_job *head, *tail;
-    size_t depth;
+    fair_queue queue; /* test_job *, by the request's fairness key */
     uint64_t current, cancelled; /* id being worked on, and the latest cancel for it */
     duel_backend_sink sink;
     void *sink_ctx;
@@ -177,15 +178,12 @@ static void *worker(void *arg) {
     test_backend *b = arg;
     for (;;) {
         pthread_mutex_lock(&b->mu);
-        while (!b->head && !b->stopping) pthread_cond_wait(&b->cv, &b->mu);
+        while (!fair_queue_count(&b->queue) && !b->stopping) pthread_cond_wait(&b->cv, &b->mu);
         if (b->stopping) {
             pthread_mutex_unlock(&b->mu);
             return NULL;
         }
-        test_job *job = b->head;
-        b->head = job->next;
-        if (!b->head) b->tail = NULL;
-        b->depth--;
+        test_job *job = fair_queue_pop(&b->queue);
         b->current = job->id;
         pthread_mutex_unlock(&b->mu);
 
@@ -241,35 +239,30 @@ static int tb_submit(void *impl, const duel_backend_request *req, duel_error *er
     if (req->params) job->params = *req->params;
     else job->params = (duel_backend_params){"ee_ts", TEST_M, 1.0f, 1.0f, 0, 128, 0.0};
     pthread_mutex_lock(&b->mu);
-    if ((int)b->depth >= b->cfg.queue_capacity) {
+    if ((int)fair_queue_count(&b->queue) >= b->cfg.queue_capacity ||
+        fair_queue_push(&b->queue, req->fairness_key, job)) {
         pthread_mutex_unlock(&b->mu);
         free(job->text);
         free(job);
         return duel_error_set(err, DUEL_ELIMIT, "test backend: queue full");
     }
-    if (b->tail) b->tail->next = job;
-    else b->head = job;
-    b->tail = job;
-    b->depth++;
     pthread_cond_signal(&b->cv);
     pthread_mutex_unlock(&b->mu);
     return DUEL_OK;
+}
+
+static bool job_has_id(const void *item, void *ctx) {
+    return ((const test_job *)item)->id == *(const uint64_t *)ctx;
 }
 
 static void tb_cancel(void *impl, uint64_t id) {
     test_backend *b = impl;
     pthread_mutex_lock(&b->mu);
     /* Queued: drop it. Running: flag it for the worker. */
-    test_job *prev = NULL;
-    for (test_job *j = b->head; j; prev = j, j = j->next) {
-        if (j->id != id) continue;
-        if (prev) prev->next = j->next;
-        else b->head = j->next;
-        if (b->tail == j) b->tail = prev;
-        b->depth--;
+    test_job *j = fair_queue_remove(&b->queue, job_has_id, &id);
+    if (j) {
         free(j->text);
         free(j);
-        break;
     }
     b->cancelled = id;
     pthread_mutex_unlock(&b->mu);
@@ -278,7 +271,7 @@ static void tb_cancel(void *impl, uint64_t id) {
 static size_t tb_queue_depth(void *impl) {
     test_backend *b = impl;
     pthread_mutex_lock(&b->mu);
-    size_t d = b->depth;
+    size_t d = fair_queue_count(&b->queue);
     pthread_mutex_unlock(&b->mu);
     return d;
 }
@@ -291,12 +284,12 @@ static void tb_destroy(void *impl) {
     pthread_cond_broadcast(&b->cv);
     pthread_mutex_unlock(&b->mu);
     if (b->started) pthread_join(b->thread, NULL);
-    while (b->head) {
-        test_job *j = b->head;
-        b->head = j->next;
+    test_job *j;
+    while ((j = fair_queue_pop(&b->queue))) {
         free(j->text);
         free(j);
     }
+    fair_queue_free(&b->queue);
     pthread_mutex_destroy(&b->mu);
     pthread_cond_destroy(&b->cv);
     free(b);

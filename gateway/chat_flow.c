@@ -284,11 +284,8 @@ static void handle_ask(gateway *gw, session *s, protocol_msg *m) {
         return;
     }
     double now = duel_time_seconds();
-    addr_state *as = str_map_get(&gw->addrs, s->addr);
-    if (!gateway_bucket_take(&s->tokens, &s->last, gw->cfg.asks_per_minute_connection, now) ||
-        (as && !gateway_bucket_take(&as->tokens, &as->last, gw->cfg.asks_per_minute_address, now))) {
+    if (!gateway_ask_allowed(gw, s, now)) { /* its own error sent (session.c) */
         free(hist);
-        gateway_send_error(gw, s, PROTOCOL_E_RATE_LIMITED, "too many questions; wait a moment");
         return;
     }
     duel_rec *d = duel_table_add(&gw->duels, c->id, s->conn_id, m->text, c->arm, now);
@@ -302,7 +299,7 @@ static void handle_ask(gateway *gw, session *s, protocol_msg *m) {
     duel_backend_request req = {.request_id = d->request_id, .history = hist + first,
                                 .n_history = c->n_turns - first, .text = d->user_text,
                                 .arm_snapshot = c->arm, .seed = duel_seed(d),
-                                .params = &gw->params};
+                                .params = &gw->params, .fairness_key = s->fairness_key};
     duel_error err = {0};
     int rc = gw->backend.submit(gw->backend.impl, &req, &err);
     free(hist);

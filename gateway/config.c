@@ -8,6 +8,7 @@
 
 #include "config.h"
 #include "gateway.h"
+#include "http_route.h"
 #include "json_util.h"
 #include "rollout_spec.h"
 
@@ -42,6 +43,7 @@ static const int_key INT_KEYS[] = {
     INT_KEY(max_ask_bytes, 1, 1 << 20),
     INT_KEY(asks_per_minute_connection, 1, 1000000),
     INT_KEY(asks_per_minute_address, 1, 1000000),
+    INT_KEY(asks_pending_per_address, 1, 1000000),
     INT_KEY(connections_per_address, 1, 1000000),
     INT_KEY(max_connections, 1, 1000000),
     INT_KEY(max_turns, 1, 100000),
@@ -78,6 +80,29 @@ static int get_string(const json_t *v, const char *source, const char *key, char
         return duel_error_set(err, DUEL_ELIMIT, "%s: gateway.%s is longer than %zu bytes", source,
                               key, cap - 1);
     snprintf(out, cap, "%s", json_string_value(v));
+    return DUEL_OK;
+}
+
+/* An array of at most max strings, each shorter than width, into out[max][width] (*n of them);
+ * cidr: each must be an address or a CIDR range (http_cidr_parse). */
+static int get_string_list(const json_t *v, const char *source, const char *key, char *out,
+                           size_t width, int max, bool cidr, int *n, duel_error *err) {
+    if (!json_is_array(v) || json_array_size(v) > (size_t)max)
+        return duel_error_set(err, DUEL_EFORMAT, "%s: gateway.%s must be an array of at most %d "
+                              "strings", source, key, max);
+    size_t i;
+    json_t *o;
+    *n = 0;
+    json_array_foreach(v, i, o) {
+        http_cidr c;
+        if (!json_is_string(o) || json_string_length(o) >= width)
+            return duel_error_set(err, DUEL_EFORMAT, "%s: gateway.%s[%zu] must be a string "
+                                  "(< %zu bytes)", source, key, i, width);
+        if (cidr && !http_cidr_parse(json_string_value(o), &c))
+            return duel_error_set(err, DUEL_EFORMAT, "%s: gateway.%s[%zu] must be an address or "
+                                  "a CIDR range (\"10.0.0.0/8\", \"::1\")", source, key, i);
+        snprintf(out + (size_t)(*n)++ * width, width, "%s", json_string_value(o));
+    }
     return DUEL_OK;
 }
 
@@ -118,26 +143,25 @@ static int load_gateway_section(gateway_config *cfg, json_t *sec, const char *so
             rc = get_string(value, source, key, cfg->tokens_file, sizeof cfg->tokens_file, err);
         else if (strcmp(key, "uplot_dir") == 0)
             rc = get_string(value, source, key, cfg->uplot_dir, sizeof cfg->uplot_dir, err);
-        else if (strcmp(key, "allowed_origins") == 0) {
-            if (!json_is_array(value) || json_array_size(value) > GATEWAY_MAX_ORIGINS)
-                return duel_error_set(err, DUEL_EFORMAT,
-                                      "%s: gateway.allowed_origins must be an array of at most %d strings",
-                                      source, GATEWAY_MAX_ORIGINS);
-            size_t i;
-            json_t *o;
-            cfg->n_origins = 0;
-            json_array_foreach(value, i, o) {
-                if (!json_is_string(o) || json_string_length(o) >= sizeof cfg->origins[0])
-                    return duel_error_set(err, DUEL_EFORMAT,
-                                          "%s: gateway.allowed_origins[%zu] must be a string (< 256 bytes)",
-                                          source, i);
-                snprintf(cfg->origins[cfg->n_origins++], sizeof cfg->origins[0], "%s",
-                         json_string_value(o));
-            }
-        } else
+        else if (strcmp(key, "tls_cert") == 0)
+            rc = get_string(value, source, key, cfg->tls_cert, sizeof cfg->tls_cert, err);
+        else if (strcmp(key, "tls_key") == 0)
+            rc = get_string(value, source, key, cfg->tls_key, sizeof cfg->tls_key, err);
+        else if (strcmp(key, "trusted_proxies") == 0)
+            rc = get_string_list(value, source, key, cfg->trusted_proxies[0],
+                                 sizeof cfg->trusted_proxies[0], GATEWAY_MAX_TRUSTED_PROXIES,
+                                 true, &cfg->n_trusted_proxies, err);
+        else if (strcmp(key, "allowed_origins") == 0)
+            rc = get_string_list(value, source, key, cfg->origins[0], sizeof cfg->origins[0],
+                                 GATEWAY_MAX_ORIGINS, false, &cfg->n_origins, err);
+        else
             return duel_error_set(err, DUEL_EFORMAT, "%s: unknown key gateway.%s", source, key);
         if (rc) return rc;
     }
+    if (!cfg->tls_cert[0] != !cfg->tls_key[0])
+        return duel_error_set(err, DUEL_EFORMAT,
+                              "%s: gateway.tls_cert and gateway.tls_key go together (both or neither)",
+                              source);
     return DUEL_OK;
 }
 

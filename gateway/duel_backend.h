@@ -47,6 +47,9 @@ typedef struct duel_backend_request {
                                          (the latest), 0 the base model (a rollout's "base") */
     uint64_t seed;                    /* per-duel seed */
     const duel_backend_params *params; /* NULL: the backend's configured ones */
+    uint64_t fairness_key;            /* who asked (the gateway: a hash of the client's address):
+                                         requests are admitted fairly across keys, in order
+                                         within one (common/fair_queue.h); 0 is a key too */
 } duel_backend_request;
 
 /* Everything about a finished duel. All pointers are malloc'd and owned by the struct; release

@@ -19,6 +19,7 @@
 #include "knobs.h"
 
 #define GATEWAY_MAX_ORIGINS 8
+#define GATEWAY_MAX_TRUSTED_PROXIES 16
 #define GATEWAY_VOTE_STREAM "duel:prefs"           /* votes the trainer learns from */
 #define GATEWAY_TEST_VOTE_STREAM "duel:prefs:test" /* votes on an untrainable backend's duels */
 
@@ -37,6 +38,8 @@ typedef struct gateway_config {
     size_t max_ask_bytes;        /* 4000: ask text limit */
     int asks_per_minute_connection; /* 20 */
     int asks_per_minute_address;    /* 60 */
+    int asks_pending_per_address;   /* 8: asks of one address waiting for their answers
+                                       (queued or generating) at a time */
     int connections_per_address;    /* 32 */
     int max_connections;         /* 10000: all addresses */
     int max_turns;               /* 32: turns per conversation */
@@ -64,6 +67,12 @@ typedef struct gateway_config {
                                     a websocket; none: the loopback origins of the port
                                     (http_route.h) */
     char origins[GATEWAY_MAX_ORIGINS][256];
+    int n_trusted_proxies;       /* gateway.trusted_proxies: addresses or CIDR ranges of the
+                                    proxies whose X-Forwarded-For names the client (for the
+                                    per-address limits); none: the peer is the client */
+    char trusted_proxies[GATEWAY_MAX_TRUSTED_PROXIES][64];
+    char tls_cert[1024];         /* "": plain ws/http; a PEM certificate (chain) file: wss/https */
+    char tls_key[1024];          /* its PEM private key (both or neither) */
     int stats_interval_ms;       /* 5000: a duel:stats entry this often (0: no figures kept; the
                                     operator console then shows other instances only) */
     int knobs_poll_ms;           /* 2000: duel:knobs is read this often besides duel:notify */

@@ -1,6 +1,8 @@
 /* http_route.h: the one place where an HTTP request to the gateway is judged before anything
- * serves it: its method and path (which handler, or 404, or 405 with the Allow header) and a
- * browser's Origin header against the allow-list (gateway.allowed_origins; empty: the loopback origins of the listening port). Pure
+ * serves it: its method and path (which handler, or 404, or 405 with the Allow header), a
+ * browser's Origin header against the allow-list (gateway.allowed_origins; empty: the loopback
+ * origins of the listening port), and the client's address behind trusted proxies
+ * (gateway.trusted_proxies, X-Forwarded-For). Pure
  * functions of their arguments (no lws, no state), so that the fuzz target
  * (tests/fuzz/fuzz_http_route.c) drives them with arbitrary bytes. */
 #ifndef DUEL_GATEWAY_HTTP_ROUTE_H
@@ -53,5 +55,29 @@ bool http_subprotocol_offered(const char *value, size_t len, const char *name);
  * address (not 0.0.0.0). Never the request's own Host header (DNS rebinding passes that). */
 bool http_origin_allowed(const char *origin, size_t len, const char (*allowed)[256],
                          int n_allowed, const char *bind, int port);
+
+/* An address range of gateway.trusted_proxies: "10.0.0.0/8", "192.168.1.7" (/32), "::1",
+ * "fd00::/8". IPv4 is kept as its IPv4-mapped IPv6 form, so one comparison serves both. */
+typedef struct http_cidr {
+    unsigned char addr[16];
+    int prefix_bits; /* 0..128 over the 16 bytes (an IPv4 /n is 96 + n) */
+} http_cidr;
+
+#define HTTP_ADDRESS_MAX 64 /* room for any address as inet_ntop writes it, and its NUL */
+
+/* Parses text (NUL-terminated) as an address or a CIDR range; false when it is neither (bad
+ * address, prefix out of range, bits set past the prefix are allowed and ignored). */
+bool http_cidr_parse(const char *text, http_cidr *out);
+
+/* The client's address for the per-address limits (written to out, HTTP_ADDRESS_MAX bytes):
+ * the peer's own address unless the peer is in trusted[0..n_trusted); then X-Forwarded-For's
+ * hops (xff[0..xff_len), any bytes; NULL or empty: none) are read from the right, the last one
+ * the proxies appended first, and the first hop that is not itself a trusted proxy is the
+ * client. A hop that is not an address ends the walk at the trusted hop before it (what lies to
+ * its left was written by whoever the trusted proxy talked to, and cannot be believed). The
+ * result is normalised (inet_ntop; IPv4-mapped IPv6 as IPv4), so one client has one key. A
+ * peer that is not an address at all is copied as it is. */
+void http_client_address(const char *peer, const char *xff, size_t xff_len,
+                         const http_cidr *trusted, int n_trusted, char *out);
 
 #endif

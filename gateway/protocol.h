@@ -37,7 +37,11 @@ typedef enum protocol_error_code {
     PROTOCOL_E_HELLO_REQUIRED,    /* "hello_required": ask/vote/cancel before hello */
     PROTOCOL_E_DUPLICATE_HELLO,   /* "duplicate_hello": a second hello on one connection */
     PROTOCOL_E_BUSY,              /* "busy": an ask while this connection's duel is running */
-    PROTOCOL_E_RATE_LIMITED,      /* "rate_limited": asks per minute (connection or address) */
+    PROTOCOL_E_RATE_LIMITED,      /* "rate_limited": asks per minute of this connection */
+    PROTOCOL_E_ADDRESS_RATE_LIMITED, /* "address_rate_limited": asks per minute of the client's
+                                        address (all its connections) */
+    PROTOCOL_E_TOO_MANY_PENDING,  /* "too_many_pending": the client's address already has
+                                     asks_pending_per_address asks waiting for their answers */
     PROTOCOL_E_TOO_MANY_CONNECTIONS, /* "too_many_connections": per address */
     PROTOCOL_E_TURN_LIMIT,        /* "turn_limit": conversation has too many turns */
     PROTOCOL_E_CONVERSATION_TOO_LONG, /* "conversation_too_long": the new message alone does not

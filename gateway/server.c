@@ -201,6 +201,22 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
         .rollout_poll_ms = 5000};
     if ((rc = redis_worker_create(&rcfg, redis_sink, gw, &gw->redis, err))) goto fail;
 
+    for (int i = 0; i < cfg->n_trusted_proxies; i++)
+        if (!http_cidr_parse(cfg->trusted_proxies[i], &gw->trusted_proxies[gw->n_trusted_proxies++])) {
+            rc = duel_error_set(err, DUEL_EINVAL, "gateway.trusted_proxies[%d] = \"%s\" is not an "
+                                "address or a CIDR range", i, cfg->trusted_proxies[i]);
+            goto fail;
+        }
+    if (!cfg->tls_cert[0] != !cfg->tls_key[0]) {
+        rc = duel_error_set(err, DUEL_EINVAL, "gateway.tls_cert and gateway.tls_key go together");
+        goto fail;
+    }
+    /* lws would only say "vhost creation failed" for a file it cannot read */
+    if (cfg->tls_cert[0] && (access(cfg->tls_cert, R_OK) || access(cfg->tls_key, R_OK))) {
+        rc = duel_error_set(err, DUEL_EIO, "gateway: cannot read gateway.tls_cert \"%s\" or "
+                            "gateway.tls_key \"%s\"", cfg->tls_cert, cfg->tls_key);
+        goto fail;
+    }
     lws_set_log_level(LLL_ERR, NULL);
     gw->protocols[0] = (struct lws_protocols){"http", gateway_http_callback, gateway_http_pss_size(),
                                               0, 0, NULL, 0};
@@ -209,11 +225,13 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
     info.options = LWS_SERVER_OPTION_EXPLICIT_VHOSTS | LWS_SERVER_OPTION_DISABLE_IPV6;
+    if (cfg->tls_cert[0]) info.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
     info.user = gw;
     info.port = CONTEXT_PORT_NO_LISTEN;
     /* Room for headers up to twice max_header_bytes, so that a request over the limit still
      * reaches http.c and gets 431; past this room lws itself drops the connection. */
     info.max_http_header_data2 = (unsigned)cfg->max_header_bytes * 2;
+    info.timeout_secs = (unsigned)cfg->hello_timeout_s; /* see vinfo.timeout_secs */
     int fd_share = lws_fd_share();
     info.fd_limit_per_thread = (unsigned)fd_share;
     gw->max_connections = fd_share - fd_share / FD_HTTP_SHARE - 1;
@@ -236,12 +254,24 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
     vinfo.iface = (cfg->bind[0] && strcmp(cfg->bind, "0.0.0.0") != 0) ? cfg->bind : NULL;
     vinfo.protocols = gw->protocols;
     vinfo.options = LWS_SERVER_OPTION_DISABLE_IPV6;
-    vinfo.timeout_secs = 10;
-    vinfo.keepalive_timeout = 10;
+    if (cfg->tls_cert[0]) { /* the port speaks TLS only: https and wss (lws looks for the
+                               option on the vhost too: without it the vhost stays plain) */
+        vinfo.options |= LWS_SERVER_OPTION_DO_SSL_GLOBAL_INIT;
+        vinfo.ssl_cert_filepath = cfg->tls_cert;
+        vinfo.ssl_private_key_filepath = cfg->tls_key;
+    }
+    /* An HTTP request or upgrade still unfinished this long after the connection opened is
+     * dropped (a slowloris upgrade: lws arms these at accept, timeout_secs_ah_idle while the
+     * headers come in, and bytes dripping in do not extend them); the websocket's own hello time
+     * has the same length. */
+    vinfo.timeout_secs = (unsigned)cfg->hello_timeout_s;
+    vinfo.keepalive_timeout = cfg->hello_timeout_s;
+    vinfo.timeout_secs_ah_idle = (unsigned)cfg->hello_timeout_s;
     gw->vh = lws_create_vhost(gw->ctx, &vinfo);
     if (!gw->vh) {
-        rc = duel_error_set(err, DUEL_EIO, "gateway: cannot listen on %s:%d (in use?)",
-                            cfg->bind, cfg->port);
+        rc = duel_error_set(err, DUEL_EIO, "gateway: cannot listen on %s:%d (in use?%s)",
+                            cfg->bind, cfg->port,
+                            cfg->tls_cert[0] ? " or a bad TLS certificate or key" : "");
         goto fail;
     }
     gw->port = lws_get_vhost_listen_port(gw->vh);

@@ -25,6 +25,7 @@
 #include "conversation.h"
 #include "duel_table.h"
 #include "gateway.h"
+#include "http_route.h"
 #include "metrics.h"
 #include "protocol.h"
 #include "redis_worker.h"
@@ -46,7 +47,8 @@ typedef struct session {
     uint64_t conn_id;
     char key[24];
     struct lws *wsi;
-    char addr[64];
+    char addr[HTTP_ADDRESS_MAX]; /* the client's, behind trusted proxies (http_client_address) */
+    uint64_t fairness_key;       /* hash of addr: the backend's fair-admission key */
     conversation *conv;
     bool hello_done, hello_pending;
     char client[PROTOCOL_ID_LEN + 1]; /* hello's client id ("" without): the A/B router's key */
@@ -118,6 +120,8 @@ struct gateway {
     uint64_t rollout_generation; /* redis_worker_rollout_changed's */
     uint64_t next_conn_id;
     int max_connections;         /* cfg.max_connections capped below the descriptor limit */
+    http_cidr trusted_proxies[GATEWAY_MAX_TRUSTED_PROXIES]; /* cfg.trusted_proxies, parsed */
+    int n_trusted_proxies;
     gateway_metrics metrics;
     static_file files[GATEWAY_MAX_STATIC_FILES];
     int n_files;
@@ -165,6 +169,10 @@ void gateway_close_soon(session *s);
 void gateway_session_deadline(gateway *gw, session *s);
 /* Token bucket: capacity per_minute, refilled per_minute / 60 per second. */
 bool gateway_bucket_take(double *tokens, double *last, int per_minute, double now);
+/* The per-connection and per-address limits an ask must pass (asks per minute of the
+ * connection, then of the address, then asks pending for the address), each refusal with its
+ * own code sent to s. True: the ask may go to the backend (its tokens are taken). */
+bool gateway_ask_allowed(gateway *gw, session *s, double now);
 
 /* chat_flow.c */
 /* Takes duel:rollout's text when the Redis thread fetched a changed one (parsed once per change). */

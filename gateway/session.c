@@ -1,11 +1,12 @@
-/* session.c: the gateway's websocket connections (the duel.v1 protocol's lws callbacks). Owns
- * the sessions, their outboxes and the per-address state (connections, ask token buckets): a
- * connection is admitted (not draining, under max_connections, an allowed Origin: http_route.h),
- * gets a session, has its fragments gathered into whole messages (max_frame_bytes; a message
- * that never finishes closes it), has one deadline at a time (hello, partial message or idle:
- * gateway_session_deadline), and writes frames only from LWS_CALLBACK_SERVER_WRITEABLE, one per
- * callback, from its outbox; a client too far behind (OUTBOX_MAX_BYTES) is dropped. What a
- * message means is chat_flow.c's business.
+/* session.c: the gateway's websocket connections (the duel.v1 protocol's lws callbacks). Owns the
+ * sessions, their outboxes and the per-address state (connections, ask token buckets, asks pending;
+ * the address is the peer's, or behind gateway.trusted_proxies the client that X-Forwarded-For
+ * names: http_route.h): a connection is admitted (not draining, under max_connections, an allowed
+ * Origin: http_route.h), gets a session, has its fragments gathered into whole messages
+ * (max_frame_bytes; a message that never finishes closes it), has one deadline at a time (hello,
+ * partial message or idle: gateway_session_deadline), and writes frames only from
+ * LWS_CALLBACK_SERVER_WRITEABLE, one per callback, from its outbox; a client too far behind
+ * (OUTBOX_MAX_BYTES) is dropped. What a message means is chat_flow.c's business.
  *
  * Thread: the lws service thread, all of it. */
 #include <stdio.h>
@@ -25,6 +26,41 @@ bool gateway_bucket_take(double *tokens, double *last, int per_minute, double no
     *last = now;
     if (*tokens < 1) return false;
     *tokens -= 1;
+    return true;
+}
+
+/* Asks of addr whose duel the backend still works on. A scan of the sessions: an ask is rare
+ * next to everything else a session does (asks_per_minute_*), and there is no second copy of
+ * the duels' states to keep in step. */
+static int pending_asks(gateway *gw, const char *addr) {
+    int n = 0;
+    for (size_t b = 0; b < gw->sessions.n_buckets; b++)
+        for (str_map_entry *e = gw->sessions.buckets[b]; e; e = e->next) {
+            const session *o = e->value;
+            n += o->duel && o->duel->state == DS_RUNNING && strcmp(o->addr, addr) == 0;
+        }
+    return n;
+}
+
+bool gateway_ask_allowed(gateway *gw, session *s, double now) {
+    addr_state *as = str_map_get(&gw->addrs, s->addr);
+    if (!gateway_bucket_take(&s->tokens, &s->last, gw->cfg.asks_per_minute_connection, now)) {
+        gateway_send_error(gw, s, PROTOCOL_E_RATE_LIMITED, "too many questions; wait a moment");
+        return false;
+    }
+    if (as && !gateway_bucket_take(&as->tokens, &as->last, gw->cfg.asks_per_minute_address, now)) {
+        gateway_send_error(gw, s, PROTOCOL_E_ADDRESS_RATE_LIMITED,
+                           "too many questions from your address; wait a moment");
+        return false;
+    }
+    int pending = pending_asks(gw, s->addr);
+    if (pending >= gw->cfg.asks_pending_per_address) {
+        char msg[120];
+        snprintf(msg, sizeof msg,
+                 "%d questions from your address are still waiting for their answers", pending);
+        gateway_send_error(gw, s, PROTOCOL_E_TOO_MANY_PENDING, msg);
+        return false;
+    }
     return true;
 }
 
@@ -126,7 +162,20 @@ static int on_established(gateway *gw, struct lws *wsi, session **slot) {
     snprintf(s->key, sizeof s->key, "%016llx", (unsigned long long)s->conn_id);
     s->wsi = wsi;
     s->hello_deadline = duel_time_seconds() + gw->cfg.hello_timeout_s;
-    lws_get_peer_simple(wsi, s->addr, sizeof s->addr);
+    char peer[HTTP_ADDRESS_MAX] = "";
+    lws_get_peer_simple(wsi, peer, sizeof peer);
+    char *xff = NULL;
+    int xff_len = gw->n_trusted_proxies ? lws_hdr_total_length(wsi, WSI_TOKEN_X_FORWARDED_FOR) : 0;
+    if (xff_len > 0 && (xff = malloc((size_t)xff_len + 1)) &&
+        (xff_len = lws_hdr_copy(wsi, xff, xff_len + 1, WSI_TOKEN_X_FORWARDED_FOR)) < 0)
+        xff_len = 0;
+    http_client_address(peer, xff, xff_len > 0 ? (size_t)xff_len : 0, gw->trusted_proxies,
+                        gw->n_trusted_proxies, s->addr);
+    free(xff);
+    /* FNV-1a of the address: the same client has the same key on every gateway */
+    s->fairness_key = 1469598103934665603ull;
+    for (const char *p = s->addr; *p; p++)
+        s->fairness_key = (s->fairness_key ^ (unsigned char)*p) * 1099511628211ull;
     if (str_map_put(&gw->sessions, s->key, s)) {
         free(s);
         return -1;

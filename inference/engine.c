@@ -2,7 +2,8 @@
  * engine_internal.h for how the engine's files divide the work and which thread owns what).
  *
  * The engine thread loops: it takes every queued command (submit, cancel, add or retire an
- * arm) and handles it, then runs one scheduler step when there is work, and publishes a stats
+ * arm) and handles it (a submit waits for fair admission: engine_admission.c), starts the
+ * requests whose turn it is, then runs one scheduler step when there is work, and publishes a stats
  * snapshot. Idle, it sleeps in the command queue; busy, it only polls it between steps, so a
  * command waits at most one step. engine_destroy closes the command queue, which ends the loop
  * after the current step; requests still in flight are dropped without events. */
@@ -11,13 +12,15 @@
 
 #include "engine_internal.h"
 
-static void handle_command(engine *e, engine_command *cmd) {
+/* True when cmd was taken over (a SUBMIT waits for fair admission: engine_admission.c). */
+static bool handle_command(engine *e, engine_command *cmd) {
     switch (cmd->kind) {
     case ENGINE_CMD_ADD_ARM: engine_arm_apply_add(e, (int)cmd->id); break;
     case ENGINE_CMD_RETIRE_ARM: engine_arm_apply_retire(e, (int)cmd->id); break;
     case ENGINE_CMD_CANCEL: engine_request_cancel(e, cmd->id); break;
-    case ENGINE_CMD_SUBMIT: engine_request_start(e, cmd); break;
+    case ENGINE_CMD_SUBMIT: return engine_admission_hold(e, cmd);
     }
+    return false;
 }
 
 static void update_stats(engine *e) {
@@ -47,6 +50,7 @@ static void update_stats(engine *e) {
     o->prefix_miss_blocks = ps.miss_blocks;
     o->pilaf_running = e->pilaf_running;
     o->pilaf_queued = e->num_pilaf_queued;
+    o->admission_queued = (int)fair_queue_count(&e->admission);
     o->arms_resident = o->arms_retiring = 0;
     for (int i = 0; i < e->num_arms; i++) {
         o->arms_resident += e->arms[i].state == ARM_RESIDENT;
@@ -60,14 +64,14 @@ static void *engine_main(void *arg) {
     for (;;) {
         void *item = NULL;
         /* Idle: sleep until a command comes. Busy: take what is there and step. */
-        bool busy = sched_has_work(e->sched);
+        bool busy = sched_has_work(e->sched) || fair_queue_count(&e->admission) > 0;
         engine_queue_pop(e->commands, busy ? 0 : -1, &item);
         while (item) {
-            handle_command(e, item);
-            engine_command_free(item);
+            if (!handle_command(e, item)) engine_command_free(item);
             engine_queue_pop(e->commands, 0, &item);
         }
         engine_flush_deferred_cancels(e);
+        engine_admission_admit(e);
         engine_pilaf_admit(e);
         engine_duel_submit_queued(e);
         if (engine_queue_is_closed(e->commands)) break;
@@ -230,6 +234,7 @@ void engine_destroy(engine *e) {
     sched_destroy(e->sched);
     for (int i = 0; i < e->num_active; i++) engine_active_free(e->active[i]);
     engine_pilaf_free_all(e);
+    engine_admission_free_all(e);
     free(e->active);
     free(e->deferred_cancels);
     free(e->score_queued);

@@ -154,6 +154,10 @@ typedef struct engine_request {
     duel_strategy strategy;    /* with duel: ee_ts, bai_ts, uncertainty, passive, bon or pilaf */
     double pilaf_beta;         /* pilaf: beta >= 0 of the mixed logits */
     const char *arena_arm;     /* arena: the second arm (resident, not arm itself) */
+    uint64_t fairness_key;     /* who asked (a user; the gateway: its client address's hash):
+                                  requests wait for the scheduler in one FIFO per key and are
+                                  admitted least recently served key first (common/fair_queue.h),
+                                  so one user's burst does not queue in front of everyone */
     void *user;                /* handed back in every event */
 } engine_request;
 
@@ -289,6 +293,7 @@ typedef struct engine_stats {
     uint64_t arms_added, arms_retired; /* engine_add_arm applied; ARM_RETIRED events pushed */
     int pilaf_running;         /* MIXED PILAF requests decoding (<= max_pilaf_jobs) */
     int pilaf_queued;          /* MIXED PILAF requests waiting for one of those slots */
+    int admission_queued;      /* requests held for fair admission (engine_admission.c) */
 } engine_stats;
 
 /* A snapshot taken after the engine thread's latest step. */

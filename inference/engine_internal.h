@@ -44,6 +44,7 @@
 #include "compute.h"
 #include "engine.h"
 #include "engine_queue.h"
+#include "fair_queue.h"
 #include "kv_cache.h"
 #include "scheduler.h"
 
@@ -85,6 +86,7 @@ typedef struct engine_command {
     double pilaf_beta;
     bool pilaf_mixed;            /* pilaf: the mode drawn at submit (engine_pilaf.c) */
     bool pilaf_admitted;         /* pilaf: taken off the queue into a free slot */
+    uint64_t fairness_key;       /* SUBMIT: engine_request.fairness_key */
     int arena_model;             /* arena: the second arm's slot; else -1 */
     sched_request_params params; /* SUBMIT: prompt and stop_tokens point at the copies (arena:
                                     the first half; the second is the same on arena_model with
@@ -175,6 +177,8 @@ struct engine {
     int pilaf_running;    /* of them now */
     engine_command **pilaf_queued; /* MIXED PILAF requests waiting for a slot, oldest first */
     int num_pilaf_queued, cap_pilaf_queued;
+    fair_queue admission;         /* SUBMIT commands not yet in the scheduler, per fairness key
+                                     (engine_admission.c) */
     engine_active **score_queued; /* duels whose reference pass is to be submitted after the
                                      step (the scheduler's lists are not changed inside it) */
     int num_score_queued, cap_score_queued;
@@ -271,6 +275,22 @@ void engine_pilaf_lockstep(const engine *e, sched_request_params *p);
 /* Engine thread, a PILAF command about to start: a PLAIN one loses its reference (false: start
  * it); a MIXED one beyond the bound is queued (true: taken, nothing more to do). */
 bool engine_pilaf_start(engine *e, engine_command *cmd);
+/* ---- engine_admission.c ------------------------------------------------------------------- */
+
+/* Engine thread: holds a SUBMIT command (taking it over: true) in the fair admission queue;
+ * false (an ERROR event pushed, the caller frees cmd) when out of memory. */
+bool engine_admission_hold(engine *e, engine_command *cmd);
+/* Engine thread, outside a step: starts held requests, fairly across keys, while the
+ * scheduler has fewer than ENGINE_ADMIT_WAITING sequences waiting. */
+void engine_admission_admit(engine *e);
+/* Engine thread: cancels a held request (its CANCELLED event pushed); false when id is not
+ * held. */
+bool engine_admission_cancel(engine *e, uint64_t id);
+/* Engine thread: a held command (not in the scheduler) ends as cancelled: its state, the
+ * count, its CANCELLED event; the command is freed and the arms it held are released. */
+void engine_cancel_held(engine *e, engine_command *cmd);
+void engine_admission_free_all(engine *e);
+
 /* Engine thread, outside a step: starts queued MIXED requests while slots are free. */
 void engine_pilaf_admit(engine *e);
 /* Engine thread: cancels a queued request; false when id is not queued. */

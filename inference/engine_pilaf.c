@@ -106,24 +106,7 @@ bool engine_pilaf_cancel_queued(engine *e, uint64_t id) {
         memmove(e->pilaf_queued + at, e->pilaf_queued + at + 1,
                 (size_t)(e->num_pilaf_queued - at - 1) * sizeof *e->pilaf_queued);
         e->num_pilaf_queued--;
-        engine_event *ev = calloc(1, sizeof *ev);
-        engine_set_state(e, id, ENGINE_STATE_ENDED);
-        pthread_mutex_lock(&e->lock);
-        e->stats.requests_cancelled++;
-        pthread_mutex_unlock(&e->lock);
-        if (ev) {
-            double waited_ms = (duel_time_seconds() - cmd->params.submit_time) * 1e3;
-            ev->kind = ENGINE_EVENT_CANCELLED;
-            ev->request_id = id;
-            ev->user = cmd->params.user;
-            ev->timings = (engine_timings){.queued_ms = waited_ms, .first_token_ms = -1,
-                                           .total_ms = waited_ms};
-            ev->counts.prompt_tokens = cmd->params.prompt_len;
-            engine_push_event(e, ev);
-        }
-        int arm = cmd->params.model;
-        engine_command_free(cmd);
-        engine_arm_unref(e, arm);
+        engine_cancel_held(e, cmd);
         return true;
     }
     return false;

@@ -234,10 +234,10 @@ done:
 void engine_request_cancel(engine *e, uint64_t id) {
     duel_error err = {0};
     int at = find_active(e, id);
-    /* Not active: a MIXED PILAF request waiting for a slot, or it ended after engine_cancel
-     * checked (its last event is already queued). */
+    /* Not active: waiting for fair admission, a MIXED PILAF request waiting for a slot, or it
+     * ended after engine_cancel checked (its last event is already queued). */
     if (at < 0) {
-        engine_pilaf_cancel_queued(e, id);
+        if (!engine_admission_cancel(e, id)) engine_pilaf_cancel_queued(e, id);
         return;
     }
     engine_active *a = e->active[at];

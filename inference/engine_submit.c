@@ -142,6 +142,7 @@ static int submit_locked(engine *e, const engine_request *r, uint64_t *id, duel_
     cmd->pilaf_beta = r->pilaf_beta;
     cmd->want_hidden = r->want_hidden;
     cmd->arena_model = second;
+    cmd->fairness_key = r->fairness_key;
     bool pilaf = r->duel && r->strategy == DUEL_STRATEGY_PILAF;
     if (pilaf) {
         /* Checked as the mixed mode (the reference decoded in lockstep: its context, both

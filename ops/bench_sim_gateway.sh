@@ -50,7 +50,7 @@ fi
 # Users come from one address: the per-address limits would refuse them, not the server's speed.
 ops/up --skip-install --port "$port" --redis-port "$redis_port" --data-dir "$data" \
     --set gateway.asks_per_minute_connection=1000000 --set gateway.asks_per_minute_address=1000000 \
-    --set gateway.connections_per_address=100000 ${sets[@]+"${sets[@]}"} >"$data/up.log" 2>&1 &
+    --set gateway.connections_per_address=100000 --set gateway.asks_pending_per_address=1000000 ${sets[@]+"${sets[@]}"} >"$data/up.log" 2>&1 &
 up=$!
 stop() {
     kill -TERM "$up" 2>/dev/null || true

@@ -10,10 +10,10 @@ DUEL_JOBS=$(nproc 2>/dev/null || echo 2)
 # Sentinel test: redis-sentinel; the browser tests: chromium; models/build.sh: wordnet-base;
 # ops/prometheus: prometheus, with promtool, for the rule checks and the scrape test; duel sim
 # sweep's plots: matplotlib; the load balancer in front of several gateways (ops/lb) and its
-# test: nginx).
+# test: nginx; the wss test: openssl makes its self-signed certificate, libssl-dev its client).
 DUEL_PACKAGES=(build-essential cmake pkg-config libjansson-dev libopenblas-dev libcmocka-dev
     python3-torch python3-numpy clang libclang-rt-14-dev redis-server redis-sentinel libhiredis-dev
-    libwebsockets-dev chromium wordnet-base prometheus python3-matplotlib nginx)
+    libwebsockets-dev chromium wordnet-base prometheus python3-matplotlib nginx openssl libssl-dev)
 
 duel_section() { printf '\n===== %s =====\n' "$*"; }
 

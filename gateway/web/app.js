@@ -16,6 +16,8 @@
   const STORE_KEY = 'duel.conversation';
   const ERROR_TEXT = {
     rate_limited: 'You are sending questions quickly; please wait a moment.',
+    address_rate_limited: 'Many questions are coming from your network; please wait a moment.',
+    too_many_pending: 'Your network has several questions waiting for answers; please wait for them.',
     busy: 'Still answering your last question.',
     turn_limit: 'This conversation is full. Start a new one.',
     too_many_connections: 'Too many open tabs from your address.',
@@ -232,7 +234,7 @@
     } else {
       showNotice(text);
     }
-    if (current && !current.finished && ['busy', 'rate_limited', 'turn_limit',
+    if (current && !current.finished && ['busy', 'rate_limited', 'address_rate_limited', 'too_many_pending', 'turn_limit',
         'conversation_too_long', 'engine_error', 'shutting_down'].includes(msg.code)) {
       if (current.turn) current.turn.remove();
       if (!el.input.value) el.input.value = current.question;

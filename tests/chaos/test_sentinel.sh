@@ -96,7 +96,8 @@ done
 
 "$DUEL" serve --port "$GPORT" --redis "127.0.0.1:$DEAD" --backend test --test-step-ms 5 --spill "$TMP/spill.log" \
     --web-root "$SRC/gateway/web" "${SETS[@]}" --set gateway.asks_per_minute_connection=1000000 \
-    --set gateway.asks_per_minute_address=1000000 --set gateway.connections_per_address=1000 >"$TMP/serve.log" 2>&1 &
+    --set gateway.asks_per_minute_address=1000000 --set gateway.connections_per_address=1000 \
+    --set gateway.asks_pending_per_address=1000000 >"$TMP/serve.log" 2>&1 &
 PIDS+=($!)
 "$DUEL" train --redis "127.0.0.1:$DEAD" --model "$SRC/models/default" --data-dir "$TMP/train" "${SETS[@]}" \
     >"$TMP/train.log" 2>&1 &

@@ -5,7 +5,10 @@
  * invariants: a static file is reached only by an exact url (so no "..", no NUL, nothing of the
  * query string), 405 always carries an Allow header naming GET, a path longer than
  * HTTP_ROUTE_MAX_PATH never routes, an Origin is allowed only when it equals an allowed one
- * byte for byte, and the subprotocol list answers as a plain token scan does. Seeds in
+ * byte for byte, and the subprotocol list answers as a plain token scan does. The protocol
+ * header's bytes are also an X-Forwarded-For value behind a trusted proxy: the client address
+ * is always a NUL-terminated address that parses again, and a peer that is not trusted is its
+ * own client whatever the header says. Seeds in
  * corpus/fuzz_http_route. */
 #include <stddef.h>
 #include <stdint.h>
@@ -84,5 +87,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (http_subprotocol_offered(parts[2], lens[2], "duel.v1") !=
         offered_slow(parts[2], lens[2], "duel.v1"))
         abort();
+
+    http_cidr trusted[2];
+    if (!http_cidr_parse("127.0.0.1", &trusted[0]) || !http_cidr_parse("10.0.0.0/8", &trusted[1]))
+        abort();
+    char client[HTTP_ADDRESS_MAX];
+    http_client_address("127.0.0.1", parts[2], lens[2], trusted, 2, client);
+    http_cidr again;
+    if (memchr(client, '\0', sizeof client) == NULL || !http_cidr_parse(client, &again)) abort();
+    http_client_address("192.0.2.1", parts[2], lens[2], trusted, 2, client);
+    if (strcmp(client, "192.0.2.1") != 0) abort();
     return 0;
 }

@@ -91,7 +91,7 @@ static void run_duels(int port, int asks, double *ttd_p50, double *tfd_p50) {
 static void write_config(const char *path, int stats_interval_ms) {
     FILE *f = fopen(path, "w");
     fprintf(f, "{\"gateway\":{\"asks_per_minute_connection\":100000,\"asks_per_minute_address\":"
-               "1000000,\"max_turns\":100000,\"max_context_tokens\":1000000,"
+               "1000000,\"asks_pending_per_address\":1000000,\"max_turns\":100000,\"max_context_tokens\":1000000,"
                "\"stream_interval_ms\":0,\"stats_interval_ms\":%d}}\n",
             stats_interval_ms);
     fclose(f);

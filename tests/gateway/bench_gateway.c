@@ -111,7 +111,7 @@ int main(int argc, char **argv) {
     snprintf(config, sizeof config, "%s/bench-config.json", redis.dir);
     FILE *f = fopen(config, "w");
     fprintf(f, "{\"gateway\":{\"asks_per_minute_connection\":100000,\"asks_per_minute_address\":"
-               "1000000,\"connections_per_address\":100000,\"max_turns\":100000,"
+               "1000000,\"asks_pending_per_address\":1000000,\"connections_per_address\":100000,\"max_turns\":100000,"
                "\"max_context_tokens\":1000000,\"stream_interval_ms\":0}}\n");
     fclose(f);
 

@@ -37,3 +37,17 @@ duel_test(test_gateway_hostile ${CMAKE_CURRENT_LIST_DIR}/test_gateway_hostile.c)
 set_tests_properties(test_gateway_hostile PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE)
 # The duel table's byte budget for finished duels (gateway.max_duel_bytes).
 duel_test(test_gateway_duel_table ${CMAKE_CURRENT_LIST_DIR}/test_duel_table.c)
+# Limits' own codes, the trusted proxy's client address (in test_gateway_hostile above) and wss
+# through lws's TLS with a self-signed certificate the test makes (openssl CLI, libssl client).
+find_package(OpenSSL)
+if(OpenSSL_FOUND)
+  duel_test(test_gateway_tls ${CMAKE_CURRENT_LIST_DIR}/test_gateway_tls.c)
+  if(TARGET test_gateway_tls)
+    target_link_libraries(test_gateway_tls PRIVATE OpenSSL::SSL OpenSSL::Crypto)
+    set_tests_properties(test_gateway_tls PROPERTIES TIMEOUT 60)
+  endif()
+endif()
+# The live fuzzer: frame fuzzers, slowloris, 1,000 idle connections and an ask burst against a
+# running gateway while a normal user chats (its time to duel within 2x of alone, plus a floor).
+duel_test(test_gateway_live_fuzz ${CMAKE_CURRENT_LIST_DIR}/test_gateway_live_fuzz.c)
+set_tests_properties(test_gateway_live_fuzz PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE)

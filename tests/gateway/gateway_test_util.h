@@ -80,6 +80,22 @@ static inline void tu_redis_start(tu_redis *r) {
 
 static inline void tu_redis_stop(tu_redis *r, int sig) { redis_server_stop(&r->server, sig); }
 
+/* One redis-server for a whole cmocka group:
+ * cmocka_run_group_tests(tests, tu_group_redis_start, tu_group_redis_stop). */
+static tu_redis tu_group_redis __attribute__((unused));
+
+static inline int tu_group_redis_start(void **state) {
+    (void)state;
+    tu_redis_start(&tu_group_redis);
+    return 0;
+}
+
+static inline int tu_group_redis_stop(void **state) {
+    (void)state;
+    tu_redis_stop(&tu_group_redis, SIGTERM);
+    return 0;
+}
+
 static inline long long tu_redis_int(const tu_redis *r, const char *cmd) {
     redisContext *c = tu_redis_connect(r);
     assert_non_null(c);
@@ -121,6 +137,7 @@ static inline void tu_gateway_config(gateway_config *cfg, const tu_redis *r) {
     cfg->asks_per_minute_connection = 100000;
     cfg->asks_per_minute_address = 1000000;
     cfg->connections_per_address = 100000;
+    cfg->asks_pending_per_address = 100000;
 }
 
 /* A gateway with this backend (which it takes over) on its own thread. */
@@ -157,6 +174,11 @@ typedef struct ws_client {
     int fd;
     unsigned char buf[1 << 16];
     size_t len;
+    /* Another transport (the wss test's TLS): reads what is there into buf (ws_fill's
+     * contract) and writes all of data; NULL: the plain socket. */
+    int (*fill)(struct ws_client *c, int timeout_ms);
+    int (*write)(struct ws_client *c, const void *data, size_t n);
+    void *io;
 } ws_client;
 
 static inline int tu_tcp_connect(int port) {
@@ -188,6 +210,7 @@ static inline int tu_write_all(int fd, const void *data, size_t n) {
 /* Reads more bytes into the buffer; 0 ok, -1 timeout, -2 closed. */
 static inline int ws_fill(ws_client *c, int timeout_ms) {
     if (c->len == sizeof c->buf) return -2;
+    if (c->fill) return c->fill(c, timeout_ms);
     struct pollfd p = {.fd = c->fd, .events = POLLIN};
     int pr = poll(&p, 1, timeout_ms);
     if (pr == 0) return -1;
@@ -197,19 +220,17 @@ static inline int ws_fill(ws_client *c, int timeout_ms) {
     return 0;
 }
 
-/* Connects and upgrades on path (e.g. "/?client=ID", as the page does behind a load balancer).
- * Returns 101 on success, else the HTTP status (or -1). */
-static inline int ws_connect_path(ws_client *c, int port, const char *path, const char *origin) {
-    memset(c, 0, sizeof *c);
-    c->fd = tu_tcp_connect(port);
-    if (c->fd < 0) return -1;
-    char req[1024];
+/* The upgrade request on path ("/", or "/?client=ID" as the page sends behind a load balancer)
+ * with extra header lines (NULL or "Name: value\r\n..."), and its answer, on c's connection
+ * (plain or c->write's). Returns 101 on success, else the HTTP status (or -1). */
+static inline int ws_upgrade_path(ws_client *c, int port, const char *path, const char *headers) {
+    char req[2048];
     int n = snprintf(req, sizeof req,
                      "GET %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
                      "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                     "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: duel.v1\r\n%s%s%s\r\n",
-                     path, port, origin ? "Origin: " : "", origin ? origin : "", origin ? "\r\n" : "");
-    if (tu_write_all(c->fd, req, (size_t)n)) return -1;
+                     "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: duel.v1\r\n%s\r\n",
+                     path, port, headers ? headers : "");
+    if (c->write ? c->write(c, req, (size_t)n) : tu_write_all(c->fd, req, (size_t)n)) return -1;
     for (;;) {
         unsigned char *end = NULL;
         for (size_t i = 0; i + 3 < c->len; i++)
@@ -227,6 +248,28 @@ static inline int ws_connect_path(ws_client *c, int port, const char *path, cons
         }
         if (ws_fill(c, 5000)) return -1;
     }
+}
+
+static inline int ws_upgrade(ws_client *c, int port, const char *headers) {
+    return ws_upgrade_path(c, port, "/", headers);
+}
+
+/* Connects and upgrades on path, with an Origin header unless origin is NULL. */
+static inline int ws_connect_path(ws_client *c, int port, const char *path, const char *origin) {
+    memset(c, 0, sizeof *c);
+    c->fd = tu_tcp_connect(port);
+    if (c->fd < 0) return -1;
+    char headers[512] = "";
+    if (origin) snprintf(headers, sizeof headers, "Origin: %s\r\n", origin);
+    return ws_upgrade_path(c, port, path, headers);
+}
+
+/* Connects and upgrades on "/" with extra header lines. */
+static inline int ws_connect_headers(ws_client *c, int port, const char *headers) {
+    memset(c, 0, sizeof *c);
+    c->fd = tu_tcp_connect(port);
+    if (c->fd < 0) return -1;
+    return ws_upgrade(c, port, headers);
 }
 
 /* Connects and upgrades on "/". */
@@ -256,7 +299,7 @@ static inline int ws_send_frame(ws_client *c, int opcode, bool fin, const void *
     memcpy(frame, hdr, h);
     const unsigned char *d = data;
     for (size_t i = 0; i < len; i++) frame[h + i] = d[i] ^ mask[i & 3];
-    int rc = tu_write_all(c->fd, frame, h + len);
+    int rc = c->write ? c->write(c, frame, h + len) : tu_write_all(c->fd, frame, h + len);
     free(frame);
     return rc;
 }

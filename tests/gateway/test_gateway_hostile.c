@@ -5,26 +5,16 @@
  * subprotocol refused and counted; max_connections enforced; the hello, idle and
  * partial-message timeouts (a message kept open fragment by fragment is still closed on time);
  * HTTP methods (405 with Allow, the admin API's POST still reaching it, HEAD without a body),
- * 431 for headers over the limit; and the Origin allow-list instead of the request's own Host. */
+ * 431 for headers over the limit; the Origin allow-list instead of the request's own Host; the
+ * per-address limits, each with its own code (asks per minute of the address, asks pending),
+ * and the client address behind trusted proxies (X-Forwarded-For believed from them only). */
 #include "gateway_test_util.h"
+#include "http_route.h"
 
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 
-static tu_redis redis;
-
-static int group_setup(void **state) {
-    (void)state;
-    tu_redis_start(&redis);
-    return 0;
-}
-
-static int group_teardown(void **state) {
-    (void)state;
-    tu_redis_stop(&redis, SIGTERM);
-    return 0;
-}
 
 /* Sends a raw request and reads the response until the server closes or has been quiet for
  * quiet_ms. Returns the status (-1: none); *out (may be NULL) gets the whole response. */
@@ -122,7 +112,7 @@ static void test_descriptors_exhausted(void **state) {
         rl.rlim_cur = 128;
         if (setrlimit(RLIMIT_NOFILE, &rl)) _exit(3);
         gateway_config cfg;
-        tu_gateway_config(&cfg, &redis);
+        tu_gateway_config(&cfg, &tu_group_redis);
         cfg.port = port;
         duel_backend backend;
         backend_test_config bcfg = {.step_delay_ms = 0, .queue_capacity = 64};
@@ -190,7 +180,7 @@ static void test_descriptors_exhausted(void **state) {
 static void test_upgrades_and_connection_caps(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     cfg.max_connections = 2;
     tu_gateway g;
     tu_gateway_start(&g, &cfg, 0);
@@ -223,7 +213,7 @@ static void test_upgrades_and_connection_caps(void **state) {
 static void test_timeouts(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     cfg.hello_timeout_s = 1;
     cfg.idle_timeout_s = 3;
     cfg.partial_message_timeout_s = 2;
@@ -279,7 +269,7 @@ static void test_timeouts(void **state) {
 static void test_http_methods_and_headers(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     tu_gateway g;
     tu_gateway_start(&g, &cfg, 0);
     static const char *const METHODS[] = {"POST", "PUT", "DELETE", "PATCH", "OPTIONS"};
@@ -331,7 +321,7 @@ static void test_http_methods_and_headers(void **state) {
 static void test_origin_allow_list(void **state) {
     (void)state;
     gateway_config cfg;
-    tu_gateway_config(&cfg, &redis);
+    tu_gateway_config(&cfg, &tu_group_redis);
     tu_gateway g;
     tu_gateway_start(&g, &cfg, 0);
     char own[64], localhost[64];
@@ -355,6 +345,198 @@ static void test_origin_allow_list(void **state) {
     tu_gateway_stop(&g);
 }
 
+/* The pure rules of http_client_address and http_cidr_parse (http_route.h). */
+static void test_client_address_rules(void **state) {
+    (void)state;
+    http_cidr t[3];
+    assert_true(http_cidr_parse("127.0.0.1", &t[0]));
+    assert_true(http_cidr_parse("10.0.0.0/8", &t[1]));
+    assert_true(http_cidr_parse("fd00::/8", &t[2]));
+    http_cidr bad;
+    assert_false(http_cidr_parse("10.0.0.0/33", &bad));
+    assert_false(http_cidr_parse("10.0.0/8", &bad));
+    assert_false(http_cidr_parse("::1/129", &bad));
+    assert_false(http_cidr_parse("10.0.0.0/", &bad));
+    assert_false(http_cidr_parse("example.com", &bad));
+    assert_false(http_cidr_parse("", &bad));
+    char out[HTTP_ADDRESS_MAX];
+#define XFF(peer, xff) http_client_address(peer, xff, strlen(xff), t, 3, out)
+    XFF("127.0.0.1", "203.0.113.5");
+    assert_string_equal(out, "203.0.113.5");
+    /* From the right: trusted hops are skipped, what the client wrote left of them is not read */
+    XFF("127.0.0.1", "6.6.6.6, 203.0.113.5, 10.1.2.3");
+    assert_string_equal(out, "203.0.113.5");
+    XFF("10.0.0.9", " 198.51.100.7 ,fd00::1");
+    assert_string_equal(out, "198.51.100.7");
+    /* Not an address where a hop should be: the nearest trusted hop stands */
+    XFF("127.0.0.1", "203.0.113.5, junk");
+    assert_string_equal(out, "127.0.0.1");
+    XFF("127.0.0.1", "203.0.113.5,,10.1.1.1");
+    assert_string_equal(out, "10.1.1.1");
+    XFF("127.0.0.1", "");
+    assert_string_equal(out, "127.0.0.1");
+    http_client_address("127.0.0.1", NULL, 0, t, 3, out);
+    assert_string_equal(out, "127.0.0.1");
+    /* Every hop trusted: the leftmost */
+    XFF("127.0.0.1", "10.0.0.1, 10.0.0.2");
+    assert_string_equal(out, "10.0.0.1");
+    /* An untrusted peer's header is ignored */
+    XFF("192.0.2.1", "203.0.113.5");
+    assert_string_equal(out, "192.0.2.1");
+    /* One client, one key: forms of one address normalise */
+    XFF("127.0.0.1", "[2001:DB8::1]");
+    assert_string_equal(out, "2001:db8::1");
+    XFF("::ffff:127.0.0.1", "::ffff:203.0.113.5");
+    assert_string_equal(out, "203.0.113.5");
+#undef XFF
+    /* config: refused with the key named */
+    gateway_config cfg;
+    gateway_config_defaults(&cfg);
+    assert_int_equal(cfg.n_trusted_proxies, 0);
+    assert_int_equal(cfg.asks_pending_per_address, 8);
+    duel_error err = {0};
+    json_t *j = json_loads("{\"gateway\":{\"trusted_proxies\":[\"10.0.0.0/8\",\"nope\"]}}", 0, NULL);
+    assert_int_not_equal(gateway_config_from_json(&cfg, j, "test", &err), 0);
+    assert_non_null(strstr(err.message, "gateway.trusted_proxies[1]"));
+    json_decref(j);
+    j = json_loads("{\"gateway\":{\"tls_cert\":\"a.pem\"}}", 0, NULL);
+    assert_int_not_equal(gateway_config_from_json(&cfg, j, "test", &err), 0);
+    assert_non_null(strstr(err.message, "tls_key"));
+    json_decref(j);
+}
+
+/* Sends an ask and leaves its answer unread. */
+static void send_ask(ws_client *c, const char *text) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "{\"type\":\"ask\",\"text\":\"%s\"}", text);
+    assert_int_equal(ws_send_text(c, msg), 0);
+}
+
+/* Reads frames until the duel of the ask just sent ends. */
+static void finish_duel(ws_client *c) {
+    for (;;) {
+        json_t *j = ws_recv_json(c, 10000);
+        if (!j) fail_msg("duel did not finish");
+        bool end = strcmp(tu_type(j), "duel_end") == 0;
+        if (strcmp(tu_type(j), "error") == 0) fail_msg("error during a duel");
+        json_decref(j);
+        if (end) return;
+    }
+}
+
+/* Polls /metrics until the gateway accepted n asks (their order across sockets is then
+ * settled). */
+static void wait_asks(int port, long long n) {
+    double deadline = tu_now() + 10;
+    while (tu_metric(port, "duel_gateway_asks_total") < n) {
+        if (tu_now() > deadline) fail_msg("the gateway did not take %lld asks", n);
+        tu_sleep_ms(10);
+    }
+}
+
+/* Each per-address limit refuses with its own code, and a connection's own limit with another:
+ * asks per minute of the address (address_rate_limited, while each connection is far below
+ * its own), asks pending for the address (too_many_pending, while the slow ones run; free
+ * again once they end). */
+static void test_address_limits_have_their_own_codes(void **state) {
+    (void)state;
+    gateway_config cfg;
+    tu_gateway_config(&cfg, &tu_group_redis);
+    cfg.asks_per_minute_connection = 100;
+    cfg.asks_per_minute_address = 3;
+    tu_gateway g;
+    tu_gateway_start(&g, &cfg, 0);
+    ws_client c[3];
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(ws_connect(&c[i], g.port, NULL), 101);
+        ws_hello(&c[i], NULL, NULL);
+    }
+    tu_duel d;
+    ws_ask_duel(&c[0], "one", &d);
+    tu_duel_free(&d);
+    ws_ask_duel(&c[1], "two", &d);
+    tu_duel_free(&d);
+    ws_ask_duel(&c[2], "three", &d);
+    tu_duel_free(&d);
+    send_ask(&c[0], "four"); /* c[0] asked once of its 100; the address three of its 3 */
+    ws_expect_error(&c[0], "address_rate_limited");
+    for (int i = 0; i < 3; i++) ws_close(&c[i]);
+    tu_gateway_stop(&g);
+
+    tu_gateway_config(&cfg, &tu_group_redis);
+    cfg.asks_pending_per_address = 2;
+    tu_gateway_start(&g, &cfg, 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(ws_connect(&c[i], g.port, NULL), 101);
+        ws_hello(&c[i], NULL, NULL);
+    }
+    /* "!slow": the test backend takes 800 ms over it, one at a time */
+    send_ask(&c[0], "!slow one");
+    wait_asks(g.port, 1);
+    send_ask(&c[1], "!slow two");
+    wait_asks(g.port, 2);
+    send_ask(&c[2], "three");
+    ws_expect_error(&c[2], "too_many_pending");
+    finish_duel(&c[0]);
+    finish_duel(&c[1]);
+    ws_ask_duel(&c[2], "three again", &d); /* nothing pending now */
+    tu_duel_free(&d);
+    for (int i = 0; i < 3; i++) ws_close(&c[i]);
+    tu_gateway_stop(&g);
+}
+
+/* Behind a trusted proxy each client is counted under the address X-Forwarded-For names
+ * (connections_per_address here); what the client itself wrote to the left is not believed,
+ * and nobody else's header counts. */
+static void test_trusted_proxy_address(void **state) {
+    (void)state;
+    gateway_config cfg;
+    tu_gateway_config(&cfg, &tu_group_redis);
+    cfg.connections_per_address = 2;
+    cfg.n_trusted_proxies = 1;
+    snprintf(cfg.trusted_proxies[0], sizeof cfg.trusted_proxies[0], "127.0.0.0/8");
+    tu_gateway g;
+    tu_gateway_start(&g, &cfg, 0);
+    ws_client a[2], more[3];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(ws_connect_headers(&a[i], g.port, "X-Forwarded-For: 203.0.113.5\r\n"), 101);
+        ws_hello(&a[i], NULL, NULL);
+    }
+    /* a third from that client, spoofing another address to the left of the proxy's hop */
+    assert_int_equal(ws_connect_headers(&more[0], g.port,
+                                        "X-Forwarded-For: 198.51.100.1, 203.0.113.5\r\n"), 101);
+    ws_expect_error(&more[0], "too_many_connections");
+    ws_close(&more[0]);
+    /* other clients behind the same proxy are not locked out */
+    assert_int_equal(ws_connect_headers(&more[1], g.port,
+                                        "X-Forwarded-For: 203.0.113.5, 203.0.113.9\r\n"), 101);
+    ws_hello(&more[1], NULL, NULL);
+    assert_int_equal(ws_connect_headers(&more[2], g.port, "X-Forwarded-For: 198.51.100.7\r\n"), 101);
+    ws_hello(&more[2], NULL, NULL);
+    tu_duel d;
+    ws_ask_duel(&more[2], "hello from behind the proxy", &d);
+    tu_duel_free(&d);
+    for (int i = 0; i < 2; i++) ws_close(&a[i]);
+    ws_close(&more[1]);
+    ws_close(&more[2]);
+    tu_gateway_stop(&g);
+
+    /* Without trust the header is the client's word: everyone is the peer, 127.0.0.1. */
+    cfg.n_trusted_proxies = 0;
+    tu_gateway_start(&g, &cfg, 0);
+    for (int i = 0; i < 2; i++) {
+        char h[64];
+        snprintf(h, sizeof h, "X-Forwarded-For: 203.0.113.%d\r\n", 20 + i);
+        assert_int_equal(ws_connect_headers(&a[i], g.port, h), 101);
+        ws_hello(&a[i], NULL, NULL);
+    }
+    assert_int_equal(ws_connect_headers(&more[0], g.port, "X-Forwarded-For: 203.0.113.30\r\n"), 101);
+    ws_expect_error(&more[0], "too_many_connections");
+    ws_close(&more[0]);
+    for (int i = 0; i < 2; i++) ws_close(&a[i]);
+    tu_gateway_stop(&g);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
@@ -363,6 +545,9 @@ int main(void) {
         cmocka_unit_test(test_timeouts),
         cmocka_unit_test(test_http_methods_and_headers),
         cmocka_unit_test(test_origin_allow_list),
+        cmocka_unit_test(test_client_address_rules),
+        cmocka_unit_test(test_address_limits_have_their_own_codes),
+        cmocka_unit_test(test_trusted_proxy_address),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return cmocka_run_group_tests(tests, tu_group_redis_start, tu_group_redis_stop);
 }

@@ -674,6 +674,75 @@ static void test_engine_two_arms_and_cancel(void **state) {
     fixture_close(&f);
 }
 
+/* Fair admission (engine_admission.c): one user's burst does not queue in front of another
+ * user. Twenty long requests of key 1, then one short request of key 2, with room for two
+ * sequences running: the scheduler alone would run them in arrival order, and key 2 would end
+ * after 19 of key 1's; held for fair admission, key 2 starts right after the few already in the
+ * scheduler. A cancel of a request still held ends it with CANCELLED, and every request ends
+ * once. */
+static void test_engine_fair_admission(void **state) {
+    (void)state;
+    engine_fixture f;
+    memset(&f, 0, sizeof f);
+    f.m[0] = load_model("tiny-llama-f32");
+    char dir[1024], path[1200];
+    model_dir("tiny-llama-f32", dir, sizeof dir);
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    duel_error err = {0};
+    if (tokenizer_load(path, &f.tok, &err)) fail_msg("%s", err.message);
+    engine_model_params mp[1] = {{"policy", f.m[0], f.tok}};
+    engine_params ep = {.models = mp, .num_models = 1, .kv_memory_bytes = (size_t)8 << 20,
+                        .max_running = 2, .max_candidates = 4};
+    if (engine_create(&ep, &f.e, &err)) fail_msg("engine_create: %s", err.message);
+    duel_rng rng;
+    duel_rng_seed(&rng, 5);
+    enum { BURST = 20, LONG = 60 };
+    int32_t *prompt = random_prompt(&rng, 8, 512);
+    uint64_t ids[BURST + 2];
+    for (int i = 0; i < BURST + 2; i++) {
+        bool newcomer = i == BURST; /* BURST + 1: one more of the burst, cancelled */
+        engine_request req = {.tokens = prompt, .num_tokens = 8, .num_candidates = 1,
+                              .sampling = {0, 1, 0}, .max_new_tokens = newcomer ? 4 : LONG,
+                              .fairness_key = newcomer ? 2 : 1,
+                              .user = (void *)(uintptr_t)i};
+        assert_int_equal(engine_submit(f.e, &req, &ids[i], &err), 0);
+    }
+    /* the last of the burst is cancelled at once: it cannot have reached the scheduler */
+    if (engine_cancel(f.e, ids[BURST + 1], &err)) fail_msg("cancel: %s", err.message);
+    int ended[BURST + 2] = {0}, burst_done = 0, burst_done_when_newcomer_ended = -1;
+    int n_ended = 0;
+    while (n_ended < BURST + 2) {
+        engine_event *ev = wait_event(f.e);
+        int i = (int)(uintptr_t)ev->user;
+        if (ev->kind == ENGINE_EVENT_FINISHED || ev->kind == ENGINE_EVENT_CANCELLED ||
+            ev->kind == ENGINE_EVENT_ERROR) {
+            ended[i]++;
+            n_ended++;
+            if (i == BURST + 1) assert_int_equal(ev->kind, ENGINE_EVENT_CANCELLED);
+            else assert_int_equal(ev->kind, ENGINE_EVENT_FINISHED);
+            if (i < BURST) burst_done++;
+            if (i == BURST) burst_done_when_newcomer_ended = burst_done;
+        }
+        engine_event_free(ev);
+    }
+    for (int i = 0; i < BURST + 2; i++) assert_int_equal(ended[i], 1);
+    printf("# fair admission: the newcomer ended after %d of the burst's %d requests\n",
+           burst_done_when_newcomer_ended, BURST);
+    assert_true(burst_done_when_newcomer_ended >= 0 && burst_done_when_newcomer_ended <= 6);
+    engine_event *extra = NULL;
+    engine_poll(f.e, 0.2, &extra); /* nothing more; the stats follow the last step */
+    assert_null(extra);
+    engine_stats st;
+    engine_stats_get(f.e, &st);
+    assert_int_equal(st.admission_queued, 0);
+    assert_int_equal(st.requests_cancelled, 1);
+    assert_int_equal(st.kv_used_blocks, 0);
+    free(prompt);
+    engine_destroy(f.e);
+    model_free(f.m[0]);
+    tokenizer_free(f.tok);
+}
+
 static void test_engine_bad_inputs(void **state) {
     (void)state;
     engine_fixture f;
@@ -989,6 +1058,7 @@ int main(void) {
         cmocka_unit_test(test_prefix_cache_hits_equal_cold),
         cmocka_unit_test(test_engine_duel_request),
         cmocka_unit_test(test_engine_two_arms_and_cancel),
+        cmocka_unit_test(test_engine_fair_admission),
         cmocka_unit_test(test_engine_bad_inputs),
         cmocka_unit_test(test_engine_hot_swap),
     };

@@ -48,7 +48,7 @@ PIDS+=("$TRAIN")
 "$DUEL" serve --port 0 --redis "127.0.0.1:$RPORT" --model "$SRC/models/default" --snapshots \
     --spill "$TMP/spill.log" --web-root "$SRC/gateway/web" --candidates 2 --max-new-tokens 8 \
     --set gateway.asks_per_minute_connection=1000000 --set gateway.asks_per_minute_address=1000000 \
-    --set gateway.connections_per_address=1000 >"$TMP/serve.log" 2>&1 &
+    --set gateway.connections_per_address=1000 --set gateway.asks_pending_per_address=1000000 >"$TMP/serve.log" 2>&1 &
 PIDS+=($!)
 PORT=
 for _ in $(seq 600); do
