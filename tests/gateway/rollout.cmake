@@ -12,3 +12,9 @@ duel_test(test_rollout_api ${CMAKE_CURRENT_LIST_DIR}/test_rollout_api.c)
 if(NOT DUEL_FUZZ)
   set_tests_properties(test_rollout_api PROPERTIES TIMEOUT 60)
 endif()
+# Serving by arm on the default model: pinned versions resident, battles between two arms, an arm
+# at weight 0 retired, the revision in duel:stats and /metrics (a gateway, the loader, Redis).
+duel_test(test_rollout_serving ${CMAKE_CURRENT_LIST_DIR}/test_rollout_serving.c)
+if(NOT DUEL_FUZZ)
+  set_tests_properties(test_rollout_serving PROPERTIES TIMEOUT 200 SKIP_RETURN_CODE 77)
+endif()

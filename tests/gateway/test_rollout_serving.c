@@ -1,0 +1,349 @@
+/* test_rollout_serving.c: serving by rollout arm (issue 20, docs/SERVING.md "Rollouts") on the
+ * shipped default model. In the engine adapter: a pinned version stays resident beside the
+ * latest and serves the duels pinned to it; a battle takes one answer from each of two arms and
+ * names both in gen_params; a version no pin needs any more is retired and its duels go to the
+ * latest. Through a gateway with a real redis-server: the loader makes the versions duel:rollout
+ * pins resident, every vote carries the arm (gen_params "arm") the client's id is assigned to and
+ * the policy version of that arm, battles at arena_fraction name both arms, an arm lowered to
+ * weight 0 is retired and its users served by the other, and duel:stats and /metrics carry the
+ * revision served. Skips (exit 77) when models/default is missing. */
+#include "gateway_test_util.h"
+
+#include "duel_backend.h"
+#include "erm.h"
+#include "lm_trainer.h"
+#include "rng.h"
+#include "rollout_spec.h"
+#include "snapshot_write.h"
+#include "train_model.h"
+
+static char model_dir[1024];
+
+/* Snapshot v of the default model, every weight scaled by 1 + noise * U(-1, 1). */
+static void write_snapshot(const char *data_dir, long long v, double noise, char *path, size_t cap) {
+    train_model *tm = NULL;
+    char *config_json = NULL;
+    duel_error err = {0};
+    if (lm_model_load_hf(model_dir, &tm, &config_json, &err)) fail_msg("%s", err.message);
+    float *w = train_model_parameter_memory(tm);
+    size_t n = train_model_num_parameters(tm);
+    duel_rng rng;
+    duel_rng_seed(&rng, (uint64_t)v);
+    for (size_t i = 0; i < n; i++)
+        w[i] *= (float)(1.0 + noise * ((double)duel_rng_below(&rng, 2001) / 1000.0 - 1.0));
+    int H = train_model_config(tm)->hidden_size;
+    erm_config ec = {ERM_DEFAULT_NUM_HEADS, 2 * H, ERM_DEFAULT_HIDDEN};
+    erm *e = NULL;
+    assert_int_equal(erm_create(&ec, &rng, &e, &err), 0);
+    snapshot_info info = {v, v - 1, 10 * v, 8 * v, 1700000000000LL + v, model_dir, NULL, 0};
+    if (snapshot_write(data_dir, &info, tm, config_json, e, model_dir, path, cap, &err))
+        fail_msg("snapshot_write: %s", err.message);
+    erm_free(e);
+    train_model_free(tm);
+    free(config_json);
+}
+
+typedef struct sink {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    duel_backend_result *ready;
+    char error[256];
+    bool failed;
+} sink;
+
+static void sink_fn(void *ctx, duel_backend_event *ev) {
+    sink *s = ctx;
+    pthread_mutex_lock(&s->mu);
+    if (ev->kind == DUEL_BACKEND_READY) {
+        s->ready = ev->result;
+        ev->result = NULL;
+    } else if (ev->kind == DUEL_BACKEND_ERROR) {
+        s->failed = true;
+        snprintf(s->error, sizeof s->error, "%s", ev->message);
+    }
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static duel_backend_result *run_duel(duel_backend *b, sink *s, const duel_backend_request *req) {
+    duel_error err = {0};
+    if (b->submit(b->impl, req, &err)) fail_msg("submit: %s", err.message);
+    pthread_mutex_lock(&s->mu);
+    while (!s->ready && !s->failed) pthread_cond_wait(&s->cv, &s->mu);
+    duel_backend_result *r = s->ready;
+    s->ready = NULL;
+    if (s->failed) fail_msg("duel failed: %s", s->error);
+    pthread_mutex_unlock(&s->mu);
+    return r;
+}
+
+static long long pinned_version(duel_backend *b, sink *s, uint64_t id, long long pin) {
+    duel_backend_request req = {.request_id = id, .text = "What is a lake?", .arm_snapshot = pin,
+                                .seed = 1000 + id, .rollout = true, .arm_name = "x"};
+    duel_backend_result *r = run_duel(b, s, &req);
+    long long v = r->policy_version;
+    assert_string_not_equal(r->strategy, "arena"); /* a rollout's duel is a battle only when asked */
+    duel_backend_result_free(r);
+    return v;
+}
+
+static void test_adapter_arms(void **state) {
+    (void)state;
+    backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 4,
+                                 .temperature = 1.0f, .top_p = 1.0f, .max_new_tokens = 8,
+                                 .kv_memory_bytes = 16u << 20, .snapshots = true};
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    assert_non_null(b.hold_snapshot);
+    sink s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    assert_int_equal(b.start(b.impl, sink_fn, &s, &err), 0);
+    char data[512], d1[1024], d2[1024], d3[1024];
+    test_make_temp_dir("arms-data", data, sizeof data);
+    write_snapshot(data, 1, 0.2, d1, sizeof d1);
+    write_snapshot(data, 2, 0.2, d2, sizeof d2);
+    write_snapshot(data, 3, 0.2, d3, sizeof d3);
+    if (b.install_snapshot(b.impl, 1, d1, &err)) fail_msg("%s", err.message);
+    if (b.install_snapshot(b.impl, 2, d2, &err)) fail_msg("%s", err.message);
+    /* v1 was not pinned: the new latest retired it; its duels go to the latest */
+    assert_false(b.snapshot_resident(b.impl, 1));
+    assert_int_equal(pinned_version(&b, &s, 1, 1), 2);
+    /* pinned: resident again beside the latest, serving its own duels */
+    b.set_pins(b.impl, (long long[]){1}, 1);
+    if (b.hold_snapshot(b.impl, 1, d1, &err)) fail_msg("%s", err.message);
+    assert_true(b.snapshot_resident(b.impl, 1) && b.snapshot_resident(b.impl, 2));
+    assert_int_equal(pinned_version(&b, &s, 2, 1), 1);
+    assert_int_equal(pinned_version(&b, &s, 3, ROLLOUT_SNAPSHOT_LATEST), 2);
+    assert_int_equal(pinned_version(&b, &s, 4, ROLLOUT_SNAPSHOT_BASE), 0);
+    /* A battle of v1 ("stable") and the latest ("canary"): one answer from each half. */
+    for (uint64_t id = 5; id < 8; id++) {
+        duel_backend_request req = {.request_id = id, .text = "What is a lake?", .arm_snapshot = 1,
+                                    .seed = 2000 + id, .rollout = true, .arm_name = "stable",
+                                    .battle = true, .battle_snapshot = ROLLOUT_SNAPSHOT_LATEST,
+                                    .battle_arm_name = "canary"};
+        duel_backend_result *r = run_duel(&b, &s, &req);
+        assert_string_equal(r->strategy, "arena");
+        int lo = r->cand_a < r->cand_b ? r->cand_a : r->cand_b;
+        int hi = r->cand_a < r->cand_b ? r->cand_b : r->cand_a;
+        assert_true(lo < 2 && hi >= 2);
+        json_t *gp = json_loads(r->gen_params_json, 0, NULL);
+        assert_int_equal(json_integer_value(json_object_get(gp, "arena_split")), 2);
+        json_t *versions = json_object_get(gp, "arena_versions"), *arms = json_object_get(gp, "arena_arms");
+        assert_int_equal(json_integer_value(json_array_get(versions, 0)), 1);
+        assert_int_equal(json_integer_value(json_array_get(versions, 1)), 2);
+        assert_string_equal(json_string_value(json_array_get(arms, 0)), "stable");
+        assert_string_equal(json_string_value(json_array_get(arms, 1)), "canary");
+        assert_string_equal(json_string_value(json_object_get(gp, "arm")), "stable");
+        json_decref(gp);
+        duel_backend_result_free(r);
+    }
+    /* Two pins on the same weights are no battle. */
+    duel_backend_request same = {.request_id = 9, .text = "What is a lake?", .arm_snapshot = 2,
+                                 .seed = 9, .rollout = true, .arm_name = "a", .battle = true,
+                                 .battle_snapshot = ROLLOUT_SNAPSHOT_LATEST, .battle_arm_name = "b"};
+    duel_backend_result *r = run_duel(&b, &s, &same);
+    assert_string_equal(r->strategy, "ee_ts");
+    assert_null(strstr(r->gen_params_json, "arena_arms"));
+    duel_backend_result_free(r);
+    /* A new latest keeps the pinned v1 and retires v2 (not pinned). */
+    if (b.install_snapshot(b.impl, 3, d3, &err)) fail_msg("%s", err.message);
+    assert_true(b.snapshot_resident(b.impl, 1) && b.snapshot_resident(b.impl, 3));
+    assert_false(b.snapshot_resident(b.impl, 2));
+    assert_int_equal(pinned_version(&b, &s, 10, 1), 1);
+    /* The pin gone (weight 0): retired, its users on the latest. */
+    b.set_pins(b.impl, NULL, 0);
+    assert_false(b.snapshot_resident(b.impl, 1));
+    assert_int_equal(pinned_version(&b, &s, 11, 1), 3);
+    b.destroy(b.impl);
+}
+
+/* ---- through a gateway ---------------------------------------------------------------------- */
+
+static long long field_ll(const redisReply *f, const char *name) {
+    for (size_t i = 0; i + 1 < f->elements; i += 2)
+        if (strcmp(f->element[i]->str, name) == 0) return atoll(f->element[i + 1]->str);
+    fail_msg("no field %s", name);
+    return -1;
+}
+
+static json_t *field_json(const redisReply *f, const char *name) {
+    for (size_t i = 0; i + 1 < f->elements; i += 2)
+        if (strcmp(f->element[i]->str, name) == 0) return json_loads(f->element[i + 1]->str, 0, NULL);
+    fail_msg("no field %s", name);
+    return NULL;
+}
+
+typedef struct served {
+    long long arm, policy_version;
+    char arm_name[32];
+    json_t *gen_params;
+} served;
+
+/* One duel and its vote as client; what the duel:prefs entry (the n-th) says. */
+static void duel_as(int port, const char *client, redisContext *c, long long n, served *out) {
+    ws_client w;
+    assert_int_equal(ws_connect(&w, port, NULL), 101);
+    char msg[128];
+    snprintf(msg, sizeof msg, "{\"type\":\"hello\",\"client\":\"%s\"}", client);
+    assert_int_equal(ws_send_text(&w, msg), 0);
+    json_decref(ws_expect(&w, "welcome"));
+    tu_duel d;
+    ws_ask_duel(&w, "what is a duel?", &d);
+    ws_vote(&w, d.id, "a");
+    tu_duel_free(&d);
+    ws_close(&w);
+    redisReply *r = redisCommand(c, "XREVRANGE duel:prefs + - COUNT 1");
+    assert_true(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
+    redisReply *len = redisCommand(c, "XLEN duel:prefs");
+    assert_int_equal(len->integer, n); /* no vote lost */
+    freeReplyObject(len);
+    const redisReply *f = r->element[0]->element[1];
+    out->arm = field_ll(f, "arm");
+    out->policy_version = field_ll(f, "policy_version");
+    out->gen_params = field_json(f, "gen_params");
+    snprintf(out->arm_name, sizeof out->arm_name, "%s",
+             json_string_value(json_object_get(out->gen_params, "arm")));
+    freeReplyObject(r);
+}
+
+static void set_rollout(redisContext *c, const char *spec) {
+    freeReplyObject(redisCommand(c, "SET duel:rollout %s", spec));
+    freeReplyObject(redisCommand(c, "PUBLISH duel:notify {\"kind\":\"rollout\"}"));
+}
+
+static void wait_metric(int port, const char *name, long long want) {
+    for (int i = 0; i < 600; i++) {
+        if (tu_metric(port, name) == want) return;
+        tu_sleep_ms(100);
+    }
+    fail_msg("%s never reached %lld (is %lld)", name, want, tu_metric(port, name));
+}
+
+#define SPEC_50_50                                                                                 \
+    "{\"revision\":1,\"stable\":\"stable\",\"status\":\"progressing\",\"arena_fraction\":0,"     \
+    "\"arms\":[{\"name\":\"stable\",\"snapshot\":1,\"weight\":50},"                               \
+    "{\"name\":\"canary\",\"snapshot\":\"latest\",\"weight\":50}]}"
+#define SPEC_BATTLES                                                                               \
+    "{\"revision\":2,\"stable\":\"stable\",\"status\":\"progressing\",\"arena_fraction\":1,"     \
+    "\"arms\":[{\"name\":\"stable\",\"snapshot\":1,\"weight\":50},"                               \
+    "{\"name\":\"canary\",\"snapshot\":\"latest\",\"weight\":50}]}"
+#define SPEC_STABLE_OFF                                                                            \
+    "{\"revision\":3,\"stable\":\"canary\",\"status\":\"healthy\",\"arena_fraction\":0,"         \
+    "\"arms\":[{\"name\":\"stable\",\"snapshot\":1,\"weight\":0},"                                \
+    "{\"name\":\"canary\",\"snapshot\":\"latest\",\"weight\":100}]}"
+
+static void test_rollout_through_gateway(void **state) {
+    (void)state;
+    tu_redis redis = {0};
+    tu_redis_start(&redis);
+    redisContext *c = tu_redis_connect(&redis);
+    gateway_config gcfg;
+    tu_gateway_config(&gcfg, &redis);
+    gcfg.snapshot_loader = true;
+    gcfg.snapshot_poll_ms = 200;
+    gcfg.stats_interval_ms = 200;
+    backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 4,
+                                 .temperature = 1.0f, .top_p = 1.0f, .max_new_tokens = 8,
+                                 .kv_memory_bytes = 16u << 20, .snapshots = true};
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    tu_gateway g;
+    memset(&g, 0, sizeof g);
+    if (gateway_create(&gcfg, &b, &g.gw, &err)) fail_msg("%s", err.message);
+    g.port = gateway_port(g.gw);
+    assert_int_equal(pthread_create(&g.thread, NULL, tu_gateway_thread, &g), 0);
+    char data[512], dir[1024];
+    test_make_temp_dir("rollout-serving", data, sizeof data);
+    for (long long v = 1; v <= 2; v++) {
+        write_snapshot(data, v, 0.2, dir, sizeof dir);
+        freeReplyObject(redisCommand(c, "HSET duel:snapshot:%lld path %s", v, dir));
+        freeReplyObject(redisCommand(c, "ZADD duel:snapshots %lld %lld", v, v));
+    }
+    wait_metric(g.port, "duel_serving_policy_version", 2);
+
+    set_rollout(c, SPEC_50_50);
+    wait_metric(g.port, "duel_rollout_arms_pinned", 1);
+    wait_metric(g.port, "duel_rollout_revision", 1);
+    rollout_spec spec;
+    assert_int_equal(rollout_spec_parse(SPEC_50_50, strlen(SPEC_50_50), NULL, &spec, &err), 0);
+    long long n = 0;
+    int seen[2] = {0, 0};
+    char clients[6][33];
+    for (int i = 0; i < 6; i++) {
+        snprintf(clients[i], sizeof clients[i], "%032x", 0xabc0 + i);
+        int arm = rollout_spec_assign(&spec, clients[i]);
+        served sv;
+        duel_as(g.port, clients[i], c, ++n, &sv);
+        /* the arm the id hashes to, and that arm's weights */
+        assert_string_equal(sv.arm_name, spec.arms[arm].name);
+        assert_int_equal(sv.policy_version, arm == 0 ? 1 : 2);
+        assert_int_equal(sv.arm, spec.arms[arm].snapshot);
+        seen[arm]++;
+        json_decref(sv.gen_params);
+    }
+    assert_true(seen[0] > 0 && seen[1] > 0); /* these six ids fall on both arms (3 and 3) */
+
+    /* Every duel a battle of the two arms: both named, each with its version. */
+    set_rollout(c, SPEC_BATTLES);
+    wait_metric(g.port, "duel_rollout_revision", 2);
+    for (int i = 0; i < 2; i++) {
+        served sv;
+        duel_as(g.port, clients[i], c, ++n, &sv);
+        assert_string_equal(json_string_value(json_object_get(sv.gen_params, "strategy")), "arena");
+        json_t *arms = json_object_get(sv.gen_params, "arena_arms");
+        json_t *versions = json_object_get(sv.gen_params, "arena_versions");
+        assert_string_equal(json_string_value(json_array_get(arms, 0)), "stable");
+        assert_string_equal(json_string_value(json_array_get(arms, 1)), "canary");
+        assert_int_equal(json_integer_value(json_array_get(versions, 0)), 1);
+        assert_int_equal(json_integer_value(json_array_get(versions, 1)), 2);
+        json_decref(sv.gen_params);
+    }
+
+    /* The stable arm at weight 0: v1 retired (nothing pins it), its users on the canary. */
+    set_rollout(c, SPEC_STABLE_OFF);
+    wait_metric(g.port, "duel_rollout_arms_pinned", 0);
+    wait_metric(g.port, "duel_rollout_revision", 3);
+    for (int i = 0; i < 6; i++) {
+        if (rollout_spec_assign(&spec, clients[i]) != 0) continue;
+        served sv;
+        duel_as(g.port, clients[i], c, ++n, &sv);
+        assert_string_equal(sv.arm_name, "canary");
+        assert_int_equal(sv.policy_version, 2);
+        json_decref(sv.gen_params);
+        break;
+    }
+    /* duel:stats carries the revision this gateway serves */
+    bool found = false;
+    for (int i = 0; i < 100 && !found; i++) {
+        redisReply *r = redisCommand(c, "XREVRANGE duel:stats + - COUNT 1");
+        if (r && r->type == REDIS_REPLY_ARRAY && r->elements == 1) {
+            const redisReply *f = r->element[0]->element[1];
+            for (size_t k = 0; k + 1 < f->elements; k += 2)
+                if (strcmp(f->element[k]->str, "data") == 0)
+                    found = strstr(f->element[k + 1]->str, "\"rollout_revision\":3") != NULL;
+        }
+        freeReplyObject(r);
+        if (!found) tu_sleep_ms(100);
+    }
+    assert_true(found);
+    tu_gateway_stop(&g);
+    redisFree(c);
+    tu_redis_stop(&redis, SIGTERM);
+}
+
+int main(void) {
+    signal(SIGPIPE, SIG_IGN);
+    snprintf(model_dir, sizeof model_dir, "%s/models/default", test_env("DUEL_SOURCE_DIR", "."));
+    char probe[1100];
+    snprintf(probe, sizeof probe, "%s/model.safetensors", model_dir);
+    if (access(probe, R_OK) != 0) {
+        printf("SKIP: %s is missing\n", probe);
+        return 77;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_adapter_arms),
+        cmocka_unit_test(test_rollout_through_gateway),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
