@@ -259,7 +259,9 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
                                .timeout_ms = cfg->redis_timeout_ms, .prefix = "duel:",
                                .instance = instance, .stats_max_entries = cfg->stats_max_entries,
                                .knobs_poll_ms = cfg->knobs_poll_ms,
-                               .rollout_max_arms = cfg->rollout_max_arms, .defaults = cfg->knobs,
+                               .rollout_max_arms = cfg->rollout_max_arms,
+                               .rollout_controller_tick_ms = cfg->rollout_controller_tick_ms,
+                               .defaults = cfg->knobs,
                                .done = console_done, .ctx = gw};
         if ((rc = console_create(&ccfg, &gw->console, err))) goto fail;
     }
