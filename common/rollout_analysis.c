@@ -80,8 +80,8 @@ static uint64_t vote_total(const rollout_arm_window *w) {
     return n;
 }
 
-rollout_verdict rollout_check_arm(const rollout_analysis *a, const rollout_arm_window *w, char *why,
-                                  size_t cap) {
+rollout_verdict rollout_check_arm(const rollout_analysis *a, bool battles_expected,
+                                  const rollout_arm_window *w, char *why, size_t cap) {
     uint64_t votes = vote_total(w) + (uint64_t)w->battles;
     if ((long long)votes < a->min_votes) {
         snprintf(why, cap, "%s: %llu votes in the window, fewer than min_votes %lld", w->name,
@@ -104,6 +104,13 @@ rollout_verdict rollout_check_arm(const rollout_analysis *a, const rollout_arm_w
                  (unsigned long long)own, a->max_both_bad_rate);
         return ROLLOUT_CHECK_FAIL;
     }
+    if ((battles_expected || w->battles > 0) && (long long)w->battles < a->min_votes) {
+        /* the win rate decides once there are enough battles: a canary's own duels pit it
+         * against itself, so its votes alone cannot tell a worse model */
+        snprintf(why, cap, "%s: %llu arena battles in the window, fewer than min_votes %lld",
+                 w->name, (unsigned long long)w->battles, a->min_votes);
+        return ROLLOUT_CHECK_INCONCLUSIVE;
+    }
     if (w->battles > 0) {
         double lo, hi;
         rollout_wilson_interval(w->wins, (double)w->battles, &lo, &hi);
@@ -114,6 +121,15 @@ rollout_verdict rollout_check_arm(const rollout_analysis *a, const rollout_arm_w
                      w->name, w->wins / (double)w->battles, lo, hi,
                      (unsigned long long)w->battles, a->min_win_rate);
             return ROLLOUT_CHECK_FAIL;
+        }
+        if (w->wins / (double)w->battles < a->min_win_rate) {
+            /* below, but not surely: neither a failure nor a pass until more battles say */
+            snprintf(why, cap,
+                     "%s: arena win rate %.3f [%.3f, %.3f] over %llu battles: below min_win_rate "
+                     "%.3f, not surely",
+                     w->name, w->wins / (double)w->battles, lo, hi,
+                     (unsigned long long)w->battles, a->min_win_rate);
+            return ROLLOUT_CHECK_INCONCLUSIVE;
         }
     }
     snprintf(why, cap, "%s: within the thresholds (%llu votes, %llu battles)", w->name,
@@ -215,7 +231,8 @@ void rollout_controller_tick(rollout_controller *c, rollout_spec *spec, int64_t 
     follow(c, spec, now_ms);
     if (canary && canary_serves(spec)) {
         out->checked = true;
-        out->verdict = rollout_check_arm(&spec->analysis, canary, out->why, sizeof out->why);
+        out->verdict = rollout_check_arm(&spec->analysis, spec->arena_fraction > 0, canary,
+                                         out->why, sizeof out->why);
         c->last_check_ms = now_ms;
         if (out->verdict == ROLLOUT_CHECK_FAIL) c->failures++;
         if (out->verdict == ROLLOUT_CHECK_PASS) {

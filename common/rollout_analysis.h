@@ -7,11 +7,15 @@
  * figures but no automatic action (its steps are refused by rollout_spec_check anyway).
  *
  * A check over the window:
- *   inconclusive  fewer than analysis.min_votes votes on the canary (nothing is judged on a few);
+ *   inconclusive  fewer than analysis.min_votes votes on the canary (nothing is judged on a few),
+ *                 or fewer than min_votes arena battles against the stable arm while battles
+ *                 are expected (the spec's arena_fraction above 0) or under way;
  *   fail          errors / (duels + errors) > max_error_rate, or both_bad / votes >
  *                 max_both_bad_rate, or the canary's arena battles against the stable arm (ties
  *                 and both_bad half a win) have a 95 % Wilson interval wholly below min_win_rate;
- *   pass          otherwise.
+ *   pass          otherwise, when the win rate (if battles were fought) is at least
+ *                 min_win_rate; a win rate below it whose interval reaches above it is
+ *                 inconclusive (more battles decide).
  * failure_limit consecutive failed checks roll the canary back: weight 0, status degraded
  * (rollout_spec_abort). Inconclusive checks neither count nor reset the run.
  *
@@ -62,8 +66,8 @@ typedef enum rollout_verdict {
 
 const char *rollout_verdict_name(rollout_verdict v);
 /* The check of arm w against a's thresholds; why (cap bytes) says which figure decided. */
-rollout_verdict rollout_check_arm(const rollout_analysis *a, const rollout_arm_window *w, char *why,
-                                  size_t cap);
+rollout_verdict rollout_check_arm(const rollout_analysis *a, bool battles_expected,
+                                  const rollout_arm_window *w, char *why, size_t cap);
 
 /* The window as JSON: {"arms":[{name, duels, errors, error_rate, votes{a,b,tie,both_bad},
  * both_bad_rate, ttd_p95_s, regret_mean, battles, win_rate, win_lo, win_hi}]} (null where

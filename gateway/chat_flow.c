@@ -49,6 +49,13 @@ static long long pick_arm(gateway *gw, const session *s, const char *conv_id) {
  * next ask), and, for a share arena_fraction of duels drawn from the duel's seed, a battle
  * between two arms (rollout_router_battle: every pair in turn). The duel's stats count under the
  * arm's name. No rollout: nothing changes (the latest snapshot serves). */
+static bool arm_ready(gateway *gw, long long snapshot) {
+    if (snapshot == ROLLOUT_SNAPSHOT_BASE) return true;
+    if (snapshot == ROLLOUT_SNAPSHOT_LATEST) /* the latest, or the base before any snapshot */
+        return true;
+    return !gw->backend.snapshot_resident || gw->backend.snapshot_resident(gw->backend.impl, snapshot);
+}
+
 static void choose_arms(gateway *gw, const session *s, conversation *c, duel_rec *d,
                         duel_backend_request *req) {
     gateway_rollout_refresh(gw);
@@ -56,13 +63,19 @@ static void choose_arms(gateway *gw, const session *s, conversation *c, duel_rec
     int arm = rollout_router_arm(r, s->client[0] ? s->client : c->id);
     if (arm < 0) return;
     const rollout_spec *spec = &r->spec;
+    /* An arm whose snapshot the loader has not made resident yet (just pinned) is not served
+     * under its name: its users get the stable arm meanwhile, so that every duel counts for the
+     * arm whose weights made it. */
+    if (!arm_ready(gw, spec->arms[arm].snapshot)) arm = spec->stable;
+    if (!arm_ready(gw, spec->arms[arm].snapshot)) return; /* as with no rollout */
     req->rollout = true;
     c->arm = d->arm = req->arm_snapshot = spec->arms[arm].snapshot;
     req->arm_name = spec->arms[arm].name;
     duel_rng rng;
     duel_rng_seed(&rng, req->seed ^ 0xA5E4A0B7713CE5D1ull); /* apart from the sampling streams */
     int pair[2];
-    if (rollout_router_battle(r, duel_rng_uniform(&rng), pair)) {
+    if (rollout_router_battle(r, duel_rng_uniform(&rng), pair) &&
+        arm_ready(gw, spec->arms[pair[0]].snapshot) && arm_ready(gw, spec->arms[pair[1]].snapshot)) {
         req->battle = true;
         req->arm_snapshot = d->arm = spec->arms[pair[0]].snapshot;
         req->arm_name = spec->arms[pair[0]].name;

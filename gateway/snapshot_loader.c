@@ -24,6 +24,11 @@
 #define LOADER_MAX_REFUSED 1024 /* versions remembered as refused (oldest forgotten first) */
 #define LOADER_WAIT_MS 100      /* longest wait for a pub/sub message per loop */
 #define LOADER_RETRY_S 1.0      /* pause before reconnecting */
+/* A version no arm pins any more stays resident this long before it is retired: every gateway's
+ * router reads a changed duel:rollout within its poll (5 s) or at once on the note, and until
+ * then may still assign users to the arm it was (they must get its weights, not the latest's). */
+#define LOADER_RETIRE_GRACE_S 10.0
+#define LOADER_MAX_PINS 64
 
 struct snapshot_loader {
     snapshot_loader_config cfg;
@@ -38,6 +43,9 @@ struct snapshot_loader {
     bool check_now;
     long long refused[LOADER_MAX_REFUSED];
     int n_refused;
+    long long recent[LOADER_MAX_PINS]; /* versions pinned lately, each until recent_until */
+    double recent_until[LOADER_MAX_PINS];
+    int n_recent;
     /* Guarded by mu. */
     pthread_mutex_t mu;
     snapshot_loader_stats stats;
@@ -190,7 +198,8 @@ static int verified_folder(snapshot_loader *l, long long v, char dir[SNAPSHOT_PA
 /* The rollout's pins (docs/SERVING.md, "Rollouts"): every version an arm at a weight above 0
  * names is made resident (verified like the newest, loaded on this thread, off the serving
  * path), then every resident snapshot no arm needs (weight 0, or no longer in the spec) that is
- * not the latest is retired: its running duels finish on it. No key: nothing pinned. A text the
+ * not the latest is retired (LOADER_RETIRE_GRACE_S after its last pin): its running duels finish
+ * on it. No key: nothing pinned. A text the
  * spec's parser refuses leaves the pins as they were (the router keeps its spec too). false: the
  * command connection broke. */
 static bool check_rollout(snapshot_loader *l) {
@@ -226,7 +235,22 @@ static bool check_rollout(snapshot_loader *l) {
         l->stats.loaded++;
         pthread_mutex_unlock(&l->mu);
     }
-    l->backend.set_pins(l->backend.impl, pins, n);
+    /* the pins now, and those of the last LOADER_RETIRE_GRACE_S seconds */
+    double now = duel_time_seconds();
+    for (int i = 0; i < n; i++) {
+        int k = 0;
+        while (k < l->n_recent && l->recent[k] != pins[i]) k++;
+        if (k == l->n_recent && l->n_recent < LOADER_MAX_PINS) l->recent[l->n_recent++] = pins[i];
+        if (k < l->n_recent) l->recent_until[k] = now + LOADER_RETIRE_GRACE_S;
+    }
+    int kept = 0;
+    for (int k = 0; k < l->n_recent; k++)
+        if (l->recent_until[k] > now) {
+            l->recent[kept] = l->recent[k];
+            l->recent_until[kept++] = l->recent_until[k];
+        }
+    l->n_recent = kept;
+    l->backend.set_pins(l->backend.impl, l->recent, l->n_recent);
     pthread_mutex_lock(&l->mu);
     l->stats.pinned = n;
     pthread_mutex_unlock(&l->mu);

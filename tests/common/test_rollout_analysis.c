@@ -53,32 +53,42 @@ static void test_check_thresholds(void **state) {
     const rollout_analysis *a = &s.analysis;
     char why[256];
     rollout_arm_window w = window(10, 9, 0, 19, 0, 0, 0);
-    assert_int_equal(rollout_check_arm(a, &w, why, sizeof why), ROLLOUT_CHECK_INCONCLUSIVE);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_INCONCLUSIVE);
     assert_non_null(strstr(why, "min_votes"));
     w = window(10, 10, 0, 20, 0, 0, 0);
-    assert_int_equal(rollout_check_arm(a, &w, why, sizeof why), ROLLOUT_CHECK_PASS);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_PASS);
     /* errors / (duels + errors): 2 / 20 = 0.1 is at the bound (passes), 3 / 21 above it */
     w = window(10, 10, 0, 18, 2, 0, 0);
-    assert_int_equal(rollout_check_arm(a, &w, why, sizeof why), ROLLOUT_CHECK_PASS);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_PASS);
     w = window(10, 10, 0, 18, 3, 0, 0);
-    assert_int_equal(rollout_check_arm(a, &w, why, sizeof why), ROLLOUT_CHECK_FAIL);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_FAIL);
     assert_non_null(strstr(why, "error rate"));
     /* both_bad 6 of 20 = 0.3 at the bound; 7 of 20 above */
     w = window(7, 7, 6, 20, 0, 0, 0);
-    assert_int_equal(rollout_check_arm(a, &w, why, sizeof why), ROLLOUT_CHECK_PASS);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_PASS);
     w = window(7, 6, 7, 20, 0, 0, 0);
-    assert_int_equal(rollout_check_arm(a, &w, why, sizeof why), ROLLOUT_CHECK_FAIL);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_FAIL);
     assert_non_null(strstr(why, "both_bad"));
-    /* win rate: 4 of 20 has the Wilson interval [0.081, 0.416]: not wholly below 0.4; 2 of 20
-     * [0.028, 0.301]: wholly below */
+    /* win rate: 4 of 20 has the Wilson interval [0.081, 0.416]: below 0.4 but not wholly
+     * (inconclusive); 8 of 20 is at it (pass); 2 of 20 [0.028, 0.301]: wholly below (fail) */
     w = window(10, 10, 0, 20, 0, 20, 4);
-    assert_int_equal(rollout_check_arm(a, &w, why, sizeof why), ROLLOUT_CHECK_PASS);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_INCONCLUSIVE);
+    assert_non_null(strstr(why, "not surely"));
+    w = window(10, 10, 0, 20, 0, 20, 8);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_PASS);
     w = window(10, 10, 0, 20, 0, 20, 2);
-    assert_int_equal(rollout_check_arm(a, &w, why, sizeof why), ROLLOUT_CHECK_FAIL);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_FAIL);
     assert_non_null(strstr(why, "win rate"));
     /* battles count as votes toward min_votes */
     w = window(0, 0, 0, 0, 0, 20, 0);
-    assert_int_equal(rollout_check_arm(a, &w, why, sizeof why), ROLLOUT_CHECK_FAIL);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_FAIL);
+    /* battles under way but too few to judge the win rate: inconclusive, not a pass */
+    w = window(10, 10, 0, 20, 0, 19, 19);
+    assert_int_equal(rollout_check_arm(a, false, &w, why, sizeof why), ROLLOUT_CHECK_INCONCLUSIVE);
+    assert_non_null(strstr(why, "battles"));
+    /* battles expected (arena_fraction above 0) and none yet: inconclusive too */
+    w = window(10, 10, 0, 20, 0, 0, 0);
+    assert_int_equal(rollout_check_arm(a, true, &w, why, sizeof why), ROLLOUT_CHECK_INCONCLUSIVE);
 }
 
 static void test_wilson_by_hand(void **state) {
@@ -152,7 +162,7 @@ static void test_steps_then_promotion(void **state) {
     (void)state;
     rollout_spec s = parse(STEPS_SPEC);
     rollout_controller c = {0};
-    rollout_arm_window good = window(15, 15, 1, 31, 0, 10, 5);
+    rollout_arm_window good = window(15, 15, 1, 31, 0, 20, 10);
     rollout_arm_window few = window(1, 1, 0, 2, 0, 0, 0);
     int64_t t = 1000000;
     /* step 0: set_weight 20 (no check: the canary is at 0 %) */
@@ -209,7 +219,7 @@ static void test_rollback_after_failure_limit(void **state) {
     rollout_spec s = parse(STEPS_SPEC);
     rollout_controller c = {0};
     rollout_arm_window bad = window(10, 10, 0, 20, 0, 20, 1); /* win rate 0.05 */
-    rollout_arm_window good = window(15, 15, 1, 31, 0, 10, 5);
+    rollout_arm_window good = window(15, 15, 1, 31, 0, 20, 10);
     rollout_arm_window few = window(1, 1, 0, 2, 0, 0, 0);
     int64_t t = 5000000;
     tick(&c, &s, t, &bad); /* set_weight 20 */
