@@ -26,3 +26,10 @@ if(NOT DUEL_FUZZ)
       ENVIRONMENT "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BUILD_DIR=${PROJECT_BINARY_DIR};DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp")
   endif()
 endif()
+# The console's rollout panel in Chromium (tests/e2e/rollout.test.mjs): leaderboard, a weight set
+# and an abort from the page with their confirmations, a viewer without buttons.
+if(DUEL_NODE AND NOT DUEL_FUZZ)
+  add_test(NAME e2e_rollout COMMAND ${DUEL_NODE} ${PROJECT_SOURCE_DIR}/tests/e2e/rollout.test.mjs)
+  set_tests_properties(e2e_rollout PROPERTIES TIMEOUT 120 RUN_SERIAL TRUE SKIP_RETURN_CODE 77
+    ENVIRONMENT "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BIN=$<TARGET_FILE:duel>;DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp")
+endif()
