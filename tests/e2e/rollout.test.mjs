@@ -10,7 +10,7 @@
 // Exit 77 (skip) without Chromium or playwright-core.
 import {spawn, execFileSync} from 'node:child_process';
 import {existsSync, mkdirSync, mkdtempSync, writeFileSync} from 'node:fs';
-import {freePort, sleep} from './e2e_util.mjs';
+import {freePort, sleep, waitFor} from './e2e_util.mjs';
 import {tmpdir} from 'node:os';
 import {join, resolve, dirname} from 'node:path';
 import {fileURLToPath} from 'node:url';
@@ -34,21 +34,6 @@ if (!existsSync(chromiumPath)) {
   console.log(`SKIP: ${chromiumPath} is missing (apt-get install chromium)`);
   process.exit(77);
 }
-async function waitFor(fn, what, timeoutMs = 15000) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? ` (${last.message})` : ''}`);
-    await sleep(100);
-  }
-}
-
 const dir = mkdtempSync(join(tmpBase, 'e2e-rollout-'));
 const [redisPort, port] = await Promise.all([freePort(), freePort()]);
 const children = new Set();
