@@ -11,77 +11,24 @@
 
 #include <math.h>
 
-#include "duel_backend.h"
-#include "erm.h"
 #include "oracle.h"
-#include "lm_trainer.h"
-#include "rng.h"
 #include "rollout_spec.h"
 #include "rollout_store.h"
-#include "snapshot_write.h"
-#include "train_model.h"
+#include "snapshot_test_util.h"
 
 static char model_dir[1024];
 /* Written once for every test: v1 and v3 the default model lightly perturbed (as good as it),
  * v2 a damaged copy (every weight scaled by 1 + 2 U(-1, 1): it answers noise). */
 static char snap_dir[4][1024];
 
-/* Snapshot v of the default model, every weight scaled by 1 + noise * U(-1, 1). */
 static void write_snapshot(const char *data_dir, long long v, double noise, char *path, size_t cap) {
-    train_model *tm = NULL;
-    char *config_json = NULL;
-    duel_error err = {0};
-    if (lm_model_load_hf(model_dir, &tm, &config_json, &err)) fail_msg("%s", err.message);
-    float *w = train_model_parameter_memory(tm);
-    size_t n = train_model_num_parameters(tm);
-    duel_rng rng;
-    duel_rng_seed(&rng, (uint64_t)v);
-    for (size_t i = 0; i < n; i++)
-        w[i] *= (float)(1.0 + noise * ((double)duel_rng_below(&rng, 2001) / 1000.0 - 1.0));
-    int H = train_model_config(tm)->hidden_size;
-    erm_config ec = {ERM_DEFAULT_NUM_HEADS, 2 * H, ERM_DEFAULT_HIDDEN};
-    erm *e = NULL;
-    assert_int_equal(erm_create(&ec, &rng, &e, &err), 0);
-    snapshot_info info = {v, v - 1, 10 * v, 8 * v, 1700000000000LL + v, model_dir, NULL, 0};
-    if (snapshot_write(data_dir, &info, tm, config_json, e, model_dir, path, cap, &err))
-        fail_msg("snapshot_write: %s", err.message);
-    erm_free(e);
-    train_model_free(tm);
-    free(config_json);
+    tu_write_snapshot(model_dir, data_dir, v, noise, 1700000000000LL + v, 0, path, cap);
 }
 
-typedef struct sink {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    duel_backend_result *ready;
-    char error[256];
-    bool failed;
-} sink;
-
-static void sink_fn(void *ctx, duel_backend_event *ev) {
-    sink *s = ctx;
-    pthread_mutex_lock(&s->mu);
-    if (ev->kind == DUEL_BACKEND_READY) {
-        s->ready = ev->result;
-        ev->result = NULL;
-    } else if (ev->kind == DUEL_BACKEND_ERROR) {
-        s->failed = true;
-        snprintf(s->error, sizeof s->error, "%s", ev->message);
-    }
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-}
+typedef tu_sink sink;
 
 static duel_backend_result *run_duel(duel_backend *b, sink *s, const duel_backend_request *req) {
-    duel_error err = {0};
-    if (b->submit(b->impl, req, &err)) fail_msg("submit: %s", err.message);
-    pthread_mutex_lock(&s->mu);
-    while (!s->ready && !s->failed) pthread_cond_wait(&s->cv, &s->mu);
-    duel_backend_result *r = s->ready;
-    s->ready = NULL;
-    if (s->failed) fail_msg("duel failed: %s", s->error);
-    pthread_mutex_unlock(&s->mu);
-    return r;
+    return tu_sink_duel(b, s, req);
 }
 
 static long long pinned_version(duel_backend *b, sink *s, uint64_t id, long long pin) {
@@ -104,7 +51,7 @@ static void test_adapter_arms(void **state) {
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     assert_non_null(b.hold_snapshot);
     sink s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    assert_int_equal(b.start(b.impl, sink_fn, &s, &err), 0);
+    assert_int_equal(b.start(b.impl, tu_sink_fn, &s, &err), 0);
     const char *d1 = snap_dir[1], *d2 = snap_dir[2], *d3 = snap_dir[3];
     if (b.install_snapshot(b.impl, 1, d1, &err)) fail_msg("%s", err.message);
     if (b.install_snapshot(b.impl, 2, d2, &err)) fail_msg("%s", err.message);
