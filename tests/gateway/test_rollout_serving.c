@@ -182,27 +182,35 @@ static void wait_metric(int port, const char *name, long long want) {
     "\"arms\":[{\"name\":\"stable\",\"snapshot\":1,\"weight\":0},"                                \
     "{\"name\":\"canary\",\"snapshot\":\"latest\",\"weight\":100}]}"
 
+/* A gateway on the default model with snapshots, the loader polling every 200 ms, a stats entry
+ * every 200 ms, duels of M = 2 and 12 tokens, and the rollout controller ticking every
+ * controller_tick_ms (0: none). */
+static void start_gateway(tu_gateway *g, const tu_redis *redis, int controller_tick_ms) {
+    gateway_config gcfg;
+    tu_gateway_config(&gcfg, redis);
+    gcfg.snapshot_loader = true;
+    gcfg.snapshot_poll_ms = 200;
+    gcfg.stats_interval_ms = 200;
+    gcfg.rollout_controller_tick_ms = controller_tick_ms;
+    gcfg.knobs.v[duel_knob_index("M")].number = 2;
+    gcfg.knobs.v[duel_knob_index("max_new_tokens")].number = 12;
+    backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 2,
+                                 .temperature = 0.7f, .top_p = 1.0f, .max_new_tokens = 12,
+                                 .kv_memory_bytes = 16u << 20, .snapshots = true};
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    tu_gateway_start_backend(g, &gcfg, &b);
+}
+
 static void test_rollout_through_gateway(void **state) {
     (void)state;
     tu_redis redis = {0};
     tu_redis_start(&redis);
     redisContext *c = tu_redis_connect(&redis);
-    gateway_config gcfg;
-    tu_gateway_config(&gcfg, &redis);
-    gcfg.snapshot_loader = true;
-    gcfg.snapshot_poll_ms = 200;
-    gcfg.stats_interval_ms = 200;
-    backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 4,
-                                 .temperature = 1.0f, .top_p = 1.0f, .max_new_tokens = 8,
-                                 .kv_memory_bytes = 16u << 20, .snapshots = true};
-    duel_backend b;
-    duel_error err = {0};
-    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     tu_gateway g;
-    memset(&g, 0, sizeof g);
-    if (gateway_create(&gcfg, &b, &g.gw, &err)) fail_msg("%s", err.message);
-    g.port = gateway_port(g.gw);
-    assert_int_equal(pthread_create(&g.thread, NULL, tu_gateway_thread, &g), 0);
+    start_gateway(&g, &redis, 0);
+    duel_error err = {0};
     for (long long v = 1; v <= 2; v++) {
         freeReplyObject(redisCommand(c, "HSET duel:snapshot:%lld path %s", v, snap_dir[v]));
         freeReplyObject(redisCommand(c, "ZADD duel:snapshots %lld %lld", v, v));
@@ -421,20 +429,7 @@ static void test_rollback_and_promotion(void **state) {
     oracle_lexical_config_default(&u.oracle);
     u.oracle.char_ngram_weight = 0.5;
     for (int i = 0; i < 2; i++) {
-        gateway_config gcfg;
-        tu_gateway_config(&gcfg, &redis);
-        gcfg.snapshot_loader = true;
-        gcfg.snapshot_poll_ms = 200;
-        gcfg.stats_interval_ms = 200;
-        gcfg.rollout_controller_tick_ms = 100;
-        gcfg.knobs.v[duel_knob_index("M")].number = 2;
-        gcfg.knobs.v[duel_knob_index("max_new_tokens")].number = 12;
-        backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 2,
-                                     .temperature = 0.7f, .top_p = 1.0f, .max_new_tokens = 8,
-                                     .kv_memory_bytes = 16u << 20, .snapshots = true};
-        duel_backend b;
-        if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
-        tu_gateway_start_backend(&g[i], &gcfg, &b);
+        start_gateway(&g[i], &redis, 100);
         u.port[i] = g[i].port;
     }
     for (int i = 0; i < 2; i++) wait_metric(g[i].port, "duel_rollout_arms_pinned", 2);
