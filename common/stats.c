@@ -127,6 +127,7 @@ char *stats_serving_json(const stats_serving *s) {
             {"tfd", &g->time_to_first_delta}};
         for (size_t k = 0; o && k < sizeof hs / sizeof hs[0]; k++)
             if (hs[k].h->n) json_object_set_new(o, hs[k].name, hist_json(hs[k].h));
+        if (o && g->errors) json_object_set_new(o, "errors", json_integer((json_int_t)g->errors));
         if (!o || json_array_append_new(groups, o)) {
             json_decref(groups);
             groups = NULL;
@@ -139,13 +140,14 @@ char *stats_serving_json(const stats_serving *s) {
         json_decref(errors);
         return NULL;
     }
-    return dump(json_pack("{s:I, s:o, s:I, s:b, s:I, s:I, s:o, s:o, s:o, s:o}", "version",
+    return dump(json_pack("{s:I, s:o, s:I, s:b, s:I, s:I, s:o, s:o, s:o, s:o, s:I}", "version",
                           (json_int_t)s->version, "tokens_per_s", num(s->tokens_per_s), "queue",
                           (json_int_t)s->queue_depth, "redis_up", s->redis_up, "spill_pending",
                           (json_int_t)s->spill_pending, "snapshots_rejected",
                           (json_int_t)s->snapshots_rejected, "publish_to_serve_s",
                           num(s->publish_to_serve_s), "vote_to_serving_s",
-                          num(s->vote_to_serving_s), "groups", groups, "errors", errors));
+                          num(s->vote_to_serving_s), "groups", groups, "errors", errors,
+                          "rollout_revision", (json_int_t)s->rollout_revision));
 }
 
 char *stats_trainer_json(const stats_trainer *t) {
@@ -249,7 +251,9 @@ static int group_from_json(const json_t *o, stats_group *g) {
     if (!json_is_string(arm) || !json_is_string(strategy) ||
         !name_ok(json_string_value(arm), json_string_length(arm), STATS_NAME_MAX) ||
         !name_ok(json_string_value(strategy), json_string_length(strategy), STATS_NAME_MAX) ||
-        get_count(json_object_get(o, "duels"), &g->duels) || !json_is_array(votes) ||
+        get_count(json_object_get(o, "duels"), &g->duels) ||
+        (json_object_get(o, "errors") && get_count(json_object_get(o, "errors"), &g->errors)) ||
+        !json_is_array(votes) ||
         json_array_size(votes) != STATS_VOTE_KINDS || !json_is_array(agree) ||
         json_array_size(agree) != 2 || get_count(json_array_get(agree, 0), &g->agree) ||
         get_count(json_array_get(agree, 1), &g->agree_n) || g->agree > g->agree_n)
@@ -272,6 +276,7 @@ static int serving_from_json(const json_t *o, stats_serving *s, duel_error *err)
     if (get_ll(o, "version", &s->version) || get_real(o, "tokens_per_s", &s->tokens_per_s) ||
         get_ll(o, "queue", &s->queue_depth) || get_ll(o, "spill_pending", &s->spill_pending) ||
         get_ll(o, "snapshots_rejected", &s->snapshots_rejected) ||
+        get_ll(o, "rollout_revision", &s->rollout_revision) || s->rollout_revision < 0 ||
         get_real(o, "publish_to_serve_s", &s->publish_to_serve_s) ||
         get_real(o, "vote_to_serving_s", &s->vote_to_serving_s) ||
         (redis_up && !json_is_boolean(redis_up)) || s->version < 0 || s->queue_depth < 0 ||
@@ -408,7 +413,8 @@ typedef struct view_instance {
     char name[STATS_INSTANCE_MAX];
     bool trainer;
     int64_t last_ms, interval_ms;
-    long long version, queue_depth, spill_pending; /* the newest serving entry's gauges */
+    long long version, queue_depth, spill_pending, rollout_revision; /* the newest serving
+                                                                        entry's gauges */
     double tokens_per_s, publish_to_serve_s, vote_to_serving_s;
     bool redis_up;
     stats_trainer train;
@@ -520,6 +526,7 @@ static void note_instance(stats_view *v, const stats_entry *e) {
         in->version = e->serving.version;
         in->queue_depth = e->serving.queue_depth;
         in->spill_pending = e->serving.spill_pending;
+        in->rollout_revision = e->serving.rollout_revision;
         in->tokens_per_s = e->serving.tokens_per_s;
         in->redis_up = e->serving.redis_up;
         in->publish_to_serve_s = e->serving.publish_to_serve_s;
@@ -586,6 +593,7 @@ static json_t *instance_json(const view_instance *in, int64_t now_ms) {
         json_object_set_new(o, "queue", json_integer(in->queue_depth));
         json_object_set_new(o, "redis_up", json_boolean(in->redis_up));
         json_object_set_new(o, "spill_pending", json_integer(in->spill_pending));
+        json_object_set_new(o, "rollout_revision", json_integer(in->rollout_revision));
         json_object_set_new(o, "publish_to_serve_s", num(in->publish_to_serve_s));
         json_object_set_new(o, "vote_to_serving_s", num(in->vote_to_serving_s));
     }

@@ -62,6 +62,7 @@ typedef struct stats_group {
     char arm[STATS_NAME_MAX];      /* "base" or "v000012" */
     char strategy[STATS_NAME_MAX]; /* the strategy that chose the pair */
     uint64_t duels;
+    uint64_t errors;         /* duels of the group the backend failed (absent in older entries) */
     uint64_t votes[STATS_VOTE_KINDS];
     uint64_t agree, agree_n; /* a/b votes on the side the ensemble mean preferred, of a/b votes
                                 where it preferred one */
@@ -82,6 +83,8 @@ typedef struct stats_serving {
     bool redis_up;
     long long spill_pending; /* votes in the spill log */
     long long snapshots_rejected; /* since the process started */
+    long long rollout_revision;   /* the duel:rollout revision it assigns arms by (0: none;
+                                     absent in entries of older versions: 0) */
     /* Of the snapshot installed last (NAN: none yet, or unknown): seconds from its publish
      * (meta.json's created_ms), and from the mean time of the votes it is the first to hold, to
      * the moment this instance served it. Absent in entries of older versions: NAN. */

@@ -7,10 +7,13 @@
  *
  * Snapshots (cfg.snapshots, docs/SERVING.md): install_snapshot runs on the loader's thread,
  * loads the snapshot's model and ERM there, adds them as an engine arm, then (under mu) makes it
- * `serving`, the arm every new duel is submitted to, and retires the previous snapshot arm. A
- * submit reads `serving` and calls engine_submit under mu, so it never names an arm that was
- * already retired. Every loaded snapshot_arm is on the `snapshots` list (mu) until the engine
- * hands it back (ARM_RETIRED, on the poller), which frees it; eb_destroy frees the rest after
+ * `latest`, the arm every unpinned duel is submitted to, and retires the previous latest unless
+ * the rollout pins it. hold_snapshot loads a pinned version the same way without making it the
+ * latest; set_pins retires every resident snapshot neither pinned nor the latest. A submit
+ * resolves its pins and calls engine_submit under mu, so it never names an arm already retired
+ * (a snapshot_arm is `resident` exactly until its engine_retire_arm is decided, under mu).
+ * Every loaded snapshot_arm is on the `snapshots` list (mu) until the engine hands it back
+ * (ARM_RETIRED, on the poller), which frees it; eb_destroy frees the rest after
  * engine_destroy. */
 #include <jansson.h>
 #include <pthread.h>
@@ -33,6 +36,7 @@
 /* The largest M a request may ask for: the knob M's maximum (common/knobs.c), so that a live
  * change of M never needs a new engine. */
 #define ENGINE_BACKEND_MAX_CANDIDATES DUEL_KNOB_M_MAX
+#define ROLLOUT_PINS_MAX 64 /* the engine's arm slots (SCHED_MAX_MODELS) bound it anyway */
 
 typedef struct cand {
     int32_t *tokens;
@@ -46,6 +50,7 @@ typedef struct snapshot_arm {
     char name[ENGINE_MAX_ARM_NAME]; /* "v%06lld" */
     model *model;
     erm *erm;
+    bool resident;                  /* mu; false once its retirement is decided */
     struct snapshot_arm *next;
 } snapshot_arm;
 
@@ -57,6 +62,8 @@ typedef struct job {
     char *prompt_text;
     long long arm;
     long long version;     /* the policy version it was submitted to (0: the base model) */
+    long long battle_version; /* arena: the second arm's version (0: the base model) */
+    char arm_name[32], battle_arm_name[32]; /* the rollout's arms ("": none) */
     duel_strategy strategy;/* arena only while a snapshot is resident, else ee_ts */
     duel_backend_params params; /* the knobs it was generated with (strategy: the one used) */
     uint64_t seed;
@@ -84,8 +91,10 @@ typedef struct engine_backend {
     atomic_bool stopping;
     pthread_mutex_t mu;
     job *jobs;
-    snapshot_arm *serving;   /* mu; NULL: the base model */
+    snapshot_arm *latest;    /* mu; NULL: the base model */
     snapshot_arm *snapshots; /* mu; every snapshot not yet handed back by the engine */
+    long long pins[ROLLOUT_PINS_MAX]; /* mu; the versions the rollout serves (set_pins) */
+    int n_pins;
     duel_backend_sink sink;
     void *sink_ctx;
 } engine_backend;
@@ -195,12 +204,16 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
                            (double)p->temperature, "top_p", (double)p->top_p, "top_k", p->top_k,
                            "max_new_tokens", p->max_new_tokens, "arena_fraction", p->arena_fraction,
                            "seed", (json_int_t)j->seed);
+    if (gp && j->arm_name[0]) json_object_set_new(gp, "arm", json_string(j->arm_name));
     if (gp && ready->arena_split) {
-        /* Candidates [0, arena_split) are the snapshot's (policy_version), the rest the base
-         * model's (version 0). */
+        /* Candidates [0, arena_split) are the first arm's (policy_version), the rest the second
+         * arm's: the base model's unless a rollout battle named another. */
         json_object_set_new(gp, "arena_split", json_integer(ready->arena_split));
         json_object_set_new(gp, "arena_versions", json_pack("[I, I]", (json_int_t)j->version,
-                                                            (json_int_t)0));
+                                                            (json_int_t)j->battle_version));
+        if (j->arm_name[0] && j->battle_arm_name[0])
+            json_object_set_new(gp, "arena_arms",
+                                json_pack("[s, s]", j->arm_name, j->battle_arm_name));
     }
     r->gen_params_json = gp ? json_dumps(gp, JSON_COMPACT) : NULL;
     json_decref(gp);
@@ -424,6 +437,15 @@ static long long eb_prompt_tokens(void *impl, const duel_backend_request *req, d
     return rc ? rc : (long long)j.n_prompt;
 }
 
+/* Under mu: the arm that serves pin (NULL: the base model). */
+static const snapshot_arm *resolve_pin(const engine_backend *b, long long pin) {
+    if (pin == 0) return NULL;
+    if (pin > 0)
+        for (const snapshot_arm *s = b->snapshots; s; s = s->next)
+            if (s->resident && s->version == pin) return s;
+    return b->latest;
+}
+
 static int eb_submit(void *impl, const duel_backend_request *req, duel_error *err) {
     engine_backend *b = impl;
     size_t n_msgs;
@@ -453,6 +475,9 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     j->request_id = req->request_id;
     j->arm = req->arm_snapshot;
     j->seed = req->seed;
+    if (req->arm_name) snprintf(j->arm_name, sizeof j->arm_name, "%s", req->arm_name);
+    if (req->battle && req->battle_arm_name)
+        snprintf(j->battle_arm_name, sizeof j->battle_arm_name, "%s", req->battle_arm_name);
     engine_request er = {
         .arm = "default",
         .tokens = j->prompt,
@@ -474,11 +499,25 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
     pthread_mutex_lock(&b->mu);
     j->next = b->jobs;
     b->jobs = j;
-    /* The rollout's pin (docs/SERVING.md, "Rollouts"): 0 ("base") is served by the base model;
-     * any other pin by the latest snapshot, until pinned versions are kept resident. */
-    if (b->serving && j->arm != 0) {
-        er.arm = b->serving->name;
-        j->version = b->serving->version;
+    /* The rollout's pins (docs/SERVING.md, "Rollouts"): 0 ("base") is served by the base
+     * model, -1 ("latest") by the latest snapshot, a version by its resident arm (the latest
+     * while the loader has not made it resident: the vote's policy_version says which served). */
+    const snapshot_arm *first = resolve_pin(b, j->arm);
+    er.arm = first ? first->name : "default";
+    j->version = first ? first->version : 0;
+    if (req->battle) {
+        /* A rollout battle: M/2 candidates per arm, one answer from each; two pins that resolve
+         * to the same weights (a pin not resident yet), or an odd M, are an ordinary duel. */
+        const snapshot_arm *second = resolve_pin(b, req->battle_snapshot);
+        if (second != first && j->m % 2 == 0) {
+            j->strategy = er.strategy = DUEL_STRATEGY_ARENA;
+            er.arena_arm = second ? second->name : "default";
+            j->battle_version = second ? second->version : 0;
+        } else {
+            j->battle_arm_name[0] = '\0';
+            if (j->strategy == DUEL_STRATEGY_ARENA) j->strategy = er.strategy = DUEL_STRATEGY_EE_TS;
+        }
+    } else if (first && !req->rollout) {
         /* arena_fraction: this share of duels (drawn from the seed) pits the snapshot against
          * the base model, whatever the strategy knob says */
         if (j->m % 2 == 0 && j->params.arena_fraction > 0 &&
@@ -486,7 +525,8 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
             j->strategy = er.strategy = DUEL_STRATEGY_ARENA;
         if (j->strategy == DUEL_STRATEGY_ARENA) er.arena_arm = "default"; /* vs the base */
     } else if (j->strategy == DUEL_STRATEGY_ARENA) {
-        /* One arm resident (no snapshot yet): nothing to pit it against. */
+        /* Nothing to pit it against (no snapshot yet, or the base's own pin; a rollout's
+         * battles are the gateway's choice). */
         j->strategy = er.strategy = DUEL_STRATEGY_EE_TS;
     }
     rc = engine_submit(b->engine, &er, &j->engine_id, err);
@@ -524,9 +564,11 @@ static long long eb_count_tokens(void *impl, const char *text, size_t len) {
     return (long long)n;
 }
 
-static int eb_install_snapshot(void *impl, long long version, const char *dir,
-                               duel_error *err) {
-    engine_backend *b = impl;
+/* Loads the snapshot at dir (verified by the loader) as engine arm "v%06lld", resident, on the
+ * caller's thread (the loader's). */
+static int load_snapshot_arm(engine_backend *b, long long version, const char *dir,
+                             snapshot_arm **out, duel_error *err) {
+    *out = NULL;
     if (version < 1)
         return duel_error_set(err, DUEL_EINVAL, "snapshot version %lld (from 1)", version);
     snapshot_arm *s = calloc(1, sizeof *s);
@@ -563,26 +605,100 @@ static int eb_install_snapshot(void *impl, long long version, const char *dir,
         snapshot_arm_free(s);
         return rc;
     }
+    s->resident = true;
     pthread_mutex_lock(&b->mu);
-    snapshot_arm *prev = b->serving;
-    b->serving = s;
     s->next = b->snapshots;
     b->snapshots = s;
     pthread_mutex_unlock(&b->mu);
-    /* After the switch: a submit holding mu either named prev before this point (and is
-     * counted by the engine) or names s. */
-    if (prev) {
-        duel_error rerr = {0};
-        if (engine_retire_arm(b->engine, prev->name, &rerr))
-            fprintf(stderr, "duel serve: retiring snapshot %s: %s\n", prev->name, rerr.message);
-    }
+    *out = s;
     return DUEL_OK;
+}
+
+/* Under mu. */
+static snapshot_arm *find_resident(engine_backend *b, long long version) {
+    for (snapshot_arm *s = b->snapshots; s; s = s->next)
+        if (s->resident && s->version == version) return s;
+    return NULL;
+}
+
+static bool pinned(const engine_backend *b, long long version) {
+    for (int i = 0; i < b->n_pins; i++)
+        if (b->pins[i] == version) return true;
+    return false;
+}
+
+/* Retires every resident snapshot that is neither the latest nor pinned. Called without mu: the
+ * choice is made under it (resident turns false there, so no later submit names the arm), the
+ * engine told after. */
+static void retire_unused(engine_backend *b) {
+    char names[ROLLOUT_PINS_MAX][ENGINE_MAX_ARM_NAME];
+    int n = 0;
+    pthread_mutex_lock(&b->mu);
+    for (snapshot_arm *s = b->snapshots; s && n < ROLLOUT_PINS_MAX; s = s->next)
+        if (s->resident && s != b->latest && !pinned(b, s->version)) {
+            s->resident = false;
+            memcpy(names[n++], s->name, sizeof s->name);
+        }
+    pthread_mutex_unlock(&b->mu);
+    /* A submit holding mu either named the arm before its choice (and is counted by the engine)
+     * or resolves to another. */
+    for (int i = 0; i < n; i++) {
+        duel_error rerr = {0};
+        if (engine_retire_arm(b->engine, names[i], &rerr))
+            fprintf(stderr, "duel serve: retiring snapshot %s: %s\n", names[i], rerr.message);
+    }
+}
+
+static int eb_install_snapshot(void *impl, long long version, const char *dir,
+                               duel_error *err) {
+    engine_backend *b = impl;
+    if (version < 1)
+        return duel_error_set(err, DUEL_EINVAL, "snapshot version %lld (from 1)", version);
+    pthread_mutex_lock(&b->mu);
+    snapshot_arm *s = find_resident(b, version); /* a pinned version that became the newest */
+    pthread_mutex_unlock(&b->mu);
+    if (!s) {
+        int rc = load_snapshot_arm(b, version, dir, &s, err);
+        if (rc) return rc;
+    }
+    pthread_mutex_lock(&b->mu);
+    b->latest = s;
+    pthread_mutex_unlock(&b->mu);
+    retire_unused(b); /* the previous latest, unless the rollout pins it */
+    return DUEL_OK;
+}
+
+static int eb_hold_snapshot(void *impl, long long version, const char *dir, duel_error *err) {
+    engine_backend *b = impl;
+    pthread_mutex_lock(&b->mu);
+    bool resident = find_resident(b, version) != NULL;
+    pthread_mutex_unlock(&b->mu);
+    snapshot_arm *s;
+    return resident ? DUEL_OK : load_snapshot_arm(b, version, dir, &s, err);
+}
+
+static void eb_set_pins(void *impl, const long long *versions, int n) {
+    engine_backend *b = impl;
+    pthread_mutex_lock(&b->mu);
+    b->n_pins = 0;
+    for (int i = 0; i < n && b->n_pins < ROLLOUT_PINS_MAX; i++)
+        if (versions[i] > 0) b->pins[b->n_pins++] = versions[i];
+    pthread_mutex_unlock(&b->mu);
+    retire_unused(b);
+}
+
+static bool eb_snapshot_resident(void *impl, long long version) {
+    engine_backend *b = impl;
+    pthread_mutex_lock(&b->mu);
+    bool resident = find_resident(b, version) != NULL;
+    pthread_mutex_unlock(&b->mu);
+    return resident;
 }
 
 static long long eb_serving_version(void *impl) {
     engine_backend *b = impl;
     pthread_mutex_lock(&b->mu);
-    long long v = b->serving ? b->serving->version : 0;
+    long long v = b->latest ? b->latest->version : 0;
     pthread_mutex_unlock(&b->mu);
     return v;
 }
@@ -709,6 +825,9 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
     out->destroy = eb_destroy;
     out->install_snapshot = cfg->snapshots ? eb_install_snapshot : NULL;
     out->serving_version = eb_serving_version;
+    out->hold_snapshot = cfg->snapshots ? eb_hold_snapshot : NULL;
+    out->set_pins = cfg->snapshots ? eb_set_pins : NULL;
+    out->snapshot_resident = eb_snapshot_resident;
     return DUEL_OK;
 fail:
     eb_destroy(b);

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rng.h"
 #include "server_internal.h"
 #include "timer.h"
 
@@ -40,6 +41,50 @@ void gateway_rollout_refresh(gateway *gw) {
 static long long pick_arm(gateway *gw, const session *s, const char *conv_id) {
     gateway_rollout_refresh(gw);
     return rollout_router_pick(&gw->rollout, s && s->client[0] ? s->client : conv_id);
+}
+
+/* The rollout's arms for a new duel of conversation c (docs/SERVING.md, "Rollouts"): the arm the
+ * client is assigned to now (the same hash as pick_arm, so a user keeps it across turns and
+ * gateways, and moves off an arm only when its weight is lowered: a rollback takes effect at the
+ * next ask), and, for a share arena_fraction of duels drawn from the duel's seed, a battle
+ * between two arms (rollout_router_battle: every pair in turn). The duel's stats count under the
+ * arm's name. No rollout: nothing changes (the latest snapshot serves). */
+static bool arm_ready(gateway *gw, long long snapshot) {
+    if (snapshot == ROLLOUT_SNAPSHOT_BASE) return true;
+    if (snapshot == ROLLOUT_SNAPSHOT_LATEST) /* the latest, or the base before any snapshot */
+        return true;
+    return !gw->backend.snapshot_resident || gw->backend.snapshot_resident(gw->backend.impl, snapshot);
+}
+
+static void choose_arms(gateway *gw, const session *s, conversation *c, duel_rec *d,
+                        duel_backend_request *req) {
+    gateway_rollout_refresh(gw);
+    rollout_router *r = &gw->rollout;
+    int arm = rollout_router_arm(r, s->client[0] ? s->client : c->id);
+    if (arm < 0) return;
+    const rollout_spec *spec = &r->spec;
+    /* An arm whose snapshot the loader has not made resident yet (just pinned) is not served
+     * under its name: its users get the stable arm meanwhile, so that every duel counts for the
+     * arm whose weights made it. */
+    if (!arm_ready(gw, spec->arms[arm].snapshot)) arm = spec->stable;
+    if (!arm_ready(gw, spec->arms[arm].snapshot)) return; /* as with no rollout */
+    req->rollout = true;
+    c->arm = d->arm = req->arm_snapshot = spec->arms[arm].snapshot;
+    req->arm_name = spec->arms[arm].name;
+    duel_rng rng;
+    duel_rng_seed(&rng, req->seed ^ 0xA5E4A0B7713CE5D1ull); /* apart from the sampling streams */
+    int pair[2];
+    if (rollout_router_battle(r, duel_rng_uniform(&rng), pair) &&
+        arm_ready(gw, spec->arms[pair[0]].snapshot) && arm_ready(gw, spec->arms[pair[1]].snapshot)) {
+        req->battle = true;
+        req->arm_snapshot = d->arm = spec->arms[pair[0]].snapshot;
+        req->arm_name = spec->arms[pair[0]].name;
+        req->battle_snapshot = spec->arms[pair[1]].snapshot;
+        req->battle_arm_name = spec->arms[pair[1]].name;
+    }
+    snprintf(d->stats_arm, sizeof d->stats_arm, "%s", req->arm_name);
+    snprintf(d->stats_strategy, sizeof d->stats_strategy, "%s",
+             req->battle ? "arena" : gw->params.strategy);
 }
 
 static void save_conversation(gateway *gw, const conversation *c) {
@@ -300,6 +345,7 @@ static void handle_ask(gateway *gw, session *s, protocol_msg *m) {
                                 .n_history = c->n_turns - first, .text = d->user_text,
                                 .arm_snapshot = c->arm, .seed = duel_seed(d),
                                 .params = &gw->params, .fairness_key = s->fairness_key};
+    choose_arms(gw, s, c, d, &req);
     duel_error err = {0};
     int rc = gw->backend.submit(gw->backend.impl, &req, &err);
     free(hist);
@@ -406,6 +452,8 @@ void gateway_on_backend_event(gateway *gw, duel_backend_event *ev) {
         break;
     case DUEL_BACKEND_ERROR:
         gw->metrics.duels_failed++;
+        if (gw->cfg.stats_interval_ms > 0 && d->stats_arm[0]) /* a rollout arm's error rate */
+            serving_stats_duel_error(&gw->stats, d->stats_arm, d->stats_strategy);
         if (s) {
             gateway_send_error(gw, s, PROTOCOL_E_ENGINE, ev->message);
             gateway_send_frame(gw, s, protocol_encode_duel_end(d->id, true, NULL));
@@ -433,7 +481,8 @@ void gateway_on_backend_event(gateway *gw, duel_backend_event *ev) {
         if (gw->cfg.stats_interval_ms > 0) {
             /* the figures of the arm and strategy that made it; the vote adds to the same */
             double spread;
-            serving_stats_arm_name(r->policy_version, d->stats_arm);
+            if (!d->stats_arm[0]) /* no rollout arm: the snapshot's name */
+                serving_stats_arm_name(r->policy_version, d->stats_arm);
             snprintf(d->stats_strategy, sizeof d->stats_strategy, "%s", r->strategy ? r->strategy : "unknown");
             serving_stats_erm_pair(r->rewards, r->num_candidates, r->num_heads, r->cand_a, r->cand_b,
                                    &spread, &d->erm_preference);

@@ -192,13 +192,18 @@ int gateway_config_from_json(gateway_config *cfg, const json_t *root, const char
                                    &cfg->stats_max_entries, src, err);
     }
     json_t *rollout = json_object_get(root, "rollout");
+    char rsrc[1200];
+    snprintf(rsrc, sizeof rsrc, "%s: rollout", source);
     if (!rc && json_is_object(rollout) && json_object_get(rollout, "max_arms")) {
         /* the admin API's rollout changes are checked against it (rollout_store.h) */
-        char src[1200];
-        snprintf(src, sizeof src, "%s: rollout", source);
         long long max_arms = cfg->rollout_max_arms;
-        rc = duel_json_get_int(rollout, "max_arms", 1, ROLLOUT_MAX_ARMS, &max_arms, src, err);
+        rc = duel_json_get_int(rollout, "max_arms", 1, ROLLOUT_MAX_ARMS, &max_arms, rsrc, err);
         if (!rc) cfg->rollout_max_arms = (int)max_arms;
+    }
+    if (!rc && json_is_object(rollout) && json_object_get(rollout, "controller_tick_ms")) {
+        long long tick = cfg->rollout_controller_tick_ms;
+        rc = duel_json_get_int(rollout, "controller_tick_ms", 0, 600000, &tick, rsrc, err);
+        if (!rc) cfg->rollout_controller_tick_ms = (int)tick;
     }
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "redis_link.h"
+#include "rollout_runner.h"
 #include "rollout_store.h"
 #include "stats_store.h"
 #include "timer.h"
@@ -70,6 +71,9 @@ struct console {
     bool refresh_knobs;
     char last_id[STATS_STORE_ID_MAX];
     stats_view *view;
+    rollout_runner runner;   /* the rollout controller, when cfg.rollout_controller_tick_ms */
+    arena_tally arena;       /* the arena votes read so far (/api/arena reads only new ones) */
+    char arena_id[ROLLOUT_STORE_ID_MAX];
 };
 
 static void wake(console *c) {
@@ -227,6 +231,16 @@ static bool append_entries(console *c) {
     }
 }
 
+/* The controller's last check as its holder published it (rollout_runner.h); null when none. */
+static json_t *read_analysis(console *c) {
+    char key[300];
+    snprintf(key, sizeof key, "%s%s", c->prefix, ROLLOUT_RUNNER_ANALYSIS_KEY);
+    redisReply *r = redisCommand(c->rc, "GET %s", key);
+    json_t *doc = r && r->type == REDIS_REPLY_STRING ? json_loadb(r->str, r->len, 0, NULL) : NULL;
+    if (r) freeReplyObject(r);
+    return doc ? doc : json_null();
+}
+
 /* A rollout action, a read of the rollout or of the arena ratings (rollout_store.h), answered
  * through cfg.done with its document; true when Redis failed under it. */
 static bool run_rollout_job(console *c, change_job *j) {
@@ -234,11 +248,10 @@ static bool run_rollout_job(console *c, change_job *j) {
     json_t *doc = NULL, *audit = NULL;
     int rc = DUEL_OK;
     if (j->kind == JOB_ARENA) {
-        arena_tally t = {0};
-        rc = rollout_store_arena(c->rc, c->prefix, &t, &err);
-        if (!rc && !(doc = arena_ratings_json(&t, ARENA_RATINGS_ROUNDS, ARENA_RATINGS_SEED, &err)))
+        /* incremental: only the votes since the last read are fetched (the fit runs on all) */
+        rc = rollout_store_arena_after(c->rc, c->prefix, c->arena_id, 0, &c->arena, &err);
+        if (!rc && !(doc = arena_ratings_json(&c->arena, ARENA_RATINGS_ROUNDS, ARENA_RATINGS_SEED, &err)))
             rc = err.code;
-        arena_tally_free(&t);
     } else {
         rollout_spec *spec = malloc(sizeof *spec);
         bool present = true;
@@ -247,7 +260,8 @@ static bool run_rollout_job(console *c, change_job *j) {
         else rc = rollout_store_change(c->rc, c->prefix, j->who, &j->rollout, c->cfg.rollout_max_arms,
                                        spec, &audit, &err);
         if (!rc) {
-            doc = json_pack("{s:o}", "rollout", present ? rollout_spec_json(spec) : json_null());
+            doc = json_pack("{s:o, s:o}", "rollout", present ? rollout_spec_json(spec) : json_null(),
+                            "analysis", read_analysis(c));
             if (doc && audit) json_object_set(doc, "audit", audit);
             if (!doc) rc = duel_error_set(&err, DUEL_ENOMEM, "console: out of memory");
         }
@@ -313,6 +327,11 @@ static void *run(void *arg) {
         if (stopping) break;
         if (ok && c->rc && (c->refresh_knobs || now >= c->next_knobs)) ok = read_knobs(c);
         if (ok && c->rc && now >= c->next_stats) ok = read_stats(c);
+        if (ok && c->rc && c->cfg.rollout_controller_tick_ms > 0) {
+            duel_error rerr = {0};
+            if (rollout_runner_step(&c->runner, c->rc, duel_time_unix_ms(), &rerr) == DUEL_EIO)
+                ok = false;
+        }
         if (!ok) {
             fprintf(stderr, "duel serve: console: redis %s:%d: %s; retrying\n", c->host, c->cfg.port,
                     c->rc && c->rc->errstr[0] ? c->rc->errstr : "command failed");
@@ -344,6 +363,8 @@ int console_create(const console_config *cfg, console **out, duel_error *err) {
     c->prefix = strdup(cfg->prefix ? cfg->prefix : "duel:");
     c->instance = strdup(cfg->instance ? cfg->instance : "serve@unknown");
     c->view = stats_view_create();
+    rollout_runner_init(&c->runner, c->prefix ? c->prefix : "duel:", c->instance ? c->instance : "",
+                        cfg->rollout_controller_tick_ms, cfg->rollout_max_arms);
     c->knobs = cfg->defaults;
     c->knobs_generation = 1; /* callers start from 0: the first call hands them the defaults */
     c->backoff_ms = RECONNECT_FIRST_MS;
@@ -382,6 +403,7 @@ void console_destroy(console *c) {
     for (int w = 0; w < STATS_VIEW_WINDOWS; w++) free(c->rendered[w]);
     free(c->audit);
     stats_view_free(c->view);
+    arena_tally_free(&c->arena);
     if (c->wake[0] >= 0) close(c->wake[0]);
     if (c->wake[1] >= 0) close(c->wake[1]);
     free(c->host);

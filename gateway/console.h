@@ -54,6 +54,7 @@ typedef struct console_config {
     long long stats_max_entries; /* MAXLEN ~ of duel:stats */
     int knobs_poll_ms;
     int rollout_max_arms;        /* rollout.max_arms: the engine's limit for rollout changes */
+    int rollout_controller_tick_ms; /* > 0: run the rollout controller (rollout_runner.h) */
     duel_knob_values defaults;   /* the knobs' defaults from the configuration */
     console_done_fn done;
     void *ctx;

@@ -45,6 +45,16 @@ typedef struct duel_backend_request {
     const char *text;                 /* the new user message (valid UTF-8) */
     long long arm_snapshot;           /* snapshot version the conversation is pinned to; -1 any
                                          (the latest), 0 the base model (a rollout's "base") */
+    /* A rollout's arena battle (docs/SERVING.md, "Rollouts"): one candidate from arm_snapshot's
+     * arm, one from battle_snapshot's (the same pins as arm_snapshot), placed at random; the
+     * vote's gen_params names both arms (arena_arms, arena_versions, arena_split). */
+    bool battle;
+    long long battle_snapshot;
+    const char *arm_name;             /* the rollout arm(s) serving it, recorded in gen_params */
+    const char *battle_arm_name;      /* (arm, and arena_arms); NULL: no rollout */
+    /* A rollout is in effect: the gateway chose battles itself, so the backend's own
+     * arena_fraction draw (the latest snapshot against the base) is off. */
+    bool rollout;
     uint64_t seed;                    /* per-duel seed */
     const duel_backend_params *params; /* NULL: the backend's configured ones */
     uint64_t fairness_key;            /* who asked (the gateway: a hash of the client's address):
@@ -139,6 +149,15 @@ typedef struct duel_backend {
     int (*install_snapshot)(void *impl, long long version, const char *dir, duel_error *err);
     /* The policy version new duels get (0: the base model). NULL: always 0. */
     long long (*serving_version)(void *impl);
+    /* Rollout arms (optional, with install_snapshot; docs/SERVING.md, "Rollouts"). hold_snapshot
+     * makes version resident beside the latest (loaded from dir, verified by the caller, on the
+     * loader's thread) without changing what unpinned duels get; a version already resident is
+     * DUEL_OK at once. set_pins names the versions the rollout serves: every resident snapshot
+     * that is neither one of them nor the latest is retired (its running duels finish on it).
+     * snapshot_resident says whether duels pinned to version get that version. */
+    int (*hold_snapshot)(void *impl, long long version, const char *dir, duel_error *err);
+    void (*set_pins)(void *impl, const long long *versions, int n);
+    bool (*snapshot_resident)(void *impl, long long version);
 } duel_backend;
 
 /* The deterministic test backend: answers are built from the request text and seed (no model),

@@ -80,6 +80,9 @@ typedef struct gateway_config {
     char uplot_dir[1024];        /* "node_modules/uplot/dist": where /vendor/uPlot.* come from */
     long long stats_max_entries; /* redis.stats_max_entries (40000): MAXLEN ~ of duel:stats */
     int rollout_max_arms;        /* rollout.max_arms (4): arms a rollout may have (admin API) */
+    int rollout_controller_tick_ms; /* rollout.controller_tick_ms (1000): this gateway may run the
+                                       rollout controller (rollout_runner.h; one gateway holds
+                                       its lock), ticking this often; 0: it never does */
     /* Not config keys: `duel serve` fills them. */
     const char *tokens;          /* DUEL_TOKENS (borrowed, read by gateway_create only) */
     duel_knob_values knobs;      /* the live knobs' defaults (duel_knobs_defaults of the config) */

@@ -157,6 +157,7 @@ static int serve_path(gateway *gw, struct lws *wsi, http_pss *pss, const char *p
         snapshot_loader_stats ls;
         if (gw->loader) snapshot_loader_get_stats(gw->loader, &ls);
         gw->metrics.finished_duel_bytes = (int64_t)gw->duels.finished_bytes;
+        gateway_rollout_refresh(gw); /* duel_rollout_revision: the spec in effect now */
         char *text = metrics_render(&gw->metrics, &st, gw->backend.queue_depth(gw->backend.impl),
                                     metrics_tokens_per_second(&gw->metrics, duel_time_seconds()),
                                     gw->loader ? &ls : NULL, serving_version(gw), &n);

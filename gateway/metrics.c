@@ -166,8 +166,11 @@ char *metrics_render(const gateway_metrics *m, const redis_worker_stats *redis,
     if (snapshots) {
         gauge(&b, "duel_snapshot_newest_seen", "Highest version in duel:snapshots at the last poll.",
               (double)snapshots->newest_seen);
-        counter(&b, "duel_snapshot_loaded_total", "Snapshots verified, loaded and switched to.",
-                snapshots->loaded);
+        counter(&b, "duel_snapshot_loaded_total",
+                "Snapshots verified and loaded (the latest, or a rollout arm's).", snapshots->loaded);
+        gauge(&b, "duel_rollout_arms_pinned",
+              "Snapshot versions duel:rollout's arms at a weight above 0 pin (kept resident).",
+              (double)snapshots->pinned);
         counter(&b, "duel_snapshot_rejected_total",
                 "Snapshots refused (bad hash, truncated, unloadable, wrong shape).",
                 snapshots->rejected);

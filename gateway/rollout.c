@@ -16,8 +16,28 @@ int rollout_router_update(rollout_router *router, const char *json, duel_error *
     return rc;
 }
 
+int rollout_router_arm(const rollout_router *router, const char *id) {
+    return router->active ? rollout_spec_assign(&router->spec, id) : -1;
+}
+
 long long rollout_router_pick(const rollout_router *router, const char *id) {
-    if (!router->active) return ROLLOUT_SNAPSHOT_LATEST;
-    int arm = rollout_spec_assign(&router->spec, id);
+    int arm = rollout_router_arm(router, id);
     return arm < 0 ? ROLLOUT_SNAPSHOT_LATEST : router->spec.arms[arm].snapshot;
+}
+
+bool rollout_router_battle(rollout_router *router, double draw, int pair[2]) {
+    if (!router->active || !(draw < router->spec.arena_fraction)) return false;
+    int live[ROLLOUT_MAX_ARMS], n = 0;
+    for (int i = 0; i < router->spec.n_arms; i++)
+        if (router->spec.arms[i].weight > 0) live[n++] = i;
+    if (n < 2) return false;
+    uint64_t k = router->battles++ % (uint64_t)(n * (n - 1) / 2);
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (k-- == 0) {
+                pair[0] = live[i];
+                pair[1] = live[j];
+                return true;
+            }
+    return false; /* not reached: k < the number of pairs */
 }

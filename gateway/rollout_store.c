@@ -16,14 +16,16 @@
 #define CHANGE_ATTEMPTS 8  /* WATCH conflicts tolerated before giving up */
 #define ARENA_PAGE "500"   /* duel:prefs entries per XRANGE */
 
-static const char *const action_names[] = {"set", "weight", "pause", "resume", "promote", "abort"};
+static const char *const action_names[] = {"set",    "weight", "pause",    "resume",
+                                           "promote", "abort", "step", "rollback", "complete"};
+#define OPERATOR_ACTIONS 6 /* the first ones; the rest are the controller's */
 
 const char *rollout_action_name(rollout_action action) {
     return (unsigned)action < sizeof action_names / sizeof *action_names ? action_names[action] : "?";
 }
 
 int rollout_action_parse(const char *name, rollout_action *out) {
-    for (size_t i = 0; i < sizeof action_names / sizeof *action_names; i++)
+    for (size_t i = 0; i < OPERATOR_ACTIONS; i++)
         if (strcmp(action_names[i], name) == 0) {
             *out = (rollout_action)i;
             return DUEL_OK;
@@ -80,8 +82,13 @@ static int registered(redisContext *rc, const char *prefix, int64_t **out, size_
 /* The action on current (present: there is one) into next. */
 static int apply(const rollout_change *c, bool present, const rollout_spec *current,
                  const rollout_limits *limits, rollout_spec *next, duel_error *err) {
-    if (c->action == ROLLOUT_ACTION_SET) {
+    if (c->action == ROLLOUT_ACTION_SET || c->action >= ROLLOUT_ACTION_STEP) {
         if (!c->spec_text) return duel_error_set(err, DUEL_EINVAL, "rollout set: no spec");
+        if (c->action >= ROLLOUT_ACTION_STEP && (!present || current->revision != c->expect_revision))
+            return duel_error_set(err, DUEL_EINVAL,
+                                  "rollout %s: duel:rollout changed meanwhile (revision %lld, "
+                                  "decided on %lld)", rollout_action_name(c->action),
+                                  present ? current->revision : 0, c->expect_revision);
         return rollout_spec_parse(c->spec_text, strlen(c->spec_text), limits, next, err);
     }
     if (!present)
@@ -164,13 +171,22 @@ static int change_once(redisContext *rc, const char *prefix, const char *who,
         freeReplyObject(exec_reply);
         return duel_error_set(err, DUEL_EIO, "redis: rollout change was not executed");
     }
-    char id[64], note[96];
+    char id[64];
     snprintf(id, sizeof id, "%s", exec_reply->element[1]->str);
     freeReplyObject(exec_reply);
-    /* every gateway reads duel:rollout again at once (they also poll: pub/sub may drop) */
-    snprintf(note, sizeof note, "{\"kind\":\"rollout\",\"revision\":%lld}", next->revision);
-    const char *publish[] = {"PUBLISH", notify, note};
-    if ((r = command(rc, NULL, 3, publish))) freeReplyObject(r);
+    /* every gateway reads duel:rollout again at once (they also poll: pub/sub may drop); the
+     * controller's notes say what it did and why */
+    json_t *note = json_pack("{s:s, s:I}", "kind", "rollout", "revision", (json_int_t)next->revision);
+    if (note && c->action >= ROLLOUT_ACTION_STEP) {
+        json_object_set_new(note, "action", json_string(rollout_action_name(c->action)));
+        json_object_set_new(note, "status", json_string(rollout_status_name(next->status)));
+        if (c->reason) json_object_set_new(note, "reason", json_string(c->reason));
+    }
+    char *note_text = note ? json_dumps(note, JSON_COMPACT) : NULL;
+    json_decref(note);
+    const char *publish[] = {"PUBLISH", notify, note_text};
+    if (note_text && (r = command(rc, NULL, 3, publish))) freeReplyObject(r);
+    free(note_text);
     if (audit) *audit = knob_store_audit_entry(rc, prefix, id);
     return DUEL_OK;
 }
@@ -199,8 +215,17 @@ int rollout_store_change(redisContext *rc, const char *prefix, const char *who,
 }
 
 int rollout_store_arena(redisContext *rc, const char *prefix, arena_tally *t, duel_error *err) {
-    char key[KEY_MAX], start[80] = "-";
+    char last_id[ROLLOUT_STORE_ID_MAX] = "";
+    return rollout_store_arena_after(rc, prefix, last_id, 0, t, err);
+}
+
+int rollout_store_arena_after(redisContext *rc, const char *prefix,
+                              char last_id[ROLLOUT_STORE_ID_MAX], int64_t since_ms, arena_tally *t,
+                              duel_error *err) {
+    char key[KEY_MAX], start[ROLLOUT_STORE_ID_MAX + 2];
     snprintf(key, sizeof key, "%sprefs", prefix);
+    if (last_id[0]) snprintf(start, sizeof start, "(%s", last_id);
+    else snprintf(start, sizeof start, "%lld", (long long)(since_ms > 0 ? since_ms : 0));
     for (;;) {
         const char *range[] = {"XRANGE", key, start, "+", "COUNT", ARENA_PAGE};
         redisReply *r = command(rc, err, 6, range);
@@ -212,7 +237,9 @@ int rollout_store_arena(redisContext *rc, const char *prefix, arena_tally *t, du
                 e->element[0]->type != REDIS_REPLY_STRING || e->element[1]->type != REDIS_REPLY_ARRAY)
                 continue;
             /* the next page starts after the last id: "(" makes XRANGE exclusive (Redis 6.2) */
-            snprintf(start, sizeof start, "(%s", e->element[0]->str);
+            if (e->element[0]->len >= ROLLOUT_STORE_ID_MAX) continue;
+            snprintf(last_id, ROLLOUT_STORE_ID_MAX, "%s", e->element[0]->str);
+            snprintf(start, sizeof start, "(%s", last_id);
             const redisReply *f = e->element[1];
             vote_entry_field fields[VOTE_ENTRY_MAX_FIELDS];
             int nf = 0;

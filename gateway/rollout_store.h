@@ -30,6 +30,11 @@ typedef enum rollout_action {
     ROLLOUT_ACTION_RESUME,
     ROLLOUT_ACTION_PROMOTE, /* arm (NULL: the canary) becomes stable at 100 % */
     ROLLOUT_ACTION_ABORT,   /* every arm but the stable one to 0 %, status aborted */
+    /* The controller's (gateway/rollout_runner.h), never an operator's: spec_text is the spec it
+     * decided on, written only while duel:rollout is still at expect_revision. */
+    ROLLOUT_ACTION_STEP,     /* a step taken */
+    ROLLOUT_ACTION_ROLLBACK, /* the canary failed failure_limit checks */
+    ROLLOUT_ACTION_COMPLETE, /* every step passed: the canary promoted */
 } rollout_action;
 
 typedef struct rollout_change {
@@ -37,10 +42,12 @@ typedef struct rollout_change {
     const char *spec_text; /* SET */
     const char *arm;       /* WEIGHT, PROMOTE */
     int weight;            /* WEIGHT */
+    long long expect_revision; /* the controller's actions: the revision it decided on */
+    const char *reason;    /* the controller's actions: why, in the duel:notify note */
 } rollout_change;
 
 const char *rollout_action_name(rollout_action action);
-/* "set", "weight", ... -> *out; DUEL_EINVAL for anything else. */
+/* "set", "weight", ... (an operator's actions) -> *out; DUEL_EINVAL for anything else. */
 int rollout_action_parse(const char *name, rollout_action *out);
 
 /* duel:rollout: *present is false when there is no key (no rollout: serving follows the latest
@@ -57,5 +64,11 @@ int rollout_store_change(redisContext *rc, const char *prefix, const char *who,
 
 /* Adds every arena vote of duel:prefs to t (read in pages, oldest first). */
 int rollout_store_arena(redisContext *rc, const char *prefix, arena_tally *t, duel_error *err);
+/* The same for the entries after stream id last_id (when not empty), else from since_ms on;
+ * last_id becomes the last id read, so that a tally kept between calls reads only new votes. */
+#define ROLLOUT_STORE_ID_MAX 64
+int rollout_store_arena_after(redisContext *rc, const char *prefix,
+                              char last_id[ROLLOUT_STORE_ID_MAX], int64_t since_ms, arena_tally *t,
+                              duel_error *err);
 
 #endif

@@ -131,6 +131,7 @@ void gateway_drain_inbox(gateway *gw) {
 static void take_stats_entry(gateway *gw, double now) {
     if (gw->cfg.stats_interval_ms <= 0 || now < gw->next_stats_entry) return;
     gw->next_stats_entry = now + gw->cfg.stats_interval_ms / 1000.0;
+    gateway_rollout_refresh(gw); /* the revision reported is the one served even while idle */
     redis_worker_stats rs;
     redis_worker_get_stats(gw->redis, &rs);
     snapshot_loader_stats ls = {.publish_to_serve_s = NAN, .vote_to_serving_s = NAN};
@@ -140,6 +141,7 @@ static void take_stats_entry(gateway *gw, double now) {
         .queue_depth = (long long)gw->backend.queue_depth(gw->backend.impl),
         .spill_pending = (long long)rs.spill_pending,
         .snapshots_rejected = (long long)ls.rejected,
+        .rollout_revision = gw->rollout.active ? gw->rollout.spec.revision : 0,
         .publish_to_serve_s = ls.publish_to_serve_s,
         .vote_to_serving_s = ls.vote_to_serving_s,
         .redis_up = rs.connected};
@@ -287,7 +289,9 @@ int gateway_create(const gateway_config *cfg, duel_backend *backend, gateway **o
                                .timeout_ms = cfg->redis_timeout_ms, .prefix = "duel:",
                                .instance = instance, .stats_max_entries = cfg->stats_max_entries,
                                .knobs_poll_ms = cfg->knobs_poll_ms,
-                               .rollout_max_arms = cfg->rollout_max_arms, .defaults = cfg->knobs,
+                               .rollout_max_arms = cfg->rollout_max_arms,
+                               .rollout_controller_tick_ms = cfg->rollout_controller_tick_ms,
+                               .defaults = cfg->knobs,
                                .done = console_done, .ctx = gw};
         if ((rc = console_create(&ccfg, &gw->console, err))) goto fail;
     }

@@ -43,6 +43,12 @@ static bool groups(serving_stats *s, const char *arm, const char *strategy, stat
     return *i && *t;
 }
 
+void serving_stats_duel_error(serving_stats *s, const char *arm, const char *strategy) {
+    stats_group *g[2];
+    if (!groups(s, arm, strategy, &g[0], &g[1])) return;
+    for (int k = 0; k < 2; k++) g[k]->errors++;
+}
+
 void serving_stats_duel(serving_stats *s, const char *arm, const char *strategy, double regret,
                         double spread, double time_to_duel, uint64_t tokens) {
     stats_group *g[2];
@@ -90,6 +96,7 @@ char *serving_stats_take(serving_stats *s, double now, const serving_gauges *g,
     e->queue_depth = g->queue_depth;
     e->spill_pending = g->spill_pending;
     e->snapshots_rejected = g->snapshots_rejected;
+    e->rollout_revision = g->rollout_revision;
     e->publish_to_serve_s = g->publish_to_serve_s;
     e->vote_to_serving_s = g->vote_to_serving_s;
     e->redis_up = g->redis_up;

@@ -42,10 +42,12 @@ void serving_stats_first_delta(serving_stats *s, const char *arm, const char *st
 void serving_stats_vote(serving_stats *s, const char *arm, const char *strategy, int choice,
                         int preference);
 void serving_stats_error(serving_stats *s, const char *code);
+/* A duel of arm the backend failed (a rollout arm's error rate: rollout_analysis.h). */
+void serving_stats_duel_error(serving_stats *s, const char *arm, const char *strategy);
 
 /* The gauges an entry carries besides the counts. */
 typedef struct serving_gauges {
-    long long version, queue_depth, spill_pending, snapshots_rejected;
+    long long version, queue_depth, spill_pending, snapshots_rejected, rollout_revision;
     double publish_to_serve_s, vote_to_serving_s; /* snapshot_loader_stats' (NAN: none) */
     bool redis_up;
 } serving_gauges;

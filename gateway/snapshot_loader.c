@@ -16,6 +16,7 @@
 #include <time.h>
 
 #include "redis_link.h"
+#include "rollout_spec.h"
 #include "snapshot.h"
 #include "timer.h"
 
@@ -23,6 +24,11 @@
 #define LOADER_MAX_REFUSED 1024 /* versions remembered as refused (oldest forgotten first) */
 #define LOADER_WAIT_MS 100      /* longest wait for a pub/sub message per loop */
 #define LOADER_RETRY_S 1.0      /* pause before reconnecting */
+/* A version no arm pins any more stays resident this long before it is retired: every gateway's
+ * router reads a changed duel:rollout within its poll (5 s) or at once on the note, and until
+ * then may still assign users to the arm it was (they must get its weights, not the latest's). */
+#define LOADER_RETIRE_GRACE_S 10.0
+#define LOADER_MAX_PINS 64
 
 struct snapshot_loader {
     snapshot_loader_config cfg;
@@ -37,6 +43,9 @@ struct snapshot_loader {
     bool check_now;
     long long refused[LOADER_MAX_REFUSED];
     int n_refused;
+    long long recent[LOADER_MAX_PINS]; /* versions pinned lately, each until recent_until */
+    double recent_until[LOADER_MAX_PINS];
+    int n_recent;
     /* Guarded by mu. */
     pthread_mutex_t mu;
     snapshot_loader_stats stats;
@@ -89,14 +98,23 @@ static void try_connect(snapshot_loader *l) {
     l->check_now = true; /* whatever was published while we were away */
 }
 
-/* A pub/sub message: a snapshot note asks for a check now. Other kinds (rollout, knobs) are
+/* A pub/sub message: a snapshot or rollout note asks for a check now. Other kinds (knobs) are
  * not the loader's. */
+static bool note_is_rollout(const char *payload, size_t len) {
+    json_t *note = json_loadb(payload, len, 0, NULL);
+    const char *kind = json_string_value(json_object_get(note, "kind"));
+    bool yes = kind && strcmp(kind, "rollout") == 0;
+    json_decref(note);
+    return yes;
+}
+
 static void on_message(snapshot_loader *l, const redisReply *r) {
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 3) return;
     const redisReply *kind = r->element[0], *payload = r->element[2];
     if (kind->type != REDIS_REPLY_STRING || strcmp(kind->str, "message") != 0 ||
         payload->type != REDIS_REPLY_STRING)
         return;
+    if (note_is_rollout(payload->str, payload->len)) l->check_now = true;
     if (snapshot_note_is_snapshot(payload->str, payload->len)) {
         l->check_now = true;
         pthread_mutex_lock(&l->mu);
@@ -147,9 +165,101 @@ static double seconds_since(int64_t then_ms, int64_t now_ms) {
     return now_ms > then_ms ? (double)(now_ms - then_ms) / 1000.0 : 0.0;
 }
 
+/* Snapshot v's folder into dir, verified (every hash, the version in meta.json): 1; refused (and
+ * remembered): -1; 0: the command connection broke. */
+static int verified_folder(snapshot_loader *l, long long v, char dir[SNAPSHOT_PATH_MAX]) {
+    char hkey[SNAPSHOT_KEY_MAX];
+    dir[0] = '\0';
+    snapshot_key_version(l->prefix, v, hkey, sizeof hkey, NULL);
+    redisReply *r = redisCommand(l->cmd, "HGET %s %s", hkey, SNAPSHOT_FIELD_PATH);
+    if (!r) return 0;
+    if (r->type == REDIS_REPLY_STRING && r->len > 0 && r->len < SNAPSHOT_PATH_MAX)
+        memcpy(dir, r->str, r->len + 1);
+    freeReplyObject(r);
+    if (!dir[0]) {
+        refuse(l, v, "its hash has no usable path field");
+        return -1;
+    }
+    duel_error err = {0};
+    int64_t meta_version = 0;
+    if (snapshot_verify(dir, &meta_version, &err)) {
+        refuse(l, v, err.message);
+        return -1;
+    }
+    if (meta_version != v) {
+        char why[128];
+        snprintf(why, sizeof why, "meta.json says version %lld", (long long)meta_version);
+        refuse(l, v, why);
+        return -1;
+    }
+    return 1;
+}
+
+/* The rollout's pins (docs/SERVING.md, "Rollouts"): every version an arm at a weight above 0
+ * names is made resident (verified like the newest, loaded on this thread, off the serving
+ * path), then every resident snapshot no arm needs (weight 0, or no longer in the spec) that is
+ * not the latest is retired (LOADER_RETIRE_GRACE_S after its last pin): its running duels finish
+ * on it. No key: nothing pinned. A text the
+ * spec's parser refuses leaves the pins as they were (the router keeps its spec too). false: the
+ * command connection broke. */
+static bool check_rollout(snapshot_loader *l) {
+    if (!l->backend.hold_snapshot || !l->backend.set_pins) return true;
+    char key[LOADER_KEY_MAX + 16];
+    snprintf(key, sizeof key, "%srollout", l->prefix);
+    redisReply *r = redisCommand(l->cmd, "GET %s", key);
+    if (!r) return false;
+    rollout_spec spec;
+    duel_error err = {0};
+    bool present = r->type == REDIS_REPLY_STRING;
+    int rc = present ? rollout_spec_parse(r->str, r->len, NULL, &spec, &err) : DUEL_OK;
+    freeReplyObject(r);
+    if (rc) return true;
+    long long pins[ROLLOUT_MAX_ARMS];
+    int n = 0;
+    for (int i = 0; present && i < spec.n_arms; i++) {
+        long long v = spec.arms[i].snapshot;
+        if (v < 1 || spec.arms[i].weight == 0) continue;
+        pins[n++] = v;
+        if (was_refused(l, v) || l->backend.snapshot_resident(l->backend.impl, v)) continue;
+        char dir[SNAPSHOT_PATH_MAX];
+        int ok = verified_folder(l, v, dir);
+        if (ok == 0) return false;
+        if (ok < 0) continue;
+        if (l->backend.hold_snapshot(l->backend.impl, v, dir, &err)) {
+            refuse(l, v, err.message);
+            continue;
+        }
+        fprintf(stderr, "duel serve: snapshot v%lld resident for rollout arm %s\n", v,
+                spec.arms[i].name);
+        pthread_mutex_lock(&l->mu);
+        l->stats.loaded++;
+        pthread_mutex_unlock(&l->mu);
+    }
+    /* the pins now, and those of the last LOADER_RETIRE_GRACE_S seconds */
+    double now = duel_time_seconds();
+    for (int i = 0; i < n; i++) {
+        int k = 0;
+        while (k < l->n_recent && l->recent[k] != pins[i]) k++;
+        if (k == l->n_recent && l->n_recent < LOADER_MAX_PINS) l->recent[l->n_recent++] = pins[i];
+        if (k < l->n_recent) l->recent_until[k] = now + LOADER_RETIRE_GRACE_S;
+    }
+    int kept = 0;
+    for (int k = 0; k < l->n_recent; k++)
+        if (l->recent_until[k] > now) {
+            l->recent[kept] = l->recent[k];
+            l->recent_until[kept++] = l->recent_until[k];
+        }
+    l->n_recent = kept;
+    l->backend.set_pins(l->backend.impl, l->recent, l->n_recent);
+    pthread_mutex_lock(&l->mu);
+    l->stats.pinned = n;
+    pthread_mutex_unlock(&l->mu);
+    return true;
+}
+
 /* Reads the newest version; installs it when newer than the serving one. false: the command
  * connection broke. */
-static bool check(snapshot_loader *l) {
+static bool check_latest(snapshot_loader *l) {
     l->check_now = false;
     l->next_poll = duel_time_seconds() + l->cfg.poll_ms / 1000.0;
     char zkey[SNAPSHOT_KEY_MAX];
@@ -172,29 +282,10 @@ static bool check(snapshot_loader *l) {
     pthread_mutex_unlock(&l->mu);
     if (newest <= serving || was_refused(l, newest)) return true;
 
-    char hkey[SNAPSHOT_KEY_MAX], dir[SNAPSHOT_PATH_MAX] = "";
-    snapshot_key_version(l->prefix, newest, hkey, sizeof hkey, NULL);
-    r = redisCommand(l->cmd, "HGET %s %s", hkey, SNAPSHOT_FIELD_PATH);
-    if (!r) return false;
-    if (r->type == REDIS_REPLY_STRING && r->len > 0 && r->len < sizeof dir)
-        memcpy(dir, r->str, r->len + 1);
-    freeReplyObject(r);
-    if (!dir[0]) {
-        refuse(l, newest, "its hash has no usable path field");
-        return true;
-    }
+    char dir[SNAPSHOT_PATH_MAX];
+    int v = verified_folder(l, newest, dir);
+    if (v <= 0) return v < 0; /* refused: the connection is fine */
     duel_error err = {0};
-    int64_t meta_version = 0;
-    if (snapshot_verify(dir, &meta_version, &err)) {
-        refuse(l, newest, err.message);
-        return true;
-    }
-    if (meta_version != newest) {
-        char why[128];
-        snprintf(why, sizeof why, "meta.json says version %lld", (long long)meta_version);
-        refuse(l, newest, why);
-        return true;
-    }
     if (l->backend.install_snapshot(l->backend.impl, newest, dir, &err)) {
         refuse(l, newest, err.message);
         return true;
@@ -211,6 +302,12 @@ static bool check(snapshot_loader *l) {
     l->stats.serving_version = newest;
     pthread_mutex_unlock(&l->mu);
     return true;
+}
+
+/* The newest version, installed when newer than the serving one, then the rollout's pins.
+ * false: the command connection broke. */
+static bool check(snapshot_loader *l) {
+    return check_latest(l) && check_rollout(l);
 }
 
 static void *loader_main(void *arg) {

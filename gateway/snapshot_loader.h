@@ -7,6 +7,9 @@
  * the version in it, and hands the folder to the backend's install_snapshot, which loads it on
  * this thread and switches new duels to it. A snapshot that fails any of that is refused: logged
  * once (stderr), counted, remembered (never retried), and serving goes on with the arm it has.
+ * The same check (and a {"kind":"rollout"} note) reads <prefix>rollout: every version an arm
+ * at a weight above 0 pins is verified the same way and made resident beside the latest
+ * (backend hold_snapshot), and the snapshots no arm needs any more are retired (set_pins).
  *
  * Threads: the loader's thread alone touches its connections and the refused list; the stats are
  * behind a mutex for the lws thread (/metrics, /healthz). */
@@ -32,7 +35,8 @@ typedef struct snapshot_loader_config {
 typedef struct snapshot_loader_stats {
     long long serving_version;  /* the backend's (0: the base model) */
     long long newest_seen;      /* highest version in the zset at the last poll */
-    unsigned long long loaded;  /* snapshots installed */
+    unsigned long long loaded;  /* snapshots installed (as the latest or for a rollout arm) */
+    int pinned;                 /* versions the rollout pins (at a weight above 0) */
     unsigned long long rejected;/* snapshots refused */
     unsigned long long notes;   /* snapshot notes received on pub/sub */
     unsigned long long polls;   /* zset reads */

@@ -24,9 +24,19 @@ int stats_store_append(redisContext *rc, const char *prefix, long long max_entri
     return code;
 }
 
+static void add_to_view(void *view, const stats_entry *e) { stats_view_add(view, e); }
+
 int stats_store_read(redisContext *rc, const char *prefix, int64_t since_ms,
                      char last_id[STATS_STORE_ID_MAX], long long max_entries, stats_view *view,
                      long long *added, long long *skipped, duel_error *err) {
+    return stats_store_each(rc, prefix, since_ms, last_id, max_entries, add_to_view, view, added,
+                            skipped, err);
+}
+
+int stats_store_each(redisContext *rc, const char *prefix, int64_t since_ms,
+                     char last_id[STATS_STORE_ID_MAX], long long max_entries,
+                     void (*fn)(void *ctx, const stats_entry *e), void *ctx, long long *added,
+                     long long *skipped, duel_error *err) {
     char key[256], start[STATS_STORE_ID_MAX + 2], count[32];
     snprintf(key, sizeof key, "%sstats", prefix);
     snprintf(count, sizeof count, "%d", READ_CHUNK);
@@ -72,7 +82,7 @@ int stats_store_read(redisContext *rc, const char *prefix, int64_t since_ms,
                 if (skipped) (*skipped)++;
                 continue;
             }
-            stats_view_add(view, e);
+            fn(ctx, e);
             if (added) (*added)++;
         }
         freeReplyObject(r);

@@ -28,5 +28,10 @@ int stats_store_append(redisContext *rc, const char *prefix, long long max_entri
 int stats_store_read(redisContext *rc, const char *prefix, int64_t since_ms,
                      char last_id[STATS_STORE_ID_MAX], long long max_entries, stats_view *view,
                      long long *added, long long *skipped, duel_error *err);
+/* The same read, each decoded entry handed to fn(ctx, entry) instead of a view. */
+int stats_store_each(redisContext *rc, const char *prefix, int64_t since_ms,
+                     char last_id[STATS_STORE_ID_MAX], long long max_entries,
+                     void (*fn)(void *ctx, const stats_entry *e), void *ctx, long long *added,
+                     long long *skipped, duel_error *err);
 
 #endif

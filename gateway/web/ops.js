@@ -319,6 +319,82 @@ function renderAudit(a) {
   if (!a.entries.length) cell(body.insertRow(), 'no changes yet');
 }
 
+// ---- rollout and arena -------------------------------------------------------------------
+// /api/rollout and /api/arena (docs/SERVING.md "Rollouts"): the spec's arms, its status and the
+// controller's last check; an admin's buttons send one action each after a confirmation.
+
+function rolloutAction(body, question) {
+  if (!window.confirm(question)) return;
+  const msg = $('rollout-message');
+  api('/api/rollout', {method: 'POST', body: JSON.stringify(body)})
+    .then((r) => {
+      text(msg, `done: revision ${r.rollout.revision}, status ${r.rollout.status}`);
+      renderRollout(r);
+    })
+    .catch((e) => text(msg, `refused: ${e.message}`));
+}
+
+function renderRollout(r) {
+  const spec = r.rollout;
+  const body = $('rollout-arms').tBodies[0];
+  body.replaceChildren();
+  const admin = state.role === 'admin';
+  show($('rollout-actions'), admin && Boolean(spec));
+  if (!spec) {
+    text($('rollout-status'), 'no rollout: every duel follows the latest snapshot');
+    text($('rollout-check'), '');
+    return;
+  }
+  const step = spec.steps && spec.steps.length ? `, step ${spec.step} of ${spec.steps.length}` : '';
+  text($('rollout-status'), `revision ${spec.revision}: ${spec.status}${step}, ` +
+    `arena ${fmt(100 * spec.arena_fraction, 3)} % of duels`);
+  for (const arm of spec.arms) {
+    const row = body.insertRow();
+    row.dataset.arm = arm.name;
+    cell(row, arm.name + (arm.name === spec.stable ? ' (stable)' : ''));
+    cell(row, arm.snapshot);
+    cell(row, arm.weight, 'weight');
+    const td = row.insertCell();
+    if (admin && arm.name !== spec.stable) {
+      const input = document.createElement('input');
+      Object.assign(input, {type: 'number', min: 0, max: 100, step: 1, value: arm.weight});
+      input.setAttribute('aria-label', `new weight of ${arm.name}`);
+      const set = document.createElement('button');
+      set.type = 'button';
+      set.textContent = 'Set weight';
+      set.addEventListener('click', () => rolloutAction(
+        {action: 'weight', arm: arm.name, weight: Number(input.value)},
+        `Set ${arm.name} to ${input.value} % (the stable arm takes the rest)?`));
+      td.append(input, set);
+    }
+  }
+  const a = r.analysis;
+  text($('rollout-check'), a && a.last
+    ? `controller (${a.instance}): ${a.last.verdict}, ${a.last.why}; ${a.failures} failed in a row`
+    : 'no analysis check yet');
+}
+
+function renderLeaderboard(board) {
+  const body = $('leaderboard').tBodies[0];
+  body.replaceChildren();
+  for (const arm of board.arms) {
+    const row = body.insertRow();
+    cell(row, arm.rank);
+    cell(row, arm.name);
+    cell(row, fmt(arm.rating, 4));
+    cell(row, `${fmt(arm.lower, 4)} – ${fmt(arm.upper, 4)}`);
+    cell(row, arm.battles);
+  }
+  if (!board.arms.length) cell(body.insertRow(), 'no arena battles yet');
+}
+
+$('rollout-pause').addEventListener('click', () => rolloutAction({action: 'pause'}, 'Pause the rollout?'));
+$('rollout-resume').addEventListener('click', () => rolloutAction({action: 'resume'}, 'Resume the rollout?'));
+$('rollout-promote').addEventListener('click', () =>
+  rolloutAction({action: 'promote'}, 'Promote the canary to stable at 100 %?'));
+$('rollout-abort').addEventListener('click', () =>
+  rolloutAction({action: 'abort'}, 'Abort: every arm but the stable one to 0 %?'));
+
 // ---- refresh -----------------------------------------------------------------------------
 
 let ticks = 0;
@@ -334,6 +410,8 @@ async function refresh() {
     renderInstances(stats);
     renderGroups(stats);
     if (ticks++ % 2 === 0) {
+      renderRollout(await api('/api/rollout'));
+      renderLeaderboard(await api('/api/arena'));
       renderAudit(await api('/api/audit'));
       if (!editsPending()) renderKnobs(await api('/api/knobs'));
     }

@@ -143,6 +143,21 @@ static void test_entry_round_trip(void **state) {
     assert_memory_equal(g->regret.counts, s.groups[0].regret.counts, sizeof g->regret.counts);
     assert_int_equal(e->serving.n_errors, 2);
     assert_int_equal(e->serving.errors[0].count, 2);
+    assert_int_equal(e->serving.rollout_revision, 0);
+    assert_int_equal(g->errors, 0);
+    /* the rollout revision served and a group's failed duels (issue 20) travel too */
+    s.rollout_revision = 7;
+    s.groups[0].errors = 3;
+    text = stats_serving_json(&s);
+    decode_ok("serve@host:8080", STATS_ROLE_SERVING, 1700000000000, text, e);
+    free(text);
+    assert_int_equal(e->serving.rollout_revision, 7);
+    assert_int_equal(e->serving.groups[0].errors, 3);
+    stats_field nf[5];
+    size_t nn = entry_fields("serve@x:1", STATS_ROLE_SERVING, "1", "5000",
+                             "{\"version\":3,\"queue\":0,\"rollout_revision\":-1}", nf);
+    duel_error nerr = {0};
+    assert_int_equal(stats_entry_decode(nf, nn, e, &nerr), DUEL_EFORMAT);
     stats_trainer t = {.step = 7, .prefs_applied = 56, .published_version = 2, .batch_size = 8,
                        .lag_entries = 3, .lag_s = 1.5, .loss = 0.69, .erm_loss = 0.7, .kl = 0.01,
                        .grad_norm = 0.4, .lr = 3e-5, .erm_accuracy = 0.6,

@@ -1,4 +1,4 @@
-// e2e_util.mjs: what the browser tests share: a free loopback port and a sleep.
+// e2e_util.mjs: what the browser tests share: a free loopback port, a sleep and a polling wait.
 import {createServer} from 'node:net';
 
 export function freePort() {
@@ -13,3 +13,20 @@ export function freePort() {
 }
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// Polls fn (every 100 ms) until it returns a truthy value, which is returned; throws after
+// timeoutMs naming what it waited for (and the last error fn threw).
+export async function waitFor(fn, what, timeoutMs = 15000) {
+  const end = Date.now() + timeoutMs;
+  let last;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v) return v;
+    } catch (e) {
+      last = e;
+    }
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? ` (${last.message})` : ''}`);
+    await sleep(100);
+  }
+}

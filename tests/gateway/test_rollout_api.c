@@ -61,7 +61,10 @@ static void test_rollout_api(void **state) {
         }
     }
     assert_int_equal(status, 200);
-    assert_string_equal(out, "{\"rollout\":null}");
+    assert_string_equal(out, "{\"rollout\":null,\"analysis\":null}");
+    free(out);
+    /* the controller's actions are not an operator's */
+    assert_int_equal(tu_http_request(g.port, "POST", "/api/rollout", ADMIN, "{\"action\":\"rollback\"}", &out), 400);
     free(out);
     const char *set = "{\"action\":\"set\",\"spec\":{\"arms\":[{\"name\":\"stable\",\"snapshot\":12,"
                       "\"weight\":90},{\"name\":\"canary\",\"snapshot\":13,\"weight\":10}],"

@@ -11,13 +11,8 @@
 
 #include <math.h>
 
-#include "duel_backend.h"
-#include "erm.h"
-#include "lm_trainer.h"
-#include "rng.h"
-#include "snapshot_write.h"
+#include "snapshot_test_util.h"
 #include "timer.h"
-#include "train_model.h"
 
 static char model_dir[1024];
 
@@ -33,30 +28,9 @@ static redisReply *rcmd(const tu_redis *r, redisContext **c, const char *fmt, ..
     return reply;
 }
 
-/* Writes snapshot v of the default model, every weight scaled by 1 + noise * U(-1, 1), published
- * at created_ms with the new votes' mean time votes_mean_ms (0: none) in its meta.json. */
 static void write_snapshot_at(const char *data_dir, long long v, double noise, int64_t created_ms,
                               int64_t votes_mean_ms, char *path, size_t cap) {
-    train_model *tm = NULL;
-    char *config_json = NULL;
-    duel_error err = {0};
-    if (lm_model_load_hf(model_dir, &tm, &config_json, &err)) fail_msg("%s", err.message);
-    float *w = train_model_parameter_memory(tm);
-    size_t n = train_model_num_parameters(tm);
-    duel_rng rng;
-    duel_rng_seed(&rng, (uint64_t)v);
-    for (size_t i = 0; i < n; i++)
-        w[i] *= (float)(1.0 + noise * ((double)duel_rng_below(&rng, 2001) / 1000.0 - 1.0));
-    int H = train_model_config(tm)->hidden_size;
-    erm_config ec = {ERM_DEFAULT_NUM_HEADS, 2 * H, ERM_DEFAULT_HIDDEN};
-    erm *e = NULL;
-    assert_int_equal(erm_create(&ec, &rng, &e, &err), 0);
-    snapshot_info info = {v, v - 1, 10 * v, 8 * v, created_ms, model_dir, NULL, votes_mean_ms};
-    if (snapshot_write(data_dir, &info, tm, config_json, e, model_dir, path, cap, &err))
-        fail_msg("snapshot_write: %s", err.message);
-    erm_free(e);
-    train_model_free(tm);
-    free(config_json);
+    tu_write_snapshot(model_dir, data_dir, v, noise, created_ms, votes_mean_ms, path, cap);
 }
 
 static void write_snapshot(const char *data_dir, long long v, double noise, char *path, size_t cap) {
@@ -252,41 +226,13 @@ static void test_loader_needs_hot_swap(void **state) {
 }
 
 
-typedef struct arena_sink {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    duel_backend_result *ready;
-    char error[256];
-    bool failed;
-} arena_sink;
-
-static void arena_sink_fn(void *ctx, duel_backend_event *ev) {
-    arena_sink *s = ctx;
-    pthread_mutex_lock(&s->mu);
-    if (ev->kind == DUEL_BACKEND_READY) {
-        s->ready = ev->result;
-        ev->result = NULL;
-    } else if (ev->kind == DUEL_BACKEND_ERROR) {
-        s->failed = true;
-        snprintf(s->error, sizeof s->error, "%s", ev->message);
-    }
-    pthread_cond_broadcast(&s->cv);
-    pthread_mutex_unlock(&s->mu);
-}
+typedef tu_sink arena_sink;
 
 /* One duel for a conversation pinned to arm (-1: any, 0: the base model: a rollout's pin). */
 static duel_backend_result *pinned_duel(duel_backend *b, arena_sink *s, uint64_t id, long long arm) {
     duel_backend_request req = {.request_id = id, .text = "What is a lake?", .arm_snapshot = arm,
                                 .seed = 1000 + id};
-    duel_error err = {0};
-    if (b->submit(b->impl, &req, &err)) fail_msg("submit: %s", err.message);
-    pthread_mutex_lock(&s->mu);
-    while (!s->ready && !s->failed) pthread_cond_wait(&s->cv, &s->mu);
-    duel_backend_result *r = s->ready;
-    s->ready = NULL;
-    if (s->failed) fail_msg("duel failed: %s", s->error);
-    pthread_mutex_unlock(&s->mu);
-    return r;
+    return tu_sink_duel(b, s, &req);
 }
 
 static duel_backend_result *arena_duel(duel_backend *b, arena_sink *s, uint64_t id) {
@@ -307,7 +253,7 @@ static void test_arena_against_base(void **state) {
     duel_error err = {0};
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     arena_sink s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    assert_int_equal(b.start(b.impl, arena_sink_fn, &s, &err), 0);
+    assert_int_equal(b.start(b.impl, tu_sink_fn, &s, &err), 0);
     duel_backend_result *r = arena_duel(&b, &s, 1);
     assert_string_equal(r->strategy, "ee_ts");
     assert_int_equal(r->policy_version, 0);
@@ -367,7 +313,7 @@ static void snapshot_candidates(weight_format f, const char *snap, int32_t *out,
     duel_error err = {0};
     if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
     arena_sink s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    assert_int_equal(b.start(b.impl, arena_sink_fn, &s, &err), 0);
+    assert_int_equal(b.start(b.impl, tu_sink_fn, &s, &err), 0);
     if (b.install_snapshot(b.impl, 1, snap, &err)) fail_msg("install: %s", err.message);
     *n_out = 0;
     for (uint64_t id = 1; id <= 2; id++) {
