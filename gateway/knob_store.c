@@ -3,14 +3,16 @@
  * cross-knob rules, in the same MULTI as its audit entry. */
 #include "knob_store.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "timer.h"
 
 #define KEY_MAX 256
-#define CHANGE_ATTEMPTS 8    /* WATCH conflicts tolerated before giving up */
+#define CHANGE_ATTEMPTS 16   /* WATCH conflicts tolerated before giving up */
 #define AUDIT_MAX_LEN "100000" /* entries kept in duel:audit (MAXLEN ~): years of operator actions */
 
 static void key_of(char *out, const char *prefix, const char *name) {
@@ -130,6 +132,17 @@ json_t *knob_store_audit_entry(redisContext *rc, const char *prefix, const char 
     return out;
 }
 
+void knob_store_conflict_backoff(int attempt) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    uint64_t max_us = 1000ull << (attempt < 6 ? attempt : 6);
+    /* the clock's nanoseconds, mixed: jitter without a shared generator */
+    uint64_t x = (uint64_t)now.tv_nsec * 0x9E3779B97F4A7C15ull;
+    uint64_t us = (x >> 32) % max_us;
+    struct timespec pause = {0, (long)(us * 1000)};
+    nanosleep(&pause, NULL);
+}
+
 int knob_store_change(redisContext *rc, const char *prefix, const char *who,
                       const duel_knob_values *defaults, const char *const *names,
                       const char *const *texts, size_t n, duel_knob_values *after,
@@ -206,6 +219,7 @@ int knob_store_change(redisContext *rc, const char *prefix, const char *who,
         }
         if (exec_reply->type == REDIS_REPLY_NIL) { /* the hash changed under WATCH: again */
             freeReplyObject(exec_reply);
+            knob_store_conflict_backoff(attempt);
             continue;
         }
         if (exec_reply->type != REDIS_REPLY_ARRAY || exec_reply->elements != n + 1 ||

@@ -59,6 +59,11 @@ void knob_store_append_audit(redisContext *rc, const char *prefix, const char *w
                              const char *action, const char *before, const char *after);
 json_t *knob_store_audit_entry(redisContext *rc, const char *prefix, const char *id);
 
+/* After a WATCH conflict (another writer changed the key between WATCH and EXEC): sleeps a
+ * jittered while, up to 1 ms << attempt (64 ms at most), so that two writers that collided do not
+ * collide again in lockstep (without it, two operators' tight loops lost 8 tries in a row). */
+void knob_store_conflict_backoff(int attempt);
+
 /* The newest `count` audit entries, newest first, as a JSON array of the objects above. */
 int knob_store_audit(redisContext *rc, const char *prefix, int count, json_t **out,
                      duel_error *err);

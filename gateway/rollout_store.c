@@ -13,7 +13,7 @@
 #include "vote_entry.h"
 
 #define KEY_MAX 256
-#define CHANGE_ATTEMPTS 8  /* WATCH conflicts tolerated before giving up */
+#define CHANGE_ATTEMPTS 16 /* WATCH conflicts tolerated before giving up */
 #define ARENA_PAGE "500"   /* duel:prefs entries per XRANGE */
 
 static const char *const action_names[] = {"set",    "weight", "pause",    "resume",
@@ -202,8 +202,10 @@ int rollout_store_change(redisContext *rc, const char *prefix, const char *who,
     rollout_spec *next = malloc(sizeof *next);
     if (!rc0 && !next) rc0 = duel_error_set(err, DUEL_ENOMEM, "rollout: out of memory");
     bool retry = true;
-    for (int attempt = 0; !rc0 && retry && attempt < CHANGE_ATTEMPTS; attempt++)
+    for (int attempt = 0; !rc0 && retry && attempt < CHANGE_ATTEMPTS; attempt++) {
+        if (attempt > 0) knob_store_conflict_backoff(attempt - 1);
         rc0 = change_once(rc, prefix, who, change, &limits, next, audit, &retry, err);
+    }
     if (!rc0 && retry)
         rc0 = duel_error_set(err, DUEL_EIO,
                              "rollout: %d concurrent changes in a row; nothing changed, try again",
