@@ -169,6 +169,14 @@ static void wait_metric(int port, const char *name, long long want) {
     fail_msg("%s never reached %lld (is %lld)", name, want, tu_metric(port, name));
 }
 
+static void wait_metric_at_least(int port, const char *name, long long want) {
+    for (int i = 0; i < 600; i++) {
+        if (tu_metric(port, name) >= want) return;
+        tu_sleep_ms(100);
+    }
+    fail_msg("%s never reached %lld (is %lld)", name, want, tu_metric(port, name));
+}
+
 #define SPEC_50_50                                                                                 \
     "{\"revision\":1,\"stable\":\"stable\",\"status\":\"progressing\",\"arena_fraction\":0,"     \
     "\"arms\":[{\"name\":\"stable\",\"snapshot\":1,\"weight\":50},"                               \
@@ -347,15 +355,15 @@ static rollout_spec parse_spec(const char *text) {
     return s;
 }
 
-/* The version each arm name of the test serves: stable v1 (v_promoted once a canary was
+/* The version each arm name of the test serves: stable v_stable (v_promoted once a canary was
  * promoted), canary (the damaged one) v2, good v3. */
-static bool arm_serves(const char *arm, long long v, long long v_promoted) {
-    if (strcmp(arm, "stable") == 0) return v == 1 || v == v_promoted;
+static bool arm_serves(const char *arm, long long v, long long v_stable, long long v_promoted) {
+    if (strcmp(arm, "stable") == 0) return v == v_stable || v == v_promoted;
     if (strcmp(arm, "canary") == 0) return v == 2;
     return strcmp(arm, "good") == 0 && v == 3;
 }
 
-static void check_attribution(redisContext *c, long long acked, long long v_promoted) {
+static void check_attribution(redisContext *c, long long acked, long long v_stable, long long v_promoted) {
     redisReply *r = redisCommand(c, "XRANGE duel:prefs - +");
     assert_true(r && r->type == REDIS_REPLY_ARRAY);
     assert_int_equal((long long)r->elements, acked);
@@ -364,13 +372,13 @@ static void check_attribution(redisContext *c, long long acked, long long v_prom
         json_t *gp = field_json(f, "gen_params");
         const char *arm = json_string_value(json_object_get(gp, "arm"));
         assert_non_null(arm);
-        assert_true(arm_serves(arm, field_ll(f, "policy_version"), v_promoted));
+        assert_true(arm_serves(arm, field_ll(f, "policy_version"), v_stable, v_promoted));
         json_t *arms = json_object_get(gp, "arena_arms");
         if (arms) {
             const char *second = json_string_value(json_array_get(arms, 1));
             long long v2 = json_integer_value(json_array_get(json_object_get(gp, "arena_versions"), 1));
             assert_string_equal(json_string_value(json_array_get(arms, 0)), arm);
-            if (!arm_serves(second, v2, v_promoted)) {
+            if (!arm_serves(second, v2, v_stable, v_promoted)) {
                 char *dump = json_dumps(gp, JSON_COMPACT);
                 fail_msg("battle %zu of %zu misattributed: %s", i, r->elements, dump);
             }
@@ -392,9 +400,9 @@ static bool audit_has(redisContext *c, const char *action) {
     return found;
 }
 
-#define STEPS_SPEC(canary, v)                                                                      \
+#define STEPS_SPEC(v_stable, canary, v)                                                            \
     "{\"stable\":\"stable\",\"status\":\"progressing\",\"arena_fraction\":0.8,"                   \
-    "\"arms\":[{\"name\":\"stable\",\"snapshot\":1,\"weight\":100},"                               \
+    "\"arms\":[{\"name\":\"stable\",\"snapshot\":" v_stable ",\"weight\":100},"                    \
     "{\"name\":\"" canary "\",\"snapshot\":" v ",\"weight\":0}],"                                  \
     "\"steps\":[{\"set_weight\":20},{\"analysis\":{}},{\"set_weight\":50},{\"analysis\":{}}],"   \
     "\"analysis\":{\"window_s\":600,\"interval_s\":1,\"failure_limit\":3,\"min_votes\":20,"       \
@@ -403,9 +411,9 @@ static bool audit_has(redisContext *c, const char *action) {
 /* Two gateways, each running the controller (one holds its lock), simulated users on both. A
  * damaged copy of the model (every weight scaled by 1 + 2 U(-1, 1): it answers noise) as a 20 %
  * canary loses its arena battles and is rolled back by the controller while chat goes on: weight
- * 0, status degraded, a rollout.rollback audit entry and a duel:notify note. Then a canary as good
- * as the stable arm (the base model's weights, lightly perturbed like the stable one) passes both
- * analysis steps and is promoted. In both, every vote is attributed to the arm that served it and
+ * 0, status degraded, a rollout.rollback audit entry and a duel:notify note. Then, with the
+ * damaged copy as the stable arm, a better canary (the base model's weights, lightly perturbed)
+ * passes both analysis steps, is promoted, and the arena rates it above the arm it replaced. In both, every vote is attributed to the arm that served it and
  * none is lost; each user keeps its arm on both gateways. */
 static void test_rollback_and_promotion(void **state) {
     (void)state;
@@ -417,7 +425,7 @@ static void test_rollback_and_promotion(void **state) {
         freeReplyObject(redisCommand(c, "ZADD duel:snapshots %lld %lld", v, v));
     }
     /* the operator's spec, as `duel rollout set` writes it (validated, audited) */
-    rollout_change set = {.action = ROLLOUT_ACTION_SET, .spec_text = STEPS_SPEC("canary", "2")};
+    rollout_change set = {.action = ROLLOUT_ACTION_SET, .spec_text = STEPS_SPEC("1", "canary", "2")};
     duel_error err = {0};
     if (rollout_store_change(c, "duel:", "test", &set, 4, NULL, NULL, &err)) fail_msg("%s", err.message);
     redisContext *sub = tu_redis_connect(&redis);
@@ -435,7 +443,7 @@ static void test_rollback_and_promotion(void **state) {
     for (int i = 0; i < 2; i++) wait_metric(g[i].port, "duel_rollout_arms_pinned", 2);
 
     /* Phase 1: the damaged canary. 16 users, each on both gateways in turn. */
-    rollout_spec at20 = parse_spec(STEPS_SPEC("canary", "2"));
+    rollout_spec at20 = parse_spec(STEPS_SPEC("1", "canary", "2"));
     assert_int_equal(rollout_spec_set_weight(&at20, "canary", 20, &err), 0);
     rollout_spec now = read_spec(c);
     int asked = 0;
@@ -466,7 +474,7 @@ static void test_rollback_and_promotion(void **state) {
     assert_true(noted);
     /* chat goes on, on the stable arm */
     sim_duel(&u, u.port[0], "0000000000000000000000000000beef", 0);
-    check_attribution(c, u.acked, 1);
+    check_attribution(c, u.acked, 1, 1);
     /* each user kept its arm on both gateways (the 80/20 assignment until the rollback, then
      * stable): checked on the non-battle votes */
     redisReply *r = redisCommand(c, "XRANGE duel:prefs - +");
@@ -483,26 +491,44 @@ static void test_rollback_and_promotion(void **state) {
     }
     freeReplyObject(r);
 
-    /* Phase 2: a good canary passes its steps and is promoted. (Both routers on the rollback
+    /* Phase 2: a better canary passes its steps and is promoted: the stable arm now serves the
+     * damaged copy (an operator's rollout from a bad snapshot), the canary the good one. (Both routers on the rollback
      * first: a router reads duel:rollout every 5 s.) */
     for (int i = 0; i < 2; i++) wait_metric(g[i].port, "duel_rollout_revision", now.revision);
     freeReplyObject(redisCommand(c, "DEL duel:prefs duel:stats"));
     u.acked = 0;
-    set.spec_text = STEPS_SPEC("good", "3");
+    set.spec_text = STEPS_SPEC("2", "good", "3");
     if (rollout_store_change(c, "duel:", "test", &set, 4, NULL, NULL, &err)) fail_msg("%s", err.message);
     now = read_spec(c);
+    for (int i = 0; i < 2; i++) { /* both routers on the new spec, its two versions resident */
+        wait_metric_at_least(g[i].port, "duel_rollout_revision", now.revision); /* the controller steps on */
+        wait_metric(g[i].port, "duel_rollout_arms_pinned", 2);
+    }
     for (asked = 0; asked < 400 && now.status != ROLLOUT_HEALTHY; asked++) {
         char client[33];
         snprintf(client, sizeof client, "%032x", 0x600d00 + asked % 16);
         sim_duel(&u, u.port[(asked / 16) % 2], client, asked % 4);
         if (asked % 4 == 3) now = read_spec(c);
     }
-    printf("# good canary promoted after %d duels (%s)\n", asked, rollout_status_name(now.status));
+    printf("# better canary promoted after %d duels (%s)\n", asked, rollout_status_name(now.status));
     assert_int_equal(now.status, ROLLOUT_HEALTHY);
     assert_int_equal(now.arms[now.stable].snapshot, 3);
     assert_int_equal(now.arms[now.stable].weight, 100);
     assert_true(audit_has(c, "rollout.complete"));
-    check_attribution(c, u.acked, 3);
+    check_attribution(c, u.acked, 2, 3);
+    /* ... and it was better: the arena's leaderboard of these battles rates it above the stable
+     * arm it replaced, having won most of them */
+    arena_tally t = {0};
+    if (rollout_store_arena(c, "duel:", &t, &err)) fail_msg("%s", err.message);
+    arena_rating rating[ARENA_RATINGS_MAX_ARMS];
+    if (arena_ratings_compute(&t, ARENA_RATINGS_ROUNDS, ARENA_RATINGS_SEED, rating, &err)) fail_msg("%s", err.message);
+    int good = arena_tally_arm(&t, "good", &err), stable = arena_tally_arm(&t, "stable", &err);
+    assert_true(good >= 0 && stable >= 0 && rating[good].battles > 0);
+    printf("# good %.0f [%.0f, %.0f] over %lld battles, stable %.0f\n", rating[good].rating, rating[good].lower,
+           rating[good].upper, rating[good].battles, rating[stable].rating);
+    assert_true(rating[good].rating > rating[stable].rating);
+    assert_true(rating[good].score > 0.5 * (double)rating[good].battles);
+    arena_tally_free(&t);
 
     for (int i = 0; i < 2; i++) tu_gateway_stop(&g[i]);
     redisFree(sub);
