@@ -22,7 +22,9 @@ if(NOT DUEL_FUZZ)
   # duels): not run in the sanitizer build, where it would take minutes.
   if(NOT DUEL_SANITIZE)
     add_test(NAME test_rollout_e2e COMMAND test_rollout_serving e2e)
-    set_tests_properties(test_rollout_e2e PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
+    # Not RUN_SERIAL: what it asserts comes from the arena's battles and the controller's
+    # checks, not from timing (its waits poll); it passed at load 10+ in 79 s.
+    set_tests_properties(test_rollout_e2e PROPERTIES TIMEOUT 300 SKIP_RETURN_CODE 77
       ENVIRONMENT "DUEL_SOURCE_DIR=${PROJECT_SOURCE_DIR};DUEL_BUILD_DIR=${PROJECT_BINARY_DIR};DUEL_TEST_TMP=${PROJECT_BINARY_DIR}/test-tmp")
   endif()
 endif()
