@@ -55,17 +55,18 @@
 #define LOOP_SANITIZED 0
 #endif
 
-/* The margin and the cost, measured at the shipped configuration (lr 3e-5) over four 2,000-vote
- * runs on the 2-core development VM (docs/BENCHMARKS.md, "Learning loop"): greedy win rate 0.730
- * to 0.775, mean score +0.267 to +0.356 (from 0.089), sampled win rate 0.815 to 0.865, control
- * score -0.071 to -0.115 (from 0.817). The margin's bounds leave about two standard errors of 200
- * prompts (0.03 on a win rate) below the lowest run, more on the score; lr 1e-5 (about a third
- * of the gain: +0.07 to +0.15) fails the score's bound in each of its four runs. The control's
- * bound is for a policy the votes break (lr 1e-4 costs it 0.22 here, and 0.41 when users ask
- * "What does X mean?"), not for the trade-off. */
-#define LOOP_MIN_WIN_RATE 0.67
-#define LOOP_MIN_GAIN 0.15
-#define LOOP_MIN_SAMPLED_WIN_RATE 0.72
+/* The margin and the cost. At the shipped configuration (lr 3e-5) over four 2,000-vote runs on
+ * the 2-core development VM (docs/BENCHMARKS.md, "Learning loop"): greedy win rate 0.730 to
+ * 0.775, mean score +0.267 to +0.356 (from 0.089), sampled win rate 0.815 to 0.865, control score
+ * -0.071 to -0.115 (from 0.817). The test runs 1,200 votes with fixed batches (below), which
+ * take CI half the time: two runs, greedy win rate 0.715 and 0.703, mean score +0.239 and +0.214,
+ * sampled 0.807 and 0.762, control -0.087 and -0.093. The bounds sit between those and a policy
+ * that learnt nothing (win rates 0.5, gain 0), about three standard errors of 200 prompts (0.035
+ * on a win rate) from each. The control's bound is for a policy the votes break (lr 1e-4 costs it
+ * 0.22 at 2,000 votes, and 0.41 when users ask "What does X mean?"), not for the trade-off. */
+#define LOOP_MIN_WIN_RATE 0.62
+#define LOOP_MIN_GAIN 0.10
+#define LOOP_MIN_SAMPLED_WIN_RATE 0.66
 #define LOOP_MAX_CONTROL_LOSS 0.20
 /* What a run learns must not depend on how fast the machine is. The trainer's batches do unless
  * fixed: one that falls behind the stream takes up to trainer.max_batch_size (64) pairs per
@@ -77,7 +78,7 @@
  * while more than LOOP_MAX_LAG a/b votes are not yet served (duel bench loop --max-lag), which
  * bounds how stale the policy behind the duels is: a busy machine takes longer, not learns less. */
 #define LOOP_MAX_LAG "40"
-#define LOOP_VOTES (LOOP_SANITIZED ? 120 : 2000)
+#define LOOP_VOTES (LOOP_SANITIZED ? 120 : 1200)
 #define LOOP_HELD_OUT (LOOP_SANITIZED ? 24 : 200)
 
 static char g_dir[512];
