@@ -14,7 +14,7 @@
  * that question, which is what the product is for, and it transfers to headwords nobody asked.
  *
  * The shipped configuration, except a checkpoint every 8 updates instead of every 5 (it changes
- * only what a crash would redo; the crash tests cover that). What the test holds the loop to
+ * only what a crash would redo; the crash tests cover that) and fixed batches of 8 pairs (below). What the test holds the loop to
  * (fixed seeds; snapshot timing still decides which policy generates which duel):
  *   - nothing lost, nothing applied twice: every a/b vote sent was applied or waits in a batch
  *     not yet full (ties are counted, not trained on);
@@ -27,7 +27,7 @@
  *   - what the votes cost elsewhere: on the same held-out headwords asked "What does Y mean?"
  *     (the control), the greedy mean score drops by at most LOOP_MAX_CONTROL_LOSS.
  * A sanitizer build runs 120 votes and checks everything but the scores (the instrumented model
- * is too slow for 2,000). */
+ * is too slow for 1,200). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
