@@ -12,7 +12,7 @@
 // Exit 77 (skip) when Chromium or playwright-core is missing.
 import {spawn, execFileSync} from 'node:child_process';
 import {existsSync, mkdirSync, mkdtempSync, writeFileSync} from 'node:fs';
-import {freePort, sleep} from './e2e_util.mjs';
+import {freePort, sleep, waitFor} from './e2e_util.mjs';
 import {tmpdir} from 'node:os';
 import {join, resolve, dirname} from 'node:path';
 import {fileURLToPath} from 'node:url';
@@ -43,17 +43,6 @@ if (!existsSync(duelBin)) {
   process.exit(1);
 }
 
-async function waitFor(fn, what, timeoutMs = 10000) {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch { /* not yet */ }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
-}
 
 const dir = mkdtempSync(join(tmpBase, 'e2e-'));
 const redisPort = await freePort();

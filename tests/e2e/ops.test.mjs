@@ -16,7 +16,7 @@
 // playwright-core or prometheus.
 import {spawn, execFileSync} from 'node:child_process';
 import {copyFileSync, existsSync, mkdirSync, mkdtempSync, writeFileSync} from 'node:fs';
-import {freePort, sleep} from './e2e_util.mjs';
+import {freePort, sleep, waitFor} from './e2e_util.mjs';
 import {tmpdir} from 'node:os';
 import {join, resolve, dirname} from 'node:path';
 import {fileURLToPath} from 'node:url';
@@ -50,20 +50,6 @@ for (const [path, what] of [[chromiumPath, 'apt-get install chromium'], [prometh
 if (!existsSync(join(source, 'node_modules/uplot/dist/uPlot.iife.min.js'))) {
   console.log('SKIP: node_modules/uplot is missing (npm ci)');
   process.exit(77);
-}
-async function waitFor(fn, what, timeoutMs = 15000) {
-  const end = Date.now() + timeoutMs;
-  let last;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v) return v;
-    } catch (e) {
-      last = e;
-    }
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}${last ? ` (${last.message})` : ''}`);
-    await sleep(100);
-  }
 }
 
 const dir = mkdtempSync(join(tmpBase, 'e2e-ops-'));
