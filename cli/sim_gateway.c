@@ -640,7 +640,13 @@ int sim_gateway_command(int argc, char **argv) {
         "Prints duels per second, time to duel (ask -> duel_start) and to both answers (ask ->\n"
         "duel_end) and the vote acknowledgement latency (p50, p95, p99), and errors by code;\n"
         "appends every acknowledged vote's duel id to --acked. Bounded by --votes and --duration;\n"
-        "loopback gateways only unless --allow-remote. A progress line goes to stderr.",
+        "loopback gateways only unless --allow-remote. A progress line goes to stderr.\n"
+        "\n"
+        "Every user connects from this machine's one address, and a gateway limits each address\n"
+        "(gateway.connections_per_address 32, asks_per_minute_address 60, asks_pending_per_address\n"
+        "8 by default): beyond them the users' asks are refused (address_rate_limited,\n"
+        "too_many_pending, counted under errors). For a load test, start the gateways with those\n"
+        "limits raised, as ops/chaos does (--set gateway.asks_pending_per_address=1000000 ...).",
         opts, n};
     const char *sets[SIM_MAX_SETS];
     size_t n_sets = 0;
