@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -67,9 +68,15 @@ static int spawn(redis_server *s) {
     char port[16], log[600];
     snprintf(port, sizeof port, "%d", s->port);
     snprintf(log, sizeof log, "%s/redis.log", s->dir);
+    const pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) return -1;
     if (pid == 0) {
+        /* A private server dies with its parent: a test that fails an assertion (and never
+         * reaches redis_server_stop) or a killed benchmark leaves no redis-server behind. The
+         * signal follows the forking THREAD's exit: start servers from a thread that outlives
+         * them (every caller does so from main). */
+        if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent) _exit(126);
         /* Not the parent's stdout: a pipe reader must not wait for the server to exit. */
         int devnull = open("/dev/null", O_RDWR);
         if (devnull >= 0) {

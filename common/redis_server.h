@@ -6,7 +6,8 @@
  * socket: duel_common has no Redis client). restart keeps the port and the folder, so a server
  * with an append-only file comes back with its data (restart tests).
  *
- * The struct belongs to the thread that started the server. */
+ * The struct belongs to the thread that started the server, and the server dies with that thread
+ * (PR_SET_PDEATHSIG): a failed test or a killed benchmark leaves no redis-server running. */
 #ifndef DUEL_REDIS_SERVER_H
 #define DUEL_REDIS_SERVER_H
 
