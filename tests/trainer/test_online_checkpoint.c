@@ -120,6 +120,42 @@ static void test_failed_checkpoints_resume_the_previous(void **state) {
     durable_remove_tree(dir);
 }
 
+/* A checkpoint with nothing offered since the last one (what a Redis reconnect right after a
+ * checkpoint does) keeps the last applied id: entries read again are recognised as applied,
+ * not counted as duplicates or taken for new ones. */
+static void test_checkpoint_with_nothing_new_keeps_the_applied_id(void **state) {
+    (void)state;
+    online_trainer_options o;
+    char dir[512];
+    online_test_options(&o);
+    online_trainer *t = online_test_open(&o, "online-ckpt-again", dir, sizeof dir);
+    duel_error err = {0};
+    offer_range(t, 0, 10); /* 8 a/b pairs (2 updates) and 2 ties */
+    assert_int_equal(online_trainer_checkpoint(t, &err), 0);
+    assert_int_equal(online_trainer_checkpoint(t, &err), 0); /* nothing new */
+    online_trainer_status s;
+    online_trainer_get_status(t, &s);
+    assert_string_equal(s.last_applied_id, "1-10");
+    for (int serial = 0; serial < 10; serial++) { /* the same entries again, as a re-read gives them */
+        duel_rng rng;
+        duel_rng_seed(&rng, 1000 + (uint64_t)serial);
+        vote_entry e;
+        online_test_entry(&rng, serial, serial % 5 == 4 ? VOTE_CHOICE_TIE : VOTE_CHOICE_A, &e);
+        char id[32];
+        snprintf(id, sizeof id, "1-%d", serial + 1);
+        online_offer_result res;
+        assert_int_equal(online_trainer_offer(t, id, &e, &res, &err), 0);
+        assert_int_equal(res, ONLINE_OFFER_APPLIED);
+        vote_entry_free(&e);
+    }
+    online_trainer_get_status(t, &s);
+    assert_int_equal(s.duplicates, 0);
+    assert_int_equal(s.prefs_applied, 8);
+    assert_int_equal(resume(&o, dir).step, 2);
+    online_trainer_close(t);
+    durable_remove_tree(dir);
+}
+
 static void test_crash_during_the_swap(void **state) {
     (void)state;
     faults f = {0};
@@ -188,6 +224,7 @@ static void test_version_2_is_refused(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_failed_checkpoints_resume_the_previous),
+        cmocka_unit_test(test_checkpoint_with_nothing_new_keeps_the_applied_id),
         cmocka_unit_test(test_crash_during_the_swap),
         cmocka_unit_test(test_version_2_is_refused),
     };
