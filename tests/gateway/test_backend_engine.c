@@ -187,13 +187,12 @@ static void test_adapter_rejects_bad_settings(void **state) {
     assert_true(backend_engine_create(&cfg, &b, &err) < 0);
 }
 
-/* The gateway encodes votes with the vote codec (common/vote_entry.h); the trainer reads them
- * with vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
- * the served model, with the clicked side as the chosen candidate. */
-static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
+/* The newest duel:prefs entry, decoded under the trainer's limits for the shipped model (ERM
+ * width 640), its gen_params and its chosen_text (malloc'd). */
+static void last_vote(tu_redis *redis, vote_entry *e, json_t **gen_params, char **chosen_text) {
     redisContext *rc = redisConnect("127.0.0.1", redis->port);
     assert_true(rc && !rc->err);
-    redisReply *r = redisCommand(rc, "XRANGE duel:prefs - +");
+    redisReply *r = redisCommand(rc, "XREVRANGE duel:prefs + - COUNT 1");
     assert_true(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
     redisReply *fields = r->element[0]->element[1];
     vote_entry_field f[VOTE_ENTRY_MAX_FIELDS];
@@ -201,19 +200,34 @@ static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
     for (size_t i = 0; i + 1 < fields->elements && n < VOTE_ENTRY_MAX_FIELDS; i += 2)
         f[n++] = (vote_entry_field){fields->element[i]->str, fields->element[i]->len, fields->element[i + 1]->str,
                                     fields->element[i + 1]->len};
-    vote_entry e;
-    memset(&e, 0, sizeof e);
     vote_entry_limits limits = {.d_feat = 640, .vocab = 4096, .max_sequence = 256};
     duel_error err = {0};
-    if (vote_entry_decode(f, n, &limits, &e, &err)) fail_msg("the gateway's vote does not decode: %s", err.message);
+    if (vote_entry_decode(f, n, &limits, e, &err)) fail_msg("the gateway's vote does not decode: %s", err.message);
+    const vote_entry_field *gp = vote_entry_field_find(f, n, "gen_params");
+    const vote_entry_field *chosen = vote_entry_field_find(f, n, "chosen_text");
+    assert_true(gp && chosen);
+    *gen_params = json_loadb(gp->value, gp->value_len, 0, NULL);
+    assert_non_null(*gen_params);
+    *chosen_text = strndup(chosen->value, chosen->value_len);
+    freeReplyObject(r);
+    redisFree(rc);
+}
+
+/* The gateway encodes votes with the vote codec (common/vote_entry.h); the trainer reads them
+ * with vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
+ * the served model, with the clicked side as the chosen candidate. */
+static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
+    vote_entry e;
+    json_t *gp = NULL;
+    char *chosen_text = NULL;
+    last_vote(redis, &e, &gp, &chosen_text);
     assert_int_equal(e.choice, VOTE_CHOICE_A);
     assert_int_equal(e.num_candidates, 4);
     assert_true(e.chosen_idx != e.rejected_idx && e.chosen_idx >= 0 && e.chosen_idx < 4 && e.rejected_idx >= 0 &&
                 e.rejected_idx < 4);
     assert_string_equal(e.duel_id, d->id);
     assert_true(e.n_prompt_tokens > 0 && e.num_heads > 0);
-    for (size_t i = 0; i + 1 < fields->elements; i += 2)
-        if (strcmp(fields->element[i]->str, "chosen_text") == 0) assert_string_equal(fields->element[i + 1]->str, d->a);
+    assert_string_equal(chosen_text, d->a);
     /* The engine's reference pass scored every candidate as the trainer's reference does. */
     assert_non_null(e.ref_logprobs);
     double want[4];
@@ -225,27 +239,23 @@ static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
                      (double)e.ref_logprobs[i], want[i]);
     }
     vote_entry_free(&e);
-    freeReplyObject(r);
-    redisFree(rc);
+    json_decref(gp);
+    free(chosen_text);
 }
 
-/* The newest duel:prefs entry's prompt tokens. */
+/* The newest duel:prefs entry's prompt tokens (malloc'd). */
 static int32_t *last_prompt_tokens(tu_redis *redis, size_t *n) {
-    redisContext *rc = redisConnect("127.0.0.1", redis->port);
-    assert_true(rc && !rc->err);
-    redisReply *r = redisCommand(rc, "XREVRANGE duel:prefs + - COUNT 1");
-    assert_true(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
-    redisReply *fields = r->element[0]->element[1];
-    int32_t *ids = NULL;
-    for (size_t i = 0; i + 1 < fields->elements; i += 2)
-        if (strcmp(fields->element[i]->str, "prompt_tokens") == 0) {
-            *n = fields->element[i + 1]->len / 4;
-            ids = malloc(fields->element[i + 1]->len + 4);
-            memcpy(ids, fields->element[i + 1]->str, fields->element[i + 1]->len);
-        }
+    vote_entry e;
+    json_t *gp = NULL;
+    char *chosen_text = NULL;
+    last_vote(redis, &e, &gp, &chosen_text);
+    *n = (size_t)e.n_prompt_tokens;
+    int32_t *ids = malloc(*n * sizeof *ids + 4);
     assert_non_null(ids);
-    freeReplyObject(r);
-    redisFree(rc);
+    memcpy(ids, e.prompt_tokens, *n * sizeof *ids);
+    vote_entry_free(&e);
+    json_decref(gp);
+    free(chosen_text);
     return ids;
 }
 
@@ -306,30 +316,6 @@ static void test_gateway_with_engine(void **state) {
     tu_redis_stop(&redis, SIGTERM);
 }
 
-/* The newest duel:prefs entry, decoded under the trainer's limits for the shipped model (ERM
- * width 640), and its gen_params. */
-static void last_vote(tu_redis *redis, vote_entry *e, json_t **gen_params) {
-    redisContext *rc = redisConnect("127.0.0.1", redis->port);
-    assert_true(rc && !rc->err);
-    redisReply *r = redisCommand(rc, "XREVRANGE duel:prefs + - COUNT 1");
-    assert_true(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
-    redisReply *fields = r->element[0]->element[1];
-    vote_entry_field f[VOTE_ENTRY_MAX_FIELDS];
-    int n = 0;
-    for (size_t i = 0; i + 1 < fields->elements && n < VOTE_ENTRY_MAX_FIELDS; i += 2)
-        f[n++] = (vote_entry_field){fields->element[i]->str, fields->element[i]->len, fields->element[i + 1]->str,
-                                    fields->element[i + 1]->len};
-    vote_entry_limits limits = {.d_feat = 640, .vocab = 4096, .max_sequence = 256};
-    duel_error err = {0};
-    if (vote_entry_decode(f, n, &limits, e, &err)) fail_msg("the gateway's vote does not decode: %s", err.message);
-    const vote_entry_field *gp = vote_entry_field_find(f, n, "gen_params");
-    assert_non_null(gp);
-    *gen_params = json_loadb(gp->value, gp->value_len, 0, NULL);
-    assert_non_null(*gen_params);
-    freeReplyObject(r);
-    redisFree(rc);
-}
-
 /* Strategy pilaf served through the gateway, as `duel serve --snapshots` with duel.strategy =
  * pilaf and the default M = 4 runs it: two candidates streamed, placed as the engine's selection
  * rng says, the vote accepted into duel:prefs as an unscored duel (no features or rewards, d_feat
@@ -367,7 +353,9 @@ static void test_gateway_pilaf(void **state) {
         assert_int_equal(tu_redis_int(&redis, "XLEN duel:prefs"), turn + 1);
         vote_entry e;
         json_t *gp = NULL;
-        last_vote(&redis, &e, &gp);
+        char *chosen_text = NULL;
+        last_vote(&redis, &e, &gp, &chosen_text);
+        assert_string_equal(chosen_text, turn ? d.b : d.a);
         assert_string_equal(e.strategy, "pilaf");
         assert_int_equal(e.num_candidates, 2);
         assert_true(e.d_feat == 0 && e.num_heads == 0);
@@ -396,6 +384,7 @@ static void test_gateway_pilaf(void **state) {
         assert_true(la != lb || memcmp(ta, tb, (size_t)la * sizeof *ta) != 0);
         assert_string_not_equal(d.a, d.b);
         json_decref(gp);
+        free(chosen_text);
         vote_entry_free(&e);
         tu_duel_free(&d);
     }
