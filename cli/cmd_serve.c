@@ -96,6 +96,7 @@ static int engine_config_from_json(const json_t *root, const char *source,
         {"erm", "num_heads", 1, 1024},
         {"engine", "kv_memory_bytes", 1 << 20, 1099511627776.0},
         {"engine", "max_pilaf_jobs", 1, ENGINE_MAX_PILAF_JOBS},
+        {"duel", "pilaf_beta", 0, 1e6},
     };
     double v[sizeof ranges / sizeof ranges[0]];
     for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
@@ -128,6 +129,7 @@ static int engine_config_from_json(const json_t *root, const char *source,
     e->erm_heads = (int)v[1];
     e->kv_memory_bytes = (size_t)v[2];
     e->max_pilaf_jobs = (int)v[3];
+    e->pilaf_beta = v[4];
     const json_t *weights = json_object_get(duel_config_section(root, "engine"), "weights");
     const json_t *kv_dtype = json_object_get(duel_config_section(root, "engine"), "kv_dtype");
     if (!json_is_string(weights) || !json_is_string(kv_dtype))
@@ -199,6 +201,8 @@ int cmd_serve(int argc, char **argv) {
          "duel.erm_seed)", 0, 0, false, NULL},
         {"--strategy", CLI_OPT_STRING, &knob_flags[0].value, "NAME",
          "pair selection (default duel.strategy, ee_ts): ee_ts, bai_ts, uncertainty, passive, bon; "
+         "pilaf: two answers (M = 2 whatever --candidates says), half the duels sampled from the "
+         "policy's logits mixed with --model's by duel.pilaf_beta, no ERM scores; "
          "arena (with snapshots, M even): one answer from the latest snapshot, one from --model. "
          "This and the four below are the live knobs' defaults (duel knobs list): duel:knobs "
          "overrides them at run time", 0, 0, false, NULL},

@@ -11,9 +11,15 @@
 #include <stdint.h>
 
 #include "cli.h"
+#include "duel.h"
 #include "error.h"
 
 #define SIM_MAX_SETS 64
+
+/* The strategies a simulation runs: every one but arena, whose votes rate two snapshots
+ * against each other instead of teaching one policy. */
+#define SIM_STRATEGIES "ee_ts, bai_ts, uncertainty, passive, bon and pilaf"
+static inline bool sim_strategy_runs(duel_strategy s) { return s != DUEL_STRATEGY_ARENA; }
 
 /* One in-process run: one strategy, one mode, one seed. */
 typedef struct sim_run_options {
@@ -22,7 +28,7 @@ typedef struct sim_run_options {
     const char *held_out_path; /* the offline evaluation's prompts, never asked */
     const char *out_path;      /* JSONL, one line per evaluation point ("-": stdout) */
     const char *work_dir;      /* NULL: a temporary folder, removed at the end */
-    const char *strategy;      /* ee_ts, bai_ts, uncertainty, passive, bon */
+    const char *strategy;      /* ee_ts, bai_ts, uncertainty, passive, bon, pilaf */
     bool offline;              /* pairs from the initial policy (and ERM) throughout */
     const char *labels;        /* "erm": the trainer's SEA labels; "oracle" */
     long long queries, eval_every, held_out, seed, candidates, passive_candidates, max_new_tokens;

@@ -18,7 +18,13 @@
  * and ERM) and offline (the same number of queries, every pair from the initial policy and ERM;
  * the trainer learns from them in order, so the curve at k queries is the policy trained on the
  * first k pairs of a fixed data set). `bon` is the paper's EE4LLM variant: best-of-M answers by
- * the ERM, the policy never updated (its learning rate is scaled by 0), online only.
+ * the ERM, the policy never updated (its learning rate is scaled by 0), online only. `pilaf`
+ * (two answers, M = 2): online, a snapshot's mixed duels mix its logits with the base model's
+ * (the engine's reference arm, the trainer's reference); its votes carry no ERM features, so
+ * the ERM never learns and the SEA mixture has no duels to label (erm_accuracy stays null,
+ * synthetic 0). Offline, every pair comes from the initial policy, which is the reference
+ * itself: the mixed logits equal the policy's, so offline pilaf is plain sampling of pairs
+ * (passive with two candidates, up to its seeds).
  *
  * Each evaluation point (every eval_every queries, and at 0) measures:
  *   offline quality: the greedy answers (bon: its best-of-M pick) of the current policy to the
@@ -100,10 +106,10 @@ static int open_inputs(sim_run *r) {
     oracle_config_default(&oc);
     int rc;
     if ((rc = duel_strategy_parse(o->strategy, &r->strategy, r->err))) return duel_error_prefix(r->err, "--strategy");
-    if (!duel_strategy_uses_rewards(r->strategy))
+    if (!sim_strategy_runs(r->strategy))
         return duel_error_set(r->err, DUEL_EUNSUPPORTED,
-                              "--strategy %s: the engine adapter does not serve it (sim runs ee_ts, bai_ts, "
-                              "uncertainty, passive and bon)",
+                              "--strategy %s: a simulated user votes on one policy's answers (sim runs "
+                              SIM_STRATEGIES ")",
                               o->strategy);
     if (r->strategy == DUEL_STRATEGY_BON && o->offline)
         return duel_error_set(r->err, DUEL_EUNSUPPORTED,
@@ -213,19 +219,32 @@ static int open_trainer(sim_run *r) {
     return erm_save(online_trainer_erm(r->trainer), r->erm0, r->err);
 }
 
+/* duel.pilaf_beta of the configuration (pilaf's mixed logits), as `duel serve` reads it. */
+static int pilaf_beta(const sim_run *r, double *beta) {
+    const json_t *v = json_object_get(duel_config_section(r->o->config, "duel"), "pilaf_beta");
+    *beta = json_is_number(v) ? json_number_value(v) : -1;
+    if (!(*beta >= 0 && *beta <= 1e6))
+        return duel_error_set(r->err, DUEL_EINVAL, "duel.pilaf_beta must be a number in [0, 1e6]");
+    return 0;
+}
+
 static int open_serving(sim_run *r) {
     const sim_run_options *o = r->o;
     backend_engine_config bc = {
         .model_dir = o->model_dir,
         .erm_path = r->erm0,
         .strategy = o->strategy,
-        .num_candidates = (int)(r->strategy == DUEL_STRATEGY_PASSIVE ? o->passive_candidates : o->candidates),
+        /* pilaf: two answers whatever --candidates says (the adapter serves it so) */
+        .num_candidates = (int)(r->strategy == DUEL_STRATEGY_PASSIVE ? o->passive_candidates
+                                : r->strategy == DUEL_STRATEGY_PILAF ? 2
+                                                                     : o->candidates),
         .temperature = (float)o->temperature,
         .top_p = 1.0f,
         .max_new_tokens = (int)o->max_new_tokens,
         .snapshots = true, /* the base model is the frozen reference arm: the ERM's features */
     };
-    int rc = model_load(o->model_dir, &r->reference, r->err);
+    int rc = pilaf_beta(r, &bc.pilaf_beta);
+    if (rc == 0) rc = model_load(o->model_dir, &r->reference, r->err);
     if (rc) return rc;
     /* one duel at a time, on two arms while a snapshot is swapped in: a few contexts' worth */
     bc.kv_memory_bytes = loop_kv_bytes(model_get_config(r->reference), 4 * bc.num_candidates, bc.max_new_tokens);

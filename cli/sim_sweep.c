@@ -112,9 +112,9 @@ static int names_from(const char *list, const json_t *array, const char *what, c
 static int check_strategy(const char *name, duel_error *err) {
     duel_strategy s;
     int rc = duel_strategy_parse(name, &s, err);
-    if (rc == 0 && !duel_strategy_uses_rewards(s))
-        rc = duel_error_set(err, DUEL_EUNSUPPORTED, "%s is not served by the engine adapter (sim runs ee_ts, bai_ts, "
-                                                    "uncertainty, passive and bon)",
+    if (rc == 0 && !sim_strategy_runs(s))
+        rc = duel_error_set(err, DUEL_EUNSUPPORTED, "%s: a simulated user votes on one policy's answers (sim runs "
+                                                    SIM_STRATEGIES ")",
                             name);
     return rc;
 }
@@ -638,7 +638,7 @@ int sim_sweep_command(int argc, char **argv) {
         {"--prompts", CLI_OPT_STRING, &s->prompts, "FILE", "JSONL the users ask (sim.prompts)", 0, 0, false, NULL},
         {"--held-out", CLI_OPT_STRING, &s->held_out, "FILE", "JSONL of the offline evaluation (sim.held_out)", 0, 0, false, NULL},
         {"--held-out-count", CLI_OPT_INT, &s->held_out_count, "N", "held-out prompts evaluated (sim.held_out_count)", 1, ORACLE_PROMPT_MAX_ITEMS, false, NULL},
-        {"--strategies", CLI_OPT_STRING, &s->strategies_arg, "LIST", "comma-separated: passive, ee_ts, bai_ts, uncertainty, bon (sim.strategies)", 0, 0, false, NULL},
+        {"--strategies", CLI_OPT_STRING, &s->strategies_arg, "LIST", "comma-separated: passive, ee_ts, bai_ts, uncertainty, bon, pilaf (M = 2, online and offline) (sim.strategies)", 0, 0, false, NULL},
         {"--modes", CLI_OPT_STRING, &s->modes_arg, "LIST", "online, offline or both (sim.modes)", 0, 0, false, NULL},
         {"--seeds", CLI_OPT_INT, &s->seeds, "N", "runs per strategy and mode (sim.seeds)", 1, 1000, false, NULL},
         {"--seed", CLI_OPT_INT, &s->seed, "S", "the first seed; runs use S .. S+N-1 (sim.seed)", 0, 1e15, false, NULL},

@@ -13,17 +13,18 @@
 #include "config.h"
 #include "text_buf.h"
 
-/* The strategies serving can run. pilaf is left out on purpose: the engine decodes PILAF duels
- * without the ERM feature pass (no features, rewards or reference log-probabilities), so their
- * votes would be dead-lettered by the trainer (it needs the ERM's features) and R-hat and the ERM
- * statistics would be undefined. `duel generate --strategy pilaf` still runs it. */
-#define SERVING_STRATEGIES "ee_ts bai_ts uncertainty passive bon arena"
+/* The strategies serving can run: all of them. pilaf's duels have no ERM features or rewards
+ * (the engine decodes them without the feature pass): their votes are unscored duels that the
+ * trainer applies to the policy only (common/vote_entry.h), and they add no R-hat or ERM figure
+ * to the serving statistics. */
+#define SERVING_STRATEGIES "ee_ts bai_ts uncertainty passive bon pilaf arena"
 
 const duel_knob_spec duel_knobs[DUEL_KNOB_COUNT] = {
     {"strategy", DUEL_KNOB_CHOICE, 0, 0, false, SERVING_STRATEGIES, "duel.strategy", NULL,
      DUEL_KNOB_SERVING,
-     "how the pair is chosen from the M candidates (arena: the latest snapshot against the base "
-     "model; needs snapshots and an even M)"},
+     "how the pair is chosen from the M candidates (pilaf: two samples, M = 2 whatever M says, "
+     "half of them from logits mixed with the base model's; arena: the latest snapshot against "
+     "the base model; needs snapshots and an even M)"},
     {"M", DUEL_KNOB_INT, 2, DUEL_KNOB_M_MAX, false, NULL, "duel.candidates", NULL, DUEL_KNOB_SERVING,
      "candidates decoded per duel"},
     {"temperature", DUEL_KNOB_NUMBER, 0, 10, false, NULL, "duel.temperature", NULL,

@@ -207,13 +207,18 @@ int vote_entry_decode(const vote_entry_field *fields, int n_fields,
     if (vote_choice_parse(by[F_CHOICE]->value, by[F_CHOICE]->value_len, &e->choice)) return duel_error_set(err, DUEL_EFORMAT, "field choice: not a, b, tie or both_bad");
     if ((rc = parse_int(by[F_NUM_CANDIDATES], 2, VOTE_ENTRY_MAX_CANDIDATES, &v, err))) return rc;
     e->num_candidates = (int)v;
-    if ((rc = parse_int(by[F_D_FEAT], 1, 1 << 16, &v, err))) return rc;
+    if ((rc = parse_int(by[F_D_FEAT], 0, 1 << 16, &v, err))) return rc;
     e->d_feat = (int)v;
     if ((rc = parse_int(by[F_NUM_HEADS], 0, 4096, &v, err))) return rc;
     e->num_heads = (int)v;
-    if (L->d_feat > 0 && e->d_feat != L->d_feat)
+    /* d_feat 0: an unscored duel (pilaf), which carries no features and so no rewards either;
+     * the consumer's ERM width does not apply to it. */
+    if (e->d_feat == 0 && e->num_heads != 0)
+        return duel_error_set(err, DUEL_EFORMAT, "num_heads %d without features (d_feat 0)",
+                              e->num_heads);
+    if (L->d_feat > 0 && e->d_feat != 0 && e->d_feat != L->d_feat)
         return duel_error_set(err, DUEL_EFORMAT, "d_feat %d is not the ERM's %d", e->d_feat, L->d_feat);
-    if (L->num_heads > 0 && e->num_heads != L->num_heads)
+    if (L->num_heads > 0 && e->d_feat != 0 && e->num_heads != L->num_heads)
         return duel_error_set(err, DUEL_EFORMAT, "num_heads %d is not the ERM's %d", e->num_heads,
                               L->num_heads);
     const int M = e->num_candidates;
@@ -329,7 +334,7 @@ int vote_entry_encode(const vote_entry *e, const vote_entry_texts *t, vote_entry
     vote_entry_texts none = {0};
     if (!t) t = &none;
     /* The shapes say how much of each array to read: check them before reading any. */
-    if (e->num_candidates < 2 || e->num_candidates > VOTE_ENTRY_MAX_CANDIDATES || e->d_feat < 1 ||
+    if (e->num_candidates < 2 || e->num_candidates > VOTE_ENTRY_MAX_CANDIDATES || e->d_feat < 0 ||
         e->d_feat > 1 << 16 || e->num_heads < 0 || e->num_heads > 4096 || e->n_prompt_tokens < 0 ||
         e->n_prompt_tokens > VOTE_ENTRY_MAX_TOKENS || e->n_cand_tokens < 0 ||
         e->n_cand_tokens > VOTE_ENTRY_MAX_TOKENS)

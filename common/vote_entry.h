@@ -12,6 +12,10 @@
  *   prompt_tokens  i32[P]      cand_tokens i32[T]    cand_offsets i32[M+1] (0 .. T, non-decreasing)
  *   features       f32[M*d_feat] (or f16 when features_dtype is "f16")
  *   erm_rewards    f32[M*E]
+ *   d_feat 0 (then E is 0 too) is an unscored duel: strategy pilaf, whose candidates the engine
+ *   decodes without the ERM's feature pass; features and erm_rewards are empty, the consumer's
+ *   d_feat and num_heads limits do not apply, and the trainer applies its policy update without
+ *   training the ERM on it (trainer/online_update.c).
  *   features_dtype ("f32" default, "f16"), conversation          optional
  *   ref_logprobs   f32[M]      optional: log pi_ref(candidate | prompt), summed over the
  *                              candidate's tokens, from the engine's reference pass (finite, <= 0);

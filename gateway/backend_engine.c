@@ -14,8 +14,18 @@
  * (a snapshot_arm is `resident` exactly until its engine_retire_arm is decided, under mu).
  * Every loaded snapshot_arm is on the `snapshots` list (mu) until the engine hands it back
  * (ARM_RETIRED, on the poller), which frees it; eb_destroy frees the rest after
- * engine_destroy. */
+ * engine_destroy.
+ *
+ * Strategy pilaf (DESIGN.md section 5): two candidates whatever M says, submitted as the
+ * engine's PILAF duel (inference/engine_pilaf.c) with cfg.pilaf_beta; the engine's reference arm
+ * is the base model ("default", engine_params.reference_arm), so a snapshot's PILAF duel mixes
+ * its logits with the frozen base model's, as the trainer's reference is the initial policy
+ * (without snapshots the base model serves and is its own reference: the mixed mode samples it
+ * plainly). Its DUEL_READY has the pair (0, 1) and its placement but no features or rewards:
+ * the result carries none (d_feat 0), and the vote is one the trainer applies to the policy
+ * without training the ERM (common/vote_entry.h). */
 #include <jansson.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -142,24 +152,28 @@ static void emit_error(engine_backend *b, job *j, const char *message) {
 static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
     int m = j->m;
     const engine_event *ready = j->ready;
-    if (!ready || ready->count != m || !ready->features || !ready->rewards) {
+    /* pilaf: the pair and its placement only (no ERM pass) */
+    const bool scored = !ready || ready->strategy != DUEL_STRATEGY_PILAF;
+    if (!ready || ready->count != m || (scored && (!ready->features || !ready->rewards))) {
         emit_error(b, j, "engine finished a duel without scoring it");
         return;
     }
     duel_backend_result *r = calloc(1, sizeof *r);
-    size_t n_features = (size_t)m * (size_t)ready->d_feat;
-    size_t n_rewards = (size_t)m * (size_t)ready->num_heads;
-    float *features = malloc(n_features * sizeof(float));
-    float *rewards = malloc(n_rewards * sizeof(float));
-    if (!r || !features || !rewards) {
+    size_t n_features = scored ? (size_t)m * (size_t)ready->d_feat : 0;
+    size_t n_rewards = scored ? (size_t)m * (size_t)ready->num_heads : 0;
+    float *features = scored ? malloc(n_features * sizeof(float)) : NULL;
+    float *rewards = scored ? malloc(n_rewards * sizeof(float)) : NULL;
+    if (!r || (scored && (!features || !rewards))) {
         free(r);
         free(features);
         free(rewards);
         emit_error(b, j, "out of memory");
         return;
     }
-    memcpy(features, ready->features, n_features * sizeof(float));
-    memcpy(rewards, ready->rewards, n_rewards * sizeof(float));
+    if (scored) {
+        memcpy(features, ready->features, n_features * sizeof(float));
+        memcpy(rewards, ready->rewards, n_rewards * sizeof(float));
+    }
     const duel_placement place = ready->placement;
     size_t total = 0;
     for (int i = 0; i < m; i++) total += (size_t)j->cands[i].n_tokens;
@@ -187,9 +201,9 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
     r->prompt_text = j->prompt_text;
     j->prompt_text = NULL;
     r->features = features;
-    r->d_feat = ready->d_feat;
+    r->d_feat = scored ? ready->d_feat : 0;
     r->rewards = rewards;
-    r->num_heads = ready->num_heads;
+    r->num_heads = scored ? ready->num_heads : 0;
     if (ready->ref_logprobs) {
         if (!(r->ref_logprobs = malloc((size_t)m * sizeof(float)))) {
             duel_backend_result_free(r);
@@ -205,6 +219,11 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
                            "max_new_tokens", p->max_new_tokens, "arena_fraction", p->arena_fraction,
                            "seed", (json_int_t)j->seed);
     if (gp && j->arm_name[0]) json_object_set_new(gp, "arm", json_string(j->arm_name));
+    if (gp && !scored) {
+        /* which of the engine's two modes drew this duel (mixed: candidate 0 is y+) */
+        json_object_set_new(gp, "pilaf_beta", json_real(b->cfg.pilaf_beta));
+        json_object_set_new(gp, "pilaf_mixed", json_boolean(ready->pilaf_mixed));
+    }
     if (gp && ready->arena_split) {
         /* Candidates [0, arena_split) are the first arm's (policy_version), the rest the second
          * arm's: the base model's unless a rollout battle named another. */
@@ -221,7 +240,7 @@ static void finish_job(engine_backend *b, job *j, const engine_event *ev) {
     r->model_id = strdup(b->model_dir);
     r->policy_version = j->version;
     r->generated_tokens = ev->counts.generated_tokens;
-    r->regret_estimate = ready->regret_estimate;
+    r->regret_estimate = scored ? ready->regret_estimate : NAN; /* no rewards to estimate by */
     if (!r->cand_tokens || !r->cand_offsets || !r->text_a || !r->text_b || !r->gen_params_json ||
         !r->strategy || !r->model_id) {
         duel_backend_result_free(r);
@@ -369,8 +388,10 @@ static uint64_t mix_seed(uint64_t x) {
 }
 
 /* The knobs of a request (the gateway's set in effect, or the configured ones), checked against
- * what this adapter can serve: a strategy it does not run, or arena without snapshots, is
- * DUEL_EUNSUPPORTED; arena with an odd M is refused too (the knob table refuses both already). */
+ * what this adapter can serve (every strategy): arena without snapshots is DUEL_EUNSUPPORTED;
+ * arena with an odd M is refused too (the knob table refuses both already).
+ * pilaf decodes two candidates whatever M says (its pair is its two samples), and its params
+ * record M = 2. */
 static int job_params(engine_backend *b, const duel_backend_request *req, job *j, duel_error *err) {
     if (req->params) {
         j->params = *req->params;
@@ -380,19 +401,16 @@ static int job_params(engine_backend *b, const duel_backend_request *req, job *j
                                           .top_k = b->cfg.top_k, .max_new_tokens = b->cfg.max_new_tokens};
         snprintf(j->params.strategy, sizeof j->params.strategy, "%s", duel_strategy_name(b->strategy));
     }
-    j->m = j->params.num_candidates;
     int rc = duel_strategy_parse(j->params.strategy, &j->strategy, err);
     if (rc) return rc;
+    if (j->strategy == DUEL_STRATEGY_PILAF) j->params.num_candidates = 2;
+    j->m = j->params.num_candidates;
     if (j->m < 2 || j->m > ENGINE_BACKEND_MAX_CANDIDATES)
         return duel_error_set(err, DUEL_EINVAL, "engine backend: M = %d outside [2, %d]", j->m,
                               ENGINE_BACKEND_MAX_CANDIDATES);
     if (j->strategy == DUEL_STRATEGY_ARENA && (!b->cfg.snapshots || j->m % 2))
         return duel_error_set(err, DUEL_EUNSUPPORTED,
                               "engine backend: arena needs snapshots and an even M (M = %d)", j->m);
-    if (j->strategy != DUEL_STRATEGY_ARENA && !duel_strategy_uses_rewards(j->strategy))
-        return duel_error_set(err, DUEL_EUNSUPPORTED,
-                              "engine backend: strategy %s is not served by this adapter",
-                              duel_strategy_name(j->strategy));
     return DUEL_OK;
 }
 
@@ -492,6 +510,7 @@ static int eb_submit(void *impl, const duel_backend_request *req, duel_error *er
         .want_progress = true,
         .duel = true,
         .strategy = j->strategy,
+        .pilaf_beta = b->cfg.pilaf_beta,
         .fairness_key = req->fairness_key,
         .user = j,
     };
@@ -764,10 +783,13 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
                                 b->cfg.num_candidates);
             goto fail;
         }
-    } else if (!duel_strategy_uses_rewards(b->strategy)) {
-        rc = duel_error_set(err, DUEL_EUNSUPPORTED,
-                            "engine backend: strategy %s is not served by this adapter yet",
-                            duel_strategy_name(b->strategy));
+    }
+    /* Checked whatever the strategy: a live knob may switch to pilaf later. */
+    if (!(cfg->pilaf_beta >= 0) || !isfinite(cfg->pilaf_beta)) {
+        rc = duel_error_set(err, DUEL_EINVAL,
+                            "engine backend: pilaf_beta %g (duel.pilaf_beta) must be finite and "
+                            ">= 0",
+                            cfg->pilaf_beta);
         goto fail;
     }
     if (!(b->model_dir = strdup(cfg->model_dir))) {

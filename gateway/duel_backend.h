@@ -31,8 +31,8 @@ typedef struct duel_backend_turn {
  * duel:knobs and the gateway hands the set in effect with every request, so a change takes effect
  * at the next duel). The result's gen_params_json records the values used. */
 typedef struct duel_backend_params {
-    char strategy[16];     /* ee_ts, bai_ts, uncertainty, passive, bon, arena */
-    int num_candidates;    /* M */
+    char strategy[16];     /* ee_ts, bai_ts, uncertainty, passive, bon, pilaf, arena */
+    int num_candidates;    /* M (pilaf: 2 whatever this says) */
     float temperature, top_p;
     int top_k, max_new_tokens;
     double arena_fraction; /* share of duels served as arena when a snapshot serves (M even) */
@@ -177,7 +177,9 @@ int backend_test_create(const backend_test_config *cfg, duel_backend *out, duel_
  * conversation rendered through the chat template; the engine decodes M candidates; the adapter
  * builds ERM features (prompt and candidate last hidden states, d_feat = 2 * hidden_size), scores
  * them with the ERM ensemble (erm_path, or a fresh seeded one), picks the pair with the strategy
- * (inference/duel.h) and places it left/right at random. With cfg.snapshots, install_snapshot
+ * (inference/duel.h) and places it left/right at random. A pilaf duel's result has no features
+ * or rewards (d_feat and num_heads 0, regret_estimate NAN): its vote is an unscored duel
+ * (common/vote_entry.h). With cfg.snapshots, install_snapshot
  * adds a snapshot as engine arm "v%06lld" (its own erm.safetensors scores its duels) and every
  * new duel follows the latest one (docs/SERVING.md). */
 typedef struct backend_engine_config {
@@ -186,10 +188,16 @@ typedef struct backend_engine_config {
     uint64_t erm_seed;
     int erm_heads;             /* 0: ERM_DEFAULT_NUM_HEADS */
     const char *strategy;      /* "ee_ts" (default), "bai_ts", "uncertainty", "passive", "bon";
+                                  "pilaf": two candidates (M = 2 whatever num_candidates says),
+                                  with probability 1/2 decoded in lockstep with the base model
+                                  (the frozen reference arm) from mixed logits (pilaf_beta); no
+                                  ERM features or rewards, so its votes train the policy only;
                                   "arena" with snapshots (M even): M/2 candidates from the latest
                                   snapshot, M/2 from the base model, one answer from each
                                   (ee_ts until a snapshot is resident) */
-    int num_candidates;        /* M, >= 2; 0: 4 */
+    int num_candidates;        /* M, >= 2; 0: 4 (pilaf duels always decode 2) */
+    double pilaf_beta;         /* pilaf: beta of the mixed logits (duel.pilaf_beta), finite and
+                                  >= 0 (0: the mixed mode samples the policy itself) */
     float temperature;         /* sampling; 0 is greedy */
     float top_p;
     int top_k;

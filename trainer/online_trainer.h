@@ -9,14 +9,15 @@
  * acknowledges it), a vote id among the recent ones is a DUPLICATE. a/b votes join the pending
  * batch; tie and both_bad are counted. When a batch is due (online_trainer_cut_due),
  * online_trainer_apply runs one update (trainer/online_update.c): the ERM update (erm_train.h)
- * on the batch's real pairs, then one DAP update of the policy (dap_loss.h) with the reference's
+ * on the batch's real pairs that carry features (an unscored pilaf vote, d_feat 0, trains the
+ * policy only; a batch without any leaves the ERM untouched), then one DAP update of the policy (dap_loss.h) with the reference's
  * log-probabilities of the same responses. online_trainer_checkpoint makes everything offered so
  * far durable (trainer/online_checkpoint.c); only then may the caller acknowledge those entries.
  *
  * SEA mixture (DESIGN.md section 6, trainer/sea_store.h): the trainer keeps a store of the last
  * `synthetic_store` duels (every entry that was batched or counted, with all M candidates'
  * tokens and features; an a/b entry joins it when its update is done, a tie or both_bad when it
- * is offered). Once burn_in real pairs have been applied by earlier updates (prefs_applied >=
+ * is offered; an unscored duel without features, d_feat 0 (pilaf), never joins it). Once burn_in real pairs have been applied by earlier updates (prefs_applied >=
  * burn_in before this update), the policy batch of P real pairs (batch_size, or up to
  * max_batch_size) gets
  *     S = floor(P * (1 - gamma) / gamma + 1/2)   synthetic pairs (0 when gamma = 1 or the

@@ -236,26 +236,34 @@ int online_update_run(online_trainer *t, duel_error *err) {
         goto done;
     }
     const double t_erm = duel_time_seconds();
-    /* ERM: score the new pairs before training on them (held-back accuracy), then train. */
+    /* ERM: score the new pairs before training on them (held-back accuracy), then train. Only
+     * pairs with features: an unscored duel (pilaf, d_feat 0) teaches the policy below but
+     * never the ERM, and a batch of such duels leaves the ERM exactly as it was (no steps on
+     * the buffer either: nothing new joined it). */
+    int F = 0; /* pairs with features */
     for (int i = 0; i < P; i++) {
         const vote_entry *e = &t->pending[i];
-        memcpy(chosen + (size_t)i * D, e->features + (size_t)e->chosen_idx * D, (size_t)D * sizeof(float));
-        memcpy(rejected + (size_t)i * D, e->features + (size_t)e->rejected_idx * D, (size_t)D * sizeof(float));
+        if (e->d_feat == 0) continue;
+        memcpy(chosen + (size_t)F * D, e->features + (size_t)e->chosen_idx * D, (size_t)D * sizeof(float));
+        memcpy(rejected + (size_t)F * D, e->features + (size_t)e->rejected_idx * D, (size_t)D * sizeof(float));
+        F++;
     }
-    double acc;
-    if ((rc = erm_train_accuracy(t->erm, chosen, rejected, P, &acc, err))) goto done;
-    t->erm_right += (int64_t)llround(acc * P);
-    t->status.erm_scored += P;
-    t->status.erm_accuracy = (double)t->erm_right / (double)t->status.erm_scored;
-    if ((rc = erm_trainer_add_pairs(t->erm_trainer, chosen, rejected, P, err))) goto done;
-    for (int i = 0; i < P; i++) {
-        memcpy(record, chosen + (size_t)i * D, (size_t)D * sizeof(float));
-        memcpy(record + D, rejected + (size_t)i * D, (size_t)D * sizeof(float));
-        if ((rc = erm_pair_log_append(&t->pair_log, record, err))) goto done;
+    if (F > 0) {
+        double acc;
+        if ((rc = erm_train_accuracy(t->erm, chosen, rejected, F, &acc, err))) goto done;
+        t->erm_right += (int64_t)llround(acc * F);
+        t->status.erm_scored += F;
+        t->status.erm_accuracy = (double)t->erm_right / (double)t->status.erm_scored;
+        if ((rc = erm_trainer_add_pairs(t->erm_trainer, chosen, rejected, F, err))) goto done;
+        for (int i = 0; i < F; i++) {
+            memcpy(record, chosen + (size_t)i * D, (size_t)D * sizeof(float));
+            memcpy(record + D, rejected + (size_t)i * D, (size_t)D * sizeof(float));
+            if ((rc = erm_pair_log_append(&t->pair_log, record, err))) goto done;
+        }
+        erm_train_stats es;
+        if ((rc = erm_trainer_update(t->erm_trainer, &es, err))) goto done;
+        if (es.steps > 0) t->status.erm_loss = es.loss;
     }
-    erm_train_stats es;
-    if ((rc = erm_trainer_update(t->erm_trainer, &es, err))) goto done;
-    if (es.steps > 0) t->status.erm_loss = es.loss;
     /* The policy batch: the P real pairs, then S synthetic pairs labelled by the updated ERM. */
     for (int i = 0; i < P; i++) {
         const vote_entry *e = &t->pending[i];

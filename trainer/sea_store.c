@@ -24,6 +24,10 @@ void sea_store_free(sea_store *s) {
 const vote_entry *sea_store_at(const sea_store *s, int i) { return &s->duels[(s->start + i) % s->capacity]; }
 
 void sea_store_push(sea_store *s, vote_entry *e) {
+    if (e->d_feat == 0) { /* an unscored duel (pilaf): nothing for the ERM to label it by */
+        vote_entry_free(e);
+        return;
+    }
     for (int i = 0; s->max_positions > 0 && i < e->num_candidates; i++) {
         int len;
         vote_entry_candidate(e, i, &len);

@@ -20,8 +20,9 @@ typedef struct sea_store {
 
 int sea_store_init(sea_store *s, int capacity, int max_positions, duel_error *err);
 void sea_store_free(sea_store *s);
-/* Takes entry's contents (entry is left empty; a duel that does not fit is freed); the oldest
- * duel leaves when the store is full. */
+/* Takes entry's contents (entry is left empty; a duel that does not fit, or an unscored one
+ * without features (d_feat 0: pilaf) that the ERM cannot label, is freed); the oldest duel
+ * leaves when the store is full. */
 void sea_store_push(sea_store *s, vote_entry *entry);
 /* The i-th duel, oldest first (0 <= i < count). */
 const vote_entry *sea_store_at(const sea_store *s, int i);

@@ -68,7 +68,7 @@ static void test_parse_one_knob(void **state) {
     expect_refused("temperature", "-1", "outside [0, 10]");
     expect_refused("strategy", "ee", "expected one of");
     expect_refused("strategy", "ee_ts bon", "expected one of");
-    expect_refused("strategy", "pilaf", "expected one of"); /* not served: see knobs.c */
+    expect_refused("strategy", "PILAF", "expected one of"); /* names are lower case */
     expect_refused("loss", "hinge", "expected one of: dpo ipo slic simpo");
     expect_refused("Beta", "0.1", "unknown knob \"Beta\"");
     expect_refused("min_p", "0.1", "unknown knob"); /* named by the old trainer list only */
@@ -99,7 +99,7 @@ static void test_defaults_follow_the_configuration(void **state) {
     struct { const char *set, *needle; } bad[] = {
         {"duel.candidates=100", "duel.candidates = 100: outside [2, 64] (knob M)"},
         {"duel.top_p=0", "duel.top_p = 0: outside (0, 1] (knob top_p)"},
-        {"duel.strategy=pilaf", "duel.strategy = \"pilaf\": expected one of"},
+        {"duel.strategy=thompson", "duel.strategy = \"thompson\": expected one of"},
         {"trainer.loss=hinge", "trainer.loss = \"hinge\""},
         {"rollout.arena_fraction=1.5", "(knob arena_fraction)"},
     };
@@ -193,8 +193,8 @@ static void test_describe_lists_every_knob(void **state) {
     json_decref(arr);
 }
 
-/* The choices are words the engine and the trainer understand; every serving strategy is one the
- * engine adapter runs (scored by the ERM, or arena). */
+/* The choices are words the engine and the trainer understand; the engine adapter serves every
+ * strategy (pilaf included), so the strategy knob offers them all, each once. */
 static void test_choices_are_understood(void **state) {
     (void)state;
     json_t *arr = duel_knobs_describe(NULL);
@@ -202,11 +202,14 @@ static void test_choices_are_understood(void **state) {
     size_t i;
     json_t *c;
     duel_error err = {0};
+    bool seen[DUEL_STRATEGY_COUNT] = {false};
     json_array_foreach(json_object_get(o, "choices"), i, c) {
         duel_strategy s;
         if (duel_strategy_parse(json_string_value(c), &s, &err)) fail_msg("%s", err.message);
-        assert_true(duel_strategy_uses_rewards(s) || s == DUEL_STRATEGY_ARENA);
+        assert_false(seen[s]);
+        seen[s] = true;
     }
+    assert_int_equal(json_array_size(json_object_get(o, "choices")), DUEL_STRATEGY_COUNT);
     o = json_array_get(arr, (size_t)duel_knob_index("loss"));
     json_array_foreach(json_object_get(o, "choices"), i, c) {
         dap_loss_kind k;

@@ -120,6 +120,35 @@ static void test_round_trip(void **state) {
     vote_entry_encoded_free(&f.enc);
 }
 
+/* A pilaf duel carries no features: d_feat 0 and no heads encode and decode under a trainer's
+ * limits (whose ERM width and head count do not apply to it); heads without features do not. */
+static void test_unscored_duel(void **state) {
+    (void)state;
+    fixture f;
+    make(&f);
+    vote_entry_encoded_free(&f.enc);
+    vote_entry e = f.entry;
+    strcpy(e.strategy, "pilaf");
+    e.d_feat = 0;
+    e.num_heads = 0;
+    e.features = NULL;
+    e.erm_rewards = NULL;
+    vote_entry_encoded enc;
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, NULL), 0);
+    vote_entry out;
+    assert_int_equal(vote_entry_decode(enc.fields, enc.n_fields, &f.limits, &out, NULL), 0);
+    assert_true(out.d_feat == 0 && out.num_heads == 0);
+    assert_string_equal(out.strategy, "pilaf");
+    assert_true(out.chosen_idx == 2 && out.rejected_idx == 0);
+    vote_entry_free(&out);
+    vote_entry_encoded_free(&enc);
+    e.num_heads = E; /* rewards of no features */
+    e.erm_rewards = f.rewards;
+    duel_error err = {0};
+    assert_int_equal(vote_entry_encode(&e, NULL, &enc, &err), DUEL_EFORMAT);
+    assert_non_null(strstr(err.message, "num_heads 2 without features (d_feat 0)"));
+}
+
 static void test_f16_features(void **state) {
     (void)state;
     fixture f;
@@ -441,6 +470,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_f16_features),
+        cmocka_unit_test(test_unscored_duel),
         cmocka_unit_test(test_ref_logprobs),
         cmocka_unit_test(test_missing_fields),
         cmocka_unit_test(test_bad_values),

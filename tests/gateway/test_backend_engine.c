@@ -6,7 +6,9 @@
  * trainer's limits and carries the reference log-probabilities of its candidates, which equal
  * the trainer's own reference forward over the vote's tokens (relative error < 1e-5); a second
  * turn's prompt, built from the token ids the conversation kept, is exactly the encoding of the
- * whole conversation (what re-tokenizing the history would give). Skips
+ * whole conversation (what re-tokenizing the history would give); strategy pilaf through the
+ * gateway: two streamed answers placed by the engine's rng, the vote an unscored duel the
+ * trainer accepts; a bad pilaf_beta is refused. Skips
  * (exit 77) when models/default is missing. */
 #include "gateway_test_util.h"
 #include "vote_entry.h"
@@ -15,6 +17,7 @@
 #include "duel.h"
 #include "duel_backend.h"
 #include "engine.h"
+#include "knobs.h"
 #include "lm_trainer.h"
 #include "train_model.h"
 
@@ -170,7 +173,13 @@ static void test_adapter_rejects_bad_settings(void **state) {
     assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EINVAL);
     engine_config(&cfg);
     cfg.strategy = "pilaf";
-    assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EUNSUPPORTED);
+    const double bad_betas[] = {-0.1, NAN, INFINITY};
+    for (int i = 0; i < 3; i++) {
+        cfg.pilaf_beta = bad_betas[i];
+        assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EINVAL);
+        assert_non_null(strstr(err.message, "duel.pilaf_beta"));
+    }
+    cfg.pilaf_beta = 0.1;
     cfg.strategy = "nonsense";
     assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EINVAL);
     engine_config(&cfg);
@@ -178,13 +187,12 @@ static void test_adapter_rejects_bad_settings(void **state) {
     assert_true(backend_engine_create(&cfg, &b, &err) < 0);
 }
 
-/* The gateway encodes votes with the vote codec (common/vote_entry.h); the trainer reads them
- * with vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
- * the served model, with the clicked side as the chosen candidate. */
-static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
+/* The newest duel:prefs entry, decoded under the trainer's limits for the shipped model (ERM
+ * width 640), its gen_params and its chosen_text (malloc'd). */
+static void last_vote(tu_redis *redis, vote_entry *e, json_t **gen_params, char **chosen_text) {
     redisContext *rc = redisConnect("127.0.0.1", redis->port);
     assert_true(rc && !rc->err);
-    redisReply *r = redisCommand(rc, "XRANGE duel:prefs - +");
+    redisReply *r = redisCommand(rc, "XREVRANGE duel:prefs + - COUNT 1");
     assert_true(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
     redisReply *fields = r->element[0]->element[1];
     vote_entry_field f[VOTE_ENTRY_MAX_FIELDS];
@@ -192,19 +200,34 @@ static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
     for (size_t i = 0; i + 1 < fields->elements && n < VOTE_ENTRY_MAX_FIELDS; i += 2)
         f[n++] = (vote_entry_field){fields->element[i]->str, fields->element[i]->len, fields->element[i + 1]->str,
                                     fields->element[i + 1]->len};
-    vote_entry e;
-    memset(&e, 0, sizeof e);
     vote_entry_limits limits = {.d_feat = 640, .vocab = 4096, .max_sequence = 256};
     duel_error err = {0};
-    if (vote_entry_decode(f, n, &limits, &e, &err)) fail_msg("the gateway's vote does not decode: %s", err.message);
+    if (vote_entry_decode(f, n, &limits, e, &err)) fail_msg("the gateway's vote does not decode: %s", err.message);
+    const vote_entry_field *gp = vote_entry_field_find(f, n, "gen_params");
+    const vote_entry_field *chosen = vote_entry_field_find(f, n, "chosen_text");
+    assert_true(gp && chosen);
+    *gen_params = json_loadb(gp->value, gp->value_len, 0, NULL);
+    assert_non_null(*gen_params);
+    *chosen_text = strndup(chosen->value, chosen->value_len);
+    freeReplyObject(r);
+    redisFree(rc);
+}
+
+/* The gateway encodes votes with the vote codec (common/vote_entry.h); the trainer reads them
+ * with vote_entry_decode. The entry the gateway just wrote must decode under the trainer's limits for
+ * the served model, with the clicked side as the chosen candidate. */
+static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
+    vote_entry e;
+    json_t *gp = NULL;
+    char *chosen_text = NULL;
+    last_vote(redis, &e, &gp, &chosen_text);
     assert_int_equal(e.choice, VOTE_CHOICE_A);
     assert_int_equal(e.num_candidates, 4);
     assert_true(e.chosen_idx != e.rejected_idx && e.chosen_idx >= 0 && e.chosen_idx < 4 && e.rejected_idx >= 0 &&
                 e.rejected_idx < 4);
     assert_string_equal(e.duel_id, d->id);
     assert_true(e.n_prompt_tokens > 0 && e.num_heads > 0);
-    for (size_t i = 0; i + 1 < fields->elements; i += 2)
-        if (strcmp(fields->element[i]->str, "chosen_text") == 0) assert_string_equal(fields->element[i + 1]->str, d->a);
+    assert_string_equal(chosen_text, d->a);
     /* The engine's reference pass scored every candidate as the trainer's reference does. */
     assert_non_null(e.ref_logprobs);
     double want[4];
@@ -216,27 +239,23 @@ static void check_vote_decodes(tu_redis *redis, const tu_duel *d) {
                      (double)e.ref_logprobs[i], want[i]);
     }
     vote_entry_free(&e);
-    freeReplyObject(r);
-    redisFree(rc);
+    json_decref(gp);
+    free(chosen_text);
 }
 
-/* The newest duel:prefs entry's prompt tokens. */
+/* The newest duel:prefs entry's prompt tokens (malloc'd). */
 static int32_t *last_prompt_tokens(tu_redis *redis, size_t *n) {
-    redisContext *rc = redisConnect("127.0.0.1", redis->port);
-    assert_true(rc && !rc->err);
-    redisReply *r = redisCommand(rc, "XREVRANGE duel:prefs + - COUNT 1");
-    assert_true(r && r->type == REDIS_REPLY_ARRAY && r->elements == 1);
-    redisReply *fields = r->element[0]->element[1];
-    int32_t *ids = NULL;
-    for (size_t i = 0; i + 1 < fields->elements; i += 2)
-        if (strcmp(fields->element[i]->str, "prompt_tokens") == 0) {
-            *n = fields->element[i + 1]->len / 4;
-            ids = malloc(fields->element[i + 1]->len + 4);
-            memcpy(ids, fields->element[i + 1]->str, fields->element[i + 1]->len);
-        }
+    vote_entry e;
+    json_t *gp = NULL;
+    char *chosen_text = NULL;
+    last_vote(redis, &e, &gp, &chosen_text);
+    *n = (size_t)e.n_prompt_tokens;
+    int32_t *ids = malloc(*n * sizeof *ids + 4);
     assert_non_null(ids);
-    freeReplyObject(r);
-    redisFree(rc);
+    memcpy(ids, e.prompt_tokens, *n * sizeof *ids);
+    vote_entry_free(&e);
+    json_decref(gp);
+    free(chosen_text);
     return ids;
 }
 
@@ -292,6 +311,83 @@ static void test_gateway_with_engine(void **state) {
     tokenizer_free(tok);
     tu_duel_free(&d2);
     tu_duel_free(&d);
+    ws_close(&c);
+    tu_gateway_stop(&g);
+    tu_redis_stop(&redis, SIGTERM);
+}
+
+/* Strategy pilaf served through the gateway, as `duel serve --snapshots` with duel.strategy =
+ * pilaf and the default M = 4 runs it: two candidates streamed, placed as the engine's selection
+ * rng says, the vote accepted into duel:prefs as an unscored duel (no features or rewards, d_feat
+ * 0) that the trainer's limits accept; its gen_params record M = 2, beta and the mode drawn. */
+static void test_gateway_pilaf(void **state) {
+    (void)state;
+    tu_redis redis = {0};
+    tu_redis_start(&redis);
+    gateway_config gcfg;
+    tu_gateway_config(&gcfg, &redis);
+    int k;
+    duel_error err = {0};
+    duel_knob_value v;
+    if (duel_knob_parse("strategy", "pilaf", &v, &k, &err)) fail_msg("%s", err.message);
+    gcfg.knobs.v[k] = v;
+    assert_int_equal((int)gcfg.knobs.v[duel_knob_index("M")].number, 4);
+    backend_engine_config cfg;
+    engine_config(&cfg);
+    cfg.strategy = "pilaf";
+    cfg.pilaf_beta = 0.5;
+    cfg.snapshots = true;
+    duel_backend b;
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    tu_gateway g;
+    tu_gateway_start_backend(&g, &gcfg, &b);
+    ws_client c;
+    assert_int_equal(ws_connect(&c, g.port, NULL), 101);
+    ws_hello(&c, NULL, NULL);
+    for (int turn = 0; turn < 2; turn++) {
+        tu_duel d;
+        ws_ask_duel(&c, turn ? "What is a lake?" : "What is a river?", &d);
+        assert_true(d.progress > 0);
+        assert_true(d.deltas_a > 0 && d.deltas_b > 0);
+        assert_false(ws_vote(&c, d.id, turn ? "b" : "a"));
+        assert_int_equal(tu_redis_int(&redis, "XLEN duel:prefs"), turn + 1);
+        vote_entry e;
+        json_t *gp = NULL;
+        char *chosen_text = NULL;
+        last_vote(&redis, &e, &gp, &chosen_text);
+        assert_string_equal(chosen_text, turn ? d.b : d.a);
+        assert_string_equal(e.strategy, "pilaf");
+        assert_int_equal(e.num_candidates, 2);
+        assert_true(e.d_feat == 0 && e.num_heads == 0);
+        assert_null(e.ref_logprobs);
+        assert_int_equal(e.choice, turn ? VOTE_CHOICE_B : VOTE_CHOICE_A);
+        assert_true(vote_choice_is_pair(e.choice));
+        assert_int_equal(json_integer_value(json_object_get(gp, "M")), 2);
+        assert_string_equal(json_string_value(json_object_get(gp, "strategy")), "pilaf");
+        assert_true(json_real_value(json_object_get(gp, "pilaf_beta")) == 0.5);
+        /* the engine's selection rng: the mode, then the placement of (0, 1) */
+        duel_rng rng;
+        duel_rng_seed(&rng, (uint64_t)json_integer_value(json_object_get(gp, "seed")) ^ ENGINE_DUEL_SEED_SALT);
+        const bool mixed = duel_pilaf_draw_mode(&rng) == DUEL_PILAF_MIXED;
+        assert_true(json_is_boolean(json_object_get(gp, "pilaf_mixed")));
+        assert_int_equal(json_is_true(json_object_get(gp, "pilaf_mixed")), mixed);
+        duel_pair pair = {0, 1, -1, -1};
+        duel_placement place;
+        duel_place(&pair, &rng, &place);
+        assert_int_equal(e.chosen_idx, turn ? place.b : place.a);
+        assert_int_equal(e.rejected_idx, turn ? place.a : place.b);
+        assert_int_equal(e.side_swap, place.side_swap);
+        /* two distinct answers */
+        int la, lb;
+        const int32_t *ta = vote_entry_candidate(&e, 0, &la), *tb = vote_entry_candidate(&e, 1, &lb);
+        assert_true(la > 0 && lb > 0);
+        assert_true(la != lb || memcmp(ta, tb, (size_t)la * sizeof *ta) != 0);
+        assert_string_not_equal(d.a, d.b);
+        json_decref(gp);
+        free(chosen_text);
+        vote_entry_free(&e);
+        tu_duel_free(&d);
+    }
     ws_close(&c);
     tu_gateway_stop(&g);
     tu_redis_stop(&redis, SIGTERM);
@@ -417,6 +513,7 @@ int main(void) {
         cmocka_unit_test(test_adapter_duel),
         cmocka_unit_test(test_adapter_rejects_bad_settings),
         cmocka_unit_test(test_gateway_with_engine),
+        cmocka_unit_test(test_gateway_pilaf),
         cmocka_unit_test(test_conversation_longer_than_the_model),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -6,11 +6,14 @@
  * /metrics report it. A truncated model.safetensors and a meta.json hash mismatch are refused
  * (counted once, never retried) while chat keeps working on the old snapshot. A later good
  * snapshot retires the old arm (its memory is freed: LeakSanitizer checks). Strategy arena pits
- * the latest snapshot against the base model. Skips (exit 77) when models/default is missing. */
+ * the latest snapshot against the base model; strategy pilaf mixes the snapshot's logits with the
+ * base model's (its reference arm). Skips (exit 77) when models/default is missing. */
 #include "gateway_test_util.h"
 
 #include <math.h>
 
+#include "duel.h"
+#include "engine.h"
 #include "snapshot_test_util.h"
 #include "timer.h"
 
@@ -299,6 +302,76 @@ static void test_arena_against_base(void **state) {
     assert_non_null(strstr(err.message, "M must be even"));
 }
 
+/* Candidate i's tokens of r, copied into out (up to cap); their count. */
+static int candidate_tokens(const duel_backend_result *r, int i, int32_t *out, int cap) {
+    int n = r->cand_offsets[i + 1] - r->cand_offsets[i];
+    assert_true(n <= cap);
+    memcpy(out, r->cand_tokens + r->cand_offsets[i], (size_t)n * sizeof *out);
+    return n;
+}
+
+/* Strategy pilaf while a snapshot serves: its reference arm is the base model. Greedy (T = 0)
+ * with beta = 1, a MIXED duel's candidate 1 (y-) decodes from (1 - 1) h_snapshot + 1 h_base,
+ * so it is the base model's own greedy answer, not the snapshot's; a PLAIN duel's two
+ * candidates are the snapshot's greedy answer twice. Both modes are met among the seeds. */
+static void test_pilaf_against_base(void **state) {
+    (void)state;
+    backend_engine_config cfg = {.model_dir = model_dir, .erm_seed = 7, .num_candidates = 4,
+                                 .temperature = 0.0f, .top_p = 1.0f, .max_new_tokens = 12,
+                                 .kv_memory_bytes = 16u << 20, .snapshots = true,
+                                 .strategy = "pilaf", .pilaf_beta = 1.0};
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    tu_sink s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    assert_int_equal(b.start(b.impl, tu_sink_fn, &s, &err), 0);
+    enum { CAP = 16 };
+    int32_t base[CAP], snap[CAP], c0[CAP], c1[CAP];
+    /* The base model alone (no snapshot yet): both candidates are its greedy answer. */
+    duel_backend_result *r = pinned_duel(&b, &s, 1, -1);
+    assert_int_equal(r->policy_version, 0);
+    assert_int_equal(r->num_candidates, 2);
+    int n_base = candidate_tokens(r, 0, base, CAP);
+    assert_int_equal(candidate_tokens(r, 1, c1, CAP), n_base);
+    assert_memory_equal(base, c1, (size_t)n_base * sizeof *base);
+    duel_backend_result_free(r);
+    char data[512], dir[1024];
+    test_make_temp_dir("pilaf-data", data, sizeof data);
+    write_snapshot(data, 1, 0.2, dir, sizeof dir);
+    if (b.install_snapshot(b.impl, 1, dir, &err)) fail_msg("install: %s", err.message);
+    int seen[2] = {0, 0}, n_snap = -1;
+    for (uint64_t id = 2; id < 40 && !(seen[0] && seen[1]); id++) {
+        duel_rng rng;
+        duel_rng_seed(&rng, (1000 + id) ^ ENGINE_DUEL_SEED_SALT);
+        const int mixed = duel_pilaf_draw_mode(&rng) == DUEL_PILAF_MIXED;
+        if (seen[mixed]) continue;
+        seen[mixed] = 1;
+        r = pinned_duel(&b, &s, id, -1);
+        assert_int_equal(r->policy_version, 1);
+        assert_string_equal(r->strategy, "pilaf");
+        assert_true(r->d_feat == 0 && !r->features && r->num_heads == 0 && !r->rewards);
+        assert_true(isnan(r->regret_estimate));
+        json_t *gp = json_loads(r->gen_params_json, 0, NULL);
+        assert_int_equal(json_is_true(json_object_get(gp, "pilaf_mixed")), mixed);
+        json_decref(gp);
+        int n0 = candidate_tokens(r, 0, c0, CAP), n1 = candidate_tokens(r, 1, c1, CAP);
+        if (mixed) {
+            assert_int_equal(n1, n_base);
+            assert_memory_equal(c1, base, (size_t)n_base * sizeof *base);
+        } else {
+            assert_int_equal(n0, n1);
+            assert_memory_equal(c0, c1, (size_t)n0 * sizeof *c0);
+            n_snap = n0;
+            memcpy(snap, c0, (size_t)n0 * sizeof *c0);
+        }
+        duel_backend_result_free(r);
+    }
+    assert_true(seen[0] && seen[1]);
+    /* the snapshot answers otherwise: y- above came from the base model, not from it */
+    assert_true(n_snap != n_base || memcmp(snap, base, (size_t)n_base * sizeof *base) != 0);
+    b.destroy(b.impl);
+}
+
 /* engine.weights applies to snapshots too: they are converted in install_snapshot (the loader
  * thread's call), not served as f32. Three adapters with snapshots serve the same perturbed
  * snapshot at temperature 3 (so that logits a little apart sample apart) for two duels of 4
@@ -355,6 +428,7 @@ int main(void) {
         cmocka_unit_test(test_snapshot_weights_converted),
         cmocka_unit_test(test_hot_swap_through_gateway),
         cmocka_unit_test(test_arena_against_base),
+        cmocka_unit_test(test_pilaf_against_base),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,11 +4,12 @@
 #   - bad input fails before any work, naming the file or the option: a malformed prompt file, an
 #     unknown strategy or mode, an oracle that cannot work (an rm checkpoint that is not there, a
 #     judge that does not answer, a judge for a sweep that needs scores); no output folder is made;
-#   - a smoke sweep (passive and ee_ts, one seed, online and offline, a few dozen queries): the
-#     shape of every output (each run's JSONL, points.csv, summary.csv, table.md, the plots when
-#     matplotlib is there), the measures in range;
-#   - determinism: the same run again, as `duel sim --inprocess` in another process, writes a
-#     byte-identical JSONL;
+#   - a smoke sweep (passive, ee_ts and pilaf, one seed, online and offline, a few dozen
+#     queries): the shape of every output (each run's JSONL, points.csv, summary.csv, table.md,
+#     the plots when matplotlib is there), the measures in range; pilaf's votes train the policy
+#     but never the ERM (no features: no ERM accuracy, no synthetic pairs);
+#   - determinism: the same run again (ee_ts, and pilaf but under sanitizers), as
+#     `duel sim --inprocess` in another process, writes a byte-identical JSONL;
 #   - --report: an interrupted sweep's table and CSVs from its finished runs, none started;
 #   - resume: the same sweep again redoes nothing; a sweep with another configuration into the
 #     same folder is refused.
@@ -63,7 +64,8 @@ expect 1 "$TMP/bad.jsonl:2: not JSON" -- sim sweep "${BASE[@]}" --prompts "$TMP/
 expect 1 "$TMP/noref.jsonl:1: no \"reference\"" -- sim sweep "${BASE[@]}" --held-out "$TMP/noref.jsonl" --out "$TMP/never"
 expect 1 "$TMP/missing.jsonl: No such file" -- sim sweep "${BASE[@]}" --prompts "$TMP/missing.jsonl" --out "$TMP/never"
 expect 2 "--strategies: unknown duel strategy \"best\"" -- sim sweep "${BASE[@]}" --strategies passive,best --out "$TMP/never"
-expect 2 "--strategies: pilaf is not served" -- sim sweep "${BASE[@]}" --strategies pilaf --out "$TMP/never"
+expect 2 "--strategies: arena: a simulated user votes on one policy's answers" -- sim sweep "${BASE[@]}" --strategies arena --out "$TMP/never"
+expect 1 "--strategy arena: a simulated user votes on one policy's answers" -- sim --inprocess "${BASE[@]}" --strategy arena
 expect 2 "--modes: unknown mode \"batch\"" -- sim sweep "${BASE[@]}" --modes batch --out "$TMP/never"
 expect 1 "oracle.rm_path" -- sim sweep "${BASE[@]}" --set oracle.kind=rm --set oracle.rm_path="$TMP/no-rm" --out "$TMP/never"
 expect 1 "judge gives no scores" -- sim sweep "${BASE[@]}" --set oracle.kind=judge --out "$TMP/never"
@@ -88,15 +90,15 @@ expect 0 "--queries N" -- sim sweep --help
 expect 0 "--acked FILE" -- sim --gateway --help
 expect 0 "--mode M" -- sim --inprocess --help
 
-echo "== smoke sweep: passive and ee_ts, one seed, $MODES, $Q queries"
+echo "== smoke sweep: passive, ee_ts and pilaf, one seed, $MODES, $Q queries"
 OUT="$TMP/sweep"
-SWEEP=(sim sweep "${BASE[@]}" --strategies passive,ee_ts --modes "$MODES" --seeds 1 --seed 7 --jobs 2 --out "$OUT")
+SWEEP=(sim sweep "${BASE[@]}" --strategies passive,ee_ts,pilaf --modes "$MODES" --seeds 1 --seed 7 --jobs 2 --out "$OUT")
 "$DUEL" "${SWEEP[@]}" --json >"$TMP/sweep.out" 2>"$TMP/sweep.err" || fail "sweep failed: $(tail -5 "$TMP/sweep.err")"
 "$PY" - "$OUT" "$MODES" "$Q" "$EVERY" "$TMP/sweep.out" <<'EOF' || fail "sweep outputs"
 import csv, json, os, sys
 out, modes, q, every, stdout = sys.argv[1], sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 last = json.loads(open(stdout).read().splitlines()[-1])
-runs = [(s, m) for m in modes for s in ("passive", "ee_ts")]
+runs = [(s, m) for m in modes for s in ("passive", "ee_ts", "pilaf")]
 assert last["bench"] == "sim sweep" and last["runs"] == len(runs) and last["failed"] == 0, last
 queries = list(range(0, q + 1, every))
 for s, m in runs:
@@ -114,6 +116,9 @@ for s, m in runs:
         else:
             assert isinstance(d["online_score"], float) and 0 <= d["interval_tie_share"] <= 1, d
     assert lines[-1] and json.loads(lines[-1])["updates"] >= 1, f"{s} {m}: the trainer never updated"
+    if s == "pilaf":  # no features: the policy learns, the ERM never does
+        d = json.loads(lines[-1])
+        assert d["erm_accuracy"] is None and d["synthetic"] == 0 and d["train_kl"] is not None, d
     assert not os.path.exists(f"{out}/runs/{s}-{m}-s7.jsonl.partial")
 rows = list(csv.DictReader(open(f"{out}/points.csv")))
 assert len(rows) == len(runs) * len(queries), len(rows)
@@ -143,6 +148,11 @@ echo "== determinism: the same run in another process, byte for byte"
 OPENBLAS_NUM_THREADS=1 "$DUEL" sim --inprocess --config "$OUT/config.json" --strategy ee_ts --mode online --seed 7 \
     --out "$TMP/again.jsonl" --quiet 2>"$TMP/again.err" || fail "sim --inprocess failed: $(tail -3 "$TMP/again.err")"
 cmp "$OUT/runs/ee_ts-online-s7.jsonl" "$TMP/again.jsonl" || fail "the same seed gave a different JSONL"
+if [ "${DUEL_SANITIZED:-OFF}" != "ON" ]; then # the sanitizers see pilaf's run in the sweep
+    OPENBLAS_NUM_THREADS=1 "$DUEL" sim --inprocess --config "$OUT/config.json" --strategy pilaf --mode online --seed 7 \
+        --out "$TMP/again-pilaf.jsonl" --quiet 2>"$TMP/again.err" || fail "sim --inprocess pilaf failed: $(tail -3 "$TMP/again.err")"
+    cmp "$OUT/runs/pilaf-online-s7.jsonl" "$TMP/again-pilaf.jsonl" || fail "pilaf: the same seed gave a different JSONL"
+fi
 pass
 
 echo "== the SEA mixture labelled by the oracle"
@@ -167,7 +177,7 @@ expect 1 "holds a sweep with another configuration" -- "${SWEEP[@]}" --queries $
 pass
 
 echo "== --report: an interrupted sweep's finished runs, nothing started"
-# ee_ts unfinished (its JSONL back to .partial, as a killed run leaves it); passive done.
+# ee_ts unfinished (its JSONL back to .partial, as a killed run leaves it); passive and pilaf done.
 for f in "$OUT"/runs/ee_ts-*.jsonl; do mv "$f" "$f.partial"; done
 "$DUEL" sim sweep --out "$OUT" --report >/dev/null 2>"$TMP/report.err" || fail "--report failed: $(tail -3 "$TMP/report.err")"
 grep -q "done in $OUT: reporting those" "$TMP/report.err" || fail "--report did not say what it reports"
@@ -180,7 +190,7 @@ for m in modes:
     assert f"| passive | {m} | 1 | 0." in table, (m, table)
     assert f"| ee_ts | {m} | 0 | - |" in table, (m, table)
 summary = list(csv.DictReader(open(f"{out}/summary.csv")))
-assert summary and {r["strategy"] for r in summary} == {"passive"}, {r["strategy"] for r in summary}
+assert summary and {r["strategy"] for r in summary} == {"passive", "pilaf"}, {r["strategy"] for r in summary}
 EOF
 expect 1 "no sweep there" -- sim sweep --out "$TMP/never" --report
 expect 2 "--report takes --out DIR" -- sim sweep --experiment "$OUT/config.json" --out "$OUT" --report

@@ -4,7 +4,8 @@
  * count after it, gamma = 1 gives the same weights as no mixture (and gamma < 1 does not), and a
  * checkpoint taken mid-batch (duel store, pending pairs, mixture RNG) resumes to bit-identical
  * weights, and the policy gradient, computed in length-sorted chunks, matches the whole batch's
- * computed in one pass by hand (DPO, and IPO with an empty response that must not count). */
+ * computed in one pass by hand (DPO, and IPO with an empty response that must not count), and
+ * pilaf votes without features train the policy but not the ERM. */
 #include "test_helpers.h"
 
 #include <math.h>
@@ -415,6 +416,89 @@ static void test_gradient_with_vote_reference(void **state) {
     check_gradient(DAP_LOSS_SIMPO, 0, REF_VOTES); /* no reference at all */
 }
 
+/* A pilaf vote (the engine adapter's: two candidates, no features or rewards, d_feat 0) of
+ * serial, through the vote codec under the trainer's limits as `duel train` reads it, offered
+ * with stream id 2-<serial+1>. */
+static void offer_pilaf(online_trainer *t, int serial, vote_choice choice) {
+    duel_rng rng;
+    duel_rng_seed(&rng, 5000 + (uint64_t)serial);
+    vote_entry e, got;
+    online_test_entry(&rng, serial, VOTE_CHOICE_TIE, &e);
+    snprintf(e.vote_id, sizeof e.vote_id, "pilaf-%06d", serial);
+    snprintf(e.strategy, sizeof e.strategy, "pilaf");
+    e.num_candidates = 2;
+    e.n_cand_tokens = e.cand_offsets[2];
+    e.choice = choice;
+    e.chosen_idx = serial % 2;
+    e.rejected_idx = 1 - e.chosen_idx;
+    free(e.features);
+    free(e.erm_rewards);
+    e.features = e.erm_rewards = NULL;
+    e.d_feat = e.num_heads = 0;
+    vote_entry_encoded enc;
+    vote_entry_limits limits;
+    online_trainer_limits(t, &limits);
+    duel_error err = {0};
+    if (vote_entry_encode(&e, NULL, &enc, &err) ||
+        vote_entry_decode(enc.fields, enc.n_fields, &limits, &got, &err))
+        fail_msg("pilaf vote: %s", err.message);
+    vote_entry_encoded_free(&enc);
+    vote_entry_free(&e);
+    char id[32];
+    snprintf(id, sizeof id, "2-%d", serial + 1);
+    online_offer_result res;
+    if (online_trainer_offer(t, id, &got, &res, &err)) fail_msg("%s", err.message);
+    vote_entry_free(&got);
+}
+
+/* Pilaf votes carry no features: a batch of them moves the policy (DPO) but leaves the ERM's
+ * weights, its pair buffer and accuracy, and the SEA store as they were; synthetic pairs still
+ * come from the featured duels stored before. A pending pilaf vote survives a checkpoint. */
+static void test_pilaf_votes_train_policy_only(void **state) {
+    (void)state;
+    online_trainer_options o;
+    options_for(&o, 0.5, 0);
+    char dir[512];
+    online_trainer *t = online_test_open(&o, "mix-pilaf", dir, sizeof dir);
+    feed(t, 0, 5, NULL, NULL); /* 4 featured a/b pairs and a tie: one update */
+    online_trainer_status before, after;
+    online_trainer_get_status(t, &before);
+    assert_int_equal(before.step, 1);
+    const erm *m = online_trainer_erm(t);
+    const size_t n_erm = m->num_params, n_policy = train_model_num_parameters(online_trainer_policy(t));
+    float *erm0 = malloc(n_erm * sizeof(float)), *policy0 = malloc(n_policy * sizeof(float));
+    memcpy(erm0, m->params.memory, n_erm * sizeof(float));
+    memcpy(policy0, train_model_parameter_memory(online_trainer_policy(t)), n_policy * sizeof(float));
+    offer_pilaf(t, 0, VOTE_CHOICE_TIE); /* counted, never stored */
+    for (int i = 1; i <= 4; i++) offer_pilaf(t, i, VOTE_CHOICE_A);
+    assert_true(online_trainer_cut_due(t, true));
+    duel_error err = {0};
+    if (online_trainer_apply(t, &err)) fail_msg("%s", err.message);
+    online_trainer_get_status(t, &after);
+    assert_int_equal(after.step, 2);
+    assert_int_equal(after.prefs_applied, 8);
+    assert_int_equal(after.synthetic, 4); /* gamma 0.5: from the 5 featured duels stored */
+    assert_int_equal(after.ties, before.ties + 1);
+    assert_int_equal(after.erm_pairs_seen, before.erm_pairs_seen);
+    assert_int_equal(after.erm_scored, before.erm_scored);
+    assert_true(after.erm_accuracy == before.erm_accuracy);
+    assert_int_equal(after.stored_duels, before.stored_duels);
+    assert_memory_equal(online_trainer_erm(t)->params.memory, erm0, n_erm * sizeof(float));
+    assert_true(isfinite(after.loss));
+    assert_true(memcmp(train_model_parameter_memory(online_trainer_policy(t)), policy0,
+                       n_policy * sizeof(float)) != 0);
+    /* Pending pilaf votes go through the checkpoint's entries.bin and back. */
+    offer_pilaf(t, 5, VOTE_CHOICE_B);
+    if (online_trainer_checkpoint(t, &err)) fail_msg("%s", err.message);
+    online_trainer_close(t);
+    t = NULL;
+    if (online_trainer_open(&o, dir, &t, &err)) fail_msg("reopen: %s", err.message);
+    assert_int_equal(online_trainer_pending_pairs(t), 1);
+    online_trainer_close(t);
+    free(erm0);
+    free(policy0);
+}
+
 static void test_bad_options(void **state) {
     (void)state;
     online_trainer_options o;
@@ -450,6 +534,7 @@ int main(void) {
         cmocka_unit_test(test_chunked_gradient_dpo),
         cmocka_unit_test(test_chunked_gradient_ipo),
         cmocka_unit_test(test_gradient_with_vote_reference),
+        cmocka_unit_test(test_pilaf_votes_train_policy_only),
         cmocka_unit_test(test_bad_options),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
