@@ -4,8 +4,9 @@
  * beside it), up to --jobs at once. Everything goes into one folder:
  *   config.json         the effective configuration (its sim section holds the sweep's
  *                       parameters); the runs read it, and a rerun into the same folder must
- *                       have the same one: an interrupted sweep resumes, a different one is
- *                       refused
+ *                       have the same one: an interrupted sweep resumes (also one a build
+ *                       with fewer configuration keys wrote, when the keys added since hold
+ *                       their defaults: config_resumable), a different one is refused
  *   runs/NAME.jsonl     one run's evaluation points (NAME = strategy-mode-sSEED); written as
  *                       NAME.jsonl.partial and renamed when the run ends, so a run is done iff
  *                       its .jsonl exists; NAME.log its stderr, NAME.json its timings
@@ -147,6 +148,38 @@ static int plan(sweep *s) {
     return 0;
 }
 
+/* Whether a sweep whose folder holds configuration `old` may resume under `now`: every key of
+ * old is in now with the same value, and every key now has that old lacks (added by a later
+ * build) holds its default, which is what the folder's runs, reading old, get. Otherwise
+ * `differs` names the first key that differs. *added counts the keys old lacks. */
+static bool config_resumable(const json_t *old, const json_t *now, const json_t *defaults, const char *prefix,
+                             char *differs, size_t cap, int *added) {
+    const char *key;
+    json_t *v;
+    char path[SWEEP_PATH];
+    json_object_foreach((json_t *)old, key, v) {
+        snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", key);
+        const json_t *w = json_object_get(now, key);
+        if (json_is_object(v) && json_is_object(w)) {
+            if (!config_resumable(v, w, json_object_get(defaults, key), path, differs, cap, added)) return false;
+        } else if (!w || !json_equal(v, w)) {
+            snprintf(differs, cap, "%.1000s differs", path);
+            return false;
+        }
+    }
+    json_object_foreach((json_t *)now, key, v) {
+        if (json_object_get(old, key)) continue;
+        snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", key);
+        const json_t *d = json_object_get(defaults, key);
+        if (!d || !json_equal(v, d)) {
+            snprintf(differs, cap, "%.1000s is set, and the folder's configuration predates it", path);
+            return false;
+        }
+        (*added)++;
+    }
+    return true;
+}
+
 /* The effective configuration, with the sweep's parameters in its sim section, in OUT/config.json:
  * written by the first run of a sweep, compared by a resumed one. */
 static int write_config(sweep *s) {
@@ -188,14 +221,24 @@ static int write_config(sweep *s) {
     json_t *old = NULL;
     duel_error ignored;
     if (access(path, F_OK) == 0) {
-        if (duel_json_load_file(path, DUEL_CONFIG_MAX_BYTES, &old, &ignored) != 0 || !json_equal(old, s->config)) {
-            json_decref(old);
-            return duel_error_set(&s->err, DUEL_EINVAL,
-                                  "%s holds a sweep with another configuration: give another --out, or remove it",
+        if (duel_json_load_file(path, DUEL_CONFIG_MAX_BYTES, &old, &ignored) != 0)
+            return duel_error_set(&s->err, DUEL_EFORMAT, "%s: not a sweep's configuration: give another --out, or remove it",
                                   path);
-        }
+        json_t *defaults = NULL;
+        int rc = duel_config_defaults(&defaults, &s->err);
+        char differs[SWEEP_PATH] = "";
+        int added = 0;
+        if (rc == 0 && !config_resumable(old, s->config, defaults, "", differs, sizeof differs, &added))
+            rc = duel_error_set(&s->err, DUEL_EINVAL,
+                                "%s holds a sweep with another configuration (%s): give another --out, or remove it",
+                                path, differs);
+        json_decref(defaults);
         json_decref(old);
-        return 0;
+        if (rc == 0 && added && !s->quiet)
+            fprintf(stderr, "sweep: %s lacks %d configuration key%s this build added; resuming with %s at %s default%s\n",
+                    path, added, added == 1 ? "" : "s", added == 1 ? "it" : "them", added == 1 ? "its" : "their",
+                    added == 1 ? "" : "s");
+        return rc; /* the runs read the folder's file: a key it lacks takes its default */
     }
     if (json_dump_file(s->config, path, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
         return duel_error_set(&s->err, DUEL_EIO, "%s: cannot write", path);
@@ -671,7 +714,8 @@ int sim_sweep_command(int argc, char **argv) {
         "(final values; the queries each strategy needs to reach passive's final offline win rate)\n"
         "and PNG plots of the offline win rate, the online score and the KL against queries with\n"
         "+-1 standard-error bands (python3 with matplotlib). Rerun the same command to resume an\n"
-        "interrupted sweep: finished runs are kept, unfinished ones start again; --report writes\n"
+        "interrupted sweep: finished runs are kept, unfinished ones start again (a folder an older\n"
+        "build wrote resumes too, the configuration keys added since at their defaults); --report writes\n"
         "the outputs of the runs finished so far and starts none (the plan is OUT/config.json; the\n"
         "table's seeds column says how many each row has). Every option's default comes from the sim section of the\n"
         "configuration (--experiment FILE, --set; OUT/config.json is one).",

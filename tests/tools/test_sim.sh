@@ -11,7 +11,8 @@
 #   - determinism: the same run again (ee_ts, and pilaf but under sanitizers), as
 #     `duel sim --inprocess` in another process, writes a byte-identical JSONL;
 #   - --report: an interrupted sweep's table and CSVs from its finished runs, none started;
-#   - resume: the same sweep again redoes nothing; a sweep with another configuration into the
+#   - resume: the same sweep again redoes nothing (also from a folder an older build wrote, which
+#     lacks keys added since, unless one of them is set); a sweep with another configuration into the
 #     same folder is refused.
 # A sanitizer build (DUEL_SANITIZED=ON) runs the sweep online only and shorter.
 # Usage: test_sim.sh PATH/TO/duel. Exits 0 when all pass, 1 on a failure.
@@ -173,7 +174,18 @@ grep -q "already done in $OUT: resuming" "$TMP/resume.err" || fail "the resumed 
 for f in "$TMP"/runs-before/*.jsonl; do
     cmp "$f" "$OUT/runs/$(basename "$f")" || fail "resume changed $(basename "$f")"
 done
-expect 1 "holds a sweep with another configuration" -- "${SWEEP[@]}" --queries $((Q + 1))
+expect 1 "holds a sweep with another configuration \\(sim.queries differs\\)" -- "${SWEEP[@]}" --queries $((Q + 1))
+# A folder written by an older build lacks the keys added since: it resumes with them at their
+# defaults (what its runs, reading the folder's file, get), and refuses one set otherwise.
+"$PY" - "$OUT/config.json" <<'EOF' || fail "could not edit $OUT/config.json"
+import json, sys
+c = json.load(open(sys.argv[1]))
+del c["engine"]["max_pilaf_jobs"]
+json.dump(c, open(sys.argv[1], "w"), indent=2, sort_keys=True)
+EOF
+"$DUEL" "${SWEEP[@]}" >/dev/null 2>"$TMP/resume-old.err" || fail "a folder of an older build did not resume: $(tail -3 "$TMP/resume-old.err")"
+grep -q "lacks 1 configuration key this build added" "$TMP/resume-old.err" || fail "the resume did not say which keys were added"
+expect 1 "engine.max_pilaf_jobs is set, and the folder's configuration predates it" -- "${SWEEP[@]}" --set engine.max_pilaf_jobs=3
 pass
 
 echo "== --report: an interrupted sweep's finished runs, nothing started"
