@@ -107,8 +107,8 @@ static inline void online_test_entry(duel_rng *rng, int serial, vote_choice kind
 }
 
 /* Offers the vote of `serial` (each depends on its serial alone: stream id 1-<serial+1>; every
- * fifth a tie). */
-static inline void online_test_offer_only(online_trainer *t, int serial) {
+ * fifth a tie); returns what the trainer made of it. */
+static inline online_offer_result online_test_offer_only(online_trainer *t, int serial) {
     duel_rng rng;
     duel_rng_seed(&rng, 1000 + (uint64_t)serial);
     vote_entry e;
@@ -119,11 +119,12 @@ static inline void online_test_offer_only(online_trainer *t, int serial) {
     duel_error err = {0};
     if (online_trainer_offer(t, id, &e, &res, &err)) fail_msg("%s", err.message);
     vote_entry_free(&e);
+    return res;
 }
 
 /* online_test_offer_only, then the update when a batch is due (caught up). */
 static inline void online_test_offer(online_trainer *t, int serial) {
-    online_test_offer_only(t, serial);
+    (void)online_test_offer_only(t, serial);
     duel_error err = {0};
     if (online_trainer_cut_due(t, true) && online_trainer_apply(t, &err)) fail_msg("%s", err.message);
 }
