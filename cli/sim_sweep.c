@@ -148,10 +148,16 @@ static int plan(sweep *s) {
     return 0;
 }
 
+/* The plan's keys: which runs a folder holds, not what any run reads (a run takes its strategy,
+ * mode and seed from its command line). A sweep into a folder may name others: the plan grows. */
+static bool plan_key(const char *path) {
+    return strcmp(path, "sim.strategies") == 0 || strcmp(path, "sim.modes") == 0 || strcmp(path, "sim.seeds") == 0;
+}
+
 /* Whether a sweep whose folder holds configuration `old` may resume under `now`: every key of
- * old is in now with the same value, and every key now has that old lacks (added by a later
- * build) holds its default, which is what the folder's runs, reading old, get. Otherwise
- * `differs` names the first key that differs. *added counts the keys old lacks. */
+ * old but the plan's is in now with the same value, and every key now has that old lacks (added
+ * by a later build) holds its default, which is what the folder's runs, reading old, get.
+ * Otherwise `differs` names the first key that differs. *added counts the keys old lacks. */
 static bool config_resumable(const json_t *old, const json_t *now, const json_t *defaults, const char *prefix,
                              char *differs, size_t cap, int *added) {
     const char *key;
@@ -159,6 +165,7 @@ static bool config_resumable(const json_t *old, const json_t *now, const json_t 
     char path[SWEEP_PATH];
     json_object_foreach((json_t *)old, key, v) {
         snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", key);
+        if (plan_key(path)) continue;
         const json_t *w = json_object_get(now, key);
         if (json_is_object(v) && json_is_object(w)) {
             if (!config_resumable(v, w, json_object_get(defaults, key), path, differs, cap, added)) return false;
@@ -170,6 +177,7 @@ static bool config_resumable(const json_t *old, const json_t *now, const json_t 
     json_object_foreach((json_t *)now, key, v) {
         if (json_object_get(old, key)) continue;
         snprintf(path, sizeof path, "%s%s%s", prefix, *prefix ? "." : "", key);
+        if (plan_key(path)) continue;
         const json_t *d = json_object_get(defaults, key);
         if (!d || !json_equal(v, d)) {
             snprintf(differs, cap, "%.1000s is set, and the folder's configuration predates it", path);
@@ -180,8 +188,72 @@ static bool config_resumable(const json_t *old, const json_t *now, const json_t 
     return true;
 }
 
+/* Appends to `into` the names of `from` it lacks; *grew says whether any was. */
+static void names_union(json_t *into, const json_t *from, bool *grew) {
+    size_t i, k;
+    json_t *v, *w;
+    json_array_foreach(from, i, v) {
+        bool seen = false;
+        json_array_foreach(into, k, w) seen |= json_equal(v, w);
+        if (!seen) {
+            json_array_append(into, v);
+            *grew = true;
+        }
+    }
+}
+
+/* A resumed sweep's plan is the folder's and this command's together: the strategies and modes of
+ * both, the larger seed count. When that is more than the folder's, `old` (the folder's
+ * configuration) takes the grown plan and is written back to `path`, and the runs are planned
+ * again from it; finished runs stay (their configuration is the same: config_resumable). */
+static int grow_plan(sweep *s, json_t *old, const char *path) {
+    json_t *mine = duel_config_section(s->config, "sim"), *theirs = json_object_get(old, "sim");
+    json_t *strategies = json_array(), *modes = json_array();
+    json_t *old_strategies = json_object_get(theirs, "strategies"), *old_modes = json_object_get(theirs, "modes");
+    const json_t *old_seeds = json_object_get(theirs, "seeds");
+    if (!json_is_array(old_strategies) || !json_is_array(old_modes) || !json_is_integer(old_seeds)) {
+        json_decref(strategies);
+        json_decref(modes);
+        return duel_error_set(&s->err, DUEL_EFORMAT, "%s: sim.strategies, sim.modes or sim.seeds missing: not a sweep's plan", path);
+    }
+    bool grew = false, ignored = false;
+    names_union(strategies, old_strategies, &ignored);
+    names_union(strategies, json_object_get(mine, "strategies"), &grew);
+    names_union(modes, old_modes, &ignored);
+    names_union(modes, json_object_get(mine, "modes"), &grew);
+    const long long seeds = s->seeds > json_integer_value(old_seeds) ? s->seeds : json_integer_value(old_seeds);
+    grew |= seeds != json_integer_value(old_seeds);
+    int rc = 0;
+    if (grew) {
+        json_object_set(theirs, "strategies", strategies);
+        json_object_set(theirs, "modes", modes);
+        json_object_set_new(theirs, "seeds", json_integer(seeds));
+        if (json_dump_file(old, path, JSON_INDENT(2) | JSON_SORT_KEYS) != 0)
+            rc = duel_error_set(&s->err, DUEL_EIO, "%s: cannot write", path);
+    }
+    /* The runs of the whole plan, this command's options aside (also when the plan did not grow: a
+     * command naming fewer strategies resumes the folder's others too). */
+    json_object_set(mine, "strategies", strategies);
+    json_object_set(mine, "modes", modes);
+    json_object_set_new(mine, "seeds", json_integer(seeds));
+    s->strategies_arg = s->modes_arg = NULL;
+    s->seeds = seeds;
+    s->n_runs = 0;
+    if (rc == 0) rc = plan(s);
+    if (rc == 0 && grew && !s->quiet) {
+        char *st = json_dumps(strategies, JSON_COMPACT), *mo = json_dumps(modes, JSON_COMPACT);
+        fprintf(stderr, "sweep: %s: the plan grows to strategies %s, modes %s, %lld seed%s (%d runs)\n", path,
+                st ? st : "?", mo ? mo : "?", seeds, seeds == 1 ? "" : "s", s->n_runs);
+        free(st);
+        free(mo);
+    }
+    json_decref(strategies);
+    json_decref(modes);
+    return rc;
+}
+
 /* The effective configuration, with the sweep's parameters in its sim section, in OUT/config.json:
- * written by the first run of a sweep, compared by a resumed one. */
+ * written by the first run of a sweep, compared by a resumed one (whose plan may grow: grow_plan). */
 static int write_config(sweep *s) {
     json_t *sec = duel_config_section(s->config, "sim");
     json_t *model = duel_config_section(s->config, "model");
@@ -233,6 +305,7 @@ static int write_config(sweep *s) {
                                 "%s holds a sweep with another configuration (%s): give another --out, or remove it",
                                 path, differs);
         json_decref(defaults);
+        if (rc == 0) rc = grow_plan(s, old, path);
         json_decref(old);
         if (rc == 0 && added && !s->quiet)
             fprintf(stderr, "sweep: %s lacks %d configuration key%s this build added; resuming with %s at %s default%s\n",
@@ -715,7 +788,9 @@ int sim_sweep_command(int argc, char **argv) {
         "and PNG plots of the offline win rate, the online score and the KL against queries with\n"
         "+-1 standard-error bands (python3 with matplotlib). Rerun the same command to resume an\n"
         "interrupted sweep: finished runs are kept, unfinished ones start again (a folder an older\n"
-        "build wrote resumes too, the configuration keys added since at their defaults); --report writes\n"
+        "build wrote resumes too, the configuration keys added since at their defaults). A rerun may\n"
+        "name other strategies, modes or more seeds: the folder's plan grows to both (every other\n"
+        "option must be the folder's), and the whole plan's unfinished runs run; --report writes\n"
         "the outputs of the runs finished so far and starts none (the plan is OUT/config.json; the\n"
         "table's seeds column says how many each row has). Every option's default comes from the sim section of the\n"
         "configuration (--experiment FILE, --set; OUT/config.json is one).",

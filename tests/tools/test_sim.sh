@@ -13,7 +13,8 @@
 #   - --report: an interrupted sweep's table and CSVs from its finished runs, none started;
 #   - resume: the same sweep again redoes nothing (also from a folder an older build wrote, which
 #     lacks keys added since, unless one of them is set); a sweep with another configuration into the
-#     same folder is refused.
+#     same folder is refused; one naming another strategy grows the folder's plan (finished runs
+#     kept, the whole plan run; naming fewer afterwards does not shrink it).
 # A sanitizer build (DUEL_SANITIZED=ON) runs the sweep online only and shorter.
 # Usage: test_sim.sh PATH/TO/duel. Exits 0 when all pass, 1 on a failure.
 set -u
@@ -207,6 +208,40 @@ EOF
 expect 1 "no sweep there" -- sim sweep --out "$TMP/never" --report
 expect 2 "--report takes --out DIR" -- sim sweep --experiment "$OUT/config.json" --out "$OUT" --report
 [ -e "$TMP/never" ] && fail "--report made a folder"
+pass
+
+echo "== a rerun naming another strategy grows the folder's plan; the finished runs stay"
+# ee_ts is still unfinished (above); uncertainty is new. The plan becomes both, every mode of the
+# folder; passive and pilaf are not run again, ee_ts finishes, uncertainty runs.
+"$DUEL" sim sweep "${BASE[@]}" --strategies uncertainty --modes online --seeds 1 --seed 7 --jobs 2 --out "$OUT" \
+    >/dev/null 2>"$TMP/grow.err" || fail "growing the sweep failed: $(tail -3 "$TMP/grow.err")"
+grep -qF 'the plan grows to strategies ["passive","ee_ts","pilaf","uncertainty"]' "$TMP/grow.err" ||
+    fail "the grown sweep did not say its plan: $(grep plan "$TMP/grow.err")"
+for f in "$TMP"/runs-before/passive-*.jsonl "$TMP"/runs-before/pilaf-*.jsonl; do
+    cmp "$f" "$OUT/runs/$(basename "$f")" || fail "growing the plan changed $(basename "$f")"
+done
+"$PY" - "$OUT" "$MODES" <<'EOF' || fail "the grown sweep's outputs"
+import json, os, sys
+out, modes = sys.argv[1], sys.argv[2].split(",")
+sim = json.load(open(f"{out}/config.json"))["sim"]
+assert sim["strategies"] == ["passive", "ee_ts", "pilaf", "uncertainty"] and sim["modes"] == modes, sim
+table = open(f"{out}/table.md").read()
+for s in ("passive", "ee_ts", "pilaf", "uncertainty"):
+    for m in modes:
+        assert os.path.exists(f"{out}/runs/{s}-{m}-s7.jsonl"), (s, m)
+        assert f"| {s} | {m} | 1 | 0." in table, (s, m, table)
+EOF
+# The folder's whole plan is done: the original command (fewer strategies) starts nothing and
+# leaves the plan as it is.
+cp "$OUT/config.json" "$TMP/config-grown.json"
+RUNS=$((4 * $(tr ',' '\n' <<<"$MODES" | wc -l)))
+"$DUEL" "${SWEEP[@]}" >/dev/null 2>"$TMP/regrow.err" || fail "resuming the grown sweep failed: $(tail -3 "$TMP/regrow.err")"
+grep -q "$RUNS of $RUNS runs already done" "$TMP/regrow.err" ||
+    fail "the grown plan was not resumed whole: $(grep -E 'done|plan' "$TMP/regrow.err")"
+cmp "$OUT/config.json" "$TMP/config-grown.json" || fail "a command naming fewer strategies shrank the plan"
+expect 1 "holds a sweep with another configuration \\(sim.queries differs\\)" -- sim sweep "${BASE[@]}" --strategies bai_ts \
+    --seeds 1 --seed 7 --out "$OUT" --queries $((Q + 1))
+[ -e "$OUT/runs/bai_ts-online-s7.jsonl" ] && fail "a refused growth ran a run"
 pass
 
 echo "test_sim: $checks checks, $failures failures"
