@@ -378,10 +378,10 @@ int bench_engine(int argc, char **argv) {
     const compute_provider *const *providers = cli_compute_providers(&n_providers);
     if (!compute_name_known(compute, providers, n_providers))
         return cli_usage_error(&cmd, "--compute wants auto, cpu or cuda, got '%s'", compute);
-    bool policy_features = strcmp(duel_features, "policy") == 0;
-    if (!policy_features && strcmp(duel_features, "reference") != 0)
-        return cli_usage_error(&cmd, "--duel-features wants reference or policy, got '%s'",
-                               duel_features);
+    engine_feature_source feature_source;
+    if (engine_features_parse(duel_features, &feature_source, &err))
+        return cli_usage_error(&cmd, "--duel-features: %s", err.message);
+    bool policy_features = feature_source == ENGINE_FEATURES_POLICY;
     int levels[BENCH_MAX_LEVELS], n_levels;
     if (parse_levels(o.levels, levels, &n_levels))
         return cli_usage_error(&cmd, "--concurrency wants a comma-separated list of 1..4096, "

@@ -139,6 +139,11 @@ static int engine_config_from_json(const json_t *root, const char *source,
         return duel_error_prefix(err, "%s: engine.weights", source);
     if (kv_dtype_parse(json_string_value(kv_dtype), &e->kv_bytes_per_element, err))
         return duel_error_prefix(err, "%s: engine.kv_dtype", source);
+    engine_feature_source features;
+    if (engine_features_parse(json_string_value(json_object_get(duel_config_section(root, "engine"), "features")),
+                              &features, err))
+        return duel_error_prefix(err, "%s: engine.features", source);
+    e->policy_features = features == ENGINE_FEATURES_POLICY;
     e->erm_path = json_string_length(erm_path) ? json_string_value(erm_path) : NULL;
     return DUEL_OK;
 }
@@ -172,7 +177,8 @@ int cmd_serve(int argc, char **argv) {
          false, NULL},
         {"--config", CLI_OPT_STRING, &config, "FILE",
          "JSON configuration (docs/CONFIG.md; default: the built-in config/default.json values); "
-         "this command reads gateway, redis, duel, engine.backend/kv_memory_bytes/max_pilaf_jobs, "
+         "this command reads gateway, redis, duel, engine.backend/features/kv_memory_bytes/max_pilaf_jobs/"
+         "weights/kv_dtype, "
          "erm.path/num_heads and "
          "model.path (with --backend engine)", 0, 0, false, NULL},
         {"--set", CLI_OPT_STRING, &set_doc, "SECTION.KEY=VALUE",

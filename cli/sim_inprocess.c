@@ -5,7 +5,8 @@
  * (oracle/oracle.h), the vote is encoded and decoded as a duel:prefs entry
  * (common/vote_entry.h) and offered to the online trainer (trainer/online_trainer.h: the ERM
  * and DAP updates and the SEA mixture of `duel train`), whose snapshots (trainer/snapshot_write.h) the
- * adapter installs as `duel serve` does. Nothing of selection, ERM, loss or update is written
+ * adapter installs as `duel serve` does (the ERM's features as engine.features says: the base
+ * model's, or the serving snapshot's own). Nothing of selection, ERM, loss or update is written
  * here a second time.
  *
  * Determinism: one duel at a time (loop_serve_one), the evaluation's answers one prompt at a
@@ -48,6 +49,7 @@
 #include "duel.h"
 #include "duel_backend.h"
 #include "duel_loop.h"
+#include "engine.h"
 #include "erm.h"
 #include "model.h"
 #include "online_trainer.h"
@@ -228,6 +230,16 @@ static int pilaf_beta(const sim_run *r, double *beta) {
     return 0;
 }
 
+/* engine.features of the configuration (the ERM's features: the frozen base model's hidden
+ * states, or the serving snapshot's own), as `duel serve` reads it. */
+static int policy_features(const sim_run *r, bool *policy) {
+    engine_feature_source f;
+    const json_t *v = json_object_get(duel_config_section(r->o->config, "engine"), "features");
+    if (engine_features_parse(json_string_value(v), &f, r->err)) return duel_error_prefix(r->err, "engine.features");
+    *policy = f == ENGINE_FEATURES_POLICY;
+    return 0;
+}
+
 static int open_serving(sim_run *r) {
     const sim_run_options *o = r->o;
     backend_engine_config bc = {
@@ -244,6 +256,7 @@ static int open_serving(sim_run *r) {
         .snapshots = true, /* the base model is the frozen reference arm: the ERM's features */
     };
     int rc = pilaf_beta(r, &bc.pilaf_beta);
+    if (rc == 0) rc = policy_features(r, &bc.policy_features);
     if (rc == 0) rc = model_load(o->model_dir, &r->reference, r->err);
     if (rc) return rc;
     /* one duel at a time, on two arms while a snapshot is swapped in: a few contexts' worth */

@@ -411,6 +411,10 @@ static int job_params(engine_backend *b, const duel_backend_request *req, job *j
     if (j->strategy == DUEL_STRATEGY_ARENA && (!b->cfg.snapshots || j->m % 2))
         return duel_error_set(err, DUEL_EUNSUPPORTED,
                               "engine backend: arena needs snapshots and an even M (M = %d)", j->m);
+    if (j->strategy == DUEL_STRATEGY_ARENA && b->cfg.policy_features)
+        return duel_error_set(err, DUEL_EUNSUPPORTED,
+                              "engine backend: arena scores both arms' answers on the base model's "
+                              "features: it needs engine.features reference");
     return DUEL_OK;
 }
 
@@ -776,6 +780,12 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
                                 "the base model: it needs snapshots (duel serve --snapshots)");
             goto fail;
         }
+        if (cfg->policy_features) {
+            rc = duel_error_set(err, DUEL_EUNSUPPORTED,
+                                "engine backend: strategy arena scores both arms' answers on the "
+                                "base model's features: it needs engine.features reference");
+            goto fail;
+        }
         if (b->cfg.num_candidates % 2) {
             rc = duel_error_set(err, DUEL_EINVAL,
                                 "engine backend: arena splits M between two arms: M must be even "
@@ -821,7 +831,8 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
     engine_model_params mp = {"default", b->model, b->tok};
     /* The engine scores and selects (DUEL_READY). One fixed model: its own hidden states are the
      * features (no reference pass). Snapshots: the base model stays resident as the frozen
-     * reference arm, so features mean the same thing whichever snapshot serves. */
+     * reference arm, so features mean the same thing whichever snapshot serves, unless
+     * policy_features asks for the serving snapshot's own. */
     engine_params ep = {.models = &mp, .num_models = 1, .kv_memory_bytes = cfg->kv_memory_bytes,
                         .max_pilaf_jobs = cfg->max_pilaf_jobs,
                         .kv_bytes_per_element = cfg->kv_bytes_per_element,
@@ -830,8 +841,9 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
                         .num_providers = cfg->num_providers,
                         .max_candidates = ENGINE_BACKEND_MAX_CANDIDATES, .erm = b->erm,
                         .reference_arm = "default",
-                        .features = cfg->snapshots ? ENGINE_FEATURES_REFERENCE
-                                                   : ENGINE_FEATURES_POLICY};
+                        .features = cfg->snapshots && !cfg->policy_features
+                                        ? ENGINE_FEATURES_REFERENCE
+                                        : ENGINE_FEATURES_POLICY};
     if ((rc = engine_create(&ep, &b->engine, err))) goto fail;
     out->name = "engine";
     out->trainable = true;

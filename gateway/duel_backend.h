@@ -207,6 +207,12 @@ typedef struct backend_engine_config {
     weight_format weights;     /* engine.weights: the model's and every snapshot's storage,
                                   converted at load (snapshots on the loader thread) */
     int kv_bytes_per_element;  /* engine.kv_dtype: 0 or 4 f32, 2 bf16 */
+    bool policy_features;      /* engine.features "policy": with snapshots, the ERM's features are
+                                  the serving arm's own hidden states (no reference pass: votes
+                                  carry no ref_logprobs, the features change as snapshots replace
+                                  the policy, and arena duels are refused); false: the frozen base
+                                  model's (reference). Without snapshots the serving model is its
+                                  own reference either way */
     const char *compute;       /* engine_params.backend (config engine.backend); NULL: cpu */
     /* With snapshots: where a snapshot's model comes from instead of its folder (the `duel`
      * executable passes the receiving end of a GPU weight transport, cuda_ipc or nccl:

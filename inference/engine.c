@@ -282,6 +282,14 @@ void engine_poll(engine *e, double timeout_seconds, engine_event **event) {
 
 const char *engine_backend_name(const engine *e) { return e ? e->backend_name : ""; }
 
+int engine_features_parse(const char *text, engine_feature_source *out, duel_error *err) {
+    if (text && strcmp(text, "reference") == 0) *out = ENGINE_FEATURES_REFERENCE;
+    else if (text && strcmp(text, "policy") == 0) *out = ENGINE_FEATURES_POLICY;
+    else
+        return duel_error_set(err, DUEL_EINVAL, "\"%s\": reference or policy", text ? text : "");
+    return DUEL_OK;
+}
+
 void engine_stats_get(engine *e, engine_stats *out) {
     pthread_mutex_lock(&e->lock);
     *out = e->stats;

@@ -109,6 +109,9 @@ typedef enum engine_feature_source {
     ENGINE_FEATURES_POLICY,        /* the serving arm's own hidden states */
 } engine_feature_source;
 
+/* engine.features / --duel-features: "reference" or "policy"; anything else is DUEL_EINVAL. */
+int engine_features_parse(const char *text, engine_feature_source *out, duel_error *err);
+
 typedef struct engine_params {
     const engine_model_params *models;
     int num_models;

@@ -134,6 +134,77 @@ static void test_adapter_duel(void **state) {
     b.destroy(b.impl);
 }
 
+/* One duel of "What is a dog?" (seed 123) from a backend made with cfg; fails the test on an
+ * error. The caller frees the result. */
+static duel_backend_result *one_duel(const backend_engine_config *cfg) {
+    duel_backend b;
+    duel_error err = {0};
+    if (backend_engine_create(cfg, &b, &err)) fail_msg("%s", err.message);
+    sink_state s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    assert_int_equal(b.start(b.impl, sink, &s, &err), 0);
+    duel_backend_request req = {.request_id = 7, .text = "What is a dog?", .arm_snapshot = -1, .seed = 123};
+    assert_int_equal(b.submit(b.impl, &req, &err), 0);
+    pthread_mutex_lock(&s.mu);
+    double deadline = tu_now() + 60;
+    while (!s.ready && !s.error && tu_now() < deadline) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_sec += 1;
+        pthread_cond_timedwait(&s.cv, &s.mu, &ts);
+    }
+    pthread_mutex_unlock(&s.mu);
+    b.destroy(b.impl);
+    if (s.error) fail_msg("engine backend error: %s", s.message);
+    assert_non_null(s.ready);
+    return s.ready;
+}
+
+/* engine.features with snapshots (`duel serve` with a trainer): reference, the frozen base model
+ * runs over the answers (features and ref_logprobs from that pass); policy, the serving arm's
+ * own hidden states from its decode, no reference pass, so no ref_logprobs. Before any snapshot
+ * the serving arm is the base model: both give the same features up to summation order. Arena
+ * needs reference features and is refused with policy ones, when made and per request. */
+static void test_adapter_policy_features(void **state) {
+    (void)state;
+    backend_engine_config cfg;
+    engine_config(&cfg);
+    cfg.snapshots = true;
+    duel_backend_result *ref = one_duel(&cfg);
+    cfg.policy_features = true;
+    duel_backend_result *pol = one_duel(&cfg);
+    assert_non_null(ref->ref_logprobs);
+    assert_null(pol->ref_logprobs);
+    assert_int_equal(pol->num_candidates, ref->num_candidates);
+    assert_int_equal(pol->d_feat, ref->d_feat);
+    assert_int_equal(pol->n_cand_tokens, ref->n_cand_tokens);
+    assert_memory_equal(pol->cand_offsets, ref->cand_offsets, (size_t)(ref->num_candidates + 1) * sizeof *ref->cand_offsets);
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < (size_t)ref->num_candidates * (size_t)ref->d_feat; i++) {
+        assert_false(isnan(pol->features[i]) || isinf(pol->features[i]));
+        diff += ((double)pol->features[i] - ref->features[i]) * ((double)pol->features[i] - ref->features[i]);
+        norm += (double)ref->features[i] * ref->features[i];
+    }
+    assert_true(norm > 0);
+    if (!(sqrt(diff / norm) < 1e-4)) fail_msg("policy and reference features of the base model differ: %g", sqrt(diff / norm));
+    duel_backend_result_free(ref);
+    duel_backend_result_free(pol);
+
+    duel_backend b;
+    duel_error err = {0};
+    cfg.strategy = "arena";
+    assert_int_equal(backend_engine_create(&cfg, &b, &err), DUEL_EUNSUPPORTED);
+    assert_non_null(strstr(err.message, "engine.features reference"));
+    cfg.strategy = "ee_ts";
+    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    duel_backend_params arena = {.strategy = "arena", .num_candidates = 4, .temperature = 1.0f, .top_p = 1.0f,
+                                 .max_new_tokens = 24};
+    duel_backend_request req = {.request_id = 8, .text = "What is a dog?", .arm_snapshot = -1, .seed = 1,
+                                .params = &arena};
+    assert_int_equal(b.submit(b.impl, &req, &err), DUEL_EUNSUPPORTED);
+    assert_non_null(strstr(err.message, "engine.features reference"));
+    b.destroy(b.impl);
+}
+
 /* The trainer's reference log-probability of every candidate of e (train_model_forward of the
  * base model over prompt + candidate, the response tokens masked in), as online_trainer runs it
  * when a vote carries none. */
@@ -512,6 +583,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_adapter_duel),
         cmocka_unit_test(test_adapter_rejects_bad_settings),
+        cmocka_unit_test(test_adapter_policy_features),
         cmocka_unit_test(test_gateway_with_engine),
         cmocka_unit_test(test_gateway_pilaf),
         cmocka_unit_test(test_conversation_longer_than_the_model),

@@ -120,6 +120,7 @@ expect 2 -- "--kv-dtype: KV dtype 'q8'" -- bench engine --model x --kv-dtype q8
 expect 2 -- "--weights: weight format 'fp16'" -- serve --weights fp16
 expect 1 "engine.weights: weight format 'q4'" -- serve --set engine.weights=q4
 expect 1 "engine.kv_dtype: KV dtype 'q8'" -- serve --set engine.kv_dtype=q8
+expect 1 "engine.features: \"base\": reference or policy" -- serve --set engine.features=base
 expect 1 "model directory '$TMP/missing' does not exist" -- generate --model "$TMP/missing" --prompt hi
 expect 1 "does not exist" -- bench forward --model "$TMP/missing"
 

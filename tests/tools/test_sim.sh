@@ -69,6 +69,8 @@ expect 2 "--strategies: unknown duel strategy \"best\"" -- sim sweep "${BASE[@]}
 expect 2 "--strategies: arena: a simulated user votes on one policy's answers" -- sim sweep "${BASE[@]}" --strategies arena --out "$TMP/never"
 expect 1 "--strategy arena: a simulated user votes on one policy's answers" -- sim --inprocess "${BASE[@]}" --strategy arena
 expect 2 "--modes: unknown mode \"batch\"" -- sim sweep "${BASE[@]}" --modes batch --out "$TMP/never"
+expect 1 "engine.features: \"base\": reference or policy" -- sim sweep "${BASE[@]}" --set engine.features=base --out "$TMP/never"
+expect 2 "engine.features: \"base\": reference or policy" -- sim --inprocess "${BASE[@]}" --set engine.features=base
 expect 1 "oracle.rm_path" -- sim sweep "${BASE[@]}" --set oracle.kind=rm --set oracle.rm_path="$TMP/no-rm" --out "$TMP/never"
 expect 1 "judge gives no scores" -- sim sweep "${BASE[@]}" --set oracle.kind=judge --out "$TMP/never"
 expect 2 "--mode must be online or offline" -- sim --inprocess "${BASE[@]}" --mode batch
