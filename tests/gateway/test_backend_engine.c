@@ -59,19 +59,15 @@ static void engine_config(backend_engine_config *cfg) {
     cfg->kv_memory_bytes = 16u << 20;
 }
 
-static void test_adapter_duel(void **state) {
-    (void)state;
-    backend_engine_config cfg;
-    engine_config(&cfg);
+/* The duel of req from a backend made with cfg (its PROGRESS events counted into *progress when
+ * not NULL); fails the test on an error. The caller frees the result. */
+static duel_backend_result *one_duel(const backend_engine_config *cfg, const duel_backend_request *req, int *progress) {
     duel_backend b;
     duel_error err = {0};
-    if (backend_engine_create(&cfg, &b, &err)) fail_msg("%s", err.message);
+    if (backend_engine_create(cfg, &b, &err)) fail_msg("%s", err.message);
     sink_state s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
     assert_int_equal(b.start(b.impl, sink, &s, &err), 0);
-    duel_backend_turn hist[1] = {{"What is a cat?", "A small domesticated feline.", NULL, 0}};
-    duel_backend_request req = {.request_id = 42, .history = hist, .n_history = 1,
-                                .text = "What is a dog?", .arm_snapshot = -1, .seed = 123};
-    assert_int_equal(b.submit(b.impl, &req, &err), 0);
+    assert_int_equal(b.submit(b.impl, req, &err), 0);
     pthread_mutex_lock(&s.mu);
     double deadline = tu_now() + 60;
     while (!s.ready && !s.error && tu_now() < deadline) {
@@ -81,10 +77,24 @@ static void test_adapter_duel(void **state) {
         pthread_cond_timedwait(&s.cv, &s.mu, &ts);
     }
     pthread_mutex_unlock(&s.mu);
+    b.destroy(b.impl);
     if (s.error) fail_msg("engine backend error: %s", s.message);
-    duel_backend_result *r = s.ready;
-    assert_non_null(r);
-    assert_true(s.progress > 0);
+    assert_non_null(s.ready);
+    if (progress) *progress = s.progress;
+    return s.ready;
+}
+
+static void test_adapter_duel(void **state) {
+    (void)state;
+    backend_engine_config cfg;
+    engine_config(&cfg);
+    duel_error err = {0};
+    duel_backend_turn hist[1] = {{"What is a cat?", "A small domesticated feline.", NULL, 0}};
+    duel_backend_request req = {.request_id = 42, .history = hist, .n_history = 1,
+                                .text = "What is a dog?", .arm_snapshot = -1, .seed = 123};
+    int progress = 0;
+    duel_backend_result *r = one_duel(&cfg, &req, &progress);
+    assert_true(progress > 0);
     assert_int_equal(r->num_candidates, 4);
     assert_true(r->cand_a != r->cand_b);
     assert_true(r->cand_a >= 0 && r->cand_a < 4 && r->cand_b >= 0 && r->cand_b < 4);
@@ -131,32 +141,6 @@ static void test_adapter_duel(void **state) {
     assert_string_equal(r->strategy, "ee_ts");
     assert_null(r->ref_logprobs); /* policy features: no reference pass */
     duel_backend_result_free(r);
-    b.destroy(b.impl);
-}
-
-/* One duel of "What is a dog?" (seed 123) from a backend made with cfg; fails the test on an
- * error. The caller frees the result. */
-static duel_backend_result *one_duel(const backend_engine_config *cfg) {
-    duel_backend b;
-    duel_error err = {0};
-    if (backend_engine_create(cfg, &b, &err)) fail_msg("%s", err.message);
-    sink_state s = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
-    assert_int_equal(b.start(b.impl, sink, &s, &err), 0);
-    duel_backend_request req = {.request_id = 7, .text = "What is a dog?", .arm_snapshot = -1, .seed = 123};
-    assert_int_equal(b.submit(b.impl, &req, &err), 0);
-    pthread_mutex_lock(&s.mu);
-    double deadline = tu_now() + 60;
-    while (!s.ready && !s.error && tu_now() < deadline) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_sec += 1;
-        pthread_cond_timedwait(&s.cv, &s.mu, &ts);
-    }
-    pthread_mutex_unlock(&s.mu);
-    b.destroy(b.impl);
-    if (s.error) fail_msg("engine backend error: %s", s.message);
-    assert_non_null(s.ready);
-    return s.ready;
 }
 
 /* engine.features with snapshots (`duel serve` with a trainer): reference, the frozen base model
@@ -169,9 +153,10 @@ static void test_adapter_policy_features(void **state) {
     backend_engine_config cfg;
     engine_config(&cfg);
     cfg.snapshots = true;
-    duel_backend_result *ref = one_duel(&cfg);
+    const duel_backend_request dog = {.request_id = 7, .text = "What is a dog?", .arm_snapshot = -1, .seed = 123};
+    duel_backend_result *ref = one_duel(&cfg, &dog, NULL);
     cfg.policy_features = true;
-    duel_backend_result *pol = one_duel(&cfg);
+    duel_backend_result *pol = one_duel(&cfg, &dog, NULL);
     assert_non_null(ref->ref_logprobs);
     assert_null(pol->ref_logprobs);
     assert_int_equal(pol->num_candidates, ref->num_candidates);
