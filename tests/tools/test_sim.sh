@@ -15,6 +15,8 @@
 #     lacks keys added since, unless one of them is set); a sweep with another configuration into the
 #     same folder is refused; one naming another strategy grows the folder's plan (finished runs
 #     kept, the whole plan run; naming fewer afterwards does not shrink it).
+#   - ops/experiment: bad command lines and folders refused; a recorded experiment's "Define X."
+#     prompt files made from wordnet-base when missing (and only then); a finished folder resumed.
 # A sanitizer build (DUEL_SANITIZED=ON) runs the sweep online only and shorter.
 # Usage: test_sim.sh PATH/TO/duel. Exits 0 when all pass, 1 on a failure.
 set -u
@@ -244,6 +246,50 @@ cmp "$OUT/config.json" "$TMP/config-grown.json" || fail "a command naming fewer 
 expect 1 "holds a sweep with another configuration \\(sim.queries differs\\)" -- sim sweep "${BASE[@]}" --strategies bai_ts \
     --seeds 1 --seed 7 --out "$OUT" --queries $((Q + 1))
 [ -e "$OUT/runs/bai_ts-online-s7.jsonl" ] && fail "a refused growth ran a run"
+pass
+
+echo "== ops/experiment: a recorded sweep's prompt files made from wordnet-base, the sweep finished"
+EXP="$SRC/ops/experiment"
+expect_ops() { # expect_ops CODE PATTERN ARGS...: ops/experiment's exit status and message
+    local code=$1 pattern=$2 out rc
+    shift 2
+    out=$("$EXP" --duel "$DUEL" "$@" 2>&1 </dev/null)
+    rc=$?
+    [ "$rc" -eq "$code" ] || { fail "ops/experiment $*: exited $rc, expected $code: $(head -3 <<<"$out")"; return; }
+    grep -Eq -- "$pattern" <<<"$out" || { fail "ops/experiment $*: no /$pattern/ in: $(head -3 <<<"$out")"; return; }
+    pass
+}
+expect_ops 2 "which sweep" 
+expect_ops 2 "$TMP/nowhere/config.json: no such file" "$TMP/nowhere"
+mkdir -p "$TMP/exp"
+echo '{"sim": {}}' >"$TMP/exp/config.json"
+expect_ops 2 "names no sim.prompts or sim.held_out" "$TMP/exp"
+if [ -d /usr/share/wordnet ]; then
+    "$PY" - "$OUT/config.json" "$TMP/exp/config.json" "$TMP/made" <<'EOF' || fail "could not write the experiment"
+import json, sys
+c = json.load(open(sys.argv[1]))
+c["sim"]["prompts"], c["sim"]["held_out"] = f"{sys.argv[3]}/asks.jsonl", f"{sys.argv[3]}/held.jsonl"
+json.dump(c, open(sys.argv[2], "w"))
+EOF
+    expect_ops 0 "5279 asks; .* 241 held-out prompts" "$TMP/exp" --data-only
+    "$PY" - "$TMP/made" <<'EOF' || fail "the made prompt files"
+import json, sys
+asks = [json.loads(l) for l in open(f"{sys.argv[1]}/asks.jsonl")]
+held = [json.loads(l) for l in open(f"{sys.argv[1]}/held.jsonl")]
+assert len(asks) == 5279 and len(held) == 241, (len(asks), len(held))
+for d in asks + held:
+    assert d["prompt"].startswith("Define ") and d["prompt"].endswith(".") and d["reference"], d
+assert not {d["prompt"] for d in asks} & {d["prompt"] for d in held}, "a held-out word is asked"
+EOF
+    touch -d '2000-01-01' "$TMP/made/asks.jsonl"
+    "$EXP" --duel "$DUEL" "$TMP/exp" --data-only 2>/dev/null
+    [ "$(stat -c %Y "$TMP/made/asks.jsonl")" = "$(date -d 2000-01-01 +%s)" ] || fail "ops/experiment made files that were there"
+else
+    echo "(no wordnet-base: the prompt files not made)"
+fi
+# The smoke sweep's folder, every run finished: ops/experiment resumes it and starts nothing.
+"$EXP" --duel "$DUEL" "$OUT" --jobs 1 >/dev/null 2>"$TMP/exp.err" || fail "ops/experiment on a finished sweep failed: $(tail -3 "$TMP/exp.err")"
+grep -q "runs already done in $OUT" "$TMP/exp.err" || fail "ops/experiment did not resume the folder: $(tail -3 "$TMP/exp.err")"
 pass
 
 echo "test_sim: $checks checks, $failures failures"
