@@ -76,6 +76,11 @@ int cli_snapshot_receiver_load(void *ctx, long long version, const char *dir, st
 /* The receiver's transport kind ("cuda_ipc"), NULL for none. */
 const char *cli_snapshot_receiver_via(const struct weight_transport_model_receiver *r);
 
+/* A configuration's engine.features (cmd_serve.c; duel serve, duel sim and the sweep read it
+ * alike): *policy true for "policy" (the serving snapshot's own hidden states), false for
+ * "reference"; DUEL_EINVAL naming the key otherwise. */
+int cli_engine_policy_features(const struct json_t *root, bool *policy, struct duel_error *err);
+
 /* Subcommands: argv[0] is the first argument after the command name. */
 int cmd_info(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

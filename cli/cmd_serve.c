@@ -84,6 +84,14 @@ static void *wait_for_signal(void *arg) {
     return NULL;
 }
 
+int cli_engine_policy_features(const json_t *root, bool *policy, duel_error *err) {
+    engine_feature_source f;
+    const json_t *v = json_object_get(duel_config_section(root, "engine"), "features");
+    if (engine_features_parse(json_string_value(v), &f, err)) return duel_error_prefix(err, "engine.features");
+    *policy = f == ENGINE_FEATURES_POLICY;
+    return DUEL_OK;
+}
+
 /* Reads the engine adapter's keys of root (strings point into root or into knobs): the serving
  * knobs' config keys (duel.strategy, candidates, temperature, top_p, top_k, max_new_tokens) come
  * from knobs, which the knob table (common/knobs.h) checked; the others are checked here, and
@@ -139,11 +147,7 @@ static int engine_config_from_json(const json_t *root, const char *source,
         return duel_error_prefix(err, "%s: engine.weights", source);
     if (kv_dtype_parse(json_string_value(kv_dtype), &e->kv_bytes_per_element, err))
         return duel_error_prefix(err, "%s: engine.kv_dtype", source);
-    engine_feature_source features;
-    if (engine_features_parse(json_string_value(json_object_get(duel_config_section(root, "engine"), "features")),
-                              &features, err))
-        return duel_error_prefix(err, "%s: engine.features", source);
-    e->policy_features = features == ENGINE_FEATURES_POLICY;
+    if (cli_engine_policy_features(root, &e->policy_features, err)) return duel_error_prefix(err, "%s", source);
     e->erm_path = json_string_length(erm_path) ? json_string_value(erm_path) : NULL;
     return DUEL_OK;
 }

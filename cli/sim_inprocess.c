@@ -45,11 +45,11 @@
 
 #include "bench_redis.h"
 #include "chat_template.h"
+#include "cli.h"
 #include "config.h"
 #include "duel.h"
 #include "duel_backend.h"
 #include "duel_loop.h"
-#include "engine.h"
 #include "erm.h"
 #include "model.h"
 #include "online_trainer.h"
@@ -230,16 +230,6 @@ static int pilaf_beta(const sim_run *r, double *beta) {
     return 0;
 }
 
-/* engine.features of the configuration (the ERM's features: the frozen base model's hidden
- * states, or the serving snapshot's own), as `duel serve` reads it. */
-static int policy_features(const sim_run *r, bool *policy) {
-    engine_feature_source f;
-    const json_t *v = json_object_get(duel_config_section(r->o->config, "engine"), "features");
-    if (engine_features_parse(json_string_value(v), &f, r->err)) return duel_error_prefix(r->err, "engine.features");
-    *policy = f == ENGINE_FEATURES_POLICY;
-    return 0;
-}
-
 static int open_serving(sim_run *r) {
     const sim_run_options *o = r->o;
     backend_engine_config bc = {
@@ -256,7 +246,8 @@ static int open_serving(sim_run *r) {
         .snapshots = true, /* the base model is the frozen reference arm: the ERM's features */
     };
     int rc = pilaf_beta(r, &bc.pilaf_beta);
-    if (rc == 0) rc = policy_features(r, &bc.policy_features);
+    /* the ERM's features: the frozen base model's hidden states, or the serving snapshot's own */
+    if (rc == 0) rc = cli_engine_policy_features(r->o->config, &bc.policy_features, r->err);
     if (rc == 0) rc = model_load(o->model_dir, &r->reference, r->err);
     if (rc) return rc;
     /* one duel at a time, on two arms while a snapshot is swapped in: a few contexts' worth */

@@ -36,7 +36,6 @@
 #include "cli.h"
 #include "config.h"
 #include "duel.h"
-#include "engine.h"
 #include "json_util.h"
 #include "oracle.h"
 #include "sim.h"
@@ -863,11 +862,8 @@ int sim_sweep_command(int argc, char **argv) {
         if (rc == 0) rc = oracle_prompt_set_load(s->held_out, (int)s->held_out_count, refs, &h, &s->err);
         if (rc == 0) rc = oracle_user_check(u, &a, &s->err);
         if (rc == 0) rc = oracle_user_check(u, &h, &s->err);
-        engine_feature_source features;
-        if (rc == 0 &&
-            engine_features_parse(json_string_value(json_object_get(duel_config_section(s->config, "engine"), "features")),
-                                  &features, &s->err))
-            rc = duel_error_prefix(&s->err, "engine.features");
+        bool policy_features; /* checked before any run starts; each run reads it again */
+        if (rc == 0) rc = cli_engine_policy_features(s->config, &policy_features, &s->err);
         if (rc == 0 && s->kl_prompts > h.count)
             rc = duel_error_set(&s->err, DUEL_EINVAL, "--kl-prompts %lld: %s has %d prompts", s->kl_prompts, s->held_out, h.count);
         oracle_prompt_set_free(&a);

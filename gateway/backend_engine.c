@@ -387,6 +387,12 @@ static uint64_t mix_seed(uint64_t x) {
     return x ^ (x >> 31);
 }
 
+/* Arena scores both arms' answers on one feature model: refused with policy features, when the
+ * adapter starts (strategy arena) and per request (rollout battles, arena_fraction duels). */
+static const char ARENA_NEEDS_REFERENCE_FEATURES[] =
+    "engine backend: arena scores both arms' answers on the base model's features: it needs "
+    "engine.features reference";
+
 /* The knobs of a request (the gateway's set in effect, or the configured ones), checked against
  * what this adapter can serve (every strategy): arena without snapshots is DUEL_EUNSUPPORTED;
  * arena with an odd M is refused too (the knob table refuses both already).
@@ -412,9 +418,7 @@ static int job_params(engine_backend *b, const duel_backend_request *req, job *j
         return duel_error_set(err, DUEL_EUNSUPPORTED,
                               "engine backend: arena needs snapshots and an even M (M = %d)", j->m);
     if (j->strategy == DUEL_STRATEGY_ARENA && b->cfg.policy_features)
-        return duel_error_set(err, DUEL_EUNSUPPORTED,
-                              "engine backend: arena scores both arms' answers on the base model's "
-                              "features: it needs engine.features reference");
+        return duel_error_set(err, DUEL_EUNSUPPORTED, "%s", ARENA_NEEDS_REFERENCE_FEATURES);
     return DUEL_OK;
 }
 
@@ -781,9 +785,7 @@ int backend_engine_create(const backend_engine_config *cfg, duel_backend *out, d
             goto fail;
         }
         if (cfg->policy_features) {
-            rc = duel_error_set(err, DUEL_EUNSUPPORTED,
-                                "engine backend: strategy arena scores both arms' answers on the "
-                                "base model's features: it needs engine.features reference");
+            rc = duel_error_set(err, DUEL_EUNSUPPORTED, "%s", ARENA_NEEDS_REFERENCE_FEATURES);
             goto fail;
         }
         if (b->cfg.num_candidates % 2) {
