@@ -14,7 +14,7 @@
 #   - resume: the same sweep again redoes nothing (also from a folder an older build wrote, which
 #     lacks keys added since, unless one of them is set); a sweep with another configuration into the
 #     same folder is refused; one naming another strategy grows the folder's plan (finished runs
-#     kept, the whole plan run; naming fewer afterwards does not shrink it).
+#     kept, the whole plan run; naming fewer afterwards does not shrink it); more seeds grow it too.
 #   - ops/experiment: bad command lines and folders refused; a recorded experiment's "Define X."
 #     prompt files made from wordnet-base when missing (and only then); a finished folder resumed.
 # A sanitizer build (DUEL_SANITIZED=ON) runs the sweep online only and shorter.
@@ -246,6 +246,20 @@ cmp "$OUT/config.json" "$TMP/config-grown.json" || fail "a command naming fewer 
 expect 1 "holds a sweep with another configuration \\(sim.queries differs\\)" -- sim sweep "${BASE[@]}" --strategies bai_ts \
     --seeds 1 --seed 7 --out "$OUT" --queries $((Q + 1))
 [ -e "$OUT/runs/bai_ts-online-s7.jsonl" ] && fail "a refused growth ran a run"
+pass
+
+echo "== a rerun with more seeds grows the plan too"
+G=$TMP/grow-seeds
+"$DUEL" sim sweep "${BASE[@]}" --strategies passive --modes online --seeds 1 --jobs 1 --out "$G" >/dev/null 2>"$TMP/gs1.err" ||
+    fail "the one-seed sweep failed: $(tail -3 "$TMP/gs1.err")"
+cp "$G/runs/passive-online-s1.jsonl" "$TMP/gs-s1.jsonl"
+"$DUEL" sim sweep "${BASE[@]}" --strategies passive --modes online --seeds 2 --jobs 1 --out "$G" >/dev/null 2>"$TMP/gs2.err" ||
+    fail "growing the seeds failed: $(tail -3 "$TMP/gs2.err")"
+grep -qF 'the plan grows to strategies ["passive"], modes ["online"], 2 seeds (2 runs)' "$TMP/gs2.err" ||
+    fail "the sweep did not say its grown plan: $(grep -E 'plan|done' "$TMP/gs2.err")"
+[ -f "$G/runs/passive-online-s2.jsonl" ] || fail "the second seed was not run"
+cmp "$G/runs/passive-online-s1.jsonl" "$TMP/gs-s1.jsonl" || fail "growing the seeds changed seed 1's run"
+grep -q '| passive | online | 2 | 0.' "$G/table.md" || fail "the table does not count both seeds: $(grep passive "$G/table.md")"
 pass
 
 echo "== ops/experiment: a recorded sweep's prompt files made from wordnet-base, the sweep finished"
