@@ -188,18 +188,20 @@ static bool config_resumable(const json_t *old, const json_t *now, const json_t 
     return true;
 }
 
-/* Appends to `into` the names of `from` it lacks; *grew says whether any was. */
-static void names_union(json_t *into, const json_t *from, bool *grew) {
+/* Appends to `into` the names of `from` it lacks; whether any was. */
+static bool names_union(json_t *into, const json_t *from) {
     size_t i, k;
     json_t *v, *w;
+    bool grew = false;
     json_array_foreach(from, i, v) {
         bool seen = false;
         json_array_foreach(into, k, w) seen |= json_equal(v, w);
         if (!seen) {
             json_array_append(into, v);
-            *grew = true;
+            grew = true;
         }
     }
+    return grew;
 }
 
 /* A resumed sweep's plan is the folder's and this command's together: the strategies and modes of
@@ -216,11 +218,10 @@ static int grow_plan(sweep *s, json_t *old, const char *path) {
         json_decref(modes);
         return duel_error_set(&s->err, DUEL_EFORMAT, "%s: sim.strategies, sim.modes or sim.seeds missing: not a sweep's plan", path);
     }
-    bool grew = false, ignored = false;
-    names_union(strategies, old_strategies, &ignored);
-    names_union(strategies, json_object_get(mine, "strategies"), &grew);
-    names_union(modes, old_modes, &ignored);
-    names_union(modes, json_object_get(mine, "modes"), &grew);
+    names_union(strategies, old_strategies);
+    names_union(modes, old_modes);
+    bool grew = names_union(strategies, json_object_get(mine, "strategies"));
+    grew |= names_union(modes, json_object_get(mine, "modes"));
     const long long seeds = s->seeds > json_integer_value(old_seeds) ? s->seeds : json_integer_value(old_seeds);
     grew |= seeds != json_integer_value(old_seeds);
     int rc = 0;
